@@ -1,0 +1,5 @@
+"""`python -m posbuild` runs the same CLI as the `posbuild` script."""
+
+from posbuild.cli import main
+
+main()

@@ -1,0 +1,287 @@
+"""Layer 4: turn loaded Targets into Actions — resolved inputs, expanded commands, a definition hash.
+
+Analysis answers "what exactly will run": every label in `srcs`/`tools` resolved to files (a
+source file, another rule's outputs, a filegroup's files), every `$(...)` of a genrule's `cmd`
+replaced by sandbox-relative paths, and the static part of the action key hashed once (`def_hash`),
+so that a rebuild only has to mix in input digests. The result is cached by graphcache.py.
+
+Paths inside an action are workspace-relative, exactly as in the sandbox: a source file is
+`pkg/file`, a generated file `posbuild-out/pkg/file`.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Sequence
+
+from posbuild.config import OUT_DIR
+from posbuild.digest import Digest, hash_canonical
+from posbuild.errors import BuildFileError
+from posbuild.graph import toposort
+from posbuild.label import Label, PatternKind, TargetPattern, did_you_mean, parse_label
+from posbuild.loader import Loader, Package
+from posbuild.target import Pairs, Target
+
+ACTION_SCHEMA = 1  # bump when the meaning of an Action's fields changes
+KIND_VERSIONS = {"genrule": 1}
+
+
+@dataclass(frozen=True, slots=True)
+class Action:
+    """One unit of execution: a command, its exact input and output files, and its declarations."""
+
+    label: str
+    kind: str
+    command: str
+    inputs: tuple[str, ...]
+    tools: tuple[str, ...]
+    outputs: tuple[str, ...]
+    env: Pairs
+    versions: Pairs
+    timeout: int
+    tags: tuple[str, ...]
+    def_hash: Digest
+    deps: tuple[int, ...]
+    message: str = field(default="", compare=False)
+
+
+@dataclass(frozen=True, slots=True)
+class ActionGraph:
+    """The actions a request needs, dependencies first, and the files each requested target names."""
+
+    actions: tuple[Action, ...]
+    requested: tuple[str, ...]
+
+
+def is_generated(path: str) -> bool:
+    """Whether a workspace-relative input path is another action's output."""
+    return path.startswith(OUT_DIR + "/")
+
+
+def out_path(package: str, name: str) -> str:
+    return f"{OUT_DIR}/{package}/{name}" if package else f"{OUT_DIR}/{name}"
+
+
+def src_path(package: str, name: str) -> str:
+    return f"{package}/{name}" if package else name
+
+
+def expand_patterns(patterns: Sequence[TargetPattern], packages: Sequence[str], loader: Loader) -> list[Label]:
+    """The rule targets selected by the patterns, in sorted order; an empty match is an error."""
+    selected: set[Label] = set()
+    for pattern in patterns:
+        if pattern.kind is PatternKind.SINGLE:
+            assert pattern.label is not None
+            selected.add(_resolve_single(pattern.label, loader))
+            continue
+        if pattern.package and pattern.package not in packages and pattern.kind is PatternKind.ALL:
+            raise BuildFileError(f"no such package '//{pattern.package}'" + did_you_mean(pattern.package, packages))
+        found = [t.label for p in packages if pattern.covers_package(p) for t in loader.package(p).targets]
+        if not found:
+            raise BuildFileError(f"pattern '{pattern}' matches no targets")
+        selected.update(found)
+    return sorted(selected)
+
+
+def _resolve_single(label: Label, loader: Loader) -> Label:
+    package = loader.package(label.package)
+    names = {t.label.name for t in package.targets}
+    if label.name in names:
+        return label
+    for target in package.targets:
+        if label.name in target.outs:
+            return target.label
+    raise BuildFileError(f"no such target '{label}'" + did_you_mean(label.name, names))
+
+
+class Analyzer:
+    """Resolves references between targets and produces the ActionGraph for a set of roots."""
+
+    def __init__(self, loader: Loader) -> None:
+        self._loader = loader
+        self._targets: dict[str, Target] = {}
+        self._refs: dict[str, list[_Ref]] = {}
+
+    def analyze(self, roots: Sequence[Label]) -> ActionGraph:
+        order = toposort([str(r) for r in roots], self._edges)
+        files: dict[str, tuple[str, ...]] = {}
+        producer: dict[str, int] = {}
+        actions: list[Action] = []
+        for name in order:
+            target = self._targets[name]
+            if target.kind == "filegroup":
+                files[name] = self._files_of(name, files, "srcs")
+                continue
+            action = self._genrule(target, files, producer)
+            files[name] = action.outputs
+            for out in action.outputs:
+                producer[out] = len(actions)
+            actions.append(action)
+        requested = tuple(sorted({f for r in roots for f in files[str(r)]}))
+        return ActionGraph(tuple(actions), requested)
+
+    def _target(self, label: Label) -> Target:
+        key = str(label)
+        if key not in self._targets:
+            package = self._loader.package(label.package)
+            for target in package.targets:
+                self._targets.setdefault(str(target.label), target)
+        return self._targets[key]
+
+    def _edges(self, name: str) -> list[str]:
+        """Rule targets that `name` depends on; also records how each attribute entry resolved."""
+        if name not in self._refs:
+            target = self._target(_parse(name))
+            self._refs[name] = [
+                self._resolve(target, attr, text) for attr in ("srcs", "tools") for text in getattr(target, attr)
+            ]
+        return [str(ref.target) for ref in self._refs[name] if ref.target is not None]
+
+    def _resolve(self, target: Target, attr: str, text: str) -> _Ref:
+        """What one srcs/tools entry names: a rule, one output of a rule, or a source file."""
+        where = f"{target.label}: {attr} entry '{text}'"
+        try:
+            label = parse_label(text, target.label.package)
+        except BuildFileError as error:
+            raise BuildFileError(f"{where}: {error.detail}", target.location) from None
+        try:
+            package = self._loader.package(label.package)
+        except BuildFileError as error:
+            raise BuildFileError(f"{where}: {error.detail}", target.location) from None
+        key = str(label)
+        for other in package.targets:
+            if other.label.name == label.name:
+                return _Ref(attr, key, other.label, None)
+            if label.name in other.outs:
+                return _Ref(attr, key, other.label, out_path(label.package, label.name))
+        path = src_path(label.package, label.name)
+        if not (self._loader.root / path).is_file():
+            names = [t.label.name for t in package.targets]
+            raise BuildFileError(
+                f"{where}: no such target or source file '{label}'" + did_you_mean(label.name, names),
+                target.location,
+            )
+        if label.package != target.label.package and label.name not in package.exports:
+            raise BuildFileError(
+                f"{where}: '{label}' is a source file of another package; "
+                f"add exports_files([\"{label.name}\"]) to {package.build_file}",
+                target.location,
+            )
+        return _Ref(attr, key, None, path)
+
+    def _files_of(self, name: str, files: dict[str, tuple[str, ...]], attr: str) -> tuple[str, ...]:
+        result: dict[str, None] = {}
+        for ref in self._refs[name]:
+            if ref.attr == attr:
+                result.update(dict.fromkeys(ref.files(files)))
+        return tuple(result)
+
+    def _genrule(self, target: Target, files: dict[str, tuple[str, ...]], producer: dict[str, int]) -> Action:
+        name = str(target.label)
+        srcs = self._files_of(name, files, "srcs")
+        tools = self._files_of(name, files, "tools")
+        outputs = tuple(out_path(target.label.package, o) for o in target.outs)
+        expand = _Expander(target, srcs, outputs, self._location_map(name, files))
+        command = expand(target.cmd)
+        inputs = tuple(sorted(set(srcs) | set(tools)))
+        deps = tuple(sorted({producer[p] for p in inputs if p in producer}))
+        def_hash = hash_canonical([
+            ACTION_SCHEMA, target.kind, KIND_VERSIONS[target.kind], command,
+            inputs, sorted(tools), outputs, target.env, target.version,
+        ])
+        return Action(
+            label=name, kind=target.kind, command=command, inputs=inputs, tools=tuple(sorted(tools)),
+            outputs=outputs, env=target.env, versions=target.version, timeout=target.timeout,
+            tags=target.tags, def_hash=def_hash, deps=deps, message=target.message,
+        )
+
+    def _location_map(self, name: str, files: dict[str, tuple[str, ...]]) -> dict[str, tuple[str, ...]]:
+        """Files of every label written in srcs/tools, keyed by the label's canonical form."""
+        return {ref.key: ref.files(files) for ref in self._refs[name]}
+
+    @property
+    def targets_seen(self) -> int:
+        return len(self._targets)
+
+
+def _parse(name: str) -> Label:
+    return parse_label(name, "")
+
+
+@dataclass(frozen=True, slots=True)
+class _Ref:
+    """How one srcs/tools entry resolved: a rule (`target`), one file (`file`), or a rule's one output."""
+
+    attr: str
+    key: str
+    target: Label | None
+    file: str | None
+
+    def files(self, files_of_targets: dict[str, tuple[str, ...]]) -> tuple[str, ...]:
+        if self.file is not None:
+            return (self.file,)
+        return files_of_targets[str(self.target)]
+
+
+_MAKE_VAR = re.compile(r"\$(\$|<|@|\(([^)\s]+)(?:\s+([^)]*))?\))")
+
+
+class _Expander:
+    """Bazel's genrule substitutions: $(SRCS) $(OUTS) $< $@ $(location L) $(locations L) $(@D) $$."""
+
+    def __init__(self, target: Target, srcs: tuple[str, ...], outs: tuple[str, ...],
+                 locations: dict[str, tuple[str, ...]]) -> None:
+        self._target = target
+        self._srcs = srcs
+        self._outs = outs
+        self._locations = locations
+
+    def __call__(self, cmd: str) -> str:
+        return _MAKE_VAR.sub(self._replace, cmd)
+
+    def _fail(self, detail: str) -> BuildFileError:
+        return BuildFileError(f"{self._target.label}: cmd: {detail}", self._target.location)
+
+    def _one(self, paths: tuple[str, ...], what: str) -> str:
+        if len(paths) != 1:
+            raise self._fail(f"{what} needs exactly one file, but there are {len(paths)}")
+        return paths[0]
+
+    def _replace(self, match: re.Match[str]) -> str:
+        token, variable, argument = match.group(1), match.group(2), match.group(3)
+        if token == "$":
+            return "$"
+        if token == "<":
+            return self._one(self._srcs, "$<")
+        if token == "@":
+            return self._one(self._outs, "$@")
+        if variable in ("location", "locations", "execpath", "execpaths"):
+            return self._location(variable, (argument or "").strip())
+        simple = {"SRCS": self._srcs, "OUTS": self._outs}
+        if variable in simple:
+            return " ".join(simple[variable])
+        if variable in ("@D", "RULEDIR"):
+            return out_path(self._target.label.package, "").rstrip("/")
+        raise self._fail(f"unknown variable '$({variable})' (write '$$' for a literal '$')")
+
+    def _location(self, variable: str, text: str) -> str:
+        package = self._target.label.package
+        try:
+            label = parse_label(text, package)
+        except BuildFileError as error:
+            raise self._fail(error.detail) from None
+        paths = self._locations.get(str(label))
+        if paths is None and label.package == package and label.name in self._target.outs:
+            paths = (out_path(package, label.name),)
+        if paths is None:
+            raise self._fail(f"$({variable} {text}): '{text}' is not in srcs, tools or outs")
+        if variable.endswith("s"):
+            return " ".join(paths)
+        return self._one(paths, f"$({variable} {text})")
+
+
+def analyze(loader: Loader, roots: Sequence[Label]) -> ActionGraph:
+    """The ActionGraph needed to build `roots`."""
+    return Analyzer(loader).analyze(roots)
+

@@ -1,0 +1,89 @@
+"""Layer 10: the command line — the one place that prints, reads the environment and exits.
+
+Subcommands live in their own modules and are imported only when invoked (start-up time is
+part of every no-op build). `posbuild //pkg:target` is shorthand for `posbuild build //pkg:target`.
+Every PosbuildError becomes one line `posbuild: <message>` on stderr and its documented exit
+code; no user error ever shows a traceback.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from posbuild import __version__
+from posbuild.errors import PosbuildError
+
+COMMANDS = {
+    "build": ("posbuild.cli.build", "Build targets (the default command)."),
+    "clean": ("posbuild.cli.admin", "Remove outputs; with --all, the store too."),
+}
+
+
+class LazyGroup(click.Group):
+    """A click group whose subcommands are imported on first use."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(COMMANDS)
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        if name not in COMMANDS:
+            return None
+        module = importlib.import_module(COMMANDS[name][0])
+        return getattr(module, name.replace("-", "_"))
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        rows = [(name, help_text) for name, (_, help_text) in sorted(COMMANDS.items())]
+        with formatter.section("Commands"):
+            formatter.write_dl(rows)
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="posbuild")
+def cli() -> None:
+    """posbuild: a content-addressed, hermetic build and pipeline orchestrator.
+
+    \b
+    Examples:
+      posbuild build //...          build every target of the workspace
+      posbuild //pkg:target         shorthand for `posbuild build //pkg:target`
+      posbuild clean --all          remove outputs and the store
+    """
+
+
+def fail(error: PosbuildError) -> None:
+    """Print a user error as one line and exit with its code."""
+    click.echo(f"posbuild: {error.render()}", err=True)
+    sys.exit(error.exit_code)
+
+
+def workspace_and_package() -> tuple[Path, str]:
+    """The workspace root above the current folder, and the package path of the current folder."""
+    from posbuild.config import find_workspace
+
+    cwd = Path.cwd()
+    root = find_workspace(cwd)
+    rel = cwd.relative_to(root).as_posix()
+    return root, "" if rel == "." else rel
+
+
+def _with_default_command(args: list[str]) -> list[str]:
+    """Insert `build` when the first word is a pattern, not a command or a group option."""
+    if not args or args[0] in COMMANDS or args[0] in ("-h", "--help", "--version"):
+        return args
+    if args[0].startswith("-") or args[0].startswith("//") or args[0].startswith(":") or "/" in args[0]:
+        return ["build", *args]
+    return args
+
+
+def main(args: list[str] | None = None) -> Any:
+    """Entry point of the `posbuild` script."""
+    argv = _with_default_command(list(sys.argv[1:] if args is None else args))
+    try:
+        return cli.main(argv, prog_name="posbuild", standalone_mode=True)
+    except PosbuildError as error:
+        fail(error)

@@ -1,0 +1,51 @@
+"""`posbuild build`: parse options, pick a reporter, run the build, map the result to an exit code."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import click
+
+from posbuild.cli import fail, workspace_and_package
+from posbuild.errors import ActionFailed, PosbuildError
+
+
+def choose_reporter(quiet: bool):  # type: ignore[no-untyped-def]
+    """Live status on a terminal, plain lines on a pipe, failures only with -q."""
+    from posbuild.reporter import PlainReporter, QuietReporter, TerminalReporter
+
+    if quiet:
+        return QuietReporter(sys.stdout, sys.stderr)
+    if sys.stdout.isatty():
+        return TerminalReporter(sys.stdout, sys.stderr)
+    return PlainReporter(sys.stdout, sys.stderr)
+
+
+@click.command()
+@click.argument("patterns", nargs=-1)
+@click.option("-j", "--jobs", type=click.IntRange(min=1), default=None,
+              help="Run at most N actions at once (default: [build] jobs, or the number of CPUs).")
+@click.option("-k", "--keep-going", is_flag=True, help="After a failure, still build every independent branch.")
+@click.option("-q", "--quiet", is_flag=True, help="Print only failures and errors.")
+def build(patterns: tuple[str, ...], jobs: int | None, keep_going: bool, quiet: bool) -> None:
+    """Build the targets matched by PATTERNS (default: //...).
+
+    \b
+    Patterns: //pkg:name, :name (in the current package), //pkg:all, //pkg/..., //...
+    Exit codes: 0 ok, 1 an action failed, 2 usage, 3 bad BUILD file or label, 11-17 ORCH-01..07.
+    """
+    from posbuild.build import BuildOptions, run_build
+
+    try:
+        root, package = workspace_and_package()
+        options = BuildOptions(patterns=patterns or ("//...",), jobs=jobs or 0, keep_going=keep_going,
+                               cwd_package=package)
+        summary = run_build(root, options, choose_reporter(quiet), dict(os.environ))
+    except PosbuildError as error:
+        fail(error)
+    except KeyboardInterrupt:
+        click.echo("posbuild: interrupted; nothing partial was kept", err=True)
+        sys.exit(130)
+    if summary.failed:
+        fail(ActionFailed(f"{summary.failed} action(s) failed: {', '.join(summary.failed_labels)}"))

@@ -1,0 +1,100 @@
+"""Layer 2: find the workspace and read `posbuild.toml` into one frozen Config.
+
+The workspace is the nearest folder above the current one that holds `posbuild.toml`, exactly as
+Bazel looks for its WORKSPACE file. Every setting is validated here, so a typo in the file is one
+clear error naming the key, not a crash deep inside the build.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from posbuild.errors import WorkspaceError
+
+CONFIG_NAME = "posbuild.toml"
+OUT_DIR = "posbuild-out"
+STATE_DIR = ".posbuild"
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    """Everything a build needs to know about its workspace before reading any BUILD file."""
+
+    root: Path
+    jobs: int
+    build_file_names: tuple[str, ...]
+    store_dir: Path
+    env_pass: tuple[str, ...]
+
+    @property
+    def out_dir(self) -> Path:
+        return self.root / OUT_DIR
+
+    @property
+    def state_dir(self) -> Path:
+        return self.root / STATE_DIR
+
+
+def find_workspace(start: Path) -> Path:
+    """The nearest ancestor of `start` (itself included) that holds posbuild.toml."""
+    for folder in (start, *start.parents):
+        if (folder / CONFIG_NAME).is_file():
+            return folder
+    raise WorkspaceError(
+        f"no {CONFIG_NAME} found in {start} or any folder above it; "
+        f"create one (it may be empty) to mark the workspace root"
+    )
+
+
+def _get(table: dict[str, Any], section: str, key: str, kind: type, default: Any, path: Path) -> Any:
+    value = table.get(section, {}).get(key, default)
+    if kind is int and isinstance(value, bool) or not isinstance(value, kind):
+        raise WorkspaceError(
+            f"{path}: [{section}] {key} must be {kind.__name__}, got {type(value).__name__} {value!r}"
+        )
+    return value
+
+
+def _string_list(table: dict[str, Any], section: str, key: str, default: list[str], path: Path) -> tuple[str, ...]:
+    value = _get(table, section, key, list, default, path)
+    if not all(isinstance(item, str) and item for item in value):
+        raise WorkspaceError(f"{path}: [{section}] {key} must be a list of non-empty strings")
+    return tuple(value)
+
+
+def load_config(root: Path) -> Config:
+    """Read and validate `root/posbuild.toml`."""
+    path = root / CONFIG_NAME
+    try:
+        table = tomllib.loads(path.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as error:
+        raise WorkspaceError(f"{path}: {error}") from None
+    except OSError as error:
+        raise WorkspaceError(f"{path}: cannot read: {error.strerror}") from None
+    for section, value in table.items():
+        if not isinstance(value, dict):
+            raise WorkspaceError(f"{path}: '{section}' must be a [table]")
+    jobs = _get(table, "build", "jobs", int, 0, path)
+    if jobs < 0:
+        raise WorkspaceError(f"{path}: [build] jobs must be >= 0 (0 means one per CPU), got {jobs}")
+    cache_dir = _get(table, "cache", "dir", str, "", path)
+    store_dir = (root / os.path.expanduser(cache_dir)) if cache_dir else root / STATE_DIR / "store"
+    return Config(
+        root=root,
+        jobs=jobs or default_jobs(),
+        build_file_names=_string_list(table, "build", "build_file_names", ["BUILD"], path),
+        store_dir=store_dir,
+        env_pass=_string_list(table, "env", "pass", [], path),
+    )
+
+
+def default_jobs() -> int:
+    """The CPUs this process may use (respecting affinity masks, as in containers)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:
+        return os.cpu_count() or 1

@@ -1,0 +1,67 @@
+"""Layer 4: content digests of workspace files, each file hashed once per stat signature.
+
+A no-op build must stat files but read none (DESIGN §5). FileStates answers "what is this file's
+digest?" from the stat memo in the store when the file's (mtime_ns, size, inode, ctime_ns) is the
+one the digest was computed for, and hashes the file only otherwise.
+
+Racy files: file-system timestamps are coarse (a few milliseconds), so a file written again
+within the same tick as the write before it keeps its mtime. A digest computed less than
+`RACY_WINDOW_NS` after a file's mtime is therefore used for this build but not memoised, as git
+does for its index; the next build hashes that one file again.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Callable
+
+from posbuild.digest import Digest, hash_file
+from posbuild.records import FileState, Signature, signature
+from posbuild.store import Store
+
+RACY_WINDOW_NS = 100_000_000
+
+
+class FileStates:
+    """Digests of files under `root`, by workspace-relative path, backed by the store's memo."""
+
+    def __init__(self, root: Path, store: Store, clock_ns: Callable[[], int] = time.time_ns) -> None:
+        self._root = root
+        self._store = store
+        self._clock_ns = clock_ns
+        self._seen: dict[str, FileState] = {}
+        self._pending: dict[str, FileState] = {}
+        self.hashed = 0
+
+    def state(self, path: str) -> FileState:
+        """Signature and digest of a file now; raises FileNotFoundError if it is gone."""
+        known = self._seen.get(path)
+        if known is not None:
+            return known
+        sig = signature(os.stat(os.path.join(self._root, path)))
+        memo = self._store.get_memo(path)
+        if memo is None or memo.signature != sig:
+            memo = FileState(sig, hash_file(os.path.join(self._root, path)))
+            self.hashed += 1
+            if self._clock_ns() - sig[0] > RACY_WINDOW_NS:
+                self._pending[path] = memo
+        self._seen[path] = memo
+        return memo
+
+    def digest(self, path: str) -> Digest:
+        return self.state(path).digest
+
+    def unchanged(self, path: str, expected: Signature) -> bool:
+        """Whether a file still has the signature it had when it was first looked at."""
+        try:
+            return signature(os.stat(os.path.join(self._root, path))) == expected
+        except FileNotFoundError:
+            return False
+
+    def take_pending(self) -> list[tuple[str, FileState]]:
+        """Memo rows learned since the last call, for the store to commit."""
+        rows = sorted(self._pending.items())
+        self._pending.clear()
+        return rows

@@ -1,0 +1,91 @@
+"""Layer 5: reuse the analysed ActionGraph of a request while nothing it was built from changed.
+
+Evaluating BUILD files and analysing thousands of targets costs far more than the 100 ms §15
+allows for DAG resolution, and almost never changes between builds. The cache entry of a request
+(its patterns) holds the ActionGraph plus what it was derived from: the stat of every folder of
+the workspace (a new file, a deleted file or a new package changes its folder's mtime), of every
+BUILD/.bzl file read, and of posbuild.toml. Checking the entry is a few hundred `stat()` calls.
+
+Entries are msgpack files under `.posbuild/graphs/`, written temp + rename; a damaged or
+outdated one is simply ignored and rebuilt.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import fields
+from pathlib import Path
+from typing import Any, Sequence
+
+import msgpack
+
+from posbuild import __version__
+from posbuild.analysis import ACTION_SCHEMA, Action, ActionGraph
+from posbuild.digest import hash_canonical
+from posbuild.loader import Stamp
+
+CACHE_FORMAT = 1
+
+
+def _path_stamp(root: Path, rel: str) -> int:
+    try:
+        stat = os.stat(os.path.join(root, rel) if rel else root)
+    except FileNotFoundError:
+        return -1
+    return stat.st_mtime_ns ^ (stat.st_size << 1) ^ (stat.st_ino << 7)
+
+
+def _file_stamps(root: Path, files: Sequence[str]) -> list[Stamp]:
+    return [(rel, _path_stamp(root, rel)) for rel in sorted(files)]
+
+
+class GraphCache:
+    """One folder of cached ActionGraphs, keyed by request."""
+
+    def __init__(self, root: Path, folder: Path) -> None:
+        self._root = root
+        self._folder = folder
+
+    def _entry(self, request: Sequence[str]) -> Path:
+        return self._folder / (hash_canonical([CACHE_FORMAT, list(request)]).hex()[:32] + ".graph")
+
+    def load(self, request: Sequence[str]) -> ActionGraph | None:
+        """The cached graph for `request` if every stamp still matches, else None."""
+        try:
+            data = self._entry(request).read_bytes()
+            entry = msgpack.unpackb(data, use_list=False)
+        except (OSError, ValueError, msgpack.UnpackException):
+            return None
+        if not isinstance(entry, tuple) or len(entry) != 5 or entry[0] != _version():
+            return None
+        _, dirs, files, rows, requested = entry
+        root = str(self._root)
+        for rel, mtime in dirs:
+            try:
+                if os.stat(os.path.join(root, rel) if rel else root).st_mtime_ns != mtime:
+                    return None
+            except FileNotFoundError:
+                return None
+        for rel, stamp in files:
+            if _path_stamp(self._root, rel) != stamp:
+                return None
+        return ActionGraph(tuple(Action(*row) for row in rows), requested)
+
+    def save(self, request: Sequence[str], graph: ActionGraph, dirs: Sequence[Stamp], files: Sequence[str]) -> None:
+        rows = [_action_row(a) for a in graph.actions]
+        entry = [_version(), list(dirs), _file_stamps(self._root, files), rows, list(graph.requested)]
+        self._folder.mkdir(parents=True, exist_ok=True)
+        fd, temp = tempfile.mkstemp(dir=self._folder, prefix=".tmp-")
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(msgpack.packb(entry, use_bin_type=True))
+        os.rename(temp, self._entry(request))
+
+
+def _version() -> str:
+    return f"{CACHE_FORMAT}/{ACTION_SCHEMA}/{__version__}"
+
+
+def _action_row(action: Action) -> list[Any]:
+    """The Action's fields in declaration order, so that `Action(*row)` rebuilds it."""
+    return [getattr(action, f.name) for f in fields(Action)]

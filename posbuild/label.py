@@ -1,0 +1,110 @@
+"""Layer 1: labels (`//pkg:name`) and target patterns (`//pkg:all`, `//pkg/...`, `//...`).
+
+Labels are the names users write in BUILD files and on the command line; parsing them in one
+place means every error about a malformed one reads the same, wherever it was typed.
+"""
+
+from __future__ import annotations
+
+import difflib
+import enum
+from dataclasses import dataclass
+from typing import Iterable
+
+from posbuild.errors import BuildFileError
+
+
+@dataclass(frozen=True, slots=True, order=True)
+class Label:
+    """A target or file: `package` is the workspace-relative folder ("" for the root)."""
+
+    package: str
+    name: str
+
+    def __str__(self) -> str:
+        return f"//{self.package}:{self.name}"
+
+
+def _check_package(package: str, text: str) -> None:
+    parts = package.split("/") if package else []
+    if package.startswith("/") or package.endswith("/") or any(p in ("", ".", "..") for p in parts):
+        raise BuildFileError(f"invalid label '{text}': bad package path '{package}'")
+
+
+def _check_name(name: str, text: str) -> None:
+    parts = name.split("/")
+    if not name or ":" in name or name.startswith("/") or any(p in ("", ".", "..") for p in parts):
+        raise BuildFileError(f"invalid label '{text}': bad target name '{name}'")
+
+
+def parse_label(text: str, current_package: str) -> Label:
+    """Parse `//pkg:name`, `//pkg`, `:name` or a bare `name` relative to `current_package`."""
+    if text.startswith("//"):
+        body = text[2:]
+        package, sep, name = body.partition(":")
+        if not sep:
+            name = package.rsplit("/", 1)[-1]
+            if not name:
+                raise BuildFileError(f"invalid label '{text}': the root package needs ':name'")
+    elif text.startswith(":"):
+        package, name = current_package, text[1:]
+    elif text.startswith("@"):
+        raise BuildFileError(f"invalid label '{text}': external repositories are only for load()")
+    else:
+        package, name = current_package, text
+    _check_package(package, text)
+    _check_name(name, text)
+    return Label(package, name)
+
+
+class PatternKind(enum.Enum):
+    """What a target pattern selects inside its base package."""
+
+    SINGLE = "single"  # exactly one label
+    ALL = "all"  # every target of one package
+    RECURSIVE = "recursive"  # every target of a package and the packages below it
+
+
+@dataclass(frozen=True, slots=True)
+class TargetPattern:
+    """A parsed command-line pattern; `label` is set only for SINGLE patterns."""
+
+    kind: PatternKind
+    package: str
+    label: Label | None = None
+
+    def __str__(self) -> str:
+        if self.kind is PatternKind.SINGLE:
+            return str(self.label)
+        if self.kind is PatternKind.ALL:
+            return f"//{self.package}:all"
+        return f"//{self.package}/..." if self.package else "//..."
+
+    def covers_package(self, package: str) -> bool:
+        """Whether a package lies inside this pattern's scope."""
+        if self.kind is PatternKind.RECURSIVE:
+            return not self.package or package == self.package or package.startswith(self.package + "/")
+        return package == self.package
+
+
+def parse_pattern(text: str, current_package: str = "") -> TargetPattern:
+    """Parse a command-line target pattern; relative forms resolve against `current_package`."""
+    if not text.startswith("//") and not text.startswith(":"):
+        joined = f"{current_package}/{text}" if current_package else text
+        text = "//" + joined if (text.endswith("...") or ":" in text) else f"//{current_package}:{text}"
+    if text == "//...":
+        return TargetPattern(PatternKind.RECURSIVE, "")
+    if text.endswith("/..."):
+        package = text[2:-4]
+        _check_package(package, text)
+        return TargetPattern(PatternKind.RECURSIVE, package)
+    label = parse_label(text, current_package)
+    if label.name in ("all", "*"):
+        return TargetPattern(PatternKind.ALL, label.package)
+    return TargetPattern(PatternKind.SINGLE, label.package, label)
+
+
+def did_you_mean(word: str, candidates: Iterable[str]) -> str:
+    """A ` (did you mean 'x'?)` suffix naming the closest candidate, or an empty string."""
+    close = difflib.get_close_matches(word, list(candidates), n=1, cutoff=0.6)
+    return f" (did you mean '{close[0]}'?)" if close else ""

@@ -1,0 +1,287 @@
+"""Layer 3: evaluate BUILD and .bzl files (Starlark, via starlark-pyo3) into Packages of Targets.
+
+A BUILD file can only call the native functions defined here, which record targets; it has no I/O
+of its own, so evaluation cannot run commands or inject work outside the graph (§16). `glob` is
+the one window onto the file system, and it is sorted and confined to its package.
+
+Evaluation is the slow part of loading, so `discover_packages` also returns the modification
+stamps of every folder it walked; the graph cache (graphcache.py) keeps evaluated results valid
+for exactly as long as those stamps and the BUILD/.bzl files it read are unchanged.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import starlark
+
+from posbuild.config import OUT_DIR, STATE_DIR, Config
+from posbuild.errors import BuildFileError, SourceLocation
+from posbuild.label import Label, did_you_mean, parse_label
+from posbuild.target import AttributeError_, Target, make_target
+
+RULES_REPO = "@posbuild//"
+_ERROR_LINE = re.compile(r"^error: (?:(?:[A-Za-z_]+Error_?): )?(.*)$", re.MULTILINE)
+_WHERE_LINE = re.compile(r"^\s*--> (.+):(\d+):(\d+)", re.MULTILINE)
+
+
+@dataclass(frozen=True, slots=True)
+class Package:
+    """One evaluated BUILD file."""
+
+    name: str
+    build_file: str
+    targets: tuple[Target, ...]
+    exports: tuple[str, ...]
+
+
+Stamp = tuple[str, int]  # (workspace-relative path, mtime_ns); -1 when the path is missing
+
+
+def _skip_dir(name: str) -> bool:
+    return name.startswith(".") or name in (OUT_DIR, STATE_DIR, "__pycache__")
+
+
+def discover_packages(root: Path, build_file_names: tuple[str, ...]) -> tuple[tuple[str, ...], tuple[Stamp, ...]]:
+    """Every package of the workspace (sorted) and the stamp of every folder walked to find them."""
+    packages: list[str] = []
+    stamps: list[Stamp] = []
+    pending = [""]
+    while pending:
+        rel = pending.pop()
+        folder = os.path.join(root, rel) if rel else str(root)
+        stamps.append((rel, os.stat(folder).st_mtime_ns))
+        with os.scandir(folder) as entries:
+            for entry in entries:
+                if entry.is_dir(follow_symlinks=False):
+                    if not _skip_dir(entry.name):
+                        pending.append(f"{rel}/{entry.name}" if rel else entry.name)
+                elif entry.name in build_file_names and rel not in packages[-1:]:
+                    packages.append(rel)
+    return tuple(sorted(packages)), tuple(sorted(stamps))
+
+
+def glob_to_regex(pattern: str) -> re.Pattern[str]:
+    """Translate a Bazel glob (`*`, `?`, `**`) into an anchored regular expression."""
+    out, i = [], 0
+    while i < len(pattern):
+        if pattern.startswith("**/", i):
+            out.append("(?:.*/)?")
+            i += 3
+        elif pattern.startswith("**", i):
+            out.append(".*")
+            i += 2
+        elif pattern[i] == "*":
+            out.append("[^/]*")
+            i += 1
+        elif pattern[i] == "?":
+            out.append("[^/]")
+            i += 1
+        else:
+            out.append(re.escape(pattern[i]))
+            i += 1
+    return re.compile("".join(out) + r"\Z")
+
+
+def starlark_error(error: Exception) -> BuildFileError:
+    """Turn starlark-pyo3's multi-line report into one line with file:line:column."""
+    text = str(error)
+    what = _ERROR_LINE.search(text)
+    where = _WHERE_LINE.search(text)
+    message = what.group(1).strip() if what else text.strip().splitlines()[0]
+    location = SourceLocation(where.group(1), int(where.group(2)), int(where.group(3))) if where else None
+    return BuildFileError(message, location)
+
+
+class Loader:
+    """Evaluates packages on demand; `.bzl` modules are evaluated once and shared."""
+
+    def __init__(self, config: Config, packages: tuple[str, ...]) -> None:
+        self._config = config
+        self._root = config.root
+        self._packages = set(packages)
+        self._globals = starlark.Globals.standard()
+        self._bzl_cache: dict[str, starlark.FrozenModule] = {}
+        self._bzl_loading: list[str] = []
+        self._loaded: dict[str, Package] = {}
+        self._current: _PackageBuilder | None = None
+        self.files_read: set[str] = set()
+
+    @property
+    def root(self) -> Path:
+        return self._root
+
+    def package(self, name: str) -> Package:
+        """The evaluated package `name`, evaluating its BUILD file on first use."""
+        if name not in self._loaded:
+            if name not in self._packages:
+                raise BuildFileError(f"no such package '//{name}'" + did_you_mean(name, self._packages))
+            self._loaded[name] = self._evaluate(name)
+        return self._loaded[name]
+
+    def _build_file(self, package: str) -> str:
+        for candidate in self._config.build_file_names:
+            rel = f"{package}/{candidate}" if package else candidate
+            if os.path.isfile(self._root / rel):
+                return rel
+        raise BuildFileError(f"package '//{package}' has no BUILD file")
+
+    def _evaluate(self, package: str) -> Package:
+        build_file = self._build_file(package)
+        source = self._read(build_file)
+        builder = _PackageBuilder(package, build_file, source, self._root, self._config.build_file_names)
+        self._current = builder
+        try:
+            module = self._module()
+            starlark.eval(module, starlark.parse(build_file, source), self._globals, starlark.FileLoader(self._load_bzl))
+        except starlark.StarlarkError as error:
+            raise starlark_error(error) from None
+        finally:
+            self._current = None
+        return builder.finish()
+
+    def _read(self, rel: str) -> str:
+        self.files_read.add(rel)
+        try:
+            return (self._root / rel).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as error:
+            raise BuildFileError(f"cannot read {rel}: {error}") from None
+
+    def _module(self) -> starlark.Module:
+        module = starlark.Module()
+        for name, function in self._natives().items():
+            module.add_callable(name, function)
+        return module
+
+    def _natives(self) -> dict[str, Callable[..., Any]]:
+        return {
+            "genrule": lambda *a, **kw: self._builder().rule("genrule", a, kw),
+            "filegroup": lambda *a, **kw: self._builder().rule("filegroup", a, kw),
+            "exports_files": lambda srcs, *a, **kw: self._builder().export(srcs),
+            "glob": lambda include, exclude=(), **kw: self._builder().glob(include, exclude, kw),
+            "package_name": lambda: self._builder().package,
+        }
+
+    def _builder(self) -> _PackageBuilder:
+        if self._current is None:
+            raise ValueError("rules can only be declared while a BUILD file is evaluated, not at load time")
+        return self._current
+
+    def _bzl_path(self, module_id: str) -> tuple[str, Path]:
+        if module_id.startswith(RULES_REPO):
+            label = parse_label("//" + module_id[len(RULES_REPO):], "")
+            return module_id, rules_dir().parent / label.package / label.name
+        package = self._current.package if self._current else ""
+        label = parse_label(module_id, package)
+        if not label.name.endswith(".bzl"):
+            raise ValueError(f"load() takes a .bzl file, got '{module_id}'")
+        rel = f"{label.package}/{label.name}" if label.package else label.name
+        return rel, self._root / rel
+
+    def _load_bzl(self, module_id: str) -> starlark.FrozenModule:
+        key, path = self._bzl_path(module_id)
+        if key in self._bzl_cache:
+            return self._bzl_cache[key]
+        if key in self._bzl_loading:
+            raise ValueError("load() cycle: " + " -> ".join([*self._bzl_loading, key]))
+        if not path.is_file():
+            raise ValueError(f"cannot load '{module_id}': no file {path}")
+        source = self._read(key) if not key.startswith(RULES_REPO) else path.read_text(encoding="utf-8")
+        self._bzl_loading.append(key)
+        try:
+            module = self._module()
+            starlark.eval(module, starlark.parse(key, source), self._globals, starlark.FileLoader(self._load_bzl))
+        finally:
+            self._bzl_loading.pop()
+        self._bzl_cache[key] = frozen = module.freeze()
+        return frozen
+
+
+def rules_dir() -> Path:
+    """The standard rule library shipped beside the engine (`@posbuild//rules`)."""
+    return Path(__file__).resolve().parent.parent / "rules"
+
+
+class _PackageBuilder:
+    """Collects the targets of one BUILD file while it is evaluated, rejecting clashes at the call."""
+
+    def __init__(self, package: str, build_file: str, source: str, root: Path, build_names: tuple[str, ...]) -> None:
+        self.package = package
+        self._build_names = build_names
+        self._build_file = build_file
+        self._source = source
+        self._root = root
+        self._targets: dict[str, Target] = {}
+        self._outputs: dict[str, str] = {}
+        self._exports: list[str] = []
+
+    def rule(self, kind: str, args: tuple[Any, ...], attrs: dict[str, Any]) -> None:
+        if args:
+            raise ValueError(f"{kind}() takes keyword arguments only")
+        name = attrs.pop("name", None)
+        if not isinstance(name, str) or not name:
+            raise ValueError(f"{kind}() needs a non-empty string 'name'")
+        label = parse_label(f":{name}", self.package) if ":" not in name else None
+        if label is None:
+            raise ValueError(f"{kind}: invalid target name '{name}'")
+        if name in self._targets or name in self._outputs:
+            raise ValueError(f"duplicate target name '{name}' in package '//{self.package}'")
+        try:
+            target = make_target(kind, label, attrs, self._locate(name))
+        except BuildFileError as error:
+            raise ValueError(error.detail) from None
+        for out in target.outs:
+            parse_label(f":{out}", self.package)
+            owner = self._outputs.get(out) or (out if out in self._targets else None)
+            if owner:
+                raise ValueError(f"output '{out}' of '{name}' is already declared by '{owner}' in '//{self.package}'")
+        for out in target.outs:
+            self._outputs[out] = name
+        self._targets[name] = target
+
+    def export(self, srcs: Any) -> None:
+        if not isinstance(srcs, list) or not all(isinstance(s, str) for s in srcs):
+            raise AttributeError_("exports_files() takes a list of file names")
+        self._exports.extend(srcs)
+
+    def glob(self, include: Any, exclude: Any, options: dict[str, Any]) -> list[str]:
+        for value, what in ((include, "include"), (exclude, "exclude")):
+            if not isinstance(value, (list, tuple)) or not all(isinstance(p, str) for p in value):
+                raise ValueError(f"glob(): '{what}' must be a list of patterns")
+        unknown = set(options) - {"exclude_directories", "allow_empty"}
+        if unknown:
+            raise ValueError(f"glob(): unknown argument '{sorted(unknown)[0]}'")
+        files = self._package_files()
+        wanted = [glob_to_regex(p) for p in include]
+        unwanted = [glob_to_regex(p) for p in exclude]
+        found = [f for f in files if any(r.match(f) for r in wanted) and not any(r.match(f) for r in unwanted)]
+        if not found and options.get("allow_empty", True) is False:
+            raise ValueError(f"glob({list(include)}) matched no files in '//{self.package}'")
+        return found
+
+    def _package_files(self) -> list[str]:
+        """Files under the package folder, excluding subpackages and posbuild's own folders."""
+        base = self._root / self.package if self.package else self._root
+        found: list[str] = []
+        for folder, dirs, files in os.walk(base):
+            rel = os.path.relpath(folder, base)
+            if rel != "." and any(os.path.isfile(os.path.join(folder, b)) for b in self._build_names):
+                dirs[:] = []
+                continue
+            dirs[:] = [d for d in dirs if not _skip_dir(d)]
+            prefix = "" if rel == "." else rel + "/"
+            found.extend(prefix + f for f in files)
+        return sorted(found)
+
+    def _locate(self, name: str) -> SourceLocation:
+        """Best-effort line of a target's declaration, for errors raised after evaluation."""
+        match = re.search(r"""name\s*=\s*["']%s["']""" % re.escape(name), self._source)
+        line = self._source.count("\n", 0, match.start()) + 1 if match else 1
+        return SourceLocation(self._build_file, line)
+
+    def finish(self) -> Package:
+        return Package(self.package, self._build_file, tuple(self._targets.values()), tuple(self._exports))

@@ -1,0 +1,70 @@
+"""Layer 2: the values the store keeps, and their compact msgpack form.
+
+ActionResult is the cache value of an action key. It holds no timings and no run-specific fields,
+so a rebuild with nothing changed produces an equal value and writes nothing (DESIGN §7.5).
+FileState is one row of the stat memo: the stat signature a digest was computed for.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import msgpack
+
+from posbuild.digest import Digest
+
+RESULT_FORMAT = 1
+
+
+@dataclass(frozen=True, slots=True)
+class OutputFile:
+    """One declared output: its workspace-relative path, content digest, size and mode bits."""
+
+    path: str
+    digest: Digest
+    size: int
+    executable: bool
+
+
+@dataclass(frozen=True, slots=True)
+class ActionResult:
+    """What the cache holds for a key."""
+
+    outputs: tuple[OutputFile, ...]
+    exit_code: int
+    stdout_digest: Digest
+    stderr_digest: Digest
+
+    def pack(self) -> bytes:
+        rows = [[o.path, o.digest, o.size, o.executable] for o in self.outputs]
+        return msgpack.packb([RESULT_FORMAT, self.exit_code, self.stdout_digest, self.stderr_digest, rows])
+
+    @staticmethod
+    def unpack(data: bytes) -> ActionResult:
+        _, exit_code, out_digest, err_digest, rows = msgpack.unpackb(data)
+        return ActionResult(tuple(OutputFile(*row) for row in rows), exit_code, out_digest, err_digest)
+
+
+Signature = tuple[int, int, int, int]  # (mtime_ns, size, inode, ctime_ns)
+
+
+def signature(stat: os.stat_result) -> Signature:
+    """The part of a stat that changes whenever a file's content may have changed."""
+    return (stat.st_mtime_ns, stat.st_size, stat.st_ino, stat.st_ctime_ns)
+
+
+@dataclass(frozen=True, slots=True)
+class FileState:
+    """A stat-memo row: `digest` was computed for a file whose stat matched `signature`."""
+
+    signature: Signature
+    digest: Digest
+
+    def pack(self) -> bytes:
+        return msgpack.packb([*self.signature, self.digest])
+
+    @staticmethod
+    def unpack(data: bytes) -> FileState:
+        mtime, size, inode, ctime, digest = msgpack.unpackb(data)
+        return FileState((mtime, size, inode, ctime), digest)

@@ -1,0 +1,179 @@
+"""Layer 3: the LMDB store — blobs (CAS), action results, the stat memo, metadata.
+
+Design memo
+-----------
+* One LMDB environment, named databases `blobs`, `results`, `statmemo`, `meta`. Everything an
+  action produces is written by `commit()` in ONE write transaction, so after a crash at any
+  instant the store holds all of an action's rows or none of them (§7).
+* Blobs up to `INLINE_LIMIT` bytes live inside LMDB. Larger ones live as files `cas/ab/abcd…`
+  beside it, written temp + fsync + rename *before* the transaction that references them, so a
+  committed row never points at a missing or half-written file; a crash in between leaves at most
+  an orphan file, which is harmless and collectable.
+* Blobs are verified when read: a blob that does not hash to its name raises ORCH-03 rather than
+  handing wrong bytes to `posbuild-out/` (DESIGN §7.8).
+* Durability: the environment is opened with `sync=False`. LMDB's copy-on-write B-tree means a
+  *process* crash (SIGKILL, OOM) can never tear a transaction — the pages are already in the OS
+  page cache. What fsync buys is survival of a *machine* crash; posbuild flushes once at the end
+  of every build (`flush()`), trading the last build's cache entries on power loss for avoiding
+  an fsync per action (≈0.4 ms each, which would dominate cheap actions).
+* LMDB readers never block the writer. Workers commit from their own threads; py-lmdb's lock
+  serialises writers inside the process and LMDB's lock file across processes.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Iterable
+
+import lmdb
+
+from posbuild.digest import Digest, hash_bytes, hash_file
+from posbuild.errors import ChecksumMismatch, PartialState
+from posbuild.records import ActionResult, FileState
+
+STORE_FORMAT = b"1"
+INLINE_LIMIT = 256 * 1024
+MAP_SIZE = 1 << 36
+_INLINE, _EXTERNAL = b"\x00", b"\x01"
+
+
+class Store:
+    """The artifact store of one workspace (or of a shared `[cache] dir`)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        path.mkdir(parents=True, exist_ok=True)
+        self._env = lmdb.open(str(path / "db"), map_size=MAP_SIZE, max_dbs=8, sync=False, metasync=False)
+        self._blobs = self._env.open_db(b"blobs")
+        self._results = self._env.open_db(b"results")
+        self._memo = self._env.open_db(b"statmemo")
+        self._meta = self._env.open_db(b"meta")
+        self._check_format()
+        self._reader: lmdb.Transaction | None = None
+        self._commits = 0
+        self._reader_commits = -1
+
+    def _check_format(self) -> None:
+        with self._env.begin(write=True) as txn:
+            found = txn.get(b"format", db=self._meta)
+            if found is None:
+                txn.put(b"format", STORE_FORMAT, db=self._meta)
+            elif found != STORE_FORMAT:
+                raise PartialState(
+                    f"store {self.path} has format {found.decode()}, this posbuild reads {STORE_FORMAT.decode()}; "
+                    f"run `posbuild clean --all`"
+                )
+
+    def close(self) -> None:
+        if self._reader is not None:
+            self._reader.abort()
+            self._reader = None
+        self._env.close()
+
+    def flush(self) -> None:
+        """Force everything committed so far to disk (once per build; see the memo above)."""
+        self._env.sync(True)
+
+    # -- reading ---------------------------------------------------------------------------
+
+    def _txn(self) -> lmdb.Transaction:
+        """A read snapshot for the calling (main) thread, renewed after any commit."""
+        if self._reader is not None and self._reader_commits != self._commits:
+            self._reader.abort()
+            self._reader = None
+        if self._reader is None:
+            self._reader_commits = self._commits
+            self._reader = self._env.begin()
+        return self._reader
+
+    def get_result(self, key: Digest) -> ActionResult | None:
+        data = self._txn().get(key, db=self._results)
+        return ActionResult.unpack(data) if data is not None else None
+
+    def get_memo(self, path: str) -> FileState | None:
+        data = self._txn().get(path.encode(), db=self._memo)
+        return FileState.unpack(data) if data is not None else None
+
+    def get_blob(self, digest: Digest) -> bytes:
+        """A blob's bytes, verified against its digest (ORCH-03 on mismatch or loss)."""
+        with self._env.begin() as txn:
+            row = txn.get(digest, db=self._blobs)
+        if row is None:
+            raise ChecksumMismatch(f"blob {digest.hex()} is referenced by an action result but missing from the store")
+        data = row[1:] if row[:1] == _INLINE else self._read_external(digest)
+        actual = hash_bytes(data)
+        if actual != digest:
+            raise ChecksumMismatch(
+                f"blob {digest.hex()} in {self.path} hashes to {actual.hex()}; run `posbuild fsck --repair`"
+            )
+        return data
+
+    def has_blob(self, digest: Digest) -> bool:
+        with self._env.begin() as txn:
+            return txn.get(digest, db=self._blobs) is not None
+
+    def external_path(self, digest: Digest) -> Path:
+        hexed = digest.hex()
+        return self.path / "cas" / hexed[:2] / hexed
+
+    def _read_external(self, digest: Digest) -> bytes:
+        try:
+            return self.external_path(digest).read_bytes()
+        except FileNotFoundError:
+            raise ChecksumMismatch(f"blob file {self.external_path(digest)} is missing") from None
+
+    # -- writing ---------------------------------------------------------------------------
+
+    def store_external(self, digest: Digest, source: Path) -> None:
+        """Copy a large file into `cas/` (temp + fsync + rename), before any row refers to it."""
+        target = self.external_path(digest)
+        if target.exists():
+            return
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, temp = tempfile.mkstemp(dir=target.parent, prefix=".tmp-")
+        try:
+            with os.fdopen(fd, "wb") as out, open(source, "rb") as src:
+                while chunk := src.read(1 << 20):
+                    out.write(chunk)
+                out.flush()
+                os.fsync(out.fileno())
+            if hash_file(temp) != digest:
+                raise ChecksumMismatch(f"{source} changed while it was stored")
+            os.chmod(temp, 0o444)
+            os.rename(temp, target)
+        finally:
+            if os.path.exists(temp):
+                os.unlink(temp)
+
+    def commit(
+        self,
+        result: tuple[Digest, ActionResult] | None = None,
+        blobs: Iterable[tuple[Digest, bytes | None]] = (),
+        memo: Iterable[tuple[str, FileState]] = (),
+    ) -> None:
+        """Write an action's result, its blobs and stat-memo rows in one transaction.
+
+        A blob given as `None` was already placed in `cas/` by `store_external`.
+        """
+        with self._env.begin(write=True) as txn:
+            for digest, data in blobs:
+                if txn.get(digest, db=self._blobs) is None:
+                    txn.put(digest, _INLINE + data if data is not None else _EXTERNAL, db=self._blobs)
+            for path, state in memo:
+                txn.put(path.encode(), state.pack(), db=self._memo)
+            if result is not None:
+                key, value = result
+                packed = value.pack()
+                if txn.get(key, db=self._results) != packed:
+                    txn.put(key, packed, db=self._results)
+        self._commits += 1
+
+    def get_meta(self, name: str) -> bytes | None:
+        return self._txn().get(name.encode(), db=self._meta)
+
+    def put_meta(self, name: str, value: bytes) -> None:
+        with self._env.begin(write=True) as txn:
+            txn.put(name.encode(), value, db=self._meta)
+        self._commits += 1
