@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from posbuild.errors import WorkspaceError
+from posbuild.errors import NoWorkspace, WorkspaceError
 
 CONFIG_NAME = "posbuild.toml"
 OUT_DIR = "posbuild-out"
@@ -44,7 +44,7 @@ def find_workspace(start: Path) -> Path:
     for folder in (start, *start.parents):
         if (folder / CONFIG_NAME).is_file():
             return folder
-    raise WorkspaceError(
+    raise NoWorkspace(
         f"no {CONFIG_NAME} found in {start} or any folder above it; "
         f"create one (it may be empty) to mark the workspace root"
     )

@@ -59,7 +59,11 @@ class BuildFileError(PosbuildError):
 
 
 class WorkspaceError(BuildFileError):
-    """No workspace, or a broken posbuild.toml: the build cannot even be described."""
+    """A broken posbuild.toml: the build cannot even be described."""
+
+
+class NoWorkspace(UsageError):
+    """posbuild was run outside any workspace (no posbuild.toml above the current folder)."""
 
 
 class ActionFailed(PosbuildError):

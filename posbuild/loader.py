@@ -93,6 +93,7 @@ def starlark_error(error: Exception) -> BuildFileError:
     what = _ERROR_LINE.search(text)
     where = _WHERE_LINE.search(text)
     message = what.group(1).strip() if what else text.strip().splitlines()[0]
+    message = message.split(", expected one of ")[0]
     location = SourceLocation(where.group(1), int(where.group(2)), int(where.group(3))) if where else None
     return BuildFileError(message, location)
 

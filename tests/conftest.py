@@ -1,0 +1,82 @@
+"""Shared fixtures: temp workspaces written from a dict, and the real CLI run as a subprocess."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+POSBUILD = [sys.executable, "-m", "posbuild"]
+
+
+@dataclass
+class Result:
+    """What one CLI run did."""
+
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+class Workspace:
+    """A temp workspace: write files, run the CLI in it, read outputs."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def write(self, files: dict[str, str]) -> None:
+        """Write each file (dedented); BUILD contents may be indented in the test source."""
+        for rel, text in files.items():
+            path = self.root / rel
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(textwrap.dedent(text))
+
+    def run(self, *args: str, cwd: Path | None = None, env: dict[str, str] | None = None,
+            timeout: float = 120) -> Result:
+        """Run `posbuild ARGS` in the workspace (or `cwd`) and capture its output."""
+        full_env = {**os.environ, **(env or {})}
+        proc = subprocess.run([*POSBUILD, *args], cwd=cwd or self.root, env=full_env,
+                              capture_output=True, text=True, timeout=timeout)
+        return Result(proc.returncode, proc.stdout, proc.stderr)
+
+    def build(self, *args: str, **kwargs: object) -> Result:
+        """`posbuild build ARGS`, asserting nothing; see `ok()` for the common case."""
+        return self.run("build", *args, **kwargs)  # type: ignore[arg-type]
+
+    def ok(self, *args: str) -> Result:
+        """A build that must succeed."""
+        result = self.build(*args)
+        assert result.returncode == 0, f"build failed ({result.returncode}):\n{result.stdout}\n{result.stderr}"
+        return result
+
+    def out(self, rel: str) -> str:
+        return (self.root / "posbuild-out" / rel).read_text()
+
+
+def counts(result: Result) -> dict[str, int]:
+    """The executed/cached/failed numbers of the summary line."""
+    import re
+
+    match = re.search(r"\((\d+) executed, (\d+) cached, (\d+) failed", result.stdout)
+    assert match, f"no summary line in:\n{result.stdout}\n{result.stderr}"
+    executed, cached, failed = map(int, match.groups())
+    return {"executed": executed, "cached": cached, "failed": failed}
+
+
+def executed_labels(result: Result) -> list[str]:
+    """Labels of the actions a build executed, from its plain `[n/total] label` lines."""
+    return sorted(line.split("] ", 1)[1] for line in result.stdout.splitlines() if line.startswith("["))
+
+
+@pytest.fixture
+def ws(tmp_path: Path) -> Workspace:
+    """An empty workspace (a posbuild.toml and nothing else)."""
+    root = tmp_path / "ws"
+    root.mkdir()
+    (root / "posbuild.toml").write_text("")
+    return Workspace(root)
