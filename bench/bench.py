@@ -34,8 +34,11 @@ from pathlib import Path
 TOOLS = ("posbuild", "make", "ninja")
 SCENARIOS = ("cold", "noop", "edit", "touch")
 PACKAGE_SIZE = 100
-LAYERS = 32
-OUTPUT_CAP = 2048  # bytes; extra output inputs are only added below this size
+LAYERS = 32  # DAG depth: every task past layer 0 reads an output of the layer before
+# Concatenating outputs of outputs grows with the number of DAG paths; an extra
+# output input is only added while the result stays under this many bytes, so
+# outputs stay a few KB and the timings measure the tools rather than disk I/O.
+OUTPUT_CAP = 2048
 WORDS = (
     "alpha", "bravo", "charlie", "delta", "echo", "foxtrot", "golf", "hotel",
     "india", "juliet", "kilo", "lima", "mike", "november", "oscar", "papa",
@@ -125,9 +128,7 @@ def pick_leaf(rng: random.Random, i: int, n: int, used: set[Ref]) -> Ref | None:
     return None
 
 
-def pick_older_output(
-    rng: random.Random, bounds: list[int], layer: int
-) -> Ref:
+def pick_older_output(rng: random.Random, bounds: list[int], layer: int) -> Ref:
     """An output from an earlier layer, geometrically biased to recent layers."""
     back = 1
     while back < layer and rng.random() < 0.5:
@@ -139,7 +140,12 @@ def choose_inputs(
     rng: random.Random, i: int, layer: int, bounds: list[int],
     n: int, sizes: list[int], leaves: list[bytes],
 ) -> list[Ref]:
-    """Pick 1-3 distinct inputs for task ``i`` (deterministic given ``rng``)."""
+    """Pick 1-3 distinct inputs for task ``i`` (deterministic given ``rng``).
+
+    Layer-0 tasks read only leaves of their package.  Later tasks read one
+    output of the previous layer (any package) plus leaves of their package
+    and, now and then, outputs of older layers; the order is shuffled.
+    """
     count = rng.choices((1, 2, 3), weights=(3, 4, 3))[0]
     chosen: list[Ref] = []
     if layer > 0:

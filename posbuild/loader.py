@@ -175,7 +175,9 @@ class Loader:
     def _bzl_path(self, module_id: str) -> tuple[str, Path]:
         if module_id.startswith(RULES_REPO):
             label = parse_label("//" + module_id[len(RULES_REPO):], "")
-            return module_id, rules_dir().parent / label.package / label.name
+            if label.package != "rules":
+                raise ValueError(f"'{module_id}': the standard library lives in @posbuild//rules")
+            return module_id, rules_dir() / label.name
         package = self._current.package if self._current else ""
         label = parse_label(module_id, package)
         if not label.name.endswith(".bzl"):
@@ -203,8 +205,10 @@ class Loader:
 
 
 def rules_dir() -> Path:
-    """The standard rule library shipped beside the engine (`@posbuild//rules`)."""
-    return Path(__file__).resolve().parent.parent / "rules"
+    """The standard rule library (`@posbuild//rules`): inside the wheel, or beside a source checkout."""
+    here = Path(__file__).resolve().parent
+    packaged = here / "_rules"
+    return packaged if packaged.is_dir() else here.parent / "rules"
 
 
 class _PackageBuilder:

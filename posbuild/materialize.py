@@ -1,4 +1,4 @@
-"""Layer 6: put outputs into `posbuild-out/` atomically and read-only, and check them cheaply.
+"""Layer 5: put outputs into `posbuild-out/` atomically and read-only, and check them cheaply.
 
 Every file under `posbuild-out/` appears by `rename()` of a complete file, so no reader and no
 crash ever sees half of one. Files are made read-only (0444, or 0555 when executable) so an editor

@@ -1,4 +1,4 @@
-"""Layer 9: how a build talks to people — a live status line, plain lines, or near silence.
+"""Layer 7: how a build talks to people — a live status line, plain lines, or near silence.
 
 The build emits events to a Reporter it is given and never prints itself. A terminal gets one
 status line rewritten in place (`[done/total] label`, cache hits counted); a pipe gets one plain

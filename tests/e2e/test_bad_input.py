@@ -1,0 +1,339 @@
+"""Every bad input is one `posbuild: ...` line with its DESIGN §8 exit code, and changes nothing on disk."""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from conftest import POSBUILD, Workspace
+
+GOOD = {
+    "good/in.txt": "hello\n",
+    "good/BUILD": 'genrule(name = "report", srcs = ["in.txt"], outs = ["report.txt"], cmd = "tr a-z A-Z < $< > $@")\n',
+}
+
+
+def snapshot(root: Path) -> dict[str, object]:
+    """posbuild-out/ bytes and modes, and the files of the store (with the bytes of its data)."""
+    out: dict[str, object] = {}
+    base = root / "posbuild-out"
+    for path in sorted(base.rglob("*")) if base.exists() else []:
+        rel = str(path.relative_to(base))
+        mode = path.stat().st_mode
+        out[rel] = (mode, path.read_bytes() if path.is_file() else None)
+    store: dict[str, object] = {}
+    store_dir = root / ".posbuild" / "store"
+    for path in sorted(store_dir.rglob("*")):
+        rel = str(path.relative_to(store_dir))
+        digest = hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() and path.name != "lock.mdb" else None
+        store[rel] = digest
+    return {"out": out, "store": store}
+
+
+@pytest.fixture(scope="module")
+def template(tmp_path_factory) -> Path:
+    """One workspace with a good target built, copied by every test that needs one (saves a build each)."""
+    root = tmp_path_factory.mktemp("template") / "ws"
+    root.mkdir()
+    (root / "posbuild.toml").write_text("")
+    ws = Workspace(root)
+    ws.write(GOOD)
+    ws.ok("//...")
+    assert ws.out("good/report.txt") == "HELLO\n"
+    return root
+
+
+@pytest.fixture
+def built(ws, template):
+    """A workspace with one good target already built, and the snapshot taken after it."""
+    shutil.copytree(template, ws.root, dirs_exist_ok=True)
+    before = snapshot(ws.root)
+    assert before["out"]["good/report.txt"][1] == b"HELLO\n"
+    assert before["store"], "the good build left no store"
+    return ws, before
+
+
+def one_error_line(result, exit_code: int) -> str:
+    """The single stderr line (without `posbuild: `), after checking the exit code and stdout."""
+    assert result.returncode == exit_code, (result.returncode, result.stdout, result.stderr)
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("posbuild: "), result.stderr
+    assert "Traceback" not in result.stderr
+    return lines[0][len("posbuild: "):]
+
+
+def bad_build(built, files: dict[str, str], *patterns: str, exit_code: int = 3) -> str:
+    """Write `files` into the built workspace, build `patterns`, check the error and the unchanged disk."""
+    ws, before = built
+    ws.write(files)
+    result = ws.build(*(patterns or ("//...",)))
+    message = one_error_line(result, exit_code)
+    assert result.stdout == ""
+    assert snapshot(ws.root) == before
+    return message
+
+
+# --- BUILD files --------------------------------------------------------------------------------
+
+
+def test_syntax_error_names_file_and_line(built):
+    message = bad_build(built, {"p/BUILD": 'x = 1\n\ngenrule(name = "a", outs = ["a"], cmd = "x"\ny = 2\n'})
+    assert message == "p/BUILD:4:1: Parse error: unexpected identifier 'y' here"
+
+
+def test_evaluation_error_names_file_and_line(built):
+    message = bad_build(built, {"p/BUILD": "x = 1\ny = undefined_var + x\n"})
+    assert message == "p/BUILD:2:5: Variable `undefined_var` not found"
+
+
+def test_rule_error_inside_bzl_macro_names_the_bzl_line(built):
+    message = bad_build(built, {
+        "tools/BUILD": "",
+        "tools/macros.bzl": 'def my_macro(name):\n    x = 1\n    genrule(name = name, outs = ["o"], cmd = "c", bogus = x)\n',
+        "p/BUILD": 'load("//tools:macros.bzl", "my_macro")\nmy_macro(name = "z")\n',
+    })
+    assert message.startswith("tools/macros.bzl:3:5: genrule 'z': unknown attribute 'bogus' (known: cmd, ")
+
+
+def test_evaluation_error_inside_bzl_macro_names_a_file_and_line(built):
+    message = bad_build(built, {
+        "tools/BUILD": "",
+        "tools/macros.bzl": "def my_macro(name):\n    return name + 1\n",
+        "p/BUILD": 'load("//tools:macros.bzl", "my_macro")\n\nmy_macro(name = "z")\n',
+    })
+    # starlark-pyo3 reports only the outermost frame: the call site in the BUILD file.
+    assert message == "p/BUILD:3:1: Operation `+` not supported for types `string` and `int`"
+
+
+def test_syntax_error_inside_bzl_is_one_clean_message(built):
+    message = bad_build(built, {
+        "tools/BUILD": "",
+        "tools/bad.bzl": "def f(:\n    pass\n",
+        "p/BUILD": 'load("//tools:bad.bzl", "f")\n',
+    })
+    assert message == "tools/bad.bzl:1:7: Parse error: unexpected symbol ':' here"
+
+
+def test_load_of_missing_bzl(built):
+    ws, _ = built
+    message = bad_build(built, {"tools/BUILD": "", "p/BUILD": 'load("//tools:nope.bzl", "f")\n'})
+    assert message == f"p/BUILD:1:1: cannot load '//tools:nope.bzl': no file {ws.root}/tools/nope.bzl"
+
+
+def test_unknown_label_in_srcs_suggests_a_close_name(built):
+    message = bad_build(built, {"p/BUILD": (
+        'genrule(name = "b", outs = ["b.txt"], cmd = "echo > $@")\n'
+        'genrule(name = "a", srcs = [":bb"], outs = ["a.txt"], cmd = "cat $< > $@")\n'
+    )})
+    assert message == "p/BUILD:2: //p:a: srcs entry ':bb': no such target or source file '//p:bb' (did you mean 'b'?)"
+
+
+def test_malformed_label_in_srcs(built):
+    message = bad_build(built, {"p/BUILD": 'genrule(name = "a", srcs = ["//p:x:y"], outs = ["a"], cmd = "c")\n'})
+    assert message == "p/BUILD:1: //p:a: srcs entry '//p:x:y': invalid label '//p:x:y': bad target name 'x:y'"
+
+
+def test_duplicate_target_name(built):
+    message = bad_build(built, {"p/BUILD": (
+        'genrule(name = "a", outs = ["a.txt"], cmd = "c")\n'
+        'genrule(name = "a", outs = ["b.txt"], cmd = "c")\n'
+    )})
+    assert message == "p/BUILD:2:1: duplicate target name 'a' in package '//p'"
+
+
+def test_output_declared_by_two_targets(built):
+    message = bad_build(built, {"p/BUILD": (
+        'genrule(name = "a", outs = ["same.txt"], cmd = "c")\n'
+        'genrule(name = "b", outs = ["same.txt"], cmd = "c")\n'
+    )})
+    assert message == "p/BUILD:2:1: output 'same.txt' of 'b' is already declared by 'a' in '//p'"
+
+
+def test_output_named_like_an_earlier_target(built):
+    message = bad_build(built, {"p/BUILD": (
+        'genrule(name = "a", outs = ["a.txt"], cmd = "c")\n'
+        'genrule(name = "b", outs = ["a"], cmd = "c")\n'
+    )})
+    assert message.startswith("p/BUILD:2:1: output 'a' of 'b' ")
+
+
+def test_target_named_like_an_earlier_output(built):
+    message = bad_build(built, {"p/BUILD": (
+        'genrule(name = "a", outs = ["b"], cmd = "c")\n'
+        'genrule(name = "b", outs = ["b.txt"], cmd = "c")\n'
+    )})
+    assert message.startswith("p/BUILD:2:1: ")
+    assert "'b'" in message
+
+
+def test_bad_attribute_type(built):
+    message = bad_build(built, {"p/BUILD": 'genrule(name = "a", outs = "x", cmd = "c")\n'})
+    assert message == "p/BUILD:1:1: genrule: attribute 'outs' must be a list of non-empty strings, got str"
+
+
+def test_unknown_attribute(built):
+    message = bad_build(built, {"p/BUILD": 'genrule(name = "a", outs = ["x"], cmd = "c", colour = 1)\n'})
+    assert message == (
+        "p/BUILD:1:1: genrule 'a': unknown attribute 'colour' (known: cmd, env, message, outs, requires, "
+        "resources, secrets, srcs, tags, timeout, tools, version, visibility)"
+    )
+
+
+def test_missing_required_attribute(built):
+    message = bad_build(built, {"p/BUILD": 'genrule(name = "a", outs = ["x"])\n'})
+    assert message == "p/BUILD:1:1: genrule 'a': missing required attribute 'cmd'"
+
+
+# --- cmd substitutions --------------------------------------------------------------------------
+
+
+def test_unknown_make_variable_in_cmd(built):
+    message = bad_build(built, {"p/BUILD": 'genrule(name = "a", outs = ["x"], cmd = "echo $(FOO) > $@")\n'})
+    assert message == "p/BUILD:1: //p:a: cmd: unknown variable '$(FOO)' (write '$$' for a literal '$')"
+
+
+def test_first_src_shorthand_with_two_srcs(built):
+    message = bad_build(built, {
+        "p/s1.txt": "1", "p/s2.txt": "2",
+        "p/BUILD": 'genrule(name = "a", srcs = ["s1.txt", "s2.txt"], outs = ["x"], cmd = "cat $< > $@")\n',
+    })
+    assert message == "p/BUILD:1: //p:a: cmd: $< needs exactly one file, but there are 2"
+
+
+def test_single_out_shorthand_with_two_outs(built):
+    message = bad_build(built, {"p/BUILD": 'genrule(name = "a", outs = ["x", "y"], cmd = "touch $@")\n'})
+    assert message == "p/BUILD:1: //p:a: cmd: $@ needs exactly one file, but there are 2"
+
+
+def test_location_of_a_label_not_in_srcs(built):
+    message = bad_build(built, {
+        "p/other.txt": "o",
+        "p/BUILD": 'genrule(name = "a", outs = ["x"], cmd = "cat $(location other.txt) > $@")\n',
+    })
+    assert message == "p/BUILD:1: //p:a: cmd: $(location other.txt): 'other.txt' is not in srcs, tools or outs"
+
+
+# --- the command line ---------------------------------------------------------------------------
+
+
+def test_unknown_target_on_command_line_suggests_a_close_name(built):
+    assert bad_build(built, {}, "//good:reprt") == "no such target '//good:reprt' (did you mean 'report'?)"
+
+
+def test_no_such_package(built):
+    assert bad_build(built, {}, "//goo:report") == "no such package '//goo' (did you mean 'good'?)"
+
+
+def test_no_such_package_with_all(built):
+    assert bad_build(built, {}, "//nowhere:all") == "no such package '//nowhere'"
+
+
+def test_recursive_pattern_that_matches_nothing(built):
+    assert bad_build(built, {}, "//nowhere/...") == "pattern '//nowhere/...' matches no targets"
+
+
+def test_package_without_targets_matches_nothing(built):
+    message = bad_build(built, {"empty/BUILD": "x = 1\n"}, "//empty:all")
+    assert message == "pattern '//empty:all' matches no targets"
+
+
+def test_malformed_label_on_command_line(built):
+    assert bad_build(built, {}, "//good:a:b") == "invalid label '//good:a:b': bad target name 'a:b'"
+
+
+def test_one_bad_pattern_among_good_ones_builds_nothing(built):
+    assert bad_build(built, {}, "//good:report", "//good:nope") == "no such target '//good:nope'"
+
+
+@pytest.mark.parametrize("args, word", [
+    (["build", "-j", "0"], "-j"),
+    (["build", "--no-such-option"], "--no-such-option"),
+    (["no-such-command"], "no-such-command"),
+])
+def test_usage_error_is_one_line(built, args, word):
+    ws, before = built
+    result = ws.run(*args)
+    assert word in one_error_line(result, 2)
+    assert snapshot(ws.root) == before
+
+
+# --- the workspace ------------------------------------------------------------------------------
+
+
+def test_missing_posbuild_toml(tmp_path):
+    folder = tmp_path / "nows" / "sub"
+    folder.mkdir(parents=True)
+    assert not any((p / "posbuild.toml").exists() for p in (folder, *folder.parents))
+    proc = subprocess.run([*POSBUILD, "build", "//..."], cwd=folder, capture_output=True, text=True, timeout=60)
+    message = one_error_line(proc, 2)
+    assert message == (
+        f"no posbuild.toml found in {folder} or any folder above it; "
+        "create one (it may be empty) to mark the workspace root"
+    )
+    assert sorted(p.name for p in (tmp_path / "nows").rglob("*")) == ["sub"]
+
+
+def test_malformed_posbuild_toml(built):
+    ws, _ = built
+    message = bad_build(built, {"posbuild.toml": "[build\njobs = 2\n"})
+    assert message == f"{ws.root}/posbuild.toml: Expected ']' at the end of a table declaration (at line 1, column 7)"
+
+
+def test_wrongly_typed_posbuild_toml_value(built):
+    ws, _ = built
+    message = bad_build(built, {"posbuild.toml": '[build]\njobs = "many"\n'})
+    assert message == f"{ws.root}/posbuild.toml: [build] jobs must be int, got str 'many'"
+
+
+# --- cycles -------------------------------------------------------------------------------------
+
+
+def test_cycle_is_reported_with_its_path_and_nothing_runs(ws, tmp_path):
+    marker = tmp_path / "marker"
+    touch = f"touch {marker}; echo x > $@"
+    ws.write({"p/BUILD": (
+        f'genrule(name = "free", outs = ["free.txt"], cmd = "{touch}")\n'
+        f'genrule(name = "a", srcs = [":b"], outs = ["a.txt"], cmd = "{touch}")\n'
+        f'genrule(name = "b", srcs = [":c"], outs = ["b.txt"], cmd = "{touch}")\n'
+        f'genrule(name = "c", srcs = [":a"], outs = ["c.txt"], cmd = "{touch}")\n'
+    )})
+    result = ws.build("//...")
+    assert one_error_line(result, 11) == "ORCH-01 DAG cycle detected: //p:a -> //p:b -> //p:c -> //p:a"
+    assert result.stdout == ""
+    assert not marker.exists()
+    out = ws.root / "posbuild-out"
+    assert not out.exists() or not any(p.is_file() for p in out.rglob("*"))
+
+
+def test_cycle_through_an_output_file_label_across_packages(built):
+    message = bad_build(built, {
+        "x/BUILD": 'genrule(name = "x", srcs = ["//y:y.txt"], outs = ["x.txt"], cmd = "cp $< $@")\n',
+        "y/BUILD": 'genrule(name = "y", srcs = ["//x:x.txt"], outs = ["y.txt"], cmd = "cp $< $@")\n',
+    }, "//x:x", exit_code=11)
+    assert message == "ORCH-01 DAG cycle detected: //x:x -> //y:y -> //x:x"
+
+
+def test_self_cycle(built):
+    message = bad_build(built, {
+        "p/BUILD": 'genrule(name = "a", srcs = ["a.txt"], outs = ["a.txt"], cmd = "cp $< $@")\n',
+    }, "//p:a", exit_code=11)
+    assert message == "ORCH-01 DAG cycle detected: //p:a -> //p:a"
+
+
+# --- a failing action ---------------------------------------------------------------------------
+
+
+def test_failed_action_exits_1_and_names_it(built):
+    ws, before = built
+    ws.write({"p/BUILD": 'genrule(name = "bad", outs = ["bad.txt"], cmd = "echo oops >&2; exit 3")\n'})
+    result = ws.build("//...")
+    assert result.returncode == 1
+    assert result.stderr.splitlines()[-1] == "posbuild: 1 action(s) failed: //p:bad"
+    assert "oops" in result.stderr
+    assert not (ws.root / "posbuild-out/p/bad.txt").exists()
+    assert snapshot(ws.root)["out"] == before["out"]

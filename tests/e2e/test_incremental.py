@@ -1,0 +1,325 @@
+"""Incrementality end to end: what a rebuild executes after each kind of change, and nothing more.
+
+Every test drives the real CLI on a temp workspace and checks the exact set of executed actions
+(from the plain `[n/total] label` lines), so a rebuild that does too much or too little fails.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+
+from conftest import counts, executed_labels
+
+# A diamond plus an independent branch:
+#
+#   a.txt ──> left ──┐
+#                    ├──> join
+#   b.txt ──> right ─┘
+#   b.txt ──> other
+DIAMOND = {
+    "pkg/a.txt": "alpha\n",
+    "pkg/b.txt": "beta\n",
+    "pkg/BUILD": """
+        genrule(name = "left", srcs = ["a.txt"], outs = ["left.txt"], cmd = "cat $< > $@")
+        genrule(name = "right", srcs = ["b.txt"], outs = ["right.txt"], cmd = "cat $< > $@")
+        genrule(name = "join", srcs = [":left", ":right"], outs = ["join.txt"], cmd = "cat $(SRCS) > $@")
+        genrule(name = "other", srcs = ["b.txt"], outs = ["other.txt"], cmd = "tr a-z A-Z < $< > $@")
+    """,
+}
+DIAMOND_LABELS = ["//pkg:join", "//pkg:left", "//pkg:other", "//pkg:right"]
+
+
+def _later(path: os.PathLike[str] | str, seconds: float = 10.0) -> None:
+    """Move a file's mtime (and so its ctime) forward without changing its bytes."""
+    st = os.stat(path)
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + int(seconds * 1e9)))
+
+
+# ---- no-op rebuilds ---------------------------------------------------------------------------
+
+def test_rebuild_with_nothing_changed_executes_nothing(ws):
+    ws.write(DIAMOND)
+    first = ws.ok("//...")
+    assert executed_labels(first) == DIAMOND_LABELS
+    second = ws.ok("//...")
+    assert executed_labels(second) == []
+    assert counts(second) == {"executed": 0, "cached": 4, "failed": 0}
+    assert ws.out("pkg/join.txt") == "alpha\nbeta\n"
+
+
+def test_touching_a_source_without_changing_its_bytes_executes_nothing(ws):
+    ws.write(DIAMOND)
+    ws.ok("//...")
+    _later(ws.root / "pkg/a.txt")
+    _later(ws.root / "pkg/b.txt")
+    result = ws.ok("//...")
+    assert executed_labels(result) == []
+    assert counts(result)["cached"] == 4
+
+
+def test_touching_a_build_file_without_changing_it_executes_nothing(ws):
+    ws.write(DIAMOND)
+    ws.ok("//...")
+    _later(ws.root / "pkg/BUILD")
+    result = ws.ok("//...")
+    assert executed_labels(result) == []
+
+
+# ---- a changed source re-executes exactly what is downstream of it ----------------------------
+
+def test_changing_one_source_reexecutes_exactly_its_downstream_actions(ws):
+    ws.write(DIAMOND)
+    ws.ok("//...")
+    ws.write({"pkg/a.txt": "ALPHA changed\n"})
+    result = ws.ok("//...")
+    assert executed_labels(result) == ["//pkg:join", "//pkg:left"]
+    assert ws.out("pkg/join.txt") == "ALPHA changed\nbeta\n"
+
+
+def test_changing_a_shared_source_reexecutes_every_consumer(ws):
+    ws.write(DIAMOND)
+    ws.ok("//...")
+    ws.write({"pkg/b.txt": "gamma\n"})
+    result = ws.ok("//...")
+    assert executed_labels(result) == ["//pkg:join", "//pkg:other", "//pkg:right"]
+    assert ws.out("pkg/other.txt") == "GAMMA\n"
+    assert ws.out("pkg/join.txt") == "alpha\ngamma\n"
+
+
+def test_changing_a_source_of_the_same_size_is_detected(ws):
+    """Same length, same inode, rewritten right after the build: the content still counts."""
+    ws.write(DIAMOND)
+    ws.ok("//...")
+    (ws.root / "pkg/a.txt").write_text("omega\n")  # same size as "alpha\n"
+    result = ws.ok("//...")
+    assert executed_labels(result) == ["//pkg:join", "//pkg:left"]
+    assert ws.out("pkg/left.txt") == "omega\n"
+
+
+def test_reverting_a_source_is_a_cache_hit_for_the_old_content(ws):
+    ws.write(DIAMOND)
+    ws.ok("//...")
+    ws.write({"pkg/a.txt": "something else\n"})
+    ws.ok("//...")
+    ws.write({"pkg/a.txt": "alpha\n"})
+    result = ws.ok("//...")
+    assert executed_labels(result) == []
+    assert ws.out("pkg/join.txt") == "alpha\nbeta\n"
+
+
+# ---- early cutoff -----------------------------------------------------------------------------
+
+EARLY_CUTOFF = {
+    "pkg/raw.txt": "b\na\n",
+    "pkg/BUILD": """
+        genrule(name = "uniq", srcs = ["raw.txt"], outs = ["uniq.txt"], cmd = "sort -u $< > $@")
+        genrule(name = "count", srcs = [":uniq"], outs = ["count.txt"], cmd = "wc -l < $< > $@")
+        genrule(name = "report", srcs = [":count"], outs = ["report.txt"], cmd = "cat $< $< > $@")
+    """,
+}
+
+
+def test_early_cutoff_identical_output_stops_reexecution(ws):
+    ws.write(EARLY_CUTOFF)
+    ws.ok("//...")
+    ws.write({"pkg/raw.txt": "a\nb\na\nb\n"})  # sort -u still gives "a\nb\n"
+    result = ws.ok("//...")
+    assert executed_labels(result) == ["//pkg:uniq"]
+    assert counts(result) == {"executed": 1, "cached": 2, "failed": 0}
+    assert ws.out("pkg/uniq.txt") == "a\nb\n"
+
+
+def test_early_cutoff_in_the_middle_of_a_chain(ws):
+    ws.write(EARLY_CUTOFF)
+    ws.ok("//...")
+    ws.write({"pkg/raw.txt": "x\ny\n"})  # uniq changes, but wc -l is still 2
+    result = ws.ok("//...")
+    assert executed_labels(result) == ["//pkg:count", "//pkg:uniq"]
+    assert ws.out("pkg/uniq.txt") == "x\ny\n"
+    assert ws.out("pkg/count.txt").strip() == "2"
+
+
+# ---- changes to an action's declaration -------------------------------------------------------
+
+def _declared(cmd: str = "cat $< > $@", env: str = '{"A": "1"}', version: str = '{"schema": "1"}') -> dict[str, str]:
+    """src -> mid (the action under test) -> last; `side` is independent of mid."""
+    return {
+        "pkg/src.txt": "data\n",
+        "pkg/tool.sh": "echo tool-v1\n",
+        "pkg/BUILD": f"""
+genrule(name = "mid", srcs = ["src.txt"], outs = ["mid.txt"], tools = ["tool.sh"],
+        env = {env}, version = {version}, cmd = "{cmd}")
+genrule(name = "last", srcs = [":mid"], outs = ["last.txt"], cmd = "cat $< > $@")
+genrule(name = "side", srcs = ["src.txt"], outs = ["side.txt"], cmd = "cat $< > $@")
+""",
+    }
+
+
+MID_CMD = "sh $(location tool.sh) > $@; echo A=$$A >> $@; cat $< >> $@"
+
+
+def test_changing_cmd_reexecutes_the_action_and_what_it_feeds(ws):
+    ws.write(_declared(cmd=MID_CMD))
+    ws.ok("//...")
+    ws.write(_declared(cmd=MID_CMD + "; echo extra >> $@"))
+    result = ws.ok("//...")
+    assert executed_labels(result) == ["//pkg:last", "//pkg:mid"]
+    assert ws.out("pkg/last.txt") == "tool-v1\nA=1\ndata\nextra\n"
+
+
+def test_changing_cmd_with_identical_output_reexecutes_only_that_action(ws):
+    ws.write(_declared(cmd=MID_CMD))
+    ws.ok("//...")
+    ws.write(_declared(cmd=MID_CMD + "; true"))
+    result = ws.ok("//...")
+    assert executed_labels(result) == ["//pkg:mid"]
+
+
+def test_changing_an_env_entry_reexecutes_the_action(ws):
+    ws.write(_declared(cmd=MID_CMD))
+    ws.ok("//...")
+    ws.write(_declared(cmd=MID_CMD, env='{"A": "2"}'))
+    result = ws.ok("//...")
+    assert executed_labels(result) == ["//pkg:last", "//pkg:mid"]
+    assert ws.out("pkg/mid.txt") == "tool-v1\nA=2\ndata\n"
+
+
+def test_adding_an_env_entry_the_command_ignores_reexecutes_only_that_action(ws):
+    ws.write(_declared(cmd=MID_CMD))
+    ws.ok("//...")
+    ws.write(_declared(cmd=MID_CMD, env='{"A": "1", "B": "unused"}'))
+    result = ws.ok("//...")
+    assert executed_labels(result) == ["//pkg:mid"]
+
+
+def test_changing_a_tools_file_reexecutes_the_action(ws):
+    ws.write(_declared(cmd=MID_CMD))
+    ws.ok("//...")
+    ws.write({"pkg/tool.sh": "echo tool-v2\n"})
+    result = ws.ok("//...")
+    assert executed_labels(result) == ["//pkg:last", "//pkg:mid"]
+    assert ws.out("pkg/last.txt") == "tool-v2\nA=1\ndata\n"
+
+
+def test_changing_a_tools_file_the_command_never_runs_still_reexecutes(ws):
+    """h_C is the digest of the tools, whether or not the command happens to read them."""
+    ws.write(_declared())
+    ws.ok("//...")
+    ws.write({"pkg/tool.sh": "echo tool-v2 # not run by cmd\n"})
+    result = ws.ok("//...")
+    assert executed_labels(result) == ["//pkg:mid"]
+
+
+def test_changing_a_version_entry_reexecutes_the_action(ws):
+    ws.write(_declared(cmd=MID_CMD))
+    ws.ok("//...")
+    ws.write(_declared(cmd=MID_CMD, version='{"schema": "2"}'))
+    result = ws.ok("//...")
+    # the command does not read the version, so its output is identical: early cutoff for `last`
+    assert executed_labels(result) == ["//pkg:mid"]
+    assert counts(result) == {"executed": 1, "cached": 2, "failed": 0}
+
+
+# ---- only what the request needs --------------------------------------------------------------
+
+def test_only_what_the_requested_pattern_needs_is_built(ws):
+    ws.write({
+        "a/in.txt": "a\n",
+        "a/BUILD": """
+            genrule(name = "a1", srcs = ["in.txt"], outs = ["a1.txt"], cmd = "cat $< > $@")
+            genrule(name = "a2", srcs = [":a1"], outs = ["a2.txt"], cmd = "cat $< $< > $@")
+            genrule(name = "unrelated", srcs = ["in.txt"], outs = ["u.txt"], cmd = "cat $< > $@")
+        """,
+        "b/BUILD": """
+            genrule(name = "b1", srcs = ["//a:a2"], outs = ["b1.txt"], cmd = "cat $< > $@")
+        """,
+        "c/BUILD": """
+            genrule(name = "c1", outs = ["c1.txt"], cmd = "echo c > $@")
+        """,
+    })
+    result = ws.ok("//b:b1")
+    assert executed_labels(result) == ["//a:a1", "//a:a2", "//b:b1"]
+    assert ws.out("b/b1.txt") == "a\na\n"
+    assert not (ws.root / "posbuild-out/a/u.txt").exists()
+    assert not (ws.root / "posbuild-out/c").exists()
+    # the rest is built later, and what was already built is reused
+    rest = ws.ok("//...")
+    assert executed_labels(rest) == ["//a:unrelated", "//c:c1"]
+
+
+# ---- posbuild-out is restored from the store --------------------------------------------------
+
+def test_clean_then_build_restores_outputs_without_executing(ws):
+    ws.write(DIAMOND)
+    ws.ok("//...")
+    cleaned = ws.run("clean")
+    assert cleaned.returncode == 0, cleaned.stderr
+    assert not (ws.root / "posbuild-out").exists()
+    result = ws.ok("//...")
+    assert executed_labels(result) == []
+    assert counts(result) == {"executed": 0, "cached": 4, "failed": 0}
+    assert ws.out("pkg/left.txt") == "alpha\n"
+    assert ws.out("pkg/right.txt") == "beta\n"
+    assert ws.out("pkg/join.txt") == "alpha\nbeta\n"
+    assert ws.out("pkg/other.txt") == "BETA\n"
+
+
+def test_deleted_output_is_restored_without_executing(ws):
+    ws.write(DIAMOND)
+    ws.ok("//...")
+    (ws.root / "posbuild-out/pkg/left.txt").unlink()
+    result = ws.ok("//...")
+    assert executed_labels(result) == []
+    assert ws.out("pkg/left.txt") == "alpha\n"
+
+
+def test_hand_edited_output_is_repaired_from_the_store(ws):
+    ws.write(DIAMOND)
+    ws.ok("//...")
+    edited = ws.root / "posbuild-out/pkg/join.txt"
+    original = edited.read_bytes()
+    os.chmod(edited, stat.S_IMODE(edited.stat().st_mode) | stat.S_IWUSR)
+    with open(edited, "wb") as handle:
+        handle.write(b"hand edit\n")
+    result = ws.ok("//...")
+    assert executed_labels(result) == []
+    assert edited.read_bytes() == original
+    assert stat.S_IMODE(edited.stat().st_mode) & 0o222 == 0
+    # the edit did not reach the store: restoring again gives the original bytes too
+    ws.run("clean")
+    again = ws.ok("//...")
+    assert executed_labels(again) == []
+    assert edited.read_bytes() == original
+
+
+def test_hand_edited_output_of_the_same_size_is_repaired(ws):
+    ws.write(DIAMOND)
+    ws.ok("//...")
+    edited = ws.root / "posbuild-out/pkg/left.txt"
+    os.chmod(edited, 0o644)
+    edited.write_text("ALPHA\n")
+    result = ws.ok("//...")
+    assert executed_labels(result) == []
+    assert ws.out("pkg/left.txt") == "alpha\n"
+
+
+def test_outputs_are_read_only(ws):
+    ws.write({
+        "pkg/BUILD": """
+            genrule(name = "plain", outs = ["plain.txt"], cmd = "echo x > $@")
+            genrule(name = "script", outs = ["run.sh"], cmd = "echo 'echo hi' > $@; chmod 755 $@")
+        """,
+    })
+    ws.ok("//...")
+    for rel in ("pkg/plain.txt", "pkg/run.sh"):
+        mode = stat.S_IMODE((ws.root / "posbuild-out" / rel).stat().st_mode)
+        assert mode & 0o222 == 0, f"{rel} has mode {oct(mode)}"
+    assert stat.S_IMODE((ws.root / "posbuild-out/pkg/run.sh").stat().st_mode) & 0o111
+    # and they stay read-only after a restore from the store
+    ws.run("clean")
+    ws.ok("//...")
+    for rel in ("pkg/plain.txt", "pkg/run.sh"):
+        mode = stat.S_IMODE((ws.root / "posbuild-out" / rel).stat().st_mode)
+        assert mode & 0o222 == 0, f"restored {rel} has mode {oct(mode)}"
+    assert stat.S_IMODE((ws.root / "posbuild-out/pkg/run.sh").stat().st_mode) & 0o111

@@ -1,0 +1,201 @@
+"""Real fault injection: SIGKILL a running `posbuild build` at many instants, then build again.
+
+DESIGN §7.3: killing posbuild at any instant leaves a state from which the next build finishes
+correctly — every output present with the right bytes, no temp file under `posbuild-out/`, and a
+build after that executes nothing. The kill delays are fractions of a measured clean build, so
+they land before, during and near the end of the work whatever the speed of the machine.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import POSBUILD, Workspace, counts
+
+N_SOURCES = 5
+N_ACTIONS = 40
+
+
+def _name(i: int) -> str:
+    return f"n{i:02d}"
+
+
+def _srcs(i: int) -> list[str]:
+    """A chain/diamond mix: five interleaved chains, with cross links and fresh sources."""
+    if i < N_SOURCES:
+        return [f"s{i}.txt"]
+    srcs = [f":{_name(i - N_SOURCES)}"]
+    if i % 2 == 0:
+        srcs.append(f":{_name(i - 1)}")
+    if i % 3 == 0:
+        srcs.append(f"s{i % N_SOURCES}.txt")
+    return srcs
+
+
+def _workspace_files() -> dict[str, str]:
+    files = {f"g/s{i}.txt": f"source {i}\n" * (i + 1) for i in range(N_SOURCES)}
+    rules = []
+    for i in range(N_ACTIONS):
+        srcs = ", ".join(f'"{s}"' for s in _srcs(i))
+        rules.append(
+            f'genrule(name = "{_name(i)}", srcs = [{srcs}], outs = ["{_name(i)}.txt"], '
+            f'cmd = "sleep 0.05; {{ echo {_name(i)}; cat $(SRCS) | md5sum; }} > $@")'
+        )
+    files["g/BUILD"] = "\n".join(rules) + "\n"
+    return files
+
+
+def _expected() -> dict[str, bytes]:
+    """Every output's bytes, computed in Python from the graph definition."""
+    files = _workspace_files()
+    content: dict[str, bytes] = {}
+    for i in range(N_ACTIONS):
+        data = b"".join(
+            content[s[1:]] if s.startswith(":") else files[f"g/{s}"].encode() for s in _srcs(i)
+        )
+        content[_name(i)] = f"{_name(i)}\n{hashlib.md5(data).hexdigest()}  -\n".encode()
+    return {f"g/{name}.txt": data for name, data in content.items()}
+
+
+def _posbuild_out(root: Path) -> dict[str, bytes]:
+    out = root / "posbuild-out"
+    return {str(p.relative_to(out)): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+
+
+def _temp_names(root: Path) -> list[str]:
+    out = root / "posbuild-out"
+    if not out.exists():
+        return []
+    return [str(p.relative_to(out)) for p in out.rglob("*") if ".tmp" in p.name or p.name.startswith(".")]
+
+
+def _fresh_workspace(path: Path) -> Workspace:
+    path.mkdir()
+    (path / "posbuild.toml").write_text("")
+    ws = Workspace(path)
+    ws.write(_workspace_files())
+    return ws
+
+
+def _start(ws: Workspace, *args: str) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [*POSBUILD, "build", *args], cwd=ws.root, start_new_session=True,
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=dict(os.environ),
+    )
+
+
+def _kill_after(proc: subprocess.Popen[bytes], delay: float) -> bool:
+    """SIGKILL the whole process group after `delay` s; whether it was still running then."""
+    time.sleep(delay)
+    alive = proc.poll() is None
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    proc.wait(timeout=30)
+    return alive
+
+
+def _assert_recovers(ws: Workspace, expected: dict[str, bytes]) -> None:
+    result = ws.ok("-j2", "//...")
+    assert _posbuild_out(ws.root) == expected
+    assert _temp_names(ws.root) == []
+    again = ws.ok("-j2", "//...")
+    assert counts(again) == {"executed": 0, "cached": N_ACTIONS, "failed": 0}, result.stdout
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory: pytest.TempPathFactory) -> tuple[float, dict[str, bytes]]:
+    """A clean build's wall time, and its outputs (checked against the Python computation)."""
+    ws = _fresh_workspace(tmp_path_factory.mktemp("reference") / "ws")
+    started = time.monotonic()
+    proc = _start(ws, "-j2", "//...")
+    assert proc.wait(timeout=120) == 0
+    duration = time.monotonic() - started
+    outputs = _posbuild_out(ws.root)
+    assert outputs == _expected()
+    return duration, outputs
+
+
+FRACTIONS = [0.05, 0.2, 0.35, 0.5, 0.65, 0.8, 0.95]
+
+
+@pytest.mark.parametrize("fraction", FRACTIONS)
+def test_sigkill_during_a_clean_build_then_build_recovers(tmp_path, reference, fraction):
+    duration, expected = reference
+    ws = _fresh_workspace(tmp_path / "ws")
+    alive = _kill_after(_start(ws, "-j2", "//..."), fraction * duration)
+    if fraction < 0.9:
+        assert alive, f"the build finished before the kill at {fraction * duration:.2f} s"
+    _assert_recovers(ws, expected)
+
+
+def test_sigkill_twice_in_a_row_then_build_recovers(tmp_path, reference):
+    """The second kill hits a build that starts from the first one's leftovers."""
+    duration, expected = reference
+    ws = _fresh_workspace(tmp_path / "ws")
+    _kill_after(_start(ws, "-j2", "//..."), 0.4 * duration)
+    _kill_after(_start(ws, "-j2", "//..."), 0.5 * duration)
+    _assert_recovers(ws, expected)
+
+
+def test_sigkill_during_an_incremental_build_then_build_recovers(tmp_path, reference):
+    """Killed while re-executing after a source change: old and new results mixed in the store."""
+    duration, _ = reference
+    ws = _fresh_workspace(tmp_path / "ws")
+    ws.ok("-j2", "//...")
+    (ws.root / "g/s0.txt").write_text("changed source 0\n")
+    _kill_after(_start(ws, "-j2", "//..."), 0.5 * duration)
+    result = ws.ok("-j2", "//...")
+    assert _temp_names(ws.root) == []
+    outputs = _posbuild_out(ws.root)
+    assert set(outputs) == {f"g/{_name(i)}.txt" for i in range(N_ACTIONS)}
+    # n00 reads s0 directly: its content reflects the change
+    assert outputs["g/n00.txt"] == (
+        f"n00\n{hashlib.md5(b'changed source 0' + bytes([10])).hexdigest()}  -\n".encode()
+    )
+    assert counts(ws.ok("-j2", "//..."))["executed"] == 0, result.stdout
+
+
+# Large outputs make restoring `posbuild-out/` from the store take long enough to be hit.
+N_LARGE = 12
+LARGE_BYTES = 6 * 1024 * 1024
+
+
+def _large_files() -> dict[str, str]:
+    rules = [
+        f'genrule(name = "big{i:02d}", outs = ["big{i:02d}.bin"], '
+        f'cmd = "yes {chr(ord("a") + i)} | head -c {LARGE_BYTES} > $@")'
+        for i in range(N_LARGE)
+    ]
+    return {"big/BUILD": "\n".join(rules) + "\n"}
+
+
+def test_sigkill_while_restoring_outputs_from_the_store_leaves_no_temp_files(tmp_path):
+    ws = Workspace(tmp_path / "ws")
+    ws.root.mkdir()
+    (ws.root / "posbuild.toml").write_text("")
+    ws.write(_large_files())
+    ws.ok("//...")
+    expected = _posbuild_out(ws.root)
+    assert expected["big/big00.bin"] == b"a\n" * (LARGE_BYTES // 2)
+    assert ws.run("clean").returncode == 0
+    started = time.monotonic()
+    assert _start(ws, "//...").wait(timeout=120) == 0
+    restore_time = time.monotonic() - started
+    for fraction in (0.6, 0.7, 0.8, 0.9):
+        assert ws.run("clean").returncode == 0
+        _kill_after(_start(ws, "//..."), fraction * restore_time)
+        result = ws.ok("//...")
+        assert counts(result)["executed"] == 0
+        assert _posbuild_out(ws.root) == expected
+        assert _temp_names(ws.root) == [], f"temp files left after a kill at {fraction:.0%} of a restore"

@@ -1,0 +1,224 @@
+"""The stat memo: a file is hashed once per stat signature, and racy files are never memoised."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+import posbuild.filestate as filestate
+from posbuild.digest import hash_bytes
+from posbuild.filestate import RACY_WINDOW_NS, FileStates
+from posbuild.records import signature
+from posbuild.store import Store
+
+# A fixed, old modification time for files, and a clock far enough after it that they are not racy.
+T0 = 1_600_000_000_000_000_000
+LATER = T0 + 1_000 * RACY_WINDOW_NS
+
+
+@pytest.fixture
+def root(tmp_path: Path) -> Path:
+    folder = tmp_path / "ws"
+    folder.mkdir()
+    return folder
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[Store]:
+    opened = Store(tmp_path / "store")
+    yield opened
+    opened.close()
+
+
+def write(root: Path, rel: str, content: bytes, mtime_ns: int = T0) -> Path:
+    path = root / rel
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(content)
+    os.utime(path, ns=(mtime_ns, mtime_ns))
+    return path
+
+
+def files(root: Path, store: Store, now: int = LATER) -> FileStates:
+    return FileStates(root, store, clock_ns=lambda: now)
+
+
+def forbid_hashing(monkeypatch: pytest.MonkeyPatch) -> None:
+    def refuse(path: object) -> bytes:
+        raise AssertionError(f"file content was read: {path}")
+
+    monkeypatch.setattr(filestate, "hash_file", refuse)
+
+
+def memoise(fs: FileStates, store: Store) -> None:
+    store.commit(memo=fs.take_pending())
+
+
+def test_first_lookup_hashes_the_file(root: Path, store: Store) -> None:
+    write(root, "a.txt", b"alpha")
+    fs = files(root, store)
+    assert fs.digest("a.txt") == hash_bytes(b"alpha")
+    assert fs.hashed == 1
+
+
+def test_state_carries_the_current_signature(root: Path, store: Store) -> None:
+    path = write(root, "a.txt", b"alpha")
+    state = files(root, store).state("a.txt")
+    assert state.signature == signature(os.stat(path))
+    assert state.signature[0] == T0
+
+
+def test_repeated_lookup_in_one_build_hashes_once(root: Path, store: Store) -> None:
+    write(root, "a.txt", b"alpha")
+    fs = files(root, store)
+    first = fs.state("a.txt")
+    assert fs.state("a.txt") is first
+    assert fs.hashed == 1
+
+
+def test_take_pending_returns_learned_rows_sorted_then_clears(root: Path, store: Store) -> None:
+    write(root, "b.txt", b"beta")
+    write(root, "a.txt", b"alpha")
+    fs = files(root, store)
+    fs.digest("b.txt")
+    fs.digest("a.txt")
+    rows = fs.take_pending()
+    assert [(path, state.digest) for path, state in rows] == [
+        ("a.txt", hash_bytes(b"alpha")),
+        ("b.txt", hash_bytes(b"beta")),
+    ]
+    assert fs.take_pending() == []
+
+
+def test_memoised_unchanged_file_is_not_read(root: Path, store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    write(root, "pkg/a.txt", b"alpha")
+    first = files(root, store)
+    digest = first.digest("pkg/a.txt")
+    memoise(first, store)
+
+    forbid_hashing(monkeypatch)
+    second = files(root, store)
+    assert second.digest("pkg/a.txt") == digest
+    assert second.hashed == 0
+    assert second.take_pending() == []
+
+
+def test_memo_survives_reopening_the_store(tmp_path: Path, root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    write(root, "a.txt", b"alpha")
+    store = Store(tmp_path / "store2")
+    first = files(root, store)
+    digest = first.digest("a.txt")
+    memoise(first, store)
+    store.close()
+
+    forbid_hashing(monkeypatch)
+    reopened = Store(tmp_path / "store2")
+    try:
+        second = files(root, reopened)
+        assert second.digest("a.txt") == digest
+        assert second.hashed == 0
+    finally:
+        reopened.close()
+
+
+def test_touched_file_is_rehashed_with_same_digest(root: Path, store: Store) -> None:
+    path = write(root, "a.txt", b"alpha")
+    first = files(root, store)
+    digest = first.digest("a.txt")
+    memoise(first, store)
+
+    os.utime(path, ns=(T0 + 5 * RACY_WINDOW_NS, T0 + 5 * RACY_WINDOW_NS))
+    second = files(root, store)
+    assert second.digest("a.txt") == digest
+    assert second.hashed == 1
+    (row,) = second.take_pending()
+    assert row[0] == "a.txt"
+    assert row[1].signature[0] == T0 + 5 * RACY_WINDOW_NS
+
+
+def test_changed_content_gives_new_digest(root: Path, store: Store) -> None:
+    write(root, "a.txt", b"alpha")
+    first = files(root, store)
+    old = first.digest("a.txt")
+    memoise(first, store)
+
+    write(root, "a.txt", b"omega!", mtime_ns=T0 + 5 * RACY_WINDOW_NS)
+    second = files(root, store)
+    new = second.digest("a.txt")
+    assert new == hash_bytes(b"omega!")
+    assert new != old
+    assert second.hashed == 1
+
+
+def test_same_size_rewrite_with_restored_mtime_is_still_detected(root: Path, store: Store) -> None:
+    """mtime and size alone would miss this edit; the ctime in the signature catches it."""
+    write(root, "a.txt", b"alpha")
+    first = files(root, store)
+    first.digest("a.txt")
+    memoise(first, store)
+
+    write(root, "a.txt", b"ALPHA", mtime_ns=T0)  # same size, same mtime, new content
+    second = files(root, store)
+    assert second.digest("a.txt") == hash_bytes(b"ALPHA")
+
+
+@pytest.mark.parametrize("age", [0, 1, RACY_WINDOW_NS // 2, RACY_WINDOW_NS - 1])
+def test_racy_file_is_used_but_not_memoised(root: Path, store: Store, age: int) -> None:
+    write(root, "a.txt", b"alpha")
+    first = files(root, store, now=T0 + age)
+    assert first.digest("a.txt") == hash_bytes(b"alpha")
+    assert first.hashed == 1
+    assert first.take_pending() == []
+    memoise(first, store)
+    assert store.get_memo("a.txt") is None
+
+    second = files(root, store)  # the next build must hash that file again
+    assert second.digest("a.txt") == hash_bytes(b"alpha")
+    assert second.hashed == 1
+
+
+def test_file_older_than_racy_window_is_memoised(root: Path, store: Store) -> None:
+    write(root, "a.txt", b"alpha")
+    fs = files(root, store, now=T0 + RACY_WINDOW_NS + 1)
+    fs.digest("a.txt")
+    memoise(fs, store)
+    memo = store.get_memo("a.txt")
+    assert memo is not None
+    assert memo.digest == hash_bytes(b"alpha")
+
+
+def test_missing_file_raises_file_not_found(root: Path, store: Store) -> None:
+    with pytest.raises(FileNotFoundError):
+        files(root, store).state("nope.txt")
+
+
+def test_unchanged_is_true_for_untouched_file(root: Path, store: Store) -> None:
+    write(root, "a.txt", b"alpha")
+    fs = files(root, store)
+    assert fs.unchanged("a.txt", fs.state("a.txt").signature)
+
+
+def test_unchanged_detects_modification(root: Path, store: Store) -> None:
+    write(root, "a.txt", b"alpha")
+    fs = files(root, store)
+    sig = fs.state("a.txt").signature
+    write(root, "a.txt", b"alpha and more", mtime_ns=T0 + 1)
+    assert not fs.unchanged("a.txt", sig)
+
+
+def test_unchanged_detects_same_size_modification_with_restored_mtime(root: Path, store: Store) -> None:
+    write(root, "a.txt", b"alpha")
+    fs = files(root, store)
+    sig = fs.state("a.txt").signature
+    write(root, "a.txt", b"ALPHA", mtime_ns=T0)
+    assert not fs.unchanged("a.txt", sig)
+
+
+def test_unchanged_detects_deletion(root: Path, store: Store) -> None:
+    path = write(root, "a.txt", b"alpha")
+    fs = files(root, store)
+    sig = fs.state("a.txt").signature
+    path.unlink()
+    assert not fs.unchanged("a.txt", sig)

@@ -1,0 +1,190 @@
+"""Import layering (ARCHITECTURE.md §2), checked by parsing every module of posbuild/ with `ast`.
+
+The layer of each module is read from its own docstring, which starts with "Layer N: ...". Modules
+of a package without their own statement take the package's layer (the cli command modules are
+the cli layer). Only `posbuild/__init__.py` (the version string) and `posbuild/__main__.py` (the
+`python -m posbuild` shim) are exempt, and they are named explicitly, so a module that loses its
+"Layer N" line fails here instead of silently escaping the check.
+"""
+
+from __future__ import annotations
+
+import ast
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+import posbuild
+
+PACKAGE_DIR = Path(posbuild.__file__).parent
+EXEMPT = {"posbuild", "posbuild.__main__"}
+LAYER_RE = re.compile(r"\ALayer (\d+):")
+
+
+@dataclass(frozen=True)
+class Import:
+    source: str  # importing module
+    target: str  # imported posbuild module (or a third-party top-level name)
+    line: int
+
+    def __str__(self) -> str:
+        return f"{self.source} (line {self.line}) imports {self.target}"
+
+
+def module_name(path: Path) -> str:
+    parts = list(path.relative_to(PACKAGE_DIR.parent).with_suffix("").parts)
+    if parts[-1] == "__init__":
+        parts.pop()
+    return ".".join(parts)
+
+
+def parse_modules() -> dict[str, ast.Module]:
+    return {module_name(path): ast.parse(path.read_text(), str(path)) for path in sorted(PACKAGE_DIR.rglob("*.py"))}
+
+
+MODULES = parse_modules()
+
+
+def is_package(name: str) -> bool:
+    return (PACKAGE_DIR.parent / name.replace(".", "/") / "__init__.py").is_file()
+
+
+def own_layer(tree: ast.Module) -> int | None:
+    doc = ast.get_docstring(tree, clean=False) or ""
+    match = LAYER_RE.match(doc)
+    return int(match.group(1)) if match else None
+
+
+def layer_table() -> dict[str, int]:
+    """Layer of every module: from its docstring, else inherited from its enclosing package."""
+    table: dict[str, int] = {}
+    for name in sorted(MODULES, key=lambda n: n.count(".")):  # packages before their modules
+        layer = own_layer(MODULES[name])
+        if layer is None and name not in EXEMPT:
+            parent = name.rpartition(".")[0]
+            layer = table.get(parent)
+        if layer is not None:
+            table[name] = layer
+    return table
+
+
+LAYERS = layer_table()
+
+
+def _resolve_from(source: str, node: ast.ImportFrom) -> str:
+    if not node.level:
+        return node.module or ""
+    base = source.split(".")
+    if not is_package(source):
+        base = base[:-1]
+    base = base[: len(base) - (node.level - 1)]
+    return ".".join(base + ([node.module] if node.module else []))
+
+
+def imports_of(source: str) -> list[Import]:
+    """Every import in a module (top level, in functions, under TYPE_CHECKING), resolved to modules."""
+    found: list[Import] = []
+    for node in ast.walk(MODULES[source]):
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                target = alias.name
+                while target not in MODULES and target.startswith("posbuild."):
+                    target = target.rpartition(".")[0]
+                found.append(Import(source, target, node.lineno))
+        elif isinstance(node, ast.ImportFrom):
+            base = _resolve_from(source, node)
+            for alias in node.names:
+                submodule = f"{base}.{alias.name}"
+                found.append(Import(source, submodule if submodule in MODULES else base, node.lineno))
+    return found
+
+
+def posbuild_imports(source: str) -> list[Import]:
+    return [i for i in imports_of(source) if i.target == "posbuild" or i.target.startswith("posbuild.")]
+
+
+def in_cli(name: str) -> bool:
+    return name == "posbuild.cli" or name.startswith("posbuild.cli.")
+
+
+# -- the parsing itself works --------------------------------------------------------------------------
+
+
+def test_modules_are_found_and_parsed() -> None:
+    for name in ("posbuild.errors", "posbuild.scheduler", "posbuild.store", "posbuild.cli", "posbuild.cli.build"):
+        assert name in MODULES
+
+
+def test_layer_table_matches_the_docstrings() -> None:
+    assert LAYERS["posbuild.errors"] == 0
+    assert LAYERS["posbuild.digest"] == 1
+    assert LAYERS["posbuild.label"] == 1
+    assert LAYERS["posbuild.cli"] == 10
+    assert LAYERS["posbuild.cli.build"] == 10  # inherited from the cli package
+    assert LAYERS["posbuild.build"] > LAYERS["posbuild.scheduler"] > LAYERS["posbuild.errors"]
+
+
+def test_import_resolution() -> None:
+    targets = {i.target for i in posbuild_imports("posbuild.build")}
+    assert {"posbuild.scheduler", "posbuild.store", "posbuild.analysis"} <= targets
+    assert {i.target for i in posbuild_imports("posbuild.envfp")} == {"posbuild", "posbuild.digest"}
+
+
+def test_every_module_has_a_layer_unless_explicitly_exempt() -> None:
+    missing = sorted(name for name in MODULES if name not in LAYERS and name not in EXEMPT)
+    assert missing == [], f"modules whose docstring does not start with 'Layer N:': {missing}"
+
+
+# -- the named rules -----------------------------------------------------------------------------------------
+
+
+def test_errors_imports_nothing_from_posbuild() -> None:
+    assert posbuild_imports("posbuild.errors") == []
+
+
+def test_scheduler_imports_nothing_from_posbuild() -> None:
+    assert [str(i) for i in posbuild_imports("posbuild.scheduler")] == []
+
+
+def test_sandbox_does_not_import_store() -> None:
+    assert [str(i) for i in posbuild_imports("posbuild.sandbox") if i.target == "posbuild.store"] == []
+
+
+def test_package_init_imports_nothing_from_posbuild() -> None:
+    """`posbuild/__init__.py` is imported by low layers (for __version__), so it must stay at the bottom."""
+    assert [str(i) for i in posbuild_imports("posbuild")] == []
+
+
+def test_nothing_outside_cli_imports_cli() -> None:
+    allowed = {"posbuild.__main__"}  # `python -m posbuild` is a shim over cli.main by design
+    offenders = [
+        str(i) for name in MODULES if not in_cli(name) and name not in allowed
+        for i in posbuild_imports(name) if in_cli(i.target)
+    ]
+    assert offenders == []
+
+
+def test_no_module_below_cli_imports_click() -> None:
+    offenders = [
+        str(i) for name in MODULES if not in_cli(name)
+        for i in imports_of(name) if i.target == "click" or i.target.startswith("click.")
+    ]
+    assert offenders == []
+
+
+# -- the general rule: imports go strictly downward -------------------------------------------------------
+
+
+@pytest.mark.parametrize("source", sorted(name for name in MODULES if name in LAYERS))
+def test_imports_go_to_strictly_lower_layers(source: str) -> None:
+    violations = []
+    for imp in posbuild_imports(source):
+        if imp.target not in LAYERS:  # exempt targets (posbuild/__init__ is checked above)
+            continue
+        if in_cli(source) and imp.target == "posbuild.cli":  # a cli command module using its own package
+            continue
+        if LAYERS[imp.target] >= LAYERS[source]:
+            violations.append(f"{imp}: layer {LAYERS[source]} -> layer {LAYERS[imp.target]}")
+    assert violations == []

@@ -1,0 +1,223 @@
+"""The LMDB store: one-transaction commits, idempotent results, verified blobs (ORCH-03), large blobs."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+from posbuild.digest import hash_bytes, hash_file
+from posbuild.errors import ChecksumMismatch, PartialState
+from posbuild.records import ActionResult, FileState, OutputFile
+from posbuild.store import _INLINE, INLINE_LIMIT, Store
+
+KEY = hash_bytes(b"action key")
+OUT = b"model weights\n"
+OUT_DIGEST = hash_bytes(OUT)
+EMPTY = hash_bytes(b"")
+RESULT = ActionResult(
+    outputs=(OutputFile("posbuild-out/pkg/model.bin", OUT_DIGEST, len(OUT), False),),
+    exit_code=0,
+    stdout_digest=EMPTY,
+    stderr_digest=EMPTY,
+)
+MEMO = FileState((1_600_000_000_000_000_000, 5, 1234, 1_600_000_000_000_000_001), hash_bytes(b"alpha"))
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[Store]:
+    opened = Store(tmp_path / "store")
+    yield opened
+    opened.close()
+
+
+def last_txnid(store: Store) -> int:
+    return store._env.info()["last_txnid"]
+
+
+def test_empty_store_has_nothing(store: Store) -> None:
+    assert store.get_result(KEY) is None
+    assert store.get_memo("pkg/a.txt") is None
+    assert not store.has_blob(OUT_DIGEST)
+
+
+def test_commit_writes_result_blobs_and_memo(store: Store) -> None:
+    store.commit(result=(KEY, RESULT), blobs=[(OUT_DIGEST, OUT), (EMPTY, b"")], memo=[("pkg/a.txt", MEMO)])
+    assert store.get_result(KEY) == RESULT
+    assert store.get_blob(OUT_DIGEST) == OUT
+    assert store.get_blob(EMPTY) == b""
+    assert store.get_memo("pkg/a.txt") == MEMO
+
+
+def test_committed_rows_survive_reopening(tmp_path: Path) -> None:
+    first = Store(tmp_path / "s")
+    first.commit(result=(KEY, RESULT), blobs=[(OUT_DIGEST, OUT)], memo=[("pkg/a.txt", MEMO)])
+    first.flush()
+    first.close()
+    second = Store(tmp_path / "s")
+    try:
+        assert second.get_result(KEY) == RESULT
+        assert second.get_blob(OUT_DIGEST) == OUT
+        assert second.get_memo("pkg/a.txt") == MEMO
+    finally:
+        second.close()
+
+
+def test_reads_see_commits_made_after_an_earlier_read(store: Store) -> None:
+    assert store.get_result(KEY) is None  # opens the cached read snapshot
+    store.commit(result=(KEY, RESULT), memo=[("pkg/a.txt", MEMO)])
+    assert store.get_result(KEY) == RESULT
+    assert store.get_memo("pkg/a.txt") == MEMO
+
+
+def test_commit_is_one_transaction(store: Store) -> None:
+    """A failure part-way through a commit leaves none of its rows behind."""
+
+    def memo_rows() -> Iterator[tuple[str, FileState]]:
+        yield "pkg/a.txt", MEMO
+        raise RuntimeError("killed mid-commit")
+
+    with pytest.raises(RuntimeError):
+        store.commit(result=(KEY, RESULT), blobs=[(OUT_DIGEST, OUT)], memo=memo_rows())
+    assert not store.has_blob(OUT_DIGEST)
+    assert store.get_memo("pkg/a.txt") is None
+    assert store.get_result(KEY) is None
+
+
+def test_identical_result_commit_changes_nothing(store: Store) -> None:
+    store.commit(result=(KEY, RESULT), blobs=[(OUT_DIGEST, OUT)])
+    before = last_txnid(store)
+    store.commit(result=(KEY, RESULT), blobs=[(OUT_DIGEST, OUT)])
+    assert last_txnid(store) == before  # LMDB committed no new transaction: nothing was written
+    assert store.get_result(KEY) == RESULT
+    assert store.get_blob(OUT_DIGEST) == OUT
+
+
+def test_different_result_for_same_key_is_written(store: Store) -> None:
+    store.commit(result=(KEY, RESULT))
+    other = ActionResult(RESULT.outputs, 0, hash_bytes(b"log"), EMPTY)
+    before = last_txnid(store)
+    store.commit(result=(KEY, other))
+    assert last_txnid(store) > before
+    assert store.get_result(KEY) == other
+
+
+def test_existing_blob_is_not_overwritten(store: Store) -> None:
+    store.commit(blobs=[(OUT_DIGEST, OUT)])
+    before = last_txnid(store)
+    store.commit(blobs=[(OUT_DIGEST, OUT)])
+    assert last_txnid(store) == before
+
+
+def corrupt_inline_blob(store: Store, digest: bytes, data: bytes) -> None:
+    with store._env.begin(write=True) as txn:
+        txn.put(digest, _INLINE + data, db=store._blobs)
+
+
+def test_corrupt_inline_blob_raises_checksum_mismatch(store: Store) -> None:
+    store.commit(blobs=[(OUT_DIGEST, OUT)])
+    bad = b"model weightz\n"
+    corrupt_inline_blob(store, OUT_DIGEST, bad)
+    with pytest.raises(ChecksumMismatch) as info:
+        store.get_blob(OUT_DIGEST)
+    error = info.value
+    assert error.code == "ORCH-03"
+    assert error.exit_code == 13
+    assert error.render() == (
+        f"ORCH-03 checksum inconsistency: blob {OUT_DIGEST.hex()} in {store.path} hashes to "
+        f"{hash_bytes(bad).hex()}; run `posbuild fsck --repair`"
+    )
+
+
+def test_truncated_inline_blob_raises_checksum_mismatch(store: Store) -> None:
+    store.commit(blobs=[(OUT_DIGEST, OUT)])
+    corrupt_inline_blob(store, OUT_DIGEST, OUT[:-1])
+    with pytest.raises(ChecksumMismatch):
+        store.get_blob(OUT_DIGEST)
+
+
+def test_missing_blob_raises_checksum_mismatch(store: Store) -> None:
+    with pytest.raises(ChecksumMismatch, match=f"blob {OUT_DIGEST.hex()} .* missing from the store"):
+        store.get_blob(OUT_DIGEST)
+
+
+# -- large blobs in cas/ -------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def large(tmp_path: Path) -> tuple[Path, bytes]:
+    content = os.urandom(INLINE_LIMIT) + b"x" * (INLINE_LIMIT + 17)
+    path = tmp_path / "large.bin"
+    path.write_bytes(content)
+    return path, hash_file(path)
+
+
+def test_large_blob_lives_in_cas_and_round_trips(store: Store, large: tuple[Path, bytes]) -> None:
+    source, digest = large
+    store.store_external(digest, source)
+    store.commit(blobs=[(digest, None)])
+    target = store.external_path(digest)
+    assert target == store.path / "cas" / digest.hex()[:2] / digest.hex()
+    assert target.read_bytes() == source.read_bytes()
+    assert store.has_blob(digest)
+    assert store.get_blob(digest) == source.read_bytes()
+    assert target.stat().st_mode & 0o222 == 0  # read-only
+    assert [p.name for p in target.parent.iterdir()] == [digest.hex()]  # no temp file left behind
+
+
+def test_store_external_is_idempotent(store: Store, large: tuple[Path, bytes]) -> None:
+    source, digest = large
+    store.store_external(digest, source)
+    inode = store.external_path(digest).stat().st_ino
+    store.store_external(digest, source)
+    assert store.external_path(digest).stat().st_ino == inode
+
+
+def test_store_external_rejects_a_wrong_digest(store: Store, large: tuple[Path, bytes]) -> None:
+    source, _ = large
+    wrong = hash_bytes(b"not the content")
+    with pytest.raises(ChecksumMismatch):
+        store.store_external(wrong, source)
+    assert not store.external_path(wrong).exists()
+    assert list(store.external_path(wrong).parent.iterdir()) == []  # the temp file was removed
+
+
+def test_missing_external_file_raises_checksum_mismatch(store: Store, large: tuple[Path, bytes]) -> None:
+    source, digest = large
+    store.store_external(digest, source)
+    store.commit(blobs=[(digest, None)])
+    store.external_path(digest).unlink()
+    with pytest.raises(ChecksumMismatch, match="is missing"):
+        store.get_blob(digest)
+
+
+def test_corrupt_external_file_raises_checksum_mismatch(store: Store, large: tuple[Path, bytes]) -> None:
+    source, digest = large
+    store.store_external(digest, source)
+    store.commit(blobs=[(digest, None)])
+    target = store.external_path(digest)
+    target.chmod(0o644)
+    data = bytearray(target.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    target.write_bytes(bytes(data))
+    with pytest.raises(ChecksumMismatch, match="hashes to"):
+        store.get_blob(digest)
+
+
+# -- metadata and format ------------------------------------------------------------------------------------
+
+
+def test_meta_round_trips(store: Store) -> None:
+    assert store.get_meta("generation") is None
+    store.put_meta("generation", b"7")
+    assert store.get_meta("generation") == b"7"
+
+
+def test_store_of_another_format_is_refused(tmp_path: Path) -> None:
+    first = Store(tmp_path / "s")
+    first.put_meta("format", b"999")
+    first.close()
+    with pytest.raises(PartialState, match="has format 999"):
+        Store(tmp_path / "s")
