@@ -12,24 +12,30 @@ Paths inside an action are workspace-relative, exactly as in the sandbox: a sour
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
-from typing import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, NamedTuple, Sequence
 
 from posbuild.config import OUT_DIR
 from posbuild.digest import Digest, hash_canonical
 from posbuild.errors import BuildFileError
 from posbuild.graph import toposort
 from posbuild.label import Label, PatternKind, TargetPattern, did_you_mean, parse_label
-from posbuild.loader import Loader, Package
 from posbuild.target import Pairs, Target
+
+if TYPE_CHECKING:  # evaluating BUILD files (Starlark) is only needed when the graph cache misses
+    from posbuild.loader import Loader
 
 ACTION_SCHEMA = 1  # bump when the meaning of an Action's fields changes
 KIND_VERSIONS = {"genrule": 1}
 
 
-@dataclass(frozen=True, slots=True)
-class Action:
-    """One unit of execution: a command, its exact input and output files, and its declarations."""
+class Action(NamedTuple):
+    """One unit of execution: a command, its exact input and output files, and its declarations.
+
+    A NamedTuple rather than a frozen dataclass: a build of 10,000 actions rebuilds 10,000 of
+    these from the graph cache, and a tuple is built three times faster. It is just as immutable.
+    `sources` is the subset of `inputs` that are source files, precomputed for the up-to-date check.
+    """
 
     label: str
     kind: str
@@ -43,7 +49,8 @@ class Action:
     tags: tuple[str, ...]
     def_hash: Digest
     deps: tuple[int, ...]
-    message: str = field(default="", compare=False)
+    sources: tuple[str, ...]
+    message: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -193,7 +200,8 @@ class Analyzer:
         return Action(
             label=name, kind=target.kind, command=command, inputs=inputs, tools=tuple(sorted(tools)),
             outputs=outputs, env=target.env, versions=target.version, timeout=target.timeout,
-            tags=target.tags, def_hash=def_hash, deps=deps, message=target.message,
+            tags=target.tags, def_hash=def_hash, deps=deps,
+            sources=tuple(p for p in inputs if not is_generated(p)), message=target.message,
         )
 
     def _location_map(self, name: str, files: dict[str, tuple[str, ...]]) -> dict[str, tuple[str, ...]]:

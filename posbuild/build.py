@@ -1,4 +1,4 @@
-"""Layer 8: one build, end to end — the only module that wires loader, analysis, scheduler,
+"""Layer 9: one build, end to end — the only module that wires loader, analysis, scheduler,
 rebuilder and store together.
 
     config → (graph cache | discover → load → analyse) → scheduler(rebuilder) → summary
@@ -18,19 +18,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Mapping, Sequence
 
-from posbuild.analysis import Action, ActionGraph, Analyzer, expand_patterns
+from posbuild.analysis import ActionGraph, Analyzer, expand_patterns
 from posbuild.config import Config, load_config
+from posbuild.digest import hash_canonical
 from posbuild.envfp import environment_hash
-from posbuild.errors import PosbuildError
-from posbuild.execute import ActionOutcome, Rebuilder, Status
-from posbuild.filestate import FileStates
 from posbuild.graphcache import GraphCache
-from posbuild.label import parse_pattern
-from posbuild.loader import Loader, discover_packages
+from posbuild.label import TargetPattern, parse_pattern
 from posbuild.reporter import BuildSummary, Reporter
-from posbuild.sandbox import Sandboxes
-from posbuild.scheduler import Scheduler, State
-from posbuild.store import Store
+from posbuild.uptodate import clean_actions, load_state
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,20 +39,39 @@ class BuildOptions:
     cwd_package: str = ""
 
 
+@dataclass(frozen=True, slots=True)
+class Request:
+    """The parsed patterns of one command, and where its per-request state lives."""
+
+    patterns: tuple[TargetPattern, ...]
+    state_stem: Path
+
+
+def make_request(config: Config, patterns: Sequence[str], cwd_package: str = "") -> Request:
+    parsed = tuple(parse_pattern(p, cwd_package) for p in patterns)
+    canonical = sorted({str(p) for p in parsed})
+    return Request(parsed, GraphCache(config.root, config.state_dir / "graphs").stem(canonical))
+
+
 def resolve(root: Path, patterns: Sequence[str], cwd_package: str = "", config: Config | None = None) -> ActionGraph:
     """The ActionGraph for `patterns`, from the graph cache when nothing it depends on changed."""
     config = config or load_config(root)
-    parsed = [parse_pattern(p, cwd_package) for p in patterns]
-    request = sorted({str(p) for p in parsed})
-    cache = GraphCache(root, config.state_dir / "graphs")
-    cached = cache.load(request)
+    return _resolve(config, make_request(config, patterns, cwd_package))
+
+
+def _resolve(config: Config, request: Request) -> ActionGraph:
+    canonical = sorted({str(p) for p in request.patterns})
+    cache = GraphCache(config.root, config.state_dir / "graphs")
+    cached = cache.load(canonical)
     if cached is not None:
         return cached
-    packages, dirs = discover_packages(root, config.build_file_names)
+    from posbuild.loader import Loader, discover_packages  # Starlark is needed only on a cache miss
+
+    packages, dirs = discover_packages(config.root, config.build_file_names)
     loader = Loader(config, packages)
-    roots = expand_patterns(parsed, packages, loader)
+    roots = expand_patterns(request.patterns, packages, loader)
     graph = Analyzer(loader).analyze(roots)
-    cache.save(request, graph, dirs, [*loader.files_read, "posbuild.toml"])
+    cache.save(canonical, graph, dirs, [*loader.files_read, "posbuild.toml"])
     return graph
 
 
@@ -77,78 +91,41 @@ def workspace_lock(config: Config, reporter: Reporter) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-class _Executor:
-    """Adapts the Rebuilder to the scheduler's node numbers, and reports each finished action."""
-
-    def __init__(self, actions: Sequence[Action], rebuilder: Rebuilder, reporter: Reporter) -> None:
-        self._actions = actions
-        self._rebuilder = rebuilder
-        self._reporter = reporter
-        self.outcomes: dict[int, ActionOutcome] = {}
-
-    def prepare(self, node: int) -> ActionOutcome | None:
-        return self._rebuilder.check(self._actions[node])
-
-    def run(self, node: int) -> ActionOutcome:
-        try:
-            return self._rebuilder.run(self._actions[node])
-        except OSError as error:
-            return ActionOutcome(Status.FAILED, error=f"{error.strerror or error}: {error.filename or ''}".rstrip(": "))
-
-    def succeeded(self, outcome: ActionOutcome) -> bool:
-        return outcome.status is not Status.FAILED
-
-    def finished(self, node: int, state: State, outcome: ActionOutcome | None) -> None:
-        if outcome is None:
-            return
-        self.outcomes[node] = outcome
-        self._reporter.action_finished(self._actions[node].label, outcome.status.value, outcome.error, outcome.stderr)
-
-    def cancel(self) -> None:
-        self._rebuilder.cancel()
-
-
 def run_build(root: Path, options: BuildOptions, reporter: Reporter,
               environ: Mapping[str, str] | None = None) -> BuildSummary:
-    """Build the patterns of `options` in the workspace at `root`."""
+    """Build the patterns of `options` in the workspace at `root`.
+
+    Actions the up-to-date check settles by stat alone count as cached; only if any remain does
+    the build open the store and start the scheduler (runner.py, imported only then).
+    """
     started = time.monotonic()
     config = load_config(root)
-    graph = resolve(root, options.patterns, options.cwd_package, config)
-    with workspace_lock(config, reporter):
-        store = Store(config.store_dir)
-        try:
-            return _execute(config, graph, options, reporter, store, environ or {}, started)
-        finally:
-            store.close()
-
-
-def _execute(config: Config, graph: ActionGraph, options: BuildOptions, reporter: Reporter, store: Store,
-             environ: Mapping[str, str], started: float) -> BuildSummary:
+    request = make_request(config, options.patterns, options.cwd_package)
+    graph = _resolve(config, request)
+    environ = environ or {}
     passed_env = tuple((name, environ[name]) for name in config.env_pass if name in environ)
-    files = FileStates(config.root, store)
-    sandboxes = Sandboxes(config.root, config.state_dir / "sandbox")
-    sandboxes.clear_stale()
-    rebuilder = Rebuilder(config.root, store, files, sandboxes, environment_hash(), passed_env)
+    env_hash = environment_hash()
+    env_key = hash_canonical([env_hash, passed_env])
+    state_path = request.state_stem.with_suffix(".state")
     actions = graph.actions
-    reporter.build_started(len(actions))
-    executor = _Executor(actions, rebuilder, reporter)
-    scheduler: Scheduler[ActionOutcome] = Scheduler(
-        [a.deps for a in actions], [a.label for a in actions], options.jobs or config.jobs, options.keep_going
-    )
-    try:
-        states = scheduler.run(executor)
-    finally:
-        store.commit(memo=files.take_pending())
-        store.flush()
-    statuses = [o.status for o in executor.outcomes.values()]
+    with workspace_lock(config, reporter):
+        previous = load_state(state_path, env_key)
+        clean = clean_actions(actions, previous, config.root)
+        up_to_date = sum(clean)
+        reporter.build_started(len(actions), up_to_date)
+        executed = cached_late = failed = skipped = 0
+        failed_labels: tuple[str, ...] = ()
+        if up_to_date < len(actions):
+            from posbuild.runner import RunSettings, Status, run_dirty
+
+            settings = RunSettings(options.jobs or config.jobs, options.keep_going, env_hash, env_key,
+                                   passed_env, state_path)
+            run = run_dirty(config, actions, clean, previous, settings, reporter)
+            executed, cached_late, failed = (run.count(s) for s in (Status.EXECUTED, Status.CACHED, Status.FAILED))
+            skipped, failed_labels = run.skipped, run.failed_labels(actions)
     summary = BuildSummary(
-        total=len(actions),
-        executed=statuses.count(Status.EXECUTED),
-        cached=statuses.count(Status.CACHED),
-        failed=statuses.count(Status.FAILED),
-        skipped=states.count(State.SKIPPED),
-        wall=time.monotonic() - started,
-        failed_labels=tuple(actions[n].label for n, o in sorted(executor.outcomes.items()) if o.status is Status.FAILED),
+        total=len(actions), executed=executed, cached=up_to_date + cached_late, failed=failed, skipped=skipped,
+        wall=time.monotonic() - started, failed_labels=failed_labels,
     )
     reporter.build_finished(summary)
     return summary
@@ -176,5 +153,3 @@ def _make_writable(folder: Path) -> None:
     for dirpath, _, _ in os.walk(folder):
         os.chmod(dirpath, 0o755)
 
-
-__all__ = ["BuildOptions", "resolve", "run_build", "clean", "PosbuildError"]

@@ -27,6 +27,7 @@ from posbuild.materialize import Materializer
 from posbuild.records import ActionResult, FileState, OutputFile, Signature
 from posbuild.sandbox import Sandboxes, SpawnResult
 from posbuild.store import INLINE_LIMIT, Store
+from posbuild.uptodate import EMPTY, ActionTrace, BuildState
 
 NO_CACHE_TAG = "no-cache"
 
@@ -39,10 +40,10 @@ class Status(enum.Enum):
 
 @dataclass(frozen=True, slots=True)
 class ActionOutcome:
-    """How one action ended in this build."""
+    """How one action ended in this build; `key` is set whenever the action ended well."""
 
     status: Status
-    result: ActionResult | None = None
+    key: Digest | None = None
     error: str = ""
     stderr: bytes = field(default=b"", repr=False, compare=False)
     elapsed: float = field(default=0.0, compare=False)
@@ -58,7 +59,8 @@ class Rebuilder:
     """Check-or-run for the actions of one build; upstream output digests are shared state."""
 
     def __init__(self, root: Path, store: Store, files: FileStates, sandboxes: Sandboxes,
-                 env_hash: Digest, passed_env: Sequence[tuple[str, str]] = ()) -> None:
+                 env_hash: Digest, passed_env: Sequence[tuple[str, str]] = (),
+                 previous: BuildState | None = None) -> None:
         self._root = root
         self._store = store
         self._files = files
@@ -66,9 +68,20 @@ class Rebuilder:
         self._materializer = Materializer(root, store)
         self._env_hash = env_hash
         self._passed_env = tuple(passed_env)
-        self._produced: dict[str, Digest] = {}
+        self._previous = previous or EMPTY
+        self._produced: dict[str, FileState] = {}
+        self._sources: dict[str, FileState] = {}
         self._prepared: dict[str, _Prepared] = {}
+        self.traces: dict[str, ActionTrace] = {}
         self.restored = 0
+
+    def _output_state(self, path: str) -> FileState:
+        """An upstream output: produced in this build, or recorded for an up-to-date action."""
+        state = self._produced.get(path)
+        if state is None:
+            state = self._previous.file(path)
+            assert state is not None, f"{path} has neither been produced nor recorded"
+        return state
 
     def check(self, action: Action) -> ActionOutcome | None:
         """Settle `action` from the cache if possible; None means it must run."""
@@ -76,7 +89,7 @@ class Rebuilder:
         sources: list[tuple[str, Signature]] = []
         for path in action.inputs:
             if is_generated(path):
-                digests.append(self._produced[path])
+                digests.append(self._output_state(path).digest)
             else:
                 try:
                     state = self._files.state(path)
@@ -84,24 +97,82 @@ class Rebuilder:
                     return ActionOutcome(Status.FAILED, error=f"source file '{path}' is missing")
                 digests.append(state.digest)
                 sources.append((path, state.signature))
-        key = action_key(action, digests, self._env_hash, self._passed_env)
+                stable = self._files.stable(path)
+                if stable is not None:
+                    self._sources[path] = stable
         if NO_CACHE_TAG not in action.tags:
-            result = self._store.get_result(key)
-            if result is not None:
-                self._settle_hit(result)
-                return ActionOutcome(Status.CACHED, result)
+            hit = self._reuse_trace(action, digests) or self._lookup(action, digests)
+            if hit is not None:
+                return hit
+        key = action_key(action, digests, self._env_hash, self._passed_env)
         self._prepared[action.label] = _Prepared(key, tuple(sources))
         return None
 
-    def _settle_hit(self, result: ActionResult) -> None:
-        memo: list[tuple[str, FileState]] = []
+    def _reuse_trace(self, action: Action, digests: list[Digest]) -> ActionOutcome | None:
+        """A hit without computing a key: the inputs and outputs are those of the last build."""
+        trace = self._previous.trace_of(action)
+        if trace is None:
+            return None
+        files = self._previous.files
+        for path, digest in zip(action.inputs, digests):
+            row = files.get(path)
+            if row is None or row[1] != digest:
+                return None
+        outputs = []
+        for path in action.outputs:
+            recorded = self._previous.file(path)
+            if recorded is None or not self._files.unchanged(path, recorded.signature):
+                return None
+            outputs.append((path, recorded))
+        self._produced.update(outputs)
+        self.traces[action.label] = trace
+        return ActionOutcome(Status.CACHED, trace.key)
+
+    def _lookup(self, action: Action, digests: list[Digest]) -> ActionOutcome | None:
+        """A hit by key: restore any output that `posbuild-out/` lacks, from verified blobs."""
+        key = action_key(action, digests, self._env_hash, self._passed_env)
+        result = self._store.get_result(key)
+        if result is None:
+            return None
+        restored: list[tuple[str, FileState]] = []
         for output in result.outputs:
-            if not self._materializer.is_current(output):
-                memo.append((output.path, self._materializer.restore(output)))
+            state = self._materializer.current(output)
+            if state is None:
+                state = self._materializer.restore(output)
+                restored.append((output.path, state))
                 self.restored += 1
-            self._produced[output.path] = output.digest
-        if memo:
-            self._store.commit(memo=memo)
+            self._produced[output.path] = state
+        if restored:
+            self._store.commit(memo=restored)
+        self.traces[action.label] = ActionTrace(action.def_hash, key)
+        return ActionOutcome(Status.CACHED, key)
+
+    def state_for(self, actions: Sequence[Action], up_to_date: Sequence[bool], env_key: Digest) -> BuildState:
+        """The up-to-date state to save: every action that ended well, and the files it saw.
+
+        Actions found up to date before the build keep their recorded rows unchanged.
+        """
+        previous = self._previous
+        traces: dict[str, tuple[Digest, Digest]] = {}
+        files: dict[str, tuple[Signature, Digest]] = {}
+        for action, clean in zip(actions, up_to_date):
+            if clean:
+                traces[action.label] = previous.actions[action.label]
+                for path in (*action.sources, *action.outputs):
+                    files[path] = previous.files[path]
+                continue
+            trace = self.traces.get(action.label)
+            if trace is None:
+                continue
+            traces[action.label] = (trace.def_hash, trace.key)
+            for path in action.inputs:
+                state = self._sources.get(path) if path in action.sources else self._output_state(path)
+                if state is not None:
+                    files[path] = (state.signature, state.digest)
+            for path in action.outputs:
+                state = self._produced[path]
+                files[path] = (state.signature, state.digest)
+        return BuildState(env_key, traces, files)
 
     def run(self, action: Action) -> ActionOutcome:
         """Execute `action` in a sandbox and commit its result (worker thread)."""
@@ -111,10 +182,10 @@ class Rebuilder:
             failure = self._failure(action, spawn, prepared)
             if failure:
                 return ActionOutcome(Status.FAILED, error=failure, stderr=spawn.stderr, elapsed=spawn.elapsed)
-            result = self._commit(action, spawn, prepared.key)
+            self._commit(action, spawn, prepared.key)
         finally:
             self._sandboxes.remove(spawn)
-        return ActionOutcome(Status.EXECUTED, result, stderr=spawn.stderr, elapsed=spawn.elapsed)
+        return ActionOutcome(Status.EXECUTED, prepared.key, stderr=spawn.stderr, elapsed=spawn.elapsed)
 
     def _failure(self, action: Action, spawn: SpawnResult, prepared: _Prepared) -> str:
         if spawn.timed_out:
@@ -152,10 +223,15 @@ class Rebuilder:
         result = ActionResult(tuple(outputs), spawn.exit_code, stdout_digest, stderr_digest)
         cached = None if NO_CACHE_TAG in action.tags else (key, result)
         self._store.commit(cached, blobs, memo)
-        for output in outputs:
-            self._produced[output.path] = output.digest
+        self._produced.update(memo)
+        if cached is not None:
+            self.traces[action.label] = ActionTrace(action.def_hash, key)
         return result
 
     def cancel(self) -> None:
         self._sandboxes.cancel()
+
+    def clear_sandboxes(self) -> None:
+        """Remove sandboxes an interrupted build left behind, before new ones are made."""
+        self._sandboxes.clear_stale()
 

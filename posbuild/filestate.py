@@ -33,6 +33,7 @@ class FileStates:
         self._clock_ns = clock_ns
         self._seen: dict[str, FileState] = {}
         self._pending: dict[str, FileState] = {}
+        self._racy: set[str] = set()
         self.hashed = 0
 
     def state(self, path: str) -> FileState:
@@ -47,8 +48,14 @@ class FileStates:
             self.hashed += 1
             if self._clock_ns() - sig[0] > RACY_WINDOW_NS:
                 self._pending[path] = memo
+            else:
+                self._racy.add(path)
         self._seen[path] = memo
         return memo
+
+    def stable(self, path: str) -> FileState | None:
+        """The state of a file already looked at, unless it was too fresh to be trusted later."""
+        return None if path in self._racy else self._seen.get(path)
 
     def digest(self, path: str) -> Digest:
         return self.state(path).digest

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import os
 import tempfile
-from dataclasses import fields
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -23,9 +22,9 @@ import msgpack
 from posbuild import __version__
 from posbuild.analysis import ACTION_SCHEMA, Action, ActionGraph
 from posbuild.digest import hash_canonical
-from posbuild.loader import Stamp
 
 CACHE_FORMAT = 1
+Stamp = tuple[str, int]  # (workspace-relative path, mtime_ns or a stat fingerprint)
 
 
 def _path_stamp(root: Path, rel: str) -> int:
@@ -48,7 +47,11 @@ class GraphCache:
         self._folder = folder
 
     def _entry(self, request: Sequence[str]) -> Path:
-        return self._folder / (hash_canonical([CACHE_FORMAT, list(request)]).hex()[:32] + ".graph")
+        return self.stem(request).with_suffix(".graph")
+
+    def stem(self, request: Sequence[str]) -> Path:
+        """The path, without suffix, of everything kept per request (graph, up-to-date state)."""
+        return self._folder / hash_canonical([CACHE_FORMAT, list(request)]).hex()[:32]
 
     def load(self, request: Sequence[str]) -> ActionGraph | None:
         """The cached graph for `request` if every stamp still matches, else None."""
@@ -70,7 +73,7 @@ class GraphCache:
         for rel, stamp in files:
             if _path_stamp(self._root, rel) != stamp:
                 return None
-        return ActionGraph(tuple(Action(*row) for row in rows), requested)
+        return ActionGraph(tuple(map(Action._make, rows)), requested)
 
     def save(self, request: Sequence[str], graph: ActionGraph, dirs: Sequence[Stamp], files: Sequence[str]) -> None:
         rows = [_action_row(a) for a in graph.actions]
@@ -83,9 +86,10 @@ class GraphCache:
 
 
 def _version() -> str:
-    return f"{CACHE_FORMAT}/{ACTION_SCHEMA}/{__version__}"
+    """Changes whenever a cached graph could no longer be read back as the same Actions."""
+    return f"{CACHE_FORMAT}/{ACTION_SCHEMA}/{__version__}/{','.join(Action._fields)}"
 
 
 def _action_row(action: Action) -> list[Any]:
-    """The Action's fields in declaration order, so that `Action(*row)` rebuilds it."""
-    return [getattr(action, f.name) for f in fields(Action)]
+    """The Action's fields in declaration order, so that `Action._make(row)` rebuilds it."""
+    return list(action)

@@ -25,7 +25,7 @@ from posbuild.label import Label, did_you_mean, parse_label
 from posbuild.target import AttributeError_, Target, make_target
 
 RULES_REPO = "@posbuild//"
-_ERROR_LINE = re.compile(r"^error: (?:(?:[A-Za-z_]+Error_?): )?(.*)$", re.MULTILINE)
+_ERROR_LINE = re.compile(r"^error: (?:(?:[A-Za-z_]+Error_?: )?error: )*(?:[A-Za-z_]+Error_?: )?(.*)$", re.MULTILINE)
 _WHERE_LINE = re.compile(r"^\s*--> (.+):(\d+):(\d+)", re.MULTILINE)
 
 
@@ -233,17 +233,20 @@ class _PackageBuilder:
         label = parse_label(f":{name}", self.package) if ":" not in name else None
         if label is None:
             raise ValueError(f"{kind}: invalid target name '{name}'")
-        if name in self._targets or name in self._outputs:
+        if name in self._targets:
             raise ValueError(f"duplicate target name '{name}' in package '//{self.package}'")
+        if name in self._outputs:
+            raise ValueError(f"target name '{name}' clashes with an output of '{self._outputs[name]}' in '//{self.package}'")
         try:
             target = make_target(kind, label, attrs, self._locate(name))
         except BuildFileError as error:
             raise ValueError(error.detail) from None
         for out in target.outs:
             parse_label(f":{out}", self.package)
-            owner = self._outputs.get(out) or (out if out in self._targets else None)
-            if owner:
-                raise ValueError(f"output '{out}' of '{name}' is already declared by '{owner}' in '//{self.package}'")
+            if out in self._outputs:
+                raise ValueError(f"output '{out}' of '{name}' is already declared by '{self._outputs[out]}' in '//{self.package}'")
+            if out in self._targets or out == name:
+                raise ValueError(f"output '{out}' of '{name}' clashes with the target '{out}' in '//{self.package}'")
         for out in target.outs:
             self._outputs[out] = name
         self._targets[name] = target

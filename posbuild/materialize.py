@@ -28,14 +28,17 @@ class Materializer:
         self._root = root
         self._store = store
 
-    def is_current(self, output: OutputFile) -> bool:
-        """Whether `posbuild-out/` already holds exactly this output (one stat, one memo read)."""
+    def current(self, output: OutputFile) -> FileState | None:
+        """The file's state if `posbuild-out/` already holds exactly this output, else None.
+
+        One stat and one memo read: the memo row was written when posbuild put the file there.
+        """
         try:
             sig = signature(os.stat(os.path.join(self._root, output.path)))
         except FileNotFoundError:
-            return False
+            return None
         memo = self._store.get_memo(output.path)
-        return memo is not None and memo.signature == sig and memo.digest == output.digest
+        return memo if memo is not None and memo.signature == sig and memo.digest == output.digest else None
 
     def install(self, produced: Path, output: OutputFile) -> FileState:
         """Move a file an action just produced into place (same file system: a plain rename)."""

@@ -27,7 +27,7 @@ class BuildSummary:
 
 
 class Reporter(Protocol):
-    def build_started(self, total: int) -> None: ...
+    def build_started(self, total: int, up_to_date: int) -> None: ...
 
     def action_finished(self, label: str, status: str, error: str, stderr: bytes) -> None: ...
 
@@ -52,8 +52,10 @@ class _Base:
         self._done = 0
         self._cached = 0
 
-    def build_started(self, total: int) -> None:
+    def build_started(self, total: int, up_to_date: int) -> None:
+        """`up_to_date` actions were settled before any event: they count as done and cached."""
         self._total = total
+        self._done = self._cached = up_to_date
 
     def message(self, text: str) -> None:
         self._err.write(text + "\n")

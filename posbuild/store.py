@@ -56,15 +56,16 @@ class Store:
         self._reader_commits = -1
 
     def _check_format(self) -> None:
-        with self._env.begin(write=True) as txn:
+        with self._env.begin() as txn:
             found = txn.get(b"format", db=self._meta)
-            if found is None:
+        if found is None:
+            with self._env.begin(write=True) as txn:
                 txn.put(b"format", STORE_FORMAT, db=self._meta)
-            elif found != STORE_FORMAT:
-                raise PartialState(
-                    f"store {self.path} has format {found.decode()}, this posbuild reads {STORE_FORMAT.decode()}; "
-                    f"run `posbuild clean --all`"
-                )
+        elif found != STORE_FORMAT:
+            raise PartialState(
+                f"store {self.path} has format {found.decode()}, this posbuild reads {STORE_FORMAT.decode()}; "
+                f"run `posbuild clean --all`"
+            )
 
     def close(self) -> None:
         if self._reader is not None:
@@ -106,7 +107,7 @@ class Store:
         actual = hash_bytes(data)
         if actual != digest:
             raise ChecksumMismatch(
-                f"blob {digest.hex()} in {self.path} hashes to {actual.hex()}; run `posbuild fsck --repair`"
+                f"blob {digest.hex()} in {self.path} hashes to {actual.hex()}; remove it with `posbuild clean --all`"
             )
         return data
 

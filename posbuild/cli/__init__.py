@@ -84,6 +84,14 @@ def main(args: list[str] | None = None) -> Any:
     """Entry point of the `posbuild` script."""
     argv = _with_default_command(list(sys.argv[1:] if args is None else args))
     try:
-        return cli.main(argv, prog_name="posbuild", standalone_mode=True)
+        code = cli.main(argv, prog_name="posbuild", standalone_mode=False)
     except PosbuildError as error:
         fail(error)
+    except click.UsageError as error:
+        command = error.ctx.command_path if error.ctx else "posbuild"
+        click.echo(f"posbuild: {error.format_message()} (see `{command} --help`)", err=True)
+        sys.exit(2)
+    except click.Abort:
+        click.echo("posbuild: interrupted", err=True)
+        sys.exit(130)
+    sys.exit(code or 0)

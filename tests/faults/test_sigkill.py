@@ -10,10 +10,8 @@ from __future__ import annotations
 
 import hashlib
 import os
-import shutil
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -54,9 +52,9 @@ def _workspace_files() -> dict[str, str]:
     return files
 
 
-def _expected() -> dict[str, bytes]:
-    """Every output's bytes, computed in Python from the graph definition."""
-    files = _workspace_files()
+def _expected(changed: dict[str, str] | None = None) -> dict[str, bytes]:
+    """Every output's bytes, computed in Python from the graph definition (and changed sources)."""
+    files = {**_workspace_files(), **(changed or {})}
     content: dict[str, bytes] = {}
     for i in range(N_ACTIONS):
         data = b"".join(
@@ -106,11 +104,11 @@ def _kill_after(proc: subprocess.Popen[bytes], delay: float) -> bool:
 
 
 def _assert_recovers(ws: Workspace, expected: dict[str, bytes]) -> None:
-    result = ws.ok("-j2", "//...")
+    ws.ok("-j2", "//...")
     assert _posbuild_out(ws.root) == expected
     assert _temp_names(ws.root) == []
     again = ws.ok("-j2", "//...")
-    assert counts(again) == {"executed": 0, "cached": N_ACTIONS, "failed": 0}, result.stdout
+    assert counts(again) == {"executed": 0, "cached": N_ACTIONS, "failed": 0}
 
 
 @pytest.fixture(scope="module")
@@ -118,15 +116,14 @@ def reference(tmp_path_factory: pytest.TempPathFactory) -> tuple[float, dict[str
     """A clean build's wall time, and its outputs (checked against the Python computation)."""
     ws = _fresh_workspace(tmp_path_factory.mktemp("reference") / "ws")
     started = time.monotonic()
-    proc = _start(ws, "-j2", "//...")
-    assert proc.wait(timeout=120) == 0
+    ws.ok("-j2", "//...")
     duration = time.monotonic() - started
     outputs = _posbuild_out(ws.root)
     assert outputs == _expected()
     return duration, outputs
 
 
-FRACTIONS = [0.05, 0.2, 0.35, 0.5, 0.65, 0.8, 0.95]
+FRACTIONS = [0.05, 0.2, 0.4, 0.6, 0.8, 0.95]
 
 
 @pytest.mark.parametrize("fraction", FRACTIONS)
@@ -153,17 +150,10 @@ def test_sigkill_during_an_incremental_build_then_build_recovers(tmp_path, refer
     duration, _ = reference
     ws = _fresh_workspace(tmp_path / "ws")
     ws.ok("-j2", "//...")
-    (ws.root / "g/s0.txt").write_text("changed source 0\n")
+    changed = {"g/s0.txt": "changed source 0\n"}
+    ws.write(changed)
     _kill_after(_start(ws, "-j2", "//..."), 0.5 * duration)
-    result = ws.ok("-j2", "//...")
-    assert _temp_names(ws.root) == []
-    outputs = _posbuild_out(ws.root)
-    assert set(outputs) == {f"g/{_name(i)}.txt" for i in range(N_ACTIONS)}
-    # n00 reads s0 directly: its content reflects the change
-    assert outputs["g/n00.txt"] == (
-        f"n00\n{hashlib.md5(b'changed source 0' + bytes([10])).hexdigest()}  -\n".encode()
-    )
-    assert counts(ws.ok("-j2", "//..."))["executed"] == 0, result.stdout
+    _assert_recovers(ws, _expected(changed))
 
 
 # Large outputs make restoring `posbuild-out/` from the store take long enough to be hit.
@@ -180,7 +170,27 @@ def _large_files() -> dict[str, str]:
     return {"big/BUILD": "\n".join(rules) + "\n"}
 
 
+def _kill_when_a_temp_file_appears(ws: Workspace, folder: Path) -> bool:
+    """Run a build and SIGKILL it the moment `folder` holds a temp file; whether that happened."""
+    proc = _start(ws, "//...")
+    try:
+        while proc.poll() is None:
+            try:
+                names = os.listdir(folder)
+            except FileNotFoundError:
+                continue
+            if any(".tmp" in name for name in names):
+                os.killpg(proc.pid, signal.SIGKILL)
+                return True
+        return False
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+
+
 def test_sigkill_while_restoring_outputs_from_the_store_leaves_no_temp_files(tmp_path):
+    """Killed in the middle of writing an output back from the store, as after `posbuild clean`."""
     ws = Workspace(tmp_path / "ws")
     ws.root.mkdir()
     (ws.root / "posbuild.toml").write_text("")
@@ -188,14 +198,13 @@ def test_sigkill_while_restoring_outputs_from_the_store_leaves_no_temp_files(tmp
     ws.ok("//...")
     expected = _posbuild_out(ws.root)
     assert expected["big/big00.bin"] == b"a\n" * (LARGE_BYTES // 2)
-    assert ws.run("clean").returncode == 0
-    started = time.monotonic()
-    assert _start(ws, "//...").wait(timeout=120) == 0
-    restore_time = time.monotonic() - started
-    for fraction in (0.6, 0.7, 0.8, 0.9):
+    for _ in range(5):
         assert ws.run("clean").returncode == 0
-        _kill_after(_start(ws, "//..."), fraction * restore_time)
-        result = ws.ok("//...")
-        assert counts(result)["executed"] == 0
-        assert _posbuild_out(ws.root) == expected
-        assert _temp_names(ws.root) == [], f"temp files left after a kill at {fraction:.0%} of a restore"
+        if _kill_when_a_temp_file_appears(ws, ws.root / "posbuild-out/big"):
+            break
+    else:
+        pytest.fail("never caught a restore in the act of writing a temp file")
+    result = ws.ok("//...")
+    assert counts(result)["executed"] == 0
+    assert _temp_names(ws.root) == [], "a temp file of the killed restore is still in posbuild-out/"
+    assert _posbuild_out(ws.root) == expected

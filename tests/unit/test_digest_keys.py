@@ -120,7 +120,7 @@ def _action(def_hash: bytes = hash_bytes(b"def"), **changes: object) -> Action:
     fields: dict[str, object] = dict(
         label="//pkg:t", kind="genrule", command="cp a b", inputs=("pkg/a", "pkg/b"), tools=(),
         outputs=("posbuild-out/pkg/out",), env=(), versions=(), timeout=0, tags=(),
-        def_hash=def_hash, deps=(), message="",
+        def_hash=def_hash, deps=(), sources=("pkg/a", "pkg/b"), message="",
     )
     fields.update(changes)
     return Action(**fields)  # type: ignore[arg-type]

@@ -1,0 +1,110 @@
+"""Layer 8: run the part of a build that the up-to-date check could not settle.
+
+Opens the store, wires the rebuilder (keys, cache, sandbox) to the scheduler for the dirty actions
+only, and saves the new up-to-date state afterwards. It lives apart from build.py so that a no-op
+build never imports it: LMDB, subprocess, threading and the sandbox cost start-up time that a
+build with nothing to do should not pay.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+from posbuild.analysis import Action
+from posbuild.config import Config
+from posbuild.digest import Digest
+from posbuild.execute import ActionOutcome, Rebuilder, Status
+from posbuild.filestate import FileStates
+from posbuild.reporter import Reporter
+from posbuild.sandbox import Sandboxes
+from posbuild.scheduler import Scheduler, State
+from posbuild.store import Store
+from posbuild.uptodate import BuildState, save_state
+
+
+@dataclass(frozen=True, slots=True)
+class DirtyRun:
+    """What happened to the dirty actions: outcomes by index into the build's actions."""
+
+    outcomes: dict[int, ActionOutcome]
+    skipped: int
+
+    def count(self, status: Status) -> int:
+        return sum(1 for outcome in self.outcomes.values() if outcome.status is status)
+
+    def failed_labels(self, actions: Sequence[Action]) -> tuple[str, ...]:
+        return tuple(actions[n].label for n, o in sorted(self.outcomes.items()) if o.status is Status.FAILED)
+
+
+@dataclass(frozen=True, slots=True)
+class RunSettings:
+    """The parts of the build's configuration the run needs."""
+
+    jobs: int
+    keep_going: bool
+    env_hash: Digest
+    env_key: Digest
+    passed_env: tuple[tuple[str, str], ...]
+    state_path: Path
+
+
+class _Executor:
+    """Adapts the Rebuilder to the scheduler's node numbers, and reports each finished action."""
+
+    def __init__(self, actions: Sequence[Action], rebuilder: Rebuilder, reporter: Reporter) -> None:
+        self._actions = actions
+        self._rebuilder = rebuilder
+        self._reporter = reporter
+        self.outcomes: dict[int, ActionOutcome] = {}
+
+    def prepare(self, node: int) -> ActionOutcome | None:
+        return self._rebuilder.check(self._actions[node])
+
+    def run(self, node: int) -> ActionOutcome:
+        try:
+            return self._rebuilder.run(self._actions[node])
+        except OSError as error:
+            return ActionOutcome(Status.FAILED, error=f"{error.strerror or error}: {error.filename or ''}".rstrip(": "))
+
+    def succeeded(self, outcome: ActionOutcome) -> bool:
+        return outcome.status is not Status.FAILED
+
+    def finished(self, node: int, state: State, outcome: ActionOutcome | None) -> None:
+        if outcome is None:
+            return
+        self.outcomes[node] = outcome
+        self._reporter.action_finished(self._actions[node].label, outcome.status.value, outcome.error, outcome.stderr)
+
+    def cancel(self) -> None:
+        self._rebuilder.cancel()
+
+
+def run_dirty(config: Config, actions: Sequence[Action], clean: Sequence[bool], previous: BuildState,
+              settings: RunSettings, reporter: Reporter) -> DirtyRun:
+    """Check, and where needed execute, every action not marked clean; save the new state."""
+    dirty = [i for i, is_clean in enumerate(clean) if not is_clean]
+    store = Store(config.store_dir)
+    try:
+        files = FileStates(config.root, store)
+        sandboxes = Sandboxes(config.root, config.state_dir / "sandbox")
+        sandboxes.clear_stale()
+        rebuilder = Rebuilder(config.root, store, files, sandboxes, settings.env_hash, settings.passed_env, previous)
+        position = {node: i for i, node in enumerate(dirty)}
+        sub_actions = [actions[i] for i in dirty]
+        executor = _Executor(sub_actions, rebuilder, reporter)
+        scheduler: Scheduler[ActionOutcome] = Scheduler(
+            [[position[d] for d in a.deps if d in position] for a in sub_actions],
+            [a.label for a in sub_actions], settings.jobs, settings.keep_going,
+        )
+        try:
+            states = scheduler.run(executor)
+        finally:
+            store.commit(memo=files.take_pending())
+            store.flush()
+            save_state(settings.state_path, rebuilder.state_for(actions, clean, settings.env_key))
+    finally:
+        store.close()
+    outcomes = {dirty[i]: o for i, o in executor.outcomes.items()}
+    return DirtyRun(outcomes, states.count(State.SKIPPED))

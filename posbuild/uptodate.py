@@ -1,0 +1,131 @@
+"""Layer 5: the up-to-date check — which actions a build need not even look up in the store.
+
+This is posbuild's equivalent of Ninja's build log. After each build, the state of the request is
+saved: for every action that ended well, its definition hash and key; for every file it read or
+wrote, the stat signature and digest seen in that build; and the environment key. Before the
+next build, one pass in dependency order marks an action *clean* when its definition and the
+environment are the same, every dependency is clean, and every source input and every output
+still has the recorded stat signature. Clean actions are settled with `stat()` calls only — no
+file is read, no key is computed, no store row is touched — and never reach the scheduler.
+
+Everything else goes through the rebuilder, which can still reuse a recorded key when the input
+digests it computes turn out to be the recorded ones (a touched file, an early cutoff).
+
+The state is a cache of derived facts: losing it costs one slower build, never a wrong one.
+Signatures of files hashed within the racy window (filestate.py) are not recorded, so a file
+rewritten within one timestamp tick is never taken as unchanged.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import msgpack
+
+from posbuild.analysis import Action
+from posbuild.digest import Digest
+from posbuild.records import FileState, Signature
+
+STATE_FORMAT = 1
+
+
+@dataclass(frozen=True, slots=True)
+class ActionTrace:
+    """What an action was, and what key it had, when it last ended well."""
+
+    def_hash: Digest
+    key: Digest
+
+
+FileRow = tuple[Signature, Digest]  # a FileState as the raw pair it is saved as
+
+
+@dataclass(frozen=True, slots=True)
+class BuildState:
+    """The saved state of one request after its last build.
+
+    Rows stay the raw tuples msgpack returns (label → (def_hash, key), path → (signature,
+    digest)): the check reads tens of thousands of them and builds objects only for the few it uses.
+    """
+
+    env_key: Digest
+    actions: dict[str, tuple[Digest, Digest]]
+    files: dict[str, FileRow]
+
+    def trace_of(self, action: Action) -> ActionTrace | None:
+        """The recorded trace, if the action's definition is the recorded one."""
+        row = self.actions.get(action.label)
+        return ActionTrace(*row) if row is not None and row[0] == action.def_hash else None
+
+    def file(self, path: str) -> FileState | None:
+        row = self.files.get(path)
+        return FileState(*row) if row is not None else None
+
+
+EMPTY = BuildState(b"", {}, {})
+
+
+def load_state(path: Path, env_key: Digest) -> BuildState:
+    """The saved state, or EMPTY when there is none, it is unreadable, or the environment differs."""
+    try:
+        fmt, saved_env, actions, files = msgpack.unpackb(path.read_bytes(), use_list=False)
+    except (OSError, ValueError, TypeError, msgpack.UnpackException):
+        return EMPTY
+    if fmt != STATE_FORMAT or saved_env != env_key:
+        return EMPTY
+    return BuildState(env_key, actions, files)
+
+
+def save_state(path: Path, state: BuildState) -> None:
+    """Write the state atomically (temp + rename)."""
+    payload = msgpack.packb([STATE_FORMAT, state.env_key, state.actions, state.files], use_bin_type=True)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, temp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(payload)
+    os.rename(temp, path)
+
+
+def clean_actions(actions: Sequence[Action], state: BuildState, root: Path) -> list[bool]:
+    """For each action (in dependency order), whether it is up to date by stat alone.
+
+    The hot loop of a no-op build: written flat, one dict lookup and at most one `stat()` per
+    file, each file stat-ed once however many actions read it.
+    """
+    clean = [False] * len(actions)
+    if not state.actions:
+        return clean
+    traces, files = state.actions, state.files
+    seen: dict[str, bool] = {}
+    base = str(root) + "/"
+    stat = os.stat
+    for index, action in enumerate(actions):
+        trace = traces.get(action.label)
+        if trace is None or trace[0] != action.def_hash:
+            continue
+        ok = True
+        for dep in action.deps:
+            if not clean[dep]:
+                ok = False
+                break
+        if not ok:
+            continue
+        for path in (*action.sources, *action.outputs):
+            same = seen.get(path)
+            if same is None:
+                row = files.get(path)
+                try:
+                    st = stat(base + path)
+                    same = row is not None and row[0] == (st.st_mtime_ns, st.st_size, st.st_ino, st.st_ctime_ns)
+                except FileNotFoundError:
+                    same = False
+                seen[path] = same
+            if not same:
+                ok = False
+                break
+        clean[index] = ok
+    return clean
