@@ -29,6 +29,7 @@ class Config:
     build_file_names: tuple[str, ...]
     store_dir: Path
     env_pass: tuple[str, ...]
+    sandbox_dir: Path
 
     @property
     def out_dir(self) -> Path:
@@ -89,7 +90,21 @@ def load_config(root: Path) -> Config:
         build_file_names=_string_list(table, "build", "build_file_names", ["BUILD"], path),
         store_dir=store_dir,
         env_pass=_string_list(table, "env", "pass", [], path),
+        sandbox_dir=_sandbox_dir(root, _get(table, "build", "sandbox_base", str, "", path)),
     )
+
+
+def _sandbox_dir(root: Path, configured: str) -> Path:
+    """Where this workspace's sandboxes go: as configured, else on /dev/shm when usable, else on disk."""
+    if configured:
+        return root / os.path.expanduser(configured)
+    shm = Path("/dev/shm")
+    if shm.is_dir() and os.access(shm, os.W_OK | os.X_OK):
+        import hashlib
+
+        tag = hashlib.blake2b(str(root).encode(), digest_size=8).hexdigest()
+        return shm / f"posbuild-{os.getuid()}" / tag
+    return root / STATE_DIR / "sandbox"
 
 
 def default_jobs() -> int:

@@ -207,6 +207,7 @@ class Rebuilder:
         for path in action.outputs:
             produced = spawn.exec_root / path
             stat = os.stat(produced)
+            data: bytes | None = None
             if stat.st_size <= INLINE_LIMIT:
                 data = produced.read_bytes()
                 digest = hash_bytes(data)
@@ -216,7 +217,7 @@ class Rebuilder:
                 self._store.store_external(digest, produced)
                 blobs.append((digest, None))
             output = OutputFile(path, digest, stat.st_size, bool(stat.st_mode & 0o111))
-            memo.append((path, self._materializer.install(produced, output)))
+            memo.append((path, self._materializer.install(produced, output, data)))
             outputs.append(output)
         stdout_digest, stderr_digest = hash_bytes(spawn.stdout), hash_bytes(spawn.stderr)
         blobs += [(stdout_digest, spawn.stdout), (stderr_digest, spawn.stderr)]

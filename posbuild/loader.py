@@ -245,7 +245,7 @@ class _PackageBuilder:
             parse_label(f":{out}", self.package)
             if out in self._outputs:
                 raise ValueError(f"output '{out}' of '{name}' is already declared by '{self._outputs[out]}' in '//{self.package}'")
-            if out in self._targets or out == name:
+            if out in self._targets:
                 raise ValueError(f"output '{out}' of '{name}' clashes with the target '{out}' in '//{self.package}'")
         for out in target.outs:
             self._outputs[out] = name

@@ -9,8 +9,11 @@ next build knows it is intact by one `stat()`.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import os
-import tempfile
+import shutil
+import threading
 from pathlib import Path
 
 from posbuild.records import FileState, OutputFile, signature
@@ -27,6 +30,7 @@ class Materializer:
     def __init__(self, root: Path, store: Store) -> None:
         self._root = root
         self._store = store
+        self._folders: set[Path] = set()
 
     def current(self, output: OutputFile) -> FileState | None:
         """The file's state if `posbuild-out/` already holds exactly this output, else None.
@@ -40,26 +44,47 @@ class Materializer:
         memo = self._store.get_memo(output.path)
         return memo if memo is not None and memo.signature == sig and memo.digest == output.digest else None
 
-    def install(self, produced: Path, output: OutputFile) -> FileState:
-        """Move a file an action just produced into place (same file system: a plain rename)."""
+    def install(self, produced: Path, output: OutputFile, data: bytes | None) -> FileState:
+        """Put a file an action just produced into place: a rename on the same file system,
+        else a copy (`data` when the caller already read it) written temp + rename."""
+        target = self._target(output)
         os.chmod(produced, _mode(output.executable))
-        target = self._root / output.path
-        target.parent.mkdir(parents=True, exist_ok=True)
-        os.rename(produced, target)
+        try:
+            os.rename(produced, target)
+        except OSError as error:
+            if error.errno != errno.EXDEV:
+                raise
+            self._write(target, output, data if data is not None else produced)
         return FileState(signature(os.stat(target)), output.digest)
 
     def restore(self, output: OutputFile) -> FileState:
         """Write an output from its (verified) blob, as after `posbuild clean` or a hand edit."""
-        data = self._store.get_blob(output.digest)
+        target = self._target(output)
+        self._write(target, output, self._store.get_blob(output.digest))
+        return FileState(signature(os.stat(target)), output.digest)
+
+    def _target(self, output: OutputFile) -> Path:
         target = self._root / output.path
-        target.parent.mkdir(parents=True, exist_ok=True)
-        fd, temp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.tmp-")
+        if target.parent not in self._folders:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            self._folders.add(target.parent)
+        return target
+
+    def _write(self, target: Path, output: OutputFile, content: bytes | Path) -> None:
+        """Write a complete read-only file beside `target`, then rename it over `target`."""
+        temp = target.with_name(f".{target.name}.tmp-{os.getpid()}-{threading.get_ident()}")
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(temp)  # left by a build that was killed while writing it
+        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, _mode(output.executable))
         try:
             with os.fdopen(fd, "wb") as handle:
-                handle.write(data)
-            os.chmod(temp, _mode(output.executable))
+                if isinstance(content, bytes):
+                    handle.write(content)
+                else:
+                    with open(content, "rb") as source:
+                        shutil.copyfileobj(source, handle, 1 << 20)
             os.rename(temp, target)
         except BaseException:
-            os.unlink(temp)
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(temp)
             raise
-        return FileState(signature(os.stat(target)), output.digest)

@@ -8,6 +8,7 @@ build with nothing to do should not pay.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -88,7 +89,7 @@ def run_dirty(config: Config, actions: Sequence[Action], clean: Sequence[bool], 
     store = Store(config.store_dir)
     try:
         files = FileStates(config.root, store)
-        sandboxes = Sandboxes(config.root, config.state_dir / "sandbox")
+        sandboxes = Sandboxes(config.root, config.sandbox_dir)
         sandboxes.clear_stale()
         rebuilder = Rebuilder(config.root, store, files, sandboxes, settings.env_hash, settings.passed_env, previous)
         position = {node: i for i, node in enumerate(dirty)}
@@ -107,4 +108,30 @@ def run_dirty(config: Config, actions: Sequence[Action], clean: Sequence[bool], 
     finally:
         store.close()
     outcomes = {dirty[i]: o for i, o in executor.outcomes.items()}
+    failed = [n for n, o in outcomes.items() if o.status is Status.FAILED]
+    if failed:
+        removed = remove_stale_outputs(config.root, actions, failed)
+        if removed:
+            reporter.message(f"posbuild: removed {removed} stale output(s) of failed actions and their dependents")
     return DirtyRun(outcomes, states.count(State.SKIPPED))
+
+
+def remove_stale_outputs(root: Path, actions: Sequence[Action], failed: Sequence[int]) -> int:
+    """Delete from posbuild-out/ the outputs of failed actions and of everything downstream.
+
+    An old output left there would pass for the result of the current sources (§8: all
+    downstream artifacts are invalidated). Returns how many files were removed.
+    """
+    doomed = set(failed)
+    for index, action in enumerate(actions):  # dependencies come first, so one pass suffices
+        if index not in doomed and any(dep in doomed for dep in action.deps):
+            doomed.add(index)
+    removed = 0
+    for index in sorted(doomed):
+        for path in actions[index].outputs:
+            try:
+                os.unlink(root / path)
+                removed += 1
+            except FileNotFoundError:
+                pass
+    return removed

@@ -80,7 +80,7 @@ def test_j4_runs_four_independent_sleeps_in_parallel(ws, tmp_path):
     assert _max_overlap(events) == 4
     span = events[-1][0] - events[0][0]
     assert span < 2.0, f"4 x 1 s sleeps took {span:.2f} s of action time under -j4"
-    assert wall < 3.5, f"the build took {wall:.2f} s"
+    assert wall < 4.0, f"the build took {wall:.2f} s (4 x 1 s run one after another take more)"
 
 
 def test_jobs_from_posbuild_toml_bound_concurrency(ws, tmp_path):
