@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Sequence
 
 from posbuild.analysis import Action, is_generated
+from posbuild.config import STATE_DIR
 from posbuild.digest import Digest, hash_bytes, hash_file
 from posbuild.filestate import FileStates
 from posbuild.keys import action_key
@@ -65,7 +66,8 @@ class Rebuilder:
         self._store = store
         self._files = files
         self._sandboxes = sandboxes
-        self._materializer = Materializer(root, store)
+        self._materializer = Materializer(root, store, root / STATE_DIR / "tmp")
+        self._materializer.clear_temp()
         self._env_hash = env_hash
         self._passed_env = tuple(passed_env)
         self._previous = previous or EMPTY

@@ -27,10 +27,20 @@ def _mode(executable: bool) -> int:
 class Materializer:
     """Writes and checks the files of `posbuild-out/` for one workspace."""
 
-    def __init__(self, root: Path, store: Store) -> None:
+    def __init__(self, root: Path, store: Store, temp_dir: Path) -> None:
         self._root = root
         self._store = store
+        self._temp_dir = temp_dir
         self._folders: set[Path] = set()
+
+    def clear_temp(self) -> None:
+        """Remove temp files a killed build left half-written, and make the folder for new ones.
+
+        Temps live in one folder of their own (on the same file system as `posbuild-out/`, so the
+        final rename stays atomic), never beside the outputs, so none can linger there.
+        """
+        shutil.rmtree(self._temp_dir, ignore_errors=True)
+        self._temp_dir.mkdir(parents=True, exist_ok=True)
 
     def current(self, output: OutputFile) -> FileState | None:
         """The file's state if `posbuild-out/` already holds exactly this output, else None.
@@ -72,9 +82,7 @@ class Materializer:
 
     def _write(self, target: Path, output: OutputFile, content: bytes | Path) -> None:
         """Write a complete read-only file beside `target`, then rename it over `target`."""
-        temp = target.with_name(f".{target.name}.tmp-{os.getpid()}-{threading.get_ident()}")
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(temp)  # left by a build that was killed while writing it
+        temp = self._temp_dir / f"{target.name}.{threading.get_ident()}"
         fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, _mode(output.executable))
         try:
             with os.fdopen(fd, "wb") as handle:

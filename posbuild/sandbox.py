@@ -15,7 +15,9 @@ Inputs are copied, so an action that writes to an input changes only its own cop
 rebuilder's re-stat after the run still catches an action that wrote through such a link.
 
 The command runs in its own session (process group); when it ends, or on timeout or cancel,
-the whole group is killed, so no stray background process outlives its action. This module knows
+the whole group is killed, so no stray background process outlives its action. (If posbuild
+itself is killed with SIGKILL, commands already running finish on their own; their sandboxes
+are removed by the next build, and nothing they produce is ever collected.) This module knows
 nothing of keys or the store: it takes an Action and returns a SpawnResult.
 """
 
