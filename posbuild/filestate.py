@@ -67,6 +67,24 @@ class FileStates:
         except FileNotFoundError:
             return False
 
+    def settle_racy(self) -> None:
+        """Memoise files that were too fresh when hashed, if they have aged and still hash the same.
+
+        Called at the end of a build: once a file's mtime lies outside the racy window, a second
+        hash that matches proves the first one was taken of the bytes the file still holds.
+        """
+        for path in sorted(self._racy):
+            seen = self._seen[path]
+            if self._clock_ns() - seen.signature[0] <= RACY_WINDOW_NS or not self.unchanged(path, seen.signature):
+                continue
+            try:
+                same = hash_file(os.path.join(self._root, path)) == seen.digest
+            except FileNotFoundError:
+                continue
+            if same and self.unchanged(path, seen.signature):
+                self._racy.discard(path)
+                self._pending[path] = seen
+
     def take_pending(self) -> list[tuple[str, FileState]]:
         """Memo rows learned since the last call, for the store to commit."""
         rows = sorted(self._pending.items())

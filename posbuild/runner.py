@@ -102,6 +102,7 @@ def run_dirty(config: Config, actions: Sequence[Action], clean: Sequence[bool], 
         try:
             states = scheduler.run(executor)
         finally:
+            files.settle_racy()
             store.commit(memo=files.take_pending())
             store.flush()
             save_state(settings.state_path, rebuilder.state_for(actions, clean, settings.env_key))

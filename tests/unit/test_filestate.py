@@ -222,3 +222,39 @@ def test_unchanged_detects_deletion(root: Path, store: Store) -> None:
     sig = fs.state("a.txt").signature
     path.unlink()
     assert not fs.unchanged("a.txt", sig)
+
+
+class _Clock:
+    """A settable clock, so one FileStates can see a file first as racy, then as aged."""
+
+    def __init__(self, now: int) -> None:
+        self.now = now
+
+    def __call__(self) -> int:
+        return self.now
+
+
+def test_racy_file_is_memoised_at_the_end_of_the_build_once_it_has_aged(root: Path, store: Store) -> None:
+    write(root, "a.txt", b"fresh\n")
+    clock = _Clock(T0 + RACY_WINDOW_NS // 2)
+    fs = FileStates(root, store, clock_ns=clock)
+    digest = fs.digest("a.txt")
+    assert fs.take_pending() == [] and fs.stable("a.txt") is None
+    clock.now = T0 + 2 * RACY_WINDOW_NS
+    fs.settle_racy()
+    assert [(p, s.digest) for p, s in fs.take_pending()] == [("a.txt", digest)]
+    assert fs.stable("a.txt") is not None
+
+
+def test_racy_file_rewritten_in_the_same_tick_is_not_memoised(root: Path, store: Store) -> None:
+    path = write(root, "a.txt", b"first\n")
+    clock = _Clock(T0 + RACY_WINDOW_NS // 2)
+    fs = FileStates(root, store, clock_ns=clock)
+    fs.digest("a.txt")
+    path.write_bytes(b"other\n")  # same size, and the mtime is put back: same signature
+    os.utime(path, ns=(T0, T0))
+    os.utime(path, ns=(T0, T0))
+    clock.now = T0 + 2 * RACY_WINDOW_NS
+    fs.settle_racy()
+    assert fs.take_pending() == []
+    assert fs.stable("a.txt") is None
