@@ -20,10 +20,10 @@ from posbuild.digest import Digest, hash_canonical
 from posbuild.errors import BuildFileError
 from posbuild.graph import toposort
 from posbuild.label import Label, PatternKind, TargetPattern, did_you_mean, parse_label
-from posbuild.target import Pairs, Target
 
-if TYPE_CHECKING:  # evaluating BUILD files (Starlark) is only needed when the graph cache misses
+if TYPE_CHECKING:  # loading BUILD files is only needed when the graph cache misses
     from posbuild.loader import Loader
+    from posbuild.target import Pairs, Target
 
 ACTION_SCHEMA = 1  # bump when the meaning of an Action's fields changes
 KIND_VERSIONS = {"genrule": 1}

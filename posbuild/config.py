@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from posbuild.digest import hash_bytes
 from posbuild.errors import NoWorkspace, WorkspaceError
 
 CONFIG_NAME = "posbuild.toml"
@@ -100,9 +101,7 @@ def _sandbox_dir(root: Path, configured: str) -> Path:
         return root / os.path.expanduser(configured)
     shm = Path("/dev/shm")
     if shm.is_dir() and os.access(shm, os.W_OK | os.X_OK):
-        import hashlib
-
-        tag = hashlib.blake2b(str(root).encode(), digest_size=8).hexdigest()
+        tag = hash_bytes(str(root).encode()).hex()[:16]
         return shm / f"posbuild-{os.getuid()}" / tag
     return root / STATE_DIR / "sandbox"
 

@@ -115,10 +115,9 @@ class Rebuilder:
         trace = self._previous.trace_of(action)
         if trace is None:
             return None
-        files = self._previous.files
+        recorded_digests = self._previous.digests
         for path, digest in zip(action.inputs, digests):
-            row = files.get(path)
-            if row is None or row[1] != digest:
+            if recorded_digests.get(path) != digest:
                 return None
         outputs = []
         for path in action.outputs:
@@ -156,25 +155,25 @@ class Rebuilder:
         """
         previous = self._previous
         traces: dict[str, tuple[Digest, Digest]] = {}
-        files: dict[str, tuple[Signature, Digest]] = {}
+        signatures: dict[str, Signature] = {}
+        digests: dict[str, Digest] = {}
         for action, clean in zip(actions, up_to_date):
             if clean:
                 traces[action.label] = previous.actions[action.label]
                 for path in (*action.sources, *action.outputs):
-                    files[path] = previous.files[path]
+                    signatures[path] = previous.signatures[path]
+                    digests[path] = previous.digests[path]
                 continue
             trace = self.traces.get(action.label)
             if trace is None:
                 continue
             traces[action.label] = (trace.def_hash, trace.key)
-            for path in action.inputs:
-                state = self._sources.get(path) if path in action.sources else self._output_state(path)
+            states = [(p, self._sources.get(p) if p in action.sources else self._output_state(p)) for p in action.inputs]
+            states += [(p, self._produced[p]) for p in action.outputs]
+            for path, state in states:
                 if state is not None:
-                    files[path] = (state.signature, state.digest)
-            for path in action.outputs:
-                state = self._produced[path]
-                files[path] = (state.signature, state.digest)
-        return BuildState(env_key, traces, files)
+                    signatures[path], digests[path] = state.signature, state.digest
+        return BuildState(env_key, traces, signatures, digests)
 
     def run(self, action: Action) -> ActionOutcome:
         """Execute `action` in a sandbox and commit its result (worker thread)."""

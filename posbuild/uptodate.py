@@ -30,7 +30,7 @@ from posbuild.analysis import Action
 from posbuild.digest import Digest
 from posbuild.records import FileState, Signature
 
-STATE_FORMAT = 1
+STATE_FORMAT = 2
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,20 +41,29 @@ class ActionTrace:
     key: Digest
 
 
-FileRow = tuple[Signature, Digest]  # a FileState as the raw pair it is saved as
-
-
-@dataclass(frozen=True, slots=True)
 class BuildState:
     """The saved state of one request after its last build.
 
-    Rows stay the raw tuples msgpack returns (label → (def_hash, key), path → (signature,
-    digest)): the check reads tens of thousands of them and builds objects only for the few it uses.
+    Rows stay the raw values msgpack returns (label → (def_hash, key), path → signature): the
+    check reads tens of thousands of them and builds objects only for the few it uses. File
+    digests are needed only for actions that are not clean, so they stay packed until first use.
     """
 
-    env_key: Digest
-    actions: dict[str, tuple[Digest, Digest]]
-    files: dict[str, FileRow]
+    __slots__ = ("env_key", "actions", "signatures", "_digests", "_packed_digests")
+
+    def __init__(self, env_key: Digest, actions: dict[str, tuple[Digest, Digest]],
+                 signatures: dict[str, Signature], digests: dict[str, Digest] | bytes) -> None:
+        self.env_key = env_key
+        self.actions = actions
+        self.signatures = signatures
+        self._digests = digests if isinstance(digests, dict) else None
+        self._packed_digests = digests if isinstance(digests, bytes) else b""
+
+    @property
+    def digests(self) -> dict[str, Digest]:
+        if self._digests is None:
+            self._digests = msgpack.unpackb(self._packed_digests) if self._packed_digests else {}
+        return self._digests
 
     def trace_of(self, action: Action) -> ActionTrace | None:
         """The recorded trace, if the action's definition is the recorded one."""
@@ -62,27 +71,29 @@ class BuildState:
         return ActionTrace(*row) if row is not None and row[0] == action.def_hash else None
 
     def file(self, path: str) -> FileState | None:
-        row = self.files.get(path)
-        return FileState(*row) if row is not None else None
+        sig = self.signatures.get(path)
+        return FileState(sig, self.digests[path]) if sig is not None else None
 
 
-EMPTY = BuildState(b"", {}, {})
+EMPTY = BuildState(b"", {}, {}, {})
 
 
 def load_state(path: Path, env_key: Digest) -> BuildState:
     """The saved state, or EMPTY when there is none, it is unreadable, or the environment differs."""
     try:
-        fmt, saved_env, actions, files = msgpack.unpackb(path.read_bytes(), use_list=False)
+        fmt, saved_env, actions, signatures, digests = msgpack.unpackb(path.read_bytes(), use_list=False)
     except (OSError, ValueError, TypeError, msgpack.UnpackException):
         return EMPTY
     if fmt != STATE_FORMAT or saved_env != env_key:
         return EMPTY
-    return BuildState(env_key, actions, files)
+    return BuildState(env_key, actions, signatures, digests)
 
 
 def save_state(path: Path, state: BuildState) -> None:
     """Write the state atomically (temp + rename)."""
-    payload = msgpack.packb([STATE_FORMAT, state.env_key, state.actions, state.files], use_bin_type=True)
+    payload = msgpack.packb([
+        STATE_FORMAT, state.env_key, state.actions, state.signatures, msgpack.packb(state.digests),
+    ], use_bin_type=True)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, temp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
     with os.fdopen(fd, "wb") as handle:
@@ -99,7 +110,7 @@ def clean_actions(actions: Sequence[Action], state: BuildState, root: Path) -> l
     clean = [False] * len(actions)
     if not state.actions:
         return clean
-    traces, files = state.actions, state.files
+    traces, files = state.actions, state.signatures
     seen: dict[str, bool] = {}
     base = str(root) + "/"
     stat = os.stat
@@ -120,7 +131,7 @@ def clean_actions(actions: Sequence[Action], state: BuildState, root: Path) -> l
                 row = files.get(path)
                 try:
                     st = stat(base + path)
-                    same = row is not None and row[0] == (st.st_mtime_ns, st.st_size, st.st_ino, st.st_ctime_ns)
+                    same = row == (st.st_mtime_ns, st.st_size, st.st_ino, st.st_ctime_ns)
                 except FileNotFoundError:
                     same = False
                 seen[path] = same
