@@ -1,4 +1,4 @@
-"""Layer 4: turn loaded Targets into Actions — resolved inputs, expanded commands, a definition hash.
+"""Layer 5: turn loaded Targets into Actions — resolved inputs, expanded commands, a definition hash.
 
 Analysis answers "what exactly will run": every label in `srcs`/`tools` resolved to files (a
 source file, another rule's outputs, a filegroup's files), every `$(...)` of a genrule's `cmd`

@@ -116,16 +116,24 @@ def run_build(root: Path, options: BuildOptions, reporter: Reporter,
         executed = cached_late = failed = skipped = 0
         failed_labels: tuple[str, ...] = ()
         if up_to_date < len(actions):
-            from posbuild.runner import RunSettings, Status, run_dirty
+            from posbuild.runner import RunSettings, Status, plan_dirty, run_dirty
 
             settings = RunSettings(options.jobs or config.jobs, options.keep_going, env_hash, env_key,
                                    passed_env, state_path)
+            if options.dry_run:
+                planned = plan_dirty(config, actions, clean, previous, settings)
+                for index in planned:
+                    reporter.action_finished(actions[index].label, "planned", "", b"")
+                summary = BuildSummary(len(actions), len(planned), len(actions) - len(planned), 0, 0,
+                                       time.monotonic() - started, (), dry_run=True)
+                reporter.build_finished(summary)
+                return summary
             run = run_dirty(config, actions, clean, previous, settings, reporter)
             executed, cached_late, failed = (run.count(s) for s in (Status.EXECUTED, Status.CACHED, Status.FAILED))
             skipped, failed_labels = run.skipped, run.failed_labels(actions)
     summary = BuildSummary(
         total=len(actions), executed=executed, cached=up_to_date + cached_late, failed=failed, skipped=skipped,
-        wall=time.monotonic() - started, failed_labels=failed_labels,
+        wall=time.monotonic() - started, failed_labels=failed_labels, dry_run=options.dry_run,
     )
     reporter.build_finished(summary)
     return summary

@@ -1,4 +1,4 @@
-"""Layer 6: the rebuilder — for ONE action, compute its key, then reuse a result or run and commit.
+"""Layer 7: the rebuilder — for ONE action, compute its key, then reuse a result or run and commit.
 
 `check()` runs on the scheduling thread: input digests (from the stat memo or from the outputs of
 upstream actions finished in this build), the key, one store lookup, and a stat per output to make
@@ -61,13 +61,15 @@ class Rebuilder:
 
     def __init__(self, root: Path, store: Store, files: FileStates, sandboxes: Sandboxes,
                  env_hash: Digest, passed_env: Sequence[tuple[str, str]] = (),
-                 previous: BuildState | None = None) -> None:
+                 previous: BuildState | None = None, dry_run: bool = False) -> None:
         self._root = root
         self._store = store
         self._files = files
         self._sandboxes = sandboxes
         self._materializer = Materializer(root, store, root / STATE_DIR / "tmp")
-        self._materializer.clear_temp()
+        self._dry_run = dry_run
+        if not dry_run:
+            self._materializer.clear_temp()
         self._env_hash = env_hash
         self._passed_env = tuple(passed_env)
         self._previous = previous or EMPTY
@@ -138,7 +140,9 @@ class Rebuilder:
         restored: list[tuple[str, FileState]] = []
         for output in result.outputs:
             state = self._materializer.current(output)
-            if state is None:
+            if state is None and self._dry_run:
+                state = FileState((0, 0, 0, 0), output.digest)  # would be restored; only the digest matters
+            elif state is None:
                 state = self._materializer.restore(output)
                 restored.append((output.path, state))
                 self.restored += 1

@@ -1,4 +1,4 @@
-"""Layer 5: reuse the analysed ActionGraph of a request while nothing it was built from changed.
+"""Layer 6: reuse the analysed ActionGraph of a request while nothing it was built from changed.
 
 Evaluating BUILD files and analysing thousands of targets costs far more than the 100 ms §15
 allows for DAG resolution, and almost never changes between builds. The cache entry of a request
@@ -22,21 +22,14 @@ import msgpack
 from posbuild import __version__
 from posbuild.analysis import ACTION_SCHEMA, Action, ActionGraph
 from posbuild.digest import hash_canonical
+from posbuild.stamps import file_stamp, folder_stamp
 
 CACHE_FORMAT = 1
 Stamp = tuple[str, int]  # (workspace-relative path, mtime_ns or a stat fingerprint)
 
 
-def _path_stamp(root: Path, rel: str) -> int:
-    try:
-        stat = os.stat(os.path.join(root, rel) if rel else root)
-    except FileNotFoundError:
-        return -1
-    return stat.st_mtime_ns ^ (stat.st_size << 1) ^ (stat.st_ino << 7)
-
-
 def _file_stamps(root: Path, files: Sequence[str]) -> list[Stamp]:
-    return [(rel, _path_stamp(root, rel)) for rel in sorted(files)]
+    return [(rel, file_stamp(str(root), rel)) for rel in sorted(files)]
 
 
 class GraphCache:
@@ -64,14 +57,11 @@ class GraphCache:
             return None
         _, dirs, files, rows, requested = entry
         root = str(self._root)
-        for rel, mtime in dirs:
-            try:
-                if os.stat(os.path.join(root, rel) if rel else root).st_mtime_ns != mtime:
-                    return None
-            except FileNotFoundError:
+        for rel, stamp in dirs:
+            if folder_stamp(root, rel) != stamp:
                 return None
         for rel, stamp in files:
-            if _path_stamp(self._root, rel) != stamp:
+            if file_stamp(root, rel) != stamp:
                 return None
         return ActionGraph(tuple(map(Action._make, rows)), requested)
 

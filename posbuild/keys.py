@@ -1,4 +1,4 @@
-"""Layer 5: the action key — the one digest that decides between reuse and re-execution.
+"""Layer 6: the action key — the one digest that decides between reuse and re-execution.
 
 key = BLAKE3(canonical msgpack of [KEY_SCHEMA, def_hash, h_E, input digests, passed env]).
 

@@ -1,4 +1,4 @@
-"""Layer 3: evaluate BUILD and .bzl files (Starlark, via starlark-pyo3) into Packages of Targets.
+"""Layer 4: evaluate BUILD and .bzl files (Starlark, via starlark-pyo3) into Packages of Targets.
 
 A BUILD file can only call the native functions defined here, which record targets; it has no I/O
 of its own, so evaluation cannot run commands or inject work outside the graph (§16). `glob` is
@@ -22,6 +22,7 @@ import starlark
 from posbuild.config import OUT_DIR, STATE_DIR, Config
 from posbuild.errors import BuildFileError, SourceLocation
 from posbuild.label import Label, did_you_mean, parse_label
+from posbuild.stamps import folder_stamp
 from posbuild.target import AttributeError_, Target, make_target
 
 RULES_REPO = "@posbuild//"
@@ -39,7 +40,7 @@ class Package:
     exports: tuple[str, ...]
 
 
-Stamp = tuple[str, int]  # (workspace-relative path, mtime_ns); -1 when the path is missing
+Stamp = tuple[str, int]  # (workspace-relative path, stamps.folder_stamp)
 
 
 def _skip_dir(name: str) -> bool:
@@ -54,7 +55,7 @@ def discover_packages(root: Path, build_file_names: tuple[str, ...]) -> tuple[tu
     while pending:
         rel = pending.pop()
         folder = os.path.join(root, rel) if rel else str(root)
-        stamps.append((rel, os.stat(folder).st_mtime_ns))
+        stamps.append((rel, folder_stamp(str(root), rel)))
         with os.scandir(folder) as entries:
             for entry in entries:
                 if entry.is_dir(follow_symlinks=False):

@@ -24,6 +24,7 @@ class BuildSummary:
     skipped: int
     wall: float
     failed_labels: tuple[str, ...]
+    dry_run: bool = False
 
 
 class Reporter(Protocol):
@@ -37,6 +38,9 @@ class Reporter(Protocol):
 
 
 def summary_line(summary: BuildSummary) -> str:
+    if summary.dry_run:
+        return (f"DRY RUN: {summary.total} actions ({summary.executed} would execute, "
+                f"{summary.cached} cached) in {summary.wall:.2f} s")
     verdict = "FAILED" if summary.failed else "OK"
     parts = f"{summary.executed} executed, {summary.cached} cached, {summary.failed} failed"
     if summary.skipped:
@@ -60,6 +64,9 @@ class _Base:
     def message(self, text: str) -> None:
         self._err.write(text + "\n")
 
+    def _planned(self, label: str) -> None:
+        self._out.write(f"would execute {label}\n")
+
     def _count(self, status: str) -> None:
         self._done += 1
         self._cached += status == "cached"
@@ -77,7 +84,9 @@ class PlainReporter(_Base):
 
     def action_finished(self, label: str, status: str, error: str, stderr: bytes) -> None:
         self._count(status)
-        if status == "failed":
+        if status == "planned":
+            self._planned(label)
+        elif status == "failed":
             self._failure(label, error, stderr)
         elif status == "executed":
             self._out.write(f"[{self._done}/{self._total}] {label}\n")
@@ -126,7 +135,10 @@ class TerminalReporter(_Base):
 
     def action_finished(self, label: str, status: str, error: str, stderr: bytes) -> None:
         self._count(status)
-        if status == "failed":
+        if status == "planned":
+            self._clear()
+            self._planned(label)
+        elif status == "failed":
             self._clear()
             self._failure(label, error, stderr)
         self._status(label)

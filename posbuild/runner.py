@@ -117,6 +117,34 @@ def run_dirty(config: Config, actions: Sequence[Action], clean: Sequence[bool], 
     return DirtyRun(outcomes, states.count(State.SKIPPED))
 
 
+def plan_dirty(config: Config, actions: Sequence[Action], clean: Sequence[bool], previous: BuildState,
+               settings: RunSettings) -> list[int]:
+    """`--dry-run`: the actions that a build would execute, in order; nothing is written.
+
+    An action would execute when its key misses the cache, or when a dependency would execute
+    (its outputs are unknown until then, so no key can be computed).
+    """
+    if not (config.store_dir / "db").exists():
+        return [i for i, is_clean in enumerate(clean) if not is_clean]
+    store = Store(config.store_dir)
+    try:
+        rebuilder = Rebuilder(config.root, store, FileStates(config.root, store), Sandboxes(config.root, config.sandbox_dir),
+                              settings.env_hash, settings.passed_env, previous, dry_run=True)
+        would_run: set[int] = set()
+        for index, action in enumerate(actions):
+            if clean[index]:
+                continue
+            if any(dep in would_run for dep in action.deps):
+                would_run.add(index)
+                continue
+            outcome = rebuilder.check(action)
+            if outcome is None or outcome.status is Status.FAILED:
+                would_run.add(index)
+        return sorted(would_run)
+    finally:
+        store.close()
+
+
 def remove_stale_outputs(root: Path, actions: Sequence[Action], failed: Sequence[int]) -> int:
     """Delete from posbuild-out/ the outputs of failed actions and of everything downstream.
 

@@ -1,4 +1,4 @@
-"""Layer 5: run one action's command in a folder that holds only its declared inputs.
+"""Layer 6: run one action's command in a folder that holds only its declared inputs.
 
 Each action gets `<sandboxes>/<n>/` with `exec/` (the working directory: declared inputs at their
 workspace-relative paths, and `posbuild-out/<pkg>/` for its outputs) and `tmp/` (its HOME and

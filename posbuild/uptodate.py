@@ -1,4 +1,4 @@
-"""Layer 5: the up-to-date check — which actions a build need not even look up in the store.
+"""Layer 6: the up-to-date check — which actions a build need not even look up in the store.
 
 This is posbuild's equivalent of Ninja's build log. After each build, the state of the request is
 saved: for every action that ended well, its definition hash and key; for every file it read or

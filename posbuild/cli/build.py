@@ -27,8 +27,9 @@ def choose_reporter(quiet: bool):  # type: ignore[no-untyped-def]
 @click.option("-j", "--jobs", type=click.IntRange(min=1), default=None,
               help="Run at most N actions at once (default: [build] jobs, or the number of CPUs).")
 @click.option("-k", "--keep-going", is_flag=True, help="After a failure, still build every independent branch.")
+@click.option("-n", "--dry-run", is_flag=True, help="List the actions that would execute; run and write nothing.")
 @click.option("-q", "--quiet", is_flag=True, help="Print only failures and errors.")
-def build(patterns: tuple[str, ...], jobs: int | None, keep_going: bool, quiet: bool) -> None:
+def build(patterns: tuple[str, ...], jobs: int | None, keep_going: bool, dry_run: bool, quiet: bool) -> None:
     """Build the targets matched by PATTERNS (default: //...).
 
     \b
@@ -40,7 +41,7 @@ def build(patterns: tuple[str, ...], jobs: int | None, keep_going: bool, quiet: 
     try:
         root, package = workspace_and_package()
         options = BuildOptions(patterns=patterns or ("//...",), jobs=jobs or 0, keep_going=keep_going,
-                               cwd_package=package)
+                               dry_run=dry_run, cwd_package=package)
         summary = run_build(root, options, choose_reporter(quiet), dict(os.environ))
     except PosbuildError as error:
         fail(error)
