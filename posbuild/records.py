@@ -68,3 +68,35 @@ class FileState:
     def unpack(data: bytes) -> FileState:
         mtime, size, inode, ctime, digest = msgpack.unpackb(data)
         return FileState((mtime, size, inode, ctime), digest)
+
+
+@dataclass(frozen=True, slots=True)
+class Generation:
+    """One fully successful build (§8's "previous stable" state): the digest of its manifest blob,
+    which maps every file under posbuild-out/ to (digest, size, executable) after that build."""
+
+    id: int
+    created: str
+    patterns: tuple[str, ...]
+    manifest: Digest
+    files: int
+    size: int
+
+    def pack(self) -> bytes:
+        return msgpack.packb([self.id, self.created, list(self.patterns), self.manifest, self.files, self.size])
+
+    @staticmethod
+    def unpack(data: bytes) -> Generation:
+        id_, created, patterns, manifest, files, size = msgpack.unpackb(data)
+        return Generation(id_, created, tuple(patterns), manifest, files, size)
+
+
+Manifest = dict[str, tuple[Digest, int, bool]]  # path under posbuild-out/ → (digest, size, executable)
+
+
+def pack_manifest(manifest: Manifest) -> bytes:
+    return msgpack.packb({path: list(row) for path, row in sorted(manifest.items())})
+
+
+def unpack_manifest(data: bytes) -> Manifest:
+    return {path: (d, s, bool(x)) for path, (d, s, x) in msgpack.unpackb(data).items()}

@@ -2,7 +2,8 @@
 
 Design memo
 -----------
-* One LMDB environment, named databases `blobs`, `results`, `statmemo`, `meta`. Everything an
+* One LMDB environment, named databases `blobs`, `results`, `statmemo`, `meta`, `generations`
+  and `usage` (when each action key was last used, for gc). Everything an
   action produces is written by `commit()` in ONE write transaction, so after a crash at any
   instant the store holds all of an action's rows or none of them (§7).
 * Blobs up to `INLINE_LIMIT` bytes live inside LMDB. Larger ones live as files `cas/ab/abcd…`
@@ -25,13 +26,13 @@ from __future__ import annotations
 import os
 import tempfile
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Iterator
 
 import lmdb
 
 from posbuild.digest import Digest, hash_bytes, hash_file
 from posbuild.errors import ChecksumMismatch, PartialState
-from posbuild.records import ActionResult, FileState
+from posbuild.records import ActionResult, FileState, Generation
 
 STORE_FORMAT = b"1"
 INLINE_LIMIT = 256 * 1024
@@ -50,6 +51,8 @@ class Store:
         self._results = self._env.open_db(b"results")
         self._memo = self._env.open_db(b"statmemo")
         self._meta = self._env.open_db(b"meta")
+        self._generations = self._env.open_db(b"generations")
+        self._usage = self._env.open_db(b"usage")
         self._check_format()
         self._reader: lmdb.Transaction | None = None
         self._commits = 0
@@ -107,7 +110,7 @@ class Store:
         actual = hash_bytes(data)
         if actual != digest:
             raise ChecksumMismatch(
-                f"blob {digest.hex()} in {self.path} hashes to {actual.hex()}; remove it with `posbuild clean --all`"
+                f"blob {digest.hex()} in {self.path} hashes to {actual.hex()}; run `posbuild fsck --repair`"
             )
         return data
 
@@ -153,12 +156,16 @@ class Store:
         result: tuple[Digest, ActionResult] | None = None,
         blobs: Iterable[tuple[Digest, bytes | None]] = (),
         memo: Iterable[tuple[str, FileState]] = (),
+        used: Iterable[tuple[Digest, int]] = (),
     ) -> None:
         """Write an action's result, its blobs and stat-memo rows in one transaction.
 
-        A blob given as `None` was already placed in `cas/` by `store_external`.
+        A blob given as `None` was already placed in `cas/` by `store_external`. `used` records
+        when action keys were last used (for gc's least-recently-used order).
         """
         with self._env.begin(write=True) as txn:
+            for key, when in used:
+                txn.put(key, when.to_bytes(8, "big"), db=self._usage)
             for digest, data in blobs:
                 if txn.get(digest, db=self._blobs) is None:
                     txn.put(digest, _INLINE + data if data is not None else _EXTERNAL, db=self._blobs)
@@ -178,3 +185,107 @@ class Store:
         with self._env.begin(write=True) as txn:
             txn.put(name.encode(), value, db=self._meta)
         self._commits += 1
+
+    # -- generations (§8) ------------------------------------------------------------------
+
+    def add_generation(self, created: str, patterns: tuple[str, ...], manifest: bytes, files: int,
+                       size: int) -> Generation:
+        """Record a generation and its manifest blob in one transaction; ids count up from 1."""
+        digest = hash_bytes(manifest)
+        with self._env.begin(write=True) as txn:
+            with txn.cursor(db=self._generations) as cursor:
+                last = int.from_bytes(cursor.key(), "big") if cursor.last() else 0
+            generation = Generation(last + 1, created, patterns, digest, files, size)
+            if txn.get(digest, db=self._blobs) is None:
+                txn.put(digest, _INLINE + manifest, db=self._blobs)
+            txn.put(generation.id.to_bytes(8, "big"), generation.pack(), db=self._generations)
+        self._commits += 1
+        return generation
+
+    def generations(self) -> list[Generation]:
+        """Every recorded generation, oldest first."""
+        with self._env.begin() as txn:
+            return [Generation.unpack(value) for _, value in txn.cursor(db=self._generations)]
+
+    def latest_generation(self) -> Generation | None:
+        with self._env.begin() as txn, txn.cursor(db=self._generations) as cursor:
+            return Generation.unpack(cursor.value()) if cursor.last() else None
+
+    # -- whole-store walks and removal (fsck, gc) ------------------------------------------
+
+    def iter_blobs(self) -> Iterator[tuple[Digest, bytes | None]]:
+        """(digest, bytes) of inline blobs and (digest, None) of blobs kept as files in cas/."""
+        with self._env.begin() as txn:
+            for digest, row in txn.cursor(db=self._blobs):
+                yield digest, (row[1:] if row[:1] == _INLINE else None)
+
+    def iter_results(self) -> Iterator[tuple[Digest, ActionResult]]:
+        with self._env.begin() as txn:
+            for key, value in txn.cursor(db=self._results):
+                yield key, ActionResult.unpack(value)
+
+    def iter_memo(self) -> Iterator[tuple[str, FileState]]:
+        with self._env.begin() as txn:
+            for path, value in txn.cursor(db=self._memo):
+                yield path.decode(), FileState.unpack(value)
+
+    def usage(self) -> dict[Digest, int]:
+        """When each action key was last used (unix ns); keys never recorded are absent."""
+        with self._env.begin() as txn:
+            return {key: int.from_bytes(value, "big") for key, value in txn.cursor(db=self._usage)}
+
+    def external_files(self) -> Iterator[Path]:
+        """Every file under cas/, including temp files of interrupted writes."""
+        cas = self.path / "cas"
+        if cas.is_dir():
+            for folder in sorted(cas.iterdir()):
+                yield from sorted(folder.iterdir()) if folder.is_dir() else (folder,)
+
+    def remove(self, results: Iterable[Digest] = (), blobs: Iterable[Digest] = (),
+               memo: Iterable[str] = (), generations: Iterable[int] = ()) -> int:
+        """Delete rows in one transaction, then the cas/ files of deleted blobs; returns bytes freed.
+
+        Files go only after the transaction commits: a crash in between leaves orphan files,
+        which fsck reports and gc or `fsck --repair` removes, never a row without its file.
+        """
+        freed = 0
+        external: list[Digest] = []
+        with self._env.begin(write=True) as txn:
+            for key in results:
+                txn.delete(key, db=self._results)
+                txn.delete(key, db=self._usage)
+            for digest in blobs:
+                row = txn.get(digest, db=self._blobs)
+                if row is None:
+                    continue
+                if row[:1] == _INLINE:
+                    freed += len(row) - 1
+                else:
+                    external.append(digest)
+                txn.delete(digest, db=self._blobs)
+            for path in memo:
+                txn.delete(path.encode(), db=self._memo)
+            for number in generations:
+                txn.delete(number.to_bytes(8, "big"), db=self._generations)
+        self._commits += 1
+        for digest in external:
+            path = self.external_path(digest)
+            try:
+                freed += path.stat().st_size
+                path.unlink()
+            except FileNotFoundError:
+                pass
+        return freed
+
+    def blob_size(self, digest: Digest) -> int:
+        """Bytes a blob occupies (0 if absent)."""
+        with self._env.begin() as txn:
+            row = txn.get(digest, db=self._blobs)
+        if row is None:
+            return 0
+        if row[:1] == _INLINE:
+            return len(row) - 1
+        try:
+            return self.external_path(digest).stat().st_size
+        except FileNotFoundError:
+            return 0

@@ -21,6 +21,10 @@ from posbuild.errors import PosbuildError
 COMMANDS = {
     "build": ("posbuild.cli.build", "Build targets (the default command)."),
     "clean": ("posbuild.cli.admin", "Remove outputs; with --all, the store too."),
+    "rollback": ("posbuild.cli.admin", "Restore posbuild-out/ to the last fully successful build."),
+    "fsck": ("posbuild.cli.fsck", "Check the store and posbuild-out/ for corruption and partial state."),
+    "gc": ("posbuild.cli.gc", "Evict least recently used cache entries no kept generation needs."),
+    "verify": ("posbuild.cli.verify", "Run actions twice in perturbed sandboxes and byte-compare (ORCH-04)."),
 }
 
 

@@ -127,7 +127,7 @@ def test_corrupt_inline_blob_raises_checksum_mismatch(store: Store) -> None:
     assert error.exit_code == 13
     assert error.render() == (
         f"ORCH-03 checksum inconsistency: blob {OUT_DIGEST.hex()} in {store.path} hashes to "
-        f"{hash_bytes(bad).hex()}; remove it with `posbuild clean --all`"
+        f"{hash_bytes(bad).hex()}; run `posbuild fsck --repair`"
     )
 
 

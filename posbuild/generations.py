@@ -1,0 +1,117 @@
+"""Layer 8: generations (§8) — record the output tree after each fully successful build, and
+roll `posbuild-out/` back to one.
+
+A generation's manifest maps every file under `posbuild-out/` to (digest, size, executable)
+after that build. It starts from the previous generation's manifest (a request rarely covers the
+whole workspace), takes this build's outputs from their action results, and drops files that are
+no longer there. An unchanged tree records no new generation, so a rebuild with nothing changed
+leaves the store exactly as it was (§11).
+
+Rollback restores the tree byte for byte from the store without executing anything: every file
+of the manifest that is not already current is rewritten from its verified blob (ORCH-03 if a
+blob is corrupt), and every other file under `posbuild-out/` is removed.
+
+The file `.posbuild/tree` says whether `posbuild-out/` is known to match the latest generation
+("clean"), so a no-op build can skip all of this with one small read.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Iterable, Sequence
+
+from posbuild.config import OUT_DIR, Config
+from posbuild.errors import UsageError
+from posbuild.materialize import Materializer
+from posbuild.records import FileState, Generation, Manifest, OutputFile, pack_manifest, unpack_manifest
+from posbuild.store import Store
+
+TREE_CLEAN = b"clean\n"
+
+
+def tree_is_clean(config: Config) -> bool:
+    """Whether posbuild-out/ is known to be exactly the latest generation's tree."""
+    try:
+        return (config.state_dir / "tree").read_bytes() == TREE_CLEAN
+    except FileNotFoundError:
+        return False
+
+
+def mark_tree(config: Config, clean: bool) -> None:
+    """Record whether posbuild-out/ matches the latest generation (written temp + rename)."""
+    config.state_dir.mkdir(exist_ok=True)
+    temp = config.state_dir / "tree.tmp"
+    temp.write_bytes(TREE_CLEAN if clean else b"dirty\n")
+    os.replace(temp, config.state_dir / "tree")
+
+
+def current_manifest(store: Store) -> tuple[Generation | None, Manifest]:
+    latest = store.latest_generation()
+    return latest, (unpack_manifest(store.get_blob(latest.manifest)) if latest else {})
+
+
+def record_generation(config: Config, store: Store, patterns: Sequence[str],
+                      outputs: Iterable[OutputFile]) -> Generation | None:
+    """Record the tree after a fully successful build; None when it equals the latest generation."""
+    latest, previous = current_manifest(store)
+    manifest: Manifest = {
+        path: row for path, row in previous.items() if os.path.isfile(config.root / path)
+    }
+    manifest.update({o.path: (o.digest, o.size, o.executable) for o in outputs})
+    if latest is not None and manifest == previous:
+        return None
+    created = datetime.now(timezone.utc).isoformat(timespec="microseconds")
+    size = sum(size for _, size, _ in manifest.values())
+    return store.add_generation(created, tuple(patterns), pack_manifest(manifest), len(manifest), size)
+
+
+@dataclass(frozen=True, slots=True)
+class RollbackReport:
+    generation: Generation
+    restored: int
+    removed: int
+    unchanged: int
+
+
+def rollback(config: Config, store: Store, generation_id: int | None = None) -> RollbackReport:
+    """Make posbuild-out/ byte-identical to a generation (the latest by default)."""
+    generations = store.generations()
+    if not generations:
+        raise UsageError("no generation recorded yet: rollback needs one fully successful build first")
+    chosen = generations[-1] if generation_id is None else next(
+        (g for g in generations if g.id == generation_id), None)
+    if chosen is None:
+        known = ", ".join(str(g.id) for g in generations)
+        raise UsageError(f"no generation {generation_id} (known: {known})")
+    manifest = unpack_manifest(store.get_blob(chosen.manifest))
+    materializer = Materializer(config.root, store, config.state_dir / "tmp")
+    materializer.clear_temp()
+    memo: list[tuple[str, FileState]] = []
+    unchanged = 0
+    for path, (digest, size, executable) in sorted(manifest.items()):
+        output = OutputFile(path, digest, size, executable)
+        if materializer.current(output) is not None:
+            unchanged += 1
+        else:
+            memo.append((path, materializer.restore(output)))
+    removed = _remove_others(config.root, set(manifest))
+    store.commit(memo=memo)
+    store.flush()
+    mark_tree(config, clean=chosen.id == generations[-1].id)
+    return RollbackReport(chosen, len(memo), removed, unchanged)
+
+
+def _remove_others(root: Path, keep: set[str]) -> int:
+    """Delete every file under posbuild-out/ that the manifest does not list."""
+    removed = 0
+    out = root / OUT_DIR
+    for folder, _, files in os.walk(out):
+        for name in files:
+            rel = os.path.relpath(os.path.join(folder, name), root)
+            if rel not in keep:
+                os.unlink(os.path.join(folder, name))
+                removed += 1
+    return removed
