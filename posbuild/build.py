@@ -25,7 +25,7 @@ from posbuild.envfp import environment_hash
 from posbuild.graphcache import GraphCache
 from posbuild.label import TargetPattern, parse_pattern
 from posbuild.reporter import BuildSummary, Reporter
-from posbuild.uptodate import clean_actions, load_state
+from posbuild.uptodate import clean_actions, load_state, tree_is_clean
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,11 +115,11 @@ def run_build(root: Path, options: BuildOptions, reporter: Reporter,
         reporter.build_started(len(actions), up_to_date)
         executed = cached_late = failed = skipped = 0
         failed_labels: tuple[str, ...] = ()
-        if up_to_date < len(actions):
+        if up_to_date < len(actions) or not tree_is_clean(config):
             from posbuild.runner import RunSettings, Status, plan_dirty, run_dirty
 
             settings = RunSettings(options.jobs or config.jobs, options.keep_going, env_hash, env_key,
-                                   passed_env, state_path)
+                                   passed_env, state_path, tuple(str(p) for p in request.patterns))
             if options.dry_run:
                 planned = plan_dirty(config, actions, clean, previous, settings)
                 for index in planned:

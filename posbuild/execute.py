@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import enum
 import os
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -77,6 +78,8 @@ class Rebuilder:
         self._sources: dict[str, FileState] = {}
         self._prepared: dict[str, _Prepared] = {}
         self.traces: dict[str, ActionTrace] = {}
+        self.outputs: dict[str, OutputFile] = {}
+        self.used: list[Digest] = []
         self.restored = 0
 
     def _output_state(self, path: str) -> FileState:
@@ -129,6 +132,7 @@ class Rebuilder:
             outputs.append((path, recorded))
         self._produced.update(outputs)
         self.traces[action.label] = trace
+        self.used.append(trace.key)
         return ActionOutcome(Status.CACHED, trace.key)
 
     def _lookup(self, action: Action, digests: list[Digest]) -> ActionOutcome | None:
@@ -150,6 +154,8 @@ class Rebuilder:
         if restored:
             self._store.commit(memo=restored)
         self.traces[action.label] = ActionTrace(action.def_hash, key)
+        self.outputs.update((o.path, o) for o in result.outputs)
+        self.used.append(key)
         return ActionOutcome(Status.CACHED, key)
 
     def state_for(self, actions: Sequence[Action], up_to_date: Sequence[bool], env_key: Digest) -> BuildState:
@@ -228,8 +234,9 @@ class Rebuilder:
         blobs += [(stdout_digest, spawn.stdout), (stderr_digest, spawn.stderr)]
         result = ActionResult(tuple(outputs), spawn.exit_code, stdout_digest, stderr_digest)
         cached = None if NO_CACHE_TAG in action.tags else (key, result)
-        self._store.commit(cached, blobs, memo)
+        self._store.commit(cached, blobs, memo, used=[(key, time.time_ns())])
         self._produced.update(memo)
+        self.outputs.update((o.path, o) for o in outputs)
         if cached is not None:
             self.traces[action.label] = ActionTrace(action.def_hash, key)
         return result

@@ -1,4 +1,4 @@
-"""Layer 8: generations (§8) — record the output tree after each fully successful build, and
+"""Layer 7: generations (§8) — record the output tree after each fully successful build, and
 roll `posbuild-out/` back to one.
 
 A generation's manifest maps every file under `posbuild-out/` to (digest, size, executable)
@@ -11,8 +11,8 @@ Rollback restores the tree byte for byte from the store without executing anythi
 of the manifest that is not already current is rewritten from its verified blob (ORCH-03 if a
 blob is corrupt), and every other file under `posbuild-out/` is removed.
 
-The file `.posbuild/tree` says whether `posbuild-out/` is known to match the latest generation
-("clean"), so a no-op build can skip all of this with one small read.
+uptodate.py's tree marker says whether `posbuild-out/` is known to match the latest generation,
+so a no-op build can skip all of this with one small read.
 """
 
 from __future__ import annotations
@@ -28,25 +28,7 @@ from posbuild.errors import UsageError
 from posbuild.materialize import Materializer
 from posbuild.records import FileState, Generation, Manifest, OutputFile, pack_manifest, unpack_manifest
 from posbuild.store import Store
-
-TREE_CLEAN = b"clean\n"
-
-
-def tree_is_clean(config: Config) -> bool:
-    """Whether posbuild-out/ is known to be exactly the latest generation's tree."""
-    try:
-        return (config.state_dir / "tree").read_bytes() == TREE_CLEAN
-    except FileNotFoundError:
-        return False
-
-
-def mark_tree(config: Config, clean: bool) -> None:
-    """Record whether posbuild-out/ matches the latest generation (written temp + rename)."""
-    config.state_dir.mkdir(exist_ok=True)
-    temp = config.state_dir / "tree.tmp"
-    temp.write_bytes(TREE_CLEAN if clean else b"dirty\n")
-    os.replace(temp, config.state_dir / "tree")
-
+from posbuild.uptodate import mark_tree
 
 def current_manifest(store: Store) -> tuple[Generation | None, Manifest]:
     latest = store.latest_generation()

@@ -9,6 +9,7 @@ build with nothing to do should not pay.
 from __future__ import annotations
 
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -18,11 +19,13 @@ from posbuild.config import Config
 from posbuild.digest import Digest
 from posbuild.execute import ActionOutcome, Rebuilder, Status
 from posbuild.filestate import FileStates
+from posbuild.generations import record_generation
+from posbuild.records import OutputFile
 from posbuild.reporter import Reporter
 from posbuild.sandbox import Sandboxes
 from posbuild.scheduler import Scheduler, State
 from posbuild.store import Store
-from posbuild.uptodate import BuildState, save_state
+from posbuild.uptodate import BuildState, mark_tree, save_state
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,6 +52,7 @@ class RunSettings:
     env_key: Digest
     passed_env: tuple[tuple[str, str], ...]
     state_path: Path
+    patterns: tuple[str, ...] = ()
 
 
 class _Executor:
@@ -103,18 +107,43 @@ def run_dirty(config: Config, actions: Sequence[Action], clean: Sequence[bool], 
             states = scheduler.run(executor)
         finally:
             files.settle_racy()
-            store.commit(memo=files.take_pending())
-            store.flush()
+            now = time.time_ns()
+            store.commit(memo=files.take_pending(), used=[(key, now) for key in rebuilder.used])
             save_state(settings.state_path, rebuilder.state_for(actions, clean, settings.env_key))
+        outcomes = {dirty[i]: o for i, o in executor.outcomes.items()}
+        failed = [n for n, o in outcomes.items() if o.status is Status.FAILED]
+        if failed or State.SKIPPED in states:
+            mark_tree(config, clean=False)
+            removed = remove_stale_outputs(config.root, actions, failed)
+            if removed:
+                reporter.message(f"posbuild: removed {removed} stale output(s) of failed actions and their "
+                                 f"dependents; `posbuild rollback` restores the last successful build")
+        else:
+            record_generation(config, store, settings.patterns, _request_outputs(actions, clean, previous, rebuilder, store))
+            mark_tree(config, clean=True)
+        store.flush()
     finally:
         store.close()
-    outcomes = {dirty[i]: o for i, o in executor.outcomes.items()}
-    failed = [n for n, o in outcomes.items() if o.status is Status.FAILED]
-    if failed:
-        removed = remove_stale_outputs(config.root, actions, failed)
-        if removed:
-            reporter.message(f"posbuild: removed {removed} stale output(s) of failed actions and their dependents")
     return DirtyRun(outcomes, states.count(State.SKIPPED))
+
+
+def _request_outputs(actions: Sequence[Action], clean: Sequence[bool], previous: BuildState, rebuilder: Rebuilder,
+                     store: Store) -> list[OutputFile]:
+    """Every output of the request with digest, size and mode, for the generation's manifest."""
+    outputs: list[OutputFile] = []
+    for action, is_clean in zip(actions, clean):
+        known = [rebuilder.outputs.get(path) for path in action.outputs]
+        if is_clean or None in known:
+            result = store.get_result(previous.actions[action.label][1]) if action.label in previous.actions else None
+            known = list(result.outputs) if result else [_described(path, previous) for path in action.outputs]
+        outputs.extend(o for o in known if o is not None)
+    return outputs
+
+
+def _described(path: str, previous: BuildState) -> OutputFile | None:
+    """An output whose result is no longer in the store (gc), described from the recorded state."""
+    state = previous.file(path)
+    return OutputFile(path, state.digest, state.signature[1], False) if state else None
 
 
 def plan_dirty(config: Config, actions: Sequence[Action], clean: Sequence[bool], previous: BuildState,

@@ -27,6 +27,7 @@ from typing import Sequence
 import msgpack
 
 from posbuild.analysis import Action
+from posbuild.config import Config
 from posbuild.digest import Digest
 from posbuild.records import FileState, Signature
 
@@ -140,3 +141,26 @@ def clean_actions(actions: Sequence[Action], state: BuildState, root: Path) -> l
                 break
         clean[index] = ok
     return clean
+
+
+TREE_CLEAN = b"clean\n"
+
+
+def tree_is_clean(config: Config) -> bool:
+    """Whether posbuild-out/ is known to be exactly the latest generation's tree (generations.py).
+
+    A build that failed, removed outputs or was interrupted leaves the marker "dirty" (or none),
+    so the next build records a generation even if every action is up to date.
+    """
+    try:
+        return (config.state_dir / "tree").read_bytes() == TREE_CLEAN
+    except FileNotFoundError:
+        return False
+
+
+def mark_tree(config: Config, clean: bool) -> None:
+    """Record whether posbuild-out/ matches the latest generation (written temp + rename)."""
+    config.state_dir.mkdir(exist_ok=True)
+    temp = config.state_dir / "tree.tmp"
+    temp.write_bytes(TREE_CLEAN if clean else b"dirty\n")
+    os.replace(temp, config.state_dir / "tree")

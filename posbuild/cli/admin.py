@@ -1,6 +1,8 @@
-"""Housekeeping commands: `posbuild clean`."""
+"""Housekeeping commands: `posbuild clean` and `posbuild rollback`."""
 
 from __future__ import annotations
+
+import sys
 
 import click
 
@@ -23,3 +25,48 @@ def clean(everything: bool) -> None:
         click.echo(f"removed {path}")
     if not removed:
         click.echo("nothing to remove")
+
+
+@click.command()
+@click.option("--list", "list_only", is_flag=True, help="Show the recorded generations instead of rolling back.")
+@click.option("--to", "generation_id", type=click.IntRange(min=1), default=None,
+              help="Roll back to generation N instead of the latest one.")
+def rollback(list_only: bool, generation_id: int | None) -> None:
+    """Restore posbuild-out/ byte for byte to the last fully successful build, from the store.
+
+    Nothing is executed: every file of the generation is rewritten from its verified blob if it
+    is not already current, and files the generation does not list are removed.
+    """
+    from posbuild.build import workspace_lock
+    from posbuild.config import load_config
+    from posbuild.generations import rollback as roll_back
+    from posbuild.reporter import PlainReporter
+    from posbuild.store import Store
+
+    try:
+        root, _ = workspace_and_package()
+        config = load_config(root)
+        with workspace_lock(config, PlainReporter(sys.stdout, sys.stderr)):
+            store = Store(config.store_dir)
+            try:
+                if list_only:
+                    _print_generations(store.generations())
+                    return
+                report = roll_back(config, store, generation_id)
+            finally:
+                store.close()
+    except PosbuildError as error:
+        fail(error)
+    g = report.generation
+    click.echo(f"rolled back posbuild-out/ to generation {g.id} ({g.created}, {' '.join(g.patterns)}): "
+               f"{report.restored} restored, {report.removed} removed, {report.unchanged} unchanged")
+
+
+def _print_generations(generations: list) -> None:  # type: ignore[type-arg]
+    if not generations:
+        click.echo("no generations recorded yet")
+        return
+    click.echo(f"{'':2}{'id':>4}  {'created (UTC)':<32}  {'files':>6}  {'bytes':>10}  patterns")
+    for g in generations:
+        mark = "*" if g is generations[-1] else " "
+        click.echo(f"{mark:2}{g.id:>4}  {g.created:<32}  {g.files:>6}  {g.size:>10}  {' '.join(g.patterns)}")

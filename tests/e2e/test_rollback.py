@@ -1,0 +1,110 @@
+"""Generations and rollback (§8): a failed build leaves no stale output, rollback restores the
+last fully successful tree byte for byte, from the store, executing nothing."""
+
+import os
+from pathlib import Path
+
+from conftest import counts
+
+PIPELINE = {
+    "pkg/raw.txt": "3\n1\n2\n",
+    "pkg/BUILD": """
+        genrule(name = "upstream", srcs = ["raw.txt"], outs = ["sorted.txt"], cmd = "sort $< > $@")
+        genrule(name = "middle", srcs = [":upstream"], outs = ["checked.txt"],
+                cmd = "if grep -q bad $<; then echo 'bad row' >&2; exit 7; fi; cat $< > $@")
+        genrule(name = "downstream", srcs = [":middle"], outs = ["report.txt"], cmd = "wc -l < $< > $@")
+        genrule(name = "side", srcs = ["raw.txt"], outs = ["side.txt"], cmd = "tac $< > $@")
+    """,
+}
+
+
+def tree(root: Path) -> dict[str, tuple[bytes, int]]:
+    """Every file under posbuild-out/ with its bytes and mode bits."""
+    out = root / "posbuild-out"
+    return {str(p.relative_to(out)): (p.read_bytes(), p.stat().st_mode & 0o777)
+            for p in sorted(out.rglob("*")) if p.is_file()}
+
+
+def test_failed_build_removes_downstream_outputs_and_rollback_restores_the_first_tree(ws):
+    ws.write(PIPELINE)
+    ws.ok("//...")
+    first = tree(ws.root)
+    ws.write({"pkg/raw.txt": "3\nbad\n1\n"})
+    failed = ws.build("-k", "//...")
+    assert failed.returncode == 1
+    assert "FAILED //pkg:middle: command failed (exit code 7)" in failed.stderr
+    assert "removed 2 stale output(s)" in failed.stderr
+    after = tree(ws.root)
+    assert "pkg/checked.txt" not in after and "pkg/report.txt" not in after
+    assert after["pkg/sorted.txt"][0] == b"1\n3\nbad\n"  # upstream was updated
+    assert after["pkg/side.txt"][0] == b"1\nbad\n3\n"  # the independent branch too (-k)
+
+    result = ws.run("rollback")
+    assert result.returncode == 0, result.stderr
+    assert "rolled back posbuild-out/ to generation 1" in result.stdout
+    assert tree(ws.root) == first
+
+
+def test_rollback_executes_nothing_even_with_sources_gone(ws):
+    ws.write(PIPELINE)
+    ws.ok("//...")
+    first = tree(ws.root)
+    ws.write({"pkg/raw.txt": "bad\n"})
+    ws.build("//...")
+    os.unlink(ws.root / "pkg/raw.txt")  # nothing could be rebuilt now: rollback must not need to
+    assert ws.run("rollback").returncode == 0
+    assert tree(ws.root) == first
+
+
+def test_every_successful_build_with_a_new_tree_records_one_generation(ws):
+    ws.write(PIPELINE)
+    ws.ok("//...")
+    ws.ok("//...")  # nothing changed: no new generation
+    ws.write({"pkg/raw.txt": "9\n8\n"})
+    ws.ok("//...")
+    listing = ws.run("rollback", "--list")
+    assert listing.returncode == 0
+    rows = [line for line in listing.stdout.splitlines()[1:] if line.strip()]
+    assert [row.lstrip("* ").split()[0] for row in rows] == ["1", "2"]
+    assert rows[-1].startswith("*")
+    assert rows[-1].split()[-1] == "//..."
+
+
+def test_rollback_to_an_older_generation_and_back(ws):
+    ws.write(PIPELINE)
+    ws.ok("//...")
+    first = tree(ws.root)
+    ws.write({"pkg/raw.txt": "9\n8\n"})
+    ws.ok("//...")
+    second = tree(ws.root)
+    assert ws.run("rollback", "--to", "1").returncode == 0
+    assert tree(ws.root) == first
+    rebuilt = ws.ok("//...")  # the sources are the second version: restored from the store
+    assert counts(rebuilt)["executed"] == 0
+    assert tree(ws.root) == second
+
+
+def test_rollback_removes_files_the_generation_does_not_list(ws):
+    ws.write(PIPELINE)
+    ws.ok("//pkg:side")
+    ws.write({"pkg/raw.txt": "bad\n"})
+    assert ws.build("//...").returncode == 1
+    assert ws.run("rollback").returncode == 0
+    assert sorted(tree(ws.root)) == ["pkg/side.txt"]
+
+
+def test_rollback_without_any_generation_is_a_clear_error(ws):
+    ws.write({"pkg/BUILD": 'genrule(name = "x", outs = ["x"], cmd = "exit 1")\n'})
+    ws.build("//...")
+    result = ws.run("rollback")
+    assert result.returncode == 2
+    assert result.stderr.strip() == (
+        "posbuild: no generation recorded yet: rollback needs one fully successful build first")
+
+
+def test_rollback_to_an_unknown_generation_names_the_known_ones(ws):
+    ws.write(PIPELINE)
+    ws.ok("//...")
+    result = ws.run("rollback", "--to", "7")
+    assert result.returncode == 2
+    assert result.stderr.strip() == "posbuild: no generation 7 (known: 1)"
