@@ -25,7 +25,7 @@ from posbuild.envfp import environment_hash
 from posbuild.graphcache import GraphCache
 from posbuild.label import TargetPattern, parse_pattern
 from posbuild.reporter import BuildSummary, Reporter
-from posbuild.uptodate import clean_actions, load_state, tree_is_clean
+from posbuild.uptodate import clean_actions, load_state, mark_tree, tree_is_clean
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,6 +153,8 @@ def clean(root: Path, everything: bool) -> list[Path]:
             _make_writable(path)
             shutil.rmtree(path)
             removed.append(path)
+    if not everything:
+        mark_tree(config, clean=False)  # posbuild-out/ no longer matches the latest generation
     return removed
 
 

@@ -1,0 +1,100 @@
+"""`posbuild gc`: parse the size bound, hold the workspace lock, run gc, print one summary line."""
+
+from __future__ import annotations
+
+import re
+import sys
+import time
+from decimal import Decimal, InvalidOperation
+
+import click
+
+from posbuild.cli import fail, workspace_and_package
+from posbuild.errors import PosbuildError
+
+_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+_SIZE_RE = re.compile(r"\A(\d+(?:\.\d*)?|\.\d+)\s*(?:([kmgt])(?:i?b)?|b)?\Z", re.IGNORECASE)
+
+
+class ByteSize(click.ParamType):
+    """A byte count: plain bytes, or a number with K, M, G, T (binary: KiB = 1024 bytes; KB, KiB and
+    K are the same, in any case)."""
+
+    name = "size"
+
+    def convert(self, value: object, param: click.Parameter | None, ctx: click.Context | None) -> int:
+        if isinstance(value, int):
+            return value
+        match = _SIZE_RE.match(str(value).strip())
+        if match is None:
+            self.fail(f"{value!r} is not a size (examples: 500000, 200K, 1.5G, 10MiB)", param, ctx)
+        number, unit = match.groups()
+        try:
+            return int(Decimal(number) * _UNITS[(unit or "").lower()])
+        except InvalidOperation:  # pragma: no cover - the pattern admits only decimal numbers
+            self.fail(f"{value!r} is not a size", param, ctx)
+
+
+def human(size: int) -> str:
+    """Bytes for people: `512 B`, `3.4 KiB`, `1.2 MiB`, `2.0 GiB`."""
+    if size < 1024:
+        return f"{size} B"
+    value = size / 1024
+    for unit in ("KiB", "MiB", "GiB"):
+        if value < 1024:
+            return f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{value:.1f} TiB"
+
+
+@click.command()
+@click.option("--max-size", type=ByteSize(), default=None, metavar="SIZE",
+              help="Evict least recently used action results until the store's blobs take at most SIZE "
+                   "(bytes, or with K, M, G, T: 1K = 1KB = 1KiB = 1024). Without it, only garbage is removed.")
+@click.option("--keep-generations", type=click.IntRange(min=1), default=3, show_default=True, metavar="N",
+              help="Keep the newest N generations (successful builds) and everything they need; "
+                   "`posbuild rollback` can return to any of them.")
+def gc(max_size: int | None, keep_generations: int) -> None:
+    """Remove old generations and cache entries no kept generation needs.
+
+    \b
+    Always removed: generations older than the newest N (--keep-generations, default 3), and
+    blobs that no remaining action result or kept generation references.
+    With --max-size: the least recently used action results that no kept generation needs,
+    with their blobs, until the store fits in SIZE. What a kept generation needs is never
+    removed, so the store may stay above SIZE.
+    Each step is its own transaction: gc can be interrupted at any instant.
+    """
+    from posbuild.build import workspace_lock
+    from posbuild.config import load_config
+    from posbuild.gc import SHARED_ORPHAN_GRACE_NS, collect
+    from posbuild.reporter import QuietReporter
+    from posbuild.store import Store
+
+    try:
+        root, _ = workspace_and_package()
+        config = load_config(root)
+        with workspace_lock(config, QuietReporter(sys.stdout, sys.stderr)):
+            if not (config.store_dir / "db").exists():
+                click.echo("gc: no store yet; nothing to collect")
+                return
+            private = config.store_dir.is_relative_to(config.state_dir)
+            store = Store(config.store_dir)
+            try:
+                report = collect(store, max_size, keep_generations, time.time_ns(),
+                                 orphan_grace_ns=0 if private else SHARED_ORPHAN_GRACE_NS)
+            finally:
+                store.close()
+    except PosbuildError as error:
+        fail(error)
+    orphans = f", {report.orphans_removed} orphan file(s)" if report.orphans_removed else ""
+    click.echo(
+        f"gc: removed {report.generations_removed} generation(s), {report.results_removed} action result(s), "
+        f"{report.blobs_removed} blob(s){orphans}; freed {human(report.bytes_freed)}; "
+        f"store now {human(report.size_after)} in {report.blobs_after} blob(s), "
+        f"{report.generations_kept} generation(s) kept"
+    )
+    if report.over_budget:
+        hint = "; --keep-generations 1 keeps fewer" if keep_generations > 1 and report.generations_kept > 1 else ""
+        click.echo(f"gc: the store is still above --max-size {human(max_size or 0)}: "
+                   f"{human(report.pinned_size)} is needed by the {report.generations_kept} kept generation(s){hint}")
