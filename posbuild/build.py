@@ -36,6 +36,7 @@ class BuildOptions:
     jobs: int = 0  # 0: the workspace's [build] jobs, or one per CPU
     keep_going: bool = False
     dry_run: bool = False
+    verify: bool = False  # re-execute actions that have a cached result and byte-compare (ORCH-04)
     cwd_package: str = ""
 
 
@@ -110,16 +111,17 @@ def run_build(root: Path, options: BuildOptions, reporter: Reporter,
     actions = graph.actions
     with workspace_lock(config, reporter):
         previous = load_state(state_path, env_key)
-        clean = clean_actions(actions, previous, config.root)
+        clean = [False] * len(actions) if options.verify else clean_actions(actions, previous, config.root)
         up_to_date = sum(clean)
         reporter.build_started(len(actions), up_to_date)
         executed = cached_late = failed = skipped = 0
         failed_labels: tuple[str, ...] = ()
+        codes: tuple[str, ...] = ()
         if up_to_date < len(actions) or not tree_is_clean(config):
             from posbuild.runner import RunSettings, Status, plan_dirty, run_dirty
 
             settings = RunSettings(options.jobs or config.jobs, options.keep_going, env_hash, env_key,
-                                   passed_env, state_path, tuple(str(p) for p in request.patterns))
+                                   passed_env, state_path, tuple(str(p) for p in request.patterns), options.verify)
             if options.dry_run:
                 planned = plan_dirty(config, actions, clean, previous, settings)
                 for index in planned:
@@ -130,10 +132,10 @@ def run_build(root: Path, options: BuildOptions, reporter: Reporter,
                 return summary
             run = run_dirty(config, actions, clean, previous, settings, reporter)
             executed, cached_late, failed = (run.count(s) for s in (Status.EXECUTED, Status.CACHED, Status.FAILED))
-            skipped, failed_labels = run.skipped, run.failed_labels(actions)
+            skipped, failed_labels, codes = run.skipped, run.failed_labels(actions), run.failure_codes()
     summary = BuildSummary(
         total=len(actions), executed=executed, cached=up_to_date + cached_late, failed=failed, skipped=skipped,
-        wall=time.monotonic() - started, failed_labels=failed_labels, dry_run=options.dry_run,
+        wall=time.monotonic() - started, failed_labels=failed_labels, dry_run=options.dry_run, codes=codes,
     )
     reporter.build_finished(summary)
     return summary

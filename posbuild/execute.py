@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Sequence
 
 from posbuild.analysis import Action, is_generated
+from posbuild.compare import first_file_difference, format_difference
 from posbuild.config import STATE_DIR
 from posbuild.digest import Digest, hash_bytes, hash_file
 from posbuild.filestate import FileStates
@@ -47,6 +48,7 @@ class ActionOutcome:
     status: Status
     key: Digest | None = None
     error: str = ""
+    code: str = ""  # the ORCH-0N code of a failure, when it has one
     stderr: bytes = field(default=b"", repr=False, compare=False)
     elapsed: float = field(default=0.0, compare=False)
 
@@ -55,6 +57,7 @@ class ActionOutcome:
 class _Prepared:
     key: Digest
     sources: tuple[tuple[str, Signature], ...]
+    cached: ActionResult | None = None  # under --verify: the result the new run must reproduce
 
 
 class Rebuilder:
@@ -62,13 +65,14 @@ class Rebuilder:
 
     def __init__(self, root: Path, store: Store, files: FileStates, sandboxes: Sandboxes,
                  env_hash: Digest, passed_env: Sequence[tuple[str, str]] = (),
-                 previous: BuildState | None = None, dry_run: bool = False) -> None:
+                 previous: BuildState | None = None, dry_run: bool = False, verify: bool = False) -> None:
         self._root = root
         self._store = store
         self._files = files
         self._sandboxes = sandboxes
         self._materializer = Materializer(root, store, root / STATE_DIR / "tmp")
         self._dry_run = dry_run
+        self._verify = verify
         if not dry_run:
             self._materializer.clear_temp()
         self._env_hash = env_hash
@@ -107,12 +111,15 @@ class Rebuilder:
                 stable = self._files.stable(path)
                 if stable is not None:
                     self._sources[path] = stable
+        key = None
         if NO_CACHE_TAG not in action.tags:
             hit = self._reuse_trace(action, digests) or self._lookup(action, digests)
-            if hit is not None:
+            if hit is not None and not self._verify:
                 return hit
-        key = action_key(action, digests, self._env_hash, self._passed_env)
-        self._prepared[action.label] = _Prepared(key, tuple(sources))
+            key = hit.key if hit is not None else None
+        key = key or action_key(action, digests, self._env_hash, self._passed_env)
+        cached = self._store.get_result(key) if self._verify else None
+        self._prepared[action.label] = _Prepared(key, tuple(sources), cached)
         return None
 
     def _reuse_trace(self, action: Action, digests: list[Digest]) -> ActionOutcome | None:
@@ -193,10 +200,24 @@ class Rebuilder:
             failure = self._failure(action, spawn, prepared)
             if failure:
                 return ActionOutcome(Status.FAILED, error=failure, stderr=spawn.stderr, elapsed=spawn.elapsed)
+            if prepared.cached is not None:
+                difference = self._difference(spawn, prepared.cached)
+                if difference:
+                    return ActionOutcome(Status.FAILED, error=f"ORCH-04 non-deterministic execution: {difference}; "
+                                         f"the cached result is kept", code="ORCH-04", elapsed=spawn.elapsed)
             self._commit(action, spawn, prepared.key)
         finally:
             self._sandboxes.remove(spawn)
         return ActionOutcome(Status.EXECUTED, prepared.key, stderr=spawn.stderr, elapsed=spawn.elapsed)
+
+    def _difference(self, spawn: SpawnResult, cached: ActionResult) -> str:
+        """How a re-run's outputs differ from the cached result of the same key ("" if they don't)."""
+        for output in cached.outputs:
+            size_new, size_cached, offset = first_file_difference(
+                spawn.exec_root / output.path, self._store.get_blob(output.digest))
+            if offset is not None:
+                return format_difference(output.path, "the cached result", size_cached, "this run", size_new, offset)
+        return ""
 
     def _failure(self, action: Action, spawn: SpawnResult, prepared: _Prepared) -> str:
         if spawn.timed_out:

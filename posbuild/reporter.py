@@ -25,6 +25,7 @@ class BuildSummary:
     wall: float
     failed_labels: tuple[str, ...]
     dry_run: bool = False
+    codes: tuple[str, ...] = ()  # ORCH codes among the failures (ORCH-04 under --verify)
 
 
 class Reporter(Protocol):

@@ -41,6 +41,10 @@ class DirtyRun:
     def failed_labels(self, actions: Sequence[Action]) -> tuple[str, ...]:
         return tuple(actions[n].label for n, o in sorted(self.outcomes.items()) if o.status is Status.FAILED)
 
+    def failure_codes(self) -> tuple[str, ...]:
+        """The ORCH codes among the failures, sorted and without repeats."""
+        return tuple(sorted({o.code for o in self.outcomes.values() if o.status is Status.FAILED and o.code}))
+
 
 @dataclass(frozen=True, slots=True)
 class RunSettings:
@@ -53,6 +57,7 @@ class RunSettings:
     passed_env: tuple[tuple[str, str], ...]
     state_path: Path
     patterns: tuple[str, ...] = ()
+    verify: bool = False
 
 
 class _Executor:
@@ -95,7 +100,8 @@ def run_dirty(config: Config, actions: Sequence[Action], clean: Sequence[bool], 
         files = FileStates(config.root, store)
         sandboxes = Sandboxes(config.root, config.sandbox_dir)
         sandboxes.clear_stale()
-        rebuilder = Rebuilder(config.root, store, files, sandboxes, settings.env_hash, settings.passed_env, previous)
+        rebuilder = Rebuilder(config.root, store, files, sandboxes, settings.env_hash, settings.passed_env, previous,
+                              verify=settings.verify)
         position = {node: i for i, node in enumerate(dirty)}
         sub_actions = [actions[i] for i in dirty]
         executor = _Executor(sub_actions, rebuilder, reporter)

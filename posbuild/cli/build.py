@@ -8,7 +8,7 @@ import sys
 import click
 
 from posbuild.cli import fail, workspace_and_package
-from posbuild.errors import ActionFailed, PosbuildError
+from posbuild.errors import ActionFailed, NonDeterminism, PosbuildError
 
 
 def choose_reporter(quiet: bool):  # type: ignore[no-untyped-def]
@@ -28,8 +28,11 @@ def choose_reporter(quiet: bool):  # type: ignore[no-untyped-def]
               help="Run at most N actions at once (default: [build] jobs, or the number of CPUs).")
 @click.option("-k", "--keep-going", is_flag=True, help="After a failure, still build every independent branch.")
 @click.option("-n", "--dry-run", is_flag=True, help="List the actions that would execute; run and write nothing.")
+@click.option("--verify", is_flag=True,
+              help="Re-execute actions that have a cached result and fail with ORCH-04 if the bytes differ.")
 @click.option("-q", "--quiet", is_flag=True, help="Print only failures and errors.")
-def build(patterns: tuple[str, ...], jobs: int | None, keep_going: bool, dry_run: bool, quiet: bool) -> None:
+def build(patterns: tuple[str, ...], jobs: int | None, keep_going: bool, dry_run: bool, verify: bool,
+          quiet: bool) -> None:
     """Build the targets matched by PATTERNS (default: //...).
 
     \b
@@ -41,12 +44,15 @@ def build(patterns: tuple[str, ...], jobs: int | None, keep_going: bool, dry_run
     try:
         root, package = workspace_and_package()
         options = BuildOptions(patterns=patterns or ("//...",), jobs=jobs or 0, keep_going=keep_going,
-                               dry_run=dry_run, cwd_package=package)
+                               dry_run=dry_run, verify=verify, cwd_package=package)
         summary = run_build(root, options, choose_reporter(quiet), dict(os.environ))
     except PosbuildError as error:
         fail(error)
     except KeyboardInterrupt:
         click.echo("posbuild: interrupted; nothing partial was kept", err=True)
         sys.exit(130)
+    if "ORCH-04" in summary.codes:
+        fail(NonDeterminism(f"{summary.failed} action(s) failed, some produced bytes that differ from their "
+                            f"cached result: {', '.join(summary.failed_labels)}"))
     if summary.failed:
         fail(ActionFailed(f"{summary.failed} action(s) failed: {', '.join(summary.failed_labels)}"))

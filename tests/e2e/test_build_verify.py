@@ -1,0 +1,53 @@
+"""`posbuild build --verify`: actions with a cached result run again and must reproduce it byte
+for byte; a difference is ORCH-04 (exit 14) and the cached result is not replaced."""
+
+from conftest import counts
+
+import lmdb
+
+WORKSPACE = {
+    "pkg/in.txt": "data\n",
+    "pkg/BUILD": """
+        genrule(name = "steady", srcs = ["in.txt"], outs = ["steady.txt"], cmd = "tr a-z A-Z < $< > $@")
+        genrule(name = "clock", outs = ["clock.txt"], cmd = "date +%s%N > $@")
+    """,
+}
+
+
+def results(root):
+    env = lmdb.open(str(root / ".posbuild/store/db"), max_dbs=16, readonly=True, lock=False)
+    try:
+        with env.begin() as txn:
+            return dict(txn.cursor(db=env.open_db(b"results", txn=txn, create=False)))
+    finally:
+        env.close()
+
+
+def test_deterministic_actions_are_re_executed_and_pass(ws):
+    ws.write(WORKSPACE)
+    ws.ok("//pkg:steady")
+    result = ws.build("--verify", "//pkg:steady")
+    assert result.returncode == 0, result.stderr
+    assert counts(result) == {"executed": 1, "cached": 0, "failed": 0}
+    assert ws.out("pkg/steady.txt") == "DATA\n"
+
+
+def test_a_cached_result_that_a_rerun_does_not_reproduce_is_orch_04(ws):
+    ws.write(WORKSPACE)
+    ws.ok("//...")
+    before = results(ws.root)
+    result = ws.build("--verify", "//...")
+    assert result.returncode == 14
+    assert ("FAILED //pkg:clock: ORCH-04 non-deterministic execution: posbuild-out/pkg/clock.txt: "
+            "the cached result has 20 bytes, this run has 20 bytes, first difference at byte") in result.stderr
+    assert result.stderr.strip().splitlines()[-1] == (
+        "posbuild: ORCH-04 non-deterministic execution: 1 action(s) failed, some produced bytes that differ "
+        "from their cached result: //pkg:clock")
+    assert results(ws.root) == before  # the old result was not replaced
+
+
+def test_actions_without_a_cached_result_simply_execute(ws):
+    ws.write(WORKSPACE)
+    result = ws.build("--verify", "//pkg:clock")
+    assert result.returncode == 0, result.stderr
+    assert counts(result)["executed"] == 1
