@@ -20,8 +20,7 @@ from typing import Iterator, Mapping, Sequence
 
 from posbuild.analysis import ActionGraph, Analyzer, expand_patterns
 from posbuild.config import Config, load_config
-from posbuild.digest import hash_canonical
-from posbuild.envfp import environment_hash
+from posbuild.envfp import environment_hash, environment_key, passed_environment
 from posbuild.graphcache import GraphCache
 from posbuild.label import TargetPattern, parse_pattern
 from posbuild.reporter import BuildSummary, Reporter
@@ -46,6 +45,11 @@ class Request:
 
     patterns: tuple[TargetPattern, ...]
     state_stem: Path
+
+    @property
+    def state_path(self) -> Path:
+        """Where the request's up-to-date state (uptodate.py) is saved."""
+        return self.state_stem.with_suffix(".state")
 
 
 def make_request(config: Config, patterns: Sequence[str], cwd_package: str = "") -> Request:
@@ -104,10 +108,10 @@ def run_build(root: Path, options: BuildOptions, reporter: Reporter,
     request = make_request(config, options.patterns, options.cwd_package)
     graph = _resolve(config, request)
     environ = environ or {}
-    passed_env = tuple((name, environ[name]) for name in config.env_pass if name in environ)
+    passed_env = passed_environment(config.env_pass, environ)
     env_hash = environment_hash()
-    env_key = hash_canonical([env_hash, passed_env])
-    state_path = request.state_stem.with_suffix(".state")
+    env_key = environment_key(passed_env)
+    state_path = request.state_path
     actions = graph.actions
     with workspace_lock(config, reporter):
         previous = load_state(state_path, env_key)

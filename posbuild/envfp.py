@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import sys
+from typing import Mapping, Sequence
 
 from posbuild import __version__
 from posbuild.digest import Digest, hash_canonical
@@ -27,3 +28,13 @@ def fingerprint() -> dict[str, str]:
 
 def environment_hash() -> Digest:
     return hash_canonical(fingerprint())
+
+
+def passed_environment(names: Sequence[str], environ: Mapping[str, str]) -> tuple[tuple[str, str], ...]:
+    """The caller's variables that `[env] pass` lets through to actions, in the configured order."""
+    return tuple((name, environ[name]) for name in names if name in environ)
+
+
+def environment_key(passed: Sequence[tuple[str, str]]) -> Digest:
+    """What a saved up-to-date state is valid for: this environment and these passed variables."""
+    return hash_canonical([environment_hash(), list(passed)])

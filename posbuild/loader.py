@@ -21,7 +21,7 @@ import starlark
 
 from posbuild.config import OUT_DIR, STATE_DIR, Config
 from posbuild.errors import BuildFileError, SourceLocation
-from posbuild.label import Label, did_you_mean, parse_label
+from posbuild.label import did_you_mean, parse_label
 from posbuild.stamps import folder_stamp
 from posbuild.target import AttributeError_, Target, make_target
 

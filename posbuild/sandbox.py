@@ -19,15 +19,38 @@ the whole group is killed, so no stray background process outlives its action. (
 itself is killed with SIGKILL, commands already running finish on their own; their sandboxes
 are removed by the next build, and nothing they produce is ever collected.) This module knows
 nothing of keys or the store: it takes an Action and returns a SpawnResult.
+
+Perturbation (`posbuild verify`)
+--------------------------------
+`run(..., perturbation=Perturbation(...))` varies what a hermetic action must not depend on; with
+no perturbation a run is exactly the build's. What can be varied, and where:
+
+* sandbox folder name and path length — always (`name_suffix` lengthens the folder name);
+* order of the environment variables handed to `/bin/sh` — always; note that a shell passes its
+  own variables on to the commands it starts in an order of its own (dash: hash order), so only
+  programs that read their initial environment in order see the difference;
+* TZ — always, unless the action declares TZ itself (then TZ is a declared input);
+* umask — always (set in the child just before exec, so it is safe with parallel runs);
+* directory listing order (`reverse_staging`) — only where readdir follows creation order. Measured
+  on Linux 6.x: tmpfs (`/dev/shm`, where sandboxes live by default) lists the newest entry first,
+  so staging inputs in reverse reverses every listing; ext4 with `dir_index` (the default) lists in
+  name-hash order whatever the creation order, so there it cannot be varied.
+  `listing_follows_creation(folder)` measures it for a given file system;
+* wall-clock time (`clock_shift`) — only when libfaketime is installed (`find_libfaketime()`):
+  `LD_PRELOAD` it with `FAKETIME=<shift>`. It reaches dynamically linked programs only, not
+  static binaries (Go) or setuid ones. Monotonic clocks are left alone (`DONT_FAKE_MONOTONIC`), so
+  timeouts and sleeps behave.
 """
 
 from __future__ import annotations
 
+import glob
 import itertools
 import os
 import shutil
 import signal
 import subprocess
+import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
@@ -38,6 +61,49 @@ from posbuild.analysis import Action
 
 LINK_LIMIT = 16 * 1024 * 1024
 BASE_PATH = "/usr/local/bin:/usr/bin:/bin"
+FAKETIME_GLOBS = (
+    "/usr/lib/*/faketime/libfaketime.so.1",
+    "/usr/lib/faketime/libfaketime.so.1",
+    "/usr/local/lib/faketime/libfaketime.so.1",
+    "/usr/lib64/faketime/libfaketime.so.1",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Perturbation:
+    """What to vary in one run, beyond what a normal run does; every field's default varies nothing."""
+
+    name_suffix: str = ""  # appended to the sandbox folder's name: another, longer absolute path
+    reverse_env_order: bool = False  # hand the environment to /bin/sh in reverse order
+    tz: str | None = None  # TZ instead of UTC (unless the action declares TZ)
+    umask: int | None = None  # the command's umask instead of posbuild's
+    reverse_staging: bool = False  # create folders and stage inputs in reverse order (readdir order)
+    clock_shift: str | None = None  # FAKETIME offset such as "+397.3d", applied when libfaketime exists
+
+
+def find_libfaketime() -> str | None:
+    """The path of libfaketime.so.1 if it is installed, else None."""
+    for pattern in FAKETIME_GLOBS:
+        found = sorted(glob.glob(pattern))
+        if found:
+            return found[0]
+    return None
+
+
+def listing_follows_creation(folder: Path) -> bool:
+    """Whether `os.listdir` in `folder`'s file system depends on the order entries were created in."""
+    folder.mkdir(parents=True, exist_ok=True)
+    probe = Path(tempfile.mkdtemp(prefix="readdir-probe-", dir=folder))
+    try:
+        listings = []
+        for order in ("abcdefgh", "hgfedcba"):
+            (probe / order).mkdir()
+            for name in order:
+                (probe / order / name).touch()
+            listings.append(os.listdir(probe / order))
+        return listings[0] != listings[1]
+    finally:
+        shutil.rmtree(probe, ignore_errors=True)
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,29 +147,68 @@ class Sandboxes:
         self._running: set[int] = set()
         self._lock = threading.Lock()
         self._cancelled = False
+        self._faketime: str | None | bool = False  # False: not looked up yet
 
     def clear_stale(self) -> None:
         """Remove sandboxes left by an interrupted earlier build."""
         shutil.rmtree(self._base, ignore_errors=True)
         self._base.mkdir(parents=True, exist_ok=True)
 
-    def run(self, action: Action, extra_env: Sequence[tuple[str, str]] = ()) -> SpawnResult:
-        """Stage inputs, run the command, and report; the caller must `remove()` the sandbox."""
+    def run(self, action: Action, extra_env: Sequence[tuple[str, str]] = (),
+            perturbation: Perturbation | None = None) -> SpawnResult:
+        """Stage inputs, run the command, and report; the caller must `remove()` the sandbox.
+
+        If staging or starting the command fails, the sandbox is removed before the error propagates.
+        """
         sandbox = f"{self._base}/{os.getpid()}-{next(self._counter)}"
+        if perturbation is not None:
+            sandbox += perturbation.name_suffix
         exec_root = sandbox + "/exec"
-        self._stage(action, sandbox, exec_root)
-        env = base_environment(Path(sandbox))
-        env.update(action.env)
-        env.update(extra_env)
-        stdout_path, stderr_path = sandbox + "/stdout", sandbox + "/stderr"
-        started = time.monotonic()
-        with open(stdout_path, "wb") as out, open(stderr_path, "wb") as err:
-            exit_code, timed_out = self._spawn(action, exec_root, env, out, err)
+        try:
+            if perturbation is not None and perturbation.reverse_staging:
+                self._stage_reversed(action, sandbox, exec_root)
+            else:
+                self._stage(action, sandbox, exec_root)
+            env = base_environment(Path(sandbox))
+            env.update(action.env)
+            env.update(extra_env)
+            umask = -1
+            if perturbation is not None:
+                env = self._perturbed_env(env, perturbation, {*dict(action.env), *dict(extra_env)})
+                umask = -1 if perturbation.umask is None else perturbation.umask
+            stdout_path, stderr_path = sandbox + "/stdout", sandbox + "/stderr"
+            started = time.monotonic()
+            with open(stdout_path, "wb") as out, open(stderr_path, "wb") as err:
+                exit_code, timed_out = self._spawn(action, exec_root, env, out, err, umask)
+        except BaseException:
+            shutil.rmtree(sandbox, ignore_errors=True)
+            raise
         elapsed = time.monotonic() - started
         missing = tuple(p for p in action.outputs if not os.path.isfile(f"{exec_root}/{p}"))
         with open(stdout_path, "rb") as out, open(stderr_path, "rb") as err:
             stdout, stderr = out.read(), err.read()
         return SpawnResult(exit_code, timed_out, Path(exec_root), missing, stdout, stderr, elapsed)
+
+    def _perturbed_env(self, env: dict[str, str], perturbation: Perturbation, declared: set[str]) -> dict[str, str]:
+        if perturbation.tz is not None and "TZ" not in declared:
+            env["TZ"] = perturbation.tz
+        if perturbation.clock_shift is not None:
+            library = self.faketime
+            if library is not None:
+                preload = env.get("LD_PRELOAD")
+                env["LD_PRELOAD"] = f"{library}:{preload}" if preload else library
+                env["FAKETIME"] = perturbation.clock_shift
+                env["DONT_FAKE_MONOTONIC"] = "1"
+        if perturbation.reverse_env_order:
+            env = dict(reversed(env.items()))
+        return env
+
+    @property
+    def faketime(self) -> str | None:
+        """libfaketime's path (looked up once per Sandboxes), or None when it is not installed."""
+        if self._faketime is False:
+            self._faketime = find_libfaketime()
+        return self._faketime  # type: ignore[return-value]
 
     def remove(self, result: SpawnResult) -> None:
         shutil.rmtree(os.path.dirname(result.exec_root), ignore_errors=True)
@@ -128,13 +233,42 @@ class Sandboxes:
         for path in action.inputs:
             _stage_file(self._root + path, f"{exec_root}/{path}")
 
-    def _spawn(self, action: Action, cwd: str, env: dict[str, str], out: object, err: object) -> tuple[int, bool]:
+    def _stage_reversed(self, action: Action, sandbox: str, exec_root: str) -> None:
+        """Create what `_stage` creates, with the entries of every folder made in reverse order.
+
+        `_stage` creates, in each folder, first the subfolders (in order of first appearance),
+        then the input files (in input order). Here each folder's children are created last to
+        first, each folder before its contents, so a creation-ordered readdir lists them reversed.
+        """
+        os.makedirs(exec_root)
+        os.mkdir(sandbox + "/tmp")
+        children: dict[str, list[str]] = {"": []}
+        for path in (*action.inputs, *action.outputs):  # folders, as _stage's makedirs makes them
+            parts = path.split("/")[:-1]
+            for depth in range(1, len(parts) + 1):
+                folder = "/".join(parts[:depth])
+                if folder not in children:
+                    children[folder] = []
+                    children["/".join(parts[:depth - 1])].append(folder)
+        for path in action.inputs:
+            children[os.path.dirname(path)].append(path)
+        pending = list(children[""])  # a stack: popping takes the last-created entry first
+        while pending:
+            path = pending.pop()
+            if path in children:
+                os.mkdir(f"{exec_root}/{path}")
+                pending.extend(children[path])
+            else:
+                _stage_file(self._root + path, f"{exec_root}/{path}")
+
+    def _spawn(self, action: Action, cwd: str, env: dict[str, str], out: object, err: object,
+               umask: int = -1) -> tuple[int, bool]:
         with self._lock:
             if self._cancelled:
                 return -signal.SIGTERM, False
             process = subprocess.Popen(
                 ["/bin/sh", "-c", action.command], cwd=cwd, env=env, stdin=subprocess.DEVNULL,
-                stdout=out, stderr=err, start_new_session=True,
+                stdout=out, stderr=err, start_new_session=True, umask=umask,
             )
             self._running.add(process.pid)
         timed_out = False
