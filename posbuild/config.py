@@ -31,6 +31,7 @@ class Config:
     store_dir: Path
     env_pass: tuple[str, ...]
     sandbox_dir: Path
+    cache_max_size: str = ""  # `[cache] max_size`: gc's default bound, as written (e.g. "20G")
 
     @property
     def out_dir(self) -> Path:
@@ -52,12 +53,12 @@ def find_workspace(start: Path) -> Path:
     )
 
 
-def _get(table: dict[str, Any], section: str, key: str, kind: type, default: Any, path: Path) -> Any:
+def _get(table: dict[str, Any], section: str, key: str, kind: type | tuple[type, ...], default: Any,
+         path: Path) -> Any:
     value = table.get(section, {}).get(key, default)
-    if kind is int and isinstance(value, bool) or not isinstance(value, kind):
-        raise WorkspaceError(
-            f"{path}: [{section}] {key} must be {kind.__name__}, got {type(value).__name__} {value!r}"
-        )
+    if isinstance(value, bool) and kind is not bool or not isinstance(value, kind):
+        names = " or ".join(k.__name__ for k in (kind if isinstance(kind, tuple) else (kind,)))
+        raise WorkspaceError(f"{path}: [{section}] {key} must be {names}, got {type(value).__name__} {value!r}")
     return value
 
 
@@ -92,6 +93,7 @@ def load_config(root: Path) -> Config:
         store_dir=store_dir,
         env_pass=_string_list(table, "env", "pass", [], path),
         sandbox_dir=_sandbox_dir(root, _get(table, "build", "sandbox_base", str, "", path)),
+        cache_max_size=str(_get(table, "cache", "max_size", (str, int), "", path)),
     )
 
 

@@ -268,6 +268,8 @@ class Store:
             for number in generations:
                 txn.delete(number.to_bytes(8, "big"), db=self._generations)
         self._commits += 1
+        if external:
+            self.flush()  # the rows' removal must be on disk before their files go (machine crash)
         for digest in external:
             path = self.external_path(digest)
             try:

@@ -11,6 +11,7 @@ import click
 
 from posbuild.cli import fail, workspace_and_package
 from posbuild.errors import PosbuildError
+from posbuild.gc import DEFAULT_KEEP_GENERATIONS, SHARED_ORPHAN_GRACE_NS, collect
 
 _UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
 _SIZE_RE = re.compile(r"\A(\d+(?:\.\d*)?|\.\d+)\s*(?:([kmgt])(?:i?b)?|b)?\Z", re.IGNORECASE)
@@ -47,11 +48,22 @@ def human(size: int) -> str:
     return f"{value:.1f} TiB"
 
 
+def _configured_size(text: str, root: object) -> int:
+    """`[cache] max_size` of posbuild.toml, the default of --max-size."""
+    from posbuild.errors import WorkspaceError
+
+    try:
+        return ByteSize().convert(text, None, None)
+    except click.BadParameter as error:
+        raise WorkspaceError(f"{root}/posbuild.toml: [cache] max_size: {error.message}") from None
+
+
 @click.command()
 @click.option("--max-size", type=ByteSize(), default=None, metavar="SIZE",
               help="Evict least recently used action results until the store's blobs take at most SIZE "
-                   "(bytes, or with K, M, G, T: 1K = 1KB = 1KiB = 1024). Without it, only garbage is removed.")
-@click.option("--keep-generations", type=click.IntRange(min=1), default=3, show_default=True, metavar="N",
+                   "(bytes, or with K, M, G, T: 1K = 1KB = 1KiB = 1024). Default: [cache] max_size of "
+                   "posbuild.toml; without either, only garbage is removed.")
+@click.option("--keep-generations", type=click.IntRange(min=1), default=DEFAULT_KEEP_GENERATIONS, show_default=True, metavar="N",
               help="Keep the newest N generations (successful builds) and everything they need; "
                    "`posbuild rollback` can return to any of them.")
 def gc(max_size: int | None, keep_generations: int) -> None:
@@ -67,13 +79,14 @@ def gc(max_size: int | None, keep_generations: int) -> None:
     """
     from posbuild.build import workspace_lock
     from posbuild.config import load_config
-    from posbuild.gc import SHARED_ORPHAN_GRACE_NS, collect
     from posbuild.reporter import QuietReporter
     from posbuild.store import Store
 
     try:
         root, _ = workspace_and_package()
         config = load_config(root)
+        if max_size is None and config.cache_max_size:
+            max_size = _configured_size(config.cache_max_size, root)
         with workspace_lock(config, QuietReporter(sys.stdout, sys.stderr)):
             if not (config.store_dir / "db").exists():
                 click.echo("gc: no store yet; nothing to collect")

@@ -1,0 +1,74 @@
+"""`posbuild fsck [--repair]`: check the store and posbuild-out/, print one line per finding.
+
+Exit status: 13 (ORCH-03) while any checksum inconsistency remains, else 16 (ORCH-06) while any
+partial state remains, else 0. Warnings never change it. After `--repair`, only what the repair
+could not fix counts.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import TYPE_CHECKING
+
+import click
+
+from posbuild.cli import fail, workspace_and_package
+from posbuild.errors import ChecksumMismatch, PartialState, PosbuildError
+
+if TYPE_CHECKING:
+    from posbuild.fsck import Problem
+
+
+@click.command()
+@click.option("--repair", is_flag=True,
+              help="Remove corrupt blobs and the results using them, dangling results, corrupt or unknown "
+                   "files under posbuild-out/ and leftovers of interrupted builds; the next build recreates "
+                   "what was removed.")
+def fsck(repair: bool) -> None:
+    """Re-hash every blob and every file under posbuild-out/, and look for partial state.
+
+    \b
+    ORCH-03: a blob or an output whose bytes do not hash to their recorded digest.
+    ORCH-06: a result or generation whose blobs are gone, a file under posbuild-out/ posbuild
+             did not write, or leftovers of an interrupted build (temp files, sandboxes).
+    Exit codes: 0 nothing (left) to fix, 13 ORCH-03 found, 16 only ORCH-06 found.
+    """
+    from posbuild.build import workspace_lock
+    from posbuild.config import load_config
+    from posbuild.fsck import check, repaired_line, summary
+    from posbuild.reporter import PlainReporter
+    from posbuild.store import Store
+
+    try:
+        root, _ = workspace_and_package()
+        config = load_config(root)
+        with workspace_lock(config, PlainReporter(sys.stdout, sys.stderr)):
+            store = Store(config.store_dir) if (config.store_dir / "db").exists() else None
+            try:
+                report = check(config, store, repair)
+            finally:
+                if store is not None:
+                    store.close()
+    except PosbuildError as error:
+        fail(error)
+    for problem in (*report.errors, *report.warnings):
+        click.echo(str(problem))
+    click.echo(summary(report))
+    if report.repaired is not None:
+        click.echo(repaired_line(report.repaired))
+        for problem, why in report.repaired.failed:
+            click.echo(f"not repaired: {problem}: {why}")
+    _exit_for(report.remaining, repair)
+
+
+def _exit_for(remaining: tuple[Problem, ...], repaired: bool) -> None:
+    """Fail with ORCH-03 if any checksum problem is left, else ORCH-06 if any partial state is."""
+    if not remaining:
+        return
+    checksum = sum(1 for p in remaining if p.code == ChecksumMismatch.code)
+    partial = len(remaining) - checksum
+    error = ChecksumMismatch if checksum else PartialState
+    mixed = f" ({checksum} {ChecksumMismatch.code}, {partial} {PartialState.code})" if checksum and partial else ""
+    if repaired:
+        fail(error(f"fsck --repair could not fix {len(remaining)} problem(s){mixed}, listed above"))
+    fail(error(f"fsck found {len(remaining)} problem(s){mixed}, listed above; run `posbuild fsck --repair`"))

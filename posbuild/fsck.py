@@ -1,0 +1,421 @@
+"""Layer 8: `posbuild fsck` — find corruption and partial state in the store and `posbuild-out/`,
+and with `repair`, remove it so that the next build recomputes whatever was lost.
+
+What is checked, and how each finding is classed
+------------------------------------------------
+ORCH-03, checksum inconsistency: bytes that do not hash to the digest that names or records them.
+* Every blob row is re-hashed: inline blobs from LMDB, large ones from their file under `cas/`.
+  A blob row whose file is gone counts too: its bytes cannot be checked, nor served.
+* Every file under `posbuild-out/` is hashed and compared with the digest posbuild recorded when
+  it wrote the file: its stat-memo row (keyed by the workspace-relative path), else the entry of
+  the latest generation's manifest. A file that differs from its memo row while keeping the inode
+  the row recorded was changed in place after posbuild wrote it (bit rot, an edit): ORCH-03.
+
+ORCH-06, partial state: rows or files that an uninterrupted history would not have left behind.
+* An action result whose output, stdout or stderr blob has no row: a *dangling* result, which
+  promises bytes the store cannot give. The rows of one action are committed in one transaction,
+  so this is never a torn write; it means part of a committed whole was lost afterwards. Nothing
+  hashes wrong, so it is classed with partial state rather than with checksums (a build that
+  needs the missing blob still stops with ORCH-03 when it reads it, see store.py).
+* A generation whose manifest blob is gone.
+* A file under `posbuild-out/` with no record at all (no memo row, not in the latest manifest),
+  and one that differs from its memo row and sits on another inode than the one recorded: it was
+  put there by a rename after posbuild recorded the path, which is what a build killed between
+  moving an output into place and committing its rows leaves. A kill thus never reads as
+  corruption, while a byte flipped in place does.
+* Leftovers of interrupted work: files in `.posbuild/tmp/` (materialisation temps), temp files of
+  up-to-date state writes, sandbox folders, temp files under `cas/`, and files under `cas/` that
+  no blob row names (written before a commit that never happened).
+
+Warnings carry no code and do not change the exit status: a blob that no action result and no
+generation references (`posbuild gc` reclaims it), and a generation whose manifest lists a blob
+the store no longer holds (rolling back to it cannot restore that file until a build produces
+those bytes again).
+
+Repair
+------
+`check(..., repair=True)` first finds everything, then fixes it in an order where a crash at any
+point leaves a state that the next fsck or build handles:
+1. The up-to-date state is invalidated (`.posbuild/graphs/*.state` deleted, the tree marker set
+   dirty), so the next build looks every action up in the store again instead of trusting stat
+   signatures recorded before the repair.
+2. Corrupt and unknown files under `posbuild-out/` are deleted; the next build restores them from
+   the store or executes their actions.
+3. One store transaction removes corrupt blobs, every result that references a corrupt or missing
+   blob, generations whose manifest is corrupt or missing, and the memo rows of deleted files
+   (`Store.remove` deletes `cas/` files only after the transaction commits).
+4. Leftovers are deleted.
+Anything that cannot be fixed (a file that cannot be deleted) is reported as not repaired.
+
+fsck runs under the workspace lock, so no build of this workspace writes meanwhile. A store shared
+between workspaces (`[cache] dir`) may have writers elsewhere, whose in-flight `cas/` temp files
+would be reported as leftovers; run fsck on a shared store only while nothing builds against it.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import stat
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from posbuild.config import Config
+from posbuild.digest import DIGEST_SIZE, Digest, hash_bytes, hash_file
+from posbuild.errors import ChecksumMismatch, PartialState
+from posbuild.records import ActionResult, Manifest, unpack_manifest
+from posbuild.store import Store
+from posbuild.uptodate import mark_tree
+
+CHECKSUM, PARTIAL = ChecksumMismatch.code, PartialState.code
+BLOB, RESULT, GENERATION, OUTPUT, LEFTOVER = "blob", "result", "generation", "output", "leftover"
+
+
+@dataclass(frozen=True, slots=True)
+class Problem:
+    """One finding: `code` is ORCH-03 or ORCH-06, or None for a warning."""
+
+    code: str | None
+    kind: str  # blob, result, generation, output or leftover
+    subject: str  # a digest or key in hex, a generation id, or a path
+    detail: str
+
+    def __str__(self) -> str:
+        head = f"{self.code or 'warning'} {self.kind} {self.subject}"
+        return f"{head} ({self.detail})" if self.kind == LEFTOVER else f"{head}: {self.detail}"
+
+
+@dataclass(frozen=True, slots=True)
+class Repairs:
+    """What a repair removed, and the problems it could not fix (with the reason)."""
+
+    blobs: int = 0
+    results: int = 0
+    generations: int = 0
+    outputs: int = 0
+    leftovers: int = 0
+    state_files: int = 0
+    failed: tuple[tuple[Problem, str], ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class FsckReport:
+    """Everything one fsck found (and, with repair, what it fixed)."""
+
+    problems: tuple[Problem, ...]
+    blobs_checked: int
+    bytes_checked: int
+    results_checked: int
+    outputs_checked: int
+    repaired: Repairs | None = None
+
+    @property
+    def errors(self) -> tuple[Problem, ...]:
+        return tuple(p for p in self.problems if p.code is not None)
+
+    @property
+    def warnings(self) -> tuple[Problem, ...]:
+        return tuple(p for p in self.problems if p.code is None)
+
+    @property
+    def remaining(self) -> tuple[Problem, ...]:
+        """The errors still there: all of them, or after a repair those it could not fix."""
+        return self.errors if self.repaired is None else tuple(p for p, _ in self.repaired.failed)
+
+
+@dataclass
+class _Plan:
+    """What a repair would do; filled in while checking."""
+
+    blobs: set[Digest] = field(default_factory=set)
+    results: set[Digest] = field(default_factory=set)
+    generations: set[int] = field(default_factory=set)
+    outputs: list[tuple[Path, str, Problem]] = field(default_factory=list)  # (file, memo key, problem)
+    leftovers: list[tuple[Path, Problem]] = field(default_factory=list)
+
+
+def check(config: Config, store: Store | None, repair: bool) -> FsckReport:
+    """Check the store (None: the workspace has none yet) and posbuild-out/; repair if asked.
+
+    The caller holds the workspace lock.
+    """
+    checker = _Checker(config, store)
+    report = checker.run()
+    if repair:
+        report = replace(report, repaired=_repair(config, store, checker.plan) if report.errors else Repairs())
+    return report
+
+
+class _Checker:
+    """One pass over the store, posbuild-out/ and the places interrupted work leaves files."""
+
+    def __init__(self, config: Config, store: Store | None) -> None:
+        self._config = config
+        self._store = store
+        self._problems: list[Problem] = []
+        self.plan = _Plan()
+        self._blobs: set[Digest] = set()
+        self._external: set[Digest] = set()
+        self._referenced: set[Digest] = set()
+        self._manifest: Manifest = {}
+        self._bytes = self._results = self._outputs = 0
+
+    def _add(self, code: str | None, kind: str, subject: str, detail: str) -> Problem:
+        problem = Problem(code, kind, subject, detail)
+        self._problems.append(problem)
+        return problem
+
+    def run(self) -> FsckReport:
+        if self._store is not None:
+            self._check_blobs(self._store)
+            self._check_results(self._store)
+            self._check_generations(self._store)
+            self._check_cas_files(self._store)
+        self._check_outputs()
+        self._check_leftovers()
+        self._warn_unreferenced()
+        return FsckReport(tuple(self._problems), len(self._blobs), self._bytes, self._results, self._outputs)
+
+    # -- the store ---------------------------------------------------------------------------
+
+    def _check_blobs(self, store: Store) -> None:
+        """Re-hash every blob; a mismatch or a missing blob file is ORCH-03."""
+        for digest, data in store.iter_blobs():
+            self._blobs.add(digest)
+            if data is None:
+                self._external.add(digest)
+                actual, error = self._hash_external(store.external_path(digest))
+            else:
+                self._bytes += len(data)
+                actual, error = hash_bytes(data), ""
+            if error:
+                self._add(CHECKSUM, BLOB, digest.hex(), error)
+            elif actual != digest:
+                self._add(CHECKSUM, BLOB, digest.hex(), f"stored bytes hash to {actual.hex()}")
+            else:
+                continue
+            self.plan.blobs.add(digest)
+
+    def _hash_external(self, path: Path) -> tuple[Digest, str]:
+        try:
+            size = path.stat().st_size
+            actual = hash_file(path)
+        except FileNotFoundError:
+            return b"", f"its file {self._show(path)} is missing"
+        except OSError as error:
+            return b"", f"its file {self._show(path)} cannot be read: {error.strerror}"
+        self._bytes += size
+        return actual, ""
+
+    def _check_results(self, store: Store) -> None:
+        """Every result's blobs must exist; a result that uses a corrupt blob goes with it."""
+        for key, result in store.iter_results():
+            self._results += 1
+            refs = _references(result)
+            self._referenced.update(digest for digest, _ in refs)
+            missing = [(digest, what) for digest, what in refs if digest not in self._blobs]
+            if missing:
+                digest, what = missing[0]
+                more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
+                self._add(PARTIAL, RESULT, key.hex(),
+                          f"references blob {digest.hex()} ({what}){more}, which is not in the store")
+            if missing or any(digest in self.plan.blobs for digest, _ in refs):
+                self.plan.results.add(key)
+
+    def _check_generations(self, store: Store) -> None:
+        """Every generation's manifest must exist; its entries should (a warning otherwise)."""
+        generations = store.generations()
+        for generation in generations:
+            self._referenced.add(generation.manifest)
+            if generation.manifest not in self._blobs:
+                self._add(PARTIAL, GENERATION, str(generation.id),
+                          f"its manifest blob {generation.manifest.hex()} is not in the store")
+                self.plan.generations.add(generation.id)
+                continue
+            if generation.manifest in self.plan.blobs:
+                self.plan.generations.add(generation.id)  # the blob's problem covers it
+                continue
+            manifest = unpack_manifest(store.get_blob(generation.manifest))
+            if generation is generations[-1]:
+                self._manifest = manifest
+            self._check_manifest(generation.id, manifest)
+
+    def _check_manifest(self, generation: int, manifest: Manifest) -> None:
+        gone = sorted(path for path, (digest, _, _) in manifest.items()
+                      if digest not in self._blobs or digest in self.plan.blobs)
+        self._referenced.update(digest for digest, _, _ in manifest.values())
+        if gone:
+            more = f" and {len(gone) - 1} more file(s)" if len(gone) > 1 else ""
+            self._add(None, GENERATION, str(generation),
+                      f"lists {gone[0]}{more} whose bytes are not in the store; rolling back to it "
+                      f"cannot restore them until a build produces them again")
+
+    def _check_cas_files(self, store: Store) -> None:
+        """Files under cas/ must be the files of blob rows; temp files and orphans are leftovers."""
+        for path in store.external_files():
+            digest = _digest_of(path)
+            if path.name.startswith(".tmp-"):
+                self._leftover(path, "temp file of an interrupted blob write")
+            elif digest is None or digest not in self._external or store.external_path(digest) != path:
+                self._leftover(path, "a file under cas/ that no blob row names: written before a commit that "
+                                     "never happened")
+
+    # -- posbuild-out/ -----------------------------------------------------------------------
+
+    def _check_outputs(self) -> None:
+        """Hash every file under posbuild-out/ and compare it with what posbuild recorded."""
+        root = self._config.root
+        for folder, dirs, files in os.walk(self._config.out_dir):
+            dirs.sort()
+            for name in sorted(files) + [d for d in dirs if os.path.islink(os.path.join(folder, d))]:
+                path = Path(folder, name)
+                rel = path.relative_to(root).as_posix()
+                problem = self._check_output(path, rel)
+                if problem is not None:
+                    self.plan.outputs.append((path, rel, problem))
+
+    def _check_output(self, path: Path, rel: str) -> Problem | None:
+        try:
+            info = os.lstat(path)
+            if not stat.S_ISREG(info.st_mode):
+                return self._add(PARTIAL, OUTPUT, rel, "not a regular file; posbuild writes only regular files")
+            actual = hash_file(path)
+        except FileNotFoundError:
+            return None
+        self._outputs += 1
+        memo = self._store.get_memo(rel) if self._store is not None else None
+        if memo is not None and actual == memo.digest:
+            return None
+        if memo is not None and memo.signature[2] == info.st_ino:
+            return self._add(CHECKSUM, OUTPUT, rel, f"bytes hash to {actual.hex()}, recorded {memo.digest.hex()}")
+        listed = self._manifest.get(rel)
+        if listed is not None and actual == listed[0]:
+            return None
+        if memo is not None:
+            return self._add(PARTIAL, OUTPUT, rel, f"replaced since posbuild wrote it, as by a build interrupted "
+                                                    f"before its commit (bytes hash to {actual.hex()}, recorded "
+                                                    f"{memo.digest.hex()})")
+        if listed is not None:
+            return self._add(CHECKSUM, OUTPUT, rel,
+                             f"bytes hash to {actual.hex()}, the latest generation records {listed[0].hex()}")
+        return self._add(PARTIAL, OUTPUT, rel, "not written by posbuild: the store has no record of it")
+
+    # -- leftovers of interrupted work -------------------------------------------------------
+
+    def _check_leftovers(self) -> None:
+        state = self._config.state_dir
+        for path in _entries(state / "tmp"):
+            self._leftover(path, "temp file of an interrupted build")
+        for path in [*_entries(state / "graphs"), *_entries(state)]:
+            if path.name.startswith(".tmp-") or path.name.endswith(".tmp"):
+                self._leftover(path, "temp file of an interrupted state write")
+        for path in _entries(self._config.sandbox_dir):
+            self._leftover(path, "sandbox of an interrupted build")
+
+    def _leftover(self, path: Path, why: str) -> None:
+        self.plan.leftovers.append((path, self._add(PARTIAL, LEFTOVER, self._show(path), why)))
+
+    def _warn_unreferenced(self) -> None:
+        for digest in sorted(self._blobs - self._referenced - self.plan.blobs):
+            self._add(None, BLOB, digest.hex(), "unreferenced blob; `posbuild gc` reclaims it")
+
+    def _show(self, path: Path) -> str:
+        """A path as the user would type it: relative to the workspace when inside it."""
+        try:
+            return path.relative_to(self._config.root).as_posix()
+        except ValueError:
+            return str(path)
+
+
+def _references(result: ActionResult) -> list[tuple[Digest, str]]:
+    """The blobs a result needs, each with what it is for."""
+    refs = [(o.digest, f"output {o.path}") for o in result.outputs]
+    return refs + [(result.stdout_digest, "stdout"), (result.stderr_digest, "stderr")]
+
+
+def _digest_of(path: Path) -> Digest | None:
+    """The digest a file under cas/ is named after, or None if its name is not one."""
+    try:
+        digest = bytes.fromhex(path.name)
+    except ValueError:
+        return None
+    return digest if len(digest) == DIGEST_SIZE else None
+
+
+def _entries(folder: Path) -> list[Path]:
+    try:
+        return sorted(folder.iterdir())
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+
+
+# -- repair ----------------------------------------------------------------------------------
+
+
+def _repair(config: Config, store: Store | None, plan: _Plan) -> Repairs:
+    """Fix what the check found, in the order the module docstring explains."""
+    failed: list[tuple[Problem, str]] = []
+    state_files = _invalidate_state(config)
+    deleted = [(rel, problem) for path, rel, problem in plan.outputs if _delete(path, problem, failed)]
+    if store is not None:
+        store.remove(results=sorted(plan.results), blobs=sorted(plan.blobs), memo=[rel for rel, _ in deleted],
+                     generations=sorted(plan.generations))
+        store.flush()
+    leftovers = sum(_delete(path, problem, failed) for path, problem in plan.leftovers)
+    return Repairs(len(plan.blobs), len(plan.results), len(plan.generations), len(deleted), leftovers,
+                   state_files, tuple(failed))
+
+
+def _invalidate_state(config: Config) -> int:
+    """Delete the saved up-to-date state of every request and mark posbuild-out/ dirty."""
+    removed = 0
+    for path in _entries(config.state_dir / "graphs"):
+        if path.suffix == ".state":
+            path.unlink(missing_ok=True)
+            removed += 1
+    if config.state_dir.is_dir():
+        mark_tree(config, clean=False)
+    return removed
+
+
+def _delete(path: Path, problem: Problem, failed: list[tuple[Problem, str]]) -> bool:
+    """Delete a file or a folder; on failure, record the problem as not repaired."""
+    try:
+        if path.is_dir() and not path.is_symlink():
+            _make_writable(path)
+            shutil.rmtree(path)
+        else:
+            path.unlink(missing_ok=True)
+    except OSError as error:
+        failed.append((problem, f"cannot delete {path}: {error.strerror or error}"))
+        return False
+    return True
+
+
+def _make_writable(folder: Path) -> None:
+    """Sandboxes may hold read-only folders (an action's own chmod); rmtree needs them writable."""
+    for dirpath, _, _ in os.walk(folder):
+        os.chmod(dirpath, 0o755)
+
+
+def summary(report: FsckReport) -> str:
+    """The closing line: what was checked, and how many problems and warnings were found."""
+    errors, warnings = len(report.errors), len(report.warnings)
+    found = f"{errors} problem(s)" if errors else "no problems"
+    if warnings:
+        found += f", {warnings} warning(s)"
+    return (f"fsck: checked {report.blobs_checked} blobs ({report.bytes_checked} bytes), "
+            f"{report.results_checked} action results, {report.outputs_checked} outputs: {found}")
+
+
+def repaired_line(repairs: Repairs) -> str:
+    """What a repair removed, as one line."""
+    parts = [f"{count} {what}" for count, what in (
+        (repairs.blobs, "corrupt blob(s)"), (repairs.results, "action result(s)"),
+        (repairs.generations, "generation(s)"), (repairs.outputs, "file(s) under posbuild-out/"),
+        (repairs.leftovers, "leftover(s)"),
+    ) if count]
+    if not parts:
+        return "repaired: nothing to repair"
+    return (f"repaired: removed {', '.join(parts)}; the next build checks every action against the store "
+            f"again and recreates what was removed")
