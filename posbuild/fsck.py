@@ -60,6 +60,7 @@ import stat
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from posbuild.atomic import TEMP_PREFIX
 from posbuild.config import Config
 from posbuild.digest import DIGEST_SIZE, Digest, hash_bytes, hash_file
 from posbuild.errors import ChecksumMismatch, PartialState
@@ -307,7 +308,7 @@ class _Checker:
         for path in _entries(state / "tmp"):
             self._leftover(path, "temp file of an interrupted build")
         for path in [*_entries(state / "graphs"), *_entries(state)]:
-            if path.name.startswith(".tmp-") or path.name.endswith(".tmp"):
+            if path.name.startswith(TEMP_PREFIX):
                 self._leftover(path, "temp file of an interrupted state write")
         for path in _entries(self._config.sandbox_dir):
             self._leftover(path, "sandbox of an interrupted build")

@@ -12,8 +12,6 @@ outdated one is simply ignored and rebuilt.
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -21,6 +19,7 @@ import msgpack
 
 from posbuild import __version__
 from posbuild.analysis import ACTION_SCHEMA, Action, ActionGraph
+from posbuild.atomic import write_atomically
 from posbuild.digest import hash_canonical
 from posbuild.stamps import file_stamp, folder_stamp
 
@@ -68,11 +67,7 @@ class GraphCache:
     def save(self, request: Sequence[str], graph: ActionGraph, dirs: Sequence[Stamp], files: Sequence[str]) -> None:
         rows = [_action_row(a) for a in graph.actions]
         entry = [_version(), list(dirs), _file_stamps(self._root, files), rows, list(graph.requested)]
-        self._folder.mkdir(parents=True, exist_ok=True)
-        fd, temp = tempfile.mkstemp(dir=self._folder, prefix=".tmp-")
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(msgpack.packb(entry, use_bin_type=True))
-        os.rename(temp, self._entry(request))
+        write_atomically(self._entry(request), msgpack.packb(entry, use_bin_type=True))
 
 
 def _version() -> str:

@@ -19,7 +19,6 @@ rewritten within one timestamp tick is never taken as unchanged.
 from __future__ import annotations
 
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -27,6 +26,7 @@ from typing import Sequence
 import msgpack
 
 from posbuild.analysis import Action
+from posbuild.atomic import write_atomically
 from posbuild.config import Config
 from posbuild.digest import Digest
 from posbuild.records import FileState, Signature
@@ -95,11 +95,7 @@ def save_state(path: Path, state: BuildState) -> None:
     payload = msgpack.packb([
         STATE_FORMAT, state.env_key, state.actions, state.signatures, msgpack.packb(state.digests),
     ], use_bin_type=True)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, temp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
-    with os.fdopen(fd, "wb") as handle:
-        handle.write(payload)
-    os.rename(temp, path)
+    write_atomically(path, payload)
 
 
 def clean_actions(actions: Sequence[Action], state: BuildState, root: Path) -> list[bool]:
@@ -160,7 +156,4 @@ def tree_is_clean(config: Config) -> bool:
 
 def mark_tree(config: Config, clean: bool) -> None:
     """Record whether posbuild-out/ matches the latest generation (written temp + rename)."""
-    config.state_dir.mkdir(exist_ok=True)
-    temp = config.state_dir / "tree.tmp"
-    temp.write_bytes(TREE_CLEAN if clean else b"dirty\n")
-    os.replace(temp, config.state_dir / "tree")
+    write_atomically(config.state_dir / "tree", TREE_CLEAN if clean else b"dirty\n")
