@@ -5,6 +5,12 @@ source file, another rule's outputs, a filegroup's files), every `$(...)` of a g
 replaced by sandbox-relative paths, and the static part of the action key hashed once (`def_hash`),
 so that a rebuild only has to mix in input digests. The result is cached by graphcache.py.
 
+Version requirements (`requires`) are checked here, before anything runs: a target may require
+versions only of targets it depends on (through `srcs`/`tools`, directly or transitively), and
+each required key must be declared with the required value in that target's `version`, else
+ORCH-02. Because a checked graph is what the graph cache keeps, and any BUILD change invalidates
+it, a cached graph has always passed this check.
+
 Paths inside an action are workspace-relative, exactly as in the sandbox: a source file is
 `pkg/file`, a generated file `posbuild-out/pkg/file`.
 """
@@ -12,12 +18,12 @@ Paths inside an action are workspace-relative, exactly as in the sandbox: a sour
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, NamedTuple, Sequence
 
 from posbuild.config import OUT_DIR
 from posbuild.digest import Digest, hash_canonical
-from posbuild.errors import BuildFileError
+from posbuild.errors import BuildFileError, VersionMismatch
 from posbuild.graph import toposort
 from posbuild.label import Label, PatternKind, TargetPattern, did_you_mean, parse_label
 
@@ -59,6 +65,7 @@ class ActionGraph:
 
     actions: tuple[Action, ...]
     requested: tuple[str, ...]
+    raw: bytes = field(default=b"", repr=False, compare=False)  # the graph cache entry it was read from
 
 
 def is_generated(path: str) -> bool:
@@ -112,6 +119,9 @@ class Analyzer:
 
     def analyze(self, roots: Sequence[Label]) -> ActionGraph:
         order = toposort([str(r) for r in roots], self._edges)
+        for name in order:
+            if self._targets[name].requires:
+                self._check_requires(self._targets[name])
         files: dict[str, tuple[str, ...]] = {}
         producer: dict[str, int] = {}
         actions: list[Action] = []
@@ -176,6 +186,52 @@ class Analyzer:
                 target.location,
             )
         return _Ref(attr, key, None, path)
+
+    def _check_requires(self, target: Target) -> None:
+        """Each `requires` entry names a rule this target depends on, declaring the required versions."""
+        depends_on: set[str] | None = None
+        for text, wanted in target.requires:
+            where = f"{target.label}: requires entry '{text}'"
+            try:
+                label = parse_label(text, target.label.package)
+                package = self._loader.package(label.package)
+            except BuildFileError as error:
+                raise BuildFileError(f"{where}: {error.detail}", target.location) from None
+            required = next((t for t in package.targets if t.label.name == label.name), None)
+            if required is None:
+                producer = next((t for t in package.targets if label.name in t.outs), None)
+                hint = (f"; name the rule that produces it, '{producer.label}'" if producer is not None
+                        else did_you_mean(label.name, [t.label.name for t in package.targets]))
+                raise BuildFileError(f"{where}: '{label}' is not a rule target" + hint, target.location)
+            if depends_on is None:
+                depends_on = self._dependencies(str(target.label))
+            if str(required.label) not in depends_on:
+                raise BuildFileError(
+                    f"{where}: {required.label} is not a dependency of {target.label}; a target may require "
+                    f"versions only of targets it depends on through srcs or tools (directly or transitively)",
+                    target.location,
+                )
+            declared = dict(required.version)
+            unmet = [(key, value) for key, value in wanted if declared.get(key) != value]
+            if unmet:
+                asked = " and ".join(f"{key}={value}" for key, value in unmet)
+                found = " and ".join(
+                    f"{key}={declared[key]}" if key in declared else f"no {key}" for key, _ in unmet
+                )
+                raise VersionMismatch(
+                    f"{target.label} requires {required.label} {asked}, but {required.label} declares {found}"
+                )
+
+    def _dependencies(self, name: str) -> set[str]:
+        """Every rule target `name` depends on, transitively (its edges are already resolved)."""
+        seen: set[str] = set()
+        stack = self._edges(name)
+        while stack:
+            other = stack.pop()
+            if other not in seen:
+                seen.add(other)
+                stack.extend(self._edges(other))
+        return seen
 
     def _files_of(self, name: str, files: dict[str, tuple[str, ...]], attr: str) -> tuple[str, ...]:
         result: dict[str, None] = {}

@@ -27,9 +27,12 @@ from posbuild.digest import Digest, hash_bytes, hash_file
 from posbuild.filestate import FileStates
 from posbuild.keys import action_key
 from posbuild.materialize import Materializer
+from posbuild.reasons import differences, one_line
 from posbuild.records import ActionResult, FileState, OutputFile, Signature
 from posbuild.sandbox import Sandboxes, SpawnResult
 from posbuild.store import INLINE_LIMIT, Store
+from posbuild.journal import Journal, Row
+from posbuild.scheduler import current_slot
 from posbuild.uptodate import EMPTY, ActionTrace, BuildState
 
 NO_CACHE_TAG = "no-cache"
@@ -49,6 +52,7 @@ class ActionOutcome:
     key: Digest | None = None
     error: str = ""
     code: str = ""  # the ORCH-0N code of a failure, when it has one
+    reason: str = ""  # under --explain: why it ran
     stderr: bytes = field(default=b"", repr=False, compare=False)
     elapsed: float = field(default=0.0, compare=False)
 
@@ -57,7 +61,9 @@ class ActionOutcome:
 class _Prepared:
     key: Digest
     sources: tuple[tuple[str, Signature], ...]
+    inputs: tuple[tuple[str, Digest], ...]
     cached: ActionResult | None = None  # under --verify: the result the new run must reproduce
+    reason: str = ""
 
 
 class Rebuilder:
@@ -65,7 +71,8 @@ class Rebuilder:
 
     def __init__(self, root: Path, store: Store, files: FileStates, sandboxes: Sandboxes,
                  env_hash: Digest, passed_env: Sequence[tuple[str, str]] = (),
-                 previous: BuildState | None = None, dry_run: bool = False, verify: bool = False) -> None:
+                 previous: BuildState | None = None, dry_run: bool = False, verify: bool = False,
+                 journal: Journal | None = None, explain: bool = False) -> None:
         self._root = root
         self._store = store
         self._files = files
@@ -73,6 +80,8 @@ class Rebuilder:
         self._materializer = Materializer(root, store, root / STATE_DIR / "tmp")
         self._dry_run = dry_run
         self._verify = verify
+        self._journal = journal
+        self._explain = explain
         if not dry_run:
             self._materializer.clear_temp()
         self._env_hash = env_hash
@@ -112,15 +121,28 @@ class Rebuilder:
                 if stable is not None:
                     self._sources[path] = stable
         key = None
+        started = time.time()
+        inputs = tuple(zip(action.inputs, digests))
         if NO_CACHE_TAG not in action.tags:
             hit = self._reuse_trace(action, digests) or self._lookup(action, digests)
             if hit is not None and not self._verify:
+                if self._journal is not None:
+                    outputs = [(p, self._produced[p].digest) for p in action.outputs]
+                    self._journal.add(action, "CACHED", hit.key, started, time.time(), inputs, outputs)
                 return hit
             key = hit.key if hit is not None else None
         key = key or action_key(action, digests, self._env_hash, self._passed_env)
         cached = self._store.get_result(key) if self._verify else None
-        self._prepared[action.label] = _Prepared(key, tuple(sources), cached)
+        self._prepared[action.label] = _Prepared(key, tuple(sources), inputs, cached, self._why(action, inputs))
         return None
+
+    def _why(self, action: Action, inputs: tuple[tuple[str, Digest], ...]) -> str:
+        """Under --explain, the one-line reason this action must run."""
+        if not self._explain:
+            return ""
+        previous = self._store.latest_record(action.label)
+        return one_line(previous, differences(previous, action.command, action.env, action.versions, inputs,
+                                              self._env_hash))
 
     def _reuse_trace(self, action: Action, digests: list[Digest]) -> ActionOutcome | None:
         """A hit without computing a key: the inputs and outputs are those of the last build."""
@@ -195,20 +217,28 @@ class Rebuilder:
     def run(self, action: Action) -> ActionOutcome:
         """Execute `action` in a sandbox and commit its result (worker thread)."""
         prepared = self._prepared.pop(action.label)
+        started = time.time()
         spawn = self._sandboxes.run(action, self._passed_env)
+        ended = time.time()
         try:
-            failure = self._failure(action, spawn, prepared)
-            if failure:
-                return ActionOutcome(Status.FAILED, error=failure, stderr=spawn.stderr, elapsed=spawn.elapsed)
-            if prepared.cached is not None:
+            failure, code = self._failure(action, spawn, prepared)
+            if not failure and prepared.cached is not None:
                 difference = self._difference(spawn, prepared.cached)
                 if difference:
-                    return ActionOutcome(Status.FAILED, error=f"ORCH-04 non-deterministic execution: {difference}; "
-                                         f"the cached result is kept", code="ORCH-04", elapsed=spawn.elapsed)
-            self._commit(action, spawn, prepared.key)
+                    failure = f"ORCH-04 non-deterministic execution: {difference}; the cached result is kept"
+                    code = "ORCH-04"
+            if failure:
+                if self._journal is not None:
+                    self._journal.add(action, "FAILED", prepared.key, started, ended, prepared.inputs, (),
+                                      spawn.usage, spawn.exit_code, code, current_slot())
+                orch = code if code.startswith("ORCH-") else ""
+                return ActionOutcome(Status.FAILED, error=failure, code=orch, reason=prepared.reason,
+                                     stderr=spawn.stderr, elapsed=spawn.elapsed)
+            self._commit(action, spawn, prepared, started, ended)
         finally:
             self._sandboxes.remove(spawn)
-        return ActionOutcome(Status.EXECUTED, prepared.key, stderr=spawn.stderr, elapsed=spawn.elapsed)
+        return ActionOutcome(Status.EXECUTED, prepared.key, reason=prepared.reason, stderr=spawn.stderr,
+                             elapsed=spawn.elapsed)
 
     def _difference(self, spawn: SpawnResult, cached: ActionResult) -> str:
         """How a re-run's outputs differ from the cached result of the same key ("" if they don't)."""
@@ -219,20 +249,27 @@ class Rebuilder:
                 return format_difference(output.path, "the cached result", size_cached, "this run", size_new, offset)
         return ""
 
-    def _failure(self, action: Action, spawn: SpawnResult, prepared: _Prepared) -> str:
+    def _failure(self, action: Action, spawn: SpawnResult, prepared: _Prepared) -> tuple[str, str]:
+        """Why a finished run cannot be committed, and the record's error code; ("", "") if it can."""
         if spawn.timed_out:
-            return f"timed out after {action.timeout} s"
+            return f"timed out after {action.timeout} s", "timeout"
         if spawn.exit_code != 0:
-            how = f"killed by signal {-spawn.exit_code}" if spawn.exit_code < 0 else f"exit code {spawn.exit_code}"
-            return f"command failed ({how})"
+            if spawn.exit_code < 0:
+                return f"command failed (killed by signal {-spawn.exit_code})", f"signal {-spawn.exit_code}"
+            return f"command failed (exit code {spawn.exit_code})", f"exit {spawn.exit_code}"
         if spawn.missing:
-            return "declared output " + ", ".join(f"'{p}'" for p in spawn.missing) + " was not created"
+            missing = ", ".join(f"'{p}'" for p in spawn.missing)
+            return f"declared output {missing} was not created", "missing output"
         changed = [path for path, sig in prepared.sources if not self._files.unchanged(path, sig)]
         if changed:
-            return f"input '{changed[0]}' changed while the action ran; result not cached, build again"
-        return ""
+            return f"input '{changed[0]}' changed while the action ran; result not cached, build again", "input changed"
+        return "", ""
 
-    def _commit(self, action: Action, spawn: SpawnResult, key: Digest) -> ActionResult:
+    def _commit(self, action: Action, spawn: SpawnResult, prepared: _Prepared, started: float,
+                ended: float) -> ActionResult:
+        """Hash and store the outputs, install them, and commit result, blobs, memo rows and the
+        execution record in one transaction."""
+        key = prepared.key
         blobs: list[tuple[Digest, bytes | None]] = []
         memo: list[tuple[str, FileState]] = []
         outputs: list[OutputFile] = []
@@ -255,7 +292,12 @@ class Rebuilder:
         blobs += [(stdout_digest, spawn.stdout), (stderr_digest, spawn.stderr)]
         result = ActionResult(tuple(outputs), spawn.exit_code, stdout_digest, stderr_digest)
         cached = None if NO_CACHE_TAG in action.tags else (key, result)
-        self._store.commit(cached, blobs, memo, used=[(key, time.time_ns())])
+        records: list[Row] = []
+        if self._journal is not None:
+            records.append(self._journal.row(action, "SUCCESS", key, started, ended, prepared.inputs,
+                                             [(o.path, o.digest) for o in outputs], spawn.usage,
+                                             spawn.exit_code, "", current_slot()))
+        self._store.commit(cached, blobs, memo, used=[(key, time.time_ns())], records=records)
         self._produced.update(memo)
         self.outputs.update((o.path, o) for o in outputs)
         if cached is not None:

@@ -62,12 +62,21 @@ class GraphCache:
         for rel, stamp in files:
             if file_stamp(root, rel) != stamp:
                 return None
-        return ActionGraph(tuple(map(Action._make, rows)), requested)
+        return ActionGraph(tuple(map(Action._make, rows)), requested, data)
 
-    def save(self, request: Sequence[str], graph: ActionGraph, dirs: Sequence[Stamp], files: Sequence[str]) -> None:
+    def save(self, request: Sequence[str], graph: ActionGraph, dirs: Sequence[Stamp], files: Sequence[str]) -> bytes:
+        """Write the entry; returns its bytes (the build records refer to them)."""
         rows = [_action_row(a) for a in graph.actions]
         entry = [_version(), list(dirs), _file_stamps(self._root, files), rows, list(graph.requested)]
-        write_atomically(self._entry(request), msgpack.packb(entry, use_bin_type=True))
+        data = msgpack.packb(entry, use_bin_type=True)
+        write_atomically(self._entry(request), data)
+        return data
+
+
+def actions_of_entry(data: bytes) -> tuple[Action, ...]:
+    """The Actions of a graph cache entry, whatever its stamps (for reading old build records)."""
+    entry = msgpack.unpackb(data, use_list=False)
+    return tuple(map(Action._make, entry[3])) if entry and entry[0] == _version() else ()
 
 
 def _version() -> str:

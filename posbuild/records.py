@@ -100,3 +100,57 @@ def pack_manifest(manifest: Manifest) -> bytes:
 
 def unpack_manifest(data: bytes) -> Manifest:
     return {path: (d, s, bool(x)) for path, (d, s, x) in msgpack.unpackb(data).items()}
+
+
+@dataclass(frozen=True, slots=True)
+class ResourceUsage:
+    """What the action's process tree used, as the kernel reports it on exit (wait4 rusage).
+
+    Bytes read and written are block I/O (512-byte units): reads served from the page cache and
+    writes to a memory file system count as zero.
+    """
+
+    user_s: float
+    system_s: float
+    max_rss_kb: int
+    read_bytes: int
+    written_bytes: int
+
+
+STATES = ("SUCCESS", "FAILED", "CACHED", "SKIPPED")
+
+
+@dataclass(frozen=True, slots=True)
+class ExecutionRecord:
+    """The audit row of one action in one build (§12): what ran, with what, and what it produced."""
+
+    build_id: str
+    label: str
+    state: str  # one of STATES
+    key: Digest | None
+    started: str  # UTC, ISO 8601 with microseconds
+    ended: str
+    duration: float
+    inputs: tuple[tuple[str, Digest], ...]
+    versions: tuple[tuple[str, str], ...]
+    outputs: tuple[tuple[str, Digest], ...]
+    usage: ResourceUsage | None
+    exit_code: int | None
+    error_code: str  # "ORCH-0N", "exit N", "signal N", "timeout", or "" on success
+    env_hash: Digest
+    slot: int = 0  # the job slot it ran in (one lane each in a trace); 0 for cache hits
+    command: str = ""
+    env: tuple[tuple[str, str], ...] = ()
+
+    def pack(self) -> bytes:
+        row = {f: getattr(self, f) for f in self.__dataclass_fields__}
+        row["usage"] = [*(getattr(self.usage, f) for f in ResourceUsage.__dataclass_fields__)] if self.usage else None
+        return msgpack.packb(row, use_bin_type=True)
+
+    @staticmethod
+    def unpack(data: bytes) -> ExecutionRecord:
+        row = msgpack.unpackb(data)
+        row["usage"] = ResourceUsage(*row["usage"]) if row["usage"] is not None else None
+        for name in ("inputs", "versions", "outputs", "env"):
+            row[name] = tuple(tuple(pair) for pair in row[name])
+        return ExecutionRecord(**row)

@@ -20,6 +20,7 @@ from posbuild.digest import Digest
 from posbuild.execute import ActionOutcome, Rebuilder, Status
 from posbuild.filestate import FileStates
 from posbuild.generations import record_generation
+from posbuild.journal import Journal, utc
 from posbuild.records import OutputFile
 from posbuild.reporter import Reporter
 from posbuild.sandbox import Sandboxes
@@ -58,6 +59,9 @@ class RunSettings:
     state_path: Path
     patterns: tuple[str, ...] = ()
     verify: bool = False
+    build_info: dict[str, object] | None = None  # the build's row (journal.build_row); None: no records
+    build_blobs: tuple[bytes, ...] = ()
+    explain: bool = False
 
 
 class _Executor:
@@ -85,7 +89,10 @@ class _Executor:
         if outcome is None:
             return
         self.outcomes[node] = outcome
-        self._reporter.action_finished(self._actions[node].label, outcome.status.value, outcome.error, outcome.stderr)
+        label = self._actions[node].label
+        if outcome.reason:
+            self._reporter.message(f"explain {label}: {outcome.reason}")
+        self._reporter.action_finished(label, outcome.status.value, outcome.error, outcome.stderr)
 
     def cancel(self) -> None:
         self._rebuilder.cancel()
@@ -100,8 +107,12 @@ def run_dirty(config: Config, actions: Sequence[Action], clean: Sequence[bool], 
         files = FileStates(config.root, store)
         sandboxes = Sandboxes(config.root, config.sandbox_dir)
         sandboxes.clear_stale()
+        journal = None
+        if settings.build_info is not None:
+            number = store.begin_build(settings.build_info, settings.build_blobs)
+            journal = Journal(number, str(number), settings.env_hash)
         rebuilder = Rebuilder(config.root, store, files, sandboxes, settings.env_hash, settings.passed_env, previous,
-                              verify=settings.verify)
+                              verify=settings.verify, journal=journal, explain=settings.explain)
         position = {node: i for i, node in enumerate(dirty)}
         sub_actions = [actions[i] for i in dirty]
         executor = _Executor(sub_actions, rebuilder, reporter)
@@ -114,7 +125,12 @@ def run_dirty(config: Config, actions: Sequence[Action], clean: Sequence[bool], 
         finally:
             files.settle_racy()
             now = time.time_ns()
-            store.commit(memo=files.take_pending(), used=[(key, now) for key in rebuilder.used])
+            if journal is not None:
+                for node, state in enumerate(scheduler.states):
+                    if state is State.SKIPPED:
+                        journal.add(sub_actions[node], "SKIPPED", None, now / 1e9, now / 1e9, ())
+            store.commit(memo=files.take_pending(), used=[(key, now) for key in rebuilder.used],
+                         records=journal.take() if journal else ())
             save_state(settings.state_path, rebuilder.state_for(actions, clean, settings.env_key))
         outcomes = {dirty[i]: o for i, o in executor.outcomes.items()}
         failed = [n for n, o in outcomes.items() if o.status is Status.FAILED]
@@ -127,6 +143,10 @@ def run_dirty(config: Config, actions: Sequence[Action], clean: Sequence[bool], 
         else:
             record_generation(config, store, settings.patterns, _request_outputs(actions, clean, previous, rebuilder, store))
             mark_tree(config, clean=True)
+        if journal is not None:
+            counts = {s.value: sum(1 for o in outcomes.values() if o.status is s) for s in Status}
+            store.update_build(journal.number, {"ended": utc(time.time()), "counts": counts,
+                                                "failed": len(failed), "skipped": states.count(State.SKIPPED)})
         store.flush()
     finally:
         store.close()

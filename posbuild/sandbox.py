@@ -58,9 +58,10 @@ from pathlib import Path
 from typing import Sequence
 
 from posbuild.analysis import Action
+from posbuild.config import BASE_PATH
+from posbuild.records import ResourceUsage
 
 LINK_LIMIT = 16 * 1024 * 1024
-BASE_PATH = "/usr/local/bin:/usr/bin:/bin"
 FAKETIME_GLOBS = (
     "/usr/lib/*/faketime/libfaketime.so.1",
     "/usr/lib/faketime/libfaketime.so.1",
@@ -117,6 +118,7 @@ class SpawnResult:
     stdout: bytes = field(repr=False)
     stderr: bytes = field(repr=False)
     elapsed: float = field(default=0.0, compare=False)
+    usage: ResourceUsage | None = field(default=None, compare=False)
 
 
 def base_environment(sandbox: Path) -> dict[str, str]:
@@ -179,7 +181,7 @@ class Sandboxes:
             stdout_path, stderr_path = sandbox + "/stdout", sandbox + "/stderr"
             started = time.monotonic()
             with open(stdout_path, "wb") as out, open(stderr_path, "wb") as err:
-                exit_code, timed_out = self._spawn(action, exec_root, env, out, err, umask)
+                exit_code, timed_out, usage = self._spawn(action, exec_root, env, out, err, umask)
         except BaseException:
             shutil.rmtree(sandbox, ignore_errors=True)
             raise
@@ -187,7 +189,7 @@ class Sandboxes:
         missing = tuple(p for p in action.outputs if not os.path.isfile(f"{exec_root}/{p}"))
         with open(stdout_path, "rb") as out, open(stderr_path, "rb") as err:
             stdout, stderr = out.read(), err.read()
-        return SpawnResult(exit_code, timed_out, Path(exec_root), missing, stdout, stderr, elapsed)
+        return SpawnResult(exit_code, timed_out, Path(exec_root), missing, stdout, stderr, elapsed, usage)
 
     def _perturbed_env(self, env: dict[str, str], perturbation: Perturbation, declared: set[str]) -> dict[str, str]:
         if perturbation.tz is not None and "TZ" not in declared:
@@ -262,27 +264,37 @@ class Sandboxes:
                 _stage_file(self._root + path, f"{exec_root}/{path}")
 
     def _spawn(self, action: Action, cwd: str, env: dict[str, str], out: object, err: object,
-               umask: int = -1) -> tuple[int, bool]:
+               umask: int = -1) -> tuple[int, bool, ResourceUsage | None]:
+        """Run the command in its own session; exit code, whether it timed out, and its usage."""
         with self._lock:
             if self._cancelled:
-                return -signal.SIGTERM, False
+                return -signal.SIGTERM, False, None
             process = subprocess.Popen(
                 ["/bin/sh", "-c", action.command], cwd=cwd, env=env, stdin=subprocess.DEVNULL,
                 stdout=out, stderr=err, start_new_session=True, umask=umask,
             )
             self._running.add(process.pid)
-        timed_out = False
-        try:
-            process.wait(timeout=action.timeout or None)
-        except subprocess.TimeoutExpired:
-            timed_out = True
+        expired = threading.Event()
+
+        def expire() -> None:
+            expired.set()
             _kill_group(process.pid)
-            process.wait()
+
+        timer = threading.Timer(action.timeout, expire) if action.timeout else None
+        if timer is not None:
+            timer.start()
+        try:
+            _, status, rusage = os.wait4(process.pid, 0)  # wait4, not wait: the rusage of the whole tree
+            process.returncode = os.waitstatus_to_exitcode(status)
         finally:
+            if timer is not None:
+                timer.cancel()
             with self._lock:
                 self._running.discard(process.pid)
             _kill_group(process.pid)
-        return process.returncode, timed_out
+        usage = ResourceUsage(rusage.ru_utime, rusage.ru_stime, rusage.ru_maxrss,
+                              rusage.ru_inblock * 512, rusage.ru_oublock * 512)
+        return process.returncode, expired.is_set(), usage
 
 
 def _stage_file(source: str, target: str) -> None:

@@ -25,6 +25,18 @@ from typing import Generic, Protocol, Sequence, TypeVar
 Outcome = TypeVar("Outcome")
 
 
+_slot = threading.local()
+
+
+def current_slot() -> int:
+    """The job slot (1..jobs) of the calling worker thread; 0 on the scheduling thread.
+
+    Lets the executor say where an action ran (one lane per slot in a trace) without the
+    scheduler knowing what an action is.
+    """
+    return getattr(_slot, "number", 0)
+
+
 class State(enum.Enum):
     PENDING = "PENDING"
     RUNNING = "RUNNING"
@@ -139,7 +151,8 @@ class _WorkerPool(Generic[Outcome]):
 
     def submit(self, node: int) -> None:
         if len(self._threads) < self._jobs:
-            thread = threading.Thread(target=self._work, name=f"posbuild-worker-{len(self._threads)}", daemon=True)
+            slot = len(self._threads) + 1
+            thread = threading.Thread(target=self._work, args=(slot,), name=f"posbuild-worker-{slot}", daemon=True)
             thread.start()
             self._threads.append(thread)
         self._todo.put(node)
@@ -151,7 +164,8 @@ class _WorkerPool(Generic[Outcome]):
         for _ in self._threads:
             self._todo.put(None)
 
-    def _work(self) -> None:
+    def _work(self, slot: int) -> None:
+        _slot.number = slot
         while (node := self._todo.get()) is not None:
             try:
                 self._done.put((node, self._executor.run(node), None))

@@ -29,10 +29,11 @@ from pathlib import Path
 from typing import Iterable, Iterator
 
 import lmdb
+import msgpack
 
 from posbuild.digest import Digest, hash_bytes, hash_file
 from posbuild.errors import ChecksumMismatch, PartialState
-from posbuild.records import ActionResult, FileState, Generation
+from posbuild.records import ActionResult, ExecutionRecord, FileState, Generation
 
 STORE_FORMAT = b"1"
 INLINE_LIMIT = 256 * 1024
@@ -46,13 +47,17 @@ class Store:
     def __init__(self, path: Path) -> None:
         self.path = path
         path.mkdir(parents=True, exist_ok=True)
-        self._env = lmdb.open(str(path / "db"), map_size=MAP_SIZE, max_dbs=8, sync=False, metasync=False)
+        self._env = lmdb.open(str(path / "db"), map_size=MAP_SIZE, max_dbs=16, sync=False, metasync=False)
         self._blobs = self._env.open_db(b"blobs")
         self._results = self._env.open_db(b"results")
         self._memo = self._env.open_db(b"statmemo")
         self._meta = self._env.open_db(b"meta")
         self._generations = self._env.open_db(b"generations")
         self._usage = self._env.open_db(b"usage")
+        self._records = self._env.open_db(b"records")
+        self._builds = self._env.open_db(b"builds")
+        self._latest = self._env.open_db(b"latest")
+        self._journal_blobs = self._env.open_db(b"journal_blobs")
         self._check_format()
         self._reader: lmdb.Transaction | None = None
         self._commits = 0
@@ -157,6 +162,7 @@ class Store:
         blobs: Iterable[tuple[Digest, bytes | None]] = (),
         memo: Iterable[tuple[str, FileState]] = (),
         used: Iterable[tuple[Digest, int]] = (),
+        records: Iterable[tuple[bytes, str, bytes]] = (),
     ) -> None:
         """Write an action's result, its blobs and stat-memo rows in one transaction.
 
@@ -166,6 +172,9 @@ class Store:
         with self._env.begin(write=True) as txn:
             for key, when in used:
                 txn.put(key, when.to_bytes(8, "big"), db=self._usage)
+            for record_key, label, packed in records:
+                txn.put(record_key, packed, db=self._records)
+                txn.put(label.encode(), record_key, db=self._latest)
             for digest, data in blobs:
                 if txn.get(digest, db=self._blobs) is None:
                     txn.put(digest, _INLINE + data if data is not None else _EXTERNAL, db=self._blobs)
@@ -291,3 +300,67 @@ class Store:
             return self.external_path(digest).stat().st_size
         except FileNotFoundError:
             return 0
+
+    # -- execution records (§12) ---------------------------------------------------------------
+
+    def begin_build(self, info: dict[str, object], blobs: Iterable[bytes] = ()) -> int:
+        """Number a new build and write its row (and the payloads it refers to) in one transaction.
+
+        The payloads (graph and up-to-date state, see journal.py) are kept apart from the artifact
+        blobs, so recording a build never changes the CAS that results point into (§11).
+        """
+        with self._env.begin(write=True) as txn:
+            with txn.cursor(db=self._builds) as cursor:
+                number = int.from_bytes(cursor.key(), "big") + 1 if cursor.last() else 1
+            for data in blobs:
+                digest = hash_bytes(data)
+                if txn.get(digest, db=self._journal_blobs) is None:
+                    txn.put(digest, data, db=self._journal_blobs)
+            txn.put(number.to_bytes(8, "big"), msgpack.packb({**info, "number": number}, use_bin_type=True),
+                    db=self._builds)
+        self._commits += 1
+        return number
+
+    def update_build(self, number: int, changes: dict[str, object]) -> None:
+        with self._env.begin(write=True) as txn:
+            key = number.to_bytes(8, "big")
+            info = msgpack.unpackb(txn.get(key, db=self._builds))
+            txn.put(key, msgpack.packb({**info, **changes}, use_bin_type=True), db=self._builds)
+        self._commits += 1
+
+    def builds(self) -> list[dict[str, object]]:
+        """Every build row, oldest first."""
+        with self._env.begin() as txn:
+            return [msgpack.unpackb(value) for _, value in txn.cursor(db=self._builds)]
+
+    def records_of(self, number: int) -> list[ExecutionRecord]:
+        """The explicit records of one build, in the order they were written."""
+        prefix = number.to_bytes(8, "big")
+        found = []
+        with self._env.begin() as txn, txn.cursor(db=self._records) as cursor:
+            if cursor.set_range(prefix):
+                for key, value in cursor:
+                    if not key.startswith(prefix):
+                        break
+                    found.append(ExecutionRecord.unpack(value))
+        return found
+
+    def latest_record(self, label: str) -> ExecutionRecord | None:
+        """The newest explicit record of an action (its last execution or store lookup)."""
+        with self._env.begin() as txn:
+            key = txn.get(label.encode(), db=self._latest)
+            value = txn.get(key, db=self._records) if key else None
+        return ExecutionRecord.unpack(value) if value else None
+
+    def records_of_label(self, label: str) -> list[ExecutionRecord]:
+        """Every explicit record of one action, oldest first (a scan: for `explain`, not hot paths)."""
+        with self._env.begin() as txn:
+            return [r for r in (ExecutionRecord.unpack(v) for _, v in txn.cursor(db=self._records)) if r.label == label]
+
+    def journal_blob(self, digest: Digest) -> bytes | None:
+        """A payload that build rows refer to (graph or up-to-date state), verified; None if absent."""
+        with self._env.begin() as txn:
+            data = txn.get(digest, db=self._journal_blobs)
+        if data is not None and hash_bytes(data) != digest:
+            raise ChecksumMismatch(f"build record payload {digest.hex()} in {self.path} is corrupt")
+        return data

@@ -50,10 +50,11 @@ class BuildState:
     digests are needed only for actions that are not clean, so they stay packed until first use.
     """
 
-    __slots__ = ("env_key", "actions", "signatures", "_digests", "_packed_digests")
+    __slots__ = ("env_key", "actions", "signatures", "_digests", "_packed_digests", "raw")
 
     def __init__(self, env_key: Digest, actions: dict[str, tuple[Digest, Digest]],
-                 signatures: dict[str, Signature], digests: dict[str, Digest] | bytes) -> None:
+                 signatures: dict[str, Signature], digests: dict[str, Digest] | bytes, raw: bytes = b"") -> None:
+        self.raw = raw  # the saved file's bytes, when loaded from one (the build records refer to them)
         self.env_key = env_key
         self.actions = actions
         self.signatures = signatures
@@ -82,12 +83,20 @@ EMPTY = BuildState(b"", {}, {}, {})
 def load_state(path: Path, env_key: Digest) -> BuildState:
     """The saved state, or EMPTY when there is none, it is unreadable, or the environment differs."""
     try:
-        fmt, saved_env, actions, signatures, digests = msgpack.unpackb(path.read_bytes(), use_list=False)
-    except (OSError, ValueError, TypeError, msgpack.UnpackException):
+        raw = path.read_bytes()
+    except OSError:
         return EMPTY
-    if fmt != STATE_FORMAT or saved_env != env_key:
+    state = state_from_bytes(raw)
+    return state if state.env_key == env_key else EMPTY
+
+
+def state_from_bytes(raw: bytes) -> BuildState:
+    """A saved state from its bytes, or EMPTY when they are not one."""
+    try:
+        fmt, saved_env, actions, signatures, digests = msgpack.unpackb(raw, use_list=False)
+    except (ValueError, TypeError, msgpack.UnpackException):
         return EMPTY
-    return BuildState(env_key, actions, signatures, digests)
+    return BuildState(saved_env, actions, signatures, digests, raw) if fmt == STATE_FORMAT else EMPTY
 
 
 def save_state(path: Path, state: BuildState) -> None:

@@ -1,0 +1,78 @@
+"""`posbuild log`: a build's execution records as a table, JSON lines, or a Chrome trace."""
+
+from __future__ import annotations
+
+import json
+
+import click
+
+from posbuild.cli import fail, workspace_and_package
+from posbuild.errors import PosbuildError, UsageError
+
+
+def _matches(pattern_text: str | None, package: str):  # type: ignore[no-untyped-def]
+    """A predicate on labels for the optional PATTERN."""
+    if not pattern_text:
+        return lambda label: True
+    from posbuild.label import PatternKind, parse_label, parse_pattern
+
+    pattern = parse_pattern(pattern_text, package)
+    if pattern.kind is PatternKind.SINGLE:
+        return lambda label: label == str(pattern.label)
+    return lambda label: pattern.covers_package(parse_label(label, "").package)
+
+
+def _table(build: dict, records: list) -> None:  # type: ignore[type-arg]
+    click.echo(f"build {build['number']}  started {build['started']}  patterns {' '.join(build['patterns'])}"
+               f"  h_E {bytes(build['env_hash']).hex()[:12]}"
+               + ("  (environment drift allowed)" if build.get("allow_env_drift") else ""))
+    click.echo(f"{'state':<8} {'seconds':>8} {'cpu s':>7} {'max RSS':>9} {'exit':>5}  {'key':<12}  {'error':<14} label")
+    for r in records:
+        cpu = f"{r.usage.user_s + r.usage.system_s:.2f}" if r.usage else "-"
+        rss = f"{r.usage.max_rss_kb / 1024:.1f}M" if r.usage else "-"
+        exit_code = "-" if r.exit_code is None else str(r.exit_code)
+        key = r.key.hex()[:12] if r.key else "-"
+        click.echo(f"{r.state:<8} {r.duration:>8.3f} {cpu:>7} {rss:>9} {exit_code:>5}  {key:<12}  "
+                   f"{r.error_code or '-':<14} {r.label}")
+
+
+@click.command()
+@click.argument("pattern", required=False)
+@click.option("--build", "number", type=click.IntRange(min=1), default=None, help="Build number (default: the latest).")
+@click.option("--failed", is_flag=True, help="Only FAILED and SKIPPED records.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per record (JSON lines).")
+@click.option("--trace", "trace_file", type=click.Path(dir_okay=False, writable=True), default=None,
+              help="Write the build's records as a Chrome trace (open it in Perfetto or chrome://tracing).")
+def log(pattern: str | None, number: int | None, failed: bool, as_json: bool, trace_file: str | None) -> None:
+    """Show the execution records of a build: what ran, when, with which inputs and versions, what it
+    produced and used, and how it ended. Every action a build requested has exactly one record."""
+    from posbuild.config import load_config
+    from posbuild.history import chrome_trace, find_build, record_json, records_of_build
+    from posbuild.store import Store
+
+    try:
+        root, package = workspace_and_package()
+        config = load_config(root)
+        if not (config.store_dir / "db").exists():
+            raise UsageError("no build recorded yet")
+        store = Store(config.store_dir)
+        try:
+            build = find_build(store, number)
+            if build is None:
+                raise UsageError("no build recorded yet" if number is None else f"no build {number} recorded")
+            wanted = _matches(pattern, package)
+            records = [r for r in records_of_build(store, build) if wanted(r.label)
+                       and (not failed or r.state in ("FAILED", "SKIPPED"))]
+        finally:
+            store.close()
+    except PosbuildError as error:
+        fail(error)
+    if trace_file:
+        with open(trace_file, "w", encoding="utf-8") as handle:
+            json.dump(chrome_trace(build, records), handle)
+        click.echo(f"wrote {len(records)} record(s) of build {build['number']} to {trace_file}")
+    elif as_json:
+        for record in records:
+            click.echo(json.dumps(record_json(record), sort_keys=True))
+    else:
+        _table(build, records)

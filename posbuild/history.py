@@ -1,0 +1,110 @@
+"""Layer 7: read execution records back — per build, including the ones a build only implied.
+
+A build's row says which of its actions were settled by stat alone; their records are rebuilt
+from the graph and up-to-date state the row names (journal.py explains why they are not stored
+one by one). `records_of_build` therefore returns one record for every action the build
+requested (§12's completeness condition), whichever way each was settled.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+from posbuild.analysis import Action
+from posbuild.graphcache import actions_of_entry
+from posbuild.records import ExecutionRecord
+from posbuild.store import Store
+from posbuild.uptodate import BuildState, state_from_bytes
+
+
+def find_build(store: Store, number: int | None) -> dict[str, Any] | None:
+    """A build's row: the latest when `number` is None."""
+    builds = store.builds()
+    if number is None:
+        return builds[-1] if builds else None
+    return next((b for b in builds if b["number"] == number), None)
+
+
+def records_of_build(store: Store, build: dict[str, Any]) -> list[ExecutionRecord]:
+    """Every record of a build: the implied up-to-date ones first, then the rest in the order made."""
+    return _implied(store, build) + store.records_of(int(build["number"]))
+
+
+def _implied(store: Store, build: dict[str, Any]) -> list[ExecutionRecord]:
+    settled = build.get("up_to_date")
+    if not settled or not build.get("graph"):
+        return []
+    actions = actions_of_entry(store.journal_blob(build["graph"]) or b"")
+    state = state_from_bytes(store.journal_blob(build["state"]) or b"") if build.get("state") else None
+    if not actions or state is None:
+        return []
+    indices = range(len(actions)) if settled == "all" else settled
+    return expand_up_to_date(build, actions, state, indices)
+
+
+def expand_up_to_date(build: dict[str, Any], actions: Sequence[Action], state: BuildState,
+                      indices: Sequence[int]) -> list[ExecutionRecord]:
+    """Records (state CACHED) for actions a build settled by stat alone, from its graph and state."""
+    when = str(build["started"])
+    records = []
+    for index in indices:
+        action = actions[index]
+        trace = state.actions.get(action.label)
+        records.append(ExecutionRecord(
+            build_id=str(build["number"]), label=action.label, state="CACHED", key=trace[1] if trace else None,
+            started=when, ended=when, duration=0.0,
+            inputs=tuple((p, state.digests.get(p, b"")) for p in action.inputs), versions=action.versions,
+            outputs=tuple((p, state.digests.get(p, b"")) for p in action.outputs), usage=None, exit_code=None,
+            error_code="", env_hash=bytes(build["env_hash"]), slot=0, command=action.command, env=action.env,
+        ))
+    return records
+
+
+def chrome_trace(build: dict[str, Any], records: Sequence[ExecutionRecord]) -> dict[str, Any]:
+    """A build's records in the Chrome trace-event format: one lane (tid) per job slot.
+
+    Open the file in Perfetto (ui.perfetto.dev) or chrome://tracing. Timestamps are microseconds
+    from the build's start; cache hits are instant events on lane 0, "cache".
+    """
+    from datetime import datetime
+
+    def micros(iso: str) -> float:
+        return datetime.fromisoformat(iso).timestamp() * 1e6
+
+    origin = micros(str(build["started"]))
+    events: list[dict[str, Any]] = [
+        {"name": "process_name", "ph": "M", "pid": 1, "args": {"name": f"posbuild build {build['number']}"}},
+        {"name": "thread_name", "ph": "M", "pid": 1, "tid": 0, "args": {"name": "cache"}},
+    ]
+    for slot in sorted({r.slot for r in records if r.slot}):
+        events.append({"name": "thread_name", "ph": "M", "pid": 1, "tid": slot, "args": {"name": f"job {slot}"}})
+    for record in records:
+        args = {"state": record.state, "key": record.key.hex() if record.key else None,
+                "error": record.error_code or None}
+        if record.usage:
+            args.update(user_s=record.usage.user_s, system_s=record.usage.system_s, max_rss_kb=record.usage.max_rss_kb)
+        start = round(micros(record.started) - origin, 1)
+        if record.slot:
+            events.append({"name": record.label, "cat": record.state.lower(), "ph": "X", "pid": 1,
+                           "tid": record.slot, "ts": start, "dur": round(record.duration * 1e6, 1), "args": args})
+        else:
+            events.append({"name": record.label, "cat": record.state.lower(), "ph": "i", "s": "t", "pid": 1,
+                           "tid": 0, "ts": start, "args": args})
+    return {"traceEvents": events, "displayTimeUnit": "ms"}
+
+
+def record_json(record: ExecutionRecord) -> dict[str, Any]:
+    """A record as JSON-ready data, digests in hex."""
+    return {
+        "build": record.build_id, "label": record.label, "state": record.state,
+        "key": record.key.hex() if record.key else None, "started": record.started, "ended": record.ended,
+        "duration_s": record.duration,
+        "inputs": {p: d.hex() for p, d in record.inputs}, "versions": dict(record.versions),
+        "outputs": {p: d.hex() for p, d in record.outputs},
+        "usage": None if record.usage is None else {
+            "user_s": record.usage.user_s, "system_s": record.usage.system_s,
+            "max_rss_kb": record.usage.max_rss_kb, "read_bytes": record.usage.read_bytes,
+            "written_bytes": record.usage.written_bytes},
+        "exit_code": record.exit_code, "error": record.error_code or None, "env_hash": record.env_hash.hex(),
+        "slot": record.slot,
+    }

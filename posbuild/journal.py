@@ -1,0 +1,96 @@
+"""Layer 6: execution records of one build (§12) — numbered, filled in, and handed to the store.
+
+Every action a build touches gets exactly one record: an executed action's record is committed in
+the same transaction as its result (execute.py passes it to `Store.commit`); cache hits, failures
+and skips are batched and committed once at the end of the build.
+
+Actions settled by the up-to-date check get no row of their own: writing ten thousand rows would
+cost a no-op build more than everything else it does. Their records are implied by the build's
+row, which names the graph and the up-to-date state they were settled from (both kept as blobs,
+stored once however many builds refer to them); history.py turns them back into records when
+`posbuild log` asks.
+"""
+
+from __future__ import annotations
+
+import itertools
+import threading
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Sequence
+
+from posbuild.analysis import Action
+from posbuild.digest import Digest, hash_bytes
+from posbuild.records import ExecutionRecord, ResourceUsage
+
+Row = tuple[bytes, str, bytes]  # (record key, label, packed record), as Store.commit takes them
+
+
+def utc(seconds: float) -> str:
+    """A Unix time as UTC ISO 8601 with microseconds."""
+    return datetime.fromtimestamp(seconds, timezone.utc).isoformat(timespec="microseconds")
+
+
+class Journal:
+    """Creates the records of build number `number`; thread-safe (workers record concurrently)."""
+
+    def __init__(self, number: int, build_id: str, env_hash: Digest) -> None:
+        self.number = number
+        self.build_id = build_id
+        self._env_hash = env_hash
+        self._sequence = itertools.count()
+        self._lock = threading.Lock()
+        self._pending: list[Row] = []
+
+    def row(self, action: Action, state: str, key: Digest | None, started: float, ended: float,
+            inputs: Sequence[tuple[str, Digest]], outputs: Sequence[tuple[str, Digest]] = (),
+            usage: ResourceUsage | None = None, exit_code: int | None = None, error_code: str = "",
+            slot: int = 0) -> Row:
+        """One record, keyed so that a build's records sort together in the order they were made."""
+        record = ExecutionRecord(
+            build_id=self.build_id, label=action.label, state=state, key=key, started=utc(started),
+            ended=utc(ended), duration=round(max(0.0, ended - started), 6), inputs=tuple(inputs),
+            versions=action.versions, outputs=tuple(outputs), usage=usage, exit_code=exit_code,
+            error_code=error_code, env_hash=self._env_hash, slot=slot, command=action.command, env=action.env,
+        )
+        with self._lock:
+            sequence = next(self._sequence)
+        return self.number.to_bytes(8, "big") + sequence.to_bytes(4, "big"), action.label, record.pack()
+
+    def add(self, *args: object, **kwargs: object) -> None:
+        """Make a record to be committed with the others at the end of the build."""
+        row = self.row(*args, **kwargs)  # type: ignore[arg-type]
+        with self._lock:
+            self._pending.append(row)
+
+    def take(self) -> list[Row]:
+        with self._lock:
+            rows, self._pending = self._pending, []
+        return rows
+
+
+def build_row(started: float, patterns: Sequence[str], env_hash: Digest, graph: bytes, state: bytes,
+              up_to_date: Sequence[bool], **flags: object) -> tuple[dict[str, object], list[bytes]]:
+    """A build's row for the store, and the blobs it refers to (graph and up-to-date state).
+
+    `up_to_date` marks the actions settled by stat alone: stored as "all", or as their indices.
+    """
+    settled = [i for i, clean in enumerate(up_to_date) if clean]
+    info: dict[str, object] = {
+        "started": utc(started), "patterns": list(patterns), "env_hash": env_hash,
+        "graph": hash_bytes(graph) if graph else None, "state": hash_bytes(state) if state and settled else None,
+        "actions": len(up_to_date), "up_to_date": "all" if len(settled) == len(up_to_date) else settled, **flags,
+    }
+    return info, [blob for blob in (graph, state if settled else b"") if blob]
+
+
+def record_settled_build(store_dir: Path, info: dict[str, object], blobs: Sequence[bytes]) -> int:
+    """Record a build whose every action was settled by stat alone; returns its number."""
+    from posbuild.store import Store
+
+    store = Store(store_dir)
+    try:
+        return store.begin_build({**info, "ended": utc(time.time())}, blobs)
+    finally:
+        store.close()
