@@ -504,6 +504,45 @@ def measure_resolve(posbuild: str, ws: Path, repeat: int) -> str:
             f"median of {repeat} ({actions} actions)")
 
 
+QUERY_EXPR = "deps(//...)"
+QUERY_SNIPPET = (
+    "import sys, time, pathlib\n"
+    "from posbuild.query import run_query\n"
+    "t = time.perf_counter()\n"
+    "r = run_query(pathlib.Path(sys.argv[1]), sys.argv[2])\n"
+    "text = r.render('label')\n"
+    "print(time.perf_counter() - t, len(r.nodes))\n"
+)
+
+
+def measure_query(posbuild: str, ws: Path, repeat: int) -> str:
+    """Median in-process `posbuild query 'deps(//...)'` time (parse, load the cached target graph,
+    evaluate, format the labels) on an already-built workspace.
+
+    The first query after a build evaluates the BUILD files once to fill the query's own target
+    cache; it is reported apart, and the median is over the queries after it.
+    """
+    python = posbuild_python(posbuild)
+    if python is None:
+        return f"query {QUERY_EXPR}: unavailable (no python next to {posbuild})"
+    samples: list[float] = []
+    nodes = "?"
+    for _ in range(repeat + 1):
+        proc = subprocess.run(
+            [str(python), "-c", QUERY_SNIPPET, str(ws), QUERY_EXPR], cwd=ws,
+            stdin=subprocess.DEVNULL, capture_output=True, text=True,
+        )
+        if proc.returncode != 0:
+            lines = proc.stderr.strip().splitlines() or ["no output"]
+            return f"query {QUERY_EXPR}: unavailable ({lines[-1]})"
+        secs, nodes = proc.stdout.split()[-2:]
+        samples.append(float(secs))
+    first, rest = samples[0], samples[1:]
+    return (f"query {QUERY_EXPR}: {statistics.median(rest) * 1000:.1f} ms "
+            f"median of {repeat} ({nodes} nodes; first query, filling the "
+            f"target cache: {first * 1000:.0f} ms)")
+
+
 # --------------------------------------------------------------------------
 # Reporting
 # --------------------------------------------------------------------------
@@ -577,6 +616,7 @@ def bench_size(n: int, args: argparse.Namespace, workdir: Path) -> None:
         print("  " + line)
     if "posbuild" in args.tools:
         print("  " + measure_resolve(args.posbuild, base / "posbuild", args.repeat))
+        print("  " + measure_query(args.posbuild, base / "posbuild", args.repeat))
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

@@ -167,11 +167,12 @@ class Analyzer:
         except BuildFileError as error:
             raise BuildFileError(f"{where}: {error.detail}", target.location) from None
         key = str(label)
-        for other in package.targets:
-            if other.label.name == label.name:
-                return _Ref(attr, key, other.label, None)
-            if label.name in other.outs:
-                return _Ref(attr, key, other.label, out_path(label.package, label.name))
+        rule = package.by_name.get(label.name)
+        if rule is not None:
+            return _Ref(attr, key, rule.label, None)
+        producer = package.by_output.get(label.name)
+        if producer is not None:
+            return _Ref(attr, key, producer.label, out_path(label.package, label.name))
         path = src_path(label.package, label.name)
         if not (self._loader.root / path).is_file():
             names = [t.label.name for t in package.targets]

@@ -14,15 +14,16 @@ import fcntl
 import os
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Iterator, Mapping, Sequence
 
 from posbuild.analysis import ActionGraph, Analyzer, expand_patterns
 from posbuild.config import Config, load_config
-from posbuild.envfp import environment_hash, environment_key, passed_environment
+from posbuild.envfp import checked_environment_hash, environment_key, passed_environment
 from posbuild.graphcache import GraphCache
 from posbuild.label import TargetPattern, parse_pattern
+from posbuild.pins import check_pins
 from posbuild.reporter import BuildSummary, Reporter
 from posbuild.uptodate import clean_actions, load_state, mark_tree, tree_is_clean
 
@@ -36,7 +37,9 @@ class BuildOptions:
     keep_going: bool = False
     dry_run: bool = False
     verify: bool = False  # re-execute actions that have a cached result and byte-compare (ORCH-04)
+    explain: bool = False  # say in one line why each executed action ran
     cwd_package: str = ""
+    allow_env_drift: bool = False  # build even if h_E is not the one approved in posbuild.lock
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,8 +79,8 @@ def _resolve(config: Config, request: Request) -> ActionGraph:
     loader = Loader(config, packages)
     roots = expand_patterns(request.patterns, packages, loader)
     graph = Analyzer(loader).analyze(roots)
-    cache.save(canonical, graph, dirs, [*loader.files_read, "posbuild.toml"])
-    return graph
+    raw = cache.save(canonical, graph, dirs, [*loader.files_read, "posbuild.toml"])
+    return replace(graph, raw=raw)
 
 
 @contextmanager
@@ -109,23 +112,29 @@ def run_build(root: Path, options: BuildOptions, reporter: Reporter,
     graph = _resolve(config, request)
     environ = environ or {}
     passed_env = passed_environment(config.env_pass, environ)
-    env_hash = environment_hash()
-    env_key = environment_key(passed_env)
+    env_hash = checked_environment_hash(config, environ, options.allow_env_drift, reporter.message)  # ORCH-07
+    env_key = environment_key(passed_env, env_hash)
     state_path = request.state_path
     actions = graph.actions
     with workspace_lock(config, reporter):
         previous = load_state(state_path, env_key)
+        check_pins(config.root, actions, previous)  # ORCH-03 before anything runs, dry runs included
         clean = [False] * len(actions) if options.verify else clean_actions(actions, previous, config.root)
         up_to_date = sum(clean)
         reporter.build_started(len(actions), up_to_date)
         executed = cached_late = failed = skipped = 0
         failed_labels: tuple[str, ...] = ()
         codes: tuple[str, ...] = ()
+        patterns = tuple(str(p) for p in request.patterns)
+        flags = {"allow_env_drift": getattr(options, "allow_env_drift", False), "verify": options.verify}
         if up_to_date < len(actions) or not tree_is_clean(config):
+            from posbuild.journal import build_row
             from posbuild.runner import RunSettings, Status, plan_dirty, run_dirty
 
+            info, blobs = build_row(time.time(), patterns, env_hash, graph.raw, previous.raw, clean, **flags)
             settings = RunSettings(options.jobs or config.jobs, options.keep_going, env_hash, env_key,
-                                   passed_env, state_path, tuple(str(p) for p in request.patterns), options.verify)
+                                   passed_env, state_path, patterns, options.verify, info, tuple(blobs),
+                                   options.explain)
             if options.dry_run:
                 planned = plan_dirty(config, actions, clean, previous, settings)
                 for index in planned:
@@ -137,6 +146,11 @@ def run_build(root: Path, options: BuildOptions, reporter: Reporter,
             run = run_dirty(config, actions, clean, previous, settings, reporter)
             executed, cached_late, failed = (run.count(s) for s in (Status.EXECUTED, Status.CACHED, Status.FAILED))
             skipped, failed_labels, codes = run.skipped, run.failed_labels(actions), run.failure_codes()
+        elif not options.dry_run:
+            from posbuild.journal import build_row, record_settled_build  # a no-op: one row, no runner
+
+            info, blobs = build_row(time.time(), patterns, env_hash, graph.raw, previous.raw, clean, **flags)
+            record_settled_build(config.store_dir, {**info, "counts": {"cached": len(actions)}}, blobs)
     summary = BuildSummary(
         total=len(actions), executed=executed, cached=up_to_date + cached_late, failed=failed, skipped=skipped,
         wall=time.monotonic() - started, failed_labels=failed_labels, dry_run=options.dry_run, codes=codes,

@@ -19,6 +19,7 @@ from posbuild.errors import NoWorkspace, WorkspaceError
 CONFIG_NAME = "posbuild.toml"
 OUT_DIR = "posbuild-out"
 STATE_DIR = ".posbuild"
+BASE_PATH = "/usr/local/bin:/usr/bin:/bin"  # the PATH actions see, and where `[env] tools` are looked up
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,6 +33,7 @@ class Config:
     env_pass: tuple[str, ...]
     sandbox_dir: Path
     cache_max_size: str = ""  # `[cache] max_size`: gc's default bound, as written (e.g. "20G")
+    env_tools: tuple[str, ...] = ()  # `[env] tools`: executables whose path and digest enter h_E
 
     @property
     def out_dir(self) -> Path:
@@ -94,7 +96,18 @@ def load_config(root: Path) -> Config:
         env_pass=_string_list(table, "env", "pass", [], path),
         sandbox_dir=_sandbox_dir(root, _get(table, "build", "sandbox_base", str, "", path)),
         cache_max_size=str(_get(table, "cache", "max_size", (str, int), "", path)),
+        env_tools=_tools(table, path),
     )
+
+
+def _tools(table: dict[str, Any], path: Path) -> tuple[str, ...]:
+    """`[env] tools`: bare names (looked up on BASE_PATH) or absolute paths, each listed once."""
+    tools = _string_list(table, "env", "tools", [], path)
+    for tool in tools:
+        if "/" in tool and not tool.startswith("/"):
+            raise WorkspaceError(f"{path}: [env] tools: {tool!r} must be a bare name (looked up on "
+                                 f"{BASE_PATH}) or an absolute path")
+    return tuple(dict.fromkeys(tools))
 
 
 def _sandbox_dir(root: Path, configured: str) -> Path:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -27,6 +27,7 @@ from posbuild.target import AttributeError_, Target, make_target
 
 RULES_REPO = "@posbuild//"
 _ERROR_LINE = re.compile(r"^error: (?:(?:[A-Za-z_]+Error_?: )?error: )*(?:[A-Za-z_]+Error_?: )?(.*)$", re.MULTILINE)
+_NAME_ATTR = re.compile(r"""name\s*=\s*["']([^"']+)["']""")
 _WHERE_LINE = re.compile(r"^\s*--> (.+):(\d+):(\d+)", re.MULTILINE)
 
 
@@ -38,6 +39,8 @@ class Package:
     build_file: str
     targets: tuple[Target, ...]
     exports: tuple[str, ...]
+    by_name: dict[str, Target] = field(default_factory=dict, compare=False, repr=False)
+    by_output: dict[str, Target] = field(default_factory=dict, compare=False, repr=False)
 
 
 Stamp = tuple[str, int]  # (workspace-relative path, stamps.folder_stamp)
@@ -223,6 +226,7 @@ class _PackageBuilder:
         self._root = root
         self._targets: dict[str, Target] = {}
         self._outputs: dict[str, str] = {}
+        self._lines: dict[str, int] | None = None
         self._exports: list[str] = []
 
     def rule(self, kind: str, args: tuple[Any, ...], attrs: dict[str, Any]) -> None:
@@ -287,10 +291,20 @@ class _PackageBuilder:
         return sorted(found)
 
     def _locate(self, name: str) -> SourceLocation:
-        """Best-effort line of a target's declaration, for errors raised after evaluation."""
-        match = re.search(r"""name\s*=\s*["']%s["']""" % re.escape(name), self._source)
-        line = self._source.count("\n", 0, match.start()) + 1 if match else 1
-        return SourceLocation(self._build_file, line)
+        """Best-effort line of a target's declaration, for errors raised after evaluation.
+
+        The `name = "..."` occurrences of the file are indexed once, on first use.
+        """
+        if self._lines is None:
+            self._lines = {}
+            line, position = 1, 0
+            for match in _NAME_ATTR.finditer(self._source):
+                line += self._source.count("\n", position, match.start())
+                position = match.start()
+                self._lines.setdefault(match.group(1), line)
+        return SourceLocation(self._build_file, self._lines.get(name, 1))
 
     def finish(self) -> Package:
-        return Package(self.package, self._build_file, tuple(self._targets.values()), tuple(self._exports))
+        by_output = {out: target for target in self._targets.values() for out in target.outs}
+        return Package(self.package, self._build_file, tuple(self._targets.values()), tuple(self._exports),
+                       dict(self._targets), by_output)

@@ -39,7 +39,7 @@ from posbuild.analysis import Action, ActionGraph
 from posbuild.compare import Source, first_file_difference, format_difference
 from posbuild.config import Config
 from posbuild.digest import hash_file
-from posbuild.envfp import environment_key, passed_environment
+from posbuild.envfp import environment_hash, environment_key, passed_environment
 from posbuild.errors import ChecksumMismatch
 from posbuild.records import OutputFile
 from posbuild.sandbox import Perturbation, Sandboxes, SpawnResult, listing_follows_creation
@@ -92,7 +92,7 @@ def verify_request(config: Config, graph: ActionGraph, state_path: Path, environ
                    jobs: int = 1) -> VerifyReport:
     """Verify `graph` with the up-to-date state the build of the same request saved at `state_path`."""
     passed_env = passed_environment(config.env_pass, environ)
-    state = load_state(state_path, environment_key(passed_env))
+    state = load_state(state_path, environment_key(passed_env, environment_hash(config, environ)))
     store = Store(config.store_dir)
     try:
         return verify(config, graph, state, store, passed_env, jobs)

@@ -21,9 +21,14 @@ from posbuild.errors import PosbuildError
 COMMANDS = {
     "build": ("posbuild.cli.build", "Build targets (the default command)."),
     "clean": ("posbuild.cli.admin", "Remove outputs; with --all, the store too."),
+    "env": ("posbuild.cli.env", "Show, approve or check the environment fingerprint h_E (ORCH-07)."),
+    "log": ("posbuild.cli.log", "Show a build's execution records (table, JSON lines, Chrome trace)."),
+    "explain": ("posbuild.cli.explain", "Say why an action last executed or was a cache hit."),
     "rollback": ("posbuild.cli.admin", "Restore posbuild-out/ to the last fully successful build."),
     "fsck": ("posbuild.cli.fsck", "Check the store and posbuild-out/ for corruption and partial state."),
     "gc": ("posbuild.cli.gc", "Evict least recently used cache entries no kept generation needs."),
+    "lock": ("posbuild.cli.lock", "Pin the digests of the sources of PATTERNs in posbuild.lock."),
+    "query": ("posbuild.cli.query", "Query the target graph: deps, rdeps, allpaths, kind, attr, + - ^."),
     "verify": ("posbuild.cli.verify", "Run actions twice in perturbed sandboxes and byte-compare (ORCH-04)."),
 }
 

@@ -31,20 +31,25 @@ def choose_reporter(quiet: bool):  # type: ignore[no-untyped-def]
 @click.option("--verify", is_flag=True,
               help="Re-execute actions that have a cached result and fail with ORCH-04 if the bytes differ.")
 @click.option("-q", "--quiet", is_flag=True, help="Print only failures and errors.")
+@click.option("--explain", is_flag=True, help="Say in one line why each executed action ran.")
+@click.option("--allow-env-drift", is_flag=True,
+              help="Build even if the environment hash differs from the one approved in posbuild.lock (warns).")
 def build(patterns: tuple[str, ...], jobs: int | None, keep_going: bool, dry_run: bool, verify: bool,
-          quiet: bool) -> None:
+          quiet: bool, explain: bool, allow_env_drift: bool) -> None:
     """Build the targets matched by PATTERNS (default: //...).
 
     \b
     Patterns: //pkg:name, :name (in the current package), //pkg:all, //pkg/..., //...
-    Exit codes: 0 ok, 1 an action failed, 2 usage, 3 bad BUILD file or label, 11-17 ORCH-01..07.
+    Exit codes: 0 ok, 1 an action failed, 2 usage, 3 bad BUILD file or label, 11-17 ORCH-01..07
+    (17: the environment hash is not the one approved by `posbuild env approve`).
     """
     from posbuild.build import BuildOptions, run_build
 
     try:
         root, package = workspace_and_package()
         options = BuildOptions(patterns=patterns or ("//...",), jobs=jobs or 0, keep_going=keep_going,
-                               dry_run=dry_run, verify=verify, cwd_package=package)
+                               dry_run=dry_run, verify=verify, explain=explain, cwd_package=package,
+                               allow_env_drift=allow_env_drift)
         summary = run_build(root, options, choose_reporter(quiet), dict(os.environ))
     except PosbuildError as error:
         fail(error)

@@ -1,0 +1,104 @@
+"""`posbuild env show|approve|check`: the environment fingerprint (§14) and its approval in posbuild.lock."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+import click
+
+from posbuild.cli import fail, workspace_and_package
+from posbuild.errors import PosbuildError
+
+
+def _current():  # type: ignore[no-untyped-def]
+    """The workspace root and this machine's fingerprint, computed afresh (and the cache refreshed)."""
+    from posbuild.config import load_config
+    from posbuild.envfp import TEST_VARIABLE, current, parse_overrides
+
+    root, _ = workspace_and_package()
+    config = load_config(root)
+    return root, current(config, parse_overrides(os.environ.get(TEST_VARIABLE)), fresh=True)
+
+
+@click.group()
+def env() -> None:
+    """Show, approve and check the environment fingerprint and its hash h_E.
+
+    \b
+    h_E (part of every action key) covers the Python implementation and version, every installed
+    distribution, the OS, kernel and libc, the CPU architecture, posbuild's version and the
+    `[env] tools` of posbuild.toml. The CPU model and host name are recorded but not hashed, so
+    machines of the same software environment share cache entries.
+    """
+
+
+@env.command(short_help="Print the fingerprint entries and h_E.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object: hash, fingerprint, not_hashed.")
+def show(as_json: bool) -> None:
+    """Print each fingerprint entry and h_E."""
+    from posbuild.envfp import is_hashed
+
+    try:
+        _, now = _current()
+    except PosbuildError as error:
+        fail(error)
+    if as_json:
+        click.echo(json.dumps({
+            "hash": now.hash.hex(),
+            "fingerprint": now.entries,
+            "not_hashed": [name for name in now.entries if not is_hashed(name)],
+        }, indent=2, sort_keys=True))
+        return
+    width = max((len(name) for name in now.entries), default=0)
+    for name, value in now.entries.items():
+        note = "" if is_hashed(name) else "  (recorded, not hashed)"
+        click.echo(f"{name:<{width}}  {value}{note}")
+    click.echo(f"h_E {now.hash.hex()}")
+
+
+@env.command(short_help="Approve this environment in posbuild.lock.")
+def approve() -> None:
+    """Write h_E and the fingerprint into posbuild.lock; later builds must match them (ORCH-07)."""
+    from dataclasses import replace
+
+    from posbuild.envfp import approval_record
+    from posbuild.lockfile import read_lock, write_lock
+
+    try:
+        root, now = _current()
+        lock = read_lock(root)
+        path = write_lock(root, replace(lock, environment=approval_record(now)))
+    except PosbuildError as error:
+        fail(error)
+    click.echo(f"approved h_E {now.hash.hex()} ({len(now.entries)} entries) in {path.name}")
+
+
+@env.command(short_help="Compare with the approved environment (ORCH-07 on drift).")
+def check() -> None:
+    """Compare this environment with the approved one: exit 0 if h_E matches, else ORCH-07 (exit 17).
+
+    \b
+    Each differing entry is one line:
+      changed python.version 3.11.7 -> 3.12.1
+      added dist.foo 1.2
+      removed dist.bar 0.3
+    Differences in recorded-only entries (cpu.model, host.name) are notes, never drift.
+    """
+    from posbuild.envfp import compare_with_approved
+
+    try:
+        root, now = _current()
+        approval = compare_with_approved(root, now)
+        if approval.approved_hash is None:
+            fail(PosbuildError(f"no approved environment in posbuild.lock (h_E is {now.hash.hex()}); "
+                            f"run `posbuild env approve` first"))
+        for change in approval.notes:
+            click.echo(f"note: {change} (recorded, not hashed: not drift)", err=True)
+        if approval.drifted:
+            fail(approval.error())
+    except PosbuildError as error:
+        fail(error)
+    click.echo(f"environment matches the approved hash {now.hash.hex()}")
+    sys.exit(0)

@@ -1,0 +1,39 @@
+"""`posbuild lock`: pin the digests of the source files a pattern's actions read, in posbuild.lock."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from posbuild.cli import fail, workspace_and_package
+from posbuild.errors import PosbuildError
+
+
+@click.command()
+@click.argument("patterns", nargs=-1)
+def lock(patterns: tuple[str, ...]) -> None:
+    """Pin the digests of the source files read by PATTERNS (default: //...) in posbuild.lock.
+
+    \b
+    From then on, a build that reads a pinned file whose bytes changed stops before anything
+    runs with ORCH-03 (exit 13); run `posbuild lock` again to accept the change. Pins of files
+    outside PATTERNS are kept (those of deleted files are dropped); the "environment" section
+    of posbuild.lock is left as it is.
+    """
+    from posbuild.build import resolve, workspace_lock
+    from posbuild.config import load_config
+    from posbuild.pins import lock_sources
+    from posbuild.reporter import PlainReporter
+
+    try:
+        root, package = workspace_and_package()
+        config = load_config(root)
+        graph = resolve(root, patterns or ("//...",), package, config)
+        with workspace_lock(config, PlainReporter(sys.stdout, sys.stderr)):
+            pinned, dropped = lock_sources(root, graph.actions)
+    except PosbuildError as error:
+        fail(error)
+    click.echo(f"locked {pinned} source file(s) in posbuild.lock")
+    if dropped:
+        click.echo(f"dropped {dropped} pin(s) of file(s) that no longer exist")

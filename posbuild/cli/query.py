@@ -1,0 +1,44 @@
+"""`posbuild query EXPR`: evaluate a query on the target graph and print the result."""
+
+from __future__ import annotations
+
+import click
+
+from posbuild.cli import fail, workspace_and_package
+from posbuild.errors import PosbuildError
+
+OUTPUTS = ("label", "json", "graph")
+
+
+@click.command()
+@click.argument("expr")
+@click.option("--output", "output", type=click.Choice(OUTPUTS), default="label", show_default=True,
+              help="label: sorted labels, one per line; json: labels, kinds and edges; graph: Graphviz dot.")
+def query(expr: str, output: str) -> None:
+    """Print the targets selected by the query EXPR.
+
+    \b
+    Functions: deps(X [, depth]), rdeps(UNIVERSE, X [, depth]), allpaths(FROM, TO),
+               kind(REGEX, X), attr(NAME, REGEX, X)
+    Sets:      X + Y (union), X - Y (except), X ^ Y (intersect); equal precedence, left to right
+    Patterns:  //pkg:name, :name, //pkg:all, //pkg/..., //...
+    Nodes are rule targets and the source files they list; edges point to dependencies.
+
+    \b
+    Examples:
+      posbuild query 'deps(//app:report)'
+      posbuild query 'rdeps(//..., //data:raw.csv)'
+      posbuild query 'allpaths(//app:report, //lib:schema)' --output graph | dot -Tsvg > g.svg
+      posbuild query 'kind("genrule", deps(//app:report)) - //lib/...'
+      posbuild query 'attr(tags, no-cache, //...)'
+
+    Exit codes: 0 ok, 2 a syntax error in EXPR, 3 an unknown target, pattern or a bad BUILD file.
+    """
+    from posbuild.query import run_query
+
+    try:
+        root, package = workspace_and_package()
+        result = run_query(root, expr, package)
+        click.echo(result.render(output), nl=False)
+    except PosbuildError as error:
+        fail(error)
