@@ -126,7 +126,7 @@ def run_build(root: Path, options: BuildOptions, reporter: Reporter,
         failed_labels: tuple[str, ...] = ()
         codes: tuple[str, ...] = ()
         patterns = tuple(str(p) for p in request.patterns)
-        flags = {"allow_env_drift": getattr(options, "allow_env_drift", False), "verify": options.verify}
+        flags = {"allow_env_drift": options.allow_env_drift, "verify": options.verify}
         if up_to_date < len(actions) or not tree_is_clean(config):
             from posbuild.journal import build_row
             from posbuild.runner import RunSettings, Status, plan_dirty, run_dirty

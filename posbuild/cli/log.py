@@ -72,7 +72,8 @@ def log(pattern: str | None, number: int | None, failed: bool, as_json: bool, tr
             json.dump(chrome_trace(build, records), handle)
         click.echo(f"wrote {len(records)} record(s) of build {build['number']} to {trace_file}")
     elif as_json:
+        drift = bool(build.get("allow_env_drift"))
         for record in records:
-            click.echo(json.dumps(record_json(record), sort_keys=True))
+            click.echo(json.dumps({**record_json(record), "env_drift_allowed": drift}, sort_keys=True))
     else:
         _table(build, records)

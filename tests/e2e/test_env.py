@@ -149,6 +149,10 @@ def test_allow_env_drift_warns_and_builds(ws):
     assert f"changed python.version {PY_VERSION} -> 3.99.1" in result.stderr
     assert executed_labels(result) == ["//pkg:copy"]
     assert ws.out("pkg/copy.txt") == "alpha\n"
+    log = ws.run("log", "--json")
+    records = [json.loads(line) for line in log.stdout.splitlines()]
+    assert [r["env_drift_allowed"] for r in records] == [True]
+    assert "(environment drift allowed)" in ws.run("log").stdout
 
 
 def test_an_approved_environment_builds_normally(ws):
