@@ -104,7 +104,8 @@ def run_build(root: Path, options: BuildOptions, reporter: Reporter,
     """Build the patterns of `options` in the workspace at `root`.
 
     Actions the up-to-date check settles by stat alone count as cached; only if any remain does
-    the build open the store and start the scheduler (runner.py, imported only then).
+    the build open the store and start the scheduler (runner.py, imported only then). Critical
+    errors (ORCH-02 in analysis, ORCH-07 here, ORCH-03 for pins) stop it before anything runs.
     """
     started = time.monotonic()
     config = load_config(root)
@@ -114,47 +115,43 @@ def run_build(root: Path, options: BuildOptions, reporter: Reporter,
     passed_env = passed_environment(config.env_pass, environ)
     env_hash = checked_environment_hash(config, environ, options.allow_env_drift, reporter.message)  # ORCH-07
     env_key = environment_key(passed_env, env_hash)
-    state_path = request.state_path
     actions = graph.actions
     with workspace_lock(config, reporter):
-        previous = load_state(state_path, env_key)
+        previous = load_state(request.state_path, env_key)
         check_pins(config.root, actions, previous)  # ORCH-03 before anything runs, dry runs included
         clean = [False] * len(actions) if options.verify else clean_actions(actions, previous, config.root)
         up_to_date = sum(clean)
         reporter.build_started(len(actions), up_to_date)
-        executed = cached_late = failed = skipped = 0
-        failed_labels: tuple[str, ...] = ()
-        codes: tuple[str, ...] = ()
+        needs_run = up_to_date < len(actions) or not tree_is_clean(config)
+        from posbuild.journal import build_row, record_settled_build
+
         patterns = tuple(str(p) for p in request.patterns)
-        flags = {"allow_env_drift": options.allow_env_drift, "verify": options.verify}
-        if up_to_date < len(actions) or not tree_is_clean(config):
-            from posbuild.journal import build_row
-            from posbuild.runner import RunSettings, Status, plan_dirty, run_dirty
+        info, blobs = build_row(time.time(), patterns, env_hash, graph.raw, previous.raw, clean,
+                                allow_env_drift=options.allow_env_drift, verify=options.verify)
+        if not needs_run:
+            if not options.dry_run:  # a no-op: one row in the store, no runner
+                record_settled_build(config.store_dir, {**info, "counts": {"cached": len(actions)}}, blobs)
+            return _finish(reporter, BuildSummary(len(actions), 0, len(actions), 0, 0, time.monotonic() - started,
+                                                  (), dry_run=options.dry_run))
+        from posbuild.runner import RunSettings, Status, plan_dirty, run_dirty
 
-            info, blobs = build_row(time.time(), patterns, env_hash, graph.raw, previous.raw, clean, **flags)
-            settings = RunSettings(options.jobs or config.jobs, options.keep_going, env_hash, env_key,
-                                   passed_env, state_path, patterns, options.verify, info, tuple(blobs),
-                                   options.explain)
-            if options.dry_run:
-                planned = plan_dirty(config, actions, clean, previous, settings)
-                for index in planned:
-                    reporter.action_finished(actions[index].label, "planned", "", b"")
-                summary = BuildSummary(len(actions), len(planned), len(actions) - len(planned), 0, 0,
-                                       time.monotonic() - started, (), dry_run=True)
-                reporter.build_finished(summary)
-                return summary
-            run = run_dirty(config, actions, clean, previous, settings, reporter)
-            executed, cached_late, failed = (run.count(s) for s in (Status.EXECUTED, Status.CACHED, Status.FAILED))
-            skipped, failed_labels, codes = run.skipped, run.failed_labels(actions), run.failure_codes()
-        elif not options.dry_run:
-            from posbuild.journal import build_row, record_settled_build  # a no-op: one row, no runner
+        settings = RunSettings(options.jobs or config.jobs, options.keep_going, env_hash, env_key, passed_env,
+                               request.state_path, patterns, options.verify, info, tuple(blobs), options.explain)
+        if options.dry_run:
+            planned = plan_dirty(config, actions, clean, previous, settings)
+            for index in planned:
+                reporter.action_finished(actions[index].label, "planned", "", b"")
+            return _finish(reporter, BuildSummary(len(actions), len(planned), len(actions) - len(planned), 0, 0,
+                                                  time.monotonic() - started, (), dry_run=True))
+        run = run_dirty(config, actions, clean, previous, settings, reporter)
+    executed, cached, failed = (run.count(s) for s in (Status.EXECUTED, Status.CACHED, Status.FAILED))
+    return _finish(reporter, BuildSummary(
+        total=len(actions), executed=executed, cached=up_to_date + cached, failed=failed, skipped=run.skipped,
+        wall=time.monotonic() - started, failed_labels=run.failed_labels(actions), codes=run.failure_codes(),
+    ))
 
-            info, blobs = build_row(time.time(), patterns, env_hash, graph.raw, previous.raw, clean, **flags)
-            record_settled_build(config.store_dir, {**info, "counts": {"cached": len(actions)}}, blobs)
-    summary = BuildSummary(
-        total=len(actions), executed=executed, cached=up_to_date + cached_late, failed=failed, skipped=skipped,
-        wall=time.monotonic() - started, failed_labels=failed_labels, dry_run=options.dry_run, codes=codes,
-    )
+
+def _finish(reporter: Reporter, summary: BuildSummary) -> BuildSummary:
     reporter.build_finished(summary)
     return summary
 
