@@ -21,7 +21,7 @@ from posbuild import __version__
 from posbuild.analysis import ACTION_SCHEMA, Action, ActionGraph
 from posbuild.atomic import write_atomically
 from posbuild.digest import hash_canonical
-from posbuild.stamps import file_stamp, folder_stamp
+from posbuild.stamps import file_stamp, stamps_current
 
 CACHE_FORMAT = 1
 Stamp = tuple[str, int]  # (workspace-relative path, mtime_ns or a stat fingerprint)
@@ -55,13 +55,8 @@ class GraphCache:
         if not isinstance(entry, tuple) or len(entry) != 5 or entry[0] != _version():
             return None
         _, dirs, files, rows, requested = entry
-        root = str(self._root)
-        for rel, stamp in dirs:
-            if folder_stamp(root, rel) != stamp:
-                return None
-        for rel, stamp in files:
-            if file_stamp(root, rel) != stamp:
-                return None
+        if not stamps_current(str(self._root), dirs, files):
+            return None
         return ActionGraph(tuple(map(Action._make, rows)), requested, data)
 
     def save(self, request: Sequence[str], graph: ActionGraph, dirs: Sequence[Stamp], files: Sequence[str]) -> bytes:

@@ -48,7 +48,7 @@ from posbuild.atomic import write_atomically
 from posbuild.config import Config, load_config
 from posbuild.errors import BuildFileError, UsageError
 from posbuild.label import Label, PatternKind, TargetPattern, did_you_mean, parse_label, parse_pattern
-from posbuild.stamps import file_stamp, folder_stamp
+from posbuild.stamps import file_stamp, stamps_current
 from posbuild.target import SCHEMAS
 
 CACHE_FORMAT = 1
@@ -250,13 +250,8 @@ class TargetCache:
         if not isinstance(entry, tuple) or len(entry) != 11 or entry[0] != _version():
             return None
         _, dirs, files, *fields = entry
-        root = str(self._config.root)
-        for rel, stamp in dirs:
-            if folder_stamp(root, rel) != stamp:
-                return None
-        for rel, stamp in files:
-            if file_stamp(root, rel) != stamp:
-                return None
+        if not stamps_current(str(self._config.root), dirs, files):
+            return None
         return TargetGraph(self._config.root, *fields)
 
     def save(self, graph: TargetGraph, dirs: Sequence[tuple[str, int]], files: Sequence[str]) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import zlib
+from typing import Iterable
 
 from posbuild.config import OUT_DIR, STATE_DIR
 
@@ -34,3 +35,9 @@ def file_stamp(root: str, rel: str) -> int:
     except FileNotFoundError:
         return MISSING
     return stat.st_mtime_ns ^ (stat.st_size << 1) ^ (stat.st_ino << 7)
+
+
+def stamps_current(root: str, folders: Iterable[tuple[str, int]], files: Iterable[tuple[str, int]]) -> bool:
+    """Whether every recorded folder and file stamp still holds (a cached load is still valid)."""
+    return all(folder_stamp(root, rel) == stamp for rel, stamp in folders) and all(
+        file_stamp(root, rel) == stamp for rel, stamp in files)
