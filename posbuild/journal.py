@@ -71,21 +71,22 @@ class Journal:
 
 
 def build_row(started: float, patterns: Sequence[str], env_hash: Digest, graph: bytes, state: bytes,
-              up_to_date: Sequence[bool], **flags: object) -> tuple[dict[str, object], list[bytes]]:
-    """A build's row for the store, and the blobs it refers to (graph and up-to-date state).
+              up_to_date: Sequence[bool], **flags: object) -> tuple[dict[str, object], list[tuple[Digest, bytes]]]:
+    """A build's row for the store, and the (digest, bytes) payloads it refers to (graph and state).
 
     `up_to_date` marks the actions settled by stat alone: stored as "all", or as their indices.
     """
     settled = [i for i, clean in enumerate(up_to_date) if clean]
+    payloads = {"graph": graph, "state": state if settled else b""}
+    digests = {name: hash_bytes(data) if data else None for name, data in payloads.items()}
     info: dict[str, object] = {
-        "started": utc(started), "patterns": list(patterns), "env_hash": env_hash,
-        "graph": hash_bytes(graph) if graph else None, "state": hash_bytes(state) if state and settled else None,
+        "started": utc(started), "patterns": list(patterns), "env_hash": env_hash, **digests,
         "actions": len(up_to_date), "up_to_date": "all" if len(settled) == len(up_to_date) else settled, **flags,
     }
-    return info, [blob for blob in (graph, state if settled else b"") if blob]
+    return info, [(digests[name], data) for name, data in payloads.items() if data]
 
 
-def record_settled_build(store_dir: Path, info: dict[str, object], blobs: Sequence[bytes]) -> int:
+def record_settled_build(store_dir: Path, info: dict[str, object], blobs: Sequence[tuple[Digest, bytes]]) -> int:
     """Record a build whose every action was settled by stat alone; returns its number."""
     from posbuild.store import Store
 

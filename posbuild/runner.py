@@ -60,7 +60,7 @@ class RunSettings:
     patterns: tuple[str, ...] = ()
     verify: bool = False
     build_info: dict[str, object] | None = None  # the build's row (journal.build_row); None: no records
-    build_blobs: tuple[bytes, ...] = ()
+    build_blobs: tuple[tuple[Digest, bytes], ...] = ()
     explain: bool = False
 
 

@@ -303,7 +303,7 @@ class Store:
 
     # -- execution records (§12) ---------------------------------------------------------------
 
-    def begin_build(self, info: dict[str, object], blobs: Iterable[bytes] = ()) -> int:
+    def begin_build(self, info: dict[str, object], blobs: Iterable[tuple[Digest, bytes]] = ()) -> int:
         """Number a new build and write its row (and the payloads it refers to) in one transaction.
 
         The payloads (graph and up-to-date state, see journal.py) are kept apart from the artifact
@@ -312,10 +312,10 @@ class Store:
         with self._env.begin(write=True) as txn:
             with txn.cursor(db=self._builds) as cursor:
                 number = int.from_bytes(cursor.key(), "big") + 1 if cursor.last() else 1
-            for data in blobs:
-                digest = hash_bytes(data)
-                if txn.get(digest, db=self._journal_blobs) is None:
-                    txn.put(digest, data, db=self._journal_blobs)
+            with txn.cursor(db=self._journal_blobs) as cursor:
+                for digest, data in blobs:
+                    if not cursor.set_key(digest):  # set_key does not copy the (large) value
+                        txn.put(digest, data, db=self._journal_blobs)
             txn.put(number.to_bytes(8, "big"), msgpack.packb({**info, "number": number}, use_bin_type=True),
                     db=self._builds)
         self._commits += 1
