@@ -18,21 +18,22 @@ Paths inside an action are workspace-relative, exactly as in the sandbox: a sour
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, NamedTuple, Sequence
 
 from posbuild.config import OUT_DIR
 from posbuild.digest import Digest, hash_canonical
-from posbuild.errors import BuildFileError, VersionMismatch
+from posbuild.errors import BuildFileError, SourceLocation, VersionMismatch
 from posbuild.graph import toposort
 from posbuild.label import Label, PatternKind, TargetPattern, did_you_mean, parse_label
 
 if TYPE_CHECKING:  # loading BUILD files is only needed when the graph cache misses
     from posbuild.loader import Loader
+    from posbuild.pyimports import ImportScanner, Scan
     from posbuild.target import Pairs, Target
 
 ACTION_SCHEMA = 1  # bump when the meaning of an Action's fields changes
-KIND_VERSIONS = {"genrule": 1}
+KIND_VERSIONS = {"genrule": 1, "py_task": 1}
 
 
 class Action(NamedTuple):
@@ -56,6 +57,7 @@ class Action(NamedTuple):
     def_hash: Digest
     deps: tuple[int, ...]
     sources: tuple[str, ...]
+    resources: tuple[int, int, int] = (1, 0, 0)  # declared (cpu, mem_mb, io), DESIGN §10
     message: str = ""
 
 
@@ -116,6 +118,8 @@ class Analyzer:
         self._loader = loader
         self._targets: dict[str, Target] = {}
         self._refs: dict[str, list[_Ref]] = {}
+        self._scanner: ImportScanner | None = None
+        self.files_read: set[str] = set()  # Python files scanned for imports: the graph cache stamps them
 
     def analyze(self, roots: Sequence[Label]) -> ActionGraph:
         order = toposort([str(r) for r in roots], self._edges)
@@ -130,7 +134,10 @@ class Analyzer:
             if target.kind == "filegroup":
                 files[name] = self._files_of(name, files, "srcs")
                 continue
-            action = self._genrule(target, files, producer)
+            if target.kind == "py_task":
+                action = self._py_task(target, files, producer)
+            else:
+                action = self._genrule(target, files, producer)
             files[name] = action.outputs
             for out in action.outputs:
                 producer[out] = len(actions)
@@ -153,6 +160,8 @@ class Analyzer:
             self._refs[name] = [
                 self._resolve(target, attr, text) for attr in ("srcs", "tools") for text in getattr(target, attr)
             ]
+            if target.kind == "py_task":
+                self._refs[name].extend(self._py_code_refs(target))
         return [str(ref.target) for ref in self._refs[name] if ref.target is not None]
 
     def _resolve(self, target: Target, attr: str, text: str) -> _Ref:
@@ -241,25 +250,84 @@ class Analyzer:
                 result.update(dict.fromkeys(ref.files(files)))
         return tuple(result)
 
-    def _genrule(self, target: Target, files: dict[str, tuple[str, ...]], producer: dict[str, int]) -> Action:
+    def _genrule(self, target: Target, files: dict[str, tuple[str, ...]], producer: dict[str, int],
+                 command: str | None = None) -> Action:
         name = str(target.label)
         srcs = self._files_of(name, files, "srcs")
         tools = self._files_of(name, files, "tools")
         outputs = tuple(out_path(target.label.package, o) for o in target.outs)
-        expand = _Expander(target, srcs, outputs, self._location_map(name, files))
-        command = expand(target.cmd)
+        if command is None:
+            command = _Expander(target, srcs, outputs, self._location_map(name, files))(target.cmd)
         inputs = tuple(sorted(set(srcs) | set(tools)))
         deps = tuple(sorted({producer[p] for p in inputs if p in producer}))
+        resources, env = declared_resources(target.resources, target.env)
         def_hash = hash_canonical([
             ACTION_SCHEMA, target.kind, KIND_VERSIONS[target.kind], command,
-            inputs, sorted(tools), outputs, target.env, target.version,
+            inputs, sorted(tools), outputs, env, target.version,
         ])
         return Action(
             label=name, kind=target.kind, command=command, inputs=inputs, tools=tuple(sorted(tools)),
-            outputs=outputs, env=target.env, versions=target.version, timeout=target.timeout,
+            outputs=outputs, env=env, versions=target.version, timeout=target.timeout,
             tags=target.tags, def_hash=def_hash, deps=deps,
-            sources=tuple(p for p in inputs if not is_generated(p)), message=target.message,
+            sources=tuple(p for p in inputs if not is_generated(p)), resources=resources, message=target.message,
         )
+
+    def _py_task(self, target: Target, files: dict[str, tuple[str, ...]], producer: dict[str, int]) -> Action:
+        """A py_task: `<interpreter> <script> <args...>`, each word shell-quoted, with a fixed Python env.
+
+        The interpreter is the one running posbuild (`sys.executable`), the interpreter the
+        environment fingerprint h_E describes. Its code (script, deps, imported workspace
+        modules) was added to the tools by `_py_code_refs`.
+        """
+        import shlex
+        import sys
+
+        from posbuild.target import PY_TASK_ENV
+
+        name = str(target.label)
+        outputs = tuple(out_path(target.label.package, o) for o in target.outs)
+        locations = self._location_map(name, files)
+        script = locations[str(parse_label(target.script, target.label.package))]
+        if len(script) != 1:
+            raise BuildFileError(f"{name}: script '{target.script}' must name exactly one file, "
+                                 f"but it names {len(script)}", target.location)
+        expand = _Expander(target, self._files_of(name, files, "srcs"), outputs, locations, "args")
+        words = [sys.executable, script[0]]
+        for arg in target.args:
+            words.extend(expand.words(arg))
+        command = " ".join(shlex.quote(word) for word in words)
+        env = tuple(sorted({**dict(target.env), **dict(PY_TASK_ENV)}.items()))
+        return self._genrule(replace(target, env=env), files, producer, command=command)
+
+    def _py_code_refs(self, target: Target) -> list[_Ref]:
+        """A py_task's code, as tools: its script, its `deps`, and the workspace modules they import.
+
+        The imports of the script and of the `.py` source files in `deps` are read (pyimports.py);
+        a generated script's imports are not (it does not exist yet): list its modules in `deps`.
+        """
+        named = [self._resolve(target, "script", target.script)]
+        named.extend(self._resolve(target, "deps", text) for text in target.deps)
+        code = [_Ref("tools", ref.key, ref.target, ref.file) for ref in named]
+        script = named[0].file if named[0].target is None else None
+        if script is not None:
+            extra = tuple(r.file for r in named[1:] if r.target is None and r.file and r.file.endswith(".py"))
+            scan = self._scan(target, script, extra)
+            code.extend(_Ref("tools", path, None, path) for path in scan.modules)
+        return code
+
+    def _scan(self, target: Target, script: str, extra: tuple[str, ...]) -> Scan:
+        from posbuild.pyimports import ImportScanner, ScanError
+
+        if self._scanner is None:
+            self._scanner = ImportScanner(str(self._loader.root))
+        try:
+            scan = self._scanner.scan(script, extra)
+        except ScanError as error:
+            where = "" if error.path == script else f" (in a module that {script} imports)"
+            raise BuildFileError(f"{target.label}: {error.detail}{where}",
+                                 SourceLocation(error.path, error.line)) from None
+        self.files_read.update(scan.files_read)
+        return scan
 
     def _location_map(self, name: str, files: dict[str, tuple[str, ...]]) -> dict[str, tuple[str, ...]]:
         """Files of every label written in srcs/tools, keyed by the label's canonical form."""
@@ -268,6 +336,24 @@ class Analyzer:
     @property
     def targets_seen(self) -> int:
         return len(self._targets)
+
+
+THREAD_VARIABLES = ("MKL_NUM_THREADS", "NUMEXPR_NUM_THREADS", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS")
+
+
+def declared_resources(declared: Sequence[tuple[str, int]], env: Pairs) -> tuple[tuple[int, int, int], Pairs]:
+    """An action's (cpu, mem_mb, io) and its environment with the thread-count variables set to cpu.
+
+    The numerical libraries' thread pools then match the processors the action is pinned to. The
+    variables are part of the action's env, hence of its key: changing `cpu` re-executes the
+    action (mem_mb and io do not change what it computes, so they stay out of the key). A variable
+    the target's `env` sets itself is kept as written; with cpu=0 none is added.
+    """
+    values = {"cpu": 1, "mem_mb": 0, "io": 0, **dict(declared)}
+    cpu = values["cpu"]
+    if cpu > 0:
+        env = tuple(sorted({**{name: str(cpu) for name in THREAD_VARIABLES}, **dict(env)}.items()))
+    return (cpu, values["mem_mb"], values["io"]), env
 
 
 def _parse(name: str) -> Label:
@@ -296,17 +382,29 @@ class _Expander:
     """Bazel's genrule substitutions: $(SRCS) $(OUTS) $< $@ $(location L) $(locations L) $(@D) $$."""
 
     def __init__(self, target: Target, srcs: tuple[str, ...], outs: tuple[str, ...],
-                 locations: dict[str, tuple[str, ...]]) -> None:
+                 locations: dict[str, tuple[str, ...]], attr: str = "cmd") -> None:
         self._target = target
         self._srcs = srcs
         self._outs = outs
         self._locations = locations
+        self._attr = attr
 
     def __call__(self, cmd: str) -> str:
         return _MAKE_VAR.sub(self._replace, cmd)
 
+    def words(self, arg: str) -> list[str]:
+        """One py_task argument: alone, `$(SRCS)`, `$(OUTS)` or `$(locations L)` give one word per file."""
+        match = _MAKE_VAR.fullmatch(arg)
+        if match is not None:
+            variable = match.group(2)
+            if variable in ("SRCS", "OUTS"):
+                return list(self._srcs if variable == "SRCS" else self._outs)
+            if variable in ("locations", "execpaths"):
+                return list(self._location_paths(variable, (match.group(3) or "").strip()))
+        return [self(arg)]
+
     def _fail(self, detail: str) -> BuildFileError:
-        return BuildFileError(f"{self._target.label}: cmd: {detail}", self._target.location)
+        return BuildFileError(f"{self._target.label}: {self._attr}: {detail}", self._target.location)
 
     def _one(self, paths: tuple[str, ...], what: str) -> str:
         if len(paths) != 1:
@@ -331,6 +429,12 @@ class _Expander:
         raise self._fail(f"unknown variable '$({variable})' (write '$$' for a literal '$')")
 
     def _location(self, variable: str, text: str) -> str:
+        paths = self._location_paths(variable, text)
+        if variable.endswith("s"):
+            return " ".join(paths)
+        return self._one(paths, f"$({variable} {text})")
+
+    def _location_paths(self, variable: str, text: str) -> tuple[str, ...]:
         package = self._target.label.package
         try:
             label = parse_label(text, package)
@@ -341,9 +445,7 @@ class _Expander:
             paths = (out_path(package, label.name),)
         if paths is None:
             raise self._fail(f"$({variable} {text}): '{text}' is not in srcs, tools or outs")
-        if variable.endswith("s"):
-            return " ".join(paths)
-        return self._one(paths, f"$({variable} {text})")
+        return paths
 
 
 def analyze(loader: Loader, roots: Sequence[Label]) -> ActionGraph:

@@ -25,6 +25,7 @@ from posbuild.graphcache import GraphCache
 from posbuild.label import TargetPattern, parse_pattern
 from posbuild.pins import check_pins
 from posbuild.reporter import BuildSummary, Reporter
+from posbuild.resources import check_budget
 from posbuild.uptodate import clean_actions, load_state, mark_tree, tree_is_clean
 
 
@@ -78,8 +79,9 @@ def _resolve(config: Config, request: Request) -> ActionGraph:
     packages, dirs = discover_packages(config.root, config.build_file_names)
     loader = Loader(config, packages)
     roots = expand_patterns(request.patterns, packages, loader)
-    graph = Analyzer(loader).analyze(roots)
-    raw = cache.save(canonical, graph, dirs, [*loader.files_read, "posbuild.toml"])
+    analyzer = Analyzer(loader)
+    graph = analyzer.analyze(roots)
+    raw = cache.save(canonical, graph, dirs, [*loader.files_read, *analyzer.files_read, "posbuild.toml"])
     return replace(graph, raw=raw)
 
 
@@ -105,7 +107,8 @@ def run_build(root: Path, options: BuildOptions, reporter: Reporter,
 
     Actions the up-to-date check settles by stat alone count as cached; only if any remain does
     the build open the store and start the scheduler (runner.py, imported only then). Critical
-    errors (ORCH-02 in analysis, ORCH-07 here, ORCH-03 for pins) stop it before anything runs.
+    errors (ORCH-02 in analysis, ORCH-07 here, ORCH-03 for pins, ORCH-05 for a request beyond the
+    `[resources]` budget) stop it before anything runs.
     """
     started = time.monotonic()
     config = load_config(root)
@@ -119,6 +122,7 @@ def run_build(root: Path, options: BuildOptions, reporter: Reporter,
     with workspace_lock(config, reporter):
         previous = load_state(request.state_path, env_key)
         check_pins(config.root, actions, previous)  # ORCH-03 before anything runs, dry runs included
+        check_budget(actions, config.resources)  # ORCH-05 likewise
         clean = [False] * len(actions) if options.verify else clean_actions(actions, previous, config.root)
         up_to_date = sum(clean)
         reporter.build_started(len(actions), up_to_date)

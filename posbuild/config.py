@@ -23,6 +23,21 @@ BASE_PATH = "/usr/local/bin:/usr/bin:/bin"  # the PATH actions see, and where `[
 
 
 @dataclass(frozen=True, slots=True)
+class Budget:
+    """`[resources]`: what the actions running at one time may declare in total (DESIGN §10)."""
+
+    cpu: int
+    mem_mb: int
+    io: int
+
+    def as_tuple(self) -> tuple[int, int, int]:
+        return (self.cpu, self.mem_mb, self.io)
+
+
+RESOURCE_NAMES = ("cpu", "mem_mb", "io")  # the order of Budget.as_tuple() and of Action.resources
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     """Everything a build needs to know about its workspace before reading any BUILD file."""
 
@@ -34,6 +49,12 @@ class Config:
     sandbox_dir: Path
     cache_max_size: str = ""  # `[cache] max_size`: gc's default bound, as written (e.g. "20G")
     env_tools: tuple[str, ...] = ()  # `[env] tools`: executables whose path and digest enter h_E
+    budget: Budget | None = None  # `[resources]`; None only for Configs built by hand (see `resources`)
+
+    @property
+    def resources(self) -> Budget:
+        """The resource budget: `[resources]` as configured, each missing key at its default."""
+        return self.budget or default_budget()
 
     @property
     def out_dir(self) -> Path:
@@ -97,7 +118,33 @@ def load_config(root: Path) -> Config:
         sandbox_dir=_sandbox_dir(root, _get(table, "build", "sandbox_base", str, "", path)),
         cache_max_size=str(_get(table, "cache", "max_size", (str, int), "", path)),
         env_tools=_tools(table, path),
+        budget=_budget(table, path),
     )
+
+
+def _budget(table: dict[str, Any], path: Path) -> Budget:
+    """`[resources] cpu, mem_mb, io`; unknown keys are refused, a missing key takes its default."""
+    section = table.get("resources", {})
+    unknown = sorted(set(section) - set(RESOURCE_NAMES))
+    if unknown:
+        raise WorkspaceError(f"{path}: [resources] has unknown key '{unknown[0]}' (known: cpu, mem_mb, io)")
+    defaults = default_budget()
+    values = []
+    for name in RESOURCE_NAMES:
+        value = _get(table, "resources", name, int, getattr(defaults, name), path)
+        if value < 0:
+            raise WorkspaceError(f"{path}: [resources] {name} must be >= 0, got {value}")
+        values.append(value)
+    return Budget(*values)
+
+
+def default_budget() -> Budget:
+    """The CPUs this process may use, the physical memory in MB, and 2 IO slots."""
+    try:
+        memory = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // (1024 * 1024)
+    except (ValueError, OSError):
+        memory = 0
+    return Budget(default_jobs(), max(memory, 1), 2)
 
 
 def _tools(table: dict[str, Any], path: Path) -> tuple[str, ...]:

@@ -29,6 +29,7 @@ from posbuild.keys import action_key
 from posbuild.materialize import Materializer
 from posbuild.reasons import differences, one_line
 from posbuild.records import ActionResult, FileState, OutputFile, Signature
+from posbuild.resources import memory_overrun
 from posbuild.sandbox import Sandboxes, SpawnResult
 from posbuild.store import INLINE_LIMIT, Store
 from posbuild.journal import Journal, Row
@@ -257,6 +258,9 @@ class Rebuilder:
             if spawn.exit_code < 0:
                 return f"command failed (killed by signal {-spawn.exit_code})", f"signal {-spawn.exit_code}"
             return f"command failed (exit code {spawn.exit_code})", f"exit {spawn.exit_code}"
+        overrun = memory_overrun(action, spawn.usage.max_rss_kb if spawn.usage else None)
+        if overrun:
+            return overrun, "ORCH-05"
         if spawn.missing:
             missing = ", ".join(f"'{p}'" for p in spawn.missing)
             return f"declared output {missing} was not created", "missing output"

@@ -12,6 +12,7 @@ outdated one is simply ignored and rebuilt.
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -75,8 +76,11 @@ def actions_of_entry(data: bytes) -> tuple[Action, ...]:
 
 
 def _version() -> str:
-    """Changes whenever a cached graph could no longer be read back as the same Actions."""
-    return f"{CACHE_FORMAT}/{ACTION_SCHEMA}/{__version__}/{','.join(Action._fields)}"
+    """Changes whenever a cached graph could no longer be read back as the same Actions.
+
+    The interpreter is part of it because py_task commands name the one running posbuild.
+    """
+    return f"{CACHE_FORMAT}/{ACTION_SCHEMA}/{__version__}/{sys.executable}/{','.join(Action._fields)}"
 
 
 def _action_row(action: Action) -> list[Any]:

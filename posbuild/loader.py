@@ -166,6 +166,7 @@ class Loader:
         return {
             "genrule": lambda *a, **kw: self._builder().rule("genrule", a, kw),
             "filegroup": lambda *a, **kw: self._builder().rule("filegroup", a, kw),
+            "py_task": lambda *a, **kw: self._builder().rule("py_task", a, kw),
             "exports_files": lambda srcs, *a, **kw: self._builder().export(srcs),
             "glob": lambda include, exclude=(), **kw: self._builder().glob(include, exclude, kw),
             "package_name": lambda: self._builder().package,
@@ -197,7 +198,9 @@ class Loader:
             raise ValueError("load() cycle: " + " -> ".join([*self._bzl_loading, key]))
         if not path.is_file():
             raise ValueError(f"cannot load '{module_id}': no file {path}")
-        source = self._read(key) if not key.startswith(RULES_REPO) else path.read_text(encoding="utf-8")
+        # The shipped library is read by absolute path; recording it lets an edit to it (in a
+        # source checkout) invalidate cached graphs like any workspace .bzl file.
+        source = self._read(key if not key.startswith(RULES_REPO) else str(path))
         self._bzl_loading.append(key)
         try:
             module = self._module()

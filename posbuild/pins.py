@@ -5,6 +5,11 @@ checks the pins of the source files its actions read; a pinned file whose bytes 
 build with ORCH-03 before any action runs, naming the file and both digests. Pins of files the
 request does not read are ignored.
 
+A genrule may also pin its own source inputs with a tag `pin:<workspace-relative path>=<digest>`
+(the `checked_file` macro of the rule library writes it): the same check, with the expected digest
+taken from the BUILD file instead of the lock. A pin tag naming a file that is not one of the
+action's source inputs is a BUILD error.
+
 The check must not cost a no-op build any file reads. Without a `posbuild.lock` it is one
 `stat()`. With one, a pinned file whose stat signature (mtime_ns, size, inode, ctime_ns) is the
 one the request's up-to-date state recorded (uptodate.py) has the digest recorded with it; only
@@ -19,55 +24,84 @@ from typing import Sequence
 
 from posbuild.analysis import Action
 from posbuild.digest import hash_file
-from posbuild.errors import ChecksumMismatch
+from posbuild.errors import BuildFileError, ChecksumMismatch
 from posbuild.uptodate import BuildState
 
 LOCK_FILE = "posbuild.lock"  # lockfile.LOCK_NAME; repeated so that a build without pins never imports json
 
 
+PIN_TAG = "pin:"  # a genrule tag `pin:<path>=<digest>` pins one of its source inputs
+
+
+def tag_pins(actions: Sequence[Action]) -> list[tuple[str, str, str]]:
+    """(path, hex digest, label) of every `pin:` tag of `actions`, in action order."""
+    found: list[tuple[str, str, str]] = []
+    for action in actions:
+        if not action.tags:
+            continue
+        for tag in action.tags:
+            if not tag.startswith(PIN_TAG):
+                continue
+            path, _, digest = tag[len(PIN_TAG):].rpartition("=")
+            if not path or len(digest) != 64 or any(c not in "0123456789abcdefABCDEF" for c in digest):
+                raise BuildFileError(f"{action.label}: tag '{tag}' is not 'pin:<path>=<64 hex digest>'")
+            if path not in action.sources:
+                raise BuildFileError(f"{action.label}: tag '{tag}' pins '{path}', which is not a source file "
+                                     f"input of this rule (only source files can be pinned)")
+            found.append((path, digest.lower(), action.label))
+    return found
+
+
 def check_pins(root: Path, actions: Sequence[Action], state: BuildState) -> int:
     """Raise ChecksumMismatch if a pinned source that `actions` read no longer has its pinned digest.
 
-    Returns how many pinned files were checked.
+    Pins come from `posbuild.lock` and from `pin:` tags. Returns how many pins were checked.
     """
+    # (path, expected hex digest, where it is pinned, how to accept a change)
+    expected = [(path, digest, f"by {label}", "update the digest in its BUILD file to accept the change")
+                for path, digest, label in tag_pins(actions)]
     try:
         os.stat(root / LOCK_FILE)
     except FileNotFoundError:
-        return 0
-    from posbuild.lockfile import read_lock
+        pins: dict[str, str] = {}
+    else:
+        from posbuild.lockfile import read_lock
 
-    pins = read_lock(root).sources
-    if not pins:
+        pins = read_lock(root).sources
+    if pins:
+        read = {path for action in actions for path in action.sources}
+        expected.extend((path, pins[path].lower(), f"in {LOCK_FILE}", "run `posbuild lock` to accept the change")
+                        for path in read.intersection(pins))
+    if not expected:
         return 0
-    read = {path for action in actions for path in action.sources}
-    checked = sorted(read.intersection(pins))
+    expected.sort()
     # the hot loop of a no-op build with pins: flat, one stat() per pinned file, no reads
     signatures, digests = state.signatures, None
     base = str(root) + "/"
     stat = os.stat
-    mismatches: list[tuple[str, str, str]] = []
-    for path in checked:
-        try:
-            st = stat(base + path)
-        except FileNotFoundError:
-            continue  # a missing source is the build's own error, reported with the action reading it
-        digest = None
-        if signatures.get(path) == (st.st_mtime_ns, st.st_size, st.st_ino, st.st_ctime_ns):
-            if digests is None:
-                digests = state.digests
-            digest = digests.get(path)
-        if digest is None:
-            digest = hash_file(base + path)
-        if digest.hex() != pins[path].lower():
-            mismatches.append((path, pins[path], digest.hex()))
+    actual: dict[str, str] = {}
+    mismatches: list[tuple[str, str, str, str, str]] = []
+    for path, pinned, where, advice in expected:
+        if path not in actual:
+            try:
+                st = stat(base + path)
+            except FileNotFoundError:
+                continue  # a missing source is the build's own error, reported with the action reading it
+            digest = None
+            if signatures.get(path) == (st.st_mtime_ns, st.st_size, st.st_ino, st.st_ctime_ns):
+                if digests is None:
+                    digests = state.digests
+                digest = digests.get(path)
+            if digest is None:
+                digest = hash_file(base + path)
+            actual[path] = digest.hex()
+        if actual[path] != pinned:
+            mismatches.append((path, pinned, actual[path], where, advice))
     if mismatches:
-        path, pinned, actual = mismatches[0]
+        path, pinned, found, where, advice = mismatches[0]
         more = f" (and {len(mismatches) - 1} more pinned file(s) changed)" if len(mismatches) > 1 else ""
-        raise ChecksumMismatch(
-            f"{path} is pinned in {LOCK_FILE} to {pinned} but hashes to {actual}{more}; "
-            f"run `posbuild lock` to accept the change"
-        )
-    return len(checked)
+        raise ChecksumMismatch(f"{path} is pinned {where} to {pinned} but hashes to {found}{more}; {advice}")
+    return len(expected)
 
 
 def source_files(actions: Sequence[Action]) -> list[str]:

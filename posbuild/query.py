@@ -1,8 +1,8 @@
 """Layer 7: `posbuild query` — a small Bazel-style query language over the target graph.
 
 The graph. Its nodes are every rule target (genrule, filegroup, ...) and, as in Bazel, every
-source file that some target names in `srcs` or `tools` (kind "source file"). Its edges point
-from a target to what it depends on: each `srcs`/`tools` entry. An entry that names an output of a
+source file that some target names in `srcs` or `tools` (or a py_task's `script` and `deps`; kind
+"source file"). Its edges point from a target to what it depends on: each such entry. An entry that names an output of a
 rule (`//pkg:out.txt`) is an edge to that rule; posbuild has no separate "generated file" nodes.
 Filegroups are nodes like any rule, although they have no action.
 
@@ -179,12 +179,11 @@ def _build_graph(config: Config) -> tuple[TargetGraph, list[tuple[str, int]], li
     sources: set[Label] = set()
     for label, target in targets.items():
         found: set[Label] = set()
-        for attr in ("srcs", "tools"):
-            for text in getattr(target, attr):
-                dep = _resolve_entry(loader, targets, outputs, target, attr, text)
-                if dep not in targets and dep not in outputs:
-                    sources.add(dep)
-                found.add(outputs.get(dep, dep))
+        for attr, text in _entries(target):
+            dep = _resolve_entry(loader, targets, outputs, target, attr, text)
+            if dep not in targets and dep not in outputs:
+                sources.add(dep)
+            found.add(outputs.get(dep, dep))
         edges[label] = found
     nodes = sorted([*targets, *sources])
     number = {label: i for i, label in enumerate(nodes)}
@@ -214,6 +213,14 @@ def _build_graph(config: Config) -> tuple[TargetGraph, list[tuple[str, int]], li
         outs_blob=msgpack.packb({str(o): number[r] for o, r in outputs.items()}, use_bin_type=True),
     )
     return graph, list(dirs), sorted({*loader.files_read, "posbuild.toml"})
+
+
+def _entries(target: Any) -> list[tuple[str, str]]:
+    """The labels a target depends on, by attribute: srcs, tools, and a py_task's script and deps."""
+    entries = [(attr, text) for attr in ("srcs", "tools", "deps") for text in getattr(target, attr)]
+    if target.script:
+        entries.append(("script", target.script))
+    return entries
 
 
 def _resolve_entry(loader: Any, targets: dict[Label, Any], outputs: dict[Label, Label], target: Any,

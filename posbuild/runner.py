@@ -12,7 +12,7 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 from posbuild.analysis import Action
 from posbuild.config import Config
@@ -23,6 +23,7 @@ from posbuild.generations import record_generation
 from posbuild.journal import Journal, utc
 from posbuild.records import OutputFile
 from posbuild.reporter import Reporter
+from posbuild.resources import critical_path
 from posbuild.sandbox import Sandboxes
 from posbuild.scheduler import Scheduler, State
 from posbuild.store import Store
@@ -116,9 +117,10 @@ def run_dirty(config: Config, actions: Sequence[Action], clean: Sequence[bool], 
         position = {node: i for i, node in enumerate(dirty)}
         sub_actions = [actions[i] for i in dirty]
         executor = _Executor(sub_actions, rebuilder, reporter)
+        sub_deps = [[position[d] for d in a.deps if d in position] for a in sub_actions]
         scheduler: Scheduler[ActionOutcome] = Scheduler(
-            [[position[d] for d in a.deps if d in position] for a in sub_actions],
-            [a.label for a in sub_actions], settings.jobs, settings.keep_going,
+            sub_deps, critical_path(sub_deps, [a.label for a in sub_actions], _recorded_duration(store, sub_actions)),
+            settings.jobs, settings.keep_going, [a.resources for a in sub_actions], config.resources.as_tuple(),
         )
         try:
             states = scheduler.run(executor)
@@ -151,6 +153,14 @@ def run_dirty(config: Config, actions: Sequence[Action], clean: Sequence[bool], 
     finally:
         store.close()
     return DirtyRun(outcomes, states.count(State.SKIPPED))
+
+
+def _recorded_duration(store: Store, actions: Sequence[Action]) -> Callable[[int], float | None]:
+    """How long each action took when it last ran (its latest record, if that one executed it)."""
+    def duration(node: int) -> float | None:
+        record = store.latest_record(actions[node].label)
+        return record.duration if record is not None and record.state in ("SUCCESS", "FAILED") else None
+    return duration
 
 
 def _request_outputs(actions: Sequence[Action], clean: Sequence[bool], previous: BuildState, rebuilder: Rebuilder,

@@ -15,7 +15,18 @@ Inputs are copied, so an action that writes to an input changes only its own cop
 rebuilder's re-stat after the run still catches an action that wrote through such a link.
 
 The command runs in its own session (process group); when it ends, or on timeout or cancel,
-the whole group is killed, so no stray background process outlives its action. (If posbuild
+the whole group is killed, so no stray background process outlives its action.
+
+Processors: an action that declares cpu=N (N >= 1; the default is 1) runs pinned to N of the
+processors posbuild may use. They are chosen deterministically: the N least used by the actions
+running at that moment, ties by processor number, so with the scheduler keeping the declared sum
+within `[resources] cpu` (at most the processors there are, by default) running actions get
+disjoint sets. The mask is set on the spawning thread just before the fork and restored just
+after (a forked child inherits its thread's mask), which has no race with the command starting
+threads of its own and costs two system calls; `taskset` would cost an extra exec per action and
+`preexec_fn` is unsafe with threads. cpu=0 leaves the action unpinned. On systems without
+`sched_setaffinity` nothing is pinned. The thread-count variables (OMP_NUM_THREADS ...) come with
+the action's env (analysis.declared_resources). (If posbuild
 itself is killed with SIGKILL, commands already running finish on their own; their sandboxes
 are removed by the next build, and nothing they produce is ever collected.) This module knows
 nothing of keys or the store: it takes an Action and returns a SpawnResult.
@@ -150,6 +161,11 @@ class Sandboxes:
         self._lock = threading.Lock()
         self._cancelled = False
         self._faketime: str | None | bool = False  # False: not looked up yet
+        try:
+            self._processors: tuple[int, ...] = tuple(sorted(os.sched_getaffinity(0)))
+        except AttributeError:  # no affinity support: nothing is pinned
+            self._processors = ()
+        self._pinned = dict.fromkeys(self._processors, 0)  # processor → running actions pinned to it
 
     def clear_stale(self) -> None:
         """Remove sandboxes left by an interrupted earlier build."""
@@ -269,10 +285,18 @@ class Sandboxes:
         with self._lock:
             if self._cancelled:
                 return -signal.SIGTERM, False, None
-            process = subprocess.Popen(
-                ["/bin/sh", "-c", action.command], cwd=cwd, env=env, stdin=subprocess.DEVNULL,
-                stdout=out, stderr=err, start_new_session=True, umask=umask,
-            )
+            processors = self._pin(action.resources[0])
+            try:
+                process = subprocess.Popen(
+                    ["/bin/sh", "-c", action.command], cwd=cwd, env=env, stdin=subprocess.DEVNULL,
+                    stdout=out, stderr=err, start_new_session=True, umask=umask,
+                )
+            except BaseException:
+                self._unpin(processors)
+                raise
+            finally:
+                if processors:
+                    os.sched_setaffinity(0, self._processors)
             self._running.add(process.pid)
         expired = threading.Event()
 
@@ -291,10 +315,26 @@ class Sandboxes:
                 timer.cancel()
             with self._lock:
                 self._running.discard(process.pid)
+                self._unpin(processors)
             _kill_group(process.pid)
         usage = ResourceUsage(rusage.ru_utime, rusage.ru_stime, rusage.ru_maxrss,
                               rusage.ru_inblock * 512, rusage.ru_oublock * 512)
         return process.returncode, expired.is_set(), usage
+
+
+    def _pin(self, cpu: int) -> tuple[int, ...]:
+        """Choose `cpu` processors and pin the calling thread to them (called under the lock)."""
+        if cpu < 1 or not self._processors:
+            return ()
+        chosen = tuple(sorted(sorted(self._processors, key=lambda p: (self._pinned[p], p))[:cpu]))
+        for processor in chosen:
+            self._pinned[processor] += 1
+        os.sched_setaffinity(0, chosen)
+        return chosen
+
+    def _unpin(self, processors: tuple[int, ...]) -> None:
+        for processor in processors:
+            self._pinned[processor] -= 1
 
 
 def _stage_file(source: str, target: str) -> None:

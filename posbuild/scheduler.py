@@ -12,6 +12,32 @@ nodes and calls an Executor with two entry points:
 
 Task states follow §3: PENDING → RUNNING → SUCCESS | FAILED, plus SKIPPED for nodes that never
 start because a dependency failed or because the build stopped after a failure.
+
+Resources
+---------
+Besides `jobs` (how many nodes run at once), a node may carry a *demand* vector and the scheduler a
+*capacity* vector of the same length (posbuild passes cpu, mem_mb, io). The scheduler never runs a
+set of nodes whose summed demands exceed the capacity in any component, nor more than `jobs` nodes.
+Nodes settled by `prepare` take no resources. A node that demands more than the capacity could
+never start; the constructor refuses it (the caller reports that before anything runs).
+
+Dispatch is list scheduling with reservation ("backfilling"). Waiting nodes are taken in priority
+order (smaller first, ties by node number), and the first that fits starts; so the machine stays
+busy, and a node waits only while running nodes really occupy what it needs. To keep a large node
+from being postponed indefinitely by a stream of smaller ones (aging):
+
+1. A waiting node that does not fit is *overtaken* whenever another node starts that competes with
+   it — one that uses some resource the waiting node would then lack room for. A node that fits
+   *alongside* it (in every component it uses, there is room for both) does not delay it, and
+   does not count.
+2. After `patience` overtakings (default: `jobs`) the node holds a *reservation*: until it starts,
+   only nodes that fit alongside it may start, whatever their priority. Running nodes end, its
+   share frees up, and it starts. Only one node (the best-placed of those whose patience is spent)
+   holds a reservation at a time; the reservation belongs to its demand class, so a better-placed
+   node with the same demand may use it instead.
+
+Waiting nodes are kept in one heap per distinct demand vector, so a dispatch looks at a handful of
+heap tops, not at every waiting node.
 """
 
 from __future__ import annotations
@@ -60,15 +86,28 @@ class Executor(Protocol[Outcome]):
 
 
 class Scheduler(Generic[Outcome]):
-    """Runs a DAG of `len(deps)` nodes; `priority[i]` orders ready nodes (smaller first)."""
+    """Runs a DAG of `len(deps)` nodes; `priority[i]` orders ready nodes (smaller first).
 
-    def __init__(self, deps: Sequence[Sequence[int]], priority: Sequence[object], jobs: int, keep_going: bool) -> None:
+    `demand[i]` (optional) is node i's resource vector and `capacity` the budget it is taken
+    from; `patience` is how often a waiting head lets competing nodes start before it (see above).
+    """
+
+    def __init__(self, deps: Sequence[Sequence[int]], priority: Sequence[object], jobs: int, keep_going: bool,
+                 demand: Sequence[Sequence[int]] | None = None, capacity: Sequence[int] = (),
+                 patience: int | None = None) -> None:
         if jobs < 1:
             raise ValueError("jobs must be at least 1")
         self._deps = deps
         self._priority = priority
         self._jobs = jobs
         self._keep_going = keep_going
+        self._capacity = tuple(capacity)
+        none = (0,) * len(self._capacity)
+        self._demand = [tuple(d) for d in demand] if demand is not None else [none] * len(deps)
+        self._patience = jobs if patience is None else patience
+        for node, need in enumerate(self._demand):
+            if len(need) != len(self._capacity) or any(n > c for n, c in zip(need, self._capacity)):
+                raise ValueError(f"node {node} demands {need}, beyond the capacity {self._capacity}")
         self.states = [State.PENDING] * len(deps)
 
     def run(self, executor: Executor[Outcome]) -> list[State]:
@@ -86,7 +125,7 @@ class Scheduler(Generic[Outcome]):
                 dependents[dep].append(node)
         ready = [(self._priority[n], n) for n, count in enumerate(waiting) if count == 0]
         heapq.heapify(ready)
-        work: list[tuple[object, int]] = []
+        work = _Waiting(self._priority, self._demand, self._capacity, self._patience)
         pool = _WorkerPool(executor, self._jobs)
         stopping = False
         running = 0
@@ -110,17 +149,18 @@ class Scheduler(Generic[Outcome]):
                     self.states[node] = State.RUNNING
                     outcome = executor.prepare(node)
                     if outcome is None:
-                        heapq.heappush(work, (self._priority[node], node))
+                        work.add(node)
                     else:
                         finish(node, outcome, executor.succeeded(outcome))
-                while work and running < self._jobs and not stopping:
-                    pool.submit(heapq.heappop(work)[1])
+                while running < self._jobs and not stopping and (node := work.take()) is not None:
+                    pool.submit(node)
                     running += 1
                 if running == 0 and (stopping or not ready):
                     break
                 if running:
                     node, outcome, error = pool.completed()
                     running -= 1
+                    work.release(node)
                     if error is not None:
                         raise error
                     finish(node, outcome, executor.succeeded(outcome))
@@ -137,6 +177,74 @@ class Scheduler(Generic[Outcome]):
                 self.states[node] = State.SKIPPED
                 executor.finished(node, State.SKIPPED, None)
         return self.states
+
+
+class _Waiting:
+    """Nodes waiting for a job slot and their resources; `take()` applies the dispatch policy.
+
+    Holds the free part of the capacity: `take()` subtracts a started node's demand, `release()`
+    gives it back when the node ends.
+    """
+
+    def __init__(self, priority: Sequence[object], demand: Sequence[tuple[int, ...]], capacity: tuple[int, ...],
+                 patience: int) -> None:
+        self._priority = priority
+        self._demand = demand
+        self._free = list(capacity)
+        self._patience = patience
+        self._heaps: dict[tuple[int, ...], list[tuple[object, int]]] = {}
+        self._bypassed: dict[int, int] = {}  # waiting node → competing nodes started ahead of it
+        self._reserved: tuple[int, ...] | None = None  # the demand of a head that holds a reservation
+
+    def add(self, node: int) -> None:
+        heapq.heappush(self._heaps.setdefault(self._demand[node], []), (self._priority[node], node))
+
+    def release(self, node: int) -> None:
+        for i, amount in enumerate(self._demand[node]):
+            self._free[i] += amount
+
+    def take(self) -> int | None:
+        """The node to start now (its demand is then taken from the free capacity), or None."""
+        tops = sorted(heap[0] for heap in self._heaps.values() if heap)
+        if not tops:
+            return None
+        if self._reserved is None:
+            starving = next((n for _, n in tops if self._bypassed.get(n, 0) >= self._patience), None)
+            if starving is not None:
+                self._reserved = self._demand[starving]
+        if self._reserved is not None:
+            head = self._heaps[self._reserved][0][1]
+            if self._fits(self._demand[head]):
+                return self._start(head)
+            return next((self._start(n) for _, n in tops
+                         if n != head and self._fits(self._demand[n])
+                         and self._alongside(self._demand[n], self._demand[head])), None)
+        for _, node in tops:
+            if self._fits(self._demand[node]):
+                for _, other in tops:  # every waiting node this start delays has been overtaken once more
+                    if other != node and not self._fits(self._demand[other]) \
+                            and not self._alongside(self._demand[node], self._demand[other]):
+                        self._bypassed[other] = self._bypassed.get(other, 0) + 1
+                return self._start(node)
+        return None
+
+    def _fits(self, need: tuple[int, ...]) -> bool:
+        return all(n <= f for n, f in zip(need, self._free))
+
+    def _alongside(self, need: tuple[int, ...], head: tuple[int, ...]) -> bool:
+        """Whether starting `need` now leaves, in every component it uses, room for `head` too."""
+        return all(n == 0 or n + h <= f for n, h, f in zip(need, head, self._free))
+
+    def _start(self, node: int) -> int:
+        """Start `node`, the top of its demand's heap (a reservation is held by a heap's top too)."""
+        need = self._demand[node]
+        heapq.heappop(self._heaps[need])
+        for i, amount in enumerate(need):
+            self._free[i] -= amount
+        if need == self._reserved:
+            self._reserved = None
+        self._bypassed.pop(node, None)
+        return node
 
 
 class _WorkerPool(Generic[Outcome]):

@@ -32,6 +32,9 @@ class Target:
     secrets: tuple[str, ...] = ()
     timeout: int = 0
     tags: tuple[str, ...] = ()
+    script: str = ""  # py_task: the script's label
+    args: tuple[str, ...] = ()  # py_task: the script's command-line arguments
+    deps: tuple[str, ...] = ()  # py_task: labels of extra code the code hash covers
     message: str = field(default="", compare=False)
     location: SourceLocation | None = field(default=None, compare=False)
 
@@ -88,6 +91,24 @@ def _resources(kind: str, attr: str, value: Any) -> tuple[tuple[str, int], ...]:
     return tuple(sorted((k, _int(kind, attr, v)) for k, v in value.items()))
 
 
+def _args(kind: str, attr: str, value: Any) -> tuple[str, ...]:
+    if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
+        raise AttributeError_(f"{kind}: attribute '{attr}' must be a list of strings, got {_type(value)}")
+    return tuple(value)
+
+
+PY_TASK_ENV = (("PYTHONDONTWRITEBYTECODE", "1"), ("PYTHONHASHSEED", "0"), ("PYTHONPATH", "."))
+
+
+def _py_env(kind: str, attr: str, value: Any) -> Pairs:
+    pairs = _str_dict(kind, attr, value)
+    fixed = dict(PY_TASK_ENV)
+    taken = [k for k, _ in pairs if k in fixed]
+    if taken:
+        raise AttributeError_(f"{kind}: attribute '{attr}' may not set {taken[0]}: py_task sets it to {fixed[taken[0]]!r}")
+    return pairs
+
+
 def _type(value: Any) -> str:
     return type(value).__name__
 
@@ -111,8 +132,22 @@ SCHEMAS: dict[str, dict[str, Checker]] = {
         "message": _str,
     },
     "filegroup": {**_COMMON, "srcs": _str_list},
+    "py_task": {
+        **_COMMON,
+        "script": _str,
+        "srcs": _str_list,
+        "outs": _str_list,
+        "args": _args,
+        "deps": _str_list,
+        "env": _py_env,
+        "version": _str_dict,
+        "requires": _requires,
+        "resources": _resources,
+        "timeout": _int,
+        "message": _str,
+    },
 }
-REQUIRED = {"genrule": ("outs", "cmd"), "filegroup": ()}
+REQUIRED = {"genrule": ("outs", "cmd"), "filegroup": (), "py_task": ("script", "outs")}
 
 
 def make_target(kind: str, label: Label, attrs: dict[str, Any], location: SourceLocation | None) -> Target:

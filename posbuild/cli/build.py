@@ -8,7 +8,7 @@ import sys
 import click
 
 from posbuild.cli import fail, workspace_and_package
-from posbuild.errors import ActionFailed, NonDeterminism, PosbuildError
+from posbuild.errors import ActionFailed, NonDeterminism, PosbuildError, ResourceOversubscription
 
 
 def choose_reporter(quiet: bool):  # type: ignore[no-untyped-def]
@@ -59,5 +59,8 @@ def build(patterns: tuple[str, ...], jobs: int | None, keep_going: bool, dry_run
     if "ORCH-04" in summary.codes:
         fail(NonDeterminism(f"{summary.failed} action(s) failed, some produced bytes that differ from their "
                             f"cached result: {', '.join(summary.failed_labels)}"))
+    if "ORCH-05" in summary.codes:
+        fail(ResourceOversubscription(f"{summary.failed} action(s) failed, some used more memory than they "
+                                      f"declared: {', '.join(summary.failed_labels)}"))
     if summary.failed:
         fail(ActionFailed(f"{summary.failed} action(s) failed: {', '.join(summary.failed_labels)}"))

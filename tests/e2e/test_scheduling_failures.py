@@ -72,6 +72,7 @@ def test_j2_runs_at_most_two_actions_at_once_and_does_use_two(ws, tmp_path):
 
 def test_j4_runs_four_independent_sleeps_in_parallel(ws, tmp_path):
     log = tmp_path / "probe.log"
+    (ws.root / "posbuild.toml").write_text("[resources]\ncpu = 4\n")  # the budget must hold 4 x cpu=1
     _independent_sleepers(ws, log, ["a", "b", "c", "d"], 1.0)
     started = time.monotonic()
     ws.ok("-j4", "//...")
@@ -139,7 +140,8 @@ genrule(name = "y_child", srcs = [":b_free", ":a_child"], outs = ["y_child.txt"]
     assert sorted(orders[0]) == ["//pkg:a_child", "//pkg:b_free", "//pkg:m_free", "//pkg:y_child", "//pkg:z_root"]
     position = {label: i for i, label in enumerate(orders[0])}
     assert position["//pkg:z_root"] < position["//pkg:a_child"] < position["//pkg:y_child"]
-    assert position["//pkg:b_free"] < position["//pkg:m_free"] < position["//pkg:z_root"]
+    # the critical path first (z_root → a_child → y_child), then by remaining path, ties by label
+    assert orders[0] == ["//pkg:z_root", "//pkg:a_child", "//pkg:b_free", "//pkg:m_free", "//pkg:y_child"]
 
 
 # ---- failure isolation ------------------------------------------------------------------------

@@ -1,0 +1,67 @@
+"""Layer 6: the resource side of a build (DESIGN §10) — the budget check, priorities, usage checks.
+
+Every action declares `resources = {"cpu": N, "mem_mb": M, "io": K}` (defaults cpu=1, mem_mb=0,
+io=0; analysis stores them as `Action.resources`, a (cpu, mem_mb, io) tuple) and `[resources]` in
+posbuild.toml sets the budget they are taken from. The scheduler enforces the sums; this module:
+
+* refuses, before anything runs, an action that could never fit (`check_budget`, ORCH-05). `-j`
+  counts actions, not processors: an action with cpu=4 under `-j 1` runs (alone), as long as the
+  budget has 4 processors;
+* orders ready actions by their longest remaining path (`critical_path`), measured with the
+  durations of earlier builds, so the chain that bounds the build's wall time starts first;
+* compares what an action used with what it declared once it has ended (`memory_overrun`).
+
+mem_mb=0 means "untracked": the action takes no memory from the budget and is never checked.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+from posbuild.analysis import Action
+from posbuild.config import RESOURCE_NAMES, Budget
+from posbuild.errors import ResourceOversubscription
+
+UNKNOWN_DURATION = 1.0  # seconds, for an action that has never run
+
+
+def check_budget(actions: Sequence[Action], budget: Budget) -> None:
+    """ORCH-05 for the first action (by label) that declares more of a resource than the budget holds."""
+    limits = budget.as_tuple()
+    for action in sorted((a for a in actions if any(r > l for r, l in zip(a.resources, limits))),
+                         key=lambda a: a.label)[:1]:
+        name, asked, limit = next((n, r, l) for n, r, l in zip(RESOURCE_NAMES, action.resources, limits) if r > l)
+        raise ResourceOversubscription(
+            f"{action.label} requests {name}={asked} but the budget is {name}={limit} ([resources] in posbuild.toml)"
+        )
+
+
+def critical_path(deps: Sequence[Sequence[int]], labels: Sequence[str],
+                  duration: Callable[[int], float | None]) -> list[tuple[float, str]]:
+    """Scheduler priorities: (−longest remaining path, label) per node, smaller first.
+
+    A node's remaining path is its own duration plus the longest remaining path among its
+    dependents; `deps` must list dependencies before dependents (the order of a build's actions).
+    `duration(node)` is the duration recorded in an earlier build, or None (then 1 s).
+    """
+    dependents: list[list[int]] = [[] for _ in deps]
+    for node, node_deps in enumerate(deps):
+        for dep in node_deps:
+            dependents[dep].append(node)
+    path = [0.0] * len(deps)
+    for node in reversed(range(len(deps))):
+        own = duration(node)
+        path[node] = (UNKNOWN_DURATION if own is None else own) + max((path[d] for d in dependents[node]), default=0.0)
+    return [(-round(length, 3), label) for length, label in zip(path, labels)]
+
+
+def memory_overrun(action: Action, max_rss_kb: int | None) -> str:
+    """The ORCH-05 message when the action's measured peak memory exceeds its declared mem_mb, else ""."""
+    declared = action.resources[1]
+    if not declared or max_rss_kb is None:
+        return ""
+    used_mb = -(-max_rss_kb // 1024)
+    if used_mb <= declared:
+        return ""
+    return (f"ORCH-05 resource oversubscription: {action.label} used {used_mb} MB of memory "
+            f"but declared mem_mb={declared}")

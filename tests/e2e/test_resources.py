@@ -1,0 +1,148 @@
+"""Resources end to end (DESIGN §10): the `[resources]` budget, ORCH-05, pinning, thread variables.
+
+Actions write the wall-clock time at which they start and end into their outputs; the test then
+replays those intervals against the declared requests.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+
+import pytest
+
+from tests.conftest import Workspace
+
+STAMP = "python3 -c 'import time; print(time.time())'"
+BUDGET = '[resources]\ncpu = 2\nmem_mb = 1000\n'
+
+
+def timed(name: str, cpu: int, mem_mb: int, sleep: float, after: str = "") -> str:
+    """A genrule that records its start and end times in `name`.txt."""
+    srcs = f'srcs = [":{after}"], ' if after else ""
+    return (f'genrule(name = "{name}", {srcs}outs = ["{name}.txt"], resources = {{"cpu": {cpu}, "mem_mb": {mem_mb}}},\n'
+            f'        cmd = "{STAMP} > $(location {name}.txt); sleep {sleep}; {STAMP} >> $(location {name}.txt)")\n')
+
+
+def intervals(ws: Workspace, names: list[str]) -> dict[str, tuple[float, float]]:
+    found = {}
+    for name in names:
+        start, end = map(float, ws.out(f"p/{name}.txt").split())
+        found[name] = (start, end)
+    return found
+
+
+def peak(spans: dict[str, tuple[float, float]], demand: dict[str, tuple[int, int]]) -> tuple[int, int]:
+    """The highest summed (cpu, mem_mb) over every instant at which some action started."""
+    best = (0, 0)
+    for instant, _ in spans.values():
+        running = [n for n, (s, e) in spans.items() if s <= instant < e]
+        total = (sum(demand[n][0] for n in running), sum(demand[n][1] for n in running))
+        best = (max(best[0], total[0]), max(best[1], total[1]))
+    return best
+
+
+def test_mixed_requests_stay_within_the_budget_use_it_and_do_not_starve_the_large_one(ws: Workspace) -> None:
+    # Two chains of small actions (long remaining paths, so they come first by priority), a large
+    # action that needs the whole machine (last by priority), and two memory-heavy ones.
+    demand = {f"{c}{i}": (1, 300) for c in "ab" for i in range(1, 5)}
+    demand |= {"z_big": (2, 200), "m1": (1, 700), "m2": (1, 700)}
+    build = "".join(timed(f"{c}{i}", 1, 300, 0.4, f"{c}{i - 1}" if i > 1 else "") for c in "ab" for i in range(1, 5))
+    build += timed("z_big", 2, 200, 0.4) + timed("m1", 1, 700, 0.3) + timed("m2", 1, 700, 0.3)
+    ws.write({"posbuild.toml": BUDGET, "p/BUILD": build})
+    ws.ok("-j", "4")
+    spans = intervals(ws, sorted(demand))
+    cpu, mem = peak(spans, demand)
+    assert cpu <= 2 and mem <= 1000, spans  # never beyond the budget
+    assert cpu == 2, spans  # the budget was used: no needless one-at-a-time
+    assert not (spans["m1"][0] < spans["m2"][1] and spans["m2"][0] < spans["m1"][1])  # 700 + 700 > 1000
+    chain_starts = sorted(spans[n][0] for n in demand if n[0] in "ab")
+    assert spans["z_big"][0] < chain_starts[-2], spans  # not postponed until the chains are done
+
+
+def test_a_request_beyond_the_budget_is_orch_05_before_anything_runs(ws: Workspace) -> None:
+    ws.write({"posbuild.toml": BUDGET, "p/BUILD": '''
+        genrule(name = "prep", outs = ["prep.txt"], cmd = "echo prep > $@")
+        genrule(name = "train", srcs = [":prep"], outs = ["model.txt"], resources = {"cpu": 8},
+                cmd = "echo trained > $@")
+    '''})
+    result = ws.build()
+    assert result.returncode == 15
+    assert result.stderr.strip().splitlines()[-1] == (
+        "posbuild: ORCH-05 resource oversubscription: //p:train requests cpu=8 but the budget is cpu=2 "
+        "([resources] in posbuild.toml)")
+    assert not (ws.root / "posbuild-out" / "p" / "prep.txt").exists()
+
+
+def test_a_memory_request_beyond_the_budget_names_mem_mb(ws: Workspace) -> None:
+    ws.write({"posbuild.toml": BUDGET, "p/BUILD": '''
+        genrule(name = "big", outs = ["o.txt"], resources = {"mem_mb": 4000}, cmd = "echo > $@")
+    '''})
+    result = ws.build()
+    assert result.returncode == 15
+    assert "//p:big requests mem_mb=4000 but the budget is mem_mb=1000" in result.stderr
+
+
+def test_an_action_using_more_memory_than_declared_fails_with_orch_05(ws: Workspace) -> None:
+    hog = "python3 -c 'b = b\\\"x\\\" * (200 * 1024 * 1024); print(len(b))' > $@"
+    ws.write({"posbuild.toml": BUDGET, "p/BUILD": f'''
+        genrule(name = "hog", outs = ["o.txt"], resources = {{"mem_mb": 50}}, cmd = "{hog}")
+    '''})
+    result = ws.build()
+    assert result.returncode == 15, result.stdout + result.stderr
+    match = re.search(r"ORCH-05 resource oversubscription: //p:hog used (\d+) MB of memory but declared mem_mb=50",
+                      result.stdout + result.stderr)
+    assert match, result.stdout + result.stderr
+    assert 200 <= int(match.group(1)) < 400
+    assert not (ws.root / "posbuild-out" / "p" / "o.txt").exists()
+    # declared generously, the same command passes
+    (ws.root / "p" / "BUILD").write_text((ws.root / "p" / "BUILD").read_text().replace('"mem_mb": 50', '"mem_mb": 500'))
+    ws.ok()
+
+
+def test_thread_variables_follow_cpu(ws: Workspace) -> None:
+    variables = "OMP_NUM_THREADS MKL_NUM_THREADS OPENBLAS_NUM_THREADS NUMEXPR_NUM_THREADS"
+    cmd = f"for v in {variables}; do printenv $$v; done > $@"
+    ws.write({"posbuild.toml": BUDGET, "p/BUILD": f'''
+        genrule(name = "two", outs = ["two.txt"], resources = {{"cpu": 2}}, cmd = "{cmd}")
+        genrule(name = "default", outs = ["default.txt"], cmd = "{cmd}")
+        genrule(name = "own", outs = ["own.txt"], resources = {{"cpu": 2}}, env = {{"OMP_NUM_THREADS": "7"}},
+                cmd = "printenv OMP_NUM_THREADS > $@")
+    '''})
+    ws.ok()
+    assert ws.out("p/two.txt").split() == ["2"] * 4
+    assert ws.out("p/default.txt").split() == ["1"] * 4
+    assert ws.out("p/own.txt") == "7\n"  # a variable the target sets itself is kept
+
+
+def test_changing_cpu_reexecutes_and_changing_mem_mb_does_not(ws: Workspace) -> None:
+    build = 'genrule(name = "g", outs = ["g.txt"], resources = {{"cpu": {cpu}, "mem_mb": {mem}}}, cmd = "echo $$OMP_NUM_THREADS > $@")\n'
+    ws.write({"posbuild.toml": BUDGET, "p/BUILD": build.format(cpu=1, mem=100)})
+    ws.ok()
+    ws.write({"p/BUILD": build.format(cpu=1, mem=200)})
+    assert "0 executed" in ws.ok().stdout
+    ws.write({"p/BUILD": build.format(cpu=2, mem=200)})
+    assert "1 executed" in ws.ok().stdout
+    assert ws.out("p/g.txt") == "2\n"
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_getaffinity") or len(os.sched_getaffinity(0)) < 2,
+                    reason="needs CPU affinity and at least two processors")
+def test_actions_run_pinned_to_cpu_processors(ws: Workspace) -> None:
+    probe = "python3 -c 'import os; print(len(os.sched_getaffinity(0)))' > $@"
+    ws.write({"posbuild.toml": BUDGET, "p/BUILD": f'''
+        genrule(name = "one", outs = ["one.txt"], cmd = "{probe}")
+        genrule(name = "two", outs = ["two.txt"], resources = {{"cpu": 2}}, cmd = "{probe}")
+        genrule(name = "free", outs = ["free.txt"], resources = {{"cpu": 0}}, cmd = "{probe}")
+    '''})
+    ws.ok()
+    assert ws.out("p/one.txt") == "1\n"
+    assert ws.out("p/two.txt") == "2\n"
+    assert ws.out("p/free.txt") == f"{len(os.sched_getaffinity(0))}\n"
+
+
+def test_bad_resources_table_is_a_workspace_error(ws: Workspace) -> None:
+    ws.write({"posbuild.toml": '[resources]\ncpus = 2\n', "p/BUILD": 'genrule(name = "g", outs = ["g"], cmd = "echo > $@")\n'})
+    result = ws.build()
+    assert result.returncode == 3
+    assert "[resources] has unknown key 'cpus' (known: cpu, mem_mb, io)" in result.stderr
