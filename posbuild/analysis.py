@@ -333,9 +333,6 @@ class Analyzer:
         """Files of every label written in srcs/tools, keyed by the label's canonical form."""
         return {ref.key: ref.files(files) for ref in self._refs[name]}
 
-    @property
-    def targets_seen(self) -> int:
-        return len(self._targets)
 
 
 THREAD_VARIABLES = ("MKL_NUM_THREADS", "NUMEXPR_NUM_THREADS", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS")

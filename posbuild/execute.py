@@ -94,7 +94,6 @@ class Rebuilder:
         self.traces: dict[str, ActionTrace] = {}
         self.outputs: dict[str, OutputFile] = {}
         self.used: list[Digest] = []
-        self.restored = 0
 
     def _output_state(self, path: str) -> FileState:
         """An upstream output: produced in this build, or recorded for an up-to-date action."""
@@ -179,7 +178,6 @@ class Rebuilder:
             elif state is None:
                 state = self._materializer.restore(output)
                 restored.append((output.path, state))
-                self.restored += 1
             self._produced[output.path] = state
         if restored:
             self._store.commit(memo=restored)

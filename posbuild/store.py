@@ -233,11 +233,6 @@ class Store:
             for key, value in txn.cursor(db=self._results):
                 yield key, ActionResult.unpack(value)
 
-    def iter_memo(self) -> Iterator[tuple[str, FileState]]:
-        with self._env.begin() as txn:
-            for path, value in txn.cursor(db=self._memo):
-                yield path.decode(), FileState.unpack(value)
-
     def usage(self) -> dict[Digest, int]:
         """When each action key was last used (unix ns); keys never recorded are absent."""
         with self._env.begin() as txn:
