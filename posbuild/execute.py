@@ -120,18 +120,18 @@ class Rebuilder:
                 stable = self._files.stable(path)
                 if stable is not None:
                     self._sources[path] = stable
-        key = None
         started = time.time()
         inputs = tuple(zip(action.inputs, digests))
-        if NO_CACHE_TAG not in action.tags:
-            hit = self._reuse_trace(action, digests) or self._lookup(action, digests)
-            if hit is not None and not self._verify:
-                if self._journal is not None:
-                    outputs = [(p, self._produced[p].digest) for p in action.outputs]
-                    self._journal.add(action, "CACHED", hit.key, started, time.time(), inputs, outputs)
-                return hit
-            key = hit.key if hit is not None else None
-        key = key or action_key(action, digests, self._env_hash, self._passed_env)
+        hit = self._reuse_trace(action, digests) if NO_CACHE_TAG not in action.tags else None
+        key = hit.key if hit is not None else action_key(action, digests, self._env_hash, self._passed_env)
+        if hit is None and NO_CACHE_TAG not in action.tags:
+            hit = self._lookup(action, key)
+        if hit is not None and not self._verify:
+            if self._journal is not None:
+                outputs = [(p, self._produced[p].digest) for p in action.outputs]
+                self._journal.add(action, "CACHED", hit.key, started, time.time(), inputs, outputs)
+            return hit
+        assert key is not None
         cached = self._store.get_result(key) if self._verify else None
         self._prepared[action.label] = _Prepared(key, tuple(sources), inputs, cached, self._why(action, inputs))
         return None
@@ -164,9 +164,8 @@ class Rebuilder:
         self.used.append(trace.key)
         return ActionOutcome(Status.CACHED, trace.key)
 
-    def _lookup(self, action: Action, digests: list[Digest]) -> ActionOutcome | None:
+    def _lookup(self, action: Action, key: Digest) -> ActionOutcome | None:
         """A hit by key: restore any output that `posbuild-out/` lacks, from verified blobs."""
-        key = action_key(action, digests, self._env_hash, self._passed_env)
         result = self._store.get_result(key)
         if result is None:
             return None
