@@ -59,6 +59,8 @@ class Action(NamedTuple):
     sources: tuple[str, ...]
     resources: tuple[int, int, int] = (1, 0, 0)  # declared (cpu, mem_mb, io), DESIGN §10
     message: str = ""
+    secrets: tuple[str, ...] = ()  # names of secrets (§16) given to the command; never their values
+    allow_secret_in_output: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -261,15 +263,17 @@ class Analyzer:
         inputs = tuple(sorted(set(srcs) | set(tools)))
         deps = tuple(sorted({producer[p] for p in inputs if p in producer}))
         resources, env = declared_resources(target.resources, target.env)
-        def_hash = hash_canonical([
-            ACTION_SCHEMA, target.kind, KIND_VERSIONS[target.kind], command,
-            inputs, sorted(tools), outputs, env, target.version,
-        ])
+        definition = [ACTION_SCHEMA, target.kind, KIND_VERSIONS[target.kind], command,
+                      inputs, sorted(tools), outputs, env, target.version]
+        if target.secrets:  # the names (never the values): declaring another secret re-runs the action
+            definition.append(list(target.secrets))
+        def_hash = hash_canonical(definition)
         return Action(
             label=name, kind=target.kind, command=command, inputs=inputs, tools=tuple(sorted(tools)),
             outputs=outputs, env=env, versions=target.version, timeout=target.timeout,
             tags=target.tags, def_hash=def_hash, deps=deps,
             sources=tuple(p for p in inputs if not is_generated(p)), resources=resources, message=target.message,
+            secrets=target.secrets, allow_secret_in_output=target.allow_secret_in_output,
         )
 
     def _py_task(self, target: Target, files: dict[str, tuple[str, ...]], producer: dict[str, int]) -> Action:

@@ -35,6 +35,28 @@ class Budget:
 
 
 RESOURCE_NAMES = ("cpu", "mem_mb", "io")  # the order of Budget.as_tuple() and of Action.resources
+SANDBOX_MODES = ("auto", "namespace", "folder")
+EXECUTOR_KINDS = ("local", "dask")
+DEFAULT_ROLE = "dev"
+
+
+@dataclass(frozen=True, slots=True)
+class Role:
+    """`[roles.NAME]`: the target patterns a role may build (a leading `-` excludes) and whether it
+    may upload to the remote cache."""
+
+    name: str
+    build: tuple[str, ...] = ("//...",)
+    upload: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class RemoteCache:
+    """`[cache] remote / upload / timeout`: the shared HTTP cache, if any."""
+
+    url: str = ""  # "" means no remote cache
+    upload: bool = False  # `[cache] upload = true`: write results (also needs the signing key)
+    timeout: float = 5.0  # seconds per request before the remote counts as down
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,6 +72,12 @@ class Config:
     cache_max_size: str = ""  # `[cache] max_size`: gc's default bound, as written (e.g. "20G")
     env_tools: tuple[str, ...] = ()  # `[env] tools`: executables whose path and digest enter h_E
     budget: Budget | None = None  # `[resources]`; None only for Configs built by hand (see `resources`)
+    remote: RemoteCache = RemoteCache()
+    roles: tuple[Role, ...] = ()  # `[roles]`; empty: every role may build everything
+    sandbox_mode: str = "auto"  # `[sandbox] mode`: auto | namespace | folder
+    secrets_file: str = ""  # `[secrets] file`: where secret values live beside the environment
+    executor: str = "local"  # `[executor] kind`: local | dask
+    executor_address: str = ""  # `[executor] address`, e.g. "tcp://127.0.0.1:8786"
 
     @property
     def resources(self) -> Budget:
@@ -119,7 +147,46 @@ def load_config(root: Path) -> Config:
         cache_max_size=str(_get(table, "cache", "max_size", (str, int), "", path)),
         env_tools=_tools(table, path),
         budget=_budget(table, path),
+        remote=_remote(table, path),
+        roles=_roles(table, path),
+        sandbox_mode=_choice(table, "sandbox", "mode", SANDBOX_MODES, path),
+        secrets_file=os.path.expanduser(_get(table, "secrets", "file", str, "", path)),
+        executor=_choice(table, "executor", "kind", EXECUTOR_KINDS, path),
+        executor_address=_get(table, "executor", "address", str, "", path),
     )
+
+
+def _choice(table: dict[str, Any], section: str, key: str, choices: tuple[str, ...], path: Path) -> str:
+    value = _get(table, section, key, str, choices[0], path)
+    if value not in choices:
+        raise WorkspaceError(f"{path}: [{section}] {key} must be one of {', '.join(choices)}, got {value!r}")
+    return value
+
+
+def _remote(table: dict[str, Any], path: Path) -> RemoteCache:
+    """`[cache] remote` must be an http(s) URL; `timeout` a positive number of seconds."""
+    url = _get(table, "cache", "remote", str, "", path).rstrip("/")
+    if url and not url.startswith(("http://", "https://")):
+        raise WorkspaceError(f"{path}: [cache] remote must be an http:// or https:// URL, got {url!r}")
+    timeout = _get(table, "cache", "timeout", (int, float), 5.0, path)
+    if timeout <= 0:
+        raise WorkspaceError(f"{path}: [cache] timeout must be > 0 seconds, got {timeout}")
+    return RemoteCache(url, _get(table, "cache", "upload", bool, False, path), float(timeout))
+
+
+def _roles(table: dict[str, Any], path: Path) -> tuple[Role, ...]:
+    """`[roles.NAME] build = [patterns], upload = bool`, one table per role."""
+    roles = []
+    for name, section in sorted(table.get("roles", {}).items()):
+        if not isinstance(section, dict):
+            raise WorkspaceError(f"{path}: [roles] {name} must be a table ([roles.{name}])")
+        unknown = sorted(set(section) - {"build", "upload"})
+        if unknown:
+            raise WorkspaceError(f"{path}: [roles.{name}] has unknown key '{unknown[0]}' (known: build, upload)")
+        wrapped = {f"roles.{name}": section}
+        roles.append(Role(name, _string_list(wrapped, f"roles.{name}", "build", ["//..."], path),
+                          _get(wrapped, f"roles.{name}", "upload", bool, False, path)))
+    return tuple(roles)
 
 
 def _budget(table: dict[str, Any], path: Path) -> Budget:

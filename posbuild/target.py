@@ -6,6 +6,7 @@ types, defaults) reads as one table and every bad attribute gets the same kind o
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -30,6 +31,7 @@ class Target:
     requires: tuple[tuple[str, Pairs], ...] = ()
     resources: tuple[tuple[str, int], ...] = ()
     secrets: tuple[str, ...] = ()
+    allow_secret_in_output: bool = False
     timeout: int = 0
     tags: tuple[str, ...] = ()
     script: str = ""  # py_task: the script's label
@@ -62,6 +64,23 @@ def _str_list(kind: str, attr: str, value: Any) -> tuple[str, ...]:
         duplicate = next(v for v in value if value.count(v) > 1)
         raise AttributeError_(f"{kind}: attribute '{attr}' lists '{duplicate}' twice")
     return tuple(value)
+
+
+def _bool(kind: str, attr: str, value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise AttributeError_(f"{kind}: attribute '{attr}' must be True or False, got {value!r}")
+    return value
+
+
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+def _secret_names(kind: str, attr: str, value: Any) -> tuple[str, ...]:
+    names = _str_list(kind, attr, value)
+    for name in names:
+        if not _ENV_NAME.fullmatch(name):
+            raise AttributeError_(f"{kind}: attribute '{attr}': {name!r} is not an environment variable name")
+    return tuple(sorted(names))
 
 
 def _scalar_text(kind: str, attr: str, value: Any) -> str:
@@ -127,7 +146,8 @@ SCHEMAS: dict[str, dict[str, Checker]] = {
         "version": _str_dict,
         "requires": _requires,
         "resources": _resources,
-        "secrets": _str_list,
+        "secrets": _secret_names,
+        "allow_secret_in_output": _bool,
         "timeout": _int,
         "message": _str,
     },
@@ -143,6 +163,8 @@ SCHEMAS: dict[str, dict[str, Checker]] = {
         "version": _str_dict,
         "requires": _requires,
         "resources": _resources,
+        "secrets": _secret_names,
+        "allow_secret_in_output": _bool,
         "timeout": _int,
         "message": _str,
     },
@@ -162,4 +184,7 @@ def make_target(kind: str, label: Label, attrs: dict[str, Any], location: Source
             raise AttributeError_(f"{kind} '{label.name}': missing required attribute '{attr}'")
     values = {attr: schema[attr](kind, attr, value) for attr, value in attrs.items() if value is not None}
     values.pop("visibility", None)
+    clash = sorted(set(values.get("secrets", ())) & {k for k, _ in values.get("env", ())})
+    if clash:
+        raise AttributeError_(f"{kind} '{label.name}': '{clash[0]}' is both in env and in secrets")
     return Target(label=label, kind=kind, location=location, **values)

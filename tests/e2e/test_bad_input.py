@@ -97,7 +97,7 @@ def test_rule_error_inside_bzl_macro_names_the_bzl_line(built):
         "tools/macros.bzl": 'def my_macro(name):\n    x = 1\n    genrule(name = name, outs = ["o"], cmd = "c", bogus = x)\n',
         "p/BUILD": 'load("//tools:macros.bzl", "my_macro")\nmy_macro(name = "z")\n',
     })
-    assert message.startswith("tools/macros.bzl:3:5: genrule 'z': unknown attribute 'bogus' (known: cmd, ")
+    assert message.startswith("tools/macros.bzl:3:5: genrule 'z': unknown attribute 'bogus' (known: allow_secret_in_output, cmd, ")
 
 
 def test_evaluation_error_inside_bzl_macro_names_a_file_and_line(built):
@@ -179,7 +179,7 @@ def test_bad_attribute_type(built):
 def test_unknown_attribute(built):
     message = bad_build(built, {"p/BUILD": 'genrule(name = "a", outs = ["x"], cmd = "c", colour = 1)\n'})
     assert message == (
-        "p/BUILD:1:1: genrule 'a': unknown attribute 'colour' (known: cmd, env, message, outs, requires, "
+        "p/BUILD:1:1: genrule 'a': unknown attribute 'colour' (known: allow_secret_in_output, cmd, env, message, outs, requires, "
         "resources, secrets, srcs, tags, timeout, tools, version, visibility)"
     )
 
