@@ -26,6 +26,7 @@ from posbuild.label import TargetPattern, parse_pattern
 from posbuild.pins import check_pins
 from posbuild.reporter import BuildSummary, Reporter
 from posbuild.resources import check_budget
+from posbuild.secrets import SecretSource, default_secrets_file
 from posbuild.uptodate import clean_actions, load_state, mark_tree, tree_is_clean
 
 
@@ -140,7 +141,8 @@ def run_build(root: Path, options: BuildOptions, reporter: Reporter,
         from posbuild.runner import RunSettings, Status, plan_dirty, run_dirty
 
         settings = RunSettings(options.jobs or config.jobs, options.keep_going, env_hash, env_key, passed_env,
-                               request.state_path, patterns, options.verify, info, tuple(blobs), options.explain)
+                               request.state_path, patterns, options.verify, info, tuple(blobs), options.explain,
+                               _secret_source(config, environ))
         if options.dry_run:
             planned = plan_dirty(config, actions, clean, previous, settings)
             for index in planned:
@@ -153,6 +155,12 @@ def run_build(root: Path, options: BuildOptions, reporter: Reporter,
         total=len(actions), executed=executed, cached=up_to_date + cached, failed=failed, skipped=run.skipped,
         wall=time.monotonic() - started, failed_labels=run.failed_labels(actions), codes=run.failure_codes(),
     ))
+
+
+def _secret_source(config: Config, environ: Mapping[str, str]) -> SecretSource:
+    """Secret values come from posbuild's own environment, then `[secrets] file` (or its default)."""
+    file = config.root / config.secrets_file if config.secrets_file else Path(default_secrets_file(environ))
+    return SecretSource(environ, str(file), str(config.root))
 
 
 def _finish(reporter: Reporter, summary: BuildSummary) -> BuildSummary:

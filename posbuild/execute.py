@@ -16,7 +16,7 @@ from __future__ import annotations
 import enum
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Sequence
 
@@ -34,6 +34,7 @@ from posbuild.sandbox import Sandboxes, SpawnResult
 from posbuild.store import INLINE_LIMIT, Store
 from posbuild.journal import Journal, Row
 from posbuild.scheduler import current_slot
+from posbuild.secrets import SecretSource, SecretUnavailable, file_containing, redact
 from posbuild.uptodate import EMPTY, ActionTrace, BuildState
 
 NO_CACHE_TAG = "no-cache"
@@ -73,7 +74,8 @@ class Rebuilder:
     def __init__(self, root: Path, store: Store, files: FileStates, sandboxes: Sandboxes,
                  env_hash: Digest, passed_env: Sequence[tuple[str, str]] = (),
                  previous: BuildState | None = None, dry_run: bool = False, verify: bool = False,
-                 journal: Journal | None = None, explain: bool = False) -> None:
+                 journal: Journal | None = None, explain: bool = False,
+                 secrets: SecretSource | None = None) -> None:
         self._root = root
         self._store = store
         self._files = files
@@ -83,6 +85,7 @@ class Rebuilder:
         self._verify = verify
         self._journal = journal
         self._explain = explain
+        self._secrets = secrets
         if not dry_run:
             self._materializer.clear_temp()
         self._env_hash = env_hash
@@ -216,10 +219,20 @@ class Rebuilder:
         """Execute `action` in a sandbox and commit its result (worker thread)."""
         prepared = self._prepared.pop(action.label)
         started = time.time()
-        spawn = self._sandboxes.run(action, self._passed_env)
-        ended = time.time()
         try:
-            failure, code = self._failure(action, spawn, prepared)
+            secrets = self._secret_values(action)
+        except SecretUnavailable as error:
+            if self._journal is not None:
+                self._journal.add(action, "FAILED", prepared.key, started, time.time(), prepared.inputs, (),
+                                  None, None, "secret", current_slot())
+            return ActionOutcome(Status.FAILED, error=str(error), reason=prepared.reason)
+        spawn = self._sandboxes.run(action, self._passed_env + secrets)
+        ended = time.time()
+        if secrets:  # nothing below keeps or shows a secret value
+            values = [value for _, value in secrets]
+            spawn = replace(spawn, stdout=redact(spawn.stdout, values), stderr=redact(spawn.stderr, values))
+        try:
+            failure, code = self._failure(action, spawn, prepared, secrets)
             if not failure and prepared.cached is not None:
                 difference = self._difference(spawn, prepared.cached)
                 if difference:
@@ -238,6 +251,19 @@ class Rebuilder:
         return ActionOutcome(Status.EXECUTED, prepared.key, reason=prepared.reason, stderr=spawn.stderr,
                              elapsed=spawn.elapsed)
 
+    def _secret_values(self, action: Action) -> tuple[tuple[str, str], ...]:
+        """The values of the secrets `action` declares, looked up only now that it runs."""
+        if not action.secrets:
+            return ()
+        passed = {name for name, _ in self._passed_env}
+        clash = [name for name in action.secrets if name in passed]
+        if clash:
+            raise SecretUnavailable(f"'{clash[0]}' is both a secret and in [env] pass, which would put its "
+                                    f"value into the action key; remove it from [env] pass")
+        if self._secrets is None:
+            raise SecretUnavailable(f"secret '{action.secrets[0]}' is needed but no secrets are available")
+        return self._secrets.values_for(action.secrets)
+
     def _difference(self, spawn: SpawnResult, cached: ActionResult) -> str:
         """How a re-run's outputs differ from the cached result of the same key ("" if they don't)."""
         for output in cached.outputs:
@@ -247,7 +273,8 @@ class Rebuilder:
                 return format_difference(output.path, "the cached result", size_cached, "this run", size_new, offset)
         return ""
 
-    def _failure(self, action: Action, spawn: SpawnResult, prepared: _Prepared) -> tuple[str, str]:
+    def _failure(self, action: Action, spawn: SpawnResult, prepared: _Prepared,
+                 secrets: tuple[tuple[str, str], ...] = ()) -> tuple[str, str]:
         """Why a finished run cannot be committed, and the record's error code; ("", "") if it can."""
         if spawn.timed_out:
             return f"timed out after {action.timeout} s", "timeout"
@@ -264,6 +291,12 @@ class Rebuilder:
         changed = [path for path, sig in prepared.sources if not self._files.unchanged(path, sig)]
         if changed:
             return f"input '{changed[0]}' changed while the action ran; result not cached, build again", "input changed"
+        if secrets and not action.allow_secret_in_output:
+            leak = file_containing([spawn.exec_root / path for path in action.outputs], secrets)
+            if leak is not None:
+                path = leak[0].relative_to(spawn.exec_root)
+                return (f"output '{path}' contains the value of secret '{leak[1]}'; nothing was kept "
+                        f"(declare allow_secret_in_output = True if that is intended)"), "secret in output"
         return "", ""
 
     def _commit(self, action: Action, spawn: SpawnResult, prepared: _Prepared, started: float,

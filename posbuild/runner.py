@@ -26,6 +26,7 @@ from posbuild.reporter import Reporter
 from posbuild.resources import critical_path
 from posbuild.sandbox import Sandboxes
 from posbuild.scheduler import Scheduler, State
+from posbuild.secrets import SecretSource
 from posbuild.store import Store
 from posbuild.uptodate import BuildState, mark_tree, save_state
 
@@ -63,6 +64,7 @@ class RunSettings:
     build_info: dict[str, object] | None = None  # the build's row (journal.build_row); None: no records
     build_blobs: tuple[tuple[Digest, bytes], ...] = ()
     explain: bool = False
+    secrets: SecretSource | None = None  # where actions that declare secrets get their values
 
 
 class _Executor:
@@ -113,7 +115,8 @@ def run_dirty(config: Config, actions: Sequence[Action], clean: Sequence[bool], 
             number = store.begin_build(settings.build_info, settings.build_blobs)
             journal = Journal(number, str(number), settings.env_hash)
         rebuilder = Rebuilder(config.root, store, files, sandboxes, settings.env_hash, settings.passed_env, previous,
-                              verify=settings.verify, journal=journal, explain=settings.explain)
+                              verify=settings.verify, journal=journal, explain=settings.explain,
+                              secrets=settings.secrets)
         position = {node: i for i, node in enumerate(dirty)}
         sub_actions = [actions[i] for i in dirty]
         executor = _Executor(sub_actions, rebuilder, reporter)

@@ -1,0 +1,134 @@
+"""Layer 2: secret values (§16) — where they come from, and how they are kept out of everything kept.
+
+An action names the secrets it needs (`secrets = ["API_TOKEN"]`); only their names are part of its
+definition. The values are looked up when the action is about to run, never earlier: a build whose
+actions are all cache hits needs no secret at all, which is what a CI job without credentials
+wants. A value comes from the environment of the posbuild process, else from a secrets file of
+`NAME=value` lines that lives outside the workspace (so it can never be a declared input, a glob
+match or part of an export) and that only its owner may read (mode 0600, as ssh insists for keys).
+
+A value reaches that one action's environment and nothing else: it is not in the key, the execution
+record, the store or a log. Captured stdout/stderr are redacted (`***`) before anything keeps or
+shows them, and an output file holding a value fails the action unless the target declares
+`allow_secret_in_output = True`.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Mapping
+
+REDACTED = b"***"
+SECRETS_FILE_VARIABLE = "POSBUILD_SECRETS_FILE"
+_CHUNK = 1 << 20
+
+
+class SecretUnavailable(Exception):
+    """A declared secret has no value, or the secrets file may not be used; the message says which."""
+
+
+def default_secrets_file(environ: Mapping[str, str]) -> str:
+    """`$POSBUILD_SECRETS_FILE`, else `$XDG_CONFIG_HOME/posbuild/secrets` (~/.config by default)."""
+    if environ.get(SECRETS_FILE_VARIABLE):
+        return environ[SECRETS_FILE_VARIABLE]
+    config_home = environ.get("XDG_CONFIG_HOME") or os.path.join(os.path.expanduser("~"), ".config")
+    return os.path.join(config_home, "posbuild", "secrets")
+
+
+@dataclass(frozen=True, slots=True)
+class SecretSource:
+    """Where one build finds secret values: the process environment, then the secrets file.
+
+    The file is read (and its mode and place checked) only when an action needs a value the
+    environment lacks; its contents are kept in this process's memory only.
+    """
+
+    environ: Mapping[str, str] = field(repr=False)
+    file: str = ""
+    workspace: str = ""
+    _file_values: dict[str, dict[str, str]] = field(default_factory=dict, repr=False, compare=False)
+
+    def values_for(self, names: Iterable[str]) -> tuple[tuple[str, str], ...]:
+        """(name, value) for each name, in order; raises SecretUnavailable naming what is missing."""
+        values = []
+        for name in names:
+            value = self.environ.get(name)
+            if value is None:
+                value = self._from_file().get(name)
+            if value is None:
+                where = f"nor in the secrets file {self.file}" if self.file else "and no secrets file is set"
+                raise SecretUnavailable(f"secret '{name}' is not in posbuild's environment {where}")
+            values.append((name, value))
+        return tuple(values)
+
+    def _from_file(self) -> dict[str, str]:
+        if not self.file:
+            return {}
+        if "values" not in self._file_values:
+            self._file_values["values"] = read_secrets_file(Path(self.file), self.workspace)
+        return self._file_values["values"]
+
+
+def read_secrets_file(path: Path, workspace: str = "") -> dict[str, str]:
+    """Parse `NAME=value` lines (blank lines and `#` comments skipped) after checking mode and place.
+
+    A missing file holds no secrets. One inside the workspace, or readable by group or others, is
+    refused: either would let the value leak into what the build reads or what other users see.
+    """
+    try:
+        info = path.stat()
+    except FileNotFoundError:
+        return {}
+    real = os.path.realpath(path)
+    if workspace and (real + "/").startswith(os.path.realpath(workspace).rstrip("/") + "/"):
+        raise SecretUnavailable(f"the secrets file {path} is inside the workspace; move it outside "
+                                f"(e.g. ~/.config/posbuild/secrets)")
+    if stat.S_IMODE(info.st_mode) & 0o077:
+        raise SecretUnavailable(f"the secrets file {path} has mode {stat.S_IMODE(info.st_mode):04o}; "
+                                f"it must be 0600 (chmod 600 {path})")
+    values: dict[str, str] = {}
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        text = line.strip()
+        if not text or text.startswith("#"):
+            continue
+        name, equals, value = text.partition("=")
+        if not equals or not name.strip():
+            raise SecretUnavailable(f"{path}:{number}: expected NAME=value")
+        values[name.strip()] = value.strip()
+    return values
+
+
+def redact(data: bytes, values: Iterable[str]) -> bytes:
+    """`data` with every occurrence of every non-empty value replaced by `***` (longest first,
+    so a value that contains another is replaced whole)."""
+    for value in sorted({v for v in values if v}, key=len, reverse=True):
+        data = data.replace(value.encode(), REDACTED)
+    return data
+
+
+def file_containing(paths: Iterable[Path], secrets: Iterable[tuple[str, str]]) -> tuple[Path, str] | None:
+    """The first file that holds a secret's value, and that secret's name; None if none does.
+
+    Files are read in chunks that overlap by the longest value, so a value split across two
+    chunks is still found and a large output is never read whole into memory.
+    """
+    needles = [(name, value.encode()) for name, value in secrets if value]
+    if not needles:
+        return None
+    overlap = max(len(value) for _, value in needles) - 1
+    for path in paths:
+        with open(path, "rb") as handle:
+            tail = b""
+            while True:
+                chunk = handle.read(_CHUNK)
+                if not chunk:
+                    break
+                window = tail + chunk
+                for name, value in needles:
+                    if value in window:
+                        return path, name
+                tail = window[-overlap:] if overlap else b""
+    return None
