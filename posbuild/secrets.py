@@ -38,6 +38,12 @@ def default_secrets_file(environ: Mapping[str, str]) -> str:
     return os.path.join(config_home, "posbuild", "secrets")
 
 
+def secret_source(root: Path, configured_file: str, environ: Mapping[str, str]) -> SecretSource:
+    """The SecretSource of a workspace: `[secrets] file` (relative to the root) or the default file."""
+    file = root / configured_file if configured_file else Path(default_secrets_file(environ))
+    return SecretSource(environ, str(file), str(root))
+
+
 @dataclass(frozen=True, slots=True)
 class SecretSource:
     """Where one build finds secret values: the process environment, then the secrets file.

@@ -177,3 +177,16 @@ def test_py_task_gets_its_secret(ws, secret_env):
     result = ws.build("//p:t", env=secret_env)
     assert result.returncode == 0, result.stderr
     assert ws.out("p/o.txt") == str(len(VALUE))
+
+
+def test_verify_runs_with_the_secret_and_quotes_no_value(ws, secret_env):
+    ws.write({"p/q.txt": "question\n", "p/BUILD": USES_SECRET + """
+    genrule(name = "flaky", outs = ["f.txt"], secrets = ["API_TOKEN"],
+            cmd = "echo $$API_TOKEN >&2; date +%s%N > $@")
+"""})
+    assert ws.build("//p:call", env=secret_env).returncode == 0
+    result = ws.run("verify", "//p:call", env=secret_env)
+    assert result.returncode == 0, result.stdout + result.stderr
+    missing = ws.run("verify", "//p:call", env={"API_TOKEN": "", "POSBUILD_SECRETS_FILE": secret_env["POSBUILD_SECRETS_FILE"]})
+    assert missing.returncode != 0
+    assert kept_anywhere(ws.root, VALUE, result.stdout, result.stderr) == []
