@@ -16,7 +16,7 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Iterator, Mapping, Sequence
+from typing import Callable, Iterator, Mapping, Sequence
 
 from posbuild.analysis import ActionGraph, Analyzer, expand_patterns
 from posbuild.config import Config, load_config
@@ -26,7 +26,8 @@ from posbuild.label import TargetPattern, parse_pattern
 from posbuild.pins import check_pins
 from posbuild.reporter import BuildSummary, Reporter
 from posbuild.resources import check_budget
-from posbuild.secrets import SecretSource, default_secrets_file
+from posbuild.roles import ROLE_VARIABLE, authorize
+from posbuild.secrets import secret_source
 from posbuild.uptodate import clean_actions, load_state, mark_tree, tree_is_clean
 
 
@@ -42,6 +43,8 @@ class BuildOptions:
     explain: bool = False  # say in one line why each executed action ran
     cwd_package: str = ""
     allow_env_drift: bool = False  # build even if h_E is not the one approved in posbuild.lock
+    remote_upload: bool = False  # `--remote-upload`: write results to the remote cache (roles.py decides)
+    executor: str = ""  # `--executor`: "local" or "dask://HOST:PORT"; "" follows `[executor]` in posbuild.toml
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,19 +106,24 @@ def workspace_lock(config: Config, reporter: Reporter) -> Iterator[None]:
 
 
 def run_build(root: Path, options: BuildOptions, reporter: Reporter,
-              environ: Mapping[str, str] | None = None) -> BuildSummary:
+              environ: Mapping[str, str] | None = None,
+              on_graph: Callable[[ActionGraph], None] | None = None) -> BuildSummary:
     """Build the patterns of `options` in the workspace at `root`.
 
     Actions the up-to-date check settles by stat alone count as cached; only if any remain does
     the build open the store and start the scheduler (runner.py, imported only then). Critical
     errors (ORCH-02 in analysis, ORCH-07 here, ORCH-03 for pins, ORCH-05 for a request beyond the
-    `[resources]` budget) stop it before anything runs.
+    `[resources]` budget) stop it before anything runs. `on_graph` is given the resolved graph
+    before anything is checked or run (`posbuild watch` derives the files to watch from it).
     """
     started = time.monotonic()
     config = load_config(root)
     request = make_request(config, options.patterns, options.cwd_package)
     graph = _resolve(config, request)
+    if on_graph is not None:
+        on_graph(graph)
     environ = environ or {}
+    grant = authorize(config, request.patterns, graph.actions, environ.get(ROLE_VARIABLE), options.remote_upload)
     passed_env = passed_environment(config.env_pass, environ)
     env_hash = checked_environment_hash(config, environ, options.allow_env_drift, reporter.message)  # ORCH-07
     env_key = environment_key(passed_env, env_hash)
@@ -123,7 +131,8 @@ def run_build(root: Path, options: BuildOptions, reporter: Reporter,
     with workspace_lock(config, reporter):
         previous = load_state(request.state_path, env_key)
         check_pins(config.root, actions, previous)  # ORCH-03 before anything runs, dry runs included
-        check_budget(actions, config.resources)  # ORCH-05 likewise
+        if (options.executor or config.executor) == "local":  # on Dask, the workers' resources (runner.py)
+            check_budget(actions, config.resources)  # ORCH-05 likewise
         clean = [False] * len(actions) if options.verify else clean_actions(actions, previous, config.root)
         up_to_date = sum(clean)
         reporter.build_started(len(actions), up_to_date)
@@ -138,11 +147,14 @@ def run_build(root: Path, options: BuildOptions, reporter: Reporter,
                 record_settled_build(config.store_dir, {**info, "counts": {"cached": len(actions)}}, blobs)
             return _finish(reporter, BuildSummary(len(actions), 0, len(actions), 0, 0, time.monotonic() - started,
                                                   (), dry_run=options.dry_run))
+        from posbuild.namespaces import writable_paths
         from posbuild.runner import RunSettings, Status, plan_dirty, run_dirty
 
         settings = RunSettings(options.jobs or config.jobs, options.keep_going, env_hash, env_key, passed_env,
                                request.state_path, patterns, options.verify, info, tuple(blobs), options.explain,
-                               _secret_source(config, environ))
+                               secret_source(config.root, config.secrets_file, environ), grant=grant,
+                               executor=options.executor, allow_env_drift=options.allow_env_drift,
+                               sandbox_writable=writable_paths(environ))
         if options.dry_run:
             planned = plan_dirty(config, actions, clean, previous, settings)
             for index in planned:
@@ -155,12 +167,6 @@ def run_build(root: Path, options: BuildOptions, reporter: Reporter,
         total=len(actions), executed=executed, cached=up_to_date + cached, failed=failed, skipped=run.skipped,
         wall=time.monotonic() - started, failed_labels=run.failed_labels(actions), codes=run.failure_codes(),
     ))
-
-
-def _secret_source(config: Config, environ: Mapping[str, str]) -> SecretSource:
-    """Secret values come from posbuild's own environment, then `[secrets] file` (or its default)."""
-    file = config.root / config.secrets_file if config.secrets_file else Path(default_secrets_file(environ))
-    return SecretSource(environ, str(file), str(config.root))
 
 
 def _finish(reporter: Reporter, summary: BuildSummary) -> BuildSummary:

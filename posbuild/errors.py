@@ -72,6 +72,13 @@ class ActionFailed(PosbuildError):
     exit_code = 1
 
 
+class SandboxUnavailable(PosbuildError):
+    """`[sandbox] mode = "namespace"` on a machine where bubblewrap is missing or cannot run;
+    raised before any action runs."""
+
+    exit_code = 4
+
+
 class OrchError(PosbuildError):
     """An error class of the Pipeline Orchestration Specification (§17)."""
 

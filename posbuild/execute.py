@@ -9,6 +9,10 @@ and no source input changed while it ran; otherwise nothing of it is kept.
 
 Early cutoff falls out of keying on input *contents*: a re-run that reproduces byte-identical
 outputs leaves its dependents' keys unchanged, so they hit the cache.
+
+With a remote cache (remote.py), a local miss asks the remote next: a verified remote hit is put
+into the local store and then settles like a local hit; an executed result is uploaded after its
+local commit when this process may upload. Neither can fail the action.
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ import os
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 from posbuild.analysis import Action, is_generated
 from posbuild.compare import first_file_difference, format_difference
@@ -36,6 +40,9 @@ from posbuild.journal import Journal, Row
 from posbuild.scheduler import current_slot
 from posbuild.secrets import SecretSource, SecretUnavailable, file_containing, redact
 from posbuild.uptodate import EMPTY, ActionTrace, BuildState
+
+if TYPE_CHECKING:
+    from posbuild.remote import RemoteCache  # imported only where a remote is configured (runner.py)
 
 NO_CACHE_TAG = "no-cache"
 
@@ -75,7 +82,7 @@ class Rebuilder:
                  env_hash: Digest, passed_env: Sequence[tuple[str, str]] = (),
                  previous: BuildState | None = None, dry_run: bool = False, verify: bool = False,
                  journal: Journal | None = None, explain: bool = False,
-                 secrets: SecretSource | None = None) -> None:
+                 secrets: SecretSource | None = None, remote: RemoteCache | None = None) -> None:
         self._root = root
         self._store = store
         self._files = files
@@ -86,6 +93,7 @@ class Rebuilder:
         self._journal = journal
         self._explain = explain
         self._secrets = secrets
+        self._remote = None if dry_run or verify else remote  # asked after a local miss; uploads executed results
         if not dry_run:
             self._materializer.clear_temp()
         self._env_hash = env_hash
@@ -129,6 +137,8 @@ class Rebuilder:
         key = hit.key if hit is not None else action_key(action, digests, self._env_hash, self._passed_env)
         if hit is None and NO_CACHE_TAG not in action.tags:
             hit = self._lookup(action, key)
+            if hit is None and self._remote is not None:
+                hit = self._fetch(action, key)
         if hit is not None and not self._verify:
             if self._journal is not None:
                 outputs = [(p, self._produced[p].digest) for p in action.outputs]
@@ -188,6 +198,33 @@ class Rebuilder:
         self.used.append(key)
         return ActionOutcome(Status.CACHED, key)
 
+    def _fetch(self, action: Action, key: Digest) -> ActionOutcome | None:
+        """A hit from the remote cache: its verified blobs and result go into the local store, then
+        the action settles exactly like a local hit. Any rejected or missing piece is a miss."""
+        assert self._remote is not None
+        entry = self._remote.get_entry(key, action.label)
+        if entry is None:
+            return None
+        blobs: list[tuple[Digest, bytes | None]] = []
+        temps: list[Path] = []
+        try:
+            for digest, name, size in entry.blobs():
+                if self._store.has_blob(digest):
+                    continue
+                got = self._remote.fetch_blob(digest, name, size, action.label, self._root / STATE_DIR / "tmp")
+                if got is None:
+                    return None
+                if isinstance(got, Path):
+                    temps.append(got)
+                    self._store.store_external(digest, got)
+                blobs.append((digest, got if isinstance(got, bytes) else None))
+        finally:
+            for temp in temps:
+                temp.unlink(missing_ok=True)
+        self._store.commit((key, entry.result), blobs)
+        self._remote.hit()
+        return self._lookup(action, key)
+
     def state_for(self, actions: Sequence[Action], up_to_date: Sequence[bool], env_key: Digest) -> BuildState:
         """The up-to-date state to save: every action that ended well, and the files it saw.
 
@@ -241,7 +278,7 @@ class Rebuilder:
             if failure:
                 if self._journal is not None:
                     self._journal.add(action, "FAILED", prepared.key, started, ended, prepared.inputs, (),
-                                      spawn.usage, spawn.exit_code, code, current_slot())
+                                      spawn.usage, spawn.exit_code, code, current_slot(), remote=spawn.remote)
                 orch = code if code.startswith("ORCH-") else ""
                 return ActionOutcome(Status.FAILED, error=failure, code=orch, reason=prepared.reason,
                                      stderr=spawn.stderr, elapsed=spawn.elapsed)
@@ -330,8 +367,11 @@ class Rebuilder:
         if self._journal is not None:
             records.append(self._journal.row(action, "SUCCESS", key, started, ended, prepared.inputs,
                                              [(o.path, o.digest) for o in outputs], spawn.usage,
-                                             spawn.exit_code, "", current_slot()))
+                                             spawn.exit_code, "", current_slot(), remote=spawn.remote))
         self._store.commit(cached, blobs, memo, used=[(key, time.time_ns())], records=records)
+        if cached is not None and self._remote is not None and self._remote.upload:
+            self._remote.put_entry(key, result, {d: data if data is not None else self._store.external_path(d)
+                                                 for d, data in blobs}, action.label)
         self._produced.update(memo)
         self.outputs.update((o.path, o) for o in outputs)
         if cached is not None:

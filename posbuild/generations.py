@@ -39,10 +39,12 @@ def record_generation(config: Config, store: Store, patterns: Sequence[str],
                       outputs: Iterable[OutputFile]) -> Generation | None:
     """Record the tree after a fully successful build; None when it equals the latest generation."""
     latest, previous = current_manifest(store)
-    manifest: Manifest = {
-        path: row for path, row in previous.items() if os.path.isfile(config.root / path)
+    written = {o.path: (o.digest, o.size, o.executable) for o in outputs}
+    base = f"{config.root}/"  # str concatenation: a Path per file costs more than the stat itself
+    manifest: Manifest = {  # rows this build rewrites need no check that their file still exists
+        path: row for path, row in previous.items() if path in written or os.path.isfile(base + path)
     }
-    manifest.update({o.path: (o.digest, o.size, o.executable) for o in outputs})
+    manifest.update(written)
     if latest is not None and manifest == previous:
         return None
     created = datetime.now(timezone.utc).isoformat(timespec="microseconds")

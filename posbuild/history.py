@@ -81,6 +81,8 @@ def chrome_trace(build: dict[str, Any], records: Sequence[ExecutionRecord]) -> d
     for record in records:
         args = {"state": record.state, "key": record.key.hex() if record.key else None,
                 "error": record.error_code or None}
+        if record.worker:
+            args.update(worker=record.worker, host=record.host)
         if record.usage:
             args.update(user_s=record.usage.user_s, system_s=record.usage.system_s, max_rss_kb=record.usage.max_rss_kb)
         start = round(micros(record.started) - origin, 1)
@@ -107,4 +109,6 @@ def record_json(record: ExecutionRecord) -> dict[str, Any]:
             "written_bytes": record.usage.written_bytes},
         "exit_code": record.exit_code, "error": record.error_code or None, "env_hash": record.env_hash.hex(),
         "slot": record.slot,
+        "worker": record.worker or None, "host": record.host or None,  # where a Dask worker ran it
+        "remote_started": record.remote_started or None, "remote_ended": record.remote_ended or None,
     }

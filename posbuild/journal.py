@@ -22,7 +22,7 @@ from typing import Sequence
 
 from posbuild.analysis import Action
 from posbuild.digest import Digest, hash_bytes
-from posbuild.records import ExecutionRecord, ResourceUsage
+from posbuild.records import ExecutionRecord, RemoteRun, ResourceUsage
 
 Row = tuple[bytes, str, bytes]  # (record key, label, packed record), as Store.commit takes them
 
@@ -46,13 +46,18 @@ class Journal:
     def row(self, action: Action, state: str, key: Digest | None, started: float, ended: float,
             inputs: Sequence[tuple[str, Digest]], outputs: Sequence[tuple[str, Digest]] = (),
             usage: ResourceUsage | None = None, exit_code: int | None = None, error_code: str = "",
-            slot: int = 0) -> Row:
-        """One record, keyed so that a build's records sort together in the order they were made."""
+            slot: int = 0, remote: RemoteRun | None = None) -> Row:
+        """One record, keyed so that a build's records sort together in the order they were made.
+
+        `remote` says where and when the command ran when a Dask worker ran it."""
+        where = {} if remote is None else {"worker": remote.worker, "host": remote.host,
+                                           "remote_started": utc(remote.started), "remote_ended": utc(remote.ended)}
         record = ExecutionRecord(
             build_id=self.build_id, label=action.label, state=state, key=key, started=utc(started),
             ended=utc(ended), duration=round(max(0.0, ended - started), 6), inputs=tuple(inputs),
             versions=action.versions, outputs=tuple(outputs), usage=usage, exit_code=exit_code,
             error_code=error_code, env_hash=self._env_hash, slot=slot, command=action.command, env=action.env,
+            **where,
         )
         with self._lock:
             sequence = next(self._sequence)

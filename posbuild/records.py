@@ -117,6 +117,16 @@ class ResourceUsage:
     written_bytes: int
 
 
+@dataclass(frozen=True, slots=True)
+class RemoteRun:
+    """Where and when an action ran when another machine ran it (a Dask worker, dask_executor.py)."""
+
+    worker: str  # the worker's address, e.g. tcp://10.0.0.7:40211
+    host: str  # the worker machine's host name
+    started: float  # Unix time, by the worker's clock
+    ended: float
+
+
 STATES = ("SUCCESS", "FAILED", "CACHED", "SKIPPED")
 
 
@@ -141,6 +151,10 @@ class ExecutionRecord:
     slot: int = 0  # the job slot it ran in (one lane each in a trace); 0 for cache hits
     command: str = ""
     env: tuple[tuple[str, str], ...] = ()
+    worker: str = ""  # the Dask worker that ran it (address), "" when it ran locally
+    host: str = ""  # that worker's host name
+    remote_started: str = ""  # UTC ISO 8601 by the worker's clock, "" when it ran locally
+    remote_ended: str = ""
 
     def pack(self) -> bytes:
         row = {f: getattr(self, f) for f in self.__dataclass_fields__}

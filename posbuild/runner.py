@@ -12,23 +12,29 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
 from posbuild.analysis import Action
 from posbuild.config import Config
+from posbuild.errors import UsageError
 from posbuild.digest import Digest
 from posbuild.execute import ActionOutcome, Rebuilder, Status
 from posbuild.filestate import FileStates
 from posbuild.generations import record_generation
 from posbuild.journal import Journal, utc
 from posbuild.records import OutputFile
+from posbuild.roles import Grant
 from posbuild.reporter import Reporter
 from posbuild.resources import critical_path
-from posbuild.sandbox import Sandboxes
+from posbuild.sandbox import Sandboxes, choose_isolation
 from posbuild.scheduler import Scheduler, State
-from posbuild.secrets import SecretSource
-from posbuild.store import Store
+from posbuild.secrets import SecretSource, SecretUnavailable
+from posbuild.store import INLINE_LIMIT, Store
 from posbuild.uptodate import BuildState, mark_tree, save_state
+
+if TYPE_CHECKING:
+    from posbuild.dask_executor import DaskSandboxes
+    from posbuild.remote import RemoteCache
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,6 +71,10 @@ class RunSettings:
     build_blobs: tuple[tuple[Digest, bytes], ...] = ()
     explain: bool = False
     secrets: SecretSource | None = None  # where actions that declare secrets get their values
+    grant: Grant | None = None  # what the role may do (roles.py); None: no remote uploads
+    executor: str = ""  # `--executor`: "local", "dask://HOST:PORT", or "" for `[executor]` in posbuild.toml
+    allow_env_drift: bool = False  # also accept Dask workers whose environment hash differs
+    sandbox_writable: tuple[str, ...] = ()  # POSBUILD_SANDBOX_WRITABLE (namespaces.writable_paths)
 
 
 class _Executor:
@@ -105,10 +115,16 @@ def run_dirty(config: Config, actions: Sequence[Action], clean: Sequence[bool], 
               settings: RunSettings, reporter: Reporter) -> DirtyRun:
     """Check, and where needed execute, every action not marked clean; save the new state."""
     dirty = [i for i, is_clean in enumerate(clean) if not is_clean]
+    cluster = _open_cluster(config, settings, [actions[i] for i in dirty])  # None: actions run here
+    # workers choose their own sandbox; here, SandboxUnavailable comes before anything runs
+    isolation, notice = choose_isolation(config, settings.sandbox_writable) if cluster is None else (None, "")
+    if notice:
+        reporter.message(notice)
+    remote = _open_remote(config, settings, reporter)
     store = Store(config.store_dir)
     try:
         files = FileStates(config.root, store)
-        sandboxes = Sandboxes(config.root, config.sandbox_dir)
+        sandboxes = cluster or Sandboxes(config.root, config.sandbox_dir, isolation)
         sandboxes.clear_stale()
         journal = None
         if settings.build_info is not None:
@@ -116,14 +132,16 @@ def run_dirty(config: Config, actions: Sequence[Action], clean: Sequence[bool], 
             journal = Journal(number, str(number), settings.env_hash)
         rebuilder = Rebuilder(config.root, store, files, sandboxes, settings.env_hash, settings.passed_env, previous,
                               verify=settings.verify, journal=journal, explain=settings.explain,
-                              secrets=settings.secrets)
+                              secrets=settings.secrets, remote=remote)
         position = {node: i for i, node in enumerate(dirty)}
         sub_actions = [actions[i] for i in dirty]
         executor = _Executor(sub_actions, rebuilder, reporter)
         sub_deps = [[position[d] for d in a.deps if d in position] for a in sub_actions]
+        demand, capacity = ([a.resources for a in sub_actions], config.resources.as_tuple()) if cluster is None \
+            else (None, ())  # on Dask, what each worker declared bounds what runs on it
         scheduler: Scheduler[ActionOutcome] = Scheduler(
             sub_deps, critical_path(sub_deps, [a.label for a in sub_actions], _recorded_duration(store, sub_actions)),
-            settings.jobs, settings.keep_going, [a.resources for a in sub_actions], config.resources.as_tuple(),
+            settings.jobs, settings.keep_going, demand, capacity,
         )
         try:
             states = scheduler.run(executor)
@@ -153,9 +171,70 @@ def run_dirty(config: Config, actions: Sequence[Action], clean: Sequence[bool], 
             store.update_build(journal.number, {"ended": utc(time.time()), "counts": counts,
                                                 "failed": len(failed), "skipped": states.count(State.SKIPPED)})
         store.flush()
+        if remote is not None:
+            _report_remote(remote, reporter)
     finally:
         store.close()
+        if remote is not None:
+            remote.close()
+        if cluster is not None:
+            cluster.close()
     return DirtyRun(outcomes, states.count(State.SKIPPED))
+
+
+def _open_cluster(config: Config, settings: RunSettings, dirty: Sequence[Action]) -> DaskSandboxes | None:
+    """The Dask cluster that runs this build's actions (dask_executor.py), or None to run them here.
+
+    It connects when the first action must run, and first checks that some worker could run each
+    dirty action (ORCH-05); a build the cache settles never contacts it.
+    """
+    if settings.executor == "local" or (not settings.executor and config.executor == "local"):
+        return None
+    from posbuild.dask_cluster import executor_address
+    from posbuild.dask_executor import DaskSandboxes
+
+    address = executor_address(settings.executor, config)
+    return None if address is None else DaskSandboxes(address, config, dirty, not settings.allow_env_drift)
+
+
+def _open_remote(config: Config, settings: RunSettings, reporter: Reporter) -> RemoteCache | None:
+    """The remote cache client; None without `[cache] remote`, or without the key that verifies
+    its results (unsigned results are never trusted, so without the key the remote is not used).
+
+    `--remote-upload` without the key is an error here, before anything runs: a CI job that asked
+    to fill the cache must not silently fill nothing.
+    """
+    if not config.remote.url:
+        return None
+    from posbuild.remote import CACHE_KEY_VARIABLE, RemoteCache  # http.client only when a remote is set
+
+    grant = settings.grant
+    secret, why = "", f"the secret {CACHE_KEY_VARIABLE} is not set"
+    try:
+        values = settings.secrets.values_for([CACHE_KEY_VARIABLE]) if settings.secrets is not None else ()
+        secret = values[0][1] if values else ""
+    except SecretUnavailable as error:
+        why = str(error)
+    if not secret:
+        if grant is not None and grant.upload_requested:
+            raise UsageError(f"--remote-upload needs the signing key: {why}; nothing was built")
+        reporter.message(f"posbuild: remote cache {config.remote.url} not used: {why} (its results are "
+                         f"signed, and never trusted unsigned)")
+        return None
+    return RemoteCache(config.remote.url, config.remote.timeout, secret.encode(),
+                       grant.upload if grant is not None else False, reporter.message, INLINE_LIMIT)
+
+
+def _report_remote(remote: RemoteCache, reporter: Reporter) -> None:
+    """One closing line on what the remote cache did, when it did anything."""
+    stats = remote.stats
+    if stats.hits or stats.uploaded or stats.rejected:
+        parts = [f"{stats.hits} hit(s)", f"{stats.misses} miss(es)"]
+        if stats.rejected:
+            parts.append(f"{stats.rejected} rejected")
+        if remote.upload:
+            parts.append(f"{stats.uploaded} result(s) uploaded")
+        reporter.message(f"posbuild: remote cache: {', '.join(parts)}")
 
 
 def _recorded_duration(store: Store, actions: Sequence[Action]) -> Callable[[int], float | None]:

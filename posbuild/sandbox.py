@@ -17,6 +17,17 @@ rebuilder's re-stat after the run still catches an action that wrote through suc
 The command runs in its own session (process group); when it ends, or on timeout or cancel,
 the whole group is killed, so no stray background process outlives its action.
 
+Namespaces (`[sandbox] mode`): where bubblewrap works ("auto", the default, or "namespace"), the
+same folder is run inside its own mount, PID, IPC, UTS and network namespaces (namespaces.py):
+the workspace and the host's /tmp and /dev/shm are invisible, the system is read-only, the
+declared inputs are bound read-only, and only the sandbox folder and a private /tmp are
+writable. Large inputs, symlinked in the folder sandbox, are bound read-only from the workspace
+instead (the link would point into the hidden workspace). The process posbuild waits for is
+then bwrap's: killing its group ends the command too (`--die-with-parent`), and its rusage
+includes the command's. One difference: a command killed by signal N inside reports exit code
+128+N (bwrap passes the status on as a shell does), where the folder sandbox reports the signal.
+`choose_isolation` decides once per build, before anything runs.
+
 Processors: an action that declares cpu=N (N >= 1; the default is 1) runs pinned to N of the
 processors posbuild may use. They are chosen deterministically: the N least used by the actions
 running at that moment, ties by processor number, so with the scheduler keeping the declared sum
@@ -26,10 +37,10 @@ after (a forked child inherits its thread's mask), which has no race with the co
 threads of its own and costs two system calls; `taskset` would cost an extra exec per action and
 `preexec_fn` is unsafe with threads. cpu=0 leaves the action unpinned. On systems without
 `sched_setaffinity` nothing is pinned. The thread-count variables (OMP_NUM_THREADS ...) come with
-the action's env (analysis.declared_resources). (If posbuild
-itself is killed with SIGKILL, commands already running finish on their own; their sandboxes
-are removed by the next build, and nothing they produce is ever collected.) This module knows
-nothing of keys or the store: it takes an Action and returns a SpawnResult.
+the action's env (analysis.declared_resources). (In the folder sandbox, if posbuild itself is
+killed with SIGKILL, commands already running finish on their own; their sandboxes are removed by
+the next build, and nothing they produce is ever collected.) This module knows nothing of keys or
+the store: it takes an Action and returns a SpawnResult.
 
 Perturbation (`posbuild verify`)
 --------------------------------
@@ -61,6 +72,7 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -69,8 +81,9 @@ from pathlib import Path
 from typing import Sequence
 
 from posbuild.analysis import Action
-from posbuild.config import BASE_PATH
-from posbuild.records import ResourceUsage
+from posbuild.config import BASE_PATH, Config
+from posbuild.namespaces import NETWORK_TAG, Isolation, choose, command, input_binds
+from posbuild.records import RemoteRun, ResourceUsage
 
 LINK_LIMIT = 16 * 1024 * 1024
 FAKETIME_GLOBS = (
@@ -130,6 +143,7 @@ class SpawnResult:
     stderr: bytes = field(repr=False)
     elapsed: float = field(default=0.0, compare=False)
     usage: ResourceUsage | None = field(default=None, compare=False)
+    remote: RemoteRun | None = field(default=None, compare=False)  # set when a Dask worker ran it
 
 
 def base_environment(sandbox: Path) -> dict[str, str]:
@@ -146,16 +160,40 @@ def base_environment(sandbox: Path) -> dict[str, str]:
     }
 
 
+def choose_isolation(config: Config, writable: Sequence[str] = ()) -> tuple[Isolation | None, str]:
+    """`[sandbox] mode` for this build: (the namespaces to run actions in, or None for the folder
+    sandbox; a notice line for the user, or ""). Raises SandboxUnavailable when mode is
+    "namespace" and bubblewrap cannot run. Probes bwrap (a few ms) once per process. `writable`:
+    folders left visible and writable (namespaces.writable_paths).
+
+    Hidden: the workspace, the store and the sandbox base (other actions' sandboxes). Shown again,
+    read-only: the Python running posbuild (py_task actions run it; it may live in a venv inside
+    the workspace or under /tmp), libfaketime (`posbuild verify`), and absolute `[env] tools`.
+    """
+    if config.sandbox_mode != "folder":  # both are made before any action runs anyway; hidden, they must exist
+        for folder in (config.store_dir, config.sandbox_dir):
+            folder.mkdir(parents=True, exist_ok=True)
+    visible = [sys.prefix, sys.exec_prefix, sys.base_prefix, sys.base_exec_prefix, os.path.realpath(sys.executable)]
+    visible += [tool for tool in config.env_tools if tool.startswith("/")]
+    faketime = find_libfaketime()
+    if faketime is not None:
+        visible.append(faketime)
+    return choose(config.sandbox_mode, (str(config.root), str(config.store_dir), str(config.sandbox_dir)), visible,
+                  writable)
+
+
 class Sandboxes:
     """Creates, runs and removes per-action sandbox folders under `base`.
 
     Paths are plain strings here: this is the per-action hot path, and pathlib's objects cost
-    more than the file-system calls they wrap.
+    more than the file-system calls they wrap. With `isolation` (choose_isolation), commands run
+    under bubblewrap in their own namespaces; without, in the folder sandbox alone.
     """
 
-    def __init__(self, root: Path, base: Path) -> None:
+    def __init__(self, root: Path, base: Path, isolation: Isolation | None = None) -> None:
         self._root = str(root) + "/"
         self._base = base
+        self._isolation = isolation
         self._counter = itertools.count()
         self._running: set[int] = set()
         self._lock = threading.Lock()
@@ -194,10 +232,14 @@ class Sandboxes:
             if perturbation is not None:
                 env = self._perturbed_env(env, perturbation, {*dict(action.env), *dict(extra_env)})
                 umask = -1 if perturbation.umask is None else perturbation.umask
+            if self._isolation is None:
+                argv = ["/bin/sh", "-c", action.command]
+            else:
+                argv = self._namespaced(action, sandbox, exec_root)
             stdout_path, stderr_path = sandbox + "/stdout", sandbox + "/stderr"
             started = time.monotonic()
             with open(stdout_path, "wb") as out, open(stderr_path, "wb") as err:
-                exit_code, timed_out, usage = self._spawn(action, exec_root, env, out, err, umask)
+                exit_code, timed_out, usage = self._spawn(action, argv, exec_root, env, out, err, umask)
         except BaseException:
             shutil.rmtree(sandbox, ignore_errors=True)
             raise
@@ -206,6 +248,26 @@ class Sandboxes:
         with open(stdout_path, "rb") as out, open(stderr_path, "rb") as err:
             stdout, stderr = out.read(), err.read()
         return SpawnResult(exit_code, timed_out, Path(exec_root), missing, stdout, stderr, elapsed, usage)
+
+    def _namespaced(self, action: Action, sandbox: str, exec_root: str) -> list[str]:
+        """The bwrap argv for `action`, whose inputs are staged in `exec_root`.
+
+        Inputs are bound read-only (by folder where possible, namespaces.input_binds). A large
+        input, staged as a symlink into the workspace, becomes an empty file with the workspace
+        file bound read-only onto it: the link's target is hidden inside.
+        """
+        assert self._isolation is not None
+        linked: dict[str, str] = {}
+        for path in action.inputs:
+            target = f"{exec_root}/{path}"
+            if os.path.islink(target):
+                linked[target] = os.readlink(target)
+                os.unlink(target)
+                os.close(os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o444))
+        binds = [(f"{exec_root}/{rel}",) * 2 for rel in input_binds(action.inputs, action.outputs)]
+        if linked:
+            binds = [bind for bind in binds if bind[0] not in linked] + [(s, t) for t, s in linked.items()]
+        return command(self._isolation, sandbox, exec_root, binds, NETWORK_TAG in action.tags, action.command)
 
     def _perturbed_env(self, env: dict[str, str], perturbation: Perturbation, declared: set[str]) -> dict[str, str]:
         if perturbation.tz is not None and "TZ" not in declared:
@@ -279,16 +341,16 @@ class Sandboxes:
             else:
                 _stage_file(self._root + path, f"{exec_root}/{path}")
 
-    def _spawn(self, action: Action, cwd: str, env: dict[str, str], out: object, err: object,
+    def _spawn(self, action: Action, argv: list[str], cwd: str, env: dict[str, str], out: object, err: object,
                umask: int = -1) -> tuple[int, bool, ResourceUsage | None]:
-        """Run the command in its own session; exit code, whether it timed out, and its usage."""
+        """Run `argv` in its own session; exit code, whether it timed out, and its usage."""
         with self._lock:
             if self._cancelled:
                 return -signal.SIGTERM, False, None
             processors = self._pin(action.resources[0])
             try:
                 process = subprocess.Popen(
-                    ["/bin/sh", "-c", action.command], cwd=cwd, env=env, stdin=subprocess.DEVNULL,
+                    argv, cwd=cwd, env=env, stdin=subprocess.DEVNULL,
                     stdout=out, stderr=err, start_new_session=True, umask=umask,
                 )
             except BaseException:

@@ -123,6 +123,15 @@ class Store:
         with self._env.begin() as txn:
             return txn.get(digest, db=self._blobs) is not None
 
+    def blob_source(self, digest: Digest) -> bytes | Path | None:
+        """Where a blob's bytes are, unverified: inline bytes, or its file under cas/; None if absent.
+        For callers that stream large blobs (cache export) and verify as they go."""
+        with self._env.begin() as txn:
+            row = txn.get(digest, db=self._blobs)
+        if row is None:
+            return None
+        return row[1:] if row[:1] == _INLINE else self.external_path(digest)
+
     def external_path(self, digest: Digest) -> Path:
         hexed = digest.hex()
         return self.path / "cas" / hexed[:2] / hexed
@@ -186,6 +195,23 @@ class Store:
                 if txn.get(key, db=self._results) != packed:
                     txn.put(key, packed, db=self._results)
         self._commits += 1
+
+    def add_results(self, results: Iterable[tuple[Digest, bytes]], blobs: Iterable[tuple[Digest, bytes | None]],
+                    when: int) -> int:
+        """Add many (key, packed result) rows and their blobs in ONE transaction, keeping any result
+        the store already has for a key (cache import); returns how many results were new."""
+        added = 0
+        with self._env.begin(write=True) as txn:
+            for digest, data in blobs:
+                if txn.get(digest, db=self._blobs) is None:
+                    txn.put(digest, _INLINE + data if data is not None else _EXTERNAL, db=self._blobs)
+            for key, packed in results:
+                if txn.get(key, db=self._results) is None:
+                    txn.put(key, packed, db=self._results)
+                    txn.put(key, when.to_bytes(8, "big"), db=self._usage)
+                    added += 1
+        self._commits += 1
+        return added
 
     def get_meta(self, name: str) -> bytes | None:
         return self._txn().get(name.encode(), db=self._meta)

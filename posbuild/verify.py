@@ -41,8 +41,10 @@ from posbuild.config import Config
 from posbuild.digest import hash_file
 from posbuild.envfp import environment_hash, environment_key, passed_environment
 from posbuild.errors import ChecksumMismatch
+from posbuild.namespaces import writable_paths
 from posbuild.records import OutputFile
-from posbuild.sandbox import Perturbation, Sandboxes, SpawnResult, listing_follows_creation
+from posbuild.sandbox import Perturbation, Sandboxes, SpawnResult, choose_isolation, listing_follows_creation
+from posbuild.secrets import SecretSource, SecretUnavailable, redact, secret_source
 from posbuild.store import Store
 from posbuild.uptodate import BuildState, load_state
 
@@ -81,6 +83,7 @@ class VerifyReport:
     not_verified: tuple[str, ...] = ()  # labels of no-cache actions
     without_cache: int = 0  # verified actions that had no cached result to compare with
     perturbed: tuple[str, ...] = field(default=(), compare=False)
+    notice: str = field(default="", compare=False)  # bubblewrap unavailable: the runs used the folder sandbox
 
     @property
     def nondeterministic(self) -> tuple[str, ...]:
@@ -95,25 +98,29 @@ def verify_request(config: Config, graph: ActionGraph, state_path: Path, environ
     state = load_state(state_path, environment_key(passed_env, environment_hash(config, environ)))
     store = Store(config.store_dir)
     try:
-        return verify(config, graph, state, store, passed_env, jobs)
+        return verify(config, graph, state, store, passed_env, jobs,
+                      secrets=secret_source(config.root, config.secrets_file, environ),
+                      sandbox_writable=writable_paths(environ))
     finally:
         store.close()
 
 
 def verify(config: Config, graph: ActionGraph, state: BuildState, store: Store,
            passed_env: Sequence[tuple[str, str]] = (), jobs: int = 1, shift_clock: bool = True,
-           sleep: Callable[[float], None] = time.sleep) -> VerifyReport:
+           sleep: Callable[[float], None] = time.sleep, secrets: SecretSource | None = None,
+           sandbox_writable: Sequence[str] = ()) -> VerifyReport:
     """Run each action of `graph` twice, perturbed, and compare outputs with each other and the cache.
 
     `shift_clock=False` does without libfaketime even where it is installed (run 2 then starts
     in a later wall-clock second than run 1).
     """
-    sandboxes = Sandboxes(config.root, config.sandbox_dir)
+    isolation, notice = choose_isolation(config, sandbox_writable)  # SandboxUnavailable before anything runs
+    sandboxes = Sandboxes(config.root, config.sandbox_dir, isolation)
     shifted = shift_clock and sandboxes.faketime is not None
     second = SECOND if shifted else replace(SECOND, clock_shift=None)
     actions = [a for a in graph.actions if NO_CACHE_TAG not in a.tags]
     checker = _Checker(store, state)
-    runs = _Runs(sandboxes, tuple(passed_env))
+    runs = _Runs(sandboxes, tuple(passed_env), secrets)
     with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
         for start in range(0, len(actions), BATCH):
             batch = actions[start:start + BATCH]
@@ -133,6 +140,7 @@ def verify(config: Config, graph: ActionGraph, state: BuildState, store: Store,
         actions=len(actions), outputs=checker.outputs, bytes=checker.bytes, findings=tuple(checker.findings),
         not_verified=tuple(a.label for a in graph.actions if NO_CACHE_TAG in a.tags),
         without_cache=checker.without_cache, perturbed=_perturbed(config, sandboxes.faketime if shifted else None),
+        notice=notice,
     )
 
 
@@ -154,23 +162,40 @@ def _perturbed(config: Config, faketime: str | None) -> tuple[str, ...]:
 class _Runs:
     """Runs a batch of actions in parallel under one perturbation; a run that cannot start is an OSError."""
 
-    def __init__(self, sandboxes: Sandboxes, passed_env: tuple[tuple[str, str], ...]) -> None:
+    def __init__(self, sandboxes: Sandboxes, passed_env: tuple[tuple[str, str], ...],
+                 secrets: SecretSource | None = None) -> None:
         self._sandboxes = sandboxes
         self._passed_env = passed_env
+        self._secrets = secrets
 
     def all(self, pool: ThreadPoolExecutor, batch: Sequence[Action],
             perturbation: Perturbation) -> list[SpawnResult | OSError]:
         def one(action: Action) -> SpawnResult | OSError:
             try:
-                return self._sandboxes.run(action, self._passed_env, perturbation)
+                secrets = self._secret_values(action)
+                run = self._sandboxes.run(action, self._passed_env + secrets, perturbation)
             except OSError as error:
                 return error
+            if secrets:  # a finding quotes stderr: it must not quote a secret
+                run = replace(run, stderr=redact(run.stderr, [value for _, value in secrets]))
+            return run
 
         try:
             return list(pool.map(one, batch))
         except BaseException:
             self._sandboxes.cancel()  # Ctrl-C: stop the commands; the next build removes their sandboxes
             raise
+
+    def _secret_values(self, action: Action) -> tuple[tuple[str, str], ...]:
+        """The action's secret values; a missing one means the run cannot start (an OSError)."""
+        if not action.secrets:
+            return ()
+        try:
+            if self._secrets is None:
+                raise SecretUnavailable(f"secret '{action.secrets[0]}' is needed but no secrets are available")
+            return self._secrets.values_for(action.secrets)
+        except SecretUnavailable as error:
+            raise OSError(str(error)) from None
 
     def remove(self, runs: Sequence[SpawnResult | OSError]) -> None:
         for run in runs:

@@ -73,6 +73,13 @@ def executed_labels(result: Result) -> list[str]:
     return sorted(line.split("] ", 1)[1] for line in result.stdout.splitlines() if line.startswith("["))
 
 
+@pytest.fixture(scope="session", autouse=True)
+def sandbox_may_write_test_probes(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Let actions write the probe files tests leave under the test's temp folder (start flags,
+    run counters), also under the namespace sandbox; a workspace inside it stays hidden."""
+    os.environ["POSBUILD_SANDBOX_WRITABLE"] = str(tmp_path_factory.getbasetemp())
+
+
 @pytest.fixture
 def ws(tmp_path: Path) -> Workspace:
     """An empty workspace (a posbuild.toml and nothing else)."""

@@ -20,6 +20,7 @@ from posbuild.errors import PosbuildError
 
 COMMANDS = {
     "build": ("posbuild.cli.build", "Build targets (the default command)."),
+    "cache": ("posbuild.cli.cache", "Export the cache to one archive file, or import one (for CI)."),
     "clean": ("posbuild.cli.admin", "Remove outputs; with --all, the store too."),
     "env": ("posbuild.cli.env", "Show, approve or check the environment fingerprint h_E (ORCH-07)."),
     "log": ("posbuild.cli.log", "Show a build's execution records (table, JSON lines, Chrome trace)."),
@@ -30,6 +31,7 @@ COMMANDS = {
     "lock": ("posbuild.cli.lock", "Pin the digests of the sources of PATTERNs in posbuild.lock."),
     "query": ("posbuild.cli.query", "Query the target graph: deps, rdeps, allpaths, kind, attr, + - ^."),
     "verify": ("posbuild.cli.verify", "Run actions twice in perturbed sandboxes and byte-compare (ORCH-04)."),
+    "watch": ("posbuild.cli.watch", "Build, then rebuild whenever a file the targets depend on changes."),
 }
 
 

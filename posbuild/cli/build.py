@@ -22,6 +22,22 @@ def choose_reporter(quiet: bool):  # type: ignore[no-untyped-def]
     return PlainReporter(sys.stdout, sys.stderr)
 
 
+def _executor(ctx: click.Context, param: click.Parameter, value: str | None) -> str:
+    """`--executor`: `local`, or a Dask scheduler as dask://HOST:PORT (tcp:// and tls:// also work)."""
+    if value is None or value == "local":
+        return value or ""
+    from posbuild.dask_cluster import scheduler_address
+    from posbuild.errors import UsageError
+
+    if not value.startswith(("dask://", "tcp://", "tls://")):
+        raise click.BadParameter(f"expected 'local' or dask://HOST:PORT, got {value!r}")
+    try:
+        scheduler_address(value)
+    except UsageError as error:
+        raise click.BadParameter(error.detail) from None
+    return value
+
+
 @click.command()
 @click.argument("patterns", nargs=-1)
 @click.option("-j", "--jobs", type=click.IntRange(min=1), default=None,
@@ -34,8 +50,14 @@ def choose_reporter(quiet: bool):  # type: ignore[no-untyped-def]
 @click.option("--explain", is_flag=True, help="Say in one line why each executed action ran.")
 @click.option("--allow-env-drift", is_flag=True,
               help="Build even if the environment hash differs from the one approved in posbuild.lock (warns).")
+@click.option("--remote-upload", is_flag=True,
+              help="Upload executed results to [cache] remote, signed with the secret POSBUILD_CACHE_KEY "
+                   "(the role must allow uploads).")
+@click.option("--executor", metavar="local|dask://HOST:PORT", default=None, callback=_executor,
+              help="Where actions that miss the cache run: here (local, the default) or on the Dask cluster "
+                   "whose scheduler listens at HOST:PORT (default: [executor] in posbuild.toml).")
 def build(patterns: tuple[str, ...], jobs: int | None, keep_going: bool, dry_run: bool, verify: bool,
-          quiet: bool, explain: bool, allow_env_drift: bool) -> None:
+          quiet: bool, explain: bool, allow_env_drift: bool, remote_upload: bool, executor: str) -> None:
     """Build the targets matched by PATTERNS (default: //...).
 
     \b
@@ -49,7 +71,7 @@ def build(patterns: tuple[str, ...], jobs: int | None, keep_going: bool, dry_run
         root, package = workspace_and_package()
         options = BuildOptions(patterns=patterns or ("//...",), jobs=jobs or 0, keep_going=keep_going,
                                dry_run=dry_run, verify=verify, explain=explain, cwd_package=package,
-                               allow_env_drift=allow_env_drift)
+                               allow_env_drift=allow_env_drift, remote_upload=remote_upload, executor=executor)
         summary = run_build(root, options, choose_reporter(quiet), dict(os.environ))
     except PosbuildError as error:
         fail(error)

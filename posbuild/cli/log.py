@@ -26,14 +26,17 @@ def _table(build: dict, records: list) -> None:  # type: ignore[type-arg]
     click.echo(f"build {build['number']}  started {build['started']}  patterns {' '.join(build['patterns'])}"
                f"  h_E {bytes(build['env_hash']).hex()[:12]}"
                + ("  (environment drift allowed)" if build.get("allow_env_drift") else ""))
-    click.echo(f"{'state':<8} {'seconds':>8} {'cpu s':>7} {'max RSS':>9} {'exit':>5}  {'key':<12}  {'error':<14} label")
+    remote = any(r.worker for r in records)  # a column saying where each action ran, for builds on Dask
+    click.echo(f"{'state':<8} {'seconds':>8} {'cpu s':>7} {'max RSS':>9} {'exit':>5}  {'key':<12}  {'error':<14} "
+               + (f"{'ran on':<32} " if remote else "") + "label")
     for r in records:
         cpu = f"{r.usage.user_s + r.usage.system_s:.2f}" if r.usage else "-"
         rss = f"{r.usage.max_rss_kb / 1024:.1f}M" if r.usage else "-"
         exit_code = "-" if r.exit_code is None else str(r.exit_code)
         key = r.key.hex()[:12] if r.key else "-"
+        where = f"{r.host} {r.worker.split('://')[-1]}" if r.worker else "-"
         click.echo(f"{r.state:<8} {r.duration:>8.3f} {cpu:>7} {rss:>9} {exit_code:>5}  {key:<12}  "
-                   f"{r.error_code or '-':<14} {r.label}")
+                   f"{r.error_code or '-':<14} " + (f"{where:<32} " if remote else "") + r.label)
 
 
 @click.command()

@@ -55,6 +55,8 @@ def verify(patterns: tuple[str, ...], jobs: int | None, quiet: bool) -> None:
     except KeyboardInterrupt:
         click.echo("posbuild: interrupted; nothing was cached or written to posbuild-out/", err=True)
         sys.exit(130)
+    if report.notice:
+        click.echo(report.notice, err=True)
     if not quiet:
         click.echo("verify: run 2 differs from run 1 in " + ", ".join(report.perturbed))
     for finding in report.findings:

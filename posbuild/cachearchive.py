@@ -1,0 +1,295 @@
+"""Layer 8: cache archives — move the cache between CI runs as one file (`posbuild cache export`
+and `posbuild cache import`).
+
+Design memo
+-----------
+* **What is exported.** The action results that the patterns' last successful build used (every
+  action it executed or found cached, including those it settled by stat alone, as `posbuild log`
+  lists them), and every blob those results name: outputs, stdout, stderr. A fresh workspace that
+  imports the archive builds those patterns with zero executions.
+* **Format.** A tar file (gzip-compressed when the name ends in `.gz` or `.tgz`), readable with
+  standard tools. Its first member, `posbuild-cache/manifest`, is msgpack
+  `[FORMAT, "posbuild-cache", BLAKE3(body), body, signature]`; the body lists the patterns, the
+  build, every (action key, packed result) and every (blob digest, size). Then one member
+  `posbuild-cache/blobs/<hex>` per blob, in manifest order, so both sides stream: a large data
+  set never has to sit in memory.
+* **Trust.** Import checks everything before it writes anything: the manifest's digest, each
+  blob's BLAKE3 digest and size against its name and the manifest, that every blob a result
+  names is in the archive or already in the store, and that nothing else is in the archive. When
+  the secret `POSBUILD_CACHE_KEY` is set the manifest must also carry a valid HMAC-SHA256 signature
+  made with it (export signs whenever the key is set), so an archive planted in a shared CI cache
+  by someone without the key is refused. Any failure is ORCH-03 and nothing is imported.
+* **Writing.** Large blobs (above the store's inline limit) are verified into temp files first,
+  copied into `cas/` (temp + fsync + rename, before any row names them), then every result and
+  small blob goes in ONE store transaction. A crash leaves the store as it was, plus at most some
+  orphan `cas/` files that gc removes. Results the store already has are kept as they are.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import io
+import os
+import shutil
+import tarfile
+import time
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any, Iterator, Sequence
+
+import blake3
+import msgpack
+
+from posbuild.digest import Digest, hash_bytes, hash_file
+from posbuild.errors import ChecksumMismatch, UsageError
+from posbuild.history import records_of_build
+from posbuild.records import ActionResult
+from posbuild.store import INLINE_LIMIT, Store
+
+ARCHIVE_FORMAT = 1
+MAGIC = "posbuild-cache"
+MANIFEST = f"{MAGIC}/manifest"
+BLOB_PREFIX = f"{MAGIC}/blobs/"
+_SIGNING_CONTEXT = b"posbuild cache archive v1\x00"
+_CHUNK = 1 << 20
+
+
+@dataclass(frozen=True, slots=True)
+class ExportReport:
+    build: int
+    patterns: tuple[str, ...]
+    results: int
+    blobs: int
+    size: int
+    missing: int  # results the build used that are no longer in the store (gc, no-cache)
+    signed: bool
+
+
+@dataclass(frozen=True, slots=True)
+class ImportReport:
+    results: int
+    new_results: int
+    blobs: int
+    new_blobs: int
+    size: int
+    signed: bool
+
+
+def _sign(secret: bytes, body: bytes) -> bytes:
+    return hmac.new(secret, _SIGNING_CONTEXT + body, hashlib.sha256).digest()
+
+
+def last_successful_build(store: Store, patterns: Sequence[str]) -> dict[str, Any]:
+    """The newest build row of exactly these patterns that finished with nothing failed or skipped."""
+    wanted = sorted(set(patterns))
+    builds = store.builds()
+    for build in reversed(builds):
+        if (sorted(set(build.get("patterns", ()))) == wanted and "ended" in build
+                and not build.get("failed") and not build.get("skipped")):
+            return build
+    recorded = sorted({" ".join(sorted(set(b.get("patterns", ())))) for b in builds if "ended" in b})
+    hint = f" (builds recorded for: {'; '.join(recorded[-5:])})" if recorded else ""
+    shown = " ".join(wanted)
+    raise UsageError(f"no successful build of {shown} is recorded in this store{hint}; "
+                     f"run `posbuild build {shown}` first")
+
+
+def export_cache(store: Store, patterns: Sequence[str], target: Path, secret: bytes | None) -> ExportReport:
+    """Write the results and blobs of the patterns' last successful build to `target` (atomically)."""
+    build = last_successful_build(store, patterns)
+    keys = sorted({r.key for r in records_of_build(store, build) if r.key and r.state in ("SUCCESS", "CACHED")})
+    results: list[tuple[Digest, bytes]] = []
+    blobs: dict[Digest, int] = {}
+    missing = 0
+    for key in keys:
+        result = store.get_result(key)
+        if result is None:
+            missing += 1
+            continue
+        results.append((key, result.pack()))
+        for digest in _blobs_of(result):
+            if digest not in blobs:
+                if not store.has_blob(digest):
+                    raise ChecksumMismatch(f"blob {digest.hex()} is referenced by an action result but missing "
+                                           f"from the store; run `posbuild fsck --repair`")
+                blobs[digest] = store.blob_size(digest)
+    body = msgpack.packb({"patterns": sorted(set(patterns)), "build": build["number"],
+                          "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                          "results": [[k, p] for k, p in results], "blobs": [[d, s] for d, s in blobs.items()]},
+                         use_bin_type=True)
+    manifest = msgpack.packb([ARCHIVE_FORMAT, MAGIC, hash_bytes(body), body, _sign(secret, body) if secret else b""],
+                             use_bin_type=True)
+    temp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
+    try:
+        with tarfile.open(temp, "w:gz" if target.name.endswith((".gz", ".tgz")) else "w",
+                          format=tarfile.GNU_FORMAT) as tar:
+            _add(tar, MANIFEST, io.BytesIO(manifest), len(manifest))
+            for digest, size in blobs.items():
+                _add_blob(tar, store, digest, size)
+        os.replace(temp, target)
+    finally:
+        temp.unlink(missing_ok=True)
+    return ExportReport(int(build["number"]), tuple(sorted(set(patterns))), len(results), len(blobs),
+                        sum(blobs.values()), missing, bool(secret))
+
+
+def _blobs_of(result: ActionResult) -> Iterator[Digest]:
+    yield from (o.digest for o in result.outputs)
+    yield result.stdout_digest
+    yield result.stderr_digest
+
+
+def _add(tar: tarfile.TarFile, name: str, handle: IO[bytes], size: int) -> None:
+    info = tarfile.TarInfo(name)
+    info.size, info.mode, info.mtime = size, 0o444, 0
+    tar.addfile(info, handle)
+
+
+def _add_blob(tar: tarfile.TarFile, store: Store, digest: Digest, size: int) -> None:
+    """Add one blob, verified: a corrupt store blob must not travel to another machine."""
+    source = store.blob_source(digest)
+    if isinstance(source, Path):
+        if hash_file(source) != digest or source.stat().st_size != size:
+            raise ChecksumMismatch(f"blob file {source} does not hash to its name; run `posbuild fsck --repair`")
+        with open(source, "rb") as handle:
+            _add(tar, BLOB_PREFIX + digest.hex(), handle, size)
+        return
+    data = store.get_blob(digest)  # verified (ORCH-03 on mismatch)
+    _add(tar, BLOB_PREFIX + digest.hex(), io.BytesIO(data), len(data))
+
+
+def import_cache(store: Store, source: Path, temp_dir: Path, secret: bytes | None) -> ImportReport:
+    """Verify the whole archive, then merge its results and blobs into the store in one transaction."""
+    if not source.is_file():
+        raise UsageError(f"no cache archive {source}")
+    temp_dir.mkdir(parents=True, exist_ok=True)
+    staged = temp_dir / f"import-{os.getpid()}"
+    shutil.rmtree(staged, ignore_errors=True)
+    staged.mkdir()
+    try:
+        try:
+            with tarfile.open(source, "r:*") as tar:
+                body, signed, small, large = _read_verified(tar, source, staged, secret)
+        except (tarfile.TarError, EOFError, zlib.error, OSError) as error:
+            what = (str(error).splitlines() or [type(error).__name__])[0].rstrip(":")
+            raise ChecksumMismatch(f"cache archive {source} is damaged ({what}); nothing was imported") from None
+        results, sizes = _check_results(body, source, small, large, store)
+        new_blobs = [d for d in sizes if not store.has_blob(d)]
+        for digest in new_blobs:
+            if digest in large:
+                store.store_external(digest, large[digest])
+        rows: list[tuple[Digest, bytes | None]] = [(d, small.get(d)) for d in new_blobs]
+        added = store.add_results(results, rows, time.time_ns())
+        store.flush()
+    finally:
+        shutil.rmtree(staged, ignore_errors=True)
+    return ImportReport(len(results), added, len(sizes), len(new_blobs), sum(sizes[d] for d in new_blobs), signed)
+
+
+def _damaged(source: Path, what: str) -> ChecksumMismatch:
+    return ChecksumMismatch(f"cache archive {source}: {what}; nothing was imported")
+
+
+def _read_verified(tar: tarfile.TarFile, source: Path, staged: Path, secret: bytes | None
+                   ) -> tuple[dict[str, Any], bool, dict[Digest, bytes], dict[Digest, Path]]:
+    """Read the manifest, then every blob, checking each against its name and the manifest."""
+    first = tar.next()
+    if first is None or first.name != MANIFEST or not first.isfile():
+        raise _damaged(source, f"its first member is not {MANIFEST} (not a posbuild cache archive)")
+    body, signed = _manifest(_read_member(tar, first), source, secret)
+    expected = {bytes(d): int(s) for d, s in body["blobs"]}
+    small: dict[Digest, bytes] = {}
+    large: dict[Digest, Path] = {}
+    while (member := tar.next()) is not None:  # not `for member in tar`: that would yield the manifest again
+        name = member.name
+        digest = _blob_name(name)
+        if digest is None or digest not in expected or not member.isfile():
+            raise _damaged(source, f"unexpected member {name!r}")
+        if digest in small or digest in large:
+            raise _damaged(source, f"blob {digest.hex()} appears twice")
+        if member.size != expected[digest]:
+            raise _damaged(source, f"blob {digest.hex()} has {member.size} bytes, the manifest says {expected[digest]}")
+        handle = tar.extractfile(member)
+        assert handle is not None
+        if member.size <= INLINE_LIMIT:
+            data = handle.read()
+            actual = hash_bytes(data)
+            small[digest] = data
+        else:
+            path = staged / digest.hex()
+            actual = _copy_hashing(handle, path)
+            large[digest] = path
+        if actual != digest:
+            raise _damaged(source, f"blob {digest.hex()} hashes to {actual.hex()}")
+    absent = [d for d in expected if d not in small and d not in large]
+    if absent:
+        raise _damaged(source, f"blob {absent[0].hex()} is listed in the manifest but missing")
+    return body, signed, small, large
+
+
+def _manifest(data: bytes, source: Path, secret: bytes | None) -> tuple[dict[str, Any], bool]:
+    try:
+        form, magic, digest, body, signature = msgpack.unpackb(data)
+    except Exception:  # noqa: BLE001 - any decoding failure: the manifest is not what export wrote
+        raise _damaged(source, "its manifest cannot be read") from None
+    if form != ARCHIVE_FORMAT or magic != MAGIC:
+        raise _damaged(source, f"unknown archive format {form!r}")
+    if hash_bytes(body) != digest:
+        raise _damaged(source, f"its manifest hashes to {hash_bytes(body).hex()}, not {bytes(digest).hex()}")
+    if secret is not None:
+        if not signature:
+            raise _damaged(source, "it is not signed, but POSBUILD_CACHE_KEY is set (export it with the key)")
+        if not hmac.compare_digest(_sign(secret, body), signature):
+            raise _damaged(source, "wrong signature (made without this POSBUILD_CACHE_KEY, or altered)")
+    try:
+        decoded = msgpack.unpackb(body)
+        assert isinstance(decoded, dict) and {"results", "blobs"} <= set(decoded)
+    except Exception:  # noqa: BLE001
+        raise _damaged(source, "its manifest cannot be read") from None
+    return decoded, secret is not None
+
+
+def _check_results(body: dict[str, Any], source: Path, small: dict[Digest, bytes], large: dict[Digest, Path],
+                   store: Store) -> tuple[list[tuple[Digest, bytes]], dict[Digest, int]]:
+    """Every result decodes and every blob it names is in the archive or in the store."""
+    results: list[tuple[Digest, bytes]] = []
+    sizes = {d: len(data) for d, data in small.items()}
+    sizes.update((d, p.stat().st_size) for d, p in large.items())
+    for key, packed in body["results"]:
+        try:
+            result = ActionResult.unpack(packed)
+        except Exception:  # noqa: BLE001
+            raise _damaged(source, f"the result of action key {bytes(key).hex()} cannot be read") from None
+        for digest in _blobs_of(result):
+            if digest not in sizes and not store.has_blob(digest):
+                raise _damaged(source, f"the result of action key {bytes(key).hex()} names blob {digest.hex()}, "
+                                       f"which is neither in the archive nor in the store")
+        results.append((bytes(key), bytes(packed)))
+    return results, sizes
+
+
+def _blob_name(name: str) -> Digest | None:
+    if not name.startswith(BLOB_PREFIX):
+        return None
+    try:
+        digest = bytes.fromhex(name[len(BLOB_PREFIX):])
+    except ValueError:
+        return None
+    return digest if len(digest) == 32 else None
+
+
+def _read_member(tar: tarfile.TarFile, member: tarfile.TarInfo) -> bytes:
+    handle = tar.extractfile(member)
+    assert handle is not None
+    return handle.read()
+
+
+def _copy_hashing(handle: IO[bytes], path: Path) -> Digest:
+    hasher = blake3.blake3()
+    with open(path, "wb") as out:
+        while chunk := handle.read(_CHUNK):
+            hasher.update(chunk)
+            out.write(chunk)
+    return hasher.digest()

@@ -1,0 +1,106 @@
+"""`posbuild cache export|import`: move the cache between CI runs as one archive file."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import click
+
+from posbuild.cli import fail, workspace_and_package
+from posbuild.errors import PosbuildError
+
+
+class _Messages:
+    """The one reporter method the workspace lock needs (it says when it waits)."""
+
+    def message(self, text: str) -> None:
+        click.echo(text, err=True)
+
+
+def _signing_key(root: Path, secrets_file: str) -> bytes | None:
+    """The secret POSBUILD_CACHE_KEY (environment, then the secrets file), or None when unset."""
+    from posbuild.remote import CACHE_KEY_VARIABLE
+    from posbuild.secrets import SecretUnavailable, secret_source
+
+    try:
+        values = secret_source(root, secrets_file, dict(os.environ)).values_for([CACHE_KEY_VARIABLE])
+    except SecretUnavailable:
+        return None
+    return values[0][1].encode() if values and values[0][1] else None
+
+
+def _size(count: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if count < 1024 or unit == "GiB":
+            return f"{count:.0f} {unit}" if unit == "B" else f"{count:.1f} {unit}"
+        count /= 1024  # type: ignore[assignment]
+    return f"{count} B"
+
+
+@click.group()
+def cache() -> None:
+    """Export or import the cache as one archive (to carry it between CI runs).
+
+    \b
+    Examples:
+      posbuild cache export ci-cache.tar.gz //...     after a successful `posbuild build //...`
+      posbuild cache import ci-cache.tar.gz           on the next machine, before building
+    With the secret POSBUILD_CACHE_KEY set, export signs the archive and import refuses one
+    that is unsigned or signed with another key.
+    """
+
+
+@cache.command("export", short_help="Write the last successful build's results and blobs to FILE.")
+@click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("patterns", nargs=-1)
+def export(file: Path, patterns: tuple[str, ...]) -> None:
+    """Write the results and blobs the last successful build of PATTERNS used (default //...) to FILE."""
+    from posbuild.cachearchive import export_cache
+    from posbuild.config import load_config
+    from posbuild.label import parse_pattern
+    from posbuild.store import Store
+
+    try:
+        root, package = workspace_and_package()
+        config = load_config(root)
+        canonical = tuple(str(parse_pattern(p, package)) for p in patterns or ("//...",))
+        store = Store(config.store_dir)
+        try:
+            report = export_cache(store, canonical, file.absolute(), _signing_key(root, config.secrets_file))
+        finally:
+            store.close()
+    except PosbuildError as error:
+        fail(error)
+    notes = f"; {report.missing} result(s) no longer in the store were left out" if report.missing else ""
+    click.echo(f"exported build {report.build} ({' '.join(report.patterns)}): {report.results} action result(s), "
+               f"{report.blobs} blob(s), {_size(report.size)}{', signed' if report.signed else ''} to {file}{notes}")
+
+
+@cache.command("import", short_help="Verify FILE whole, then merge it into the store.")
+@click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
+def import_(file: Path) -> None:
+    """Verify every blob of FILE against its digest, then merge it into the store (all or nothing)."""
+    from posbuild.build import workspace_lock
+    from posbuild.cachearchive import import_cache
+    from posbuild.config import load_config
+    from posbuild.store import Store
+
+    try:
+        root, _ = workspace_and_package()
+        config = load_config(root)
+        with workspace_lock(config, _Messages()):  # type: ignore[arg-type]
+            key = _signing_key(root, config.secrets_file)
+            if key is None:
+                click.echo("posbuild: note: POSBUILD_CACHE_KEY is not set, so the archive's signature is not "
+                           "checked (its blobs are)", err=True)
+            store = Store(config.store_dir)
+            try:
+                report = import_cache(store, file.absolute(), config.state_dir / "tmp", key)
+            finally:
+                store.close()
+    except PosbuildError as error:
+        fail(error)
+    click.echo(f"imported {report.results} action result(s) ({report.new_results} new) and {report.blobs} blob(s) "
+               f"({report.new_blobs} new, {_size(report.size)}) from {file}"
+               f"{' (signature verified)' if report.signed else ''}")

@@ -1,0 +1,131 @@
+"""`posbuild watch`: build, then rebuild on every change, one line per cycle, until Ctrl-C."""
+
+from __future__ import annotations
+
+import gc
+import os
+import sys
+from typing import TextIO
+
+import click
+
+from posbuild.cli import fail, workspace_and_package
+from posbuild.errors import ActionFailed, NonDeterminism, PosbuildError, ResourceOversubscription
+from posbuild.reporter import BuildSummary, QuietReporter, TerminalReporter
+from posbuild.watch import Cycle
+
+SHOWN_PATHS = 3  # changed paths named in a cycle line; the rest are counted
+
+
+class _TerminalStatus(TerminalReporter):
+    """The live status line during a build; the cycle line replaces the build's summary line."""
+
+    def build_finished(self, summary: BuildSummary) -> None:
+        self._clear()
+        self._out.flush()
+
+
+def cycle_line(cycle: Cycle, first: bool) -> str:
+    """`[watch] 2 files changed (a, b): 3 executed, 97 cached, 0 failed in 0.21 s`."""
+    if first:
+        head = "initial build"
+    else:
+        names = ", ".join(cycle.changed[:SHOWN_PATHS])
+        more = len(cycle.changed) - SHOWN_PATHS
+        names += f", +{more} more" if more > 0 else ""
+        count = len(cycle.changed)
+        head = f"{count} file{'s' if count != 1 else ''} changed ({names})"
+    if cycle.summary is not None:
+        s = cycle.summary
+        ran = f"{s.executed} executed, {s.cached} cached, {s.failed} failed"
+        ran += f", {s.skipped} skipped" if s.skipped else ""
+    else:
+        ran = f"error (exit {cycle.error.exit_code if cycle.error else 1})"
+    tail = f"; watching {cycle.watched} files, Ctrl-C to stop" if first else ""
+    return f"[watch] {head}: {ran} in {cycle.elapsed:.2f} s{tail}"
+
+
+def summary_error(summary: BuildSummary) -> PosbuildError | None:
+    """The error `posbuild build` would exit with for this summary, if any (the same one line)."""
+    labels = ", ".join(summary.failed_labels)
+    if "ORCH-04" in summary.codes:
+        return NonDeterminism(f"{summary.failed} action(s) failed, some produced bytes that differ from their "
+                              f"cached result: {labels}")
+    if "ORCH-05" in summary.codes:
+        return ResourceOversubscription(f"{summary.failed} action(s) failed, some used more memory than they "
+                                        f"declared: {labels}")
+    if summary.failed:
+        return ActionFailed(f"{summary.failed} action(s) failed: {labels}")
+    return None
+
+
+class _CyclePrinter:
+    """Prints each Cycle: errors on stderr as `posbuild: ...`, the cycle line on stdout."""
+
+    def __init__(self, out: TextIO, err: TextIO, quiet: bool) -> None:
+        self._out = out
+        self._err = err
+        self._quiet = quiet
+        self._first = True
+
+    def __call__(self, cycle: Cycle) -> None:
+        error = cycle.error or (summary_error(cycle.summary) if cycle.summary else None)
+        if error is not None:
+            self._err.write(f"posbuild: {error.render()}\n")
+            self._err.flush()
+        if error is not None or not self._quiet:
+            self._out.write(cycle_line(cycle, self._first) + "\n")
+            self._out.flush()
+        self._first = False
+
+
+@click.command()
+@click.argument("patterns", nargs=-1)
+@click.option("-j", "--jobs", type=click.IntRange(min=1), default=None,
+              help="Run at most N actions at once (default: [build] jobs, or the number of CPUs).")
+@click.option("-k", "--keep-going", is_flag=True, help="After a failure, still build every independent branch.")
+@click.option("-q", "--quiet", is_flag=True, help="Print only failures and errors (no line for a good cycle).")
+@click.option("--debounce", type=click.IntRange(min=0), default=50, show_default=True, metavar="MS",
+              help="Build once no relevant change has come for MS milliseconds.")
+@click.option("--allow-env-drift", is_flag=True,
+              help="Build even if the environment hash differs from the one approved in posbuild.lock (warns).")
+def watch(patterns: tuple[str, ...], jobs: int | None, keep_going: bool, quiet: bool, debounce: int,
+          allow_env_drift: bool) -> None:
+    """Build PATTERNS (default: //...), then rebuild whenever a file they depend on changes.
+
+    \b
+    Watched: every source file and tool of the requested actions, the BUILD and .bzl files they
+    were loaded from, posbuild.toml and posbuild.lock, and new files in their packages (globs).
+    Not watched: posbuild-out/, .posbuild/, .git/ and other folders whose name starts with '.'.
+    Each build prints one line; a failed build or a broken BUILD file is reported and watching
+    goes on. Ctrl-C stops at once (exit 130), keeping nothing partial.
+    """
+    from posbuild.build import BuildOptions, run_build
+    from posbuild.config import load_config
+    from posbuild.watch import watch as watch_loop
+
+    try:
+        root, package = workspace_and_package()
+        config = load_config(root)
+        options = BuildOptions(patterns=patterns or ("//...",), jobs=jobs or 0, keep_going=keep_going,
+                               cwd_package=package, allow_env_drift=allow_env_drift)
+        reporter = _TerminalStatus(sys.stdout, sys.stderr) if sys.stdout.isatty() and not quiet \
+            else QuietReporter(sys.stdout, sys.stderr)  # a cycle is its one line
+        environ = dict(os.environ)
+        printer = _CyclePrinter(sys.stdout, sys.stderr, quiet)
+
+        def report(cycle: Cycle) -> None:
+            printer(cycle)
+            gc.collect()  # once per cycle, while waiting for the next change
+
+        # A build of 10,000 actions allocates hundreds of thousands of objects, and the cyclic
+        # collector would walk the live ones many times over (100-300 ms of a 0.5 s rebuild) to
+        # free next to nothing: builds make almost no reference cycles. It runs once per cycle instead.
+        gc.disable()
+        watch_loop(config, lambda hook: run_build(root, options, reporter, environ, on_graph=hook),
+                   report, debounce / 1000)
+    except PosbuildError as error:
+        fail(error)
+    except KeyboardInterrupt:
+        click.echo("posbuild: interrupted; nothing partial was kept", err=True)
+        sys.exit(130)

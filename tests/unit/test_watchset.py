@@ -1,0 +1,161 @@
+"""watch.py without a running watcher: the watch set of a graph, which changes matter, debouncing."""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from posbuild.build import resolve
+from posbuild.watch import Change, WatchSet, _next_burst, graph_files, watch_set
+
+FILES = {
+    "posbuild.toml": "",
+    "defs/rules.bzl": 'def upper(name, src):\n    genrule(name = name, srcs = [src], outs = [name + ".txt"], '
+                      'cmd = "tr a-z A-Z < $< > $@")\n',
+    "defs/BUILD": "",
+    "pkg/BUILD": 'load("//defs:rules.bzl", "upper")\n'
+                 'upper(name = "up", src = "a.txt")\n'
+                 'genrule(name = "cat", srcs = [":up", "b.txt"], tools = ["tool.sh"], outs = ["cat.txt"], '
+                 'cmd = "sh $(location tool.sh) $(SRCS) > $@")\n',
+    "pkg/a.txt": "a\n",
+    "pkg/b.txt": "b\n",
+    "pkg/tool.sh": "cat \"$@\"\n",
+    "pkg/unused.txt": "\n",
+    "lib/BUILD": 'genrule(name = "other", srcs = ["c.txt"], outs = ["c.out"], cmd = "cp $< $@")\n',
+    "lib/c.txt": "c\n",
+}
+
+
+@pytest.fixture
+def root(tmp_path: Path) -> Path:
+    for rel, text in FILES.items():
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_text(text)
+    return tmp_path
+
+
+@pytest.fixture
+def watched(root: Path) -> WatchSet:
+    return watch_set(resolve(root, ["//pkg:cat"]), ("BUILD",))
+
+
+def entry(path: str, is_dir: bool = False) -> Change:
+    return Change(path, is_dir, True)
+
+
+def content(path: str) -> Change:
+    return Change(path, False, False)
+
+
+def relevant(ws: WatchSet, root: Path, *changes: Change) -> list[str]:
+    return ws.relevant(root, {c.path: c for c in changes})
+
+
+def test_graph_files_reads_what_the_graph_cache_stamped(root: Path) -> None:
+    graph = resolve(root, ["//pkg:cat"])
+    assert set(graph_files(graph.raw)) == {"pkg/BUILD", "defs/rules.bzl", "posbuild.toml"}
+    assert graph_files(b"") == graph_files(b"not msgpack") == ()
+
+
+def test_the_watch_set_holds_sources_tools_and_build_files_not_outputs(watched: WatchSet) -> None:
+    assert {"pkg/a.txt", "pkg/b.txt", "pkg/tool.sh", "pkg/BUILD", "defs/rules.bzl", "posbuild.toml",
+            "posbuild.lock"} == set(watched.files)
+    assert watched.packages == {"pkg"}
+    assert not watched.broken
+
+
+def test_an_unchanged_graph_keeps_its_watch_set(root: Path, watched: WatchSet) -> None:
+    assert watch_set(resolve(root, ["//pkg:cat"]), ("BUILD",), watched) is watched
+
+
+def test_content_changes_matter_only_for_watched_files(root: Path, watched: WatchSet) -> None:
+    changes = [content("pkg/a.txt"), content("pkg/unused.txt"), content("lib/c.txt"), content("defs/rules.bzl")]
+    assert [c.path for c in changes if watched.candidate(c)] == ["pkg/a.txt", "defs/rules.bzl"]
+    assert relevant(watched, root, *changes) == ["defs/rules.bzl", "pkg/a.txt"]
+
+
+def test_a_temp_file_that_came_and_went_is_dropped(root: Path, watched: WatchSet) -> None:
+    assert watched.candidate(entry("pkg/.a.txt.tmp"))
+    assert relevant(watched, root, entry("pkg/.a.txt.tmp"), entry("pkg/a.txt")) == ["pkg/a.txt"]
+
+
+def test_a_new_file_matters_only_in_a_loaded_package(root: Path, watched: WatchSet) -> None:
+    for rel in ("pkg/new.txt", "pkg/deeper/new.txt", "lib/new.txt", "top.txt"):
+        (root / rel).parent.mkdir(exist_ok=True)
+        (root / rel).write_text("new\n")
+    assert relevant(watched, root, *map(entry, ("pkg/new.txt", "pkg/deeper/new.txt", "lib/new.txt", "top.txt"))) \
+        == ["pkg/deeper/new.txt", "pkg/new.txt"]
+
+
+def test_editor_artifacts_and_unwatched_deletions_do_not_matter(root: Path, watched: WatchSet) -> None:
+    for name in ("pkg/.a.txt.swp", "pkg/a.txt~", "pkg/4913", "pkg/#a.txt#"):
+        (root / name).write_text("")
+        assert not watched.candidate(entry(name))
+        assert relevant(watched, root, entry(name)) == []
+    (root / "pkg/unused.txt").unlink()
+    assert relevant(watched, root, entry("pkg/unused.txt")) == []
+    for folder in ("pkg/__pycache__", "pkg/.cache"):  # the loader and glob() never look inside these
+        (root / folder).mkdir()
+        (root / folder / "x.pyc").write_text("")
+        assert not watched.candidate(entry(folder, True)) and not watched.candidate(entry(f"{folder}/x.pyc"))
+        assert relevant(watched, root, entry(folder, True), entry(f"{folder}/x.pyc")) == []
+
+
+def test_build_files_appearing_anywhere_and_folders_holding_watched_files_matter(root: Path,
+                                                                                watched: WatchSet) -> None:
+    (root / "newpkg").mkdir()
+    (root / "newpkg/BUILD").write_text("")
+    (root / "empty").mkdir()
+    assert relevant(watched, root, entry("newpkg", True), entry("newpkg/BUILD"), entry("empty", True)) == [
+        "newpkg", "newpkg/BUILD"]
+    (root / "docs").mkdir()
+    assert relevant(watched, root, entry("gone", True), entry("docs", True)) == []  # no package in either
+    assert relevant(watched, root, entry("pkg/sub", True)) == []  # does not exist, held nothing watched
+    assert relevant(watched, root, Change("pk", True, True)) == []  # a prefix of a folder, not the folder
+
+
+def test_a_deleted_folder_matters_when_it_held_watched_files(tmp_path: Path, watched: WatchSet) -> None:
+    elsewhere = tmp_path / "elsewhere"  # where neither folder exists any more
+    assert relevant(watched, elsewhere, entry("defs", True), entry("lib", True)) == ["defs"]
+
+
+def test_after_a_failed_load_code_files_and_new_files_anywhere_matter(root: Path) -> None:
+    broken = WatchSet()
+    (root / "lib/new.txt").write_text("")
+    assert broken.candidate(content("lib/any.bzl")) and broken.candidate(content("x/BUILD"))
+    assert not broken.candidate(content("lib/c.txt"))
+    assert relevant(broken, root, content("lib/any.bzl"), content("lib/c.txt"), entry("lib/new.txt")) == [
+        "lib/any.bzl", "lib/new.txt"]
+
+
+def test_a_burst_ends_after_the_quiet_period_and_ignores_irrelevant_changes(watched: WatchSet) -> None:
+    changes: queue.SimpleQueue[Change] = queue.SimpleQueue()
+    seen: list[Change] = []
+    last_relevant: list[float] = []
+
+    def feed() -> None:
+        for n in range(5):
+            changes.put(content("pkg/a.txt" if n % 2 else "pkg/b.txt"))
+            last_relevant.append(time.monotonic())
+            changes.put(content("pkg/unused.txt"))
+            time.sleep(0.02)
+        time.sleep(0.8)
+        changes.put(content("pkg/unused.txt"))  # irrelevant: must not extend the burst to 1.8 s
+
+    quiet = 1.0  # far above the feeder's 20 ms gaps, even on a loaded machine
+    thread = threading.Thread(target=feed)
+    thread.start()
+    burst = _next_burst(changes, watched, quiet, seen.append)
+    ended = time.monotonic()
+    thread.join()
+    assert sorted(burst) == ["pkg/a.txt", "pkg/b.txt"]
+    assert ended >= last_relevant[-1] + quiet  # the quiet period counts from the last relevant change
+    assert ended < last_relevant[-1] + quiet + 0.6
+    assert len(seen) == 11  # every change was offered to the top-level folder tracking
+    changes.put(content("pkg/a.txt"))
+    changes.put(entry("pkg/a.txt"))
+    assert _next_burst(changes, watched, 0.01, seen.append) == {"pkg/a.txt": entry("pkg/a.txt")}
