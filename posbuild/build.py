@@ -21,6 +21,7 @@ from typing import Callable, Iterator, Mapping, Sequence
 from posbuild.analysis import ActionGraph, Analyzer, expand_patterns
 from posbuild.config import Config, load_config
 from posbuild.envfp import checked_environment_hash, environment_key, passed_environment
+from posbuild.errors import ActionFailed, NonDeterminism, PosbuildError, ResourceOversubscription
 from posbuild.graphcache import GraphCache
 from posbuild.label import TargetPattern, parse_pattern
 from posbuild.pins import check_pins
@@ -167,6 +168,20 @@ def run_build(root: Path, options: BuildOptions, reporter: Reporter,
         total=len(actions), executed=executed, cached=up_to_date + cached, failed=failed, skipped=run.skipped,
         wall=time.monotonic() - started, failed_labels=run.failed_labels(actions), codes=run.failure_codes(),
     ))
+
+
+def summary_error(summary: BuildSummary) -> PosbuildError | None:
+    """The error a build with this summary exits with (ORCH-04, ORCH-05, or a failed action), if any."""
+    labels = ", ".join(summary.failed_labels)
+    if "ORCH-04" in summary.codes:
+        return NonDeterminism(f"{summary.failed} action(s) failed, some produced bytes that differ from their "
+                              f"cached result: {labels}")
+    if "ORCH-05" in summary.codes:
+        return ResourceOversubscription(f"{summary.failed} action(s) failed, some used more memory than they "
+                                        f"declared: {labels}")
+    if summary.failed:
+        return ActionFailed(f"{summary.failed} action(s) failed: {labels}")
+    return None
 
 
 def _finish(reporter: Reporter, summary: BuildSummary) -> BuildSummary:

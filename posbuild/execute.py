@@ -114,6 +114,11 @@ class Rebuilder:
             assert state is not None, f"{path} has neither been produced nor recorded"
         return state
 
+    def output_digest(self, path: str) -> Digest:
+        """The digest of an output of this build's request: produced now, or as last recorded."""
+        state = self._produced.get(path)
+        return state.digest if state is not None else self._previous.digests[path]
+
     def check(self, action: Action) -> ActionOutcome | None:
         """Settle `action` from the cache if possible; None means it must run."""
         digests: list[Digest] = []

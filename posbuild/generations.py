@@ -35,16 +35,20 @@ def current_manifest(store: Store) -> tuple[Generation | None, Manifest]:
     return latest, (unpack_manifest(store.get_blob(latest.manifest)) if latest else {})
 
 
-def record_generation(config: Config, store: Store, patterns: Sequence[str],
-                      outputs: Iterable[OutputFile]) -> Generation | None:
-    """Record the tree after a fully successful build; None when it equals the latest generation."""
-    latest, previous = current_manifest(store)
-    written = {o.path: (o.digest, o.size, o.executable) for o in outputs}
+def record_generation(config: Config, store: Store, patterns: Sequence[str], rows: Manifest,
+                      current: tuple[Generation | None, Manifest] | None = None) -> Generation | None:
+    """Record the tree after a fully successful build; None when it equals the latest generation.
+
+    `rows` describes every output of the request; `current` is `current_manifest(store)` when the
+    caller has read it already.
+    """
+    latest, previous = current if current is not None else current_manifest(store)
+    manifest: Manifest = dict(previous)
     base = f"{config.root}/"  # str concatenation: a Path per file costs more than the stat itself
-    manifest: Manifest = {  # rows this build rewrites need no check that their file still exists
-        path: row for path, row in previous.items() if path in written or os.path.isfile(base + path)
-    }
-    manifest.update(written)
+    for path in previous.keys() - rows.keys():  # rows of other requests: dropped if the file is gone
+        if not os.path.isfile(base + path):
+            del manifest[path]
+    manifest.update(rows)
     if latest is not None and manifest == previous:
         return None
     created = datetime.now(timezone.utc).isoformat(timespec="microseconds")

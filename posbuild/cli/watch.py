@@ -9,8 +9,9 @@ from typing import TextIO
 
 import click
 
+from posbuild.build import summary_error
 from posbuild.cli import fail, workspace_and_package
-from posbuild.errors import ActionFailed, NonDeterminism, PosbuildError, ResourceOversubscription
+from posbuild.errors import PosbuildError
 from posbuild.reporter import BuildSummary, QuietReporter, TerminalReporter
 from posbuild.watch import Cycle
 
@@ -43,20 +44,6 @@ def cycle_line(cycle: Cycle, first: bool) -> str:
         ran = f"error (exit {cycle.error.exit_code if cycle.error else 1})"
     tail = f"; watching {cycle.watched} files, Ctrl-C to stop" if first else ""
     return f"[watch] {head}: {ran} in {cycle.elapsed:.2f} s{tail}"
-
-
-def summary_error(summary: BuildSummary) -> PosbuildError | None:
-    """The error `posbuild build` would exit with for this summary, if any (the same one line)."""
-    labels = ", ".join(summary.failed_labels)
-    if "ORCH-04" in summary.codes:
-        return NonDeterminism(f"{summary.failed} action(s) failed, some produced bytes that differ from their "
-                              f"cached result: {labels}")
-    if "ORCH-05" in summary.codes:
-        return ResourceOversubscription(f"{summary.failed} action(s) failed, some used more memory than they "
-                                        f"declared: {labels}")
-    if summary.failed:
-        return ActionFailed(f"{summary.failed} action(s) failed: {labels}")
-    return None
 
 
 class _CyclePrinter:
