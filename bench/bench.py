@@ -274,9 +274,10 @@ def genrule_call(task: Task) -> str:
     )
 
 
-def write_posbuild(root: Path, graph: Graph) -> None:
+def write_posbuild(root: Path, graph: Graph, sandbox: str = "auto") -> None:
+    """The posbuild workspace; `sandbox` is its `[sandbox] mode` (make and ninja have none)."""
     write_sources(root, graph)
-    (root / "posbuild.toml").write_text("[build]\n")
+    (root / "posbuild.toml").write_text(f'[build]\n\n[sandbox]\nmode = "{sandbox}"\n')
     by_package: dict[str, list[str]] = {}
     for task in graph.tasks:
         by_package.setdefault(package(task.index), []).append(genrule_call(task))
@@ -374,13 +375,16 @@ WRITERS = {"posbuild": write_posbuild, "make": write_make, "ninja": write_ninja}
 
 
 def setup_tools(
-    base: Path, graph: Graph, names: list[str], jobs: int, posbuild: str | None
+    base: Path, graph: Graph, names: list[str], jobs: int, posbuild: str | None, sandbox: str = "auto"
 ) -> list[Tool]:
     tools = []
     for name in names:
         root = base / name
         root.mkdir(parents=True)
-        WRITERS[name](root, graph)
+        if name == "posbuild":
+            write_posbuild(root, graph, sandbox)
+        else:
+            WRITERS[name](root, graph)
         tools.append(make_tool(name, root, jobs, posbuild))
     return tools
 
@@ -603,8 +607,8 @@ def bench_size(n: int, args: argparse.Namespace, workdir: Path) -> None:
     base = workdir / f"n{n}"
     if base.exists():
         shutil.rmtree(base)
-    tools = setup_tools(base, graph, args.tools, args.jobs, args.posbuild)
-    print(f"\nN={n}: {describe(graph, leaves)}", flush=True)
+    tools = setup_tools(base, graph, args.tools, args.jobs, args.posbuild, args.sandbox)
+    print(f"\nN={n}: {describe(graph, leaves)}; posbuild [sandbox] mode = {args.sandbox}", flush=True)
 
     timings: Timings = {s: {t.name: [] for t in tools} for s in SCENARIOS}
     pristine = list(graph.leaves)
@@ -638,6 +642,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="keep the temporary workdir at the end")
     p.add_argument("--jobs", type=int, default=2, help="parallel jobs (default: 2)")
     p.add_argument("--seed", type=int, default=0, help="generator seed (default: 0)")
+    p.add_argument("--sandbox", choices=("folder", "namespace", "auto"), default="folder",
+                   help="posbuild's [sandbox] mode (default: folder, the like-for-like comparison "
+                        "with make and ninja, which isolate nothing; bench_sandbox.py measures the rest)")
     args = p.parse_args(argv)
     args.sizes = [int(s) for s in args.sizes.split(",") if s.strip()]
     args.tools = [t.strip() for t in args.tools.split(",") if t.strip()]
