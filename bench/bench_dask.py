@@ -20,6 +20,12 @@ outputs of both are compared byte for byte. From the records of the dask builds 
 the worker starts it: reading and sending inputs, scheduling), *remote* (on the worker: writing
 inputs, the sandbox, reading outputs) and *tail* (the worker is done → the client has committed).
 
+With `--remote URL` (a running remote cache that accepts PUT, e.g. nginx with WebDAV), the dask
+builds use it as `[cache] remote` with uploads, under a fresh path prefix each so that nothing
+hits: the workers then read every input from the remote by digest instead of receiving it through
+Dask, and every result is uploaded, as in a CI build that fills the cache. The chain scenario has
+one input per action; the wide one has none.
+
 The script starts its own scheduler and `--workers` workers (`--threads` threads, declaring
 cpu=threads) on 127.0.0.1 with free ports and dashboards bound to 127.0.0.1, and stops them at the
 end; `--scheduler tcp://HOST:PORT` uses a running cluster instead. Run from the repository root:
@@ -40,6 +46,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import uuid
 from datetime import datetime
 from pathlib import Path
 
@@ -107,7 +114,10 @@ def write_workspace(root: Path, kind: str, count: int) -> None:
     (root / "p/BUILD").write_text("".join(rules))
 
 
-def cold_build(root: Path, executor: str, jobs: int) -> float:
+def cold_build(root: Path, executor: str, jobs: int, remote: str = "") -> float:
+    """Seconds of one build from nothing; with `remote`, under a fresh prefix of it, uploading."""
+    (root / "posbuild.toml").write_text(f'[cache]\nremote = "{remote.rstrip("/")}/bench-{uuid.uuid4().hex}"\n'
+                                        f'upload = true\n' if remote else "")
     for name in (".posbuild", "posbuild-out"):
         if (root / name).exists():
             subprocess.run(["chmod", "-R", "u+w", str(root / name)], check=True)
@@ -143,7 +153,8 @@ def phases(root: Path) -> dict[str, list[float]]:
     return found
 
 
-def scenario(workdir: Path, name: str, count: int, jobs: int, repeat: int, scheduler: str) -> dict[str, object]:
+def scenario(workdir: Path, name: str, count: int, jobs: int, repeat: int, scheduler: str,
+             remote: str = "") -> dict[str, object]:
     root = workdir / name
     write_workspace(root, "chain" if name == "chain" else "wide", count)
     times: dict[str, list[float]] = {"local": [], "dask": []}
@@ -151,7 +162,7 @@ def scenario(workdir: Path, name: str, count: int, jobs: int, repeat: int, sched
     for _ in range(repeat):
         times["local"].append(cold_build(root, "local", jobs))
         expected = outputs(root)
-        times["dask"].append(cold_build(root, scheduler.replace("tcp://", "dask://"), jobs))
+        times["dask"].append(cold_build(root, scheduler.replace("tcp://", "dask://"), jobs, remote))
         if outputs(root) != expected:
             sys.exit(f"error: {name}: the outputs of the dask build differ from the local build's")
         for key, values in phases(root).items():
@@ -172,6 +183,7 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--threads", type=int, default=2, help="threads (and declared cpu) per worker")
     parser.add_argument("--scheduler", default="", help="use this running cluster (tcp://HOST:PORT)")
+    parser.add_argument("--remote", default="", help="dask builds read inputs from this remote cache (http://HOST/PREFIX)")
     parser.add_argument("--workdir", default="", help="where to generate (default: a temporary folder)")
     args = parser.parse_args()
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="posbuild-bench-dask-")).resolve()
@@ -183,7 +195,10 @@ def main() -> None:
             scheduler, processes = start_cluster(workdir / "cluster", args.workers, args.threads)
         runs = [("fixed", 1, 1)] + [(name, count, jobs) for name, count, jobs in
                                     (("chain", args.chain, 1), ("wide", args.wide, args.jobs)) if count]
-        results = [scenario(workdir, name, count, jobs, args.repeat, scheduler) for name, count, jobs in runs]
+        if args.remote:
+            ENV.setdefault("POSBUILD_CACHE_KEY", "bench")
+        results = [scenario(workdir, name, count, jobs, args.repeat, scheduler, args.remote)
+                   for name, count, jobs in runs]
         fixed = results[0]["dask"] - results[0]["local"]  # type: ignore[operator]
         for r in results[1:]:  # the per-action figures leave out what any build on Dask costs once
             r["per_action_ms"] = (r["dask"] - r["local"] - fixed) / r["actions"] * 1000  # type: ignore[operator]
@@ -197,7 +212,8 @@ def main() -> None:
         print(f"{r['name']:<8} {r['actions']:>7} {r['jobs']:>3} {r['local']:>8.2f} {r['dask']:>8.2f} "
               f"{r['per_action_ms']:>10.1f} {r['lead']:>8.1f} {r['remote']:>9.1f} {r['tail']:>8.1f}")
     print(f"({args.workers} workers x {args.threads} threads on 127.0.0.1, medians of {args.repeat} cold builds; "
-          f"'fixed' is the whole difference of a one-action build; +ms/action of the others leaves it out)")
+          f"'fixed' is the whole difference of a one-action build; +ms/action of the others leaves it out"
+          + (f"; dask builds with the remote cache {args.remote}, uploading)" if args.remote else ")"))
 
 
 if __name__ == "__main__":

@@ -18,17 +18,17 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable, Iterator, Mapping, Sequence
 
-from posbuild.analysis import ActionGraph, Analyzer, expand_patterns
+from posbuild.analysis import Action, ActionGraph, Analyzer, expand_patterns
 from posbuild.config import Config, load_config
 from posbuild.envfp import checked_environment_hash, environment_key, passed_environment
-from posbuild.errors import ActionFailed, NonDeterminism, PosbuildError, ResourceOversubscription
+from posbuild.errors import ActionFailed, NonDeterminism, PosbuildError, ResourceOversubscription, UsageError
 from posbuild.graphcache import GraphCache
 from posbuild.label import TargetPattern, parse_pattern
 from posbuild.pins import check_pins
 from posbuild.reporter import BuildSummary, Reporter
 from posbuild.resources import check_budget
 from posbuild.roles import ROLE_VARIABLE, authorize
-from posbuild.secrets import secret_source
+from posbuild.secrets import SecretSource, SecretUnavailable, secret_source
 from posbuild.uptodate import clean_actions, load_state, mark_tree, tree_is_clean
 
 
@@ -125,6 +125,8 @@ def run_build(root: Path, options: BuildOptions, reporter: Reporter,
         on_graph(graph)
     environ = environ or {}
     grant = authorize(config, request.patterns, graph.actions, environ.get(ROLE_VARIABLE), options.remote_upload)
+    secrets = secret_source(config.root, config.secrets_file, environ)
+    _check_secrets(config, graph.actions, secrets, options.remote_upload)
     passed_env = passed_environment(config.env_pass, environ)
     env_hash = checked_environment_hash(config, environ, options.allow_env_drift, reporter.message)  # ORCH-07
     env_key = environment_key(passed_env, env_hash)
@@ -153,7 +155,7 @@ def run_build(root: Path, options: BuildOptions, reporter: Reporter,
 
         settings = RunSettings(options.jobs or config.jobs, options.keep_going, env_hash, env_key, passed_env,
                                request.state_path, patterns, options.verify, info, tuple(blobs), options.explain,
-                               secret_source(config.root, config.secrets_file, environ), grant=grant,
+                               secrets, grant=grant,
                                executor=options.executor, allow_env_drift=options.allow_env_drift,
                                sandbox_writable=writable_paths(environ))
         if options.dry_run:
@@ -168,6 +170,31 @@ def run_build(root: Path, options: BuildOptions, reporter: Reporter,
         total=len(actions), executed=executed, cached=up_to_date + cached, failed=failed, skipped=run.skipped,
         wall=time.monotonic() - started, failed_labels=run.failed_labels(actions), codes=run.failure_codes(),
     ))
+
+
+def _check_secrets(config: Config, actions: Sequence[Action], secrets: SecretSource, remote_upload: bool) -> None:
+    """Refuse, before anything runs, what would leak a secret or upload unsigned.
+
+    A secret also passed by `[env] pass` would put its value into the action key. `--remote-upload`
+    needs the signing key even when everything is up to date, so that a CI job asking to fill
+    the cache never silently fills nothing.
+    """
+    passed = set(config.env_pass)
+    for action in actions:
+        clash = [name for name in action.secrets if name in passed]
+        if clash:
+            raise UsageError(f"{action.label}: '{clash[0]}' is both a secret and in [env] pass of "
+                             f"{config.root / 'posbuild.toml'}, which would put its value into the action key; "
+                             f"remove it from [env] pass")
+    if remote_upload:
+        from posbuild.remote import CACHE_KEY_VARIABLE
+
+        try:
+            key = secrets.values_for([CACHE_KEY_VARIABLE])[0][1]
+        except SecretUnavailable as error:
+            raise UsageError(f"--remote-upload needs the signing key: {error}; nothing was built") from None
+        if not key:
+            raise UsageError(f"--remote-upload needs the signing key: {CACHE_KEY_VARIABLE} is empty; nothing was built")
 
 
 def summary_error(summary: BuildSummary) -> PosbuildError | None:

@@ -15,10 +15,19 @@ Design memo
   set never has to sit in memory.
 * **Trust.** Import checks everything before it writes anything: the manifest's digest, each
   blob's BLAKE3 digest and size against its name and the manifest, that every blob a result
-  names is in the archive or already in the store, and that nothing else is in the archive. When
-  the secret `POSBUILD_CACHE_KEY` is set the manifest must also carry a valid HMAC-SHA256 signature
-  made with it (export signs whenever the key is set), so an archive planted in a shared CI cache
-  by someone without the key is refused. Any failure is ORCH-03 and nothing is imported.
+  names is in the archive or already in the store, that nothing else is in the archive, and that
+  every output path of every result is a normalised relative path under `posbuild-out/` (no `..`,
+  no absolute path, no empty or `.` segment, no backslash, no path twice in one result): a result
+  is a list of files a later build writes, so one naming `posbuild-out/../../x` would write outside
+  the workspace. Any failure is ORCH-03 and nothing is imported.
+* **Signatures.** Like the remote cache, import does not trust an unsigned result by default.
+  Export signs the manifest with HMAC-SHA256 under the secret `POSBUILD_CACHE_KEY` whenever it is
+  set; import then requires a valid signature made with that key (unsigned or wrongly signed is
+  ORCH-03), so an archive planted in a shared CI cache by someone without the key is refused.
+  Without the key, import refuses to run at all (a usage error: nothing can be verified beyond the
+  digests, which anyone can recompute) unless the caller passes `allow_unsigned`, the explicit
+  choice to trust the archive's origin. `allow_unsigned` with the key set admits an unsigned
+  archive but still checks the signature of a signed one.
 * **Writing.** Large blobs (above the store's inline limit) are verified into temp files first,
   copied into `cas/` (temp + fsync + rename, before any row names them), then every result and
   small blob goes in ONE store transaction. A crash leaves the store as it was, plus at most some
@@ -27,7 +36,6 @@ Design memo
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import io
 import os
@@ -42,7 +50,8 @@ from typing import IO, Any, Iterator, Sequence
 import blake3
 import msgpack
 
-from posbuild.digest import Digest, hash_bytes, hash_file
+from posbuild.config import OUT_DIR
+from posbuild.digest import Digest, hash_bytes, hash_file, keyed_signature
 from posbuild.errors import ChecksumMismatch, UsageError
 from posbuild.history import records_of_build
 from posbuild.records import ActionResult
@@ -74,11 +83,11 @@ class ImportReport:
     blobs: int
     new_blobs: int
     size: int
-    signed: bool
+    signed: bool  # the signature was checked against POSBUILD_CACHE_KEY (False only with allow_unsigned)
 
 
 def _sign(secret: bytes, body: bytes) -> bytes:
-    return hmac.new(secret, _SIGNING_CONTEXT + body, hashlib.sha256).digest()
+    return keyed_signature(secret, _SIGNING_CONTEXT, body)
 
 
 def last_successful_build(store: Store, patterns: Sequence[str]) -> dict[str, Any]:
@@ -160,10 +169,20 @@ def _add_blob(tar: tarfile.TarFile, store: Store, digest: Digest, size: int) -> 
     _add(tar, BLOB_PREFIX + digest.hex(), io.BytesIO(data), len(data))
 
 
-def import_cache(store: Store, source: Path, temp_dir: Path, secret: bytes | None) -> ImportReport:
-    """Verify the whole archive, then merge its results and blobs into the store in one transaction."""
+def import_cache(store: Store, source: Path, temp_dir: Path, secret: bytes | None,
+                 allow_unsigned: bool = False) -> ImportReport:
+    """Verify the whole archive, then merge its results and blobs into the store in one transaction.
+
+    Without `secret` the archive's origin cannot be checked, so that is refused (UsageError, before
+    the archive is read) unless `allow_unsigned` says the caller trusts it; with `secret`, an
+    unsigned archive is admitted only with `allow_unsigned`.
+    """
     if not source.is_file():
         raise UsageError(f"no cache archive {source}")
+    if secret is None and not allow_unsigned:
+        raise UsageError(f"cannot verify who made the cache archive {source}: POSBUILD_CACHE_KEY is not set; "
+                         f"set it to the key the archive was exported with, or pass --allow-unsigned to trust "
+                         f"it with only its digests checked; nothing was imported")
     temp_dir.mkdir(parents=True, exist_ok=True)
     staged = temp_dir / f"import-{os.getpid()}"
     shutil.rmtree(staged, ignore_errors=True)
@@ -171,7 +190,7 @@ def import_cache(store: Store, source: Path, temp_dir: Path, secret: bytes | Non
     try:
         try:
             with tarfile.open(source, "r:*") as tar:
-                body, signed, small, large = _read_verified(tar, source, staged, secret)
+                body, signed, small, large = _read_verified(tar, source, staged, secret, allow_unsigned)
         except (tarfile.TarError, EOFError, zlib.error, OSError) as error:
             what = (str(error).splitlines() or [type(error).__name__])[0].rstrip(":")
             raise ChecksumMismatch(f"cache archive {source} is damaged ({what}); nothing was imported") from None
@@ -192,14 +211,18 @@ def _damaged(source: Path, what: str) -> ChecksumMismatch:
     return ChecksumMismatch(f"cache archive {source}: {what}; nothing was imported")
 
 
-def _read_verified(tar: tarfile.TarFile, source: Path, staged: Path, secret: bytes | None
+def _read_verified(tar: tarfile.TarFile, source: Path, staged: Path, secret: bytes | None, allow_unsigned: bool
                    ) -> tuple[dict[str, Any], bool, dict[Digest, bytes], dict[Digest, Path]]:
     """Read the manifest, then every blob, checking each against its name and the manifest."""
     first = tar.next()
     if first is None or first.name != MANIFEST or not first.isfile():
         raise _damaged(source, f"its first member is not {MANIFEST} (not a posbuild cache archive)")
-    body, signed = _manifest(_read_member(tar, first), source, secret)
-    expected = {bytes(d): int(s) for d, s in body["blobs"]}
+    body, signed = _manifest(_read_member(tar, first), source, secret, allow_unsigned)
+    try:
+        expected = {d: s for d, s in body["blobs"]}
+        _require(all(_is_digest(d) and type(s) is int and s >= 0 for d, s in expected.items()))
+    except Exception:  # noqa: BLE001 - a crafted list must be refused, not crash
+        raise _damaged(source, "its manifest's list of blobs cannot be read") from None
     small: dict[Digest, bytes] = {}
     large: dict[Digest, Path] = {}
     while (member := tar.next()) is not None:  # not `for member in tar`: that would yield the manifest again
@@ -229,45 +252,104 @@ def _read_verified(tar: tarfile.TarFile, source: Path, staged: Path, secret: byt
     return body, signed, small, large
 
 
-def _manifest(data: bytes, source: Path, secret: bytes | None) -> tuple[dict[str, Any], bool]:
+def _manifest(data: bytes, source: Path, secret: bytes | None, allow_unsigned: bool
+              ) -> tuple[dict[str, Any], bool]:
+    """The decoded manifest body, and whether its signature was checked against `secret`."""
     try:
         form, magic, digest, body, signature = msgpack.unpackb(data)
     except Exception:  # noqa: BLE001 - any decoding failure: the manifest is not what export wrote
         raise _damaged(source, "its manifest cannot be read") from None
     if form != ARCHIVE_FORMAT or magic != MAGIC:
         raise _damaged(source, f"unknown archive format {form!r}")
+    if not isinstance(body, bytes) or not _is_digest(digest) or not isinstance(signature, bytes):
+        raise _damaged(source, "its manifest cannot be read")
     if hash_bytes(body) != digest:
         raise _damaged(source, f"its manifest hashes to {hash_bytes(body).hex()}, not {bytes(digest).hex()}")
-    if secret is not None:
+    checked = secret is not None and (bool(signature) or not allow_unsigned)
+    if secret is not None and checked:
         if not signature:
-            raise _damaged(source, "it is not signed, but POSBUILD_CACHE_KEY is set (export it with the key)")
+            raise _damaged(source, "it is not signed, but POSBUILD_CACHE_KEY is set (export it with the key, "
+                                   "or import it with --allow-unsigned to trust it anyway)")
         if not hmac.compare_digest(_sign(secret, body), signature):
             raise _damaged(source, "wrong signature (made without this POSBUILD_CACHE_KEY, or altered)")
     try:
         decoded = msgpack.unpackb(body)
-        assert isinstance(decoded, dict) and {"results", "blobs"} <= set(decoded)
+        _require(isinstance(decoded, dict) and {"results", "blobs"} <= set(decoded))
+        _require(isinstance(decoded["results"], list) and isinstance(decoded["blobs"], list))
     except Exception:  # noqa: BLE001
         raise _damaged(source, "its manifest cannot be read") from None
-    return decoded, secret is not None
+    return decoded, checked
 
 
 def _check_results(body: dict[str, Any], source: Path, small: dict[Digest, bytes], large: dict[Digest, Path],
                    store: Store) -> tuple[list[tuple[Digest, bytes]], dict[Digest, int]]:
-    """Every result decodes and every blob it names is in the archive or in the store."""
+    """Every result decodes, names only safe output paths, and every blob it names is in the
+    archive or in the store."""
     results: list[tuple[Digest, bytes]] = []
     sizes = {d: len(data) for d, data in small.items()}
     sizes.update((d, p.stat().st_size) for d, p in large.items())
-    for key, packed in body["results"]:
+    for entry in body["results"]:
+        try:
+            key, packed = entry
+            _require(_is_digest(key) and isinstance(packed, bytes))
+        except Exception:  # noqa: BLE001
+            raise _damaged(source, "its manifest lists a result that cannot be read") from None
         try:
             result = ActionResult.unpack(packed)
+            _check_types(result)
         except Exception:  # noqa: BLE001
-            raise _damaged(source, f"the result of action key {bytes(key).hex()} cannot be read") from None
+            raise _damaged(source, f"the result of action key {key.hex()} cannot be read") from None
+        problem = _unsafe_output(result)
+        if problem:
+            raise _damaged(source, f"the result of action key {key.hex()} {problem}")
         for digest in _blobs_of(result):
             if digest not in sizes and not store.has_blob(digest):
                 raise _damaged(source, f"the result of action key {bytes(key).hex()} names blob {digest.hex()}, "
                                        f"which is neither in the archive nor in the store")
         results.append((bytes(key), bytes(packed)))
     return results, sizes
+
+
+def _require(condition: bool) -> None:
+    """Raise ValueError unless `condition`: checks of untrusted input must not be `assert`s,
+    which `python -O` removes."""
+    if not condition:
+        raise ValueError("malformed cache archive")
+
+
+def _is_digest(value: object) -> bool:
+    return isinstance(value, bytes) and len(value) == 32
+
+
+def _check_types(result: ActionResult) -> None:
+    """Raise ValueError unless every field has the type export writes: a crafted result must be
+    refused here, not crash whoever reads it later."""
+    _require(type(result.exit_code) is int)
+    _require(all(_is_digest(d) for d in (result.stdout_digest, result.stderr_digest,
+                                         *(o.digest for o in result.outputs))))
+    for output in result.outputs:
+        _require(isinstance(output.path, str) and isinstance(output.executable, bool))
+        _require(type(output.size) is int and output.size >= 0)
+
+
+def _unsafe_output(result: ActionResult) -> str:
+    """Why one of the result's output paths may not be written ("" if all are safe).
+
+    A later build writes each output at `<workspace>/<path>`, so a path must stay inside
+    `posbuild-out/` however it is joined or normalised: relative, `/`-separated, without `..`,
+    `.` or empty segments, without backslashes (a separator elsewhere) or NUL, and once only.
+    """
+    seen: set[str] = set()
+    for output in result.outputs:
+        path = output.path
+        segments = path.split("/")
+        if (len(segments) < 2 or segments[0] != OUT_DIR
+                or any(s in ("", ".", "..") for s in segments) or "\\" in path or "\x00" in path):
+            return f"has output path {path!r}, which is not a normalised relative path under {OUT_DIR}/"
+        if path in seen:
+            return f"lists output path {path!r} twice"
+        seen.add(path)
+    return ""
 
 
 def _blob_name(name: str) -> Digest | None:

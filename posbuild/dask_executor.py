@@ -9,13 +9,25 @@ placement by declared resources).
 
 What travels, and why a remote run is the local one
 ---------------------------------------------------
-* Client → worker: the Action value itself, the declared inputs as bytes with their BLAKE3
-  digests and executable bits, and the passed env. Inputs up to `INLINE_INPUT` bytes ride in the
-  task; larger ones are scattered under the key `posbuild-blob-<digest>`, once while actions in
-  flight share them. The worker writes them into a private folder at their workspace paths,
-  re-hashes each (a mismatch is ORCH-03; Dask retries the task first), and runs the action with
-  `sandbox.Sandboxes` rooted there: the same staging, scrubbed env, timeout, process-group kill,
-  `[sandbox] mode` (bubblewrap where the worker has it) and collection of declared outputs.
+* Client → worker: the Action value itself, each declared input by digest — (path, BLAKE3
+  digest, size, executable bit, and its SHA-256 name when the worker reads it from the remote
+  cache) — and the passed env. The worker writes the inputs into a private folder at their
+  workspace paths and runs the action with `sandbox.Sandboxes` rooted there: the same staging,
+  scrubbed env, timeout, process-group kill, `[sandbox] mode` (bubblewrap where the worker has
+  it) and collection of declared outputs.
+* Input bytes, from the remote cache. When a usable `[cache] remote` is configured (`use_remote`),
+  the client makes sure each input blob is in its CAS — uploading it when this build writes to the
+  remote, else only when a HEAD finds it there — and the task carries the remote's URL and the
+  blob's names, nothing else: no bytes, and never POSBUILD_CACHE_KEY (blobs need no key; they are
+  checked by digest). The worker GETs `/cas/<sha256>` with remote.py's keyless client
+  (`RemoteCache.blobs_only`), checking SHA-256 and BLAKE3 before use. A worker that cannot
+  (remote unreachable from it, a blob missing or holding other bytes) runs nothing and says why;
+  the client then warns once, ships inputs through Dask for the rest of the build, and submits
+  that action once more. So the remote can slow a build, never make it wrong nor fail it.
+* Input bytes, through Dask (no remote, or not usable): inputs up to `INLINE_INPUT` bytes ride in
+  the task; larger ones are scattered under the key `posbuild-blob-<digest>`, once while actions
+  in flight share them. The worker re-hashes each (a mismatch is ORCH-03; Dask retries the task
+  first).
 * Worker → client: exit code, stdout, stderr, resource usage, the declared outputs that exist (as
   bytes with the digests the worker computed), the worker's address and host name and its start
   and end times. The client re-hashes every output (ORCH-03 before anything is committed) and
@@ -59,7 +71,7 @@ import threading
 import time
 import uuid
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
@@ -72,7 +84,9 @@ from posbuild.envfp import current as current_fingerprint, differences, fingerpr
 from posbuild.errors import ActionFailed, ChecksumMismatch, EnvironmentDrift, PosbuildError
 from posbuild.namespaces import Isolation, choose
 from posbuild.records import RemoteRun, ResourceUsage
+from posbuild.remote import RemoteCache, sha256_of
 from posbuild.sandbox import Perturbation, Sandboxes, SpawnResult, find_libfaketime
+from posbuild.secrets import redact
 
 INLINE_INPUT = 256 * 1024  # inputs up to this size travel inside the task; larger ones are scattered
 INLINE_TOTAL = 4 * 1024 * 1024  # at most this much inline per task (Dask warns about large graphs)
@@ -96,16 +110,29 @@ class WorkerTerms:
 
 
 @dataclass(frozen=True, slots=True)
+class InputFile:
+    """One declared input, by digest: where it goes, what it must hash to, and where its bytes are."""
+
+    path: str
+    digest: Digest  # BLAKE3, as the action key has it
+    size: int
+    executable: bool
+    name: bytes = b""  # its SHA-256: the worker reads `/cas/<name>` from the remote; b"": the bytes travel with the task
+
+
+@dataclass(frozen=True, slots=True)
 class RemoteAction:
     """Everything a worker needs to run one action, but the input bytes and secret values."""
 
     action: Action
     env: tuple[tuple[str, str], ...]  # extra variables (the passed env), secrets excluded
-    inputs: tuple[tuple[str, Digest, bool], ...]  # (path, digest, executable), in action.inputs order
+    inputs: tuple[InputFile, ...]  # in action.inputs order
     perturbation: Perturbation | None
     terms: WorkerTerms
     desk: str = ""  # where to fetch the secret values ("" if the action declares none)
     token: str = ""
+    cas: str = ""  # the remote cache's URL, where inputs with a `name` are read (no key: blobs need none)
+    cas_timeout: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,6 +151,7 @@ class RemoteReply:
     env_hash: Digest = b""
     env_entries: tuple[tuple[str, str], ...] = ()  # the worker's fingerprint, only when its h_E differs
     env_error: str = ""
+    unfetched: str = ""  # why the worker could not read the inputs from the remote cache (nothing ran)
 
 
 # -- the worker side ----------------------------------------------------------------------------------
@@ -146,6 +174,7 @@ class _WorkerState:
         self._pinned = dict.fromkeys(self._processors, 0)
         self._running: dict[str, Sandboxes] = {}
         self._memo: dict[tuple[object, ...], Any] = {}
+        self._readers: dict[tuple[str, float], RemoteCache] = {}
 
     def folder(self) -> str:
         return f"{self.base}/{next(self._counter)}"
@@ -187,6 +216,17 @@ class _WorkerState:
             sandboxes.cancel()
         return len(found)
 
+    def reader(self, url: str, timeout: float) -> RemoteCache:
+        """A keyless CAS client of the remote at `url`, kept with its connections across actions;
+        one that found the remote down is replaced, so that the next action tries again."""
+        with self._lock:
+            reader = self._readers.get((url, timeout))
+            if reader is None or reader.down:
+                if reader is not None:
+                    reader.close()
+                reader = self._readers[(url, timeout)] = RemoteCache.blobs_only(url, timeout)
+            return reader
+
     def once(self, key: tuple[object, ...], compute: Callable[[], Any]) -> Any:
         """`compute()` the first time `key` is asked for, the same value ever after (this process)."""
         with self._lock:
@@ -210,13 +250,21 @@ def execute_remote(spec: RemoteAction, blobs: Sequence[bytes]) -> RemoteReply:
     folder = state.folder()
     try:
         root = f"{folder}/root"
-        _write_files(root, [(path, data, executable) for (path, digest, executable), data
-                            in zip(spec.inputs, _verified(spec.inputs, blobs))])
-        env = spec.env + (fetch_secrets(worker, spec.desk, spec.token) if spec.desk else ())
+        shipped = [i for i in spec.inputs if not i.name]
+        _write_files(root, [(i.path, data, i.executable) for i, data in zip(shipped, _verified(shipped, blobs))])
+        unfetched = _fetch_inputs(state, spec, root)
+        if unfetched:
+            return RemoteReply(-1, False, (), b"", b"", 0.0, None, (), RemoteRun(state.address, state.host, started,
+                               time.time()), env_hash, (), env_error, unfetched)
+        secrets = fetch_secrets(worker, spec.desk, spec.token) if spec.desk else ()
+        env = spec.env + secrets
         with state.processors(spec.action.resources[0]):
             sandboxes = Sandboxes(Path(root), Path(f"{folder}/sandbox"), isolation)
             with state.running(worker.get_current_task() or "", sandboxes):
                 spawn = sandboxes.run(spec.action, env, spec.perturbation)
+        if secrets:  # the reply stays in this worker's memory (and may be spilled): redact here
+            values = [value for _, value in secrets]
+            spawn = replace(spawn, stdout=redact(spawn.stdout, values), stderr=redact(spawn.stderr, values))
         ok = spawn.exit_code == 0 and not spawn.timed_out
         outputs = tuple(_read_output(spawn.exec_root, path) for path in spec.action.outputs
                         if path not in spawn.missing) if ok else ()
@@ -259,13 +307,30 @@ def _visible(tools: Sequence[str]) -> tuple[str, ...]:
     return tuple(dict.fromkeys([*paths, *(tool for tool in tools if tool.startswith("/"))]))
 
 
-def _verified(inputs: Sequence[tuple[str, Digest, bool]], blobs: Sequence[bytes]) -> Sequence[bytes]:
+def _verified(inputs: Sequence[InputFile], blobs: Sequence[bytes]) -> Sequence[bytes]:
     """The input bytes, each checked against its digest (ORCH-03 if one arrived damaged)."""
-    for (path, digest, _), data in zip(inputs, blobs, strict=True):
-        if hash_bytes(data) != digest:
-            raise ChecksumMismatch(f"input {path} reached the Dask worker with bytes that hash to "
-                                   f"{hash_bytes(data).hex()}, not {digest.hex()}")
+    for file, data in zip(inputs, blobs, strict=True):
+        if hash_bytes(data) != file.digest:
+            raise ChecksumMismatch(f"input {file.path} reached the Dask worker with bytes that hash to "
+                                   f"{hash_bytes(data).hex()}, not {file.digest.hex()}")
     return blobs
+
+
+def _fetch_inputs(state: _WorkerState, spec: RemoteAction, root: str) -> str:
+    """Read the inputs that have a SHA-256 name from the remote cache into `root`, each verified
+    by both digests; "" when all are there, else why not (the client then ships them itself)."""
+    fetched = [i for i in spec.inputs if i.name]
+    if not fetched:
+        return ""
+    reader = state.reader(spec.cas, spec.cas_timeout)
+    for file in fetched:
+        target = Path(root, file.path)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        why = reader.read_blob(file.name, file.digest, target)
+        if why:
+            return f"input {file.path}: {why}"
+        os.chmod(target, 0o755 if file.executable else 0o644)
+    return ""
 
 
 def _write_files(root: str, files: Sequence[tuple[str, bytes, bool]]) -> None:
@@ -320,6 +385,14 @@ class DaskSandboxes:
         self._running: dict[str, Any] = {}  # task key → future
         self._blobs: dict[Digest, tuple[Any, int]] = {}  # scattered input → (future, actions using it)
         self._cancelled = False
+        self._remote: RemoteCache | None = None  # where workers read inputs (use_remote)
+        self._warn: Callable[[str], None] = lambda message: None
+        self._names: dict[Digest, bytes] = {}  # input digest → its SHA-256 name on the remote (b"": absent)
+
+    def use_remote(self, remote: RemoteCache, warn: Callable[[str], None]) -> None:
+        """Let workers read inputs from this remote cache's CAS instead of receiving their bytes
+        through Dask, while it is usable; `warn` prints the one line a fallback costs."""
+        self._remote, self._warn = remote, warn
 
     def clear_stale(self) -> None:
         """Remove the local folders an interrupted earlier build left behind."""
@@ -341,18 +414,16 @@ class DaskSandboxes:
         secret_names = set(action.secrets)
         env = tuple((k, v) for k, v in extra_env if k not in secret_names)
         secret = tuple((k, v) for k, v in extra_env if k in secret_names)
-        inputs, blobs, scattered = self._inputs(client, action)
         assert self._terms is not None and self._desk is not None
         token = self._desk.open(secret) if secret else ""
-        spec = RemoteAction(action, env, inputs, perturbation, self._terms, self._desk.address if secret else "", token)
-        key = f"posbuild:{action.label}-{uuid.uuid4().hex[:16]}"
+        spec = RemoteAction(action, env, (), perturbation, self._terms, self._desk.address if secret else "", token)
         try:
-            reply = self._wait(client, action, self._submit(client, action, spec, blobs, key))
+            reply = self._attempt(client, spec, self._remote_usable())
+            if isinstance(reply, RemoteReply) and reply.unfetched:  # once more, with the bytes
+                self._stop_remote_inputs(reply)
+                reply = self._attempt(client, spec, False)
         finally:
             self._desk.close(token)
-            self._release(scattered)
-            with self._lock:
-                self._running.pop(key, None)
         if isinstance(reply, tuple):  # cancelled, or no worker could finish it
             return SpawnResult(reply[0], False, Path(exec_root), tuple(action.outputs), b"", reply[1])
         self._check_environment(reply)
@@ -389,6 +460,42 @@ class DaskSandboxes:
 
     # -- the steps of run() --
 
+    def _attempt(self, client: Any, spec: RemoteAction, by_remote: bool) -> RemoteReply | tuple[int, bytes]:
+        """Submit the action once, its inputs read from the remote (`by_remote`, where they are there)
+        or shipped through Dask, and wait for how it ended."""
+        action = spec.action
+        remote = self._remote if by_remote else None
+        inputs, blobs, scattered = self._inputs(client, action, remote)
+        from_remote = sum(1 for i in inputs if i.name)
+        if from_remote and remote is not None:
+            spec = replace(spec, inputs=inputs, cas=remote.url, cas_timeout=remote.timeout)
+        else:
+            spec = replace(spec, inputs=inputs, cas="", cas_timeout=0.0)
+        key = f"posbuild:{action.label}-{uuid.uuid4().hex[:16]}"
+        try:
+            reply = self._wait(client, action, self._submit(client, action, spec, blobs, key))
+        finally:
+            self._release(scattered)
+            with self._lock:
+                self._running.pop(key, None)
+        if from_remote and remote is not None and isinstance(reply, RemoteReply) and not reply.unfetched:
+            with self._lock:
+                remote.stats.worker_inputs += from_remote
+        return reply
+
+    def _remote_usable(self) -> bool:
+        with self._lock:
+            return self._remote is not None and not self._remote.down
+
+    def _stop_remote_inputs(self, reply: RemoteReply) -> None:
+        """A worker could not read inputs from the remote: ship them through Dask from now on, with
+        one warning (none if the remote's own warning already said it is down)."""
+        with self._lock:
+            remote, self._remote = self._remote, None
+        if remote is not None and not remote.down:
+            self._warn(f"posbuild: warning: remote cache {remote.url}: Dask worker {reply.run.worker} could not "
+                       f"read an action's inputs from it ({reply.unfetched}); inputs travel through Dask from here on")
+
     def _connection(self) -> Any:
         """The client, connected on first use; the fit check (ORCH-05) runs once, then."""
         with self._connecting:
@@ -414,16 +521,20 @@ class DaskSandboxes:
                 raise self._failure
             return self._client
 
-    def _inputs(self, client: Any, action: Action) -> tuple[tuple[tuple[str, Digest, bool], ...], list[Any],
-                                                              list[Digest]]:
-        """Each input's (path, digest, executable), its bytes or scattered future, and what was scattered."""
+    def _inputs(self, client: Any, action: Action, remote: RemoteCache | None) -> tuple[
+            tuple[InputFile, ...], list[Any], list[Digest]]:
+        """Each input by digest; the bytes or scattered futures of those that do not come from the
+        `remote` (None: all travel through Dask), in the same order; and the digests scattered."""
         inputs, blobs, scattered, inline = [], [], [], 0
         for path in action.inputs:
             with open(f"{self._root}/{path}", "rb") as handle:
                 data = handle.read()
                 executable = bool(os.fstat(handle.fileno()).st_mode & 0o111)
             digest = hash_bytes(data)
-            inputs.append((path, digest, executable))
+            name = self._on_remote(remote, digest, data) if remote is not None else b""
+            inputs.append(InputFile(path, digest, len(data), executable, name))
+            if name:
+                continue
             if len(data) <= INLINE_INPUT and inline + len(data) <= INLINE_TOTAL:
                 inline += len(data)
                 blobs.append(data)
@@ -431,6 +542,21 @@ class DaskSandboxes:
                 blobs.append(self._scatter(client, digest, data))
                 scattered.append(digest)
         return tuple(inputs), blobs, scattered
+
+    def _on_remote(self, remote: RemoteCache, digest: Digest, data: bytes) -> bytes:
+        """The SHA-256 name of this input blob if it is on the remote (uploaded first when this build
+        writes there), else b"". Asked once per blob and build."""
+        with self._lock:
+            known = self._names.get(digest)
+        if known is not None:
+            return known
+        name = sha256_of(data)
+        present = remote.offer_blob(name, data)
+        if not present and remote.down:
+            return b""
+        with self._lock:
+            self._names[digest] = name if present else b""
+        return name if present else b""
 
     def _scatter(self, client: Any, digest: Digest, data: bytes) -> Any:
         """The future of a large input on the cluster, sent once while actions in flight need it."""

@@ -54,3 +54,12 @@ def canonical(value: Any) -> bytes:
 def hash_canonical(value: Any) -> Digest:
     """Digest of a value's canonical encoding."""
     return blake3.blake3(canonical(value)).digest()
+
+
+def keyed_signature(secret: bytes, context: bytes, body: bytes) -> bytes:
+    """HMAC-SHA256 of `body` under `secret`, in a `context` of its own (so that a signature made
+    for one kind of thing, a cache entry say, is never valid for another, an archive manifest)."""
+    import hashlib
+    import hmac
+
+    return hmac.new(secret, context + body, hashlib.sha256).digest()

@@ -38,7 +38,7 @@ from posbuild.sandbox import Sandboxes, SpawnResult
 from posbuild.store import INLINE_LIMIT, Store
 from posbuild.journal import Journal, Row
 from posbuild.scheduler import current_slot
-from posbuild.secrets import SecretSource, SecretUnavailable, file_containing, redact
+from posbuild.secrets import SecretSource, SecretUnavailable, file_containing, redact, values_of
 from posbuild.uptodate import EMPTY, ActionTrace, BuildState
 
 if TYPE_CHECKING:
@@ -185,7 +185,7 @@ class Rebuilder:
     def _lookup(self, action: Action, key: Digest) -> ActionOutcome | None:
         """A hit by key: restore any output that `posbuild-out/` lacks, from verified blobs."""
         result = self._store.get_result(key)
-        if result is None:
+        if result is None or not _describes(result, action):
             return None
         restored: list[tuple[str, FileState]] = []
         for output in result.outputs:
@@ -208,7 +208,7 @@ class Rebuilder:
         the action settles exactly like a local hit. Any rejected or missing piece is a miss."""
         assert self._remote is not None
         entry = self._remote.get_entry(key, action.label)
-        if entry is None:
+        if entry is None or not _describes(entry.result, action):
             return None
         blobs: list[tuple[Digest, bytes | None]] = []
         temps: list[Path] = []
@@ -262,7 +262,7 @@ class Rebuilder:
         prepared = self._prepared.pop(action.label)
         started = time.time()
         try:
-            secrets = self._secret_values(action)
+            secrets = values_of(self._secrets, action.secrets)
         except SecretUnavailable as error:
             if self._journal is not None:
                 self._journal.add(action, "FAILED", prepared.key, started, time.time(), prepared.inputs, (),
@@ -293,19 +293,6 @@ class Rebuilder:
         return ActionOutcome(Status.EXECUTED, prepared.key, reason=prepared.reason, stderr=spawn.stderr,
                              elapsed=spawn.elapsed)
 
-    def _secret_values(self, action: Action) -> tuple[tuple[str, str], ...]:
-        """The values of the secrets `action` declares, looked up only now that it runs."""
-        if not action.secrets:
-            return ()
-        passed = {name for name, _ in self._passed_env}
-        clash = [name for name in action.secrets if name in passed]
-        if clash:
-            raise SecretUnavailable(f"'{clash[0]}' is both a secret and in [env] pass, which would put its "
-                                    f"value into the action key; remove it from [env] pass")
-        if self._secrets is None:
-            raise SecretUnavailable(f"secret '{action.secrets[0]}' is needed but no secrets are available")
-        return self._secrets.values_for(action.secrets)
-
     def _difference(self, spawn: SpawnResult, cached: ActionResult) -> str:
         """How a re-run's outputs differ from the cached result of the same key ("" if they don't)."""
         for output in cached.outputs:
@@ -327,6 +314,9 @@ class Rebuilder:
         overrun = memory_overrun(action, spawn.usage.max_rss_kb if spawn.usage else None)
         if overrun:
             return overrun, "ORCH-05"
+        if spawn.irregular:
+            return (f"declared output '{spawn.irregular[0]}' is not a regular file (a symbolic link, folder or "
+                    f"FIFO); outputs must be regular files, and nothing was kept"), "missing output"
         if spawn.missing:
             missing = ", ".join(f"'{p}'" for p in spawn.missing)
             return f"declared output {missing} was not created", "missing output"
@@ -374,7 +364,8 @@ class Rebuilder:
                                              [(o.path, o.digest) for o in outputs], spawn.usage,
                                              spawn.exit_code, "", current_slot(), remote=spawn.remote))
         self._store.commit(cached, blobs, memo, used=[(key, time.time_ns())], records=records)
-        if cached is not None and self._remote is not None and self._remote.upload:
+        shareable = not (action.secrets and action.allow_secret_in_output)  # a secret must not reach the remote
+        if cached is not None and shareable and self._remote is not None and self._remote.upload:
             self._remote.put_entry(key, result, {d: data if data is not None else self._store.external_path(d)
                                                  for d, data in blobs}, action.label)
         self._produced.update(memo)
@@ -390,3 +381,13 @@ class Rebuilder:
         """Remove sandboxes an interrupted build left behind, before new ones are made."""
         self._sandboxes.clear_stale()
 
+
+def _describes(result: ActionResult, action: Action) -> bool:
+    """Whether a cached result names exactly the action's declared outputs.
+
+    A result whose key matches always does, unless it was forged or imported from elsewhere: one
+    naming other paths (`posbuild-out/../x`) must never be written out, so it counts as a miss
+    and the action runs.
+    """
+    paths = [output.path for output in result.outputs]
+    return len(paths) == len(action.outputs) and set(paths) == set(action.outputs)

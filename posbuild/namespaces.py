@@ -28,8 +28,14 @@ WRITABLE_VARIABLE (`POSBUILD_SANDBOX_WRITABLE=/a:/b`, in the environment the CLI
 folders left visible and writable: a hole on purpose, for debugging and for tests that watch
 actions through files (the workspace stays hidden even inside such a folder).
 
-CAP_SYS_ADMIN is dropped when posbuild runs as root, so a command cannot unmount what hides
-the workspace; every other capability stays, so e.g. `tar` may still set file owners.
+When posbuild runs as root, every capability is dropped: with CAP_SYS_ADMIN a command could
+unmount what hides the workspace, and with CAP_DAC_READ_SEARCH it could open hidden files by
+handle (open_by_handle_at) whatever is mounted over them.
+
+Files that must stay unreadable although the system is visible (the secrets file) are covered
+with /dev/null. Without the network tag, /run is a private, empty folder too: a network
+namespace does not cover Unix sockets in the file system (the Docker or D-Bus socket), and a
+read-only mount does not stop connecting to one. Sockets elsewhere stay reachable.
 
 Nothing here runs an action or prints: `probe` tells whether bwrap works at all (once per
 process), `choose` turns `[sandbox] mode` into an Isolation or an error or a notice, and
@@ -74,19 +80,20 @@ def _under(path: str, folder: str) -> bool:
 
 
 def isolation(bwrap: str, hidden: Iterable[str], visible: Iterable[str], writable: Iterable[str] = (),
-              as_root: bool | None = None) -> Isolation:
+              as_root: bool | None = None, masked: Iterable[str] = ()) -> Isolation:
     """The shared part of the command line: namespaces, the read-only system, `hidden` covered.
 
     `hidden`: folders to cover with an empty, read-only file system (the workspace root ...);
     those that do not exist are skipped (bwrap cannot make a mount point in the read-only system).
     `visible`: files or folders bound back read-only where they would be hidden (the
     interpreter, tools). `writable`: folders bound writable at their own path, the one escape
-    hatch (WRITABLE_VARIABLE); a hidden folder inside one stays hidden. Order matters to bwrap:
-    each later mount goes on top of the earlier ones.
+    hatch (WRITABLE_VARIABLE); a hidden folder inside one stays hidden. `masked`: files covered
+    with /dev/null (the secrets file). Order matters to bwrap: each later mount goes on top of the
+    earlier ones.
     """
     options = ["--die-with-parent", "--new-session", "--unshare-pid", "--as-pid-1", "--unshare-ipc", "--unshare-uts"]
     if (os.geteuid() == 0) if as_root is None else as_root:
-        options += ["--cap-drop", "CAP_SYS_ADMIN"]
+        options += ["--cap-drop", "ALL"]
     options += ["--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc", "--tmpfs", "/tmp"]
     opened = [w for w in sorted({os.path.abspath(w) for w in writable}) if w != "/" and os.path.isdir(w)]
     for folder in opened:
@@ -113,8 +120,11 @@ def isolation(bwrap: str, hidden: Iterable[str], visible: Iterable[str], writabl
     for folder in folders:  # a hidden folder inside a visible one (a workspace inside the venv)
         if any(_under(folder, s) and folder != s for s in shown):
             hide(folder)
+    for path in sorted({os.path.realpath(m) for m in masked}):  # also inside a folder opened writable
+        if os.path.isfile(path) and not any(_under(path, c) for c in covered):
+            options += ["--ro-bind", "/dev/null", path]
     head = (bwrap, *options)
-    return Isolation(bwrap, (*head, "--unshare-net"), head, tuple(tail))
+    return Isolation(bwrap, (*head, "--unshare-net", "--tmpfs", "/run"), head, tuple(tail))
 
 
 def command(isolation: Isolation, sandbox: str, exec_root: str, binds: Sequence[tuple[str, str]],
@@ -192,7 +202,7 @@ def probe(argv: Sequence[str]) -> str | None:
 
 
 def choose(mode: str, hidden: Iterable[str], visible: Iterable[str],
-           writable: Iterable[str] = ()) -> tuple[Isolation | None, str]:
+           writable: Iterable[str] = (), masked: Iterable[str] = ()) -> tuple[Isolation | None, str]:
     """Turn `[sandbox] mode` into (the isolation to use or None for the folder sandbox, a notice).
 
     "folder" never probes. "namespace" raises SandboxUnavailable when bwrap is missing or does
@@ -206,7 +216,7 @@ def choose(mode: str, hidden: Iterable[str], visible: Iterable[str],
         problem = "bwrap not found on PATH"
         chosen = None
     else:
-        chosen = isolation(bwrap, hidden, visible, writable)
+        chosen = isolation(bwrap, hidden, visible, writable, masked=masked)
         problem = probe((*chosen.head, *chosen.tail))
     if problem is None:
         return chosen, ""

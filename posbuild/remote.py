@@ -26,6 +26,10 @@ Design memo
   scheduling thread, uploads on workers), so no request waits for another's socket.
 * **Order of writes.** Blobs first, then the signed result: a reader that finds a result can
   fetch its blobs. A blob is uploaded at most once per process.
+* **Blobs without the key.** A `/cas/` blob is checked by its digests, never by a signature, so
+  the CAS part needs no secret: `offer_blob` makes sure a Dask action's input is on the remote
+  (the building process), and `RemoteCache.blobs_only(url, timeout)` gives a Dask worker a
+  keyless client whose `read_blob` fetches it and verifies both digests.
 
 Nothing here touches the local store: the rebuilder decides what to fetch and files it.
 """
@@ -46,7 +50,7 @@ from urllib.parse import urlsplit
 import blake3
 import msgpack
 
-from posbuild.digest import Digest
+from posbuild.digest import Digest, keyed_signature
 from posbuild.records import ActionResult
 
 CACHE_KEY_VARIABLE = "POSBUILD_CACHE_KEY"  # the secret that signs and verifies remote results
@@ -88,11 +92,12 @@ class RemoteStats:
     misses: int = 0
     rejected: int = 0
     uploaded: int = 0
+    worker_inputs: int = 0  # input files Dask workers read from the remote instead of receiving them
 
 
 def sign(secret: bytes, body: bytes) -> bytes:
     """The signature of an entry body: HMAC-SHA256 with the cache key, in posbuild's own context."""
-    return hmac.new(secret, _SIGNING_CONTEXT + body, hashlib.sha256).digest()
+    return keyed_signature(secret, _SIGNING_CONTEXT, body)
 
 
 def pack_entry(secret: bytes, key: Digest, result: ActionResult, names: Mapping[Digest, bytes]) -> bytes:
@@ -167,16 +172,29 @@ class RemoteCache:
         self._connections: list[http.client.HTTPConnection] = []
         self._uploaded: set[bytes] = set()
         self._down = False
+        self._why_down = ""
         self.stats = RemoteStats()
+
+    @classmethod
+    def blobs_only(cls, url: str, timeout: float) -> RemoteCache:
+        """A client of the CAS alone, without the signing key (a Dask worker's: it reads an action's
+        inputs by digest); it warns nobody, `read_blob` says why a read failed."""
+        return cls(url, timeout, b"", False, lambda message: None)
 
     @property
     def down(self) -> bool:
         return self._down
 
+    @property
+    def timeout(self) -> float:
+        return self._timeout
+
     # -- reading ---------------------------------------------------------------------------
 
     def get_entry(self, key: Digest, label: str) -> RemoteEntry | None:
         """The verified entry for `key`, or None (a miss, a rejected entry, or the remote is down)."""
+        if not self._secret:  # a keyless client (blobs_only) trusts no entry
+            return None
         try:
             status, data = self._call("GET", f"/ac/{key.hex()}")
         except _Down:
@@ -232,7 +250,49 @@ class RemoteCache:
             return data
         return got
 
+    def read_blob(self, name: bytes, digest: Digest, target: Path) -> str:
+        """Stream the blob `/cas/<name>` into the file `target`, checked against its SHA-256 name and
+        its BLAKE3 `digest`: "" when it is there, else why not (then `target` does not exist).
+        Needs no key: the digests, which the caller trusts, are the check."""
+        path = f"/cas/{name.hex()}"
+        try:
+            status, sums = self._call("GET", path, sink=lambda response: _stream_to(response, target))
+        except _Down:
+            target.unlink(missing_ok=True)
+            return f"{self.url} is unavailable ({self._why_down})"
+        if status == 404:
+            return f"{path} is missing from {self.url}"
+        actual, actual_sha = sums if isinstance(sums, tuple) else (b"", b"")
+        if actual != digest or actual_sha != name:
+            target.unlink(missing_ok=True)
+            return f"{path} on {self.url} holds other bytes (they hash to {actual.hex()}, not {digest.hex()})"
+        return ""
+
     # -- writing ---------------------------------------------------------------------------
+
+    def offer_blob(self, name: bytes, source: bytes | Path) -> bool:
+        """Whether the blob `/cas/<name>` is on the remote for a Dask worker to read: uploaded first
+        when this build writes to the remote, else looked for (HEAD). False when it is absent and
+        may not be uploaded, or the remote is down."""
+        if self._down:
+            return False
+        try:
+            if self.upload:
+                self._put_blob(name, source)
+                return True
+            with self._lock:
+                if name in self._uploaded:
+                    return True
+            status, _ = self._call("HEAD", f"/cas/{name.hex()}")
+        except _Down:
+            return False
+        except OSError:  # a local file vanished: the caller ships the bytes it holds
+            return False
+        if status != 200:
+            return False
+        with self._lock:
+            self._uploaded.add(name)
+        return True
 
     def put_entry(self, key: Digest, result: ActionResult, sources: Mapping[Digest, bytes | Path], label: str) -> None:
         """Upload the blobs of `result` (bytes, or a file holding them), then its signed entry."""
@@ -339,6 +399,8 @@ class RemoteCache:
         with self._lock:
             first = not self._down
             self._down = True
+            if first:
+                self._why_down = why
         if first:
             self._warn(f"posbuild: warning: remote cache {self.url} is unavailable ({why}); "
                        f"building without it from here on")

@@ -117,10 +117,13 @@ def run_dirty(config: Config, actions: Sequence[Action], clean: Sequence[bool], 
     dirty = [i for i, is_clean in enumerate(clean) if not is_clean]
     cluster = _open_cluster(config, settings, [actions[i] for i in dirty])  # None: actions run here
     # workers choose their own sandbox; here, SandboxUnavailable comes before anything runs
-    isolation, notice = choose_isolation(config, settings.sandbox_writable) if cluster is None else (None, "")
+    masked = (settings.secrets.file,) if settings.secrets is not None and settings.secrets.file else ()
+    isolation, notice = choose_isolation(config, settings.sandbox_writable, masked) if cluster is None else (None, "")
     if notice:
         reporter.message(notice)
     remote = _open_remote(config, settings, reporter)
+    if cluster is not None and remote is not None and not settings.verify:
+        cluster.use_remote(remote, reporter.message)  # workers read inputs from its CAS, by digest
     store = Store(config.store_dir)
     try:
         files = FileStates(config.root, store)
@@ -165,7 +168,7 @@ def run_dirty(config: Config, actions: Sequence[Action], clean: Sequence[bool], 
                                  f"dependents; `posbuild rollback` restores the last successful build")
         else:
             latest, manifest = current_manifest(store)
-            rows = _request_rows(actions, clean, previous, rebuilder, store, manifest)
+            rows = _request_rows(actions, clean, previous, rebuilder, store, manifest, config.root)
             record_generation(config, store, settings.patterns, rows, (latest, manifest))
             mark_tree(config, clean=True)
         if journal is not None:
@@ -230,12 +233,14 @@ def _open_remote(config: Config, settings: RunSettings, reporter: Reporter) -> R
 def _report_remote(remote: RemoteCache, reporter: Reporter) -> None:
     """One closing line on what the remote cache did, when it did anything."""
     stats = remote.stats
-    if stats.hits or stats.uploaded or stats.rejected:
+    if stats.hits or stats.uploaded or stats.rejected or stats.worker_inputs:
         parts = [f"{stats.hits} hit(s)", f"{stats.misses} miss(es)"]
         if stats.rejected:
             parts.append(f"{stats.rejected} rejected")
         if remote.upload:
             parts.append(f"{stats.uploaded} result(s) uploaded")
+        if stats.worker_inputs:
+            parts.append(f"{stats.worker_inputs} input(s) read by Dask workers")
         reporter.message(f"posbuild: remote cache: {', '.join(parts)}")
 
 
@@ -248,16 +253,17 @@ def _recorded_duration(store: Store, actions: Sequence[Action]) -> Callable[[int
 
 
 def _request_rows(actions: Sequence[Action], clean: Sequence[bool], previous: BuildState, rebuilder: Rebuilder,
-                  store: Store, manifest: Manifest) -> Manifest:
+                  store: Store, manifest: Manifest, root: Path) -> Manifest:
     """Every output of the request → (digest, size, executable), for the generation's manifest.
 
     Outputs this build produced or restored come from their results. An output it left as it
-    was keeps the latest manifest's row when that row holds the output's digest: the same bytes
-    at the same path from an unchanged action, so the same mode. Only where no such row exists is
-    the action's result read (one LMDB read and decode per action: a no-op's worth of time over
-    10,000 actions).
+    was keeps the latest manifest's row when that row holds the file's digest and executable
+    bit (one stat: the same bytes may have been installed with another mode by a build that
+    recorded no generation). Only where no such row exists is the action's result read (one
+    LMDB read and decode per action: a no-op's worth of time over 10,000 actions).
     """
     rows: Manifest = {}
+    base = f"{root}/"
     for action, is_clean in zip(actions, clean):
         found = True
         for path in action.outputs:
@@ -266,7 +272,7 @@ def _request_rows(actions: Sequence[Action], clean: Sequence[bool], previous: Bu
                 rows[path] = (output.digest, output.size, output.executable)
                 continue
             row = manifest.get(path)
-            if row is not None and row[0] == rebuilder.output_digest(path):
+            if row is not None and row[0] == rebuilder.output_digest(path) and row[2] == _executable(base + path):
                 rows[path] = row
             else:
                 found = False
@@ -275,6 +281,14 @@ def _request_rows(actions: Sequence[Action], clean: Sequence[bool], previous: Bu
             described = list(result.outputs) if result else [_described(path, previous) for path in action.outputs]
             rows.update((o.path, (o.digest, o.size, o.executable)) for o in described if o is not None)
     return rows
+
+
+def _executable(path: str) -> bool | None:
+    """Whether the installed file at `path` is executable (None if it is gone)."""
+    try:
+        return bool(os.stat(path).st_mode & 0o111)
+    except FileNotFoundError:
+        return None
 
 
 def _described(path: str, previous: BuildState) -> OutputFile | None:

@@ -71,6 +71,7 @@ import itertools
 import os
 import shutil
 import signal
+import stat
 import subprocess
 import sys
 import tempfile
@@ -133,7 +134,13 @@ def listing_follows_creation(folder: Path) -> bool:
 
 @dataclass(frozen=True, slots=True)
 class SpawnResult:
-    """How a command ended and where its declared outputs are (those that exist)."""
+    """How a command ended and where its declared outputs are (those that exist).
+
+    `missing` lists every declared output that is not a regular file, so that nothing ever
+    follows a link an action made: a symbolic link named like an output would otherwise have
+    posbuild (which sees the whole file system) copy whatever it points to into the cache.
+    `irregular` says which of them exist as something else (a link, a folder, a FIFO).
+    """
 
     exit_code: int
     timed_out: bool
@@ -144,6 +151,7 @@ class SpawnResult:
     elapsed: float = field(default=0.0, compare=False)
     usage: ResourceUsage | None = field(default=None, compare=False)
     remote: RemoteRun | None = field(default=None, compare=False)  # set when a Dask worker ran it
+    irregular: tuple[str, ...] = ()
 
 
 def base_environment(sandbox: Path) -> dict[str, str]:
@@ -160,11 +168,13 @@ def base_environment(sandbox: Path) -> dict[str, str]:
     }
 
 
-def choose_isolation(config: Config, writable: Sequence[str] = ()) -> tuple[Isolation | None, str]:
+def choose_isolation(config: Config, writable: Sequence[str] = (),
+                     masked: Sequence[str] = ()) -> tuple[Isolation | None, str]:
     """`[sandbox] mode` for this build: (the namespaces to run actions in, or None for the folder
     sandbox; a notice line for the user, or ""). Raises SandboxUnavailable when mode is
     "namespace" and bubblewrap cannot run. Probes bwrap (a few ms) once per process. `writable`:
-    folders left visible and writable (namespaces.writable_paths).
+    folders left visible and writable (namespaces.writable_paths). `masked`: files no action may
+    read (the secrets file), covered with /dev/null.
 
     Hidden: the workspace, the store and the sandbox base (other actions' sandboxes). Shown again,
     read-only: the Python running posbuild (py_task actions run it; it may live in a venv inside
@@ -179,7 +189,7 @@ def choose_isolation(config: Config, writable: Sequence[str] = ()) -> tuple[Isol
     if faketime is not None:
         visible.append(faketime)
     return choose(config.sandbox_mode, (str(config.root), str(config.store_dir), str(config.sandbox_dir)), visible,
-                  writable)
+                  writable, masked)
 
 
 class Sandboxes:
@@ -206,9 +216,11 @@ class Sandboxes:
         self._pinned = dict.fromkeys(self._processors, 0)  # processor → running actions pinned to it
 
     def clear_stale(self) -> None:
-        """Remove sandboxes left by an interrupted earlier build."""
+        """Remove sandboxes left by an interrupted earlier build; the folder is this user's alone
+        (0700: a running action's captured output may hold what its secrets redact later)."""
         shutil.rmtree(self._base, ignore_errors=True)
         self._base.mkdir(parents=True, exist_ok=True)
+        os.chmod(self._base, 0o700)  # PermissionError if another user made it first
 
     def run(self, action: Action, extra_env: Sequence[tuple[str, str]] = (),
             perturbation: Perturbation | None = None) -> SpawnResult:
@@ -244,10 +256,11 @@ class Sandboxes:
             shutil.rmtree(sandbox, ignore_errors=True)
             raise
         elapsed = time.monotonic() - started
-        missing = tuple(p for p in action.outputs if not os.path.isfile(f"{exec_root}/{p}"))
+        missing, irregular = _unusable_outputs(exec_root, action.outputs)
         with open(stdout_path, "rb") as out, open(stderr_path, "rb") as err:
             stdout, stderr = out.read(), err.read()
-        return SpawnResult(exit_code, timed_out, Path(exec_root), missing, stdout, stderr, elapsed, usage)
+        return SpawnResult(exit_code, timed_out, Path(exec_root), missing, stdout, stderr, elapsed, usage,
+                           irregular=irregular)
 
     def _namespaced(self, action: Action, sandbox: str, exec_root: str) -> list[str]:
         """The bwrap argv for `action`, whose inputs are staged in `exec_root`.
@@ -397,6 +410,22 @@ class Sandboxes:
     def _unpin(self, processors: tuple[int, ...]) -> None:
         for processor in processors:
             self._pinned[processor] -= 1
+
+
+def _unusable_outputs(exec_root: str, outputs: Sequence[str]) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(outputs that are not regular files, those of them that exist as something else), by lstat."""
+    missing: list[str] = []
+    irregular: list[str] = []
+    for path in outputs:
+        try:
+            mode = os.lstat(f"{exec_root}/{path}").st_mode
+        except (FileNotFoundError, NotADirectoryError):
+            missing.append(path)
+            continue
+        if not stat.S_ISREG(mode):
+            missing.append(path)
+            irregular.append(path)
+    return tuple(missing), tuple(irregular)
 
 
 def _stage_file(source: str, target: str) -> None:

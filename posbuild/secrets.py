@@ -78,6 +78,15 @@ class SecretSource:
         return self._file_values["values"]
 
 
+def values_of(source: SecretSource | None, names: tuple[str, ...]) -> tuple[tuple[str, str], ...]:
+    """The values of `names` (none for none); SecretUnavailable when there is nowhere to look."""
+    if not names:
+        return ()
+    if source is None:
+        raise SecretUnavailable(f"secret '{names[0]}' is needed but no secrets are available")
+    return source.values_for(names)
+
+
 def read_secrets_file(path: Path, workspace: str = "") -> dict[str, str]:
     """Parse `NAME=value` lines (blank lines and `#` comments skipped) after checking mode and place.
 
@@ -95,8 +104,14 @@ def read_secrets_file(path: Path, workspace: str = "") -> dict[str, str]:
     if stat.S_IMODE(info.st_mode) & 0o077:
         raise SecretUnavailable(f"the secrets file {path} has mode {stat.S_IMODE(info.st_mode):04o}; "
                                 f"it must be 0600 (chmod 600 {path})")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:  # the message must not quote the bytes: they may be a secret
+        raise SecretUnavailable(f"the secrets file {path} is not UTF-8 text of NAME=value lines") from None
+    except OSError as error:
+        raise SecretUnavailable(f"the secrets file {path} cannot be read: {error.strerror or error}") from None
     values: dict[str, str] = {}
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+    for number, line in enumerate(text.splitlines(), 1):
         text = line.strip()
         if not text or text.startswith("#"):
             continue

@@ -73,6 +73,7 @@ def _bool(kind: str, attr: str, value: Any) -> bool:
 
 
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+RESERVED_SECRETS = ("POSBUILD_CACHE_KEY",)  # signs the shared cache: an action holding it could forge entries
 
 
 def _secret_names(kind: str, attr: str, value: Any) -> tuple[str, ...]:
@@ -80,6 +81,9 @@ def _secret_names(kind: str, attr: str, value: Any) -> tuple[str, ...]:
     for name in names:
         if not _ENV_NAME.fullmatch(name):
             raise AttributeError_(f"{kind}: attribute '{attr}': {name!r} is not an environment variable name")
+        if name in RESERVED_SECRETS:
+            raise AttributeError_(f"{kind}: attribute '{attr}': {name} is posbuild's own secret and is never "
+                                  f"given to an action")
     return tuple(sorted(names))
 
 

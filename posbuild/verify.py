@@ -44,7 +44,7 @@ from posbuild.errors import ChecksumMismatch
 from posbuild.namespaces import writable_paths
 from posbuild.records import OutputFile
 from posbuild.sandbox import Perturbation, Sandboxes, SpawnResult, choose_isolation, listing_follows_creation
-from posbuild.secrets import SecretSource, SecretUnavailable, redact, secret_source
+from posbuild.secrets import SecretSource, SecretUnavailable, redact, secret_source, values_of
 from posbuild.store import Store
 from posbuild.uptodate import BuildState, load_state
 
@@ -114,7 +114,8 @@ def verify(config: Config, graph: ActionGraph, state: BuildState, store: Store,
     `shift_clock=False` does without libfaketime even where it is installed (run 2 then starts
     in a later wall-clock second than run 1).
     """
-    isolation, notice = choose_isolation(config, sandbox_writable)  # SandboxUnavailable before anything runs
+    masked = (secrets.file,) if secrets is not None and secrets.file else ()
+    isolation, notice = choose_isolation(config, sandbox_writable, masked)  # SandboxUnavailable before anything runs
     sandboxes = Sandboxes(config.root, config.sandbox_dir, isolation)
     shifted = shift_clock and sandboxes.faketime is not None
     second = SECOND if shifted else replace(SECOND, clock_shift=None)
@@ -172,10 +173,12 @@ class _Runs:
             perturbation: Perturbation) -> list[SpawnResult | OSError]:
         def one(action: Action) -> SpawnResult | OSError:
             try:
-                secrets = self._secret_values(action)
+                secrets = values_of(self._secrets, action.secrets)
                 run = self._sandboxes.run(action, self._passed_env + secrets, perturbation)
             except OSError as error:
                 return error
+            except SecretUnavailable as error:  # reported as a run that could not start
+                return OSError(str(error))
             if secrets:  # a finding quotes stderr: it must not quote a secret
                 run = replace(run, stderr=redact(run.stderr, [value for _, value in secrets]))
             return run
@@ -185,17 +188,6 @@ class _Runs:
         except BaseException:
             self._sandboxes.cancel()  # Ctrl-C: stop the commands; the next build removes their sandboxes
             raise
-
-    def _secret_values(self, action: Action) -> tuple[tuple[str, str], ...]:
-        """The action's secret values; a missing one means the run cannot start (an OSError)."""
-        if not action.secrets:
-            return ()
-        try:
-            if self._secrets is None:
-                raise SecretUnavailable(f"secret '{action.secrets[0]}' is needed but no secrets are available")
-            return self._secrets.values_for(action.secrets)
-        except SecretUnavailable as error:
-            raise OSError(str(error)) from None
 
     def remove(self, runs: Sequence[SpawnResult | OSError]) -> None:
         for run in runs:

@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 
 from posbuild.cli import fail, workspace_and_package
-from posbuild.errors import PosbuildError
+from posbuild.errors import PosbuildError, UsageError
 
 
 class _Messages:
@@ -19,15 +19,23 @@ class _Messages:
 
 
 def _signing_key(root: Path, secrets_file: str) -> bytes | None:
-    """The secret POSBUILD_CACHE_KEY (environment, then the secrets file), or None when unset."""
-    from posbuild.remote import CACHE_KEY_VARIABLE
-    from posbuild.secrets import SecretUnavailable, secret_source
+    """The secret POSBUILD_CACHE_KEY (environment, then the secrets file), or None when unset.
 
-    try:
-        values = secret_source(root, secrets_file, dict(os.environ)).values_for([CACHE_KEY_VARIABLE])
-    except SecretUnavailable:
-        return None
-    return values[0][1].encode() if values and values[0][1] else None
+    A secrets file that may not be used (inside the workspace, readable by others, malformed) is
+    a usage error, not "no key": silently exporting unsigned, or refusing an import for want of a
+    key that is in fact configured, would hide the real problem.
+    """
+    from posbuild.remote import CACHE_KEY_VARIABLE
+    from posbuild.secrets import SecretUnavailable, read_secrets_file, secret_source
+
+    source = secret_source(root, secrets_file, dict(os.environ))
+    value = source.environ.get(CACHE_KEY_VARIABLE)
+    if value is None and source.file:
+        try:
+            value = read_secrets_file(Path(source.file), source.workspace).get(CACHE_KEY_VARIABLE)
+        except SecretUnavailable as error:
+            raise UsageError(f"cannot read {CACHE_KEY_VARIABLE}: {error}") from None
+    return value.encode() if value else None
 
 
 def _size(count: int) -> str:
@@ -47,7 +55,8 @@ def cache() -> None:
       posbuild cache export ci-cache.tar.gz //...     after a successful `posbuild build //...`
       posbuild cache import ci-cache.tar.gz           on the next machine, before building
     With the secret POSBUILD_CACHE_KEY set, export signs the archive and import refuses one
-    that is unsigned or signed with another key.
+    that is unsigned or signed with another key. Without the key, import refuses every archive
+    unless --allow-unsigned is given (then only the digests are checked).
     """
 
 
@@ -74,13 +83,21 @@ def export(file: Path, patterns: tuple[str, ...]) -> None:
         fail(error)
     notes = f"; {report.missing} result(s) no longer in the store were left out" if report.missing else ""
     click.echo(f"exported build {report.build} ({' '.join(report.patterns)}): {report.results} action result(s), "
-               f"{report.blobs} blob(s), {_size(report.size)}{', signed' if report.signed else ''} to {file}{notes}")
+               f"{report.blobs} blob(s), {_size(report.size)}, {'signed' if report.signed else 'unsigned'} "
+               f"to {file}{notes}")
+    if not report.signed:
+        click.echo(f"posbuild: note: POSBUILD_CACHE_KEY is not set, so the archive is unsigned; importing it "
+                   f"will need `posbuild cache import --allow-unsigned {file}`", err=True)
 
 
 @cache.command("import", short_help="Verify FILE whole, then merge it into the store.")
+@click.option("--allow-unsigned", is_flag=True,
+              help="Import an archive whose signature cannot be checked (no POSBUILD_CACHE_KEY here, or "
+                   "an unsigned archive): only its digests are verified, so trust where it came from.")
 @click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
-def import_(file: Path) -> None:
-    """Verify every blob of FILE against its digest, then merge it into the store (all or nothing)."""
+def import_(file: Path, allow_unsigned: bool) -> None:
+    """Verify every blob of FILE against its digest, and its signature against POSBUILD_CACHE_KEY,
+    then merge it into the store (all or nothing)."""
     from posbuild.build import workspace_lock
     from posbuild.cachearchive import import_cache
     from posbuild.config import load_config
@@ -91,16 +108,17 @@ def import_(file: Path) -> None:
         config = load_config(root)
         with workspace_lock(config, _Messages()):  # type: ignore[arg-type]
             key = _signing_key(root, config.secrets_file)
-            if key is None:
-                click.echo("posbuild: note: POSBUILD_CACHE_KEY is not set, so the archive's signature is not "
-                           "checked (its blobs are)", err=True)
             store = Store(config.store_dir)
             try:
-                report = import_cache(store, file.absolute(), config.state_dir / "tmp", key)
+                report = import_cache(store, file.absolute(), config.state_dir / "tmp", key, allow_unsigned)
             finally:
                 store.close()
     except PosbuildError as error:
         fail(error)
+    if not report.signed:
+        why = "POSBUILD_CACHE_KEY is not set" if key is None else "the archive is unsigned"
+        click.echo(f"posbuild: note: --allow-unsigned: the archive's signature was not checked ({why}); "
+                   f"only its digests were verified", err=True)
     click.echo(f"imported {report.results} action result(s) ({report.new_results} new) and {report.blobs} blob(s) "
                f"({report.new_blobs} new, {_size(report.size)}) from {file}"
                f"{' (signature verified)' if report.signed else ''}")

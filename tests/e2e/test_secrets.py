@@ -152,15 +152,18 @@ def test_secrets_file_inside_the_workspace_is_refused(ws):
 
 def test_secret_also_passed_through_env_is_refused(ws, secret_env):
     ws.write({"posbuild.toml": '[env]\npass = ["API_TOKEN"]\n', "p/q.txt": "question\n", "p/BUILD": USES_SECRET})
-    result = ws.build("//p:call", env=secret_env)
-    assert result.returncode == 1
-    assert "'API_TOKEN' is both a secret and in [env] pass" in result.stdout + result.stderr
+    ws.write({"p/BUILD": USES_SECRET + '    genrule(name = "first", outs = ["f.txt"], cmd = "echo f > $@")\n'})
+    result = ws.build("//p:all", env=secret_env)
+    assert result.returncode == 2
+    assert "//p:call: 'API_TOKEN' is both a secret and in [env] pass" in result.stderr
+    assert not (ws.root / "posbuild-out").exists()  # refused before anything ran
 
 
 @pytest.mark.parametrize("attrs, message", [
     ('secrets = ["NOT-A-NAME"]', "'NOT-A-NAME' is not an environment variable name"),
     ('secrets = ["A"], env = {"A": "1"}', "'A' is both in env and in secrets"),
     ('allow_secret_in_output = 1', "attribute 'allow_secret_in_output' must be True or False"),
+    ('secrets = ["POSBUILD_CACHE_KEY"]', "POSBUILD_CACHE_KEY is posbuild's own secret and is never given to an action"),
 ])
 def test_bad_secret_attributes(ws, attrs, message):
     ws.write({"p/BUILD": f'genrule(name = "t", outs = ["x"], cmd = "touch $@", {attrs})\n'})
@@ -189,4 +192,17 @@ def test_verify_runs_with_the_secret_and_quotes_no_value(ws, secret_env):
     assert result.returncode == 0, result.stdout + result.stderr
     missing = ws.run("verify", "//p:call", env={"API_TOKEN": "", "POSBUILD_SECRETS_FILE": secret_env["POSBUILD_SECRETS_FILE"]})
     assert missing.returncode != 0
+    assert kept_anywhere(ws.root, VALUE, result.stdout, result.stderr) == []
+
+
+def test_unreadable_secrets_file_fails_the_action_without_quoting_it(ws, tmp_path):
+    path = tmp_path / "home" / "secrets"
+    path.parent.mkdir()
+    path.write_bytes(b"API_TOKEN=\xff\xfe" + VALUE.encode() + b"\n")
+    path.chmod(0o600)
+    ws.write({"p/q.txt": "question\n", "p/BUILD": USES_SECRET})
+    result = ws.build("//p:call", env={"POSBUILD_SECRETS_FILE": str(path)})
+    assert result.returncode == 1
+    assert "is not UTF-8 text of NAME=value lines" in result.stderr
+    assert "Traceback" not in result.stderr
     assert kept_anywhere(ws.root, VALUE, result.stdout, result.stderr) == []

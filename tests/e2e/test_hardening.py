@@ -1,0 +1,179 @@
+"""Ways out that a hostile or broken action, store or request must not find.
+
+Each test builds the attack for real: an output that is a symbolic link, a forged cache entry
+that names a path outside the workspace, an action reading the secrets file, an action holding
+capabilities or reaching a host Unix socket, an upload requested without the signing key, and a
+generation recorded with a stale file mode.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import threading
+from pathlib import Path
+
+import pytest
+
+from conftest import counts
+from posbuild import namespaces
+from posbuild.records import ActionResult, OutputFile
+from posbuild.store import Store
+
+SECRET = "hardening-secret-7c1d"
+
+
+def _bwrap_problem() -> str | None:
+    bwrap = namespaces.find_bwrap()
+    if bwrap is None:
+        return "bwrap not found on PATH"
+    chosen = namespaces.isolation(bwrap, (), ())
+    return namespaces.probe((*chosen.head, *chosen.tail))
+
+
+needs_bwrap = pytest.mark.skipif(_bwrap_problem() is not None, reason=f"bubblewrap cannot run here: {_bwrap_problem()}")
+MODES = ["folder", pytest.param("namespace", marks=needs_bwrap)]
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_an_output_that_is_a_symbolic_link_fails_and_nothing_is_kept(ws, tmp_path, mode):
+    target = tmp_path / "outside.txt"
+    target.write_text(SECRET)
+    ws.write({
+        "posbuild.toml": f'[sandbox]\nmode = "{mode}"\n',
+        "p/BUILD": f'genrule(name = "link", outs = ["l.txt"], cmd = "ln -s {target} $@")\n',
+    })
+    result = ws.build("//p:link")
+    assert result.returncode == 1
+    assert "declared output 'posbuild-out/p/l.txt' is not a regular file" in result.stderr
+    assert not os.path.lexists(ws.root / "posbuild-out/p/l.txt")
+    assert not any(SECRET.encode() in p.read_bytes() for p in ws.root.rglob("*") if p.is_file())
+
+
+def test_a_forged_result_naming_a_path_outside_is_never_written(ws, tmp_path):
+    ws.write({"p/BUILD": 'genrule(name = "g", outs = ["g.txt"], cmd = "echo good > $@")\n'})
+    ws.ok("//p:g")
+    record = json.loads(ws.run("log", "--json").stdout.splitlines()[-1])
+    key = bytes.fromhex(record["key"])
+    escaped = ws.root.parent / "escaped.txt"
+    planted = b"planted\n"
+    store = Store(ws.root / ".posbuild/store")
+    try:
+        from posbuild.digest import hash_bytes
+
+        digest, empty = hash_bytes(planted), hash_bytes(b"")
+        forged = ActionResult((OutputFile("posbuild-out/../../escaped.txt", digest, len(planted), False),), 0,
+                              empty, empty)
+        store.commit((key, forged), [(digest, planted), (empty, b"")])
+        store.flush()
+    finally:
+        store.close()
+    ws.run("clean")
+    result = ws.ok("//p:g")
+    assert counts(result)["executed"] == 1  # the forged entry counted as a miss
+    assert ws.out("p/g.txt") == "good\n"
+    assert not escaped.exists()
+
+
+@needs_bwrap
+def test_no_action_reads_the_secrets_file_in_the_namespace_sandbox(ws, tmp_path):
+    secrets = tmp_path / "conf" / "secrets"  # under the folder tests leave writable: the file must be masked
+    secrets.parent.mkdir()
+    secrets.write_text(f"API_TOKEN={SECRET}\n")
+    secrets.chmod(0o600)
+    ws.write({
+        "posbuild.toml": '[sandbox]\nmode = "namespace"\n',
+        "p/BUILD": f'genrule(name = "peek", outs = ["peek.txt"], cmd = "cat {secrets} > $@; echo end >> $@")\n',
+    })
+    result = ws.build("//p:peek", env={"POSBUILD_SECRETS_FILE": str(secrets)})
+    assert result.returncode == 0, result.stderr
+    assert ws.out("p/peek.txt") == "end\n"
+
+
+@needs_bwrap
+@pytest.mark.skipif(os.geteuid() != 0, reason="capabilities matter when posbuild runs as root")
+def test_a_namespaced_action_has_no_capabilities(ws):
+    ws.write({
+        "posbuild.toml": '[sandbox]\nmode = "namespace"\n',
+        "p/BUILD": 'genrule(name = "caps", outs = ["caps.txt"], cmd = "grep -E \'^Cap(Eff|Prm)\' /proc/self/status > $@")\n',
+    })
+    ws.ok("//p:caps")
+    values = {line.split(":")[0]: int(line.split(":")[1], 16) for line in ws.out("p/caps.txt").splitlines()}
+    assert values == {"CapPrm": 0, "CapEff": 0}
+
+
+@needs_bwrap
+@pytest.mark.skipif(not os.access("/run", os.W_OK), reason="needs a writable /run for the host socket")
+def test_host_unix_sockets_under_run_need_the_network_tag(ws):
+    path = Path(f"/run/posbuild-test-{os.getpid()}.sock")
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    server.bind(str(path))
+    server.listen(4)
+    stop = threading.Event()
+
+    def serve() -> None:
+        server.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                connection, _ = server.accept()
+            except OSError:
+                continue
+            connection.sendall(b"hello\n")
+            connection.close()
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    script = f"import socket; s = socket.socket(socket.AF_UNIX); s.connect('{path}'); print(s.recv(6).decode(), end='')"
+    try:
+        ws.write({
+            "posbuild.toml": '[sandbox]\nmode = "namespace"\n',
+            "p/BUILD": f"""
+                genrule(name = "closed", outs = ["c.txt"], cmd = "python3 -c \\"{script}\\" > $@")
+                genrule(name = "open", outs = ["o.txt"], tags = ["network"], cmd = "python3 -c \\"{script}\\" > $@")
+            """,
+        })
+        assert ws.build("//p:closed").returncode == 1
+        ws.ok("//p:open")
+        assert ws.out("p/o.txt") == "hello\n"
+    finally:
+        stop.set()
+        thread.join()
+        server.close()
+        path.unlink()
+
+
+def test_remote_upload_without_the_key_fails_even_when_up_to_date(ws, tmp_path):
+    with socket.socket() as probe:  # a port nothing listens on: the remote is down, which is fine
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    ws.write({
+        "posbuild.toml": f'[cache]\nremote = "http://127.0.0.1:{port}/c"\n',
+        "p/BUILD": 'genrule(name = "g", outs = ["g.txt"], cmd = "echo g > $@")\n',
+    })
+    env = {"POSBUILD_CACHE_KEY": "", "POSBUILD_SECRETS_FILE": str(tmp_path / "none")}
+    assert ws.build("//p:g", env=env).returncode == 0
+    result = ws.build("--remote-upload", "//p:g", env=env)
+    assert result.returncode == 2
+    assert "--remote-upload needs the signing key" in result.stderr
+
+
+def test_a_generation_records_the_mode_a_later_build_installed(ws):
+    ws.write({"p/BUILD": """
+        genrule(name = "a", outs = ["a.sh"], cmd = "echo echo hi > $@")
+        genrule(name = "b", outs = ["b.txt"], cmd = "echo b > $@")
+    """})
+    ws.ok("//p:all")
+    ws.write({"p/BUILD": """
+        genrule(name = "a", outs = ["a.sh"], cmd = "echo echo hi > $@; chmod +x $@")
+        genrule(name = "b", outs = ["b.txt"], cmd = "exit 1")
+    """})
+    assert ws.build("-k", "//p:all").returncode == 1  # a ran (now executable); no generation recorded
+    ws.write({"p/BUILD": """
+        genrule(name = "a", outs = ["a.sh"], cmd = "echo echo hi > $@; chmod +x $@")
+        genrule(name = "b", outs = ["b.txt"], cmd = "echo b > $@")
+    """})
+    ws.ok("//p:all")
+    (ws.root / "posbuild-out/p/a.sh").unlink()
+    assert ws.run("rollback").returncode == 0
+    assert os.stat(ws.root / "posbuild-out/p/a.sh").st_mode & 0o111
