@@ -61,6 +61,7 @@ process was SIGKILLed runs to its end unobserved, as a local one does when posbu
 
 from __future__ import annotations
 
+import gc
 import itertools
 import os
 import shutil
@@ -500,6 +501,8 @@ class DaskSandboxes:
         """The client, connected on first use; the fit check (ORCH-05) runs once, then."""
         with self._connecting:
             if self._client is None and self._failure is None:
+                gc.enable()  # a local build runs without the cyclic collector; the Dask client's
+                # event loop makes reference cycles all the time, and a long build would keep them
                 try:
                     client, workers = connect(self.address)
                 except BaseException as error:
