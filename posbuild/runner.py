@@ -341,6 +341,6 @@ def remove_stale_outputs(root: Path, actions: Sequence[Action], failed: Sequence
             try:
                 os.unlink(root / path)
                 removed += 1
-            except FileNotFoundError:
+            except (FileNotFoundError, NotADirectoryError):  # gone, or a file where its folder was
                 pass
     return removed

@@ -7,7 +7,8 @@ Three parts, in the order a change flows through them:
   sandbox folder configured inside the workspace), `.git/` and other hidden folders, which the
   loader never looks into either. A rename arrives as the disappearance of its source and the
   appearance of its destination, so an editor's atomic save (write a temp file, rename it over
-  the original) is a change of the original.
+  the original) is a change of the original. A top-level folder replaced by another under the
+  same name (`mv data old; mv new data`) gets a watch of its own (watches follow inodes).
 * `WatchSet` is what the last build depended on, taken from its ActionGraph: every source file
   (inputs and tools that no action produces), the BUILD, `.bzl` and Python files the graph was
   analysed from (the graph cache stamps them), `posbuild.toml` and `posbuild.lock`, and the
@@ -15,8 +16,9 @@ Three parts, in the order a change flows through them:
   changes matter.
 * `watch()` is the loop: wait for a relevant change, let the burst settle (no relevant change for
   the quiet period), build once, report one `Cycle`, repeat. A build that fails, or cannot even
-  load its BUILD files, is reported like any other and watching goes on; until a graph loads
-  again, any BUILD, `.bzl` or Python file and any new file counts as relevant.
+  load its BUILD files, is reported like any other and watching goes on (so does an unexpected
+  exception, as an internal error of that cycle); until a graph loads again, any BUILD, `.bzl` or
+  Python file and any new file counts as relevant.
 
 The build itself is passed in (`BuildFn`), so this module needs nothing above it: the command
 line wires it to `build.run_build`, whose graph hook hands back each build's ActionGraph. Each
@@ -29,6 +31,7 @@ from __future__ import annotations
 
 import os
 import queue
+import stat
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -175,6 +178,8 @@ def _is_code(name: str, build_names: tuple[str, ...]) -> bool:
 
 
 def _is_artifact(name: str) -> bool:
+    # Before a save, vim creates and at once deletes a file named 4913 (5036, 5159, ... if that name is
+    # taken) to learn whether it may create files in the folder: the editor at work, not a source.
     return name.endswith(_ARTIFACT_SUFFIXES) or name.startswith(_ARTIFACT_PREFIXES) or name == "4913"
 
 
@@ -216,13 +221,15 @@ class _Watcher:
                         ev.FileClosedEvent]
         self._handler = _Handler(self._root, self._ignored, changes)
         self._observer = Observer()
-        self._watches: dict[str, object] = {}
+        self._watches: dict[str, _FolderWatch] = {}  # by top-level folder name
 
     def start(self) -> None:
         self._observer.schedule(self._handler, self._root, recursive=False, event_filter=self._filter)
         for entry in sorted(os.scandir(self._root), key=lambda e: e.name):
-            if entry.is_dir(follow_symlinks=False) and self._watchable(entry.name):
-                self._add(entry.name)
+            if self._watchable(entry.name):
+                identity = _folder_identity(entry.path)
+                if identity is not None:
+                    self._add(entry.name, identity)
         self._observer.start()
 
     def stop(self) -> None:
@@ -232,50 +239,101 @@ class _Watcher:
     def _watchable(self, name: str) -> bool:
         return not name.startswith(".") and name not in self._ignored
 
-    def _add(self, name: str) -> None:
-        if name not in self._watches:
-            self._watches[name] = self._observer.schedule(self._handler, os.path.join(self._root, name),
-                                                          recursive=True, event_filter=self._filter)
+    def _add(self, name: str, identity: tuple[int, int]) -> bool:
+        """Watch a top-level folder recursively; False if it went away before the watch was set.
+
+        The identity is taken before the watch is set, so a folder swapped in between is caught by
+        the event its swap sends, which finds an identity that differs from the one recorded.
+        """
+        path = os.path.join(self._root, name)
+        handler = _Handler(self._root, self._ignored, self._changes, own=path)
+        try:
+            watch = self._observer.schedule(handler, path, recursive=True, event_filter=self._filter)
+        except OSError as error:
+            if _folder_identity(path) is None:
+                return False  # gone again (or replaced by a file): its own event says so
+            raise PosbuildError(f"cannot watch {name}/: {error}") from None  # e.g. the inotify watch limit
+        self._watches[name] = _FolderWatch(watch, identity, handler)
+        return True
+
+    def _drop(self, name: str) -> None:
+        try:
+            self._observer.unschedule(self._watches.pop(name).watch)  # type: ignore[arg-type]
+        except KeyError:
+            pass
 
     def top_level(self, change: Change) -> None:
-        """Follow a top-level folder appearing or disappearing (called on the main thread).
+        """Follow a top-level folder appearing, disappearing or being swapped (called on the main thread).
 
-        A new folder gets its own recursive watch; whatever it already held when the watch began
-        (a folder moved in, `mkdir -p a/b && touch a/b/c`) is reported as created.
+        Events are handled some time after they happened, when the folder may already have been
+        replaced (`mv data old; mv new data`). So the name alone says nothing: the folder there now
+        is compared, by device and inode, with the one the watch was put on; and since a folder
+        deleted and made again may get the inode number it had, a watch whose folder was deleted
+        (its handler saw that) counts as replaced too. An inotify watch follows its inode wherever
+        it moves, so a watch on a folder that has been replaced is dropped (it would miss the new
+        folder's changes and report the old one's under the wrong name), and the folder there now
+        gets a watch of its own; whatever it already held when the watch began (a folder moved in,
+        `mkdir -p a/b && touch a/b/c`) is reported as created.
         """
-        if "/" in change.path or not change.is_dir or not self._watchable(change.path):
+        if not change.entry or "/" in change.path or not self._watchable(change.path):
             return
         full = os.path.join(self._root, change.path)
-        if os.path.isdir(full) and not os.path.islink(full):
-            if change.path in self._watches:
+        identity = _folder_identity(full)
+        known = self._watches.get(change.path)
+        if known is not None:
+            if known.identity == identity and not known.handler.deleted:
                 return
-            self._add(change.path)
-            for folder, dirs, files in os.walk(full):
-                dirs[:] = [d for d in dirs if not d.startswith(".")]
-                rel = os.path.relpath(folder, self._root)
-                for name in dirs:
-                    self._changes.put(Change(f"{rel}/{name}", True, True))
-                for name in files:
-                    self._changes.put(Change(f"{rel}/{name}", False, True))
-        elif change.path in self._watches:
-            watch = self._watches.pop(change.path)
-            try:
-                self._observer.unschedule(watch)  # type: ignore[arg-type]
-            except KeyError:
-                pass
+            self._drop(change.path)
+        if identity is None or not self._add(change.path, identity):
+            return
+        for folder, dirs, files in os.walk(full):
+            dirs[:] = [d for d in dirs if not d.startswith(".")]
+            rel = os.path.relpath(folder, self._root)
+            for name in dirs:
+                self._changes.put(Change(f"{rel}/{name}", True, True))
+            for name in files:
+                self._changes.put(Change(f"{rel}/{name}", False, True))
+
+
+def _folder_identity(path: str) -> tuple[int, int] | None:
+    """(st_dev, st_ino) of a real folder (not a symbolic link to one), or None when there is none."""
+    try:
+        info = os.lstat(path)
+    except OSError:
+        return None
+    return (info.st_dev, info.st_ino) if stat.S_ISDIR(info.st_mode) else None
+
+
+@dataclass(frozen=True, slots=True)
+class _FolderWatch:
+    """The recursive watch of one top-level folder, and which folder it was put on."""
+
+    watch: object  # watchdog's ObservedWatch
+    identity: tuple[int, int]  # (st_dev, st_ino) of the folder, taken just before the watch was set
+    handler: _Handler  # its own, to learn that the folder itself was deleted
 
 
 class _Handler:
-    """Runs on watchdog's thread: events → relative Changes, posbuild's own folders dropped."""
+    """Runs on watchdog's thread: events → relative Changes, posbuild's own folders dropped.
 
-    def __init__(self, root: str, ignored: tuple[str, ...], changes: queue.SimpleQueue[Change]) -> None:
+    The handler of a top-level folder's watch (`own`, its absolute path) also notes when that
+    folder itself is deleted, before queueing the change that says so: the main thread, handling
+    that change, then knows the watch is dead even if a new folder there has the same inode number.
+    """
+
+    def __init__(self, root: str, ignored: tuple[str, ...], changes: queue.SimpleQueue[Change],
+                 own: str | None = None) -> None:
         self._prefix = root.rstrip("/") + "/"
         self._ignored = ignored
         self._changes = changes
+        self._own = own
+        self.deleted = False
 
     def dispatch(self, event: object) -> None:  # watchdog's FileSystemEventHandler protocol
         kind = getattr(event, "event_type")
         is_dir = bool(getattr(event, "is_directory"))
+        if kind == "deleted" and self._own is not None and os.fsdecode(getattr(event, "src_path")) == self._own:
+            self.deleted = True
         if kind == "moved":
             self._put(getattr(event, "src_path"), is_dir, True)
             self._put(getattr(event, "dest_path"), is_dir, True)
@@ -321,7 +379,13 @@ def _next_burst(changes: queue.SimpleQueue[Change], current: WatchSet, quiet: fl
 
 def _build(build: BuildFn, current: WatchSet, build_names: tuple[str, ...],
            changed: Iterable[str]) -> tuple[Cycle, WatchSet]:
-    """One build; a PosbuildError is part of the Cycle, never raised (the loop must go on)."""
+    """One build; an error is part of the Cycle, never raised (the loop must go on).
+
+    Any other exception than a PosbuildError is a defect or an unforeseen condition (a file that
+    vanished at the wrong moment) that a later cycle may well not meet: it becomes the one-line
+    error of this cycle instead of ending the watch. The exception itself is kept as the error's
+    `__cause__`. KeyboardInterrupt is no Exception and still ends the loop.
+    """
     graphs: list[ActionGraph] = []
     started = time.monotonic()
     summary: BuildSummary | None = None
@@ -330,17 +394,29 @@ def _build(build: BuildFn, current: WatchSet, build_names: tuple[str, ...],
         summary = build(graphs.append)
     except PosbuildError as caught:
         error = caught
+    except Exception as caught:  # noqa: BLE001 - reported as this cycle's error; watching goes on
+        error = internal_error(caught)
     elapsed = time.monotonic() - started
     after = watch_set(graphs[-1], build_names, current) if graphs else replace(current, broken=True)
     return Cycle(tuple(sorted(changed)), summary, error, elapsed, len(after.files)), after
+
+
+def internal_error(caught: Exception) -> PosbuildError:
+    """`internal error in this cycle: <type>: <message>` on one line, `caught` as its cause."""
+    message = " ".join(str(caught).split("\n")).strip()
+    error = PosbuildError(f"internal error in this cycle: {type(caught).__name__}"
+                          + (f": {message}" if message else ""))
+    error.__cause__ = caught
+    return error
 
 
 def watch(config: Config, build: BuildFn, report: Callable[[Cycle], None], quiet: float = 0.05) -> None:
     """Build, then rebuild after every burst of relevant changes, until interrupted (Ctrl-C).
 
     Returns only by an exception: KeyboardInterrupt, or a PosbuildError when the workspace cannot
-    be watched at all (e.g. the inotify watch limit). The observer starts before the first build, so nothing that changes
-    while that build runs is missed.
+    be watched at all (e.g. the inotify watch limit, at start or for a top-level folder that appears
+    later). The observer starts before the first build, so nothing that changes while that build
+    runs is missed.
     """
     changes: queue.SimpleQueue[Change] = queue.SimpleQueue()
     watcher = _Watcher(config, changes)

@@ -177,3 +177,13 @@ def test_a_generation_records_the_mode_a_later_build_installed(ws):
     (ws.root / "posbuild-out/p/a.sh").unlink()
     assert ws.run("rollback").returncode == 0
     assert os.stat(ws.root / "posbuild-out/p/a.sh").st_mode & 0o111
+
+
+def test_a_file_where_an_output_folder_belongs_is_no_traceback(ws):
+    ws.write({"p/BUILD": 'genrule(name = "bad", outs = ["b.txt"], cmd = "exit 1")\n'})
+    (ws.root / "posbuild-out").mkdir()
+    (ws.root / "posbuild-out/p").write_text("a file, not a folder\n")
+    result = ws.build("//p:bad")
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    assert "FAILED //p:bad" in result.stderr

@@ -305,3 +305,46 @@ def test_a_new_top_level_package_is_picked_up(ws, watch, tmp_path):
     (ws.root / "fresh/x.txt").write_text("y\n")  # the new folder is watched too
     assert w.changed() == ("fresh/x.txt", 1, 3, 0)
     assert ws.out("fresh/x.out") == "y\n"
+
+
+DATA = {
+    "data/BUILD": 'genrule(name = "rows", srcs = ["raw.csv"], outs = ["rows.txt"], cmd = "wc -l < $< > $@")\n',
+    "data/raw.csv": "a,1\n",
+}
+
+
+@pytest.mark.parametrize("inside", [False, True], ids=["with-a-folder-outside", "with-a-sibling-folder"])
+def test_a_top_level_folder_swapped_by_rename_stays_watched(ws, watch, tmp_path, inside):
+    """`mv data data.old; mv data.new data`, as a deploy or a sync tool replaces a folder at once.
+
+    The watcher handles both renames once the new folder is in place: it must see that `data` is
+    another folder now, watch it, and stop watching the old one, which its watch follows.
+    """
+    staged = {"data.new/BUILD": DATA["data/BUILD"], "data.new/raw.csv": "b,1\nb,2\n"}
+    if inside:  # a package of its own before the swap, built by the first build
+        w = watch(files={**BASE, **DATA, **staged})
+        old, new = ws.root / "data.old", ws.root / "data.new"
+    else:
+        w = watch(files={**BASE, **DATA})
+        Workspace(tmp_path).write(staged)
+        old, new = tmp_path / "data.old", tmp_path / "data.new"
+    assert ws.out("data/rows.txt").strip() == "1"
+    os.rename(ws.root / "data", old)
+    os.rename(new, ws.root / "data")
+    paths, executed, cached, failed = w.changed()
+    if inside:
+        assert "data" in paths.split(", ") and failed == 0, paths
+    else:
+        assert (paths, executed, cached, failed) == ("data, data/BUILD, data/raw.csv", 1, 3, 0)
+    assert ws.out("data/rows.txt").strip() == "2"
+    # the folder now named data/ is watched: an edit in it rebuilds, and the output is right
+    (ws.root / "data/raw.csv").write_text("c,1\nc,2\nc,3\n")
+    assert w.changed() == ("data/raw.csv", 1, 3 + inside, 0)
+    assert ws.out("data/rows.txt").strip() == "3"
+    if not inside:  # the folder moved out is not watched any more, nor reported as data/
+        (old / "raw.csv").write_text("stale\n")
+        (old / "late.txt").write_text("new in the old folder\n")
+        w.no_build_since_last_cycle()
+    (ws.root / "data/raw.csv").write_text("d,1\n")
+    assert w.changed() == ("data/raw.csv", 1, 3 + inside, 0)
+    assert ws.out("data/rows.txt").strip() == "1"

@@ -1,7 +1,9 @@
-"""watch.py without a running watcher: the watch set of a graph, which changes matter, debouncing."""
+"""watch.py below the command line: the watch set of a graph, which changes matter, debouncing, the
+watcher's tracking of top-level folders, and a build that raises something unexpected."""
 
 from __future__ import annotations
 
+import os
 import queue
 import threading
 import time
@@ -10,7 +12,12 @@ from pathlib import Path
 import pytest
 
 from posbuild.build import resolve
-from posbuild.watch import Change, WatchSet, _next_burst, graph_files, watch_set
+from posbuild.config import load_config
+from posbuild.errors import PosbuildError
+from posbuild.reporter import BuildSummary
+from posbuild.watch import Change, Cycle, WatchSet, _build, _next_burst, _Watcher, graph_files, watch, watch_set
+
+WAIT = 20.0  # bound of every wait for an inotify event
 
 FILES = {
     "posbuild.toml": "",
@@ -159,3 +166,156 @@ def test_a_burst_ends_after_the_quiet_period_and_ignores_irrelevant_changes(watc
     changes.put(content("pkg/a.txt"))
     changes.put(entry("pkg/a.txt"))
     assert _next_burst(changes, watched, 0.01, seen.append) == {"pkg/a.txt": entry("pkg/a.txt")}
+
+
+def _changes_until(changes: queue.SimpleQueue[Change], want: Change, watcher: _Watcher | None = None) -> list[Change]:
+    """Every change up to `want` (bounded wait), each first offered to the watcher as the loop does."""
+    seen: list[Change] = []
+    deadline = time.monotonic() + WAIT
+    while want not in seen:
+        left = deadline - time.monotonic()
+        assert left > 0, f"no {want} within {WAIT} s; got {seen}"
+        try:
+            change = changes.get(timeout=left)
+        except queue.Empty:
+            continue
+        if watcher is not None:
+            watcher.top_level(change)
+        seen.append(change)
+    return seen
+
+
+def _pending(changes: queue.SimpleQueue[Change], watcher: _Watcher) -> list[Change]:
+    """The changes queued now, each offered to the watcher."""
+    seen: list[Change] = []
+    while True:
+        try:
+            change = changes.get_nowait()
+        except queue.Empty:
+            return seen
+        watcher.top_level(change)
+        seen.append(change)
+
+
+def _settle(root: Path, changes: queue.SimpleQueue[Change], watcher: _Watcher, name: str) -> list[Change]:
+    """Make a marker file in the workspace root and process every change up to its event."""
+    (root / name).write_text("")
+    return _changes_until(changes, Change(name, False, True), watcher)
+
+
+@pytest.mark.parametrize("away", ["inside", "outside"])
+def test_a_top_level_folder_swapped_before_its_events_are_handled_gets_a_new_watch(tmp_path: Path,
+                                                                                   away: str) -> None:
+    root = tmp_path / "ws"
+    (root / "data").mkdir(parents=True)
+    (root / "posbuild.toml").write_text("")
+    (root / "data/raw.csv").write_text("old\n")
+    (tmp_path / "new").mkdir()
+    (tmp_path / "new/raw.csv").write_text("new\n")
+    old = root / "data.old" if away == "inside" else tmp_path / "data.old"
+    changes: queue.SimpleQueue[Change] = queue.SimpleQueue()
+    watcher = _Watcher(load_config(root), changes)
+    watcher.start()
+    try:
+        # both renames happen before the watcher handles the first of their events, as on a busy machine
+        os.rename(root / "data", old)
+        os.rename(tmp_path / "new", root / "data")
+        seen = _settle(root, changes, watcher, "marker1") + _pending(changes, watcher)
+        assert Change("data", True, True) in seen
+        assert Change("data/raw.csv", False, True) in seen  # what the new folder held, reported as created
+        (root / "data/raw.csv").write_text("edited\n")
+        _changes_until(changes, Change("data/raw.csv", False, False), watcher)
+        (old / "late.txt").write_text("")  # no watch follows the old folder under its old name any more
+        seen = _settle(root, changes, watcher, "marker2") + _pending(changes, watcher)
+        assert not [c for c in seen if c.path == "data/late.txt"], seen
+        if away == "inside":  # the old folder has a watch of its own, under its new name
+            assert Change("data.old/late.txt", False, True) in seen
+        # a folder removed and made again under the same name is watched too
+        (root / "data/raw.csv").unlink()
+        (root / "data").rmdir()
+        (root / "data").mkdir()
+        (root / "data/again.csv").write_text("")
+        # ext4 gives the new folder the inode number of the one just deleted: the old watch's own
+        # "deleted" event is what tells them apart, and it may come after the root's events
+        _changes_until(changes, Change("data/again.csv", False, True), watcher)
+        (root / "data/again.csv").write_text("edited\n")
+        _changes_until(changes, Change("data/again.csv", False, False), watcher)
+        # a folder that is gone, or is now a file, loses its watch
+        (root / "data/again.csv").unlink()
+        (root / "data").rmdir()
+        (root / "data").write_text("")
+        _settle(root, changes, watcher, "marker3")
+        assert set(watcher._watches) == ({"data.old"} if away == "inside" else set())
+    finally:
+        watcher.stop()
+
+
+def _summary() -> BuildSummary:
+    return BuildSummary(total=1, executed=1, cached=0, failed=0, skipped=0, wall=0.0, failed_labels=())
+
+
+def test_an_unexpected_exception_in_a_build_is_that_cycle_s_one_line_error() -> None:
+    def vanished(hook: object) -> BuildSummary:
+        raise FileNotFoundError(2, "No such file or directory", "pkg/a.txt")
+
+    cycle, after = _build(vanished, WatchSet(broken=False), ("BUILD",), ["pkg/a.txt"])
+    assert cycle.summary is None and isinstance(cycle.error, PosbuildError)
+    assert cycle.error.render() == ("internal error in this cycle: FileNotFoundError: "
+                                    "[Errno 2] No such file or directory: 'pkg/a.txt'")
+    assert isinstance(cycle.error.__cause__, FileNotFoundError)  # kept, with its traceback
+    assert after.broken  # no graph came back: any BUILD or new file may be the fix
+
+    def multi_line(hook: object) -> BuildSummary:
+        raise ValueError("first\nsecond")
+
+    cycle, _ = _build(multi_line, WatchSet(), ("BUILD",), ())
+    assert cycle.error is not None and cycle.error.render() == "internal error in this cycle: ValueError: first second"
+
+    def interrupted(hook: object) -> BuildSummary:
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        _build(interrupted, WatchSet(), ("BUILD",), ())
+
+
+class _Stop(Exception):
+    pass
+
+
+def test_the_watch_loop_goes_on_after_an_unexpected_exception(tmp_path: Path) -> None:
+    (tmp_path / "posbuild.toml").write_text("")
+    (tmp_path / "pkg").mkdir()
+    calls: list[int] = []
+    cycles: list[Cycle] = []
+
+    def build(hook: object) -> BuildSummary:
+        calls.append(1)
+        if len(calls) == 1:
+            raise OSError(5, "Input/output error")
+        return _summary()
+
+    def report(cycle: Cycle) -> None:
+        cycles.append(cycle)
+        if len(cycles) == 1:
+            (tmp_path / "pkg/new.txt").write_text("")  # after a failed load, a new file anywhere counts
+        else:
+            raise _Stop
+
+    done = threading.Event()
+    failure: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            watch(load_config(tmp_path), build, report, quiet=0.01)
+        except _Stop:
+            pass
+        except BaseException as error:  # noqa: BLE001 - reported by the assertion below
+            failure.append(error)
+        done.set()
+
+    threading.Thread(target=run, daemon=True).start()
+    assert done.wait(WAIT), f"the loop did not build again within {WAIT} s: {cycles}"
+    assert not failure, failure
+    assert cycles[0].error is not None
+    assert cycles[0].error.render() == "internal error in this cycle: OSError: [Errno 5] Input/output error"
+    assert cycles[1].error is None and cycles[1].summary == _summary() and cycles[1].changed == ("pkg/new.txt",)
