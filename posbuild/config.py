@@ -51,7 +51,7 @@ class Role:
 
 
 @dataclass(frozen=True, slots=True)
-class RemoteCache:
+class RemoteSettings:
     """`[cache] remote / upload / timeout`: the shared HTTP cache, if any."""
 
     url: str = ""  # "" means no remote cache
@@ -72,7 +72,7 @@ class Config:
     cache_max_size: str = ""  # `[cache] max_size`: gc's default bound, as written (e.g. "20G")
     env_tools: tuple[str, ...] = ()  # `[env] tools`: executables whose path and digest enter h_E
     budget: Budget | None = None  # `[resources]`; None only for Configs built by hand (see `resources`)
-    remote: RemoteCache = RemoteCache()
+    remote: RemoteSettings = RemoteSettings()
     roles: tuple[Role, ...] = ()  # `[roles]`; empty: every role may build everything
     sandbox_mode: str = "auto"  # `[sandbox] mode`: auto | namespace | folder
     secrets_file: str = ""  # `[secrets] file`: where secret values live beside the environment
@@ -163,7 +163,7 @@ def _choice(table: dict[str, Any], section: str, key: str, choices: tuple[str, .
     return value
 
 
-def _remote(table: dict[str, Any], path: Path) -> RemoteCache:
+def _remote(table: dict[str, Any], path: Path) -> RemoteSettings:
     """`[cache] remote` must be an http(s) URL; `timeout` a positive number of seconds."""
     url = _get(table, "cache", "remote", str, "", path).rstrip("/")
     if url and not url.startswith(("http://", "https://")):
@@ -171,7 +171,7 @@ def _remote(table: dict[str, Any], path: Path) -> RemoteCache:
     timeout = _get(table, "cache", "timeout", (int, float), 5.0, path)
     if timeout <= 0:
         raise WorkspaceError(f"{path}: [cache] timeout must be > 0 seconds, got {timeout}")
-    return RemoteCache(url, _get(table, "cache", "upload", bool, False, path), float(timeout))
+    return RemoteSettings(url, _get(table, "cache", "upload", bool, False, path), float(timeout))
 
 
 def _roles(table: dict[str, Any], path: Path) -> tuple[Role, ...]:
