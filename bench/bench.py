@@ -473,9 +473,10 @@ def run_repetition(
     verify(tools, graph, f"touch of {leaf_rel(leaf)} (rep {rep})")
 
 
-RESOLVE_SNIPPET = (
-    "import sys, time, pathlib\n"
+RESOLVE_SNIPPET = (  # as `posbuild build` runs it: without the cyclic GC (cli/build.py)
+    "import gc, sys, time, pathlib\n"
     "from posbuild.build import resolve\n"
+    "gc.disable()\n"
     "t = time.perf_counter()\n"
     "g = resolve(pathlib.Path(sys.argv[1]), ['//...'])\n"
     "print(time.perf_counter() - t, len(g.actions))\n"
