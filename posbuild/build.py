@@ -139,7 +139,8 @@ def run_build(root: Path, options: BuildOptions, reporter: Reporter,
         clean = [False] * len(actions) if options.verify else clean_actions(actions, previous, config.root)
         up_to_date = sum(clean)
         reporter.build_started(len(actions), up_to_date)
-        needs_run = up_to_date < len(actions) or not tree_is_clean(config)
+        tree_clean = tree_is_clean(config)
+        needs_run = up_to_date < len(actions) or not tree_clean
         from posbuild.journal import build_row, record_settled_build
 
         patterns = tuple(str(p) for p in request.patterns)
@@ -157,7 +158,7 @@ def run_build(root: Path, options: BuildOptions, reporter: Reporter,
                                request.state_path, patterns, options.verify, info, tuple(blobs), options.explain,
                                secrets, grant=grant,
                                executor=options.executor, allow_env_drift=options.allow_env_drift,
-                               sandbox_writable=writable_paths(environ))
+                               sandbox_writable=writable_paths(environ), tree_clean=tree_clean)
         if options.dry_run:
             planned = plan_dirty(config, actions, clean, previous, settings)
             for index in planned:

@@ -75,6 +75,7 @@ class RunSettings:
     executor: str = ""  # `--executor`: "local", "dask://HOST:PORT", or "" for `[executor]` in posbuild.toml
     allow_env_drift: bool = False  # also accept Dask workers whose environment hash differs
     sandbox_writable: tuple[str, ...] = ()  # POSBUILD_SANDBOX_WRITABLE (namespaces.writable_paths)
+    tree_clean: bool = False  # posbuild-out/ was exactly the latest generation when the build began
 
 
 class _Executor:
@@ -168,7 +169,8 @@ def run_dirty(config: Config, actions: Sequence[Action], clean: Sequence[bool], 
                                  f"dependents; `posbuild rollback` restores the last successful build")
         else:
             latest, manifest = current_manifest(store)
-            rows = _request_rows(actions, clean, previous, rebuilder, store, manifest, config.root)
+            rows = _request_rows(actions, clean, previous, rebuilder, store, manifest,
+                                 None if settings.tree_clean else config.root)
             record_generation(config, store, settings.patterns, rows, (latest, manifest))
             mark_tree(config, clean=True)
         if journal is not None:
@@ -253,17 +255,19 @@ def _recorded_duration(store: Store, actions: Sequence[Action]) -> Callable[[int
 
 
 def _request_rows(actions: Sequence[Action], clean: Sequence[bool], previous: BuildState, rebuilder: Rebuilder,
-                  store: Store, manifest: Manifest, root: Path) -> Manifest:
+                  store: Store, manifest: Manifest, check_modes_in: Path | None) -> Manifest:
     """Every output of the request → (digest, size, executable), for the generation's manifest.
 
     Outputs this build produced or restored come from their results. An output it left as it
-    was keeps the latest manifest's row when that row holds the file's digest and executable
-    bit (one stat: the same bytes may have been installed with another mode by a build that
-    recorded no generation). Only where no such row exists is the action's result read (one
-    LMDB read and decode per action: a no-op's worth of time over 10,000 actions).
+    was keeps the latest manifest's row when that row holds the file's digest. That row's mode
+    is the file's too when the build began with `posbuild-out/` exactly the latest generation
+    (the tree marker) and the file is unchanged since; otherwise a build that recorded no
+    generation (one that failed) may have installed the same bytes with another mode, so the
+    mode is checked with one stat per file under `check_modes_in` (the workspace root). Only
+    where no such row exists is the action's result read (one LMDB read and decode per action).
     """
     rows: Manifest = {}
-    base = f"{root}/"
+    base = f"{check_modes_in}/" if check_modes_in is not None else None
     for action, is_clean in zip(actions, clean):
         found = True
         for path in action.outputs:
@@ -272,7 +276,8 @@ def _request_rows(actions: Sequence[Action], clean: Sequence[bool], previous: Bu
                 rows[path] = (output.digest, output.size, output.executable)
                 continue
             row = manifest.get(path)
-            if row is not None and row[0] == rebuilder.output_digest(path) and row[2] == _executable(base + path):
+            if row is not None and row[0] == rebuilder.output_digest(path) and (
+                    base is None or row[2] == _executable(base + path)):
                 rows[path] = row
             else:
                 found = False
