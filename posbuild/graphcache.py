@@ -12,6 +12,7 @@ outdated one is simply ignored and rebuilt.
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from typing import Any, Sequence
@@ -25,6 +26,7 @@ from posbuild.digest import hash_canonical
 from posbuild.stamps import file_stamp, stamps_current
 
 CACHE_FORMAT = 1
+_decoded: dict[Path, tuple[tuple[int, int, int], Any, Any, ActionGraph]] = {}  # the last entry decoded
 Stamp = tuple[str, int]  # (workspace-relative path, mtime_ns or a stat fingerprint)
 
 
@@ -47,18 +49,36 @@ class GraphCache:
         return self._folder / hash_canonical([CACHE_FORMAT, list(request)]).hex()[:32]
 
     def load(self, request: Sequence[str]) -> ActionGraph | None:
-        """The cached graph for `request` if every stamp still matches, else None."""
+        """The cached graph for `request` if every stamp still matches, else None.
+
+        A process that builds again and again (`posbuild watch`) keeps the last entry it decoded:
+        while the entry file is the same file (entries are replaced by rename, so a rewritten one
+        has another inode), only its stamps are checked again.
+        """
+        path = self._entry(request)
         try:
-            data = self._entry(request).read_bytes()
-            entry = msgpack.unpackb(data, use_list=False)
-        except (OSError, ValueError, msgpack.UnpackException):
+            info = os.stat(path)
+        except OSError:
             return None
-        if not isinstance(entry, tuple) or len(entry) != 5 or entry[0] != _version():
-            return None
-        _, dirs, files, rows, requested = entry
+        signature = (info.st_ino, info.st_mtime_ns, info.st_size)
+        kept = _decoded.get(path)
+        if kept is not None and kept[0] == signature:
+            _, dirs, files, graph = kept
+        else:
+            try:
+                data = path.read_bytes()
+                entry = msgpack.unpackb(data, use_list=False)
+            except (OSError, ValueError, msgpack.UnpackException):
+                return None
+            if not isinstance(entry, tuple) or len(entry) != 5 or entry[0] != _version():
+                return None
+            _, dirs, files, rows, requested = entry
+            graph = ActionGraph(tuple(map(Action._make, rows)), requested, data)
+            _decoded.clear()
+            _decoded[path] = (signature, dirs, files, graph)
         if not stamps_current(str(self._root), dirs, files):
             return None
-        return ActionGraph(tuple(map(Action._make, rows)), requested, data)
+        return graph
 
     def save(self, request: Sequence[str], graph: ActionGraph, dirs: Sequence[Stamp], files: Sequence[str]) -> bytes:
         """Write the entry; returns its bytes (the build records refer to them)."""

@@ -73,6 +73,17 @@ def executed_labels(result: Result) -> list[str]:
     return sorted(line.split("] ", 1)[1] for line in result.stdout.splitlines() if line.startswith("["))
 
 
+def bwrap_problem() -> str | None:
+    """Why the namespace sandbox cannot run here, or None when bubblewrap works."""
+    from posbuild import namespaces
+
+    bwrap = namespaces.find_bwrap()
+    if bwrap is None:
+        return "bwrap not found on PATH"
+    chosen = namespaces.isolation(bwrap, (), ())
+    return namespaces.probe((*chosen.head, *chosen.tail))
+
+
 @pytest.fixture(scope="session", autouse=True)
 def sandbox_may_write_test_probes(tmp_path_factory: pytest.TempPathFactory) -> None:
     """Let actions write the probe files tests leave under the test's temp folder (start flags,

@@ -18,13 +18,11 @@ import pickle
 import subprocess
 import time
 from pathlib import Path
-from typing import Iterator
 
-import pytest
 
 from conftest import POSBUILD, Workspace, counts
 from nginx_server import Nginx, nginx  # noqa: F401 - the fixture
-from test_dask_executor import Cluster, outputs, workspace
+from test_dask_executor import Cluster, cluster, outputs, workspace  # noqa: F401 - cluster: a fixture (one per module)
 
 KEY = {"POSBUILD_CACHE_KEY": "correct horse battery staple"}
 MARKER = f"marker-{os.urandom(12).hex()}\n"
@@ -43,17 +41,6 @@ FILES = {
         genrule(name = "c", srcs = [":b", ":m"], outs = ["c.txt"], cmd = "cat $(SRCS) > $@; chmod +x $@")
     """,
 }
-
-
-@pytest.fixture(scope="module")
-def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
-    """Two workers, each declaring cpu=2 and mem_mb=2048."""
-    running = Cluster(tmp_path_factory.mktemp("dask"))
-    try:
-        running.add_workers(2)
-        yield running
-    finally:
-        running.stop()
 
 
 def with_remote(tmp_path: Path, name: str, url: str, files: dict[str, str] = FILES) -> Workspace:

@@ -16,23 +16,14 @@ from pathlib import Path
 
 import pytest
 
-from conftest import counts
-from posbuild import namespaces
+from conftest import bwrap_problem, counts
 from posbuild.records import ActionResult, OutputFile
 from posbuild.store import Store
 
 SECRET = "hardening-secret-7c1d"
 
 
-def _bwrap_problem() -> str | None:
-    bwrap = namespaces.find_bwrap()
-    if bwrap is None:
-        return "bwrap not found on PATH"
-    chosen = namespaces.isolation(bwrap, (), ())
-    return namespaces.probe((*chosen.head, *chosen.tail))
-
-
-needs_bwrap = pytest.mark.skipif(_bwrap_problem() is not None, reason=f"bubblewrap cannot run here: {_bwrap_problem()}")
+needs_bwrap = pytest.mark.skipif(bwrap_problem() is not None, reason=f"bubblewrap cannot run here: {bwrap_problem()}")
 MODES = ["folder", pytest.param("namespace", marks=needs_bwrap)]
 
 

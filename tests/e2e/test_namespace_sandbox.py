@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import POSBUILD, Result, Workspace, counts
+from conftest import POSBUILD, Result, Workspace, bwrap_problem, counts
 from posbuild import namespaces
 from posbuild.analysis import Action
 from posbuild.config import load_config
@@ -26,15 +26,7 @@ from posbuild.errors import SandboxUnavailable
 from posbuild.sandbox import Sandboxes, choose_isolation
 
 
-def _bwrap_problem() -> str | None:
-    bwrap = namespaces.find_bwrap()
-    if bwrap is None:
-        return "bwrap not found on PATH"
-    chosen = namespaces.isolation(bwrap, (), ())
-    return namespaces.probe((*chosen.head, *chosen.tail))
-
-
-PROBLEM = _bwrap_problem()
+PROBLEM = bwrap_problem()
 pytestmark = pytest.mark.skipif(PROBLEM is not None, reason=f"bubblewrap cannot run here: {PROBLEM}")
 
 NAMESPACE = '[sandbox]\nmode = "namespace"\n'
