@@ -181,7 +181,7 @@ def _check_secrets(config: Config, actions: Sequence[Action], secrets: SecretSou
     the cache never silently fills nothing.
     """
     passed = set(config.env_pass)
-    for action in actions:
+    for action in actions if passed else ():
         clash = [name for name in action.secrets if name in passed]
         if clash:
             raise UsageError(f"{action.label}: '{clash[0]}' is both a secret and in [env] pass of "
