@@ -30,7 +30,6 @@ class Grant:
 
     role: str
     upload: bool = False  # this process writes to the remote cache (it still needs the signing key)
-    upload_requested: bool = False  # `--remote-upload` was given: a missing key is then an error
 
 
 def authorize(config: Config, patterns: Sequence[TargetPattern], actions: Sequence[Action],
@@ -40,7 +39,7 @@ def authorize(config: Config, patterns: Sequence[TargetPattern], actions: Sequen
     if remote_upload and not config.remote.url:
         raise UsageError(f"--remote-upload needs a remote cache: set [cache] remote in {CONFIG_NAME}")
     if not config.roles:
-        return Grant(name, remote_upload or config.remote.upload, remote_upload)
+        return Grant(name, remote_upload or config.remote.upload)
     role = _role(config, name)
     denied = [label for label in requested_targets(patterns, actions) if not may_build(role, label)]
     if denied:
@@ -52,7 +51,7 @@ def authorize(config: Config, patterns: Sequence[TargetPattern], actions: Sequen
     if remote_upload and not role.upload:
         raise UsageError(f"role '{name}' may not upload to the remote cache ([roles.{name}] upload is not "
                          f"true in {CONFIG_NAME}); build without --remote-upload")
-    return Grant(name, (remote_upload or config.remote.upload) and role.upload, remote_upload)
+    return Grant(name, (remote_upload or config.remote.upload) and role.upload)
 
 
 def _role(config: Config, name: str) -> Role:

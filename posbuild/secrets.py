@@ -61,14 +61,18 @@ class SecretSource:
         """(name, value) for each name, in order; raises SecretUnavailable naming what is missing."""
         values = []
         for name in names:
-            value = self.environ.get(name)
-            if value is None:
-                value = self._from_file().get(name)
+            value = self.get(name)
             if value is None:
                 where = f"nor in the secrets file {self.file}" if self.file else "and no secrets file is set"
                 raise SecretUnavailable(f"secret '{name}' is not in posbuild's environment {where}")
             values.append((name, value))
         return tuple(values)
+
+    def get(self, name: str) -> str | None:
+        """The value of `name`, or None when neither the environment nor the secrets file has it;
+        SecretUnavailable only when the secrets file may not be used."""
+        value = self.environ.get(name)
+        return self._from_file().get(name) if value is None else value
 
     def _from_file(self) -> dict[str, str]:
         if not self.file:

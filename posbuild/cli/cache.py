@@ -26,15 +26,12 @@ def _signing_key(root: Path, secrets_file: str) -> bytes | None:
     key that is in fact configured, would hide the real problem.
     """
     from posbuild.remote import CACHE_KEY_VARIABLE
-    from posbuild.secrets import SecretUnavailable, read_secrets_file, secret_source
+    from posbuild.secrets import SecretUnavailable, secret_source
 
-    source = secret_source(root, secrets_file, dict(os.environ))
-    value = source.environ.get(CACHE_KEY_VARIABLE)
-    if value is None and source.file:
-        try:
-            value = read_secrets_file(Path(source.file), source.workspace).get(CACHE_KEY_VARIABLE)
-        except SecretUnavailable as error:
-            raise UsageError(f"cannot read {CACHE_KEY_VARIABLE}: {error}") from None
+    try:
+        value = secret_source(root, secrets_file, dict(os.environ)).get(CACHE_KEY_VARIABLE)
+    except SecretUnavailable as error:
+        raise UsageError(f"cannot read {CACHE_KEY_VARIABLE}: {error}") from None
     return value.encode() if value else None
 
 
