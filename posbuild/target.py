@@ -139,39 +139,22 @@ def _type(value: Any) -> str:
 Checker = Callable[[str, str, Any], Any]
 
 _COMMON: dict[str, Checker] = {"tags": _str_list, "visibility": _str_list}
+_ACTION: dict[str, Checker] = {  # what every rule that runs a command declares the same way
+    **_COMMON,
+    "srcs": _str_list,
+    "outs": _str_list,
+    "version": _str_dict,
+    "requires": _requires,
+    "resources": _resources,
+    "secrets": _secret_names,
+    "allow_secret_in_output": _bool,
+    "timeout": _int,
+    "message": _str,
+}
 SCHEMAS: dict[str, dict[str, Checker]] = {
-    "genrule": {
-        **_COMMON,
-        "srcs": _str_list,
-        "outs": _str_list,
-        "cmd": _str,
-        "tools": _str_list,
-        "env": _str_dict,
-        "version": _str_dict,
-        "requires": _requires,
-        "resources": _resources,
-        "secrets": _secret_names,
-        "allow_secret_in_output": _bool,
-        "timeout": _int,
-        "message": _str,
-    },
+    "genrule": {**_ACTION, "cmd": _str, "tools": _str_list, "env": _str_dict},
     "filegroup": {**_COMMON, "srcs": _str_list},
-    "py_task": {
-        **_COMMON,
-        "script": _str,
-        "srcs": _str_list,
-        "outs": _str_list,
-        "args": _args,
-        "deps": _str_list,
-        "env": _py_env,
-        "version": _str_dict,
-        "requires": _requires,
-        "resources": _resources,
-        "secrets": _secret_names,
-        "allow_secret_in_output": _bool,
-        "timeout": _int,
-        "message": _str,
-    },
+    "py_task": {**_ACTION, "script": _str, "args": _args, "deps": _str_list, "env": _py_env},
 }
 REQUIRED = {"genrule": ("outs", "cmd"), "filegroup": (), "py_task": ("script", "outs")}
 

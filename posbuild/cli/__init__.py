@@ -66,6 +66,16 @@ def cli() -> None:
     """
 
 
+# Options that mean the same in every command that builds (build, watch, verify).
+jobs_option = click.option("-j", "--jobs", type=click.IntRange(min=1), default=None,
+                           help="Run at most N actions at once (default: [build] jobs, or the number of CPUs).")
+keep_going_option = click.option("-k", "--keep-going", is_flag=True,
+                                 help="After a failure, still build every independent branch.")
+allow_env_drift_option = click.option(
+    "--allow-env-drift", is_flag=True,
+    help="Build even if the environment hash differs from the one approved in posbuild.lock (warns).")
+
+
 def fail(error: PosbuildError) -> None:
     """Print a user error as one line and exit with its code."""
     click.echo(f"posbuild: {error.render()}", err=True)

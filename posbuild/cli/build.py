@@ -8,7 +8,7 @@ import sys
 
 import click
 
-from posbuild.cli import fail, workspace_and_package
+from posbuild.cli import allow_env_drift_option, fail, jobs_option, keep_going_option, workspace_and_package
 from posbuild.errors import PosbuildError
 
 
@@ -41,16 +41,14 @@ def _executor(ctx: click.Context, param: click.Parameter, value: str | None) -> 
 
 @click.command()
 @click.argument("patterns", nargs=-1)
-@click.option("-j", "--jobs", type=click.IntRange(min=1), default=None,
-              help="Run at most N actions at once (default: [build] jobs, or the number of CPUs).")
-@click.option("-k", "--keep-going", is_flag=True, help="After a failure, still build every independent branch.")
+@jobs_option
+@keep_going_option
 @click.option("-n", "--dry-run", is_flag=True, help="List the actions that would execute; run and write nothing.")
 @click.option("--verify", is_flag=True,
               help="Re-execute actions that have a cached result and fail with ORCH-04 if the bytes differ.")
 @click.option("-q", "--quiet", is_flag=True, help="Print only failures and errors.")
 @click.option("--explain", is_flag=True, help="Say in one line why each executed action ran.")
-@click.option("--allow-env-drift", is_flag=True,
-              help="Build even if the environment hash differs from the one approved in posbuild.lock (warns).")
+@allow_env_drift_option
 @click.option("--remote-upload", is_flag=True,
               help="Upload executed results to [cache] remote, signed with the secret POSBUILD_CACHE_KEY "
                    "(the role must allow uploads).")

@@ -7,14 +7,13 @@ import sys
 
 import click
 
-from posbuild.cli import fail, workspace_and_package
+from posbuild.cli import fail, jobs_option, workspace_and_package
 from posbuild.errors import ActionFailed, NonDeterminism, PosbuildError
 
 
 @click.command()
 @click.argument("patterns", nargs=-1)
-@click.option("-j", "--jobs", type=click.IntRange(min=1), default=None,
-              help="Run at most N actions at once (default: [build] jobs, or the number of CPUs).")
+@jobs_option
 @click.option("-q", "--quiet", is_flag=True, help="Print only non-deterministic outputs and errors.")
 def verify(patterns: tuple[str, ...], jobs: int | None, quiet: bool) -> None:
     """Check that the actions of PATTERNS (default: //...) are deterministic.

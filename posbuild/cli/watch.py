@@ -10,7 +10,7 @@ from typing import TextIO
 import click
 
 from posbuild.build import summary_error
-from posbuild.cli import fail, workspace_and_package
+from posbuild.cli import allow_env_drift_option, fail, jobs_option, keep_going_option, workspace_and_package
 from posbuild.errors import PosbuildError
 from posbuild.reporter import BuildSummary, QuietReporter, TerminalReporter
 from posbuild.watch import Cycle
@@ -68,14 +68,12 @@ class _CyclePrinter:
 
 @click.command()
 @click.argument("patterns", nargs=-1)
-@click.option("-j", "--jobs", type=click.IntRange(min=1), default=None,
-              help="Run at most N actions at once (default: [build] jobs, or the number of CPUs).")
-@click.option("-k", "--keep-going", is_flag=True, help="After a failure, still build every independent branch.")
+@jobs_option
+@keep_going_option
 @click.option("-q", "--quiet", is_flag=True, help="Print only failures and errors (no line for a good cycle).")
 @click.option("--debounce", type=click.IntRange(min=0), default=50, show_default=True, metavar="MS",
               help="Build once no relevant change has come for MS milliseconds.")
-@click.option("--allow-env-drift", is_flag=True,
-              help="Build even if the environment hash differs from the one approved in posbuild.lock (warns).")
+@allow_env_drift_option
 def watch(patterns: tuple[str, ...], jobs: int | None, keep_going: bool, quiet: bool, debounce: int,
           allow_env_drift: bool) -> None:
     """Build PATTERNS (default: //...), then rebuild whenever a file they depend on changes.
