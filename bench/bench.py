@@ -484,6 +484,17 @@ RESOLVE_SNIPPET = (  # as `posbuild build` runs it: without the cyclic GC (cli/b
 
 
 def posbuild_python(posbuild: str) -> Path | None:
+    """The interpreter the `posbuild` script runs (its #! line), else a python beside it.
+
+    The very same path matters: graph cache entries name the interpreter that wrote them, so
+    timing the load with `python` after building with `python3` would time a rebuild of the entry.
+    """
+    try:
+        first = Path(posbuild).read_bytes().split(b"\n", 1)[0].decode()
+    except (OSError, UnicodeDecodeError):
+        first = ""
+    if first.startswith("#!") and Path(first[2:].strip()).is_file():
+        return Path(first[2:].strip())
     parent = Path(posbuild).parent
     for name in ("python", "python3"):
         if (parent / name).exists():
@@ -491,23 +502,30 @@ def posbuild_python(posbuild: str) -> Path | None:
     return None
 
 
+def time_snippet(python: Path, ws: Path, snippet: str, args: list[str], runs: int) -> tuple[list[float], str] | str:
+    """Run `snippet` (which prints "<seconds> <count>") `runs` times in fresh interpreters; the
+    seconds of each run and the last count, or the last line of stderr when a run failed."""
+    samples: list[float] = []
+    count = "?"
+    for _ in range(runs):
+        proc = subprocess.run([str(python), "-c", snippet, *args], cwd=ws,
+                              stdin=subprocess.DEVNULL, capture_output=True, text=True)
+        if proc.returncode != 0:
+            return (proc.stderr.strip().splitlines() or ["no output"])[-1]
+        secs, count = proc.stdout.split()[-2:]
+        samples.append(float(secs))
+    return samples, count
+
+
 def measure_resolve(posbuild: str, ws: Path, repeat: int) -> str:
     """Median in-process load+resolve time of an already-built workspace."""
     python = posbuild_python(posbuild)
     if python is None:
         return f"load+resolve: unavailable (no python next to {posbuild})"
-    samples: list[float] = []
-    actions = "?"
-    for _ in range(repeat):
-        proc = subprocess.run(
-            [str(python), "-c", RESOLVE_SNIPPET, str(ws)], cwd=ws,
-            stdin=subprocess.DEVNULL, capture_output=True, text=True,
-        )
-        if proc.returncode != 0:
-            lines = proc.stderr.strip().splitlines() or ["no output"]
-            return f"load+resolve: unavailable ({lines[-1]})"
-        secs, actions = proc.stdout.split()[-2:]
-        samples.append(float(secs))
+    timed = time_snippet(python, ws, RESOLVE_SNIPPET, [str(ws)], repeat)
+    if isinstance(timed, str):
+        return f"load+resolve: unavailable ({timed})"
+    samples, actions = timed
     return (f"load+resolve: {statistics.median(samples) * 1000:.1f} ms "
             f"median of {repeat} ({actions} actions)")
 
@@ -533,18 +551,10 @@ def measure_query(posbuild: str, ws: Path, repeat: int) -> str:
     python = posbuild_python(posbuild)
     if python is None:
         return f"query {QUERY_EXPR}: unavailable (no python next to {posbuild})"
-    samples: list[float] = []
-    nodes = "?"
-    for _ in range(repeat + 1):
-        proc = subprocess.run(
-            [str(python), "-c", QUERY_SNIPPET, str(ws), QUERY_EXPR], cwd=ws,
-            stdin=subprocess.DEVNULL, capture_output=True, text=True,
-        )
-        if proc.returncode != 0:
-            lines = proc.stderr.strip().splitlines() or ["no output"]
-            return f"query {QUERY_EXPR}: unavailable ({lines[-1]})"
-        secs, nodes = proc.stdout.split()[-2:]
-        samples.append(float(secs))
+    timed = time_snippet(python, ws, QUERY_SNIPPET, [str(ws), QUERY_EXPR], repeat + 1)
+    if isinstance(timed, str):
+        return f"query {QUERY_EXPR}: unavailable ({timed})"
+    samples, nodes = timed
     first, rest = samples[0], samples[1:]
     return (f"query {QUERY_EXPR}: {statistics.median(rest) * 1000:.1f} ms "
             f"median of {repeat} ({nodes} nodes; first query, filling the "
