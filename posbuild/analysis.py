@@ -72,6 +72,31 @@ class ActionGraph:
     raw: bytes = field(default=b"", repr=False, compare=False)  # the graph cache entry it was read from
 
 
+PIN_TAG = "pin:"  # a tag `pin:<path>=<digest>` pins one of the action's source inputs (pins.py)
+
+
+class GraphFacts(NamedTuple):
+    """What the checks before a build need to know of a graph's actions, without the actions.
+
+    Kept beside the actions in the graph cache, so that a build which turns out to be a no-op can
+    run those checks without decoding ten thousand actions (build.py).
+    """
+
+    count: int
+    resources: tuple[tuple[int, int, int], ...]  # every distinct (cpu, mem_mb, io) request, sorted
+    pinned: bool  # some action carries a `pin:` tag
+    secrets: bool  # some action is given secrets
+
+
+def facts_of(actions: Sequence[Action]) -> GraphFacts:
+    return GraphFacts(
+        count=len(actions),
+        resources=tuple(sorted({a.resources for a in actions})),
+        pinned=any(tag.startswith(PIN_TAG) for a in actions for tag in a.tags),
+        secrets=any(a.secrets for a in actions),
+    )
+
+
 def is_generated(path: str) -> bool:
     """Whether a workspace-relative input path is another action's output."""
     return path.startswith(OUT_DIR + "/")

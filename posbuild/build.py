@@ -14,22 +14,23 @@ import fcntl
 import os
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator, Mapping, Sequence
 
-from posbuild.analysis import Action, ActionGraph, Analyzer, expand_patterns
+from posbuild.analysis import Action, ActionGraph, Analyzer, GraphFacts, expand_patterns
 from posbuild.config import Config, load_config
 from posbuild.envfp import checked_environment_hash, environment_key, passed_environment
 from posbuild.errors import ActionFailed, NonDeterminism, PosbuildError, ResourceOversubscription, UsageError
-from posbuild.graphcache import GraphCache
+from posbuild.digest import Digest
+from posbuild.graphcache import CachedGraph, GraphCache
 from posbuild.label import TargetPattern, parse_pattern
-from posbuild.pins import check_pins
+from posbuild.pins import LOCK_FILE, check_pins
 from posbuild.reporter import BuildSummary, Reporter
-from posbuild.resources import check_budget
+from posbuild.resources import check_budget, fits
 from posbuild.roles import ROLE_VARIABLE, authorize
 from posbuild.secrets import SecretSource, SecretUnavailable, secret_source
-from posbuild.uptodate import clean_actions, load_state, mark_tree, tree_is_clean
+from posbuild.uptodate import BuildState, clean_actions, load_state, mark_tree, settled, tree_is_clean
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,10 +71,11 @@ def make_request(config: Config, patterns: Sequence[str], cwd_package: str = "")
 def resolve(root: Path, patterns: Sequence[str], cwd_package: str = "", config: Config | None = None) -> ActionGraph:
     """The ActionGraph for `patterns`, from the graph cache when nothing it depends on changed."""
     config = config or load_config(root)
-    return _resolve(config, make_request(config, patterns, cwd_package))
+    return _graph_entry(config, make_request(config, patterns, cwd_package)).graph()
 
 
-def _resolve(config: Config, request: Request) -> ActionGraph:
+def _graph_entry(config: Config, request: Request) -> CachedGraph:
+    """The request's graph cache entry; BUILD files are evaluated and analysed only on a miss."""
     canonical = sorted({str(p) for p in request.patterns})
     cache = GraphCache(config.root, config.state_dir / "graphs")
     cached = cache.load(canonical)
@@ -86,8 +88,19 @@ def _resolve(config: Config, request: Request) -> ActionGraph:
     roots = expand_patterns(request.patterns, packages, loader)
     analyzer = Analyzer(loader)
     graph = analyzer.analyze(roots)
-    raw = cache.save(canonical, graph, dirs, [*loader.files_read, *analyzer.files_read, "posbuild.toml"])
-    return replace(graph, raw=raw)
+    return cache.save(canonical, graph, dirs, [*loader.files_read, *analyzer.files_read, "posbuild.toml"])
+
+
+def _checks_need_no_actions(config: Config, facts: GraphFacts, options: BuildOptions) -> bool:
+    """Whether the checks before a build can all be made from the graph's facts.
+
+    Then a build that turns out to be a no-op never decodes the actions (uptodate.settled). Roles,
+    pins and secrets that could clash with `[env] pass` need the actions themselves.
+    """
+    local = (options.executor or config.executor) == "local"
+    return (not options.verify and not config.roles and not facts.pinned
+            and not (facts.secrets and config.env_pass) and (not local or fits(facts.resources, config.resources))
+            and not (config.root / LOCK_FILE).exists())
 
 
 @contextmanager
@@ -112,7 +125,9 @@ def run_build(root: Path, options: BuildOptions, reporter: Reporter,
     """Build the patterns of `options` in the workspace at `root`.
 
     Actions the up-to-date check settles by stat alone count as cached; only if any remain does
-    the build open the store and start the scheduler (runner.py, imported only then). Critical
+    the build open the store and start the scheduler (runner.py, imported only then). When the
+    checks before the build can be made from the graph's facts and the saved state settles the
+    whole request, the actions are not even decoded: a no-op costs one `stat()` per file. Critical
     errors (ORCH-02 in analysis, ORCH-07 here, ORCH-03 for pins, ORCH-05 for a request beyond the
     `[resources]` budget) stop it before anything runs. `on_graph` is given the resolved graph
     before anything is checked or run (`posbuild watch` derives the files to watch from it).
@@ -120,37 +135,39 @@ def run_build(root: Path, options: BuildOptions, reporter: Reporter,
     started = time.monotonic()
     config = load_config(root)
     request = make_request(config, options.patterns, options.cwd_package)
-    graph = _resolve(config, request)
-    if on_graph is not None:
+    entry = _graph_entry(config, request)
+    graph = None if on_graph is None and _checks_need_no_actions(config, entry.facts, options) else entry.graph()
+    if on_graph is not None and graph is not None:
         on_graph(graph)
     environ = environ or {}
-    grant = authorize(config, request.patterns, graph.actions, environ.get(ROLE_VARIABLE), options.remote_upload)
+    actions = graph.actions if graph is not None else ()
+    grant = authorize(config, request.patterns, actions, environ.get(ROLE_VARIABLE), options.remote_upload)
     secrets = secret_source(config.root, config.secrets_file, environ)
-    _check_secrets(config, graph.actions, secrets, options.remote_upload)
+    _check_secrets(config, actions, secrets, options.remote_upload)
     passed_env = passed_environment(config.env_pass, environ)
     env_hash = checked_environment_hash(config, environ, options.allow_env_drift, reporter.message)  # ORCH-07
     env_key = environment_key(passed_env, env_hash)
-    actions = graph.actions
+    patterns = tuple(str(p) for p in request.patterns)
     with workspace_lock(config, reporter):
         previous = load_state(request.state_path, env_key)
+        tree_clean = tree_is_clean(config)
+        if graph is None:
+            if tree_clean and settled(previous, entry.digest, config.root):  # a no-op, the actions never decoded
+                return _settled_build(config, reporter, options, entry, previous, patterns, env_hash, started)
+            graph = entry.graph()
+            actions = graph.actions
         check_pins(config.root, actions, previous)  # ORCH-03 before anything runs, dry runs included
         if (options.executor or config.executor) == "local":  # on Dask, the workers' resources (runner.py)
             check_budget(actions, config.resources)  # ORCH-05 likewise
         clean = [False] * len(actions) if options.verify else clean_actions(actions, previous, config.root)
         up_to_date = sum(clean)
+        if up_to_date == len(actions) and tree_clean:  # a no-op all the same
+            return _settled_build(config, reporter, options, entry, previous, patterns, env_hash, started)
         reporter.build_started(len(actions), up_to_date)
-        tree_clean = tree_is_clean(config)
-        needs_run = up_to_date < len(actions) or not tree_clean
-        from posbuild.journal import build_row, record_settled_build
+        from posbuild.journal import build_row
 
-        patterns = tuple(str(p) for p in request.patterns)
-        info, blobs = build_row(time.time(), patterns, env_hash, graph.raw, previous.raw, clean,
+        info, blobs = build_row(time.time(), patterns, env_hash, (entry.digest, entry.raw), previous.raw, clean,
                                 allow_env_drift=options.allow_env_drift, verify=options.verify)
-        if not needs_run:
-            if not options.dry_run:  # a no-op: one row in the store, no runner
-                record_settled_build(config.store_dir, {**info, "counts": {"cached": len(actions)}}, blobs)
-            return _finish(reporter, BuildSummary(len(actions), 0, len(actions), 0, 0, time.monotonic() - started,
-                                                  (), dry_run=options.dry_run))
         from posbuild.namespaces import writable_paths
         from posbuild.runner import RunSettings, Status, plan_dirty, run_dirty
 
@@ -158,7 +175,7 @@ def run_build(root: Path, options: BuildOptions, reporter: Reporter,
                                request.state_path, patterns, options.verify, info, tuple(blobs), options.explain,
                                secrets, grant=grant,
                                executor=options.executor, allow_env_drift=options.allow_env_drift,
-                               sandbox_writable=writable_paths(environ), tree_clean=tree_clean)
+                               sandbox_writable=writable_paths(environ), tree_clean=tree_clean, graph=entry.digest)
         if options.dry_run:
             planned = plan_dirty(config, actions, clean, previous, settings)
             for index in planned:
@@ -171,6 +188,21 @@ def run_build(root: Path, options: BuildOptions, reporter: Reporter,
         total=len(actions), executed=executed, cached=up_to_date + cached, failed=failed, skipped=run.skipped,
         wall=time.monotonic() - started, failed_labels=run.failed_labels(actions), codes=run.failure_codes(),
     ))
+
+
+def _settled_build(config: Config, reporter: Reporter, options: BuildOptions, entry: CachedGraph,
+                   previous: BuildState, patterns: tuple[str, ...], env_hash: Digest, started: float) -> BuildSummary:
+    """Finish a build whose every action the saved state settled: one row in the store, nothing else."""
+    from posbuild.journal import build_row, record_settled_build
+
+    count = entry.facts.count
+    reporter.build_started(count, count)
+    if not options.dry_run:
+        info, blobs = build_row(time.time(), patterns, env_hash, (entry.digest, entry.raw), previous.raw,
+                                [True] * count, allow_env_drift=options.allow_env_drift, verify=options.verify)
+        record_settled_build(config.store_dir, {**info, "counts": {"cached": count}}, blobs)
+    return _finish(reporter, BuildSummary(count, 0, count, 0, 0, time.monotonic() - started, (),
+                                          dry_run=options.dry_run))
 
 
 def _check_secrets(config: Config, actions: Sequence[Action], secrets: SecretSource, remote_upload: bool) -> None:

@@ -230,15 +230,18 @@ class Rebuilder:
         self._remote.hit()
         return self._lookup(action, key)
 
-    def state_for(self, actions: Sequence[Action], up_to_date: Sequence[bool], env_key: Digest) -> BuildState:
+    def state_for(self, actions: Sequence[Action], up_to_date: Sequence[bool], env_key: Digest,
+                  graph: Digest) -> BuildState:
         """The up-to-date state to save: every action that ended well, and the files it saw.
 
-        Actions found up to date before the build keep their recorded rows unchanged.
+        Actions found up to date before the build keep their recorded rows unchanged. The state
+        is complete when every action ended well and no file it saw was too fresh to record.
         """
         previous = self._previous
         traces: dict[str, tuple[Digest, Digest]] = {}
         signatures: dict[str, Signature] = {}
         digests: dict[str, Digest] = {}
+        complete = True
         for action, clean in zip(actions, up_to_date):
             if clean:
                 traces[action.label] = previous.actions[action.label]
@@ -248,6 +251,7 @@ class Rebuilder:
                 continue
             trace = self.traces.get(action.label)
             if trace is None:
+                complete = False
                 continue
             traces[action.label] = (trace.def_hash, trace.key)
             states = [(p, self._sources.get(p) if p in action.sources else self._output_state(p)) for p in action.inputs]
@@ -255,7 +259,8 @@ class Rebuilder:
             for path, state in states:
                 if state is not None:
                     signatures[path], digests[path] = state.signature, state.digest
-        return BuildState(env_key, traces, signatures, digests)
+            complete = complete and all(p in signatures for p in action.sources)
+        return BuildState(env_key, traces, signatures, digests, graph=graph, complete=complete)
 
     def run(self, action: Action) -> ActionOutcome:
         """Execute `action` in a sandbox and commit its result (worker thread)."""

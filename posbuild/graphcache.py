@@ -14,24 +14,58 @@ from __future__ import annotations
 
 import os
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Sequence
 
 import msgpack
 
 from posbuild import __version__
-from posbuild.analysis import ACTION_SCHEMA, Action, ActionGraph
+from posbuild.analysis import ACTION_SCHEMA, Action, ActionGraph, GraphFacts, facts_of
 from posbuild.atomic import write_atomically
-from posbuild.digest import hash_canonical
+from posbuild.digest import Digest, hash_bytes, hash_canonical
 from posbuild.stamps import file_stamp, stamps_current
 
-CACHE_FORMAT = 1
-_decoded: dict[Path, tuple[tuple[int, int, int], Any, Any, ActionGraph]] = {}  # the last entry decoded
+CACHE_FORMAT = 2
+_decoded: dict[Path, tuple[tuple[int, int, int], Any, Any, "CachedGraph"]] = {}  # the last entry opened
 Stamp = tuple[str, int]  # (workspace-relative path, mtime_ns or a stat fingerprint)
 
 
 def _file_stamps(root: Path, files: Sequence[str]) -> list[Stamp]:
     return [(rel, file_stamp(str(root), rel)) for rel in sorted(files)]
+
+
+class CachedGraph:
+    """A current graph cache entry whose actions are decoded only when first asked for.
+
+    An entry is [version, folder stamps, file stamps, requested, facts, actions]: everything
+    before the actions is small, so a build that finds nothing to do reads the facts and never
+    pays for decoding thousands of actions.
+    """
+
+    __slots__ = ("raw", "requested", "facts", "_rows_at", "_graph", "_digest")
+
+    def __init__(self, raw: bytes, requested: tuple[str, ...], facts: GraphFacts, rows_at: int,
+                 graph: ActionGraph | None = None) -> None:
+        self.raw = raw
+        self.requested = requested
+        self.facts = facts
+        self._rows_at = rows_at
+        self._graph = graph
+        self._digest: Digest | None = None
+
+    @property
+    def digest(self) -> Digest:
+        """The entry's content digest: what the up-to-date state and the build records name it by."""
+        if self._digest is None:
+            self._digest = hash_bytes(self.raw)
+        return self._digest
+
+    def graph(self) -> ActionGraph:
+        if self._graph is None:
+            rows = msgpack.unpackb(memoryview(self.raw)[self._rows_at:], use_list=False)
+            self._graph = ActionGraph(tuple(map(Action._make, rows)), self.requested, self.raw)
+        return self._graph
 
 
 class GraphCache:
@@ -48,10 +82,10 @@ class GraphCache:
         """The path, without suffix, of everything kept per request (graph, up-to-date state)."""
         return self._folder / hash_canonical([CACHE_FORMAT, list(request)]).hex()[:32]
 
-    def load(self, request: Sequence[str]) -> ActionGraph | None:
-        """The cached graph for `request` if every stamp still matches, else None.
+    def load(self, request: Sequence[str]) -> CachedGraph | None:
+        """The cached entry for `request` if every stamp still matches, else None.
 
-        A process that builds again and again (`posbuild watch`) keeps the last entry it decoded:
+        A process that builds again and again (`posbuild watch`) keeps the last entry it opened:
         while the entry file is the same file (entries are replaced by rename, so a rewritten one
         has another inode), only its stamps are checked again.
         """
@@ -63,36 +97,51 @@ class GraphCache:
         signature = (info.st_ino, info.st_mtime_ns, info.st_size)
         kept = _decoded.get(path)
         if kept is not None and kept[0] == signature:
-            _, dirs, files, graph = kept
+            _, dirs, files, cached = kept
         else:
             try:
                 data = path.read_bytes()
-                entry = msgpack.unpackb(data, use_list=False)
-            except (OSError, ValueError, msgpack.UnpackException):
+                opened = _open_entry(data)
+            except (OSError, ValueError, TypeError, msgpack.UnpackException):
                 return None
-            if not isinstance(entry, tuple) or len(entry) != 5 or entry[0] != _version():
+            if opened is None:
                 return None
-            _, dirs, files, rows, requested = entry
-            graph = ActionGraph(tuple(map(Action._make, rows)), requested, data)
+            dirs, files, cached = opened
             _decoded.clear()
-            _decoded[path] = (signature, dirs, files, graph)
+            _decoded[path] = (signature, dirs, files, cached)
         if not stamps_current(str(self._root), dirs, files):
             return None
-        return graph
+        return cached
 
-    def save(self, request: Sequence[str], graph: ActionGraph, dirs: Sequence[Stamp], files: Sequence[str]) -> bytes:
-        """Write the entry; returns its bytes (the build records refer to them)."""
+    def save(self, request: Sequence[str], graph: ActionGraph, dirs: Sequence[Stamp],
+             files: Sequence[str]) -> CachedGraph:
+        """Write the entry; returns it as `load` would (the build records refer to its bytes)."""
         rows = [_action_row(a) for a in graph.actions]
-        entry = [_version(), list(dirs), _file_stamps(self._root, files), rows, list(graph.requested)]
+        facts = facts_of(graph.actions)
+        entry = [_version(), list(dirs), _file_stamps(self._root, files), list(graph.requested), list(facts), rows]
         data = msgpack.packb(entry, use_bin_type=True)
         write_atomically(self._entry(request), data)
-        return data
+        return CachedGraph(data, graph.requested, facts, -1, replace(graph, raw=data))
+
+
+def _open_entry(data: bytes) -> tuple[Any, Any, CachedGraph] | None:
+    """(folder stamps, file stamps, entry) of an entry's bytes, reading everything but the actions."""
+    unpacker = msgpack.Unpacker(use_list=False, max_buffer_size=max(len(data), 1))
+    unpacker.feed(data)
+    if unpacker.read_array_header() != 6 or unpacker.unpack() != _version():
+        return None
+    dirs, files, requested = unpacker.unpack(), unpacker.unpack(), unpacker.unpack()
+    facts = GraphFacts(*unpacker.unpack())
+    return dirs, files, CachedGraph(data, requested, facts, unpacker.tell())
 
 
 def actions_of_entry(data: bytes) -> tuple[Action, ...]:
     """The Actions of a graph cache entry, whatever its stamps (for reading old build records)."""
-    entry = msgpack.unpackb(data, use_list=False)
-    return tuple(map(Action._make, entry[3])) if entry and entry[0] == _version() else ()
+    try:
+        opened = _open_entry(data)
+    except (ValueError, TypeError, msgpack.UnpackException):
+        return ()
+    return opened[2].graph().actions if opened is not None else ()
 
 
 def _version() -> str:

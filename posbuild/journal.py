@@ -75,15 +75,16 @@ class Journal:
         return rows
 
 
-def build_row(started: float, patterns: Sequence[str], env_hash: Digest, graph: bytes, state: bytes,
+def build_row(started: float, patterns: Sequence[str], env_hash: Digest, graph: tuple[Digest, bytes], state: bytes,
               up_to_date: Sequence[bool], **flags: object) -> tuple[dict[str, object], list[tuple[Digest, bytes]]]:
     """A build's row for the store, and the (digest, bytes) payloads it refers to (graph and state).
 
-    `up_to_date` marks the actions settled by stat alone: stored as "all", or as their indices.
+    `graph` is the graph cache entry, with its digest; `up_to_date` marks the actions settled by
+    stat alone: stored as "all", or as their indices.
     """
     settled = [i for i, clean in enumerate(up_to_date) if clean]
-    payloads = {"graph": graph, "state": state if settled else b""}
-    digests = {name: hash_bytes(data) if data else None for name, data in payloads.items()}
+    payloads = {"graph": graph[1], "state": state if settled else b""}
+    digests = {"graph": graph[0] if graph[1] else None, "state": hash_bytes(state) if settled and state else None}
     info: dict[str, object] = {
         "started": utc(started), "patterns": list(patterns), "env_hash": env_hash, **digests,
         "actions": len(up_to_date), "up_to_date": "all" if len(settled) == len(up_to_date) else settled, **flags,

@@ -22,7 +22,7 @@ import os
 from pathlib import Path
 from typing import Sequence
 
-from posbuild.analysis import Action
+from posbuild.analysis import PIN_TAG, Action
 from posbuild.digest import hash_file
 from posbuild.errors import BuildFileError, ChecksumMismatch
 from posbuild.uptodate import BuildState
@@ -30,7 +30,6 @@ from posbuild.uptodate import BuildState
 LOCK_FILE = "posbuild.lock"  # lockfile.LOCK_NAME; repeated so that a build without pins never imports json
 
 
-PIN_TAG = "pin:"  # a genrule tag `pin:<path>=<digest>` pins one of its source inputs
 
 
 def tag_pins(actions: Sequence[Action]) -> list[tuple[str, str, str]]:

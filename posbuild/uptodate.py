@@ -19,7 +19,10 @@ rewritten within one timestamp tick is never taken as unchanged.
 from __future__ import annotations
 
 import os
+import struct
 from dataclasses import dataclass
+from itertools import starmap
+from operator import attrgetter
 from pathlib import Path
 from typing import Sequence
 
@@ -31,7 +34,7 @@ from posbuild.config import Config
 from posbuild.digest import Digest
 from posbuild.records import FileState, Signature
 
-STATE_FORMAT = 2
+STATE_FORMAT = 3
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,24 +45,56 @@ class ActionTrace:
     key: Digest
 
 
+_SIGNATURE = struct.Struct("<qqQq")  # one packed Signature: (mtime_ns, size, inode, ctime_ns)
+_signature_of = attrgetter("st_mtime_ns", "st_size", "st_ino", "st_ctime_ns")
+
+
 class BuildState:
     """The saved state of one request after its last build.
 
     Rows stay the raw values msgpack returns (label → (def_hash, key), path → signature): the
-    check reads tens of thousands of them and builds objects only for the few it uses. File
-    digests are needed only for actions that are not clean, so they stay packed until first use.
+    check reads tens of thousands of them and builds objects only for the few it uses. The
+    signatures are saved as a list of paths and one packed array, because `settled` compares them
+    without turning them into Python tuples; traces and file digests are needed only when some
+    action is not clean, so they too stay packed until first use. `graph` names the graph cache
+    entry the state was saved for, and `complete` says whether every action of it ended well with
+    every file signature recorded: then the signatures alone say whether the whole request is still
+    up to date.
     """
 
-    __slots__ = ("env_key", "actions", "signatures", "_digests", "_packed_digests", "raw")
+    __slots__ = ("env_key", "graph", "complete", "paths", "packed_signatures", "_signatures", "_actions",
+                 "_packed_actions", "_digests", "_packed_digests", "raw")
 
-    def __init__(self, env_key: Digest, actions: dict[str, tuple[Digest, Digest]],
-                 signatures: dict[str, Signature], digests: dict[str, Digest] | bytes, raw: bytes = b"") -> None:
+    def __init__(self, env_key: Digest, actions: dict[str, tuple[Digest, Digest]] | bytes,
+                 signatures: dict[str, Signature] | tuple[Sequence[str], bytes], digests: dict[str, Digest] | bytes,
+                 raw: bytes = b"", graph: Digest = b"", complete: bool = False) -> None:
         self.raw = raw  # the saved file's bytes, when loaded from one (the build records refer to them)
         self.env_key = env_key
-        self.actions = actions
-        self.signatures = signatures
+        self.graph = graph
+        self.complete = complete
+        if isinstance(signatures, dict):
+            self._signatures: dict[str, Signature] | None = signatures
+            self.paths: Sequence[str] = tuple(signatures)
+            self.packed_signatures = b"".join(_SIGNATURE.pack(*row) for row in signatures.values())
+        else:
+            self._signatures = None
+            self.paths, self.packed_signatures = signatures
+        self._actions = actions if isinstance(actions, dict) else None
+        self._packed_actions = actions if isinstance(actions, bytes) else b""
         self._digests = digests if isinstance(digests, dict) else None
         self._packed_digests = digests if isinstance(digests, bytes) else b""
+
+    @property
+    def signatures(self) -> dict[str, Signature]:
+        if self._signatures is None:
+            self._signatures = dict(zip(self.paths, _SIGNATURE.iter_unpack(self.packed_signatures)))
+        return self._signatures
+
+    @property
+    def actions(self) -> dict[str, tuple[Digest, Digest]]:
+        if self._actions is None:
+            self._actions = msgpack.unpackb(self._packed_actions, use_list=False) if self._packed_actions else {}
+        return self._actions
 
     @property
     def digests(self) -> dict[str, Digest]:
@@ -93,18 +128,39 @@ def load_state(path: Path, env_key: Digest) -> BuildState:
 def state_from_bytes(raw: bytes) -> BuildState:
     """A saved state from its bytes, or EMPTY when they are not one."""
     try:
-        fmt, saved_env, actions, signatures, digests = msgpack.unpackb(raw, use_list=False)
+        fmt, saved_env, graph, complete, paths, signatures, actions, digests = msgpack.unpackb(raw, use_list=False)
     except (ValueError, TypeError, msgpack.UnpackException):
         return EMPTY
-    return BuildState(saved_env, actions, signatures, digests, raw) if fmt == STATE_FORMAT else EMPTY
+    if fmt != STATE_FORMAT or len(signatures) != len(paths) * _SIGNATURE.size:
+        return EMPTY
+    return BuildState(saved_env, actions, (paths, signatures), digests, raw, graph=graph, complete=complete)
 
 
 def save_state(path: Path, state: BuildState) -> None:
     """Write the state atomically (temp + rename)."""
     payload = msgpack.packb([
-        STATE_FORMAT, state.env_key, state.actions, state.signatures, msgpack.packb(state.digests),
+        STATE_FORMAT, state.env_key, state.graph, state.complete, state.paths, state.packed_signatures,
+        msgpack.packb(state.actions, use_bin_type=True), msgpack.packb(state.digests, use_bin_type=True),
     ], use_bin_type=True)
     write_atomically(path, payload)
+
+
+def settled(state: BuildState, graph: Digest, root: Path) -> bool:
+    """Whether every action of the graph is up to date, judged from the signatures alone.
+
+    True only for a complete state saved for this very graph (so every action's definition is
+    the recorded one and every file it reads or writes has a recorded signature) whose files
+    all still have those signatures: the no-op build, one `stat()` per file and nothing else per
+    action or per file. Anything else is for `clean_actions` to sort out.
+    """
+    if not state.complete or state.graph != graph:
+        return False
+    base = str(root) + "/"
+    try:
+        now = b"".join(starmap(_SIGNATURE.pack, map(_signature_of, map(os.stat, [base + p for p in state.paths]))))
+    except (OSError, struct.error):
+        return False
+    return now == state.packed_signatures
 
 
 def clean_actions(actions: Sequence[Action], state: BuildState, root: Path) -> list[bool]:

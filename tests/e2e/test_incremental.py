@@ -6,8 +6,11 @@ Every test drives the real CLI on a temp workspace and checks the exact set of e
 
 from __future__ import annotations
 
+import json
 import os
 import stat
+import subprocess
+import sys
 
 from conftest import counts, executed_labels
 
@@ -323,3 +326,57 @@ def test_outputs_are_read_only(ws):
         mode = stat.S_IMODE((ws.root / "posbuild-out" / rel).stat().st_mode)
         assert mode & 0o222 == 0, f"restored {rel} has mode {oct(mode)}"
     assert stat.S_IMODE((ws.root / "posbuild-out/pkg/run.sh").stat().st_mode) & 0o111
+
+
+# ---- the no-op shortcut (uptodate.settled) -------------------------------------------------------
+
+REFUSE_DECODING = """
+import sys
+import posbuild.graphcache
+
+def refuse(self):
+    sys.exit("the actions were decoded")
+
+posbuild.graphcache.CachedGraph.graph = refuse
+from posbuild.cli import main
+sys.argv = ["posbuild", "build", "//..."]
+main()
+"""
+
+
+def test_a_noop_build_never_decodes_the_actions(ws):
+    ws.write(DIAMOND)
+    ws.ok("//...")
+    ws.ok("//...")  # the first rebuild saves the state for the cached graph entry
+    run = subprocess.run([sys.executable, "-c", REFUSE_DECODING], cwd=ws.root, capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    assert counts(run) == {"executed": 0, "cached": 4, "failed": 0}
+
+    _later(ws.root / "pkg/b.txt")  # touched: the signatures no longer settle the request by themselves
+    run = subprocess.run([sys.executable, "-c", REFUSE_DECODING], cwd=ws.root, capture_output=True, text=True)
+    assert "the actions were decoded" in run.stderr
+    assert executed_labels(ws.ok("//...")) == []  # and the full check still finds nothing to run
+    records = [json.loads(line) for line in ws.run("log", "--json").stdout.splitlines()]
+    assert sorted((r["label"], r["state"]) for r in records) == [(label, "CACHED") for label in DIAMOND_LABELS]
+
+
+def test_a_pin_written_after_the_last_build_is_checked_on_a_noop_build(ws):
+    ws.write(DIAMOND)
+    ws.ok("//...")
+    ws.ok("//...")
+    wrong = "0" * 64
+    (ws.root / "posbuild.lock").write_text(json.dumps({"format": 1, "sources": {"pkg/a.txt": wrong}}))
+    result = ws.build("//...")
+    assert result.returncode == 13, result
+    assert f"pkg/a.txt is pinned in posbuild.lock to {wrong}" in result.stderr
+
+
+def test_a_noop_after_a_failed_build_runs_the_failed_action_again(ws):
+    ws.write({**DIAMOND, "pkg/BUILD": DIAMOND["pkg/BUILD"] + """
+        genrule(name = "flaky", srcs = ["b.txt"], outs = ["flaky.txt"],
+                cmd = "test -e /nonexistent-for-posbuild && cat $< > $@")
+    """})
+    first = ws.build("-k", "//...")
+    assert first.returncode != 0 and counts(first)["failed"] == 1
+    second = ws.build("-k", "//...")
+    assert counts(second) == {"executed": 0, "cached": 4, "failed": 1}  # tried again, not settled from the state

@@ -1,0 +1,69 @@
+"""The saved up-to-date state: what it keeps, and when its signatures alone settle a whole request."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from posbuild.analysis import Action, facts_of
+from posbuild.records import signature
+from posbuild.uptodate import EMPTY, BuildState, load_state, save_state, settled
+
+GRAPH = b"\x01" * 32
+ENV = b"\x02" * 32
+
+
+def _files(root: Path) -> dict[str, tuple[int, int, int, int]]:
+    (root / "src").mkdir(parents=True)
+    (root / "src/a.txt").write_text("a\n")
+    (root / "posbuild-out/src").mkdir(parents=True)
+    (root / "posbuild-out/src/a.out").write_text("A\n")
+    return {rel: signature(os.stat(root / rel)) for rel in ("src/a.txt", "posbuild-out/src/a.out")}
+
+
+def _state(signatures: dict[str, tuple[int, int, int, int]], complete: bool = True) -> BuildState:
+    digests = {path: bytes([i]) * 32 for i, path in enumerate(signatures)}
+    return BuildState(ENV, {"//src:a": (b"\x03" * 32, b"\x04" * 32)}, signatures, digests, graph=GRAPH,
+                      complete=complete)
+
+
+def test_a_saved_state_reads_back_the_same(tmp_path: Path) -> None:
+    signatures = _files(tmp_path)
+    save_state(tmp_path / "s.state", _state(signatures))
+    loaded = load_state(tmp_path / "s.state", ENV)
+    assert loaded.signatures == signatures
+    assert loaded.actions == {"//src:a": (b"\x03" * 32, b"\x04" * 32)}
+    assert loaded.digests == {"src/a.txt": b"\x00" * 32, "posbuild-out/src/a.out": b"\x01" * 32}
+    assert (loaded.graph, loaded.complete, loaded.env_key) == (GRAPH, True, ENV)
+    assert load_state(tmp_path / "s.state", b"\x09" * 32) is EMPTY  # another environment
+    (tmp_path / "bad.state").write_bytes(b"\x93\x01\x02")
+    assert load_state(tmp_path / "bad.state", ENV) is EMPTY
+
+
+def test_settled_needs_every_signature_unchanged(tmp_path: Path) -> None:
+    signatures = _files(tmp_path)
+    state = _state(signatures)
+    assert settled(state, GRAPH, tmp_path)
+    assert not settled(state, b"\x07" * 32, tmp_path)  # saved for another graph
+    assert not settled(_state(signatures, complete=False), GRAPH, tmp_path)
+
+    out = tmp_path / "posbuild-out/src/a.out"
+    st = os.stat(out)
+    os.utime(out, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))  # touched, same bytes
+    assert not settled(state, GRAPH, tmp_path)
+    (tmp_path / "src/a.txt").unlink()
+    assert not settled(_state({"src/a.txt": signatures["src/a.txt"]}), GRAPH, tmp_path)
+
+
+def test_graph_facts_summarise_what_the_checks_before_a_build_need() -> None:
+    def action(label: str, resources: tuple[int, int, int], tags: tuple[str, ...] = (),
+               secrets: tuple[str, ...] = ()) -> Action:
+        return Action(label, "genrule", "true", (), (), (), (), (), 0, tags, b"", (), (), resources,
+                      secrets=secrets)
+
+    plain = [action("//p:a", (1, 0, 0)), action("//p:b", (2, 512, 0)), action("//p:c", (1, 0, 0), ("manual",))]
+    facts = facts_of(plain)
+    assert facts.count == 3 and facts.resources == ((1, 0, 0), (2, 512, 0))
+    assert not facts.pinned and not facts.secrets
+    assert facts_of([*plain, action("//p:d", (1, 0, 0), ("pin:p/x=" + "0" * 64,))]).pinned
+    assert facts_of([*plain, action("//p:e", (1, 0, 0), secrets=("TOKEN",))]).secrets
