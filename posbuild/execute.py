@@ -34,7 +34,7 @@ from posbuild.materialize import Materializer
 from posbuild.reasons import differences, one_line
 from posbuild.records import ActionResult, FileState, OutputFile, Signature
 from posbuild.resources import memory_overrun
-from posbuild.sandbox import Sandboxes, SpawnResult
+from posbuild.sandbox import Sandboxes, SpawnResult, read_file
 from posbuild.store import INLINE_LIMIT, Store
 from posbuild.journal import Journal, Row
 from posbuild.scheduler import current_slot
@@ -349,7 +349,7 @@ class Rebuilder:
             stat = os.stat(produced)
             data: bytes | None = None
             if stat.st_size <= INLINE_LIMIT:
-                data = produced.read_bytes()
+                data = read_file(str(produced))
                 digest = hash_bytes(data)
                 blobs.append((digest, data))
             else:

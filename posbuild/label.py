@@ -6,7 +6,6 @@ place means every error about a malformed one reads the same, wherever it was ty
 
 from __future__ import annotations
 
-import difflib
 import enum
 from dataclasses import dataclass
 from typing import Iterable
@@ -106,5 +105,7 @@ def parse_pattern(text: str, current_package: str = "") -> TargetPattern:
 
 def did_you_mean(word: str, candidates: Iterable[str]) -> str:
     """A ` (did you mean 'x'?)` suffix naming the closest candidate, or an empty string."""
+    import difflib  # only when reporting an error
+
     close = difflib.get_close_matches(word, list(candidates), n=1, cutoff=0.6)
     return f" (did you mean '{close[0]}'?)" if close else ""

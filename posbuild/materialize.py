@@ -83,14 +83,18 @@ class Materializer:
     def _write(self, target: Path, output: OutputFile, content: bytes | Path) -> None:
         """Write a complete read-only file beside `target`, then rename it over `target`."""
         temp = self._temp_dir / f"{target.name}.{threading.get_ident()}"
-        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, _mode(output.executable))
+        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, _mode(output.executable))
         try:
-            with os.fdopen(fd, "wb") as handle:
+            try:
                 if isinstance(content, bytes):
-                    handle.write(content)
+                    view = memoryview(content)
+                    while view:
+                        view = view[os.write(fd, view):]
                 else:
-                    with open(content, "rb") as source:
+                    with open(content, "rb") as source, os.fdopen(fd, "wb", closefd=False) as handle:
                         shutil.copyfileobj(source, handle, 1 << 20)
+            finally:
+                os.close(fd)
             os.rename(temp, target)
         except BaseException:
             with contextlib.suppress(FileNotFoundError):

@@ -250,15 +250,21 @@ class Sandboxes:
                 argv = self._namespaced(action, sandbox, exec_root)
             stdout_path, stderr_path = sandbox + "/stdout", sandbox + "/stderr"
             started = time.monotonic()
-            with open(stdout_path, "wb") as out, open(stderr_path, "wb") as err:
-                exit_code, timed_out, usage = self._spawn(action, argv, exec_root, env, out, err, umask)
+            out = os.open(stdout_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+            try:
+                err = os.open(stderr_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+                try:
+                    exit_code, timed_out, usage = self._spawn(action, argv, exec_root, env, out, err, umask)
+                finally:
+                    os.close(err)
+            finally:
+                os.close(out)
         except BaseException:
-            shutil.rmtree(sandbox, ignore_errors=True)
+            remove_tree(sandbox)
             raise
         elapsed = time.monotonic() - started
         missing, irregular = _unusable_outputs(exec_root, action.outputs)
-        with open(stdout_path, "rb") as out, open(stderr_path, "rb") as err:
-            stdout, stderr = out.read(), err.read()
+        stdout, stderr = read_file(stdout_path), read_file(stderr_path)
         return SpawnResult(exit_code, timed_out, Path(exec_root), missing, stdout, stderr, elapsed, usage,
                            irregular=irregular)
 
@@ -304,7 +310,7 @@ class Sandboxes:
         return self._faketime  # type: ignore[return-value]
 
     def remove(self, result: SpawnResult) -> None:
-        shutil.rmtree(os.path.dirname(result.exec_root), ignore_errors=True)
+        remove_tree(os.path.dirname(result.exec_root))
 
     def cancel(self) -> None:
         """Kill every running action's process group (Ctrl-C, a critical error elsewhere)."""
@@ -354,7 +360,7 @@ class Sandboxes:
             else:
                 _stage_file(self._root + path, f"{exec_root}/{path}")
 
-    def _spawn(self, action: Action, argv: list[str], cwd: str, env: dict[str, str], out: object, err: object,
+    def _spawn(self, action: Action, argv: list[str], cwd: str, env: dict[str, str], out: int, err: int,
                umask: int = -1) -> tuple[int, bool, ResourceUsage | None]:
         """Run `argv` in its own session; exit code, whether it timed out, and its usage."""
         with self._lock:
@@ -451,6 +457,60 @@ def _stage_file(source: str, target: str) -> None:
             os.close(fd_out)
     finally:
         os.close(fd_in)
+
+
+def read_file(path: str) -> bytes:
+    """A file's whole content by plain `read()` calls: no buffered file object for the
+    captured output and the small outputs every action reads back."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        size = os.fstat(fd).st_size
+        if size == 0:
+            return b""
+        chunks = [os.read(fd, size)]
+        while chunks[-1]:
+            chunks.append(os.read(fd, max(size, 1 << 16)))
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
+
+
+def remove_tree(path: str) -> None:
+    """Remove a sandbox folder and everything in it.
+
+    Like `shutil.rmtree`, it walks folders by file descriptor and never follows a symbolic link
+    (a command may leave one pointing anywhere), with fewer system calls per folder, which
+    counts when every action makes and removes one. Anything unexpected is left to rmtree.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return
+    except OSError:
+        shutil.rmtree(path, ignore_errors=True)
+        return
+    try:
+        _empty_folder(fd)
+        os.rmdir(path)
+    except OSError:
+        shutil.rmtree(path, ignore_errors=True)
+    finally:
+        os.close(fd)
+
+
+def _empty_folder(fd: int) -> None:
+    with os.scandir(fd) as entries:
+        listed = [(entry.name, entry.is_dir(follow_symlinks=False)) for entry in entries]
+    for name, is_folder in listed:
+        if not is_folder:
+            os.unlink(name, dir_fd=fd)
+            continue
+        child = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
+        try:
+            _empty_folder(child)
+        finally:
+            os.close(child)
+        os.rmdir(name, dir_fd=fd)
 
 
 def _kill_group(group: int) -> None:

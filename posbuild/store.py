@@ -24,7 +24,6 @@ Design memo
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 from typing import Iterable, Iterator
 
@@ -150,6 +149,8 @@ class Store:
         if target.exists():
             return
         target.parent.mkdir(parents=True, exist_ok=True)
+        import tempfile  # only large outputs are stored as files
+
         fd, temp = tempfile.mkstemp(dir=target.parent, prefix=".tmp-")
         try:
             with os.fdopen(fd, "wb") as out, open(source, "rb") as src:
