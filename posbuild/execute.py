@@ -100,7 +100,6 @@ class Rebuilder:
         self._passed_env = tuple(passed_env)
         self._previous = previous or EMPTY
         self._produced: dict[str, FileState] = {}
-        self._sources: dict[str, FileState] = {}
         self._prepared: dict[str, _Prepared] = {}
         self.traces: dict[str, ActionTrace] = {}
         self.outputs: dict[str, OutputFile] = {}
@@ -133,9 +132,6 @@ class Rebuilder:
                     return ActionOutcome(Status.FAILED, error=f"source file '{path}' is missing")
                 digests.append(state.digest)
                 sources.append((path, state.signature))
-                stable = self._files.stable(path)
-                if stable is not None:
-                    self._sources[path] = stable
         started = time.time()
         inputs = tuple(zip(action.inputs, digests))
         hit = self._reuse_trace(action, digests) if NO_CACHE_TAG not in action.tags else None
@@ -254,7 +250,9 @@ class Rebuilder:
                 complete = False
                 continue
             traces[action.label] = (trace.def_hash, trace.key)
-            states = [(p, self._sources.get(p) if p in action.sources else self._output_state(p)) for p in action.inputs]
+            # a source hashed too soon after it was written is recorded only once it has settled (filestate.py)
+            states = [(p, self._files.stable(p) if p in action.sources else self._output_state(p))
+                      for p in action.inputs]
             states += [(p, self._produced[p]) for p in action.outputs]
             for path, state in states:
                 if state is not None:
