@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Any, Iterable, Iterator
 
 import lmdb
 import msgpack
@@ -37,7 +37,17 @@ from posbuild.records import ActionResult, ExecutionRecord, FileState, Generatio
 STORE_FORMAT = b"1"
 INLINE_LIMIT = 256 * 1024
 MAP_SIZE = 1 << 36
+# A build's payloads (journal.py; megabytes at 10,000 actions) are stored in chunks that each fit
+# in one page: a value larger than that needs a run of contiguous free pages, which LMDB searches
+# for in its free list, and after a large build that search alone took a no-op build 150 ms.
+# Rows are keyed digest + 4-byte chunk number; stores written before keep one row keyed by digest.
+PAYLOAD_CHUNK = 1900
 _INLINE, _EXTERNAL = b"\x00", b"\x01"
+
+
+def _has_payload(cursor: lmdb.Cursor, digest: Digest) -> bool:
+    """Whether a payload is stored (whole or in chunks), without copying it."""
+    return cursor.set_range(digest) and cursor.key()[:len(digest)] == digest
 
 
 class Store:
@@ -58,9 +68,6 @@ class Store:
         self._latest = self._env.open_db(b"latest")
         self._journal_blobs = self._env.open_db(b"journal_blobs")
         self._check_format()
-        self._reader: lmdb.Transaction | None = None
-        self._commits = 0
-        self._reader_commits = -1
 
     def _check_format(self) -> None:
         with self._env.begin() as txn:
@@ -75,9 +82,6 @@ class Store:
             )
 
     def close(self) -> None:
-        if self._reader is not None:
-            self._reader.abort()
-            self._reader = None
         self._env.close()
 
     def flush(self) -> None:
@@ -86,22 +90,22 @@ class Store:
 
     # -- reading ---------------------------------------------------------------------------
 
-    def _txn(self) -> lmdb.Transaction:
-        """A read snapshot for the calling (main) thread, renewed after any commit."""
-        if self._reader is not None and self._reader_commits != self._commits:
-            self._reader.abort()
-            self._reader = None
-        if self._reader is None:
-            self._reader_commits = self._commits
-            self._reader = self._env.begin()
-        return self._reader
+    def _get(self, key: bytes, db: Any) -> bytes | None:
+        """One row, read in a snapshot of its own.
+
+        No read transaction outlives its read: LMDB can reuse a page freed by a commit only once
+        no reader still sees it, and one long-lived snapshot during a build of thousands of
+        commits made the file grow several times over the data it holds.
+        """
+        with self._env.begin() as txn:
+            return txn.get(key, db=db)
 
     def get_result(self, key: Digest) -> ActionResult | None:
-        data = self._txn().get(key, db=self._results)
+        data = self._get(key, self._results)
         return ActionResult.unpack(data) if data is not None else None
 
     def get_memo(self, path: str) -> FileState | None:
-        data = self._txn().get(path.encode(), db=self._memo)
+        data = self._get(path.encode(), self._memo)
         return FileState.unpack(data) if data is not None else None
 
     def get_blob(self, digest: Digest) -> bytes:
@@ -195,7 +199,6 @@ class Store:
                 packed = value.pack()
                 if txn.get(key, db=self._results) != packed:
                     txn.put(key, packed, db=self._results)
-        self._commits += 1
 
     def add_results(self, results: Iterable[tuple[Digest, bytes]], blobs: Iterable[tuple[Digest, bytes | None]],
                     when: int) -> int:
@@ -211,16 +214,14 @@ class Store:
                     txn.put(key, packed, db=self._results)
                     txn.put(key, when.to_bytes(8, "big"), db=self._usage)
                     added += 1
-        self._commits += 1
         return added
 
     def get_meta(self, name: str) -> bytes | None:
-        return self._txn().get(name.encode(), db=self._meta)
+        return self._get(name.encode(), self._meta)
 
     def put_meta(self, name: str, value: bytes) -> None:
         with self._env.begin(write=True) as txn:
             txn.put(name.encode(), value, db=self._meta)
-        self._commits += 1
 
     # -- generations (§8) ------------------------------------------------------------------
 
@@ -235,7 +236,6 @@ class Store:
             if txn.get(digest, db=self._blobs) is None:
                 txn.put(digest, _INLINE + manifest, db=self._blobs)
             txn.put(generation.id.to_bytes(8, "big"), generation.pack(), db=self._generations)
-        self._commits += 1
         return generation
 
     def generations(self) -> list[Generation]:
@@ -298,7 +298,6 @@ class Store:
                 txn.delete(path.encode(), db=self._memo)
             for number in generations:
                 txn.delete(number.to_bytes(8, "big"), db=self._generations)
-        self._commits += 1
         if external:
             self.flush()  # the rows' removal must be on disk before their files go (machine crash)
         for digest in external:
@@ -336,11 +335,13 @@ class Store:
                 number = int.from_bytes(cursor.key(), "big") + 1 if cursor.last() else 1
             with txn.cursor(db=self._journal_blobs) as cursor:
                 for digest, data in blobs:
-                    if not cursor.set_key(digest):  # set_key does not copy the (large) value
-                        txn.put(digest, data, db=self._journal_blobs)
+                    if _has_payload(cursor, digest):
+                        continue
+                    for index, start in enumerate(range(0, max(len(data), 1), PAYLOAD_CHUNK)):
+                        txn.put(digest + index.to_bytes(4, "big"), data[start:start + PAYLOAD_CHUNK],
+                                db=self._journal_blobs)
             txn.put(number.to_bytes(8, "big"), msgpack.packb({**info, "number": number}, use_bin_type=True),
                     db=self._builds)
-        self._commits += 1
         return number
 
     def update_build(self, number: int, changes: dict[str, object]) -> None:
@@ -348,7 +349,6 @@ class Store:
             key = number.to_bytes(8, "big")
             info = msgpack.unpackb(txn.get(key, db=self._builds))
             txn.put(key, msgpack.packb({**info, **changes}, use_bin_type=True), db=self._builds)
-        self._commits += 1
 
     def builds(self) -> list[dict[str, object]]:
         """Every build row, oldest first."""
@@ -381,8 +381,14 @@ class Store:
 
     def journal_blob(self, digest: Digest) -> bytes | None:
         """A payload that build rows refer to (graph or up-to-date state), verified; None if absent."""
-        with self._env.begin() as txn:
-            data = txn.get(digest, db=self._journal_blobs)
+        with self._env.begin() as txn, txn.cursor(db=self._journal_blobs) as cursor:
+            parts = []
+            if cursor.set_range(digest):
+                for key, value in cursor.iternext():
+                    if not key.startswith(digest):
+                        break
+                    parts.append(value)
+        data = b"".join(parts) if parts else None
         if data is not None and hash_bytes(data) != digest:
             raise ChecksumMismatch(f"build record payload {digest.hex()} in {self.path} is corrupt")
         return data

@@ -11,7 +11,7 @@ import pytest
 from posbuild.digest import hash_bytes, hash_file
 from posbuild.errors import ChecksumMismatch, PartialState
 from posbuild.records import ActionResult, FileState, OutputFile
-from posbuild.store import _INLINE, INLINE_LIMIT, Store
+from posbuild.store import _INLINE, INLINE_LIMIT, PAYLOAD_CHUNK, Store
 
 KEY = hash_bytes(b"action key")
 OUT = b"model weights\n"
@@ -221,3 +221,51 @@ def test_store_of_another_format_is_refused(tmp_path: Path) -> None:
     first.close()
     with pytest.raises(PartialState, match="has format 999"):
         Store(tmp_path / "s")
+
+
+def test_build_payloads_are_stored_in_page_sized_chunks_and_read_back_whole(store: Store) -> None:
+    payload = os.urandom(5 * PAYLOAD_CHUNK + 17)
+    digest = hash_bytes(payload)
+    first = store.begin_build({"patterns": ["//..."]}, [(digest, payload)])
+    second = store.begin_build({"patterns": ["//..."]}, [(digest, payload)])  # stored once
+    assert (first, second) == (1, 2)
+    assert store.journal_blob(digest) == payload
+    with store._env.begin() as txn:
+        rows = list(txn.cursor(db=store._journal_blobs))
+    assert [key for key, _ in rows] == [digest + i.to_bytes(4, "big") for i in range(6)]
+    assert all(len(value) <= PAYLOAD_CHUNK for _, value in rows)
+    assert store.journal_blob(hash_bytes(b"never stored")) is None
+
+
+def test_a_payload_stored_whole_by_an_earlier_version_still_reads(store: Store) -> None:
+    payload, other = b"graph entry" * 1000, b"another" * 10
+    with store._env.begin(write=True) as txn:
+        txn.put(hash_bytes(payload), payload, db=store._journal_blobs)
+    store.begin_build({}, [(hash_bytes(other), other), (hash_bytes(payload), payload)])
+    assert store.journal_blob(hash_bytes(payload)) == payload
+    assert store.journal_blob(hash_bytes(other)) == other
+
+
+def test_a_corrupt_payload_chunk_raises_checksum_mismatch(store: Store) -> None:
+    payload = os.urandom(3 * PAYLOAD_CHUNK)
+    digest = hash_bytes(payload)
+    store.begin_build({}, [(digest, payload)])
+    with store._env.begin(write=True) as txn:
+        txn.put(digest + (1).to_bytes(4, "big"), b"x" * PAYLOAD_CHUNK, db=store._journal_blobs)
+    with pytest.raises(ChecksumMismatch):
+        store.journal_blob(digest)
+
+
+def test_a_read_does_not_keep_freed_pages_from_being_reused(store: Store) -> None:
+    # a build reads the store between commits made by its workers; a snapshot kept open across
+    # those commits would make every commit's copy-on-write pages new ones, growing the file
+    store.get_memo("src/a.txt")
+    for index in range(600):
+        data = index.to_bytes(4, "big") * 300
+        store.commit(blobs=[(hash_bytes(data), data)], memo=[(f"src/{index % 7}.txt", MEMO)],
+                     used=[(KEY, index)])
+    with store._env.begin() as txn:
+        used = sum(txn.stat(db)["leaf_pages"] + txn.stat(db)["branch_pages"] + txn.stat(db)["overflow_pages"]
+                   for db in (store._blobs, store._memo, store._usage))
+    allocated = store._env.info()["last_pgno"]
+    assert allocated < 2 * used + 50, (allocated, used)
