@@ -20,9 +20,9 @@ from typing import Callable, Iterator, Mapping, Sequence
 
 from posbuild.analysis import Action, ActionGraph, Analyzer, GraphFacts, expand_patterns
 from posbuild.config import Config, load_config
+from posbuild.digest import Digest
 from posbuild.envfp import checked_environment_hash, environment_key, passed_environment
 from posbuild.errors import ActionFailed, NonDeterminism, PosbuildError, ResourceOversubscription, UsageError
-from posbuild.digest import Digest
 from posbuild.graphcache import CachedGraph, GraphCache
 from posbuild.label import TargetPattern, parse_pattern
 from posbuild.pins import LOCK_FILE, check_pins
@@ -136,9 +136,10 @@ def run_build(root: Path, options: BuildOptions, reporter: Reporter,
     config = load_config(root)
     request = make_request(config, options.patterns, options.cwd_package)
     entry = _graph_entry(config, request)
-    graph = None if on_graph is None and _checks_need_no_actions(config, entry.facts, options) else entry.graph()
-    if on_graph is not None and graph is not None:
-        on_graph(graph)
+    decode = on_graph is not None or not _checks_need_no_actions(config, entry.facts, options)
+    graph = entry.graph() if decode else None
+    if on_graph is not None:
+        on_graph(entry.graph())
     environ = environ or {}
     actions = graph.actions if graph is not None else ()
     grant = authorize(config, request.patterns, actions, environ.get(ROLE_VARIABLE), options.remote_upload)

@@ -8,12 +8,17 @@ environment are the same, every dependency is clean, and every source input and 
 still has the recorded stat signature. Clean actions are settled with `stat()` calls only — no
 file is read, no key is computed, no store row is touched — and never reach the scheduler.
 
+When the state was saved for the very graph being built and every action then ended well, even
+that pass is skipped: `settled` compares the saved signatures, as one packed array, with a fresh
+`stat()` of each file, and a no-op never decodes the actions at all (build.py).
+
 Everything else goes through the rebuilder, which can still reuse a recorded key when the input
 digests it computes turn out to be the recorded ones (a touched file, an early cutoff).
 
 The state is a cache of derived facts: losing it costs one slower build, never a wrong one.
-Signatures of files hashed within the racy window (filestate.py) are not recorded, so a file
-rewritten within one timestamp tick is never taken as unchanged.
+Signatures of files hashed within the racy window (filestate.py) are recorded only if they have
+aged and still hash the same by the end of the build, so a file rewritten within one timestamp
+tick is never taken as unchanged.
 """
 
 from __future__ import annotations
