@@ -25,9 +25,11 @@ What travels, and why a remote run is the local one
   the client then warns once, ships inputs through Dask for the rest of the build, and submits
   that action once more. So the remote can slow a build, never make it wrong nor fail it.
 * Input bytes, through Dask (no remote, or not usable): inputs up to `INLINE_INPUT` bytes ride in
-  the task; larger ones are scattered under the key `posbuild-blob-<digest>`, once while actions
-  in flight share them. The worker re-hashes each (a mismatch is ORCH-03; Dask retries the task
-  first).
+  the task; larger ones are scattered under the key `posbuild-blob-<digest>-<random>`, once while
+  actions in flight share them. The key is new for every scatter: the scheduler learns that a
+  released key is released asynchronously, and a later scatter of the same bytes under the same
+  key could be forgotten with it ("lost dependencies"). The worker re-hashes each input (a
+  mismatch is ORCH-03; Dask retries the task first).
 * Worker → client: exit code, stdout, stderr, resource usage, the declared outputs that exist (as
   bytes with the digests the worker computed), the worker's address and host name and its start
   and end times. The client re-hashes every output (ORCH-03 before anything is committed) and
@@ -568,7 +570,7 @@ class DaskSandboxes:
             if known is not None:
                 self._blobs[digest] = (known[0], known[1] + 1)
                 return known[0]
-        key = f"posbuild-blob-{digest.hex()}"
+        key = f"posbuild-blob-{digest.hex()}-{uuid.uuid4().hex[:16]}"
         try:
             future = client.scatter({key: data}, hash=False)[key]
         except Exception as error:

@@ -471,3 +471,30 @@ def test_placement_by_declared_resources_or_by_threads() -> None:
     with pytest.raises(ResourceOversubscription, match=r"//p:both requests cpu=4 mem_mb=100 .*\(cpu=2 mem_mb=2048; "
                                                        r"cpu=8 mem_mb=0\)"):
         check_fits([action("//p:both", 4, 100)], declared, "tcp://s:1")
+
+
+def test_a_blob_scattered_again_after_its_release_gets_a_key_of_its_own(tmp_path: Path) -> None:
+    # the scheduler hears of a released key asynchronously: were the key reused, a release arriving
+    # after the second scatter would drop the new copy and fail its action with "lost dependencies"
+    from posbuild.config import load_config
+    from posbuild.dask_executor import DaskSandboxes
+    from posbuild.digest import hash_bytes
+
+    class Client:
+        def __init__(self) -> None:
+            self.keys: list[str] = []
+
+        def scatter(self, data: dict[str, bytes], hash: bool) -> dict[str, str]:
+            self.keys.extend(data)
+            return {key: f"future of {key}" for key in data}
+
+    (tmp_path / "posbuild.toml").write_text("")
+    sandboxes = DaskSandboxes("tcp://127.0.0.1:1", load_config(tmp_path), (), check_env=False)
+    client, data = Client(), b"x" * 300_000
+    digest = hash_bytes(data)
+    first = sandboxes._scatter(client, digest, data)
+    assert sandboxes._scatter(client, digest, data) == first  # shared while in flight, sent once
+    sandboxes._release([digest, digest])
+    sandboxes._scatter(client, digest, data)
+    assert len(client.keys) == 2 and client.keys[0] != client.keys[1]
+    assert all(key.startswith(f"posbuild-blob-{digest.hex()}-") for key in client.keys)
