@@ -149,7 +149,8 @@ def _version() -> str:
 
     The interpreter is part of it because py_task commands name the one running posbuild.
     """
-    return f"{CACHE_FORMAT}/{ACTION_SCHEMA}/{__version__}/{sys.executable}/{','.join(Action._fields)}"
+    return (f"{CACHE_FORMAT}/{ACTION_SCHEMA}/{__version__}/{sys.executable}/{','.join(Action._fields)}/"
+            f"{','.join(GraphFacts._fields)}")
 
 
 def _action_row(action: Action) -> list[Any]:
