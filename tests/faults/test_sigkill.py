@@ -189,8 +189,9 @@ def _kill_when_a_temp_file_appears(ws: Workspace, folder: Path) -> bool:
         proc.wait(timeout=30)
 
 
-def test_sigkill_while_restoring_outputs_from_the_store_leaves_no_temp_files(tmp_path):
-    """Killed in the middle of writing an output back from the store, as after `posbuild clean`."""
+def test_sigkill_while_restoring_outputs_from_the_store_leaves_nothing_partial(tmp_path):
+    """Killed in the middle of writing outputs back from the store, as after `posbuild clean`: new
+    files are written unnamed and linked in when complete, so whatever the kill interrupted is gone."""
     ws = Workspace(tmp_path / "ws")
     ws.root.mkdir()
     (ws.root / "posbuild.toml").write_text("")
@@ -200,10 +201,38 @@ def test_sigkill_while_restoring_outputs_from_the_store_leaves_no_temp_files(tmp
     assert expected["big/big00.bin"] == b"a\n" * (LARGE_BYTES // 2)
     for _ in range(5):
         assert ws.run("clean").returncode == 0
+        if _kill_when_a_temp_file_appears(ws, ws.root / "posbuild-out/big"):  # the first restored file
+            break
+    else:
+        pytest.fail("never caught a restore in the act")
+    present = _posbuild_out(ws.root)
+    assert 0 < len(present) and all(data == expected[name] for name, data in present.items()), \
+        "a half-written output is in posbuild-out/"
+    result = ws.ok("//...")
+    assert counts(result)["executed"] == 0
+    assert _temp_names(ws.root) == []
+    assert os.listdir(ws.root / ".posbuild/tmp") == []
+    assert _posbuild_out(ws.root) == expected
+
+
+def test_sigkill_while_replacing_outputs_from_the_store_leaves_no_temp_files(tmp_path):
+    """Killed while writing outputs back over files edited by hand: replacements go through temp
+    files in `.posbuild/tmp`, which the next build clears."""
+    ws = Workspace(tmp_path / "ws")
+    ws.root.mkdir()
+    (ws.root / "posbuild.toml").write_text("")
+    ws.write(_large_files())
+    ws.ok("//...")
+    expected = _posbuild_out(ws.root)
+    for _ in range(5):
+        for name in expected:
+            edited = ws.root / "posbuild-out" / name
+            edited.chmod(0o644)
+            edited.write_bytes(b"edited by hand\n")
         if _kill_when_a_temp_file_appears(ws, ws.root / ".posbuild/tmp"):
             break
     else:
-        pytest.fail("never caught a restore in the act of writing a temp file")
+        pytest.fail("never caught a replacement in the act of writing a temp file")
     result = ws.ok("//...")
     assert counts(result)["executed"] == 0
     assert _temp_names(ws.root) == [], "a temp file of the killed restore is in posbuild-out/"

@@ -1,0 +1,61 @@
+"""Writing outputs into posbuild-out/: complete, read-only, and leaving no temp file behind."""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+import posbuild.materialize as materialize
+from posbuild.digest import hash_bytes
+from posbuild.materialize import Materializer
+from posbuild.records import OutputFile
+from posbuild.store import Store
+
+
+@pytest.fixture
+def setup(tmp_path: Path) -> Iterator[tuple[Materializer, Store, Path]]:
+    store = Store(tmp_path / ".posbuild/store")
+    materializer = Materializer(tmp_path, store, tmp_path / ".posbuild/tmp")
+    materializer.clear_temp()
+    yield materializer, store, tmp_path
+    store.close()
+
+
+def _restore(materializer: Materializer, store: Store, path: str, data: bytes, executable: bool = False) -> None:
+    digest = hash_bytes(data)
+    store.commit(blobs=[(digest, data)])
+    materializer.restore(OutputFile(path, digest, len(data), executable))
+
+
+def test_a_new_output_is_linked_into_place_without_a_rename(setup, monkeypatch) -> None:
+    materializer, store, root = setup
+    renames: list[tuple[str, str]] = []
+    real_rename = os.rename
+    monkeypatch.setattr(os, "rename", lambda a, b: (renames.append((str(a), str(b))), real_rename(a, b)))
+    _restore(materializer, store, "posbuild-out/pkg/a.txt", b"alpha\n", executable=True)
+    target = root / "posbuild-out/pkg/a.txt"
+    assert target.read_bytes() == b"alpha\n"
+    assert stat.S_IMODE(target.stat().st_mode) == 0o555
+    assert renames == []  # an unnamed file, linked in when complete
+    assert os.listdir(root / ".posbuild/tmp") == [] and os.listdir(root / "posbuild-out/pkg") == ["a.txt"]
+
+
+def test_an_existing_output_is_replaced_by_rename(setup) -> None:
+    materializer, store, root = setup
+    _restore(materializer, store, "posbuild-out/pkg/a.txt", b"alpha\n")
+    _restore(materializer, store, "posbuild-out/pkg/a.txt", b"beta\n")
+    target = root / "posbuild-out/pkg/a.txt"
+    assert target.read_bytes() == b"beta\n" and stat.S_IMODE(target.stat().st_mode) == 0o444
+    assert os.listdir(root / ".posbuild/tmp") == [] and os.listdir(root / "posbuild-out/pkg") == ["a.txt"]
+
+
+def test_without_unnamed_files_a_new_output_goes_through_the_temp_folder(setup, monkeypatch) -> None:
+    materializer, store, root = setup
+    monkeypatch.setattr(materialize, "_proc", -1)  # as on a system without O_TMPFILE or /proc
+    _restore(materializer, store, "posbuild-out/pkg/b.txt", b"gamma\n")
+    assert (root / "posbuild-out/pkg/b.txt").read_bytes() == b"gamma\n"
+    assert os.listdir(root / ".posbuild/tmp") == []
