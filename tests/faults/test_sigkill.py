@@ -189,9 +189,8 @@ def _kill_when_a_temp_file_appears(ws: Workspace, folder: Path) -> bool:
         proc.wait(timeout=30)
 
 
-def test_sigkill_while_restoring_outputs_from_the_store_leaves_nothing_partial(tmp_path):
-    """Killed in the middle of writing outputs back from the store, as after `posbuild clean`: new
-    files are written unnamed and linked in when complete, so whatever the kill interrupted is gone."""
+def _built_large_workspace(tmp_path: Path) -> tuple[Workspace, dict[str, bytes]]:
+    """A workspace of large outputs, built once; and those outputs."""
     ws = Workspace(tmp_path / "ws")
     ws.root.mkdir()
     (ws.root / "posbuild.toml").write_text("")
@@ -199,6 +198,13 @@ def test_sigkill_while_restoring_outputs_from_the_store_leaves_nothing_partial(t
     ws.ok("//...")
     expected = _posbuild_out(ws.root)
     assert expected["big/big00.bin"] == b"a\n" * (LARGE_BYTES // 2)
+    return ws, expected
+
+
+def test_sigkill_while_restoring_outputs_from_the_store_leaves_nothing_partial(tmp_path):
+    """Killed in the middle of writing outputs back from the store, as after `posbuild clean`: new
+    files are written unnamed and linked in when complete, so whatever the kill interrupted is gone."""
+    ws, expected = _built_large_workspace(tmp_path)
     for _ in range(5):
         assert ws.run("clean").returncode == 0
         if _kill_when_a_temp_file_appears(ws, ws.root / "posbuild-out/big"):  # the first restored file
@@ -218,12 +224,7 @@ def test_sigkill_while_restoring_outputs_from_the_store_leaves_nothing_partial(t
 def test_sigkill_while_replacing_outputs_from_the_store_leaves_no_temp_files(tmp_path):
     """Killed while writing outputs back over files edited by hand: replacements go through temp
     files in `.posbuild/tmp`, which the next build clears."""
-    ws = Workspace(tmp_path / "ws")
-    ws.root.mkdir()
-    (ws.root / "posbuild.toml").write_text("")
-    ws.write(_large_files())
-    ws.ok("//...")
-    expected = _posbuild_out(ws.root)
+    ws, expected = _built_large_workspace(tmp_path)
     for _ in range(5):
         for name in expected:
             edited = ws.root / "posbuild-out" / name
