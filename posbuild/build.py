@@ -91,13 +91,13 @@ def _graph_entry(config: Config, request: Request) -> CachedGraph:
     return cache.save(canonical, graph, dirs, [*loader.files_read, *analyzer.files_read, "posbuild.toml"])
 
 
-def _checks_need_no_actions(config: Config, facts: GraphFacts, options: BuildOptions) -> bool:
-    """Whether the checks before a build can all be made from the graph's facts.
+def _checks_need_no_actions(config: Config, facts: GraphFacts, options: BuildOptions, local: bool) -> bool:
+    """Whether the checks before a build can all be made from the graph's facts (`local`: the
+    actions run here, so the `[resources]` budget is checked).
 
     Then a build that turns out to be a no-op never decodes the actions (uptodate.settled). Roles,
     pins and secrets that could clash with `[env] pass` need the actions themselves.
     """
-    local = (options.executor or config.executor) == "local"
     return (not options.verify and not config.roles and not facts.pinned
             and not (facts.secrets and config.env_pass) and (not local or fits(facts.resources, config.resources))
             and not (config.root / LOCK_FILE).exists())
@@ -136,7 +136,8 @@ def run_build(root: Path, options: BuildOptions, reporter: Reporter,
     config = load_config(root)
     request = make_request(config, options.patterns, options.cwd_package)
     entry = _graph_entry(config, request)
-    decode = on_graph is not None or not _checks_need_no_actions(config, entry.facts, options)
+    local = (options.executor or config.executor) == "local"  # on Dask, the workers' resources (runner.py)
+    decode = on_graph is not None or not _checks_need_no_actions(config, entry.facts, options, local)
     graph = entry.graph() if decode else None
     if on_graph is not None:
         on_graph(entry.graph())
@@ -158,7 +159,7 @@ def run_build(root: Path, options: BuildOptions, reporter: Reporter,
             graph = entry.graph()
             actions = graph.actions
         check_pins(config.root, actions, previous)  # ORCH-03 before anything runs, dry runs included
-        if (options.executor or config.executor) == "local":  # on Dask, the workers' resources (runner.py)
+        if local:
             check_budget(actions, config.resources)  # ORCH-05 likewise
         clean = [False] * len(actions) if options.verify else clean_actions(actions, previous, config.root)
         up_to_date = sum(clean)

@@ -5,9 +5,9 @@ half of one. A new file is written unnamed in its folder (`O_TMPFILE`) and linke
 complete: a crash leaves nothing of it, and no file-system-wide rename lock is taken (two workers
 renaming out of one temp folder spent a tenth of a cold build's processor time spinning on it).
 A file that replaces another, or one on a file system without `O_TMPFILE`, is written as a temp
-file in `.posbuild/tmp` and renamed over its target. Files are made read-only (0444, or 0555 when executable) so an editor
-refuses to change them; and since they are copies, never hard links into the store, even a forced
-edit cannot corrupt a blob. A materialized file's stat signature goes into the stat memo, so the
+file in `.posbuild/tmp` and renamed over its target. Files are made read-only (0444, or 0555 when
+executable) so an editor refuses to change them; and since they are copies, never hard links into
+the store, even a forced edit cannot corrupt a blob. A materialized file's stat signature goes into the stat memo, so the
 next build knows it is intact by one `stat()`.
 """
 

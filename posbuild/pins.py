@@ -30,8 +30,6 @@ from posbuild.uptodate import BuildState
 LOCK_FILE = "posbuild.lock"  # lockfile.LOCK_NAME; repeated so that a build without pins never imports json
 
 
-
-
 def tag_pins(actions: Sequence[Action]) -> list[tuple[str, str, str]]:
     """(path, hex digest, label) of every `pin:` tag of `actions`, in action order."""
     found: list[tuple[str, str, str]] = []

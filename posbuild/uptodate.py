@@ -27,7 +27,6 @@ import os
 import struct
 from dataclasses import dataclass
 from itertools import starmap
-from operator import attrgetter
 from pathlib import Path
 from typing import Sequence
 
@@ -37,7 +36,7 @@ from posbuild.analysis import Action
 from posbuild.atomic import write_atomically
 from posbuild.config import Config
 from posbuild.digest import Digest
-from posbuild.records import FileState, Signature
+from posbuild.records import FileState, Signature, signature
 
 STATE_FORMAT = 3
 
@@ -51,7 +50,6 @@ class ActionTrace:
 
 
 _SIGNATURE = struct.Struct("<qqQq")  # one packed Signature: (mtime_ns, size, inode, ctime_ns)
-_signature_of = attrgetter("st_mtime_ns", "st_size", "st_ino", "st_ctime_ns")
 
 
 class BuildState:
@@ -162,7 +160,7 @@ def settled(state: BuildState, graph: Digest, root: Path) -> bool:
         return False
     base = str(root) + "/"
     try:
-        now = b"".join(starmap(_SIGNATURE.pack, map(_signature_of, map(os.stat, [base + p for p in state.paths]))))
+        now = b"".join(starmap(_SIGNATURE.pack, map(signature, map(os.stat, [base + p for p in state.paths]))))
     except (OSError, struct.error):
         return False
     return now == state.packed_signatures
