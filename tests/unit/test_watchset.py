@@ -227,9 +227,11 @@ def test_a_top_level_folder_swapped_before_its_events_are_handled_gets_a_new_wat
         _changes_until(changes, Change("data/raw.csv", False, False), watcher)
         (old / "late.txt").write_text("")  # no watch follows the old folder under its old name any more
         seen = _settle(root, changes, watcher, "marker2") + _pending(changes, watcher)
-        assert not [c for c in seen if c.path == "data/late.txt"], seen
         if away == "inside":  # the old folder has a watch of its own, under its new name
-            assert Change("data.old/late.txt", False, True) in seen
+            # whose events come on a thread of their own, in no order with the root's marker
+            late = Change("data.old/late.txt", False, True)
+            seen += [] if late in seen else _changes_until(changes, late, watcher)
+        assert not [c for c in seen if c.path == "data/late.txt"], seen
         # a folder removed and made again under the same name is watched too
         (root / "data/raw.csv").unlink()
         (root / "data").rmdir()
