@@ -34,7 +34,7 @@ from posbuild.materialize import Materializer
 from posbuild.reasons import differences, one_line
 from posbuild.records import ActionResult, FileState, OutputFile, Signature
 from posbuild.resources import memory_overrun
-from posbuild.sandbox import Sandboxes, SpawnResult, read_file
+from posbuild.sandbox import Sandboxes, SpawnResult, read_small
 from posbuild.store import INLINE_LIMIT, Store
 from posbuild.journal import Journal, Row
 from posbuild.scheduler import current_slot
@@ -342,17 +342,16 @@ class Rebuilder:
         blobs: list[tuple[Digest, bytes | None]] = []
         memo: list[tuple[str, FileState]] = []
         outputs: list[OutputFile] = []
+        exec_root = str(spawn.exec_root)
         for path in action.outputs:
-            produced = spawn.exec_root / path
-            stat = os.stat(produced)
-            data: bytes | None = None
-            if stat.st_size <= INLINE_LIMIT:
-                data = read_file(str(produced))
+            produced = f"{exec_root}/{path}"
+            stat, data = read_small(produced, INLINE_LIMIT)
+            if data is not None:
                 digest = hash_bytes(data)
                 blobs.append((digest, data))
             else:
                 digest = hash_file(produced)
-                self._store.store_external(digest, produced)
+                self._store.store_external(digest, Path(produced))
                 blobs.append((digest, None))
             output = OutputFile(path, digest, stat.st_size, bool(stat.st_mode & 0o111))
             memo.append((path, self._materializer.install(produced, output, data)))

@@ -32,10 +32,11 @@ class Materializer:
     """Writes and checks the files of `posbuild-out/` for one workspace."""
 
     def __init__(self, root: Path, store: Store, temp_dir: Path) -> None:
-        self._root = root
+        self._root = str(root)  # paths are plain strings here: this runs once per output of every action
         self._store = store
         self._temp_dir = temp_dir
-        self._folders: set[Path] = set()
+        self._folders: set[str] = set()
+        self._renames = True  # False once a rename from the sandboxes proved to cross file systems
 
     def clear_temp(self) -> None:
         """Remove temp files a killed build left half-written, and make the folder for new ones.
@@ -58,17 +59,21 @@ class Materializer:
         memo = self._store.get_memo(output.path)
         return memo if memo is not None and memo.signature == sig and memo.digest == output.digest else None
 
-    def install(self, produced: Path, output: OutputFile, data: bytes | None) -> FileState:
+    def install(self, produced: str, output: OutputFile, data: bytes | None) -> FileState:
         """Put a file an action just produced into place: a rename on the same file system,
-        else a copy (`data` when the caller already read it) written temp + rename."""
+        else a copy (`data` when the caller already read it). Sandboxes on another file system
+        (a memory one) are learned from the first rename that fails, not retried for every file."""
         target = self._target(output)
-        os.chmod(produced, _mode(output.executable))
-        try:
-            os.rename(produced, target)
-        except OSError as error:
-            if error.errno != errno.EXDEV:
-                raise
-            self._write(target, output, data if data is not None else produced)
+        if self._renames:
+            os.chmod(produced, _mode(output.executable))
+            try:
+                os.rename(produced, target)
+                return FileState(signature(os.stat(target)), output.digest)
+            except OSError as error:
+                if error.errno != errno.EXDEV:
+                    raise
+                self._renames = False
+        self._write(target, output, data if data is not None else produced)
         return FileState(signature(os.stat(target)), output.digest)
 
     def restore(self, output: OutputFile) -> FileState:
@@ -77,20 +82,21 @@ class Materializer:
         self._write(target, output, self._store.get_blob(output.digest))
         return FileState(signature(os.stat(target)), output.digest)
 
-    def _target(self, output: OutputFile) -> Path:
-        target = self._root / output.path
-        if target.parent not in self._folders:
-            target.parent.mkdir(parents=True, exist_ok=True)
-            self._folders.add(target.parent)
+    def _target(self, output: OutputFile) -> str:
+        target = f"{self._root}/{output.path}"
+        folder = os.path.dirname(target)
+        if folder not in self._folders:
+            os.makedirs(folder, exist_ok=True)
+            self._folders.add(folder)
         return target
 
-    def _write(self, target: Path, output: OutputFile, content: bytes | Path) -> None:
+    def _write(self, target: str, output: OutputFile, content: bytes | str) -> None:
         """Write a complete read-only file at `target`: linked in from an unnamed file when the
         path is free, else written beside the others in the temp folder and renamed over it."""
         mode = _mode(output.executable)
         if not os.path.lexists(target) and _link_unnamed(target, mode, content):
             return
-        temp = self._temp_dir / f"{target.name}.{threading.get_ident()}"
+        temp = self._temp_dir / f"{os.path.basename(target)}.{threading.get_ident()}"
         fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
         try:
             try:
@@ -107,7 +113,7 @@ class Materializer:
 _proc: int | None = None  # /proc, opened once per process; -1 when unnamed files cannot be linked
 
 
-def _link_unnamed(target: Path, mode: int, content: bytes | Path) -> bool:
+def _link_unnamed(target: str, mode: int, content: bytes | str) -> bool:
     """Write `content` as an unnamed file in the target's folder and link it in as `target`.
 
     False, with nothing written, where the file system or the system cannot (no `O_TMPFILE`, no
@@ -122,7 +128,7 @@ def _link_unnamed(target: Path, mode: int, content: bytes | Path) -> bool:
     if _proc < 0:
         return False
     try:
-        fd = os.open(target.parent, os.O_WRONLY | os.O_TMPFILE | os.O_CLOEXEC, mode)
+        fd = os.open(os.path.dirname(target), os.O_WRONLY | os.O_TMPFILE | os.O_CLOEXEC, mode)
     except OSError as error:
         if error.errno in (errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL):
             return False
@@ -138,7 +144,7 @@ def _link_unnamed(target: Path, mode: int, content: bytes | Path) -> bool:
     return True
 
 
-def _fill(fd: int, content: bytes | Path) -> None:
+def _fill(fd: int, content: bytes | str) -> None:
     """Write all of `content` (bytes, or the file at a path) to `fd`."""
     if isinstance(content, bytes):
         view = memoryview(content)

@@ -32,10 +32,11 @@ Processors: an action that declares cpu=N (N >= 1; the default is 1) runs pinned
 processors posbuild may use. They are chosen deterministically: the N least used by the actions
 running at that moment, ties by processor number, so with the scheduler keeping the declared sum
 within `[resources] cpu` (at most the processors there are, by default) running actions get
-disjoint sets. The mask is set on the spawning thread just before the fork and restored just
-after (a forked child inherits its thread's mask), which has no race with the command starting
-threads of its own and costs two system calls; `taskset` would cost an extra exec per action and
-`preexec_fn` is unsafe with threads. cpu=0 leaves the action unpinned. On systems without
+disjoint sets. The mask is set on the spawning thread just before the fork (a forked child
+inherits its thread's mask), which has no race with the command starting threads of its own;
+`taskset` would cost an extra exec per action and `preexec_fn` is unsafe with threads. A worker
+thread keeps the mask afterwards: its next action usually gets the same processors, and then no
+system call is made (the main thread gets posbuild's whole mask back). cpu=0 leaves the action unpinned. On systems without
 `sched_setaffinity` nothing is pinned. The thread-count variables (OMP_NUM_THREADS ...) come with
 the action's env (analysis.declared_resources). (In the folder sandbox, if posbuild itself is
 killed with SIGKILL, commands already running finish on their own; their sandboxes are removed by
@@ -205,6 +206,8 @@ class Sandboxes:
         self._base = base
         self._isolation = isolation
         self._counter = itertools.count()
+        self._pid = os.getpid()
+        self._staged: dict[str, _Layout] = {}  # sandbox folder → what `_stage` made there (for `remove`)
         self._running: set[int] = set()
         self._lock = threading.Lock()
         self._cancelled = False
@@ -214,6 +217,7 @@ class Sandboxes:
         except AttributeError:  # no affinity support: nothing is pinned
             self._processors = ()
         self._pinned = dict.fromkeys(self._processors, 0)  # processor → running actions pinned to it
+        self._masks = threading.local()  # `current`: the mask this Sandboxes last gave the thread
 
     def clear_stale(self) -> None:
         """Remove sandboxes left by an interrupted earlier build; the folder is this user's alone
@@ -228,7 +232,7 @@ class Sandboxes:
 
         If staging or starting the command fails, the sandbox is removed before the error propagates.
         """
-        sandbox = f"{self._base}/{os.getpid()}-{next(self._counter)}"
+        sandbox = f"{self._base}/{self._pid}-{next(self._counter)}"
         if perturbation is not None:
             sandbox += perturbation.name_suffix
         exec_root = sandbox + "/exec"
@@ -236,7 +240,7 @@ class Sandboxes:
             if perturbation is not None and perturbation.reverse_staging:
                 self._stage_reversed(action, sandbox, exec_root)
             else:
-                self._stage(action, sandbox, exec_root)
+                self._staged[sandbox] = _stage(self._root, action, sandbox)
             env = base_environment(Path(sandbox))
             env.update(action.env)
             env.update(extra_env)
@@ -248,23 +252,23 @@ class Sandboxes:
                 argv = ["/bin/sh", "-c", action.command]
             else:
                 argv = self._namespaced(action, sandbox, exec_root)
-            stdout_path, stderr_path = sandbox + "/stdout", sandbox + "/stderr"
             started = time.monotonic()
-            out = os.open(stdout_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+            out = _capture_file(sandbox, "stdout")
             try:
-                err = os.open(stderr_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+                err = _capture_file(sandbox, "stderr")
                 try:
                     exit_code, timed_out, usage = self._spawn(action, argv, exec_root, env, out, err, umask)
+                    stdout, stderr = _read_all(out), _read_all(err)
                 finally:
                     os.close(err)
             finally:
                 os.close(out)
         except BaseException:
+            self._staged.pop(sandbox, None)
             remove_tree(sandbox)
             raise
         elapsed = time.monotonic() - started
         missing, irregular = _unusable_outputs(exec_root, action.outputs)
-        stdout, stderr = read_file(stdout_path), read_file(stderr_path)
         return SpawnResult(exit_code, timed_out, Path(exec_root), missing, stdout, stderr, elapsed, usage,
                            irregular=irregular)
 
@@ -310,7 +314,12 @@ class Sandboxes:
         return self._faketime  # type: ignore[return-value]
 
     def remove(self, result: SpawnResult) -> None:
-        remove_tree(os.path.dirname(result.exec_root))
+        """Remove a run's sandbox: what staging made and the command was declared to make, by name,
+        and the whole tree by walking it only when something else is there (or a name changed kind)."""
+        sandbox = os.path.dirname(result.exec_root)
+        layout = self._staged.pop(sandbox, None)
+        if layout is None or not _remove_layout(sandbox, layout):
+            remove_tree(sandbox)
 
     def cancel(self) -> None:
         """Kill every running action's process group (Ctrl-C, a critical error elsewhere)."""
@@ -319,18 +328,6 @@ class Sandboxes:
             groups = list(self._running)
         for group in groups:
             _kill_group(group)
-
-    def _stage(self, action: Action, sandbox: str, exec_root: str) -> None:
-        os.makedirs(sandbox + "/tmp")
-        os.mkdir(exec_root)
-        made = {""}
-        for path in (*action.inputs, *action.outputs):
-            parent = os.path.dirname(path)
-            if parent not in made:
-                os.makedirs(f"{exec_root}/{parent}", exist_ok=True)
-                made.add(parent)
-        for path in action.inputs:
-            _stage_file(self._root + path, f"{exec_root}/{path}")
 
     def _stage_reversed(self, action: Action, sandbox: str, exec_root: str) -> None:
         """Create what `_stage` creates, with the entries of every folder made in reverse order.
@@ -342,7 +339,7 @@ class Sandboxes:
         os.makedirs(exec_root)
         os.mkdir(sandbox + "/tmp")
         children: dict[str, list[str]] = {"": []}
-        for path in (*action.inputs, *action.outputs):  # folders, as _stage's makedirs makes them
+        for path in (*action.inputs, *action.outputs):  # folders, as _stage makes them
             parts = path.split("/")[:-1]
             for depth in range(1, len(parts) + 1):
                 folder = "/".join(parts[:depth])
@@ -367,26 +364,32 @@ class Sandboxes:
             if self._cancelled:
                 return -signal.SIGTERM, False, None
             processors = self._pin(action.resources[0])
-            try:
-                process = subprocess.Popen(
-                    argv, cwd=cwd, env=env, stdin=subprocess.DEVNULL,
-                    stdout=out, stderr=err, start_new_session=True, umask=umask,
-                )
-            except BaseException:
+        try:
+            self._confine(processors)
+            process = subprocess.Popen(
+                argv, cwd=cwd, env=env, stdin=subprocess.DEVNULL,
+                stdout=out, stderr=err, start_new_session=True, umask=umask,
+            )
+        except BaseException:
+            with self._lock:
                 self._unpin(processors)
-                raise
-            finally:
-                if processors:
-                    os.sched_setaffinity(0, self._processors)
+            raise
+        finally:
+            if threading.current_thread() is threading.main_thread():
+                self._confine(())  # only worker threads keep the mask of their last action
+        with self._lock:  # a cancel that came during the spawn did not see this process: kill it here
             self._running.add(process.pid)
-        expired = threading.Event()
-
-        def expire() -> None:
-            expired.set()
+            cancelled = self._cancelled
+        if cancelled:
             _kill_group(process.pid)
+        expired = threading.Event() if action.timeout else None
+        timer = None
+        if expired is not None:
+            def expire() -> None:
+                expired.set()
+                _kill_group(process.pid)
 
-        timer = threading.Timer(action.timeout, expire) if action.timeout else None
-        if timer is not None:
+            timer = threading.Timer(action.timeout, expire)
             timer.start()
         try:
             _, status, rusage = os.wait4(process.pid, 0)  # wait4, not wait: the rusage of the whole tree
@@ -400,22 +403,120 @@ class Sandboxes:
             _kill_group(process.pid)
         usage = ResourceUsage(rusage.ru_utime, rusage.ru_stime, rusage.ru_maxrss,
                               rusage.ru_inblock * 512, rusage.ru_oublock * 512)
-        return process.returncode, expired.is_set(), usage
+        return process.returncode, expired is not None and expired.is_set(), usage
 
 
     def _pin(self, cpu: int) -> tuple[int, ...]:
-        """Choose `cpu` processors and pin the calling thread to them (called under the lock)."""
+        """Choose `cpu` processors for an action and count them as used (called under the lock)."""
         if cpu < 1 or not self._processors:
             return ()
         chosen = tuple(sorted(sorted(self._processors, key=lambda p: (self._pinned[p], p))[:cpu]))
         for processor in chosen:
             self._pinned[processor] += 1
-        os.sched_setaffinity(0, chosen)
         return chosen
+
+    def _confine(self, processors: tuple[int, ...]) -> None:
+        """Give the calling thread the mask its next command inherits: `processors`, or all of
+        posbuild's when empty. A system call only when the thread's mask differs, which for a
+        worker running one action after another is rarely the case."""
+        wanted = processors or self._processors
+        if wanted and getattr(self._masks, "current", self._processors) != wanted:
+            os.sched_setaffinity(0, wanted)
+            self._masks.current = wanted
 
     def _unpin(self, processors: tuple[int, ...]) -> None:
         for processor in processors:
             self._pinned[processor] -= 1
+
+
+_Layout = dict[str, "_Layout | None"]  # what staging made in a folder: name → its own layout, or None for a file
+_FOLDER = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+def _stage(root: str, action: Action, sandbox: str) -> _Layout:
+    """Make a sandbox: `tmp/`, and `exec/` with the action's inputs at their workspace paths and
+    the folders of its outputs. Returns what it made (the outputs as files), for `_remove_layout`."""
+    try:
+        os.mkdir(sandbox)
+    except FileNotFoundError:  # the first sandbox under a base nobody has made yet
+        os.makedirs(sandbox)
+    os.mkdir(sandbox + "/tmp")
+    os.mkdir(sandbox + "/exec")
+    exec_layout: _Layout = {}
+    for path in (*action.inputs, *action.outputs):
+        folder, made = exec_layout, sandbox + "/exec"
+        *parents, name = path.split("/")
+        for part in parents:
+            made += "/" + part
+            if part not in folder:
+                folder[part] = {}
+                os.mkdir(made)
+            folder = folder[part]  # type: ignore[assignment]
+        folder[name] = None
+    for path in action.inputs:
+        _stage_file(root + path, f"{sandbox}/exec/{path}")
+    return {"tmp": {}, "exec": exec_layout}
+
+
+def _remove_layout(sandbox: str, layout: _Layout) -> bool:
+    """Remove a sandbox that holds exactly what `_stage` made (an output may be missing), naming
+    each entry instead of listing folders. False, with part of it removed, when anything else is
+    there or a name is now something else: the caller walks what is left. Folders are opened
+    without following links, so a command that swapped one for a link never redirects a removal."""
+    try:
+        fd = os.open(sandbox, _FOLDER)
+    except OSError:
+        return False
+    try:
+        _remove_names(fd, layout)
+        os.rmdir(sandbox)
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
+    return True
+
+
+def _remove_names(fd: int, layout: _Layout) -> None:
+    for name, inner in layout.items():
+        if inner is None:
+            try:
+                os.unlink(name, dir_fd=fd)
+            except FileNotFoundError:  # an output not made, or already moved out
+                pass
+            continue
+        child = os.open(name, _FOLDER, dir_fd=fd)
+        try:
+            _remove_names(child, inner)
+        finally:
+            os.close(child)
+        os.rmdir(name, dir_fd=fd)
+
+
+def _capture_file(sandbox: str, name: str) -> int:
+    """Where the command's stdout or stderr goes: an anonymous memory file where the system has
+    them (nothing to create or remove in the sandbox; the bytes are read into memory anyway),
+    else a file in the sandbox."""
+    if hasattr(os, "memfd_create"):
+        return os.memfd_create(name, os.MFD_CLOEXEC)
+    return os.open(f"{sandbox}/{name}", os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+
+
+def _read_all(fd: int) -> bytes:
+    """Everything written to a capture file (its offset is wherever the command left it)."""
+    return _read_upto(fd, os.fstat(fd).st_size)
+
+
+def _read_upto(fd: int, size: int) -> bytes:
+    """The first `size` bytes of a file (fewer if it is shorter), whatever the descriptor's offset."""
+    chunks, offset = [], 0
+    while offset < size:
+        chunk = os.pread(fd, size - offset, offset)
+        if not chunk:
+            break
+        chunks.append(chunk)
+        offset += len(chunk)
+    return b"".join(chunks)
 
 
 def _unusable_outputs(exec_root: str, outputs: Sequence[str]) -> tuple[tuple[str, ...], tuple[str, ...]]:
@@ -459,18 +560,13 @@ def _stage_file(source: str, target: str) -> None:
         os.close(fd_in)
 
 
-def read_file(path: str) -> bytes:
-    """A file's whole content by plain `read()` calls: no buffered file object for the
-    captured output and the small outputs every action reads back."""
+def read_small(path: str, limit: int) -> tuple[os.stat_result, bytes | None]:
+    """A produced file's stat and, when it holds at most `limit` bytes, its content: one open and
+    one fstat, no buffered file object (every action reads its small outputs back)."""
     fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     try:
-        size = os.fstat(fd).st_size
-        if size == 0:
-            return b""
-        chunks = [os.read(fd, size)]
-        while chunks[-1]:
-            chunks.append(os.read(fd, max(size, 1 << 16)))
-        return b"".join(chunks)
+        info = os.fstat(fd)
+        return info, (_read_upto(fd, info.st_size) if info.st_size <= limit else None)
     finally:
         os.close(fd)
 

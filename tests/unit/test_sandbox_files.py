@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from posbuild.sandbox import read_file, remove_tree
+from posbuild.sandbox import read_small, remove_tree
 
 
 def test_remove_tree_removes_everything_and_follows_no_link(tmp_path: Path) -> None:
@@ -35,9 +35,12 @@ def test_remove_tree_given_a_link_leaves_its_target_alone(tmp_path: Path) -> Non
     assert (outside / "keep.txt").exists()
 
 
-def test_read_file_returns_the_whole_content(tmp_path: Path) -> None:
+def test_read_small_returns_the_whole_content_up_to_the_limit(tmp_path: Path) -> None:
     for size in (0, 1, 4096, 3 * (1 << 16) + 7):
         path = tmp_path / f"f{size}"
         data = os.urandom(size)
         path.write_bytes(data)
-        assert read_file(str(path)) == data
+        info, content = read_small(str(path), size)
+        assert content == data and info.st_size == size
+        info, content = read_small(str(path), size - 1)
+        assert content is None and info.st_size == size
