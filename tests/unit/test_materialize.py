@@ -59,3 +59,25 @@ def test_without_unnamed_files_a_new_output_goes_through_the_temp_folder(setup, 
     _restore(materializer, store, "posbuild-out/pkg/b.txt", b"gamma\n")
     assert (root / "posbuild-out/pkg/b.txt").read_bytes() == b"gamma\n"
     assert os.listdir(root / ".posbuild/tmp") == []
+
+
+@pytest.mark.skipif(not os.path.isdir("/dev/shm"), reason="needs a memory file system")
+def test_outputs_made_on_another_file_system_are_copied_and_the_rename_is_tried_once(setup, monkeypatch) -> None:
+    materializer, store, root = setup
+    if os.stat("/dev/shm").st_dev == os.stat(root).st_dev:
+        pytest.skip("/dev/shm is on the workspace's file system here")
+    import tempfile
+
+    attempts: list[str] = []
+    real_rename = os.rename
+    monkeypatch.setattr(os, "rename", lambda a, b: (attempts.append(str(a)), real_rename(a, b)))
+    with tempfile.TemporaryDirectory(dir="/dev/shm") as sandbox:
+        for name in ("a.txt", "b.txt", "c.txt"):
+            produced = os.path.join(sandbox, name)
+            Path(produced).write_bytes(name.encode())
+            output = OutputFile(f"posbuild-out/pkg/{name}", hash_bytes(name.encode()), len(name), False)
+            state = materializer.install(produced, output, None)
+            target = root / output.path
+            assert target.read_bytes() == name.encode() and stat.S_IMODE(target.stat().st_mode) == 0o444
+            assert state.signature[1] == target.stat().st_size
+    assert attempts == [os.path.join(sandbox, "a.txt")]  # the first rename fails (EXDEV); the others copy

@@ -1,0 +1,112 @@
+"""sandbox.Sandboxes around one command: what the sandbox holds, how it is removed whatever the
+command left in it, how stdout and stderr are captured, and which processors a command gets."""
+
+from __future__ import annotations
+
+import os
+import threading
+from pathlib import Path
+
+import pytest
+
+from posbuild.analysis import Action
+from posbuild.sandbox import Sandboxes
+
+
+def _action(command: str, inputs: tuple[str, ...] = ("pkg/a.txt", "lib/deep/b.txt"),
+            outputs: tuple[str, ...] = ("posbuild-out/pkg/out.txt",), cpu: int = 1) -> Action:
+    return Action(label="//pkg:probe", kind="genrule", command=command, inputs=inputs, tools=(), outputs=outputs,
+                  env=(), versions=(), timeout=0, tags=(), def_hash=b"\0" * 32, deps=(), sources=inputs,
+                  resources=(cpu, 0, 0))
+
+
+@pytest.fixture
+def workspace(tmp_path: Path) -> Path:
+    root = tmp_path / "ws"
+    (root / "pkg").mkdir(parents=True)
+    (root / "lib/deep").mkdir(parents=True)
+    (root / "pkg/a.txt").write_text("a\n")
+    (root / "lib/deep/b.txt").write_text("b\n")
+    return root
+
+
+@pytest.fixture
+def base(tmp_path: Path) -> Path:
+    return tmp_path / "sandboxes"
+
+
+def _run_and_remove(sandboxes: Sandboxes, action: Action) -> tuple[int, bytes, bytes, list[str]]:
+    """Run, list what the sandbox held afterwards (relative paths), remove it."""
+    result = sandboxes.run(action)
+    sandbox = result.exec_root.parent
+    held = sorted(str(p.relative_to(sandbox)) for p in sandbox.rglob("*"))
+    sandboxes.remove(result)
+    assert not sandbox.exists() and not sandbox.is_symlink()
+    return result.exit_code, result.stdout, result.stderr, held
+
+
+def test_a_sandbox_holds_the_inputs_and_output_folders_only_and_captures_both_streams(workspace, base) -> None:
+    code, out, err, held = _run_and_remove(Sandboxes(workspace, base),
+                                           _action("cat pkg/a.txt lib/deep/b.txt > posbuild-out/pkg/out.txt; "
+                                                   "echo to-out; echo to-err >&2"))
+    assert (code, out, err) == (0, b"to-out\n", b"to-err\n")
+    assert held == ["exec", "exec/lib", "exec/lib/deep", "exec/lib/deep/b.txt", "exec/pkg", "exec/pkg/a.txt",
+                    "exec/posbuild-out", "exec/posbuild-out/pkg", "exec/posbuild-out/pkg/out.txt", "tmp"]
+
+
+def test_large_captured_output_is_read_whole(workspace, base) -> None:
+    code, out, _, _ = _run_and_remove(Sandboxes(workspace, base),
+                                      _action("head -c 300000 /dev/zero | tr '\\0' x; touch posbuild-out/pkg/out.txt"))
+    assert code == 0 and out == b"x" * 300_000
+
+
+@pytest.mark.parametrize("leftovers", [
+    "mkdir -p tmp/cache/x && touch tmp/cache/x/y $HOME/z",  # in the command's HOME/TMPDIR
+    "touch pkg/extra && mkdir -p new/deeper && touch new/deeper/f",  # beside the inputs
+    "rm pkg/a.txt && mkdir pkg/a.txt && touch pkg/a.txt/inside",  # an input turned into a folder
+    "rm -r lib",  # folders the sandbox made, already gone
+    "chmod 500 pkg",  # a folder the sandbox cannot remove from without making it writable again
+])
+def test_whatever_a_command_leaves_the_sandbox_is_removed_entirely(workspace, base, leftovers) -> None:
+    code, _, err, _ = _run_and_remove(Sandboxes(workspace, base), _action(f"{leftovers}; exit 0"))
+    assert code == 0, err
+    assert os.listdir(base) == []
+
+
+def test_a_folder_swapped_for_a_link_never_redirects_the_removal(workspace, base, tmp_path) -> None:
+    outside = tmp_path / "outside"
+    (outside / "deep").mkdir(parents=True)
+    for name in ("a.txt", "deep/b.txt"):  # the very names the sandbox would remove
+        (outside / name).write_text("keep\n")
+    command = f"rm -r pkg lib/deep && ln -s {outside} pkg && ln -s {outside} lib/deep"
+    code, _, err, _ = _run_and_remove(Sandboxes(workspace, base), _action(command))
+    assert code == 0, err
+    assert (outside / "a.txt").read_text() == "keep\n" and (outside / "deep/b.txt").read_text() == "keep\n"
+    assert os.listdir(base) == []
+
+
+def test_a_sandbox_base_nobody_made_yet_is_made(workspace, tmp_path) -> None:
+    code, _, _, _ = _run_and_remove(Sandboxes(workspace, tmp_path / "not/yet"), _action("touch posbuild-out/pkg/out.txt"))
+    assert code == 0
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_getaffinity") or len(os.sched_getaffinity(0)) < 2,
+                    reason="needs CPU affinity and at least two processors")
+def test_each_command_gets_its_own_processors_whatever_the_thread_ran_before(workspace, base) -> None:
+    everything = len(os.sched_getaffinity(0))
+    probe = "python3 -c 'import os; print(len(os.sched_getaffinity(0)))'"
+    sandboxes = Sandboxes(workspace, base)
+    seen: list[int] = []
+
+    def worker() -> None:  # one thread, as a build's worker runs one action after another
+        for cpu in (1, 1, 0, 2, 1, 0):
+            code, out, err, _ = _run_and_remove(sandboxes, _action(probe, inputs=(), cpu=cpu))
+            assert code == 0, err
+            seen.append(int(out))
+
+    thread = threading.Thread(target=worker)
+    thread.start()
+    thread.join()
+    assert seen == [1, 1, everything, 2, 1, everything]
+    _run_and_remove(sandboxes, _action(probe, inputs=(), cpu=1))  # on the main thread
+    assert len(os.sched_getaffinity(0)) == everything  # which never stays confined
