@@ -3,22 +3,25 @@
 `check()` runs on the scheduling thread: input digests (from the stat memo or from the outputs of
 upstream actions finished in this build), the key, one store lookup, and a stat per output to make
 sure `posbuild-out/` holds it. A hit ends there. `run()` runs on a worker thread: sandbox, checks,
-hash outputs, move them into `posbuild-out/`, and commit result + blobs + memo rows in one store
-transaction. A result is committed only when the command exited 0, every declared output exists
-and no source input changed while it ran; otherwise nothing of it is kept.
+hash outputs, move them into `posbuild-out/`, and commit result + blobs + memo rows + record in
+one store transaction, which cheap actions share with others finished around them (`_hand_over`;
+dependents need no commit, they read the digests from memory). A result is committed only when
+the command exited 0, every declared output exists and no source input changed while it ran;
+otherwise nothing of it is kept.
 
 Early cutoff falls out of keying on input *contents*: a re-run that reproduces byte-identical
 outputs leaves its dependents' keys unchanged, so they hit the cache.
 
 With a remote cache (remote.py), a local miss asks the remote next: a verified remote hit is put
-into the local store and then settles like a local hit; an executed result is uploaded after its
-local commit when this process may upload. Neither can fail the action.
+into the local store and then settles like a local hit; an executed result is uploaded once it
+is handed to the local store, when this process may upload. Neither can fail the action.
 """
 
 from __future__ import annotations
 
 import enum
 import os
+import threading
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -35,7 +38,7 @@ from posbuild.reasons import differences, one_line
 from posbuild.records import ActionResult, FileState, OutputFile, Signature
 from posbuild.resources import memory_overrun
 from posbuild.sandbox import Sandboxes, SpawnResult, read_small
-from posbuild.store import INLINE_LIMIT, Store
+from posbuild.store import INLINE_LIMIT, Commit, Store
 from posbuild.journal import Journal, Row
 from posbuild.scheduler import current_slot
 from posbuild.secrets import SecretSource, SecretUnavailable, file_containing, redact, values_of
@@ -45,6 +48,8 @@ if TYPE_CHECKING:
     from posbuild.remote import RemoteCache  # imported only where a remote is configured (runner.py)
 
 NO_CACHE_TAG = "no-cache"
+COMMIT_GROUP = 32  # executed actions whose rows are committed in one transaction (`_hand_over`)
+SLOW_RUN = 0.25  # seconds: an action whose command ran this long commits at once
 
 
 class Status(enum.Enum):
@@ -104,6 +109,8 @@ class Rebuilder:
         self.traces: dict[str, ActionTrace] = {}
         self.outputs: dict[str, OutputFile] = {}
         self.used: list[Digest] = []
+        self._lock = threading.Lock()
+        self._waiting: list[Commit] = []  # executed actions' rows not yet committed (`_hand_over`)
 
     def _output_state(self, path: str) -> FileState:
         """An upstream output: produced in this build, or recorded for an up-to-date action."""
@@ -337,7 +344,7 @@ class Rebuilder:
     def _commit(self, action: Action, spawn: SpawnResult, prepared: _Prepared, started: float,
                 ended: float) -> ActionResult:
         """Hash and store the outputs, install them, and commit result, blobs, memo rows and the
-        execution record in one transaction."""
+        execution record, all in one transaction (`_hand_over`)."""
         key = prepared.key
         blobs: list[tuple[Digest, bytes | None]] = []
         memo: list[tuple[str, FileState]] = []
@@ -365,7 +372,8 @@ class Rebuilder:
             records.append(self._journal.row(action, "SUCCESS", key, started, ended, prepared.inputs,
                                              [(o.path, o.digest) for o in outputs], spawn.usage,
                                              spawn.exit_code, "", current_slot(), remote=spawn.remote))
-        self._store.commit(cached, blobs, memo, used=[(key, time.time_ns())], records=records)
+        self._hand_over(Commit(cached, tuple(blobs), tuple(memo), ((key, time.time_ns()),), tuple(records)),
+                        slow=spawn.elapsed >= SLOW_RUN)
         shareable = not (action.secrets and action.allow_secret_in_output)  # a secret must not reach the remote
         if cached is not None and shareable and self._remote is not None and self._remote.upload:
             self._remote.put_entry(key, result, {d: data if data is not None else self._store.external_path(d)
@@ -375,6 +383,25 @@ class Rebuilder:
         if cached is not None:
             self.traces[action.label] = ActionTrace(action.def_hash, key)
         return result
+
+    def _hand_over(self, commit: Commit, slow: bool) -> None:
+        """Commit an executed action's rows together with those of other cheap actions: every
+        `COMMIT_GROUP`-th, or with an action that took `SLOW_RUN` seconds or more, or at `flush()`.
+        Each action's rows still land all or none; a crash loses at most a group of cheap results,
+        whose actions simply run again."""
+        with self._lock:
+            self._waiting.append(commit)
+            if not slow and len(self._waiting) < COMMIT_GROUP:
+                return
+            group, self._waiting = self._waiting, []
+        self._store.commit_all(group)
+
+    def flush(self) -> None:
+        """Commit the executed actions' rows still waiting for their group (end of the build)."""
+        with self._lock:
+            group, self._waiting = self._waiting, []
+        if group:
+            self._store.commit_all(group)
 
     def cancel(self) -> None:
         self._sandboxes.cancel()

@@ -150,6 +150,7 @@ def run_dirty(config: Config, actions: Sequence[Action], clean: Sequence[bool], 
         try:
             states = scheduler.run(executor)
         finally:
+            rebuilder.flush()
             files.settle_racy()
             now = time.time_ns()
             if journal is not None:

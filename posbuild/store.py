@@ -5,7 +5,8 @@ Design memo
 * One LMDB environment, named databases `blobs`, `results`, `statmemo`, `meta`, `generations`
   and `usage` (when each action key was last used, for gc). Everything an
   action produces is written by `commit()` in ONE write transaction, so after a crash at any
-  instant the store holds all of an action's rows or none of them (§7).
+  instant the store holds all of an action's rows or none of them (§7). `commit_all()` writes
+  the rows of several actions in one transaction, which keeps that promise for each of them.
 * Blobs up to `INLINE_LIMIT` bytes live inside LMDB. Larger ones live as files `cas/ab/abcd…`
   beside it, written temp + fsync + rename *before* the transaction that references them, so a
   committed row never points at a missing or half-written file; a crash in between leaves at most
@@ -24,6 +25,7 @@ Design memo
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
@@ -43,6 +45,17 @@ MAP_SIZE = 1 << 36
 # Rows are keyed digest + 4-byte chunk number; stores written before keep one row keyed by digest.
 PAYLOAD_CHUNK = 1900
 _INLINE, _EXTERNAL = b"\x00", b"\x01"
+
+
+@dataclass(frozen=True, slots=True)
+class Commit:
+    """Everything one action writes to the store (see `Store.commit` for the fields)."""
+
+    result: tuple[Digest, ActionResult] | None = None
+    blobs: tuple[tuple[Digest, bytes | None], ...] = ()
+    memo: tuple[tuple[str, FileState], ...] = ()
+    used: tuple[tuple[Digest, int], ...] = ()
+    records: tuple[tuple[bytes, str, bytes], ...] = ()
 
 
 def _has_payload(cursor: lmdb.Cursor, digest: Digest) -> bool:
@@ -183,22 +196,31 @@ class Store:
         A blob given as `None` was already placed in `cas/` by `store_external`. `used` records
         when action keys were last used (for gc's least-recently-used order).
         """
+        self.commit_all([Commit(result, tuple(blobs), tuple(memo), tuple(used), tuple(records))])
+
+    def commit_all(self, commits: Iterable[Commit]) -> None:
+        """Write several actions' rows in ONE transaction: each action's rows all land, or none
+        of any; a transaction per cheap action would cost more than writing its rows."""
         with self._env.begin(write=True) as txn:
-            for key, when in used:
-                txn.put(key, when.to_bytes(8, "big"), db=self._usage)
-            for record_key, label, packed in records:
-                txn.put(record_key, packed, db=self._records)
-                txn.put(label.encode(), record_key, db=self._latest)
-            for digest, data in blobs:
-                if txn.get(digest, db=self._blobs) is None:
-                    txn.put(digest, _INLINE + data if data is not None else _EXTERNAL, db=self._blobs)
-            for path, state in memo:
-                txn.put(path.encode(), state.pack(), db=self._memo)
-            if result is not None:
-                key, value = result
-                packed = value.pack()
-                if txn.get(key, db=self._results) != packed:
-                    txn.put(key, packed, db=self._results)
+            for commit in commits:
+                self._write(txn, commit)
+
+    def _write(self, txn: lmdb.Transaction, commit: Commit) -> None:
+        for key, when in commit.used:
+            txn.put(key, when.to_bytes(8, "big"), db=self._usage)
+        for record_key, label, packed in commit.records:
+            txn.put(record_key, packed, db=self._records)
+            txn.put(label.encode(), record_key, db=self._latest)
+        for digest, data in commit.blobs:
+            if txn.get(digest, db=self._blobs) is None:
+                txn.put(digest, _INLINE + data if data is not None else _EXTERNAL, db=self._blobs)
+        for path, state in commit.memo:
+            txn.put(path.encode(), state.pack(), db=self._memo)
+        if commit.result is not None:
+            key, value = commit.result
+            packed = value.pack()
+            if txn.get(key, db=self._results) != packed:
+                txn.put(key, packed, db=self._results)
 
     def add_results(self, results: Iterable[tuple[Digest, bytes]], blobs: Iterable[tuple[Digest, bytes | None]],
                     when: int) -> int:

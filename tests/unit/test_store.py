@@ -11,7 +11,7 @@ import pytest
 from posbuild.digest import hash_bytes, hash_file
 from posbuild.errors import ChecksumMismatch, PartialState
 from posbuild.records import ActionResult, FileState, OutputFile
-from posbuild.store import _INLINE, INLINE_LIMIT, PAYLOAD_CHUNK, Store
+from posbuild.store import _INLINE, INLINE_LIMIT, PAYLOAD_CHUNK, Commit, Store
 
 KEY = hash_bytes(b"action key")
 OUT = b"model weights\n"
@@ -84,6 +84,23 @@ def test_commit_is_one_transaction(store: Store) -> None:
     assert not store.has_blob(OUT_DIGEST)
     assert store.get_memo("pkg/a.txt") is None
     assert store.get_result(KEY) is None
+
+
+def test_several_actions_commit_in_one_transaction_all_or_nothing(store: Store) -> None:
+    class Exploding:
+        def pack(self) -> bytes:
+            raise RuntimeError("killed mid-commit")
+
+    first = Commit((KEY, RESULT), ((OUT_DIGEST, OUT),), (("pkg/a.txt", MEMO),))
+    other = hash_bytes(b"another action key")
+    with pytest.raises(RuntimeError):
+        store.commit_all([first, Commit(memo=(("pkg/b.txt", Exploding()),))])  # type: ignore[arg-type]
+    assert store.get_result(KEY) is None and not store.has_blob(OUT_DIGEST) and store.get_memo("pkg/a.txt") is None
+    before = last_txnid(store)
+    store.commit_all([first, Commit((other, RESULT), used=((other, 7),))])
+    assert last_txnid(store) == before + 1
+    assert store.get_result(KEY) == RESULT and store.get_result(other) == RESULT
+    assert store.get_memo("pkg/a.txt") == MEMO and store.get_blob(OUT_DIGEST) == OUT
 
 
 def test_identical_result_commit_changes_nothing(store: Store) -> None:
