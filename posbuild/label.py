@@ -7,6 +7,7 @@ place means every error about a malformed one reads the same, wherever it was ty
 from __future__ import annotations
 
 import enum
+import functools
 from dataclasses import dataclass
 from typing import Iterable
 
@@ -36,8 +37,12 @@ def _check_name(name: str, text: str) -> None:
         raise BuildFileError(f"invalid label '{text}': bad target name '{name}'")
 
 
+@functools.lru_cache(maxsize=1 << 16)
 def parse_label(text: str, current_package: str) -> Label:
-    """Parse `//pkg:name`, `//pkg`, `:name` or a bare `name` relative to `current_package`."""
+    """Parse `//pkg:name`, `//pkg`, `:name` or a bare `name` relative to `current_package`.
+
+    Remembered (labels are immutable): loading and analysing a graph parse the same few
+    thousand labels again and again, once per reference."""
     if text.startswith("//"):
         body = text[2:]
         package, sep, name = body.partition(":")
