@@ -334,13 +334,19 @@ class Tool:
     command: list[str]
     clean_paths: list[str]
 
-    def clean(self) -> None:
+    def clean(self, trash: Path) -> None:
+        """Move the outputs and tool state aside, into `trash` (deleted after the measurements).
+
+        Deleting them here would time the file system instead of the tool: ext4 without a
+        journal skips inodes freed in the last minute when it allocates, checking each, so every
+        file a cold build creates right after 10,000 deletions pays for a scan past them, and
+        how much depends on which tool deleted last.
+        """
+        trash.mkdir(exist_ok=True)
         for rel in self.clean_paths:
             target = self.root / rel
-            if target.is_dir():
-                shutil.rmtree(target)
-            elif target.exists():
-                target.unlink()
+            if target.exists() or target.is_symlink():
+                os.rename(target, Path(tempfile.mkdtemp(prefix=f"{self.name}-", dir=trash)) / rel)
 
     def build(self) -> float:
         """Run one build; return wall-clock seconds or exit loudly on failure."""
@@ -451,11 +457,11 @@ def restore_leaves(tools: list[Tool], graph: Graph, pristine: list[bytes]) -> No
 
 
 def run_repetition(
-    tools: list[Tool], graph: Graph, leaf: int, rep: int, timings: Timings
+    tools: list[Tool], graph: Graph, leaf: int, rep: int, timings: Timings, trash: Path
 ) -> None:
     """cold -> noop -> edit -> touch, each scenario alternating over the tools."""
     for tool in tools:
-        tool.clean()
+        tool.clean(trash)
     run_all(tools, timings, "cold")
     verify(tools, graph, f"cold build (rep {rep})")
     run_all(tools, timings, "noop")
@@ -623,9 +629,10 @@ def bench_size(n: int, args: argparse.Namespace, workdir: Path) -> None:
 
     timings: Timings = {s: {t.name: [] for t in tools} for s in SCENARIOS}
     pristine = list(graph.leaves)
+    trash = base / "trash"
     for rep in range(1, args.repeat + 1):
         restore_leaves(tools, graph, pristine)
-        run_repetition(tools, graph, leaves[rep - 1], rep, timings)
+        run_repetition(tools, graph, leaves[rep - 1], rep, timings, trash)
         print(f"  repetition {rep}/{args.repeat} done", flush=True)
 
     print(f"median of {args.repeat} (seconds, -j{args.jobs}), "
@@ -635,6 +642,7 @@ def bench_size(n: int, args: argparse.Namespace, workdir: Path) -> None:
     if "posbuild" in args.tools:
         print("  " + measure_resolve(args.posbuild, base / "posbuild", args.repeat))
         print("  " + measure_query(args.posbuild, base / "posbuild", args.repeat))
+    shutil.rmtree(trash, ignore_errors=True)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
