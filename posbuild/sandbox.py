@@ -36,8 +36,8 @@ disjoint sets. The mask is set on the spawning thread just before the fork (a fo
 inherits its thread's mask), which has no race with the command starting threads of its own;
 `taskset` would cost an extra exec per action and `preexec_fn` is unsafe with threads. A worker
 thread keeps the mask afterwards: its next action usually gets the same processors, and then no
-system call is made (the main thread gets posbuild's whole mask back). cpu=0 leaves the action unpinned. On systems without
-`sched_setaffinity` nothing is pinned. The thread-count variables (OMP_NUM_THREADS ...) come with
+system call is made (the main thread gets posbuild's whole mask back). cpu=0 leaves the action
+unpinned. On systems without `sched_setaffinity` nothing is pinned. The thread-count variables (OMP_NUM_THREADS ...) come with
 the action's env (analysis.declared_resources). (In the folder sandbox, if posbuild itself is
 killed with SIGKILL, commands already running finish on their own; their sandboxes are removed by
 the next build, and nothing they produce is ever collected.) This module knows nothing of keys or
@@ -404,7 +404,6 @@ class Sandboxes:
         usage = ResourceUsage(rusage.ru_utime, rusage.ru_stime, rusage.ru_maxrss,
                               rusage.ru_inblock * 512, rusage.ru_oublock * 512)
         return process.returncode, expired is not None and expired.is_set(), usage
-
 
     def _pin(self, cpu: int) -> tuple[int, ...]:
         """Choose `cpu` processors for an action and count them as used (called under the lock)."""
