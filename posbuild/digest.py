@@ -27,11 +27,16 @@ def hash_bytes(data: bytes) -> Digest:
 
 
 def hash_file(path: str | os.PathLike[str]) -> Digest:
-    """Digest of a file's content, streamed so that large data sets never sit in memory."""
+    """Digest of a file's content, streamed so that large data sets never sit in memory; read
+    with plain `read()` calls (a buffered file object adds four system calls per file, and a
+    cold build hashes every source once)."""
     hasher = blake3.blake3()
-    with open(path, "rb") as handle:
-        while chunk := handle.read(_CHUNK):
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        while chunk := os.read(fd, _CHUNK):
             hasher.update(chunk)
+    finally:
+        os.close(fd)
     return hasher.digest()
 
 

@@ -155,16 +155,16 @@ class SpawnResult:
     irregular: tuple[str, ...] = ()
 
 
-def base_environment(sandbox: Path) -> dict[str, str]:
+def base_environment(sandbox: str | Path) -> dict[str, str]:
     """The fixed variables every action sees, whatever the caller's environment holds."""
     return {
         "PATH": BASE_PATH,
         "LANG": "C.UTF-8",
         "LC_ALL": "C.UTF-8",
         "TZ": "UTC",
-        "HOME": str(sandbox / "tmp"),
-        "TMPDIR": str(sandbox / "tmp"),
-        "PWD": str(sandbox / "exec"),
+        "HOME": f"{sandbox}/tmp",
+        "TMPDIR": f"{sandbox}/tmp",
+        "PWD": f"{sandbox}/exec",
         "SOURCE_DATE_EPOCH": "0",
     }
 
@@ -241,7 +241,7 @@ class Sandboxes:
                 self._stage_reversed(action, sandbox, exec_root)
             else:
                 self._staged[sandbox] = _stage(self._root, action, sandbox)
-            env = base_environment(Path(sandbox))
+            env = base_environment(sandbox)
             env.update(action.env)
             env.update(extra_env)
             umask = -1
