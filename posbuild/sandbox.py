@@ -367,7 +367,7 @@ class Sandboxes:
         try:
             self._confine(processors)
             process = subprocess.Popen(
-                argv, cwd=cwd, env=env, stdin=subprocess.DEVNULL,
+                argv, cwd=cwd, env=env, stdin=_devnull(),
                 stdout=out, stderr=err, start_new_session=True, umask=umask,
             )
         except BaseException:
@@ -490,6 +490,17 @@ def _remove_names(fd: int, layout: _Layout) -> None:
         finally:
             os.close(child)
         os.rmdir(name, dir_fd=fd)
+
+
+_null: int | None = None  # /dev/null, opened once per process for every command's stdin
+
+
+def _devnull() -> int:
+    """A descriptor of /dev/null (`subprocess.DEVNULL` would open and close one per command)."""
+    global _null
+    if _null is None:
+        _null = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
+    return _null
 
 
 def _capture_file(sandbox: str, name: str) -> int:

@@ -110,3 +110,14 @@ def test_each_command_gets_its_own_processors_whatever_the_thread_ran_before(wor
     assert seen == [1, 1, everything, 2, 1, everything]
     _run_and_remove(sandboxes, _action(probe, inputs=(), cpu=1))  # on the main thread
     assert len(os.sched_getaffinity(0)) == everything  # which never stays confined
+
+
+def test_every_command_reads_an_empty_stdin(workspace, base) -> None:
+    sandboxes = Sandboxes(workspace, base)
+    for _ in range(2):  # the same /dev/null descriptor serves every command
+        result = sandboxes.run(_action("cat > posbuild-out/pkg/out.txt; echo $?"))
+        try:
+            assert result.exit_code == 0 and result.stdout == b"0\n"
+            assert (result.exec_root / "posbuild-out/pkg/out.txt").read_bytes() == b""
+        finally:
+            sandboxes.remove(result)
