@@ -10,6 +10,10 @@ dozen directory and file creations and deletions, which cost ~10 µs each there 
 journalled disk — more than a cheap command itself. `[build] sandbox_base` moves them to disk
 for actions whose outputs or temporary files would not fit in memory.
 
+The command's stdout and stderr go to anonymous memory files (`memfd_create`; files in the
+sandbox where the system has none), read back whole when it ends. Removing a sandbox unlinks, by
+name, what staging made; only a sandbox holding anything else is walked.
+
 Inputs are copied, so an action that writes to an input changes only its own copy. Inputs of
 `LINK_LIMIT` bytes or more are symlinked instead, to keep large data sets cheap to stage; the
 rebuilder's re-stat after the run still catches an action that wrote through such a link.
