@@ -321,9 +321,7 @@ class Sandboxes:
         """Remove a run's sandbox: what staging made and the command was declared to make, by name,
         and the whole tree by walking it only when something else is there (or a name changed kind)."""
         sandbox = os.path.dirname(result.exec_root)
-        layout = self._staged.pop(sandbox, None)
-        if layout is None or not _remove_layout(sandbox, layout):
-            remove_tree(sandbox)
+        remove_tree(sandbox, self._staged.pop(sandbox, None))
 
     def cancel(self) -> None:
         """Kill every running action's process group (Ctrl-C, a critical error elsewhere)."""
@@ -438,7 +436,7 @@ _FOLDER = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 def _stage(root: str, action: Action, sandbox: str) -> _Layout:
     """Make a sandbox: `tmp/`, and `exec/` with the action's inputs at their workspace paths and
-    the folders of its outputs. Returns what it made (the outputs as files), for `_remove_layout`."""
+    the folders of its outputs. Returns what it made (the outputs as files), for `remove_tree`."""
     try:
         os.mkdir(sandbox)
     except FileNotFoundError:  # the first sandbox under a base nobody has made yet
@@ -459,41 +457,6 @@ def _stage(root: str, action: Action, sandbox: str) -> _Layout:
     for path in action.inputs:
         _stage_file(root + path, f"{sandbox}/exec/{path}")
     return {"tmp": {}, "exec": exec_layout}
-
-
-def _remove_layout(sandbox: str, layout: _Layout) -> bool:
-    """Remove a sandbox that holds exactly what `_stage` made (an output may be missing), naming
-    each entry instead of listing folders. False, with part of it removed, when anything else is
-    there or a name is now something else: the caller walks what is left. Folders are opened
-    without following links, so a command that swapped one for a link never redirects a removal."""
-    try:
-        fd = os.open(sandbox, _FOLDER)
-    except OSError:
-        return False
-    try:
-        _remove_names(fd, layout)
-        os.rmdir(sandbox)
-    except OSError:
-        return False
-    finally:
-        os.close(fd)
-    return True
-
-
-def _remove_names(fd: int, layout: _Layout) -> None:
-    for name, inner in layout.items():
-        if inner is None:
-            try:
-                os.unlink(name, dir_fd=fd)
-            except FileNotFoundError:  # an output not made, or already moved out
-                pass
-            continue
-        child = os.open(name, _FOLDER, dir_fd=fd)
-        try:
-            _remove_names(child, inner)
-        finally:
-            os.close(child)
-        os.rmdir(name, dir_fd=fd)
 
 
 _null: int | None = None  # /dev/null, opened once per process for every command's stdin
@@ -585,39 +548,54 @@ def read_small(path: str, limit: int) -> tuple[os.stat_result, bytes | None]:
         os.close(fd)
 
 
-def remove_tree(path: str) -> None:
+def remove_tree(path: str, layout: _Layout | None = None) -> None:
     """Remove a sandbox folder and everything in it.
 
     Like `shutil.rmtree`, it walks folders by file descriptor and never follows a symbolic link
     (a command may leave one pointing anywhere), with fewer system calls per folder, which
-    counts when every action makes and removes one. Anything unexpected is left to rmtree.
+    counts when every action makes and removes one. Given the `layout` staging made, it removes
+    those names without listing any folder, and lists what is left only when something else is
+    there (or a name is now something else). Anything unexpected is left to rmtree.
     """
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        fd = os.open(path, _FOLDER)
     except FileNotFoundError:
         return
     except OSError:
         shutil.rmtree(path, ignore_errors=True)
         return
     try:
-        _empty_folder(fd)
+        _empty_folder(fd, layout)
         os.rmdir(path)
+        return
     except OSError:
-        shutil.rmtree(path, ignore_errors=True)
+        pass
     finally:
         os.close(fd)
+    if layout is not None:
+        remove_tree(path)  # something else is there: list and remove what is left
+    else:
+        shutil.rmtree(path, ignore_errors=True)
 
 
-def _empty_folder(fd: int) -> None:
-    with os.scandir(fd) as entries:
-        listed = [(entry.name, entry.is_dir(follow_symlinks=False)) for entry in entries]
-    for name, is_folder in listed:
+def _empty_folder(fd: int, layout: _Layout | None = None) -> None:
+    """Remove what a folder holds: the entries `layout` names (a file already gone is fine), or
+    without a layout whatever a listing finds. Subfolders are opened without following links."""
+    if layout is None:
+        with os.scandir(fd) as listing:
+            entries = [(entry.name, entry.is_dir(follow_symlinks=False), None) for entry in listing]
+    else:
+        entries = [(name, inner is not None, inner) for name, inner in layout.items()]
+    for name, is_folder, inner in entries:
         if not is_folder:
-            os.unlink(name, dir_fd=fd)
+            try:
+                os.unlink(name, dir_fd=fd)
+            except FileNotFoundError:  # an output not made, or already moved out
+                pass
             continue
-        child = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
+        child = os.open(name, _FOLDER, dir_fd=fd)
         try:
-            _empty_folder(child)
+            _empty_folder(child, inner)
         finally:
             os.close(child)
         os.rmdir(name, dir_fd=fd)
