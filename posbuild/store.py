@@ -196,28 +196,31 @@ class Store:
         A blob given as `None` was already placed in `cas/` by `store_external`. `used` records
         when action keys were last used (for gc's least-recently-used order).
         """
-        self.commit_all([Commit(result, tuple(blobs), tuple(memo), tuple(used), tuple(records))])
+        with self._env.begin(write=True) as txn:
+            self._write(txn, result, blobs, memo, used, records)
 
     def commit_all(self, commits: Iterable[Commit]) -> None:
         """Write several actions' rows in ONE transaction: each action's rows all land, or none
         of any; a transaction per cheap action would cost more than writing its rows."""
         with self._env.begin(write=True) as txn:
             for commit in commits:
-                self._write(txn, commit)
+                self._write(txn, commit.result, commit.blobs, commit.memo, commit.used, commit.records)
 
-    def _write(self, txn: lmdb.Transaction, commit: Commit) -> None:
-        for key, when in commit.used:
+    def _write(self, txn: lmdb.Transaction, result: tuple[Digest, ActionResult] | None,
+               blobs: Iterable[tuple[Digest, bytes | None]], memo: Iterable[tuple[str, FileState]],
+               used: Iterable[tuple[Digest, int]], records: Iterable[tuple[bytes, str, bytes]]) -> None:
+        for key, when in used:
             txn.put(key, when.to_bytes(8, "big"), db=self._usage)
-        for record_key, label, packed in commit.records:
+        for record_key, label, packed in records:
             txn.put(record_key, packed, db=self._records)
             txn.put(label.encode(), record_key, db=self._latest)
-        for digest, data in commit.blobs:
+        for digest, data in blobs:
             if txn.get(digest, db=self._blobs) is None:
                 txn.put(digest, _INLINE + data if data is not None else _EXTERNAL, db=self._blobs)
-        for path, state in commit.memo:
+        for path, state in memo:
             txn.put(path.encode(), state.pack(), db=self._memo)
-        if commit.result is not None:
-            key, value = commit.result
+        if result is not None:
+            key, value = result
             packed = value.pack()
             if txn.get(key, db=self._results) != packed:
                 txn.put(key, packed, db=self._results)
