@@ -7,8 +7,8 @@ renaming out of one temp folder spent a tenth of a cold build's processor time s
 A file that replaces another, or one on a file system without `O_TMPFILE`, is written as a temp
 file in `.posbuild/tmp` and renamed over its target. Files are made read-only (0444, or 0555 when
 executable) so an editor refuses to change them; and since they are copies, never hard links into
-the store, even a forced edit cannot corrupt a blob. A materialized file's stat signature goes into the stat memo, so the
-next build knows it is intact by one `stat()`.
+the store, even a forced edit cannot corrupt a blob. A materialized file's stat signature goes
+into the stat memo, so the next build knows it is intact by one `stat()`.
 """
 
 from __future__ import annotations
