@@ -1,10 +1,11 @@
 """Layer 7: the rebuilder — for ONE action, compute its key, then reuse a result or run and commit.
 
-`check()` runs on the scheduling thread: input digests (from the stat memo or from the outputs of
-upstream actions finished in this build), the key, one store lookup, and a stat per output to make
-sure `posbuild-out/` holds it. A hit ends there. `run()` runs on a worker thread: sandbox, checks,
-hash outputs, move them into `posbuild-out/`, and commit result + blobs + memo rows + record in
-one store transaction, which cheap actions share with others finished around them (`_hand_over`;
+`check()` runs under the scheduler's lock, never two at once: input digests (from the stat memo or
+from the outputs of upstream actions finished in this build), the key, one store lookup, and a stat
+per output to make sure `posbuild-out/` holds it. A hit ends there. `run()` runs on a worker thread,
+concurrently with other runs and with checks: sandbox, checks, hash outputs, move them into
+`posbuild-out/`, and commit result + blobs + memo rows + record in one store transaction, which
+cheap actions share with others finished around them (`_hand_over`;
 dependents need no commit, they read the digests from memory). A result is committed only when
 the command exited 0, every declared output exists and no source input changed while it ran;
 otherwise nothing of it is kept.

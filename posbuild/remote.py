@@ -22,8 +22,8 @@ Design memo
   fails (connection refused, timeout, reset, an unexpected HTTP status) marks it down for the
   rest of the build and emits ONE warning; every later call returns at once. A reused keep-alive
   connection that the server closed while idle is retried once on a fresh one before that.
-* **Connections.** `http.client`, one keep-alive connection per thread (lookups happen on the
-  scheduling thread, uploads on workers), so no request waits for another's socket.
+* **Connections.** `http.client`, one keep-alive connection per thread (lookups and uploads
+  happen on the scheduler's worker threads), so no request waits for another's socket.
 * **Order of writes.** Blobs first, then the signed result: a reader that finds a result can
   fetch its blobs. A blob is uploaded at most once per process.
 * **Blobs without the key.** A `/cas/` blob is checked by its digests, never by a signature, so

@@ -354,3 +354,42 @@ def test_states_are_final_after_stop() -> None:
     assert set(states) <= FINAL
     assert states[0] is State.FAILED
     assert State.RUNNING not in states and State.PENDING not in states
+
+
+class ThreadRecorder(FakeExecutor):
+    """Remembers which thread prepared and ran each node."""
+
+    def __init__(self, **kwargs: object) -> None:
+        super().__init__(**kwargs)  # type: ignore[arg-type]
+        self.prepared_on: dict[int, threading.Thread] = {}
+        self.ran_on: dict[int, threading.Thread] = {}
+
+    def prepare(self, node: int) -> Outcome | None:
+        self.prepared_on[node] = threading.current_thread()
+        return super().prepare(node)
+
+    def run(self, node: int) -> Outcome:
+        self.ran_on[node] = threading.current_thread()
+        return super().run(node)
+
+
+def test_the_worker_that_finishes_a_node_prepares_and_takes_the_next_itself() -> None:
+    # a chain: each node becomes ready when the one before finishes, on the worker that ran it,
+    # which prepares it and runs it too, without handing anything to another thread
+    executor = ThreadRecorder()
+    states = schedule([[], [0], [1], [2]], executor, jobs=2)
+    assert states == [State.SUCCESS] * 4
+    worker = executor.ran_on[0]
+    assert worker is not threading.current_thread() and worker.name.startswith("posbuild-worker-")
+    assert all(executor.ran_on[n] is worker for n in range(4))
+    assert all(executor.prepared_on[n] is worker for n in (1, 2, 3))
+
+
+def test_a_build_settled_by_prepare_starts_no_thread() -> None:
+    executor = ThreadRecorder(cached={n: ("ok", n) for n in range(4)})
+    before = {t.name for t in threading.enumerate()}
+    states = schedule([[], [0], [0], [1, 2]], executor, jobs=4)
+    assert states == [State.SUCCESS] * 4
+    scheduling = {executor.prepared_on[n] for n in range(4)}
+    assert len(scheduling) == 1 and not next(iter(scheduling)).name.startswith("posbuild-worker-")
+    assert not {t.name for t in threading.enumerate()} - before
