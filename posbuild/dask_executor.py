@@ -432,6 +432,14 @@ class DaskSandboxes:
         self._check_environment(reply)
         return self._spawn_result(reply, exec_root)
 
+    def start(self, action: Action, extra_env: Sequence[tuple[str, str]] = ()) -> tuple[Action, tuple[tuple[str, str], ...]]:
+        """`run` in the local sandboxes' two halves: a Dask run blocks its thread anyway, so this
+        only notes what to run and `wait` runs it."""
+        return action, tuple(extra_env)
+
+    def wait(self, started: tuple[Action, tuple[tuple[str, str], ...]]) -> SpawnResult:
+        return self.run(*started)
+
     def remove(self, result: SpawnResult) -> None:
         """Delete the local folder that held a run's outputs (the rebuilder has installed them)."""
         shutil.rmtree(os.path.dirname(result.exec_root), ignore_errors=True)

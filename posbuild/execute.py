@@ -2,11 +2,13 @@
 
 `check()` runs under the scheduler's lock, never two at once: input digests (from the stat memo or
 from the outputs of upstream actions finished in this build), the key, one store lookup, and a stat
-per output to make sure `posbuild-out/` holds it. A hit ends there. `run()` runs on a worker thread,
-concurrently with other runs and with checks: sandbox, checks, hash outputs, move them into
-`posbuild-out/`, and commit result + blobs + memo rows + record in one store transaction, which
-cheap actions share with others finished around them (`_hand_over`;
-dependents need no commit, they read the digests from memory). A result is committed only when
+per output to make sure `posbuild-out/` holds it. A hit ends there. Execution runs on a worker
+thread, concurrently with other actions and with checks, in three steps: `start()` stages the
+sandbox and starts the command, `wait()` waits for it, and `conclude()` checks the run, hashes the
+outputs, moves them into `posbuild-out/` and commits result + blobs + memo rows + record in one
+store transaction, which cheap actions share with others finished around them (`_hand_over`;
+dependents need no commit, they read the digests from memory). The scheduler may start the
+worker's next action between `wait()` and `conclude()`. A result is committed only when
 the command exited 0, every declared output exists and no source input changed while it ran;
 otherwise nothing of it is kept.
 
@@ -79,6 +81,20 @@ class _Prepared:
     inputs: tuple[tuple[str, Digest], ...]
     cached: ActionResult | None = None  # under --verify: the result the new run must reproduce
     reason: str = ""
+
+
+@dataclass(slots=True)
+class Started:
+    """An action `Rebuilder.start` started; `wait` and `conclude` fill in the rest."""
+
+    action: Action
+    prepared: _Prepared
+    started: float  # time.time() when it started
+    secrets: tuple[tuple[str, str], ...]
+    running: object  # what the sandboxes' `start` returned, for their `wait`
+    spawn: SpawnResult | None = None  # set by `wait`
+    ended: float = 0.0  # time.time() when the command ended
+    outcome: ActionOutcome | None = None  # set at once when the action failed before its command
 
 
 class Rebuilder:
@@ -268,8 +284,9 @@ class Rebuilder:
             complete = complete and all(p in signatures for p in action.sources)
         return BuildState(env_key, traces, signatures, digests, graph=graph, complete=complete)
 
-    def run(self, action: Action) -> ActionOutcome:
-        """Execute `action` in a sandbox and commit its result (worker thread)."""
+    def start(self, action: Action) -> Started:
+        """Start executing `action` (worker thread): stage its sandbox and start its command, then
+        return at once; `wait` for the command, and `conclude` to check and commit the result."""
         prepared = self._prepared.pop(action.label)
         started = time.time()
         try:
@@ -278,9 +295,25 @@ class Rebuilder:
             if self._journal is not None:
                 self._journal.add(action, "FAILED", prepared.key, started, time.time(), prepared.inputs, (),
                                   None, None, "secret", current_slot())
-            return ActionOutcome(Status.FAILED, error=str(error), reason=prepared.reason)
-        spawn = self._sandboxes.run(action, self._passed_env + secrets)
-        ended = time.time()
+            return Started(action, prepared, started, (), None,
+                           outcome=ActionOutcome(Status.FAILED, error=str(error), reason=prepared.reason))
+        return Started(action, prepared, started, secrets, self._sandboxes.start(action, self._passed_env + secrets))
+
+    def wait(self, started: Started) -> bool:
+        """Wait for the command `start` started; whether it exited 0 (the action may still fail
+        `conclude`'s checks, but a command that failed has certainly failed)."""
+        if started.outcome is not None:
+            return False
+        started.spawn = self._sandboxes.wait(started.running)
+        started.ended = time.time()
+        return started.spawn.exit_code == 0 and not started.spawn.timed_out
+
+    def conclude(self, started: Started) -> ActionOutcome:
+        """Check the finished run and commit its result, or say why it failed; the sandbox goes."""
+        if started.outcome is not None:
+            return started.outcome
+        action, prepared, secrets, spawn = started.action, started.prepared, started.secrets, started.spawn
+        assert spawn is not None, "conclude() before wait()"
         if secrets:  # nothing below keeps or shows a secret value
             values = [value for _, value in secrets]
             spawn = replace(spawn, stdout=redact(spawn.stdout, values), stderr=redact(spawn.stderr, values))
@@ -293,12 +326,12 @@ class Rebuilder:
                     code = "ORCH-04"
             if failure:
                 if self._journal is not None:
-                    self._journal.add(action, "FAILED", prepared.key, started, ended, prepared.inputs, (),
-                                      spawn.usage, spawn.exit_code, code, current_slot(), remote=spawn.remote)
+                    self._journal.add(action, "FAILED", prepared.key, started.started, started.ended, prepared.inputs,
+                                      (), spawn.usage, spawn.exit_code, code, current_slot(), remote=spawn.remote)
                 orch = code if code.startswith("ORCH-") else ""
                 return ActionOutcome(Status.FAILED, error=failure, code=orch, reason=prepared.reason,
                                      stderr=spawn.stderr, elapsed=spawn.elapsed)
-            self._commit(action, spawn, prepared, started, ended)
+            self._commit(action, spawn, prepared, started.started, started.ended)
         finally:
             self._sandboxes.remove(spawn)
         return ActionOutcome(Status.EXECUTED, prepared.key, reason=prepared.reason, stderr=spawn.stderr,

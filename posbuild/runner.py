@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Callable, Sequence
 from posbuild.analysis import Action
 from posbuild.config import Config
 from posbuild.digest import Digest
-from posbuild.execute import ActionOutcome, Rebuilder, Status
+from posbuild.execute import ActionOutcome, Rebuilder, Started, Status
 from posbuild.filestate import FileStates
 from posbuild.generations import current_manifest, record_generation
 from posbuild.journal import Journal, utc
@@ -90,11 +90,28 @@ class _Executor:
     def prepare(self, node: int) -> ActionOutcome | None:
         return self._rebuilder.check(self._actions[node])
 
-    def run(self, node: int) -> ActionOutcome:
+    def start(self, node: int) -> Started | ActionOutcome:
         try:
-            return self._rebuilder.run(self._actions[node])
+            return self._rebuilder.start(self._actions[node])
         except OSError as error:
-            return ActionOutcome(Status.FAILED, error=f"{error.strerror or error}: {error.filename or ''}".rstrip(": "))
+            return _failed(error)
+
+    def wait(self, started: Started | ActionOutcome) -> bool:
+        if isinstance(started, ActionOutcome):
+            return False
+        try:
+            return self._rebuilder.wait(started)
+        except OSError as error:
+            started.outcome = _failed(error)
+            return False
+
+    def conclude(self, started: Started | ActionOutcome) -> ActionOutcome:
+        if isinstance(started, ActionOutcome):
+            return started
+        try:
+            return self._rebuilder.conclude(started)
+        except OSError as error:
+            return _failed(error)
 
     def succeeded(self, outcome: ActionOutcome) -> bool:
         return outcome.status is not Status.FAILED
@@ -110,6 +127,11 @@ class _Executor:
 
     def cancel(self) -> None:
         self._rebuilder.cancel()
+
+
+def _failed(error: OSError) -> ActionOutcome:
+    """An action that failed on a file-system error of posbuild's own (staging, installing)."""
+    return ActionOutcome(Status.FAILED, error=f"{error.strerror or error}: {error.filename or ''}".rstrip(": "))
 
 
 def run_dirty(config: Config, actions: Sequence[Action], clean: Sequence[bool], previous: BuildState,

@@ -138,6 +138,34 @@ def listing_follows_creation(folder: Path) -> bool:
 
 
 @dataclass(frozen=True, slots=True)
+class Running:
+    """A command `Sandboxes.start` started: what `Sandboxes.wait` needs to finish the run."""
+
+    sandbox: str
+    outputs: tuple[str, ...]
+    stdout: int  # capture descriptors, closed by `wait`
+    stderr: int
+    started: float  # time.monotonic()
+    process: subprocess.Popen[bytes] | None  # None: cancelled before it started (kept: a dropped Popen
+    # whose returncode is unset would be reaped by subprocess's own cleanup, before `wait` gets to it)
+    processors: tuple[int, ...]
+    timer: _Deadline | None = None
+
+
+class _Deadline(threading.Timer):
+    """Kills a command's process group when its `timeout` expires; `expired` says whether it did."""
+
+    def __init__(self, seconds: float, group: int) -> None:
+        super().__init__(seconds, self._expire)
+        self._group = group
+        self.expired = False
+
+    def _expire(self) -> None:
+        self.expired = True
+        _kill_group(self._group)
+
+
+@dataclass(frozen=True, slots=True)
 class SpawnResult:
     """How a command ended and where its declared outputs are (those that exist).
 
@@ -236,10 +264,17 @@ class Sandboxes:
 
         If staging or starting the command fails, the sandbox is removed before the error propagates.
         """
+        return self.wait(self.start(action, extra_env, perturbation))
+
+    def start(self, action: Action, extra_env: Sequence[tuple[str, str]] = (),
+              perturbation: Perturbation | None = None) -> Running:
+        """`run` in two halves: stage the sandbox and start the command, returning at once; `wait`
+        for it. The calling thread is free meanwhile (the scheduler wraps up the previous action)."""
         sandbox = f"{self._base}/{self._pid}-{next(self._counter)}"
         if perturbation is not None:
             sandbox += perturbation.name_suffix
         exec_root = sandbox + "/exec"
+        out = err = -1
         try:
             if perturbation is not None and perturbation.reverse_staging:
                 self._stage_reversed(action, sandbox, exec_root)
@@ -256,23 +291,33 @@ class Sandboxes:
                 argv = ["/bin/sh", "-c", action.command]
             else:
                 argv = self._namespaced(action, sandbox, exec_root)
-            started = time.monotonic()
             out = _capture_file(sandbox, "stdout")
-            try:
-                err = _capture_file(sandbox, "stderr")
-                try:
-                    exit_code, timed_out, usage = self._spawn(action, argv, exec_root, env, out, err, umask)
-                    stdout, stderr = _read_all(out), _read_all(err)
-                finally:
-                    os.close(err)
-            finally:
-                os.close(out)
+            err = _capture_file(sandbox, "stderr")
+            return self._launch(action, argv, sandbox, env, out, err, umask)
         except BaseException:
+            for fd in (out, err):
+                if fd >= 0:
+                    os.close(fd)
             self._staged.pop(sandbox, None)
             remove_tree(sandbox)
             raise
-        elapsed = time.monotonic() - started
-        missing, irregular = _unusable_outputs(exec_root, action.outputs)
+
+    def wait(self, running: Running) -> SpawnResult:
+        """Wait for a command `start` started, and report how it ended (see `run`)."""
+        try:
+            try:
+                exit_code, timed_out, usage = self._reap(running)
+                stdout, stderr = _read_all(running.stdout), _read_all(running.stderr)
+            finally:
+                os.close(running.stdout)
+                os.close(running.stderr)
+        except BaseException:
+            self._staged.pop(running.sandbox, None)
+            remove_tree(running.sandbox)
+            raise
+        elapsed = time.monotonic() - running.started
+        exec_root = running.sandbox + "/exec"
+        missing, irregular = _unusable_outputs(exec_root, running.outputs)
         return SpawnResult(exit_code, timed_out, Path(exec_root), missing, stdout, stderr, elapsed, usage,
                            irregular=irregular)
 
@@ -359,17 +404,18 @@ class Sandboxes:
             else:
                 _stage_file(self._root + path, f"{exec_root}/{path}")
 
-    def _spawn(self, action: Action, argv: list[str], cwd: str, env: dict[str, str], out: int, err: int,
-               umask: int = -1) -> tuple[int, bool, ResourceUsage | None]:
-        """Run `argv` in its own session; exit code, whether it timed out, and its usage."""
+    def _launch(self, action: Action, argv: list[str], sandbox: str, env: dict[str, str], out: int, err: int,
+                umask: int = -1) -> Running:
+        """Start `argv` in its own session, in the sandbox's `exec/`, on the processors it is given."""
+        started = time.monotonic()
         with self._lock:
             if self._cancelled:
-                return -signal.SIGTERM, False, None
+                return Running(sandbox, action.outputs, out, err, started, None, ())
             processors = self._pin(action.resources[0])
         try:
             self._confine(processors)
             process = subprocess.Popen(
-                argv, cwd=cwd, env=env, stdin=_devnull(),
+                argv, cwd=sandbox + "/exec", env=env, stdin=_devnull(),
                 stdout=out, stderr=err, start_new_session=True, umask=umask,
             )
         except BaseException:
@@ -384,28 +430,31 @@ class Sandboxes:
             cancelled = self._cancelled
         if cancelled:
             _kill_group(process.pid)
-        expired = threading.Event() if action.timeout else None
         timer = None
-        if expired is not None:
-            def expire() -> None:
-                expired.set()
-                _kill_group(process.pid)
-
-            timer = threading.Timer(action.timeout, expire)
+        if action.timeout:
+            timer = _Deadline(action.timeout, process.pid)
             timer.start()
+        return Running(sandbox, action.outputs, out, err, started, process, processors, timer)
+
+    def _reap(self, running: Running) -> tuple[int, bool, ResourceUsage | None]:
+        """Wait for a launched command: its exit code, whether it timed out, and its usage."""
+        if running.process is None:  # cancelled before it started
+            return -signal.SIGTERM, False, None
+        pid = running.process.pid
         try:
-            _, status, rusage = os.wait4(process.pid, 0)  # wait4, not wait: the rusage of the whole tree
-            process.returncode = os.waitstatus_to_exitcode(status)
+            _, status, rusage = os.wait4(pid, 0)  # wait4, not wait: the rusage of the whole tree
         finally:
-            if timer is not None:
-                timer.cancel()
+            if running.timer is not None:
+                running.timer.cancel()
+            timed_out = running.timer is not None and running.timer.expired
             with self._lock:
-                self._running.discard(process.pid)
-                self._unpin(processors)
-            _kill_group(process.pid)
+                self._running.discard(pid)
+                self._unpin(running.processors)
+            _kill_group(pid)
         usage = ResourceUsage(rusage.ru_utime, rusage.ru_stime, rusage.ru_maxrss,
                               rusage.ru_inblock * 512, rusage.ru_oublock * 512)
-        return process.returncode, expired is not None and expired.is_set(), usage
+        running.process.returncode = os.waitstatus_to_exitcode(status)
+        return running.process.returncode, timed_out, usage
 
     def _pin(self, cpu: int) -> tuple[int, ...]:
         """Choose `cpu` processors for an action and count them as used (called under the lock)."""

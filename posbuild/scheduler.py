@@ -2,22 +2,29 @@
 
 The scheduler knows nothing of keys, the store or sandboxes (as in "Build Systems à la Carte":
 the scheduler decides *when*, the rebuilder decides *whether and how*). It orders opaque integer
-nodes and calls an Executor with two entry points:
+nodes and calls an Executor with these entry points:
 
 * `prepare(node)` runs as soon as a node's dependencies have succeeded, under the scheduler's
   lock: on the calling thread at the start, later on the worker that finished the last
   dependency. It returns an outcome when the node can be settled at once (a cache hit), or None
   when real work is needed. Cache hits therefore never wait for a job slot, which is what keeps
   a no-op build of 10,000 actions fast (it starts no thread at all).
-* `run(node)` does the real work on one of `jobs` worker threads, without the lock. The worker
-  then settles the node and takes its next one itself (`_Run`).
+* `start(node)`, `wait(handle)` and `conclude(handle)` do the real work on one of `jobs` worker
+  threads, without the lock: start it (a command), wait for its command, then finish it (check
+  and keep its results). The worker then settles the node and takes its next one itself (`_Run`).
+  With more than one job, a node's slot and resources are given back when `wait` returns, and
+  the worker starts its next node before it concludes the last — if that next node would be
+  chosen even if the dependents the last one's end makes ready were already waiting (their
+  priorities are known), so this changes when nodes start, not which one is preferred. A
+  command then never waits for the bookkeeping of the one before it. With one job the slot is
+  kept until `conclude` returns: a serial build's order is exact, cache hits included.
 
 Task states follow §3: PENDING → RUNNING → SUCCESS | FAILED, plus SKIPPED for nodes that never
 start because a dependency failed or because the build stopped after a failure.
 
 Resources
 ---------
-Besides `jobs` (how many nodes run at once), a node may carry a *demand* vector and the scheduler a
+Besides `jobs` (how many nodes' commands run at once), a node may carry a *demand* vector and the scheduler a
 *capacity* vector of the same length (posbuild passes cpu, mem_mb, io). The scheduler never runs a
 set of nodes whose summed demands exceed the capacity in any component, nor more than `jobs` nodes.
 Nodes settled by `prepare` take no resources. A node that demands more than the capacity could
@@ -48,7 +55,7 @@ import enum
 import collections
 import heapq
 import threading
-from typing import Generic, Protocol, Sequence, TypeVar
+from typing import Any, Generic, Protocol, Sequence, TypeVar
 
 Outcome = TypeVar("Outcome")
 
@@ -75,11 +82,19 @@ class State(enum.Enum):
 
 
 class Executor(Protocol[Outcome]):
-    """What the scheduler drives; `succeeded` tells it whether dependents may start."""
+    """What the scheduler drives; `succeeded` tells it whether dependents may start.
+
+    `wait` returns whether the node may still succeed (False: its command failed, so nothing
+    new is started before the failure is known).
+    """
 
     def prepare(self, node: int) -> Outcome | None: ...
 
-    def run(self, node: int) -> Outcome: ...
+    def start(self, node: int) -> Any: ...
+
+    def wait(self, handle: Any) -> bool: ...
+
+    def conclude(self, handle: Any) -> Outcome: ...
 
     def succeeded(self, outcome: Outcome) -> bool: ...
 
@@ -130,7 +145,7 @@ class Scheduler(Generic[Outcome]):
                     turn.lock.wait()
             except BaseException as error:
                 turn.fail(error)
-                while turn.running:
+                while turn.busy():
                     turn.lock.wait()
             if turn.error is not None:
                 raise turn.error
@@ -166,8 +181,10 @@ class _Run(Generic[Outcome]):
         heapq.heapify(self._ready)
         self._work = _Waiting(scheduler._priority, scheduler._demand, scheduler._capacity, scheduler._patience)
         self.lock = threading.Condition()
-        self.running = 0  # nodes taken, until their worker has settled them
+        self.running = 0  # nodes holding a job slot
+        self.finishing = 0  # nodes being concluded after giving their slot back
         self._slots = list(range(1, self._jobs + 1))  # free slot numbers, a heap: the lowest is taken
+        self._held: dict[int, tuple[object, int]] = {}  # node being concluded → its best dependent-to-be
         self.error: BaseException | None = None
         self._stopping = False
         self._handed: collections.deque[tuple[int, int]] = collections.deque()  # taken, not yet claimed
@@ -186,9 +203,13 @@ class _Run(Generic[Outcome]):
             else:
                 self._finish(node, outcome)
 
+    def busy(self) -> bool:
+        """Whether some node is between `start` and the end of its `conclude`."""
+        return self.running + self.finishing > 0
+
     def over(self) -> bool:
         """Nothing runs and nothing more will start."""
-        return self.running == 0 and (self._stopping or not (self._ready or self._work.waiting()))
+        return not self.busy() and (self._stopping or not (self._ready or self._work.waiting()))
 
     def fail(self, error: BaseException) -> None:
         """Stop the build for an exception: the first one is raised once running work has returned."""
@@ -213,7 +234,7 @@ class _Run(Generic[Outcome]):
         """(node, slot number) of the node to start next, or None; its slot and resources are taken."""
         if self._stopping or self.running >= self._jobs:
             return None
-        node = self._work.take()
+        node = self._work.take(min(self._held.values(), default=None))
         if node is None:
             return None
         self.running += 1
@@ -233,46 +254,103 @@ class _Run(Generic[Outcome]):
                 heapq.heappush(self._ready, (self._scheduler._priority[child], child))
 
     def _serve(self) -> None:
-        """A worker: take a node, run it without the lock, settle it, and so on until the run is over."""
+        """A worker: take a node, start it and wait for it without the lock, start the next one
+        when it may (see the module's docstring), conclude and settle the last, and so on."""
         with self.lock:
+            current: tuple[int, int, Any] | None = None  # (node, slot, handle) whose command runs
             while True:
-                job = self._handed.popleft() if self._handed else None
-                if job is None:
-                    try:
-                        self.settle()
-                        job = self._take()
-                    except BaseException as error:
-                        self.fail(error)
-                if job is None:
-                    if self.over():
-                        self.lock.notify_all()
-                        return
-                    self._idle += 1
-                    self.lock.wait()
-                    self._idle -= 1
+                if current is None:
+                    job = self._handed.popleft() if self._handed else None
+                    if job is None:
+                        try:
+                            self.settle()
+                            job = self._take()
+                        except BaseException as error:
+                            self.fail(error)
+                    if job is None:
+                        if self.over():
+                            self.lock.notify_all()
+                            return
+                        self._idle += 1
+                        self.lock.wait()
+                        self._idle -= 1
+                        continue
+                    self.hand_out()
+                    current = self._start(job)
                     continue
-                self.hand_out()
-                node, slot = job
+                node, slot, handle = current
+                current = None
+                self.lock.release()
+                try:
+                    may_succeed, error = self._executor.wait(handle), None
+                except BaseException as raised:
+                    may_succeed, error = False, raised
+                finally:
+                    self.lock.acquire()
+                if error is not None:
+                    self._free(node, slot)
+                    self.fail(error)
+                    continue
+                early = may_succeed and self._jobs > 1 and not self._stopping
+                if early:  # the command is over: its slot may go to this worker's next node now
+                    self._free(node, slot)
+                    self.finishing += 1
+                    coming = [(self._scheduler._priority[c], c) for c in self._dependents[node]
+                              if self._waiting_deps[c] == 1]
+                    if coming:
+                        self._held[node] = min(coming)  # type: ignore[type-var]
+                    job = self._take()
+                    if job is not None:
+                        self.hand_out()
+                        current = self._start(job)
                 _slot.number = slot
                 self.lock.release()
                 try:
-                    outcome, error = self._executor.run(node), None
+                    outcome, error = self._executor.conclude(handle), None
                 except BaseException as raised:
                     outcome, error = None, raised
                 finally:
                     self.lock.acquire()
-                self.running -= 1
-                heapq.heappush(self._slots, slot)
-                self._work.release(node)
+                if early:
+                    self.finishing -= 1
+                    self._held.pop(node, None)
+                else:
+                    self._free(node, slot)
                 if error is not None:
                     self.fail(error)
                 elif self.error is None:  # after an exception, work that comes back is dropped
                     try:
                         self._finish(node, outcome)  # type: ignore[arg-type]
+                        if current is not None:  # this worker is busy: what became ready goes to others
+                            self.settle()
+                            self.hand_out()
                     except BaseException as raised:
                         self.fail(raised)
-                if self.running == 0:
+                if not self.busy():
                     self.lock.notify_all()
+
+    def _start(self, job: tuple[int, int]) -> tuple[int, int, Any] | None:
+        """Start a taken node without the lock: (node, slot, handle), or None if `start` raised."""
+        node, slot = job
+        _slot.number = slot
+        self.lock.release()
+        try:
+            handle, error = self._executor.start(node), None
+        except BaseException as raised:
+            handle, error = None, raised
+        finally:
+            self.lock.acquire()
+        if error is not None:
+            self._free(node, slot)
+            self.fail(error)
+            return None
+        return node, slot, handle
+
+    def _free(self, node: int, slot: int) -> None:
+        """Give a node's job slot and resources back."""
+        self.running -= 1
+        heapq.heappush(self._slots, slot)
+        self._work.release(node)
 
 
 class _Waiting:
@@ -303,8 +381,12 @@ class _Waiting:
         for i, amount in enumerate(self._demand[node]):
             self._free[i] += amount
 
-    def take(self) -> int | None:
-        """The node to start now (its demand is then taken from the free capacity), or None."""
+    def take(self, before: tuple[object, int] | None = None) -> int | None:
+        """The node to start now (its demand is then taken from the free capacity), or None.
+
+        With `before`, only a node whose (priority, node) is smaller may start: one that would be
+        chosen even if the node `before` describes were waiting too.
+        """
         tops = sorted(heap[0] for heap in self._heaps.values() if heap)
         if not tops:
             return None
@@ -312,14 +394,16 @@ class _Waiting:
             starving = next((n for _, n in tops if self._bypassed.get(n, 0) >= self._patience), None)
             if starving is not None:
                 self._reserved = self._demand[starving]
+        allowed = tops if before is None else [entry for entry in tops if entry < before]
         if self._reserved is not None:
-            head = self._heaps[self._reserved][0][1]
-            if self._fits(self._demand[head]):
+            head_entry = self._heaps[self._reserved][0]
+            head = head_entry[1]
+            if self._fits(self._demand[head]) and (before is None or head_entry < before):
                 return self._start(head)
-            return next((self._start(n) for _, n in tops
+            return next((self._start(n) for _, n in allowed
                          if n != head and self._fits(self._demand[n])
                          and self._alongside(self._demand[n], self._demand[head])), None)
-        for _, node in tops:
+        for _, node in allowed:
             if self._fits(self._demand[node]):
                 for _, other in tops:  # every waiting node this start delays has been overtaken once more
                     if other != node and not self._fits(self._demand[other]) \

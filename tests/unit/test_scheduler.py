@@ -46,22 +46,33 @@ class FakeExecutor:
             self.on_prepare[node]()
         return self.cached.get(node)
 
-    def run(self, node: int) -> Outcome:
+    def start(self, node: int) -> int:
         with self.lock:
             self.running += 1
             self.max_running = max(self.max_running, self.running)
             self.ran.append(node)
             self.events.append(("run-start", node))
+        return node
+
+    def wait(self, node: int) -> bool:
+        """The "command": `delay`, then the node's `on_run` hook; `running` counts nodes in it."""
         try:
             if self.delay:
                 time.sleep(self.delay)
             if node in self.on_run:
                 self.on_run[node]()
-            return ("fail" if node in self.fail else "ok", node)
+            return node not in self.fail
         finally:
             with self.lock:
                 self.running -= 1
                 self.events.append(("run-end", node))
+
+    def conclude(self, node: int) -> Outcome:
+        self.wrap_up(node)
+        return ("fail" if node in self.fail else "ok", node)
+
+    def wrap_up(self, node: int) -> None:
+        """Work a node does after its command, in `conclude` (none here; see WrapUpExecutor)."""
 
     def succeeded(self, outcome: Outcome) -> bool:
         return outcome[0] == "ok"
@@ -368,9 +379,9 @@ class ThreadRecorder(FakeExecutor):
         self.prepared_on[node] = threading.current_thread()
         return super().prepare(node)
 
-    def run(self, node: int) -> Outcome:
+    def start(self, node: int) -> int:
         self.ran_on[node] = threading.current_thread()
-        return super().run(node)
+        return super().start(node)
 
 
 def test_the_worker_that_finishes_a_node_prepares_and_takes_the_next_itself() -> None:
@@ -393,3 +404,81 @@ def test_a_build_settled_by_prepare_starts_no_thread() -> None:
     scheduling = {executor.prepared_on[n] for n in range(4)}
     assert len(scheduling) == 1 and not next(iter(scheduling)).name.startswith("posbuild-worker-")
     assert not {t.name for t in threading.enumerate()} - before
+
+
+class WrapUpExecutor(FakeExecutor):
+    """Nodes in `slow_wrap_up` spend their `conclude` waiting for `release`."""
+
+    def __init__(self, slow_wrap_up: Sequence[int], **kwargs: object) -> None:
+        super().__init__(**kwargs)  # type: ignore[arg-type]
+        self.slow_wrap_up = set(slow_wrap_up)
+        self.release = threading.Event()
+
+    def wrap_up(self, node: int) -> None:
+        if node in self.slow_wrap_up:
+            self._log("wrap-up-start", node)
+            self.release.wait(TIMEOUT / 2)
+            self._log("wrap-up-end", node)
+
+
+def release_after(executor: WrapUpExecutor, seconds: float) -> None:
+    timer = threading.Timer(seconds, executor.release.set)
+    timer.daemon = True
+    timer.start()
+
+
+def test_a_worker_starts_its_next_node_before_concluding_the_last() -> None:
+    # jobs=2: nodes 0 and 1 conclude slowly; nodes 2 and 3 start while they are concluded
+    executor = WrapUpExecutor(slow_wrap_up=[0, 1])
+    release_after(executor, 0.3)
+    states = schedule([[], [], [], []], executor, jobs=2)
+    assert states == [State.SUCCESS] * 4
+    assert executor.index("run-start", 2) < executor.index("wrap-up-start", 0)
+    assert executor.index("run-start", 3) < executor.index("wrap-up-start", 1)
+    assert executor.max_running == 2  # commands never exceed the jobs
+
+
+def test_a_dependent_starts_only_after_its_dependency_is_concluded() -> None:
+    executor = WrapUpExecutor(slow_wrap_up=[0])
+    release_after(executor, 0.1)
+    states = schedule([[], [0], []], executor, jobs=2)
+    assert states == [State.SUCCESS] * 3
+    assert executor.index("wrap-up-end", 0) < executor.index("finished", 0) < executor.index("run-start", 1)
+
+
+def test_nothing_starts_early_after_a_command_failed() -> None:
+    # 0's command fails: the worker concludes it before taking anything, so with the build
+    # stopping, the waiting nodes 1..3 never start (jobs=2, but only 0 is handed out at first)
+    executor = WrapUpExecutor(slow_wrap_up=[0], fail=[0])
+    release_after(executor, 0.1)
+    deps: list[list[int]] = [[], [], [], []]
+    scheduler = Scheduler(deps, list(range(4)), 2, False, [(1,), (2,), (2,), (2,)], (2,))
+    states = scheduler.run(executor)
+    assert states == [State.FAILED, State.SKIPPED, State.SKIPPED, State.SKIPPED]
+    assert executor.ran == [0]
+
+
+def test_with_one_job_a_node_is_concluded_before_the_next_starts() -> None:
+    # a serial build starts nothing while a node concludes, so its dependents compete by priority
+    executor = WrapUpExecutor(slow_wrap_up=[2])
+    release_after(executor, 0.1)
+    deps = [[], [0], [], [2], [1, 3]]
+    schedule(deps, executor, jobs=1, priority=["//b:x", "//a:z", "//a:y", "//c:w", "//a:a"])
+    assert executor.index("wrap-up-end", 2) < executor.index("run-start", 0)
+    assert executor.ran == [2, 0, 1, 3, 4]
+
+
+@pytest.mark.parametrize("other_first", [False, True])
+def test_an_early_start_goes_only_to_a_node_that_beats_the_coming_dependents(other_first: bool) -> None:
+    # jobs=2: 1 runs throughout; 0's command ends and it concludes slowly. Its dependent 2 ("c")
+    # becomes ready only then. Node 3 may start before that only if it would be chosen before 2.
+    executor = WrapUpExecutor(slow_wrap_up=[0])
+    executor.on_run = {1: lambda: executor.release.wait(TIMEOUT / 2)}
+    release_after(executor, 0.2)
+    priority = ["a", "b", "c", "a1" if other_first else "d"]
+    states = schedule([[], [], [0], []], executor, jobs=2, priority=priority)
+    assert states == [State.SUCCESS] * 4
+    if other_first:
+        assert executor.index("run-start", 3) < executor.index("wrap-up-end", 0)
+    else:
+        assert executor.index("wrap-up-end", 0) < executor.index("run-start", 2) < executor.index("run-start", 3)

@@ -22,9 +22,10 @@ TIMEOUT = 20.0
 class BudgetExecutor:
     """Runs sleep `duration[node]` seconds; records start/end order and the peak summed demand."""
 
-    def __init__(self, demand: Sequence[Sequence[int]], duration: Sequence[float]) -> None:
+    def __init__(self, demand: Sequence[Sequence[int]], duration: Sequence[float], wrap_up: float = 0.0) -> None:
         self.demand = [tuple(d) for d in demand]
         self.duration = duration
+        self.wrap_up = wrap_up  # seconds each node spends in `conclude`
         self.lock = threading.Lock()
         self.using = [0] * len(self.demand[0]) if self.demand else []
         self.peak = list(self.using)
@@ -36,7 +37,7 @@ class BudgetExecutor:
     def prepare(self, node: int) -> None:
         return None
 
-    def run(self, node: int) -> str:
+    def start(self, node: int) -> int:
         with self.lock:
             self.starts.append(node)
             self.events.append(("start", node))
@@ -45,12 +46,19 @@ class BudgetExecutor:
             for i, amount in enumerate(self.demand[node]):
                 self.using[i] += amount
                 self.peak[i] = max(self.peak[i], self.using[i])
+        return node
+
+    def wait(self, node: int) -> bool:
         time.sleep(self.duration[node])
         with self.lock:
             self.events.append(("end", node))
             self.running -= 1
             for i, amount in enumerate(self.demand[node]):
                 self.using[i] -= amount
+        return True
+
+    def conclude(self, node: int) -> str:
+        time.sleep(self.wrap_up)  # after its demand is given back
         return "ok"
 
     def succeeded(self, outcome: str) -> bool:
@@ -153,6 +161,18 @@ def test_without_aging_the_same_large_node_would_wait_for_both_chains() -> None:
     executor = BudgetExecutor([(1,)] * (2 * chain) + [(2,)], [0.02] * (2 * chain + 1))
     run(deps, executor, (2,), jobs=2, priority=[(0, n) for n in range(big)] + [(1, big)], patience=10**6)
     assert executor.starts[-1] == big
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_demands_given_back_before_conclude_are_reused_within_the_budget(seed: int) -> None:
+    """Each node gives its demand back when its command ends and then concludes for as long
+    again: the commands never exceed the budget or the jobs, and every node runs."""
+    rng = random.Random(seed)
+    demand = [(rng.randint(0, 2), rng.choice((0, 200, 600))) for _ in range(20)]
+    executor = BudgetExecutor(demand, [0.01] * 20, wrap_up=0.01)
+    states = run([[] for _ in range(20)], executor, (2, 1000), jobs=3)
+    assert states == [State.SUCCESS] * 20
+    assert executor.peak[0] <= 2 and executor.peak[1] <= 1000 and executor.max_running <= 3
 
 
 def test_critical_path_priorities_start_the_longest_chain_first() -> None:
