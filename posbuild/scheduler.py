@@ -51,13 +51,14 @@ heap tops, not at every waiting node.
 
 from __future__ import annotations
 
-import enum
 import collections
+import enum
 import heapq
 import threading
-from typing import Any, Generic, Protocol, Sequence, TypeVar
+from typing import Any, Callable, Generic, Protocol, Sequence, TypeVar
 
 Outcome = TypeVar("Outcome")
+Result = TypeVar("Result")
 
 
 _slot = threading.local()
@@ -265,13 +266,7 @@ class _Run(Generic[Outcome]):
             current: tuple[int, int, Any] | None = None  # (node, slot, handle) whose command runs
             while True:
                 if current is None:
-                    job = self._handed.popleft() if self._handed else None
-                    if job is None:
-                        try:
-                            self.settle()
-                            job = self._take()
-                        except BaseException as error:
-                            self.fail(error)
+                    job = self._next_job()
                     if job is None:
                         if self.over():
                             self.lock.notify_all()
@@ -284,72 +279,85 @@ class _Run(Generic[Outcome]):
                     current = self._start(job)
                     continue
                 node, slot, handle = current
-                current = None
-                self.lock.release()
-                try:
-                    may_succeed, error = self._executor.wait(handle), None
-                except BaseException as raised:
-                    may_succeed, error = False, raised
-                finally:
-                    self.lock.acquire()
+                may_succeed, error = self._unlocked(self._executor.wait, handle)
                 if error is not None:
                     self._free(node, slot)
                     self.fail(error)
+                    current = None
                     continue
-                early = may_succeed and self._jobs > 1 and not self._stopping
-                if early:  # the command is over: its slot may go to this worker's next node now
-                    self._free(node, slot)
-                    self.finishing += 1
-                    coming = [(self._scheduler._priority[c], c) for c in self._dependents[node]
-                              if self._waiting_deps[c] == 1]
-                    if coming:
-                        self._held[node] = min(coming)  # type: ignore[type-var]
-                    job = self._take()
-                    if job is not None:
-                        self.hand_out()
-                        current = self._start(job)
-                _slot.number = slot
-                self.lock.release()
-                try:
-                    outcome, error = self._executor.conclude(handle), None
-                except BaseException as raised:
-                    outcome, error = None, raised
-                finally:
-                    self.lock.acquire()
-                if early:
-                    self.finishing -= 1
-                    self._held.pop(node, None)
-                else:
-                    self._free(node, slot)
-                if error is not None:
-                    self.fail(error)
-                elif self.error is None:  # after an exception, work that comes back is dropped
-                    try:
-                        self._finish(node, outcome)  # type: ignore[arg-type]
-                        if current is not None:  # this worker is busy: what became ready goes to others
-                            self.settle()
-                            self.hand_out()
-                    except BaseException as raised:
-                        self.fail(raised)
-                if not self.busy():
-                    self.lock.notify_all()
+                early = bool(may_succeed) and self._jobs > 1 and not self._stopping
+                current = self._start_early(node, slot) if early else None
+                self._conclude(node, slot, handle, early, busy=current is not None)
 
-    def _start(self, job: tuple[int, int]) -> tuple[int, int, Any] | None:
-        """Start a taken node without the lock: (node, slot, handle), or None if `start` raised."""
-        node, slot = job
-        _slot.number = slot
+    def _next_job(self) -> tuple[int, int] | None:
+        """A node handed to this worker, or else the next it may take after settling what is ready."""
+        if self._handed:
+            return self._handed.popleft()
+        try:
+            self.settle()
+            return self._take()
+        except BaseException as error:
+            self.fail(error)
+            return None
+
+    def _unlocked(self, call: Callable[[Any], Result], argument: Any) -> tuple[Result | None, BaseException | None]:
+        """Call into the executor without the lock: (its result, None), or (None, what it raised)."""
         self.lock.release()
         try:
-            handle, error = self._executor.start(node), None
+            return call(argument), None
         except BaseException as raised:
-            handle, error = None, raised
+            return None, raised
         finally:
             self.lock.acquire()
+
+    def _start(self, job: tuple[int, int]) -> tuple[int, int, Any] | None:
+        """Start a taken node: (node, slot, handle), or None if `start` raised."""
+        node, slot = job
+        _slot.number = slot
+        handle, error = self._unlocked(self._executor.start, node)
         if error is not None:
             self._free(node, slot)
             self.fail(error)
             return None
         return node, slot, handle
+
+    def _start_early(self, node: int, slot: int) -> tuple[int, int, Any] | None:
+        """`node`'s command is over: give its slot back, and start this worker's next node now if
+        one beats the dependents that `node` will release (their priorities bound the take)."""
+        self._free(node, slot)
+        self.finishing += 1
+        coming = [(self._scheduler._priority[c], c) for c in self._dependents[node] if self._waiting_deps[c] == 1]
+        if coming:
+            self._held[node] = min(coming)  # type: ignore[type-var]
+        job = self._take()
+        if job is None:
+            return None
+        self.hand_out()
+        return self._start(job)
+
+    def _conclude(self, node: int, slot: int, handle: Any, early: bool, busy: bool) -> None:
+        """Conclude a node whose command is over, and settle it. `early`: its slot was given back
+        already; `busy`: this worker runs another node meanwhile, so what becomes ready is handed
+        to others."""
+        _slot.number = slot
+        outcome, error = self._unlocked(self._executor.conclude, handle)
+        if early:
+            self.finishing -= 1
+            self._held.pop(node, None)
+        else:
+            self._free(node, slot)
+        if error is not None:
+            self.fail(error)
+        elif self.error is None:  # after an exception, work that comes back is dropped
+            try:
+                self._finish(node, outcome)  # type: ignore[arg-type]
+                if busy:
+                    self.settle()
+                    self.hand_out()
+            except BaseException as raised:
+                self.fail(raised)
+        if not self.busy():
+            self.lock.notify_all()
 
     def _free(self, node: int, slot: int) -> None:
         """Give a node's job slot and resources back."""
