@@ -12,12 +12,13 @@ nodes and calls an Executor with these entry points:
 * `start(node)`, `wait(handle)` and `conclude(handle)` do the real work on one of `jobs` worker
   threads, without the lock: start it (a command), wait for its command, then finish it (check
   and keep its results). The worker then settles the node and takes its next one itself (`_Run`).
-  With more than one job, a node's slot and resources are given back when `wait` returns, and
-  the worker starts its next node before it concludes the last — if that next node would be
+  With more than one job, when `wait` returns the worker hands the node's slot and resources on
+  to its own next node and starts it before it concludes the last — if that next node would be
   chosen even if the dependents the last one's end makes ready were already waiting (their
   priorities are known), so this changes when nodes start, not which one is preferred. A
-  command then never waits for the bookkeeping of the one before it. With one job the slot is
-  kept until `conclude` returns: a serial build's order is exact, cache hits included.
+  command then need not wait for the bookkeeping of the one before it. Otherwise the node keeps
+  its slot until `conclude` returns; with one job always, so a serial build's order is exact,
+  cache hits included.
 
 Task states follow §3: PENDING → RUNNING → SUCCESS | FAILED, plus SKIPPED for nodes that never
 start because a dependency failed or because the build stopped after a failure.
@@ -188,9 +189,8 @@ class _Run(Generic[Outcome]):
         self._work = _Waiting(scheduler._priority, scheduler._demand, scheduler._capacity, scheduler._patience)
         self.lock = threading.Condition()
         self.running = 0  # nodes holding a job slot
-        self.finishing = 0  # nodes being concluded after giving their slot back
+        self.finishing = 0  # nodes being concluded after handing their slot on
         self._slots = list(range(1, self._jobs + 1))  # free slot numbers, a heap: the lowest is taken
-        self._held: dict[int, tuple[object, int]] = {}  # node being concluded → its best dependent-to-be
         self.error: BaseException | None = None
         self._stopping = False
         self._handed: collections.deque[tuple[int, int]] = collections.deque()  # taken, not yet claimed
@@ -236,11 +236,12 @@ class _Run(Generic[Outcome]):
                 self._workers += 1
                 threading.Thread(target=self._serve, name=f"posbuild-worker-{self._workers}", daemon=True).start()
 
-    def _take(self) -> tuple[int, int] | None:
-        """(node, slot number) of the node to start next, or None; its slot and resources are taken."""
+    def _take(self, before: tuple[object, int] | None = None) -> tuple[int, int] | None:
+        """(node, slot number) of the node to start next, or None; its slot and resources are taken.
+        `before`: only a node that comes before it in priority order (see `_Waiting.take`)."""
         if self._stopping or self.running >= self._jobs:
             return None
-        node = self._work.take(min(self._held.values(), default=None))
+        node = self._work.take(before)
         if node is None:
             return None
         self.running += 1
@@ -285,8 +286,9 @@ class _Run(Generic[Outcome]):
                     self.fail(error)
                     current = None
                     continue
-                early = bool(may_succeed) and self._jobs > 1 and not self._stopping
-                current = self._start_early(node, slot) if early else None
+                early, current = False, None
+                if may_succeed and self._jobs > 1 and not self._stopping:
+                    early, current = self._start_early(node, slot)
                 self._conclude(node, slot, handle, early, busy=current is not None)
 
     def _next_job(self) -> tuple[int, int] | None:
@@ -321,19 +323,20 @@ class _Run(Generic[Outcome]):
             return None
         return node, slot, handle
 
-    def _start_early(self, node: int, slot: int) -> tuple[int, int, Any] | None:
-        """`node`'s command is over: give its slot back, and start this worker's next node now if
-        one beats the dependents that `node` will release (their priorities bound the take)."""
-        self._free(node, slot)
-        self.finishing += 1
+    def _start_early(self, node: int, slot: int) -> tuple[bool, tuple[int, int, Any] | None]:
+        """`node`'s command is over: hand its slot on to this worker's next node now, if one comes
+        before every dependent that `node` will release (their priorities are known). Returns
+        whether the slot was handed on, and the started node. If none may start, `node` keeps
+        its slot until it is concluded, exactly as if nothing had been tried; other workers
+        never take a slot that is handed on like this."""
         coming = [(self._scheduler._priority[c], c) for c in self._dependents[node] if self._waiting_deps[c] == 1]
-        if coming:
-            self._held[node] = min(coming)  # type: ignore[type-var]
-        job = self._take()
+        self._free(node, slot)
+        job = self._take(min(coming) if coming else None)  # type: ignore[type-var]
         if job is None:
-            return None
-        self.hand_out()
-        return self._start(job)
+            self._hold(node, slot)
+            return False, None
+        self.finishing += 1
+        return True, self._start(job)
 
     def _conclude(self, node: int, slot: int, handle: Any, early: bool, busy: bool) -> None:
         """Conclude a node whose command is over, and settle it. `early`: its slot was given back
@@ -343,7 +346,6 @@ class _Run(Generic[Outcome]):
         outcome, error = self._unlocked(self._executor.conclude, handle)
         if early:
             self.finishing -= 1
-            self._held.pop(node, None)
         else:
             self._free(node, slot)
         if error is not None:
@@ -364,6 +366,13 @@ class _Run(Generic[Outcome]):
         self.running -= 1
         heapq.heappush(self._slots, slot)
         self._work.release(node)
+
+    def _hold(self, node: int, slot: int) -> None:
+        """Undo `_free(node, slot)` (the lock was held throughout, so nobody took them)."""
+        self.running += 1
+        self._slots.remove(slot)
+        heapq.heapify(self._slots)
+        self._work.hold(node)
 
 
 class _Waiting:
@@ -393,6 +402,11 @@ class _Waiting:
     def release(self, node: int) -> None:
         for i, amount in enumerate(self._demand[node]):
             self._free[i] += amount
+
+    def hold(self, node: int) -> None:
+        """Take a released node's demand again."""
+        for i, amount in enumerate(self._demand[node]):
+            self._free[i] -= amount
 
     def take(self, before: tuple[object, int] | None = None) -> int | None:
         """The node to start now (its demand is then taken from the free capacity), or None.

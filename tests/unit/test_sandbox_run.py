@@ -121,3 +121,21 @@ def test_every_command_reads_an_empty_stdin(workspace, base) -> None:
             assert (result.exec_root / "posbuild-out/pkg/out.txt").read_bytes() == b""
         finally:
             sandboxes.remove(result)
+
+
+def test_start_returns_while_the_command_runs_and_wait_reports_its_end(workspace, base, tmp_path) -> None:
+    # the command waits (up to 10 s) for a file the test makes only after start() has returned:
+    # had start() waited for the command, it would have found no file
+    marker = tmp_path / "go"
+    sandboxes = Sandboxes(workspace, base)
+    running = sandboxes.start(_action(
+        f"for i in $(seq 100); do [ -e {marker} ] && break; sleep 0.1; done; "
+        f"if [ -e {marker} ]; then echo saw > posbuild-out/pkg/out.txt; else echo none > posbuild-out/pkg/out.txt; fi"))
+    marker.touch()
+    result = sandboxes.wait(running)
+    try:
+        assert result.exit_code == 0 and not result.missing
+        assert (result.exec_root / "posbuild-out/pkg/out.txt").read_text() == "saw\n"
+    finally:
+        sandboxes.remove(result)
+    assert not result.exec_root.parent.exists()

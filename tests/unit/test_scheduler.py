@@ -433,8 +433,8 @@ def test_a_worker_starts_its_next_node_before_concluding_the_last() -> None:
     release_after(executor, 0.3)
     states = schedule([[], [], [], []], executor, jobs=2)
     assert states == [State.SUCCESS] * 4
-    assert executor.index("run-start", 2) < executor.index("wrap-up-start", 0)
-    assert executor.index("run-start", 3) < executor.index("wrap-up-start", 1)
+    started = max(executor.index("run-start", 2), executor.index("run-start", 3))
+    assert started < min(executor.index("wrap-up-end", 0), executor.index("wrap-up-end", 1))
     assert executor.max_running == 2  # commands never exceed the jobs
 
 
@@ -473,8 +473,10 @@ def test_an_early_start_goes_only_to_a_node_that_beats_the_coming_dependents(oth
     # jobs=2: 1 runs throughout; 0's command ends and it concludes slowly. Its dependent 2 ("c")
     # becomes ready only then. Node 3 may start before that only if it would be chosen before 2.
     executor = WrapUpExecutor(slow_wrap_up=[0])
-    executor.on_run = {1: lambda: executor.release.wait(TIMEOUT / 2)}
+    one_ends = threading.Event()
+    executor.on_run = {1: lambda: one_ends.wait(TIMEOUT / 2)}
     release_after(executor, 0.2)
+    threading.Timer(0.5, one_ends.set).start()
     priority = ["a", "b", "c", "a1" if other_first else "d"]
     states = schedule([[], [], [0], []], executor, jobs=2, priority=priority)
     assert states == [State.SUCCESS] * 4
