@@ -363,6 +363,9 @@ def _read_output(exec_root: Path, path: str) -> tuple[str, bytes, Digest, bool]:
 # -- the client side ----------------------------------------------------------------------------------
 
 
+_Deferred = tuple[Action, tuple[tuple[str, str], ...]]  # an action and its extra environment, not yet sent
+
+
 class DaskSandboxes:
     """The sandbox interface over a Dask cluster; one per build, used from the scheduler's threads."""
 
@@ -432,12 +435,13 @@ class DaskSandboxes:
         self._check_environment(reply)
         return self._spawn_result(reply, exec_root)
 
-    def start(self, action: Action, extra_env: Sequence[tuple[str, str]] = ()) -> tuple[Action, tuple[tuple[str, str], ...]]:
+    def start(self, action: Action, extra_env: Sequence[tuple[str, str]] = ()) -> _Deferred:
         """`run` in the local sandboxes' two halves: a Dask run blocks its thread anyway, so this
         only notes what to run and `wait` runs it."""
         return action, tuple(extra_env)
 
-    def wait(self, started: tuple[Action, tuple[tuple[str, str], ...]]) -> SpawnResult:
+    def wait(self, started: _Deferred) -> SpawnResult:
+        """Run on a worker what `start` noted (see `run`)."""
         return self.run(*started)
 
     def remove(self, result: SpawnResult) -> None:
