@@ -90,9 +90,11 @@ class FakeExecutor:
 
 
 def schedule(deps: Sequence[Sequence[int]], executor: FakeExecutor, jobs: int = 1, keep_going: bool = False,
-             priority: Sequence[object] | None = None) -> list[State]:
+             priority: Sequence[object] | None = None, demand: Sequence[Sequence[int]] | None = None,
+             capacity: Sequence[int] = ()) -> list[State]:
     """Run a Scheduler on a helper thread so that a deadlock fails the test instead of hanging it."""
-    scheduler = Scheduler(deps, priority if priority is not None else list(range(len(deps))), jobs, keep_going)
+    scheduler = Scheduler(deps, priority if priority is not None else list(range(len(deps))), jobs, keep_going,
+                          demand, capacity)
     box: dict[str, object] = {}
 
     def target() -> None:
@@ -451,9 +453,7 @@ def test_nothing_starts_early_after_a_command_failed() -> None:
     # stopping, the waiting nodes 1..3 never start (jobs=2, but only 0 is handed out at first)
     executor = WrapUpExecutor(slow_wrap_up=[0], fail=[0])
     release_after(executor, 0.1)
-    deps: list[list[int]] = [[], [], [], []]
-    scheduler = Scheduler(deps, list(range(4)), 2, False, [(1,), (2,), (2,), (2,)], (2,))
-    states = scheduler.run(executor)
+    states = schedule([[], [], [], []], executor, jobs=2, demand=[(1,), (2,), (2,), (2,)], capacity=(2,))
     assert states == [State.FAILED, State.SKIPPED, State.SKIPPED, State.SKIPPED]
     assert executor.ran == [0]
 
