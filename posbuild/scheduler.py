@@ -25,9 +25,10 @@ start because a dependency failed or because the build stopped after a failure.
 
 Resources
 ---------
-Besides `jobs` (how many nodes' commands run at once), a node may carry a *demand* vector and the scheduler a
-*capacity* vector of the same length (posbuild passes cpu, mem_mb, io). The scheduler never runs a
-set of nodes whose summed demands exceed the capacity in any component, nor more than `jobs` nodes.
+Besides `jobs` (how many nodes' commands run at once), a node may carry a *demand* vector and the
+scheduler a *capacity* vector of the same length (posbuild passes cpu, mem_mb, io). The scheduler
+never runs a set of commands whose summed demands exceed the capacity in any component, nor more
+than `jobs` of them.
 Nodes settled by `prepare` take no resources. A node that demands more than the capacity could
 never start; the constructor refuses it (the caller reports that before anything runs).
 
