@@ -41,11 +41,11 @@ inherits its thread's mask), which has no race with the command starting threads
 `taskset` would cost an extra exec per action and `preexec_fn` is unsafe with threads. A worker
 thread keeps the mask afterwards: its next action usually gets the same processors, and then no
 system call is made (the main thread gets posbuild's whole mask back). cpu=0 leaves the action
-unpinned. On systems without `sched_setaffinity` nothing is pinned. The thread-count variables (OMP_NUM_THREADS ...) come with
-the action's env (analysis.declared_resources). (In the folder sandbox, if posbuild itself is
-killed with SIGKILL, commands already running finish on their own; their sandboxes are removed by
-the next build, and nothing they produce is ever collected.) This module knows nothing of keys or
-the store: it takes an Action and returns a SpawnResult.
+unpinned. On systems without `sched_setaffinity` nothing is pinned. The thread-count variables
+(OMP_NUM_THREADS ...) come with the action's env (analysis.declared_resources). (In the folder
+sandbox, if posbuild itself is killed with SIGKILL, commands already running finish on their own;
+their sandboxes are removed by the next build, and nothing they produce is ever collected.) This
+module knows nothing of keys or the store: it takes an Action and returns a SpawnResult.
 
 Perturbation (`posbuild verify`)
 --------------------------------
@@ -298,8 +298,7 @@ class Sandboxes:
             for fd in (out, err):
                 if fd >= 0:
                     os.close(fd)
-            self._staged.pop(sandbox, None)
-            remove_tree(sandbox)
+            self._remove_sandbox(sandbox)
             raise
 
     def wait(self, running: Running) -> SpawnResult:
@@ -312,8 +311,7 @@ class Sandboxes:
                 os.close(running.stdout)
                 os.close(running.stderr)
         except BaseException:
-            self._staged.pop(running.sandbox, None)
-            remove_tree(running.sandbox)
+            self._remove_sandbox(running.sandbox)
             raise
         elapsed = time.monotonic() - running.started
         exec_root = running.sandbox + "/exec"
@@ -365,7 +363,11 @@ class Sandboxes:
     def remove(self, result: SpawnResult) -> None:
         """Remove a run's sandbox: what staging made and the command was declared to make, by name,
         and the whole tree by walking it only when something else is there (or a name changed kind)."""
-        sandbox = os.path.dirname(result.exec_root)
+        self._remove_sandbox(os.path.dirname(result.exec_root))
+
+    def _remove_sandbox(self, sandbox: str) -> None:
+        """Remove a sandbox folder by what staging made there (see `remove_tree`), whatever stage
+        the run reached: after it, or when staging or the command failed."""
         remove_tree(sandbox, self._staged.pop(sandbox, None))
 
     def cancel(self) -> None:
