@@ -4,6 +4,9 @@ Each action gets `<sandboxes>/<n>/` with `exec/` (the working directory: declare
 workspace-relative paths, and `posbuild-out/<pkg>/` for its outputs) and `tmp/` (its HOME and
 TMPDIR). The command runs under `/bin/sh -c` with a scrubbed environment: a fixed base (PATH, LANG,
 TZ, HOME, TMPDIR, SOURCE_DATE_EPOCH) plus the action's declared variables, and nothing else.
+A plain command (a program and plain words, at most one trailing `> file`: shellfree.py) is run
+directly, as the shell would have run it, without the shell's own start-up: that halves what a
+cheap action costs. The namespace sandbox always runs the shell.
 
 Sandboxes live on a memory file system (`/dev/shm`) when the machine has one: a sandbox is a
 dozen directory and file creations and deletions, which cost ~10 µs each there and ~250 µs on a
@@ -53,9 +56,10 @@ Perturbation (`posbuild verify`)
 no perturbation a run is exactly the build's. What can be varied, and where:
 
 * sandbox folder name and path length — always (`name_suffix` lengthens the folder name);
-* order of the environment variables handed to `/bin/sh` — always; note that a shell passes its
-  own variables on to the commands it starts in an order of its own (dash: hash order), so only
-  programs that read their initial environment in order see the difference;
+* order of the environment variables handed to the command — always; a plain command's program
+  gets them in that order, but a shell passes its own variables on to the commands it starts in
+  an order of its own (dash: hash order), so behind a shell only programs that read their initial
+  environment in order see the difference;
 * TZ — always, unless the action declares TZ itself (then TZ is a declared input);
 * umask — always (set in the child just before exec, so it is safe with parallel runs);
 * directory listing order (`reverse_staging`) — only where readdir follows creation order. Measured
@@ -82,7 +86,7 @@ import sys
 import tempfile
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Sequence
 
@@ -90,6 +94,7 @@ from posbuild.analysis import Action
 from posbuild.config import BASE_PATH, Config
 from posbuild.namespaces import NETWORK_TAG, Isolation, choose, command, input_binds
 from posbuild.records import RemoteRun, ResourceUsage
+from posbuild.shellfree import find_program, parse, shell_status
 
 LINK_LIMIT = 16 * 1024 * 1024
 FAKETIME_GLOBS = (
@@ -143,13 +148,14 @@ class Running:
 
     sandbox: str
     outputs: tuple[str, ...]
-    stdout: int  # capture descriptors, closed by `wait`
+    stdout: int  # capture descriptors, closed by `wait` (stdout -1: redirected to a file, nothing to capture)
     stderr: int
     started: float  # time.monotonic()
     process: subprocess.Popen[bytes] | None  # None: cancelled before it started (kept: a dropped Popen
     # whose returncode is unset would be reaped by subprocess's own cleanup, before `wait` gets to it)
     processors: tuple[int, ...]
     timer: _Deadline | None = None
+    direct: bool = False  # run without the shell (shellfree.py): a signal is reported as the shell would
 
 
 class _Deadline(threading.Timer):
@@ -233,10 +239,12 @@ class Sandboxes:
     under bubblewrap in their own namespaces; without, in the folder sandbox alone.
     """
 
-    def __init__(self, root: Path, base: Path, isolation: Isolation | None = None) -> None:
+    def __init__(self, root: Path, base: Path, isolation: Isolation | None = None, shell_free: bool = True) -> None:
         self._root = str(root) + "/"
         self._base = base
         self._isolation = isolation
+        self._shell_free = shell_free and isolation is None  # False: every command runs under /bin/sh -c
+        self._programs: dict[tuple[str, str], str] = {}  # (name, PATH) → where it was found, for absolute PATHs
         self._counter = itertools.count()
         self._pid = os.getpid()
         self._staged: dict[str, _Layout] = {}  # sandbox folder → what `_stage` made there (for `remove`)
@@ -287,12 +295,16 @@ class Sandboxes:
             if perturbation is not None:
                 env = self._perturbed_env(env, perturbation, {*dict(action.env), *dict(extra_env)})
                 umask = -1 if perturbation.umask is None else perturbation.umask
+            err = _capture_file(sandbox, "stderr")
+            if self._shell_free:
+                running = self._launch_direct(action, sandbox, env, err, umask)
+                if running is not None:
+                    return running
             if self._isolation is None:
                 argv = ["/bin/sh", "-c", action.command]
             else:
                 argv = self._namespaced(action, sandbox, exec_root)
             out = _capture_file(sandbox, "stdout")
-            err = _capture_file(sandbox, "stderr")
             return self._launch(action, argv, sandbox, env, out, err, umask)
         except BaseException:
             for fd in (out, err):
@@ -305,10 +317,12 @@ class Sandboxes:
         """Wait for a command `start` started, and report how it ended (see `run`)."""
         try:
             try:
-                exit_code, timed_out, usage = self._reap(running)
-                stdout, stderr = _read_all(running.stdout), _read_all(running.stderr)
+                exit_code, timed_out, usage, note = self._reap(running)
+                stdout = _read_all(running.stdout) if running.stdout >= 0 else b""
+                stderr = _read_all(running.stderr) + note
             finally:
-                os.close(running.stdout)
+                if running.stdout >= 0:
+                    os.close(running.stdout)
                 os.close(running.stderr)
         except BaseException:
             self._remove_sandbox(running.sandbox)
@@ -406,9 +420,46 @@ class Sandboxes:
             else:
                 _stage_file(self._root + path, f"{exec_root}/{path}")
 
+    def _launch_direct(self, action: Action, sandbox: str, env: dict[str, str], err: int, umask: int) -> Running | None:
+        """Start the command without the shell when the shell would only exec it (shellfree.py);
+        None when it must run under the shell: other syntax, a program not found or not
+        exec'able as it is (a script without `#!`), a redirect target that cannot be opened."""
+        direct = parse(action.command)
+        if direct is None:
+            return None
+        exec_root = sandbox + "/exec"
+        program = self._program(direct.argv[0], env.get("PATH", ""), exec_root)
+        if program is None:
+            return None
+        try:
+            out = _capture_file(sandbox, "stdout") if direct.stdout is None else \
+                _open_redirect(f"{exec_root}/{direct.stdout}", umask)
+        except OSError:
+            return None
+        try:
+            running = self._launch(action, list(direct.argv), sandbox, env, out, err, umask, program)
+        except OSError:
+            os.close(out)
+            return None
+        if direct.stdout is None:
+            return running
+        os.close(out)  # the command has the file; there is nothing to capture
+        return replace(running, stdout=-1)
+
+    def _program(self, name: str, path: str, exec_root: str) -> str | None:
+        """`find_program`, remembered for names looked up on a PATH of absolute folders only."""
+        key = (name, path)
+        found = self._programs.get(key)
+        if found is None:
+            found = find_program(name, path, exec_root)
+            if found is not None and "/" not in name and all(f.startswith("/") for f in path.split(":")):
+                self._programs[key] = found
+        return found
+
     def _launch(self, action: Action, argv: list[str], sandbox: str, env: dict[str, str], out: int, err: int,
-                umask: int = -1) -> Running:
-        """Start `argv` in its own session, in the sandbox's `exec/`, on the processors it is given."""
+                umask: int = -1, program: str | None = None) -> Running:
+        """Start `argv` in its own session, in the sandbox's `exec/`, on the processors it is given;
+        `program`: the file to exec when `argv` runs without the shell."""
         started = time.monotonic()
         with self._lock:
             if self._cancelled:
@@ -417,7 +468,7 @@ class Sandboxes:
         try:
             self._confine(processors)
             process = subprocess.Popen(
-                argv, cwd=sandbox + "/exec", env=env, stdin=_devnull(),
+                argv, executable=program, cwd=sandbox + "/exec", env=env, stdin=_devnull(),
                 stdout=out, stderr=err, start_new_session=True, umask=umask,
             )
         except BaseException:
@@ -436,12 +487,13 @@ class Sandboxes:
         if action.timeout:
             timer = _Deadline(action.timeout, process.pid)
             timer.start()
-        return Running(sandbox, action.outputs, out, err, started, process, processors, timer)
+        return Running(sandbox, action.outputs, out, err, started, process, processors, timer, program is not None)
 
-    def _reap(self, running: Running) -> tuple[int, bool, ResourceUsage | None]:
-        """Wait for a launched command: its exit code, whether it timed out, and its usage."""
+    def _reap(self, running: Running) -> tuple[int, bool, ResourceUsage | None, bytes]:
+        """Wait for a launched command: its exit code, whether it timed out, its usage, and what
+        the shell would have added to its stderr (a command run without it that a signal killed)."""
         if running.process is None:  # cancelled before it started
-            return -signal.SIGTERM, False, None
+            return -signal.SIGTERM, False, None, b""
         pid = running.process.pid
         try:
             _, status, rusage = os.wait4(pid, 0)  # wait4, not wait: the rusage of the whole tree
@@ -456,7 +508,10 @@ class Sandboxes:
         usage = ResourceUsage(rusage.ru_utime, rusage.ru_stime, rusage.ru_maxrss,
                               rusage.ru_inblock * 512, rusage.ru_oublock * 512)
         running.process.returncode = os.waitstatus_to_exitcode(status)
-        return running.process.returncode, timed_out, usage
+        if running.direct and not (timed_out or self._cancelled):  # posbuild's own kills would have hit the shell too
+            code, note = shell_status(status)
+            return code, timed_out, usage, note
+        return running.process.returncode, timed_out, usage, b""
 
     def _pin(self, cpu: int) -> tuple[int, ...]:
         """Choose `cpu` processors for an action and count them as used (called under the lock)."""
@@ -519,6 +574,20 @@ def _devnull() -> int:
     if _null is None:
         _null = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
     return _null
+
+
+def _open_redirect(path: str, umask: int) -> int:
+    """Open a `> path` target as the shell does (created 0666 less the umask, else truncated).
+    `umask` >= 0: the command's umask differs from posbuild's, so a new file gets its mode from it."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC
+    if umask < 0:
+        return os.open(path, flags, 0o666)
+    try:
+        fd = os.open(path, flags | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return os.open(path, flags, 0o666)
+    os.fchmod(fd, 0o666 & ~umask)
+    return fd
 
 
 def _capture_file(sandbox: str, name: str) -> int:

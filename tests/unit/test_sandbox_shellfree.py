@@ -1,0 +1,138 @@
+"""Sandboxes run plain commands without `/bin/sh` (shellfree.py), and the command cannot tell:
+outputs, captures, exit codes and error messages are those of the same command under the shell."""
+
+from __future__ import annotations
+
+import os
+import stat
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from posbuild.analysis import Action
+from posbuild.sandbox import Perturbation, Sandboxes, SpawnResult
+
+OUT = "posbuild-out/pkg/out.txt"
+
+
+def _action(command: str, inputs: tuple[str, ...] = ("pkg/a.txt", "pkg/b.txt"), timeout: float = 0,
+            env: tuple[tuple[str, str], ...] = ()) -> Action:
+    return Action(label="//pkg:probe", kind="genrule", command=command, inputs=inputs, tools=(), outputs=(OUT,),
+                  env=env, versions=(), timeout=timeout, tags=(), def_hash=b"\0" * 32, deps=(), sources=inputs,
+                  resources=(1, 0, 0))
+
+
+@pytest.fixture
+def workspace(tmp_path: Path) -> Path:
+    root = tmp_path / "ws"
+    (root / "pkg").mkdir(parents=True)
+    (root / "pkg/a.txt").write_text("a\n")
+    (root / "pkg/b.txt").write_text("b\n")
+    return root
+
+
+def _script(root: Path, name: str, text: str) -> str:
+    path = root / "pkg" / name
+    path.write_text(text)
+    path.chmod(0o755)
+    return f"pkg/{name}"
+
+
+def _run(root: Path, action: Action, shell_free: bool = True, perturbation: Perturbation | None = None,
+         ) -> tuple[SpawnResult, bytes | None, int | None]:
+    """Run in a fresh sandbox base: (result, the output's bytes or None, the output's mode or None)."""
+    sandboxes = Sandboxes(root, root.parent / "sandboxes", shell_free=shell_free)  # the same paths both ways
+    result = sandboxes.run(action, perturbation=perturbation)
+    out = result.exec_root / OUT
+    content = out.read_bytes() if out.exists() else None
+    mode = stat.S_IMODE(out.stat().st_mode) if out.exists() else None
+    sandboxes.remove(result)
+    return result, content, mode
+
+
+def _same_both_ways(root: Path, action: Action, perturbation: Perturbation | None = None) -> SpawnResult:
+    direct, direct_out, direct_mode = _run(root, action, True, perturbation)
+    shell, shell_out, shell_mode = _run(root, action, False, perturbation)
+    assert (direct.exit_code, direct.stdout, direct.stderr, direct.missing, direct_out, direct_mode) == \
+        (shell.exit_code, shell.stdout, shell.stderr, shell.missing, shell_out, shell_mode)
+    return direct
+
+
+def test_a_plain_command_runs_without_a_shell_between_posbuild_and_the_program(workspace) -> None:
+    probe = _script(workspace, "parent", "#!/bin/sh\nreadlink /proc/$PPID/exe\n")
+    action = _action(f"{probe} > {OUT}", inputs=("pkg/a.txt", probe))
+    _, direct, _ = _run(workspace, action)
+    _, shell, _ = _run(workspace, action, shell_free=False)
+    assert direct == os.path.realpath(sys.executable).encode() + b"\n"
+    assert shell is not None and shell != direct  # the shell's own executable
+
+
+@pytest.mark.parametrize("command", [
+    f"cat pkg/a.txt pkg/b.txt > {OUT}",
+    f"cat pkg/a.txt pkg/b.txt >{OUT}",
+    "cat pkg/b.txt pkg/a.txt",  # no redirect: stdout is captured
+    f"cp pkg/a.txt {OUT}",
+    f"env > {OUT}",  # compared as sets below
+])
+def test_outputs_captures_and_modes_are_those_of_the_shell(workspace, command) -> None:
+    action = _action(command, env=(("DECLARED", "yes"),))
+    direct, direct_out, direct_mode = _run(workspace, action)
+    shell, shell_out, shell_mode = _run(workspace, action, shell_free=False)
+    if command.startswith("env"):  # dash passes variables on in an order of its own
+        assert direct_out is not None and shell_out is not None
+        assert sorted(direct_out.splitlines()) == sorted(shell_out.splitlines())
+        assert b"DECLARED=yes" in direct_out.splitlines()
+        direct_out = shell_out
+    assert (direct.exit_code, direct.stdout, direct.stderr, direct_out, direct_mode) == \
+        (shell.exit_code, shell.stdout, shell.stderr, shell_out, shell_mode)
+    assert direct.exit_code == 0 and (direct_out or direct.stdout)
+
+
+@pytest.mark.parametrize("command, code, message", [
+    (f"no-such-program pkg/a.txt > {OUT}", 127, b"not found"),  # the shell's message, not posbuild's
+    ("cat pkg/a.txt > missing/folder/out", 2, b"cannot create"),
+    (f"cat pkg/absent.txt > {OUT}", 1, b"No such file"),
+    (f"echo -e x > {OUT}", 0, b""),  # a builtin: dash prints "-e x", /usr/bin/echo would print "x"
+])
+def test_failures_and_builtins_read_exactly_as_under_the_shell(workspace, command, code, message) -> None:
+    result = _same_both_ways(workspace, _action(command))
+    assert result.exit_code == code and message in result.stderr
+
+
+def test_a_script_without_an_interpreter_line_is_run_by_the_shell(workspace) -> None:
+    script = _script(workspace, "plain", "printf 'from %s\\n' script\n")  # exec fails with ENOEXEC
+    _same_both_ways(workspace, _action(f"{script} > {OUT}", inputs=(script,)))
+    _, content, _ = _run(workspace, _action(f"{script} > {OUT}", inputs=(script,)))
+    assert content == b"from script\n"
+
+
+@pytest.mark.parametrize("signal_name, code, message", [("SEGV", 139, b"Segmentation fault\n"),
+                                                        ("TERM", 143, b"Terminated\n"), ("PIPE", 141, b"")])
+def test_a_program_killed_by_a_signal_is_reported_as_the_shell_reports_it(workspace, signal_name, code,
+                                                                          message) -> None:
+    script = _script(workspace, "die", f"#!/bin/sh\nkill -{signal_name} $$\n")
+    result = _same_both_ways(workspace, _action(f"{script} > {OUT}", inputs=(script,)))
+    assert (result.exit_code, result.stderr) == (code, message)
+
+
+def test_a_timeout_and_a_cancel_kill_the_program_as_they_killed_the_shell(workspace) -> None:
+    timed = _same_both_ways(workspace, _action("sleep 30", timeout=0.3))
+    assert timed.timed_out and timed.exit_code == -9 and timed.stderr == b""
+    sandboxes = Sandboxes(workspace, workspace.parent / "cancelled")
+    running = sandboxes.start(_action("sleep 30"))
+    threading.Timer(0.3, sandboxes.cancel).start()
+    began = time.monotonic()
+    result = sandboxes.wait(running)
+    assert time.monotonic() - began < 10 and result.exit_code == -9 and result.stderr == b""
+    sandboxes.remove(result)
+
+
+@pytest.mark.parametrize("umask", [0o077, 0o002])
+def test_a_perturbed_umask_gives_the_redirect_target_the_mode_the_shell_gives_it(workspace, umask) -> None:
+    perturbation = Perturbation(umask=umask)
+    _same_both_ways(workspace, _action(f"cat pkg/a.txt > {OUT}"), perturbation)
+    _, _, mode = _run(workspace, _action(f"cat pkg/a.txt > {OUT}"), perturbation=perturbation)
+    assert mode == 0o666 & ~umask
