@@ -428,7 +428,8 @@ class Sandboxes:
         if direct is None:
             return None
         exec_root = sandbox + "/exec"
-        program = self._program(direct.argv[0], env.get("PATH", ""), exec_root)
+        path = env.get("PATH")  # always set (base_environment); without it the shell has a default of its own
+        program = None if path is None else self._program(direct.argv[0], path, exec_root)
         if program is None:
             return None
         try:
@@ -438,9 +439,11 @@ class Sandboxes:
             return None
         try:
             running = self._launch(action, list(direct.argv), sandbox, env, out, err, umask, program)
-        except OSError:
+        except BaseException as error:
             os.close(out)
-            return None
+            if isinstance(error, OSError):  # the program could not be exec'd: the shell runs and reports it
+                return None
+            raise
         if direct.stdout is None:
             return running
         os.close(out)  # the command has the file; there is nothing to capture
