@@ -8,6 +8,7 @@ action started, or how often it ran) use absolute paths under the test's tmp fol
 from __future__ import annotations
 
 import os
+import sys
 import threading
 import time
 from pathlib import Path
@@ -299,3 +300,24 @@ def test_no_temp_files_are_left_in_posbuild_out(ws):
     ws.ok("//...")
     assert _files_under(ws.root / "posbuild-out") == expected
     assert ws.out("pkg/large.txt") == big + big
+
+
+# ---- plain commands skip the shell ------------------------------------------------------------
+
+def test_a_plain_command_runs_without_the_shell_and_anything_else_under_it(ws):
+    """`pkg/parent.sh > $@` is exec'd by posbuild itself; with a `;` the shell runs it (folder sandbox)."""
+    (ws.root / "posbuild.toml").write_text('[sandbox]\nmode = "folder"\n')
+    ws.write({
+        "pkg/parent.sh": "#!/bin/sh\nreadlink /proc/$PPID/exe\n",
+        "pkg/BUILD": """
+            genrule(name = "plain", srcs = ["parent.sh"], outs = ["plain.txt"], cmd = "pkg/parent.sh > $@")
+            genrule(name = "shell", srcs = ["parent.sh"], outs = ["shell.txt"], cmd = "pkg/parent.sh > $@; true")
+            genrule(name = "missing", outs = ["m.txt"], cmd = "no-such-tool > $@")
+        """,
+    })
+    (ws.root / "pkg/parent.sh").chmod(0o755)
+    ws.ok("//pkg:plain", "//pkg:shell")
+    assert ws.out("pkg/plain.txt") == os.path.realpath(sys.executable) + "\n"
+    assert ws.out("pkg/shell.txt") not in ("", ws.out("pkg/plain.txt"))
+    missing = ws.build("//pkg:missing")  # not found on PATH: the shell says so, in its words
+    assert missing.returncode == 1 and "no-such-tool: not found" in missing.stdout + missing.stderr
