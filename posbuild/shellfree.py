@@ -7,12 +7,13 @@ cheap program itself. GNU make skips the shell for commands without shell syntax
 the same, and also performs a single trailing `> word` itself.
 
 A command qualifies only when the shell's behaviour is certain: blank-separated words of plain
-characters (letters, digits and `_-./,+:@%=`; no quotes, `$`, globs, `~`, `#`, `;`, `&`, `|`,
-`<`, newlines ...), a first word that is neither an assignment, a reserved word nor a builtin of
-any common `/bin/sh` (dash's `echo` differs from `/usr/bin/echo`), and at most one `>` redirection,
-at the end, after a blank. Anything else runs under the shell. So does a command whose program is
-not found or cannot be exec'd, or whose redirect target cannot be opened: the shell then reports
-it in its own words and with its own exit code.
+characters (letters, digits and `_-./,+:@%=`; no quotes, `$`, globs, `~`, `#`, `;`, `&`, `|`, `<`,
+newlines ...), a first word that is neither an assignment, a reserved word nor a builtin of any
+common `/bin/sh` (dash's `echo` differs from `/usr/bin/echo`), and at most one `>` redirection, at
+the end, after a blank, to a path inside the sandbox (relative, no `..`: the sandbox holds only
+what staging made, so opening it cannot block). Anything else runs under the shell. So does a
+command whose program is not found or cannot be exec'd, or whose redirect target cannot be opened:
+the shell then reports it in its own words and with its own exit code.
 
 What the program sees is what the shell would have given it: the same argv (argv[0] as written),
 working folder, stdin, stdout (the redirect target, created with mode 0666 less the umask, or the
@@ -55,10 +56,12 @@ def parse(command: str) -> Direct | None:
     match = _SIMPLE.fullmatch(command)
     if match is None:
         return None
-    words = tuple(match.group(1).split())
+    words, target = tuple(match.group(1).split()), match.group(2)
     if "=" in words[0] or words[0] in _SHELL_WORDS:
         return None
-    return Direct(words, match.group(2))
+    if target is not None and (target.startswith("/") or ".." in target.split("/")):
+        return None  # maybe outside the sandbox, maybe a FIFO, whose open would block posbuild
+    return Direct(words, target)
 
 
 def find_program(name: str, path: str, cwd: str) -> str | None:

@@ -30,7 +30,7 @@ def test_plain_words_and_one_trailing_redirect_run_without_the_shell(command, ar
     "cat $HOME", "cat `x`", "cat $(x)", "cat *.txt", "cat a?", "cat [ab]", "cat ~/a", "cat a # note",
     "cat a\ncat b", "cat a >> out", "cat a 2> err", "cat a>out", "cat a > out > other", "cat a > out b",
     "> out cat a", "cat < in", "cat a >& 2", "cat a >| out", "FOO=1 cat a", "x=1", "cat a > ", "cät a",
-    "(cat a)", "{ cat a; }", "cat a > $@",
+    "(cat a)", "{ cat a; }", "cat a > $@", "cat a > /tmp/fifo", "cat a > ../../fifo", "cat a > x/../../y",
 ])
 def test_anything_with_shell_syntax_runs_under_the_shell(command) -> None:
     assert parse(command) is None
