@@ -236,7 +236,8 @@ class Sandboxes:
 
     Paths are plain strings here: this is the per-action hot path, and pathlib's objects cost
     more than the file-system calls they wrap. With `isolation` (choose_isolation), commands run
-    under bubblewrap in their own namespaces; without, in the folder sandbox alone.
+    under bubblewrap in their own namespaces; without, in the folder sandbox alone, where plain
+    commands skip the shell (shellfree.py) unless `shell_free` is False.
     """
 
     def __init__(self, root: Path, base: Path, isolation: Isolation | None = None, shell_free: bool = True) -> None:
