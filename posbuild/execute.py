@@ -291,20 +291,27 @@ class Rebuilder:
         started = time.time()
         try:
             secrets = values_of(self._secrets, action.secrets)
+            running = self._sandboxes.start(action, self._passed_env + secrets)
         except SecretUnavailable as error:
             if self._journal is not None:
                 self._journal.add(action, "FAILED", prepared.key, started, time.time(), prepared.inputs, (),
                                   None, None, "secret", current_slot())
             return Started(action, prepared, started, (), None,
                            outcome=ActionOutcome(Status.FAILED, error=str(error), reason=prepared.reason))
-        return Started(action, prepared, started, secrets, self._sandboxes.start(action, self._passed_env + secrets))
+        except OSError as error:
+            return Started(action, prepared, started, (), None, outcome=_own_failure(error))
+        return Started(action, prepared, started, secrets, running)
 
     def wait(self, started: Started) -> bool:
         """Wait for the command `start` started; whether it exited 0 (the action may still fail
         `conclude`'s checks, but a command that failed has certainly failed)."""
         if started.outcome is not None:
             return False
-        started.spawn = self._sandboxes.wait(started.running)
+        try:
+            started.spawn = self._sandboxes.wait(started.running)
+        except OSError as error:
+            started.outcome = _own_failure(error)
+            return False
         started.ended = time.time()
         return started.spawn.exit_code == 0 and not started.spawn.timed_out
 
@@ -312,6 +319,12 @@ class Rebuilder:
         """Check the finished run and commit its result, or say why it failed; the sandbox goes."""
         if started.outcome is not None:
             return started.outcome
+        try:
+            return self._conclude(started)
+        except OSError as error:
+            return _own_failure(error)
+
+    def _conclude(self, started: Started) -> ActionOutcome:
         action, prepared, secrets, spawn = started.action, started.prepared, started.secrets, started.spawn
         assert spawn is not None, "conclude() before wait()"
         if secrets:  # nothing below keeps or shows a secret value
@@ -454,3 +467,9 @@ def _describes(result: ActionResult, action: Action) -> bool:
     """
     paths = [output.path for output in result.outputs]
     return len(paths) == len(action.outputs) and set(paths) == set(action.outputs)
+
+
+def _own_failure(error: OSError) -> ActionOutcome:
+    """An action that failed on a file-system error of posbuild's own (staging, installing): the
+    action fails with the path at fault, as its command failing would, and the build goes on."""
+    return ActionOutcome(Status.FAILED, error=f"{error.strerror or error}: {error.filename or ''}".rstrip(": "))

@@ -90,28 +90,14 @@ class _Executor:
     def prepare(self, node: int) -> ActionOutcome | None:
         return self._rebuilder.check(self._actions[node])
 
-    def start(self, node: int) -> Started | ActionOutcome:
-        try:
-            return self._rebuilder.start(self._actions[node])
-        except OSError as error:
-            return _failed(error)
+    def start(self, node: int) -> Started:
+        return self._rebuilder.start(self._actions[node])
 
-    def wait(self, started: Started | ActionOutcome) -> bool:
-        if isinstance(started, ActionOutcome):
-            return False
-        try:
-            return self._rebuilder.wait(started)
-        except OSError as error:
-            started.outcome = _failed(error)
-            return False
+    def wait(self, started: Started) -> bool:
+        return self._rebuilder.wait(started)
 
-    def conclude(self, started: Started | ActionOutcome) -> ActionOutcome:
-        if isinstance(started, ActionOutcome):
-            return started
-        try:
-            return self._rebuilder.conclude(started)
-        except OSError as error:
-            return _failed(error)
+    def conclude(self, started: Started) -> ActionOutcome:
+        return self._rebuilder.conclude(started)
 
     def succeeded(self, outcome: ActionOutcome) -> bool:
         return outcome.status is not Status.FAILED
@@ -127,11 +113,6 @@ class _Executor:
 
     def cancel(self) -> None:
         self._rebuilder.cancel()
-
-
-def _failed(error: OSError) -> ActionOutcome:
-    """An action that failed on a file-system error of posbuild's own (staging, installing)."""
-    return ActionOutcome(Status.FAILED, error=f"{error.strerror or error}: {error.filename or ''}".rstrip(": "))
 
 
 def run_dirty(config: Config, actions: Sequence[Action], clean: Sequence[bool], previous: BuildState,

@@ -307,3 +307,21 @@ def test_timeout_kills_background_children_of_the_action(ws, tmp_path):
     assert result.returncode == 1
     time.sleep(2.5)
     assert not marker.exists(), "a child of the timed-out action survived it"
+
+
+def test_a_file_system_error_of_posbuilds_own_fails_that_action_only_and_commits_nothing(ws):
+    """A file where posbuild-out/pkg/ must be a folder: installing the output fails with the
+    path, the action is FAILED (not a crash), other packages build, nothing of it is cached."""
+    ws.write({
+        "pkg/BUILD": 'genrule(name = "a", outs = ["a.txt"], cmd = "echo a > $@")\n',
+        "other/BUILD": 'genrule(name = "b", outs = ["b.txt"], cmd = "echo b > $@")\n',
+        "posbuild-out/pkg": "in the way\n",
+    })
+    result = ws.build("-k", "//...")
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert "FAILED //pkg:a: File exists: " in result.stderr and "posbuild-out/pkg" in result.stderr
+    assert counts(result) == {"executed": 1, "cached": 0, "failed": 1}
+    assert ws.out("other/b.txt") == "b\n"
+    (ws.root / "posbuild-out/pkg").unlink()
+    fixed = ws.ok("//...")
+    assert executed_labels(fixed) == ["//pkg:a"] and ws.out("pkg/a.txt") == "a\n"
