@@ -27,6 +27,9 @@ try:
 except ImportError:  # only the test of that very case runs
     distributed = None
 
+NEEDS_DASK = "the dask executor tests need the distributed package: pip install 'posbuild[dask]'"
+needs_distributed = pytest.mark.skipif(distributed is None, reason=NEEDS_DASK)
+
 READY_TIMEOUT = 60.0  # seconds for a scheduler and its workers to come up on a busy 2-core machine
 RESOURCES = "cpu=2,mem_mb=2048"
 
@@ -43,7 +46,7 @@ class Cluster:
 
     def __init__(self, folder: Path, env: dict[str, str] | None = None) -> None:
         if distributed is None:
-            pytest.skip("the dask executor tests need the distributed package: pip install 'posbuild[dask]'")
+            pytest.skip(NEEDS_DASK)
         self.folder = folder
         folder.mkdir(parents=True, exist_ok=True)
         self.env = {**os.environ, **(env or {})}
@@ -401,12 +404,17 @@ def test_a_worker_whose_environment_differs_is_orch_07(new_cluster: Cluster, tmp
     assert ws.out("p/t.txt") == "1\n"
 
 
-def test_an_unreachable_scheduler_or_a_bad_address_is_one_clear_line(tmp_path: Path) -> None:
+@needs_distributed
+def test_an_unreachable_scheduler_is_one_clear_line(tmp_path: Path) -> None:
     ws = workspace(tmp_path, "ws", {"p/BUILD": 'genrule(name = "t", outs = ["t.txt"], cmd = "touch $@")\n'})
     result = ws.build("--executor", "dask://127.0.0.1:1", env={"DASK_DISTRIBUTED__COMM__TIMEOUTS__CONNECT": "1s"})
     assert result.returncode == 1
     assert result.stderr.startswith("posbuild: cannot reach the Dask scheduler at tcp://127.0.0.1:1 (")
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_a_bad_or_missing_address_is_one_clear_line_with_or_without_distributed(tmp_path: Path) -> None:
+    ws = workspace(tmp_path, "ws", {"p/BUILD": 'genrule(name = "t", outs = ["t.txt"], cmd = "touch $@")\n'})
     bad = ws.build("--executor", "dask://127.0.0.1:notaport")
     assert bad.returncode == 2 and "expected dask://HOST:PORT" in bad.stderr
     ws.write({"posbuild.toml": '[executor]\nkind = "dask"\n'})
