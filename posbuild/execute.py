@@ -63,7 +63,9 @@ class Status(enum.Enum):
 
 @dataclass(frozen=True, slots=True)
 class ActionOutcome:
-    """How one action ended in this build; `key` is set whenever the action ended well."""
+    """How one action ended in this build; `key` is set whenever the action ended with a result its
+    dependents can use: it ended well, or `--verify` found a re-run that differs (ORCH-04) and kept
+    the cached result, which `check` already put in `posbuild-out/`."""
 
     status: Status
     key: Digest | None = None
@@ -342,7 +344,8 @@ class Rebuilder:
                     self._journal.add(action, "FAILED", prepared.key, started.started, started.ended, prepared.inputs,
                                       (), spawn.usage, spawn.exit_code, code, current_slot(), remote=spawn.remote)
                 orch = code if code.startswith("ORCH-") else ""
-                return ActionOutcome(Status.FAILED, error=failure, code=orch, reason=prepared.reason,
+                kept = prepared.key if orch == "ORCH-04" else None  # `check` settled it from the cached result
+                return ActionOutcome(Status.FAILED, kept, error=failure, code=orch, reason=prepared.reason,
                                      stderr=spawn.stderr, elapsed=spawn.elapsed)
             self._commit(action, spawn, prepared, started.started, started.ended)
         finally:

@@ -100,7 +100,8 @@ class _Executor:
         return self._rebuilder.conclude(started)
 
     def succeeded(self, outcome: ActionOutcome) -> bool:
-        return outcome.status is not Status.FAILED
+        """Whether dependents may start: the action has a result (a kept one after ORCH-04, too)."""
+        return outcome.key is not None
 
     def finished(self, node: int, state: State, outcome: ActionOutcome | None) -> None:
         if outcome is None:
@@ -167,7 +168,7 @@ def run_dirty(config: Config, actions: Sequence[Action], clean: Sequence[bool], 
         failed = [n for n, o in outcomes.items() if o.status is Status.FAILED]
         if failed or State.SKIPPED in states:
             mark_tree(config, clean=False)
-            removed = remove_stale_outputs(config.root, actions, failed)
+            removed = remove_stale_outputs(config.root, actions, [n for n in failed if outcomes[n].key is None])
             if removed:
                 reporter.message(f"posbuild: removed {removed} stale output(s) of failed actions and their "
                                  f"dependents; `posbuild rollback` restores the last successful build")
