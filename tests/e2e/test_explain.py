@@ -97,7 +97,8 @@ genrule(name = "late", srcs = [":slow"], outs = ["late.out"], cmd = "cat $< > $@
 
 def test_a_failure_retried_with_the_same_key_says_so(ex, tmp_path):
     flag = tmp_path / "flag"
-    ex.write({"pkg/BUILD": f'genrule(name = "f", srcs = ["a.txt"], outs = ["f.out"], cmd = "test -f {flag}; cat $< > $@")\n'})
+    rule = f'genrule(name = "f", srcs = ["a.txt"], outs = ["f.out"], cmd = "test -f {flag}; cat $< > $@")\n'
+    ex.write({"pkg/BUILD": rule})
     assert ex.build("//pkg:f").returncode == 1
     flag.write_text("")
     result = ex.build("--explain", "//pkg:f")

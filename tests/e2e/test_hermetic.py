@@ -8,12 +8,15 @@ action started, or how often it ran) use absolute paths under the test's tmp fol
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
 import threading
 import time
 from pathlib import Path
 
-from conftest import counts, executed_labels
+import pytest
+
+from conftest import bwrap_problem, counts, executed_labels
 
 
 def _files_under(folder: Path) -> set[str]:
@@ -325,21 +328,14 @@ def test_a_plain_command_runs_without_the_shell_and_anything_else_under_it(ws):
 
 # ---- commands run under bash in strict mode ---------------------------------------------------
 
-import pytest  # noqa: E402
-
-from conftest import bwrap_problem  # noqa: E402
-
 SANDBOXES = [pytest.param("folder"), pytest.param("namespace", marks=pytest.mark.skipif(
     bwrap_problem() is not None, reason=f"namespace sandbox unavailable: {bwrap_problem()}"))]
 
 
 def _strict_workspace(ws, mode: str, cmd: str) -> None:
     (ws.root / "posbuild.toml").write_text(f'[sandbox]\nmode = "{mode}"\n')
-    ws.write({"pkg/a.txt": "a\n", "pkg/BUILD": f"genrule(name = 't', srcs = ['a.txt'], outs = ['t.txt'], cmd = {cmd!r})\n"})
-
-
-def _store_blobs(ws) -> set[Path]:
-    return {p for p in (ws.root / ".posbuild").rglob("*") if p.is_file() and "cas" in p.parts}
+    rule = f"genrule(name = 't', srcs = ['a.txt'], outs = ['t.txt'], cmd = {cmd!r})\n"
+    ws.write({"pkg/a.txt": "a\n", "pkg/BUILD": rule})
 
 
 @pytest.mark.parametrize("mode", SANDBOXES)
@@ -389,8 +385,6 @@ def test_results_computed_under_the_former_shell_are_not_served(ws):
     """Keys and the graph cache carry the action schema, which the strict shell raised: a result
     (and a graph) made under the former schema is not reused."""
     _strict_workspace(ws, "folder", "cat $< > $@")
-    import subprocess
-    import sys
     former = "import posbuild.analysis as a; a.ACTION_SCHEMA = 1; from posbuild.cli import main; main()"
     old = subprocess.run([sys.executable, "-c", former, "build", "//pkg:t"], cwd=ws.root, capture_output=True,
                          text=True)
