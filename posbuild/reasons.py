@@ -94,7 +94,7 @@ def failure(record: ExecutionRecord) -> str:
     if code.startswith("signal "):
         return f"killed by {code}"
     if code == "ORCH-04":
-        return "ORCH-04: a re-run under --verify produced other bytes than the cached result, which was kept"
+        return "ORCH-04: a re-run under --verify produced other bytes than the cached result"
     return code or "failed"
 
 

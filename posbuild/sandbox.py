@@ -438,7 +438,7 @@ class Sandboxes:
         added = shell_variables(env, direct, program)
         if added is None:
             return None
-        env.update(added)
+        env = {**env, **added}  # a copy: the shell, should it run after all, adds them itself
         try:
             out = _capture_file(sandbox, "stdout") if direct.stdout is None else \
                 _open_redirect(f"{exec_root}/{direct.stdout}", umask)

@@ -113,6 +113,14 @@ def test_failures_and_builtins_read_exactly_as_under_the_shell(workspace, comman
     assert result.exit_code == code and message in result.stderr
 
 
+def test_a_command_that_falls_back_to_the_shell_gets_only_the_shells_variables(workspace) -> None:
+    """bash runs a script that cannot be exec'd; the SHLVL it sees is bash's, not one added for a direct run."""
+    script = _script(workspace, "level", "echo \"SHLVL=$SHLVL\"\n")
+    _same_both_ways(workspace, _action(f"{script} > {OUT}", inputs=(script,)))
+    _, content, _ = _run(workspace, _action(f"{script} > {OUT}", inputs=(script,)))
+    assert content == b"SHLVL=2\n"  # bash forks (SHLVL 1) and runs the script in a fresh bash
+
+
 def test_a_script_without_an_interpreter_line_is_run_by_the_shell(workspace) -> None:
     script = _script(workspace, "plain", "printf 'from %s\\n' script\n")  # exec fails with ENOEXEC
     _same_both_ways(workspace, _action(f"{script} > {OUT}", inputs=(script,)))
