@@ -4,8 +4,8 @@ A genrule's `cmd` runs as Bazel's genrule and Snakemake run theirs: under `/bin/
 `set -euo pipefail` (`shell_argv`). So a pipeline fails when any of its stages fails
 (`samtools view missing.bam | gzip > $@` is not an empty success), a failing command ends the
 script, and a variable that was never set is an error instead of an empty word. bash, not
-`/bin/sh`: `pipefail` is not in every `/bin/sh` (dash has none before 0.5.11). The path is
-fixed, as Bazel's is, so an action cannot pick up another shell from its PATH.
+`/bin/sh`: Debian's `/bin/sh` (dash 0.5.12) has no `pipefail`. The path is fixed, as Bazel's
+is, so an action cannot pick up another shell from its PATH.
 
 Most commands are a program, some plain words and perhaps `> $@`: `cat a b > out`. For those
 the shell is pure overhead: it is exec'd, reads its dynamic libraries and locale, parses the
@@ -27,8 +27,9 @@ then reports it in its own words and with its own exit code.
 What the program sees is what bash would have given it: the same argv (argv[0] as written),
 working folder, stdin, stdout (the redirect target, created with mode 0666 less the umask, or the
 capture), stderr, and environment, including the two variables bash adds (`SHLVL`, and `_`, the
-program's path as bash found it). One thing differs and is documented: the environment reaches
-the program in posbuild's order (bash passes its variables on in an order of its own). How it
+program's path as bash found it). Two things differ and are documented: the environment reaches
+the program in posbuild's order (bash passes its variables on in an order of its own), and with
+a redirect no bash process sits between posbuild and the program. How it
 ends is reported as bash reports it (`shell_status`): bash execs a lone command, so its status is
 the program's own; with a redirect bash forks, and a signal N becomes 128+N and bash's line.
 """
