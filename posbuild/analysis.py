@@ -32,7 +32,7 @@ if TYPE_CHECKING:  # loading BUILD files is only needed when the graph cache mis
     from posbuild.pyimports import ImportScanner, Scan
     from posbuild.target import Pairs, Target
 
-ACTION_SCHEMA = 1  # bump when the meaning of an Action's fields changes
+ACTION_SCHEMA = 2  # bump when the meaning of an Action's fields changes (2: commands run under strict bash)
 KIND_VERSIONS = {"genrule": 1, "py_task": 1}
 
 

@@ -169,7 +169,8 @@ def run_build(root: Path, options: BuildOptions, reporter: Reporter,
         from posbuild.journal import build_row
 
         info, blobs = build_row(time.time(), patterns, env_hash, (entry.digest, entry.raw), previous.raw, clean,
-                                allow_env_drift=options.allow_env_drift, verify=options.verify)
+                                allow_env_drift=options.allow_env_drift, verify=options.verify,
+                                passed_env=[list(pair) for pair in passed_env])  # for `explain`
         from posbuild.namespaces import writable_paths
         from posbuild.runner import RunSettings, Status, plan_dirty, run_dirty
 
@@ -180,7 +181,9 @@ def run_build(root: Path, options: BuildOptions, reporter: Reporter,
                                sandbox_writable=writable_paths(environ), tree_clean=tree_clean, graph=entry.digest)
         if options.dry_run:
             planned = plan_dirty(config, actions, clean, previous, settings)
-            for index in planned:
+            for index, reason in planned:
+                if reason:
+                    reporter.message(f"explain {actions[index].label}: {reason}")
                 reporter.action_finished(actions[index].label, "planned", "", b"")
             return _finish(reporter, BuildSummary(len(actions), len(planned), len(actions) - len(planned), 0, 0,
                                                   time.monotonic() - started, (), dry_run=True))

@@ -63,7 +63,9 @@ class Status(enum.Enum):
 
 @dataclass(frozen=True, slots=True)
 class ActionOutcome:
-    """How one action ended in this build; `key` is set whenever the action ended well."""
+    """How one action ended in this build; `key` is set whenever the action ended with a result its
+    dependents can use: it ended well, or `--verify` found a re-run that differs (ORCH-04) and kept
+    the cached result, which `check` already put in `posbuild-out/`."""
 
     status: Status
     key: Digest | None = None
@@ -123,6 +125,7 @@ class Rebuilder:
         self._previous = previous or EMPTY
         self._produced: dict[str, FileState] = {}
         self._prepared: dict[str, _Prepared] = {}
+        self._passed_by_build: dict[str, list[list[str]] | None] | None = None  # --explain: `[env] pass` by build
         self.traces: dict[str, ActionTrace] = {}
         self.outputs: dict[str, OutputFile] = {}
         self.used: list[Digest] = []
@@ -171,16 +174,30 @@ class Rebuilder:
             return hit
         assert key is not None
         cached = self._store.get_result(key) if self._verify else None
-        self._prepared[action.label] = _Prepared(key, tuple(sources), inputs, cached, self._why(action, inputs))
+        self._prepared[action.label] = _Prepared(key, tuple(sources), inputs, cached,
+                                                 self._why(action, inputs, key, cached is not None))
         return None
 
-    def _why(self, action: Action, inputs: tuple[tuple[str, Digest], ...]) -> str:
+    def _why(self, action: Action, inputs: tuple[tuple[str, Digest], ...], key: Digest, verifying: bool) -> str:
         """Under --explain, the one-line reason this action must run."""
         if not self._explain:
             return ""
         previous = self._store.latest_record(action.label)
-        return one_line(previous, differences(previous, action.command, action.env, action.versions, inputs,
-                                              self._env_hash))
+        if previous is not None and previous.key is None:  # skipped last time: compare with the run before
+            previous = next((r for r in reversed(self._store.records_of_label(action.label)) if r.key), None)
+        passed_before = None
+        if previous is not None:
+            if self._passed_by_build is None:
+                self._passed_by_build = {str(b["number"]): b.get("passed_env") for b in self._store.builds()}
+            passed_before = self._passed_by_build.get(previous.build_id)
+        reasons = differences(previous, action.command, action.env, action.versions, inputs, self._env_hash,
+                              self._passed_env, passed_before)
+        return one_line(previous, reasons, key, verifying, passed_before is None and bool(self._passed_env))
+
+    def planned_reason(self, action: Action) -> str:
+        """Under --explain, why `check` found that `action` must run (for `build -n --explain`)."""
+        prepared = self._prepared.get(action.label)
+        return prepared.reason if prepared is not None else ""
 
     def _reuse_trace(self, action: Action, digests: list[Digest]) -> ActionOutcome | None:
         """A hit without computing a key: the inputs and outputs are those of the last build."""
@@ -342,7 +359,8 @@ class Rebuilder:
                     self._journal.add(action, "FAILED", prepared.key, started.started, started.ended, prepared.inputs,
                                       (), spawn.usage, spawn.exit_code, code, current_slot(), remote=spawn.remote)
                 orch = code if code.startswith("ORCH-") else ""
-                return ActionOutcome(Status.FAILED, error=failure, code=orch, reason=prepared.reason,
+                kept = prepared.key if orch == "ORCH-04" else None  # `check` settled it from the cached result
+                return ActionOutcome(Status.FAILED, kept, error=failure, code=orch, reason=prepared.reason,
                                      stderr=spawn.stderr, elapsed=spawn.elapsed)
             self._commit(action, spawn, prepared, started.started, started.ended)
         finally:

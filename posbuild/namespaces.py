@@ -128,8 +128,8 @@ def isolation(bwrap: str, hidden: Iterable[str], visible: Iterable[str], writabl
 
 
 def command(isolation: Isolation, sandbox: str, exec_root: str, binds: Sequence[tuple[str, str]],
-            network: bool, shell_command: str) -> list[str]:
-    """The argv that runs `/bin/sh -c shell_command` in `exec_root`, with `sandbox` writable.
+            network: bool, program: Sequence[str]) -> list[str]:
+    """The argv that runs `program` (the shell's argv) in `exec_root`, with `sandbox` writable.
 
     `binds`: (source, target) pairs bound read-only on top, in order (`input_binds`).
     """
@@ -138,7 +138,7 @@ def command(isolation: Isolation, sandbox: str, exec_root: str, binds: Sequence[
     for source, target in binds:
         argv += ["--ro-bind", source, target]
     argv += isolation.tail
-    argv += ["--chdir", exec_root, "--", "/bin/sh", "-c", shell_command]
+    argv += ["--chdir", exec_root, "--", *program]
     return argv
 
 

@@ -100,7 +100,8 @@ class _Executor:
         return self._rebuilder.conclude(started)
 
     def succeeded(self, outcome: ActionOutcome) -> bool:
-        return outcome.status is not Status.FAILED
+        """Whether dependents may start: the action has a result (a kept one after ORCH-04, too)."""
+        return outcome.key is not None
 
     def finished(self, node: int, state: State, outcome: ActionOutcome | None) -> None:
         if outcome is None:
@@ -167,7 +168,7 @@ def run_dirty(config: Config, actions: Sequence[Action], clean: Sequence[bool], 
         failed = [n for n, o in outcomes.items() if o.status is Status.FAILED]
         if failed or State.SKIPPED in states:
             mark_tree(config, clean=False)
-            removed = remove_stale_outputs(config.root, actions, failed)
+            removed = remove_stale_outputs(config.root, actions, [n for n in failed if outcomes[n].key is None])
             if removed:
                 reporter.message(f"posbuild: removed {removed} stale output(s) of failed actions and their "
                                  f"dependents; `posbuild rollback` restores the last successful build")
@@ -303,29 +304,35 @@ def _described(path: str, previous: BuildState) -> OutputFile | None:
 
 
 def plan_dirty(config: Config, actions: Sequence[Action], clean: Sequence[bool], previous: BuildState,
-               settings: RunSettings) -> list[int]:
-    """`--dry-run`: the actions that a build would execute, in order; nothing is written.
+               settings: RunSettings) -> list[tuple[int, str]]:
+    """`--dry-run`: the actions that a build would execute, in order, each with the reason it
+    would run under `--explain` (else ""); nothing is written.
 
     An action would execute when its key misses the cache, or when a dependency would execute
     (its outputs are unknown until then, so no key can be computed).
     """
+    explain = settings.explain
     if not (config.store_dir / "db").exists():
-        return [i for i, is_clean in enumerate(clean) if not is_clean]
+        why = "no earlier execution is recorded" if explain else ""
+        return [(i, why) for i, is_clean in enumerate(clean) if not is_clean]
     store = Store(config.store_dir)
     try:
         rebuilder = Rebuilder(config.root, store, FileStates(config.root, store), Sandboxes(config.root, config.sandbox_dir),
-                              settings.env_hash, settings.passed_env, previous, dry_run=True)
-        would_run: set[int] = set()
+                              settings.env_hash, settings.passed_env, previous, dry_run=True, explain=explain)
+        would_run: dict[int, str] = {}
         for index, action in enumerate(actions):
             if clean[index]:
                 continue
-            if any(dep in would_run for dep in action.deps):
-                would_run.add(index)
+            upstream = next((dep for dep in action.deps if dep in would_run), None)
+            if upstream is not None:
+                would_run[index] = f"{actions[upstream].label}, which it depends on, would execute" if explain else ""
                 continue
             outcome = rebuilder.check(action)
-            if outcome is None or outcome.status is Status.FAILED:
-                would_run.add(index)
-        return sorted(would_run)
+            if outcome is None:
+                would_run[index] = rebuilder.planned_reason(action)
+            elif outcome.status is Status.FAILED:
+                would_run[index] = outcome.error if explain else ""
+        return sorted(would_run.items())
     finally:
         store.close()
 

@@ -2,8 +2,9 @@
 
 Each action gets `<sandboxes>/<n>/` with `exec/` (the working directory: declared inputs at their
 workspace-relative paths, and `posbuild-out/<pkg>/` for its outputs) and `tmp/` (its HOME and
-TMPDIR). The command runs under `/bin/sh -c` with a scrubbed environment: a fixed base (PATH, LANG,
-TZ, HOME, TMPDIR, SOURCE_DATE_EPOCH) plus the action's declared variables, and nothing else.
+TMPDIR). The command runs under `/bin/bash` with `set -euo pipefail` (shellfree.shell_argv) and
+a scrubbed environment: a fixed base (PATH, LANG, TZ, HOME, TMPDIR, SOURCE_DATE_EPOCH) plus the
+action's declared variables, and nothing else.
 A plain command (a program and plain words, at most one trailing `> file`: shellfree.py) is run
 directly, as the shell would have run it, without the shell's own start-up: that halves what a
 cheap action costs. The namespace sandbox always runs the shell.
@@ -94,7 +95,7 @@ from posbuild.analysis import Action
 from posbuild.config import BASE_PATH, Config
 from posbuild.namespaces import NETWORK_TAG, Isolation, choose, command, input_binds
 from posbuild.records import RemoteRun, ResourceUsage
-from posbuild.shellfree import find_program, parse, shell_status
+from posbuild.shellfree import Direct, find_program, parse, shell_argv, shell_status, shell_variables
 
 LINK_LIMIT = 16 * 1024 * 1024
 FAKETIME_GLOBS = (
@@ -110,7 +111,7 @@ class Perturbation:
     """What to vary in one run, beyond what a normal run does; every field's default varies nothing."""
 
     name_suffix: str = ""  # appended to the sandbox folder's name: another, longer absolute path
-    reverse_env_order: bool = False  # hand the environment to /bin/sh in reverse order
+    reverse_env_order: bool = False  # hand the environment to the command in reverse order
     tz: str | None = None  # TZ instead of UTC (unless the action declares TZ)
     umask: int | None = None  # the command's umask instead of posbuild's
     reverse_staging: bool = False  # create folders and stage inputs in reverse order (readdir order)
@@ -155,7 +156,7 @@ class Running:
     # whose returncode is unset would be reaped by subprocess's own cleanup, before `wait` gets to it)
     processors: tuple[int, ...]
     timer: _Deadline | None = None
-    direct: bool = False  # run without the shell (shellfree.py): a signal is reported as the shell would
+    direct: Direct | None = None  # run without the shell (shellfree.py): its end is reported as bash would
 
 
 class _Deadline(threading.Timer):
@@ -244,7 +245,7 @@ class Sandboxes:
         self._root = str(root) + "/"
         self._base = base
         self._isolation = isolation
-        self._shell_free = shell_free and isolation is None  # False: every command runs under /bin/sh -c
+        self._shell_free = shell_free and isolation is None  # False: every command runs under the shell
         self._programs: dict[tuple[str, str], str] = {}  # (name, PATH) → where it was found, for absolute PATHs
         self._counter = itertools.count()
         self._pid = os.getpid()
@@ -302,7 +303,7 @@ class Sandboxes:
                 if running is not None:
                     return running
             if self._isolation is None:
-                argv = ["/bin/sh", "-c", action.command]
+                argv = shell_argv(action.command)
             else:
                 argv = self._namespaced(action, sandbox, exec_root)
             out = _capture_file(sandbox, "stdout")
@@ -352,7 +353,8 @@ class Sandboxes:
         binds = [(f"{exec_root}/{rel}",) * 2 for rel in input_binds(action.inputs, action.outputs)]
         if linked:
             binds = [bind for bind in binds if bind[0] not in linked] + [(s, t) for t, s in linked.items()]
-        return command(self._isolation, sandbox, exec_root, binds, NETWORK_TAG in action.tags, action.command)
+        return command(self._isolation, sandbox, exec_root, binds, NETWORK_TAG in action.tags,
+                       shell_argv(action.command))
 
     def _perturbed_env(self, env: dict[str, str], perturbation: Perturbation, declared: set[str]) -> dict[str, str]:
         if perturbation.tz is not None and "TZ" not in declared:
@@ -433,13 +435,17 @@ class Sandboxes:
         program = None if path is None else self._program(direct.argv[0], path, exec_root)
         if program is None:
             return None
+        added = shell_variables(env, direct, program)
+        if added is None:
+            return None
+        env = {**env, **added}  # a copy: the shell, should it run after all, adds them itself
         try:
             out = _capture_file(sandbox, "stdout") if direct.stdout is None else \
                 _open_redirect(f"{exec_root}/{direct.stdout}", umask)
         except OSError:
             return None
         try:
-            running = self._launch(action, list(direct.argv), sandbox, env, out, err, umask, program)
+            running = self._launch(action, list(direct.argv), sandbox, env, out, err, umask, program, direct)
         except BaseException as error:
             os.close(out)
             if isinstance(error, OSError):  # the program could not be exec'd: the shell runs and reports it
@@ -461,9 +467,9 @@ class Sandboxes:
         return found
 
     def _launch(self, action: Action, argv: list[str], sandbox: str, env: dict[str, str], out: int, err: int,
-                umask: int = -1, program: str | None = None) -> Running:
+                umask: int = -1, program: str | None = None, direct: Direct | None = None) -> Running:
         """Start `argv` in its own session, in the sandbox's `exec/`, on the processors it is given;
-        `program`: the file to exec when `argv` runs without the shell."""
+        `program`: the file to exec when `argv` runs without the shell, as `direct` says."""
         started = time.monotonic()
         with self._lock:
             if self._cancelled:
@@ -491,7 +497,7 @@ class Sandboxes:
         if action.timeout:
             timer = _Deadline(action.timeout, process.pid)
             timer.start()
-        return Running(sandbox, action.outputs, out, err, started, process, processors, timer, program is not None)
+        return Running(sandbox, action.outputs, out, err, started, process, processors, timer, direct)
 
     def _reap(self, running: Running) -> tuple[int, bool, ResourceUsage | None, bytes]:
         """Wait for a launched command: its exit code, whether it timed out, its usage, and what
@@ -512,8 +518,8 @@ class Sandboxes:
         usage = ResourceUsage(rusage.ru_utime, rusage.ru_stime, rusage.ru_maxrss,
                               rusage.ru_inblock * 512, rusage.ru_oublock * 512)
         running.process.returncode = os.waitstatus_to_exitcode(status)
-        if running.direct and not (timed_out or self._cancelled):  # posbuild's own kills would have hit the shell too
-            code, note = shell_status(status)
+        if running.direct is not None and not (timed_out or self._cancelled):  # posbuild's kills hit the shell too
+            code, note = shell_status(status, running.direct, pid)
             return code, timed_out, usage, note
         return running.process.returncode, timed_out, usage, b""
 

@@ -151,7 +151,7 @@ def feedback_loop(name, data, train, evaluate, gap, update, max_iterations, init
             run = "python3 $(location %s) %s" % (scripts[stage], args)
             if stage == "gap":
                 # The gap result must be a JSON object with a boolean "converged".
-                run = "%s && { python3 -I -S -c \"$$POSBUILD_LOOP_CHECK\" $@; rc=$$?; [ $$rc -eq 0 ] || [ $$rc -eq 10 ]; }" % run
+                run = "%s && { python3 -I -S -c \"$$POSBUILD_LOOP_CHECK\" $@ && rc=0 || rc=$$?; [ $$rc -eq 0 ] || [ $$rc -eq 10 ]; }" % run
             srcs = list(data) + [x for x in inputs if x]
             if prev_gap:
                 # Skip once converged: the check runs inside the action, so the graph stays static.
@@ -160,7 +160,7 @@ def feedback_loop(name, data, train, evaluate, gap, update, max_iterations, init
                     srcs.append(previous)
                 if prev_gap not in srcs:
                     srcs.append(prev_gap)
-                cmd = ("python3 -I -S -c \"$$POSBUILD_LOOP_CHECK\" $(location %s); rc=$$?; " % prev_gap +
+                cmd = ("python3 -I -S -c \"$$POSBUILD_LOOP_CHECK\" $(location %s) && rc=0 || rc=$$?; " % prev_gap +
                        "if [ $$rc -eq 0 ]; then cp $(location %s) $@; " % previous +
                        "elif [ $$rc -eq 10 ]; then %s; else exit $$rc; fi" % run)
             else:

@@ -47,7 +47,7 @@ def _executor(ctx: click.Context, param: click.Parameter, value: str | None) -> 
 @click.option("--verify", is_flag=True,
               help="Re-execute actions that have a cached result and fail with ORCH-04 if the bytes differ.")
 @click.option("-q", "--quiet", is_flag=True, help="Print only failures and errors.")
-@click.option("--explain", is_flag=True, help="Say in one line why each executed action ran.")
+@click.option("--explain", is_flag=True, help="Say in one line why each executed action ran (with -n: would run).")
 @allow_env_drift_option
 @click.option("--remote-upload", is_flag=True,
               help="Upload executed results to [cache] remote, signed with the secret POSBUILD_CACHE_KEY "

@@ -1,6 +1,9 @@
-"""`posbuild explain LABEL`: why the last build executed an action, or why it was a cache hit."""
+"""`posbuild explain LABEL`: why the last build executed an action, why it was a cache hit, or
+why it failed or never started."""
 
 from __future__ import annotations
+
+from typing import Any
 
 import click
 
@@ -11,12 +14,11 @@ from posbuild.errors import PosbuildError, UsageError
 @click.command()
 @click.argument("label")
 def explain(label: str) -> None:
-    """Say why LABEL's action last executed (which parts of its key changed since the execution
-    before, with old and new values) or why it was a cache hit."""
+    """Say why LABEL's action last executed (which parts of its key changed since its previous
+    execution, with old and new values), why it was a cache hit, or why it failed or was skipped."""
     from posbuild.config import load_config
-    from posbuild.history import find_build, records_of_build
+    from posbuild.history import records_of_build
     from posbuild.label import parse_label
-    from posbuild.reasons import differences
     from posbuild.store import Store
 
     try:
@@ -28,32 +30,85 @@ def explain(label: str) -> None:
         store = Store(config.store_dir)
         try:
             history = store.records_of_label(target)
-            latest = find_build(store, None)
+            builds = {str(b["number"]): b for b in store.builds()}
+            latest = builds[max(builds, key=int)] if builds else None
             settled = [r for r in records_of_build(store, latest) if r.label == target and r.slot == 0
                        and r.duration == 0.0 and r.state == "CACHED"] if latest else []
+            blocked = _blockers(store, builds, history[-1]) if history and history[-1].state == "SKIPPED" else ""
         finally:
             store.close()
         if not history:
             raise UsageError(f"no execution record of {target}; build it first")
     except PosbuildError as error:
         fail(error)
+    for line in _story(target, history, builds, latest, bool(settled), blocked):
+        click.echo(line)
+
+
+def _story(target: str, history: list[Any], builds: dict[str, dict[str, Any]], latest: dict[str, Any] | None,
+           settled: bool, blocked: str) -> list[str]:
+    """The lines `explain` prints about the last record of `target` (`history`, oldest first)."""
+    from posbuild.reasons import differences, failure, same_key, unexplained
+
     last = history[-1]
+    lines = []
     if settled and latest is not None and last.build_id != str(latest["number"]):
-        click.echo(f"{target}: up to date in build {latest['number']}: its definition, inputs and outputs are "
-                   f"unchanged since build {last.build_id}, so it was settled without looking at the store")
+        lines.append(f"{target}: up to date in build {latest['number']}: its definition, inputs and outputs are "
+                     f"unchanged since build {last.build_id}, so it was settled without looking at the store")
     key = last.key.hex() if last.key else "-"
+    if last.state == "SKIPPED":
+        return [*lines, f"{target}: skipped in build {last.build_id}: it never started, {blocked}; nothing of it "
+                        f"was run or kept"]
     if last.state == "CACHED":
         producer = next((r for r in history if r.key == last.key and r.state == "SUCCESS"), None)
         origin = f", produced by build {producer.build_id} at {producer.started}" if producer else ""
-        click.echo(f"{target}: cache hit in build {last.build_id}: key {key} was already in the store{origin}")
-        return
-    before = next((r for r in reversed(history[:-1]) if r.key != last.key and r.state in ("SUCCESS", "CACHED")), None)
-    what = "executed" if last.state == "SUCCESS" else f"{last.state.lower()} ({last.error_code})"
-    click.echo(f"{target}: {what} in build {last.build_id}, key {key}")
-    if before is None:
-        click.echo("  no earlier execution is recorded: it ran because its key was not in the store")
-        return
-    reasons = differences(before, last.command, last.env, last.versions, last.inputs, last.env_hash)
-    click.echo(f"  compared with build {before.build_id} (key {before.key.hex() if before.key else '-'}):")
-    for reason in reasons or ["no key component differs: the earlier result was no longer in the store"]:
-        click.echo(f"  - {reason}")
+        return [*lines, f"{target}: cache hit in build {last.build_id}: key {key} was already in the store{origin}"]
+    if last.state == "FAILED":
+        kept = "the cached result was kept" if last.error_code == "ORCH-04" else "nothing was cached"
+        lines.append(f"{target}: failed in build {last.build_id} ({failure(last)}), key {key}; {kept}")
+    else:
+        lines.append(f"{target}: executed in build {last.build_id}, key {key}")
+    prior = next((r for r in reversed(history[:-1]) if r.key), None)
+    if prior is None:
+        return [*lines, "  no earlier execution is recorded: it ran because its key was not in the store"]
+    if prior.key == last.key:
+        if builds.get(last.build_id, {}).get("verify"):
+            return [*lines, f"  `build --verify` ran it again to compare with its cached result (the key is that "
+                            f"of build {prior.build_id})"]
+        return [*lines, f"  {same_key(prior)}"]
+    passed, passed_before = (builds.get(r.build_id, {}).get("passed_env") for r in (last, prior))
+    reasons = differences(prior, last.command, last.env, last.versions, last.inputs, last.env_hash,
+                          passed, passed_before)
+    state = {"SUCCESS": "executed", "CACHED": "a cache hit"}.get(prior.state, f"failed, {failure(prior)}")
+    lines.append(f"  compared with its previous execution, in build {prior.build_id} ({state}, key "
+                 f"{prior.key.hex() if prior.key else '-'}):")
+    unknown = passed_before is None and bool(passed)
+    return [*lines, *(f"  - {reason}" for reason in reasons or [unexplained(prior, unknown)])]
+
+
+def _blockers(store: Any, builds: dict[str, dict[str, Any]], record: Any) -> str:
+    """Why a skipped action never started: the failed actions it depends on in that build (from the
+    build's graph), else the failures after which the build started nothing new."""
+    from posbuild.graphcache import actions_of_entry
+    from posbuild.reasons import failure
+
+    build = builds.get(record.build_id, {})
+    failed = {r.label: r for r in store.records_of(int(record.build_id)) if r.state == "FAILED"}
+    actions = actions_of_entry(store.journal_blob(build["graph"]) or b"") if build.get("graph") else ()
+    index = next((i for i, a in enumerate(actions) if a.label == record.label), None)
+    upstream: set[int] = set()
+    pending = list(actions[index].deps) if index is not None else []
+    while pending:
+        node = pending.pop()
+        if node not in upstream:
+            upstream.add(node)
+            pending.extend(actions[node].deps)
+    causes = [failed[actions[n].label] for n in sorted(upstream) if actions[n].label in failed]
+    if causes:
+        named = ", ".join(f"{r.label} ({failure(r)})" for r in causes)
+        return f"because what it depends on failed: {named}"
+    if failed:
+        named = ", ".join(f"{label} ({failure(r)})" for label, r in sorted(failed.items()))
+        return (f"because the build started nothing new after {named} failed (with -k it builds what does not "
+                f"depend on a failure)")
+    return "because the build was stopped before it could start"

@@ -51,3 +51,50 @@ def test_actions_without_a_cached_result_simply_execute(ws):
     result = ws.build("--verify", "//pkg:clock")
     assert result.returncode == 0, result.stderr
     assert counts(result)["executed"] == 1
+
+
+def _kept(root, path):
+    """(the bytes in posbuild-out/, the bytes of that output in the store's only result for it)."""
+    from posbuild.records import ActionResult
+    from posbuild.store import Store
+
+    held = [ActionResult.unpack(value) for value in results(root).values()]
+    digests = [o.digest for r in held for o in r.outputs if o.path == path]
+    assert len(digests) == 1, digests
+    store = Store(root / ".posbuild/store")
+    try:
+        return (root / path).read_bytes(), store.get_blob(digests[0])
+    finally:
+        store.close()
+
+
+def test_verify_keeps_the_cached_output_in_posbuild_out_and_in_the_store(ws):
+    """What ORCH-04 says it keeps is what stays: the cached bytes, in posbuild-out/ and the store;
+    the dependents go on with those bytes (and are verified in turn), and fsck passes."""
+    ws.write({"pkg/BUILD": """
+        genrule(name = "clock", outs = ["clock.txt"], cmd = "date +%N > $@")
+        genrule(name = "down", srcs = [":clock"], outs = ["down.txt"], cmd = "cat $< $< > $@")
+    """})
+    ws.ok("//...")
+    cached = (ws.root / "posbuild-out/pkg/clock.txt").read_bytes()
+    result = ws.build("--verify", "//...")
+    assert result.returncode == 14, result.stdout + result.stderr
+    assert "the cached result is kept" in result.stderr and "stale" not in result.stderr
+    assert counts(result) == {"executed": 1, "cached": 0, "failed": 1}  # //pkg:down re-ran and matched
+    assert _kept(ws.root, "posbuild-out/pkg/clock.txt") == (cached, cached)
+    assert ws.out("pkg/down.txt").encode() == cached * 2
+    fsck = ws.run("fsck")
+    assert fsck.returncode == 0, fsck.stdout + fsck.stderr
+    again = ws.ok("//...")  # the next build is a no-op on the kept bytes
+    assert counts(again) == {"executed": 0, "cached": 2, "failed": 0}
+    assert (ws.root / "posbuild-out/pkg/clock.txt").read_bytes() == cached
+
+
+def test_verify_restores_the_kept_output_when_posbuild_out_lacks_it(ws):
+    ws.write({"pkg/BUILD": 'genrule(name = "clock", outs = ["clock.txt"], cmd = "date +%N > $@")\n'})
+    ws.ok("//...")
+    cached = (ws.root / "posbuild-out/pkg/clock.txt").read_bytes()
+    (ws.root / "posbuild-out/pkg/clock.txt").unlink()
+    result = ws.build("--verify", "//...")
+    assert result.returncode == 14, result.stdout + result.stderr
+    assert _kept(ws.root, "posbuild-out/pkg/clock.txt") == (cached, cached)

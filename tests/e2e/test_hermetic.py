@@ -8,12 +8,15 @@ action started, or how often it ran) use absolute paths under the test's tmp fol
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
 import threading
 import time
 from pathlib import Path
 
-from conftest import counts, executed_labels
+import pytest
+
+from conftest import bwrap_problem, counts, executed_labels
 
 
 def _files_under(folder: Path) -> set[str]:
@@ -320,4 +323,71 @@ def test_a_plain_command_runs_without_the_shell_and_anything_else_under_it(ws):
     assert ws.out("pkg/plain.txt") == os.path.realpath(sys.executable) + "\n"
     assert ws.out("pkg/shell.txt") not in ("", ws.out("pkg/plain.txt"))
     missing = ws.build("//pkg:missing")  # not found on PATH: the shell says so, in its words
-    assert missing.returncode == 1 and "no-such-tool: not found" in missing.stdout + missing.stderr
+    assert missing.returncode == 1 and "no-such-tool: command not found" in missing.stdout + missing.stderr
+
+
+# ---- commands run under bash in strict mode ---------------------------------------------------
+
+SANDBOXES = [pytest.param("folder"), pytest.param("namespace", marks=pytest.mark.skipif(
+    bwrap_problem() is not None, reason=f"namespace sandbox unavailable: {bwrap_problem()}"))]
+
+
+def _strict_workspace(ws, mode: str, cmd: str) -> None:
+    (ws.root / "posbuild.toml").write_text(f'[sandbox]\nmode = "{mode}"\n')
+    rule = f"genrule(name = 't', srcs = ['a.txt'], outs = ['t.txt'], cmd = {cmd!r})\n"
+    ws.write({"pkg/a.txt": "a\n", "pkg/BUILD": rule})
+
+
+@pytest.mark.parametrize("mode", SANDBOXES)
+def test_a_pipe_whose_first_stage_fails_fails_the_action_and_commits_nothing(ws, mode):
+    """`samtools view missing.bam | gzip > $@` is no empty success: pipefail fails the action."""
+    _strict_workspace(ws, mode, "cat pkg/missing.bam | gzip > $@")
+    result = ws.build("//pkg:t")
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert counts(result) == {"executed": 0, "cached": 0, "failed": 1}
+    assert "pkg/missing.bam: No such file or directory" in result.stdout + result.stderr
+    assert not (ws.root / "posbuild-out/pkg/t.txt").exists()
+    again = ws.build("//pkg:t")  # nothing was kept: it runs, and fails, again
+    assert again.returncode == 1 and counts(again)["failed"] == 1
+
+
+@pytest.mark.parametrize("mode", SANDBOXES)
+def test_an_unset_variable_fails_the_action(ws, mode):
+    _strict_workspace(ws, mode, "echo $$UNDECLARED_NAME > $@")
+    result = ws.build("//pkg:t")
+    assert result.returncode == 1 and counts(result)["failed"] == 1
+    assert "UNDECLARED_NAME: unbound variable" in result.stdout + result.stderr
+    assert not (ws.root / "posbuild-out/pkg/t.txt").exists()
+
+
+@pytest.mark.parametrize("mode", SANDBOXES)
+def test_a_failed_command_ends_the_script(ws, mode):
+    _strict_workspace(ws, mode, "false; echo late > $@")
+    result = ws.build("//pkg:t")
+    assert result.returncode == 1 and counts(result)["failed"] == 1
+
+
+@pytest.mark.parametrize("mode", SANDBOXES)
+@pytest.mark.parametrize("cmd, expected", [
+    ("cat pkg/missing.bam | gzip > $@ || true; echo tolerated > $@", "tolerated\n"),
+    ("set +o pipefail; cat pkg/missing.bam | wc -c > $@", "0\n"),
+    ("echo \"[$${OPTIONAL_NAME:-}]\" > $@", "[]\n"),
+    ("{ grep absent pkg/a.txt || [ $$? -eq 1 ]; } > $@", ""),
+    ("echo $$- | grep -o u > $@", "u\n"),  # $$ is still a literal $: $- holds the strict options
+])
+def test_what_a_command_writes_to_tolerate_a_failing_stage(ws, mode, cmd, expected):
+    _strict_workspace(ws, mode, cmd)
+    ws.ok("//pkg:t")
+    assert ws.out("pkg/t.txt") == expected
+
+
+def test_results_computed_under_the_former_shell_are_not_served(ws):
+    """Keys and the graph cache carry the action schema, which the strict shell raised: a result
+    (and a graph) made under the former schema is not reused."""
+    _strict_workspace(ws, "folder", "cat $< > $@")
+    former = "import posbuild.analysis as a; a.ACTION_SCHEMA = 1; from posbuild.cli import main; main()"
+    old = subprocess.run([sys.executable, "-c", former, "build", "//pkg:t"], cwd=ws.root, capture_output=True,
+                         text=True)
+    assert old.returncode == 0, old.stdout + old.stderr
+    assert counts(ws.ok("//pkg:t")) == {"executed": 1, "cached": 0, "failed": 0}
+    assert counts(ws.ok("//pkg:t")) == {"executed": 0, "cached": 1, "failed": 0}

@@ -474,7 +474,8 @@ def test_hidden_folders_visible_paths_and_their_order(tmp_path):
     assert head[head.index(str(venv)) - 1] == "--ro-bind"
     assert "/usr" not in head and "/dev/shm/posbuild-0/x" not in head  # visible anyway / under the fresh /dev
     assert sorted(made.tail) == sorted(("--remount-ro", str(root), "--remount-ro", str(store)))
-    argv = namespaces.command(made, "/dev/shm/s/1", "/dev/shm/s/1/exec", [("/a", "/a")], False, "true")
-    assert argv[-4:] == ["--", "/bin/sh", "-c", "true"]
+    argv = namespaces.command(made, "/dev/shm/s/1", "/dev/shm/s/1/exec", [("/a", "/a")], False,
+                              ["/bin/bash", "-c", "true"])
+    assert argv[-4:] == ["--", "/bin/bash", "-c", "true"]
     assert argv.index("/dev/shm/s/1") < argv.index("--remount-ro")  # mount points first, then read-only
     assert "--cap-drop" in namespaces.isolation("/usr/bin/bwrap", (), (), as_root=True).head

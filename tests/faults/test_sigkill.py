@@ -164,7 +164,7 @@ LARGE_BYTES = 6 * 1024 * 1024
 def _large_files() -> dict[str, str]:
     rules = [
         f'genrule(name = "big{i:02d}", outs = ["big{i:02d}.bin"], '
-        f'cmd = "yes {chr(ord("a") + i)} | head -c {LARGE_BYTES} > $@")'
+        f'cmd = "{{ yes {chr(ord("a") + i)} || true; }} | head -c {LARGE_BYTES} > $@")'  # yes dies of SIGPIPE
         for i in range(N_LARGE)
     ]
     return {"big/BUILD": "\n".join(rules) + "\n"}

@@ -1,13 +1,16 @@
-"""Sandboxes run plain commands without `/bin/sh` (shellfree.py), and the command cannot tell:
-outputs, captures, exit codes and error messages are those of the same command under the shell."""
+"""Sandboxes run plain commands without bash (shellfree.py), and the command cannot tell: outputs,
+captures, environment, exit codes and error messages are those of the same command under bash."""
 
 from __future__ import annotations
 
 import os
+import re
+import signal
 import stat
 import sys
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -56,9 +59,14 @@ def _run(root: Path, action: Action, shell_free: bool = True, perturbation: Pert
 def _same_both_ways(root: Path, action: Action, perturbation: Perturbation | None = None) -> SpawnResult:
     direct, direct_out, direct_mode = _run(root, action, True, perturbation)
     shell, shell_out, shell_mode = _run(root, action, False, perturbation)
-    assert (direct.exit_code, direct.stdout, direct.stderr, direct.missing, direct_out, direct_mode) == \
-        (shell.exit_code, shell.stdout, shell.stderr, shell.missing, shell_out, shell_mode)
+    assert (direct.exit_code, direct.stdout, _pid_free(direct.stderr), direct.missing, direct_out, direct_mode) == \
+        (shell.exit_code, shell.stdout, _pid_free(shell.stderr), shell.missing, shell_out, shell_mode)
     return direct
+
+
+def _pid_free(stderr: bytes) -> bytes:
+    """bash names a killed program by its process id, which differs from run to run."""
+    return re.sub(rb"^(/bin/bash: line 1: ) *[0-9]+ ", rb"\1<pid> ", stderr)
 
 
 def test_a_plain_command_runs_without_a_shell_between_posbuild_and_the_program(workspace) -> None:
@@ -76,16 +84,18 @@ def test_a_plain_command_runs_without_a_shell_between_posbuild_and_the_program(w
     "cat pkg/b.txt pkg/a.txt",  # no redirect: stdout is captured
     f"cp pkg/a.txt {OUT}",
     f"env > {OUT}",  # compared as sets below
+    "env",  # bash execs it: SHLVL=0
 ])
 def test_outputs_captures_and_modes_are_those_of_the_shell(workspace, command) -> None:
     action = _action(command, env=(("DECLARED", "yes"),))
     direct, direct_out, direct_mode = _run(workspace, action)
     shell, shell_out, shell_mode = _run(workspace, action, shell_free=False)
-    if command.startswith("env"):  # dash passes variables on in an order of its own
-        assert direct_out is not None and shell_out is not None
-        assert sorted(direct_out.splitlines()) == sorted(shell_out.splitlines())
-        assert b"DECLARED=yes" in direct_out.splitlines()
-        direct_out = shell_out
+    if command.startswith("env"):  # bash passes variables on in an order of its own
+        direct_env, shell_env = (direct_out, shell_out) if ">" in command else (direct.stdout, shell.stdout)
+        assert direct_env is not None and shell_env is not None
+        assert sorted(direct_env.splitlines()) == sorted(shell_env.splitlines())
+        assert b"DECLARED=yes" in direct_env.splitlines() and b"_=/usr/bin/env" in direct_env.splitlines()
+        direct_out, direct = shell_out, replace(direct, stdout=shell.stdout)
     assert (direct.exit_code, direct.stdout, direct.stderr, direct_out, direct_mode) == \
         (shell.exit_code, shell.stdout, shell.stderr, shell_out, shell_mode)
     assert direct.exit_code == 0 and (direct_out or direct.stdout)
@@ -93,13 +103,22 @@ def test_outputs_captures_and_modes_are_those_of_the_shell(workspace, command) -
 
 @pytest.mark.parametrize("command, code, message", [
     (f"no-such-program pkg/a.txt > {OUT}", 127, b"not found"),  # the shell's message, not posbuild's
-    ("cat pkg/a.txt > missing/folder/out", 2, b"cannot create"),
+    ("cat pkg/a.txt > missing/folder/out", 1, b"missing/folder/out: No such file or directory"),
     (f"cat pkg/absent.txt > {OUT}", 1, b"No such file"),
-    (f"echo -e x > {OUT}", 0, b""),  # a builtin: dash prints "-e x", /usr/bin/echo would print "x"
+    (f"echo -e x > {OUT}", 0, b""),  # a builtin: bash's, never a program of the same name
+    ("set -o", 0, b""),  # a builtin: bash's options, strict mode on
 ])
 def test_failures_and_builtins_read_exactly_as_under_the_shell(workspace, command, code, message) -> None:
     result = _same_both_ways(workspace, _action(command))
     assert result.exit_code == code and message in result.stderr
+
+
+def test_a_command_that_falls_back_to_the_shell_gets_only_the_shells_variables(workspace) -> None:
+    """bash runs a script that cannot be exec'd; the SHLVL it sees is bash's, not one added for a direct run."""
+    script = _script(workspace, "level", "echo \"SHLVL=$SHLVL\"\n")
+    _same_both_ways(workspace, _action(f"{script} > {OUT}", inputs=(script,)))
+    _, content, _ = _run(workspace, _action(f"{script} > {OUT}", inputs=(script,)))
+    assert content == b"SHLVL=2\n"  # bash forks (SHLVL 1) and runs the script in a fresh bash
 
 
 def test_a_script_without_an_interpreter_line_is_run_by_the_shell(workspace) -> None:
@@ -109,13 +128,16 @@ def test_a_script_without_an_interpreter_line_is_run_by_the_shell(workspace) -> 
     assert content == b"from script\n"
 
 
-@pytest.mark.parametrize("signal_name, code, message", [("SEGV", 139, b"Segmentation fault\n"),
-                                                        ("TERM", 143, b"Terminated\n"), ("PIPE", 141, b"")])
+@pytest.mark.parametrize("signal_name, code, message", [
+    ("SEGV", 139, b"/bin/bash: line 1: <pid> Segmentation fault      pkg/die > posbuild-out/pkg/out.txt\n"),
+    ("TERM", 143, b"Terminated\n"), ("PIPE", 141, b"")])
 def test_a_program_killed_by_a_signal_is_reported_as_the_shell_reports_it(workspace, signal_name, code,
                                                                           message) -> None:
     script = _script(workspace, "die", f"#!/bin/sh\nkill -{signal_name} $$\n")
     result = _same_both_ways(workspace, _action(f"{script} > {OUT}", inputs=(script,)))
-    assert (result.exit_code, result.stderr) == (code, message)
+    assert (result.exit_code, _pid_free(result.stderr)) == (code, message)
+    alone = _same_both_ways(workspace, _action(script, inputs=(script,)))  # bash execs it: the signal itself
+    assert (alone.exit_code, alone.stderr) == (-getattr(signal, f"SIG{signal_name}"), b"")
 
 
 def test_a_timeout_and_a_cancel_kill_the_program_as_they_killed_the_shell(workspace) -> None:

@@ -1,16 +1,17 @@
-"""shellfree: which commands may skip `/bin/sh -c`, where their program is found, and how a
-signal is reported as the shell would."""
+"""shellfree: the strict bash that runs commands, which commands may skip it, where their program
+is found, what bash adds to its environment, and how a signal is reported as bash would."""
 
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 from pathlib import Path
 
 import pytest
 
-from posbuild.shellfree import Direct, find_program, parse, shell_status
+from posbuild.shellfree import Direct, find_program, parse, shell_argv, shell_status, shell_variables
 
 
 @pytest.mark.parametrize("command, argv, stdout", [
@@ -38,9 +39,10 @@ def test_anything_with_shell_syntax_runs_under_the_shell(command) -> None:
 
 @pytest.mark.parametrize("word", ["echo", "printf", "test", "true", "false", "cd", "exec", "export", "set", ".",
                                   ":", "eval", "read", "kill", "pwd", "umask", "ulimit", "type", "command",
-                                  "if", "for", "while", "case", "!", "source", "let", "local", "wait", "trap"])
+                                  "if", "for", "while", "case", "!", "source", "let", "local", "wait", "trap",
+                                  "compopt", "shopt", "mapfile", "coproc", "select", "time", "enable"])
 def test_builtins_and_reserved_words_run_under_the_shell(word) -> None:
-    """dash's `echo -e x` prints "-e x"; /usr/bin/echo would print "x": a builtin is never bypassed."""
+    """bash's `echo -e x` prints "x", dash's "-e x": a builtin is never bypassed for a program."""
     assert parse(f"{word} x > out") is None
 
 
@@ -68,30 +70,69 @@ def test_a_program_is_found_on_path_in_order_as_an_executable_regular_file(tmp_p
     assert find_program("absent", path, "/") is None
 
 
-def test_relative_names_and_path_entries_are_taken_from_the_working_folder(tmp_path) -> None:
+def test_relative_names_and_path_entries_are_named_as_bash_names_them(tmp_path) -> None:
+    """The path is the one bash execs and puts in `_`, looked up from the working folder."""
     _executable(tmp_path / "bin/gen")
     _executable(tmp_path / "here")
-    assert find_program("bin/gen", "/nowhere", str(tmp_path)) == f"{tmp_path}/bin/gen"
-    assert find_program("./here", "/nowhere", str(tmp_path)) == f"{tmp_path}/./here"
-    assert find_program("gen", "/nowhere:bin", str(tmp_path)) == f"{tmp_path}/bin/gen"
-    assert find_program("here", "/nowhere:", str(tmp_path)) is not None  # an empty entry is the working folder
+    assert find_program("bin/gen", "/nowhere", str(tmp_path)) == "bin/gen"
+    assert find_program("./here", "/nowhere", str(tmp_path)) == "./here"
+    assert find_program("gen", "/nowhere:bin", str(tmp_path)) == "bin/gen"
+    assert find_program("here", "/nowhere:", str(tmp_path)) == "./here"  # an empty entry is the working folder
     assert find_program("here", "/nowhere", str(tmp_path)) is None
     assert find_program("/bin/sh", "", "/") == "/bin/sh"
 
 
-def _status_of(argv: list[str]) -> int:
+@pytest.mark.parametrize("command", ["tool", "tool a > out"])
+def test_the_variables_bash_adds_are_those_bash_gives_the_program(tmp_path, command) -> None:
+    _executable(tmp_path / "bin/tool", "#!/bin/sh\necho \"SHLVL=$SHLVL\"\necho \"_=$_\"\n")
+    env = {"PATH": "/usr/bin:/bin:bin"}
+    direct = parse(command)
+    assert direct is not None
+    program = find_program("tool", env["PATH"], str(tmp_path))
+    assert program is not None
+    added = shell_variables(env, direct, program)
+    bash = subprocess.run(shell_argv(f"{command} && cat out" if direct.stdout else command), env=env, cwd=tmp_path,
+                          capture_output=True, text=True)
+    assert bash.returncode == 0, bash.stderr
+    assert bash.stdout == f"SHLVL={added['SHLVL']}\n_={added['_']}\n"
+
+
+@pytest.mark.parametrize("name", ["BASH_ENV", "SHELLOPTS", "BASHOPTS", "SHLVL", "BASH_FUNC_cat%%"])
+def test_a_variable_that_changes_how_bash_starts_leaves_the_command_to_bash(name) -> None:
+    assert shell_variables({"PATH": "/bin", name: "x"}, Direct(("cat", "a"), None), "/bin/cat") is None
+
+
+def test_commands_run_under_bash_in_strict_mode(tmp_path) -> None:
+    def run(command: str) -> int:
+        return subprocess.run(shell_argv(command), cwd=tmp_path, capture_output=True).returncode
+    assert run("false | cat") == 1  # pipefail
+    assert run("echo $UNSET_ANYWHERE") == 1  # nounset
+    assert run("false; true") == 1  # errexit
+    assert run("false | cat || true") == 0
+    assert run("set +o pipefail; false | cat") == 0
+    assert run("echo ${UNSET_ANYWHERE:-}") == 0
+    assert shell_argv("true")[0] == "/bin/bash"
+
+
+def _status_of(argv: list[str]) -> tuple[int, int]:
     process = subprocess.Popen(argv)
     _, status = os.waitpid(process.pid, 0)
     process.returncode = 0
-    return status
+    return status, process.pid
 
 
-def test_exit_codes_pass_through_and_signals_are_reported_as_the_shell_reports_them(tmp_path) -> None:
-    assert shell_status(_status_of(["/bin/sh", "-c", "exit 3"])) == (3, b"")
-    killed = _executable(tmp_path / "killed", "#!/bin/sh\nkill -TERM $$\n")
-    assert shell_status(_status_of([str(killed)])) == (128 + signal.SIGTERM, b"Terminated\n")
-    # the shell's own report for the same death, as a reference
-    shell = subprocess.run(["/bin/sh", "-c", str(killed)], capture_output=True)
-    assert (shell.returncode, shell.stderr) == shell_status(_status_of([str(killed)]))
-    piped = _executable(tmp_path / "piped", "#!/bin/sh\nkill -PIPE $$\n")
-    assert shell_status(_status_of([str(piped)])) == (128 + signal.SIGPIPE, b"")
+@pytest.mark.parametrize("name", ["TERM", "PIPE", "INT", "SEGV", "HUP", "XFSZ"])
+def test_exit_codes_pass_through_and_signals_are_reported_as_bash_reports_them(tmp_path, name) -> None:
+    status, _ = _status_of(["/bin/sh", "-c", "exit 3"])
+    assert shell_status(status, Direct(("tool",), "out"), 1) == (3, b"")
+    killed = str(_executable(tmp_path / "killed", f"#!/bin/sh\nkill -{name} $$\n"))
+    status, pid = _status_of([killed])
+    alone = Direct((killed,), None)  # bash execs a lone command: its status is bash's own
+    assert shell_status(status, alone, pid) == (-getattr(signal, f"SIG{name}"), b"")
+    shell = subprocess.run(shell_argv(killed), capture_output=True)
+    assert (shell.returncode, shell.stderr) == (-getattr(signal, f"SIG{name}"), b"")
+    redirected = Direct((killed,), "out")  # with a redirect bash forks and reports the signal
+    shell = subprocess.run(shell_argv(f"{killed} >out"), capture_output=True, cwd=tmp_path)
+    code, note = shell_status(status, redirected, pid)
+    assert code == shell.returncode == 128 + getattr(signal, f"SIG{name}")
+    assert note == re.sub(rb"(?<=line 1: ) *[0-9]+ ", f"{pid:5d} ".encode(), shell.stderr, count=1)
