@@ -126,3 +126,33 @@ def test_a_no_op_build_writes_exactly_one_row_and_is_sealed(ws):
     [_, noop] = [json.loads(line) for line in ws.run("log", "--builds", "--json").stdout.splitlines()]
     assert noop["state"] == "FINISHED" and len(noop["seal"]) == 64
     assert ws.run("fsck").returncode == 0
+
+
+def test_builds_of_two_workspaces_sharing_a_store_keep_one_consistent_chain(tmp_path):
+    import subprocess
+
+    from conftest import POSBUILD, Workspace
+
+    shared = tmp_path / "shared-store"
+    spaces = []
+    for name in ("one", "two"):
+        root = tmp_path / name
+        root.mkdir()
+        (root / "posbuild.toml").write_text(f'[cache]\ndir = "{shared}"\n')
+        space = Workspace(root)
+        space.write({f"{name}/BUILD": "\n".join(
+            f'genrule(name = "t{i}", outs = ["t{i}.txt"], cmd = "sleep 0.2; echo {name} {i} > $@")'
+            for i in range(6))})
+        spaces.append(space)
+    for round_ in range(3):
+        for space in spaces:
+            build_file = next(space.root.glob("*/BUILD"))  # packages differ: the stat memo is keyed by path
+            build_file.write_text(build_file.read_text().replace("> $@", f"{round_} > $@"))
+        running = [subprocess.Popen([*POSBUILD, "build", "-j2", "//..."], cwd=s.root, stdout=subprocess.DEVNULL,
+                                    stderr=subprocess.PIPE, text=True) for s in spaces]
+        for process in running:
+            assert process.wait(timeout=120) == 0, process.stderr.read()
+    for space in spaces:
+        assert space.run("fsck").returncode == 0, space.run("fsck").stdout
+    builds = [json.loads(line) for line in spaces[0].run("log", "--builds", "--json").stdout.splitlines()]
+    assert [b["state"] for b in builds] == ["FINISHED"] * 6
