@@ -50,7 +50,7 @@ def describe_build(build: dict[str, Any]) -> str:
     if status == "interrupted":
         count = len(build.get("in_flight", ()))
         return f"interrupted (noticed {build.get('noticed')}; {count} action(s) in flight)"
-    return str(status)
+    return f"running (process {build['pid']})" if status == "running" and build.get("pid") else str(status)
 
 
 def _implied(store: Store, build: dict[str, Any]) -> list[ExecutionRecord]:

@@ -18,6 +18,11 @@ Design memo
   page cache. What fsync buys is survival of a *machine* crash; posbuild flushes once at the end
   of every build (`flush()`), trading the last build's cache entries on power loss for avoiding
   an fsync per action (≈0.4 ms each, which would dominate cheap actions).
+* Execution records (§12): `builds` holds one row per build, `records` the rows of its actions
+  (keyed build number + sequence), `latest` the newest record key per label, `journal_blobs` the
+  payloads build rows name. A running build holds a lock on `running/NUMBER` beside the database
+  and appends each action it starts there; a concluded build's row is sealed into the hash chain
+  of recordchain.py, whose head lives in the `meta` row `records` with the running builds' numbers.
 * LMDB readers never block the writer. Workers commit from their own threads; py-lmdb's lock
   serialises writers inside the process and LMDB's lock file across processes.
 """
@@ -103,12 +108,17 @@ class Store:
         """Close the store; a build of ours still running (an error or Ctrl-C ended it before it
         concluded) is recorded as interrupted first."""
         if self._held:
-            with self._env.begin(write=True) as txn:
-                chain = self._chain(txn)
-                for number in list(self._held):
-                    if number in chain["running"]:
-                        self._interrupt(txn, chain, number)
-                txn.put(_CHAIN_META, msgpack.packb(chain, use_bin_type=True), db=self._meta)
+            try:
+                with self._env.begin(write=True) as txn:
+                    chain = self._chain(txn)
+                    for number in list(self._held):
+                        if number in chain["running"]:
+                            self._interrupt(txn, chain, number)
+                    txn.put(_CHAIN_META, msgpack.packb(chain, use_bin_type=True), db=self._meta)
+            except lmdb.Error:  # the build stays "running": the next command records it from its log
+                for fd in self._held.values():
+                    os.close(fd)
+                self._held.clear()
             for number in list(self._held):
                 self._release(number)
         self._env.close()
@@ -466,12 +476,16 @@ class Store:
 
     def _interrupt(self, txn: lmdb.Transaction, chain: dict[str, Any], number: int) -> None:
         data = txn.get(number.to_bytes(8, "big"), db=self._builds)
-        if data is None:  # its row is gone (fsck reports the broken chain); stop waiting for it
+        try:
+            row = _unpack_row(number, data) if data is not None else None
+            recorded = {_unpack_record(number, value).label for _, value in self._raw_records(txn, number)}
+        except ChecksumMismatch:
+            row = None
+        if row is None:  # its row or records were tampered with: fsck reports it; stop waiting for it
             chain["running"].remove(number)
             return
-        recorded = {ExecutionRecord.unpack(value).label for _, value in self._raw_records(txn, number)}
         in_flight = {label: started for label, started in self._started(number) if label not in recorded}
-        self._seal(txn, chain, {**msgpack.unpackb(data), "status": "interrupted", "noticed": utc(time.time()),
+        self._seal(txn, chain, {**row, "status": "interrupted", "noticed": utc(time.time()),
                                 "in_flight": [[label, started] for label, started in in_flight.items()]})
         self._running_file(number).unlink(missing_ok=True)
 
@@ -481,8 +495,14 @@ class Store:
             text = self._running_file(number).read_text()
         except FileNotFoundError:
             return []
-        rows = [line.split("\t") for line in text.splitlines()]
-        return [(row[0], utc(float(row[1]))) for row in rows if len(row) == 2]
+        started = []
+        for line in text.splitlines():
+            label, _, when = line.partition("\t")
+            try:
+                started.append((label, utc(float(when))))
+            except ValueError:  # not a line this module wrote
+                continue
+        return started
 
     def build_running(self, number: int) -> bool:
         """Whether build `number`'s process still holds the lock of its start log."""

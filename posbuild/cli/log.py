@@ -122,4 +122,4 @@ def _list_builds(builds: list, as_json: bool) -> None:  # type: ignore[type-arg]
             click.echo(json.dumps(_build_json(build), sort_keys=True))
         else:
             click.echo(f"build {build['number']:<5} {build['started']}  {' '.join(build.get('patterns', []))}  "
-                       f"{describe_build(build)}")
+                       f"{describe_build(build).splitlines()[0]}")
