@@ -188,3 +188,23 @@ def test_a_dry_run_refused_by_a_cycle_records_nothing(ws):
     ws.write(CYCLE)
     assert ws.build("-n", "//...").returncode == 11
     assert ws.run("log").stderr.strip() == "posbuild: no build recorded yet"
+
+
+def test_builds_refused_by_a_version_mismatch_or_the_resource_budget_are_recorded(ws):
+    ws.write({
+        "data/BUILD": 'genrule(name = "clean", outs = ["clean.csv"], cmd = "echo > $@", version = {"schema": "2"})\n',
+        "model/BUILD": 'genrule(name = "train", srcs = ["//data:clean"], outs = ["m.txt"], cmd = "cat $< > $@", '
+                       'requires = {"//data:clean": {"schema": "3"}})\n',
+    })
+    assert ws.build("//model:train").returncode == 12
+    ws.write({
+        "posbuild.toml": "[resources]\ncpu = 2\n",
+        "model/BUILD": 'genrule(name = "train", srcs = ["//data:clean"], outs = ["m.txt"], cmd = "cat $< > $@", '
+                       'resources = {"cpu": 8})\n',
+    })
+    assert ws.build("//model:train").returncode == 15
+    builds = [json.loads(line) for line in ws.run("log", "--builds", "--json").stdout.splitlines()]
+    assert [(b["state"], b["error"], b["patterns"]) for b in builds] == [
+        ("REFUSED", "ORCH-02", ["//model:train"]), ("REFUSED", "ORCH-05", ["//model:train"])]
+    assert "cpu=8" in builds[1]["message"]
+    assert ws.run("fsck").returncode == 0
