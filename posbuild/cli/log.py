@@ -38,7 +38,8 @@ def _table(build: dict, records: list) -> None:  # type: ignore[type-arg]
         if not records:
             return
     remote = any(r.worker for r in records)  # a column saying where each action ran, for builds on Dask
-    click.echo(f"{'state':<8} {'seconds':>8} {'cpu s':>7} {'max RSS':>9} {'exit':>5}  {'key':<12}  {'error':<14} "
+    width = max([8, *(len(r.state) for r in records)])  # INTERRUPTED is wider than the others
+    click.echo(f"{'state':<{width}} {'seconds':>8} {'cpu s':>7} {'max RSS':>9} {'exit':>5}  {'key':<12}  {'error':<14} "
                + (f"{'ran on':<32} " if remote else "") + "label")
     for r in records:
         cpu = f"{r.usage.user_s + r.usage.system_s:.2f}" if r.usage else "-"
@@ -46,7 +47,7 @@ def _table(build: dict, records: list) -> None:  # type: ignore[type-arg]
         exit_code = "-" if r.exit_code is None else str(r.exit_code)
         key = r.key.hex()[:12] if r.key else "-"
         where = f"{r.host} {r.worker.split('://')[-1]}" if r.worker else "-"
-        click.echo(f"{r.state:<8} {r.duration:>8.3f} {cpu:>7} {rss:>9} {exit_code:>5}  {key:<12}  "
+        click.echo(f"{r.state:<{width}} {r.duration:>8.3f} {cpu:>7} {rss:>9} {exit_code:>5}  {key:<12}  "
                    f"{r.error_code or '-':<14} " + (f"{where:<32} " if remote else "") + r.label)
 
 
