@@ -577,12 +577,13 @@ class Store:
         with self._env.begin() as txn:
             key = txn.get(label.encode(), db=self._latest)
             value = txn.get(key, db=self._records) if key else None
-        return ExecutionRecord.unpack(value) if value else None
+        return _unpack_record(int.from_bytes(key[:8], "big"), value) if key and value else None
 
     def records_of_label(self, label: str) -> list[ExecutionRecord]:
         """Every explicit record of one action, oldest first (a scan: for `explain`, not hot paths)."""
         with self._env.begin() as txn:
-            return [r for r in (ExecutionRecord.unpack(v) for _, v in txn.cursor(db=self._records)) if r.label == label]
+            return [r for r in (_unpack_record(int.from_bytes(k[:8], "big"), v) for k, v in txn.cursor(db=self._records))
+                    if r.label == label]
 
     def journal_blob(self, digest: Digest) -> bytes | None:
         """A payload that build rows refer to (graph or up-to-date state), verified; None if absent."""
