@@ -573,11 +573,15 @@ class Store:
         return found
 
     def latest_record(self, label: str) -> ExecutionRecord | None:
-        """The newest explicit record of an action (its last execution or store lookup)."""
+        """The newest explicit record of an action (its last execution or store lookup); None also
+        when that record cannot be read (fsck reports it; builds only take hints from it)."""
         with self._env.begin() as txn:
             key = txn.get(label.encode(), db=self._latest)
             value = txn.get(key, db=self._records) if key else None
-        return _unpack_record(int.from_bytes(key[:8], "big"), value) if key and value else None
+        try:
+            return ExecutionRecord.unpack(value) if value else None
+        except (ValueError, TypeError, KeyError, msgpack.UnpackException):
+            return None  # tampered with: fsck reports it; a build goes on without the hint
 
     def records_of_label(self, label: str) -> list[ExecutionRecord]:
         """Every explicit record of one action, oldest first (a scan: for `explain`, not hot paths)."""
