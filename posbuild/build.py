@@ -22,7 +22,7 @@ from posbuild.analysis import Action, ActionGraph, Analyzer, GraphFacts, expand_
 from posbuild.config import Config, load_config
 from posbuild.digest import Digest
 from posbuild.envfp import checked_environment_hash, environment_key, passed_environment
-from posbuild.errors import ActionFailed, NonDeterminism, PosbuildError, ResourceOversubscription, UsageError
+from posbuild.errors import ActionFailed, NonDeterminism, OrchError, PosbuildError, ResourceOversubscription, UsageError
 from posbuild.graphcache import CachedGraph, GraphCache
 from posbuild.label import TargetPattern, parse_pattern
 from posbuild.pins import LOCK_FILE, check_pins
@@ -122,6 +122,31 @@ def workspace_lock(config: Config, reporter: Reporter) -> Iterator[None]:
 def run_build(root: Path, options: BuildOptions, reporter: Reporter,
               environ: Mapping[str, str] | None = None,
               on_graph: Callable[[ActionGraph], None] | None = None) -> BuildSummary:
+    """Build the patterns of `options` in the workspace at `root`; a build that a critical error
+    refuses before anything runs is recorded as refused (§12: every attempt leaves a record)."""
+    checks: list[bool] = []  # `_run_build` appends once its checks passed
+    started = time.time()
+    try:
+        return _run_build(root, options, reporter, environ, on_graph, checks)
+    except OrchError as error:
+        if not checks and not options.dry_run:
+            _record_refused(root, options, started, error)
+        raise
+
+
+def _record_refused(root: Path, options: BuildOptions, started: float, error: OrchError) -> None:
+    from posbuild.journal import record_refused
+
+    try:
+        config = load_config(root)
+        patterns = [str(p) for p in make_request(config, options.patterns, options.cwd_package).patterns]
+        record_refused(config.store_dir, started, patterns, error.code, error.render())
+    except (PosbuildError, OSError):  # the refusal itself is what the user must see
+        pass
+
+
+def _run_build(root: Path, options: BuildOptions, reporter: Reporter, environ: Mapping[str, str] | None,
+               on_graph: Callable[[ActionGraph], None] | None, checks: list[bool]) -> BuildSummary:
     """Build the patterns of `options` in the workspace at `root`.
 
     Actions the up-to-date check settles by stat alone count as cached; only if any remain does
@@ -161,6 +186,7 @@ def run_build(root: Path, options: BuildOptions, reporter: Reporter,
         check_pins(config.root, actions, previous)  # ORCH-03 before anything runs, dry runs included
         if local:
             check_budget(actions, config.resources)  # ORCH-05 likewise
+        checks.append(True)
         clean = [False] * len(actions) if options.verify else clean_actions(actions, previous, config.root)
         up_to_date = sum(clean)
         if up_to_date == len(actions) and tree_clean:  # a no-op all the same

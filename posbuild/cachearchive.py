@@ -95,8 +95,8 @@ def last_successful_build(store: Store, patterns: Sequence[str]) -> dict[str, An
     wanted = sorted(set(patterns))
     builds = store.builds()
     for build in reversed(builds):
-        if (sorted(set(build.get("patterns", ()))) == wanted and "ended" in build
-                and not build.get("failed") and not build.get("skipped")):
+        if (sorted(set(build.get("patterns", ()))) == wanted and build.get("status", "finished") == "finished"
+                and "ended" in build and not build.get("failed") and not build.get("skipped")):
             return build
     recorded = sorted({" ".join(sorted(set(b.get("patterns", ())))) for b in builds if "ended" in b})
     hint = f" (builds recorded for: {'; '.join(recorded[-5:])})" if recorded else ""

@@ -305,6 +305,8 @@ class Rebuilder:
         """Start executing `action` (worker thread): stage its sandbox and start its command, then
         return at once; `wait` for the command, and `conclude` to check and commit the result."""
         prepared = self._prepared.pop(action.label)
+        if self._journal is not None:
+            self._journal.started(action.label)
         started = time.time()
         try:
             secrets = values_of(self._secrets, action.secrets)

@@ -27,6 +27,15 @@ ORCH-06, partial state: rows or files that an uninterrupted history would not ha
   up-to-date state writes, sandbox folders, temp files under `cas/`, and files under `cas/` that
   no blob row names (written before a commit that never happened).
 
+ORCH-03 also covers the execution records, which are sealed into a hash chain (recordchain.py):
+* A build row or record changed after it was sealed (it no longer hashes to the build's seal), a
+  build deleted from the chain (its successor, or the chain's head, names it), a sealed row whose
+  seal was removed or a row that should be sealed and is not, a record left without its build
+  row, and a graph or state payload that a build row names but that is gone or corrupt. Each is
+  reported as `ORCH-03 build N`. Records are evidence: `--repair` never rewrites them, and reports
+  them as not repaired. Builds recorded before the store had a chain are not checked; a build
+  still running, or killed and not yet noticed by a later command, is not a problem.
+
 Warnings carry no code and do not change the exit status: a blob that no action result and no
 generation references (`posbuild gc` reclaims it), and a generation whose manifest lists a blob
 the store no longer holds (rolling back to it cannot restore that file until a build produces
@@ -65,11 +74,13 @@ from posbuild.config import Config
 from posbuild.digest import DIGEST_SIZE, Digest, hash_bytes, hash_file
 from posbuild.errors import ChecksumMismatch, PartialState
 from posbuild.records import ActionResult, Manifest, unpack_manifest
+from posbuild.recordchain import CHAIN, GENESIS, records_digest, seal
 from posbuild.store import Store
 from posbuild.uptodate import mark_tree
 
 CHECKSUM, PARTIAL = ChecksumMismatch.code, PartialState.code
 BLOB, RESULT, GENERATION, OUTPUT, LEFTOVER = "blob", "result", "generation", "output", "leftover"
+BUILD = "build"
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,7 +154,9 @@ def check(config: Config, store: Store | None, repair: bool) -> FsckReport:
     checker = _Checker(config, store)
     report = checker.run()
     if repair:
-        report = replace(report, repaired=_repair(config, store, checker.plan) if report.errors else Repairs())
+        repaired = _repair(config, store, checker.plan) if report.errors else Repairs()
+        kept = tuple((p, "records are evidence; posbuild never rewrites them") for p in report.errors if p.kind == BUILD)
+        report = replace(report, repaired=replace(repaired, failed=repaired.failed + kept))
     return report
 
 
@@ -171,6 +184,7 @@ class _Checker:
             self._check_blobs(self._store)
             self._check_results(self._store)
             self._check_generations(self._store)
+            self._problems.extend(record_chain_problems(self._store))
             self._check_cas_files(self._store)
         self._check_outputs()
         self._check_leftovers()
@@ -326,6 +340,76 @@ class _Checker:
             return path.relative_to(self._config.root).as_posix()
         except ValueError:
             return str(path)
+
+
+def record_chain_problems(store: Store) -> list[Problem]:
+    """Check every sealed build row and its records against the chain (one problem per build)."""
+    import msgpack
+
+    found: dict[int, str] = {}
+
+    def add(number: int, detail: str) -> None:
+        found.setdefault(number, detail)
+
+    rows: dict[int, dict] = {}  # type: ignore[type-arg]
+    for number, value in store.raw_builds():
+        try:
+            rows[number] = msgpack.unpackb(value)
+        except (ValueError, msgpack.UnpackException):
+            add(number, "its row cannot be read: it was changed after it was recorded")
+    records: dict[int, list[tuple[bytes, bytes]]] = {}
+    for key, value in store.raw_records():
+        records.setdefault(int.from_bytes(key[:8], "big"), []).append((key, value))
+    meta = store.chain_meta()
+    sealed = {n: row for n, row in rows.items() if isinstance(row, dict) and CHAIN in row}
+    first = min(sealed, default=None)
+    for number, row in rows.items():
+        if number in sealed:
+            continue
+        if isinstance(row, dict) and row.get("status") == "running" and number in meta["running"]:
+            continue  # still running, or killed and not yet noticed by a later command
+        if isinstance(row, dict) and "status" not in row and (first is None or number < first):
+            continue  # recorded before this store had a chain
+        add(number, "its row is not sealed into the record chain: its seal was removed or its row rewritten")
+    successors: dict[int, list[int]] = {}
+    for number, row in sorted(sealed.items()):
+        previous, digest = row[CHAIN]
+        if previous and previous not in sealed:
+            add(previous, f"deleted: build {number} chains from it" if previous not in rows
+                else f"its seal was removed (build {number} chains from it)")
+            continue
+        successors.setdefault(previous, []).append(number)
+        before = bytes(sealed[previous][CHAIN][1]) if previous else GENESIS
+        if seal(before, row, records_digest(records.get(number, []))) != bytes(digest):
+            add(number, "its row or records were changed after it was recorded: they no longer hash to its seal")
+    for previous, following in successors.items():
+        for number in following[1:]:
+            add(number, f"chains from build {previous} like build {following[0]}: the chain was rewritten"
+                if previous else "starts a second record chain: the chain's head was removed")
+    head = meta["head"]
+    if head is None and sealed:
+        add(max(sealed), "the record chain's head (the last sealed build) is gone")
+    elif head is not None:
+        number, digest = head
+        if number not in rows:
+            add(number, "deleted: it was the last build sealed into the record chain")
+        elif number not in sealed or bytes(sealed[number][CHAIN][1]) != bytes(digest) or successors.get(number):
+            add(number, "it no longer matches the record chain's head")
+    for number in sorted(set(records) - set(rows)):
+        add(number, f"deleted: {len(records[number])} record(s) of it remain without its row")
+    checked: set[bytes] = set()
+    for number, row in sorted(sealed.items()):
+        for name in ("graph", "state"):
+            digest = row.get(name)
+            if not digest or digest in checked:
+                continue
+            checked.add(digest)
+            try:
+                if store.journal_blob(digest) is None:
+                    add(number, f"its {name} payload {bytes(digest).hex()} is gone")
+            except ChecksumMismatch:
+                add(number, f"its {name} payload {bytes(digest).hex()} was changed after it was recorded")
+    return [Problem(CHECKSUM, BUILD, str(n), detail) for n, detail in sorted(found.items())]
 
 
 def _references(result: ActionResult) -> list[tuple[Digest, str]]:

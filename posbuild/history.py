@@ -3,7 +3,8 @@
 A build's row says which of its actions were settled by stat alone; their records are rebuilt
 from the graph and up-to-date state the row names (journal.py explains why they are not stored
 one by one). `records_of_build` therefore returns one record for every action the build
-requested (§12's completeness condition), whichever way each was settled.
+requested (§12's completeness condition), whichever way each was settled; for a build that was
+interrupted, the actions it had in flight get a record each (state INTERRUPTED) from its row.
 """
 
 from __future__ import annotations
@@ -26,8 +27,30 @@ def find_build(store: Store, number: int | None) -> dict[str, Any] | None:
 
 
 def records_of_build(store: Store, build: dict[str, Any]) -> list[ExecutionRecord]:
-    """Every record of a build: the implied up-to-date ones first, then the rest in the order made."""
-    return _implied(store, build) + store.records_of(int(build["number"]))
+    """Every record of a build: the implied up-to-date ones first, then the rest in the order made,
+    then those of the actions an interrupted build had in flight."""
+    return _implied(store, build) + store.records_of(int(build["number"])) + _in_flight(build)
+
+
+def _in_flight(build: dict[str, Any]) -> list[ExecutionRecord]:
+    """Records of the actions an interrupted build started and never concluded: their start time
+    is known, their end is not (`ended` is empty)."""
+    return [ExecutionRecord(
+        build_id=str(build["number"]), label=label, state="INTERRUPTED", key=None, started=started, ended="",
+        duration=0.0, inputs=(), versions=(), outputs=(), usage=None, exit_code=None, error_code="interrupted",
+        env_hash=bytes(build.get("env_hash") or b""),
+    ) for label, started in build.get("in_flight", ())]
+
+
+def describe_build(build: dict[str, Any]) -> str:
+    """How a build ended, in a few words: finished, still running, interrupted, or refused (and why)."""
+    status = build.get("status") or ("finished" if "ended" in build else "unfinished")
+    if status == "refused":
+        return f"refused: {build.get('message') or build.get('error')}"
+    if status == "interrupted":
+        count = len(build.get("in_flight", ()))
+        return f"interrupted (noticed {build.get('noticed')}; {count} action(s) in flight)"
+    return f"running (process {build['pid']})" if status == "running" and build.get("pid") else str(status)
 
 
 def _implied(store: Store, build: dict[str, Any]) -> list[ExecutionRecord]:

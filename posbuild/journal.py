@@ -4,6 +4,12 @@ Every action a build touches gets exactly one record: an executed action's recor
 the same transaction as its result (execute.py passes it to `Store.commit`); cache hits, failures
 and skips are batched and committed once at the end of the build.
 
+A build's row is written when it starts, with status "running", and concluded ("finished") when
+it ends; each action it starts is noted in the store's start log (`Store.start_log`), so that if
+the process dies the next command records the build as "interrupted" with the actions in flight.
+A build refused by a critical error before anything ran is recorded too ("refused", with the
+error). Concluded rows are sealed into the store's hash chain (recordchain.py).
+
 Actions settled by the up-to-date check get no row of their own: writing ten thousand rows would
 cost a no-op build more than everything else it does. Their records are implied by the build's
 row, which names the graph and the up-to-date state they were settled from (both kept as blobs,
@@ -16,32 +22,33 @@ from __future__ import annotations
 import itertools
 import threading
 import time
-from datetime import datetime, timezone
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 from posbuild.analysis import Action
 from posbuild.digest import Digest, hash_bytes
-from posbuild.records import ExecutionRecord, RemoteRun, ResourceUsage
+from posbuild.records import ExecutionRecord, RemoteRun, ResourceUsage, utc
 
 Row = tuple[bytes, str, bytes]  # (record key, label, packed record), as Store.commit takes them
-
-
-def utc(seconds: float) -> str:
-    """A Unix time as UTC ISO 8601 with microseconds."""
-    return datetime.fromtimestamp(seconds, timezone.utc).isoformat(timespec="microseconds")
 
 
 class Journal:
     """Creates the records of build number `number`; thread-safe (workers record concurrently)."""
 
-    def __init__(self, number: int, build_id: str, env_hash: Digest) -> None:
+    def __init__(self, number: int, build_id: str, env_hash: Digest,
+                 start_log: Callable[[str], None] | None = None) -> None:
         self.number = number
         self.build_id = build_id
         self._env_hash = env_hash
+        self._start_log = start_log
         self._sequence = itertools.count()
         self._lock = threading.Lock()
         self._pending: list[Row] = []
+
+    def started(self, label: str) -> None:
+        """Note that an action's command is about to start (what a killed build had in flight)."""
+        if self._start_log is not None:
+            self._start_log(label)
 
     def row(self, action: Action, state: str, key: Digest | None, started: float, ended: float,
             inputs: Sequence[tuple[str, Digest]], outputs: Sequence[tuple[str, Digest]] = (),
@@ -86,7 +93,7 @@ def build_row(started: float, patterns: Sequence[str], env_hash: Digest, graph: 
     payloads = {"graph": graph[1], "state": state if settled else b""}
     digests = {"graph": graph[0] if graph[1] else None, "state": hash_bytes(state) if settled and state else None}
     info: dict[str, object] = {
-        "started": utc(started), "patterns": list(patterns), "env_hash": env_hash, **digests,
+        "started": utc(started), "status": "running", "patterns": list(patterns), "env_hash": env_hash, **digests,
         "actions": len(up_to_date), "up_to_date": "all" if len(settled) == len(up_to_date) else settled, **flags,
     }
     return info, [(digests[name], data) for name, data in payloads.items() if data]
@@ -98,6 +105,18 @@ def record_settled_build(store_dir: Path, info: dict[str, object], blobs: Sequen
 
     store = Store(store_dir)
     try:
-        return store.begin_build({**info, "ended": utc(time.time())}, blobs)
+        return store.begin_build({**info, "status": "finished", "ended": utc(time.time())}, blobs)
+    finally:
+        store.close()
+
+
+def record_refused(store_dir: Path, started: float, patterns: Sequence[str], code: str, message: str) -> int:
+    """Record a build that a critical error refused before anything ran; returns its number."""
+    from posbuild.store import Store
+
+    store = Store(store_dir)
+    try:
+        return store.begin_build({"started": utc(started), "status": "refused", "patterns": list(patterns),
+                                  "ended": utc(time.time()), "error": code, "message": message})
     finally:
         store.close()

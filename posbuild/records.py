@@ -9,12 +9,18 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from datetime import datetime, timezone
 
 import msgpack
 
 from posbuild.digest import Digest
 
 RESULT_FORMAT = 1
+
+
+def utc(seconds: float) -> str:
+    """A Unix time as UTC ISO 8601 with microseconds, the form every record's times take."""
+    return datetime.fromtimestamp(seconds, timezone.utc).isoformat(timespec="microseconds")
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,7 +133,7 @@ class RemoteRun:
     ended: float
 
 
-STATES = ("SUCCESS", "FAILED", "CACHED", "SKIPPED")
+STATES = ("SUCCESS", "FAILED", "CACHED", "SKIPPED", "INTERRUPTED")  # the last only implied (history.py)
 
 
 @dataclass(frozen=True, slots=True)

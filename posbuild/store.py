@@ -18,23 +18,31 @@ Design memo
   page cache. What fsync buys is survival of a *machine* crash; posbuild flushes once at the end
   of every build (`flush()`), trading the last build's cache entries on power loss for avoiding
   an fsync per action (≈0.4 ms each, which would dominate cheap actions).
+* Execution records (§12): `builds` holds one row per build, `records` the rows of its actions
+  (keyed build number + sequence), `latest` the newest record key per label, `journal_blobs` the
+  payloads build rows name. A running build holds a lock on `running/NUMBER` beside the database
+  and appends each action it starts there; a concluded build's row is sealed into the hash chain
+  of recordchain.py, whose head lives in the `meta` row `records` with the running builds' numbers.
 * LMDB readers never block the writer. Workers commit from their own threads; py-lmdb's lock
   serialises writers inside the process and LMDB's lock file across processes.
 """
 
 from __future__ import annotations
 
+import fcntl
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 import lmdb
 import msgpack
 
 from posbuild.digest import Digest, hash_bytes, hash_file
 from posbuild.errors import ChecksumMismatch, PartialState
-from posbuild.records import ActionResult, ExecutionRecord, FileState, Generation
+from posbuild.recordchain import CHAIN, GENESIS, records_digest, seal
+from posbuild.records import ActionResult, ExecutionRecord, FileState, Generation, utc
 
 STORE_FORMAT = b"1"
 INLINE_LIMIT = 256 * 1024
@@ -45,6 +53,7 @@ MAP_SIZE = 1 << 36
 # Rows are keyed digest + 4-byte chunk number; stores written before keep one row keyed by digest.
 PAYLOAD_CHUNK = 1900
 _INLINE, _EXTERNAL = b"\x00", b"\x01"
+_CHAIN_META = b"records"  # meta row: {"head": [number, seal] | None, "running": [numbers]}
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,6 +89,7 @@ class Store:
         self._builds = self._env.open_db(b"builds")
         self._latest = self._env.open_db(b"latest")
         self._journal_blobs = self._env.open_db(b"journal_blobs")
+        self._held: dict[int, int] = {}  # running builds of this process → the fd of their start log
         self._check_format()
 
     def _check_format(self) -> None:
@@ -95,6 +105,22 @@ class Store:
             )
 
     def close(self) -> None:
+        """Close the store; a build of ours still running (an error or Ctrl-C ended it before it
+        concluded) is recorded as interrupted first."""
+        if self._held:
+            try:
+                with self._env.begin(write=True) as txn:
+                    chain = self._chain(txn)
+                    for number in list(self._held):
+                        if number in chain["running"]:
+                            self._interrupt(txn, chain, number)
+                    txn.put(_CHAIN_META, msgpack.packb(chain, use_bin_type=True), db=self._meta)
+            except lmdb.Error:  # the build stays "running": the next command records it from its log
+                for fd in self._held.values():
+                    os.close(fd)
+                self._held.clear()
+            for number in list(self._held):
+                self._release(number)
         self._env.close()
 
     def flush(self) -> None:
@@ -347,17 +373,25 @@ class Store:
         except FileNotFoundError:
             return 0
 
-    # -- execution records (§12) ---------------------------------------------------------------
+    # -- execution records (§12) and their chain (recordchain.py) ----------------------------
 
     def begin_build(self, info: dict[str, object], blobs: Iterable[tuple[Digest, bytes]] = ()) -> int:
         """Number a new build and write its row (and the payloads it refers to) in one transaction.
 
-        The payloads (graph and up-to-date state, see journal.py) are kept apart from the artifact
-        blobs, so recording a build never changes the CAS that results point into (§11).
+        A row with status "running" is concluded later (`update_build`); meanwhile this process
+        holds the lock of `running/NUMBER`, where `start_log` notes each action it starts. Any
+        other row is over already (a no-op, a refused build) and is sealed at once. Running builds
+        whose process died are recorded as interrupted first. The payloads (graph and up-to-date
+        state, see journal.py) are kept apart from the artifact blobs, so recording a build never
+        changes the CAS that results point into (§11).
         """
         with self._env.begin(write=True) as txn:
+            chain = self._chain(txn)
+            if chain["running"]:
+                self._settle_dead(txn, chain)
             with txn.cursor(db=self._builds) as cursor:
-                number = int.from_bytes(cursor.key(), "big") + 1 if cursor.last() else 1
+                last = int.from_bytes(cursor.key(), "big") if cursor.last() else 0
+            number = max(last, chain["head"][0] if chain["head"] else 0) + 1
             with txn.cursor(db=self._journal_blobs) as cursor:
                 for digest, data in blobs:
                     if _has_payload(cursor, digest):
@@ -365,20 +399,166 @@ class Store:
                     for index, start in enumerate(range(0, max(len(data), 1), PAYLOAD_CHUNK)):
                         txn.put(digest + index.to_bytes(4, "big"), data[start:start + PAYLOAD_CHUNK],
                                 db=self._journal_blobs)
-            txn.put(number.to_bytes(8, "big"), msgpack.packb({**info, "number": number}, use_bin_type=True),
-                    db=self._builds)
+            row = {**info, "number": number}
+            if info.get("status") == "running":
+                self._hold(number)
+                txn.put(number.to_bytes(8, "big"), msgpack.packb({**row, "pid": os.getpid()}, use_bin_type=True),
+                        db=self._builds)
+                chain["running"].append(number)
+            else:
+                self._seal(txn, chain, row)
+            txn.put(_CHAIN_META, msgpack.packb(chain, use_bin_type=True), db=self._meta)
         return number
 
+    def start_log(self, number: int) -> Callable[[str], None]:
+        """A function noting that running build `number` started an action (one small append each,
+        no fsync: a killed process's writes survive it, and the next command reads them back)."""
+        fd = self._held[number]
+
+        def started(label: str) -> None:
+            os.write(fd, f"{label}\t{time.time():.6f}\n".encode())
+        return started
+
     def update_build(self, number: int, changes: dict[str, object]) -> None:
+        """Conclude running build `number` with its final fields (status "finished" unless given),
+        and seal it into the chain, in one transaction."""
         with self._env.begin(write=True) as txn:
-            key = number.to_bytes(8, "big")
-            info = msgpack.unpackb(txn.get(key, db=self._builds))
-            txn.put(key, msgpack.packb({**info, **changes}, use_bin_type=True), db=self._builds)
+            chain = self._chain(txn)
+            info = msgpack.unpackb(txn.get(number.to_bytes(8, "big"), db=self._builds))
+            self._seal(txn, chain, {**info, **changes, "status": changes.get("status", "finished")})
+            txn.put(_CHAIN_META, msgpack.packb(chain, use_bin_type=True), db=self._meta)
+        self._release(number)
+
+    def settle_interrupted(self) -> list[int]:
+        """Record as interrupted every running build whose process is gone; returns their numbers.
+        A read-only look (`chain_meta`) comes first, so that with none this writes nothing."""
+        if not self.chain_meta()["running"]:
+            return []
+        with self._env.begin(write=True) as txn:
+            chain = self._chain(txn)
+            settled = self._settle_dead(txn, chain)
+            if settled:
+                txn.put(_CHAIN_META, msgpack.packb(chain, use_bin_type=True), db=self._meta)
+        return settled
+
+    def _chain(self, txn: lmdb.Transaction) -> dict[str, Any]:
+        data = txn.get(_CHAIN_META, db=self._meta)
+        return msgpack.unpackb(data) if data else {"head": None, "running": []}
+
+    def chain_meta(self) -> dict[str, Any]:
+        """The chain's head ([number, seal] of the last sealed build, None before the first) and
+        the numbers of the builds still running."""
+        with self._env.begin() as txn:
+            return self._chain(txn)
+
+    def _seal(self, txn: lmdb.Transaction, chain: dict[str, Any], row: dict[str, Any]) -> None:
+        """Write a concluded build's row with its seal, after the chain's head (recordchain.py)."""
+        row = msgpack.unpackb(msgpack.packb(row, use_bin_type=True))  # the form fsck reads it back in
+        number = int(row["number"])
+        previous, previous_seal = chain["head"] or (0, GENESIS)
+        digest = seal(previous_seal, row, records_digest(self._raw_records(txn, number)))
+        txn.put(number.to_bytes(8, "big"), msgpack.packb({**row, CHAIN: [previous, digest]}, use_bin_type=True),
+                db=self._builds)
+        chain["head"] = [number, digest]
+        if number in chain["running"]:
+            chain["running"].remove(number)
+
+    def _settle_dead(self, txn: lmdb.Transaction, chain: dict[str, Any]) -> list[int]:
+        """Seal each running build whose process died (or, for our own, never concluded) as
+        interrupted, naming the actions it started and never recorded."""
+        settled = []
+        for number in list(chain["running"]):
+            if number in self._held or self.build_running(number):
+                continue
+            self._interrupt(txn, chain, number)
+            settled.append(number)
+        return settled
+
+    def _interrupt(self, txn: lmdb.Transaction, chain: dict[str, Any], number: int) -> None:
+        data = txn.get(number.to_bytes(8, "big"), db=self._builds)
+        try:
+            row = _unpack_row(number, data) if data is not None else None
+            recorded = {_unpack_record(number, value).label for _, value in self._raw_records(txn, number)}
+        except ChecksumMismatch:
+            row = None
+        if row is None:  # its row or records were tampered with: fsck reports it; stop waiting for it
+            chain["running"].remove(number)
+            return
+        in_flight = {label: started for label, started in self._started(number) if label not in recorded}
+        self._seal(txn, chain, {**row, "status": "interrupted", "noticed": utc(time.time()),
+                                "in_flight": [[label, started] for label, started in in_flight.items()]})
+        self._running_file(number).unlink(missing_ok=True)
+
+    def _started(self, number: int) -> list[tuple[str, str]]:
+        """(label, start time) of every action the start log of `number` names, in start order."""
+        try:
+            text = self._running_file(number).read_text()
+        except FileNotFoundError:
+            return []
+        started = []
+        for line in text.splitlines():
+            label, _, when = line.partition("\t")
+            try:
+                started.append((label, utc(float(when))))
+            except ValueError:  # not a line this module wrote
+                continue
+        return started
+
+    def build_running(self, number: int) -> bool:
+        """Whether build `number`'s process still holds the lock of its start log."""
+        try:
+            fd = os.open(self._running_file(number), os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return False
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        finally:
+            os.close(fd)
+        return False
+
+    def _running_file(self, number: int) -> Path:
+        return self.path / "running" / str(number)
+
+    def _hold(self, number: int) -> None:
+        """Create and lock build `number`'s start log; the lock lives as long as this process does."""
+        path = self._running_file(number)
+        path.parent.mkdir(exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND | os.O_CLOEXEC, 0o644)
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        self._held[number] = fd
+
+    def _release(self, number: int) -> None:
+        fd = self._held.pop(number, None)
+        if fd is not None:
+            self._running_file(number).unlink(missing_ok=True)
+            os.close(fd)
+
+    def _raw_records(self, txn: lmdb.Transaction, number: int) -> list[tuple[bytes, bytes]]:
+        prefix = number.to_bytes(8, "big")
+        found = []
+        with txn.cursor(db=self._records) as cursor:
+            if cursor.set_range(prefix):
+                for key, value in cursor:
+                    if not key.startswith(prefix):
+                        break
+                    found.append((key, value))
+        return found
+
+    def raw_builds(self) -> list[tuple[int, bytes]]:
+        """Every build row as stored, for fsck's check of the chain."""
+        with self._env.begin() as txn:
+            return [(int.from_bytes(key, "big"), value) for key, value in txn.cursor(db=self._builds)]
+
+    def raw_records(self) -> Iterator[tuple[bytes, bytes]]:
+        """Every record row as stored, in key order (so each build's rows come together)."""
+        with self._env.begin() as txn:
+            yield from txn.cursor(db=self._records)
 
     def builds(self) -> list[dict[str, object]]:
-        """Every build row, oldest first."""
-        with self._env.begin() as txn:
-            return [msgpack.unpackb(value) for _, value in txn.cursor(db=self._builds)]
+        """Every build row, oldest first; an unreadable one is ORCH-03."""
+        return [_unpack_row(number, value) for number, value in self.raw_builds()]
 
     def records_of(self, number: int) -> list[ExecutionRecord]:
         """The explicit records of one build, in the order they were written."""
@@ -389,20 +569,25 @@ class Store:
                 for key, value in cursor:
                     if not key.startswith(prefix):
                         break
-                    found.append(ExecutionRecord.unpack(value))
+                    found.append(_unpack_record(number, value))
         return found
 
     def latest_record(self, label: str) -> ExecutionRecord | None:
-        """The newest explicit record of an action (its last execution or store lookup)."""
+        """The newest explicit record of an action (its last execution or store lookup); None also
+        when that record cannot be read (fsck reports it; builds only take hints from it)."""
         with self._env.begin() as txn:
             key = txn.get(label.encode(), db=self._latest)
             value = txn.get(key, db=self._records) if key else None
-        return ExecutionRecord.unpack(value) if value else None
+        try:
+            return ExecutionRecord.unpack(value) if value else None
+        except (ValueError, TypeError, KeyError, msgpack.UnpackException):
+            return None  # tampered with: fsck reports it; a build goes on without the hint
 
     def records_of_label(self, label: str) -> list[ExecutionRecord]:
         """Every explicit record of one action, oldest first (a scan: for `explain`, not hot paths)."""
         with self._env.begin() as txn:
-            return [r for r in (ExecutionRecord.unpack(v) for _, v in txn.cursor(db=self._records)) if r.label == label]
+            return [r for r in (_unpack_record(int.from_bytes(k[:8], "big"), v) for k, v in txn.cursor(db=self._records))
+                    if r.label == label]
 
     def journal_blob(self, digest: Digest) -> bytes | None:
         """A payload that build rows refer to (graph or up-to-date state), verified; None if absent."""
@@ -417,3 +602,22 @@ class Store:
         if data is not None and hash_bytes(data) != digest:
             raise ChecksumMismatch(f"build record payload {digest.hex()} in {self.path} is corrupt")
         return data
+
+
+def _unpack_row(number: int, value: bytes) -> dict[str, Any]:
+    try:
+        row = msgpack.unpackb(value)
+        if isinstance(row, dict):
+            return row
+    except (ValueError, msgpack.UnpackException):
+        pass
+    raise ChecksumMismatch(f"the row of build {number} cannot be read: it was changed after it was "
+                           f"recorded; run `posbuild fsck`")
+
+
+def _unpack_record(number: int, value: bytes) -> ExecutionRecord:
+    try:
+        return ExecutionRecord.unpack(value)
+    except (ValueError, TypeError, KeyError, msgpack.UnpackException):
+        raise ChecksumMismatch(f"a record of build {number} cannot be read: it was changed after it was "
+                               f"recorded; run `posbuild fsck`") from None

@@ -28,7 +28,8 @@ def fsck(repair: bool) -> None:
     """Re-hash every blob and every file under posbuild-out/, and look for partial state.
 
     \b
-    ORCH-03: a blob or an output whose bytes do not hash to their recorded digest.
+    ORCH-03: a blob or an output whose bytes do not hash to their recorded digest, or an
+             execution record changed or deleted after its build was sealed.
     ORCH-06: a result or generation whose blobs are gone, a file under posbuild-out/ posbuild
              did not write, or leftovers of an interrupted build (temp files, sandboxes).
     Exit codes: 0 nothing (left) to fix, 13 ORCH-03 found, 16 only ORCH-06 found.

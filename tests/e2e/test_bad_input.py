@@ -7,6 +7,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
+import msgpack
 import pytest
 
 from conftest import POSBUILD, Workspace
@@ -18,7 +19,7 @@ GOOD = {
 
 
 def snapshot(root: Path) -> dict[str, object]:
-    """posbuild-out/ bytes and modes, and the files of the store (with the bytes of its data)."""
+    """posbuild-out/ bytes and modes, and the files of the store (with the rows of its database)."""
     out: dict[str, object] = {}
     base = root / "posbuild-out"
     for path in sorted(base.rglob("*")) if base.exists() else []:
@@ -30,8 +31,25 @@ def snapshot(root: Path) -> dict[str, object]:
     for path in sorted(store_dir.rglob("*")):
         rel = str(path.relative_to(store_dir))
         digest = hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() and path.name != "lock.mdb" else None
-        store[rel] = digest
+        store[rel] = _rows(store_dir / "db") if path.name == "data.mdb" else digest
     return {"out": out, "store": store}
+
+
+def _rows(db: Path) -> dict[str, object]:
+    """Every row of every named database but the record chain's head, which a refused build moves."""
+    import lmdb
+
+    env = lmdb.open(str(db), max_dbs=16, readonly=True, lock=False)
+    try:
+        with env.begin() as txn:
+            names = [bytes(name) for name, _ in txn.cursor()]
+            rows: dict[str, object] = {}
+            for name in names:
+                items = txn.cursor(db=env.open_db(name, txn=txn))
+                rows[name.decode()] = [(k, v) for k, v in items if (name, k) != (b"meta", b"records")]
+            return rows
+    finally:
+        env.close()
 
 
 @pytest.fixture(scope="module")
@@ -74,7 +92,12 @@ def bad_build(built, files: dict[str, str], *patterns: str, exit_code: int = 3) 
     result = ws.build(*(patterns or ("//...",)))
     message = one_error_line(result, exit_code)
     assert result.stdout == ""
-    assert snapshot(ws.root) == before
+    after = snapshot(ws.root)
+    if exit_code in range(11, 18):  # refused by a critical error: the attempt is recorded, nothing else
+        builds = after["store"]["db/data.mdb"]["builds"]  # type: ignore[index]
+        row = msgpack.unpackb(builds.pop()[1])
+        assert (row["status"], row["error"]) == ("refused", f"ORCH-0{exit_code - 10}")
+    assert after == before
     return message
 
 

@@ -141,3 +141,70 @@ def test_log_before_any_build_is_a_clear_error(ws):
     result = ws.run("log")
     assert result.returncode == 2
     assert result.stderr.strip() == "posbuild: no build recorded yet"
+
+
+# -- every attempt leaves a record: refused and killed builds (§12, §18.6) ------------------------
+
+CYCLE = {
+    "pkg/BUILD": """
+        genrule(name = "a", srcs = [":b"], outs = ["a.txt"], cmd = "cp $< $@")
+        genrule(name = "b", srcs = [":a"], outs = ["b.txt"], cmd = "cp $< $@")
+    """,
+}
+
+
+def test_a_build_refused_by_a_cycle_leaves_a_record_with_orch_01(ws):
+    ws.write(WORKSPACE)
+    ws.ok("//pkg:sorted")
+    ws.write(CYCLE)
+    assert ws.build("//...").returncode == 11
+    table = ws.run("log")
+    assert table.returncode == 0, table.stderr
+    assert table.stdout.startswith("build 2  started ")
+    assert "refused: ORCH-01 DAG cycle detected: " in table.stdout
+    refused = log_json(ws)
+    assert len(refused) == 1 and refused[0]["state"] == "REFUSED" and refused[0]["error"] == "ORCH-01"
+    assert refused[0]["build"] == "2" and refused[0]["patterns"] == ["//..."]
+    assert "//pkg:a" in refused[0]["message"] and refused[0]["seal"]
+    builds = [json.loads(line) for line in ws.run("log", "--builds", "--json").stdout.splitlines()]
+    assert [(b["build"], b["state"]) for b in builds] == [("1", "FINISHED"), ("2", "REFUSED")]
+    assert ws.run("fsck").returncode == 0
+
+
+def test_a_build_refused_by_environment_drift_leaves_a_record_with_orch_07(ws):
+    ws.write(WORKSPACE)
+    ws.run("env", "approve")
+    drifted = ws.build("//pkg:sorted", env={"POSBUILD_TEST_FINGERPRINT": json.dumps({"python.version": "3.99.1"})})
+    assert drifted.returncode == 17, drifted.stderr
+    refused = log_json(ws)
+    assert [(r["state"], r["error"], r["patterns"]) for r in refused] == [("REFUSED", "ORCH-07", ["//pkg:sorted"])]
+    assert refused[0]["message"].startswith("ORCH-07 environment drift: h_E ")
+    assert "refused: ORCH-07 environment drift" in ws.run("log", "--builds").stdout
+    ws.ok("//pkg:sorted")  # the next build chains after the refused one
+    assert ws.run("fsck").returncode == 0
+
+
+def test_a_dry_run_refused_by_a_cycle_records_nothing(ws):
+    ws.write(CYCLE)
+    assert ws.build("-n", "//...").returncode == 11
+    assert ws.run("log").stderr.strip() == "posbuild: no build recorded yet"
+
+
+def test_builds_refused_by_a_version_mismatch_or_the_resource_budget_are_recorded(ws):
+    ws.write({
+        "data/BUILD": 'genrule(name = "clean", outs = ["clean.csv"], cmd = "echo > $@", version = {"schema": "2"})\n',
+        "model/BUILD": 'genrule(name = "train", srcs = ["//data:clean"], outs = ["m.txt"], cmd = "cat $< > $@", '
+                       'requires = {"//data:clean": {"schema": "3"}})\n',
+    })
+    assert ws.build("//model:train").returncode == 12
+    ws.write({
+        "posbuild.toml": "[resources]\ncpu = 2\n",
+        "model/BUILD": 'genrule(name = "train", srcs = ["//data:clean"], outs = ["m.txt"], cmd = "cat $< > $@", '
+                       'resources = {"cpu": 8})\n',
+    })
+    assert ws.build("//model:train").returncode == 15
+    builds = [json.loads(line) for line in ws.run("log", "--builds", "--json").stdout.splitlines()]
+    assert [(b["state"], b["error"], b["patterns"]) for b in builds] == [
+        ("REFUSED", "ORCH-02", ["//model:train"]), ("REFUSED", "ORCH-05", ["//model:train"])]
+    assert "cpu=8" in builds[1]["message"]
+    assert ws.run("fsck").returncode == 0

@@ -286,3 +286,118 @@ def test_a_read_does_not_keep_freed_pages_from_being_reused(store: Store) -> Non
                    for db in (store._blobs, store._memo, store._usage))
     allocated = store._env.info()["last_pgno"]
     assert allocated < 2 * used + 50, (allocated, used)
+
+
+# -- build rows and their chain (recordchain.py) -------------------------------------------------
+
+def _finished(**fields: object) -> dict[str, object]:
+    return {"started": "2026-01-01T00:00:00+00:00", "status": "finished", "patterns": ["//..."], **fields}
+
+
+def _chain_problems(store: Store) -> list[str]:
+    from posbuild.fsck import record_chain_problems
+
+    return [str(p) for p in record_chain_problems(store)]
+
+
+def test_concluded_builds_are_sealed_one_after_the_other(store: Store) -> None:
+    from posbuild.recordchain import GENESIS, records_digest, seal
+
+    first = store.begin_build(_finished())
+    second = store.begin_build({**_finished(), "status": "running"})
+    store.commit(records=[(second.to_bytes(8, "big") + bytes(4), "//p:t", b"record")])
+    store.update_build(second, {"ended": "2026-01-01T00:00:01+00:00"})
+    rows = {row["number"]: row for row in store.builds()}
+    assert rows[first]["chain"][0] == 0 and rows[second]["chain"][0] == first
+    body = {k: v for k, v in rows[second].items() if k != "chain"}
+    previous = seal(GENESIS, {k: v for k, v in rows[first].items() if k != "chain"}, records_digest([]))
+    assert rows[second]["chain"][1] == seal(previous, body, records_digest(
+        [(second.to_bytes(8, "big") + bytes(4), b"record")]))
+    assert store.chain_meta() == {"head": [second, rows[second]["chain"][1]], "running": []}
+    assert _chain_problems(store) == []
+
+
+def test_a_running_build_is_not_sealed_and_not_a_problem(store: Store) -> None:
+    number = store.begin_build({**_finished(), "status": "running"})
+    assert "chain" not in store.builds()[0] and store.chain_meta()["running"] == [number]
+    assert store.build_running(number)
+    assert _chain_problems(store) == []
+    store.update_build(number, {})
+    assert store.builds()[0]["status"] == "finished" and not store.build_running(number)
+
+
+def test_closing_the_store_records_its_unconcluded_build_as_interrupted(tmp_path: Path) -> None:
+    opened = Store(tmp_path / "store")
+    number = opened.begin_build({**_finished(), "status": "running"})
+    started = opened.start_log(number)
+    started("//p:done")
+    started("//p:slow")
+    opened.commit(records=[(number.to_bytes(8, "big") + bytes(4), "//p:done", _record("//p:done"))])
+    opened.close()
+    again = Store(tmp_path / "store")
+    try:
+        [row] = again.builds()
+        assert row["status"] == "interrupted" and [label for label, _ in row["in_flight"]] == ["//p:slow"]
+        assert _chain_problems(again) == [] and again.chain_meta()["running"] == []
+        assert not (tmp_path / "store" / "running" / str(number)).exists()
+    finally:
+        again.close()
+
+
+def _record(label: str) -> bytes:
+    from posbuild.records import ExecutionRecord
+
+    return ExecutionRecord("1", label, "SUCCESS", None, "", "", 0.0, (), (), (), None, 0, "", b"").pack()
+
+
+KILLED_OWNER = """
+import os, signal, sys
+from pathlib import Path
+from posbuild.store import Store
+store = Store(Path(sys.argv[1]))
+number = store.begin_build({"started": "x", "status": "running", "patterns": []})
+store.start_log(number)("//p:slow")
+print(number, flush=True)
+if sys.argv[2] == "die":
+    os.kill(os.getpid(), signal.SIGKILL)
+sys.stdin.read()
+"""
+
+
+def test_a_build_whose_process_was_killed_is_settled_by_the_next_store_user(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    path = tmp_path / "store"
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    alive = subprocess.Popen([sys.executable, "-c", KILLED_OWNER, str(path), "wait"], stdin=subprocess.PIPE,
+                             stdout=subprocess.PIPE, text=True, env=env)
+    number = int(alive.stdout.readline())  # type: ignore[union-attr]
+    store = Store(path)
+    try:
+        assert store.settle_interrupted() == []  # its owner still holds the lock
+        assert store.builds()[0]["status"] == "running"
+        alive.kill()
+        alive.wait()
+        assert store.settle_interrupted() == [number]
+        row = store.builds()[0]
+        assert row["status"] == "interrupted" and [label for label, _ in row["in_flight"]] == ["//p:slow"]
+        dead = subprocess.run([sys.executable, "-c", KILLED_OWNER, str(path), "die"], capture_output=True,
+                              text=True, env=env)
+        killed = int(dead.stdout)
+        assert store.begin_build(_finished()) == killed + 1  # the next build settles it first
+        assert [r["status"] for r in store.builds()] == ["interrupted", "interrupted", "finished"]
+        assert _chain_problems(store) == []
+    finally:
+        store.close()
+
+
+def test_a_store_written_before_the_chain_starts_one_at_its_next_build(store: Store) -> None:
+    import msgpack
+
+    with store._env.begin(write=True) as txn:  # a row as earlier versions wrote it: no status, no seal
+        txn.put((1).to_bytes(8, "big"), msgpack.packb({"started": "x", "ended": "y", "number": 1}),
+                db=store._builds)
+    number = store.begin_build(_finished())
+    assert number == 2 and store.builds()[1]["chain"][0] == 0  # the genesis of this store's chain
+    assert _chain_problems(store) == []
