@@ -21,6 +21,7 @@ from typing import Callable, Iterator, Mapping, Sequence
 from posbuild.analysis import Action, ActionGraph, Analyzer, GraphFacts, expand_patterns
 from posbuild.config import Config, load_config
 from posbuild.digest import Digest
+from posbuild.epoch import read_epoch
 from posbuild.envfp import checked_environment_hash, environment_key, passed_environment
 from posbuild.errors import ActionFailed, NonDeterminism, PosbuildError, ResourceOversubscription, UsageError
 from posbuild.graphcache import CachedGraph, GraphCache
@@ -30,7 +31,7 @@ from posbuild.reporter import BuildSummary, Reporter
 from posbuild.resources import check_budget, fits
 from posbuild.roles import ROLE_VARIABLE, authorize
 from posbuild.secrets import SecretSource, SecretUnavailable, secret_source
-from posbuild.uptodate import BuildState, clean_actions, load_state, mark_tree, settled, tree_is_clean
+from posbuild.uptodate import BuildState, clean_actions, load_state, mark_tree, revalidate, settled, tree_is_clean
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,6 +153,9 @@ def run_build(root: Path, options: BuildOptions, reporter: Reporter,
     patterns = tuple(str(p) for p in request.patterns)
     with workspace_lock(config, reporter):
         previous = load_state(request.state_path, env_key)
+        epoch = read_epoch(config.store_dir)
+        if previous.epoch != epoch:  # something was removed from the store since: check what the state trusts
+            previous = revalidate(request.state_path, previous, config.store_dir, epoch)
         tree_clean = tree_is_clean(config)
         if graph is None:
             if tree_clean and settled(previous, entry.digest, config.root):  # a no-op, the actions never decoded
@@ -177,7 +181,8 @@ def run_build(root: Path, options: BuildOptions, reporter: Reporter,
                                request.state_path, patterns, options.verify, info, tuple(blobs), options.explain,
                                secrets, grant=grant,
                                executor=options.executor, allow_env_drift=options.allow_env_drift,
-                               sandbox_writable=writable_paths(environ), tree_clean=tree_clean, graph=entry.digest)
+                               sandbox_writable=writable_paths(environ), tree_clean=tree_clean, graph=entry.digest,
+                               epoch=epoch)
         if options.dry_run:
             planned = plan_dirty(config, actions, clean, previous, settings)
             for index in planned:

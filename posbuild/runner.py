@@ -76,6 +76,7 @@ class RunSettings:
     sandbox_writable: tuple[str, ...] = ()  # POSBUILD_SANDBOX_WRITABLE (namespaces.writable_paths)
     tree_clean: bool = False  # posbuild-out/ was exactly the latest generation when the build began
     graph: Digest = b""  # the digest of the graph cache entry the actions came from (uptodate.settled)
+    epoch: bytes = b""  # the store's epoch when the build began (epoch.py), saved with the new state
 
 
 class _Executor:
@@ -162,7 +163,8 @@ def run_dirty(config: Config, actions: Sequence[Action], clean: Sequence[bool], 
                         journal.add(sub_actions[node], "SKIPPED", None, now / 1e9, now / 1e9, ())
             store.commit(memo=files.take_pending(), used=[(key, now) for key in rebuilder.used],
                          records=journal.take() if journal else ())
-            save_state(settings.state_path, rebuilder.state_for(actions, clean, settings.env_key, settings.graph))
+            save_state(settings.state_path, rebuilder.state_for(actions, clean, settings.env_key, settings.graph),
+                       settings.epoch)
         outcomes = {dirty[i]: o for i, o in executor.outcomes.items()}
         failed = [n for n, o in outcomes.items() if o.status is Status.FAILED]
         if failed or State.SKIPPED in states:

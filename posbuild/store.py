@@ -33,6 +33,7 @@ import lmdb
 import msgpack
 
 from posbuild.digest import Digest, hash_bytes, hash_file
+from posbuild.epoch import advance_epoch
 from posbuild.errors import ChecksumMismatch, PartialState
 from posbuild.records import ActionResult, ExecutionRecord, FileState, Generation
 
@@ -304,6 +305,9 @@ class Store:
         Files go only after the transaction commits: a crash in between leaves orphan files,
         which fsck reports and gc or `fsck --repair` removes, never a row without its file.
         """
+        results, blobs = tuple(results), tuple(blobs)
+        if results or blobs:
+            advance_epoch(self.path)  # saved up-to-date states no longer go unchecked (epoch.py)
         freed = 0
         external: list[Digest] = []
         with self._env.begin(write=True) as txn:

@@ -1,0 +1,121 @@
+"""After `posbuild gc` evicted a result, no build settles that action by stat alone: it executes
+again (and says so), no generation names bytes the store no longer holds, rollback and
+`cache export` keep working, and a gc that waits for a running build changes none of this."""
+
+from __future__ import annotations
+
+import subprocess
+import time
+
+from conftest import POSBUILD, Workspace, counts, executed_labels
+
+# //a:ok succeeds, //a:bad fails until bad.txt says "fixed"
+FLAKY = {
+    "a/in.txt": "hello\n",
+    "a/bad.txt": "broken\n",
+    "a/BUILD": """
+        genrule(name = "ok", srcs = ["in.txt"], outs = ["ok.txt"], cmd = "tr a-z A-Z < $< > $@")
+        genrule(name = "bad", srcs = ["bad.txt"], outs = ["bad.out"],
+                cmd = "grep -q fixed $< || exit 3; cp $< $@")
+    """,
+}
+
+
+def assert_fsck_passes(ws: Workspace) -> None:
+    result = ws.run("fsck")
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_a_rebuild_after_gc_executes_what_gc_evicted_instead_of_calling_it_cached(ws):
+    ws.write(FLAKY)
+    failed = ws.build("-k", "//...")
+    assert failed.returncode == 1 and counts(failed)["executed"] == 1
+    gc = ws.run("gc", "--max-size", "1")
+    assert gc.returncode == 0, gc.stderr
+    assert "1 action result(s)" in gc.stdout  # the failed build's partial result is not protected
+
+    again = ws.build("-k", "//...")
+    assert again.returncode == 1
+    assert counts(again) == {"executed": 1, "cached": 0, "failed": 1}, again.stdout
+    assert executed_labels(again) == ["//a:ok"]
+
+    ws.write({"a/bad.txt": "fixed\n"})
+    fixed = ws.ok("//...")
+    assert counts(fixed)["executed"] == 1  # only //a:bad: //a:ok's result is in the store again
+    (ws.root / "posbuild-out/a/ok.txt").chmod(0o644)
+    (ws.root / "posbuild-out/a/ok.txt").unlink()
+    rollback = ws.run("rollback")
+    assert rollback.returncode == 0, rollback.stderr
+    assert ws.out("a/ok.txt") == "HELLO\n"
+    export = ws.run("cache", "export", str(ws.root.parent / "c.tar"), "//...")
+    assert export.returncode == 0, export.stderr
+    assert "2 action result(s)" in export.stdout and "left out" not in export.stdout
+    assert_fsck_passes(ws)
+
+
+def test_a_gc_that_evicts_nothing_a_build_needs_keeps_the_rebuild_a_no_op(ws):
+    ws.write({**FLAKY, "a/bad.txt": "fixed\n"})
+    ws.ok("//...")
+    ws.write({"a/in.txt": "second\n"})
+    ws.ok("//...")
+    gc = ws.run("gc", "--max-size", "1", "--keep-generations", "1")
+    assert gc.returncode == 0 and "1 action result(s)" in gc.stdout  # the first //a:ok result
+    assert counts(ws.ok("//...")) == {"executed": 0, "cached": 2, "failed": 0}
+    assert counts(ws.ok("//...")) == {"executed": 0, "cached": 2, "failed": 0}
+
+
+def test_a_generation_never_names_a_result_gc_evicted_before_it_was_recorded(ws):
+    """The issue's sequence, ending in rollback to the generation recorded after the gc."""
+    ws.write(FLAKY)
+    ws.build("-k", "//...")
+    assert ws.run("gc", "--max-size", "1").returncode == 0
+    ws.write({"a/bad.txt": "fixed\n"})
+    ws.ok("//...")
+    for name in ("ok.txt", "bad.out"):
+        (ws.root / "posbuild-out/a" / name).chmod(0o644)
+        (ws.root / "posbuild-out/a" / name).write_text("edited by hand\n")
+    rollback = ws.run("rollback")
+    assert rollback.returncode == 0, rollback.stderr
+    assert (ws.out("a/ok.txt"), ws.out("a/bad.out")) == ("HELLO\n", "fixed\n")
+    assert_fsck_passes(ws)
+
+
+def test_cache_export_refuses_to_leave_out_a_result_gc_evicted(ws):
+    ws.write({**FLAKY, "a/bad.txt": "fixed\n", "b/BUILD": 'genrule(name = "b", outs = ["b.txt"], cmd = "echo b > $@")'})
+    ws.ok("//a:ok")
+    ws.run("clean")
+    ws.ok("//b:b")  # the latest generation no longer lists a/ok.txt: nothing pins its result
+    assert "1 action result(s)" in ws.run("gc", "--max-size", "1", "--keep-generations", "1").stdout
+    target = ws.root.parent / "a.tar"
+    export = ws.run("cache", "export", str(target), "//a:ok")
+    assert export.returncode == 2, export.stdout + export.stderr
+    assert "//a:ok" in export.stderr and "posbuild build //a:ok" in export.stderr
+    assert not target.exists()
+    ws.ok("//a:ok")  # executes it again, so the next export is whole
+    export = ws.run("cache", "export", str(target), "//a:ok")
+    assert export.returncode == 0 and "1 action result(s)" in export.stdout, export.stderr
+
+
+def test_gc_waits_for_a_running_build_of_the_workspace_and_the_next_build_tells_the_truth(ws, tmp_path):
+    started = tmp_path / "started"
+    ws.write({**FLAKY, "a/BUILD": f"""
+        genrule(name = "ok", srcs = ["in.txt"], outs = ["ok.txt"],
+                cmd = "touch {started}; sleep 2; tr a-z A-Z < $< > $@")
+        genrule(name = "bad", srcs = ["bad.txt"], outs = ["bad.out"], cmd = "exit 3")
+    """})
+    build = subprocess.Popen([*POSBUILD, "build", "-k", "//..."], cwd=ws.root, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while not started.exists():
+        assert time.monotonic() < deadline and build.poll() is None
+        time.sleep(0.05)
+    gc = subprocess.run([*POSBUILD, "gc", "--max-size", "1"], cwd=ws.root, capture_output=True, text=True,
+                        timeout=120)
+    assert build.wait(timeout=120) == 1
+    assert gc.returncode == 0, gc.stderr
+    assert "waiting" in gc.stderr  # it held off until the build released the workspace
+    assert "1 action result(s)" in gc.stdout  # the build's //a:ok, evicted after the build ended
+    started.unlink()
+    again = ws.build("-k", "//...")
+    assert executed_labels(again) == ["//a:ok"] and started.exists()
+    assert_fsck_passes(ws)
