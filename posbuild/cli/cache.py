@@ -78,7 +78,7 @@ def export(file: Path, patterns: tuple[str, ...]) -> None:
             store.close()
     except PosbuildError as error:
         fail(error)
-    notes = f"; {report.missing} result(s) no longer in the store were left out" if report.missing else ""
+    notes = f"; {report.uncacheable} action(s) tagged no-cache have no result to export" if report.uncacheable else ""
     click.echo(f"exported build {report.build} ({' '.join(report.patterns)}): {report.results} action result(s), "
                f"{report.blobs} blob(s), {_size(report.size)}, {'signed' if report.signed else 'unsigned'} "
                f"to {file}{notes}")
