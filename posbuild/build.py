@@ -271,7 +271,7 @@ def clean(root: Path, everything: bool) -> list[Path]:
             shutil.rmtree(path)
             removed.append(path)
     if not everything:
-        mark_tree(config, clean=False)  # posbuild-out/ no longer matches the latest generation
+        mark_tree(config, clean=False, withdrawn=())  # posbuild-out/ no longer matches the latest generation
     return removed
 
 

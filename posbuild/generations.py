@@ -1,10 +1,13 @@
 """Layer 7: generations (§8) — record the output tree after each fully successful build, and
 roll `posbuild-out/` back to one.
 
-A generation's manifest maps every file under `posbuild-out/` to (digest, size, executable)
-after that build. It starts from the previous generation's manifest (a request rarely covers the
-whole workspace), takes this build's outputs from their action results, and drops files that are
-no longer there. An unchanged tree records no new generation, so a rebuild with nothing changed
+A generation belongs to the workspace, not to a request: its manifest maps every output file of
+`posbuild-out/` to (digest, size, executable), each at its last successful content. It starts
+from the previous generation's manifest (a request rarely covers the whole workspace), takes
+this build's outputs from their action results, and drops files that are no longer there, except
+those a failed build withdrew (uptodate.withdrawn_outputs): their rows stay, so that after a
+failed build of one target and a successful build of another, rollback still restores what the
+failure removed. An unchanged tree records no new generation, so a rebuild with nothing changed
 leaves the store exactly as it was (§11).
 
 Rollback restores the tree byte for byte from the store without executing anything: every file
@@ -36,17 +39,19 @@ def current_manifest(store: Store) -> tuple[Generation | None, Manifest]:
 
 
 def record_generation(config: Config, store: Store, patterns: Sequence[str], rows: Manifest,
-                      current: tuple[Generation | None, Manifest] | None = None) -> Generation | None:
+                      current: tuple[Generation | None, Manifest] | None = None,
+                      withdrawn: frozenset[str] = frozenset()) -> Generation | None:
     """Record the tree after a fully successful build; None when it equals the latest generation.
 
     `rows` describes every output of the request; `current` is `current_manifest(store)` when the
-    caller has read it already.
+    caller has read it already; `withdrawn` lists the outputs failed builds removed, whose rows
+    are kept although their files are gone.
     """
     latest, previous = current if current is not None else current_manifest(store)
     manifest: Manifest = dict(previous)
     base = f"{config.root}/"  # str concatenation: a Path per file costs more than the stat itself
     for path in previous.keys() - rows.keys():  # rows of other requests: dropped if the file is gone
-        if not os.path.isfile(base + path):
+        if path not in withdrawn and not os.path.isfile(base + path):
             del manifest[path]
     manifest.update(rows)
     if latest is not None and manifest == previous:
@@ -88,7 +93,7 @@ def rollback(config: Config, store: Store, generation_id: int | None = None) -> 
     removed = _remove_others(config.root, set(manifest))
     store.commit(memo=memo)
     store.flush()
-    mark_tree(config, clean=chosen.id == generations[-1].id)
+    mark_tree(config, clean=chosen.id == generations[-1].id, withdrawn=())  # nothing is missing any more
     return RollbackReport(chosen, len(memo), removed, unchanged)
 
 

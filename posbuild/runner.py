@@ -29,7 +29,7 @@ from posbuild.sandbox import Sandboxes, choose_isolation
 from posbuild.scheduler import Scheduler, State
 from posbuild.secrets import SecretSource, SecretUnavailable
 from posbuild.store import INLINE_LIMIT, Store
-from posbuild.uptodate import BuildState, mark_tree, save_state
+from posbuild.uptodate import BuildState, mark_tree, save_state, withdrawn_outputs
 
 if TYPE_CHECKING:
     from posbuild.dask_executor import DaskSandboxes
@@ -168,8 +168,9 @@ def run_dirty(config: Config, actions: Sequence[Action], clean: Sequence[bool], 
         outcomes = {dirty[i]: o for i, o in executor.outcomes.items()}
         failed = [n for n, o in outcomes.items() if o.status is Status.FAILED]
         if failed or State.SKIPPED in states:
-            mark_tree(config, clean=False)
-            removed = remove_stale_outputs(config.root, actions, failed)
+            stale = stale_outputs(actions, failed)
+            mark_tree(config, clean=False, withdrawn=withdrawn_outputs(config).union(stale))  # before they go
+            removed = remove_outputs(config.root, stale)
             if removed:
                 reporter.message(f"posbuild: removed {removed} stale output(s) of failed actions and their "
                                  f"dependents; `posbuild rollback` restores the last successful build")
@@ -177,8 +178,10 @@ def run_dirty(config: Config, actions: Sequence[Action], clean: Sequence[bool], 
             latest, manifest = current_manifest(store)
             rows = _request_rows(actions, clean, previous, rebuilder, store, manifest,
                                  None if settings.tree_clean else config.root)
-            record_generation(config, store, settings.patterns, rows, (latest, manifest))
-            mark_tree(config, clean=True)
+            withdrawn = withdrawn_outputs(config)
+            record_generation(config, store, settings.patterns, rows, (latest, manifest), withdrawn)
+            missing = [p for p in withdrawn if p in manifest and p not in rows and not os.path.lexists(config.root / p)]
+            mark_tree(config, clean=not missing, withdrawn=missing)
         if journal is not None:
             counts = {s.value: sum(1 for o in outcomes.values() if o.status is s) for s in Status}
             store.update_build(journal.number, {"ended": utc(time.time()), "counts": counts,
@@ -285,7 +288,7 @@ def _request_rows(actions: Sequence[Action], clean: Sequence[bool], previous: Bu
                 found = False
         if not found:
             result = store.get_result(previous.actions[action.label][1]) if action.label in previous.actions else None
-            described = list(result.outputs) if result else [_described(path, previous) for path in action.outputs]
+            described = list(result.outputs) if result else [_described(path, previous, store) for path in action.outputs]
             rows.update((o.path, (o.digest, o.size, o.executable)) for o in described if o is not None)
     return rows
 
@@ -298,10 +301,11 @@ def _executable(path: str) -> bool | None:
         return None
 
 
-def _described(path: str, previous: BuildState) -> OutputFile | None:
-    """An output whose result is no longer in the store (gc), described from the recorded state."""
+def _described(path: str, previous: BuildState, store: Store) -> OutputFile | None:
+    """An output whose result is no longer in the store, described from the recorded state; None
+    when its blob is gone too, since a generation must not name bytes the store does not hold."""
     state = previous.file(path)
-    return OutputFile(path, state.digest, state.signature[1], False) if state else None
+    return OutputFile(path, state.digest, state.signature[1], False) if state and store.has_blob(state.digest) else None
 
 
 def plan_dirty(config: Config, actions: Sequence[Action], clean: Sequence[bool], previous: BuildState,
@@ -332,22 +336,26 @@ def plan_dirty(config: Config, actions: Sequence[Action], clean: Sequence[bool],
         store.close()
 
 
-def remove_stale_outputs(root: Path, actions: Sequence[Action], failed: Sequence[int]) -> int:
-    """Delete from posbuild-out/ the outputs of failed actions and of everything downstream.
+def stale_outputs(actions: Sequence[Action], failed: Sequence[int]) -> list[str]:
+    """The outputs of failed actions and of everything downstream of them.
 
-    An old output left there would pass for the result of the current sources (§8: all
-    downstream artifacts are invalidated). Returns how many files were removed.
+    An old output left in posbuild-out/ would pass for the result of the current sources (§8: all
+    downstream artifacts are invalidated).
     """
     doomed = set(failed)
     for index, action in enumerate(actions):  # dependencies come first, so one pass suffices
         if index not in doomed and any(dep in doomed for dep in action.deps):
             doomed.add(index)
+    return [path for index in sorted(doomed) for path in actions[index].outputs]
+
+
+def remove_outputs(root: Path, paths: Sequence[str]) -> int:
+    """Delete these outputs from posbuild-out/; returns how many files were there."""
     removed = 0
-    for index in sorted(doomed):
-        for path in actions[index].outputs:
-            try:
-                os.unlink(root / path)
-                removed += 1
-            except (FileNotFoundError, NotADirectoryError):  # gone, or a file where its folder was
-                pass
+    for path in paths:
+        try:
+            os.unlink(root / path)
+            removed += 1
+        except (FileNotFoundError, NotADirectoryError):  # gone, or a file where its folder was
+            pass
     return removed

@@ -31,7 +31,7 @@ import struct
 from dataclasses import dataclass
 from itertools import starmap
 from pathlib import Path
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING, Iterable, Sequence
 
 import msgpack
 
@@ -256,6 +256,7 @@ def clean_actions(actions: Sequence[Action], state: BuildState, root: Path) -> l
 
 
 TREE_CLEAN = b"clean\n"
+_TREE_DIRTY = b"dirty\n"
 
 
 def tree_is_clean(config: Config) -> bool:
@@ -270,6 +271,33 @@ def tree_is_clean(config: Config) -> bool:
         return False
 
 
-def mark_tree(config: Config, clean: bool) -> None:
-    """Record whether posbuild-out/ matches the latest generation (written temp + rename)."""
-    write_atomically(config.state_dir / "tree", TREE_CLEAN if clean else b"dirty\n")
+def withdrawn_outputs(config: Config) -> frozenset[str]:
+    """Outputs that failed builds removed from posbuild-out/ since the latest generation.
+
+    The next generations keep these files' rows (their last successful content) until a build
+    produces them again or `posbuild rollback` puts them back, so that rollback restores what a
+    failure removed even after successful builds of other targets (generations.py).
+    """
+    try:
+        data = (config.state_dir / "tree").read_bytes()
+    except FileNotFoundError:
+        return frozenset()
+    if not data.startswith(_TREE_DIRTY) or len(data) == len(_TREE_DIRTY):
+        return frozenset()
+    try:
+        return frozenset(msgpack.unpackb(data[len(_TREE_DIRTY):]))
+    except (ValueError, TypeError, msgpack.UnpackException):
+        return frozenset()
+
+
+def mark_tree(config: Config, clean: bool, withdrawn: Iterable[str] | None = None) -> None:
+    """Record whether posbuild-out/ matches the latest generation (written temp + rename).
+
+    A dirty tree also lists the outputs failed builds withdrew (`withdrawn_outputs`): `withdrawn`
+    replaces that list, None keeps it.
+    """
+    if clean:
+        write_atomically(config.state_dir / "tree", TREE_CLEAN)
+        return
+    paths = sorted(withdrawn_outputs(config) if withdrawn is None else set(withdrawn))
+    write_atomically(config.state_dir / "tree", _TREE_DIRTY + (msgpack.packb(paths) if paths else b""))

@@ -108,3 +108,60 @@ def test_rollback_to_an_unknown_generation_names_the_known_ones(ws):
     result = ws.run("rollback", "--to", "7")
     assert result.returncode == 2
     assert result.stderr.strip() == "posbuild: no generation 7 (known: 1)"
+
+
+OTHER = {
+    "other/in.txt": "x\n",
+    "other/BUILD": 'genrule(name = "copy", srcs = ["in.txt"], outs = ["copy.txt"], cmd = "cat $< $< > $@")\n',
+}
+
+
+def test_rollback_restores_what_a_failure_removed_even_after_a_successful_build_of_other_targets(ws):
+    ws.write({**PIPELINE, **OTHER})
+    ws.ok("//...")
+    first = tree(ws.root)
+    ws.write({"pkg/raw.txt": "3\nbad\n1\n"})
+    failed = ws.build("//pkg/...")
+    assert failed.returncode == 1 and "removed 2 stale output(s)" in failed.stderr
+    ws.write({"other/in.txt": "y\n"})
+    assert counts(ws.ok("//other/..."))["executed"] == 1
+    assert "pkg/checked.txt" not in tree(ws.root)
+    gc = ws.run("gc", "--max-size", "1", "--keep-generations", "1")  # the latest generation must pin pkg/'s bytes
+    assert gc.returncode == 0, gc.stderr
+
+    result = ws.run("rollback")
+    assert result.returncode == 0, result.stderr
+    expected = {**first, "other/copy.txt": (b"y\ny\n", first["other/copy.txt"][1])}
+    assert tree(ws.root) == expected  # pkg/ as its last successful build left it, other/ as just built
+    fsck = ws.run("fsck")
+    assert fsck.returncode == 0, fsck.stdout + fsck.stderr
+    ws.write({"pkg/raw.txt": "3\n1\n2\n"})
+    assert counts(ws.ok("//..."))["executed"] == 0  # every result is still in the store
+    assert tree(ws.root) == expected
+
+
+def test_a_successful_build_after_a_failure_keeps_the_tree_marked_dirty_until_the_removed_outputs_return(ws):
+    ws.write({**PIPELINE, **OTHER})
+    ws.ok("//...")
+    ws.write({"pkg/raw.txt": "bad\n"})
+    ws.build("//pkg/...")
+    ws.ok("//other/...")
+    ws.ok("//other/...")  # a no-op records no generation, and forgets nothing
+    listing = ws.run("rollback", "--list").stdout
+    assert len([line for line in listing.splitlines()[1:] if line.strip()]) == 1
+    assert ws.run("rollback").returncode == 0
+    assert ws.out("pkg/report.txt") == "3\n"
+    ws.write({"pkg/raw.txt": "3\n1\n2\n"})
+    ws.ok("//pkg/...")
+    assert (ws.root / ".posbuild/tree").read_bytes() == b"clean\n"
+
+
+def test_clean_forgets_what_failures_removed(ws):
+    ws.write({**PIPELINE, **OTHER})
+    ws.ok("//...")
+    ws.write({"pkg/raw.txt": "bad\n"})
+    ws.build("//pkg/...")
+    assert ws.run("clean").returncode == 0
+    ws.ok("//other/...")
+    assert ws.run("rollback").returncode == 0
+    assert sorted(tree(ws.root)) == ["other/copy.txt"]  # the latest generation lists what the build left
