@@ -305,9 +305,7 @@ class Store:
         Files go only after the transaction commits: a crash in between leaves orphan files,
         which fsck reports and gc or `fsck --repair` removes, never a row without its file.
         """
-        results, blobs = tuple(results), tuple(blobs)
-        if results or blobs:
-            advance_epoch(self.path)  # saved up-to-date states no longer go unchecked (epoch.py)
+        advance_epoch(self.path)  # first: saved up-to-date states must not trust what goes (epoch.py)
         freed = 0
         external: list[Digest] = []
         with self._env.begin(write=True) as txn:
