@@ -10,7 +10,11 @@ Design memo
   stdout/stderr blobs because it still references them. Nothing pinned is ever removed, whatever
   `--max-size` says, so `posbuild rollback` to a kept generation, and a build after
   `posbuild clean` of the sources a kept generation was built from, restore everything from the
-  store without executing.
+  store without executing. Outputs a failed build left in `posbuild-out/` are in no generation:
+  their results are not pinned (the next build executes them again if they were evicted).
+* **Builds after gc.** Every `Store.remove()` first gives the store a new epoch (epoch.py), so a
+  saved up-to-date state that trusted an evicted result is checked before the next build settles
+  anything by stat (uptodate.revalidate).
 * **Garbage** is always removed: the rows of dropped generations, and blobs that no remaining
   result and no kept manifest references (the manifests of dropped generations, outputs of
   evicted or no-cache actions, ...). Files under `cas/` without a blob row (left by a crash
