@@ -155,7 +155,7 @@ def run_build(root: Path, options: BuildOptions, reporter: Reporter,
         previous = load_state(request.state_path, env_key)
         epoch = read_epoch(config.store_dir)
         if previous.epoch != epoch:  # something was removed from the store since: check what the state trusts
-            previous = revalidate(request.state_path, previous, config.store_dir, epoch)
+            previous = revalidate(None if options.dry_run else request.state_path, previous, config.store_dir, epoch)
         tree_clean = tree_is_clean(config)
         if graph is None:
             if tree_clean and settled(previous, entry.digest, config.root):  # a no-op, the actions never decoded

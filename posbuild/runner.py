@@ -178,7 +178,8 @@ def run_dirty(config: Config, actions: Sequence[Action], clean: Sequence[bool], 
             latest, manifest = current_manifest(store)
             rows = _request_rows(actions, clean, previous, rebuilder, store, manifest,
                                  None if settings.tree_clean else config.root)
-            withdrawn = withdrawn_outputs(config)
+            # after a build of every target, a withdrawn file it did not produce belongs to no target any more
+            withdrawn = withdrawn_outputs(config) if "//..." not in settings.patterns else frozenset()
             record_generation(config, store, settings.patterns, rows, (latest, manifest), withdrawn)
             missing = [p for p in withdrawn if p in manifest and p not in rows and not os.path.lexists(config.root / p)]
             mark_tree(config, clean=not missing, withdrawn=missing)

@@ -163,13 +163,14 @@ def save_state(path: Path, state: BuildState, epoch: bytes | None = None) -> byt
     return payload
 
 
-def revalidate(path: Path, state: BuildState, store_dir: Path, epoch: bytes) -> BuildState:
+def revalidate(path: Path | None, state: BuildState, store_dir: Path, epoch: bytes) -> BuildState:
     """The state saved at `path` checked against a store whose epoch moved on since it was saved.
 
     Something removed rows from the store (gc, `fsck --repair`): an action whose recorded result,
     or a blob of it, is gone is forgotten, so that the build executes it again instead of settling
-    it by stat and calling it cached. What is left is saved under the new epoch, so only the first
-    build after a gc pays for the check (one result and a few blob lookups per recorded action).
+    it by stat and calling it cached. What is left is saved under the new epoch (unless `path` is
+    None: a dry run writes nothing), so only the first build after a gc pays for the check (one
+    result and a few blob lookups per recorded action).
     """
     if not state.actions:
         return state
@@ -186,6 +187,8 @@ def revalidate(path: Path, state: BuildState, store_dir: Path, epoch: bytes) -> 
         traces = {}
     kept = BuildState(state.env_key, traces, (state.paths, state.packed_signatures), state.digests,
                       graph=state.graph, complete=state.complete and len(traces) == len(state.actions))
+    if path is None:
+        return kept
     return state_from_bytes(save_state(path, kept, epoch))
 
 

@@ -34,6 +34,13 @@ def test_a_rebuild_after_gc_executes_what_gc_evicted_instead_of_calling_it_cache
     assert gc.returncode == 0, gc.stderr
     assert "1 action result(s)" in gc.stdout  # the failed build's partial result is not protected
 
+    state = sorted((ws.root / ".posbuild/graphs").glob("*.state"))
+    saved = [path.read_bytes() for path in state]
+    planned = ws.build("-n", "-k", "//...")
+    would = sorted(line.split()[-1] for line in planned.stdout.splitlines() if line.startswith("would execute "))
+    assert would == ["//a:bad", "//a:ok"], planned.stdout
+    assert [path.read_bytes() for path in state] == saved  # a dry run writes nothing, not even the check
+
     again = ws.build("-k", "//...")
     assert again.returncode == 1
     assert counts(again) == {"executed": 1, "cached": 0, "failed": 1}, again.stdout

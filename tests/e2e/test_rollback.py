@@ -165,3 +165,18 @@ def test_clean_forgets_what_failures_removed(ws):
     ws.ok("//other/...")
     assert ws.run("rollback").returncode == 0
     assert sorted(tree(ws.root)) == ["other/copy.txt"]  # the latest generation lists what the build left
+
+
+def test_a_build_of_every_target_forgets_what_a_failure_removed_from_a_target_since_deleted(ws):
+    ws.write({**PIPELINE, **OTHER})
+    ws.ok("//...")
+    ws.write({"pkg/raw.txt": "bad\n"})
+    ws.build("//pkg/...")
+    ws.write({"pkg/raw.txt": "3\n1\n2\n", "pkg/BUILD": PIPELINE["pkg/BUILD"].replace(
+        'genrule(name = "downstream", srcs = [":middle"], outs = ["report.txt"], cmd = "wc -l < $< > $@")', "")})
+    ws.ok("//other/...")
+    assert (ws.root / ".posbuild/tree").read_bytes() != b"clean\n"  # pkg/report.txt may still come back
+    ws.ok("//...")
+    assert (ws.root / ".posbuild/tree").read_bytes() == b"clean\n"  # no target makes it any more
+    assert ws.run("rollback").returncode == 0
+    assert "pkg/report.txt" not in tree(ws.root)

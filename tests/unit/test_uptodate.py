@@ -110,3 +110,20 @@ def test_revalidate_forgets_exactly_the_actions_whose_result_or_blobs_are_gone(t
     assert checked.actions == {"//p:kept": rows["//p:kept"]}
     assert (checked.epoch, checked.complete) == (epoch, False)
     assert load_state(tmp_path / "s.state", ENV).raw == checked.raw  # saved: the next build checks nothing
+
+
+def test_the_tree_marker_lists_withdrawn_outputs_only_while_dirty(tmp_path: Path) -> None:
+    from posbuild.config import load_config
+    from posbuild.uptodate import mark_tree, tree_is_clean, withdrawn_outputs
+
+    (tmp_path / "posbuild.toml").write_text("")
+    config = load_config(tmp_path)
+    assert withdrawn_outputs(config) == frozenset() and not tree_is_clean(config)
+    mark_tree(config, clean=False, withdrawn=["posbuild-out/p/b", "posbuild-out/p/a"])
+    assert withdrawn_outputs(config) == {"posbuild-out/p/a", "posbuild-out/p/b"} and not tree_is_clean(config)
+    mark_tree(config, clean=False)  # None keeps the list (fsck marks the tree dirty this way)
+    assert withdrawn_outputs(config) == {"posbuild-out/p/a", "posbuild-out/p/b"}
+    mark_tree(config, clean=True)
+    assert tree_is_clean(config) and withdrawn_outputs(config) == frozenset()
+    (config.state_dir / "tree").write_bytes(b"dirty\n\xc1garbage")
+    assert withdrawn_outputs(config) == frozenset()  # unreadable: nothing kept, never a crash
