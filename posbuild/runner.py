@@ -172,8 +172,11 @@ def run_dirty(config: Config, actions: Sequence[Action], clean: Sequence[bool], 
             mark_tree(config, clean=False, withdrawn=withdrawn_outputs(config).union(stale))  # before they go
             removed = remove_outputs(config.root, stale)
             if removed:
-                reporter.message(f"posbuild: removed {removed} stale output(s) of failed actions and their "
-                                 f"dependents; `posbuild rollback` restores the last successful build")
+                recorded = current_manifest(store)[1]
+                hint = ("`posbuild rollback` restores the last successful build" if any(p in recorded for p in removed)
+                        else "no successful build recorded them, so rollback has nothing to restore")
+                reporter.message(f"posbuild: removed {len(removed)} stale output(s) of failed actions and their "
+                                 f"dependents; {hint}")
         else:
             latest, manifest = current_manifest(store)
             rows = _request_rows(actions, clean, previous, rebuilder, store, manifest,
@@ -350,13 +353,13 @@ def stale_outputs(actions: Sequence[Action], failed: Sequence[int]) -> list[str]
     return [path for index in sorted(doomed) for path in actions[index].outputs]
 
 
-def remove_outputs(root: Path, paths: Sequence[str]) -> int:
-    """Delete these outputs from posbuild-out/; returns how many files were there."""
-    removed = 0
+def remove_outputs(root: Path, paths: Sequence[str]) -> list[str]:
+    """Delete these outputs from posbuild-out/; returns those that were there."""
+    removed = []
     for path in paths:
         try:
             os.unlink(root / path)
-            removed += 1
+            removed.append(path)
         except (FileNotFoundError, NotADirectoryError):  # gone, or a file where its folder was
             pass
     return removed

@@ -180,3 +180,17 @@ def test_a_build_of_every_target_forgets_what_a_failure_removed_from_a_target_si
     assert (ws.root / ".posbuild/tree").read_bytes() == b"clean\n"  # no target makes it any more
     assert ws.run("rollback").returncode == 0
     assert "pkg/report.txt" not in tree(ws.root)
+
+
+def test_a_failure_promises_rollback_only_when_a_generation_holds_what_it_removed(ws):
+    ws.write({**PIPELINE, "pkg/BUILD": PIPELINE["pkg/BUILD"].replace("wc -l < $< > $@", "exit 1")})
+    assert ws.build("//...").returncode == 1  # no generation: //pkg:downstream never succeeded
+    ws.write({"pkg/raw.txt": "bad\n"})
+    failed = ws.build("//...")
+    assert "removed 1 stale output(s)" in failed.stderr, failed.stderr  # pkg/checked.txt, in no generation
+    assert "nothing to restore" in failed.stderr and "`posbuild rollback` restores" not in failed.stderr
+    ws.write(PIPELINE)
+    ws.ok("//...")
+    ws.write({"pkg/raw.txt": "bad\n"})
+    failed = ws.build("//...")
+    assert "`posbuild rollback` restores the last successful build" in failed.stderr, failed.stderr
