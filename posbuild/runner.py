@@ -19,7 +19,7 @@ from posbuild.config import Config
 from posbuild.digest import Digest
 from posbuild.execute import ActionOutcome, Rebuilder, Started, Status
 from posbuild.filestate import FileStates
-from posbuild.generations import current_manifest, record_generation
+from posbuild.generations import current_manifest, record_generation, workspace_tag
 from posbuild.journal import Journal, utc
 from posbuild.records import Manifest, OutputFile
 from posbuild.roles import Grant
@@ -172,13 +172,13 @@ def run_dirty(config: Config, actions: Sequence[Action], clean: Sequence[bool], 
             mark_tree(config, clean=False, withdrawn=withdrawn_outputs(config).union(stale))  # before they go
             removed = remove_outputs(config.root, stale)
             if removed:
-                recorded = current_manifest(store)[1]
+                recorded = current_manifest(store, workspace_tag(config))[1]
                 hint = ("`posbuild rollback` restores the last successful build" if any(p in recorded for p in removed)
                         else "no successful build recorded them, so rollback has nothing to restore")
                 reporter.message(f"posbuild: removed {len(removed)} stale output(s) of failed actions and their "
                                  f"dependents; {hint}")
         else:
-            latest, manifest = current_manifest(store)
+            latest, manifest = current_manifest(store, workspace_tag(config))
             rows = _request_rows(actions, clean, previous, rebuilder, store, manifest,
                                  None if settings.tree_clean else config.root)
             # after a build of every target, a withdrawn file it did not produce belongs to no target any more

@@ -194,3 +194,22 @@ def test_a_failure_promises_rollback_only_when_a_generation_holds_what_it_remove
     ws.write({"pkg/raw.txt": "bad\n"})
     failed = ws.build("//...")
     assert "`posbuild rollback` restores the last successful build" in failed.stderr, failed.stderr
+
+
+def test_workspaces_sharing_a_store_each_roll_back_to_their_own_generations(tmp_path):
+    from conftest import Workspace
+
+    store = tmp_path / "shared-store"
+    first, second = Workspace(tmp_path / "one"), Workspace(tmp_path / "two")
+    for ws, name in ((first, "one"), (second, "two")):
+        ws.write({"posbuild.toml": f'[cache]\ndir = "{store}"\n',
+                  "p/BUILD": f'genrule(name = "x", outs = ["{name}.txt"], cmd = "echo {name} > $@")\n'})
+        ws.ok("//...")
+    result = first.run("rollback")
+    assert result.returncode == 0, result.stderr
+    assert tree(first.root) == {"p/one.txt": (b"one\n", 0o444)}
+    listing = first.run("rollback", "--list").stdout.splitlines()[1:]
+    assert len(listing) == 1 and listing[0].startswith("*") and listing[0].split()[-1] == "//..."
+    assert second.run("gc", "--keep-generations", "1").returncode == 0
+    assert first.run("rollback").returncode == 0  # each workspace keeps its newest generation
+    assert tree(first.root) == {"p/one.txt": (b"one\n", 0o444)}
