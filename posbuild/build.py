@@ -105,19 +105,36 @@ def _checks_need_no_actions(config: Config, facts: GraphFacts, options: BuildOpt
 
 
 @contextmanager
-def workspace_lock(config: Config, reporter: Reporter) -> Iterator[None]:
-    """Hold `.posbuild/lock` exclusively for the duration of a command that writes outputs."""
+def workspace_lock(config: Config, reporter: Reporter, collect: bool = False) -> Iterator[None]:
+    """Hold `.posbuild/lock` exclusively for the duration of a command that writes outputs.
+
+    A store shared by several workspaces (`[cache] dir`) is also locked: shared by every command,
+    exclusively by gc (`collect`), so gc never removes what a build in another workspace is using.
+    """
     config.state_dir.mkdir(exist_ok=True)
     with open(config.state_dir / "lock", "a+") as handle:
+        _lock(handle, fcntl.LOCK_EX, reporter, "another posbuild command is running in this workspace")
         try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            reporter.message("posbuild: another posbuild command is running in this workspace; waiting for it")
-            fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
+            if config.store_dir.is_relative_to(config.state_dir):
+                yield
+                return
+            config.store_dir.mkdir(parents=True, exist_ok=True)
+            with open(config.store_dir / "gc.lock", "a+") as shared:
+                _lock(shared, fcntl.LOCK_EX if collect else fcntl.LOCK_SH, reporter,
+                      f"{'another workspace is using' if collect else 'posbuild gc is collecting'} the shared "
+                      f"store {config.store_dir}")
+                yield
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _lock(handle: object, kind: int, reporter: Reporter, why: str) -> None:
+    """flock `handle`, saying why posbuild waits when it must."""
+    try:
+        fcntl.flock(handle, kind | fcntl.LOCK_NB)  # type: ignore[arg-type]
+    except BlockingIOError:
+        reporter.message(f"posbuild: {why}; waiting for it")
+        fcntl.flock(handle, kind)  # type: ignore[arg-type]
 
 
 def run_build(root: Path, options: BuildOptions, reporter: Reporter,

@@ -87,7 +87,7 @@ def gc(max_size: int | None, keep_generations: int) -> None:
         config = load_config(root)
         if max_size is None and config.cache_max_size:
             max_size = _configured_size(config.cache_max_size, root)
-        with workspace_lock(config, QuietReporter(sys.stdout, sys.stderr)):
+        with workspace_lock(config, QuietReporter(sys.stdout, sys.stderr), collect=True):
             if not (config.store_dir / "db").exists():
                 click.echo("gc: no store yet; nothing to collect")
                 return

@@ -126,3 +126,37 @@ def test_gc_waits_for_a_running_build_of_the_workspace_and_the_next_build_tells_
     again = ws.build("-k", "//...")
     assert executed_labels(again) == ["//a:ok"] and started.exists()
     assert_fsck_passes(ws)
+
+
+def test_gc_in_one_workspace_waits_for_a_build_in_another_that_shares_the_store(tmp_path):
+    """The build restores an unpinned result from the shared store, then runs a slow action; a gc
+    that evicted that result meanwhile would leave the build's generation naming lost bytes."""
+    store, started = tmp_path / "shared-store", tmp_path / "started"
+    first, second = Workspace(tmp_path / "one"), Workspace(tmp_path / "two")
+    toml = f'[cache]\ndir = "{store}"\n'
+    build = f"""
+        genrule(name = "t", srcs = ["t.txt"], outs = ["t.out"], cmd = "cat $< > $@")
+        genrule(name = "slow", srcs = [":t"], outs = ["slow.out"], cmd = "touch {started}; sleep 2; cat $< $< > $@")
+    """
+    first.write({"posbuild.toml": toml, "p/t.txt": "old\n", "p/BUILD": build})
+    first.ok("//p:t")
+    first.write({"p/t.txt": "new\n"})
+    first.ok("//p:t")  # the result for "old" is now pinned by no generation of this workspace's newest one
+    second.write({"posbuild.toml": toml, "p/t.txt": "old\n", "p/BUILD": build})
+    running = subprocess.Popen([*POSBUILD, "build", "//..."], cwd=second.root, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while not started.exists():
+        assert time.monotonic() < deadline and running.poll() is None
+        time.sleep(0.05)
+    gc = first.run("gc", "--max-size", "1", "--keep-generations", "1")
+    out, err = running.communicate(timeout=120)
+    assert running.returncode == 0, out + err
+    assert gc.returncode == 0 and "waiting" in gc.stderr, gc.stdout + gc.stderr
+    for ws in (second, first):
+        (ws.root / "posbuild-out/p/t.out").chmod(0o644)
+        (ws.root / "posbuild-out/p/t.out").unlink()
+        rollback = ws.run("rollback")
+        assert rollback.returncode == 0, rollback.stderr
+    assert (second.out("p/t.out"), first.out("p/t.out")) == ("old\n", "new\n")
+    assert_fsck_passes(second)
