@@ -286,3 +286,17 @@ def test_a_read_does_not_keep_freed_pages_from_being_reused(store: Store) -> Non
                    for db in (store._blobs, store._memo, store._usage))
     allocated = store._env.info()["last_pgno"]
     assert allocated < 2 * used + 50, (allocated, used)
+
+
+def test_generations_name_their_workspace_and_rows_written_before_still_read(store: Store) -> None:
+    import msgpack
+
+    from posbuild.records import Generation
+
+    legacy = msgpack.packb([1, "2024-01-01T00:00:00", ["//..."], b"\x01" * 32, 2, 10])
+    assert Generation.unpack(legacy) == Generation(1, "2024-01-01T00:00:00", ("//...",), b"\x01" * 32, 2, 10, "")
+    own = store.add_generation("t1", ("//...",), b"m1", 1, 1)
+    shared = store.add_generation("t2", ("//a/...",), b"m2", 1, 1, "/ws/two")
+    assert [g.workspace for g in store.generations()] == ["", "/ws/two"]
+    assert store.latest_generation() == own and store.latest_generation("/ws/two") == shared
+    assert store.latest_generation("/ws/three") is None
