@@ -103,56 +103,66 @@ def test_cache_export_refuses_to_leave_out_a_result_gc_evicted(ws):
     assert export.returncode == 0 and "1 action result(s)" in export.stdout, export.stderr
 
 
+def slow_command(probe) -> str:
+    """A command that says it started, then waits until the test lets it go on."""
+    return f"touch {probe / 'started'}; while [ ! -e {probe / 'go'} ]; do sleep 0.05; done"
+
+
+def gc_during_build(build_root, build_args, gc_root, gc_args, probe):
+    """Run gc while a build's slow action runs; the action goes on once gc has said that it waits
+    (or has finished without waiting). Returns (returncode, stdout, stderr) of build and gc."""
+    build = subprocess.Popen([*POSBUILD, *build_args], cwd=build_root, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while not (probe / "started").exists():
+            assert time.monotonic() < deadline and build.poll() is None, "the slow action never started"
+            time.sleep(0.05)
+        gc = subprocess.Popen([*POSBUILD, *gc_args], cwd=gc_root, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True)
+        first_line = gc.stderr.readline()  # "... waiting for it", or "" once gc ended without waiting
+        (probe / "go").touch()
+        gc_out, gc_err = gc.communicate(timeout=120)
+    finally:
+        (probe / "go").touch()
+        build_out, build_err = build.communicate(timeout=120)
+    return (build.returncode, build_out, build_err), (gc.returncode, gc_out, first_line + gc_err)
+
+
 def test_gc_waits_for_a_running_build_of_the_workspace_and_the_next_build_tells_the_truth(ws, tmp_path):
-    started = tmp_path / "started"
     ws.write({**FLAKY, "a/BUILD": f"""
-        genrule(name = "ok", srcs = ["in.txt"], outs = ["ok.txt"],
-                cmd = "touch {started}; sleep 2; tr a-z A-Z < $< > $@")
+        genrule(name = "ok", srcs = ["in.txt"], outs = ["ok.txt"], cmd = "{slow_command(tmp_path)}; tr a-z A-Z < $< > $@")
         genrule(name = "bad", srcs = ["bad.txt"], outs = ["bad.out"], cmd = "exit 3")
     """})
-    build = subprocess.Popen([*POSBUILD, "build", "-k", "//..."], cwd=ws.root, stdout=subprocess.PIPE,
-                             stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 60
-    while not started.exists():
-        assert time.monotonic() < deadline and build.poll() is None
-        time.sleep(0.05)
-    gc = subprocess.run([*POSBUILD, "gc", "--max-size", "1"], cwd=ws.root, capture_output=True, text=True,
-                        timeout=120)
-    assert build.wait(timeout=120) == 1
-    assert gc.returncode == 0, gc.stderr
-    assert "waiting" in gc.stderr  # it held off until the build released the workspace
-    assert "1 action result(s)" in gc.stdout  # the build's //a:ok, evicted after the build ended
-    started.unlink()
+    build, gc = gc_during_build(ws.root, ["build", "-k", "//..."], ws.root, ["gc", "--max-size", "1"], tmp_path)
+    assert build[0] == 1
+    assert gc[0] == 0 and "waiting" in gc[2], gc  # it held off until the build released the workspace
+    assert "1 action result(s)" in gc[1]  # the build's //a:ok, evicted after the build ended
+    (tmp_path / "started").unlink()
     again = ws.build("-k", "//...")
-    assert executed_labels(again) == ["//a:ok"] and started.exists()
+    assert executed_labels(again) == ["//a:ok"] and (tmp_path / "started").exists()
     assert_fsck_passes(ws)
 
 
 def test_gc_in_one_workspace_waits_for_a_build_in_another_that_shares_the_store(tmp_path):
     """The build restores an unpinned result from the shared store, then runs a slow action; a gc
     that evicted that result meanwhile would leave the build's generation naming lost bytes."""
-    store, started = tmp_path / "shared-store", tmp_path / "started"
+    store = tmp_path / "shared-store"
     first, second = Workspace(tmp_path / "one"), Workspace(tmp_path / "two")
     toml = f'[cache]\ndir = "{store}"\n'
     build = f"""
         genrule(name = "t", srcs = ["t.txt"], outs = ["t.out"], cmd = "cat $< > $@")
-        genrule(name = "slow", srcs = [":t"], outs = ["slow.out"], cmd = "touch {started}; sleep 2; cat $< $< > $@")
+        genrule(name = "slow", srcs = [":t"], outs = ["slow.out"], cmd = "{slow_command(tmp_path)}; cat $< $< > $@")
     """
     first.write({"posbuild.toml": toml, "p/t.txt": "old\n", "p/BUILD": build})
     first.ok("//p:t")
     first.write({"p/t.txt": "new\n"})
     first.ok("//p:t")  # the result for "old" is now pinned by no generation of this workspace's newest one
     second.write({"posbuild.toml": toml, "p/t.txt": "old\n", "p/BUILD": build})
-    running = subprocess.Popen([*POSBUILD, "build", "//..."], cwd=second.root, stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 60
-    while not started.exists():
-        assert time.monotonic() < deadline and running.poll() is None
-        time.sleep(0.05)
-    gc = first.run("gc", "--max-size", "1", "--keep-generations", "1")
-    out, err = running.communicate(timeout=120)
-    assert running.returncode == 0, out + err
-    assert gc.returncode == 0 and "waiting" in gc.stderr, gc.stdout + gc.stderr
+    built, gc = gc_during_build(second.root, ["build", "//..."], first.root,
+                                ["gc", "--max-size", "1", "--keep-generations", "1"], tmp_path)
+    assert built[0] == 0, built
+    assert gc[0] == 0 and "waiting" in gc[2], gc
     for ws in (second, first):
         (ws.root / "posbuild-out/p/t.out").chmod(0o644)
         (ws.root / "posbuild-out/p/t.out").unlink()
