@@ -109,7 +109,8 @@ def workspace_lock(config: Config, reporter: Reporter, collect: bool = False) ->
     """Hold `.posbuild/lock` exclusively for the duration of a command that writes outputs.
 
     A store shared by several workspaces (`[cache] dir`) is also locked: shared by every command,
-    exclusively by gc (`collect`), so gc never removes what a build in another workspace is using.
+    exclusively by those that remove rows (`collect`: gc, `fsck --repair`), so they never remove
+    what a build in another workspace is using.
     """
     config.state_dir.mkdir(exist_ok=True)
     with open(config.state_dir / "lock", "a+") as handle:
@@ -119,10 +120,10 @@ def workspace_lock(config: Config, reporter: Reporter, collect: bool = False) ->
                 yield
                 return
             config.store_dir.mkdir(parents=True, exist_ok=True)
+            who = "another workspace is using" if collect else "posbuild gc or fsck --repair is using"
             with open(config.store_dir / "gc.lock", "a+") as shared:
                 _lock(shared, fcntl.LOCK_EX if collect else fcntl.LOCK_SH, reporter,
-                      f"{'another workspace is using' if collect else 'posbuild gc is collecting'} the shared "
-                      f"store {config.store_dir}")
+                      f"{who} the shared store {config.store_dir}")
                 yield
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
