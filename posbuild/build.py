@@ -21,6 +21,7 @@ from typing import Callable, Iterator, Mapping, Sequence
 from posbuild.analysis import Action, ActionGraph, Analyzer, GraphFacts, expand_patterns
 from posbuild.config import Config, load_config
 from posbuild.digest import Digest
+from posbuild.epoch import read_epoch
 from posbuild.envfp import checked_environment_hash, environment_key, passed_environment
 from posbuild.errors import ActionFailed, NonDeterminism, OrchError, PosbuildError, ResourceOversubscription, UsageError
 from posbuild.graphcache import CachedGraph, GraphCache
@@ -30,7 +31,7 @@ from posbuild.reporter import BuildSummary, Reporter
 from posbuild.resources import check_budget, fits
 from posbuild.roles import ROLE_VARIABLE, authorize
 from posbuild.secrets import SecretSource, SecretUnavailable, secret_source
-from posbuild.uptodate import BuildState, clean_actions, load_state, mark_tree, settled, tree_is_clean
+from posbuild.uptodate import BuildState, clean_actions, load_state, mark_tree, revalidate, settled, tree_is_clean
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,19 +105,37 @@ def _checks_need_no_actions(config: Config, facts: GraphFacts, options: BuildOpt
 
 
 @contextmanager
-def workspace_lock(config: Config, reporter: Reporter) -> Iterator[None]:
-    """Hold `.posbuild/lock` exclusively for the duration of a command that writes outputs."""
+def workspace_lock(config: Config, reporter: Reporter, collect: bool = False) -> Iterator[None]:
+    """Hold `.posbuild/lock` exclusively for the duration of a command that writes outputs.
+
+    A store shared by several workspaces (`[cache] dir`) is also locked: shared by every command,
+    exclusively by those that remove rows (`collect`: gc, `fsck --repair`), so they never remove
+    what a build in another workspace is using.
+    """
     config.state_dir.mkdir(exist_ok=True)
     with open(config.state_dir / "lock", "a+") as handle:
+        _lock(handle, fcntl.LOCK_EX, reporter, "another posbuild command is running in this workspace")
         try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            reporter.message("posbuild: another posbuild command is running in this workspace; waiting for it")
-            fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
+            if config.store_dir.is_relative_to(config.state_dir):
+                yield
+                return
+            config.store_dir.mkdir(parents=True, exist_ok=True)
+            who = "another workspace is using" if collect else "posbuild gc or fsck --repair is using"
+            with open(config.store_dir / "gc.lock", "a+") as shared:
+                _lock(shared, fcntl.LOCK_EX if collect else fcntl.LOCK_SH, reporter,
+                      f"{who} the shared store {config.store_dir}")
+                yield
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _lock(handle: object, kind: int, reporter: Reporter, why: str) -> None:
+    """flock `handle`, saying why posbuild waits when it must."""
+    try:
+        fcntl.flock(handle, kind | fcntl.LOCK_NB)  # type: ignore[arg-type]
+    except BlockingIOError:
+        reporter.message(f"posbuild: {why}; waiting for it")
+        fcntl.flock(handle, kind)  # type: ignore[arg-type]
 
 
 def run_build(root: Path, options: BuildOptions, reporter: Reporter,
@@ -177,6 +196,9 @@ def _run_build(root: Path, options: BuildOptions, reporter: Reporter, environ: M
     patterns = tuple(str(p) for p in request.patterns)
     with workspace_lock(config, reporter):
         previous = load_state(request.state_path, env_key)
+        epoch = read_epoch(config.store_dir)
+        if previous.epoch != epoch:  # something was removed from the store since: check what the state trusts
+            previous = revalidate(None if options.dry_run else request.state_path, previous, config.store_dir, epoch)
         tree_clean = tree_is_clean(config)
         if graph is None:
             if tree_clean and settled(previous, entry.digest, config.root):  # a no-op, the actions never decoded
@@ -204,7 +226,8 @@ def _run_build(root: Path, options: BuildOptions, reporter: Reporter, environ: M
                                request.state_path, patterns, options.verify, info, tuple(blobs), options.explain,
                                secrets, grant=grant,
                                executor=options.executor, allow_env_drift=options.allow_env_drift,
-                               sandbox_writable=writable_paths(environ), tree_clean=tree_clean, graph=entry.digest)
+                               sandbox_writable=writable_paths(environ), tree_clean=tree_clean, graph=entry.digest,
+                               epoch=epoch)
         if options.dry_run:
             planned = plan_dirty(config, actions, clean, previous, settings)
             for index, reason in planned:
@@ -295,7 +318,7 @@ def clean(root: Path, everything: bool) -> list[Path]:
             shutil.rmtree(path)
             removed.append(path)
     if not everything:
-        mark_tree(config, clean=False)  # posbuild-out/ no longer matches the latest generation
+        mark_tree(config, clean=False, withdrawn=())  # posbuild-out/ no longer matches the latest generation
     return removed
 
 

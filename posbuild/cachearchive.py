@@ -6,7 +6,10 @@ Design memo
 * **What is exported.** The action results that the patterns' last successful build used (every
   action it executed or found cached, including those it settled by stat alone, as `posbuild log`
   lists them), and every blob those results name: outputs, stdout, stderr. A fresh workspace that
-  imports the archive builds those patterns with zero executions.
+  imports the archive builds those patterns with zero executions. So an archive is whole or not
+  written: if gc has removed the result of any cacheable action that build used, export refuses
+  and names the actions (a new build executes them again). Actions tagged `no-cache` have no
+  result by design; the report counts them.
 * **Format.** A tar file (gzip-compressed when the name ends in `.gz` or `.tgz`), readable with
   standard tools. Its first member, `posbuild-cache/manifest`, is msgpack
   `[FORMAT, "posbuild-cache", BLAKE3(body), body, signature]`; the body lists the patterns, the
@@ -72,7 +75,7 @@ class ExportReport:
     results: int
     blobs: int
     size: int
-    missing: int  # results the build used that are no longer in the store (gc, no-cache)
+    uncacheable: int  # actions tagged no-cache the build ran: they have no result to export
     signed: bool
 
 
@@ -108,14 +111,14 @@ def last_successful_build(store: Store, patterns: Sequence[str]) -> dict[str, An
 def export_cache(store: Store, patterns: Sequence[str], target: Path, secret: bytes | None) -> ExportReport:
     """Write the results and blobs of the patterns' last successful build to `target` (atomically)."""
     build = last_successful_build(store, patterns)
-    keys = sorted({r.key for r in records_of_build(store, build) if r.key and r.state in ("SUCCESS", "CACHED")})
+    labels = {r.key: r.label for r in records_of_build(store, build) if r.key and r.state in ("SUCCESS", "CACHED")}
     results: list[tuple[Digest, bytes]] = []
     blobs: dict[Digest, int] = {}
-    missing = 0
-    for key in keys:
+    gone: list[str] = []
+    for key in sorted(labels):
         result = store.get_result(key)
         if result is None:
-            missing += 1
+            gone.append(labels[key])
             continue
         results.append((key, result.pack()))
         for digest in _blobs_of(result):
@@ -124,6 +127,14 @@ def export_cache(store: Store, patterns: Sequence[str], target: Path, secret: by
                     raise ChecksumMismatch(f"blob {digest.hex()} is referenced by an action result but missing "
                                            f"from the store; run `posbuild fsck --repair`")
                 blobs[digest] = store.blob_size(digest)
+    uncacheable = _uncacheable(store, build) if gone else frozenset()
+    lost = sorted(label for label in gone if label not in uncacheable)
+    if lost:
+        shown = " ".join(sorted(set(patterns)))
+        more = f" and {len(lost) - 5} more" if len(lost) > 5 else ""
+        raise UsageError(f"the store no longer holds the result of {len(lost)} action(s) that build {build['number']} "
+                         f"of {shown} used (gc removed them): {', '.join(lost[:5])}{more}; run `posbuild build "
+                         f"{shown}` (it executes them again), then export again; nothing was exported")
     body = msgpack.packb({"patterns": sorted(set(patterns)), "build": build["number"],
                           "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                           "results": [[k, p] for k, p in results], "blobs": [[d, s] for d, s in blobs.items()]},
@@ -141,7 +152,16 @@ def export_cache(store: Store, patterns: Sequence[str], target: Path, secret: by
     finally:
         temp.unlink(missing_ok=True)
     return ExportReport(int(build["number"]), tuple(sorted(set(patterns))), len(results), len(blobs),
-                        sum(blobs.values()), missing, bool(secret))
+                        sum(blobs.values()), len(gone), bool(secret))
+
+
+def _uncacheable(store: Store, build: dict[str, Any]) -> frozenset[str]:
+    """Labels of the build's actions tagged no-cache (read from the graph its row names)."""
+    from posbuild.execute import NO_CACHE_TAG
+    from posbuild.graphcache import actions_of_entry
+
+    graph = store.journal_blob(build["graph"]) if build.get("graph") else None
+    return frozenset(a.label for a in actions_of_entry(graph or b"") if NO_CACHE_TAG in a.tags)
 
 
 def _blobs_of(result: ActionResult) -> Iterator[Digest]:

@@ -3,14 +3,19 @@ used action results and the blobs nothing else needs, in transactions a crash ca
 
 Design memo
 -----------
-* **What is live.** The newest N generations are kept (at least one: the latest generation is
-  what the next build and `posbuild rollback` start from). A kept generation *pins* its manifest
+* **What is live.** The newest N generations of each workspace are kept (at least one: the latest
+  generation is what the next build and `posbuild rollback` start from; a store shared by several
+  workspaces holds each one's generations, generations.py). A kept generation *pins* its manifest
   blob and every blob its manifest lists, and every action result it *needs*: one whose outputs
   are all listed, with the same path and digest, in a kept manifest. A pinned result keeps its
   stdout/stderr blobs because it still references them. Nothing pinned is ever removed, whatever
   `--max-size` says, so `posbuild rollback` to a kept generation, and a build after
   `posbuild clean` of the sources a kept generation was built from, restore everything from the
-  store without executing.
+  store without executing. Outputs a failed build left in `posbuild-out/` are in no generation:
+  their results are not pinned (the next build executes them again if they were evicted).
+* **Builds after gc.** Every `Store.remove()` first gives the store a new epoch (epoch.py), so a
+  saved up-to-date state that trusted an evicted result is checked before the next build settles
+  anything by stat (uptodate.revalidate).
 * **Garbage** is always removed: the rows of dropped generations, and blobs that no remaining
   result and no kept manifest references (the manifests of dropped generations, outputs of
   evicted or no-cache actions, ...). Files under `cas/` without a blob row (left by a crash
@@ -125,7 +130,14 @@ def take_inventory(store: Store, keep_generations: int) -> Inventory:
         raise UsageError(f"--keep-generations must be at least 1 (the latest generation is always kept), "
                          f"got {keep_generations}")
     generations = store.generations()
-    kept, dropped = generations[-keep_generations:], generations[:-keep_generations]
+    newest: Counter[str] = Counter()
+    kept_ids = set()
+    for generation in reversed(generations):  # the newest N of each workspace
+        newest[generation.workspace] += 1
+        if newest[generation.workspace] <= keep_generations:
+            kept_ids.add(generation.id)
+    kept = [g for g in generations if g.id in kept_ids]
+    dropped = [g for g in generations if g.id not in kept_ids]
     manifests = tuple(_manifest(store, g) for g in kept)
     sizes: dict[Digest, int] = {}
     external: set[Digest] = set()

@@ -1,15 +1,21 @@
 """Layer 7: generations (§8) — record the output tree after each fully successful build, and
 roll `posbuild-out/` back to one.
 
-A generation's manifest maps every file under `posbuild-out/` to (digest, size, executable)
-after that build. It starts from the previous generation's manifest (a request rarely covers the
-whole workspace), takes this build's outputs from their action results, and drops files that are
-no longer there. An unchanged tree records no new generation, so a rebuild with nothing changed
+A generation belongs to the workspace, not to a request: its manifest maps every output file of
+`posbuild-out/` to (digest, size, executable), each at its last successful content. It starts
+from the previous generation's manifest (a request rarely covers the whole workspace), takes
+this build's outputs from their action results, and drops files that are no longer there, except
+those a failed build withdrew (uptodate.withdrawn_outputs): their rows stay, so that after a
+failed build of one target and a successful build of another, rollback still restores what the
+failure removed. An unchanged tree records no new generation, so a rebuild with nothing changed
 leaves the store exactly as it was (§11).
 
 Rollback restores the tree byte for byte from the store without executing anything: every file
 of the manifest that is not already current is rewritten from its verified blob (ORCH-03 if a
 blob is corrupt), and every other file under `posbuild-out/` is removed.
+
+A store shared by several workspaces (`[cache] dir`) holds the generations of each: they are
+tagged with their workspace's path, and each workspace records, lists and rolls back to its own.
 
 uptodate.py's tree marker says whether `posbuild-out/` is known to match the latest generation,
 so a no-op build can skip all of this with one small read.
@@ -30,30 +36,45 @@ from posbuild.records import FileState, Generation, Manifest, OutputFile, pack_m
 from posbuild.store import Store
 from posbuild.uptodate import mark_tree
 
-def current_manifest(store: Store) -> tuple[Generation | None, Manifest]:
-    latest = store.latest_generation()
+def workspace_tag(config: Config) -> str:
+    """What the workspace's generations are tagged with: "" in its own store, else its path."""
+    return "" if config.store_dir.is_relative_to(config.state_dir) else str(config.root)
+
+
+def current_manifest(store: Store, workspace: str = "") -> tuple[Generation | None, Manifest]:
+    """The latest generation of the workspace tagged `workspace`, and its manifest."""
+    latest = store.latest_generation(workspace)
     return latest, (unpack_manifest(store.get_blob(latest.manifest)) if latest else {})
 
 
+def generations_of(config: Config, store: Store) -> list[Generation]:
+    """The workspace's generations, oldest first (a shared store holds others' too)."""
+    tag = workspace_tag(config)
+    return [g for g in store.generations() if g.workspace == tag]
+
+
 def record_generation(config: Config, store: Store, patterns: Sequence[str], rows: Manifest,
-                      current: tuple[Generation | None, Manifest] | None = None) -> Generation | None:
+                      current: tuple[Generation | None, Manifest] | None = None,
+                      withdrawn: frozenset[str] = frozenset()) -> Generation | None:
     """Record the tree after a fully successful build; None when it equals the latest generation.
 
     `rows` describes every output of the request; `current` is `current_manifest(store)` when the
-    caller has read it already.
+    caller has read it already; `withdrawn` lists the outputs failed builds removed, whose rows
+    are kept although their files are gone.
     """
-    latest, previous = current if current is not None else current_manifest(store)
+    latest, previous = current if current is not None else current_manifest(store, workspace_tag(config))
     manifest: Manifest = dict(previous)
     base = f"{config.root}/"  # str concatenation: a Path per file costs more than the stat itself
     for path in previous.keys() - rows.keys():  # rows of other requests: dropped if the file is gone
-        if not os.path.isfile(base + path):
+        if path not in withdrawn and not os.path.isfile(base + path):
             del manifest[path]
     manifest.update(rows)
     if latest is not None and manifest == previous:
         return None
     created = datetime.now(timezone.utc).isoformat(timespec="microseconds")
     size = sum(size for _, size, _ in manifest.values())
-    return store.add_generation(created, tuple(patterns), pack_manifest(manifest), len(manifest), size)
+    return store.add_generation(created, tuple(patterns), pack_manifest(manifest), len(manifest), size,
+                                workspace_tag(config))
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,7 +87,7 @@ class RollbackReport:
 
 def rollback(config: Config, store: Store, generation_id: int | None = None) -> RollbackReport:
     """Make posbuild-out/ byte-identical to a generation (the latest by default)."""
-    generations = store.generations()
+    generations = generations_of(config, store)
     if not generations:
         raise UsageError("no generation recorded yet: rollback needs one fully successful build first")
     chosen = generations[-1] if generation_id is None else next(
@@ -88,7 +109,7 @@ def rollback(config: Config, store: Store, generation_id: int | None = None) -> 
     removed = _remove_others(config.root, set(manifest))
     store.commit(memo=memo)
     store.flush()
-    mark_tree(config, clean=chosen.id == generations[-1].id)
+    mark_tree(config, clean=chosen.id == generations[-1].id, withdrawn=())  # nothing is missing any more
     return RollbackReport(chosen, len(memo), removed, unchanged)
 
 

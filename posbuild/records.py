@@ -79,7 +79,9 @@ class FileState:
 @dataclass(frozen=True, slots=True)
 class Generation:
     """One fully successful build (§8's "previous stable" state): the digest of its manifest blob,
-    which maps every file under posbuild-out/ to (digest, size, executable) after that build."""
+    which maps every file under posbuild-out/ to (digest, size, executable) after that build.
+    `workspace` names the workspace it belongs to in a store shared by several ("" in a
+    workspace's own store)."""
 
     id: int
     created: str
@@ -87,14 +89,16 @@ class Generation:
     manifest: Digest
     files: int
     size: int
+    workspace: str = ""
 
     def pack(self) -> bytes:
-        return msgpack.packb([self.id, self.created, list(self.patterns), self.manifest, self.files, self.size])
+        row = [self.id, self.created, list(self.patterns), self.manifest, self.files, self.size]
+        return msgpack.packb([*row, self.workspace] if self.workspace else row)
 
     @staticmethod
     def unpack(data: bytes) -> Generation:
-        id_, created, patterns, manifest, files, size = msgpack.unpackb(data)
-        return Generation(id_, created, tuple(patterns), manifest, files, size)
+        id_, created, patterns, manifest, files, size, *workspace = msgpack.unpackb(data)
+        return Generation(id_, created, tuple(patterns), manifest, files, size, *workspace[:1])
 
 
 Manifest = dict[str, tuple[Digest, int, bool]]  # path under posbuild-out/ → (digest, size, executable)

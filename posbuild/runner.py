@@ -19,7 +19,7 @@ from posbuild.config import Config
 from posbuild.digest import Digest
 from posbuild.execute import ActionOutcome, Rebuilder, Started, Status
 from posbuild.filestate import FileStates
-from posbuild.generations import current_manifest, record_generation
+from posbuild.generations import current_manifest, record_generation, workspace_tag
 from posbuild.journal import Journal, utc
 from posbuild.records import Manifest, OutputFile
 from posbuild.roles import Grant
@@ -29,7 +29,7 @@ from posbuild.sandbox import Sandboxes, choose_isolation
 from posbuild.scheduler import Scheduler, State
 from posbuild.secrets import SecretSource, SecretUnavailable
 from posbuild.store import INLINE_LIMIT, Store
-from posbuild.uptodate import BuildState, mark_tree, save_state
+from posbuild.uptodate import BuildState, mark_tree, save_state, withdrawn_outputs
 
 if TYPE_CHECKING:
     from posbuild.dask_executor import DaskSandboxes
@@ -76,6 +76,7 @@ class RunSettings:
     sandbox_writable: tuple[str, ...] = ()  # POSBUILD_SANDBOX_WRITABLE (namespaces.writable_paths)
     tree_clean: bool = False  # posbuild-out/ was exactly the latest generation when the build began
     graph: Digest = b""  # the digest of the graph cache entry the actions came from (uptodate.settled)
+    epoch: bytes = b""  # the store's epoch when the build began (epoch.py), saved with the new state
 
 
 class _Executor:
@@ -163,21 +164,29 @@ def run_dirty(config: Config, actions: Sequence[Action], clean: Sequence[bool], 
                         journal.add(sub_actions[node], "SKIPPED", None, now / 1e9, now / 1e9, ())
             store.commit(memo=files.take_pending(), used=[(key, now) for key in rebuilder.used],
                          records=journal.take() if journal else ())
-            save_state(settings.state_path, rebuilder.state_for(actions, clean, settings.env_key, settings.graph))
+            save_state(settings.state_path, rebuilder.state_for(actions, clean, settings.env_key, settings.graph),
+                       settings.epoch)
         outcomes = {dirty[i]: o for i, o in executor.outcomes.items()}
         failed = [n for n, o in outcomes.items() if o.status is Status.FAILED]
         if failed or State.SKIPPED in states:
-            mark_tree(config, clean=False)
-            removed = remove_stale_outputs(config.root, actions, [n for n in failed if outcomes[n].key is None])
+            stale = stale_outputs(actions, [n for n in failed if outcomes[n].key is None])  # ORCH-04 keeps its cached bytes
+            mark_tree(config, clean=False, withdrawn=withdrawn_outputs(config).union(stale))  # before they go
+            removed = remove_outputs(config.root, stale)
             if removed:
-                reporter.message(f"posbuild: removed {removed} stale output(s) of failed actions and their "
-                                 f"dependents; `posbuild rollback` restores the last successful build")
+                recorded = current_manifest(store, workspace_tag(config))[1]
+                hint = ("`posbuild rollback` restores the last successful build" if any(p in recorded for p in removed)
+                        else "no successful build recorded them, so rollback has nothing to restore")
+                reporter.message(f"posbuild: removed {len(removed)} stale output(s) of failed actions and their "
+                                 f"dependents; {hint}")
         else:
-            latest, manifest = current_manifest(store)
+            latest, manifest = current_manifest(store, workspace_tag(config))
             rows = _request_rows(actions, clean, previous, rebuilder, store, manifest,
                                  None if settings.tree_clean else config.root)
-            record_generation(config, store, settings.patterns, rows, (latest, manifest))
-            mark_tree(config, clean=True)
+            # after a build of every target, a withdrawn file it did not produce belongs to no target any more
+            withdrawn = withdrawn_outputs(config) if "//..." not in settings.patterns else frozenset()
+            record_generation(config, store, settings.patterns, rows, (latest, manifest), withdrawn)
+            missing = [p for p in withdrawn if p in manifest and p not in rows and not os.path.lexists(config.root / p)]
+            mark_tree(config, clean=not missing, withdrawn=missing)
         if journal is not None:
             counts = {s.value: sum(1 for o in outcomes.values() if o.status is s) for s in Status}
             store.update_build(journal.number, {"ended": utc(time.time()), "counts": counts,
@@ -284,7 +293,7 @@ def _request_rows(actions: Sequence[Action], clean: Sequence[bool], previous: Bu
                 found = False
         if not found:
             result = store.get_result(previous.actions[action.label][1]) if action.label in previous.actions else None
-            described = list(result.outputs) if result else [_described(path, previous) for path in action.outputs]
+            described = list(result.outputs) if result else [_described(path, previous, store) for path in action.outputs]
             rows.update((o.path, (o.digest, o.size, o.executable)) for o in described if o is not None)
     return rows
 
@@ -297,10 +306,11 @@ def _executable(path: str) -> bool | None:
         return None
 
 
-def _described(path: str, previous: BuildState) -> OutputFile | None:
-    """An output whose result is no longer in the store (gc), described from the recorded state."""
+def _described(path: str, previous: BuildState, store: Store) -> OutputFile | None:
+    """An output whose result is no longer in the store, described from the recorded state; None
+    when its blob is gone too, since a generation must not name bytes the store does not hold."""
     state = previous.file(path)
-    return OutputFile(path, state.digest, state.signature[1], False) if state else None
+    return OutputFile(path, state.digest, state.signature[1], False) if state and store.has_blob(state.digest) else None
 
 
 def plan_dirty(config: Config, actions: Sequence[Action], clean: Sequence[bool], previous: BuildState,
@@ -337,22 +347,26 @@ def plan_dirty(config: Config, actions: Sequence[Action], clean: Sequence[bool],
         store.close()
 
 
-def remove_stale_outputs(root: Path, actions: Sequence[Action], failed: Sequence[int]) -> int:
-    """Delete from posbuild-out/ the outputs of failed actions and of everything downstream.
+def stale_outputs(actions: Sequence[Action], failed: Sequence[int]) -> list[str]:
+    """The outputs of failed actions and of everything downstream of them.
 
-    An old output left there would pass for the result of the current sources (§8: all
-    downstream artifacts are invalidated). Returns how many files were removed.
+    An old output left in posbuild-out/ would pass for the result of the current sources (§8: all
+    downstream artifacts are invalidated).
     """
     doomed = set(failed)
     for index, action in enumerate(actions):  # dependencies come first, so one pass suffices
         if index not in doomed and any(dep in doomed for dep in action.deps):
             doomed.add(index)
-    removed = 0
-    for index in sorted(doomed):
-        for path in actions[index].outputs:
-            try:
-                os.unlink(root / path)
-                removed += 1
-            except (FileNotFoundError, NotADirectoryError):  # gone, or a file where its folder was
-                pass
+    return [path for index in sorted(doomed) for path in actions[index].outputs]
+
+
+def remove_outputs(root: Path, paths: Sequence[str]) -> list[str]:
+    """Delete these outputs from posbuild-out/; returns those that were there."""
+    removed = []
+    for path in paths:
+        try:
+            os.unlink(root / path)
+            removed.append(path)
+        except (FileNotFoundError, NotADirectoryError):  # gone, or a file where its folder was
+            pass
     return removed

@@ -40,6 +40,7 @@ import lmdb
 import msgpack
 
 from posbuild.digest import Digest, hash_bytes, hash_file
+from posbuild.epoch import advance_epoch
 from posbuild.errors import ChecksumMismatch, PartialState
 from posbuild.recordchain import CHAIN, GENESIS, records_digest, seal
 from posbuild.records import ActionResult, ExecutionRecord, FileState, Generation, utc
@@ -277,13 +278,13 @@ class Store:
     # -- generations (§8) ------------------------------------------------------------------
 
     def add_generation(self, created: str, patterns: tuple[str, ...], manifest: bytes, files: int,
-                       size: int) -> Generation:
+                       size: int, workspace: str = "") -> Generation:
         """Record a generation and its manifest blob in one transaction; ids count up from 1."""
         digest = hash_bytes(manifest)
         with self._env.begin(write=True) as txn:
             with txn.cursor(db=self._generations) as cursor:
                 last = int.from_bytes(cursor.key(), "big") if cursor.last() else 0
-            generation = Generation(last + 1, created, patterns, digest, files, size)
+            generation = Generation(last + 1, created, patterns, digest, files, size, workspace)
             if txn.get(digest, db=self._blobs) is None:
                 txn.put(digest, _INLINE + manifest, db=self._blobs)
             txn.put(generation.id.to_bytes(8, "big"), generation.pack(), db=self._generations)
@@ -294,9 +295,14 @@ class Store:
         with self._env.begin() as txn:
             return [Generation.unpack(value) for _, value in txn.cursor(db=self._generations)]
 
-    def latest_generation(self) -> Generation | None:
+    def latest_generation(self, workspace: str = "") -> Generation | None:
+        """The newest generation of `workspace` (generations.workspace_tag)."""
         with self._env.begin() as txn, txn.cursor(db=self._generations) as cursor:
-            return Generation.unpack(cursor.value()) if cursor.last() else None
+            for _, value in cursor.iterprev():
+                generation = Generation.unpack(value)
+                if generation.workspace == workspace:
+                    return generation
+            return None
 
     # -- whole-store walks and removal (fsck, gc) ------------------------------------------
 
@@ -330,6 +336,7 @@ class Store:
         Files go only after the transaction commits: a crash in between leaves orphan files,
         which fsck reports and gc or `fsck --repair` removes, never a row without its file.
         """
+        advance_epoch(self.path)  # first: saved up-to-date states must not trust what goes (epoch.py)
         freed = 0
         external: list[Digest] = []
         with self._env.begin(write=True) as txn:

@@ -16,6 +16,9 @@ Everything else goes through the rebuilder, which can still reuse a recorded key
 digests it computes turn out to be the recorded ones (a touched file, an early cutoff).
 
 The state is a cache of derived facts: losing it costs one slower build, never a wrong one.
+It also names the store's epoch (epoch.py) when it was saved: after a gc or a repair removed rows
+from the store, the first build checks each recorded result against the store once (`revalidate`)
+and forgets the actions whose result is gone, so they execute again instead of passing for cached.
 Signatures of files hashed within the racy window (filestate.py) are recorded only if they have
 aged and still hash the same by the end of the build, so a file rewritten within one timestamp
 tick is never taken as unchanged.
@@ -28,7 +31,7 @@ import struct
 from dataclasses import dataclass
 from itertools import starmap
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Iterable, Sequence
 
 import msgpack
 
@@ -38,7 +41,11 @@ from posbuild.config import Config
 from posbuild.digest import Digest
 from posbuild.records import FileState, Signature, signature
 
-STATE_FORMAT = 3
+if TYPE_CHECKING:
+    from posbuild.store import Store
+
+STATE_FORMAT = 4
+_FORMATS = (3, STATE_FORMAT)  # 3: saved before states named the store's epoch
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,19 +69,20 @@ class BuildState:
     action is not clean, so they too stay packed until first use. `graph` names the graph cache
     entry the state was saved for, and `complete` says whether every action of it ended well with
     every file signature recorded: then the signatures alone say whether the whole request is still
-    up to date.
+    up to date. `epoch` is the store's epoch the recorded results were checked against (epoch.py).
     """
 
-    __slots__ = ("env_key", "graph", "complete", "paths", "packed_signatures", "_signatures", "_actions",
+    __slots__ = ("env_key", "graph", "complete", "epoch", "paths", "packed_signatures", "_signatures", "_actions",
                  "_packed_actions", "_digests", "_packed_digests", "raw")
 
     def __init__(self, env_key: Digest, actions: dict[str, tuple[Digest, Digest]] | bytes,
                  signatures: dict[str, Signature] | tuple[Sequence[str], bytes], digests: dict[str, Digest] | bytes,
-                 raw: bytes = b"", graph: Digest = b"", complete: bool = False) -> None:
+                 raw: bytes = b"", graph: Digest = b"", complete: bool = False, epoch: bytes = b"") -> None:
         self.raw = raw  # the saved file's bytes, when loaded from one (the build records refer to them)
         self.env_key = env_key
         self.graph = graph
         self.complete = complete
+        self.epoch = epoch
         if isinstance(signatures, dict):
             self._signatures: dict[str, Signature] | None = signatures
             self.paths: Sequence[str] = tuple(signatures)
@@ -131,21 +139,64 @@ def load_state(path: Path, env_key: Digest) -> BuildState:
 def state_from_bytes(raw: bytes) -> BuildState:
     """A saved state from its bytes, or EMPTY when they are not one."""
     try:
-        fmt, saved_env, graph, complete, paths, signatures, actions, digests = msgpack.unpackb(raw, use_list=False)
+        fmt, saved_env, graph, complete, paths, signatures, actions, digests, *epoch = msgpack.unpackb(
+            raw, use_list=False)
     except (ValueError, TypeError, msgpack.UnpackException):
         return EMPTY
-    if fmt != STATE_FORMAT or len(signatures) != len(paths) * _SIGNATURE.size:
+    if fmt not in _FORMATS or len(epoch) != (1 if fmt == STATE_FORMAT else 0) or len(signatures) != len(paths) * _SIGNATURE.size:
         return EMPTY
-    return BuildState(saved_env, actions, (paths, signatures), digests, raw, graph=graph, complete=complete)
+    return BuildState(saved_env, actions, (paths, signatures), digests, raw, graph=graph, complete=complete,
+                      epoch=epoch[0] if epoch else b"")
 
 
-def save_state(path: Path, state: BuildState) -> None:
-    """Write the state atomically (temp + rename)."""
+def save_state(path: Path, state: BuildState, epoch: bytes | None = None) -> bytes:
+    """Write the state atomically (temp + rename), naming `epoch` (by default the state's own).
+
+    Returns the bytes written: the build records refer to them.
+    """
     payload = msgpack.packb([
         STATE_FORMAT, state.env_key, state.graph, state.complete, state.paths, state.packed_signatures,
         msgpack.packb(state.actions, use_bin_type=True), msgpack.packb(state.digests, use_bin_type=True),
+        state.epoch if epoch is None else epoch,
     ], use_bin_type=True)
     write_atomically(path, payload)
+    return payload
+
+
+def revalidate(path: Path | None, state: BuildState, store_dir: Path, epoch: bytes) -> BuildState:
+    """The state saved at `path` checked against a store whose epoch moved on since it was saved.
+
+    Something removed rows from the store (gc, `fsck --repair`): an action whose recorded result,
+    or a blob of it, is gone is forgotten, so that the build executes it again instead of settling
+    it by stat and calling it cached. What is left is saved under the new epoch (unless `path` is
+    None: a dry run writes nothing), so only the first build after a gc pays for the check (one
+    result and a few blob lookups per recorded action).
+    """
+    if not state.actions:
+        return state
+    from posbuild.store import Store  # LMDB only for the first build after a gc
+
+    traces = state.actions
+    if (store_dir / "db").exists():
+        store = Store(store_dir)
+        try:
+            traces = {label: row for label, row in traces.items() if _result_held(store, row[1])}
+        finally:
+            store.close()
+    else:
+        traces = {}
+    kept = BuildState(state.env_key, traces, (state.paths, state.packed_signatures), state.digests,
+                      graph=state.graph, complete=state.complete and len(traces) == len(state.actions))
+    if path is None:
+        return kept
+    return state_from_bytes(save_state(path, kept, epoch))
+
+
+def _result_held(store: "Store", key: Digest) -> bool:
+    """Whether the store still holds the result of `key` and every blob it names."""
+    result = store.get_result(key)
+    return result is not None and all(
+        store.has_blob(d) for d in (*(o.digest for o in result.outputs), result.stdout_digest, result.stderr_digest))
 
 
 def settled(state: BuildState, graph: Digest, root: Path) -> bool:
@@ -208,6 +259,7 @@ def clean_actions(actions: Sequence[Action], state: BuildState, root: Path) -> l
 
 
 TREE_CLEAN = b"clean\n"
+_TREE_DIRTY = b"dirty\n"
 
 
 def tree_is_clean(config: Config) -> bool:
@@ -222,6 +274,33 @@ def tree_is_clean(config: Config) -> bool:
         return False
 
 
-def mark_tree(config: Config, clean: bool) -> None:
-    """Record whether posbuild-out/ matches the latest generation (written temp + rename)."""
-    write_atomically(config.state_dir / "tree", TREE_CLEAN if clean else b"dirty\n")
+def withdrawn_outputs(config: Config) -> frozenset[str]:
+    """Outputs that failed builds removed from posbuild-out/ since the latest generation.
+
+    The next generations keep these files' rows (their last successful content) until a build
+    produces them again or `posbuild rollback` puts them back, so that rollback restores what a
+    failure removed even after successful builds of other targets (generations.py).
+    """
+    try:
+        data = (config.state_dir / "tree").read_bytes()
+    except FileNotFoundError:
+        return frozenset()
+    if not data.startswith(_TREE_DIRTY) or len(data) == len(_TREE_DIRTY):
+        return frozenset()
+    try:
+        return frozenset(msgpack.unpackb(data[len(_TREE_DIRTY):]))
+    except (ValueError, TypeError, msgpack.UnpackException):
+        return frozenset()
+
+
+def mark_tree(config: Config, clean: bool, withdrawn: Iterable[str] | None = None) -> None:
+    """Record whether posbuild-out/ matches the latest generation (written temp + rename).
+
+    A dirty tree also lists the outputs failed builds withdrew (`withdrawn_outputs`): `withdrawn`
+    replaces that list, None keeps it.
+    """
+    if clean:
+        write_atomically(config.state_dir / "tree", TREE_CLEAN)
+        return
+    paths = sorted(withdrawn_outputs(config) if withdrawn is None else set(withdrawn))
+    write_atomically(config.state_dir / "tree", _TREE_DIRTY + (msgpack.packb(paths) if paths else b""))

@@ -39,7 +39,7 @@ def rollback(list_only: bool, generation_id: int | None) -> None:
     """
     from posbuild.build import workspace_lock
     from posbuild.config import load_config
-    from posbuild.generations import rollback as roll_back
+    from posbuild.generations import generations_of, rollback as roll_back
     from posbuild.reporter import PlainReporter
     from posbuild.store import Store
 
@@ -50,7 +50,7 @@ def rollback(list_only: bool, generation_id: int | None) -> None:
             store = Store(config.store_dir)
             try:
                 if list_only:
-                    _print_generations(store.generations())
+                    _print_generations(generations_of(config, store))
                     return
                 report = roll_back(config, store, generation_id)
             finally:

@@ -62,6 +62,7 @@ def cache() -> None:
 @click.argument("patterns", nargs=-1)
 def export(file: Path, patterns: tuple[str, ...]) -> None:
     """Write the results and blobs the last successful build of PATTERNS used (default //...) to FILE."""
+    from posbuild.build import workspace_lock
     from posbuild.cachearchive import export_cache
     from posbuild.config import load_config
     from posbuild.label import parse_pattern
@@ -71,14 +72,16 @@ def export(file: Path, patterns: tuple[str, ...]) -> None:
         root, package = workspace_and_package()
         config = load_config(root)
         canonical = tuple(str(parse_pattern(p, package)) for p in patterns or ("//...",))
-        store = Store(config.store_dir)
-        try:
-            report = export_cache(store, canonical, file.absolute(), _signing_key(root, config.secrets_file))
-        finally:
-            store.close()
+        key = _signing_key(root, config.secrets_file)
+        with workspace_lock(config, _Messages()):  # type: ignore[arg-type]  # a gc of the workspace waits
+            store = Store(config.store_dir)
+            try:
+                report = export_cache(store, canonical, file.absolute(), key)
+            finally:
+                store.close()
     except PosbuildError as error:
         fail(error)
-    notes = f"; {report.missing} result(s) no longer in the store were left out" if report.missing else ""
+    notes = f"; {report.uncacheable} action(s) tagged no-cache have no result to export" if report.uncacheable else ""
     click.echo(f"exported build {report.build} ({' '.join(report.patterns)}): {report.results} action result(s), "
                f"{report.blobs} blob(s), {_size(report.size)}, {'signed' if report.signed else 'unsigned'} "
                f"to {file}{notes}")

@@ -43,7 +43,7 @@ def fsck(repair: bool) -> None:
     try:
         root, _ = workspace_and_package()
         config = load_config(root)
-        with workspace_lock(config, PlainReporter(sys.stdout, sys.stderr)):
+        with workspace_lock(config, PlainReporter(sys.stdout, sys.stderr), collect=repair):  # repair removes rows
             store = Store(config.store_dir) if (config.store_dir / "db").exists() else None
             try:
                 report = check(config, store, repair)

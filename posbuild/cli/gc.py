@@ -64,18 +64,19 @@ def _configured_size(text: str, root: object) -> int:
                    "(bytes, or with K, M, G, T: 1K = 1KB = 1KiB = 1024). Default: [cache] max_size of "
                    "posbuild.toml; without either, only garbage is removed.")
 @click.option("--keep-generations", type=click.IntRange(min=1), default=DEFAULT_KEEP_GENERATIONS, show_default=True, metavar="N",
-              help="Keep the newest N generations (successful builds) and everything they need; "
-                   "`posbuild rollback` can return to any of them.")
+              help="Keep the newest N generations (successful builds) of each workspace using the store, "
+                   "and everything they need; `posbuild rollback` can return to any of them.")
 def gc(max_size: int | None, keep_generations: int) -> None:
     """Remove old generations and cache entries no kept generation needs.
 
     \b
-    Always removed: generations older than the newest N (--keep-generations, default 3), and
-    blobs that no remaining action result or kept generation references.
+    Always removed: generations older than the newest N of each workspace (--keep-generations,
+    default 3), and blobs that no remaining action result or kept generation references.
     With --max-size: the least recently used action results that no kept generation needs,
     with their blobs, until the store fits in SIZE. What a kept generation needs is never
     removed, so the store may stay above SIZE.
-    Each step is its own transaction: gc can be interrupted at any instant.
+    Each step is its own transaction: gc can be interrupted at any instant. The next build
+    executes again what gc evicted and it still needs.
     """
     from posbuild.build import workspace_lock
     from posbuild.config import load_config
@@ -87,7 +88,7 @@ def gc(max_size: int | None, keep_generations: int) -> None:
         config = load_config(root)
         if max_size is None and config.cache_max_size:
             max_size = _configured_size(config.cache_max_size, root)
-        with workspace_lock(config, QuietReporter(sys.stdout, sys.stderr)):
+        with workspace_lock(config, QuietReporter(sys.stdout, sys.stderr), collect=True):
             if not (config.store_dir / "db").exists():
                 click.echo("gc: no store yet; nothing to collect")
                 return

@@ -108,3 +108,108 @@ def test_rollback_to_an_unknown_generation_names_the_known_ones(ws):
     result = ws.run("rollback", "--to", "7")
     assert result.returncode == 2
     assert result.stderr.strip() == "posbuild: no generation 7 (known: 1)"
+
+
+OTHER = {
+    "other/in.txt": "x\n",
+    "other/BUILD": 'genrule(name = "copy", srcs = ["in.txt"], outs = ["copy.txt"], cmd = "cat $< $< > $@")\n',
+}
+
+
+def test_rollback_restores_what_a_failure_removed_even_after_a_successful_build_of_other_targets(ws):
+    ws.write({**PIPELINE, **OTHER})
+    ws.ok("//...")
+    first = tree(ws.root)
+    ws.write({"pkg/raw.txt": "3\nbad\n1\n"})
+    failed = ws.build("//pkg/...")
+    assert failed.returncode == 1 and "removed 2 stale output(s)" in failed.stderr
+    ws.write({"other/in.txt": "y\n"})
+    assert counts(ws.ok("//other/..."))["executed"] == 1
+    assert "pkg/checked.txt" not in tree(ws.root)
+    gc = ws.run("gc", "--max-size", "1", "--keep-generations", "1")  # the latest generation must pin pkg/'s bytes
+    assert gc.returncode == 0, gc.stderr
+
+    result = ws.run("rollback")
+    assert result.returncode == 0, result.stderr
+    expected = {**first, "other/copy.txt": (b"y\ny\n", first["other/copy.txt"][1])}
+    assert tree(ws.root) == expected  # pkg/ as its last successful build left it, other/ as just built
+    fsck = ws.run("fsck")
+    assert fsck.returncode == 0, fsck.stdout + fsck.stderr
+    ws.write({"pkg/raw.txt": "3\n1\n2\n"})
+    assert counts(ws.ok("//..."))["executed"] == 0  # every result is still in the store
+    assert tree(ws.root) == expected
+
+
+def test_a_successful_build_after_a_failure_keeps_the_tree_marked_dirty_until_the_removed_outputs_return(ws):
+    ws.write({**PIPELINE, **OTHER})
+    ws.ok("//...")
+    ws.write({"pkg/raw.txt": "bad\n"})
+    ws.build("//pkg/...")
+    ws.ok("//other/...")
+    ws.ok("//other/...")  # a no-op records no generation, and forgets nothing
+    listing = ws.run("rollback", "--list").stdout
+    assert len([line for line in listing.splitlines()[1:] if line.strip()]) == 1
+    assert ws.run("rollback").returncode == 0
+    assert ws.out("pkg/report.txt") == "3\n"
+    ws.write({"pkg/raw.txt": "3\n1\n2\n"})
+    ws.ok("//pkg/...")
+    assert (ws.root / ".posbuild/tree").read_bytes() == b"clean\n"
+
+
+def test_clean_forgets_what_failures_removed(ws):
+    ws.write({**PIPELINE, **OTHER})
+    ws.ok("//...")
+    ws.write({"pkg/raw.txt": "bad\n"})
+    ws.build("//pkg/...")
+    assert ws.run("clean").returncode == 0
+    ws.ok("//other/...")
+    assert ws.run("rollback").returncode == 0
+    assert sorted(tree(ws.root)) == ["other/copy.txt"]  # the latest generation lists what the build left
+
+
+def test_a_build_of_every_target_forgets_what_a_failure_removed_from_a_target_since_deleted(ws):
+    ws.write({**PIPELINE, **OTHER})
+    ws.ok("//...")
+    ws.write({"pkg/raw.txt": "bad\n"})
+    ws.build("//pkg/...")
+    ws.write({"pkg/raw.txt": "3\n1\n2\n", "pkg/BUILD": PIPELINE["pkg/BUILD"].replace(
+        'genrule(name = "downstream", srcs = [":middle"], outs = ["report.txt"], cmd = "wc -l < $< > $@")', "")})
+    ws.ok("//other/...")
+    assert (ws.root / ".posbuild/tree").read_bytes() != b"clean\n"  # pkg/report.txt may still come back
+    ws.ok("//...")
+    assert (ws.root / ".posbuild/tree").read_bytes() == b"clean\n"  # no target makes it any more
+    assert ws.run("rollback").returncode == 0
+    assert "pkg/report.txt" not in tree(ws.root)
+
+
+def test_a_failure_promises_rollback_only_when_a_generation_holds_what_it_removed(ws):
+    ws.write({**PIPELINE, "pkg/BUILD": PIPELINE["pkg/BUILD"].replace("wc -l < $< > $@", "exit 1")})
+    assert ws.build("//...").returncode == 1  # no generation: //pkg:downstream never succeeded
+    ws.write({"pkg/raw.txt": "bad\n"})
+    failed = ws.build("//...")
+    assert "removed 1 stale output(s)" in failed.stderr, failed.stderr  # pkg/checked.txt, in no generation
+    assert "nothing to restore" in failed.stderr and "`posbuild rollback` restores" not in failed.stderr
+    ws.write(PIPELINE)
+    ws.ok("//...")
+    ws.write({"pkg/raw.txt": "bad\n"})
+    failed = ws.build("//...")
+    assert "`posbuild rollback` restores the last successful build" in failed.stderr, failed.stderr
+
+
+def test_workspaces_sharing_a_store_each_roll_back_to_their_own_generations(tmp_path):
+    from conftest import Workspace
+
+    store = tmp_path / "shared-store"
+    first, second = Workspace(tmp_path / "one"), Workspace(tmp_path / "two")
+    for ws, name in ((first, "one"), (second, "two")):
+        ws.write({"posbuild.toml": f'[cache]\ndir = "{store}"\n',
+                  "p/BUILD": f'genrule(name = "x", outs = ["{name}.txt"], cmd = "echo {name} > $@")\n'})
+        ws.ok("//...")
+    result = first.run("rollback")
+    assert result.returncode == 0, result.stderr
+    assert tree(first.root) == {"p/one.txt": (b"one\n", 0o444)}
+    listing = first.run("rollback", "--list").stdout.splitlines()[1:]
+    assert len(listing) == 1 and listing[0].startswith("*") and listing[0].split()[-1] == "//..."
+    assert second.run("gc", "--keep-generations", "1").returncode == 0
+    assert first.run("rollback").returncode == 0  # each workspace keeps its newest generation
+    assert tree(first.root) == {"p/one.txt": (b"one\n", 0o444)}

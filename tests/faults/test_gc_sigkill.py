@@ -168,3 +168,27 @@ def test_sigkill_at_instants_of_a_measured_gc(template: tuple[Path, dict[str, by
         proc.wait(timeout=30)
         _assert_recovers(ws, expected)
     assert any(alive), "every kill came after gc had finished; the instants say nothing"
+
+
+def test_a_build_after_a_killed_gc_executes_exactly_the_results_it_evicted(tmp_path: Path) -> None:
+    """No generation pins a failed build's results: a gc killed between two of its transactions
+    has evicted some of them, and the next build executes those and no others (never reporting
+    an evicted one as cached)."""
+    ws = Workspace(tmp_path / "ws")
+    ws.root.mkdir()
+    rules = [f'genrule(name = "t{i}", srcs = ["src.txt"], outs = ["t{i}.txt"], cmd = "echo t{i} > $@")'
+             for i in range(40)]
+    ws.write({"posbuild.toml": "", "p/src.txt": "x\n",
+              "p/BUILD": "\n".join([*rules, 'genrule(name = "bad", outs = ["bad.txt"], cmd = "exit 1")']) + "\n"})
+    assert counts(ws.build("-k", "//..."))["executed"] == 40
+    small_batches = "from posbuild import gc; gc.collect.__kwdefaults__['batch_rows'] = 7\n"
+    proc = subprocess.run([sys.executable, "-c", small_batches + INJECT, "between-transactions", *GC_ARGS],
+                          cwd=ws.root, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == -signal.SIGKILL, proc.stdout + proc.stderr
+    _, results, _ = _check_store(ws.root)
+    assert 0 < results < 40  # the kill came after some evictions, before all of them
+    rebuilt = ws.build("-k", "//...")
+    assert counts(rebuilt) == {"executed": 40 - results, "cached": results, "failed": 1}, rebuilt.stdout
+    assert _check_store(ws.root)[1] == 40
+    fsck = ws.run("fsck")
+    assert fsck.returncode == 0, fsck.stdout + fsck.stderr

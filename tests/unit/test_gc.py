@@ -129,6 +129,18 @@ def test_keep_generations_drops_older_rows_and_their_manifests(store: Store) -> 
     assert_consistent(store)
 
 
+def test_a_shared_store_keeps_the_newest_generations_of_each_workspace(store: Store) -> None:
+    made = [put(store, f"w{i}", {f"p/{i}.txt": f"{i}\n".encode()}) for i in range(4)]
+    for workspace, m in zip(("/ws/one", "/ws/one", "/ws/two", "/ws/one"), made):
+        manifest = {o.path: (o.digest, o.size, o.executable) for o in m.result.outputs}
+        store.add_generation("2024-01-01T00:00:00", ("//...",), pack_manifest(manifest), 1, 0, workspace)
+    collect(store, 1, 1, NOW)
+    assert [(g.id, g.workspace) for g in store.generations()] == [(3, "/ws/two"), (4, "/ws/one")]
+    assert result_keys(store) == {made[2].key, made[3].key}  # pinned by each workspace's latest
+    assert store.latest_generation("/ws/two").id == 3 and store.latest_generation("") is None
+    assert_consistent(store)
+
+
 def test_files_only_a_dropped_generation_listed_are_garbage(store: Store) -> None:
     generation(store, extra={"p/untracked.txt": b"no-cache output, old\n"})
     generation(store, extra={"p/untracked.txt": b"no-cache output, new\n"})

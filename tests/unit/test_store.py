@@ -401,3 +401,17 @@ def test_a_store_written_before_the_chain_starts_one_at_its_next_build(store: St
     number = store.begin_build(_finished())
     assert number == 2 and store.builds()[1]["chain"][0] == 0  # the genesis of this store's chain
     assert _chain_problems(store) == []
+
+
+def test_generations_name_their_workspace_and_rows_written_before_still_read(store: Store) -> None:
+    import msgpack
+
+    from posbuild.records import Generation
+
+    legacy = msgpack.packb([1, "2024-01-01T00:00:00", ["//..."], b"\x01" * 32, 2, 10])
+    assert Generation.unpack(legacy) == Generation(1, "2024-01-01T00:00:00", ("//...",), b"\x01" * 32, 2, 10, "")
+    own = store.add_generation("t1", ("//...",), b"m1", 1, 1)
+    shared = store.add_generation("t2", ("//a/...",), b"m2", 1, 1, "/ws/two")
+    assert [g.workspace for g in store.generations()] == ["", "/ws/two"]
+    assert store.latest_generation() == own and store.latest_generation("/ws/two") == shared
+    assert store.latest_generation("/ws/three") is None

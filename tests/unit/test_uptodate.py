@@ -67,3 +67,63 @@ def test_graph_facts_summarise_what_the_checks_before_a_build_need() -> None:
     assert not facts.pinned and not facts.secrets
     assert facts_of([*plain, action("//p:d", (1, 0, 0), ("pin:p/x=" + "0" * 64,))]).pinned
     assert facts_of([*plain, action("//p:e", (1, 0, 0), secrets=("TOKEN",))]).secrets
+
+
+def test_a_state_names_the_store_epoch_and_states_saved_before_epochs_still_load(tmp_path: Path) -> None:
+    import msgpack
+
+    signatures = _files(tmp_path)
+    save_state(tmp_path / "s.state", _state(signatures), b"epoch-7")
+    assert load_state(tmp_path / "s.state", ENV).epoch == b"epoch-7"
+    old = msgpack.unpackb((tmp_path / "s.state").read_bytes())
+    (tmp_path / "old.state").write_bytes(msgpack.packb([3, *old[1:8]], use_bin_type=True))
+    loaded = load_state(tmp_path / "old.state", ENV)
+    assert (loaded.epoch, loaded.actions, loaded.signatures) == (b"", _state(signatures).actions, signatures)
+
+
+def test_revalidate_forgets_exactly_the_actions_whose_result_or_blobs_are_gone(tmp_path: Path) -> None:
+    from posbuild.digest import hash_bytes
+    from posbuild.epoch import read_epoch
+    from posbuild.records import ActionResult, OutputFile
+    from posbuild.store import Commit, Store
+    from posbuild.uptodate import revalidate
+
+    store_dir = tmp_path / "store"
+    store = Store(store_dir)
+    rows = {}
+    for name in ("kept", "evicted", "blobless"):
+        data = name.encode()
+        result = ActionResult((OutputFile(f"posbuild-out/{name}", hash_bytes(data), len(data), False),), 0,
+                              hash_bytes(b""), hash_bytes(b""))
+        key = hash_bytes(b"key " + data)
+        store.commit_all([Commit((key, result), ((hash_bytes(data), data), (hash_bytes(b""), b"")), (), (), ())])
+        rows[f"//p:{name}"] = (b"\x03" * 32, key)
+    assert read_epoch(store_dir) == b""
+    store.remove(results=[rows["//p:evicted"][1]])
+    store.remove(blobs=[hash_bytes(b"blobless")])
+    store.close()
+    epoch = read_epoch(store_dir)
+    assert epoch  # every removal gives the store a new epoch
+
+    state = BuildState(ENV, rows, {}, {}, graph=GRAPH, complete=True)
+    checked = revalidate(tmp_path / "s.state", state, store_dir, epoch)
+    assert checked.actions == {"//p:kept": rows["//p:kept"]}
+    assert (checked.epoch, checked.complete) == (epoch, False)
+    assert load_state(tmp_path / "s.state", ENV).raw == checked.raw  # saved: the next build checks nothing
+
+
+def test_the_tree_marker_lists_withdrawn_outputs_only_while_dirty(tmp_path: Path) -> None:
+    from posbuild.config import load_config
+    from posbuild.uptodate import mark_tree, tree_is_clean, withdrawn_outputs
+
+    (tmp_path / "posbuild.toml").write_text("")
+    config = load_config(tmp_path)
+    assert withdrawn_outputs(config) == frozenset() and not tree_is_clean(config)
+    mark_tree(config, clean=False, withdrawn=["posbuild-out/p/b", "posbuild-out/p/a"])
+    assert withdrawn_outputs(config) == {"posbuild-out/p/a", "posbuild-out/p/b"} and not tree_is_clean(config)
+    mark_tree(config, clean=False)  # None keeps the list (fsck marks the tree dirty this way)
+    assert withdrawn_outputs(config) == {"posbuild-out/p/a", "posbuild-out/p/b"}
+    mark_tree(config, clean=True)
+    assert tree_is_clean(config) and withdrawn_outputs(config) == frozenset()
+    (config.state_dir / "tree").write_bytes(b"dirty\n\xc1garbage")
+    assert withdrawn_outputs(config) == frozenset()  # unreadable: nothing kept, never a crash

@@ -1,0 +1,31 @@
+"""Layer 2: the store's epoch — one small file that changes whenever rows are removed from the store.
+
+The up-to-date state (uptodate.py) settles actions by `stat()` alone, trusting that the results it
+recorded are still in the store. Anything that removes results or blobs (`posbuild gc`,
+`posbuild fsck --repair`) first gives the store a new epoch; a build whose saved state names
+another epoch checks its recorded results against the store once before trusting any of them.
+The epoch lives beside the store, not in a workspace, because a store may be shared by several
+workspaces (`[cache] dir`). Reading it is one small read on the no-op path, and no LMDB import.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from posbuild.atomic import write_atomically
+
+EPOCH_FILE = "epoch"
+
+
+def read_epoch(store_dir: Path) -> bytes:
+    """The store's current epoch; empty while nothing was ever removed from it."""
+    try:
+        return (store_dir / EPOCH_FILE).read_bytes()
+    except (FileNotFoundError, NotADirectoryError):
+        return b""
+
+
+def advance_epoch(store_dir: Path) -> None:
+    """Give the store a new epoch, before anything is removed (a crash after it costs one check)."""
+    write_atomically(store_dir / EPOCH_FILE, os.urandom(16).hex().encode())
