@@ -21,7 +21,7 @@ import re
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, NamedTuple, Sequence
 
-from posbuild.config import OUT_DIR
+from posbuild.config import OUT_DIR, STATE_DIR
 from posbuild.digest import Digest, hash_canonical
 from posbuild.errors import BuildFileError, SourceLocation, VersionMismatch
 from posbuild.graph import toposort
@@ -210,6 +210,8 @@ class Analyzer:
         if producer is not None:
             return _Ref(attr, key, producer.label, out_path(label.package, label.name))
         path = src_path(label.package, label.name)
+        if not label.package and label.name.split("/", 1)[0] in (OUT_DIR, STATE_DIR):
+            raise BuildFileError(f"{where}: {_not_a_source(label.name)}", target.location)
         if not (self._loader.root / path).is_file():
             names = [t.label.name for t in package.targets]
             raise BuildFileError(
@@ -380,6 +382,16 @@ def declared_resources(declared: Sequence[tuple[str, int]], env: Pairs) -> tuple
     if cpu > 0:
         env = tuple(sorted({**{name: str(cpu) for name in THREAD_VARIABLES}, **dict(env)}.items()))
     return (cpu, values["mem_mb"], values["io"]), env
+
+
+def _not_a_source(path: str) -> str:
+    """Why a path under posbuild-out/ or .posbuild/ is no source: reading it would bypass its owner."""
+    folder, _, rest = path.partition("/")
+    if folder == STATE_DIR:
+        return f"{STATE_DIR}/ holds posbuild's own state, not sources"
+    package, _, name = rest.rpartition("/")
+    return (f"{OUT_DIR}/ holds the outputs of rules, not sources; name the rule that produces it "
+            f"(e.g. //{package}:{name})")
 
 
 def _parse(name: str) -> Label:

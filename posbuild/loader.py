@@ -22,6 +22,7 @@ import starlark
 from posbuild.config import OUT_DIR, STATE_DIR, Config
 from posbuild.errors import BuildFileError, SourceLocation
 from posbuild.label import did_you_mean, parse_label
+from posbuild.owners import Owners, with_ancestors
 from posbuild.stamps import folder_stamp
 from posbuild.target import AttributeError_, Target, make_target
 
@@ -109,6 +110,7 @@ class Loader:
         self._config = config
         self._root = config.root
         self._packages = set(packages)
+        self._package_folders = with_ancestors(packages)
         self._globals = starlark.Globals.standard()
         self._bzl_cache: dict[str, starlark.FrozenModule] = {}
         self._bzl_loading: list[str] = []
@@ -138,7 +140,8 @@ class Loader:
     def _evaluate(self, package: str) -> Package:
         build_file = self._build_file(package)
         source = self._read(build_file)
-        builder = _PackageBuilder(package, build_file, source, self._root, self._config.build_file_names)
+        builder = _PackageBuilder(package, build_file, source, self._root, self._config.build_file_names,
+                                  Owners(package, self._root, self._packages, self._package_folders))
         self._current = builder
         try:
             module = self._module()
@@ -221,8 +224,10 @@ def rules_dir() -> Path:
 class _PackageBuilder:
     """Collects the targets of one BUILD file while it is evaluated, rejecting clashes at the call."""
 
-    def __init__(self, package: str, build_file: str, source: str, root: Path, build_names: tuple[str, ...]) -> None:
+    def __init__(self, package: str, build_file: str, source: str, root: Path, build_names: tuple[str, ...],
+                 owners: Owners) -> None:
         self.package = package
+        self._owners = owners
         self._build_names = build_names
         self._build_file = build_file
         self._source = source
@@ -250,12 +255,12 @@ class _PackageBuilder:
         except BuildFileError as error:
             raise ValueError(error.detail) from None
         for out in target.outs:
-            parse_label(f":{out}", self.package)
-            if out in self._outputs:
-                raise ValueError(f"output '{out}' of '{name}' is already declared by '{self._outputs[out]}' in '//{self.package}'")
             if out in self._targets:
                 raise ValueError(f"output '{out}' of '{name}' clashes with the target '{out}' in '//{self.package}'")
-        for out in target.outs:
+            try:
+                self._owners.claim(out, label, kind)
+            except BuildFileError as error:
+                raise ValueError(error.detail) from None
             self._outputs[out] = name
         self._targets[name] = target
 

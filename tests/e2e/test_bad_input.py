@@ -151,7 +151,7 @@ def test_output_declared_by_two_targets(built):
         'genrule(name = "a", outs = ["same.txt"], cmd = "c")\n'
         'genrule(name = "b", outs = ["same.txt"], cmd = "c")\n'
     )})
-    assert message == "p/BUILD:2:1: output 'same.txt' of 'b' is already declared by 'a' in '//p'"
+    assert message == "p/BUILD:2:1: output 'same.txt' of //p:b is already an output of //p:a"
 
 
 def test_output_named_like_an_earlier_target(built):
