@@ -290,6 +290,29 @@ def test_wrongly_typed_posbuild_toml_value(built):
     assert message == f"{ws.root}/posbuild.toml: [build] jobs must be int, got str 'many'"
 
 
+@pytest.mark.parametrize("toml, detail", [
+    ("[resouces]\ncpu = 1\n", "unknown table [resouces]; did you mean [resources]?"),
+    ("[bulid]\njobs = 2\n", "unknown table [bulid]; did you mean [build]?"),
+    ("[zzz]\n", "unknown table [zzz] (known: build, cache, env, executor, resources, roles, sandbox, secrets)"),
+    ("[build]\njbos = 2\n",
+     "[build] has unknown key 'jbos' (known: build_file_names, jobs, sandbox_base); did you mean 'jobs'?"),
+    ("[cache]\nmax-size = '1G'\n",
+     "[cache] has unknown key 'max-size' (known: dir, max_size, remote, timeout, upload); did you mean 'max_size'?"),
+    ("[env]\npas = ['X']\n", "[env] has unknown key 'pas' (known: pass, tools); did you mean 'pass'?"),
+    ("[sandbox]\nmod = 'folder'\n", "[sandbox] has unknown key 'mod' (known: mode); did you mean 'mode'?"),
+    ("[secrets]\nfiles = '/x'\n", "[secrets] has unknown key 'files' (known: file); did you mean 'file'?"),
+    ("[executor]\nadress = 'x'\n",
+     "[executor] has unknown key 'adress' (known: address, kind); did you mean 'address'?"),
+    ("[resources]\ncpus = 1\n", "[resources] has unknown key 'cpus' (known: cpu, mem_mb, io); did you mean 'cpu'?"),
+    ("jobs = 2\n", "'jobs' is outside any table; did you mean [build] jobs?"),
+    ("colour = 2\n", "'colour' is outside any table (known tables: build, cache, env, executor, resources, "
+                     "roles, sandbox, secrets)"),
+])
+def test_unknown_table_or_key_in_posbuild_toml(built, toml, detail):
+    ws, _ = built
+    assert bad_build(built, {"posbuild.toml": toml}) == f"{ws.root}/posbuild.toml: {detail}"
+
+
 # --- cycles -------------------------------------------------------------------------------------
 
 
