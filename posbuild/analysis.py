@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, NamedTuple, Sequence
 
 from posbuild.config import OUT_DIR, STATE_DIR
 from posbuild.digest import Digest, hash_canonical
-from posbuild.errors import BuildFileError, SourceLocation, VersionMismatch
+from posbuild.errors import BuildFileError, CycleError, SourceLocation, VersionMismatch
 from posbuild.graph import toposort
 from posbuild.label import Label, PatternKind, TargetPattern, did_you_mean, parse_label
 
@@ -116,6 +116,10 @@ def expand_patterns(patterns: Sequence[TargetPattern], packages: Sequence[str], 
     for pattern in patterns:
         if pattern.kind is PatternKind.SINGLE:
             assert pattern.label is not None
+            if not pattern.label.package and "" not in packages:
+                name = pattern.label.name
+                hint = f" (did you mean '//{name}:all'?)" if name in packages else ""
+                raise BuildFileError(f"no such target '{pattern.label}': the workspace root has no BUILD file{hint}")
             selected.add(_resolve_single(pattern.label, loader))
             continue
         if pattern.package and pattern.package not in packages and pattern.kind is PatternKind.ALL:
@@ -149,7 +153,10 @@ class Analyzer:
         self.files_read: set[str] = set()  # Python files scanned for imports: the graph cache stamps them
 
     def analyze(self, roots: Sequence[Label]) -> ActionGraph:
-        order = toposort([str(r) for r in roots], self._edges)
+        try:
+            order = toposort([str(r) for r in roots], self._edges)
+        except CycleError as error:
+            raise self._located(error) from None
         for name in order:
             if self._targets[name].requires:
                 self._check_requires(self._targets[name])
@@ -171,6 +178,15 @@ class Analyzer:
             actions.append(action)
         requested = tuple(sorted({f for r in roots for f in files[str(r)]}))
         return ActionGraph(tuple(actions), requested)
+
+    def _located(self, error: CycleError) -> CycleError:
+        """The cycle with the BUILD line of each target on it."""
+        def where(name: str) -> str:
+            location = self._targets[name].location
+            return f"{name} ({location})" if location else name
+
+        cycle = error.cycle
+        return CycleError(" -> ".join([*map(where, cycle[:-1]), cycle[-1]]), cycle)
 
     def _target(self, label: Label) -> Target:
         key = str(label)
@@ -258,7 +274,8 @@ class Analyzer:
                     f"{key}={declared[key]}" if key in declared else f"no {key}" for key, _ in unmet
                 )
                 raise VersionMismatch(
-                    f"{target.label} requires {required.label} {asked}, but {required.label} declares {found}"
+                    f"{target.label} requires {required.label} {asked}, but {required.label} declares {found}",
+                    target.location,
                 )
 
     def _dependencies(self, name: str) -> set[str]:

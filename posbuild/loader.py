@@ -30,6 +30,7 @@ RULES_REPO = "@posbuild//"
 _ERROR_LINE = re.compile(r"^error: (?:(?:[A-Za-z_]+Error_?: )?error: )*(?:[A-Za-z_]+Error_?: )?(.*)$", re.MULTILINE)
 _NAME_ATTR = re.compile(r"""name\s*=\s*["']([^"']+)["']""")
 _WHERE_LINE = re.compile(r"^\s*--> (.+):(\d+):(\d+)", re.MULTILINE)
+_FRAME_LINE = re.compile(r"^\s*\* (.+):(\d+), in ", re.MULTILINE)  # one frame of a Starlark traceback
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,15 +93,51 @@ def glob_to_regex(pattern: str) -> re.Pattern[str]:
     return re.compile("".join(out) + r"\Z")
 
 
-def starlark_error(error: Exception) -> BuildFileError:
-    """Turn starlark-pyo3's multi-line report into one line with file:line:column."""
+def starlark_error(error: Exception, sources: dict[str, str] | None = None) -> BuildFileError:
+    """Turn starlark-pyo3's multi-line report into one line with file:line:column.
+
+    An error inside the standard library is placed at the user's line that called it (the
+    innermost frame outside `@posbuild//`); the library is not the user's code. A parse error
+    at the very end of a file, which starlark places at 1:1, is placed at the bracket left open,
+    else at the last line (`sources`: the text of each file by the name it was parsed under).
+    """
     text = str(error)
     what = _ERROR_LINE.search(text)
     where = _WHERE_LINE.search(text)
     message = what.group(1).strip() if what else text.strip().splitlines()[0]
     message = message.split(", expected one of ")[0]
-    location = SourceLocation(where.group(1), int(where.group(2)), int(where.group(3))) if where else None
+    message = message.removeprefix("fail: ")
+    if where is None:
+        return BuildFileError(message, None)
+    location = SourceLocation(where.group(1), int(where.group(2)), int(where.group(3)))
+    if location.file.startswith(RULES_REPO):
+        callers = [(f, int(n)) for f, n in _FRAME_LINE.findall(text) if not f.startswith(RULES_REPO)]
+        if callers:
+            location = SourceLocation(*callers[-1])
+    elif (location.line, location.column) == (1, 1) and message.startswith("Parse error") \
+            and not re.match(r"\s*\|\s*1 \|", text[where.end():]):  # no excerpt of line 1: the end
+        message, location = _at_end(location.file, (sources or {}).get(location.file, ""))
     return BuildFileError(message, location)
+
+
+def _at_end(file: str, source: str) -> tuple[str, SourceLocation]:
+    """The message and place of a parse error at the end of `source`: the bracket never closed."""
+    import io
+    import tokenize
+
+    opened: list[tuple[str, int, int]] = []
+    try:
+        for token in tokenize.generate_tokens(io.StringIO(source).readline):
+            if token.type == tokenize.OP and token.string in "([{":
+                opened.append((token.string, token.start[0], token.start[1] + 1))
+            elif token.type == tokenize.OP and token.string in ")]}" and opened:
+                opened.pop()
+    except (tokenize.TokenError, SyntaxError):
+        pass
+    if opened:
+        bracket, line, column = opened[-1]
+        return f"Parse error: '{bracket}' is never closed", SourceLocation(file, line, column)
+    return "Parse error: unexpected end of file", SourceLocation(file, max(1, len(source.splitlines())))
 
 
 class Loader:
@@ -116,6 +153,7 @@ class Loader:
         self._bzl_loading: list[str] = []
         self._loaded: dict[str, Package] = {}
         self._current: _PackageBuilder | None = None
+        self._sources: dict[str, str] = {}  # text of each file evaluated, by the name it was parsed under
         self.files_read: set[str] = set()
 
     @property
@@ -126,6 +164,8 @@ class Loader:
         """The evaluated package `name`, evaluating its BUILD file on first use."""
         if name not in self._loaded:
             if name not in self._packages:
+                if not name:
+                    raise BuildFileError("no such package '//': the workspace root has no BUILD file")
                 raise BuildFileError(f"no such package '//{name}'" + did_you_mean(name, self._packages))
             self._loaded[name] = self._evaluate(name)
         return self._loaded[name]
@@ -143,11 +183,12 @@ class Loader:
         builder = _PackageBuilder(package, build_file, source, self._root, self._config.build_file_names,
                                   Owners(package, self._root, self._packages, self._package_folders))
         self._current = builder
+        self._sources[build_file] = source
         try:
             module = self._module()
             starlark.eval(module, starlark.parse(build_file, source), self._globals, starlark.FileLoader(self._load_bzl))
         except starlark.StarlarkError as error:
-            raise starlark_error(error) from None
+            raise starlark_error(error, self._sources) from None
         finally:
             self._current = None
         return builder.finish()
@@ -200,10 +241,15 @@ class Loader:
         if key in self._bzl_loading:
             raise ValueError("load() cycle: " + " -> ".join([*self._bzl_loading, key]))
         if not path.is_file():
-            raise ValueError(f"cannot load '{module_id}': no file {path}")
+            if key.startswith(RULES_REPO):
+                shipped = [p.name for p in rules_dir().glob("*.bzl") if not p.name.startswith("_")]
+                raise ValueError(f"cannot load '{module_id}': the standard library has no {path.name}"
+                                 + did_you_mean(path.name, shipped))
+            raise ValueError(f"cannot load '{module_id}': no file {key}")
         # The shipped library is read by absolute path; recording it lets an edit to it (in a
         # source checkout) invalidate cached graphs like any workspace .bzl file.
         source = self._read(key if not key.startswith(RULES_REPO) else str(path))
+        self._sources[key] = source
         self._bzl_loading.append(key)
         try:
             module = self._module()
@@ -301,7 +347,8 @@ class _PackageBuilder:
     def _locate(self, name: str) -> SourceLocation:
         """Best-effort line of a target's declaration, for errors raised after evaluation.
 
-        The `name = "..."` occurrences of the file are indexed once, on first use.
+        The `name = "..."` occurrences of the file are indexed once, on first use. A name a macro
+        derived (`name + "_gen"`) is placed at the longest literal name it starts with: the call.
         """
         if self._lines is None:
             self._lines = {}
@@ -310,7 +357,11 @@ class _PackageBuilder:
                 line += self._source.count("\n", position, match.start())
                 position = match.start()
                 self._lines.setdefault(match.group(1), line)
-        return SourceLocation(self._build_file, self._lines.get(name, 1))
+        line = self._lines.get(name)
+        if line is None:
+            stem = max((n for n in self._lines if name.startswith(n)), key=len, default=None)
+            line = self._lines[stem] if stem is not None else 1
+        return SourceLocation(self._build_file, line)
 
     def finish(self) -> Package:
         by_output = {out: target for target in self._targets.values() for out in target.outs}

@@ -119,10 +119,49 @@ def test_syntax_error_inside_bzl_is_one_clean_message(built):
     assert message == "tools/bad.bzl:1:7: Parse error: unexpected symbol ':' here"
 
 
-def test_load_of_missing_bzl(built):
-    ws, _ = built
+def test_load_of_missing_bzl_names_the_workspace_path(built):
     message = bad_build(built, {"tools/BUILD": "", "p/BUILD": 'load("//tools:nope.bzl", "f")\n'})
-    assert message == f"p/BUILD:1:1: cannot load '//tools:nope.bzl': no file {ws.root}/tools/nope.bzl"
+    assert message == "p/BUILD:1:1: cannot load '//tools:nope.bzl': no file tools/nope.bzl"
+
+
+def test_load_of_missing_library_file_names_no_internal_path(built):
+    message = bad_build(built, {"p/BUILD": 'load("@posbuild//rules:copy.bzl", "copy_file")\n'})
+    assert message == ("p/BUILD:1:1: cannot load '@posbuild//rules:copy.bzl': the standard library has no "
+                       "copy.bzl (did you mean 'copy_file.bzl'?)")
+
+
+def test_load_of_a_missing_symbol_suggests_one(built):
+    message = bad_build(built, {"p/BUILD": 'load("@posbuild//rules:copy_file.bzl", "copyfile")\n'})
+    assert message == "p/BUILD:1:40: Module has no symbol `copyfile`, did you mean `copy_file`?"
+
+
+def test_syntax_error_at_the_end_names_the_bracket_never_closed(built):
+    message = bad_build(built, {"p/BUILD": 'x = 1\n\ngenrule(name = "a",\n        outs = ["a"]\n\n'})
+    assert message == "p/BUILD:3:8: Parse error: '(' is never closed"
+
+
+def test_syntax_error_at_the_end_names_the_last_line(built):
+    message = bad_build(built, {"p/BUILD": 'x = 1\n\ndef f():\n'})
+    assert message == "p/BUILD:3: Parse error: unexpected end of file"
+
+
+def test_syntax_error_at_the_end_of_a_bzl_file(built):
+    message = bad_build(built, {"tools/BUILD": "", "tools/m.bzl": "def f(\n    x,\n",
+                                "p/BUILD": 'load("//tools:m.bzl", "f")\n'})
+    assert message == "tools/m.bzl:1:6: Parse error: '(' is never closed"
+
+
+@pytest.mark.parametrize("call, detail", [
+    ('copy_file(name = "c", src = "in.txt", out = 3)', "copy_file 'c': 'out' must be a file name"),
+    ('copy_file(name = "c", src = "in.txt", out = "../c")',
+     "genrule 'c': output '../c' must be a relative path inside the package, without '.', '..' or empty parts"),
+    ('copy_file(name = "c", src = "in.txt", out = "c.txt", colour = 1)', "genrule 'c': unknown attribute 'colour'"),
+])
+def test_error_inside_a_library_macro_names_the_build_line(built, call, detail):
+    message = bad_build(built, {"p/in.txt": "x", "p/BUILD": (
+        'load("@posbuild//rules:copy_file.bzl", "copy_file")\n\n' + call + "\n")})
+    assert message.startswith(f"p/BUILD:3: {detail}")
+    assert "@posbuild" not in message and ".bzl" not in message
 
 
 def test_unknown_label_in_srcs_suggests_a_close_name(built):
@@ -243,7 +282,37 @@ def test_package_without_targets_matches_nothing(built):
 
 
 def test_malformed_label_on_command_line(built):
-    assert bad_build(built, {}, "//good:a:b") == "invalid label '//good:a:b': bad target name 'a:b'"
+    assert bad_build(built, {}, "//good:a:b") == "invalid target pattern '//good:a:b': bad target name 'a:b'"
+
+
+@pytest.mark.parametrize("pattern, detail", [
+    ("///", "bad package path '/'"),
+    ("//", "the root package needs ':name'"),
+    ("//:", "empty target name"),
+    ("//good:", "empty target name"),
+    ("//good//x", "bad package path 'good//x'"),
+    ("@repo//good:report", "external repositories are only for load()"),
+    ("//good/.../x", "'...' must end the pattern"),
+])
+def test_invalid_target_pattern(built, pattern, detail):
+    assert bad_build(built, {}, pattern) == f"invalid target pattern '{pattern}': {detail}"
+
+
+def test_invalid_target_pattern_with_the_shorthand(built):
+    ws, before = built
+    assert one_error_line(ws.run("///"), 3) == "invalid target pattern '///': bad package path '/'"
+    assert snapshot(ws.root) == before
+
+
+def test_a_bare_name_at_a_root_without_build_file_suggests_the_package(built):
+    message = bad_build(built, {}, "good")
+    assert message == "no such target '//:good': the workspace root has no BUILD file (did you mean '//good:all'?)"
+
+
+def test_recursive_pattern_with_all_suffix_builds(built):
+    ws, _ = built
+    result = ws.ok("//good/...:all")
+    assert "1 actions" in result.stdout
 
 
 def test_one_bad_pattern_among_good_ones_builds_nothing(built):
@@ -326,7 +395,8 @@ def test_cycle_is_reported_with_its_path_and_nothing_runs(ws, tmp_path):
         f'genrule(name = "c", srcs = [":a"], outs = ["c.txt"], cmd = "{touch}")\n'
     )})
     result = ws.build("//...")
-    assert one_error_line(result, 11) == "ORCH-01 DAG cycle detected: //p:a -> //p:b -> //p:c -> //p:a"
+    assert one_error_line(result, 11) == (
+        "ORCH-01 DAG cycle detected: //p:a (p/BUILD:2) -> //p:b (p/BUILD:3) -> //p:c (p/BUILD:4) -> //p:a")
     assert result.stdout == ""
     assert not marker.exists()
     out = ws.root / "posbuild-out"
@@ -338,14 +408,32 @@ def test_cycle_through_an_output_file_label_across_packages(built):
         "x/BUILD": 'genrule(name = "x", srcs = ["//y:y.txt"], outs = ["x.txt"], cmd = "cp $< $@")\n',
         "y/BUILD": 'genrule(name = "y", srcs = ["//x:x.txt"], outs = ["y.txt"], cmd = "cp $< $@")\n',
     }, "//x:x", exit_code=11)
-    assert message == "ORCH-01 DAG cycle detected: //x:x -> //y:y -> //x:x"
+    assert message == "ORCH-01 DAG cycle detected: //x:x (x/BUILD:1) -> //y:y (y/BUILD:1) -> //x:x"
 
 
 def test_self_cycle(built):
     message = bad_build(built, {
         "p/BUILD": 'genrule(name = "a", srcs = ["a.txt"], outs = ["a.txt"], cmd = "cp $< $@")\n',
     }, "//p:a", exit_code=11)
-    assert message == "ORCH-01 DAG cycle detected: //p:a -> //p:a"
+    assert message == "ORCH-01 DAG cycle detected: //p:a (p/BUILD:1) -> //p:a"
+
+
+def test_cycle_through_a_macro_names_the_call_line(built):
+    message = bad_build(built, {
+        "tools/BUILD": "",
+        "tools/m.bzl": 'def pair(name, src):\n    genrule(name = name + "_gen", srcs = [src], outs = [name + ".txt"], cmd = "c")\n',
+        "p/BUILD": 'load("//tools:m.bzl", "pair")\n\npair(name = "a", src = ":b_gen")\npair(name = "b", src = ":a_gen")\n',
+    }, "//p:a_gen", exit_code=11)
+    assert message == "ORCH-01 DAG cycle detected: //p:a_gen (p/BUILD:3) -> //p:b_gen (p/BUILD:4) -> //p:a_gen"
+
+
+def test_version_mismatch_names_the_consumer_line(built):
+    message = bad_build(built, {"p/BUILD": (
+        'genrule(name = "a", outs = ["a.txt"], cmd = "c", version = {"s": "1"})\n\n'
+        'genrule(\n    name = "b",\n    srcs = [":a"],\n    requires = {":a": {"s": "2"}},\n'
+        '    outs = ["b.txt"],\n    cmd = "c",\n)\n'
+    )}, exit_code=12)
+    assert message == "ORCH-02 version mismatch: p/BUILD:4: //p:b requires //p:a s=2, but //p:a declares s=1"
 
 
 # --- a failing action ---------------------------------------------------------------------------
