@@ -21,7 +21,7 @@ import starlark
 
 from posbuild.config import OUT_DIR, STATE_DIR, Config
 from posbuild.errors import BuildFileError, SourceLocation
-from posbuild.label import did_you_mean, parse_label
+from posbuild.label import Label, did_you_mean, parse_label
 from posbuild.owners import Owners, with_ancestors
 from posbuild.stamps import folder_stamp
 from posbuild.target import AttributeError_, Target, make_target
@@ -367,3 +367,32 @@ class _PackageBuilder:
         by_output = {out: target for target in self._targets.values() for out in target.outs}
         return Package(self.package, self._build_file, tuple(self._targets.values()), tuple(self._exports),
                        dict(self._targets), by_output)
+
+
+def describe_label(config: Config, label: Label) -> str | None:
+    """Why `label` has no action of its own (a filegroup, an output or source file, nothing at
+    all), or None for a rule: for a command such as `explain` that found no record of it."""
+    packages, _ = discover_packages(config.root, config.build_file_names)
+    try:
+        package = Loader(config, packages).package(label.package)
+    except BuildFileError as error:
+        return error.detail
+    target = package.by_name.get(label.name)
+    if target is not None and target.kind == "filegroup":
+        named = ", ".join(_canonical(s, label.package) for s in target.srcs[:3]) + (", ..." if target.srcs[3:] else "")
+        return f"{label} is a filegroup, which runs no action" + (f"; explain a rule it names: {named}" if named else "")
+    if target is not None:
+        return None
+    producer = package.by_output.get(label.name)
+    if producer is not None:
+        return f"{label} is an output of {producer.label}; explain {producer.label}"
+    if (config.root / (f"{label.package}/{label.name}" if label.package else label.name)).is_file():
+        return f"{label} is a source file, which no action produces"
+    return f"no such target '{label}'" + did_you_mean(label.name, package.by_name)
+
+
+def _canonical(text: str, package: str) -> str:
+    try:
+        return str(parse_label(text, package))
+    except BuildFileError:
+        return text

@@ -331,6 +331,22 @@ def test_usage_error_is_one_line(built, args, word):
     assert snapshot(ws.root) == before
 
 
+@pytest.mark.parametrize("label, detail", [
+    ("//...", "explain takes one target label, not the pattern '//...'"),
+    ("//good:all", "explain takes one target label, not the pattern '//good:all'"),
+    ("//good:inputs", "//good:inputs is a filegroup, which runs no action; explain a rule it names: //good:report"),
+    ("//good:report.txt", "//good:report.txt is an output of //good:report; explain //good:report"),
+    ("//good:in.txt", "//good:in.txt is a source file, which no action produces"),
+    ("//good:reprt", "no such target '//good:reprt' (did you mean 'report'?)"),
+    ("//goo:report", "no such package '//goo' (did you mean 'good'?)"),
+])
+def test_explain_of_what_runs_no_action_says_so(built, label, detail):
+    ws, before = built
+    ws.write({"good/BUILD": GOOD["good/BUILD"] + 'filegroup(name = "inputs", srcs = [":report"])\n'})
+    assert one_error_line(ws.run("explain", label), 2) == detail
+    assert snapshot(ws.root) == before
+
+
 # --- the workspace ------------------------------------------------------------------------------
 
 
