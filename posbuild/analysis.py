@@ -491,6 +491,8 @@ class _Expander:
 
     def _location_paths(self, variable: str, text: str) -> tuple[str, ...]:
         package = self._target.label.package
+        if not text:
+            raise self._fail(f"$({variable}) needs a label, as in $({variable} //pkg:name)")
         try:
             label = parse_label(text, package)
         except BuildFileError as error:

@@ -30,6 +30,7 @@ RULES_REPO = "@posbuild//"
 _ERROR_LINE = re.compile(r"^error: (?:(?:[A-Za-z_]+Error_?: )?error: )*(?:[A-Za-z_]+Error_?: )?(.*)$", re.MULTILINE)
 _NAME_ATTR = re.compile(r"""name\s*=\s*["']([^"']+)["']""")
 _WHERE_LINE = re.compile(r"^\s*--> (.+):(\d+):(\d+)", re.MULTILINE)
+_MODULE_PATH = re.compile(r"`[^`\s]*\.bzl\.(\w+)`")  # `@posbuild//rules:concat.bzl.concat` -> `concat`
 _FRAME_LINE = re.compile(r"^\s*\* (.+):(\d+), in ", re.MULTILINE)  # one frame of a Starlark traceback
 
 
@@ -102,18 +103,21 @@ def starlark_error(error: Exception, sources: dict[str, str] | None = None) -> B
     else at the last line (`sources`: the text of each file by the name it was parsed under).
     """
     text = str(error)
-    what = _ERROR_LINE.search(text)
+    what = next((m for m in _ERROR_LINE.finditer(text) if not m.group(1).startswith("Traceback")), None)
     where = _WHERE_LINE.search(text)
     message = what.group(1).strip() if what else text.strip().splitlines()[0]
     message = message.split(", expected one of ")[0]
-    message = message.removeprefix("fail: ")
+    message = _MODULE_PATH.sub(r"`\1`", message.removeprefix("fail: "))
     if where is None:
         return BuildFileError(message, None)
     location = SourceLocation(where.group(1), int(where.group(2)), int(where.group(3)))
+    frames = [(f, int(n)) for f, n in _FRAME_LINE.findall(text)]
     if location.file.startswith(RULES_REPO):
-        callers = [(f, int(n)) for f, n in _FRAME_LINE.findall(text) if not f.startswith(RULES_REPO)]
+        callers = [frame for frame in frames if not frame[0].startswith(RULES_REPO)]
         if callers:
             location = SourceLocation(*callers[-1])
+    elif frames and frames[0][0] != location.file:  # in a workspace macro: say where it was called
+        message += f" (called from {frames[0][0]}:{frames[0][1]})"
     elif (location.line, location.column) == (1, 1) and message.startswith("Parse error") \
             and not re.match(r"\s*\|\s*1 \|", text[where.end():]):  # no excerpt of line 1: the end
         message, location = _at_end(location.file, (sources or {}).get(location.file, ""))
@@ -217,7 +221,7 @@ class Loader:
         }
 
     def _builder(self) -> _PackageBuilder:
-        if self._current is None:
+        if self._current is None or self._bzl_loading:  # a .bzl's top level runs once, for whichever package loads it first
             raise ValueError("rules can only be declared while a BUILD file is evaluated, not at load time")
         return self._current
 
@@ -289,9 +293,11 @@ class _PackageBuilder:
         name = attrs.pop("name", None)
         if not isinstance(name, str) or not name:
             raise ValueError(f"{kind}() needs a non-empty string 'name'")
-        label = parse_label(f":{name}", self.package) if ":" not in name else None
-        if label is None:
-            raise ValueError(f"{kind}: invalid target name '{name}'")
+        try:
+            label = parse_label(f":{name}", self.package)
+        except BuildFileError:
+            raise ValueError(f"{kind}(): invalid target name '{name}' (it may not hold ':', start with '/' "
+                             f"or have '.', '..' or empty parts)") from None
         if name in self._targets:
             raise ValueError(f"duplicate target name '{name}' in package '//{self.package}'")
         if name in self._outputs:

@@ -228,12 +228,51 @@ def test_missing_required_attribute(built):
     assert message == "p/BUILD:1:1: genrule 'a': missing required attribute 'cmd'"
 
 
+def test_a_rule_declared_at_the_top_level_of_a_bzl_file_is_refused(built):
+    message = bad_build(built, {
+        "tools/BUILD": "",
+        "tools/m.bzl": 'genrule(name = "sneaky", outs = ["s.txt"], cmd = "echo > $@")\ndef f():\n    pass\n',
+        "p/BUILD": 'load("//tools:m.bzl", "f")\n',
+    })
+    assert message == "tools/m.bzl:1:1: rules can only be declared while a BUILD file is evaluated, not at load time"
+
+
+def test_fail_in_a_workspace_macro_names_the_bzl_line_and_the_call(built):
+    message = bad_build(built, {
+        "tools/BUILD": "",
+        "tools/m.bzl": 'def f(name):\n    fail("no good: " + name)\n',
+        "p/BUILD": 'load("//tools:m.bzl", "f")\n\nf(name = "z")\n',
+    })
+    assert message == "tools/m.bzl:2:5: no good: z (called from p/BUILD:3)"
+
+
+def test_a_missing_macro_argument_names_the_macro_not_its_module(built):
+    message = bad_build(built, {"p/BUILD": 'load("@posbuild//rules:concat.bzl", "concat")\nconcat(name = "c")\n'})
+    assert message == "p/BUILD:2:1: Missing parameter `srcs` for call to `concat`"
+
+
+def test_invalid_target_name(built):
+    message = bad_build(built, {"p/BUILD": 'genrule(name = "a/../b", outs = ["x"], cmd = "c")\n'})
+    assert message == ("p/BUILD:1:1: genrule(): invalid target name 'a/../b' (it may not hold ':', "
+                       "start with '/' or have '.', '..' or empty parts)")
+
+
+def test_an_empty_string_in_a_list_attribute_is_named(built):
+    message = bad_build(built, {"p/BUILD": 'genrule(name = "a", outs = ["ok", ""], cmd = "c")\n'})
+    assert message == "p/BUILD:1:1: genrule: attribute 'outs' must be a list of non-empty strings, but it holds ''"
+
+
 # --- cmd substitutions --------------------------------------------------------------------------
 
 
 def test_unknown_make_variable_in_cmd(built):
     message = bad_build(built, {"p/BUILD": 'genrule(name = "a", outs = ["x"], cmd = "echo $(FOO) > $@")\n'})
     assert message == "p/BUILD:1: //p:a: cmd: unknown variable '$(FOO)' (write '$$' for a literal '$')"
+
+
+def test_location_without_a_label(built):
+    message = bad_build(built, {"p/BUILD": 'genrule(name = "a", outs = ["x"], cmd = "echo $(location) > $@")\n'})
+    assert message == "p/BUILD:1: //p:a: cmd: $(location) needs a label, as in $(location //pkg:name)"
 
 
 def test_first_src_shorthand_with_two_srcs(built):
