@@ -343,6 +343,14 @@ def test_invalid_target_pattern_with_the_shorthand(built):
     assert snapshot(ws.root) == before
 
 
+@pytest.mark.parametrize("command", ["watch", "verify", "lock", "query"])
+def test_every_command_calls_a_malformed_pattern_an_invalid_target_pattern(built, command):
+    ws, before = built
+    result = ws.run(command, "///", timeout=30)
+    assert one_error_line(result, 3).endswith("invalid target pattern '///': bad package path '/'")
+    assert snapshot(ws.root) == before
+
+
 def test_a_bare_name_at_a_root_without_build_file_suggests_the_package(built):
     message = bad_build(built, {}, "good")
     assert message == "no such target '//:good': the workspace root has no BUILD file (did you mean '//good:all'?)"
