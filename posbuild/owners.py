@@ -48,43 +48,44 @@ class Owners:
     def claim(self, out: str, owner: Label, kind: str) -> None:
         """Record `out` as owned by `owner`, or raise a BuildFileError naming the other owner."""
         parts = out.split("/")
-        if out.startswith("/") or any(part in ("", ".", "..") for part in parts):
+        if out.startswith("/") or "" in parts or "." in parts or ".." in parts:
             raise BuildFileError(f"{kind} '{owner.name}': output '{out}' must be a relative path inside the "
                                  f"package, without '.', '..' or empty parts")
         if ":" in out:
             raise BuildFileError(f"{kind} '{owner.name}': output '{out}' may not contain ':'")
-        where = f"output '{out}' of {owner}"
-        if out in self._outputs:
-            raise BuildFileError(f"{where} is already an output of {self._outputs[out]}")
-        if out in self._folders:
-            other, other_owner = self._folders[out]
-            raise BuildFileError(f"{where} conflicts with output '{other}' of {other_owner}: "
-                                 f"a path cannot be both a file and a folder")
-        folders = ["/".join(parts[:i]) for i in range(1, len(parts))]
-        for folder in folders:
-            if folder in self._outputs:
-                raise BuildFileError(f"{where} conflicts with output '{folder}' of {self._outputs[folder]}: "
-                                     f"a path cannot be both a file and a folder")
-        self._check_packages(where, out, folders)
-        self._check_sources(where, parts)
+        folders = ["/".join(parts[:i]) for i in range(1, len(parts))] if len(parts) > 1 else []
+        if out in self._outputs or out in self._folders or any(f in self._outputs for f in folders):
+            self._overlap(out, owner, folders)
+        self._check_packages(out, owner, folders)
+        if parts[0] in self._source_names():
+            self._check_sources(out, owner, parts)
         self._outputs[out] = owner
         for folder in folders:
             self._folders.setdefault(folder, (out, owner))
 
+    def _overlap(self, out: str, owner: Label, folders: list[str]) -> None:
+        where = f"output '{out}' of {owner}"
+        if out in self._outputs:
+            raise BuildFileError(f"{where} is already an output of {self._outputs[out]}")
+        other, other_owner = self._folders[out] if out in self._folders else next(
+            (f, self._outputs[f]) for f in folders if f in self._outputs)
+        raise BuildFileError(f"{where} conflicts with output '{other}' of {other_owner}: "
+                             f"a path cannot be both a file and a folder")
+
     def _full(self, rel: str) -> str:
         return f"{self._package}/{rel}" if self._package else rel
 
-    def _check_packages(self, where: str, out: str, folders: list[str]) -> None:
+    def _check_packages(self, out: str, owner: Label, folders: list[str]) -> None:
         for folder in folders:
             if self._full(folder) in self._packages:
-                raise BuildFileError(f"{where} crosses into package //{self._full(folder)}")
+                raise BuildFileError(f"output '{out}' of {owner} crosses into package //{self._full(folder)}")
         full = self._full(out)
         if full in self._package_folders:
             inner = full if full in self._packages else min(p for p in self._packages if p.startswith(full + "/"))
-            raise BuildFileError(f"{where} conflicts with package //{inner}, which lies under it")
+            raise BuildFileError(f"output '{out}' of {owner} conflicts with package //{inner}, which lies under it")
 
-    def _check_sources(self, where: str, parts: list[str]) -> None:
-        """A source file at the output's path, above it (a file cannot be a folder) or under it."""
+    def _source_names(self) -> set[str]:
+        """The names in the package's folder (posbuild's own folders aside), listed once."""
         if self._listing is None:
             try:
                 self._listing = set(os.listdir(self._base))
@@ -92,17 +93,20 @@ class Owners:
                 self._listing = set()
             if not self._package:
                 self._listing -= {OUT_DIR, STATE_DIR}
-        if parts[0] not in self._listing:
-            return
+        return self._listing
+
+    def _check_sources(self, out: str, owner: Label, parts: list[str]) -> None:
+        """A source file at the output's path, above it (a file cannot be a folder) or under it."""
         path = str(self._base)
         for i, part in enumerate(parts):
             path = os.path.join(path, part)
             if not os.path.isdir(path):
                 if os.path.lexists(path):
-                    raise BuildFileError(f"{where} conflicts with source file {self._full('/'.join(parts[:i + 1]))}")
+                    source = self._full("/".join(parts[:i + 1]))
+                    raise BuildFileError(f"output '{out}' of {owner} conflicts with source file {source}")
                 return
         for folder, dirs, files in os.walk(path):
             dirs.sort()
             if files:
                 inside = os.path.relpath(os.path.join(folder, min(files)), self._base).replace(os.sep, "/")
-                raise BuildFileError(f"{where} conflicts with source file {self._full(inside)}")
+                raise BuildFileError(f"output '{out}' of {owner} conflicts with source file {self._full(inside)}")
