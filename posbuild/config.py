@@ -170,12 +170,6 @@ def load_config(root: Path) -> Config:
 
 def _check_known(table: dict[str, Any], path: Path) -> None:
     """Refuse a table or key posbuild does not read, suggesting the closest known name."""
-    import difflib  # only when a name is unknown
-
-    def close(word: str, names: Any) -> str | None:
-        found = difflib.get_close_matches(word, list(names), n=1, cutoff=0.6)
-        return found[0] if found else None
-
     tables = ", ".join(sorted(TABLES))
     for section, value in table.items():
         if section not in TABLES:
@@ -183,16 +177,27 @@ def _check_known(table: dict[str, Any], path: Path) -> None:
                 owners = [name for name, keys in TABLES.items() if section in keys]
                 hint = f"; did you mean [{owners[0]}] {section}?" if len(owners) == 1 else f" (known tables: {tables})"
                 raise WorkspaceError(f"{path}: '{section}' is outside any table{hint}")
-            guess = close(section, TABLES)
+            guess = _closest(section, TABLES)
             hint = f"; did you mean [{guess}]?" if guess else f" (known: {tables})"
             raise WorkspaceError(f"{path}: unknown table [{section}]{hint}")
         if not isinstance(value, dict):
             raise WorkspaceError(f"{path}: '{section}' must be a [table]")
         unknown = sorted(set(value) - set(TABLES[section])) if section != "roles" else []
         if unknown:
-            guess = close(unknown[0], TABLES[section])
-            raise WorkspaceError(f"{path}: [{section}] has unknown key '{unknown[0]}' "
-                                 f"(known: {', '.join(TABLES[section])})" + (f"; did you mean '{guess}'?" if guess else ""))
+            raise _unknown_key(path, section, unknown[0], TABLES[section])
+
+
+def _unknown_key(path: Path, section: str, key: str, known: tuple[str, ...]) -> WorkspaceError:
+    guess = _closest(key, known)
+    return WorkspaceError(f"{path}: [{section}] has unknown key '{key}' (known: {', '.join(known)})"
+                          + (f"; did you mean '{guess}'?" if guess else ""))
+
+
+def _closest(word: str, names: Any) -> str | None:
+    import difflib  # only when a name is unknown
+
+    found = difflib.get_close_matches(word, list(names), n=1, cutoff=0.6)
+    return found[0] if found else None
 
 
 def _choice(table: dict[str, Any], section: str, key: str, choices: tuple[str, ...], path: Path) -> str:
@@ -221,7 +226,7 @@ def _roles(table: dict[str, Any], path: Path) -> tuple[Role, ...]:
             raise WorkspaceError(f"{path}: [roles] {name} must be a table ([roles.{name}])")
         unknown = sorted(set(section) - {"build", "upload"})
         if unknown:
-            raise WorkspaceError(f"{path}: [roles.{name}] has unknown key '{unknown[0]}' (known: build, upload)")
+            raise _unknown_key(path, f"roles.{name}", unknown[0], ("build", "upload"))
         wrapped = {f"roles.{name}": section}
         roles.append(Role(name, _string_list(wrapped, f"roles.{name}", "build", ["//..."], path),
                           _get(wrapped, f"roles.{name}", "upload", bool, False, path)))

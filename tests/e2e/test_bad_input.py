@@ -436,6 +436,8 @@ def test_wrongly_typed_posbuild_toml_value(built):
     ("[executor]\nadress = 'x'\n",
      "[executor] has unknown key 'adress' (known: address, kind); did you mean 'address'?"),
     ("[resources]\ncpus = 1\n", "[resources] has unknown key 'cpus' (known: cpu, mem_mb, io); did you mean 'cpu'?"),
+    ("[roles.dev]\nbuidl = ['//...']\n",
+     "[roles.dev] has unknown key 'buidl' (known: build, upload); did you mean 'build'?"),
     ("jobs = 2\n", "'jobs' is outside any table; did you mean [build] jobs?"),
     ("colour = 2\n", "'colour' is outside any table (known tables: build, cache, env, executor, resources, "
                      "roles, sandbox, secrets)"),
