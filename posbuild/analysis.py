@@ -117,10 +117,9 @@ def expand_patterns(patterns: Sequence[TargetPattern], packages: Sequence[str], 
         if pattern.kind is PatternKind.SINGLE:
             assert pattern.label is not None
             if not pattern.label.package and "" not in packages:
-                name = pattern.label.name
-                hint = f" (did you mean '//{name}:all'?)" if name in packages else ""
-                raise BuildFileError(f"no such target '{pattern.label}': the workspace root has no BUILD file{hint}")
-            selected.add(_resolve_single(pattern.label, loader))
+                raise BuildFileError(f"no such target '{pattern.label}': the workspace root has no BUILD file"
+                                     + _package_hint(pattern.label, packages))
+            selected.add(_resolve_single(pattern.label, loader, packages))
             continue
         if pattern.package and pattern.package not in packages and pattern.kind is PatternKind.ALL:
             raise BuildFileError(f"no such package '//{pattern.package}'" + did_you_mean(pattern.package, packages))
@@ -131,7 +130,7 @@ def expand_patterns(patterns: Sequence[TargetPattern], packages: Sequence[str], 
     return sorted(selected)
 
 
-def _resolve_single(label: Label, loader: Loader) -> Label:
+def _resolve_single(label: Label, loader: Loader, packages: Sequence[str]) -> Label:
     package = loader.package(label.package)
     names = {t.label.name for t in package.targets}
     if label.name in names:
@@ -139,7 +138,15 @@ def _resolve_single(label: Label, loader: Loader) -> Label:
     for target in package.targets:
         if label.name in target.outs:
             return target.label
-    raise BuildFileError(f"no such target '{label}'" + did_you_mean(label.name, names))
+    raise BuildFileError(f"no such target '{label}'" + (_package_hint(label, packages)
+                                                         or did_you_mean(label.name, names)))
+
+
+def _package_hint(label: Label, packages: Sequence[str]) -> str:
+    """`posbuild build p/q` reads as the target `p/q` of the current package; if `p/q` is a
+    package, say how to name its targets."""
+    folder = src_path(label.package, label.name)
+    return f" (did you mean '//{folder}:all'?)" if folder in packages else ""
 
 
 class Analyzer:

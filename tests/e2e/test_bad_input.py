@@ -356,6 +356,11 @@ def test_a_bare_name_at_a_root_without_build_file_suggests_the_package(built):
     assert message == "no such target '//:good': the workspace root has no BUILD file (did you mean '//good:all'?)"
 
 
+def test_a_package_path_as_a_name_suggests_the_package(built):
+    message = bad_build(built, {"BUILD": 'genrule(name = "top", outs = ["top.txt"], cmd = "echo > $@")\n'}, "good")
+    assert message == "no such target '//:good' (did you mean '//good:all'?)"
+
+
 def test_recursive_pattern_with_all_suffix_builds(built):
     ws, _ = built
     result = ws.ok("//good/...:all")
