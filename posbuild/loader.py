@@ -221,7 +221,8 @@ class Loader:
         }
 
     def _builder(self) -> _PackageBuilder:
-        if self._current is None or self._bzl_loading:  # a .bzl's top level runs once, for whichever package loads it first
+        # A .bzl file's top level runs once, for whichever package loads it first: no rules there.
+        if self._current is None or self._bzl_loading:
             raise ValueError("rules can only be declared while a BUILD file is evaluated, not at load time")
         return self._current
 
@@ -386,7 +387,8 @@ def describe_label(config: Config, label: Label) -> str | None:
     target = package.by_name.get(label.name)
     if target is not None and target.kind == "filegroup":
         named = ", ".join(_canonical(s, label.package) for s in target.srcs[:3]) + (", ..." if target.srcs[3:] else "")
-        return f"{label} is a filegroup, which runs no action" + (f"; explain a rule it names: {named}" if named else "")
+        hint = f"; explain a rule it names: {named}" if named else ""
+        return f"{label} is a filegroup, which runs no action{hint}"
     if target is not None:
         return None
     producer = package.by_output.get(label.name)
