@@ -302,14 +302,15 @@ class _PackageBuilder:
         if name in self._targets:
             raise ValueError(f"duplicate target name '{name}' in package '//{self.package}'")
         if name in self._outputs:
-            raise ValueError(f"target name '{name}' clashes with an output of '{self._outputs[name]}' in '//{self.package}'")
+            owner = Label(self.package, self._outputs[name])
+            raise ValueError(f"target name '{name}' conflicts with output '{name}' of {owner}")
         try:
             target = make_target(kind, label, attrs, self._locate(name))
         except BuildFileError as error:
             raise ValueError(error.detail) from None
         for out in target.outs:
             if out in self._targets:
-                raise ValueError(f"output '{out}' of '{name}' clashes with the target '{out}' in '//{self.package}'")
+                raise ValueError(f"output '{out}' of {label} conflicts with the target {Label(self.package, out)}")
             try:
                 self._owners.claim(out, label, kind)
             except BuildFileError as error:

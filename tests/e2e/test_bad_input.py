@@ -198,7 +198,7 @@ def test_output_named_like_an_earlier_target(built):
         'genrule(name = "a", outs = ["a.txt"], cmd = "c")\n'
         'genrule(name = "b", outs = ["a"], cmd = "c")\n'
     )})
-    assert message.startswith("p/BUILD:2:1: output 'a' of 'b' ")
+    assert message == "p/BUILD:2:1: output 'a' of //p:b conflicts with the target //p:a"
 
 
 def test_target_named_like_an_earlier_output(built):
@@ -206,8 +206,7 @@ def test_target_named_like_an_earlier_output(built):
         'genrule(name = "a", outs = ["b"], cmd = "c")\n'
         'genrule(name = "b", outs = ["b.txt"], cmd = "c")\n'
     )})
-    assert message.startswith("p/BUILD:2:1: ")
-    assert "'b'" in message
+    assert message == "p/BUILD:2:1: target name 'b' conflicts with output 'b' of //p:a"
 
 
 def test_bad_attribute_type(built):
