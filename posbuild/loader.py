@@ -113,10 +113,10 @@ def starlark_error(error: Exception, sources: dict[str, str] | None = None) -> B
     location = SourceLocation(where.group(1), int(where.group(2)), int(where.group(3)))
     frames = [(f, int(n)) for f, n in _FRAME_LINE.findall(text)]
     if location.file.startswith(RULES_REPO):
-        callers = [frame for frame in frames if not frame[0].startswith(RULES_REPO)]
-        if callers:
-            location = SourceLocation(*callers[-1])
-    elif frames and frames[0][0] != location.file:  # in a workspace macro: say where it was called
+        frames = [frame for frame in frames if not frame[0].startswith(RULES_REPO)]
+        if frames:
+            location = SourceLocation(*frames[-1])
+    if frames and frames[0][0] != location.file:  # in a workspace macro: say where it was called
         message += f" (called from {frames[0][0]}:{frames[0][1]})"
     elif (location.line, location.column) == (1, 1) and message.startswith("Parse error") \
             and not re.match(r"\s*\|\s*1 \|", text[where.end():]):  # no excerpt of line 1: the end

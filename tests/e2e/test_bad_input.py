@@ -245,6 +245,17 @@ def test_fail_in_a_workspace_macro_names_the_bzl_line_and_the_call(built):
     assert message == "tools/m.bzl:2:5: no good: z (called from p/BUILD:3)"
 
 
+def test_a_library_error_through_a_workspace_macro_names_the_macro_line_and_the_call(built):
+    message = bad_build(built, {
+        "p/in.txt": "x",
+        "tools/BUILD": "",
+        "tools/m.bzl": ('load("@posbuild//rules:copy_file.bzl", "copy_file")\n'
+                        'def cp(name):\n    copy_file(name = name, src = "in.txt", out = 3)\n'),
+        "p/BUILD": 'load("//tools:m.bzl", "cp")\n\ncp(name = "z")\n',
+    })
+    assert message == "tools/m.bzl:3: copy_file 'z': 'out' must be a file name (called from p/BUILD:3)"
+
+
 def test_a_missing_macro_argument_names_the_macro_not_its_module(built):
     message = bad_build(built, {"p/BUILD": 'load("@posbuild//rules:concat.bzl", "concat")\nconcat(name = "c")\n'})
     assert message == "p/BUILD:2:1: Missing parameter `srcs` for call to `concat`"
