@@ -33,6 +33,7 @@ if TYPE_CHECKING:  # loading BUILD files is only needed when the graph cache mis
     from posbuild.target import Pairs, Target
 
 ACTION_SCHEMA = 1  # bump when the meaning of an Action's fields changes
+CHECKS = 2  # bump when loading or analysis refuses graphs it used to accept: cached graphs are checked again
 KIND_VERSIONS = {"genrule": 1, "py_task": 1}
 
 
