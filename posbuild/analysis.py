@@ -21,9 +21,9 @@ import re
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, NamedTuple, Sequence
 
-from posbuild.config import OUT_DIR
+from posbuild.config import OUT_DIR, STATE_DIR
 from posbuild.digest import Digest, hash_canonical
-from posbuild.errors import BuildFileError, SourceLocation, VersionMismatch
+from posbuild.errors import BuildFileError, CycleError, SourceLocation, VersionMismatch
 from posbuild.graph import toposort
 from posbuild.label import Label, PatternKind, TargetPattern, did_you_mean, parse_label
 
@@ -33,6 +33,7 @@ if TYPE_CHECKING:  # loading BUILD files is only needed when the graph cache mis
     from posbuild.target import Pairs, Target
 
 ACTION_SCHEMA = 2  # bump when the meaning of an Action's fields changes (2: commands run under strict bash)
+CHECKS = 2  # bump when loading or analysis refuses graphs it used to accept: cached graphs are checked again
 KIND_VERSIONS = {"genrule": 1, "py_task": 1}
 
 
@@ -116,7 +117,10 @@ def expand_patterns(patterns: Sequence[TargetPattern], packages: Sequence[str], 
     for pattern in patterns:
         if pattern.kind is PatternKind.SINGLE:
             assert pattern.label is not None
-            selected.add(_resolve_single(pattern.label, loader))
+            if not pattern.label.package and "" not in packages:
+                raise BuildFileError(f"no such target '{pattern.label}': the workspace root has no BUILD file"
+                                     + _package_hint(pattern.label, packages))
+            selected.add(_resolve_single(pattern.label, loader, packages))
             continue
         if pattern.package and pattern.package not in packages and pattern.kind is PatternKind.ALL:
             raise BuildFileError(f"no such package '//{pattern.package}'" + did_you_mean(pattern.package, packages))
@@ -127,7 +131,7 @@ def expand_patterns(patterns: Sequence[TargetPattern], packages: Sequence[str], 
     return sorted(selected)
 
 
-def _resolve_single(label: Label, loader: Loader) -> Label:
+def _resolve_single(label: Label, loader: Loader, packages: Sequence[str]) -> Label:
     package = loader.package(label.package)
     names = {t.label.name for t in package.targets}
     if label.name in names:
@@ -135,7 +139,15 @@ def _resolve_single(label: Label, loader: Loader) -> Label:
     for target in package.targets:
         if label.name in target.outs:
             return target.label
-    raise BuildFileError(f"no such target '{label}'" + did_you_mean(label.name, names))
+    raise BuildFileError(f"no such target '{label}'" + (_package_hint(label, packages)
+                                                         or did_you_mean(label.name, names)))
+
+
+def _package_hint(label: Label, packages: Sequence[str]) -> str:
+    """`posbuild build p/q` reads as the target `p/q` of the current package; if `p/q` is a
+    package, say how to name its targets."""
+    folder = src_path(label.package, label.name)
+    return f" (did you mean '//{folder}:all'?)" if folder in packages else ""
 
 
 class Analyzer:
@@ -149,7 +161,10 @@ class Analyzer:
         self.files_read: set[str] = set()  # Python files scanned for imports: the graph cache stamps them
 
     def analyze(self, roots: Sequence[Label]) -> ActionGraph:
-        order = toposort([str(r) for r in roots], self._edges)
+        try:
+            order = toposort([str(r) for r in roots], self._edges)
+        except CycleError as error:
+            raise self._located(error) from None
         for name in order:
             if self._targets[name].requires:
                 self._check_requires(self._targets[name])
@@ -171,6 +186,15 @@ class Analyzer:
             actions.append(action)
         requested = tuple(sorted({f for r in roots for f in files[str(r)]}))
         return ActionGraph(tuple(actions), requested)
+
+    def _located(self, error: CycleError) -> CycleError:
+        """The cycle with the BUILD line of each target on it."""
+        def where(name: str) -> str:
+            location = self._targets[name].location
+            return f"{name} ({location})" if location else name
+
+        cycle = error.cycle
+        return CycleError(" -> ".join([*map(where, cycle[:-1]), cycle[-1]]), cycle)
 
     def _target(self, label: Label) -> Target:
         key = str(label)
@@ -210,6 +234,8 @@ class Analyzer:
         if producer is not None:
             return _Ref(attr, key, producer.label, out_path(label.package, label.name))
         path = src_path(label.package, label.name)
+        if not label.package and label.name.split("/", 1)[0] in (OUT_DIR, STATE_DIR):
+            raise BuildFileError(f"{where}: {_not_a_source(label.name)}", target.location)
         if not (self._loader.root / path).is_file():
             names = [t.label.name for t in package.targets]
             raise BuildFileError(
@@ -256,7 +282,8 @@ class Analyzer:
                     f"{key}={declared[key]}" if key in declared else f"no {key}" for key, _ in unmet
                 )
                 raise VersionMismatch(
-                    f"{target.label} requires {required.label} {asked}, but {required.label} declares {found}"
+                    f"{target.label} requires {required.label} {asked}, but {required.label} declares {found}",
+                    target.location,
                 )
 
     def _dependencies(self, name: str) -> set[str]:
@@ -382,6 +409,16 @@ def declared_resources(declared: Sequence[tuple[str, int]], env: Pairs) -> tuple
     return (cpu, values["mem_mb"], values["io"]), env
 
 
+def _not_a_source(path: str) -> str:
+    """Why a path under posbuild-out/ or .posbuild/ is no source: reading it would bypass its owner."""
+    folder, _, rest = path.partition("/")
+    if folder == STATE_DIR:
+        return f"{STATE_DIR}/ holds posbuild's own state, not sources"
+    package, _, name = rest.rpartition("/")
+    return (f"{OUT_DIR}/ holds the outputs of rules, not sources; name the rule that produces it "
+            f"(e.g. //{package}:{name})")
+
+
 def _parse(name: str) -> Label:
     return parse_label(name, "")
 
@@ -462,6 +499,8 @@ class _Expander:
 
     def _location_paths(self, variable: str, text: str) -> tuple[str, ...]:
         package = self._target.label.package
+        if not text:
+            raise self._fail(f"$({variable}) needs a label, as in $({variable} //pkg:name)")
         try:
             label = parse_label(text, package)
         except BuildFileError as error:

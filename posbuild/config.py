@@ -93,6 +93,20 @@ class Config:
         return self.root / STATE_DIR
 
 
+# Every table of posbuild.toml and its keys; anything else is refused, so that a typo cannot
+# silently drop a setting. `[roles.NAME]` tables are checked by `_roles`.
+TABLES: dict[str, tuple[str, ...]] = {
+    "build": ("build_file_names", "jobs", "sandbox_base"),
+    "cache": ("dir", "max_size", "remote", "timeout", "upload"),
+    "env": ("pass", "tools"),
+    "executor": ("address", "kind"),
+    "resources": RESOURCE_NAMES,
+    "roles": (),
+    "sandbox": ("mode",),
+    "secrets": ("file",),
+}
+
+
 def find_workspace(start: Path) -> Path:
     """The nearest ancestor of `start` (itself included) that holds posbuild.toml."""
     for folder in (start, *start.parents):
@@ -129,9 +143,7 @@ def load_config(root: Path) -> Config:
         raise WorkspaceError(f"{path}: {error}") from None
     except OSError as error:
         raise WorkspaceError(f"{path}: cannot read: {error.strerror}") from None
-    for section, value in table.items():
-        if not isinstance(value, dict):
-            raise WorkspaceError(f"{path}: '{section}' must be a [table]")
+    _check_known(table, path)
     jobs = _get(table, "build", "jobs", int, 0, path)
     if jobs < 0:
         raise WorkspaceError(f"{path}: [build] jobs must be >= 0 (0 means one per CPU), got {jobs}")
@@ -154,6 +166,38 @@ def load_config(root: Path) -> Config:
         executor=_choice(table, "executor", "kind", EXECUTOR_KINDS, path),
         executor_address=_get(table, "executor", "address", str, "", path),
     )
+
+
+def _check_known(table: dict[str, Any], path: Path) -> None:
+    """Refuse a table or key posbuild does not read, suggesting the closest known name."""
+    tables = ", ".join(sorted(TABLES))
+    for section, value in table.items():
+        if section not in TABLES:
+            if not isinstance(value, dict):
+                owners = [name for name, keys in TABLES.items() if section in keys]
+                hint = f"; did you mean [{owners[0]}] {section}?" if len(owners) == 1 else f" (known tables: {tables})"
+                raise WorkspaceError(f"{path}: '{section}' is outside any table{hint}")
+            guess = _closest(section, TABLES)
+            hint = f"; did you mean [{guess}]?" if guess else f" (known: {tables})"
+            raise WorkspaceError(f"{path}: unknown table [{section}]{hint}")
+        if not isinstance(value, dict):
+            raise WorkspaceError(f"{path}: '{section}' must be a [table]")
+        unknown = sorted(set(value) - set(TABLES[section])) if section != "roles" else []
+        if unknown:
+            raise _unknown_key(path, section, unknown[0], TABLES[section])
+
+
+def _unknown_key(path: Path, section: str, key: str, known: tuple[str, ...]) -> WorkspaceError:
+    guess = _closest(key, known)
+    return WorkspaceError(f"{path}: [{section}] has unknown key '{key}' (known: {', '.join(known)})"
+                          + (f"; did you mean '{guess}'?" if guess else ""))
+
+
+def _closest(word: str, names: Any) -> str | None:
+    import difflib  # only when a name is unknown
+
+    found = difflib.get_close_matches(word, list(names), n=1, cutoff=0.6)
+    return found[0] if found else None
 
 
 def _choice(table: dict[str, Any], section: str, key: str, choices: tuple[str, ...], path: Path) -> str:
@@ -182,7 +226,7 @@ def _roles(table: dict[str, Any], path: Path) -> tuple[Role, ...]:
             raise WorkspaceError(f"{path}: [roles] {name} must be a table ([roles.{name}])")
         unknown = sorted(set(section) - {"build", "upload"})
         if unknown:
-            raise WorkspaceError(f"{path}: [roles.{name}] has unknown key '{unknown[0]}' (known: build, upload)")
+            raise _unknown_key(path, f"roles.{name}", unknown[0], ("build", "upload"))
         wrapped = {f"roles.{name}": section}
         roles.append(Role(name, _string_list(wrapped, f"roles.{name}", "build", ["//..."], path),
                           _get(wrapped, f"roles.{name}", "upload", bool, False, path)))
@@ -190,11 +234,7 @@ def _roles(table: dict[str, Any], path: Path) -> tuple[Role, ...]:
 
 
 def _budget(table: dict[str, Any], path: Path) -> Budget:
-    """`[resources] cpu, mem_mb, io`; unknown keys are refused, a missing key takes its default."""
-    section = table.get("resources", {})
-    unknown = sorted(set(section) - set(RESOURCE_NAMES))
-    if unknown:
-        raise WorkspaceError(f"{path}: [resources] has unknown key '{unknown[0]}' (known: cpu, mem_mb, io)")
+    """`[resources] cpu, mem_mb, io`; a missing key takes its default."""
     defaults = default_budget()
     values = []
     for name in RESOURCE_NAMES:

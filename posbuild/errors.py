@@ -80,11 +80,26 @@ class SandboxUnavailable(PosbuildError):
 
 
 class OrchError(PosbuildError):
-    """An error class of the Pipeline Orchestration Specification (§17)."""
+    """An error class of the Pipeline Orchestration Specification (§17); `location` is the BUILD
+    line at fault, when there is one (after the code: `ORCH-02 version mismatch: p/BUILD:4: ...`)."""
+
+    def __init__(self, detail: str, location: SourceLocation | None = None) -> None:
+        super().__init__(detail)
+        self.location = location
+
+    def render(self) -> str:
+        detail = f"{self.location}: {self.detail}" if self.location else self.detail
+        return f"{self.code} {self.title}: {detail}"
 
 
 class CycleError(OrchError):
+    """`cycle` holds the nodes of the cycle in order, the first repeated at the end."""
+
     code, title, exit_code = "ORCH-01", "DAG cycle detected", 11
+
+    def __init__(self, detail: str, cycle: tuple[str, ...] = ()) -> None:
+        super().__init__(detail)
+        self.cycle = cycle
 
 
 class VersionMismatch(OrchError):

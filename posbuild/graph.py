@@ -36,7 +36,7 @@ def toposort(roots: Iterable[str], edges: Callable[[str], Sequence[str]]) -> lis
                     continue
                 if child in on_path:
                     cycle = path[on_path[child]:] + [child]
-                    raise CycleError(" -> ".join(cycle))
+                    raise CycleError(" -> ".join(cycle), tuple(cycle))
                 on_path[child] = len(path)
                 path.append(child)
                 stack.append((child, iter(edges(child))))

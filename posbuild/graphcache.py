@@ -21,7 +21,7 @@ from typing import Any, Sequence
 import msgpack
 
 from posbuild import __version__
-from posbuild.analysis import ACTION_SCHEMA, Action, ActionGraph, GraphFacts, facts_of
+from posbuild.analysis import ACTION_SCHEMA, CHECKS, Action, ActionGraph, GraphFacts, facts_of
 from posbuild.atomic import write_atomically
 from posbuild.digest import Digest, hash_bytes, hash_canonical
 from posbuild.stamps import file_stamp, stamps_current
@@ -149,7 +149,7 @@ def _version() -> str:
 
     The interpreter is part of it because py_task commands name the one running posbuild.
     """
-    return (f"{CACHE_FORMAT}/{ACTION_SCHEMA}/{__version__}/{sys.executable}/{','.join(Action._fields)}/"
+    return (f"{CACHE_FORMAT}/{ACTION_SCHEMA}/{CHECKS}/{__version__}/{sys.executable}/{','.join(Action._fields)}/"
             f"{','.join(GraphFacts._fields)}")
 
 

@@ -25,16 +25,41 @@ class Label:
         return f"//{self.package}:{self.name}"
 
 
-def _check_package(package: str, text: str) -> None:
+class _Malformed(Exception):
+    """Why a label or pattern text is malformed; worded into a BuildFileError by the caller."""
+
+
+def _check_package(package: str) -> None:
     parts = package.split("/") if package else []
     if package.startswith("/") or package.endswith("/") or any(p in ("", ".", "..") for p in parts):
-        raise BuildFileError(f"invalid label '{text}': bad package path '{package}'")
+        raise _Malformed(f"bad package path '{package}'")
 
 
-def _check_name(name: str, text: str) -> None:
+def _check_name(name: str) -> None:
+    if not name:
+        raise _Malformed("empty target name")
     parts = name.split("/")
-    if not name or ":" in name or name.startswith("/") or any(p in ("", ".", "..") for p in parts):
-        raise BuildFileError(f"invalid label '{text}': bad target name '{name}'")
+    if ":" in name or name.startswith("/") or any(p in ("", ".", "..") for p in parts):
+        raise _Malformed(f"bad target name '{name}'")
+
+
+def _split(text: str, current_package: str) -> Label:
+    if text.startswith("//"):
+        package, sep, name = text[2:].partition(":")
+        if not sep:
+            _check_package(package)
+            if not package:
+                raise _Malformed("the root package needs ':name'")
+            name = package.rsplit("/", 1)[-1]
+    elif text.startswith(":"):
+        package, name = current_package, text[1:]
+    elif text.startswith("@"):
+        raise _Malformed("external repositories are only for load()")
+    else:
+        package, name = current_package, text
+    _check_package(package)
+    _check_name(name)
+    return Label(package, name)
 
 
 @functools.lru_cache(maxsize=1 << 16)
@@ -43,22 +68,10 @@ def parse_label(text: str, current_package: str) -> Label:
 
     Remembered (labels are immutable): loading and analysing a graph parse the same few
     thousand labels again and again, once per reference."""
-    if text.startswith("//"):
-        body = text[2:]
-        package, sep, name = body.partition(":")
-        if not sep:
-            name = package.rsplit("/", 1)[-1]
-            if not name:
-                raise BuildFileError(f"invalid label '{text}': the root package needs ':name'")
-    elif text.startswith(":"):
-        package, name = current_package, text[1:]
-    elif text.startswith("@"):
-        raise BuildFileError(f"invalid label '{text}': external repositories are only for load()")
-    else:
-        package, name = current_package, text
-    _check_package(package, text)
-    _check_name(name, text)
-    return Label(package, name)
+    try:
+        return _split(text, current_package)
+    except _Malformed as error:
+        raise BuildFileError(f"invalid label '{text}': {error}") from None
 
 
 class PatternKind(enum.Enum):
@@ -92,17 +105,34 @@ class TargetPattern:
 
 
 def parse_pattern(text: str, current_package: str = "") -> TargetPattern:
-    """Parse a command-line target pattern; relative forms resolve against `current_package`."""
+    """Parse a command-line target pattern; relative forms resolve against `current_package`.
+
+    As in Bazel, `//pkg/...:all` and `//pkg/...:*` mean `//pkg/...`.
+    """
+    try:
+        return _pattern(text, current_package)
+    except _Malformed as error:
+        raise BuildFileError(f"invalid target pattern '{text}': {error}") from None
+
+
+def _pattern(text: str, current_package: str) -> TargetPattern:
+    if text.startswith("@"):
+        raise _Malformed("external repositories are only for load()")
     if not text.startswith("//") and not text.startswith(":"):
         joined = f"{current_package}/{text}" if current_package else text
         text = "//" + joined if (text.endswith("...") or ":" in text) else f"//{current_package}:{text}"
+    for suffix in (":all", ":*"):
+        if text.endswith("..." + suffix):
+            text = text[:-len(suffix)]
+    if "..." in text.partition(":")[0].split("/")[:-1] or "..." in text.partition(":")[2].split("/"):
+        raise _Malformed("'...' must end the pattern")
     if text == "//...":
         return TargetPattern(PatternKind.RECURSIVE, "")
     if text.endswith("/..."):
         package = text[2:-4]
-        _check_package(package, text)
+        _check_package(package)
         return TargetPattern(PatternKind.RECURSIVE, package)
-    label = parse_label(text, current_package)
+    label = _split(text, current_package)
     if label.name in ("all", "*"):
         return TargetPattern(PatternKind.ALL, label.package)
     return TargetPattern(PatternKind.SINGLE, label.package, label)

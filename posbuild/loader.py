@@ -21,7 +21,8 @@ import starlark
 
 from posbuild.config import OUT_DIR, STATE_DIR, Config
 from posbuild.errors import BuildFileError, SourceLocation
-from posbuild.label import did_you_mean, parse_label
+from posbuild.label import Label, did_you_mean, parse_label
+from posbuild.owners import Owners, with_ancestors
 from posbuild.stamps import folder_stamp
 from posbuild.target import AttributeError_, Target, make_target
 
@@ -29,6 +30,8 @@ RULES_REPO = "@posbuild//"
 _ERROR_LINE = re.compile(r"^error: (?:(?:[A-Za-z_]+Error_?: )?error: )*(?:[A-Za-z_]+Error_?: )?(.*)$", re.MULTILINE)
 _NAME_ATTR = re.compile(r"""name\s*=\s*["']([^"']+)["']""")
 _WHERE_LINE = re.compile(r"^\s*--> (.+):(\d+):(\d+)", re.MULTILINE)
+_MODULE_PATH = re.compile(r"`[^`\s]*\.bzl\.(\w+)`")  # `@posbuild//rules:concat.bzl.concat` -> `concat`
+_FRAME_LINE = re.compile(r"^\s*\* (.+):(\d+), in ", re.MULTILINE)  # one frame of a Starlark traceback
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,15 +94,54 @@ def glob_to_regex(pattern: str) -> re.Pattern[str]:
     return re.compile("".join(out) + r"\Z")
 
 
-def starlark_error(error: Exception) -> BuildFileError:
-    """Turn starlark-pyo3's multi-line report into one line with file:line:column."""
+def starlark_error(error: Exception, sources: dict[str, str] | None = None) -> BuildFileError:
+    """Turn starlark-pyo3's multi-line report into one line with file:line:column.
+
+    An error inside the standard library is placed at the user's line that called it (the
+    innermost frame outside `@posbuild//`); the library is not the user's code. A parse error
+    at the very end of a file, which starlark places at 1:1, is placed at the bracket left open,
+    else at the last line (`sources`: the text of each file by the name it was parsed under).
+    """
     text = str(error)
-    what = _ERROR_LINE.search(text)
+    what = next((m for m in _ERROR_LINE.finditer(text) if not m.group(1).startswith("Traceback")), None)
     where = _WHERE_LINE.search(text)
     message = what.group(1).strip() if what else text.strip().splitlines()[0]
     message = message.split(", expected one of ")[0]
-    location = SourceLocation(where.group(1), int(where.group(2)), int(where.group(3))) if where else None
+    message = _MODULE_PATH.sub(r"`\1`", message.removeprefix("fail: "))
+    if where is None:
+        return BuildFileError(message, None)
+    location = SourceLocation(where.group(1), int(where.group(2)), int(where.group(3)))
+    frames = [(f, int(n)) for f, n in _FRAME_LINE.findall(text)]
+    if location.file.startswith(RULES_REPO):
+        frames = [frame for frame in frames if not frame[0].startswith(RULES_REPO)]
+        if frames:
+            location = SourceLocation(*frames[-1])
+    if frames and frames[0][0] != location.file:  # in a workspace macro: say where it was called
+        message += f" (called from {frames[0][0]}:{frames[0][1]})"
+    elif (location.line, location.column) == (1, 1) and message.startswith("Parse error") \
+            and not re.match(r"\s*\|\s*1 \|", text[where.end():]):  # no excerpt of line 1: the end
+        message, location = _at_end(location.file, (sources or {}).get(location.file, ""))
     return BuildFileError(message, location)
+
+
+def _at_end(file: str, source: str) -> tuple[str, SourceLocation]:
+    """The message and place of a parse error at the end of `source`: the bracket never closed."""
+    import io
+    import tokenize
+
+    opened: list[tuple[str, int, int]] = []
+    try:
+        for token in tokenize.generate_tokens(io.StringIO(source).readline):
+            if token.type == tokenize.OP and token.string in "([{":
+                opened.append((token.string, token.start[0], token.start[1] + 1))
+            elif token.type == tokenize.OP and token.string in ")]}" and opened:
+                opened.pop()
+    except (tokenize.TokenError, SyntaxError):
+        pass
+    if opened:
+        bracket, line, column = opened[-1]
+        return f"Parse error: '{bracket}' is never closed", SourceLocation(file, line, column)
+    return "Parse error: unexpected end of file", SourceLocation(file, max(1, len(source.splitlines())))
 
 
 class Loader:
@@ -109,11 +151,13 @@ class Loader:
         self._config = config
         self._root = config.root
         self._packages = set(packages)
+        self._package_folders = with_ancestors(packages)
         self._globals = starlark.Globals.standard()
         self._bzl_cache: dict[str, starlark.FrozenModule] = {}
         self._bzl_loading: list[str] = []
         self._loaded: dict[str, Package] = {}
         self._current: _PackageBuilder | None = None
+        self._sources: dict[str, str] = {}  # text of each file evaluated, by the name it was parsed under
         self.files_read: set[str] = set()
 
     @property
@@ -124,6 +168,8 @@ class Loader:
         """The evaluated package `name`, evaluating its BUILD file on first use."""
         if name not in self._loaded:
             if name not in self._packages:
+                if not name:
+                    raise BuildFileError("no such package '//': the workspace root has no BUILD file")
                 raise BuildFileError(f"no such package '//{name}'" + did_you_mean(name, self._packages))
             self._loaded[name] = self._evaluate(name)
         return self._loaded[name]
@@ -138,13 +184,15 @@ class Loader:
     def _evaluate(self, package: str) -> Package:
         build_file = self._build_file(package)
         source = self._read(build_file)
-        builder = _PackageBuilder(package, build_file, source, self._root, self._config.build_file_names)
+        builder = _PackageBuilder(package, build_file, source, self._root, self._config.build_file_names,
+                                  Owners(package, self._root, self._packages, self._package_folders))
         self._current = builder
+        self._sources[build_file] = source
         try:
             module = self._module()
             starlark.eval(module, starlark.parse(build_file, source), self._globals, starlark.FileLoader(self._load_bzl))
         except starlark.StarlarkError as error:
-            raise starlark_error(error) from None
+            raise starlark_error(error, self._sources) from None
         finally:
             self._current = None
         return builder.finish()
@@ -173,7 +221,8 @@ class Loader:
         }
 
     def _builder(self) -> _PackageBuilder:
-        if self._current is None:
+        # A .bzl file's top level runs once, for whichever package loads it first: no rules there.
+        if self._current is None or self._bzl_loading:
             raise ValueError("rules can only be declared while a BUILD file is evaluated, not at load time")
         return self._current
 
@@ -197,10 +246,15 @@ class Loader:
         if key in self._bzl_loading:
             raise ValueError("load() cycle: " + " -> ".join([*self._bzl_loading, key]))
         if not path.is_file():
-            raise ValueError(f"cannot load '{module_id}': no file {path}")
+            if key.startswith(RULES_REPO):
+                shipped = [p.name for p in rules_dir().glob("*.bzl") if not p.name.startswith("_")]
+                raise ValueError(f"cannot load '{module_id}': the standard library has no {path.name}"
+                                 + did_you_mean(path.name, shipped))
+            raise ValueError(f"cannot load '{module_id}': no file {key}")
         # The shipped library is read by absolute path; recording it lets an edit to it (in a
         # source checkout) invalidate cached graphs like any workspace .bzl file.
         source = self._read(key if not key.startswith(RULES_REPO) else str(path))
+        self._sources[key] = source
         self._bzl_loading.append(key)
         try:
             module = self._module()
@@ -221,8 +275,10 @@ def rules_dir() -> Path:
 class _PackageBuilder:
     """Collects the targets of one BUILD file while it is evaluated, rejecting clashes at the call."""
 
-    def __init__(self, package: str, build_file: str, source: str, root: Path, build_names: tuple[str, ...]) -> None:
+    def __init__(self, package: str, build_file: str, source: str, root: Path, build_names: tuple[str, ...],
+                 owners: Owners) -> None:
         self.package = package
+        self._owners = owners
         self._build_names = build_names
         self._build_file = build_file
         self._source = source
@@ -238,24 +294,27 @@ class _PackageBuilder:
         name = attrs.pop("name", None)
         if not isinstance(name, str) or not name:
             raise ValueError(f"{kind}() needs a non-empty string 'name'")
-        label = parse_label(f":{name}", self.package) if ":" not in name else None
-        if label is None:
-            raise ValueError(f"{kind}: invalid target name '{name}'")
+        try:
+            label = parse_label(f":{name}", self.package)
+        except BuildFileError:
+            raise ValueError(f"{kind}(): invalid target name '{name}' (it may not hold ':', start with '/' "
+                             f"or have '.', '..' or empty parts)") from None
         if name in self._targets:
             raise ValueError(f"duplicate target name '{name}' in package '//{self.package}'")
         if name in self._outputs:
-            raise ValueError(f"target name '{name}' clashes with an output of '{self._outputs[name]}' in '//{self.package}'")
+            owner = Label(self.package, self._outputs[name])
+            raise ValueError(f"target name '{name}' conflicts with output '{name}' of {owner}")
         try:
             target = make_target(kind, label, attrs, self._locate(name))
         except BuildFileError as error:
             raise ValueError(error.detail) from None
         for out in target.outs:
-            parse_label(f":{out}", self.package)
-            if out in self._outputs:
-                raise ValueError(f"output '{out}' of '{name}' is already declared by '{self._outputs[out]}' in '//{self.package}'")
             if out in self._targets:
-                raise ValueError(f"output '{out}' of '{name}' clashes with the target '{out}' in '//{self.package}'")
-        for out in target.outs:
+                raise ValueError(f"output '{out}' of {label} conflicts with the target {Label(self.package, out)}")
+            try:
+                self._owners.claim(out, label, kind)
+            except BuildFileError as error:
+                raise ValueError(error.detail) from None
             self._outputs[out] = name
         self._targets[name] = target
 
@@ -296,7 +355,8 @@ class _PackageBuilder:
     def _locate(self, name: str) -> SourceLocation:
         """Best-effort line of a target's declaration, for errors raised after evaluation.
 
-        The `name = "..."` occurrences of the file are indexed once, on first use.
+        The `name = "..."` occurrences of the file are indexed once, on first use. A name a macro
+        derived (`name + "_gen"`) is placed at the longest literal name it starts with: the call.
         """
         if self._lines is None:
             self._lines = {}
@@ -305,9 +365,43 @@ class _PackageBuilder:
                 line += self._source.count("\n", position, match.start())
                 position = match.start()
                 self._lines.setdefault(match.group(1), line)
-        return SourceLocation(self._build_file, self._lines.get(name, 1))
+        line = self._lines.get(name)
+        if line is None:
+            stem = max((n for n in self._lines if name.startswith(n)), key=len, default=None)
+            line = self._lines[stem] if stem is not None else 1
+        return SourceLocation(self._build_file, line)
 
     def finish(self) -> Package:
         by_output = {out: target for target in self._targets.values() for out in target.outs}
         return Package(self.package, self._build_file, tuple(self._targets.values()), tuple(self._exports),
                        dict(self._targets), by_output)
+
+
+def describe_label(config: Config, label: Label) -> str | None:
+    """Why `label` has no action of its own (a filegroup, an output or source file, nothing at
+    all), or None for a rule: for a command such as `explain` that found no record of it."""
+    packages, _ = discover_packages(config.root, config.build_file_names)
+    try:
+        package = Loader(config, packages).package(label.package)
+    except BuildFileError as error:
+        return error.detail
+    target = package.by_name.get(label.name)
+    if target is not None and target.kind == "filegroup":
+        named = ", ".join(_canonical(s, label.package) for s in target.srcs[:3]) + (", ..." if target.srcs[3:] else "")
+        hint = f"; explain a rule it names: {named}" if named else ""
+        return f"{label} is a filegroup, which runs no action{hint}"
+    if target is not None:
+        return None
+    producer = package.by_output.get(label.name)
+    if producer is not None:
+        return f"{label} is an output of {producer.label}; explain {producer.label}"
+    if (config.root / (f"{label.package}/{label.name}" if label.package else label.name)).is_file():
+        return f"{label} is a source file, which no action produces"
+    return f"no such target '{label}'" + did_you_mean(label.name, package.by_name)
+
+
+def _canonical(text: str, package: str) -> str:
+    try:
+        return str(parse_label(text, package))
+    except BuildFileError:
+        return text

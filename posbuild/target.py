@@ -58,8 +58,12 @@ def _int(kind: str, attr: str, value: Any) -> int:
 
 
 def _str_list(kind: str, attr: str, value: Any) -> tuple[str, ...]:
-    if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) and v for v in value):
+    if not isinstance(value, (list, tuple)):
         raise AttributeError_(f"{kind}: attribute '{attr}' must be a list of non-empty strings, got {_type(value)}")
+    bad = [v for v in value if not isinstance(v, str) or not v]
+    if bad:
+        raise AttributeError_(f"{kind}: attribute '{attr}' must be a list of non-empty strings, "
+                              f"but it holds {bad[0]!r}")
     if len(set(value)) != len(value):
         duplicate = next(v for v in value if value.count(v) > 1)
         raise AttributeError_(f"{kind}: attribute '{attr}' lists '{duplicate}' twice")

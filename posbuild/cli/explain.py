@@ -24,6 +24,8 @@ def explain(label: str) -> None:
     try:
         root, package = workspace_and_package()
         config = load_config(root)
+        if label.endswith(("...", ":all", ":*")):
+            raise UsageError(f"explain takes one target label, not the pattern '{label}'")
         target = str(parse_label(label, package))
         if not (config.store_dir / "db").exists():
             raise UsageError("no build recorded yet")
@@ -38,7 +40,10 @@ def explain(label: str) -> None:
         finally:
             store.close()
         if not history:
-            raise UsageError(f"no execution record of {target}; build it first")
+            from posbuild.loader import describe_label
+
+            unbuilt = describe_label(config, parse_label(target, ""))
+            raise UsageError(unbuilt or f"no execution record of {target}; build it first")
     except PosbuildError as error:
         fail(error)
     for line in _story(target, history, builds, latest, bool(settled), blocked):

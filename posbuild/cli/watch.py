@@ -87,11 +87,14 @@ def watch(patterns: tuple[str, ...], jobs: int | None, keep_going: bool, quiet: 
     """
     from posbuild.build import BuildOptions, run_build
     from posbuild.config import load_config
+    from posbuild.label import parse_pattern
     from posbuild.watch import watch as watch_loop
 
     try:
         root, package = workspace_and_package()
         config = load_config(root)
+        for text in patterns:  # no edit can mend a malformed pattern: stop rather than watch
+            parse_pattern(text, package)
         options = BuildOptions(patterns=patterns or ("//...",), jobs=jobs or 0, keep_going=keep_going,
                                cwd_package=package, allow_env_drift=allow_env_drift)
         reporter = _TerminalStatus(sys.stdout, sys.stderr) if sys.stdout.isatty() and not quiet \

@@ -142,10 +142,49 @@ def test_syntax_error_inside_bzl_is_one_clean_message(built):
     assert message == "tools/bad.bzl:1:7: Parse error: unexpected symbol ':' here"
 
 
-def test_load_of_missing_bzl(built):
-    ws, _ = built
+def test_load_of_missing_bzl_names_the_workspace_path(built):
     message = bad_build(built, {"tools/BUILD": "", "p/BUILD": 'load("//tools:nope.bzl", "f")\n'})
-    assert message == f"p/BUILD:1:1: cannot load '//tools:nope.bzl': no file {ws.root}/tools/nope.bzl"
+    assert message == "p/BUILD:1:1: cannot load '//tools:nope.bzl': no file tools/nope.bzl"
+
+
+def test_load_of_missing_library_file_names_no_internal_path(built):
+    message = bad_build(built, {"p/BUILD": 'load("@posbuild//rules:copy.bzl", "copy_file")\n'})
+    assert message == ("p/BUILD:1:1: cannot load '@posbuild//rules:copy.bzl': the standard library has no "
+                       "copy.bzl (did you mean 'copy_file.bzl'?)")
+
+
+def test_load_of_a_missing_symbol_suggests_one(built):
+    message = bad_build(built, {"p/BUILD": 'load("@posbuild//rules:copy_file.bzl", "copyfile")\n'})
+    assert message == "p/BUILD:1:40: Module has no symbol `copyfile`, did you mean `copy_file`?"
+
+
+def test_syntax_error_at_the_end_names_the_bracket_never_closed(built):
+    message = bad_build(built, {"p/BUILD": 'x = 1\n\ngenrule(name = "a",\n        outs = ["a"]\n\n'})
+    assert message == "p/BUILD:3:8: Parse error: '(' is never closed"
+
+
+def test_syntax_error_at_the_end_names_the_last_line(built):
+    message = bad_build(built, {"p/BUILD": 'x = 1\n\ndef f():\n'})
+    assert message == "p/BUILD:3: Parse error: unexpected end of file"
+
+
+def test_syntax_error_at_the_end_of_a_bzl_file(built):
+    message = bad_build(built, {"tools/BUILD": "", "tools/m.bzl": "def f(\n    x,\n",
+                                "p/BUILD": 'load("//tools:m.bzl", "f")\n'})
+    assert message == "tools/m.bzl:1:6: Parse error: '(' is never closed"
+
+
+@pytest.mark.parametrize("call, detail", [
+    ('copy_file(name = "c", src = "in.txt", out = 3)', "copy_file 'c': 'out' must be a file name"),
+    ('copy_file(name = "c", src = "in.txt", out = "../c")',
+     "genrule 'c': output '../c' must be a relative path inside the package, without '.', '..' or empty parts"),
+    ('copy_file(name = "c", src = "in.txt", out = "c.txt", colour = 1)', "genrule 'c': unknown attribute 'colour'"),
+])
+def test_error_inside_a_library_macro_names_the_build_line(built, call, detail):
+    message = bad_build(built, {"p/in.txt": "x", "p/BUILD": (
+        'load("@posbuild//rules:copy_file.bzl", "copy_file")\n\n' + call + "\n")})
+    assert message.startswith(f"p/BUILD:3: {detail}")
+    assert "@posbuild" not in message and ".bzl" not in message
 
 
 def test_unknown_label_in_srcs_suggests_a_close_name(built):
@@ -174,7 +213,7 @@ def test_output_declared_by_two_targets(built):
         'genrule(name = "a", outs = ["same.txt"], cmd = "c")\n'
         'genrule(name = "b", outs = ["same.txt"], cmd = "c")\n'
     )})
-    assert message == "p/BUILD:2:1: output 'same.txt' of 'b' is already declared by 'a' in '//p'"
+    assert message == "p/BUILD:2:1: output 'same.txt' of //p:b is already an output of //p:a"
 
 
 def test_output_named_like_an_earlier_target(built):
@@ -182,7 +221,7 @@ def test_output_named_like_an_earlier_target(built):
         'genrule(name = "a", outs = ["a.txt"], cmd = "c")\n'
         'genrule(name = "b", outs = ["a"], cmd = "c")\n'
     )})
-    assert message.startswith("p/BUILD:2:1: output 'a' of 'b' ")
+    assert message == "p/BUILD:2:1: output 'a' of //p:b conflicts with the target //p:a"
 
 
 def test_target_named_like_an_earlier_output(built):
@@ -190,8 +229,7 @@ def test_target_named_like_an_earlier_output(built):
         'genrule(name = "a", outs = ["b"], cmd = "c")\n'
         'genrule(name = "b", outs = ["b.txt"], cmd = "c")\n'
     )})
-    assert message.startswith("p/BUILD:2:1: ")
-    assert "'b'" in message
+    assert message == "p/BUILD:2:1: target name 'b' conflicts with output 'b' of //p:a"
 
 
 def test_bad_attribute_type(built):
@@ -212,12 +250,62 @@ def test_missing_required_attribute(built):
     assert message == "p/BUILD:1:1: genrule 'a': missing required attribute 'cmd'"
 
 
+def test_a_rule_declared_at_the_top_level_of_a_bzl_file_is_refused(built):
+    message = bad_build(built, {
+        "tools/BUILD": "",
+        "tools/m.bzl": 'genrule(name = "sneaky", outs = ["s.txt"], cmd = "echo > $@")\ndef f():\n    pass\n',
+        "p/BUILD": 'load("//tools:m.bzl", "f")\n',
+    })
+    assert message == "tools/m.bzl:1:1: rules can only be declared while a BUILD file is evaluated, not at load time"
+
+
+def test_fail_in_a_workspace_macro_names_the_bzl_line_and_the_call(built):
+    message = bad_build(built, {
+        "tools/BUILD": "",
+        "tools/m.bzl": 'def f(name):\n    fail("no good: " + name)\n',
+        "p/BUILD": 'load("//tools:m.bzl", "f")\n\nf(name = "z")\n',
+    })
+    assert message == "tools/m.bzl:2:5: no good: z (called from p/BUILD:3)"
+
+
+def test_a_library_error_through_a_workspace_macro_names_the_macro_line_and_the_call(built):
+    message = bad_build(built, {
+        "p/in.txt": "x",
+        "tools/BUILD": "",
+        "tools/m.bzl": ('load("@posbuild//rules:copy_file.bzl", "copy_file")\n'
+                        'def cp(name):\n    copy_file(name = name, src = "in.txt", out = 3)\n'),
+        "p/BUILD": 'load("//tools:m.bzl", "cp")\n\ncp(name = "z")\n',
+    })
+    assert message == "tools/m.bzl:3: copy_file 'z': 'out' must be a file name (called from p/BUILD:3)"
+
+
+def test_a_missing_macro_argument_names_the_macro_not_its_module(built):
+    message = bad_build(built, {"p/BUILD": 'load("@posbuild//rules:concat.bzl", "concat")\nconcat(name = "c")\n'})
+    assert message == "p/BUILD:2:1: Missing parameter `srcs` for call to `concat`"
+
+
+def test_invalid_target_name(built):
+    message = bad_build(built, {"p/BUILD": 'genrule(name = "a/../b", outs = ["x"], cmd = "c")\n'})
+    assert message == ("p/BUILD:1:1: genrule(): invalid target name 'a/../b' (it may not hold ':', "
+                       "start with '/' or have '.', '..' or empty parts)")
+
+
+def test_an_empty_string_in_a_list_attribute_is_named(built):
+    message = bad_build(built, {"p/BUILD": 'genrule(name = "a", outs = ["ok", ""], cmd = "c")\n'})
+    assert message == "p/BUILD:1:1: genrule: attribute 'outs' must be a list of non-empty strings, but it holds ''"
+
+
 # --- cmd substitutions --------------------------------------------------------------------------
 
 
 def test_unknown_make_variable_in_cmd(built):
     message = bad_build(built, {"p/BUILD": 'genrule(name = "a", outs = ["x"], cmd = "echo $(FOO) > $@")\n'})
     assert message == "p/BUILD:1: //p:a: cmd: unknown variable '$(FOO)' (write '$$' for a literal '$')"
+
+
+def test_location_without_a_label(built):
+    message = bad_build(built, {"p/BUILD": 'genrule(name = "a", outs = ["x"], cmd = "echo $(location) > $@")\n'})
+    assert message == "p/BUILD:1: //p:a: cmd: $(location) needs a label, as in $(location //pkg:name)"
 
 
 def test_first_src_shorthand_with_two_srcs(built):
@@ -266,7 +354,50 @@ def test_package_without_targets_matches_nothing(built):
 
 
 def test_malformed_label_on_command_line(built):
-    assert bad_build(built, {}, "//good:a:b") == "invalid label '//good:a:b': bad target name 'a:b'"
+    assert bad_build(built, {}, "//good:a:b") == "invalid target pattern '//good:a:b': bad target name 'a:b'"
+
+
+@pytest.mark.parametrize("pattern, detail", [
+    ("///", "bad package path '/'"),
+    ("//", "the root package needs ':name'"),
+    ("//:", "empty target name"),
+    ("//good:", "empty target name"),
+    ("//good//x", "bad package path 'good//x'"),
+    ("@repo//good:report", "external repositories are only for load()"),
+    ("//good/.../x", "'...' must end the pattern"),
+])
+def test_invalid_target_pattern(built, pattern, detail):
+    assert bad_build(built, {}, pattern) == f"invalid target pattern '{pattern}': {detail}"
+
+
+def test_invalid_target_pattern_with_the_shorthand(built):
+    ws, before = built
+    assert one_error_line(ws.run("///"), 3) == "invalid target pattern '///': bad package path '/'"
+    assert snapshot(ws.root) == before
+
+
+@pytest.mark.parametrize("command", ["watch", "verify", "lock", "query"])
+def test_every_command_calls_a_malformed_pattern_an_invalid_target_pattern(built, command):
+    ws, before = built
+    result = ws.run(command, "///", timeout=30)
+    assert one_error_line(result, 3).endswith("invalid target pattern '///': bad package path '/'")
+    assert snapshot(ws.root) == before
+
+
+def test_a_bare_name_at_a_root_without_build_file_suggests_the_package(built):
+    message = bad_build(built, {}, "good")
+    assert message == "no such target '//:good': the workspace root has no BUILD file (did you mean '//good:all'?)"
+
+
+def test_a_package_path_as_a_name_suggests_the_package(built):
+    message = bad_build(built, {"BUILD": 'genrule(name = "top", outs = ["top.txt"], cmd = "echo > $@")\n'}, "good")
+    assert message == "no such target '//:good' (did you mean '//good:all'?)"
+
+
+def test_recursive_pattern_with_all_suffix_builds(built):
+    ws, _ = built
+    result = ws.ok("//good/...:all")
+    assert "1 actions" in result.stdout
 
 
 def test_one_bad_pattern_among_good_ones_builds_nothing(built):
@@ -282,6 +413,22 @@ def test_usage_error_is_one_line(built, args, word):
     ws, before = built
     result = ws.run(*args)
     assert word in one_error_line(result, 2)
+    assert snapshot(ws.root) == before
+
+
+@pytest.mark.parametrize("label, detail", [
+    ("//...", "explain takes one target label, not the pattern '//...'"),
+    ("//good:all", "explain takes one target label, not the pattern '//good:all'"),
+    ("//good:inputs", "//good:inputs is a filegroup, which runs no action; explain a rule it names: //good:report"),
+    ("//good:report.txt", "//good:report.txt is an output of //good:report; explain //good:report"),
+    ("//good:in.txt", "//good:in.txt is a source file, which no action produces"),
+    ("//good:reprt", "no such target '//good:reprt' (did you mean 'report'?)"),
+    ("//goo:report", "no such package '//goo' (did you mean 'good'?)"),
+])
+def test_explain_of_what_runs_no_action_says_so(built, label, detail):
+    ws, before = built
+    ws.write({"good/BUILD": GOOD["good/BUILD"] + 'filegroup(name = "inputs", srcs = [":report"])\n'})
+    assert one_error_line(ws.run("explain", label), 2) == detail
     assert snapshot(ws.root) == before
 
 
@@ -313,6 +460,31 @@ def test_wrongly_typed_posbuild_toml_value(built):
     assert message == f"{ws.root}/posbuild.toml: [build] jobs must be int, got str 'many'"
 
 
+@pytest.mark.parametrize("toml, detail", [
+    ("[resouces]\ncpu = 1\n", "unknown table [resouces]; did you mean [resources]?"),
+    ("[bulid]\njobs = 2\n", "unknown table [bulid]; did you mean [build]?"),
+    ("[zzz]\n", "unknown table [zzz] (known: build, cache, env, executor, resources, roles, sandbox, secrets)"),
+    ("[build]\njbos = 2\n",
+     "[build] has unknown key 'jbos' (known: build_file_names, jobs, sandbox_base); did you mean 'jobs'?"),
+    ("[cache]\nmax-size = '1G'\n",
+     "[cache] has unknown key 'max-size' (known: dir, max_size, remote, timeout, upload); did you mean 'max_size'?"),
+    ("[env]\npas = ['X']\n", "[env] has unknown key 'pas' (known: pass, tools); did you mean 'pass'?"),
+    ("[sandbox]\nmod = 'folder'\n", "[sandbox] has unknown key 'mod' (known: mode); did you mean 'mode'?"),
+    ("[secrets]\nfiles = '/x'\n", "[secrets] has unknown key 'files' (known: file); did you mean 'file'?"),
+    ("[executor]\nadress = 'x'\n",
+     "[executor] has unknown key 'adress' (known: address, kind); did you mean 'address'?"),
+    ("[resources]\ncpus = 1\n", "[resources] has unknown key 'cpus' (known: cpu, mem_mb, io); did you mean 'cpu'?"),
+    ("[roles.dev]\nbuidl = ['//...']\n",
+     "[roles.dev] has unknown key 'buidl' (known: build, upload); did you mean 'build'?"),
+    ("jobs = 2\n", "'jobs' is outside any table; did you mean [build] jobs?"),
+    ("colour = 2\n", "'colour' is outside any table (known tables: build, cache, env, executor, resources, "
+                     "roles, sandbox, secrets)"),
+])
+def test_unknown_table_or_key_in_posbuild_toml(built, toml, detail):
+    ws, _ = built
+    assert bad_build(built, {"posbuild.toml": toml}) == f"{ws.root}/posbuild.toml: {detail}"
+
+
 # --- cycles -------------------------------------------------------------------------------------
 
 
@@ -326,7 +498,8 @@ def test_cycle_is_reported_with_its_path_and_nothing_runs(ws, tmp_path):
         f'genrule(name = "c", srcs = [":a"], outs = ["c.txt"], cmd = "{touch}")\n'
     )})
     result = ws.build("//...")
-    assert one_error_line(result, 11) == "ORCH-01 DAG cycle detected: //p:a -> //p:b -> //p:c -> //p:a"
+    assert one_error_line(result, 11) == (
+        "ORCH-01 DAG cycle detected: //p:a (p/BUILD:2) -> //p:b (p/BUILD:3) -> //p:c (p/BUILD:4) -> //p:a")
     assert result.stdout == ""
     assert not marker.exists()
     out = ws.root / "posbuild-out"
@@ -338,14 +511,32 @@ def test_cycle_through_an_output_file_label_across_packages(built):
         "x/BUILD": 'genrule(name = "x", srcs = ["//y:y.txt"], outs = ["x.txt"], cmd = "cp $< $@")\n',
         "y/BUILD": 'genrule(name = "y", srcs = ["//x:x.txt"], outs = ["y.txt"], cmd = "cp $< $@")\n',
     }, "//x:x", exit_code=11)
-    assert message == "ORCH-01 DAG cycle detected: //x:x -> //y:y -> //x:x"
+    assert message == "ORCH-01 DAG cycle detected: //x:x (x/BUILD:1) -> //y:y (y/BUILD:1) -> //x:x"
 
 
 def test_self_cycle(built):
     message = bad_build(built, {
         "p/BUILD": 'genrule(name = "a", srcs = ["a.txt"], outs = ["a.txt"], cmd = "cp $< $@")\n',
     }, "//p:a", exit_code=11)
-    assert message == "ORCH-01 DAG cycle detected: //p:a -> //p:a"
+    assert message == "ORCH-01 DAG cycle detected: //p:a (p/BUILD:1) -> //p:a"
+
+
+def test_cycle_through_a_macro_names_the_call_line(built):
+    message = bad_build(built, {
+        "tools/BUILD": "",
+        "tools/m.bzl": 'def pair(name, src):\n    genrule(name = name + "_gen", srcs = [src], outs = [name + ".txt"], cmd = "c")\n',
+        "p/BUILD": 'load("//tools:m.bzl", "pair")\n\npair(name = "a", src = ":b_gen")\npair(name = "b", src = ":a_gen")\n',
+    }, "//p:a_gen", exit_code=11)
+    assert message == "ORCH-01 DAG cycle detected: //p:a_gen (p/BUILD:3) -> //p:b_gen (p/BUILD:4) -> //p:a_gen"
+
+
+def test_version_mismatch_names_the_consumer_line(built):
+    message = bad_build(built, {"p/BUILD": (
+        'genrule(name = "a", outs = ["a.txt"], cmd = "c", version = {"s": "1"})\n\n'
+        'genrule(\n    name = "b",\n    srcs = [":a"],\n    requires = {":a": {"s": "2"}},\n'
+        '    outs = ["b.txt"],\n    cmd = "c",\n)\n'
+    )}, exit_code=12)
+    assert message == "ORCH-02 version mismatch: p/BUILD:4: //p:b requires //p:a s=2, but //p:a declares s=1"
 
 
 # --- a failing action ---------------------------------------------------------------------------

@@ -127,7 +127,7 @@ def test_a_bad_role_pattern_is_a_workspace_error(ws):
     ws.write(SOURCES)
     result = ws.build("//app/...")
     assert result.returncode == 3
-    assert result.stderr.startswith("posbuild: posbuild.toml: [roles.dev] build: invalid label")
+    assert result.stderr.startswith("posbuild: posbuild.toml: [roles.dev] build: invalid target pattern")
 
 
 # -- the matching rules on their own ------------------------------------------------------------

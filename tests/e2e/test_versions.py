@@ -17,7 +17,7 @@ CHAIN = {
         """,
 }
 
-MISMATCH = ("posbuild: ORCH-02 version mismatch: //model:train requires //data:clean schema=3, "
+MISMATCH = ("posbuild: ORCH-02 version mismatch: model/BUILD:2: //model:train requires //data:clean schema=3, "
             "but //data:clean declares schema=2\n")
 
 
@@ -38,7 +38,8 @@ def test_a_required_key_the_target_does_not_declare(ws: Workspace) -> None:
         """})
     result = ws.build()
     assert result.returncode == 12
-    assert result.stderr == ("posbuild: ORCH-02 version mismatch: //model:train requires //data:clean schema=3, "
+    assert result.stderr == ("posbuild: ORCH-02 version mismatch: model/BUILD:2: //model:train requires "
+                             "//data:clean schema=3, "
                              "but //data:clean declares no schema\n")
     assert not (ws.root / "posbuild-out").exists()
 

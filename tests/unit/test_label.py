@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from posbuild.errors import BuildFileError
@@ -69,8 +71,8 @@ def test_labels_sort_by_package_then_name() -> None:
         ("//a//b:c", "invalid label '//a//b:c': bad package path 'a//b'"),
         ("//pkg/./x:y", "invalid label '//pkg/./x:y': bad package path 'pkg/./x'"),
         ("//pkg/:x", "invalid label '//pkg/:x': bad package path 'pkg/'"),
-        ("//pkg:", "invalid label '//pkg:': bad target name ''"),
-        ("//:", "invalid label '//:': bad target name ''"),
+        ("//pkg:", "invalid label '//pkg:': empty target name"),
+        ("//:", "invalid label '//:': empty target name"),
         ("//pkg:a:b", "invalid label '//pkg:a:b': bad target name 'a:b'"),
         ("//pkg:../x", "invalid label '//pkg:../x': bad target name '../x'"),
         ("@repo//x:y", "invalid label '@repo//x:y': external repositories are only for load()"),
@@ -89,7 +91,7 @@ def test_relative_label_with_dotdot_is_rejected() -> None:
 
 
 def test_empty_relative_name_is_rejected() -> None:
-    with pytest.raises(BuildFileError, match="bad target name ''"):
+    with pytest.raises(BuildFileError, match="empty target name"):
         parse_label(":", "pkg")
 
 
@@ -157,10 +159,19 @@ def test_relative_patterns_from_workspace_root(text: str, expected: TargetPatter
     assert parse_pattern(text, "") == expected
 
 
-@pytest.mark.parametrize("text", ["//a//b/...", "//pkg/../x/...", "//pkg:", "@repo//x:y"])
+@pytest.mark.parametrize("text", ["//a//b/...", "//pkg/../x/...", "//pkg:", "@repo//x:y", "///", "//a/.../b"])
 def test_malformed_patterns_raise(text: str) -> None:
-    with pytest.raises(BuildFileError):
+    with pytest.raises(BuildFileError, match=f"^invalid target pattern '{re.escape(text)}': "):
         parse_pattern(text)
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("//a/...:all", TargetPattern(PatternKind.RECURSIVE, "a")),
+    ("//a/...:*", TargetPattern(PatternKind.RECURSIVE, "a")),
+    ("//...:all", TargetPattern(PatternKind.RECURSIVE, "")),
+])
+def test_recursive_pattern_with_all_suffix_as_in_bazel(text: str, expected: TargetPattern) -> None:
+    assert parse_pattern(text) == expected
 
 
 # -- TargetPattern.covers_package ---------------------------------------------------------------------
