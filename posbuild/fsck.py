@@ -64,7 +64,9 @@ from posbuild.atomic import TEMP_PREFIX
 from posbuild.config import Config
 from posbuild.digest import DIGEST_SIZE, Digest, hash_bytes, hash_file
 from posbuild.errors import ChecksumMismatch, PartialState
-from posbuild.records import ActionResult, Manifest, unpack_manifest
+from posbuild.materialize import INSTALLING
+from posbuild.records import ActionResult, FileState, Manifest, unpack_manifest
+from posbuild.sandbox import sweep_dead
 from posbuild.store import Store
 from posbuild.uptodate import mark_tree
 
@@ -109,6 +111,7 @@ class FsckReport:
     results_checked: int
     outputs_checked: int
     repaired: Repairs | None = None
+    swept: int = 0  # leftovers of killed processes (temp files, sandboxes) removed: not problems
 
     @property
     def errors(self) -> tuple[Problem, ...]:
@@ -159,7 +162,9 @@ class _Checker:
         self._external: set[Digest] = set()
         self._referenced: set[Digest] = set()
         self._manifest: Manifest = {}
+        self._recorded: dict[str, set[Digest]] = {}  # output path → the digests action results record for it
         self._bytes = self._results = self._outputs = 0
+        self._swept = 0  # leftovers of dead processes removed
 
     def _add(self, code: str | None, kind: str, subject: str, detail: str) -> Problem:
         problem = Problem(code, kind, subject, detail)
@@ -175,7 +180,8 @@ class _Checker:
         self._check_outputs()
         self._check_leftovers()
         self._warn_unreferenced()
-        return FsckReport(tuple(self._problems), len(self._blobs), self._bytes, self._results, self._outputs)
+        return FsckReport(tuple(self._problems), len(self._blobs), self._bytes, self._results, self._outputs,
+                          swept=self._swept)
 
     # -- the store ---------------------------------------------------------------------------
 
@@ -214,6 +220,8 @@ class _Checker:
             self._results += 1
             refs = _references(result)
             self._referenced.update(digest for digest, _ in refs)
+            for output in result.outputs:
+                self._recorded.setdefault(output.path, set()).add(output.digest)
             missing = [(digest, what) for digest, what in refs if digest not in self._blobs]
             if missing:
                 digest, what = missing[0]
@@ -253,13 +261,14 @@ class _Checker:
 
     def _check_cas_files(self, store: Store) -> None:
         """Files under cas/ must be the files of blob rows; temp files and orphans are leftovers."""
+        own = store.path.is_relative_to(self._config.state_dir)  # only this workspace's builds write it
+        report = self._sweep if own else self._leftover
         for path in store.external_files():
             digest = _digest_of(path)
             if path.name.startswith(".tmp-"):
-                self._leftover(path, "temp file of an interrupted blob write")
+                report(path, "temp file of an interrupted blob write")
             elif digest is None or digest not in self._external or store.external_path(digest) != path:
-                self._leftover(path, "a file under cas/ that no blob row names: written before a commit that "
-                                     "never happened")
+                report(path, "a file under cas/ that no blob row names: written before a commit that never happened")
 
     # -- posbuild-out/ -----------------------------------------------------------------------
 
@@ -292,6 +301,8 @@ class _Checker:
         listed = self._manifest.get(rel)
         if listed is not None and actual == listed[0]:
             return None
+        if self._interrupted_install(rel, actual, memo):
+            return None
         if memo is not None:
             return self._add(PARTIAL, OUTPUT, rel, f"replaced since posbuild wrote it, as by a build interrupted "
                                                     f"before its commit (bytes hash to {actual.hex()}, recorded "
@@ -301,17 +312,45 @@ class _Checker:
                              f"bytes hash to {actual.hex()}, the latest generation records {listed[0].hex()}")
         return self._add(PARTIAL, OUTPUT, rel, "not written by posbuild: the store has no record of it")
 
+    def _interrupted_install(self, rel: str, actual: Digest, memo: FileState | None) -> bool:
+        """Whether the file is what a killed build left, not corruption: bytes an action result
+        records for this path (installed or restored, the memo row not yet written), or old bytes
+        the store holds where a build had committed a result and not yet put its file in place
+        (the memo row is a placeholder, materialize.INSTALLING)."""
+        if actual in self._recorded.get(rel, ()):
+            return True
+        return memo is not None and memo.signature == INSTALLING and actual in self._blobs
+
     # -- leftovers of interrupted work -------------------------------------------------------
 
     def _check_leftovers(self) -> None:
+        """What killed processes left is swept, not reported (invariant 3): fsck holds the workspace
+        lock, so no build of this workspace is writing `.posbuild/tmp/`; a state temp file is
+        swept once the process its name carries is gone; a sandbox once no live process holds its
+        owner mark (sandbox.sweep_dead), so a running build's sandboxes are left alone. Only what
+        cannot be removed is reported."""
         state = self._config.state_dir
         for path in _entries(state / "tmp"):
-            self._leftover(path, "temp file of an interrupted build")
+            self._sweep(path, "temp file of an interrupted build")
         for path in [*_entries(state / "graphs"), *_entries(state)]:
-            if path.name.startswith(TEMP_PREFIX):
-                self._leftover(path, "temp file of an interrupted state write")
-        for path in _entries(self._config.sandbox_dir):
+            if path.name.startswith(TEMP_PREFIX) and not _writer_alive(path.name):
+                self._sweep(path, "temp file of an interrupted state write")
+        try:
+            removed, live = sweep_dead(self._config.sandbox_dir)
+        except OSError:
+            removed, live = [], []
+        stuck = [path for path in _entries(self._config.sandbox_dir) if path.name not in live]
+        for path in stuck:  # it could not be removed
             self._leftover(path, "sandbox of an interrupted build")
+        self._swept += max(0, len(removed) - len(stuck))
+
+    def _sweep(self, path: Path, why: str) -> None:
+        """Remove a leftover of a dead process; one that cannot be removed is reported."""
+        failed: list[tuple[Problem, str]] = []
+        if _delete(path, Problem(PARTIAL, LEFTOVER, self._show(path), why), failed):
+            self._swept += 1
+        else:
+            self._leftover(path, why)
 
     def _leftover(self, path: Path, why: str) -> None:
         self.plan.leftovers.append((path, self._add(PARTIAL, LEFTOVER, self._show(path), why)))
@@ -332,6 +371,17 @@ def _references(result: ActionResult) -> list[tuple[Digest, str]]:
     """The blobs a result needs, each with what it is for."""
     refs = [(o.digest, f"output {o.path}") for o in result.outputs]
     return refs + [(result.stdout_digest, "stdout"), (result.stderr_digest, "stderr")]
+
+
+def _writer_alive(name: str) -> bool:
+    """Whether the process that named a temp file `.tmp-<pid>-...` (atomic.py) still runs."""
+    try:
+        os.kill(int(name[len(TEMP_PREFIX):].split("-", 1)[0]), 0)
+    except (ValueError, ProcessLookupError):
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
 
 
 def _digest_of(path: Path) -> Digest | None:
@@ -407,6 +457,14 @@ def summary(report: FsckReport) -> str:
         found += f", {warnings} warning(s)"
     return (f"fsck: checked {report.blobs_checked} blobs ({report.bytes_checked} bytes), "
             f"{report.results_checked} action results, {report.outputs_checked} outputs: {found}")
+
+
+def swept_line(report: FsckReport) -> str:
+    """The line on leftovers of killed processes fsck removed ("" if none)."""
+    if not report.swept:
+        return ""
+    return (f"fsck: swept {report.swept} leftover(s) of killed posbuild processes (temp files, sandboxes); "
+            f"not corruption")
 
 
 def repaired_line(repairs: Repairs) -> str:

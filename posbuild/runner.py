@@ -20,6 +20,7 @@ from posbuild.digest import Digest
 from posbuild.execute import ActionOutcome, Rebuilder, Started, Status
 from posbuild.filestate import FileStates
 from posbuild.generations import current_manifest, record_generation
+from posbuild.interrupt import Interrupted
 from posbuild.journal import Journal, utc
 from posbuild.records import Manifest, OutputFile
 from posbuild.roles import Grant
@@ -86,6 +87,7 @@ class _Executor:
         self._rebuilder = rebuilder
         self._reporter = reporter
         self.outcomes: dict[int, ActionOutcome] = {}
+        self.stopped = 0  # running commands a cancel killed
 
     def prepare(self, node: int) -> ActionOutcome | None:
         return self._rebuilder.check(self._actions[node])
@@ -112,7 +114,7 @@ class _Executor:
         self._reporter.action_finished(label, outcome.status.value, outcome.error, outcome.stderr)
 
     def cancel(self) -> None:
-        self._rebuilder.cancel()
+        self.stopped += self._rebuilder.cancel()
 
 
 def run_dirty(config: Config, actions: Sequence[Action], clean: Sequence[bool], previous: BuildState,
@@ -129,6 +131,7 @@ def run_dirty(config: Config, actions: Sequence[Action], clean: Sequence[bool], 
     if cluster is not None and remote is not None and not settings.verify:
         cluster.use_remote(remote, reporter.message)  # workers read inputs from its CAS, by digest
     store = Store(config.store_dir)
+    sandboxes: Sandboxes | None = None
     try:
         files = FileStates(config.root, store)
         sandboxes = cluster or Sandboxes(config.root, config.sandbox_dir, isolation)
@@ -152,6 +155,9 @@ def run_dirty(config: Config, actions: Sequence[Action], clean: Sequence[bool], 
         )
         try:
             states = scheduler.run(executor)
+        except Interrupted as interrupt:  # SIGINT, SIGTERM, SIGHUP: say what it stopped (cli)
+            interrupt.stopped = executor.stopped
+            raise
         finally:
             rebuilder.flush()
             files.settle_racy()
@@ -190,6 +196,8 @@ def run_dirty(config: Config, actions: Sequence[Action], clean: Sequence[bool], 
             remote.close()
         if cluster is not None:
             cluster.close()
+        elif sandboxes is not None:
+            sandboxes.close()
     return DirtyRun(outcomes, states.count(State.SKIPPED))
 
 
