@@ -261,8 +261,8 @@ class Sandboxes:
             self._processors = ()
         self._pinned = dict.fromkeys(self._processors, 0)  # processor → running actions pinned to it
         self._masks = threading.local()  # `current`: the mask this Sandboxes last gave the thread
-        self._owner = -1  # the descriptor that holds `<base>/<pid>.owner` locked (`clear_stale`)
-        self._guard = _OrphanGuard() if isolation is None else _NO_GUARD  # bwrap --die-with-parent does it there
+        self._claimed = False  # whether `clear_stale` claimed the base for this process (`<pid>.owner`)
+        self._guard = _ORPHANS if isolation is None else _NO_GUARD  # bwrap --die-with-parent does it there
 
     def clear_stale(self) -> None:
         """Sweep the sandboxes of dead posbuild processes and claim this one's (`sweep_dead`); the
@@ -271,17 +271,15 @@ class Sandboxes:
         self._base.mkdir(parents=True, exist_ok=True)
         os.chmod(self._base, 0o700)  # PermissionError if another user made it first
         sweep_dead(self._base)
-        if self._owner < 0:
-            self._owner = _claim(f"{self._base}/{self._pid}{OWNER_SUFFIX}")
+        if not self._claimed:
+            _claim(f"{self._base}/{self._pid}{OWNER_SUFFIX}")
+            self._claimed = True
 
     def close(self) -> None:
-        """Give up this process's claim on the base (its sandboxes are gone by now)."""
-        if self._owner >= 0:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(f"{self._base}/{self._pid}{OWNER_SUFFIX}")
-            os.close(self._owner)
-            self._owner = -1
-        self._guard.close()
+        """Give up this one's share of the process's claim on the base (its sandboxes are gone)."""
+        if self._claimed:
+            _release(f"{self._base}/{self._pid}{OWNER_SUFFIX}")
+            self._claimed = False
 
     def run(self, action: Action, extra_env: Sequence[tuple[str, str]] = (),
             perturbation: Perturbation | None = None) -> SpawnResult:
@@ -755,13 +753,33 @@ def _kill_group(group: int) -> None:
 OWNER_SUFFIX = ".owner"
 
 
-def _claim(path: str) -> int:
-    """Create and lock `path` for as long as this process lives: its sandboxes' owner mark. The
+_claims: dict[str, list[int]] = {}  # owner mark → [its locked descriptor, Sandboxes sharing it]
+_claims_lock = threading.Lock()
+
+
+def _claim(path: str) -> None:
+    """Create and lock `path` for as long as this process builds: its sandboxes' owner mark. The
     kernel drops the lock when the process dies, however it dies, so a free lock means a dead
-    owner even if its pid has been reused meanwhile."""
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-    fcntl.flock(fd, fcntl.LOCK_EX)
-    return fd
+    owner even if its pid has been reused meanwhile. One mark per process, shared."""
+    with _claims_lock:
+        claim = _claims.get(path)
+        if claim is None:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            claim = _claims[path] = [fd, 0]
+        claim[1] += 1
+
+
+def _release(path: str) -> None:
+    """Drop one share of the claim on `path`; the last one removes the mark."""
+    with _claims_lock:
+        claim = _claims[path]
+        claim[1] -= 1
+        if claim[1] == 0:
+            del _claims[path]
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
+            os.close(claim[0])
 
 
 def _held(path: str) -> bool:
@@ -843,39 +861,39 @@ class _OrphanGuard:
     them itself), so nothing the kernel does on posbuild's death reaches them. PR_SET_PDEATHSIG
     would, but it must be set in the child between fork and exec (`preexec_fn`: unsafe with
     threads, and it costs the fast spawn path), and it fires when the *thread* that forked ends.
-    Instead one guard process per build, started with the first command, holds the read end of a
-    pipe; posbuild writes each command's group to it (one write per start and per end). When
-    posbuild dies the pipe closes, and the guard kills every group still named.
+    Instead one guard process per posbuild process, started with its first command, holds the
+    read end of a pipe; posbuild writes each command's group to it (one small write per start and
+    per end). When posbuild dies the pipe closes, and the guard kills every group still named.
     """
 
     def __init__(self) -> None:
-        self._fd = -1
+        self._fd = -1  # the pipe's write end; -2: no guard could be started
+        self._pid = 0  # the process that started the guard (a forked child starts its own)
         self._lock = threading.Lock()
 
     def watch(self, group: int) -> None:
         with self._lock:
-            if self._fd < 0:
-                self._fd = self._start()
-            if self._fd >= 0:
-                os.write(self._fd, b"%d\n" % group)
+            if self._pid != os.getpid():
+                self._fd, self._pid = self._start(), os.getpid()
+            self._send(b"%d\n" % group)
 
     def forget(self, group: int) -> None:
         with self._lock:
-            if self._fd >= 0:
-                os.write(self._fd, b"-%d\n" % group)
+            if self._pid == os.getpid():
+                self._send(b"-%d\n" % group)
 
-    def close(self) -> None:
-        """End the guard: it has nothing left to kill."""
-        with self._lock:
-            if self._fd >= 0:
+    def _send(self, line: bytes) -> None:
+        """Tell the guard; if it is gone (someone killed it), commands go on unguarded."""
+        if self._fd >= 0:
+            try:
+                os.write(self._fd, line)
+            except OSError:
                 os.close(self._fd)
                 self._fd = -2
 
     @staticmethod
     def _start() -> int:
         """Start the guard and return the write end of its pipe (-2: none could be started)."""
-        if os.name != "posix":
-            return -2
         read, write = os.pipe()
         try:
             subprocess.Popen([sys.executable, "-S", "-E", "-c", _GUARD], stdin=read, stdout=_devnull(),
@@ -896,4 +914,5 @@ class _NoGuard(_OrphanGuard):
         pass
 
 
+_ORPHANS = _OrphanGuard()
 _NO_GUARD = _NoGuard()
