@@ -45,10 +45,13 @@ inherits its thread's mask), which has no race with the command starting threads
 thread keeps the mask afterwards: its next action usually gets the same processors, and then no
 system call is made (the main thread gets posbuild's whole mask back). cpu=0 leaves the action
 unpinned. On systems without `sched_setaffinity` nothing is pinned. The thread-count variables
-(OMP_NUM_THREADS ...) come with the action's env (analysis.declared_resources). (In the folder
-sandbox, if posbuild itself is killed with SIGKILL, commands already running finish on their own;
-their sandboxes are removed by the next build, and nothing they produce is ever collected.) This
-module knows nothing of keys or the store: it takes an Action and returns a SpawnResult.
+(OMP_NUM_THREADS ...) come with the action's env (analysis.declared_resources). This module
+knows nothing of keys or the store: it takes an Action and returns a SpawnResult.
+
+Kills: no command outlives posbuild, even one killed by SIGKILL — bwrap's `--die-with-parent` in
+the namespace sandbox, a guard process in the folder sandbox (`_OrphanGuard`). Each process that
+makes sandboxes holds `<base>/<pid>.owner` locked while it does; `clear_stale` (the next build)
+and fsck sweep only sandboxes whose mark no live process holds (`sweep_dead`).
 
 Perturbation (`posbuild verify`)
 --------------------------------
