@@ -833,9 +833,10 @@ def sweep_dead(base: Path) -> tuple[list[str], list[str]]:
 
 # The guard: a small process of its own that kills the process groups posbuild names to it when
 # posbuild's end closes its pipe, however posbuild ends. Its lines: "<group>" started, "-<group>"
-# reaped. It ignores the signals a terminal or `timeout` sends to posbuild's group.
+# reaped (a pipe holds thousands while it sleeps). It ignores the signals a terminal or `timeout`
+# sends to posbuild's group.
 _GUARD = """\
-import os, signal
+import os, signal, time
 for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT):
     signal.signal(s, signal.SIG_IGN)
 groups, rest = set(), b""
@@ -843,6 +844,7 @@ while True:
     chunk = os.read(0, 65536)
     if not chunk:
         break
+    time.sleep(0.02)  # let lines gather: one wake-up per 20 ms, not two per action
     *lines, rest = (rest + chunk).split(b"\\n")
     for line in lines:
         if line.startswith(b"-"):
