@@ -12,7 +12,10 @@ from __future__ import annotations
 
 import os
 import signal
+import threading
+from contextlib import contextmanager
 from types import FrameType
+from typing import Iterator
 
 SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
@@ -35,7 +38,30 @@ class Interrupted(KeyboardInterrupt):
                 f"action(s) stopped, nothing partial kept")
 
 
+_held: list[int] | None = None  # signals that came during `deferred()`, or None outside it
+
+
+@contextmanager
+def deferred() -> Iterator[None]:
+    """Hold a signal's `Interrupted` until the block ends: for a few lines of bookkeeping that
+    must not stop half-way (the scheduler handing out work). Other threads never get signals."""
+    global _held
+    if _held is not None or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    _held = []
+    try:
+        yield
+    finally:
+        pending, _held = _held, None
+        if pending:
+            _raise(pending[0], None)
+
+
 def _raise(signum: int, frame: FrameType | None) -> None:
+    if _held is not None:
+        _held.append(signum)
+        return
     for other in SIGNALS:  # the wind-down is short; a second signal cuts it off
         signal.signal(other, _exit_now)
     raise Interrupted(signum)

@@ -20,7 +20,7 @@ from posbuild.digest import Digest
 from posbuild.execute import ActionOutcome, Rebuilder, Started, Status
 from posbuild.filestate import FileStates
 from posbuild.generations import current_manifest, record_generation
-from posbuild.interrupt import Interrupted
+from posbuild.interrupt import Interrupted, deferred
 from posbuild.journal import Journal, utc
 from posbuild.records import Manifest, OutputFile
 from posbuild.roles import Grant
@@ -151,7 +151,7 @@ def run_dirty(config: Config, actions: Sequence[Action], clean: Sequence[bool], 
             else (None, ())  # on Dask, what each worker declared bounds what runs on it
         scheduler: Scheduler[ActionOutcome] = Scheduler(
             sub_deps, critical_path(sub_deps, [a.label for a in sub_actions], _recorded_duration(store, sub_actions)),
-            settings.jobs, settings.keep_going, demand, capacity,
+            settings.jobs, settings.keep_going, demand, capacity, critical=deferred,
         )
         try:
             states = scheduler.run(executor)

@@ -153,3 +153,31 @@ def test_kills_at_16_instants_leave_no_partial_state_and_lose_no_finished_action
     print(f"\n{mode} sandbox: {KILLS_PER_MODE} kills, {lost_total} finished action(s) lost "
           f"(all kills so far: {sum(LOST.values())})")
     assert not failures, "\n".join(failures)
+
+
+def test_every_output_a_killed_build_installed_is_committed(tmp_path):
+    """The issue's case: SIGKILL while cheap actions finish; every output already in posbuild-out/
+    at the kill must be settled from the store by the next build, never executed again (results
+    used to be committed 32 at a time, after their outputs were installed)."""
+    ws = Workspace(tmp_path / "ws")
+    ws.root.mkdir()
+    ws.write({"posbuild.toml": '[sandbox]\nmode = "folder"\n', "g/BUILD": "\n".join(
+        f'genrule(name = "a{i}", outs = ["a{i}.txt"], cmd = "echo {i} > $@")' for i in range(60)) + "\n"})
+    out = ws.root / "posbuild-out/g"
+    for attempt in range(5):
+        proc = _start(ws)
+        while proc.poll() is None and not (out.is_dir() and len(os.listdir(out)) >= 15 + 5 * attempt):
+            time.sleep(0.001)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.communicate(timeout=60)
+        present = {f"//g:{name[:-4]}" for name in os.listdir(out)} if out.is_dir() else set()
+        if 0 < len(present) < 60:
+            break
+        assert ws.run("clean", "--all").returncode == 0
+    else:
+        pytest.fail("never caught the build with part of its outputs installed")
+    check = ws.run("fsck")
+    assert check.returncode == 0, check.stdout + check.stderr
+    rebuilt = ws.ok("//...")
+    again = {line.split("] ", 1)[1] for line in rebuilt.stdout.splitlines() if line.startswith("[")}
+    assert not present & again, f"{len(present & again)} of {len(present)} installed outputs were executed again"
