@@ -18,14 +18,21 @@ ORCH-06, partial state: rows or files that an uninterrupted history would not ha
   hashes wrong, so it is classed with partial state rather than with checksums (a build that
   needs the missing blob still stops with ORCH-03 when it reads it, see store.py).
 * A generation whose manifest blob is gone.
-* A file under `posbuild-out/` with no record at all (no memo row, not in the latest manifest),
-  and one that differs from its memo row and sits on another inode than the one recorded: it was
-  put there by a rename after posbuild recorded the path, which is what a build killed between
-  moving an output into place and committing its rows leaves. A kill thus never reads as
-  corruption, while a byte flipped in place does.
-* Leftovers of interrupted work: files in `.posbuild/tmp/` (materialisation temps), temp files of
-  up-to-date state writes, sandbox folders, temp files under `cas/`, and files under `cas/` that
-  no blob row names (written before a commit that never happened).
+* A file under `posbuild-out/` with no record at all (no memo row, not in the latest manifest, and
+  no action result recording those bytes for that path), and one that differs from its memo row
+  and sits on another inode than the one recorded. A build commits each result before it puts
+  the outputs in place, with a placeholder memo row (materialize.INSTALLING) naming the coming
+  digest, and the real memo row after; so a file that a killed build installed or restored is
+  always one a result records, and old bytes where a placeholder row stands are still bytes the
+  store holds. A kill thus never reads as corruption, while a byte flipped in place does.
+
+Leftovers of killed processes are swept, not reported (invariant 3): temp files in
+`.posbuild/tmp/` (fsck holds the workspace lock, so no build writes there now), state temp files
+whose writer's pid is gone, sandboxes whose owner mark no live process holds (sandbox.sweep_dead:
+a running build's are left alone), and in the workspace's own store temp files and files under
+`cas/` that no blob row names (written before a commit that never happened). `swept` counts
+them; one that cannot be removed is ORCH-06. In a store shared between workspaces (`[cache] dir`)
+the latter two may belong to a build elsewhere, so there they stay ORCH-06 leftovers.
 
 Warnings carry no code and do not change the exit status: a blob that no action result and no
 generation references (`posbuild gc` reclaims it), and a generation whose manifest lists a blob
