@@ -444,9 +444,13 @@ class Rebuilder:
         if memo:
             self._store.commit(memo=memo)
 
-    def cancel(self) -> int:
-        """Kill the running commands; how many there were."""
-        return self._sandboxes.cancel() or 0
+    def cancel(self) -> None:
+        self._sandboxes.cancel()
+
+    @property
+    def stopped(self) -> int:
+        """How many running commands a cancel killed (0 where the sandboxes do not count them)."""
+        return getattr(self._sandboxes, "stopped", 0)
 
     def clear_sandboxes(self) -> None:
         """Remove sandboxes an interrupted build left behind, before new ones are made."""

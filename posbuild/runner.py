@@ -87,7 +87,6 @@ class _Executor:
         self._rebuilder = rebuilder
         self._reporter = reporter
         self.outcomes: dict[int, ActionOutcome] = {}
-        self.stopped = 0  # running commands a cancel killed
 
     def prepare(self, node: int) -> ActionOutcome | None:
         return self._rebuilder.check(self._actions[node])
@@ -114,7 +113,7 @@ class _Executor:
         self._reporter.action_finished(label, outcome.status.value, outcome.error, outcome.stderr)
 
     def cancel(self) -> None:
-        self.stopped += self._rebuilder.cancel()
+        self._rebuilder.cancel()
 
 
 def run_dirty(config: Config, actions: Sequence[Action], clean: Sequence[bool], previous: BuildState,
@@ -156,7 +155,7 @@ def run_dirty(config: Config, actions: Sequence[Action], clean: Sequence[bool], 
         try:
             states = scheduler.run(executor)
         except Interrupted as interrupt:  # SIGINT, SIGTERM, SIGHUP: say what it stopped (cli)
-            interrupt.stopped = executor.stopped
+            interrupt.stopped = rebuilder.stopped
             raise
         finally:
             rebuilder.flush()

@@ -257,6 +257,7 @@ class Sandboxes:
         self._running: set[int] = set()
         self._lock = threading.Lock()
         self._cancelled = False
+        self.stopped = 0  # commands a cancel killed
         self._faketime: str | None | bool = False  # False: not looked up yet
         try:
             self._processors: tuple[int, ...] = tuple(sorted(os.sched_getaffinity(0)))
@@ -402,15 +403,15 @@ class Sandboxes:
         the run reached: after it, or when staging or the command failed."""
         remove_tree(sandbox, self._staged.pop(sandbox, None))
 
-    def cancel(self) -> int:
+    def cancel(self) -> None:
         """Kill every running action's process group (a signal, a critical error elsewhere);
-        returns how many were running."""
+        `stopped` counts them, and any command that was starting meanwhile."""
         with self._lock:
             self._cancelled = True
             groups = list(self._running)
+            self.stopped += len(groups)
         for group in groups:
             _kill_group(group)
-        return len(groups)
 
     def _stage_reversed(self, action: Action, sandbox: str, exec_root: str) -> None:
         """Create what `_stage` creates, with the entries of every folder made in reverse order.
@@ -504,6 +505,7 @@ class Sandboxes:
         with self._lock:  # a cancel that came during the spawn did not see this process: kill it here
             self._running.add(process.pid)
             cancelled = self._cancelled
+            self.stopped += cancelled
         self._guard.watch(process.pid)
         if cancelled:
             _kill_group(process.pid)
