@@ -5,9 +5,10 @@ from the outputs of upstream actions finished in this build), the key, one store
 per output to make sure `posbuild-out/` holds it. A hit ends there. Execution runs on a worker
 thread, concurrently with other actions and with checks, in three steps: `start()` stages the
 sandbox and starts the command, `wait()` waits for it, and `conclude()` checks the run, hashes the
-outputs, moves them into `posbuild-out/` and commits result + blobs + memo rows + record in one
-store transaction, which cheap actions share with others finished around them (`_hand_over`;
-dependents need no commit, they read the digests from memory). The scheduler may start the
+outputs, commits result + blobs + record in one store transaction, and only then moves the
+outputs into `posbuild-out/`, so a kill at any instant loses no accepted result whose outputs
+appeared there. The installed files' memo rows ride along with the next transaction (dependents
+read digests from memory). The scheduler may start the
 worker's next action between `wait()` and `conclude()`. A result is committed only when
 the command exited 0, every declared output exists and no source input changed while it ran;
 otherwise nothing of it is kept.
@@ -36,7 +37,7 @@ from posbuild.config import STATE_DIR
 from posbuild.digest import Digest, hash_bytes, hash_file
 from posbuild.filestate import FileStates
 from posbuild.keys import action_key
-from posbuild.materialize import Materializer
+from posbuild.materialize import INSTALLING, Materializer
 from posbuild.reasons import differences, one_line
 from posbuild.records import ActionResult, FileState, OutputFile, Signature
 from posbuild.resources import memory_overrun
@@ -51,8 +52,6 @@ if TYPE_CHECKING:
     from posbuild.remote import RemoteCache  # imported only where a remote is configured (runner.py)
 
 NO_CACHE_TAG = "no-cache"
-COMMIT_GROUP = 32  # executed actions whose rows are committed in one transaction (`_hand_over`)
-SLOW_RUN = 0.25  # seconds: an action whose command ran this long commits at once
 
 
 class Status(enum.Enum):
@@ -130,7 +129,7 @@ class Rebuilder:
         self.outputs: dict[str, OutputFile] = {}
         self.used: list[Digest] = []
         self._lock = threading.Lock()
-        self._waiting: list[Commit] = []  # executed actions' rows not yet committed (`_hand_over`)
+        self._installed: list[tuple[str, FileState]] = []  # memo rows of installed outputs, not yet committed
 
     def _output_state(self, path: str) -> FileState:
         """An upstream output: produced in this build, or recorded for an up-to-date action."""
@@ -410,26 +409,27 @@ class Rebuilder:
 
     def _commit(self, action: Action, spawn: SpawnResult, prepared: _Prepared, started: float,
                 ended: float) -> ActionResult:
-        """Hash and store the outputs, install them, and commit result, blobs, memo rows and the
-        execution record, all in one transaction (`_hand_over`)."""
+        """Hash and store the outputs, commit result, blobs and the execution record in one
+        transaction, and only then install the outputs: whatever `posbuild-out/` shows of an
+        executed action, the store has (invariant 3; a kill just after the command loses nothing
+        the next build would run again). The memo rows of the installed files follow with the
+        next transaction, or at `flush()`; meanwhile a placeholder row names each path's digest."""
         key = prepared.key
         blobs: list[tuple[Digest, bytes | None]] = []
-        memo: list[tuple[str, FileState]] = []
-        outputs: list[OutputFile] = []
+        produced: list[tuple[str, OutputFile, bytes | None]] = []
         exec_root = str(spawn.exec_root)
         for path in action.outputs:
-            produced = f"{exec_root}/{path}"
-            stat, data = read_small(produced, INLINE_LIMIT)
+            file = f"{exec_root}/{path}"
+            stat, data = read_small(file, INLINE_LIMIT)
             if data is not None:
                 digest = hash_bytes(data)
                 blobs.append((digest, data))
             else:
-                digest = hash_file(produced)
-                self._store.store_external(digest, Path(produced))
+                digest = hash_file(file)
+                self._store.store_external(digest, Path(file))
                 blobs.append((digest, None))
-            output = OutputFile(path, digest, stat.st_size, bool(stat.st_mode & 0o111))
-            memo.append((path, self._materializer.install(produced, output, data)))
-            outputs.append(output)
+            produced.append((file, OutputFile(path, digest, stat.st_size, bool(stat.st_mode & 0o111)), data))
+        outputs = [output for _, output, _ in produced]
         stdout_digest, stderr_digest = hash_bytes(spawn.stdout), hash_bytes(spawn.stderr)
         blobs += [(stdout_digest, spawn.stdout), (stderr_digest, spawn.stderr)]
         result = ActionResult(tuple(outputs), spawn.exit_code, stdout_digest, stderr_digest)
@@ -439,39 +439,38 @@ class Rebuilder:
             records.append(self._journal.row(action, "SUCCESS", key, started, ended, prepared.inputs,
                                              [(o.path, o.digest) for o in outputs], spawn.usage,
                                              spawn.exit_code, "", current_slot(), remote=spawn.remote))
-        self._hand_over(Commit(cached, tuple(blobs), tuple(memo), ((key, time.time_ns()),), tuple(records)),
-                        slow=spawn.elapsed >= SLOW_RUN)
+        placeholders = tuple((o.path, FileState(INSTALLING, o.digest)) for o in outputs)
+        with self._lock:
+            memo, self._installed = self._installed, []
+        self._store.commit_all((Commit(cached, tuple(blobs), placeholders, ((key, time.time_ns()),), tuple(records)),
+                                Commit(memo=tuple(memo))))
+        installed = [(o.path, self._materializer.install(file, o, data)) for file, o, data in produced]
+        with self._lock:
+            self._installed += installed
         shareable = not (action.secrets and action.allow_secret_in_output)  # a secret must not reach the remote
         if cached is not None and shareable and self._remote is not None and self._remote.upload:
             self._remote.put_entry(key, result, {d: data if data is not None else self._store.external_path(d)
                                                  for d, data in blobs}, action.label)
-        self._produced.update(memo)
+        self._produced.update(installed)
         self.outputs.update((o.path, o) for o in outputs)
         if cached is not None:
             self.traces[action.label] = ActionTrace(action.def_hash, key)
         return result
 
-    def _hand_over(self, commit: Commit, slow: bool) -> None:
-        """Commit an executed action's rows together with those of other cheap actions: every
-        `COMMIT_GROUP`-th, or with an action that took `SLOW_RUN` seconds or more, or at `flush()`.
-        Each action's rows still land all or none; a crash loses at most a group of cheap results,
-        whose actions simply run again."""
-        with self._lock:
-            self._waiting.append(commit)
-            if not slow and len(self._waiting) < COMMIT_GROUP:
-                return
-            group, self._waiting = self._waiting, []
-        self._store.commit_all(group)
-
     def flush(self) -> None:
-        """Commit the executed actions' rows still waiting for their group (end of the build)."""
+        """Commit the memo rows of the outputs installed since the last transaction (end of the build)."""
         with self._lock:
-            group, self._waiting = self._waiting, []
-        if group:
-            self._store.commit_all(group)
+            memo, self._installed = self._installed, []
+        if memo:
+            self._store.commit(memo=memo)
 
     def cancel(self) -> None:
         self._sandboxes.cancel()
+
+    @property
+    def stopped(self) -> int:
+        """How many running commands a cancel killed (0 where the sandboxes do not count them)."""
+        return getattr(self._sandboxes, "stopped", 0)
 
     def clear_sandboxes(self) -> None:
         """Remove sandboxes an interrupted build left behind, before new ones are made."""

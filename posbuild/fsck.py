@@ -18,14 +18,21 @@ ORCH-06, partial state: rows or files that an uninterrupted history would not ha
   hashes wrong, so it is classed with partial state rather than with checksums (a build that
   needs the missing blob still stops with ORCH-03 when it reads it, see store.py).
 * A generation whose manifest blob is gone.
-* A file under `posbuild-out/` with no record at all (no memo row, not in the latest manifest),
-  and one that differs from its memo row and sits on another inode than the one recorded: it was
-  put there by a rename after posbuild recorded the path, which is what a build killed between
-  moving an output into place and committing its rows leaves. A kill thus never reads as
-  corruption, while a byte flipped in place does.
-* Leftovers of interrupted work: files in `.posbuild/tmp/` (materialisation temps), temp files of
-  up-to-date state writes, sandbox folders, temp files under `cas/`, and files under `cas/` that
-  no blob row names (written before a commit that never happened).
+* A file under `posbuild-out/` with no record at all (no memo row, not in the latest manifest, and
+  no action result recording those bytes for that path), and one that differs from its memo row
+  and sits on another inode than the one recorded. A build commits each result before it puts
+  the outputs in place, with a placeholder memo row (materialize.INSTALLING) naming the coming
+  digest, and the real memo row after; so a file that a killed build installed or restored is
+  always one a result records, and old bytes where a placeholder row stands are still bytes the
+  store holds. A kill thus never reads as corruption, while a byte flipped in place does.
+
+Leftovers of killed processes are swept, not reported (invariant 3): temp files in
+`.posbuild/tmp/` (fsck holds the workspace lock, so no build writes there now), state temp files
+whose writer's pid is gone, sandboxes whose owner mark no live process holds (sandbox.sweep_dead:
+a running build's are left alone), and in the workspace's own store temp files and files under
+`cas/` that no blob row names (written before a commit that never happened). `swept` counts
+them; one that cannot be removed is ORCH-06. In a store shared between workspaces (`[cache] dir`)
+the latter two may belong to a build elsewhere, so there they stay ORCH-06 leftovers.
 
 ORCH-03 also covers the execution records, which are sealed into a hash chain (recordchain.py):
 * A build row or record changed after it was sealed (it no longer hashes to the build's seal), a
@@ -73,8 +80,10 @@ from posbuild.atomic import TEMP_PREFIX
 from posbuild.config import Config
 from posbuild.digest import DIGEST_SIZE, Digest, hash_bytes, hash_file
 from posbuild.errors import ChecksumMismatch, PartialState
-from posbuild.records import ActionResult, Manifest, unpack_manifest
+from posbuild.materialize import INSTALLING
+from posbuild.records import ActionResult, FileState, Manifest, unpack_manifest
 from posbuild.recordchain import CHAIN, GENESIS, records_digest, seal
+from posbuild.sandbox import sweep_dead
 from posbuild.store import Store
 from posbuild.uptodate import mark_tree
 
@@ -120,6 +129,7 @@ class FsckReport:
     results_checked: int
     outputs_checked: int
     repaired: Repairs | None = None
+    swept: int = 0  # leftovers of killed processes (temp files, sandboxes) removed: not problems
 
     @property
     def errors(self) -> tuple[Problem, ...]:
@@ -172,7 +182,9 @@ class _Checker:
         self._external: set[Digest] = set()
         self._referenced: set[Digest] = set()
         self._manifest: Manifest = {}
+        self._recorded: dict[str, set[Digest]] = {}  # output path → the digests action results record for it
         self._bytes = self._results = self._outputs = 0
+        self._swept = 0  # leftovers of dead processes removed
 
     def _add(self, code: str | None, kind: str, subject: str, detail: str) -> Problem:
         problem = Problem(code, kind, subject, detail)
@@ -189,7 +201,8 @@ class _Checker:
         self._check_outputs()
         self._check_leftovers()
         self._warn_unreferenced()
-        return FsckReport(tuple(self._problems), len(self._blobs), self._bytes, self._results, self._outputs)
+        return FsckReport(tuple(self._problems), len(self._blobs), self._bytes, self._results, self._outputs,
+                          swept=self._swept)
 
     # -- the store ---------------------------------------------------------------------------
 
@@ -228,6 +241,8 @@ class _Checker:
             self._results += 1
             refs = _references(result)
             self._referenced.update(digest for digest, _ in refs)
+            for output in result.outputs:
+                self._recorded.setdefault(output.path, set()).add(output.digest)
             missing = [(digest, what) for digest, what in refs if digest not in self._blobs]
             if missing:
                 digest, what = missing[0]
@@ -267,13 +282,14 @@ class _Checker:
 
     def _check_cas_files(self, store: Store) -> None:
         """Files under cas/ must be the files of blob rows; temp files and orphans are leftovers."""
+        own = store.path.is_relative_to(self._config.state_dir)  # only this workspace's builds write it
+        report = self._sweep if own else self._leftover
         for path in store.external_files():
             digest = _digest_of(path)
             if path.name.startswith(".tmp-"):
-                self._leftover(path, "temp file of an interrupted blob write")
+                report(path, "temp file of an interrupted blob write")
             elif digest is None or digest not in self._external or store.external_path(digest) != path:
-                self._leftover(path, "a file under cas/ that no blob row names: written before a commit that "
-                                     "never happened")
+                report(path, "a file under cas/ that no blob row names: written before a commit that never happened")
 
     # -- posbuild-out/ -----------------------------------------------------------------------
 
@@ -306,6 +322,8 @@ class _Checker:
         listed = self._manifest.get(rel)
         if listed is not None and actual == listed[0]:
             return None
+        if self._interrupted_install(rel, actual, memo):
+            return None
         if memo is not None:
             return self._add(PARTIAL, OUTPUT, rel, f"replaced since posbuild wrote it, as by a build interrupted "
                                                     f"before its commit (bytes hash to {actual.hex()}, recorded "
@@ -315,17 +333,45 @@ class _Checker:
                              f"bytes hash to {actual.hex()}, the latest generation records {listed[0].hex()}")
         return self._add(PARTIAL, OUTPUT, rel, "not written by posbuild: the store has no record of it")
 
+    def _interrupted_install(self, rel: str, actual: Digest, memo: FileState | None) -> bool:
+        """Whether the file is what a killed build left, not corruption: bytes an action result
+        records for this path (installed or restored, the memo row not yet written), or old bytes
+        the store holds where a build had committed a result and not yet put its file in place
+        (the memo row is a placeholder, materialize.INSTALLING)."""
+        if actual in self._recorded.get(rel, ()):
+            return True
+        return memo is not None and memo.signature == INSTALLING and actual in self._blobs
+
     # -- leftovers of interrupted work -------------------------------------------------------
 
     def _check_leftovers(self) -> None:
+        """What killed processes left is swept, not reported (invariant 3): fsck holds the workspace
+        lock, so no build of this workspace is writing `.posbuild/tmp/`; a state temp file is
+        swept once the process its name carries is gone; a sandbox once no live process holds its
+        owner mark (sandbox.sweep_dead), so a running build's sandboxes are left alone. Only what
+        cannot be removed is reported."""
         state = self._config.state_dir
         for path in _entries(state / "tmp"):
-            self._leftover(path, "temp file of an interrupted build")
+            self._sweep(path, "temp file of an interrupted build")
         for path in [*_entries(state / "graphs"), *_entries(state)]:
-            if path.name.startswith(TEMP_PREFIX):
-                self._leftover(path, "temp file of an interrupted state write")
-        for path in _entries(self._config.sandbox_dir):
+            if path.name.startswith(TEMP_PREFIX) and not _writer_alive(path.name):
+                self._sweep(path, "temp file of an interrupted state write")
+        try:
+            removed, live = sweep_dead(self._config.sandbox_dir)
+        except OSError:
+            removed, live = [], []
+        stuck = [path for path in _entries(self._config.sandbox_dir) if path.name not in live]
+        for path in stuck:  # it could not be removed
             self._leftover(path, "sandbox of an interrupted build")
+        self._swept += max(0, len(removed) - len(stuck))
+
+    def _sweep(self, path: Path, why: str) -> None:
+        """Remove a leftover of a dead process; one that cannot be removed is reported."""
+        failed: list[tuple[Problem, str]] = []
+        if _delete(path, Problem(PARTIAL, LEFTOVER, self._show(path), why), failed):
+            self._swept += 1
+        else:
+            self._leftover(path, why)
 
     def _leftover(self, path: Path, why: str) -> None:
         self.plan.leftovers.append((path, self._add(PARTIAL, LEFTOVER, self._show(path), why)))
@@ -418,6 +464,17 @@ def _references(result: ActionResult) -> list[tuple[Digest, str]]:
     return refs + [(result.stdout_digest, "stdout"), (result.stderr_digest, "stderr")]
 
 
+def _writer_alive(name: str) -> bool:
+    """Whether the process that named a temp file `.tmp-<pid>-...` (atomic.py) still runs."""
+    try:
+        os.kill(int(name[len(TEMP_PREFIX):].split("-", 1)[0]), 0)
+    except (ValueError, ProcessLookupError):
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
 def _digest_of(path: Path) -> Digest | None:
     """The digest a file under cas/ is named after, or None if its name is not one."""
     try:
@@ -491,6 +548,14 @@ def summary(report: FsckReport) -> str:
         found += f", {warnings} warning(s)"
     return (f"fsck: checked {report.blobs_checked} blobs ({report.bytes_checked} bytes), "
             f"{report.results_checked} action results, {report.outputs_checked} outputs: {found}")
+
+
+def swept_line(report: FsckReport) -> str:
+    """The line on leftovers of killed processes fsck removed ("" if none)."""
+    if not report.swept:
+        return ""
+    return (f"fsck: swept {report.swept} leftover(s) of killed posbuild processes (temp files, sandboxes); "
+            f"not corruption")
 
 
 def repaired_line(repairs: Repairs) -> str:

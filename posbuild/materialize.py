@@ -20,8 +20,12 @@ import shutil
 import threading
 from pathlib import Path
 
-from posbuild.records import FileState, OutputFile, signature
+from posbuild.records import FileState, OutputFile, Signature, signature
 from posbuild.store import Store
+
+# The stat signature of a memo row committed before its file is put in place (execute.py): no
+# file ever has it, so the row settles nothing, but it names the digest the path is getting.
+INSTALLING: Signature = (0, 0, 0, 0)
 
 
 def _mode(executable: bool) -> int:

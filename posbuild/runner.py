@@ -20,6 +20,7 @@ from posbuild.digest import Digest
 from posbuild.execute import ActionOutcome, Rebuilder, Started, Status
 from posbuild.filestate import FileStates
 from posbuild.generations import current_manifest, record_generation, workspace_tag
+from posbuild.interrupt import Interrupted, deferred
 from posbuild.journal import Journal, utc
 from posbuild.records import Manifest, OutputFile
 from posbuild.roles import Grant
@@ -131,6 +132,7 @@ def run_dirty(config: Config, actions: Sequence[Action], clean: Sequence[bool], 
     if cluster is not None and remote is not None and not settings.verify:
         cluster.use_remote(remote, reporter.message)  # workers read inputs from its CAS, by digest
     store = Store(config.store_dir)
+    sandboxes: Sandboxes | None = None
     try:
         files = FileStates(config.root, store)
         sandboxes = cluster or Sandboxes(config.root, config.sandbox_dir, isolation)
@@ -150,10 +152,13 @@ def run_dirty(config: Config, actions: Sequence[Action], clean: Sequence[bool], 
             else (None, ())  # on Dask, what each worker declared bounds what runs on it
         scheduler: Scheduler[ActionOutcome] = Scheduler(
             sub_deps, critical_path(sub_deps, [a.label for a in sub_actions], _recorded_duration(store, sub_actions)),
-            settings.jobs, settings.keep_going, demand, capacity,
+            settings.jobs, settings.keep_going, demand, capacity, critical=deferred,
         )
         try:
             states = scheduler.run(executor)
+        except Interrupted as interrupt:  # SIGINT, SIGTERM, SIGHUP: say what it stopped (cli)
+            interrupt.stopped = rebuilder.stopped
+            raise
         finally:
             rebuilder.flush()
             files.settle_racy()
@@ -200,6 +205,8 @@ def run_dirty(config: Config, actions: Sequence[Action], clean: Sequence[bool], 
             remote.close()
         if cluster is not None:
             cluster.close()
+        elif sandboxes is not None:
+            sandboxes.close()
     return DirtyRun(outcomes, states.count(State.SKIPPED))
 
 

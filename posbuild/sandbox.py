@@ -46,10 +46,13 @@ inherits its thread's mask), which has no race with the command starting threads
 thread keeps the mask afterwards: its next action usually gets the same processors, and then no
 system call is made (the main thread gets posbuild's whole mask back). cpu=0 leaves the action
 unpinned. On systems without `sched_setaffinity` nothing is pinned. The thread-count variables
-(OMP_NUM_THREADS ...) come with the action's env (analysis.declared_resources). (In the folder
-sandbox, if posbuild itself is killed with SIGKILL, commands already running finish on their own;
-their sandboxes are removed by the next build, and nothing they produce is ever collected.) This
-module knows nothing of keys or the store: it takes an Action and returns a SpawnResult.
+(OMP_NUM_THREADS ...) come with the action's env (analysis.declared_resources). This module
+knows nothing of keys or the store: it takes an Action and returns a SpawnResult.
+
+Kills: no command outlives posbuild, even one killed by SIGKILL — bwrap's `--die-with-parent` in
+the namespace sandbox, a guard process in the folder sandbox (`_OrphanGuard`). Each process that
+makes sandboxes holds `<base>/<pid>.owner` locked while it does; `clear_stale` (the next build)
+and fsck sweep only sandboxes whose mark no live process holds (`sweep_dead`).
 
 Perturbation (`posbuild verify`)
 --------------------------------
@@ -76,6 +79,8 @@ no perturbation a run is exactly the build's. What can be varied, and where:
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import glob
 import itertools
 import os
@@ -253,6 +258,7 @@ class Sandboxes:
         self._running: set[int] = set()
         self._lock = threading.Lock()
         self._cancelled = False
+        self.stopped = 0  # commands a cancel killed
         self._faketime: str | None | bool = False  # False: not looked up yet
         try:
             self._processors: tuple[int, ...] = tuple(sorted(os.sched_getaffinity(0)))
@@ -260,13 +266,25 @@ class Sandboxes:
             self._processors = ()
         self._pinned = dict.fromkeys(self._processors, 0)  # processor → running actions pinned to it
         self._masks = threading.local()  # `current`: the mask this Sandboxes last gave the thread
+        self._claimed = False  # whether `clear_stale` claimed the base for this process (`<pid>.owner`)
+        self._guard = _ORPHANS if isolation is None else _NO_GUARD  # bwrap --die-with-parent does it there
 
     def clear_stale(self) -> None:
-        """Remove sandboxes left by an interrupted earlier build; the folder is this user's alone
-        (0700: a running action's captured output may hold what its secrets redact later)."""
-        shutil.rmtree(self._base, ignore_errors=True)
+        """Sweep the sandboxes of dead posbuild processes and claim this one's (`sweep_dead`); the
+        folder is this user's alone (0700: a running action's captured output may hold what its
+        secrets redact later)."""
         self._base.mkdir(parents=True, exist_ok=True)
         os.chmod(self._base, 0o700)  # PermissionError if another user made it first
+        sweep_dead(self._base)
+        if not self._claimed:
+            _claim(f"{self._base}/{self._pid}{OWNER_SUFFIX}")
+            self._claimed = True
+
+    def close(self) -> None:
+        """Give up this one's share of the process's claim on the base (its sandboxes are gone)."""
+        if self._claimed:
+            _release(f"{self._base}/{self._pid}{OWNER_SUFFIX}")
+            self._claimed = False
 
     def run(self, action: Action, extra_env: Sequence[tuple[str, str]] = (),
             perturbation: Perturbation | None = None) -> SpawnResult:
@@ -388,10 +406,12 @@ class Sandboxes:
         remove_tree(sandbox, self._staged.pop(sandbox, None))
 
     def cancel(self) -> None:
-        """Kill every running action's process group (Ctrl-C, a critical error elsewhere)."""
+        """Kill every running action's process group (a signal, a critical error elsewhere);
+        `stopped` counts them, and any command that was starting meanwhile."""
         with self._lock:
             self._cancelled = True
             groups = list(self._running)
+            self.stopped += len(groups)
         for group in groups:
             _kill_group(group)
 
@@ -491,6 +511,8 @@ class Sandboxes:
         with self._lock:  # a cancel that came during the spawn did not see this process: kill it here
             self._running.add(process.pid)
             cancelled = self._cancelled
+            self.stopped += cancelled
+        self._guard.watch(process.pid)
         if cancelled:
             _kill_group(process.pid)
         timer = None
@@ -515,6 +537,7 @@ class Sandboxes:
                 self._running.discard(pid)
                 self._unpin(running.processors)
             _kill_group(pid)
+            self._guard.forget(pid)
         usage = ResourceUsage(rusage.ru_utime, rusage.ru_stime, rusage.ru_maxrss,
                               rusage.ru_inblock * 512, rusage.ru_oublock * 512)
         running.process.returncode = os.waitstatus_to_exitcode(status)
@@ -736,3 +759,173 @@ def _kill_group(group: int) -> None:
         os.killpg(group, signal.SIGKILL)
     except (ProcessLookupError, PermissionError):
         pass
+
+
+OWNER_SUFFIX = ".owner"
+
+
+_claims: dict[str, list[int]] = {}  # owner mark → [its locked descriptor, Sandboxes sharing it]
+_claims_lock = threading.Lock()
+
+
+def _claim(path: str) -> None:
+    """Create and lock `path` for as long as this process builds: its sandboxes' owner mark. The
+    kernel drops the lock when the process dies, however it dies, so a free lock means a dead
+    owner even if its pid has been reused meanwhile. One mark per process, shared."""
+    with _claims_lock:
+        claim = _claims.get(path)
+        if claim is None:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            claim = _claims[path] = [fd, 0]
+        claim[1] += 1
+
+
+def _release(path: str) -> None:
+    """Drop one share of the claim on `path`; the last one removes the mark."""
+    with _claims_lock:
+        claim = _claims[path]
+        claim[1] -= 1
+        if claim[1] == 0:
+            del _claims[path]
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
+            os.close(claim[0])
+
+
+def _held(path: str) -> bool:
+    """Whether a live process holds the owner mark at `path`."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+    return False
+
+
+def sweep_dead(base: Path) -> tuple[list[str], list[str]]:
+    """Remove what dead posbuild processes left under the sandbox base: every `<pid>-<n>` sandbox
+    and `<pid>.owner` mark whose mark no live process holds (or that has none). Returns (the names
+    removed, the names left because their owner lives: a build running now)."""
+    try:
+        names = sorted(os.listdir(base))
+    except FileNotFoundError:
+        return [], []
+    owners = {name[:-len(OWNER_SUFFIX)] for name in names if name.endswith(OWNER_SUFFIX)}
+    live = {owner for owner in owners if _held(f"{base}/{owner}{OWNER_SUFFIX}")}
+    removed: list[str] = []
+    kept: list[str] = []
+    for name in names:
+        owner = name[:-len(OWNER_SUFFIX)] if name.endswith(OWNER_SUFFIX) else name.split("-", 1)[0]
+        if owner in live:
+            kept.append(name)
+            continue
+        path = f"{base}/{name}"
+        if os.path.isdir(path) and not os.path.islink(path):
+            remove_tree(path)
+            if os.path.lexists(path):  # read-only folders (an action's own chmod)
+                for folder, _, _ in os.walk(path):
+                    os.chmod(folder, 0o700)
+                shutil.rmtree(path, ignore_errors=True)
+        else:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
+        removed.append(name)
+    return removed, kept
+
+
+# The guard: a small process of its own that kills the process groups posbuild names to it when
+# posbuild's end closes its pipe, however posbuild ends. Its lines: "<group>" started, "-<group>"
+# reaped (a pipe holds thousands while it sleeps). It ignores the signals a terminal or `timeout`
+# sends to posbuild's group.
+_GUARD = """\
+import os, signal, time
+for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT):
+    signal.signal(s, signal.SIG_IGN)
+groups, rest = set(), b""
+while True:
+    chunk = os.read(0, 65536)
+    if not chunk:
+        break
+    time.sleep(0.02)  # let lines gather: one wake-up per 20 ms, not two per action
+    *lines, rest = (rest + chunk).split(b"\\n")
+    for line in lines:
+        if line.startswith(b"-"):
+            groups.discard(int(line[1:]))
+        elif line:
+            groups.add(int(line))
+for group in groups:
+    try:
+        os.killpg(group, signal.SIGKILL)
+    except OSError:
+        pass
+"""
+
+
+class _OrphanGuard:
+    """Makes sure no command of the folder sandbox outlives posbuild, even one killed by SIGKILL.
+
+    Commands run in sessions of their own (so a terminal's Ctrl-C reaches posbuild, which stops
+    them itself), so nothing the kernel does on posbuild's death reaches them. PR_SET_PDEATHSIG
+    would, but it must be set in the child between fork and exec (`preexec_fn`: unsafe with
+    threads, and it costs the fast spawn path), and it fires when the *thread* that forked ends.
+    Instead one guard process per posbuild process, started with its first command, holds the
+    read end of a pipe; posbuild writes each command's group to it (one small write per start and
+    per end). When posbuild dies the pipe closes, and the guard kills every group still named.
+    """
+
+    def __init__(self) -> None:
+        self._fd = -1  # the pipe's write end; -2: no guard could be started
+        self._pid = 0  # the process that started the guard (a forked child starts its own)
+        self._lock = threading.Lock()
+
+    def watch(self, group: int) -> None:
+        with self._lock:
+            if self._pid != os.getpid():
+                self._fd, self._pid = self._start(), os.getpid()
+            self._send(b"%d\n" % group)
+
+    def forget(self, group: int) -> None:
+        with self._lock:
+            if self._pid == os.getpid():
+                self._send(b"-%d\n" % group)
+
+    def _send(self, line: bytes) -> None:
+        """Tell the guard; if it is gone (someone killed it), commands go on unguarded."""
+        if self._fd >= 0:
+            try:
+                os.write(self._fd, line)
+            except OSError:
+                os.close(self._fd)
+                self._fd = -2
+
+    @staticmethod
+    def _start() -> int:
+        """Start the guard and return the write end of its pipe (-2: none could be started)."""
+        read, write = os.pipe()
+        try:
+            subprocess.Popen([sys.executable, "-S", "-E", "-c", _GUARD], stdin=read, stdout=_devnull(),
+                             stderr=_devnull(), start_new_session=True, close_fds=True)
+        except OSError:
+            os.close(write)
+            return -2
+        finally:
+            os.close(read)
+        return write
+
+
+class _NoGuard(_OrphanGuard):
+    def watch(self, group: int) -> None:
+        pass
+
+    def forget(self, group: int) -> None:
+        pass
+
+
+_ORPHANS = _OrphanGuard()
+_NO_GUARD = _NoGuard()

@@ -57,6 +57,7 @@ import collections
 import enum
 import heapq
 import threading
+from contextlib import AbstractContextManager, nullcontext
 from typing import Any, Callable, Generic, Protocol, Sequence, TypeVar
 
 Outcome = TypeVar("Outcome")
@@ -111,11 +112,14 @@ class Scheduler(Generic[Outcome]):
 
     `demand[i]` (optional) is node i's resource vector and `capacity` the budget it is taken
     from; `patience` is how often a waiting head lets competing nodes start before it (see above).
+    `critical`: a context that holds off KeyboardInterrupt-like signals (posbuild.interrupt.deferred)
+    while the calling thread hands out work, which must not stop half-way.
     """
 
     def __init__(self, deps: Sequence[Sequence[int]], priority: Sequence[object], jobs: int, keep_going: bool,
                  demand: Sequence[Sequence[int]] | None = None, capacity: Sequence[int] = (),
-                 patience: int | None = None) -> None:
+                 patience: int | None = None,
+                 critical: Callable[[], AbstractContextManager[None]] = nullcontext) -> None:
         if jobs < 1:
             raise ValueError("jobs must be at least 1")
         self._deps = deps
@@ -126,6 +130,7 @@ class Scheduler(Generic[Outcome]):
         none = (0,) * len(self._capacity)
         self._demand = [tuple(d) for d in demand] if demand is not None else [none] * len(deps)
         self._patience = jobs if patience is None else patience
+        self._critical = critical
         for node, need in enumerate(self._demand):
             if len(need) != len(self._capacity) or any(n > c for n, c in zip(need, self._capacity)):
                 raise ValueError(f"node {node} demands {need}, beyond the capacity {self._capacity}")
@@ -143,7 +148,8 @@ class Scheduler(Generic[Outcome]):
         with turn.lock:
             try:
                 turn.settle()
-                turn.hand_out()
+                with self._critical():  # a signal must not come between taking a node and handing it out
+                    turn.hand_out()
                 while not turn.over():
                     turn.lock.wait()
             except BaseException as error:

@@ -82,6 +82,16 @@ def fail(error: PosbuildError) -> None:
     sys.exit(error.exit_code)
 
 
+def interrupted(error: KeyboardInterrupt) -> None:
+    """Stop on SIGINT, SIGTERM or SIGHUP (interrupt.py): one line, exit 128+N."""
+    from posbuild.interrupt import Interrupted
+
+    if not isinstance(error, Interrupted):  # a KeyboardInterrupt raised without a signal handler
+        error = Interrupted()
+    click.echo(error.line(), err=True)
+    sys.exit(error.exit_code)
+
+
 def workspace_and_package() -> tuple[Path, str]:
     """The workspace root above the current folder, and the package path of the current folder."""
     from posbuild.config import find_workspace
@@ -104,6 +114,9 @@ def _with_default_command(args: list[str]) -> list[str]:
 def main(args: list[str] | None = None) -> Any:
     """Entry point of the `posbuild` script."""
     argv = _with_default_command(list(sys.argv[1:] if args is None else args))
+    from posbuild.interrupt import handle_signals
+
+    handle_signals()
     try:
         code = cli.main(argv, prog_name="posbuild", standalone_mode=False)
     except PosbuildError as error:
@@ -112,7 +125,7 @@ def main(args: list[str] | None = None) -> Any:
         command = error.ctx.command_path if error.ctx else "posbuild"
         click.echo(f"posbuild: {error.format_message()} (see `{command} --help`)", err=True)
         sys.exit(2)
-    except click.Abort:
-        click.echo("posbuild: interrupted", err=True)
-        sys.exit(130)
+    except click.Abort as error:  # click's form of a KeyboardInterrupt it caught
+        cause = error.__cause__ or error.__context__
+        interrupted(cause if isinstance(cause, KeyboardInterrupt) else KeyboardInterrupt())
     sys.exit(code or 0)

@@ -8,7 +8,8 @@ import sys
 
 import click
 
-from posbuild.cli import allow_env_drift_option, fail, jobs_option, keep_going_option, workspace_and_package
+from posbuild.cli import (allow_env_drift_option, fail, interrupted, jobs_option, keep_going_option,
+                          workspace_and_package)
 from posbuild.errors import PosbuildError
 
 
@@ -78,9 +79,8 @@ def build(patterns: tuple[str, ...], jobs: int | None, keep_going: bool, dry_run
         summary = run_build(root, options, choose_reporter(quiet), dict(os.environ))
     except PosbuildError as error:
         fail(error)
-    except KeyboardInterrupt:
-        click.echo("posbuild: interrupted; nothing partial was kept", err=True)
-        sys.exit(130)
+    except KeyboardInterrupt as interrupt:
+        interrupted(interrupt)
     error = summary_error(summary)
     if error is not None:
         fail(error)

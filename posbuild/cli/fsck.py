@@ -30,13 +30,14 @@ def fsck(repair: bool) -> None:
     \b
     ORCH-03: a blob or an output whose bytes do not hash to their recorded digest, or an
              execution record changed or deleted after its build was sealed.
-    ORCH-06: a result or generation whose blobs are gone, a file under posbuild-out/ posbuild
-             did not write, or leftovers of an interrupted build (temp files, sandboxes).
+    ORCH-06: a result or generation whose blobs are gone, or a file under posbuild-out/ posbuild
+             did not write. Leftovers of killed posbuild processes (temp files, sandboxes) are
+             swept, not reported.
     Exit codes: 0 nothing (left) to fix, 13 ORCH-03 found, 16 only ORCH-06 found.
     """
     from posbuild.build import workspace_lock
     from posbuild.config import load_config
-    from posbuild.fsck import check, repaired_line, summary
+    from posbuild.fsck import check, repaired_line, summary, swept_line
     from posbuild.reporter import PlainReporter
     from posbuild.store import Store
 
@@ -55,6 +56,8 @@ def fsck(repair: bool) -> None:
     for problem in (*report.errors, *report.warnings):
         click.echo(str(problem))
     click.echo(summary(report))
+    if report.swept:
+        click.echo(swept_line(report))
     if report.repaired is not None:
         click.echo(repaired_line(report.repaired))
         for problem, why in report.repaired.failed:

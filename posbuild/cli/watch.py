@@ -10,7 +10,8 @@ from typing import TextIO
 import click
 
 from posbuild.build import summary_error
-from posbuild.cli import allow_env_drift_option, fail, jobs_option, keep_going_option, workspace_and_package
+from posbuild.cli import (allow_env_drift_option, fail, interrupted, jobs_option, keep_going_option,
+                          workspace_and_package)
 from posbuild.errors import PosbuildError
 from posbuild.reporter import BuildSummary, QuietReporter, TerminalReporter
 from posbuild.watch import Cycle
@@ -114,6 +115,5 @@ def watch(patterns: tuple[str, ...], jobs: int | None, keep_going: bool, quiet: 
                    report, debounce / 1000)
     except PosbuildError as error:
         fail(error)
-    except KeyboardInterrupt:
-        click.echo("posbuild: interrupted; nothing partial was kept", err=True)
-        sys.exit(130)
+    except KeyboardInterrupt as interrupt:
+        interrupted(interrupt)

@@ -12,6 +12,7 @@ from posbuild.config import Config
 from posbuild.digest import hash_bytes
 from posbuild.fsck import FsckReport, Problem, check, repaired_line, summary
 from posbuild.records import ActionResult, FileState, OutputFile, pack_manifest, signature
+from posbuild.sandbox import Sandboxes
 from posbuild.store import _INLINE, INLINE_LIMIT, Store
 
 OUT_PATH = "posbuild-out/pkg/out.txt"
@@ -193,39 +194,40 @@ def test_a_generation_whose_manifest_is_corrupt_goes_with_the_blob(config, store
     assert report.repaired.generations == 1 and store.generations() == []
 
 
-def test_files_under_cas_without_a_row_and_temp_files_are_leftovers(config, store):
+def test_files_under_cas_without_a_row_and_temp_files_are_swept_as_leftovers_of_a_killed_build(config, store):
+    """The workspace's own store is written only under the workspace lock fsck holds: a temp
+    file or a blob file without a row there is what a killed build left, not corruption."""
     orphan = store.external_path(hash_bytes(b"never committed"))
     orphan.parent.mkdir(parents=True)
     orphan.write_bytes(b"never committed")
     temp = orphan.parent / ".tmp-abc123"
     temp.write_bytes(b"half")
     report = check(config, store, repair=False)
-    assert [(p.kind, p.subject) for p in report.problems] == [
-        ("leftover", f".posbuild/store/cas/{orphan.parent.name}/.tmp-abc123"),
-        ("leftover", f".posbuild/store/cas/{orphan.parent.name}/{orphan.name}"),
-    ]
-    assert str(report.problems[0]) == (f"ORCH-06 leftover .posbuild/store/cas/{orphan.parent.name}/.tmp-abc123 "
-                                       f"(temp file of an interrupted blob write)")
-    assert check(config, store, repair=True).repaired.leftovers == 2
+    assert report.problems == () and report.swept == 2
     assert not orphan.exists() and not temp.exists()
 
 
-def test_temp_files_and_sandboxes_of_interrupted_builds_are_leftovers(config, store):
+def test_temp_files_and_sandboxes_of_dead_processes_are_swept_and_a_live_build_s_are_left(config, store):
     (config.state_dir / "tmp").mkdir()
     (config.state_dir / "tmp" / "out.txt.140").write_text("half")
     (config.state_dir / "graphs").mkdir()
-    (config.state_dir / "graphs" / ".tmp-xyz").write_text("half")
-    sandbox = config.sandbox_dir / "123-0" / "exec"
+    (config.state_dir / "graphs" / ".tmp-999999999-1-x.state").write_text("half")  # no such process
+    (config.state_dir / "graphs" / f".tmp-{os.getpid()}-1-y.state").write_text("being written")
+    live = Sandboxes(config.root, config.sandbox_dir)
+    live.clear_stale()  # this process claims its sandboxes: `<pid>.owner`, locked while it lives
+    sandbox = config.sandbox_dir / "123-0" / "exec"  # a dead process's: no owner mark held
     sandbox.mkdir(parents=True)
     os.chmod(sandbox, 0o555)
-    report = check(config, store, repair=False)
-    assert [str(p) for p in report.problems] == [
-        "ORCH-06 leftover .posbuild/tmp/out.txt.140 (temp file of an interrupted build)",
-        "ORCH-06 leftover .posbuild/graphs/.tmp-xyz (temp file of an interrupted state write)",
-        "ORCH-06 leftover .posbuild/sandbox/123-0 (sandbox of an interrupted build)",
-    ]
-    assert check(config, store, repair=True).remaining == ()
-    assert check(config, store, repair=False).problems == ()
+    (config.sandbox_dir / f"{os.getpid()}-0" / "exec").mkdir(parents=True)
+    try:
+        report = check(config, store, repair=False)
+        assert report.problems == () and report.swept == 3
+        assert sorted(os.listdir(config.sandbox_dir)) == [f"{os.getpid()}-0", f"{os.getpid()}.owner"]
+        assert os.listdir(config.state_dir / "graphs") == [f".tmp-{os.getpid()}-1-y.state"]
+        assert os.listdir(config.state_dir / "tmp") == []
+    finally:
+        live.close()
+    assert check(config, store, repair=False).swept == 1  # the owner is gone now: its sandbox goes
 
 
 def test_repair_invalidates_the_up_to_date_state(config, store):
@@ -254,6 +256,7 @@ def test_a_leftover_that_cannot_be_deleted_stays_a_problem(config, store, monkey
         real_unlink(self, missing_ok=missing_ok)
 
     monkeypatch.setattr(Path, "unlink", unlink)
+    assert [p.subject for p in check(config, store, repair=False).errors] == [".posbuild/tmp/stuck"]
     report = check(config, store, repair=True)
     assert [(p.subject, why) for p, why in report.repaired.failed] == [
         (".posbuild/tmp/stuck", f"cannot delete {stuck}: Permission denied")]

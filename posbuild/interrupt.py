@@ -1,0 +1,79 @@
+"""Layer 0: SIGINT, SIGTERM and SIGHUP all stop posbuild the same way — as Ctrl-C does.
+
+`timeout`, CI runners, `docker stop` and systemd stop a process with SIGTERM; a closed terminal
+sends SIGHUP. Python would die at once on those two, leaving its commands running; instead each
+of the three raises `Interrupted` (a KeyboardInterrupt) in the main thread, so one path handles
+them all: the scheduler kills the running commands' process groups, nothing partial is kept,
+everything finished is already committed, and the CLI prints one line and exits 128+N. A second
+signal during that short wind-down ends the process at once (which is also safe: invariant 3).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+from contextlib import contextmanager
+from types import FrameType
+from typing import Iterator
+
+SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+class Interrupted(KeyboardInterrupt):
+    """Raised in the main thread by one of `SIGNALS`; `stopped` counts the commands it stopped."""
+
+    def __init__(self, signum: int = signal.SIGINT) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+        self.stopped = 0
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + self.signum
+
+    def line(self) -> str:
+        """What the CLI prints: which signal, and what became of the running actions."""
+        return (f"posbuild: interrupted by {signal.Signals(self.signum).name}; {self.stopped} running "
+                f"action(s) stopped, nothing partial kept")
+
+
+_held: list[int] | None = None  # signals that came during `deferred()`, or None outside it
+
+
+@contextmanager
+def deferred() -> Iterator[None]:
+    """Hold a signal's `Interrupted` until the block ends: for a few lines of bookkeeping that
+    must not stop half-way (the scheduler handing out work). Other threads never get signals."""
+    global _held
+    if _held is not None or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    _held = []
+    try:
+        yield
+    finally:
+        pending, _held = _held, None
+        if pending:
+            _raise(pending[0], None)
+
+
+def _raise(signum: int, frame: FrameType | None) -> None:
+    if _held is not None:
+        _held.append(signum)
+        return
+    for other in SIGNALS:  # the wind-down is short; a second signal cuts it off
+        signal.signal(other, _exit_now)
+    raise Interrupted(signum)
+
+
+def _exit_now(signum: int, frame: FrameType | None) -> None:
+    os._exit(128 + signum)
+
+
+def handle_signals() -> None:
+    """Make SIGINT, SIGTERM and SIGHUP raise `Interrupted` (call once, from the main thread).
+    A signal its parent told posbuild to ignore (`nohup`) stays ignored."""
+    for signum in SIGNALS:
+        if signal.getsignal(signum) is not signal.SIG_IGN:
+            signal.signal(signum, _raise)
