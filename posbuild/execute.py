@@ -444,7 +444,12 @@ class Rebuilder:
             memo, self._installed = self._installed, []
         self._store.commit_all((Commit(cached, tuple(blobs), placeholders, ((key, time.time_ns()),), tuple(records)),
                                 Commit(memo=tuple(memo))))
-        installed = [(o.path, self._materializer.install(file, o, data)) for file, o, data in produced]
+        try:
+            installed = [(o.path, self._materializer.install(file, o, data)) for file, o, data in produced]
+        except OSError:  # the result stands (its key is true), but this build failed to show it
+            if self._journal is not None:
+                self._amend_record(records[0], action, prepared, started, ended, spawn)
+            raise
         with self._lock:
             self._installed += installed
         shareable = not (action.secrets and action.allow_secret_in_output)  # a secret must not reach the remote
@@ -456,6 +461,15 @@ class Rebuilder:
         if cached is not None:
             self.traces[action.label] = ActionTrace(action.def_hash, key)
         return result
+
+    def _amend_record(self, committed: Row, action: Action, prepared: _Prepared, started: float, ended: float,
+                      spawn: SpawnResult) -> None:
+        """Turn an executed action's committed SUCCESS record into a FAILED one, under the same
+        record key, when installing its outputs failed: the log must say what the build said."""
+        assert self._journal is not None
+        failed = self._journal.row(action, "FAILED", prepared.key, started, ended, prepared.inputs, (), spawn.usage,
+                                   spawn.exit_code, "install failed", current_slot(), remote=spawn.remote)
+        self._store.commit(records=[(committed[0], failed[1], failed[2])])
 
     def flush(self) -> None:
         """Commit the memo rows of the outputs installed since the last transaction (end of the build)."""

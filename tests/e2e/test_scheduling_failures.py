@@ -6,6 +6,8 @@ each action appends `start <name> <time>` and `end <name> <time>` lines to it.
 
 from __future__ import annotations
 
+import json
+
 import time
 from pathlib import Path
 
@@ -309,9 +311,11 @@ def test_timeout_kills_background_children_of_the_action(ws, tmp_path):
     assert not marker.exists(), "a child of the timed-out action survived it"
 
 
-def test_a_file_system_error_of_posbuilds_own_fails_that_action_only_and_commits_nothing(ws):
+def test_a_file_system_error_of_posbuilds_own_fails_that_action_only_and_its_record_says_so(ws):
     """A file where posbuild-out/pkg/ must be a folder: installing the output fails with the
-    path, the action is FAILED (not a crash), other packages build, nothing of it is cached."""
+    path, the action is FAILED (not a crash), other packages build. The result was committed
+    before the install (a kill must never lose an accepted result), so it stays in the store;
+    the action's record says FAILED, as the build did, and the next build restores the output."""
     ws.write({
         "pkg/BUILD": 'genrule(name = "a", outs = ["a.txt"], cmd = "echo a > $@")\n',
         "other/BUILD": 'genrule(name = "b", outs = ["b.txt"], cmd = "echo b > $@")\n',
@@ -322,6 +326,10 @@ def test_a_file_system_error_of_posbuilds_own_fails_that_action_only_and_commits
     assert "FAILED //pkg:a: File exists: " in result.stderr and "posbuild-out/pkg" in result.stderr
     assert counts(result) == {"executed": 1, "cached": 0, "failed": 1}
     assert ws.out("other/b.txt") == "b\n"
+    records = [json.loads(line) for line in ws.run("log", "--json").stdout.splitlines()]
+    assert {r["label"]: r["state"] for r in records} == {"//pkg:a": "FAILED", "//other:b": "SUCCESS"}
+    assert [r["error"] for r in records if r["label"] == "//pkg:a"] == ["install failed"]
     (ws.root / "posbuild-out/pkg").unlink()
     fixed = ws.ok("//...")
-    assert executed_labels(fixed) == ["//pkg:a"] and ws.out("pkg/a.txt") == "a\n"
+    assert counts(fixed) == {"executed": 0, "cached": 2, "failed": 0} and ws.out("pkg/a.txt") == "a\n"
+    assert ws.run("fsck").returncode == 0
