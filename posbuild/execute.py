@@ -130,6 +130,7 @@ class Rebuilder:
         self.used: list[Digest] = []
         self._lock = threading.Lock()
         self._installed: list[tuple[str, FileState]] = []  # memo rows of installed outputs, not yet committed
+        self._cancelled = False  # a signal or an error elsewhere stopped the running commands
 
     def _output_state(self, path: str) -> FileState:
         """An upstream output: produced in this build, or recorded for an up-to-date action."""
@@ -357,7 +358,8 @@ class Rebuilder:
                     code = "ORCH-04"
             if failure:
                 if self._journal is not None:
-                    self._journal.add(action, "FAILED", prepared.key, started.started, started.ended, prepared.inputs,
+                    state, code = ("INTERRUPTED", "interrupted") if self._cancelled else ("FAILED", code)
+                    self._journal.add(action, state, prepared.key, started.started, started.ended, prepared.inputs,
                                       (), spawn.usage, spawn.exit_code, code, current_slot(), remote=spawn.remote)
                 orch = code if code.startswith("ORCH-") else ""
                 kept = prepared.key if orch == "ORCH-04" else None  # `check` settled it from the cached result
@@ -479,6 +481,8 @@ class Rebuilder:
             self._store.commit(memo=memo)
 
     def cancel(self) -> None:
+        """Stop every running command; what they were doing is recorded as interrupted, not failed."""
+        self._cancelled = True
         self._sandboxes.cancel()
 
     @property
