@@ -24,7 +24,6 @@ is handed to the local store, when this process may upload. Neither can fail the
 from __future__ import annotations
 
 import enum
-import os
 import threading
 import time
 from dataclasses import dataclass, field, replace

@@ -98,6 +98,7 @@ from typing import Sequence
 
 from posbuild.analysis import Action
 from posbuild.config import BASE_PATH, Config
+from posbuild.liveness import lock_held
 from posbuild.namespaces import NETWORK_TAG, Isolation, choose, command, input_binds
 from posbuild.records import RemoteRun, ResourceUsage
 from posbuild.shellfree import Direct, find_program, parse, shell_argv, shell_status, shell_variables
@@ -793,21 +794,6 @@ def _release(path: str) -> None:
             os.close(claim[0])
 
 
-def _held(path: str) -> bool:
-    """Whether a live process holds the owner mark at `path`."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    except FileNotFoundError:
-        return False
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return True
-    finally:
-        os.close(fd)
-    return False
-
-
 def sweep_dead(base: Path) -> tuple[list[str], list[str]]:
     """Remove what dead posbuild processes left under the sandbox base: every `<pid>-<n>` sandbox
     and `<pid>.owner` mark whose mark no live process holds (or that has none). Returns (the names
@@ -817,7 +803,7 @@ def sweep_dead(base: Path) -> tuple[list[str], list[str]]:
     except FileNotFoundError:
         return [], []
     owners = {name[:-len(OWNER_SUFFIX)] for name in names if name.endswith(OWNER_SUFFIX)}
-    live = {owner for owner in owners if _held(f"{base}/{owner}{OWNER_SUFFIX}")}
+    live = {owner for owner in owners if lock_held(f"{base}/{owner}{OWNER_SUFFIX}")}
     removed: list[str] = []
     kept: list[str] = []
     for name in names:

@@ -42,6 +42,7 @@ import msgpack
 from posbuild.digest import Digest, hash_bytes, hash_file
 from posbuild.epoch import advance_epoch
 from posbuild.errors import ChecksumMismatch, PartialState
+from posbuild.liveness import lock_held
 from posbuild.recordchain import CHAIN, GENESIS, records_digest, seal
 from posbuild.records import ActionResult, ExecutionRecord, FileState, Generation, utc
 
@@ -513,17 +514,7 @@ class Store:
 
     def build_running(self, number: int) -> bool:
         """Whether build `number`'s process still holds the lock of its start log."""
-        try:
-            fd = os.open(self._running_file(number), os.O_RDONLY | os.O_CLOEXEC)
-        except FileNotFoundError:
-            return False
-        try:
-            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return True
-        finally:
-            os.close(fd)
-        return False
+        return lock_held(self._running_file(number))
 
     def _running_file(self, number: int) -> Path:
         return self.path / "running" / str(number)
