@@ -121,7 +121,21 @@ def starlark_error(error: Exception, sources: dict[str, str] | None = None) -> B
     elif (location.line, location.column) == (1, 1) and message.startswith("Parse error") \
             and not re.match(r"\s*\|\s*1 \|", text[where.end():]):  # no excerpt of line 1: the end
         message, location = _at_end(location.file, (sources or {}).get(location.file, ""))
+    elif message == "Parse error: tabs are not allowed":
+        location = _next_tab(location, (sources or {}).get(location.file, ""))
     return BuildFileError(message, location)
+
+
+def _next_tab(location: SourceLocation, source: str) -> SourceLocation:
+    """The first tab at or after `location`: starlark places a tab of the indentation at the end
+    of the line before, where the user would look for it in vain."""
+    lines = source.split("\n")
+    for number in range(location.line, len(lines) + 1):
+        start = location.column - 1 if number == location.line else 0
+        column = lines[number - 1].find("\t", max(start, 0))
+        if column >= 0:
+            return SourceLocation(location.file, number, column + 1)
+    return location
 
 
 def _at_end(file: str, source: str) -> tuple[str, SourceLocation]:

@@ -174,6 +174,18 @@ def test_syntax_error_at_the_end_of_a_bzl_file(built):
     assert message == "tools/m.bzl:1:6: Parse error: '(' is never closed"
 
 
+def test_a_tab_in_the_indentation_names_its_own_line(built):
+    # starlark places this error at the end of the line before; the user looks for the tab
+    message = bad_build(built, {"p/BUILD": 'x = 1\nif x:\n\tgenrule(name = "a", outs = ["a"], cmd = "c")\n'})
+    assert message == "p/BUILD:3:1: Parse error: tabs are not allowed"
+
+
+def test_a_tab_in_the_indentation_of_a_bzl_file_names_its_own_line(built):
+    message = bad_build(built, {"tools/BUILD": "", "tools/m.bzl": "def f():\n    x = 1\n  \ty = 2\n",
+                                "p/BUILD": 'load("//tools:m.bzl", "f")\n'})
+    assert message == "tools/m.bzl:3:3: Parse error: tabs are not allowed"
+
+
 @pytest.mark.parametrize("call, detail", [
     ('copy_file(name = "c", src = "in.txt", out = 3)', "copy_file 'c': 'out' must be a file name"),
     ('copy_file(name = "c", src = "in.txt", out = "../c")',
