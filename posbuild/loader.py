@@ -199,7 +199,8 @@ class Loader:
         build_file = self._build_file(package)
         source = self._read(build_file)
         builder = _PackageBuilder(package, build_file, source, self._root, self._config.build_file_names,
-                                  Owners(package, self._root, self._packages, self._package_folders))
+                                  Owners(package, self._root, self._packages, self._package_folders),
+                                  lambda name: self._call_line(package, build_file, source, name))
         self._current = builder
         self._sources[build_file] = source
         try:
@@ -210,6 +211,28 @@ class Loader:
         finally:
             self._current = None
         return builder.finish()
+
+    def _call_line(self, package: str, build_file: str, source: str, name: str) -> int:
+        """The line of the BUILD file's statement that declared target `name` (a call in a loop,
+        or of a macro): found by evaluating the file again up to that declaration. Only an error
+        message asks, so the cost is paid only then."""
+        finder = _Finder(package, build_file, source, self._root, self._config.build_file_names, name)
+        saved = self._current
+        self._current = finder
+        try:
+            starlark.eval(self._module(), starlark.parse(build_file, source), self._globals,
+                          starlark.FileLoader(self._load_bzl))
+        except starlark.StarlarkError as error:
+            text = str(error)
+            lines = [int(n) for f, n in _FRAME_LINE.findall(text) if f == build_file]
+            where = _WHERE_LINE.search(text)
+            if lines:
+                return lines[0]
+            if where is not None and where.group(1) == build_file:
+                return int(where.group(2))
+        finally:
+            self._current = saved
+        return 1
 
     def _read(self, rel: str) -> str:
         self.files_read.add(rel)
@@ -290,9 +313,10 @@ class _PackageBuilder:
     """Collects the targets of one BUILD file while it is evaluated, rejecting clashes at the call."""
 
     def __init__(self, package: str, build_file: str, source: str, root: Path, build_names: tuple[str, ...],
-                 owners: Owners) -> None:
+                 owners: Owners | None = None, call_line: Callable[[str], int] | None = None) -> None:
         self.package = package
         self._owners = owners
+        self._call_line = call_line
         self._build_names = build_names
         self._build_file = build_file
         self._source = source
@@ -326,6 +350,7 @@ class _PackageBuilder:
             if out in self._targets:
                 raise ValueError(f"output '{out}' of {label} conflicts with the target {Label(self.package, out)}")
             try:
+                assert self._owners is not None
                 self._owners.claim(out, label, kind)
             except BuildFileError as error:
                 raise ValueError(error.detail) from None
@@ -367,10 +392,11 @@ class _PackageBuilder:
         return sorted(found)
 
     def _locate(self, name: str) -> SourceLocation:
-        """Best-effort line of a target's declaration, for errors raised after evaluation.
+        """The line of a target's declaration, for errors raised after evaluation.
 
-        The `name = "..."` occurrences of the file are indexed once, on first use. A name a macro
-        derived (`name + "_gen"`) is placed at the longest literal name it starts with: the call.
+        The `name = "..."` occurrences of the file are indexed once, on first use. A name that
+        is no literal of the file (made in a loop, or by a macro: `"step%d" % n`) is placed at
+        the statement that declared it, found only when an error message needs it.
         """
         if self._lines is None:
             self._lines = {}
@@ -380,15 +406,42 @@ class _PackageBuilder:
                 position = match.start()
                 self._lines.setdefault(match.group(1), line)
         line = self._lines.get(name)
-        if line is None:
-            stem = max((n for n in self._lines if name.startswith(n)), key=len, default=None)
-            line = self._lines[stem] if stem is not None else 1
-        return SourceLocation(self._build_file, line)
+        if line is None and self._call_line is not None:
+            return _CallSite(self._build_file, name, self._call_line)
+        return SourceLocation(self._build_file, line or 1)
 
     def finish(self) -> Package:
         by_output = {out: target for target in self._targets.values() for out in target.outs}
         return Package(self.package, self._build_file, tuple(self._targets.values()), tuple(self._exports),
                        dict(self._targets), by_output)
+
+
+class _Finder(_PackageBuilder):
+    """Evaluates a BUILD file again and stops at the declaration of one target (`_call_line`)."""
+
+    def __init__(self, package: str, build_file: str, source: str, root: Path, build_names: tuple[str, ...],
+                 wanted: str) -> None:
+        super().__init__(package, build_file, source, root, build_names)
+        self._wanted = wanted
+
+    def rule(self, kind: str, args: tuple[Any, ...], attrs: dict[str, Any]) -> None:
+        if attrs.get("name") == self._wanted:
+            raise ValueError("found")
+
+
+class _CallSite(SourceLocation):
+    """A SourceLocation whose line is looked up when first read (`_PackageBuilder._locate`)."""
+
+    line = property(lambda self: self._line())  # type: ignore[assignment]
+
+    def __init__(self, file: str, name: str, call_line: Callable[[str], int]) -> None:
+        for attribute, value in (("file", file), ("column", 0), ("_name", name), ("_find", call_line)):
+            object.__setattr__(self, attribute, value)
+
+    def _line(self) -> int:
+        if "_found" not in self.__dict__:
+            self.__dict__["_found"] = self._find(self._name)
+        return self.__dict__["_found"]
 
 
 def describe_label(config: Config, label: Label) -> str | None:

@@ -542,6 +542,22 @@ def test_cycle_through_a_macro_names_the_call_line(built):
     assert message == "ORCH-01 DAG cycle detected: //p:a_gen (p/BUILD:3) -> //p:b_gen (p/BUILD:4) -> //p:a_gen"
 
 
+def test_a_cycle_of_targets_made_in_a_loop_names_the_loop_line(built):
+    message = bad_build(built, {"p/BUILD": (
+        'x = 1\n\n[genrule(name = "t%d" % i, srcs = [":t%d" % (1 - i)], outs = ["t%d.txt" % i], cmd = "c")\n'
+        ' for i in range(2)]\n')}, "//p:t0", exit_code=11)
+    assert message == "ORCH-01 DAG cycle detected: //p:t0 (p/BUILD:3) -> //p:t1 (p/BUILD:3) -> //p:t0"
+
+
+def test_an_error_of_a_target_made_by_a_macro_with_a_computed_name_names_the_call(built):
+    message = bad_build(built, {
+        "tools/BUILD": "",
+        "tools/m.bzl": 'def step(n):\n    genrule(name = "step%d" % n, srcs = [":in%d" % n], outs = ["s%d" % n], cmd = "c")\n',
+        "p/BUILD": 'load("//tools:m.bzl", "step")\n\nstep(1)\nstep(\n    2,\n)\n',
+    }, "//p:step2")
+    assert message.startswith("p/BUILD:4: //p:step2: srcs entry ':in2': no such target")
+
+
 def test_version_mismatch_names_the_consumer_line(built):
     message = bad_build(built, {"p/BUILD": (
         'genrule(name = "a", outs = ["a.txt"], cmd = "c", version = {"s": "1"})\n\n'
