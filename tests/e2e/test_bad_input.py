@@ -497,6 +497,19 @@ def test_unknown_table_or_key_in_posbuild_toml(built, toml, detail):
     assert bad_build(built, {"posbuild.toml": toml}) == f"{ws.root}/posbuild.toml: {detail}"
 
 
+@pytest.mark.parametrize("toml, detail", [
+    ("[build]\nbuild_file_names = []\n", "[build] build_file_names must name at least one file"),
+    ("[build]\nbuild_file_names = ['pkg/BUILD']\n",
+     "[build] build_file_names: 'pkg/BUILD' must be a file name, without '/'"),
+    ("[env]\npass = ['FOO=1']\n",
+     "[env] pass: 'FOO=1' is not an environment variable name (pass names a variable of posbuild's "
+     "environment; a value is set in a rule's env)"),
+])
+def test_a_setting_that_could_only_mislead_is_refused(built, toml, detail):
+    ws, _ = built
+    assert bad_build(built, {"posbuild.toml": toml}) == f"{ws.root}/posbuild.toml: {detail}"
+
+
 # --- cycles -------------------------------------------------------------------------------------
 
 
