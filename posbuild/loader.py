@@ -198,9 +198,9 @@ class Loader:
     def _evaluate(self, package: str) -> Package:
         build_file = self._build_file(package)
         source = self._read(build_file)
+        owners = Owners(package, self._root, self._packages, self._package_folders)
         builder = _PackageBuilder(package, build_file, source, self._root, self._config.build_file_names,
-                                  Owners(package, self._root, self._packages, self._package_folders),
-                                  lambda name: self._call_line(package, build_file, source, name))
+                                  owners, lambda name: self._call_line(package, build_file, source, name))
         self._current = builder
         self._sources[build_file] = source
         try:
@@ -210,6 +210,7 @@ class Loader:
             raise starlark_error(error, self._sources) from None
         finally:
             self._current = None
+        self.files_read.update(owners.folders_read)  # stamped like the files read (graphcache.py)
         return builder.finish()
 
     def _call_line(self, package: str, build_file: str, source: str, name: str) -> int:
