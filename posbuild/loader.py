@@ -169,6 +169,7 @@ class Loader:
         self._globals = starlark.Globals.standard()
         self._bzl_cache: dict[str, starlark.FrozenModule] = {}
         self._bzl_loading: list[str] = []
+        self._bzl_packages: dict[str, str] = {}  # the package of each .bzl file, by cache key
         self._loaded: dict[str, Package] = {}
         self._current: _PackageBuilder | None = None
         self._sources: dict[str, str] = {}  # text of each file evaluated, by the name it was parsed under
@@ -264,21 +265,30 @@ class Loader:
             raise ValueError("rules can only be declared while a BUILD file is evaluated, not at load time")
         return self._current
 
-    def _bzl_path(self, module_id: str) -> tuple[str, Path]:
+    def _bzl_path(self, module_id: str) -> tuple[str, Path, str]:
+        """(cache key, file, package) of a load(); a relative label is relative to the file that
+        says it, as in Bazel: a .bzl file's own package, not that of the BUILD file loading it."""
+        requester = self._bzl_loading[-1] if self._bzl_loading else None
+        if requester is not None and requester.startswith(RULES_REPO) and not module_id.startswith(("//", "@")):
+            module_id = f"{RULES_REPO}rules:{module_id.removeprefix(':')}"
         if module_id.startswith(RULES_REPO):
             label = parse_label("//" + module_id[len(RULES_REPO):], "")
             if label.package != "rules":
                 raise ValueError(f"'{module_id}': the standard library lives in @posbuild//rules")
-            return module_id, rules_dir() / label.name
-        package = self._current.package if self._current else ""
+            return module_id, rules_dir() / label.name, label.package
+        if requester is not None:
+            package = self._bzl_packages[requester]
+        else:
+            package = self._current.package if self._current else ""
         label = parse_label(module_id, package)
         if not label.name.endswith(".bzl"):
             raise ValueError(f"load() takes a .bzl file, got '{module_id}'")
         rel = f"{label.package}/{label.name}" if label.package else label.name
-        return rel, self._root / rel
+        return rel, self._root / rel, label.package
 
     def _load_bzl(self, module_id: str) -> starlark.FrozenModule:
-        key, path = self._bzl_path(module_id)
+        key, path, package = self._bzl_path(module_id)
+        self._bzl_packages[key] = package
         if key in self._bzl_cache:
             return self._bzl_cache[key]
         if key in self._bzl_loading:
