@@ -237,11 +237,19 @@ class Loader:
         return 1
 
     def _read(self, rel: str) -> str:
+        """The text of a BUILD or .bzl file: UTF-8, less the byte order mark some editors write."""
         self.files_read.add(rel)
         try:
-            return (self._root / rel).read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as error:
-            raise BuildFileError(f"cannot read {rel}: {error}") from None
+            data = (self._root / rel).read_bytes()
+        except OSError as error:
+            raise BuildFileError(f"cannot read {rel}: {error.strerror}") from None
+        try:
+            return data.decode("utf-8-sig")
+        except UnicodeDecodeError as error:
+            start = data.rfind(b"\n", 0, error.start) + 1
+            column = len(data[start:error.start].decode("utf-8", "replace")) + 1
+            where = SourceLocation(rel, data.count(b"\n", 0, error.start) + 1, column)
+            raise BuildFileError(f"not UTF-8 text (byte 0x{data[error.start]:02x})", where) from None
 
     def _module(self) -> starlark.Module:
         module = starlark.Module()

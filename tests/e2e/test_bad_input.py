@@ -174,6 +174,22 @@ def test_syntax_error_at_the_end_of_a_bzl_file(built):
     assert message == "tools/m.bzl:1:6: Parse error: '(' is never closed"
 
 
+def test_a_build_file_saved_with_a_byte_order_mark_loads(ws):
+    ws.write({"p/in.txt": "x"})
+    (ws.root / "p" / "BUILD").write_bytes(
+        b'\xef\xbb\xbfgenrule(name = "a", srcs = ["in.txt"], outs = ["a"], cmd = "cp $< $@")\r\n')
+    ws.ok("//p:a")
+    assert ws.out("p/a") == "x"
+
+
+def test_a_build_file_that_is_not_utf8_names_the_line(built):
+    ws, _ = built
+    (ws.root / "p").mkdir()
+    (ws.root / "p" / "BUILD").write_bytes(b'x = 1\ngenrule(name = "a", outs = ["a"], cmd = "echo \xe9 > $@")\n')
+    result = ws.build("//...")
+    assert one_error_line(result, 3) == "p/BUILD:2:47: not UTF-8 text (byte 0xe9)"
+
+
 def test_a_tab_in_the_indentation_names_its_own_line(built):
     # starlark places this error at the end of the line before; the user looks for the tab
     message = bad_build(built, {"p/BUILD": 'x = 1\nif x:\n\tgenrule(name = "a", outs = ["a"], cmd = "c")\n'})
