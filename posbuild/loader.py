@@ -53,6 +53,13 @@ def _skip_dir(name: str) -> bool:
     return name.startswith(".") or name in (OUT_DIR, STATE_DIR, "__pycache__")
 
 
+def package_hint(name: str, packages: Any) -> str:
+    """What follows "no such package '//name'": why posbuild never looks there, else a close name."""
+    if any(_skip_dir(part) for part in name.split("/")):
+        return f": posbuild does not look for packages in hidden folders, {OUT_DIR}, {STATE_DIR} or __pycache__"
+    return did_you_mean(name, packages)
+
+
 def discover_packages(root: Path, build_file_names: tuple[str, ...]) -> tuple[tuple[str, ...], tuple[Stamp, ...]]:
     """Every package of the workspace (sorted) and the stamp of every folder walked to find them."""
     packages: list[str] = []
@@ -185,7 +192,7 @@ class Loader:
             if name not in self._packages:
                 if not name:
                     raise BuildFileError("no such package '//': the workspace root has no BUILD file")
-                raise BuildFileError(f"no such package '//{name}'" + did_you_mean(name, self._packages))
+                raise BuildFileError(f"no such package '//{name}'" + package_hint(name, self._packages))
             self._loaded[name] = self._evaluate(name)
         return self._loaded[name]
 

@@ -372,6 +372,18 @@ def test_no_such_package_with_all(built):
     assert bad_build(built, {}, "//nowhere:all") == "no such package '//nowhere'"
 
 
+@pytest.mark.parametrize("command, pattern", [
+    ("build", "//.ci:a"), ("build", "//.ci:all"), ("build", "//p:b"), ("query", "//.ci:a"), ("query", "//.ci:all"),
+])
+def test_a_package_in_a_hidden_folder_is_named_as_such(built, command, pattern):
+    ws, _ = built
+    ws.write({".ci/BUILD": 'genrule(name = "a", outs = ["a"], cmd = "echo > $@")\n',
+              "p/BUILD": 'genrule(name = "b", srcs = ["//.ci:a"], outs = ["b"], cmd = "cat $< > $@")\n'})
+    message = one_error_line(ws.run(command, pattern), 3)
+    assert message.endswith("no such package '//.ci': posbuild does not look for packages in hidden folders, "
+                            "posbuild-out, .posbuild or __pycache__")
+
+
 def test_recursive_pattern_that_matches_nothing(built):
     assert bad_build(built, {}, "//nowhere/...") == "pattern '//nowhere/...' matches no targets"
 
