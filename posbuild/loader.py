@@ -249,7 +249,7 @@ class Loader:
         try:
             data = (self._root / rel).read_bytes()
         except OSError as error:
-            raise BuildFileError(f"cannot read {rel}: {error.strerror}") from None
+            raise BuildFileError(f"cannot read {rel}: {error.strerror or error}") from None
         try:
             return data.decode("utf-8-sig")
         except UnicodeDecodeError as error:
