@@ -34,7 +34,8 @@ if TYPE_CHECKING:  # loading BUILD files is only needed when the graph cache mis
     from posbuild.target import Pairs, Target
 
 ACTION_SCHEMA = 2  # bump when the meaning of an Action's fields changes (2: commands run under strict bash)
-CHECKS = 2  # bump when loading or analysis refuses graphs it used to accept: cached graphs are checked again
+CHECKS = 3  # bump when loading or analysis changes what graphs it makes or accepts: cached graphs are made again
+# (3: a relative load() in a .bzl file is relative to that file; ownership stamps hidden folders)
 KIND_VERSIONS = {"genrule": 1, "py_task": 1}
 
 
