@@ -25,6 +25,7 @@ from posbuild.config import OUT_DIR, STATE_DIR
 from posbuild.digest import Digest, hash_canonical
 from posbuild.errors import BuildFileError, CycleError, SourceLocation, VersionMismatch
 from posbuild.graph import toposort
+from posbuild.loader import package_hint
 from posbuild.label import Label, PatternKind, TargetPattern, did_you_mean, parse_label
 
 if TYPE_CHECKING:  # loading BUILD files is only needed when the graph cache misses
@@ -33,7 +34,8 @@ if TYPE_CHECKING:  # loading BUILD files is only needed when the graph cache mis
     from posbuild.target import Pairs, Target
 
 ACTION_SCHEMA = 2  # bump when the meaning of an Action's fields changes (2: commands run under strict bash)
-CHECKS = 2  # bump when loading or analysis refuses graphs it used to accept: cached graphs are checked again
+CHECKS = 3  # bump when loading or analysis changes what graphs it makes or accepts: cached graphs are made again
+# (3: a relative load() in a .bzl file is relative to that file; ownership stamps hidden folders)
 KIND_VERSIONS = {"genrule": 1, "py_task": 1}
 
 
@@ -123,7 +125,7 @@ def expand_patterns(patterns: Sequence[TargetPattern], packages: Sequence[str], 
             selected.add(_resolve_single(pattern.label, loader, packages))
             continue
         if pattern.package and pattern.package not in packages and pattern.kind is PatternKind.ALL:
-            raise BuildFileError(f"no such package '//{pattern.package}'" + did_you_mean(pattern.package, packages))
+            raise BuildFileError(f"no such package '//{pattern.package}'" + package_hint(pattern.package, packages))
         found = [t.label for p in packages if pattern.covers_package(p) for t in loader.package(p).targets]
         if not found:
             raise BuildFileError(f"pattern '{pattern}' matches no targets")

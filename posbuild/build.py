@@ -21,7 +21,7 @@ from typing import Callable, Iterator, Mapping, Sequence
 from posbuild.analysis import Action, ActionGraph, Analyzer, GraphFacts, expand_patterns
 from posbuild.config import Config, load_config
 from posbuild.digest import Digest
-from posbuild.epoch import read_epoch
+from posbuild.epoch import MISSING, new_store_epoch, read_epoch
 from posbuild.envfp import checked_environment_hash, environment_key, passed_environment
 from posbuild.errors import ActionFailed, NonDeterminism, OrchError, PosbuildError, ResourceOversubscription, UsageError
 from posbuild.graphcache import CachedGraph, GraphCache
@@ -197,6 +197,9 @@ def _run_build(root: Path, options: BuildOptions, reporter: Reporter, environ: M
     with workspace_lock(config, reporter):
         previous = load_state(request.state_path, env_key)
         epoch = read_epoch(config.store_dir)
+        if epoch == MISSING and not options.dry_run:  # the store this build creates: its epoch now
+            new_store_epoch(config.store_dir)
+            epoch = read_epoch(config.store_dir)
         if previous.epoch != epoch:  # something was removed from the store since: check what the state trusts
             previous = revalidate(None if options.dry_run else request.state_path, previous, config.store_dir, epoch)
         tree_clean = tree_is_clean(config)

@@ -8,6 +8,7 @@ clear error naming the key, not a crash deep inside the build.
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
@@ -152,9 +153,9 @@ def load_config(root: Path) -> Config:
     return Config(
         root=root,
         jobs=jobs or default_jobs(),
-        build_file_names=_string_list(table, "build", "build_file_names", ["BUILD"], path),
+        build_file_names=_build_file_names(table, path),
         store_dir=store_dir,
-        env_pass=_string_list(table, "env", "pass", [], path),
+        env_pass=_env_pass(table, path),
         sandbox_dir=_sandbox_dir(root, _get(table, "build", "sandbox_base", str, "", path)),
         cache_max_size=str(_get(table, "cache", "max_size", (str, int), "", path)),
         env_tools=_tools(table, path),
@@ -166,6 +167,27 @@ def load_config(root: Path) -> Config:
         executor=_choice(table, "executor", "kind", EXECUTOR_KINDS, path),
         executor_address=_get(table, "executor", "address", str, "", path),
     )
+
+
+def _build_file_names(table: dict[str, Any], path: Path) -> tuple[str, ...]:
+    """`[build] build_file_names`: file names (no folders); an empty list would find no package."""
+    names = _string_list(table, "build", "build_file_names", ["BUILD"], path)
+    if not names:
+        raise WorkspaceError(f"{path}: [build] build_file_names must name at least one file")
+    for name in names:
+        if "/" in name or name in (".", ".."):
+            raise WorkspaceError(f"{path}: [build] build_file_names: '{name}' must be a file name, without '/'")
+    return names
+
+
+def _env_pass(table: dict[str, Any], path: Path) -> tuple[str, ...]:
+    """`[env] pass`: names of variables; `FOO=1` would silently pass nothing."""
+    names = _string_list(table, "env", "pass", [], path)
+    for name in names:
+        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
+            raise WorkspaceError(f"{path}: [env] pass: '{name}' is not an environment variable name (pass "
+                                 f"names a variable of posbuild's environment; a value is set in a rule's env)")
+    return names
 
 
 def _check_known(table: dict[str, Any], path: Path) -> None:

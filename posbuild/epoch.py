@@ -16,14 +16,24 @@ from pathlib import Path
 from posbuild.atomic import write_atomically
 
 EPOCH_FILE = "epoch"
+MISSING = b"missing"  # the epoch of a store that does not exist: no saved state may trust it
 
 
 def read_epoch(store_dir: Path) -> bytes:
-    """The store's current epoch; empty while nothing was ever removed from it."""
+    """The store's current epoch; empty while nothing was ever removed from a store made before
+    stores got one at birth, MISSING where there is no store (another `[cache] dir`, a deleted one)."""
     try:
         return (store_dir / EPOCH_FILE).read_bytes()
     except (FileNotFoundError, NotADirectoryError):
-        return b""
+        return b"" if os.path.exists(store_dir / "db") else MISSING  # "db": the LMDB folder (store.py)
+
+
+def new_store_epoch(store_dir: Path) -> None:
+    """Give a store that is being created an epoch of its own, unless it has one: a state saved
+    against a deleted store, or another one, then names another epoch."""
+    if not os.path.exists(store_dir / EPOCH_FILE):
+        store_dir.mkdir(parents=True, exist_ok=True)
+        advance_epoch(store_dir)
 
 
 def advance_epoch(store_dir: Path) -> None:

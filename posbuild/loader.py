@@ -53,6 +53,13 @@ def _skip_dir(name: str) -> bool:
     return name.startswith(".") or name in (OUT_DIR, STATE_DIR, "__pycache__")
 
 
+def package_hint(name: str, packages: Any) -> str:
+    """What follows "no such package '//name'": why posbuild never looks there, else a close name."""
+    if any(_skip_dir(part) for part in name.split("/")):
+        return f": posbuild does not look for packages in hidden folders, {OUT_DIR}, {STATE_DIR} or __pycache__"
+    return did_you_mean(name, packages)
+
+
 def discover_packages(root: Path, build_file_names: tuple[str, ...]) -> tuple[tuple[str, ...], tuple[Stamp, ...]]:
     """Every package of the workspace (sorted) and the stamp of every folder walked to find them."""
     packages: list[str] = []
@@ -121,7 +128,21 @@ def starlark_error(error: Exception, sources: dict[str, str] | None = None) -> B
     elif (location.line, location.column) == (1, 1) and message.startswith("Parse error") \
             and not re.match(r"\s*\|\s*1 \|", text[where.end():]):  # no excerpt of line 1: the end
         message, location = _at_end(location.file, (sources or {}).get(location.file, ""))
+    elif message == "Parse error: tabs are not allowed":
+        location = _next_tab(location, (sources or {}).get(location.file, ""))
     return BuildFileError(message, location)
+
+
+def _next_tab(location: SourceLocation, source: str) -> SourceLocation:
+    """The first tab at or after `location`: starlark places a tab of the indentation at the end
+    of the line before, where the user would look for it in vain."""
+    lines = source.split("\n")
+    for number in range(location.line, len(lines) + 1):
+        start = location.column - 1 if number == location.line else 0
+        column = lines[number - 1].find("\t", max(start, 0))
+        if column >= 0:
+            return SourceLocation(location.file, number, column + 1)
+    return location
 
 
 def _at_end(file: str, source: str) -> tuple[str, SourceLocation]:
@@ -155,6 +176,7 @@ class Loader:
         self._globals = starlark.Globals.standard()
         self._bzl_cache: dict[str, starlark.FrozenModule] = {}
         self._bzl_loading: list[str] = []
+        self._bzl_packages: dict[str, str] = {}  # the package of each .bzl file, by cache key
         self._loaded: dict[str, Package] = {}
         self._current: _PackageBuilder | None = None
         self._sources: dict[str, str] = {}  # text of each file evaluated, by the name it was parsed under
@@ -170,7 +192,7 @@ class Loader:
             if name not in self._packages:
                 if not name:
                     raise BuildFileError("no such package '//': the workspace root has no BUILD file")
-                raise BuildFileError(f"no such package '//{name}'" + did_you_mean(name, self._packages))
+                raise BuildFileError(f"no such package '//{name}'" + package_hint(name, self._packages))
             self._loaded[name] = self._evaluate(name)
         return self._loaded[name]
 
@@ -184,8 +206,9 @@ class Loader:
     def _evaluate(self, package: str) -> Package:
         build_file = self._build_file(package)
         source = self._read(build_file)
+        owners = Owners(package, self._root, self._packages, self._package_folders)
         builder = _PackageBuilder(package, build_file, source, self._root, self._config.build_file_names,
-                                  Owners(package, self._root, self._packages, self._package_folders))
+                                  owners, lambda name: self._call_line(package, build_file, source, name))
         self._current = builder
         self._sources[build_file] = source
         try:
@@ -195,14 +218,45 @@ class Loader:
             raise starlark_error(error, self._sources) from None
         finally:
             self._current = None
+        self.files_read.update(owners.folders_read)  # stamped like the files read (graphcache.py)
         return builder.finish()
 
+    def _call_line(self, package: str, build_file: str, source: str, name: str) -> int:
+        """The line of the BUILD file's statement that declared target `name` (a call in a loop,
+        or of a macro): found by evaluating the file again up to that declaration. Only an error
+        message asks, so the cost is paid only then."""
+        finder = _Finder(package, build_file, source, self._root, self._config.build_file_names, name)
+        saved = self._current
+        self._current = finder
+        try:
+            starlark.eval(self._module(), starlark.parse(build_file, source), self._globals,
+                          starlark.FileLoader(self._load_bzl))
+        except starlark.StarlarkError as error:
+            text = str(error)
+            lines = [int(n) for f, n in _FRAME_LINE.findall(text) if f == build_file]
+            where = _WHERE_LINE.search(text)
+            if lines:
+                return lines[0]
+            if where is not None and where.group(1) == build_file:
+                return int(where.group(2))
+        finally:
+            self._current = saved
+        return 1
+
     def _read(self, rel: str) -> str:
+        """The text of a BUILD or .bzl file: UTF-8, less the byte order mark some editors write."""
         self.files_read.add(rel)
         try:
-            return (self._root / rel).read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as error:
-            raise BuildFileError(f"cannot read {rel}: {error}") from None
+            data = (self._root / rel).read_bytes()
+        except OSError as error:
+            raise BuildFileError(f"cannot read {rel}: {error.strerror or error}") from None
+        try:
+            return data.decode("utf-8-sig")
+        except UnicodeDecodeError as error:
+            start = data.rfind(b"\n", 0, error.start) + 1
+            column = len(data[start:error.start].decode("utf-8", "replace")) + 1
+            where = SourceLocation(rel, data.count(b"\n", 0, error.start) + 1, column)
+            raise BuildFileError(f"not UTF-8 text (byte 0x{data[error.start]:02x})", where) from None
 
     def _module(self) -> starlark.Module:
         module = starlark.Module()
@@ -226,21 +280,30 @@ class Loader:
             raise ValueError("rules can only be declared while a BUILD file is evaluated, not at load time")
         return self._current
 
-    def _bzl_path(self, module_id: str) -> tuple[str, Path]:
+    def _bzl_path(self, module_id: str) -> tuple[str, Path, str]:
+        """(cache key, file, package) of a load(); a relative label is relative to the file that
+        says it, as in Bazel: a .bzl file's own package, not that of the BUILD file loading it."""
+        requester = self._bzl_loading[-1] if self._bzl_loading else None
+        if requester is not None and requester.startswith(RULES_REPO) and not module_id.startswith(("//", "@")):
+            module_id = f"{RULES_REPO}rules:{module_id.removeprefix(':')}"
         if module_id.startswith(RULES_REPO):
             label = parse_label("//" + module_id[len(RULES_REPO):], "")
             if label.package != "rules":
                 raise ValueError(f"'{module_id}': the standard library lives in @posbuild//rules")
-            return module_id, rules_dir() / label.name
-        package = self._current.package if self._current else ""
+            return module_id, rules_dir() / label.name, label.package
+        if requester is not None:
+            package = self._bzl_packages[requester]
+        else:
+            package = self._current.package if self._current else ""
         label = parse_label(module_id, package)
         if not label.name.endswith(".bzl"):
             raise ValueError(f"load() takes a .bzl file, got '{module_id}'")
         rel = f"{label.package}/{label.name}" if label.package else label.name
-        return rel, self._root / rel
+        return rel, self._root / rel, label.package
 
     def _load_bzl(self, module_id: str) -> starlark.FrozenModule:
-        key, path = self._bzl_path(module_id)
+        key, path, package = self._bzl_path(module_id)
+        self._bzl_packages[key] = package
         if key in self._bzl_cache:
             return self._bzl_cache[key]
         if key in self._bzl_loading:
@@ -276,9 +339,10 @@ class _PackageBuilder:
     """Collects the targets of one BUILD file while it is evaluated, rejecting clashes at the call."""
 
     def __init__(self, package: str, build_file: str, source: str, root: Path, build_names: tuple[str, ...],
-                 owners: Owners) -> None:
+                 owners: Owners | None = None, call_line: Callable[[str], int] | None = None) -> None:
         self.package = package
         self._owners = owners
+        self._call_line = call_line
         self._build_names = build_names
         self._build_file = build_file
         self._source = source
@@ -312,6 +376,7 @@ class _PackageBuilder:
             if out in self._targets:
                 raise ValueError(f"output '{out}' of {label} conflicts with the target {Label(self.package, out)}")
             try:
+                assert self._owners is not None
                 self._owners.claim(out, label, kind)
             except BuildFileError as error:
                 raise ValueError(error.detail) from None
@@ -353,10 +418,11 @@ class _PackageBuilder:
         return sorted(found)
 
     def _locate(self, name: str) -> SourceLocation:
-        """Best-effort line of a target's declaration, for errors raised after evaluation.
+        """The line of a target's declaration, for errors raised after evaluation.
 
-        The `name = "..."` occurrences of the file are indexed once, on first use. A name a macro
-        derived (`name + "_gen"`) is placed at the longest literal name it starts with: the call.
+        The `name = "..."` occurrences of the file are indexed once, on first use. A name that
+        is no literal of the file (made in a loop, or by a macro: `"step%d" % n`) is placed at
+        the statement that declared it, found only when an error message needs it.
         """
         if self._lines is None:
             self._lines = {}
@@ -366,15 +432,42 @@ class _PackageBuilder:
                 position = match.start()
                 self._lines.setdefault(match.group(1), line)
         line = self._lines.get(name)
-        if line is None:
-            stem = max((n for n in self._lines if name.startswith(n)), key=len, default=None)
-            line = self._lines[stem] if stem is not None else 1
-        return SourceLocation(self._build_file, line)
+        if line is None and self._call_line is not None:
+            return _CallSite(self._build_file, name, self._call_line)
+        return SourceLocation(self._build_file, line or 1)
 
     def finish(self) -> Package:
         by_output = {out: target for target in self._targets.values() for out in target.outs}
         return Package(self.package, self._build_file, tuple(self._targets.values()), tuple(self._exports),
                        dict(self._targets), by_output)
+
+
+class _Finder(_PackageBuilder):
+    """Evaluates a BUILD file again and stops at the declaration of one target (`_call_line`)."""
+
+    def __init__(self, package: str, build_file: str, source: str, root: Path, build_names: tuple[str, ...],
+                 wanted: str) -> None:
+        super().__init__(package, build_file, source, root, build_names)
+        self._wanted = wanted
+
+    def rule(self, kind: str, args: tuple[Any, ...], attrs: dict[str, Any]) -> None:
+        if attrs.get("name") == self._wanted:
+            raise ValueError("found")
+
+
+class _CallSite(SourceLocation):
+    """A SourceLocation whose line is looked up when first read (`_PackageBuilder._locate`)."""
+
+    line = property(lambda self: self._line())  # type: ignore[assignment]
+
+    def __init__(self, file: str, name: str, call_line: Callable[[str], int]) -> None:
+        for attribute, value in (("file", file), ("column", 0), ("_name", name), ("_find", call_line)):
+            object.__setattr__(self, attribute, value)
+
+    def _line(self) -> int:
+        if "_found" not in self.__dict__:
+            self.__dict__["_found"] = self._find(self._name)
+        return self.__dict__["_found"]
 
 
 def describe_label(config: Config, label: Label) -> str | None:

@@ -44,6 +44,9 @@ class Owners:
         self._outputs: dict[str, Label] = {}
         self._folders: dict[str, tuple[str, Label]] = {}  # a folder above a claimed output -> (output, owner)
         self._listing: set[str] | None = None
+        # Source folders the check looked into: the graph cache stamps them, as package discovery
+        # does not walk every one (hidden folders, symbolic links).
+        self.folders_read: set[str] = set()
 
     def claim(self, out: str, owner: Label, kind: str) -> None:
         """Record `out` as owned by `owner`, or raise a BuildFileError naming the other owner."""
@@ -105,8 +108,10 @@ class Owners:
                     source = self._full("/".join(parts[:i + 1]))
                     raise BuildFileError(f"output '{out}' of {owner} conflicts with source file {source}")
                 return
+            self.folders_read.add(self._full("/".join(parts[:i + 1])))
         for folder, dirs, files in os.walk(path):
             dirs.sort()
+            self.folders_read.add(self._full(os.path.relpath(folder, self._base).replace(os.sep, "/")))
             if files:
                 inside = os.path.relpath(os.path.join(folder, min(files)), self._base).replace(os.sep, "/")
                 raise BuildFileError(f"output '{out}' of {owner} conflicts with source file {self._full(inside)}")

@@ -589,8 +589,9 @@ class Evaluator:
             return {self.single(pattern)}
         if pattern.kind is PatternKind.ALL:
             if pattern.package not in rules:
-                raise BuildFileError(f"no such package '//{pattern.package}'"
-                                     + did_you_mean(pattern.package, graph.packages))
+                from posbuild.loader import package_hint  # only for the error
+
+                raise BuildFileError(f"no such package '//{pattern.package}'" + package_hint(pattern.package, graph.packages))
             found = set(rules[pattern.package])
         else:
             found = set(chain.from_iterable(nodes for p, nodes in rules.items() if pattern.covers_package(p)))
@@ -609,7 +610,9 @@ class Evaluator:
         if node is not None:
             return node
         if label.package not in graph.packages:
-            raise BuildFileError(f"no such package '//{label.package}'" + did_you_mean(label.package, graph.packages))
+            from posbuild.loader import package_hint  # only for the error
+
+            raise BuildFileError(f"no such package '//{label.package}'" + package_hint(label.package, graph.packages))
         prefix = f"//{label.package}:"
         names = [n[len(prefix):] for n in graph.labels if n.startswith(prefix)]
         raise BuildFileError(f"no such target '{label}'" + did_you_mean(label.name, names))

@@ -40,7 +40,7 @@ import lmdb
 import msgpack
 
 from posbuild.digest import Digest, hash_bytes, hash_file
-from posbuild.epoch import advance_epoch
+from posbuild.epoch import advance_epoch, new_store_epoch
 from posbuild.errors import ChecksumMismatch, PartialState
 from posbuild.liveness import lock_held
 from posbuild.recordchain import CHAIN, GENESIS, records_digest, seal
@@ -80,6 +80,8 @@ class Store:
     def __init__(self, path: Path) -> None:
         self.path = path
         path.mkdir(parents=True, exist_ok=True)
+        if not (path / "db").exists():
+            new_store_epoch(path)
         self._env = lmdb.open(str(path / "db"), map_size=MAP_SIZE, max_dbs=16, sync=False, metasync=False)
         self._blobs = self._env.open_db(b"blobs")
         self._results = self._env.open_db(b"results")

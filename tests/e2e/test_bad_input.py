@@ -174,6 +174,34 @@ def test_syntax_error_at_the_end_of_a_bzl_file(built):
     assert message == "tools/m.bzl:1:6: Parse error: '(' is never closed"
 
 
+def test_a_build_file_saved_with_a_byte_order_mark_loads(ws):
+    ws.write({"p/in.txt": "x"})
+    (ws.root / "p" / "BUILD").write_bytes(
+        b'\xef\xbb\xbfgenrule(name = "a", srcs = ["in.txt"], outs = ["a"], cmd = "cp $< $@")\r\n')
+    ws.ok("//p:a")
+    assert ws.out("p/a") == "x"
+
+
+def test_a_build_file_that_is_not_utf8_names_the_line(built):
+    ws, _ = built
+    (ws.root / "p").mkdir()
+    (ws.root / "p" / "BUILD").write_bytes(b'x = 1\ngenrule(name = "a", outs = ["a"], cmd = "echo \xe9 > $@")\n')
+    result = ws.build("//...")
+    assert one_error_line(result, 3) == "p/BUILD:2:47: not UTF-8 text (byte 0xe9)"
+
+
+def test_a_tab_in_the_indentation_names_its_own_line(built):
+    # starlark places this error at the end of the line before; the user looks for the tab
+    message = bad_build(built, {"p/BUILD": 'x = 1\nif x:\n\tgenrule(name = "a", outs = ["a"], cmd = "c")\n'})
+    assert message == "p/BUILD:3:1: Parse error: tabs are not allowed"
+
+
+def test_a_tab_in_the_indentation_of_a_bzl_file_names_its_own_line(built):
+    message = bad_build(built, {"tools/BUILD": "", "tools/m.bzl": "def f():\n    x = 1\n  \ty = 2\n",
+                                "p/BUILD": 'load("//tools:m.bzl", "f")\n'})
+    assert message == "tools/m.bzl:3:3: Parse error: tabs are not allowed"
+
+
 @pytest.mark.parametrize("call, detail", [
     ('copy_file(name = "c", src = "in.txt", out = 3)', "copy_file 'c': 'out' must be a file name"),
     ('copy_file(name = "c", src = "in.txt", out = "../c")',
@@ -344,6 +372,18 @@ def test_no_such_package_with_all(built):
     assert bad_build(built, {}, "//nowhere:all") == "no such package '//nowhere'"
 
 
+@pytest.mark.parametrize("command, pattern", [
+    ("build", "//.ci:a"), ("build", "//.ci:all"), ("build", "//p:b"), ("query", "//.ci:a"), ("query", "//.ci:all"),
+])
+def test_a_package_in_a_hidden_folder_is_named_as_such(built, command, pattern):
+    ws, _ = built
+    ws.write({".ci/BUILD": 'genrule(name = "a", outs = ["a"], cmd = "echo > $@")\n',
+              "p/BUILD": 'genrule(name = "b", srcs = ["//.ci:a"], outs = ["b"], cmd = "cat $< > $@")\n'})
+    message = one_error_line(ws.run(command, pattern), 3)
+    assert message.endswith("no such package '//.ci': posbuild does not look for packages in hidden folders, "
+                            "posbuild-out, .posbuild or __pycache__")
+
+
 def test_recursive_pattern_that_matches_nothing(built):
     assert bad_build(built, {}, "//nowhere/...") == "pattern '//nowhere/...' matches no targets"
 
@@ -485,6 +525,19 @@ def test_unknown_table_or_key_in_posbuild_toml(built, toml, detail):
     assert bad_build(built, {"posbuild.toml": toml}) == f"{ws.root}/posbuild.toml: {detail}"
 
 
+@pytest.mark.parametrize("toml, detail", [
+    ("[build]\nbuild_file_names = []\n", "[build] build_file_names must name at least one file"),
+    ("[build]\nbuild_file_names = ['pkg/BUILD']\n",
+     "[build] build_file_names: 'pkg/BUILD' must be a file name, without '/'"),
+    ("[env]\npass = ['FOO=1']\n",
+     "[env] pass: 'FOO=1' is not an environment variable name (pass names a variable of posbuild's "
+     "environment; a value is set in a rule's env)"),
+])
+def test_a_setting_that_could_only_mislead_is_refused(built, toml, detail):
+    ws, _ = built
+    assert bad_build(built, {"posbuild.toml": toml}) == f"{ws.root}/posbuild.toml: {detail}"
+
+
 # --- cycles -------------------------------------------------------------------------------------
 
 
@@ -528,6 +581,22 @@ def test_cycle_through_a_macro_names_the_call_line(built):
         "p/BUILD": 'load("//tools:m.bzl", "pair")\n\npair(name = "a", src = ":b_gen")\npair(name = "b", src = ":a_gen")\n',
     }, "//p:a_gen", exit_code=11)
     assert message == "ORCH-01 DAG cycle detected: //p:a_gen (p/BUILD:3) -> //p:b_gen (p/BUILD:4) -> //p:a_gen"
+
+
+def test_a_cycle_of_targets_made_in_a_loop_names_the_loop_line(built):
+    message = bad_build(built, {"p/BUILD": (
+        'x = 1\n\n[genrule(name = "t%d" % i, srcs = [":t%d" % (1 - i)], outs = ["t%d.txt" % i], cmd = "c")\n'
+        ' for i in range(2)]\n')}, "//p:t0", exit_code=11)
+    assert message == "ORCH-01 DAG cycle detected: //p:t0 (p/BUILD:3) -> //p:t1 (p/BUILD:3) -> //p:t0"
+
+
+def test_an_error_of_a_target_made_by_a_macro_with_a_computed_name_names_the_call(built):
+    message = bad_build(built, {
+        "tools/BUILD": "",
+        "tools/m.bzl": 'def step(n):\n    genrule(name = "step%d" % n, srcs = [":in%d" % n], outs = ["s%d" % n], cmd = "c")\n',
+        "p/BUILD": 'load("//tools:m.bzl", "step")\n\nstep(1)\nstep(\n    2,\n)\n',
+    }, "//p:step2")
+    assert message.startswith("p/BUILD:4: //p:step2: srcs entry ':in2': no such target")
 
 
 def test_version_mismatch_names_the_consumer_line(built):

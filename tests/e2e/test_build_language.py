@@ -172,6 +172,30 @@ def test_load_macro_can_see_package_name_and_chain_loads(ws):
     assert ws.out("deep/pkg/t.out") == "deep/pkg\n"
 
 
+def test_a_relative_load_in_a_bzl_file_is_relative_to_that_file_not_to_the_build_file(ws):
+    # as in Bazel: tools/macros.bzl's ":base.bzl" is //tools:base.bzl, whoever loads macros.bzl
+    ws.write({
+        "tools/BUILD": "",
+        "tools/base.bzl": 'WORD = "tools"\n',
+        "tools/macros.bzl": """
+            load(":base.bzl", "WORD")
+            def said(name):
+                genrule(name = name, outs = [name + ".txt"], cmd = "echo %s > $@" % WORD)
+        """,
+        "p/base.bzl": 'WORD = "p"\n',
+        "p/BUILD": """
+            load("//tools:macros.bzl", "said")
+            said(name = "a")
+        """,
+        "q/BUILD": """
+            load("//tools:macros.bzl", "said")
+            said(name = "b")
+        """,
+    })
+    ws.ok("//q:b", "//p:a")
+    assert (ws.out("p/a.txt"), ws.out("q/b.txt")) == ("tools\n", "tools\n")
+
+
 # --- labels -------------------------------------------------------------------------------------
 
 

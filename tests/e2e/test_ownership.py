@@ -158,6 +158,17 @@ def test_a_new_subpackage_makes_a_cached_graph_conflict(ws):
     assert message == "p/BUILD:1:1: output 'q/x.txt' of //p:outer crosses into package //p/q"
 
 
+def test_a_new_source_file_in_a_hidden_folder_makes_a_cached_graph_conflict(ws):
+    # package discovery skips hidden folders, so their stamps alone would not notice the file
+    ws.write({"p/BUILD": 'genrule(name = "a", outs = [".well-known/gen.txt"], cmd = "echo > $@")\n',
+              "p/.well-known/other.txt": "a source\n"})
+    ws.ok("//...")
+    ws.ok("//...")
+    ws.write({"p/.well-known/gen.txt": "a source now\n"})
+    assert refused_keeping(ws, "//...") == (
+        "p/BUILD:1:1: output '.well-known/gen.txt' of //p:a conflicts with source file p/.well-known/gen.txt")
+
+
 # --- what does not overlap builds ---------------------------------------------------------------
 
 

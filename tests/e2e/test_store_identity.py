@@ -1,0 +1,34 @@
+"""A build trusts the outputs it recorded only against the store that holds their results.
+
+The up-to-date state settles actions by `stat()` alone. When the workspace is pointed at another
+store (`[cache] dir`), or its store was deleted, nothing of what the state recorded is in the
+store any more: the build must execute (or restore) again, not call the actions cached, and
+`posbuild fsck` must pass afterwards.
+"""
+
+from __future__ import annotations
+
+import shutil
+
+from conftest import counts
+
+BUILD = {"p/BUILD": 'genrule(name = "a", outs = ["a.txt"], cmd = "echo hi > $@")\n'}
+
+
+def test_a_build_against_another_store_does_not_call_its_actions_cached(ws, tmp_path):
+    ws.write(BUILD)
+    assert counts(ws.ok("//p:a"))["executed"] == 1
+    ws.write({"posbuild.toml": f'[cache]\ndir = "{tmp_path / "other-store"}"\n'})
+    assert counts(ws.ok("//p:a")) == {"executed": 1, "cached": 0, "failed": 0}
+    assert counts(ws.ok("//p:a")) == {"executed": 0, "cached": 1, "failed": 0}
+    assert ws.run("fsck").returncode == 0
+    assert ws.out("p/a.txt") == "hi\n"
+
+
+def test_a_build_after_its_store_was_deleted_does_not_call_its_actions_cached(ws):
+    ws.write(BUILD)
+    ws.ok("//p:a")
+    shutil.rmtree(ws.root / ".posbuild" / "store")
+    assert counts(ws.ok("//p:a")) == {"executed": 1, "cached": 0, "failed": 0}
+    fsck = ws.run("fsck")
+    assert fsck.returncode == 0, fsck.stdout + fsck.stderr
