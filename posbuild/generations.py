@@ -111,7 +111,7 @@ def rollback(config: Config, store: Store, generation_id: int | None = None) -> 
             memo.append((path, materializer.restore(output)))
     removed = _remove_others(config.root, set(manifest))
     store.commit(memo=memo)
-    if chosen.id != generations[-1].id:  # the next build starts from this tree, not the newer one
+    if chosen.manifest != generations[-1].manifest:  # the next build starts from this tree, not the newer one
         created = datetime.now(timezone.utc).isoformat(timespec="microseconds")
         store.add_generation(created, (f"rollback --to {chosen.id}",), store.get_blob(chosen.manifest),
                              chosen.files, chosen.size, workspace_tag(config))
