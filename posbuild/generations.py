@@ -40,7 +40,7 @@ from posbuild.uptodate import mark_tree
 
 def workspace_tag(config: Config) -> str:
     """What the workspace's generations are tagged with: "" in its own store, else its path."""
-    return "" if config.store_dir.is_relative_to(config.state_dir) else str(config.root)
+    return config.workspace_tag
 
 
 def current_manifest(store: Store, workspace: str = "") -> tuple[Generation | None, Manifest]:

@@ -131,7 +131,7 @@ def run_dirty(config: Config, actions: Sequence[Action], clean: Sequence[bool], 
     remote = _open_remote(config, settings, reporter)
     if cluster is not None and remote is not None and not settings.verify:
         cluster.use_remote(remote, reporter.message)  # workers read inputs from its CAS, by digest
-    store = Store(config.store_dir)
+    store = Store(config.store_dir, config.workspace_tag)
     sandboxes: Sandboxes | None = None
     try:
         files = FileStates(config.root, store)
@@ -332,7 +332,7 @@ def plan_dirty(config: Config, actions: Sequence[Action], clean: Sequence[bool],
     if not (config.store_dir / "db").exists():
         why = "no earlier execution is recorded" if explain else ""
         return [(i, why) for i, is_clean in enumerate(clean) if not is_clean]
-    store = Store(config.store_dir)
+    store = Store(config.store_dir, config.workspace_tag)
     try:
         rebuilder = Rebuilder(config.root, store, FileStates(config.root, store), Sandboxes(config.root, config.sandbox_dir),
                               settings.env_hash, settings.passed_env, previous, dry_run=True, explain=explain)

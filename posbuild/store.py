@@ -76,8 +76,12 @@ def _has_payload(cursor: lmdb.Cursor, digest: Digest) -> bool:
 class Store:
     """The artifact store of one workspace (or of a shared `[cache] dir`)."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, workspace: str = "") -> None:
+        """Open the store at `path`; `workspace` is Config.workspace_tag of the workspace
+        using it, "" in its own store: the stat memo is keyed by workspace-relative path, so a
+        store shared by checkouts of one repository keys each one's rows by its tag as well."""
         self.path = path
+        self._memo_prefix = f"{workspace}\0".encode() if workspace else b""
         path.mkdir(parents=True, exist_ok=True)
         self._env = lmdb.open(str(path / "db"), map_size=MAP_SIZE, max_dbs=16, sync=False, metasync=False)
         self._blobs = self._env.open_db(b"blobs")
@@ -145,7 +149,7 @@ class Store:
         return ActionResult.unpack(data) if data is not None else None
 
     def get_memo(self, path: str) -> FileState | None:
-        data = self._get(path.encode(), self._memo)
+        data = self._get(self._memo_prefix + path.encode(), self._memo)
         return FileState.unpack(data) if data is not None else None
 
     def get_blob(self, digest: Digest) -> bytes:
@@ -245,7 +249,7 @@ class Store:
             if txn.get(digest, db=self._blobs) is None:
                 txn.put(digest, _INLINE + data if data is not None else _EXTERNAL, db=self._blobs)
         for path, state in memo:
-            txn.put(path.encode(), state.pack(), db=self._memo)
+            txn.put(self._memo_prefix + path.encode(), state.pack(), db=self._memo)
         if result is not None:
             key, value = result
             packed = value.pack()
@@ -353,7 +357,7 @@ class Store:
                     external.append(digest)
                 txn.delete(digest, db=self._blobs)
             for path in memo:
-                txn.delete(path.encode(), db=self._memo)
+                txn.delete(self._memo_prefix + path.encode(), db=self._memo)
             for number in generations:
                 txn.delete(number.to_bytes(8, "big"), db=self._generations)
         if external:

@@ -47,7 +47,7 @@ def rollback(list_only: bool, generation_id: int | None) -> None:
         root, _ = workspace_and_package()
         config = load_config(root)
         with workspace_lock(config, PlainReporter(sys.stdout, sys.stderr)):
-            store = Store(config.store_dir)
+            store = Store(config.store_dir, config.workspace_tag)
             try:
                 if list_only:
                     _print_generations(generations_of(config, store))

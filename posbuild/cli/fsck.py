@@ -45,7 +45,7 @@ def fsck(repair: bool) -> None:
         root, _ = workspace_and_package()
         config = load_config(root)
         with workspace_lock(config, PlainReporter(sys.stdout, sys.stderr), collect=repair):  # repair removes rows
-            store = Store(config.store_dir) if (config.store_dir / "db").exists() else None
+            store = Store(config.store_dir, config.workspace_tag) if (config.store_dir / "db").exists() else None
             try:
                 report = check(config, store, repair)
             finally:
