@@ -100,7 +100,8 @@ class Store:
     def _check_format(self) -> None:
         with self._env.begin() as txn:
             found = txn.get(b"format", db=self._meta)
-        if found is None:
+        if found is None:  # a new store: states saved against a deleted one must not trust it (epoch.py)
+            advance_epoch(self.path)
             with self._env.begin(write=True) as txn:
                 txn.put(b"format", STORE_FORMAT, db=self._meta)
         elif found != STORE_FORMAT:

@@ -170,3 +170,21 @@ def test_gc_in_one_workspace_waits_for_a_build_in_another_that_shares_the_store(
         assert rollback.returncode == 0, rollback.stderr
     assert (second.out("p/t.out"), first.out("p/t.out")) == ("old\n", "new\n")
     assert_fsck_passes(second)
+
+
+def test_a_build_after_its_shared_store_was_deleted_executes_instead_of_calling_it_cached(tmp_path):
+    """`posbuild clean --all` in one workspace removes the store it shares with another (or a
+    user wipes the cache folder): the other's next build must not settle its actions by stat
+    and report them cached with nothing in the store."""
+    store = tmp_path / "shared-store"
+    first, second = Workspace(tmp_path / "one"), Workspace(tmp_path / "two")
+    for ws in (first, second):
+        ws.write({"posbuild.toml": f'[cache]\ndir = "{store}"\n',
+                  "p/BUILD": 'genrule(name = "x", outs = ["x.txt"], cmd = "echo x > $@")\n'})
+        ws.ok("//...")
+    assert first.run("clean", "--all").returncode == 0
+    assert not store.exists()
+    rebuilt = second.ok("//...")
+    assert counts(rebuilt)["executed"] == 1, rebuilt.stdout
+    assert second.run("fsck").returncode == 0
+    assert second.run("rollback").returncode == 0
