@@ -188,3 +188,19 @@ def test_a_build_after_its_shared_store_was_deleted_executes_instead_of_calling_
     assert counts(rebuilt)["executed"] == 1, rebuilt.stdout
     assert second.run("fsck").returncode == 0
     assert second.run("rollback").returncode == 0
+
+
+def test_clean_waits_for_a_running_build_so_that_what_it_removed_stays_removed(ws, tmp_path):
+    """`posbuild clean` during a build: without waiting, the build went on installing outputs into
+    the posbuild-out/ that clean said it removed, and marked that partial tree as complete."""
+    ws.write({"a/BUILD": f"""
+        genrule(name = "fast", outs = ["fast.txt"], cmd = "echo fast > $@")
+        genrule(name = "slow", srcs = [":fast"], outs = ["slow.txt"], cmd = "{slow_command(tmp_path)}; cat $< > $@")
+    """})
+    build, clean = gc_during_build(ws.root, ["build", "//..."], ws.root, ["clean"], tmp_path)
+    assert build[0] == 0, build
+    assert clean[0] == 0 and "waiting" in clean[2], clean
+    assert not (ws.root / "posbuild-out").exists()
+    rebuilt = ws.ok("//...")
+    assert counts(rebuilt)["executed"] == 0 and ws.out("a/slow.txt") == "fast\n"
+    assert_fsck_passes(ws)
