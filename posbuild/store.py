@@ -40,7 +40,7 @@ import lmdb
 import msgpack
 
 from posbuild.digest import Digest, hash_bytes, hash_file
-from posbuild.epoch import advance_epoch
+from posbuild.epoch import EPOCH_FILE, advance_epoch
 from posbuild.errors import ChecksumMismatch, PartialState
 from posbuild.recordchain import CHAIN, GENESIS, records_digest, seal
 from posbuild.records import ActionResult, ExecutionRecord, FileState, Generation, utc
@@ -100,8 +100,9 @@ class Store:
     def _check_format(self) -> None:
         with self._env.begin() as txn:
             found = txn.get(b"format", db=self._meta)
-        if found is None:  # a new store: states saved against a deleted one must not trust it (epoch.py)
-            advance_epoch(self.path)
+        if found is None or not (self.path / EPOCH_FILE).exists():  # a new store, or one from before epochs:
+            advance_epoch(self.path)  # states saved against a deleted store must not trust this one (epoch.py)
+        if found is None:
             with self._env.begin(write=True) as txn:
                 txn.put(b"format", STORE_FORMAT, db=self._meta)
         elif found != STORE_FORMAT:
