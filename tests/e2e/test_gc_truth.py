@@ -204,3 +204,19 @@ def test_clean_waits_for_a_running_build_so_that_what_it_removed_stays_removed(w
     rebuilt = ws.ok("//...")
     assert counts(rebuilt)["executed"] == 0 and ws.out("a/slow.txt") == "fast\n"
     assert_fsck_passes(ws)
+
+
+def test_fsck_of_a_shared_store_waits_for_a_build_in_another_workspace(tmp_path):
+    """fsck reads the store in several passes; a build in another workspace committing between
+    them made it report results whose blobs, or generations whose manifest, were not there yet."""
+    store = tmp_path / "shared-store"
+    first, second = Workspace(tmp_path / "one"), Workspace(tmp_path / "two")
+    toml = f'[cache]\ndir = "{store}"\n'
+    first.write({"posbuild.toml": toml, "p/BUILD": f"""
+        genrule(name = "slow", outs = ["slow.out"], cmd = "{slow_command(tmp_path)}; echo slow > $@")
+    """})
+    second.write({"posbuild.toml": toml, "p/BUILD": 'genrule(name = "x", outs = ["x"], cmd = "echo x > $@")\n'})
+    second.ok("//...")
+    built, fsck = gc_during_build(first.root, ["build", "//..."], second.root, ["fsck"], tmp_path)
+    assert built[0] == 0, built
+    assert fsck[0] == 0 and "waiting" in fsck[2], fsck
