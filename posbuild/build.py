@@ -306,23 +306,31 @@ def _finish(reporter: Reporter, summary: BuildSummary) -> BuildSummary:
     return summary
 
 
-def clean(root: Path, everything: bool) -> list[Path]:
-    """Remove `posbuild-out/` (and with `everything`, `.posbuild/` too); returns what was removed."""
+def clean(root: Path, everything: bool, reporter: Reporter) -> list[Path]:
+    """Remove `posbuild-out/` (and with `everything`, `.posbuild/` too); returns what was removed.
+
+    It waits for a running build of the workspace, as gc does (one would go on writing into what
+    clean removed), and with `everything`, for every command using a shared store it removes.
+    """
+    config = load_config(root)
+    targets = [config.out_dir] + ([config.state_dir] if everything else [])
+    if everything and config.state_dir not in config.store_dir.parents:
+        targets.append(config.store_dir)  # a shared store (`[cache] dir`)
+    if not any(path.exists() for path in targets):
+        return []
+    with workspace_lock(config, reporter, collect=everything):
+        removed = [_remove(path) for path in targets if path.exists()]
+        if not everything:
+            mark_tree(config, clean=False, withdrawn=())  # posbuild-out/ no longer matches the latest generation
+    return removed
+
+
+def _remove(path: Path) -> Path:
     import shutil
 
-    config = load_config(root)
-    removed = []
-    targets = [config.out_dir] + ([config.state_dir] if everything else [])
-    if everything and config.store_dir.exists() and config.state_dir not in config.store_dir.parents:
-        targets.append(config.store_dir)
-    for path in targets:
-        if path.exists():
-            _make_writable(path)
-            shutil.rmtree(path)
-            removed.append(path)
-    if not everything:
-        mark_tree(config, clean=False, withdrawn=())  # posbuild-out/ no longer matches the latest generation
-    return removed
+    _make_writable(path)
+    shutil.rmtree(path)
+    return path
 
 
 def _make_writable(folder: Path) -> None:

@@ -93,6 +93,12 @@ class Config:
     def state_dir(self) -> Path:
         return self.root / STATE_DIR
 
+    @property
+    def workspace_tag(self) -> str:
+        """What tags the workspace's rows in the store (generations, stat memo): "" in its own
+        store, its path in one shared by several workspaces (`[cache] dir`)."""
+        return "" if self.store_dir.is_relative_to(self.state_dir) else str(self.root)
+
 
 # Every table of posbuild.toml and its keys; anything else is refused, so that a typo cannot
 # silently drop a setting. `[roles.NAME]` tables are checked by `_roles`.

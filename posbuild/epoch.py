@@ -1,9 +1,13 @@
-"""Layer 2: the store's epoch — one small file that changes whenever rows are removed from the store.
+"""Layer 2: the store's epoch — one small file that changes whenever rows are removed from the store,
+and that a new store gets when it is created.
 
 The up-to-date state (uptodate.py) settles actions by `stat()` alone, trusting that the results it
 recorded are still in the store. Anything that removes results or blobs (`posbuild gc`,
 `posbuild fsck --repair`) first gives the store a new epoch; a build whose saved state names
 another epoch checks its recorded results against the store once before trusting any of them.
+A store created anew (after `posbuild clean --all` in a workspace sharing it, or a cache folder
+deleted by hand) gets an epoch of its own, and a deleted one reads as none, so a state saved
+against the old store is checked too, instead of settling actions whose results are gone.
 The epoch lives beside the store, not in a workspace, because a store may be shared by several
 workspaces (`[cache] dir`). Reading it is one small read on the no-op path, and no LMDB import.
 """

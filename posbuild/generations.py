@@ -12,7 +12,9 @@ leaves the store exactly as it was (§11).
 
 Rollback restores the tree byte for byte from the store without executing anything: every file
 of the manifest that is not already current is rewritten from its verified blob (ORCH-03 if a
-blob is corrupt), and every other file under `posbuild-out/` is removed.
+blob is corrupt), and every other file under `posbuild-out/` is removed. Rolling back to an older
+generation records it again as the latest, so that the next build starts from the tree rollback
+left and not from the newer generation it replaced.
 
 A store shared by several workspaces (`[cache] dir`) holds the generations of each: they are
 tagged with their workspace's path, and each workspace records, lists and rolls back to its own.
@@ -38,7 +40,7 @@ from posbuild.uptodate import mark_tree
 
 def workspace_tag(config: Config) -> str:
     """What the workspace's generations are tagged with: "" in its own store, else its path."""
-    return "" if config.store_dir.is_relative_to(config.state_dir) else str(config.root)
+    return config.workspace_tag
 
 
 def current_manifest(store: Store, workspace: str = "") -> tuple[Generation | None, Manifest]:
@@ -96,6 +98,7 @@ def rollback(config: Config, store: Store, generation_id: int | None = None) -> 
         known = ", ".join(str(g.id) for g in generations)
         raise UsageError(f"no generation {generation_id} (known: {known})")
     manifest = unpack_manifest(store.get_blob(chosen.manifest))
+    mark_tree(config, clean=False)  # a kill from here on leaves a tree no generation describes
     materializer = Materializer(config.root, store, config.state_dir / "tmp")
     materializer.clear_temp()
     memo: list[tuple[str, FileState]] = []
@@ -108,8 +111,12 @@ def rollback(config: Config, store: Store, generation_id: int | None = None) -> 
             memo.append((path, materializer.restore(output)))
     removed = _remove_others(config.root, set(manifest))
     store.commit(memo=memo)
+    if chosen.manifest != generations[-1].manifest:  # the next build starts from this tree, not the newer one
+        created = datetime.now(timezone.utc).isoformat(timespec="microseconds")
+        store.add_generation(created, (f"rollback --to {chosen.id}",), store.get_blob(chosen.manifest),
+                             chosen.files, chosen.size, workspace_tag(config))
     store.flush()
-    mark_tree(config, clean=chosen.id == generations[-1].id, withdrawn=())  # nothing is missing any more
+    mark_tree(config, clean=True)  # nothing is missing any more
     return RollbackReport(chosen, len(memo), removed, unchanged)
 
 

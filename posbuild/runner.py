@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Callable, Sequence
 from posbuild.analysis import Action
 from posbuild.config import Config
 from posbuild.digest import Digest
+from posbuild.epoch import read_epoch
 from posbuild.execute import ActionOutcome, Rebuilder, Started, Status
 from posbuild.filestate import FileStates
 from posbuild.generations import current_manifest, record_generation, workspace_tag
@@ -131,7 +132,8 @@ def run_dirty(config: Config, actions: Sequence[Action], clean: Sequence[bool], 
     remote = _open_remote(config, settings, reporter)
     if cluster is not None and remote is not None and not settings.verify:
         cluster.use_remote(remote, reporter.message)  # workers read inputs from its CAS, by digest
-    store = Store(config.store_dir)
+    store = Store(config.store_dir, config.workspace_tag)
+    epoch = settings.epoch or read_epoch(config.store_dir)  # the store may be new: it has one now
     sandboxes: Sandboxes | None = None
     try:
         files = FileStates(config.root, store)
@@ -170,7 +172,7 @@ def run_dirty(config: Config, actions: Sequence[Action], clean: Sequence[bool], 
             store.commit(memo=files.take_pending(), used=[(key, now) for key in rebuilder.used],
                          records=journal.take() if journal else ())
             save_state(settings.state_path, rebuilder.state_for(actions, clean, settings.env_key, settings.graph),
-                       settings.epoch)
+                       epoch)
         outcomes = {dirty[i]: o for i, o in executor.outcomes.items()}
         failed = [n for n, o in outcomes.items() if o.status is Status.FAILED]
         if failed or State.SKIPPED in states:
@@ -332,7 +334,7 @@ def plan_dirty(config: Config, actions: Sequence[Action], clean: Sequence[bool],
     if not (config.store_dir / "db").exists():
         why = "no earlier execution is recorded" if explain else ""
         return [(i, why) for i, is_clean in enumerate(clean) if not is_clean]
-    store = Store(config.store_dir)
+    store = Store(config.store_dir, config.workspace_tag)
     try:
         rebuilder = Rebuilder(config.root, store, FileStates(config.root, store), Sandboxes(config.root, config.sandbox_dir),
                               settings.env_hash, settings.passed_env, previous, dry_run=True, explain=explain)

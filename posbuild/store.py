@@ -40,7 +40,7 @@ import lmdb
 import msgpack
 
 from posbuild.digest import Digest, hash_bytes, hash_file
-from posbuild.epoch import advance_epoch, new_store_epoch
+from posbuild.epoch import EPOCH_FILE, advance_epoch
 from posbuild.errors import ChecksumMismatch, PartialState
 from posbuild.liveness import lock_held
 from posbuild.recordchain import CHAIN, GENESIS, records_digest, seal
@@ -77,11 +77,13 @@ def _has_payload(cursor: lmdb.Cursor, digest: Digest) -> bool:
 class Store:
     """The artifact store of one workspace (or of a shared `[cache] dir`)."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, workspace: str = "") -> None:
+        """Open the store at `path`; `workspace` is Config.workspace_tag of the workspace
+        using it, "" in its own store: the stat memo is keyed by workspace-relative path, so a
+        store shared by checkouts of one repository keys each one's rows by its tag as well."""
         self.path = path
+        self._memo_prefix = f"{workspace}\0".encode() if workspace else b""
         path.mkdir(parents=True, exist_ok=True)
-        if not (path / "db").exists():
-            new_store_epoch(path)
         self._env = lmdb.open(str(path / "db"), map_size=MAP_SIZE, max_dbs=16, sync=False, metasync=False)
         self._blobs = self._env.open_db(b"blobs")
         self._results = self._env.open_db(b"results")
@@ -99,6 +101,8 @@ class Store:
     def _check_format(self) -> None:
         with self._env.begin() as txn:
             found = txn.get(b"format", db=self._meta)
+        if found is None or not (self.path / EPOCH_FILE).exists():  # a new store, or one from before epochs:
+            advance_epoch(self.path)  # states saved against a deleted store must not trust this one (epoch.py)
         if found is None:
             with self._env.begin(write=True) as txn:
                 txn.put(b"format", STORE_FORMAT, db=self._meta)
@@ -148,7 +152,7 @@ class Store:
         return ActionResult.unpack(data) if data is not None else None
 
     def get_memo(self, path: str) -> FileState | None:
-        data = self._get(path.encode(), self._memo)
+        data = self._get(self._memo_prefix + path.encode(), self._memo)
         return FileState.unpack(data) if data is not None else None
 
     def get_blob(self, digest: Digest) -> bytes:
@@ -248,7 +252,7 @@ class Store:
             if txn.get(digest, db=self._blobs) is None:
                 txn.put(digest, _INLINE + data if data is not None else _EXTERNAL, db=self._blobs)
         for path, state in memo:
-            txn.put(path.encode(), state.pack(), db=self._memo)
+            txn.put(self._memo_prefix + path.encode(), state.pack(), db=self._memo)
         if result is not None:
             key, value = result
             packed = value.pack()
@@ -356,7 +360,7 @@ class Store:
                     external.append(digest)
                 txn.delete(digest, db=self._blobs)
             for path in memo:
-                txn.delete(path.encode(), db=self._memo)
+                txn.delete(self._memo_prefix + path.encode(), db=self._memo)
             for number in generations:
                 txn.delete(number.to_bytes(8, "big"), db=self._generations)
         if external:

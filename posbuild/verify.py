@@ -96,7 +96,7 @@ def verify_request(config: Config, graph: ActionGraph, state_path: Path, environ
     """Verify `graph` with the up-to-date state the build of the same request saved at `state_path`."""
     passed_env = passed_environment(config.env_pass, environ)
     state = load_state(state_path, environment_key(passed_env, environment_hash(config, environ)))
-    store = Store(config.store_dir)
+    store = Store(config.store_dir, config.workspace_tag)
     try:
         return verify(config, graph, state, store, passed_env, jobs,
                       secrets=secret_source(config.root, config.secrets_file, environ),

@@ -15,10 +15,11 @@ from posbuild.errors import PosbuildError
 def clean(everything: bool) -> None:
     """Remove posbuild-out/; with --all also the store, so the next build starts from nothing."""
     from posbuild.build import clean as clean_workspace
+    from posbuild.reporter import PlainReporter
 
     try:
         root, _ = workspace_and_package()
-        removed = clean_workspace(root, everything)
+        removed = clean_workspace(root, everything, PlainReporter(sys.stdout, sys.stderr))
     except PosbuildError as error:
         fail(error)
     for path in removed:
@@ -47,7 +48,7 @@ def rollback(list_only: bool, generation_id: int | None) -> None:
         root, _ = workspace_and_package()
         config = load_config(root)
         with workspace_lock(config, PlainReporter(sys.stdout, sys.stderr)):
-            store = Store(config.store_dir)
+            store = Store(config.store_dir, config.workspace_tag)
             try:
                 if list_only:
                     _print_generations(generations_of(config, store))

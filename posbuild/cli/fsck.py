@@ -44,8 +44,9 @@ def fsck(repair: bool) -> None:
     try:
         root, _ = workspace_and_package()
         config = load_config(root)
-        with workspace_lock(config, PlainReporter(sys.stdout, sys.stderr), collect=repair):  # repair removes rows
-            store = Store(config.store_dir) if (config.store_dir / "db").exists() else None
+        # alone with a shared store: its passes read it at different instants, and repair removes rows
+        with workspace_lock(config, PlainReporter(sys.stdout, sys.stderr), collect=True):
+            store = Store(config.store_dir, config.workspace_tag) if (config.store_dir / "db").exists() else None
             try:
                 report = check(config, store, repair)
             finally:

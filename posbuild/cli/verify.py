@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import os
+import signal
 import sys
 
 import click
 
-from posbuild.cli import fail, jobs_option, workspace_and_package
+from posbuild.cli import fail, interrupted, jobs_option, workspace_and_package
 from posbuild.errors import ActionFailed, NonDeterminism, PosbuildError
 
 
@@ -35,6 +36,7 @@ def verify(patterns: tuple[str, ...], jobs: int | None, quiet: bool) -> None:
     from posbuild.reporter import QuietReporter
     from posbuild.verify import verify_request
 
+    verifying = False  # an interrupt before this is the build's (its finished actions are cached)
     try:
         root, package = workspace_and_package()
         patterns = patterns or ("//...",)
@@ -47,13 +49,21 @@ def verify(patterns: tuple[str, ...], jobs: int | None, quiet: bool) -> None:
         config = load_config(root)
         graph = resolve(root, patterns, package, config)
         state_path = make_request(config, patterns, package).state_path
+        verifying = True
         with workspace_lock(config, reporter):
             report = verify_request(config, graph, state_path, environ, jobs or config.jobs)
     except PosbuildError as error:
         fail(error)
-    except KeyboardInterrupt:
-        click.echo("posbuild: interrupted; nothing was cached or written to posbuild-out/", err=True)
-        sys.exit(130)
+    except KeyboardInterrupt as interrupt:  # SIGINT, SIGTERM or SIGHUP (interrupt.py): exit 128+N
+        from posbuild.interrupt import Interrupted
+
+        if not verifying:
+            interrupted(interrupt)
+
+        signum = interrupt.signum if isinstance(interrupt, Interrupted) else signal.SIGINT
+        click.echo(f"posbuild: interrupted by {signal.Signals(signum).name}; nothing was cached or written to "
+                   f"posbuild-out/", err=True)
+        sys.exit(128 + signum)
     if report.notice:
         click.echo(report.notice, err=True)
     if not quiet:

@@ -155,3 +155,26 @@ def test_checksum_problems_decide_the_exit_code_over_partial_state(ws):
     assert summary(repaired.stdout)[4] == "2 problem(s)"
     assert "repaired: removed 2 file(s) under posbuild-out/;" in repaired.stdout
     assert ws.run("fsck").returncode == 0
+
+
+def test_workspaces_sharing_a_store_keep_their_own_record_of_the_outputs_they_wrote(tmp_path):
+    """Two checkouts of one repository share `[cache] dir`: one's builds must not overwrite what
+    the store knows of the other's posbuild-out/, or fsck there calls its outputs replaced."""
+    from conftest import Workspace
+
+    store = tmp_path / "shared-store"
+    first, second = Workspace(tmp_path / "one"), Workspace(tmp_path / "two")
+    for ws in (first, second):
+        ws.write({"posbuild.toml": f'[cache]\ndir = "{store}"\n', "p/in.txt": "2\n",
+                  "p/BUILD": 'genrule(name = "x", srcs = ["in.txt"], outs = ["x.txt"], cmd = "cat $< > $@")\n'
+                             'genrule(name = "bad", srcs = ["in.txt"], outs = ["bad.txt"], '
+                             'cmd = "grep -q 2 $<; cp $< $@")\n'})
+        ws.ok("//...")
+    second.write({"p/in.txt": "3\n"})
+    assert second.build("-k", "//...").returncode == 1  # x.txt is new, and in no generation
+    first.write({"p/in.txt": "42\n"})
+    first.ok("//...")
+    assert first.run("gc", "--max-size", "1", "--keep-generations", "1").returncode == 0
+    assert second.out("p/x.txt") == "3\n"
+    result = second.run("fsck")
+    assert result.returncode == 0, result.stdout + result.stderr

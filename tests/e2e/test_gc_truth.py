@@ -170,3 +170,53 @@ def test_gc_in_one_workspace_waits_for_a_build_in_another_that_shares_the_store(
         assert rollback.returncode == 0, rollback.stderr
     assert (second.out("p/t.out"), first.out("p/t.out")) == ("old\n", "new\n")
     assert_fsck_passes(second)
+
+
+def test_a_build_after_its_shared_store_was_deleted_executes_instead_of_calling_it_cached(tmp_path):
+    """`posbuild clean --all` in one workspace removes the store it shares with another (or a
+    user wipes the cache folder): the other's next build must not settle its actions by stat
+    and report them cached with nothing in the store."""
+    store = tmp_path / "shared-store"
+    first, second = Workspace(tmp_path / "one"), Workspace(tmp_path / "two")
+    for ws in (first, second):
+        ws.write({"posbuild.toml": f'[cache]\ndir = "{store}"\n',
+                  "p/BUILD": 'genrule(name = "x", outs = ["x.txt"], cmd = "echo x > $@")\n'})
+        ws.ok("//...")
+    assert first.run("clean", "--all").returncode == 0
+    assert not store.exists()
+    rebuilt = second.ok("//...")
+    assert counts(rebuilt)["executed"] == 1, rebuilt.stdout
+    assert second.run("fsck").returncode == 0
+    assert second.run("rollback").returncode == 0
+
+
+def test_clean_waits_for_a_running_build_so_that_what_it_removed_stays_removed(ws, tmp_path):
+    """`posbuild clean` during a build: without waiting, the build went on installing outputs into
+    the posbuild-out/ that clean said it removed, and marked that partial tree as complete."""
+    ws.write({"a/BUILD": f"""
+        genrule(name = "fast", outs = ["fast.txt"], cmd = "echo fast > $@")
+        genrule(name = "slow", srcs = [":fast"], outs = ["slow.txt"], cmd = "{slow_command(tmp_path)}; cat $< > $@")
+    """})
+    build, clean = gc_during_build(ws.root, ["build", "//..."], ws.root, ["clean"], tmp_path)
+    assert build[0] == 0, build
+    assert clean[0] == 0 and "waiting" in clean[2], clean
+    assert not (ws.root / "posbuild-out").exists()
+    rebuilt = ws.ok("//...")
+    assert counts(rebuilt)["executed"] == 0 and ws.out("a/slow.txt") == "fast\n"
+    assert_fsck_passes(ws)
+
+
+def test_fsck_of_a_shared_store_waits_for_a_build_in_another_workspace(tmp_path):
+    """fsck reads the store in several passes; a build in another workspace committing between
+    them made it report results whose blobs, or generations whose manifest, were not there yet."""
+    store = tmp_path / "shared-store"
+    first, second = Workspace(tmp_path / "one"), Workspace(tmp_path / "two")
+    toml = f'[cache]\ndir = "{store}"\n'
+    first.write({"posbuild.toml": toml, "p/BUILD": f"""
+        genrule(name = "slow", outs = ["slow.out"], cmd = "{slow_command(tmp_path)}; echo slow > $@")
+    """})
+    second.write({"posbuild.toml": toml, "p/BUILD": 'genrule(name = "x", outs = ["x"], cmd = "echo x > $@")\n'})
+    second.ok("//...")
+    built, fsck = gc_during_build(first.root, ["build", "//..."], second.root, ["fsck"], tmp_path)
+    assert built[0] == 0, built
+    assert fsck[0] == 0 and "waiting" in fsck[2], fsck

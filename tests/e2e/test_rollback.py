@@ -213,3 +213,22 @@ def test_workspaces_sharing_a_store_each_roll_back_to_their_own_generations(tmp_
     assert second.run("gc", "--keep-generations", "1").returncode == 0
     assert first.run("rollback").returncode == 0  # each workspace keeps its newest generation
     assert tree(first.root) == {"p/one.txt": (b"one\n", 0o444)}
+
+
+def test_a_build_after_rolling_back_to_an_older_generation_records_the_tree_it_leaves(ws):
+    """The next generation starts from the tree rollback left, not from the newer generation:
+    an output the build did not touch keeps the content rollback gave it."""
+    ws.write(PIPELINE)
+    ws.ok("//...")
+    ws.write({"pkg/raw.txt": "9\n8\n"})
+    ws.ok("//...")
+    assert ws.run("rollback", "--to", "1").returncode == 0
+    ws.write({"pkg/raw.txt": "5\n4\n"})
+    ws.ok("//pkg:side")  # only side.txt changes; the others stay as generation 1 had them
+    left = tree(ws.root)
+    assert left["pkg/sorted.txt"][0] == b"1\n2\n3\n"
+    result = ws.run("rollback")
+    assert result.returncode == 0, result.stderr
+    assert "0 restored" in result.stdout
+    assert tree(ws.root) == left
+    assert ws.run("fsck").returncode == 0

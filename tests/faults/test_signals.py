@@ -120,3 +120,24 @@ def test_sigterm_stops_posbuild_watch_as_ctrl_c_does(tmp_path, sleeps):
     assert _gone(sleeps)
     check = ws.run("fsck")
     assert check.returncode == 0, check.stdout + check.stderr
+
+
+def test_sigterm_stops_posbuild_verify_with_its_own_exit_code(tmp_path, sleeps):
+    """`posbuild verify` said "interrupted" and exited 130 (SIGINT's code) whatever the signal."""
+    started = tmp_path / "started"
+    ws = _workspace(tmp_path, "folder", started)
+    ws.write({"g/BUILD": 'genrule(name = "quick", outs = ["quick.txt"], cmd = "echo quick > $@")\n'
+                         f'genrule(name = "slow", srcs = [":quick"], outs = ["slow.txt"], cmd = "if [ -e {tmp_path}/built ]; '
+                         f'then sleep 1000 & echo $! > {started}.tmp; mv {started}.tmp {started}; wait; fi; echo > $@")\n'})
+    ws.ok("//...")
+    (tmp_path / "built").touch()
+    proc = subprocess.Popen([*POSBUILD, "verify", "//..."], cwd=ws.root, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    _wait_for(started, proc)
+    os.kill(proc.pid, signal.SIGTERM)
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 143, err
+    assert err.splitlines()[-1] == "posbuild: interrupted by SIGTERM; nothing was cached or written to posbuild-out/"
+    assert _gone(sleeps)
+    check = ws.run("fsck")
+    assert check.returncode == 0, check.stdout + check.stderr

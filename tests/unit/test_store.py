@@ -415,3 +415,20 @@ def test_generations_name_their_workspace_and_rows_written_before_still_read(sto
     assert [g.workspace for g in store.generations()] == ["", "/ws/two"]
     assert store.latest_generation() == own and store.latest_generation("/ws/two") == shared
     assert store.latest_generation("/ws/three") is None
+
+
+def test_a_store_without_an_epoch_gets_one_when_opened(tmp_path):
+    """A store from before epochs: states saved against it named none, so until it has one they
+    would trust it even after it was deleted and recreated (epoch.py)."""
+    from posbuild.epoch import EPOCH_FILE, read_epoch
+    from posbuild.store import Store
+
+    Store(tmp_path / "s").close()
+    created = read_epoch(tmp_path / "s")
+    assert created
+    (tmp_path / "s" / EPOCH_FILE).unlink()
+    Store(tmp_path / "s").close()
+    assert read_epoch(tmp_path / "s") not in (b"", created)
+    again = read_epoch(tmp_path / "s")
+    Store(tmp_path / "s").close()
+    assert read_epoch(tmp_path / "s") == again  # opening a store that has one changes nothing

@@ -98,13 +98,13 @@ def test_revalidate_forgets_exactly_the_actions_whose_result_or_blobs_are_gone(t
         key = hash_bytes(b"key " + data)
         store.commit_all([Commit((key, result), ((hash_bytes(data), data), (hash_bytes(b""), b"")), (), (), ())])
         rows[f"//p:{name}"] = (b"\x03" * 32, key)
-    born = read_epoch(store_dir)
-    assert born  # a new store has an epoch of its own
+    created = read_epoch(store_dir)
+    assert created  # a new store has an epoch of its own
     store.remove(results=[rows["//p:evicted"][1]])
     store.remove(blobs=[hash_bytes(b"blobless")])
     store.close()
     epoch = read_epoch(store_dir)
-    assert epoch != born  # every removal gives the store a new epoch
+    assert epoch and epoch != created  # every removal gives the store a new epoch
 
     state = BuildState(ENV, rows, {}, {}, graph=GRAPH, complete=True)
     checked = revalidate(tmp_path / "s.state", state, store_dir, epoch)
