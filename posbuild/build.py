@@ -21,7 +21,7 @@ from typing import Callable, Iterator, Mapping, Sequence
 from posbuild.analysis import Action, ActionGraph, Analyzer, GraphFacts, expand_patterns
 from posbuild.config import Config, load_config
 from posbuild.digest import Digest
-from posbuild.epoch import MISSING, new_store_epoch, read_epoch
+from posbuild.epoch import read_epoch
 from posbuild.envfp import checked_environment_hash, environment_key, passed_environment
 from posbuild.errors import ActionFailed, NonDeterminism, OrchError, PosbuildError, ResourceOversubscription, UsageError
 from posbuild.graphcache import CachedGraph, GraphCache
@@ -196,10 +196,7 @@ def _run_build(root: Path, options: BuildOptions, reporter: Reporter, environ: M
     patterns = tuple(str(p) for p in request.patterns)
     with workspace_lock(config, reporter):
         previous = load_state(request.state_path, env_key)
-        epoch = read_epoch(config.store_dir)
-        if epoch == MISSING and not options.dry_run:  # the store this build creates: its epoch now
-            new_store_epoch(config.store_dir)
-            epoch = read_epoch(config.store_dir)
+        epoch = read_epoch(config.store_dir)  # MISSING without a store: nothing the state names is there
         if previous.epoch != epoch:  # something was removed from the store since: check what the state trusts
             previous = revalidate(None if options.dry_run else request.state_path, previous, config.store_dir, epoch)
         tree_clean = tree_is_clean(config)
@@ -229,8 +226,7 @@ def _run_build(root: Path, options: BuildOptions, reporter: Reporter, environ: M
                                request.state_path, patterns, options.verify, info, tuple(blobs), options.explain,
                                secrets, grant=grant,
                                executor=options.executor, allow_env_drift=options.allow_env_drift,
-                               sandbox_writable=writable_paths(environ), tree_clean=tree_clean, graph=entry.digest,
-                               epoch=epoch)
+                               sandbox_writable=writable_paths(environ), tree_clean=tree_clean, graph=entry.digest)
         if options.dry_run:
             planned = plan_dirty(config, actions, clean, previous, settings)
             for index, reason in planned:

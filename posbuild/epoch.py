@@ -32,14 +32,6 @@ def read_epoch(store_dir: Path) -> bytes:
         return b"" if os.path.exists(store_dir / "db") else MISSING  # "db": the LMDB folder (store.py)
 
 
-def new_store_epoch(store_dir: Path) -> None:
-    """Give a store that is being created an epoch of its own, unless it has one: a state saved
-    against a deleted store, or another one, then names another epoch."""
-    if not os.path.exists(store_dir / EPOCH_FILE):
-        store_dir.mkdir(parents=True, exist_ok=True)
-        advance_epoch(store_dir)
-
-
 def advance_epoch(store_dir: Path) -> None:
     """Give the store a new epoch, before anything is removed (a crash after it costs one check)."""
     write_atomically(store_dir / EPOCH_FILE, os.urandom(16).hex().encode())

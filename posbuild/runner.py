@@ -78,7 +78,6 @@ class RunSettings:
     sandbox_writable: tuple[str, ...] = ()  # POSBUILD_SANDBOX_WRITABLE (namespaces.writable_paths)
     tree_clean: bool = False  # posbuild-out/ was exactly the latest generation when the build began
     graph: Digest = b""  # the digest of the graph cache entry the actions came from (uptodate.settled)
-    epoch: bytes = b""  # the store's epoch when the build began (epoch.py), saved with the new state
 
 
 class _Executor:
@@ -133,7 +132,9 @@ def run_dirty(config: Config, actions: Sequence[Action], clean: Sequence[bool], 
     if cluster is not None and remote is not None and not settings.verify:
         cluster.use_remote(remote, reporter.message)  # workers read inputs from its CAS, by digest
     store = Store(config.store_dir, config.workspace_tag)
-    epoch = settings.epoch or read_epoch(config.store_dir)  # the store may be new: it has one now
+    # read once the store is open: a new store (or one from before epochs) got its epoch just now, and
+    # nothing can remove rows while this build holds the workspace's (and a shared store's) lock
+    epoch = read_epoch(config.store_dir)
     sandboxes: Sandboxes | None = None
     try:
         files = FileStates(config.root, store)

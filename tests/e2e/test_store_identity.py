@@ -32,3 +32,19 @@ def test_a_build_after_its_store_was_deleted_does_not_call_its_actions_cached(ws
     assert counts(ws.ok("//p:a")) == {"executed": 1, "cached": 0, "failed": 0}
     fsck = ws.run("fsck")
     assert fsck.returncode == 0, fsck.stdout + fsck.stderr
+
+
+def test_the_state_a_first_build_saves_names_the_epoch_of_the_store_it_created(ws):
+    """A new store gets its epoch as it is opened; the state saved by the build that created it
+    must name that epoch, or the next build would check every recorded result again (a cost, at
+    10,000 actions ~0.2 s, paid by the no-op after every cold build)."""
+    from posbuild.config import load_config
+    from posbuild.epoch import read_epoch
+    from posbuild.uptodate import state_from_bytes
+
+    ws.write(BUILD)
+    ws.ok("//p:a")
+    config = load_config(ws.root)
+    [state_path] = (ws.root / ".posbuild" / "graphs").glob("*.state")
+    saved = state_from_bytes(state_path.read_bytes())
+    assert saved.epoch == read_epoch(config.store_dir) != b""
