@@ -443,8 +443,8 @@ class Rebuilder:
         placeholders = tuple((o.path, FileState(INSTALLING, o.digest)) for o in outputs)
         with self._lock:
             memo, self._installed = self._installed, []
-        self._store.commit_all((Commit(cached, tuple(blobs), placeholders, ((key, time.time_ns()),), tuple(records)),
-                                Commit(memo=tuple(memo))))
+        self._store.commit_all((Commit(cached, tuple(blobs), placeholders, (), tuple(records)), Commit(memo=tuple(memo))))
+        self.used.append(key)  # its gc usage row comes with the build's last commit: one B-tree less per action
         try:
             installed = [(o.path, self._materializer.install(file, o, data)) for file, o, data in produced]
         except OSError:  # the result stands (its key is true), but this build failed to show it
