@@ -7,6 +7,8 @@ Design memo
   action produces is written by `commit()` in ONE write transaction, so after a crash at any
   instant the store holds all of an action's rows or none of them (§7). `commit_all()` writes
   the rows of several actions in one transaction, which keeps that promise for each of them.
+  An executed action's `usage` row is bookkeeping, not its product: it comes with the build's
+  last commit, and a key without one is simply the least recently used.
 * Blobs up to `INLINE_LIMIT` bytes live inside LMDB. Larger ones live as files `cas/ab/abcd…`
   beside it, written temp + fsync + rename *before* the transaction that references them, so a
   committed row never points at a missing or half-written file; a crash in between leaves at most
