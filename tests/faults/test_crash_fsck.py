@@ -15,6 +15,7 @@ import subprocess
 import time
 from pathlib import Path
 
+from chain_workspace import chain_files, outputs
 from conftest import POSBUILD, Workspace, counts
 
 N_ACTIONS = 240
@@ -22,24 +23,8 @@ KILLS = 24
 
 
 def _files(version: int) -> dict[str, str]:
-    files = {"posbuild.toml": ""}
-    for p in range(4):
-        files[f"p{p}/seed.txt"] = f"seed {p} version {version if p == 0 else 0}\n"
-        rules = []
-        for i in range(N_ACTIONS // 4):
-            n = p * 100 + i
-            srcs = ['"seed.txt"'] if i == 0 else [f'":t{n - 1}"']
-            if i >= 5 and i % 5 == 0:
-                srcs.append(f'"//p{(p + 1) % 4}:t{((p + 1) % 4) * 100 + i - 5}"')
-            rules.append(f'genrule(name = "t{n}", srcs = [{", ".join(srcs)}], outs = ["t{n}.txt"], '
-                         f'cmd = "{{ echo t{n}; cat $(SRCS) | cksum; }} > $@")')
-        files[f"p{p}/BUILD"] = "\n".join(rules) + "\n"
-    return files
-
-
-def _outputs(root: Path) -> dict[str, bytes]:
-    out = root / "posbuild-out"
-    return {str(p.relative_to(out)): p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()}
+    """Four interlinked chains of tiny actions; `version` changes the seed of the first package."""
+    return {"posbuild.toml": "", **chain_files(version, 4, N_ACTIONS // 4, changed=1)}
 
 
 def _reference(tmp_path: Path, version: int) -> tuple[dict[str, bytes], float]:
@@ -48,7 +33,7 @@ def _reference(tmp_path: Path, version: int) -> tuple[dict[str, bytes], float]:
     ws.write(_files(version))
     started = time.monotonic()
     ws.ok("-j2", "//...")
-    return _outputs(ws.root), time.monotonic() - started
+    return outputs(ws.root), time.monotonic() - started
 
 
 def _kill_after(ws: Workspace, delay: float) -> None:
@@ -88,5 +73,5 @@ def test_sigkill_at_24_points_then_fsck_and_a_full_build_match_a_clean_build(tmp
         _fsck_passes(ws)
         rebuilt = ws.ok("-j2", "//...")
         assert counts(rebuilt)["failed"] == 0
-        assert _outputs(ws.root) == expected[version], f"kill {kill}: outputs differ from a clean build"
+        assert outputs(ws.root) == expected[version], f"kill {kill}: outputs differ from a clean build"
     assert counts(ws.ok("//..."))["executed"] == 0

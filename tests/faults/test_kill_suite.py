@@ -24,6 +24,7 @@ from pathlib import Path
 
 import pytest
 
+from chain_workspace import chain_files, outputs
 from conftest import POSBUILD, Workspace, bwrap_problem
 
 PACKAGES = 4
@@ -35,26 +36,10 @@ IN_FLIGHT = 3
 
 
 def _files(version: int, log: Path, mode: str) -> dict[str, str]:
-    """Four interlinked chains of tiny actions; `version` changes the seeds of two packages."""
-    files = {"posbuild.toml": f'[sandbox]\nmode = "{mode}"\n'}
-    for p in range(PACKAGES):
-        files[f"p{p}/seed.txt"] = f"seed {p} version {version if p < 2 else 0}\n"
-        rules = []
-        for i in range(PER_PACKAGE):
-            n = p * 100 + i
-            srcs = ['"seed.txt"'] if i == 0 else [f'":t{n - 1}"']
-            if i >= 5 and i % 5 == 0:
-                q = (p + 1) % PACKAGES
-                srcs.append(f'"//p{q}:t{q * 100 + i - 5}"')
-            rules.append(f'genrule(name = "t{n}", srcs = [{", ".join(srcs)}], outs = ["t{n}.txt"], '
-                         f'cmd = "{{ echo t{n}; cat $(SRCS) | cksum; }} > $@; echo t{n} >> {log}")')
-        files[f"p{p}/BUILD"] = "\n".join(rules) + "\n"
-    return files
-
-
-def _outputs(root: Path) -> dict[str, bytes]:
-    out = root / "posbuild-out"
-    return {str(p.relative_to(out)): p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()}
+    """Four interlinked chains of tiny actions; `version` changes the seeds of two packages; each
+    command logs its name once its output is written."""
+    return {"posbuild.toml": f'[sandbox]\nmode = "{mode}"\n',
+            **chain_files(version, PACKAGES, PER_PACKAGE, changed=2, after=f"; echo {{n}} >> {log}")}
 
 
 def _take_log(log: Path) -> list[str]:
@@ -103,7 +88,7 @@ def references(tmp_path_factory: pytest.TempPathFactory) -> dict[int, dict[str, 
         ws.root.mkdir()
         ws.write(_files(version, base / "log", "folder"))
         ws.ok("-j2", "-q", "//...")
-        found[version] = _outputs(ws.root)
+        found[version] = outputs(ws.root)
     return found
 
 
@@ -142,7 +127,7 @@ def test_kills_at_16_instants_leave_no_partial_state_and_lose_no_finished_action
         rebuilt = ws.build("-j2", "-q", "//...")
         if rebuilt.returncode != 0:
             failures.append(f"{where}: the next build failed: {rebuilt.stderr[-600:]}")
-        elif _outputs(ws.root) != references[version]:
+        elif outputs(ws.root) != references[version]:
             failures.append(f"{where}: posbuild-out/ differs from a clean build")
         again = set(_take_log(log))
         lost = len(finished & again)
