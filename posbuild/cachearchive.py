@@ -48,7 +48,7 @@ import time
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any, Iterator, Sequence
+from typing import IO, Any, Sequence
 
 import blake3
 import msgpack
@@ -121,7 +121,7 @@ def export_cache(store: Store, patterns: Sequence[str], target: Path, secret: by
             gone.append(labels[key])
             continue
         results.append((key, result.pack()))
-        for digest in _blobs_of(result):
+        for digest in result.blobs():
             if digest not in blobs:
                 if not store.has_blob(digest):
                     raise ChecksumMismatch(f"blob {digest.hex()} is referenced by an action result but missing "
@@ -162,12 +162,6 @@ def _uncacheable(store: Store, build: dict[str, Any]) -> frozenset[str]:
 
     graph = store.journal_blob(build["graph"]) if build.get("graph") else None
     return frozenset(a.label for a in actions_of_entry(graph or b"") if NO_CACHE_TAG in a.tags)
-
-
-def _blobs_of(result: ActionResult) -> Iterator[Digest]:
-    yield from (o.digest for o in result.outputs)
-    yield result.stdout_digest
-    yield result.stderr_digest
 
 
 def _add(tar: tarfile.TarFile, name: str, handle: IO[bytes], size: int) -> None:
@@ -322,7 +316,7 @@ def _check_results(body: dict[str, Any], source: Path, small: dict[Digest, bytes
         problem = _unsafe_output(result)
         if problem:
             raise _damaged(source, f"the result of action key {key.hex()} {problem}")
-        for digest in _blobs_of(result):
+        for digest in result.blobs():
             if digest not in sizes and not store.has_blob(digest):
                 raise _damaged(source, f"the result of action key {bytes(key).hex()} names blob {digest.hex()}, "
                                        f"which is neither in the archive nor in the store")

@@ -160,7 +160,7 @@ def _manifest(store: Store, generation: Generation) -> Manifest:
 
 
 def _references(result: ActionResult) -> frozenset[Digest]:
-    return frozenset((*(o.digest for o in result.outputs), result.stdout_digest, result.stderr_digest))
+    return frozenset(result.blobs())
 
 
 def plan_gc(inventory: Inventory, max_size: int | None, batch_rows: int = BATCH_ROWS) -> GcPlan:

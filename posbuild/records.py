@@ -42,6 +42,10 @@ class ActionResult:
     stdout_digest: Digest
     stderr_digest: Digest
 
+    def blobs(self) -> tuple[Digest, ...]:
+        """Every blob the result names (outputs, stdout, stderr): what the store must hold for it."""
+        return (*(o.digest for o in self.outputs), self.stdout_digest, self.stderr_digest)
+
     def pack(self) -> bytes:
         rows = [[o.path, o.digest, o.size, o.executable] for o in self.outputs]
         return msgpack.packb([RESULT_FORMAT, self.exit_code, self.stdout_digest, self.stderr_digest, rows])

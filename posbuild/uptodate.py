@@ -195,8 +195,7 @@ def revalidate(path: Path | None, state: BuildState, store_dir: Path, epoch: byt
 def _result_held(store: "Store", key: Digest) -> bool:
     """Whether the store still holds the result of `key` and every blob it names."""
     result = store.get_result(key)
-    return result is not None and all(
-        store.has_blob(d) for d in (*(o.digest for o in result.outputs), result.stdout_digest, result.stderr_digest))
+    return result is not None and all(store.has_blob(d) for d in result.blobs())
 
 
 def settled(state: BuildState, graph: Digest, root: Path) -> bool:
