@@ -5,10 +5,10 @@ from the outputs of upstream actions finished in this build), the key, one store
 per output to make sure `posbuild-out/` holds it. A hit ends there. Execution runs on a worker
 thread, concurrently with other actions and with checks, in three steps: `start()` stages the
 sandbox and starts the command, `wait()` waits for it, and `conclude()` checks the run, hashes the
-outputs, commits result + blobs + record in one store transaction, and only then moves the
-outputs into `posbuild-out/`, so a kill at any instant loses no accepted result whose outputs
-appeared there. The installed files' memo rows ride along with the next transaction (dependents
-read digests from memory). The scheduler may start the
+outputs, commits result + blobs + record at once (to the store's write-ahead log: one `write()`,
+replayed after a kill), and only then moves the outputs into `posbuild-out/`, so a kill at any
+instant loses no accepted result whose outputs appeared there. The installed files' memo rows
+ride along with the next commit (dependents read digests from memory). The scheduler may start the
 worker's next action between `wait()` and `conclude()`. A result is committed only when
 the command exited 0, every declared output exists and no source input changed while it ran;
 otherwise nothing of it is kept.
@@ -232,8 +232,9 @@ class Rebuilder:
                 state = self._materializer.restore(output)
                 restored.append((output.path, state))
             self._produced[output.path] = state
-        if restored:
-            self._store.commit(memo=restored)
+        if restored:  # their memo rows ride along with the next commit, as an executed action's do
+            with self._lock:
+                self._installed += restored
         self.traces[action.label] = ActionTrace(action.def_hash, key)
         self.outputs.update((o.path, o) for o in result.outputs)
         self.used.append(key)
@@ -262,7 +263,7 @@ class Rebuilder:
         finally:
             for temp in temps:
                 temp.unlink(missing_ok=True)
-        self._store.commit((key, entry.result), blobs)
+        self._store.log([Commit((key, entry.result), tuple(blobs))])
         self._remote.hit()
         return self._lookup(action, key)
 
@@ -410,8 +411,8 @@ class Rebuilder:
 
     def _commit(self, action: Action, spawn: SpawnResult, prepared: _Prepared, started: float,
                 ended: float) -> ActionResult:
-        """Hash and store the outputs, commit result, blobs and the execution record in one
-        transaction, and only then install the outputs: whatever `posbuild-out/` shows of an
+        """Hash and store the outputs, commit result, blobs and the execution record at once (the
+        store's write-ahead log), and only then install the outputs: whatever `posbuild-out/` shows of an
         executed action, the store has (invariant 3; a kill just after the command loses nothing
         the next build would run again). The memo rows of the installed files follow with the
         next transaction, or at `flush()`; meanwhile a placeholder row names each path's digest."""
@@ -443,7 +444,7 @@ class Rebuilder:
         placeholders = tuple((o.path, FileState(INSTALLING, o.digest)) for o in outputs)
         with self._lock:
             memo, self._installed = self._installed, []
-        self._store.commit_all((Commit(cached, tuple(blobs), placeholders, (), tuple(records)), Commit(memo=tuple(memo))))
+        self._store.log((Commit(cached, tuple(blobs), placeholders, (), tuple(records)), Commit(memo=tuple(memo))))
         self.used.append(key)  # its gc usage row comes with the build's last commit: one B-tree less per action
         try:
             installed = [(o.path, self._materializer.install(file, o, data)) for file, o, data in produced]

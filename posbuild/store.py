@@ -4,10 +4,9 @@ Design memo
 -----------
 * One LMDB environment, named databases `blobs`, `results`, `statmemo`, `meta`, `generations`
   and `usage` (when each action key was last used, for gc). Everything an
-  action produces is written by `commit()` in ONE write transaction, so after a crash at any
-  instant the store holds all of an action's rows or none of them (§7). `commit_all()` writes
-  the rows of several actions in one transaction, which keeps that promise for each of them.
-  An executed action's `usage` row is bookkeeping, not its product: it comes with the build's
+  action produces is written by `commit()` in ONE write transaction, or logged by `log()` in one
+  frame (below), so after a crash at any instant the store holds all of an action's rows or none
+  of them (§7). An executed action's `usage` row is bookkeeping, not its product: it comes with the build's
   last commit, and a key without one is simply the least recently used.
 * Blobs up to `INLINE_LIMIT` bytes live inside LMDB. Larger ones live as files `cas/ab/abcd…`
   beside it, written temp + fsync + rename *before* the transaction that references them, so a
@@ -20,6 +19,11 @@ Design memo
   page cache. What fsync buys is survival of a *machine* crash; posbuild flushes once at the end
   of every build (`flush()`), trading the last build's cache entries on power loss for avoiding
   an fsync per action (≈0.4 ms each, which would dominate cheap actions).
+* Executed actions are not committed one transaction each: `log()` appends their rows to the
+  store's write-ahead log (wal.py), one `write()` per action, and applies the log to LMDB in one
+  transaction per `LOG_GROUP` actions, and before any other write (a build's seal must cover the
+  records logged before it). Until then reads of this process see the logged rows. A log whose
+  process died is replayed by the next command that opens the store, before it reads anything.
 * Execution records (§12): `builds` holds one row per build, `records` the rows of its actions
   (keyed build number + sequence), `latest` the newest record key per label, `journal_blobs` the
   payloads build rows name. A running build holds a lock on `running/NUMBER` beside the database
@@ -31,12 +35,14 @@ Design memo
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import lmdb
 import msgpack
@@ -47,6 +53,7 @@ from posbuild.errors import ChecksumMismatch, PartialState
 from posbuild.liveness import lock_held
 from posbuild.recordchain import CHAIN, GENESIS, records_digest, seal
 from posbuild.records import ActionResult, ExecutionRecord, FileState, Generation, utc
+from posbuild.wal import DeadLog, WriteAheadLog, dead_logs, has_logs
 
 STORE_FORMAT = b"1"
 INLINE_LIMIT = 256 * 1024
@@ -58,6 +65,9 @@ MAP_SIZE = 1 << 36
 PAYLOAD_CHUNK = 1900
 _INLINE, _EXTERNAL = b"\x00", b"\x01"
 _CHAIN_META = b"records"  # meta row: {"head": [number, seal] | None, "running": [numbers]}
+# The write-ahead log is applied to LMDB once this many actions, or this many bytes, are in it.
+LOG_GROUP = 256
+LOG_BYTES = 8 << 20
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,6 +79,12 @@ class Commit:
     memo: tuple[tuple[str, FileState], ...] = ()
     used: tuple[tuple[Digest, int], ...] = ()
     records: tuple[tuple[bytes, str, bytes], ...] = ()
+
+
+# An action's rows as they are written: (result key, packed result) or None, (digest, blob row),
+# (memo key, packed state), (action key, 8-byte time), (record key, label, packed record).
+_Rows = tuple[tuple[bytes, bytes] | None, list[tuple[bytes, bytes]], list[tuple[bytes, bytes]],
+              list[tuple[bytes, bytes]], list[tuple[bytes, bytes, bytes]]]
 
 
 def _has_payload(cursor: lmdb.Cursor, digest: Digest) -> bool:
@@ -98,7 +114,19 @@ class Store:
         self._latest = self._env.open_db(b"latest")
         self._journal_blobs = self._env.open_db(b"journal_blobs")
         self._held: dict[int, int] = {}  # running builds of this process → the fd of their start log
+        self._log: WriteAheadLog | None = None  # opened by the first `log()`
+        self._log_lock = threading.Lock()  # held from appending to the log until its rows are in LMDB
+        self._logged: list[_Rows] = []  # rows in the log, not yet in LMDB
+        self._logged_bytes = 0
+        self._live_writers: set[int] = set()  # pids whose logs were held at the last write
+        # what reads must see of the logged rows: result, blob and memo rows by key
+        self._pending_results: dict[bytes, bytes] = {}
+        self._pending_blobs: dict[bytes, bytes] = {}
+        self._pending_memo: dict[bytes, bytes] = {}
         self._check_format()
+        if has_logs(path / "wal"):
+            with self._writing():  # a dead process's logged commits, before anything reads the store
+                pass
 
     def _check_format(self) -> None:
         with self._env.begin() as txn:
@@ -115,11 +143,11 @@ class Store:
             )
 
     def close(self) -> None:
-        """Close the store; a build of ours still running (an error or Ctrl-C ended it before it
-        concluded) is recorded as interrupted first."""
-        if self._held:
+        """Close the store; the log is applied, and a build of ours still running (an error or
+        Ctrl-C ended it before it concluded) is recorded as interrupted first."""
+        if self._held or self._logged:
             try:
-                with self._env.begin(write=True) as txn:
+                with self._writing() as txn:
                     chain = self._chain(txn)
                     for number in list(self._held):
                         if number in chain["running"]:
@@ -131,11 +159,55 @@ class Store:
                 self._held.clear()
             for number in list(self._held):
                 self._release(number)
+        if self._log is not None:
+            self._log.close(delete=not self._logged)  # a log not applied stays, for the next command to replay
         self._env.close()
 
     def flush(self) -> None:
-        """Force everything committed so far to disk (once per build; see the memo above)."""
+        """Force everything committed or logged so far to disk (once per build; see the memo above)."""
+        if self._logged:
+            with self._writing():
+                pass
         self._env.sync(True)
+
+    @contextlib.contextmanager
+    def _writing(self) -> Iterator[lmdb.Transaction]:
+        """A write transaction that first applies the logs of dead processes and then this one's:
+        every write lands after the rows logged before it (a build's seal covers its records).
+        The logs are emptied, or deleted, once their rows are in."""
+        with self._log_lock:
+            dead, self._live_writers = dead_logs(self.path / "wal")
+            try:
+                with self._env.begin(write=True) as txn:
+                    for log in dead:
+                        self._replay(txn, log)
+                    for rows in self._logged:
+                        self._apply(txn, rows)
+                    yield txn
+            except BaseException:
+                for log in dead:
+                    log.release()  # it stays for the next command
+                raise
+            for log in dead:
+                log.remove()
+            if self._logged:
+                assert self._log is not None
+                self._log.clear()
+                self._logged.clear()
+                self._logged_bytes = 0
+                self._pending_results.clear()
+                self._pending_blobs.clear()
+                self._pending_memo.clear()
+
+    def _replay(self, txn: lmdb.Transaction, log: DeadLog) -> None:
+        """Apply the complete frames of a dead process's log."""
+        for payload in log.payloads:
+            try:
+                batch = msgpack.unpackb(payload)
+            except ValueError:  # not a frame this module wrote: the rest of that log is dropped
+                return
+            for rows in batch:
+                self._apply(txn, rows)
 
     # -- reading ---------------------------------------------------------------------------
 
@@ -150,17 +222,20 @@ class Store:
             return txn.get(key, db=db)
 
     def get_result(self, key: Digest) -> ActionResult | None:
-        data = self._get(key, self._results)
+        data = self._pending_results.get(key) or self._get(key, self._results)
         return ActionResult.unpack(data) if data is not None else None
 
     def get_memo(self, path: str) -> FileState | None:
-        data = self._get(self._memo_prefix + path.encode(), self._memo)
+        key = self._memo_prefix + path.encode()
+        data = self._pending_memo.get(key) or self._get(key, self._memo)
         return FileState.unpack(data) if data is not None else None
+
+    def _blob_row(self, digest: Digest) -> bytes | None:
+        return self._pending_blobs.get(digest) or self._get(digest, self._blobs)
 
     def get_blob(self, digest: Digest) -> bytes:
         """A blob's bytes, verified against its digest (ORCH-03 on mismatch or loss)."""
-        with self._env.begin() as txn:
-            row = txn.get(digest, db=self._blobs)
+        row = self._blob_row(digest)
         if row is None:
             raise ChecksumMismatch(f"blob {digest.hex()} is referenced by an action result but missing from the store")
         data = row[1:] if row[:1] == _INLINE else self._read_external(digest)
@@ -172,14 +247,12 @@ class Store:
         return data
 
     def has_blob(self, digest: Digest) -> bool:
-        with self._env.begin() as txn:
-            return txn.get(digest, db=self._blobs) is not None
+        return self._blob_row(digest) is not None
 
     def blob_source(self, digest: Digest) -> bytes | Path | None:
         """Where a blob's bytes are, unverified: inline bytes, or its file under cas/; None if absent.
         For callers that stream large blobs (cache export) and verify as they go."""
-        with self._env.begin() as txn:
-            row = txn.get(digest, db=self._blobs)
+        row = self._blob_row(digest)
         if row is None:
             return None
         return row[1:] if row[:1] == _INLINE else self.external_path(digest)
@@ -232,32 +305,57 @@ class Store:
         A blob given as `None` was already placed in `cas/` by `store_external`. `used` records
         when action keys were last used (for gc's least-recently-used order).
         """
-        with self._env.begin(write=True) as txn:
-            self._write(txn, result, blobs, memo, used, records)
+        with self._writing() as txn:
+            self._apply(txn, self._rows(Commit(result, tuple(blobs), tuple(memo), tuple(used), tuple(records))))
 
-    def commit_all(self, commits: Iterable[Commit]) -> None:
-        """Write several actions' rows in ONE transaction: each action's rows all land, or none
-        of any; a transaction per cheap action would cost more than writing its rows."""
-        with self._env.begin(write=True) as txn:
-            for commit in commits:
-                self._write(txn, commit.result, commit.blobs, commit.memo, commit.used, commit.records)
+    def log(self, commits: Sequence[Commit]) -> None:
+        """Make several actions' rows safe from a kill at once, and part of the store soon: they go
+        to the write-ahead log now (one `write()`), and into LMDB with the next group. After a
+        kill, all of them are replayed or none, as with one transaction."""
+        batch = [self._rows(commit) for commit in commits]
+        payload = msgpack.packb(batch, use_bin_type=True)
+        with self._log_lock:
+            if self._log is None:
+                self._log = WriteAheadLog(self.path / "wal")
+            self._log.append(payload)
+            self._logged += batch
+            self._logged_bytes += len(payload)
+            for result, blobs, memo, _, _ in batch:
+                if result is not None:
+                    self._pending_results[result[0]] = result[1]
+                self._pending_blobs.update(blobs)
+                self._pending_memo.update(memo)
+            full = len(self._logged) >= LOG_GROUP or self._logged_bytes >= LOG_BYTES
+        if full:
+            with self._writing():
+                pass
 
-    def _write(self, txn: lmdb.Transaction, result: tuple[Digest, ActionResult] | None,
-               blobs: Iterable[tuple[Digest, bytes | None]], memo: Iterable[tuple[str, FileState]],
-               used: Iterable[tuple[Digest, int]], records: Iterable[tuple[bytes, str, bytes]]) -> None:
+    def _rows(self, commit: Commit) -> _Rows:
+        """A commit in the form it is logged and written in."""
+        result = None if commit.result is None else (commit.result[0], commit.result[1].pack())
+        return (result,
+                [(digest, _INLINE + data if data is not None else _EXTERNAL) for digest, data in commit.blobs],
+                [(self._memo_prefix + path.encode(), state.pack()) for path, state in commit.memo],
+                [(key, when.to_bytes(8, "big")) for key, when in commit.used],
+                [(key, label.encode(), packed) for key, label, packed in commit.records])
+
+    def _apply(self, txn: lmdb.Transaction, rows: _Rows) -> None:
+        """Write one action's rows. Writing them twice changes nothing (a log replayed after its
+        rows were applied): a blob row is kept, and `latest` never moves to an older record."""
+        result, blobs, memo, used, records = rows
         for key, when in used:
-            txn.put(key, when.to_bytes(8, "big"), db=self._usage)
+            txn.put(key, when, db=self._usage)
         for record_key, label, packed in records:
             txn.put(record_key, packed, db=self._records)
-            txn.put(label.encode(), record_key, db=self._latest)
-        for digest, data in blobs:
-            if txn.get(digest, db=self._blobs) is None:
-                txn.put(digest, _INLINE + data if data is not None else _EXTERNAL, db=self._blobs)
-        for path, state in memo:
-            txn.put(self._memo_prefix + path.encode(), state.pack(), db=self._memo)
+            newest = txn.get(label, db=self._latest)
+            if newest is None or newest <= record_key:
+                txn.put(label, record_key, db=self._latest)
+        for digest, row in blobs:
+            txn.put(digest, row, db=self._blobs, overwrite=False)
+        for key, state in memo:
+            txn.put(key, state, db=self._memo)
         if result is not None:
-            key, value = result
-            packed = value.pack()
+            key, packed = result
             if txn.get(key, db=self._results) != packed:
                 txn.put(key, packed, db=self._results)
 
@@ -266,7 +364,7 @@ class Store:
         """Add many (key, packed result) rows and their blobs in ONE transaction, keeping any result
         the store already has for a key (cache import); returns how many results were new."""
         added = 0
-        with self._env.begin(write=True) as txn:
+        with self._writing() as txn:
             for digest, data in blobs:
                 if txn.get(digest, db=self._blobs) is None:
                     txn.put(digest, _INLINE + data if data is not None else _EXTERNAL, db=self._blobs)
@@ -281,7 +379,7 @@ class Store:
         return self._get(name.encode(), self._meta)
 
     def put_meta(self, name: str, value: bytes) -> None:
-        with self._env.begin(write=True) as txn:
+        with self._writing() as txn:
             txn.put(name.encode(), value, db=self._meta)
 
     # -- generations (§8) ------------------------------------------------------------------
@@ -290,7 +388,7 @@ class Store:
                        size: int, workspace: str = "") -> Generation:
         """Record a generation and its manifest blob in one transaction; ids count up from 1."""
         digest = hash_bytes(manifest)
-        with self._env.begin(write=True) as txn:
+        with self._writing() as txn:
             with txn.cursor(db=self._generations) as cursor:
                 last = int.from_bytes(cursor.key(), "big") if cursor.last() else 0
             generation = Generation(last + 1, created, patterns, digest, files, size, workspace)
@@ -348,7 +446,7 @@ class Store:
         advance_epoch(self.path)  # first: saved up-to-date states must not trust what goes (epoch.py)
         freed = 0
         external: list[Digest] = []
-        with self._env.begin(write=True) as txn:
+        with self._writing() as txn:
             for key in results:
                 txn.delete(key, db=self._results)
                 txn.delete(key, db=self._usage)
@@ -401,7 +499,7 @@ class Store:
         state, see journal.py) are kept apart from the artifact blobs, so recording a build never
         changes the CAS that results point into (§11).
         """
-        with self._env.begin(write=True) as txn:
+        with self._writing() as txn:
             chain = self._chain(txn)
             if chain["running"]:
                 self._settle_dead(txn, chain)
@@ -438,7 +536,7 @@ class Store:
     def update_build(self, number: int, changes: dict[str, object]) -> None:
         """Conclude running build `number` with its final fields (status "finished" unless given),
         and seal it into the chain, in one transaction."""
-        with self._env.begin(write=True) as txn:
+        with self._writing() as txn:
             chain = self._chain(txn)
             info = msgpack.unpackb(txn.get(number.to_bytes(8, "big"), db=self._builds))
             self._seal(txn, chain, {**info, **changes, "status": changes.get("status", "finished")})
@@ -450,7 +548,7 @@ class Store:
         A read-only look (`chain_meta`) comes first, so that with none this writes nothing."""
         if not self.chain_meta()["running"]:
             return []
-        with self._env.begin(write=True) as txn:
+        with self._writing() as txn:
             chain = self._chain(txn)
             settled = self._settle_dead(txn, chain)
             if settled:
@@ -484,11 +582,18 @@ class Store:
         interrupted, naming the actions it started and never recorded."""
         settled = []
         for number in list(chain["running"]):
-            if number in self._held or self.build_running(number):
-                continue
+            if number in self._held or self.build_running(number) or self._row_pid(txn, number) in self._live_writers:
+                continue  # a process that let go of its start log but not yet of its write-ahead log is still exiting
             self._interrupt(txn, chain, number)
             settled.append(number)
         return settled
+
+    def _row_pid(self, txn: lmdb.Transaction, number: int) -> int | None:
+        data = txn.get(number.to_bytes(8, "big"), db=self._builds)
+        try:
+            return int(msgpack.unpackb(data)["pid"]) if data is not None else None
+        except (ValueError, KeyError, TypeError):
+            return None
 
     def _interrupt(self, txn: lmdb.Transaction, chain: dict[str, Any], number: int) -> None:
         data = txn.get(number.to_bytes(8, "big"), db=self._builds)

@@ -86,7 +86,7 @@ def test_commit_is_one_transaction(store: Store) -> None:
     assert store.get_result(KEY) is None
 
 
-def test_several_actions_commit_in_one_transaction_all_or_nothing(store: Store) -> None:
+def test_logged_actions_are_seen_at_once_and_written_in_one_later_transaction(store: Store) -> None:
     class Exploding:
         def pack(self) -> bytes:
             raise RuntimeError("killed mid-commit")
@@ -94,13 +94,63 @@ def test_several_actions_commit_in_one_transaction_all_or_nothing(store: Store) 
     first = Commit((KEY, RESULT), ((OUT_DIGEST, OUT),), (("pkg/a.txt", MEMO),))
     other = hash_bytes(b"another action key")
     with pytest.raises(RuntimeError):
-        store.commit_all([first, Commit(memo=(("pkg/b.txt", Exploding()),))])  # type: ignore[arg-type]
+        store.log([first, Commit(memo=(("pkg/b.txt", Exploding()),))])  # type: ignore[arg-type]
     assert store.get_result(KEY) is None and not store.has_blob(OUT_DIGEST) and store.get_memo("pkg/a.txt") is None
     before = last_txnid(store)
-    store.commit_all([first, Commit((other, RESULT), used=((other, 7),))])
-    assert last_txnid(store) == before + 1
+    store.log([first, Commit((other, RESULT), used=((other, 7),))])
+    assert last_txnid(store) == before  # in the log only: no LMDB transaction yet
     assert store.get_result(KEY) == RESULT and store.get_result(other) == RESULT
     assert store.get_memo("pkg/a.txt") == MEMO and store.get_blob(OUT_DIGEST) == OUT
+    store.commit(memo=[("pkg/c.txt", MEMO)])  # any write applies the log first, in the same transaction
+    assert last_txnid(store) == before + 1
+    with store._env.begin() as txn:
+        assert txn.get(KEY, db=store._results) == RESULT.pack()
+        assert txn.get(other, db=store._usage) == (7).to_bytes(8, "big")
+    assert not store._logged and os.path.getsize(store._log.path) == 0  # type: ignore[union-attr]
+
+
+def test_a_full_group_of_logged_actions_is_written_without_waiting(store: Store) -> None:
+    from posbuild.store import LOG_GROUP
+
+    before = last_txnid(store)
+    for i in range(LOG_GROUP):
+        store.log([Commit((hash_bytes(b"%d" % i), RESULT))])
+    assert last_txnid(store) == before + 1 and not store._logged
+
+
+_LOG_AND_DIE = """
+import os, signal, sys
+from pathlib import Path
+from posbuild.digest import hash_bytes
+from posbuild.store import Commit, Store
+from tests.unit.test_store import KEY, MEMO, OUT, OUT_DIGEST, RESULT
+store = Store(Path(sys.argv[1]))
+store.log([Commit((KEY, RESULT), ((OUT_DIGEST, OUT),), (("pkg/a.txt", MEMO),))])
+store.log([Commit((hash_bytes(b"torn"), RESULT))])
+if sys.argv[2] == "torn":  # the last frame cut short, as by a kill in the middle of its write
+    os.truncate(store._log.path, os.path.getsize(store._log.path) - 3)
+os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+@pytest.mark.parametrize("tail", ["whole", "torn"])
+def test_a_killed_process_s_logged_actions_are_replayed_by_the_next_opening(tmp_path: Path, tail: str) -> None:
+    import subprocess
+    import sys
+
+    died = subprocess.run([sys.executable, "-c", _LOG_AND_DIE, str(tmp_path / "s"), tail],
+                          cwd=Path(__file__).parents[2], capture_output=True, text=True)
+    assert died.returncode == -9, died.stderr
+    assert len(list((tmp_path / "s" / "wal").iterdir())) == 1
+    reopened = Store(tmp_path / "s")
+    try:
+        with reopened._env.begin() as txn:  # in LMDB itself, not only in a log
+            assert txn.get(KEY, db=reopened._results) == RESULT.pack()
+        assert reopened.get_blob(OUT_DIGEST) == OUT and reopened.get_memo("pkg/a.txt") == MEMO
+        assert (reopened.get_result(hash_bytes(b"torn")) is not None) == (tail == "whole")
+        assert not list((tmp_path / "s" / "wal").iterdir())
+    finally:
+        reopened.close()
 
 
 def test_identical_result_commit_changes_nothing(store: Store) -> None:

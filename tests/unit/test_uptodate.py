@@ -96,7 +96,7 @@ def test_revalidate_forgets_exactly_the_actions_whose_result_or_blobs_are_gone(t
         result = ActionResult((OutputFile(f"posbuild-out/{name}", hash_bytes(data), len(data), False),), 0,
                               hash_bytes(b""), hash_bytes(b""))
         key = hash_bytes(b"key " + data)
-        store.commit_all([Commit((key, result), ((hash_bytes(data), data), (hash_bytes(b""), b"")), (), (), ())])
+        store.commit((key, result), ((hash_bytes(data), data), (hash_bytes(b""), b"")))
         rows[f"//p:{name}"] = (b"\x03" * 32, key)
     created = read_epoch(store_dir)
     assert created  # a new store has an epoch of its own

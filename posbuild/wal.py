@@ -1,0 +1,130 @@
+"""Layer 2: a write-ahead log of store commits — one append-only file per open store, per process.
+
+A build executes thousands of cheap actions, and each one's result must be safe before its outputs
+appear in `posbuild-out/` (a kill at any instant loses no accepted result). One LMDB transaction per
+action copies a path of pages in five B-trees; appending the same rows to a file is one `write()`.
+So the store appends each commit here first and applies the log to LMDB in groups (store.py).
+
+The writer holds an exclusive flock on its log for as long as it lives (liveness.py). A log whose
+lock anyone can take belongs to a dead process: the next command that opens the store replays its
+complete frames into LMDB and deletes it. Nothing is fsynced, as in the store: a killed process's
+writes are in the page cache already, and a machine crash loses at most what the last build made.
+
+A frame is its length and CRC-32 (little-endian u32 each) followed by that many bytes of payload;
+a frame cut short by a kill, or that fails its checksum, ends the log.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import struct
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+_HEADER = struct.Struct("<II")
+SUFFIX = ".wal"
+
+
+class WriteAheadLog:
+    """The log of one open store in this process: append frames, empty it once they are applied."""
+
+    def __init__(self, folder: Path) -> None:
+        folder.mkdir(exist_ok=True)
+        self.path = folder / f"{os.getpid()}-{id(self):x}{SUFFIX}"
+        self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND | os.O_CLOEXEC, 0o644)
+        fcntl.flock(self._fd, fcntl.LOCK_EX)
+
+    def append(self, payload: bytes) -> None:
+        """Add one frame: a single `write()`, so a kill leaves all of it or a torn tail."""
+        frame = _HEADER.pack(len(payload), zlib.crc32(payload)) + payload
+        view = memoryview(frame)
+        while view:
+            view = view[os.write(self._fd, view):]
+
+    def clear(self) -> None:
+        """Forget every frame: their rows are committed to LMDB now."""
+        os.ftruncate(self._fd, 0)
+
+    def close(self, delete: bool = True) -> None:
+        """Drop the log's lock, and delete it when every frame is applied."""
+        if delete:
+            self.path.unlink(missing_ok=True)
+        os.close(self._fd)
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLog:
+    """A log whose writer died; `fd` holds its lock until the caller has applied and deleted it."""
+
+    path: Path
+    fd: int
+    payloads: tuple[bytes, ...]
+
+    def remove(self) -> None:
+        """Delete the log: its rows are committed."""
+        self.path.unlink(missing_ok=True)
+        os.close(self.fd)
+
+    def release(self) -> None:
+        """Let go of the log without applying it."""
+        os.close(self.fd)
+
+
+def has_logs(folder: Path) -> bool:
+    """Whether any process left a log in `folder` (a live one, or a dead one to replay)."""
+    try:
+        return any(name.endswith(SUFFIX) for name in os.listdir(folder))
+    except FileNotFoundError:
+        return False
+
+
+def dead_logs(folder: Path) -> tuple[list[DeadLog], set[int]]:
+    """The logs in `folder` whose writers are gone, locked for the caller, and the pids whose logs
+    are still held (their processes live; the store does not conclude their builds yet)."""
+    try:
+        names = os.listdir(folder)
+    except FileNotFoundError:
+        return [], set()
+    dead: list[DeadLog] = []
+    live: set[int] = set()
+    for name in sorted(names):
+        if not name.endswith(SUFFIX):
+            continue
+        path = folder / name
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:  # another command replayed it just now
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            live.add(_pid_of(name))
+            continue
+        if os.fstat(fd).st_nlink == 0:  # replayed and deleted while we waited for nothing
+            os.close(fd)
+            continue
+        dead.append(DeadLog(path, fd, tuple(_frames(fd))))
+    return dead, live
+
+
+def _pid_of(name: str) -> int:
+    head = name.partition("-")[0]
+    return int(head) if head.isdigit() else -1
+
+
+def _frames(fd: int) -> Iterator[bytes]:
+    """The complete, intact frames of a log, in order, up to the first torn or damaged one."""
+    with os.fdopen(os.dup(fd), "rb") as handle:
+        data = handle.read()
+    offset = 0
+    while offset + _HEADER.size <= len(data):
+        length, crc = _HEADER.unpack_from(data, offset)
+        payload = data[offset + _HEADER.size:offset + _HEADER.size + length]
+        if len(payload) != length or zlib.crc32(payload) != crc:
+            return
+        yield payload
+        offset += _HEADER.size + length
