@@ -21,7 +21,7 @@ ORCH-06, partial state: rows or files that an uninterrupted history would not ha
 * A file under `posbuild-out/` with no record at all (no memo row, not in the latest manifest, and
   no action result recording those bytes for that path), and one that differs from its memo row
   and sits on another inode than the one recorded. A build commits each result before it puts
-  the outputs in place, with a placeholder memo row (materialize.INSTALLING) naming the coming
+  the outputs in place (to the store's write-ahead log, which opening the store replays), with a placeholder memo row (materialize.INSTALLING) naming the coming
   digest, and the real memo row after; so a file that a killed build installed or restored is
   always one a result records, and old bytes where a placeholder row stands are still bytes the
   store holds. A kill thus never reads as corruption, while a byte flipped in place does.

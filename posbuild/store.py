@@ -53,7 +53,7 @@ from posbuild.errors import ChecksumMismatch, PartialState
 from posbuild.liveness import lock_held
 from posbuild.recordchain import CHAIN, GENESIS, records_digest, seal
 from posbuild.records import ActionResult, ExecutionRecord, FileState, Generation, utc
-from posbuild.wal import DeadLog, WriteAheadLog, dead_logs, has_logs
+from posbuild.wal import DeadLog, WriteAheadLog, dead_logs, has_dead_logs
 
 STORE_FORMAT = b"1"
 INLINE_LIMIT = 256 * 1024
@@ -124,7 +124,7 @@ class Store:
         self._pending_blobs: dict[bytes, bytes] = {}
         self._pending_memo: dict[bytes, bytes] = {}
         self._check_format()
-        if has_logs(path / "wal"):
+        if has_dead_logs(path / "wal"):
             with self._writing():  # a dead process's logged commits, before anything reads the store
                 pass
 

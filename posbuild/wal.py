@@ -24,6 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
+from posbuild.liveness import lock_held
+
 _HEADER = struct.Struct("<II")
 SUFFIX = ".wal"
 
@@ -73,12 +75,13 @@ class DeadLog:
         os.close(self.fd)
 
 
-def has_logs(folder: Path) -> bool:
-    """Whether any process left a log in `folder` (a live one, or a dead one to replay)."""
+def has_dead_logs(folder: Path) -> bool:
+    """Whether a dead process left a log in `folder` (a look that takes no lock and writes nothing)."""
     try:
-        return any(name.endswith(SUFFIX) for name in os.listdir(folder))
+        names = os.listdir(folder)
     except FileNotFoundError:
         return False
+    return any(name.endswith(SUFFIX) and not lock_held(folder / name) for name in names)
 
 
 def dead_logs(folder: Path) -> tuple[list[DeadLog], set[int]]:
