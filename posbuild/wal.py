@@ -10,8 +10,12 @@ lock anyone can take belongs to a dead process: the next command that opens the 
 complete frames into LMDB and deletes it. Nothing is fsynced, as in the store: a killed process's
 writes are in the page cache already, and a machine crash loses at most what the last build made.
 
-A frame is its length and CRC-32 (little-endian u32 each) followed by that many bytes of payload;
-a frame cut short by a kill, or that fails its checksum, ends the log.
+A frame is its length, the CRC-32 of its payload and the log's round (little-endian u32 each)
+followed by the payload. Once its frames are applied, the log starts a new round at offset 0 and
+writes over the old frames instead of truncating the file (freeing the cached pages of a
+truncated file cost more than the appends it follows): an empty frame of the new round marks the
+start, and a frame of another round, a frame cut short by a kill, or one that fails its checksum
+ends the log.
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ from typing import Iterator
 
 from posbuild.liveness import lock_held
 
-_HEADER = struct.Struct("<II")
+_HEADER = struct.Struct("<III")
 SUFFIX = ".wal"
 
 
@@ -36,19 +40,25 @@ class WriteAheadLog:
     def __init__(self, folder: Path) -> None:
         folder.mkdir(exist_ok=True)
         self.path = folder / f"{os.getpid()}-{id(self):x}{SUFFIX}"
-        self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND | os.O_CLOEXEC, 0o644)
+        self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
         fcntl.flock(self._fd, fcntl.LOCK_EX)
+        self._round = 0
+        self._offset = 0
 
     def append(self, payload: bytes) -> None:
         """Add one frame: a single `write()`, so a kill leaves all of it or a torn tail."""
-        frame = _HEADER.pack(len(payload), zlib.crc32(payload)) + payload
+        frame = _HEADER.pack(len(payload), zlib.crc32(payload), self._round) + payload
         view = memoryview(frame)
         while view:
-            view = view[os.write(self._fd, view):]
+            written = os.pwrite(self._fd, view, self._offset)
+            self._offset += written
+            view = view[written:]
 
     def clear(self) -> None:
         """Forget every frame: their rows are committed to LMDB now."""
-        os.ftruncate(self._fd, 0)
+        self._round = (self._round + 1) & 0xFFFFFFFF
+        os.pwrite(self._fd, _HEADER.pack(0, 0, self._round), 0)
+        self._offset = 0
 
     def close(self, delete: bool = True) -> None:
         """Drop the log's lock, and delete it when every frame is applied."""
@@ -124,10 +134,12 @@ def _frames(fd: int) -> Iterator[bytes]:
     with os.fdopen(os.dup(fd), "rb") as handle:
         data = handle.read()
     offset = 0
+    first = None
     while offset + _HEADER.size <= len(data):
-        length, crc = _HEADER.unpack_from(data, offset)
+        length, crc, round_ = _HEADER.unpack_from(data, offset)
         payload = data[offset + _HEADER.size:offset + _HEADER.size + length]
-        if len(payload) != length or zlib.crc32(payload) != crc:
+        if length == 0 or len(payload) != length or zlib.crc32(payload) != crc or (first is not None and round_ != first):
             return
+        first = round_
         yield payload
         offset += _HEADER.size + length
