@@ -37,6 +37,7 @@ from posbuild.digest import Digest, hash_bytes, hash_file
 from posbuild.filestate import FileStates
 from posbuild.keys import action_key
 from posbuild.materialize import INSTALLING, Materializer
+from posbuild.nofollow import Opened
 from posbuild.reasons import differences, one_line
 from posbuild.records import ActionResult, FileState, OutputFile, Signature
 from posbuild.resources import memory_overrun
@@ -374,7 +375,7 @@ class Rebuilder:
         """How a re-run's outputs differ from the cached result of the same key ("" if they don't)."""
         for output in cached.outputs:
             size_new, size_cached, offset = first_file_difference(
-                spawn.exec_root / output.path, self._store.get_blob(output.digest))
+                spawn.output(output.path).path, self._store.get_blob(output.digest))
             if offset is not None:
                 return format_difference(output.path, "the cached result", size_cached, "this run", size_new, offset)
         return ""
@@ -392,8 +393,8 @@ class Rebuilder:
         if overrun:
             return overrun, "ORCH-05"
         if spawn.irregular:
-            return (f"declared output '{spawn.irregular[0]}' is not a regular file (a symbolic link, folder or "
-                    f"FIFO); outputs must be regular files, and nothing was kept"), "missing output"
+            return (f"declared output '{spawn.irregular[0]}' {spawn.why}; outputs must be regular files in "
+                    f"folders of their own, and nothing was kept"), "missing output"
         if spawn.missing:
             missing = ", ".join(f"'{p}'" for p in spawn.missing)
             return f"declared output {missing} was not created", "missing output"
@@ -401,9 +402,10 @@ class Rebuilder:
         if changed:
             return f"input '{changed[0]}' changed while the action ran; result not cached, build again", "input changed"
         if secrets and not action.allow_secret_in_output:
-            leak = file_containing([spawn.exec_root / path for path in action.outputs], secrets)
+            opened = {Path(spawn.output(path).path): path for path in action.outputs}
+            leak = file_containing(opened, secrets)
             if leak is not None:
-                path = leak[0].relative_to(spawn.exec_root)
+                path = opened[leak[0]]
                 return (f"output '{path}' contains the value of secret '{leak[1]}'; nothing was kept "
                         f"(declare allow_secret_in_output = True if that is intended)"), "secret in output"
         return "", ""
@@ -417,17 +419,16 @@ class Rebuilder:
         next transaction, or at `flush()`; meanwhile a placeholder row names each path's digest."""
         key = prepared.key
         blobs: list[tuple[Digest, bytes | None]] = []
-        produced: list[tuple[str, OutputFile, bytes | None]] = []
-        exec_root = str(spawn.exec_root)
+        produced: list[tuple[Opened, OutputFile, bytes | None]] = []
         for path in action.outputs:
-            file = f"{exec_root}/{path}"
+            file = spawn.output(path)  # opened without following links; never reached by its path again
             stat, data = read_small(file, INLINE_LIMIT)
             if data is not None:
                 digest = hash_bytes(data)
                 blobs.append((digest, data))
             else:
-                digest = hash_file(file)
-                self._store.store_external(digest, Path(file))
+                digest = hash_file(file.path)
+                self._store.store_external(digest, Path(file.path))
                 blobs.append((digest, None))
             produced.append((file, OutputFile(path, digest, stat.st_size, bool(stat.st_mode & 0o111)), data))
         outputs = [output for _, output, _ in produced]

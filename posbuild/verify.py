@@ -218,7 +218,7 @@ class _Checker:
         if cached is None:
             self.without_cache += 1
         for path in action.outputs:
-            one, two = first.exec_root / path, second.exec_root / path
+            one, two = Path(first.output(path).path), Path(second.output(path).path)  # opened without following links
             size_one, size_two, offset = first_file_difference(one, two)
             self.bytes += size_one
             if offset is not None:
