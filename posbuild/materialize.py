@@ -8,7 +8,8 @@ A file that replaces another, or one on a file system without `O_TMPFILE`, is wr
 file in `.posbuild/tmp` and renamed over its target. Files are made read-only (0444, or 0555 when
 executable) so an editor refuses to change them; and since they are copies, never hard links into
 the store, even a forced edit cannot corrupt a blob. A materialized file's stat signature goes
-into the stat memo, so the next build knows it is intact by one `stat()`.
+into the stat memo, so the next build knows it is intact by one `stat()`. An action's output is
+taken out of its sandbox through the descriptors nofollow.py opened, never by a path there.
 """
 
 from __future__ import annotations
@@ -69,10 +70,11 @@ class Materializer:
         the same file system, else copied from its descriptor (or `data`, when the caller already
         read it); never by a path through the sandbox, whose folders may be links by now
         (nofollow.py). A rename that moved another file than the one opened (something outside
-        the sandbox swapped it since) is undone and fails. Sandboxes on another file system (a
-        memory one) are learned from the first rename that fails, not retried for every file."""
+        the sandbox swapped it since) is undone and fails; a file with other names (a hard link
+        the action made) is copied. Sandboxes on another file system (a memory one) are learned
+        from the first rename that fails, not retried for every file."""
         target = self._target(output)
-        if self._renames:
+        if self._renames and produced.stat.st_nlink == 1:  # a hard link's other names must not change with it
             os.fchmod(produced.fd, _mode(output.executable))
             try:
                 os.rename(produced.name, target, src_dir_fd=produced.folder)

@@ -201,3 +201,26 @@ def test_mountinfo_shows_no_workspace_path(outside_tmp):
     assert result.returncode == 0, result.stdout + result.stderr
     shown = ws.out("pkg/mountinfo.txt")
     assert str(ws.root) not in shown and os.path.realpath(ws.root) not in shown, shown
+
+
+@pytest.fixture(scope="module")
+def dask_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
+    """One Dask worker (a separate process, running this checkout's posbuild)."""
+    from tests.e2e.test_dask_executor import Cluster
+
+    running = Cluster(tmp_path_factory.mktemp("dask"))
+    try:
+        running.add_workers(1)
+        yield running
+    finally:
+        running.stop()
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_an_output_folder_linked_away_on_a_dask_worker_takes_nothing(ws, tmp_path, mode, dask_cluster):
+    _setup(ws, tmp_path, mode, False)
+    ws.write({"secret/x.txt": f"{MARK}\n", "pkg/BUILD": _swap(ws.root / "secret", "x.txt")})
+    result = ws.build("--executor", dask_cluster.url, "//pkg:swap", env=NO_ESCAPE)  # type: ignore[attr-defined]
+    _refused(result, "x.txt")
+    assert (ws.root / "secret/x.txt").read_text() == f"{MARK}\n"
+    assert _kept_anywhere(ws.root, MARK.encode()) == []
