@@ -78,6 +78,9 @@ class Materializer:
             os.fchmod(produced.fd, _mode(output.executable))
             try:
                 os.rename(produced.name, target, src_dir_fd=produced.folder)
+            except FileNotFoundError:  # something outside the sandbox removed it since it was hashed
+                raise FileNotFoundError(errno.ENOENT, "output removed from its sandbox before it was installed",
+                                        output.path) from None
             except OSError as error:
                 if error.errno != errno.EXDEV:
                     raise
@@ -86,7 +89,8 @@ class Materializer:
                 info = os.stat(target, follow_symlinks=False)
                 if (info.st_ino, info.st_dev) != (produced.stat.st_ino, produced.stat.st_dev):
                     os.unlink(target)
-                    raise OSError(errno.ESTALE, "output replaced after it was hashed; nothing installed", target)
+                    raise OSError(errno.ESTALE, "output replaced in its sandbox after it was hashed; nothing installed",
+                                  output.path)
                 return FileState(signature(info), output.digest)
         self._write(target, output, data if data is not None else produced.fd)
         return FileState(signature(os.stat(target)), output.digest)

@@ -19,8 +19,15 @@ sandbox where the system has none), read back whole when it ends. Removing a san
 name, what staging made; only a sandbox holding anything else is walked.
 
 Inputs are copied, so an action that writes to an input changes only its own copy. Inputs of
-`LINK_LIMIT` bytes or more are symlinked instead, to keep large data sets cheap to stage; the
-rebuilder's re-stat after the run still catches an action that wrote through such a link.
+`LINK_LIMIT` bytes or more are cloned where the file system can (a reflink, `FICLONE`: btrfs,
+XFS ...; `[build] sandbox_base` on such a file system makes large data sets free to stage), and
+copied elsewhere: never linked, since a link (symbolic or hard) is a writable path to the
+original whatever its mode says.
+
+When the command has ended, its declared outputs are opened without following any link
+(nofollow.py) and everything after (hashing, storing, installing) goes through those
+descriptors: the sandbox is the action's, and a link it left there must not take posbuild,
+which sees the whole file system, anywhere else.
 
 The command runs in its own session (process group); when it ends, or on timeout or cancel,
 the whole group is killed, so no stray background process outlives its action.
@@ -29,8 +36,8 @@ Namespaces (`[sandbox] mode`): where bubblewrap works ("auto", the default, or "
 same folder is run inside its own mount, PID, IPC, UTS and network namespaces (namespaces.py):
 the workspace and the host's /tmp and /dev/shm are invisible, the system is read-only, the
 declared inputs are bound read-only, and only the sandbox folder and a private /tmp are
-writable. Large inputs, symlinked in the folder sandbox, are bound read-only from the workspace
-instead (the link would point into the hidden workspace). The process posbuild waits for is
+writable. Large inputs are bound read-only from the workspace instead of being copied (staged
+as a symlink first, which `_namespaced` turns into the bind). The process posbuild waits for is
 then bwrap's: killing its group ends the command too (`--die-with-parent`), and its rusage
 includes the command's. One difference: a command killed by signal N inside reports exit code
 128+N (bwrap passes the status on as a shell does), where the folder sandbox reports the signal.
