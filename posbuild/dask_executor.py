@@ -362,10 +362,10 @@ def _write_files(root: str, files: Sequence[tuple[str, bytes, bool]]) -> None:
 
 
 def _read_output(spawn: SpawnResult, path: str) -> tuple[str, bytes, Digest, bool]:
-    """A declared output's bytes, through the descriptor the sandbox opened without following links."""
-    opened = spawn.output(path)
-    info = os.fstat(opened.fd)
-    data = read_upto(opened.fd, info.st_size)
+    """A declared output's bytes, read below the folder the sandbox found without following links."""
+    with spawn.output(path).reading() as fd:
+        info = os.fstat(fd)
+        data = read_upto(fd, info.st_size)
     return path, data, hash_bytes(data), bool(info.st_mode & 0o111)
 
 

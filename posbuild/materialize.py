@@ -69,13 +69,12 @@ class Materializer:
         """Put a file an action just produced into place: renamed by its folder's descriptor on
         the same file system, else copied from its descriptor (or `data`, when the caller already
         read it); never by a path through the sandbox, whose folders may be links by now
-        (nofollow.py). A rename that moved another file than the one opened (something outside
+        (nofollow.py). A rename that moved another file than the one found (something outside
         the sandbox swapped it since) is undone and fails; a file with other names (a hard link
         the action made) is copied. Sandboxes on another file system (a memory one) are learned
         from the first rename that fails, not retried for every file."""
         target = self._target(output)
         if self._renames and produced.stat.st_nlink == 1:  # a hard link's other names must not change with it
-            os.fchmod(produced.fd, _mode(output.executable))
             try:
                 os.rename(produced.name, target, src_dir_fd=produced.folder)
             except FileNotFoundError:  # something outside the sandbox removed it since it was hashed
@@ -91,8 +90,13 @@ class Materializer:
                     os.unlink(target)
                     raise OSError(errno.ESTALE, "output replaced in its sandbox after it was hashed; nothing installed",
                                   output.path)
-                return FileState(signature(info), output.digest)
-        self._write(target, output, data if data is not None else produced.fd)
+                os.chmod(target, _mode(output.executable))  # the file checked just above, in posbuild-out/
+                return FileState(signature(os.stat(target)), output.digest)
+        if data is not None:
+            self._write(target, output, data)
+        else:
+            with produced.reading() as fd:
+                self._write(target, output, fd)
         return FileState(signature(os.stat(target)), output.digest)
 
     def restore(self, output: OutputFile) -> FileState:

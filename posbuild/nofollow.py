@@ -3,56 +3,75 @@
 A sandbox is the action's to change. When its command has ended, `exec/` itself, any folder on
 the way to a declared output (`posbuild-out/pkg/d` for `outs = ["d/x"]`) or the output may be a
 symbolic link to the workspace, the secrets file or the store, and posbuild sees the whole file
-system. So each path is opened one component at a time, relative to the folder before, with
-`O_NOFOLLOW` (folders as `O_PATH | O_DIRECTORY`), and everything done with an output afterwards
-goes through the descriptors opened here: its bytes through the file's descriptor (or
-`/proc/self/fd/N`, which names the opened file whatever its path holds by then), its name
-through its folder's descriptor (`renameat`). A link swapped in later, by a process that
-outlived its command, redirects nothing posbuild reads, hashes or moves.
+system. So each folder on the way is opened one component at a time, relative to the folder
+before, with `O_NOFOLLOW | O_DIRECTORY` (as `O_PATH`), and the output is looked up in its
+folder's descriptor without following a link. Everything done with it afterwards goes through
+that descriptor: it is opened again there with `O_NOFOLLOW` and must be the very file found
+(same inode), its bytes are read through that descriptor (or `/proc/self/fd/N`, which names the
+opened file whatever its path holds by then), and it is renamed from its folder's descriptor
+(`renameat`). A link swapped in later, by a process that outlived its command, redirects nothing
+posbuild reads, hashes or moves.
 
-One open per folder on the way (shared by outputs in the same folder) and one per output: the
-price of the guarantee, paid once per action.
+The price, once per action: one open per folder on the way (shared by outputs in the same
+folder) and an lstat per output where a plain lstat of the path was enough before.
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Iterator, Sequence
 
 _FOLDER = os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
-_FILE = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC  # NONBLOCK: a FIFO must not hang us
+_FILE = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC  # NONBLOCK: never hang on a FIFO swapped in
 
 
 @dataclass(frozen=True, slots=True)
 class Opened:
-    """A declared output opened without following links: its file, its folder and its name there."""
+    """A declared output found without following links: the folder that holds it (a descriptor),
+    its name there, and its lstat when the command had ended. Only folders stay open (an action
+    may declare thousands of outputs, but in a few folders); the file is opened when it is used."""
 
-    fd: int  # the file, read-only
-    folder: int  # the folder that holds it (O_PATH): rename `name` from here
+    folder: int  # O_PATH descriptor of its folder: open or rename `name` from here
     name: str
-    stat: os.stat_result  # fstat when it was opened
+    stat: os.stat_result
 
-    @property
-    def path(self) -> str:
-        """A path to exactly the opened file, for code that opens by path (hashing, copying)."""
-        return f"/proc/self/fd/{self.fd}"
+    @contextmanager
+    def reading(self) -> Iterator[int]:
+        """The file, opened read-only below its folder without following a link, for the block.
+        OSError (ESTALE) if its name holds another file by now than the one found."""
+        fd = os.open(self.name, _FILE, dir_fd=self.folder)
+        try:
+            info = os.fstat(fd)
+            if (info.st_ino, info.st_dev) != (self.stat.st_ino, self.stat.st_dev):
+                raise OSError(errno.ESTALE, "output replaced in its sandbox after the command ended", self.name)
+            yield fd
+        finally:
+            os.close(fd)
+
+
+def fd_path(fd: int) -> str:
+    """A path to exactly the file open as `fd`, whatever its name holds now, for code that
+    opens by path (hashing, copying into the store, comparing)."""
+    return f"/proc/self/fd/{fd}"
 
 
 class Outputs:
-    """The declared outputs of one run: those opened as regular files, those missing, and those
+    """The declared outputs of one run: those found as regular files, those missing, and those
     that are something else (a link, a folder, a FIFO, or below a link) with why, in words."""
 
     def __init__(self) -> None:
         self.opened: dict[str, Opened] = {}
-        self.missing: list[str] = []  # every output not opened, the irregular ones included
+        self.missing: list[str] = []  # every output not found, the irregular ones included
         self.irregular: list[str] = []
         self.why = ""  # what is wrong with irregular[0]: "is a symbolic link" ...
         self._fds: list[int] = []
 
     def close(self) -> None:
-        """Release every descriptor; idempotent."""
+        """Release the folders' descriptors; idempotent."""
         fds, self._fds, self.opened = self._fds, [], {}
         for fd in fds:
             os.close(fd)
@@ -65,8 +84,8 @@ class Outputs:
 
 
 def open_outputs(exec_root: str, paths: Sequence[str]) -> Outputs:
-    """Open each of `paths` (relative to `exec_root`) as described above. Never raises for what
-    an action did: an output that cannot be opened is missing or irregular."""
+    """Find each of `paths` (relative to `exec_root`) as described above. Never raises for what
+    an action did: an output that cannot be reached is missing or irregular."""
     found = Outputs()
     try:
         top = os.open(exec_root, _FOLDER)  # O_NOFOLLOW covers `exec`, the one component an action can swap
@@ -81,7 +100,7 @@ def open_outputs(exec_root: str, paths: Sequence[str]) -> Outputs:
             where, _, name = path.rpartition("/")
             try:
                 folder = _folder(folders, where)
-                fd = os.open(name, _FILE, dir_fd=folder)
+                info = os.stat(name, dir_fd=folder, follow_symlinks=False)
             except _Blocked as blocked:
                 if blocked.missing:
                     found.missing.append(path)
@@ -92,15 +111,12 @@ def open_outputs(exec_root: str, paths: Sequence[str]) -> Outputs:
                 found.missing.append(path)
                 continue
             except OSError as error:
-                found._unusable(path, _what(error, name, folder))
+                found._unusable(path, _cannot(error))
                 continue
-            info = os.fstat(fd)
             if not stat.S_ISREG(info.st_mode):
-                os.close(fd)
-                found._unusable(path, "is a folder" if stat.S_ISDIR(info.st_mode) else "is not a regular file")
+                found._unusable(path, _kind(info.st_mode))
                 continue
-            found._fds.append(fd)
-            found.opened[path] = Opened(fd, folder, name, info)
+            found.opened[path] = Opened(folder, name, info)
             used.add(folder)
     finally:
         for fd in folders.values():
@@ -109,6 +125,12 @@ def open_outputs(exec_root: str, paths: Sequence[str]) -> Outputs:
             else:
                 os.close(fd)
     return found
+
+
+def _kind(mode: int) -> str:
+    if stat.S_ISLNK(mode):
+        return "is a symbolic link"
+    return "is a folder" if stat.S_ISDIR(mode) else "is not a regular file"
 
 
 class _Blocked(Exception):
@@ -128,26 +150,22 @@ def _folder(folders: dict[str, int], path: str) -> int:
     except FileNotFoundError:
         raise _Blocked(path, "does not exist", True) from None
     except OSError as error:
-        raise _Blocked(path, _what(error, name, parent, True), False) from None
+        raise _Blocked(path, _what(error, name, parent), False) from None
     folders[path] = fd
     return fd
 
 
-def _what(error: OSError, name: str = "", folder: int = -1, want_folder: bool = False) -> str:
-    """Why `name` in `folder` could not be opened, in words (cold path: one lstat)."""
+def _what(error: OSError, name: str = "", folder: int = -1) -> str:
+    """Why folder `name` in `folder` could not be opened, in words (cold path: one lstat)."""
     if not name:  # exec/ itself: replaced by a link or a file, or gone
-        return "is a symbolic link or not a folder" if error.errno in (20, 40) else _cannot(error)
+        return "is a symbolic link or not a folder" if error.errno in (errno.ENOTDIR, errno.ELOOP) else _cannot(error)
     try:
         mode = os.lstat(name, dir_fd=folder).st_mode
     except OSError:
         return _cannot(error)
     if stat.S_ISLNK(mode):
         return "is a symbolic link"
-    if want_folder and not stat.S_ISDIR(mode):
-        return "is not a folder"
-    if not want_folder and not stat.S_ISREG(mode):
-        return "is not a regular file"
-    return _cannot(error)
+    return "is not a folder" if not stat.S_ISDIR(mode) else _cannot(error)
 
 
 def _cannot(error: OSError) -> str:

@@ -211,7 +211,7 @@ class SpawnResult:
     files: Outputs | None = field(default=None, compare=False, repr=False)
 
     def output(self, path: str) -> Opened:
-        """A declared output that exists as a regular file (not in `missing`), opened."""
+        """A declared output that exists as a regular file (not in `missing`), found."""
         assert self.files is not None, "a run without collected outputs"
         return self.files.opened[path]
 
@@ -697,11 +697,11 @@ def _clone(fd_in: int, fd_out: int) -> bool:
     return True
 
 
-def read_small(output: Opened, limit: int) -> tuple[os.stat_result, bytes | None]:
-    """A produced file's stat and, when it holds at most `limit` bytes, its content, from its
-    descriptor: one fstat and a read (every action reads its small outputs back)."""
-    info = os.fstat(output.fd)
-    return info, (read_upto(output.fd, info.st_size) if info.st_size <= limit else None)
+def read_small(fd: int, limit: int) -> tuple[os.stat_result, bytes | None]:
+    """A produced file's stat and, when it holds at most `limit` bytes, its content: one fstat
+    and a read, no buffered file object (every action reads its small outputs back)."""
+    info = os.fstat(fd)
+    return info, (read_upto(fd, info.st_size) if info.st_size <= limit else None)
 
 
 def remove_tree(path: str, layout: _Layout | None = None) -> None:

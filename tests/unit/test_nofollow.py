@@ -13,7 +13,7 @@ import pytest
 from posbuild.digest import hash_bytes
 from posbuild.materialize import Materializer
 from posbuild.namespaces import _cover
-from posbuild.nofollow import Outputs, open_outputs
+from posbuild.nofollow import Outputs, fd_path, open_outputs
 from posbuild.records import OutputFile
 from posbuild.store import Store
 
@@ -37,7 +37,8 @@ def test_regular_outputs_are_opened_and_read_through_their_descriptor(exec_root:
     found = _collect(exec_root, "posbuild-out/pkg/a.txt", "posbuild-out/pkg/d/x.txt", "posbuild-out/pkg/gone.txt")
     try:
         assert found.missing == ["posbuild-out/pkg/gone.txt"] and found.irregular == []
-        assert Path(found.opened["posbuild-out/pkg/d/x.txt"].path).read_text() == "x\n"
+        with found.opened["posbuild-out/pkg/d/x.txt"].reading() as fd:
+            assert Path(fd_path(fd)).read_text() == "x\n"
         assert found.opened["posbuild-out/pkg/a.txt"].name == "a.txt"
     finally:
         found.close()
@@ -74,7 +75,7 @@ def test_close_releases_every_descriptor(exec_root: Path) -> None:
     for name in ("a", "b"):
         (exec_root / f"posbuild-out/pkg/d/{name}").write_text(name)
     found = _collect(exec_root, "posbuild-out/pkg/d/a", "posbuild-out/pkg/d/b", "posbuild-out/pkg/none")
-    assert len(os.listdir("/proc/self/fd")) == before + 3  # two files and their folder
+    assert len(os.listdir("/proc/self/fd")) == before + 1  # their folder; files are opened when used
     found.close()
     found.close()
     assert len(os.listdir("/proc/self/fd")) == before
@@ -110,7 +111,7 @@ def test_a_file_swapped_after_it_was_hashed_is_not_installed(exec_root: Path, tm
     produced = exec_root / "posbuild-out/pkg/d/x.txt"
     produced.write_bytes(b"made\n")
     found = _collect(exec_root, "posbuild-out/pkg/d/x.txt")
-    produced.unlink()
+    produced.rename(produced.with_name("aside"))  # kept: a new file must not reuse its inode number
     produced.write_bytes(b"other\n")
     with pytest.raises(OSError) as raised:
         materializer.install(found.opened["posbuild-out/pkg/d/x.txt"], _output(b"made\n"), None)
@@ -140,3 +141,22 @@ def test_an_output_hard_linked_to_another_file_is_copied_not_moved(exec_root: Pa
 ])
 def test_a_hidden_folder_is_covered_through_its_highest_non_system_ancestor(folder, opened, cover) -> None:
     assert _cover(folder, opened) == cover
+
+
+def test_reading_a_file_swapped_since_it_was_found_fails(exec_root: Path) -> None:
+    produced = exec_root / "posbuild-out/pkg/d/x.txt"
+    produced.write_bytes(b"made\n")
+    found = _collect(exec_root, "posbuild-out/pkg/d/x.txt")
+    produced.rename(produced.with_name("aside"))  # kept: a new file must not reuse its inode number
+    produced.write_bytes(b"other\n")
+    with pytest.raises(OSError) as raised:
+        with found.opened["posbuild-out/pkg/d/x.txt"].reading():
+            pass
+    assert raised.value.errno == errno.ESTALE
+    produced.unlink()
+    os.symlink(exec_root.parent.parent / "outside/x.txt", produced)
+    with pytest.raises(OSError) as raised:
+        with found.opened["posbuild-out/pkg/d/x.txt"].reading():
+            pass
+    assert raised.value.errno == errno.ELOOP
+    found.close()
