@@ -706,5 +706,6 @@ class DaskSandboxes:
         os.makedirs(exec_root, exist_ok=True)
         files = open_outputs(exec_root, [path for path, _, _, _ in reply.outputs])
         return SpawnResult(reply.exit_code, reply.timed_out, Path(exec_root), reply.missing, reply.stdout,
-                           reply.stderr, reply.elapsed, reply.usage, remote=reply.run, irregular=reply.irregular,
-                           why=reply.why, files=files)
+                           reply.stderr, reply.elapsed, reply.usage, remote=reply.run,
+                           irregular=getattr(reply, "irregular", ()),  # absent from an older worker's reply
+                           why=getattr(reply, "why", ""), files=files)
