@@ -160,3 +160,24 @@ def test_reading_a_file_swapped_since_it_was_found_fails(exec_root: Path) -> Non
             pass
     assert raised.value.errno == errno.ELOOP
     found.close()
+
+
+def test_openat2_finds_folders_in_one_call_and_a_linked_sandbox_base_falls_back_to_the_walk(
+        exec_root: Path, tmp_path: Path, monkeypatch) -> None:
+    import posbuild.nofollow as nofollow
+
+    (exec_root / "posbuild-out/pkg/d/x.txt").write_text("x\n")
+    monkeypatch.setattr(nofollow, "_fast", True)
+    found = _collect(exec_root, "posbuild-out/pkg/d/x.txt")
+    assert found.opened and nofollow._fast == (nofollow._openat2 is not None)
+    found.close()
+    os.symlink(tmp_path / "sandbox", tmp_path / "linked-base")  # a link above exec/: not the action's doing
+    found = _collect(tmp_path / "linked-base/exec", "posbuild-out/pkg/d/x.txt")
+    assert list(found.opened) == ["posbuild-out/pkg/d/x.txt"] and not nofollow._fast
+    found.close()
+    monkeypatch.setattr(nofollow, "_fast", True)
+    os.rename(exec_root / "posbuild-out/pkg/d", exec_root / "posbuild-out/pkg/real")
+    os.symlink(exec_root / "posbuild-out/pkg/real", exec_root / "posbuild-out/pkg/d")  # the action's link
+    found = _collect(exec_root, "posbuild-out/pkg/d/x.txt")
+    assert found.why == "lies below 'posbuild-out/pkg/d', which is a symbolic link" and nofollow._fast
+    found.close()
