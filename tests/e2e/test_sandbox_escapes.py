@@ -224,3 +224,20 @@ def test_an_output_folder_linked_away_on_a_dask_worker_takes_nothing(ws, tmp_pat
     _refused(result, "x.txt")
     assert (ws.root / "secret/x.txt").read_text() == f"{MARK}\n"
     assert _kept_anywhere(ws.root, MARK.encode()) == []
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_the_sandboxes_exec_folder_linked_away_takes_nothing(ws, tmp_path, mode):
+    """`exec/` itself (the command's working folder) renamed and replaced by a link."""
+    _setup(ws, tmp_path, mode, True)
+    (ws.root / "secret/posbuild-out/pkg").mkdir(parents=True)
+    (ws.root / "secret/posbuild-out/pkg/x.txt").write_text(f"{MARK}\n")
+    ws.write({"pkg/BUILD": f"""
+        genrule(name = "swap", outs = ["x.txt"], cmd = "cd .. && mv exec moved && ln -s {ws.root / 'secret'} exec")
+    """})
+    result = _build(ws, "//pkg:swap")
+    text = result.stdout + result.stderr
+    assert result.returncode == 1, text
+    assert "cannot be reached: the sandbox's exec/ is a symbolic link or not a folder" in text, text
+    assert (ws.root / "secret/posbuild-out/pkg/x.txt").read_text() == f"{MARK}\n"
+    assert _kept_anywhere(ws.root, MARK.encode()) == []
