@@ -268,15 +268,15 @@ def execute_remote(spec: RemoteAction, blobs: Sequence[bytes]) -> RemoteReply:
             sandboxes = Sandboxes(Path(root), Path(f"{folder}/sandbox"), isolation)
             with state.running(worker.get_current_task() or "", sandboxes):
                 spawn = sandboxes.run(spec.action, env, spec.perturbation)
-        if secrets:  # the reply stays in this worker's memory (and may be spilled): redact here
-            values = [value for _, value in secrets]
-            spawn = replace(spawn, stdout=redact(spawn.stdout, values), stderr=redact(spawn.stderr, values))
-        ok = spawn.exit_code == 0 and not spawn.timed_out
         try:
+            if secrets:  # the reply stays in this worker's memory (and may be spilled): redact here
+                values = [value for _, value in secrets]
+                spawn = replace(spawn, stdout=redact(spawn.stdout, values), stderr=redact(spawn.stderr, values))
+            ok = spawn.exit_code == 0 and not spawn.timed_out
             outputs = tuple(_read_output(spawn, path) for path in spec.action.outputs
                             if path not in spawn.missing) if ok else ()
         finally:
-            sandboxes.remove(spawn)
+            sandboxes.remove(spawn)  # its descriptors, and the sandbox
     finally:
         shutil.rmtree(folder, ignore_errors=True)
     differ = env_hash != terms.env_hash
