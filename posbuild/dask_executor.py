@@ -14,7 +14,7 @@ What travels, and why a remote run is the local one
   cache) — and the passed env. The worker writes the inputs into a private folder at their
   workspace paths and runs the action with `sandbox.Sandboxes` rooted there: the same staging,
   scrubbed env, timeout, process-group kill, `[sandbox] mode` (bubblewrap where the worker has
-  it) and collection of declared outputs.
+  it) and collection of declared outputs (opened without following links: nofollow.py).
 * Input bytes, from the remote cache. When a usable `[cache] remote` is configured (`use_remote`),
   the client makes sure each input blob is in its CAS — uploading it when this build writes to the
   remote, else only when a HEAD finds it there — and the task carries the remote's URL and the
@@ -86,6 +86,7 @@ from posbuild.digest import Digest, hash_bytes
 from posbuild.envfp import current as current_fingerprint, differences, fingerprint, hash_of
 from posbuild.errors import ActionFailed, ChecksumMismatch, EnvironmentDrift, PosbuildError
 from posbuild.namespaces import Isolation, choose
+from posbuild.nofollow import open_outputs, read_upto
 from posbuild.records import RemoteRun, ResourceUsage
 from posbuild.remote import RemoteCache, sha256_of
 from posbuild.sandbox import Perturbation, Sandboxes, SpawnResult, find_libfaketime
@@ -155,6 +156,8 @@ class RemoteReply:
     env_entries: tuple[tuple[str, str], ...] = ()  # the worker's fingerprint, only when its h_E differs
     env_error: str = ""
     unfetched: str = ""  # why the worker could not read the inputs from the remote cache (nothing ran)
+    irregular: tuple[str, ...] = ()  # outputs that exist as something else than a regular file
+    why: str = ""  # what is wrong with irregular[0]
 
 
 # -- the worker side ----------------------------------------------------------------------------------
@@ -265,18 +268,22 @@ def execute_remote(spec: RemoteAction, blobs: Sequence[bytes]) -> RemoteReply:
             sandboxes = Sandboxes(Path(root), Path(f"{folder}/sandbox"), isolation)
             with state.running(worker.get_current_task() or "", sandboxes):
                 spawn = sandboxes.run(spec.action, env, spec.perturbation)
-        if secrets:  # the reply stays in this worker's memory (and may be spilled): redact here
-            values = [value for _, value in secrets]
-            spawn = replace(spawn, stdout=redact(spawn.stdout, values), stderr=redact(spawn.stderr, values))
-        ok = spawn.exit_code == 0 and not spawn.timed_out
-        outputs = tuple(_read_output(spawn.exec_root, path) for path in spec.action.outputs
-                        if path not in spawn.missing) if ok else ()
+        try:
+            if secrets:  # the reply stays in this worker's memory (and may be spilled): redact here
+                values = [value for _, value in secrets]
+                spawn = replace(spawn, stdout=redact(spawn.stdout, values), stderr=redact(spawn.stderr, values))
+            ok = spawn.exit_code == 0 and not spawn.timed_out
+            outputs = tuple(_read_output(spawn, path) for path in spec.action.outputs
+                            if path not in spawn.missing) if ok else ()
+        finally:
+            sandboxes.remove(spawn)  # its descriptors, and the sandbox
     finally:
         shutil.rmtree(folder, ignore_errors=True)
     differ = env_hash != terms.env_hash
     return RemoteReply(spawn.exit_code, spawn.timed_out, spawn.missing, spawn.stdout, spawn.stderr, spawn.elapsed,
                        spawn.usage, outputs, RemoteRun(state.address, state.host, started, time.time()), env_hash,
-                       tuple(sorted(entries.items())) if differ else (), env_error)
+                       tuple(sorted(entries.items())) if differ else (), env_error, irregular=spawn.irregular,
+                       why=spawn.why)
 
 
 def cancel_remote(keys: Sequence[str], dask_worker: Any = None) -> int:
@@ -354,10 +361,12 @@ def _write_files(root: str, files: Sequence[tuple[str, bytes, bool]]) -> None:
             os.close(fd)
 
 
-def _read_output(exec_root: Path, path: str) -> tuple[str, bytes, Digest, bool]:
-    produced = exec_root / path
-    data = produced.read_bytes()
-    return path, data, hash_bytes(data), bool(os.stat(produced).st_mode & 0o111)
+def _read_output(spawn: SpawnResult, path: str) -> tuple[str, bytes, Digest, bool]:
+    """A declared output's bytes, read below the folder the sandbox found without following links."""
+    with spawn.output(path).reading() as fd:
+        info = os.fstat(fd)
+        data = read_upto(fd, info.st_size)
+    return path, data, hash_bytes(data), bool(info.st_mode & 0o111)
 
 
 # -- the client side ----------------------------------------------------------------------------------
@@ -446,6 +455,8 @@ class DaskSandboxes:
 
     def remove(self, result: SpawnResult) -> None:
         """Delete the local folder that held a run's outputs (the rebuilder has installed them)."""
+        if result.files is not None:
+            result.files.close()
         shutil.rmtree(os.path.dirname(result.exec_root), ignore_errors=True)
 
     def cancel(self) -> None:
@@ -693,5 +704,8 @@ class DaskSandboxes:
                                        f"{hash_bytes(data).hex()}, not the {digest.hex()} the worker computed")
         _write_files(exec_root, [(path, data, executable) for path, data, _, executable in reply.outputs])
         os.makedirs(exec_root, exist_ok=True)
+        files = open_outputs(exec_root, [path for path, _, _, _ in reply.outputs])
         return SpawnResult(reply.exit_code, reply.timed_out, Path(exec_root), reply.missing, reply.stdout,
-                           reply.stderr, reply.elapsed, reply.usage, remote=reply.run)
+                           reply.stderr, reply.elapsed, reply.usage, remote=reply.run,
+                           irregular=getattr(reply, "irregular", ()),  # absent from an older worker's reply
+                           why=getattr(reply, "why", ""), files=files)

@@ -37,6 +37,7 @@ from posbuild.digest import Digest, hash_bytes, hash_file
 from posbuild.filestate import FileStates
 from posbuild.keys import action_key
 from posbuild.materialize import INSTALLING, Materializer
+from posbuild.nofollow import Opened, fd_path
 from posbuild.reasons import differences, one_line
 from posbuild.records import ActionResult, FileState, OutputFile, Signature
 from posbuild.resources import memory_overrun
@@ -374,8 +375,8 @@ class Rebuilder:
     def _difference(self, spawn: SpawnResult, cached: ActionResult) -> str:
         """How a re-run's outputs differ from the cached result of the same key ("" if they don't)."""
         for output in cached.outputs:
-            size_new, size_cached, offset = first_file_difference(
-                spawn.exec_root / output.path, self._store.get_blob(output.digest))
+            with spawn.output(output.path).reading() as fd:
+                size_new, size_cached, offset = first_file_difference(fd_path(fd), self._store.get_blob(output.digest))
             if offset is not None:
                 return format_difference(output.path, "the cached result", size_cached, "this run", size_new, offset)
         return ""
@@ -393,8 +394,8 @@ class Rebuilder:
         if overrun:
             return overrun, "ORCH-05"
         if spawn.irregular:
-            return (f"declared output '{spawn.irregular[0]}' is not a regular file (a symbolic link, folder or "
-                    f"FIFO); outputs must be regular files, and nothing was kept"), "missing output"
+            return (f"declared output '{spawn.irregular[0]}' {spawn.why}; outputs must be regular files in "
+                    f"folders of their own, and nothing was kept"), "missing output"
         if spawn.missing:
             missing = ", ".join(f"'{p}'" for p in spawn.missing)
             return f"declared output {missing} was not created", "missing output"
@@ -402,11 +403,12 @@ class Rebuilder:
         if changed:
             return f"input '{changed[0]}' changed while the action ran; result not cached, build again", "input changed"
         if secrets and not action.allow_secret_in_output:
-            leak = file_containing([spawn.exec_root / path for path in action.outputs], secrets)
-            if leak is not None:
-                path = leak[0].relative_to(spawn.exec_root)
-                return (f"output '{path}' contains the value of secret '{leak[1]}'; nothing was kept "
-                        f"(declare allow_secret_in_output = True if that is intended)"), "secret in output"
+            for path in action.outputs:
+                with spawn.output(path).reading() as fd:
+                    leak = file_containing([Path(fd_path(fd))], secrets)
+                if leak is not None:
+                    return (f"output '{path}' contains the value of secret '{leak[1]}'; nothing was kept "
+                            f"(declare allow_secret_in_output = True if that is intended)"), "secret in output"
         return "", ""
 
     def _commit(self, action: Action, spawn: SpawnResult, prepared: _Prepared, started: float,
@@ -418,18 +420,18 @@ class Rebuilder:
         next transaction, or at `flush()`; meanwhile a placeholder row names each path's digest."""
         key = prepared.key
         blobs: list[tuple[Digest, bytes | None]] = []
-        produced: list[tuple[str, OutputFile, bytes | None]] = []
-        exec_root = str(spawn.exec_root)
+        produced: list[tuple[Opened, OutputFile, bytes | None]] = []
         for path in action.outputs:
-            file = f"{exec_root}/{path}"
-            stat, data = read_small(file, INLINE_LIMIT)
-            if data is not None:
-                digest = hash_bytes(data)
-                blobs.append((digest, data))
-            else:
-                digest = hash_file(file)
-                self._store.store_external(digest, Path(file))
-                blobs.append((digest, None))
+            file = spawn.output(path)  # found without following links; never reached by its path again
+            with file.reading() as fd:
+                stat, data = read_small(fd, INLINE_LIMIT)
+                if data is not None:
+                    digest = hash_bytes(data)
+                    blobs.append((digest, data))
+                else:
+                    digest = hash_file(fd_path(fd))
+                    self._store.store_external(digest, Path(fd_path(fd)))
+                    blobs.append((digest, None))
             produced.append((file, OutputFile(path, digest, stat.st_size, bool(stat.st_mode & 0o111)), data))
         outputs = [output for _, output, _ in produced]
         stdout_digest, stderr_digest = hash_bytes(spawn.stdout), hash_bytes(spawn.stderr)

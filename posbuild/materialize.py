@@ -8,7 +8,8 @@ A file that replaces another, or one on a file system without `O_TMPFILE`, is wr
 file in `.posbuild/tmp` and renamed over its target. Files are made read-only (0444, or 0555 when
 executable) so an editor refuses to change them; and since they are copies, never hard links into
 the store, even a forced edit cannot corrupt a blob. A materialized file's stat signature goes
-into the stat memo, so the next build knows it is intact by one `stat()`.
+into the stat memo, so the next build knows it is intact by one `stat()`. An action's output is
+taken out of its sandbox through the descriptors nofollow.py opened, never by a path there.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import shutil
 import threading
 from pathlib import Path
 
+from posbuild.nofollow import Opened
 from posbuild.records import FileState, OutputFile, Signature, signature
 from posbuild.store import Store
 
@@ -63,21 +65,38 @@ class Materializer:
         memo = self._store.get_memo(output.path)
         return memo if memo is not None and memo.signature == sig and memo.digest == output.digest else None
 
-    def install(self, produced: str, output: OutputFile, data: bytes | None) -> FileState:
-        """Put a file an action just produced into place: a rename on the same file system,
-        else a copy (`data` when the caller already read it). Sandboxes on another file system
-        (a memory one) are learned from the first rename that fails, not retried for every file."""
+    def install(self, produced: Opened, output: OutputFile, data: bytes | None) -> FileState:
+        """Put a file an action just produced into place: renamed by its folder's descriptor on
+        the same file system, else copied from its descriptor (or `data`, when the caller already
+        read it); never by a path through the sandbox, whose folders may be links by now
+        (nofollow.py). A rename that moved another file than the one found (something outside
+        the sandbox swapped it since) is undone and fails; a file with other names (a hard link
+        the action made) is copied. Sandboxes on another file system (a memory one) are learned
+        from the first rename that fails, not retried for every file."""
         target = self._target(output)
-        if self._renames:
-            os.chmod(produced, _mode(output.executable))
+        if self._renames and produced.stat.st_nlink == 1:  # a hard link's other names must not change with it
             try:
-                os.rename(produced, target)
-                return FileState(signature(os.stat(target)), output.digest)
+                os.rename(produced.name, target, src_dir_fd=produced.folder)
+            except FileNotFoundError:  # something outside the sandbox removed it since it was hashed
+                raise FileNotFoundError(errno.ENOENT, "output removed from its sandbox before it was installed",
+                                        output.path) from None
             except OSError as error:
                 if error.errno != errno.EXDEV:
                     raise
                 self._renames = False
-        self._write(target, output, data if data is not None else produced)
+            else:
+                info = os.stat(target, follow_symlinks=False)
+                if (info.st_ino, info.st_dev) != (produced.stat.st_ino, produced.stat.st_dev):
+                    os.unlink(target)
+                    raise OSError(errno.ESTALE, "output replaced in its sandbox after it was hashed; nothing installed",
+                                  output.path)
+                os.chmod(target, _mode(output.executable))  # the file checked just above, in posbuild-out/
+                return FileState(signature(os.stat(target)), output.digest)
+        if data is not None:
+            self._write(target, output, data)
+        else:
+            with produced.reading() as fd:
+                self._write(target, output, fd)
         return FileState(signature(os.stat(target)), output.digest)
 
     def restore(self, output: OutputFile) -> FileState:
@@ -94,7 +113,7 @@ class Materializer:
             self._folders.add(folder)
         return target
 
-    def _write(self, target: str, output: OutputFile, content: bytes | str) -> None:
+    def _write(self, target: str, output: OutputFile, content: bytes | int) -> None:
         """Write a complete read-only file at `target`: linked in from an unnamed file when the
         path is free, else written beside the others in the temp folder and renamed over it."""
         mode = _mode(output.executable)
@@ -117,7 +136,7 @@ class Materializer:
 _proc: int | None = None  # /proc, opened once per process; -1 when unnamed files cannot be linked
 
 
-def _link_unnamed(target: str, mode: int, content: bytes | str) -> bool:
+def _link_unnamed(target: str, mode: int, content: bytes | int) -> bool:
     """Write `content` as an unnamed file in the target's folder and link it in as `target`.
 
     False, with nothing written, where the file system or the system cannot (no `O_TMPFILE`, no
@@ -148,12 +167,13 @@ def _link_unnamed(target: str, mode: int, content: bytes | str) -> bool:
     return True
 
 
-def _fill(fd: int, content: bytes | str) -> None:
-    """Write all of `content` (bytes, or the file at a path) to `fd`."""
+def _fill(fd: int, content: bytes | int) -> None:
+    """Write all of `content` (bytes, or the whole file open as descriptor `content`) to `fd`."""
     if isinstance(content, bytes):
         view = memoryview(content)
         while view:
             view = view[os.write(fd, view):]
         return
-    with open(content, "rb") as source, os.fdopen(fd, "wb", closefd=False) as handle:
-        shutil.copyfileobj(source, handle, 1 << 20)
+    offset = 0
+    while sent := os.sendfile(fd, content, offset, 1 << 30):  # by offset: the source's own is left alone
+        offset += sent

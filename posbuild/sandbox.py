@@ -19,8 +19,15 @@ sandbox where the system has none), read back whole when it ends. Removing a san
 name, what staging made; only a sandbox holding anything else is walked.
 
 Inputs are copied, so an action that writes to an input changes only its own copy. Inputs of
-`LINK_LIMIT` bytes or more are symlinked instead, to keep large data sets cheap to stage; the
-rebuilder's re-stat after the run still catches an action that wrote through such a link.
+`LINK_LIMIT` bytes or more are cloned where the file system can (a reflink, `FICLONE`: btrfs,
+XFS ...; `[build] sandbox_base` on such a file system makes large data sets free to stage), and
+copied elsewhere: never linked, since a link (symbolic or hard) is a writable path to the
+original whatever its mode says.
+
+When the command has ended, its declared outputs are opened without following any link
+(nofollow.py) and everything after (hashing, storing, installing) goes through those
+descriptors: the sandbox is the action's, and a link it left there must not take posbuild,
+which sees the whole file system, anywhere else.
 
 The command runs in its own session (process group); when it ends, or on timeout or cancel,
 the whole group is killed, so no stray background process outlives its action.
@@ -29,8 +36,8 @@ Namespaces (`[sandbox] mode`): where bubblewrap works ("auto", the default, or "
 same folder is run inside its own mount, PID, IPC, UTS and network namespaces (namespaces.py):
 the workspace and the host's /tmp and /dev/shm are invisible, the system is read-only, the
 declared inputs are bound read-only, and only the sandbox folder and a private /tmp are
-writable. Large inputs, symlinked in the folder sandbox, are bound read-only from the workspace
-instead (the link would point into the hidden workspace). The process posbuild waits for is
+writable. Large inputs are bound read-only from the workspace instead of being copied (staged
+as a symlink first, which `_namespaced` turns into the bind). The process posbuild waits for is
 then bwrap's: killing its group ends the command too (`--die-with-parent`), and its rusage
 includes the command's. One difference: a command killed by signal N inside reports exit code
 128+N (bwrap passes the status on as a shell does), where the folder sandbox reports the signal.
@@ -86,7 +93,6 @@ import itertools
 import os
 import shutil
 import signal
-import stat
 import subprocess
 import sys
 import tempfile
@@ -100,6 +106,7 @@ from posbuild.analysis import Action
 from posbuild.config import BASE_PATH, Config
 from posbuild.liveness import lock_held
 from posbuild.namespaces import NETWORK_TAG, Isolation, choose, command, input_binds
+from posbuild.nofollow import Opened, Outputs, open_outputs, read_upto
 from posbuild.records import RemoteRun, ResourceUsage
 from posbuild.shellfree import Direct, find_program, parse, shell_argv, shell_status, shell_variables
 
@@ -180,12 +187,14 @@ class _Deadline(threading.Timer):
 
 @dataclass(frozen=True, slots=True)
 class SpawnResult:
-    """How a command ended and where its declared outputs are (those that exist).
+    """How a command ended and its declared outputs, opened without following links (nofollow.py).
 
-    `missing` lists every declared output that is not a regular file, so that nothing ever
-    follows a link an action made: a symbolic link named like an output would otherwise have
-    posbuild (which sees the whole file system) copy whatever it points to into the cache.
-    `irregular` says which of them exist as something else (a link, a folder, a FIFO).
+    `missing` lists every declared output that is not a regular file reached through real
+    folders; `irregular` says which of them exist as something else (a link, a folder, a FIFO,
+    or below a folder that is a link), and `why` what is wrong with the first. Whatever is done
+    with an output goes through `output(path)`, never through `exec_root`: posbuild sees the
+    whole file system, and a link the action left would take it anywhere. `Sandboxes.remove`
+    closes the descriptors.
     """
 
     exit_code: int
@@ -198,6 +207,13 @@ class SpawnResult:
     usage: ResourceUsage | None = field(default=None, compare=False)
     remote: RemoteRun | None = field(default=None, compare=False)  # set when a Dask worker ran it
     irregular: tuple[str, ...] = ()
+    why: str = ""
+    files: Outputs | None = field(default=None, compare=False, repr=False)
+
+    def output(self, path: str) -> Opened:
+        """A declared output that exists as a regular file (not in `missing`), found."""
+        assert self.files is not None, "a run without collected outputs"
+        return self.files.opened[path]
 
 
 def base_environment(sandbox: str | Path) -> dict[str, str]:
@@ -308,7 +324,7 @@ class Sandboxes:
             if perturbation is not None and perturbation.reverse_staging:
                 self._stage_reversed(action, sandbox, exec_root)
             else:
-                self._staged[sandbox] = _stage(self._root, action, sandbox)
+                self._staged[sandbox] = _stage(self._root, action, sandbox, self._isolation is not None)
             env = base_environment(sandbox)
             env.update(action.env)
             env.update(extra_env)
@@ -350,9 +366,9 @@ class Sandboxes:
             raise
         elapsed = time.monotonic() - running.started
         exec_root = running.sandbox + "/exec"
-        missing, irregular = _unusable_outputs(exec_root, running.outputs)
-        return SpawnResult(exit_code, timed_out, Path(exec_root), missing, stdout, stderr, elapsed, usage,
-                           irregular=irregular)
+        found = open_outputs(exec_root, running.outputs)
+        return SpawnResult(exit_code, timed_out, Path(exec_root), tuple(found.missing), stdout, stderr, elapsed,
+                           usage, irregular=tuple(found.irregular), why=found.why, files=found)
 
     def _namespaced(self, action: Action, sandbox: str, exec_root: str) -> list[str]:
         """The bwrap argv for `action`, whose inputs are staged in `exec_root`.
@@ -399,6 +415,8 @@ class Sandboxes:
     def remove(self, result: SpawnResult) -> None:
         """Remove a run's sandbox: what staging made and the command was declared to make, by name,
         and the whole tree by walking it only when something else is there (or a name changed kind)."""
+        if result.files is not None:
+            result.files.close()
         self._remove_sandbox(os.path.dirname(result.exec_root))
 
     def _remove_sandbox(self, sandbox: str) -> None:
@@ -442,7 +460,7 @@ class Sandboxes:
                 os.mkdir(f"{exec_root}/{path}")
                 pending.extend(children[path])
             else:
-                _stage_file(self._root + path, f"{exec_root}/{path}")
+                _stage_file(self._root + path, f"{exec_root}/{path}", self._isolation is not None)
 
     def _launch_direct(self, action: Action, sandbox: str, env: dict[str, str], err: int, umask: int) -> Running | None:
         """Start the command without the shell when the shell would only exec it (shellfree.py);
@@ -574,7 +592,7 @@ _Layout = dict[str, "_Layout | None"]  # what staging made in a folder: name →
 _FOLDER = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
-def _stage(root: str, action: Action, sandbox: str) -> _Layout:
+def _stage(root: str, action: Action, sandbox: str, link_large: bool = False) -> _Layout:
     """Make a sandbox: `tmp/`, and `exec/` with the action's inputs at their workspace paths and
     the folders of its outputs. Returns what it made (the outputs as files), for `remove_tree`."""
     try:
@@ -595,7 +613,7 @@ def _stage(root: str, action: Action, sandbox: str) -> _Layout:
             folder = folder[part]  # type: ignore[assignment]
         folder[name] = None
     for path in action.inputs:
-        _stage_file(root + path, f"{sandbox}/exec/{path}")
+        _stage_file(root + path, f"{sandbox}/exec/{path}", link_large)
     return {"tmp": {}, "exec": exec_layout}
 
 
@@ -635,50 +653,26 @@ def _capture_file(sandbox: str, name: str) -> int:
 
 def _read_all(fd: int) -> bytes:
     """Everything written to a capture file (its offset is wherever the command left it)."""
-    return _read_upto(fd, os.fstat(fd).st_size)
+    return read_upto(fd, os.fstat(fd).st_size)
 
 
-def _read_upto(fd: int, size: int) -> bytes:
-    """The first `size` bytes of a file (fewer if it is shorter), whatever the descriptor's offset."""
-    chunks, offset = [], 0
-    while offset < size:
-        chunk = os.pread(fd, size - offset, offset)
-        if not chunk:
-            break
-        chunks.append(chunk)
-        offset += len(chunk)
-    return b"".join(chunks)
-
-
-def _unusable_outputs(exec_root: str, outputs: Sequence[str]) -> tuple[tuple[str, ...], tuple[str, ...]]:
-    """(outputs that are not regular files, those of them that exist as something else), by lstat."""
-    missing: list[str] = []
-    irregular: list[str] = []
-    for path in outputs:
-        try:
-            mode = os.lstat(f"{exec_root}/{path}").st_mode
-        except (FileNotFoundError, NotADirectoryError):
-            missing.append(path)
-            continue
-        if not stat.S_ISREG(mode):
-            missing.append(path)
-            irregular.append(path)
-    return tuple(missing), tuple(irregular)
-
-
-def _stage_file(source: str, target: str) -> None:
-    """Copy one input into the sandbox (symlink it when large), keeping its executable bit.
+def _stage_file(source: str, target: str, link_large: bool = False) -> None:
+    """Copy one input into the sandbox, keeping its executable bit. A large one is cloned where
+    the file system can (a reflink: instant, and a write lands in the copy), else copied too; with
+    `link_large` (the namespace sandbox, which binds it read-only in place) it is symlinked.
 
     A plain open/sendfile/close: `shutil.copy` would add four `stat` calls and a `chmod`.
     """
-    fd_in = os.open(source, os.O_RDONLY)
+    fd_in = os.open(source, os.O_RDONLY | os.O_CLOEXEC)
     try:
         info = os.fstat(fd_in)
-        if info.st_size >= LINK_LIMIT:
+        if link_large and info.st_size >= LINK_LIMIT:
             os.symlink(source, target)
             return
-        fd_out = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, info.st_mode & 0o777)
+        fd_out = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, info.st_mode & 0o777)
         try:
+            if info.st_size >= LINK_LIMIT and _clone(fd_in, fd_out):
+                return
             offset = 0
             while offset < info.st_size:
                 sent = os.sendfile(fd_out, fd_in, offset, info.st_size - offset)
@@ -691,15 +685,23 @@ def _stage_file(source: str, target: str) -> None:
         os.close(fd_in)
 
 
-def read_small(path: str, limit: int) -> tuple[os.stat_result, bytes | None]:
-    """A produced file's stat and, when it holds at most `limit` bytes, its content: one open and
-    one fstat, no buffered file object (every action reads its small outputs back)."""
-    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+_FICLONE = 0x40049409  # ioctl: share the source's blocks copy-on-write (btrfs, XFS, bcachefs ...)
+
+
+def _clone(fd_in: int, fd_out: int) -> bool:
+    """Make `fd_out` a reflink of `fd_in`; False where the file system cannot (then copy)."""
     try:
-        info = os.fstat(fd)
-        return info, (_read_upto(fd, info.st_size) if info.st_size <= limit else None)
-    finally:
-        os.close(fd)
+        fcntl.ioctl(fd_out, _FICLONE, fd_in)
+    except OSError:
+        return False
+    return True
+
+
+def read_small(fd: int, limit: int) -> tuple[os.stat_result, bytes | None]:
+    """A produced file's stat and, when it holds at most `limit` bytes, its content: one fstat
+    and a read, no buffered file object (every action reads its small outputs back)."""
+    info = os.fstat(fd)
+    return info, (read_upto(fd, info.st_size) if info.st_size <= limit else None)
 
 
 def remove_tree(path: str, layout: _Layout | None = None) -> None:

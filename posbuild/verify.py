@@ -42,6 +42,7 @@ from posbuild.digest import hash_file
 from posbuild.envfp import environment_hash, environment_key, passed_environment
 from posbuild.errors import ChecksumMismatch
 from posbuild.namespaces import writable_paths
+from posbuild.nofollow import fd_path
 from posbuild.records import OutputFile
 from posbuild.sandbox import Perturbation, Sandboxes, SpawnResult, choose_isolation, listing_follows_creation
 from posbuild.secrets import SecretSource, SecretUnavailable, redact, secret_source, values_of
@@ -218,16 +219,17 @@ class _Checker:
         if cached is None:
             self.without_cache += 1
         for path in action.outputs:
-            one, two = first.exec_root / path, second.exec_root / path
-            size_one, size_two, offset = first_file_difference(one, two)
-            self.bytes += size_one
-            if offset is not None:
-                detail = format_difference(path, "run 1", size_one, "run 2", size_two, offset)
-                self.findings.append(Finding(action.label, path, detail))
-            elif cached is not None and path in cached:
-                detail = self._against_cache(path, cached[path], one)
-                if detail is not None:
+            with first.output(path).reading() as fd_one, second.output(path).reading() as fd_two:  # no link followed
+                one, two = Path(fd_path(fd_one)), Path(fd_path(fd_two))
+                size_one, size_two, offset = first_file_difference(one, two)
+                self.bytes += size_one
+                if offset is not None:
+                    detail = format_difference(path, "run 1", size_one, "run 2", size_two, offset)
                     self.findings.append(Finding(action.label, path, detail))
+                elif cached is not None and path in cached:
+                    detail = self._against_cache(path, cached[path], one)
+                    if detail is not None:
+                        self.findings.append(Finding(action.label, path, detail))
 
     def _cached(self, action: Action) -> dict[str, OutputFile] | None:
         """The outputs of the cached result of the action's key as last built, if there is one."""

@@ -37,7 +37,7 @@ def test_an_output_that_is_a_symbolic_link_fails_and_nothing_is_kept(ws, tmp_pat
     })
     result = ws.build("//p:link")
     assert result.returncode == 1
-    assert "declared output 'posbuild-out/p/l.txt' is not a regular file" in result.stderr
+    assert "declared output 'posbuild-out/p/l.txt' is a symbolic link" in result.stderr
     assert not os.path.lexists(ws.root / "posbuild-out/p/l.txt")
     assert not any(SECRET.encode() in p.read_bytes() for p in ws.root.rglob("*") if p.is_file())
 

@@ -12,6 +12,7 @@ import pytest
 import posbuild.materialize as materialize
 from posbuild.digest import hash_bytes
 from posbuild.materialize import Materializer
+from posbuild.nofollow import open_outputs
 from posbuild.records import OutputFile
 from posbuild.store import Store
 
@@ -70,14 +71,16 @@ def test_outputs_made_on_another_file_system_are_copied_and_the_rename_is_tried_
 
     attempts: list[str] = []
     real_rename = os.rename
-    monkeypatch.setattr(os, "rename", lambda a, b: (attempts.append(str(a)), real_rename(a, b)))
+    monkeypatch.setattr(os, "rename", lambda a, b, **kw: (attempts.append(str(a)), real_rename(a, b, **kw)))
     with tempfile.TemporaryDirectory(dir="/dev/shm") as sandbox:
         for name in ("a.txt", "b.txt", "c.txt"):
             produced = os.path.join(sandbox, name)
             Path(produced).write_bytes(name.encode())
             output = OutputFile(f"posbuild-out/pkg/{name}", hash_bytes(name.encode()), len(name), False)
-            state = materializer.install(produced, output, None)
+            opened = open_outputs(sandbox, [name])
+            state = materializer.install(opened.opened[name], output, None)
+            opened.close()
             target = root / output.path
             assert target.read_bytes() == name.encode() and stat.S_IMODE(target.stat().st_mode) == 0o444
             assert state.signature[1] == target.stat().st_size
-    assert attempts == [os.path.join(sandbox, "a.txt")]  # the first rename fails (EXDEV); the others copy
+    assert attempts == ["a.txt"]  # the first rename fails (EXDEV); the others copy

@@ -40,7 +40,9 @@ def test_read_small_returns_the_whole_content_up_to_the_limit(tmp_path: Path) ->
         path = tmp_path / f"f{size}"
         data = os.urandom(size)
         path.write_bytes(data)
-        info, content = read_small(str(path), size)
+        fd = os.open(path, os.O_RDONLY)
+        info, content = read_small(fd, size)
         assert content == data and info.st_size == size
-        info, content = read_small(str(path), size - 1)
+        info, content = read_small(fd, size - 1)
         assert content is None and info.st_size == size
+        os.close(fd)
