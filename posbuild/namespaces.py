@@ -81,27 +81,6 @@ def _under(path: str, folder: str) -> bool:
     return path == folder or path.startswith(folder.rstrip("/") + "/")
 
 
-# Folders the system lives in: a hidden folder below one is covered below it (see `_cover`).
-SYSTEM = frozenset({"/bin", "/boot", "/dev", "/etc", "/gnu", "/lib", "/lib32", "/lib64", "/libx32", "/nix", "/opt",
-                    "/proc", "/run", "/sbin", "/snap", "/sys", "/usr", "/usr/local", "/var", "/var/cache",
-                    "/var/lib", "/var/log", "/var/run"})
-
-
-def _cover(folder: str, opened: Sequence[str]) -> str:
-    """The folder to cover so that `folder` is hidden without its path showing in the sandbox's
-    /proc/self/mountinfo (where every mount point is listed): its highest ancestor that is not
-    `/` nor a system folder (`/home` for `/home/me/project`, `/var/tmp` for `/var/tmp/ci/ws`).
-    `folder` itself when that ancestor would also cover a folder opened writable, or when
-    `folder` sits right in a system folder (`/opt/project`)."""
-    parts = folder.strip("/").split("/")
-    for depth in range(1, len(parts)):
-        ancestor = "/" + "/".join(parts[:depth])
-        if ancestor in SYSTEM:
-            continue
-        return folder if any(_under(w, ancestor) for w in opened) else ancestor
-    return folder
-
-
 def isolation(bwrap: str, hidden: Iterable[str], visible: Iterable[str], writable: Iterable[str] = (),
               as_root: bool | None = None, masked: Iterable[str] = ()) -> Isolation:
     """The shared part of the command line: namespaces, the read-only system, `hidden` covered.
@@ -131,11 +110,9 @@ def isolation(bwrap: str, hidden: Iterable[str], visible: Iterable[str], writabl
 
     folders = sorted(h for h in {os.path.abspath(h) for h in hidden} - {"/"} if os.path.isdir(h))
     for folder in folders:
-        if _under(folder, "/tmp") and not any(_under(folder, w) for w in opened):
-            continue  # the private /tmp covers it
-        cover = folder if _under(folder, "/tmp") else _cover(folder, opened)
-        if not any(_under(cover, c) for c in covered):
-            hide(cover)
+        if not any(_under(folder, c) for c in covered) and (
+                not _under(folder, "/tmp") or any(_under(folder, w) for w in opened)):
+            hide(folder)
     shown: list[str] = []
     for path in sorted({os.path.abspath(v) for v in visible}):
         if os.path.exists(path) and any(_under(path, c) for c in (*covered, "/tmp")) and not any(
