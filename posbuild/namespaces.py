@@ -9,10 +9,10 @@ the kernel creating and tearing down the namespaces (bench/bench_sandbox.py):
 * mount namespace: the whole system is visible read-only (`--ro-bind / /`), with a fresh `/dev`
   (so the host's `/dev/shm` is gone), a fresh `/proc`, and an empty private `/tmp`. The workspace
   root, the store (when it lives outside the workspace) and the sandbox base folder are covered
-  by empty file systems, each through its highest ancestor that is not a system folder (`/home`
-  for `/home/me/project`: `_cover`), since /proc/self/mountinfo lists every mount point and a
-  mount at the workspace's own path would name it. Then the action's own sandbox folder is bound back, writable, at its
-  real absolute path, so every path in the command, HOME and TMPDIR stay what the folder sandbox
+  by empty file systems at their own paths: /proc/self/mountinfo names those paths, but covering
+  a parent instead (`/home` for `/home/me/project`) would also hide the tools installed beside
+  the workspace (a conda under the home folder). Then the action's own sandbox folder is bound
+  back, writable, at its real absolute path, so every path in the command, HOME and TMPDIR stay what the folder sandbox
   would give. Its declared inputs are bound read-only on top (`input_binds`: a folder that holds
   inputs and no output, such as a package's sources, is read-only as a whole). The Python running
   posbuild (a venv inside the checkout, or under /tmp) and the other `visible` paths are bound

@@ -12,7 +12,6 @@ import pytest
 
 from posbuild.digest import hash_bytes
 from posbuild.materialize import Materializer
-from posbuild.namespaces import _cover
 from posbuild.nofollow import Outputs, fd_path, open_outputs
 from posbuild.records import OutputFile
 from posbuild.store import Store
@@ -130,18 +129,6 @@ def test_an_output_hard_linked_to_another_file_is_copied_not_moved(exec_root: Pa
     installed = (tmp_path / "ws/posbuild-out/pkg/d/x.txt").stat()
     assert installed.st_ino != (tmp_path / "outside/x.txt").stat().st_ino
     assert (tmp_path / "outside/x.txt").stat().st_mode & 0o200  # its mode is left alone
-
-
-@pytest.mark.parametrize("folder, opened, cover", [
-    ("/home/me/project", (), "/home"),
-    ("/var/tmp/ci/ws", (), "/var/tmp"),
-    ("/srv/builds/ws", (), "/srv"),
-    ("/usr/local/src/ws", (), "/usr/local/src"),
-    ("/opt/project", (), "/opt/project"),
-    ("/home/me/project", ("/home/me/scratch",), "/home/me/project"),
-])
-def test_a_hidden_folder_is_covered_through_its_highest_non_system_ancestor(folder, opened, cover) -> None:
-    assert _cover(folder, opened) == cover
 
 
 def test_reading_a_file_swapped_since_it_was_found_fails(exec_root: Path) -> None:
