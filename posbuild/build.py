@@ -110,13 +110,16 @@ def workspace_lock(config: Config, reporter: Reporter, collect: bool = False) ->
 
     The store is also locked: shared by every command, exclusively by those that remove rows
     (`collect`: gc, `fsck`), so they never remove what a build of another workspace using the
-    same store is about to reference. A workspace's own store is locked too: another workspace
-    may name it as its `[cache] dir`.
+    same store is about to reference. A workspace's own store is locked too, once it exists:
+    another workspace may name it as its `[cache] dir`.
     """
     config.state_dir.mkdir(exist_ok=True)
     with open(config.state_dir / "lock", "a+") as handle:
         _lock(handle, fcntl.LOCK_EX, reporter, "another posbuild command is running in this workspace")
         try:
+            if not config.store_dir.is_dir() and (collect or config.store_dir.is_relative_to(config.state_dir)):
+                yield  # no store yet: nothing to collect or guard, and none is made for the lock
+                return
             config.store_dir.mkdir(parents=True, exist_ok=True)
             who = "another workspace is using" if collect else "posbuild gc or fsck is using"
             with open(config.store_dir / "gc.lock", "a+") as shared:

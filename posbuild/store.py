@@ -31,8 +31,9 @@ Design memo
   stat-memo rows, build rows, records and `latest` rows are keyed `TAG\0` + the key above, the
   chain's meta row is `records\0TAG`, start logs live in `running/w-HASH/`, and generations
   carry the tag in their row. The workspace's own store has tag "", and its keys are exactly
-  the unprefixed keys of stores written before tags: a tag is an absolute path, so its keys start
-  with "/", and a build number's first byte is 0, so the two never mix.
+  the unprefixed keys of stores written before tags. Build and record keys are scanned by range:
+  a tag is an absolute path, so its keys start with "/", and an untagged key with a build
+  number, whose first byte is 0, so the ranges never mix.
 * LMDB readers never block the writer. Workers commit from their own threads; py-lmdb's lock
   serialises writers inside the process and LMDB's lock file across processes.
 """
@@ -88,15 +89,16 @@ class Store:
     """The artifact store of one workspace (or of a shared `[cache] dir`)."""
 
     def __init__(self, path: Path, workspace: str = "") -> None:
-        """Open the store at `path`; `workspace` is Config.workspace_tag of the workspace
-        using it, "" in its own store: the stat memo is keyed by workspace-relative path, so a
-        store shared by checkouts of one repository keys each one's rows by its tag as well."""
+        """Open the store at `path` as the workspace tagged `workspace` (Config.workspace_tag:
+        "" in its own store, its path in a shared one) sees it: its memo, build rows, records and
+        chain are keyed by the tag (see the memo above), so checkouts of one repository sharing a
+        store never read each other's."""
         self.path = path
         self.workspace = workspace
         self._prefix = f"{workspace}\0".encode() if workspace else b""  # of every per-workspace key
         self._chain_key = _CHAIN_META + b"\0" + workspace.encode() if workspace else _CHAIN_META
-        self._running = path / "running" / f"w-{hash_bytes(workspace.encode()).hex()[:16]}" if workspace \
-            else path / "running"
+        running = path / "running"  # start logs of running builds
+        self._running = running / f"w-{hash_bytes(workspace.encode()).hex()[:16]}" if workspace else running
         path.mkdir(parents=True, exist_ok=True)
         self._env = lmdb.open(str(path / "db"), map_size=MAP_SIZE, max_dbs=16, sync=False, metasync=False)
         self._blobs = self._env.open_db(b"blobs")

@@ -138,6 +138,9 @@ def test_build_numbers_and_records_are_per_workspace(pair):
     assert record["state"] == "SUCCESS" and record["build"] == "1"
     latest = a.run("log", "--json", "//pkg:gen")
     assert [json.loads(line)["state"] for line in latest.stdout.splitlines()] == ["CACHED"]
+    theirs = b.run("log", "--build", "2", "--json", "//pkg:gen")
+    assert [json.loads(line)["state"] for line in theirs.stdout.splitlines()] == ["SUCCESS"]
+    assert a.run("log", "--build", "3").returncode != 0
     explained = a.run("explain", "//pkg:gen")
     assert explained.returncode == 0, explained.stderr
     fsck_ok(a)
@@ -185,8 +188,8 @@ def _gc_loop_beside_builds(collector: Workspace, builder: Workspace, store: Path
          "gc-loop", *POSBUILD], cwd=collector.root, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     name = builder.root.name
     try:
-        deadline = time.monotonic() + 30
-        for rounds in range(30):
+        deadline = time.monotonic() + 25
+        for rounds in range(20):
             builder.write({"pkg/in.txt": f"{name}{rounds % 4}\n"})
             result = builder.build("//...")
             assert result.returncode == 0, result.stdout + result.stderr
@@ -201,7 +204,10 @@ def _gc_loop_beside_builds(collector: Workspace, builder: Workspace, store: Path
     fsck_ok(builder)
     _every_generation_and_result_holds_its_blobs(store)
     for space in (collector, builder):
+        (space.root / "posbuild-out").rename(space.root / "gone")
         assert space.run("rollback").returncode == 0
+    assert collector.out("pkg/out.txt") == f"{collector.root.name}\nbuilt\n"
+    assert builder.out("pkg/out.txt") == f"{name}{rounds % 4}\nbuilt\n"
 
 
 def _every_generation_and_result_holds_its_blobs(path: Path) -> None:
