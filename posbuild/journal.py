@@ -36,11 +36,11 @@ class Journal:
     """Creates the records of build number `number`; thread-safe (workers record concurrently)."""
 
     def __init__(self, number: int, build_id: str, env_hash: Digest,
-                 start_log: Callable[[str], None] | None = None, key: bytes | None = None) -> None:
+                 start_log: Callable[[str], None] | None = None, *, key: bytes) -> None:
         """`key` is the build's row key (Store.build_key): its records are keyed by it + a sequence,
         so that in a store shared by several workspaces each one's records stay apart."""
         self.number = number
-        self._key = number.to_bytes(8, "big") if key is None else key
+        self._key = key
         self.build_id = build_id
         self._env_hash = env_hash
         self._start_log = start_log
