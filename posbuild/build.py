@@ -122,7 +122,7 @@ def workspace_lock(config: Config, reporter: Reporter, collect: bool = False) ->
                 return
             config.store_dir.mkdir(parents=True, exist_ok=True)
             who = "another workspace is using" if collect else "posbuild gc or fsck is using"
-            with open(config.store_dir / "gc.lock", "a+") as shared:
+            with open(config.store_dir / "gc.lock", "a+") as shared:  # store.LOCK_NAME (no LMDB import here)
                 _lock(shared, fcntl.LOCK_EX if collect else fcntl.LOCK_SH, reporter,
                       f"{who} the shared store {config.store_dir}")
                 yield

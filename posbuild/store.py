@@ -67,6 +67,7 @@ MAP_SIZE = 1 << 36
 PAYLOAD_CHUNK = 1900
 _INLINE, _EXTERNAL = b"\x00", b"\x01"
 _CHAIN_META = b"records"  # meta row: {"head": [number, seal] | None, "running": [numbers]}
+LOCK_NAME = "gc.lock"  # what build.workspace_lock locks: made with the store, so no later command adds a file
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,6 +121,7 @@ class Store:
         if found is None or not (self.path / EPOCH_FILE).exists():  # a new store, or one from before epochs:
             advance_epoch(self.path)  # states saved against a deleted store must not trust this one (epoch.py)
         if found is None:
+            (self.path / LOCK_NAME).touch()
             with self._env.begin(write=True) as txn:
                 txn.put(b"format", STORE_FORMAT, db=self._meta)
         elif found != STORE_FORMAT:
