@@ -108,20 +108,21 @@ def _checks_need_no_actions(config: Config, facts: GraphFacts, options: BuildOpt
 def workspace_lock(config: Config, reporter: Reporter, collect: bool = False) -> Iterator[None]:
     """Hold `.posbuild/lock` exclusively for the duration of a command that writes outputs.
 
-    A store shared by several workspaces (`[cache] dir`) is also locked: shared by every command,
-    exclusively by those that remove rows (`collect`: gc, `fsck --repair`), so they never remove
-    what a build in another workspace is using.
+    The store is also locked: shared by every command, exclusively by those that remove rows
+    (`collect`: gc, `fsck`), so they never remove what a build of another workspace using the
+    same store is about to reference. A workspace's own store is locked too, once it exists:
+    another workspace may name it as its `[cache] dir`.
     """
     config.state_dir.mkdir(exist_ok=True)
     with open(config.state_dir / "lock", "a+") as handle:
         _lock(handle, fcntl.LOCK_EX, reporter, "another posbuild command is running in this workspace")
         try:
-            if config.store_dir.is_relative_to(config.state_dir):
-                yield
+            if not config.store_dir.is_dir() and (collect or config.store_dir.is_relative_to(config.state_dir)):
+                yield  # no store yet: nothing to collect or guard, and none is made for the lock
                 return
             config.store_dir.mkdir(parents=True, exist_ok=True)
-            who = "another workspace is using" if collect else "posbuild gc or fsck --repair is using"
-            with open(config.store_dir / "gc.lock", "a+") as shared:
+            who = "another workspace is using" if collect else "posbuild gc or fsck is using"
+            with open(config.store_dir / "gc.lock", "a+") as shared:  # store.LOCK_NAME (no LMDB import here)
                 _lock(shared, fcntl.LOCK_EX if collect else fcntl.LOCK_SH, reporter,
                       f"{who} the shared store {config.store_dir}")
                 yield
@@ -159,7 +160,7 @@ def _record_refused(root: Path, options: BuildOptions, started: float, error: Or
     try:
         config = load_config(root)
         patterns = [str(p) for p in make_request(config, options.patterns, options.cwd_package).patterns]
-        record_refused(config.store_dir, started, patterns, error.code, error.render())
+        record_refused(config.store_dir, config.workspace_tag, started, patterns, error.code, error.render())
     except (PosbuildError, OSError):  # the refusal itself is what the user must see
         pass
 
@@ -253,7 +254,7 @@ def _settled_build(config: Config, reporter: Reporter, options: BuildOptions, en
     if not options.dry_run:
         info, blobs = build_row(time.time(), patterns, env_hash, (entry.digest, entry.raw), previous.raw,
                                 [True] * count, allow_env_drift=options.allow_env_drift, verify=options.verify)
-        record_settled_build(config.store_dir, {**info, "counts": {"cached": count}}, blobs)
+        record_settled_build(config.store_dir, config.workspace_tag, {**info, "counts": {"cached": count}}, blobs)
     return _finish(reporter, BuildSummary(count, 0, count, 0, 0, time.monotonic() - started, (),
                                           dry_run=options.dry_run))
 

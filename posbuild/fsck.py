@@ -8,7 +8,7 @@ ORCH-03, checksum inconsistency: bytes that do not hash to the digest that names
   A blob row whose file is gone counts too: its bytes cannot be checked, nor served.
 * Every file under `posbuild-out/` is hashed and compared with the digest posbuild recorded when
   it wrote the file: its stat-memo row (keyed by the workspace-relative path), else the entry of
-  the latest generation's manifest. A file that differs from its memo row while keeping the inode
+  the workspace's latest generation's manifest (in a shared store, never another workspace's). A file that differs from its memo row while keeping the inode
   the row recorded was changed in place after posbuild wrote it (bit rot, an edit): ORCH-03.
 
 ORCH-06, partial state: rows or files that an uninterrupted history would not have left behind.
@@ -30,11 +30,12 @@ Leftovers of killed processes are swept, not reported (invariant 3): temp files 
 `.posbuild/tmp/` (fsck holds the workspace lock, so no build writes there now), state temp files
 whose writer's pid is gone, sandboxes whose owner mark no live process holds (sandbox.sweep_dead:
 a running build's are left alone), and in the workspace's own store temp files and files under
-`cas/` that no blob row names (written before a commit that never happened). `swept` counts
-them; one that cannot be removed is ORCH-06. In a store shared between workspaces (`[cache] dir`)
-the latter two may belong to a build elsewhere, so there they stay ORCH-06 leftovers.
+`cas/` that no blob row names (written before a commit that never happened): fsck holds the
+store's lock exclusively (build.workspace_lock), so no build of any workspace using the store is
+writing them. `swept` counts them; one that cannot be removed is ORCH-06.
 
-ORCH-03 also covers the execution records, which are sealed into a hash chain (recordchain.py):
+ORCH-03 also covers the workspace's execution records, which are sealed into a hash chain
+(recordchain.py; each workspace sharing a store has its own):
 * A build row or record changed after it was sealed (it no longer hashes to the build's seal), a
   build deleted from the chain (its successor, or the chain's head, names it), a sealed row whose
   seal was removed or a row that should be sealed and is not, a record left without its build
@@ -63,9 +64,12 @@ point leaves a state that the next fsck or build handles:
 4. Leftovers are deleted.
 Anything that cannot be fixed (a file that cannot be deleted) is reported as not repaired.
 
-fsck runs under the workspace lock, so no build of this workspace writes meanwhile. A store shared
-between workspaces (`[cache] dir`) may have writers elsewhere, whose in-flight `cas/` temp files
-would be reported as leftovers; run fsck on a shared store only while nothing builds against it.
+Scope
+-----
+fsck runs under the workspace lock and the store's exclusive lock, so nothing writes meanwhile.
+Blobs, results and generations are checked store-wide (a shared `[cache] dir` serves them all, and
+repair removes what is broken for everyone); `posbuild-out/`, the stat memo, the record chain and
+the up-to-date state are this workspace's.
 """
 
 from __future__ import annotations
@@ -255,6 +259,7 @@ class _Checker:
     def _check_generations(self, store: Store) -> None:
         """Every generation's manifest must exist; its entries should (a warning otherwise)."""
         generations = store.generations()
+        latest = store.latest_generation(store.workspace)
         for generation in generations:
             self._referenced.add(generation.manifest)
             if generation.manifest not in self._blobs:
@@ -266,7 +271,7 @@ class _Checker:
                 self.plan.generations.add(generation.id)  # the blob's problem covers it
                 continue
             manifest = unpack_manifest(store.get_blob(generation.manifest))
-            if generation is generations[-1]:
+            if generation == latest:  # this workspace's: a shared store holds others' (generations.py)
                 self._manifest = manifest
             self._check_manifest(generation.id, manifest)
 
@@ -282,14 +287,12 @@ class _Checker:
 
     def _check_cas_files(self, store: Store) -> None:
         """Files under cas/ must be the files of blob rows; temp files and orphans are leftovers."""
-        own = store.path.is_relative_to(self._config.state_dir)  # only this workspace's builds write it
-        report = self._sweep if own else self._leftover
-        for path in store.external_files():
+        for path in store.external_files():  # fsck has the store to itself (see the module docstring)
             digest = _digest_of(path)
             if path.name.startswith(".tmp-"):
-                report(path, "temp file of an interrupted blob write")
+                self._sweep(path, "temp file of an interrupted blob write")
             elif digest is None or digest not in self._external or store.external_path(digest) != path:
-                report(path, "a file under cas/ that no blob row names: written before a commit that never happened")
+                self._sweep(path, "a file under cas/ that no blob row names: written before a commit that never happened")
 
     # -- posbuild-out/ -----------------------------------------------------------------------
 
@@ -389,7 +392,8 @@ class _Checker:
 
 
 def record_chain_problems(store: Store) -> list[Problem]:
-    """Check every sealed build row and its records against the chain (one problem per build)."""
+    """Check every sealed build row of the store's workspace and its records against its chain
+    (one problem per build)."""
     import msgpack
 
     found: dict[int, str] = {}
@@ -404,8 +408,8 @@ def record_chain_problems(store: Store) -> list[Problem]:
         except (ValueError, msgpack.UnpackException):
             add(number, "its row cannot be read: it was changed after it was recorded")
     records: dict[int, list[tuple[bytes, bytes]]] = {}
-    for key, value in store.raw_records():
-        records.setdefault(int.from_bytes(key[:8], "big"), []).append((key, value))
+    for number, key, value in store.raw_records():
+        records.setdefault(number, []).append((key, value))
     meta = store.chain_meta()
     sealed = {n: row for n, row in rows.items() if isinstance(row, dict) and CHAIN in row}
     first = min(sealed, default=None)

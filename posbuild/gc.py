@@ -35,11 +35,16 @@ Design memo
   go in the first batch, before or with the blobs only they referenced; a result goes in the same
   batch as the blobs it was the last reference of. A crash between batches (or inside one) leaves
   a store in which every remaining row's blobs are present; running gc again finishes the job.
-* **Locking.** The caller holds the workspace lock, so no build of this workspace writes the store
-  meanwhile, and every file under `cas/` without a row is a true orphan. A store shared between
-  workspaces (`[cache] dir`) may see writers from elsewhere: orphan files younger than
-  `orphan_grace_ns` are then kept, since they may be a write in progress whose row is not committed
-  yet.
+* **Workspaces.** A store may be shared by several workspaces (`[cache] dir`). gc keeps the
+  newest N generations of *each* (whichever workspace runs it), so what any workspace's newest
+  generation lists is never evicted. Results and blobs are shared, so the LRU order is the
+  store's, not a workspace's.
+* **Locking.** The caller holds the workspace lock and the store's `gc.lock` exclusively
+  (build.workspace_lock), which every command of every workspace using the store shares: no
+  build is running anywhere between a cache lookup and its commit while gc plans and removes,
+  so nothing it removes can be about to be referenced, and every file under `cas/` without a
+  row is a true orphan. For a shared store, orphan files younger than `orphan_grace_ns` are
+  kept all the same (a writer that does not take the lock, such as an older posbuild).
 """
 
 from __future__ import annotations
@@ -240,7 +245,7 @@ def collect(store: Store, max_size: int | None, keep_generations: int, now_ns: i
             orphan_grace_ns: int = 0, batch_rows: int = BATCH_ROWS) -> GcReport:
     """Run gc on `store`: plan from one inventory, remove batch by batch, then sweep orphan files.
 
-    The caller holds the workspace lock. `now_ns` and `orphan_grace_ns` decide which files under
+    The caller holds the workspace lock and the store's exclusively. `now_ns` and `orphan_grace_ns` decide which files under
     `cas/` without a row are old enough to be orphans rather than writes in progress.
     """
     inventory = take_inventory(store, keep_generations)

@@ -17,7 +17,9 @@ generation records it again as the latest, so that the next build starts from th
 left and not from the newer generation it replaced.
 
 A store shared by several workspaces (`[cache] dir`) holds the generations of each: they are
-tagged with their workspace's path, and each workspace records, lists and rolls back to its own.
+tagged with their workspace's path, and each workspace records, lists and rolls back to its own
+(ids are the store's, so one workspace's may skip numbers). The stat-memo rows rollback writes
+are its own too (Store keys them by the tag).
 
 uptodate.py's tree marker says whether `posbuild-out/` is known to match the latest generation,
 so a no-op build can skip all of this with one small read.

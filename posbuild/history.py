@@ -19,7 +19,8 @@ from posbuild.uptodate import BuildState, state_from_bytes
 
 
 def find_build(store: Store, number: int | None) -> dict[str, Any] | None:
-    """A build's row: the latest when `number` is None."""
+    """A build's row of the store's workspace (numbers are per workspace): the latest when
+    `number` is None."""
     builds = store.builds()
     if number is None:
         return builds[-1] if builds else None

@@ -36,8 +36,11 @@ class Journal:
     """Creates the records of build number `number`; thread-safe (workers record concurrently)."""
 
     def __init__(self, number: int, build_id: str, env_hash: Digest,
-                 start_log: Callable[[str], None] | None = None) -> None:
+                 start_log: Callable[[str], None] | None = None, *, key: bytes) -> None:
+        """`key` is the build's row key (Store.build_key): its records are keyed by it + a sequence,
+        so that in a store shared by several workspaces each one's records stay apart."""
         self.number = number
+        self._key = key
         self.build_id = build_id
         self._env_hash = env_hash
         self._start_log = start_log
@@ -68,7 +71,7 @@ class Journal:
         )
         with self._lock:
             sequence = next(self._sequence)
-        return self.number.to_bytes(8, "big") + sequence.to_bytes(4, "big"), action.label, record.pack()
+        return self._key + sequence.to_bytes(4, "big"), action.label, record.pack()
 
     def add(self, *args: object, **kwargs: object) -> None:
         """Make a record to be committed with the others at the end of the build."""
@@ -99,22 +102,25 @@ def build_row(started: float, patterns: Sequence[str], env_hash: Digest, graph: 
     return info, [(digests[name], data) for name, data in payloads.items() if data]
 
 
-def record_settled_build(store_dir: Path, info: dict[str, object], blobs: Sequence[tuple[Digest, bytes]]) -> int:
-    """Record a build whose every action was settled by stat alone; returns its number."""
+def record_settled_build(store_dir: Path, workspace: str, info: dict[str, object],
+                         blobs: Sequence[tuple[Digest, bytes]]) -> int:
+    """Record a build whose every action was settled by stat alone, in the records of the
+    workspace tagged `workspace` (Config.workspace_tag); returns its number."""
     from posbuild.store import Store
 
-    store = Store(store_dir)
+    store = Store(store_dir, workspace)
     try:
         return store.begin_build({**info, "status": "finished", "ended": utc(time.time())}, blobs)
     finally:
         store.close()
 
 
-def record_refused(store_dir: Path, started: float, patterns: Sequence[str], code: str, message: str) -> int:
+def record_refused(store_dir: Path, workspace: str, started: float, patterns: Sequence[str], code: str,
+                   message: str) -> int:
     """Record a build that a critical error refused before anything ran; returns its number."""
     from posbuild.store import Store
 
-    store = Store(store_dir)
+    store = Store(store_dir, workspace)
     try:
         return store.begin_build({"started": utc(started), "status": "refused", "patterns": list(patterns),
                                   "ended": utc(time.time()), "error": code, "message": message})

@@ -143,7 +143,8 @@ def run_dirty(config: Config, actions: Sequence[Action], clean: Sequence[bool], 
         journal = None
         if settings.build_info is not None:
             number = store.begin_build(settings.build_info, settings.build_blobs)
-            journal = Journal(number, str(number), settings.env_hash, store.start_log(number))
+            journal = Journal(number, str(number), settings.env_hash, store.start_log(number),
+                              key=store.build_key(number))
         rebuilder = Rebuilder(config.root, store, files, sandboxes, settings.env_hash, settings.passed_env, previous,
                               verify=settings.verify, journal=journal, explain=settings.explain,
                               secrets=settings.secrets, remote=remote)

@@ -29,6 +29,15 @@ Design memo
   payloads build rows name. A running build holds a lock on `running/NUMBER` beside the database
   and appends each action it starts there; a concluded build's row is sealed into the hash chain
   of recordchain.py, whose head lives in the `meta` row `records` with the running builds' numbers.
+* Workspaces. A store shared by several workspaces (`[cache] dir`) shares blobs, action results,
+  their usage rows and the records' payloads (all content-addressed or keyed by action key).
+  Everything that describes one workspace is keyed by its tag (Config.workspace_tag) as well:
+  stat-memo rows, build rows, records and `latest` rows are keyed `TAG\0` + the key above, the
+  chain's meta row is `records\0TAG`, start logs live in `running/w-HASH/`, and generations
+  carry the tag in their row. The workspace's own store has tag "", and its keys are exactly
+  the unprefixed keys of stores written before tags. Build and record keys are scanned by range:
+  a tag is an absolute path, so its keys start with "/", and an untagged key with a build
+  number, whose first byte is 0, so the ranges never mix.
 * LMDB readers never block the writer. Workers commit from their own threads; py-lmdb's lock
   serialises writers inside the process and LMDB's lock file across processes.
 """
@@ -65,6 +74,7 @@ MAP_SIZE = 1 << 36
 PAYLOAD_CHUNK = 1900
 _INLINE, _EXTERNAL = b"\x00", b"\x01"
 _CHAIN_META = b"records"  # meta row: {"head": [number, seal] | None, "running": [numbers]}
+LOCK_NAME = "gc.lock"  # what build.workspace_lock locks: made with the store, so no later command adds a file
 # The write-ahead log is applied to LMDB once this many actions, or this many bytes, are in it.
 LOG_GROUP = 256
 LOG_BYTES = 8 << 20
@@ -82,7 +92,7 @@ class Commit:
 
 
 # An action's rows as they are written: (result key, packed result) or None, (digest, blob row),
-# (memo key, packed state), (action key, 8-byte time), (record key, label, packed record).
+# (memo key, packed state), (action key, 8-byte time), (record key, `latest` key, packed record).
 _Rows = tuple[tuple[bytes, bytes] | None, list[tuple[bytes, bytes]], list[tuple[bytes, bytes]],
               list[tuple[bytes, bytes]], list[tuple[bytes, bytes, bytes]]]
 
@@ -96,11 +106,16 @@ class Store:
     """The artifact store of one workspace (or of a shared `[cache] dir`)."""
 
     def __init__(self, path: Path, workspace: str = "") -> None:
-        """Open the store at `path`; `workspace` is Config.workspace_tag of the workspace
-        using it, "" in its own store: the stat memo is keyed by workspace-relative path, so a
-        store shared by checkouts of one repository keys each one's rows by its tag as well."""
+        """Open the store at `path` as the workspace tagged `workspace` (Config.workspace_tag:
+        "" in its own store, its path in a shared one) sees it: its memo, build rows, records and
+        chain are keyed by the tag (see the memo above), so checkouts of one repository sharing a
+        store never read each other's."""
         self.path = path
-        self._memo_prefix = f"{workspace}\0".encode() if workspace else b""
+        self.workspace = workspace
+        self._prefix = f"{workspace}\0".encode() if workspace else b""  # of every per-workspace key
+        self._chain_key = _CHAIN_META + b"\0" + workspace.encode() if workspace else _CHAIN_META
+        running = path / "running"  # start logs of running builds
+        self._running = running / f"w-{hash_bytes(workspace.encode()).hex()[:16]}" if workspace else running
         path.mkdir(parents=True, exist_ok=True)
         self._env = lmdb.open(str(path / "db"), map_size=MAP_SIZE, max_dbs=16, sync=False, metasync=False)
         self._blobs = self._env.open_db(b"blobs")
@@ -134,6 +149,7 @@ class Store:
         if found is None or not (self.path / EPOCH_FILE).exists():  # a new store, or one from before epochs:
             advance_epoch(self.path)  # states saved against a deleted store must not trust this one (epoch.py)
         if found is None:
+            (self.path / LOCK_NAME).touch()
             with self._env.begin(write=True) as txn:
                 txn.put(b"format", STORE_FORMAT, db=self._meta)
         elif found != STORE_FORMAT:
@@ -152,7 +168,7 @@ class Store:
                     for number in list(self._held):
                         if number in chain["running"]:
                             self._interrupt(txn, chain, number)
-                    txn.put(_CHAIN_META, msgpack.packb(chain, use_bin_type=True), db=self._meta)
+                    txn.put(self._chain_key, msgpack.packb(chain, use_bin_type=True), db=self._meta)
             except lmdb.Error:  # the build stays "running": the next command records it from its log
                 for fd in self._held.values():
                     os.close(fd)
@@ -226,7 +242,7 @@ class Store:
         return ActionResult.unpack(data) if data is not None else None
 
     def get_memo(self, path: str) -> FileState | None:
-        key = self._memo_prefix + path.encode()
+        key = self._prefix + path.encode()
         data = self._pending_memo.get(key) or self._get(key, self._memo)
         return FileState.unpack(data) if data is not None else None
 
@@ -335,9 +351,9 @@ class Store:
         result = None if commit.result is None else (commit.result[0], commit.result[1].pack())
         return (result,
                 [(digest, _INLINE + data if data is not None else _EXTERNAL) for digest, data in commit.blobs],
-                [(self._memo_prefix + path.encode(), state.pack()) for path, state in commit.memo],
+                [(self._prefix + path.encode(), state.pack()) for path, state in commit.memo],
                 [(key, when.to_bytes(8, "big")) for key, when in commit.used],
-                [(key, label.encode(), packed) for key, label, packed in commit.records])
+                [(key, self._prefix + label.encode(), packed) for key, label, packed in commit.records])
 
     def _apply(self, txn: lmdb.Transaction, rows: _Rows) -> None:
         """Write one action's rows. Writing them twice changes nothing (a log replayed after its
@@ -460,7 +476,7 @@ class Store:
                     external.append(digest)
                 txn.delete(digest, db=self._blobs)
             for path in memo:
-                txn.delete(self._memo_prefix + path.encode(), db=self._memo)
+                txn.delete(self._prefix + path.encode(), db=self._memo)
             for number in generations:
                 txn.delete(number.to_bytes(8, "big"), db=self._generations)
         if external:
@@ -503,8 +519,7 @@ class Store:
             chain = self._chain(txn)
             if chain["running"]:
                 self._settle_dead(txn, chain)
-            with txn.cursor(db=self._builds) as cursor:
-                last = int.from_bytes(cursor.key(), "big") if cursor.last() else 0
+            last = next(self._scan(txn, self._builds, 8, reverse=True), (0,))[0]
             number = max(last, chain["head"][0] if chain["head"] else 0) + 1
             with txn.cursor(db=self._journal_blobs) as cursor:
                 for digest, data in blobs:
@@ -516,12 +531,12 @@ class Store:
             row = {**info, "number": number}
             if info.get("status") == "running":
                 self._hold(number)
-                txn.put(number.to_bytes(8, "big"), msgpack.packb({**row, "pid": os.getpid()}, use_bin_type=True),
+                txn.put(self.build_key(number), msgpack.packb({**row, "pid": os.getpid()}, use_bin_type=True),
                         db=self._builds)
                 chain["running"].append(number)
             else:
                 self._seal(txn, chain, row)
-            txn.put(_CHAIN_META, msgpack.packb(chain, use_bin_type=True), db=self._meta)
+            txn.put(self._chain_key, msgpack.packb(chain, use_bin_type=True), db=self._meta)
         return number
 
     def start_log(self, number: int) -> Callable[[str], None]:
@@ -538,9 +553,9 @@ class Store:
         and seal it into the chain, in one transaction."""
         with self._writing() as txn:
             chain = self._chain(txn)
-            info = msgpack.unpackb(txn.get(number.to_bytes(8, "big"), db=self._builds))
+            info = msgpack.unpackb(txn.get(self.build_key(number), db=self._builds))
             self._seal(txn, chain, {**info, **changes, "status": changes.get("status", "finished")})
-            txn.put(_CHAIN_META, msgpack.packb(chain, use_bin_type=True), db=self._meta)
+            txn.put(self._chain_key, msgpack.packb(chain, use_bin_type=True), db=self._meta)
         self._release(number)
 
     def settle_interrupted(self) -> list[int]:
@@ -552,11 +567,11 @@ class Store:
             chain = self._chain(txn)
             settled = self._settle_dead(txn, chain)
             if settled:
-                txn.put(_CHAIN_META, msgpack.packb(chain, use_bin_type=True), db=self._meta)
+                txn.put(self._chain_key, msgpack.packb(chain, use_bin_type=True), db=self._meta)
         return settled
 
     def _chain(self, txn: lmdb.Transaction) -> dict[str, Any]:
-        data = txn.get(_CHAIN_META, db=self._meta)
+        data = txn.get(self._chain_key, db=self._meta)
         return msgpack.unpackb(data) if data else {"head": None, "running": []}
 
     def chain_meta(self) -> dict[str, Any]:
@@ -571,7 +586,7 @@ class Store:
         number = int(row["number"])
         previous, previous_seal = chain["head"] or (0, GENESIS)
         digest = seal(previous_seal, row, records_digest(self._raw_records(txn, number)))
-        txn.put(number.to_bytes(8, "big"), msgpack.packb({**row, CHAIN: [previous, digest]}, use_bin_type=True),
+        txn.put(self.build_key(number), msgpack.packb({**row, CHAIN: [previous, digest]}, use_bin_type=True),
                 db=self._builds)
         chain["head"] = [number, digest]
         if number in chain["running"]:
@@ -589,14 +604,14 @@ class Store:
         return settled
 
     def _row_pid(self, txn: lmdb.Transaction, number: int) -> int | None:
-        data = txn.get(number.to_bytes(8, "big"), db=self._builds)
+        data = txn.get(self.build_key(number), db=self._builds)
         try:
             return int(msgpack.unpackb(data)["pid"]) if data is not None else None
         except (ValueError, KeyError, TypeError):
             return None
 
     def _interrupt(self, txn: lmdb.Transaction, chain: dict[str, Any], number: int) -> None:
-        data = txn.get(number.to_bytes(8, "big"), db=self._builds)
+        data = txn.get(self.build_key(number), db=self._builds)
         try:
             row = _unpack_row(number, data) if data is not None else None
             recorded = {_unpack_record(number, value).label for _, value in self._raw_records(txn, number)}
@@ -630,12 +645,12 @@ class Store:
         return lock_held(self._running_file(number))
 
     def _running_file(self, number: int) -> Path:
-        return self.path / "running" / str(number)
+        return self._running / str(number)
 
     def _hold(self, number: int) -> None:
         """Create and lock build `number`'s start log; the lock lives as long as this process does."""
         path = self._running_file(number)
-        path.parent.mkdir(exist_ok=True)
+        path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND | os.O_CLOEXEC, 0o644)
         fcntl.flock(fd, fcntl.LOCK_EX)
         self._held[number] = fd
@@ -646,26 +661,45 @@ class Store:
             self._running_file(number).unlink(missing_ok=True)
             os.close(fd)
 
+    def build_key(self, number: int) -> bytes:
+        """The key of build `number`'s row; its records are keyed by it + a 4-byte sequence."""
+        return self._prefix + number.to_bytes(8, "big")
+
+    def _scan(self, txn: lmdb.Transaction, db: Any, size: int, start: int = 0,
+              reverse: bool = False) -> Iterator[tuple[int, bytes, bytes]]:
+        """(number, key, value) of this workspace's rows of `db`, keyed prefix + 8-byte number +
+        `size - 8` more bytes, from build `start` on, in key order (or reversed)."""
+        low, high = self.build_key(start), self._prefix + b"\x01"  # numbers stay below 2**56
+        with txn.cursor(db=db) as cursor:
+            if reverse:
+                found = cursor.prev() if cursor.set_range(high) else cursor.last()
+                rows = cursor.iterprev() if found else iter(())
+            else:
+                rows = cursor.iternext() if cursor.set_range(low) else iter(())
+            for key, value in rows:
+                if not low <= key < high:
+                    break
+                if len(key) == len(self._prefix) + size:
+                    yield int.from_bytes(key[len(self._prefix):len(self._prefix) + 8], "big"), key, value
+
     def _raw_records(self, txn: lmdb.Transaction, number: int) -> list[tuple[bytes, bytes]]:
-        prefix = number.to_bytes(8, "big")
         found = []
-        with txn.cursor(db=self._records) as cursor:
-            if cursor.set_range(prefix):
-                for key, value in cursor:
-                    if not key.startswith(prefix):
-                        break
-                    found.append((key, value))
+        for found_number, key, value in self._scan(txn, self._records, 12, start=number):
+            if found_number != number:
+                break
+            found.append((key, value))
         return found
 
     def raw_builds(self) -> list[tuple[int, bytes]]:
-        """Every build row as stored, for fsck's check of the chain."""
+        """Every build row of this workspace as stored, for fsck's check of its chain."""
         with self._env.begin() as txn:
-            return [(int.from_bytes(key, "big"), value) for key, value in txn.cursor(db=self._builds)]
+            return [(number, value) for number, _, value in self._scan(txn, self._builds, 8)]
 
-    def raw_records(self) -> Iterator[tuple[bytes, bytes]]:
-        """Every record row as stored, in key order (so each build's rows come together)."""
+    def raw_records(self) -> Iterator[tuple[int, bytes, bytes]]:
+        """(build number, key, value) of every record row of this workspace as stored, in key
+        order (so each build's rows come together)."""
         with self._env.begin() as txn:
-            yield from txn.cursor(db=self._records)
+            yield from self._scan(txn, self._records, 12)
 
     def builds(self) -> list[dict[str, object]]:
         """Every build row, oldest first; an unreadable one is ORCH-03."""
@@ -673,21 +707,14 @@ class Store:
 
     def records_of(self, number: int) -> list[ExecutionRecord]:
         """The explicit records of one build, in the order they were written."""
-        prefix = number.to_bytes(8, "big")
-        found = []
-        with self._env.begin() as txn, txn.cursor(db=self._records) as cursor:
-            if cursor.set_range(prefix):
-                for key, value in cursor:
-                    if not key.startswith(prefix):
-                        break
-                    found.append(_unpack_record(number, value))
-        return found
+        with self._env.begin() as txn:
+            return [_unpack_record(number, value) for _, value in self._raw_records(txn, number)]
 
     def latest_record(self, label: str) -> ExecutionRecord | None:
         """The newest explicit record of an action (its last execution or store lookup); None also
         when that record cannot be read (fsck reports it; builds only take hints from it)."""
         with self._env.begin() as txn:
-            key = txn.get(label.encode(), db=self._latest)
+            key = txn.get(self._prefix + label.encode(), db=self._latest)
             value = txn.get(key, db=self._records) if key else None
         try:
             return ExecutionRecord.unpack(value) if value else None
@@ -697,7 +724,7 @@ class Store:
     def records_of_label(self, label: str) -> list[ExecutionRecord]:
         """Every explicit record of one action, oldest first (a scan: for `explain`, not hot paths)."""
         with self._env.begin() as txn:
-            return [r for r in (_unpack_record(int.from_bytes(k[:8], "big"), v) for k, v in txn.cursor(db=self._records))
+            return [r for r in (_unpack_record(n, v) for n, _, v in self._scan(txn, self._records, 12))
                     if r.label == label]
 
     def journal_blob(self, digest: Digest) -> bytes | None:

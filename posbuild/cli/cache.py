@@ -74,7 +74,7 @@ def export(file: Path, patterns: tuple[str, ...]) -> None:
         canonical = tuple(str(parse_pattern(p, package)) for p in patterns or ("//...",))
         key = _signing_key(root, config.secrets_file)
         with workspace_lock(config, _Messages()):  # type: ignore[arg-type]  # a gc of the workspace waits
-            store = Store(config.store_dir)
+            store = Store(config.store_dir, config.workspace_tag)
             try:
                 report = export_cache(store, canonical, file.absolute(), key)
             finally:
@@ -108,7 +108,7 @@ def import_(file: Path, allow_unsigned: bool) -> None:
         config = load_config(root)
         with workspace_lock(config, _Messages()):  # type: ignore[arg-type]
             key = _signing_key(root, config.secrets_file)
-            store = Store(config.store_dir)
+            store = Store(config.store_dir, config.workspace_tag)
             try:
                 report = import_cache(store, file.absolute(), config.state_dir / "tmp", key, allow_unsigned)
             finally:

@@ -29,7 +29,7 @@ def explain(label: str) -> None:
         target = str(parse_label(label, package))
         if not (config.store_dir / "db").exists():
             raise UsageError("no build recorded yet")
-        store = Store(config.store_dir)
+        store = Store(config.store_dir, config.workspace_tag)
         try:
             history = store.records_of_label(target)
             builds = {str(b["number"]): b for b in store.builds()}

@@ -93,7 +93,7 @@ def gc(max_size: int | None, keep_generations: int) -> None:
                 click.echo("gc: no store yet; nothing to collect")
                 return
             private = config.store_dir.is_relative_to(config.state_dir)
-            store = Store(config.store_dir)
+            store = Store(config.store_dir, config.workspace_tag)
             try:
                 report = collect(store, max_size, keep_generations, time.time_ns(),
                                  orphan_grace_ns=0 if private else SHARED_ORPHAN_GRACE_NS)

@@ -73,7 +73,7 @@ def log(pattern: str | None, number: int | None, failed: bool, as_json: bool, li
         config = load_config(root)
         if not (config.store_dir / "db").exists():
             raise UsageError("no build recorded yet")
-        store = Store(config.store_dir)
+        store = Store(config.store_dir, config.workspace_tag)
         try:
             store.settle_interrupted()  # a build whose process died is recorded as interrupted now
             if list_builds:
