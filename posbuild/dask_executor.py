@@ -88,7 +88,8 @@ from posbuild.errors import ActionFailed, ChecksumMismatch, EnvironmentDrift, Po
 from posbuild.namespaces import Isolation, choose
 from posbuild.records import RemoteRun, ResourceUsage
 from posbuild.remote import RemoteCache, sha256_of
-from posbuild.sandbox import Perturbation, Sandboxes, SpawnResult, find_libfaketime
+from posbuild.owned import SANDBOXES, claim, holds_only_sandboxes
+from posbuild.sandbox import Perturbation, Sandboxes, SpawnResult, find_libfaketime, sweep_dead
 from posbuild.secrets import redact
 
 INLINE_INPUT = 256 * 1024  # inputs up to this size travel inside the task; larger ones are scattered
@@ -401,9 +402,9 @@ class DaskSandboxes:
         self._remote, self._warn = remote, warn
 
     def clear_stale(self) -> None:
-        """Remove the local folders an interrupted earlier build left behind."""
-        shutil.rmtree(self._base, ignore_errors=True)
-        self._base.mkdir(parents=True, exist_ok=True)
+        """Remove the local folders an interrupted earlier build left behind (only posbuild's)."""
+        claim(self._base, SANDBOXES, holds_only_sandboxes, " ([build] sandbox_base)")
+        sweep_dead(self._base)
 
     def run(self, action: Action, extra_env: Sequence[tuple[str, str]] = (),
             perturbation: Perturbation | None = None) -> SpawnResult:

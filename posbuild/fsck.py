@@ -360,7 +360,7 @@ class _Checker:
             removed, live = sweep_dead(self._config.sandbox_dir)
         except OSError:
             removed, live = [], []
-        stuck = [path for path in _entries(self._config.sandbox_dir) if path.name not in live]
+        stuck = [path for path in _entries(self._config.sandbox_dir) if path.name in removed]
         for path in stuck:  # it could not be removed
             self._leftover(path, "sandbox of an interrupted build")
         self._swept += max(0, len(removed) - len(stuck))

@@ -45,6 +45,7 @@ from posbuild.digest import Digest, hash_bytes, hash_file
 from posbuild.epoch import EPOCH_FILE, advance_epoch
 from posbuild.errors import ChecksumMismatch, PartialState
 from posbuild.liveness import lock_held
+from posbuild.owned import STORE, claim, is_store
 from posbuild.recordchain import CHAIN, GENESIS, records_digest, seal
 from posbuild.records import ActionResult, ExecutionRecord, FileState, Generation, utc
 
@@ -85,7 +86,7 @@ class Store:
         store shared by checkouts of one repository keys each one's rows by its tag as well."""
         self.path = path
         self._memo_prefix = f"{workspace}\0".encode() if workspace else b""
-        path.mkdir(parents=True, exist_ok=True)
+        claim(path, STORE, is_store)  # made with posbuild's mark; never a folder posbuild did not make
         self._env = lmdb.open(str(path / "db"), map_size=MAP_SIZE, max_dbs=16, sync=False, metasync=False)
         self._blobs = self._env.open_db(b"blobs")
         self._results = self._env.open_db(b"results")
