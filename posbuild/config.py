@@ -340,10 +340,10 @@ def _misplaced(real: str, root: str, home: str, default: str) -> str:
     """Why a configured folder (resolved) may not be posbuild's to empty, or ""."""
     if real == "/":
         return "is the root folder /"
-    if _within(home, real):
-        return f"is the home folder {home}" if real == home else f"holds the home folder {home}"
     if _within(root, real):
         return "is the workspace root" if real == root else f"holds the workspace ({real})"
+    if _within(home, real):
+        return f"is the home folder {home}" if real == home else f"holds the home folder {home}"
     if not _within(real, root):
         return ""
     rel = os.path.relpath(real, root)
