@@ -146,7 +146,7 @@ def _locked_file(config: Config, reporter: Reporter) -> Iterator[object]:
     a lock on a deleted file excludes nobody."""
     path = config.state_dir / "lock"
     while True:
-        claim(config.state_dir, STATE, lambda folder: True)  # the name is posbuild's
+        claim(config.state_dir, STATE, _not_a_link)
         with open(path, "a+") as handle:
             _lock(handle, fcntl.LOCK_EX, reporter, "another posbuild command is running in this workspace")
             try:
@@ -156,6 +156,12 @@ def _locked_file(config: Config, reporter: Reporter) -> Iterator[object]:
             if same:
                 yield handle
                 return
+
+
+def _not_a_link(folder: Path) -> bool:
+    """`.posbuild/` made before marks existed is adopted (its name is posbuild's), unless it is a
+    link: the folder it points to need not be posbuild's (`ln -s ~ .posbuild`)."""
+    return not folder.is_symlink()
 
 
 def _lock(handle: object, kind: int, reporter: Reporter, why: str) -> None:

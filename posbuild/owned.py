@@ -61,12 +61,10 @@ def is_marked(folder: Path, kind: str) -> bool:
 def claim(folder: Path, kind: str, ours: Callable[[Path], bool], what: str = "") -> None:
     """Make `folder` (and its parents) with posbuild's mark, or check that the existing one is
     posbuild's: marked, empty, or recognised by `ours` (then it is marked now). Anything else is a
-    WorkspaceError naming the folder; `what` says where it was configured. One stat when marked."""
-    try:
-        os.stat(folder / MARKER)
+    WorkspaceError naming the folder; `what` says where it was configured. One small read when
+    marked. A CACHEDIR.TAG of another program's does not count."""
+    if is_marked(folder, kind):
         return
-    except OSError:
-        pass
     try:
         folder.mkdir(parents=True)
     except FileExistsError:

@@ -222,3 +222,26 @@ def test_clean_beside_running_builds_never_breaks_either(tmp_path):
     ws.ok("//...")
     check = ws.run("fsck")
     assert check.returncode == 0, check.stdout + check.stderr
+
+
+def test_a_linked_state_folder_pointing_at_home_is_neither_used_nor_marked(tmp_path):
+    """`.posbuild` as a link to the home folder: posbuild must not adopt it (it would write its
+    store there, mark home as a cache that backups skip, and `clean --all` would empty it)."""
+    ws, env = _workspace(tmp_path, "")
+    home = Path(env["HOME"])
+    (ws.root / ".posbuild").symlink_to(home)
+    for args in (("build", "//..."), ("clean", "--all")):
+        _one_error_line(ws.run(*args, env=env), f"{ws.root}/.posbuild", "did not make")
+    assert sorted(os.listdir(home)) == ["sentinel.txt"]
+
+
+def test_another_program_s_cachedir_tag_does_not_make_a_folder_posbuild_s(tmp_path):
+    """A folder another tool tagged (Cargo's target/, ~/.cache/...) is not posbuild's store."""
+    folder = tmp_path / "target"
+    folder.mkdir()
+    (folder / "CACHEDIR.TAG").write_text("Signature: 8a477f597d28d172789f06886806bc55\n# cargo\n")
+    (folder / "debug.bin").write_text("someone else's\n")
+    ws, env = _workspace(tmp_path, f'[cache]\ndir = "{folder}"\n')
+    _one_error_line(ws.build("//...", env=env), str(folder), "refusing to use it as the store")
+    _one_error_line(ws.run("clean", "--all", env=env), str(folder))
+    assert sorted(os.listdir(folder)) == ["CACHEDIR.TAG", "debug.bin"]
