@@ -86,9 +86,9 @@ from posbuild.digest import Digest, hash_bytes
 from posbuild.envfp import current as current_fingerprint, differences, fingerprint, hash_of
 from posbuild.errors import ActionFailed, ChecksumMismatch, EnvironmentDrift, PosbuildError
 from posbuild.namespaces import Isolation, choose
+from posbuild.owned import SANDBOXES, claim, holds_only_sandboxes
 from posbuild.records import RemoteRun, ResourceUsage
 from posbuild.remote import RemoteCache, sha256_of
-from posbuild.owned import SANDBOXES, claim, holds_only_sandboxes
 from posbuild.sandbox import Perturbation, Sandboxes, SpawnResult, find_libfaketime, sweep_dead
 from posbuild.secrets import redact
 

@@ -207,12 +207,11 @@ def test_clean_beside_running_builds_never_breaks_either(tmp_path):
         files[f"p{p}/BUILD"] = "".join(f'genrule(name = "t{i}", outs = ["t{i}.txt"], cmd = "echo {p} {i} > $@")\n'
                                        for i in range(40))
     ws.write(files)
-    patterns = ["//...", "//p0:all", "//p1/...", "//p2:t1", "//p0:t3", "//p1:all"]
-    script = tmp_path / "loop.sh"
-    script.write_text(f'end=$((SECONDS + 12)); i=0\nwhile [ $SECONDS -lt $end ]; do\n'
-                      f'  "$@" || echo "exit $?" >&2; i=$((i + 1))\ndone\n')
+    script = tmp_path / "loop.sh"  # runs its arguments again and again for 12 s
+    script.write_text('end=$((SECONDS + 12))\nwhile [ $SECONDS -lt $end ]; do "$@" || echo "exit $?" >&2; done\n')
     builds = [subprocess.Popen(["bash", str(script), *POSBUILD, "build", "-q", pattern], cwd=ws.root,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True) for pattern in patterns[:2]]
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+              for pattern in ("//...", "//p1/...")]
     cleans = subprocess.Popen(["bash", str(script), *POSBUILD, "clean", "--all"], cwd=ws.root,
                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     errors = [proc.communicate(timeout=120)[1] for proc in (*builds, cleans)]
