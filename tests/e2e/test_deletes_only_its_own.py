@@ -211,7 +211,7 @@ def test_clean_beside_running_builds_never_breaks_either(tmp_path):
     script.write_text('end=$((SECONDS + 12))\nwhile [ $SECONDS -lt $end ]; do "$@" || echo "exit $?" >&2; done\n')
     builds = [subprocess.Popen(["bash", str(script), *POSBUILD, "build", "-q", pattern], cwd=ws.root,
                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-              for pattern in ("//...", "//p1/...")]
+              for pattern in ("//...", "//p1/...", "//p2:all")]
     cleans = subprocess.Popen(["bash", str(script), *POSBUILD, "clean", "--all"], cwd=ws.root,
                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     errors = [proc.communicate(timeout=120)[1] for proc in (*builds, cleans)]
@@ -244,3 +244,51 @@ def test_another_program_s_cachedir_tag_does_not_make_a_folder_posbuild_s(tmp_pa
     _one_error_line(ws.build("//...", env=env), str(folder), "refusing to use it as the store")
     _one_error_line(ws.run("clean", "--all", env=env), str(folder))
     assert sorted(os.listdir(folder)) == ["CACHEDIR.TAG", "debug.bin"]
+
+
+def _snapshot(root: Path) -> dict[str, tuple[int, int]]:
+    """Every file of the workspace but the lock file, with its size and mtime."""
+    found = {}
+    for folder, _, names in os.walk(root):
+        for name in names:
+            path = os.path.join(folder, name)
+            if path != str(root / ".posbuild" / "lock"):
+                info = os.lstat(path)
+                found[os.path.relpath(path, root)] = (info.st_size, info.st_mtime_ns)
+    return found
+
+
+@pytest.mark.parametrize("args", [
+    ("build", "//p:all"),  # a request never built before: loading it writes the graph cache
+    ("lock", "//p:all"),
+    ("env", "approve"),
+    ("clean",),
+    ("clean", "--all"),
+    ("rollback",),
+    ("gc", "--max-size", "0"),
+    ("fsck", "--repair"),
+    ("cache", "import", "--allow-unsigned", "ARCHIVE"),
+])
+def test_a_command_that_writes_waits_for_the_lock_before_writing_anything(tmp_path, args):
+    """While another command holds the workspace lock, a command that writes changes nothing
+    (builds wrote the graph cache before they locked, `env approve` wrote posbuild.lock without
+    the lock); once the lock is free it finishes."""
+    ws, env = _workspace(tmp_path, "")
+    ws.ok("//...")
+    archive = tmp_path / "cache.tar"
+    assert ws.run("cache", "export", str(archive)).returncode == 0
+    args = tuple(str(archive) if arg == "ARCHIVE" else arg for arg in args)
+    ws.write({"p/in.txt": "2\n"})
+    before = _snapshot(ws.root)
+    with open(ws.root / ".posbuild" / "lock", "a+") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        proc = subprocess.Popen([*POSBUILD, *args], cwd=ws.root, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True, env={**os.environ, **env})
+        time.sleep(2)
+        running = proc.poll() is None
+        after = _snapshot(ws.root)
+    out, err = proc.communicate(timeout=120)
+    assert running, f"{' '.join(args)} did not wait for the lock: {out}{err}"
+    changed = sorted(path for path in before.keys() | after.keys() if before.get(path) != after.get(path))
+    assert not changed, f"{' '.join(args)} wrote while another command held the lock: {changed}"
+    assert proc.returncode == 0, out + err
