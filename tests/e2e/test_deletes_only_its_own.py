@@ -142,8 +142,9 @@ def test_rollback_never_deletes_a_store_under_posbuild_out(tmp_path):
 
 
 def test_a_linked_posbuild_out_is_never_emptied(tmp_path):
-    """posbuild-out/ replaced by a link to a folder of the user's: rollback and clean delete
-    nothing there (rollback used to delete every file its generation does not list)."""
+    """posbuild-out/ replaced by a link to a folder of the user's: rollback, clean and fsck
+    --repair delete nothing there (rollback and fsck --repair deleted every file the store has no
+    record of)."""
     ws, env = _workspace(tmp_path, "")
     ws.ok("//...")
     elsewhere = tmp_path / "elsewhere"
@@ -154,6 +155,7 @@ def test_a_linked_posbuild_out_is_never_emptied(tmp_path):
     (ws.root / "posbuild-out").symlink_to(elsewhere)
     _one_error_line(ws.run("rollback"), "posbuild-out", "symbolic link")
     _one_error_line(ws.run("clean"), "posbuild-out", "symbolic link")
+    _one_error_line(ws.run("fsck", "--repair"), "posbuild-out", "symbolic link")
     assert sorted(os.listdir(elsewhere)) == ["keep.txt"]
 
 
