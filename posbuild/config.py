@@ -306,7 +306,7 @@ def _sandbox_dir(root: Path, configured: str) -> Path:
     return root / STATE_DIR / "sandbox"
 
 
-# What a configured store or sandbox base must never be, or hold: posbuild empties both.
+# The one place inside .posbuild/ a configured store or sandbox base may name: its default.
 _DEFAULTS = {"[cache] dir": f"{STATE_DIR}/store", "[build] sandbox_base": f"{STATE_DIR}/sandbox"}
 
 

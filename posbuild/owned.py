@@ -11,8 +11,9 @@ another program is not posbuild's: `[cache] dir = "~/.cache"` never makes `clean
 
 Folders made before marks existed are adopted the first time posbuild uses them, but only when
 they are recognisably posbuild's (`claim`'s `ours`): an empty folder, `.posbuild/` at the
-workspace root (its name is reserved), a store whose LMDB files hold posbuild's format row, a
-sandbox base holding only names posbuild gives its sandboxes. Anything else is refused with one
+workspace root (its name is reserved; not through a link), a store holding only a store's files
+whose LMDB database holds posbuild's format row, a sandbox base holding only names posbuild
+gives its sandboxes. Anything else is refused with one
 line naming the folder; it is never used, emptied or removed.
 
 `posbuild-out/` has no mark: every file in it is an output (tools and people list it), and its
@@ -39,21 +40,25 @@ STORE_NAMES = frozenset({MARKER, "db", "cas", "epoch", "running", "gc.lock"})  #
 SANDBOX_NAME = re.compile(r"\d+-\d+.*|\d+\.owner|dask-\d+-\d+|readdir-probe-.*", re.DOTALL)
 
 
+def _head(kind: str) -> bytes:
+    """What a mark of `kind` starts with; the rest of it is prose that may change."""
+    return SIGNATURE + b"\n# This file marks posbuild's " + kind.encode() + b":"
+
+
 def marker_text(kind: str) -> bytes:
     """The mark of one kind of folder."""
-    return (SIGNATURE + b"\n# This file marks posbuild's " + kind.encode()
-            + b": posbuild made this folder and may delete what it holds.\n"
+    return (_head(kind) + b" posbuild made this folder and may delete what it holds.\n"
             + b"# Backup tools that honour CACHEDIR.TAG skip it; see https://bford.info/cachedir/\n")
 
 
 def is_marked(folder: Path, kind: str) -> bool:
-    """Whether `folder` holds posbuild's mark of `kind` (read in full: this decides a deletion)."""
+    """Whether `folder` holds posbuild's mark of `kind` (read, not just seen: this decides a deletion)."""
     try:
         fd = os.open(folder / MARKER, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
     except OSError:
         return False
     try:
-        return os.read(fd, 4096).startswith(marker_text(kind))
+        return os.read(fd, 4096).startswith(_head(kind))
     finally:
         os.close(fd)
 
