@@ -19,13 +19,14 @@ from pathlib import Path
 from typing import Callable, Iterator, Mapping, Sequence
 
 from posbuild.analysis import Action, ActionGraph, Analyzer, GraphFacts, expand_patterns
-from posbuild.config import Config, load_config
+from posbuild.config import CONFIG_NAME, Config, load_config
 from posbuild.digest import Digest
 from posbuild.epoch import read_epoch
 from posbuild.envfp import checked_environment_hash, environment_key, passed_environment
 from posbuild.errors import ActionFailed, NonDeterminism, OrchError, PosbuildError, ResourceOversubscription, UsageError
 from posbuild.graphcache import CachedGraph, GraphCache
 from posbuild.label import TargetPattern, parse_pattern
+from posbuild.owned import STATE, STORE, claim, empty, is_store, remove_outputs
 from posbuild.pins import LOCK_FILE, check_pins
 from posbuild.reporter import BuildSummary, Reporter
 from posbuild.resources import check_budget, fits
@@ -104,6 +105,9 @@ def _checks_need_no_actions(config: Config, facts: GraphFacts, options: BuildOpt
             and not (config.root / LOCK_FILE).exists())
 
 
+_held: set[str] = set()  # the workspace locks this process holds
+
+
 @contextmanager
 def workspace_lock(config: Config, reporter: Reporter, collect: bool = False) -> Iterator[None]:
     """Hold `.posbuild/lock` exclusively for the duration of a command that writes outputs.
@@ -111,23 +115,54 @@ def workspace_lock(config: Config, reporter: Reporter, collect: bool = False) ->
     The store is also locked: shared by every command, exclusively by those that remove rows
     (`collect`: gc, `fsck`), so they never remove what a build of another workspace using the
     same store is about to reference. A workspace's own store is locked too, once it exists:
-    another workspace may name it as its `[cache] dir`.
+    another workspace may name it as its `[cache] dir`. Taking the lock makes `.posbuild/` and a
+    store with their marks (owned.py), or refuses a store folder posbuild did not make. Held
+    already by this process (a build inside a command that locked), it is not taken again.
     """
-    config.state_dir.mkdir(exist_ok=True)
-    with open(config.state_dir / "lock", "a+") as handle:
-        _lock(handle, fcntl.LOCK_EX, reporter, "another posbuild command is running in this workspace")
+    key = str(config.state_dir)
+    if key in _held:
+        yield
+        return
+    with _locked_file(config, reporter) as handle:
+        _held.add(key)
         try:
             if not config.store_dir.is_dir() and (collect or config.store_dir.is_relative_to(config.state_dir)):
                 yield  # no store yet: nothing to collect or guard, and none is made for the lock
                 return
-            config.store_dir.mkdir(parents=True, exist_ok=True)
+            claim(config.store_dir, STORE, is_store, f" ([cache] dir of {config.root / CONFIG_NAME})")
             who = "another workspace is using" if collect else "posbuild gc or fsck is using"
             with open(config.store_dir / "gc.lock", "a+") as shared:  # store.LOCK_NAME (no LMDB import here)
                 _lock(shared, fcntl.LOCK_EX if collect else fcntl.LOCK_SH, reporter,
                       f"{who} the shared store {config.store_dir}")
                 yield
         finally:
+            _held.discard(key)
             fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+@contextmanager
+def _locked_file(config: Config, reporter: Reporter) -> Iterator[object]:
+    """Open and flock `.posbuild/lock`; if the file was deleted or replaced while this process
+    waited (an older posbuild's `clean --all`, or `rm -rf .posbuild`), lock the new one instead:
+    a lock on a deleted file excludes nobody."""
+    path = config.state_dir / "lock"
+    while True:
+        claim(config.state_dir, STATE, _not_a_link)
+        with open(path, "a+") as handle:
+            _lock(handle, fcntl.LOCK_EX, reporter, "another posbuild command is running in this workspace")
+            try:
+                same = os.stat(path).st_ino == os.fstat(handle.fileno()).st_ino
+            except FileNotFoundError:
+                same = False
+            if same:
+                yield handle
+                return
+
+
+def _not_a_link(folder: Path) -> bool:
+    """`.posbuild/` made before marks existed is adopted (its name is posbuild's), unless it is a
+    link: the folder it points to need not be posbuild's (`ln -s ~ .posbuild`)."""
+    return not folder.is_symlink()
 
 
 def _lock(handle: object, kind: int, reporter: Reporter, why: str) -> None:
@@ -146,12 +181,14 @@ def run_build(root: Path, options: BuildOptions, reporter: Reporter,
     refuses before anything runs is recorded as refused (§12: every attempt leaves a record)."""
     checks: list[bool] = []  # `_run_build` appends once its checks passed
     started = time.time()
-    try:
-        return _run_build(root, options, reporter, environ, on_graph, checks)
-    except OrchError as error:
-        if not checks and not options.dry_run:
-            _record_refused(root, options, started, error)
-        raise
+    config = load_config(root)
+    with workspace_lock(config, reporter):  # from the start: loading writes the graph cache
+        try:
+            return _run_build(config, options, reporter, environ, on_graph, checks)
+        except OrchError as error:
+            if not checks and not options.dry_run:
+                _record_refused(root, options, started, error)
+            raise
 
 
 def _record_refused(root: Path, options: BuildOptions, started: float, error: OrchError) -> None:
@@ -165,9 +202,9 @@ def _record_refused(root: Path, options: BuildOptions, started: float, error: Or
         pass
 
 
-def _run_build(root: Path, options: BuildOptions, reporter: Reporter, environ: Mapping[str, str] | None,
+def _run_build(config: Config, options: BuildOptions, reporter: Reporter, environ: Mapping[str, str] | None,
                on_graph: Callable[[ActionGraph], None] | None, checks: list[bool]) -> BuildSummary:
-    """Build the patterns of `options` in the workspace at `root`.
+    """Build the patterns of `options` in the workspace of `config`, which the caller has locked.
 
     Actions the up-to-date check settles by stat alone count as cached; only if any remain does
     the build open the store and start the scheduler (runner.py, imported only then). When the
@@ -178,7 +215,6 @@ def _run_build(root: Path, options: BuildOptions, reporter: Reporter, environ: M
     before anything is checked or run (`posbuild watch` derives the files to watch from it).
     """
     started = time.monotonic()
-    config = load_config(root)
     request = make_request(config, options.patterns, options.cwd_package)
     entry = _graph_entry(config, request)
     local = (options.executor or config.executor) == "local"  # on Dask, the workers' resources (runner.py)
@@ -195,7 +231,7 @@ def _run_build(root: Path, options: BuildOptions, reporter: Reporter, environ: M
     env_hash = checked_environment_hash(config, environ, options.allow_env_drift, reporter.message)  # ORCH-07
     env_key = environment_key(passed_env, env_hash)
     patterns = tuple(str(p) for p in request.patterns)
-    with workspace_lock(config, reporter):
+    with workspace_lock(config, reporter):  # held already (run_build): the block reads as before
         previous = load_state(request.state_path, env_key)
         epoch = read_epoch(config.store_dir)  # MISSING without a store: nothing the state names is there
         if previous.epoch != epoch:  # something was removed from the store since: check what the state trusts
@@ -304,34 +340,24 @@ def _finish(reporter: Reporter, summary: BuildSummary) -> BuildSummary:
 
 
 def clean(root: Path, everything: bool, reporter: Reporter) -> list[Path]:
-    """Remove `posbuild-out/` (and with `everything`, `.posbuild/` too); returns what was removed.
+    """Remove `posbuild-out/` (and with `everything`, the store and the rest of `.posbuild/`);
+    returns what was removed.
 
-    It waits for a running build of the workspace, as gc does (one would go on writing into what
-    clean removed), and with `everything`, for every command using a shared store it removes.
+    It holds the workspace lock (a build would go on writing into what clean removes), and with
+    `everything` the shared store's too. Only what posbuild made is touched (owned.py): the store
+    and `.posbuild/` are emptied, keeping their marks and lock files, so that a command waiting
+    for the lock finds a workspace as good as new; a folder without posbuild's mark is refused.
     """
     config = load_config(root)
-    targets = [config.out_dir] + ([config.state_dir] if everything else [])
-    if everything and config.state_dir not in config.store_dir.parents:
-        targets.append(config.store_dir)  # a shared store (`[cache] dir`)
-    if not any(path.exists() for path in targets):
+    if not any(os.path.lexists(path) for path in (config.out_dir, config.state_dir, config.store_dir)):
         return []
     with workspace_lock(config, reporter, collect=everything):
-        removed = [_remove(path) for path in targets if path.exists()]
+        removed = [config.out_dir] if remove_outputs(config.out_dir) else []
         if not everything:
             mark_tree(config, clean=False, withdrawn=())  # posbuild-out/ no longer matches the latest generation
+            return removed
+        if not config.store_dir.is_relative_to(config.state_dir) and empty(config.store_dir, STORE, ("gc.lock",)):
+            removed.append(config.store_dir)  # a shared store (`[cache] dir`)
+        if empty(config.state_dir, STATE, ("lock",)):
+            removed.append(config.state_dir)
     return removed
-
-
-def _remove(path: Path) -> Path:
-    import shutil
-
-    _make_writable(path)
-    shutil.rmtree(path)
-    return path
-
-
-def _make_writable(folder: Path) -> None:
-    """Outputs are read-only; their folders stay writable, so only the folders need fixing."""
-    for dirpath, _, _ in os.walk(folder):
-        os.chmod(dirpath, 0o755)
-

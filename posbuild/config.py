@@ -156,13 +156,16 @@ def load_config(root: Path) -> Config:
         raise WorkspaceError(f"{path}: [build] jobs must be >= 0 (0 means one per CPU), got {jobs}")
     cache_dir = _get(table, "cache", "dir", str, "", path)
     store_dir = (root / os.path.expanduser(cache_dir)) if cache_dir else root / STATE_DIR / "store"
+    sandbox_base = _get(table, "build", "sandbox_base", str, "", path)
+    sandbox_dir = _sandbox_dir(root, sandbox_base)
+    _check_placement(root, path, store_dir, cache_dir, sandbox_dir, sandbox_base)
     return Config(
         root=root,
         jobs=jobs or default_jobs(),
         build_file_names=_build_file_names(table, path),
         store_dir=store_dir,
         env_pass=_env_pass(table, path),
-        sandbox_dir=_sandbox_dir(root, _get(table, "build", "sandbox_base", str, "", path)),
+        sandbox_dir=sandbox_dir,
         cache_max_size=str(_get(table, "cache", "max_size", (str, int), "", path)),
         env_tools=_tools(table, path),
         budget=_budget(table, path),
@@ -301,6 +304,63 @@ def _sandbox_dir(root: Path, configured: str) -> Path:
         tag = hash_bytes(str(root).encode()).hex()[:16]
         return shm / f"posbuild-{os.getuid()}" / tag
     return root / STATE_DIR / "sandbox"
+
+
+# The one place inside .posbuild/ a configured store or sandbox base may name: its default.
+_DEFAULTS = {"[cache] dir": f"{STATE_DIR}/store", "[build] sandbox_base": f"{STATE_DIR}/sandbox"}
+
+
+def _check_placement(root: Path, path: Path, store_dir: Path, cache_dir: str, sandbox_dir: Path,
+                     sandbox_base: str) -> None:
+    """Refuse a store or sandbox base that posbuild would delete more than its own files with:
+    `/`, the home folder, the workspace or a folder above one of them; inside the workspace,
+    anything but a hidden folder (posbuild never looks for packages or globbed sources in one)
+    outside `.posbuild/` (posbuild's state, where only the default places are allowed) and
+    `posbuild-out/`; the store and the sandbox base inside one another. Paths are compared
+    after resolving links, so a link to the workspace is the workspace."""
+    if not (cache_dir or sandbox_base):  # the default places are right by construction
+        return
+    real_root = os.path.realpath(root)
+    home = os.path.realpath(os.path.expanduser("~"))
+    real = {"[cache] dir": os.path.realpath(store_dir), "[build] sandbox_base": os.path.realpath(sandbox_dir)}
+    for key, value in (("[cache] dir", cache_dir), ("[build] sandbox_base", sandbox_base)):
+        if not value:
+            continue
+        why = _misplaced(real[key], real_root, home, _DEFAULTS[key])
+        if why:
+            raise WorkspaceError(f"{path}: {key} = {value!r} {why}; posbuild empties this folder, so it must be "
+                                 f"one of its own (outside the workspace, or in a hidden folder of it)")
+    store, sandboxes = real["[cache] dir"], real["[build] sandbox_base"]
+    if _within(store, sandboxes) or _within(sandboxes, store):
+        raise WorkspaceError(f"{path}: [cache] dir = {cache_dir!r} and [build] sandbox_base = {sandbox_base!r} are "
+                             f"inside one another ({store}, {sandboxes}); each must be a folder of its own")
+
+
+def _misplaced(real: str, root: str, home: str, default: str) -> str:
+    """Why a configured folder (resolved) may not be posbuild's to empty, or ""."""
+    if real == "/":
+        return "is the root folder /"
+    if _within(root, real):
+        return "is the workspace root" if real == root else f"holds the workspace ({real})"
+    if _within(home, real):
+        return f"is the home folder {home}" if real == home else f"holds the home folder {home}"
+    if not _within(real, root):
+        return ""
+    rel = os.path.relpath(real, root)
+    top = rel.split("/", 1)[0]
+    if top == STATE_DIR:
+        where = "is" if rel == STATE_DIR else "is inside"
+        return "" if rel == default else f"{where} {STATE_DIR}/, posbuild's own state (only {default} is allowed there)"
+    if top == OUT_DIR:
+        return f"is inside {OUT_DIR}/, the output tree"
+    if not any(part.startswith(".") for part in rel.split("/")):
+        return f"is inside the workspace among its sources ({rel})"
+    return ""
+
+
+def _within(inner: str, outer: str) -> bool:
+    """Whether path `inner` is `outer` or lies under it (both resolved)."""
+    return inner == outer or inner.startswith(outer.rstrip("/") + "/")
 
 
 def default_jobs() -> int:

@@ -87,9 +87,10 @@ from posbuild.envfp import current as current_fingerprint, differences, fingerpr
 from posbuild.errors import ActionFailed, ChecksumMismatch, EnvironmentDrift, PosbuildError
 from posbuild.namespaces import Isolation, choose
 from posbuild.nofollow import open_outputs, read_upto
+from posbuild.owned import SANDBOXES, claim, holds_only_sandboxes
 from posbuild.records import RemoteRun, ResourceUsage
 from posbuild.remote import RemoteCache, sha256_of
-from posbuild.sandbox import Perturbation, Sandboxes, SpawnResult, find_libfaketime
+from posbuild.sandbox import Perturbation, Sandboxes, SpawnResult, find_libfaketime, sweep_dead
 from posbuild.secrets import redact
 
 INLINE_INPUT = 256 * 1024  # inputs up to this size travel inside the task; larger ones are scattered
@@ -410,9 +411,9 @@ class DaskSandboxes:
         self._remote, self._warn = remote, warn
 
     def clear_stale(self) -> None:
-        """Remove the local folders an interrupted earlier build left behind."""
-        shutil.rmtree(self._base, ignore_errors=True)
-        self._base.mkdir(parents=True, exist_ok=True)
+        """Remove the local folders an interrupted earlier build left behind (only posbuild's)."""
+        claim(self._base, SANDBOXES, holds_only_sandboxes, " ([build] sandbox_base)")
+        sweep_dead(self._base)
 
     def run(self, action: Action, extra_env: Sequence[tuple[str, str]] = (),
             perturbation: Perturbation | None = None) -> SpawnResult:

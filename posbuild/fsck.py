@@ -85,6 +85,7 @@ from posbuild.config import Config
 from posbuild.digest import DIGEST_SIZE, Digest, hash_bytes, hash_file
 from posbuild.errors import ChecksumMismatch, PartialState
 from posbuild.materialize import INSTALLING
+from posbuild.owned import real_folder
 from posbuild.records import ActionResult, FileState, Manifest, unpack_manifest
 from posbuild.recordchain import CHAIN, GENESIS, records_digest, seal
 from posbuild.sandbox import sweep_dead
@@ -299,6 +300,7 @@ class _Checker:
     def _check_outputs(self) -> None:
         """Hash every file under posbuild-out/ and compare it with what posbuild recorded."""
         root = self._config.root
+        real_folder(self._config.out_dir, "output tree")  # a linked one is refused: --repair deletes there
         for folder, dirs, files in os.walk(self._config.out_dir):
             dirs.sort()
             for name in sorted(files) + [d for d in dirs if os.path.islink(os.path.join(folder, d))]:
@@ -363,7 +365,7 @@ class _Checker:
             removed, live = sweep_dead(self._config.sandbox_dir)
         except OSError:
             removed, live = [], []
-        stuck = [path for path in _entries(self._config.sandbox_dir) if path.name not in live]
+        stuck = [path for path in _entries(self._config.sandbox_dir) if path.name in removed]
         for path in stuck:  # it could not be removed
             self._leftover(path, "sandbox of an interrupted build")
         self._swept += max(0, len(removed) - len(stuck))

@@ -36,6 +36,7 @@ from typing import Sequence
 from posbuild.config import OUT_DIR, Config
 from posbuild.errors import UsageError
 from posbuild.materialize import Materializer
+from posbuild.owned import real_folder
 from posbuild.records import FileState, Generation, Manifest, OutputFile, pack_manifest, unpack_manifest
 from posbuild.store import Store
 from posbuild.uptodate import mark_tree
@@ -100,6 +101,7 @@ def rollback(config: Config, store: Store, generation_id: int | None = None) -> 
         known = ", ".join(str(g.id) for g in generations)
         raise UsageError(f"no generation {generation_id} (known: {known})")
     manifest = unpack_manifest(store.get_blob(chosen.manifest))
+    real_folder(config.out_dir, "output tree")  # rollback deletes files in it: never through a link
     mark_tree(config, clean=False)  # a kill from here on leaves a tree no generation describes
     materializer = Materializer(config.root, store, config.state_dir / "tmp")
     materializer.clear_temp()

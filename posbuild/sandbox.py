@@ -107,6 +107,7 @@ from posbuild.config import BASE_PATH, Config
 from posbuild.liveness import lock_held
 from posbuild.namespaces import NETWORK_TAG, Isolation, choose, command, input_binds
 from posbuild.nofollow import Opened, Outputs, open_outputs, read_upto
+from posbuild.owned import SANDBOX_NAME, SANDBOXES, claim, holds_only_sandboxes, is_marked
 from posbuild.records import RemoteRun, ResourceUsage
 from posbuild.shellfree import Direct, find_program, parse, shell_argv, shell_status, shell_variables
 
@@ -290,7 +291,7 @@ class Sandboxes:
         """Sweep the sandboxes of dead posbuild processes and claim this one's (`sweep_dead`); the
         folder is this user's alone (0700: a running action's captured output may hold what its
         secrets redact later)."""
-        self._base.mkdir(parents=True, exist_ok=True)
+        claim(self._base, SANDBOXES, holds_only_sandboxes, " ([build] sandbox_base)")  # never another's folder
         os.chmod(self._base, 0o700)  # PermissionError if another user made it first
         sweep_dead(self._base)
         if not self._claimed:
@@ -798,12 +799,12 @@ def _release(path: str) -> None:
 
 def sweep_dead(base: Path) -> tuple[list[str], list[str]]:
     """Remove what dead posbuild processes left under the sandbox base: every `<pid>-<n>` sandbox
-    and `<pid>.owner` mark whose mark no live process holds (or that has none). Returns (the names
-    removed, the names left because their owner lives: a build running now)."""
-    try:
-        names = sorted(os.listdir(base))
-    except FileNotFoundError:
+    and `<pid>.owner` mark whose mark no live process holds (or that has none). Only names posbuild
+    gives, in a base with posbuild's mark (owned.py): other files there are never touched. Returns
+    (the names removed, the names left because their owner lives: a build running now)."""
+    if not is_marked(base, SANDBOXES):  # not made by posbuild: nothing in it is a sandbox of its
         return [], []
+    names = sorted(name for name in os.listdir(base) if SANDBOX_NAME.fullmatch(name))
     owners = {name[:-len(OWNER_SUFFIX)] for name in names if name.endswith(OWNER_SUFFIX)}
     live = {owner for owner in owners if lock_held(f"{base}/{owner}{OWNER_SUFFIX}")}
     removed: list[str] = []

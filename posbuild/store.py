@@ -60,6 +60,7 @@ from posbuild.digest import Digest, hash_bytes, hash_file
 from posbuild.epoch import EPOCH_FILE, advance_epoch
 from posbuild.errors import ChecksumMismatch, PartialState
 from posbuild.liveness import lock_held
+from posbuild.owned import STORE, claim, is_store
 from posbuild.recordchain import CHAIN, GENESIS, records_digest, seal
 from posbuild.records import ActionResult, ExecutionRecord, FileState, Generation, utc
 from posbuild.wal import DeadLog, WriteAheadLog, dead_logs, has_dead_logs
@@ -116,7 +117,7 @@ class Store:
         self._chain_key = _CHAIN_META + b"\0" + workspace.encode() if workspace else _CHAIN_META
         running = path / "running"  # start logs of running builds
         self._running = running / f"w-{hash_bytes(workspace.encode()).hex()[:16]}" if workspace else running
-        path.mkdir(parents=True, exist_ok=True)
+        claim(path, STORE, is_store)  # made with posbuild's mark; never a folder posbuild did not make
         self._env = lmdb.open(str(path / "db"), map_size=MAP_SIZE, max_dbs=16, sync=False, metasync=False)
         self._blobs = self._env.open_db(b"blobs")
         self._results = self._env.open_db(b"results")

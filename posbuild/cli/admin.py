@@ -11,9 +11,14 @@ from posbuild.errors import PosbuildError
 
 
 @click.command()
-@click.option("--all", "everything", is_flag=True, help="Also remove .posbuild/ (the store and all state).")
+@click.option("--all", "everything", is_flag=True, help="Also empty .posbuild/ and the store (all state).")
 def clean(everything: bool) -> None:
-    """Remove posbuild-out/; with --all also the store, so the next build starts from nothing."""
+    """Remove posbuild-out/; with --all also the store, so the next build starts from nothing.
+
+    Only folders posbuild made are touched: the store, the sandbox base and .posbuild/ hold a
+    CACHEDIR.TAG posbuild wrote when it made them; a folder without one, or a link, is refused
+    and nothing is deleted. Waits for a running command of the workspace.
+    """
     from posbuild.build import clean as clean_workspace
     from posbuild.reporter import PlainReporter
 

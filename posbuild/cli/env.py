@@ -63,13 +63,18 @@ def approve() -> None:
     """Write h_E and the fingerprint into posbuild.lock; later builds must match them (ORCH-07)."""
     from dataclasses import replace
 
+    from posbuild.build import workspace_lock
+    from posbuild.config import load_config
     from posbuild.envfp import approval_record
     from posbuild.lockfile import read_lock, write_lock
+    from posbuild.reporter import PlainReporter
 
     try:
-        root, now = _current()
-        lock = read_lock(root)
-        path = write_lock(root, replace(lock, environment=approval_record(now)))
+        root, _ = workspace_and_package()
+        with workspace_lock(load_config(root), PlainReporter(sys.stdout, sys.stderr)):  # `posbuild lock` writes it too
+            root, now = _current()
+            lock = read_lock(root)
+            path = write_lock(root, replace(lock, environment=approval_record(now)))
     except PosbuildError as error:
         fail(error)
     click.echo(f"approved h_E {now.hash.hex()} ({len(now.entries)} entries) in {path.name}")

@@ -29,8 +29,8 @@ def lock(patterns: tuple[str, ...]) -> None:
     try:
         root, package = workspace_and_package()
         config = load_config(root)
-        graph = resolve(root, patterns or ("//...",), package, config)
         with workspace_lock(config, PlainReporter(sys.stdout, sys.stderr)):
+            graph = resolve(root, patterns or ("//...",), package, config)
             pinned, dropped = lock_sources(root, graph.actions)
     except PosbuildError as error:
         fail(error)

@@ -42,15 +42,15 @@ def verify(patterns: tuple[str, ...], jobs: int | None, quiet: bool) -> None:
         patterns = patterns or ("//...",)
         environ = dict(os.environ)
         reporter = QuietReporter(sys.stdout, sys.stderr)
-        summary = run_build(root, BuildOptions(patterns, jobs=jobs or 0, cwd_package=package), reporter, environ)
-        if summary.failed:
-            fail(ActionFailed(f"cannot verify: {summary.failed} action(s) failed to build: "
-                              f"{', '.join(summary.failed_labels)}"))
         config = load_config(root)
-        graph = resolve(root, patterns, package, config)
-        state_path = make_request(config, patterns, package).state_path
-        verifying = True
-        with workspace_lock(config, reporter):
+        with workspace_lock(config, reporter):  # one lock for both: nothing changes in between
+            summary = run_build(root, BuildOptions(patterns, jobs=jobs or 0, cwd_package=package), reporter, environ)
+            if summary.failed:
+                fail(ActionFailed(f"cannot verify: {summary.failed} action(s) failed to build: "
+                                  f"{', '.join(summary.failed_labels)}"))
+            graph = resolve(root, patterns, package, config)
+            state_path = make_request(config, patterns, package).state_path
+            verifying = True
             report = verify_request(config, graph, state_path, environ, jobs or config.jobs)
     except PosbuildError as error:
         fail(error)

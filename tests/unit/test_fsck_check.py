@@ -222,7 +222,7 @@ def test_temp_files_and_sandboxes_of_dead_processes_are_swept_and_a_live_build_s
     try:
         report = check(config, store, repair=False)
         assert report.problems == () and report.swept == 3
-        assert sorted(os.listdir(config.sandbox_dir)) == [f"{os.getpid()}-0", f"{os.getpid()}.owner"]
+        assert sorted(os.listdir(config.sandbox_dir)) == [f"{os.getpid()}-0", f"{os.getpid()}.owner", "CACHEDIR.TAG"]
         assert os.listdir(config.state_dir / "graphs") == [f".tmp-{os.getpid()}-1-y.state"]
         assert os.listdir(config.state_dir / "tmp") == []
     finally:
