@@ -18,6 +18,7 @@ class CacheServer:
     def __init__(self) -> None:
         self.files: dict[str, bytes] = {}
         self.attack: Attack | None = None
+        self.put_attack: Attack | None = None  # may answer a PUT (after its body was read)
         self.stopping = threading.Event()
         owner = self
 
@@ -30,6 +31,9 @@ class CacheServer:
             def do_PUT(self) -> None:
                 size = int(self.headers.get("Content-Length", "0"))
                 owner.files[self.path] = self.rfile.read(size)
+                if owner.put_attack is not None and owner.put_attack(self, self.path):
+                    self.close_connection = True
+                    return
                 self.send_response(201)
                 self.send_header("Content-Length", "0")
                 self.end_headers()
@@ -91,24 +95,42 @@ def drip(server: CacheServer, every: float = 0.5, length: int = 1 << 20) -> Atta
     return attack
 
 
-def flood(server: CacheServer, size: int, announce: bool = True, only: str = "") -> Attack:
-    """Answer GETs of paths containing `only` with `size` zero bytes, announced in Content-Length
-    (or delimited by closing the connection, when not `announce`), as fast as the client takes them."""
+def drip_headers(server: CacheServer, every: float = 0.3) -> Attack:
+    """Send the status line and one long header a byte at a time: the answer never even begins."""
+
+    def attack(handler: http.server.BaseHTTPRequestHandler, path: str) -> bool:
+        for byte in b"HTTP/1.1 200 OK\r\nX-Slow: " + b"a" * 60000:
+            if server.stopping.wait(every):
+                break
+            try:
+                handler.wfile.write(bytes([byte]))
+                handler.wfile.flush()
+            except OSError:
+                break
+        return True
+
+    return attack
+
+
+def flood(server: CacheServer, size: int, framing: str = "length", only: str = "") -> Attack:
+    """Answer GETs of paths containing `only` with `size` zero bytes, as fast as the client takes
+    them, framed by Content-Length ("length"), by closing the connection ("close") or in chunks
+    ("chunked")."""
 
     def attack(handler: http.server.BaseHTTPRequestHandler, path: str) -> bool:
         if only not in path:
             return False
         handler.send_response(200)
-        if announce:
-            handler.send_header("Content-Length", str(size))
-        else:
-            handler.send_header("Connection", "close")
+        handler.send_header(*{"length": ("Content-Length", str(size)), "close": ("Connection", "close"),
+                              "chunked": ("Transfer-Encoding", "chunked")}[framing])
         handler.end_headers()
         chunk, sent = bytes(1 << 20), 0
+        if framing == "chunked":
+            chunk = b"%x\r\n" % len(chunk) + chunk + b"\r\n"
         try:
             while sent < size and not server.stopping.is_set():
                 handler.wfile.write(chunk)
-                sent += len(chunk)
+                sent += 1 << 20
         except OSError:
             pass
         return True

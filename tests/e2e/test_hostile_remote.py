@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from conftest import POSBUILD, Result, Workspace, counts, executed_labels
-from hostile_server import CacheServer, drip, flood
+from hostile_server import CacheServer, drip, drip_headers, flood
 
 KEY = {"POSBUILD_CACHE_KEY": "correct horse battery staple"}
 MiB = 1 << 20
@@ -73,11 +73,16 @@ def warnings(stderr: str) -> list[str]:
     return [line for line in stderr.splitlines() if "warning" in line]
 
 
-def test_a_server_that_drips_one_byte_at_a_time_is_cut_off_at_the_deadline(tmp_path, server):
-    server.attack = drip(server, every=0.3)  # every read gets its byte well within the timeout
+@pytest.mark.parametrize("where", ["body", "headers", "put-reply"])
+def test_a_server_that_drips_one_byte_at_a_time_is_cut_off_at_the_deadline(tmp_path, server, where):
+    # every read gets its byte well within the timeout
+    if where == "put-reply":
+        server.put_attack = drip(server, every=0.3)
+    else:
+        server.attack = drip(server, every=0.3) if where == "body" else drip_headers(server)
     ws = workspace(tmp_path, "a", server.url, timeout=1)
     started = time.monotonic()
-    result = ws.build("//...", env=KEY, timeout=40)
+    result = ws.build(*(["--remote-upload"] if where == "put-reply" else []), "//...", env=KEY, timeout=40)
     elapsed = time.monotonic() - started
     assert result.returncode == 0, result.stderr
     assert counts(result)["executed"] == 3
@@ -99,9 +104,9 @@ def test_a_dripping_blob_download_is_cut_off_too(tmp_path, server):
     assert "no complete answer within" in result.stderr
 
 
-@pytest.mark.parametrize("announce", [True, False], ids=["content-length", "close-delimited"])
-def test_an_oversized_action_cache_entry_is_refused_unread(tmp_path, server, announce):
-    server.attack = flood(server, BOMB, announce, only="/ac/")
+@pytest.mark.parametrize("framing", ["length", "close", "chunked"])
+def test_an_oversized_action_cache_entry_is_refused_unread(tmp_path, server, framing):
+    server.attack = flood(server, BOMB, framing, only="/ac/")
     ws = workspace(tmp_path, "a", server.url)
     result, peak = measured(ws, "build", "//...")
     assert result.returncode == 0, result.stderr
@@ -110,11 +115,11 @@ def test_an_oversized_action_cache_entry_is_refused_unread(tmp_path, server, ann
     assert "larger than an action cache entry may be" in result.stderr
 
 
-@pytest.mark.parametrize("announce", [True, False], ids=["content-length", "close-delimited"])
-def test_a_blob_longer_than_its_signed_size_is_refused_unread(tmp_path, server, announce):
+@pytest.mark.parametrize("framing", ["length", "close", "chunked"])
+def test_a_blob_longer_than_its_signed_size_is_refused_unread(tmp_path, server, framing):
     a = workspace(tmp_path, "a", server.url)
     assert a.build("--remote-upload", "//...", env=KEY).returncode == 0
-    server.attack = flood(server, BOMB, announce, only="/cas/")  # every blob, small and large
+    server.attack = flood(server, BOMB, framing, only="/cas/")  # every blob, small and large
     b = workspace(tmp_path, "b", server.url)
     result, peak = measured(b, "build", "//...")
     assert result.returncode == 0, result.stderr
