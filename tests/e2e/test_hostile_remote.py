@@ -213,3 +213,34 @@ def test_a_gzip_bomb_blob_in_an_unsigned_archive_is_refused(tmp_path):
     assert line.startswith(f"posbuild: cache archive {archive}: its blobs hold {1 << 50} bytes, more than the ")
     assert line.endswith("bytes free in " + str(ws.root / ".posbuild" / "tmp") + "; nothing was imported")
     assert peak < BOUND_MB
+
+
+def test_small_blobs_beyond_the_memory_budget_wait_in_temp_files(tmp_path, monkeypatch):
+    """An import holds at most `_MEMORY_BUDGET` bytes of small blobs in memory; with a budget of
+    nothing, every blob goes through a temp file and the store ends up the same."""
+    from posbuild import cachearchive
+    from posbuild.store import Store
+
+    a = Workspace(tmp_path / "a")
+    a.root.mkdir()
+    (a.root / "posbuild.toml").write_text("")
+    a.write(SOURCES)
+    assert a.build("//...").returncode == 0
+    archive = tmp_path / "cache.tar.gz"
+    assert a.run("cache", "export", str(archive), env=KEY).returncode == 0
+
+    monkeypatch.setattr(cachearchive, "_MEMORY_BUDGET", 0)
+    store = Store(tmp_path / "b" / ".posbuild" / "store")
+    try:
+        report = cachearchive.import_cache(store, archive, tmp_path / "b" / ".posbuild" / "tmp",
+                                           KEY["POSBUILD_CACHE_KEY"].encode())
+        assert (report.results, report.new_results, report.new_blobs) == (3, 3, 4)
+        for key, result in store.iter_results():
+            assert all(store.get_blob(d) is not None for d in result.blobs())  # verified as read
+    finally:
+        store.close()
+    assert not list((tmp_path / "b" / ".posbuild" / "tmp").glob("import-*"))
+    b = Workspace(tmp_path / "b")
+    (b.root / "posbuild.toml").write_text("")
+    b.write(SOURCES)
+    assert counts(b.ok("//...")) == {"executed": 0, "cached": 3, "failed": 0}
