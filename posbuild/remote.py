@@ -254,42 +254,37 @@ class RemoteCache:
         path = f"/cas/{name.hex()}"
         limit = size if size >= 0 else _UNSIZED_LIMIT
         temp: Path | None = None
-        if size < 0 or size > self._inline_limit:
+        if not 0 <= size <= self._inline_limit:
             temp_dir.mkdir(parents=True, exist_ok=True)
             fd, temp_name = tempfile.mkstemp(dir=temp_dir, prefix="remote-")
             os.close(fd)
             temp = Path(temp_name)
+        keep = False
         try:
-            sink = None if temp is None else (lambda response, most: _stream_to(response, temp, most))
-            status, got = self._call("GET", path, sink=sink, limit=limit)
-        except (_Down, _TooLarge) as error:
-            if temp is not None:
+            try:
+                sink = None if temp is None else (lambda response, most: _stream_to(response, temp, most))
+                status, got = self._call("GET", path, sink=sink, limit=limit)
+            except _Down:
+                return None
+            except _TooLarge as error:
+                bound = f"the signed result says it has {size}" if size >= 0 else f"an unsized blob may have ({limit})"
+                return self._rejected(f"blob {path} of {label} rejected: {error}, more bytes than {bound}")
+            if status == 404:
+                return self._rejected(f"blob {path} of {label} is missing from the remote")
+            body = bytes(got) if temp is None else b""  # type: ignore[arg-type]
+            sums = (blake3.blake3(body).digest(), hashlib.sha256(body).digest()) if temp is None else got
+            if sums != (digest, name):
+                return self._rejected(f"blob {path} of {label} rejected: its bytes hash to {sums[0].hex()}, "  # type: ignore[index]
+                                      f"not {digest.hex()} as the signed result says")
+            if temp is None:
+                return body
+            if size < 0 and temp.stat().st_size <= self._inline_limit:  # small after all: kept inline
+                return temp.read_bytes()
+            keep = True
+            return temp
+        finally:
+            if temp is not None and not keep:
                 temp.unlink(missing_ok=True)
-            if isinstance(error, _TooLarge):
-                bound = f"the signed result says it has {size}" if size >= 0 else f"any blob may have ({limit})"
-                self._reject(f"blob {path} of {label} rejected: {error}, more bytes than {bound}; it runs locally")
-            return None
-        if status == 404:
-            if temp is not None:
-                temp.unlink(missing_ok=True)
-            self._reject(f"blob {path} of {label} is missing from the remote; it runs locally")
-            return None
-        if temp is None:
-            body = bytes(got or b"")  # type: ignore[arg-type]
-            actual, actual_sha = blake3.blake3(body).digest(), hashlib.sha256(body).digest()
-        else:
-            actual, actual_sha = got  # type: ignore[misc]
-        if actual != digest or actual_sha != name:
-            if temp is not None:
-                temp.unlink(missing_ok=True)
-            self._reject(f"blob {path} of {label} rejected: its bytes hash to {actual.hex()}, not "
-                         f"{digest.hex()} as the signed result says; it runs locally")
-            return None
-        if temp is not None and temp.stat().st_size <= self._inline_limit:  # size was not known ahead
-            data = temp.read_bytes()
-            temp.unlink()
-            return data
-        return temp if temp is not None else body
 
     def read_blob(self, name: bytes, digest: Digest, target: Path, size: int = -1) -> str:
         """Stream the blob `/cas/<name>` into the file `target`, checked against its SHA-256 name and
@@ -483,6 +478,10 @@ class RemoteCache:
     def _reject(self, message: str) -> None:
         self._count("rejected")
         self._warn(f"posbuild: warning: remote cache: {message}")
+
+    def _rejected(self, why: str) -> None:
+        """Warn that a blob is not used, and count it; the action runs locally."""
+        self._reject(f"{why}; it runs locally")
 
     def _count(self, name: str) -> None:
         with self._lock:
