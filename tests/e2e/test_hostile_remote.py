@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import POSBUILD, Result, Workspace, counts, executed_labels
+from conftest import POSBUILD, Result, Workspace, counts
 from hostile_server import CacheServer, drip, drip_headers, flood
 
 KEY = {"POSBUILD_CACHE_KEY": "correct horse battery staple"}

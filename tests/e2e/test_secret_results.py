@@ -71,6 +71,7 @@ def test_an_export_leaves_out_every_result_that_may_hold_a_secret(tmp_path):
     assert "3 result(s) that may hold a secret were left out" in result.stdout
     data = archive.read_bytes()
     assert not any(form in data for form in forms(ALICE))
+    assert a.run("fsck").returncode == 0  # flagged result rows are well-formed rows
 
     b = workspace(tmp_path, "b")
     assert b.run("cache", "import", str(archive), env=KEY).returncode == 0
@@ -160,6 +161,9 @@ def test_the_signing_key_cannot_be_passed_to_actions(tmp_path):
                                  f"posbuild's signing key and is never given to actions (one holding it could "
                                  f"forge shared cache entries); remove it\n")
     assert not (ws.root / "posbuild-out").exists()
+    (ws.root / "posbuild.toml").write_text('[env]\npass = ["POSBUILD_*"]\n')  # names are exact: no patterns
+    result = ws.run("build", "//...", env=KEY)
+    assert result.returncode == 3 and "'POSBUILD_*' is not an environment variable name" in result.stderr
 
 
 def test_without_pass_an_action_never_sees_the_signing_key_nor_an_undeclared_secret(tmp_path):
