@@ -37,7 +37,7 @@ Design memo
   pax header whole, before the member it describes), the manifest holds at most
   `MANIFEST_LIMIT` bytes and is hashed and its HMAC checked before its body is decoded, each blob
   member must have the size the manifest gives it, and the blobs' total must fit in the free
-  space beside the store. Blobs are kept in memory up to `_MEMORY_BUDGET` bytes in all; the rest
+  space beside the store. Only plain tar and gzip are read, the forms export writes. Blobs are kept in memory up to `_MEMORY_BUDGET` bytes in all; the rest
   wait in temp files.
 * **Secrets.** A result flagged as holding a secret (ActionResult.secret), or whose action the
   build's graph shows may hold one (secrets.py), is left out, with every blob only it names;
@@ -226,7 +226,7 @@ def import_cache(store: Store, source: Path, temp_dir: Path, secret: bytes | Non
     staged.mkdir()
     try:
         try:
-            with tarfile.open(source, "r:*", tarinfo=_PlainMember) as tar:
+            with tarfile.open(source, _read_mode(source), tarinfo=_PlainMember) as tar:
                 body, signed, sizes, small, large = _read_verified(tar, source, staged, secret, allow_unsigned)
         except _NotPlain as error:
             raise _damaged(source, f"member {error} is not a plain file") from None
@@ -311,6 +311,17 @@ def _read_verified(tar: tarfile.TarFile, source: Path, staged: Path, secret: byt
     if absent:
         raise _damaged(source, f"blob {absent[0].hex()} is listed in the manifest but missing")
     return body, signed, expected, small, large
+
+
+def _read_mode(source: Path) -> str:
+    """Plain tar or gzip, the two forms export writes. No other decompressor is let near an
+    archive: xz's, for one, reserves whatever dictionary the file's header asks for."""
+    with open(source, "rb") as handle:
+        magic = handle.read(6)
+    if magic.startswith((b"\xfd7zXZ\x00", b"BZh", b"\x28\xb5\x2f\xfd")):
+        raise _damaged(source, "it is compressed with xz, bzip2 or zstd; posbuild reads plain tar and gzip archives, "
+                               "the forms `posbuild cache export` writes")
+    return "r:gz" if magic.startswith(b"\x1f\x8b") else "r:"
 
 
 def _check_space(source: Path, staged: Path, size: int) -> None:

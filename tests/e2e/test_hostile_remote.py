@@ -244,3 +244,13 @@ def test_small_blobs_beyond_the_memory_budget_wait_in_temp_files(tmp_path, monke
     (b.root / "posbuild.toml").write_text("")
     b.write(SOURCES)
     assert counts(b.ok("//...")) == {"executed": 0, "cached": 3, "failed": 0}
+
+
+@pytest.mark.parametrize("compression", ["xz", "bz2"])
+def test_only_the_forms_export_writes_are_decompressed(tmp_path, compression):
+    archive = tmp_path / f"cache.tar.{compression}"
+    with tarfile.open(archive, f"w:{compression}") as tar:
+        info = tarfile.TarInfo("posbuild-cache/manifest")
+        info.size = 4
+        tar.addfile(info, io.BytesIO(b"junk"))
+    _assert_bomb_refused(_importer(tmp_path), archive, "it is compressed with xz, bzip2 or zstd")
