@@ -37,8 +37,8 @@ Design memo
   pax header whole, before the member it describes), the manifest holds at most
   `MANIFEST_LIMIT` bytes and is hashed and its HMAC checked before its body is decoded, each blob
   member must have the size the manifest gives it, and the blobs' total must fit in the free
-  space beside the store. Only plain tar and gzip are read, the forms export writes. Blobs are kept in memory up to `_MEMORY_BUDGET` bytes in all; the rest
-  wait in temp files.
+  space beside the store. Only plain tar and gzip are read, the forms export writes. Blobs are
+  kept in memory up to `_MEMORY_BUDGET` bytes in all; the rest wait in temp files.
 * **Secrets.** A result flagged as holding a secret (ActionResult.secret), or whose action the
   build's graph shows may hold one (secrets.py), is left out, with every blob only it names;
   the report counts them. A fresh workspace executes those actions with its own secrets.
