@@ -81,19 +81,35 @@ def test_an_export_leaves_out_every_result_that_may_hold_a_secret(tmp_path):
     assert b.out("pkg/twice.txt") == BOB.upper() * 2
 
 
-def test_a_result_flagged_by_an_earlier_build_is_not_exported_either(tmp_path):
-    """The flag travels with the result: a later build that no longer lets `token` keep the secret
-    in its output still finds the flagged result by key, and the export still leaves it out."""
+def test_a_result_holding_a_secret_never_serves_an_action_that_forbids_one(tmp_path):
+    """`allow_secret_in_output` is part of the action's definition: once it is withdrawn, the
+    action runs again and its output is searched, instead of a cache hit handing its dependents,
+    which then no longer count as carrying a secret, the old output that holds it."""
     a = workspace(tmp_path, "a")
     assert a.build("//...", env={**KEY, "API_TOKEN": ALICE}).returncode == 0
     build = a.root / "pkg" / "BUILD"
     build.write_text(build.read_text().replace("allow_secret_in_output = True", "allow_secret_in_output = False"))
     again = a.build("//pkg:token", env={**KEY, "API_TOKEN": ALICE})
-    assert again.returncode == 0 and counts(again)["executed"] == 0
-    result = a.run("cache", "export", str(tmp_path / "cache.tar"), "//pkg:token", env=KEY)
-    assert result.returncode == 0, result.stderr
-    assert "0 action result(s)" in result.stdout and "1 result(s) that may hold a secret" in result.stdout
-    assert ALICE.encode() not in (tmp_path / "cache.tar").read_bytes()
+    assert again.returncode == 1, again.stdout + again.stderr
+    assert "output 'posbuild-out/pkg/token.txt' contains the value of secret 'API_TOKEN'" in again.stderr
+
+
+def test_export_leaves_out_a_flagged_result_even_where_the_graph_says_nothing(tmp_path, monkeypatch):
+    """The flag travels with the result: an export that cannot read its build's graph (another
+    version of posbuild recorded it) still leaves out what the store flagged."""
+    from posbuild import cachearchive
+    from posbuild.store import Store
+
+    a = workspace(tmp_path, "a")
+    assert a.build("//...", env={**KEY, "API_TOKEN": ALICE}).returncode == 0
+    monkeypatch.setattr(cachearchive, "_graph_facts", lambda store, build: (frozenset(), frozenset()))
+    store = Store(a.root / ".posbuild" / "store")
+    try:
+        report = cachearchive.export_cache(store, ["//..."], tmp_path / "cache.tar", b"key")
+    finally:
+        store.close()
+    assert (report.results, report.private) == (2, 3)
+    assert not any(form in (tmp_path / "cache.tar").read_bytes() for form in forms(ALICE))
 
 
 def test_no_result_that_may_hold_a_secret_reaches_the_remote(tmp_path, server):
