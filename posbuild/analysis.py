@@ -34,8 +34,9 @@ if TYPE_CHECKING:  # loading BUILD files is only needed when the graph cache mis
     from posbuild.target import Pairs, Target
 
 ACTION_SCHEMA = 2  # bump when the meaning of an Action's fields changes (2: commands run under strict bash)
-CHECKS = 3  # bump when loading or analysis changes what graphs it makes or accepts: cached graphs are made again
-# (3: a relative load() in a .bzl file is relative to that file; ownership stamps hidden folders)
+CHECKS = 4  # bump when loading or analysis changes what graphs it makes or accepts: cached graphs are made again
+# (3: a relative load() in a .bzl file is relative to that file; ownership stamps hidden folders;
+# 4: allow_secret_in_output is part of def_hash)
 KIND_VERSIONS = {"genrule": 1, "py_task": 1}
 
 
@@ -321,6 +322,8 @@ class Analyzer:
                       inputs, sorted(tools), outputs, env, target.version]
         if target.secrets:  # the names (never the values): declaring another secret re-runs the action
             definition.append(list(target.secrets))
+            if target.allow_secret_in_output:  # a result holding a secret never serves an action forbidding one
+                definition.append("allow_secret_in_output")
         def_hash = hash_canonical(definition)
         return Action(
             label=name, kind=target.kind, command=command, inputs=inputs, tools=tuple(sorted(tools)),

@@ -31,6 +31,17 @@ Design memo
   digests, which anyone can recompute) unless the caller passes `allow_unsigned`, the explicit
   choice to trust the archive's origin. `allow_unsigned` with the key set admits an unsigned
   archive but still checks the signature of a signed one.
+* **Bounds.** An archive may be hostile: a few MB of gzip can expand to terabytes. Nothing large
+  is decoded before the signature is checked, and nothing is decompressed beyond what a checked
+  size allows: a member may only be a plain file (tarfile would read the data of a long-name or
+  pax header whole, before the member it describes), the manifest holds at most
+  `MANIFEST_LIMIT` bytes and is hashed and its HMAC checked before its body is decoded, each blob
+  member must have the size the manifest gives it, and the blobs' total must fit in the free
+  space beside the store. Only plain tar and gzip are read, the forms export writes. Blobs are
+  kept in memory up to `_MEMORY_BUDGET` bytes in all; the rest wait in temp files.
+* **Secrets.** A result flagged as holding a secret (ActionResult.secret), or whose action the
+  build's graph shows may hold one (secrets.py), is left out, with every blob only it names;
+  the report counts them. A fresh workspace executes those actions with its own secrets.
 * **Writing.** Large blobs (above the store's inline limit) are verified into temp files first,
   copied into `cas/` (temp + fsync + rename, before any row names them), then every result and
   small blob goes in ONE store transaction. A crash leaves the store as it was, plus at most some
@@ -55,7 +66,7 @@ import msgpack
 
 from posbuild.config import OUT_DIR
 from posbuild.digest import Digest, hash_bytes, hash_file, keyed_signature
-from posbuild.errors import ChecksumMismatch, UsageError
+from posbuild.errors import ChecksumMismatch, PosbuildError, UsageError
 from posbuild.history import records_of_build
 from posbuild.records import ActionResult
 from posbuild.store import INLINE_LIMIT, Store
@@ -66,6 +77,8 @@ MANIFEST = f"{MAGIC}/manifest"
 BLOB_PREFIX = f"{MAGIC}/blobs/"
 _SIGNING_CONTEXT = b"posbuild cache archive v1\x00"
 _CHUNK = 1 << 20
+MANIFEST_LIMIT = 64 << 20  # bytes: about 250,000 action results
+_MEMORY_BUDGET = 64 << 20  # bytes of small blobs an import holds in memory; the rest wait in temp files
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,6 +90,7 @@ class ExportReport:
     size: int
     uncacheable: int  # actions tagged no-cache the build ran: they have no result to export
     signed: bool
+    private: int  # results left out: they may hold a secret (secrets.py)
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,11 +126,16 @@ def export_cache(store: Store, patterns: Sequence[str], target: Path, secret: by
     """Write the results and blobs of the patterns' last successful build to `target` (atomically)."""
     build = last_successful_build(store, patterns)
     labels = {r.key: r.label for r in records_of_build(store, build) if r.key and r.state in ("SUCCESS", "CACHED")}
+    uncacheable, carriers = _graph_facts(store, build)
     results: list[tuple[Digest, bytes]] = []
     blobs: dict[Digest, int] = {}
     gone: list[str] = []
+    private = 0
     for key in sorted(labels):
         result = store.get_result(key)
+        if labels[key] in carriers or (result is not None and result.secret):
+            private += 1
+            continue
         if result is None:
             gone.append(labels[key])
             continue
@@ -127,7 +146,6 @@ def export_cache(store: Store, patterns: Sequence[str], target: Path, secret: by
                     raise ChecksumMismatch(f"blob {digest.hex()} is referenced by an action result but missing "
                                            f"from the store; run `posbuild fsck --repair`")
                 blobs[digest] = store.blob_size(digest)
-    uncacheable = _uncacheable(store, build) if gone else frozenset()
     lost = sorted(label for label in gone if label not in uncacheable)
     if lost:
         shown = " ".join(sorted(set(patterns)))
@@ -152,16 +170,21 @@ def export_cache(store: Store, patterns: Sequence[str], target: Path, secret: by
     finally:
         temp.unlink(missing_ok=True)
     return ExportReport(int(build["number"]), tuple(sorted(set(patterns))), len(results), len(blobs),
-                        sum(blobs.values()), len(gone), bool(secret))
+                        sum(blobs.values()), len(gone), bool(secret), private)
 
 
-def _uncacheable(store: Store, build: dict[str, Any]) -> frozenset[str]:
-    """Labels of the build's actions tagged no-cache (read from the graph its row names)."""
+def _graph_facts(store: Store, build: dict[str, Any]) -> tuple[frozenset[str], frozenset[str]]:
+    """Labels of the build's actions tagged no-cache, and of those whose outputs may hold a secret,
+    read from the graph its row names. A graph this posbuild cannot read (another version wrote
+    it) names none: then the results' own flags alone keep secrets out."""
     from posbuild.execute import NO_CACHE_TAG
     from posbuild.graphcache import actions_of_entry
+    from posbuild.secrets import secret_carriers
 
     graph = store.journal_blob(build["graph"]) if build.get("graph") else None
-    return frozenset(a.label for a in actions_of_entry(graph or b"") if NO_CACHE_TAG in a.tags)
+    actions = actions_of_entry(graph or b"")
+    return (frozenset(a.label for a in actions if NO_CACHE_TAG in a.tags),
+            frozenset(actions[i].label for i in secret_carriers(actions)))
 
 
 def _add(tar: tarfile.TarFile, name: str, handle: IO[bytes], size: int) -> None:
@@ -203,17 +226,19 @@ def import_cache(store: Store, source: Path, temp_dir: Path, secret: bytes | Non
     staged.mkdir()
     try:
         try:
-            with tarfile.open(source, "r:*") as tar:
-                body, signed, small, large = _read_verified(tar, source, staged, secret, allow_unsigned)
+            with tarfile.open(source, _read_mode(source), tarinfo=_PlainMember) as tar:
+                body, signed, sizes, small, large = _read_verified(tar, source, staged, secret, allow_unsigned)
+        except _NotPlain as error:
+            raise _damaged(source, f"member {error} is not a plain file") from None
         except (tarfile.TarError, EOFError, zlib.error, OSError) as error:
             what = (str(error).splitlines() or [type(error).__name__])[0].rstrip(":")
             raise ChecksumMismatch(f"cache archive {source} is damaged ({what}); nothing was imported") from None
-        results, sizes = _check_results(body, source, small, large, store)
+        results = _check_results(body, source, sizes, store)
         new_blobs = [d for d in sizes if not store.has_blob(d)]
         for digest in new_blobs:
             if digest in large:
                 store.store_external(digest, large[digest])
-        rows: list[tuple[Digest, bytes | None]] = [(d, small.get(d)) for d in new_blobs]
+        rows = ((d, _inline(small[d]) if d in small else None) for d in new_blobs)
         added = store.add_results(results, rows, time.time_ns())
         store.flush()
     finally:
@@ -225,20 +250,41 @@ def _damaged(source: Path, what: str) -> ChecksumMismatch:
     return ChecksumMismatch(f"cache archive {source}: {what}; nothing was imported")
 
 
+class _NotPlain(Exception):
+    """A tar member that is not a plain file; the message names it."""
+
+
+class _PlainMember(tarfile.TarInfo):
+    """A member of a cache archive, which export writes as plain files only. tarfile reads the
+    data of a long-name or pax header whole into memory before it yields the member that header
+    describes, so any other type is refused from its 512-byte header, before its data is read."""
+
+    def _proc_member(self, archive: tarfile.TarFile) -> tarfile.TarInfo:
+        if self.type not in (tarfile.REGTYPE, tarfile.AREGTYPE):
+            raise _NotPlain(f"{self.name[:80]!r} ({self.size} bytes)")
+        return super()._proc_member(archive)  # type: ignore[misc,no-any-return]
+
+
 def _read_verified(tar: tarfile.TarFile, source: Path, staged: Path, secret: bytes | None, allow_unsigned: bool
-                   ) -> tuple[dict[str, Any], bool, dict[Digest, bytes], dict[Digest, Path]]:
-    """Read the manifest, then every blob, checking each against its name and the manifest."""
+                   ) -> tuple[dict[str, Any], bool, dict[Digest, int], dict[Digest, bytes | Path], dict[Digest, Path]]:
+    """Read the manifest, then every blob, checking each against its name and the manifest: the
+    manifest, whether it was signed, every blob's size, small blobs (bytes, or a temp file beyond
+    the memory budget) and large blobs (temp files)."""
     first = tar.next()
     if first is None or first.name != MANIFEST or not first.isfile():
         raise _damaged(source, f"its first member is not {MANIFEST} (not a posbuild cache archive)")
+    if first.size > MANIFEST_LIMIT:
+        raise _damaged(source, f"its manifest has {first.size} bytes, more than a manifest may ({MANIFEST_LIMIT})")
     body, signed = _manifest(_read_member(tar, first), source, secret, allow_unsigned)
     try:
         expected = {d: s for d, s in body["blobs"]}
         _require(all(_is_digest(d) and type(s) is int and s >= 0 for d, s in expected.items()))
     except Exception:  # noqa: BLE001 - a crafted list must be refused, not crash
         raise _damaged(source, "its manifest's list of blobs cannot be read") from None
-    small: dict[Digest, bytes] = {}
+    _check_space(source, staged, sum(expected.values()))
+    small: dict[Digest, bytes | Path] = {}
     large: dict[Digest, Path] = {}
+    in_memory = 0
     while (member := tar.next()) is not None:  # not `for member in tar`: that would yield the manifest again
         name = member.name
         digest = _blob_name(name)
@@ -250,27 +296,53 @@ def _read_verified(tar: tarfile.TarFile, source: Path, staged: Path, secret: byt
             raise _damaged(source, f"blob {digest.hex()} has {member.size} bytes, the manifest says {expected[digest]}")
         handle = tar.extractfile(member)
         assert handle is not None
-        if member.size <= INLINE_LIMIT:
+        if member.size <= INLINE_LIMIT and in_memory + member.size <= _MEMORY_BUDGET:
             data = handle.read()
             actual = hash_bytes(data)
             small[digest] = data
+            in_memory += len(data)
         else:
             path = staged / digest.hex()
             actual = _copy_hashing(handle, path)
-            large[digest] = path
+            (small if member.size <= INLINE_LIMIT else large)[digest] = path
         if actual != digest:
             raise _damaged(source, f"blob {digest.hex()} hashes to {actual.hex()}")
     absent = [d for d in expected if d not in small and d not in large]
     if absent:
         raise _damaged(source, f"blob {absent[0].hex()} is listed in the manifest but missing")
-    return body, signed, small, large
+    return body, signed, expected, small, large
+
+
+def _read_mode(source: Path) -> str:
+    """Plain tar or gzip, the two forms export writes. No other decompressor is let near an
+    archive: xz's, for one, reserves whatever dictionary the file's header asks for."""
+    with open(source, "rb") as handle:
+        magic = handle.read(6)
+    if magic.startswith((b"\xfd7zXZ\x00", b"BZh", b"\x28\xb5\x2f\xfd")):
+        raise _damaged(source, "it is compressed with xz, bzip2 or zstd; posbuild reads plain tar and gzip archives, "
+                               "the forms `posbuild cache export` writes")
+    return "r:gz" if magic.startswith(b"\x1f\x8b") else "r:"
+
+
+def _check_space(source: Path, staged: Path, size: int) -> None:
+    """Refuse before decompressing an archive whose blobs would not fit beside the store: a
+    manifest's sizes are all an unsigned archive's bytes can be judged by."""
+    free = shutil.disk_usage(staged).free
+    if size > free:
+        raise PosbuildError(f"cache archive {source}: its blobs hold {size} bytes, more than the {free} bytes "
+                            f"free in {staged.parent}; nothing was imported")
+
+
+def _inline(blob: bytes | Path) -> bytes:
+    """A small blob's bytes, read back from its temp file when it waited in one."""
+    return blob.read_bytes() if isinstance(blob, Path) else blob
 
 
 def _manifest(data: bytes, source: Path, secret: bytes | None, allow_unsigned: bool
               ) -> tuple[dict[str, Any], bool]:
     """The decoded manifest body, and whether its signature was checked against `secret`."""
-    try:
-        form, magic, digest, body, signature = msgpack.unpackb(data)
+    try:  # read before the signature is checked: only a short list of a few strings may come out
+        form, magic, digest, body, signature = msgpack.unpackb(data, max_array_len=5, max_map_len=0, max_str_len=64)
     except Exception:  # noqa: BLE001 - any decoding failure: the manifest is not what export wrote
         raise _damaged(source, "its manifest cannot be read") from None
     if form != ARCHIVE_FORMAT or magic != MAGIC:
@@ -295,13 +367,11 @@ def _manifest(data: bytes, source: Path, secret: bytes | None, allow_unsigned: b
     return decoded, checked
 
 
-def _check_results(body: dict[str, Any], source: Path, small: dict[Digest, bytes], large: dict[Digest, Path],
-                   store: Store) -> tuple[list[tuple[Digest, bytes]], dict[Digest, int]]:
+def _check_results(body: dict[str, Any], source: Path, sizes: dict[Digest, int], store: Store
+                   ) -> list[tuple[Digest, bytes]]:
     """Every result decodes, names only safe output paths, and every blob it names is in the
-    archive or in the store."""
+    archive (`sizes`) or in the store."""
     results: list[tuple[Digest, bytes]] = []
-    sizes = {d: len(data) for d, data in small.items()}
-    sizes.update((d, p.stat().st_size) for d, p in large.items())
     for entry in body["results"]:
         try:
             key, packed = entry
@@ -321,7 +391,7 @@ def _check_results(body: dict[str, Any], source: Path, small: dict[Digest, bytes
                 raise _damaged(source, f"the result of action key {bytes(key).hex()} names blob {digest.hex()}, "
                                        f"which is neither in the archive nor in the store")
         results.append((bytes(key), bytes(packed)))
-    return results, sizes
+    return results
 
 
 def _require(condition: bool) -> None:

@@ -189,13 +189,20 @@ def _build_file_names(table: dict[str, Any], path: Path) -> tuple[str, ...]:
     return names
 
 
+SIGNING_KEY = "POSBUILD_CACHE_KEY"  # signs the shared caches (remote.py): no action may hold it
+
+
 def _env_pass(table: dict[str, Any], path: Path) -> tuple[str, ...]:
-    """`[env] pass`: names of variables; `FOO=1` would silently pass nothing."""
+    """`[env] pass`: names of variables (exact names: no patterns); `FOO=1` would silently pass
+    nothing, and the signing key would let every action forge cache entries."""
     names = _string_list(table, "env", "pass", [], path)
     for name in names:
         if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
             raise WorkspaceError(f"{path}: [env] pass: '{name}' is not an environment variable name (pass "
                                  f"names a variable of posbuild's environment; a value is set in a rule's env)")
+        if name == SIGNING_KEY:
+            raise WorkspaceError(f"{path}: [env] pass: '{name}' is posbuild's signing key and is never given to "
+                                 f"actions (one holding it could forge shared cache entries); remove it")
     return names
 
 

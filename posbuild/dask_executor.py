@@ -337,7 +337,7 @@ def _fetch_inputs(state: _WorkerState, spec: RemoteAction, root: str) -> str:
     for file in fetched:
         target = Path(root, file.path)
         target.parent.mkdir(parents=True, exist_ok=True)
-        why = reader.read_blob(file.name, file.digest, target)
+        why = reader.read_blob(file.name, file.digest, target, file.size)
         if why:
             return f"input {file.path}: {why}"
         os.chmod(target, 0o755 if file.executable else 0o644)
@@ -404,11 +404,14 @@ class DaskSandboxes:
         self._remote: RemoteCache | None = None  # where workers read inputs (use_remote)
         self._warn: Callable[[str], None] = lambda message: None
         self._names: dict[Digest, bytes] = {}  # input digest → its SHA-256 name on the remote (b"": absent)
+        self._private: frozenset[str] = frozenset()  # inputs that may hold a secret: never on the remote
 
-    def use_remote(self, remote: RemoteCache, warn: Callable[[str], None]) -> None:
+    def use_remote(self, remote: RemoteCache, warn: Callable[[str], None],
+                   private: frozenset[str] = frozenset()) -> None:
         """Let workers read inputs from this remote cache's CAS instead of receiving their bytes
-        through Dask, while it is usable; `warn` prints the one line a fallback costs."""
-        self._remote, self._warn = remote, warn
+        through Dask, while it is usable; `warn` prints the one line a fallback costs. The files
+        `private` (outputs that may hold a secret) never go there: they travel through Dask."""
+        self._remote, self._warn, self._private = remote, warn, private
 
     def clear_stale(self) -> None:
         """Remove the local folders an interrupted earlier build left behind (only posbuild's)."""
@@ -560,7 +563,8 @@ class DaskSandboxes:
                 data = handle.read()
                 executable = bool(os.fstat(handle.fileno()).st_mode & 0o111)
             digest = hash_bytes(data)
-            name = self._on_remote(remote, digest, data) if remote is not None else b""
+            shared = remote is not None and path not in self._private
+            name = self._on_remote(remote, digest, data) if shared else b""  # type: ignore[arg-type]
             inputs.append(InputFile(path, digest, len(data), executable, name))
             if name:
                 continue

@@ -18,7 +18,9 @@ outputs leaves its dependents' keys unchanged, so they hit the cache.
 
 With a remote cache (remote.py), a local miss asks the remote next: a verified remote hit is put
 into the local store and then settles like a local hit; an executed result is uploaded once it
-is handed to the local store, when this process may upload. Neither can fail the action.
+is handed to the local store, when this process may upload. Neither can fail the action. An
+action whose outputs may hold a secret (`carriers`, secrets.py) does neither, and its result is
+flagged so that no export takes it either.
 """
 
 from __future__ import annotations
@@ -105,7 +107,8 @@ class Rebuilder:
                  env_hash: Digest, passed_env: Sequence[tuple[str, str]] = (),
                  previous: BuildState | None = None, dry_run: bool = False, verify: bool = False,
                  journal: Journal | None = None, explain: bool = False,
-                 secrets: SecretSource | None = None, remote: RemoteCache | None = None) -> None:
+                 secrets: SecretSource | None = None, remote: RemoteCache | None = None,
+                 carriers: frozenset[str] = frozenset()) -> None:
         self._root = root
         self._store = store
         self._files = files
@@ -117,6 +120,7 @@ class Rebuilder:
         self._explain = explain
         self._secrets = secrets
         self._remote = None if dry_run or verify else remote  # asked after a local miss; uploads executed results
+        self._carriers = carriers  # labels of actions whose outputs may hold a secret: never shared
         if not dry_run:
             self._materializer.clear_temp()
         self._env_hash = env_hash
@@ -165,7 +169,7 @@ class Rebuilder:
         key = hit.key if hit is not None else action_key(action, digests, self._env_hash, self._passed_env)
         if hit is None and NO_CACHE_TAG not in action.tags:
             hit = self._lookup(action, key)
-            if hit is None and self._remote is not None:
+            if hit is None and self._remote is not None and action.label not in self._carriers:
                 hit = self._fetch(action, key)
         if hit is not None and not self._verify:
             if self._journal is not None:
@@ -436,7 +440,8 @@ class Rebuilder:
         outputs = [output for _, output, _ in produced]
         stdout_digest, stderr_digest = hash_bytes(spawn.stdout), hash_bytes(spawn.stderr)
         blobs += [(stdout_digest, spawn.stdout), (stderr_digest, spawn.stderr)]
-        result = ActionResult(tuple(outputs), spawn.exit_code, stdout_digest, stderr_digest)
+        result = ActionResult(tuple(outputs), spawn.exit_code, stdout_digest, stderr_digest,
+                              action.label in self._carriers)
         cached = None if NO_CACHE_TAG in action.tags else (key, result)
         records: list[Row] = []
         if self._journal is not None:
@@ -456,8 +461,7 @@ class Rebuilder:
             raise
         with self._lock:
             self._installed += installed
-        shareable = not (action.secrets and action.allow_secret_in_output)  # a secret must not reach the remote
-        if cached is not None and shareable and self._remote is not None and self._remote.upload:
+        if cached is not None and not result.secret and self._remote is not None and self._remote.upload:
             self._remote.put_entry(key, result, {d: data if data is not None else self._store.external_path(d)
                                                  for d, data in blobs}, action.label)
         self._produced.update(installed)

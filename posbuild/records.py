@@ -35,12 +35,16 @@ class OutputFile:
 
 @dataclass(frozen=True, slots=True)
 class ActionResult:
-    """What the cache holds for a key."""
+    """What the cache holds for a key. `secret`: its outputs may hold a secret's value (the action,
+    or one it depends on, declares `allow_secret_in_output`; secrets.py), so it never leaves this
+    store: not in a cache archive, not on a remote. Packed as a sixth element only when set, so
+    rows written before the flag existed read as they were, and unflagged rows are unchanged."""
 
     outputs: tuple[OutputFile, ...]
     exit_code: int
     stdout_digest: Digest
     stderr_digest: Digest
+    secret: bool = False
 
     def blobs(self) -> tuple[Digest, ...]:
         """Every blob the result names (outputs, stdout, stderr): what the store must hold for it."""
@@ -48,12 +52,14 @@ class ActionResult:
 
     def pack(self) -> bytes:
         rows = [[o.path, o.digest, o.size, o.executable] for o in self.outputs]
-        return msgpack.packb([RESULT_FORMAT, self.exit_code, self.stdout_digest, self.stderr_digest, rows])
+        row = [RESULT_FORMAT, self.exit_code, self.stdout_digest, self.stderr_digest, rows]
+        return msgpack.packb([*row, True] if self.secret else row)
 
     @staticmethod
     def unpack(data: bytes) -> ActionResult:
-        _, exit_code, out_digest, err_digest, rows = msgpack.unpackb(data)
-        return ActionResult(tuple(OutputFile(*row) for row in rows), exit_code, out_digest, err_digest)
+        _, exit_code, out_digest, err_digest, rows, *secret = msgpack.unpackb(data)
+        return ActionResult(tuple(OutputFile(*row) for row in rows), exit_code, out_digest, err_digest,
+                            secret == [True])
 
 
 Signature = tuple[int, int, int, int]  # (mtime_ns, size, inode, ctime_ns)

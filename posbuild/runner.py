@@ -29,7 +29,7 @@ from posbuild.reporter import Reporter
 from posbuild.resources import critical_path
 from posbuild.sandbox import Sandboxes, choose_isolation
 from posbuild.scheduler import Scheduler, State
-from posbuild.secrets import SecretSource, SecretUnavailable
+from posbuild.secrets import SecretSource, SecretUnavailable, secret_carriers
 from posbuild.store import INLINE_LIMIT, Store
 from posbuild.uptodate import BuildState, mark_tree, save_state, withdrawn_outputs
 
@@ -129,8 +129,9 @@ def run_dirty(config: Config, actions: Sequence[Action], clean: Sequence[bool], 
     if notice:
         reporter.message(notice)
     remote = _open_remote(config, settings, reporter)
-    if cluster is not None and remote is not None and not settings.verify:
-        cluster.use_remote(remote, reporter.message)  # workers read inputs from its CAS, by digest
+    carriers = [actions[i] for i in secret_carriers(actions)]  # their outputs may hold a secret: never shared
+    if cluster is not None and remote is not None and not settings.verify:  # workers read inputs from its CAS
+        cluster.use_remote(remote, reporter.message, frozenset(p for a in carriers for p in a.outputs))
     store = Store(config.store_dir, config.workspace_tag)
     # read once the store is open: a new store (or one from before epochs) got its epoch just now, and
     # nothing can remove rows while this build holds the workspace's (and a shared store's) lock
@@ -147,7 +148,7 @@ def run_dirty(config: Config, actions: Sequence[Action], clean: Sequence[bool], 
                               key=store.build_key(number))
         rebuilder = Rebuilder(config.root, store, files, sandboxes, settings.env_hash, settings.passed_env, previous,
                               verify=settings.verify, journal=journal, explain=settings.explain,
-                              secrets=settings.secrets, remote=remote)
+                              secrets=settings.secrets, remote=remote, carriers=frozenset(a.label for a in carriers))
         position = {node: i for i, node in enumerate(dirty)}
         sub_actions = [actions[i] for i in dirty]
         executor = _Executor(sub_actions, rebuilder, reporter)

@@ -11,6 +11,13 @@ A value reaches that one action's environment and nothing else: it is not in the
 record, the store or a log. Captured stdout/stderr are redacted (`***`) before anything keeps or
 shows them, and an output file holding a value fails the action unless the target declares
 `allow_secret_in_output = True`.
+
+Such an output holds the secret, and so may whatever is made from it: `secret_carriers` marks
+every action whose outputs may hold a secret's value, following the graph downstream. An action
+stops the trail of a secret only by declaring that secret itself without `allow_secret_in_output`:
+then its outputs are searched for the value like any other's. A carrier's result is flagged
+(ActionResult.secret) and stays in the local store: never uploaded to a remote cache, never
+asked of one (the result there was made with someone else's value), never exported.
 """
 
 from __future__ import annotations
@@ -19,7 +26,7 @@ import os
 import stat
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Mapping
+from typing import Iterable, Mapping, Protocol, Sequence
 
 REDACTED = b"***"
 SECRETS_FILE_VARIABLE = "POSBUILD_SECRETS_FILE"
@@ -80,6 +87,32 @@ class SecretSource:
         if "values" not in self._file_values:
             self._file_values["values"] = read_secrets_file(Path(self.file), self.workspace)
         return self._file_values["values"]
+
+
+class Declares(Protocol):
+    """What `secret_carriers` reads of an action (analysis.Action)."""
+
+    @property
+    def secrets(self) -> tuple[str, ...]: ...
+    @property
+    def allow_secret_in_output(self) -> bool: ...
+    @property
+    def deps(self) -> tuple[int, ...]: ...
+
+
+def secret_carriers(actions: Sequence[Declares]) -> frozenset[int]:
+    """Indices of the actions (dependencies first, `deps` naming earlier indices) whose outputs may
+    hold the value of a secret: one that declares it with `allow_secret_in_output`, and every
+    action downstream, except that an action declaring a secret without that permission has its
+    outputs searched for the value, so that secret's trail ends there."""
+    if not any(action.secrets for action in actions):
+        return frozenset()
+    carried: list[frozenset[str]] = []
+    for action in actions:
+        upstream = frozenset().union(*(carried[d] for d in action.deps))
+        own = frozenset(action.secrets)
+        carried.append(upstream | own if action.allow_secret_in_output else upstream - own)
+    return frozenset(i for i, names in enumerate(carried) if names)
 
 
 def values_of(source: SecretSource | None, names: tuple[str, ...]) -> tuple[tuple[str, str], ...]:

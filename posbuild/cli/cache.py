@@ -82,6 +82,8 @@ def export(file: Path, patterns: tuple[str, ...]) -> None:
     except PosbuildError as error:
         fail(error)
     notes = f"; {report.uncacheable} action(s) tagged no-cache have no result to export" if report.uncacheable else ""
+    if report.private:
+        notes += f"; {report.private} result(s) that may hold a secret were left out"
     click.echo(f"exported build {report.build} ({' '.join(report.patterns)}): {report.results} action result(s), "
                f"{report.blobs} blob(s), {_size(report.size)}, {'signed' if report.signed else 'unsigned'} "
                f"to {file}{notes}")
