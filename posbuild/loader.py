@@ -22,11 +22,13 @@ import starlark
 from posbuild.config import OUT_DIR, STATE_DIR, Config
 from posbuild.errors import BuildFileError, SourceLocation
 from posbuild.label import Label, did_you_mean, parse_label
+from posbuild.nesting import nesting_problem
 from posbuild.owners import Owners, with_ancestors
 from posbuild.stamps import folder_stamp
 from posbuild.target import AttributeError_, Target, make_target
 
 RULES_REPO = "@posbuild//"
+MAX_LOAD_DEPTH = 100
 _ERROR_LINE = re.compile(r"^error: (?:(?:[A-Za-z_]+Error_?: )?error: )*(?:[A-Za-z_]+Error_?: )?(.*)$", re.MULTILINE)
 _NAME_ATTR = re.compile(r"""name\s*=\s*["']([^"']+)["']""")
 _WHERE_LINE = re.compile(r"^\s*--> (.+):(\d+):(\d+)", re.MULTILINE)
@@ -244,19 +246,24 @@ class Loader:
         return 1
 
     def _read(self, rel: str) -> str:
-        """The text of a BUILD or .bzl file: UTF-8, less the byte order mark some editors write."""
+        """The text of a BUILD or .bzl file: UTF-8, less the byte order mark some editors write,
+        and nested no deeper than the evaluator can take."""
         self.files_read.add(rel)
         try:
             data = (self._root / rel).read_bytes()
         except OSError as error:
             raise BuildFileError(f"cannot read {rel}: {error.strerror or error}") from None
         try:
-            return data.decode("utf-8-sig")
+            text = data.decode("utf-8-sig")
         except UnicodeDecodeError as error:
             start = data.rfind(b"\n", 0, error.start) + 1
             column = len(data[start:error.start].decode("utf-8", "replace")) + 1
             where = SourceLocation(rel, data.count(b"\n", 0, error.start) + 1, column)
             raise BuildFileError(f"not UTF-8 text (byte 0x{data[error.start]:02x})", where) from None
+        too_deep = nesting_problem(text)  # the evaluator would overflow its native stack (nesting.py)
+        if too_deep is not None:
+            raise BuildFileError(too_deep[1], SourceLocation(rel, too_deep[0]))
+        return text
 
     def _module(self) -> starlark.Module:
         module = starlark.Module()
@@ -308,6 +315,9 @@ class Loader:
             return self._bzl_cache[key]
         if key in self._bzl_loading:
             raise ValueError("load() cycle: " + " -> ".join([*self._bzl_loading, key]))
+        if len(self._bzl_loading) >= MAX_LOAD_DEPTH:  # each level nests the evaluator's stack
+            raise ValueError(f"load() chain deeper than {MAX_LOAD_DEPTH} files: " + " -> ".join(
+                [*self._bzl_loading[:2], "...", key]))
         if not path.is_file():
             if key.startswith(RULES_REPO):
                 shipped = [p.name for p in rules_dir().glob("*.bzl") if not p.name.startswith("_")]
@@ -316,7 +326,10 @@ class Loader:
             raise ValueError(f"cannot load '{module_id}': no file {key}")
         # The shipped library is read by absolute path; recording it lets an edit to it (in a
         # source checkout) invalidate cached graphs like any workspace .bzl file.
-        source = self._read(key if not key.startswith(RULES_REPO) else str(path))
+        try:
+            source = self._read(key if not key.startswith(RULES_REPO) else str(path))
+        except BuildFileError as error:  # raised through starlark, which keeps only the text
+            raise ValueError(error.render()) from None
         self._sources[key] = source
         self._bzl_loading.append(key)
         try:

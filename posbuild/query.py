@@ -56,6 +56,7 @@ CACHE_NAME = "targets.query"
 SOURCE_FILE = "source file"
 OUTPUTS = ("label", "json", "graph")
 FUNCTIONS = ("deps", "rdeps", "allpaths", "kind", "attr")
+MAX_NESTING = 200  # parentheses and function calls; Python recurses a few frames per level
 _OPERATORS = {"+": "+", "-": "-", "^": "^", "union": "+", "except": "-", "intersect": "^"}
 _WORD = re.compile(r"[A-Za-z0-9_/@.:~*$=#%!-]+")
 _INT = re.compile(r"[0-9]+\Z")
@@ -342,10 +343,19 @@ class _Parser:
         self.text = text
         self.pos = 0
         self.cwd_package = cwd_package
+        self.levels = 0  # parentheses and function calls open at the cursor
 
     def fail(self, message: str, pos: int | None = None) -> UsageError:
         where = self.pos if pos is None else pos
-        return UsageError(f"query syntax error at column {where + 1}: {message} in '{self.text}'")
+        shown = self.text if len(self.text) <= 200 else self.text[:100] + " ... " + self.text[-60:]
+        return UsageError(f"query syntax error at column {where + 1}: {message} in '{shown}'")
+
+    def nest(self) -> None:
+        """Go one level deeper (a parenthesis, a function): parsing and evaluation recurse per level."""
+        self.levels += 1
+        if self.levels > MAX_NESTING:
+            raise self.fail(f"the expression nests more than {MAX_NESTING} levels deep "
+                            f"(parentheses and functions count)")
 
     def skip(self) -> None:
         while self.pos < len(self.text) and self.text[self.pos].isspace():
@@ -405,7 +415,9 @@ class _Parser:
         char = self.peek()
         if char == "(":
             self.pos += 1
+            self.nest()
             expr = self.expression()
+            self.levels -= 1
             self.expect(")")
             return expr
         if char in ("'", '"'):
@@ -424,7 +436,9 @@ class _Parser:
                 raise self.fail(f"unknown function '{text}' (known: {', '.join(FUNCTIONS)})"
                                 + did_you_mean(text, FUNCTIONS), start)
             self.pos += 1
+            self.nest()
             expr = getattr(self, "f_" + text)()
+            self.levels -= 1
             self.expect(")")
             return expr
         return self.pattern(text, start)
@@ -562,9 +576,16 @@ class Evaluator:
         graph = self.graph
         if isinstance(expr, Pattern):
             return self.pattern(expr.pattern)
-        if isinstance(expr, SetOp):
-            left, right = self(expr.left), self(expr.right)
-            return left | right if expr.op == "+" else left - right if expr.op == "-" else left & right
+        if isinstance(expr, SetOp):  # a chain `a + b - c ...` nests to the left: walked, not recursed
+            spine = []
+            while isinstance(expr, SetOp):
+                spine.append(expr)
+                expr = expr.left
+            found = self(expr)
+            for step in reversed(spine):
+                right = self(step.right)
+                found = found | right if step.op == "+" else found - right if step.op == "-" else found & right
+            return found
         if isinstance(expr, Deps):
             return _closure(self(expr.expr), graph.deps, expr.depth)
         if isinstance(expr, Rdeps):
