@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import struct
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,7 +44,7 @@ import msgpack
 
 from posbuild.digest import Digest, hash_bytes, hash_file
 from posbuild.epoch import EPOCH_FILE, advance_epoch
-from posbuild.errors import ChecksumMismatch, PartialState
+from posbuild.errors import ChecksumMismatch, PartialState, PosbuildError
 from posbuild.liveness import lock_held
 from posbuild.recordchain import CHAIN, GENESIS, records_digest, seal
 from posbuild.records import ActionResult, ExecutionRecord, FileState, Generation, utc
@@ -85,8 +86,24 @@ class Store:
         store shared by checkouts of one repository keys each one's rows by its tag as well."""
         self.path = path
         self._memo_prefix = f"{workspace}\0".encode() if workspace else b""
-        path.mkdir(parents=True, exist_ok=True)
-        self._env = lmdb.open(str(path / "db"), map_size=MAP_SIZE, max_dbs=16, sync=False, metasync=False)
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            what = "a file, not a folder" if path.exists() or isinstance(error, NotADirectoryError) else error.strerror
+            raise StoreUnavailable(f"cannot create the store folder {path}: {what}") from None
+        damage = file_damage(path / "db")
+        if damage is not None:
+            raise ChecksumMismatch(f"the store {path} is damaged: {damage}; run `posbuild fsck --repair`")
+        self._env = open_environment(path / "db")
+        try:
+            self._open_dbs()
+            self._held: dict[int, int] = {}  # running builds of this process → the fd of their start log
+            self._check_format()
+        except lmdb.Error as error:
+            self._env.close()
+            raise store_failure(path, error) from None
+
+    def _open_dbs(self) -> None:
         self._blobs = self._env.open_db(b"blobs")
         self._results = self._env.open_db(b"results")
         self._memo = self._env.open_db(b"statmemo")
@@ -97,8 +114,6 @@ class Store:
         self._builds = self._env.open_db(b"builds")
         self._latest = self._env.open_db(b"latest")
         self._journal_blobs = self._env.open_db(b"journal_blobs")
-        self._held: dict[int, int] = {}  # running builds of this process → the fd of their start log
-        self._check_format()
 
     def _check_format(self) -> None:
         with self._env.begin() as txn:
@@ -608,6 +623,101 @@ class Store:
         if data is not None and hash_bytes(data) != digest:
             raise ChecksumMismatch(f"build record payload {digest.hex()} in {self.path} is corrupt")
         return data
+
+
+class StoreUnavailable(PosbuildError):
+    """The store cannot be opened or written here: not a folder, read-only, the disk full, too
+    little address space to map it. Nothing is damaged; the command stops before it changes
+    anything it could not finish."""
+
+    exit_code = 1
+
+
+def file_damage(db: Path) -> str | None:
+    """Why the LMDB file in folder `db` cannot be mapped safely, or None (also when it is absent).
+
+    LMDB trusts its file: a page it reads past the end of a truncated file kills the process
+    with SIGBUS. Its two meta pages say how many pages the newest commit uses, so a file shorter
+    than that is found here, before mapping, by reading 8 KiB.
+    """
+    try:
+        with open(db / "data.mdb", "rb") as handle:
+            head = handle.read(2 * _META_PAGE_MAX)
+            size = os.fstat(handle.fileno()).st_size
+    except FileNotFoundError:
+        return None
+    except OSError as error:
+        raise StoreUnavailable(f"cannot read the store file {db / 'data.mdb'}: {error.strerror}") from None
+    if size == 0:
+        return None  # created, never committed: LMDB writes its meta pages on first open
+    metas = []
+    for offset in sorted({0, 4096, _meta_page_size(head)}):  # the second meta page is one page in
+        if offset < _META_PAGE_MAX and len(head) >= offset + _META_END:
+            magic, version = struct.unpack_from("<II", head, offset + 16)
+            page_size, = struct.unpack_from("<I", head, offset + 40)
+            last_page, txn_id = struct.unpack_from("<QQ", head, offset + 136)
+            if magic == _LMDB_MAGIC and version == 1 and page_size:
+                metas.append((txn_id, last_page, page_size))
+    if not metas:
+        return f"{db / 'data.mdb'} is not an LMDB file ({size} bytes, no valid meta page)"
+    _, last_page, page_size = max(metas)
+    needed = (last_page + 1) * page_size
+    if size < needed:
+        return f"{db / 'data.mdb'} is truncated ({size} bytes; its last commit uses {needed})"
+    return None
+
+
+_LMDB_MAGIC = 0xBEEFC0DE
+_META_END = 152  # page header (16) + magic, version, address, map size, 2 db records, last page, txn id
+_META_PAGE_MAX = 65536
+
+
+def _meta_page_size(head: bytes) -> int:
+    """The page size the first meta page records (the second meta page starts there)."""
+    return struct.unpack_from("<I", head, 40)[0] if len(head) >= _META_END else 0
+
+
+def open_environment(db: Path, map_size: int = MAP_SIZE) -> lmdb.Environment:
+    """Open the LMDB environment; with too little address space for the full map (`ulimit -v`),
+    a smaller one down to what the file already holds, as a store of that size still works."""
+    try:
+        floor = max((db / "data.mdb").stat().st_size * 2, 256 << 20)
+    except OSError:
+        floor = 256 << 20
+    while True:
+        try:
+            return lmdb.open(str(db), map_size=map_size, max_dbs=16, sync=False, metasync=False)
+        except lmdb.MemoryError:
+            if map_size <= floor:
+                raise StoreUnavailable(
+                    f"cannot map the store {db.parent}: not enough address space (a `ulimit -v` limit?); "
+                    f"it needs at least {floor >> 20} MiB") from None
+            map_size = max(map_size // 4, floor)
+        except lmdb.Error as error:
+            raise store_failure(db.parent, error) from None
+
+
+def store_failure(path: Path | None, error: Exception) -> PosbuildError:
+    """The one-line error for an LMDB failure: damage (ORCH-03, fsck repairs it) or a store this
+    process cannot use (read-only, full disk); `path` None: the store of the command."""
+    import errno
+    import shutil
+
+    text = str(error).replace(f"{path / 'db'}: ", "") if path is not None else str(error)
+    where = path or Path.cwd()
+    path = path or "of this workspace"  # type: ignore[assignment]
+    if isinstance(error, (lmdb.CorruptedError, lmdb.PageNotFoundError, lmdb.InvalidError,
+                          lmdb.VersionMismatchError, lmdb.BadRslotError)):
+        return ChecksumMismatch(f"the store {path} is damaged ({text}); run `posbuild fsck --repair`")
+    if isinstance(error, lmdb.MapFullError):
+        return StoreUnavailable(f"the store {path} is full: it reached its map size; run `posbuild gc`")
+    try:
+        full = shutil.disk_usage(where).free < 1 << 20
+    except OSError:
+        full = False
+    if full:
+        text = f"{text} ({os.strerror(errno.ENOSPC)})"
+    return StoreUnavailable(f"cannot use the store {path}: {text}")
 
 
 def _unpack_row(number: int, value: bytes) -> dict[str, Any]:
