@@ -58,6 +58,9 @@ MAP_SIZE = 1 << 36
 # Rows are keyed digest + 4-byte chunk number; stores written before keep one row keyed by digest.
 PAYLOAD_CHUNK = 1900
 _INLINE, _EXTERNAL = b"\x00", b"\x01"
+DATABASES = (b"blobs", b"results", b"statmemo", b"meta", b"generations", b"usage", b"records", b"builds",
+             b"latest", b"journal_blobs")  # every named database, for walks of the whole store (salvage.py)
+RECORD_DATABASES = (b"records", b"builds", b"latest", b"journal_blobs")  # plus the meta row `records`
 _CHAIN_META = b"records"  # meta row: {"head": [number, seal] | None, "running": [numbers]}
 
 
@@ -677,7 +680,7 @@ def _meta_page_size(head: bytes) -> int:
     return struct.unpack_from("<I", head, 40)[0] if len(head) >= _META_END else 0
 
 
-def open_environment(db: Path, map_size: int = MAP_SIZE) -> lmdb.Environment:
+def open_environment(db: Path, map_size: int = MAP_SIZE, readonly: bool = False) -> lmdb.Environment:
     """Open the LMDB environment; with too little address space for the full map (`ulimit -v`),
     a smaller one down to what the file already holds, as a store of that size still works."""
     try:
@@ -686,7 +689,8 @@ def open_environment(db: Path, map_size: int = MAP_SIZE) -> lmdb.Environment:
         floor = 256 << 20
     while True:
         try:
-            return lmdb.open(str(db), map_size=map_size, max_dbs=16, sync=False, metasync=False)
+            return lmdb.open(str(db), map_size=map_size, max_dbs=16, sync=False, metasync=False,
+                             readonly=readonly, lock=not readonly)
         except lmdb.MemoryError:
             if map_size <= floor:
                 raise StoreUnavailable(
