@@ -124,7 +124,10 @@ def _count(db: Path, name: bytes) -> int:
     env = open_environment(db)
     try:
         with env.begin() as txn:
-            return txn.stat(env.open_db(name, txn=txn))["entries"]
+            try:
+                return txn.stat(env.open_db(name, txn=txn, create=False))["entries"]
+            except lmdb.NotFoundError:
+                return 0  # the child died before it created the database
     finally:
         env.close()
 
