@@ -21,7 +21,7 @@ import starlark
 
 from posbuild.config import OUT_DIR, STATE_DIR, Config
 from posbuild.errors import BuildFileError, SourceLocation
-from posbuild.label import Label, did_you_mean, parse_label
+from posbuild.label import Label, did_you_mean, parse_label, shown
 from posbuild.nesting import nesting_problem
 from posbuild.owners import Owners, with_ancestors
 from posbuild.stamps import folder_stamp
@@ -55,6 +55,18 @@ def _skip_dir(name: str) -> bool:
     return name.startswith(".") or name in (OUT_DIR, STATE_DIR, "__pycache__")
 
 
+def _utf8(name: str) -> bool:
+    """Whether a file name is UTF-8 text: one that is not cannot be part of a label, so folders
+    so named hold no packages, and a glob that matches such a file is an error."""
+    if name.isascii():
+        return True
+    try:
+        name.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def package_hint(name: str, packages: Any) -> str:
     """What follows "no such package '//name'": why posbuild never looks there, else a close name."""
     if any(_skip_dir(part) for part in name.split("/")):
@@ -74,7 +86,7 @@ def discover_packages(root: Path, build_file_names: tuple[str, ...]) -> tuple[tu
         with os.scandir(folder) as entries:
             for entry in entries:
                 if entry.is_dir(follow_symlinks=False):
-                    if not _skip_dir(entry.name):
+                    if not _skip_dir(entry.name) and _utf8(entry.name):
                         pending.append(f"{rel}/{entry.name}" if rel else entry.name)
                 elif entry.name in build_file_names and rel not in packages[-1:]:
                     packages.append(rel)
@@ -412,6 +424,10 @@ class _PackageBuilder:
         wanted = [glob_to_regex(p) for p in include]
         unwanted = [glob_to_regex(p) for p in exclude]
         found = [f for f in files if any(r.match(f) for r in wanted) and not any(r.match(f) for r in unwanted)]
+        for name in found:
+            if not _utf8(name):
+                raise ValueError(f"glob() matched '{shown(name)}' in '//{self.package}', whose name is not "
+                                 f"UTF-8 text: rename it, or exclude it")
         if not found and options.get("allow_empty", True) is False:
             raise ValueError(f"glob({list(include)}) matched no files in '//{self.package}'")
         return found

@@ -48,6 +48,7 @@ from posbuild.atomic import write_atomically
 from posbuild.config import Config, load_config
 from posbuild.errors import BuildFileError, UsageError
 from posbuild.label import Label, PatternKind, TargetPattern, did_you_mean, parse_label, parse_pattern
+from posbuild.label import shown as label_shown
 from posbuild.stamps import file_stamp, stamps_current
 from posbuild.target import SCHEMAS
 
@@ -348,7 +349,7 @@ class _Parser:
     def fail(self, message: str, pos: int | None = None) -> UsageError:
         where = self.pos if pos is None else pos
         shown = self.text if len(self.text) <= 200 else self.text[:100] + " ... " + self.text[-60:]
-        return UsageError(f"query syntax error at column {where + 1}: {message} in '{shown}'")
+        return UsageError(label_shown(f"query syntax error at column {where + 1}: {message} in '{shown}'"))
 
     def nest(self) -> None:
         """Go one level deeper (a parenthesis, a function): parsing and evaluation recurse per level."""

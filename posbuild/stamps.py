@@ -25,7 +25,7 @@ def folder_stamp(root: str, rel: str) -> int:
         names = sorted(name for name in os.listdir(root) if name not in (OUT_DIR, STATE_DIR))
     except FileNotFoundError:
         return MISSING
-    return zlib.crc32("\0".join(names).encode()) | (len(names) << 32)
+    return zlib.crc32("\0".join(names).encode("utf-8", "surrogateescape")) | (len(names) << 32)
 
 
 def file_stamp(root: str, rel: str) -> int:
