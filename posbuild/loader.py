@@ -20,6 +20,7 @@ from typing import Any, Callable
 import starlark
 
 from posbuild.config import OUT_DIR, STATE_DIR, Config
+from posbuild.digest import Digest, hash_bytes
 from posbuild.errors import BuildFileError, SourceLocation
 from posbuild.label import Label, did_you_mean, parse_label, shown
 from posbuild.nesting import nesting_problem
@@ -195,6 +196,7 @@ class Loader:
         self._current: _PackageBuilder | None = None
         self._sources: dict[str, str] = {}  # text of each file evaluated, by the name it was parsed under
         self.files_read: set[str] = set()
+        self.digests: dict[str, Digest] = {}  # of each file as read: the graph cache checks racy ones
 
     @property
     def root(self) -> Path:
@@ -265,6 +267,7 @@ class Loader:
             data = (self._root / rel).read_bytes()
         except OSError as error:
             raise BuildFileError(f"cannot read {rel}: {error.strerror or error}") from None
+        self.digests[rel] = hash_bytes(data)
         try:
             text = data.decode("utf-8-sig")
         except UnicodeDecodeError as error:

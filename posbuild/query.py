@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 from itertools import chain
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,10 +50,10 @@ from posbuild.config import Config, load_config
 from posbuild.errors import BuildFileError, UsageError
 from posbuild.label import Label, PatternKind, TargetPattern, did_you_mean, parse_label, parse_pattern
 from posbuild.label import shown as label_shown
-from posbuild.stamps import file_stamp, stamps_current
+from posbuild.stamps import file_stamp, racy_digests, stamps_current
 from posbuild.target import SCHEMAS
 
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2
 CACHE_NAME = "targets.query"
 SOURCE_FILE = "source file"
 OUTPUTS = ("label", "json", "graph")
@@ -163,7 +164,7 @@ def _attr_values(value: Any) -> list[str]:
     return [str(value)]
 
 
-def _build_graph(config: Config) -> tuple[TargetGraph, list[tuple[str, int]], list[str]]:
+def _build_graph(config: Config) -> tuple[TargetGraph, list[tuple[str, int]], list[str], dict[str, bytes]]:
     """Evaluate every BUILD file of the workspace into a TargetGraph (a cache miss)."""
     from posbuild.loader import discover_packages, Loader  # Starlark is needed only here
 
@@ -214,7 +215,7 @@ def _build_graph(config: Config) -> tuple[TargetGraph, list[tuple[str, int]], li
         attr_blobs={a: msgpack.packb(c, use_bin_type=True) for a, c in sorted(columns.items())},
         outs_blob=msgpack.packb({str(o): number[r] for o, r in outputs.items()}, use_bin_type=True),
     )
-    return graph, list(dirs), sorted({*loader.files_read, "posbuild.toml"})
+    return graph, list(dirs), sorted({*loader.files_read, "posbuild.toml"}), loader.digests
 
 
 def _entries(target: Any) -> list[tuple[str, str]]:
@@ -250,22 +251,25 @@ class TargetCache:
     def __init__(self, config: Config) -> None:
         self._config = config
         self.path = config.state_dir / "graphs" / CACHE_NAME
+        self._since = time.time_ns()  # made just before a load: what changed since is racy (stamps.py)
 
     def load(self) -> TargetGraph | None:
         try:
             entry = msgpack.unpackb(self.path.read_bytes(), use_list=False)
         except (OSError, ValueError, msgpack.UnpackException):
             return None
-        if not isinstance(entry, tuple) or len(entry) != 11 or entry[0] != _version():
+        if not isinstance(entry, tuple) or len(entry) != 12 or entry[0] != _version():
             return None
-        _, dirs, files, *fields = entry
-        if not stamps_current(str(self._config.root), dirs, files):
+        _, dirs, files, racy, *fields = entry
+        if not isinstance(racy, dict) or not stamps_current(str(self._config.root), dirs, files, racy):
             return None
         return TargetGraph(self._config.root, *fields)
 
-    def save(self, graph: TargetGraph, dirs: Sequence[tuple[str, int]], files: Sequence[str]) -> None:
+    def save(self, graph: TargetGraph, dirs: Sequence[tuple[str, int]], files: Sequence[str],
+             read: dict[str, bytes]) -> None:
         root = str(self._config.root)
-        entry = [_version(), list(dirs), [(rel, file_stamp(root, rel)) for rel in files], *graph.entry()]
+        racy = racy_digests(root, [*(rel for rel, _ in dirs), *files], self._since, read)
+        entry = [_version(), list(dirs), [(rel, file_stamp(root, rel)) for rel in files], racy, *graph.entry()]
         try:
             write_atomically(self.path, msgpack.packb(entry, use_bin_type=True))
         except OSError:
@@ -282,8 +286,8 @@ def load_graph(config: Config) -> TargetGraph:
     cache = TargetCache(config)
     graph = cache.load()
     if graph is None:
-        graph, dirs, files = _build_graph(config)
-        cache.save(graph, dirs, files)
+        graph, dirs, files, read = _build_graph(config)
+        cache.save(graph, dirs, files, read)
     return graph
 
 
