@@ -18,8 +18,16 @@ import re
 
 MAX_DEPTH = 200  # the evaluator's stack overflowed at ~1,100 levels of its costliest kind
 
-_SKIP = (r"""\#[^\n]*|\\\n|'''(?:[^'\\]+|\\.|'(?!''))*(?:'''|\Z)|\"\"\"(?:[^"\\]+|\\.|"(?!""))*(?:\"\"\"|\Z)"""
-         r"""|'(?:[^'\\\n]+|\\.)*'|"(?:[^"\\\n]+|\\.)*""" '"')
+# Comments, line continuations and strings (an unterminated one runs to the end of its line, or of
+# the file when triple-quoted). Possessive quantifiers: an unclosed quote before a long run of text
+# must not make the regex engine backtrack through every way of splitting that text.
+_SKIP = "|".join((
+    r"#[^\n]*+", r"\\\n",
+    r"'''[^'\\]*+(?:(?:\\.|'(?!''))[^'\\]*+)*+(?:'''|\Z)",
+    r'"""[^"\\]*+(?:(?:\\.|"(?!""))[^"\\]*+)*+(?:"""|\Z)',
+    r"'[^'\\\n]*+(?:\\.[^'\\\n]*+)*+'",
+    r'"[^"\\\n]*+(?:\\.[^"\\\n]*+)*+"',
+))
 _STRINGS = re.compile(_SKIP, re.DOTALL)
 _KEYWORDS = re.compile(r"\b(?:not|and|or|if|elif|else|lambda|in|for)\b")
 _NOT_OPERATOR = str.maketrans("", "", "([{-+*/%&|^~<>.!=")  # deletes what can add a level

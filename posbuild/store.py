@@ -649,6 +649,8 @@ def file_damage(db: Path) -> str | None:
             size = os.fstat(handle.fileno()).st_size
     except FileNotFoundError:
         return None
+    except IsADirectoryError:
+        return f"{db / 'data.mdb'} is a folder, not LMDB's file"
     except OSError as error:
         raise StoreUnavailable(f"cannot read the store file {db / 'data.mdb'}: {error.strerror}") from None
     if size == 0:

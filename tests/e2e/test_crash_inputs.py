@@ -251,3 +251,25 @@ def test_a_full_disk_is_one_line_and_leaves_a_store_fsck_accepts(tmp_path):
     assert read("fsck.rc").strip() == "0", read("fsck.out")
     assert read("again.rc").strip() == "0", read("again.out")
     assert read("fsck2.rc").strip() == "0", read("fsck2.out")
+
+
+def test_an_unclosed_quote_before_deep_brackets_is_refused_at_once(ws):
+    """Found by the fuzz test: the nesting scan's string pattern backtracked for minutes."""
+    ws.write({"pkg/BUILD": "def f(x):\n    if x:\n" + "(" * 700 + '"' + "(" * 400 + "\n        return x\n"})
+    result = ws.run("query", "//...", timeout=30)
+    assert_one_line(result, 3, "pkg/BUILD:3: nested more than 200 levels deep")
+
+
+def test_a_store_file_replaced_by_a_folder_is_found_and_repaired(ws):
+    """Found by the fuzz test: fsck --repair left it, and every later command failed."""
+    ws.write(CHAIN)
+    ws.ok("//...")
+    data = _data(ws)
+    data.unlink()
+    data.mkdir()
+    assert_one_line(ws.build("//..."), 13, "data.mdb is a folder")
+    assert_one_line(ws.run("fsck"), 13, "data.mdb is a folder")
+    repaired = ws.run("fsck", "--repair")
+    assert repaired.returncode == 0, repaired.stdout + repaired.stderr
+    ws.ok("//...")
+    assert ws.run("fsck").returncode == 0
