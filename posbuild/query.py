@@ -507,6 +507,8 @@ class _Parser:
             return re.compile(text)
         except re.error as error:
             raise self.fail(f"bad regular expression '{text}': {error}", start) from None
+        except (RecursionError, OverflowError, MemoryError):
+            raise self.fail("bad regular expression: nested too deeply or too large", start) from None
 
     def f_deps(self) -> Deps:
         expr = self.expression()

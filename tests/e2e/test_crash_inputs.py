@@ -119,6 +119,12 @@ def test_a_query_of_50000_parentheses_is_a_syntax_error(ws):
     assert_one_line(ws.run("query", "deps(" * 300 + "//pkg:a" + ")" * 300), 2, "nests more than 200")
 
 
+def test_a_deeply_nested_query_regex_is_a_syntax_error(ws):
+    ws.write({"pkg/BUILD": 'genrule(name = "a", outs = ["a.txt"], cmd = "echo > $@")\n'})
+    assert_one_line(ws.run("query", "kind(" + "(" * 30000 + ")" * 30000 + ", //...)"), 2,
+                    "bad regular expression: nested too deeply")
+
+
 def test_a_long_union_chain_in_a_query_is_evaluated(ws):
     ws.write({"pkg/BUILD": 'genrule(name = "a", outs = ["a.txt"], cmd = "echo > $@")\n'})
     result = ws.run("query", " + ".join(["//pkg:a"] * 5000))
