@@ -443,7 +443,8 @@ def test_damaged_store_and_state_files(built_ws: Path, data: st.DataObject) -> N
         assert_clean(code, text, (target, how, command))
         if command == ("fsck", "--repair"):
             again, text = run_cli(root, "fsck")
-            assert again in (0, 13, 16), text
             assert_clean(again, text, (target, how, "fsck after repair"))
+            if "/store/" in target:  # the store is fsck's to repair (a folder where the lock file was is not)
+                assert again in (0, 13, 16), text
     finally:
         shutil.rmtree(root.parent, ignore_errors=True)
