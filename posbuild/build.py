@@ -90,7 +90,8 @@ def _graph_entry(config: Config, request: Request) -> CachedGraph:
     roots = expand_patterns(request.patterns, packages, loader)
     analyzer = Analyzer(loader)
     graph = analyzer.analyze(roots)
-    return cache.save(canonical, graph, dirs, [*loader.files_read, *analyzer.files_read, "posbuild.toml"])
+    return cache.save(canonical, graph, dirs, [*loader.files_read, *analyzer.files_read, "posbuild.toml"],
+                      loader.digests)
 
 
 def _checks_need_no_actions(config: Config, facts: GraphFacts, options: BuildOptions, local: bool) -> bool:

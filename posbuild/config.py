@@ -7,6 +7,7 @@ clear error naming the key, not a crash deep inside the build.
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import tomllib
@@ -131,13 +132,25 @@ def _get(table: dict[str, Any], section: str, key: str, kind: type | tuple[type,
     if isinstance(value, bool) and kind is not bool or not isinstance(value, kind):
         names = " or ".join(k.__name__ for k in (kind if isinstance(kind, tuple) else (kind,)))
         raise WorkspaceError(f"{path}: [{section}] {key} must be {names}, got {type(value).__name__} {value!r}")
+    _check_value(value, section, key, path)
     return value
+
+
+def _check_value(value: Any, section: str, key: str, path: Path) -> None:
+    """What TOML allows but no setting can mean: a NUL character (no path, name or URL holds
+    one), a number that is not finite, an integer beyond 64 bits."""
+    for item in value if isinstance(value, list) else (value,):
+        if isinstance(item, str) and "\0" in item:
+            raise WorkspaceError(f"{path}: [{section}] {key} must not contain a NUL character, got {item!r}")
+        if isinstance(item, float) and not math.isfinite(item) or isinstance(item, int) and abs(item) >= 1 << 63:
+            raise WorkspaceError(f"{path}: [{section}] {key} must be a finite number of sensible size, got {item!r}")
 
 
 def _string_list(table: dict[str, Any], section: str, key: str, default: list[str], path: Path) -> tuple[str, ...]:
     value = _get(table, section, key, list, default, path)
     if not all(isinstance(item, str) and item for item in value):
         raise WorkspaceError(f"{path}: [{section}] {key} must be a list of non-empty strings")
+    _check_value(value, section, key, path)
     return tuple(value)
 
 
@@ -148,6 +161,8 @@ def load_config(root: Path) -> Config:
         table = tomllib.loads(path.read_text(encoding="utf-8"))
     except tomllib.TOMLDecodeError as error:
         raise WorkspaceError(f"{path}: {error}") from None
+    except UnicodeDecodeError as error:
+        raise WorkspaceError(f"{path}: not UTF-8 text (byte {error.start})") from None
     except OSError as error:
         raise WorkspaceError(f"{path}: cannot read: {error.strerror}") from None
     _check_known(table, path)

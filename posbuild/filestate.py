@@ -5,9 +5,10 @@ digest?" from the stat memo in the store when the file's (mtime_ns, size, inode,
 one the digest was computed for, and hashes the file only otherwise.
 
 Racy files: file-system timestamps are coarse (a few milliseconds), so a file written again
-within the same tick as the write before it keeps its mtime. A digest computed less than
-`RACY_WINDOW_NS` after a file's mtime is therefore used for this build but not memoised, as git
-does for its index; the next build hashes that one file again.
+within the same tick as the write before it keeps its mtime and ctime. A digest computed less
+than `RACY_WINDOW_NS` after a file's ctime is therefore used for this build but not memoised, as
+git does for its index; the next build hashes that one file again. The ctime, not the mtime:
+`cp -p`, tar and the Nix store put an old mtime back on bytes written just now.
 """
 
 from __future__ import annotations
@@ -46,7 +47,7 @@ class FileStates:
         if memo is None or memo.signature != sig:
             memo = FileState(sig, hash_file(os.path.join(self._root, path)))
             self.hashed += 1
-            if self._clock_ns() - sig[0] > RACY_WINDOW_NS:
+            if self._clock_ns() - sig[3] > RACY_WINDOW_NS:
                 self._pending[path] = memo
             else:
                 self._racy.add(path)
@@ -75,7 +76,7 @@ class FileStates:
         """
         for path in sorted(self._racy):
             seen = self._seen[path]
-            if self._clock_ns() - seen.signature[0] <= RACY_WINDOW_NS or not self.unchanged(path, seen.signature):
+            if self._clock_ns() - seen.signature[3] <= RACY_WINDOW_NS or not self.unchanged(path, seen.signature):
                 continue
             try:
                 same = hash_file(os.path.join(self._root, path)) == seen.digest

@@ -246,8 +246,6 @@ class _Checker:
             self._results += 1
             refs = _references(result)
             self._referenced.update(digest for digest, _ in refs)
-            for output in result.outputs:
-                self._recorded.setdefault(output.path, set()).add(output.digest)
             missing = [(digest, what) for digest, what in refs if digest not in self._blobs]
             if missing:
                 digest, what = missing[0]
@@ -256,6 +254,9 @@ class _Checker:
                           f"references blob {digest.hex()} ({what}){more}, which is not in the store")
             if missing or any(digest in self.plan.blobs for digest, _ in refs):
                 self.plan.results.add(key)
+                continue  # a result repair removes vouches for no file under posbuild-out/
+            for output in result.outputs:
+                self._recorded.setdefault(output.path, set()).add(output.digest)
 
     def _check_generations(self, store: Store) -> None:
         """Every generation's manifest must exist; its entries should (a warning otherwise)."""

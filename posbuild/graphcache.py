@@ -4,7 +4,8 @@ Evaluating BUILD files and analysing thousands of targets costs far more than th
 allows for DAG resolution, and almost never changes between builds. The cache entry of a request
 (its patterns) holds the ActionGraph plus what it was derived from: the stat of every folder of
 the workspace (a new file, a deleted file or a new package changes its folder's mtime), of every
-BUILD/.bzl file read, and of posbuild.toml. Checking the entry is a few hundred `stat()` calls.
+BUILD/.bzl file read, and of posbuild.toml. Checking the entry is a few hundred `stat()` calls,
+plus a hash of each path changed too close to the load for its stamp to be trusted (stamps.py).
 
 Entries are msgpack files under `.posbuild/graphs/`, written temp + rename; a damaged or
 outdated one is simply ignored and rebuilt.
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, Sequence
@@ -24,10 +26,10 @@ from posbuild import __version__
 from posbuild.analysis import ACTION_SCHEMA, CHECKS, Action, ActionGraph, GraphFacts, facts_of
 from posbuild.atomic import write_atomically
 from posbuild.digest import Digest, hash_bytes, hash_canonical
-from posbuild.stamps import file_stamp, stamps_current
+from posbuild.stamps import file_stamp, racy_digests, stamps_current
 
-CACHE_FORMAT = 2
-_decoded: dict[Path, tuple[tuple[int, int, int], Any, Any, "CachedGraph"]] = {}  # the last entry opened
+CACHE_FORMAT = 3
+_decoded: dict[Path, tuple[tuple[int, int, int], Any, Any, Any, "CachedGraph"]] = {}  # the last entry opened
 Stamp = tuple[str, int]  # (workspace-relative path, mtime_ns or a stat fingerprint)
 
 
@@ -38,8 +40,8 @@ def _file_stamps(root: Path, files: Sequence[str]) -> list[Stamp]:
 class CachedGraph:
     """A current graph cache entry whose actions are decoded only when first asked for.
 
-    An entry is [version, folder stamps, file stamps, requested, facts, actions]: everything
-    before the actions is small, so a build that finds nothing to do reads the facts and never
+    An entry is [version, folder stamps, file stamps, requested, facts, racy digests, actions]:
+    everything before the actions is small, so a build that finds nothing to do reads the facts and never
     pays for decoding thousands of actions.
     """
 
@@ -74,6 +76,7 @@ class GraphCache:
     def __init__(self, root: Path, folder: Path) -> None:
         self._root = root
         self._folder = folder
+        self._since = time.time_ns()  # made just before a load: what changed since is racy (stamps.py)
 
     def _entry(self, request: Sequence[str]) -> Path:
         return self.stem(request).with_suffix(".graph")
@@ -97,7 +100,7 @@ class GraphCache:
         signature = (info.st_ino, info.st_mtime_ns, info.st_size)
         kept = _decoded.get(path)
         if kept is not None and kept[0] == signature:
-            _, dirs, files, cached = kept
+            _, dirs, files, racy, cached = kept
         else:
             try:
                 data = path.read_bytes()
@@ -106,33 +109,40 @@ class GraphCache:
                 return None
             if opened is None:
                 return None
-            dirs, files, cached = opened
+            dirs, files, racy, cached = opened
             _decoded.clear()
-            _decoded[path] = (signature, dirs, files, cached)
-        if not stamps_current(str(self._root), dirs, files):
+            _decoded[path] = (signature, dirs, files, racy, cached)
+        if not stamps_current(str(self._root), dirs, files, racy):
             return None
         return cached
 
     def save(self, request: Sequence[str], graph: ActionGraph, dirs: Sequence[Stamp],
-             files: Sequence[str]) -> CachedGraph:
-        """Write the entry; returns it as `load` would (the build records refer to its bytes)."""
+             files: Sequence[str], read: dict[str, Digest] | None = None) -> CachedGraph:
+        """Write the entry; returns it as `load` would (the build records refer to its bytes).
+        `read`: the digests of the files as loading read them (Loader.digests)."""
         rows = [_action_row(a) for a in graph.actions]
         facts = facts_of(graph.actions)
-        entry = [_version(), list(dirs), _file_stamps(self._root, files), list(graph.requested), list(facts), rows]
+        racy = racy_digests(str(self._root), [*(rel for rel, _ in dirs), *files], self._since, read)
+        entry = [_version(), list(dirs), _file_stamps(self._root, files), list(graph.requested), list(facts),
+                 racy, rows]
         data = msgpack.packb(entry, use_bin_type=True)
         write_atomically(self._entry(request), data)
         return CachedGraph(data, graph.requested, facts, -1, replace(graph, raw=data))
 
 
-def _open_entry(data: bytes) -> tuple[Any, Any, CachedGraph] | None:
-    """(folder stamps, file stamps, entry) of an entry's bytes, reading everything but the actions."""
+def _open_entry(data: bytes) -> tuple[Any, Any, Any, CachedGraph] | None:
+    """(folder stamps, file stamps, racy digests, entry) of an entry's bytes, reading everything
+    but the actions."""
     unpacker = msgpack.Unpacker(use_list=False, max_buffer_size=max(len(data), 1))
     unpacker.feed(data)
-    if unpacker.read_array_header() != 6 or unpacker.unpack() != _version():
+    if unpacker.read_array_header() != 7 or unpacker.unpack() != _version():
         return None
     dirs, files, requested = unpacker.unpack(), unpacker.unpack(), unpacker.unpack()
     facts = GraphFacts(*unpacker.unpack())
-    return dirs, files, CachedGraph(data, requested, facts, unpacker.tell())
+    racy = unpacker.unpack()
+    if not isinstance(racy, dict):
+        return None
+    return dirs, files, racy, CachedGraph(data, requested, facts, unpacker.tell())
 
 
 def actions_of_entry(data: bytes) -> tuple[Action, ...]:
@@ -141,7 +151,7 @@ def actions_of_entry(data: bytes) -> tuple[Action, ...]:
         opened = _open_entry(data)
     except (ValueError, TypeError, msgpack.UnpackException):
         return ()
-    return opened[2].graph().actions if opened is not None else ()
+    return opened[3].graph().actions if opened is not None else ()
 
 
 def _version() -> str:

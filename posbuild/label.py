@@ -43,7 +43,24 @@ def _check_name(name: str) -> None:
         raise _Malformed(f"bad target name '{name}'")
 
 
+def _check_text(text: str) -> None:
+    """A label is UTF-8 text: an argument or folder name of other bytes reaches posbuild with
+    surrogate escapes, which no key, record or message could encode."""
+    if not text.isascii():
+        try:
+            text.encode()
+        except UnicodeEncodeError:
+            raise _Malformed("not UTF-8 text") from None
+
+
+def shown(text: str) -> str:
+    """`text` as it can be printed: bytes that were not UTF-8 as \\xNN escapes."""
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
 def _split(text: str, current_package: str) -> Label:
+    _check_text(current_package)
+    _check_text(text)
     if text.startswith("//"):
         package, sep, name = text[2:].partition(":")
         if not sep:
@@ -71,7 +88,7 @@ def parse_label(text: str, current_package: str) -> Label:
     try:
         return _split(text, current_package)
     except _Malformed as error:
-        raise BuildFileError(f"invalid label '{text}': {error}") from None
+        raise BuildFileError(f"invalid label '{shown(text)}': {error}") from None
 
 
 class PatternKind(enum.Enum):
@@ -112,10 +129,12 @@ def parse_pattern(text: str, current_package: str = "") -> TargetPattern:
     try:
         return _pattern(text, current_package)
     except _Malformed as error:
-        raise BuildFileError(f"invalid target pattern '{text}': {error}") from None
+        raise BuildFileError(f"invalid target pattern '{shown(text)}': {error}") from None
 
 
 def _pattern(text: str, current_package: str) -> TargetPattern:
+    _check_text(current_package)
+    _check_text(text)
     if text.startswith("@"):
         raise _Malformed("external repositories are only for load()")
     if not text.startswith("//") and not text.startswith(":"):

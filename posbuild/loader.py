@@ -20,13 +20,16 @@ from typing import Any, Callable
 import starlark
 
 from posbuild.config import OUT_DIR, STATE_DIR, Config
+from posbuild.digest import Digest, hash_bytes
 from posbuild.errors import BuildFileError, SourceLocation
-from posbuild.label import Label, did_you_mean, parse_label
+from posbuild.label import Label, did_you_mean, parse_label, shown
+from posbuild.nesting import nesting_problem
 from posbuild.owners import Owners, with_ancestors
 from posbuild.stamps import folder_stamp
 from posbuild.target import AttributeError_, Target, make_target
 
 RULES_REPO = "@posbuild//"
+MAX_LOAD_DEPTH = 100
 _ERROR_LINE = re.compile(r"^error: (?:(?:[A-Za-z_]+Error_?: )?error: )*(?:[A-Za-z_]+Error_?: )?(.*)$", re.MULTILINE)
 _NAME_ATTR = re.compile(r"""name\s*=\s*["']([^"']+)["']""")
 _WHERE_LINE = re.compile(r"^\s*--> (.+):(\d+):(\d+)", re.MULTILINE)
@@ -53,6 +56,18 @@ def _skip_dir(name: str) -> bool:
     return name.startswith(".") or name in (OUT_DIR, STATE_DIR, "__pycache__")
 
 
+def _utf8(name: str) -> bool:
+    """Whether a file name is UTF-8 text: one that is not cannot be part of a label, so folders
+    so named hold no packages, and a glob that matches such a file is an error."""
+    if name.isascii():
+        return True
+    try:
+        name.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def package_hint(name: str, packages: Any) -> str:
     """What follows "no such package '//name'": why posbuild never looks there, else a close name."""
     if any(_skip_dir(part) for part in name.split("/")):
@@ -72,7 +87,7 @@ def discover_packages(root: Path, build_file_names: tuple[str, ...]) -> tuple[tu
         with os.scandir(folder) as entries:
             for entry in entries:
                 if entry.is_dir(follow_symlinks=False):
-                    if not _skip_dir(entry.name):
+                    if not _skip_dir(entry.name) and _utf8(entry.name):
                         pending.append(f"{rel}/{entry.name}" if rel else entry.name)
                 elif entry.name in build_file_names and rel not in packages[-1:]:
                     packages.append(rel)
@@ -181,6 +196,7 @@ class Loader:
         self._current: _PackageBuilder | None = None
         self._sources: dict[str, str] = {}  # text of each file evaluated, by the name it was parsed under
         self.files_read: set[str] = set()
+        self.digests: dict[str, Digest] = {}  # of each file as read: the graph cache checks racy ones
 
     @property
     def root(self) -> Path:
@@ -244,19 +260,25 @@ class Loader:
         return 1
 
     def _read(self, rel: str) -> str:
-        """The text of a BUILD or .bzl file: UTF-8, less the byte order mark some editors write."""
+        """The text of a BUILD or .bzl file: UTF-8, less the byte order mark some editors write,
+        and nested no deeper than the evaluator can take."""
         self.files_read.add(rel)
         try:
             data = (self._root / rel).read_bytes()
         except OSError as error:
             raise BuildFileError(f"cannot read {rel}: {error.strerror or error}") from None
+        self.digests[rel] = hash_bytes(data)
         try:
-            return data.decode("utf-8-sig")
+            text = data.decode("utf-8-sig")
         except UnicodeDecodeError as error:
             start = data.rfind(b"\n", 0, error.start) + 1
             column = len(data[start:error.start].decode("utf-8", "replace")) + 1
             where = SourceLocation(rel, data.count(b"\n", 0, error.start) + 1, column)
             raise BuildFileError(f"not UTF-8 text (byte 0x{data[error.start]:02x})", where) from None
+        too_deep = nesting_problem(text)  # the evaluator would overflow its native stack (nesting.py)
+        if too_deep is not None:
+            raise BuildFileError(too_deep[1], SourceLocation(rel, too_deep[0]))
+        return text
 
     def _module(self) -> starlark.Module:
         module = starlark.Module()
@@ -308,6 +330,9 @@ class Loader:
             return self._bzl_cache[key]
         if key in self._bzl_loading:
             raise ValueError("load() cycle: " + " -> ".join([*self._bzl_loading, key]))
+        if len(self._bzl_loading) >= MAX_LOAD_DEPTH:  # each level nests the evaluator's stack
+            raise ValueError(f"load() chain deeper than {MAX_LOAD_DEPTH} files: " + " -> ".join(
+                [*self._bzl_loading[:2], "...", key]))
         if not path.is_file():
             if key.startswith(RULES_REPO):
                 shipped = [p.name for p in rules_dir().glob("*.bzl") if not p.name.startswith("_")]
@@ -316,7 +341,10 @@ class Loader:
             raise ValueError(f"cannot load '{module_id}': no file {key}")
         # The shipped library is read by absolute path; recording it lets an edit to it (in a
         # source checkout) invalidate cached graphs like any workspace .bzl file.
-        source = self._read(key if not key.startswith(RULES_REPO) else str(path))
+        try:
+            source = self._read(key if not key.startswith(RULES_REPO) else str(path))
+        except BuildFileError as error:  # raised through starlark, which keeps only the text
+            raise ValueError(error.render()) from None
         self._sources[key] = source
         self._bzl_loading.append(key)
         try:
@@ -399,6 +427,10 @@ class _PackageBuilder:
         wanted = [glob_to_regex(p) for p in include]
         unwanted = [glob_to_regex(p) for p in exclude]
         found = [f for f in files if any(r.match(f) for r in wanted) and not any(r.match(f) for r in unwanted)]
+        for name in found:
+            if not _utf8(name):
+                raise ValueError(f"glob() matched '{shown(name)}' in '//{self.package}', whose name is not "
+                                 f"UTF-8 text: rename it, or exclude it")
         if not found and options.get("allow_empty", True) is False:
             raise ValueError(f"glob({list(include)}) matched no files in '//{self.package}'")
         return found

@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 from itertools import chain
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,14 +49,16 @@ from posbuild.atomic import write_atomically
 from posbuild.config import Config, load_config
 from posbuild.errors import BuildFileError, UsageError
 from posbuild.label import Label, PatternKind, TargetPattern, did_you_mean, parse_label, parse_pattern
-from posbuild.stamps import file_stamp, stamps_current
+from posbuild.label import shown as label_shown
+from posbuild.stamps import file_stamp, racy_digests, stamps_current
 from posbuild.target import SCHEMAS
 
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2
 CACHE_NAME = "targets.query"
 SOURCE_FILE = "source file"
 OUTPUTS = ("label", "json", "graph")
 FUNCTIONS = ("deps", "rdeps", "allpaths", "kind", "attr")
+MAX_NESTING = 200  # parentheses and function calls; Python recurses a few frames per level
 _OPERATORS = {"+": "+", "-": "-", "^": "^", "union": "+", "except": "-", "intersect": "^"}
 _WORD = re.compile(r"[A-Za-z0-9_/@.:~*$=#%!-]+")
 _INT = re.compile(r"[0-9]+\Z")
@@ -161,7 +164,7 @@ def _attr_values(value: Any) -> list[str]:
     return [str(value)]
 
 
-def _build_graph(config: Config) -> tuple[TargetGraph, list[tuple[str, int]], list[str]]:
+def _build_graph(config: Config) -> tuple[TargetGraph, list[tuple[str, int]], list[str], dict[str, bytes]]:
     """Evaluate every BUILD file of the workspace into a TargetGraph (a cache miss)."""
     from posbuild.loader import discover_packages, Loader  # Starlark is needed only here
 
@@ -212,7 +215,7 @@ def _build_graph(config: Config) -> tuple[TargetGraph, list[tuple[str, int]], li
         attr_blobs={a: msgpack.packb(c, use_bin_type=True) for a, c in sorted(columns.items())},
         outs_blob=msgpack.packb({str(o): number[r] for o, r in outputs.items()}, use_bin_type=True),
     )
-    return graph, list(dirs), sorted({*loader.files_read, "posbuild.toml"})
+    return graph, list(dirs), sorted({*loader.files_read, "posbuild.toml"}), loader.digests
 
 
 def _entries(target: Any) -> list[tuple[str, str]]:
@@ -248,22 +251,25 @@ class TargetCache:
     def __init__(self, config: Config) -> None:
         self._config = config
         self.path = config.state_dir / "graphs" / CACHE_NAME
+        self._since = time.time_ns()  # made just before a load: what changed since is racy (stamps.py)
 
     def load(self) -> TargetGraph | None:
         try:
             entry = msgpack.unpackb(self.path.read_bytes(), use_list=False)
         except (OSError, ValueError, msgpack.UnpackException):
             return None
-        if not isinstance(entry, tuple) or len(entry) != 11 or entry[0] != _version():
+        if not isinstance(entry, tuple) or len(entry) != 12 or entry[0] != _version():
             return None
-        _, dirs, files, *fields = entry
-        if not stamps_current(str(self._config.root), dirs, files):
+        _, dirs, files, racy, *fields = entry
+        if not isinstance(racy, dict) or not stamps_current(str(self._config.root), dirs, files, racy):
             return None
         return TargetGraph(self._config.root, *fields)
 
-    def save(self, graph: TargetGraph, dirs: Sequence[tuple[str, int]], files: Sequence[str]) -> None:
+    def save(self, graph: TargetGraph, dirs: Sequence[tuple[str, int]], files: Sequence[str],
+             read: dict[str, bytes]) -> None:
         root = str(self._config.root)
-        entry = [_version(), list(dirs), [(rel, file_stamp(root, rel)) for rel in files], *graph.entry()]
+        racy = racy_digests(root, [*(rel for rel, _ in dirs), *files], self._since, read)
+        entry = [_version(), list(dirs), [(rel, file_stamp(root, rel)) for rel in files], racy, *graph.entry()]
         try:
             write_atomically(self.path, msgpack.packb(entry, use_bin_type=True))
         except OSError:
@@ -280,8 +286,8 @@ def load_graph(config: Config) -> TargetGraph:
     cache = TargetCache(config)
     graph = cache.load()
     if graph is None:
-        graph, dirs, files = _build_graph(config)
-        cache.save(graph, dirs, files)
+        graph, dirs, files, read = _build_graph(config)
+        cache.save(graph, dirs, files, read)
     return graph
 
 
@@ -342,10 +348,19 @@ class _Parser:
         self.text = text
         self.pos = 0
         self.cwd_package = cwd_package
+        self.levels = 0  # parentheses and function calls open at the cursor
 
     def fail(self, message: str, pos: int | None = None) -> UsageError:
         where = self.pos if pos is None else pos
-        return UsageError(f"query syntax error at column {where + 1}: {message} in '{self.text}'")
+        shown = self.text if len(self.text) <= 200 else self.text[:100] + " ... " + self.text[-60:]
+        return UsageError(label_shown(f"query syntax error at column {where + 1}: {message} in '{shown}'"))
+
+    def nest(self) -> None:
+        """Go one level deeper (a parenthesis, a function): parsing and evaluation recurse per level."""
+        self.levels += 1
+        if self.levels > MAX_NESTING:
+            raise self.fail(f"the expression nests more than {MAX_NESTING} levels deep "
+                            f"(parentheses and functions count)")
 
     def skip(self) -> None:
         while self.pos < len(self.text) and self.text[self.pos].isspace():
@@ -405,7 +420,9 @@ class _Parser:
         char = self.peek()
         if char == "(":
             self.pos += 1
+            self.nest()
             expr = self.expression()
+            self.levels -= 1
             self.expect(")")
             return expr
         if char in ("'", '"'):
@@ -424,7 +441,9 @@ class _Parser:
                 raise self.fail(f"unknown function '{text}' (known: {', '.join(FUNCTIONS)})"
                                 + did_you_mean(text, FUNCTIONS), start)
             self.pos += 1
+            self.nest()
             expr = getattr(self, "f_" + text)()
+            self.levels -= 1
             self.expect(")")
             return expr
         return self.pattern(text, start)
@@ -488,6 +507,8 @@ class _Parser:
             return re.compile(text)
         except re.error as error:
             raise self.fail(f"bad regular expression '{text}': {error}", start) from None
+        except (RecursionError, OverflowError, MemoryError):
+            raise self.fail("bad regular expression: nested too deeply or too large", start) from None
 
     def f_deps(self) -> Deps:
         expr = self.expression()
@@ -562,9 +583,16 @@ class Evaluator:
         graph = self.graph
         if isinstance(expr, Pattern):
             return self.pattern(expr.pattern)
-        if isinstance(expr, SetOp):
-            left, right = self(expr.left), self(expr.right)
-            return left | right if expr.op == "+" else left - right if expr.op == "-" else left & right
+        if isinstance(expr, SetOp):  # a chain `a + b - c ...` nests to the left: walked, not recursed
+            spine = []
+            while isinstance(expr, SetOp):
+                spine.append(expr)
+                expr = expr.left
+            found = self(expr)
+            for step in reversed(spine):
+                right = self(step.right)
+                found = found | right if step.op == "+" else found - right if step.op == "-" else found & right
+            return found
         if isinstance(expr, Deps):
             return _closure(self(expr.expr), graph.deps, expr.depth)
         if isinstance(expr, Rdeps):

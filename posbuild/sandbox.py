@@ -91,6 +91,7 @@ import fcntl
 import glob
 import itertools
 import os
+import select
 import shutil
 import signal
 import subprocess
@@ -169,21 +170,28 @@ class Running:
     process: subprocess.Popen[bytes] | None  # None: cancelled before it started (kept: a dropped Popen
     # whose returncode is unset would be reaped by subprocess's own cleanup, before `wait` gets to it)
     processors: tuple[int, ...]
-    timer: _Deadline | None = None
+    deadline: float | None = None  # time.monotonic() when its `timeout` expires
     direct: Direct | None = None  # run without the shell (shellfree.py): its end is reported as bash would
 
 
-class _Deadline(threading.Timer):
-    """Kills a command's process group when its `timeout` expires; `expired` says whether it did."""
-
-    def __init__(self, seconds: float, group: int) -> None:
-        super().__init__(seconds, self._expire)
-        self._group = group
-        self.expired = False
-
-    def _expire(self) -> None:
-        self.expired = True
-        _kill_group(self._group)
+def _ends_by(pid: int, deadline: float) -> bool:
+    """Whether child `pid` ends before `deadline` (it is not reaped). Waited for on a pidfd by
+    the thread that reaps it: a timer thread per action could fail to start (a thread limit, no
+    memory), and with it the timeout was gone."""
+    try:
+        fd = os.pidfd_open(pid)
+    except OSError:  # a kernel before 5.3: look every 10 ms
+        while time.monotonic() < deadline:
+            if os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None:
+                return True
+            time.sleep(0.01)
+        return os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
+    try:
+        poller = select.poll()
+        poller.register(fd, select.POLLIN)
+        return bool(poller.poll(max(0.0, deadline - time.monotonic()) * 1000))
+    finally:
+        os.close(fd)
 
 
 @dataclass(frozen=True, slots=True)
@@ -535,11 +543,8 @@ class Sandboxes:
         self._guard.watch(process.pid)
         if cancelled:
             _kill_group(process.pid)
-        timer = None
-        if action.timeout:
-            timer = _Deadline(action.timeout, process.pid)
-            timer.start()
-        return Running(sandbox, action.outputs, out, err, started, process, processors, timer, direct)
+        deadline = started + action.timeout if action.timeout else None
+        return Running(sandbox, action.outputs, out, err, started, process, processors, deadline, direct)
 
     def _reap(self, running: Running) -> tuple[int, bool, ResourceUsage | None, bytes]:
         """Wait for a launched command: its exit code, whether it timed out, its usage, and what
@@ -547,12 +552,13 @@ class Sandboxes:
         if running.process is None:  # cancelled before it started
             return -signal.SIGTERM, False, None, b""
         pid = running.process.pid
+        timed_out = False
         try:
+            if running.deadline is not None and not _ends_by(pid, running.deadline):
+                timed_out = True
+                _kill_group(pid)
             _, status, rusage = os.wait4(pid, 0)  # wait4, not wait: the rusage of the whole tree
         finally:
-            if running.timer is not None:
-                running.timer.cancel()
-            timed_out = running.timer is not None and running.timer.expired
             with self._lock:
                 self._running.discard(pid)
                 self._unpin(running.processors)

@@ -47,6 +47,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import struct
 import threading
 import time
 from dataclasses import dataclass
@@ -58,7 +59,7 @@ import msgpack
 
 from posbuild.digest import Digest, hash_bytes, hash_file
 from posbuild.epoch import EPOCH_FILE, advance_epoch
-from posbuild.errors import ChecksumMismatch, PartialState
+from posbuild.errors import ChecksumMismatch, PartialState, PosbuildError
 from posbuild.liveness import lock_held
 from posbuild.owned import STORE, claim, is_store
 from posbuild.recordchain import CHAIN, GENESIS, records_digest, seal
@@ -74,6 +75,9 @@ MAP_SIZE = 1 << 36
 # Rows are keyed digest + 4-byte chunk number; stores written before keep one row keyed by digest.
 PAYLOAD_CHUNK = 1900
 _INLINE, _EXTERNAL = b"\x00", b"\x01"
+DATABASES = (b"blobs", b"results", b"statmemo", b"meta", b"generations", b"usage", b"records", b"builds",
+             b"latest", b"journal_blobs")  # every named database, for walks of the whole store (salvage.py)
+RECORD_DATABASES = (b"records", b"builds", b"latest", b"journal_blobs")  # plus the meta row `records`
 _CHAIN_META = b"records"  # meta row: {"head": [number, seal] | None, "running": [numbers]}
 LOCK_NAME = "gc.lock"  # what build.workspace_lock locks: made with the store, so no later command adds a file
 # The write-ahead log is applied to LMDB once this many actions, or this many bytes, are in it.
@@ -117,18 +121,14 @@ class Store:
         self._chain_key = _CHAIN_META + b"\0" + workspace.encode() if workspace else _CHAIN_META
         running = path / "running"  # start logs of running builds
         self._running = running / f"w-{hash_bytes(workspace.encode()).hex()[:16]}" if workspace else running
-        claim(path, STORE, is_store)  # made with posbuild's mark; never a folder posbuild did not make
-        self._env = lmdb.open(str(path / "db"), map_size=MAP_SIZE, max_dbs=16, sync=False, metasync=False)
-        self._blobs = self._env.open_db(b"blobs")
-        self._results = self._env.open_db(b"results")
-        self._memo = self._env.open_db(b"statmemo")
-        self._meta = self._env.open_db(b"meta")
-        self._generations = self._env.open_db(b"generations")
-        self._usage = self._env.open_db(b"usage")
-        self._records = self._env.open_db(b"records")
-        self._builds = self._env.open_db(b"builds")
-        self._latest = self._env.open_db(b"latest")
-        self._journal_blobs = self._env.open_db(b"journal_blobs")
+        try:
+            claim(path, STORE, is_store)  # made with posbuild's mark; never a folder posbuild did not make
+        except OSError as error:
+            what = "a file, not a folder" if path.exists() or isinstance(error, NotADirectoryError) else error.strerror
+            raise StoreUnavailable(f"cannot create the store folder {path}: {what}") from None
+        damage = file_damage(path / "db")
+        if damage is not None:
+            raise ChecksumMismatch(f"the store {path} is damaged: {damage}; run `posbuild fsck --repair`")
         self._held: dict[int, int] = {}  # running builds of this process → the fd of their start log
         self._log: WriteAheadLog | None = None  # opened by the first `log()`
         self._log_lock = threading.Lock()  # held from appending to the log until its rows are in LMDB
@@ -139,10 +139,28 @@ class Store:
         self._pending_results: dict[bytes, bytes] = {}
         self._pending_blobs: dict[bytes, bytes] = {}
         self._pending_memo: dict[bytes, bytes] = {}
-        self._check_format()
-        if has_dead_logs(path / "wal"):
-            with self._writing():  # a dead process's logged commits, before anything reads the store
-                pass
+        self._env = open_environment(path / "db")
+        try:
+            self._open_dbs()
+            self._check_format()
+            if has_dead_logs(path / "wal"):
+                with self._writing():  # a dead process's logged commits, before anything reads the store
+                    pass
+        except lmdb.Error as error:
+            self._env.close()
+            raise store_failure(path, error) from None
+
+    def _open_dbs(self) -> None:
+        self._blobs = self._env.open_db(b"blobs")
+        self._results = self._env.open_db(b"results")
+        self._memo = self._env.open_db(b"statmemo")
+        self._meta = self._env.open_db(b"meta")
+        self._generations = self._env.open_db(b"generations")
+        self._usage = self._env.open_db(b"usage")
+        self._records = self._env.open_db(b"records")
+        self._builds = self._env.open_db(b"builds")
+        self._latest = self._env.open_db(b"latest")
+        self._journal_blobs = self._env.open_db(b"journal_blobs")
 
     def _check_format(self) -> None:
         with self._env.begin() as txn:
@@ -741,6 +759,104 @@ class Store:
         if data is not None and hash_bytes(data) != digest:
             raise ChecksumMismatch(f"build record payload {digest.hex()} in {self.path} is corrupt")
         return data
+
+
+class StoreUnavailable(PosbuildError):
+    """The store cannot be opened or written here: not a folder, read-only, the disk full, too
+    little address space to map it. Nothing is damaged; the command stops before it changes
+    anything it could not finish."""
+
+    exit_code = 1
+
+
+def file_damage(db: Path) -> str | None:
+    """Why the LMDB file in folder `db` cannot be mapped safely, or None (also when it is absent).
+
+    LMDB trusts its file: a page it reads past the end of a truncated file kills the process
+    with SIGBUS. Its two meta pages say how many pages the newest commit uses, so a file shorter
+    than that is found here, before mapping, by reading 8 KiB.
+    """
+    try:
+        with open(db / "data.mdb", "rb") as handle:
+            head = handle.read(2 * _META_PAGE_MAX)
+            size = os.fstat(handle.fileno()).st_size
+    except FileNotFoundError:
+        return None
+    except IsADirectoryError:
+        return f"{db / 'data.mdb'} is a folder, not LMDB's file"
+    except OSError as error:
+        raise StoreUnavailable(f"cannot read the store file {db / 'data.mdb'}: {error.strerror}") from None
+    if size == 0:
+        return None  # created, never committed: LMDB writes its meta pages on first open
+    metas = []
+    for offset in sorted({0, 4096, _meta_page_size(head)}):  # the second meta page is one page in
+        if offset < _META_PAGE_MAX and len(head) >= offset + _META_END:
+            magic, version = struct.unpack_from("<II", head, offset + 16)
+            page_size, = struct.unpack_from("<I", head, offset + 40)
+            last_page, txn_id = struct.unpack_from("<QQ", head, offset + 136)
+            if magic == _LMDB_MAGIC and version == 1 and page_size:
+                metas.append((txn_id, last_page, page_size))
+    if not metas:
+        return f"{db / 'data.mdb'} is not an LMDB file ({size} bytes, no valid meta page)"
+    _, last_page, page_size = max(metas)
+    needed = (last_page + 1) * page_size
+    if size < needed:
+        return f"{db / 'data.mdb'} is truncated ({size} bytes; its last commit uses {needed})"
+    return None
+
+
+_LMDB_MAGIC = 0xBEEFC0DE
+_META_END = 152  # page header (16) + magic, version, address, map size, 2 db records, last page, txn id
+_META_PAGE_MAX = 65536
+
+
+def _meta_page_size(head: bytes) -> int:
+    """The page size the first meta page records (the second meta page starts there)."""
+    return struct.unpack_from("<I", head, 40)[0] if len(head) >= _META_END else 0
+
+
+def open_environment(db: Path, map_size: int = MAP_SIZE, readonly: bool = False) -> lmdb.Environment:
+    """Open the LMDB environment; with too little address space for the full map (`ulimit -v`),
+    a smaller one down to what the file already holds, as a store of that size still works."""
+    try:
+        floor = max((db / "data.mdb").stat().st_size * 2, 256 << 20)
+    except OSError:
+        floor = 256 << 20
+    while True:
+        try:
+            return lmdb.open(str(db), map_size=map_size, max_dbs=16, sync=False, metasync=False,
+                             readonly=readonly, lock=not readonly)
+        except lmdb.MemoryError:
+            if map_size <= floor:
+                raise StoreUnavailable(
+                    f"cannot map the store {db.parent}: not enough address space (a `ulimit -v` limit?); "
+                    f"it needs at least {floor >> 20} MiB") from None
+            map_size = max(map_size // 4, floor)
+        except lmdb.Error as error:
+            raise store_failure(db.parent, error) from None
+
+
+def store_failure(path: Path | None, error: Exception) -> PosbuildError:
+    """The one-line error for an LMDB failure: damage (ORCH-03, fsck repairs it) or a store this
+    process cannot use (read-only, full disk); `path` None: the store of the command."""
+    import errno
+    import shutil
+
+    text = str(error).replace(f"{path / 'db'}: ", "") if path is not None else str(error)
+    where = path or Path.cwd()
+    path = path or "of this workspace"  # type: ignore[assignment]
+    if isinstance(error, (lmdb.CorruptedError, lmdb.PageNotFoundError, lmdb.InvalidError,
+                          lmdb.VersionMismatchError, lmdb.BadRslotError)):
+        return ChecksumMismatch(f"the store {path} is damaged ({text}); run `posbuild fsck --repair`")
+    if isinstance(error, lmdb.MapFullError):
+        return StoreUnavailable(f"the store {path} is full: it reached its map size; run `posbuild gc`")
+    try:
+        full = shutil.disk_usage(where).free < 1 << 20
+    except OSError:
+        full = False
+    if full:
+        text = f"{text} ({os.strerror(errno.ENOSPC)})"
+    return StoreUnavailable(f"cannot use the store {path}: {text}")
 
 
 def _unpack_row(number: int, value: bytes) -> dict[str, Any]:

@@ -128,4 +128,32 @@ def main(args: list[str] | None = None) -> Any:
     except click.Abort as error:  # click's form of a KeyboardInterrupt it caught
         cause = error.__cause__ or error.__context__
         interrupted(cause if isinstance(cause, KeyboardInterrupt) else KeyboardInterrupt())
+    except (OSError, MemoryError, RecursionError) as error:
+        fail(environment_failure(error))
+    except Exception as error:
+        if type(error).__module__ != "lmdb":
+            raise
+        from posbuild.store import store_failure
+
+        fail(store_failure(None, error))
     sys.exit(code or 0)
+
+
+def environment_failure(error: BaseException) -> PosbuildError:
+    """The one line for a failure of the machine rather than of the input: a full disk, a
+    read-only folder, a file where a folder belongs, no memory left. The store's transactions and
+    posbuild's temp + rename writes leave the state as it was before the command."""
+    import errno
+
+    if isinstance(error, MemoryError):
+        return PosbuildError("out of memory (a `ulimit -v` limit?)")
+    if isinstance(error, RecursionError):
+        return PosbuildError("input nested too deeply to process")
+    assert isinstance(error, OSError)
+    name = f" {error.filename}" if error.filename is not None else ""
+    if error.errno in (errno.EEXIST, errno.ENOTDIR) and name:
+        return PosbuildError(f"cannot create{name}: a file is in the way where posbuild needs a folder")
+    if error.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+        return PosbuildError(f"no space left on the device{' for' + name if name else ''} ({error.strerror}); "
+                             f"nothing half-written was kept")
+    return PosbuildError(f"cannot use{name or ' a file'}: {error.strerror or error}")

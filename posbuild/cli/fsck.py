@@ -8,6 +8,7 @@ could not fix counts.
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import click
@@ -46,6 +47,7 @@ def fsck(repair: bool) -> None:
         config = load_config(root)
         # alone with a shared store: its passes read it at different instants, and repair removes rows
         with workspace_lock(config, PlainReporter(sys.stdout, sys.stderr), collect=True):
+            rebuilt = _damaged_store(config.store_dir, config.workspace_tag, repair)
             store = Store(config.store_dir, config.workspace_tag) if (config.store_dir / "db").exists() else None
             try:
                 report = check(config, store, repair)
@@ -54,6 +56,8 @@ def fsck(repair: bool) -> None:
                     store.close()
     except PosbuildError as error:
         fail(error)
+    if rebuilt:
+        click.echo(rebuilt)
     for problem in (*report.errors, *report.warnings):
         click.echo(str(problem))
     click.echo(summary(report))
@@ -64,6 +68,35 @@ def fsck(repair: bool) -> None:
         for problem, why in report.repaired.failed:
             click.echo(f"not repaired: {problem}: {why}")
     _exit_for(report.remaining, repair)
+
+
+def _damaged_store(store_dir: Path, workspace: str, repair: bool) -> str:
+    """Read every row of the store in a child process (salvage.py); a damaged store fails fsck
+    with ORCH-03, and `--repair` moves it aside and rebuilds it from the rows still readable.
+    Returns the line saying what the repair did ("" if nothing)."""
+    from posbuild.fsck import record_chain_problems
+    from posbuild.salvage import damage, drop_records, salvage
+    from posbuild.store import Store
+
+    db = store_dir / "db"
+    found = damage(db) if (db / "data.mdb").exists() else None
+    if found is None:
+        return ""
+    if not repair:
+        fail(ChecksumMismatch(f"the store {store_dir} is damaged: {found}; `posbuild fsck --repair` moves it "
+                              f"aside and rebuilds it from every row still readable"))
+    saved = salvage(db)
+    store = Store(store_dir, workspace)
+    try:
+        chain_lost = bool(record_chain_problems(store))
+    finally:
+        store.close()
+    if chain_lost:
+        drop_records(db)
+    incomplete = f"; not read whole: {', '.join(saved.incomplete)}" if saved.incomplete else ""
+    records = "; execution records that lost rows were emptied" if chain_lost else ""
+    return (f"repaired: the store was damaged ({found}); moved it to {saved.moved_to} and rebuilt it from "
+            f"{saved.rows} row(s) still readable{incomplete}{records}")
 
 
 def _exit_for(remaining: tuple[Problem, ...], repaired: bool) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 from typing import Iterator
 
@@ -14,9 +15,14 @@ from posbuild.filestate import RACY_WINDOW_NS, FileStates
 from posbuild.records import signature
 from posbuild.store import Store
 
-# A fixed, old modification time for files, and a clock far enough after it that they are not racy.
+# A fixed, old modification time for files, and a clock far enough after their ctime (the real
+# time they were written: the kernel sets it) that they are not racy.
 T0 = 1_600_000_000_000_000_000
-LATER = T0 + 1_000 * RACY_WINDOW_NS
+LATER = time.time_ns() + 1_000 * RACY_WINDOW_NS
+
+
+def ctime(path: Path) -> int:
+    return path.stat().st_ctime_ns
 
 
 @pytest.fixture
@@ -166,8 +172,8 @@ def test_same_size_rewrite_with_restored_mtime_is_still_detected(root: Path, sto
 
 @pytest.mark.parametrize("age", [0, 1, RACY_WINDOW_NS // 2, RACY_WINDOW_NS - 1])
 def test_racy_file_is_used_but_not_memoised(root: Path, store: Store, age: int) -> None:
-    write(root, "a.txt", b"alpha")
-    first = files(root, store, now=T0 + age)
+    path = write(root, "a.txt", b"alpha")
+    first = files(root, store, now=ctime(path) + age)
     assert first.digest("a.txt") == hash_bytes(b"alpha")
     assert first.hashed == 1
     assert first.take_pending() == []
@@ -180,8 +186,8 @@ def test_racy_file_is_used_but_not_memoised(root: Path, store: Store, age: int) 
 
 
 def test_file_older_than_racy_window_is_memoised(root: Path, store: Store) -> None:
-    write(root, "a.txt", b"alpha")
-    fs = files(root, store, now=T0 + RACY_WINDOW_NS + 1)
+    path = write(root, "a.txt", b"alpha")
+    fs = files(root, store, now=ctime(path) + RACY_WINDOW_NS + 1)
     fs.digest("a.txt")
     memoise(fs, store)
     memo = store.get_memo("a.txt")
@@ -235,12 +241,12 @@ class _Clock:
 
 
 def test_racy_file_is_memoised_at_the_end_of_the_build_once_it_has_aged(root: Path, store: Store) -> None:
-    write(root, "a.txt", b"fresh\n")
-    clock = _Clock(T0 + RACY_WINDOW_NS // 2)
+    path = write(root, "a.txt", b"fresh\n")
+    clock = _Clock(ctime(path) + RACY_WINDOW_NS // 2)
     fs = FileStates(root, store, clock_ns=clock)
     digest = fs.digest("a.txt")
     assert fs.take_pending() == [] and fs.stable("a.txt") is None
-    clock.now = T0 + 2 * RACY_WINDOW_NS
+    clock.now = ctime(path) + 2 * RACY_WINDOW_NS
     fs.settle_racy()
     assert [(p, s.digest) for p, s in fs.take_pending()] == [("a.txt", digest)]
     assert fs.stable("a.txt") is not None
@@ -248,13 +254,22 @@ def test_racy_file_is_memoised_at_the_end_of_the_build_once_it_has_aged(root: Pa
 
 def test_racy_file_rewritten_in_the_same_tick_is_not_memoised(root: Path, store: Store) -> None:
     path = write(root, "a.txt", b"first\n")
-    clock = _Clock(T0 + RACY_WINDOW_NS // 2)
+    clock = _Clock(ctime(path) + RACY_WINDOW_NS // 2)
     fs = FileStates(root, store, clock_ns=clock)
     fs.digest("a.txt")
     path.write_bytes(b"other\n")  # same size, and the mtime is put back: same signature
     os.utime(path, ns=(T0, T0))
     os.utime(path, ns=(T0, T0))
-    clock.now = T0 + 2 * RACY_WINDOW_NS
+    clock.now = ctime(path) + 2 * RACY_WINDOW_NS
     fs.settle_racy()
     assert fs.take_pending() == []
     assert fs.stable("a.txt") is None
+
+
+def test_an_old_mtime_put_back_on_fresh_bytes_is_still_racy(root: Path, store: Store) -> None:
+    """`cp -p`, tar and the Nix store (mtime 1) write bytes now and set an old mtime: the age that
+    counts is the ctime's, or a same-size rewrite within the same tick would keep a stale digest."""
+    path = write(root, "a.txt", b"alpha", mtime_ns=1_000_000_000)
+    fs = files(root, store, now=ctime(path) + RACY_WINDOW_NS // 2)
+    assert fs.digest("a.txt") == hash_bytes(b"alpha")
+    assert fs.take_pending() == [] and fs.stable("a.txt") is None
