@@ -15,10 +15,9 @@ from posbuild.filestate import RACY_WINDOW_NS, FileStates
 from posbuild.records import signature
 from posbuild.store import Store
 
-# A fixed, old modification time for files, and a clock far enough after their ctime (the real
-# time they were written: the kernel sets it) that they are not racy.
+# A fixed, old modification time for files; `files` gives a clock far enough after their ctime
+# (the real time they were written: the kernel sets it) that they are not racy.
 T0 = 1_600_000_000_000_000_000
-LATER = time.time_ns() + 1_000 * RACY_WINDOW_NS
 
 
 def ctime(path: Path) -> int:
@@ -47,8 +46,11 @@ def write(root: Path, rel: str, content: bytes, mtime_ns: int = T0) -> Path:
     return path
 
 
-def files(root: Path, store: Store, now: int = LATER) -> FileStates:
-    return FileStates(root, store, clock_ns=lambda: now)
+def files(root: Path, store: Store, now: int | None = None) -> FileStates:
+    """File states read at `now`; by default well after any file a test has written so far (read
+    when called: a suite on a busy machine runs long after this module was imported)."""
+    later = time.time_ns() + 1_000 * RACY_WINDOW_NS if now is None else now
+    return FileStates(root, store, clock_ns=lambda: later)
 
 
 def forbid_hashing(monkeypatch: pytest.MonkeyPatch) -> None:
