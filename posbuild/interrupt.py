@@ -5,7 +5,9 @@ sends SIGHUP. Python would die at once on those two, leaving its commands runnin
 of the three raises `Interrupted` (a KeyboardInterrupt) in the main thread, so one path handles
 them all: the scheduler kills the running commands' process groups, nothing partial is kept,
 everything finished is already committed, and the CLI prints one line and exits 128+N. A second
-signal during that short wind-down ends the process at once (which is also safe: invariant 3).
+signal during that short wind-down ends the process at once (which is also safe: invariant 3),
+unless it repeats the first within `REPEAT_S`: GNU `timeout` and some supervisors signal the
+process and then its whole process group, and that second copy is the same request.
 """
 
 from __future__ import annotations
@@ -13,11 +15,13 @@ from __future__ import annotations
 import os
 import signal
 import threading
+import time
 from contextlib import contextmanager
 from types import FrameType
 from typing import Iterator
 
 SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+REPEAT_S = 0.5  # the same signal again within this long after the first is not a second request
 
 
 class Interrupted(KeyboardInterrupt):
@@ -58,17 +62,31 @@ def deferred() -> Iterator[None]:
             _raise(pending[0], None)
 
 
+_first: tuple[int, float] | None = None  # the signal that started the wind-down, and when
+
+
 def _raise(signum: int, frame: FrameType | None) -> None:
+    global _first
     if _held is not None:
         _held.append(signum)
         return
+    _first = (signum, time.monotonic())
     for other in SIGNALS:  # the wind-down is short; a second signal cuts it off
         signal.signal(other, _exit_now)
     raise Interrupted(signum)
 
 
 def _exit_now(signum: int, frame: FrameType | None) -> None:
+    if _first is not None and _first[0] == signum and time.monotonic() - _first[1] < REPEAT_S:
+        return  # the first one again, sent to the process group as well
     os._exit(128 + signum)
+
+
+def exiting() -> None:
+    """The wind-down is over and its line printed: ignore any further signal while the process
+    exits (Python's shutdown puts back the default handlers, under which a repeat killed it)."""
+    for signum in SIGNALS:
+        signal.signal(signum, signal.SIG_IGN)
 
 
 def handle_signals() -> None:

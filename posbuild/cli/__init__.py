@@ -84,11 +84,12 @@ def fail(error: PosbuildError) -> None:
 
 def interrupted(error: KeyboardInterrupt) -> None:
     """Stop on SIGINT, SIGTERM or SIGHUP (interrupt.py): one line, exit 128+N."""
-    from posbuild.interrupt import Interrupted
+    from posbuild.interrupt import Interrupted, exiting
 
     if not isinstance(error, Interrupted):  # a KeyboardInterrupt raised without a signal handler
         error = Interrupted()
     click.echo(error.line(), err=True)
+    exiting()
     sys.exit(error.exit_code)
 
 

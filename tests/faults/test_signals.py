@@ -141,3 +141,35 @@ def test_sigterm_stops_posbuild_verify_with_its_own_exit_code(tmp_path, sleeps):
     assert _gone(sleeps)
     check = ws.run("fsck")
     assert check.returncode == 0, check.stdout + check.stderr
+
+
+@pytest.mark.parametrize("gap", [0.0, 0.02])
+def test_a_signal_repeated_at_once_is_one_request(tmp_path, gap, sleeps):
+    """GNU `timeout` (without --foreground) sends SIGTERM to posbuild and then to its whole process
+    group: the second copy is the same request, not a second Ctrl-C that cuts the wind-down off
+    and ends posbuild without its line."""
+    started = tmp_path / "started"
+    ws = _workspace(tmp_path, "folder", started)
+    proc = subprocess.Popen([*POSBUILD, "build", "//..."], cwd=ws.root, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    _wait_for(started, proc)
+    os.kill(proc.pid, signal.SIGTERM)
+    time.sleep(gap)
+    os.kill(proc.pid, signal.SIGTERM)
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 143, err
+    assert err.splitlines()[-1] == "posbuild: interrupted by SIGTERM; 1 running action(s) stopped, nothing partial kept"
+    check = ws.run("fsck")
+    assert check.returncode == 0 and "swept" not in check.stdout, check.stdout + check.stderr
+
+
+def test_timeout_stops_a_build_with_its_line(tmp_path, sleeps):
+    """The README's `timeout 5 posbuild build`, as a CI job runs it: signalled twice at once."""
+    started = tmp_path / "started"
+    ws = _workspace(tmp_path, "folder", started)
+    for _ in range(3):
+        started.unlink(missing_ok=True)
+        run = subprocess.run(["timeout", "3", *POSBUILD, "build", "//..."], cwd=ws.root, capture_output=True,
+                             text=True, timeout=60)
+        assert run.returncode == 124, run.stderr  # timeout's own status for "timed out"
+        assert run.stderr.splitlines()[-1].startswith("posbuild: interrupted by SIGTERM;"), run.stderr
