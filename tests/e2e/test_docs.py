@@ -144,8 +144,11 @@ def parse(page: Path) -> list[Block]:
 
 
 def key(line: str) -> str:
-    """The stable part of an output line: its first two words, digests and digits masked."""
+    """The stable part of an output line: its first two words, digests and digits masked (a
+    line that is only a number, such as an exit status, is kept as it is)."""
     words = line.split()[:2]
+    if len(line.split()) == 1 and line.strip().isdigit():
+        return line.strip()
     masked = re.sub(r"[0-9a-f]{6,}", "H", " ".join(words))
     return re.sub(r"\d+", "#", masked)
 
