@@ -116,7 +116,8 @@ def parse(page: Path) -> list[Block]:
         fence = FENCE.match(line)
         if not fence:
             if line.strip() and markers:
-                raise ValueError(f"{name}:{i + 1}: a doc-test marker must come right before a block")
+                raise ValueError(f"{name}:{i + 1}: a doc-test marker must come right before "
+                                 "a block")
             i += 1
             continue
         indent, ticks, lang = fence.groups()
