@@ -33,9 +33,9 @@ def test_every_key_read_is_known_and_every_known_key_is_read():
     assert read == listed
 
 
-def test_the_readme_example_configuration_is_accepted(tmp_path):
-    readme = (Path(config.__file__).parent.parent / "README.md").read_text()
-    section = readme.split("## Configuration: `posbuild.toml`", 1)[1]
+def test_the_documented_example_configuration_is_accepted(tmp_path):
+    page = (Path(config.__file__).parent.parent / "docs" / "configuration.md").read_text()
+    section = page.split("# Configuration: `posbuild.toml`", 1)[1]
     example = re.search(r"```toml\n(.*?)```", section, re.S)
     assert example
     (tmp_path / "posbuild.toml").write_text(example.group(1))
