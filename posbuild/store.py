@@ -773,39 +773,69 @@ def file_damage(db: Path) -> str | None:
     """Why the LMDB file in folder `db` cannot be mapped safely, or None (also when it is absent).
 
     LMDB trusts its file: a page it reads past the end of a truncated file kills the process
-    with SIGBUS. Its two meta pages say how many pages the newest commit uses, so a file shorter
-    than that is found here, before mapping, by reading 8 KiB.
+    with SIGBUS. The newest meta page names the root page of the main and free databases, and the
+    main root (a leaf, with posbuild's ten databases) the root of each named one; the tree grows
+    from its roots, so a file that ends before one of them is found here, before mapping. The
+    meta page's last page number is no measure: LMDB counts pages it allocated and freed again
+    within one transaction, and never writes them.
     """
     try:
         with open(db / "data.mdb", "rb") as handle:
             head = handle.read(2 * _META_PAGE_MAX)
             size = os.fstat(handle.fileno()).st_size
+            if size == 0:
+                return None  # created, never committed: LMDB writes its meta pages on first open
+            metas = []
+            for offset in sorted({0, 4096, _meta_page_size(head)}):  # the second meta page is one page in
+                if offset < _META_PAGE_MAX and len(head) >= offset + _META_END:
+                    magic, version = struct.unpack_from("<II", head, offset + 16)
+                    page_size, = struct.unpack_from("<I", head, offset + 40)
+                    free_root, = struct.unpack_from("<Q", head, offset + 80)
+                    main_root, = struct.unpack_from("<Q", head, offset + 128)
+                    txn_id, = struct.unpack_from("<Q", head, offset + 144)
+                    if magic == _LMDB_MAGIC and version == 1 and page_size:
+                        metas.append((txn_id, page_size, free_root, main_root))
+            if not metas:
+                return f"{db / 'data.mdb'} is not an LMDB file ({size} bytes, no valid meta page)"
+            _, page_size, free_root, main_root = max(metas)
+            roots = [root for root in (free_root, main_root) if root != _NO_PAGE]
+            if main_root != _NO_PAGE and (main_root + 1) * page_size <= size:
+                handle.seek(main_root * page_size)
+                roots += _named_roots(handle.read(page_size))
     except FileNotFoundError:
         return None
     except IsADirectoryError:
         return f"{db / 'data.mdb'} is a folder, not LMDB's file"
     except OSError as error:
         raise StoreUnavailable(f"cannot read the store file {db / 'data.mdb'}: {error.strerror}") from None
-    if size == 0:
-        return None  # created, never committed: LMDB writes its meta pages on first open
-    metas = []
-    for offset in sorted({0, 4096, _meta_page_size(head)}):  # the second meta page is one page in
-        if offset < _META_PAGE_MAX and len(head) >= offset + _META_END:
-            magic, version = struct.unpack_from("<II", head, offset + 16)
-            page_size, = struct.unpack_from("<I", head, offset + 40)
-            last_page, txn_id = struct.unpack_from("<QQ", head, offset + 136)
-            if magic == _LMDB_MAGIC and version == 1 and page_size:
-                metas.append((txn_id, last_page, page_size))
-    if not metas:
-        return f"{db / 'data.mdb'} is not an LMDB file ({size} bytes, no valid meta page)"
-    _, last_page, page_size = max(metas)
-    needed = (last_page + 1) * page_size
+    needed = (max(roots, default=1) + 1) * page_size
     if size < needed:
         return f"{db / 'data.mdb'} is truncated ({size} bytes; its last commit uses {needed})"
     return None
 
 
+def _named_roots(page: bytes) -> list[int]:
+    """The root pages of the named databases a leaf page of the main database lists (none when
+    the page is not such a leaf: the check then rests on the two roots the meta page names)."""
+    if len(page) < 16 or not struct.unpack_from("<H", page, 10)[0] & 0x02:  # P_LEAF
+        return []
+    lower, = struct.unpack_from("<H", page, 12)
+    roots = []
+    for index in range(max(0, (lower - 16) // 2)):
+        pointer, = struct.unpack_from("<H", page, 16 + 2 * index)
+        if pointer + 8 > len(page):
+            return []
+        flags, key_size = struct.unpack_from("<HH", page, pointer + 4)
+        data = pointer + 8 + key_size
+        if flags & 0x02 and data + 48 <= len(page):  # F_SUBDATA: the value is a database record
+            root, = struct.unpack_from("<Q", page, data + 40)
+            if root != _NO_PAGE:
+                roots.append(root)
+    return roots
+
+
 _LMDB_MAGIC = 0xBEEFC0DE
+_NO_PAGE = 0xFFFFFFFFFFFFFFFF  # LMDB's P_INVALID: the root of an empty database
 _META_END = 152  # page header (16) + magic, version, address, map size, 2 db records, last page, txn id
 _META_PAGE_MAX = 65536
 

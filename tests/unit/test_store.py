@@ -483,3 +483,27 @@ def test_a_store_without_an_epoch_gets_one_when_opened(tmp_path):
     again = read_epoch(tmp_path / "s")
     Store(tmp_path / "s").close()
     assert read_epoch(tmp_path / "s") == again  # opening a store that has one changes nothing
+
+
+def test_a_healthy_store_whose_last_pages_were_never_written_is_not_called_truncated(tmp_path: Path) -> None:
+    """LMDB counts pages a transaction allocated and freed again in the meta page's last page
+    number, and never writes them: the file then ends before that page (a gc's large transaction
+    did this), and every command refused the healthy store as truncated."""
+    import struct
+
+    from posbuild.store import file_damage
+
+    store = Store(tmp_path / "s")
+    with store._writing() as txn:
+        for i in range(200):
+            txn.put(b"k%d" % i, b"v" * 3000, db=store._memo)
+        for i in range(200):
+            txn.delete(b"k%d" % i, db=store._memo)
+    store.close()
+    data = tmp_path / "s/db/data.mdb"
+    head = data.read_bytes()
+    newest = max((struct.unpack_from("<Q", head, at + 144)[0], struct.unpack_from("<Q", head, at + 136)[0])
+                 for at in (0, 4096))
+    assert (newest[1] + 1) * 4096 > data.stat().st_size  # the case: the last page lies past the end
+    assert file_damage(tmp_path / "s/db") is None
+    Store(tmp_path / "s").close()
