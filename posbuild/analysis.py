@@ -86,7 +86,8 @@ class GraphFacts(NamedTuple):
     run those checks without decoding ten thousand actions (build.py).
     """
 
-    count: int
+    # shadows tuple.count; the field names are part of the graph cache's format (graphcache.py)
+    count: int  # type: ignore[assignment]
     resources: tuple[tuple[int, int, int], ...]  # every distinct (cpu, mem_mb, io) request, sorted
     pinned: bool  # some action carries a `pin:` tag
     secrets: bool  # some action is given secrets

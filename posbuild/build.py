@@ -16,7 +16,7 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator, Mapping, Sequence
+from typing import IO, Callable, Iterator, Mapping, Sequence
 
 from posbuild.analysis import Action, ActionGraph, Analyzer, GraphFacts, expand_patterns
 from posbuild.config import CONFIG_NAME, Config, load_config
@@ -142,7 +142,7 @@ def workspace_lock(config: Config, reporter: Reporter, collect: bool = False) ->
 
 
 @contextmanager
-def _locked_file(config: Config, reporter: Reporter) -> Iterator[object]:
+def _locked_file(config: Config, reporter: Reporter) -> Iterator[IO[str]]:
     """Open and flock `.posbuild/lock`; if the file was deleted or replaced while this process
     waited (an older posbuild's `clean --all`, or `rm -rf .posbuild`), lock the new one instead:
     a lock on a deleted file excludes nobody."""
@@ -166,13 +166,13 @@ def _not_a_link(folder: Path) -> bool:
     return not folder.is_symlink()
 
 
-def _lock(handle: object, kind: int, reporter: Reporter, why: str) -> None:
+def _lock(handle: IO[str], kind: int, reporter: Reporter, why: str) -> None:
     """flock `handle`, saying why posbuild waits when it must."""
     try:
-        fcntl.flock(handle, kind | fcntl.LOCK_NB)  # type: ignore[arg-type]
+        fcntl.flock(handle, kind | fcntl.LOCK_NB)
     except BlockingIOError:
         reporter.message(f"posbuild: {why}; waiting for it")
-        fcntl.flock(handle, kind)  # type: ignore[arg-type]
+        fcntl.flock(handle, kind)
 
 
 def run_build(root: Path, options: BuildOptions, reporter: Reporter,

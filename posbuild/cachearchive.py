@@ -59,7 +59,7 @@ import time
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any, Sequence
+from typing import IO, Any, Iterable, Literal, Sequence, cast
 
 import blake3
 import msgpack
@@ -112,10 +112,11 @@ def last_successful_build(store: Store, patterns: Sequence[str]) -> dict[str, An
     wanted = sorted(set(patterns))
     builds = store.builds()
     for build in reversed(builds):
-        if (sorted(set(build.get("patterns", ()))) == wanted and build.get("status", "finished") == "finished"
+        if (sorted(set(cast(Iterable[str], build.get("patterns", ())))) == wanted and build.get("status", "finished") == "finished"
                 and "ended" in build and not build.get("failed") and not build.get("skipped")):
             return build
-    recorded = sorted({" ".join(sorted(set(b.get("patterns", ())))) for b in builds if "ended" in b})
+    recorded = sorted({" ".join(sorted(set(cast(Iterable[str], b.get("patterns", ())))))
+                       for b in builds if "ended" in b})
     hint = f" (builds recorded for: {'; '.join(recorded[-5:])})" if recorded else ""
     shown = " ".join(wanted)
     raise UsageError(f"no successful build of {shown} is recorded in this store{hint}; "
@@ -262,7 +263,7 @@ class _PlainMember(tarfile.TarInfo):
     def _proc_member(self, archive: tarfile.TarFile) -> tarfile.TarInfo:
         if self.type not in (tarfile.REGTYPE, tarfile.AREGTYPE):
             raise _NotPlain(f"{self.name[:80]!r} ({self.size} bytes)")
-        return super()._proc_member(archive)  # type: ignore[misc,no-any-return]
+        return super()._proc_member(archive)  # type: ignore[misc]  # tarfile's private hook
 
 
 def _read_verified(tar: tarfile.TarFile, source: Path, staged: Path, secret: bytes | None, allow_unsigned: bool
@@ -313,7 +314,7 @@ def _read_verified(tar: tarfile.TarFile, source: Path, staged: Path, secret: byt
     return body, signed, expected, small, large
 
 
-def _read_mode(source: Path) -> str:
+def _read_mode(source: Path) -> Literal["r:gz", "r:"]:
     """Plain tar or gzip, the two forms export writes. No other decompressor is let near an
     archive: xz's, for one, reserves whatever dictionary the file's header asks for."""
     with open(source, "rb") as handle:

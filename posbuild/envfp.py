@@ -67,7 +67,7 @@ class _Value:
     module is imported — about a millisecond per class, paid by every no-op build.)
     """
 
-    __slots__ = ()
+    __slots__: tuple[str, ...] = ()
 
     def __init__(self, *values: object) -> None:
         for name, value in zip(self.__slots__, values, strict=True):
@@ -336,6 +336,7 @@ class Approval(_Value):
 
     def error(self) -> EnvironmentDrift:
         """ORCH-07, with one indented line per differing entry."""
+        assert self.approved_hash is not None  # asked only of a drift, which has an approval
         lines = [str(c) for c in self.drift] or ["(the approved fingerprint does not say which entries differ)"]
         return EnvironmentDrift(
             f"h_E {self.current.hash.hex()[:12]} is not the approved {self.approved_hash[:12]} in posbuild.lock "

@@ -30,7 +30,7 @@ import threading
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING, Any, Sequence, cast
 
 from posbuild.analysis import Action, is_generated
 from posbuild.compare import first_file_difference, format_difference
@@ -43,7 +43,7 @@ from posbuild.nofollow import Opened, fd_path
 from posbuild.reasons import differences, one_line
 from posbuild.records import ActionResult, FileState, OutputFile, Signature
 from posbuild.resources import memory_overrun
-from posbuild.sandbox import Sandboxes, SpawnResult, read_small
+from posbuild.sandbox import ActionSandboxes, SpawnResult, read_small
 from posbuild.store import INLINE_LIMIT, Commit, Store
 from posbuild.journal import Journal, Row
 from posbuild.scheduler import current_slot
@@ -94,7 +94,7 @@ class Started:
     prepared: _Prepared
     started: float  # time.time() when it started
     secrets: tuple[tuple[str, str], ...]
-    running: object  # what the sandboxes' `start` returned, for their `wait`
+    running: Any  # what the sandboxes' `start` returned, for their `wait`
     spawn: SpawnResult | None = None  # set by `wait`
     ended: float = 0.0  # time.time() when the command ended
     outcome: ActionOutcome | None = None  # set at once when the action failed before its command
@@ -103,7 +103,7 @@ class Started:
 class Rebuilder:
     """Check-or-run for the actions of one build; upstream output digests are shared state."""
 
-    def __init__(self, root: Path, store: Store, files: FileStates, sandboxes: Sandboxes,
+    def __init__(self, root: Path, store: Store, files: FileStates, sandboxes: ActionSandboxes,
                  env_hash: Digest, passed_env: Sequence[tuple[str, str]] = (),
                  previous: BuildState | None = None, dry_run: bool = False, verify: bool = False,
                  journal: Journal | None = None, explain: bool = False,
@@ -128,7 +128,7 @@ class Rebuilder:
         self._previous = previous or EMPTY
         self._produced: dict[str, FileState] = {}
         self._prepared: dict[str, _Prepared] = {}
-        self._passed_by_build: dict[str, list[list[str]] | None] | None = None  # --explain: `[env] pass` by build
+        self._passed_by_build: dict[str, Sequence[tuple[str, str]] | None] | None = None  # --explain: `[env] pass` by build
         self.traces: dict[str, ActionTrace] = {}
         self.outputs: dict[str, OutputFile] = {}
         self.used: list[Digest] = []
@@ -166,11 +166,14 @@ class Rebuilder:
         started = time.time()
         inputs = tuple(zip(action.inputs, digests))
         hit = self._reuse_trace(action, digests) if NO_CACHE_TAG not in action.tags else None
-        key = hit.key if hit is not None else action_key(action, digests, self._env_hash, self._passed_env)
-        if hit is None and NO_CACHE_TAG not in action.tags:
-            hit = self._lookup(action, key)
-            if hit is None and self._remote is not None and action.label not in self._carriers:
-                hit = self._fetch(action, key)
+        if hit is not None:
+            key = hit.key
+        else:
+            key = action_key(action, digests, self._env_hash, self._passed_env)
+            if NO_CACHE_TAG not in action.tags:
+                hit = self._lookup(action, key)
+                if hit is None and self._remote is not None and action.label not in self._carriers:
+                    hit = self._fetch(action, key)
         if hit is not None and not self._verify:
             if self._journal is not None:
                 outputs = [(p, self._produced[p].digest) for p in action.outputs]
@@ -192,7 +195,8 @@ class Rebuilder:
         passed_before = None
         if previous is not None:
             if self._passed_by_build is None:
-                self._passed_by_build = {str(b["number"]): b.get("passed_env") for b in self._store.builds()}
+                self._passed_by_build = {str(b["number"]): cast("Sequence[tuple[str, str]] | None", b.get("passed_env"))
+                                         for b in self._store.builds()}  # pairs, as lists
             passed_before = self._passed_by_build.get(previous.build_id)
         reasons = differences(previous, action.command, action.env, action.versions, inputs, self._env_hash,
                               self._passed_env, passed_before)

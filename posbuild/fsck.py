@@ -404,7 +404,7 @@ def record_chain_problems(store: Store) -> list[Problem]:
     def add(number: int, detail: str) -> None:
         found.setdefault(number, detail)
 
-    rows: dict[int, dict] = {}  # type: ignore[type-arg]
+    rows: dict[int, dict] = {}
     for number, value in store.raw_builds():
         try:
             rows[number] = msgpack.unpackb(value)

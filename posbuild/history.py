@@ -103,7 +103,7 @@ def chrome_trace(build: dict[str, Any], records: Sequence[ExecutionRecord]) -> d
     for slot in sorted({r.slot for r in records if r.slot}):
         events.append({"name": "thread_name", "ph": "M", "pid": 1, "tid": slot, "args": {"name": f"job {slot}"}})
     for record in records:
-        args = {"state": record.state, "key": record.key.hex() if record.key else None,
+        args: dict[str, object] = {"state": record.state, "key": record.key.hex() if record.key else None,
                 "error": record.error_code or None}
         if record.worker:
             args.update(worker=record.worker, host=record.host)

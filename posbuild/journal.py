@@ -99,7 +99,7 @@ def build_row(started: float, patterns: Sequence[str], env_hash: Digest, graph: 
         "started": utc(started), "status": "running", "patterns": list(patterns), "env_hash": env_hash, **digests,
         "actions": len(up_to_date), "up_to_date": "all" if len(settled) == len(up_to_date) else settled, **flags,
     }
-    return info, [(digests[name], data) for name, data in payloads.items() if data]
+    return info, [(digest, payloads[name]) for name, digest in digests.items() if digest is not None]
 
 
 def record_settled_build(store_dir: Path, workspace: str, info: dict[str, object],

@@ -463,10 +463,10 @@ class _PackageBuilder:
                 line += self._source.count("\n", position, match.start())
                 position = match.start()
                 self._lines.setdefault(match.group(1), line)
-        line = self._lines.get(name)
-        if line is None and self._call_line is not None:
+        found = self._lines.get(name)
+        if found is None and self._call_line is not None:
             return _CallSite(self._build_file, name, self._call_line)
-        return SourceLocation(self._build_file, line or 1)
+        return SourceLocation(self._build_file, found or 1)
 
     def finish(self) -> Package:
         by_output = {out: target for target in self._targets.values() for out in target.outs}
@@ -490,7 +490,9 @@ class _Finder(_PackageBuilder):
 class _CallSite(SourceLocation):
     """A SourceLocation whose line is looked up when first read (`_PackageBuilder._locate`)."""
 
-    line = property(lambda self: self._line())  # type: ignore[assignment]
+    line = property(lambda self: self._line())
+    _name: str
+    _find: Callable[[str], int]
 
     def __init__(self, file: str, name: str, call_line: Callable[[str], int]) -> None:
         for attribute, value in (("file", file), ("column", 0), ("_name", name), ("_find", call_line)):

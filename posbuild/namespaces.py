@@ -215,7 +215,7 @@ def choose(mode: str, hidden: Iterable[str], visible: Iterable[str],
         return None, ""
     bwrap = find_bwrap()
     if bwrap is None:
-        problem = "bwrap not found on PATH"
+        problem: str | None = "bwrap not found on PATH"
         chosen = None
     else:
         chosen = isolation(bwrap, hidden, visible, writable, masked=masked)

@@ -195,12 +195,12 @@ def _build_graph(config: Config) -> tuple[TargetGraph, list[tuple[str, int]], li
     columns: dict[str, list[list[str] | None]] = {}
     rules: dict[str, list[int]] = {p: [] for p in package_names}
     for label in nodes:
-        target = targets.get(label)
-        if target is None:
+        declared = targets.get(label)
+        if declared is None:
             continue
         rules[label.package].append(number[label])
-        for attr in ["name", *(a for a in SCHEMAS.get(target.kind, {}) if a != "visibility")]:
-            value = [label.name] if attr == "name" else _attr_values(getattr(target, attr))
+        for attr in ["name", *(a for a in SCHEMAS.get(declared.kind, {}) if a != "visibility")]:
+            value = [label.name] if attr == "name" else _attr_values(getattr(declared, attr))
             if attr not in columns:
                 columns[attr] = [None] * len(nodes)
             columns[attr][number[label]] = value
@@ -607,7 +607,8 @@ class Evaluator:
         if isinstance(expr, Attr):
             search = expr.regex.search
             column = graph.column(expr.name)
-            return {n for n in self(expr.expr) if column[n] is not None and any(map(search, column[n]))}
+            return {n for n in self(expr.expr)
+                    if (values := column[n]) is not None and any(map(search, values))}
         raise TypeError(f"not a query expression: {expr!r}")
 
     def pattern(self, pattern: TargetPattern) -> set[int]:

@@ -59,7 +59,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO, Callable, Iterator, Mapping
+from typing import Any, BinaryIO, Callable, Iterator, Mapping
 from urllib.parse import urlsplit
 
 import blake3
@@ -165,12 +165,12 @@ def unpack_entry(secret: bytes, key: Digest, data: bytes) -> RemoteEntry:
     return RemoteEntry(result, names)
 
 
-def _name_row(row: list[object]) -> tuple[Digest, bytes, int]:
+def _name_row(row: list[Any]) -> tuple[Digest, bytes, int]:
     """(BLAKE3, SHA-256, size) of a signed row; size -1 in entries written before sizes were signed."""
     digest, name, *size = row
     if len(size) > 1 or not all(type(s) is int and s >= 0 for s in size):
         raise ValueError("malformed entry")
-    return bytes(digest), bytes(name), size[0] if size else -1  # type: ignore[arg-type,return-value]
+    return bytes(digest), bytes(name), size[0] if size else -1
 
 
 def sha256_of(source: bytes | Path) -> bytes:
@@ -268,14 +268,17 @@ class RemoteCache:
                 return None
             except _TooLarge as error:
                 bound = f"the signed result says it has {size}" if size >= 0 else f"an unsized blob may have ({limit})"
-                return self._rejected(f"blob {path} of {label} rejected: {error}, more bytes than {bound}")
+                self._rejected(f"blob {path} of {label} rejected: {error}, more bytes than {bound}")
+                return None
             if status == 404:
-                return self._rejected(f"blob {path} of {label} is missing from the remote")
-            body = bytes(got) if temp is None else b""  # type: ignore[arg-type]
+                self._rejected(f"blob {path} of {label} is missing from the remote")
+                return None
+            body = bytes(got) if temp is None else b""
             sums = (blake3.blake3(body).digest(), hashlib.sha256(body).digest()) if temp is None else got
             if sums != (digest, name):
-                return self._rejected(f"blob {path} of {label} rejected: its bytes hash to {sums[0].hex()}, "  # type: ignore[index]
-                                      f"not {digest.hex()} as the signed result says")
+                self._rejected(f"blob {path} of {label} rejected: its bytes hash to {sums[0].hex()}, "
+                               f"not {digest.hex()} as the signed result says")
+                return None
             if temp is None:
                 return body
             if size < 0 and temp.stat().st_size <= self._inline_limit:  # small after all: kept inline
@@ -406,7 +409,7 @@ class RemoteCache:
 
     def _call(self, method: str, path: str, body: bytes | BinaryIO | None = None, size: int | None = None,
               sink: Callable[[http.client.HTTPResponse, int], object] | None = None,
-              limit: int = _ANSWER_LIMIT) -> tuple[int, object]:
+              limit: int = _ANSWER_LIMIT) -> tuple[int, Any]:
         """One request, over by its deadline; (status, body or the sink's value for a 200). A 200's
         body may hold `limit` bytes, any other answer's `_ANSWER_LIMIT`. Raises _Down on failure,
         _TooLarge (the connection dropped) when a 200 answer is longer."""

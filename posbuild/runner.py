@@ -27,7 +27,7 @@ from posbuild.records import Manifest, OutputFile
 from posbuild.roles import Grant
 from posbuild.reporter import Reporter
 from posbuild.resources import critical_path
-from posbuild.sandbox import Sandboxes, choose_isolation
+from posbuild.sandbox import ActionSandboxes, Sandboxes, choose_isolation
 from posbuild.scheduler import Scheduler, State
 from posbuild.secrets import SecretSource, SecretUnavailable, secret_carriers
 from posbuild.store import INLINE_LIMIT, Store
@@ -136,7 +136,7 @@ def run_dirty(config: Config, actions: Sequence[Action], clean: Sequence[bool], 
     # read once the store is open: a new store (or one from before epochs) got its epoch just now, and
     # nothing can remove rows while this build holds the workspace's (and a shared store's) lock
     epoch = read_epoch(config.store_dir)
-    sandboxes: Sandboxes | None = None
+    sandboxes: ActionSandboxes | None = None
     try:
         files = FileStates(config.root, store)
         sandboxes = cluster or Sandboxes(config.root, config.sandbox_dir, isolation)

@@ -71,7 +71,7 @@ def salvage(db: Path) -> Salvaged:
     open_environment(db).close()
     rows, incomplete = 0, []
     for name in DATABASES:
-        copied = _in_child(lambda: _copy(moved, db, name))
+        copied = _in_child(lambda: _copy(moved, db, name)) or ""  # never empty: it says a count
         count, _, why = copied.partition(" ")
         if not count.isdigit():  # killed before it reported: it crashed; count what was committed
             count, why = str(_count(db, name)), copied
@@ -111,7 +111,7 @@ def _copy(source: Path, target: Path, name: bytes) -> str:
     return str(copied)
 
 
-def _put(env: lmdb.Environment, db: object, rows: list[tuple[bytes, bytes]]) -> int:
+def _put(env: lmdb.Environment, db: lmdb._Database, rows: list[tuple[bytes, bytes]]) -> int:
     with env.begin(write=True) as txn:
         for key, value in rows:
             txn.put(key, value, db=db)

@@ -101,7 +101,7 @@ import threading
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Protocol, Sequence
 
 from posbuild.analysis import Action
 from posbuild.config import BASE_PATH, Config
@@ -261,6 +261,23 @@ def choose_isolation(config: Config, writable: Sequence[str] = (),
         visible.append(faketime)
     return choose(config.sandbox_mode, (str(config.root), str(config.store_dir), str(config.sandbox_dir)), visible,
                   writable, masked)
+
+
+class ActionSandboxes(Protocol):
+    """What the rebuilder needs of the place its actions run: these local sandboxes, or the Dask
+    executor's (dask_executor.DaskSandboxes). `start` returns a handle that only `wait` reads."""
+
+    def clear_stale(self) -> None: ...
+
+    def start(self, action: Action, extra_env: Sequence[tuple[str, str]] = (), /) -> Any: ...
+
+    def wait(self, running: Any, /) -> SpawnResult: ...
+
+    def remove(self, result: SpawnResult, /) -> None: ...
+
+    def cancel(self) -> None: ...
+
+    def close(self) -> None: ...
 
 
 class Sandboxes:
@@ -744,6 +761,7 @@ def remove_tree(path: str, layout: _Layout | None = None) -> None:
 def _empty_folder(fd: int, layout: _Layout | None = None) -> None:
     """Remove what a folder holds: the entries `layout` names (a file already gone is fine), or
     without a layout whatever a listing finds. Subfolders are opened without following links."""
+    entries: list[tuple[str, bool, _Layout | None]]
     if layout is None:
         with os.scandir(fd) as listing:
             entries = [(entry.name, entry.is_dir(follow_symlinks=False), None) for entry in listing]

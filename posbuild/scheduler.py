@@ -338,7 +338,7 @@ class _Run(Generic[Outcome]):
         never take a slot that is handed on like this."""
         coming = [(self._scheduler._priority[c], c) for c in self._dependents[node] if self._waiting_deps[c] == 1]
         self._free(node, slot)
-        job = self._take(min(coming) if coming else None)  # type: ignore[type-var]
+        job = self._take(min(coming) if coming else None)
         if job is None:
             self._hold(node, slot)
             return False, None

@@ -52,7 +52,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence, cast
 
 import lmdb
 import msgpack
@@ -382,7 +382,7 @@ class Store:
             txn.put(key, when, db=self._usage)
         for record_key, label, packed in records:
             txn.put(record_key, packed, db=self._records)
-            newest = txn.get(label, db=self._latest)
+            newest = cast("bytes | None", txn.get(label, db=self._latest))  # bytes: no `buffers`
             if newest is None or newest <= record_key:
                 txn.put(label, record_key, db=self._latest)
         for digest, row in blobs:
@@ -501,10 +501,10 @@ class Store:
         if external:
             self.flush()  # the rows' removal must be on disk before their files go (machine crash)
         for digest in external:
-            path = self.external_path(digest)
+            file = self.external_path(digest)
             try:
-                freed += path.stat().st_size
-                path.unlink()
+                freed += file.stat().st_size
+                file.unlink()
             except FileNotFoundError:
                 pass
         return freed
@@ -630,7 +630,7 @@ class Store:
             return None
 
     def _interrupt(self, txn: lmdb.Transaction, chain: dict[str, Any], number: int) -> None:
-        data = txn.get(self.build_key(number), db=self._builds)
+        data = cast("bytes | None", txn.get(self.build_key(number), db=self._builds))
         try:
             row = _unpack_row(number, data) if data is not None else None
             recorded = {_unpack_record(number, value).label for _, value in self._raw_records(txn, number)}
@@ -695,7 +695,7 @@ class Store:
                 rows = cursor.iterprev() if found else iter(())
             else:
                 rows = cursor.iternext() if cursor.set_range(low) else iter(())
-            for key, value in rows:
+            for key, value in cast("Iterator[tuple[bytes, bytes]]", rows):  # bytes: no `buffers`
                 if not low <= key < high:
                     break
                 if len(key) == len(self._prefix) + size:

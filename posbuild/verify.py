@@ -227,9 +227,9 @@ class _Checker:
                     detail = format_difference(path, "run 1", size_one, "run 2", size_two, offset)
                     self.findings.append(Finding(action.label, path, detail))
                 elif cached is not None and path in cached:
-                    detail = self._against_cache(path, cached[path], one)
-                    if detail is not None:
-                        self.findings.append(Finding(action.label, path, detail))
+                    against = self._against_cache(path, cached[path], one)
+                    if against is not None:
+                        self.findings.append(Finding(action.label, path, against))
 
     def _cached(self, action: Action) -> dict[str, OutputFile] | None:
         """The outputs of the cached result of the action's key as last built, if there is one."""

@@ -35,7 +35,7 @@ import stat
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import TYPE_CHECKING, Callable, Iterable, cast
 
 import msgpack
 
@@ -43,6 +43,9 @@ from posbuild.analysis import ActionGraph, is_generated
 from posbuild.config import CONFIG_NAME, OUT_DIR, STATE_DIR, Config
 from posbuild.errors import PosbuildError
 from posbuild.reporter import BuildSummary
+
+if TYPE_CHECKING:  # _Handler has the one method watchdog calls, without importing it at start-up
+    from watchdog.events import FileSystemEventHandler
 
 LOCK_NAME = "posbuild.lock"
 CODE_SUFFIXES = (".bzl", ".py")  # files the loader or the import scan may read
@@ -224,7 +227,7 @@ class _Watcher:
         self._watches: dict[str, _FolderWatch] = {}  # by top-level folder name
 
     def start(self) -> None:
-        self._observer.schedule(self._handler, self._root, recursive=False, event_filter=self._filter)
+        self._observer.schedule(cast("FileSystemEventHandler", self._handler), self._root, recursive=False, event_filter=self._filter)
         for entry in sorted(os.scandir(self._root), key=lambda e: e.name):
             if self._watchable(entry.name):
                 identity = _folder_identity(entry.path)
@@ -248,7 +251,7 @@ class _Watcher:
         path = os.path.join(self._root, name)
         handler = _Handler(self._root, self._ignored, self._changes, own=path)
         try:
-            watch = self._observer.schedule(handler, path, recursive=True, event_filter=self._filter)
+            watch = self._observer.schedule(cast("FileSystemEventHandler", handler), path, recursive=True, event_filter=self._filter)
         except OSError as error:
             if _folder_identity(path) is None:
                 return False  # gone again (or replaced by a file): its own event says so

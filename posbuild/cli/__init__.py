@@ -11,7 +11,7 @@ from __future__ import annotations
 import importlib
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import click
 
@@ -76,13 +76,13 @@ allow_env_drift_option = click.option(
     help="Build even if the environment hash differs from the one approved in posbuild.lock (warns).")
 
 
-def fail(error: PosbuildError) -> None:
+def fail(error: PosbuildError) -> NoReturn:
     """Print a user error as one line and exit with its code."""
     click.echo(f"posbuild: {error.render()}", err=True)
     sys.exit(error.exit_code)
 
 
-def interrupted(error: KeyboardInterrupt) -> None:
+def interrupted(error: KeyboardInterrupt) -> NoReturn:
     """Stop on SIGINT, SIGTERM or SIGHUP (interrupt.py): one line, exit 128+N."""
     from posbuild.interrupt import Interrupted
 

@@ -68,7 +68,7 @@ def rollback(list_only: bool, generation_id: int | None) -> None:
                f"{report.restored} restored, {report.removed} removed, {report.unchanged} unchanged")
 
 
-def _print_generations(generations: list) -> None:  # type: ignore[type-arg]
+def _print_generations(generations: list) -> None:
     if not generations:
         click.echo("no generations recorded yet")
         return

@@ -13,7 +13,7 @@ from posbuild.cli import (allow_env_drift_option, fail, interrupted, jobs_option
 from posbuild.errors import PosbuildError
 
 
-def choose_reporter(quiet: bool):  # type: ignore[no-untyped-def]
+def choose_reporter(quiet: bool):
     """Live status on a terminal, plain lines on a pipe, failures only with -q."""
     from posbuild.reporter import PlainReporter, QuietReporter, TerminalReporter
 
@@ -81,7 +81,7 @@ def build(patterns: tuple[str, ...], jobs: int | None, keep_going: bool, dry_run
         fail(error)
     except KeyboardInterrupt as interrupt:
         interrupted(interrupt)
-    error = summary_error(summary)
-    if error is not None:
-        fail(error)
+    failure = summary_error(summary)
+    if failure is not None:
+        fail(failure)
 

@@ -12,7 +12,7 @@ from posbuild.cli import fail, workspace_and_package
 from posbuild.errors import PosbuildError
 
 
-def _current():  # type: ignore[no-untyped-def]
+def _current():
     """The workspace root and this machine's fingerprint, computed afresh (and the cache refreshed)."""
     from posbuild.config import load_config
     from posbuild.envfp import TEST_VARIABLE, current, parse_overrides

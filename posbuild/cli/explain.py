@@ -88,7 +88,7 @@ def _story(target: str, history: list[Any], builds: dict[str, dict[str, Any]], l
     lines.append(f"  compared with its previous execution, in build {prior.build_id} ({state}, key "
                  f"{prior.key.hex() if prior.key else '-'}):")
     unknown = passed_before is None and bool(passed)
-    return [*lines, *(f"  - {reason}" for reason in reasons or [unexplained(prior, unknown)])]
+    return [*lines, *(f"  - {reason}" for reason in reasons)] if reasons else [*lines, f"  - {unexplained(prior, unknown)}"]
 
 
 def _blockers(store: Any, builds: dict[str, dict[str, Any]], record: Any) -> str:

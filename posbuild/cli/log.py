@@ -11,7 +11,7 @@ from posbuild.cli import fail, workspace_and_package
 from posbuild.errors import PosbuildError, UsageError
 
 
-def _matches(pattern_text: str | None, package: str):  # type: ignore[no-untyped-def]
+def _matches(pattern_text: str | None, package: str):
     """A predicate on labels for the optional PATTERN."""
     if not pattern_text:
         return lambda label: True
@@ -23,13 +23,13 @@ def _matches(pattern_text: str | None, package: str):  # type: ignore[no-untyped
     return lambda label: pattern.covers_package(parse_label(label, "").package)
 
 
-def _heading(build: dict) -> str:  # type: ignore[type-arg]
+def _heading(build: dict) -> str:
     env = f"  h_E {bytes(build['env_hash']).hex()[:12]}" if build.get("env_hash") else ""
     return (f"build {build['number']}  started {build['started']}  patterns {' '.join(build['patterns'])}{env}"
             + ("  (environment drift allowed)" if build.get("allow_env_drift") else ""))
 
 
-def _table(build: dict, records: list) -> None:  # type: ignore[type-arg]
+def _table(build: dict, records: list) -> None:
     from posbuild.history import describe_build
 
     click.echo(_heading(build))
@@ -103,7 +103,7 @@ def log(pattern: str | None, number: int | None, failed: bool, as_json: bool, li
         _table(build, records)
 
 
-def _build_json(build: dict) -> dict:  # type: ignore[type-arg]
+def _build_json(build: dict) -> dict:
     """A build row as JSON-ready data: how it ended, and its place in the record chain."""
     chain = build.get("chain")
     return {
@@ -115,7 +115,7 @@ def _build_json(build: dict) -> dict:  # type: ignore[type-arg]
     }
 
 
-def _list_builds(builds: list, as_json: bool) -> None:  # type: ignore[type-arg]
+def _list_builds(builds: list, as_json: bool) -> None:
     from posbuild.history import describe_build
 
     for build in builds:

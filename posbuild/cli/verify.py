@@ -80,7 +80,7 @@ def verify(patterns: tuple[str, ...], jobs: int | None, quiet: bool) -> None:
         click.echo(_summary(report))
 
 
-def _summary(report) -> str:  # type: ignore[no-untyped-def]
+def _summary(report) -> str:
     line = (f"verify: {report.actions} actions, {report.outputs} outputs, {report.bytes} bytes compared: "
             f"all deterministic")
     notes = []
