@@ -363,9 +363,9 @@ class _Checker:
             if path.name.startswith(TEMP_PREFIX) and not _writer_alive(path.name):
                 self._sweep(path, "temp file of an interrupted state write")
         try:
-            removed, live = sweep_dead(self._config.sandbox_dir)
+            removed, _ = sweep_dead(self._config.sandbox_dir)
         except OSError:
-            removed, live = [], []
+            removed = []
         stuck = [path for path in _entries(self._config.sandbox_dir) if path.name in removed]
         for path in stuck:  # it could not be removed
             self._leftover(path, "sandbox of an interrupted build")

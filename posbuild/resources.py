@@ -37,9 +37,10 @@ def check_budget(actions: Sequence[Action], budget: Budget) -> None:
     if fits(set(map(attrgetter("resources"), actions)), budget):  # few distinct requests, however many actions
         return  # the common case; this runs on every build that is not settled from the graph's facts alone
     limits = budget.as_tuple()
-    for action in sorted((a for a in actions if any(r > l for r, l in zip(a.resources, limits))),
+    for action in sorted((a for a in actions if any(r > cap for r, cap in zip(a.resources, limits))),
                          key=lambda a: a.label)[:1]:
-        name, asked, limit = next((n, r, l) for n, r, l in zip(RESOURCE_NAMES, action.resources, limits) if r > l)
+        name, asked, limit = next((n, r, cap) for n, r, cap in zip(RESOURCE_NAMES, action.resources, limits)
+                                  if r > cap)
         raise ResourceOversubscription(
             f"{action.label} requests {name}={asked} but the budget is {name}={limit} ([resources] in posbuild.toml)"
         )

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import dataclasses
 import io
-import os
 import tarfile
 from pathlib import Path
 from typing import Any, Callable

@@ -5,10 +5,8 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
-import pytest
 
 from conftest import POSBUILD, Workspace, counts, executed_labels
 

@@ -128,7 +128,7 @@ def test_j1_order_of_independent_actions_is_by_label_and_stable(ws, tmp_path):
 def test_j1_order_is_identical_across_clean_runs_with_dependencies(ws, tmp_path):
     log = tmp_path / "probe.log"
     build = "".join(_probed(log, n, 0.01) for n in ["z_root", "b_free", "m_free"])
-    build += f"""
+    build += """
 genrule(name = "a_child", srcs = [":z_root"], outs = ["a_child.txt"], cmd = "cat $< > $@")
 genrule(name = "y_child", srcs = [":b_free", ":a_child"], outs = ["y_child.txt"], cmd = "cat $(SRCS) > $@")
 """

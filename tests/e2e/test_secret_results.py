@@ -12,7 +12,7 @@ from pathlib import Path
 import msgpack
 import pytest
 
-from conftest import Workspace, counts, executed_labels
+from conftest import Workspace, executed_labels
 from hostile_server import CacheServer
 
 KEY = {"POSBUILD_CACHE_KEY": "correct horse battery staple"}

@@ -85,7 +85,7 @@ def test_revalidate_forgets_exactly_the_actions_whose_result_or_blobs_are_gone(t
     from posbuild.digest import hash_bytes
     from posbuild.epoch import read_epoch
     from posbuild.records import ActionResult, OutputFile
-    from posbuild.store import Commit, Store
+    from posbuild.store import Store
     from posbuild.uptodate import revalidate
 
     store_dir = tmp_path / "store"

@@ -15,7 +15,7 @@ rows = [(h["iteration"], h["gap"]["train_loss"], h["gap"]["validation_loss"]) fo
 lines = [
     "# ml-loop report",
     "",
-    f"Linear model y = w*x + b fitted by gradient descent in a closed feedback loop.",
+    "Linear model y = w*x + b fitted by gradient descent in a closed feedback loop.",
     "",
     f"- converged: {'yes' if history['converged'] else 'no'}",
     f"- iterations: {history['iterations']}",
