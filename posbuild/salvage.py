@@ -29,7 +29,8 @@ _BATCH = 2000  # rows per write transaction while copying: a crash keeps what wa
 
 @dataclass(frozen=True, slots=True)
 class Salvaged:
-    """What `salvage` kept: rows copied, databases not read whole, and where the damaged store went."""
+    """What `salvage` kept: rows copied, databases not read whole, and where the damaged store
+    went."""
 
     rows: int
     incomplete: tuple[str, ...]
@@ -156,7 +157,8 @@ def _in_child(work: Callable[[], str]) -> str | None:
     text = b"".join(chunks).decode()
     if os.WIFSIGNALED(status):
         name = signal.Signals(os.WTERMSIG(status)).name
-        return f"reading it killed a process with {name} (a damaged page)" + (f" after {text}" if text else "")
+        return f"reading it killed a process with {name} (a damaged page)" + (f" after {text}"
+                                                                              if text else "")
     return text or None
 
 
