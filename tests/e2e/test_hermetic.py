@@ -118,7 +118,8 @@ def test_home_and_tmpdir_are_private_writable_folders_inside_the_sandbox(ws, tmp
         """,
     })
     user_home = os.environ.get("HOME", "/root")
-    result = ws.build("//pkg:dirs", env={"HOME": str(tmp_path / "userhome"), "TMPDIR": str(tmp_path)})
+    result = ws.build("//pkg:dirs",
+                      env={"HOME": str(tmp_path / "userhome"), "TMPDIR": str(tmp_path)})
     assert result.returncode == 0, result.stderr
     env = _env_of(ws.out("pkg/dirs.txt"))
     assert env.get("WRITABLE") == "yes", env
@@ -128,7 +129,8 @@ def test_home_and_tmpdir_are_private_writable_folders_inside_the_sandbox(ws, tmp
         assert folder.is_absolute()
         assert folder not in (Path(user_home), tmp_path / "userhome", tmp_path, Path("/tmp"))
         assert not folder.is_relative_to(tmp_path / "userhome")
-        assert folder.resolve().is_relative_to(sandbox), f"{folder} is outside the sandbox {sandbox}"
+        assert folder.resolve().is_relative_to(sandbox), (
+            f"{folder} is outside the sandbox {sandbox}")
     # the probes the action wrote there did not end up anywhere the user can see
     assert not (tmp_path / "userhome").exists()
     assert not (tmp_path / "probe").exists()
@@ -308,7 +310,8 @@ def test_no_temp_files_are_left_in_posbuild_out(ws):
 # ---- plain commands skip the shell ------------------------------------------------------------
 
 def test_a_plain_command_runs_without_the_shell_and_anything_else_under_it(ws):
-    """`pkg/parent.sh > $@` is exec'd by posbuild itself; with a `;` the shell runs it (folder sandbox)."""
+    """`pkg/parent.sh > $@` is exec'd by posbuild itself; with a `;` the shell runs it (folder
+    sandbox)."""
     (ws.root / "posbuild.toml").write_text('[sandbox]\nmode = "folder"\n')
     ws.write({
         "pkg/parent.sh": "#!/bin/sh\nreadlink /proc/$PPID/exe\n",
@@ -323,7 +326,8 @@ def test_a_plain_command_runs_without_the_shell_and_anything_else_under_it(ws):
     assert ws.out("pkg/plain.txt") == os.path.realpath(sys.executable) + "\n"
     assert ws.out("pkg/shell.txt") not in ("", ws.out("pkg/plain.txt"))
     missing = ws.build("//pkg:missing")  # not found on PATH: the shell says so, in its words
-    assert missing.returncode == 1 and "no-such-tool: command not found" in missing.stdout + missing.stderr
+    assert missing.returncode == 1 \
+            and "no-such-tool: command not found" in missing.stdout + missing.stderr
 
 
 # ---- commands run under bash in strict mode ---------------------------------------------------
@@ -385,9 +389,10 @@ def test_results_computed_under_the_former_shell_are_not_served(ws):
     """Keys and the graph cache carry the action schema, which the strict shell raised: a result
     (and a graph) made under the former schema is not reused."""
     _strict_workspace(ws, "folder", "cat $< > $@")
-    former = "import posbuild.analysis as a; a.ACTION_SCHEMA = 1; from posbuild.cli import main; main()"
-    old = subprocess.run([sys.executable, "-c", former, "build", "//pkg:t"], cwd=ws.root, capture_output=True,
-                         text=True)
+    former = (
+        "import posbuild.analysis as a; a.ACTION_SCHEMA = 1; from posbuild.cli import main; main()")
+    old = subprocess.run([sys.executable, "-c", former, "build", "//pkg:t"], cwd=ws.root,
+                         capture_output=True, text=True)
     assert old.returncode == 0, old.stdout + old.stderr
     assert counts(ws.ok("//pkg:t")) == {"executed": 1, "cached": 0, "failed": 0}
     assert counts(ws.ok("//pkg:t")) == {"executed": 0, "cached": 1, "failed": 0}

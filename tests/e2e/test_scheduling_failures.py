@@ -74,7 +74,8 @@ def test_j2_runs_at_most_two_actions_at_once_and_does_use_two(ws, tmp_path):
 
 def test_j4_runs_four_independent_sleeps_in_parallel(ws, tmp_path):
     log = tmp_path / "probe.log"
-    (ws.root / "posbuild.toml").write_text("[resources]\ncpu = 4\n")  # the budget must hold 4 x cpu=1
+    # the budget must hold 4 x cpu=1
+    (ws.root / "posbuild.toml").write_text("[resources]\ncpu = 4\n")
     _independent_sleepers(ws, log, ["a", "b", "c", "d"], 1.0)
     started = time.monotonic()
     ws.ok("-j4", "//...")
@@ -113,7 +114,8 @@ genrule(name = "second", srcs = [":first"], outs = ["second.txt"],
 def test_j1_order_of_independent_actions_is_by_label_and_stable(ws, tmp_path):
     log = tmp_path / "probe.log"
     # declared out of order on purpose
-    ws.write({"pkg/BUILD": "".join(_probed(log, n, 0.01) for n in ["delta", "bravo", "echo", "alpha", "charlie"])})
+    ws.write({"pkg/BUILD": "".join(_probed(log, n, 0.01)
+                                   for n in ["delta", "bravo", "echo", "alpha", "charlie"])})
     orders = []
     for _ in range(2):
         log.unlink(missing_ok=True)
@@ -139,11 +141,13 @@ genrule(name = "y_child", srcs = [":b_free", ":a_child"], outs = ["y_child.txt"]
         orders.append(_progress_labels(result))
         assert ws.run("clean", "--all").returncode == 0
     assert orders[0] == orders[1]
-    assert sorted(orders[0]) == ["//pkg:a_child", "//pkg:b_free", "//pkg:m_free", "//pkg:y_child", "//pkg:z_root"]
+    assert sorted(orders[0]) == ["//pkg:a_child", "//pkg:b_free", "//pkg:m_free", "//pkg:y_child",
+                                 "//pkg:z_root"]
     position = {label: i for i, label in enumerate(orders[0])}
     assert position["//pkg:z_root"] < position["//pkg:a_child"] < position["//pkg:y_child"]
     # the critical path first (z_root → a_child → y_child), then by remaining path, ties by label
-    assert orders[0] == ["//pkg:z_root", "//pkg:a_child", "//pkg:b_free", "//pkg:m_free", "//pkg:y_child"]
+    assert orders[0] == ["//pkg:z_root", "//pkg:a_child", "//pkg:b_free", "//pkg:m_free",
+                         "//pkg:y_child"]
 
 
 # ---- failure isolation ------------------------------------------------------------------------
@@ -216,7 +220,8 @@ def _stop_graph(log: Path) -> dict[str, str]:
 genrule(name = "a_fail", outs = ["a_fail.txt"], cmd = "echo start a_fail 0 >> {log}; sleep 0.2; exit 1")
 """
     build += "".join(
-        f'genrule(name = "{n}", outs = ["{n}.txt"], cmd = "echo start {n} 0 >> {log}; echo {n} > $@")\n'
+        f'genrule(name = "{n}", outs = ["{n}.txt"], cmd = "echo start {n} 0 >> {log}; echo {n} > '
+        '$@")\n'
         for n in ["b", "c", "d"]
     )
     return {"pkg/BUILD": build}
@@ -327,9 +332,11 @@ def test_a_file_system_error_of_posbuilds_own_fails_that_action_only_and_its_rec
     assert counts(result) == {"executed": 1, "cached": 0, "failed": 1}
     assert ws.out("other/b.txt") == "b\n"
     records = [json.loads(line) for line in ws.run("log", "--json").stdout.splitlines()]
-    assert {r["label"]: r["state"] for r in records} == {"//pkg:a": "FAILED", "//other:b": "SUCCESS"}
+    assert {r["label"]: r["state"] for r in records} == {"//pkg:a": "FAILED",
+                                                         "//other:b": "SUCCESS"}
     assert [r["error"] for r in records if r["label"] == "//pkg:a"] == ["install failed"]
     (ws.root / "posbuild-out/pkg").unlink()
     fixed = ws.ok("//...")
-    assert counts(fixed) == {"executed": 0, "cached": 2, "failed": 0} and ws.out("pkg/a.txt") == "a\n"
+    assert counts(fixed) == {"executed": 0, "cached": 2, "failed": 0} \
+            and ws.out("pkg/a.txt") == ("a\n")
     assert ws.run("fsck").returncode == 0

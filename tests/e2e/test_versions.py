@@ -17,8 +17,8 @@ CHAIN = {
         """,
 }
 
-MISMATCH = ("posbuild: ORCH-02 version mismatch: model/BUILD:2: //model:train requires //data:clean schema=3, "
-            "but //data:clean declares schema=2\n")
+MISMATCH = ("posbuild: ORCH-02 version mismatch: model/BUILD:2: //model:train requires "
+            "//data:clean schema=3, but //data:clean declares schema=2\n")
 
 
 def test_unmet_requirement_is_orch02_and_runs_nothing(ws: Workspace) -> None:
@@ -38,8 +38,8 @@ def test_a_required_key_the_target_does_not_declare(ws: Workspace) -> None:
         """})
     result = ws.build()
     assert result.returncode == 12
-    assert result.stderr == ("posbuild: ORCH-02 version mismatch: model/BUILD:2: //model:train requires "
-                             "//data:clean schema=3, "
+    assert result.stderr == ("posbuild: ORCH-02 version mismatch: model/BUILD:2: //model:train "
+                             "requires //data:clean schema=3, "
                              "but //data:clean declares no schema\n")
     assert not (ws.root / "posbuild-out").exists()
 
@@ -82,9 +82,10 @@ def test_requirement_on_a_target_that_is_not_a_dependency_is_a_build_error(ws: W
     result = ws.build()
     assert result.returncode == 3
     assert result.stderr == (
-        "posbuild: model/BUILD:3: //model:report: requires entry ':other': //model:other is not a dependency "
-        "of //model:report; a target may require versions only of targets it depends on through srcs or "
-        "tools (directly or transitively)\n")
+        "posbuild: model/BUILD:3: //model:report: requires entry ':other': //model:other is not a "
+        "dependency "
+        "of //model:report; a target may require versions only of targets it depends on through "
+        "srcs or tools (directly or transitively)\n")
     assert not (ws.root / "posbuild-out").exists()
 
 
@@ -99,7 +100,8 @@ def test_requirement_must_name_a_rule(ws: Workspace) -> None:
            "name the rule that produces it, '//data:clean'" in result.stderr
 
 
-def test_version_change_reexecutes_the_action_and_only_dependents_whose_inputs_changed(ws: Workspace) -> None:
+def test_version_change_reexecutes_the_action_and_only_dependents_whose_inputs_changed(
+    ws: Workspace) -> None:
     ws.write({
         "p/in.txt": "x\n",
         "p/BUILD": """
