@@ -381,7 +381,8 @@ WRITERS = {"posbuild": write_posbuild, "make": write_make, "ninja": write_ninja}
 
 
 def setup_tools(
-    base: Path, graph: Graph, names: list[str], jobs: int, posbuild: str | None, sandbox: str = "auto"
+    base: Path, graph: Graph, names: list[str], jobs: int, posbuild: str | None,
+    sandbox: str = "auto"
 ) -> list[Tool]:
     tools = []
     for name in names:
@@ -508,7 +509,8 @@ def posbuild_python(posbuild: str) -> Path | None:
     return None
 
 
-def time_snippet(python: Path, ws: Path, snippet: str, args: list[str], runs: int) -> tuple[list[float], str] | str:
+def time_snippet(python: Path, ws: Path, snippet: str, args: list[str],
+                 runs: int) -> tuple[list[float], str] | str:
     """Run `snippet` (which prints "<seconds> <count>") `runs` times in fresh interpreters; the
     seconds of each run and the last count, or the last line of stderr when a run failed."""
     samples: list[float] = []
@@ -625,7 +627,8 @@ def bench_size(n: int, args: argparse.Namespace, workdir: Path) -> None:
     if base.exists():
         shutil.rmtree(base)
     tools = setup_tools(base, graph, args.tools, args.jobs, args.posbuild, args.sandbox)
-    print(f"\nN={n}: {describe(graph, leaves)}; posbuild [sandbox] mode = {args.sandbox}", flush=True)
+    print(f"\nN={n}: {describe(graph, leaves)}; posbuild [sandbox] mode = {args.sandbox}",
+          flush=True)
 
     timings: Timings = {s: {t.name: [] for t in tools} for s in SCENARIOS}
     pristine = list(graph.leaves)
@@ -663,7 +666,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0, help="generator seed (default: 0)")
     p.add_argument("--sandbox", choices=("folder", "namespace", "auto"), default="folder",
                    help="posbuild's [sandbox] mode (default: folder, the like-for-like comparison "
-                        "with make and ninja, which isolate nothing; bench_sandbox.py measures the rest)")
+                        "with make and ninja, which isolate nothing; bench_sandbox.py measures the "
+                        "rest)")
     args = p.parse_args(argv)
     args.sizes = [int(s) for s in args.sizes.split(",") if s.strip()]
     args.tools = [t.strip() for t in args.tools.split(",") if t.strip()]
