@@ -429,7 +429,7 @@ def test_cmd_double_dollar_reaches_the_shell_as_one_dollar(ws):
     ws.write({"p/BUILD": """
         genrule(name = "g", outs = ["o.txt"], env = {"GREETING": "hi"},
                 cmd = "echo '$$GREETING' > $@; echo $$GREETING >> $@; case $$HOME in /*) echo abs;; esac >> $@")
-    """})
+    """})  # noqa: E501
     ws.ok("//p:g")
     assert ws.out("p/o.txt") == "$GREETING\nhi\nabs\n"
 

@@ -10,7 +10,7 @@ WORKSPACE = {
     "pkg/BUILD": """
         genrule(name = "steady", srcs = ["in.txt"], outs = ["steady.txt"], cmd = "tr a-z A-Z < $< > $@")
         genrule(name = "clock", outs = ["clock.txt"], cmd = "date +%s%N > $@")
-    """,
+    """,  # noqa: E501
 }
 
 

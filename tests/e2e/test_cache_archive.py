@@ -26,7 +26,7 @@ SOURCES = {
         genrule(name = "report", srcs = [":sorted"], outs = ["report.txt"], cmd = "wc -l < $< > $@")
         genrule(name = "big", srcs = ["raw.txt"], outs = ["big.bin"],
                 cmd = "python3 -c 'import sys; open(sys.argv[1], \\"wb\\").write(bytes(range(256)) * 2048)' $@")
-    """,
+    """,  # noqa: E501
     "other/BUILD": """
         genrule(name = "x", srcs = [], outs = ["x.txt"], cmd = "echo x > $@")
     """,

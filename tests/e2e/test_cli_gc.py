@@ -13,7 +13,7 @@ PIPELINE = {
     "p/BUILD": """
         genrule(name = "twice", srcs = ["a.txt"], outs = ["twice.txt"], cmd = "cat $< $< > $@")
         genrule(name = "upper", srcs = [":twice"], outs = ["upper.txt"], cmd = "tr a-z A-Z < $< > $@")
-    """,
+    """,  # noqa: E501
 }
 SUMMARY = re.compile(
     r"^gc: removed (\d+) generation\(s\), (\d+) action result\(s\), (\d+) blob\(s\); freed [\d.]+ "

@@ -81,7 +81,7 @@ def test_an_ordinary_build_file_deep_enough_for_real_use_still_loads(ws):
                 return "c" if v > 3 and not v < 0 else "d"
         deep = {nested}
         genrule(name = "a", outs = ["a.txt"], cmd = "echo " + pick(2) + " > $@ # ((( [[[ " + "(" * 300)
-    """})
+    """})  # noqa: E501
     ws.ok("//...")
     assert ws.out("pkg/a.txt") == "b\n"
 

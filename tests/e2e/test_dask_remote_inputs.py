@@ -40,7 +40,7 @@ FILES = {
         genrule(name = "m", srcs = ["marker.txt"], outs = ["m.txt"], tools = ["tool.sh"],
                 cmd = "sleep 1.5; $(location tool.sh) $(location marker.txt) > $@")
         genrule(name = "c", srcs = [":b", ":m"], outs = ["c.txt"], cmd = "cat $(SRCS) > $@; chmod +x $@")
-    """,
+    """,  # noqa: E501
 }
 
 
@@ -139,7 +139,7 @@ def test_a_read_only_build_ships_what_the_remote_lacks_and_survives_a_tampered_b
     # Without upload: an input the remote has is read from it, one it lacks travels with the task.
     ws.write({"p/new.txt": "new\n", "p/BUILD": FILES["p/BUILD"] + """
         genrule(name = "n", srcs = ["new.txt", "data.txt"], outs = ["n.txt"], cmd = "cat $(SRCS) > $@")
-    """})
+    """})  # noqa: E501
     before = len(nginx.requests())
     first = build(ws, "--executor", cluster.url)
     assert first.returncode == 0, first.stderr

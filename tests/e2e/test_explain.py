@@ -14,7 +14,7 @@ genrule(name = "b", srcs = [":a"], tools = ["tool.sh"], outs = ["b.out"], cmd = 
 genrule(name = "passed", outs = ["p.out"], cmd = "echo $${MODE:-none} > $@")
 genrule(name = "bad", srcs = ["a.txt"], outs = ["bad.out"], cmd = "exit 3")
 genrule(name = "after", srcs = [":bad"], outs = ["after.out"], cmd = "cat $< > $@")
-"""
+"""  # noqa: E501
 
 
 @pytest.fixture

@@ -139,7 +139,7 @@ def test_an_unreferenced_blob_is_a_warning_that_keeps_exit_code_0(ws):
     ws.write({**PIPELINE, "pkg/BUILD": """
         genrule(name = "loud", srcs = ["raw.txt"], outs = ["loud.txt"], cmd = "echo progress; cat $< > $@",
                 tags = ["no-cache"])
-    """})
+    """})  # noqa: E501
     ws.ok("//...")
     result = ws.run("fsck")
     assert result.returncode == 0, result.stdout + result.stderr

@@ -140,7 +140,7 @@ def test_gc_waits_for_a_running_build_of_the_workspace_and_the_next_build_tells_
     ws.write({**FLAKY, "a/BUILD": f"""
         genrule(name = "ok", srcs = ["in.txt"], outs = ["ok.txt"], cmd = "{slow_command(tmp_path)}; tr a-z A-Z < $< > $@")
         genrule(name = "bad", srcs = ["bad.txt"], outs = ["bad.out"], cmd = "exit 3")
-    """})
+    """})  # noqa: E501
     build, gc = gc_during_build(ws.root, ["build", "-k", "//..."], ws.root,
                                 ["gc", "--max-size", "1"], tmp_path)
     assert build[0] == 1
@@ -162,7 +162,7 @@ def test_gc_in_one_workspace_waits_for_a_build_in_another_that_shares_the_store(
     build = f"""
         genrule(name = "t", srcs = ["t.txt"], outs = ["t.out"], cmd = "cat $< > $@")
         genrule(name = "slow", srcs = [":t"], outs = ["slow.out"], cmd = "{slow_command(tmp_path)}; cat $< $< > $@")
-    """
+    """  # noqa: E501
     first.write({"posbuild.toml": toml, "p/t.txt": "old\n", "p/BUILD": build})
     first.ok("//p:t")
     first.write({"p/t.txt": "new\n"})
@@ -207,7 +207,7 @@ def test_clean_waits_for_a_running_build_so_that_what_it_removed_stays_removed(w
     ws.write({"a/BUILD": f"""
         genrule(name = "fast", outs = ["fast.txt"], cmd = "echo fast > $@")
         genrule(name = "slow", srcs = [":fast"], outs = ["slow.txt"], cmd = "{slow_command(tmp_path)}; cat $< > $@")
-    """})
+    """})  # noqa: E501
     build, clean = gc_during_build(ws.root, ["build", "//..."], ws.root, ["clean"], tmp_path)
     assert build[0] == 0, build
     assert clean[0] == 0 and "waiting" in clean[2], clean
@@ -225,7 +225,7 @@ def test_fsck_of_a_shared_store_waits_for_a_build_in_another_workspace(tmp_path)
     toml = f'[cache]\ndir = "{store}"\n'
     first.write({"posbuild.toml": toml, "p/BUILD": f"""
         genrule(name = "slow", outs = ["slow.out"], cmd = "{slow_command(tmp_path)}; echo slow > $@")
-    """})
+    """})  # noqa: E501
     second.write({"posbuild.toml": toml,
                   "p/BUILD": 'genrule(name = "x", outs = ["x"], cmd = "echo x > $@")\n'})
     second.ok("//...")

@@ -131,7 +131,7 @@ def test_host_unix_sockets_under_run_need_the_network_tag(ws):
             "p/BUILD": f"""
                 genrule(name = "closed", outs = ["c.txt"], cmd = "python3 -c \\"{script}\\" > $@")
                 genrule(name = "open", outs = ["o.txt"], tags = ["network"], cmd = "python3 -c \\"{script}\\" > $@")
-            """,
+            """,  # noqa: E501
         })
         assert ws.build("//p:closed").returncode == 1
         ws.ok("//p:open")

@@ -31,7 +31,7 @@ SOURCES = {
         genrule(name = "report", srcs = [":sorted"], outs = ["report.txt"], cmd = "wc -l < $< > $@")
         genrule(name = "big", srcs = ["raw.txt"], outs = ["big.bin"],
                 cmd = "python3 -c 'import sys; open(sys.argv[1], \\"wb\\").write(bytes(range(256)) * 4096)' $@")
-    """,
+    """,  # noqa: E501
 }
 
 _MEASURE = """\

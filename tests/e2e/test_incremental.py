@@ -29,7 +29,7 @@ DIAMOND = {
         genrule(name = "right", srcs = ["b.txt"], outs = ["right.txt"], cmd = "cat $< > $@")
         genrule(name = "join", srcs = [":left", ":right"], outs = ["join.txt"], cmd = "cat $(SRCS) > $@")
         genrule(name = "other", srcs = ["b.txt"], outs = ["other.txt"], cmd = "tr a-z A-Z < $< > $@")
-    """,
+    """,  # noqa: E501
 }
 DIAMOND_LABELS = ["//pkg:join", "//pkg:left", "//pkg:other", "//pkg:right"]
 

@@ -18,7 +18,7 @@ FILES = {
         genrule(name = "clean", srcs = ["raw.csv"], outs = ["clean.csv"], tools = ["//tools:clean.sh"],
                 cmd = "sh $(location //tools:clean.sh) $(location raw.csv) > $@")
         genrule(name = "other", srcs = ["other.csv"], outs = ["other.out"], cmd = "cat $< > $@")
-        """,
+        """,  # noqa: E501
     "model/BUILD": """
         genrule(name = "train", srcs = ["//data:clean"], outs = ["model.txt"], cmd = "cat $< > $@")
         """,

@@ -81,7 +81,7 @@ def test_reading_an_undeclared_workspace_file_by_absolute_path_fails(nws):
 def test_writing_into_the_workspace_by_absolute_path_fails_and_changes_nothing(nws):
     nws.write({"pkg/BUILD": f"""
         genrule(name = "escape", outs = ["e.txt"], cmd = "echo x > $@; echo x > {nws.root}/pkg/escaped.txt")
-    """})
+    """})  # noqa: E501
     result = build(nws, "//pkg:escape")
     assert result.returncode == 1, result.stdout + result.stderr
     assert "escaped.txt" in result.stderr
@@ -93,7 +93,7 @@ def test_writing_into_the_hosts_tmp_fails_and_tmp_is_private(nws, tmp_path):
     nws.write({"pkg/BUILD": f"""
         genrule(name = "own", outs = ["own.txt"], cmd = "echo private > {mine} && cat {mine} > $@ && ls -A /tmp >> $@")
         genrule(name = "host", outs = ["host.txt"], cmd = "echo x > $@; echo x > {tmp_path}/escaped.txt")
-    """})
+    """})  # noqa: E501
     ok(nws, "//pkg:own")
     assert not Path(mine).exists()  # the action's /tmp is its own, gone when it ends
     listing = nws.out("pkg/own.txt").split()
@@ -121,7 +121,7 @@ def test_a_workspace_and_a_store_outside_tmp_are_covered_by_read_only_empty_fold
                 genrule(name = "read", outs = ["read.txt"], cmd = "cat {root}/pkg/secret.txt > $@")
                 genrule(name = "write", outs = ["write.txt"], cmd = "echo x > $@; echo x > {root}/escaped.txt")
                 genrule(name = "spoil", outs = ["spoil.txt"], cmd = "echo x > $@; echo x > {cache}/escaped.txt")
-            """,
+            """,  # noqa: E501
         })
         ok(ws, "//pkg:look")
         assert ws.out("pkg/look.txt") == f"{cache}:\n\n{root}:\n"  # both empty
@@ -138,7 +138,7 @@ def test_a_workspace_and_a_store_outside_tmp_are_covered_by_read_only_empty_fold
 def test_other_sandboxes_and_the_hosts_dev_shm_are_invisible(nws):
     nws.write({"pkg/BUILD": """
         genrule(name = "a", outs = ["a.txt"], cmd = "ls -A $$(dirname $$PWD)/.. > $@; ls -A /dev/shm >> $@")
-    """})
+    """})  # noqa: E501
     ok(nws, "//pkg:a")
     sandbox_folders, shm = nws.out("pkg/a.txt").splitlines()[:1], nws.out(
         "pkg/a.txt").splitlines()[1:]
@@ -189,7 +189,7 @@ def test_declared_inputs_are_readable_but_not_writable(nws):
             genrule(name = "src", srcs = ["in.txt"], outs = ["src.txt"], cmd = "echo x > $@; echo more >> pkg/in.txt")
             genrule(name = "gen", srcs = [":first"], outs = ["gen.txt"],
                     cmd = "echo x > $@; echo more >> posbuild-out/pkg/first.txt")
-        """,
+        """,  # noqa: E501
     })
     ok(nws, "//pkg:reads")
     assert nws.out("pkg/reads.txt") == "source\nfirst\n"
@@ -209,7 +209,7 @@ def test_a_large_input_is_bound_read_only_from_the_workspace(nws):
     nws.write({"pkg/BUILD": """
         genrule(name = "size", srcs = ["big.bin"], outs = ["size.txt"], cmd = "wc -c < $< > $@; test ! -L $<")
         genrule(name = "spoil", srcs = ["big.bin"], outs = ["spoil.txt"], cmd = "echo x > $@; echo x >> $<")
-    """})
+    """})  # noqa: E501
     ok(nws, "//pkg:size")
     assert int(nws.out("pkg/size.txt")) == len(big)
     result = build(nws, "//pkg:spoil")
@@ -221,7 +221,7 @@ def test_scratch_files_in_the_working_folder_are_still_allowed(nws):
     nws.write({"pkg/BUILD": """
         genrule(name = "scratch", outs = ["s.txt"],
                 cmd = "echo tmp > scratch.txt && mkdir -p work && cp scratch.txt work/ && cat work/scratch.txt > $@")
-    """})
+    """})  # noqa: E501
     ok(nws, "//pkg:scratch")
     assert nws.out("pkg/s.txt") == "tmp\n"
 
@@ -239,7 +239,7 @@ GRAPH = {
         genrule(name = "fails", outs = ["f.txt"], cmd = "echo oops >&2; exit 3")
         py_task(name = "upper", script = "gen.py", srcs = [":sorted"], outs = ["upper.txt"],
                 args = ["$(location :sorted)", "$@"])
-    """,
+    """,  # noqa: E501
 }
 
 
@@ -304,7 +304,7 @@ def test_verify_works_in_the_namespace_sandbox(nws):
         "pkg/BUILD": """
             genrule(name = "copy", srcs = ["a.txt"], outs = ["copy.txt"], cmd = "cat $< > $@; ls pkg >> $@")
             genrule(name = "clock", outs = ["clock.txt"], cmd = "date +%s%N > $@")
-        """,
+        """,  # noqa: E501
     })
     good = nws.run("verify", "//pkg:copy", env=NO_ESCAPE)
     assert good.returncode == 0, good.stdout + good.stderr
@@ -364,7 +364,7 @@ def test_a_timeout_ends_the_command_and_its_background_children(nws):
     marker = f"{71 + (os.getpid() % 1000) / 1000:.3f}"
     nws.write({"pkg/BUILD": f"""
         genrule(name = "slow", outs = ["s.txt"], timeout = 1, cmd = "sleep {marker} & sleep {marker}; echo > $@")
-    """})
+    """})  # noqa: E501
     started = time.monotonic()
     result = build(nws, "//pkg:slow")
     assert result.returncode == 1, result.stdout + result.stderr

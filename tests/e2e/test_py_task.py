@@ -145,7 +145,7 @@ def test_deps_are_staged_and_part_of_the_code_hash(ws: Workspace) -> None:
         "p/BUILD": """
             py_task(name = "t", script = "t.py", outs = ["o.txt"], deps = ["plugin.py", "table.cfg"],
                     args = ["$@", "$(location table.cfg)"])
-        """,
+        """,  # noqa: E501
         "p/t.py": (
             "import importlib, sys\n"
             "plugin = importlib.import_module('plugin')\n"  # dynamic: invisible to the import scan

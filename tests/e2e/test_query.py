@@ -23,7 +23,7 @@ genrule(name = "base", srcs = ["base.txt"], outs = ["base.out"], cmd = "cat $< >
 genrule(name = "left", srcs = [":base"], outs = ["left.out"], cmd = "cat $< > $@", version = {"schema": "3"})
 genrule(name = "right", srcs = ["base.out", "schema.txt"], outs = ["right.out"], cmd = "cat $(SRCS) > $@")
 genrule(name = "top", srcs = [":left", ":right"], outs = ["top.out"], cmd = "cat $(SRCS) > $@")
-"""
+"""  # noqa: E501
 BUILD_APP = """\
 filegroup(name = "inputs", srcs = ["raw.csv", "//lib:schema.txt"])
 genrule(name = "step1", srcs = [":inputs"], outs = ["s1.out"], cmd = "cat $(SRCS) > $@")

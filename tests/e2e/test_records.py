@@ -14,7 +14,7 @@ WORKSPACE = {
                 cmd = "python3 -c 'import time; t = time.process_time(); [0 for _ in iter(lambda: time.process_time() - t > 0.3, True)]'; cp $< $@")
         genrule(name = "big", outs = ["big.txt"],
                 cmd = "python3 -c 'b = bytearray(120 * 1024 * 1024); b[::4096] = b\\"x\\" * len(b[::4096]); print(len(b))' > $@")
-    """,
+    """,  # noqa: E501
 }
 
 

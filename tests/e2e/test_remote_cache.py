@@ -28,7 +28,7 @@ SOURCES = {
         genrule(name = "tool", srcs = [], outs = ["tool.sh"], cmd = "printf '#!/bin/sh\\necho hi\\n' > $@; chmod +x $@")
         genrule(name = "big", srcs = ["raw.txt"], outs = ["big.bin"],
                 cmd = "python3 -c 'import sys; open(sys.argv[1], \\"wb\\").write(bytes(range(256)) * 4096)' $@")
-    """,
+    """,  # noqa: E501
 }
 
 

@@ -116,7 +116,7 @@ def test_thread_variables_follow_cpu(ws: Workspace) -> None:
         genrule(name = "default", outs = ["default.txt"], cmd = "{cmd}")
         genrule(name = "own", outs = ["own.txt"], resources = {{"cpu": 2}}, env = {{"OMP_NUM_THREADS": "7"}},
                 cmd = "printenv OMP_NUM_THREADS > $@")
-    '''})
+    '''})  # noqa: E501
     ws.ok()
     assert ws.out("p/two.txt").split() == ["2"] * 4
     assert ws.out("p/default.txt").split() == ["1"] * 4

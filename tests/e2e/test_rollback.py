@@ -14,7 +14,7 @@ PIPELINE = {
                 cmd = "if grep -q bad $<; then echo 'bad row' >&2; exit 7; fi; cat $< > $@")
         genrule(name = "downstream", srcs = [":middle"], outs = ["report.txt"], cmd = "wc -l < $< > $@")
         genrule(name = "side", srcs = ["raw.txt"], outs = ["side.txt"], cmd = "tac $< > $@")
-    """,
+    """,  # noqa: E501
 }
 
 

@@ -74,7 +74,7 @@ def test_copy_concat_write_expand_outputs_are_exact(ws: Workspace) -> None:
             concat(name = "nothing", srcs = [], out = "nothing.txt")
             expand_template(name = "page", template = "page.html.in", out = "page.html",
                             substitutions = {"{TITLE}": "Report", "{BODY}": "all good"})
-            """),
+            """),  # noqa: E501
     })
     result = ws.ok("//app:all")
     assert counts(result) == {"executed": 8, "cached": 0, "failed": 0}
@@ -159,7 +159,7 @@ def test_checked_file_passes_with_the_right_digest(ws: Workspace) -> None:
         "pipe/BUILD": rules_build(f"""
             checked_file(name = "raw", src = "//data:raw.csv", digest = "{digest(data).upper()}")
             genrule(name = "rows", srcs = [":raw"], outs = ["rows.txt"], cmd = "wc -l < $< | tr -d ' ' > $@")
-            """),
+            """),  # noqa: E501
     })
     ws.ok("//pipe:rows")
     assert out_bytes(ws, "pipe/raw/raw.csv") == data
@@ -187,7 +187,7 @@ def test_checked_file_wrong_digest_is_orch03_and_runs_nothing(ws: Workspace) -> 
         "m/BUILD": rules_build(f"""
             write_file(name = "independent", out = "independent.txt", content = "x")
             checked_file(name = "weights", src = "weights.txt", digest = "{wrong}", out = "checked.txt")
-            """),
+            """),  # noqa: E501
     })
     for args in (["//m:all"], ["-k", "//m:all"], ["-n", "//m:all"]):
         result = ws.build(*args)
@@ -268,7 +268,7 @@ def test_tar_archive_rejects_a_file_outside_strip_prefix(ws: Workspace) -> None:
         "b/x.txt": "b",
         "b/BUILD": rules_build("""
             tar_archive(name = "outside", srcs = ["x.txt", "//a:x.txt"], out = "outside.tar", strip_prefix = ".")
-            """),
+            """),  # noqa: E501
     })
     result = ws.build("//b:outside")
     assert result.returncode == 1

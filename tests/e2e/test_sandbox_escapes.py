@@ -161,7 +161,7 @@ def test_a_large_source_input_cannot_be_written_through(ws, tmp_path, mode):
     ws.write({"pkg/BUILD": """
         genrule(name = "spoil", srcs = ["big.bin"], outs = ["o.txt"],
                 cmd = "echo x > $@; chmod u+w pkg/big.bin || true; printf X | dd of=pkg/big.bin conv=notrunc || true")
-    """})
+    """})  # noqa: E501
     # may succeed (it wrote only its own copy) or fail (a read-only input)
     _build(ws, "//pkg:spoil")
     data = (ws.root / "pkg/big.bin").read_bytes()
@@ -248,7 +248,7 @@ def test_the_sandboxes_exec_folder_linked_away_takes_nothing(ws, tmp_path, mode)
     (ws.root / "secret/posbuild-out/pkg/x.txt").write_text(f"{MARK}\n")
     ws.write({"pkg/BUILD": f"""
         genrule(name = "swap", outs = ["x.txt"], cmd = "cd .. && mv exec moved && ln -s {ws.root / 'secret'} exec")
-    """})
+    """})  # noqa: E501
     result = _build(ws, "//pkg:swap")
     text = result.stdout + result.stderr
     assert result.returncode == 1, text

@@ -101,7 +101,7 @@ def test_a_dependent_never_starts_before_its_dependency_ends(ws, tmp_path):
         "pkg/BUILD": _probed(log, "first", 0.3) + _probed(log, "free", 0.3) + f"""
 genrule(name = "second", srcs = [":first"], outs = ["second.txt"],
         cmd = "echo start second $$(date +%s.%N) >> {log}; cat $< > $@; echo end second $$(date +%s.%N) >> {log}")
-""",
+""",  # noqa: E501
     })
     ws.ok("-j4", "//...")
     when = {(kind, name): t for t, kind, name in _events(log)}
@@ -133,7 +133,7 @@ def test_j1_order_is_identical_across_clean_runs_with_dependencies(ws, tmp_path)
     build += """
 genrule(name = "a_child", srcs = [":z_root"], outs = ["a_child.txt"], cmd = "cat $< > $@")
 genrule(name = "y_child", srcs = [":b_free", ":a_child"], outs = ["y_child.txt"], cmd = "cat $(SRCS) > $@")
-"""
+"""  # noqa: E501
     ws.write({"pkg/BUILD": build})
     orders = []
     for _ in range(2):
@@ -218,7 +218,7 @@ def _stop_graph(log: Path) -> dict[str, str]:
     """`a_fail` sorts first; b, c and d are independent of it."""
     build = f"""
 genrule(name = "a_fail", outs = ["a_fail.txt"], cmd = "echo start a_fail 0 >> {log}; sleep 0.2; exit 1")
-"""
+"""  # noqa: E501
     build += "".join(
         f'genrule(name = "{n}", outs = ["{n}.txt"], cmd = "echo start {n} 0 >> {log}; echo {n} > '
         '$@")\n'
@@ -290,7 +290,7 @@ def test_action_exceeding_its_timeout_fails_with_a_timeout_message(ws):
         "pkg/BUILD": """
             genrule(name = "slow", outs = ["slow.txt"], timeout = 1, cmd = "sleep 20; echo late > $@")
             genrule(name = "after", srcs = [":slow"], outs = ["after.txt"], cmd = "cat $< > $@")
-        """,
+        """,  # noqa: E501
     })
     started = time.monotonic()
     result = ws.build("//...")

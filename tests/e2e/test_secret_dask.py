@@ -21,7 +21,7 @@ FILES = {
         genrule(name = "derived", srcs = [":token"], outs = ["derived.txt"], cmd = "tr a-z A-Z < $< > $@")
         genrule(name = "public", srcs = [], outs = ["public.txt"], cmd = "echo public > $@")
         genrule(name = "uses", srcs = [":public"], outs = ["uses.txt"], cmd = "cat $< $< > $@")
-    """,
+    """,  # noqa: E501
 }
 
 

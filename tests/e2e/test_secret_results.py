@@ -28,7 +28,7 @@ SOURCES = {
         genrule(name = "checked", srcs = [":token"], outs = ["length.txt"], secrets = ["API_TOKEN"],
                 cmd = "wc -c < $< > $@")
         genrule(name = "public", srcs = [], outs = ["public.txt"], cmd = "echo public > $@")
-    """,
+    """,  # noqa: E501
 }
 # "checked" declares the secret: searched, shareable
 CARRIERS = ["//pkg:derived", "//pkg:token", "//pkg:twice"]

@@ -36,7 +36,7 @@ def kept_anywhere(root: Path, value: str, *texts: str) -> list[str]:
 USES_SECRET = """
     genrule(
         name = "call", srcs = ["q.txt"], outs = ["answer.txt"], secrets = ["API_TOKEN"],
-        cmd = "test $$(printf %s \\"$$API_TOKEN\\" | sha256sum | cut -c1-64) = """ + VALUE_SHA256 + """ && "
+        cmd = "test $$(printf %s \\"$$API_TOKEN\\" | sha256sum | cut -c1-64) = """ + VALUE_SHA256 + """ && "  # noqa: E501
               + "echo token is $$API_TOKEN >&2 && cat $< > $@",
     )
 """
@@ -106,7 +106,7 @@ def test_allow_secret_in_output(ws, secret_env):
     ws.write({"p/BUILD": """
         genrule(name = "cfg", outs = ["cfg.ini"], secrets = ["API_TOKEN"], allow_secret_in_output = True,
                 cmd = "echo token=$$API_TOKEN > $@")
-    """})
+    """})  # noqa: E501
     result = ws.build("//p:cfg", env=secret_env)
     assert result.returncode == 0, result.stderr
     assert ws.out("p/cfg.ini") == f"token={VALUE}\n"

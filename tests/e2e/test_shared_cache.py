@@ -18,7 +18,7 @@ BUILD = """
     genrule(name = "gen", srcs = ["in.txt"], outs = ["out.txt"], cmd = "cat $< > $@; echo built >> $@")
     genrule(name = "big", srcs = ["in.txt"], outs = ["big.bin"],
             cmd = "for i in $$(seq 3000); do cat $<; done > $@")
-"""
+"""  # noqa: E501
 STAMP = ["//pkg:stamp"]  # tagged no-cache: it runs in every build
 
 

@@ -69,7 +69,7 @@ def test_verify_deterministic_actions_pass_and_count_what_was_compared(ws):
             genrule(name = "upper", srcs = ["in.txt"], outs = ["upper.txt"], cmd = "tr a-z A-Z < $< > $@")
             genrule(name = "both", srcs = [":upper"], outs = ["a.txt", "b.txt"],
                     cmd = "cp $(location :upper) $(location a.txt); printf xyz > $(location b.txt)")
-        """,
+        """,  # noqa: E501
     })
     result = _verify(ws)
     assert result.returncode == 0, result.stderr
@@ -162,7 +162,7 @@ def test_verify_reports_an_unsorted_directory_listing(ws):
         **{f"pkg/data/{name}.csv": f"{name}\n" for name in "abcde"},
         "pkg/BUILD": """
             genrule(name = "listing", srcs = glob(["data/*.csv"]), outs = ["listing.txt"], cmd = "ls -f pkg/data > $@")
-        """,
+        """,  # noqa: E501
     })
     match = _assert_one_finding(_verify(ws), "//pkg:listing", "posbuild-out/pkg/listing.txt")
     assert match.group(1) == match.group(2)
@@ -173,7 +173,7 @@ def test_verify_accepts_a_sorted_directory_listing(ws):
         **{f"pkg/rows/{name}.csv": f"{name}\n" for name in "abcde"},
         "pkg/BUILD": """
             genrule(name = "sorted_listing", srcs = glob(["rows/*.csv"]), outs = ["sorted.txt"], cmd = "ls pkg/rows > $@")
-        """,
+        """,  # noqa: E501
     })
     assert _verify(ws).returncode == 0
 
@@ -201,7 +201,7 @@ def test_verify_reports_an_output_that_depends_on_the_environment_order(ws):
 def test_verify_reports_a_run_that_fails_under_perturbation(ws):
     ws.write({"pkg/BUILD": """
         genrule(name = "picky", outs = ["picky.txt"], cmd = "test $$TZ = UTC || { echo wrong zone >&2; exit 3; }; echo ok > $@")
-    """})
+    """})  # noqa: E501
     result = _verify(ws)
     assert _findings(result) == ["ORCH-04 //pkg:picky: run 2 failed (exit code 3): wrong zone"]
     assert result.returncode == 14
@@ -210,7 +210,7 @@ def test_verify_reports_a_run_that_fails_under_perturbation(ws):
 def test_verify_reports_an_output_missing_from_one_run(ws):
     ws.write({"pkg/BUILD": """
         genrule(name = "sometimes", outs = ["sometimes.txt"], cmd = "if test $$TZ = UTC; then echo x > $@; fi")
-    """})
+    """})  # noqa: E501
     result = _verify(ws)
     assert _findings(result) == [
         "ORCH-04 //pkg:sometimes: posbuild-out/pkg/sometimes.txt: run 2 did not create it"]
@@ -223,7 +223,7 @@ def test_verify_reports_only_the_nondeterministic_actions_in_dependency_order(ws
         genrule(name = "a_late", srcs = [":z_base"], outs = ["a_late.txt"], cmd = "cat $< > $@; date +%s%N >> $@")
         genrule(name = "m_fine", srcs = [":z_base"], outs = ["m_fine.txt"], cmd = "cat $< $< > $@")
         genrule(name = "b_first", outs = ["b_first.txt"], cmd = "od -An -N8 -tx1 /dev/urandom > $@")
-    """})
+    """})  # noqa: E501
     result = _verify(ws, "-j", "3")
     labels = ["//pkg:" + line.split(":")[1] for line in _findings(result)]
     in_graph_order = [a.label for a in resolve(ws.root, ["//..."]).actions if a.label in labels]

@@ -14,7 +14,7 @@ CHAIN = {
         genrule(name = "train", srcs = ["//data:clean"], outs = ["model.txt"], cmd = "cat $(SRCS) > $@",
                 requires = {"//data:clean": {"schema": "3"}})
         genrule(name = "report", srcs = [":train"], outs = ["report.txt"], cmd = "wc -l < $< > $@")
-        """,
+        """,  # noqa: E501
 }
 
 MISMATCH = ("posbuild: ORCH-02 version mismatch: model/BUILD:2: //model:train requires "
@@ -78,7 +78,7 @@ def test_requirement_on_a_target_that_is_not_a_dependency_is_a_build_error(ws: W
         genrule(name = "report", srcs = [":train"], outs = ["report.txt"], cmd = "wc -l < $< > $@",
                 requires = {"//data:clean": {"schema": "2"}, ":other": {"schema": "1"}})
         genrule(name = "other", outs = ["other.txt"], cmd = "echo > $@", version = {"schema": "1"})
-        """})
+        """})  # noqa: E501
     result = ws.build()
     assert result.returncode == 3
     assert result.stderr == (
@@ -93,7 +93,7 @@ def test_requirement_must_name_a_rule(ws: Workspace) -> None:
     ws.write({**CHAIN, "model/BUILD": """
         genrule(name = "train", srcs = ["//data:clean"], outs = ["model.txt"], cmd = "cat $(SRCS) > $@",
                 requires = {"//data:clean.csv": {"schema": "2"}})
-        """})
+        """})  # noqa: E501
     result = ws.build()
     assert result.returncode == 3
     assert "requires entry '//data:clean.csv': '//data:clean.csv' is not a rule target; " \
@@ -112,7 +112,7 @@ def test_version_change_reexecutes_the_action_and_only_dependents_whose_inputs_c
                     version = {"model": "v1"})
             genrule(name = "after_stamp", srcs = [":stamp"], outs = ["t2.txt"], cmd = "cat $< > $@")
             genrule(name = "other", srcs = ["in.txt"], outs = ["other.txt"], cmd = "cat $< > $@")
-            """,
+            """,  # noqa: E501
     })
     assert counts(ws.ok())["executed"] == 5
     assert counts(ws.ok())["executed"] == 0

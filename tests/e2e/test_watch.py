@@ -34,7 +34,7 @@ BASE = {
     "pkg/BUILD": """
         genrule(name = "up", srcs = ["a.txt"], outs = ["up.txt"], cmd = "tr a-z A-Z < $< > $@")
         genrule(name = "both", srcs = [":up", "b.txt"], outs = ["both.txt"], cmd = "cat $(SRCS) > $@")
-    """,
+    """,  # noqa: E501
     "other/BUILD": """
         genrule(name = "sentinel", srcs = ["s.txt"], outs = ["s.out"], cmd = "cp $< $@")
     """,
