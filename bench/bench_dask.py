@@ -227,8 +227,8 @@ def main() -> None:
           f"{'+ms/action':>10} {'lead ms':>8} {'remote ms':>9} {'tail ms':>8}")
     for r in results:
         print(f"{r['name']:<8} {r['actions']:>7} {r['jobs']:>3} {r['local']:>8.2f} "
-              f"{r['dask']:>8.2f} "
-              f"{r['per_action_ms']:>10.1f} {r['lead']:>8.1f} {r['remote']:>9.1f} {r['tail']:>8.1f}")
+              f"{r['dask']:>8.2f} {r['per_action_ms']:>10.1f} {r['lead']:>8.1f} "
+              f"{r['remote']:>9.1f} {r['tail']:>8.1f}")
     print(f"({args.workers} workers x {args.threads} threads on 127.0.0.1, medians of "
           f"{args.repeat} cold builds; "
           "'fixed' is the whole difference of a one-action build; +ms/action of the others leaves "

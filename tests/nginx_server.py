@@ -88,9 +88,10 @@ class Nginx:
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                raise RuntimeError("nginx exited: "
-                                   f"{self.process.stderr.read().decode() if self.process.stderr else ''}"
-                                   f"{(self.base / 'error.log').read_text() if (self.base / 'error.log').exists() else ''}")
+                stderr = self.process.stderr.read().decode() if self.process.stderr else ""
+                log = self.base / "error.log"
+                logged = log.read_text() if log.exists() else ""
+                raise RuntimeError(f"nginx exited: {stderr}{logged}")
             try:
                 with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
                     return self

@@ -555,7 +555,8 @@ def test_wrongly_typed_posbuild_toml_value(built):
     ("[resouces]\ncpu = 1\n", "unknown table [resouces]; did you mean [resources]?"),
     ("[bulid]\njobs = 2\n", "unknown table [bulid]; did you mean [build]?"),
     ("[zzz]\n",
-     "unknown table [zzz] (known: build, cache, env, executor, resources, roles, sandbox, secrets)"),
+     "unknown table [zzz] (known: build, cache, env, executor, resources, roles, sandbox, "
+     "secrets)"),
     ("[build]\njbos = 2\n",
      "[build] has unknown key 'jbos' (known: build_file_names, jobs, sandbox_base); did you mean "
      "'jobs'?"),
@@ -621,8 +622,10 @@ def test_cycle_is_reported_with_its_path_and_nothing_runs(ws, tmp_path):
 
 def test_cycle_through_an_output_file_label_across_packages(built):
     message = bad_build(built, {
-        "x/BUILD": 'genrule(name = "x", srcs = ["//y:y.txt"], outs = ["x.txt"], cmd = "cp $< $@")\n',
-        "y/BUILD": 'genrule(name = "y", srcs = ["//x:x.txt"], outs = ["y.txt"], cmd = "cp $< $@")\n',
+        "x/BUILD": 'genrule(name = "x", srcs = ["//y:y.txt"], outs = ["x.txt"], '
+                   'cmd = "cp $< $@")\n',
+        "y/BUILD": 'genrule(name = "y", srcs = ["//x:x.txt"], outs = ["y.txt"], '
+                   'cmd = "cp $< $@")\n',
     }, "//x:x", exit_code=11)
     assert message == "ORCH-01 DAG cycle detected: //x:x (x/BUILD:1) -> //y:y (y/BUILD:1) -> //x:x"
 

@@ -343,7 +343,8 @@ def test_relative_subpackage_pattern_from_inside_package_folder(ws):
 def test_only_requested_targets_and_their_deps_run(ws):
     ws.write({
         "lib/BUILD": 'genrule(name = "dep", outs = ["dep.txt"], cmd = "echo dep > $@")\n'
-                     'genrule(name = "unrelated", outs = ["unrelated.txt"], cmd = "echo no > $@")\n',
+                     'genrule(name = "unrelated", outs = ["unrelated.txt"], '
+                     'cmd = "echo no > $@")\n',
         "app/BUILD": 'genrule(name = "app", srcs = ["//lib:dep"], outs = ["app.txt"], cmd = "cat '
                      '$< > $@")\n'
                      'genrule(name = "other", outs = ["other.txt"], cmd = "echo other > $@")\n',

@@ -146,8 +146,8 @@ def test_export_without_a_successful_build(tmp_path):
     result = a.run("cache", "export", str(tmp_path / "c.tar"), "//other/...")
     assert result.returncode == 2
     assert result.stderr == ("posbuild: no successful build of //other/... is recorded in this "
-                             "store (builds "
-                             "recorded for: //pkg:sorted); run `posbuild build //other/...` first\n")
+                             "store (builds recorded for: //pkg:sorted); run `posbuild build "
+                             "//other/...` first\n")
     assert not (tmp_path / "c.tar").exists()
 
 

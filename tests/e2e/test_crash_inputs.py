@@ -53,8 +53,8 @@ DEEP_BUILD = {
 
 @pytest.mark.parametrize("kind", sorted(DEEP_BUILD))
 def test_a_deeply_nested_build_file_is_an_error_naming_its_line(ws, kind):
-    ws.write(
-        {"pkg/BUILD": 'genrule(name = "a", outs = ["a.txt"], cmd = "echo > $@")\n\n' + DEEP_BUILD[kind]})
+    first = 'genrule(name = "a", outs = ["a.txt"], cmd = "echo > $@")\n\n'
+    ws.write({"pkg/BUILD": first + DEEP_BUILD[kind]})
     assert_one_line(ws.build("//..."), 3, "pkg/BUILD:3: nested more than 200 levels deep")
     assert_one_line(ws.run("query", "//..."), 3, "pkg/BUILD:3:")
 

@@ -209,8 +209,8 @@ def log_json(ws: Workspace, *args: str) -> list[dict]:  # type: ignore[type-arg]
     return [json.loads(line) for line in result.stdout.splitlines()]
 
 
-def test_a_build_on_dask_is_byte_identical_to_a_local_one_then_hits_the_cache(cluster: Cluster,
-                                                                                tmp_path: Path) -> None:
+def test_a_build_on_dask_is_byte_identical_to_a_local_one_then_hits_the_cache(
+        cluster: Cluster, tmp_path: Path) -> None:
     files = pipeline()
     local, remote = workspace(tmp_path, "local", files), workspace(tmp_path, "remote", files)
     os.chmod(local.root / "tools/stamp.sh", 0o755)
@@ -342,8 +342,8 @@ def test_secrets_reach_only_the_worker_that_runs_the_action(cluster: Cluster,
     assert ws.out("p/sum.txt") == expected
 
 
-def test_a_worker_killed_mid_build_is_replaced_then_repeated_deaths_fail_clearly(new_cluster: Cluster,
-                                                                               tmp_path: Path) -> None:
+def test_a_worker_killed_mid_build_is_replaced_then_repeated_deaths_fail_clearly(
+        new_cluster: Cluster, tmp_path: Path) -> None:
     first, second, doomed = new_cluster.add_workers(3)
     slow = "".join(f'genrule(name = "t{i}", outs = ["t{i}.txt"], cmd = "sleep 0.6; echo {i} > '
                    '$@")\n'

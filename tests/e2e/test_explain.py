@@ -42,7 +42,8 @@ def test_never_built_and_no_build_at_all_are_clear_errors(ex):
 
 def test_a_first_execution_a_cache_hit_and_an_up_to_date_action(ex):
     ex.ok("//pkg:a")
-    assert "no earlier execution is recorded: it ran because its key was not in the store" in explain(ex, "//pkg:a")
+    assert "no earlier execution is recorded: it ran because its key was not in the store" \
+            in explain(ex, "//pkg:a")
     ex.ok("//pkg:a")
     assert "up to date in build 2" in explain(ex, "//pkg:a")
     ex.run("clean")
@@ -70,9 +71,11 @@ def test_a_variable_passed_by_env_pass_is_named_with_old_and_new_values(ex):
     assert "- variable MODE (passed by [env] pass) changed: 'fast' -> 'slow'" in explain(
         ex, "//pkg:passed")
     unset = ex.run("build", "--explain", "//pkg:passed", env={"MODE": ""})
-    assert "explain //pkg:passed: variable MODE (passed by [env] pass) changed: 'slow' -> ''" in unset.stderr
+    assert "explain //pkg:passed: variable MODE (passed by [env] pass) changed: 'slow' -> ''" \
+            in unset.stderr
     gone = ex.run("build", "-n", "--explain", "//pkg:passed")
-    assert "explain //pkg:passed: variable MODE (passed by [env] pass) changed: '' -> (unset)" in gone.stderr
+    assert "explain //pkg:passed: variable MODE (passed by [env] pass) changed: '' -> (unset)" \
+            in gone.stderr
 
 
 def test_a_failed_action_and_its_skipped_dependent_get_a_sentence(ex):
@@ -111,8 +114,8 @@ def test_a_failure_retried_with_the_same_key_says_so(ex, tmp_path):
     flag.write_text("")
     result = ex.build("--explain", "//pkg:f")
     assert result.returncode == 0, result.stderr
-    sentence = "its previous execution (build 1) had the same key and failed (exit 1); a failure is never cached, " \
-               "so it ran again"
+    sentence = ("its previous execution (build 1) had the same key and failed (exit 1); a failure "
+                "is never cached, so it ran again")
     assert f"explain //pkg:f: {sentence}" in result.stderr
     out = explain(ex, "//pkg:f")
     assert "executed in build 2" in out and sentence in out and "compared with" not in out
@@ -151,6 +154,7 @@ def test_build_dry_run_explain_gives_the_reason_of_each_action_it_would_run(ex):
 def test_build_verify_explain_says_why_a_cached_action_runs_again(ex):
     ex.ok("//pkg:a")
     result = ex.build("--verify", "--explain", "//pkg:a")
-    assert "explain //pkg:a: --verify runs it again to compare with its cached result" in result.stderr
+    assert "explain //pkg:a: --verify runs it again to compare with its cached result" \
+            in result.stderr
     assert "`build --verify` ran it again to compare with its cached result" in explain(
         ex, "//pkg:a")

@@ -209,7 +209,9 @@ def build_file(draw: st.DrawFn) -> bytes:
     lines = draw(st.lists(rule_call(), min_size=1, max_size=6))
     text = "\n".join(lines) + "\n"
     if draw(st.booleans()):
-        text = "def f(x):\n    if x:\n        return [x]\n    elif x == 1:\n        return None\n    return x\n" + text
+        text = (
+            "def f(x):\n    if x:\n        return [x]\n    elif x == 1:\n        return None\n    "
+            "return x\n") + text
     data = bytearray(text.encode("utf-8", "surrogateescape"))
     for _ in range(draw(st.integers(0, 4))):  # byte-level mutations
         where = draw(st.integers(0, len(data)))
@@ -341,8 +343,8 @@ def query_expr(draw: st.DrawFn, depth: int = 3) -> str:
     sub = lambda: draw(query_expr(depth - 1))  # noqa: E731
     form = draw(st.integers(0, 8))
     if form == 0:
-        return (
-            f"deps({sub()}{draw(st.sampled_from(['', ', 1', ', 0', ', -1', ', 99999999999999999999', ', x']))})")
+        depth = draw(st.sampled_from(['', ', 1', ', 0', ', -1', ', 99999999999999999999', ', x']))
+        return f"deps({sub()}{depth})"
     if form == 1:
         return f"rdeps({sub()}, {sub()})"
     if form == 2:
@@ -355,9 +357,8 @@ def query_expr(draw: st.DrawFn, depth: int = 3) -> str:
             f"attr({draw(st.sampled_from(['cmd', 'tags', 'srcs', '', 'x y']))}, "
             f"{draw(st.text(max_size=5))}, {sub()})")
     if form == 5:
-        return (
-            f"{sub()} "
-            f"{draw(st.sampled_from(['+', '-', '^', 'union', 'except', 'intersect', '*']))} {sub()}")
+        operator = draw(st.sampled_from(['+', '-', '^', 'union', 'except', 'intersect', '*']))
+        return f"{sub()} {operator} {sub()}"
     if form == 6:
         return f"({sub()})"
     if form == 7:

@@ -91,7 +91,8 @@ def test_a_server_that_drips_one_byte_at_a_time_is_cut_off_at_the_deadline(tmp_p
     assert counts(result)["executed"] == 3
     assert elapsed < 15, f"the build took {elapsed:.1f} s"
     [warning] = warnings(result.stderr)
-    assert f"remote cache {server.url} is unavailable (timed out: no complete answer within" in warning
+    assert f"remote cache {server.url} is unavailable (timed out: no complete answer within" \
+            in warning
 
 
 def test_a_dripping_blob_download_is_cut_off_too(tmp_path, server):

@@ -87,7 +87,8 @@ def test_changed_pinned_tool_is_orch03(ws: Workspace) -> None:
     ws.write({"tools/clean.sh": "cat \"$1\"; echo\n"})
     result = ws.build()
     assert result.returncode == 13
-    assert "ORCH-03 checksum inconsistency: tools/clean.sh is pinned in posbuild.lock" in result.stderr
+    assert "ORCH-03 checksum inconsistency: tools/clean.sh is pinned in posbuild.lock" \
+            in result.stderr
     assert not (ws.root / "posbuild-out").exists()
 
 

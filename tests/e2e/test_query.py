@@ -251,8 +251,8 @@ def test_help_lists_the_query_command(ws: Workspace) -> None:
     assert result.returncode == 0 and "rdeps(UNIVERSE, X" in result.stdout
 
 
-def test_a_query_on_an_unchanged_workspace_evaluates_no_build_file(graph_ws: Workspace,
-                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_query_on_an_unchanged_workspace_evaluates_no_build_file(
+        graph_ws: Workspace, monkeypatch: pytest.MonkeyPatch) -> None:
     import posbuild.loader
     from posbuild.query import run_query
 

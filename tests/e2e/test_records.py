@@ -42,7 +42,8 @@ def test_every_field_of_an_executed_record_is_plausible(ws):
     assert set(sorted_["usage"]) == {"user_s", "system_s", "max_rss_kb", "read_bytes",
                                      "written_bytes"}
     assert sorted_["slot"] >= 1
-    assert records["//pkg:busy"]["usage"]["user_s"] + records["//pkg:busy"]["usage"]["system_s"] > 0.2
+    busy = records["//pkg:busy"]["usage"]
+    assert busy["user_s"] + busy["system_s"] > 0.2
     assert records["//pkg:big"]["usage"]["max_rss_kb"] > 100 * 1024
 
 
@@ -127,7 +128,9 @@ def test_explain_a_command_and_a_version_change(ws):
     ws.ok("//pkg:sorted")
     out = ws.run("explain", "//pkg:sorted").stdout
     assert "version schema changed: 2 -> 3" in out
-    assert "the command changed: 'sort pkg/raw.txt > posbuild-out/pkg/sorted.txt' -> 'sort -r pkg/raw.txt > posbuild-out/pkg/sorted.txt'" in out
+    assert (
+        "the command changed: 'sort pkg/raw.txt > posbuild-out/pkg/sorted.txt' -> 'sort -r "
+        "pkg/raw.txt > posbuild-out/pkg/sorted.txt'") in out
 
 
 def test_explain_an_up_to_date_action_and_build_explain_lines(ws):

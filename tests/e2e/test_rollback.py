@@ -144,7 +144,8 @@ def test_rollback_restores_what_a_failure_removed_even_after_a_successful_build_
     assert tree(ws.root) == expected
 
 
-def test_a_successful_build_after_a_failure_keeps_the_tree_marked_dirty_until_the_removed_outputs_return(ws):
+def test_a_successful_build_after_a_failure_keeps_the_tree_marked_dirty_until_the_removed_outputs_return(  # noqa: E501
+        ws):
     ws.write({**PIPELINE, **OTHER})
     ws.ok("//...")
     ws.write({"pkg/raw.txt": "bad\n"})

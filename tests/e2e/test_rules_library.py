@@ -145,8 +145,8 @@ expand_template(name = "reversed", template = "in.txt", out = "reversed.txt",
                 substitutions = {{{", ".join(reversed(entries.split(", ")))}}})
 """, encoding="utf-8")
     ws.ok("//tpl:all")
-    expected = (f"a=<{{B}}> ab=LONGEST dots=$1 \\1 \\g<0> re=regex nasty={NASTY} again=<{{B}}>\n".encode()
-                + b"latin1:\xe9\xff\n")
+    expected = (f"a=<{{B}}> ab=LONGEST dots=$1 \\1 \\g<0> re=regex nasty={NASTY} "
+                f"again=<{{B}}>\n".encode() + b"latin1:\xe9\xff\n")
     assert out_bytes(ws, "tpl/out.txt") == expected
     assert out_bytes(ws, "tpl/reversed.txt") == expected  # the order of the dict does not matter
 

@@ -267,7 +267,8 @@ def test_failure_shows_label_reason_and_indented_stderr(ws):
     })
     result = ws.build("//pkg:x")
     assert result.returncode == 1
-    assert "FAILED //pkg:x: command failed (exit code 3)\n  first problem\n  second problem\n" in result.stderr
+    assert "FAILED //pkg:x: command failed (exit code 3)\n  first problem\n  second problem\n" \
+            in result.stderr
     assert "//pkg:x" in result.stderr.splitlines()[-1]
 
 

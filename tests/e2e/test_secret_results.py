@@ -94,7 +94,8 @@ def test_a_result_holding_a_secret_never_serves_an_action_that_forbids_one(tmp_p
                                                "allow_secret_in_output = False"))
     again = a.build("//pkg:token", env={**KEY, "API_TOKEN": ALICE})
     assert again.returncode == 1, again.stdout + again.stderr
-    assert "output 'posbuild-out/pkg/token.txt' contains the value of secret 'API_TOKEN'" in again.stderr
+    assert "output 'posbuild-out/pkg/token.txt' contains the value of secret 'API_TOKEN'" \
+            in again.stderr
 
 
 def test_export_leaves_out_a_flagged_result_even_where_the_graph_says_nothing(tmp_path,

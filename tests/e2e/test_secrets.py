@@ -36,10 +36,10 @@ def kept_anywhere(root: Path, value: str, *texts: str) -> list[str]:
 USES_SECRET = """
     genrule(
         name = "call", srcs = ["q.txt"], outs = ["answer.txt"], secrets = ["API_TOKEN"],
-        cmd = "test $$(printf %s \\"$$API_TOKEN\\" | sha256sum | cut -c1-64) = """ + VALUE_SHA256 + """ && "  # noqa: E501
+        cmd = "test $$(printf %s \\"$$API_TOKEN\\" | sha256sum | cut -c1-64) = """ + VALUE_SHA256 + """ && "
               + "echo token is $$API_TOKEN >&2 && cat $< > $@",
     )
-"""
+"""  # noqa: E501
 
 
 def test_secret_reaches_the_action_and_nothing_kept(ws, secret_env):
@@ -97,7 +97,8 @@ def test_secret_in_output_fails_and_keeps_nothing(ws, secret_env):
     """})
     result = ws.build("//p:leak", env=secret_env)
     assert result.returncode == 1
-    assert "output 'posbuild-out/p/leak.txt' contains the value of secret 'API_TOKEN'" in result.stdout + result.stderr
+    assert "output 'posbuild-out/p/leak.txt' contains the value of secret 'API_TOKEN'" \
+            in result.stdout + result.stderr
     assert not (ws.root / "posbuild-out/p/leak.txt").exists()
     assert kept_anywhere(ws.root, VALUE, result.stdout, result.stderr) == []
 

@@ -77,7 +77,8 @@ def test_verify_deterministic_actions_pass_and_count_what_was_compared(ws):
     match = CLEAN.search(result.stdout)
     assert match, result.stdout
     assert match.groups() == ("2", "3", str(11 + 11 + 3))
-    assert "verify: run 2 differs from run 1 in sandbox path and its length, environment order, TZ" in result.stdout
+    assert ("verify: run 2 differs from run 1 in sandbox path and its length, environment order, "
+            "TZ") in result.stdout
 
 
 def test_verify_builds_first_when_nothing_was_built(ws):

@@ -97,7 +97,8 @@ def test_a_corrupt_inline_blob_is_found_never_served_and_repaired(ws):
     digest = corrupt_inline_blob(ws.root, SORTED)
     found = ws.run("fsck")
     assert found.returncode == 13
-    assert f"ORCH-03 blob {digest}: stored bytes hash to {hash_bytes(flipped(SORTED)).hex()}\n" in found.stdout
+    assert f"ORCH-03 blob {digest}: stored bytes hash to {hash_bytes(flipped(SORTED)).hex()}\n" \
+            in found.stdout
     assert found.stderr == ("posbuild: ORCH-03 checksum inconsistency: fsck found 1 problem(s), "
                             "listed above; run `posbuild fsck --repair`\n")
     _refuses_then_repairs(ws, digest, flipped(SORTED), "//pkg:sorted")
@@ -111,7 +112,8 @@ def test_a_corrupt_large_blob_file_is_found_never_served_and_repaired(ws):
     corrupt_file(blob_file, at=1000)
     found = ws.run("fsck")
     assert found.returncode == 13
-    assert f"ORCH-03 blob {digest}: stored bytes hash to {hash_bytes(flipped(BIG, 1000)).hex()}\n" in found.stdout
+    assert f"ORCH-03 blob {digest}: stored bytes hash to {hash_bytes(flipped(BIG, 1000)).hex()}\n" \
+            in found.stdout
     _refuses_then_repairs(ws, digest, flipped(BIG, 1000), "//pkg:big")
 
 
@@ -156,7 +158,8 @@ def test_an_output_replaced_by_another_file_reads_as_partial_state(ws):
     os.replace(temp, target)
     found = ws.run("fsck")
     assert found.returncode == 16, found.stdout + found.stderr
-    assert "ORCH-06 output posbuild-out/pkg/sorted.txt: replaced since posbuild wrote it" in found.stdout
+    assert "ORCH-06 output posbuild-out/pkg/sorted.txt: replaced since posbuild wrote it" \
+            in found.stdout
     assert ws.run("fsck", "--repair").returncode == 0
     rebuilt = ws.ok("//...")
     assert counts(rebuilt)["executed"] == 0

@@ -102,9 +102,8 @@ def _output(data: bytes) -> OutputFile:
     return OutputFile("posbuild-out/pkg/d/x.txt", hash_bytes(data), len(data), False)
 
 
-def test_a_folder_swapped_for_a_link_after_collection_moves_the_collected_file(exec_root: Path,
-                                                                               tmp_path: Path,
-                                                                                materializer: Materializer) -> None:
+def test_a_folder_swapped_for_a_link_after_collection_moves_the_collected_file(
+        exec_root: Path, tmp_path: Path, materializer: Materializer) -> None:
     (exec_root / "posbuild-out/pkg/d/x.txt").write_bytes(b"made\n")
     found = _collect(exec_root, "posbuild-out/pkg/d/x.txt")
     # a process left behind
@@ -130,8 +129,8 @@ def test_a_file_swapped_after_it_was_hashed_is_not_installed(exec_root: Path, tm
     assert not (tmp_path / "ws/posbuild-out/pkg/d/x.txt").exists()
 
 
-def test_an_output_hard_linked_to_another_file_is_copied_not_moved(exec_root: Path, tmp_path: Path,
-                                                                    materializer: Materializer) -> None:
+def test_an_output_hard_linked_to_another_file_is_copied_not_moved(
+        exec_root: Path, tmp_path: Path, materializer: Materializer) -> None:
     os.link(tmp_path / "outside/x.txt", exec_root / "posbuild-out/pkg/d/x.txt")
     found = _collect(exec_root, "posbuild-out/pkg/d/x.txt")
     materializer.install(found.opened["posbuild-out/pkg/d/x.txt"], _output(b"outside\n"), None)

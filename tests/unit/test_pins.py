@@ -83,7 +83,8 @@ def test_changed_signature_hashes_the_file(root: Path) -> None:
     (root / "data/raw.csv").write_text("a,b,c\n")
     with pytest.raises(ChecksumMismatch) as caught:
         check_pins(root, [action("//a:a", "data/raw.csv")], state)
-    assert f"to {old.hex()} but hashes to {hash_file(root / 'data/raw.csv').hex()};" in caught.value.detail
+    assert f"to {old.hex()} but hashes to {hash_file(root / 'data/raw.csv').hex()};" \
+            in caught.value.detail
     assert caught.value.exit_code == 13
 
 

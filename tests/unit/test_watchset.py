@@ -118,8 +118,8 @@ def test_editor_artifacts_and_unwatched_deletions_do_not_matter(root: Path,
         assert relevant(watched, root, entry(folder, True), entry(f"{folder}/x.pyc")) == []
 
 
-def test_build_files_appearing_anywhere_and_folders_holding_watched_files_matter(root: Path,
-                                                                                watched: WatchSet) -> None:
+def test_build_files_appearing_anywhere_and_folders_holding_watched_files_matter(
+        root: Path, watched: WatchSet) -> None:
     (root / "newpkg").mkdir()
     (root / "newpkg/BUILD").write_text("")
     (root / "empty").mkdir()
@@ -221,8 +221,8 @@ def _settle(root: Path, changes: queue.SimpleQueue[Change], watcher: _Watcher,
 
 
 @pytest.mark.parametrize("away", ["inside", "outside"])
-def test_a_top_level_folder_swapped_before_its_events_are_handled_gets_a_new_watch(tmp_path: Path,
-                                                                                   away: str) -> None:
+def test_a_top_level_folder_swapped_before_its_events_are_handled_gets_a_new_watch(
+        tmp_path: Path, away: str) -> None:
     root = tmp_path / "ws"
     (root / "data").mkdir(parents=True)
     (root / "posbuild.toml").write_text("")
