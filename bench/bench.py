@@ -481,12 +481,9 @@ def run_repetition(
 
 
 RESOLVE_SNIPPET = (  # as `posbuild build` runs it: without the cyclic GC (cli/build.py)
-    "import gc, sys, time, pathlib\n"
-    "from posbuild.build import resolve\n"
-    "gc.disable()\n"
-    "t = time.perf_counter()\n"
-    "g = resolve(pathlib.Path(sys.argv[1]), ['//...'])\n"
-    "print(time.perf_counter() - t, len(g.actions))\n"
+    "import gc, sys, time, pathlib\nfrom posbuild.build import resolve\ngc.disable()\nt = "
+    "time.perf_counter()\ng = resolve(pathlib.Path(sys.argv[1]), "
+    "['//...'])\nprint(time.perf_counter() - t, len(g.actions))\n"
 )
 
 
@@ -540,12 +537,9 @@ def measure_resolve(posbuild: str, ws: Path, repeat: int) -> str:
 
 QUERY_EXPR = "deps(//...)"
 QUERY_SNIPPET = (
-    "import sys, time, pathlib\n"
-    "from posbuild.query import run_query\n"
-    "t = time.perf_counter()\n"
-    "r = run_query(pathlib.Path(sys.argv[1]), sys.argv[2])\n"
-    "text = r.render('label')\n"
-    "print(time.perf_counter() - t, len(r.nodes))\n"
+    "import sys, time, pathlib\nfrom posbuild.query import run_query\nt = time.perf_counter()\nr "
+    "= run_query(pathlib.Path(sys.argv[1]), sys.argv[2])\ntext = "
+    "r.render('label')\nprint(time.perf_counter() - t, len(r.nodes))\n"
 )
 
 

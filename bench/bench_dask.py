@@ -230,9 +230,8 @@ def main() -> None:
               f"{r['dask']:>8.2f} {r['per_action_ms']:>10.1f} {r['lead']:>8.1f} "
               f"{r['remote']:>9.1f} {r['tail']:>8.1f}")
     print(f"({args.workers} workers x {args.threads} threads on 127.0.0.1, medians of "
-          f"{args.repeat} cold builds; "
-          "'fixed' is the whole difference of a one-action build; +ms/action of the others leaves "
-          "it out"
+          f"{args.repeat} cold builds; 'fixed' is the whole difference of a one-action build; "
+          "+ms/action of the others leaves it out"
           + (f"; dask builds with the remote cache {args.remote}, uploading)"
              if args.remote else ")"))
 

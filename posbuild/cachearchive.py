@@ -152,19 +152,17 @@ def export_cache(store: Store, patterns: Sequence[str], target: Path,
             if digest not in blobs:
                 if not store.has_blob(digest):
                     raise ChecksumMismatch(f"blob {digest.hex()} is referenced by an action result "
-                                           "but missing "
-                                           f"from the store; run `posbuild fsck --repair`")
+                                           "but missing from the store; run `posbuild fsck "
+                                           "--repair`")
                 blobs[digest] = store.blob_size(digest)
     lost = sorted(label for label in gone if label not in uncacheable)
     if lost:
         shown = " ".join(sorted(set(patterns)))
         more = f" and {len(lost) - 5} more" if len(lost) > 5 else ""
         raise UsageError(f"the store no longer holds the result of {len(lost)} action(s) that "
-                         f"build {build['number']} "
-                         f"of {shown} used (gc removed them): {', '.join(lost[:5])}{more}; run "
-                         "`posbuild build "
-                         f"{shown}` (it executes them again), then export again; nothing was "
-                         "exported")
+                         f"build {build['number']} of {shown} used (gc removed them): "
+                         f"{', '.join(lost[:5])}{more}; run `posbuild build {shown}` (it executes "
+                         "them again), then export again; nothing was exported")
     body = msgpack.packb({"patterns": sorted(set(patterns)), "build": build["number"],
                           "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                           "results": [[k, p] for k, p in results],
@@ -233,10 +231,9 @@ def import_cache(store: Store, source: Path, temp_dir: Path, secret: bytes | Non
         raise UsageError(f"no cache archive {source}")
     if secret is None and not allow_unsigned:
         raise UsageError(f"cannot verify who made the cache archive {source}: POSBUILD_CACHE_KEY "
-                         "is not set; "
-                         "set it to the key the archive was exported with, or pass "
-                         "--allow-unsigned to trust "
-                         f"it with only its digests checked; nothing was imported")
+                         "is not set; set it to the key the archive was exported with, or pass "
+                         "--allow-unsigned to trust it with only its digests checked; nothing was "
+                         "imported")
     temp_dir.mkdir(parents=True, exist_ok=True)
     staged = temp_dir / f"import-{os.getpid()}"
     shutil.rmtree(staged, ignore_errors=True)

@@ -222,14 +222,12 @@ def _env_pass(table: dict[str, Any], path: Path) -> tuple[str, ...]:
     for name in names:
         if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
             raise WorkspaceError(f"{path}: [env] pass: '{name}' is not an environment variable "
-                                 "name (pass "
-                                 "names a variable of posbuild's environment; a value is set in a "
-                                 "rule's env)")
+                                 "name (pass names a variable of posbuild's environment; a value "
+                                 "is set in a rule's env)")
         if name == SIGNING_KEY:
             raise WorkspaceError(f"{path}: [env] pass: '{name}' is posbuild's signing key and is "
-                                 "never given to "
-                                 "actions (one holding it could forge shared cache entries); "
-                                 "remove it")
+                                 "never given to actions (one holding it could forge shared cache "
+                                 "entries); remove it")
     return names
 
 
@@ -369,15 +367,13 @@ def _check_placement(root: Path, path: Path, store_dir: Path, cache_dir: str, sa
         why = _misplaced(real[key], real_root, home, _DEFAULTS[key])
         if why:
             raise WorkspaceError(f"{path}: {key} = {value!r} {why}; posbuild empties this folder, "
-                                 "so it must be "
-                                 "one of its own (outside the workspace, or in a hidden folder of "
-                                 "it)")
+                                 "so it must be one of its own (outside the workspace, or in a "
+                                 "hidden folder of it)")
     store, sandboxes = real["[cache] dir"], real["[build] sandbox_base"]
     if _within(store, sandboxes) or _within(sandboxes, store):
         raise WorkspaceError(f"{path}: [cache] dir = {cache_dir!r} and [build] sandbox_base = "
-                             f"{sandbox_base!r} are "
-                             f"inside one another ({store}, {sandboxes}); each must be a folder of "
-                             "its own")
+                             f"{sandbox_base!r} are inside one another ({store}, {sandboxes}); "
+                             "each must be a folder of its own")
 
 
 def _misplaced(real: str, root: str, home: str, default: str) -> str:

@@ -564,9 +564,8 @@ class DaskSandboxes:
             remote, self._remote = self._remote, None
         if remote is not None and not remote.down:
             self._warn(f"posbuild: warning: remote cache {remote.url}: Dask worker "
-                       f"{reply.run.worker} could not "
-                       f"read an action's inputs from it ({reply.unfetched}); inputs travel "
-                       "through Dask from here on")
+                       f"{reply.run.worker} could not read an action's inputs from it "
+                       f"({reply.unfetched}); inputs travel through Dask from here on")
 
     def _connection(self) -> Any:
         """The client, connected on first use; the fit check (ORCH-05) runs once, then."""
@@ -691,8 +690,8 @@ class DaskSandboxes:
                         future.cancel()
                         return -signal.SIGKILL, (
                             f"posbuild: no worker of the Dask cluster at {self.address} able to "
-                            "run this action "
-                            f"has been connected for {NO_WORKER_GRACE:.0f} s\n").encode()
+                            "run this action has been connected for "
+                            f"{NO_WORKER_GRACE:.0f} s\n").encode()
                     continue
                 if self._cancelled:
                     return -signal.SIGTERM, b""
@@ -734,9 +733,8 @@ class DaskSandboxes:
 
     def _lost(self, error: BaseException) -> ActionFailed:
         return ActionFailed(f"lost the Dask scheduler at {self.address} ({describe(error)}); the "
-                            "actions in "
-                            "flight were abandoned and nothing of them was kept; build again, or "
-                            f"with --executor local")
+                            "actions in flight were abandoned and nothing of them was kept; build "
+                            "again, or with --executor local")
 
     def _check_environment(self, reply: RemoteReply) -> None:
         """ORCH-07 when the worker's environment is not the client's (its results would be keyed
@@ -760,8 +758,7 @@ class DaskSandboxes:
         for path, data, digest, _ in reply.outputs:
             if hash_bytes(data) != digest:
                 raise ChecksumMismatch(f"output {path} from Dask worker {reply.run.worker} hashes "
-                                       "to "
-                                       f"{hash_bytes(data).hex()}, not the {digest.hex()} the "
+                                       f"to {hash_bytes(data).hex()}, not the {digest.hex()} the "
                                        "worker computed")
         _write_files(exec_root,
                      [(path, data, executable) for path, data, _, executable in reply.outputs])

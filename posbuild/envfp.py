@@ -352,9 +352,9 @@ class Approval(_Value):
             or ["(the approved fingerprint does not say which entries differ)"]
         return EnvironmentDrift(
             f"h_E {self.current.hash.hex()[:12]} is not the approved {self.approved_hash[:12]} in "
-            "posbuild.lock "
-            f"({len(self.drift)} entr{'y differs' if len(self.drift) == 1 else 'ies differ'}; "
-            f"run `posbuild env approve` to accept this environment, or pass --allow-env-drift)"
+            f"posbuild.lock ({len(self.drift)} "
+            f"entr{'y differs' if len(self.drift) == 1 else 'ies differ'}; run `posbuild env "
+            "approve` to accept this environment, or pass --allow-env-drift)"
             + "".join(f"\n  {line}" for line in lines)
         )
 

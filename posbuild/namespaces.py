@@ -232,9 +232,8 @@ def choose(mode: str, hidden: Iterable[str], visible: Iterable[str],
     if mode == "namespace":
         raise SandboxUnavailable(
             f'[sandbox] mode = "namespace" needs bubblewrap, which cannot run here ({problem}); '
-            'install it '
-            '(Debian/Ubuntu: apt-get install bubblewrap) or set [sandbox] mode = "auto" or '
-            '"folder"')
+            'install it (Debian/Ubuntu: apt-get install bubblewrap) or set [sandbox] mode = '
+            '"auto" or "folder"')
     notice = f"posbuild: bubblewrap not available ({problem}); actions run in the folder sandbox"
     if notice in _noticed:
         return None, ""

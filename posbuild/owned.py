@@ -137,8 +137,8 @@ def empty(folder: Path, kind: str, keep: Iterable[str] = ()) -> int:
         return 0
     if not is_marked(folder, kind):
         raise WorkspaceError(f"{folder}: refusing to delete it: it holds no {MARKER} of "
-                             "posbuild's, so posbuild "
-                             f"did not make it (see `posbuild clean --help`)")
+                             "posbuild's, so posbuild did not make it (see `posbuild clean "
+                             "--help`)")
     kept = {MARKER, *keep}
     doomed = [Path(entry.path) for entry in os.scandir(folder) if entry.name not in kept]
     for path in doomed:

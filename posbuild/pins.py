@@ -47,8 +47,8 @@ def tag_pins(actions: Sequence[Action]) -> list[tuple[str, str, str]]:
                     f"{action.label}: tag '{tag}' is not 'pin:<path>=<64 hex digest>'")
             if path not in action.sources:
                 raise BuildFileError(f"{action.label}: tag '{tag}' pins '{path}', which is not a "
-                                     "source file "
-                                     f"input of this rule (only source files can be pinned)")
+                                     "source file input of this rule (only source files can be "
+                                     "pinned)")
             found.append((path, digest.lower(), action.label))
     return found
 

@@ -67,8 +67,7 @@ def rollback(list_only: bool, generation_id: int | None) -> None:
         fail(error)
     g = report.generation
     click.echo(f"rolled back posbuild-out/ to generation {g.id} ({g.created}, "
-               f"{' '.join(g.patterns)}): "
-               f"{report.restored} restored, {report.removed} removed, "
+               f"{' '.join(g.patterns)}): {report.restored} restored, {report.removed} removed, "
                f"{report.unchanged} unchanged")
 
 

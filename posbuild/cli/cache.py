@@ -87,8 +87,7 @@ def export(file: Path, patterns: tuple[str, ...]) -> None:
     if report.private:
         notes += f"; {report.private} result(s) that may hold a secret were left out"
     click.echo(f"exported build {report.build} ({' '.join(report.patterns)}): {report.results} "
-               "action result(s), "
-               f"{report.blobs} blob(s), {_size(report.size)}, "
+               f"action result(s), {report.blobs} blob(s), {_size(report.size)}, "
                f"{'signed' if report.signed else 'unsigned'} to {file}{notes}")
     if not report.signed:
         click.echo("posbuild: note: POSBUILD_CACHE_KEY is not set, so the archive is unsigned; "

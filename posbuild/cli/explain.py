@@ -61,9 +61,8 @@ def _story(target: str, history: list[Any], builds: dict[str, dict[str, Any]],
     lines = []
     if settled and latest is not None and last.build_id != str(latest["number"]):
         lines.append(f"{target}: up to date in build {latest['number']}: its definition, inputs "
-                     "and outputs are "
-                     f"unchanged since build {last.build_id}, so it was settled without looking at "
-                     "the store")
+                     f"and outputs are unchanged since build {last.build_id}, so it was settled "
+                     "without looking at the store")
     key = last.key.hex() if last.key else "-"
     if last.state == "SKIPPED":
         return [*lines,

@@ -87,8 +87,8 @@ def _damaged_store(store_dir: Path, workspace: str, repair: bool) -> str:
         return ""
     if not repair:
         fail(ChecksumMismatch(f"the store {store_dir} is damaged: {found}; `posbuild fsck "
-                              "--repair` moves it "
-                              f"aside and rebuilds it from every row still readable"))
+                              "--repair` moves it aside and rebuilds it from every row still "
+                              "readable"))
     saved = salvage(db)
     store = Store(store_dir, workspace)
     try:

@@ -346,8 +346,8 @@ def test_only_requested_targets_and_their_deps_run(ws):
                      'genrule(name = "unrelated", outs = ["unrelated.txt"], '
                      'cmd = "echo no > $@")\n',
         "app/BUILD": 'genrule(name = "app", srcs = ["//lib:dep"], outs = ["app.txt"], cmd = "cat '
-                     '$< > $@")\n'
-                     'genrule(name = "other", outs = ["other.txt"], cmd = "echo other > $@")\n',
+                     '$< > $@")\ngenrule(name = "other", outs = ["other.txt"], cmd = "echo other '
+                     '> $@")\n',
     })
     result = ws.ok("//app:app")
     assert executed_labels(result) == ["//app:app", "//lib:dep"]

@@ -502,11 +502,9 @@ def test_without_the_key_import_needs_allow_unsigned(tmp_path, unsigned):
     result = b.run("cache", "import", str(unsigned))
     assert result.returncode == 2
     assert result.stderr == (f"posbuild: cannot verify who made the cache archive {unsigned}: "
-                             "POSBUILD_CACHE_KEY "
-                             "is not set; set it to the key the archive was exported with, or "
-                             "pass "
-                             "--allow-unsigned to trust it with only its digests checked; nothing "
-                             "was imported\n")
+                             "POSBUILD_CACHE_KEY is not set; set it to the key the archive was "
+                             "exported with, or pass --allow-unsigned to trust it with only its "
+                             "digests checked; nothing was imported\n")
     assert not result.stdout
     assert store_files(b) == files and store_rows(b) == rows
     # refused before the archive is read: not ORCH-03 for a damaged file

@@ -293,9 +293,8 @@ def test_an_action_that_fits_no_worker_is_orch_05_before_anything_runs(cluster: 
     assert result.returncode == 15, result.stderr
     assert result.stderr.strip() == (
         'posbuild: ORCH-05 resource oversubscription: //p:huge requests cpu=1 mem_mb=4096 but the '
-        'Dask cluster at '
-        f'{cluster.address} cannot run it: no worker declares that much (cpu=2 mem_mb=2048); start '
-        f'workers with --resources "cpu=N,mem_mb=M"')
+        f'Dask cluster at {cluster.address} cannot run it: no worker declares that much (cpu=2 '
+        'mem_mb=2048); start workers with --resources "cpu=N,mem_mb=M"')
     assert not (ws.root / "posbuild-out/p/small.txt").exists()
     # The local budget does not apply on the cluster: cpu=2 runs there even if posbuild.toml allows
     # 1.

@@ -99,9 +99,8 @@ genrule(name = "late", srcs = [":slow"], outs = ["late.out"], cmd = "cat $< > $@
     assert result.returncode == 1 and counts(result)["failed"] == 1
     assert explain(ex, "//pkg:late") == (
         "//pkg:late: skipped in build 1: it never started, because the build started nothing new "
-        "after //pkg:bad "
-        "(exit 3) failed (with -k it builds what does not depend on a failure); nothing of it was "
-        "run or kept\n")
+        "after //pkg:bad (exit 3) failed (with -k it builds what does not depend on a failure); "
+        "nothing of it was run or kept\n")
 
 
 def test_a_failure_retried_with_the_same_key_says_so(ex, tmp_path):

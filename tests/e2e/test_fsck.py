@@ -179,9 +179,8 @@ def test_workspaces_sharing_a_store_keep_their_own_record_of_the_outputs_they_wr
     for ws in (first, second):
         ws.write({"posbuild.toml": f'[cache]\ndir = "{store}"\n', "p/in.txt": "2\n",
                   "p/BUILD": 'genrule(name = "x", srcs = ["in.txt"], outs = ["x.txt"], cmd = "cat '
-                             '$< > $@")\n'
-                             'genrule(name = "bad", srcs = ["in.txt"], outs = ["bad.txt"], '
-                             'cmd = "grep -q 2 $<; cp $< $@")\n'})
+                             '$< > $@")\ngenrule(name = "bad", srcs = ["in.txt"], outs = '
+                             '["bad.txt"], cmd = "grep -q 2 $<; cp $< $@")\n'})
         ws.ok("//...")
     second.write({"p/in.txt": "3\n"})
     assert second.build("-k", "//...").returncode == 1  # x.txt is new, and in no generation

@@ -371,8 +371,8 @@ def query_expr(draw: st.DrawFn, depth: int = 3) -> str:
 
 QUERY_WS = {
     "pkg/BUILD": 'genrule(name = "a", srcs = ["x.txt"], outs = ["a.txt"], cmd = "cat $< > $@", '
-                 'tags = ["t"])\n'
-                 'genrule(name = "b", srcs = [":a"], outs = ["b.txt"], cmd = "cat $< > $@")\n',
+                 'tags = ["t"])\ngenrule(name = "b", srcs = [":a"], outs = ["b.txt"], cmd = "cat '
+                 '$< > $@")\n',
     "pkg/x.txt": "x\n",
 }
 

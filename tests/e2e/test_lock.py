@@ -61,9 +61,8 @@ def test_changed_pinned_file_is_orch03_and_runs_nothing_until_relocked(ws: Works
     changed = "a,b\n1,3\n"
     ws.write({"data/raw.csv": changed})
     expected = ("posbuild: ORCH-03 checksum inconsistency: data/raw.csv is pinned in "
-                "posbuild.lock to "
-                f"{digest(FILES['data/raw.csv'])} but hashes to {digest(changed)}; "
-                f"run `posbuild lock` to accept the change\n")
+                f"posbuild.lock to {digest(FILES['data/raw.csv'])} but hashes to "
+                f"{digest(changed)}; run `posbuild lock` to accept the change\n")
     for args in (("//model:train",), ("-n",), ()):
         result = ws.build(*args)
         assert result.returncode == 13, result

@@ -135,8 +135,8 @@ def test_a_source_of_the_root_package_inside_posbuild_out_is_refused(ws):
     ws.ok("//p:x")
     message = refused_keeping(ws, "//:peek")
     assert message == ("BUILD:1: //:peek: srcs entry 'posbuild-out/p/x.txt': posbuild-out/ holds "
-                       "the outputs "
-                       "of rules, not sources; name the rule that produces it (e.g. //p:x.txt)")
+                       "the outputs of rules, not sources; name the rule that produces it (e.g. "
+                       "//p:x.txt)")
 
 
 def refused_keeping(ws: Workspace, *patterns: str) -> str:

@@ -127,17 +127,10 @@ def test_graph_output_is_deterministic_dot(graph_ws: Workspace) -> None:
     assert result.returncode == 0, result.stderr
     assert result.stdout == (
         "digraph posbuild {\n"
-        '  "//app:report";\n'
-        '  "//lib:base";\n'
-        '  "//lib:left";\n'
-        '  "//lib:right";\n'
-        '  "//lib:top";\n'
-        '  "//app:report" -> "//lib:base";\n'
-        '  "//app:report" -> "//lib:top";\n'
-        '  "//lib:left" -> "//lib:base";\n'
-        '  "//lib:right" -> "//lib:base";\n'
-        '  "//lib:top" -> "//lib:left";\n'
-        '  "//lib:top" -> "//lib:right";\n'
+        '  "//app:report";\n  "//lib:base";\n  "//lib:left";\n  "//lib:right";\n  "//lib:top";\n  '
+        '"//app:report" -> "//lib:base";\n  "//app:report" -> "//lib:top";\n  "//lib:left" -> '
+        '"//lib:base";\n  "//lib:right" -> "//lib:base";\n  "//lib:top" -> "//lib:left";\n  '
+        '"//lib:top" -> "//lib:right";\n'
         "}\n"
     )
     again = graph_ws.run("query", "allpaths(//app:report, //lib:base)", "--output", "graph")

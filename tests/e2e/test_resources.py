@@ -21,9 +21,8 @@ def timed(name: str, cpu: int, mem_mb: int, sleep: float, after: str = "") -> st
     """A genrule that records its start and end times in `name`.txt."""
     srcs = f'srcs = [":{after}"], ' if after else ""
     return (f'genrule(name = "{name}", {srcs}outs = ["{name}.txt"], resources = {{"cpu": {cpu}, '
-            f'"mem_mb": {mem_mb}}},\n'
-            f'        cmd = "{STAMP} > $(location {name}.txt); sleep {sleep}; {STAMP} >> '
-            f'$(location {name}.txt)")\n')
+            f'"mem_mb": {mem_mb}}},\n        cmd = "{STAMP} > $(location {name}.txt); sleep '
+            f'{sleep}; {STAMP} >> $(location {name}.txt)")\n')
 
 
 def intervals(ws: Workspace, names: list[str]) -> dict[str, tuple[float, float]]:

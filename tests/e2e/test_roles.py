@@ -49,8 +49,8 @@ def test_dev_may_not_build_deploy_and_nothing_runs(roles_ws):
     assert result.returncode == 2
     assert result.stderr == (
         "posbuild: role 'dev' may not build //deploy:push ([roles.dev] build = [\"//...\", "
-        "\"-//deploy/...\"] "
-        "in posbuild.toml); a role that may: release (set POSBUILD_ROLE); nothing was built\n")
+        "\"-//deploy/...\"] in posbuild.toml); a role that may: release (set POSBUILD_ROLE); "
+        "nothing was built\n")
     assert not (roles_ws.root / "posbuild-out").exists()
     assert not (roles_ws.root / ".posbuild" / "store").exists()
 
@@ -124,8 +124,8 @@ def test_only_roles_with_upload_may_ask_to_upload(roles_ws):
                             env={"POSBUILD_ROLE": "dev", "POSBUILD_CACHE_KEY": "k"})
     assert result.returncode == 2
     assert result.stderr == ("posbuild: role 'dev' may not upload to the remote cache ([roles.dev] "
-                             "upload is not "
-                             "true in posbuild.toml); build without --remote-upload\n")
+                             "upload is not true in posbuild.toml); build without "
+                             "--remote-upload\n")
     assert not (roles_ws.root / "posbuild-out").exists()
 
 

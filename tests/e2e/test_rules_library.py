@@ -172,9 +172,8 @@ def test_checked_file_passes_with_the_right_digest(ws: Workspace) -> None:
     assert result.returncode == 13
     assert result.stderr == (
         "posbuild: ORCH-03 checksum inconsistency: data/raw.csv is pinned by //pipe:raw to "
-        f"{digest(data)} "
-        f"but hashes to {digest(changed)}; update the digest in its BUILD file to accept the "
-        "change\n"
+        f"{digest(data)} but hashes to {digest(changed)}; update the digest in its BUILD file to "
+        "accept the change\n"
     )
     assert ws.out("pipe/rows.txt") == "2\n"  # nothing ran, nothing was touched
 

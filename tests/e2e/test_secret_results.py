@@ -182,9 +182,9 @@ def test_the_signing_key_cannot_be_passed_to_actions(tmp_path):
         result = ws.run(*command, env=KEY)
         assert result.returncode == 3, (command, result.stdout, result.stderr)
         assert result.stderr == (f"posbuild: {ws.root / 'posbuild.toml'}: [env] pass: "
-                                 "'POSBUILD_CACHE_KEY' is "
-                                 "posbuild's signing key and is never given to actions (one "
-                                 f"holding it could forge shared cache entries); remove it\n")
+                                 "'POSBUILD_CACHE_KEY' is posbuild's signing key and is never "
+                                 "given to actions (one holding it could forge shared cache "
+                                 "entries); remove it\n")
     assert not (ws.root / "posbuild-out").exists()
     # names are exact: no patterns
     (ws.root / "posbuild.toml").write_text('[env]\npass = ["POSBUILD_*"]\n')

@@ -157,8 +157,8 @@ def test_verify_reports_an_output_that_depends_on_the_umask(ws):
 def test_verify_reports_an_unsorted_directory_listing(ws):
     if not listing_follows_creation(load_config(ws.root).sandbox_dir):
         pytest.skip("the sandbox file system lists a folder in its own order (e.g. ext4 hash "
-                    "order), "
-                    "whatever the order entries are created in, so verify cannot vary it here")
+                    "order), whatever the order entries are created in, so verify cannot vary it "
+                    "here")
     ws.write({
         **{f"pkg/data/{name}.csv": f"{name}\n" for name in "abcde"},
         "pkg/BUILD": """

@@ -83,9 +83,8 @@ def test_requirement_on_a_target_that_is_not_a_dependency_is_a_build_error(ws: W
     assert result.returncode == 3
     assert result.stderr == (
         "posbuild: model/BUILD:3: //model:report: requires entry ':other': //model:other is not a "
-        "dependency "
-        "of //model:report; a target may require versions only of targets it depends on through "
-        "srcs or tools (directly or transitively)\n")
+        "dependency of //model:report; a target may require versions only of targets it depends "
+        "on through srcs or tools (directly or transitively)\n")
     assert not (ws.root / "posbuild-out").exists()
 
 

@@ -133,9 +133,8 @@ def test_sigterm_stops_posbuild_verify_with_its_own_exit_code(tmp_path, sleeps):
     ws = _workspace(tmp_path, "folder", started)
     ws.write({"g/BUILD": 'genrule(name = "quick", outs = ["quick.txt"], cmd = "echo quick > $@")\n'
                          'genrule(name = "slow", srcs = [":quick"], outs = ["slow.txt"], cmd = '
-                         f'"if [ -e {tmp_path}/built ]; '
-                         f'then sleep 1000 & echo $! > {started}.tmp; mv {started}.tmp {started}; '
-                         'wait; fi; echo > $@")\n'})
+                         f'"if [ -e {tmp_path}/built ]; then sleep 1000 & echo $! > {started}.tmp; '
+                         f'mv {started}.tmp {started}; wait; fi; echo > $@")\n'})
     ws.ok("//...")
     (tmp_path / "built").touch()
     proc = subprocess.Popen([*POSBUILD, "verify", "//..."], cwd=ws.root, stdout=subprocess.PIPE,

@@ -13,11 +13,10 @@ LIBRARY_FAIL = (
     "@posbuild//rules:copy_file.bzl:28:9\n   |\n28 |         fail(\"...\")\n   |\n"
 )
 NESTED_LOAD = (
-    "error: StarlarkError: Traceback (most recent call last):\n  * tools/a.bzl:1, in <module>\n"
-    "      genrule(name=\"x\")\n"
-    "error: ValueError: rules can only be declared while a BUILD file is evaluated\n"
-    " --> tools/a.bzl:1:1\n  |\n1 | genrule(name=\"x\")\n  |\n\n"
-    " --> p/BUILD:1:1\n  |\n1 | load(\"//tools:a.bzl\", \"f\")\n"
+    "error: StarlarkError: Traceback (most recent call last):\n  * tools/a.bzl:1, in <module>\n   "
+    "   genrule(name=\"x\")\nerror: ValueError: rules can only be declared while a BUILD file is "
+    "evaluated\n --> tools/a.bzl:1:1\n  |\n1 | genrule(name=\"x\")\n  |\n\n --> p/BUILD:1:1\n  "
+    "|\n1 | load(\"//tools:a.bzl\", \"f\")\n"
 )
 AT_THE_END = (
     "error: Parse error: unexpected new line here, expected one of \")\" or \",\"\n--> "

@@ -50,8 +50,8 @@ def test_a_sandbox_holds_the_inputs_and_output_folders_only_and_captures_both_st
     workspace, base) -> None:
     code, out, err, held = _run_and_remove(Sandboxes(workspace, base),
                                            _action("cat pkg/a.txt lib/deep/b.txt > "
-                                                   "posbuild-out/pkg/out.txt; "
-                                                   "echo to-out; echo to-err >&2"))
+                                                   "posbuild-out/pkg/out.txt; echo to-out; echo "
+                                                   "to-err >&2"))
     assert (code, out, err) == (0, b"to-out\n", b"to-err\n")
     assert held == ["exec", "exec/lib", "exec/lib/deep", "exec/lib/deep/b.txt", "exec/pkg",
                     "exec/pkg/a.txt",
