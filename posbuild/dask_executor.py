@@ -606,7 +606,7 @@ class DaskSandboxes:
                 executable = bool(os.fstat(handle.fileno()).st_mode & 0o111)
             digest = hash_bytes(data)
             shared = remote is not None and path not in self._private
-            name = self._on_remote(remote, digest, data) if shared else b""  # type: ignore[arg-type]
+            name = self._on_remote(remote, digest, data) if remote is not None and shared else b""
             inputs.append(InputFile(path, digest, len(data), executable, name))
             if name:
                 continue

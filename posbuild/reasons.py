@@ -16,7 +16,7 @@ both commands word them alike.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Any, Callable, Sequence
 
 from posbuild.digest import Digest
 from posbuild.records import ExecutionRecord
@@ -51,11 +51,11 @@ def _short(digest: Digest | None) -> str:
 
 
 def _pairs(old: Sequence[tuple[str, object]], new: Sequence[tuple[str, object]], component: str,
-           render: object = str, absent: str = "") -> list[Reason]:
+           render: Callable[[Any], str] = str, absent: str = "") -> list[Reason]:
     before, after = dict(old), dict(new)
     return [
-        Reason(component, name, render(before.get(name)) if name in before else absent,  # type: ignore[operator]
-               render(after.get(name)) if name in after else absent)  # type: ignore[operator]
+        Reason(component, name, render(before.get(name)) if name in before else absent,
+               render(after.get(name)) if name in after else absent)
         for name in sorted(before.keys() | after.keys()) if before.get(name) != after.get(name)
     ]
 

@@ -461,7 +461,7 @@ class Sandboxes:
         """libfaketime's path (looked up once per Sandboxes), or None when it is not installed."""
         if self._faketime is False:
             self._faketime = find_libfaketime()
-        return self._faketime  # type: ignore[return-value]
+        return self._faketime if isinstance(self._faketime, str) else None
 
     def remove(self, result: SpawnResult) -> None:
         """Remove a run's sandbox: what staging made and the command was declared to make, by name,

@@ -887,21 +887,21 @@ def store_failure(path: Path | None, error: Exception) -> PosbuildError:
 
     text = str(error).replace(f"{path / 'db'}: ", "") if path is not None else str(error)
     where = path or Path.cwd()
-    path = path or "of this workspace"  # type: ignore[assignment]
+    shown = path or "of this workspace"
     if isinstance(error, (lmdb.CorruptedError, lmdb.PageNotFoundError, lmdb.InvalidError,
                           lmdb.VersionMismatchError, lmdb.BadRslotError)):
         return ChecksumMismatch(
-            f"the store {path} is damaged ({text}); run `posbuild fsck --repair`")
+            f"the store {shown} is damaged ({text}); run `posbuild fsck --repair`")
     if isinstance(error, lmdb.MapFullError):
         return StoreUnavailable(
-            f"the store {path} is full: it reached its map size; run `posbuild gc`")
+            f"the store {shown} is full: it reached its map size; run `posbuild gc`")
     try:
         full = shutil.disk_usage(where).free < 1 << 20
     except OSError:
         full = False
     if full:
         text = f"{text} ({os.strerror(errno.ENOSPC)})"
-    return StoreUnavailable(f"cannot use the store {path}: {text}")
+    return StoreUnavailable(f"cannot use the store {shown}: {text}")
 
 
 def _unpack_row(number: int, value: bytes) -> dict[str, Any]:

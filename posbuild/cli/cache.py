@@ -35,11 +35,11 @@ def _signing_key(root: Path, secrets_file: str) -> bytes | None:
     return value.encode() if value else None
 
 
-def _size(count: int) -> str:
+def _size(count: float) -> str:
     for unit in ("B", "KiB", "MiB", "GiB"):
         if count < 1024 or unit == "GiB":
             return f"{count:.0f} {unit}" if unit == "B" else f"{count:.1f} {unit}"
-        count /= 1024  # type: ignore[assignment]
+        count /= 1024
     return f"{count} B"
 
 
