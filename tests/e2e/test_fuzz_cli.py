@@ -343,8 +343,9 @@ def query_expr(draw: st.DrawFn, depth: int = 3) -> str:
     sub = lambda: draw(query_expr(depth - 1))  # noqa: E731
     form = draw(st.integers(0, 8))
     if form == 0:
-        depth = draw(st.sampled_from(['', ', 1', ', 0', ', -1', ', 99999999999999999999', ', x']))
-        return f"deps({sub()}{depth})"
+        inner = sub()
+        bound = draw(st.sampled_from(['', ', 1', ', 0', ', -1', ', 99999999999999999999', ', x']))
+        return f"deps({inner}{bound})"
     if form == 1:
         return f"rdeps({sub()}, {sub()})"
     if form == 2:
@@ -357,8 +358,9 @@ def query_expr(draw: st.DrawFn, depth: int = 3) -> str:
             f"attr({draw(st.sampled_from(['cmd', 'tags', 'srcs', '', 'x y']))}, "
             f"{draw(st.text(max_size=5))}, {sub()})")
     if form == 5:
+        left = sub()
         operator = draw(st.sampled_from(['+', '-', '^', 'union', 'except', 'intersect', '*']))
-        return f"{sub()} {operator} {sub()}"
+        return f"{left} {operator} {sub()}"
     if form == 6:
         return f"({sub()})"
     if form == 7:
