@@ -381,7 +381,8 @@ WRITERS = {"posbuild": write_posbuild, "make": write_make, "ninja": write_ninja}
 
 
 def setup_tools(
-    base: Path, graph: Graph, names: list[str], jobs: int, posbuild: str | None, sandbox: str = "auto"
+    base: Path, graph: Graph, names: list[str], jobs: int, posbuild: str | None,
+    sandbox: str = "auto"
 ) -> list[Tool]:
     tools = []
     for name in names:
@@ -480,12 +481,9 @@ def run_repetition(
 
 
 RESOLVE_SNIPPET = (  # as `posbuild build` runs it: without the cyclic GC (cli/build.py)
-    "import gc, sys, time, pathlib\n"
-    "from posbuild.build import resolve\n"
-    "gc.disable()\n"
-    "t = time.perf_counter()\n"
-    "g = resolve(pathlib.Path(sys.argv[1]), ['//...'])\n"
-    "print(time.perf_counter() - t, len(g.actions))\n"
+    "import gc, sys, time, pathlib\nfrom posbuild.build import resolve\ngc.disable()\nt = "
+    "time.perf_counter()\ng = resolve(pathlib.Path(sys.argv[1]), "
+    "['//...'])\nprint(time.perf_counter() - t, len(g.actions))\n"
 )
 
 
@@ -508,7 +506,8 @@ def posbuild_python(posbuild: str) -> Path | None:
     return None
 
 
-def time_snippet(python: Path, ws: Path, snippet: str, args: list[str], runs: int) -> tuple[list[float], str] | str:
+def time_snippet(python: Path, ws: Path, snippet: str, args: list[str],
+                 runs: int) -> tuple[list[float], str] | str:
     """Run `snippet` (which prints "<seconds> <count>") `runs` times in fresh interpreters; the
     seconds of each run and the last count, or the last line of stderr when a run failed."""
     samples: list[float] = []
@@ -538,12 +537,9 @@ def measure_resolve(posbuild: str, ws: Path, repeat: int) -> str:
 
 QUERY_EXPR = "deps(//...)"
 QUERY_SNIPPET = (
-    "import sys, time, pathlib\n"
-    "from posbuild.query import run_query\n"
-    "t = time.perf_counter()\n"
-    "r = run_query(pathlib.Path(sys.argv[1]), sys.argv[2])\n"
-    "text = r.render('label')\n"
-    "print(time.perf_counter() - t, len(r.nodes))\n"
+    "import sys, time, pathlib\nfrom posbuild.query import run_query\nt = time.perf_counter()\nr "
+    "= run_query(pathlib.Path(sys.argv[1]), sys.argv[2])\ntext = "
+    "r.render('label')\nprint(time.perf_counter() - t, len(r.nodes))\n"
 )
 
 
@@ -625,7 +621,8 @@ def bench_size(n: int, args: argparse.Namespace, workdir: Path) -> None:
     if base.exists():
         shutil.rmtree(base)
     tools = setup_tools(base, graph, args.tools, args.jobs, args.posbuild, args.sandbox)
-    print(f"\nN={n}: {describe(graph, leaves)}; posbuild [sandbox] mode = {args.sandbox}", flush=True)
+    print(f"\nN={n}: {describe(graph, leaves)}; posbuild [sandbox] mode = {args.sandbox}",
+          flush=True)
 
     timings: Timings = {s: {t.name: [] for t in tools} for s in SCENARIOS}
     pristine = list(graph.leaves)
@@ -663,7 +660,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0, help="generator seed (default: 0)")
     p.add_argument("--sandbox", choices=("folder", "namespace", "auto"), default="folder",
                    help="posbuild's [sandbox] mode (default: folder, the like-for-like comparison "
-                        "with make and ninja, which isolate nothing; bench_sandbox.py measures the rest)")
+                        "with make and ninja, which isolate nothing; bench_sandbox.py measures the "
+                        "rest)")
     args = p.parse_args(argv)
     args.sizes = [int(s) for s in args.sizes.split(",") if s.strip()]
     args.tools = [t.strip() for t in args.tools.split(",") if t.strip()]

@@ -50,13 +50,15 @@ import uuid
 from datetime import datetime
 from pathlib import Path
 
-ENV = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}  # as from a user's shell
+# as from a user's shell
+ENV = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
 READY = 60.0  # seconds for the scheduler and workers to come up
 
 
 def dask_command(role: str) -> list[str]:
     script = Path(sys.executable).with_name("dask")
-    return [str(script), role] if script.exists() else [sys.executable, "-m", f"distributed.cli.dask_{role}"]
+    return [str(script), role] if script.exists() \
+        else [sys.executable, "-m", f"distributed.cli.dask_{role}"]
 
 
 def wait_for(log: Path, pattern: str, process: subprocess.Popen[bytes]) -> str:
@@ -71,21 +73,24 @@ def wait_for(log: Path, pattern: str, process: subprocess.Popen[bytes]) -> str:
     sys.exit(f"error: timed out waiting for {pattern!r} in {log}")
 
 
-def start_cluster(folder: Path, workers: int, threads: int) -> tuple[str, list[subprocess.Popen[bytes]]]:
+def start_cluster(folder: Path, workers: int,
+                  threads: int) -> tuple[str, list[subprocess.Popen[bytes]]]:
     """A scheduler and workers on 127.0.0.1; the scheduler's address and every process."""
     folder.mkdir(parents=True, exist_ok=True)
     def spawn(argv: list[str], log: Path) -> subprocess.Popen[bytes]:
         with open(log, "wb") as handle:
-            return subprocess.Popen(argv, stdout=handle, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                    env=ENV, cwd=folder)
+            return subprocess.Popen(argv, stdout=handle, stderr=subprocess.STDOUT,
+                                    stdin=subprocess.DEVNULL, env=ENV, cwd=folder)
 
     scheduler = spawn([*dask_command("scheduler"), "--host", "127.0.0.1", "--port", "0",
                        "--dashboard-address", "127.0.0.1:0"], folder / "scheduler.log")
     address = wait_for(folder / "scheduler.log", r"Scheduler at:\s+(tcp://\S+)", scheduler)
     processes = [scheduler]
     for n in range(workers):
-        processes.append(spawn([*dask_command("worker"), address, "--host", "127.0.0.1", "--nthreads", str(threads),
-                                "--no-nanny", "--dashboard-address", "127.0.0.1:0", "--local-directory",
+        processes.append(spawn([*dask_command("worker"), address, "--host", "127.0.0.1",
+                                "--nthreads", str(threads),
+                                "--no-nanny", "--dashboard-address", "127.0.0.1:0",
+                                "--local-directory",
                                 str(folder / f"w{n}"), "--resources", f"cpu={threads},mem_mb=4096"],
                                folder / f"worker{n}.log"))
     for n, process in enumerate(processes[1:]):
@@ -116,15 +121,18 @@ def write_workspace(root: Path, kind: str, count: int) -> None:
 
 def cold_build(root: Path, executor: str, jobs: int, remote: str = "") -> float:
     """Seconds of one build from nothing; with `remote`, under a fresh prefix of it, uploading."""
-    (root / "posbuild.toml").write_text(f'[cache]\nremote = "{remote.rstrip("/")}/bench-{uuid.uuid4().hex}"\n'
+    (root / "posbuild.toml").write_text('[cache]\nremote = '
+                                        f'"{remote.rstrip("/")}/bench-{uuid.uuid4().hex}"\n'
                                         f'upload = true\n' if remote else "")
     for name in (".posbuild", "posbuild-out"):
         if (root / name).exists():
             subprocess.run(["chmod", "-R", "u+w", str(root / name)], check=True)
             shutil.rmtree(root / name)
     started = time.perf_counter()
-    done = subprocess.run([sys.executable, "-m", "posbuild", "build", "-q", f"-j{jobs}", "--executor", executor],
-                          cwd=root, env=ENV, stdin=subprocess.DEVNULL, capture_output=True, text=True)
+    done = subprocess.run([sys.executable, "-m", "posbuild", "build", "-q", f"-j{jobs}",
+                           "--executor", executor],
+                          cwd=root, env=ENV, stdin=subprocess.DEVNULL, capture_output=True,
+                          text=True)
     elapsed = time.perf_counter() - started
     if done.returncode != 0:
         sys.exit(f"error: {executor} build failed ({done.returncode}):\n{done.stdout}{done.stderr}")
@@ -137,7 +145,8 @@ def outputs(root: Path) -> dict[str, bytes]:
 
 
 def phases(root: Path) -> dict[str, list[float]]:
-    """Per executed action of the latest build: lead, remote and tail seconds (see the docstring)."""
+    """Per executed action of the latest build: lead, remote and tail seconds (see the
+    docstring)."""
     done = subprocess.run([sys.executable, "-m", "posbuild", "log", "--json"], cwd=root, env=ENV,
                           capture_output=True, text=True, check=True)
     found: dict[str, list[float]] = {"lead": [], "remote": [], "tail": []}
@@ -170,21 +179,28 @@ def scenario(workdir: Path, name: str, count: int, jobs: int, repeat: int, sched
     local, remote = statistics.median(times["local"]), statistics.median(times["dask"])
     return {"name": name, "actions": count, "jobs": jobs, "local": local, "dask": remote,
             "per_action_ms": (remote - local) / count * 1000,
-            **{key: statistics.median(values) * 1000 if values else float("nan") for key, values in seen.items()}}
+            **{key: statistics.median(values) * 1000 if values else float("nan")
+               for key, values in seen.items()}}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--chain", type=int, default=100, help="actions in the chain scenario (0: skip it)")
-    parser.add_argument("--wide", type=int, default=300, help="actions in the wide scenario (0: skip it)")
+    parser.add_argument("--chain", type=int, default=100,
+                        help="actions in the chain scenario (0: skip it)")
+    parser.add_argument("--wide", type=int, default=300,
+                        help="actions in the wide scenario (0: skip it)")
     parser.add_argument("--jobs", type=int, default=4, help="-j of the wide scenario")
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--threads", type=int, default=2, help="threads (and declared cpu) per worker")
-    parser.add_argument("--scheduler", default="", help="use this running cluster (tcp://HOST:PORT)")
-    parser.add_argument("--remote", default="", help="dask builds read inputs from this remote cache (http://HOST/PREFIX)")
-    parser.add_argument("--workdir", default="", help="where to generate (default: a temporary folder)")
+    parser.add_argument("--threads", type=int, default=2,
+                        help="threads (and declared cpu) per worker")
+    parser.add_argument("--scheduler", default="",
+                        help="use this running cluster (tcp://HOST:PORT)")
+    parser.add_argument("--remote", default="",
+                        help="dask builds read inputs from this remote cache (http://HOST/PREFIX)")
+    parser.add_argument("--workdir", default="",
+                        help="where to generate (default: a temporary folder)")
     args = parser.parse_args()
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="posbuild-bench-dask-")).resolve()
     workdir.mkdir(parents=True, exist_ok=True)
@@ -194,7 +210,8 @@ def main() -> None:
         if not scheduler:
             scheduler, processes = start_cluster(workdir / "cluster", args.workers, args.threads)
         runs = [("fixed", 1, 1)] + [(name, count, jobs) for name, count, jobs in
-                                    (("chain", args.chain, 1), ("wide", args.wide, args.jobs)) if count]
+                                    (("chain", args.chain, 1), ("wide", args.wide, args.jobs))
+                                    if count]
         if args.remote:
             ENV.setdefault("POSBUILD_CACHE_KEY", "bench")
         results = [scenario(workdir, name, count, jobs, args.repeat, scheduler, args.remote)
@@ -206,14 +223,17 @@ def main() -> None:
         stop_cluster(processes)
         if not args.workdir:
             shutil.rmtree(workdir, ignore_errors=True)
-    print(f"{'scenario':<8} {'actions':>7} {'-j':>3} {'local s':>8} {'dask s':>8} {'+ms/action':>10} "
-          f"{'lead ms':>8} {'remote ms':>9} {'tail ms':>8}")
+    print(f"{'scenario':<8} {'actions':>7} {'-j':>3} {'local s':>8} {'dask s':>8} "
+          f"{'+ms/action':>10} {'lead ms':>8} {'remote ms':>9} {'tail ms':>8}")
     for r in results:
-        print(f"{r['name']:<8} {r['actions']:>7} {r['jobs']:>3} {r['local']:>8.2f} {r['dask']:>8.2f} "
-              f"{r['per_action_ms']:>10.1f} {r['lead']:>8.1f} {r['remote']:>9.1f} {r['tail']:>8.1f}")
-    print(f"({args.workers} workers x {args.threads} threads on 127.0.0.1, medians of {args.repeat} cold builds; "
-          f"'fixed' is the whole difference of a one-action build; +ms/action of the others leaves it out"
-          + (f"; dask builds with the remote cache {args.remote}, uploading)" if args.remote else ")"))
+        print(f"{r['name']:<8} {r['actions']:>7} {r['jobs']:>3} {r['local']:>8.2f} "
+              f"{r['dask']:>8.2f} {r['per_action_ms']:>10.1f} {r['lead']:>8.1f} "
+              f"{r['remote']:>9.1f} {r['tail']:>8.1f}")
+    print(f"({args.workers} workers x {args.threads} threads on 127.0.0.1, medians of "
+          f"{args.repeat} cold builds; 'fixed' is the whole difference of a one-action build; "
+          "+ms/action of the others leaves it out"
+          + (f"; dask builds with the remote cache {args.remote}, uploading)"
+             if args.remote else ")"))
 
 
 if __name__ == "__main__":

@@ -37,7 +37,8 @@ sys.path.insert(0, str(HERE.parent))
 import bench  # noqa: E402  (the generator of the workspace)
 
 MODES = ("namespace", "folder")
-ENV = {k: v for k, v in os.environ.items() if k not in ("PYTHONDONTWRITEBYTECODE", "POSBUILD_SANDBOX_WRITABLE")}
+ENV = {k: v for k, v in os.environ.items()
+       if k not in ("PYTHONDONTWRITEBYTECODE", "POSBUILD_SANDBOX_WRITABLE")}
 
 
 def set_mode(root: Path, mode: str) -> None:
@@ -52,7 +53,8 @@ def cold_build(root: Path, mode: str, jobs: int) -> float:
             shutil.rmtree(root / name)
     set_mode(root, mode)
     started = time.perf_counter()
-    done = subprocess.run([sys.executable, "-m", "posbuild", "build", f"-j{jobs}", "-q", "//..."], cwd=root,
+    done = subprocess.run([sys.executable, "-m", "posbuild", "build", f"-j{jobs}", "-q", "//..."],
+                          cwd=root,
                           env=ENV, stdin=subprocess.DEVNULL, capture_output=True, text=True)
     elapsed = time.perf_counter() - started
     if done.returncode != 0:
@@ -76,9 +78,12 @@ def spawn_only(root: Path, loops: int) -> dict[str, float]:
     (root / "pkg").mkdir(parents=True, exist_ok=True)
     for name in ("a.txt", "b.txt"):
         (root / "pkg" / name).write_text(name + "\n")
-    action = Action(label="//pkg:t", kind="genrule", command="cat pkg/a.txt pkg/b.txt > posbuild-out/pkg/t.txt",
-                    inputs=("pkg/a.txt", "pkg/b.txt"), tools=(), outputs=("posbuild-out/pkg/t.txt",), env=(),
-                    versions=(), timeout=0, tags=(), def_hash=b"\0" * 32, deps=(), sources=("pkg/a.txt", "pkg/b.txt"))
+    action = Action(label="//pkg:t", kind="genrule",
+                    command="cat pkg/a.txt pkg/b.txt > posbuild-out/pkg/t.txt",
+                    inputs=("pkg/a.txt", "pkg/b.txt"), tools=(),
+                    outputs=("posbuild-out/pkg/t.txt",), env=(),
+                    versions=(), timeout=0, tags=(), def_hash=b"\0" * 32, deps=(),
+                    sources=("pkg/a.txt", "pkg/b.txt"))
     medians = {}
     for mode in MODES:
         set_mode(root, mode)
@@ -101,10 +106,13 @@ def spawn_only(root: Path, loops: int) -> dict[str, float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--size", type=int, default=300, help="actions in the generated workspace (default 300)")
+    parser.add_argument("--size", type=int, default=300,
+                        help="actions in the generated workspace (default 300)")
     parser.add_argument("--repeat", type=int, default=3, help="cold builds per mode (default 3)")
-    parser.add_argument("--jobs", type=int, default=1, help="-j of the builds (default 1: no overlap to hide costs)")
-    parser.add_argument("--loops", type=int, default=200, help="spawn-only runs per mode (default 200)")
+    parser.add_argument("--jobs", type=int, default=1,
+                        help="-j of the builds (default 1: no overlap to hide costs)")
+    parser.add_argument("--loops", type=int, default=200,
+                        help="spawn-only runs per mode (default 200)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
 
@@ -131,8 +139,8 @@ def main() -> None:
             sys.exit("error: the two modes produced different outputs")
         spawn = spawn_only(Path(work) / "spawn", args.loops) if args.loops else {}
 
-    print(f"{args.size} actions (bench.py's workspace), cold builds -j{args.jobs}, median of {args.repeat}; "
-          f"outputs identical in both modes")
+    print(f"{args.size} actions (bench.py's workspace), cold builds -j{args.jobs}, median of "
+          f"{args.repeat}; outputs identical in both modes")
     per_action = {}
     for mode in MODES:
         median = statistics.median(times[mode])
@@ -141,7 +149,8 @@ def main() -> None:
         if spawn:
             line += f"   spawn only {spawn[mode] * 1000:6.2f} ms/action"
         print(line)
-    line = f"  difference            {per_action['namespace'] - per_action['folder']:+6.2f} ms/action"
+    line = (
+        f"  difference            {per_action['namespace'] - per_action['folder']:+6.2f} ms/action")
     if spawn:
         line += f"              {(spawn['namespace'] - spawn['folder']) * 1000:+6.2f} ms/action"
     print(line)

@@ -40,7 +40,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench  # noqa: E402  (the generator of the workspace, shared with bench.py)
 
 CYCLE = re.compile(r"^\[watch\] (?:initial build|\d+ files? changed \((?P<paths>.*)\)): "
-                   r"(?P<executed>\d+) executed, (?P<cached>\d+) cached, (?P<failed>\d+) failed.* in (?P<build>[0-9.]+) s")
+                   r"(?P<executed>\d+) executed, (?P<cached>\d+) cached, (?P<failed>\d+) failed.* "
+                   r"in (?P<build>[0-9.]+) s")
 
 
 @dataclass
@@ -83,7 +84,8 @@ class Watcher:
         except queue.Empty:
             sys.exit(f"error: no cycle line within {timeout:.0f} s; stderr: {self.errors[-5:]}")
         if line is None:
-            sys.exit(f"error: posbuild watch exited ({self.proc.wait()}); stderr: {self.errors[-5:]}")
+            sys.exit(
+                f"error: posbuild watch exited ({self.proc.wait()}); stderr: {self.errors[-5:]}")
         match = CYCLE.match(line)
         if match is None or match["failed"] != "0":
             sys.exit(f"error: unexpected watch output: {line!r}; stderr: {self.errors[-5:]}")
@@ -119,10 +121,12 @@ def check_outputs(root: Path, graph: bench.Graph, tasks: set[int] | None = None)
             sys.exit(f"error: posbuild-out/{bench.out_rel(i)} differs from the expected bytes")
 
 
-def edit(watcher: Watcher, root: Path, graph: bench.Graph, leaf: int, n: int, timeout: float) -> Sample:
+def edit(watcher: Watcher, root: Path, graph: bench.Graph, leaf: int, n: int,
+         timeout: float) -> Sample:
     """Append a line to one leaf; time until the watcher reports the rebuild it caused."""
     bench.settle()
-    data = graph.leaves[leaf] + f"watch edit {n} at {time.time_ns()}\n".encode()  # new bytes: no cache hit
+    # new bytes: no cache hit
+    data = graph.leaves[leaf] + f"watch edit {n} at {time.time_ns()}\n".encode()
     graph.leaves[leaf] = data
     path = root / bench.leaf_rel(leaf)
     started = time.perf_counter()
@@ -139,11 +143,13 @@ def report(name: str, samples: list[Sample], target: float | None) -> None:
     latencies = [s.latency for s in samples]
     median = statistics.median(latencies)
     cones = "/".join(str(c) for c in sorted({s.cone for s in samples}))
-    verdict = "" if target is None else f"  (target < {target:.1f} s: {'met' if median < target else 'MISSED'})"
+    verdict = "" if target is None \
+        else (f"  (target < {target:.1f} s: {'met' if median < target else 'MISSED'})")
     print(f"  {name}: cone {cones} task(s), {len(samples)} edits")
-    print(f"    edit -> rebuilt: median {median * 1000:.0f} ms, min {min(latencies) * 1000:.0f} ms, "
-          f"max {max(latencies) * 1000:.0f} ms{verdict}")
-    print(f"    of which the build: median {statistics.median(s.build for s in samples) * 1000:.0f} ms; "
+    print(f"    edit -> rebuilt: median {median * 1000:.0f} ms, min {min(latencies) * 1000:.0f} "
+          f"ms, max {max(latencies) * 1000:.0f} ms{verdict}")
+    print("    of which the build: median "
+          f"{statistics.median(s.build for s in samples) * 1000:.0f} ms; "
           f"executed per edit: {'/'.join(str(s.executed) for s in samples)}")
 
 
@@ -169,10 +175,12 @@ def run(args: argparse.Namespace, workdir: Path) -> None:
         print(f"  first build ({kind}, inside watch): {time.perf_counter() - started:.1f} s, "
               f"{first['executed']} executed", flush=True)
         check_outputs(root, graph)
-        samples = [edit(watcher, root, graph, leaf, n, args.timeout) for n, leaf in enumerate(small)]
+        samples = [edit(watcher, root, graph, leaf, n, args.timeout)
+                   for n, leaf in enumerate(small)]
         report(f"small cone (e.g. {bench.leaf_rel(small[0])})", samples, 0.5)
         if large:
-            samples = [edit(watcher, root, graph, leaf, n, args.timeout) for n, leaf in enumerate(large)]
+            samples = [edit(watcher, root, graph, leaf, n, args.timeout)
+                       for n, leaf in enumerate(large)]
             report(f"large cone (e.g. {bench.leaf_rel(large[0])})", samples, None)
         check_outputs(root, graph)
     finally:
@@ -185,21 +193,27 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--size", type=int, default=10000, help="number of tasks (default: 10000)")
     p.add_argument("--edits", type=int, default=7, help="small-cone edits (default: 7)")
-    p.add_argument("--small-cone", type=int, default=1, help="downstream tasks of a small-cone leaf (default: 1)")
-    p.add_argument("--large-edits", type=int, default=3, help="large-cone edits, 0 for none (default: 3)")
+    p.add_argument("--small-cone", type=int, default=1,
+                   help="downstream tasks of a small-cone leaf (default: 1)")
+    p.add_argument("--large-edits", type=int, default=3,
+                   help="large-cone edits, 0 for none (default: 3)")
     p.add_argument("--posbuild", default=shutil.which("posbuild"),
                    help="path of the posbuild executable (default: from PATH)")
     p.add_argument("--jobs", type=int, default=2, help="parallel jobs (default: 2)")
     p.add_argument("--debounce", type=int, default=50, help="watch --debounce in ms (default: 50)")
-    p.add_argument("--timeout", type=float, default=900, help="bound of every wait, in s (default: 900)")
+    p.add_argument("--timeout", type=float, default=900,
+                   help="bound of every wait, in s (default: 900)")
     p.add_argument("--seed", type=int, default=0, help="generator seed (default: 0)")
-    p.add_argument("--workdir", type=Path, help="where to generate the workspace (default: a temp dir)")
+    p.add_argument("--workdir", type=Path,
+                   help="where to generate the workspace (default: a temp dir)")
     p.add_argument("--reuse", action="store_true",
-                   help="reuse the workspace an earlier run left in --workdir (its edits undone), so the "
-                        "first build is not a cold one")
+                   help="reuse the workspace an earlier run left in --workdir (its edits undone), "
+                        "so the first build is not a cold one")
     args = p.parse_args(argv)
     if not args.posbuild or not Path(args.posbuild).is_file():
-        p.error(f"posbuild executable not found ({args.posbuild or 'not on PATH'}); pass --posbuild PATH")
+        p.error(
+            f"posbuild executable not found ({args.posbuild or 'not on PATH'}); pass --posbuild "
+            "PATH")
     if args.size < 1 or args.edits < 1:
         p.error("--size and --edits must be positive")
     if args.reuse and args.workdir is None:
@@ -211,7 +225,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     temporary = args.workdir is None
-    workdir = Path(tempfile.mkdtemp(prefix="posbuild-bench-watch-")) if temporary else args.workdir.absolute()
+    workdir = Path(tempfile.mkdtemp(prefix="posbuild-bench-watch-")) if temporary \
+        else args.workdir.absolute()
     workdir.mkdir(parents=True, exist_ok=True)
     try:
         run(args, workdir)

@@ -13,4 +13,5 @@ for row in rows:
         temperature = float(row["temperature_c"])
     except ValueError:
         continue
-    writer.writerow([row["station"].strip().lower(), row["date"], f"{temperature:.1f}", row["humidity"]])
+    writer.writerow([row["station"].strip().lower(), row["date"], f"{temperature:.1f}",
+                     row["humidity"]])

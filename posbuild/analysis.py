@@ -1,4 +1,5 @@
-"""Layer 5: turn loaded Targets into Actions — resolved inputs, expanded commands, a definition hash.
+"""Layer 5: turn loaded Targets into Actions — resolved inputs, expanded commands, a definition
+hash.
 
 Analysis answers "what exactly will run": every label in `srcs`/`tools` resolved to files (a
 source file, another rule's outputs, a filegroup's files), every `$(...)` of a genrule's `cmd`
@@ -33,8 +34,11 @@ if TYPE_CHECKING:  # loading BUILD files is only needed when the graph cache mis
     from posbuild.pyimports import ImportScanner, Scan
     from posbuild.target import Pairs, Target
 
-ACTION_SCHEMA = 2  # bump when the meaning of an Action's fields changes (2: commands run under strict bash)
-CHECKS = 4  # bump when loading or analysis changes what graphs it makes or accepts: cached graphs are made again
+# bump when the meaning of an Action's fields changes (2: commands run under strict bash)
+ACTION_SCHEMA = 2
+# bump when loading or analysis changes what graphs it makes or accepts: cached graphs are made
+# again
+CHECKS = 4
 # (3: a relative load() in a .bzl file is relative to that file; ownership stamps hidden folders;
 # 4: allow_secret_in_output is part of def_hash)
 KIND_VERSIONS = {"genrule": 1, "py_task": 1}
@@ -69,11 +73,13 @@ class Action(NamedTuple):
 
 @dataclass(frozen=True, slots=True)
 class ActionGraph:
-    """The actions a request needs, dependencies first, and the files each requested target names."""
+    """The actions a request needs, dependencies first, and the files each requested target
+    names."""
 
     actions: tuple[Action, ...]
     requested: tuple[str, ...]
-    raw: bytes = field(default=b"", repr=False, compare=False)  # the graph cache entry it was read from
+    # the graph cache entry it was read from
+    raw: bytes = field(default=b"", repr=False, compare=False)
 
 
 PIN_TAG = "pin:"  # a tag `pin:<path>=<digest>` pins one of the action's source inputs (pins.py)
@@ -86,7 +92,8 @@ class GraphFacts(NamedTuple):
     run those checks without decoding ten thousand actions (build.py).
     """
 
-    count: int
+    # shadows tuple.count; the field names are part of the graph cache's format (graphcache.py)
+    count: int  # type: ignore[assignment]
     resources: tuple[tuple[int, int, int], ...]  # every distinct (cpu, mem_mb, io) request, sorted
     pinned: bool  # some action carries a `pin:` tag
     secrets: bool  # some action is given secrets
@@ -114,20 +121,24 @@ def src_path(package: str, name: str) -> str:
     return f"{package}/{name}" if package else name
 
 
-def expand_patterns(patterns: Sequence[TargetPattern], packages: Sequence[str], loader: Loader) -> list[Label]:
+def expand_patterns(patterns: Sequence[TargetPattern], packages: Sequence[str],
+                    loader: Loader) -> list[Label]:
     """The rule targets selected by the patterns, in sorted order; an empty match is an error."""
     selected: set[Label] = set()
     for pattern in patterns:
         if pattern.kind is PatternKind.SINGLE:
             assert pattern.label is not None
             if not pattern.label.package and "" not in packages:
-                raise BuildFileError(f"no such target '{pattern.label}': the workspace root has no BUILD file"
+                raise BuildFileError(f"no such target '{pattern.label}': the workspace root has no "
+                                     "BUILD file"
                                      + _package_hint(pattern.label, packages))
             selected.add(_resolve_single(pattern.label, loader, packages))
             continue
         if pattern.package and pattern.package not in packages and pattern.kind is PatternKind.ALL:
-            raise BuildFileError(f"no such package '//{pattern.package}'" + package_hint(pattern.package, packages))
-        found = [t.label for p in packages if pattern.covers_package(p) for t in loader.package(p).targets]
+            raise BuildFileError(
+                f"no such package '//{pattern.package}'" + package_hint(pattern.package, packages))
+        found = [t.label for p in packages if pattern.covers_package(p)
+                 for t in loader.package(p).targets]
         if not found:
             raise BuildFileError(f"pattern '{pattern}' matches no targets")
         selected.update(found)
@@ -161,7 +172,8 @@ class Analyzer:
         self._targets: dict[str, Target] = {}
         self._refs: dict[str, list[_Ref]] = {}
         self._scanner: ImportScanner | None = None
-        self.files_read: set[str] = set()  # Python files scanned for imports: the graph cache stamps them
+        # Python files scanned for imports: the graph cache stamps them
+        self.files_read: set[str] = set()
 
     def analyze(self, roots: Sequence[Label]) -> ActionGraph:
         try:
@@ -212,7 +224,8 @@ class Analyzer:
         if name not in self._refs:
             target = self._target(_parse(name))
             self._refs[name] = [
-                self._resolve(target, attr, text) for attr in ("srcs", "tools") for text in getattr(target, attr)
+                self._resolve(target, attr, text) for attr in ("srcs", "tools")
+                for text in getattr(target, attr)
             ]
             if target.kind == "py_task":
                 self._refs[name].extend(self._py_code_refs(target))
@@ -242,7 +255,8 @@ class Analyzer:
         if not (self._loader.root / path).is_file():
             names = [t.label.name for t in package.targets]
             raise BuildFileError(
-                f"{where}: no such target or source file '{label}'" + did_you_mean(label.name, names),
+                f"{where}: no such target or source file '{label}'" + did_you_mean(
+                    label.name, names),
                 target.location,
             )
         if label.package != target.label.package and label.name not in package.exports:
@@ -254,7 +268,8 @@ class Analyzer:
         return _Ref(attr, key, None, path)
 
     def _check_requires(self, target: Target) -> None:
-        """Each `requires` entry names a rule this target depends on, declaring the required versions."""
+        """Each `requires` entry names a rule this target depends on, declaring the required
+        versions."""
         depends_on: set[str] | None = None
         for text, wanted in target.requires:
             where = f"{target.label}: requires entry '{text}'"
@@ -266,15 +281,18 @@ class Analyzer:
             required = next((t for t in package.targets if t.label.name == label.name), None)
             if required is None:
                 producer = next((t for t in package.targets if label.name in t.outs), None)
-                hint = (f"; name the rule that produces it, '{producer.label}'" if producer is not None
+                hint = (f"; name the rule that produces it, '{producer.label}'"
+                        if producer is not None
                         else did_you_mean(label.name, [t.label.name for t in package.targets]))
-                raise BuildFileError(f"{where}: '{label}' is not a rule target" + hint, target.location)
+                raise BuildFileError(f"{where}: '{label}' is not a rule target" + hint,
+                                     target.location)
             if depends_on is None:
                 depends_on = self._dependencies(str(target.label))
             if str(required.label) not in depends_on:
                 raise BuildFileError(
-                    f"{where}: {required.label} is not a dependency of {target.label}; a target may require "
-                    f"versions only of targets it depends on through srcs or tools (directly or transitively)",
+                    f"{where}: {required.label} is not a dependency of {target.label}; a target "
+                    "may require versions only of targets it depends on through srcs or tools "
+                    "(directly or transitively)",
                     target.location,
                 )
             declared = dict(required.version)
@@ -285,7 +303,8 @@ class Analyzer:
                     f"{key}={declared[key]}" if key in declared else f"no {key}" for key, _ in unmet
                 )
                 raise VersionMismatch(
-                    f"{target.label} requires {required.label} {asked}, but {required.label} declares {found}",
+                    f"{target.label} requires {required.label} {asked}, but {required.label} "
+                    f"declares {found}",
                     target.location,
                 )
 
@@ -320,21 +339,27 @@ class Analyzer:
         resources, env = declared_resources(target.resources, target.env)
         definition = [ACTION_SCHEMA, target.kind, KIND_VERSIONS[target.kind], command,
                       inputs, sorted(tools), outputs, env, target.version]
-        if target.secrets:  # the names (never the values): declaring another secret re-runs the action
+        # the names (never the values): declaring another secret re-runs the action
+        if target.secrets:
             definition.append(list(target.secrets))
-            if target.allow_secret_in_output:  # a result holding a secret never serves an action forbidding one
+            # a result holding a secret never serves an action forbidding one
+            if target.allow_secret_in_output:
                 definition.append("allow_secret_in_output")
         def_hash = hash_canonical(definition)
         return Action(
-            label=name, kind=target.kind, command=command, inputs=inputs, tools=tuple(sorted(tools)),
+            label=name, kind=target.kind, command=command, inputs=inputs,
+            tools=tuple(sorted(tools)),
             outputs=outputs, env=env, versions=target.version, timeout=target.timeout,
             tags=target.tags, def_hash=def_hash, deps=deps,
-            sources=tuple(p for p in inputs if not is_generated(p)), resources=resources, message=target.message,
+            sources=tuple(p for p in inputs if not is_generated(p)), resources=resources,
+            message=target.message,
             secrets=target.secrets, allow_secret_in_output=target.allow_secret_in_output,
         )
 
-    def _py_task(self, target: Target, files: dict[str, tuple[str, ...]], producer: dict[str, int]) -> Action:
-        """A py_task: `<interpreter> <script> <args...>`, each word shell-quoted, with a fixed Python env.
+    def _py_task(self, target: Target, files: dict[str, tuple[str, ...]],
+                 producer: dict[str, int]) -> Action:
+        """A py_task: `<interpreter> <script> <args...>`, each word shell-quoted, with a fixed
+        Python env.
 
         The interpreter is the one running posbuild (`sys.executable`), the interpreter the
         environment fingerprint h_E describes. Its code (script, deps, imported workspace
@@ -361,7 +386,8 @@ class Analyzer:
         return self._genrule(replace(target, env=env), files, producer, command=command)
 
     def _py_code_refs(self, target: Target) -> list[_Ref]:
-        """A py_task's code, as tools: its script, its `deps`, and the workspace modules they import.
+        """A py_task's code, as tools: its script, its `deps`, and the workspace modules they
+        import.
 
         The imports of the script and of the `.py` source files in `deps` are read (pyimports.py);
         a generated script's imports are not (it does not exist yet): list its modules in `deps`.
@@ -371,7 +397,8 @@ class Analyzer:
         code = [_Ref("tools", ref.key, ref.target, ref.file) for ref in named]
         script = named[0].file if named[0].target is None else None
         if script is not None:
-            extra = tuple(r.file for r in named[1:] if r.target is None and r.file and r.file.endswith(".py"))
+            extra = tuple(r.file for r in named[1:] if r.target is None and r.file
+                          and r.file.endswith(".py"))
             scan = self._scan(target, script, extra)
             code.extend(_Ref("tools", path, None, path) for path in scan.modules)
         return code
@@ -390,16 +417,19 @@ class Analyzer:
         self.files_read.update(scan.files_read)
         return scan
 
-    def _location_map(self, name: str, files: dict[str, tuple[str, ...]]) -> dict[str, tuple[str, ...]]:
+    def _location_map(self, name: str,
+                      files: dict[str, tuple[str, ...]]) -> dict[str, tuple[str, ...]]:
         """Files of every label written in srcs/tools, keyed by the label's canonical form."""
         return {ref.key: ref.files(files) for ref in self._refs[name]}
 
 
 
-THREAD_VARIABLES = ("MKL_NUM_THREADS", "NUMEXPR_NUM_THREADS", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS")
+THREAD_VARIABLES = ("MKL_NUM_THREADS", "NUMEXPR_NUM_THREADS", "OMP_NUM_THREADS",
+                    "OPENBLAS_NUM_THREADS")
 
 
-def declared_resources(declared: Sequence[tuple[str, int]], env: Pairs) -> tuple[tuple[int, int, int], Pairs]:
+def declared_resources(declared: Sequence[tuple[str, int]],
+                       env: Pairs) -> tuple[tuple[int, int, int], Pairs]:
     """An action's (cpu, mem_mb, io) and its environment with the thread-count variables set to cpu.
 
     The numerical libraries' thread pools then match the processors the action is pinned to. The
@@ -415,7 +445,8 @@ def declared_resources(declared: Sequence[tuple[str, int]], env: Pairs) -> tuple
 
 
 def _not_a_source(path: str) -> str:
-    """Why a path under posbuild-out/ or .posbuild/ is no source: reading it would bypass its owner."""
+    """Why a path under posbuild-out/ or .posbuild/ is no source: reading it would bypass its
+    owner."""
     folder, _, rest = path.partition("/")
     if folder == STATE_DIR:
         return f"{STATE_DIR}/ holds posbuild's own state, not sources"
@@ -430,7 +461,8 @@ def _parse(name: str) -> Label:
 
 @dataclass(frozen=True, slots=True)
 class _Ref:
-    """How one srcs/tools entry resolved: a rule (`target`), one file (`file`), or a rule's one output."""
+    """How one srcs/tools entry resolved: a rule (`target`), one file (`file`), or a rule's one
+    output."""
 
     attr: str
     key: str
@@ -447,7 +479,8 @@ _MAKE_VAR = re.compile(r"\$(\$|<|@|\(([^)\s]+)(?:\s+([^)]*))?\))")
 
 
 class _Expander:
-    """Bazel's genrule substitutions: $(SRCS) $(OUTS) $< $@ $(location L) $(locations L) $(@D) $$."""
+    """Bazel's genrule substitutions: $(SRCS) $(OUTS) $< $@ $(location L) $(locations L) $(@D)
+    $$."""
 
     def __init__(self, target: Target, srcs: tuple[str, ...], outs: tuple[str, ...],
                  locations: dict[str, tuple[str, ...]], attr: str = "cmd") -> None:
@@ -461,7 +494,8 @@ class _Expander:
         return _MAKE_VAR.sub(self._replace, cmd)
 
     def words(self, arg: str) -> list[str]:
-        """One py_task argument: alone, `$(SRCS)`, `$(OUTS)` or `$(locations L)` give one word per file."""
+        """One py_task argument: alone, `$(SRCS)`, `$(OUTS)` or `$(locations L)` give one word per
+        file."""
         match = _MAKE_VAR.fullmatch(arg)
         if match is not None:
             variable = match.group(2)
@@ -472,7 +506,8 @@ class _Expander:
         return [self(arg)]
 
     def _fail(self, detail: str) -> BuildFileError:
-        return BuildFileError(f"{self._target.label}: {self._attr}: {detail}", self._target.location)
+        return BuildFileError(f"{self._target.label}: {self._attr}: {detail}",
+                              self._target.location)
 
     def _one(self, paths: tuple[str, ...], what: str) -> str:
         if len(paths) != 1:

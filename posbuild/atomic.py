@@ -1,4 +1,5 @@
-"""Layer 1: write a small file so that a reader, or a crash, sees the old content or the new, never half.
+"""Layer 1: write a small file so that a reader, or a crash, sees the old content or the new, never
+half.
 
 Used for posbuild's own state files (graph cache, up-to-date state, tree marker). The temp file
 sits beside the target, named `.tmp-<pid>-<thread>-<name>` (fsck recognises the prefix as a

@@ -16,14 +16,15 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator, Mapping, Sequence
+from typing import IO, Callable, Iterator, Mapping, Sequence
 
 from posbuild.analysis import Action, ActionGraph, Analyzer, GraphFacts, expand_patterns
 from posbuild.config import CONFIG_NAME, Config, load_config
 from posbuild.digest import Digest
 from posbuild.epoch import read_epoch
 from posbuild.envfp import checked_environment_hash, environment_key, passed_environment
-from posbuild.errors import ActionFailed, NonDeterminism, OrchError, PosbuildError, ResourceOversubscription, UsageError
+from posbuild.errors import (ActionFailed, NonDeterminism, OrchError, PosbuildError,
+                             ResourceOversubscription, UsageError)
 from posbuild.graphcache import CachedGraph, GraphCache
 from posbuild.label import TargetPattern, parse_pattern
 from posbuild.owned import STATE, STORE, claim, empty, is_store, remove_outputs
@@ -32,7 +33,8 @@ from posbuild.reporter import BuildSummary, Reporter
 from posbuild.resources import check_budget, fits
 from posbuild.roles import ROLE_VARIABLE, authorize
 from posbuild.secrets import SecretSource, SecretUnavailable, secret_source
-from posbuild.uptodate import BuildState, clean_actions, load_state, mark_tree, revalidate, settled, tree_is_clean
+from posbuild.uptodate import (BuildState, clean_actions, load_state, mark_tree, revalidate,
+                               settled, tree_is_clean)
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,8 +49,10 @@ class BuildOptions:
     explain: bool = False  # say in one line why each executed action ran
     cwd_package: str = ""
     allow_env_drift: bool = False  # build even if h_E is not the one approved in posbuild.lock
-    remote_upload: bool = False  # `--remote-upload`: write results to the remote cache (roles.py decides)
-    executor: str = ""  # `--executor`: "local" or "dask://HOST:PORT"; "" follows `[executor]` in posbuild.toml
+    # `--remote-upload`: write results to the remote cache (roles.py decides)
+    remote_upload: bool = False
+    # `--executor`: "local" or "dask://HOST:PORT"; "" follows `[executor]` in posbuild.toml
+    executor: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,7 +74,8 @@ def make_request(config: Config, patterns: Sequence[str], cwd_package: str = "")
     return Request(parsed, GraphCache(config.root, config.state_dir / "graphs").stem(canonical))
 
 
-def resolve(root: Path, patterns: Sequence[str], cwd_package: str = "", config: Config | None = None) -> ActionGraph:
+def resolve(root: Path, patterns: Sequence[str], cwd_package: str = "",
+            config: Config | None = None) -> ActionGraph:
     """The ActionGraph for `patterns`, from the graph cache when nothing it depends on changed."""
     config = config or load_config(root)
     return _graph_entry(config, make_request(config, patterns, cwd_package)).graph()
@@ -90,11 +95,12 @@ def _graph_entry(config: Config, request: Request) -> CachedGraph:
     roots = expand_patterns(request.patterns, packages, loader)
     analyzer = Analyzer(loader)
     graph = analyzer.analyze(roots)
-    return cache.save(canonical, graph, dirs, [*loader.files_read, *analyzer.files_read, "posbuild.toml"],
-                      loader.digests)
+    return cache.save(canonical, graph, dirs,
+                      [*loader.files_read, *analyzer.files_read, "posbuild.toml"], loader.digests)
 
 
-def _checks_need_no_actions(config: Config, facts: GraphFacts, options: BuildOptions, local: bool) -> bool:
+def _checks_need_no_actions(config: Config, facts: GraphFacts, options: BuildOptions,
+                            local: bool) -> bool:
     """Whether the checks before a build can all be made from the graph's facts (`local`: the
     actions run here, so the `[resources]` budget is checked).
 
@@ -102,7 +108,8 @@ def _checks_need_no_actions(config: Config, facts: GraphFacts, options: BuildOpt
     pins and secrets that could clash with `[env] pass` need the actions themselves.
     """
     return (not options.verify and not config.roles and not facts.pinned
-            and not (facts.secrets and config.env_pass) and (not local or fits(facts.resources, config.resources))
+            and not (facts.secrets and config.env_pass)
+            and (not local or fits(facts.resources, config.resources))
             and not (config.root / LOCK_FILE).exists())
 
 
@@ -127,12 +134,15 @@ def workspace_lock(config: Config, reporter: Reporter, collect: bool = False) ->
     with _locked_file(config, reporter) as handle:
         _held.add(key)
         try:
-            if not config.store_dir.is_dir() and (collect or config.store_dir.is_relative_to(config.state_dir)):
+            if not config.store_dir.is_dir() \
+                    and (collect or config.store_dir.is_relative_to(config.state_dir)):
                 yield  # no store yet: nothing to collect or guard, and none is made for the lock
                 return
-            claim(config.store_dir, STORE, is_store, f" ([cache] dir of {config.root / CONFIG_NAME})")
+            claim(config.store_dir, STORE, is_store,
+                  f" ([cache] dir of {config.root / CONFIG_NAME})")
             who = "another workspace is using" if collect else "posbuild gc or fsck is using"
-            with open(config.store_dir / "gc.lock", "a+") as shared:  # store.LOCK_NAME (no LMDB import here)
+            # store.LOCK_NAME (no LMDB import here)
+            with open(config.store_dir / "gc.lock", "a+") as shared:
                 _lock(shared, fcntl.LOCK_EX if collect else fcntl.LOCK_SH, reporter,
                       f"{who} the shared store {config.store_dir}")
                 yield
@@ -142,7 +152,7 @@ def workspace_lock(config: Config, reporter: Reporter, collect: bool = False) ->
 
 
 @contextmanager
-def _locked_file(config: Config, reporter: Reporter) -> Iterator[object]:
+def _locked_file(config: Config, reporter: Reporter) -> Iterator[IO[str]]:
     """Open and flock `.posbuild/lock`; if the file was deleted or replaced while this process
     waited (an older posbuild's `clean --all`, or `rm -rf .posbuild`), lock the new one instead:
     a lock on a deleted file excludes nobody."""
@@ -150,7 +160,8 @@ def _locked_file(config: Config, reporter: Reporter) -> Iterator[object]:
     while True:
         claim(config.state_dir, STATE, _not_a_link)
         with open(path, "a+") as handle:
-            _lock(handle, fcntl.LOCK_EX, reporter, "another posbuild command is running in this workspace")
+            _lock(handle, fcntl.LOCK_EX, reporter,
+                  "another posbuild command is running in this workspace")
             try:
                 same = os.stat(path).st_ino == os.fstat(handle.fileno()).st_ino
             except FileNotFoundError:
@@ -166,13 +177,13 @@ def _not_a_link(folder: Path) -> bool:
     return not folder.is_symlink()
 
 
-def _lock(handle: object, kind: int, reporter: Reporter, why: str) -> None:
+def _lock(handle: IO[str], kind: int, reporter: Reporter, why: str) -> None:
     """flock `handle`, saying why posbuild waits when it must."""
     try:
-        fcntl.flock(handle, kind | fcntl.LOCK_NB)  # type: ignore[arg-type]
+        fcntl.flock(handle, kind | fcntl.LOCK_NB)
     except BlockingIOError:
         reporter.message(f"posbuild: {why}; waiting for it")
-        fcntl.flock(handle, kind)  # type: ignore[arg-type]
+        fcntl.flock(handle, kind)
 
 
 def run_build(root: Path, options: BuildOptions, reporter: Reporter,
@@ -197,13 +208,16 @@ def _record_refused(root: Path, options: BuildOptions, started: float, error: Or
 
     try:
         config = load_config(root)
-        patterns = [str(p) for p in make_request(config, options.patterns, options.cwd_package).patterns]
-        record_refused(config.store_dir, config.workspace_tag, started, patterns, error.code, error.render())
+        patterns = [str(p)
+                    for p in make_request(config, options.patterns, options.cwd_package).patterns]
+        record_refused(config.store_dir, config.workspace_tag, started, patterns, error.code,
+                       error.render())
     except (PosbuildError, OSError):  # the refusal itself is what the user must see
         pass
 
 
-def _run_build(config: Config, options: BuildOptions, reporter: Reporter, environ: Mapping[str, str] | None,
+def _run_build(config: Config, options: BuildOptions, reporter: Reporter,
+               environ: Mapping[str, str] | None,
                on_graph: Callable[[ActionGraph], None] | None, checks: list[bool]) -> BuildSummary:
     """Build the patterns of `options` in the workspace of `config`, which the caller has locked.
 
@@ -218,85 +232,110 @@ def _run_build(config: Config, options: BuildOptions, reporter: Reporter, enviro
     started = time.monotonic()
     request = make_request(config, options.patterns, options.cwd_package)
     entry = _graph_entry(config, request)
-    local = (options.executor or config.executor) == "local"  # on Dask, the workers' resources (runner.py)
-    decode = on_graph is not None or not _checks_need_no_actions(config, entry.facts, options, local)
+    # on Dask, the workers' resources (runner.py)
+    local = (options.executor or config.executor) == "local"
+    decode = on_graph is not None \
+        or not _checks_need_no_actions(config, entry.facts, options, local)
     graph = entry.graph() if decode else None
     if on_graph is not None:
         on_graph(entry.graph())
     environ = environ or {}
     actions = graph.actions if graph is not None else ()
-    grant = authorize(config, request.patterns, actions, environ.get(ROLE_VARIABLE), options.remote_upload)
+    grant = authorize(config, request.patterns, actions, environ.get(ROLE_VARIABLE),
+                      options.remote_upload)
     secrets = secret_source(config.root, config.secrets_file, environ)
     _check_secrets(config, actions, secrets, options.remote_upload)
     passed_env = passed_environment(config.env_pass, environ)
-    env_hash = checked_environment_hash(config, environ, options.allow_env_drift, reporter.message)  # ORCH-07
+    # ORCH-07
+    env_hash = checked_environment_hash(config, environ, options.allow_env_drift, reporter.message)
     env_key = environment_key(passed_env, env_hash)
     patterns = tuple(str(p) for p in request.patterns)
     with workspace_lock(config, reporter):  # held already (run_build): the block reads as before
         previous = load_state(request.state_path, env_key)
-        epoch = read_epoch(config.store_dir)  # MISSING without a store: nothing the state names is there
-        if previous.epoch != epoch:  # something was removed from the store since: check what the state trusts
-            previous = revalidate(None if options.dry_run else request.state_path, previous, config.store_dir, epoch)
+        # MISSING without a store: nothing the state names is there
+        epoch = read_epoch(config.store_dir)
+        # something was removed from the store since: check what the state trusts
+        if previous.epoch != epoch:
+            previous = revalidate(None if options.dry_run else request.state_path, previous,
+                                  config.store_dir, epoch)
         tree_clean = tree_is_clean(config)
         if graph is None:
-            if tree_clean and settled(previous, entry.digest, config.root):  # a no-op, the actions never decoded
-                return _settled_build(config, reporter, options, entry, previous, patterns, env_hash, started)
+            # a no-op, the actions never decoded
+            if tree_clean and settled(previous, entry.digest, config.root):
+                return _settled_build(config, reporter, options, entry, previous, patterns,
+                                      env_hash, started)
             graph = entry.graph()
             actions = graph.actions
-        check_pins(config.root, actions, previous)  # ORCH-03 before anything runs, dry runs included
+        # ORCH-03 before anything runs, dry runs included
+        check_pins(config.root, actions, previous)
         if local:
             check_budget(actions, config.resources)  # ORCH-05 likewise
         checks.append(True)
-        clean = [False] * len(actions) if options.verify else clean_actions(actions, previous, config.root)
+        clean = [False] * len(actions) if options.verify \
+            else clean_actions(actions, previous, config.root)
         up_to_date = sum(clean)
         if up_to_date == len(actions) and tree_clean:  # a no-op all the same
-            return _settled_build(config, reporter, options, entry, previous, patterns, env_hash, started)
+            return _settled_build(config, reporter, options, entry, previous, patterns, env_hash,
+                                  started)
         reporter.build_started(len(actions), up_to_date)
         from posbuild.journal import build_row
 
-        info, blobs = build_row(time.time(), patterns, env_hash, (entry.digest, entry.raw), previous.raw, clean,
+        info, blobs = build_row(time.time(), patterns, env_hash, (entry.digest, entry.raw),
+                                previous.raw, clean,
                                 allow_env_drift=options.allow_env_drift, verify=options.verify,
                                 passed_env=[list(pair) for pair in passed_env])  # for `explain`
         from posbuild.namespaces import writable_paths
         from posbuild.runner import RunSettings, Status, plan_dirty, run_dirty
 
-        settings = RunSettings(options.jobs or config.jobs, options.keep_going, env_hash, env_key, passed_env,
-                               request.state_path, patterns, options.verify, info, tuple(blobs), options.explain,
-                               secrets, grant=grant,
+        settings = RunSettings(options.jobs or config.jobs, options.keep_going, env_hash, env_key,
+                               passed_env,
+                               request.state_path, patterns, options.verify, info, tuple(blobs),
+                               options.explain, secrets, grant=grant,
                                executor=options.executor, allow_env_drift=options.allow_env_drift,
-                               sandbox_writable=writable_paths(environ), tree_clean=tree_clean, graph=entry.digest)
+                               sandbox_writable=writable_paths(environ), tree_clean=tree_clean,
+                               graph=entry.digest)
         if options.dry_run:
             planned = plan_dirty(config, actions, clean, previous, settings)
             for index, reason in planned:
                 if reason:
                     reporter.message(f"explain {actions[index].label}: {reason}")
                 reporter.action_finished(actions[index].label, "planned", "", b"")
-            return _finish(reporter, BuildSummary(len(actions), len(planned), len(actions) - len(planned), 0, 0,
+            return _finish(reporter, BuildSummary(len(actions), len(planned),
+                                                  len(actions) - len(planned), 0, 0,
                                                   time.monotonic() - started, (), dry_run=True))
         run = run_dirty(config, actions, clean, previous, settings, reporter)
-    executed, cached, failed = (run.count(s) for s in (Status.EXECUTED, Status.CACHED, Status.FAILED))
+    executed, cached, failed = (run.count(s)
+                                for s in (Status.EXECUTED, Status.CACHED, Status.FAILED))
     return _finish(reporter, BuildSummary(
-        total=len(actions), executed=executed, cached=up_to_date + cached, failed=failed, skipped=run.skipped,
-        wall=time.monotonic() - started, failed_labels=run.failed_labels(actions), codes=run.failure_codes(),
+        total=len(actions), executed=executed, cached=up_to_date + cached, failed=failed,
+        skipped=run.skipped,
+        wall=time.monotonic() - started, failed_labels=run.failed_labels(actions),
+        codes=run.failure_codes(),
     ))
 
 
 def _settled_build(config: Config, reporter: Reporter, options: BuildOptions, entry: CachedGraph,
-                   previous: BuildState, patterns: tuple[str, ...], env_hash: Digest, started: float) -> BuildSummary:
-    """Finish a build whose every action the saved state settled: one row in the store, nothing else."""
+                   previous: BuildState, patterns: tuple[str, ...], env_hash: Digest,
+                   started: float) -> BuildSummary:
+    """Finish a build whose every action the saved state settled: one row in the store, nothing
+    else."""
     from posbuild.journal import build_row, record_settled_build
 
     count = entry.facts.count
     reporter.build_started(count, count)
     if not options.dry_run:
-        info, blobs = build_row(time.time(), patterns, env_hash, (entry.digest, entry.raw), previous.raw,
-                                [True] * count, allow_env_drift=options.allow_env_drift, verify=options.verify)
-        record_settled_build(config.store_dir, config.workspace_tag, {**info, "counts": {"cached": count}}, blobs)
+        info, blobs = build_row(time.time(), patterns, env_hash, (entry.digest, entry.raw),
+                                previous.raw,
+                                [True] * count, allow_env_drift=options.allow_env_drift,
+                                verify=options.verify)
+        record_settled_build(config.store_dir, config.workspace_tag,
+                             {**info, "counts": {"cached": count}}, blobs)
     return _finish(reporter, BuildSummary(count, 0, count, 0, 0, time.monotonic() - started, (),
                                           dry_run=options.dry_run))
 
 
-def _check_secrets(config: Config, actions: Sequence[Action], secrets: SecretSource, remote_upload: bool) -> None:
+def _check_secrets(config: Config, actions: Sequence[Action], secrets: SecretSource,
+                   remote_upload: bool) -> None:
     """Refuse, before anything runs, what would leak a secret or upload unsigned.
 
     A secret also passed by `[env] pass` would put its value into the action key. `--remote-upload`
@@ -308,28 +347,32 @@ def _check_secrets(config: Config, actions: Sequence[Action], secrets: SecretSou
         clash = [name for name in action.secrets if name in passed]
         if clash:
             raise UsageError(f"{action.label}: '{clash[0]}' is both a secret and in [env] pass of "
-                             f"{config.root / 'posbuild.toml'}, which would put its value into the action key; "
-                             f"remove it from [env] pass")
+                             f"{config.root / 'posbuild.toml'}, which would put its value into the "
+                             f"action key; remove it from [env] pass")
     if remote_upload:
         from posbuild.remote import CACHE_KEY_VARIABLE
 
         try:
             key = secrets.values_for([CACHE_KEY_VARIABLE])[0][1]
         except SecretUnavailable as error:
-            raise UsageError(f"--remote-upload needs the signing key: {error}; nothing was built") from None
+            raise UsageError(
+                f"--remote-upload needs the signing key: {error}; nothing was built") from None
         if not key:
-            raise UsageError(f"--remote-upload needs the signing key: {CACHE_KEY_VARIABLE} is empty; nothing was built")
+            raise UsageError(
+                f"--remote-upload needs the signing key: {CACHE_KEY_VARIABLE} is empty; nothing "
+                "was built")
 
 
 def summary_error(summary: BuildSummary) -> PosbuildError | None:
-    """The error a build with this summary exits with (ORCH-04, ORCH-05, or a failed action), if any."""
+    """The error a build with this summary exits with (ORCH-04, ORCH-05, or a failed action), if
+    any."""
     labels = ", ".join(summary.failed_labels)
     if "ORCH-04" in summary.codes:
-        return NonDeterminism(f"{summary.failed} action(s) failed, some produced bytes that differ from their "
-                              f"cached result: {labels}")
+        return NonDeterminism(f"{summary.failed} action(s) failed, some produced bytes that differ "
+                              f"from their cached result: {labels}")
     if "ORCH-05" in summary.codes:
-        return ResourceOversubscription(f"{summary.failed} action(s) failed, some used more memory than they "
-                                        f"declared: {labels}")
+        return ResourceOversubscription(f"{summary.failed} action(s) failed, some used more memory "
+                                        f"than they declared: {labels}")
     if summary.failed:
         return ActionFailed(f"{summary.failed} action(s) failed: {labels}")
     return None
@@ -350,14 +393,17 @@ def clean(root: Path, everything: bool, reporter: Reporter) -> list[Path]:
     for the lock finds a workspace as good as new; a folder without posbuild's mark is refused.
     """
     config = load_config(root)
-    if not any(os.path.lexists(path) for path in (config.out_dir, config.state_dir, config.store_dir)):
+    if not any(os.path.lexists(path)
+               for path in (config.out_dir, config.state_dir, config.store_dir)):
         return []
     with workspace_lock(config, reporter, collect=everything):
         removed = [config.out_dir] if remove_outputs(config.out_dir) else []
         if not everything:
-            mark_tree(config, clean=False, withdrawn=())  # posbuild-out/ no longer matches the latest generation
+            # posbuild-out/ no longer matches the latest generation
+            mark_tree(config, clean=False, withdrawn=())
             return removed
-        if not config.store_dir.is_relative_to(config.state_dir) and empty(config.store_dir, STORE, ("gc.lock",)):
+        if not config.store_dir.is_relative_to(config.state_dir) \
+                and empty(config.store_dir, STORE, ("gc.lock",)):
             removed.append(config.store_dir)  # a shared store (`[cache] dir`)
         if empty(config.state_dir, STATE, ("lock",)):
             removed.append(config.state_dir)

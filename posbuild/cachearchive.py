@@ -59,7 +59,7 @@ import time
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any, Sequence
+from typing import IO, Any, Iterable, Literal, Sequence, cast
 
 import blake3
 import msgpack
@@ -78,7 +78,8 @@ BLOB_PREFIX = f"{MAGIC}/blobs/"
 _SIGNING_CONTEXT = b"posbuild cache archive v1\x00"
 _CHUNK = 1 << 20
 MANIFEST_LIMIT = 64 << 20  # bytes: about 250,000 action results
-_MEMORY_BUDGET = 64 << 20  # bytes of small blobs an import holds in memory; the rest wait in temp files
+# bytes of small blobs an import holds in memory; the rest wait in temp files
+_MEMORY_BUDGET = 64 << 20
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,7 +101,8 @@ class ImportReport:
     blobs: int
     new_blobs: int
     size: int
-    signed: bool  # the signature was checked against POSBUILD_CACHE_KEY (False only with allow_unsigned)
+    # the signature was checked against POSBUILD_CACHE_KEY (False only with allow_unsigned)
+    signed: bool
 
 
 def _sign(secret: bytes, body: bytes) -> bytes:
@@ -108,24 +110,30 @@ def _sign(secret: bytes, body: bytes) -> bytes:
 
 
 def last_successful_build(store: Store, patterns: Sequence[str]) -> dict[str, Any]:
-    """The newest build row of exactly these patterns that finished with nothing failed or skipped."""
+    """The newest build row of exactly these patterns that finished with nothing failed or
+    skipped."""
     wanted = sorted(set(patterns))
     builds = store.builds()
     for build in reversed(builds):
-        if (sorted(set(build.get("patterns", ()))) == wanted and build.get("status", "finished") == "finished"
+        if (sorted(set(cast(Iterable[str], build.get("patterns", ())))) == wanted
+            and build.get("status", "finished") == "finished"
                 and "ended" in build and not build.get("failed") and not build.get("skipped")):
             return build
-    recorded = sorted({" ".join(sorted(set(b.get("patterns", ())))) for b in builds if "ended" in b})
+    recorded = sorted({" ".join(sorted(set(cast(Iterable[str], b.get("patterns", ())))))
+                       for b in builds if "ended" in b})
     hint = f" (builds recorded for: {'; '.join(recorded[-5:])})" if recorded else ""
     shown = " ".join(wanted)
     raise UsageError(f"no successful build of {shown} is recorded in this store{hint}; "
                      f"run `posbuild build {shown}` first")
 
 
-def export_cache(store: Store, patterns: Sequence[str], target: Path, secret: bytes | None) -> ExportReport:
-    """Write the results and blobs of the patterns' last successful build to `target` (atomically)."""
+def export_cache(store: Store, patterns: Sequence[str], target: Path,
+                 secret: bytes | None) -> ExportReport:
+    """Write the results and blobs of the patterns' last successful build to `target`
+    (atomically)."""
     build = last_successful_build(store, patterns)
-    labels = {r.key: r.label for r in records_of_build(store, build) if r.key and r.state in ("SUCCESS", "CACHED")}
+    labels = {r.key: r.label for r in records_of_build(store, build) if r.key
+              and r.state in ("SUCCESS", "CACHED")}
     uncacheable, carriers = _graph_facts(store, build)
     results: list[tuple[Digest, bytes]] = []
     blobs: dict[Digest, int] = {}
@@ -143,21 +151,25 @@ def export_cache(store: Store, patterns: Sequence[str], target: Path, secret: by
         for digest in result.blobs():
             if digest not in blobs:
                 if not store.has_blob(digest):
-                    raise ChecksumMismatch(f"blob {digest.hex()} is referenced by an action result but missing "
-                                           f"from the store; run `posbuild fsck --repair`")
+                    raise ChecksumMismatch(f"blob {digest.hex()} is referenced by an action result "
+                                           "but missing from the store; run `posbuild fsck "
+                                           "--repair`")
                 blobs[digest] = store.blob_size(digest)
     lost = sorted(label for label in gone if label not in uncacheable)
     if lost:
         shown = " ".join(sorted(set(patterns)))
         more = f" and {len(lost) - 5} more" if len(lost) > 5 else ""
-        raise UsageError(f"the store no longer holds the result of {len(lost)} action(s) that build {build['number']} "
-                         f"of {shown} used (gc removed them): {', '.join(lost[:5])}{more}; run `posbuild build "
-                         f"{shown}` (it executes them again), then export again; nothing was exported")
+        raise UsageError(f"the store no longer holds the result of {len(lost)} action(s) that "
+                         f"build {build['number']} of {shown} used (gc removed them): "
+                         f"{', '.join(lost[:5])}{more}; run `posbuild build {shown}` (it executes "
+                         "them again), then export again; nothing was exported")
     body = msgpack.packb({"patterns": sorted(set(patterns)), "build": build["number"],
                           "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                          "results": [[k, p] for k, p in results], "blobs": [[d, s] for d, s in blobs.items()]},
+                          "results": [[k, p] for k, p in results],
+                          "blobs": [[d, s] for d, s in blobs.items()]},
                          use_bin_type=True)
-    manifest = msgpack.packb([ARCHIVE_FORMAT, MAGIC, hash_bytes(body), body, _sign(secret, body) if secret else b""],
+    manifest = msgpack.packb([ARCHIVE_FORMAT, MAGIC, hash_bytes(body), body,
+                              _sign(secret, body) if secret else b""],
                              use_bin_type=True)
     temp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
     try:
@@ -169,8 +181,8 @@ def export_cache(store: Store, patterns: Sequence[str], target: Path, secret: by
         os.replace(temp, target)
     finally:
         temp.unlink(missing_ok=True)
-    return ExportReport(int(build["number"]), tuple(sorted(set(patterns))), len(results), len(blobs),
-                        sum(blobs.values()), len(gone), bool(secret), private)
+    return ExportReport(int(build["number"]), tuple(sorted(set(patterns))), len(results),
+                        len(blobs), sum(blobs.values()), len(gone), bool(secret), private)
 
 
 def _graph_facts(store: Store, build: dict[str, Any]) -> tuple[frozenset[str], frozenset[str]]:
@@ -198,7 +210,8 @@ def _add_blob(tar: tarfile.TarFile, store: Store, digest: Digest, size: int) -> 
     source = store.blob_source(digest)
     if isinstance(source, Path):
         if hash_file(source) != digest or source.stat().st_size != size:
-            raise ChecksumMismatch(f"blob file {source} does not hash to its name; run `posbuild fsck --repair`")
+            raise ChecksumMismatch(
+                f"blob file {source} does not hash to its name; run `posbuild fsck --repair`")
         with open(source, "rb") as handle:
             _add(tar, BLOB_PREFIX + digest.hex(), handle, size)
         return
@@ -217,9 +230,10 @@ def import_cache(store: Store, source: Path, temp_dir: Path, secret: bytes | Non
     if not source.is_file():
         raise UsageError(f"no cache archive {source}")
     if secret is None and not allow_unsigned:
-        raise UsageError(f"cannot verify who made the cache archive {source}: POSBUILD_CACHE_KEY is not set; "
-                         f"set it to the key the archive was exported with, or pass --allow-unsigned to trust "
-                         f"it with only its digests checked; nothing was imported")
+        raise UsageError(f"cannot verify who made the cache archive {source}: POSBUILD_CACHE_KEY "
+                         "is not set; set it to the key the archive was exported with, or pass "
+                         "--allow-unsigned to trust it with only its digests checked; nothing was "
+                         "imported")
     temp_dir.mkdir(parents=True, exist_ok=True)
     staged = temp_dir / f"import-{os.getpid()}"
     shutil.rmtree(staged, ignore_errors=True)
@@ -227,12 +241,14 @@ def import_cache(store: Store, source: Path, temp_dir: Path, secret: bytes | Non
     try:
         try:
             with tarfile.open(source, _read_mode(source), tarinfo=_PlainMember) as tar:
-                body, signed, sizes, small, large = _read_verified(tar, source, staged, secret, allow_unsigned)
+                body, signed, sizes, small, large = _read_verified(tar, source, staged, secret,
+                                                                   allow_unsigned)
         except _NotPlain as error:
             raise _damaged(source, f"member {error} is not a plain file") from None
         except (tarfile.TarError, EOFError, zlib.error, OSError) as error:
             what = (str(error).splitlines() or [type(error).__name__])[0].rstrip(":")
-            raise ChecksumMismatch(f"cache archive {source} is damaged ({what}); nothing was imported") from None
+            raise ChecksumMismatch(
+                f"cache archive {source} is damaged ({what}); nothing was imported") from None
         results = _check_results(body, source, sizes, store)
         new_blobs = [d for d in sizes if not store.has_blob(d)]
         for digest in new_blobs:
@@ -243,7 +259,8 @@ def import_cache(store: Store, source: Path, temp_dir: Path, secret: bytes | Non
         store.flush()
     finally:
         shutil.rmtree(staged, ignore_errors=True)
-    return ImportReport(len(results), added, len(sizes), len(new_blobs), sum(sizes[d] for d in new_blobs), signed)
+    return ImportReport(len(results), added, len(sizes), len(new_blobs),
+                        sum(sizes[d] for d in new_blobs), signed)
 
 
 def _damaged(source: Path, what: str) -> ChecksumMismatch:
@@ -262,11 +279,13 @@ class _PlainMember(tarfile.TarInfo):
     def _proc_member(self, archive: tarfile.TarFile) -> tarfile.TarInfo:
         if self.type not in (tarfile.REGTYPE, tarfile.AREGTYPE):
             raise _NotPlain(f"{self.name[:80]!r} ({self.size} bytes)")
-        return super()._proc_member(archive)  # type: ignore[misc,no-any-return]
+        return super()._proc_member(archive)  # type: ignore[misc]  # tarfile's private hook
 
 
-def _read_verified(tar: tarfile.TarFile, source: Path, staged: Path, secret: bytes | None, allow_unsigned: bool
-                   ) -> tuple[dict[str, Any], bool, dict[Digest, int], dict[Digest, bytes | Path], dict[Digest, Path]]:
+def _read_verified(tar: tarfile.TarFile, source: Path, staged: Path, secret: bytes | None,
+                   allow_unsigned: bool
+                   ) -> tuple[dict[str, Any], bool, dict[Digest, int], dict[Digest, bytes | Path],
+                              dict[Digest, Path]]:
     """Read the manifest, then every blob, checking each against its name and the manifest: the
     manifest, whether it was signed, every blob's size, small blobs (bytes, or a temp file beyond
     the memory budget) and large blobs (temp files)."""
@@ -274,7 +293,9 @@ def _read_verified(tar: tarfile.TarFile, source: Path, staged: Path, secret: byt
     if first is None or first.name != MANIFEST or not first.isfile():
         raise _damaged(source, f"its first member is not {MANIFEST} (not a posbuild cache archive)")
     if first.size > MANIFEST_LIMIT:
-        raise _damaged(source, f"its manifest has {first.size} bytes, more than a manifest may ({MANIFEST_LIMIT})")
+        raise _damaged(source,
+                       f"its manifest has {first.size} bytes, more than a manifest may "
+                       f"({MANIFEST_LIMIT})")
     body, signed = _manifest(_read_member(tar, first), source, secret, allow_unsigned)
     try:
         expected = {d: s for d, s in body["blobs"]}
@@ -285,7 +306,8 @@ def _read_verified(tar: tarfile.TarFile, source: Path, staged: Path, secret: byt
     small: dict[Digest, bytes | Path] = {}
     large: dict[Digest, Path] = {}
     in_memory = 0
-    while (member := tar.next()) is not None:  # not `for member in tar`: that would yield the manifest again
+    # not `for member in tar`: that would yield the manifest again
+    while (member := tar.next()) is not None:
         name = member.name
         digest = _blob_name(name)
         if digest is None or digest not in expected or not member.isfile():
@@ -293,7 +315,9 @@ def _read_verified(tar: tarfile.TarFile, source: Path, staged: Path, secret: byt
         if digest in small or digest in large:
             raise _damaged(source, f"blob {digest.hex()} appears twice")
         if member.size != expected[digest]:
-            raise _damaged(source, f"blob {digest.hex()} has {member.size} bytes, the manifest says {expected[digest]}")
+            raise _damaged(source,
+                           f"blob {digest.hex()} has {member.size} bytes, the manifest says "
+                           f"{expected[digest]}")
         handle = tar.extractfile(member)
         assert handle is not None
         if member.size <= INLINE_LIMIT and in_memory + member.size <= _MEMORY_BUDGET:
@@ -313,13 +337,15 @@ def _read_verified(tar: tarfile.TarFile, source: Path, staged: Path, secret: byt
     return body, signed, expected, small, large
 
 
-def _read_mode(source: Path) -> str:
+def _read_mode(source: Path) -> Literal["r:gz", "r:"]:
     """Plain tar or gzip, the two forms export writes. No other decompressor is let near an
     archive: xz's, for one, reserves whatever dictionary the file's header asks for."""
     with open(source, "rb") as handle:
         magic = handle.read(6)
     if magic.startswith((b"\xfd7zXZ\x00", b"BZh", b"\x28\xb5\x2f\xfd")):
-        raise _damaged(source, "it is compressed with xz, bzip2 or zstd; posbuild reads plain tar and gzip archives, "
+        raise _damaged(source,
+                       "it is compressed with xz, bzip2 or zstd; posbuild reads plain tar and gzip "
+                       "archives, "
                                "the forms `posbuild cache export` writes")
     return "r:gz" if magic.startswith(b"\x1f\x8b") else "r:"
 
@@ -329,8 +355,8 @@ def _check_space(source: Path, staged: Path, size: int) -> None:
     manifest's sizes are all an unsigned archive's bytes can be judged by."""
     free = shutil.disk_usage(staged).free
     if size > free:
-        raise PosbuildError(f"cache archive {source}: its blobs hold {size} bytes, more than the {free} bytes "
-                            f"free in {staged.parent}; nothing was imported")
+        raise PosbuildError(f"cache archive {source}: its blobs hold {size} bytes, more than the "
+                            f"{free} bytes free in {staged.parent}; nothing was imported")
 
 
 def _inline(blob: bytes | Path) -> bytes:
@@ -342,7 +368,8 @@ def _manifest(data: bytes, source: Path, secret: bytes | None, allow_unsigned: b
               ) -> tuple[dict[str, Any], bool]:
     """The decoded manifest body, and whether its signature was checked against `secret`."""
     try:  # read before the signature is checked: only a short list of a few strings may come out
-        form, magic, digest, body, signature = msgpack.unpackb(data, max_array_len=5, max_map_len=0, max_str_len=64)
+        form, magic, digest, body, signature = msgpack.unpackb(data, max_array_len=5, max_map_len=0,
+                                                               max_str_len=64)
     except Exception:  # noqa: BLE001 - any decoding failure: the manifest is not what export wrote
         raise _damaged(source, "its manifest cannot be read") from None
     if form != ARCHIVE_FORMAT or magic != MAGIC:
@@ -350,14 +377,18 @@ def _manifest(data: bytes, source: Path, secret: bytes | None, allow_unsigned: b
     if not isinstance(body, bytes) or not _is_digest(digest) or not isinstance(signature, bytes):
         raise _damaged(source, "its manifest cannot be read")
     if hash_bytes(body) != digest:
-        raise _damaged(source, f"its manifest hashes to {hash_bytes(body).hex()}, not {bytes(digest).hex()}")
+        raise _damaged(
+            source, f"its manifest hashes to {hash_bytes(body).hex()}, not {bytes(digest).hex()}")
     checked = secret is not None and (bool(signature) or not allow_unsigned)
     if secret is not None and checked:
         if not signature:
-            raise _damaged(source, "it is not signed, but POSBUILD_CACHE_KEY is set (export it with the key, "
+            raise _damaged(source,
+                           "it is not signed, but POSBUILD_CACHE_KEY is set (export it with the "
+                           "key, "
                                    "or import it with --allow-unsigned to trust it anyway)")
         if not hmac.compare_digest(_sign(secret, body), signature):
-            raise _damaged(source, "wrong signature (made without this POSBUILD_CACHE_KEY, or altered)")
+            raise _damaged(source,
+                           "wrong signature (made without this POSBUILD_CACHE_KEY, or altered)")
     try:
         decoded = msgpack.unpackb(body)
         _require(isinstance(decoded, dict) and {"results", "blobs"} <= set(decoded))
@@ -388,7 +419,9 @@ def _check_results(body: dict[str, Any], source: Path, sizes: dict[Digest, int],
             raise _damaged(source, f"the result of action key {key.hex()} {problem}")
         for digest in result.blobs():
             if digest not in sizes and not store.has_blob(digest):
-                raise _damaged(source, f"the result of action key {bytes(key).hex()} names blob {digest.hex()}, "
+                raise _damaged(source,
+                               f"the result of action key {bytes(key).hex()} names blob "
+                               f"{digest.hex()}, "
                                        f"which is neither in the archive nor in the store")
         results.append((bytes(key), bytes(packed)))
     return results
@@ -429,7 +462,9 @@ def _unsafe_output(result: ActionResult) -> str:
         segments = path.split("/")
         if (len(segments) < 2 or segments[0] != OUT_DIR
                 or any(s in ("", ".", "..") for s in segments) or "\\" in path or "\x00" in path):
-            return f"has output path {path!r}, which is not a normalised relative path under {OUT_DIR}/"
+            return (
+                f"has output path {path!r}, which is not a normalised relative path under "
+                f"{OUT_DIR}/")
         if path in seen:
             return f"lists output path {path!r} twice"
         seen.add(path)

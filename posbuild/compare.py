@@ -39,14 +39,16 @@ def first_difference(a: bytes, b: bytes) -> int | None:
     return low
 
 
-def format_difference(path: str, label_a: str, size_a: int, label_b: str, size_b: int, offset: int) -> str:
+def format_difference(path: str, label_a: str, size_a: int, label_b: str, size_b: int,
+                      offset: int) -> str:
     """The one-line account of a difference already located."""
     return (f"{path}: {label_a} has {_bytes(size_a)}, {label_b} has {_bytes(size_b)}, "
             f"first difference at byte {offset}")
 
 
 def describe_difference(path: str, label_a: str, a: bytes, label_b: str, b: bytes) -> str | None:
-    """`path: <label_a> has N bytes, <label_b> has M bytes, first difference at byte K`, or None when equal."""
+    """`path: <label_a> has N bytes, <label_b> has M bytes, first difference at byte K`, or None
+    when equal."""
     offset = first_difference(a, b)
     if offset is None:
         return None
@@ -54,7 +56,8 @@ def describe_difference(path: str, label_a: str, a: bytes, label_b: str, b: byte
 
 
 def first_file_difference(a: Source, b: Source) -> tuple[int, int, int | None]:
-    """Sizes of `a` and `b` (each a file path or bytes) and their first difference, read in chunks."""
+    """Sizes of `a` and `b` (each a file path or bytes) and their first difference, read in
+    chunks."""
     with _open(a) as stream_a, _open(b) as stream_b:
         offset = 0
         found: int | None = None

@@ -21,7 +21,8 @@ from posbuild.errors import NoWorkspace, WorkspaceError
 CONFIG_NAME = "posbuild.toml"
 OUT_DIR = "posbuild-out"
 STATE_DIR = ".posbuild"
-BASE_PATH = "/usr/local/bin:/usr/bin:/bin"  # the PATH actions see, and where `[env] tools` are looked up
+# the PATH actions see, and where `[env] tools` are looked up
+BASE_PATH = "/usr/local/bin:/usr/bin:/bin"
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,7 +74,8 @@ class Config:
     sandbox_dir: Path
     cache_max_size: str = ""  # `[cache] max_size`: gc's default bound, as written (e.g. "20G")
     env_tools: tuple[str, ...] = ()  # `[env] tools`: executables whose path and digest enter h_E
-    budget: Budget | None = None  # `[resources]`; None only for Configs built by hand (see `resources`)
+    # `[resources]`; None only for Configs built by hand (see `resources`)
+    budget: Budget | None = None
     remote: RemoteSettings = RemoteSettings()
     roles: tuple[Role, ...] = ()  # `[roles]`; empty: every role may build everything
     sandbox_mode: str = "auto"  # `[sandbox] mode`: auto | namespace | folder
@@ -131,7 +133,8 @@ def _get(table: dict[str, Any], section: str, key: str, kind: type | tuple[type,
     value = table.get(section, {}).get(key, default)
     if isinstance(value, bool) and kind is not bool or not isinstance(value, kind):
         names = " or ".join(k.__name__ for k in (kind if isinstance(kind, tuple) else (kind,)))
-        raise WorkspaceError(f"{path}: [{section}] {key} must be {names}, got {type(value).__name__} {value!r}")
+        raise WorkspaceError(
+            f"{path}: [{section}] {key} must be {names}, got {type(value).__name__} {value!r}")
     _check_value(value, section, key, path)
     return value
 
@@ -141,12 +144,16 @@ def _check_value(value: Any, section: str, key: str, path: Path) -> None:
     one), a number that is not finite, an integer beyond 64 bits."""
     for item in value if isinstance(value, list) else (value,):
         if isinstance(item, str) and "\0" in item:
-            raise WorkspaceError(f"{path}: [{section}] {key} must not contain a NUL character, got {item!r}")
-        if isinstance(item, float) and not math.isfinite(item) or isinstance(item, int) and abs(item) >= 1 << 63:
-            raise WorkspaceError(f"{path}: [{section}] {key} must be a finite number of sensible size, got {item!r}")
+            raise WorkspaceError(
+                f"{path}: [{section}] {key} must not contain a NUL character, got {item!r}")
+        if isinstance(item, float) and not math.isfinite(item) or isinstance(item, int) \
+                and abs(item) >= 1 << 63:
+            raise WorkspaceError(
+                f"{path}: [{section}] {key} must be a finite number of sensible size, got {item!r}")
 
 
-def _string_list(table: dict[str, Any], section: str, key: str, default: list[str], path: Path) -> tuple[str, ...]:
+def _string_list(table: dict[str, Any], section: str, key: str, default: list[str],
+                 path: Path) -> tuple[str, ...]:
     value = _get(table, section, key, list, default, path)
     if not all(isinstance(item, str) and item for item in value):
         raise WorkspaceError(f"{path}: [{section}] {key} must be a list of non-empty strings")
@@ -200,7 +207,8 @@ def _build_file_names(table: dict[str, Any], path: Path) -> tuple[str, ...]:
         raise WorkspaceError(f"{path}: [build] build_file_names must name at least one file")
     for name in names:
         if "/" in name or name in (".", ".."):
-            raise WorkspaceError(f"{path}: [build] build_file_names: '{name}' must be a file name, without '/'")
+            raise WorkspaceError(
+                f"{path}: [build] build_file_names: '{name}' must be a file name, without '/'")
     return names
 
 
@@ -213,11 +221,13 @@ def _env_pass(table: dict[str, Any], path: Path) -> tuple[str, ...]:
     names = _string_list(table, "env", "pass", [], path)
     for name in names:
         if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
-            raise WorkspaceError(f"{path}: [env] pass: '{name}' is not an environment variable name (pass "
-                                 f"names a variable of posbuild's environment; a value is set in a rule's env)")
+            raise WorkspaceError(f"{path}: [env] pass: '{name}' is not an environment variable "
+                                 "name (pass names a variable of posbuild's environment; a value "
+                                 "is set in a rule's env)")
         if name == SIGNING_KEY:
-            raise WorkspaceError(f"{path}: [env] pass: '{name}' is posbuild's signing key and is never given to "
-                                 f"actions (one holding it could forge shared cache entries); remove it")
+            raise WorkspaceError(f"{path}: [env] pass: '{name}' is posbuild's signing key and is "
+                                 "never given to actions (one holding it could forge shared cache "
+                                 "entries); remove it")
     return names
 
 
@@ -228,7 +238,8 @@ def _check_known(table: dict[str, Any], path: Path) -> None:
         if section not in TABLES:
             if not isinstance(value, dict):
                 owners = [name for name, keys in TABLES.items() if section in keys]
-                hint = f"; did you mean [{owners[0]}] {section}?" if len(owners) == 1 else f" (known tables: {tables})"
+                hint = f"; did you mean [{owners[0]}] {section}?" if len(owners) == 1 \
+                    else f" (known tables: {tables})"
                 raise WorkspaceError(f"{path}: '{section}' is outside any table{hint}")
             guess = _closest(section, TABLES)
             hint = f"; did you mean [{guess}]?" if guess else f" (known: {tables})"
@@ -253,10 +264,12 @@ def _closest(word: str, names: Any) -> str | None:
     return found[0] if found else None
 
 
-def _choice(table: dict[str, Any], section: str, key: str, choices: tuple[str, ...], path: Path) -> str:
+def _choice(table: dict[str, Any], section: str, key: str, choices: tuple[str, ...],
+            path: Path) -> str:
     value = _get(table, section, key, str, choices[0], path)
     if value not in choices:
-        raise WorkspaceError(f"{path}: [{section}] {key} must be one of {', '.join(choices)}, got {value!r}")
+        raise WorkspaceError(
+            f"{path}: [{section}] {key} must be one of {', '.join(choices)}, got {value!r}")
     return value
 
 
@@ -264,7 +277,8 @@ def _remote(table: dict[str, Any], path: Path) -> RemoteSettings:
     """`[cache] remote` must be an http(s) URL; `timeout` a positive number of seconds."""
     url = _get(table, "cache", "remote", str, "", path).rstrip("/")
     if url and not url.startswith(("http://", "https://")):
-        raise WorkspaceError(f"{path}: [cache] remote must be an http:// or https:// URL, got {url!r}")
+        raise WorkspaceError(
+            f"{path}: [cache] remote must be an http:// or https:// URL, got {url!r}")
     timeout = _get(table, "cache", "timeout", (int, float), 5.0, path)
     if timeout <= 0:
         raise WorkspaceError(f"{path}: [cache] timeout must be > 0 seconds, got {timeout}")
@@ -318,7 +332,8 @@ def _tools(table: dict[str, Any], path: Path) -> tuple[str, ...]:
 
 
 def _sandbox_dir(root: Path, configured: str) -> Path:
-    """Where this workspace's sandboxes go: as configured, else on /dev/shm when usable, else on disk."""
+    """Where this workspace's sandboxes go: as configured, else on /dev/shm when usable, else on
+    disk."""
     if configured:
         return root / os.path.expanduser(configured)
     shm = Path("/dev/shm")
@@ -344,18 +359,21 @@ def _check_placement(root: Path, path: Path, store_dir: Path, cache_dir: str, sa
         return
     real_root = os.path.realpath(root)
     home = os.path.realpath(os.path.expanduser("~"))
-    real = {"[cache] dir": os.path.realpath(store_dir), "[build] sandbox_base": os.path.realpath(sandbox_dir)}
+    real = {"[cache] dir": os.path.realpath(store_dir),
+            "[build] sandbox_base": os.path.realpath(sandbox_dir)}
     for key, value in (("[cache] dir", cache_dir), ("[build] sandbox_base", sandbox_base)):
         if not value:
             continue
         why = _misplaced(real[key], real_root, home, _DEFAULTS[key])
         if why:
-            raise WorkspaceError(f"{path}: {key} = {value!r} {why}; posbuild empties this folder, so it must be "
-                                 f"one of its own (outside the workspace, or in a hidden folder of it)")
+            raise WorkspaceError(f"{path}: {key} = {value!r} {why}; posbuild empties this folder, "
+                                 "so it must be one of its own (outside the workspace, or in a "
+                                 "hidden folder of it)")
     store, sandboxes = real["[cache] dir"], real["[build] sandbox_base"]
     if _within(store, sandboxes) or _within(sandboxes, store):
-        raise WorkspaceError(f"{path}: [cache] dir = {cache_dir!r} and [build] sandbox_base = {sandbox_base!r} are "
-                             f"inside one another ({store}, {sandboxes}); each must be a folder of its own")
+        raise WorkspaceError(f"{path}: [cache] dir = {cache_dir!r} and [build] sandbox_base = "
+                             f"{sandbox_base!r} are inside one another ({store}, {sandboxes}); "
+                             "each must be a folder of its own")
 
 
 def _misplaced(real: str, root: str, home: str, default: str) -> str:
@@ -372,7 +390,8 @@ def _misplaced(real: str, root: str, home: str, default: str) -> str:
     top = rel.split("/", 1)[0]
     if top == STATE_DIR:
         where = "is" if rel == STATE_DIR else "is inside"
-        return "" if rel == default else f"{where} {STATE_DIR}/, posbuild's own state (only {default} is allowed there)"
+        return "" if rel == default \
+            else f"{where} {STATE_DIR}/, posbuild's own state (only {default} is allowed there)"
     if top == OUT_DIR:
         return f"is inside {OUT_DIR}/, the output tree"
     if not any(part.startswith(".") for part in rel.split("/")):

@@ -40,7 +40,7 @@ CONNECT_TIMEOUT = 10.0  # seconds to reach the scheduler, and to wait for a firs
 PLACED_RESOURCES = ("cpu", "mem_mb")  # Action.resources[:2], sent to Dask as worker resources
 
 
-# -- the address --------------------------------------------------------------------------------------
+# -- the address -----------------------------------------------------------------------------------
 
 
 def import_distributed() -> Any:
@@ -48,13 +48,14 @@ def import_distributed() -> Any:
     try:
         import distributed
     except ImportError:
-        raise UsageError(f"the dask executor needs the 'distributed' package, which is not installed: "
-                         f"{INSTALL_HINT}") from None
+        raise UsageError("the dask executor needs the 'distributed' package, which is not "
+                         f"installed: {INSTALL_HINT}") from None
     return distributed
 
 
 def scheduler_address(text: str) -> str:
-    """A Dask address from `dask://HOST[:PORT]`, `tcp://…`, `tls://…` or `HOST[:PORT]` (port 8786)."""
+    """A Dask address from `dask://HOST[:PORT]`, `tcp://…`, `tls://…` or `HOST[:PORT]` (port
+    8786)."""
     rest = text.strip()
     scheme = "tcp"
     if "://" in rest:
@@ -62,7 +63,8 @@ def scheduler_address(text: str) -> str:
         scheme = "tcp" if scheme == "dask" else scheme
     rest = rest.rstrip("/")
     if scheme not in ("tcp", "tls"):
-        raise UsageError(f"bad Dask scheduler address {text!r}: the scheme must be dask://, tcp:// or tls://")
+        raise UsageError(
+            f"bad Dask scheduler address {text!r}: the scheme must be dask://, tcp:// or tls://")
     if rest.startswith("["):  # an IPv6 literal, [::1]:8786
         inside, _, port = rest[1:].partition("]")
         host, port = f"[{inside}]" if inside else "", port.removeprefix(":")
@@ -86,7 +88,7 @@ def executor_address(option: str, config: Config) -> str | None:
     return scheduler_address(config.executor_address)
 
 
-# -- placement ----------------------------------------------------------------------------------------
+# -- placement -------------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,7 +105,8 @@ class WorkerInfo:
 
 
 def declares_resources(workers: Sequence[WorkerInfo]) -> bool:
-    """Whether actions are placed by resources (some worker declares cpu or mem_mb) or by threads."""
+    """Whether actions are placed by resources (some worker declares cpu or mem_mb) or by
+    threads."""
     return any(w.declared(name) for w in workers for name in PLACED_RESOURCES)
 
 
@@ -117,7 +120,8 @@ def dask_resources(request: Sequence[int], by_resources: bool) -> dict[str, int]
 def fits(request: Sequence[int], worker: WorkerInfo, by_resources: bool) -> bool:
     """Whether `worker` alone could ever run an action of `request` (cpu, mem_mb, ...)."""
     if by_resources:
-        return all(worker.declared(name) >= amount for name, amount in dask_resources(request, True).items())
+        return all(worker.declared(name) >= amount
+                   for name, amount in dask_resources(request, True).items())
     return request[0] <= 1 and request[1] == 0 and worker.threads >= 1
 
 
@@ -131,16 +135,18 @@ def check_fits(actions: Sequence[Action], workers: Sequence[WorkerInfo], address
     action = min((a for a in actions if a.resources[:2] in bad), key=lambda a: a.label)
     asked = " ".join(f"{n}={v}" for n, v in zip(PLACED_RESOURCES, action.resources) if v) or "cpu=0"
     if by_resources:
-        declared = sorted({" ".join(f"{n}={w.declared(n):g}" for n in PLACED_RESOURCES) for w in workers})
+        declared = sorted({" ".join(f"{n}={w.declared(n):g}" for n in PLACED_RESOURCES)
+                           for w in workers})
         detail = f"no worker declares that much ({'; '.join(declared)})"
     else:
         detail = "its workers declare no resources, so each runs actions of cpu<=1 without mem_mb"
     raise ResourceOversubscription(
-        f"{action.label} requests {asked} but the Dask cluster at {address} cannot run it: {detail}; start "
+        f"{action.label} requests {asked} but the Dask cluster at {address} cannot run it: "
+        f"{detail}; start "
         f'workers with --resources "cpu=N,mem_mb=M"')
 
 
-# -- the connection -----------------------------------------------------------------------------------
+# -- the connection --------------------------------------------------------------------------------
 
 
 def connect(address: str) -> tuple[Any, list[WorkerInfo]]:
@@ -152,14 +158,18 @@ def connect(address: str) -> tuple[Any, list[WorkerInfo]]:
     distributed = import_distributed()
     from dask import config as dask_config, utils as dask_utils
 
-    for name in ("distributed", "distributed.client", "distributed.comm", "distributed.core", "distributed.batched"):
+    for name in ("distributed", "distributed.client", "distributed.comm", "distributed.core",
+                 "distributed.batched"):
         logging.getLogger(name).setLevel(logging.CRITICAL)  # posbuild reports what matters itself
-    configured = dask_utils.parse_timedelta(dask_config.get("distributed.comm.timeouts.connect", None), "seconds")
+    configured = dask_utils.parse_timedelta(dask_config.get("distributed.comm.timeouts.connect",
+                                                            None), "seconds")
     timeout = min(CONNECT_TIMEOUT, configured or CONNECT_TIMEOUT)
     try:
-        client = distributed.Client(address, timeout=timeout, set_as_default=False, direct_to_workers=True)
+        client = distributed.Client(address, timeout=timeout, set_as_default=False,
+                                    direct_to_workers=True)
     except Exception as error:
-        raise ActionFailed(f"cannot reach the Dask scheduler at {address} ({describe(error)}); start one with "
+        raise ActionFailed(f"cannot reach the Dask scheduler at {address} ({describe(error)}); "
+                           "start one with "
                            f"`dask scheduler`, or build with --executor local") from None
     try:
         workers = workers_of(client)
@@ -182,7 +192,8 @@ def workers_of(client: Any) -> list[WorkerInfo]:
     """The workers connected now, with what each declared."""
     info = client.scheduler_info(n_workers=-1)
     return [WorkerInfo(address, int(w.get("nthreads", 0)),
-                       tuple(sorted((str(k), float(v)) for k, v in (w.get("resources") or {}).items())))
+                       tuple(sorted((str(k), float(v))
+                                    for k, v in (w.get("resources") or {}).items())))
             for address, w in sorted(info.get("workers", {}).items())]
 
 
@@ -192,7 +203,7 @@ def describe(error: BaseException) -> str:
     return f"{type(error).__name__}: {text.splitlines()[0]}" if text else type(error).__name__
 
 
-# -- secrets ------------------------------------------------------------------------------------------
+# -- secrets ---------------------------------------------------------------------------------------
 
 
 class SecretDesk:
@@ -206,7 +217,8 @@ class SecretDesk:
         self.address = ""
 
     def open(self, values: tuple[tuple[str, str], ...]) -> str:
-        """Hold `values` under a new token until `close(token)`; the listener starts on first use."""
+        """Hold `values` under a new token until `close(token)`; the listener starts on first
+        use."""
         with self._lock:
             if self._listener is None:
                 self._client.sync(self._start)
@@ -222,7 +234,8 @@ class SecretDesk:
     async def _start(self) -> None:
         from distributed.comm import get_address_host, listen, parse_address
 
-        local = self._client.scheduler_comm.comm.local_address  # the interface that reaches the cluster
+        # the interface that reaches the cluster
+        local = self._client.scheduler_comm.comm.local_address
         listener = listen(f"{parse_address(local)[0]}://{get_address_host(local)}:0", self._handle,
                           **self._client.security.get_listen_args("client"))
         await listener.start()
@@ -232,7 +245,8 @@ class SecretDesk:
         try:
             message = await comm.read()
             with self._lock:
-                values = self._values.get(message.get("token", "")) if isinstance(message, dict) else None
+                values = self._values.get(message.get("token", "")) \
+                    if isinstance(message, dict) else None
             await comm.write({"env": None if values is None else [list(pair) for pair in values]})
         except Exception:  # a broken or foreign connection gets nothing
             pass
@@ -263,5 +277,6 @@ def fetch_secrets(worker: Any, desk: str, token: str) -> tuple[tuple[str, str], 
 
     reply = sync(worker.loop, fetch)
     if not isinstance(reply, dict) or reply.get("env") is None:
-        raise RuntimeError("the client no longer holds this action's secrets (the action was cancelled)")
+        raise RuntimeError(
+            "the client no longer holds this action's secrets (the action was cancelled)")
     return tuple((str(name), str(value)) for name, value in reply["env"])

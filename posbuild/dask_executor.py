@@ -93,7 +93,8 @@ from posbuild.remote import RemoteCache, sha256_of
 from posbuild.sandbox import Perturbation, Sandboxes, SpawnResult, find_libfaketime, sweep_dead
 from posbuild.secrets import redact
 
-INLINE_INPUT = 256 * 1024  # inputs up to this size travel inside the task; larger ones are scattered
+# inputs up to this size travel inside the task; larger ones are scattered
+INLINE_INPUT = 256 * 1024
 INLINE_TOTAL = 4 * 1024 * 1024  # at most this much inline per task (Dask warns about large graphs)
 TASK_RETRIES = 2  # re-runs of a task whose worker-side code raised (not of a failed command)
 POLL = 2.0  # seconds between looks at the cluster while an action waits
@@ -101,7 +102,7 @@ NO_WORKER_GRACE = 60.0  # seconds a waiting action tolerates having no worker ab
 EXTENSION = "posbuild"  # the key of the worker-side state in `Worker.extensions`
 
 
-# -- the wire format ----------------------------------------------------------------------------------
+# -- the wire format -------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,20 +110,26 @@ class WorkerTerms:
     """What every action of a build asks of the worker that runs it, beside the action itself."""
 
     tools: tuple[str, ...]  # `[env] tools`, for the worker's environment hash
-    env_hash: Digest  # the client's h_E (without test overrides): a worker reports its fingerprint if it differs
-    sandbox_mode: str  # `[sandbox] mode`: each worker chooses its own isolation, as a local build does
-    visible: tuple[str, ...]  # the client's interpreter folders and absolute tools (py_task commands name them)
+    # the client's h_E (without test overrides): a worker reports its fingerprint if it differs
+    env_hash: Digest
+    # `[sandbox] mode`: each worker chooses its own isolation, as a local build does
+    sandbox_mode: str
+    # the client's interpreter folders and absolute tools (py_task commands name them)
+    visible: tuple[str, ...]
 
 
 @dataclass(frozen=True, slots=True)
 class InputFile:
-    """One declared input, by digest: where it goes, what it must hash to, and where its bytes are."""
+    """One declared input, by digest: where it goes, what it must hash to, and where its bytes
+    are."""
 
     path: str
     digest: Digest  # BLAKE3, as the action key has it
     size: int
     executable: bool
-    name: bytes = b""  # its SHA-256: the worker reads `/cas/<name>` from the remote; b"": the bytes travel with the task
+    # its SHA-256: the worker reads `/cas/<name>` from the remote; b"": the bytes travel with the
+    # task
+    name: bytes = b""
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,7 +143,8 @@ class RemoteAction:
     terms: WorkerTerms
     desk: str = ""  # where to fetch the secret values ("" if the action declares none)
     token: str = ""
-    cas: str = ""  # the remote cache's URL, where inputs with a `name` are read (no key: blobs need none)
+    # the remote cache's URL, where inputs with a `name` are read (no key: blobs need none)
+    cas: str = ""
     cas_timeout: float = 0.0
 
 
@@ -151,17 +159,20 @@ class RemoteReply:
     stderr: bytes = field(repr=False)
     elapsed: float
     usage: ResourceUsage | None
-    outputs: tuple[tuple[str, bytes, Digest, bool], ...] = field(repr=False)  # (path, data, digest, executable)
+    # (path, data, digest, executable)
+    outputs: tuple[tuple[str, bytes, Digest, bool], ...] = field(repr=False)
     run: RemoteRun
     env_hash: Digest = b""
-    env_entries: tuple[tuple[str, str], ...] = ()  # the worker's fingerprint, only when its h_E differs
+    # the worker's fingerprint, only when its h_E differs
+    env_entries: tuple[tuple[str, str], ...] = ()
     env_error: str = ""
-    unfetched: str = ""  # why the worker could not read the inputs from the remote cache (nothing ran)
+    # why the worker could not read the inputs from the remote cache (nothing ran)
+    unfetched: str = ""
     irregular: tuple[str, ...] = ()  # outputs that exist as something else than a regular file
     why: str = ""  # what is wrong with irregular[0]
 
 
-# -- the worker side ----------------------------------------------------------------------------------
+# -- the worker side -------------------------------------------------------------------------------
 
 
 class _WorkerState:
@@ -193,7 +204,8 @@ class _WorkerState:
             yield
             return
         with self._lock:
-            chosen = tuple(sorted(sorted(self._processors, key=lambda p: (self._pinned[p], p))[:cpu]))
+            chosen = tuple(sorted(sorted(self._processors,
+                                         key=lambda p: (self._pinned[p], p))[:cpu]))
             for processor in chosen:
                 self._pinned[processor] += 1
         previous = os.sched_getaffinity(0)
@@ -235,7 +247,8 @@ class _WorkerState:
             return reader
 
     def once(self, key: tuple[object, ...], compute: Callable[[], Any]) -> Any:
-        """`compute()` the first time `key` is asked for, the same value ever after (this process)."""
+        """`compute()` the first time `key` is asked for, the same value ever after (this
+        process)."""
         with self._lock:
             if key in self._memo:
                 return self._memo[key]
@@ -245,23 +258,29 @@ class _WorkerState:
 
 
 def execute_remote(spec: RemoteAction, blobs: Sequence[bytes]) -> RemoteReply:
-    """Run one action on this Dask worker exactly as `Sandboxes.run` runs it locally (worker side)."""
+    """Run one action on this Dask worker exactly as `Sandboxes.run` runs it locally (worker
+    side)."""
     from distributed import get_worker
 
     worker = get_worker()
-    state = worker.extensions.get(EXTENSION) or worker.extensions.setdefault(EXTENSION, _WorkerState(worker))
+    state = worker.extensions.get(EXTENSION) \
+        or worker.extensions.setdefault(EXTENSION, _WorkerState(worker))
     started = time.time()
     terms = spec.terms
-    env_hash, entries, env_error = state.once(("environment", terms.tools), lambda: _environment(terms.tools))
-    isolation = state.once(("isolation", terms.sandbox_mode, terms.visible), lambda: _isolation(state.scratch, terms))
+    env_hash, entries, env_error = state.once(("environment", terms.tools),
+                                              lambda: _environment(terms.tools))
+    isolation = state.once(("isolation", terms.sandbox_mode, terms.visible),
+                           lambda: _isolation(state.scratch, terms))
     folder = state.folder()
     try:
         root = f"{folder}/root"
         shipped = [i for i in spec.inputs if not i.name]
-        _write_files(root, [(i.path, data, i.executable) for i, data in zip(shipped, _verified(shipped, blobs))])
+        _write_files(root, [(i.path, data, i.executable)
+                            for i, data in zip(shipped, _verified(shipped, blobs))])
         unfetched = _fetch_inputs(state, spec, root)
         if unfetched:
-            return RemoteReply(-1, False, (), b"", b"", 0.0, None, (), RemoteRun(state.address, state.host, started,
+            return RemoteReply(-1, False, (), b"", b"", 0.0, None, (),
+                               RemoteRun(state.address, state.host, started,
                                time.time()), env_hash, (), env_error, unfetched)
         secrets = fetch_secrets(worker, spec.desk, spec.token) if spec.desk else ()
         env = spec.env + secrets
@@ -272,7 +291,8 @@ def execute_remote(spec: RemoteAction, blobs: Sequence[bytes]) -> RemoteReply:
         try:
             if secrets:  # the reply stays in this worker's memory (and may be spilled): redact here
                 values = [value for _, value in secrets]
-                spawn = replace(spawn, stdout=redact(spawn.stdout, values), stderr=redact(spawn.stderr, values))
+                spawn = replace(spawn, stdout=redact(spawn.stdout, values),
+                                stderr=redact(spawn.stderr, values))
             ok = spawn.exit_code == 0 and not spawn.timed_out
             outputs = tuple(_read_output(spawn, path) for path in spec.action.outputs
                             if path not in spawn.missing) if ok else ()
@@ -281,14 +301,17 @@ def execute_remote(spec: RemoteAction, blobs: Sequence[bytes]) -> RemoteReply:
     finally:
         shutil.rmtree(folder, ignore_errors=True)
     differ = env_hash != terms.env_hash
-    return RemoteReply(spawn.exit_code, spawn.timed_out, spawn.missing, spawn.stdout, spawn.stderr, spawn.elapsed,
-                       spawn.usage, outputs, RemoteRun(state.address, state.host, started, time.time()), env_hash,
-                       tuple(sorted(entries.items())) if differ else (), env_error, irregular=spawn.irregular,
-                       why=spawn.why)
+    return RemoteReply(spawn.exit_code, spawn.timed_out, spawn.missing, spawn.stdout, spawn.stderr,
+                       spawn.elapsed,
+                       spawn.usage, outputs,
+                       RemoteRun(state.address, state.host, started, time.time()), env_hash,
+                       tuple(sorted(entries.items())) if differ else (), env_error,
+                       irregular=spawn.irregular, why=spawn.why)
 
 
 def cancel_remote(keys: Sequence[str], dask_worker: Any = None) -> int:
-    """Kill the commands of these tasks on this worker (run on every worker through `Client.run`)."""
+    """Kill the commands of these tasks on this worker (run on every worker through
+    `Client.run`)."""
     state = dask_worker.extensions.get(EXTENSION) if dask_worker is not None else None
     return state.cancel(keys) if state is not None else 0
 
@@ -303,8 +326,9 @@ def _environment(tools: tuple[str, ...]) -> tuple[Digest, dict[str, str], str]:
 
 
 def _isolation(hidden: str, terms: WorkerTerms) -> Isolation | None:
-    """This worker's choice for `[sandbox] mode`, made as `sandbox.choose_isolation` makes it locally:
-    the worker's scratch folder hidden, the client's and the worker's interpreters shown."""
+    """This worker's choice for `[sandbox] mode`, made as `sandbox.choose_isolation` makes it
+    locally: the worker's scratch folder hidden, the client's and the worker's interpreters
+    shown."""
     visible = [*terms.visible, *_visible(())]
     faketime = find_libfaketime()
     if faketime is not None:
@@ -313,8 +337,10 @@ def _isolation(hidden: str, terms: WorkerTerms) -> Isolation | None:
 
 
 def _visible(tools: Sequence[str]) -> tuple[str, ...]:
-    """The running interpreter's folders (py_task commands run it) and the absolute `[env] tools`."""
-    paths = [sys.prefix, sys.exec_prefix, sys.base_prefix, sys.base_exec_prefix, os.path.realpath(sys.executable)]
+    """The running interpreter's folders (py_task commands run it) and the absolute `[env]
+    tools`."""
+    paths = [sys.prefix, sys.exec_prefix, sys.base_prefix, sys.base_exec_prefix,
+             os.path.realpath(sys.executable)]
     return tuple(dict.fromkeys([*paths, *(tool for tool in tools if tool.startswith("/"))]))
 
 
@@ -322,8 +348,8 @@ def _verified(inputs: Sequence[InputFile], blobs: Sequence[bytes]) -> Sequence[b
     """The input bytes, each checked against its digest (ORCH-03 if one arrived damaged)."""
     for file, data in zip(inputs, blobs, strict=True):
         if hash_bytes(data) != file.digest:
-            raise ChecksumMismatch(f"input {file.path} reached the Dask worker with bytes that hash to "
-                                   f"{hash_bytes(data).hex()}, not {file.digest.hex()}")
+            raise ChecksumMismatch(f"input {file.path} reached the Dask worker with bytes that "
+                                   f"hash to {hash_bytes(data).hex()}, not {file.digest.hex()}")
     return blobs
 
 
@@ -363,23 +389,27 @@ def _write_files(root: str, files: Sequence[tuple[str, bytes, bool]]) -> None:
 
 
 def _read_output(spawn: SpawnResult, path: str) -> tuple[str, bytes, Digest, bool]:
-    """A declared output's bytes, read below the folder the sandbox found without following links."""
+    """A declared output's bytes, read below the folder the sandbox found without following
+    links."""
     with spawn.output(path).reading() as fd:
         info = os.fstat(fd)
         data = read_upto(fd, info.st_size)
     return path, data, hash_bytes(data), bool(info.st_mode & 0o111)
 
 
-# -- the client side ----------------------------------------------------------------------------------
+# -- the client side -------------------------------------------------------------------------------
 
 
-_Deferred = tuple[Action, tuple[tuple[str, str], ...]]  # an action and its extra environment, not yet sent
+# an action and its extra environment, not yet sent
+_Deferred = tuple[Action, tuple[tuple[str, str], ...]]
 
 
 class DaskSandboxes:
-    """The sandbox interface over a Dask cluster; one per build, used from the scheduler's threads."""
+    """The sandbox interface over a Dask cluster; one per build, used from the scheduler's
+    threads."""
 
-    def __init__(self, address: str, config: Config, actions: Sequence[Action], check_env: bool) -> None:
+    def __init__(self, address: str, config: Config, actions: Sequence[Action],
+                 check_env: bool) -> None:
         """`actions`: the build's dirty actions, each of which some worker must be able to run."""
         self.address = address
         self._config = config
@@ -399,12 +429,15 @@ class DaskSandboxes:
         self._cluster: tuple[WorkerInfo, ...] = ()
         self._cluster_checked = 0.0
         self._running: dict[str, Any] = {}  # task key → future
-        self._blobs: dict[Digest, tuple[Any, int]] = {}  # scattered input → (future, actions using it)
+        # scattered input → (future, actions using it)
+        self._blobs: dict[Digest, tuple[Any, int]] = {}
         self._cancelled = False
         self._remote: RemoteCache | None = None  # where workers read inputs (use_remote)
         self._warn: Callable[[str], None] = lambda message: None
-        self._names: dict[Digest, bytes] = {}  # input digest → its SHA-256 name on the remote (b"": absent)
-        self._private: frozenset[str] = frozenset()  # inputs that may hold a secret: never on the remote
+        # input digest → its SHA-256 name on the remote (b"": absent)
+        self._names: dict[Digest, bytes] = {}
+        # inputs that may hold a secret: never on the remote
+        self._private: frozenset[str] = frozenset()
 
     def use_remote(self, remote: RemoteCache, warn: Callable[[str], None],
                    private: frozenset[str] = frozenset()) -> None:
@@ -420,7 +453,8 @@ class DaskSandboxes:
 
     def run(self, action: Action, extra_env: Sequence[tuple[str, str]] = (),
             perturbation: Perturbation | None = None) -> SpawnResult:
-        """Run `action` on a worker; its outputs end up in a local folder, as a local run leaves them.
+        """Run `action` on a worker; its outputs end up in a local folder, as a local run leaves
+        them.
 
         Raises ActionFailed when the scheduler is lost or unreachable, ResourceOversubscription
         (ORCH-05) when some dirty action fits no worker, ChecksumMismatch (ORCH-03) when bytes
@@ -429,13 +463,15 @@ class DaskSandboxes:
         exec_root = f"{self._base}/dask-{os.getpid()}-{next(self._counter)}/exec"
         client = self._connection()
         if self._cancelled:
-            return SpawnResult(-signal.SIGTERM, False, Path(exec_root), tuple(action.outputs), b"", b"")
+            return SpawnResult(-signal.SIGTERM, False, Path(exec_root), tuple(action.outputs), b"",
+                               b"")
         secret_names = set(action.secrets)
         env = tuple((k, v) for k, v in extra_env if k not in secret_names)
         secret = tuple((k, v) for k, v in extra_env if k in secret_names)
         assert self._terms is not None and self._desk is not None
         token = self._desk.open(secret) if secret else ""
-        spec = RemoteAction(action, env, (), perturbation, self._terms, self._desk.address if secret else "", token)
+        spec = RemoteAction(action, env, (), perturbation, self._terms,
+                            self._desk.address if secret else "", token)
         try:
             reply = self._attempt(client, spec, self._remote_usable())
             if isinstance(reply, RemoteReply) and reply.unfetched:  # once more, with the bytes
@@ -444,7 +480,8 @@ class DaskSandboxes:
         finally:
             self._desk.close(token)
         if isinstance(reply, tuple):  # cancelled, or no worker could finish it
-            return SpawnResult(reply[0], False, Path(exec_root), tuple(action.outputs), b"", reply[1])
+            return SpawnResult(reply[0], False, Path(exec_root), tuple(action.outputs), b"",
+                               reply[1])
         self._check_environment(reply)
         return self._spawn_result(reply, exec_root)
 
@@ -472,7 +509,8 @@ class DaskSandboxes:
             return
         try:
             self._client.cancel(list(futures.values()))  # the waiting threads return at once
-            self._client.run(cancel_remote, list(futures), on_error="ignore")  # Dask cannot stop a running task
+            # Dask cannot stop a running task
+            self._client.run(cancel_remote, list(futures), on_error="ignore")
         except Exception:
             pass
 
@@ -490,9 +528,10 @@ class DaskSandboxes:
 
     # -- the steps of run() --
 
-    def _attempt(self, client: Any, spec: RemoteAction, by_remote: bool) -> RemoteReply | tuple[int, bytes]:
-        """Submit the action once, its inputs read from the remote (`by_remote`, where they are there)
-        or shipped through Dask, and wait for how it ended."""
+    def _attempt(self, client: Any, spec: RemoteAction,
+                 by_remote: bool) -> RemoteReply | tuple[int, bytes]:
+        """Submit the action once, its inputs read from the remote (`by_remote`, where they are
+        there) or shipped through Dask, and wait for how it ended."""
         action = spec.action
         remote = self._remote if by_remote else None
         inputs, blobs, scattered = self._inputs(client, action, remote)
@@ -508,7 +547,8 @@ class DaskSandboxes:
             self._release(scattered)
             with self._lock:
                 self._running.pop(key, None)
-        if from_remote and remote is not None and isinstance(reply, RemoteReply) and not reply.unfetched:
+        if from_remote and remote is not None and isinstance(reply, RemoteReply) \
+                and not reply.unfetched:
             with self._lock:
                 remote.stats.worker_inputs += from_remote
         return reply
@@ -523,8 +563,9 @@ class DaskSandboxes:
         with self._lock:
             remote, self._remote = self._remote, None
         if remote is not None and not remote.down:
-            self._warn(f"posbuild: warning: remote cache {remote.url}: Dask worker {reply.run.worker} could not "
-                       f"read an action's inputs from it ({reply.unfetched}); inputs travel through Dask from here on")
+            self._warn(f"posbuild: warning: remote cache {remote.url}: Dask worker "
+                       f"{reply.run.worker} could not read an action's inputs from it "
+                       f"({reply.unfetched}); inputs travel through Dask from here on")
 
     def _connection(self) -> Any:
         """The client, connected on first use; the fit check (ORCH-05) runs once, then."""
@@ -545,7 +586,8 @@ class DaskSandboxes:
                     self._failure = error
                     raise
                 tools = self._config.env_tools
-                self._terms = WorkerTerms(tools, hash_of(entries), self._config.sandbox_mode, _visible(tools))
+                self._terms = WorkerTerms(tools, hash_of(entries), self._config.sandbox_mode,
+                                          _visible(tools))
                 self._env_entries, self._by_resources = entries, declares_resources(workers)
                 self._cluster, self._cluster_checked = tuple(workers), time.monotonic()
                 self._desk, self._client = SecretDesk(client), client
@@ -564,7 +606,7 @@ class DaskSandboxes:
                 executable = bool(os.fstat(handle.fileno()).st_mode & 0o111)
             digest = hash_bytes(data)
             shared = remote is not None and path not in self._private
-            name = self._on_remote(remote, digest, data) if shared else b""  # type: ignore[arg-type]
+            name = self._on_remote(remote, digest, data) if remote is not None and shared else b""
             inputs.append(InputFile(path, digest, len(data), executable, name))
             if name:
                 continue
@@ -577,8 +619,8 @@ class DaskSandboxes:
         return tuple(inputs), blobs, scattered
 
     def _on_remote(self, remote: RemoteCache, digest: Digest, data: bytes) -> bytes:
-        """The SHA-256 name of this input blob if it is on the remote (uploaded first when this build
-        writes there), else b"". Asked once per blob and build."""
+        """The SHA-256 name of this input blob if it is on the remote (uploaded first when this
+        build writes there), else b"". Asked once per blob and build."""
         with self._lock:
             known = self._names.get(digest)
         if known is not None:
@@ -617,10 +659,13 @@ class DaskSandboxes:
                 else:
                     self._blobs[digest] = (future, users - 1)
 
-    def _submit(self, client: Any, action: Action, spec: RemoteAction, blobs: list[Any], key: str) -> Any:
+    def _submit(self, client: Any, action: Action, spec: RemoteAction, blobs: list[Any],
+                key: str) -> Any:
         try:
-            future = client.submit(execute_remote, spec, blobs, key=key, pure=False, retries=TASK_RETRIES,
-                                   resources=dask_resources(action.resources, self._by_resources) or None)
+            future = client.submit(execute_remote, spec, blobs, key=key, pure=False,
+                                   retries=TASK_RETRIES,
+                                   resources=dask_resources(action.resources,
+                                                            self._by_resources) or None)
         except Exception as error:
             raise self._lost(error) from None
         with self._lock:
@@ -638,13 +683,15 @@ class DaskSandboxes:
                 return future.result(timeout=POLL)
             except BaseException as error:
                 status = future.status  # pending, or lost (its worker died; Dask runs it again) ...
-                if isinstance(error, TimeoutError) and status not in ("finished", "error", "cancelled"):
+                if isinstance(error, TimeoutError) \
+                        and status not in ("finished", "error", "cancelled"):
                     alone_since = self._still_runnable(client, action, alone_since)
                     if alone_since is not None and time.monotonic() - alone_since > NO_WORKER_GRACE:
                         future.cancel()
                         return -signal.SIGKILL, (
-                            f"posbuild: no worker of the Dask cluster at {self.address} able to run this action "
-                            f"has been connected for {NO_WORKER_GRACE:.0f} s\n").encode()
+                            f"posbuild: no worker of the Dask cluster at {self.address} able to "
+                            "run this action has been connected for "
+                            f"{NO_WORKER_GRACE:.0f} s\n").encode()
                     continue
                 if self._cancelled:
                     return -signal.SIGTERM, b""
@@ -652,7 +699,8 @@ class DaskSandboxes:
                     return self._remote_failure(error)
                 raise self._lost(error) from None
 
-    def _still_runnable(self, client: Any, action: Action, alone_since: float | None) -> float | None:
+    def _still_runnable(self, client: Any, action: Action,
+                        alone_since: float | None) -> float | None:
         """Since when the cluster lacks a worker for `action` (None while it has one)."""
         now = time.monotonic()
         with self._lock:
@@ -671,24 +719,26 @@ class DaskSandboxes:
         return alone_since if alone_since is not None else now
 
     def _remote_failure(self, error: BaseException) -> tuple[int, bytes]:
-        """A task that ended in an exception: its worker kept dying, or posbuild's worker code failed
-        (ORCH errors, such as an input that arrived damaged after every retry, stop the build)."""
+        """A task that ended in an exception: its worker kept dying, or posbuild's worker code
+        failed (ORCH errors, such as an input that arrived damaged after every retry, stop the
+        build)."""
         if isinstance(error, PosbuildError):
             raise error
         if type(error).__name__ == "KilledWorker":
             last = getattr(getattr(error, "last_worker", None), "address", "") or "a worker"
-            return -signal.SIGKILL, (f"posbuild: the Dask worker running this action died ({last} last); the "
-                                     f"scheduler gave up after its allowed failures "
+            return -signal.SIGKILL, (f"posbuild: the Dask worker running this action died ({last} "
+                                     f"last); the scheduler gave up after its allowed failures "
                                      f"(distributed.scheduler.allowed-failures)\n").encode()
         raise OSError(f"the Dask worker could not run it ({describe(error)})")
 
     def _lost(self, error: BaseException) -> ActionFailed:
-        return ActionFailed(f"lost the Dask scheduler at {self.address} ({describe(error)}); the actions in "
-                            f"flight were abandoned and nothing of them was kept; build again, or with "
-                            f"--executor local")
+        return ActionFailed(f"lost the Dask scheduler at {self.address} ({describe(error)}); the "
+                            "actions in flight were abandoned and nothing of them was kept; build "
+                            "again, or with --executor local")
 
     def _check_environment(self, reply: RemoteReply) -> None:
-        """ORCH-07 when the worker's environment is not the client's (its results would be keyed wrongly)."""
+        """ORCH-07 when the worker's environment is not the client's (its results would be keyed
+        wrongly)."""
         assert self._terms is not None
         if not self._check_env or reply.env_hash == self._terms.env_hash:
             return
@@ -696,21 +746,26 @@ class DaskSandboxes:
         if reply.env_error:
             raise EnvironmentDrift(f"{where}: {reply.env_error}")
         changes = differences(self._env_entries, dict(reply.env_entries))
-        shown = "; ".join(str(c) for c in changes[:5]) + (f"; and {len(changes) - 5} more" if len(changes) > 5 else "")
+        shown = "; ".join(str(c) for c in changes[:5]) + (f"; and {len(changes) - 5} more"
+                                                          if len(changes) > 5 else "")
         raise EnvironmentDrift(f"{where} has h_E {reply.env_hash.hex()[:12]}, not this machine's "
-                               f"{self._terms.env_hash.hex()[:12]} ({shown}); give the workers this environment, or "
-                               f"pass --allow-env-drift")
+                               f"{self._terms.env_hash.hex()[:12]} ({shown}); give the workers "
+                               f"this environment, or pass --allow-env-drift")
 
     def _spawn_result(self, reply: RemoteReply, exec_root: str) -> SpawnResult:
-        """Verify the returned outputs and lay them out locally, where a local sandbox holds them."""
+        """Verify the returned outputs and lay them out locally, where a local sandbox holds
+        them."""
         for path, data, digest, _ in reply.outputs:
             if hash_bytes(data) != digest:
-                raise ChecksumMismatch(f"output {path} from Dask worker {reply.run.worker} hashes to "
-                                       f"{hash_bytes(data).hex()}, not the {digest.hex()} the worker computed")
-        _write_files(exec_root, [(path, data, executable) for path, data, _, executable in reply.outputs])
+                raise ChecksumMismatch(f"output {path} from Dask worker {reply.run.worker} hashes "
+                                       f"to {hash_bytes(data).hex()}, not the {digest.hex()} the "
+                                       "worker computed")
+        _write_files(exec_root,
+                     [(path, data, executable) for path, data, _, executable in reply.outputs])
         os.makedirs(exec_root, exist_ok=True)
         files = open_outputs(exec_root, [path for path, _, _, _ in reply.outputs])
-        return SpawnResult(reply.exit_code, reply.timed_out, Path(exec_root), reply.missing, reply.stdout,
-                           reply.stderr, reply.elapsed, reply.usage, remote=reply.run,
-                           irregular=getattr(reply, "irregular", ()),  # absent from an older worker's reply
+        return SpawnResult(reply.exit_code, reply.timed_out, Path(exec_root), reply.missing,
+                           reply.stdout, reply.stderr, reply.elapsed, reply.usage, remote=reply.run,
+                           # absent from an older worker's reply
+                           irregular=getattr(reply, "irregular", ()),
                            why=getattr(reply, "why", ""), files=files)

@@ -43,7 +43,8 @@ def hash_file(path: str | os.PathLike[str]) -> Digest:
 def _normalise(value: Any) -> Any:
     """Turn a value into the sorted, list-only shape that `canonical` packs."""
     kind = type(value)
-    if kind is str or kind is bytes or kind is int or value is None:  # most values, before any isinstance
+    # most values, before any isinstance
+    if kind is str or kind is bytes or kind is int or value is None:
         return value
     if kind is list or kind is tuple:
         return [item if type(item) is str else _normalise(item) for item in value]

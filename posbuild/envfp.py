@@ -45,9 +45,11 @@ from posbuild.digest import Digest, hash_canonical, hash_file
 from posbuild.errors import EnvironmentDrift, WorkspaceError
 
 CACHE_NAME = "envfp"
-LOCK_NAME = "posbuild.lock"  # lockfile.LOCK_NAME, without importing lockfile (and json) when there is none
+# lockfile.LOCK_NAME, without importing lockfile (and json) when there is none
+LOCK_NAME = "posbuild.lock"
 CACHE_FORMAT = 1
-RECORDED_ONLY = frozenset({"cpu.model", "host.name"})  # hardware and identity: shown, approved, never hashed
+# hardware and identity: shown, approved, never hashed
+RECORDED_ONLY = frozenset({"cpu.model", "host.name"})
 
 
 def is_hashed(name: str) -> bool:
@@ -67,7 +69,7 @@ class _Value:
     module is imported — about a millisecond per class, paid by every no-op build.)
     """
 
-    __slots__ = ()
+    __slots__: tuple[str, ...] = ()
 
     def __init__(self, *values: object) -> None:
         for name, value in zip(self.__slots__, values, strict=True):
@@ -77,7 +79,8 @@ class _Value:
         raise AttributeError(f"{type(self).__name__} is immutable")
 
     def __eq__(self, other: object) -> bool:
-        return type(other) is type(self) and all(getattr(self, n) == getattr(other, n) for n in self.__slots__)
+        return type(other) is type(self) \
+            and all(getattr(self, n) == getattr(other, n) for n in self.__slots__)
 
     __hash__ = None  # type: ignore[assignment]
 
@@ -99,7 +102,7 @@ class Fingerprint(_Value):
         return cls(table, hash_of(table))
 
 
-# -- computing the table ---------------------------------------------------------------------------------
+# -- computing the table ---------------------------------------------------------------------------
 
 
 def fingerprint(tools: Sequence[str] = ()) -> dict[str, str]:
@@ -166,7 +169,8 @@ def _distribution_folders() -> list[str]:
 
 
 def _distributions() -> dict[str, str]:
-    """`dist.<normalized name>` → version of every installed distribution; the first on the path wins."""
+    """`dist.<normalized name>` → version of every installed distribution; the first on the path
+    wins."""
     import importlib.metadata
     import re
 
@@ -193,12 +197,13 @@ def resolve_tools(tools: Sequence[str]) -> list[tuple[str, str]]:
                 resolved.append((tool, path))
                 break
         else:
-            where = "is not an executable file" if tool.startswith("/") else f"is not on the sandbox PATH {BASE_PATH}"
+            where = "is not an executable file" if tool.startswith("/") \
+                else f"is not on the sandbox PATH {BASE_PATH}"
             raise WorkspaceError(f"{CONFIG_NAME}: [env] tools: {tool!r} {where}")
     return resolved
 
 
-# -- the cache ------------------------------------------------------------------------------------------
+# -- the cache -------------------------------------------------------------------------------------
 
 
 def _stamps(resolved: Sequence[tuple[str, str]]) -> Digest:
@@ -229,7 +234,8 @@ def _cached(cache: Path, stamps: Digest) -> dict[str, str] | None:
     return entries
 
 
-def current(config: Config, overrides: Mapping[str, str | None] | None = None, fresh: bool = False) -> Fingerprint:
+def current(config: Config, overrides: Mapping[str, str | None] | None = None,
+            fresh: bool = False) -> Fingerprint:
     """This machine's fingerprint for the workspace's `[env] tools`, with `overrides` applied.
 
     From `.posbuild/envfp` while its stamps hold (a few stats), else computed and saved there;
@@ -242,13 +248,15 @@ def current(config: Config, overrides: Mapping[str, str | None] | None = None, f
     if entries is None:
         entries = _compute(resolved)
         try:
-            write_atomically(cache, msgpack.packb([CACHE_FORMAT, stamps, entries], use_bin_type=True))
+            write_atomically(cache,
+                             msgpack.packb([CACHE_FORMAT, stamps, entries], use_bin_type=True))
         except OSError:
             pass  # a read-only workspace still builds; it only recomputes next time
     return Fingerprint.of(apply_overrides(entries, overrides or {}))
 
 
-def apply_overrides(entries: Mapping[str, str], overrides: Mapping[str, str | None]) -> dict[str, str]:
+def apply_overrides(entries: Mapping[str, str],
+                    overrides: Mapping[str, str | None]) -> dict[str, str]:
     """`entries` with each override set (or, when None, removed)."""
     result = dict(entries)
     for name, value in overrides.items():
@@ -260,7 +268,8 @@ def apply_overrides(entries: Mapping[str, str], overrides: Mapping[str, str | No
 
 
 def parse_overrides(raw: str | None) -> dict[str, str | None]:
-    """Parse the JSON object of fingerprint entries that tests inject (string values, or null to remove)."""
+    """Parse the JSON object of fingerprint entries that tests inject (string values, or null to
+    remove)."""
     if not raw:
         return {}
     import json
@@ -269,15 +278,17 @@ def parse_overrides(raw: str | None) -> dict[str, str | None]:
         value = json.loads(raw)
     except ValueError as error:
         raise WorkspaceError(f"POSBUILD_TEST_FINGERPRINT is not valid JSON: {error}") from None
-    if not isinstance(value, dict) or not all(v is None or isinstance(v, str) for v in value.values()):
-        raise WorkspaceError("POSBUILD_TEST_FINGERPRINT must be a JSON object of strings (or null to remove)")
+    if not isinstance(value, dict) \
+            or not all(v is None or isinstance(v, str) for v in value.values()):
+        raise WorkspaceError(
+            "POSBUILD_TEST_FINGERPRINT must be a JSON object of strings (or null to remove)")
     return value
 
 
 TEST_VARIABLE = "POSBUILD_TEST_FINGERPRINT"
 
 
-# -- comparing with the approved environment --------------------------------------------------------------
+# -- comparing with the approved environment -------------------------------------------------------
 
 
 class Change(_Value):
@@ -336,11 +347,14 @@ class Approval(_Value):
 
     def error(self) -> EnvironmentDrift:
         """ORCH-07, with one indented line per differing entry."""
-        lines = [str(c) for c in self.drift] or ["(the approved fingerprint does not say which entries differ)"]
+        assert self.approved_hash is not None  # asked only of a drift, which has an approval
+        lines = [str(c) for c in self.drift] \
+            or ["(the approved fingerprint does not say which entries differ)"]
         return EnvironmentDrift(
-            f"h_E {self.current.hash.hex()[:12]} is not the approved {self.approved_hash[:12]} in posbuild.lock "
-            f"({len(self.drift)} entr{'y differs' if len(self.drift) == 1 else 'ies differ'}; "
-            f"run `posbuild env approve` to accept this environment, or pass --allow-env-drift)"
+            f"h_E {self.current.hash.hex()[:12]} is not the approved {self.approved_hash[:12]} in "
+            f"posbuild.lock ({len(self.drift)} "
+            f"entr{'y differs' if len(self.drift) == 1 else 'ies differ'}; run `posbuild env "
+            "approve` to accept this environment, or pass --allow-env-drift)"
             + "".join(f"\n  {line}" for line in lines)
         )
 
@@ -371,24 +385,28 @@ def approval_record(now: Fingerprint) -> dict[str, object]:
     return {"hash": now.hash.hex(), "fingerprint": dict(now.entries)}
 
 
-# -- what the build uses ----------------------------------------------------------------------------------
+# -- what the build uses ---------------------------------------------------------------------------
 
 
-def environment_hash(config: Config | None = None, environ: Mapping[str, str] | None = None) -> Digest:
-    """h_E: of the workspace's fingerprint when `config` is given (cached), else of a fresh one without tools."""
+def environment_hash(config: Config | None = None,
+                     environ: Mapping[str, str] | None = None) -> Digest:
+    """h_E: of the workspace's fingerprint when `config` is given (cached), else of a fresh one
+    without tools."""
     overrides = parse_overrides((environ or {}).get(TEST_VARIABLE))
     if config is None:
         return hash_of(apply_overrides(fingerprint(), overrides))
     return current(config, overrides).hash
 
 
-def passed_environment(names: Sequence[str], environ: Mapping[str, str]) -> tuple[tuple[str, str], ...]:
+def passed_environment(names: Sequence[str],
+                       environ: Mapping[str, str]) -> tuple[tuple[str, str], ...]:
     """The caller's variables that `[env] pass` lets through to actions, in the configured order."""
     return tuple((name, environ[name]) for name in names if name in environ)
 
 
 def environment_key(passed: Sequence[tuple[str, str]], env_hash: Digest | None = None) -> Digest:
-    """What a saved up-to-date state is valid for: this environment (h_E) and these passed variables."""
+    """What a saved up-to-date state is valid for: this environment (h_E) and these passed
+    variables."""
     return hash_canonical([env_hash if env_hash is not None else environment_hash(), list(passed)])
 
 
@@ -403,7 +421,8 @@ def checked_environment_hash(config: Config, environ: Mapping[str, str], allow_d
     if approval.drifted:
         if not allow_drift:
             raise approval.error()
-        warn(f"posbuild: warning: --allow-env-drift: building in an environment that is not the approved one "
+        warn("posbuild: warning: --allow-env-drift: building in an environment that is not the "
+             "approved one "
              f"(h_E {now.hash.hex()[:12]}, approved {approval.approved_hash[:12]}):"  # type: ignore[index]
              + "".join(f"\n  {change}" for change in approval.drift))
     return now.hash

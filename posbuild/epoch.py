@@ -1,5 +1,5 @@
-"""Layer 2: the store's epoch — one small file that changes whenever rows are removed from the store,
-and that a new store gets when it is created.
+"""Layer 2: the store's epoch — one small file that changes whenever rows are removed from the
+store, and that a new store gets when it is created.
 
 The up-to-date state (uptodate.py) settles actions by `stat()` alone, trusting that the results it
 recorded are still in the store. Anything that removes results or blobs (`posbuild gc`,
@@ -25,11 +25,13 @@ MISSING = b"missing"  # the epoch of a store that does not exist: no saved state
 
 def read_epoch(store_dir: Path) -> bytes:
     """The store's current epoch; empty while nothing was ever removed from a store made before
-    stores got one at birth, MISSING where there is no store (another `[cache] dir`, a deleted one)."""
+    stores got one at birth, MISSING where there is no store (another `[cache] dir`, a deleted
+    one)."""
     try:
         return (store_dir / EPOCH_FILE).read_bytes()
     except (FileNotFoundError, NotADirectoryError):
-        return b"" if os.path.exists(store_dir / "db") else MISSING  # "db": the LMDB folder (store.py)
+        # "db": the LMDB folder (store.py)
+        return b"" if os.path.exists(store_dir / "db") else MISSING
 
 
 def advance_epoch(store_dir: Path) -> None:

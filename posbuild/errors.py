@@ -81,7 +81,8 @@ class SandboxUnavailable(PosbuildError):
 
 class OrchError(PosbuildError):
     """An error class of the Pipeline Orchestration Specification (§17); `location` is the BUILD
-    line at fault, when there is one (after the code: `ORCH-02 version mismatch: p/BUILD:4: ...`)."""
+    line at fault, when there is one (after the code: `ORCH-02 version mismatch: p/BUILD:4:
+    ...`)."""
 
     def __init__(self, detail: str, location: SourceLocation | None = None) -> None:
         super().__init__(detail)

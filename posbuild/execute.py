@@ -30,7 +30,7 @@ import threading
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING, Any, Sequence, cast
 
 from posbuild.analysis import Action, is_generated
 from posbuild.compare import first_file_difference, format_difference
@@ -43,7 +43,7 @@ from posbuild.nofollow import Opened, fd_path
 from posbuild.reasons import differences, one_line
 from posbuild.records import ActionResult, FileState, OutputFile, Signature
 from posbuild.resources import memory_overrun
-from posbuild.sandbox import Sandboxes, SpawnResult, read_small
+from posbuild.sandbox import ActionSandboxes, SpawnResult, read_small
 from posbuild.store import INLINE_LIMIT, Commit, Store
 from posbuild.journal import Journal, Row
 from posbuild.scheduler import current_slot
@@ -51,7 +51,8 @@ from posbuild.secrets import SecretSource, SecretUnavailable, file_containing, r
 from posbuild.uptodate import EMPTY, ActionTrace, BuildState
 
 if TYPE_CHECKING:
-    from posbuild.remote import RemoteCache  # imported only where a remote is configured (runner.py)
+    # imported only where a remote is configured (runner.py)
+    from posbuild.remote import RemoteCache
 
 NO_CACHE_TAG = "no-cache"
 
@@ -94,7 +95,7 @@ class Started:
     prepared: _Prepared
     started: float  # time.time() when it started
     secrets: tuple[tuple[str, str], ...]
-    running: object  # what the sandboxes' `start` returned, for their `wait`
+    running: Any  # what the sandboxes' `start` returned, for their `wait`
     spawn: SpawnResult | None = None  # set by `wait`
     ended: float = 0.0  # time.time() when the command ended
     outcome: ActionOutcome | None = None  # set at once when the action failed before its command
@@ -103,7 +104,7 @@ class Started:
 class Rebuilder:
     """Check-or-run for the actions of one build; upstream output digests are shared state."""
 
-    def __init__(self, root: Path, store: Store, files: FileStates, sandboxes: Sandboxes,
+    def __init__(self, root: Path, store: Store, files: FileStates, sandboxes: ActionSandboxes,
                  env_hash: Digest, passed_env: Sequence[tuple[str, str]] = (),
                  previous: BuildState | None = None, dry_run: bool = False, verify: bool = False,
                  journal: Journal | None = None, explain: bool = False,
@@ -119,7 +120,8 @@ class Rebuilder:
         self._journal = journal
         self._explain = explain
         self._secrets = secrets
-        self._remote = None if dry_run or verify else remote  # asked after a local miss; uploads executed results
+        # asked after a local miss; uploads executed results
+        self._remote = None if dry_run or verify else remote
         self._carriers = carriers  # labels of actions whose outputs may hold a secret: never shared
         if not dry_run:
             self._materializer.clear_temp()
@@ -128,12 +130,14 @@ class Rebuilder:
         self._previous = previous or EMPTY
         self._produced: dict[str, FileState] = {}
         self._prepared: dict[str, _Prepared] = {}
-        self._passed_by_build: dict[str, list[list[str]] | None] | None = None  # --explain: `[env] pass` by build
+        # --explain: `[env] pass` by build
+        self._passed_by_build: dict[str, Sequence[tuple[str, str]] | None] | None = None
         self.traces: dict[str, ActionTrace] = {}
         self.outputs: dict[str, OutputFile] = {}
         self.used: list[Digest] = []
         self._lock = threading.Lock()
-        self._installed: list[tuple[str, FileState]] = []  # memo rows of installed outputs, not yet committed
+        # memo rows of installed outputs, not yet committed
+        self._installed: list[tuple[str, FileState]] = []
         self._cancelled = False  # a signal or an error elsewhere stopped the running commands
 
     def _output_state(self, path: str) -> FileState:
@@ -166,11 +170,14 @@ class Rebuilder:
         started = time.time()
         inputs = tuple(zip(action.inputs, digests))
         hit = self._reuse_trace(action, digests) if NO_CACHE_TAG not in action.tags else None
-        key = hit.key if hit is not None else action_key(action, digests, self._env_hash, self._passed_env)
-        if hit is None and NO_CACHE_TAG not in action.tags:
-            hit = self._lookup(action, key)
-            if hit is None and self._remote is not None and action.label not in self._carriers:
-                hit = self._fetch(action, key)
+        if hit is not None:
+            key = hit.key
+        else:
+            key = action_key(action, digests, self._env_hash, self._passed_env)
+            if NO_CACHE_TAG not in action.tags:
+                hit = self._lookup(action, key)
+                if hit is None and self._remote is not None and action.label not in self._carriers:
+                    hit = self._fetch(action, key)
         if hit is not None and not self._verify:
             if self._journal is not None:
                 outputs = [(p, self._produced[p].digest) for p in action.outputs]
@@ -182,21 +189,27 @@ class Rebuilder:
                                                  self._why(action, inputs, key, cached is not None))
         return None
 
-    def _why(self, action: Action, inputs: tuple[tuple[str, Digest], ...], key: Digest, verifying: bool) -> str:
+    def _why(self, action: Action, inputs: tuple[tuple[str, Digest], ...], key: Digest,
+             verifying: bool) -> str:
         """Under --explain, the one-line reason this action must run."""
         if not self._explain:
             return ""
         previous = self._store.latest_record(action.label)
-        if previous is not None and previous.key is None:  # skipped last time: compare with the run before
-            previous = next((r for r in reversed(self._store.records_of_label(action.label)) if r.key), None)
+        # skipped last time: compare with the run before
+        if previous is not None and previous.key is None:
+            previous = next((r for r in reversed(self._store.records_of_label(action.label))
+                             if r.key), None)
         passed_before = None
         if previous is not None:
             if self._passed_by_build is None:
-                self._passed_by_build = {str(b["number"]): b.get("passed_env") for b in self._store.builds()}
+                self._passed_by_build = {str(b["number"]): cast("Sequence[tuple[str, str]] | None",
+                                                                b.get("passed_env"))
+                                         for b in self._store.builds()}  # pairs, as lists
             passed_before = self._passed_by_build.get(previous.build_id)
-        reasons = differences(previous, action.command, action.env, action.versions, inputs, self._env_hash,
-                              self._passed_env, passed_before)
-        return one_line(previous, reasons, key, verifying, passed_before is None and bool(self._passed_env))
+        reasons = differences(previous, action.command, action.env, action.versions, inputs,
+                              self._env_hash, self._passed_env, passed_before)
+        return one_line(previous, reasons, key, verifying,
+                        passed_before is None and bool(self._passed_env))
 
     def planned_reason(self, action: Action) -> str:
         """Under --explain, why `check` found that `action` must run (for `build -n --explain`)."""
@@ -232,7 +245,8 @@ class Rebuilder:
         for output in result.outputs:
             state = self._materializer.current(output)
             if state is None and self._dry_run:
-                state = FileState((0, 0, 0, 0), output.digest)  # would be restored; only the digest matters
+                # would be restored; only the digest matters
+                state = FileState((0, 0, 0, 0), output.digest)
             elif state is None:
                 state = self._materializer.restore(output)
                 restored.append((output.path, state))
@@ -258,7 +272,8 @@ class Rebuilder:
             for digest, name, size in entry.blobs():
                 if self._store.has_blob(digest):
                     continue
-                got = self._remote.fetch_blob(digest, name, size, action.label, self._root / STATE_DIR / "tmp")
+                got = self._remote.fetch_blob(digest, name, size, action.label,
+                                              self._root / STATE_DIR / "tmp")
                 if got is None:
                     return None
                 if isinstance(got, Path):
@@ -296,7 +311,8 @@ class Rebuilder:
                 complete = False
                 continue
             traces[action.label] = (trace.def_hash, trace.key)
-            # a source hashed too soon after it was written is recorded only once it has settled (filestate.py)
+            # a source hashed too soon after it was written is recorded only once it has settled
+            # (filestate.py)
             states = [(p, self._files.stable(p) if p in action.sources else self._output_state(p))
                       for p in action.inputs]
             states += [(p, self._produced[p]) for p in action.outputs]
@@ -318,10 +334,11 @@ class Rebuilder:
             running = self._sandboxes.start(action, self._passed_env + secrets)
         except SecretUnavailable as error:
             if self._journal is not None:
-                self._journal.add(action, "FAILED", prepared.key, started, time.time(), prepared.inputs, (),
-                                  None, None, "secret", current_slot())
+                self._journal.add(action, "FAILED", prepared.key, started, time.time(),
+                                  prepared.inputs, (), None, None, "secret", current_slot())
             return Started(action, prepared, started, (), None,
-                           outcome=ActionOutcome(Status.FAILED, error=str(error), reason=prepared.reason))
+                           outcome=ActionOutcome(Status.FAILED, error=str(error),
+                                                 reason=prepared.reason))
         except OSError as error:
             return Started(action, prepared, started, (), None, outcome=_own_failure(error))
         return Started(action, prepared, started, secrets, running)
@@ -349,84 +366,102 @@ class Rebuilder:
             return _own_failure(error)
 
     def _conclude(self, started: Started) -> ActionOutcome:
-        action, prepared, secrets, spawn = started.action, started.prepared, started.secrets, started.spawn
+        action, prepared, secrets = started.action, started.prepared, started.secrets
+        spawn = started.spawn
         assert spawn is not None, "conclude() before wait()"
         if secrets:  # nothing below keeps or shows a secret value
             values = [value for _, value in secrets]
-            spawn = replace(spawn, stdout=redact(spawn.stdout, values), stderr=redact(spawn.stderr, values))
+            spawn = replace(spawn, stdout=redact(spawn.stdout, values),
+                            stderr=redact(spawn.stderr, values))
         try:
             failure, code = self._failure(action, spawn, prepared, secrets)
             if not failure and prepared.cached is not None:
                 difference = self._difference(spawn, prepared.cached)
                 if difference:
-                    failure = f"ORCH-04 non-deterministic execution: {difference}; the cached result is kept"
+                    failure = (
+                        f"ORCH-04 non-deterministic execution: {difference}; the cached result is "
+                        "kept")
                     code = "ORCH-04"
             if failure:
                 if self._journal is not None:
-                    state, code = ("INTERRUPTED", "interrupted") if self._cancelled else ("FAILED", code)
-                    self._journal.add(action, state, prepared.key, started.started, started.ended, prepared.inputs,
-                                      (), spawn.usage, spawn.exit_code, code, current_slot(), remote=spawn.remote)
+                    state, code = ("INTERRUPTED", "interrupted") if self._cancelled \
+                        else ("FAILED", code)
+                    self._journal.add(action, state, prepared.key, started.started, started.ended,
+                                      prepared.inputs,
+                                      (), spawn.usage, spawn.exit_code, code, current_slot(),
+                                      remote=spawn.remote)
                 orch = code if code.startswith("ORCH-") else ""
-                kept = prepared.key if orch == "ORCH-04" else None  # `check` settled it from the cached result
-                return ActionOutcome(Status.FAILED, kept, error=failure, code=orch, reason=prepared.reason,
+                # `check` settled it from the cached result
+                kept = prepared.key if orch == "ORCH-04" else None
+                return ActionOutcome(Status.FAILED, kept, error=failure, code=orch,
+                                     reason=prepared.reason,
                                      stderr=spawn.stderr, elapsed=spawn.elapsed)
             self._commit(action, spawn, prepared, started.started, started.ended)
         finally:
             self._sandboxes.remove(spawn)
-        return ActionOutcome(Status.EXECUTED, prepared.key, reason=prepared.reason, stderr=spawn.stderr,
-                             elapsed=spawn.elapsed)
+        return ActionOutcome(Status.EXECUTED, prepared.key, reason=prepared.reason,
+                             stderr=spawn.stderr, elapsed=spawn.elapsed)
 
     def _difference(self, spawn: SpawnResult, cached: ActionResult) -> str:
-        """How a re-run's outputs differ from the cached result of the same key ("" if they don't)."""
+        """How a re-run's outputs differ from the cached result of the same key ("" if they
+        don't)."""
         for output in cached.outputs:
             with spawn.output(output.path).reading() as fd:
-                size_new, size_cached, offset = first_file_difference(fd_path(fd), self._store.get_blob(output.digest))
+                size_new, size_cached, offset = first_file_difference(
+                    fd_path(fd), self._store.get_blob(output.digest))
             if offset is not None:
-                return format_difference(output.path, "the cached result", size_cached, "this run", size_new, offset)
+                return format_difference(output.path, "the cached result", size_cached, "this run",
+                                         size_new, offset)
         return ""
 
     def _failure(self, action: Action, spawn: SpawnResult, prepared: _Prepared,
                  secrets: tuple[tuple[str, str], ...] = ()) -> tuple[str, str]:
-        """Why a finished run cannot be committed, and the record's error code; ("", "") if it can."""
+        """Why a finished run cannot be committed, and the record's error code; ("", "") if it
+        can."""
         if spawn.timed_out:
             return f"timed out after {action.timeout} s", "timeout"
         if spawn.exit_code != 0:
             if spawn.exit_code < 0:
-                return f"command failed (killed by signal {-spawn.exit_code})", f"signal {-spawn.exit_code}"
+                signum = -spawn.exit_code
+                return f"command failed (killed by signal {signum})", f"signal {signum}"
             return f"command failed (exit code {spawn.exit_code})", f"exit {spawn.exit_code}"
         overrun = memory_overrun(action, spawn.usage.max_rss_kb if spawn.usage else None)
         if overrun:
             return overrun, "ORCH-05"
         if spawn.irregular:
-            return (f"declared output '{spawn.irregular[0]}' {spawn.why}; outputs must be regular files in "
-                    f"folders of their own, and nothing was kept"), "missing output"
+            return (f"declared output '{spawn.irregular[0]}' {spawn.why}; outputs must be regular "
+                    f"files in folders of their own, and nothing was kept"), "missing output"
         if spawn.missing:
             missing = ", ".join(f"'{p}'" for p in spawn.missing)
             return f"declared output {missing} was not created", "missing output"
         changed = [path for path, sig in prepared.sources if not self._files.unchanged(path, sig)]
         if changed:
-            return f"input '{changed[0]}' changed while the action ran; result not cached, build again", "input changed"
+            return (f"input '{changed[0]}' changed while the action ran; result not cached, "
+                    "build again"), "input changed"
         if secrets and not action.allow_secret_in_output:
             for path in action.outputs:
                 with spawn.output(path).reading() as fd:
                     leak = file_containing([Path(fd_path(fd))], secrets)
                 if leak is not None:
-                    return (f"output '{path}' contains the value of secret '{leak[1]}'; nothing was kept "
-                            f"(declare allow_secret_in_output = True if that is intended)"), "secret in output"
+                    return (f"output '{path}' contains the value of secret '{leak[1]}'; "
+                            "nothing was kept (declare allow_secret_in_output = True if that is "
+                            "intended)", "secret in output")
         return "", ""
 
     def _commit(self, action: Action, spawn: SpawnResult, prepared: _Prepared, started: float,
                 ended: float) -> ActionResult:
         """Hash and store the outputs, commit result, blobs and the execution record at once (the
-        store's write-ahead log), and only then install the outputs: whatever `posbuild-out/` shows of an
-        executed action, the store has (invariant 3; a kill just after the command loses nothing
-        the next build would run again). The memo rows of the installed files follow with the
-        next transaction, or at `flush()`; meanwhile a placeholder row names each path's digest."""
+        store's write-ahead log), and only then install the outputs: whatever `posbuild-out/` shows
+        of an executed action, the store has (invariant 3; a kill just after the command loses
+        nothing the next build would run again). The memo rows of the installed files follow with
+        the next transaction, or at `flush()`; meanwhile a placeholder row names each path's
+        digest."""
         key = prepared.key
         blobs: list[tuple[Digest, bytes | None]] = []
         produced: list[tuple[Opened, OutputFile, bytes | None]] = []
         for path in action.outputs:
-            file = spawn.output(path)  # found without following links; never reached by its path again
+            # found without following links; never reached by its path again
+            file = spawn.output(path)
             with file.reading() as fd:
                 stat, data = read_small(fd, INLINE_LIMIT)
                 if data is not None:
@@ -436,7 +471,8 @@ class Rebuilder:
                     digest = hash_file(fd_path(fd))
                     self._store.store_external(digest, Path(fd_path(fd)))
                     blobs.append((digest, None))
-            produced.append((file, OutputFile(path, digest, stat.st_size, bool(stat.st_mode & 0o111)), data))
+            produced.append((file, OutputFile(path, digest, stat.st_size,
+                                              bool(stat.st_mode & 0o111)), data))
         outputs = [output for _, output, _ in produced]
         stdout_digest, stderr_digest = hash_bytes(spawn.stdout), hash_bytes(spawn.stderr)
         blobs += [(stdout_digest, spawn.stdout), (stderr_digest, spawn.stderr)]
@@ -445,24 +481,31 @@ class Rebuilder:
         cached = None if NO_CACHE_TAG in action.tags else (key, result)
         records: list[Row] = []
         if self._journal is not None:
-            records.append(self._journal.row(action, "SUCCESS", key, started, ended, prepared.inputs,
+            records.append(self._journal.row(action, "SUCCESS", key, started, ended,
+                                             prepared.inputs,
                                              [(o.path, o.digest) for o in outputs], spawn.usage,
-                                             spawn.exit_code, "", current_slot(), remote=spawn.remote))
+                                             spawn.exit_code, "", current_slot(),
+                                             remote=spawn.remote))
         placeholders = tuple((o.path, FileState(INSTALLING, o.digest)) for o in outputs)
         with self._lock:
             memo, self._installed = self._installed, []
-        self._store.log((Commit(cached, tuple(blobs), placeholders, (), tuple(records)), Commit(memo=tuple(memo))))
-        self.used.append(key)  # its gc usage row comes with the build's last commit: one B-tree less per action
+        self._store.log((Commit(cached, tuple(blobs), placeholders, (), tuple(records)),
+                         Commit(memo=tuple(memo))))
+        # its gc usage row comes with the build's last commit: one B-tree less per action
+        self.used.append(key)
         try:
-            installed = [(o.path, self._materializer.install(file, o, data)) for file, o, data in produced]
+            installed = [(o.path, self._materializer.install(file, o, data)) for file, o,
+                         data in produced]
         except OSError:  # the result stands (its key is true), but this build failed to show it
             if self._journal is not None:
                 self._amend_record(records[0], action, prepared, started, ended, spawn)
             raise
         with self._lock:
             self._installed += installed
-        if cached is not None and not result.secret and self._remote is not None and self._remote.upload:
-            self._remote.put_entry(key, result, {d: data if data is not None else self._store.external_path(d)
+        if cached is not None and not result.secret and self._remote is not None \
+                and self._remote.upload:
+            self._remote.put_entry(key, result,
+                                   {d: data if data is not None else self._store.external_path(d)
                                                  for d, data in blobs}, action.label)
         self._produced.update(installed)
         self.outputs.update((o.path, o) for o in outputs)
@@ -470,24 +513,28 @@ class Rebuilder:
             self.traces[action.label] = ActionTrace(action.def_hash, key)
         return result
 
-    def _amend_record(self, committed: Row, action: Action, prepared: _Prepared, started: float, ended: float,
-                      spawn: SpawnResult) -> None:
+    def _amend_record(self, committed: Row, action: Action, prepared: _Prepared, started: float,
+                      ended: float, spawn: SpawnResult) -> None:
         """Turn an executed action's committed SUCCESS record into a FAILED one, under the same
         record key, when installing its outputs failed: the log must say what the build said."""
         assert self._journal is not None
-        failed = self._journal.row(action, "FAILED", prepared.key, started, ended, prepared.inputs, (), spawn.usage,
-                                   spawn.exit_code, "install failed", current_slot(), remote=spawn.remote)
+        failed = self._journal.row(action, "FAILED", prepared.key, started, ended, prepared.inputs,
+                                   (), spawn.usage,
+                                   spawn.exit_code, "install failed", current_slot(),
+                                   remote=spawn.remote)
         self._store.commit(records=[(committed[0], failed[1], failed[2])])
 
     def flush(self) -> None:
-        """Commit the memo rows of the outputs installed since the last transaction (end of the build)."""
+        """Commit the memo rows of the outputs installed since the last transaction (end of the
+        build)."""
         with self._lock:
             memo, self._installed = self._installed, []
         if memo:
             self._store.commit(memo=memo)
 
     def cancel(self) -> None:
-        """Stop every running command; what they were doing is recorded as interrupted, not failed."""
+        """Stop every running command; what they were doing is recorded as interrupted, not
+        failed."""
         self._cancelled = True
         self._sandboxes.cancel()
 
@@ -515,4 +562,5 @@ def _describes(result: ActionResult, action: Action) -> bool:
 def _own_failure(error: OSError) -> ActionOutcome:
     """An action that failed on a file-system error of posbuild's own (staging, installing): the
     action fails with the path at fault, as its command failing would, and the build goes on."""
-    return ActionOutcome(Status.FAILED, error=f"{error.strerror or error}: {error.filename or ''}".rstrip(": "))
+    return ActionOutcome(Status.FAILED,
+                         error=f"{error.strerror or error}: {error.filename or ''}".rstrip(": "))

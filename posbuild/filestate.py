@@ -28,7 +28,8 @@ RACY_WINDOW_NS = 100_000_000
 class FileStates:
     """Digests of files under `root`, by workspace-relative path, backed by the store's memo."""
 
-    def __init__(self, root: Path, store: Store, clock_ns: Callable[[], int] = time.time_ns) -> None:
+    def __init__(self, root: Path, store: Store,
+                 clock_ns: Callable[[], int] = time.time_ns) -> None:
         self._root = root
         self._store = store
         self._clock_ns = clock_ns
@@ -76,7 +77,8 @@ class FileStates:
         """
         for path in sorted(self._racy):
             seen = self._seen[path]
-            if self._clock_ns() - seen.signature[3] <= RACY_WINDOW_NS or not self.unchanged(path, seen.signature):
+            if self._clock_ns() - seen.signature[3] <= RACY_WINDOW_NS \
+                    or not self.unchanged(path, seen.signature):
                 continue
             try:
                 same = hash_file(os.path.join(self._root, path)) == seen.digest

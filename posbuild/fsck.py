@@ -6,10 +6,11 @@ What is checked, and how each finding is classed
 ORCH-03, checksum inconsistency: bytes that do not hash to the digest that names or records them.
 * Every blob row is re-hashed: inline blobs from LMDB, large ones from their file under `cas/`.
   A blob row whose file is gone counts too: its bytes cannot be checked, nor served.
-* Every file under `posbuild-out/` is hashed and compared with the digest posbuild recorded when
-  it wrote the file: its stat-memo row (keyed by the workspace-relative path), else the entry of
-  the workspace's latest generation's manifest (in a shared store, never another workspace's). A file that differs from its memo row while keeping the inode
-  the row recorded was changed in place after posbuild wrote it (bit rot, an edit): ORCH-03.
+* Every file under `posbuild-out/` is hashed and compared with the digest posbuild recorded when it
+  wrote the file: its stat-memo row (keyed by the workspace-relative path), else the entry of the
+  workspace's latest generation's manifest (in a shared store, never another workspace's). A file
+  that differs from its memo row while keeping the inode the row recorded was changed in place after
+  posbuild wrote it (bit rot, an edit): ORCH-03.
 
 ORCH-06, partial state: rows or files that an uninterrupted history would not have left behind.
 * An action result whose output, stdout or stderr blob has no row: a *dangling* result, which
@@ -19,12 +20,13 @@ ORCH-06, partial state: rows or files that an uninterrupted history would not ha
   needs the missing blob still stops with ORCH-03 when it reads it, see store.py).
 * A generation whose manifest blob is gone.
 * A file under `posbuild-out/` with no record at all (no memo row, not in the latest manifest, and
-  no action result recording those bytes for that path), and one that differs from its memo row
-  and sits on another inode than the one recorded. A build commits each result before it puts
-  the outputs in place (to the store's write-ahead log, which opening the store replays), with a placeholder memo row (materialize.INSTALLING) naming the coming
-  digest, and the real memo row after; so a file that a killed build installed or restored is
-  always one a result records, and old bytes where a placeholder row stands are still bytes the
-  store holds. A kill thus never reads as corruption, while a byte flipped in place does.
+  no action result recording those bytes for that path), and one that differs from its memo row and
+  sits on another inode than the one recorded. A build commits each result before it puts the
+  outputs in place (to the store's write-ahead log, which opening the store replays), with a
+  placeholder memo row (materialize.INSTALLING) naming the coming digest, and the real memo row
+  after; so a file that a killed build installed or restored is always one a result records, and old
+  bytes where a placeholder row stands are still bytes the store holds. A kill thus never reads as
+  corruption, while a byte flipped in place does.
 
 Leftovers of killed processes are swept, not reported (invariant 3): temp files in
 `.posbuild/tmp/` (fsck holds the workspace lock, so no build writes there now), state temp files
@@ -157,7 +159,8 @@ class _Plan:
     blobs: set[Digest] = field(default_factory=set)
     results: set[Digest] = field(default_factory=set)
     generations: set[int] = field(default_factory=set)
-    outputs: list[tuple[Path, str, Problem]] = field(default_factory=list)  # (file, memo key, problem)
+    # (file, memo key, problem)
+    outputs: list[tuple[Path, str, Problem]] = field(default_factory=list)
     leftovers: list[tuple[Path, Problem]] = field(default_factory=list)
 
 
@@ -170,7 +173,8 @@ def check(config: Config, store: Store | None, repair: bool) -> FsckReport:
     report = checker.run()
     if repair:
         repaired = _repair(config, store, checker.plan) if report.errors else Repairs()
-        kept = tuple((p, "records are evidence; posbuild never rewrites them") for p in report.errors if p.kind == BUILD)
+        kept = tuple((p, "records are evidence; posbuild never rewrites them")
+                     for p in report.errors if p.kind == BUILD)
         report = replace(report, repaired=replace(repaired, failed=repaired.failed + kept))
     return report
 
@@ -187,7 +191,8 @@ class _Checker:
         self._external: set[Digest] = set()
         self._referenced: set[Digest] = set()
         self._manifest: Manifest = {}
-        self._recorded: dict[str, set[Digest]] = {}  # output path → the digests action results record for it
+        # output path → the digests action results record for it
+        self._recorded: dict[str, set[Digest]] = {}
         self._bytes = self._results = self._outputs = 0
         self._swept = 0  # leftovers of dead processes removed
 
@@ -206,8 +211,8 @@ class _Checker:
         self._check_outputs()
         self._check_leftovers()
         self._warn_unreferenced()
-        return FsckReport(tuple(self._problems), len(self._blobs), self._bytes, self._results, self._outputs,
-                          swept=self._swept)
+        return FsckReport(tuple(self._problems), len(self._blobs), self._bytes, self._results,
+                          self._outputs, swept=self._swept)
 
     # -- the store ---------------------------------------------------------------------------
 
@@ -251,7 +256,8 @@ class _Checker:
                 digest, what = missing[0]
                 more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
                 self._add(PARTIAL, RESULT, key.hex(),
-                          f"references blob {digest.hex()} ({what}){more}, which is not in the store")
+                          f"references blob {digest.hex()} ({what}){more}, which is not in the "
+                          "store")
             if missing or any(digest in self.plan.blobs for digest, _ in refs):
                 self.plan.results.add(key)
                 continue  # a result repair removes vouches for no file under posbuild-out/
@@ -273,7 +279,8 @@ class _Checker:
                 self.plan.generations.add(generation.id)  # the blob's problem covers it
                 continue
             manifest = unpack_manifest(store.get_blob(generation.manifest))
-            if generation == latest:  # this workspace's: a shared store holds others' (generations.py)
+            # this workspace's: a shared store holds others' (generations.py)
+            if generation == latest:
                 self._manifest = manifest
             self._check_manifest(generation.id, manifest)
 
@@ -289,22 +296,28 @@ class _Checker:
 
     def _check_cas_files(self, store: Store) -> None:
         """Files under cas/ must be the files of blob rows; temp files and orphans are leftovers."""
-        for path in store.external_files():  # fsck has the store to itself (see the module docstring)
+        # fsck has the store to itself (see the module docstring)
+        for path in store.external_files():
             digest = _digest_of(path)
             if path.name.startswith(".tmp-"):
                 self._sweep(path, "temp file of an interrupted blob write")
-            elif digest is None or digest not in self._external or store.external_path(digest) != path:
-                self._sweep(path, "a file under cas/ that no blob row names: written before a commit that never happened")
+            elif digest is None or digest not in self._external \
+                    or store.external_path(digest) != path:
+                self._sweep(path,
+                            "a file under cas/ that no blob row names: written before a commit "
+                            "that never happened")
 
     # -- posbuild-out/ -----------------------------------------------------------------------
 
     def _check_outputs(self) -> None:
         """Hash every file under posbuild-out/ and compare it with what posbuild recorded."""
         root = self._config.root
-        real_folder(self._config.out_dir, "output tree")  # a linked one is refused: --repair deletes there
+        # a linked one is refused: --repair deletes there
+        real_folder(self._config.out_dir, "output tree")
         for folder, dirs, files in os.walk(self._config.out_dir):
             dirs.sort()
-            for name in sorted(files) + [d for d in dirs if os.path.islink(os.path.join(folder, d))]:
+            for name in sorted(files) + [d for d in dirs
+                                         if os.path.islink(os.path.join(folder, d))]:
                 path = Path(folder, name)
                 rel = path.relative_to(root).as_posix()
                 problem = self._check_output(path, rel)
@@ -315,7 +328,8 @@ class _Checker:
         try:
             info = os.lstat(path)
             if not stat.S_ISREG(info.st_mode):
-                return self._add(PARTIAL, OUTPUT, rel, "not a regular file; posbuild writes only regular files")
+                return self._add(PARTIAL, OUTPUT, rel,
+                                 "not a regular file; posbuild writes only regular files")
             actual = hash_file(path)
         except FileNotFoundError:
             return None
@@ -324,20 +338,25 @@ class _Checker:
         if memo is not None and actual == memo.digest:
             return None
         if memo is not None and memo.signature[2] == info.st_ino:
-            return self._add(CHECKSUM, OUTPUT, rel, f"bytes hash to {actual.hex()}, recorded {memo.digest.hex()}")
+            return self._add(CHECKSUM, OUTPUT, rel,
+                             f"bytes hash to {actual.hex()}, recorded {memo.digest.hex()}")
         listed = self._manifest.get(rel)
         if listed is not None and actual == listed[0]:
             return None
         if self._interrupted_install(rel, actual, memo):
             return None
         if memo is not None:
-            return self._add(PARTIAL, OUTPUT, rel, f"replaced since posbuild wrote it, as by a build interrupted "
-                                                    f"before its commit (bytes hash to {actual.hex()}, recorded "
+            return self._add(PARTIAL, OUTPUT, rel,
+                             f"replaced since posbuild wrote it, as by a build interrupted "
+                                                    "before its commit (bytes hash to "
+                                                    f"{actual.hex()}, recorded "
                                                     f"{memo.digest.hex()})")
         if listed is not None:
             return self._add(CHECKSUM, OUTPUT, rel,
-                             f"bytes hash to {actual.hex()}, the latest generation records {listed[0].hex()}")
-        return self._add(PARTIAL, OUTPUT, rel, "not written by posbuild: the store has no record of it")
+                             f"bytes hash to {actual.hex()}, the latest generation records "
+                             f"{listed[0].hex()}")
+        return self._add(PARTIAL, OUTPUT, rel,
+                         "not written by posbuild: the store has no record of it")
 
     def _interrupted_install(self, rel: str, actual: Digest, memo: FileState | None) -> bool:
         """Whether the file is what a killed build left, not corruption: bytes an action result
@@ -363,9 +382,9 @@ class _Checker:
             if path.name.startswith(TEMP_PREFIX) and not _writer_alive(path.name):
                 self._sweep(path, "temp file of an interrupted state write")
         try:
-            removed, live = sweep_dead(self._config.sandbox_dir)
+            removed, _ = sweep_dead(self._config.sandbox_dir)
         except OSError:
-            removed, live = [], []
+            removed = []
         stuck = [path for path in _entries(self._config.sandbox_dir) if path.name in removed]
         for path in stuck:  # it could not be removed
             self._leftover(path, "sandbox of an interrupted build")
@@ -404,7 +423,7 @@ def record_chain_problems(store: Store) -> list[Problem]:
     def add(number: int, detail: str) -> None:
         found.setdefault(number, detail)
 
-    rows: dict[int, dict] = {}  # type: ignore[type-arg]
+    rows: dict[int, dict] = {}
     for number, value in store.raw_builds():
         try:
             rows[number] = msgpack.unpackb(value)
@@ -423,7 +442,8 @@ def record_chain_problems(store: Store) -> list[Problem]:
             continue  # still running, or killed and not yet noticed by a later command
         if isinstance(row, dict) and "status" not in row and (first is None or number < first):
             continue  # recorded before this store had a chain
-        add(number, "its row is not sealed into the record chain: its seal was removed or its row rewritten")
+        add(number, "its row is not sealed into the record chain: its seal was removed or its row "
+                    "rewritten")
     successors: dict[int, list[int]] = {}
     for number, row in sorted(sealed.items()):
         previous, digest = row[CHAIN]
@@ -434,10 +454,13 @@ def record_chain_problems(store: Store) -> list[Problem]:
         successors.setdefault(previous, []).append(number)
         before = bytes(sealed[previous][CHAIN][1]) if previous else GENESIS
         if seal(before, row, records_digest(records.get(number, []))) != bytes(digest):
-            add(number, "its row or records were changed after it was recorded: they no longer hash to its seal")
+            add(number,
+                "its row or records were changed after it was recorded: they no longer hash to its "
+                "seal")
     for previous, following in successors.items():
         for number in following[1:]:
-            add(number, f"chains from build {previous} like build {following[0]}: the chain was rewritten"
+            add(number,
+                f"chains from build {previous} like build {following[0]}: the chain was rewritten"
                 if previous else "starts a second record chain: the chain's head was removed")
     head = meta["head"]
     if head is None and sealed:
@@ -446,7 +469,8 @@ def record_chain_problems(store: Store) -> list[Problem]:
         number, digest = head
         if number not in rows:
             add(number, "deleted: it was the last build sealed into the record chain")
-        elif number not in sealed or bytes(sealed[number][CHAIN][1]) != bytes(digest) or successors.get(number):
+        elif number not in sealed or bytes(sealed[number][CHAIN][1]) != bytes(digest) \
+                or successors.get(number):
             add(number, "it no longer matches the record chain's head")
     for number in sorted(set(records) - set(rows)):
         add(number, f"deleted: {len(records[number])} record(s) of it remain without its row")
@@ -461,7 +485,8 @@ def record_chain_problems(store: Store) -> list[Problem]:
                 if store.journal_blob(digest) is None:
                     add(number, f"its {name} payload {bytes(digest).hex()} is gone")
             except ChecksumMismatch:
-                add(number, f"its {name} payload {bytes(digest).hex()} was changed after it was recorded")
+                add(number,
+                    f"its {name} payload {bytes(digest).hex()} was changed after it was recorded")
     return [Problem(CHECKSUM, BUILD, str(n), detail) for n, detail in sorted(found.items())]
 
 
@@ -505,14 +530,15 @@ def _repair(config: Config, store: Store | None, plan: _Plan) -> Repairs:
     """Fix what the check found, in the order the module docstring explains."""
     failed: list[tuple[Problem, str]] = []
     state_files = _invalidate_state(config)
-    deleted = [(rel, problem) for path, rel, problem in plan.outputs if _delete(path, problem, failed)]
+    deleted = [(rel, problem) for path, rel,
+               problem in plan.outputs if _delete(path, problem, failed)]
     if store is not None:
-        store.remove(results=sorted(plan.results), blobs=sorted(plan.blobs), memo=[rel for rel, _ in deleted],
-                     generations=sorted(plan.generations))
+        store.remove(results=sorted(plan.results), blobs=sorted(plan.blobs),
+                     memo=[rel for rel, _ in deleted], generations=sorted(plan.generations))
         store.flush()
     leftovers = sum(_delete(path, problem, failed) for path, problem in plan.leftovers)
-    return Repairs(len(plan.blobs), len(plan.results), len(plan.generations), len(deleted), leftovers,
-                   state_files, tuple(failed))
+    return Repairs(len(plan.blobs), len(plan.results), len(plan.generations), len(deleted),
+                   leftovers, state_files, tuple(failed))
 
 
 def _invalidate_state(config: Config) -> int:
@@ -561,8 +587,8 @@ def swept_line(report: FsckReport) -> str:
     """The line on leftovers of killed processes fsck removed ("" if none)."""
     if not report.swept:
         return ""
-    return (f"fsck: swept {report.swept} leftover(s) of killed posbuild processes (temp files, sandboxes); "
-            f"not corruption")
+    return (f"fsck: swept {report.swept} leftover(s) of killed posbuild processes (temp files, "
+            f"sandboxes); not corruption")
 
 
 def repaired_line(repairs: Repairs) -> str:
@@ -574,5 +600,5 @@ def repaired_line(repairs: Repairs) -> str:
     ) if count]
     if not parts:
         return "repaired: nothing to repair"
-    return (f"repaired: removed {', '.join(parts)}; the next build checks every action against the store "
-            f"again and recreates what was removed")
+    return (f"repaired: removed {', '.join(parts)}; the next build checks every action against the "
+            f"store again and recreates what was removed")

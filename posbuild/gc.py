@@ -130,10 +130,11 @@ class GcReport:
 
 
 def take_inventory(store: Store, keep_generations: int) -> Inventory:
-    """Read generations, kept manifests, results, usage and blob sizes (ORCH-03 on a bad manifest)."""
+    """Read generations, kept manifests, results, usage and blob sizes (ORCH-03 on a bad
+    manifest)."""
     if keep_generations < 1:
-        raise UsageError(f"--keep-generations must be at least 1 (the latest generation is always kept), "
-                         f"got {keep_generations}")
+        raise UsageError("--keep-generations must be at least 1 (the latest generation is always "
+                         f"kept), got {keep_generations}")
     generations = store.generations()
     newest: Counter[str] = Counter()
     kept_ids = set()
@@ -152,16 +153,16 @@ def take_inventory(store: Store, keep_generations: int) -> Inventory:
             sizes[digest] = store.blob_size(digest)
         else:
             sizes[digest] = len(data)
-    return Inventory(tuple(kept), tuple(dropped), manifests, dict(store.iter_results()), store.usage(),
-                     sizes, frozenset(external))
+    return Inventory(tuple(kept), tuple(dropped), manifests, dict(store.iter_results()),
+                     store.usage(), sizes, frozenset(external))
 
 
 def _manifest(store: Store, generation: Generation) -> Manifest:
     try:
         return unpack_manifest(store.get_blob(generation.manifest))
     except ChecksumMismatch as error:
-        raise ChecksumMismatch(f"manifest of generation {generation.id}: {error.detail}; gc removed nothing, "
-                               f"run `posbuild fsck`") from None
+        raise ChecksumMismatch(f"manifest of generation {generation.id}: {error.detail}; gc "
+                               f"removed nothing, run `posbuild fsck`") from None
 
 
 def _references(result: ActionResult) -> frozenset[Digest]:
@@ -193,7 +194,8 @@ def plan_gc(inventory: Inventory, max_size: int | None, batch_rows: int = BATCH_
     size = size_before - sum(sizes[d] for d in garbage)
 
     if max_size is not None and size > max_size:
-        unpinned = sorted((k for k in refs if k not in pinned_results), key=lambda k: (inventory.usage.get(k, -1), k))
+        unpinned = sorted((k for k in refs if k not in pinned_results),
+                          key=lambda k: (inventory.usage.get(k, -1), k))
         for key in unpinned:
             if size <= max_size:
                 break
@@ -229,7 +231,8 @@ class _Batcher:
         if self._current.rows() and self._current.rows() + unit > self._limit:
             self._close()
         c = self._current
-        self._current = Batch(c.generations + tuple(generations), c.results + tuple(results), c.blobs + tuple(blobs))
+        self._current = Batch(c.generations + tuple(generations), c.results + tuple(results),
+                              c.blobs + tuple(blobs))
 
     def _close(self) -> None:
         self._batches.append(self._current)
@@ -245,14 +248,16 @@ def collect(store: Store, max_size: int | None, keep_generations: int, now_ns: i
             orphan_grace_ns: int = 0, batch_rows: int = BATCH_ROWS) -> GcReport:
     """Run gc on `store`: plan from one inventory, remove batch by batch, then sweep orphan files.
 
-    The caller holds the workspace lock and the store's exclusively. `now_ns` and `orphan_grace_ns` decide which files under
-    `cas/` without a row are old enough to be orphans rather than writes in progress.
+    The caller holds the workspace lock and the store's exclusively. `now_ns` and `orphan_grace_ns`
+    decide which files under `cas/` without a row are old enough to be orphans rather than writes in
+    progress.
     """
     inventory = take_inventory(store, keep_generations)
     plan = plan_gc(inventory, max_size, batch_rows)
     freed = 0
     for batch in plan.batches:
-        freed += store.remove(results=batch.results, blobs=batch.blobs, generations=batch.generations)
+        freed += store.remove(results=batch.results, blobs=batch.blobs,
+                              generations=batch.generations)
     orphans = 0
     for path in _orphan_files(store.external_files(), inventory.external, now_ns - orphan_grace_ns):
         try:
@@ -271,8 +276,10 @@ def collect(store: Store, max_size: int | None, keep_generations: int, now_ns: i
     )
 
 
-def _orphan_files(files: Iterable[Path], external: frozenset[Digest], older_than_ns: int) -> Iterator[Path]:
-    """Files under cas/ that no blob row names (temp files included), last written before the cutoff."""
+def _orphan_files(files: Iterable[Path], external: frozenset[Digest],
+                  older_than_ns: int) -> Iterator[Path]:
+    """Files under cas/ that no blob row names (temp files included), last written before the
+    cutoff."""
     for path in files:
         try:
             if bytes.fromhex(path.name) in external:

@@ -37,7 +37,8 @@ from posbuild.config import OUT_DIR, Config
 from posbuild.errors import UsageError
 from posbuild.materialize import Materializer
 from posbuild.owned import real_folder
-from posbuild.records import FileState, Generation, Manifest, OutputFile, pack_manifest, unpack_manifest
+from posbuild.records import (FileState, Generation, Manifest, OutputFile, pack_manifest,
+                              unpack_manifest)
 from posbuild.store import Store
 from posbuild.uptodate import mark_tree
 
@@ -67,10 +68,12 @@ def record_generation(config: Config, store: Store, patterns: Sequence[str], row
     caller has read it already; `withdrawn` lists the outputs failed builds removed, whose rows
     are kept although their files are gone.
     """
-    latest, previous = current if current is not None else current_manifest(store, workspace_tag(config))
+    latest, previous = current if current is not None \
+        else current_manifest(store, workspace_tag(config))
     manifest: Manifest = dict(previous)
     base = f"{config.root}/"  # str concatenation: a Path per file costs more than the stat itself
-    for path in previous.keys() - rows.keys():  # rows of other requests: dropped if the file is gone
+    # rows of other requests: dropped if the file is gone
+    for path in previous.keys() - rows.keys():
         if path not in withdrawn and not os.path.isfile(base + path):
             del manifest[path]
     manifest.update(rows)
@@ -78,8 +81,8 @@ def record_generation(config: Config, store: Store, patterns: Sequence[str], row
         return None
     created = datetime.now(timezone.utc).isoformat(timespec="microseconds")
     size = sum(size for _, size, _ in manifest.values())
-    return store.add_generation(created, tuple(patterns), pack_manifest(manifest), len(manifest), size,
-                                workspace_tag(config))
+    return store.add_generation(created, tuple(patterns), pack_manifest(manifest), len(manifest),
+                                size, workspace_tag(config))
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,7 +97,8 @@ def rollback(config: Config, store: Store, generation_id: int | None = None) -> 
     """Make posbuild-out/ byte-identical to a generation (the latest by default)."""
     generations = generations_of(config, store)
     if not generations:
-        raise UsageError("no generation recorded yet: rollback needs one fully successful build first")
+        raise UsageError(
+            "no generation recorded yet: rollback needs one fully successful build first")
     chosen = generations[-1] if generation_id is None else next(
         (g for g in generations if g.id == generation_id), None)
     if chosen is None:
@@ -115,9 +119,11 @@ def rollback(config: Config, store: Store, generation_id: int | None = None) -> 
             memo.append((path, materializer.restore(output)))
     removed = _remove_others(config.root, set(manifest))
     store.commit(memo=memo)
-    if chosen.manifest != generations[-1].manifest:  # the next build starts from this tree, not the newer one
+    # the next build starts from this tree, not the newer one
+    if chosen.manifest != generations[-1].manifest:
         created = datetime.now(timezone.utc).isoformat(timespec="microseconds")
-        store.add_generation(created, (f"rollback --to {chosen.id}",), store.get_blob(chosen.manifest),
+        store.add_generation(created, (f"rollback --to {chosen.id}",),
+                             store.get_blob(chosen.manifest),
                              chosen.files, chosen.size, workspace_tag(config))
     store.flush()
     mark_tree(config, clean=True)  # nothing is missing any more

@@ -29,7 +29,8 @@ from posbuild.digest import Digest, hash_bytes, hash_canonical
 from posbuild.stamps import file_stamp, racy_digests, stamps_current
 
 CACHE_FORMAT = 3
-_decoded: dict[Path, tuple[tuple[int, int, int], Any, Any, Any, "CachedGraph"]] = {}  # the last entry opened
+# the last entry opened
+_decoded: dict[Path, tuple[tuple[int, int, int], Any, Any, Any, "CachedGraph"]] = {}
 Stamp = tuple[str, int]  # (workspace-relative path, mtime_ns or a stat fingerprint)
 
 
@@ -41,8 +42,8 @@ class CachedGraph:
     """A current graph cache entry whose actions are decoded only when first asked for.
 
     An entry is [version, folder stamps, file stamps, requested, facts, racy digests, actions]:
-    everything before the actions is small, so a build that finds nothing to do reads the facts and never
-    pays for decoding thousands of actions.
+    everything before the actions is small, so a build that finds nothing to do reads the facts and
+    never pays for decoding thousands of actions.
     """
 
     __slots__ = ("raw", "requested", "facts", "_rows_at", "_graph", "_digest")
@@ -58,7 +59,8 @@ class CachedGraph:
 
     @property
     def digest(self) -> Digest:
-        """The entry's content digest: what the up-to-date state and the build records name it by."""
+        """The entry's content digest: what the up-to-date state and the build records name it
+        by."""
         if self._digest is None:
             self._digest = hash_bytes(self.raw)
         return self._digest
@@ -76,7 +78,8 @@ class GraphCache:
     def __init__(self, root: Path, folder: Path) -> None:
         self._root = root
         self._folder = folder
-        self._since = time.time_ns()  # made just before a load: what changed since is racy (stamps.py)
+        # made just before a load: what changed since is racy (stamps.py)
+        self._since = time.time_ns()
 
     def _entry(self, request: Sequence[str]) -> Path:
         return self.stem(request).with_suffix(".graph")
@@ -123,8 +126,8 @@ class GraphCache:
         rows = [_action_row(a) for a in graph.actions]
         facts = facts_of(graph.actions)
         racy = racy_digests(str(self._root), [*(rel for rel, _ in dirs), *files], self._since, read)
-        entry = [_version(), list(dirs), _file_stamps(self._root, files), list(graph.requested), list(facts),
-                 racy, rows]
+        entry = [_version(), list(dirs), _file_stamps(self._root, files), list(graph.requested),
+                 list(facts), racy, rows]
         data = msgpack.packb(entry, use_bin_type=True)
         write_atomically(self._entry(request), data)
         return CachedGraph(data, graph.requested, facts, -1, replace(graph, raw=data))
@@ -159,8 +162,8 @@ def _version() -> str:
 
     The interpreter is part of it because py_task commands name the one running posbuild.
     """
-    return (f"{CACHE_FORMAT}/{ACTION_SCHEMA}/{CHECKS}/{__version__}/{sys.executable}/{','.join(Action._fields)}/"
-            f"{','.join(GraphFacts._fields)}")
+    return (f"{CACHE_FORMAT}/{ACTION_SCHEMA}/{CHECKS}/{__version__}/{sys.executable}/"
+            f"{','.join(Action._fields)}/{','.join(GraphFacts._fields)}")
 
 
 def _action_row(action: Action) -> list[Any]:

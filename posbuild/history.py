@@ -37,21 +37,24 @@ def _in_flight(build: dict[str, Any]) -> list[ExecutionRecord]:
     """Records of the actions an interrupted build started and never concluded: their start time
     is known, their end is not (`ended` is empty)."""
     return [ExecutionRecord(
-        build_id=str(build["number"]), label=label, state="INTERRUPTED", key=None, started=started, ended="",
-        duration=0.0, inputs=(), versions=(), outputs=(), usage=None, exit_code=None, error_code="interrupted",
-        env_hash=bytes(build.get("env_hash") or b""),
+        build_id=str(build["number"]), label=label, state="INTERRUPTED", key=None, started=started,
+        ended="",
+        duration=0.0, inputs=(), versions=(), outputs=(), usage=None, exit_code=None,
+        error_code="interrupted", env_hash=bytes(build.get("env_hash") or b""),
     ) for label, started in build.get("in_flight", ())]
 
 
 def describe_build(build: dict[str, Any]) -> str:
-    """How a build ended, in a few words: finished, still running, interrupted, or refused (and why)."""
+    """How a build ended, in a few words: finished, still running, interrupted, or refused (and
+    why)."""
     status = build.get("status") or ("finished" if "ended" in build else "unfinished")
     if status == "refused":
         return f"refused: {build.get('message') or build.get('error')}"
     if status == "interrupted":
         count = len(build.get("in_flight", ()))
         return f"interrupted (noticed {build.get('noticed')}; {count} action(s) in flight)"
-    return f"running (process {build['pid']})" if status == "running" and build.get("pid") else str(status)
+    return f"running (process {build['pid']})" if status == "running" and build.get("pid") \
+        else str(status)
 
 
 def _implied(store: Store, build: dict[str, Any]) -> list[ExecutionRecord]:
@@ -59,7 +62,8 @@ def _implied(store: Store, build: dict[str, Any]) -> list[ExecutionRecord]:
     if not settled or not build.get("graph"):
         return []
     actions = actions_of_entry(store.journal_blob(build["graph"]) or b"")
-    state = state_from_bytes(store.journal_blob(build["state"]) or b"") if build.get("state") else None
+    state = state_from_bytes(store.journal_blob(build["state"]) or b"") if build.get("state") \
+        else None
     if not actions or state is None:
         return []
     indices = range(len(actions)) if settled == "all" else settled
@@ -68,18 +72,22 @@ def _implied(store: Store, build: dict[str, Any]) -> list[ExecutionRecord]:
 
 def expand_up_to_date(build: dict[str, Any], actions: Sequence[Action], state: BuildState,
                       indices: Sequence[int]) -> list[ExecutionRecord]:
-    """Records (state CACHED) for actions a build settled by stat alone, from its graph and state."""
+    """Records (state CACHED) for actions a build settled by stat alone, from its graph and
+    state."""
     when = str(build["started"])
     records = []
     for index in indices:
         action = actions[index]
         trace = state.actions.get(action.label)
         records.append(ExecutionRecord(
-            build_id=str(build["number"]), label=action.label, state="CACHED", key=trace[1] if trace else None,
-            started=when, ended=when, duration=0.0,
-            inputs=tuple((p, state.digests.get(p, b"")) for p in action.inputs), versions=action.versions,
-            outputs=tuple((p, state.digests.get(p, b"")) for p in action.outputs), usage=None, exit_code=None,
-            error_code="", env_hash=bytes(build["env_hash"]), slot=0, command=action.command, env=action.env,
+            build_id=str(build["number"]), label=action.label, state="CACHED",
+            key=trace[1] if trace else None, started=when, ended=when, duration=0.0,
+            inputs=tuple((p, state.digests.get(p, b"")) for p in action.inputs),
+            versions=action.versions,
+            outputs=tuple((p, state.digests.get(p, b"")) for p in action.outputs), usage=None,
+            exit_code=None,
+            error_code="", env_hash=bytes(build["env_hash"]), slot=0, command=action.command,
+            env=action.env,
         ))
     return records
 
@@ -97,25 +105,30 @@ def chrome_trace(build: dict[str, Any], records: Sequence[ExecutionRecord]) -> d
 
     origin = micros(str(build["started"]))
     events: list[dict[str, Any]] = [
-        {"name": "process_name", "ph": "M", "pid": 1, "args": {"name": f"posbuild build {build['number']}"}},
+        {"name": "process_name", "ph": "M", "pid": 1,
+         "args": {"name": f"posbuild build {build['number']}"}},
         {"name": "thread_name", "ph": "M", "pid": 1, "tid": 0, "args": {"name": "cache"}},
     ]
     for slot in sorted({r.slot for r in records if r.slot}):
-        events.append({"name": "thread_name", "ph": "M", "pid": 1, "tid": slot, "args": {"name": f"job {slot}"}})
+        events.append({"name": "thread_name", "ph": "M", "pid": 1, "tid": slot,
+                       "args": {"name": f"job {slot}"}})
     for record in records:
-        args = {"state": record.state, "key": record.key.hex() if record.key else None,
+        args: dict[str, object] = {"state": record.state,
+                                   "key": record.key.hex() if record.key else None,
                 "error": record.error_code or None}
         if record.worker:
             args.update(worker=record.worker, host=record.host)
         if record.usage:
-            args.update(user_s=record.usage.user_s, system_s=record.usage.system_s, max_rss_kb=record.usage.max_rss_kb)
+            args.update(user_s=record.usage.user_s, system_s=record.usage.system_s,
+                        max_rss_kb=record.usage.max_rss_kb)
         start = round(micros(record.started) - origin, 1)
         if record.slot:
             events.append({"name": record.label, "cat": record.state.lower(), "ph": "X", "pid": 1,
-                           "tid": record.slot, "ts": start, "dur": round(record.duration * 1e6, 1), "args": args})
+                           "tid": record.slot, "ts": start, "dur": round(record.duration * 1e6, 1),
+                           "args": args})
         else:
-            events.append({"name": record.label, "cat": record.state.lower(), "ph": "i", "s": "t", "pid": 1,
-                           "tid": 0, "ts": start, "args": args})
+            events.append({"name": record.label, "cat": record.state.lower(), "ph": "i", "s": "t",
+                           "pid": 1, "tid": 0, "ts": start, "args": args})
     return {"traceEvents": events, "displayTimeUnit": "ms"}
 
 
@@ -123,16 +136,17 @@ def record_json(record: ExecutionRecord) -> dict[str, Any]:
     """A record as JSON-ready data, digests in hex."""
     return {
         "build": record.build_id, "label": record.label, "state": record.state,
-        "key": record.key.hex() if record.key else None, "started": record.started, "ended": record.ended,
-        "duration_s": record.duration,
+        "key": record.key.hex() if record.key else None, "started": record.started,
+        "ended": record.ended, "duration_s": record.duration,
         "inputs": {p: d.hex() for p, d in record.inputs}, "versions": dict(record.versions),
         "outputs": {p: d.hex() for p, d in record.outputs},
         "usage": None if record.usage is None else {
             "user_s": record.usage.user_s, "system_s": record.usage.system_s,
             "max_rss_kb": record.usage.max_rss_kb, "read_bytes": record.usage.read_bytes,
             "written_bytes": record.usage.written_bytes},
-        "exit_code": record.exit_code, "error": record.error_code or None, "env_hash": record.env_hash.hex(),
-        "slot": record.slot,
+        "exit_code": record.exit_code, "error": record.error_code or None,
+        "env_hash": record.env_hash.hex(), "slot": record.slot,
         "worker": record.worker or None, "host": record.host or None,  # where a Dask worker ran it
-        "remote_started": record.remote_started or None, "remote_ended": record.remote_ended or None,
+        "remote_started": record.remote_started or None,
+        "remote_ended": record.remote_ended or None,
     }

@@ -38,8 +38,8 @@ class Interrupted(KeyboardInterrupt):
 
     def line(self) -> str:
         """What the CLI prints: which signal, and what became of the running actions."""
-        return (f"posbuild: interrupted by {signal.Signals(self.signum).name}; {self.stopped} running "
-                f"action(s) stopped, nothing partial kept")
+        return (f"posbuild: interrupted by {signal.Signals(self.signum).name}; {self.stopped} "
+                f"running action(s) stopped, nothing partial kept")
 
 
 _held: list[int] | None = None  # signals that came during `deferred()`, or None outside it

@@ -61,13 +61,14 @@ class Journal:
 
         `remote` says where and when the command ran when a Dask worker ran it."""
         where = {} if remote is None else {"worker": remote.worker, "host": remote.host,
-                                           "remote_started": utc(remote.started), "remote_ended": utc(remote.ended)}
+                                           "remote_started": utc(remote.started),
+                                           "remote_ended": utc(remote.ended)}
         record = ExecutionRecord(
             build_id=self.build_id, label=action.label, state=state, key=key, started=utc(started),
             ended=utc(ended), duration=round(max(0.0, ended - started), 6), inputs=tuple(inputs),
             versions=action.versions, outputs=tuple(outputs), usage=usage, exit_code=exit_code,
-            error_code=error_code, env_hash=self._env_hash, slot=slot, command=action.command, env=action.env,
-            **where,
+            error_code=error_code, env_hash=self._env_hash, slot=slot, command=action.command,
+            env=action.env, **where,
         )
         with self._lock:
             sequence = next(self._sequence)
@@ -85,8 +86,10 @@ class Journal:
         return rows
 
 
-def build_row(started: float, patterns: Sequence[str], env_hash: Digest, graph: tuple[Digest, bytes], state: bytes,
-              up_to_date: Sequence[bool], **flags: object) -> tuple[dict[str, object], list[tuple[Digest, bytes]]]:
+def build_row(started: float, patterns: Sequence[str], env_hash: Digest,
+              graph: tuple[Digest, bytes], state: bytes,
+              up_to_date: Sequence[bool],
+              **flags: object) -> tuple[dict[str, object], list[tuple[Digest, bytes]]]:
     """A build's row for the store, and the (digest, bytes) payloads it refers to (graph and state).
 
     `graph` is the graph cache entry, with its digest; `up_to_date` marks the actions settled by
@@ -94,12 +97,16 @@ def build_row(started: float, patterns: Sequence[str], env_hash: Digest, graph: 
     """
     settled = [i for i, clean in enumerate(up_to_date) if clean]
     payloads = {"graph": graph[1], "state": state if settled else b""}
-    digests = {"graph": graph[0] if graph[1] else None, "state": hash_bytes(state) if settled and state else None}
+    digests = {"graph": graph[0] if graph[1] else None,
+               "state": hash_bytes(state) if settled and state else None}
     info: dict[str, object] = {
-        "started": utc(started), "status": "running", "patterns": list(patterns), "env_hash": env_hash, **digests,
-        "actions": len(up_to_date), "up_to_date": "all" if len(settled) == len(up_to_date) else settled, **flags,
+        "started": utc(started), "status": "running", "patterns": list(patterns),
+        "env_hash": env_hash, **digests,
+        "actions": len(up_to_date),
+        "up_to_date": "all" if len(settled) == len(up_to_date) else settled, **flags,
     }
-    return info, [(digests[name], data) for name, data in payloads.items() if data]
+    return info, [(digest, payloads[name]) for name, digest in digests.items()
+                  if digest is not None]
 
 
 def record_settled_build(store_dir: Path, workspace: str, info: dict[str, object],
@@ -115,14 +122,15 @@ def record_settled_build(store_dir: Path, workspace: str, info: dict[str, object
         store.close()
 
 
-def record_refused(store_dir: Path, workspace: str, started: float, patterns: Sequence[str], code: str,
-                   message: str) -> int:
+def record_refused(store_dir: Path, workspace: str, started: float, patterns: Sequence[str],
+                   code: str, message: str) -> int:
     """Record a build that a critical error refused before anything ran; returns its number."""
     from posbuild.store import Store
 
     store = Store(store_dir, workspace)
     try:
-        return store.begin_build({"started": utc(started), "status": "refused", "patterns": list(patterns),
+        return store.begin_build({"started": utc(started), "status": "refused",
+                                  "patterns": list(patterns),
                                   "ended": utc(time.time()), "error": code, "message": message})
     finally:
         store.close()

@@ -22,4 +22,5 @@ KEY_SCHEMA = 1
 def action_key(action: Action, input_digests: Sequence[Digest], env_hash: Digest,
                passed_env: Sequence[tuple[str, str]] = ()) -> Digest:
     """The key of `action` given the digests of its inputs, in `action.inputs` order."""
-    return hash_canonical([KEY_SCHEMA, action.def_hash, env_hash, list(input_digests), list(passed_env)])
+    return hash_canonical([KEY_SCHEMA, action.def_hash, env_hash, list(input_digests),
+                           list(passed_env)])

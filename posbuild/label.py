@@ -117,7 +117,8 @@ class TargetPattern:
     def covers_package(self, package: str) -> bool:
         """Whether a package lies inside this pattern's scope."""
         if self.kind is PatternKind.RECURSIVE:
-            return not self.package or package == self.package or package.startswith(self.package + "/")
+            return not self.package or package == self.package \
+                or package.startswith(self.package + "/")
         return package == self.package
 
 
@@ -139,11 +140,13 @@ def _pattern(text: str, current_package: str) -> TargetPattern:
         raise _Malformed("external repositories are only for load()")
     if not text.startswith("//") and not text.startswith(":"):
         joined = f"{current_package}/{text}" if current_package else text
-        text = "//" + joined if (text.endswith("...") or ":" in text) else f"//{current_package}:{text}"
+        text = "//" + joined if (text.endswith("...") or ":" in text) \
+            else f"//{current_package}:{text}"
     for suffix in (":all", ":*"):
         if text.endswith("..." + suffix):
             text = text[:-len(suffix)]
-    if "..." in text.partition(":")[0].split("/")[:-1] or "..." in text.partition(":")[2].split("/"):
+    if "..." in text.partition(":")[0].split("/")[:-1] \
+            or "..." in text.partition(":")[2].split("/"):
         raise _Malformed("'...' must end the pattern")
     if text == "//...":
         return TargetPattern(PatternKind.RECURSIVE, "")

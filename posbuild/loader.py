@@ -30,11 +30,14 @@ from posbuild.target import AttributeError_, Target, make_target
 
 RULES_REPO = "@posbuild//"
 MAX_LOAD_DEPTH = 100
-_ERROR_LINE = re.compile(r"^error: (?:(?:[A-Za-z_]+Error_?: )?error: )*(?:[A-Za-z_]+Error_?: )?(.*)$", re.MULTILINE)
+_ERROR_LINE = re.compile(
+    r"^error: (?:(?:[A-Za-z_]+Error_?: )?error: )*(?:[A-Za-z_]+Error_?: )?(.*)$", re.MULTILINE)
 _NAME_ATTR = re.compile(r"""name\s*=\s*["']([^"']+)["']""")
 _WHERE_LINE = re.compile(r"^\s*--> (.+):(\d+):(\d+)", re.MULTILINE)
-_MODULE_PATH = re.compile(r"`[^`\s]*\.bzl\.(\w+)`")  # `@posbuild//rules:concat.bzl.concat` -> `concat`
-_FRAME_LINE = re.compile(r"^\s*\* (.+):(\d+), in ", re.MULTILINE)  # one frame of a Starlark traceback
+# `@posbuild//rules:concat.bzl.concat` -> `concat`
+_MODULE_PATH = re.compile(r"`[^`\s]*\.bzl\.(\w+)`")
+# one frame of a Starlark traceback
+_FRAME_LINE = re.compile(r"^\s*\* (.+):(\d+), in ", re.MULTILINE)
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,13 +72,17 @@ def _utf8(name: str) -> bool:
 
 
 def package_hint(name: str, packages: Any) -> str:
-    """What follows "no such package '//name'": why posbuild never looks there, else a close name."""
+    """What follows "no such package '//name'": why posbuild never looks there, else a close
+    name."""
     if any(_skip_dir(part) for part in name.split("/")):
-        return f": posbuild does not look for packages in hidden folders, {OUT_DIR}, {STATE_DIR} or __pycache__"
+        return (
+            f": posbuild does not look for packages in hidden folders, {OUT_DIR}, {STATE_DIR} or "
+            "__pycache__")
     return did_you_mean(name, packages)
 
 
-def discover_packages(root: Path, build_file_names: tuple[str, ...]) -> tuple[tuple[str, ...], tuple[Stamp, ...]]:
+def discover_packages(root: Path, build_file_names: tuple[str, ...]
+                      ) -> tuple[tuple[str, ...], tuple[Stamp, ...]]:
     """Every package of the workspace (sorted) and the stamp of every folder walked to find them."""
     packages: list[str] = []
     stamps: list[Stamp] = []
@@ -125,7 +132,8 @@ def starlark_error(error: Exception, sources: dict[str, str] | None = None) -> B
     else at the last line (`sources`: the text of each file by the name it was parsed under).
     """
     text = str(error)
-    what = next((m for m in _ERROR_LINE.finditer(text) if not m.group(1).startswith("Traceback")), None)
+    what = next((m for m in _ERROR_LINE.finditer(text) if not m.group(1).startswith("Traceback")),
+                None)
     where = _WHERE_LINE.search(text)
     message = what.group(1).strip() if what else text.strip().splitlines()[0]
     message = message.split(", expected one of ")[0]
@@ -177,7 +185,8 @@ def _at_end(file: str, source: str) -> tuple[str, SourceLocation]:
     if opened:
         bracket, line, column = opened[-1]
         return f"Parse error: '{bracket}' is never closed", SourceLocation(file, line, column)
-    return "Parse error: unexpected end of file", SourceLocation(file, max(1, len(source.splitlines())))
+    return "Parse error: unexpected end of file", SourceLocation(file,
+                                                                 max(1, len(source.splitlines())))
 
 
 class Loader:
@@ -194,9 +203,11 @@ class Loader:
         self._bzl_packages: dict[str, str] = {}  # the package of each .bzl file, by cache key
         self._loaded: dict[str, Package] = {}
         self._current: _PackageBuilder | None = None
-        self._sources: dict[str, str] = {}  # text of each file evaluated, by the name it was parsed under
+        # text of each file evaluated, by the name it was parsed under
+        self._sources: dict[str, str] = {}
         self.files_read: set[str] = set()
-        self.digests: dict[str, Digest] = {}  # of each file as read: the graph cache checks racy ones
+        # of each file as read: the graph cache checks racy ones
+        self.digests: dict[str, Digest] = {}
 
     @property
     def root(self) -> Path:
@@ -207,8 +218,10 @@ class Loader:
         if name not in self._loaded:
             if name not in self._packages:
                 if not name:
-                    raise BuildFileError("no such package '//': the workspace root has no BUILD file")
-                raise BuildFileError(f"no such package '//{name}'" + package_hint(name, self._packages))
+                    raise BuildFileError(
+                        "no such package '//': the workspace root has no BUILD file")
+                raise BuildFileError(
+                    f"no such package '//{name}'" + package_hint(name, self._packages))
             self._loaded[name] = self._evaluate(name)
         return self._loaded[name]
 
@@ -223,13 +236,16 @@ class Loader:
         build_file = self._build_file(package)
         source = self._read(build_file)
         owners = Owners(package, self._root, self._packages, self._package_folders)
-        builder = _PackageBuilder(package, build_file, source, self._root, self._config.build_file_names,
-                                  owners, lambda name: self._call_line(package, build_file, source, name))
+        builder = _PackageBuilder(package, build_file, source, self._root,
+                                  self._config.build_file_names,
+                                  owners,
+                                  lambda name: self._call_line(package, build_file, source, name))
         self._current = builder
         self._sources[build_file] = source
         try:
             module = self._module()
-            starlark.eval(module, starlark.parse(build_file, source), self._globals, starlark.FileLoader(self._load_bzl))
+            starlark.eval(module, starlark.parse(build_file, source), self._globals,
+                          starlark.FileLoader(self._load_bzl))
         except starlark.StarlarkError as error:
             raise starlark_error(error, self._sources) from None
         finally:
@@ -241,7 +257,8 @@ class Loader:
         """The line of the BUILD file's statement that declared target `name` (a call in a loop,
         or of a macro): found by evaluating the file again up to that declaration. Only an error
         message asks, so the cost is paid only then."""
-        finder = _Finder(package, build_file, source, self._root, self._config.build_file_names, name)
+        finder = _Finder(package, build_file, source, self._root, self._config.build_file_names,
+                         name)
         saved = self._current
         self._current = finder
         try:
@@ -274,8 +291,10 @@ class Loader:
             start = data.rfind(b"\n", 0, error.start) + 1
             column = len(data[start:error.start].decode("utf-8", "replace")) + 1
             where = SourceLocation(rel, data.count(b"\n", 0, error.start) + 1, column)
-            raise BuildFileError(f"not UTF-8 text (byte 0x{data[error.start]:02x})", where) from None
-        too_deep = nesting_problem(text)  # the evaluator would overflow its native stack (nesting.py)
+            raise BuildFileError(f"not UTF-8 text (byte 0x{data[error.start]:02x})",
+                                 where) from None
+        # the evaluator would overflow its native stack (nesting.py)
+        too_deep = nesting_problem(text)
         if too_deep is not None:
             raise BuildFileError(too_deep[1], SourceLocation(rel, too_deep[0]))
         return text
@@ -299,14 +318,16 @@ class Loader:
     def _builder(self) -> _PackageBuilder:
         # A .bzl file's top level runs once, for whichever package loads it first: no rules there.
         if self._current is None or self._bzl_loading:
-            raise ValueError("rules can only be declared while a BUILD file is evaluated, not at load time")
+            raise ValueError(
+                "rules can only be declared while a BUILD file is evaluated, not at load time")
         return self._current
 
     def _bzl_path(self, module_id: str) -> tuple[str, Path, str]:
         """(cache key, file, package) of a load(); a relative label is relative to the file that
         says it, as in Bazel: a .bzl file's own package, not that of the BUILD file loading it."""
         requester = self._bzl_loading[-1] if self._bzl_loading else None
-        if requester is not None and requester.startswith(RULES_REPO) and not module_id.startswith(("//", "@")):
+        if requester is not None and requester.startswith(RULES_REPO) \
+                and not module_id.startswith(("//", "@")):
             module_id = f"{RULES_REPO}rules:{module_id.removeprefix(':')}"
         if module_id.startswith(RULES_REPO):
             label = parse_label("//" + module_id[len(RULES_REPO):], "")
@@ -336,7 +357,8 @@ class Loader:
         if not path.is_file():
             if key.startswith(RULES_REPO):
                 shipped = [p.name for p in rules_dir().glob("*.bzl") if not p.name.startswith("_")]
-                raise ValueError(f"cannot load '{module_id}': the standard library has no {path.name}"
+                raise ValueError(f"cannot load '{module_id}': the standard library has no "
+                                 f"{path.name}"
                                  + did_you_mean(path.name, shipped))
             raise ValueError(f"cannot load '{module_id}': no file {key}")
         # The shipped library is read by absolute path; recording it lets an edit to it (in a
@@ -349,7 +371,8 @@ class Loader:
         self._bzl_loading.append(key)
         try:
             module = self._module()
-            starlark.eval(module, starlark.parse(key, source), self._globals, starlark.FileLoader(self._load_bzl))
+            starlark.eval(module, starlark.parse(key, source), self._globals,
+                          starlark.FileLoader(self._load_bzl))
         finally:
             self._bzl_loading.pop()
         self._bzl_cache[key] = frozen = module.freeze()
@@ -357,17 +380,21 @@ class Loader:
 
 
 def rules_dir() -> Path:
-    """The standard rule library (`@posbuild//rules`): inside the wheel, or beside a source checkout."""
+    """The standard rule library (`@posbuild//rules`): inside the wheel, or beside a source
+    checkout."""
     here = Path(__file__).resolve().parent
     packaged = here / "_rules"
     return packaged if packaged.is_dir() else here.parent / "rules"
 
 
 class _PackageBuilder:
-    """Collects the targets of one BUILD file while it is evaluated, rejecting clashes at the call."""
+    """Collects the targets of one BUILD file while it is evaluated, rejecting clashes at the
+    call."""
 
-    def __init__(self, package: str, build_file: str, source: str, root: Path, build_names: tuple[str, ...],
-                 owners: Owners | None = None, call_line: Callable[[str], int] | None = None) -> None:
+    def __init__(self, package: str, build_file: str, source: str, root: Path,
+                 build_names: tuple[str, ...],
+                 owners: Owners | None = None,
+                 call_line: Callable[[str], int] | None = None) -> None:
         self.package = package
         self._owners = owners
         self._call_line = call_line
@@ -389,8 +416,8 @@ class _PackageBuilder:
         try:
             label = parse_label(f":{name}", self.package)
         except BuildFileError:
-            raise ValueError(f"{kind}(): invalid target name '{name}' (it may not hold ':', start with '/' "
-                             f"or have '.', '..' or empty parts)") from None
+            raise ValueError(f"{kind}(): invalid target name '{name}' (it may not hold ':', start "
+                             f"with '/' or have '.', '..' or empty parts)") from None
         if name in self._targets:
             raise ValueError(f"duplicate target name '{name}' in package '//{self.package}'")
         if name in self._outputs:
@@ -402,7 +429,9 @@ class _PackageBuilder:
             raise ValueError(error.detail) from None
         for out in target.outs:
             if out in self._targets:
-                raise ValueError(f"output '{out}' of {label} conflicts with the target {Label(self.package, out)}")
+                raise ValueError(
+                    f"output '{out}' of {label} conflicts with the target "
+                    f"{Label(self.package, out)}")
             try:
                 assert self._owners is not None
                 self._owners.claim(out, label, kind)
@@ -426,11 +455,12 @@ class _PackageBuilder:
         files = self._package_files()
         wanted = [glob_to_regex(p) for p in include]
         unwanted = [glob_to_regex(p) for p in exclude]
-        found = [f for f in files if any(r.match(f) for r in wanted) and not any(r.match(f) for r in unwanted)]
+        found = [f for f in files if any(r.match(f) for r in wanted)
+                 and not any(r.match(f) for r in unwanted)]
         for name in found:
             if not _utf8(name):
-                raise ValueError(f"glob() matched '{shown(name)}' in '//{self.package}', whose name is not "
-                                 f"UTF-8 text: rename it, or exclude it")
+                raise ValueError(f"glob() matched '{shown(name)}' in '//{self.package}', whose "
+                                 f"name is not UTF-8 text: rename it, or exclude it")
         if not found and options.get("allow_empty", True) is False:
             raise ValueError(f"glob({list(include)}) matched no files in '//{self.package}'")
         return found
@@ -441,7 +471,8 @@ class _PackageBuilder:
         found: list[str] = []
         for folder, dirs, files in os.walk(base):
             rel = os.path.relpath(folder, base)
-            if rel != "." and any(os.path.isfile(os.path.join(folder, b)) for b in self._build_names):
+            if rel != "." \
+                    and any(os.path.isfile(os.path.join(folder, b)) for b in self._build_names):
                 dirs[:] = []
                 continue
             dirs[:] = [d for d in dirs if not _skip_dir(d)]
@@ -463,22 +494,22 @@ class _PackageBuilder:
                 line += self._source.count("\n", position, match.start())
                 position = match.start()
                 self._lines.setdefault(match.group(1), line)
-        line = self._lines.get(name)
-        if line is None and self._call_line is not None:
+        found = self._lines.get(name)
+        if found is None and self._call_line is not None:
             return _CallSite(self._build_file, name, self._call_line)
-        return SourceLocation(self._build_file, line or 1)
+        return SourceLocation(self._build_file, found or 1)
 
     def finish(self) -> Package:
         by_output = {out: target for target in self._targets.values() for out in target.outs}
-        return Package(self.package, self._build_file, tuple(self._targets.values()), tuple(self._exports),
-                       dict(self._targets), by_output)
+        return Package(self.package, self._build_file, tuple(self._targets.values()),
+                       tuple(self._exports), dict(self._targets), by_output)
 
 
 class _Finder(_PackageBuilder):
     """Evaluates a BUILD file again and stops at the declaration of one target (`_call_line`)."""
 
-    def __init__(self, package: str, build_file: str, source: str, root: Path, build_names: tuple[str, ...],
-                 wanted: str) -> None:
+    def __init__(self, package: str, build_file: str, source: str, root: Path,
+                 build_names: tuple[str, ...], wanted: str) -> None:
         super().__init__(package, build_file, source, root, build_names)
         self._wanted = wanted
 
@@ -490,10 +521,13 @@ class _Finder(_PackageBuilder):
 class _CallSite(SourceLocation):
     """A SourceLocation whose line is looked up when first read (`_PackageBuilder._locate`)."""
 
-    line = property(lambda self: self._line())  # type: ignore[assignment]
+    line = property(lambda self: self._line())
+    _name: str
+    _find: Callable[[str], int]
 
     def __init__(self, file: str, name: str, call_line: Callable[[str], int]) -> None:
-        for attribute, value in (("file", file), ("column", 0), ("_name", name), ("_find", call_line)):
+        for attribute, value in (("file", file), ("column", 0), ("_name", name),
+                                 ("_find", call_line)):
             object.__setattr__(self, attribute, value)
 
     def _line(self) -> int:
@@ -512,7 +546,8 @@ def describe_label(config: Config, label: Label) -> str | None:
         return error.detail
     target = package.by_name.get(label.name)
     if target is not None and target.kind == "filegroup":
-        named = ", ".join(_canonical(s, label.package) for s in target.srcs[:3]) + (", ..." if target.srcs[3:] else "")
+        named = ", ".join(_canonical(s, label.package)
+                          for s in target.srcs[:3]) + (", ..." if target.srcs[3:] else "")
         hint = f"; explain a rule it names: {named}" if named else ""
         return f"{label} is a filegroup, which runs no action{hint}"
     if target is not None:

@@ -50,7 +50,9 @@ def read_lock(root: Path) -> Lock:
     except (OSError, ValueError) as error:
         raise WorkspaceError(f"{path}: not a valid lock file: {error}") from None
     if not isinstance(data, dict) or data.get("format") != LOCK_FORMAT:
-        raise WorkspaceError(f"{path}: unknown lock format {data.get('format') if isinstance(data, dict) else data!r}")
+        raise WorkspaceError(
+            f"{path}: unknown lock format "
+            f"{data.get('format') if isinstance(data, dict) else data!r}")
     sources, environment = data.get("sources", {}), data.get("environment", {})
     if not isinstance(sources, dict) or not all(isinstance(v, str) for v in sources.values()):
         raise WorkspaceError(f"{path}: \"sources\" must map paths to hex digests")
@@ -62,6 +64,7 @@ def read_lock(root: Path) -> Lock:
 def write_lock(root: Path, lock: Lock) -> Path:
     """Write the lock file atomically; returns its path."""
     path = root / LOCK_NAME
-    payload = {"format": LOCK_FORMAT, "sources": dict(sorted(lock.sources.items())), "environment": lock.environment}
+    payload = {"format": LOCK_FORMAT, "sources": dict(sorted(lock.sources.items())),
+               "environment": lock.environment}
     write_atomically(path, (json.dumps(payload, indent=2, sort_keys=True) + "\n").encode())
     return path

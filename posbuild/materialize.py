@@ -38,7 +38,8 @@ class Materializer:
     """Writes and checks the files of `posbuild-out/` for one workspace."""
 
     def __init__(self, root: Path, store: Store, temp_dir: Path) -> None:
-        self._root = str(root)  # paths are plain strings here: this runs once per output of every action
+        # paths are plain strings here: this runs once per output of every action
+        self._root = str(root)
         self._store = store
         self._temp_dir = temp_dir
         self._folders: set[str] = set()
@@ -63,7 +64,8 @@ class Materializer:
         except FileNotFoundError:
             return None
         memo = self._store.get_memo(output.path)
-        return memo if memo is not None and memo.signature == sig and memo.digest == output.digest else None
+        return memo if memo is not None and memo.signature == sig \
+            and memo.digest == output.digest else None
 
     def install(self, produced: Opened, output: OutputFile, data: bytes | None) -> FileState:
         """Put a file an action just produced into place: renamed by its folder's descriptor on
@@ -74,11 +76,14 @@ class Materializer:
         the action made) is copied. Sandboxes on another file system (a memory one) are learned
         from the first rename that fails, not retried for every file."""
         target = self._target(output)
-        if self._renames and produced.stat.st_nlink == 1:  # a hard link's other names must not change with it
+        # a hard link's other names must not change with it
+        if self._renames and produced.stat.st_nlink == 1:
             try:
                 os.rename(produced.name, target, src_dir_fd=produced.folder)
-            except FileNotFoundError:  # something outside the sandbox removed it since it was hashed
-                raise FileNotFoundError(errno.ENOENT, "output removed from its sandbox before it was installed",
+            # something outside the sandbox removed it since it was hashed
+            except FileNotFoundError:
+                raise FileNotFoundError(errno.ENOENT,
+                                        "output removed from its sandbox before it was installed",
                                         output.path) from None
             except OSError as error:
                 if error.errno != errno.EXDEV:
@@ -88,9 +93,12 @@ class Materializer:
                 info = os.stat(target, follow_symlinks=False)
                 if (info.st_ino, info.st_dev) != (produced.stat.st_ino, produced.stat.st_dev):
                     os.unlink(target)
-                    raise OSError(errno.ESTALE, "output replaced in its sandbox after it was hashed; nothing installed",
+                    raise OSError(errno.ESTALE,
+                                  "output replaced in its sandbox after it was hashed; nothing "
+                                  "installed",
                                   output.path)
-                os.chmod(target, _mode(output.executable))  # the file checked just above, in posbuild-out/
+                # the file checked just above, in posbuild-out/
+                os.chmod(target, _mode(output.executable))
                 return FileState(signature(os.stat(target)), output.digest)
         if data is not None:
             self._write(target, output, data)
@@ -145,7 +153,8 @@ def _link_unnamed(target: str, mode: int, content: bytes | int) -> bool:
     global _proc
     if _proc is None:
         try:
-            _proc = os.open("/proc", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC) if hasattr(os, "O_TMPFILE") else -1
+            _proc = os.open("/proc", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC) \
+                if hasattr(os, "O_TMPFILE") else -1
         except OSError:
             _proc = -1
     if _proc < 0:
@@ -158,7 +167,8 @@ def _link_unnamed(target: str, mode: int, content: bytes | int) -> bool:
         raise
     try:
         _fill(fd, content)
-        # linkat(2) of /proc/self/fd/N with AT_SYMLINK_FOLLOW: a directory fd makes os.link use linkat
+        # linkat(2) of /proc/self/fd/N with AT_SYMLINK_FOLLOW: a directory fd makes os.link use
+        # linkat
         os.link(f"self/fd/{fd}", target, src_dir_fd=_proc, follow_symlinks=True)
     except FileExistsError:
         return False
@@ -175,5 +185,6 @@ def _fill(fd: int, content: bytes | int) -> None:
             view = view[os.write(fd, view):]
         return
     offset = 0
-    while sent := os.sendfile(fd, content, offset, 1 << 30):  # by offset: the source's own is left alone
+    # by offset: the source's own is left alone
+    while sent := os.sendfile(fd, content, offset, 1 << 30):
         offset += sent

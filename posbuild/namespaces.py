@@ -6,17 +6,17 @@ into the workspace, or fetching something from the network. Bubblewrap closes th
 the kernel's namespaces, at a cost of 6-12 ms per action on a busy two-core machine, most of it
 the kernel creating and tearing down the namespaces (bench/bench_sandbox.py):
 
-* mount namespace: the whole system is visible read-only (`--ro-bind / /`), with a fresh `/dev`
-  (so the host's `/dev/shm` is gone), a fresh `/proc`, and an empty private `/tmp`. The workspace
-  root, the store (when it lives outside the workspace) and the sandbox base folder are covered
-  by empty file systems at their own paths: /proc/self/mountinfo names those paths, but covering
-  a parent instead (`/home` for `/home/me/project`) would also hide the tools installed beside
-  the workspace (a conda under the home folder). Then the action's own sandbox folder is bound
-  back, writable, at its real absolute path, so every path in the command, HOME and TMPDIR stay what the folder sandbox
+* mount namespace: the whole system is visible read-only (`--ro-bind / /`), with a fresh `/dev` (so
+  the host's `/dev/shm` is gone), a fresh `/proc`, and an empty private `/tmp`. The workspace root,
+  the store (when it lives outside the workspace) and the sandbox base folder are covered by empty
+  file systems at their own paths: /proc/self/mountinfo names those paths, but covering a parent
+  instead (`/home` for `/home/me/project`) would also hide the tools installed beside the workspace
+  (a conda under the home folder). Then the action's own sandbox folder is bound back, writable, at
+  its real absolute path, so every path in the command, HOME and TMPDIR stay what the folder sandbox
   would give. Its declared inputs are bound read-only on top (`input_binds`: a folder that holds
   inputs and no output, such as a package's sources, is read-only as a whole). The Python running
-  posbuild (a venv inside the checkout, or under /tmp) and the other `visible` paths are bound
-  back read-only, so `py_task` actions and `[env] tools` keep working;
+  posbuild (a venv inside the checkout, or under /tmp) and the other `visible` paths are bound back
+  read-only, so `py_task` actions and `[env] tools` keep working;
 * PID, IPC and UTS namespaces: the command sees only its own processes. `--die-with-parent` ends
   the command when posbuild dies, even by SIGKILL, which the folder sandbox cannot promise. The
   shell is the namespace's PID 1 (`--as-pid-1`): with bwrap's own init process in between, the
@@ -81,7 +81,8 @@ def _under(path: str, folder: str) -> bool:
     return path == folder or path.startswith(folder.rstrip("/") + "/")
 
 
-def isolation(bwrap: str, hidden: Iterable[str], visible: Iterable[str], writable: Iterable[str] = (),
+def isolation(bwrap: str, hidden: Iterable[str], visible: Iterable[str],
+              writable: Iterable[str] = (),
               as_root: bool | None = None, masked: Iterable[str] = ()) -> Isolation:
     """The shared part of the command line: namespaces, the read-only system, `hidden` covered.
 
@@ -93,11 +94,13 @@ def isolation(bwrap: str, hidden: Iterable[str], visible: Iterable[str], writabl
     with /dev/null (the secrets file). Order matters to bwrap: each later mount goes on top of the
     earlier ones.
     """
-    options = ["--die-with-parent", "--new-session", "--unshare-pid", "--as-pid-1", "--unshare-ipc", "--unshare-uts"]
+    options = ["--die-with-parent", "--new-session", "--unshare-pid", "--as-pid-1", "--unshare-ipc",
+               "--unshare-uts"]
     if (os.geteuid() == 0) if as_root is None else as_root:
         options += ["--cap-drop", "ALL"]
     options += ["--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc", "--tmpfs", "/tmp"]
-    opened = [w for w in sorted({os.path.abspath(w) for w in writable}) if w != "/" and os.path.isdir(w)]
+    opened = [w for w in sorted({os.path.abspath(w) for w in writable}) if w != "/"
+              and os.path.isdir(w)]
     for folder in opened:
         options += ["--bind", folder, folder]
     covered = ["/dev"]  # /tmp is covered too, except where a writable folder opens it again
@@ -122,7 +125,8 @@ def isolation(bwrap: str, hidden: Iterable[str], visible: Iterable[str], writabl
     for folder in folders:  # a hidden folder inside a visible one (a workspace inside the venv)
         if any(_under(folder, s) and folder != s for s in shown):
             hide(folder)
-    for path in sorted({os.path.realpath(m) for m in masked}):  # also inside a folder opened writable
+    # also inside a folder opened writable
+    for path in sorted({os.path.realpath(m) for m in masked}):
         if os.path.isfile(path) and not any(_under(path, c) for c in covered):
             options += ["--ro-bind", "/dev/null", path]
     head = (bwrap, *options)
@@ -178,7 +182,8 @@ def input_binds(inputs: Sequence[str], outputs: Sequence[str]) -> list[str]:
 
 
 def writable_paths(environ: Mapping[str, str]) -> tuple[str, ...]:
-    """The folders WRITABLE_VARIABLE names (colon-separated absolute paths); relative ones are ignored."""
+    """The folders WRITABLE_VARIABLE names (colon-separated absolute paths); relative ones are
+    ignored."""
     return tuple(p for p in environ.get(WRITABLE_VARIABLE, "").split(":") if p.startswith("/"))
 
 
@@ -188,12 +193,13 @@ def find_bwrap() -> str | None:
 
 
 def probe(argv: Sequence[str]) -> str | None:
-    """Run `argv + ["true"]` once per process: None when it works, else the reason in a few words."""
+    """Run `argv + ["true"]` once per process: None when it works, else the reason in a few
+    words."""
     key = tuple(argv)
     if key not in _probed:
         try:
-            done = subprocess.run([*argv, "--", "/bin/true"], stdin=subprocess.DEVNULL, capture_output=True,
-                                  timeout=PROBE_TIMEOUT)
+            done = subprocess.run([*argv, "--", "/bin/true"], stdin=subprocess.DEVNULL,
+                                  capture_output=True, timeout=PROBE_TIMEOUT)
         except (OSError, subprocess.SubprocessError) as error:
             _probed[key] = f"{argv[0]}: {getattr(error, 'strerror', None) or error}"
         else:
@@ -204,7 +210,8 @@ def probe(argv: Sequence[str]) -> str | None:
 
 
 def choose(mode: str, hidden: Iterable[str], visible: Iterable[str],
-           writable: Iterable[str] = (), masked: Iterable[str] = ()) -> tuple[Isolation | None, str]:
+           writable: Iterable[str] = (),
+           masked: Iterable[str] = ()) -> tuple[Isolation | None, str]:
     """Turn `[sandbox] mode` into (the isolation to use or None for the folder sandbox, a notice).
 
     "folder" never probes. "namespace" raises SandboxUnavailable when bwrap is missing or does
@@ -215,7 +222,7 @@ def choose(mode: str, hidden: Iterable[str], visible: Iterable[str],
         return None, ""
     bwrap = find_bwrap()
     if bwrap is None:
-        problem = "bwrap not found on PATH"
+        problem: str | None = "bwrap not found on PATH"
         chosen = None
     else:
         chosen = isolation(bwrap, hidden, visible, writable, masked=masked)
@@ -224,8 +231,9 @@ def choose(mode: str, hidden: Iterable[str], visible: Iterable[str],
         return chosen, ""
     if mode == "namespace":
         raise SandboxUnavailable(
-            f'[sandbox] mode = "namespace" needs bubblewrap, which cannot run here ({problem}); install it '
-            f'(Debian/Ubuntu: apt-get install bubblewrap) or set [sandbox] mode = "auto" or "folder"')
+            f'[sandbox] mode = "namespace" needs bubblewrap, which cannot run here ({problem}); '
+            'install it (Debian/Ubuntu: apt-get install bubblewrap) or set [sandbox] mode = '
+            '"auto" or "folder"')
     notice = f"posbuild: bubblewrap not available ({problem}); actions run in the folder sandbox"
     if notice in _noticed:
         return None, ""

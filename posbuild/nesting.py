@@ -31,11 +31,13 @@ _SKIP = "|".join((
 _STRINGS = re.compile(_SKIP, re.DOTALL)
 _KEYWORDS = re.compile(r"\b(?:not|and|or|if|elif|else|lambda|in|for)\b")
 _NOT_OPERATOR = str.maketrans("", "", "([{-+*/%&|^~<>.!=")  # deletes what can add a level
-_STATEMENT = re.compile(r"\n(?=[^\s#)\]}]|$)(?!elif\b|else\b)")  # a line at column 0 that ends no bracket
+# a line at column 0 that ends no bracket
+_STATEMENT = re.compile(r"\n(?=[^\s#)\]}]|$)(?!elif\b|else\b)")
 _TOKEN = re.compile(
     "(?P<skip>" + _SKIP + r")|(?P<newline>\n(?P<indent>[ \t]*)(?P<elif>elif\b)?)"
     r"|(?P<open>[(\[{])|(?P<close>[)\]}])|(?P<comma>[,;])"
-    r"|(?P<op>\b(?:not|and|or|if|else|lambda|in|for)\b|\*\*|//|<<|>>|[-+*/%&|^~<>.!]=?|==)", re.DOTALL)
+    r"|(?P<op>\b(?:not|and|or|if|else|lambda|in|for)\b|\*\*|//|<<|>>|[-+*/%&|^~<>.!]=?|==)",
+    re.DOTALL)
 
 
 def nesting_problem(source: str, max_depth: int = MAX_DEPTH) -> tuple[int, str] | None:
@@ -57,7 +59,8 @@ def nesting_problem(source: str, max_depth: int = MAX_DEPTH) -> tuple[int, str] 
             continue  # a bracket spans the next top-level line: one statement still
         statement = "\n".join(pending)
         pending, balance = [], 0
-        levels = len(statement) - len(statement.translate(_NOT_OPERATOR)) + statement.count("\n") + 1
+        levels = len(statement) - len(statement.translate(_NOT_OPERATOR)) + statement.count(
+            "\n") + 1
         if keywords and levels <= max_depth:
             levels += len(_KEYWORDS.findall(statement))
         if levels > max_depth and _scan(statement, max_depth) is not None:
@@ -69,7 +72,8 @@ def nesting_problem(source: str, max_depth: int = MAX_DEPTH) -> tuple[int, str] 
 
 
 def _scan(source: str, max_depth: int) -> tuple[int, str] | None:
-    counters = [0]  # per open bracket (and the statement outside them): levels of its current element
+    # per open bracket (and the statement outside them): levels of its current element
+    counters = [0]
     inner = 0  # sum(counters)
     indents = [0]  # widths of the enclosing indented blocks
     elifs: dict[int, int] = {}  # indent width -> length of the elif chain running at it
@@ -102,6 +106,6 @@ def _scan(source: str, max_depth: int) -> tuple[int, str] | None:
                 counters.append(0)
         if len(indents) + sum(elifs.values()) + inner > max_depth:
             line = source.count("\n", 0, match.start()) + 1 + (kind != "open" and kind != "op")
-            return line, (f"nested more than {max_depth} levels deep (brackets, operators, blocks and elif "
-                          f"chains count); posbuild refuses it before evaluation")
+            return line, (f"nested more than {max_depth} levels deep (brackets, operators, blocks "
+                          f"and elif chains count); posbuild refuses it before evaluation")
     return None

@@ -27,7 +27,8 @@ from dataclasses import dataclass
 from typing import Callable, Iterator, Sequence
 
 _FOLDER = os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
-_FILE = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC  # NONBLOCK: never hang on a FIFO swapped in
+# NONBLOCK: never hang on a FIFO swapped in
+_FILE = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,7 +49,8 @@ class Opened:
         try:
             info = os.fstat(fd)
             if (info.st_ino, info.st_dev) != (self.stat.st_ino, self.stat.st_dev):
-                raise OSError(errno.ESTALE, "output replaced in its sandbox after the command ended", self.name)
+                raise OSError(errno.ESTALE,
+                              "output replaced in its sandbox after the command ended", self.name)
             yield fd
         finally:
             os.close(fd)
@@ -150,7 +152,8 @@ def _folder(folders: dict[str, int], exec_root: str, path: str) -> int:
         try:
             fd = os.open(exec_root, _FOLDER)
         except OSError as error:
-            what = "is a symbolic link or not a folder" if error.errno in (errno.ENOTDIR, errno.ELOOP) else \
+            what = "is a symbolic link or not a folder" \
+                if error.errno in (errno.ENOTDIR, errno.ELOOP) else \
                 _cannot(error)
             raise _Blocked(f"cannot be reached: the sandbox's exec/ {what}") from None
     else:
@@ -196,7 +199,8 @@ def _opened_whole(exec_root: str, path: str) -> int:
     fd = _openat2(f"{exec_root}/{path}")
     if fd == -errno.ELOOP:
         _fast = _walk_agrees(exec_root, path)
-    elif fd in (-errno.ENOSYS, -errno.EPERM, -errno.EINVAL, -errno.E2BIG):  # no openat2 here (old kernel, seccomp)
+    # no openat2 here (old kernel, seccomp)
+    elif fd in (-errno.ENOSYS, -errno.EPERM, -errno.EINVAL, -errno.E2BIG):
         _fast = False
     return fd
 
@@ -227,8 +231,10 @@ def _make_openat2() -> Callable[[str], int] | None:
     except (OSError, AttributeError):
         return None
     call.restype = ctypes.c_long
-    how = (ctypes.c_uint64 * 3)(_FOLDER & ~os.O_NOFOLLOW, 0, 0x04)  # flags, mode, RESOLVE_NO_SYMLINKS
-    size, number, here = ctypes.c_size_t(ctypes.sizeof(how)), ctypes.c_long(437), ctypes.c_int(-100)  # AT_FDCWD
+    # flags, mode, RESOLVE_NO_SYMLINKS
+    how = (ctypes.c_uint64 * 3)(_FOLDER & ~os.O_NOFOLLOW, 0, 0x04)
+    # AT_FDCWD
+    size, number, here = ctypes.c_size_t(ctypes.sizeof(how)), ctypes.c_long(437), ctypes.c_int(-100)
 
     def openat2(path: str) -> int:
         fd = call(number, here, os.fsencode(path), how, size)
@@ -242,7 +248,8 @@ def _cannot(error: OSError) -> str:
 
 
 def read_upto(fd: int, size: int) -> bytes:
-    """The first `size` bytes of a file (fewer if it is shorter), whatever the descriptor's offset."""
+    """The first `size` bytes of a file (fewer if it is shorter), whatever the descriptor's
+    offset."""
     chunks, offset = [], 0
     while offset < size:
         chunk = os.pread(fd, size - offset, offset)

@@ -35,7 +35,8 @@ from posbuild.errors import WorkspaceError
 MARKER = "CACHEDIR.TAG"
 SIGNATURE = b"Signature: 8a477f597d28d172789f06886806bc55"  # fixed by the specification
 STATE, STORE, SANDBOXES = "state folder", "store", "sandbox base"
-STORE_NAMES = frozenset({MARKER, "db", "cas", "epoch", "running", "gc.lock", "wal"})  # store.py, epoch.py
+# store.py, epoch.py
+STORE_NAMES = frozenset({MARKER, "db", "cas", "epoch", "running", "gc.lock", "wal"})
 # Names posbuild gives what it makes in a sandbox base (sandbox.py, dask_executor.py).
 SANDBOX_NAME = re.compile(r"\d+-\d+.*|\d+\.owner|dask-\d+-\d+|readdir-probe-.*", re.DOTALL)
 
@@ -52,7 +53,8 @@ def marker_text(kind: str) -> bytes:
 
 
 def is_marked(folder: Path, kind: str) -> bool:
-    """Whether `folder` holds posbuild's mark of `kind` (read, not just seen: this decides a deletion)."""
+    """Whether `folder` holds posbuild's mark of `kind` (read, not just seen: this decides a
+    deletion)."""
     try:
         fd = os.open(folder / MARKER, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
     except OSError:
@@ -74,13 +76,14 @@ def claim(folder: Path, kind: str, ours: Callable[[Path], bool], what: str = "")
         folder.mkdir(parents=True)
     except FileExistsError:
         if not folder.is_dir():
-            raise WorkspaceError(f"{folder}: not a folder; posbuild cannot use it as its {kind}{what}") from None
+            raise WorkspaceError(
+                f"{folder}: not a folder; posbuild cannot use it as its {kind}{what}") from None
         with os.scandir(folder) as listing:
             names = [entry.name for entry in listing]
         if names and not ours(folder):
             raise WorkspaceError(
-                f"{folder}: holds files posbuild did not make (and no {MARKER} of posbuild's); refusing to use it "
-                f"as the {kind}{what}: choose a new or empty folder") from None
+                f"{folder}: holds files posbuild did not make (and no {MARKER} of posbuild's); "
+                f"refusing to use it as the {kind}{what}: choose a new or empty folder") from None
     except OSError as error:
         raise WorkspaceError(f"{folder}: cannot make the {kind}{what}: {error.strerror}") from None
     _write_marker(folder, kind)
@@ -133,8 +136,9 @@ def empty(folder: Path, kind: str, keep: Iterable[str] = ()) -> int:
     if not real_folder(folder, kind):
         return 0
     if not is_marked(folder, kind):
-        raise WorkspaceError(f"{folder}: refusing to delete it: it holds no {MARKER} of posbuild's, so posbuild "
-                             f"did not make it (see `posbuild clean --help`)")
+        raise WorkspaceError(f"{folder}: refusing to delete it: it holds no {MARKER} of "
+                             "posbuild's, so posbuild did not make it (see `posbuild clean "
+                             "--help`)")
     kept = {MARKER, *keep}
     doomed = [Path(entry.path) for entry in os.scandir(folder) if entry.name not in kept]
     for path in doomed:
@@ -158,10 +162,12 @@ def real_folder(path: Path, kind: str) -> bool:
     except FileNotFoundError:
         return False
     if stat.S_ISLNK(mode):
-        raise WorkspaceError(f"{path}: is a symbolic link (to {os.readlink(path)}), not the {kind} posbuild made; "
-                             f"posbuild deletes nothing through a link")
+        raise WorkspaceError(f"{path}: is a symbolic link (to {os.readlink(path)}), not the {kind} "
+                             f"posbuild made; posbuild deletes nothing through a link")
     if not stat.S_ISDIR(mode):
-        raise WorkspaceError(f"{path}: is not a folder, so not the {kind} posbuild made; posbuild deletes nothing there")
+        raise WorkspaceError(
+            f"{path}: is not a folder, so not the {kind} posbuild made; posbuild deletes nothing "
+            "there")
     return True
 
 
@@ -183,7 +189,8 @@ def remove_tree(path: Path) -> None:
             return
         except OSError as error:
             if attempt == 2:
-                raise WorkspaceError(f"{path}: cannot delete it: {error.strerror or error}") from None
+                raise WorkspaceError(
+                    f"{path}: cannot delete it: {error.strerror or error}") from None
 
 
 def _gone_is_fine(function: object, name: str, info: tuple[type, BaseException, object]) -> None:

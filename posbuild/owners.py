@@ -36,13 +36,15 @@ class Owners:
     """The output paths claimed so far in one package, checked against each other, the package's
     subpackages and its source files."""
 
-    def __init__(self, package: str, root: Path, packages: set[str], package_folders: frozenset[str]) -> None:
+    def __init__(self, package: str, root: Path, packages: set[str],
+                 package_folders: frozenset[str]) -> None:
         self._package = package
         self._base = root / package if package else root
         self._packages = packages
         self._package_folders = package_folders
         self._outputs: dict[str, Label] = {}
-        self._folders: dict[str, tuple[str, Label]] = {}  # a folder above a claimed output -> (output, owner)
+        # a folder above a claimed output -> (output, owner)
+        self._folders: dict[str, tuple[str, Label]] = {}
         self._listing: set[str] | None = None
         # Source folders the check looked into: the graph cache stamps them, as package discovery
         # does not walk every one (hidden folders, symbolic links).
@@ -52,8 +54,8 @@ class Owners:
         """Record `out` as owned by `owner`, or raise a BuildFileError naming the other owner."""
         parts = out.split("/")
         if out.startswith("/") or "" in parts or "." in parts or ".." in parts:
-            raise BuildFileError(f"{kind} '{owner.name}': output '{out}' must be a relative path inside the "
-                                 f"package, without '.', '..' or empty parts")
+            raise BuildFileError(f"{kind} '{owner.name}': output '{out}' must be a relative path "
+                                 f"inside the package, without '.', '..' or empty parts")
         if ":" in out:
             raise BuildFileError(f"{kind} '{owner.name}': output '{out}' may not contain ':'")
         folders = ["/".join(parts[:i]) for i in range(1, len(parts))] if len(parts) > 1 else []
@@ -81,11 +83,14 @@ class Owners:
     def _check_packages(self, out: str, owner: Label, folders: list[str]) -> None:
         for folder in folders:
             if self._full(folder) in self._packages:
-                raise BuildFileError(f"output '{out}' of {owner} crosses into package //{self._full(folder)}")
+                raise BuildFileError(
+                    f"output '{out}' of {owner} crosses into package //{self._full(folder)}")
         full = self._full(out)
         if full in self._package_folders:
-            inner = full if full in self._packages else min(p for p in self._packages if p.startswith(full + "/"))
-            raise BuildFileError(f"output '{out}' of {owner} conflicts with package //{inner}, which lies under it")
+            inner = full if full in self._packages \
+                else min(p for p in self._packages if p.startswith(full + "/"))
+            raise BuildFileError(
+                f"output '{out}' of {owner} conflicts with package //{inner}, which lies under it")
 
     def _source_names(self) -> set[str]:
         """The names in the package's folder (posbuild's own folders aside), listed once."""
@@ -106,12 +111,16 @@ class Owners:
             if not os.path.isdir(path):
                 if os.path.lexists(path):
                     source = self._full("/".join(parts[:i + 1]))
-                    raise BuildFileError(f"output '{out}' of {owner} conflicts with source file {source}")
+                    raise BuildFileError(
+                        f"output '{out}' of {owner} conflicts with source file {source}")
                 return
             self.folders_read.add(self._full("/".join(parts[:i + 1])))
         for folder, dirs, files in os.walk(path):
             dirs.sort()
-            self.folders_read.add(self._full(os.path.relpath(folder, self._base).replace(os.sep, "/")))
+            self.folders_read.add(self._full(os.path.relpath(folder,
+                                                             self._base).replace(os.sep, "/")))
             if files:
-                inside = os.path.relpath(os.path.join(folder, min(files)), self._base).replace(os.sep, "/")
-                raise BuildFileError(f"output '{out}' of {owner} conflicts with source file {self._full(inside)}")
+                inside = os.path.relpath(os.path.join(folder, min(files)),
+                                         self._base).replace(os.sep, "/")
+                raise BuildFileError(
+                    f"output '{out}' of {owner} conflicts with source file {self._full(inside)}")

@@ -27,7 +27,8 @@ from posbuild.digest import hash_file
 from posbuild.errors import BuildFileError, ChecksumMismatch
 from posbuild.uptodate import BuildState
 
-LOCK_FILE = "posbuild.lock"  # lockfile.LOCK_NAME; repeated so that a build without pins never imports json
+# lockfile.LOCK_NAME; repeated so that a build without pins never imports json
+LOCK_FILE = "posbuild.lock"
 
 
 def tag_pins(actions: Sequence[Action]) -> list[tuple[str, str, str]]:
@@ -40,22 +41,27 @@ def tag_pins(actions: Sequence[Action]) -> list[tuple[str, str, str]]:
             if not tag.startswith(PIN_TAG):
                 continue
             path, _, digest = tag[len(PIN_TAG):].rpartition("=")
-            if not path or len(digest) != 64 or any(c not in "0123456789abcdefABCDEF" for c in digest):
-                raise BuildFileError(f"{action.label}: tag '{tag}' is not 'pin:<path>=<64 hex digest>'")
+            if not path or len(digest) != 64 \
+                    or any(c not in "0123456789abcdefABCDEF" for c in digest):
+                raise BuildFileError(
+                    f"{action.label}: tag '{tag}' is not 'pin:<path>=<64 hex digest>'")
             if path not in action.sources:
-                raise BuildFileError(f"{action.label}: tag '{tag}' pins '{path}', which is not a source file "
-                                     f"input of this rule (only source files can be pinned)")
+                raise BuildFileError(f"{action.label}: tag '{tag}' pins '{path}', which is not a "
+                                     "source file input of this rule (only source files can be "
+                                     "pinned)")
             found.append((path, digest.lower(), action.label))
     return found
 
 
 def check_pins(root: Path, actions: Sequence[Action], state: BuildState) -> int:
-    """Raise ChecksumMismatch if a pinned source that `actions` read no longer has its pinned digest.
+    """Raise ChecksumMismatch if a pinned source that `actions` read no longer has its pinned
+    digest.
 
     Pins come from `posbuild.lock` and from `pin:` tags. Returns how many pins were checked.
     """
     # (path, expected hex digest, where it is pinned, how to accept a change)
-    expected = [(path, digest, f"by {label}", "update the digest in its BUILD file to accept the change")
+    expected = [(path, digest, f"by {label}",
+                 "update the digest in its BUILD file to accept the change")
                 for path, digest, label in tag_pins(actions)]
     try:
         os.stat(root / LOCK_FILE)
@@ -67,7 +73,8 @@ def check_pins(root: Path, actions: Sequence[Action], state: BuildState) -> int:
         pins = read_lock(root).sources
     if pins:
         read = {path for action in actions for path in action.sources}
-        expected.extend((path, pins[path].lower(), f"in {LOCK_FILE}", "run `posbuild lock` to accept the change")
+        expected.extend((path, pins[path].lower(), f"in {LOCK_FILE}",
+                         "run `posbuild lock` to accept the change")
                         for path in read.intersection(pins))
     if not expected:
         return 0
@@ -83,7 +90,8 @@ def check_pins(root: Path, actions: Sequence[Action], state: BuildState) -> int:
             try:
                 st = stat(base + path)
             except FileNotFoundError:
-                continue  # a missing source is the build's own error, reported with the action reading it
+                # a missing source is the build's own error, reported with the action reading it
+                continue
             digest = None
             if signatures.get(path) == (st.st_mtime_ns, st.st_size, st.st_ino, st.st_ctime_ns):
                 if digests is None:
@@ -96,8 +104,10 @@ def check_pins(root: Path, actions: Sequence[Action], state: BuildState) -> int:
             mismatches.append((path, pinned, actual[path], where, advice))
     if mismatches:
         path, pinned, found, where, advice = mismatches[0]
-        more = f" (and {len(mismatches) - 1} more pinned file(s) changed)" if len(mismatches) > 1 else ""
-        raise ChecksumMismatch(f"{path} is pinned {where} to {pinned} but hashes to {found}{more}; {advice}")
+        more = f" (and {len(mismatches) - 1} more pinned file(s) changed)" \
+            if len(mismatches) > 1 else ""
+        raise ChecksumMismatch(
+            f"{path} is pinned {where} to {pinned} but hashes to {found}{more}; {advice}")
     return len(expected)
 
 

@@ -29,7 +29,8 @@ import ast
 import os
 from dataclasses import dataclass
 
-_Import = tuple[int, str, tuple[str, ...]]  # (level, dotted module, imported names) of one statement
+# (level, dotted module, imported names) of one statement
+_Import = tuple[int, str, tuple[str, ...]]
 
 
 class ScanError(Exception):
@@ -44,7 +45,8 @@ class ScanError(Exception):
 
 @dataclass(frozen=True, slots=True)
 class Scan:
-    """What scanning one script found: the modules (workspace-relative, sorted) and every file read."""
+    """What scanning one script found: the modules (workspace-relative, sorted) and every file
+    read."""
 
     modules: tuple[str, ...]
     files_read: tuple[str, ...]
@@ -125,7 +127,8 @@ class ImportScanner:
                     found.extend(self._walk(where, [name]) or ())
 
     def _walk(self, folder: str, parts: list[str]) -> list[str] | None:
-        """Files imported for the dotted `parts` below `folder`; None when its first part is not there."""
+        """Files imported for the dotted `parts` below `folder`; None when its first part is not
+        there."""
         files: list[str] = []
         for index, part in enumerate(parts):
             base = _join(folder, part)
@@ -142,7 +145,8 @@ class ImportScanner:
         return files
 
     def _package_folder(self, folder: str, parts: list[str]) -> str | None:
-        """The folder of the package `parts` below `folder`, where `from ... import name` looks for submodules."""
+        """The folder of the package `parts` below `folder`, where `from ... import name` looks for
+        submodules."""
         for part in parts:
             folder = _join(folder, part)
         return folder if os.path.isdir(self._abs(folder)) else None

@@ -1,10 +1,10 @@
 """Layer 7: `posbuild query` — a small Bazel-style query language over the target graph.
 
-The graph. Its nodes are every rule target (genrule, filegroup, ...) and, as in Bazel, every
-source file that some target names in `srcs` or `tools` (or a py_task's `script` and `deps`; kind
-"source file"). Its edges point from a target to what it depends on: each such entry. An entry that names an output of a
-rule (`//pkg:out.txt`) is an edge to that rule; posbuild has no separate "generated file" nodes.
-Filegroups are nodes like any rule, although they have no action.
+The graph. Its nodes are every rule target (genrule, filegroup, ...) and, as in Bazel, every source
+file that some target names in `srcs` or `tools` (or a py_task's `script` and `deps`; kind "source
+file"). Its edges point from a target to what it depends on: each such entry. An entry that names an
+output of a rule (`//pkg:out.txt`) is an edge to that rule; posbuild has no separate "generated
+file" nodes. Filegroups are nodes like any rule, although they have no action.
 
 The language (DESIGN §4):
 
@@ -48,7 +48,8 @@ from posbuild import __version__
 from posbuild.atomic import write_atomically
 from posbuild.config import Config, load_config
 from posbuild.errors import BuildFileError, UsageError
-from posbuild.label import Label, PatternKind, TargetPattern, did_you_mean, parse_label, parse_pattern
+from posbuild.label import (Label, PatternKind, TargetPattern, did_you_mean, parse_label,
+                            parse_pattern)
 from posbuild.label import shown as label_shown
 from posbuild.stamps import file_stamp, racy_digests, stamps_current
 from posbuild.target import SCHEMAS
@@ -64,7 +65,7 @@ _WORD = re.compile(r"[A-Za-z0-9_/@.:~*$=#%!-]+")
 _INT = re.compile(r"[0-9]+\Z")
 
 
-# -- the target graph ---------------------------------------------------------------------------------
+# -- the target graph ------------------------------------------------------------------------------
 
 
 class TargetGraph:
@@ -73,14 +74,17 @@ class TargetGraph:
     `deps[i]` are the node numbers node i depends on (sorted); `kind_of[i]` indexes `kind_names`
     ("source file" or a rule kind); `rules[p]` are the rule nodes of `packages[p]`. Attributes are
     kept column by column (one msgpack blob per attribute name, a value list per node or None), so
-    attr() decodes only the column it reads. Reverse edges and the label index are built on first use.
+    attr() decodes only the column it reads. Reverse edges and the label index are built on first
+    use.
     """
 
-    __slots__ = ("root", "packages", "labels", "kind_names", "kind_of", "deps", "rules", "_attr_blobs",
-                 "_outs_blob", "_rdeps", "_index", "_columns", "_outs")
+    __slots__ = ("root", "packages", "labels", "kind_names", "kind_of", "deps", "rules",
+                 "_attr_blobs", "_outs_blob", "_rdeps", "_index", "_columns", "_outs")
 
-    def __init__(self, root: Path, packages: Sequence[str], labels: Sequence[str], kind_names: Sequence[str],
-                 kind_of: Sequence[int], deps: Sequence[Sequence[int]], rules: Sequence[Sequence[int]],
+    def __init__(self, root: Path, packages: Sequence[str], labels: Sequence[str],
+                 kind_names: Sequence[str],
+                 kind_of: Sequence[int], deps: Sequence[Sequence[int]],
+                 rules: Sequence[Sequence[int]],
                  attr_blobs: dict[str, bytes], outs_blob: bytes) -> None:
         self.root = root
         self.packages = tuple(packages)
@@ -123,13 +127,15 @@ class TargetGraph:
         """
         if attr not in self._columns:
             blob = self._attr_blobs.get(attr)
-            self._columns[attr] = msgpack.unpackb(blob, use_list=False) if blob else (None,) * len(self.labels)
+            self._columns[attr] = msgpack.unpackb(blob, use_list=False) if blob \
+                else (None,) * len(self.labels)
         return self._columns[attr]
 
     def output_owner(self, label: str) -> int | None:
         """The rule node that declares the output `label`, if any."""
         if self._outs is None:
-            self._outs = dict(msgpack.unpackb(self._outs_blob, use_list=False)) if self._outs_blob else {}
+            self._outs = dict(msgpack.unpackb(self._outs_blob, use_list=False)) \
+                if self._outs_blob else {}
         return self._outs.get(label)
 
     def rules_by_package(self) -> dict[str, Sequence[int]]:
@@ -141,14 +147,16 @@ class TargetGraph:
         return kind if kind == SOURCE_FILE else f"{kind} rule"
 
     def entry(self) -> list[Any]:
-        """The graph as plain msgpack-able values, in the order `TargetGraph(root, *entry)` takes them."""
+        """The graph as plain msgpack-able values, in the order `TargetGraph(root, *entry)` takes
+        them."""
         return [list(self.packages), list(self.labels), list(self.kind_names), list(self.kind_of),
                 [list(d) for d in self.deps], [list(r) for r in self.rules], dict(self._attr_blobs),
                 self._outs_blob]
 
 
 def _attr_values(value: Any) -> list[str]:
-    """A Target attribute as strings: lists element-wise, dicts as `key=value`, requires as `label key=value`."""
+    """A Target attribute as strings: lists element-wise, dicts as `key=value`, requires as `label
+    key=value`."""
     if isinstance(value, tuple):
         values: list[str] = []
         for item in value:
@@ -164,7 +172,8 @@ def _attr_values(value: Any) -> list[str]:
     return [str(value)]
 
 
-def _build_graph(config: Config) -> tuple[TargetGraph, list[tuple[str, int]], list[str], dict[str, bytes]]:
+def _build_graph(config: Config
+                 ) -> tuple[TargetGraph, list[tuple[str, int]], list[str], dict[str, bytes]]:
     """Evaluate every BUILD file of the workspace into a TargetGraph (a cache miss)."""
     from posbuild.loader import discover_packages, Loader  # Starlark is needed only here
 
@@ -195,12 +204,12 @@ def _build_graph(config: Config) -> tuple[TargetGraph, list[tuple[str, int]], li
     columns: dict[str, list[list[str] | None]] = {}
     rules: dict[str, list[int]] = {p: [] for p in package_names}
     for label in nodes:
-        target = targets.get(label)
-        if target is None:
+        declared = targets.get(label)
+        if declared is None:
             continue
         rules[label.package].append(number[label])
-        for attr in ["name", *(a for a in SCHEMAS.get(target.kind, {}) if a != "visibility")]:
-            value = [label.name] if attr == "name" else _attr_values(getattr(target, attr))
+        for attr in ["name", *(a for a in SCHEMAS.get(declared.kind, {}) if a != "visibility")]:
+            value = [label.name] if attr == "name" else _attr_values(getattr(declared, attr))
             if attr not in columns:
                 columns[attr] = [None] * len(nodes)
             columns[attr][number[label]] = value
@@ -209,7 +218,8 @@ def _build_graph(config: Config) -> tuple[TargetGraph, list[tuple[str, int]], li
         packages=package_names,
         labels=[str(n) for n in nodes],
         kind_names=kind_names,
-        kind_of=[kind_number[targets[n].kind] if n in targets else kind_number[SOURCE_FILE] for n in nodes],
+        kind_of=[kind_number[targets[n].kind] if n in targets else kind_number[SOURCE_FILE]
+                 for n in nodes],
         deps=[sorted(number[d] for d in edges.get(n, ())) for n in nodes],
         rules=[rules[p] for p in package_names],
         attr_blobs={a: msgpack.packb(c, use_bin_type=True) for a, c in sorted(columns.items())},
@@ -219,7 +229,8 @@ def _build_graph(config: Config) -> tuple[TargetGraph, list[tuple[str, int]], li
 
 
 def _entries(target: Any) -> list[tuple[str, str]]:
-    """The labels a target depends on, by attribute: srcs, tools, and a py_task's script and deps."""
+    """The labels a target depends on, by attribute: srcs, tools, and a py_task's script and
+    deps."""
     entries = [(attr, text) for attr in ("srcs", "tools", "deps") for text in getattr(target, attr)]
     if target.script:
         entries.append(("script", target.script))
@@ -228,7 +239,8 @@ def _entries(target: Any) -> list[tuple[str, str]]:
 
 def _resolve_entry(loader: Any, targets: dict[Label, Any], outputs: dict[Label, Label], target: Any,
                    attr: str, text: str) -> Label:
-    """The node one srcs/tools entry names: a rule, a rule's output, or a source file that exists."""
+    """The node one srcs/tools entry names: a rule, a rule's output, or a source file that
+    exists."""
     where = f"{target.label}: {attr} entry '{text}'"
     try:
         label = parse_label(text, target.label.package)
@@ -240,18 +252,21 @@ def _resolve_entry(loader: Any, targets: dict[Label, Any], outputs: dict[Label, 
     rel = f"{label.package}/{label.name}" if label.package else label.name
     if not (loader.root / rel).is_file():
         names = [t.label.name for t in package.targets]
-        raise BuildFileError(f"{where}: no such target or source file '{label}'" + did_you_mean(label.name, names),
+        raise BuildFileError(f"{where}: no such target or source file '{label}'" + did_you_mean(
+            label.name, names),
                              target.location)
     return label
 
 
 class TargetCache:
-    """The workspace's TargetGraph in one msgpack file, checked by stamps like graphcache.py's entries."""
+    """The workspace's TargetGraph in one msgpack file, checked by stamps like graphcache.py's
+    entries."""
 
     def __init__(self, config: Config) -> None:
         self._config = config
         self.path = config.state_dir / "graphs" / CACHE_NAME
-        self._since = time.time_ns()  # made just before a load: what changed since is racy (stamps.py)
+        # made just before a load: what changed since is racy (stamps.py)
+        self._since = time.time_ns()
 
     def load(self) -> TargetGraph | None:
         try:
@@ -261,7 +276,8 @@ class TargetCache:
         if not isinstance(entry, tuple) or len(entry) != 12 or entry[0] != _version():
             return None
         _, dirs, files, racy, *fields = entry
-        if not isinstance(racy, dict) or not stamps_current(str(self._config.root), dirs, files, racy):
+        if not isinstance(racy, dict) \
+                or not stamps_current(str(self._config.root), dirs, files, racy):
             return None
         return TargetGraph(self._config.root, *fields)
 
@@ -269,7 +285,8 @@ class TargetCache:
              read: dict[str, bytes]) -> None:
         root = str(self._config.root)
         racy = racy_digests(root, [*(rel for rel, _ in dirs), *files], self._since, read)
-        entry = [_version(), list(dirs), [(rel, file_stamp(root, rel)) for rel in files], racy, *graph.entry()]
+        entry = [_version(), list(dirs), [(rel, file_stamp(root, rel)) for rel in files], racy,
+                 *graph.entry()]
         try:
             write_atomically(self.path, msgpack.packb(entry, use_bin_type=True))
         except OSError:
@@ -277,7 +294,8 @@ class TargetCache:
 
 
 def _version() -> str:
-    schema = ";".join(f"{kind}:{','.join(sorted(attrs))}" for kind, attrs in sorted(SCHEMAS.items()))
+    schema = ";".join(f"{kind}:{','.join(sorted(attrs))}"
+                      for kind, attrs in sorted(SCHEMAS.items()))
     return f"{CACHE_FORMAT}/{__version__}/{schema}"
 
 
@@ -291,7 +309,7 @@ def load_graph(config: Config) -> TargetGraph:
     return graph
 
 
-# -- parsing ------------------------------------------------------------------------------------------
+# -- parsing ---------------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True, slots=True)
@@ -353,10 +371,12 @@ class _Parser:
     def fail(self, message: str, pos: int | None = None) -> UsageError:
         where = self.pos if pos is None else pos
         shown = self.text if len(self.text) <= 200 else self.text[:100] + " ... " + self.text[-60:]
-        return UsageError(label_shown(f"query syntax error at column {where + 1}: {message} in '{shown}'"))
+        return UsageError(
+            label_shown(f"query syntax error at column {where + 1}: {message} in '{shown}'"))
 
     def nest(self) -> None:
-        """Go one level deeper (a parenthesis, a function): parsing and evaluation recurse per level."""
+        """Go one level deeper (a parenthesis, a function): parsing and evaluation recurse per
+        level."""
         self.levels += 1
         if self.levels > MAX_NESTING:
             raise self.fail(f"the expression nests more than {MAX_NESTING} levels deep "
@@ -374,7 +394,8 @@ class _Parser:
         if self.pos >= len(self.text):
             return "the end of the expression"
         word = _WORD.match(self.text, self.pos)
-        return f"'{word.group(0)}'" if word and self.text[self.pos] != "-" else f"'{self.text[self.pos]}'"
+        return f"'{word.group(0)}'" if word and self.text[self.pos] != "-" \
+            else f"'{self.text[self.pos]}'"
 
     def expect(self, char: str) -> None:
         if self.peek() != char:
@@ -508,7 +529,8 @@ class _Parser:
         except re.error as error:
             raise self.fail(f"bad regular expression '{text}': {error}", start) from None
         except (RecursionError, OverflowError, MemoryError):
-            raise self.fail("bad regular expression: nested too deeply or too large", start) from None
+            raise self.fail("bad regular expression: nested too deeply or too large",
+                            start) from None
 
     def f_deps(self) -> Deps:
         expr = self.expression()
@@ -545,16 +567,18 @@ class _Parser:
 
 
 def parse_query(text: str, cwd_package: str = "") -> Expr:
-    """Parse EXPR; a syntax error is a UsageError naming the column, a malformed label a BuildFileError."""
+    """Parse EXPR; a syntax error is a UsageError naming the column, a malformed label a
+    BuildFileError."""
     return _Parser(text, cwd_package).parse()
 
 
-# -- evaluation ---------------------------------------------------------------------------------------
+# -- evaluation ------------------------------------------------------------------------------------
 
 
 def _closure(start: Iterable[int], edges: Sequence[Sequence[int]], depth: int | None,
              within: set[int] | None = None) -> set[int]:
-    """Nodes reachable from `start` along `edges` (at most `depth` steps), optionally inside `within`.
+    """Nodes reachable from `start` along `edges` (at most `depth` steps), optionally inside
+    `within`.
 
     Breadth-first, one frontier at a time, with set operations (they run in C: deps(//...) of a
     10,000-target workspace takes a few milliseconds).
@@ -583,7 +607,8 @@ class Evaluator:
         graph = self.graph
         if isinstance(expr, Pattern):
             return self.pattern(expr.pattern)
-        if isinstance(expr, SetOp):  # a chain `a + b - c ...` nests to the left: walked, not recursed
+        # a chain `a + b - c ...` nests to the left: walked, not recursed
+        if isinstance(expr, SetOp):
             spine = []
             while isinstance(expr, SetOp):
                 spine.append(expr)
@@ -591,7 +616,8 @@ class Evaluator:
             found = self(expr)
             for step in reversed(spine):
                 right = self(step.right)
-                found = found | right if step.op == "+" else found - right if step.op == "-" else found & right
+                found = found | right if step.op == "+" else found - right if step.op == "-" \
+                    else found & right
             return found
         if isinstance(expr, Deps):
             return _closure(self(expr.expr), graph.deps, expr.depth)
@@ -607,7 +633,8 @@ class Evaluator:
         if isinstance(expr, Attr):
             search = expr.regex.search
             column = graph.column(expr.name)
-            return {n for n in self(expr.expr) if column[n] is not None and any(map(search, column[n]))}
+            return {n for n in self(expr.expr)
+                    if (values := column[n]) is not None and any(map(search, values))}
         raise TypeError(f"not a query expression: {expr!r}")
 
     def pattern(self, pattern: TargetPattern) -> set[int]:
@@ -619,12 +646,15 @@ class Evaluator:
             if pattern.package not in rules:
                 from posbuild.loader import package_hint  # only for the error
 
-                raise BuildFileError(f"no such package '//{pattern.package}'" + package_hint(pattern.package, graph.packages))
+                raise BuildFileError(f"no such package '//{pattern.package}'" + package_hint(
+                    pattern.package, graph.packages))
             found = set(rules[pattern.package])
         else:
-            found = set(chain.from_iterable(nodes for p, nodes in rules.items() if pattern.covers_package(p)))
+            found = set(chain.from_iterable(nodes for p, nodes in rules.items()
+                                            if pattern.covers_package(p)))
         if not found:
-            hint = did_you_mean(pattern.package, graph.packages) if pattern.package not in rules else ""
+            hint = did_you_mean(pattern.package, graph.packages) \
+                if pattern.package not in rules else ""
             raise BuildFileError(f"pattern '{pattern}' matches no targets" + hint)
         return found
 
@@ -640,13 +670,14 @@ class Evaluator:
         if label.package not in graph.packages:
             from posbuild.loader import package_hint  # only for the error
 
-            raise BuildFileError(f"no such package '//{label.package}'" + package_hint(label.package, graph.packages))
+            raise BuildFileError(f"no such package '//{label.package}'" + package_hint(
+                label.package, graph.packages))
         prefix = f"//{label.package}:"
         names = [n[len(prefix):] for n in graph.labels if n.startswith(prefix)]
         raise BuildFileError(f"no such target '{label}'" + did_you_mean(label.name, names))
 
 
-# -- output -------------------------------------------------------------------------------------------
+# -- output ----------------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True, slots=True)
@@ -673,7 +704,8 @@ class QueryResult:
             return "\n".join(labels) + "\n" if labels else ""
         if output == "json":
             kinds = {self.graph.labels[n]: self.graph.kind_text(n) for n in self.nodes}
-            document = {"labels": self.labels, "edges": [list(e) for e in self.edges()], "kinds": kinds}
+            document = {"labels": self.labels, "edges": [list(e) for e in self.edges()],
+                        "kinds": kinds}
             return json.dumps(document, indent=2) + "\n"
         if output == "graph":
             lines = ["digraph posbuild {"]
@@ -687,7 +719,8 @@ def _dot(label: str) -> str:
     return '"' + label.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
-def run_query(root: Path, text: str, cwd_package: str = "", config: Config | None = None) -> QueryResult:
+def run_query(root: Path, text: str, cwd_package: str = "",
+              config: Config | None = None) -> QueryResult:
     """Parse and evaluate one query in the workspace at `root`."""
     expr = parse_query(text, cwd_package)  # before loading: a typo costs no BUILD evaluation
     graph = load_graph(config or load_config(root))

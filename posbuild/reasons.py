@@ -16,7 +16,7 @@ both commands word them alike.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Any, Callable, Sequence
 
 from posbuild.digest import Digest
 from posbuild.records import ExecutionRecord
@@ -37,9 +37,11 @@ class Reason:
         if self.component == "command":
             return f"the command changed: {self.old!r} -> {self.new!r}"
         if self.component == "environment":
-            return f"the environment hash changed: {self.old} -> {self.new} (see `posbuild env show`)"
+            return (
+                f"the environment hash changed: {self.old} -> {self.new} (see `posbuild env show`)")
         if self.component == "passed":
-            return f"variable {self.subject} (passed by [env] pass) changed: {self.old} -> {self.new}"
+            return (
+                f"variable {self.subject} (passed by [env] pass) changed: {self.old} -> {self.new}")
         what = {"input": "input", "env": "env entry", "version": "version"}[self.component]
         return f"{what} {self.subject} changed: {self.old or '(none)'} -> {self.new or '(none)'}"
 
@@ -49,11 +51,11 @@ def _short(digest: Digest | None) -> str:
 
 
 def _pairs(old: Sequence[tuple[str, object]], new: Sequence[tuple[str, object]], component: str,
-           render: object = str, absent: str = "") -> list[Reason]:
+           render: Callable[[Any], str] = str, absent: str = "") -> list[Reason]:
     before, after = dict(old), dict(new)
     return [
-        Reason(component, name, render(before.get(name)) if name in before else absent,  # type: ignore[operator]
-               render(after.get(name)) if name in after else absent)  # type: ignore[operator]
+        Reason(component, name, render(before.get(name)) if name in before else absent,
+               render(after.get(name)) if name in after else absent)
         for name in sorted(before.keys() | after.keys()) if before.get(name) != after.get(name)
     ]
 
@@ -64,7 +66,8 @@ def differences(previous: ExecutionRecord | None, command: str, env: Sequence[tu
                 passed_before: Sequence[tuple[str, str]] | None = None) -> list[Reason]:
     """What differs between a previous execution and the action about to run (empty: nothing known).
 
-    `passed` and `passed_before`: the `[env] pass` variables of the two builds (None: not recorded)."""
+    `passed` and `passed_before`: the `[env] pass` variables of the two builds (None: not
+    recorded)."""
     if previous is None:
         return []
     reasons = _pairs(previous.inputs, inputs, "input", _short)
@@ -83,9 +86,10 @@ def same_key(previous: ExecutionRecord) -> str:
     """Why an action ran again with the key of its previous execution, which nothing changed."""
     where = f"its previous execution (build {previous.build_id}) had the same key"
     if previous.state == "FAILED":
-        return f"{where} and failed ({failure(previous)}); a failure is never cached, so it ran again"
-    return (f"{where}, but that result was no longer in the store (removed by `posbuild gc`, or never "
-            f"kept), so it ran again")
+        return (
+            f"{where} and failed ({failure(previous)}); a failure is never cached, so it ran again")
+    return (f"{where}, but that result was no longer in the store (removed by `posbuild gc`, or "
+            f"never kept), so it ran again")
 
 
 def failure(record: ExecutionRecord) -> str:
@@ -116,7 +120,8 @@ def one_line(previous: ExecutionRecord | None, reasons: Sequence[Reason], key: D
 
 def unexplained(previous: ExecutionRecord, passed_unknown: bool = False) -> str:
     """When the key differs from the previous execution's although no recorded component does."""
-    passed = " a variable passed by [env] pass (not recorded in that build)," if passed_unknown else ""
+    passed = " a variable passed by [env] pass (not recorded in that build)," if passed_unknown \
+        else ""
     return (f"its command, inputs, env and versions are those of its previous execution (build "
-            f"{previous.build_id}), but something else in its key changed:{passed} its outputs, tools "
-            f"or secrets, or the action format of posbuild itself")
+            f"{previous.build_id}), but something else in its key changed:{passed} its outputs, "
+            f"tools or secrets, or the action format of posbuild itself")

@@ -31,8 +31,10 @@ CHAIN = "chain"  # the row field holding [previous number (0: none), seal]
 
 
 def row_digest(row: dict[str, Any]) -> Digest:
-    """The digest of a build row without its seal, over its msgpack form (fields in stored order)."""
-    return hash_bytes(msgpack.packb({k: v for k, v in row.items() if k != CHAIN}, use_bin_type=True))
+    """The digest of a build row without its seal, over its msgpack form (fields in stored
+    order)."""
+    return hash_bytes(msgpack.packb({k: v for k, v in row.items() if k != CHAIN},
+                                    use_bin_type=True))
 
 
 def records_digest(records: Iterable[tuple[bytes, bytes]]) -> Digest:

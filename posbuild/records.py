@@ -47,7 +47,8 @@ class ActionResult:
     secret: bool = False
 
     def blobs(self) -> tuple[Digest, ...]:
-        """Every blob the result names (outputs, stdout, stderr): what the store must hold for it."""
+        """Every blob the result names (outputs, stdout, stderr): what the store must hold for
+        it."""
         return (*(o.digest for o in self.outputs), self.stdout_digest, self.stderr_digest)
 
     def pack(self) -> bytes:
@@ -58,8 +59,8 @@ class ActionResult:
     @staticmethod
     def unpack(data: bytes) -> ActionResult:
         _, exit_code, out_digest, err_digest, rows, *secret = msgpack.unpackb(data)
-        return ActionResult(tuple(OutputFile(*row) for row in rows), exit_code, out_digest, err_digest,
-                            secret == [True])
+        return ActionResult(tuple(OutputFile(*row) for row in rows), exit_code, out_digest,
+                            err_digest, secret == [True])
 
 
 Signature = tuple[int, int, int, int]  # (mtime_ns, size, inode, ctime_ns)
@@ -111,7 +112,8 @@ class Generation:
         return Generation(id_, created, tuple(patterns), manifest, files, size, *workspace[:1])
 
 
-Manifest = dict[str, tuple[Digest, int, bool]]  # path under posbuild-out/ → (digest, size, executable)
+# path under posbuild-out/ → (digest, size, executable)
+Manifest = dict[str, tuple[Digest, int, bool]]
 
 
 def pack_manifest(manifest: Manifest) -> bytes:
@@ -139,7 +141,8 @@ class ResourceUsage:
 
 @dataclass(frozen=True, slots=True)
 class RemoteRun:
-    """Where and when an action ran when another machine ran it (a Dask worker, dask_executor.py)."""
+    """Where and when an action ran when another machine ran it (a Dask worker,
+    dask_executor.py)."""
 
     worker: str  # the worker's address, e.g. tcp://10.0.0.7:40211
     host: str  # the worker machine's host name
@@ -147,7 +150,8 @@ class RemoteRun:
     ended: float
 
 
-STATES = ("SUCCESS", "FAILED", "CACHED", "SKIPPED", "INTERRUPTED")  # the last only implied (history.py)
+# the last only implied (history.py)
+STATES = ("SUCCESS", "FAILED", "CACHED", "SKIPPED", "INTERRUPTED")
 
 
 @dataclass(frozen=True, slots=True)
@@ -178,7 +182,8 @@ class ExecutionRecord:
 
     def pack(self) -> bytes:
         row = {f: getattr(self, f) for f in self.__dataclass_fields__}
-        row["usage"] = [*(getattr(self.usage, f) for f in ResourceUsage.__dataclass_fields__)] if self.usage else None
+        row["usage"] = [*(getattr(self.usage, f) for f in ResourceUsage.__dataclass_fields__)] \
+            if self.usage else None
         return msgpack.packb(row, use_bin_type=True)
 
     @staticmethod

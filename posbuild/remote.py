@@ -9,15 +9,14 @@ Design memo
   bazel-remote check it); `/ac/<hex>` holds posbuild's entry for an action key (its BLAKE3 key in
   hex, the 64 characters such servers expect). A 404 is a miss.
 * **Trust.** A shared cache is only as trustworthy as its least trustworthy writer, and cache
-  poisoning — one writer planting outputs under another's key — is the best-known weakness of
-  shared build caches. So every `/ac/` entry is signed: HMAC-SHA256, with the secret
-  `POSBUILD_CACHE_KEY`, over the exact bytes of a body that holds the action key itself, the
-  packed ActionResult and the SHA-256 name and size of each blob. Binding the action key means an entry
-  copied under another key is rejected like a forged one. A reader verifies the signature before
-  it looks inside, then fetches each blob by its SHA-256 name and checks both that and the
-  BLAKE3 digest the local store will file it under, so wrong bytes never reach the store. An
-  unsigned, wrongly signed, malformed or inconsistent entry is a miss: the action runs locally,
-  and one warning names the entry.
+  poisoning — one writer planting outputs under another's key — is the best-known weakness of shared
+  build caches. So every `/ac/` entry is signed: HMAC-SHA256, with the secret `POSBUILD_CACHE_KEY`,
+  over the exact bytes of a body that holds the action key itself, the packed ActionResult and the
+  SHA-256 name and size of each blob. Binding the action key means an entry copied under another key
+  is rejected like a forged one. A reader verifies the signature before it looks inside, then
+  fetches each blob by its SHA-256 name and checks both that and the BLAKE3 digest the local store
+  will file it under, so wrong bytes never reach the store. An unsigned, wrongly signed, malformed
+  or inconsistent entry is a miss: the action runs locally, and one warning names the entry.
 * **Availability.** The remote is an optimisation, never a dependency: the first request that
   fails (connection refused, timeout, reset, an unexpected HTTP status) marks it down for the
   rest of the build and emits ONE warning; every later call returns at once. A reused keep-alive
@@ -59,7 +58,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO, Callable, Iterator, Mapping
+from typing import Any, BinaryIO, Callable, Iterator, Mapping
 from urllib.parse import urlsplit
 
 import blake3
@@ -74,11 +73,14 @@ SIGNATURE_ALGORITHM = "hmac-sha256"
 _SIGNING_CONTEXT = b"posbuild remote action result v1\x00"
 _CHUNK = 1 << 20
 _HEAD_ABOVE = 64 * 1024  # larger blobs are looked for (HEAD) before they are uploaded
-ENTRY_LIMIT = 16 << 20  # bytes of an `/ac/` entry: a result and its blob names (~200 bytes per output)
+# bytes of an `/ac/` entry: a result and its blob names (~200 bytes per output)
+ENTRY_LIMIT = 16 << 20
 _ANSWER_LIMIT = 64 * 1024  # bytes read of any other answer (a 404, an error, a reply to PUT)
-_UNSIZED_LIMIT = 1 << 30  # a blob whose size its entry does not sign (entries of posbuild before 0.2)
+# a blob whose size its entry does not sign (entries of posbuild before 0.2)
+_UNSIZED_LIMIT = 1 << 30
 _RATE = 1 << 20  # bytes per second a transfer is granted beyond `[cache] timeout`
-_RETRYABLE = (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError, http.client.BadStatusLine)
+_RETRYABLE = (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError,
+              http.client.BadStatusLine)
 
 
 class _Down(Exception):
@@ -98,7 +100,8 @@ class RemoteEntry:
     names: tuple[tuple[Digest, bytes, int], ...] = field(repr=False)
 
     def blobs(self) -> Iterator[tuple[Digest, bytes, int]]:
-        """(BLAKE3 digest, SHA-256, size or -1 if unknown) of every blob the result names, once each."""
+        """(BLAKE3 digest, SHA-256, size or -1 if unknown) of every blob the result names, once
+        each."""
         sizes = {o.digest: o.size for o in self.result.outputs}
         names = {digest: (name, size) for digest, name, size in self.names}
         for digest in dict.fromkeys(self.result.blobs()):
@@ -114,7 +117,8 @@ class RemoteStats:
     misses: int = 0
     rejected: int = 0
     uploaded: int = 0
-    worker_inputs: int = 0  # input files Dask workers read from the remote instead of receiving them
+    # input files Dask workers read from the remote instead of receiving them
+    worker_inputs: int = 0
 
 
 def sign(secret: bytes, body: bytes) -> bytes:
@@ -122,11 +126,14 @@ def sign(secret: bytes, body: bytes) -> bytes:
     return keyed_signature(secret, _SIGNING_CONTEXT, body)
 
 
-def pack_entry(secret: bytes, key: Digest, result: ActionResult, names: Mapping[Digest, tuple[bytes, int]]) -> bytes:
+def pack_entry(secret: bytes, key: Digest, result: ActionResult,
+               names: Mapping[Digest, tuple[bytes, int]]) -> bytes:
     """The bytes stored at `/ac/<key>`: a body binding key, result and blob names and sizes, and its
     signature."""
-    body = msgpack.packb([bytes(key), result.pack(), [[d, *names[d]] for d in sorted(names)]], use_bin_type=True)
-    return msgpack.packb([ENTRY_FORMAT, SIGNATURE_ALGORITHM, body, sign(secret, body)], use_bin_type=True)
+    body = msgpack.packb([bytes(key), result.pack(), [[d, *names[d]] for d in sorted(names)]],
+                         use_bin_type=True)
+    return msgpack.packb([ENTRY_FORMAT, SIGNATURE_ALGORITHM, body, sign(secret, body)],
+                         use_bin_type=True)
 
 
 class EntryRejected(Exception):
@@ -134,11 +141,13 @@ class EntryRejected(Exception):
 
 
 def unpack_entry(secret: bytes, key: Digest, data: bytes) -> RemoteEntry:
-    """Verify and decode an `/ac/` entry; EntryRejected if it is unsigned, forged or inconsistent."""
+    """Verify and decode an `/ac/` entry; EntryRejected if it is unsigned, forged or
+    inconsistent."""
     try:  # the outer list is read before its signature is checked: nothing in it may be large
         outer = msgpack.unpackb(data, max_array_len=4, max_map_len=0, max_str_len=64)
     except Exception:  # noqa: BLE001 - any decoding failure means the same: not an entry of ours
-        raise EntryRejected("not a signed posbuild entry (unsigned, or written by another tool)") from None
+        raise EntryRejected(
+            "not a signed posbuild entry (unsigned, or written by another tool)") from None
     if not (isinstance(outer, list) and len(outer) == 4 and outer[0] == ENTRY_FORMAT
             and isinstance(outer[2], bytes) and isinstance(outer[3], bytes)):
         raise EntryRejected("not a signed posbuild entry (unsigned, or written by another tool)")
@@ -165,12 +174,13 @@ def unpack_entry(secret: bytes, key: Digest, data: bytes) -> RemoteEntry:
     return RemoteEntry(result, names)
 
 
-def _name_row(row: list[object]) -> tuple[Digest, bytes, int]:
-    """(BLAKE3, SHA-256, size) of a signed row; size -1 in entries written before sizes were signed."""
+def _name_row(row: list[Any]) -> tuple[Digest, bytes, int]:
+    """(BLAKE3, SHA-256, size) of a signed row; size -1 in entries written before sizes were
+    signed."""
     digest, name, *size = row
     if len(size) > 1 or not all(type(s) is int and s >= 0 for s in size):
         raise ValueError("malformed entry")
-    return bytes(digest), bytes(name), size[0] if size else -1  # type: ignore[arg-type,return-value]
+    return bytes(digest), bytes(name), size[0] if size else -1
 
 
 def sha256_of(source: bytes | Path) -> bytes:
@@ -185,10 +195,11 @@ def sha256_of(source: bytes | Path) -> bytes:
 
 
 class RemoteCache:
-    """The client of one remote cache for one build; thread-safe, never raises for remote failures."""
+    """The client of one remote cache for one build; thread-safe, never raises for remote
+    failures."""
 
-    def __init__(self, url: str, timeout: float, secret: bytes, upload: bool, warn: Callable[[str], None],
-                 inline_limit: int = 256 * 1024) -> None:
+    def __init__(self, url: str, timeout: float, secret: bytes, upload: bool,
+                 warn: Callable[[str], None], inline_limit: int = 256 * 1024) -> None:
         parts = urlsplit(url)
         self.url = url
         self.upload = upload
@@ -226,7 +237,8 @@ class RemoteCache:
     # -- reading ---------------------------------------------------------------------------
 
     def get_entry(self, key: Digest, label: str) -> RemoteEntry | None:
-        """The verified entry for `key`, or None (a miss, a rejected entry, or the remote is down)."""
+        """The verified entry for `key`, or None (a miss, a rejected entry, or the remote is
+        down)."""
         if not self._secret:  # a keyless client (blobs_only) trusts no entry
             return None
         path = f"/ac/{key.hex()}"
@@ -235,8 +247,8 @@ class RemoteCache:
         except _Down:
             return None
         except _TooLarge as why:
-            self._reject(f"entry {path} for {label} rejected: {why}, larger than an action cache entry may be "
-                         f"({ENTRY_LIMIT} bytes); it runs locally")
+            self._reject(f"entry {path} for {label} rejected: {why}, larger than an action cache "
+                         f"entry may be ({ENTRY_LIMIT} bytes); it runs locally")
             return None
         if status == 404:
             self._count("misses")
@@ -247,7 +259,8 @@ class RemoteCache:
             self._reject(f"entry {path} for {label} rejected: {why}; it runs locally")
             return None
 
-    def fetch_blob(self, digest: Digest, name: bytes, size: int, label: str, temp_dir: Path) -> bytes | Path | None:
+    def fetch_blob(self, digest: Digest, name: bytes, size: int, label: str,
+                   temp_dir: Path) -> bytes | Path | None:
         """A blob's verified bytes (small) or a verified temp file in `temp_dir` (large); None if
         it is missing, wrong or the remote is down. `size` is what the signed entry says (-1: it
         does not say): no more is read. The caller removes a returned temp file."""
@@ -262,23 +275,30 @@ class RemoteCache:
         keep = False
         try:
             try:
-                sink = None if temp is None else (lambda response, most: _stream_to(response, temp, most))
+                sink = None if temp is None \
+                    else (lambda response, most: _stream_to(response, temp, most))
                 status, got = self._call("GET", path, sink=sink, limit=limit)
             except _Down:
                 return None
             except _TooLarge as error:
-                bound = f"the signed result says it has {size}" if size >= 0 else f"an unsized blob may have ({limit})"
-                return self._rejected(f"blob {path} of {label} rejected: {error}, more bytes than {bound}")
+                bound = f"the signed result says it has {size}" if size >= 0 \
+                    else f"an unsized blob may have ({limit})"
+                self._rejected(f"blob {path} of {label} rejected: {error}, more bytes than {bound}")
+                return None
             if status == 404:
-                return self._rejected(f"blob {path} of {label} is missing from the remote")
-            body = bytes(got) if temp is None else b""  # type: ignore[arg-type]
-            sums = (blake3.blake3(body).digest(), hashlib.sha256(body).digest()) if temp is None else got
+                self._rejected(f"blob {path} of {label} is missing from the remote")
+                return None
+            body = bytes(got) if temp is None else b""
+            sums = (blake3.blake3(body).digest(), hashlib.sha256(body).digest()) \
+                if temp is None else got
             if sums != (digest, name):
-                return self._rejected(f"blob {path} of {label} rejected: its bytes hash to {sums[0].hex()}, "  # type: ignore[index]
-                                      f"not {digest.hex()} as the signed result says")
+                self._rejected(f"blob {path} of {label} rejected: its bytes hash to "
+                               f"{sums[0].hex()}, not {digest.hex()} as the signed result says")
+                return None
             if temp is None:
                 return body
-            if size < 0 and temp.stat().st_size <= self._inline_limit:  # small after all: kept inline
+            # small after all: kept inline
+            if size < 0 and temp.stat().st_size <= self._inline_limit:
                 return temp.read_bytes()
             keep = True
             return temp
@@ -287,13 +307,14 @@ class RemoteCache:
                 temp.unlink(missing_ok=True)
 
     def read_blob(self, name: bytes, digest: Digest, target: Path, size: int = -1) -> str:
-        """Stream the blob `/cas/<name>` into the file `target`, checked against its SHA-256 name and
-        its BLAKE3 `digest`, reading at most `size` bytes (-1: unknown): "" when it is there, else
-        why not (then `target` does not exist). Needs no key: the digests, which the caller trusts,
-        are the check."""
+        """Stream the blob `/cas/<name>` into the file `target`, checked against its SHA-256 name
+        and its BLAKE3 `digest`, reading at most `size` bytes (-1: unknown): "" when it is there,
+        else why not (then `target` does not exist). Needs no key: the digests, which the caller
+        trusts, are the check."""
         path = f"/cas/{name.hex()}"
         try:
-            status, sums = self._call("GET", path, sink=lambda response, most: _stream_to(response, target, most),
+            status, sums = self._call("GET", path, sink=lambda response,
+                                      most: _stream_to(response, target, most),
                                       limit=size if size >= 0 else _UNSIZED_LIMIT)
         except _Down:
             target.unlink(missing_ok=True)
@@ -306,7 +327,9 @@ class RemoteCache:
         actual, actual_sha = sums if isinstance(sums, tuple) else (b"", b"")
         if actual != digest or actual_sha != name:
             target.unlink(missing_ok=True)
-            return f"{path} on {self.url} holds other bytes (they hash to {actual.hex()}, not {digest.hex()})"
+            return (
+                f"{path} on {self.url} holds other bytes (they hash to {actual.hex()}, not "
+                f"{digest.hex()})")
         return ""
 
     # -- writing ---------------------------------------------------------------------------
@@ -335,7 +358,8 @@ class RemoteCache:
             self._uploaded.add(name)
         return True
 
-    def put_entry(self, key: Digest, result: ActionResult, sources: Mapping[Digest, bytes | Path], label: str) -> None:
+    def put_entry(self, key: Digest, result: ActionResult, sources: Mapping[Digest, bytes | Path],
+                  label: str) -> None:
         """Upload the blobs of `result` (bytes, or a file holding them), then its signed entry.
         A result that holds a secret is never uploaded."""
         if not self.upload or self._down or result.secret:
@@ -343,7 +367,8 @@ class RemoteCache:
         try:
             names: dict[Digest, tuple[bytes, int]] = {}
             for digest, source in sources.items():
-                names[digest] = sha256_of(source), len(source) if isinstance(source, bytes) else source.stat().st_size
+                names[digest] = sha256_of(source), len(source) if isinstance(source, bytes) \
+                    else source.stat().st_size
                 self._put_blob(names[digest][0], source)
             self._expect_ok("PUT", f"/ac/{key.hex()}", pack_entry(self._secret, key, result, names))
             self._count("uploaded")
@@ -372,14 +397,16 @@ class RemoteCache:
         with self._lock:
             self._uploaded.add(name)
 
-    def _expect_ok(self, method: str, path: str, body: bytes | BinaryIO, size: int | None = None) -> None:
+    def _expect_ok(self, method: str, path: str, body: bytes | BinaryIO,
+                   size: int | None = None) -> None:
         try:
             status, _ = self._call(method, path, body=body, size=size)
         except _TooLarge:
             status = 0  # a reply to PUT has nothing to say at length
         if not 200 <= status < 300:
             self._mark_down(f"HTTP {status} on {method} {self._prefix}{path}"
-                            + ("; does the server accept PUT (WebDAV `dav_methods PUT`)?" if status == 405 else ""))
+                            + ("; does the server accept PUT (WebDAV `dav_methods PUT`)?"
+                               if status == 405 else ""))
             raise _Down
 
     # -- transport -------------------------------------------------------------------------
@@ -404,9 +431,10 @@ class RemoteCache:
             connection.close()
             self._local.connection = None
 
-    def _call(self, method: str, path: str, body: bytes | BinaryIO | None = None, size: int | None = None,
+    def _call(self, method: str, path: str, body: bytes | BinaryIO | None = None,
+              size: int | None = None,
               sink: Callable[[http.client.HTTPResponse, int], object] | None = None,
-              limit: int = _ANSWER_LIMIT) -> tuple[int, object]:
+              limit: int = _ANSWER_LIMIT) -> tuple[int, Any]:
         """One request, over by its deadline; (status, body or the sink's value for a 200). A 200's
         body may hold `limit` bytes, any other answer's `_ANSWER_LIMIT`. Raises _Down on failure,
         _TooLarge (the connection dropped) when a 200 answer is longer."""
@@ -438,23 +466,27 @@ class RemoteCache:
             except _RETRYABLE as error:
                 self._drop()
                 if fresh or attempt == 2 or late:
-                    self._mark_down(f"timed out: no complete answer within {seconds:g} s" if late else _describe(error))
+                    self._mark_down(f"timed out: no complete answer within {seconds:g} s"
+                                    if late else _describe(error))
                     raise _Down from None
                 if hasattr(body, "seek"):
                     body.seek(0)  # type: ignore[union-attr]
             except (OSError, http.client.HTTPException) as error:
                 self._drop()
-                self._mark_down(f"timed out: no complete answer within {seconds:g} s" if late else _describe(error))
+                self._mark_down(f"timed out: no complete answer within {seconds:g} s"
+                                if late else _describe(error))
                 raise _Down from None
         raise AssertionError("unreachable")
 
     def _answer(self, response: http.client.HTTPResponse, method: str,
-                sink: Callable[[http.client.HTTPResponse, int], object] | None, limit: int) -> object:
+                sink: Callable[[http.client.HTTPResponse, int], object] | None,
+                limit: int) -> object:
         """The body of a response, read no further than its limit (see `_call`)."""
         if response.status != 200 or method != "GET":
             data = response.read(_ANSWER_LIMIT + 1)
             if len(data) > _ANSWER_LIMIT or not response.isclosed():
-                self._drop()  # the rest of a long answer is never read: the connection cannot be reused
+                # the rest of a long answer is never read: the connection cannot be reused
+                self._drop()
             return data
         if response.length is not None and response.length > limit:
             self._drop()
@@ -522,7 +554,8 @@ class _Watchdog:
             token = next(self._tokens)
             self._armed[token] = (time.monotonic() + seconds, connection)
             if self._thread is None:
-                self._thread = threading.Thread(target=self._run, name="posbuild-remote-deadlines", daemon=True)
+                self._thread = threading.Thread(target=self._run, name="posbuild-remote-deadlines",
+                                                daemon=True)
                 self._thread.start()
             self._changed.notify()
         return token

@@ -33,15 +33,22 @@ def fits(requests: Iterable[tuple[int, int, int]], budget: Budget) -> bool:
 
 
 def check_budget(actions: Sequence[Action], budget: Budget) -> None:
-    """ORCH-05 for the first action (by label) that declares more of a resource than the budget holds."""
-    if fits(set(map(attrgetter("resources"), actions)), budget):  # few distinct requests, however many actions
-        return  # the common case; this runs on every build that is not settled from the graph's facts alone
+    """ORCH-05 for the first action (by label) that declares more of a resource than the budget
+    holds."""
+    # few distinct requests, however many actions
+    if fits(set(map(attrgetter("resources"), actions)), budget):
+        # the common case; this runs on every build that is not settled from the graph's facts alone
+        return
     limits = budget.as_tuple()
-    for action in sorted((a for a in actions if any(r > l for r, l in zip(a.resources, limits))),
+    for action in sorted((a for a in actions
+                          if any(r > cap for r, cap in zip(a.resources, limits))),
                          key=lambda a: a.label)[:1]:
-        name, asked, limit = next((n, r, l) for n, r, l in zip(RESOURCE_NAMES, action.resources, limits) if r > l)
+        name, asked, limit = next((n, r, cap) for n, r,
+                                  cap in zip(RESOURCE_NAMES, action.resources, limits)
+                                  if r > cap)
         raise ResourceOversubscription(
-            f"{action.label} requests {name}={asked} but the budget is {name}={limit} ([resources] in posbuild.toml)"
+            f"{action.label} requests {name}={asked} but the budget is {name}={limit} ([resources] "
+            "in posbuild.toml)"
         )
 
 
@@ -60,12 +67,14 @@ def critical_path(deps: Sequence[Sequence[int]], labels: Sequence[str],
     path = [0.0] * len(deps)
     for node in reversed(range(len(deps))):
         own = duration(node)
-        path[node] = (UNKNOWN_DURATION if own is None else own) + max((path[d] for d in dependents[node]), default=0.0)
+        path[node] = (UNKNOWN_DURATION if own is None else own) + max(
+            (path[d] for d in dependents[node]), default=0.0)
     return [(-round(length, 3), label) for length, label in zip(path, labels)]
 
 
 def memory_overrun(action: Action, max_rss_kb: int | None) -> str:
-    """The ORCH-05 message when the action's measured peak memory exceeds its declared mem_mb, else ""."""
+    """The ORCH-05 message when the action's measured peak memory exceeds its declared mem_mb, else
+    ""."""
     declared = action.resources[1]
     if not declared or max_rss_kb is None:
         return ""

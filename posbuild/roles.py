@@ -34,23 +34,26 @@ class Grant:
 
 def authorize(config: Config, patterns: Sequence[TargetPattern], actions: Sequence[Action],
               role_name: str | None, remote_upload: bool = False) -> Grant:
-    """Check that the role may build what the patterns select (and upload, if asked); else UsageError."""
+    """Check that the role may build what the patterns select (and upload, if asked); else
+    UsageError."""
     name = role_name or DEFAULT_ROLE
     if remote_upload and not config.remote.url:
-        raise UsageError(f"--remote-upload needs a remote cache: set [cache] remote in {CONFIG_NAME}")
+        raise UsageError(
+            f"--remote-upload needs a remote cache: set [cache] remote in {CONFIG_NAME}")
     if not config.roles:
         return Grant(name, remote_upload or config.remote.upload)
     role = _role(config, name)
     denied = [label for label in requested_targets(patterns, actions) if not may_build(role, label)]
     if denied:
         shown = ", ".join(denied[:3]) + (f" and {len(denied) - 3} more" if len(denied) > 3 else "")
-        others = [r.name for r in config.roles if r.name != name and all(may_build(r, d) for d in denied)]
+        others = [r.name for r in config.roles if r.name != name
+                  and all(may_build(r, d) for d in denied)]
         hint = f"; a role that may: {', '.join(others)} (set {ROLE_VARIABLE})" if others else ""
         raise UsageError(f"role '{name}' may not build {shown} ([roles.{name}] build = "
                          f"{_listed(role.build)} in {CONFIG_NAME}){hint}; nothing was built")
     if remote_upload and not role.upload:
-        raise UsageError(f"role '{name}' may not upload to the remote cache ([roles.{name}] upload is not "
-                         f"true in {CONFIG_NAME}); build without --remote-upload")
+        raise UsageError(f"role '{name}' may not upload to the remote cache ([roles.{name}] upload "
+                         f"is not true in {CONFIG_NAME}); build without --remote-upload")
     return Grant(name, (remote_upload or config.remote.upload) and role.upload)
 
 
@@ -59,7 +62,8 @@ def _role(config: Config, name: str) -> Role:
         if role.name == name:
             return role
     known = ", ".join(role.name for role in config.roles)
-    raise UsageError(f"{ROLE_VARIABLE}={name} is not a role of {CONFIG_NAME} (known roles: {known}); "
+    raise UsageError(f"{ROLE_VARIABLE}={name} is not a role of {CONFIG_NAME} (known roles: "
+                     f"{known}); "
                      f"set {ROLE_VARIABLE} to one of them" + ("" if name != DEFAULT_ROLE else
                                                               f", or add [roles.{DEFAULT_ROLE}]"))
 
@@ -76,7 +80,8 @@ def requested_targets(patterns: Sequence[TargetPattern], actions: Sequence[Actio
             label = str(pattern.label)
             assert pattern.label is not None
             output = out_path(pattern.label.package, pattern.label.name)
-            owner = next((a.label for a in actions if a.label == label or output in a.outputs), label)
+            owner = next((a.label for a in actions if a.label == label or output in a.outputs),
+                         label)
             selected.add(owner)
         else:
             selected.update(a.label for a in actions if pattern.covers_package(_package(a.label)))

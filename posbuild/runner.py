@@ -27,7 +27,7 @@ from posbuild.records import Manifest, OutputFile
 from posbuild.roles import Grant
 from posbuild.reporter import Reporter
 from posbuild.resources import critical_path
-from posbuild.sandbox import Sandboxes, choose_isolation
+from posbuild.sandbox import ActionSandboxes, Sandboxes, choose_isolation
 from posbuild.scheduler import Scheduler, State
 from posbuild.secrets import SecretSource, SecretUnavailable, secret_carriers
 from posbuild.store import INLINE_LIMIT, Store
@@ -49,11 +49,13 @@ class DirtyRun:
         return sum(1 for outcome in self.outcomes.values() if outcome.status is status)
 
     def failed_labels(self, actions: Sequence[Action]) -> tuple[str, ...]:
-        return tuple(actions[n].label for n, o in sorted(self.outcomes.items()) if o.status is Status.FAILED)
+        return tuple(actions[n].label for n, o in sorted(self.outcomes.items())
+                     if o.status is Status.FAILED)
 
     def failure_codes(self) -> tuple[str, ...]:
         """The ORCH codes among the failures, sorted and without repeats."""
-        return tuple(sorted({o.code for o in self.outcomes.values() if o.status is Status.FAILED and o.code}))
+        return tuple(sorted({o.code for o in self.outcomes.values()
+                             if o.status is Status.FAILED and o.code}))
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,16 +70,19 @@ class RunSettings:
     state_path: Path
     patterns: tuple[str, ...] = ()
     verify: bool = False
-    build_info: dict[str, object] | None = None  # the build's row (journal.build_row); None: no records
+    # the build's row (journal.build_row); None: no records
+    build_info: dict[str, object] | None = None
     build_blobs: tuple[tuple[Digest, bytes], ...] = ()
     explain: bool = False
     secrets: SecretSource | None = None  # where actions that declare secrets get their values
     grant: Grant | None = None  # what the role may do (roles.py); None: no remote uploads
-    executor: str = ""  # `--executor`: "local", "dask://HOST:PORT", or "" for `[executor]` in posbuild.toml
+    # `--executor`: "local", "dask://HOST:PORT", or "" for `[executor]` in posbuild.toml
+    executor: str = ""
     allow_env_drift: bool = False  # also accept Dask workers whose environment hash differs
     sandbox_writable: tuple[str, ...] = ()  # POSBUILD_SANDBOX_WRITABLE (namespaces.writable_paths)
     tree_clean: bool = False  # posbuild-out/ was exactly the latest generation when the build began
-    graph: Digest = b""  # the digest of the graph cache entry the actions came from (uptodate.settled)
+    # the digest of the graph cache entry the actions came from (uptodate.settled)
+    graph: Digest = b""
 
 
 class _Executor:
@@ -118,25 +123,31 @@ class _Executor:
         self._rebuilder.cancel()
 
 
-def run_dirty(config: Config, actions: Sequence[Action], clean: Sequence[bool], previous: BuildState,
-              settings: RunSettings, reporter: Reporter) -> DirtyRun:
+def run_dirty(config: Config, actions: Sequence[Action], clean: Sequence[bool],
+              previous: BuildState, settings: RunSettings, reporter: Reporter) -> DirtyRun:
     """Check, and where needed execute, every action not marked clean; save the new state."""
     dirty = [i for i, is_clean in enumerate(clean) if not is_clean]
     cluster = _open_cluster(config, settings, [actions[i] for i in dirty])  # None: actions run here
     # workers choose their own sandbox; here, SandboxUnavailable comes before anything runs
-    masked = (settings.secrets.file,) if settings.secrets is not None and settings.secrets.file else ()
-    isolation, notice = choose_isolation(config, settings.sandbox_writable, masked) if cluster is None else (None, "")
+    masked = (settings.secrets.file,) if settings.secrets is not None and settings.secrets.file \
+        else ()
+    isolation, notice = choose_isolation(config, settings.sandbox_writable, masked) \
+        if cluster is None else (None, "")
     if notice:
         reporter.message(notice)
     remote = _open_remote(config, settings, reporter)
-    carriers = [actions[i] for i in secret_carriers(actions)]  # their outputs may hold a secret: never shared
-    if cluster is not None and remote is not None and not settings.verify:  # workers read inputs from its CAS
-        cluster.use_remote(remote, reporter.message, frozenset(p for a in carriers for p in a.outputs))
+    # their outputs may hold a secret: never shared
+    carriers = [actions[i] for i in secret_carriers(actions)]
+    # workers read inputs from its CAS
+    if cluster is not None and remote is not None and not settings.verify:
+        cluster.use_remote(remote, reporter.message,
+                           frozenset(p for a in carriers for p in a.outputs))
     store = Store(config.store_dir, config.workspace_tag)
-    # read once the store is open: a new store (or one from before epochs) got its epoch just now, and
+    # read once the store is open: a new store (or one from before epochs) got its epoch just now,
+    # and
     # nothing can remove rows while this build holds the workspace's (and a shared store's) lock
     epoch = read_epoch(config.store_dir)
-    sandboxes: Sandboxes | None = None
+    sandboxes: ActionSandboxes | None = None
     try:
         files = FileStates(config.root, store)
         sandboxes = cluster or Sandboxes(config.root, config.sandbox_dir, isolation)
@@ -146,17 +157,21 @@ def run_dirty(config: Config, actions: Sequence[Action], clean: Sequence[bool], 
             number = store.begin_build(settings.build_info, settings.build_blobs)
             journal = Journal(number, str(number), settings.env_hash, store.start_log(number),
                               key=store.build_key(number))
-        rebuilder = Rebuilder(config.root, store, files, sandboxes, settings.env_hash, settings.passed_env, previous,
+        rebuilder = Rebuilder(config.root, store, files, sandboxes, settings.env_hash,
+                              settings.passed_env, previous,
                               verify=settings.verify, journal=journal, explain=settings.explain,
-                              secrets=settings.secrets, remote=remote, carriers=frozenset(a.label for a in carriers))
+                              secrets=settings.secrets, remote=remote,
+                              carriers=frozenset(a.label for a in carriers))
         position = {node: i for i, node in enumerate(dirty)}
         sub_actions = [actions[i] for i in dirty]
         executor = _Executor(sub_actions, rebuilder, reporter)
         sub_deps = [[position[d] for d in a.deps if d in position] for a in sub_actions]
-        demand, capacity = ([a.resources for a in sub_actions], config.resources.as_tuple()) if cluster is None \
+        demand, capacity = ([a.resources for a in sub_actions], config.resources.as_tuple()) \
+            if cluster is None \
             else (None, ())  # on Dask, what each worker declared bounds what runs on it
         scheduler: Scheduler[ActionOutcome] = Scheduler(
-            sub_deps, critical_path(sub_deps, [a.label for a in sub_actions], _recorded_duration(store, sub_actions)),
+            sub_deps, critical_path(sub_deps, [a.label for a in sub_actions],
+                                    _recorded_duration(store, sub_actions)),
             settings.jobs, settings.keep_going, demand, capacity, critical=deferred,
         )
         try:
@@ -174,33 +189,41 @@ def run_dirty(config: Config, actions: Sequence[Action], clean: Sequence[bool], 
                         journal.add(sub_actions[node], "SKIPPED", None, now / 1e9, now / 1e9, ())
             store.commit(memo=files.take_pending(), used=[(key, now) for key in rebuilder.used],
                          records=journal.take() if journal else ())
-            save_state(settings.state_path, rebuilder.state_for(actions, clean, settings.env_key, settings.graph),
-                       epoch)
+            save_state(settings.state_path,
+                       rebuilder.state_for(actions, clean, settings.env_key, settings.graph), epoch)
         outcomes = {dirty[i]: o for i, o in executor.outcomes.items()}
         failed = [n for n, o in outcomes.items() if o.status is Status.FAILED]
         if failed or State.SKIPPED in states:
-            stale = stale_outputs(actions, [n for n in failed if outcomes[n].key is None])  # ORCH-04 keeps its cached bytes
-            mark_tree(config, clean=False, withdrawn=withdrawn_outputs(config).union(stale))  # before they go
+            # ORCH-04 keeps its cached bytes
+            stale = stale_outputs(actions, [n for n in failed if outcomes[n].key is None])
+            # before they go
+            mark_tree(config, clean=False, withdrawn=withdrawn_outputs(config).union(stale))
             removed = remove_outputs(config.root, stale)
             if removed:
                 recorded = current_manifest(store, workspace_tag(config))[1]
-                hint = ("`posbuild rollback` restores the last successful build" if any(p in recorded for p in removed)
-                        else "no successful build recorded them, so rollback has nothing to restore")
-                reporter.message(f"posbuild: removed {len(removed)} stale output(s) of failed actions and their "
-                                 f"dependents; {hint}")
+                hint = ("`posbuild rollback` restores the last successful build"
+                        if any(p in recorded for p in removed)
+                        else "no successful build recorded them, so rollback has nothing to "
+                             "restore")
+                reporter.message(f"posbuild: removed {len(removed)} stale output(s) of failed "
+                                 f"actions and their dependents; {hint}")
         else:
             latest, manifest = current_manifest(store, workspace_tag(config))
             rows = _request_rows(actions, clean, previous, rebuilder, store, manifest,
                                  None if settings.tree_clean else config.root)
-            # after a build of every target, a withdrawn file it did not produce belongs to no target any more
-            withdrawn = withdrawn_outputs(config) if "//..." not in settings.patterns else frozenset()
+            # after a build of every target, a withdrawn file it did not produce belongs to no
+            # target any more
+            withdrawn = withdrawn_outputs(config) if "//..." not in settings.patterns \
+                else frozenset()
             record_generation(config, store, settings.patterns, rows, (latest, manifest), withdrawn)
-            missing = [p for p in withdrawn if p in manifest and p not in rows and not os.path.lexists(config.root / p)]
+            missing = [p for p in withdrawn if p in manifest and p not in rows
+                       and not os.path.lexists(config.root / p)]
             mark_tree(config, clean=not missing, withdrawn=missing)
         if journal is not None:
             counts = {s.value: sum(1 for o in outcomes.values() if o.status is s) for s in Status}
             store.update_build(journal.number, {"ended": utc(time.time()), "counts": counts,
-                                                "failed": len(failed), "skipped": states.count(State.SKIPPED)})
+                                                "failed": len(failed),
+                                                "skipped": states.count(State.SKIPPED)})
         store.flush()
         if remote is not None:
             _report_remote(remote, reporter)
@@ -215,7 +238,8 @@ def run_dirty(config: Config, actions: Sequence[Action], clean: Sequence[bool], 
     return DirtyRun(outcomes, states.count(State.SKIPPED))
 
 
-def _open_cluster(config: Config, settings: RunSettings, dirty: Sequence[Action]) -> DaskSandboxes | None:
+def _open_cluster(config: Config, settings: RunSettings,
+                  dirty: Sequence[Action]) -> DaskSandboxes | None:
     """The Dask cluster that runs this build's actions (dask_executor.py), or None to run them here.
 
     It connects when the first action must run, and first checks that some worker could run each
@@ -227,7 +251,8 @@ def _open_cluster(config: Config, settings: RunSettings, dirty: Sequence[Action]
     from posbuild.dask_executor import DaskSandboxes
 
     address = executor_address(settings.executor, config)
-    return None if address is None else DaskSandboxes(address, config, dirty, not settings.allow_env_drift)
+    return None if address is None \
+        else DaskSandboxes(address, config, dirty, not settings.allow_env_drift)
 
 
 def _open_remote(config: Config, settings: RunSettings, reporter: Reporter) -> RemoteCache | None:
@@ -237,18 +262,20 @@ def _open_remote(config: Config, settings: RunSettings, reporter: Reporter) -> R
     """
     if not config.remote.url:
         return None
-    from posbuild.remote import CACHE_KEY_VARIABLE, RemoteCache  # http.client only when a remote is set
+    # http.client only when a remote is set
+    from posbuild.remote import CACHE_KEY_VARIABLE, RemoteCache
 
     grant = settings.grant
     secret, why = "", f"the secret {CACHE_KEY_VARIABLE} is not set"
     try:
-        values = settings.secrets.values_for([CACHE_KEY_VARIABLE]) if settings.secrets is not None else ()
+        values = settings.secrets.values_for([CACHE_KEY_VARIABLE]) \
+            if settings.secrets is not None else ()
         secret = values[0][1] if values else ""
     except SecretUnavailable as error:
         why = str(error)
     if not secret:
-        reporter.message(f"posbuild: remote cache {config.remote.url} not used: {why} (its results are "
-                         f"signed, and never trusted unsigned)")
+        reporter.message(f"posbuild: remote cache {config.remote.url} not used: {why} (its results "
+                         f"are signed, and never trusted unsigned)")
         return None
     return RemoteCache(config.remote.url, config.remote.timeout, secret.encode(),
                        grant.upload if grant is not None else False, reporter.message, INLINE_LIMIT)
@@ -272,11 +299,13 @@ def _recorded_duration(store: Store, actions: Sequence[Action]) -> Callable[[int
     """How long each action took when it last ran (its latest record, if that one executed it)."""
     def duration(node: int) -> float | None:
         record = store.latest_record(actions[node].label)
-        return record.duration if record is not None and record.state in ("SUCCESS", "FAILED") else None
+        return record.duration if record is not None and record.state in ("SUCCESS", "FAILED") \
+            else None
     return duration
 
 
-def _request_rows(actions: Sequence[Action], clean: Sequence[bool], previous: BuildState, rebuilder: Rebuilder,
+def _request_rows(actions: Sequence[Action], clean: Sequence[bool], previous: BuildState,
+                  rebuilder: Rebuilder,
                   store: Store, manifest: Manifest, check_modes_in: Path | None) -> Manifest:
     """Every output of the request → (digest, size, executable), for the generation's manifest.
 
@@ -304,9 +333,12 @@ def _request_rows(actions: Sequence[Action], clean: Sequence[bool], previous: Bu
             else:
                 found = False
         if not found:
-            result = store.get_result(previous.actions[action.label][1]) if action.label in previous.actions else None
-            described = list(result.outputs) if result else [_described(path, previous, store) for path in action.outputs]
-            rows.update((o.path, (o.digest, o.size, o.executable)) for o in described if o is not None)
+            result = store.get_result(previous.actions[action.label][1]) \
+                if action.label in previous.actions else None
+            described = list(result.outputs) if result \
+                else [_described(path, previous, store) for path in action.outputs]
+            rows.update((o.path, (o.digest, o.size, o.executable)) for o in described
+                        if o is not None)
     return rows
 
 
@@ -322,11 +354,12 @@ def _described(path: str, previous: BuildState, store: Store) -> OutputFile | No
     """An output whose result is no longer in the store, described from the recorded state; None
     when its blob is gone too, since a generation must not name bytes the store does not hold."""
     state = previous.file(path)
-    return OutputFile(path, state.digest, state.signature[1], False) if state and store.has_blob(state.digest) else None
+    return OutputFile(path, state.digest, state.signature[1], False) if state \
+        and store.has_blob(state.digest) else None
 
 
-def plan_dirty(config: Config, actions: Sequence[Action], clean: Sequence[bool], previous: BuildState,
-               settings: RunSettings) -> list[tuple[int, str]]:
+def plan_dirty(config: Config, actions: Sequence[Action], clean: Sequence[bool],
+               previous: BuildState, settings: RunSettings) -> list[tuple[int, str]]:
     """`--dry-run`: the actions that a build would execute, in order, each with the reason it
     would run under `--explain` (else ""); nothing is written.
 
@@ -339,15 +372,18 @@ def plan_dirty(config: Config, actions: Sequence[Action], clean: Sequence[bool],
         return [(i, why) for i, is_clean in enumerate(clean) if not is_clean]
     store = Store(config.store_dir, config.workspace_tag)
     try:
-        rebuilder = Rebuilder(config.root, store, FileStates(config.root, store), Sandboxes(config.root, config.sandbox_dir),
-                              settings.env_hash, settings.passed_env, previous, dry_run=True, explain=explain)
+        rebuilder = Rebuilder(config.root, store, FileStates(config.root, store),
+                              Sandboxes(config.root, config.sandbox_dir),
+                              settings.env_hash, settings.passed_env, previous, dry_run=True,
+                              explain=explain)
         would_run: dict[int, str] = {}
         for index, action in enumerate(actions):
             if clean[index]:
                 continue
             upstream = next((dep for dep in action.deps if dep in would_run), None)
             if upstream is not None:
-                would_run[index] = f"{actions[upstream].label}, which it depends on, would execute" if explain else ""
+                would_run[index] = (f"{actions[upstream].label}, which it depends on, would execute"
+                                    if explain else "")
                 continue
             outcome = rebuilder.check(action)
             if outcome is None:

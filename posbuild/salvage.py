@@ -29,7 +29,8 @@ _BATCH = 2000  # rows per write transaction while copying: a crash keeps what wa
 
 @dataclass(frozen=True, slots=True)
 class Salvaged:
-    """What `salvage` kept: rows copied, databases not read whole, and where the damaged store went."""
+    """What `salvage` kept: rows copied, databases not read whole, and where the damaged store
+    went."""
 
     rows: int
     incomplete: tuple[str, ...]
@@ -71,7 +72,7 @@ def salvage(db: Path) -> Salvaged:
     open_environment(db).close()
     rows, incomplete = 0, []
     for name in DATABASES:
-        copied = _in_child(lambda: _copy(moved, db, name))
+        copied = _in_child(lambda: _copy(moved, db, name)) or ""  # never empty: it says a count
         count, _, why = copied.partition(" ")
         if not count.isdigit():  # killed before it reported: it crashed; count what was committed
             count, why = str(_count(db, name)), copied
@@ -111,7 +112,7 @@ def _copy(source: Path, target: Path, name: bytes) -> str:
     return str(copied)
 
 
-def _put(env: lmdb.Environment, db: object, rows: list[tuple[bytes, bytes]]) -> int:
+def _put(env: lmdb.Environment, db: lmdb._Database, rows: list[tuple[bytes, bytes]]) -> int:
     with env.begin(write=True) as txn:
         for key, value in rows:
             txn.put(key, value, db=db)
@@ -156,7 +157,8 @@ def _in_child(work: Callable[[], str]) -> str | None:
     text = b"".join(chunks).decode()
     if os.WIFSIGNALED(status):
         name = signal.Signals(os.WTERMSIG(status)).name
-        return f"reading it killed a process with {name} (a damaged page)" + (f" after {text}" if text else "")
+        return f"reading it killed a process with {name} (a damaged page)" + (f" after {text}"
+                                                                              if text else "")
     return text or None
 
 

@@ -101,7 +101,7 @@ import threading
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Protocol, Sequence
 
 from posbuild.analysis import Action
 from posbuild.config import BASE_PATH, Config
@@ -110,7 +110,8 @@ from posbuild.namespaces import NETWORK_TAG, Isolation, choose, command, input_b
 from posbuild.nofollow import Opened, Outputs, open_outputs, read_upto
 from posbuild.owned import SANDBOX_NAME, SANDBOXES, claim, holds_only_sandboxes, is_marked
 from posbuild.records import RemoteRun, ResourceUsage
-from posbuild.shellfree import Direct, find_program, parse, shell_argv, shell_status, shell_variables
+from posbuild.shellfree import (Direct, find_program, parse, shell_argv, shell_status,
+                                shell_variables)
 
 LINK_LIMIT = 16 * 1024 * 1024
 FAKETIME_GLOBS = (
@@ -123,14 +124,17 @@ FAKETIME_GLOBS = (
 
 @dataclass(frozen=True, slots=True)
 class Perturbation:
-    """What to vary in one run, beyond what a normal run does; every field's default varies nothing."""
+    """What to vary in one run, beyond what a normal run does; every field's default varies
+    nothing."""
 
     name_suffix: str = ""  # appended to the sandbox folder's name: another, longer absolute path
     reverse_env_order: bool = False  # hand the environment to the command in reverse order
     tz: str | None = None  # TZ instead of UTC (unless the action declares TZ)
     umask: int | None = None  # the command's umask instead of posbuild's
-    reverse_staging: bool = False  # create folders and stage inputs in reverse order (readdir order)
-    clock_shift: str | None = None  # FAKETIME offset such as "+397.3d", applied when libfaketime exists
+    # create folders and stage inputs in reverse order (readdir order)
+    reverse_staging: bool = False
+    # FAKETIME offset such as "+397.3d", applied when libfaketime exists
+    clock_shift: str | None = None
 
 
 def find_libfaketime() -> str | None:
@@ -143,7 +147,8 @@ def find_libfaketime() -> str | None:
 
 
 def listing_follows_creation(folder: Path) -> bool:
-    """Whether `os.listdir` in `folder`'s file system depends on the order entries were created in."""
+    """Whether `os.listdir` in `folder`'s file system depends on the order entries were created
+    in."""
     folder.mkdir(parents=True, exist_ok=True)
     probe = Path(tempfile.mkdtemp(prefix="readdir-probe-", dir=folder))
     try:
@@ -164,14 +169,17 @@ class Running:
 
     sandbox: str
     outputs: tuple[str, ...]
-    stdout: int  # capture descriptors, closed by `wait` (stdout -1: redirected to a file, nothing to capture)
+    # capture descriptors, closed by `wait` (stdout -1: redirected to a file, nothing to capture)
+    stdout: int
     stderr: int
     started: float  # time.monotonic()
-    process: subprocess.Popen[bytes] | None  # None: cancelled before it started (kept: a dropped Popen
-    # whose returncode is unset would be reaped by subprocess's own cleanup, before `wait` gets to it)
+    # None: cancelled before it started (kept: a dropped Popen whose returncode is unset would be
+    # reaped by subprocess's own cleanup, before `wait` gets to it)
+    process: subprocess.Popen[bytes] | None
     processors: tuple[int, ...]
     deadline: float | None = None  # time.monotonic() when its `timeout` expires
-    direct: Direct | None = None  # run without the shell (shellfree.py): its end is reported as bash would
+    # run without the shell (shellfree.py): its end is reported as bash would
+    direct: Direct | None = None
 
 
 def _ends_by(pid: int, deadline: float) -> bool:
@@ -251,16 +259,36 @@ def choose_isolation(config: Config, writable: Sequence[str] = (),
     read-only: the Python running posbuild (py_task actions run it; it may live in a venv inside
     the workspace or under /tmp), libfaketime (`posbuild verify`), and absolute `[env] tools`.
     """
-    if config.sandbox_mode != "folder":  # both are made before any action runs anyway; hidden, they must exist
+    # both are made before any action runs anyway; hidden, they must exist
+    if config.sandbox_mode != "folder":
         for folder in (config.store_dir, config.sandbox_dir):
             folder.mkdir(parents=True, exist_ok=True)
-    visible = [sys.prefix, sys.exec_prefix, sys.base_prefix, sys.base_exec_prefix, os.path.realpath(sys.executable)]
+    visible = [sys.prefix, sys.exec_prefix, sys.base_prefix, sys.base_exec_prefix,
+               os.path.realpath(sys.executable)]
     visible += [tool for tool in config.env_tools if tool.startswith("/")]
     faketime = find_libfaketime()
     if faketime is not None:
         visible.append(faketime)
-    return choose(config.sandbox_mode, (str(config.root), str(config.store_dir), str(config.sandbox_dir)), visible,
+    return choose(config.sandbox_mode,
+                  (str(config.root), str(config.store_dir), str(config.sandbox_dir)), visible,
                   writable, masked)
+
+
+class ActionSandboxes(Protocol):
+    """What the rebuilder needs of the place its actions run: these local sandboxes, or the Dask
+    executor's (dask_executor.DaskSandboxes). `start` returns a handle that only `wait` reads."""
+
+    def clear_stale(self) -> None: ...
+
+    def start(self, action: Action, extra_env: Sequence[tuple[str, str]] = (), /) -> Any: ...
+
+    def wait(self, running: Any, /) -> SpawnResult: ...
+
+    def remove(self, result: SpawnResult, /) -> None: ...
+
+    def cancel(self) -> None: ...
+
+    def close(self) -> None: ...
 
 
 class Sandboxes:
@@ -272,15 +300,19 @@ class Sandboxes:
     commands skip the shell (shellfree.py) unless `shell_free` is False.
     """
 
-    def __init__(self, root: Path, base: Path, isolation: Isolation | None = None, shell_free: bool = True) -> None:
+    def __init__(self, root: Path, base: Path, isolation: Isolation | None = None,
+                 shell_free: bool = True) -> None:
         self._root = str(root) + "/"
         self._base = base
         self._isolation = isolation
-        self._shell_free = shell_free and isolation is None  # False: every command runs under the shell
-        self._programs: dict[tuple[str, str], str] = {}  # (name, PATH) → where it was found, for absolute PATHs
+        # False: every command runs under the shell
+        self._shell_free = shell_free and isolation is None
+        # (name, PATH) → where it was found, for absolute PATHs
+        self._programs: dict[tuple[str, str], str] = {}
         self._counter = itertools.count()
         self._pid = os.getpid()
-        self._staged: dict[str, _Layout] = {}  # sandbox folder → what `_stage` made there (for `remove`)
+        # sandbox folder → what `_stage` made there (for `remove`)
+        self._staged: dict[str, _Layout] = {}
         self._running: set[int] = set()
         self._lock = threading.Lock()
         self._cancelled = False
@@ -290,16 +322,20 @@ class Sandboxes:
             self._processors: tuple[int, ...] = tuple(sorted(os.sched_getaffinity(0)))
         except AttributeError:  # no affinity support: nothing is pinned
             self._processors = ()
-        self._pinned = dict.fromkeys(self._processors, 0)  # processor → running actions pinned to it
+        # processor → running actions pinned to it
+        self._pinned = dict.fromkeys(self._processors, 0)
         self._masks = threading.local()  # `current`: the mask this Sandboxes last gave the thread
-        self._claimed = False  # whether `clear_stale` claimed the base for this process (`<pid>.owner`)
-        self._guard = _ORPHANS if isolation is None else _NO_GUARD  # bwrap --die-with-parent does it there
+        # whether `clear_stale` claimed the base for this process (`<pid>.owner`)
+        self._claimed = False
+        # bwrap --die-with-parent does it there
+        self._guard = _ORPHANS if isolation is None else _NO_GUARD
 
     def clear_stale(self) -> None:
         """Sweep the sandboxes of dead posbuild processes and claim this one's (`sweep_dead`); the
         folder is this user's alone (0700: a running action's captured output may hold what its
         secrets redact later)."""
-        claim(self._base, SANDBOXES, holds_only_sandboxes, " ([build] sandbox_base)")  # never another's folder
+        # never another's folder
+        claim(self._base, SANDBOXES, holds_only_sandboxes, " ([build] sandbox_base)")
         os.chmod(self._base, 0o700)  # PermissionError if another user made it first
         sweep_dead(self._base)
         if not self._claimed:
@@ -316,14 +352,16 @@ class Sandboxes:
             perturbation: Perturbation | None = None) -> SpawnResult:
         """Stage inputs, run the command, and report; the caller must `remove()` the sandbox.
 
-        If staging or starting the command fails, the sandbox is removed before the error propagates.
+        If staging or starting the command fails, the sandbox is removed before the error
+        propagates.
         """
         return self.wait(self.start(action, extra_env, perturbation))
 
     def start(self, action: Action, extra_env: Sequence[tuple[str, str]] = (),
               perturbation: Perturbation | None = None) -> Running:
         """`run` in two halves: stage the sandbox and start the command, returning at once; `wait`
-        for it. The calling thread is free meanwhile (the scheduler wraps up the previous action)."""
+        for it. The calling thread is free meanwhile (the scheduler wraps up the previous
+        action)."""
         sandbox = f"{self._base}/{self._pid}-{next(self._counter)}"
         if perturbation is not None:
             sandbox += perturbation.name_suffix
@@ -333,7 +371,8 @@ class Sandboxes:
             if perturbation is not None and perturbation.reverse_staging:
                 self._stage_reversed(action, sandbox, exec_root)
             else:
-                self._staged[sandbox] = _stage(self._root, action, sandbox, self._isolation is not None)
+                self._staged[sandbox] = _stage(self._root, action, sandbox,
+                                               self._isolation is not None)
             env = base_environment(sandbox)
             env.update(action.env)
             env.update(extra_env)
@@ -376,7 +415,8 @@ class Sandboxes:
         elapsed = time.monotonic() - running.started
         exec_root = running.sandbox + "/exec"
         found = open_outputs(exec_root, running.outputs)
-        return SpawnResult(exit_code, timed_out, Path(exec_root), tuple(found.missing), stdout, stderr, elapsed,
+        return SpawnResult(exit_code, timed_out, Path(exec_root), tuple(found.missing), stdout,
+                           stderr, elapsed,
                            usage, irregular=tuple(found.irregular), why=found.why, files=found)
 
     def _namespaced(self, action: Action, sandbox: str, exec_root: str) -> list[str]:
@@ -396,11 +436,13 @@ class Sandboxes:
                 os.close(os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o444))
         binds = [(f"{exec_root}/{rel}",) * 2 for rel in input_binds(action.inputs, action.outputs)]
         if linked:
-            binds = [bind for bind in binds if bind[0] not in linked] + [(s, t) for t, s in linked.items()]
+            binds = [bind for bind in binds if bind[0] not in linked] + [(s, t)
+                                                                         for t, s in linked.items()]
         return command(self._isolation, sandbox, exec_root, binds, NETWORK_TAG in action.tags,
                        shell_argv(action.command))
 
-    def _perturbed_env(self, env: dict[str, str], perturbation: Perturbation, declared: set[str]) -> dict[str, str]:
+    def _perturbed_env(self, env: dict[str, str], perturbation: Perturbation,
+                       declared: set[str]) -> dict[str, str]:
         if perturbation.tz is not None and "TZ" not in declared:
             env["TZ"] = perturbation.tz
         if perturbation.clock_shift is not None:
@@ -419,11 +461,12 @@ class Sandboxes:
         """libfaketime's path (looked up once per Sandboxes), or None when it is not installed."""
         if self._faketime is False:
             self._faketime = find_libfaketime()
-        return self._faketime  # type: ignore[return-value]
+        return self._faketime if isinstance(self._faketime, str) else None
 
     def remove(self, result: SpawnResult) -> None:
         """Remove a run's sandbox: what staging made and the command was declared to make, by name,
-        and the whole tree by walking it only when something else is there (or a name changed kind)."""
+        and the whole tree by walking it only when something else is there (or a name changed
+        kind)."""
         if result.files is not None:
             result.files.close()
         self._remove_sandbox(os.path.dirname(result.exec_root))
@@ -471,7 +514,8 @@ class Sandboxes:
             else:
                 _stage_file(self._root + path, f"{exec_root}/{path}", self._isolation is not None)
 
-    def _launch_direct(self, action: Action, sandbox: str, env: dict[str, str], err: int, umask: int) -> Running | None:
+    def _launch_direct(self, action: Action, sandbox: str, env: dict[str, str], err: int,
+                       umask: int) -> Running | None:
         """Start the command without the shell when the shell would only exec it (shellfree.py);
         None when it must run under the shell: other syntax, a program not found or not
         exec'able as it is (a script without `#!`), a redirect target that cannot be opened."""
@@ -479,7 +523,8 @@ class Sandboxes:
         if direct is None:
             return None
         exec_root = sandbox + "/exec"
-        path = env.get("PATH")  # always set (base_environment); without it the shell has a default of its own
+        # always set (base_environment); without it the shell has a default of its own
+        path = env.get("PATH")
         program = None if path is None else self._program(direct.argv[0], path, exec_root)
         if program is None:
             return None
@@ -493,10 +538,12 @@ class Sandboxes:
         except OSError:
             return None
         try:
-            running = self._launch(action, list(direct.argv), sandbox, env, out, err, umask, program, direct)
+            running = self._launch(action, list(direct.argv), sandbox, env, out, err, umask,
+                                   program, direct)
         except BaseException as error:
             os.close(out)
-            if isinstance(error, OSError):  # the program could not be exec'd: the shell runs and reports it
+            # the program could not be exec'd: the shell runs and reports it
+            if isinstance(error, OSError):
                 return None
             raise
         if direct.stdout is None:
@@ -510,12 +557,15 @@ class Sandboxes:
         found = self._programs.get(key)
         if found is None:
             found = find_program(name, path, exec_root)
-            if found is not None and "/" not in name and all(f.startswith("/") for f in path.split(":")):
+            if found is not None and "/" not in name \
+                    and all(f.startswith("/") for f in path.split(":")):
                 self._programs[key] = found
         return found
 
-    def _launch(self, action: Action, argv: list[str], sandbox: str, env: dict[str, str], out: int, err: int,
-                umask: int = -1, program: str | None = None, direct: Direct | None = None) -> Running:
+    def _launch(self, action: Action, argv: list[str], sandbox: str, env: dict[str, str], out: int,
+                err: int,
+                umask: int = -1, program: str | None = None,
+                direct: Direct | None = None) -> Running:
         """Start `argv` in its own session, in the sandbox's `exec/`, on the processors it is given;
         `program`: the file to exec when `argv` runs without the shell, as `direct` says."""
         started = time.monotonic()
@@ -536,7 +586,8 @@ class Sandboxes:
         finally:
             if threading.current_thread() is threading.main_thread():
                 self._confine(())  # only worker threads keep the mask of their last action
-        with self._lock:  # a cancel that came during the spawn did not see this process: kill it here
+        # a cancel that came during the spawn did not see this process: kill it here
+        with self._lock:
             self._running.add(process.pid)
             cancelled = self._cancelled
             self.stopped += cancelled
@@ -544,7 +595,8 @@ class Sandboxes:
         if cancelled:
             _kill_group(process.pid)
         deadline = started + action.timeout if action.timeout else None
-        return Running(sandbox, action.outputs, out, err, started, process, processors, deadline, direct)
+        return Running(sandbox, action.outputs, out, err, started, process, processors, deadline,
+                       direct)
 
     def _reap(self, running: Running) -> tuple[int, bool, ResourceUsage | None, bytes]:
         """Wait for a launched command: its exit code, whether it timed out, its usage, and what
@@ -567,7 +619,8 @@ class Sandboxes:
         usage = ResourceUsage(rusage.ru_utime, rusage.ru_stime, rusage.ru_maxrss,
                               rusage.ru_inblock * 512, rusage.ru_oublock * 512)
         running.process.returncode = os.waitstatus_to_exitcode(status)
-        if running.direct is not None and not (timed_out or self._cancelled):  # posbuild's kills hit the shell too
+        # posbuild's kills hit the shell too
+        if running.direct is not None and not (timed_out or self._cancelled):
             code, note = shell_status(status, running.direct, pid)
             return code, timed_out, usage, note
         return running.process.returncode, timed_out, usage, b""
@@ -595,7 +648,8 @@ class Sandboxes:
             self._pinned[processor] -= 1
 
 
-_Layout = dict[str, "_Layout | None"]  # what staging made in a folder: name → its own layout, or None for a file
+# what staging made in a folder: name → its own layout, or None for a file
+_Layout = dict[str, "_Layout | None"]
 _FOLDER = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
@@ -637,7 +691,8 @@ def _devnull() -> int:
 
 def _open_redirect(path: str, umask: int) -> int:
     """Open a `> path` target as the shell does (created 0666 less the umask, else truncated).
-    `umask` >= 0: the command's umask differs from posbuild's, so a new file gets its mode from it."""
+    `umask` >= 0: the command's umask differs from posbuild's, so a new file gets its mode from
+    it."""
     flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC
     if umask < 0:
         return os.open(path, flags, 0o666)
@@ -676,7 +731,8 @@ def _stage_file(source: str, target: str, link_large: bool = False) -> None:
         if link_large and info.st_size >= LINK_LIMIT:
             os.symlink(source, target)
             return
-        fd_out = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, info.st_mode & 0o777)
+        fd_out = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC,
+                         info.st_mode & 0o777)
         try:
             if info.st_size >= LINK_LIMIT and _clone(fd_in, fd_out):
                 return
@@ -744,6 +800,7 @@ def remove_tree(path: str, layout: _Layout | None = None) -> None:
 def _empty_folder(fd: int, layout: _Layout | None = None) -> None:
     """Remove what a folder holds: the entries `layout` names (a file already gone is fine), or
     without a layout whatever a listing finds. Subfolders are opened without following links."""
+    entries: list[tuple[str, bool, _Layout | None]]
     if layout is None:
         with os.scandir(fd) as listing:
             entries = [(entry.name, entry.is_dir(follow_symlinks=False), None) for entry in listing]
@@ -904,7 +961,8 @@ class _OrphanGuard:
         """Start the guard and return the write end of its pipe (-2: none could be started)."""
         read, write = os.pipe()
         try:
-            subprocess.Popen([sys.executable, "-S", "-E", "-c", _GUARD], stdin=read, stdout=_devnull(),
+            subprocess.Popen([sys.executable, "-S", "-E", "-c", _GUARD], stdin=read,
+                             stdout=_devnull(),
                              stderr=_devnull(), start_new_session=True, close_fds=True)
         except OSError:
             os.close(write)

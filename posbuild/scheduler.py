@@ -110,13 +110,15 @@ class Executor(Protocol[Outcome]):
 class Scheduler(Generic[Outcome]):
     """Runs a DAG of `len(deps)` nodes; `priority[i]` orders ready nodes (smaller first).
 
-    `demand[i]` (optional) is node i's resource vector and `capacity` the budget it is taken
-    from; `patience` is how often a waiting head lets competing nodes start before it (see above).
-    `critical`: a context that holds off KeyboardInterrupt-like signals (posbuild.interrupt.deferred)
-    while the calling thread hands out work, which must not stop half-way.
+    `demand[i]` (optional) is node i's resource vector and `capacity` the budget it is taken from;
+    `patience` is how often a waiting head lets competing nodes start before it (see above).
+    `critical`: a context that holds off KeyboardInterrupt-like signals
+    (posbuild.interrupt.deferred) while the calling thread hands out work, which must not stop
+    half-way.
     """
 
-    def __init__(self, deps: Sequence[Sequence[int]], priority: Sequence[object], jobs: int, keep_going: bool,
+    def __init__(self, deps: Sequence[Sequence[int]], priority: Sequence[object], jobs: int,
+                 keep_going: bool,
                  demand: Sequence[Sequence[int]] | None = None, capacity: Sequence[int] = (),
                  patience: int | None = None,
                  critical: Callable[[], AbstractContextManager[None]] = nullcontext) -> None:
@@ -133,7 +135,8 @@ class Scheduler(Generic[Outcome]):
         self._critical = critical
         for node, need in enumerate(self._demand):
             if len(need) != len(self._capacity) or any(n > c for n, c in zip(need, self._capacity)):
-                raise ValueError(f"node {node} demands {need}, beyond the capacity {self._capacity}")
+                raise ValueError(
+                    f"node {node} demands {need}, beyond the capacity {self._capacity}")
         self.states = [State.PENDING] * len(deps)
 
     def run(self, executor: Executor[Outcome]) -> list[State]:
@@ -148,7 +151,8 @@ class Scheduler(Generic[Outcome]):
         with turn.lock:
             try:
                 turn.settle()
-                with self._critical():  # a signal must not come between taking a node and handing it out
+                # a signal must not come between taking a node and handing it out
+                with self._critical():
                     turn.hand_out()
                 while not turn.over():
                     turn.lock.wait()
@@ -191,21 +195,26 @@ class _Run(Generic[Outcome]):
         for node, deps in enumerate(scheduler._deps):
             for dep in set(deps):
                 self._dependents[dep].append(node)
-        self._ready = [(scheduler._priority[n], n) for n, count in enumerate(self._waiting_deps) if count == 0]
+        self._ready = [(scheduler._priority[n], n)
+                       for n, count in enumerate(self._waiting_deps) if count == 0]
         heapq.heapify(self._ready)
-        self._work = _Waiting(scheduler._priority, scheduler._demand, scheduler._capacity, scheduler._patience)
+        self._work = _Waiting(scheduler._priority, scheduler._demand, scheduler._capacity,
+                              scheduler._patience)
         self.lock = threading.Condition()
         self.running = 0  # nodes holding a job slot
         self.finishing = 0  # nodes being concluded after handing their slot on
-        self._slots = list(range(1, self._jobs + 1))  # free slot numbers, a heap: the lowest is taken
+        # free slot numbers, a heap: the lowest is taken
+        self._slots = list(range(1, self._jobs + 1))
         self.error: BaseException | None = None
         self._stopping = False
-        self._handed: collections.deque[tuple[int, int]] = collections.deque()  # taken, not yet claimed
+        # taken, not yet claimed
+        self._handed: collections.deque[tuple[int, int]] = collections.deque()
         self._idle = 0  # workers waiting for work
         self._workers = 0
 
     def settle(self) -> None:
-        """Prepare every ready node; those `prepare` settles finish at once, the rest wait for a slot."""
+        """Prepare every ready node; those `prepare` settles finish at once, the rest wait for a
+        slot."""
         states, executor = self._scheduler.states, self._executor
         while self._ready and not self._stopping:
             _, node = heapq.heappop(self._ready)
@@ -225,7 +234,8 @@ class _Run(Generic[Outcome]):
         return not self.busy() and (self._stopping or not (self._ready or self._work.waiting()))
 
     def fail(self, error: BaseException) -> None:
-        """Stop the build for an exception: the first one is raised once running work has returned."""
+        """Stop the build for an exception: the first one is raised once running work has
+        returned."""
         if self.error is None:
             self.error = error
             self._stopping = True
@@ -241,7 +251,8 @@ class _Run(Generic[Outcome]):
                 self.lock.notify()
             else:
                 self._workers += 1
-                threading.Thread(target=self._serve, name=f"posbuild-worker-{self._workers}", daemon=True).start()
+                threading.Thread(target=self._serve, name=f"posbuild-worker-{self._workers}",
+                                 daemon=True).start()
 
     def _take(self, before: tuple[object, int] | None = None) -> tuple[int, int] | None:
         """(node, slot number) of the node to start next, or None; its slot and resources are taken.
@@ -299,7 +310,8 @@ class _Run(Generic[Outcome]):
                 self._conclude(node, slot, handle, early, busy=current is not None)
 
     def _next_job(self) -> tuple[int, int] | None:
-        """A node handed to this worker, or else the next it may take after settling what is ready."""
+        """A node handed to this worker, or else the next it may take after settling what is
+        ready."""
         if self._handed:
             return self._handed.popleft()
         try:
@@ -309,8 +321,10 @@ class _Run(Generic[Outcome]):
             self.fail(error)
             return None
 
-    def _unlocked(self, call: Callable[[Any], Result], argument: Any) -> tuple[Result | None, BaseException | None]:
-        """Call into the executor without the lock: (its result, None), or (None, what it raised)."""
+    def _unlocked(self, call: Callable[[Any], Result],
+                  argument: Any) -> tuple[Result | None, BaseException | None]:
+        """Call into the executor without the lock: (its result, None), or (None, what it
+        raised)."""
         self.lock.release()
         try:
             return call(argument), None
@@ -336,9 +350,10 @@ class _Run(Generic[Outcome]):
         whether the slot was handed on, and the started node. If none may start, `node` keeps
         its slot until it is concluded, exactly as if nothing had been tried; other workers
         never take a slot that is handed on like this."""
-        coming = [(self._scheduler._priority[c], c) for c in self._dependents[node] if self._waiting_deps[c] == 1]
+        coming = [(self._scheduler._priority[c], c) for c in self._dependents[node]
+                  if self._waiting_deps[c] == 1]
         self._free(node, slot)
-        job = self._take(min(coming) if coming else None)  # type: ignore[type-var]
+        job = self._take(min(coming) if coming else None)
         if job is None:
             self._hold(node, slot)
             return False, None
@@ -389,15 +404,16 @@ class _Waiting:
     gives it back when the node ends.
     """
 
-    def __init__(self, priority: Sequence[object], demand: Sequence[tuple[int, ...]], capacity: tuple[int, ...],
-                 patience: int) -> None:
+    def __init__(self, priority: Sequence[object], demand: Sequence[tuple[int, ...]],
+                 capacity: tuple[int, ...], patience: int) -> None:
         self._priority = priority
         self._demand = demand
         self._free = list(capacity)
         self._patience = patience
         self._heaps: dict[tuple[int, ...], list[tuple[object, int]]] = {}
         self._bypassed: dict[int, int] = {}  # waiting node → competing nodes started ahead of it
-        self._reserved: tuple[int, ...] | None = None  # the demand of a head that holds a reservation
+        # the demand of a head that holds a reservation
+        self._reserved: tuple[int, ...] | None = None
 
     def add(self, node: int) -> None:
         heapq.heappush(self._heaps.setdefault(self._demand[node], []), (self._priority[node], node))
@@ -425,7 +441,8 @@ class _Waiting:
         if not tops:
             return None
         if self._reserved is None:
-            starving = next((n for _, n in tops if self._bypassed.get(n, 0) >= self._patience), None)
+            starving = next((n for _, n in tops if self._bypassed.get(n, 0) >= self._patience),
+                            None)
             if starving is not None:
                 self._reserved = self._demand[starving]
         allowed = tops if before is None else [entry for entry in tops if entry < before]
@@ -439,7 +456,8 @@ class _Waiting:
                          and self._alongside(self._demand[n], self._demand[head])), None)
         for _, node in allowed:
             if self._fits(self._demand[node]):
-                for _, other in tops:  # every waiting node this start delays has been overtaken once more
+                # every waiting node this start delays has been overtaken once more
+                for _, other in tops:
                     if other != node and not self._fits(self._demand[other]) \
                             and not self._alongside(self._demand[node], self._demand[other]):
                         self._bypassed[other] = self._bypassed.get(other, 0) + 1
@@ -454,7 +472,8 @@ class _Waiting:
         return all(n == 0 or n + h <= f for n, h, f in zip(need, head, self._free))
 
     def _start(self, node: int) -> int:
-        """Start `node`, the top of its demand's heap (a reservation is held by a heap's top too)."""
+        """Start `node`, the top of its demand's heap (a reservation is held by a heap's top
+        too)."""
         need = self._demand[node]
         heapq.heappop(self._heaps[need])
         for i, amount in enumerate(need):

@@ -1,4 +1,5 @@
-"""Layer 2: secret values (§16) — where they come from, and how they are kept out of everything kept.
+"""Layer 2: secret values (§16) — where they come from, and how they are kept out of everything
+kept.
 
 An action names the secrets it needs (`secrets = ["API_TOKEN"]`); only their names are part of its
 definition. The values are looked up when the action is about to run, never earlier: a build whose
@@ -34,7 +35,8 @@ _CHUNK = 1 << 20
 
 
 class SecretUnavailable(Exception):
-    """A declared secret has no value, or the secrets file may not be used; the message says which."""
+    """A declared secret has no value, or the secrets file may not be used; the message says
+    which."""
 
 
 def default_secrets_file(environ: Mapping[str, str]) -> str:
@@ -46,7 +48,8 @@ def default_secrets_file(environ: Mapping[str, str]) -> str:
 
 
 def secret_source(root: Path, configured_file: str, environ: Mapping[str, str]) -> SecretSource:
-    """The SecretSource of a workspace: `[secrets] file` (relative to the root) or the default file."""
+    """The SecretSource of a workspace: `[secrets] file` (relative to the root) or the default
+    file."""
     file = root / configured_file if configured_file else Path(default_secrets_file(environ))
     return SecretSource(environ, str(file), str(root))
 
@@ -65,12 +68,14 @@ class SecretSource:
     _file_values: dict[str, dict[str, str]] = field(default_factory=dict, repr=False, compare=False)
 
     def values_for(self, names: Iterable[str]) -> tuple[tuple[str, str], ...]:
-        """(name, value) for each name, in order; raises SecretUnavailable naming what is missing."""
+        """(name, value) for each name, in order; raises SecretUnavailable naming what is
+        missing."""
         values = []
         for name in names:
             value = self.get(name)
             if value is None:
-                where = f"nor in the secrets file {self.file}" if self.file else "and no secrets file is set"
+                where = f"nor in the secrets file {self.file}" if self.file \
+                    else "and no secrets file is set"
                 raise SecretUnavailable(f"secret '{name}' is not in posbuild's environment {where}")
             values.append((name, value))
         return tuple(values)
@@ -125,7 +130,8 @@ def values_of(source: SecretSource | None, names: tuple[str, ...]) -> tuple[tupl
 
 
 def read_secrets_file(path: Path, workspace: str = "") -> dict[str, str]:
-    """Parse `NAME=value` lines (blank lines and `#` comments skipped) after checking mode and place.
+    """Parse `NAME=value` lines (blank lines and `#` comments skipped) after checking mode and
+    place.
 
     A missing file holds no secrets. One inside the workspace, or readable by group or others, is
     refused: either would let the value leak into what the build reads or what other users see.
@@ -139,14 +145,17 @@ def read_secrets_file(path: Path, workspace: str = "") -> dict[str, str]:
         raise SecretUnavailable(f"the secrets file {path} is inside the workspace; move it outside "
                                 f"(e.g. ~/.config/posbuild/secrets)")
     if stat.S_IMODE(info.st_mode) & 0o077:
-        raise SecretUnavailable(f"the secrets file {path} has mode {stat.S_IMODE(info.st_mode):04o}; "
+        raise SecretUnavailable(f"the secrets file {path} has mode "
+                                f"{stat.S_IMODE(info.st_mode):04o}; "
                                 f"it must be 0600 (chmod 600 {path})")
     try:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError:  # the message must not quote the bytes: they may be a secret
-        raise SecretUnavailable(f"the secrets file {path} is not UTF-8 text of NAME=value lines") from None
+        raise SecretUnavailable(
+            f"the secrets file {path} is not UTF-8 text of NAME=value lines") from None
     except OSError as error:
-        raise SecretUnavailable(f"the secrets file {path} cannot be read: {error.strerror or error}") from None
+        raise SecretUnavailable(
+            f"the secrets file {path} cannot be read: {error.strerror or error}") from None
     values: dict[str, str] = {}
     for number, line in enumerate(text.splitlines(), 1):
         text = line.strip()
@@ -167,7 +176,8 @@ def redact(data: bytes, values: Iterable[str]) -> bytes:
     return data
 
 
-def file_containing(paths: Iterable[Path], secrets: Iterable[tuple[str, str]]) -> tuple[Path, str] | None:
+def file_containing(paths: Iterable[Path],
+                    secrets: Iterable[tuple[str, str]]) -> tuple[Path, str] | None:
     """The first file that holds a secret's value, and that secret's name; None if none does.
 
     Files are read in chunks that overlap by the longest value, so a value split across two

@@ -1,4 +1,5 @@
-"""Layer 1: the shell that runs a command (bash, strict), and the commands it would only have exec'd.
+"""Layer 1: the shell that runs a command (bash, strict), and the commands it would only have
+exec'd.
 
 A genrule's `cmd` runs as Bazel's genrule and Snakemake run theirs: under `/bin/bash` with
 `set -euo pipefail` (`shell_argv`). So a pipeline fails when any of its stages fails
@@ -79,7 +80,8 @@ class Direct:
 
 
 def parse(command: str) -> Direct | None:
-    """The command as words and redirect target when the shell would do nothing but exec it, else None."""
+    """The command as words and redirect target when the shell would do nothing but exec it, else
+    None."""
     match = _SIMPLE.fullmatch(command)
     if match is None:
         return None

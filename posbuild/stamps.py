@@ -69,7 +69,8 @@ def content_digest(root: str, rel: str) -> bytes:
     path = os.path.join(root, rel)
     try:
         if os.path.isdir(path):
-            return hash_bytes("\0".join(sorted(os.listdir(path))).encode("utf-8", "surrogateescape"))
+            return hash_bytes("\0".join(sorted(os.listdir(path))).encode("utf-8",
+                                                                         "surrogateescape"))
         return hash_file(path)
     except OSError:
         return b""

@@ -6,8 +6,8 @@ Design memo
   and `usage` (when each action key was last used, for gc). Everything an
   action produces is written by `commit()` in ONE write transaction, or logged by `log()` in one
   frame (below), so after a crash at any instant the store holds all of an action's rows or none
-  of them (§7). An executed action's `usage` row is bookkeeping, not its product: it comes with the build's
-  last commit, and a key without one is simply the least recently used.
+  of them (§7). An executed action's `usage` row is bookkeeping, not its product: it comes with
+  the build's last commit, and a key without one is simply the least recently used.
 * Blobs up to `INLINE_LIMIT` bytes live inside LMDB. Larger ones live as files `cas/ab/abcd…`
   beside it, written temp + fsync + rename *before* the transaction that references them, so a
   committed row never points at a missing or half-written file; a crash in between leaves at most
@@ -52,7 +52,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence, cast
 
 import lmdb
 import msgpack
@@ -75,11 +75,14 @@ MAP_SIZE = 1 << 36
 # Rows are keyed digest + 4-byte chunk number; stores written before keep one row keyed by digest.
 PAYLOAD_CHUNK = 1900
 _INLINE, _EXTERNAL = b"\x00", b"\x01"
-DATABASES = (b"blobs", b"results", b"statmemo", b"meta", b"generations", b"usage", b"records", b"builds",
-             b"latest", b"journal_blobs")  # every named database, for walks of the whole store (salvage.py)
-RECORD_DATABASES = (b"records", b"builds", b"latest", b"journal_blobs")  # plus the meta row `records`
+# every named database, for walks of the whole store (salvage.py)
+DATABASES = (b"blobs", b"results", b"statmemo", b"meta", b"generations", b"usage", b"records",
+             b"builds", b"latest", b"journal_blobs")
+# plus the meta row `records`
+RECORD_DATABASES = (b"records", b"builds", b"latest", b"journal_blobs")
 _CHAIN_META = b"records"  # meta row: {"head": [number, seal] | None, "running": [numbers]}
-LOCK_NAME = "gc.lock"  # what build.workspace_lock locks: made with the store, so no later command adds a file
+# what build.workspace_lock locks: made with the store, so no later command adds a file
+LOCK_NAME = "gc.lock"
 # The write-ahead log is applied to LMDB once this many actions, or this many bytes, are in it.
 LOG_GROUP = 256
 LOG_BYTES = 8 << 20
@@ -120,18 +123,24 @@ class Store:
         self._prefix = f"{workspace}\0".encode() if workspace else b""  # of every per-workspace key
         self._chain_key = _CHAIN_META + b"\0" + workspace.encode() if workspace else _CHAIN_META
         running = path / "running"  # start logs of running builds
-        self._running = running / f"w-{hash_bytes(workspace.encode()).hex()[:16]}" if workspace else running
+        self._running = running / f"w-{hash_bytes(workspace.encode()).hex()[:16]}" if workspace \
+            else running
         try:
-            claim(path, STORE, is_store)  # made with posbuild's mark; never a folder posbuild did not make
+            # made with posbuild's mark; never a folder posbuild did not make
+            claim(path, STORE, is_store)
         except OSError as error:
-            what = "a file, not a folder" if path.exists() or isinstance(error, NotADirectoryError) else error.strerror
+            what = "a file, not a folder" if path.exists() \
+                or isinstance(error, NotADirectoryError) else error.strerror
             raise StoreUnavailable(f"cannot create the store folder {path}: {what}") from None
         damage = file_damage(path / "db")
         if damage is not None:
-            raise ChecksumMismatch(f"the store {path} is damaged: {damage}; run `posbuild fsck --repair`")
-        self._held: dict[int, int] = {}  # running builds of this process → the fd of their start log
+            raise ChecksumMismatch(
+                f"the store {path} is damaged: {damage}; run `posbuild fsck --repair`")
+        # running builds of this process → the fd of their start log
+        self._held: dict[int, int] = {}
         self._log: WriteAheadLog | None = None  # opened by the first `log()`
-        self._log_lock = threading.Lock()  # held from appending to the log until its rows are in LMDB
+        # held from appending to the log until its rows are in LMDB
+        self._log_lock = threading.Lock()
         self._logged: list[_Rows] = []  # rows in the log, not yet in LMDB
         self._logged_bytes = 0
         self._live_writers: set[int] = set()  # pids whose logs were held at the last write
@@ -144,7 +153,8 @@ class Store:
             self._open_dbs()
             self._check_format()
             if has_dead_logs(path / "wal"):
-                with self._writing():  # a dead process's logged commits, before anything reads the store
+                # a dead process's logged commits, before anything reads the store
+                with self._writing():
                     pass
         except lmdb.Error as error:
             self._env.close()
@@ -165,16 +175,18 @@ class Store:
     def _check_format(self) -> None:
         with self._env.begin() as txn:
             found = txn.get(b"format", db=self._meta)
-        if found is None or not (self.path / EPOCH_FILE).exists():  # a new store, or one from before epochs:
-            advance_epoch(self.path)  # states saved against a deleted store must not trust this one (epoch.py)
+        # a new store, or one from before epochs:
+        if found is None or not (self.path / EPOCH_FILE).exists():
+            # states saved against a deleted store must not trust this one (epoch.py)
+            advance_epoch(self.path)
         if found is None:
             (self.path / LOCK_NAME).touch()
             with self._env.begin(write=True) as txn:
                 txn.put(b"format", STORE_FORMAT, db=self._meta)
         elif found != STORE_FORMAT:
             raise PartialState(
-                f"store {self.path} has format {found.decode()}, this posbuild reads {STORE_FORMAT.decode()}; "
-                f"run `posbuild clean --all`"
+                f"store {self.path} has format {found.decode()}, this posbuild reads "
+                f"{STORE_FORMAT.decode()}; run `posbuild clean --all`"
             )
 
     def close(self) -> None:
@@ -188,18 +200,21 @@ class Store:
                         if number in chain["running"]:
                             self._interrupt(txn, chain, number)
                     txn.put(self._chain_key, msgpack.packb(chain, use_bin_type=True), db=self._meta)
-            except lmdb.Error:  # the build stays "running": the next command records it from its log
+            # the build stays "running": the next command records it from its log
+            except lmdb.Error:
                 for fd in self._held.values():
                     os.close(fd)
                 self._held.clear()
             for number in list(self._held):
                 self._release(number)
         if self._log is not None:
-            self._log.close(delete=not self._logged)  # a log not applied stays, for the next command to replay
+            # a log not applied stays, for the next command to replay
+            self._log.close(delete=not self._logged)
         self._env.close()
 
     def flush(self) -> None:
-        """Force everything committed or logged so far to disk (once per build; see the memo above)."""
+        """Force everything committed or logged so far to disk (once per build; see the memo
+        above)."""
         if self._logged:
             with self._writing():
                 pass
@@ -272,12 +287,14 @@ class Store:
         """A blob's bytes, verified against its digest (ORCH-03 on mismatch or loss)."""
         row = self._blob_row(digest)
         if row is None:
-            raise ChecksumMismatch(f"blob {digest.hex()} is referenced by an action result but missing from the store")
+            raise ChecksumMismatch(
+                f"blob {digest.hex()} is referenced by an action result but missing from the store")
         data = row[1:] if row[:1] == _INLINE else self._read_external(digest)
         actual = hash_bytes(data)
         if actual != digest:
             raise ChecksumMismatch(
-                f"blob {digest.hex()} in {self.path} hashes to {actual.hex()}; run `posbuild fsck --repair`"
+                f"blob {digest.hex()} in {self.path} hashes to {actual.hex()}; run `posbuild fsck "
+                "--repair`"
             )
         return data
 
@@ -285,8 +302,8 @@ class Store:
         return self._blob_row(digest) is not None
 
     def blob_source(self, digest: Digest) -> bytes | Path | None:
-        """Where a blob's bytes are, unverified: inline bytes, or its file under cas/; None if absent.
-        For callers that stream large blobs (cache export) and verify as they go."""
+        """Where a blob's bytes are, unverified: inline bytes, or its file under cas/; None if
+        absent. For callers that stream large blobs (cache export) and verify as they go."""
         row = self._blob_row(digest)
         if row is None:
             return None
@@ -341,7 +358,8 @@ class Store:
         when action keys were last used (for gc's least-recently-used order).
         """
         with self._writing() as txn:
-            self._apply(txn, self._rows(Commit(result, tuple(blobs), tuple(memo), tuple(used), tuple(records))))
+            self._apply(txn, self._rows(Commit(result, tuple(blobs), tuple(memo), tuple(used),
+                                               tuple(records))))
 
     def log(self, commits: Sequence[Commit]) -> None:
         """Make several actions' rows safe from a kill at once, and part of the store soon: they go
@@ -369,10 +387,12 @@ class Store:
         """A commit in the form it is logged and written in."""
         result = None if commit.result is None else (commit.result[0], commit.result[1].pack())
         return (result,
-                [(digest, _INLINE + data if data is not None else _EXTERNAL) for digest, data in commit.blobs],
+                [(digest, _INLINE + data if data is not None else _EXTERNAL)
+                 for digest, data in commit.blobs],
                 [(self._prefix + path.encode(), state.pack()) for path, state in commit.memo],
                 [(key, when.to_bytes(8, "big")) for key, when in commit.used],
-                [(key, self._prefix + label.encode(), packed) for key, label, packed in commit.records])
+                [(key, self._prefix + label.encode(), packed)
+                 for key, label, packed in commit.records])
 
     def _apply(self, txn: lmdb.Transaction, rows: _Rows) -> None:
         """Write one action's rows. Writing them twice changes nothing (a log replayed after its
@@ -382,7 +402,7 @@ class Store:
             txn.put(key, when, db=self._usage)
         for record_key, label, packed in records:
             txn.put(record_key, packed, db=self._records)
-            newest = txn.get(label, db=self._latest)
+            newest = cast("bytes | None", txn.get(label, db=self._latest))  # bytes: no `buffers`
             if newest is None or newest <= record_key:
                 txn.put(label, record_key, db=self._latest)
         for digest, row in blobs:
@@ -394,15 +414,16 @@ class Store:
             if txn.get(key, db=self._results) != packed:
                 txn.put(key, packed, db=self._results)
 
-    def add_results(self, results: Iterable[tuple[Digest, bytes]], blobs: Iterable[tuple[Digest, bytes | None]],
-                    when: int) -> int:
+    def add_results(self, results: Iterable[tuple[Digest, bytes]],
+                    blobs: Iterable[tuple[Digest, bytes | None]], when: int) -> int:
         """Add many (key, packed result) rows and their blobs in ONE transaction, keeping any result
         the store already has for a key (cache import); returns how many results were new."""
         added = 0
         with self._writing() as txn:
             for digest, data in blobs:
                 if txn.get(digest, db=self._blobs) is None:
-                    txn.put(digest, _INLINE + data if data is not None else _EXTERNAL, db=self._blobs)
+                    txn.put(digest, _INLINE + data if data is not None else _EXTERNAL,
+                            db=self._blobs)
             for key, packed in results:
                 if txn.get(key, db=self._results) is None:
                     txn.put(key, packed, db=self._results)
@@ -473,12 +494,14 @@ class Store:
 
     def remove(self, results: Iterable[Digest] = (), blobs: Iterable[Digest] = (),
                memo: Iterable[str] = (), generations: Iterable[int] = ()) -> int:
-        """Delete rows in one transaction, then the cas/ files of deleted blobs; returns bytes freed.
+        """Delete rows in one transaction, then the cas/ files of deleted blobs; returns bytes
+        freed.
 
         Files go only after the transaction commits: a crash in between leaves orphan files,
         which fsck reports and gc or `fsck --repair` removes, never a row without its file.
         """
-        advance_epoch(self.path)  # first: saved up-to-date states must not trust what goes (epoch.py)
+        # first: saved up-to-date states must not trust what goes (epoch.py)
+        advance_epoch(self.path)
         freed = 0
         external: list[Digest] = []
         with self._writing() as txn:
@@ -501,10 +524,10 @@ class Store:
         if external:
             self.flush()  # the rows' removal must be on disk before their files go (machine crash)
         for digest in external:
-            path = self.external_path(digest)
+            file = self.external_path(digest)
             try:
-                freed += path.stat().st_size
-                path.unlink()
+                freed += file.stat().st_size
+                file.unlink()
             except FileNotFoundError:
                 pass
         return freed
@@ -524,7 +547,8 @@ class Store:
 
     # -- execution records (§12) and their chain (recordchain.py) ----------------------------
 
-    def begin_build(self, info: dict[str, object], blobs: Iterable[tuple[Digest, bytes]] = ()) -> int:
+    def begin_build(self, info: dict[str, object],
+                    blobs: Iterable[tuple[Digest, bytes]] = ()) -> int:
         """Number a new build and write its row (and the payloads it refers to) in one transaction.
 
         A row with status "running" is concluded later (`update_build`); meanwhile this process
@@ -545,12 +569,13 @@ class Store:
                     if _has_payload(cursor, digest):
                         continue
                     for index, start in enumerate(range(0, max(len(data), 1), PAYLOAD_CHUNK)):
-                        txn.put(digest + index.to_bytes(4, "big"), data[start:start + PAYLOAD_CHUNK],
-                                db=self._journal_blobs)
+                        txn.put(digest + index.to_bytes(4, "big"),
+                                data[start:start + PAYLOAD_CHUNK], db=self._journal_blobs)
             row = {**info, "number": number}
             if info.get("status") == "running":
                 self._hold(number)
-                txn.put(self.build_key(number), msgpack.packb({**row, "pid": os.getpid()}, use_bin_type=True),
+                txn.put(self.build_key(number),
+                        msgpack.packb({**row, "pid": os.getpid()}, use_bin_type=True),
                         db=self._builds)
                 chain["running"].append(number)
             else:
@@ -601,11 +626,13 @@ class Store:
 
     def _seal(self, txn: lmdb.Transaction, chain: dict[str, Any], row: dict[str, Any]) -> None:
         """Write a concluded build's row with its seal, after the chain's head (recordchain.py)."""
-        row = msgpack.unpackb(msgpack.packb(row, use_bin_type=True))  # the form fsck reads it back in
+        # the form fsck reads it back in
+        row = msgpack.unpackb(msgpack.packb(row, use_bin_type=True))
         number = int(row["number"])
         previous, previous_seal = chain["head"] or (0, GENESIS)
         digest = seal(previous_seal, row, records_digest(self._raw_records(txn, number)))
-        txn.put(self.build_key(number), msgpack.packb({**row, CHAIN: [previous, digest]}, use_bin_type=True),
+        txn.put(self.build_key(number),
+                msgpack.packb({**row, CHAIN: [previous, digest]}, use_bin_type=True),
                 db=self._builds)
         chain["head"] = [number, digest]
         if number in chain["running"]:
@@ -616,8 +643,11 @@ class Store:
         interrupted, naming the actions it started and never recorded."""
         settled = []
         for number in list(chain["running"]):
-            if number in self._held or self.build_running(number) or self._row_pid(txn, number) in self._live_writers:
-                continue  # a process that let go of its start log but not yet of its write-ahead log is still exiting
+            if number in self._held or self.build_running(number) \
+                    or self._row_pid(txn, number) in self._live_writers:
+                # a process that let go of its start log but not yet of its write-ahead log is still
+                # exiting
+                continue
             self._interrupt(txn, chain, number)
             settled.append(number)
         return settled
@@ -630,18 +660,22 @@ class Store:
             return None
 
     def _interrupt(self, txn: lmdb.Transaction, chain: dict[str, Any], number: int) -> None:
-        data = txn.get(self.build_key(number), db=self._builds)
+        data = cast("bytes | None", txn.get(self.build_key(number), db=self._builds))
         try:
             row = _unpack_row(number, data) if data is not None else None
-            recorded = {_unpack_record(number, value).label for _, value in self._raw_records(txn, number)}
+            recorded = {_unpack_record(number, value).label
+                        for _, value in self._raw_records(txn, number)}
         except ChecksumMismatch:
             row = None
-        if row is None:  # its row or records were tampered with: fsck reports it; stop waiting for it
+        # its row or records were tampered with: fsck reports it; stop waiting for it
+        if row is None:
             chain["running"].remove(number)
             return
-        in_flight = {label: started for label, started in self._started(number) if label not in recorded}
+        in_flight = {label: started for label, started in self._started(number)
+                     if label not in recorded}
         self._seal(txn, chain, {**row, "status": "interrupted", "noticed": utc(time.time()),
-                                "in_flight": [[label, started] for label, started in in_flight.items()]})
+                                "in_flight": [[label, started]
+                                              for label, started in in_flight.items()]})
         self._running_file(number).unlink(missing_ok=True)
 
     def _started(self, number: int) -> list[tuple[str, str]]:
@@ -667,10 +701,12 @@ class Store:
         return self._running / str(number)
 
     def _hold(self, number: int) -> None:
-        """Create and lock build `number`'s start log; the lock lives as long as this process does."""
+        """Create and lock build `number`'s start log; the lock lives as long as this process
+        does."""
         path = self._running_file(number)
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND | os.O_CLOEXEC, 0o644)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND | os.O_CLOEXEC,
+                     0o644)
         fcntl.flock(fd, fcntl.LOCK_EX)
         self._held[number] = fd
 
@@ -695,11 +731,12 @@ class Store:
                 rows = cursor.iterprev() if found else iter(())
             else:
                 rows = cursor.iternext() if cursor.set_range(low) else iter(())
-            for key, value in rows:
+            for key, value in cast("Iterator[tuple[bytes, bytes]]", rows):  # bytes: no `buffers`
                 if not low <= key < high:
                     break
                 if len(key) == len(self._prefix) + size:
-                    yield int.from_bytes(key[len(self._prefix):len(self._prefix) + 8], "big"), key, value
+                    yield int.from_bytes(key[len(self._prefix):len(self._prefix) + 8],
+                                         "big"), key, value
 
     def _raw_records(self, txn: lmdb.Transaction, number: int) -> list[tuple[bytes, bytes]]:
         found = []
@@ -741,13 +778,16 @@ class Store:
             return None  # tampered with: fsck reports it; a build goes on without the hint
 
     def records_of_label(self, label: str) -> list[ExecutionRecord]:
-        """Every explicit record of one action, oldest first (a scan: for `explain`, not hot paths)."""
+        """Every explicit record of one action, oldest first (a scan: for `explain`, not hot
+        paths)."""
         with self._env.begin() as txn:
-            return [r for r in (_unpack_record(n, v) for n, _, v in self._scan(txn, self._records, 12))
+            return [r for r in (_unpack_record(n, v)
+                                for n, _, v in self._scan(txn, self._records, 12))
                     if r.label == label]
 
     def journal_blob(self, digest: Digest) -> bytes | None:
-        """A payload that build rows refer to (graph or up-to-date state), verified; None if absent."""
+        """A payload that build rows refer to (graph or up-to-date state), verified; None if
+        absent."""
         with self._env.begin() as txn, txn.cursor(db=self._journal_blobs) as cursor:
             parts = []
             if cursor.set_range(digest):
@@ -807,7 +847,8 @@ def file_damage(db: Path) -> str | None:
     except IsADirectoryError:
         return f"{db / 'data.mdb'} is a folder, not LMDB's file"
     except OSError as error:
-        raise StoreUnavailable(f"cannot read the store file {db / 'data.mdb'}: {error.strerror}") from None
+        raise StoreUnavailable(
+            f"cannot read the store file {db / 'data.mdb'}: {error.strerror}") from None
     needed = (max(roots, default=1) + 1) * page_size
     if size < needed:
         return f"{db / 'data.mdb'} is truncated ({size} bytes; its last commit uses {needed})"
@@ -836,7 +877,8 @@ def _named_roots(page: bytes) -> list[int]:
 
 _LMDB_MAGIC = 0xBEEFC0DE
 _NO_PAGE = 0xFFFFFFFFFFFFFFFF  # LMDB's P_INVALID: the root of an empty database
-_META_END = 152  # page header (16) + magic, version, address, map size, 2 db records, last page, txn id
+# page header (16) + magic, version, address, map size, 2 db records, last page, txn id
+_META_END = 152
 _META_PAGE_MAX = 65536
 
 
@@ -845,7 +887,8 @@ def _meta_page_size(head: bytes) -> int:
     return struct.unpack_from("<I", head, 40)[0] if len(head) >= _META_END else 0
 
 
-def open_environment(db: Path, map_size: int = MAP_SIZE, readonly: bool = False) -> lmdb.Environment:
+def open_environment(db: Path, map_size: int = MAP_SIZE,
+                     readonly: bool = False) -> lmdb.Environment:
     """Open the LMDB environment; with too little address space for the full map (`ulimit -v`),
     a smaller one down to what the file already holds, as a store of that size still works."""
     try:
@@ -859,8 +902,8 @@ def open_environment(db: Path, map_size: int = MAP_SIZE, readonly: bool = False)
         except lmdb.MemoryError:
             if map_size <= floor:
                 raise StoreUnavailable(
-                    f"cannot map the store {db.parent}: not enough address space (a `ulimit -v` limit?); "
-                    f"it needs at least {floor >> 20} MiB") from None
+                    f"cannot map the store {db.parent}: not enough address space (a `ulimit -v` "
+                    f"limit?); it needs at least {floor >> 20} MiB") from None
             map_size = max(map_size // 4, floor)
         except lmdb.Error as error:
             raise store_failure(db.parent, error) from None
@@ -874,19 +917,21 @@ def store_failure(path: Path | None, error: Exception) -> PosbuildError:
 
     text = str(error).replace(f"{path / 'db'}: ", "") if path is not None else str(error)
     where = path or Path.cwd()
-    path = path or "of this workspace"  # type: ignore[assignment]
+    shown = path or "of this workspace"
     if isinstance(error, (lmdb.CorruptedError, lmdb.PageNotFoundError, lmdb.InvalidError,
                           lmdb.VersionMismatchError, lmdb.BadRslotError)):
-        return ChecksumMismatch(f"the store {path} is damaged ({text}); run `posbuild fsck --repair`")
+        return ChecksumMismatch(
+            f"the store {shown} is damaged ({text}); run `posbuild fsck --repair`")
     if isinstance(error, lmdb.MapFullError):
-        return StoreUnavailable(f"the store {path} is full: it reached its map size; run `posbuild gc`")
+        return StoreUnavailable(
+            f"the store {shown} is full: it reached its map size; run `posbuild gc`")
     try:
         full = shutil.disk_usage(where).free < 1 << 20
     except OSError:
         full = False
     if full:
         text = f"{text} ({os.strerror(errno.ENOSPC)})"
-    return StoreUnavailable(f"cannot use the store {path}: {text}")
+    return StoreUnavailable(f"cannot use the store {shown}: {text}")
 
 
 def _unpack_row(number: int, value: bytes) -> dict[str, Any]:
@@ -904,5 +949,5 @@ def _unpack_record(number: int, value: bytes) -> ExecutionRecord:
     try:
         return ExecutionRecord.unpack(value)
     except (ValueError, TypeError, KeyError, msgpack.UnpackException):
-        raise ChecksumMismatch(f"a record of build {number} cannot be read: it was changed after it was "
-                               f"recorded; run `posbuild fsck`") from None
+        raise ChecksumMismatch(f"a record of build {number} cannot be read: it was changed after "
+                               f"it was recorded; run `posbuild fsck`") from None

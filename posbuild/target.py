@@ -53,13 +53,15 @@ def _str(kind: str, attr: str, value: Any) -> str:
 
 def _int(kind: str, attr: str, value: Any) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise AttributeError_(f"{kind}: attribute '{attr}' must be a non-negative int, got {value!r}")
+        raise AttributeError_(
+            f"{kind}: attribute '{attr}' must be a non-negative int, got {value!r}")
     return value
 
 
 def _str_list(kind: str, attr: str, value: Any) -> tuple[str, ...]:
     if not isinstance(value, (list, tuple)):
-        raise AttributeError_(f"{kind}: attribute '{attr}' must be a list of non-empty strings, got {_type(value)}")
+        raise AttributeError_(
+            f"{kind}: attribute '{attr}' must be a list of non-empty strings, got {_type(value)}")
     bad = [v for v in value if not isinstance(v, str) or not v]
     if bad:
         raise AttributeError_(f"{kind}: attribute '{attr}' must be a list of non-empty strings, "
@@ -77,35 +79,40 @@ def _bool(kind: str, attr: str, value: Any) -> bool:
 
 
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-RESERVED_SECRETS = ("POSBUILD_CACHE_KEY",)  # signs the shared cache: an action holding it could forge entries
+# signs the shared cache: an action holding it could forge entries
+RESERVED_SECRETS = ("POSBUILD_CACHE_KEY",)
 
 
 def _secret_names(kind: str, attr: str, value: Any) -> tuple[str, ...]:
     names = _str_list(kind, attr, value)
     for name in names:
         if not _ENV_NAME.fullmatch(name):
-            raise AttributeError_(f"{kind}: attribute '{attr}': {name!r} is not an environment variable name")
+            raise AttributeError_(
+                f"{kind}: attribute '{attr}': {name!r} is not an environment variable name")
         if name in RESERVED_SECRETS:
-            raise AttributeError_(f"{kind}: attribute '{attr}': {name} is posbuild's own secret and is never "
-                                  f"given to an action")
+            raise AttributeError_(f"{kind}: attribute '{attr}': {name} is posbuild's own secret "
+                                  f"and is never given to an action")
     return tuple(sorted(names))
 
 
 def _scalar_text(kind: str, attr: str, value: Any) -> str:
     if isinstance(value, bool) or not isinstance(value, (str, int)):
-        raise AttributeError_(f"{kind}: attribute '{attr}' values must be strings or ints, got {value!r}")
+        raise AttributeError_(
+            f"{kind}: attribute '{attr}' values must be strings or ints, got {value!r}")
     return str(value)
 
 
 def _str_dict(kind: str, attr: str, value: Any) -> Pairs:
     if not isinstance(value, dict) or not all(isinstance(k, str) and k for k in value):
-        raise AttributeError_(f"{kind}: attribute '{attr}' must be a dict with string keys, got {_type(value)}")
+        raise AttributeError_(
+            f"{kind}: attribute '{attr}' must be a dict with string keys, got {_type(value)}")
     return tuple(sorted((k, _scalar_text(kind, attr, v)) for k, v in value.items()))
 
 
 def _requires(kind: str, attr: str, value: Any) -> tuple[tuple[str, Pairs], ...]:
     if not isinstance(value, dict):
-        raise AttributeError_(f"{kind}: attribute '{attr}' must be a dict of label -> dict, got {_type(value)}")
+        raise AttributeError_(
+            f"{kind}: attribute '{attr}' must be a dict of label -> dict, got {_type(value)}")
     return tuple(sorted((_str(kind, attr, k), _str_dict(kind, attr, v)) for k, v in value.items()))
 
 
@@ -114,13 +121,15 @@ def _resources(kind: str, attr: str, value: Any) -> tuple[tuple[str, int], ...]:
         raise AttributeError_(f"{kind}: attribute '{attr}' must be a dict, got {_type(value)}")
     unknown = sorted(set(value) - {"cpu", "mem_mb", "io"})
     if unknown:
-        raise AttributeError_(f"{kind}: attribute '{attr}' has unknown key '{unknown[0]}' (known: cpu, mem_mb, io)")
+        raise AttributeError_(
+            f"{kind}: attribute '{attr}' has unknown key '{unknown[0]}' (known: cpu, mem_mb, io)")
     return tuple(sorted((k, _int(kind, attr, v)) for k, v in value.items()))
 
 
 def _args(kind: str, attr: str, value: Any) -> tuple[str, ...]:
     if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
-        raise AttributeError_(f"{kind}: attribute '{attr}' must be a list of strings, got {_type(value)}")
+        raise AttributeError_(
+            f"{kind}: attribute '{attr}' must be a list of strings, got {_type(value)}")
     return tuple(value)
 
 
@@ -132,7 +141,9 @@ def _py_env(kind: str, attr: str, value: Any) -> Pairs:
     fixed = dict(PY_TASK_ENV)
     taken = [k for k, _ in pairs if k in fixed]
     if taken:
-        raise AttributeError_(f"{kind}: attribute '{attr}' may not set {taken[0]}: py_task sets it to {fixed[taken[0]]!r}")
+        raise AttributeError_(
+            f"{kind}: attribute '{attr}' may not set {taken[0]}: py_task sets it to "
+            f"{fixed[taken[0]]!r}")
     return pairs
 
 
@@ -163,17 +174,20 @@ SCHEMAS: dict[str, dict[str, Checker]] = {
 REQUIRED = {"genrule": ("outs", "cmd"), "filegroup": (), "py_task": ("script", "outs")}
 
 
-def make_target(kind: str, label: Label, attrs: dict[str, Any], location: SourceLocation | None) -> Target:
+def make_target(kind: str, label: Label, attrs: dict[str, Any],
+                location: SourceLocation | None) -> Target:
     """Check a rule call's attributes against its schema and freeze them into a Target."""
     schema = SCHEMAS[kind]
     for attr in attrs:
         if attr not in schema:
             known = ", ".join(sorted(schema))
-            raise AttributeError_(f"{kind} '{label.name}': unknown attribute '{attr}' (known: {known})")
+            raise AttributeError_(
+                f"{kind} '{label.name}': unknown attribute '{attr}' (known: {known})")
     for attr in REQUIRED[kind]:
         if not attrs.get(attr):
             raise AttributeError_(f"{kind} '{label.name}': missing required attribute '{attr}'")
-    values = {attr: schema[attr](kind, attr, value) for attr, value in attrs.items() if value is not None}
+    values = {attr: schema[attr](kind, attr, value) for attr, value in attrs.items()
+              if value is not None}
     values.pop("visibility", None)
     clash = sorted(set(values.get("secrets", ())) & {k for k, _ in values.get("env", ())})
     if clash:

@@ -72,13 +72,16 @@ class BuildState:
     up to date. `epoch` is the store's epoch the recorded results were checked against (epoch.py).
     """
 
-    __slots__ = ("env_key", "graph", "complete", "epoch", "paths", "packed_signatures", "_signatures", "_actions",
-                 "_packed_actions", "_digests", "_packed_digests", "raw")
+    __slots__ = ("env_key", "graph", "complete", "epoch", "paths", "packed_signatures",
+                 "_signatures", "_actions", "_packed_actions", "_digests", "_packed_digests", "raw")
 
     def __init__(self, env_key: Digest, actions: dict[str, tuple[Digest, Digest]] | bytes,
-                 signatures: dict[str, Signature] | tuple[Sequence[str], bytes], digests: dict[str, Digest] | bytes,
-                 raw: bytes = b"", graph: Digest = b"", complete: bool = False, epoch: bytes = b"") -> None:
-        self.raw = raw  # the saved file's bytes, when loaded from one (the build records refer to them)
+                 signatures: dict[str, Signature] | tuple[Sequence[str], bytes],
+                 digests: dict[str, Digest] | bytes,
+                 raw: bytes = b"", graph: Digest = b"", complete: bool = False,
+                 epoch: bytes = b"") -> None:
+        # the saved file's bytes, when loaded from one (the build records refer to them)
+        self.raw = raw
         self.env_key = env_key
         self.graph = graph
         self.complete = complete
@@ -104,7 +107,8 @@ class BuildState:
     @property
     def actions(self) -> dict[str, tuple[Digest, Digest]]:
         if self._actions is None:
-            self._actions = msgpack.unpackb(self._packed_actions, use_list=False) if self._packed_actions else {}
+            self._actions = msgpack.unpackb(self._packed_actions, use_list=False) \
+                if self._packed_actions else {}
         return self._actions
 
     @property
@@ -127,7 +131,8 @@ EMPTY = BuildState(b"", {}, {}, {})
 
 
 def load_state(path: Path, env_key: Digest) -> BuildState:
-    """The saved state, or EMPTY when there is none, it is unreadable, or the environment differs."""
+    """The saved state, or EMPTY when there is none, it is unreadable, or the environment
+    differs."""
     try:
         raw = path.read_bytes()
     except OSError:
@@ -139,14 +144,15 @@ def load_state(path: Path, env_key: Digest) -> BuildState:
 def state_from_bytes(raw: bytes) -> BuildState:
     """A saved state from its bytes, or EMPTY when they are not one."""
     try:
-        fmt, saved_env, graph, complete, paths, signatures, actions, digests, *epoch = msgpack.unpackb(
-            raw, use_list=False)
+        fields = msgpack.unpackb(raw, use_list=False)
+        fmt, saved_env, graph, complete, paths, signatures, actions, digests, *epoch = fields
     except (ValueError, TypeError, msgpack.UnpackException):
         return EMPTY
-    if fmt not in _FORMATS or len(epoch) != (1 if fmt == STATE_FORMAT else 0) or len(signatures) != len(paths) * _SIGNATURE.size:
+    if fmt not in _FORMATS or len(epoch) != (1 if fmt == STATE_FORMAT else 0) \
+            or len(signatures) != len(paths) * _SIGNATURE.size:
         return EMPTY
-    return BuildState(saved_env, actions, (paths, signatures), digests, raw, graph=graph, complete=complete,
-                      epoch=epoch[0] if epoch else b"")
+    return BuildState(saved_env, actions, (paths, signatures), digests, raw, graph=graph,
+                      complete=complete, epoch=epoch[0] if epoch else b"")
 
 
 def save_state(path: Path, state: BuildState, epoch: bytes | None = None) -> bytes:
@@ -155,9 +161,10 @@ def save_state(path: Path, state: BuildState, epoch: bytes | None = None) -> byt
     Returns the bytes written: the build records refer to them.
     """
     payload = msgpack.packb([
-        STATE_FORMAT, state.env_key, state.graph, state.complete, state.paths, state.packed_signatures,
-        msgpack.packb(state.actions, use_bin_type=True), msgpack.packb(state.digests, use_bin_type=True),
-        state.epoch if epoch is None else epoch,
+        STATE_FORMAT, state.env_key, state.graph, state.complete, state.paths,
+        state.packed_signatures,
+        msgpack.packb(state.actions, use_bin_type=True),
+        msgpack.packb(state.digests, use_bin_type=True), state.epoch if epoch is None else epoch,
     ], use_bin_type=True)
     write_atomically(path, payload)
     return payload
@@ -186,7 +193,8 @@ def revalidate(path: Path | None, state: BuildState, store_dir: Path, epoch: byt
     else:
         traces = {}
     kept = BuildState(state.env_key, traces, (state.paths, state.packed_signatures), state.digests,
-                      graph=state.graph, complete=state.complete and len(traces) == len(state.actions))
+                      graph=state.graph,
+                      complete=state.complete and len(traces) == len(state.actions))
     if path is None:
         return kept
     return state_from_bytes(save_state(path, kept, epoch))
@@ -210,7 +218,8 @@ def settled(state: BuildState, graph: Digest, root: Path) -> bool:
         return False
     base = str(root) + "/"
     try:
-        now = b"".join(starmap(_SIGNATURE.pack, map(signature, map(os.stat, [base + p for p in state.paths]))))
+        now = b"".join(starmap(_SIGNATURE.pack,
+                               map(signature, map(os.stat, [base + p for p in state.paths]))))
     except (OSError, struct.error):
         return False
     return now == state.packed_signatures
@@ -302,4 +311,5 @@ def mark_tree(config: Config, clean: bool, withdrawn: Iterable[str] | None = Non
         write_atomically(config.state_dir / "tree", TREE_CLEAN)
         return
     paths = sorted(withdrawn_outputs(config) if withdrawn is None else set(withdrawn))
-    write_atomically(config.state_dir / "tree", _TREE_DIRTY + (msgpack.packb(paths) if paths else b""))
+    write_atomically(config.state_dir / "tree",
+                     _TREE_DIRTY + (msgpack.packb(paths) if paths else b""))

@@ -44,7 +44,8 @@ from posbuild.errors import ChecksumMismatch
 from posbuild.namespaces import writable_paths
 from posbuild.nofollow import fd_path
 from posbuild.records import OutputFile
-from posbuild.sandbox import Perturbation, Sandboxes, SpawnResult, choose_isolation, listing_follows_creation
+from posbuild.sandbox import (Perturbation, Sandboxes, SpawnResult, choose_isolation,
+                              listing_follows_creation)
 from posbuild.secrets import SecretSource, SecretUnavailable, redact, secret_source, values_of
 from posbuild.store import Store
 from posbuild.uptodate import BuildState, load_state
@@ -84,7 +85,8 @@ class VerifyReport:
     not_verified: tuple[str, ...] = ()  # labels of no-cache actions
     without_cache: int = 0  # verified actions that had no cached result to compare with
     perturbed: tuple[str, ...] = field(default=(), compare=False)
-    notice: str = field(default="", compare=False)  # bubblewrap unavailable: the runs used the folder sandbox
+    # bubblewrap unavailable: the runs used the folder sandbox
+    notice: str = field(default="", compare=False)
 
     @property
     def nondeterministic(self) -> tuple[str, ...]:
@@ -94,7 +96,8 @@ class VerifyReport:
 
 def verify_request(config: Config, graph: ActionGraph, state_path: Path, environ: Mapping[str, str],
                    jobs: int = 1) -> VerifyReport:
-    """Verify `graph` with the up-to-date state the build of the same request saved at `state_path`."""
+    """Verify `graph` with the up-to-date state the build of the same request saved at
+    `state_path`."""
     passed_env = passed_environment(config.env_pass, environ)
     state = load_state(state_path, environment_key(passed_env, environment_hash(config, environ)))
     store = Store(config.store_dir, config.workspace_tag)
@@ -110,13 +113,15 @@ def verify(config: Config, graph: ActionGraph, state: BuildState, store: Store,
            passed_env: Sequence[tuple[str, str]] = (), jobs: int = 1, shift_clock: bool = True,
            sleep: Callable[[float], None] = time.sleep, secrets: SecretSource | None = None,
            sandbox_writable: Sequence[str] = ()) -> VerifyReport:
-    """Run each action of `graph` twice, perturbed, and compare outputs with each other and the cache.
+    """Run each action of `graph` twice, perturbed, and compare outputs with each other and the
+    cache.
 
     `shift_clock=False` does without libfaketime even where it is installed (run 2 then starts
     in a later wall-clock second than run 1).
     """
     masked = (secrets.file,) if secrets is not None and secrets.file else ()
-    isolation, notice = choose_isolation(config, sandbox_writable, masked)  # SandboxUnavailable before anything runs
+    # SandboxUnavailable before anything runs
+    isolation, notice = choose_isolation(config, sandbox_writable, masked)
     sandboxes = Sandboxes(config.root, config.sandbox_dir, isolation)
     shifted = shift_clock and sandboxes.faketime is not None
     second = SECOND if shifted else replace(SECOND, clock_shift=None)
@@ -139,15 +144,17 @@ def verify(config: Config, graph: ActionGraph, state: BuildState, store: Store,
             finally:
                 runs.remove(first_runs)
     return VerifyReport(
-        actions=len(actions), outputs=checker.outputs, bytes=checker.bytes, findings=tuple(checker.findings),
+        actions=len(actions), outputs=checker.outputs, bytes=checker.bytes,
+        findings=tuple(checker.findings),
         not_verified=tuple(a.label for a in graph.actions if NO_CACHE_TAG in a.tags),
-        without_cache=checker.without_cache, perturbed=_perturbed(config, sandboxes.faketime if shifted else None),
-        notice=notice,
+        without_cache=checker.without_cache,
+        perturbed=_perturbed(config, sandboxes.faketime if shifted else None), notice=notice,
     )
 
 
 def _wait_for_next_second(sleep: Callable[[float], None]) -> None:
-    """Sleep into the next wall-clock second: every clock reading of the runs so far is behind us."""
+    """Sleep into the next wall-clock second: every clock reading of the runs so far is behind
+    us."""
     now = time.time()
     sleep(math.floor(now) + 1.01 - now)
 
@@ -155,14 +162,17 @@ def _wait_for_next_second(sleep: Callable[[float], None]) -> None:
 def _perturbed(config: Config, faketime: str | None) -> tuple[str, ...]:
     """What run 2 varies relative to run 1, in words, for the report."""
     listing = "directory listing order" if listing_follows_creation(config.sandbox_dir) else (
-        f"directory listing order (not variable: {config.sandbox_dir}'s file system lists in its own order)")
-    clock = f"clock ({CLOCK_SHIFT} via libfaketime)" if faketime else "clock (run 2 in a later second)"
-    return ("sandbox path and its length", "environment order", f"TZ ({SHIFTED_TZ})", "umask (022, 077)",
-            listing, clock)
+        f"directory listing order (not variable: {config.sandbox_dir}'s file system lists in its "
+        "own order)")
+    clock = f"clock ({CLOCK_SHIFT} via libfaketime)" if faketime \
+        else "clock (run 2 in a later second)"
+    return ("sandbox path and its length", "environment order", f"TZ ({SHIFTED_TZ})",
+            "umask (022, 077)", listing, clock)
 
 
 class _Runs:
-    """Runs a batch of actions in parallel under one perturbation; a run that cannot start is an OSError."""
+    """Runs a batch of actions in parallel under one perturbation; a run that cannot start is an
+    OSError."""
 
     def __init__(self, sandboxes: Sandboxes, passed_env: tuple[tuple[str, str], ...],
                  secrets: SecretSource | None = None) -> None:
@@ -187,7 +197,8 @@ class _Runs:
         try:
             return list(pool.map(one, batch))
         except BaseException:
-            self._sandboxes.cancel()  # Ctrl-C: stop the commands; the next build removes their sandboxes
+            # Ctrl-C: stop the commands; the next build removes their sandboxes
+            self._sandboxes.cancel()
             raise
 
     def remove(self, runs: Sequence[SpawnResult | OSError]) -> None:
@@ -207,7 +218,8 @@ class _Checker:
         self.bytes = 0
         self.without_cache = 0
 
-    def check(self, action: Action, first: SpawnResult | OSError, second: SpawnResult | OSError) -> None:
+    def check(self, action: Action, first: SpawnResult | OSError,
+              second: SpawnResult | OSError) -> None:
         self.outputs += len(action.outputs)
         for number, run in ((1, first), (2, second)):
             problem = _run_problem(action, number, run)
@@ -219,7 +231,8 @@ class _Checker:
         if cached is None:
             self.without_cache += 1
         for path in action.outputs:
-            with first.output(path).reading() as fd_one, second.output(path).reading() as fd_two:  # no link followed
+            # no link followed
+            with first.output(path).reading() as fd_one, second.output(path).reading() as fd_two:
                 one, two = Path(fd_path(fd_one)), Path(fd_path(fd_two))
                 size_one, size_two, offset = first_file_difference(one, two)
                 self.bytes += size_one
@@ -227,9 +240,9 @@ class _Checker:
                     detail = format_difference(path, "run 1", size_one, "run 2", size_two, offset)
                     self.findings.append(Finding(action.label, path, detail))
                 elif cached is not None and path in cached:
-                    detail = self._against_cache(path, cached[path], one)
-                    if detail is not None:
-                        self.findings.append(Finding(action.label, path, detail))
+                    against = self._against_cache(path, cached[path], one)
+                    if against is not None:
+                        self.findings.append(Finding(action.label, path, against))
 
     def _cached(self, action: Action) -> dict[str, OutputFile] | None:
         """The outputs of the cached result of the action's key as last built, if there is one."""
@@ -247,18 +260,21 @@ class _Checker:
         if offset is None:
             return None
         if isinstance(blob, Path) and hash_file(blob) != cached.digest:
-            raise ChecksumMismatch(f"blob file {blob} does not hash to its name; run `posbuild fsck --repair`")
+            raise ChecksumMismatch(
+                f"blob file {blob} does not hash to its name; run `posbuild fsck --repair`")
         return format_difference(path, "cached result", size_cached, "run 1", size_run, offset)
 
 
 def _run_problem(action: Action, number: int, run: SpawnResult | OSError) -> tuple[str, str] | None:
     """(path, detail) when run `number` could not produce outputs to compare, else None."""
     if isinstance(run, OSError):
-        return "", f"run {number} could not start: {run.strerror or run}: {run.filename or ''}".rstrip(": ")
+        why = f"run {number} could not start: {run.strerror or run}: {run.filename or ''}"
+        return "", why.rstrip(": ")
     if run.timed_out:
         return "", f"run {number} timed out after {action.timeout} s"
     if run.exit_code != 0:
-        how = f"killed by signal {-run.exit_code}" if run.exit_code < 0 else f"exit code {run.exit_code}"
+        how = f"killed by signal {-run.exit_code}" if run.exit_code < 0 \
+            else f"exit code {run.exit_code}"
         last = run.stderr.decode("utf-8", "replace").strip().splitlines()
         return "", f"run {number} failed ({how})" + (f": {last[-1]}" if last else "")
     if run.missing:

@@ -86,7 +86,8 @@ class DeadLog:
 
 
 def has_dead_logs(folder: Path) -> bool:
-    """Whether a dead process left a log in `folder` (a look that takes no lock and writes nothing)."""
+    """Whether a dead process left a log in `folder` (a look that takes no lock and writes
+    nothing)."""
     try:
         names = os.listdir(folder)
     except FileNotFoundError:
@@ -138,7 +139,8 @@ def _frames(fd: int) -> Iterator[bytes]:
     while offset + _HEADER.size <= len(data):
         length, crc, round_ = _HEADER.unpack_from(data, offset)
         payload = data[offset + _HEADER.size:offset + _HEADER.size + length]
-        if length == 0 or len(payload) != length or zlib.crc32(payload) != crc or (first is not None and round_ != first):
+        if length == 0 or len(payload) != length or zlib.crc32(payload) != crc \
+                or (first is not None and round_ != first):
             return
         first = round_
         yield payload

@@ -35,7 +35,7 @@ import stat
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import TYPE_CHECKING, Callable, Iterable, cast
 
 import msgpack
 
@@ -44,15 +44,20 @@ from posbuild.config import CONFIG_NAME, OUT_DIR, STATE_DIR, Config
 from posbuild.errors import PosbuildError
 from posbuild.reporter import BuildSummary
 
+if TYPE_CHECKING:  # _Handler has the one method watchdog calls, without importing it at start-up
+    from watchdog.events import FileSystemEventHandler
+
 LOCK_NAME = "posbuild.lock"
 CODE_SUFFIXES = (".bzl", ".py")  # files the loader or the import scan may read
 # Names editors give their swap, backup and lock files. Such a file appearing in a package does not
-# start a build by itself (it could only matter through a glob that matches it); the next build sees it.
+# start a build by itself (it could only matter through a glob that matches it); the next build sees
+# it.
 _ARTIFACT_SUFFIXES = ("~", ".swp", ".swx", ".swo", ".kate-swp")
 _ARTIFACT_PREFIXES = (".#", "#", ".goutputstream-")
 
 GraphHook = Callable[[ActionGraph], None]
-BuildFn = Callable[[GraphHook], BuildSummary]  # one full build; calls the hook with its graph once resolved
+# one full build; calls the hook with its graph once resolved
+BuildFn = Callable[[GraphHook], BuildSummary]
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,13 +127,16 @@ class WatchSet:
         full = root / path
         if not os.path.lexists(full):
             prefix = path + "/"
-            return change.is_dir and any(p.startswith(prefix) for p in (*self.files, *self.packages))
+            return change.is_dir \
+                and any(p.startswith(prefix) for p in (*self.files, *self.packages))
         if change.is_dir:
-            return self.broken or self._loaded_owner(root, path) or _holds_build_file(full, self.build_names)
+            return self.broken or self._loaded_owner(root, path) \
+                or _holds_build_file(full, self.build_names)
         return not _is_artifact(name) and (self.broken or self._loaded_owner(root, path))
 
     def _loaded_owner(self, root: Path, path: str) -> bool:
-        """Whether the package a new file belongs to (its nearest folder with a BUILD file) is loaded."""
+        """Whether the package a new file belongs to (its nearest folder with a BUILD file) is
+        loaded."""
         folder = os.path.dirname(path)
         while True:
             if folder in self.packages:
@@ -140,7 +148,8 @@ class WatchSet:
             folder = os.path.dirname(folder)
 
 
-def watch_set(graph: ActionGraph, build_names: tuple[str, ...], previous: WatchSet | None = None) -> WatchSet:
+def watch_set(graph: ActionGraph, build_names: tuple[str, ...],
+              previous: WatchSet | None = None) -> WatchSet:
     """The WatchSet of a resolved graph (reused as is when the graph cache entry is unchanged)."""
     if previous is not None and not previous.broken and previous.raw == graph.raw and graph.raw:
         return previous
@@ -178,9 +187,11 @@ def _is_code(name: str, build_names: tuple[str, ...]) -> bool:
 
 
 def _is_artifact(name: str) -> bool:
-    # Before a save, vim creates and at once deletes a file named 4913 (5036, 5159, ... if that name is
+    # Before a save, vim creates and at once deletes a file named 4913 (5036, 5159, ... if that name
+    # is
     # taken) to learn whether it may create files in the folder: the editor at work, not a source.
-    return name.endswith(_ARTIFACT_SUFFIXES) or name.startswith(_ARTIFACT_PREFIXES) or name == "4913"
+    return name.endswith(_ARTIFACT_SUFFIXES) or name.startswith(_ARTIFACT_PREFIXES) \
+        or name == "4913"
 
 
 def _in_skipped_folder(path: str, is_dir: bool) -> bool:
@@ -215,16 +226,19 @@ class _Watcher:
         inside = [os.path.relpath(p, config.root) for p in (config.store_dir, config.sandbox_dir)
                   if Path(p).is_relative_to(config.root)]
         self._ignored = (OUT_DIR, STATE_DIR, *inside)
-        # Opening or reading a file is no change; leaving those events out keeps the kernel from sending them.
-        self._filter = [ev.FileCreatedEvent, ev.DirCreatedEvent, ev.FileDeletedEvent, ev.DirDeletedEvent,
-                        ev.FileMovedEvent, ev.DirMovedEvent, ev.FileModifiedEvent, ev.FileAttribEvent,
-                        ev.FileClosedEvent]
+        # Opening or reading a file is no change; leaving those events out keeps the kernel from
+        # sending them.
+        self._filter = [ev.FileCreatedEvent, ev.DirCreatedEvent, ev.FileDeletedEvent,
+                        ev.DirDeletedEvent,
+                        ev.FileMovedEvent, ev.DirMovedEvent, ev.FileModifiedEvent,
+                        ev.FileAttribEvent, ev.FileClosedEvent]
         self._handler = _Handler(self._root, self._ignored, changes)
         self._observer = Observer()
         self._watches: dict[str, _FolderWatch] = {}  # by top-level folder name
 
     def start(self) -> None:
-        self._observer.schedule(self._handler, self._root, recursive=False, event_filter=self._filter)
+        self._observer.schedule(cast("FileSystemEventHandler", self._handler), self._root,
+                                recursive=False, event_filter=self._filter)
         for entry in sorted(os.scandir(self._root), key=lambda e: e.name):
             if self._watchable(entry.name):
                 identity = _folder_identity(entry.path)
@@ -248,11 +262,13 @@ class _Watcher:
         path = os.path.join(self._root, name)
         handler = _Handler(self._root, self._ignored, self._changes, own=path)
         try:
-            watch = self._observer.schedule(handler, path, recursive=True, event_filter=self._filter)
+            watch = self._observer.schedule(cast("FileSystemEventHandler", handler), path,
+                                            recursive=True, event_filter=self._filter)
         except OSError as error:
             if _folder_identity(path) is None:
                 return False  # gone again (or replaced by a file): its own event says so
-            raise PosbuildError(f"cannot watch {name}/: {error}") from None  # e.g. the inotify watch limit
+            # e.g. the inotify watch limit
+            raise PosbuildError(f"cannot watch {name}/: {error}") from None
         self._watches[name] = _FolderWatch(watch, identity, handler)
         return True
 
@@ -263,7 +279,8 @@ class _Watcher:
             pass
 
     def top_level(self, change: Change) -> None:
-        """Follow a top-level folder appearing, disappearing or being swapped (called on the main thread).
+        """Follow a top-level folder appearing, disappearing or being swapped (called on the main
+        thread).
 
         Events are handled some time after they happened, when the folder may already have been
         replaced (`mv data old; mv new data`). So the name alone says nothing: the folder there now
@@ -296,7 +313,8 @@ class _Watcher:
 
 
 def _folder_identity(path: str) -> tuple[int, int] | None:
-    """(st_dev, st_ino) of a real folder (not a symbolic link to one), or None when there is none."""
+    """(st_dev, st_ino) of a real folder (not a symbolic link to one), or None when there is
+    none."""
     try:
         info = os.lstat(path)
     except OSError:
@@ -332,7 +350,8 @@ class _Handler:
     def dispatch(self, event: object) -> None:  # watchdog's FileSystemEventHandler protocol
         kind = getattr(event, "event_type")
         is_dir = bool(getattr(event, "is_directory"))
-        if kind == "deleted" and self._own is not None and os.fsdecode(getattr(event, "src_path")) == self._own:
+        if kind == "deleted" and self._own is not None \
+                and os.fsdecode(getattr(event, "src_path")) == self._own:
             self.deleted = True
         if kind == "moved":
             self._put(getattr(event, "src_path"), is_dir, True)
@@ -410,7 +429,8 @@ def internal_error(caught: Exception) -> PosbuildError:
     return error
 
 
-def watch(config: Config, build: BuildFn, report: Callable[[Cycle], None], quiet: float = 0.05) -> None:
+def watch(config: Config, build: BuildFn, report: Callable[[Cycle], None],
+          quiet: float = 0.05) -> None:
     """Build, then rebuild after every burst of relevant changes, until interrupted (Ctrl-C).
 
     Returns only by an exception: KeyboardInterrupt, or a PosbuildError when the workspace cannot
@@ -426,7 +446,8 @@ def watch(config: Config, build: BuildFn, report: Callable[[Cycle], None], quiet
         watcher.stop()
         raise PosbuildError(f"cannot watch the workspace: {error}") from None
     try:
-        cycle, current = _build(build, WatchSet(build_names=config.build_file_names), config.build_file_names, ())
+        cycle, current = _build(build, WatchSet(build_names=config.build_file_names),
+                                config.build_file_names, ())
         report(cycle)
         while True:
             burst = _next_burst(changes, current, quiet, watcher.top_level)

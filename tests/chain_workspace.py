@@ -10,7 +10,8 @@ from __future__ import annotations
 from pathlib import Path
 
 
-def chain_files(version: int, packages: int, per_package: int, changed: int, after: str = "") -> dict[str, str]:
+def chain_files(version: int, packages: int, per_package: int, changed: int,
+                after: str = "") -> dict[str, str]:
     """The sources and BUILD files: in each package `p`, action `t{p*100+i}` reads the one before
     it (the first reads `seed.txt`), and every fifth also reads an action of the next package.
     `version` changes the seeds of the first `changed` packages; `after` is shell appended to

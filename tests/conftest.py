@@ -51,7 +51,8 @@ class Workspace:
     def ok(self, *args: str) -> Result:
         """A build that must succeed."""
         result = self.build(*args)
-        assert result.returncode == 0, f"build failed ({result.returncode}):\n{result.stdout}\n{result.stderr}"
+        assert result.returncode == 0, (
+            f"build failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
         return result
 
     def out(self, rel: str) -> str:
@@ -70,7 +71,8 @@ def counts(result: Result) -> dict[str, int]:
 
 def executed_labels(result: Result) -> list[str]:
     """Labels of the actions a build executed, from its plain `[n/total] label` lines."""
-    return sorted(line.split("] ", 1)[1] for line in result.stdout.splitlines() if line.startswith("["))
+    return sorted(line.split("] ", 1)[1] for line in result.stdout.splitlines()
+                  if line.startswith("["))
 
 
 def bwrap_problem() -> str | None:

@@ -121,7 +121,8 @@ def flood(server: CacheServer, size: int, framing: str = "length", only: str = "
         if only not in path:
             return False
         handler.send_response(200)
-        handler.send_header(*{"length": ("Content-Length", str(size)), "close": ("Connection", "close"),
+        handler.send_header(*{"length": ("Content-Length", str(size)),
+                              "close": ("Connection", "close"),
                               "chunked": ("Transfer-Encoding", "chunked")}[framing])
         handler.end_headers()
         chunk, sent = bytes(1 << 20), 0

@@ -70,7 +70,8 @@ class Nginx:
         self.root.mkdir(parents=True, exist_ok=True)
         self.port = free_port()
         self.process: subprocess.Popen[bytes] | None = None
-        self.dav = True  # False: a server that refuses PUT (405), as nginx without `dav_methods PUT`
+        # False: a server that refuses PUT (405), as nginx without `dav_methods PUT`
+        self.dav = True
 
     @property
     def url(self) -> str:
@@ -87,8 +88,10 @@ class Nginx:
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                raise RuntimeError(f"nginx exited: {self.process.stderr.read().decode() if self.process.stderr else ''}"
-                                   f"{(self.base / 'error.log').read_text() if (self.base / 'error.log').exists() else ''}")
+                stderr = self.process.stderr.read().decode() if self.process.stderr else ""
+                log = self.base / "error.log"
+                logged = log.read_text() if log.exists() else ""
+                raise RuntimeError(f"nginx exited: {stderr}{logged}")
             try:
                 with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
                     return self

@@ -49,7 +49,8 @@ def generate(seed: int) -> Case:
             package = package.rpartition("/")[0]
     sources: list[str] = []
     for _ in range(rng.randint(0, 3)):
-        path = _full(rng.choice(packages), "/".join(rng.choice(SOURCE_PARTS) for _ in range(rng.randint(1, 2))))
+        path = _full(rng.choice(packages),
+                     "/".join(rng.choice(SOURCE_PARTS) for _ in range(rng.randint(1, 2))))
         parents = [path.rsplit("/", i)[0] for i in range(1, path.count("/") + 1)]
         if path in folders or path in files or any(p in files for p in parents):
             continue  # the file system cannot hold it
@@ -60,7 +61,8 @@ def generate(seed: int) -> Case:
     for package in packages:
         calls = []
         for t in range(rng.randint(1, 2)):
-            outs = ["/".join(rng.choice(PARTS) for _ in range(rng.randint(1, 3))) for _ in range(rng.randint(1, 2))]
+            outs = ["/".join(rng.choice(PARTS) for _ in range(rng.randint(1, 3)))
+                    for _ in range(rng.randint(1, 2))]
             outputs.extend((package, f"t{t}", out) for out in outs)
             label = f"//{package}:t{t}"
             calls.append(f'genrule(name = "t{t}", outs = {outs!r}, '
@@ -69,8 +71,10 @@ def generate(seed: int) -> Case:
     return Case(files, tuple(packages), tuple(outputs), _conflict(packages, files, outputs))
 
 
-def _conflict(packages: list[str], files: dict[str, str], outputs: list[tuple[str, str, str]]) -> str:
-    claims = [(_full(package, out), package, f"//{package}:{name}") for package, name, out in outputs]
+def _conflict(packages: list[str], files: dict[str, str],
+              outputs: list[tuple[str, str, str]]) -> str:
+    claims = [(_full(package, out), package, f"//{package}:{name}")
+              for package, name, out in outputs]
     for i, (path, package, owner) in enumerate(claims):
         for other, _, other_owner in claims[i + 1:]:
             if _overlap(path, other):

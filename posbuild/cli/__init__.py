@@ -11,7 +11,7 @@ from __future__ import annotations
 import importlib
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import click
 
@@ -20,18 +20,25 @@ from posbuild.errors import PosbuildError
 
 COMMANDS = {
     "build": ("posbuild.cli.build", "Build targets (the default command)."),
-    "cache": ("posbuild.cli.cache", "Export the cache to one archive file, or import one (for CI)."),
+    "cache": ("posbuild.cli.cache",
+              "Export the cache to one archive file, or import one (for CI)."),
     "clean": ("posbuild.cli.admin", "Remove outputs; with --all, the store too."),
-    "env": ("posbuild.cli.env", "Show, approve or check the environment fingerprint h_E (ORCH-07)."),
-    "log": ("posbuild.cli.log", "Show a build's execution records (table, JSON lines, Chrome trace)."),
+    "env": ("posbuild.cli.env",
+            "Show, approve or check the environment fingerprint h_E (ORCH-07)."),
+    "log": ("posbuild.cli.log",
+            "Show a build's execution records (table, JSON lines, Chrome trace)."),
     "explain": ("posbuild.cli.explain", "Say why an action last executed or was a cache hit."),
     "rollback": ("posbuild.cli.admin", "Restore posbuild-out/ to the last fully successful build."),
-    "fsck": ("posbuild.cli.fsck", "Check the store and posbuild-out/ for corruption and partial state."),
+    "fsck": ("posbuild.cli.fsck",
+             "Check the store and posbuild-out/ for corruption and partial state."),
     "gc": ("posbuild.cli.gc", "Evict least recently used cache entries no kept generation needs."),
     "lock": ("posbuild.cli.lock", "Pin the digests of the sources of PATTERNs in posbuild.lock."),
-    "query": ("posbuild.cli.query", "Query the target graph: deps, rdeps, allpaths, kind, attr, + - ^."),
-    "verify": ("posbuild.cli.verify", "Run actions twice in perturbed sandboxes and byte-compare (ORCH-04)."),
-    "watch": ("posbuild.cli.watch", "Build, then rebuild whenever a file the targets depend on changes."),
+    "query": ("posbuild.cli.query",
+              "Query the target graph: deps, rdeps, allpaths, kind, attr, + - ^."),
+    "verify": ("posbuild.cli.verify",
+               "Run actions twice in perturbed sandboxes and byte-compare (ORCH-04)."),
+    "watch": ("posbuild.cli.watch",
+              "Build, then rebuild whenever a file the targets depend on changes."),
 }
 
 
@@ -68,21 +75,23 @@ def cli() -> None:
 
 # Options that mean the same in every command that builds (build, watch, verify).
 jobs_option = click.option("-j", "--jobs", type=click.IntRange(min=1), default=None,
-                           help="Run at most N actions at once (default: [build] jobs, or the number of CPUs).")
+                           help="Run at most N actions at once (default: [build] jobs, or the "
+                           "number of CPUs).")
 keep_going_option = click.option("-k", "--keep-going", is_flag=True,
                                  help="After a failure, still build every independent branch.")
 allow_env_drift_option = click.option(
     "--allow-env-drift", is_flag=True,
-    help="Build even if the environment hash differs from the one approved in posbuild.lock (warns).")
+    help="Build even if the environment hash differs from the one approved in posbuild.lock "
+    "(warns).")
 
 
-def fail(error: PosbuildError) -> None:
+def fail(error: PosbuildError) -> NoReturn:
     """Print a user error as one line and exit with its code."""
     click.echo(f"posbuild: {error.render()}", err=True)
     sys.exit(error.exit_code)
 
 
-def interrupted(error: KeyboardInterrupt) -> None:
+def interrupted(error: KeyboardInterrupt) -> NoReturn:
     """Stop on SIGINT, SIGTERM or SIGHUP (interrupt.py): one line, exit 128+N."""
     from posbuild.interrupt import Interrupted, exiting
 
@@ -107,7 +116,8 @@ def _with_default_command(args: list[str]) -> list[str]:
     """Insert `build` when the first word is a pattern, not a command or a group option."""
     if not args or args[0] in COMMANDS or args[0] in ("-h", "--help", "--version"):
         return args
-    if args[0].startswith("-") or args[0].startswith("//") or args[0].startswith(":") or "/" in args[0]:
+    if args[0].startswith("-") or args[0].startswith("//") or args[0].startswith(":") \
+            or "/" in args[0]:
         return ["build", *args]
     return args
 
@@ -153,8 +163,9 @@ def environment_failure(error: BaseException) -> PosbuildError:
     assert isinstance(error, OSError)
     name = f" {error.filename}" if error.filename is not None else ""
     if error.errno in (errno.EEXIST, errno.ENOTDIR) and name:
-        return PosbuildError(f"cannot create{name}: a file is in the way where posbuild needs a folder")
+        return PosbuildError(
+            f"cannot create{name}: a file is in the way where posbuild needs a folder")
     if error.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
-        return PosbuildError(f"no space left on the device{' for' + name if name else ''} ({error.strerror}); "
-                             f"nothing half-written was kept")
+        return PosbuildError(f"no space left on the device{' for' + name if name else ''} "
+                             f"({error.strerror}); nothing half-written was kept")
     return PosbuildError(f"cannot use{name or ' a file'}: {error.strerror or error}")

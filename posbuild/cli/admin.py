@@ -11,7 +11,8 @@ from posbuild.errors import PosbuildError
 
 
 @click.command()
-@click.option("--all", "everything", is_flag=True, help="Also empty .posbuild/ and the store (all state).")
+@click.option("--all", "everything", is_flag=True,
+              help="Also empty .posbuild/ and the store (all state).")
 def clean(everything: bool) -> None:
     """Remove posbuild-out/; with --all also the store, so the next build starts from nothing.
 
@@ -34,7 +35,8 @@ def clean(everything: bool) -> None:
 
 
 @click.command()
-@click.option("--list", "list_only", is_flag=True, help="Show the recorded generations instead of rolling back.")
+@click.option("--list", "list_only", is_flag=True,
+              help="Show the recorded generations instead of rolling back.")
 @click.option("--to", "generation_id", type=click.IntRange(min=1), default=None,
               help="Roll back to generation N instead of the latest one.")
 def rollback(list_only: bool, generation_id: int | None) -> None:
@@ -64,15 +66,18 @@ def rollback(list_only: bool, generation_id: int | None) -> None:
     except PosbuildError as error:
         fail(error)
     g = report.generation
-    click.echo(f"rolled back posbuild-out/ to generation {g.id} ({g.created}, {' '.join(g.patterns)}): "
-               f"{report.restored} restored, {report.removed} removed, {report.unchanged} unchanged")
+    click.echo(f"rolled back posbuild-out/ to generation {g.id} ({g.created}, "
+               f"{' '.join(g.patterns)}): {report.restored} restored, {report.removed} removed, "
+               f"{report.unchanged} unchanged")
 
 
-def _print_generations(generations: list) -> None:  # type: ignore[type-arg]
+def _print_generations(generations: list) -> None:
     if not generations:
         click.echo("no generations recorded yet")
         return
     click.echo(f"{'':2}{'id':>4}  {'created (UTC)':<32}  {'files':>6}  {'bytes':>10}  patterns")
     for g in generations:
         mark = "*" if g is generations[-1] else " "
-        click.echo(f"{mark:2}{g.id:>4}  {g.created:<32}  {g.files:>6}  {g.size:>10}  {' '.join(g.patterns)}")
+        click.echo(
+            f"{mark:2}{g.id:>4}  {g.created:<32}  {g.files:>6}  {g.size:>10}  "
+            f"{' '.join(g.patterns)}")

@@ -1,4 +1,5 @@
-"""`posbuild build`: parse options, pick a reporter, run the build, map the result to an exit code."""
+"""`posbuild build`: parse options, pick a reporter, run the build, map the result to an exit
+code."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from posbuild.cli import (allow_env_drift_option, fail, interrupted, jobs_option
 from posbuild.errors import PosbuildError
 
 
-def choose_reporter(quiet: bool):  # type: ignore[no-untyped-def]
+def choose_reporter(quiet: bool):
     """Live status on a terminal, plain lines on a pipe, failures only with -q."""
     from posbuild.reporter import PlainReporter, QuietReporter, TerminalReporter
 
@@ -25,7 +26,8 @@ def choose_reporter(quiet: bool):  # type: ignore[no-untyped-def]
 
 
 def _executor(ctx: click.Context, param: click.Parameter, value: str | None) -> str:
-    """`--executor`: `local`, or a Dask scheduler as dask://HOST:PORT (tcp:// and tls:// also work)."""
+    """`--executor`: `local`, or a Dask scheduler as dask://HOST:PORT (tcp:// and tls:// also
+    work)."""
     if value is None or value == "local":
         return value or ""
     from posbuild.dask_cluster import scheduler_address
@@ -44,20 +46,27 @@ def _executor(ctx: click.Context, param: click.Parameter, value: str | None) -> 
 @click.argument("patterns", nargs=-1)
 @jobs_option
 @keep_going_option
-@click.option("-n", "--dry-run", is_flag=True, help="List the actions that would execute; run and write nothing.")
+@click.option("-n", "--dry-run", is_flag=True,
+              help="List the actions that would execute; run and write nothing.")
 @click.option("--verify", is_flag=True,
-              help="Re-execute actions that have a cached result and fail with ORCH-04 if the bytes differ.")
+              help="Re-execute actions that have a cached result and fail with ORCH-04 if the "
+              "bytes differ.")
 @click.option("-q", "--quiet", is_flag=True, help="Print only failures and errors.")
-@click.option("--explain", is_flag=True, help="Say in one line why each executed action ran (with -n: would run).")
+@click.option("--explain", is_flag=True,
+              help="Say in one line why each executed action ran (with -n: would run).")
 @allow_env_drift_option
 @click.option("--remote-upload", is_flag=True,
-              help="Upload executed results to [cache] remote, signed with the secret POSBUILD_CACHE_KEY "
+              help="Upload executed results to [cache] remote, signed with the secret "
+              "POSBUILD_CACHE_KEY "
                    "(the role must allow uploads).")
 @click.option("--executor", metavar="local|dask://HOST:PORT", default=None, callback=_executor,
-              help="Where actions that miss the cache run: here (local, the default) or on the Dask cluster "
+              help="Where actions that miss the cache run: here (local, the default) or on the "
+              "Dask cluster "
                    "whose scheduler listens at HOST:PORT (default: [executor] in posbuild.toml).")
-def build(patterns: tuple[str, ...], jobs: int | None, keep_going: bool, dry_run: bool, verify: bool,
-          quiet: bool, explain: bool, allow_env_drift: bool, remote_upload: bool, executor: str) -> None:
+def build(patterns: tuple[str, ...], jobs: int | None, keep_going: bool, dry_run: bool,
+          verify: bool,
+          quiet: bool, explain: bool, allow_env_drift: bool, remote_upload: bool,
+          executor: str) -> None:
     """Build the targets matched by PATTERNS (default: //...).
 
     \b
@@ -73,15 +82,17 @@ def build(patterns: tuple[str, ...], jobs: int | None, keep_going: bool, dry_run
     gc.disable()
     try:
         root, package = workspace_and_package()
-        options = BuildOptions(patterns=patterns or ("//...",), jobs=jobs or 0, keep_going=keep_going,
+        options = BuildOptions(patterns=patterns or ("//...",), jobs=jobs or 0,
+                               keep_going=keep_going,
                                dry_run=dry_run, verify=verify, explain=explain, cwd_package=package,
-                               allow_env_drift=allow_env_drift, remote_upload=remote_upload, executor=executor)
+                               allow_env_drift=allow_env_drift, remote_upload=remote_upload,
+                               executor=executor)
         summary = run_build(root, options, choose_reporter(quiet), dict(os.environ))
     except PosbuildError as error:
         fail(error)
     except KeyboardInterrupt as interrupt:
         interrupted(interrupt)
-    error = summary_error(summary)
-    if error is not None:
-        fail(error)
+    failure = summary_error(summary)
+    if failure is not None:
+        fail(failure)
 

@@ -35,11 +35,11 @@ def _signing_key(root: Path, secrets_file: str) -> bytes | None:
     return value.encode() if value else None
 
 
-def _size(count: int) -> str:
+def _size(count: float) -> str:
     for unit in ("B", "KiB", "MiB", "GiB"):
         if count < 1024 or unit == "GiB":
             return f"{count:.0f} {unit}" if unit == "B" else f"{count:.1f} {unit}"
-        count /= 1024  # type: ignore[assignment]
+        count /= 1024
     return f"{count} B"
 
 
@@ -61,7 +61,8 @@ def cache() -> None:
 @click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
 @click.argument("patterns", nargs=-1)
 def export(file: Path, patterns: tuple[str, ...]) -> None:
-    """Write the results and blobs the last successful build of PATTERNS used (default //...) to FILE."""
+    """Write the results and blobs the last successful build of PATTERNS used (default //...) to
+    FILE."""
     from posbuild.build import workspace_lock
     from posbuild.cachearchive import export_cache
     from posbuild.config import load_config
@@ -81,21 +82,25 @@ def export(file: Path, patterns: tuple[str, ...]) -> None:
                 store.close()
     except PosbuildError as error:
         fail(error)
-    notes = f"; {report.uncacheable} action(s) tagged no-cache have no result to export" if report.uncacheable else ""
+    notes = f"; {report.uncacheable} action(s) tagged no-cache have no result to export" \
+        if report.uncacheable else ""
     if report.private:
         notes += f"; {report.private} result(s) that may hold a secret were left out"
-    click.echo(f"exported build {report.build} ({' '.join(report.patterns)}): {report.results} action result(s), "
-               f"{report.blobs} blob(s), {_size(report.size)}, {'signed' if report.signed else 'unsigned'} "
-               f"to {file}{notes}")
+    click.echo(f"exported build {report.build} ({' '.join(report.patterns)}): {report.results} "
+               f"action result(s), {report.blobs} blob(s), {_size(report.size)}, "
+               f"{'signed' if report.signed else 'unsigned'} to {file}{notes}")
     if not report.signed:
-        click.echo(f"posbuild: note: POSBUILD_CACHE_KEY is not set, so the archive is unsigned; importing it "
+        click.echo("posbuild: note: POSBUILD_CACHE_KEY is not set, so the archive is unsigned; "
+                   "importing it "
                    f"will need `posbuild cache import --allow-unsigned {file}`", err=True)
 
 
 @cache.command("import", short_help="Verify FILE whole, then merge it into the store.")
 @click.option("--allow-unsigned", is_flag=True,
-              help="Import an archive whose signature cannot be checked (no POSBUILD_CACHE_KEY here, or "
-                   "an unsigned archive): only its digests are verified, so trust where it came from.")
+              help="Import an archive whose signature cannot be checked (no POSBUILD_CACHE_KEY "
+              "here, or "
+                   "an unsigned archive): only its digests are verified, so trust where it came "
+                   "from.")
 @click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
 def import_(file: Path, allow_unsigned: bool) -> None:
     """Verify every blob of FILE against its digest, and its signature against POSBUILD_CACHE_KEY,
@@ -112,15 +117,16 @@ def import_(file: Path, allow_unsigned: bool) -> None:
             key = _signing_key(root, config.secrets_file)
             store = Store(config.store_dir, config.workspace_tag)
             try:
-                report = import_cache(store, file.absolute(), config.state_dir / "tmp", key, allow_unsigned)
+                report = import_cache(store, file.absolute(), config.state_dir / "tmp", key,
+                                      allow_unsigned)
             finally:
                 store.close()
     except PosbuildError as error:
         fail(error)
     if not report.signed:
         why = "POSBUILD_CACHE_KEY is not set" if key is None else "the archive is unsigned"
-        click.echo(f"posbuild: note: --allow-unsigned: the archive's signature was not checked ({why}); "
-                   f"only its digests were verified", err=True)
-    click.echo(f"imported {report.results} action result(s) ({report.new_results} new) and {report.blobs} blob(s) "
-               f"({report.new_blobs} new, {_size(report.size)}) from {file}"
+        click.echo("posbuild: note: --allow-unsigned: the archive's signature was not checked "
+                   f"({why}); only its digests were verified", err=True)
+    click.echo(f"imported {report.results} action result(s) ({report.new_results} new) and "
+               f"{report.blobs} blob(s) ({report.new_blobs} new, {_size(report.size)}) from {file}"
                f"{' (signature verified)' if report.signed else ''}")

@@ -1,4 +1,5 @@
-"""`posbuild env show|approve|check`: the environment fingerprint (§14) and its approval in posbuild.lock."""
+"""`posbuild env show|approve|check`: the environment fingerprint (§14) and its approval in
+posbuild.lock."""
 
 from __future__ import annotations
 
@@ -12,8 +13,9 @@ from posbuild.cli import fail, workspace_and_package
 from posbuild.errors import PosbuildError
 
 
-def _current():  # type: ignore[no-untyped-def]
-    """The workspace root and this machine's fingerprint, computed afresh (and the cache refreshed)."""
+def _current():
+    """The workspace root and this machine's fingerprint, computed afresh (and the cache
+    refreshed)."""
     from posbuild.config import load_config
     from posbuild.envfp import TEST_VARIABLE, current, parse_overrides
 
@@ -35,7 +37,8 @@ def env() -> None:
 
 
 @env.command(short_help="Print the fingerprint entries and h_E.")
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON object: hash, fingerprint, not_hashed.")
+@click.option("--json", "as_json", is_flag=True,
+              help="Print one JSON object: hash, fingerprint, not_hashed.")
 def show(as_json: bool) -> None:
     """Print each fingerprint entry and h_E."""
     from posbuild.envfp import is_hashed
@@ -71,7 +74,8 @@ def approve() -> None:
 
     try:
         root, _ = workspace_and_package()
-        with workspace_lock(load_config(root), PlainReporter(sys.stdout, sys.stderr)):  # `posbuild lock` writes it too
+        # `posbuild lock` writes it too
+        with workspace_lock(load_config(root), PlainReporter(sys.stdout, sys.stderr)):
             root, now = _current()
             lock = read_lock(root)
             path = write_lock(root, replace(lock, environment=approval_record(now)))
@@ -82,7 +86,8 @@ def approve() -> None:
 
 @env.command(short_help="Compare with the approved environment (ORCH-07 on drift).")
 def check() -> None:
-    """Compare this environment with the approved one: exit 0 if h_E matches, else ORCH-07 (exit 17).
+    """Compare this environment with the approved one: exit 0 if h_E matches, else ORCH-07 (exit
+    17).
 
     \b
     Each differing entry is one line:
@@ -97,7 +102,8 @@ def check() -> None:
         root, now = _current()
         approval = compare_with_approved(root, now)
         if approval.approved_hash is None:
-            fail(PosbuildError(f"no approved environment in posbuild.lock (h_E is {now.hash.hex()}); "
+            fail(PosbuildError("no approved environment in posbuild.lock (h_E is "
+                               f"{now.hash.hex()}); "
                             f"run `posbuild env approve` first"))
         for change in approval.notes:
             click.echo(f"note: {change} (recorded, not hashed: not drift)", err=True)

@@ -34,9 +34,11 @@ def explain(label: str) -> None:
             history = store.records_of_label(target)
             builds = {str(b["number"]): b for b in store.builds()}
             latest = builds[max(builds, key=int)] if builds else None
-            settled = [r for r in records_of_build(store, latest) if r.label == target and r.slot == 0
+            settled = [r for r in records_of_build(store, latest) if r.label == target
+                       and r.slot == 0
                        and r.duration == 0.0 and r.state == "CACHED"] if latest else []
-            blocked = _blockers(store, builds, history[-1]) if history and history[-1].state == "SKIPPED" else ""
+            blocked = _blockers(store, builds, history[-1]) if history \
+                and history[-1].state == "SKIPPED" else ""
         finally:
             store.close()
         if not history:
@@ -50,45 +52,58 @@ def explain(label: str) -> None:
         click.echo(line)
 
 
-def _story(target: str, history: list[Any], builds: dict[str, dict[str, Any]], latest: dict[str, Any] | None,
-           settled: bool, blocked: str) -> list[str]:
+def _story(target: str, history: list[Any], builds: dict[str, dict[str, Any]],
+           latest: dict[str, Any] | None, settled: bool, blocked: str) -> list[str]:
     """The lines `explain` prints about the last record of `target` (`history`, oldest first)."""
     from posbuild.reasons import differences, failure, same_key, unexplained
 
     last = history[-1]
     lines = []
     if settled and latest is not None and last.build_id != str(latest["number"]):
-        lines.append(f"{target}: up to date in build {latest['number']}: its definition, inputs and outputs are "
-                     f"unchanged since build {last.build_id}, so it was settled without looking at the store")
+        lines.append(f"{target}: up to date in build {latest['number']}: its definition, inputs "
+                     f"and outputs are unchanged since build {last.build_id}, so it was settled "
+                     "without looking at the store")
     key = last.key.hex() if last.key else "-"
     if last.state == "SKIPPED":
-        return [*lines, f"{target}: skipped in build {last.build_id}: it never started, {blocked}; nothing of it "
+        return [*lines,
+                f"{target}: skipped in build {last.build_id}: it never started, {blocked}; nothing "
+                "of it "
                         f"was run or kept"]
     if last.state == "CACHED":
         producer = next((r for r in history if r.key == last.key and r.state == "SUCCESS"), None)
-        origin = f", produced by build {producer.build_id} at {producer.started}" if producer else ""
-        return [*lines, f"{target}: cache hit in build {last.build_id}: key {key} was already in the store{origin}"]
+        origin = f", produced by build {producer.build_id} at {producer.started}" if producer \
+            else ""
+        return [*lines,
+                f"{target}: cache hit in build {last.build_id}: key {key} was already in the "
+                f"store{origin}"]
     if last.state == "FAILED":
-        kept = "the cached result was kept" if last.error_code == "ORCH-04" else "nothing was cached"
-        lines.append(f"{target}: failed in build {last.build_id} ({failure(last)}), key {key}; {kept}")
+        kept = "the cached result was kept" if last.error_code == "ORCH-04" \
+            else "nothing was cached"
+        lines.append(
+            f"{target}: failed in build {last.build_id} ({failure(last)}), key {key}; {kept}")
     else:
         lines.append(f"{target}: executed in build {last.build_id}, key {key}")
     prior = next((r for r in reversed(history[:-1]) if r.key), None)
     if prior is None:
-        return [*lines, "  no earlier execution is recorded: it ran because its key was not in the store"]
+        return [*lines,
+                "  no earlier execution is recorded: it ran because its key was not in the store"]
     if prior.key == last.key:
         if builds.get(last.build_id, {}).get("verify"):
-            return [*lines, f"  `build --verify` ran it again to compare with its cached result (the key is that "
+            return [*lines,
+                    "  `build --verify` ran it again to compare with its cached result (the key "
+                    "is that "
                             f"of build {prior.build_id})"]
         return [*lines, f"  {same_key(prior)}"]
     passed, passed_before = (builds.get(r.build_id, {}).get("passed_env") for r in (last, prior))
     reasons = differences(prior, last.command, last.env, last.versions, last.inputs, last.env_hash,
                           passed, passed_before)
-    state = {"SUCCESS": "executed", "CACHED": "a cache hit"}.get(prior.state, f"failed, {failure(prior)}")
+    state = {"SUCCESS": "executed", "CACHED": "a cache hit"}.get(prior.state,
+                                                                 f"failed, {failure(prior)}")
     lines.append(f"  compared with its previous execution, in build {prior.build_id} ({state}, key "
                  f"{prior.key.hex() if prior.key else '-'}):")
     unknown = passed_before is None and bool(passed)
-    return [*lines, *(f"  - {reason}" for reason in reasons or [unexplained(prior, unknown)])]
+    return [*lines, *(f"  - {reason}" for reason in reasons)] if reasons \
+        else [*lines, f"  - {unexplained(prior, unknown)}"]
 
 
 def _blockers(store: Any, builds: dict[str, dict[str, Any]], record: Any) -> str:
@@ -99,7 +114,8 @@ def _blockers(store: Any, builds: dict[str, dict[str, Any]], record: Any) -> str
 
     build = builds.get(record.build_id, {})
     failed = {r.label: r for r in store.records_of(int(record.build_id)) if r.state == "FAILED"}
-    actions = actions_of_entry(store.journal_blob(build["graph"]) or b"") if build.get("graph") else ()
+    actions = actions_of_entry(store.journal_blob(build["graph"]) or b"") if build.get("graph") \
+        else ()
     index = next((i for i, a in enumerate(actions) if a.label == record.label), None)
     upstream: set[int] = set()
     pending = list(actions[index].deps) if index is not None else []
@@ -114,6 +130,6 @@ def _blockers(store: Any, builds: dict[str, dict[str, Any]], record: Any) -> str
         return f"because what it depends on failed: {named}"
     if failed:
         named = ", ".join(f"{label} ({failure(r)})" for label, r in sorted(failed.items()))
-        return (f"because the build started nothing new after {named} failed (with -k it builds what does not "
-                f"depend on a failure)")
+        return (f"because the build started nothing new after {named} failed (with -k it builds "
+                f"what does not depend on a failure)")
     return "because the build was stopped before it could start"

@@ -22,9 +22,10 @@ if TYPE_CHECKING:
 
 @click.command()
 @click.option("--repair", is_flag=True,
-              help="Remove corrupt blobs and the results using them, dangling results, corrupt or unknown "
-                   "files under posbuild-out/ and leftovers of interrupted builds; the next build recreates "
-                   "what was removed.")
+              help="Remove corrupt blobs and the results using them, dangling results, corrupt or "
+              "unknown "
+                   "files under posbuild-out/ and leftovers of interrupted builds; the next build "
+                   "recreates what was removed.")
 def fsck(repair: bool) -> None:
     """Re-hash every blob and every file under posbuild-out/, and look for partial state.
 
@@ -45,10 +46,12 @@ def fsck(repair: bool) -> None:
     try:
         root, _ = workspace_and_package()
         config = load_config(root)
-        # alone with a shared store: its passes read it at different instants, and repair removes rows
+        # alone with a shared store: its passes read it at different instants, and repair removes
+        # rows
         with workspace_lock(config, PlainReporter(sys.stdout, sys.stderr), collect=True):
             rebuilt = _damaged_store(config.store_dir, config.workspace_tag, repair)
-            store = Store(config.store_dir, config.workspace_tag) if (config.store_dir / "db").exists() else None
+            store = Store(config.store_dir, config.workspace_tag) \
+                if (config.store_dir / "db").exists() else None
             try:
                 report = check(config, store, repair)
             finally:
@@ -83,8 +86,9 @@ def _damaged_store(store_dir: Path, workspace: str, repair: bool) -> str:
     if found is None:
         return ""
     if not repair:
-        fail(ChecksumMismatch(f"the store {store_dir} is damaged: {found}; `posbuild fsck --repair` moves it "
-                              f"aside and rebuilds it from every row still readable"))
+        fail(ChecksumMismatch(f"the store {store_dir} is damaged: {found}; `posbuild fsck "
+                              "--repair` moves it aside and rebuilds it from every row still "
+                              "readable"))
     saved = salvage(db)
     store = Store(store_dir, workspace)
     try:
@@ -95,8 +99,8 @@ def _damaged_store(store_dir: Path, workspace: str, repair: bool) -> str:
         drop_records(db)
     incomplete = f"; not read whole: {', '.join(saved.incomplete)}" if saved.incomplete else ""
     records = "; execution records that lost rows were emptied" if chain_lost else ""
-    return (f"repaired: the store was damaged ({found}); moved it to {saved.moved_to} and rebuilt it from "
-            f"{saved.rows} row(s) still readable{incomplete}{records}")
+    return (f"repaired: the store was damaged ({found}); moved it to {saved.moved_to} and rebuilt "
+            f"it from {saved.rows} row(s) still readable{incomplete}{records}")
 
 
 def _exit_for(remaining: tuple[Problem, ...], repaired: bool) -> None:
@@ -106,7 +110,11 @@ def _exit_for(remaining: tuple[Problem, ...], repaired: bool) -> None:
     checksum = sum(1 for p in remaining if p.code == ChecksumMismatch.code)
     partial = len(remaining) - checksum
     error = ChecksumMismatch if checksum else PartialState
-    mixed = f" ({checksum} {ChecksumMismatch.code}, {partial} {PartialState.code})" if checksum and partial else ""
+    mixed = f" ({checksum} {ChecksumMismatch.code}, {partial} {PartialState.code})" if checksum \
+        and partial else ""
     if repaired:
         fail(error(f"fsck --repair could not fix {len(remaining)} problem(s){mixed}, listed above"))
-    fail(error(f"fsck found {len(remaining)} problem(s){mixed}, listed above; run `posbuild fsck --repair`"))
+    fail(
+        error(
+            f"fsck found {len(remaining)} problem(s){mixed}, listed above; run `posbuild fsck "
+            "--repair`"))

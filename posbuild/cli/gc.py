@@ -23,7 +23,8 @@ class ByteSize(click.ParamType):
 
     name = "size"
 
-    def convert(self, value: object, param: click.Parameter | None, ctx: click.Context | None) -> int:
+    def convert(self, value: object, param: click.Parameter | None,
+                ctx: click.Context | None) -> int:
         if isinstance(value, int):
             return value
         match = _SIZE_RE.match(str(value).strip())
@@ -60,11 +61,14 @@ def _configured_size(text: str, root: object) -> int:
 
 @click.command()
 @click.option("--max-size", type=ByteSize(), default=None, metavar="SIZE",
-              help="Evict least recently used action results until the store's blobs take at most SIZE "
-                   "(bytes, or with K, M, G, T: 1K = 1KB = 1KiB = 1024). Default: [cache] max_size of "
-                   "posbuild.toml; without either, only garbage is removed.")
-@click.option("--keep-generations", type=click.IntRange(min=1), default=DEFAULT_KEEP_GENERATIONS, show_default=True, metavar="N",
-              help="Keep the newest N generations (successful builds) of each workspace using the store, "
+              help="Evict least recently used action results until the store's blobs take at most "
+              "SIZE "
+                   "(bytes, or with K, M, G, T: 1K = 1KB = 1KiB = 1024). Default: [cache] max_size "
+                   "of posbuild.toml; without either, only garbage is removed.")
+@click.option("--keep-generations", type=click.IntRange(min=1), default=DEFAULT_KEEP_GENERATIONS,
+              show_default=True, metavar="N",
+              help="Keep the newest N generations (successful builds) of each workspace using the "
+              "store, "
                    "and everything they need; `posbuild rollback` can return to any of them.")
 def gc(max_size: int | None, keep_generations: int) -> None:
     """Remove old generations and cache entries no kept generation needs.
@@ -103,12 +107,14 @@ def gc(max_size: int | None, keep_generations: int) -> None:
         fail(error)
     orphans = f", {report.orphans_removed} orphan file(s)" if report.orphans_removed else ""
     click.echo(
-        f"gc: removed {report.generations_removed} generation(s), {report.results_removed} action result(s), "
-        f"{report.blobs_removed} blob(s){orphans}; freed {human(report.bytes_freed)}; "
+        f"gc: removed {report.generations_removed} generation(s), {report.results_removed} action "
+        f"result(s), {report.blobs_removed} blob(s){orphans}; freed {human(report.bytes_freed)}; "
         f"store now {human(report.size_after)} in {report.blobs_after} blob(s), "
         f"{report.generations_kept} generation(s) kept"
     )
     if report.over_budget:
-        hint = "; --keep-generations 1 keeps fewer" if keep_generations > 1 and report.generations_kept > 1 else ""
+        hint = "; --keep-generations 1 keeps fewer" if keep_generations > 1 \
+            and report.generations_kept > 1 else ""
         click.echo(f"gc: the store is still above --max-size {human(max_size or 0)}: "
-                   f"{human(report.pinned_size)} is needed by the {report.generations_kept} kept generation(s){hint}")
+                   f"{human(report.pinned_size)} is needed by the {report.generations_kept} kept "
+                   f"generation(s){hint}")

@@ -1,4 +1,5 @@
-"""`posbuild lock`: pin the digests of the source files a pattern's actions read, in posbuild.lock."""
+"""`posbuild lock`: pin the digests of the source files a pattern's actions read, in
+posbuild.lock."""
 
 from __future__ import annotations
 

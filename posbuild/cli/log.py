@@ -11,7 +11,7 @@ from posbuild.cli import fail, workspace_and_package
 from posbuild.errors import PosbuildError, UsageError
 
 
-def _matches(pattern_text: str | None, package: str):  # type: ignore[no-untyped-def]
+def _matches(pattern_text: str | None, package: str):
     """A predicate on labels for the optional PATTERN."""
     if not pattern_text:
         return lambda label: True
@@ -23,13 +23,14 @@ def _matches(pattern_text: str | None, package: str):  # type: ignore[no-untyped
     return lambda label: pattern.covers_package(parse_label(label, "").package)
 
 
-def _heading(build: dict) -> str:  # type: ignore[type-arg]
+def _heading(build: dict) -> str:
     env = f"  h_E {bytes(build['env_hash']).hex()[:12]}" if build.get("env_hash") else ""
-    return (f"build {build['number']}  started {build['started']}  patterns {' '.join(build['patterns'])}{env}"
+    return (f"build {build['number']}  started {build['started']}  patterns "
+            f"{' '.join(build['patterns'])}{env}"
             + ("  (environment drift allowed)" if build.get("allow_env_drift") else ""))
 
 
-def _table(build: dict, records: list) -> None:  # type: ignore[type-arg]
+def _table(build: dict, records: list) -> None:
     from posbuild.history import describe_build
 
     click.echo(_heading(build))
@@ -37,9 +38,11 @@ def _table(build: dict, records: list) -> None:  # type: ignore[type-arg]
         click.echo(describe_build(build))
         if not records:
             return
-    remote = any(r.worker for r in records)  # a column saying where each action ran, for builds on Dask
+    # a column saying where each action ran, for builds on Dask
+    remote = any(r.worker for r in records)
     width = max([8, *(len(r.state) for r in records)])  # INTERRUPTED is wider than the others
-    click.echo(f"{'state':<{width}} {'seconds':>8} {'cpu s':>7} {'max RSS':>9} {'exit':>5}  {'key':<12}  {'error':<14} "
+    click.echo(f"{'state':<{width}} {'seconds':>8} {'cpu s':>7} {'max RSS':>9} {'exit':>5}  "
+               f"{'key':<12}  {'error':<14} "
                + (f"{'ran on':<32} " if remote else "") + "label")
     for r in records:
         cpu = f"{r.usage.user_s + r.usage.system_s:.2f}" if r.usage else "-"
@@ -47,22 +50,26 @@ def _table(build: dict, records: list) -> None:  # type: ignore[type-arg]
         exit_code = "-" if r.exit_code is None else str(r.exit_code)
         key = r.key.hex()[:12] if r.key else "-"
         where = f"{r.host} {r.worker.split('://')[-1]}" if r.worker else "-"
-        click.echo(f"{r.state:<{width}} {r.duration:>8.3f} {cpu:>7} {rss:>9} {exit_code:>5}  {key:<12}  "
+        click.echo(f"{r.state:<{width}} {r.duration:>8.3f} {cpu:>7} {rss:>9} {exit_code:>5}  "
+                   f"{key:<12}  "
                    f"{r.error_code or '-':<14} " + (f"{where:<32} " if remote else "") + r.label)
 
 
 @click.command()
 @click.argument("pattern", required=False)
-@click.option("--build", "number", type=click.IntRange(min=1), default=None, help="Build number (default: the latest).")
+@click.option("--build", "number", type=click.IntRange(min=1), default=None,
+              help="Build number (default: the latest).")
 @click.option("--failed", is_flag=True, help="Only FAILED, SKIPPED and INTERRUPTED records.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per record (JSON lines).")
-@click.option("--builds", "list_builds", is_flag=True, help="One line per recorded build: how each ended.")
+@click.option("--builds", "list_builds", is_flag=True,
+              help="One line per recorded build: how each ended.")
 @click.option("--trace", "trace_file", type=click.Path(dir_okay=False, writable=True), default=None,
-              help="Write the build's records as a Chrome trace (open it in Perfetto or chrome://tracing).")
+              help="Write the build's records as a Chrome trace (open it in Perfetto or "
+              "chrome://tracing).")
 def log(pattern: str | None, number: int | None, failed: bool, as_json: bool, list_builds: bool,
         trace_file: str | None) -> None:
-    """Show the execution records of a build: what ran, when, with which inputs and versions, what it
-    produced and used, and how it ended. Every action a build requested has exactly one record; a
+    """Show the execution records of a build: what ran, when, with which inputs and versions, what
+    it produced and used, and how it ended. Every action a build requested has exactly one record; a
     build refused before anything ran, and one whose process died, are recorded too."""
     from posbuild.config import load_config
     from posbuild.history import chrome_trace, find_build, record_json, records_of_build
@@ -81,7 +88,8 @@ def log(pattern: str | None, number: int | None, failed: bool, as_json: bool, li
                 return
             build = find_build(store, number)
             if build is None:
-                raise UsageError("no build recorded yet" if number is None else f"no build {number} recorded")
+                raise UsageError("no build recorded yet"
+                                 if number is None else f"no build {number} recorded")
             wanted = _matches(pattern, package)
             records = [r for r in records_of_build(store, build) if wanted(r.label)
                        and (not failed or r.state in ("FAILED", "SKIPPED", "INTERRUPTED"))]
@@ -96,31 +104,35 @@ def log(pattern: str | None, number: int | None, failed: bool, as_json: bool, li
     elif as_json:
         drift = bool(build.get("allow_env_drift"))
         for record in records:
-            click.echo(json.dumps({**record_json(record), "env_drift_allowed": drift}, sort_keys=True))
+            click.echo(json.dumps({**record_json(record), "env_drift_allowed": drift},
+                                  sort_keys=True))
         if build.get("status") == "refused":  # no action ran: the attempt itself is the record
             click.echo(json.dumps(_build_json(build), sort_keys=True))
     else:
         _table(build, records)
 
 
-def _build_json(build: dict) -> dict:  # type: ignore[type-arg]
+def _build_json(build: dict) -> dict:
     """A build row as JSON-ready data: how it ended, and its place in the record chain."""
     chain = build.get("chain")
     return {
-        "build": str(build["number"]), "label": None, "state": str(build.get("status", "finished")).upper(),
-        "started": build.get("started"), "ended": build.get("ended"), "patterns": build.get("patterns", []),
+        "build": str(build["number"]), "label": None,
+        "state": str(build.get("status", "finished")).upper(),
+        "started": build.get("started"), "ended": build.get("ended"),
+        "patterns": build.get("patterns", []),
         "error": build.get("error"), "message": build.get("message"),
         "in_flight": [label for label, _ in build.get("in_flight", ())],
         "seal": bytes(chain[1]).hex() if chain else None,
     }
 
 
-def _list_builds(builds: list, as_json: bool) -> None:  # type: ignore[type-arg]
+def _list_builds(builds: list, as_json: bool) -> None:
     from posbuild.history import describe_build
 
     for build in builds:
         if as_json:
             click.echo(json.dumps(_build_json(build), sort_keys=True))
         else:
-            click.echo(f"build {build['number']:<5} {build['started']}  {' '.join(build.get('patterns', []))}  "
+            click.echo(f"build {build['number']:<5} {build['started']}  "
+                       f"{' '.join(build.get('patterns', []))}  "
                        f"{describe_build(build).splitlines()[0]}")

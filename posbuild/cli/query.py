@@ -13,7 +13,8 @@ OUTPUTS = ("label", "json", "graph")
 @click.command()
 @click.argument("expr")
 @click.option("--output", "output", type=click.Choice(OUTPUTS), default="label", show_default=True,
-              help="label: sorted labels, one per line; json: labels, kinds and edges; graph: Graphviz dot.")
+              help="label: sorted labels, one per line; json: labels, kinds and edges; graph: "
+              "Graphviz dot.")
 def query(expr: str, output: str) -> None:
     """Print the targets selected by the query EXPR.
 

@@ -1,4 +1,5 @@
-"""`posbuild verify`: build, then run every selected action twice, perturbed, and report what differs."""
+"""`posbuild verify`: build, then run every selected action twice, perturbed, and report what
+differs."""
 
 from __future__ import annotations
 
@@ -15,7 +16,8 @@ from posbuild.errors import ActionFailed, NonDeterminism, PosbuildError
 @click.command()
 @click.argument("patterns", nargs=-1)
 @jobs_option
-@click.option("-q", "--quiet", is_flag=True, help="Print only non-deterministic outputs and errors.")
+@click.option("-q", "--quiet", is_flag=True,
+              help="Print only non-deterministic outputs and errors.")
 def verify(patterns: tuple[str, ...], jobs: int | None, quiet: bool) -> None:
     """Check that the actions of PATTERNS (default: //...) are deterministic.
 
@@ -28,8 +30,10 @@ def verify(patterns: tuple[str, ...], jobs: int | None, quiet: bool) -> None:
 
     \b
     Each difference is one line:
-      ORCH-04 //pkg:stamp: posbuild-out/pkg/stamp.txt: run 1 has 30 bytes, run 2 has 30 bytes, first difference at byte 18
-    Exit codes: 0 all deterministic, 14 (ORCH-04) a difference, 1 the build failed, 2 usage, 3 bad BUILD file.
+      ORCH-04 //pkg:stamp: posbuild-out/pkg/stamp.txt: run 1 has 30 bytes, run 2 has 30 bytes, first
+      difference at byte 18
+    Exit codes: 0 all deterministic, 14 (ORCH-04) a difference, 1 the build failed, 2 usage, 3 bad
+    BUILD file.
     """
     from posbuild.build import BuildOptions, make_request, resolve, run_build, workspace_lock
     from posbuild.config import load_config
@@ -44,7 +48,8 @@ def verify(patterns: tuple[str, ...], jobs: int | None, quiet: bool) -> None:
         reporter = QuietReporter(sys.stdout, sys.stderr)
         config = load_config(root)
         with workspace_lock(config, reporter):  # one lock for both: nothing changes in between
-            summary = run_build(root, BuildOptions(patterns, jobs=jobs or 0, cwd_package=package), reporter, environ)
+            summary = run_build(root, BuildOptions(patterns, jobs=jobs or 0, cwd_package=package),
+                                reporter, environ)
             if summary.failed:
                 fail(ActionFailed(f"cannot verify: {summary.failed} action(s) failed to build: "
                                   f"{', '.join(summary.failed_labels)}"))
@@ -61,8 +66,8 @@ def verify(patterns: tuple[str, ...], jobs: int | None, quiet: bool) -> None:
             interrupted(interrupt)
 
         signum = interrupt.signum if isinstance(interrupt, Interrupted) else signal.SIGINT
-        click.echo(f"posbuild: interrupted by {signal.Signals(signum).name}; nothing was cached or written to "
-                   f"posbuild-out/", err=True)
+        click.echo(f"posbuild: interrupted by {signal.Signals(signum).name}; nothing was cached or "
+                   f"written to posbuild-out/", err=True)
         sys.exit(128 + signum)
     if report.notice:
         click.echo(report.notice, err=True)
@@ -73,16 +78,18 @@ def verify(patterns: tuple[str, ...], jobs: int | None, quiet: bool) -> None:
     if report.findings:
         bad = report.nondeterministic
         fail(NonDeterminism(
-            f"{len(bad)} of {report.actions} action(s) are not deterministic ({len(report.findings)} difference(s) "
-            f"above); make each output depend on its declared inputs only, then run `posbuild verify` again"
+            f"{len(bad)} of {report.actions} action(s) are not deterministic "
+            f"({len(report.findings)} difference(s) "
+            "above); make each output depend on its declared inputs only, then run `posbuild "
+            "verify` again"
         ))
     if not quiet:
         click.echo(_summary(report))
 
 
-def _summary(report) -> str:  # type: ignore[no-untyped-def]
-    line = (f"verify: {report.actions} actions, {report.outputs} outputs, {report.bytes} bytes compared: "
-            f"all deterministic")
+def _summary(report) -> str:
+    line = (f"verify: {report.actions} actions, {report.outputs} outputs, {report.bytes} bytes "
+            f"compared: all deterministic")
     notes = []
     if report.not_verified:
         notes.append(f"{len(report.not_verified)} no-cache action(s) not verified")

@@ -71,7 +71,8 @@ class _CyclePrinter:
 @click.argument("patterns", nargs=-1)
 @jobs_option
 @keep_going_option
-@click.option("-q", "--quiet", is_flag=True, help="Print only failures and errors (no line for a good cycle).")
+@click.option("-q", "--quiet", is_flag=True,
+              help="Print only failures and errors (no line for a good cycle).")
 @click.option("--debounce", type=click.IntRange(min=0), default=50, show_default=True, metavar="MS",
               help="Build once no relevant change has come for MS milliseconds.")
 @allow_env_drift_option
@@ -96,7 +97,8 @@ def watch(patterns: tuple[str, ...], jobs: int | None, keep_going: bool, quiet: 
         config = load_config(root)
         for text in patterns:  # no edit can mend a malformed pattern: stop rather than watch
             parse_pattern(text, package)
-        options = BuildOptions(patterns=patterns or ("//...",), jobs=jobs or 0, keep_going=keep_going,
+        options = BuildOptions(patterns=patterns or ("//...",), jobs=jobs or 0,
+                               keep_going=keep_going,
                                cwd_package=package, allow_env_drift=allow_env_drift)
         reporter = _TerminalStatus(sys.stdout, sys.stderr) if sys.stdout.isatty() and not quiet \
             else QuietReporter(sys.stdout, sys.stderr)  # a cycle is its one line
@@ -109,7 +111,8 @@ def watch(patterns: tuple[str, ...], jobs: int | None, keep_going: bool, quiet: 
 
         # A build of 10,000 actions allocates hundreds of thousands of objects, and the cyclic
         # collector would walk the live ones many times over (100-300 ms of a 0.5 s rebuild) to
-        # free next to nothing: builds make almost no reference cycles. It runs once per cycle instead.
+        # free next to nothing: builds make almost no reference cycles. It runs once per cycle
+        # instead.
         gc.disable()
         watch_loop(config, lambda hook: run_build(root, options, reporter, environ, on_graph=hook),
                    report, debounce / 1000)

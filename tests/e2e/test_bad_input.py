@@ -1,4 +1,5 @@
-"""Every bad input is one `posbuild: ...` line with its DESIGN §8 exit code, and changes nothing on disk."""
+"""Every bad input is one `posbuild: ...` line with its DESIGN §8 exit code, and changes nothing on
+disk."""
 
 from __future__ import annotations
 
@@ -14,7 +15,8 @@ from conftest import POSBUILD, Workspace
 
 GOOD = {
     "good/in.txt": "hello\n",
-    "good/BUILD": 'genrule(name = "report", srcs = ["in.txt"], outs = ["report.txt"], cmd = "tr a-z A-Z < $< > $@")\n',
+    "good/BUILD": 'genrule(name = "report", srcs = ["in.txt"], outs = ["report.txt"], cmd = "tr '
+                  'a-z A-Z < $< > $@")\n',
 }
 
 
@@ -30,13 +32,15 @@ def snapshot(root: Path) -> dict[str, object]:
     store_dir = root / ".posbuild" / "store"
     for path in sorted(store_dir.rglob("*")):
         rel = str(path.relative_to(store_dir))
-        digest = hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() and path.name != "lock.mdb" else None
+        digest = hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() \
+            and path.name != "lock.mdb" else None
         store[rel] = _rows(store_dir / "db") if path.name == "data.mdb" else digest
     return {"out": out, "store": store}
 
 
 def _rows(db: Path) -> dict[str, object]:
-    """Every row of every named database but the record chain's head, which a refused build moves."""
+    """Every row of every named database but the record chain's head, which a refused build
+    moves."""
     import lmdb
 
     env = lmdb.open(str(db), max_dbs=16, readonly=True, lock=False)
@@ -46,7 +50,8 @@ def _rows(db: Path) -> dict[str, object]:
             rows: dict[str, object] = {}
             for name in names:
                 items = txn.cursor(db=env.open_db(name, txn=txn))
-                rows[name.decode()] = [(k, v) for k, v in items if (name, k) != (b"meta", b"records")]
+                rows[name.decode()] = [(k, v) for k, v in items
+                                       if (name, k) != (b"meta", b"records")]
             return rows
     finally:
         env.close()
@@ -54,7 +59,8 @@ def _rows(db: Path) -> dict[str, object]:
 
 @pytest.fixture(scope="module")
 def template(tmp_path_factory) -> Path:
-    """One workspace with a good target built, copied by every test that needs one (saves a build each)."""
+    """One workspace with a good target built, copied by every test that needs one (saves a build
+    each)."""
     root = tmp_path_factory.mktemp("template") / "ws"
     root.mkdir()
     (root / "posbuild.toml").write_text("")
@@ -86,14 +92,16 @@ def one_error_line(result, exit_code: int) -> str:
 
 
 def bad_build(built, files: dict[str, str], *patterns: str, exit_code: int = 3) -> str:
-    """Write `files` into the built workspace, build `patterns`, check the error and the unchanged disk."""
+    """Write `files` into the built workspace, build `patterns`, check the error and the unchanged
+    disk."""
     ws, before = built
     ws.write(files)
     result = ws.build(*(patterns or ("//...",)))
     message = one_error_line(result, exit_code)
     assert result.stdout == ""
     after = snapshot(ws.root)
-    if exit_code in range(11, 18):  # refused by a critical error: the attempt is recorded, nothing else
+    # refused by a critical error: the attempt is recorded, nothing else
+    if exit_code in range(11, 18):
         builds = after["store"]["db/data.mdb"]["builds"]  # type: ignore[index]
         row = msgpack.unpackb(builds.pop()[1])
         assert (row["status"], row["error"]) == ("refused", f"ORCH-0{exit_code - 10}")
@@ -105,7 +113,8 @@ def bad_build(built, files: dict[str, str], *patterns: str, exit_code: int = 3) 
 
 
 def test_syntax_error_names_file_and_line(built):
-    message = bad_build(built, {"p/BUILD": 'x = 1\n\ngenrule(name = "a", outs = ["a"], cmd = "x"\ny = 2\n'})
+    message = bad_build(
+        built, {"p/BUILD": 'x = 1\n\ngenrule(name = "a", outs = ["a"], cmd = "x"\ny = 2\n'})
     assert message == "p/BUILD:4:1: Parse error: unexpected identifier 'y' here"
 
 
@@ -117,10 +126,13 @@ def test_evaluation_error_names_file_and_line(built):
 def test_rule_error_inside_bzl_macro_names_the_bzl_line(built):
     message = bad_build(built, {
         "tools/BUILD": "",
-        "tools/macros.bzl": 'def my_macro(name):\n    x = 1\n    genrule(name = name, outs = ["o"], cmd = "c", bogus = x)\n',
+        "tools/macros.bzl": 'def my_macro(name):\n    x = 1\n    genrule(name = name, outs = '
+                            '["o"], cmd = "c", bogus = x)\n',
         "p/BUILD": 'load("//tools:macros.bzl", "my_macro")\nmy_macro(name = "z")\n',
     })
-    assert message.startswith("tools/macros.bzl:3:5: genrule 'z': unknown attribute 'bogus' (known: allow_secret_in_output, cmd, ")
+    assert message.startswith(
+        "tools/macros.bzl:3:5: genrule 'z': unknown attribute 'bogus' (known: "
+        "allow_secret_in_output, cmd, ")
 
 
 def test_evaluation_error_inside_bzl_macro_names_a_file_and_line(built):
@@ -149,8 +161,8 @@ def test_load_of_missing_bzl_names_the_workspace_path(built):
 
 def test_load_of_missing_library_file_names_no_internal_path(built):
     message = bad_build(built, {"p/BUILD": 'load("@posbuild//rules:copy.bzl", "copy_file")\n'})
-    assert message == ("p/BUILD:1:1: cannot load '@posbuild//rules:copy.bzl': the standard library has no "
-                       "copy.bzl (did you mean 'copy_file.bzl'?)")
+    assert message == ("p/BUILD:1:1: cannot load '@posbuild//rules:copy.bzl': the standard library "
+                       "has no copy.bzl (did you mean 'copy_file.bzl'?)")
 
 
 def test_load_of_a_missing_symbol_suggests_one(built):
@@ -159,7 +171,8 @@ def test_load_of_a_missing_symbol_suggests_one(built):
 
 
 def test_syntax_error_at_the_end_names_the_bracket_never_closed(built):
-    message = bad_build(built, {"p/BUILD": 'x = 1\n\ngenrule(name = "a",\n        outs = ["a"]\n\n'})
+    message = bad_build(built,
+                        {"p/BUILD": 'x = 1\n\ngenrule(name = "a",\n        outs = ["a"]\n\n'})
     assert message == "p/BUILD:3:8: Parse error: '(' is never closed"
 
 
@@ -185,19 +198,22 @@ def test_a_build_file_saved_with_a_byte_order_mark_loads(ws):
 def test_a_build_file_that_is_not_utf8_names_the_line(built):
     ws, _ = built
     (ws.root / "p").mkdir()
-    (ws.root / "p" / "BUILD").write_bytes(b'x = 1\ngenrule(name = "a", outs = ["a"], cmd = "echo \xe9 > $@")\n')
+    (ws.root / "p" / "BUILD").write_bytes(
+        b'x = 1\ngenrule(name = "a", outs = ["a"], cmd = "echo \xe9 > $@")\n')
     result = ws.build("//...")
     assert one_error_line(result, 3) == "p/BUILD:2:47: not UTF-8 text (byte 0xe9)"
 
 
 def test_a_tab_in_the_indentation_names_its_own_line(built):
     # starlark places this error at the end of the line before; the user looks for the tab
-    message = bad_build(built, {"p/BUILD": 'x = 1\nif x:\n\tgenrule(name = "a", outs = ["a"], cmd = "c")\n'})
+    message = bad_build(
+        built, {"p/BUILD": 'x = 1\nif x:\n\tgenrule(name = "a", outs = ["a"], cmd = "c")\n'})
     assert message == "p/BUILD:3:1: Parse error: tabs are not allowed"
 
 
 def test_a_tab_in_the_indentation_of_a_bzl_file_names_its_own_line(built):
-    message = bad_build(built, {"tools/BUILD": "", "tools/m.bzl": "def f():\n    x = 1\n  \ty = 2\n",
+    message = bad_build(built,
+                        {"tools/BUILD": "", "tools/m.bzl": "def f():\n    x = 1\n  \ty = 2\n",
                                 "p/BUILD": 'load("//tools:m.bzl", "f")\n'})
     assert message == "tools/m.bzl:3:3: Parse error: tabs are not allowed"
 
@@ -205,8 +221,10 @@ def test_a_tab_in_the_indentation_of_a_bzl_file_names_its_own_line(built):
 @pytest.mark.parametrize("call, detail", [
     ('copy_file(name = "c", src = "in.txt", out = 3)', "copy_file 'c': 'out' must be a file name"),
     ('copy_file(name = "c", src = "in.txt", out = "../c")',
-     "genrule 'c': output '../c' must be a relative path inside the package, without '.', '..' or empty parts"),
-    ('copy_file(name = "c", src = "in.txt", out = "c.txt", colour = 1)', "genrule 'c': unknown attribute 'colour'"),
+     "genrule 'c': output '../c' must be a relative path inside the package, without '.', '..' or "
+     "empty parts"),
+    ('copy_file(name = "c", src = "in.txt", out = "c.txt", colour = 1)',
+     "genrule 'c': unknown attribute 'colour'"),
 ])
 def test_error_inside_a_library_macro_names_the_build_line(built, call, detail):
     message = bad_build(built, {"p/in.txt": "x", "p/BUILD": (
@@ -220,12 +238,16 @@ def test_unknown_label_in_srcs_suggests_a_close_name(built):
         'genrule(name = "b", outs = ["b.txt"], cmd = "echo > $@")\n'
         'genrule(name = "a", srcs = [":bb"], outs = ["a.txt"], cmd = "cat $< > $@")\n'
     )})
-    assert message == "p/BUILD:2: //p:a: srcs entry ':bb': no such target or source file '//p:bb' (did you mean 'b'?)"
+    assert message == (
+        "p/BUILD:2: //p:a: srcs entry ':bb': no such target or source file '//p:bb' (did you mean "
+        "'b'?)")
 
 
 def test_malformed_label_in_srcs(built):
-    message = bad_build(built, {"p/BUILD": 'genrule(name = "a", srcs = ["//p:x:y"], outs = ["a"], cmd = "c")\n'})
-    assert message == "p/BUILD:1: //p:a: srcs entry '//p:x:y': invalid label '//p:x:y': bad target name 'x:y'"
+    message = bad_build(
+        built, {"p/BUILD": 'genrule(name = "a", srcs = ["//p:x:y"], outs = ["a"], cmd = "c")\n'})
+    assert message == (
+        "p/BUILD:1: //p:a: srcs entry '//p:x:y': invalid label '//p:x:y': bad target name 'x:y'")
 
 
 def test_duplicate_target_name(built):
@@ -262,13 +284,16 @@ def test_target_named_like_an_earlier_output(built):
 
 def test_bad_attribute_type(built):
     message = bad_build(built, {"p/BUILD": 'genrule(name = "a", outs = "x", cmd = "c")\n'})
-    assert message == "p/BUILD:1:1: genrule: attribute 'outs' must be a list of non-empty strings, got str"
+    assert message == (
+        "p/BUILD:1:1: genrule: attribute 'outs' must be a list of non-empty strings, got str")
 
 
 def test_unknown_attribute(built):
-    message = bad_build(built, {"p/BUILD": 'genrule(name = "a", outs = ["x"], cmd = "c", colour = 1)\n'})
+    message = bad_build(built,
+                        {"p/BUILD": 'genrule(name = "a", outs = ["x"], cmd = "c", colour = 1)\n'})
     assert message == (
-        "p/BUILD:1:1: genrule 'a': unknown attribute 'colour' (known: allow_secret_in_output, cmd, env, message, outs, requires, "
+        "p/BUILD:1:1: genrule 'a': unknown attribute 'colour' (known: allow_secret_in_output, cmd, "
+        "env, message, outs, requires, "
         "resources, secrets, srcs, tags, timeout, tools, version, visibility)"
     )
 
@@ -281,10 +306,13 @@ def test_missing_required_attribute(built):
 def test_a_rule_declared_at_the_top_level_of_a_bzl_file_is_refused(built):
     message = bad_build(built, {
         "tools/BUILD": "",
-        "tools/m.bzl": 'genrule(name = "sneaky", outs = ["s.txt"], cmd = "echo > $@")\ndef f():\n    pass\n',
+        "tools/m.bzl": 'genrule(name = "sneaky", outs = ["s.txt"], cmd = "echo > $@")\ndef f():\n  '
+                       '  pass\n',
         "p/BUILD": 'load("//tools:m.bzl", "f")\n',
     })
-    assert message == "tools/m.bzl:1:1: rules can only be declared while a BUILD file is evaluated, not at load time"
+    assert message == (
+        "tools/m.bzl:1:1: rules can only be declared while a BUILD file is evaluated, not at load "
+        "time")
 
 
 def test_fail_in_a_workspace_macro_names_the_bzl_line_and_the_call(built):
@@ -304,11 +332,13 @@ def test_a_library_error_through_a_workspace_macro_names_the_macro_line_and_the_
                         'def cp(name):\n    copy_file(name = name, src = "in.txt", out = 3)\n'),
         "p/BUILD": 'load("//tools:m.bzl", "cp")\n\ncp(name = "z")\n',
     })
-    assert message == "tools/m.bzl:3: copy_file 'z': 'out' must be a file name (called from p/BUILD:3)"
+    assert message == (
+        "tools/m.bzl:3: copy_file 'z': 'out' must be a file name (called from p/BUILD:3)")
 
 
 def test_a_missing_macro_argument_names_the_macro_not_its_module(built):
-    message = bad_build(built, {"p/BUILD": 'load("@posbuild//rules:concat.bzl", "concat")\nconcat(name = "c")\n'})
+    message = bad_build(
+        built, {"p/BUILD": 'load("@posbuild//rules:concat.bzl", "concat")\nconcat(name = "c")\n'})
     assert message == "p/BUILD:2:1: Missing parameter `srcs` for call to `concat`"
 
 
@@ -320,32 +350,40 @@ def test_invalid_target_name(built):
 
 def test_an_empty_string_in_a_list_attribute_is_named(built):
     message = bad_build(built, {"p/BUILD": 'genrule(name = "a", outs = ["ok", ""], cmd = "c")\n'})
-    assert message == "p/BUILD:1:1: genrule: attribute 'outs' must be a list of non-empty strings, but it holds ''"
+    assert message == (
+        "p/BUILD:1:1: genrule: attribute 'outs' must be a list of non-empty strings, but it holds "
+        "''")
 
 
 # --- cmd substitutions --------------------------------------------------------------------------
 
 
 def test_unknown_make_variable_in_cmd(built):
-    message = bad_build(built, {"p/BUILD": 'genrule(name = "a", outs = ["x"], cmd = "echo $(FOO) > $@")\n'})
-    assert message == "p/BUILD:1: //p:a: cmd: unknown variable '$(FOO)' (write '$$' for a literal '$')"
+    message = bad_build(
+        built, {"p/BUILD": 'genrule(name = "a", outs = ["x"], cmd = "echo $(FOO) > $@")\n'})
+    assert message == (
+        "p/BUILD:1: //p:a: cmd: unknown variable '$(FOO)' (write '$$' for a literal '$')")
 
 
 def test_location_without_a_label(built):
-    message = bad_build(built, {"p/BUILD": 'genrule(name = "a", outs = ["x"], cmd = "echo $(location) > $@")\n'})
-    assert message == "p/BUILD:1: //p:a: cmd: $(location) needs a label, as in $(location //pkg:name)"
+    message = bad_build(
+        built, {"p/BUILD": 'genrule(name = "a", outs = ["x"], cmd = "echo $(location) > $@")\n'})
+    assert message == (
+        "p/BUILD:1: //p:a: cmd: $(location) needs a label, as in $(location //pkg:name)")
 
 
 def test_first_src_shorthand_with_two_srcs(built):
     message = bad_build(built, {
         "p/s1.txt": "1", "p/s2.txt": "2",
-        "p/BUILD": 'genrule(name = "a", srcs = ["s1.txt", "s2.txt"], outs = ["x"], cmd = "cat $< > $@")\n',
+        "p/BUILD": 'genrule(name = "a", srcs = ["s1.txt", "s2.txt"], outs = ["x"], cmd = "cat $< > '
+                   '$@")\n',
     })
     assert message == "p/BUILD:1: //p:a: cmd: $< needs exactly one file, but there are 2"
 
 
 def test_single_out_shorthand_with_two_outs(built):
-    message = bad_build(built, {"p/BUILD": 'genrule(name = "a", outs = ["x", "y"], cmd = "touch $@")\n'})
+    message = bad_build(built,
+                        {"p/BUILD": 'genrule(name = "a", outs = ["x", "y"], cmd = "touch $@")\n'})
     assert message == "p/BUILD:1: //p:a: cmd: $@ needs exactly one file, but there are 2"
 
 
@@ -354,14 +392,16 @@ def test_location_of_a_label_not_in_srcs(built):
         "p/other.txt": "o",
         "p/BUILD": 'genrule(name = "a", outs = ["x"], cmd = "cat $(location other.txt) > $@")\n',
     })
-    assert message == "p/BUILD:1: //p:a: cmd: $(location other.txt): 'other.txt' is not in srcs, tools or outs"
+    assert message == (
+        "p/BUILD:1: //p:a: cmd: $(location other.txt): 'other.txt' is not in srcs, tools or outs")
 
 
 # --- the command line ---------------------------------------------------------------------------
 
 
 def test_unknown_target_on_command_line_suggests_a_close_name(built):
-    assert bad_build(built, {}, "//good:reprt") == "no such target '//good:reprt' (did you mean 'report'?)"
+    assert bad_build(built, {},
+                     "//good:reprt") == ("no such target '//good:reprt' (did you mean 'report'?)")
 
 
 def test_no_such_package(built):
@@ -373,15 +413,17 @@ def test_no_such_package_with_all(built):
 
 
 @pytest.mark.parametrize("command, pattern", [
-    ("build", "//.ci:a"), ("build", "//.ci:all"), ("build", "//p:b"), ("query", "//.ci:a"), ("query", "//.ci:all"),
+    ("build", "//.ci:a"), ("build", "//.ci:all"), ("build", "//p:b"), ("query", "//.ci:a"),
+    ("query", "//.ci:all"),
 ])
 def test_a_package_in_a_hidden_folder_is_named_as_such(built, command, pattern):
     ws, _ = built
     ws.write({".ci/BUILD": 'genrule(name = "a", outs = ["a"], cmd = "echo > $@")\n',
-              "p/BUILD": 'genrule(name = "b", srcs = ["//.ci:a"], outs = ["b"], cmd = "cat $< > $@")\n'})
+              "p/BUILD": 'genrule(name = "b", srcs = ["//.ci:a"], outs = ["b"], cmd = "cat $< > '
+                         '$@")\n'})
     message = one_error_line(ws.run(command, pattern), 3)
-    assert message.endswith("no such package '//.ci': posbuild does not look for packages in hidden folders, "
-                            "posbuild-out, .posbuild or __pycache__")
+    assert message.endswith("no such package '//.ci': posbuild does not look for packages in "
+                            "hidden folders, posbuild-out, .posbuild or __pycache__")
 
 
 def test_recursive_pattern_that_matches_nothing(built):
@@ -394,7 +436,8 @@ def test_package_without_targets_matches_nothing(built):
 
 
 def test_malformed_label_on_command_line(built):
-    assert bad_build(built, {}, "//good:a:b") == "invalid target pattern '//good:a:b': bad target name 'a:b'"
+    assert bad_build(built, {},
+                     "//good:a:b") == ("invalid target pattern '//good:a:b': bad target name 'a:b'")
 
 
 @pytest.mark.parametrize("pattern, detail", [
@@ -426,11 +469,14 @@ def test_every_command_calls_a_malformed_pattern_an_invalid_target_pattern(built
 
 def test_a_bare_name_at_a_root_without_build_file_suggests_the_package(built):
     message = bad_build(built, {}, "good")
-    assert message == "no such target '//:good': the workspace root has no BUILD file (did you mean '//good:all'?)"
+    assert message == (
+        "no such target '//:good': the workspace root has no BUILD file (did you mean "
+        "'//good:all'?)")
 
 
 def test_a_package_path_as_a_name_suggests_the_package(built):
-    message = bad_build(built, {"BUILD": 'genrule(name = "top", outs = ["top.txt"], cmd = "echo > $@")\n'}, "good")
+    message = bad_build(
+        built, {"BUILD": 'genrule(name = "top", outs = ["top.txt"], cmd = "echo > $@")\n'}, "good")
     assert message == "no such target '//:good' (did you mean '//good:all'?)"
 
 
@@ -459,7 +505,8 @@ def test_usage_error_is_one_line(built, args, word):
 @pytest.mark.parametrize("label, detail", [
     ("//...", "explain takes one target label, not the pattern '//...'"),
     ("//good:all", "explain takes one target label, not the pattern '//good:all'"),
-    ("//good:inputs", "//good:inputs is a filegroup, which runs no action; explain a rule it names: //good:report"),
+    ("//good:inputs",
+     "//good:inputs is a filegroup, which runs no action; explain a rule it names: //good:report"),
     ("//good:report.txt", "//good:report.txt is an output of //good:report; explain //good:report"),
     ("//good:in.txt", "//good:in.txt is a source file, which no action produces"),
     ("//good:reprt", "no such target '//good:reprt' (did you mean 'report'?)"),
@@ -467,7 +514,8 @@ def test_usage_error_is_one_line(built, args, word):
 ])
 def test_explain_of_what_runs_no_action_says_so(built, label, detail):
     ws, before = built
-    ws.write({"good/BUILD": GOOD["good/BUILD"] + 'filegroup(name = "inputs", srcs = [":report"])\n'})
+    ws.write(
+        {"good/BUILD": GOOD["good/BUILD"] + 'filegroup(name = "inputs", srcs = [":report"])\n'})
     assert one_error_line(ws.run("explain", label), 2) == detail
     assert snapshot(ws.root) == before
 
@@ -479,7 +527,8 @@ def test_missing_posbuild_toml(tmp_path):
     folder = tmp_path / "nows" / "sub"
     folder.mkdir(parents=True)
     assert not any((p / "posbuild.toml").exists() for p in (folder, *folder.parents))
-    proc = subprocess.run([*POSBUILD, "build", "//..."], cwd=folder, capture_output=True, text=True, timeout=60)
+    proc = subprocess.run([*POSBUILD, "build", "//..."], cwd=folder, capture_output=True, text=True,
+                          timeout=60)
     message = one_error_line(proc, 2)
     assert message == (
         f"no posbuild.toml found in {folder} or any folder above it; "
@@ -491,7 +540,9 @@ def test_missing_posbuild_toml(tmp_path):
 def test_malformed_posbuild_toml(built):
     ws, _ = built
     message = bad_build(built, {"posbuild.toml": "[build\njobs = 2\n"})
-    assert message == f"{ws.root}/posbuild.toml: Expected ']' at the end of a table declaration (at line 1, column 7)"
+    assert message == (
+        f"{ws.root}/posbuild.toml: Expected ']' at the end of a table declaration (at line 1, "
+        "column 7)")
 
 
 def test_wrongly_typed_posbuild_toml_value(built):
@@ -503,21 +554,30 @@ def test_wrongly_typed_posbuild_toml_value(built):
 @pytest.mark.parametrize("toml, detail", [
     ("[resouces]\ncpu = 1\n", "unknown table [resouces]; did you mean [resources]?"),
     ("[bulid]\njobs = 2\n", "unknown table [bulid]; did you mean [build]?"),
-    ("[zzz]\n", "unknown table [zzz] (known: build, cache, env, executor, resources, roles, sandbox, secrets)"),
+    ("[zzz]\n",
+     "unknown table [zzz] (known: build, cache, env, executor, resources, roles, sandbox, "
+     "secrets)"),
     ("[build]\njbos = 2\n",
-     "[build] has unknown key 'jbos' (known: build_file_names, jobs, sandbox_base); did you mean 'jobs'?"),
+     "[build] has unknown key 'jbos' (known: build_file_names, jobs, sandbox_base); did you mean "
+     "'jobs'?"),
     ("[cache]\nmax-size = '1G'\n",
-     "[cache] has unknown key 'max-size' (known: dir, max_size, remote, timeout, upload); did you mean 'max_size'?"),
-    ("[env]\npas = ['X']\n", "[env] has unknown key 'pas' (known: pass, tools); did you mean 'pass'?"),
-    ("[sandbox]\nmod = 'folder'\n", "[sandbox] has unknown key 'mod' (known: mode); did you mean 'mode'?"),
-    ("[secrets]\nfiles = '/x'\n", "[secrets] has unknown key 'files' (known: file); did you mean 'file'?"),
+     "[cache] has unknown key 'max-size' (known: dir, max_size, remote, timeout, upload); did you "
+     "mean 'max_size'?"),
+    ("[env]\npas = ['X']\n",
+     "[env] has unknown key 'pas' (known: pass, tools); did you mean 'pass'?"),
+    ("[sandbox]\nmod = 'folder'\n",
+     "[sandbox] has unknown key 'mod' (known: mode); did you mean 'mode'?"),
+    ("[secrets]\nfiles = '/x'\n",
+     "[secrets] has unknown key 'files' (known: file); did you mean 'file'?"),
     ("[executor]\nadress = 'x'\n",
      "[executor] has unknown key 'adress' (known: address, kind); did you mean 'address'?"),
-    ("[resources]\ncpus = 1\n", "[resources] has unknown key 'cpus' (known: cpu, mem_mb, io); did you mean 'cpu'?"),
+    ("[resources]\ncpus = 1\n",
+     "[resources] has unknown key 'cpus' (known: cpu, mem_mb, io); did you mean 'cpu'?"),
     ("[roles.dev]\nbuidl = ['//...']\n",
      "[roles.dev] has unknown key 'buidl' (known: build, upload); did you mean 'build'?"),
     ("jobs = 2\n", "'jobs' is outside any table; did you mean [build] jobs?"),
-    ("colour = 2\n", "'colour' is outside any table (known tables: build, cache, env, executor, resources, "
+    ("colour = 2\n",
+     "'colour' is outside any table (known tables: build, cache, env, executor, resources, "
                      "roles, sandbox, secrets)"),
 ])
 def test_unknown_table_or_key_in_posbuild_toml(built, toml, detail):
@@ -552,7 +612,8 @@ def test_cycle_is_reported_with_its_path_and_nothing_runs(ws, tmp_path):
     )})
     result = ws.build("//...")
     assert one_error_line(result, 11) == (
-        "ORCH-01 DAG cycle detected: //p:a (p/BUILD:2) -> //p:b (p/BUILD:3) -> //p:c (p/BUILD:4) -> //p:a")
+        "ORCH-01 DAG cycle detected: //p:a (p/BUILD:2) -> //p:b (p/BUILD:3) -> //p:c (p/BUILD:4) "
+        "-> //p:a")
     assert result.stdout == ""
     assert not marker.exists()
     out = ws.root / "posbuild-out"
@@ -561,8 +622,10 @@ def test_cycle_is_reported_with_its_path_and_nothing_runs(ws, tmp_path):
 
 def test_cycle_through_an_output_file_label_across_packages(built):
     message = bad_build(built, {
-        "x/BUILD": 'genrule(name = "x", srcs = ["//y:y.txt"], outs = ["x.txt"], cmd = "cp $< $@")\n',
-        "y/BUILD": 'genrule(name = "y", srcs = ["//x:x.txt"], outs = ["y.txt"], cmd = "cp $< $@")\n',
+        "x/BUILD": 'genrule(name = "x", srcs = ["//y:y.txt"], outs = ["x.txt"], '
+                   'cmd = "cp $< $@")\n',
+        "y/BUILD": 'genrule(name = "y", srcs = ["//x:x.txt"], outs = ["y.txt"], '
+                   'cmd = "cp $< $@")\n',
     }, "//x:x", exit_code=11)
     assert message == "ORCH-01 DAG cycle detected: //x:x (x/BUILD:1) -> //y:y (y/BUILD:1) -> //x:x"
 
@@ -577,23 +640,28 @@ def test_self_cycle(built):
 def test_cycle_through_a_macro_names_the_call_line(built):
     message = bad_build(built, {
         "tools/BUILD": "",
-        "tools/m.bzl": 'def pair(name, src):\n    genrule(name = name + "_gen", srcs = [src], outs = [name + ".txt"], cmd = "c")\n',
-        "p/BUILD": 'load("//tools:m.bzl", "pair")\n\npair(name = "a", src = ":b_gen")\npair(name = "b", src = ":a_gen")\n',
+        "tools/m.bzl": 'def pair(name, src):\n    genrule(name = name + "_gen", srcs = [src], outs '
+                       '= [name + ".txt"], cmd = "c")\n',
+        "p/BUILD": 'load("//tools:m.bzl", "pair")\n\npair(name = "a", src = ":b_gen")\npair(name = '
+                   '"b", src = ":a_gen")\n',
     }, "//p:a_gen", exit_code=11)
-    assert message == "ORCH-01 DAG cycle detected: //p:a_gen (p/BUILD:3) -> //p:b_gen (p/BUILD:4) -> //p:a_gen"
+    assert message == (
+        "ORCH-01 DAG cycle detected: //p:a_gen (p/BUILD:3) -> //p:b_gen (p/BUILD:4) -> //p:a_gen")
 
 
 def test_a_cycle_of_targets_made_in_a_loop_names_the_loop_line(built):
     message = bad_build(built, {"p/BUILD": (
-        'x = 1\n\n[genrule(name = "t%d" % i, srcs = [":t%d" % (1 - i)], outs = ["t%d.txt" % i], cmd = "c")\n'
-        ' for i in range(2)]\n')}, "//p:t0", exit_code=11)
-    assert message == "ORCH-01 DAG cycle detected: //p:t0 (p/BUILD:3) -> //p:t1 (p/BUILD:3) -> //p:t0"
+        'x = 1\n\n[genrule(name = "t%d" % i, srcs = [":t%d" % (1 - i)], outs = ["t%d.txt" % i], '
+        'cmd = "c")\n for i in range(2)]\n')}, "//p:t0", exit_code=11)
+    assert message == (
+        "ORCH-01 DAG cycle detected: //p:t0 (p/BUILD:3) -> //p:t1 (p/BUILD:3) -> //p:t0")
 
 
 def test_an_error_of_a_target_made_by_a_macro_with_a_computed_name_names_the_call(built):
     message = bad_build(built, {
         "tools/BUILD": "",
-        "tools/m.bzl": 'def step(n):\n    genrule(name = "step%d" % n, srcs = [":in%d" % n], outs = ["s%d" % n], cmd = "c")\n',
+        "tools/m.bzl": 'def step(n):\n    genrule(name = "step%d" % n, srcs = [":in%d" % n], outs '
+                       '= ["s%d" % n], cmd = "c")\n',
         "p/BUILD": 'load("//tools:m.bzl", "step")\n\nstep(1)\nstep(\n    2,\n)\n',
     }, "//p:step2")
     assert message.startswith("p/BUILD:4: //p:step2: srcs entry ':in2': no such target")
@@ -605,7 +673,8 @@ def test_version_mismatch_names_the_consumer_line(built):
         'genrule(\n    name = "b",\n    srcs = [":a"],\n    requires = {":a": {"s": "2"}},\n'
         '    outs = ["b.txt"],\n    cmd = "c",\n)\n'
     )}, exit_code=12)
-    assert message == "ORCH-02 version mismatch: p/BUILD:4: //p:b requires //p:a s=2, but //p:a declares s=1"
+    assert message == (
+        "ORCH-02 version mismatch: p/BUILD:4: //p:b requires //p:a s=2, but //p:a declares s=1")
 
 
 # --- a failing action ---------------------------------------------------------------------------
@@ -613,7 +682,8 @@ def test_version_mismatch_names_the_consumer_line(built):
 
 def test_failed_action_exits_1_and_names_it(built):
     ws, before = built
-    ws.write({"p/BUILD": 'genrule(name = "bad", outs = ["bad.txt"], cmd = "echo oops >&2; exit 3")\n'})
+    ws.write(
+        {"p/BUILD": 'genrule(name = "bad", outs = ["bad.txt"], cmd = "echo oops >&2; exit 3")\n'})
     result = ws.build("//...")
     assert result.returncode == 1
     assert result.stderr.splitlines()[-1] == "posbuild: 1 action(s) failed: //p:bad"

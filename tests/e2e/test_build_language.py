@@ -1,4 +1,5 @@
-"""The BUILD language as a user meets it: native rules, glob, load(), labels, patterns, cmd substitutions."""
+"""The BUILD language as a user meets it: native rules, glob, load(), labels, patterns, cmd
+substitutions."""
 
 from __future__ import annotations
 
@@ -83,8 +84,8 @@ def test_unexported_source_of_another_package_is_an_error(ws):
     result = ws.build("//app:use")
     assert result.returncode == 3
     assert result.stderr == (
-        "posbuild: app/BUILD:1: //app:use: srcs entry '//lib:secret.txt': '//lib:secret.txt' is a source file "
-        "of another package; add exports_files([\"secret.txt\"]) to lib/BUILD\n"
+        "posbuild: app/BUILD:1: //app:use: srcs entry '//lib:secret.txt': '//lib:secret.txt' is a "
+        "source file of another package; add exports_files([\"secret.txt\"]) to lib/BUILD\n"
     )
     assert not (ws.root / "posbuild-out").exists()
 
@@ -122,7 +123,8 @@ def test_glob_exclude(ws):
 
 
 def test_glob_several_includes_give_one_sorted_list(ws):
-    assert _glob_ws(ws, 'glob(["*.txt", "*.csv"])') == ["g/alpha.txt", "g/mid.csv", "g/skip.txt", "g/zeta.txt"]
+    assert _glob_ws(ws, 'glob(["*.txt", "*.csv"])') == ["g/alpha.txt", "g/mid.csv", "g/skip.txt",
+                                                        "g/zeta.txt"]
 
 
 def test_glob_result_is_the_same_on_every_run(ws):
@@ -216,7 +218,8 @@ def test_label_forms_absolute_relative_and_bare_source(ws):
 def test_package_label_without_name_means_same_named_target(ws):
     ws.write({
         "lib/BUILD": 'genrule(name = "lib", outs = ["lib.txt"], cmd = "echo lib > $@")',
-        "app/BUILD": 'genrule(name = "app", srcs = ["//lib"], outs = ["app.txt"], cmd = "cat $< > $@")',
+        "app/BUILD": 'genrule(name = "app", srcs = ["//lib"], outs = ["app.txt"], cmd = "cat $< > '
+                     '$@")',
     })
     result = ws.ok("//app")
     assert ws.out("app/app.txt") == "lib\n"
@@ -340,9 +343,11 @@ def test_relative_subpackage_pattern_from_inside_package_folder(ws):
 def test_only_requested_targets_and_their_deps_run(ws):
     ws.write({
         "lib/BUILD": 'genrule(name = "dep", outs = ["dep.txt"], cmd = "echo dep > $@")\n'
-                     'genrule(name = "unrelated", outs = ["unrelated.txt"], cmd = "echo no > $@")\n',
-        "app/BUILD": 'genrule(name = "app", srcs = ["//lib:dep"], outs = ["app.txt"], cmd = "cat $< > $@")\n'
-                     'genrule(name = "other", outs = ["other.txt"], cmd = "echo other > $@")\n',
+                     'genrule(name = "unrelated", outs = ["unrelated.txt"], '
+                     'cmd = "echo no > $@")\n',
+        "app/BUILD": 'genrule(name = "app", srcs = ["//lib:dep"], outs = ["app.txt"], cmd = "cat '
+                     '$< > $@")\ngenrule(name = "other", outs = ["other.txt"], cmd = "echo other '
+                     '> $@")\n',
     })
     result = ws.ok("//app:app")
     assert executed_labels(result) == ["//app:app", "//lib:dep"]
@@ -358,7 +363,8 @@ def test_cmd_srcs_and_outs(ws):
         "p/x.txt": "x\n",
         "p/y.txt": "y\n",
         "p/BUILD": 'genrule(name = "g", srcs = ["x.txt", "y.txt"], outs = ["o1.txt", "o2.txt"], '
-                   'cmd = "echo $(SRCS) > o; echo $(OUTS) >> o; cp o posbuild-out/p/o1.txt; cp o posbuild-out/p/o2.txt")',
+                   'cmd = "echo $(SRCS) > o; echo $(OUTS) >> o; cp o posbuild-out/p/o1.txt; cp o '
+                   'posbuild-out/p/o2.txt")',
     })
     ws.ok("//p:g")
     expected = "p/x.txt p/y.txt\nposbuild-out/p/o1.txt posbuild-out/p/o2.txt\n"
@@ -399,8 +405,8 @@ def test_cmd_location_of_a_tool(ws):
         "tools/BUILD": 'exports_files(["up.sh"])',
         "tools/up.sh": "tr a-z A-Z\n",
         "p/in.txt": "shout\n",
-        "p/BUILD": 'genrule(name = "g", srcs = ["in.txt"], outs = ["o.txt"], tools = ["//tools:up.sh"], '
-                   'cmd = "sh $(location //tools:up.sh) < $< > $@")',
+        "p/BUILD": 'genrule(name = "g", srcs = ["in.txt"], outs = ["o.txt"], tools = '
+                   '["//tools:up.sh"], cmd = "sh $(location //tools:up.sh) < $< > $@")',
     })
     ws.ok("//p:g")
     assert ws.out("p/o.txt") == "SHOUT\n"
@@ -424,7 +430,7 @@ def test_cmd_double_dollar_reaches_the_shell_as_one_dollar(ws):
     ws.write({"p/BUILD": """
         genrule(name = "g", outs = ["o.txt"], env = {"GREETING": "hi"},
                 cmd = "echo '$$GREETING' > $@; echo $$GREETING >> $@; case $$HOME in /*) echo abs;; esac >> $@")
-    """})
+    """})  # noqa: E501
     ws.ok("//p:g")
     assert ws.out("p/o.txt") == "$GREETING\nhi\nabs\n"
 

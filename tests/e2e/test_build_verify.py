@@ -10,7 +10,7 @@ WORKSPACE = {
     "pkg/BUILD": """
         genrule(name = "steady", srcs = ["in.txt"], outs = ["steady.txt"], cmd = "tr a-z A-Z < $< > $@")
         genrule(name = "clock", outs = ["clock.txt"], cmd = "date +%s%N > $@")
-    """,
+    """,  # noqa: E501
 }
 
 
@@ -39,10 +39,11 @@ def test_a_cached_result_that_a_rerun_does_not_reproduce_is_orch_04(ws):
     result = ws.build("--verify", "//...")
     assert result.returncode == 14
     assert ("FAILED //pkg:clock: ORCH-04 non-deterministic execution: posbuild-out/pkg/clock.txt: "
-            "the cached result has 20 bytes, this run has 20 bytes, first difference at byte") in result.stderr
+            "the cached result has 20 bytes, this run has 20 bytes, first difference at byte"
+            ) in result.stderr
     assert result.stderr.strip().splitlines()[-1] == (
-        "posbuild: ORCH-04 non-deterministic execution: 1 action(s) failed, some produced bytes that differ "
-        "from their cached result: //pkg:clock")
+        "posbuild: ORCH-04 non-deterministic execution: 1 action(s) failed, some produced bytes "
+        "that differ from their cached result: //pkg:clock")
     assert results(ws.root) == before  # the old result was not replaced
 
 
@@ -80,7 +81,8 @@ def test_verify_keeps_the_cached_output_in_posbuild_out_and_in_the_store(ws):
     result = ws.build("--verify", "//...")
     assert result.returncode == 14, result.stdout + result.stderr
     assert "the cached result is kept" in result.stderr and "stale" not in result.stderr
-    assert counts(result) == {"executed": 1, "cached": 0, "failed": 1}  # //pkg:down re-ran and matched
+    # //pkg:down re-ran and matched
+    assert counts(result) == {"executed": 1, "cached": 0, "failed": 1}
     assert _kept(ws.root, "posbuild-out/pkg/clock.txt") == (cached, cached)
     assert ws.out("pkg/down.txt").encode() == cached * 2
     fsck = ws.run("fsck")
@@ -91,7 +93,8 @@ def test_verify_keeps_the_cached_output_in_posbuild_out_and_in_the_store(ws):
 
 
 def test_verify_restores_the_kept_output_when_posbuild_out_lacks_it(ws):
-    ws.write({"pkg/BUILD": 'genrule(name = "clock", outs = ["clock.txt"], cmd = "date +%N > $@")\n'})
+    ws.write(
+        {"pkg/BUILD": 'genrule(name = "clock", outs = ["clock.txt"], cmd = "date +%N > $@")\n'})
     ws.ok("//...")
     cached = (ws.root / "posbuild-out/pkg/clock.txt").read_bytes()
     (ws.root / "posbuild-out/pkg/clock.txt").unlink()

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import dataclasses
 import io
-import os
 import tarfile
 from pathlib import Path
 from typing import Any, Callable
@@ -27,7 +26,7 @@ SOURCES = {
         genrule(name = "report", srcs = [":sorted"], outs = ["report.txt"], cmd = "wc -l < $< > $@")
         genrule(name = "big", srcs = ["raw.txt"], outs = ["big.bin"],
                 cmd = "python3 -c 'import sys; open(sys.argv[1], \\"wb\\").write(bytes(range(256)) * 2048)' $@")
-    """,
+    """,  # noqa: E501
     "other/BUILD": """
         genrule(name = "x", srcs = [], outs = ["x.txt"], cmd = "echo x > $@")
     """,
@@ -97,7 +96,8 @@ def test_export_then_import_into_a_fresh_workspace_builds_with_zero_executions(t
     b = fresh(tmp_path, "b")
     result = b.run("cache", "import", str(exported), env=KEY)
     assert result.returncode == 0, result.stderr
-    assert "imported 3 action result(s) (3 new)" in result.stdout and "(signature verified)" in result.stdout
+    assert "imported 3 action result(s) (3 new)" in result.stdout \
+            and "(signature verified)" in result.stdout
     assert not result.stderr  # no note: the signature was checked
     build = b.build("//pkg/...")
     assert counts(build) == {"executed": 0, "cached": 3, "failed": 0}
@@ -115,7 +115,8 @@ def test_the_archive_holds_only_what_the_patterns_last_successful_build_used(tmp
     archive = tmp_path / "x.tar.gz"
     result = a.run("cache", "export", str(archive), "//other:x", env=KEY)
     assert result.returncode == 0, result.stderr
-    assert "1 action result(s), 2 blob(s)" in result.stdout  # x.txt and the (empty) stderr; stdout "" too
+    # x.txt and the (empty) stderr; stdout "" too
+    assert "1 action result(s), 2 blob(s)" in result.stdout
     with tarfile.open(archive) as tar:
         names = tar.getnames()
     assert names[0] == "posbuild-cache/manifest" and len(names) == 3
@@ -144,8 +145,9 @@ def test_export_without_a_successful_build(tmp_path):
     a.build("//pkg:sorted")
     result = a.run("cache", "export", str(tmp_path / "c.tar"), "//other/...")
     assert result.returncode == 2
-    assert result.stderr == ("posbuild: no successful build of //other/... is recorded in this store (builds "
-                             "recorded for: //pkg:sorted); run `posbuild build //other/...` first\n")
+    assert result.stderr == ("posbuild: no successful build of //other/... is recorded in this "
+                             "store (builds recorded for: //pkg:sorted); run `posbuild build "
+                             "//other/...` first\n")
     assert not (tmp_path / "c.tar").exists()
 
 
@@ -194,7 +196,8 @@ def test_a_flipped_byte_in_a_blob_is_orch_03_and_nothing_is_imported(tmp_path, e
 
 
 def test_a_flipped_byte_in_a_small_blob_is_orch_03(tmp_path, exported):
-    offset = _member_offset(exported, lambda m: m.name.startswith("posbuild-cache/blobs/") and 0 < m.size < 100)
+    offset = _member_offset(exported, lambda m: m.name.startswith("posbuild-cache/blobs/")
+                            and 0 < m.size < 100)
     _flip(exported, offset)
     _assert_refused(fresh(tmp_path, "b"), exported, "hashes to", KEY)
 
@@ -220,7 +223,8 @@ def _rewrite(archive: Path, target: Path, change: Callable[[dict[str, Any]], Non
              key: bytes | None = None) -> Path:
     """Copy `archive` to `target` with its manifest body changed by `change` (in place) and the
     manifest digest recomputed, as a forger would. The signature stays the original one (a forger
-    without the key) unless `key` is given, which signs the new body as export does (a key holder)."""
+    without the key) unless `key` is given, which signs the new body as export does (a key
+    holder)."""
     from posbuild import cachearchive
     from posbuild.digest import hash_bytes
 
@@ -232,7 +236,8 @@ def _rewrite(archive: Path, target: Path, change: Callable[[dict[str, Any]], Non
     new_body = msgpack.packb(decoded, use_bin_type=True)
     if key is not None:
         signature = cachearchive._sign(key, new_body)
-    manifest = msgpack.packb([form, magic, hash_bytes(new_body), new_body, signature], use_bin_type=True)
+    manifest = msgpack.packb([form, magic, hash_bytes(new_body), new_body, signature],
+                             use_bin_type=True)
     with tarfile.open(target, "w", format=tarfile.GNU_FORMAT) as tar:
         info = tarfile.TarInfo(members[0][0].name)
         info.size = len(manifest)
@@ -242,17 +247,22 @@ def _rewrite(archive: Path, target: Path, change: Callable[[dict[str, Any]], Non
     return target
 
 
-def test_a_result_rewritten_in_the_manifest_with_a_fixed_digest_is_refused_with_the_key(tmp_path, exported):
-    """Someone without the key recomputes the manifest digest after changing it: the signature fails."""
-    forged = _rewrite(exported, tmp_path / "forged.tar", lambda body: body.update(results=body["results"][:1]))
+def test_a_result_rewritten_in_the_manifest_with_a_fixed_digest_is_refused_with_the_key(
+    tmp_path, exported):
+    """Someone without the key recomputes the manifest digest after changing it: the signature
+    fails."""
+    forged = _rewrite(exported, tmp_path / "forged.tar",
+                      lambda body: body.update(results=body["results"][:1]))
     _assert_refused(fresh(tmp_path, "b"), forged, "wrong signature", KEY)
     c = fresh(tmp_path, "c")
     refused = c.run("cache", "import", str(forged))  # without the key: not without --allow-unsigned
     assert refused.returncode == 2, refused.stderr
     result = c.run("cache", "import", "--allow-unsigned", str(forged))
-    assert result.returncode == 0, result.stderr  # without the key only the digests can be checked, and they match
+    # without the key only the digests can be checked, and they match
+    assert result.returncode == 0, result.stderr
     assert "signature was not checked" in result.stderr
-    assert "imported 1 action result(s) (1 new)" in result.stdout and "signature verified" not in result.stdout
+    assert "imported 1 action result(s) (1 new)" in result.stdout \
+            and "signature verified" not in result.stdout
 
 
 def _escape_sorted_output(keys: list[str]) -> Callable[[dict[str, Any]], None]:
@@ -264,7 +274,8 @@ def _escape_sorted_output(keys: list[str]) -> Callable[[dict[str, Any]], None]:
         for entry in body["results"]:
             result = ActionResult.unpack(entry[1])
             if any(o.path.endswith("/sorted.txt") for o in result.outputs):
-                outputs = tuple(dataclasses.replace(o, path="posbuild-out/../../pwned.txt") for o in result.outputs)
+                outputs = tuple(dataclasses.replace(o, path="posbuild-out/../../pwned.txt")
+                                for o in result.outputs)
                 entry[1] = dataclasses.replace(result, outputs=outputs).pack()
                 keys.append(entry[0].hex())
         assert len(keys) == 1
@@ -278,13 +289,15 @@ def test_an_output_path_outside_posbuild_out_is_orch_03_even_when_signed(tmp_pat
     pwned = _rewrite(exported, tmp_path / "pwned.tar", _escape_sorted_output(keys), key=KEY_BYTES)
     detail = f"the result of action key {keys[0]} has output path 'posbuild-out/../../pwned.txt'"
     _assert_refused(fresh(tmp_path, "b"), pwned, detail, KEY)
-    _assert_refused(fresh(tmp_path, "c"), pwned, detail, flags=("--allow-unsigned",))  # no key: digests, paths
+    # no key: digests, paths
+    _assert_refused(fresh(tmp_path, "c"), pwned, detail, flags=("--allow-unsigned",))
     assert not list(tmp_path.rglob("pwned.txt"))
 
 
 # In-process archives, crafted result by result: every output path import must refuse.
 
-SMALL, BIG, OUT = b"x\n", bytes(range(256)) * 1100, b"out\n"  # BIG is above the store's inline limit
+# BIG is above the store's inline limit
+SMALL, BIG, OUT = b"x\n", bytes(range(256)) * 1100, b"out\n"
 ACTION_KEY = bytes(range(32))
 
 
@@ -300,7 +313,8 @@ def _packed_result(rows: list[list[Any]], exit_code: Any = 0) -> bytes:
     from posbuild.digest import hash_bytes
     from posbuild.records import RESULT_FORMAT
 
-    return msgpack.packb([RESULT_FORMAT, exit_code, hash_bytes(OUT), hash_bytes(b""), rows], use_bin_type=True)
+    return msgpack.packb([RESULT_FORMAT, exit_code, hash_bytes(OUT), hash_bytes(b""), rows],
+                         use_bin_type=True)
 
 
 def _craft(target: Path, results: Any, blob_rows: Any = None) -> Path:
@@ -311,10 +325,11 @@ def _craft(target: Path, results: Any, blob_rows: Any = None) -> Path:
 
     blobs = [SMALL, BIG, OUT, b""]
     body = msgpack.packb({"patterns": ["//pkg/..."], "build": 1, "results": results,
-                          "blobs": blob_rows if blob_rows is not None else [[hash_bytes(b), len(b)] for b in blobs]},
+                          "blobs": blob_rows
+                          if blob_rows is not None else [[hash_bytes(b), len(b)] for b in blobs]},
                          use_bin_type=True)
-    manifest = msgpack.packb([cachearchive.ARCHIVE_FORMAT, cachearchive.MAGIC, hash_bytes(body), body,
-                              cachearchive._sign(KEY_BYTES, body)], use_bin_type=True)
+    manifest = msgpack.packb([cachearchive.ARCHIVE_FORMAT, cachearchive.MAGIC, hash_bytes(body),
+                              body, cachearchive._sign(KEY_BYTES, body)], use_bin_type=True)
     with tarfile.open(target, "w", format=tarfile.GNU_FORMAT) as tar:
         members = [(cachearchive.MANIFEST, manifest),
                    *((cachearchive.BLOB_PREFIX + hash_bytes(b).hex(), b) for b in blobs)]
@@ -326,7 +341,8 @@ def _craft(target: Path, results: Any, blob_rows: Any = None) -> Path:
 
 
 def _import(tmp_path: Path, archive: Path):  # type: ignore[no-untyped-def]
-    """import_cache into a new store at tmp_path/store; returns (report or error, (results, blobs, cas files))."""
+    """import_cache into a new store at tmp_path/store; returns (report or error, (results, blobs,
+    cas files))."""
     from posbuild.cachearchive import import_cache
     from posbuild.errors import PosbuildError
     from posbuild.store import Store
@@ -338,7 +354,8 @@ def _import(tmp_path: Path, archive: Path):  # type: ignore[no-untyped-def]
         except PosbuildError as error:
             outcome = error
         cas = [p for p in (tmp_path / "store" / "cas").rglob("*") if p.is_file()]
-        return outcome, (sum(1 for _ in store.iter_results()), sum(1 for _ in store.iter_blobs()), len(cas))
+        return outcome, (sum(1 for _ in store.iter_results()), sum(1 for _ in store.iter_blobs()),
+                         len(cas))
     finally:
         store.close()
 
@@ -373,7 +390,8 @@ UNSAFE_PATHS = [
 def test_every_unsafe_output_path_is_refused_before_anything_is_written(tmp_path, path):
     from posbuild.errors import ChecksumMismatch
 
-    archive = _craft(tmp_path / "a.tar", [[ACTION_KEY, _packed_result(_output_rows(["posbuild-out/ok.txt", path]))]])
+    archive = _craft(tmp_path / "a.tar",
+                     [[ACTION_KEY, _packed_result(_output_rows(["posbuild-out/ok.txt", path]))]])
     outcome, contents = _import(tmp_path, archive)
     assert isinstance(outcome, ChecksumMismatch), outcome
     message = str(outcome)
@@ -386,8 +404,10 @@ def test_every_unsafe_output_path_is_refused_before_anything_is_written(tmp_path
 def test_a_path_listed_twice_in_one_result_is_refused(tmp_path):
     from posbuild.errors import ChecksumMismatch
 
-    rows = _output_rows(["posbuild-out/pkg/x.txt", "posbuild-out/pkg/y.txt", "posbuild-out/pkg/x.txt"])
-    outcome, contents = _import(tmp_path, _craft(tmp_path / "a.tar", [[ACTION_KEY, _packed_result(rows)]]))
+    rows = _output_rows(["posbuild-out/pkg/x.txt", "posbuild-out/pkg/y.txt",
+                         "posbuild-out/pkg/x.txt"])
+    outcome, contents = _import(tmp_path,
+                                _craft(tmp_path / "a.tar", [[ACTION_KEY, _packed_result(rows)]]))
     assert isinstance(outcome, ChecksumMismatch), outcome
     assert "lists output path 'posbuild-out/pkg/x.txt' twice; nothing was imported" in str(outcome)
     assert contents == (0, 0, 0)
@@ -396,8 +416,10 @@ def test_a_path_listed_twice_in_one_result_is_refused(tmp_path):
 def test_safe_output_paths_pass_the_check(tmp_path):
     from posbuild.store import Store
 
-    paths = ["posbuild-out/.hidden", "posbuild-out/a..b", "posbuild-out/...", "posbuild-out/pkg/.x/..y/z.txt",
-             "posbuild-out/with space.txt", "posbuild-out/ünïcode.txt", "posbuild-out/a/b/c/d/e.txt"]
+    paths = ["posbuild-out/.hidden", "posbuild-out/a..b", "posbuild-out/...",
+             "posbuild-out/pkg/.x/..y/z.txt",
+             "posbuild-out/with space.txt", "posbuild-out/ünïcode.txt",
+             "posbuild-out/a/b/c/d/e.txt"]
     archive = _craft(tmp_path / "a.tar", [[ACTION_KEY, _packed_result(_output_rows(paths))]])
     outcome, contents = _import(tmp_path, archive)
     assert outcome.results == 1 and outcome.signed, outcome
@@ -405,13 +427,15 @@ def test_safe_output_paths_pass_the_check(tmp_path):
     store = Store(tmp_path / "store")
     try:
         result = store.get_result(ACTION_KEY)
-        assert result is not None and [o.path for o in result.outputs] == ["posbuild-out/pkg/big.bin", *paths]
+        assert result is not None \
+                and [o.path for o in result.outputs] == ["posbuild-out/pkg/big.bin", *paths]
     finally:
         store.close()
 
 
 def _bad_types() -> dict[str, tuple[Any, Any, str]]:
-    """Manifests crafted with fields of the wrong type: (results, blob rows or None, the refusal)."""
+    """Manifests crafted with fields of the wrong type: (results, blob rows or None, the
+    refusal)."""
     from posbuild.digest import hash_bytes
 
     ok = _output_rows(["posbuild-out/x.txt"])
@@ -429,18 +453,24 @@ def _bad_types() -> dict[str, tuple[Any, Any, str]]:
         "size as text": (result([*small[:2], "2", False]), None, unreadable),
         "executable as int": (result([*small[:3], 1]), None, unreadable),
         "exit code as text": (result(small, exit_code="0"), None, unreadable),
-        "result not a pair": ([[ACTION_KEY]], None, "its manifest lists a result that cannot be read"),
-        "key not a digest": ([["k", _packed_result(ok)]], None, "its manifest lists a result that cannot be read"),
-        "packed result not bytes": ([[ACTION_KEY, "x"]], None, "its manifest lists a result that cannot be read"),
+        "result not a pair": ([[ACTION_KEY]], None,
+                              "its manifest lists a result that cannot be read"),
+        "key not a digest": ([["k", _packed_result(ok)]], None,
+                             "its manifest lists a result that cannot be read"),
+        "packed result not bytes": ([[ACTION_KEY, "x"]], None,
+                                    "its manifest lists a result that cannot be read"),
         "results not a list": ({"k": 1}, None, "its manifest cannot be read"),
-        "blob row not a pair": (result(), [[hash_bytes(SMALL)]], "its manifest's list of blobs cannot be read"),
-        "blob size negative": (result(), [[hash_bytes(SMALL), -2]], "its manifest's list of blobs cannot be read"),
+        "blob row not a pair": (result(), [[hash_bytes(SMALL)]],
+                                "its manifest's list of blobs cannot be read"),
+        "blob size negative": (result(), [[hash_bytes(SMALL), -2]],
+                               "its manifest's list of blobs cannot be read"),
     }
 
 
 @pytest.mark.parametrize("case", list(_bad_types()))
 def test_a_crafted_manifest_with_fields_of_the_wrong_type_is_orch_03(tmp_path, case):
-    """Refused with its own reason (not a crash, and not only because some later check happens to fail)."""
+    """Refused with its own reason (not a crash, and not only because some later check happens to
+    fail)."""
     from posbuild.errors import ChecksumMismatch
 
     results, blob_rows, reason = _bad_types()[case]
@@ -461,8 +491,8 @@ def test_export_without_the_key_says_unsigned_and_how_to_import_it(tmp_path):
     assert result.stdout.startswith("exported build 1 (//pkg/...): 3 action result(s), ")
     assert f", unsigned to {archive}" in result.stdout and ", signed" not in result.stdout
     assert result.stderr.splitlines() == [
-        f"posbuild: note: POSBUILD_CACHE_KEY is not set, so the archive is unsigned; importing it will need "
-        f"`posbuild cache import --allow-unsigned {archive}`"]
+        "posbuild: note: POSBUILD_CACHE_KEY is not set, so the archive is unsigned; importing it "
+        f"will need `posbuild cache import --allow-unsigned {archive}`"]
 
 
 def test_without_the_key_import_needs_allow_unsigned(tmp_path, unsigned):
@@ -471,21 +501,24 @@ def test_without_the_key_import_needs_allow_unsigned(tmp_path, unsigned):
     rows, files = store_rows(b), store_files(b)
     result = b.run("cache", "import", str(unsigned))
     assert result.returncode == 2
-    assert result.stderr == (f"posbuild: cannot verify who made the cache archive {unsigned}: POSBUILD_CACHE_KEY "
-                             f"is not set; set it to the key the archive was exported with, or pass "
-                             f"--allow-unsigned to trust it with only its digests checked; nothing was imported\n")
+    assert result.stderr == (f"posbuild: cannot verify who made the cache archive {unsigned}: "
+                             "POSBUILD_CACHE_KEY is not set; set it to the key the archive was "
+                             "exported with, or pass --allow-unsigned to trust it with only its "
+                             "digests checked; nothing was imported\n")
     assert not result.stdout
     assert store_files(b) == files and store_rows(b) == rows
-    junk = tmp_path / "junk.tar"  # refused before the archive is read: not ORCH-03 for a damaged file
+    # refused before the archive is read: not ORCH-03 for a damaged file
+    junk = tmp_path / "junk.tar"
     junk.write_bytes(b"not an archive\n")
     assert b.run("cache", "import", str(junk)).returncode == 2
 
     result = b.run("cache", "import", "--allow-unsigned", str(unsigned))
     assert result.returncode == 0, result.stderr
-    assert result.stdout.startswith("imported 3 action result(s) (3 new)") and "signature verified" not in result.stdout
+    assert result.stdout.startswith("imported 3 action result(s) (3 new)") \
+            and "signature verified" not in result.stdout
     assert result.stderr.splitlines() == [
-        "posbuild: note: --allow-unsigned: the archive's signature was not checked (POSBUILD_CACHE_KEY is not set); "
-        "only its digests were verified"]
+        "posbuild: note: --allow-unsigned: the archive's signature was not checked "
+        "(POSBUILD_CACHE_KEY is not set); only its digests were verified"]
     assert counts(b.build("//pkg/..."))["executed"] == 0
 
 
@@ -494,18 +527,21 @@ def test_allow_unsigned_with_the_key_set_admits_an_unsigned_archive(tmp_path, un
     assert b.run("cache", "import", str(unsigned), env=KEY).returncode == 13  # not without the flag
     result = b.run("cache", "import", "--allow-unsigned", str(unsigned), env=KEY)
     assert result.returncode == 0, result.stderr
-    assert "imported 3 action result(s) (3 new)" in result.stdout and "signature verified" not in result.stdout
+    assert "imported 3 action result(s) (3 new)" in result.stdout \
+            and "signature verified" not in result.stdout
     assert "signature was not checked (the archive is unsigned)" in result.stderr
     assert counts(b.build("//pkg/..."))["executed"] == 0
 
 
 def test_allow_unsigned_still_checks_a_signature_it_can_check(tmp_path, exported):
     c = fresh(tmp_path, "c")
-    result = c.run("cache", "import", "--allow-unsigned", str(exported), env=KEY)  # signed right: verified
+    # signed right: verified
+    result = c.run("cache", "import", "--allow-unsigned", str(exported), env=KEY)
     assert result.returncode == 0, result.stderr
     assert "(signature verified)" in result.stdout and not result.stderr
     other = {"POSBUILD_CACHE_KEY": "another key"}  # signed wrong: refused even with the flag
-    _assert_refused(fresh(tmp_path, "b"), exported, "wrong signature", other, flags=("--allow-unsigned",))
+    _assert_refused(fresh(tmp_path, "b"), exported, "wrong signature", other,
+                    flags=("--allow-unsigned",))
 
 
 def test_a_secrets_file_that_may_not_be_used_is_a_usage_error_not_a_missing_key(tmp_path, exported):
@@ -518,12 +554,14 @@ def test_a_secrets_file_that_may_not_be_used_is_a_usage_error_not_a_missing_key(
                  ("export", str(tmp_path / "out.tar"), "//pkg/...")):
         result = b.run("cache", *args, env=env)
         assert result.returncode == 2, (args, result.stderr)
-        assert result.stderr == (f"posbuild: cannot read POSBUILD_CACHE_KEY: the secrets file {secrets} has mode "
+        assert result.stderr == ("posbuild: cannot read POSBUILD_CACHE_KEY: the secrets file "
+                                 f"{secrets} has mode "
                                  f"0644; it must be 0600 (chmod 600 {secrets})\n"), args
     assert not (tmp_path / "out.tar").exists()  # not silently exported unsigned
     assert store_rows(b) == (0, 0)
 
-    inside = b.root / "secrets"  # `[secrets] file` inside the workspace: the build could read the key
+    # `[secrets] file` inside the workspace: the build could read the key
+    inside = b.root / "secrets"
     inside.write_text("POSBUILD_CACHE_KEY=archive key\n")
     inside.chmod(0o600)
     (b.root / "posbuild.toml").write_text('[secrets]\nfile = "secrets"\n')
@@ -544,7 +582,8 @@ def test_an_unsigned_archive_is_refused_when_the_key_is_set(tmp_path, unsigned):
 
 
 def test_an_archive_signed_with_another_key_is_refused(tmp_path, exported):
-    _assert_refused(fresh(tmp_path, "b"), exported, "wrong signature", {"POSBUILD_CACHE_KEY": "other"})
+    _assert_refused(fresh(tmp_path, "b"), exported, "wrong signature",
+                    {"POSBUILD_CACHE_KEY": "other"})
 
 
 def test_a_truncated_archive_is_refused(tmp_path, exported):

@@ -21,7 +21,8 @@ CHAIN = {
         genrule(name = "second", srcs = [":first"], outs = ["second.txt"], cmd = "wc -l < $< > $@")
     """,
 }
-SUMMARY = re.compile(r"^(OK|FAILED): (\d+) actions \((\d+) executed, (\d+) cached, (\d+) failed\) in \d+\.\d\d s$")
+SUMMARY = re.compile(
+    r"^(OK|FAILED): (\d+) actions \((\d+) executed, (\d+) cached, (\d+) failed\) in \d+\.\d\d s$")
 
 
 # --- help and version ---------------------------------------------------------------------------
@@ -54,7 +55,8 @@ def test_build_help_documents_its_options(ws):
 
 
 def test_help_works_outside_a_workspace(tmp_path):
-    proc = subprocess.run([*POSBUILD, "build", "--help"], cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    proc = subprocess.run([*POSBUILD, "build", "--help"], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=60)
     assert proc.returncode == 0
     assert proc.stdout.startswith("Usage: posbuild build")
 
@@ -101,7 +103,9 @@ def test_noop_build_prints_only_the_summary(ws):
 
 
 def test_failure_is_reported_with_the_action_stderr(ws):
-    ws.write({"p/BUILD": 'genrule(name = "bad", outs = ["bad.txt"], cmd = "echo broken-input >&2; exit 7")'})
+    ws.write(
+        {"p/BUILD": 'genrule(name = "bad", outs = ["bad.txt"], cmd = "echo broken-input >&2; exit '
+                    '7")'})
     result = ws.build("//p:bad")
     assert result.returncode == 1
     match = SUMMARY.match(result.stdout.splitlines()[-1])
@@ -141,7 +145,8 @@ def test_quiet_still_prints_failures(ws):
 
 
 def run_in_pty(args, cwd, timeout=60.0):
-    """Run posbuild with stdout on a pseudo-terminal; returns (exit code, terminal bytes, stderr)."""
+    """Run posbuild with stdout on a pseudo-terminal; returns (exit code, terminal bytes,
+    stderr)."""
     master, slave = os.openpty()
     try:
         proc = subprocess.Popen([*POSBUILD, *args], cwd=cwd, stdin=subprocess.DEVNULL, stdout=slave,
@@ -214,9 +219,11 @@ def test_clean_all_removes_the_store_and_everything_runs_again(ws):
     ws.ok("//...")
     result = ws.run("clean", "--all")
     assert result.returncode == 0, result.stderr
-    assert result.stdout.splitlines() == [f"removed {ws.root / 'posbuild-out'}", f"removed {ws.root / '.posbuild'}"]
+    assert result.stdout.splitlines() == [f"removed {ws.root / 'posbuild-out'}",
+                                          f"removed {ws.root / '.posbuild'}"]
     assert not (ws.root / "posbuild-out").exists()
-    assert sorted(os.listdir(ws.root / ".posbuild")) == ["CACHEDIR.TAG", "lock"]  # the mark, and the lock others wait on
+    # the mark, and the lock others wait on
+    assert sorted(os.listdir(ws.root / ".posbuild")) == ["CACHEDIR.TAG", "lock"]
     assert (ws.root / "p/in.txt").read_text() == "b\na\n"
     rebuilt = ws.ok("//...")
     assert counts(rebuilt) == {"executed": 2, "cached": 0, "failed": 0}

@@ -13,11 +13,11 @@ PIPELINE = {
     "p/BUILD": """
         genrule(name = "twice", srcs = ["a.txt"], outs = ["twice.txt"], cmd = "cat $< $< > $@")
         genrule(name = "upper", srcs = [":twice"], outs = ["upper.txt"], cmd = "tr a-z A-Z < $< > $@")
-    """,
+    """,  # noqa: E501
 }
 SUMMARY = re.compile(
-    r"^gc: removed (\d+) generation\(s\), (\d+) action result\(s\), (\d+) blob\(s\); freed [\d.]+ (?:B|KiB|MiB); "
-    r"store now [\d.]+ (?:B|KiB|MiB) in (\d+) blob\(s\), (\d+) generation\(s\) kept$"
+    r"^gc: removed (\d+) generation\(s\), (\d+) action result\(s\), (\d+) blob\(s\); freed [\d.]+ "
+    r"(?:B|KiB|MiB); store now [\d.]+ (?:B|KiB|MiB) in (\d+) blob\(s\), (\d+) generation\(s\) kept$"
 )
 
 
@@ -97,7 +97,8 @@ def test_rollback_to_a_kept_generation_still_works_after_gc(ws: Workspace) -> No
     assert counts(ws.ok("//..."))["executed"] == 0
 
 
-def test_keep_generations_drops_older_generations_but_no_results_without_a_bound(ws: Workspace) -> None:
+def test_keep_generations_drops_older_generations_but_no_results_without_a_bound(
+    ws: Workspace) -> None:
     build_versions(ws, range(1, 4))
     result = ws.run("gc", "--keep-generations", "1")
     assert result.returncode == 0, result.stderr

@@ -22,13 +22,15 @@ from conftest import POSBUILD, Result, Workspace
 
 CHAIN = {
     "pkg/BUILD": "".join(
-        f'genrule(name = "t{i}", outs = ["t{i}.txt"], cmd = "printf %0{200 + i}d {i} > $@")\n' for i in range(40)),
+        f'genrule(name = "t{i}", outs = ["t{i}.txt"], cmd = "printf %0{200 + i}d {i} > $@")\n'
+        for i in range(40)),
 }
 
 
 def assert_one_line(result: Result, code: int, *needles: str) -> str:
     """The command failed with `code` and said why in one `posbuild:` line, without a traceback."""
-    assert result.returncode == code, (result.returncode, result.stdout[-2000:], result.stderr[-2000:])
+    assert result.returncode == code, (result.returncode, result.stdout[-2000:],
+                                       result.stderr[-2000:])
     assert "Traceback" not in result.stdout + result.stderr, result.stderr[-3000:]
     lines = [line for line in result.stderr.splitlines() if line.startswith("posbuild: ")]
     assert len(lines) == 1, result.stderr[-3000:]
@@ -51,7 +53,8 @@ DEEP_BUILD = {
 
 @pytest.mark.parametrize("kind", sorted(DEEP_BUILD))
 def test_a_deeply_nested_build_file_is_an_error_naming_its_line(ws, kind):
-    ws.write({"pkg/BUILD": 'genrule(name = "a", outs = ["a.txt"], cmd = "echo > $@")\n\n' + DEEP_BUILD[kind]})
+    first = 'genrule(name = "a", outs = ["a.txt"], cmd = "echo > $@")\n\n'
+    ws.write({"pkg/BUILD": first + DEEP_BUILD[kind]})
     assert_one_line(ws.build("//..."), 3, "pkg/BUILD:3: nested more than 200 levels deep")
     assert_one_line(ws.run("query", "//..."), 3, "pkg/BUILD:3:")
 
@@ -60,7 +63,8 @@ def test_a_deep_elif_chain_in_a_loaded_bzl_file_names_that_file(ws):
     body = "".join(f"    elif x == {i}:\n        return {i}\n" for i in range(1, 3000))
     ws.write({
         "pkg/deep.bzl": "def f(x):\n    if x == 0:\n        return 0\n" + body,
-        "pkg/BUILD": 'load(":deep.bzl", "f")\ngenrule(name = "a", outs = ["a.txt"], cmd = "echo > $@")\n',
+        "pkg/BUILD": 'load(":deep.bzl", "f")\ngenrule(name = "a", outs = ["a.txt"], cmd = "echo > '
+                     '$@")\n',
     })
     assert_one_line(ws.build("//..."), 3, "pkg/deep.bzl:", "nested more than 200 levels deep")
 
@@ -77,7 +81,7 @@ def test_an_ordinary_build_file_deep_enough_for_real_use_still_loads(ws):
                 return "c" if v > 3 and not v < 0 else "d"
         deep = {nested}
         genrule(name = "a", outs = ["a.txt"], cmd = "echo " + pick(2) + " > $@ # ((( [[[ " + "(" * 300)
-    """})
+    """})  # noqa: E501
     ws.ok("//...")
     assert ws.out("pkg/a.txt") == "b\n"
 
@@ -93,7 +97,8 @@ def test_a_load_chain_is_bounded(ws):
 def test_watch_reports_a_deeply_nested_build_file_and_goes_on(ws):
     from test_watch import Watch
 
-    ws.write({"pkg/BUILD": 'genrule(name = "a", srcs = ["a.txt"], outs = ["a.out"], cmd = "cp $< $@")\n',
+    ws.write({"pkg/BUILD": 'genrule(name = "a", srcs = ["a.txt"], outs = ["a.out"], cmd = "cp $< '
+                           '$@")\n',
               "pkg/a.txt": "1\n"})
     w = Watch(ws)
     try:
@@ -116,7 +121,8 @@ def test_a_query_of_50000_parentheses_is_a_syntax_error(ws):
     line = assert_one_line(ws.run("query", "(" * 50000 + "//pkg:a" + ")" * 50000), 2,
                            "nests more than 200 levels deep")
     assert len(line) < 500
-    assert_one_line(ws.run("query", "deps(" * 300 + "//pkg:a" + ")" * 300), 2, "nests more than 200")
+    assert_one_line(ws.run("query", "deps(" * 300 + "//pkg:a" + ")" * 300), 2,
+                    "nests more than 200")
 
 
 def test_a_deeply_nested_query_regex_is_a_syntax_error(ws):
@@ -149,7 +155,8 @@ def test_a_truncated_store_is_orch03_for_every_command_and_fsck_repair_recovers(
     repaired = ws.run("fsck", "--repair")
     assert repaired.returncode == 0, repaired.stdout + repaired.stderr
     assert "repaired: the store was damaged" in repaired.stdout and "moved it to" in repaired.stdout
-    assert list((ws.root / ".posbuild/store").glob("db.damaged-*/data.mdb"))  # kept aside as evidence
+    # kept aside as evidence
+    assert list((ws.root / ".posbuild/store").glob("db.damaged-*/data.mdb"))
     ws.ok("//...")
     assert ws.out("pkg/t3.txt") == "3".zfill(203)
     assert ws.run("fsck").returncode == 0
@@ -192,7 +199,8 @@ def test_a_read_only_store_is_one_line_and_stays_unchanged(ws):
         pytest.skip("bwrap not found (it makes the store read-only for a root user too)")
     ws.write(CHAIN)
     ws.ok("//...")
-    (ws.root / "pkg/BUILD").write_text(CHAIN["pkg/BUILD"].replace("%0", "x%0"))  # something to execute
+    # something to execute
+    (ws.root / "pkg/BUILD").write_text(CHAIN["pkg/BUILD"].replace("%0", "x%0"))
     store = ws.root / ".posbuild/store"
     before = _data(ws).read_bytes()
     proc = subprocess.run(["bwrap", "--bind", "/", "/", "--dev", "/dev", "--proc", "/proc",
@@ -212,12 +220,14 @@ def test_an_address_space_limit_below_the_map_size_still_builds_or_says_why(ws):
     ws.write(CHAIN)
     env = {**os.environ}
     run = lambda limit: subprocess.run([*POSBUILD, "build", "//..."], cwd=ws.root, env=env,  # noqa: E731
-                                       capture_output=True, text=True, timeout=120, preexec_fn=_address_space(limit))
+                                       capture_output=True, text=True, timeout=120,
+                                       preexec_fn=_address_space(limit))
     built = run(2 << 30)
     assert built.returncode == 0, built.stderr[-3000:]
     assert ws.out("pkg/t2.txt") == "2".zfill(202)
     refused = run(160 << 20)
-    assert_one_line(Result(refused.returncode, refused.stdout, refused.stderr), 1, "not enough address space")
+    assert_one_line(Result(refused.returncode, refused.stdout, refused.stderr), 1,
+                    "not enough address space")
 
 
 FULL_DISK = r"""
@@ -243,17 +253,20 @@ def test_a_full_disk_is_one_line_and_leaves_a_store_fsck_accepts(tmp_path):
     mount.mkdir()
     logs.mkdir()
     build = tmp_path / "BUILD"
-    build.write_text("".join(f'genrule(name = "t{i}", outs = ["t{i}.txt"], cmd = "head -c 4000 /dev/zero > $@")\n'
+    build.write_text("".join(f'genrule(name = "t{i}", outs = ["t{i}.txt"], cmd = "head -c 4000 '
+                             '/dev/zero > $@")\n'
                              for i in range(200)))
     probe = subprocess.run(["unshare", "-rm", "true"], capture_output=True)
     if probe.returncode != 0:
         pytest.skip(f"cannot create a mount namespace: {probe.stderr.decode().strip()}")
     script = tmp_path / "full.sh"
     script.write_text(textwrap.dedent(FULL_DISK))
-    subprocess.run(["unshare", "-rm", "sh", str(script), str(mount), str(build), sys.executable, str(logs)],
+    subprocess.run(["unshare", "-rm", "sh", str(script), str(mount), str(build), sys.executable,
+                    str(logs)],
                    check=True, timeout=300, env=os.environ)
     read = lambda name: (logs / name).read_text()  # noqa: E731
-    assert_one_line(Result(int(read("full.rc")), read("full.out"), read("full.err")), 1, "No space left on device")
+    assert_one_line(Result(int(read("full.rc")), read("full.out"), read("full.err")), 1,
+                    "No space left on device")
     assert read("fsck.rc").strip() == "0", read("fsck.out")
     assert read("again.rc").strip() == "0", read("again.out")
     assert read("fsck2.rc").strip() == "0", read("fsck2.out")
@@ -261,7 +274,9 @@ def test_a_full_disk_is_one_line_and_leaves_a_store_fsck_accepts(tmp_path):
 
 def test_an_unclosed_quote_before_deep_brackets_is_refused_at_once(ws):
     """Found by the fuzz test: the nesting scan's string pattern backtracked for minutes."""
-    ws.write({"pkg/BUILD": "def f(x):\n    if x:\n" + "(" * 700 + '"' + "(" * 400 + "\n        return x\n"})
+    ws.write(
+        {"pkg/BUILD": "def f(x):\n    if x:\n" + "(" * 700 + '"' + "(" * 400 + "\n        return "
+                                                                               "x\n"})
     result = ws.run("query", "//...", timeout=30)
     assert_one_line(result, 3, "pkg/BUILD:3: nested more than 200 levels deep")
 

@@ -52,18 +52,20 @@ class Cluster:
         self.env = {**os.environ, **(env or {})}
         self.workers: dict[str, subprocess.Popen[bytes]] = {}  # address → process
         log = folder / "scheduler.log"
-        self.scheduler = self._spawn([*_dask_command("scheduler"), "--host", "127.0.0.1", "--port", "0",
-                                      "--dashboard-address", "127.0.0.1:0"], log)
-        self.address = self._wait_for_line(log, re.compile(r"Scheduler at:\s+(tcp://\S+)"), self.scheduler)
+        self.scheduler = self._spawn([*_dask_command("scheduler"), "--host", "127.0.0.1", "--port",
+                                      "0", "--dashboard-address", "127.0.0.1:0"], log)
+        self.address = self._wait_for_line(log, re.compile(r"Scheduler at:\s+(tcp://\S+)"),
+                                           self.scheduler)
         self.client = distributed.Client(self.address, timeout=READY_TIMEOUT, set_as_default=False)
 
     def _spawn(self, argv: list[str], log: Path) -> subprocess.Popen[bytes]:
         with open(log, "wb") as handle:
-            return subprocess.Popen(argv, stdout=handle, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                    env=self.env, cwd=self.folder)
+            return subprocess.Popen(argv, stdout=handle, stderr=subprocess.STDOUT,
+                                    stdin=subprocess.DEVNULL, env=self.env, cwd=self.folder)
 
     @staticmethod
-    def _wait_for_line(log: Path, pattern: re.Pattern[str], process: subprocess.Popen[bytes]) -> str:
+    def _wait_for_line(log: Path, pattern: re.Pattern[str],
+                       process: subprocess.Popen[bytes]) -> str:
         deadline = time.monotonic() + READY_TIMEOUT
         while time.monotonic() < deadline:
             match = pattern.search(log.read_text(errors="replace")) if log.exists() else None
@@ -79,15 +81,17 @@ class Cluster:
         for _ in range(count):
             number = len(self.workers) + len(started)
             log = self.folder / f"worker{number}.log"
-            argv = [*_dask_command("worker"), self.address, "--host", "127.0.0.1", "--nthreads", "2", "--no-nanny",
-                    "--dashboard-address", "127.0.0.1:0", "--local-directory", str(self.folder / f"w{number}"),
-                    "--name", f"w{number}"]
+            argv = [*_dask_command("worker"), self.address, "--host", "127.0.0.1", "--nthreads",
+                    "2", "--no-nanny",
+                    "--dashboard-address", "127.0.0.1:0", "--local-directory",
+                    str(self.folder / f"w{number}"), "--name", f"w{number}"]
             if resources:
                 argv += ["--resources", resources]
             started.append((self._spawn(argv, log), log))
         addresses = []
         for process, log in started:
-            address = self._wait_for_line(log, re.compile(r"Start worker at:\s+(tcp://\S+)"), process)
+            address = self._wait_for_line(log, re.compile(r"Start worker at:\s+(tcp://\S+)"),
+                                          process)
             self.workers[address] = process
             addresses.append(address)
         self.client.wait_for_workers(len(self.workers), timeout=READY_TIMEOUT)
@@ -103,7 +107,8 @@ class Cluster:
             self.client.close(timeout=5)
         except Exception:
             pass
-        for process in [*self.workers.values(), self.scheduler]:  # nothing of theirs needs a clean exit
+        # nothing of theirs needs a clean exit
+        for process in [*self.workers.values(), self.scheduler]:
             if process.poll() is None:
                 process.kill()
             process.wait(10)
@@ -143,7 +148,8 @@ def workspace(tmp_path: Path, name: str, files: dict[str, str]) -> Workspace:
     return ws
 
 
-# -- a workspace of a few hundred actions -------------------------------------------------------------
+# -- a workspace of a few hundred actions
+# -------------------------------------------------------------
 
 PACKAGES, RULES = 8, 24
 
@@ -163,21 +169,26 @@ def pipeline() -> dict[str, str]:
     for p in range(PACKAGES):
         rules = []
         for r in range(RULES):
-            srcs = [f"s{r % 4}.txt"] + ([f":g{(r - 1) // 2}"] if r else [f"//p{p - 1}:g0"] if p else [])
+            srcs = [f"s{r % 4}.txt"] + ([f":g{(r - 1) // 2}"] if r else [f"//p{p - 1}:g0"]
+                                        if p else [])
             if r % 6 == 5:
-                cmd = "$(location //tools:stamp.sh) " + f"{r} $(location s{r % 4}.txt) > $@; cat $(SRCS) >> $@"
+                cmd = "$(location //tools:stamp.sh) " + (
+                    f"{r} $(location s{r % 4}.txt) > $@; cat $(SRCS) >> $@")
                 tools = ', tools = ["//tools:stamp.sh"]'
             elif r % 8 == 7:
                 cmd = "cksum < $(location //tools:big.bin) > $@; cat $(SRCS) | wc -l >> $@"
                 srcs.append("//tools:big.bin")
                 tools = ""
             else:
-                cmd = f"cat $(SRCS) | tail -n 40 > $@; echo {p}.{r} >> $@" + ("; chmod +x $@" if r % 5 == 0 else "")
+                cmd = f"cat $(SRCS) | tail -n 40 > $@; echo {p}.{r} >> $@" + ("; chmod +x $@"
+                                                                              if r % 5 == 0 else "")
                 tools = ""
             src_list = ", ".join(f'"{s}"' for s in srcs)
-            rules.append(f'genrule(name = "g{r}", srcs = [{src_list}], outs = ["g{r}.txt"], cmd = "{cmd}"{tools})\n')
-        rules.append(f'py_task(name = "py", script = "up.py", srcs = [":g{RULES - 1}"], outs = ["up.txt"],\n'
-                     f'        args = ["$(location :g{RULES - 1})", "$@"])\n')
+            rules.append(
+                f'genrule(name = "g{r}", srcs = [{src_list}], outs = ["g{r}.txt"], cmd = '
+                f'"{cmd}"{tools})\n')
+        rules.append(f'py_task(name = "py", script = "up.py", srcs = [":g{RULES - 1}"], outs = '
+                     f'["up.txt"],\n        args = ["$(location :g{RULES - 1})", "$@"])\n')
         files[f"p{p}/BUILD"] = "".join(rules)
         files[f"p{p}/up.py"] = ("import sys\nfrom lib.helper import shout\n"
                                 "open(sys.argv[2], 'w').write(shout(open(sys.argv[1]).read()))\n")
@@ -198,15 +209,16 @@ def log_json(ws: Workspace, *args: str) -> list[dict]:  # type: ignore[type-arg]
     return [json.loads(line) for line in result.stdout.splitlines()]
 
 
-def test_a_build_on_dask_is_byte_identical_to_a_local_one_then_hits_the_cache(cluster: Cluster,
-                                                                                tmp_path: Path) -> None:
+def test_a_build_on_dask_is_byte_identical_to_a_local_one_then_hits_the_cache(
+        cluster: Cluster, tmp_path: Path) -> None:
     files = pipeline()
     local, remote = workspace(tmp_path, "local", files), workspace(tmp_path, "remote", files)
     os.chmod(local.root / "tools/stamp.sh", 0o755)
     os.chmod(remote.root / "tools/stamp.sh", 0o755)
     total = PACKAGES * (RULES + 1)
 
-    assert counts(local.ok("--executor", "local", "-j", "2")) == {"executed": total, "cached": 0, "failed": 0}
+    assert counts(local.ok("--executor", "local", "-j", "2")) == {"executed": total, "cached": 0,
+                                                                  "failed": 0}
     result = remote.ok("--executor", cluster.url, "-j", "6")
     assert counts(result) == {"executed": total, "cached": 0, "failed": 0}
     assert outputs(remote) == outputs(local)
@@ -223,10 +235,13 @@ def test_a_build_on_dask_is_byte_identical_to_a_local_one_then_hits_the_cache(cl
     table = remote.run("log").stdout
     assert "ran on" in table and any(w.split("://")[1] in table for w in cluster.workers)
 
-    # Nothing changed: every action is a cache hit and nothing runs remotely, even with outputs gone.
-    assert counts(remote.ok("--executor", cluster.url)) == {"executed": 0, "cached": total, "failed": 0}
+    # Nothing changed: every action is a cache hit and nothing runs remotely, even with outputs
+    # gone.
+    assert counts(remote.ok("--executor", cluster.url)) == {"executed": 0, "cached": total,
+                                                            "failed": 0}
     assert remote.run("clean").returncode == 0
-    assert counts(remote.ok("--executor", cluster.url)) == {"executed": 0, "cached": total, "failed": 0}
+    assert counts(remote.ok("--executor", cluster.url)) == {"executed": 0, "cached": total,
+                                                            "failed": 0}
     assert outputs(remote) == outputs(local)
     assert not any(r["worker"] for r in log_json(remote))
 
@@ -239,14 +254,16 @@ def test_a_build_on_dask_is_byte_identical_to_a_local_one_then_hits_the_cache(cl
     assert outputs(remote) == outputs(local)
 
 
-def test_config_selects_the_executor_and_failures_stay_isolated(cluster: Cluster, tmp_path: Path) -> None:
+def test_config_selects_the_executor_and_failures_stay_isolated(cluster: Cluster,
+                                                                tmp_path: Path) -> None:
     ws = workspace(tmp_path, "ws", {
         "posbuild.toml": f'[executor]\nkind = "dask"\naddress = "{cluster.address}"\n',
         "p/BUILD": 'genrule(name = "ok", outs = ["ok.txt"], cmd = "echo fine > $@")\n'
                    'genrule(name = "bad", outs = ["bad.txt"], cmd = "echo broken >&2; exit 3")\n'
-                   'genrule(name = "after", srcs = [":bad"], outs = ["after.txt"], cmd = "cp $< $@")\n'
-                   'genrule(name = "nothing", outs = ["nothing.txt"], cmd = "true")\n'
-                   'genrule(name = "slow", outs = ["slow.txt"], cmd = "sleep 5; touch $@", timeout = 1)\n',
+                   'genrule(name = "after", srcs = [":bad"], outs = ["after.txt"], cmd = "cp $< '
+                   '$@")\ngenrule(name = "nothing", outs = ["nothing.txt"], cmd = "true")\n'
+                   'genrule(name = "slow", outs = ["slow.txt"], cmd = "sleep 5; touch $@", timeout '
+                   '= 1)\n',
     })
     result = ws.build("-k")
     assert result.returncode == 1, result.stderr
@@ -256,7 +273,8 @@ def test_config_selects_the_executor_and_failures_stay_isolated(cluster: Cluster
     assert "'posbuild-out/p/nothing.txt' was not created" in result.stdout + result.stderr
     assert "timed out after 1 s" in result.stdout + result.stderr
     records = {r["label"]: r for r in log_json(ws)}
-    assert records["//p:bad"]["state"] == "FAILED" and records["//p:bad"]["worker"] in cluster.workers
+    assert records["//p:bad"]["state"] == "FAILED" \
+            and records["//p:bad"]["worker"] in cluster.workers
     assert records["//p:after"]["state"] == "SKIPPED"
     assert not (ws.root / "posbuild-out/p/after.txt").exists()
     # `--executor local` overrides posbuild.toml.
@@ -264,37 +282,44 @@ def test_config_selects_the_executor_and_failures_stay_isolated(cluster: Cluster
     assert local.returncode == 0, local.stderr
 
 
-def test_an_action_that_fits_no_worker_is_orch_05_before_anything_runs(cluster: Cluster, tmp_path: Path) -> None:
+def test_an_action_that_fits_no_worker_is_orch_05_before_anything_runs(cluster: Cluster,
+                                                                       tmp_path: Path) -> None:
     ws = workspace(tmp_path, "ws", {
         "p/BUILD": 'genrule(name = "small", outs = ["small.txt"], cmd = "touch $@")\n'
-                   'genrule(name = "huge", outs = ["huge.txt"], cmd = "touch $@", resources = {"mem_mb": 4096})\n',
+                   'genrule(name = "huge", outs = ["huge.txt"], cmd = "touch $@", resources = '
+                   '{"mem_mb": 4096})\n',
     })
     result = ws.build("--executor", cluster.url)
     assert result.returncode == 15, result.stderr
     assert result.stderr.strip() == (
-        f'posbuild: ORCH-05 resource oversubscription: //p:huge requests cpu=1 mem_mb=4096 but the Dask cluster at '
-        f'{cluster.address} cannot run it: no worker declares that much (cpu=2 mem_mb=2048); start workers with '
-        f'--resources "cpu=N,mem_mb=M"')
+        'posbuild: ORCH-05 resource oversubscription: //p:huge requests cpu=1 mem_mb=4096 but the '
+        f'Dask cluster at {cluster.address} cannot run it: no worker declares that much (cpu=2 '
+        'mem_mb=2048); start workers with --resources "cpu=N,mem_mb=M"')
     assert not (ws.root / "posbuild-out/p/small.txt").exists()
-    # The local budget does not apply on the cluster: cpu=2 runs there even if posbuild.toml allows 1.
+    # The local budget does not apply on the cluster: cpu=2 runs there even if posbuild.toml allows
+    # 1.
     ws.write({"posbuild.toml": "[resources]\ncpu = 1\n",
-              "p/BUILD": 'genrule(name = "wide", outs = ["wide.txt"], cmd = "echo $$OMP_NUM_THREADS > $@",'
-                         ' resources = {"cpu": 2, "mem_mb": 100})\n'})
+              "p/BUILD": 'genrule(name = "wide", outs = ["wide.txt"], cmd = "echo '
+                         '$$OMP_NUM_THREADS > $@", resources = {"cpu": 2, "mem_mb": 100})\n'})
     assert ws.build().returncode == 15  # locally: beyond the budget
     ws.ok("--executor", cluster.url)
     assert ws.out("p/wide.txt") == "2\n"
 
 
-def test_secrets_reach_only_the_worker_that_runs_the_action(cluster: Cluster, tmp_path: Path) -> None:
+def test_secrets_reach_only_the_worker_that_runs_the_action(cluster: Cluster,
+                                                            tmp_path: Path) -> None:
     secret = "s3cr3t-" + os.urandom(8).hex()
     ws = workspace(tmp_path, "ws", {
         "p/BUILD": 'genrule(name = "use", outs = ["sum.txt"], secrets = ["API_TOKEN"],\n'
                    '        cmd = "sleep 1.5; printf %s \\"$$API_TOKEN\\" | cksum > $@")\n',
     })
-    build = subprocess.Popen([*POSBUILD, "build", "--executor", cluster.url], cwd=ws.root, text=True,
-                             env={**os.environ, "API_TOKEN": secret}, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    build = subprocess.Popen([*POSBUILD, "build", "--executor", cluster.url], cwd=ws.root,
+                             text=True,
+                             env={**os.environ, "API_TOKEN": secret}, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE)
 
-    def task_specs(dask_scheduler: object) -> bytes:  # runs on the scheduler (a nested function travels by value)
+    # runs on the scheduler (a nested function travels by value)
+    def task_specs(dask_scheduler: object) -> bytes:
         import pickle
 
         return b"".join(pickle.dumps(ts.run_spec) for key, ts in dask_scheduler.tasks.items()  # type: ignore
@@ -302,7 +327,8 @@ def test_secrets_reach_only_the_worker_that_runs_the_action(cluster: Cluster, tm
 
     specs = b""
     deadline = time.monotonic() + 30
-    while build.poll() is None and time.monotonic() < deadline:  # what the scheduler holds meanwhile
+    # what the scheduler holds meanwhile
+    while build.poll() is None and time.monotonic() < deadline:
         specs += cluster.client.run_on_scheduler(task_specs)
         if specs:
             break
@@ -315,18 +341,20 @@ def test_secrets_reach_only_the_worker_that_runs_the_action(cluster: Cluster, tm
     assert ws.out("p/sum.txt") == expected
 
 
-def test_a_worker_killed_mid_build_is_replaced_then_repeated_deaths_fail_clearly(new_cluster: Cluster,
-                                                                               tmp_path: Path) -> None:
+def test_a_worker_killed_mid_build_is_replaced_then_repeated_deaths_fail_clearly(
+        new_cluster: Cluster, tmp_path: Path) -> None:
     first, second, doomed = new_cluster.add_workers(3)
-    slow = "".join(f'genrule(name = "t{i}", outs = ["t{i}.txt"], cmd = "sleep 0.6; echo {i} > $@")\n'
+    slow = "".join(f'genrule(name = "t{i}", outs = ["t{i}.txt"], cmd = "sleep 0.6; echo {i} > '
+                   '$@")\n'
                    for i in range(12))
     ws = workspace(tmp_path, "ws", {
         "posbuild.toml": '[sandbox]\nmode = "folder"\n',
-        "p/BUILD": slow + 'genrule(name = "all", srcs = [%s], outs = ["all.txt"], cmd = "cat $(SRCS) > $@")\n'
+        "p/BUILD": slow + 'genrule(name = "all", srcs = [%s], outs = ["all.txt"], cmd = "cat '
+                          '$(SRCS) > $@")\n'
                    % ", ".join(f'":t{i}"' for i in range(12)),
     })
-    build = subprocess.Popen([*POSBUILD, "build", "--executor", new_cluster.url, "-j", "6"], cwd=ws.root,
-                             text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    build = subprocess.Popen([*POSBUILD, "build", "--executor", new_cluster.url, "-j", "6"],
+                             cwd=ws.root, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     interrupted = _wait_until_processing(new_cluster, doomed)
     new_cluster.kill_worker(doomed)
     out, err = build.communicate(timeout=120)
@@ -338,7 +366,9 @@ def test_a_worker_killed_mid_build_is_replaced_then_repeated_deaths_fail_clearly
         assert records[label]["worker"] in (first, second), (label, records[label])
 
     # An action that kills whichever worker runs it: run again once, then a clear failure.
-    ws.write({"p/BUILD": 'genrule(name = "killer", outs = ["k.txt"], cmd = "kill -9 $$PPID; sleep 5; touch $@")\n'})
+    ws.write(
+        {"p/BUILD": 'genrule(name = "killer", outs = ["k.txt"], cmd = "kill -9 $$PPID; sleep 5; '
+                    'touch $@")\n'})
     started = time.monotonic()
     result = ws.build("--executor", new_cluster.url)
     assert result.returncode == 1, result.stdout + result.stderr
@@ -361,14 +391,16 @@ def _wait_until_processing(cluster: Cluster, worker: str) -> list[str]:
     raise AssertionError(f"{worker} never ran an action")
 
 
-def test_losing_the_scheduler_fails_cleanly_and_a_local_build_recovers(new_cluster: Cluster, tmp_path: Path) -> None:
+def test_losing_the_scheduler_fails_cleanly_and_a_local_build_recovers(new_cluster: Cluster,
+                                                                       tmp_path: Path) -> None:
     (worker,) = new_cluster.add_workers(1)
     ws = workspace(tmp_path, "ws", {
-        "p/BUILD": "".join(f'genrule(name = "t{i}", outs = ["t{i}.txt"], cmd = "sleep 1; echo {i} > $@")\n'
+        "p/BUILD": "".join(f'genrule(name = "t{i}", outs = ["t{i}.txt"], cmd = "sleep 1; echo {i} '
+                           '> $@")\n'
                            for i in range(6)),
     })
-    build = subprocess.Popen([*POSBUILD, "build", "--executor", new_cluster.url, "-j", "2"], cwd=ws.root,
-                             text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    build = subprocess.Popen([*POSBUILD, "build", "--executor", new_cluster.url, "-j", "2"],
+                             cwd=ws.root, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     _wait_until_processing(new_cluster, worker)
     started = time.monotonic()
     new_cluster.client.close(timeout=5)
@@ -377,7 +409,8 @@ def test_losing_the_scheduler_fails_cleanly_and_a_local_build_recovers(new_clust
     assert time.monotonic() - started < 30
     assert build.returncode == 1, out + err
     lines = err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith(f"posbuild: lost the Dask scheduler at {new_cluster.address}"), err
+    assert len(lines) == 1 and lines[0].startswith(
+        f"posbuild: lost the Dask scheduler at {new_cluster.address}"), err
     assert "Traceback" not in out + err
     for path in (ws.root / "posbuild-out").rglob("*.txt"):  # whatever finished before is whole
         assert path.read_text() == f"{path.stem[1:]}\n"
@@ -387,18 +420,24 @@ def test_losing_the_scheduler_fails_cleanly_and_a_local_build_recovers(new_clust
     assert [ws.out(f"p/t{i}.txt") for i in range(6)] == [f"{i}\n" for i in range(6)]
 
 
-def test_a_worker_whose_environment_differs_is_orch_07(new_cluster: Cluster, tmp_path: Path) -> None:
-    extra = tmp_path / "extra" / "extra_pkg-1.0.dist-info"  # one more distribution on the worker's path
+def test_a_worker_whose_environment_differs_is_orch_07(new_cluster: Cluster,
+                                                       tmp_path: Path) -> None:
+    # one more distribution on the worker's path
+    extra = tmp_path / "extra" / "extra_pkg-1.0.dist-info"
     extra.mkdir(parents=True)
     (extra / "METADATA").write_text("Metadata-Version: 2.1\nName: extra-pkg\nVersion: 1.0\n")
     new_cluster.env["PYTHONPATH"] = str(extra.parent)
     (worker,) = new_cluster.add_workers(1)
-    ws = workspace(tmp_path, "ws", {"p/BUILD": 'genrule(name = "t", outs = ["t.txt"], cmd = "echo 1 > $@")\n'})
+    ws = workspace(tmp_path, "ws",
+                   {"p/BUILD": 'genrule(name = "t", outs = ["t.txt"], cmd = "echo 1 > $@")\n'})
     result = ws.build("--executor", new_cluster.url)
     assert result.returncode == 17, result.stdout + result.stderr
-    assert re.fullmatch(rf"posbuild: ORCH-07 environment drift: Dask worker {worker} \(\S+\) has h_E [0-9a-f]{{12}}, "
-                        r"not this machine's [0-9a-f]{12} \(added dist\.extra-pkg 1\.0\); give the workers this "
-                        r"environment, or pass --allow-env-drift", result.stderr.strip()), result.stderr
+    assert re.fullmatch(rf"posbuild: ORCH-07 environment drift: Dask worker {worker} \(\S+\) has "
+                        r"h_E [0-9a-f]{12}, "
+                        r"not this machine's [0-9a-f]{12} \(added dist\.extra-pkg 1\.0\); give the "
+                        r"workers this "
+                        r"environment, or pass --allow-env-drift",
+                        result.stderr.strip()), result.stderr
     assert not (ws.root / "posbuild-out/p/t.txt").exists()
     ws.ok("--executor", new_cluster.url, "--allow-env-drift")
     assert ws.out("p/t.txt") == "1\n"
@@ -406,15 +445,20 @@ def test_a_worker_whose_environment_differs_is_orch_07(new_cluster: Cluster, tmp
 
 @needs_distributed
 def test_an_unreachable_scheduler_is_one_clear_line(tmp_path: Path) -> None:
-    ws = workspace(tmp_path, "ws", {"p/BUILD": 'genrule(name = "t", outs = ["t.txt"], cmd = "touch $@")\n'})
-    result = ws.build("--executor", "dask://127.0.0.1:1", env={"DASK_DISTRIBUTED__COMM__TIMEOUTS__CONNECT": "1s"})
+    ws = workspace(tmp_path, "ws",
+                   {"p/BUILD": 'genrule(name = "t", outs = ["t.txt"], cmd = "touch $@")\n'})
+    result = ws.build("--executor", "dask://127.0.0.1:1",
+                      env={"DASK_DISTRIBUTED__COMM__TIMEOUTS__CONNECT": "1s"})
     assert result.returncode == 1
-    assert result.stderr.startswith("posbuild: cannot reach the Dask scheduler at tcp://127.0.0.1:1 (")
+    assert result.stderr.startswith(
+        "posbuild: cannot reach the Dask scheduler at tcp://127.0.0.1:1 (")
     assert len(result.stderr.strip().splitlines()) == 1
 
 
-def test_a_bad_or_missing_address_is_one_clear_line_with_or_without_distributed(tmp_path: Path) -> None:
-    ws = workspace(tmp_path, "ws", {"p/BUILD": 'genrule(name = "t", outs = ["t.txt"], cmd = "touch $@")\n'})
+def test_a_bad_or_missing_address_is_one_clear_line_with_or_without_distributed(
+    tmp_path: Path) -> None:
+    ws = workspace(tmp_path, "ws",
+                   {"p/BUILD": 'genrule(name = "t", outs = ["t.txt"], cmd = "touch $@")\n'})
     bad = ws.build("--executor", "dask://127.0.0.1:notaport")
     assert bad.returncode == 2 and "expected dask://HOST:PORT" in bad.stderr
     ws.write({"posbuild.toml": '[executor]\nkind = "dask"\n'})
@@ -423,17 +467,20 @@ def test_a_bad_or_missing_address_is_one_clear_line_with_or_without_distributed(
 
 
 def test_without_distributed_the_dask_executor_says_how_to_install_it(tmp_path: Path) -> None:
-    ws = workspace(tmp_path, "ws", {"p/BUILD": 'genrule(name = "t", outs = ["t.txt"], cmd = "touch $@")\n'})
-    blocked = ("import sys; sys.modules['distributed'] = None; sys.argv = ['posbuild', *sys.argv[1:]]; "
-               "from posbuild.cli import main; main()")
-    result = subprocess.run([sys.executable, "-c", blocked, "build", "--executor", "dask://127.0.0.1:8786"],
+    ws = workspace(tmp_path, "ws",
+                   {"p/BUILD": 'genrule(name = "t", outs = ["t.txt"], cmd = "touch $@")\n'})
+    blocked = ("import sys; sys.modules['distributed'] = None; sys.argv = ['posbuild', "
+               "*sys.argv[1:]]; from posbuild.cli import main; main()")
+    result = subprocess.run([sys.executable, "-c", blocked, "build", "--executor",
+                             "dask://127.0.0.1:8786"],
                             cwd=ws.root, capture_output=True, text=True, timeout=60)
     assert result.returncode == 2, result.stderr
-    assert result.stderr.strip() == ("posbuild: the dask executor needs the 'distributed' package, which is not "
-                                     "installed: pip install 'posbuild[dask]'")
+    assert result.stderr.strip() == ("posbuild: the dask executor needs the 'distributed' package, "
+                                     "which is not installed: pip install 'posbuild[dask]'")
 
 
-# -- the pure parts, without a cluster ----------------------------------------------------------------
+# -- the pure parts, without a cluster
+# ----------------------------------------------------------------
 
 
 @pytest.mark.parametrize("text, address", [
@@ -450,7 +497,8 @@ def test_scheduler_addresses(text: str, address: str) -> None:
     assert scheduler_address(text) == address
 
 
-@pytest.mark.parametrize("text", ["dask://:8786", "dask://host:0", "dask://host:x", "http://host:8786"])
+@pytest.mark.parametrize("text",
+                         ["dask://:8786", "dask://host:0", "dask://host:x", "http://host:8786"])
 def test_bad_scheduler_addresses(text: str) -> None:
     from posbuild.dask_cluster import scheduler_address
     from posbuild.errors import UsageError
@@ -465,18 +513,22 @@ def test_placement_by_declared_resources_or_by_threads() -> None:
     from posbuild.errors import ResourceOversubscription
 
     def action(label: str, cpu: int, mem_mb: int) -> Action:
-        return Action(label, "genrule", "true", (), (), (), (), (), 0, (), b"", (), (), (cpu, mem_mb, 1))
+        return Action(label, "genrule", "true", (), (), (), (), (), 0, (), b"", (), (),
+                      (cpu, mem_mb, 1))
 
     plain = [WorkerInfo("tcp://a:1", 4, ())]
     declared = [WorkerInfo("tcp://a:1", 2, (("cpu", 2.0), ("mem_mb", 2048.0))),
                 WorkerInfo("tcp://b:1", 8, (("cpu", 8.0),))]
     assert not declares_resources(plain) and declares_resources(declared)
-    assert dask_resources((1, 0, 1), False) == {} and dask_resources((2, 512, 1), True) == {"cpu": 2, "mem_mb": 512}
+    assert dask_resources((1, 0, 1), False) == {} \
+            and dask_resources((2, 512, 1), True) == {"cpu": 2, "mem_mb": 512}
     check_fits([action("//p:a", 1, 0), action("//p:b", 0, 0)], plain, "tcp://s:1")
     check_fits([action("//p:a", 8, 0), action("//p:b", 2, 2048)], declared, "tcp://s:1")
-    with pytest.raises(ResourceOversubscription, match=r"//p:big requests cpu=2 .* its workers declare no "):
+    with pytest.raises(ResourceOversubscription,
+                       match=r"//p:big requests cpu=2 .* its workers declare no "):
         check_fits([action("//p:a", 1, 0), action("//p:big", 2, 0)], plain, "tcp://s:1")
-    with pytest.raises(ResourceOversubscription, match=r"//p:both requests cpu=4 mem_mb=100 .*\(cpu=2 mem_mb=2048; "
+    with pytest.raises(ResourceOversubscription,
+                       match=r"//p:both requests cpu=4 mem_mb=100 .*\(cpu=2 mem_mb=2048; "
                                                        r"cpu=8 mem_mb=0\)"):
         check_fits([action("//p:both", 4, 100)], declared, "tcp://s:1")
 

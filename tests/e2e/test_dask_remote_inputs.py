@@ -30,7 +30,8 @@ MARKER = f"marker-{os.urandom(12).hex()}\n"
 FILES = {
     "p/data.txt": "".join(f"line {i % 7}\n" for i in range(200)),
     "p/marker.txt": MARKER,
-    "p/big.bin": "".join(f"{i:07d}\n" for i in range(300 * 1024 // 8)),  # above what rides in a task
+    # above what rides in a task
+    "p/big.bin": "".join(f"{i:07d}\n" for i in range(300 * 1024 // 8)),
     "p/tool.sh": '#!/bin/sh\necho "tool $1"\ncat "$1"\n',
     "p/BUILD": """
         genrule(name = "a", srcs = ["data.txt"], outs = ["a.txt"], cmd = "sort $< | uniq -c > $@")
@@ -39,12 +40,13 @@ FILES = {
         genrule(name = "m", srcs = ["marker.txt"], outs = ["m.txt"], tools = ["tool.sh"],
                 cmd = "sleep 1.5; $(location tool.sh) $(location marker.txt) > $@")
         genrule(name = "c", srcs = [":b", ":m"], outs = ["c.txt"], cmd = "cat $(SRCS) > $@; chmod +x $@")
-    """,
+    """,  # noqa: E501
 }
 
 
 def with_remote(tmp_path: Path, name: str, url: str, files: dict[str, str] = FILES) -> Workspace:
-    ws = workspace(tmp_path, name, {**files, "posbuild.toml": f'[cache]\nremote = "{url}"\ntimeout = 2\n'})
+    ws = workspace(tmp_path, name,
+                   {**files, "posbuild.toml": f'[cache]\nremote = "{url}"\ntimeout = 2\n'})
     os.chmod(ws.root / "p/tool.sh", 0o755)
     return ws
 
@@ -57,8 +59,8 @@ def local_reference(tmp_path: Path, files: dict[str, str] = FILES) -> dict[str, 
 
 
 def build(ws: Workspace, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([*POSBUILD, "build", *args], cwd=ws.root, env={**os.environ, **KEY}, text=True,
-                          capture_output=True, timeout=180)
+    return subprocess.run([*POSBUILD, "build", *args], cwd=ws.root, env={**os.environ, **KEY},
+                          text=True, capture_output=True, timeout=180)
 
 
 def warnings(stderr: str) -> list[str]:
@@ -81,15 +83,18 @@ def sha(text: str | bytes) -> str:
 
 
 def executed_inputs(ws: Workspace) -> int:
-    lines = subprocess.run([*POSBUILD, "log", "--json"], cwd=ws.root, capture_output=True, text=True).stdout
-    return sum(len(r["inputs"]) for r in map(json.loads, lines.splitlines()) if r["state"] == "SUCCESS")
+    lines = subprocess.run([*POSBUILD, "log", "--json"], cwd=ws.root, capture_output=True,
+                           text=True).stdout
+    return sum(len(r["inputs"]) for r in map(json.loads, lines.splitlines())
+               if r["state"] == "SUCCESS")
 
 
 def test_workers_read_inputs_from_the_remote_not_from_the_tasks(cluster: Cluster, tmp_path: Path,
                                                                   nginx: Nginx) -> None:  # noqa: F811
     reference = local_reference(tmp_path)
     ws = with_remote(tmp_path, "ws", nginx.url)
-    proc = subprocess.Popen([*POSBUILD, "build", "--executor", cluster.url, "-j", "4", "--remote-upload"],
+    proc = subprocess.Popen([*POSBUILD, "build", "--executor", cluster.url, "-j", "4",
+                             "--remote-upload"],
                             cwd=ws.root, text=True, env={**os.environ, **KEY},
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 
@@ -121,7 +126,8 @@ def test_workers_read_inputs_from_the_remote_not_from_the_tasks(cluster: Cluster
     assert len(gets) == read and all(g.endswith(" 200") for g in gets)
     for source in ("p/data.txt", "p/marker.txt", "p/big.bin", "p/tool.sh"):
         assert f"GET /cache/cas/{sha((ws.root / source).read_bytes())} 200" in gets
-    assert f"GET /cache/cas/{sha(reference['p/a.txt'][0])} 200" in gets  # an output, as the next one's input
+    # an output, as the next one's input
+    assert f"GET /cache/cas/{sha(reference['p/a.txt'][0])} 200" in gets
     assert "PUT" in " ".join(nginx.requests())  # the inputs were uploaded before the actions ran
 
 
@@ -133,7 +139,7 @@ def test_a_read_only_build_ships_what_the_remote_lacks_and_survives_a_tampered_b
     # Without upload: an input the remote has is read from it, one it lacks travels with the task.
     ws.write({"p/new.txt": "new\n", "p/BUILD": FILES["p/BUILD"] + """
         genrule(name = "n", srcs = ["new.txt", "data.txt"], outs = ["n.txt"], cmd = "cat $(SRCS) > $@")
-    """})
+    """})  # noqa: E501
     before = len(nginx.requests())
     first = build(ws, "--executor", cluster.url)
     assert first.returncode == 0, first.stderr
@@ -142,7 +148,8 @@ def test_a_read_only_build_ships_what_the_remote_lacks_and_survives_a_tampered_b
     assert ws.out("p/n.txt") == "new\n" + FILES["p/data.txt"]
     requests = nginx.requests()[before:]
     assert f"HEAD /cache/cas/{sha('new' + chr(10))} 404" in requests
-    assert f"GET /cache/cas/{sha(FILES['p/data.txt'])} 200" in requests  # uploaded by the first build
+    # uploaded by the first build
+    assert f"GET /cache/cas/{sha(FILES['p/data.txt'])} 200" in requests
     assert not any(r.startswith("PUT") for r in requests)
     assert read_by_workers(first.stderr) == 1
 
@@ -155,10 +162,11 @@ def test_a_read_only_build_ships_what_the_remote_lacks_and_survives_a_tampered_b
     assert second.returncode == 0, second.stderr
     [warning] = warnings(second.stderr)
     assert warning.startswith(f"posbuild: warning: remote cache {nginx.url}: Dask worker tcp://")
-    assert (f"could not read an action's inputs from it (input p/data.txt: /cas/{blob.name} on {nginx.url} holds "
-            f"other bytes") in warning and warning.endswith("inputs travel through Dask from here on")
-    expected = subprocess.run("sort | uniq -c | sort -rn", shell=True, input=FILES["p/data.txt"], text=True,
-                              capture_output=True).stdout
+    assert (f"could not read an action's inputs from it (input p/data.txt: /cas/{blob.name} on "
+            f"{nginx.url} holds other bytes") in warning \
+                and warning.endswith("inputs travel through Dask from here on")
+    expected = subprocess.run("sort | uniq -c | sort -rn", shell=True, input=FILES["p/data.txt"],
+                              text=True, capture_output=True).stdout
     assert ws.out("p/a.txt") == expected  # from the true bytes
     assert ws.run("fsck").returncode == 0
 
@@ -178,7 +186,8 @@ def test_a_remote_that_is_down_costs_one_warning_and_inputs_travel_through_dask(
     assert outputs(ws) == reference
 
 
-# -- the keyless CAS client a worker uses, on its own -----------------------------------------------
+# -- the keyless CAS client a worker uses, on its own
+# -----------------------------------------------
 
 
 def test_the_keyless_cas_client_verifies_both_digests(tmp_path: Path, nginx: Nginx) -> None:  # noqa: F811
@@ -196,12 +205,14 @@ def test_the_keyless_cas_client_verifies_both_digests(tmp_path: Path, nginx: Ngi
 
     (nginx.root / "cas" / name.hex()).write_bytes(data.upper())
     why = reader.read_blob(name, digest, target := tmp_path / "bad")
-    assert why.startswith(f"/cas/{name.hex()} on {nginx.url} holds other bytes") and not target.exists()
+    assert why.startswith(f"/cas/{name.hex()} on {nginx.url} holds other bytes") \
+            and not target.exists()
     other = sha256_of(b"absent")
-    assert reader.read_blob(other, hash_bytes(b"absent"), tmp_path / "absent") == f"/cas/{other.hex()} is missing " \
-                                                                                     f"from {nginx.url}"
+    missing = reader.read_blob(other, hash_bytes(b"absent"), tmp_path / "absent")
+    assert missing == f"/cas/{other.hex()} is missing from {nginx.url}"
     looker = RemoteCache(nginx.url, 2, b"key", False, lambda message: None)
-    assert looker.offer_blob(name, data) and not looker.offer_blob(other, b"absent")  # HEAD only, no PUT
+    # HEAD only, no PUT
+    assert looker.offer_blob(name, data) and not looker.offer_blob(other, b"absent")
     assert not (nginx.root / "cas" / other.hex()).exists()
 
     nginx.kill()

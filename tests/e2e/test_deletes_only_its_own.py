@@ -20,13 +20,15 @@ BUILD = 'genrule(name = "a", srcs = ["in.txt"], outs = ["a.txt"], cmd = "cp $< $
 
 
 def _workspace(tmp_path: Path, toml: str) -> tuple[Workspace, dict[str, str]]:
-    """A workspace with one action, and an environment whose HOME is a temp folder with a sentinel."""
+    """A workspace with one action, and an environment whose HOME is a temp folder with a
+    sentinel."""
     home = tmp_path / "home"
     home.mkdir()
     (home / "sentinel.txt").write_text("the user's file\n")
     ws = Workspace(tmp_path / "ws")
     ws.root.mkdir()
-    ws.write({"posbuild.toml": toml, "p/BUILD": BUILD, "p/in.txt": "1\n", "sentinel.txt": "a source\n"})
+    ws.write({"posbuild.toml": toml, "p/BUILD": BUILD, "p/in.txt": "1\n",
+              "sentinel.txt": "a source\n"})
     return ws, {"HOME": str(home)}
 
 
@@ -82,8 +84,10 @@ def test_a_bad_placement_is_refused_at_load(tmp_path, key, value, why):
 
 def test_a_store_and_a_sandbox_base_inside_one_another_are_refused(tmp_path):
     shared = tmp_path / "scratch"
-    ws, env = _workspace(tmp_path, f'[cache]\ndir = "{shared}"\n[build]\nsandbox_base = "{shared}/sandboxes"\n')
-    _one_error_line(ws.run("query", "//...", env=env), "[cache] dir", "[build] sandbox_base", "inside one another")
+    ws, env = _workspace(
+        tmp_path, f'[cache]\ndir = "{shared}"\n[build]\nsandbox_base = "{shared}/sandboxes"\n')
+    _one_error_line(ws.run("query", "//...", env=env), "[cache] dir", "[build] sandbox_base",
+                    "inside one another")
 
 
 @pytest.mark.parametrize("toml", [
@@ -106,14 +110,16 @@ def test_a_sandbox_base_holding_other_files_survives_builds(tmp_path):
     base.mkdir()
     (base / "results.csv").write_text("a user's data\n")
     (base / "123-0").mkdir()  # even a name like a sandbox's: the folder is not posbuild's
-    ws, env = _workspace(tmp_path, f'[build]\nsandbox_base = "{base}"\n[sandbox]\nmode = "folder"\n')
+    ws, env = _workspace(tmp_path,
+                         f'[build]\nsandbox_base = "{base}"\n[sandbox]\nmode = "folder"\n')
     _one_error_line(ws.build("//...", env=env), str(base), "did not make")
     assert (base / "results.csv").read_text() == "a user's data\n" and (base / "123-0").is_dir()
 
     own = tmp_path / "sandboxes"
     ws.write({"posbuild.toml": f'[build]\nsandbox_base = "{own}"\n[sandbox]\nmode = "folder"\n'})
     ws.ok("//...")
-    assert (own / "CACHEDIR.TAG").read_bytes().startswith(b"Signature: 8a477f597d28d172789f06886806bc55")
+    assert (own / "CACHEDIR.TAG").read_bytes().startswith(
+        b"Signature: 8a477f597d28d172789f06886806bc55")
     (own / "notes.txt").write_text("dropped here later\n")
     ws.write({"p/in.txt": "2\n"})
     ws.ok("//...")
@@ -134,7 +140,8 @@ def test_a_store_folder_holding_other_files_is_refused(tmp_path):
 
 
 def test_rollback_never_deletes_a_store_under_posbuild_out(tmp_path):
-    """A store under posbuild-out/ was deleted by `rollback` (files no generation lists): refused."""
+    """A store under posbuild-out/ was deleted by `rollback` (files no generation lists):
+    refused."""
     ws, env = _workspace(tmp_path, '[cache]\ndir = "posbuild-out/cache"\n')
     ws.build("//...", env=env)
     result = ws.run("rollback", env=env)
@@ -206,12 +213,15 @@ def test_clean_beside_running_builds_never_breaks_either(tmp_path):
     ws.root.mkdir()
     files = {"posbuild.toml": '[sandbox]\nmode = "folder"\n'}
     for p in range(3):
-        files[f"p{p}/BUILD"] = "".join(f'genrule(name = "t{i}", outs = ["t{i}.txt"], cmd = "echo {p} {i} > $@")\n'
+        files[f"p{p}/BUILD"] = "".join(f'genrule(name = "t{i}", outs = ["t{i}.txt"], cmd = "echo '
+                                       f'{p} {i} > $@")\n'
                                        for i in range(40))
     ws.write(files)
     script = tmp_path / "loop.sh"  # runs its arguments again and again for 12 s
-    script.write_text('end=$((SECONDS + 12))\nwhile [ $SECONDS -lt $end ]; do "$@" || echo "exit $?" >&2; done\n')
-    builds = [subprocess.Popen(["bash", str(script), *POSBUILD, "build", "-q", pattern], cwd=ws.root,
+    script.write_text(
+        'end=$((SECONDS + 12))\nwhile [ $SECONDS -lt $end ]; do "$@" || echo "exit $?" >&2; done\n')
+    builds = [subprocess.Popen(["bash", str(script), *POSBUILD, "build", "-q", pattern],
+                               cwd=ws.root,
                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
               for pattern in ("//...", "//p1/...", "//p2:all")]
     cleans = subprocess.Popen(["bash", str(script), *POSBUILD, "clean", "--all"], cwd=ws.root,
@@ -284,13 +294,14 @@ def test_a_command_that_writes_waits_for_the_lock_before_writing_anything(tmp_pa
     before = _snapshot(ws.root)
     with open(ws.root / ".posbuild" / "lock", "a+") as held:
         fcntl.flock(held, fcntl.LOCK_EX)
-        proc = subprocess.Popen([*POSBUILD, *args], cwd=ws.root, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                text=True, env={**os.environ, **env})
+        proc = subprocess.Popen([*POSBUILD, *args], cwd=ws.root, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True, env={**os.environ, **env})
         time.sleep(2)
         running = proc.poll() is None
         after = _snapshot(ws.root)
     out, err = proc.communicate(timeout=120)
     assert running, f"{' '.join(args)} did not wait for the lock: {out}{err}"
-    changed = sorted(path for path in before.keys() | after.keys() if before.get(path) != after.get(path))
+    changed = sorted(path for path in before.keys() | after.keys()
+                     if before.get(path) != after.get(path))
     assert not changed, f"{' '.join(args)} wrote while another command held the lock: {changed}"
     assert proc.returncode == 0, out + err

@@ -11,7 +11,7 @@ BUILD = {
         genrule(name = "up_a", srcs = ["a.txt"], outs = ["up_a.txt"], cmd = "tr a-z A-Z < $< > $@")
         genrule(name = "up_b", srcs = ["b.txt"], outs = ["up_b.txt"], cmd = "tr a-z A-Z < $< > $@")
         genrule(name = "both", srcs = [":up_a", ":up_b"], outs = ["both.txt"], cmd = "cat $(SRCS) > $@")
-    """,
+    """,  # noqa: E501
 }
 
 

@@ -1,5 +1,5 @@
-"""The environment fingerprint end to end (§14): `posbuild env show|approve|check`, ORCH-07 in builds,
-`--allow-env-drift`, `[env] tools`, and h_E as part of every action key.
+"""The environment fingerprint end to end (§14): `posbuild env show|approve|check`, ORCH-07 in
+builds, `--allow-env-drift`, `[env] tools`, and h_E as part of every action key.
 
 Environment changes are faked through POSBUILD_TEST_FINGERPRINT (a JSON object of entries to add
 or replace, null to remove), which the CLI applies on top of the real fingerprint.
@@ -42,7 +42,8 @@ def entries(result) -> dict[str, str]:  # type: ignore[no-untyped-def]
     return rows
 
 
-# ---- env show -----------------------------------------------------------------------------------------
+# ---- env show
+# -----------------------------------------------------------------------------------------
 
 
 def test_env_show_lists_every_kind_of_entry_and_the_hash(ws):
@@ -57,10 +58,12 @@ def test_env_show_lists_every_kind_of_entry_and_the_hash(ws):
         assert rows[name], name
     assert rows["cpu.model"].endswith("(recorded, not hashed)")
     path, digest = rows["tool.sh"].split()
-    assert path in ("/usr/local/bin/sh", "/usr/bin/sh", "/bin/sh") and re.fullmatch(r"[0-9a-f]{64}", digest)
+    assert path in ("/usr/local/bin/sh", "/usr/bin/sh", "/bin/sh") \
+            and re.fullmatch(r"[0-9a-f]{64}", digest)
     names = [line.split()[0] for line in result.stdout.splitlines()[:-1]]
     assert names == sorted(names)
-    assert len({line.index(line.split()[1]) for line in result.stdout.splitlines()[:-1]}) == 1  # aligned
+    # aligned
+    assert len({line.index(line.split()[1]) for line in result.stdout.splitlines()[:-1]}) == 1
     assert h_e(result)
 
 
@@ -78,11 +81,13 @@ def test_hardware_model_is_recorded_but_not_hashed(ws):
     assert h_e(ws.run("env", "show", env=inject({"python.version": "9.9.9"}))) != base
 
 
-# ---- approve and check -------------------------------------------------------------------------------
+# ---- approve and check
+# -------------------------------------------------------------------------------
 
 
 def test_approve_writes_hash_and_fingerprint_and_keeps_sources(ws):
-    (ws.root / "posbuild.lock").write_text(json.dumps({"format": 1, "sources": {"pkg/a.txt": "ab" * 32}}))
+    (ws.root / "posbuild.lock").write_text(json.dumps({"format": 1,
+                                                       "sources": {"pkg/a.txt": "ab" * 32}}))
     approved = ws.run("env", "approve")
     assert approved.returncode == 0, approved.stderr
     lock = json.loads((ws.root / "posbuild.lock").read_text())
@@ -97,11 +102,13 @@ def test_approve_writes_hash_and_fingerprint_and_keeps_sources(ws):
 
 def test_check_reports_added_removed_and_changed_entries_as_orch_07(ws):
     ws.run("env", "approve")
-    result = ws.run("env", "check", env=inject({"python.version": "3.99.1", "dist.newpkg": "1.2", "dist.click": None}))
+    result = ws.run("env", "check", env=inject({"python.version": "3.99.1", "dist.newpkg": "1.2",
+                                                "dist.click": None}))
     assert result.returncode == 17, result.stdout + result.stderr
     assert result.stderr.startswith("posbuild: ORCH-07 environment drift: ")
     lines = [line.strip() for line in result.stderr.splitlines()[1:]]
-    click_version = json.loads((ws.root / "posbuild.lock").read_text())["environment"]["fingerprint"]["dist.click"]
+    click_version = json.loads(
+        (ws.root / "posbuild.lock").read_text())["environment"]["fingerprint"]["dist.click"]
     assert lines == [f"removed dist.click {click_version}", "added dist.newpkg 1.2",
                      f"changed python.version {PY_VERSION} -> 3.99.1"]  # sorted by entry name
 
@@ -124,7 +131,8 @@ def test_hardware_only_change_is_a_note_not_drift(ws):
     assert "ORCH-07" not in built.stderr
 
 
-# ---- builds ----------------------------------------------------------------------------------------------
+# ---- builds
+# ----------------------------------------------------------------------------------------------
 
 
 def test_build_in_a_drifted_environment_stops_before_anything_runs(ws):
@@ -174,7 +182,8 @@ def test_a_different_environment_hash_re_executes_actions(ws):
     assert counts(hardware) == {"executed": 0, "cached": 1, "failed": 0}
 
 
-# ---- [env] tools -----------------------------------------------------------------------------------------
+# ---- [env] tools
+# -----------------------------------------------------------------------------------------
 
 
 def test_a_tool_whose_bytes_change_changes_h_e_and_re_executes(ws, tmp_path):

@@ -5,10 +5,8 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
-import pytest
 
 from conftest import POSBUILD, Workspace, counts, executed_labels
 
@@ -213,19 +211,22 @@ def test_gap_finishes_before_next_train(ws: Workspace) -> None:
 def test_two_clean_builds_are_byte_identical(ws: Workspace) -> None:
     _workspace(ws, max_iterations=5, target=3)
     ws.ok("//ml:fit")
-    first = {p.relative_to(ws.root): p.read_bytes() for p in sorted((ws.root / "posbuild-out").rglob("*")) if p.is_file()}
+    first = {p.relative_to(ws.root): p.read_bytes()
+             for p in sorted((ws.root / "posbuild-out").rglob("*")) if p.is_file()}
     shutil.rmtree(ws.root / "posbuild-out")
     shutil.rmtree(ws.root / ".posbuild")
     result = ws.ok("//ml:fit")
     assert counts(result)["cached"] == 0
-    second = {p.relative_to(ws.root): p.read_bytes() for p in sorted((ws.root / "posbuild-out").rglob("*")) if p.is_file()}
+    second = {p.relative_to(ws.root): p.read_bytes()
+              for p in sorted((ws.root / "posbuild-out").rglob("*")) if p.is_file()}
     assert first == second
     assert _history(ws)["iterations"] == 3
 
 
 def test_a_gap_result_without_converged_fails(ws: Workspace) -> None:
     _workspace(ws, max_iterations=2)
-    ws.write({"ml/gap.py": "import common\na = common.parse()\ncommon.save(a.out, {'distance': 1})\n"})
+    ws.write(
+        {"ml/gap.py": "import common\na = common.parse()\ncommon.save(a.out, {'distance': 1})\n"})
     result = ws.build("//ml:fit")
     assert result.returncode == 1
     assert "boolean \"converged\"" in result.stdout + result.stderr
@@ -246,11 +247,14 @@ def test_ml_loop_example_builds_byte_identically_twice(tmp_path: Path) -> None:
     outputs = []
     for run in ("first", "second"):
         root = tmp_path / run
-        shutil.copytree(EXAMPLE, root, ignore=shutil.ignore_patterns("posbuild-out", ".posbuild", "__pycache__"))
-        proc = subprocess.run([*POSBUILD, "build", "-q", "//..."], cwd=root, capture_output=True, text=True, timeout=300)
+        shutil.copytree(EXAMPLE, root,
+                        ignore=shutil.ignore_patterns("posbuild-out", ".posbuild", "__pycache__"))
+        proc = subprocess.run([*POSBUILD, "build", "-q", "//..."], cwd=root, capture_output=True,
+                              text=True, timeout=300)
         assert proc.returncode == 0, proc.stdout + proc.stderr
         out = root / "posbuild-out"
-        outputs.append({p.relative_to(out): p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()})
+        outputs.append({p.relative_to(out): p.read_bytes() for p in sorted(out.rglob("*"))
+                        if p.is_file()})
     assert outputs[0] == outputs[1]
     files = outputs[0]
     history = json.loads(files[Path("fit/history.json")])

@@ -19,7 +19,8 @@ PIPELINE = {
         genrule(name = "count", srcs = [":sorted"], outs = ["count.txt"], cmd = "wc -l < $< > $@")
     """,
 }
-SUMMARY = re.compile(r"^fsck: checked (\d+) blobs \((\d+) bytes\), (\d+) action results, (\d+) outputs: (.*)$", re.M)
+SUMMARY = re.compile(
+    r"^fsck: checked (\d+) blobs \((\d+) bytes\), (\d+) action results, (\d+) outputs: (.*)$", re.M)
 
 
 def summary(stdout: str) -> tuple[int, int, int, int, str]:
@@ -44,14 +45,16 @@ def test_fsck_after_a_clean_build_finds_no_problems(ws):
 def test_fsck_in_a_workspace_never_built_checks_nothing_and_creates_no_store(ws):
     result = ws.run("fsck")
     assert result.returncode == 0
-    assert result.stdout == "fsck: checked 0 blobs (0 bytes), 0 action results, 0 outputs: no problems\n"
+    assert result.stdout == (
+        "fsck: checked 0 blobs (0 bytes), 0 action results, 0 outputs: no problems\n")
     assert not (ws.root / ".posbuild/store").exists()
 
 
 def test_fsck_help_names_the_exit_codes(ws):
     result = ws.run("fsck", "--help")
     assert result.returncode == 0
-    assert "--repair" in result.stdout and "13 ORCH-03" in result.stdout and "16 only ORCH-06" in result.stdout
+    assert "--repair" in result.stdout and "13 ORCH-03" in result.stdout \
+            and "16 only ORCH-06" in result.stdout
 
 
 def test_leftovers_of_killed_builds_are_swept_without_repair_and_a_stray_output_is_orch06(ws):
@@ -61,7 +64,8 @@ def test_leftovers_of_killed_builds_are_swept_without_repair_and_a_stray_output_
     ws.write(PIPELINE)
     ws.ok("//...")
     orphan_digest = hash_bytes(b"a blob whose commit never happened").hex()
-    leftovers = [".posbuild/tmp/sorted.txt.1402", f".posbuild/store/cas/{orphan_digest[:2]}/{orphan_digest}",
+    leftovers = [".posbuild/tmp/sorted.txt.1402",
+                 f".posbuild/store/cas/{orphan_digest[:2]}/{orphan_digest}",
                  ".posbuild/store/cas/ab/.tmp-k2j4", ".sandboxes/4242-0", ".sandboxes/4242.owner"]
     for path in leftovers:
         target = ws.root / path
@@ -75,15 +79,19 @@ def test_leftovers_of_killed_builds_are_swept_without_repair_and_a_stray_output_
     found = ws.run("fsck")
     assert found.returncode == 16, found.stdout + found.stderr
     assert "ORCH-06 leftover" not in found.stdout
-    assert "fsck: swept 5 leftover(s) of killed posbuild processes (temp files, sandboxes); not corruption\n" \
+    assert (
+        "fsck: swept 5 leftover(s) of killed posbuild processes (temp files, sandboxes); not "
+        "corruption\n") \
         in found.stdout
     for path in leftovers:
         assert not (ws.root / path).exists(), path
-    assert "ORCH-06 output posbuild-out/pkg/stray.txt: not written by posbuild: the store has no record of it\n" \
+    assert (
+        "ORCH-06 output posbuild-out/pkg/stray.txt: not written by posbuild: the store has no "
+        "record of it\n") \
         in found.stdout
     assert summary(found.stdout)[4] == "1 problem(s)"
-    assert found.stderr == ("posbuild: ORCH-06 partial state persistence: fsck found 1 problem(s), listed above; "
-                            "run `posbuild fsck --repair`\n")
+    assert found.stderr == ("posbuild: ORCH-06 partial state persistence: fsck found 1 problem(s), "
+                            "listed above; run `posbuild fsck --repair`\n")
 
     repaired = ws.run("fsck", "--repair")
     assert repaired.returncode == 0, repaired.stdout + repaired.stderr
@@ -109,8 +117,10 @@ def test_a_result_whose_blob_is_gone_is_dangling_and_repair_removes_it(ws):
     found = ws.run("fsck")
     assert found.returncode == 16, found.stdout + found.stderr
     assert re.search(rf"^ORCH-06 result [0-9a-f]{{64}}: references blob {digest.hex()} "
-                     rf"\(output posbuild-out/pkg/sorted.txt\), which is not in the store$", found.stdout, re.M)
-    assert re.search(r"^warning generation 1: lists posbuild-out/pkg/sorted.txt whose bytes are not in the store",
+                     rf"\(output posbuild-out/pkg/sorted.txt\), which is not in the store$",
+                     found.stdout, re.M)
+    assert re.search(r"^warning generation 1: lists posbuild-out/pkg/sorted.txt whose bytes are "
+                     r"not in the store",
                      found.stdout, re.M)
     assert summary(found.stdout)[4] == "1 problem(s), 1 warning(s)"
 
@@ -129,11 +139,13 @@ def test_an_unreferenced_blob_is_a_warning_that_keeps_exit_code_0(ws):
     ws.write({**PIPELINE, "pkg/BUILD": """
         genrule(name = "loud", srcs = ["raw.txt"], outs = ["loud.txt"], cmd = "echo progress; cat $< > $@",
                 tags = ["no-cache"])
-    """})
+    """})  # noqa: E501
     ws.ok("//...")
     result = ws.run("fsck")
     assert result.returncode == 0, result.stdout + result.stderr
-    line = f"warning blob {hash_bytes(b'progress' + bytes([10])).hex()}: unreferenced blob; `posbuild gc` reclaims it"
+    line = (
+        f"warning blob {hash_bytes(b'progress' + bytes([10])).hex()}: unreferenced blob; `posbuild "
+        "gc` reclaims it")
     assert line in result.stdout.splitlines()
     assert summary(result.stdout)[4].startswith("no problems, ")
 
@@ -148,8 +160,8 @@ def test_checksum_problems_decide_the_exit_code_over_partial_state(ws):
     ws.write({"posbuild-out/pkg/stray.txt": "not from posbuild\n"})
     found = ws.run("fsck")
     assert found.returncode == 13
-    assert found.stderr == ("posbuild: ORCH-03 checksum inconsistency: fsck found 2 problem(s) (1 ORCH-03, 1 ORCH-06), "
-                            "listed above; run `posbuild fsck --repair`\n")
+    assert found.stderr == ("posbuild: ORCH-03 checksum inconsistency: fsck found 2 problem(s) (1 "
+                            "ORCH-03, 1 ORCH-06), listed above; run `posbuild fsck --repair`\n")
     repaired = ws.run("fsck", "--repair")
     assert repaired.returncode == 0
     assert summary(repaired.stdout)[4] == "2 problem(s)"
@@ -166,9 +178,9 @@ def test_workspaces_sharing_a_store_keep_their_own_record_of_the_outputs_they_wr
     first, second = Workspace(tmp_path / "one"), Workspace(tmp_path / "two")
     for ws in (first, second):
         ws.write({"posbuild.toml": f'[cache]\ndir = "{store}"\n', "p/in.txt": "2\n",
-                  "p/BUILD": 'genrule(name = "x", srcs = ["in.txt"], outs = ["x.txt"], cmd = "cat $< > $@")\n'
-                             'genrule(name = "bad", srcs = ["in.txt"], outs = ["bad.txt"], '
-                             'cmd = "grep -q 2 $<; cp $< $@")\n'})
+                  "p/BUILD": 'genrule(name = "x", srcs = ["in.txt"], outs = ["x.txt"], cmd = "cat '
+                             '$< > $@")\ngenrule(name = "bad", srcs = ["in.txt"], outs = '
+                             '["bad.txt"], cmd = "grep -q 2 $<; cp $< $@")\n'})
         ws.ok("//...")
     second.write({"p/in.txt": "3\n"})
     assert second.build("-k", "//...").returncode == 1  # x.txt is new, and in no generation

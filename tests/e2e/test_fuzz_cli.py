@@ -44,9 +44,11 @@ CHILD_TIMEOUT = 60.0
 
 
 def fuzz(examples: int):  # type: ignore[no-untyped-def]
-    """Hypothesis settings: `examples` in CI (derandomized, reproducible), SCALE times more by hand."""
+    """Hypothesis settings: `examples` in CI (derandomized, reproducible), SCALE times more by
+    hand."""
     count = max(1, int(examples * SCALE))
-    chosen = settings(max_examples=count, deadline=None, database=None, derandomize=SCALE == 1 and SEED is None,
+    chosen = settings(max_examples=count, deadline=None, database=None,
+                      derandomize=SCALE == 1 and SEED is None,
                       suppress_health_check=list(HealthCheck), print_blob=True)
     if SEED is not None:
         return lambda test: hypothesis.seed(int(SEED))(chosen(test))
@@ -84,7 +86,8 @@ def run_cli(cwd: Path, *args: str) -> tuple[int, str]:
                 os.dup2(output.fileno(), 1)
                 os.dup2(output.fileno(), 2)
                 sys.stdout = open(1, "w", closefd=False, encoding="utf-8", errors="surrogateescape")
-                sys.stderr = open(2, "w", closefd=False, encoding="utf-8", errors="backslashreplace")
+                sys.stderr = open(2, "w", closefd=False, encoding="utf-8",
+                                  errors="backslashreplace")
                 from posbuild.cli import main
 
                 main(list(args))
@@ -122,10 +125,12 @@ def run_cli(cwd: Path, *args: str) -> tuple[int, str]:
 def assert_clean(code: int, text: str, what: object) -> None:
     """No traceback, no signal, a documented exit code."""
     assert code >= 0, f"killed by {signal.Signals(-code).name}: {what!r}\n{text[-3000:]}"
-    assert "Traceback (most recent call last)" not in text, f"traceback for {what!r}:\n{text[-5000:]}"
+    assert "Traceback (most recent call last)" not in text, (
+        f"traceback for {what!r}:\n{text[-5000:]}")
     assert code in EXIT_CODES, f"exit {code} for {what!r}:\n{text[-3000:]}"
     if code:
-        assert any(line.startswith("posbuild: ") or line.startswith("[watch]") for line in text.splitlines()), \
+        assert any(line.startswith("posbuild: ") or line.startswith("[watch]")
+                   for line in text.splitlines()), \
             f"exit {code} without a `posbuild:` line for {what!r}:\n{text[-3000:]}"
 
 
@@ -134,15 +139,19 @@ def workspace(files: dict[str, bytes | str]) -> Path:
     for rel, content in {"posbuild.toml": "", **files}.items():
         path = root / rel
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(content if isinstance(content, bytes) else content.encode("utf-8", "surrogateescape"))
+        path.write_bytes(
+            content if isinstance(content, bytes) else content.encode("utf-8", "surrogateescape"))
     return root
 
 
 # -- BUILD and .bzl files -----------------------------------------------------------------------
 
-NAMES = st.sampled_from(["a", "b", "c", "all", "x.txt", "out", "a/b", "", ".", "..", "a:b", "é", "\udcff", "*"])
-LABELS = st.sampled_from([":a", ":b", "//pkg:a", "//pkg", "//other:c", "x.txt", "//missing:z", "@repo//x:y",
-                          "//pkg/...", ":", "//:", "a b", "../x", "/abs", "$(location :a)", "\udcfe"])
+NAMES = st.sampled_from(["a", "b", "c", "all", "x.txt", "out", "a/b", "", ".", "..", "a:b", "é",
+                         "\udcff", "*"])
+LABELS = st.sampled_from([":a", ":b", "//pkg:a", "//pkg", "//other:c", "x.txt", "//missing:z",
+                          "@repo//x:y",
+                          "//pkg/...", ":", "//:", "a b", "../x", "/abs", "$(location :a)",
+                          "\udcfe"])
 
 
 def starlark_value(depth: int = 2) -> st.SearchStrategy[str]:
@@ -152,8 +161,10 @@ def starlark_value(depth: int = 2) -> st.SearchStrategy[str]:
         st.integers(min_value=-(1 << 70), max_value=1 << 70).map(str),
         st.floats(allow_nan=False, allow_infinity=False).map(repr),
         st.text(max_size=12).map(lambda s: json.dumps(s)),
-        LABELS.map(json.dumps), st.sampled_from(["glob(['*'])", "glob(['**/*.txt'], exclude = ['a*'])",
-                                                 "package_name()", "len([1])", "{}", "[]", "()", "struct"]),
+        LABELS.map(json.dumps),
+        st.sampled_from(["glob(['*'])", "glob(['**/*.txt'], exclude = ['a*'])",
+                                                 "package_name()", "len([1])", "{}", "[]", "()",
+                         "struct"]),
     )
     if depth == 0:
         return scalars
@@ -167,25 +178,29 @@ def starlark_value(depth: int = 2) -> st.SearchStrategy[str]:
     )
 
 
-ATTRS = st.sampled_from(["name", "srcs", "outs", "cmd", "tools", "env", "version", "requires", "resources",
-                         "secrets", "timeout", "tags", "deps", "script", "args", "visibility", "bogus"])
+ATTRS = st.sampled_from(["name", "srcs", "outs", "cmd", "tools", "env", "version", "requires",
+                         "resources",
+                         "secrets", "timeout", "tags", "deps", "script", "args", "visibility",
+                         "bogus"])
 
 
 @st.composite
 def rule_call(draw: st.DrawFn) -> str:
-    kind = draw(st.sampled_from(["genrule", "filegroup", "py_task", "exports_files", "glob", "feedback_loop",
-                                 "load", "nonexistent"]))
+    kind = draw(st.sampled_from(["genrule", "filegroup", "py_task", "exports_files", "glob",
+                                 "feedback_loop", "load", "nonexistent"]))
     attrs = {"name": json.dumps(draw(NAMES))} if draw(st.booleans()) else {}
     for _ in range(draw(st.integers(0, 5))):
         attrs[draw(ATTRS)] = draw(starlark_value())
     if kind == "load":
-        module = draw(st.sampled_from([":defs.bzl", "//pkg:defs.bzl", "@posbuild//rules:concat.bzl", ":nope.bzl", "x"]))
+        module = draw(st.sampled_from([":defs.bzl", "//pkg:defs.bzl", "@posbuild//rules:concat.bzl",
+                                       ":nope.bzl", "x"]))
         symbol = draw(st.sampled_from(['"f"', '"concat"', '"zz"', 'g = "f"']))
         return f"load({json.dumps(module)}, {symbol})"
     return f"{kind}(" + ", ".join(f"{k} = {v}" for k, v in attrs.items()) + ")"
 
 
-BOMBS = st.tuples(st.sampled_from(["(", "[", "{\"a\": ", "not ", "-", "lambda: ", "1 + ", "x.", "f(", "    "]),
+BOMBS = st.tuples(st.sampled_from(["(", "[", "{\"a\": ", "not ", "-", "lambda: ", "1 + ", "x.",
+                                   "f(", "    "]),
                   st.integers(1, 4000))
 
 
@@ -194,7 +209,9 @@ def build_file(draw: st.DrawFn) -> bytes:
     lines = draw(st.lists(rule_call(), min_size=1, max_size=6))
     text = "\n".join(lines) + "\n"
     if draw(st.booleans()):
-        text = "def f(x):\n    if x:\n        return [x]\n    elif x == 1:\n        return None\n    return x\n" + text
+        text = (
+            "def f(x):\n    if x:\n        return [x]\n    elif x == 1:\n        return None\n    "
+            "return x\n") + text
     data = bytearray(text.encode("utf-8", "surrogateescape"))
     for _ in range(draw(st.integers(0, 4))):  # byte-level mutations
         where = draw(st.integers(0, len(data)))
@@ -204,8 +221,10 @@ def build_file(draw: st.DrawFn) -> bytes:
         elif how == 1:
             del data[where:where + draw(st.integers(1, 20))]
         elif how == 2:
-            data[where:where] = draw(st.sampled_from([b"(", b")", b"[", b"]", b'"', b"'''", b"\t", b"\n  ", b"#",
-                                                      b"\\", b"\xff", b"\xc3", b"\x00", b":", b"=", b","]))
+            data[where:where] = draw(st.sampled_from([b"(", b")", b"[", b"]", b'"', b"'''", b"\t",
+                                                      b"\n  ", b"#",
+                                                      b"\\", b"\xff", b"\xc3", b"\x00", b":", b"=",
+                                                      b","]))
         else:
             piece, count = draw(BOMBS)
             data[where:where] = piece.encode() * count
@@ -214,10 +233,12 @@ def build_file(draw: st.DrawFn) -> bytes:
 
 @fuzz(60)
 @given(build=build_file(), bzl=st.one_of(st.none(), build_file()),
-       command=st.sampled_from([("query", "//..."), ("build", "-n", "//..."), ("build", "-n", "//pkg:a"),
-                                ("query", "deps(//pkg:all)")]))
-def test_random_and_mutated_build_files(build: bytes, bzl: bytes | None, command: tuple[str, ...]) -> None:
-    files: dict[str, bytes | str] = {"pkg/BUILD": build, "pkg/x.txt": "x\n", "other/BUILD": 'filegroup(name = "c")\n'}
+       command=st.sampled_from([("query", "//..."), ("build", "-n", "//..."),
+                                ("build", "-n", "//pkg:a"), ("query", "deps(//pkg:all)")]))
+def test_random_and_mutated_build_files(build: bytes, bzl: bytes | None,
+                                        command: tuple[str, ...]) -> None:
+    files: dict[str, bytes | str] = {"pkg/BUILD": build, "pkg/x.txt": "x\n",
+                                     "other/BUILD": 'filegroup(name = "c")\n'}
     if bzl is not None:
         files["pkg/defs.bzl"] = bzl
     root = workspace(files)
@@ -230,7 +251,8 @@ def test_random_and_mutated_build_files(build: bytes, bzl: bytes | None, command
 
 # -- posbuild.toml --------------------------------------------------------------------------------
 
-SAFE_PATHS = st.sampled_from(["", "cache", "sub/store", ".posbuild/other", "a\x00b", "ÿ", "c d", "x" * 300])
+SAFE_PATHS = st.sampled_from(["", "cache", "sub/store", ".posbuild/other", "a\x00b", "ÿ", "c d",
+                              "x" * 300])
 KEYS = {
     "build": ["jobs", "build_file_names", "sandbox_base", "bogus"],
     "cache": ["dir", "max_size", "remote", "timeout", "upload", "bogus"],
@@ -249,12 +271,15 @@ def toml_value(depth: int = 2) -> st.SearchStrategy[str]:
     """TOML source text of a value of any TOML type."""
     scalars = st.one_of(
         st.integers(min_value=-(1 << 63), max_value=(1 << 63) - 1).map(str),
-        st.floats().map(lambda f: "nan" if math.isnan(f) else ("inf" if f > 0 else "-inf") if math.isinf(f)
+        st.floats().map(lambda f: "nan" if math.isnan(f) else ("inf" if f > 0 else "-inf")
+                        if math.isinf(f)
                         else repr(f)),
         st.booleans().map(lambda b: "true" if b else "false"),
         st.text(max_size=10).map(lambda s: json.dumps(s)),
-        st.sampled_from(['"auto"', '"folder"', '"namespace"', '"local"', '"1G"', '"-5"', '"BUILD"', '"//..."',
-                         "1979-05-27T07:32:00Z", "07:32:00", '"http://127.0.0.1:9"', '"ftp://x"', '""']),
+        st.sampled_from(['"auto"', '"folder"', '"namespace"', '"local"', '"1G"', '"-5"', '"BUILD"',
+                         '"//..."',
+                         "1979-05-27T07:32:00Z", "07:32:00", '"http://127.0.0.1:9"', '"ftp://x"',
+                         '""']),
     )
     if depth == 0:
         return scalars
@@ -287,12 +312,13 @@ def config_file(draw: st.DrawFn) -> bytes:
 
 @fuzz(40)
 @given(config=config_file(), command=st.sampled_from([("query", "//..."), ("build", "-n", "//..."),
-                                                      ("gc", "--keep-generations", "1"), ("env", "show"),
-                                                      ("log",), ("fsck",)]))
+                                                      ("gc", "--keep-generations", "1"),
+                                                      ("env", "show"), ("log",), ("fsck",)]))
 def test_random_posbuild_toml_values(config: bytes, command: tuple[str, ...]) -> None:
     if b"dask" in config and command[0] == "build":
         return  # an executor address would be dialled
-    root = workspace({"posbuild.toml": config, "pkg/BUILD": 'genrule(name = "a", outs = ["a.txt"], cmd = "echo")\n'})
+    root = workspace({"posbuild.toml": config,
+                      "pkg/BUILD": 'genrule(name = "a", outs = ["a.txt"], cmd = "echo")\n'})
     try:
         code, text = run_cli(root, *command)
         assert_clean(code, text, (config, command))
@@ -300,11 +326,14 @@ def test_random_posbuild_toml_values(config: bytes, command: tuple[str, ...]) ->
         shutil.rmtree(root, ignore_errors=True)
 
 
-# -- target patterns and query expressions ----------------------------------------------------------
+# -- target patterns and query expressions
+# ----------------------------------------------------------
 
-PATTERN_CHARS = st.sampled_from(list("/:.*@-_+^()'\" \tabpkgx0129é") + ["...", "//", ":all", "\udcff", "\x00", "\n"])
+PATTERN_CHARS = st.sampled_from(list("/:.*@-_+^()'\" \tabpkgx0129é") + ["...", "//", ":all",
+                                                                        "\udcff", "\x00", "\n"])
 PATTERNS = st.one_of(st.lists(PATTERN_CHARS, max_size=14).map("".join),
-                     st.sampled_from(["//...", "//pkg:all", "//pkg/...", ":a", "a", "//pkg:a", "-//pkg:a"]))
+                     st.sampled_from(["//...", "//pkg:all", "//pkg/...", ":a", "a", "//pkg:a",
+                                      "-//pkg:a"]))
 
 
 @st.composite
@@ -314,7 +343,9 @@ def query_expr(draw: st.DrawFn, depth: int = 3) -> str:
     sub = lambda: draw(query_expr(depth - 1))  # noqa: E731
     form = draw(st.integers(0, 8))
     if form == 0:
-        return f"deps({sub()}{draw(st.sampled_from(['', ', 1', ', 0', ', -1', ', 99999999999999999999', ', x']))})"
+        inner = sub()
+        bound = draw(st.sampled_from(['', ', 1', ', 0', ', -1', ', 99999999999999999999', ', x']))
+        return f"deps({inner}{bound})"
     if form == 1:
         return f"rdeps({sub()}, {sub()})"
     if form == 2:
@@ -323,20 +354,27 @@ def query_expr(draw: st.DrawFn, depth: int = 3) -> str:
         regex = draw(st.sampled_from(["genrule", "(", "[a-", "*", "rule$", '"x', "\\"]))
         return f"kind({regex}, {sub()})"
     if form == 4:
-        return f"attr({draw(st.sampled_from(['cmd', 'tags', 'srcs', '', 'x y']))}, {draw(st.text(max_size=5))}, {sub()})"
+        return (
+            f"attr({draw(st.sampled_from(['cmd', 'tags', 'srcs', '', 'x y']))}, "
+            f"{draw(st.text(max_size=5))}, {sub()})")
     if form == 5:
-        return f"{sub()} {draw(st.sampled_from(['+', '-', '^', 'union', 'except', 'intersect', '*']))} {sub()}"
+        left = sub()
+        operator = draw(st.sampled_from(['+', '-', '^', 'union', 'except', 'intersect', '*']))
+        return f"{left} {operator} {sub()}"
     if form == 6:
         return f"({sub()})"
     if form == 7:
-        return draw(st.sampled_from(["(", ")", "deps(", "((((", ",", "'", "\"", "nope(//...)"])) + sub()
-    piece, count = draw(st.tuples(st.sampled_from(["(", "deps(", " + //pkg:a"]), st.integers(1, 3000)))
+        return draw(st.sampled_from(["(", ")", "deps(", "((((", ",", "'", "\"",
+                                     "nope(//...)"])) + sub()
+    piece, count = draw(st.tuples(st.sampled_from(["(", "deps(", " + //pkg:a"]),
+                                  st.integers(1, 3000)))
     return piece * count + sub()
 
 
 QUERY_WS = {
-    "pkg/BUILD": 'genrule(name = "a", srcs = ["x.txt"], outs = ["a.txt"], cmd = "cat $< > $@", tags = ["t"])\n'
-                 'genrule(name = "b", srcs = [":a"], outs = ["b.txt"], cmd = "cat $< > $@")\n',
+    "pkg/BUILD": 'genrule(name = "a", srcs = ["x.txt"], outs = ["a.txt"], cmd = "cat $< > $@", '
+                 'tags = ["t"])\ngenrule(name = "b", srcs = [":a"], outs = ["b.txt"], cmd = "cat '
+                 '$< > $@")\n',
     "pkg/x.txt": "x\n",
 }
 
@@ -359,14 +397,16 @@ def test_random_query_expressions(query_ws: Path, expr: str, output: str) -> Non
 @given(patterns=st.lists(PATTERNS, min_size=1, max_size=3),
        command=st.sampled_from([("build", "-n"), ("query",), ("log",), ("explain",), ("lock",),
                                 ("build", "-n", "-k"), ()]))
-def test_random_target_patterns(query_ws: Path, patterns: list[str], command: tuple[str, ...]) -> None:
+def test_random_target_patterns(query_ws: Path, patterns: list[str],
+                                command: tuple[str, ...]) -> None:
     takes_one = command in (("query",), ("log",), ("explain",))
     args = [*command, patterns[0]] if takes_one else [*command, *patterns]
     code, text = run_cli(query_ws, *args)
     assert_clean(code, text, args)
 
 
-# -- damaged store and state files ------------------------------------------------------------------
+# -- damaged store and state files
+# ------------------------------------------------------------------
 
 BUILT_WS = {
     "pkg/BUILD": "".join(f'genrule(name = "t{i}", srcs = ["in.txt"], outs = ["t{i}.txt"], '
@@ -380,8 +420,10 @@ def built_ws():  # type: ignore[no-untyped-def]
     """A workspace built twice (real subprocess builds), whose state the examples damage."""
     root = workspace(BUILT_WS)
     for _ in range(2):
-        subprocess.run([*POSBUILD, "build", "-q", "//..."], cwd=root, check=True, capture_output=True, timeout=120)
-    subprocess.run([*POSBUILD, "lock", "//..."], cwd=root, check=True, capture_output=True, timeout=120)
+        subprocess.run([*POSBUILD, "build", "-q", "//..."], cwd=root, check=True,
+                       capture_output=True, timeout=120)
+    subprocess.run([*POSBUILD, "lock", "//..."], cwd=root, check=True, capture_output=True,
+                   timeout=120)
     yield root
     shutil.rmtree(root, ignore_errors=True)
 
@@ -396,7 +438,8 @@ def state_files(root: Path) -> list[str]:
 @st.composite
 def damage(draw: st.DrawFn, files: list[str]) -> tuple[str, str, bytes, int]:
     target = draw(st.sampled_from(files))
-    how = draw(st.sampled_from(["truncate", "flip", "garbage", "empty", "folder", "delete", "append"]))
+    how = draw(st.sampled_from(["truncate", "flip", "garbage", "empty", "folder", "delete",
+                                "append"]))
     return target, how, draw(st.binary(min_size=1, max_size=64)), draw(st.integers(0, 1 << 20))
 
 
@@ -421,8 +464,10 @@ def apply_damage(root: Path, target: str, how: str, noise: bytes, at: int) -> No
         path.write_bytes(data + noise)
 
 
-COMMANDS = [("build", "//..."), ("build", "-n", "//..."), ("query", "//..."), ("log",), ("log", "--builds"),
-            ("fsck",), ("fsck", "--repair"), ("gc",), ("explain", "//pkg:t1"), ("rollback",), ("env", "check")]
+COMMANDS = [("build", "//..."), ("build", "-n", "//..."), ("query", "//..."), ("log",),
+            ("log", "--builds"),
+            ("fsck",), ("fsck", "--repair"), ("gc",), ("explain", "//pkg:t1"), ("rollback",),
+            ("env", "check")]
 # LMDB trusts its pages: a garbled page can kill any reader with SIGBUS, which fsck (reading in a
 # child process) finds and `fsck --repair` repairs; other commands are promised that only for a
 # truncated file, which they detect before mapping it.
@@ -444,7 +489,8 @@ def test_damaged_store_and_state_files(built_ws: Path, data: st.DataObject) -> N
         if command == ("fsck", "--repair"):
             again, text = run_cli(root, "fsck")
             assert_clean(again, text, (target, how, "fsck after repair"))
-            if "/store/" in target:  # the store is fsck's to repair (a folder where the lock file was is not)
+            # the store is fsck's to repair (a folder where the lock file was is not)
+            if "/store/" in target:
                 assert again in (0, 13, 16), text
     finally:
         shutil.rmtree(root.parent, ignore_errors=True)

@@ -2,7 +2,9 @@
 
 from posbuild.store import Store
 
-BUILD = {"pkg/BUILD": 'genrule(name = "v", srcs = ["in.txt"], outs = ["v.txt"], cmd = "cat $< $< > $@")\n'}
+BUILD = {
+    "pkg/BUILD": 'genrule(name = "v", srcs = ["in.txt"], outs = ["v.txt"], cmd = "cat $< $< > '
+                 '$@")\n'}
 
 
 def _results(root) -> int:

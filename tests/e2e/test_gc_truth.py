@@ -38,9 +38,11 @@ def test_a_rebuild_after_gc_executes_what_gc_evicted_instead_of_calling_it_cache
     state = sorted((ws.root / ".posbuild/graphs").glob("*.state"))
     saved = [path.read_bytes() for path in state]
     planned = ws.build("-n", "-k", "//...")
-    would = sorted(line.split()[-1] for line in planned.stdout.splitlines() if line.startswith("would execute "))
+    would = sorted(line.split()[-1] for line in planned.stdout.splitlines()
+                   if line.startswith("would execute "))
     assert would == ["//a:bad", "//a:ok"], planned.stdout
-    assert [path.read_bytes() for path in state] == saved  # a dry run writes nothing, not even the check
+    # a dry run writes nothing, not even the check
+    assert [path.read_bytes() for path in state] == saved
 
     again = ws.build("-k", "//...")
     assert again.returncode == 1
@@ -89,7 +91,8 @@ def test_a_generation_never_names_a_result_gc_evicted_before_it_was_recorded(ws)
 
 
 def test_cache_export_refuses_to_leave_out_a_result_gc_evicted(ws):
-    ws.write({**FLAKY, "a/bad.txt": "fixed\n", "b/BUILD": 'genrule(name = "b", outs = ["b.txt"], cmd = "echo b > $@")'})
+    ws.write({**FLAKY, "a/bad.txt": "fixed\n",
+              "b/BUILD": 'genrule(name = "b", outs = ["b.txt"], cmd = "echo b > $@")'})
     ws.ok("//a:ok")
     ws.run("clean")
     ws.ok("//b:b")  # the latest generation no longer lists a/ok.txt: nothing pins its result
@@ -117,11 +120,13 @@ def gc_during_build(build_root, build_args, gc_root, gc_args, probe):
     try:
         deadline = time.monotonic() + 60
         while not (probe / "started").exists():
-            assert time.monotonic() < deadline and build.poll() is None, "the slow action never started"
+            assert time.monotonic() < deadline \
+                    and build.poll() is None, ("the slow action never started")
             time.sleep(0.05)
         gc = subprocess.Popen([*POSBUILD, *gc_args], cwd=gc_root, stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True)
-        first_line = gc.stderr.readline()  # "... waiting for it", or "" once gc ended without waiting
+        # "... waiting for it", or "" once gc ended without waiting
+        first_line = gc.stderr.readline()
         (probe / "go").touch()
         gc_out, gc_err = gc.communicate(timeout=120)
     finally:
@@ -130,14 +135,17 @@ def gc_during_build(build_root, build_args, gc_root, gc_args, probe):
     return (build.returncode, build_out, build_err), (gc.returncode, gc_out, first_line + gc_err)
 
 
-def test_gc_waits_for_a_running_build_of_the_workspace_and_the_next_build_tells_the_truth(ws, tmp_path):
+def test_gc_waits_for_a_running_build_of_the_workspace_and_the_next_build_tells_the_truth(
+    ws, tmp_path):
     ws.write({**FLAKY, "a/BUILD": f"""
         genrule(name = "ok", srcs = ["in.txt"], outs = ["ok.txt"], cmd = "{slow_command(tmp_path)}; tr a-z A-Z < $< > $@")
         genrule(name = "bad", srcs = ["bad.txt"], outs = ["bad.out"], cmd = "exit 3")
-    """})
-    build, gc = gc_during_build(ws.root, ["build", "-k", "//..."], ws.root, ["gc", "--max-size", "1"], tmp_path)
+    """})  # noqa: E501
+    build, gc = gc_during_build(ws.root, ["build", "-k", "//..."], ws.root,
+                                ["gc", "--max-size", "1"], tmp_path)
     assert build[0] == 1
-    assert gc[0] == 0 and "waiting" in gc[2], gc  # it held off until the build released the workspace
+    # it held off until the build released the workspace
+    assert gc[0] == 0 and "waiting" in gc[2], gc
     assert "1 action result(s)" in gc[1]  # the build's //a:ok, evicted after the build ended
     (tmp_path / "started").unlink()
     again = ws.build("-k", "//...")
@@ -154,11 +162,12 @@ def test_gc_in_one_workspace_waits_for_a_build_in_another_that_shares_the_store(
     build = f"""
         genrule(name = "t", srcs = ["t.txt"], outs = ["t.out"], cmd = "cat $< > $@")
         genrule(name = "slow", srcs = [":t"], outs = ["slow.out"], cmd = "{slow_command(tmp_path)}; cat $< $< > $@")
-    """
+    """  # noqa: E501
     first.write({"posbuild.toml": toml, "p/t.txt": "old\n", "p/BUILD": build})
     first.ok("//p:t")
     first.write({"p/t.txt": "new\n"})
-    first.ok("//p:t")  # the result for "old" is now pinned by no generation of this workspace's newest one
+    # the result for "old" is now pinned by no generation of this workspace's newest one
+    first.ok("//p:t")
     second.write({"posbuild.toml": toml, "p/t.txt": "old\n", "p/BUILD": build})
     built, gc = gc_during_build(second.root, ["build", "//..."], first.root,
                                 ["gc", "--max-size", "1", "--keep-generations", "1"], tmp_path)
@@ -184,7 +193,8 @@ def test_a_build_after_its_shared_store_was_deleted_executes_instead_of_calling_
                   "p/BUILD": 'genrule(name = "x", outs = ["x.txt"], cmd = "echo x > $@")\n'})
         ws.ok("//...")
     assert first.run("clean", "--all").returncode == 0
-    assert sorted(os.listdir(store)) == ["CACHEDIR.TAG", "gc.lock"]  # emptied; the mark and the lock stay
+    # emptied; the mark and the lock stay
+    assert sorted(os.listdir(store)) == ["CACHEDIR.TAG", "gc.lock"]
     rebuilt = second.ok("//...")
     assert counts(rebuilt)["executed"] == 1, rebuilt.stdout
     assert second.run("fsck").returncode == 0
@@ -197,7 +207,7 @@ def test_clean_waits_for_a_running_build_so_that_what_it_removed_stays_removed(w
     ws.write({"a/BUILD": f"""
         genrule(name = "fast", outs = ["fast.txt"], cmd = "echo fast > $@")
         genrule(name = "slow", srcs = [":fast"], outs = ["slow.txt"], cmd = "{slow_command(tmp_path)}; cat $< > $@")
-    """})
+    """})  # noqa: E501
     build, clean = gc_during_build(ws.root, ["build", "//..."], ws.root, ["clean"], tmp_path)
     assert build[0] == 0, build
     assert clean[0] == 0 and "waiting" in clean[2], clean
@@ -215,8 +225,9 @@ def test_fsck_of_a_shared_store_waits_for_a_build_in_another_workspace(tmp_path)
     toml = f'[cache]\ndir = "{store}"\n'
     first.write({"posbuild.toml": toml, "p/BUILD": f"""
         genrule(name = "slow", outs = ["slow.out"], cmd = "{slow_command(tmp_path)}; echo slow > $@")
-    """})
-    second.write({"posbuild.toml": toml, "p/BUILD": 'genrule(name = "x", outs = ["x"], cmd = "echo x > $@")\n'})
+    """})  # noqa: E501
+    second.write({"posbuild.toml": toml,
+                  "p/BUILD": 'genrule(name = "x", outs = ["x"], cmd = "echo x > $@")\n'})
     second.ok("//...")
     built, fsck = gc_during_build(first.root, ["build", "//..."], second.root, ["fsck"], tmp_path)
     assert built[0] == 0, built

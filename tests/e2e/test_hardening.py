@@ -23,7 +23,8 @@ from posbuild.store import Store
 SECRET = "hardening-secret-7c1d"
 
 
-needs_bwrap = pytest.mark.skipif(bwrap_problem() is not None, reason=f"bubblewrap cannot run here: {bwrap_problem()}")
+needs_bwrap = pytest.mark.skipif(bwrap_problem() is not None,
+                                 reason=f"bubblewrap cannot run here: {bwrap_problem()}")
 MODES = ["folder", pytest.param("namespace", marks=needs_bwrap)]
 
 
@@ -54,7 +55,8 @@ def test_a_forged_result_naming_a_path_outside_is_never_written(ws, tmp_path):
         from posbuild.digest import hash_bytes
 
         digest, empty = hash_bytes(planted), hash_bytes(b"")
-        forged = ActionResult((OutputFile("posbuild-out/../../escaped.txt", digest, len(planted), False),), 0,
+        forged = ActionResult((OutputFile("posbuild-out/../../escaped.txt", digest, len(planted),
+                                          False),), 0,
                               empty, empty)
         store.commit((key, forged), [(digest, planted), (empty, b"")])
         store.flush()
@@ -69,13 +71,15 @@ def test_a_forged_result_naming_a_path_outside_is_never_written(ws, tmp_path):
 
 @needs_bwrap
 def test_no_action_reads_the_secrets_file_in_the_namespace_sandbox(ws, tmp_path):
-    secrets = tmp_path / "conf" / "secrets"  # under the folder tests leave writable: the file must be masked
+    # under the folder tests leave writable: the file must be masked
+    secrets = tmp_path / "conf" / "secrets"
     secrets.parent.mkdir()
     secrets.write_text(f"API_TOKEN={SECRET}\n")
     secrets.chmod(0o600)
     ws.write({
         "posbuild.toml": '[sandbox]\nmode = "namespace"\n',
-        "p/BUILD": f'genrule(name = "peek", outs = ["peek.txt"], cmd = "cat {secrets} > $@ || true; echo end >> $@")\n',
+        "p/BUILD": f'genrule(name = "peek", outs = ["peek.txt"], cmd = "cat {secrets} > $@ || '
+                   'true; echo end >> $@")\n',
     })
     result = ws.build("//p:peek", env={"POSBUILD_SECRETS_FILE": str(secrets)})
     assert result.returncode == 0, result.stderr
@@ -87,15 +91,18 @@ def test_no_action_reads_the_secrets_file_in_the_namespace_sandbox(ws, tmp_path)
 def test_a_namespaced_action_has_no_capabilities(ws):
     ws.write({
         "posbuild.toml": '[sandbox]\nmode = "namespace"\n',
-        "p/BUILD": 'genrule(name = "caps", outs = ["caps.txt"], cmd = "grep -E \'^Cap(Eff|Prm)\' /proc/self/status > $@")\n',
+        "p/BUILD": 'genrule(name = "caps", outs = ["caps.txt"], cmd = "grep -E \'^Cap(Eff|Prm)\' '
+                   '/proc/self/status > $@")\n',
     })
     ws.ok("//p:caps")
-    values = {line.split(":")[0]: int(line.split(":")[1], 16) for line in ws.out("p/caps.txt").splitlines()}
+    values = {line.split(":")[0]: int(line.split(":")[1], 16)
+              for line in ws.out("p/caps.txt").splitlines()}
     assert values == {"CapPrm": 0, "CapEff": 0}
 
 
 @needs_bwrap
-@pytest.mark.skipif(not os.access("/run", os.W_OK), reason="needs a writable /run for the host socket")
+@pytest.mark.skipif(not os.access("/run", os.W_OK),
+                    reason="needs a writable /run for the host socket")
 def test_host_unix_sockets_under_run_need_the_network_tag(ws):
     path = Path(f"/run/posbuild-test-{os.getpid()}.sock")
     server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -115,14 +122,16 @@ def test_host_unix_sockets_under_run_need_the_network_tag(ws):
 
     thread = threading.Thread(target=serve, daemon=True)
     thread.start()
-    script = f"import socket; s = socket.socket(socket.AF_UNIX); s.connect('{path}'); print(s.recv(6).decode(), end='')"
+    script = (
+        f"import socket; s = socket.socket(socket.AF_UNIX); s.connect('{path}'); "
+        "print(s.recv(6).decode(), end='')")
     try:
         ws.write({
             "posbuild.toml": '[sandbox]\nmode = "namespace"\n',
             "p/BUILD": f"""
                 genrule(name = "closed", outs = ["c.txt"], cmd = "python3 -c \\"{script}\\" > $@")
                 genrule(name = "open", outs = ["o.txt"], tags = ["network"], cmd = "python3 -c \\"{script}\\" > $@")
-            """,
+            """,  # noqa: E501
         })
         assert ws.build("//p:closed").returncode == 1
         ws.ok("//p:open")
@@ -159,7 +168,8 @@ def test_a_generation_records_the_mode_a_later_build_installed(ws):
         genrule(name = "a", outs = ["a.sh"], cmd = "echo echo hi > $@; chmod +x $@")
         genrule(name = "b", outs = ["b.txt"], cmd = "exit 1")
     """})
-    assert ws.build("-k", "//p:all").returncode == 1  # a ran (now executable); no generation recorded
+    # a ran (now executable); no generation recorded
+    assert ws.build("-k", "//p:all").returncode == 1
     ws.write({"p/BUILD": """
         genrule(name = "a", outs = ["a.sh"], cmd = "echo echo hi > $@; chmod +x $@")
         genrule(name = "b", outs = ["b.txt"], cmd = "echo b > $@")

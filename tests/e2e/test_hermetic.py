@@ -38,7 +38,7 @@ def test_undeclared_workspace_file_is_not_visible(ws):
                 name = "probe", srcs = ["in.txt"], outs = ["probe.txt"],
                 cmd = "if test -e pkg/other.txt; then echo visible; else echo hidden; fi > $@; cat pkg/in.txt >> $@",
             )
-        """,
+        """,  # noqa: E501
     })
     ws.ok("//pkg:probe")
     assert ws.out("pkg/probe.txt") == "hidden\ndeclared\n"
@@ -77,7 +77,7 @@ def test_declared_input_from_another_action_is_at_its_output_path(ws):
             genrule(name = "unused", outs = ["unused.txt"], cmd = "echo two > $@")
             genrule(name = "second", srcs = [":first"], outs = ["second.txt"],
                     cmd = "L=$$(ls -A posbuild-out/pkg); echo $$L > $@; cat posbuild-out/pkg/first.txt >> $@")
-        """,
+        """,  # noqa: E501
     })
     ws.ok("//...")
     # the sandbox holds the declared input; `unused` (built in the same build) is not there
@@ -115,10 +115,11 @@ def test_home_and_tmpdir_are_private_writable_folders_inside_the_sandbox(ws, tmp
                 cmd = "echo HOME=$$HOME > $@; echo TMPDIR=$$TMPDIR >> $@; echo CWD=$$(pwd -P) >> $@;" +
                       " echo h > $$HOME/probe && echo t > $$TMPDIR/probe && echo WRITABLE=yes >> $@",
             )
-        """,
+        """,  # noqa: E501
     })
     user_home = os.environ.get("HOME", "/root")
-    result = ws.build("//pkg:dirs", env={"HOME": str(tmp_path / "userhome"), "TMPDIR": str(tmp_path)})
+    result = ws.build("//pkg:dirs",
+                      env={"HOME": str(tmp_path / "userhome"), "TMPDIR": str(tmp_path)})
     assert result.returncode == 0, result.stderr
     env = _env_of(ws.out("pkg/dirs.txt"))
     assert env.get("WRITABLE") == "yes", env
@@ -128,7 +129,8 @@ def test_home_and_tmpdir_are_private_writable_folders_inside_the_sandbox(ws, tmp
         assert folder.is_absolute()
         assert folder not in (Path(user_home), tmp_path / "userhome", tmp_path, Path("/tmp"))
         assert not folder.is_relative_to(tmp_path / "userhome")
-        assert folder.resolve().is_relative_to(sandbox), f"{folder} is outside the sandbox {sandbox}"
+        assert folder.resolve().is_relative_to(sandbox), (
+            f"{folder} is outside the sandbox {sandbox}")
     # the probes the action wrote there did not end up anywhere the user can see
     assert not (tmp_path / "userhome").exists()
     assert not (tmp_path / "probe").exists()
@@ -150,7 +152,7 @@ def test_declared_env_value_wins_over_the_callers(ws):
     ws.write({
         "pkg/BUILD": """
             genrule(name = "env", outs = ["env.txt"], env = {"A": "declared"}, cmd = "echo $$A > $@")
-        """,
+        """,  # noqa: E501
     })
     result = ws.build("//pkg:env", env={"A": "from-caller"})
     assert result.returncode == 0, result.stderr
@@ -167,7 +169,7 @@ def test_undeclared_files_the_action_writes_are_not_collected(ws):
                 cmd = "echo out > $@; echo extra > posbuild-out/pkg/extra.txt; echo stray > stray.txt;" +
                       " mkdir -p pkg && echo src > pkg/new_source.txt",
             )
-        """,
+        """,  # noqa: E501
     })
     ws.ok("//pkg:messy")
     assert ws.out("pkg/out.txt") == "out\n"
@@ -197,7 +199,7 @@ def test_failed_command_is_not_cached(ws, tmp_path):
     ws.write({
         "pkg/BUILD": f"""
             genrule(name = "bad", outs = ["bad.txt"], cmd = "echo run >> {runs}; echo partial > $@; exit 1")
-        """,
+        """,  # noqa: E501
     })
     first = ws.build("//pkg:bad")
     second = ws.build("//pkg:bad")
@@ -293,7 +295,7 @@ def test_no_temp_files_are_left_in_posbuild_out(ws):
             genrule(name = "large", srcs = ["big.txt"], outs = ["large.txt"], cmd = "cat $< $< > $@")
             genrule(name = "two", srcs = [":small"], outs = ["a.txt", "b.txt"],
                     cmd = "cp $< posbuild-out/pkg/a.txt; cp $< posbuild-out/pkg/b.txt")
-        """,
+        """,  # noqa: E501
     })
     expected = {"pkg/small.txt", "pkg/large.txt", "pkg/a.txt", "pkg/b.txt"}
     ws.ok("//...")
@@ -308,7 +310,8 @@ def test_no_temp_files_are_left_in_posbuild_out(ws):
 # ---- plain commands skip the shell ------------------------------------------------------------
 
 def test_a_plain_command_runs_without_the_shell_and_anything_else_under_it(ws):
-    """`pkg/parent.sh > $@` is exec'd by posbuild itself; with a `;` the shell runs it (folder sandbox)."""
+    """`pkg/parent.sh > $@` is exec'd by posbuild itself; with a `;` the shell runs it (folder
+    sandbox)."""
     (ws.root / "posbuild.toml").write_text('[sandbox]\nmode = "folder"\n')
     ws.write({
         "pkg/parent.sh": "#!/bin/sh\nreadlink /proc/$PPID/exe\n",
@@ -316,14 +319,15 @@ def test_a_plain_command_runs_without_the_shell_and_anything_else_under_it(ws):
             genrule(name = "plain", srcs = ["parent.sh"], outs = ["plain.txt"], cmd = "pkg/parent.sh > $@")
             genrule(name = "shell", srcs = ["parent.sh"], outs = ["shell.txt"], cmd = "pkg/parent.sh > $@; true")
             genrule(name = "missing", outs = ["m.txt"], cmd = "no-such-tool > $@")
-        """,
+        """,  # noqa: E501
     })
     (ws.root / "pkg/parent.sh").chmod(0o755)
     ws.ok("//pkg:plain", "//pkg:shell")
     assert ws.out("pkg/plain.txt") == os.path.realpath(sys.executable) + "\n"
     assert ws.out("pkg/shell.txt") not in ("", ws.out("pkg/plain.txt"))
     missing = ws.build("//pkg:missing")  # not found on PATH: the shell says so, in its words
-    assert missing.returncode == 1 and "no-such-tool: command not found" in missing.stdout + missing.stderr
+    assert missing.returncode == 1 \
+            and "no-such-tool: command not found" in missing.stdout + missing.stderr
 
 
 # ---- commands run under bash in strict mode ---------------------------------------------------
@@ -385,9 +389,10 @@ def test_results_computed_under_the_former_shell_are_not_served(ws):
     """Keys and the graph cache carry the action schema, which the strict shell raised: a result
     (and a graph) made under the former schema is not reused."""
     _strict_workspace(ws, "folder", "cat $< > $@")
-    former = "import posbuild.analysis as a; a.ACTION_SCHEMA = 1; from posbuild.cli import main; main()"
-    old = subprocess.run([sys.executable, "-c", former, "build", "//pkg:t"], cwd=ws.root, capture_output=True,
-                         text=True)
+    former = (
+        "import posbuild.analysis as a; a.ACTION_SCHEMA = 1; from posbuild.cli import main; main()")
+    old = subprocess.run([sys.executable, "-c", former, "build", "//pkg:t"], cwd=ws.root,
+                         capture_output=True, text=True)
     assert old.returncode == 0, old.stdout + old.stderr
     assert counts(ws.ok("//pkg:t")) == {"executed": 1, "cached": 0, "failed": 0}
     assert counts(ws.ok("//pkg:t")) == {"executed": 0, "cached": 1, "failed": 0}

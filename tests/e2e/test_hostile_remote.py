@@ -1,8 +1,8 @@
-"""A hostile remote cache or cache archive costs bounded time and memory: a server that drips
-one byte at a time is cut off at the request's deadline, an oversized `/ac/` answer or a `/cas/`
-blob longer than its signed result says is refused before it is read whole, and a gzip bomb in
-`posbuild cache import` is refused before it is decompressed. Each attack runs for real on
-127.0.0.1, and the memory of the posbuild process is measured (its peak RSS as its parent sees it)."""
+"""A hostile remote cache or cache archive costs bounded time and memory: a server that drips one
+byte at a time is cut off at the request's deadline, an oversized `/ac/` answer or a `/cas/` blob
+longer than its signed result says is refused before it is read whole, and a gzip bomb in `posbuild
+cache import` is refused before it is decompressed. Each attack runs for real on 127.0.0.1, and the
+memory of the posbuild process is measured (its peak RSS as its parent sees it)."""
 
 from __future__ import annotations
 
@@ -31,7 +31,7 @@ SOURCES = {
         genrule(name = "report", srcs = [":sorted"], outs = ["report.txt"], cmd = "wc -l < $< > $@")
         genrule(name = "big", srcs = ["raw.txt"], outs = ["big.bin"],
                 cmd = "python3 -c 'import sys; open(sys.argv[1], \\"wb\\").write(bytes(range(256)) * 4096)' $@")
-    """,
+    """,  # noqa: E501
 }
 
 _MEASURE = """\
@@ -44,9 +44,11 @@ sys.exit(proc.returncode)
 """
 
 
-def measured(ws: Workspace, *args: str, env: dict[str, str] | None = None, timeout: float = 60) -> tuple[Result, int]:
+def measured(ws: Workspace, *args: str, env: dict[str, str] | None = None,
+             timeout: float = 60) -> tuple[Result, int]:
     """Run `posbuild ARGS` in `ws`; its result and its peak RSS in MB (and that of what it ran)."""
-    proc = subprocess.run([sys.executable, "-c", _MEASURE, str(timeout), *POSBUILD, *args], cwd=ws.root,
+    proc = subprocess.run([sys.executable, "-c", _MEASURE, str(timeout), *POSBUILD, *args],
+                          cwd=ws.root,
                           env={**os.environ, **KEY, **(env or {})}, capture_output=True, text=True,
                           timeout=timeout + 30)
     *lines, peak = proc.stderr.rstrip("\n").split("\n")
@@ -82,13 +84,15 @@ def test_a_server_that_drips_one_byte_at_a_time_is_cut_off_at_the_deadline(tmp_p
         server.attack = drip(server, every=0.3) if where == "body" else drip_headers(server)
     ws = workspace(tmp_path, "a", server.url, timeout=1)
     started = time.monotonic()
-    result = ws.build(*(["--remote-upload"] if where == "put-reply" else []), "//...", env=KEY, timeout=40)
+    result = ws.build(*(["--remote-upload"] if where == "put-reply" else []), "//...", env=KEY,
+                      timeout=40)
     elapsed = time.monotonic() - started
     assert result.returncode == 0, result.stderr
     assert counts(result)["executed"] == 3
     assert elapsed < 15, f"the build took {elapsed:.1f} s"
     [warning] = warnings(result.stderr)
-    assert f"remote cache {server.url} is unavailable (timed out: no complete answer within" in warning
+    assert f"remote cache {server.url} is unavailable (timed out: no complete answer within" \
+            in warning
 
 
 def test_a_dripping_blob_download_is_cut_off_too(tmp_path, server):
@@ -181,7 +185,8 @@ def test_a_gzip_bomb_manifest_is_refused_before_it_is_decompressed(tmp_path):
     _assert_bomb_refused(_importer(tmp_path), archive, "its manifest has 536870912 bytes")
 
 
-@pytest.mark.parametrize("kind", [tarfile.GNUTYPE_LONGNAME, tarfile.XHDTYPE], ids=["gnu-longname", "pax-header"])
+@pytest.mark.parametrize("kind", [tarfile.GNUTYPE_LONGNAME, tarfile.XHDTYPE],
+                         ids=["gnu-longname", "pax-header"])
 def test_a_gzip_bomb_in_a_tar_extension_header_is_refused(tmp_path, kind):
     member = tarfile.TarInfo("posbuild-cache/manifest")
     member.type = kind  # tarfile reads such a header's data whole, before the member it describes
@@ -196,9 +201,11 @@ def test_a_gzip_bomb_blob_in_an_unsigned_archive_is_refused(tmp_path):
     from posbuild.digest import hash_bytes
 
     digest = bytes(32)  # whatever it says: a blob this size must not be written out to find out
-    body = msgpack.packb({"patterns": ["//pkg/..."], "build": 1, "results": [], "blobs": [[digest, 1 << 50]]},
+    body = msgpack.packb({"patterns": ["//pkg/..."], "build": 1, "results": [],
+                          "blobs": [[digest, 1 << 50]]},
                          use_bin_type=True)
-    manifest = msgpack.packb([cachearchive.ARCHIVE_FORMAT, cachearchive.MAGIC, hash_bytes(body), body, b""],
+    manifest = msgpack.packb([cachearchive.ARCHIVE_FORMAT, cachearchive.MAGIC, hash_bytes(body),
+                              body, b""],
                              use_bin_type=True)
     archive = tmp_path / "bomb.tar.gz"
     with tarfile.open(archive, "w:gz", compresslevel=1, format=tarfile.GNU_FORMAT) as tar:
@@ -210,8 +217,10 @@ def test_a_gzip_bomb_blob_in_an_unsigned_archive_is_refused(tmp_path):
     result, peak = measured(ws, "cache", "import", "--allow-unsigned", str(archive), env=env)
     assert result.returncode == 1, result.stderr
     [line] = result.stderr.strip().splitlines()
-    assert line.startswith(f"posbuild: cache archive {archive}: its blobs hold {1 << 50} bytes, more than the ")
-    assert line.endswith("bytes free in " + str(ws.root / ".posbuild" / "tmp") + "; nothing was imported")
+    assert line.startswith(
+        f"posbuild: cache archive {archive}: its blobs hold {1 << 50} bytes, more than the ")
+    assert line.endswith(
+        "bytes free in " + str(ws.root / ".posbuild" / "tmp") + "; nothing was imported")
     assert peak < BOUND_MB
 
 

@@ -13,10 +13,10 @@ WORKSPACE = {
         genrule(name = "up", srcs = ["in.txt"], outs = ["up.txt"], cmd = "tr a-z A-Z < $< > $@")
         genrule(name = "twice", srcs = [":up"], outs = ["twice.txt", "log.txt"],
                 cmd = "cat $< $< > $(location twice.txt); echo done > $(location log.txt); echo noise >&2")
-    """,
+    """,  # noqa: E501
     "b/BUILD": """
         genrule(name = "uses_a", srcs = ["//a:twice.txt"], outs = ["b.txt"], cmd = "wc -c < $< > $@")
-    """,
+    """,  # noqa: E501
 }
 TABLES = (b"results", b"blobs", b"generations")
 

@@ -29,7 +29,7 @@ DIAMOND = {
         genrule(name = "right", srcs = ["b.txt"], outs = ["right.txt"], cmd = "cat $< > $@")
         genrule(name = "join", srcs = [":left", ":right"], outs = ["join.txt"], cmd = "cat $(SRCS) > $@")
         genrule(name = "other", srcs = ["b.txt"], outs = ["other.txt"], cmd = "tr a-z A-Z < $< > $@")
-    """,
+    """,  # noqa: E501
 }
 DIAMOND_LABELS = ["//pkg:join", "//pkg:left", "//pkg:other", "//pkg:right"]
 
@@ -146,7 +146,8 @@ def test_early_cutoff_in_the_middle_of_a_chain(ws):
 
 # ---- changes to an action's declaration -------------------------------------------------------
 
-def _declared(cmd: str = "cat $< > $@", env: str = '{"A": "1"}', version: str = '{"schema": "1"}') -> dict[str, str]:
+def _declared(cmd: str = "cat $< > $@", env: str = '{"A": "1"}',
+              version: str = '{"schema": "1"}') -> dict[str, str]:
     """src -> mid (the action under test) -> last; `side` is independent of mid."""
     return {
         "pkg/src.txt": "data\n",
@@ -349,16 +350,20 @@ def test_a_noop_build_never_decodes_the_actions(ws):
     ws.write(DIAMOND)
     ws.ok("//...")
     ws.ok("//...")  # the first rebuild saves the state for the cached graph entry
-    run = subprocess.run([sys.executable, "-c", REFUSE_DECODING], cwd=ws.root, capture_output=True, text=True)
+    run = subprocess.run([sys.executable, "-c", REFUSE_DECODING], cwd=ws.root, capture_output=True,
+                         text=True)
     assert run.returncode == 0, run.stderr
     assert counts(run) == {"executed": 0, "cached": 4, "failed": 0}
 
-    _later(ws.root / "pkg/b.txt")  # touched: the signatures no longer settle the request by themselves
-    run = subprocess.run([sys.executable, "-c", REFUSE_DECODING], cwd=ws.root, capture_output=True, text=True)
+    # touched: the signatures no longer settle the request by themselves
+    _later(ws.root / "pkg/b.txt")
+    run = subprocess.run([sys.executable, "-c", REFUSE_DECODING], cwd=ws.root, capture_output=True,
+                         text=True)
     assert "the actions were decoded" in run.stderr
     assert executed_labels(ws.ok("//...")) == []  # and the full check still finds nothing to run
     records = [json.loads(line) for line in ws.run("log", "--json").stdout.splitlines()]
-    assert sorted((r["label"], r["state"]) for r in records) == [(label, "CACHED") for label in DIAMOND_LABELS]
+    assert sorted((r["label"], r["state"]) for r in records) == [(label, "CACHED")
+                                                                 for label in DIAMOND_LABELS]
 
 
 def test_a_pin_written_after_the_last_build_is_checked_on_a_noop_build(ws):
@@ -366,7 +371,8 @@ def test_a_pin_written_after_the_last_build_is_checked_on_a_noop_build(ws):
     ws.ok("//...")
     ws.ok("//...")
     wrong = "0" * 64
-    (ws.root / "posbuild.lock").write_text(json.dumps({"format": 1, "sources": {"pkg/a.txt": wrong}}))
+    (ws.root / "posbuild.lock").write_text(json.dumps({"format": 1,
+                                                       "sources": {"pkg/a.txt": wrong}}))
     result = ws.build("//...")
     assert result.returncode == 13, result
     assert f"pkg/a.txt is pinned in posbuild.lock to {wrong}" in result.stderr
@@ -380,17 +386,23 @@ def test_a_noop_after_a_failed_build_runs_the_failed_action_again(ws):
     first = ws.build("-k", "//...")
     assert first.returncode != 0 and counts(first)["failed"] == 1
     second = ws.build("-k", "//...")
-    assert counts(second) == {"executed": 0, "cached": 4, "failed": 1}  # tried again, not settled from the state
+    # tried again, not settled from the state
+    assert counts(second) == {"executed": 0, "cached": 4, "failed": 1}
 
 
 def test_a_source_too_fresh_when_read_is_recorded_once_it_has_settled(ws):
-    # modified "just now" as the build reads it (its mtime a little ahead), the source is hashed within
-    # the racy window; by the end of the build it has aged and hashes the same, so the state is complete
-    ws.write({"pkg/BUILD": 'genrule(name = "slow", srcs = ["a.txt"], outs = ["a.out"], cmd = "sleep 0.8; cat $< > $@")\n'})
+    # modified "just now" as the build reads it (its mtime a little ahead), the source is hashed
+    # within
+    # the racy window; by the end of the build it has aged and hashes the same, so the state is
+    # complete
+    ws.write(
+        {"pkg/BUILD": 'genrule(name = "slow", srcs = ["a.txt"], outs = ["a.out"], cmd = "sleep '
+                      '0.8; cat $< > $@")\n'})
     ws.write({"pkg/a.txt": "alpha\n"})
     soon = time.time_ns() + 400_000_000
     os.utime(ws.root / "pkg/a.txt", ns=(soon, soon))
     assert executed_labels(ws.ok("//...")) == ["//pkg:slow"]
-    run = subprocess.run([sys.executable, "-c", REFUSE_DECODING], cwd=ws.root, capture_output=True, text=True)
+    run = subprocess.run([sys.executable, "-c", REFUSE_DECODING], cwd=ws.root, capture_output=True,
+                         text=True)
     assert run.returncode == 0, run.stderr
     assert counts(run) == {"executed": 0, "cached": 1, "failed": 0}

@@ -1,4 +1,5 @@
-"""`posbuild lock` pins source digests in posbuild.lock; a changed pinned file is ORCH-03 (exit 13)."""
+"""`posbuild lock` pins source digests in posbuild.lock; a changed pinned file is ORCH-03 (exit
+13)."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ FILES = {
         genrule(name = "clean", srcs = ["raw.csv"], outs = ["clean.csv"], tools = ["//tools:clean.sh"],
                 cmd = "sh $(location //tools:clean.sh) $(location raw.csv) > $@")
         genrule(name = "other", srcs = ["other.csv"], outs = ["other.out"], cmd = "cat $< > $@")
-        """,
+        """,  # noqa: E501
     "model/BUILD": """
         genrule(name = "train", srcs = ["//data:clean"], outs = ["model.txt"], cmd = "cat $< > $@")
         """,
@@ -35,7 +36,8 @@ def read_lock(ws: Workspace) -> dict:  # type: ignore[type-arg]
 def test_lock_writes_the_sources_and_keeps_the_environment(ws: Workspace) -> None:
     ws.write(FILES)
     environment = {"hash": "ab" * 32, "fingerprint": {"python": "CPython 3.11"}}
-    (ws.root / "posbuild.lock").write_text(json.dumps({"format": 1, "sources": {}, "environment": environment}))
+    (ws.root / "posbuild.lock").write_text(json.dumps({"format": 1, "sources": {},
+                                                       "environment": environment}))
     result = ws.run("lock", "//model:train")
     assert result.returncode == 0, result
     assert result.stdout == "locked 2 source file(s) in posbuild.lock\n"
@@ -58,9 +60,9 @@ def test_changed_pinned_file_is_orch03_and_runs_nothing_until_relocked(ws: Works
 
     changed = "a,b\n1,3\n"
     ws.write({"data/raw.csv": changed})
-    expected = (f"posbuild: ORCH-03 checksum inconsistency: data/raw.csv is pinned in posbuild.lock to "
-                f"{digest(FILES['data/raw.csv'])} but hashes to {digest(changed)}; "
-                f"run `posbuild lock` to accept the change\n")
+    expected = ("posbuild: ORCH-03 checksum inconsistency: data/raw.csv is pinned in "
+                f"posbuild.lock to {digest(FILES['data/raw.csv'])} but hashes to "
+                f"{digest(changed)}; run `posbuild lock` to accept the change\n")
     for args in (("//model:train",), ("-n",), ()):
         result = ws.build(*args)
         assert result.returncode == 13, result
@@ -84,7 +86,8 @@ def test_changed_pinned_tool_is_orch03(ws: Workspace) -> None:
     ws.write({"tools/clean.sh": "cat \"$1\"; echo\n"})
     result = ws.build()
     assert result.returncode == 13
-    assert "ORCH-03 checksum inconsistency: tools/clean.sh is pinned in posbuild.lock" in result.stderr
+    assert "ORCH-03 checksum inconsistency: tools/clean.sh is pinned in posbuild.lock" \
+            in result.stderr
     assert not (ws.root / "posbuild-out").exists()
 
 

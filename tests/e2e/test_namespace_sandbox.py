@@ -27,7 +27,8 @@ from posbuild.sandbox import Sandboxes, choose_isolation
 
 
 PROBLEM = bwrap_problem()
-pytestmark = pytest.mark.skipif(PROBLEM is not None, reason=f"bubblewrap cannot run here: {PROBLEM}")
+pytestmark = pytest.mark.skipif(PROBLEM is not None,
+                                reason=f"bubblewrap cannot run here: {PROBLEM}")
 
 NAMESPACE = '[sandbox]\nmode = "namespace"\n'
 NO_ESCAPE = {namespaces.WRITABLE_VARIABLE: ""}
@@ -39,7 +40,8 @@ def build(ws: Workspace, *args: str, env: dict[str, str] | None = None) -> Resul
 
 def ok(ws: Workspace, *args: str) -> Result:
     result = build(ws, *args)
-    assert result.returncode == 0, f"build failed ({result.returncode}):\n{result.stdout}\n{result.stderr}"
+    assert result.returncode == 0, (
+        f"build failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
     return result
 
 
@@ -50,9 +52,11 @@ def nws(ws: Workspace) -> Workspace:
     return ws
 
 
-def _action(command: str, inputs: tuple[str, ...] = (), outputs: tuple[str, ...] = ("posbuild-out/pkg/out.txt",),
+def _action(command: str, inputs: tuple[str, ...] = (),
+            outputs: tuple[str, ...] = ("posbuild-out/pkg/out.txt",),
             tags: tuple[str, ...] = ()) -> Action:
-    return Action(label="//pkg:probe", kind="genrule", command=command, inputs=inputs, tools=(), outputs=outputs,
+    return Action(label="//pkg:probe", kind="genrule", command=command, inputs=inputs, tools=(),
+                  outputs=outputs,
                   env=(), versions=(), timeout=0, tags=tags, def_hash=b"\0" * 32, deps=(),
                   sources=tuple(p for p in inputs if not p.startswith("posbuild-out/")))
 
@@ -77,7 +81,7 @@ def test_reading_an_undeclared_workspace_file_by_absolute_path_fails(nws):
 def test_writing_into_the_workspace_by_absolute_path_fails_and_changes_nothing(nws):
     nws.write({"pkg/BUILD": f"""
         genrule(name = "escape", outs = ["e.txt"], cmd = "echo x > $@; echo x > {nws.root}/pkg/escaped.txt")
-    """})
+    """})  # noqa: E501
     result = build(nws, "//pkg:escape")
     assert result.returncode == 1, result.stdout + result.stderr
     assert "escaped.txt" in result.stderr
@@ -89,12 +93,13 @@ def test_writing_into_the_hosts_tmp_fails_and_tmp_is_private(nws, tmp_path):
     nws.write({"pkg/BUILD": f"""
         genrule(name = "own", outs = ["own.txt"], cmd = "echo private > {mine} && cat {mine} > $@ && ls -A /tmp >> $@")
         genrule(name = "host", outs = ["host.txt"], cmd = "echo x > $@; echo x > {tmp_path}/escaped.txt")
-    """})
+    """})  # noqa: E501
     ok(nws, "//pkg:own")
     assert not Path(mine).exists()  # the action's /tmp is its own, gone when it ends
     listing = nws.out("pkg/own.txt").split()
     assert listing[0] == "private" and Path(mine).name in listing
-    assert not any(name.startswith("pytest-of-") for name in listing)  # the host's /tmp is not there
+    # the host's /tmp is not there
+    assert not any(name.startswith("pytest-of-") for name in listing)
     result = build(nws, "//pkg:host")
     assert result.returncode == 1, result.stdout + result.stderr
     assert not (tmp_path / "escaped.txt").exists()
@@ -116,7 +121,7 @@ def test_a_workspace_and_a_store_outside_tmp_are_covered_by_read_only_empty_fold
                 genrule(name = "read", outs = ["read.txt"], cmd = "cat {root}/pkg/secret.txt > $@")
                 genrule(name = "write", outs = ["write.txt"], cmd = "echo x > $@; echo x > {root}/escaped.txt")
                 genrule(name = "spoil", outs = ["spoil.txt"], cmd = "echo x > $@; echo x > {cache}/escaped.txt")
-            """,
+            """,  # noqa: E501
         })
         ok(ws, "//pkg:look")
         assert ws.out("pkg/look.txt") == f"{cache}:\n\n{root}:\n"  # both empty
@@ -133,9 +138,10 @@ def test_a_workspace_and_a_store_outside_tmp_are_covered_by_read_only_empty_fold
 def test_other_sandboxes_and_the_hosts_dev_shm_are_invisible(nws):
     nws.write({"pkg/BUILD": """
         genrule(name = "a", outs = ["a.txt"], cmd = "ls -A $$(dirname $$PWD)/.. > $@; ls -A /dev/shm >> $@")
-    """})
+    """})  # noqa: E501
     ok(nws, "//pkg:a")
-    sandbox_folders, shm = nws.out("pkg/a.txt").splitlines()[:1], nws.out("pkg/a.txt").splitlines()[1:]
+    sandbox_folders, shm = nws.out("pkg/a.txt").splitlines()[:1], nws.out(
+        "pkg/a.txt").splitlines()[1:]
     assert len(sandbox_folders) == 1  # only this action's own sandbox in the sandbox base
     assert shm == [f"posbuild-{os.getuid()}"] or shm == []  # the path to the sandbox, nothing else
 
@@ -152,7 +158,9 @@ def listener():
 
 
 def _connect_rule(name: str, port: int, tags: str = "") -> str:
-    script = f"import socket; socket.create_connection(('127.0.0.1', {port}), timeout=5); print('connected')"
+    script = (
+        f"import socket; socket.create_connection(('127.0.0.1', {port}), timeout=5); "
+        "print('connected')")
     return (f'genrule(name = "{name}", outs = ["{name}.txt"], {tags}'
             f'cmd = "python3 -c \\"{script}\\" > $@")\n')
 
@@ -181,7 +189,7 @@ def test_declared_inputs_are_readable_but_not_writable(nws):
             genrule(name = "src", srcs = ["in.txt"], outs = ["src.txt"], cmd = "echo x > $@; echo more >> pkg/in.txt")
             genrule(name = "gen", srcs = [":first"], outs = ["gen.txt"],
                     cmd = "echo x > $@; echo more >> posbuild-out/pkg/first.txt")
-        """,
+        """,  # noqa: E501
     })
     ok(nws, "//pkg:reads")
     assert nws.out("pkg/reads.txt") == "source\nfirst\n"
@@ -201,7 +209,7 @@ def test_a_large_input_is_bound_read_only_from_the_workspace(nws):
     nws.write({"pkg/BUILD": """
         genrule(name = "size", srcs = ["big.bin"], outs = ["size.txt"], cmd = "wc -c < $< > $@; test ! -L $<")
         genrule(name = "spoil", srcs = ["big.bin"], outs = ["spoil.txt"], cmd = "echo x > $@; echo x >> $<")
-    """})
+    """})  # noqa: E501
     ok(nws, "//pkg:size")
     assert int(nws.out("pkg/size.txt")) == len(big)
     result = build(nws, "//pkg:spoil")
@@ -213,7 +221,7 @@ def test_scratch_files_in_the_working_folder_are_still_allowed(nws):
     nws.write({"pkg/BUILD": """
         genrule(name = "scratch", outs = ["s.txt"],
                 cmd = "echo tmp > scratch.txt && mkdir -p work && cp scratch.txt work/ && cat work/scratch.txt > $@")
-    """})
+    """})  # noqa: E501
     ok(nws, "//pkg:scratch")
     assert nws.out("pkg/s.txt") == "tmp\n"
 
@@ -222,7 +230,8 @@ def test_scratch_files_in_the_working_folder_are_still_allowed(nws):
 
 GRAPH = {
     "pkg/a.txt": "b\na\nc\n",
-    "pkg/gen.py": "import sys\nopen(sys.argv[2], 'w').write(''.join(sorted(open(sys.argv[1]))).upper())\n",
+    "pkg/gen.py": "import sys\nopen(sys.argv[2], "
+                  "'w').write(''.join(sorted(open(sys.argv[1]))).upper())\n",
     "pkg/BUILD": """
         genrule(name = "sorted", srcs = ["a.txt"], outs = ["sorted.txt"], cmd = "sort $< > $@")
         genrule(name = "both", srcs = [":sorted", "a.txt"], outs = ["both.txt", "n.txt"],
@@ -230,7 +239,7 @@ GRAPH = {
         genrule(name = "fails", outs = ["f.txt"], cmd = "echo oops >&2; exit 3")
         py_task(name = "upper", script = "gen.py", srcs = [":sorted"], outs = ["upper.txt"],
                 args = ["$(location :sorted)", "$@"])
-    """,
+    """,  # noqa: E501
 }
 
 
@@ -258,7 +267,8 @@ def test_py_task_runs_in_the_namespace_sandbox(nws):
     nws.write({
         "app/data.txt": "hello\n",
         "app/lib.py": "def shout(text):\n    return text.upper()\n",
-        "app/run.py": "import sys\nimport lib\nopen(sys.argv[2], 'w').write(lib.shout(open(sys.argv[1]).read()))\n",
+        "app/run.py": "import sys\nimport lib\nopen(sys.argv[2], "
+                      "'w').write(lib.shout(open(sys.argv[1]).read()))\n",
         "app/BUILD": """
             py_task(name = "shout", script = "run.py", srcs = ["data.txt"], outs = ["out.txt"],
                     args = ["$(location data.txt)", "$@"])
@@ -274,14 +284,16 @@ def test_py_task_with_an_interpreter_inside_the_workspace(nws):
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
     site = next((venv / "lib").glob("python3*/site-packages"))
     here = [p for p in sys.path if p.endswith("site-packages")]
-    (site / "posbuild-deps.pth").write_text("\n".join([str(Path(__file__).parents[2]), *here]) + "\n")
+    (site / "posbuild-deps.pth").write_text("\n".join([str(Path(__file__).parents[2]),
+                                                       *here]) + "\n")
     nws.write({
         "app/run.py": "import sys\nopen(sys.argv[1], 'w').write(sys.prefix + '\\n')\n",
-        "app/BUILD": 'py_task(name = "where", script = "run.py", outs = ["where.txt"], args = ["$@"])\n',
+        "app/BUILD": 'py_task(name = "where", script = "run.py", outs = ["where.txt"], args = '
+                     '["$@"])\n',
     })
     env = {**os.environ, **NO_ESCAPE}
-    done = subprocess.run([str(venv / "bin/python"), "-m", "posbuild", "build", "//app:where"], cwd=nws.root, env=env,
-                          capture_output=True, text=True, timeout=120)
+    done = subprocess.run([str(venv / "bin/python"), "-m", "posbuild", "build", "//app:where"],
+                          cwd=nws.root, env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stdout + done.stderr
     assert nws.out("app/where.txt") == f"{venv}\n"
 
@@ -292,7 +304,7 @@ def test_verify_works_in_the_namespace_sandbox(nws):
         "pkg/BUILD": """
             genrule(name = "copy", srcs = ["a.txt"], outs = ["copy.txt"], cmd = "cat $< > $@; ls pkg >> $@")
             genrule(name = "clock", outs = ["clock.txt"], cmd = "date +%s%N > $@")
-        """,
+        """,  # noqa: E501
     })
     good = nws.run("verify", "//pkg:copy", env=NO_ESCAPE)
     assert good.returncode == 0, good.stdout + good.stderr
@@ -317,11 +329,16 @@ def _processes_with(needle: bytes) -> list[int]:
 
 
 def test_the_command_ends_when_posbuild_is_killed(nws):
-    """--die-with-parent: a SIGKILLed posbuild leaves no command running (the folder sandbox does)."""
+    """--die-with-parent: a SIGKILLed posbuild leaves no command running (the folder sandbox
+    does)."""
     marker = f"{61 + (os.getpid() % 1000) / 1000:.3f}"
-    nws.write({"pkg/BUILD": f'genrule(name = "long", outs = ["l.txt"], cmd = "sleep {marker} & sleep {marker}")\n'})
-    posbuild = subprocess.Popen([*POSBUILD, "build", "//pkg:long"], cwd=nws.root, env={**os.environ, **NO_ESCAPE},
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    nws.write(
+        {"pkg/BUILD": f'genrule(name = "long", outs = ["l.txt"], cmd = "sleep {marker} & sleep '
+                      f'{marker}")\n'})
+    posbuild = subprocess.Popen([*POSBUILD, "build", "//pkg:long"], cwd=nws.root,
+                                env={**os.environ, **NO_ESCAPE},
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                start_new_session=True)
     needle = f"sleep\0{marker}".encode()
     try:
         deadline = time.monotonic() + 30
@@ -347,7 +364,7 @@ def test_a_timeout_ends_the_command_and_its_background_children(nws):
     marker = f"{71 + (os.getpid() % 1000) / 1000:.3f}"
     nws.write({"pkg/BUILD": f"""
         genrule(name = "slow", outs = ["s.txt"], timeout = 1, cmd = "sleep {marker} & sleep {marker}; echo > $@")
-    """})
+    """})  # noqa: E501
     started = time.monotonic()
     result = build(nws, "//pkg:slow")
     assert result.returncode == 1, result.stdout + result.stderr
@@ -359,7 +376,8 @@ def test_a_timeout_ends_the_command_and_its_background_children(nws):
 # ---- choosing the sandbox ------------------------------------------------------------------------
 
 def _fake_bwrap(folder: Path, script: str | None) -> dict[str, str]:
-    """A PATH whose only `bwrap` is `script` (or none at all); everything else posbuild needs is absolute."""
+    """A PATH whose only `bwrap` is `script` (or none at all); everything else posbuild needs is
+    absolute."""
     folder.mkdir()
     if script is not None:
         (folder / "bwrap").write_text(f"#!/bin/sh\n{script}\n")
@@ -384,7 +402,8 @@ def test_auto_falls_back_when_bwrap_is_broken(ws, tmp_path):
     result = ws.build("//...", env=_fake_bwrap(tmp_path / "bin", broken))
     assert result.returncode == 0, result.stdout + result.stderr
     notices = [line for line in result.stderr.splitlines() if "bubblewrap" in line]
-    assert len(notices) == 1 and "No permissions to creating new namespace" in notices[0], result.stderr
+    assert len(notices) == 1 \
+            and "No permissions to creating new namespace" in notices[0], result.stderr
     assert ws.out("pkg/t.txt") == "t\n"
 
 
@@ -393,7 +412,8 @@ def test_namespace_mode_without_bwrap_is_an_error_before_anything_runs(nws, tmp_
     result = nws.build("//...", env=_fake_bwrap(tmp_path / "bin", None))
     assert result.returncode == SandboxUnavailable.exit_code == 4, result.stdout + result.stderr
     lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith('posbuild: [sandbox] mode = "namespace" needs bubblewrap')
+    assert len(lines) == 1 \
+            and lines[0].startswith('posbuild: [sandbox] mode = "namespace" needs bubblewrap')
     assert "bwrap not found on PATH" in lines[0]
     assert not (nws.root / "posbuild-out/pkg/t.txt").exists()
     verify = nws.run("verify", env=_fake_bwrap(tmp_path / "bin2", "exit 1"))
@@ -402,7 +422,8 @@ def test_namespace_mode_without_bwrap_is_an_error_before_anything_runs(nws, tmp_
 
 def test_folder_mode_never_runs_bwrap(ws, tmp_path):
     ws.write({"posbuild.toml": '[sandbox]\nmode = "folder"\n',
-              "pkg/BUILD": f'genrule(name = "t", outs = ["t.txt"], cmd = "cat {ws.root}/posbuild.toml > $@")\n'})
+              "pkg/BUILD": 'genrule(name = "t", outs = ["t.txt"], cmd = "cat '
+                           f'{ws.root}/posbuild.toml > $@")\n'})
     result = ws.build("//...", env=_fake_bwrap(tmp_path / "bin", f"touch {tmp_path}/ran; exit 1"))
     assert result.returncode == 0, result.stdout + result.stderr
     assert "bubblewrap" not in result.stderr
@@ -424,7 +445,8 @@ def test_writable_folders_are_writable_and_the_workspace_inside_stays_hidden(ws,
     (ws.root / "pkg/secret.txt").write_text("s\n")
     sandboxes = Sandboxes(ws.root, tmp_path / "sandboxes", isolation)
     sandboxes.clear_stale()
-    result = sandboxes.run(_action(f"echo hi > {probe}/note; ls -A {ws.root} > $PWD/posbuild-out/pkg/out.txt"))
+    result = sandboxes.run(
+        _action(f"echo hi > {probe}/note; ls -A {ws.root} > $PWD/posbuild-out/pkg/out.txt"))
     try:
         assert result.exit_code == 0, result.stderr
         assert (probe / "note").read_text() == "hi\n"
@@ -438,7 +460,9 @@ def test_the_resource_usage_of_the_command_is_measured_through_bwrap(ws, tmp_pat
     assert isolation is not None
     sandboxes = Sandboxes(ws.root, tmp_path / "sandboxes", isolation)
     sandboxes.clear_stale()
-    hog = "python3 -c 'b = bytearray(100 * 1024 * 1024); sum(range(2000000))'; echo > $PWD/posbuild-out/pkg/out.txt"
+    hog = (
+        "python3 -c 'b = bytearray(100 * 1024 * 1024); sum(range(2000000))'; echo > "
+        "$PWD/posbuild-out/pkg/out.txt")
     result = sandboxes.run(_action(hog))
     try:
         assert result.exit_code == 0, result.stderr
@@ -451,11 +475,11 @@ def test_the_resource_usage_of_the_command_is_measured_through_bwrap(ws, tmp_pat
 
 def test_inputs_are_bound_by_folder_where_no_output_is_written():
     binds = namespaces.input_binds(
-        ["lib/x/y.txt", "pkg/a.txt", "pkg/sub/b.txt", "posbuild-out/dep/o.txt", "posbuild-out/pkg/first.txt",
-         "posbuild-out/pkg/sub/z.txt", "top.txt"],
+        ["lib/x/y.txt", "pkg/a.txt", "pkg/sub/b.txt", "posbuild-out/dep/o.txt",
+         "posbuild-out/pkg/first.txt", "posbuild-out/pkg/sub/z.txt", "top.txt"],
         ["posbuild-out/pkg/out.txt"])
-    assert binds == ["lib", "pkg", "posbuild-out/dep", "posbuild-out/pkg/sub", "posbuild-out/pkg/first.txt",
-                     "top.txt"]
+    assert binds == ["lib", "pkg", "posbuild-out/dep", "posbuild-out/pkg/sub",
+                     "posbuild-out/pkg/first.txt", "top.txt"]
 
 
 def test_hidden_folders_visible_paths_and_their_order(tmp_path):
@@ -469,13 +493,17 @@ def test_hidden_folders_visible_paths_and_their_order(tmp_path):
     assert "--cap-drop" not in head
     opened = head.index(str(tmp_path))
     assert head[opened - 1] == "--bind" and head[opened + 1] == str(tmp_path)
-    assert head[head.index(str(root)) - 1] == "--tmpfs" and head[head.index(str(store)) - 1] == "--tmpfs"
-    assert opened < head.index(str(root)) < head.index(str(venv))  # opened, hidden, then shown again
+    assert head[head.index(str(root)) - 1] == "--tmpfs" \
+            and head[head.index(str(store)) - 1] == ("--tmpfs")
+    # opened, hidden, then shown again
+    assert opened < head.index(str(root)) < head.index(str(venv))
     assert head[head.index(str(venv)) - 1] == "--ro-bind"
-    assert "/usr" not in head and "/dev/shm/posbuild-0/x" not in head  # visible anyway / under the fresh /dev
+    # visible anyway / under the fresh /dev
+    assert "/usr" not in head and "/dev/shm/posbuild-0/x" not in head
     assert sorted(made.tail) == sorted(("--remount-ro", str(root), "--remount-ro", str(store)))
     argv = namespaces.command(made, "/dev/shm/s/1", "/dev/shm/s/1/exec", [("/a", "/a")], False,
                               ["/bin/bash", "-c", "true"])
     assert argv[-4:] == ["--", "/bin/bash", "-c", "true"]
-    assert argv.index("/dev/shm/s/1") < argv.index("--remount-ro")  # mount points first, then read-only
+    # mount points first, then read-only
+    assert argv.index("/dev/shm/s/1") < argv.index("--remount-ro")
     assert "--cap-drop" in namespaces.isolation("/usr/bin/bwrap", (), (), as_root=True).head

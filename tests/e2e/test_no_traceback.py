@@ -14,7 +14,8 @@ GENRULE = 'genrule(name = "a", outs = ["a.txt"], cmd = "echo a > $@")\n'
 
 
 def one_line(result: Result, code: int, *needles: str) -> str:
-    assert result.returncode == code, (result.returncode, result.stdout[-2000:], result.stderr[-2000:])
+    assert result.returncode == code, (result.returncode, result.stdout[-2000:],
+                                       result.stderr[-2000:])
     assert "Traceback" not in result.stdout + result.stderr, result.stderr[-3000:]
     lines = [line for line in result.stderr.splitlines() if line.startswith("posbuild: ")]
     assert len(lines) == 1, result.stderr
@@ -23,8 +24,10 @@ def one_line(result: Result, code: int, *needles: str) -> str:
     return lines[0]
 
 
-@pytest.mark.parametrize("args", [("build", "//\xff:a"), ("query", "'//pkg:\xff'"), ("log", "//\xff"),
-                                  ("explain", "//pkg:\xfe"), ("lock", "//\xff/..."), ("//pkg:\xff",)])
+@pytest.mark.parametrize("args",
+                         [("build", "//\xff:a"), ("query", "'//pkg:\xff'"), ("log", "//\xff"),
+                                  ("explain", "//pkg:\xfe"), ("lock", "//\xff/..."),
+                          ("//pkg:\xff",)])
 def test_a_pattern_that_is_not_utf8_is_named_with_its_bytes(ws, args):
     ws.write({"pkg/BUILD": GENRULE})
     ws.ok("//...")
@@ -34,7 +37,8 @@ def test_a_pattern_that_is_not_utf8_is_named_with_its_bytes(ws, args):
 
 
 def test_a_globbed_file_name_that_is_not_utf8_is_named_and_a_folder_so_named_holds_no_package(ws):
-    ws.write({"pkg/BUILD": 'genrule(name = "g", srcs = glob(["*.txt"]), outs = ["g.out"], cmd = "cat $(SRCS) > $@")\n',
+    ws.write({"pkg/BUILD": 'genrule(name = "g", srcs = glob(["*.txt"]), outs = ["g.out"], cmd = '
+                           '"cat $(SRCS) > $@")\n',
               "pkg/ok.txt": "ok\n", "other/BUILD": GENRULE})
     odd = os.fsdecode(b"f\xff.txt")
     (ws.root / "pkg" / odd).write_text("odd\n")
@@ -46,7 +50,8 @@ def test_a_globbed_file_name_that_is_not_utf8_is_named_and_a_folder_so_named_hol
     assert built.returncode == 0, built.stderr
     (ws.root / "pkg" / odd).unlink()
     listed = ws.run("query", "//...")
-    assert listed.returncode == 0 and listed.stdout.split() == ["//other:a", "//pkg:g"], listed.stderr
+    assert listed.returncode == 0 \
+            and listed.stdout.split() == ["//other:a", "//pkg:g"], listed.stderr
 
 
 @pytest.mark.parametrize("config, needle", [
@@ -54,7 +59,8 @@ def test_a_globbed_file_name_that_is_not_utf8_is_named_and_a_folder_so_named_hol
     (b'[cache]\ndir = "a\\u0000b"\n', "[cache] dir must not contain a NUL character"),
     (b"[cache]\ntimeout = nan\n", "[cache] timeout must be a finite number"),
     (b"[build]\njobs = 99999999999999999999999\n", "[build] jobs must be a finite number"),
-    (b'[build]\nbuild_file_names = ["BUILD", "x\\u0000"]\n', "build_file_names must not contain a NUL"),
+    (b'[build]\nbuild_file_names = ["BUILD", "x\\u0000"]\n',
+     "build_file_names must not contain a NUL"),
     (b"[resources]\ncpu = inf\n", "[resources] cpu must be int"),
 ])
 def test_wrong_values_in_posbuild_toml_are_one_line(ws, config, needle):
@@ -65,7 +71,8 @@ def test_wrong_values_in_posbuild_toml_are_one_line(ws, config, needle):
 
 
 @pytest.mark.parametrize("config, where, code, needle", [
-    ('[cache]\ndir = ".cache/store"\n', ".cache/store", 3, "not a folder"),  # the configuration is at fault
+    # the configuration is at fault
+    ('[cache]\ndir = ".cache/store"\n', ".cache/store", 3, "not a folder"),
     ("", ".posbuild/store", 1, "a file"),
 ])
 def test_a_file_where_the_store_folder_belongs_is_one_line(ws, config, where, code, needle):

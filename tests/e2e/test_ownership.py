@@ -1,4 +1,5 @@
-"""Every output path has exactly one owner: overlapping outputs are BUILD errors (exit 3) at analysis.
+"""Every output path has exactly one owner: overlapping outputs are BUILD errors (exit 3) at
+analysis.
 
 Two targets writing one file, an output that would be the folder of another output, of a
 subpackage or of source files, and an output named like a source file are all refused before
@@ -42,7 +43,8 @@ def test_an_output_that_crosses_into_a_subpackage_is_refused(ws):
 
 def test_the_crossing_is_refused_whenever_its_package_is_loaded(ws):
     ws.write(CROSSING)
-    assert refused(ws, "//p:use").endswith("output 'q/x.txt' of //p:outer crosses into package //p/q")
+    assert refused(ws,
+                   "//p:use").endswith("output 'q/x.txt' of //p:outer crosses into package //p/q")
     ws.ok("//p/q:inner")  # //p is not loaded: nothing claims posbuild-out/p/q/ but //p/q
     assert ws.out("p/q/x.txt") == "inner\n"
 
@@ -52,7 +54,8 @@ def test_an_output_named_like_a_subpackage_folder_is_refused(ws):
         "p/BUILD": 'genrule(name = "a", outs = ["q"], cmd = "echo > $@")\n',
         "p/q/r/BUILD": 'genrule(name = "r", outs = ["r.txt"], cmd = "echo > $@")\n',
     })
-    assert refused(ws) == "p/BUILD:1:1: output 'q' of //p:a conflicts with package //p/q/r, which lies under it"
+    assert refused(ws) == (
+        "p/BUILD:1:1: output 'q' of //p:a conflicts with package //p/q/r, which lies under it")
 
 
 def test_an_output_of_the_root_package_inside_a_package_folder_is_refused(ws):
@@ -84,9 +87,11 @@ def test_an_output_that_is_the_folder_of_another_output_is_refused(ws, build, me
 def test_an_output_named_like_a_source_file_is_refused_not_a_cycle(ws):
     ws.write({
         "p/data.txt": "source\n",
-        "p/BUILD": 'genrule(name = "a", srcs = ["data.txt"], outs = ["data.txt"], cmd = "cp $< $@")\n',
+        "p/BUILD": 'genrule(name = "a", srcs = ["data.txt"], outs = ["data.txt"], cmd = "cp $< '
+                   '$@")\n',
     })
-    assert refused(ws) == "p/BUILD:1:1: output 'data.txt' of //p:a conflicts with source file p/data.txt"
+    assert refused(ws) == (
+        "p/BUILD:1:1: output 'data.txt' of //p:a conflicts with source file p/data.txt")
 
 
 @pytest.mark.parametrize("out, source", [
@@ -96,13 +101,15 @@ def test_an_output_named_like_a_source_file_is_refused_not_a_cycle(ws):
 def test_an_output_overlapping_a_source_path_is_refused(ws, out, source):
     ws.write({"p/data/raw.csv": "1\n", "p/raw.csv": "2\n",
               "p/BUILD": f'genrule(name = "a", outs = ["{out}"], cmd = "echo > $@")\n'})
-    assert refused(ws) == f"p/BUILD:1:1: output '{out}' of //p:a conflicts with source file {source}"
+    assert refused(ws) == (
+        f"p/BUILD:1:1: output '{out}' of //p:a conflicts with source file {source}")
 
 
 @pytest.mark.parametrize("out", ["../x", "/abs", ".", "a/./b", "a//b", "a/"])
 def test_an_output_outside_its_package_is_refused(ws, out):
     ws.write({"p/BUILD": f'genrule(name = "a", outs = ["{out}"], cmd = "echo > $@")\n'})
-    assert refused(ws) == (f"p/BUILD:1:1: genrule 'a': output '{out}' must be a relative path inside "
+    assert refused(
+        ws) == (f"p/BUILD:1:1: genrule 'a': output '{out}' must be a relative path inside "
                            f"the package, without '.', '..' or empty parts")
 
 
@@ -121,13 +128,15 @@ def test_one_file_declared_by_two_targets_names_both(ws):
 
 def test_a_source_of_the_root_package_inside_posbuild_out_is_refused(ws):
     ws.write({
-        "BUILD": 'genrule(name = "peek", srcs = ["posbuild-out/p/x.txt"], outs = ["y.txt"], cmd = "cp $< $@")\n',
+        "BUILD": 'genrule(name = "peek", srcs = ["posbuild-out/p/x.txt"], outs = ["y.txt"], cmd = '
+                 '"cp $< $@")\n',
         "p/BUILD": 'genrule(name = "x", outs = ["x.txt"], cmd = "echo x > $@")\n',
     })
     ws.ok("//p:x")
     message = refused_keeping(ws, "//:peek")
-    assert message == ("BUILD:1: //:peek: srcs entry 'posbuild-out/p/x.txt': posbuild-out/ holds the outputs "
-                       "of rules, not sources; name the rule that produces it (e.g. //p:x.txt)")
+    assert message == ("BUILD:1: //:peek: srcs entry 'posbuild-out/p/x.txt': posbuild-out/ holds "
+                       "the outputs of rules, not sources; name the rule that produces it (e.g. "
+                       "//p:x.txt)")
 
 
 def refused_keeping(ws: Workspace, *patterns: str) -> str:
@@ -146,7 +155,8 @@ def test_a_new_source_file_makes_a_cached_graph_conflict(ws):
     ws.ok("//...")
     ws.ok("//...")  # the graph now comes from the graph cache
     ws.write({"p/gen.txt": "a source now\n"})
-    assert refused_keeping(ws, "//...") == "p/BUILD:1:1: output 'gen.txt' of //p:a conflicts with source file p/gen.txt"
+    assert refused_keeping(ws, "//...") == (
+        "p/BUILD:1:1: output 'gen.txt' of //p:a conflicts with source file p/gen.txt")
 
 
 def test_a_new_subpackage_makes_a_cached_graph_conflict(ws):
@@ -166,7 +176,8 @@ def test_a_new_source_file_in_a_hidden_folder_makes_a_cached_graph_conflict(ws):
     ws.ok("//...")
     ws.write({"p/.well-known/gen.txt": "a source now\n"})
     assert refused_keeping(ws, "//...") == (
-        "p/BUILD:1:1: output '.well-known/gen.txt' of //p:a conflicts with source file p/.well-known/gen.txt")
+        "p/BUILD:1:1: output '.well-known/gen.txt' of //p:a conflicts with source file "
+        "p/.well-known/gen.txt")
 
 
 # --- what does not overlap builds ---------------------------------------------------------------
@@ -178,8 +189,8 @@ def test_outputs_beside_each_other_and_beside_sources_build(ws):
         "p/sub.txt": "a source\n",
         "p/q/BUILD": 'genrule(name = "inner", outs = ["x.txt"], cmd = "echo inner > $@")\n',
         "p/BUILD": (
-            'genrule(name = "clean", srcs = ["data/raw.csv"], outs = ["data/clean.csv"], cmd = "cp $< $@")\n'
-            'genrule(name = "a", outs = ["sub/x.txt", "sub-x", "sub.out", "qq/x.txt"], '
+            'genrule(name = "clean", srcs = ["data/raw.csv"], outs = ["data/clean.csv"], cmd = "cp '
+            '$< $@")\ngenrule(name = "a", outs = ["sub/x.txt", "sub-x", "sub.out", "qq/x.txt"], '
             'cmd = "for o in $(OUTS); do echo a > $$o; done")\n'
             'genrule(name = "b", outs = ["sub/y/z.txt"], cmd = "echo b > $@")\n'
         ),
@@ -194,14 +205,16 @@ def test_outputs_beside_each_other_and_beside_sources_build(ws):
 # --- the property, end to end -------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("seed", cases(3, conflict=True, start=1000) + cases(3, conflict=False, start=1000))
+@pytest.mark.parametrize("seed",
+                         cases(3, conflict=True, start=1000) + cases(3, conflict=False, start=1000))
 def test_random_workspaces_build_exactly_when_no_output_overlaps(tmp_path, seed):
     case = generate(seed)
     ws = Workspace(tmp_path / "ws")
     ws.write(case.files)
     if case.conflict:
         message = refused(ws)
-        assert "crosses into package" in message or "conflicts with" in message or "already an output" in message
+        assert "crosses into package" in message or "conflicts with" in message \
+                or "already an output" in message
         return
     ws.ok("//...")
     for package, name, out in case.outputs:

@@ -1,4 +1,5 @@
-"""py_task: a Python script run in the sandbox, with a code hash over the workspace modules it imports."""
+"""py_task: a Python script run in the sandbox, with a code hash over the workspace modules it
+imports."""
 
 from __future__ import annotations
 
@@ -43,9 +44,11 @@ def _workspace(ws: Workspace) -> None:
         "app/BUILD": BUILD,
         "app/data.txt": "hello\n",
         "app/report.py": SCRIPT,
-        "app/helper.py": "from lib import fmt\n\ndef shout(text):\n    return fmt.wrap(text.upper())\n",
+        "app/helper.py": "from lib import fmt\n\ndef shout(text):\n    return "
+                         "fmt.wrap(text.upper())\n",
         "app/lib/__init__.py": "",
-        "app/lib/fmt.py": "from . import style\n\nNAME = 'fmt'\n\ndef wrap(text):\n    return style.LEFT + text + style.RIGHT\n",
+        "app/lib/fmt.py": "from . import style\n\nNAME = 'fmt'\n\ndef wrap(text):\n    return "
+                          "style.LEFT + text + style.RIGHT\n",
         "app/lib/style.py": "LEFT = '['\nRIGHT = ']'\n",
         "app/unrelated.py": "VALUE = 1\n",
     })
@@ -74,7 +77,8 @@ def test_python_variables_are_fixed(ws: Workspace) -> None:
 def test_args_are_quoted_and_expanded(ws: Workspace) -> None:
     _workspace(ws)
     ws.ok("//app:report")
-    assert _report(ws)["argv"] == ["two words", "it's $HOME"]  # one argument each, no shell expansion
+    # one argument each, no shell expansion
+    assert _report(ws)["argv"] == ["two words", "it's $HOME"]
 
 
 def test_a_lone_multi_file_substitution_gives_one_argument_per_file(ws: Workspace) -> None:
@@ -125,7 +129,8 @@ def test_a_new_import_makes_its_module_an_input(ws: Workspace) -> None:
 def test_modules_at_the_workspace_root_are_found(ws: Workspace) -> None:
     ws.write({
         "tools/BUILD": 'py_task(name = "t", script = "t.py", outs = ["o.txt"], args = ["$@"])\n',
-        "tools/t.py": "import sys\nfrom shared import common\nopen(sys.argv[1], 'w').write(common.WORD)\n",
+        "tools/t.py": "import sys\nfrom shared import common\nopen(sys.argv[1], "
+                      "'w').write(common.WORD)\n",
         "shared/common.py": "WORD = 'root'\n",  # a namespace package at the workspace root
     })
     ws.ok("//tools:t")
@@ -140,7 +145,7 @@ def test_deps_are_staged_and_part_of_the_code_hash(ws: Workspace) -> None:
         "p/BUILD": """
             py_task(name = "t", script = "t.py", outs = ["o.txt"], deps = ["plugin.py", "table.cfg"],
                     args = ["$@", "$(location table.cfg)"])
-        """,
+        """,  # noqa: E501
         "p/t.py": (
             "import importlib, sys\n"
             "plugin = importlib.import_module('plugin')\n"  # dynamic: invisible to the import scan
@@ -182,7 +187,8 @@ def test_a_syntax_error_in_an_imported_module_names_that_module(ws: Workspace) -
 
 def test_the_fixed_python_variables_cannot_be_overridden(ws: Workspace) -> None:
     ws.write({
-        "p/BUILD": 'py_task(name = "t", script = "t.py", outs = ["o.txt"], env = {"PYTHONHASHSEED": "1"})\n',
+        "p/BUILD": 'py_task(name = "t", script = "t.py", outs = ["o.txt"], env = '
+                   '{"PYTHONHASHSEED": "1"})\n',
         "p/t.py": "",
     })
     result = ws.build("//p:t")

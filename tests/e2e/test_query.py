@@ -4,7 +4,7 @@ The graph (two packages; edges point to dependencies):
 
     //lib: a diamond    top -> left -> base -> base.txt        right also reads schema.txt
                         top -> right -> base (through its output base.out)
-    //app: a chain      report -> step2 -> step1 -> inputs (a filegroup) -> raw.csv, //lib:schema.txt
+    //app: a chain report -> step2 -> step1 -> inputs (a filegroup) -> raw.csv, //lib:schema.txt
                         report -> //lib:top, and -> //lib:base as a tool
 """
 
@@ -23,7 +23,7 @@ genrule(name = "base", srcs = ["base.txt"], outs = ["base.out"], cmd = "cat $< >
 genrule(name = "left", srcs = [":base"], outs = ["left.out"], cmd = "cat $< > $@", version = {"schema": "3"})
 genrule(name = "right", srcs = ["base.out", "schema.txt"], outs = ["right.out"], cmd = "cat $(SRCS) > $@")
 genrule(name = "top", srcs = [":left", ":right"], outs = ["top.out"], cmd = "cat $(SRCS) > $@")
-"""
+"""  # noqa: E501
 BUILD_APP = """\
 filegroup(name = "inputs", srcs = ["raw.csv", "//lib:schema.txt"])
 genrule(name = "step1", srcs = [":inputs"], outs = ["s1.out"], cmd = "cat $(SRCS) > $@")
@@ -57,23 +57,27 @@ def query(ws: Workspace, *args: str, cwd: Path | None = None) -> list[str]:
 CASES = [
     # deps
     ("deps(//app:report)", ALL),
-    ("deps(//lib:top)", ["//lib:base", "//lib:base.txt", "//lib:left", "//lib:right", "//lib:schema.txt", "//lib:top"]),
+    ("deps(//lib:top)", ["//lib:base", "//lib:base.txt", "//lib:left", "//lib:right",
+                         "//lib:schema.txt", "//lib:top"]),
     ("deps(//app:step2, 1)", ["//app:step1", "//app:step2"]),
     ("deps(//app:step2, 0)", ["//app:step2"]),
     ("deps(//lib:base.out)", ["//lib:base", "//lib:base.txt"]),  # an output names its rule
     # rdeps
-    ("rdeps(//..., //lib:base)", ["//app:report", "//lib:base", "//lib:left", "//lib:right", "//lib:top"]),
+    ("rdeps(//..., //lib:base)",
+     ["//app:report", "//lib:base", "//lib:left", "//lib:right", "//lib:top"]),
     ("rdeps(//lib/..., //lib:base)", ["//lib:base", "//lib:left", "//lib:right", "//lib:top"]),
     ("rdeps(//..., //lib:schema.txt, 1)", ["//app:inputs", "//lib:right", "//lib:schema.txt"]),
     ("rdeps(//app:step1, //lib:base)", []),
     # allpaths
     ("allpaths(//app:report, //lib:schema.txt)",
-     ["//app:inputs", "//app:report", "//app:step1", "//app:step2", "//lib:right", "//lib:schema.txt", "//lib:top"]),
+     ["//app:inputs", "//app:report", "//app:step1", "//app:step2", "//lib:right",
+      "//lib:schema.txt", "//lib:top"]),
     ("allpaths(//lib:top, //lib:base)", ["//lib:base", "//lib:left", "//lib:right", "//lib:top"]),
     ("allpaths(//lib:left, //lib:schema.txt)", []),
     # kind
     ("kind(filegroup, //...)", ["//app:inputs"]),
-    ("kind(genrule|filegroup, //app:all)", ["//app:inputs", "//app:report", "//app:step1", "//app:step2"]),
+    ("kind(genrule|filegroup, //app:all)",
+     ["//app:inputs", "//app:report", "//app:step1", "//app:step2"]),
     ('kind("source file", deps(//app:step1))', ["//app:raw.csv", "//lib:schema.txt"]),
     ("kind(rule, deps(//lib:left))", ["//lib:base", "//lib:left"]),
     ("kind('^genrule', //app/...)", ["//app:report", "//app:step1", "//app:step2"]),
@@ -109,7 +113,8 @@ def test_query_results_are_exact(graph_ws: Workspace, expr: str, expected: list[
 def test_relative_labels_resolve_in_the_current_package(graph_ws: Workspace) -> None:
     assert query(graph_ws, "deps(:step2, 1) + :report.txt", cwd=graph_ws.root / "app") == [
         "//app:report", "//app:step1", "//app:step2"]
-    assert query(graph_ws, ":all - kind(genrule, :*)", cwd=graph_ws.root / "app") == ["//app:inputs"]
+    assert query(graph_ws, ":all - kind(genrule, :*)",
+                 cwd=graph_ws.root / "app") == ["//app:inputs"]
 
 
 def test_label_output_is_sorted_one_per_line(graph_ws: Workspace) -> None:
@@ -122,17 +127,10 @@ def test_graph_output_is_deterministic_dot(graph_ws: Workspace) -> None:
     assert result.returncode == 0, result.stderr
     assert result.stdout == (
         "digraph posbuild {\n"
-        '  "//app:report";\n'
-        '  "//lib:base";\n'
-        '  "//lib:left";\n'
-        '  "//lib:right";\n'
-        '  "//lib:top";\n'
-        '  "//app:report" -> "//lib:base";\n'
-        '  "//app:report" -> "//lib:top";\n'
-        '  "//lib:left" -> "//lib:base";\n'
-        '  "//lib:right" -> "//lib:base";\n'
-        '  "//lib:top" -> "//lib:left";\n'
-        '  "//lib:top" -> "//lib:right";\n'
+        '  "//app:report";\n  "//lib:base";\n  "//lib:left";\n  "//lib:right";\n  "//lib:top";\n  '
+        '"//app:report" -> "//lib:base";\n  "//app:report" -> "//lib:top";\n  "//lib:left" -> '
+        '"//lib:base";\n  "//lib:right" -> "//lib:base";\n  "//lib:top" -> "//lib:left";\n  '
+        '"//lib:top" -> "//lib:right";\n'
         "}\n"
     )
     again = graph_ws.run("query", "allpaths(//app:report, //lib:base)", "--output", "graph")
@@ -143,9 +141,11 @@ def test_json_output_has_labels_edges_and_kinds(graph_ws: Workspace) -> None:
     result = graph_ws.run("query", "deps(//app:step1)", "--output", "json")
     assert result.returncode == 0, result.stderr
     document = json.loads(result.stdout)
-    assert document["labels"] == ["//app:inputs", "//app:raw.csv", "//app:step1", "//lib:schema.txt"]
+    assert document["labels"] == ["//app:inputs", "//app:raw.csv", "//app:step1",
+                                  "//lib:schema.txt"]
     assert document["edges"] == [
-        ["//app:inputs", "//app:raw.csv"], ["//app:inputs", "//lib:schema.txt"], ["//app:step1", "//app:inputs"]]
+        ["//app:inputs", "//app:raw.csv"], ["//app:inputs", "//lib:schema.txt"],
+        ["//app:step1", "//app:inputs"]]
     assert document["kinds"] == {"//app:inputs": "filegroup rule", "//app:raw.csv": "source file",
                                  "//app:step1": "genrule rule", "//lib:schema.txt": "source file"}
 
@@ -155,7 +155,8 @@ def test_empty_result_prints_nothing(graph_ws: Workspace) -> None:
     assert (result.returncode, result.stdout) == (0, "")
     empty = json.loads(graph_ws.run("query", "kind(nothing, //...)", "--output", "json").stdout)
     assert empty == {"labels": [], "edges": [], "kinds": {}}
-    assert graph_ws.run("query", "kind(nothing, //...)", "--output", "graph").stdout == "digraph posbuild {\n}\n"
+    assert graph_ws.run("query", "kind(nothing, //...)", "--output",
+                        "graph").stdout == ("digraph posbuild {\n}\n")
 
 
 @pytest.mark.parametrize("expr,column", [
@@ -167,7 +168,8 @@ def test_empty_result_prints_nothing(graph_ws: Workspace) -> None:
     ("(//lib:all", 11),
     ("rdeps(//...)", 12),
 ])
-def test_syntax_error_is_a_usage_error_naming_the_column(graph_ws: Workspace, expr: str, column: int) -> None:
+def test_syntax_error_is_a_usage_error_naming_the_column(graph_ws: Workspace, expr: str,
+                                                         column: int) -> None:
     result = graph_ws.run("query", expr)
     assert result.returncode == 2, result.stderr
     assert result.stderr.startswith(f"posbuild: query syntax error at column {column}: ")
@@ -194,35 +196,42 @@ def test_unknown_output_format_is_a_usage_error(graph_ws: Workspace) -> None:
     ("deps(//ap:report)", "posbuild: no such package '//ap' (did you mean 'app'?)"),
     ("//lbi/...", "posbuild: pattern '//lbi/...' matches no targets (did you mean 'lib'?)"),
     ("//lbi:all", "posbuild: no such package '//lbi' (did you mean 'lib'?)"),
-    ("//lib:shema.txt + //app:step1", "posbuild: no such target '//lib:shema.txt' (did you mean 'schema.txt'?)"),
+    ("//lib:shema.txt + //app:step1",
+     "posbuild: no such target '//lib:shema.txt' (did you mean 'schema.txt'?)"),
 ])
-def test_unknown_target_or_pattern_is_exit_3_with_did_you_mean(graph_ws: Workspace, expr: str, message: str) -> None:
+def test_unknown_target_or_pattern_is_exit_3_with_did_you_mean(graph_ws: Workspace, expr: str,
+                                                               message: str) -> None:
     result = graph_ws.run("query", expr)
     assert result.returncode == 3
     assert result.stderr.strip() == message
 
 
 def test_bad_build_file_is_exit_3_with_its_location(ws: Workspace) -> None:
-    ws.write({"pkg/BUILD": 'genrule(name = "a", srcs = ["missing.txt"], outs = ["a.out"], cmd = "true")\n'})
+    ws.write(
+        {"pkg/BUILD": 'genrule(name = "a", srcs = ["missing.txt"], outs = ["a.out"], cmd = '
+                      '"true")\n'})
     result = ws.run("query", "//...")
     assert result.returncode == 3
-    assert result.stderr.startswith("posbuild: pkg/BUILD:1: //pkg:a: srcs entry 'missing.txt': no such target")
+    assert result.stderr.startswith(
+        "posbuild: pkg/BUILD:1: //pkg:a: srcs entry 'missing.txt': no such target")
 
 
 def test_the_cache_follows_edits_of_build_files_and_new_packages(ws: Workspace) -> None:
-    ws.write({"a/BUILD": 'genrule(name = "x", srcs = ["in.txt"], outs = ["x.out"], cmd = "cat $< > $@")\n',
+    ws.write({"a/BUILD": 'genrule(name = "x", srcs = ["in.txt"], outs = ["x.out"], cmd = "cat $< > '
+                         '$@")\n',
               "a/in.txt": "1\n"})
     assert query(ws, "deps(//...)") == ["//a:in.txt", "//a:x"]
     assert (ws.root / ".posbuild" / "graphs" / "targets.query").is_file()
-    ws.write({"a/BUILD": 'genrule(name = "x", srcs = ["in.txt"], outs = ["x.out"], cmd = "cat $< > $@")\n'
-                         'filegroup(name = "fg", srcs = [":x"])\n',
-              "b/BUILD": 'genrule(name = "y", srcs = ["//a:x.out"], outs = ["y.out"], cmd = "cat $< > $@")\n'})
+    ws.write({"a/BUILD": 'genrule(name = "x", srcs = ["in.txt"], outs = ["x.out"], cmd = "cat $< > '
+                         '$@")\nfilegroup(name = "fg", srcs = [":x"])\n',
+              "b/BUILD": 'genrule(name = "y", srcs = ["//a:x.out"], outs = ["y.out"], cmd = "cat '
+                         '$< > $@")\n'})
     assert query(ws, "rdeps(//..., //a:x)") == ["//a:fg", "//a:x", "//b:y"]
 
 
 def test_query_works_next_to_a_build(ws: Workspace) -> None:
-    ws.write({"p/BUILD": 'genrule(name = "g", srcs = ["s.txt"], outs = ["g.out"], cmd = "cat $< > $@")\n'
-                         'filegroup(name = "fg", srcs = [":g"])\n',
+    ws.write({"p/BUILD": 'genrule(name = "g", srcs = ["s.txt"], outs = ["g.out"], cmd = "cat $< > '
+                         '$@")\nfilegroup(name = "fg", srcs = [":g"])\n',
               "p/s.txt": "s\n"})
     ws.ok("//...")
     assert query(ws, "deps(//p:fg)") == ["//p:fg", "//p:g", "//p:s.txt"]
@@ -235,8 +244,8 @@ def test_help_lists_the_query_command(ws: Workspace) -> None:
     assert result.returncode == 0 and "rdeps(UNIVERSE, X" in result.stdout
 
 
-def test_a_query_on_an_unchanged_workspace_evaluates_no_build_file(graph_ws: Workspace,
-                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_query_on_an_unchanged_workspace_evaluates_no_build_file(
+        graph_ws: Workspace, monkeypatch: pytest.MonkeyPatch) -> None:
     import posbuild.loader
     from posbuild.query import run_query
 

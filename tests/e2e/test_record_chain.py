@@ -108,7 +108,8 @@ def test_an_unreadable_build_row_is_a_clear_error_in_log(ws):
         txn.put((3).to_bytes(8, "big"), b"\xc1garbage")
     result = ws.run("log")
     assert result.returncode == 13
-    assert result.stderr.strip().startswith("posbuild: ORCH-03 checksum inconsistency: the row of build 3 ")
+    assert result.stderr.strip().startswith(
+        "posbuild: ORCH-03 checksum inconsistency: the row of build 3 ")
     fsck_fails_naming(ws, 3)
 
 
@@ -123,7 +124,8 @@ def test_a_no_op_build_writes_exactly_one_row_and_is_sealed(ws):
     builds, records = rows(b"builds"), rows(b"records")
     ws.ok("//...")
     assert (rows(b"builds"), rows(b"records")) == (builds + 1, records)
-    [_, noop] = [json.loads(line) for line in ws.run("log", "--builds", "--json").stdout.splitlines()]
+    [_,
+     noop] = [json.loads(line) for line in ws.run("log", "--builds", "--json").stdout.splitlines()]
     assert noop["state"] == "FINISHED" and len(noop["seal"]) == 64
     assert ws.run("fsck").returncode == 0
 
@@ -146,14 +148,18 @@ def test_builds_of_two_workspaces_sharing_a_store_keep_a_consistent_chain_each(t
         spaces.append(space)
     for round_ in range(3):
         for space in spaces:
-            build_file = next(space.root.glob("*/BUILD"))  # packages differ: the stat memo is keyed by path
+            # packages differ: the stat memo is keyed by path
+            build_file = next(space.root.glob("*/BUILD"))
             build_file.write_text(build_file.read_text().replace("> $@", f"{round_} > $@"))
-        running = [subprocess.Popen([*POSBUILD, "build", "-j2", "//..."], cwd=s.root, stdout=subprocess.DEVNULL,
+        running = [subprocess.Popen([*POSBUILD, "build", "-j2", "//..."], cwd=s.root,
+                                    stdout=subprocess.DEVNULL,
                                     stderr=subprocess.PIPE, text=True) for s in spaces]
         for process in running:
             assert process.wait(timeout=120) == 0, process.stderr.read()
     for space in spaces:
         assert space.run("fsck").returncode == 0, space.run("fsck").stdout
     for space in spaces:
-        builds = [json.loads(line) for line in space.run("log", "--builds", "--json").stdout.splitlines()]
-        assert [(b["build"], b["state"]) for b in builds] == [(str(n), "FINISHED") for n in (1, 2, 3)]
+        builds = [json.loads(line)
+                  for line in space.run("log", "--builds", "--json").stdout.splitlines()]
+        assert [(b["build"], b["state"]) for b in builds] == [(str(n), "FINISHED")
+                                                              for n in (1, 2, 3)]

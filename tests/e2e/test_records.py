@@ -14,7 +14,7 @@ WORKSPACE = {
                 cmd = "python3 -c 'import time; t = time.process_time(); [0 for _ in iter(lambda: time.process_time() - t > 0.3, True)]'; cp $< $@")
         genrule(name = "big", outs = ["big.txt"],
                 cmd = "python3 -c 'b = bytearray(120 * 1024 * 1024); b[::4096] = b\\"x\\" * len(b[::4096]); print(len(b))' > $@")
-    """,
+    """,  # noqa: E501
 }
 
 
@@ -39,9 +39,11 @@ def test_every_field_of_an_executed_record_is_plausible(ws):
     assert set(sorted_["inputs"]) == {"pkg/raw.txt"} and len(sorted_["inputs"]["pkg/raw.txt"]) == 64
     assert sorted_["versions"] == {"schema": "2"}
     assert set(sorted_["outputs"]) == {"posbuild-out/pkg/sorted.txt"}
-    assert set(sorted_["usage"]) == {"user_s", "system_s", "max_rss_kb", "read_bytes", "written_bytes"}
+    assert set(sorted_["usage"]) == {"user_s", "system_s", "max_rss_kb", "read_bytes",
+                                     "written_bytes"}
     assert sorted_["slot"] >= 1
-    assert records["//pkg:busy"]["usage"]["user_s"] + records["//pkg:busy"]["usage"]["system_s"] > 0.2
+    busy = records["//pkg:busy"]["usage"]
+    assert busy["user_s"] + busy["system_s"] > 0.2
     assert records["//pkg:big"]["usage"]["max_rss_kb"] > 100 * 1024
 
 
@@ -53,7 +55,8 @@ def test_every_build_has_one_record_per_requested_action_however_it_was_settled(
     ws.ok("//...")
     for build, states in ((1, {"SUCCESS"}), (2, {"CACHED"}), (3, {"SUCCESS", "CACHED"})):
         records = log_json(ws, "--build", str(build))
-        assert sorted(r["label"] for r in records) == ["//pkg:big", "//pkg:busy", "//pkg:sorted"], build
+        assert sorted(r["label"] for r in records) == ["//pkg:big", "//pkg:busy",
+                                                       "//pkg:sorted"], build
         assert {r["state"] for r in records} == states, build
     third = {r["label"]: r["state"] for r in log_json(ws, "--build", "3")}
     assert third == {"//pkg:sorted": "SUCCESS", "//pkg:busy": "CACHED", "//pkg:big": "CACHED"}
@@ -84,7 +87,8 @@ def test_log_table_and_pattern_filter(ws):
     assert result.returncode == 0
     lines = result.stdout.splitlines()
     assert lines[0].startswith("build 1  started ")
-    assert lines[1].split() == ["state", "seconds", "cpu", "s", "max", "RSS", "exit", "key", "error", "label"]
+    assert lines[1].split() == ["state", "seconds", "cpu", "s", "max", "RSS", "exit", "key",
+                                "error", "label"]
     assert len(lines) == 3 and lines[2].startswith("SUCCESS") and lines[2].endswith("//pkg:sorted")
 
 
@@ -119,11 +123,14 @@ def test_explain_names_the_changed_input_with_old_and_new_digests(ws):
 def test_explain_a_command_and_a_version_change(ws):
     ws.write(WORKSPACE)
     ws.ok("//pkg:sorted")
-    ws.write({"pkg/BUILD": WORKSPACE["pkg/BUILD"].replace('"schema": "2"', '"schema": "3"').replace("sort $<", "sort -r $<")})
+    ws.write({"pkg/BUILD": WORKSPACE["pkg/BUILD"].replace('"schema": "2"', '"schema": "3"').replace(
+        "sort $<", "sort -r $<")})
     ws.ok("//pkg:sorted")
     out = ws.run("explain", "//pkg:sorted").stdout
     assert "version schema changed: 2 -> 3" in out
-    assert "the command changed: 'sort pkg/raw.txt > posbuild-out/pkg/sorted.txt' -> 'sort -r pkg/raw.txt > posbuild-out/pkg/sorted.txt'" in out
+    assert (
+        "the command changed: 'sort pkg/raw.txt > posbuild-out/pkg/sorted.txt' -> 'sort -r "
+        "pkg/raw.txt > posbuild-out/pkg/sorted.txt'") in out
 
 
 def test_explain_an_up_to_date_action_and_build_explain_lines(ws):
@@ -163,7 +170,8 @@ def test_a_build_refused_by_a_cycle_leaves_a_record_with_orch_01(ws):
     assert table.stdout.startswith("build 2  started ")
     assert "refused: ORCH-01 DAG cycle detected: " in table.stdout
     refused = log_json(ws)
-    assert len(refused) == 1 and refused[0]["state"] == "REFUSED" and refused[0]["error"] == "ORCH-01"
+    assert len(refused) == 1 and refused[0]["state"] == "REFUSED" \
+            and refused[0]["error"] == ("ORCH-01")
     assert refused[0]["build"] == "2" and refused[0]["patterns"] == ["//..."]
     assert "//pkg:a" in refused[0]["message"] and refused[0]["seal"]
     builds = [json.loads(line) for line in ws.run("log", "--builds", "--json").stdout.splitlines()]
@@ -174,10 +182,12 @@ def test_a_build_refused_by_a_cycle_leaves_a_record_with_orch_01(ws):
 def test_a_build_refused_by_environment_drift_leaves_a_record_with_orch_07(ws):
     ws.write(WORKSPACE)
     ws.run("env", "approve")
-    drifted = ws.build("//pkg:sorted", env={"POSBUILD_TEST_FINGERPRINT": json.dumps({"python.version": "3.99.1"})})
+    drifted = ws.build("//pkg:sorted",
+                       env={"POSBUILD_TEST_FINGERPRINT": json.dumps({"python.version": "3.99.1"})})
     assert drifted.returncode == 17, drifted.stderr
     refused = log_json(ws)
-    assert [(r["state"], r["error"], r["patterns"]) for r in refused] == [("REFUSED", "ORCH-07", ["//pkg:sorted"])]
+    assert [(r["state"], r["error"], r["patterns"]) for r in refused] == [("REFUSED", "ORCH-07",
+                                                                           ["//pkg:sorted"])]
     assert refused[0]["message"].startswith("ORCH-07 environment drift: h_E ")
     assert "refused: ORCH-07 environment drift" in ws.run("log", "--builds").stdout
     ws.ok("//pkg:sorted")  # the next build chains after the refused one
@@ -192,15 +202,16 @@ def test_a_dry_run_refused_by_a_cycle_records_nothing(ws):
 
 def test_builds_refused_by_a_version_mismatch_or_the_resource_budget_are_recorded(ws):
     ws.write({
-        "data/BUILD": 'genrule(name = "clean", outs = ["clean.csv"], cmd = "echo > $@", version = {"schema": "2"})\n',
-        "model/BUILD": 'genrule(name = "train", srcs = ["//data:clean"], outs = ["m.txt"], cmd = "cat $< > $@", '
-                       'requires = {"//data:clean": {"schema": "3"}})\n',
+        "data/BUILD": 'genrule(name = "clean", outs = ["clean.csv"], cmd = "echo > $@", version = '
+                      '{"schema": "2"})\n',
+        "model/BUILD": 'genrule(name = "train", srcs = ["//data:clean"], outs = ["m.txt"], cmd = '
+                       '"cat $< > $@", requires = {"//data:clean": {"schema": "3"}})\n',
     })
     assert ws.build("//model:train").returncode == 12
     ws.write({
         "posbuild.toml": "[resources]\ncpu = 2\n",
-        "model/BUILD": 'genrule(name = "train", srcs = ["//data:clean"], outs = ["m.txt"], cmd = "cat $< > $@", '
-                       'resources = {"cpu": 8})\n',
+        "model/BUILD": 'genrule(name = "train", srcs = ["//data:clean"], outs = ["m.txt"], cmd = '
+                       '"cat $< > $@", resources = {"cpu": 8})\n',
     })
     assert ws.build("//model:train").returncode == 15
     builds = [json.loads(line) for line in ws.run("log", "--builds", "--json").stdout.splitlines()]

@@ -28,7 +28,7 @@ SOURCES = {
         genrule(name = "tool", srcs = [], outs = ["tool.sh"], cmd = "printf '#!/bin/sh\\necho hi\\n' > $@; chmod +x $@")
         genrule(name = "big", srcs = ["raw.txt"], outs = ["big.bin"],
                 cmd = "python3 -c 'import sys; open(sys.argv[1], \\"wb\\").write(bytes(range(256)) * 4096)' $@")
-    """,
+    """,  # noqa: E501
 }
 
 
@@ -63,7 +63,8 @@ def test_a_clean_workspace_builds_everything_from_the_remote_with_zero_execution
     assert counts(first)["executed"] == 4
     assert "4 result(s) uploaded" in first.stderr
     assert len(nginx.files("ac")) == 4
-    assert any(p.stat().st_size == 256 * 4096 for p in nginx.files("cas"))  # the large blob, streamed
+    # the large blob, streamed
+    assert any(p.stat().st_size == 256 * 4096 for p in nginx.files("cas"))
 
     b = workspace(tmp_path, "b", nginx.url)  # a new CI machine: same sources, nothing local
     second = build(b, "//...")
@@ -176,7 +177,8 @@ def test_wrong_bytes_in_a_cas_entry_are_rejected_before_use(tmp_path, nginx):
             blob.write_bytes(b"1\n2\n4\n")  # same size, other bytes
     result = build(b, "//...")
     assert result.returncode == 0, result.stderr
-    assert executed_labels(result) == ["//pkg:sorted"]  # report still comes from the remote: same input bytes
+    # report still comes from the remote: same input bytes
+    assert executed_labels(result) == ["//pkg:sorted"]
     [warning] = warnings(result.stderr)
     assert "blob /cas/" in warning and "of //pkg:sorted rejected: its bytes hash to" in warning
     assert b.out("pkg/sorted.txt") == "1\n2\n3\n"
@@ -209,12 +211,14 @@ def test_without_the_key_the_remote_is_not_used(tmp_path, nginx):
     b = _upload_and_fresh(tmp_path, nginx)
     before = len(nginx.requests())
     env = {k: v for k, v in os.environ.items() if k != "POSBUILD_CACHE_KEY"}
-    proc = subprocess.run([*POSBUILD, "build", "//..."], cwd=b.root, env={**env, "XDG_CONFIG_HOME": str(tmp_path)},
+    proc = subprocess.run([*POSBUILD, "build", "//..."], cwd=b.root,
+                          env={**env, "XDG_CONFIG_HOME": str(tmp_path)},
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert "executed" in proc.stdout and "4 executed" in proc.stdout
     notices = [line for line in proc.stderr.splitlines() if "not used" in line]
-    assert len(notices) == 1 and "POSBUILD_CACHE_KEY" in notices[0] and "never trusted unsigned" in notices[0]
+    assert len(notices) == 1 and "POSBUILD_CACHE_KEY" in notices[0] \
+            and "never trusted unsigned" in notices[0]
     assert len(nginx.requests()) == before
 
 
@@ -222,9 +226,11 @@ def test_remote_upload_without_the_key_fails_before_anything_runs(tmp_path, ngin
     a = workspace(tmp_path, "a", nginx.url)
     env = {k: v for k, v in os.environ.items() if k != "POSBUILD_CACHE_KEY"}
     proc = subprocess.run([*POSBUILD, "build", "--remote-upload", "//..."], cwd=a.root,
-                          env={**env, "XDG_CONFIG_HOME": str(tmp_path)}, capture_output=True, text=True, timeout=120)
+                          env={**env, "XDG_CONFIG_HOME": str(tmp_path)}, capture_output=True,
+                          text=True, timeout=120)
     assert proc.returncode == 2
-    assert proc.stderr.startswith("posbuild: --remote-upload needs the signing key: secret 'POSBUILD_CACHE_KEY'")
+    assert proc.stderr.startswith(
+        "posbuild: --remote-upload needs the signing key: secret 'POSBUILD_CACHE_KEY'")
     assert not (a.root / "posbuild-out").exists()
     assert nginx.requests() == []
 
@@ -236,8 +242,8 @@ def test_the_key_may_come_from_the_secrets_file(tmp_path, nginx):
     secrets.chmod(0o600)
     env = {k: v for k, v in os.environ.items() if k != "POSBUILD_CACHE_KEY"}
     proc = subprocess.run([*POSBUILD, "build", "//..."], cwd=b.root,
-                          env={**env, "POSBUILD_SECRETS_FILE": str(secrets)}, capture_output=True, text=True,
-                          timeout=120)
+                          env={**env, "POSBUILD_SECRETS_FILE": str(secrets)}, capture_output=True,
+                          text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert "0 executed, 4 cached" in proc.stdout
 
@@ -246,7 +252,8 @@ def test_remote_upload_needs_a_remote(ws):
     ws.write(SOURCES)
     result = ws.build("--remote-upload", "//...", env=KEY)
     assert result.returncode == 2
-    assert result.stderr == "posbuild: --remote-upload needs a remote cache: set [cache] remote in posbuild.toml\n"
+    assert result.stderr == (
+        "posbuild: --remote-upload needs a remote cache: set [cache] remote in posbuild.toml\n")
 
 
 def test_a_remote_that_is_down_costs_one_warning(tmp_path):
@@ -256,7 +263,8 @@ def test_a_remote_that_is_down_costs_one_warning(tmp_path):
     assert result.returncode == 0, result.stderr
     assert counts(result)["executed"] == 4
     assert warnings(result.stderr) == [
-        f"posbuild: warning: remote cache {url} is unavailable (connection refused); building without it from here on"]
+        f"posbuild: warning: remote cache {url} is unavailable (connection refused); building "
+        "without it from here on"]
 
 
 def test_a_slow_remote_times_out_and_costs_one_warning(tmp_path):
@@ -292,11 +300,14 @@ def test_the_remote_killed_in_the_middle_of_a_build(tmp_path, nginx):
     """Many slow-ish actions upload while nginx is SIGKILLed: one warning, the build succeeds, and
     the next build (remote still down) has nothing left to do."""
     a = workspace(tmp_path, "a", nginx.url)
-    rules = "\n".join(f'genrule(name = "s{i}", srcs = [], outs = ["s{i}.txt"], cmd = "sleep 0.15; echo {i} > $@")'
+    rules = "\n".join(f'genrule(name = "s{i}", srcs = [], outs = ["s{i}.txt"], cmd = "sleep 0.15; '
+                      f'echo {i} > $@")'
                       for i in range(30))
     a.write({"slow/BUILD": rules})
-    proc = subprocess.Popen([*POSBUILD, "build", "-j", "2", "--remote-upload", "//slow/..."], cwd=a.root,
-                            env={**os.environ, **KEY}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen([*POSBUILD, "build", "-j", "2", "--remote-upload", "//slow/..."],
+                            cwd=a.root,
+                            env={**os.environ, **KEY}, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
     killed = threading.Event()
 
     def kill_after_some_uploads() -> None:
@@ -331,7 +342,8 @@ def test_the_remote_killed_while_a_clean_workspace_downloads(tmp_path, nginx):
     assert build(a, "--remote-upload", "//data/...").returncode == 0
     b = workspace(tmp_path, "b", nginx.url)
     b.write({"data/BUILD": rules})
-    proc = subprocess.Popen([*POSBUILD, "build", "//data/..."], cwd=b.root, env={**os.environ, **KEY},
+    proc = subprocess.Popen([*POSBUILD, "build", "//data/..."], cwd=b.root,
+                            env={**os.environ, **KEY},
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 60
     log = nginx.base / "access.log"
@@ -343,9 +355,11 @@ def test_the_remote_killed_while_a_clean_workspace_downloads(tmp_path, nginx):
     stdout, stderr = proc.communicate(timeout=180)
     assert proc.returncode == 0, stderr
     assert len([line for line in stderr.splitlines() if "warning" in line]) == 1
-    assert 0 < counts(Result(0, stdout, stderr))["executed"] < 40  # some came from the remote, the rest ran
+    # some came from the remote, the rest ran
+    assert 0 < counts(Result(0, stdout, stderr))["executed"] < 40
     for i in range(40):
-        assert (b.root / f"posbuild-out/data/d{i}.bin").read_bytes() == bytes(300000) + f"{i}\n".encode()
+        assert (b.root / f"posbuild-out/data/d{i}.bin").read_bytes() == bytes(
+            300000) + f"{i}\n".encode()
     assert b.run("fsck").returncode == 0
 
 
@@ -395,7 +409,8 @@ def test_roles_decide_who_uploads(tmp_path, nginx):
     assert build(ci, "//...", env={"POSBUILD_ROLE": "ci"}).returncode == 0
     assert len(nginx.files("ac")) == 4
     fresh = workspace(tmp_path, "fresh", nginx.url, f"\n{roles}")
-    assert counts(build(fresh, "//...", env={"POSBUILD_ROLE": "dev"}))["executed"] == 0  # every role reads
+    # every role reads
+    assert counts(build(fresh, "//...", env={"POSBUILD_ROLE": "dev"}))["executed"] == 0
 
 
 # -- the signed entry format on its own ----------------------------------------------------------
@@ -405,7 +420,8 @@ def _result():
     from posbuild.records import ActionResult, OutputFile
 
     out = hash_bytes(b"out")
-    return ActionResult((OutputFile("posbuild-out/p/o", out, 3, False),), 0, hash_bytes(b""), hash_bytes(b"")), out
+    return ActionResult((OutputFile("posbuild-out/p/o", out, 3, False),), 0, hash_bytes(b""),
+                        hash_bytes(b"")), out
 
 
 def test_an_entry_round_trips_and_binds_key_result_and_names():
@@ -438,7 +454,8 @@ def test_an_entry_without_the_names_of_its_blobs_is_rejected():
     from posbuild.remote import EntryRejected, pack_entry, unpack_entry
 
     result, out = _result()
-    data = pack_entry(b"secret", hash_bytes(b"k"), result, {out: (bytes(32), 3)})  # stdout/stderr unnamed
+    # stdout/stderr unnamed
+    data = pack_entry(b"secret", hash_bytes(b"k"), result, {out: (bytes(32), 3)})
     with pytest.raises(EntryRejected, match="no SHA-256 name"):
         unpack_entry(b"secret", hash_bytes(b"k"), data)
 
@@ -449,9 +466,11 @@ def test_an_entry_written_before_blob_sizes_were_signed_is_still_read():
 
     result, out = _result()
     key = hash_bytes(b"key")
-    body = msgpack.packb([key, result.pack(), [[out, bytes(32)], [hash_bytes(b""), bytes(range(32))]]],
+    body = msgpack.packb([key, result.pack(),
+                          [[out, bytes(32)], [hash_bytes(b""), bytes(range(32))]]],
                          use_bin_type=True)
-    data = msgpack.packb([ENTRY_FORMAT, SIGNATURE_ALGORITHM, body, sign(b"secret", body)], use_bin_type=True)
+    data = msgpack.packb([ENTRY_FORMAT, SIGNATURE_ALGORITHM, body, sign(b"secret", body)],
+                         use_bin_type=True)
     entry = unpack_entry(b"secret", key, data)
     assert list(entry.blobs()) == [(out, bytes(32), 3), (hash_bytes(b""), bytes(range(32)), -1)]
 
@@ -463,7 +482,8 @@ def test_an_entry_whose_output_size_differs_from_its_blob_size_is_rejected():
     result, out = _result()
     names = {out: (bytes(32), 4), hash_bytes(b""): (bytes(range(32)), 0)}
     with pytest.raises(EntryRejected, match="size of an output"):
-        unpack_entry(b"secret", hash_bytes(b"k"), pack_entry(b"secret", hash_bytes(b"k"), result, names))
+        unpack_entry(b"secret", hash_bytes(b"k"),
+                     pack_entry(b"secret", hash_bytes(b"k"), result, names))
 
 
 def test_an_entry_holding_a_secret_is_rejected():

@@ -20,8 +20,9 @@ BUDGET = '[resources]\ncpu = 2\nmem_mb = 1000\n'
 def timed(name: str, cpu: int, mem_mb: int, sleep: float, after: str = "") -> str:
     """A genrule that records its start and end times in `name`.txt."""
     srcs = f'srcs = [":{after}"], ' if after else ""
-    return (f'genrule(name = "{name}", {srcs}outs = ["{name}.txt"], resources = {{"cpu": {cpu}, "mem_mb": {mem_mb}}},\n'
-            f'        cmd = "{STAMP} > $(location {name}.txt); sleep {sleep}; {STAMP} >> $(location {name}.txt)")\n')
+    return (f'genrule(name = "{name}", {srcs}outs = ["{name}.txt"], resources = {{"cpu": {cpu}, '
+            f'"mem_mb": {mem_mb}}},\n        cmd = "{STAMP} > $(location {name}.txt); sleep '
+            f'{sleep}; {STAMP} >> $(location {name}.txt)")\n')
 
 
 def intervals(ws: Workspace, names: list[str]) -> dict[str, tuple[float, float]]:
@@ -32,7 +33,8 @@ def intervals(ws: Workspace, names: list[str]) -> dict[str, tuple[float, float]]
     return found
 
 
-def peak(spans: dict[str, tuple[float, float]], demand: dict[str, tuple[int, int]]) -> tuple[int, int]:
+def peak(spans: dict[str, tuple[float, float]],
+         demand: dict[str, tuple[int, int]]) -> tuple[int, int]:
     """The highest summed (cpu, mem_mb) over every instant at which some action started."""
     best = (0, 0)
     for instant, _ in spans.values():
@@ -42,12 +44,14 @@ def peak(spans: dict[str, tuple[float, float]], demand: dict[str, tuple[int, int
     return best
 
 
-def test_mixed_requests_stay_within_the_budget_use_it_and_do_not_starve_the_large_one(ws: Workspace) -> None:
+def test_mixed_requests_stay_within_the_budget_use_it_and_do_not_starve_the_large_one(
+    ws: Workspace) -> None:
     # Two chains of small actions (long remaining paths, so they come first by priority), a large
     # action that needs the whole machine (last by priority), and two memory-heavy ones.
     demand = {f"{c}{i}": (1, 300) for c in "ab" for i in range(1, 5)}
     demand |= {"z_big": (2, 200), "m1": (1, 700), "m2": (1, 700)}
-    build = "".join(timed(f"{c}{i}", 1, 300, 0.4, f"{c}{i - 1}" if i > 1 else "") for c in "ab" for i in range(1, 5))
+    build = "".join(timed(f"{c}{i}", 1, 300, 0.4, f"{c}{i - 1}" if i > 1 else "") for c in "ab"
+                    for i in range(1, 5))
     build += timed("z_big", 2, 200, 0.4) + timed("m1", 1, 700, 0.3) + timed("m2", 1, 700, 0.3)
     ws.write({"posbuild.toml": BUDGET, "p/BUILD": build})
     ws.ok("-j", "4")
@@ -55,7 +59,8 @@ def test_mixed_requests_stay_within_the_budget_use_it_and_do_not_starve_the_larg
     cpu, mem = peak(spans, demand)
     assert cpu <= 2 and mem <= 1000, spans  # never beyond the budget
     assert cpu == 2, spans  # the budget was used: no needless one-at-a-time
-    assert not (spans["m1"][0] < spans["m2"][1] and spans["m2"][0] < spans["m1"][1])  # 700 + 700 > 1000
+    # 700 + 700 > 1000
+    assert not (spans["m1"][0] < spans["m2"][1] and spans["m2"][0] < spans["m1"][1])
     chain_starts = sorted(spans[n][0] for n in demand if n[0] in "ab")
     assert spans["z_big"][0] < chain_starts[-2], spans  # not postponed until the chains are done
 
@@ -69,8 +74,8 @@ def test_a_request_beyond_the_budget_is_orch_05_before_anything_runs(ws: Workspa
     result = ws.build()
     assert result.returncode == 15
     assert result.stderr.strip().splitlines()[-1] == (
-        "posbuild: ORCH-05 resource oversubscription: //p:train requests cpu=8 but the budget is cpu=2 "
-        "([resources] in posbuild.toml)")
+        "posbuild: ORCH-05 resource oversubscription: //p:train requests cpu=8 but the budget is "
+        "cpu=2 ([resources] in posbuild.toml)")
     assert not (ws.root / "posbuild-out" / "p" / "prep.txt").exists()
 
 
@@ -90,13 +95,15 @@ def test_an_action_using_more_memory_than_declared_fails_with_orch_05(ws: Worksp
     '''})
     result = ws.build()
     assert result.returncode == 15, result.stdout + result.stderr
-    match = re.search(r"ORCH-05 resource oversubscription: //p:hog used (\d+) MB of memory but declared mem_mb=50",
+    match = re.search(r"ORCH-05 resource oversubscription: //p:hog used (\d+) MB of memory but "
+                      r"declared mem_mb=50",
                       result.stdout + result.stderr)
     assert match, result.stdout + result.stderr
     assert 200 <= int(match.group(1)) < 400
     assert not (ws.root / "posbuild-out" / "p" / "o.txt").exists()
     # declared generously, the same command passes
-    (ws.root / "p" / "BUILD").write_text((ws.root / "p" / "BUILD").read_text().replace('"mem_mb": 50', '"mem_mb": 500'))
+    (ws.root / "p" / "BUILD").write_text(
+        (ws.root / "p" / "BUILD").read_text().replace('"mem_mb": 50', '"mem_mb": 500'))
     ws.ok()
 
 
@@ -108,7 +115,7 @@ def test_thread_variables_follow_cpu(ws: Workspace) -> None:
         genrule(name = "default", outs = ["default.txt"], cmd = "{cmd}")
         genrule(name = "own", outs = ["own.txt"], resources = {{"cpu": 2}}, env = {{"OMP_NUM_THREADS": "7"}},
                 cmd = "printenv OMP_NUM_THREADS > $@")
-    '''})
+    '''})  # noqa: E501
     ws.ok()
     assert ws.out("p/two.txt").split() == ["2"] * 4
     assert ws.out("p/default.txt").split() == ["1"] * 4
@@ -116,7 +123,9 @@ def test_thread_variables_follow_cpu(ws: Workspace) -> None:
 
 
 def test_changing_cpu_reexecutes_and_changing_mem_mb_does_not(ws: Workspace) -> None:
-    build = 'genrule(name = "g", outs = ["g.txt"], resources = {{"cpu": {cpu}, "mem_mb": {mem}}}, cmd = "echo $$OMP_NUM_THREADS > $@")\n'
+    build = (
+        'genrule(name = "g", outs = ["g.txt"], resources = {{"cpu": {cpu}, "mem_mb": {mem}}}, cmd '
+        '= "echo $$OMP_NUM_THREADS > $@")\n')
     ws.write({"posbuild.toml": BUDGET, "p/BUILD": build.format(cpu=1, mem=100)})
     ws.ok()
     ws.write({"p/BUILD": build.format(cpu=1, mem=200)})
@@ -142,7 +151,8 @@ def test_actions_run_pinned_to_cpu_processors(ws: Workspace) -> None:
 
 
 def test_bad_resources_table_is_a_workspace_error(ws: Workspace) -> None:
-    ws.write({"posbuild.toml": '[resources]\ncpus = 2\n', "p/BUILD": 'genrule(name = "g", outs = ["g"], cmd = "echo > $@")\n'})
+    ws.write({"posbuild.toml": '[resources]\ncpus = 2\n',
+              "p/BUILD": 'genrule(name = "g", outs = ["g"], cmd = "echo > $@")\n'})
     result = ws.build()
     assert result.returncode == 3
     assert "[resources] has unknown key 'cpus' (known: cpu, mem_mb, io)" in result.stderr

@@ -48,8 +48,9 @@ def test_dev_may_not_build_deploy_and_nothing_runs(roles_ws):
     result = roles_ws.build("//deploy/...", env={"POSBUILD_ROLE": "dev"})
     assert result.returncode == 2
     assert result.stderr == (
-        "posbuild: role 'dev' may not build //deploy:push ([roles.dev] build = [\"//...\", \"-//deploy/...\"] "
-        "in posbuild.toml); a role that may: release (set POSBUILD_ROLE); nothing was built\n")
+        "posbuild: role 'dev' may not build //deploy:push ([roles.dev] build = [\"//...\", "
+        "\"-//deploy/...\"] in posbuild.toml); a role that may: release (set POSBUILD_ROLE); "
+        "nothing was built\n")
     assert not (roles_ws.root / "posbuild-out").exists()
     assert not (roles_ws.root / ".posbuild" / "store").exists()
 
@@ -70,7 +71,8 @@ def test_release_may_build_deploy_and_the_dependencies_it_needs(roles_ws):
 def test_a_role_is_checked_against_each_selected_target(roles_ws):
     ok = roles_ws.build("//lib:base", "//deploy:push", env={"POSBUILD_ROLE": "release"})
     assert ok.returncode == 0, ok.stderr
-    denied = roles_ws.build("//lib/...", env={"POSBUILD_ROLE": "release"})  # selects //lib:extra too
+    # selects //lib:extra too
+    denied = roles_ws.build("//lib/...", env={"POSBUILD_ROLE": "release"})
     assert denied.returncode == 2
     assert "role 'release' may not build //lib:extra (" in denied.stderr
     assert "a role that may: dev" in denied.stderr
@@ -82,15 +84,17 @@ def test_dev_builds_everything_else(roles_ws):
 
 
 def test_naming_an_output_or_a_filegroup_is_naming_its_target(roles_ws):
-    assert "may not build //deploy:push" in roles_ws.build("//deploy:pushed.txt", env={"POSBUILD_ROLE": "dev"}).stderr
-    assert "may not build //deploy:files" in roles_ws.build("//deploy:files", env={"POSBUILD_ROLE": "dev"}).stderr
+    assert "may not build //deploy:push" in roles_ws.build("//deploy:pushed.txt",
+                                                           env={"POSBUILD_ROLE": "dev"}).stderr
+    assert "may not build //deploy:files" in roles_ws.build("//deploy:files",
+                                                            env={"POSBUILD_ROLE": "dev"}).stderr
 
 
 def test_an_unknown_role_is_an_error(roles_ws):
     result = roles_ws.build("//app/...", env={"POSBUILD_ROLE": "intern"})
     assert result.returncode == 2
-    assert result.stderr == ("posbuild: POSBUILD_ROLE=intern is not a role of posbuild.toml (known roles: dev, "
-                             "release); set POSBUILD_ROLE to one of them\n")
+    assert result.stderr == ("posbuild: POSBUILD_ROLE=intern is not a role of posbuild.toml (known "
+                             "roles: dev, release); set POSBUILD_ROLE to one of them\n")
 
 
 def test_an_unlisted_default_role_is_an_error(ws):
@@ -98,7 +102,8 @@ def test_an_unlisted_default_role_is_an_error(ws):
     ws.write(SOURCES)
     result = ws.build("//app/...", env={"POSBUILD_ROLE": ""})
     assert result.returncode == 2
-    assert result.stderr.endswith("(known roles: release); set POSBUILD_ROLE to one of them, or add [roles.dev]\n")
+    assert result.stderr.endswith(
+        "(known roles: release); set POSBUILD_ROLE to one of them, or add [roles.dev]\n")
 
 
 def test_without_roles_every_role_builds_everything(ws):
@@ -115,10 +120,12 @@ def test_a_denied_request_fails_even_when_everything_is_up_to_date(roles_ws):
 def test_only_roles_with_upload_may_ask_to_upload(roles_ws):
     toml = roles_ws.root / "posbuild.toml"
     toml.write_text('[cache]\nremote = "http://127.0.0.1:9/cache"\n' + ROLES)
-    result = roles_ws.build("--remote-upload", "//app/...", env={"POSBUILD_ROLE": "dev", "POSBUILD_CACHE_KEY": "k"})
+    result = roles_ws.build("--remote-upload", "//app/...",
+                            env={"POSBUILD_ROLE": "dev", "POSBUILD_CACHE_KEY": "k"})
     assert result.returncode == 2
-    assert result.stderr == ("posbuild: role 'dev' may not upload to the remote cache ([roles.dev] upload is not "
-                             "true in posbuild.toml); build without --remote-upload\n")
+    assert result.stderr == ("posbuild: role 'dev' may not upload to the remote cache ([roles.dev] "
+                             "upload is not true in posbuild.toml); build without "
+                             "--remote-upload\n")
     assert not (roles_ws.root / "posbuild-out").exists()
 
 
@@ -127,7 +134,8 @@ def test_a_bad_role_pattern_is_a_workspace_error(ws):
     ws.write(SOURCES)
     result = ws.build("//app/...")
     assert result.returncode == 3
-    assert result.stderr.startswith("posbuild: posbuild.toml: [roles.dev] build: invalid target pattern")
+    assert result.stderr.startswith(
+        "posbuild: posbuild.toml: [roles.dev] build: invalid target pattern")
 
 
 # -- the matching rules on their own ------------------------------------------------------------
@@ -165,5 +173,6 @@ def test_the_check_costs_nothing_without_roles(tmp_path: Path):
     from posbuild.roles import authorize
 
     (tmp_path / "posbuild.toml").write_text("")
-    grant = authorize(load_config(tmp_path), [parse_pattern("//...")], [_action("//a:b")] * 10000, "x")
+    grant = authorize(load_config(tmp_path), [parse_pattern("//...")], [_action("//a:b")] * 10000,
+                      "x")
     assert grant.role == "x" and not grant.upload

@@ -14,7 +14,7 @@ PIPELINE = {
                 cmd = "if grep -q bad $<; then echo 'bad row' >&2; exit 7; fi; cat $< > $@")
         genrule(name = "downstream", srcs = [":middle"], outs = ["report.txt"], cmd = "wc -l < $< > $@")
         genrule(name = "side", srcs = ["raw.txt"], outs = ["side.txt"], cmd = "tac $< > $@")
-    """,
+    """,  # noqa: E501
 }
 
 
@@ -112,11 +112,13 @@ def test_rollback_to_an_unknown_generation_names_the_known_ones(ws):
 
 OTHER = {
     "other/in.txt": "x\n",
-    "other/BUILD": 'genrule(name = "copy", srcs = ["in.txt"], outs = ["copy.txt"], cmd = "cat $< $< > $@")\n',
+    "other/BUILD": 'genrule(name = "copy", srcs = ["in.txt"], outs = ["copy.txt"], cmd = "cat $< '
+                   '$< > $@")\n',
 }
 
 
-def test_rollback_restores_what_a_failure_removed_even_after_a_successful_build_of_other_targets(ws):
+def test_rollback_restores_what_a_failure_removed_even_after_a_successful_build_of_other_targets(
+    ws):
     ws.write({**PIPELINE, **OTHER})
     ws.ok("//...")
     first = tree(ws.root)
@@ -126,13 +128,15 @@ def test_rollback_restores_what_a_failure_removed_even_after_a_successful_build_
     ws.write({"other/in.txt": "y\n"})
     assert counts(ws.ok("//other/..."))["executed"] == 1
     assert "pkg/checked.txt" not in tree(ws.root)
-    gc = ws.run("gc", "--max-size", "1", "--keep-generations", "1")  # the latest generation must pin pkg/'s bytes
+    # the latest generation must pin pkg/'s bytes
+    gc = ws.run("gc", "--max-size", "1", "--keep-generations", "1")
     assert gc.returncode == 0, gc.stderr
 
     result = ws.run("rollback")
     assert result.returncode == 0, result.stderr
     expected = {**first, "other/copy.txt": (b"y\ny\n", first["other/copy.txt"][1])}
-    assert tree(ws.root) == expected  # pkg/ as its last successful build left it, other/ as just built
+    # pkg/ as its last successful build left it, other/ as just built
+    assert tree(ws.root) == expected
     fsck = ws.run("fsck")
     assert fsck.returncode == 0, fsck.stdout + fsck.stderr
     ws.write({"pkg/raw.txt": "3\n1\n2\n"})
@@ -140,7 +144,8 @@ def test_rollback_restores_what_a_failure_removed_even_after_a_successful_build_
     assert tree(ws.root) == expected
 
 
-def test_a_successful_build_after_a_failure_keeps_the_tree_marked_dirty_until_the_removed_outputs_return(ws):
+def test_a_successful_build_after_a_failure_keeps_the_tree_marked_dirty_until_the_removed_outputs_return(  # noqa: E501
+        ws):
     ws.write({**PIPELINE, **OTHER})
     ws.ok("//...")
     ws.write({"pkg/raw.txt": "bad\n"})
@@ -164,7 +169,8 @@ def test_clean_forgets_what_failures_removed(ws):
     assert ws.run("clean").returncode == 0
     ws.ok("//other/...")
     assert ws.run("rollback").returncode == 0
-    assert sorted(tree(ws.root)) == ["other/copy.txt"]  # the latest generation lists what the build left
+    # the latest generation lists what the build left
+    assert sorted(tree(ws.root)) == ["other/copy.txt"]
 
 
 def test_a_build_of_every_target_forgets_what_a_failure_removed_from_a_target_since_deleted(ws):
@@ -173,9 +179,11 @@ def test_a_build_of_every_target_forgets_what_a_failure_removed_from_a_target_si
     ws.write({"pkg/raw.txt": "bad\n"})
     ws.build("//pkg/...")
     ws.write({"pkg/raw.txt": "3\n1\n2\n", "pkg/BUILD": PIPELINE["pkg/BUILD"].replace(
-        'genrule(name = "downstream", srcs = [":middle"], outs = ["report.txt"], cmd = "wc -l < $< > $@")', "")})
+        'genrule(name = "downstream", srcs = [":middle"], outs = ["report.txt"], cmd = "wc -l < $< '
+        '> $@")', "")})
     ws.ok("//other/...")
-    assert (ws.root / ".posbuild/tree").read_bytes() != b"clean\n"  # pkg/report.txt may still come back
+    # pkg/report.txt may still come back
+    assert (ws.root / ".posbuild/tree").read_bytes() != b"clean\n"
     ws.ok("//...")
     assert (ws.root / ".posbuild/tree").read_bytes() == b"clean\n"  # no target makes it any more
     assert ws.run("rollback").returncode == 0
@@ -187,8 +195,10 @@ def test_a_failure_promises_rollback_only_when_a_generation_holds_what_it_remove
     assert ws.build("//...").returncode == 1  # no generation: //pkg:downstream never succeeded
     ws.write({"pkg/raw.txt": "bad\n"})
     failed = ws.build("//...")
-    assert "removed 1 stale output(s)" in failed.stderr, failed.stderr  # pkg/checked.txt, in no generation
-    assert "nothing to restore" in failed.stderr and "`posbuild rollback` restores" not in failed.stderr
+    # pkg/checked.txt, in no generation
+    assert "removed 1 stale output(s)" in failed.stderr, failed.stderr
+    assert "nothing to restore" in failed.stderr \
+            and "`posbuild rollback` restores" not in failed.stderr
     ws.write(PIPELINE)
     ws.ok("//...")
     ws.write({"pkg/raw.txt": "bad\n"})
@@ -203,7 +213,8 @@ def test_workspaces_sharing_a_store_each_roll_back_to_their_own_generations(tmp_
     first, second = Workspace(tmp_path / "one"), Workspace(tmp_path / "two")
     for ws, name in ((first, "one"), (second, "two")):
         ws.write({"posbuild.toml": f'[cache]\ndir = "{store}"\n',
-                  "p/BUILD": f'genrule(name = "x", outs = ["{name}.txt"], cmd = "echo {name} > $@")\n'})
+                  "p/BUILD": f'genrule(name = "x", outs = ["{name}.txt"], cmd = "echo {name} > '
+                             '$@")\n'})
         ws.ok("//...")
     result = first.run("rollback")
     assert result.returncode == 0, result.stderr

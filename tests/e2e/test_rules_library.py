@@ -1,4 +1,5 @@
-"""The standard rule library (`@posbuild//rules:*.bzl`), driven through the CLI on temp workspaces."""
+"""The standard rule library (`@posbuild//rules:*.bzl`), driven through the CLI on temp
+workspaces."""
 
 from __future__ import annotations
 
@@ -27,7 +28,8 @@ def rules_build(body: str) -> str:
 
 
 def starlark_string(text: str) -> str:
-    """A double-quoted Starlark literal for `text` (non-ASCII characters are written as they are)."""
+    """A double-quoted Starlark literal for `text` (non-ASCII characters are written as they
+    are)."""
     escaped = (text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
                .replace("\t", "\\t").replace("\r", "\\r").replace("\0", "\\x00"))
     return f'"{escaped}"'
@@ -47,7 +49,8 @@ def test_every_macro_is_shipped_where_the_loader_looks() -> None:
         assert f"def {macro}(" in text
         assert text.startswith(f"# {macro}: ")  # documented, usage first
     pyproject = tomllib.loads((Path(__file__).parents[2] / "pyproject.toml").read_text())
-    assert pyproject["tool"]["hatch"]["build"]["targets"]["wheel"]["force-include"]["rules"] == "posbuild/_rules"
+    assert pyproject["tool"]["hatch"]["build"]["targets"]["wheel"]["force-include"]["rules"] == (
+        "posbuild/_rules")
 
 
 def test_copy_concat_write_expand_outputs_are_exact(ws: Workspace) -> None:
@@ -71,7 +74,7 @@ def test_copy_concat_write_expand_outputs_are_exact(ws: Workspace) -> None:
             concat(name = "nothing", srcs = [], out = "nothing.txt")
             expand_template(name = "page", template = "page.html.in", out = "page.html",
                             substitutions = {"{TITLE}": "Report", "{BODY}": "all good"})
-            """),
+            """),  # noqa: E501
     })
     result = ws.ok("//app:all")
     assert counts(result) == {"executed": 8, "cached": 0, "failed": 0}
@@ -98,7 +101,8 @@ NASTY = ("quotes ' \" `backticks` $HOME $(echo no) ${PATH} $$ %s %d %% \\ \\n \\
 
 
 def test_write_file_writes_any_characters_exactly(ws: Workspace) -> None:
-    big = "".join(f"line {i} ✓ '$x'\n" for i in range(12000))  # > 128 KiB: more than one variable can hold
+    # > 128 KiB: more than one variable can hold
+    big = "".join(f"line {i} ✓ '$x'\n" for i in range(12000))
     lines = ", ".join(starlark_string(line) for line in ("a'\"$b", "\\\\"))
     build = LOADS + f"""
 write_file(name = "nasty", out = "nasty.txt", content = {starlark_string(NASTY)})
@@ -120,26 +124,29 @@ write_file(name = "only_nul", out = "nul.bin", content = "\\x00")
 
 
 def test_expand_template_special_characters_single_pass(ws: Workspace) -> None:
-    template = "a={A} ab={A}{B} dots=... re=(.*)+? nasty={NASTY} again={A}\n".encode() + b"latin1:\xe9\xff\n"
+    template = "a={A} ab={A}{B} dots=... re=(.*)+? nasty={NASTY} again={A}\n".encode() + (
+        b"latin1:\xe9\xff\n")
     (ws.root / "tpl").mkdir()
     (ws.root / "tpl/in.txt").write_bytes(template)
     substitutions = {
-        "{A}": "<{B}>",            # a replacement that holds another placeholder is not expanded again
+        # a replacement that holds another placeholder is not expanded again
+        "{A}": "<{B}>",
         "{B}": "b",
         "{A}{B}": "LONGEST",       # the longest placeholder wins where several match
         "...": "$1 \\1 \\g<0>",    # regex metacharacters on both sides are literal
         "(.*)+?": "regex",
         "{NASTY}": NASTY,
     }
-    entries = ", ".join(f"{starlark_string(k)}: {starlark_string(v)}" for k, v in substitutions.items())
+    entries = ", ".join(f"{starlark_string(k)}: {starlark_string(v)}"
+                        for k, v in substitutions.items())
     (ws.root / "tpl/BUILD").write_text(LOADS + f"""
 expand_template(name = "out", template = "in.txt", out = "out.txt", substitutions = {{{entries}}})
 expand_template(name = "reversed", template = "in.txt", out = "reversed.txt",
                 substitutions = {{{", ".join(reversed(entries.split(", ")))}}})
 """, encoding="utf-8")
     ws.ok("//tpl:all")
-    expected = (f"a=<{{B}}> ab=LONGEST dots=$1 \\1 \\g<0> re=regex nasty={NASTY} again=<{{B}}>\n".encode()
-                + b"latin1:\xe9\xff\n")
+    expected = (f"a=<{{B}}> ab=LONGEST dots=$1 \\1 \\g<0> re=regex nasty={NASTY} "
+                f"again=<{{B}}>\n".encode() + b"latin1:\xe9\xff\n")
     assert out_bytes(ws, "tpl/out.txt") == expected
     assert out_bytes(ws, "tpl/reversed.txt") == expected  # the order of the dict does not matter
 
@@ -152,7 +159,7 @@ def test_checked_file_passes_with_the_right_digest(ws: Workspace) -> None:
         "pipe/BUILD": rules_build(f"""
             checked_file(name = "raw", src = "//data:raw.csv", digest = "{digest(data).upper()}")
             genrule(name = "rows", srcs = [":raw"], outs = ["rows.txt"], cmd = "wc -l < $< | tr -d ' ' > $@")
-            """),
+            """),  # noqa: E501
     })
     ws.ok("//pipe:rows")
     assert out_bytes(ws, "pipe/raw/raw.csv") == data
@@ -164,8 +171,9 @@ def test_checked_file_passes_with_the_right_digest(ws: Workspace) -> None:
     result = ws.build("//pipe:rows")
     assert result.returncode == 13
     assert result.stderr == (
-        f"posbuild: ORCH-03 checksum inconsistency: data/raw.csv is pinned by //pipe:raw to {digest(data)} "
-        f"but hashes to {digest(changed)}; update the digest in its BUILD file to accept the change\n"
+        "posbuild: ORCH-03 checksum inconsistency: data/raw.csv is pinned by //pipe:raw to "
+        f"{digest(data)} but hashes to {digest(changed)}; update the digest in its BUILD file to "
+        "accept the change\n"
     )
     assert ws.out("pipe/rows.txt") == "2\n"  # nothing ran, nothing was touched
 
@@ -178,7 +186,7 @@ def test_checked_file_wrong_digest_is_orch03_and_runs_nothing(ws: Workspace) -> 
         "m/BUILD": rules_build(f"""
             write_file(name = "independent", out = "independent.txt", content = "x")
             checked_file(name = "weights", src = "weights.txt", digest = "{wrong}", out = "checked.txt")
-            """),
+            """),  # noqa: E501
     })
     for args in (["//m:all"], ["-k", "//m:all"], ["-n", "//m:all"]):
         result = ws.build(*args)
@@ -194,7 +202,8 @@ def test_checked_file_wrong_digest_is_orch03_and_runs_nothing(ws: Workspace) -> 
 
 
 def test_checked_file_rejects_bad_digests_and_generated_files(ws: Workspace) -> None:
-    ws.write({"a.txt": "a", "BUILD": LOADS + 'checked_file(name = "c", src = "a.txt", digest = "abc")\n'})
+    ws.write({"a.txt": "a",
+              "BUILD": LOADS + 'checked_file(name = "c", src = "a.txt", digest = "abc")\n'})
     result = ws.build("//:c")
     assert result.returncode == 3 and "64 hex characters" in result.stderr
     ws.write({"BUILD": rules_build(f"""
@@ -230,15 +239,16 @@ def test_tar_archive_is_byte_reproducible(ws: Workspace) -> None:
     first = {name: out_bytes(ws, f"pkg/{name}") for name in ("plain.tar", "rel.tar.gz")}
 
     members = read_members(first["plain.tar"])
-    assert [m[0] for m in members] == ["pkg/a_first.txt", "pkg/gen/b_generated.txt", "pkg/sub/m_middle.txt",
-                                       "pkg/tool.sh", "pkg/z_last.txt"]
+    assert [m[0] for m in members] == ["pkg/a_first.txt", "pkg/gen/b_generated.txt",
+                                       "pkg/sub/m_middle.txt", "pkg/tool.sh", "pkg/z_last.txt"]
     for name, mode, uid, gid, uname, gname, mtime, _ in members:
         assert (uid, gid, uname, gname, mtime) == (0, 0, "", "", 0), name
         assert mode == (0o755 if name.endswith(".sh") else 0o644), name
     assert dict((m[0], m[7]) for m in members)["pkg/gen/b_generated.txt"] == b"generated\n"
     assert b"PaxHeader" not in first["plain.tar"] and b"mtime=" not in first["plain.tar"]
     compressed = first["rel.tar.gz"]
-    assert compressed[4:8] == b"\0\0\0\0" and not compressed[3] & 0x08  # gzip header: mtime 0, no file name
+    # gzip header: mtime 0, no file name
+    assert compressed[4:8] == b"\0\0\0\0" and not compressed[3] & 0x08
     assert [m[0] for m in read_members(gzip.decompress(compressed))] == [
         "a_first.txt", "gen/b_generated.txt", "sub/m_middle.txt", "tool.sh", "z_last.txt"]
 
@@ -257,7 +267,7 @@ def test_tar_archive_rejects_a_file_outside_strip_prefix(ws: Workspace) -> None:
         "b/x.txt": "b",
         "b/BUILD": rules_build("""
             tar_archive(name = "outside", srcs = ["x.txt", "//a:x.txt"], out = "outside.tar", strip_prefix = ".")
-            """),
+            """),  # noqa: E501
     })
     result = ws.build("//b:outside")
     assert result.returncode == 1
@@ -285,4 +295,5 @@ def test_a_user_macro_wraps_library_macros(ws: Workspace) -> None:
     ws.ok("//app:dist")
     assert ws.out("app/dist/VERSION") == "1.2.3\n"
     members = read_members(out_bytes(ws, "app/dist-1.2.3.tar"))
-    assert [(m[0], m[7]) for m in members] == [("dist/VERSION", b"1.2.3\n"), ("main.py", b"print('hi')\n")]
+    assert [(m[0], m[7]) for m in members] == [("dist/VERSION", b"1.2.3\n"),
+                                               ("main.py", b"print('hi')\n")]

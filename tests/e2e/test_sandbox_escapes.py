@@ -22,9 +22,12 @@ from conftest import Result, Workspace, bwrap_problem, counts
 from posbuild import namespaces
 
 PROBLEM = bwrap_problem()
-NEEDS_BWRAP = pytest.mark.skipif(PROBLEM is not None, reason=f"bubblewrap cannot run here: {PROBLEM}")
-MODES = [pytest.param("folder", id="folder"), pytest.param("namespace", id="namespace", marks=NEEDS_BWRAP)]
-NO_ESCAPE = {namespaces.WRITABLE_VARIABLE: ""}  # no test probe folder left writable in the namespaces
+NEEDS_BWRAP = pytest.mark.skipif(PROBLEM is not None,
+                                 reason=f"bubblewrap cannot run here: {PROBLEM}")
+MODES = [pytest.param("folder", id="folder"),
+         pytest.param("namespace", id="namespace", marks=NEEDS_BWRAP)]
+# no test probe folder left writable in the namespaces
+NO_ESCAPE = {namespaces.WRITABLE_VARIABLE: ""}
 MARK = "do-not-take-me-3f9a1c"
 
 
@@ -62,7 +65,9 @@ def _swap(folder_target: Path, name: str) -> str:
 def _refused(result: Result, output: str) -> None:
     text = result.stdout + result.stderr
     assert result.returncode == 1, text
-    assert f"declared output 'posbuild-out/pkg/d/{output}' lies below 'posbuild-out/pkg/d', which is a symbolic link" \
+    assert (
+        f"declared output 'posbuild-out/pkg/d/{output}' lies below 'posbuild-out/pkg/d', which is "
+        "a symbolic link") \
         in text, text
     assert "Traceback" not in text
 
@@ -156,8 +161,9 @@ def test_a_large_source_input_cannot_be_written_through(ws, tmp_path, mode):
     ws.write({"pkg/BUILD": """
         genrule(name = "spoil", srcs = ["big.bin"], outs = ["o.txt"],
                 cmd = "echo x > $@; chmod u+w pkg/big.bin || true; printf X | dd of=pkg/big.bin conv=notrunc || true")
-    """})
-    _build(ws, "//pkg:spoil")  # may succeed (it wrote only its own copy) or fail (a read-only input)
+    """})  # noqa: E501
+    # may succeed (it wrote only its own copy) or fail (a read-only input)
+    _build(ws, "//pkg:spoil")
     data = (ws.root / "pkg/big.bin").read_bytes()
     assert len(data) == BIG and data[:1] == b"\0"
 
@@ -192,15 +198,16 @@ def outside_tmp() -> Iterator[Path]:
 
 
 @NEEDS_BWRAP
-def test_a_tool_installed_beside_the_workspace_stays_visible_while_the_workspace_is_hidden(outside_tmp):
+def test_a_tool_installed_beside_the_workspace_stays_visible_while_the_workspace_is_hidden(
+    outside_tmp):
     """A conda under the home folder, next to the checkout: hiding the checkout must not hide it."""
     tool = outside_tmp / "miniconda3/bin/samtools"
     tool.parent.mkdir(parents=True)
     tool.write_text("#!/bin/sh\necho samtools 1.0\n")
     tool.chmod(0o755)
     ws = Workspace(outside_tmp / "project")
-    ws.write({"posbuild.toml": '[sandbox]\nmode = "namespace"\n', "pkg/in.txt": "x\n", "pkg/hidden.txt": "h\n",
-              "pkg/BUILD": f"""
+    ws.write({"posbuild.toml": '[sandbox]\nmode = "namespace"\n', "pkg/in.txt": "x\n",
+              "pkg/hidden.txt": "h\n", "pkg/BUILD": f"""
         genrule(name = "run", srcs = ["in.txt"], outs = ["version.txt"],
                 cmd = "{tool} > $@; if cat {ws.root}/pkg/hidden.txt; then echo LEAK >> $@; fi")
     """})
@@ -223,7 +230,8 @@ def dask_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
 
 
 @pytest.mark.parametrize("mode", MODES)
-def test_an_output_folder_linked_away_on_a_dask_worker_takes_nothing(ws, tmp_path, mode, dask_cluster):
+def test_an_output_folder_linked_away_on_a_dask_worker_takes_nothing(ws, tmp_path, mode,
+                                                                     dask_cluster):
     _setup(ws, tmp_path, mode, False)
     ws.write({"secret/x.txt": f"{MARK}\n", "pkg/BUILD": _swap(ws.root / "secret", "x.txt")})
     result = ws.build("--executor", dask_cluster.url, "//pkg:swap", env=NO_ESCAPE)  # type: ignore[attr-defined]
@@ -240,7 +248,7 @@ def test_the_sandboxes_exec_folder_linked_away_takes_nothing(ws, tmp_path, mode)
     (ws.root / "secret/posbuild-out/pkg/x.txt").write_text(f"{MARK}\n")
     ws.write({"pkg/BUILD": f"""
         genrule(name = "swap", outs = ["x.txt"], cmd = "cd .. && mv exec moved && ln -s {ws.root / 'secret'} exec")
-    """})
+    """})  # noqa: E501
     result = _build(ws, "//pkg:swap")
     text = result.stdout + result.stderr
     assert result.returncode == 1, text

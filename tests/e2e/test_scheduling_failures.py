@@ -74,7 +74,8 @@ def test_j2_runs_at_most_two_actions_at_once_and_does_use_two(ws, tmp_path):
 
 def test_j4_runs_four_independent_sleeps_in_parallel(ws, tmp_path):
     log = tmp_path / "probe.log"
-    (ws.root / "posbuild.toml").write_text("[resources]\ncpu = 4\n")  # the budget must hold 4 x cpu=1
+    # the budget must hold 4 x cpu=1
+    (ws.root / "posbuild.toml").write_text("[resources]\ncpu = 4\n")
     _independent_sleepers(ws, log, ["a", "b", "c", "d"], 1.0)
     started = time.monotonic()
     ws.ok("-j4", "//...")
@@ -100,7 +101,7 @@ def test_a_dependent_never_starts_before_its_dependency_ends(ws, tmp_path):
         "pkg/BUILD": _probed(log, "first", 0.3) + _probed(log, "free", 0.3) + f"""
 genrule(name = "second", srcs = [":first"], outs = ["second.txt"],
         cmd = "echo start second $$(date +%s.%N) >> {log}; cat $< > $@; echo end second $$(date +%s.%N) >> {log}")
-""",
+""",  # noqa: E501
     })
     ws.ok("-j4", "//...")
     when = {(kind, name): t for t, kind, name in _events(log)}
@@ -113,7 +114,8 @@ genrule(name = "second", srcs = [":first"], outs = ["second.txt"],
 def test_j1_order_of_independent_actions_is_by_label_and_stable(ws, tmp_path):
     log = tmp_path / "probe.log"
     # declared out of order on purpose
-    ws.write({"pkg/BUILD": "".join(_probed(log, n, 0.01) for n in ["delta", "bravo", "echo", "alpha", "charlie"])})
+    ws.write({"pkg/BUILD": "".join(_probed(log, n, 0.01)
+                                   for n in ["delta", "bravo", "echo", "alpha", "charlie"])})
     orders = []
     for _ in range(2):
         log.unlink(missing_ok=True)
@@ -128,10 +130,10 @@ def test_j1_order_of_independent_actions_is_by_label_and_stable(ws, tmp_path):
 def test_j1_order_is_identical_across_clean_runs_with_dependencies(ws, tmp_path):
     log = tmp_path / "probe.log"
     build = "".join(_probed(log, n, 0.01) for n in ["z_root", "b_free", "m_free"])
-    build += f"""
+    build += """
 genrule(name = "a_child", srcs = [":z_root"], outs = ["a_child.txt"], cmd = "cat $< > $@")
 genrule(name = "y_child", srcs = [":b_free", ":a_child"], outs = ["y_child.txt"], cmd = "cat $(SRCS) > $@")
-"""
+"""  # noqa: E501
     ws.write({"pkg/BUILD": build})
     orders = []
     for _ in range(2):
@@ -139,11 +141,13 @@ genrule(name = "y_child", srcs = [":b_free", ":a_child"], outs = ["y_child.txt"]
         orders.append(_progress_labels(result))
         assert ws.run("clean", "--all").returncode == 0
     assert orders[0] == orders[1]
-    assert sorted(orders[0]) == ["//pkg:a_child", "//pkg:b_free", "//pkg:m_free", "//pkg:y_child", "//pkg:z_root"]
+    assert sorted(orders[0]) == ["//pkg:a_child", "//pkg:b_free", "//pkg:m_free", "//pkg:y_child",
+                                 "//pkg:z_root"]
     position = {label: i for i, label in enumerate(orders[0])}
     assert position["//pkg:z_root"] < position["//pkg:a_child"] < position["//pkg:y_child"]
     # the critical path first (z_root → a_child → y_child), then by remaining path, ties by label
-    assert orders[0] == ["//pkg:z_root", "//pkg:a_child", "//pkg:b_free", "//pkg:m_free", "//pkg:y_child"]
+    assert orders[0] == ["//pkg:z_root", "//pkg:a_child", "//pkg:b_free", "//pkg:m_free",
+                         "//pkg:y_child"]
 
 
 # ---- failure isolation ------------------------------------------------------------------------
@@ -214,9 +218,10 @@ def _stop_graph(log: Path) -> dict[str, str]:
     """`a_fail` sorts first; b, c and d are independent of it."""
     build = f"""
 genrule(name = "a_fail", outs = ["a_fail.txt"], cmd = "echo start a_fail 0 >> {log}; sleep 0.2; exit 1")
-"""
+"""  # noqa: E501
     build += "".join(
-        f'genrule(name = "{n}", outs = ["{n}.txt"], cmd = "echo start {n} 0 >> {log}; echo {n} > $@")\n'
+        f'genrule(name = "{n}", outs = ["{n}.txt"], cmd = "echo start {n} 0 >> {log}; echo {n} > '
+        '$@")\n'
         for n in ["b", "c", "d"]
     )
     return {"pkg/BUILD": build}
@@ -262,7 +267,8 @@ def test_failure_shows_label_reason_and_indented_stderr(ws):
     })
     result = ws.build("//pkg:x")
     assert result.returncode == 1
-    assert "FAILED //pkg:x: command failed (exit code 3)\n  first problem\n  second problem\n" in result.stderr
+    assert "FAILED //pkg:x: command failed (exit code 3)\n  first problem\n  second problem\n" \
+            in result.stderr
     assert "//pkg:x" in result.stderr.splitlines()[-1]
 
 
@@ -285,7 +291,7 @@ def test_action_exceeding_its_timeout_fails_with_a_timeout_message(ws):
         "pkg/BUILD": """
             genrule(name = "slow", outs = ["slow.txt"], timeout = 1, cmd = "sleep 20; echo late > $@")
             genrule(name = "after", srcs = [":slow"], outs = ["after.txt"], cmd = "cat $< > $@")
-        """,
+        """,  # noqa: E501
     })
     started = time.monotonic()
     result = ws.build("//...")
@@ -327,9 +333,11 @@ def test_a_file_system_error_of_posbuilds_own_fails_that_action_only_and_its_rec
     assert counts(result) == {"executed": 1, "cached": 0, "failed": 1}
     assert ws.out("other/b.txt") == "b\n"
     records = [json.loads(line) for line in ws.run("log", "--json").stdout.splitlines()]
-    assert {r["label"]: r["state"] for r in records} == {"//pkg:a": "FAILED", "//other:b": "SUCCESS"}
+    assert {r["label"]: r["state"] for r in records} == {"//pkg:a": "FAILED",
+                                                         "//other:b": "SUCCESS"}
     assert [r["error"] for r in records if r["label"] == "//pkg:a"] == ["install failed"]
     (ws.root / "posbuild-out/pkg").unlink()
     fixed = ws.ok("//...")
-    assert counts(fixed) == {"executed": 0, "cached": 2, "failed": 0} and ws.out("pkg/a.txt") == "a\n"
+    assert counts(fixed) == {"executed": 0, "cached": 2, "failed": 0} \
+            and ws.out("pkg/a.txt") == ("a\n")
     assert ws.run("fsck").returncode == 0

@@ -21,14 +21,16 @@ FILES = {
         genrule(name = "derived", srcs = [":token"], outs = ["derived.txt"], cmd = "tr a-z A-Z < $< > $@")
         genrule(name = "public", srcs = [], outs = ["public.txt"], cmd = "echo public > $@")
         genrule(name = "uses", srcs = [":public"], outs = ["uses.txt"], cmd = "cat $< $< > $@")
-    """,
+    """,  # noqa: E501
 }
 
 
 def test_an_input_that_may_hold_a_secret_never_goes_to_the_remote(cluster: Cluster, tmp_path: Path,
                                                                      nginx: Nginx) -> None:  # noqa: F811
-    ws = workspace(tmp_path, "ws", {**FILES, "posbuild.toml": f'[cache]\nremote = "{nginx.url}"\ntimeout = 2\n'})
-    proc = subprocess.run([*POSBUILD, "build", "--executor", cluster.url, "--remote-upload", "//..."],
+    ws = workspace(tmp_path, "ws",
+                   {**FILES, "posbuild.toml": f'[cache]\nremote = "{nginx.url}"\ntimeout = 2\n'})
+    proc = subprocess.run([*POSBUILD, "build", "--executor", cluster.url, "--remote-upload",
+                           "//..."],
                           cwd=ws.root, env={**os.environ, **KEY, "API_TOKEN": TOKEN}, text=True,
                           capture_output=True, timeout=180)
     assert proc.returncode == 0, proc.stderr

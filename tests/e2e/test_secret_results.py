@@ -12,7 +12,7 @@ from pathlib import Path
 import msgpack
 import pytest
 
-from conftest import Workspace, counts, executed_labels
+from conftest import Workspace, executed_labels
 from hostile_server import CacheServer
 
 KEY = {"POSBUILD_CACHE_KEY": "correct horse battery staple"}
@@ -28,9 +28,10 @@ SOURCES = {
         genrule(name = "checked", srcs = [":token"], outs = ["length.txt"], secrets = ["API_TOKEN"],
                 cmd = "wc -c < $< > $@")
         genrule(name = "public", srcs = [], outs = ["public.txt"], cmd = "echo public > $@")
-    """,
+    """,  # noqa: E501
 }
-CARRIERS = ["//pkg:derived", "//pkg:token", "//pkg:twice"]  # "checked" declares the secret: searched, shareable
+# "checked" declares the secret: searched, shareable
+CARRIERS = ["//pkg:derived", "//pkg:token", "//pkg:twice"]
 
 
 @pytest.fixture(autouse=True)
@@ -77,7 +78,8 @@ def test_an_export_leaves_out_every_result_that_may_hold_a_secret(tmp_path):
     assert b.run("cache", "import", str(archive), env=KEY).returncode == 0
     built = b.build("//...", env={**KEY, "API_TOKEN": BOB})
     assert built.returncode == 0, built.stderr
-    assert executed_labels(built) == sorted([*CARRIERS, "//pkg:checked"])  # checked: its input changed
+    # checked: its input changed
+    assert executed_labels(built) == sorted([*CARRIERS, "//pkg:checked"])
     assert b.out("pkg/twice.txt") == BOB.upper() * 2
 
 
@@ -88,13 +90,16 @@ def test_a_result_holding_a_secret_never_serves_an_action_that_forbids_one(tmp_p
     a = workspace(tmp_path, "a")
     assert a.build("//...", env={**KEY, "API_TOKEN": ALICE}).returncode == 0
     build = a.root / "pkg" / "BUILD"
-    build.write_text(build.read_text().replace("allow_secret_in_output = True", "allow_secret_in_output = False"))
+    build.write_text(build.read_text().replace("allow_secret_in_output = True",
+                                               "allow_secret_in_output = False"))
     again = a.build("//pkg:token", env={**KEY, "API_TOKEN": ALICE})
     assert again.returncode == 1, again.stdout + again.stderr
-    assert "output 'posbuild-out/pkg/token.txt' contains the value of secret 'API_TOKEN'" in again.stderr
+    assert "output 'posbuild-out/pkg/token.txt' contains the value of secret 'API_TOKEN'" \
+            in again.stderr
 
 
-def test_export_leaves_out_a_flagged_result_even_where_the_graph_says_nothing(tmp_path, monkeypatch):
+def test_export_leaves_out_a_flagged_result_even_where_the_graph_says_nothing(tmp_path,
+                                                                              monkeypatch):
     """The flag travels with the result: an export that cannot read its build's graph (another
     version of posbuild recorded it) still leaves out what the store flagged."""
     from posbuild import cachearchive
@@ -102,7 +107,8 @@ def test_export_leaves_out_a_flagged_result_even_where_the_graph_says_nothing(tm
 
     a = workspace(tmp_path, "a")
     assert a.build("//...", env={**KEY, "API_TOKEN": ALICE}).returncode == 0
-    monkeypatch.setattr(cachearchive, "_graph_facts", lambda store, build: (frozenset(), frozenset()))
+    monkeypatch.setattr(cachearchive, "_graph_facts", lambda store,
+                        build: (frozenset(), frozenset()))
     store = Store(a.root / ".posbuild" / "store")
     try:
         report = cachearchive.export_cache(store, ["//..."], tmp_path / "cache.tar", b"key")
@@ -150,11 +156,13 @@ def test_the_remote_is_never_asked_for_a_result_that_may_hold_a_secret(tmp_path,
     finally:
         store.close()
     rows = [[o.path, o.digest, o.size, o.executable] for o in result.outputs]
-    packed = msgpack.packb([1, result.exit_code, result.stdout_digest, result.stderr_digest, rows])  # unflagged
+    # unflagged
+    packed = msgpack.packb([1, result.exit_code, result.stdout_digest, result.stderr_digest, rows])
     names = [[d, hashlib.sha256(data).digest()] for d, data in sorted(blobs.items())]
     body = msgpack.packb([key, packed, names], use_bin_type=True)
     server.files[f"/cache/ac/{key.hex()}"] = msgpack.packb([ENTRY_FORMAT, SIGNATURE_ALGORITHM, body,
-                                                            sign(KEY["POSBUILD_CACHE_KEY"].encode(), body)],
+                                                            sign(KEY["POSBUILD_CACHE_KEY"].encode(),
+                                                                 body)],
                                                            use_bin_type=True)
     for data in blobs.values():
         server.files[f"/cache/cas/{hashlib.sha256(data).hexdigest()}"] = data
@@ -173,18 +181,22 @@ def test_the_signing_key_cannot_be_passed_to_actions(tmp_path):
     for command in (("build", "//..."), ("query", "//..."), ("env", "show")):
         result = ws.run(*command, env=KEY)
         assert result.returncode == 3, (command, result.stdout, result.stderr)
-        assert result.stderr == (f"posbuild: {ws.root / 'posbuild.toml'}: [env] pass: 'POSBUILD_CACHE_KEY' is "
-                                 f"posbuild's signing key and is never given to actions (one holding it could "
-                                 f"forge shared cache entries); remove it\n")
+        assert result.stderr == (f"posbuild: {ws.root / 'posbuild.toml'}: [env] pass: "
+                                 "'POSBUILD_CACHE_KEY' is posbuild's signing key and is never "
+                                 "given to actions (one holding it could forge shared cache "
+                                 "entries); remove it\n")
     assert not (ws.root / "posbuild-out").exists()
-    (ws.root / "posbuild.toml").write_text('[env]\npass = ["POSBUILD_*"]\n')  # names are exact: no patterns
+    # names are exact: no patterns
+    (ws.root / "posbuild.toml").write_text('[env]\npass = ["POSBUILD_*"]\n')
     result = ws.run("build", "//...", env=KEY)
-    assert result.returncode == 3 and "'POSBUILD_*' is not an environment variable name" in result.stderr
+    assert result.returncode == 3 \
+            and "'POSBUILD_*' is not an environment variable name" in result.stderr
 
 
 def test_without_pass_an_action_never_sees_the_signing_key_nor_an_undeclared_secret(tmp_path):
     ws = workspace(tmp_path, "a")
-    ws.write({"pkg/BUILD": 'genrule(name = "env", srcs = [], outs = ["env.txt"], cmd = "env > $@")\n'})
+    ws.write(
+        {"pkg/BUILD": 'genrule(name = "env", srcs = [], outs = ["env.txt"], cmd = "env > $@")\n'})
     result = ws.build("//...", env={**KEY, "API_TOKEN": ALICE})
     assert result.returncode == 0, result.stderr
     seen = ws.out("pkg/env.txt")
@@ -215,7 +227,8 @@ def test_an_old_result_row_reads_as_not_secret_and_a_flagged_one_round_trips():
 
     result = ActionResult((OutputFile("posbuild-out/p/o", hash_bytes(b"o"), 1, False),), 0,
                           hash_bytes(b""), hash_bytes(b""))
-    old = msgpack.packb([1, 0, hash_bytes(b""), hash_bytes(b""), [["posbuild-out/p/o", hash_bytes(b"o"), 1, False]]])
+    old = msgpack.packb([1, 0, hash_bytes(b""), hash_bytes(b""),
+                         [["posbuild-out/p/o", hash_bytes(b"o"), 1, False]]])
     assert result.pack() == old  # an unflagged row is byte for byte what it was
     assert ActionResult.unpack(old) == result and not result.secret
     flagged = dataclasses.replace(result, secret=True)

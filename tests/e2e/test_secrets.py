@@ -27,7 +27,8 @@ def secret_env(tmp_path: Path) -> dict[str, str]:
 def kept_anywhere(root: Path, value: str, *texts: str) -> list[str]:
     """Every file under the workspace, and every given text, that contains `value`."""
     needle = value.encode()
-    found = [str(p.relative_to(root)) for p in root.rglob("*") if p.is_file() and needle in p.read_bytes()]
+    found = [str(p.relative_to(root)) for p in root.rglob("*") if p.is_file()
+             and needle in p.read_bytes()]
     found += [f"text #{i}" for i, text in enumerate(texts) if value in text]
     return found
 
@@ -38,7 +39,7 @@ USES_SECRET = """
         cmd = "test $$(printf %s \\"$$API_TOKEN\\" | sha256sum | cut -c1-64) = """ + VALUE_SHA256 + """ && "
               + "echo token is $$API_TOKEN >&2 && cat $< > $@",
     )
-"""
+"""  # noqa: E501
 
 
 def test_secret_reaches_the_action_and_nothing_kept(ws, secret_env):
@@ -96,7 +97,8 @@ def test_secret_in_output_fails_and_keeps_nothing(ws, secret_env):
     """})
     result = ws.build("//p:leak", env=secret_env)
     assert result.returncode == 1
-    assert "output 'posbuild-out/p/leak.txt' contains the value of secret 'API_TOKEN'" in result.stdout + result.stderr
+    assert "output 'posbuild-out/p/leak.txt' contains the value of secret 'API_TOKEN'" \
+            in result.stdout + result.stderr
     assert not (ws.root / "posbuild-out/p/leak.txt").exists()
     assert kept_anywhere(ws.root, VALUE, result.stdout, result.stderr) == []
 
@@ -105,7 +107,7 @@ def test_allow_secret_in_output(ws, secret_env):
     ws.write({"p/BUILD": """
         genrule(name = "cfg", outs = ["cfg.ini"], secrets = ["API_TOKEN"], allow_secret_in_output = True,
                 cmd = "echo token=$$API_TOKEN > $@")
-    """})
+    """})  # noqa: E501
     result = ws.build("//p:cfg", env=secret_env)
     assert result.returncode == 0, result.stderr
     assert ws.out("p/cfg.ini") == f"token={VALUE}\n"
@@ -129,7 +131,8 @@ def test_value_from_a_0600_secrets_file(ws, tmp_path):
 
 def test_secrets_file_from_config(ws, tmp_path):
     path = _secrets_file(tmp_path / "home", 0o600)
-    ws.write({"posbuild.toml": f'[secrets]\nfile = "{path}"\n', "p/q.txt": "question\n", "p/BUILD": USES_SECRET})
+    ws.write({"posbuild.toml": f'[secrets]\nfile = "{path}"\n', "p/q.txt": "question\n",
+              "p/BUILD": USES_SECRET})
     result = ws.build("//p:call", env={"POSBUILD_SECRETS_FILE": ""})
     assert result.returncode == 0, result.stderr
 
@@ -151,8 +154,11 @@ def test_secrets_file_inside_the_workspace_is_refused(ws):
 
 
 def test_secret_also_passed_through_env_is_refused(ws, secret_env):
-    ws.write({"posbuild.toml": '[env]\npass = ["API_TOKEN"]\n', "p/q.txt": "question\n", "p/BUILD": USES_SECRET})
-    ws.write({"p/BUILD": USES_SECRET + '    genrule(name = "first", outs = ["f.txt"], cmd = "echo f > $@")\n'})
+    ws.write({"posbuild.toml": '[env]\npass = ["API_TOKEN"]\n', "p/q.txt": "question\n",
+              "p/BUILD": USES_SECRET})
+    ws.write(
+        {"p/BUILD": USES_SECRET + '    genrule(name = "first", outs = ["f.txt"], cmd = "echo f > '
+                                  '$@")\n'})
     result = ws.build("//p:all", env=secret_env)
     assert result.returncode == 2
     assert "//p:call: 'API_TOKEN' is both a secret and in [env] pass" in result.stderr
@@ -163,7 +169,8 @@ def test_secret_also_passed_through_env_is_refused(ws, secret_env):
     ('secrets = ["NOT-A-NAME"]', "'NOT-A-NAME' is not an environment variable name"),
     ('secrets = ["A"], env = {"A": "1"}', "'A' is both in env and in secrets"),
     ('allow_secret_in_output = 1', "attribute 'allow_secret_in_output' must be True or False"),
-    ('secrets = ["POSBUILD_CACHE_KEY"]', "POSBUILD_CACHE_KEY is posbuild's own secret and is never given to an action"),
+    ('secrets = ["POSBUILD_CACHE_KEY"]',
+     "POSBUILD_CACHE_KEY is posbuild's own secret and is never given to an action"),
 ])
 def test_bad_secret_attributes(ws, attrs, message):
     ws.write({"p/BUILD": f'genrule(name = "t", outs = ["x"], cmd = "touch $@", {attrs})\n'})
@@ -174,8 +181,10 @@ def test_bad_secret_attributes(ws, attrs, message):
 
 def test_py_task_gets_its_secret(ws, secret_env):
     ws.write({
-        "p/BUILD": 'py_task(name = "t", script = "t.py", outs = ["o.txt"], args = ["$@"], secrets = ["API_TOKEN"])\n',
-        "p/t.py": "import os, sys\nopen(sys.argv[1], 'w').write(str(len(os.environ['API_TOKEN'])))\n",
+        "p/BUILD": 'py_task(name = "t", script = "t.py", outs = ["o.txt"], args = ["$@"], secrets '
+                   '= ["API_TOKEN"])\n',
+        "p/t.py": "import os, sys\nopen(sys.argv[1], "
+                  "'w').write(str(len(os.environ['API_TOKEN'])))\n",
     })
     result = ws.build("//p:t", env=secret_env)
     assert result.returncode == 0, result.stderr
@@ -190,7 +199,8 @@ def test_verify_runs_with_the_secret_and_quotes_no_value(ws, secret_env):
     assert ws.build("//p:call", env=secret_env).returncode == 0
     result = ws.run("verify", "//p:call", env=secret_env)
     assert result.returncode == 0, result.stdout + result.stderr
-    missing = ws.run("verify", "//p:call", env={"API_TOKEN": "", "POSBUILD_SECRETS_FILE": secret_env["POSBUILD_SECRETS_FILE"]})
+    missing = ws.run("verify", "//p:call", env={
+        "API_TOKEN": "", "POSBUILD_SECRETS_FILE": secret_env["POSBUILD_SECRETS_FILE"]})
     assert missing.returncode != 0
     assert kept_anywhere(ws.root, VALUE, result.stdout, result.stderr) == []
 

@@ -18,7 +18,7 @@ BUILD = """
     genrule(name = "gen", srcs = ["in.txt"], outs = ["out.txt"], cmd = "cat $< > $@; echo built >> $@")
     genrule(name = "big", srcs = ["in.txt"], outs = ["big.bin"],
             cmd = "for i in $$(seq 3000); do cat $<; done > $@")
-"""
+"""  # noqa: E501
 STAMP = ["//pkg:stamp"]  # tagged no-cache: it runs in every build
 
 
@@ -88,7 +88,8 @@ def test_rollback_to_an_older_generation_after_the_other_workspace_built(pair):
     fsck_ok(a)
 
 
-def test_fsck_in_one_workspace_after_the_other_built_finds_nothing_and_repair_keeps_its_outputs(pair):
+def test_fsck_in_one_workspace_after_the_other_built_finds_nothing_and_repair_keeps_its_outputs(
+    pair):
     a, b = pair
     a.ok("//...")
     b.ok("//...")
@@ -114,7 +115,8 @@ def test_fsck_checks_outputs_without_memo_rows_against_its_own_generation(pair):
     env = lmdb.open(str(a.root.parent / "cache" / "db"), max_dbs=16)
     with env.begin(write=True) as txn:
         memo = env.open_db(b"statmemo", txn=txn)
-        for key in [k for k, _ in txn.cursor(db=memo) if k.startswith(str(a.root).encode() + b"\0")]:
+        for key in [k for k, _ in txn.cursor(db=memo)
+                    if k.startswith(str(a.root).encode() + b"\0")]:
             txn.delete(key, db=memo)
     env.close()
     fsck_ok(a)
@@ -184,8 +186,10 @@ def _gc_loop_beside_builds(collector: Workspace, builder: Workspace, store: Path
     collector.ok("//...")
     stop = collector.root.parent / "stop"
     gc_loop = subprocess.Popen(
-        ["bash", "-c", f'while [ ! -e {stop} ]; do "$@" gc --max-size 1 --keep-generations 1 || exit 9; done',
-         "gc-loop", *POSBUILD], cwd=collector.root, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        ["bash", "-c",
+         f'while [ ! -e {stop} ]; do "$@" gc --max-size 1 --keep-generations 1 || exit 9; done',
+         "gc-loop", *POSBUILD], cwd=collector.root, stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE, text=True)
     name = builder.root.name
     try:
         deadline = time.monotonic() + 25

@@ -9,7 +9,7 @@ def test_pipeline_builds_and_rebuild_is_noop(ws):
         "data/BUILD": """
             genrule(name = "sorted", srcs = ["raw.txt"], outs = ["sorted.txt"], cmd = "sort $< > $@")
             genrule(name = "count", srcs = [":sorted"], outs = ["count.txt"], cmd = "wc -l < $< > $@")
-        """,
+        """,  # noqa: E501
     })
     first = ws.ok("//...")
     assert counts(first) == {"executed": 2, "cached": 0, "failed": 0}

@@ -28,7 +28,8 @@ def replace_in_place(path: Path, text: str, mtime_ns: int | None = None) -> None
 def test_a_build_file_copied_over_with_cp_p_is_seen(ws: Workspace) -> None:
     ws.write({"pkg/BUILD": 'genrule(name = "a", outs = ["a.txt"], cmd = "echo aaaa > $@")\n'})
     ws.ok("//...")
-    replace_in_place(ws.root / "pkg/BUILD", 'genrule(name = "a", outs = ["a.txt"], cmd = "echo bbbb > $@")\n')
+    replace_in_place(ws.root / "pkg/BUILD",
+                     'genrule(name = "a", outs = ["a.txt"], cmd = "echo bbbb > $@")\n')
     ws.ok("//...")
     assert ws.out("pkg/a.txt") == "bbbb\n"
 
@@ -36,7 +37,8 @@ def test_a_build_file_copied_over_with_cp_p_is_seen(ws: Workspace) -> None:
 def test_build_and_bzl_files_with_the_nix_store_mtime_are_seen(ws: Workspace) -> None:
     ws.write({
         "pkg/defs.bzl": 'WORD = "aaaa"\n',
-        "pkg/BUILD": 'load(":defs.bzl", "WORD")\ngenrule(name = "a", outs = ["a.txt"], cmd = "echo " + WORD + " > $@")\n',
+        "pkg/BUILD": 'load(":defs.bzl", "WORD")\ngenrule(name = "a", outs = ["a.txt"], cmd = "echo '
+                     '" + WORD + " > $@")\n',
     })
     for name in ("pkg/defs.bzl", "pkg/BUILD"):
         os.utime(ws.root / name, ns=(1_000_000_000, 1_000_000_000))
@@ -48,8 +50,8 @@ def test_build_and_bzl_files_with_the_nix_store_mtime_are_seen(ws: Workspace) ->
 
 
 def test_query_sees_a_dependency_changed_in_place(ws: Workspace) -> None:
-    ws.write({"pkg/BUILD": 'genrule(name = "a", srcs = [":x"], outs = ["a.txt"], cmd = "cat $< > $@")\n'
-                           'genrule(name = "x", outs = ["x.txt"], cmd = "echo > $@")\n'
+    ws.write({"pkg/BUILD": 'genrule(name = "a", srcs = [":x"], outs = ["a.txt"], cmd = "cat $< > '
+                           '$@")\ngenrule(name = "x", outs = ["x.txt"], cmd = "echo > $@")\n'
                            'genrule(name = "y", outs = ["y.txt"], cmd = "echo > $@")\n'})
     first = ws.run("query", "deps(//pkg:a)")
     assert first.returncode == 0 and first.stdout.split() == ["//pkg:a", "//pkg:x"], first.stderr

@@ -1,4 +1,5 @@
-"""`posbuild verify` end to end: two perturbed runs per action, byte-compared, ORCH-04 on a difference.
+"""`posbuild verify` end to end: two perturbed runs per action, byte-compared, ORCH-04 on a
+difference.
 
 Each test writes one small workspace whose action depends (or does not) on one thing a hermetic
 action must not depend on, and checks the exact report line: output path, both sizes, first
@@ -20,7 +21,8 @@ from posbuild.records import ActionResult, OutputFile
 from posbuild.sandbox import listing_follows_creation
 from posbuild.store import Store
 
-CLEAN = re.compile(r"^verify: (\d+) actions, (\d+) outputs, (\d+) bytes compared: all deterministic", re.M)
+CLEAN = re.compile(
+    r"^verify: (\d+) actions, (\d+) outputs, (\d+) bytes compared: all deterministic", re.M)
 
 
 def _verify(ws, *args: str):
@@ -36,8 +38,8 @@ def _assert_one_finding(result, label: str, path: str) -> re.Match[str]:
     findings = _findings(result)
     assert len(findings) == 1, findings
     match = re.fullmatch(
-        rf"ORCH-04 {re.escape(label)}: {re.escape(path)}: run 1 has (\d+) bytes?, run 2 has (\d+) bytes?, "
-        rf"first difference at byte (\d+)",
+        rf"ORCH-04 {re.escape(label)}: {re.escape(path)}: run 1 has (\d+) bytes?, run 2 has (\d+) "
+        rf"bytes?, first difference at byte (\d+)",
         findings[0],
     )
     assert match, findings[0]
@@ -46,7 +48,8 @@ def _assert_one_finding(result, label: str, path: str) -> re.Match[str]:
 
 
 def _tree(folder: Path) -> dict[str, tuple[bytes, int]]:
-    return {str(p.relative_to(folder)): (p.read_bytes(), p.stat().st_mtime_ns) for p in folder.rglob("*") if p.is_file()}
+    return {str(p.relative_to(folder)): (p.read_bytes(), p.stat().st_mtime_ns)
+            for p in folder.rglob("*") if p.is_file()}
 
 
 def _results(root: Path) -> dict[bytes, ActionResult]:
@@ -66,7 +69,7 @@ def test_verify_deterministic_actions_pass_and_count_what_was_compared(ws):
             genrule(name = "upper", srcs = ["in.txt"], outs = ["upper.txt"], cmd = "tr a-z A-Z < $< > $@")
             genrule(name = "both", srcs = [":upper"], outs = ["a.txt", "b.txt"],
                     cmd = "cp $(location :upper) $(location a.txt); printf xyz > $(location b.txt)")
-        """,
+        """,  # noqa: E501
     })
     result = _verify(ws)
     assert result.returncode == 0, result.stderr
@@ -74,11 +77,13 @@ def test_verify_deterministic_actions_pass_and_count_what_was_compared(ws):
     match = CLEAN.search(result.stdout)
     assert match, result.stdout
     assert match.groups() == ("2", "3", str(11 + 11 + 3))
-    assert "verify: run 2 differs from run 1 in sandbox path and its length, environment order, TZ" in result.stdout
+    assert ("verify: run 2 differs from run 1 in sandbox path and its length, environment order, "
+            "TZ") in result.stdout
 
 
 def test_verify_builds_first_when_nothing_was_built(ws):
-    ws.write({"pkg/BUILD": 'genrule(name = "hello", outs = ["hello.txt"], cmd = "echo hello > $@")'})
+    ws.write(
+        {"pkg/BUILD": 'genrule(name = "hello", outs = ["hello.txt"], cmd = "echo hello > $@")'})
     result = _verify(ws, "//pkg:hello")
     assert result.returncode == 0, result.stderr
     assert ws.out("pkg/hello.txt") == "hello\n"
@@ -94,7 +99,8 @@ def test_verify_quiet_prints_nothing_when_deterministic(ws):
 # ---- what verify catches ------------------------------------------------------------------------
 
 def test_verify_reports_an_output_that_embeds_the_time(ws):
-    ws.write({"pkg/BUILD": 'genrule(name = "stamp", outs = ["stamp.txt"], cmd = "date +%s%N > $@")'})
+    ws.write(
+        {"pkg/BUILD": 'genrule(name = "stamp", outs = ["stamp.txt"], cmd = "date +%s%N > $@")'})
     ws.ok()
     match = _assert_one_finding(_verify(ws), "//pkg:stamp", "posbuild-out/pkg/stamp.txt")
     assert int(match.group(1)) >= 19 and int(match.group(3)) < int(match.group(1))
@@ -102,7 +108,8 @@ def test_verify_reports_an_output_that_embeds_the_time(ws):
 
 def test_verify_reports_an_output_that_embeds_the_time_to_the_second(ws):
     """Run 2 sees another second: a shifted clock, or a wait into the next wall-clock second."""
-    ws.write({"pkg/BUILD": 'genrule(name = "seconds", outs = ["seconds.txt"], cmd = "date +%s > $@")'})
+    ws.write(
+        {"pkg/BUILD": 'genrule(name = "seconds", outs = ["seconds.txt"], cmd = "date +%s > $@")'})
     _assert_one_finding(_verify(ws), "//pkg:seconds", "posbuild-out/pkg/seconds.txt")
 
 
@@ -119,7 +126,8 @@ def test_verify_reports_an_output_that_depends_on_tz(ws):
     ws.write({"pkg/BUILD": 'genrule(name = "zone", outs = ["zone.txt"], cmd = "date +%Z > $@")'})
     result = _verify(ws)
     assert _findings(result) == [
-        "ORCH-04 //pkg:zone: posbuild-out/pkg/zone.txt: run 1 has 4 bytes, run 2 has 6 bytes, first difference at byte 0"
+        "ORCH-04 //pkg:zone: posbuild-out/pkg/zone.txt: run 1 has 4 bytes, run 2 has 6 bytes, "
+        "first difference at byte 0"
     ]
     assert result.returncode == 14
 
@@ -135,23 +143,27 @@ def test_verify_keeps_a_tz_the_action_declares(ws):
 
 
 def test_verify_reports_an_output_that_depends_on_the_umask(ws):
-    ws.write({"pkg/BUILD": 'genrule(name = "mask", outs = ["mask.txt"], cmd = "touch f; stat -c %a f > $@")'})
+    ws.write(
+        {"pkg/BUILD": 'genrule(name = "mask", outs = ["mask.txt"], cmd = "touch f; stat -c %a f > '
+                      '$@")'})
     result = _verify(ws)
     assert _findings(result) == [
-        "ORCH-04 //pkg:mask: posbuild-out/pkg/mask.txt: run 1 has 4 bytes, run 2 has 4 bytes, first difference at byte 1"
+        "ORCH-04 //pkg:mask: posbuild-out/pkg/mask.txt: run 1 has 4 bytes, run 2 has 4 bytes, "
+        "first difference at byte 1"
     ]
     assert result.returncode == 14
 
 
 def test_verify_reports_an_unsorted_directory_listing(ws):
     if not listing_follows_creation(load_config(ws.root).sandbox_dir):
-        pytest.skip("the sandbox file system lists a folder in its own order (e.g. ext4 hash order), "
-                    "whatever the order entries are created in, so verify cannot vary it here")
+        pytest.skip("the sandbox file system lists a folder in its own order (e.g. ext4 hash "
+                    "order), whatever the order entries are created in, so verify cannot vary it "
+                    "here")
     ws.write({
         **{f"pkg/data/{name}.csv": f"{name}\n" for name in "abcde"},
         "pkg/BUILD": """
             genrule(name = "listing", srcs = glob(["data/*.csv"]), outs = ["listing.txt"], cmd = "ls -f pkg/data > $@")
-        """,
+        """,  # noqa: E501
     })
     match = _assert_one_finding(_verify(ws), "//pkg:listing", "posbuild-out/pkg/listing.txt")
     assert match.group(1) == match.group(2)
@@ -162,7 +174,7 @@ def test_verify_accepts_a_sorted_directory_listing(ws):
         **{f"pkg/rows/{name}.csv": f"{name}\n" for name in "abcde"},
         "pkg/BUILD": """
             genrule(name = "sorted_listing", srcs = glob(["rows/*.csv"]), outs = ["sorted.txt"], cmd = "ls pkg/rows > $@")
-        """,
+        """,  # noqa: E501
     })
     assert _verify(ws).returncode == 0
 
@@ -181,8 +193,8 @@ def test_verify_reports_an_output_that_depends_on_the_environment_order(ws):
     """})
     result = _verify(ws)
     assert _findings(result) == [
-        "ORCH-04 //pkg:envorder: posbuild-out/pkg/envorder.txt: run 1 has 12 bytes, run 2 has 12 bytes, "
-        "first difference at byte 0"
+        "ORCH-04 //pkg:envorder: posbuild-out/pkg/envorder.txt: run 1 has 12 bytes, run 2 has 12 "
+        "bytes, first difference at byte 0"
     ], result.stdout + result.stderr
     assert ws.out("pkg/envorder.txt") == "AAA=1\nBBB=2\n"
 
@@ -190,7 +202,7 @@ def test_verify_reports_an_output_that_depends_on_the_environment_order(ws):
 def test_verify_reports_a_run_that_fails_under_perturbation(ws):
     ws.write({"pkg/BUILD": """
         genrule(name = "picky", outs = ["picky.txt"], cmd = "test $$TZ = UTC || { echo wrong zone >&2; exit 3; }; echo ok > $@")
-    """})
+    """})  # noqa: E501
     result = _verify(ws)
     assert _findings(result) == ["ORCH-04 //pkg:picky: run 2 failed (exit code 3): wrong zone"]
     assert result.returncode == 14
@@ -199,9 +211,10 @@ def test_verify_reports_a_run_that_fails_under_perturbation(ws):
 def test_verify_reports_an_output_missing_from_one_run(ws):
     ws.write({"pkg/BUILD": """
         genrule(name = "sometimes", outs = ["sometimes.txt"], cmd = "if test $$TZ = UTC; then echo x > $@; fi")
-    """})
+    """})  # noqa: E501
     result = _verify(ws)
-    assert _findings(result) == ["ORCH-04 //pkg:sometimes: posbuild-out/pkg/sometimes.txt: run 2 did not create it"]
+    assert _findings(result) == [
+        "ORCH-04 //pkg:sometimes: posbuild-out/pkg/sometimes.txt: run 2 did not create it"]
     assert result.returncode == 14
 
 
@@ -211,7 +224,7 @@ def test_verify_reports_only_the_nondeterministic_actions_in_dependency_order(ws
         genrule(name = "a_late", srcs = [":z_base"], outs = ["a_late.txt"], cmd = "cat $< > $@; date +%s%N >> $@")
         genrule(name = "m_fine", srcs = [":z_base"], outs = ["m_fine.txt"], cmd = "cat $< $< > $@")
         genrule(name = "b_first", outs = ["b_first.txt"], cmd = "od -An -N8 -tx1 /dev/urandom > $@")
-    """})
+    """})  # noqa: E501
     result = _verify(ws, "-j", "3")
     labels = ["//pkg:" + line.split(":")[1] for line in _findings(result)]
     in_graph_order = [a.label for a in resolve(ws.root, ["//..."]).actions if a.label in labels]
@@ -224,22 +237,26 @@ def test_verify_reports_only_the_nondeterministic_actions_in_dependency_order(ws
 # ---- the cached result ---------------------------------------------------------------------------
 
 def test_verify_compares_against_the_cached_result(ws):
-    """Both runs agree, but the store holds other bytes for the action's key: that is ORCH-04 too."""
-    ws.write({"pkg/BUILD": 'genrule(name = "cached", outs = ["cached.txt"], cmd = "echo hello > $@")'})
+    """Both runs agree, but the store holds other bytes for the action's key: that is ORCH-04
+    too."""
+    ws.write(
+        {"pkg/BUILD": 'genrule(name = "cached", outs = ["cached.txt"], cmd = "echo hello > $@")'})
     ws.ok()
     store = Store(load_config(ws.root).store_dir)
     try:
-        [(key, result)] = [(k, r) for k, r in store.iter_results() if r.outputs[0].path == "posbuild-out/pkg/cached.txt"]
+        [(key, result)] = [(k, r) for k, r in store.iter_results()
+                           if r.outputs[0].path == "posbuild-out/pkg/cached.txt"]
         other = b"hellO, world\n"
-        tampered = ActionResult((OutputFile(result.outputs[0].path, hash_bytes(other), len(other), False),),
+        tampered = ActionResult((OutputFile(result.outputs[0].path, hash_bytes(other), len(other),
+                                            False),),
                                 result.exit_code, result.stdout_digest, result.stderr_digest)
         store.commit((key, tampered), [(hash_bytes(other), other)])
     finally:
         store.close()
     result = _verify(ws)
     assert _findings(result) == [
-        "ORCH-04 //pkg:cached: posbuild-out/pkg/cached.txt: cached result has 13 bytes, run 1 has 6 bytes, "
-        "first difference at byte 4"
+        "ORCH-04 //pkg:cached: posbuild-out/pkg/cached.txt: cached result has 13 bytes, run 1 has "
+        "6 bytes, first difference at byte 4"
     ]
     assert result.returncode == 14
 
@@ -272,7 +289,9 @@ def test_verify_skips_no_cache_actions_and_says_so(ws):
     """})
     result = _verify(ws)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "verify: 1 actions, 1 outputs, 5 bytes compared: all deterministic (1 no-cache action(s) not verified)" \
+    assert (
+        "verify: 1 actions, 1 outputs, 5 bytes compared: all deterministic (1 no-cache action(s) "
+        "not verified)") \
         in result.stdout
 
 
@@ -287,5 +306,6 @@ def test_verify_does_not_start_when_the_build_fails(ws):
 def test_verify_help_names_the_perturbations(ws):
     result = ws.run("verify", "--help")
     assert result.returncode == 0
-    for words in ("sandbox path", "TZ", "umask", "directory listing order", "libfaketime", "ORCH-04"):
+    for words in ("sandbox path", "TZ", "umask", "directory listing order", "libfaketime",
+                  "ORCH-04"):
         assert words in result.stdout

@@ -14,11 +14,11 @@ CHAIN = {
         genrule(name = "train", srcs = ["//data:clean"], outs = ["model.txt"], cmd = "cat $(SRCS) > $@",
                 requires = {"//data:clean": {"schema": "3"}})
         genrule(name = "report", srcs = [":train"], outs = ["report.txt"], cmd = "wc -l < $< > $@")
-        """,
+        """,  # noqa: E501
 }
 
-MISMATCH = ("posbuild: ORCH-02 version mismatch: model/BUILD:2: //model:train requires //data:clean schema=3, "
-            "but //data:clean declares schema=2\n")
+MISMATCH = ("posbuild: ORCH-02 version mismatch: model/BUILD:2: //model:train requires "
+            "//data:clean schema=3, but //data:clean declares schema=2\n")
 
 
 def test_unmet_requirement_is_orch02_and_runs_nothing(ws: Workspace) -> None:
@@ -38,8 +38,8 @@ def test_a_required_key_the_target_does_not_declare(ws: Workspace) -> None:
         """})
     result = ws.build()
     assert result.returncode == 12
-    assert result.stderr == ("posbuild: ORCH-02 version mismatch: model/BUILD:2: //model:train requires "
-                             "//data:clean schema=3, "
+    assert result.stderr == ("posbuild: ORCH-02 version mismatch: model/BUILD:2: //model:train "
+                             "requires //data:clean schema=3, "
                              "but //data:clean declares no schema\n")
     assert not (ws.root / "posbuild-out").exists()
 
@@ -78,13 +78,13 @@ def test_requirement_on_a_target_that_is_not_a_dependency_is_a_build_error(ws: W
         genrule(name = "report", srcs = [":train"], outs = ["report.txt"], cmd = "wc -l < $< > $@",
                 requires = {"//data:clean": {"schema": "2"}, ":other": {"schema": "1"}})
         genrule(name = "other", outs = ["other.txt"], cmd = "echo > $@", version = {"schema": "1"})
-        """})
+        """})  # noqa: E501
     result = ws.build()
     assert result.returncode == 3
     assert result.stderr == (
-        "posbuild: model/BUILD:3: //model:report: requires entry ':other': //model:other is not a dependency "
-        "of //model:report; a target may require versions only of targets it depends on through srcs or "
-        "tools (directly or transitively)\n")
+        "posbuild: model/BUILD:3: //model:report: requires entry ':other': //model:other is not a "
+        "dependency of //model:report; a target may require versions only of targets it depends "
+        "on through srcs or tools (directly or transitively)\n")
     assert not (ws.root / "posbuild-out").exists()
 
 
@@ -92,14 +92,15 @@ def test_requirement_must_name_a_rule(ws: Workspace) -> None:
     ws.write({**CHAIN, "model/BUILD": """
         genrule(name = "train", srcs = ["//data:clean"], outs = ["model.txt"], cmd = "cat $(SRCS) > $@",
                 requires = {"//data:clean.csv": {"schema": "2"}})
-        """})
+        """})  # noqa: E501
     result = ws.build()
     assert result.returncode == 3
     assert "requires entry '//data:clean.csv': '//data:clean.csv' is not a rule target; " \
            "name the rule that produces it, '//data:clean'" in result.stderr
 
 
-def test_version_change_reexecutes_the_action_and_only_dependents_whose_inputs_changed(ws: Workspace) -> None:
+def test_version_change_reexecutes_the_action_and_only_dependents_whose_inputs_changed(
+    ws: Workspace) -> None:
     ws.write({
         "p/in.txt": "x\n",
         "p/BUILD": """
@@ -110,7 +111,7 @@ def test_version_change_reexecutes_the_action_and_only_dependents_whose_inputs_c
                     version = {"model": "v1"})
             genrule(name = "after_stamp", srcs = [":stamp"], outs = ["t2.txt"], cmd = "cat $< > $@")
             genrule(name = "other", srcs = ["in.txt"], outs = ["other.txt"], cmd = "cat $< > $@")
-            """,
+            """,  # noqa: E501
     })
     assert counts(ws.ok())["executed"] == 5
     assert counts(ws.ok())["executed"] == 0

@@ -1,4 +1,5 @@
-"""`posbuild watch` end to end: a real `python -m posbuild watch` on a temp workspace, real inotify events.
+"""`posbuild watch` end to end: a real `python -m posbuild watch` on a temp workspace, real inotify
+events.
 
 Each test reads the watcher's output lines through reader threads with bounded waits. To show
 that a change did *not* start a build, a test then makes a relevant change (a "sentinel") and
@@ -23,8 +24,8 @@ from conftest import POSBUILD, Workspace
 
 WAIT = 30.0  # bound of every wait; generous for a loaded two-core machine
 CYCLE = re.compile(r"^\[watch\] (?:initial build|(\d+) files? changed \((.*)\)): "
-                   r"(?:(\d+) executed, (\d+) cached, (\d+) failed(?:, (\d+) skipped)?|error \(exit (\d+)\)) "
-                   r"in [0-9.]+ s")
+                   r"(?:(\d+) executed, (\d+) cached, (\d+) failed(?:, (\d+) skipped)?|error "
+                   r"\(exit (\d+)\)) in [0-9.]+ s")
 
 BASE = {
     "pkg/a.txt": "alpha\n",
@@ -33,7 +34,7 @@ BASE = {
     "pkg/BUILD": """
         genrule(name = "up", srcs = ["a.txt"], outs = ["up.txt"], cmd = "tr a-z A-Z < $< > $@")
         genrule(name = "both", srcs = [":up", "b.txt"], outs = ["both.txt"], cmd = "cat $(SRCS) > $@")
-    """,
+    """,  # noqa: E501
     "other/BUILD": """
         genrule(name = "sentinel", srcs = ["s.txt"], outs = ["s.out"], cmd = "cp $< $@")
     """,
@@ -47,7 +48,8 @@ class Watch:
     def __init__(self, ws: Workspace, *args: str) -> None:
         self.ws = ws
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-        self.proc = subprocess.Popen([*POSBUILD, "watch", *args], cwd=ws.root, env=env, stdin=subprocess.DEVNULL,
+        self.proc = subprocess.Popen([*POSBUILD, "watch", *args], cwd=ws.root, env=env,
+                                     stdin=subprocess.DEVNULL,
                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         self.out: queue.Queue[str | None] = queue.Queue()
         self.err: queue.Queue[str | None] = queue.Queue()
@@ -86,7 +88,8 @@ class Watch:
         """The next cycle after a change: (changed paths, executed, cached, failed)."""
         match = self.cycle()
         assert match.group(2) is not None, match.group(0)
-        assert match.group(3) is not None, f"the build failed to load: {match.group(0)}; {self.drain_err()}"
+        assert match.group(3) is not None, (
+            f"the build failed to load: {match.group(0)}; {self.drain_err()}")
         assert match.group(6) is None, match.group(0)
         return match.group(2), int(match.group(3)), int(match.group(4)), int(match.group(5))
 
@@ -109,7 +112,8 @@ class Watch:
             self.err_lines.append(line)
 
     def no_build_since_last_cycle(self) -> None:
-        """Prove that nothing has started a build since the last cycle line, with a sentinel edit."""
+        """Prove that nothing has started a build since the last cycle line, with a sentinel
+        edit."""
         self.sentinels += 1
         (self.ws.root / "other/s.txt").write_text(f"{self.sentinels}\n")
         paths, executed, _, failed = self.changed()
@@ -196,7 +200,8 @@ def test_a_new_target_in_a_build_file_is_built_and_watched(ws, watch):
     (ws.root / "pkg/c.txt").write_text("charlie\n")
     assert w.changed() == ("pkg/c.txt", 0, 3, 0)  # a new file in a loaded package may match a glob
     with open(ws.root / "pkg/BUILD", "a") as build:
-        build.write('genrule(name = "new", srcs = ["c.txt"], outs = ["new.txt"], cmd = "rev $< > $@")\n')
+        build.write(
+            'genrule(name = "new", srcs = ["c.txt"], outs = ["new.txt"], cmd = "rev $< > $@")\n')
     assert w.changed() == ("pkg/BUILD", 1, 3, 0)
     assert ws.out("pkg/new.txt") == "eilrahc\n"
     (ws.root / "pkg/c.txt").write_text("echo\n")
@@ -234,10 +239,12 @@ def test_a_failing_action_is_reported_and_watching_goes_on(ws, watch):
     good = build.read_text()
     build.write_text(good.replace("tr a-z A-Z < $< > $@", "exit 7"))
     match = w.cycle()
-    assert (match.group(2), match.group(3), match.group(5), match.group(6)) == ("pkg/BUILD", "0", "1", "1"), \
+    assert (match.group(2), match.group(3), match.group(5),
+            match.group(6)) == ("pkg/BUILD", "0", "1", "1"), \
         match.group(0)
     assert w.err_line(r"^posbuild: 1 action\(s\) failed: //pkg:up$")
-    assert not (ws.root / "posbuild-out/pkg/both.txt").exists()  # stale outputs of the failure are removed
+    # stale outputs of the failure are removed
+    assert not (ws.root / "posbuild-out/pkg/both.txt").exists()
     build.write_text(good)
     assert w.changed() == ("pkg/BUILD", 0, 3, 0)  # both results are still in the cache
     assert ws.out("pkg/both.txt") == "ALPHA\nbeta\n"
@@ -258,7 +265,8 @@ def _running(token: str) -> bool:
 def test_ctrl_c_stops_at_once_and_leaves_nothing_partial(ws, watch):
     w = watch()
     (ws.root / "pkg/BUILD").write_text(
-        'genrule(name = "slow", srcs = ["a.txt"], outs = ["slow.txt"], cmd = "sleep 61.25; cp $< $@")\n')
+        'genrule(name = "slow", srcs = ["a.txt"], outs = ["slow.txt"], cmd = "sleep 61.25; cp $< '
+        '$@")\n')
     deadline = time.monotonic() + WAIT
     while not _running("sleep 61.25"):  # the action runs: Ctrl-C must stop it, not wait for it
         assert time.monotonic() < deadline, f"the slow action never started: {w.drain_err()}"
@@ -266,7 +274,8 @@ def test_ctrl_c_stops_at_once_and_leaves_nothing_partial(ws, watch):
     began = time.monotonic()
     assert w.stop() == 130
     assert time.monotonic() - began < 10
-    assert "posbuild: interrupted by SIGINT; 1 running action(s) stopped, nothing partial kept" in w.drain_err()
+    assert "posbuild: interrupted by SIGINT; 1 running action(s) stopped, nothing partial kept" \
+            in w.drain_err()
     deadline = time.monotonic() + 5  # killed, it may take the loaded machine a moment to go
     while _running("sleep 61.25"):
         assert time.monotonic() < deadline, "the action's command outlived posbuild watch"
@@ -301,7 +310,8 @@ def test_a_new_top_level_package_is_picked_up(ws, watch, tmp_path):
     staging = tmp_path / "staging"
     staging.mkdir()
     (staging / "x.txt").write_text("x\n")
-    (staging / "BUILD").write_text('genrule(name = "x", srcs = ["x.txt"], outs = ["x.out"], cmd = "cp $< $@")\n')
+    (staging / "BUILD").write_text(
+        'genrule(name = "x", srcs = ["x.txt"], outs = ["x.out"], cmd = "cp $< $@")\n')
     os.rename(staging, ws.root / "fresh")  # the whole package appears at once
     assert w.changed() == ("fresh, fresh/BUILD", 1, 3, 0)
     assert ws.out("fresh/x.out") == "x\n"
@@ -311,12 +321,14 @@ def test_a_new_top_level_package_is_picked_up(ws, watch, tmp_path):
 
 
 DATA = {
-    "data/BUILD": 'genrule(name = "rows", srcs = ["raw.csv"], outs = ["rows.txt"], cmd = "wc -l < $< > $@")\n',
+    "data/BUILD": 'genrule(name = "rows", srcs = ["raw.csv"], outs = ["rows.txt"], cmd = "wc -l < '
+                  '$< > $@")\n',
     "data/raw.csv": "a,1\n",
 }
 
 
-@pytest.mark.parametrize("inside", [False, True], ids=["with-a-folder-outside", "with-a-sibling-folder"])
+@pytest.mark.parametrize("inside", [False, True],
+                         ids=["with-a-folder-outside", "with-a-sibling-folder"])
 def test_a_top_level_folder_swapped_by_rename_stays_watched(ws, watch, tmp_path, inside):
     """`mv data data.old; mv data.new data`, as a deploy or a sync tool replaces a folder at once.
 

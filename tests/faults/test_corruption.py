@@ -61,7 +61,8 @@ def corrupt_file(path: Path, at: int = 0) -> None:
 
 def outputs(root: Path) -> dict[str, bytes]:
     out = root / "posbuild-out"
-    return {p.relative_to(out).as_posix(): p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()}
+    return {p.relative_to(out).as_posix(): p.read_bytes() for p in sorted(out.rglob("*"))
+            if p.is_file()}
 
 
 def fsck_is_clean(ws: Workspace) -> None:
@@ -71,7 +72,8 @@ def fsck_is_clean(ws: Workspace) -> None:
 
 
 def _refuses_then_repairs(ws: Workspace, digest: str, corrupted: bytes, action: str) -> None:
-    """After `clean`, the build stops with ORCH-03 rather than write `corrupted`; repair, rebuild."""
+    """After `clean`, the build stops with ORCH-03 rather than write `corrupted`; repair,
+    rebuild."""
     assert ws.run("clean").returncode == 0
     refused = ws.build("//...")
     assert refused.returncode == 13, refused.stdout + refused.stderr
@@ -84,7 +86,8 @@ def _refuses_then_repairs(ws: Workspace, digest: str, corrupted: bytes, action: 
 
     rebuilt = ws.ok("//...")
     assert executed_labels(rebuilt) == [action]
-    assert outputs(ws.root) == {"pkg/big.bin": BIG, "pkg/count.txt": b"3\n", "pkg/sorted.txt": SORTED}
+    assert outputs(ws.root) == {"pkg/big.bin": BIG, "pkg/count.txt": b"3\n",
+                                "pkg/sorted.txt": SORTED}
     fsck_is_clean(ws)
 
 
@@ -94,9 +97,10 @@ def test_a_corrupt_inline_blob_is_found_never_served_and_repaired(ws):
     digest = corrupt_inline_blob(ws.root, SORTED)
     found = ws.run("fsck")
     assert found.returncode == 13
-    assert f"ORCH-03 blob {digest}: stored bytes hash to {hash_bytes(flipped(SORTED)).hex()}\n" in found.stdout
-    assert found.stderr == ("posbuild: ORCH-03 checksum inconsistency: fsck found 1 problem(s), listed above; "
-                            "run `posbuild fsck --repair`\n")
+    assert f"ORCH-03 blob {digest}: stored bytes hash to {hash_bytes(flipped(SORTED)).hex()}\n" \
+            in found.stdout
+    assert found.stderr == ("posbuild: ORCH-03 checksum inconsistency: fsck found 1 problem(s), "
+                            "listed above; run `posbuild fsck --repair`\n")
     _refuses_then_repairs(ws, digest, flipped(SORTED), "//pkg:sorted")
 
 
@@ -108,7 +112,8 @@ def test_a_corrupt_large_blob_file_is_found_never_served_and_repaired(ws):
     corrupt_file(blob_file, at=1000)
     found = ws.run("fsck")
     assert found.returncode == 13
-    assert f"ORCH-03 blob {digest}: stored bytes hash to {hash_bytes(flipped(BIG, 1000)).hex()}\n" in found.stdout
+    assert f"ORCH-03 blob {digest}: stored bytes hash to {hash_bytes(flipped(BIG, 1000)).hex()}\n" \
+            in found.stdout
     _refuses_then_repairs(ws, digest, flipped(BIG, 1000), "//pkg:big")
 
 
@@ -118,7 +123,8 @@ def test_a_corrupt_output_is_found_and_the_next_build_restores_it_from_the_store
     corrupt_file(ws.root / "posbuild-out/pkg/sorted.txt")
     found = ws.run("fsck")
     assert found.returncode == 13
-    assert (f"ORCH-03 output posbuild-out/pkg/sorted.txt: bytes hash to {hash_bytes(flipped(SORTED)).hex()}, "
+    assert ("ORCH-03 output posbuild-out/pkg/sorted.txt: bytes hash to "
+            f"{hash_bytes(flipped(SORTED)).hex()}, "
             f"recorded {hash_bytes(SORTED).hex()}\n") in found.stdout
     rebuilt = ws.ok("//...")
     assert counts(rebuilt)["executed"] == 0
@@ -142,7 +148,8 @@ def test_repair_deletes_a_corrupt_output_and_the_next_build_restores_it(ws):
 
 
 def test_an_output_replaced_by_another_file_reads_as_partial_state(ws):
-    """A file renamed over an output (what a build killed before its commit leaves) is not corruption."""
+    """A file renamed over an output (what a build killed before its commit leaves) is not
+    corruption."""
     ws.write(PIPELINE)
     ws.ok("//...")
     target = ws.root / "posbuild-out/pkg/sorted.txt"
@@ -151,7 +158,8 @@ def test_an_output_replaced_by_another_file_reads_as_partial_state(ws):
     os.replace(temp, target)
     found = ws.run("fsck")
     assert found.returncode == 16, found.stdout + found.stderr
-    assert "ORCH-06 output posbuild-out/pkg/sorted.txt: replaced since posbuild wrote it" in found.stdout
+    assert "ORCH-06 output posbuild-out/pkg/sorted.txt: replaced since posbuild wrote it" \
+            in found.stdout
     assert ws.run("fsck", "--repair").returncode == 0
     rebuilt = ws.ok("//...")
     assert counts(rebuilt)["executed"] == 0

@@ -38,7 +38,8 @@ def _reference(tmp_path: Path, version: int) -> tuple[dict[str, bytes], float]:
 
 def _kill_after(ws: Workspace, delay: float) -> None:
     proc = subprocess.Popen([*POSBUILD, "build", "-j2", "-q", "//..."], cwd=ws.root,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
     time.sleep(delay)
     try:
         os.killpg(proc.pid, signal.SIGKILL)
@@ -73,5 +74,6 @@ def test_sigkill_at_24_points_then_fsck_and_a_full_build_match_a_clean_build(tmp
         _fsck_passes(ws)
         rebuilt = ws.ok("-j2", "//...")
         assert counts(rebuilt)["failed"] == 0
-        assert outputs(ws.root) == expected[version], f"kill {kill}: outputs differ from a clean build"
+        assert outputs(ws.root) == expected[version], (
+            f"kill {kill}: outputs differ from a clean build")
     assert counts(ws.ok("//..."))["executed"] == 0

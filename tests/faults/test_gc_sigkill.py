@@ -106,7 +106,8 @@ def _check_store(root: Path) -> tuple[int, int, int]:
     try:
         results = list(store.iter_results())
         for _, result in results:
-            for digest in {*(o.digest for o in result.outputs), result.stdout_digest, result.stderr_digest}:
+            for digest in {*(o.digest for o in result.outputs), result.stdout_digest,
+                           result.stderr_digest}:
                 store.get_blob(digest)  # ORCH-03 if missing or wrong
         generations = store.generations()
         for generation in generations:
@@ -127,28 +128,35 @@ def _assert_recovers(ws: Workspace, expected: dict[str, bytes]) -> None:
     assert _outputs(ws.root) == expected
     finish = ws.run(*GC_ARGS)
     assert finish.returncode == 0, finish.stderr
-    assert _check_store(ws.root) == (1, N_ACTIONS, 0)  # the next gc finished the job, orphan files included
+    # the next gc finished the job, orphan files included
+    assert _check_store(ws.root) == (1, N_ACTIONS, 0)
     fsck = ws.run("fsck")
     assert fsck.returncode == 0, fsck.stdout + fsck.stderr
 
 
-@pytest.mark.parametrize("point", ["inside-first-transaction", "after-first-commit", "between-transactions"])
-def test_sigkill_at_an_exact_point_of_gc(template: tuple[Path, dict[str, bytes]], tmp_path: Path, point: str) -> None:
+@pytest.mark.parametrize("point",
+                         ["inside-first-transaction", "after-first-commit", "between-transactions"])
+def test_sigkill_at_an_exact_point_of_gc(template: tuple[Path, dict[str, bytes]], tmp_path: Path,
+                                         point: str) -> None:
     root, expected = template
     ws = _copy(root, tmp_path / "ws")
     proc = subprocess.run([sys.executable, "-c", INJECT, point, *GC_ARGS], cwd=ws.root,
                           capture_output=True, text=True, timeout=120)
-    assert proc.returncode == -signal.SIGKILL, f"gc was not killed at {point}: {proc.stdout}{proc.stderr}"
+    assert proc.returncode == -signal.SIGKILL, (
+        f"gc was not killed at {point}: {proc.stdout}{proc.stderr}")
     generations, results, orphans = _check_store(ws.root)
     if point == "inside-first-transaction":
-        assert (generations, results, orphans) == (VERSIONS, VERSIONS * N_ACTIONS, 0)  # nothing was committed
+        # nothing was committed
+        assert (generations, results, orphans) == (VERSIONS, VERSIONS * N_ACTIONS, 0)
     else:
         assert generations == 1 and N_ACTIONS < results < VERSIONS * N_ACTIONS
-        assert (orphans > 0) == (point == "after-first-commit")  # rows committed gone, their files not yet
+        # rows committed gone, their files not yet
+        assert (orphans > 0) == (point == "after-first-commit")
     _assert_recovers(ws, expected)
 
 
-def test_sigkill_at_instants_of_a_measured_gc(template: tuple[Path, dict[str, bytes]], tmp_path: Path) -> None:
+def test_sigkill_at_instants_of_a_measured_gc(template: tuple[Path, dict[str, bytes]],
+                                              tmp_path: Path) -> None:
     root, expected = template
     reference = _copy(root, tmp_path / "reference")
     started = time.monotonic()
@@ -158,7 +166,8 @@ def test_sigkill_at_instants_of_a_measured_gc(template: tuple[Path, dict[str, by
     for n, fraction in enumerate((0.6, 0.75, 0.85, 0.95)):
         ws = _copy(root, tmp_path / f"ws{n}")
         proc = subprocess.Popen([*POSBUILD, *GC_ARGS], cwd=ws.root, start_new_session=True,
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=dict(os.environ))
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                env=dict(os.environ))
         time.sleep(duration * fraction)
         alive.append(proc.poll() is None)
         try:
@@ -176,19 +185,23 @@ def test_a_build_after_a_killed_gc_executes_exactly_the_results_it_evicted(tmp_p
     an evicted one as cached)."""
     ws = Workspace(tmp_path / "ws")
     ws.root.mkdir()
-    rules = [f'genrule(name = "t{i}", srcs = ["src.txt"], outs = ["t{i}.txt"], cmd = "echo t{i} > $@")'
+    rules = [f'genrule(name = "t{i}", srcs = ["src.txt"], outs = ["t{i}.txt"], cmd = "echo t{i} > '
+             '$@")'
              for i in range(40)]
     ws.write({"posbuild.toml": "", "p/src.txt": "x\n",
-              "p/BUILD": "\n".join([*rules, 'genrule(name = "bad", outs = ["bad.txt"], cmd = "exit 1")']) + "\n"})
+              "p/BUILD": "\n".join(
+                  [*rules, 'genrule(name = "bad", outs = ["bad.txt"], cmd = "exit 1")']) + "\n"})
     assert counts(ws.build("-k", "//..."))["executed"] == 40
     small_batches = "from posbuild import gc; gc.collect.__kwdefaults__['batch_rows'] = 7\n"
-    proc = subprocess.run([sys.executable, "-c", small_batches + INJECT, "between-transactions", *GC_ARGS],
+    proc = subprocess.run([sys.executable, "-c", small_batches + INJECT, "between-transactions",
+                           *GC_ARGS],
                           cwd=ws.root, capture_output=True, text=True, timeout=120)
     assert proc.returncode == -signal.SIGKILL, proc.stdout + proc.stderr
     _, results, _ = _check_store(ws.root)
     assert 0 < results < 40  # the kill came after some evictions, before all of them
     rebuilt = ws.build("-k", "//...")
-    assert counts(rebuilt) == {"executed": 40 - results, "cached": results, "failed": 1}, rebuilt.stdout
+    assert counts(rebuilt) == {"executed": 40 - results, "cached": results,
+                               "failed": 1}, rebuilt.stdout
     assert _check_store(ws.root)[1] == 40
     fsck = ws.run("fsck")
     assert fsck.returncode == 0, fsck.stdout + fsck.stderr

@@ -40,7 +40,8 @@ def _files(version: int, log: Path, mode: str) -> dict[str, str]:
     """Four interlinked chains of tiny actions; `version` changes the seeds of two packages; each
     command logs its name once its output is written."""
     return {"posbuild.toml": f'[sandbox]\nmode = "{mode}"\n',
-            **chain_files(version, PACKAGES, PER_PACKAGE, changed=2, after=f"; echo {{n}} >> {log}")}
+            **chain_files(version, PACKAGES, PER_PACKAGE, changed=2,
+                          after=f"; echo {{n}} >> {log}")}
 
 
 def _take_log(log: Path) -> list[str]:
@@ -54,7 +55,8 @@ def _take_log(log: Path) -> list[str]:
 
 
 def _start(ws: Workspace) -> subprocess.Popen[bytes]:
-    return subprocess.Popen([*POSBUILD, "build", "-j2", "//..."], cwd=ws.root, stdout=subprocess.PIPE,
+    return subprocess.Popen([*POSBUILD, "build", "-j2", "//..."], cwd=ws.root,
+                            stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, env={**os.environ, "PYTHONUNBUFFERED": "1"})
 
 
@@ -97,7 +99,8 @@ LOST: dict[str, int] = {}
 
 
 @pytest.mark.parametrize("mode", ["folder", "namespace"])
-def test_kills_at_16_instants_leave_no_partial_state_and_lose_no_finished_action(tmp_path, references, mode):
+def test_kills_at_16_instants_leave_no_partial_state_and_lose_no_finished_action(
+    tmp_path, references, mode):
     if mode == "namespace" and bwrap_problem() is not None:
         pytest.skip(f"bubblewrap cannot run here: {bwrap_problem()}")
     rng = random.Random(14 + len(mode))
@@ -116,7 +119,8 @@ def test_kills_at_16_instants_leave_no_partial_state_and_lose_no_finished_action
         version = 1 - version
         ws.write(_files(version, log, mode))
         _take_log(log)
-        amount = {"lines": rng.randint(1, 60), "markers": rng.randint(1, 60), "delay": rng.uniform(0.0, 1.5)}[trigger]
+        amount = {"lines": rng.randint(1, 60), "markers": rng.randint(1, 60),
+                  "delay": rng.uniform(0.0, 1.5)}[trigger]
         _kill(_start(ws), sig, trigger, amount, log)
         time.sleep(0.05)  # a command that outlived posbuild would log now
         finished = set(_take_log(log))
@@ -124,7 +128,9 @@ def test_kills_at_16_instants_leave_no_partial_state_and_lose_no_finished_action
                 f"{'cold' if cold else 'incremental'})"
         check = ws.run("fsck")
         if check.returncode != 0:
-            failures.append(f"{where}: fsck failed ({check.returncode}): {check.stdout[-600:]}{check.stderr[-600:]}")
+            failures.append(
+                f"{where}: fsck failed ({check.returncode}): "
+                f"{check.stdout[-600:]}{check.stderr[-600:]}")
         rebuilt = ws.build("-j2", "-q", "//...")
         if rebuilt.returncode != 0:
             failures.append(f"{where}: the next build failed: {rebuilt.stderr[-600:]}")
@@ -148,11 +154,13 @@ def test_every_output_a_killed_build_installed_is_committed(tmp_path):
     ws = Workspace(tmp_path / "ws")
     ws.root.mkdir()
     ws.write({"posbuild.toml": '[sandbox]\nmode = "folder"\n', "g/BUILD": "\n".join(
-        f'genrule(name = "a{i}", outs = ["a{i}.txt"], cmd = "echo {i} > $@")' for i in range(60)) + "\n"})
+        f'genrule(name = "a{i}", outs = ["a{i}.txt"], cmd = "echo {i} > $@")'
+        for i in range(60)) + "\n"})
     out = ws.root / "posbuild-out/g"
     for attempt in range(5):
         proc = _start(ws)
-        while proc.poll() is None and not (out.is_dir() and len(os.listdir(out)) >= 15 + 5 * attempt):
+        while proc.poll() is None \
+                and not (out.is_dir() and len(os.listdir(out)) >= 15 + 5 * attempt):
             time.sleep(0.001)
         os.kill(proc.pid, signal.SIGKILL)
         proc.communicate(timeout=60)
@@ -166,4 +174,5 @@ def test_every_output_a_killed_build_installed_is_committed(tmp_path):
     assert check.returncode == 0, check.stdout + check.stderr
     rebuilt = ws.ok("//...")
     again = {line.split("] ", 1)[1] for line in rebuilt.stdout.splitlines() if line.startswith("[")}
-    assert not present & again, f"{len(present & again)} of {len(present)} installed outputs were executed again"
+    assert not present & again, (
+        f"{len(present & again)} of {len(present)} installed outputs were executed again")

@@ -27,11 +27,13 @@ def _kill_while_slow_runs(ws: Workspace, tmp_path) -> None:  # type: ignore[no-u
     """Build //pkg:slow and SIGKILL posbuild once the slow command has started."""
     flag = tmp_path / "slow-started"
     ws.write({"pkg/BUILD": SLOW["pkg/BUILD"].replace("{flag}", str(flag))})
-    process = subprocess.Popen([*POSBUILD, "build", "//pkg:slow"], cwd=ws.root, stdout=subprocess.DEVNULL,
+    process = subprocess.Popen([*POSBUILD, "build", "//pkg:slow"], cwd=ws.root,
+                               stdout=subprocess.DEVNULL,
                                stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.monotonic() + 60
     while not flag.exists():
-        assert process.poll() is None and time.monotonic() < deadline, "the slow action never started"
+        assert process.poll() is None \
+                and time.monotonic() < deadline, ("the slow action never started")
         time.sleep(0.02)
     os.kill(process.pid, signal.SIGKILL)
     assert process.wait() == -signal.SIGKILL
@@ -43,7 +45,8 @@ def _builds(ws: Workspace) -> list[dict]:  # type: ignore[type-arg]
     return [json.loads(line) for line in result.stdout.splitlines()]
 
 
-def test_posbuild_log_after_a_kill_shows_the_build_interrupted_with_its_action_in_flight(ws, tmp_path):
+def test_posbuild_log_after_a_kill_shows_the_build_interrupted_with_its_action_in_flight(
+    ws, tmp_path):
     _kill_while_slow_runs(ws, tmp_path)
     table = ws.run("log")
     assert table.returncode == 0, table.stderr
@@ -60,20 +63,23 @@ def test_posbuild_log_after_a_kill_shows_the_build_interrupted_with_its_action_i
 
 def test_the_next_build_records_a_killed_build_as_interrupted(ws, tmp_path):
     _kill_while_slow_runs(ws, tmp_path)
-    ws.write({"pkg/BUILD": SLOW["pkg/BUILD"].replace("{flag}", str(tmp_path / "again")).replace("sleep 8; ", "")})
+    ws.write({"pkg/BUILD": SLOW["pkg/BUILD"].replace("{flag}", str(tmp_path / "again")).replace(
+        "sleep 8; ", "")})
     ws.ok("//pkg:slow")
     first, second = _builds(ws)
     assert first["state"] == "INTERRUPTED" and "//pkg:slow" in first["in_flight"]
     assert second["state"] == "FINISHED"
-    assert "INTERRUPTED" in {r["state"] for r in map(json.loads, ws.run("log", "--json", "--build", "1").stdout.splitlines())}
+    assert "INTERRUPTED" in {r["state"] for r in map(json.loads, ws.run("log", "--json", "--build",
+                                                                        "1").stdout.splitlines())}
     assert "ORCH-03" not in ws.run("fsck").stdout
 
 
 def test_a_build_that_is_still_running_is_not_recorded_as_interrupted(ws, tmp_path):
     flag = tmp_path / "slow-started"
-    ws.write({"pkg/BUILD": SLOW["pkg/BUILD"].replace("{flag}", str(flag)).replace("sleep 8", "sleep 2")})
-    process = subprocess.Popen([*POSBUILD, "build", "//pkg:slow"], cwd=ws.root, stdout=subprocess.DEVNULL,
-                               stderr=subprocess.DEVNULL)
+    ws.write({"pkg/BUILD": SLOW["pkg/BUILD"].replace("{flag}",
+                                                     str(flag)).replace("sleep 8", "sleep 2")})
+    process = subprocess.Popen([*POSBUILD, "build", "//pkg:slow"], cwd=ws.root,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     while not flag.exists():
         assert process.poll() is None
         time.sleep(0.02)
@@ -86,8 +92,8 @@ def test_a_build_that_is_still_running_is_not_recorded_as_interrupted(ws, tmp_pa
 def test_a_build_stopped_by_ctrl_c_is_recorded_as_interrupted_by_itself(ws, tmp_path):
     flag = tmp_path / "slow-started"
     ws.write({"pkg/BUILD": SLOW["pkg/BUILD"].replace("{flag}", str(flag))})
-    process = subprocess.Popen([*POSBUILD, "build", "//pkg:slow"], cwd=ws.root, stdout=subprocess.DEVNULL,
-                               stderr=subprocess.DEVNULL)
+    process = subprocess.Popen([*POSBUILD, "build", "//pkg:slow"], cwd=ws.root,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     while not flag.exists():
         assert process.poll() is None
         time.sleep(0.02)
@@ -103,5 +109,6 @@ def test_a_build_stopped_by_ctrl_c_is_recorded_as_interrupted_by_itself(ws, tmp_
         store.close()
     assert build["status"] == "interrupted"
     records = {r["label"]: r for r in map(json.loads, ws.run("log", "--json").stdout.splitlines())}
-    assert records["//pkg:slow"]["state"] == "INTERRUPTED"  # stopped by posbuild: not a failure of its own
+    # stopped by posbuild: not a failure of its own
+    assert records["//pkg:slow"]["state"] == "INTERRUPTED"
     assert ws.run("fsck").returncode == 0

@@ -73,7 +73,8 @@ def _temp_names(root: Path) -> list[str]:
     out = root / "posbuild-out"
     if not out.exists():
         return []
-    return [str(p.relative_to(out)) for p in out.rglob("*") if ".tmp" in p.name or p.name.startswith(".")]
+    return [str(p.relative_to(out)) for p in out.rglob("*") if ".tmp" in p.name
+            or p.name.startswith(".")]
 
 
 def _fresh_workspace(path: Path) -> Workspace:
@@ -164,7 +165,8 @@ LARGE_BYTES = 6 * 1024 * 1024
 def _large_files() -> dict[str, str]:
     rules = [
         f'genrule(name = "big{i:02d}", outs = ["big{i:02d}.bin"], '
-        f'cmd = "{{ yes {chr(ord("a") + i)} || true; }} | head -c {LARGE_BYTES} > $@")'  # yes dies of SIGPIPE
+        # yes dies of SIGPIPE
+        f'cmd = "{{ yes {chr(ord("a") + i)} || true; }} | head -c {LARGE_BYTES} > $@")'
         for i in range(N_LARGE)
     ]
     return {"big/BUILD": "\n".join(rules) + "\n"}
@@ -203,11 +205,13 @@ def _built_large_workspace(tmp_path: Path) -> tuple[Workspace, dict[str, bytes]]
 
 def test_sigkill_while_restoring_outputs_from_the_store_leaves_nothing_partial(tmp_path):
     """Killed in the middle of writing outputs back from the store, as after `posbuild clean`: new
-    files are written unnamed and linked in when complete, so whatever the kill interrupted is gone."""
+    files are written unnamed and linked in when complete, so whatever the kill interrupted is
+    gone."""
     ws, expected = _built_large_workspace(tmp_path)
     for _ in range(5):
         assert ws.run("clean").returncode == 0
-        if _kill_when_a_temp_file_appears(ws, ws.root / "posbuild-out/big"):  # the first restored file
+        # the first restored file
+        if _kill_when_a_temp_file_appears(ws, ws.root / "posbuild-out/big"):
             break
     else:
         pytest.fail("never caught a restore in the act")
@@ -237,19 +241,22 @@ def test_sigkill_while_replacing_outputs_from_the_store_leaves_no_temp_files(tmp
     result = ws.ok("//...")
     assert counts(result)["executed"] == 0
     assert _temp_names(ws.root) == [], "a temp file of the killed restore is in posbuild-out/"
-    assert os.listdir(ws.root / ".posbuild/tmp") == [], "the killed restore's temp file was not cleared"
+    assert os.listdir(ws.root / ".posbuild/tmp") == [], (
+        "the killed restore's temp file was not cleared")
     assert _posbuild_out(ws.root) == expected
 
 
 def test_an_action_that_ran_long_keeps_its_result_when_the_build_is_killed_after_it(tmp_path):
     """Cheap actions' rows are committed in groups (a kill may make a few of them run again);
     an action whose command took a while is committed before its dependents can start."""
-    started = tmp_path / "started"  # under the test's temp folder, which conftest leaves writable to actions
+    # under the test's temp folder, which conftest leaves writable to actions
+    started = tmp_path / "started"
     ws = Workspace(tmp_path / "ws")
     ws.root.mkdir()
     ws.write({"posbuild.toml": "", "g/BUILD": (
         'genrule(name = "slow", outs = ["slow.txt"], cmd = "sleep 0.6; echo slow > $@")\n'
-        f'genrule(name = "wait", srcs = [":slow"], outs = ["wait.txt"], cmd = "touch {started}; sleep 60; cat $< > $@")\n')})
+        f'genrule(name = "wait", srcs = [":slow"], outs = ["wait.txt"], cmd = "touch {started}; '
+        'sleep 60; cat $< > $@")\n')})
     proc = _start(ws, "//...")
     try:
         deadline = time.monotonic() + 30

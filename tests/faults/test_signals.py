@@ -17,7 +17,8 @@ from conftest import POSBUILD, Workspace, bwrap_problem
 
 
 def _workspace(tmp_path: Path, mode: str, started: Path) -> Workspace:
-    """One quick action, then one that marks that it runs and sleeps for ever (its pid in `started`)."""
+    """One quick action, then one that marks that it runs and sleeps for ever (its pid in
+    `started`)."""
     ws = Workspace(tmp_path / "ws")
     ws.root.mkdir()
     ws.write({"posbuild.toml": f'[sandbox]\nmode = "{mode}"\n', "g/BUILD": (
@@ -37,7 +38,8 @@ def _wait_for(path: Path, proc: subprocess.Popen[bytes]) -> int:
 
 
 def _sleeps() -> set[int]:
-    """The pids of every `sleep 1000` on the machine (the namespace sandbox's own pids are not ours)."""
+    """The pids of every `sleep 1000` on the machine (the namespace sandbox's own pids are not
+    ours)."""
     found = subprocess.run(["pgrep", "-f", "^sleep 1000$"], capture_output=True, text=True).stdout
     return {int(pid) for pid in found.split()}
 
@@ -97,14 +99,16 @@ def test_sigterm_and_sighup_stop_a_build_as_ctrl_c_does(tmp_path, mode, sig, sle
     _, err = proc.communicate(timeout=30)
     name = signal.Signals(sig).name
     assert proc.returncode == 128 + sig, err
-    assert err.splitlines()[-1] == f"posbuild: interrupted by {name}; 1 running action(s) stopped, nothing partial kept"
+    assert err.splitlines()[-1] == (
+        f"posbuild: interrupted by {name}; 1 running action(s) stopped, nothing partial kept")
     assert "Traceback" not in err
     assert _gone(sleeps), f"the action's `sleep 1000` outlived posbuild's {name}"
     check = ws.run("fsck")
     assert check.returncode == 0 and "swept" not in check.stdout, check.stdout + check.stderr
     assert not (ws.root / "posbuild-out/g/slow.txt").exists()
     result = ws.run("build", "//g:quick")
-    assert result.returncode == 0 and "(0 executed, 1 cached" in result.stdout, result.stdout  # kept, committed
+    # kept, committed
+    assert result.returncode == 0 and "(0 executed, 1 cached" in result.stdout, result.stdout
 
 
 def test_sigterm_stops_posbuild_watch_as_ctrl_c_does(tmp_path, sleeps):
@@ -116,7 +120,8 @@ def test_sigterm_stops_posbuild_watch_as_ctrl_c_does(tmp_path, sleeps):
     os.kill(proc.pid, signal.SIGTERM)
     _, err = proc.communicate(timeout=30)
     assert proc.returncode == 143, err
-    assert err.splitlines()[-1] == "posbuild: interrupted by SIGTERM; 1 running action(s) stopped, nothing partial kept"
+    assert err.splitlines()[-1] == (
+        "posbuild: interrupted by SIGTERM; 1 running action(s) stopped, nothing partial kept")
     assert _gone(sleeps)
     check = ws.run("fsck")
     assert check.returncode == 0, check.stdout + check.stderr
@@ -127,8 +132,9 @@ def test_sigterm_stops_posbuild_verify_with_its_own_exit_code(tmp_path, sleeps):
     started = tmp_path / "started"
     ws = _workspace(tmp_path, "folder", started)
     ws.write({"g/BUILD": 'genrule(name = "quick", outs = ["quick.txt"], cmd = "echo quick > $@")\n'
-                         f'genrule(name = "slow", srcs = [":quick"], outs = ["slow.txt"], cmd = "if [ -e {tmp_path}/built ]; '
-                         f'then sleep 1000 & echo $! > {started}.tmp; mv {started}.tmp {started}; wait; fi; echo > $@")\n'})
+                         'genrule(name = "slow", srcs = [":quick"], outs = ["slow.txt"], cmd = '
+                         f'"if [ -e {tmp_path}/built ]; then sleep 1000 & echo $! > {started}.tmp; '
+                         f'mv {started}.tmp {started}; wait; fi; echo > $@")\n'})
     ws.ok("//...")
     (tmp_path / "built").touch()
     proc = subprocess.Popen([*POSBUILD, "verify", "//..."], cwd=ws.root, stdout=subprocess.PIPE,
@@ -137,7 +143,8 @@ def test_sigterm_stops_posbuild_verify_with_its_own_exit_code(tmp_path, sleeps):
     os.kill(proc.pid, signal.SIGTERM)
     _, err = proc.communicate(timeout=30)
     assert proc.returncode == 143, err
-    assert err.splitlines()[-1] == "posbuild: interrupted by SIGTERM; nothing was cached or written to posbuild-out/"
+    assert err.splitlines()[-1] == (
+        "posbuild: interrupted by SIGTERM; nothing was cached or written to posbuild-out/")
     assert _gone(sleeps)
     check = ws.run("fsck")
     assert check.returncode == 0, check.stdout + check.stderr

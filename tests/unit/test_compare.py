@@ -7,7 +7,8 @@ import random
 import pytest
 
 from posbuild import compare
-from posbuild.compare import describe_difference, first_difference, first_file_difference, format_difference
+from posbuild.compare import (describe_difference, first_difference, first_file_difference,
+                              format_difference)
 
 
 def _naive(a: bytes, b: bytes) -> int | None:
@@ -47,7 +48,9 @@ def test_first_difference_agrees_with_a_byte_by_byte_scan() -> None:
 def test_describe_difference_names_path_labels_sizes_and_offset() -> None:
     text = describe_difference("posbuild-out/pkg/x.txt", "run 1", b"a" * 57 + b"b" * 63,
                                "run 2", b"a" * 57 + b"c" * 64)
-    assert text == "posbuild-out/pkg/x.txt: run 1 has 120 bytes, run 2 has 121 bytes, first difference at byte 57"
+    assert text == (
+        "posbuild-out/pkg/x.txt: run 1 has 120 bytes, run 2 has 121 bytes, first difference at "
+        "byte 57")
 
 
 def test_describe_difference_is_none_when_equal() -> None:

@@ -20,7 +20,8 @@ def keys_read() -> set[tuple[str, str]]:
     tree = ast.parse(Path(config.__file__).read_text())
     found = set()
     for node in ast.walk(tree):
-        if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in READERS:
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) \
+                and node.func.id in READERS:
             section, key = node.args[1], node.args[2]
             if isinstance(section, ast.Constant) and isinstance(key, ast.Constant):
                 found.add((section.value, key.value))
@@ -40,4 +41,5 @@ def test_the_documented_example_configuration_is_accepted(tmp_path):
     assert example
     (tmp_path / "posbuild.toml").write_text(example.group(1))
     loaded = load_config(tmp_path)
-    assert loaded.jobs == 8 and loaded.resources.mem_mb == 16384 and loaded.roles[0].name == "release"
+    assert loaded.jobs == 8 and loaded.resources.mem_mb == 16384 \
+            and loaded.roles[0].name == ("release")

@@ -14,7 +14,8 @@ from posbuild.analysis import Action
 from posbuild.build import resolve
 from posbuild.digest import DIGEST_SIZE, canonical, hash_bytes, hash_canonical, hash_file
 
-# -- canonical encoding -----------------------------------------------------------------------------
+# -- canonical encoding
+# -----------------------------------------------------------------------------
 
 PINNED_VALUE = {
     "schema": 1,
@@ -67,7 +68,8 @@ def test_bool_and_int_are_distinct() -> None:
     assert hash_canonical(False) != hash_canonical(0)
 
 
-@pytest.mark.parametrize("value", [1.5, {"a": 0.0}, [1, [2.0]], {1, 2}, frozenset({"a"}), {"k": {"x"}}])
+@pytest.mark.parametrize("value",
+                         [1.5, {"a": 0.0}, [1, [2.0]], {1, 2}, frozenset({"a"}), {"k": {"x"}}])
 def test_floats_and_sets_are_rejected(value: object) -> None:
     with pytest.raises(TypeError):
         canonical(value)
@@ -80,12 +82,14 @@ def test_arbitrary_objects_are_rejected() -> None:
         canonical([object()])
 
 
-# -- hash_bytes / hash_file ---------------------------------------------------------------------------
+# -- hash_bytes / hash_file
+# ---------------------------------------------------------------------------
 
 
 def test_hash_bytes_is_blake3_256() -> None:
     assert hash_bytes(b"") == blake3.blake3(b"").digest()
-    assert hash_bytes(b"").hex() == "af1349b9f5f9a1a6a0404dea36dcc9499bcb25c9adc112b7cc9a93cae41f3262"
+    assert hash_bytes(b"").hex() == (
+        "af1349b9f5f9a1a6a0404dea36dcc9499bcb25c9adc112b7cc9a93cae41f3262")
     assert len(hash_bytes(b"abc")) == DIGEST_SIZE
 
 
@@ -113,7 +117,8 @@ def test_hash_file_of_exactly_one_chunk(tmp_path: Path) -> None:
     assert hash_file(path) == hash_bytes(content)
 
 
-# -- keys.action_key ------------------------------------------------------------------------------------
+# -- keys.action_key
+# ------------------------------------------------------------------------------------
 
 
 def _action(def_hash: bytes = hash_bytes(b"def"), **changes: object) -> Action:
@@ -165,7 +170,8 @@ def test_action_key_changes_with_input_order() -> None:
     assert _key(inputs=(D2, D1)) != _key(inputs=(D1, D2))
 
 
-@pytest.mark.parametrize("passed", [(), (("HOME", "/other"),), (("HOME", "/h"), ("LANG", "C")), (("USER", "/h"),)])
+@pytest.mark.parametrize("passed", [(), (("HOME", "/other"),), (("HOME", "/h"), ("LANG", "C")),
+                                    (("USER", "/h"),)])
 def test_action_key_changes_with_passed_env(passed: tuple[tuple[str, str], ...]) -> None:
     assert _key(passed=passed) != _key()
 
@@ -182,7 +188,8 @@ def test_action_key_is_pinned_to_its_documented_formula() -> None:
     assert _key(action) == expected
 
 
-# -- def_hash of analysed actions -----------------------------------------------------------------------
+# -- def_hash of analysed actions
+# -----------------------------------------------------------------------
 
 BASE_RULE = dict(
     cmd='"cat $(SRCS) > $@"',
@@ -204,7 +211,8 @@ def _def_hash(root: Path, **changes: str) -> bytes:
     (root / "pkg" / "tool.sh").write_text("#!/bin/sh\n")
     (root / "pkg" / "tool2.sh").write_text("#!/bin/sh\n")
     rule = ", ".join(f"{name} = {value}" for name, value in attrs.items())
-    (root / "pkg" / "BUILD").write_text(textwrap.dedent(f'genrule(name = "t", srcs = ["in.txt"], {rule})\n'))
+    (root / "pkg" / "BUILD").write_text(
+        textwrap.dedent(f'genrule(name = "t", srcs = ["in.txt"], {rule})\n'))
     graph = resolve(root, ["//pkg:t"])
     (action,) = graph.actions
     return action.def_hash
@@ -230,14 +238,16 @@ def test_def_hash_changes_with_definition(tmp_path: Path, attr: str, value: str)
 
 
 @pytest.mark.parametrize("outs", ['["other.txt"]', '["out.txt", "extra.txt"]'])
-def test_def_hash_changes_with_outputs_even_when_cmd_text_does_not(tmp_path: Path, outs: str) -> None:
+def test_def_hash_changes_with_outputs_even_when_cmd_text_does_not(tmp_path: Path,
+                                                                   outs: str) -> None:
     fixed_cmd = '"true"'  # no $@ or $(OUTS): the expanded command is identical in both workspaces
     changed = _def_hash(tmp_path / "changed", cmd=fixed_cmd, outs=outs)
     assert changed != _def_hash(tmp_path / "base", cmd=fixed_cmd)
 
 
 def test_def_hash_ignores_message(tmp_path: Path) -> None:
-    assert _def_hash(tmp_path / "changed", message='"a completely different description"') == _def_hash(
+    assert _def_hash(tmp_path / "changed",
+                     message='"a completely different description"') == _def_hash(
         tmp_path / "base"
     )
 

@@ -1,4 +1,5 @@
-"""The environment fingerprint and h_E (envfp.py): entries, what is hashed, the stamp-keyed cache, diffs."""
+"""The environment fingerprint and h_E (envfp.py): entries, what is hashed, the stamp-keyed cache,
+diffs."""
 
 from __future__ import annotations
 
@@ -106,7 +107,8 @@ def test_build_check_raises_orch_07_or_warns(tmp_path: Path) -> None:
     drifted = {envfp.TEST_VARIABLE: json.dumps({"libc": "musl 1.2"})}
     with pytest.raises(EnvironmentDrift) as caught:
         envfp.checked_environment_hash(config, drifted, False, print)
-    assert caught.value.exit_code == 17 and f"changed libc {approved.entries['libc']} -> musl 1.2" in caught.value.detail
+    assert caught.value.exit_code == 17 \
+            and f"changed libc {approved.entries['libc']} -> musl 1.2" in caught.value.detail
     warnings: list[str] = []
     assert envfp.checked_environment_hash(config, drifted, True, warnings.append) != approved.hash
     assert len(warnings) == 1 and "musl 1.2" in warnings[0]

@@ -100,7 +100,8 @@ def test_take_pending_returns_learned_rows_sorted_then_clears(root: Path, store:
     assert fs.take_pending() == []
 
 
-def test_memoised_unchanged_file_is_not_read(root: Path, store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_memoised_unchanged_file_is_not_read(root: Path, store: Store,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
     write(root, "pkg/a.txt", b"alpha")
     first = files(root, store)
     digest = first.digest("pkg/a.txt")
@@ -113,7 +114,8 @@ def test_memoised_unchanged_file_is_not_read(root: Path, store: Store, monkeypat
     assert second.take_pending() == []
 
 
-def test_memo_survives_reopening_the_store(tmp_path: Path, root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_memo_survives_reopening_the_store(tmp_path: Path, root: Path,
+                                           monkeypatch: pytest.MonkeyPatch) -> None:
     write(root, "a.txt", b"alpha")
     store = Store(tmp_path / "store2")
     first = files(root, store)
@@ -216,7 +218,8 @@ def test_unchanged_detects_modification(root: Path, store: Store) -> None:
     assert not fs.unchanged("a.txt", sig)
 
 
-def test_unchanged_detects_same_size_modification_with_restored_mtime(root: Path, store: Store) -> None:
+def test_unchanged_detects_same_size_modification_with_restored_mtime(root: Path,
+                                                                      store: Store) -> None:
     write(root, "a.txt", b"alpha")
     fs = files(root, store)
     sig = fs.state("a.txt").signature
@@ -242,7 +245,8 @@ class _Clock:
         return self.now
 
 
-def test_racy_file_is_memoised_at_the_end_of_the_build_once_it_has_aged(root: Path, store: Store) -> None:
+def test_racy_file_is_memoised_at_the_end_of_the_build_once_it_has_aged(root: Path,
+                                                                        store: Store) -> None:
     path = write(root, "a.txt", b"fresh\n")
     clock = _Clock(ctime(path) + RACY_WINDOW_NS // 2)
     fs = FileStates(root, store, clock_ns=clock)

@@ -1,4 +1,5 @@
-"""fsck.check on a real Store in a temp folder: what each kind of damage reads as, and what repair removes."""
+"""fsck.check on a real Store in a temp folder: what each kind of damage reads as, and what repair
+removes."""
 
 from __future__ import annotations
 
@@ -21,14 +22,16 @@ OUT_DIGEST = hash_bytes(OUT)
 LOG = b"ran\n"
 EMPTY = hash_bytes(b"")
 KEY = hash_bytes(b"an action key")
-RESULT = ActionResult((OutputFile(OUT_PATH, OUT_DIGEST, len(OUT), False),), 0, hash_bytes(LOG), EMPTY)
+RESULT = ActionResult((OutputFile(OUT_PATH, OUT_DIGEST, len(OUT), False),), 0, hash_bytes(LOG),
+                      EMPTY)
 
 
 @pytest.fixture
 def config(tmp_path: Path) -> Config:
     root = tmp_path / "ws"
     root.mkdir()
-    return Config(root=root, jobs=1, build_file_names=("BUILD",), store_dir=root / ".posbuild" / "store",
+    return Config(root=root, jobs=1, build_file_names=("BUILD",),
+                  store_dir=root / ".posbuild" / "store",
                   env_pass=(), sandbox_dir=root / ".posbuild" / "sandbox")
 
 
@@ -46,7 +49,8 @@ def built(config: Config, store: Store) -> Path:
     target.write_bytes(OUT)
     os.chmod(target, 0o444)
     memo = FileState(signature(os.stat(target)), OUT_DIGEST)
-    store.commit((KEY, RESULT), [(OUT_DIGEST, OUT), (hash_bytes(LOG), LOG), (EMPTY, b"")], [(OUT_PATH, memo)])
+    store.commit((KEY, RESULT), [(OUT_DIGEST, OUT), (hash_bytes(LOG), LOG), (EMPTY, b"")],
+                 [(OUT_PATH, memo)])
     store.add_generation("2026-01-01T00:00:00+00:00", ("//...",),
                          pack_manifest({OUT_PATH: (OUT_DIGEST, len(OUT), False)}), 1, len(OUT))
     return target
@@ -73,8 +77,10 @@ def test_a_healthy_store_and_tree_have_no_problems(config, store):
     report = check(config, store, repair=False)
     assert report.problems == ()
     assert (report.blobs_checked, report.results_checked, report.outputs_checked) == (4, 1, 1)
-    assert report.bytes_checked == len(OUT) + len(LOG) + len(pack_manifest({OUT_PATH: (OUT_DIGEST, len(OUT), False)}))
-    assert summary(report) == (f"fsck: checked 4 blobs ({report.bytes_checked} bytes), 1 action results, "
+    assert report.bytes_checked == len(OUT) + len(LOG) + len(
+        pack_manifest({OUT_PATH: (OUT_DIGEST, len(OUT), False)}))
+    assert summary(
+        report) == (f"fsck: checked 4 blobs ({report.bytes_checked} bytes), 1 action results, "
                                f"1 outputs: no problems")
 
 
@@ -99,7 +105,8 @@ def test_a_corrupt_inline_blob_is_orch03_and_repair_removes_it_with_its_results(
     put_row(store, OUT_DIGEST, _INLINE + b"the outpuT\n")
     report = check(config, store, repair=False)
     assert report.problems[0] == Problem("ORCH-03", "blob", OUT_DIGEST.hex(),
-                                         f"stored bytes hash to {hash_bytes(b'the outpuT' + bytes([10])).hex()}")
+                                         "stored bytes hash to "
+                                         f"{hash_bytes(b'the outpuT' + bytes([10])).hex()}")
     assert [p.code for p in report.remaining] == ["ORCH-03"]
     fixed = check(config, store, repair=True)
     assert (fixed.repaired.blobs, fixed.repaired.results, fixed.repaired.outputs) == (1, 1, 0)
@@ -125,7 +132,8 @@ def test_a_large_blob_whose_file_is_corrupt_or_gone_is_orch03(config, store, tmp
     assert codes(check(config, store, repair=False))[0] == ("ORCH-03", "blob", digest.hex())
     path.unlink()
     report = check(config, store, repair=False)
-    assert report.problems[0].detail == f"its file .posbuild/store/cas/{digest.hex()[:2]}/{digest.hex()} is missing"
+    assert report.problems[0].detail == (
+        f"its file .posbuild/store/cas/{digest.hex()[:2]}/{digest.hex()} is missing")
     check(config, store, repair=True)
     assert not store.has_blob(digest)
 
@@ -138,7 +146,8 @@ def test_an_output_changed_in_place_is_orch03(config, store):
     report = check(config, store, repair=False)
     changed = hash_bytes(b"The output" + bytes([10]))
     assert report.problems == (
-        Problem("ORCH-03", "output", OUT_PATH, f"bytes hash to {changed.hex()}, recorded {OUT_DIGEST.hex()}"),)
+        Problem("ORCH-03", "output", OUT_PATH,
+                f"bytes hash to {changed.hex()}, recorded {OUT_DIGEST.hex()}"),)
     fixed = check(config, store, repair=True)
     assert fixed.repaired.outputs == 1 and not target.exists() and store.get_memo(OUT_PATH) is None
     assert check(config, store, repair=False).problems == ()
@@ -170,7 +179,8 @@ def test_a_result_whose_blob_is_gone_is_dangling(config, store):
     put_row(store, hash_bytes(LOG), None)
     report = check(config, store, repair=False)
     assert report.problems == (Problem("ORCH-06", "result", KEY.hex(),
-                                       f"references blob {hash_bytes(LOG).hex()} (stdout), which is not in the store"),)
+                                       f"references blob {hash_bytes(LOG).hex()} (stdout), which "
+                                       "is not in the store"),)
     fixed = check(config, store, repair=True)
     assert fixed.repaired.results == 1 and store.get_result(KEY) is None
     assert check(config, store, repair=False).errors == ()
@@ -194,7 +204,8 @@ def test_a_generation_whose_manifest_is_corrupt_goes_with_the_blob(config, store
     assert report.repaired.generations == 1 and store.generations() == []
 
 
-def test_files_under_cas_without_a_row_and_temp_files_are_swept_as_leftovers_of_a_killed_build(config, store):
+def test_files_under_cas_without_a_row_and_temp_files_are_swept_as_leftovers_of_a_killed_build(
+    config, store):
     """The workspace's own store is written only under the workspace lock fsck holds: a temp
     file or a blob file without a row there is what a killed build left, not corruption."""
     orphan = store.external_path(hash_bytes(b"never committed"))
@@ -207,7 +218,8 @@ def test_files_under_cas_without_a_row_and_temp_files_are_swept_as_leftovers_of_
     assert not orphan.exists() and not temp.exists()
 
 
-def test_temp_files_and_sandboxes_of_dead_processes_are_swept_and_a_live_build_s_are_left(config, store):
+def test_temp_files_and_sandboxes_of_dead_processes_are_swept_and_a_live_build_s_are_left(
+    config, store):
     (config.state_dir / "tmp").mkdir()
     (config.state_dir / "tmp" / "out.txt.140").write_text("half")
     (config.state_dir / "graphs").mkdir()
@@ -222,7 +234,8 @@ def test_temp_files_and_sandboxes_of_dead_processes_are_swept_and_a_live_build_s
     try:
         report = check(config, store, repair=False)
         assert report.problems == () and report.swept == 3
-        assert sorted(os.listdir(config.sandbox_dir)) == [f"{os.getpid()}-0", f"{os.getpid()}.owner", "CACHEDIR.TAG"]
+        assert sorted(os.listdir(config.sandbox_dir)) == [f"{os.getpid()}-0",
+                                                          f"{os.getpid()}.owner", "CACHEDIR.TAG"]
         assert os.listdir(config.state_dir / "graphs") == [f".tmp-{os.getpid()}-1-y.state"]
         assert os.listdir(config.state_dir / "tmp") == []
     finally:

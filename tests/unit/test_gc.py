@@ -1,4 +1,5 @@
-"""gc on a real Store: what is pinned, what is garbage, LRU eviction, batches a crash cannot tear."""
+"""gc on a real Store: what is pinned, what is garbage, LRU eviction, batches a crash cannot
+tear."""
 
 from __future__ import annotations
 
@@ -38,33 +39,39 @@ class Made:
 
     @property
     def blobs(self) -> set[Digest]:
-        return {*(o.digest for o in self.result.outputs), self.result.stdout_digest, self.result.stderr_digest}
+        return {*(o.digest for o in self.result.outputs), self.result.stdout_digest,
+                self.result.stderr_digest}
 
 
 def key_of(name: str) -> Digest:
     return hash_bytes(f"key {name}".encode())
 
 
-def put(store: Store, name: str, outputs: dict[str, bytes], used: int | None = None, log: bytes | None = None) -> Made:
+def put(store: Store, name: str, outputs: dict[str, bytes], used: int | None = None,
+        log: bytes | None = None) -> Made:
     """Commit a result for action `name`; stdout is unique to it unless `log` is given."""
     stdout = log if log is not None else f"stdout of {name}\n".encode()
     stderr = b""
     blobs = [(hash_bytes(data), data) for data in (*outputs.values(), stdout, stderr)]
     result = ActionResult(
-        tuple(OutputFile(f"posbuild-out/{path}", hash_bytes(data), len(data), False) for path, data in outputs.items()),
+        tuple(OutputFile(f"posbuild-out/{path}", hash_bytes(data), len(data), False)
+              for path, data in outputs.items()),
         0, hash_bytes(stdout), hash_bytes(stderr),
     )
-    store.commit((key_of(name), result), blobs, used=[(key_of(name), used)] if used is not None else ())
+    store.commit((key_of(name), result), blobs,
+                 used=[(key_of(name), used)] if used is not None else ())
     return Made(key_of(name), result)
 
 
 def generation(store: Store, *made: Made, extra: dict[str, bytes] | None = None) -> int:
-    """Record a generation whose manifest lists the outputs of `made` (and `extra` files, no result)."""
+    """Record a generation whose manifest lists the outputs of `made` (and `extra` files, no
+    result)."""
     manifest = {o.path: (o.digest, o.size, o.executable) for m in made for o in m.result.outputs}
     for path, data in (extra or {}).items():
         store.commit(blobs=[(hash_bytes(data), data)])
         manifest[f"posbuild-out/{path}"] = (hash_bytes(data), len(data), False)
-    return store.add_generation("2024-01-01T00:00:00", ("//...",), pack_manifest(manifest), len(manifest), 0).id
+    return store.add_generation("2024-01-01T00:00:00", ("//...",), pack_manifest(manifest),
+                                len(manifest), 0).id
 
 
 def blob_digests(store: Store) -> set[Digest]:
@@ -83,7 +90,8 @@ def assert_consistent(store: Store) -> None:
     """Every remaining result and generation finds all of its blobs."""
     present = blob_digests(store)
     for key, result in store.iter_results():
-        missing = {*(o.digest for o in result.outputs), result.stdout_digest, result.stderr_digest} - present
+        missing = {*(o.digest for o in result.outputs), result.stdout_digest,
+                   result.stderr_digest} - present
         assert not missing, f"result {key.hex()} lost blobs"
     for gen in store.generations():
         assert gen.manifest in present
@@ -91,7 +99,8 @@ def assert_consistent(store: Store) -> None:
         assert listed <= present, f"generation {gen.id} lost blobs"
 
 
-# -- garbage and generations -------------------------------------------------------------------------------
+# -- garbage and generations
+# -------------------------------------------------------------------------------
 
 
 def test_unreferenced_blobs_are_garbage_and_referenced_ones_stay(store: Store) -> None:
@@ -133,7 +142,8 @@ def test_a_shared_store_keeps_the_newest_generations_of_each_workspace(store: St
     made = [put(store, f"w{i}", {f"p/{i}.txt": f"{i}\n".encode()}) for i in range(4)]
     for workspace, m in zip(("/ws/one", "/ws/one", "/ws/two", "/ws/one"), made):
         manifest = {o.path: (o.digest, o.size, o.executable) for o in m.result.outputs}
-        store.add_generation("2024-01-01T00:00:00", ("//...",), pack_manifest(manifest), 1, 0, workspace)
+        store.add_generation("2024-01-01T00:00:00", ("//...",), pack_manifest(manifest), 1, 0,
+                             workspace)
     collect(store, 1, 1, NOW)
     assert [(g.id, g.workspace) for g in store.generations()] == [(3, "/ws/two"), (4, "/ws/one")]
     assert result_keys(store) == {made[2].key, made[3].key}  # pinned by each workspace's latest
@@ -146,7 +156,8 @@ def test_files_only_a_dropped_generation_listed_are_garbage(store: Store) -> Non
     generation(store, extra={"p/untracked.txt": b"no-cache output, new\n"})
     collect(store, None, 1, NOW)
     assert not store.has_blob(hash_bytes(b"no-cache output, old\n"))
-    assert store.has_blob(hash_bytes(b"no-cache output, new\n"))  # pinned by the kept manifest, no result needed
+    # pinned by the kept manifest, no result needed
+    assert store.has_blob(hash_bytes(b"no-cache output, new\n"))
 
 
 def test_keep_generations_must_be_at_least_one(store: Store) -> None:
@@ -177,7 +188,8 @@ def test_results_with_missing_blobs_are_left_to_fsck(store: Store) -> None:
     assert result_keys(store) == {broken.key}
 
 
-# -- pinning and LRU eviction ---------------------------------------------------------------------------
+# -- pinning and LRU eviction
+# ---------------------------------------------------------------------------
 
 
 def test_pinned_results_survive_any_bound(store: Store) -> None:
@@ -201,7 +213,8 @@ def test_a_result_is_pinned_only_if_every_output_is_in_a_kept_manifest(store: St
     assert result_keys(store) == {both.key}
     assert store.has_blob(hash_bytes(b"A\n"))  # still listed by the kept manifest
     assert not store.has_blob(hash_bytes(b"other B\n"))
-    assert not store.has_blob(half.result.stdout_digest) and not store.has_blob(moved.result.stdout_digest)
+    assert not store.has_blob(half.result.stdout_digest) \
+            and not store.has_blob(moved.result.stdout_digest)
 
 
 def test_results_of_older_kept_generations_are_pinned_too(store: Store) -> None:
@@ -268,8 +281,8 @@ def test_large_blobs_in_cas_files_are_counted_and_freed(store: Store, tmp_path: 
     big.write_bytes(os.urandom(INLINE_LIMIT + 10))
     digest = hash_bytes(big.read_bytes())
     store.store_external(digest, big)
-    result = ActionResult((OutputFile("posbuild-out/p/big.bin", digest, INLINE_LIMIT + 10, False),), 0,
-                          hash_bytes(b""), hash_bytes(b""))
+    result = ActionResult((OutputFile("posbuild-out/p/big.bin", digest, INLINE_LIMIT + 10, False),),
+                          0, hash_bytes(b""), hash_bytes(b""))
     store.commit((key_of("big"), result), [(digest, None), (hash_bytes(b""), b"")])
     small = put(store, "small", {"p/s.txt": b"small\n"}, used=NOW)
     report = collect(store, 1000, 3, NOW)
@@ -285,14 +298,16 @@ def test_orphan_cas_files_go_once_old_enough(store: Store, tmp_path: Path) -> No
     temp = orphan.parent / ".tmp-interrupted"
     temp.write_bytes(b"half")
     written = os.stat(temp).st_mtime_ns
-    assert collect(store, None, 3, written + HOUR // 2, orphan_grace_ns=HOUR).orphans_removed == 0  # maybe in flight
+    # maybe in flight
+    assert collect(store, None, 3, written + HOUR // 2, orphan_grace_ns=HOUR).orphans_removed == 0
     assert orphan.exists() and temp.exists()
     report = collect(store, None, 3, written + 2 * HOUR, orphan_grace_ns=HOUR)
     assert report.orphans_removed == 2 and report.bytes_freed == len(b"orphan") + len(b"half")
     assert not orphan.exists() and not temp.exists()
 
 
-# -- determinism and transactions --------------------------------------------------------------------------
+# -- determinism and transactions
+# --------------------------------------------------------------------------
 
 
 def _populate(store: Store, order: list[int]) -> None:
@@ -324,8 +339,10 @@ def test_ties_in_last_use_are_broken_by_key_bytes(store: Store) -> None:
     assert result_keys(store) == {m.key for m in made} - set(expected_gone)
 
 
-def test_batches_are_bounded_and_every_prefix_is_consistent(store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
-    made = [put(store, f"r{i}", {f"p/{i % 5}.txt": f"v{i}\n".encode() * 30}, used=NOW - i) for i in range(30)]
+def test_batches_are_bounded_and_every_prefix_is_consistent(
+    store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    made = [put(store, f"r{i}", {f"p/{i % 5}.txt": f"v{i}\n".encode() * 30}, used=NOW - i)
+            for i in range(30)]
     for m in made[-4:]:
         generation(store, m)
     for i in range(12):
@@ -346,7 +363,8 @@ def test_batches_are_bounded_and_every_prefix_is_consistent(store: Store, monkey
     assert result_keys(store) == {made[-1].key, made[-2].key}
 
 
-# -- the size option --------------------------------------------------------------------------------------
+# -- the size option
+# --------------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("text, size", [
@@ -364,7 +382,9 @@ def test_bad_size_values_are_usage_errors_naming_the_value(text: str) -> None:
         ByteSize().convert(text, None, None)
 
 
-@pytest.mark.parametrize("size, text", [(0, "0 B"), (1023, "1023 B"), (1024, "1.0 KiB"), (1536, "1.5 KiB"),
-                                        (5 << 20, "5.0 MiB"), (3 << 30, "3.0 GiB"), (2 << 40, "2.0 TiB")])
+@pytest.mark.parametrize("size, text",
+                         [(0, "0 B"), (1023, "1023 B"), (1024, "1.0 KiB"), (1536, "1.5 KiB"),
+                                        (5 << 20, "5.0 MiB"), (3 << 30, "3.0 GiB"),
+                          (2 << 40, "2.0 TiB")])
 def test_sizes_for_people(size: int, text: str) -> None:
     assert human(size) == text

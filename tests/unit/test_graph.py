@@ -132,12 +132,14 @@ def test_deep_cycle_reports_the_whole_path() -> None:
     assert path[1] == "n1" and path[-2] == f"n{n - 1}"
 
 
-# -- reverse_edges ------------------------------------------------------------------------------------------
+# -- reverse_edges
+# ------------------------------------------------------------------------------------------
 
 
 def test_reverse_edges_lists_dependents_sorted() -> None:
     deps = {"top": ["left", "right"], "left": ["base"], "right": ["base"], "base": []}
-    assert reverse_edges(deps) == {"top": [], "left": ["top"], "right": ["top"], "base": ["left", "right"]}
+    assert reverse_edges(deps) == {"top": [], "left": ["top"], "right": ["top"],
+                                   "base": ["left", "right"]}
 
 
 def test_reverse_edges_sorts_parents_regardless_of_input_order() -> None:

@@ -28,8 +28,8 @@ def test_each_signal_raises_interrupted_with_its_exit_code(handled, sig):
     assert isinstance(caught.value, KeyboardInterrupt)
     assert caught.value.exit_code == 128 + sig
     caught.value.stopped = 2
-    assert caught.value.line() == (f"posbuild: interrupted by {signal.Signals(sig).name}; 2 running action(s) "
-                                   f"stopped, nothing partial kept")
+    assert caught.value.line() == (f"posbuild: interrupted by {signal.Signals(sig).name}; 2 "
+                                   f"running action(s) stopped, nothing partial kept")
 
 
 def test_a_signal_during_deferred_is_raised_when_the_block_ends(handled):
@@ -50,5 +50,6 @@ def test_a_signal_ignored_by_the_parent_stays_ignored():
         assert signal.getsignal(signal.SIGHUP) is signal.SIG_IGN
     finally:
         for signum in SIGNALS:
-            signal.signal(signum, signal.default_int_handler if signum == signal.SIGINT else signal.SIG_DFL)
+            signal.signal(signum,
+                          signal.default_int_handler if signum == signal.SIGINT else signal.SIG_DFL)
         signal.signal(signal.SIGHUP, saved)

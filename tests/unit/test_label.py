@@ -7,7 +7,8 @@ import re
 import pytest
 
 from posbuild.errors import BuildFileError
-from posbuild.label import Label, PatternKind, TargetPattern, did_you_mean, parse_label, parse_pattern
+from posbuild.label import (Label, PatternKind, TargetPattern, did_you_mean, parse_label,
+                            parse_pattern)
 
 # -- parse_label: accepted forms -----------------------------------------------------------------
 
@@ -49,7 +50,8 @@ def test_relative_label_in_root_package() -> None:
 
 @pytest.mark.parametrize(
     ("label", "text"),
-    [(Label("pkg", "name"), "//pkg:name"), (Label("", "name"), "//:name"), (Label("a/b", "f.txt"), "//a/b:f.txt")],
+    [(Label("pkg", "name"), "//pkg:name"), (Label("", "name"), "//:name"),
+     (Label("a/b", "f.txt"), "//a/b:f.txt")],
 )
 def test_label_str_is_canonical_and_round_trips(label: Label, text: str) -> None:
     assert str(label) == text
@@ -95,7 +97,8 @@ def test_empty_relative_name_is_rejected() -> None:
         parse_label(":", "pkg")
 
 
-# -- parse_pattern ----------------------------------------------------------------------------------
+# -- parse_pattern
+# ----------------------------------------------------------------------------------
 
 
 def test_recursive_pattern_for_whole_workspace() -> None:
@@ -143,7 +146,8 @@ def test_single_label_patterns(text: str, label: Label) -> None:
         ("//other:y", TargetPattern(PatternKind.SINGLE, "other", Label("other", "y"))),
     ],
 )
-def test_relative_patterns_resolve_against_current_package(text: str, expected: TargetPattern) -> None:
+def test_relative_patterns_resolve_against_current_package(text: str,
+                                                           expected: TargetPattern) -> None:
     assert parse_pattern(text, "pkg") == expected
 
 
@@ -159,7 +163,8 @@ def test_relative_patterns_from_workspace_root(text: str, expected: TargetPatter
     assert parse_pattern(text, "") == expected
 
 
-@pytest.mark.parametrize("text", ["//a//b/...", "//pkg/../x/...", "//pkg:", "@repo//x:y", "///", "//a/.../b"])
+@pytest.mark.parametrize("text", ["//a//b/...", "//pkg/../x/...", "//pkg:", "@repo//x:y", "///",
+                                  "//a/.../b"])
 def test_malformed_patterns_raise(text: str) -> None:
     with pytest.raises(BuildFileError, match=f"^invalid target pattern '{re.escape(text)}': "):
         parse_pattern(text)
@@ -174,7 +179,8 @@ def test_recursive_pattern_with_all_suffix_as_in_bazel(text: str, expected: Targ
     assert parse_pattern(text) == expected
 
 
-# -- TargetPattern.covers_package ---------------------------------------------------------------------
+# -- TargetPattern.covers_package
+# ---------------------------------------------------------------------
 
 
 def test_workspace_recursive_pattern_covers_every_package() -> None:
@@ -200,7 +206,8 @@ def test_non_recursive_patterns_cover_exactly_their_package(text: str) -> None:
     assert not pattern.covers_package("")
 
 
-# -- did_you_mean ----------------------------------------------------------------------------------------
+# -- did_you_mean
+# ----------------------------------------------------------------------------------------
 
 
 def test_did_you_mean_names_closest_candidate() -> None:
@@ -213,4 +220,5 @@ def test_did_you_mean_is_empty_when_nothing_is_close() -> None:
 
 
 def test_did_you_mean_accepts_any_iterable() -> None:
-    assert did_you_mean("evalute", (n for n in ["evaluate", "report"])) == " (did you mean 'evaluate'?)"
+    assert did_you_mean("evalute",
+                        (n for n in ["evaluate", "report"])) == (" (did you mean 'evaluate'?)")

@@ -41,7 +41,8 @@ def module_name(path: Path) -> str:
 
 
 def parse_modules() -> dict[str, ast.Module]:
-    return {module_name(path): ast.parse(path.read_text(), str(path)) for path in sorted(PACKAGE_DIR.rglob("*.py"))}
+    return {module_name(path): ast.parse(path.read_text(), str(path))
+            for path in sorted(PACKAGE_DIR.rglob("*.py"))}
 
 
 MODULES = parse_modules()
@@ -84,7 +85,8 @@ def _resolve_from(source: str, node: ast.ImportFrom) -> str:
 
 
 def imports_of(source: str) -> list[Import]:
-    """Every import in a module (top level, in functions, under TYPE_CHECKING), resolved to modules."""
+    """Every import in a module (top level, in functions, under TYPE_CHECKING), resolved to
+    modules."""
     found: list[Import] = []
     for node in ast.walk(MODULES[source]):
         if isinstance(node, ast.Import):
@@ -97,23 +99,27 @@ def imports_of(source: str) -> list[Import]:
             base = _resolve_from(source, node)
             for alias in node.names:
                 submodule = f"{base}.{alias.name}"
-                found.append(Import(source, submodule if submodule in MODULES else base, node.lineno))
+                found.append(Import(source, submodule if submodule in MODULES else base,
+                                    node.lineno))
     return found
 
 
 def posbuild_imports(source: str) -> list[Import]:
-    return [i for i in imports_of(source) if i.target == "posbuild" or i.target.startswith("posbuild.")]
+    return [i for i in imports_of(source) if i.target == "posbuild"
+            or i.target.startswith("posbuild.")]
 
 
 def in_cli(name: str) -> bool:
     return name == "posbuild.cli" or name.startswith("posbuild.cli.")
 
 
-# -- the parsing itself works --------------------------------------------------------------------------
+# -- the parsing itself works
+# --------------------------------------------------------------------------
 
 
 def test_modules_are_found_and_parsed() -> None:
-    for name in ("posbuild.errors", "posbuild.scheduler", "posbuild.store", "posbuild.cli", "posbuild.cli.build"):
+    for name in ("posbuild.errors", "posbuild.scheduler", "posbuild.store", "posbuild.cli",
+                 "posbuild.cli.build"):
         assert name in MODULES
 
 
@@ -130,7 +136,8 @@ def test_import_resolution() -> None:
     targets = {i.target for i in posbuild_imports("posbuild.runner")}
     assert {"posbuild.scheduler", "posbuild.store", "posbuild.analysis"} <= targets
     assert {i.target for i in posbuild_imports("posbuild.envfp")} == {
-        "posbuild", "posbuild.atomic", "posbuild.config", "posbuild.digest", "posbuild.errors", "posbuild.lockfile",
+        "posbuild", "posbuild.atomic", "posbuild.config", "posbuild.digest", "posbuild.errors",
+        "posbuild.lockfile",
     }
 
 
@@ -139,7 +146,8 @@ def test_every_module_has_a_layer_unless_explicitly_exempt() -> None:
     assert missing == [], f"modules whose docstring does not start with 'Layer N:': {missing}"
 
 
-# -- the named rules -----------------------------------------------------------------------------------------
+# -- the named rules
+# -----------------------------------------------------------------------------------------
 
 
 def test_errors_imports_nothing_from_posbuild() -> None:
@@ -151,11 +159,13 @@ def test_scheduler_imports_nothing_from_posbuild() -> None:
 
 
 def test_sandbox_does_not_import_store() -> None:
-    assert [str(i) for i in posbuild_imports("posbuild.sandbox") if i.target == "posbuild.store"] == []
+    assert [str(i) for i in posbuild_imports(
+        "posbuild.sandbox") if i.target == "posbuild.store"] == []
 
 
 def test_package_init_imports_nothing_from_posbuild() -> None:
-    """`posbuild/__init__.py` is imported by low layers (for __version__), so it must stay at the bottom."""
+    """`posbuild/__init__.py` is imported by low layers (for __version__), so it must stay at the
+    bottom."""
     assert [str(i) for i in posbuild_imports("posbuild")] == []
 
 
@@ -176,7 +186,8 @@ def test_no_module_below_cli_imports_click() -> None:
     assert offenders == []
 
 
-# -- the general rule: imports go strictly downward -------------------------------------------------------
+# -- the general rule: imports go strictly downward
+# -------------------------------------------------------
 
 
 @pytest.mark.parametrize("source", sorted(name for name in MODULES if name in LAYERS))
@@ -185,7 +196,8 @@ def test_imports_go_to_strictly_lower_layers(source: str) -> None:
     for imp in posbuild_imports(source):
         if imp.target not in LAYERS:  # exempt targets (posbuild/__init__ is checked above)
             continue
-        if in_cli(source) and imp.target == "posbuild.cli":  # a cli command module using its own package
+        # a cli command module using its own package
+        if in_cli(source) and imp.target == "posbuild.cli":
             continue
         if LAYERS[imp.target] >= LAYERS[source]:
             violations.append(f"{imp}: layer {LAYERS[source]} -> layer {LAYERS[imp.target]}")

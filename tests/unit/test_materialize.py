@@ -26,7 +26,8 @@ def setup(tmp_path: Path) -> Iterator[tuple[Materializer, Store, Path]]:
     store.close()
 
 
-def _restore(materializer: Materializer, store: Store, path: str, data: bytes, executable: bool = False) -> None:
+def _restore(materializer: Materializer, store: Store, path: str, data: bytes,
+             executable: bool = False) -> None:
     digest = hash_bytes(data)
     store.commit(blobs=[(digest, data)])
     materializer.restore(OutputFile(path, digest, len(data), executable))
@@ -36,13 +37,15 @@ def test_a_new_output_is_linked_into_place_without_a_rename(setup, monkeypatch) 
     materializer, store, root = setup
     renames: list[tuple[str, str]] = []
     real_rename = os.rename
-    monkeypatch.setattr(os, "rename", lambda a, b: (renames.append((str(a), str(b))), real_rename(a, b)))
+    monkeypatch.setattr(os, "rename", lambda a,
+                        b: (renames.append((str(a), str(b))), real_rename(a, b)))
     _restore(materializer, store, "posbuild-out/pkg/a.txt", b"alpha\n", executable=True)
     target = root / "posbuild-out/pkg/a.txt"
     assert target.read_bytes() == b"alpha\n"
     assert stat.S_IMODE(target.stat().st_mode) == 0o555
     assert renames == []  # an unnamed file, linked in when complete
-    assert os.listdir(root / ".posbuild/tmp") == [] and os.listdir(root / "posbuild-out/pkg") == ["a.txt"]
+    assert os.listdir(root / ".posbuild/tmp") == [] \
+            and os.listdir(root / "posbuild-out/pkg") == ["a.txt"]
 
 
 def test_an_existing_output_is_replaced_by_rename(setup) -> None:
@@ -51,10 +54,12 @@ def test_an_existing_output_is_replaced_by_rename(setup) -> None:
     _restore(materializer, store, "posbuild-out/pkg/a.txt", b"beta\n")
     target = root / "posbuild-out/pkg/a.txt"
     assert target.read_bytes() == b"beta\n" and stat.S_IMODE(target.stat().st_mode) == 0o444
-    assert os.listdir(root / ".posbuild/tmp") == [] and os.listdir(root / "posbuild-out/pkg") == ["a.txt"]
+    assert os.listdir(root / ".posbuild/tmp") == [] \
+            and os.listdir(root / "posbuild-out/pkg") == ["a.txt"]
 
 
-def test_without_unnamed_files_a_new_output_goes_through_the_temp_folder(setup, monkeypatch) -> None:
+def test_without_unnamed_files_a_new_output_goes_through_the_temp_folder(setup,
+                                                                         monkeypatch) -> None:
     materializer, store, root = setup
     monkeypatch.setattr(materialize, "_proc", -1)  # as on a system without O_TMPFILE or /proc
     _restore(materializer, store, "posbuild-out/pkg/b.txt", b"gamma\n")
@@ -63,7 +68,8 @@ def test_without_unnamed_files_a_new_output_goes_through_the_temp_folder(setup, 
 
 
 @pytest.mark.skipif(not os.path.isdir("/dev/shm"), reason="needs a memory file system")
-def test_outputs_made_on_another_file_system_are_copied_and_the_rename_is_tried_once(setup, monkeypatch) -> None:
+def test_outputs_made_on_another_file_system_are_copied_and_the_rename_is_tried_once(
+    setup, monkeypatch) -> None:
     materializer, store, root = setup
     if os.stat("/dev/shm").st_dev == os.stat(root).st_dev:
         pytest.skip("/dev/shm is on the workspace's file system here")
@@ -71,16 +77,19 @@ def test_outputs_made_on_another_file_system_are_copied_and_the_rename_is_tried_
 
     attempts: list[str] = []
     real_rename = os.rename
-    monkeypatch.setattr(os, "rename", lambda a, b, **kw: (attempts.append(str(a)), real_rename(a, b, **kw)))
+    monkeypatch.setattr(os, "rename", lambda a, b,
+                        **kw: (attempts.append(str(a)), real_rename(a, b, **kw)))
     with tempfile.TemporaryDirectory(dir="/dev/shm") as sandbox:
         for name in ("a.txt", "b.txt", "c.txt"):
             produced = os.path.join(sandbox, name)
             Path(produced).write_bytes(name.encode())
-            output = OutputFile(f"posbuild-out/pkg/{name}", hash_bytes(name.encode()), len(name), False)
+            output = OutputFile(f"posbuild-out/pkg/{name}", hash_bytes(name.encode()), len(name),
+                                False)
             opened = open_outputs(sandbox, [name])
             state = materializer.install(opened.opened[name], output, None)
             opened.close()
             target = root / output.path
-            assert target.read_bytes() == name.encode() and stat.S_IMODE(target.stat().st_mode) == 0o444
+            assert target.read_bytes() == name.encode() \
+                    and stat.S_IMODE(target.stat().st_mode) == 0o444
             assert state.signature[1] == target.stat().st_size
     assert attempts == ["a.txt"]  # the first rename fails (EXDEV); the others copy

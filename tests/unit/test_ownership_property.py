@@ -48,7 +48,8 @@ def test_every_overlap_is_refused_and_every_other_workspace_loads(tmp_path, bloc
         try:
             load_all(root)
         except BuildFileError as error:
-            assert case.conflict, f"seed {seed}: refused without an overlap: {error.render()}\n{case.files}"
+            assert case.conflict, (
+                f"seed {seed}: refused without an overlap: {error.render()}\n{case.files}")
             assert any(p in error.detail for p in PHRASES), f"seed {seed}: {error.render()}"
             refused += 1
         else:

@@ -18,7 +18,8 @@ from posbuild.uptodate import EMPTY, BuildState
 
 
 def action(label: str, *sources: str) -> Action:
-    return Action(label=label, kind="genrule", command="true", inputs=sources, tools=(), outputs=(), env=(),
+    return Action(label=label, kind="genrule", command="true", inputs=sources, tools=(), outputs=(),
+                  env=(),
                   versions=(), timeout=0, tags=(), def_hash=b"d" * 32, deps=(), sources=sources)
 
 
@@ -28,7 +29,8 @@ def sig(path: Path) -> tuple[int, int, int, int]:
 
 
 def pin(root: Path, sources: dict[str, str]) -> None:
-    (root / "posbuild.lock").write_text(json.dumps({"format": 1, "sources": sources, "environment": {}}))
+    (root / "posbuild.lock").write_text(json.dumps({"format": 1, "sources": sources,
+                                                    "environment": {}}))
 
 
 def no_hashing(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -51,10 +53,12 @@ def test_no_lock_file_means_no_check(root: Path, monkeypatch: pytest.MonkeyPatch
     assert check_pins(root, [action("//a:a", "data/raw.csv")], EMPTY) == 0
 
 
-def test_unchanged_signature_uses_the_recorded_digest(root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_unchanged_signature_uses_the_recorded_digest(root: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
     digest = hash_file(root / "data/raw.csv")
     pin(root, {"data/raw.csv": digest.hex()})
-    state = BuildState(b"", {}, {"data/raw.csv": sig(root / "data/raw.csv")}, {"data/raw.csv": digest})
+    state = BuildState(b"", {}, {"data/raw.csv": sig(root / "data/raw.csv")},
+                       {"data/raw.csv": digest})
     no_hashing(monkeypatch)
     assert check_pins(root, [action("//a:a", "data/raw.csv")], state) == 1
 
@@ -62,13 +66,14 @@ def test_unchanged_signature_uses_the_recorded_digest(root: Path, monkeypatch: p
 def test_recorded_digest_is_what_is_compared(root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """With an unchanged signature the file is not read: the recorded digest decides."""
     pin(root, {"data/raw.csv": "00" * 32})
-    state = BuildState(b"", {}, {"data/raw.csv": sig(root / "data/raw.csv")}, {"data/raw.csv": b"\x11" * 32})
+    state = BuildState(b"", {}, {"data/raw.csv": sig(root / "data/raw.csv")},
+                       {"data/raw.csv": b"\x11" * 32})
     no_hashing(monkeypatch)
     with pytest.raises(ChecksumMismatch) as caught:
         check_pins(root, [action("//a:a", "data/raw.csv")], state)
     assert caught.value.render() == (
-        f"ORCH-03 checksum inconsistency: data/raw.csv is pinned in posbuild.lock to {'00' * 32} but hashes "
-        f"to {'11' * 32}; run `posbuild lock` to accept the change")
+        f"ORCH-03 checksum inconsistency: data/raw.csv is pinned in posbuild.lock to {'00' * 32} "
+        f"but hashes to {'11' * 32}; run `posbuild lock` to accept the change")
 
 
 def test_changed_signature_hashes_the_file(root: Path) -> None:
@@ -78,7 +83,8 @@ def test_changed_signature_hashes_the_file(root: Path) -> None:
     (root / "data/raw.csv").write_text("a,b,c\n")
     with pytest.raises(ChecksumMismatch) as caught:
         check_pins(root, [action("//a:a", "data/raw.csv")], state)
-    assert f"to {old.hex()} but hashes to {hash_file(root / 'data/raw.csv').hex()};" in caught.value.detail
+    assert f"to {old.hex()} but hashes to {hash_file(root / 'data/raw.csv').hex()};" \
+            in caught.value.detail
     assert caught.value.exit_code == 13
 
 
@@ -107,5 +113,6 @@ def test_lock_sources_pins_and_keeps_environment(root: Path) -> None:
                                                     "environment": {"hash": "ff" * 32}}))
     assert lock_sources(root, [action("//a:a", "data/raw.csv")]) == (1, 1)
     data = json.loads((root / "posbuild.lock").read_text())
-    assert data == {"format": 1, "sources": {"data/raw.csv": hash_file(root / "data/raw.csv").hex()},
+    assert data == {"format": 1,
+                    "sources": {"data/raw.csv": hash_file(root / "data/raw.csv").hex()},
                     "environment": {"hash": "ff" * 32}}

@@ -17,7 +17,8 @@ def _tree(root: Path, files: dict[str, str]) -> ImportScanner:
 
 
 def test_stdlib_and_missing_names_are_ignored(tmp_path: Path) -> None:
-    scanner = _tree(tmp_path, {"p/t.py": "import os, json\nimport not_installed_anywhere\nfrom typing import Any\n"})
+    scanner = _tree(tmp_path, {
+        "p/t.py": "import os, json\nimport not_installed_anywhere\nfrom typing import Any\n"})
     assert scanner.scan("p/t.py").modules == ()
 
 
@@ -44,7 +45,8 @@ def test_packages_submodules_and_relative_imports(tmp_path: Path) -> None:
 
 
 def test_the_script_folder_comes_before_the_workspace_root(tmp_path: Path) -> None:
-    scanner = _tree(tmp_path, {"p/t.py": "import util\nimport rootonly\n", "p/util.py": "", "util.py": "",
+    scanner = _tree(tmp_path,
+                    {"p/t.py": "import util\nimport rootonly\n", "p/util.py": "", "util.py": "",
                                "rootonly.py": ""})
     assert scanner.scan("p/t.py").modules == ("p/util.py", "rootonly.py")
 
@@ -55,7 +57,8 @@ def test_relative_imports_never_leave_the_workspace(tmp_path: Path) -> None:
 
 
 def test_import_cycles_terminate_and_files_read_covers_everything(tmp_path: Path) -> None:
-    scanner = _tree(tmp_path, {"t.py": "import a\n", "a.py": "import b\n", "b.py": "import a\nimport t\n"})
+    scanner = _tree(tmp_path,
+                    {"t.py": "import a\n", "a.py": "import b\n", "b.py": "import a\nimport t\n"})
     scan = scanner.scan("t.py")
     assert scan.modules == ("a.py", "b.py")
     assert scan.files_read == ("a.py", "b.py", "t.py")

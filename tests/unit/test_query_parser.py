@@ -10,8 +10,8 @@ import pytest
 
 from posbuild.errors import BuildFileError, UsageError
 from posbuild.label import PatternKind, parse_pattern
-from posbuild.query import (Allpaths, Attr, Deps, Evaluator, Kind, Pattern, QueryResult, Rdeps, SetOp, TargetGraph,
-                            parse_query)
+from posbuild.query import (Allpaths, Attr, Deps, Evaluator, Kind, Pattern, QueryResult, Rdeps,
+                            SetOp, TargetGraph, parse_query)
 
 
 def pat(text: str, package: str = "") -> Pattern:
@@ -90,14 +90,15 @@ def test_a_malformed_label_is_a_label_error() -> None:
 
 
 def graph() -> TargetGraph:
-    """//p:a -> //p:b -> //p:c -> //p:b (a cycle), //p:a -> //p:f.txt, //q:d (a filegroup) -> //p:c."""
+    """//p:a -> //p:b -> //p:c -> //p:b (a cycle), //p:a -> //p:f.txt, //q:d (a filegroup) ->
+    //p:c."""
     labels = ["//p:a", "//p:b", "//p:c", "//p:f.txt", "//q:d"]
     kinds = ["filegroup", "genrule", "source file"]
     kind_of = [1, 1, 1, 2, 0]
     deps = [[1, 3], [2], [1], [], [2]]
     tags = msgpack.packb([["x"], [], ["x", "y"], None, []])
-    return TargetGraph(Path("/nonexistent"), ["p", "q"], labels, kinds, kind_of, deps, [[0, 1, 2], [4]],
-                       {"tags": tags}, msgpack.packb({"//p:a.out": 0}))
+    return TargetGraph(Path("/nonexistent"), ["p", "q"], labels, kinds, kind_of, deps,
+                       [[0, 1, 2], [4]], {"tags": tags}, msgpack.packb({"//p:a.out": 0}))
 
 
 def run(text: str) -> list[str]:
@@ -130,7 +131,8 @@ def test_outputs_render_edges_among_the_result() -> None:
 
 
 def test_unknown_labels_get_did_you_mean() -> None:
-    with pytest.raises(BuildFileError, match=r"no such target '//p:f\.tx' \(did you mean 'f\.txt'\?\)"):
+    with pytest.raises(BuildFileError,
+                       match=r"no such target '//p:f\.tx' \(did you mean 'f\.txt'\?\)"):
         run("//p:f.tx")
     with pytest.raises(BuildFileError, match=r"no such package '//qq' \(did you mean 'q'\?\)"):
         run("//qq:d")

@@ -7,12 +7,14 @@ import time
 from pathlib import Path
 
 from posbuild.digest import hash_bytes
-from posbuild.stamps import RACY_WINDOW_NS, content_digest, file_stamp, folder_stamp, racy_digests, stamps_current
+from posbuild.stamps import (RACY_WINDOW_NS, content_digest, file_stamp, folder_stamp, racy_digests,
+                             stamps_current)
 
 
 def test_only_paths_changed_since_the_load_began_are_racy(tmp_path: Path) -> None:
     (tmp_path / "file").write_text("text\n")
-    began_later = time.time_ns() + 2 * RACY_WINDOW_NS  # the load began well after the file was written
+    # the load began well after the file was written
+    began_later = time.time_ns() + 2 * RACY_WINDOW_NS
     assert racy_digests(str(tmp_path), ["file"], began_later) == {}
     began_before = time.time_ns() - 10 ** 12  # the file changed while loading
     assert racy_digests(str(tmp_path), ["file"], began_before) == {"file": hash_bytes(b"text\n")}
@@ -33,7 +35,8 @@ def test_a_racy_path_whose_content_still_matches_keeps_the_entry(tmp_path: Path)
     root = str(tmp_path)
     racy = racy_digests(root, ["pkg", "pkg/BUILD"], time.time_ns())
     assert set(racy) == {"pkg", "pkg/BUILD"}
-    folders, files = [("pkg", folder_stamp(root, "pkg"))], [("pkg/BUILD", file_stamp(root, "pkg/BUILD"))]
+    folders, files = [("pkg", folder_stamp(root, "pkg"))], [("pkg/BUILD",
+                                                             file_stamp(root, "pkg/BUILD"))]
     assert stamps_current(root, folders, files, racy)
     assert not stamps_current(root, folders, files, {**racy, "pkg/BUILD": hash_bytes(b"x = 2\n")})
     assert content_digest(root, "gone") == b""

@@ -16,7 +16,8 @@ import pytest
 from posbuild import sandbox as sandbox_module
 from posbuild.analysis import Action, ActionGraph
 from posbuild.config import load_config
-from posbuild.sandbox import Perturbation, Sandboxes, base_environment, find_libfaketime, listing_follows_creation
+from posbuild.sandbox import (Perturbation, Sandboxes, base_environment, find_libfaketime,
+                              listing_follows_creation)
 from posbuild.store import Store
 from posbuild.uptodate import EMPTY
 from posbuild.verify import FIRST, SECOND, verify
@@ -24,9 +25,12 @@ from posbuild.verify import FIRST, SECOND, verify
 SHM = Path("/dev/shm")
 
 
-def _action(command: str, inputs: tuple[str, ...] = (), outputs: tuple[str, ...] = ("posbuild-out/pkg/out.txt",),
-            env: tuple[tuple[str, str], ...] = (), label: str = "//pkg:probe", tags: tuple[str, ...] = ()) -> Action:
-    return Action(label=label, kind="genrule", command=command, inputs=inputs, tools=(), outputs=outputs, env=env,
+def _action(command: str, inputs: tuple[str, ...] = (),
+            outputs: tuple[str, ...] = ("posbuild-out/pkg/out.txt",),
+            env: tuple[tuple[str, str], ...] = (), label: str = "//pkg:probe",
+            tags: tuple[str, ...] = ()) -> Action:
+    return Action(label=label, kind="genrule", command=command, inputs=inputs, tools=(),
+                  outputs=outputs, env=env,
                   versions=(), timeout=0, tags=tags, def_hash=b"\0" * 32, deps=(),
                   sources=tuple(p for p in inputs if not p.startswith("posbuild-out/")))
 
@@ -62,19 +66,23 @@ DATA = tuple(f"pkg/data/{n}.txt" for n in "abcde") + ("pkg/data/deep/z.txt", "pk
 
 # ---- no perturbation: the build's own run ---------------------------------------------------
 
-def test_default_run_sees_exactly_the_base_environment_in_a_short_folder(sandboxes: Sandboxes) -> None:
-    result = sandboxes.run(_action("env > posbuild-out/pkg/out.txt; pwd >> posbuild-out/pkg/out.txt"))
+def test_default_run_sees_exactly_the_base_environment_in_a_short_folder(
+    sandboxes: Sandboxes) -> None:
+    result = sandboxes.run(
+        _action("env > posbuild-out/pkg/out.txt; pwd >> posbuild-out/pkg/out.txt"))
     try:
         *env_lines, pwd = (result.exec_root / "posbuild-out/pkg/out.txt").read_text().splitlines()
         assert re.fullmatch(rf"{re.escape(str(sandboxes._base))}/\d+-\d+/exec", pwd)
         env = dict(line.split("=", 1) for line in env_lines)
-        assert env == {**base_environment(Path(pwd).parent), "SHLVL": "1", "_": "/usr/bin/env"}  # bash adds two
+        # bash adds two
+        assert env == {**base_environment(Path(pwd).parent), "SHLVL": "1", "_": "/usr/bin/env"}
     finally:
         sandboxes.remove(result)
 
 
 def test_an_empty_perturbation_changes_nothing(sandboxes: Sandboxes) -> None:
-    action = _action("{ date +%Z; umask; ls -f pkg/data; } > ../o.tmp; mv ../o.tmp posbuild-out/pkg/out.txt",
+    action = _action("{ date +%Z; umask; ls -f pkg/data; } > ../o.tmp; mv ../o.tmp "
+                     "posbuild-out/pkg/out.txt",
                      inputs=DATA)
     assert _run(sandboxes, action, Perturbation()) == _run(sandboxes, action)
 
@@ -97,7 +105,8 @@ def test_tz_is_replaced_unless_declared(sandboxes: Sandboxes) -> None:
 
 
 def test_environment_order_is_reversed(sandboxes: Sandboxes) -> None:
-    action = _action("tr '\\0' '\\n' < /proc/$$/environ | grep -E '^(AAA|BBB)=' > posbuild-out/pkg/out.txt",
+    action = _action("tr '\\0' '\\n' < /proc/$$/environ | grep -E '^(AAA|BBB)=' > "
+                     "posbuild-out/pkg/out.txt",
                      env=(("AAA", "1"), ("BBB", "2")))
     assert _run(sandboxes, action) == "AAA=1\nBBB=2\n"
     assert _run(sandboxes, action, Perturbation(reverse_env_order=True)) == "BBB=2\nAAA=1\n"
@@ -115,7 +124,8 @@ def test_umask_applies_to_the_command_only(sandboxes: Sandboxes) -> None:
 
 
 def test_reverse_staging_builds_the_same_tree(sandboxes: Sandboxes) -> None:
-    action = _action("find . -type f -exec md5sum {} + | sort -k2 > ../out.txt; mv ../out.txt posbuild-out/pkg/out.txt",
+    action = _action("find . -type f -exec md5sum {} + | sort -k2 > ../out.txt; mv ../out.txt "
+                     "posbuild-out/pkg/out.txt",
                      inputs=DATA)
     normal = _run(sandboxes, action)
     assert normal == _run(sandboxes, action, Perturbation(reverse_staging=True))
@@ -128,14 +138,19 @@ def test_tmpfs_lists_folders_in_creation_order() -> None:
     assert listing_follows_creation(SHM)
 
 
-def test_reverse_staging_reverses_every_listing_where_the_file_system_allows(workspace: Path) -> None:
-    base = Path(tempfile.mkdtemp(dir=SHM)) if SHM.is_dir() and os.access(SHM, os.W_OK) else workspace.parent / "sb"
+def test_reverse_staging_reverses_every_listing_where_the_file_system_allows(
+    workspace: Path) -> None:
+    base = Path(tempfile.mkdtemp(dir=SHM)) if SHM.is_dir() and os.access(SHM, os.W_OK) \
+        else workspace.parent / ("sb")
     try:
         if not listing_follows_creation(base):
             pytest.skip(f"{base} lists folders in an order of its own (e.g. ext4 hash order)")
         sandboxes = Sandboxes(workspace, base)
-        action = _action("{ ls -f pkg/data; ls -f pkg; ls -f .; } > ../l; mv ../l posbuild-out/pkg/out.txt", inputs=DATA)
-        normal, reverse = _run(sandboxes, action), _run(sandboxes, action, Perturbation(reverse_staging=True))
+        action = _action(
+            "{ ls -f pkg/data; ls -f pkg; ls -f .; } > ../l; mv ../l posbuild-out/pkg/out.txt",
+            inputs=DATA)
+        normal, reverse = _run(sandboxes, action), _run(sandboxes, action,
+                                                        Perturbation(reverse_staging=True))
         assert normal != reverse
         def parts(text: str) -> list[list[str]]:
             blocks, current = [], []
@@ -157,16 +172,20 @@ def test_reverse_staging_reverses_every_listing_where_the_file_system_allows(wor
 
 @pytest.mark.skipif(find_libfaketime() is None, reason="libfaketime is not installed")
 def test_clock_shift_moves_the_clock_by_libfaketime(sandboxes: Sandboxes) -> None:
-    action = _action("date +%Y > posbuild-out/pkg/out.txt; { env | grep -c FAKETIME || true; } >> posbuild-out/pkg/out.txt")
+    action = _action(
+        "date +%Y > posbuild-out/pkg/out.txt; { env | grep -c FAKETIME || true; } >> "
+        "posbuild-out/pkg/out.txt")
     real = _run(sandboxes, action).split()
     shifted = _run(sandboxes, action, Perturbation(clock_shift="+800d")).split()
     assert real[1] == "0" and shifted[1] == "2"  # FAKETIME and DONT_FAKE_MONOTONIC
     assert int(shifted[0]) - int(real[0]) in (2, 3)
 
 
-def test_clock_shift_is_ignored_without_libfaketime(sandboxes: Sandboxes, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_clock_shift_is_ignored_without_libfaketime(sandboxes: Sandboxes,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(sandbox_module, "find_libfaketime", lambda: None)
-    action = _action("env | grep -c -E '^(FAKETIME|LD_PRELOAD)=' > posbuild-out/pkg/out.txt || true")
+    action = _action(
+        "env | grep -c -E '^(FAKETIME|LD_PRELOAD)=' > posbuild-out/pkg/out.txt || true")
     assert _run(sandboxes, action, Perturbation(clock_shift="+800d")) == "0\n"
     assert sandboxes.faketime is None
 
@@ -185,8 +204,8 @@ def test_verify_without_libfaketime_waits_into_the_next_second(workspace: Path) 
         _action("date +%s > posbuild-out/pkg/out.txt", label="//pkg:seconds"),
         _action("cat pkg/top.txt pkg/data/a.txt > posbuild-out/pkg/same.txt", inputs=DATA,
                 outputs=("posbuild-out/pkg/same.txt",), label="//pkg:same"),
-        _action("date > posbuild-out/pkg/nc.txt", outputs=("posbuild-out/pkg/nc.txt",), label="//pkg:nc",
-                tags=("no-cache",)),
+        _action("date > posbuild-out/pkg/nc.txt", outputs=("posbuild-out/pkg/nc.txt",),
+                label="//pkg:nc", tags=("no-cache",)),
     ), ())
     slept: list[float] = []
 
@@ -202,7 +221,8 @@ def test_verify_without_libfaketime_waits_into_the_next_second(workspace: Path) 
         store.close()
     assert len(slept) == 1 and 0 < slept[0] <= 1.01
     assert [f.label for f in report.findings] == ["//pkg:seconds"]
-    assert report.findings[0].detail.startswith("posbuild-out/pkg/out.txt: run 1 has 11 bytes, run 2 has 11 bytes")
+    assert report.findings[0].detail.startswith(
+        "posbuild-out/pkg/out.txt: run 1 has 11 bytes, run 2 has 11 bytes")
     assert (report.actions, report.outputs, report.bytes) == (2, 2, 11 + 6)
     assert report.not_verified == ("//pkg:nc",)
     assert report.without_cache == 2

@@ -15,9 +15,10 @@ from posbuild.sandbox import Sandboxes
 
 def _action(command: str, inputs: tuple[str, ...] = ("pkg/a.txt", "lib/deep/b.txt"),
             outputs: tuple[str, ...] = ("posbuild-out/pkg/out.txt",), cpu: int = 1) -> Action:
-    return Action(label="//pkg:probe", kind="genrule", command=command, inputs=inputs, tools=(), outputs=outputs,
-                  env=(), versions=(), timeout=0, tags=(), def_hash=b"\0" * 32, deps=(), sources=inputs,
-                  resources=(cpu, 0, 0))
+    return Action(label="//pkg:probe", kind="genrule", command=command, inputs=inputs, tools=(),
+                  outputs=outputs,
+                  env=(), versions=(), timeout=0, tags=(), def_hash=b"\0" * 32, deps=(),
+                  sources=inputs, resources=(cpu, 0, 0))
 
 
 @pytest.fixture
@@ -45,18 +46,24 @@ def _run_and_remove(sandboxes: Sandboxes, action: Action) -> tuple[int, bytes, b
     return result.exit_code, result.stdout, result.stderr, held
 
 
-def test_a_sandbox_holds_the_inputs_and_output_folders_only_and_captures_both_streams(workspace, base) -> None:
+def test_a_sandbox_holds_the_inputs_and_output_folders_only_and_captures_both_streams(
+    workspace, base) -> None:
     code, out, err, held = _run_and_remove(Sandboxes(workspace, base),
-                                           _action("cat pkg/a.txt lib/deep/b.txt > posbuild-out/pkg/out.txt; "
-                                                   "echo to-out; echo to-err >&2"))
+                                           _action("cat pkg/a.txt lib/deep/b.txt > "
+                                                   "posbuild-out/pkg/out.txt; echo to-out; echo "
+                                                   "to-err >&2"))
     assert (code, out, err) == (0, b"to-out\n", b"to-err\n")
-    assert held == ["exec", "exec/lib", "exec/lib/deep", "exec/lib/deep/b.txt", "exec/pkg", "exec/pkg/a.txt",
-                    "exec/posbuild-out", "exec/posbuild-out/pkg", "exec/posbuild-out/pkg/out.txt", "tmp"]
+    assert held == ["exec", "exec/lib", "exec/lib/deep", "exec/lib/deep/b.txt", "exec/pkg",
+                    "exec/pkg/a.txt",
+                    "exec/posbuild-out", "exec/posbuild-out/pkg", "exec/posbuild-out/pkg/out.txt",
+                    "tmp"]
 
 
 def test_large_captured_output_is_read_whole(workspace, base) -> None:
     code, out, _, _ = _run_and_remove(Sandboxes(workspace, base),
-                                      _action("head -c 300000 /dev/zero | tr '\\0' x; touch posbuild-out/pkg/out.txt"))
+                                      _action(
+                                          "head -c 300000 /dev/zero | tr '\\0' x; touch "
+                                          "posbuild-out/pkg/out.txt"))
     assert code == 0 and out == b"x" * 300_000
 
 
@@ -67,7 +74,8 @@ def test_large_captured_output_is_read_whole(workspace, base) -> None:
     "rm -r lib",  # folders the sandbox made, already gone
     "chmod 500 pkg",  # a folder the sandbox cannot remove from without making it writable again
 ])
-def test_whatever_a_command_leaves_the_sandbox_is_removed_entirely(workspace, base, leftovers) -> None:
+def test_whatever_a_command_leaves_the_sandbox_is_removed_entirely(workspace, base,
+                                                                   leftovers) -> None:
     code, _, err, _ = _run_and_remove(Sandboxes(workspace, base), _action(f"{leftovers}; exit 0"))
     assert code == 0, err
     assert os.listdir(base) == []
@@ -81,18 +89,21 @@ def test_a_folder_swapped_for_a_link_never_redirects_the_removal(workspace, base
     command = f"rm -r pkg lib/deep && ln -s {outside} pkg && ln -s {outside} lib/deep"
     code, _, err, _ = _run_and_remove(Sandboxes(workspace, base), _action(command))
     assert code == 0, err
-    assert (outside / "a.txt").read_text() == "keep\n" and (outside / "deep/b.txt").read_text() == "keep\n"
+    assert (outside / "a.txt").read_text() == "keep\n" \
+            and (outside / "deep/b.txt").read_text() == ("keep\n")
     assert os.listdir(base) == []
 
 
 def test_a_sandbox_base_nobody_made_yet_is_made(workspace, tmp_path) -> None:
-    code, _, _, _ = _run_and_remove(Sandboxes(workspace, tmp_path / "not/yet"), _action("touch posbuild-out/pkg/out.txt"))
+    code, _, _, _ = _run_and_remove(Sandboxes(workspace, tmp_path / "not/yet"),
+                                    _action("touch posbuild-out/pkg/out.txt"))
     assert code == 0
 
 
 @pytest.mark.skipif(not hasattr(os, "sched_getaffinity") or len(os.sched_getaffinity(0)) < 2,
                     reason="needs CPU affinity and at least two processors")
-def test_each_command_gets_its_own_processors_whatever_the_thread_ran_before(workspace, base) -> None:
+def test_each_command_gets_its_own_processors_whatever_the_thread_ran_before(workspace,
+                                                                             base) -> None:
     everything = len(os.sched_getaffinity(0))
     probe = "python3 -c 'import os; print(len(os.sched_getaffinity(0)))'"
     sandboxes = Sandboxes(workspace, base)
@@ -123,14 +134,16 @@ def test_every_command_reads_an_empty_stdin(workspace, base) -> None:
             sandboxes.remove(result)
 
 
-def test_start_returns_while_the_command_runs_and_wait_reports_its_end(workspace, base, tmp_path) -> None:
+def test_start_returns_while_the_command_runs_and_wait_reports_its_end(workspace, base,
+                                                                       tmp_path) -> None:
     # the command waits (up to 10 s) for a file the test makes only after start() has returned:
     # had start() waited for the command, it would have found no file
     marker = tmp_path / "go"
     sandboxes = Sandboxes(workspace, base)
     running = sandboxes.start(_action(
         f"for i in $(seq 100); do [ -e {marker} ] && break; sleep 0.1; done; "
-        f"if [ -e {marker} ]; then echo saw > posbuild-out/pkg/out.txt; else echo none > posbuild-out/pkg/out.txt; fi"))
+        f"if [ -e {marker} ]; then echo saw > posbuild-out/pkg/out.txt; else echo none > "
+        "posbuild-out/pkg/out.txt; fi"))
     marker.touch()
     result = sandboxes.wait(running)
     try:

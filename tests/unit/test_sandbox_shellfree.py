@@ -23,9 +23,10 @@ OUT = "posbuild-out/pkg/out.txt"
 
 def _action(command: str, inputs: tuple[str, ...] = ("pkg/a.txt", "pkg/b.txt"), timeout: float = 0,
             env: tuple[tuple[str, str], ...] = ()) -> Action:
-    return Action(label="//pkg:probe", kind="genrule", command=command, inputs=inputs, tools=(), outputs=(OUT,),
-                  env=env, versions=(), timeout=timeout, tags=(), def_hash=b"\0" * 32, deps=(), sources=inputs,
-                  resources=(1, 0, 0))
+    return Action(label="//pkg:probe", kind="genrule", command=command, inputs=inputs, tools=(),
+                  outputs=(OUT,),
+                  env=env, versions=(), timeout=timeout, tags=(), def_hash=b"\0" * 32, deps=(),
+                  sources=inputs, resources=(1, 0, 0))
 
 
 @pytest.fixture
@@ -44,10 +45,13 @@ def _script(root: Path, name: str, text: str) -> str:
     return f"pkg/{name}"
 
 
-def _run(root: Path, action: Action, shell_free: bool = True, perturbation: Perturbation | None = None,
+def _run(root: Path, action: Action, shell_free: bool = True,
+         perturbation: Perturbation | None = None,
          ) -> tuple[SpawnResult, bytes | None, int | None]:
-    """Run in a fresh sandbox base: (result, the output's bytes or None, the output's mode or None)."""
-    sandboxes = Sandboxes(root, root.parent / "sandboxes", shell_free=shell_free)  # the same paths both ways
+    """Run in a fresh sandbox base: (result, the output's bytes or None, the output's mode or
+    None)."""
+    # the same paths both ways
+    sandboxes = Sandboxes(root, root.parent / "sandboxes", shell_free=shell_free)
     result = sandboxes.run(action, perturbation=perturbation)
     out = result.exec_root / OUT
     content = out.read_bytes() if out.exists() else None
@@ -56,11 +60,14 @@ def _run(root: Path, action: Action, shell_free: bool = True, perturbation: Pert
     return result, content, mode
 
 
-def _same_both_ways(root: Path, action: Action, perturbation: Perturbation | None = None) -> SpawnResult:
+def _same_both_ways(root: Path, action: Action,
+                    perturbation: Perturbation | None = None) -> SpawnResult:
     direct, direct_out, direct_mode = _run(root, action, True, perturbation)
     shell, shell_out, shell_mode = _run(root, action, False, perturbation)
-    assert (direct.exit_code, direct.stdout, _pid_free(direct.stderr), direct.missing, direct_out, direct_mode) == \
-        (shell.exit_code, shell.stdout, _pid_free(shell.stderr), shell.missing, shell_out, shell_mode)
+    assert (direct.exit_code, direct.stdout, _pid_free(direct.stderr), direct.missing, direct_out,
+            direct_mode) == \
+        (shell.exit_code, shell.stdout, _pid_free(shell.stderr), shell.missing, shell_out,
+         shell_mode)
     return direct
 
 
@@ -91,10 +98,12 @@ def test_outputs_captures_and_modes_are_those_of_the_shell(workspace, command) -
     direct, direct_out, direct_mode = _run(workspace, action)
     shell, shell_out, shell_mode = _run(workspace, action, shell_free=False)
     if command.startswith("env"):  # bash passes variables on in an order of its own
-        direct_env, shell_env = (direct_out, shell_out) if ">" in command else (direct.stdout, shell.stdout)
+        direct_env, shell_env = (direct_out, shell_out) if ">" in command \
+            else (direct.stdout, shell.stdout)
         assert direct_env is not None and shell_env is not None
         assert sorted(direct_env.splitlines()) == sorted(shell_env.splitlines())
-        assert b"DECLARED=yes" in direct_env.splitlines() and b"_=/usr/bin/env" in direct_env.splitlines()
+        assert b"DECLARED=yes" in direct_env.splitlines() \
+                and b"_=/usr/bin/env" in direct_env.splitlines()
         direct_out, direct = shell_out, replace(direct, stdout=shell.stdout)
     assert (direct.exit_code, direct.stdout, direct.stderr, direct_out, direct_mode) == \
         (shell.exit_code, shell.stdout, shell.stderr, shell_out, shell_mode)
@@ -102,19 +111,22 @@ def test_outputs_captures_and_modes_are_those_of_the_shell(workspace, command) -
 
 
 @pytest.mark.parametrize("command, code, message", [
-    (f"no-such-program pkg/a.txt > {OUT}", 127, b"not found"),  # the shell's message, not posbuild's
+    # the shell's message, not posbuild's
+    (f"no-such-program pkg/a.txt > {OUT}", 127, b"not found"),
     ("cat pkg/a.txt > missing/folder/out", 1, b"missing/folder/out: No such file or directory"),
     (f"cat pkg/absent.txt > {OUT}", 1, b"No such file"),
     (f"echo -e x > {OUT}", 0, b""),  # a builtin: bash's, never a program of the same name
     ("set -o", 0, b""),  # a builtin: bash's options, strict mode on
 ])
-def test_failures_and_builtins_read_exactly_as_under_the_shell(workspace, command, code, message) -> None:
+def test_failures_and_builtins_read_exactly_as_under_the_shell(workspace, command, code,
+                                                               message) -> None:
     result = _same_both_ways(workspace, _action(command))
     assert result.exit_code == code and message in result.stderr
 
 
 def test_a_command_that_falls_back_to_the_shell_gets_only_the_shells_variables(workspace) -> None:
-    """bash runs a script that cannot be exec'd; the SHLVL it sees is bash's, not one added for a direct run."""
+    """bash runs a script that cannot be exec'd; the SHLVL it sees is bash's, not one added for a
+    direct run."""
     script = _script(workspace, "level", "echo \"SHLVL=$SHLVL\"\n")
     _same_both_ways(workspace, _action(f"{script} > {OUT}", inputs=(script,)))
     _, content, _ = _run(workspace, _action(f"{script} > {OUT}", inputs=(script,)))
@@ -129,14 +141,16 @@ def test_a_script_without_an_interpreter_line_is_run_by_the_shell(workspace) -> 
 
 
 @pytest.mark.parametrize("signal_name, code, message", [
-    ("SEGV", 139, b"/bin/bash: line 1: <pid> Segmentation fault      pkg/die > posbuild-out/pkg/out.txt\n"),
+    ("SEGV", 139,
+     b"/bin/bash: line 1: <pid> Segmentation fault      pkg/die > posbuild-out/pkg/out.txt\n"),
     ("TERM", 143, b"Terminated\n"), ("PIPE", 141, b"")])
-def test_a_program_killed_by_a_signal_is_reported_as_the_shell_reports_it(workspace, signal_name, code,
-                                                                          message) -> None:
+def test_a_program_killed_by_a_signal_is_reported_as_the_shell_reports_it(workspace, signal_name,
+                                                                          code, message) -> None:
     script = _script(workspace, "die", f"#!/bin/sh\nkill -{signal_name} $$\n")
     result = _same_both_ways(workspace, _action(f"{script} > {OUT}", inputs=(script,)))
     assert (result.exit_code, _pid_free(result.stderr)) == (code, message)
-    alone = _same_both_ways(workspace, _action(script, inputs=(script,)))  # bash execs it: the signal itself
+    # bash execs it: the signal itself
+    alone = _same_both_ways(workspace, _action(script, inputs=(script,)))
     assert (alone.exit_code, alone.stderr) == (-getattr(signal, f"SIG{signal_name}"), b"")
 
 
@@ -153,7 +167,8 @@ def test_a_timeout_and_a_cancel_kill_the_program_as_they_killed_the_shell(worksp
 
 
 @pytest.mark.parametrize("umask", [0o077, 0o002])
-def test_a_perturbed_umask_gives_the_redirect_target_the_mode_the_shell_gives_it(workspace, umask) -> None:
+def test_a_perturbed_umask_gives_the_redirect_target_the_mode_the_shell_gives_it(
+    workspace, umask) -> None:
     perturbation = Perturbation(umask=umask)
     _same_both_ways(workspace, _action(f"cat pkg/a.txt > {OUT}"), perturbation)
     _, _, mode = _run(workspace, _action(f"cat pkg/a.txt > {OUT}"), perturbation=perturbation)

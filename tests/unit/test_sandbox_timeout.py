@@ -1,5 +1,5 @@
-"""An action's timeout is enforced by the thread that waits for it, with no thread of its own:
-a timer thread per action could fail to start (a thread limit, no memory) and the timeout with it."""
+"""An action's timeout is enforced by the thread that waits for it, with no thread of its own: a
+timer thread per action could fail to start (a thread limit, no memory) and the timeout with it."""
 
 from __future__ import annotations
 
@@ -15,8 +15,8 @@ from posbuild.sandbox import Sandboxes
 
 def _action(command: str, timeout: float) -> Action:
     return Action(label="//pkg:slow", kind="genrule", command=command, inputs=(), tools=(),
-                  outputs=("posbuild-out/pkg/out.txt",), env=(), versions=(), timeout=timeout, tags=(),
-                  def_hash=b"\0" * 32, deps=(), sources=(), resources=(1, 0, 0))
+                  outputs=("posbuild-out/pkg/out.txt",), env=(), versions=(), timeout=timeout,
+                  tags=(), def_hash=b"\0" * 32, deps=(), sources=(), resources=(1, 0, 0))
 
 
 @pytest.fixture

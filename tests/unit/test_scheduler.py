@@ -1,4 +1,5 @@
-"""The generic DAG scheduler, driven by a fake executor (as Ninja tests its Plan with a fake runner)."""
+"""The generic DAG scheduler, driven by a fake executor (as Ninja tests its Plan with a fake
+runner)."""
 
 from __future__ import annotations
 
@@ -16,10 +17,11 @@ TIMEOUT = 10.0
 
 
 class FakeExecutor:
-    """Records every call. `cached` nodes are settled by `prepare`; `fail` nodes fail; `on_run` hooks run."""
+    """Records every call. `cached` nodes are settled by `prepare`; `fail` nodes fail; `on_run`
+    hooks run."""
 
-    def __init__(self, cached: dict[int, Outcome] | None = None, fail: Sequence[int] = (), delay: float = 0.0,
-                 on_run: dict[int, Callable[[], None]] | None = None,
+    def __init__(self, cached: dict[int, Outcome] | None = None, fail: Sequence[int] = (),
+                 delay: float = 0.0, on_run: dict[int, Callable[[], None]] | None = None,
                  on_prepare: dict[int, Callable[[], None]] | None = None) -> None:
         self.cached = cached or {}
         self.fail = set(fail)
@@ -27,7 +29,8 @@ class FakeExecutor:
         self.on_run = on_run or {}
         self.on_prepare = on_prepare or {}
         self.lock = threading.Lock()
-        self.events: list[tuple[str, int]] = []  # ("prepare" | "run-start" | "run-end" | "finished", node)
+        # ("prepare" | "run-start" | "run-end" | "finished", node)
+        self.events: list[tuple[str, int]] = []
         self.prepared: list[int] = []
         self.ran: list[int] = []
         self.finished_calls: list[tuple[int, State, Outcome | None]] = []
@@ -89,12 +92,15 @@ class FakeExecutor:
         return self.events.index((kind, node))
 
 
-def schedule(deps: Sequence[Sequence[int]], executor: FakeExecutor, jobs: int = 1, keep_going: bool = False,
-             priority: Sequence[object] | None = None, demand: Sequence[Sequence[int]] | None = None,
+def schedule(deps: Sequence[Sequence[int]], executor: FakeExecutor, jobs: int = 1,
+             keep_going: bool = False,
+             priority: Sequence[object] | None = None,
+             demand: Sequence[Sequence[int]] | None = None,
              capacity: Sequence[int] = ()) -> list[State]:
-    """Run a Scheduler on a helper thread so that a deadlock fails the test instead of hanging it."""
-    scheduler = Scheduler(deps, priority if priority is not None else list(range(len(deps))), jobs, keep_going,
-                          demand, capacity)
+    """Run a Scheduler on a helper thread so that a deadlock fails the test instead of hanging
+    it."""
+    scheduler = Scheduler(deps, priority if priority is not None else list(range(len(deps))), jobs,
+                          keep_going, demand, capacity)
     box: dict[str, object] = {}
 
     def target() -> None:
@@ -162,7 +168,8 @@ def test_never_more_than_jobs_concurrent_runs(jobs: int) -> None:
     executor = FakeExecutor(delay=0.02)
     states = schedule([[] for _ in range(16)], executor, jobs=jobs)
     assert states == [State.SUCCESS] * 16
-    assert executor.max_running == jobs  # the limit is reached (work is parallel) and never exceeded
+    # the limit is reached (work is parallel) and never exceeded
+    assert executor.max_running == jobs
 
 
 def test_concurrency_limit_holds_on_a_dag() -> None:
@@ -215,7 +222,8 @@ def test_cached_nodes_do_not_occupy_job_slots() -> None:
     def wait_for_cached_chain() -> None:
         assert chain_done.wait(TIMEOUT / 2), "cached nodes waited for the busy slot"
 
-    executor = FakeExecutor(cached={1: ("ok", 1), 2: ("ok", 2), 3: ("ok", 3)}, on_run={0: wait_for_cached_chain})
+    executor = FakeExecutor(cached={1: ("ok", 1), 2: ("ok", 2), 3: ("ok", 3)},
+                            on_run={0: wait_for_cached_chain})
     original_finished = executor.finished
 
     def finished(node: int, state: State, outcome: Outcome | None) -> None:
@@ -224,7 +232,8 @@ def test_cached_nodes_do_not_occupy_job_slots() -> None:
             chain_done.set()
 
     executor.finished = finished  # type: ignore[method-assign]
-    # node 0 runs and holds the only slot until node 3 (a chain 1 -> 2 -> 3 of cache hits) is finished
+    # node 0 runs and holds the only slot until node 3 (a chain 1 -> 2 -> 3 of cache hits) is
+    # finished
     states = schedule([[], [], [1], [2]], executor, jobs=1)
     assert states == [State.SUCCESS] * 4
     assert executor.ran == [0]
@@ -253,7 +262,8 @@ def test_cached_nodes_behind_a_run_settle_while_another_run_holds_the_slot() -> 
 def test_failure_skips_dependents_without_preparing_them() -> None:
     executor = FakeExecutor(fail=[1])
     states = schedule(DIAMOND, executor, jobs=1, keep_going=True)
-    assert states == [State.SUCCESS, State.FAILED, State.SUCCESS, State.SKIPPED, State.SKIPPED, State.SUCCESS]
+    assert states == [State.SUCCESS, State.FAILED, State.SUCCESS, State.SKIPPED, State.SKIPPED,
+                      State.SUCCESS]
     assert 3 not in executor.prepared and 4 not in executor.prepared
     assert 3 not in executor.ran and 4 not in executor.ran
     assert (3, State.SKIPPED, None) in executor.finished_calls
@@ -303,7 +313,8 @@ def test_keep_going_runs_every_independent_branch() -> None:
     deps = [[], [0], [], [2], [1, 3], []]
     executor = FakeExecutor(fail=[0])
     states = schedule(deps, executor, jobs=1, keep_going=True)
-    assert states == [State.FAILED, State.SKIPPED, State.SUCCESS, State.SUCCESS, State.SKIPPED, State.SUCCESS]
+    assert states == [State.FAILED, State.SKIPPED, State.SUCCESS, State.SUCCESS, State.SKIPPED,
+                      State.SUCCESS]
     assert sorted(executor.ran) == [0, 2, 3, 5]
 
 
@@ -311,7 +322,8 @@ def test_keep_going_with_several_failures() -> None:
     deps = [[], [], [0], [1], [2, 3], []]
     executor = FakeExecutor(fail=[0, 1], delay=0.001)
     states = schedule(deps, executor, jobs=3, keep_going=True)
-    assert states == [State.FAILED, State.FAILED, State.SKIPPED, State.SKIPPED, State.SKIPPED, State.SUCCESS]
+    assert states == [State.FAILED, State.FAILED, State.SKIPPED, State.SKIPPED, State.SKIPPED,
+                      State.SUCCESS]
 
 
 def test_exception_in_prepare_cancels_and_drains_before_propagating() -> None:
@@ -332,7 +344,8 @@ def test_exception_in_prepare_cancels_and_drains_before_propagating() -> None:
     assert cancelled.is_set()
     cancel_at = executor.events.index(("cancel", -1))
     assert executor.index("prepare", 2) < cancel_at < executor.index("run-end", 0)
-    assert executor.events[-1] == ("run-end", 0)  # drained: nothing ran on after the exception escaped
+    # drained: nothing ran on after the exception escaped
+    assert executor.events[-1] == ("run-end", 0)
     assert 2 not in executor.ran
 
 
@@ -445,7 +458,8 @@ def test_a_dependent_starts_only_after_its_dependency_is_concluded() -> None:
     release_after(executor, 0.1)
     states = schedule([[], [0], []], executor, jobs=2)
     assert states == [State.SUCCESS] * 3
-    assert executor.index("wrap-up-end", 0) < executor.index("finished", 0) < executor.index("run-start", 1)
+    assert executor.index("wrap-up-end", 0) < executor.index("finished",
+                                                             0) < executor.index("run-start", 1)
 
 
 def test_nothing_starts_early_after_a_command_failed() -> None:
@@ -453,7 +467,8 @@ def test_nothing_starts_early_after_a_command_failed() -> None:
     # stopping, the waiting nodes 1..3 never start (jobs=2, but only 0 is handed out at first)
     executor = WrapUpExecutor(slow_wrap_up=[0], fail=[0])
     release_after(executor, 0.1)
-    states = schedule([[], [], [], []], executor, jobs=2, demand=[(1,), (2,), (2,), (2,)], capacity=(2,))
+    states = schedule([[], [], [], []], executor, jobs=2, demand=[(1,), (2,), (2,), (2,)],
+                      capacity=(2,))
     assert states == [State.FAILED, State.SKIPPED, State.SKIPPED, State.SKIPPED]
     assert executor.ran == [0]
 
@@ -469,7 +484,8 @@ def test_with_one_job_a_node_is_concluded_before_the_next_starts() -> None:
 
 
 @pytest.mark.parametrize("other_first", [False, True])
-def test_an_early_start_goes_only_to_a_node_that_beats_the_coming_dependents(other_first: bool) -> None:
+def test_an_early_start_goes_only_to_a_node_that_beats_the_coming_dependents(
+    other_first: bool) -> None:
     # jobs=2: 1 runs throughout; 0's command ends and it concludes slowly. Its dependent 2 ("c")
     # becomes ready only then. Node 3 may start before that only if it would be chosen before 2.
     executor = WrapUpExecutor(slow_wrap_up=[0])
@@ -483,4 +499,5 @@ def test_an_early_start_goes_only_to_a_node_that_beats_the_coming_dependents(oth
     if other_first:
         assert executor.index("run-start", 3) < executor.index("wrap-up-end", 0)
     else:
-        assert executor.index("wrap-up-end", 0) < executor.index("run-start", 2) < executor.index("run-start", 3)
+        assert executor.index("wrap-up-end", 0) < executor.index("run-start",
+                                                                 2) < executor.index("run-start", 3)

@@ -22,7 +22,8 @@ TIMEOUT = 20.0
 class BudgetExecutor:
     """Runs sleep `duration[node]` seconds; records start/end order and the peak summed demand."""
 
-    def __init__(self, demand: Sequence[Sequence[int]], duration: Sequence[float], wrap_up: float = 0.0) -> None:
+    def __init__(self, demand: Sequence[Sequence[int]], duration: Sequence[float],
+                 wrap_up: float = 0.0) -> None:
         self.demand = [tuple(d) for d in demand]
         self.duration = duration
         self.wrap_up = wrap_up  # seconds each node spends in `conclude`
@@ -73,10 +74,11 @@ class BudgetExecutor:
 
 def run(deps: Sequence[Sequence[int]], executor: BudgetExecutor, capacity: Sequence[int], jobs: int,
         priority: Sequence[object] | None = None, patience: int | None = None) -> list[State]:
-    scheduler = Scheduler(deps, priority if priority is not None else list(range(len(deps))), jobs, False,
-                          executor.demand, capacity, patience)
+    scheduler = Scheduler(deps, priority if priority is not None else list(range(len(deps))), jobs,
+                          False, executor.demand, capacity, patience)
     box: dict[str, object] = {}
-    thread = threading.Thread(target=lambda: box.update(states=scheduler.run(executor)), daemon=True)
+    thread = threading.Thread(target=lambda: box.update(states=scheduler.run(executor)),
+                              daemon=True)
     thread.start()
     thread.join(TIMEOUT)
     assert not thread.is_alive(), "scheduler did not finish (deadlock?)"
@@ -84,7 +86,8 @@ def run(deps: Sequence[Sequence[int]], executor: BudgetExecutor, capacity: Seque
 
 
 def test_a_demand_beyond_the_capacity_is_refused_up_front() -> None:
-    with pytest.raises(ValueError, match=r"node 1 demands \(3, 0\), beyond the capacity \(2, 100\)"):
+    with pytest.raises(ValueError,
+                       match=r"node 1 demands \(3, 0\), beyond the capacity \(2, 100\)"):
         Scheduler([[], []], [0, 1], 4, False, [(1, 0), (3, 0)], (2, 100))
 
 
@@ -100,7 +103,8 @@ def test_summed_demands_never_exceed_the_capacity_on_a_random_dag(seed: int) -> 
     rng = random.Random(seed)
     count = 30
     deps = [sorted(rng.sample(range(n), min(n, rng.randint(0, 2)))) for n in range(count)]
-    demand = [(rng.randint(0, 3), rng.choice([0, 100, 400, 1000]), rng.randint(0, 2)) for _ in range(count)]
+    demand = [(rng.randint(0, 3), rng.choice([0, 100, 400, 1000]), rng.randint(0, 2))
+              for _ in range(count)]
     executor = BudgetExecutor(demand, [rng.uniform(0.005, 0.03) for _ in range(count)])
     assert run(deps, executor, (3, 1000, 2), jobs=8) == [State.SUCCESS] * count
     assert all(p <= c for p, c in zip(executor.peak, (3, 1000, 2)))
@@ -126,7 +130,8 @@ def test_jobs_limits_even_when_the_budget_has_room() -> None:
 
 
 def test_a_node_that_fits_alongside_a_waiting_one_starts_at_once() -> None:
-    """Node 1 (cpu=2) waits for node 0's processor; node 2 needs only memory, so it runs meanwhile."""
+    """Node 1 (cpu=2) waits for node 0's processor; node 2 needs only memory, so it runs
+    meanwhile."""
     executor = BudgetExecutor([(1, 0), (2, 0), (0, 500)], [0.3, 0.05, 0.05])
     run([[], [], []], executor, (2, 1000), jobs=3, patience=0)
     assert executor.starts[:2] == [0, 2]
@@ -144,7 +149,8 @@ def test_a_large_node_is_not_starved_by_a_stream_of_small_ones() -> None:
     deps.append([])
     demand = [(1,)] * (2 * chain) + [(2,)]
     executor = BudgetExecutor(demand, [0.02] * (2 * chain) + [0.02])
-    run(deps, executor, (2,), jobs=2, priority=[(0, n) for n in range(big)] + [(1, big)], patience=2)
+    run(deps, executor, (2,), jobs=2, priority=[(0, n) for n in range(big)] + [(1, big)],
+        patience=2)
     before = executor.starts.index(big)
     assert before <= 2 + 2 + 1  # the first wave, at most `patience` overtakings, one more to drain
     assert executor.peak == [2]
@@ -159,7 +165,8 @@ def test_without_aging_the_same_large_node_would_wait_for_both_chains() -> None:
     big = len(deps)
     deps.append([])
     executor = BudgetExecutor([(1,)] * (2 * chain) + [(2,)], [0.02] * (2 * chain + 1))
-    run(deps, executor, (2,), jobs=2, priority=[(0, n) for n in range(big)] + [(1, big)], patience=10**6)
+    run(deps, executor, (2,), jobs=2, priority=[(0, n) for n in range(big)] + [(1, big)],
+        patience=10**6)
     assert executor.starts[-1] == big
 
 
@@ -181,10 +188,12 @@ def test_critical_path_priorities_start_the_longest_chain_first() -> None:
     durations = {0: 5.0, 1: 5.0, 2: 5.0}
     labels = ["//p:c", "//p:d", "//p:e", "//p:a", "//p:b"]
     priority = critical_path(deps, labels, durations.get)
-    assert priority == [(-15.0, "//p:c"), (-10.0, "//p:d"), (-5.0, "//p:e"), (-1.0, "//p:a"), (-1.0, "//p:b")]
+    assert priority == [(-15.0, "//p:c"), (-10.0, "//p:d"), (-5.0, "//p:e"), (-1.0, "//p:a"),
+                        (-1.0, "//p:b")]
     executor = BudgetExecutor([(1,)] * 5, [0.01] * 5)
     run(deps, executor, (1,), jobs=1, priority=priority)
-    assert executor.starts == [0, 1, 2, 3, 4]  # the critical path first, although //p:a sorts first by label
+    # the critical path first, although //p:a sorts first by label
+    assert executor.starts == [0, 1, 2, 3, 4]
 
 
 def test_ties_in_path_length_are_broken_by_label() -> None:

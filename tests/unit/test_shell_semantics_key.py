@@ -12,7 +12,8 @@ from posbuild.shellfree import shell_argv
 # def_hash of RULE before commands ran under strict bash (`/bin/sh -c`, action schema 1) and since.
 FORMER_DEF_HASH = "e747adac8cc8005ccbe0503174c631eb387c5649605fa959a02bcdf476eb122c"
 STRICT_DEF_HASH = "60fa24e0033239c77c72700f76f16d242d2c4ae16d7d1414badf2d589be24f04"
-RULE = 'genrule(name = "t", srcs = ["in.txt"], outs = ["out.txt"], cmd = "cat $(SRCS) | gzip > $@")\n'
+RULE = (
+    'genrule(name = "t", srcs = ["in.txt"], outs = ["out.txt"], cmd = "cat $(SRCS) | gzip > $@")\n')
 
 
 def _def_hash(root: Path) -> str:
@@ -31,7 +32,8 @@ def test_the_def_hash_under_strict_bash_differs_from_the_former_one(tmp_path: Pa
     assert _def_hash(tmp_path / "ws") == STRICT_DEF_HASH != FORMER_DEF_HASH
 
 
-def test_the_action_schema_feeds_the_def_hash_and_the_graph_cache(tmp_path: Path, monkeypatch) -> None:
+def test_the_action_schema_feeds_the_def_hash_and_the_graph_cache(tmp_path: Path,
+                                                                  monkeypatch) -> None:
     strict = _def_hash(tmp_path / "strict")
     version = graphcache._version()
     monkeypatch.setattr(analysis, "ACTION_SCHEMA", 1)

@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from posbuild.shellfree import Direct, find_program, parse, shell_argv, shell_status, shell_variables
+from posbuild.shellfree import (Direct, find_program, parse, shell_argv, shell_status,
+                                shell_variables)
 
 
 @pytest.mark.parametrize("command, argv, stdout", [
@@ -27,20 +28,29 @@ def test_plain_words_and_one_trailing_redirect_run_without_the_shell(command, ar
 
 
 @pytest.mark.parametrize("command", [
-    "", "   ", "cat a; cat b", "cat a && cat b", "cat a | wc", "cat a &", "cat 'a b'", 'cat "a"', "cat a\\ b",
-    "cat $HOME", "cat `x`", "cat $(x)", "cat *.txt", "cat a?", "cat [ab]", "cat ~/a", "cat a # note",
-    "cat a\ncat b", "cat a >> out", "cat a 2> err", "cat a>out", "cat a > out > other", "cat a > out b",
-    "> out cat a", "cat < in", "cat a >& 2", "cat a >| out", "FOO=1 cat a", "x=1", "cat a > ", "cät a",
-    "(cat a)", "{ cat a; }", "cat a > $@", "cat a > /tmp/fifo", "cat a > ../../fifo", "cat a > x/../../y",
+    "", "   ", "cat a; cat b", "cat a && cat b", "cat a | wc", "cat a &", "cat 'a b'", 'cat "a"',
+    "cat a\\ b",
+    "cat $HOME", "cat `x`", "cat $(x)", "cat *.txt", "cat a?", "cat [ab]", "cat ~/a",
+    "cat a # note",
+    "cat a\ncat b", "cat a >> out", "cat a 2> err", "cat a>out", "cat a > out > other",
+    "cat a > out b",
+    "> out cat a", "cat < in", "cat a >& 2", "cat a >| out", "FOO=1 cat a", "x=1", "cat a > ",
+    "cät a",
+    "(cat a)", "{ cat a; }", "cat a > $@", "cat a > /tmp/fifo", "cat a > ../../fifo",
+    "cat a > x/../../y",
 ])
 def test_anything_with_shell_syntax_runs_under_the_shell(command) -> None:
     assert parse(command) is None
 
 
-@pytest.mark.parametrize("word", ["echo", "printf", "test", "true", "false", "cd", "exec", "export", "set", ".",
-                                  ":", "eval", "read", "kill", "pwd", "umask", "ulimit", "type", "command",
-                                  "if", "for", "while", "case", "!", "source", "let", "local", "wait", "trap",
-                                  "compopt", "shopt", "mapfile", "coproc", "select", "time", "enable"])
+@pytest.mark.parametrize("word", ["echo", "printf", "test", "true", "false", "cd", "exec", "export",
+                                  "set", ".",
+                                  ":", "eval", "read", "kill", "pwd", "umask", "ulimit", "type",
+                                  "command",
+                                  "if", "for", "while", "case", "!", "source", "let", "local",
+                                  "wait", "trap",
+                                  "compopt", "shopt", "mapfile", "coproc", "select", "time",
+                                  "enable"])
 def test_builtins_and_reserved_words_run_under_the_shell(word) -> None:
     """bash's `echo -e x` prints "x", dash's "-e x": a builtin is never bypassed for a program."""
     assert parse(f"{word} x > out") is None
@@ -77,7 +87,8 @@ def test_relative_names_and_path_entries_are_named_as_bash_names_them(tmp_path) 
     assert find_program("bin/gen", "/nowhere", str(tmp_path)) == "bin/gen"
     assert find_program("./here", "/nowhere", str(tmp_path)) == "./here"
     assert find_program("gen", "/nowhere:bin", str(tmp_path)) == "bin/gen"
-    assert find_program("here", "/nowhere:", str(tmp_path)) == "./here"  # an empty entry is the working folder
+    # an empty entry is the working folder
+    assert find_program("here", "/nowhere:", str(tmp_path)) == "./here"
     assert find_program("here", "/nowhere", str(tmp_path)) is None
     assert find_program("/bin/sh", "", "/") == "/bin/sh"
 
@@ -91,15 +102,16 @@ def test_the_variables_bash_adds_are_those_bash_gives_the_program(tmp_path, comm
     program = find_program("tool", env["PATH"], str(tmp_path))
     assert program is not None
     added = shell_variables(env, direct, program)
-    bash = subprocess.run(shell_argv(f"{command} && cat out" if direct.stdout else command), env=env, cwd=tmp_path,
-                          capture_output=True, text=True)
+    bash = subprocess.run(shell_argv(f"{command} && cat out" if direct.stdout else command),
+                          env=env, cwd=tmp_path, capture_output=True, text=True)
     assert bash.returncode == 0, bash.stderr
     assert bash.stdout == f"SHLVL={added['SHLVL']}\n_={added['_']}\n"
 
 
 @pytest.mark.parametrize("name", ["BASH_ENV", "SHELLOPTS", "BASHOPTS", "SHLVL", "BASH_FUNC_cat%%"])
 def test_a_variable_that_changes_how_bash_starts_leaves_the_command_to_bash(name) -> None:
-    assert shell_variables({"PATH": "/bin", name: "x"}, Direct(("cat", "a"), None), "/bin/cat") is None
+    assert shell_variables({"PATH": "/bin", name: "x"}, Direct(("cat", "a"), None),
+                           "/bin/cat") is None
 
 
 def test_commands_run_under_bash_in_strict_mode(tmp_path) -> None:
@@ -122,7 +134,8 @@ def _status_of(argv: list[str]) -> tuple[int, int]:
 
 
 @pytest.mark.parametrize("name", ["TERM", "PIPE", "INT", "SEGV", "HUP", "XFSZ"])
-def test_exit_codes_pass_through_and_signals_are_reported_as_bash_reports_them(tmp_path, name) -> None:
+def test_exit_codes_pass_through_and_signals_are_reported_as_bash_reports_them(tmp_path,
+                                                                               name) -> None:
     status, _ = _status_of(["/bin/sh", "-c", "exit 3"])
     assert shell_status(status, Direct(("tool",), "out"), 1) == (3, b"")
     killed = str(_executable(tmp_path / "killed", f"#!/bin/sh\nkill -{name} $$\n"))

@@ -1,4 +1,5 @@
-"""The LMDB store: one-transaction commits, idempotent results, verified blobs (ORCH-03), large blobs."""
+"""The LMDB store: one-transaction commits, idempotent results, verified blobs (ORCH-03), large
+blobs."""
 
 from __future__ import annotations
 
@@ -23,7 +24,8 @@ RESULT = ActionResult(
     stdout_digest=EMPTY,
     stderr_digest=EMPTY,
 )
-MEMO = FileState((1_600_000_000_000_000_000, 5, 1234, 1_600_000_000_000_000_001), hash_bytes(b"alpha"))
+MEMO = FileState((1_600_000_000_000_000_000, 5, 1234, 1_600_000_000_000_000_001),
+                 hash_bytes(b"alpha"))
 
 
 @pytest.fixture
@@ -44,7 +46,8 @@ def test_empty_store_has_nothing(store: Store) -> None:
 
 
 def test_commit_writes_result_blobs_and_memo(store: Store) -> None:
-    store.commit(result=(KEY, RESULT), blobs=[(OUT_DIGEST, OUT), (EMPTY, b"")], memo=[("pkg/a.txt", MEMO)])
+    store.commit(result=(KEY, RESULT), blobs=[(OUT_DIGEST, OUT), (EMPTY, b"")],
+                 memo=[("pkg/a.txt", MEMO)])
     assert store.get_result(KEY) == RESULT
     assert store.get_blob(OUT_DIGEST) == OUT
     assert store.get_blob(EMPTY) == b""
@@ -95,13 +98,15 @@ def test_logged_actions_are_seen_at_once_and_written_in_one_later_transaction(st
     other = hash_bytes(b"another action key")
     with pytest.raises(RuntimeError):
         store.log([first, Commit(memo=(("pkg/b.txt", Exploding()),))])  # type: ignore[arg-type]
-    assert store.get_result(KEY) is None and not store.has_blob(OUT_DIGEST) and store.get_memo("pkg/a.txt") is None
+    assert store.get_result(KEY) is None and not store.has_blob(OUT_DIGEST) \
+            and store.get_memo("pkg/a.txt") is None
     before = last_txnid(store)
     store.log([first, Commit((other, RESULT), used=((other, 7),))])
     assert last_txnid(store) == before  # in the log only: no LMDB transaction yet
     assert store.get_result(KEY) == RESULT and store.get_result(other) == RESULT
     assert store.get_memo("pkg/a.txt") == MEMO and store.get_blob(OUT_DIGEST) == OUT
-    store.commit(memo=[("pkg/c.txt", MEMO)])  # any write applies the log first, in the same transaction
+    # any write applies the log first, in the same transaction
+    store.commit(memo=[("pkg/c.txt", MEMO)])
     assert last_txnid(store) == before + 1
     with store._env.begin() as txn:
         assert txn.get(KEY, db=store._results) == RESULT.pack()
@@ -135,7 +140,8 @@ os.kill(os.getpid(), signal.SIGKILL)
 
 
 @pytest.mark.parametrize("tail", ["whole", "torn"])
-def test_a_killed_process_s_logged_actions_are_replayed_by_the_next_opening(tmp_path: Path, tail: str) -> None:
+def test_a_killed_process_s_logged_actions_are_replayed_by_the_next_opening(tmp_path: Path,
+                                                                            tail: str) -> None:
     import subprocess
     import sys
 
@@ -207,11 +213,13 @@ def test_truncated_inline_blob_raises_checksum_mismatch(store: Store) -> None:
 
 
 def test_missing_blob_raises_checksum_mismatch(store: Store) -> None:
-    with pytest.raises(ChecksumMismatch, match=f"blob {OUT_DIGEST.hex()} .* missing from the store"):
+    with pytest.raises(ChecksumMismatch,
+                       match=f"blob {OUT_DIGEST.hex()} .* missing from the store"):
         store.get_blob(OUT_DIGEST)
 
 
-# -- large blobs in cas/ -------------------------------------------------------------------------------------
+# -- large blobs in cas/
+# -------------------------------------------------------------------------------------
 
 
 @pytest.fixture
@@ -252,7 +260,8 @@ def test_store_external_rejects_a_wrong_digest(store: Store, large: tuple[Path, 
     assert list(store.external_path(wrong).parent.iterdir()) == []  # the temp file was removed
 
 
-def test_missing_external_file_raises_checksum_mismatch(store: Store, large: tuple[Path, bytes]) -> None:
+def test_missing_external_file_raises_checksum_mismatch(store: Store,
+                                                        large: tuple[Path, bytes]) -> None:
     source, digest = large
     store.store_external(digest, source)
     store.commit(blobs=[(digest, None)])
@@ -261,7 +270,8 @@ def test_missing_external_file_raises_checksum_mismatch(store: Store, large: tup
         store.get_blob(digest)
 
 
-def test_corrupt_external_file_raises_checksum_mismatch(store: Store, large: tuple[Path, bytes]) -> None:
+def test_corrupt_external_file_raises_checksum_mismatch(store: Store,
+                                                        large: tuple[Path, bytes]) -> None:
     source, digest = large
     store.store_external(digest, source)
     store.commit(blobs=[(digest, None)])
@@ -274,7 +284,8 @@ def test_corrupt_external_file_raises_checksum_mismatch(store: Store, large: tup
         store.get_blob(digest)
 
 
-# -- metadata and format ------------------------------------------------------------------------------------
+# -- metadata and format
+# ------------------------------------------------------------------------------------
 
 
 def test_meta_round_trips(store: Store) -> None:
@@ -333,7 +344,8 @@ def test_a_read_does_not_keep_freed_pages_from_being_reused(store: Store) -> Non
         store.commit(blobs=[(hash_bytes(data), data)], memo=[(f"src/{index % 7}.txt", MEMO)],
                      used=[(KEY, index)])
     with store._env.begin() as txn:
-        used = sum(txn.stat(db)["leaf_pages"] + txn.stat(db)["branch_pages"] + txn.stat(db)["overflow_pages"]
+        used = sum(txn.stat(db)["leaf_pages"] + txn.stat(db)["branch_pages"] + txn.stat(
+            db)["overflow_pages"]
                    for db in (store._blobs, store._memo, store._usage))
     allocated = store._env.info()["last_pgno"]
     assert allocated < 2 * used + 50, (allocated, used)
@@ -342,7 +354,8 @@ def test_a_read_does_not_keep_freed_pages_from_being_reused(store: Store) -> Non
 # -- build rows and their chain (recordchain.py) -------------------------------------------------
 
 def _finished(**fields: object) -> dict[str, object]:
-    return {"started": "2026-01-01T00:00:00+00:00", "status": "finished", "patterns": ["//..."], **fields}
+    return {"started": "2026-01-01T00:00:00+00:00", "status": "finished", "patterns": ["//..."],
+            **fields}
 
 
 def _chain_problems(store: Store) -> list[str]:
@@ -361,7 +374,8 @@ def test_concluded_builds_are_sealed_one_after_the_other(store: Store) -> None:
     rows = {row["number"]: row for row in store.builds()}
     assert rows[first]["chain"][0] == 0 and rows[second]["chain"][0] == first
     body = {k: v for k, v in rows[second].items() if k != "chain"}
-    previous = seal(GENESIS, {k: v for k, v in rows[first].items() if k != "chain"}, records_digest([]))
+    previous = seal(GENESIS, {k: v for k, v in rows[first].items() if k != "chain"},
+                    records_digest([]))
     assert rows[second]["chain"][1] == seal(previous, body, records_digest(
         [(second.to_bytes(8, "big") + bytes(4), b"record")]))
     assert store.chain_meta() == {"head": [second, rows[second]["chain"][1]], "running": []}
@@ -388,7 +402,8 @@ def test_closing_the_store_records_its_unconcluded_build_as_interrupted(tmp_path
     again = Store(tmp_path / "store")
     try:
         [row] = again.builds()
-        assert row["status"] == "interrupted" and [label for label, _ in row["in_flight"]] == ["//p:slow"]
+        assert row["status"] == "interrupted" \
+                and [label for label, _ in row["in_flight"]] == ["//p:slow"]
         assert _chain_problems(again) == [] and again.chain_meta()["running"] == []
         assert not (tmp_path / "store" / "running" / str(number)).exists()
     finally:
@@ -398,7 +413,8 @@ def test_closing_the_store_records_its_unconcluded_build_as_interrupted(tmp_path
 def _record(label: str) -> bytes:
     from posbuild.records import ExecutionRecord
 
-    return ExecutionRecord("1", label, "SUCCESS", None, "", "", 0.0, (), (), (), None, 0, "", b"").pack()
+    return ExecutionRecord("1", label, "SUCCESS", None, "", "", 0.0, (), (), (), None, 0, "",
+                           b"").pack()
 
 
 KILLED_OWNER = """
@@ -421,8 +437,8 @@ def test_a_build_whose_process_was_killed_is_settled_by_the_next_store_user(tmp_
 
     path = tmp_path / "store"
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
-    alive = subprocess.Popen([sys.executable, "-c", KILLED_OWNER, str(path), "wait"], stdin=subprocess.PIPE,
-                             stdout=subprocess.PIPE, text=True, env=env)
+    alive = subprocess.Popen([sys.executable, "-c", KILLED_OWNER, str(path), "wait"],
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
     number = int(alive.stdout.readline())  # type: ignore[union-attr]
     store = Store(path)
     try:
@@ -432,9 +448,10 @@ def test_a_build_whose_process_was_killed_is_settled_by_the_next_store_user(tmp_
         alive.wait()
         assert store.settle_interrupted() == [number]
         row = store.builds()[0]
-        assert row["status"] == "interrupted" and [label for label, _ in row["in_flight"]] == ["//p:slow"]
-        dead = subprocess.run([sys.executable, "-c", KILLED_OWNER, str(path), "die"], capture_output=True,
-                              text=True, env=env)
+        assert row["status"] == "interrupted" \
+                and [label for label, _ in row["in_flight"]] == ["//p:slow"]
+        dead = subprocess.run([sys.executable, "-c", KILLED_OWNER, str(path), "die"],
+                              capture_output=True, text=True, env=env)
         killed = int(dead.stdout)
         assert store.begin_build(_finished()) == killed + 1  # the next build settles it first
         assert [r["status"] for r in store.builds()] == ["interrupted", "interrupted", "finished"]
@@ -446,7 +463,8 @@ def test_a_build_whose_process_was_killed_is_settled_by_the_next_store_user(tmp_
 def test_a_store_written_before_the_chain_starts_one_at_its_next_build(store: Store) -> None:
     import msgpack
 
-    with store._env.begin(write=True) as txn:  # a row as earlier versions wrote it: no status, no seal
+    # a row as earlier versions wrote it: no status, no seal
+    with store._env.begin(write=True) as txn:
         txn.put((1).to_bytes(8, "big"), msgpack.packb({"started": "x", "ended": "y", "number": 1}),
                 db=store._builds)
     number = store.begin_build(_finished())
@@ -460,7 +478,8 @@ def test_generations_name_their_workspace_and_rows_written_before_still_read(sto
     from posbuild.records import Generation
 
     legacy = msgpack.packb([1, "2024-01-01T00:00:00", ["//..."], b"\x01" * 32, 2, 10])
-    assert Generation.unpack(legacy) == Generation(1, "2024-01-01T00:00:00", ("//...",), b"\x01" * 32, 2, 10, "")
+    assert Generation.unpack(legacy) == Generation(1, "2024-01-01T00:00:00", ("//...",),
+                                                   b"\x01" * 32, 2, 10, "")
     own = store.add_generation("t1", ("//...",), b"m1", 1, 1)
     shared = store.add_generation("t2", ("//a/...",), b"m2", 1, 1, "/ws/two")
     assert [g.workspace for g in store.generations()] == ["", "/ws/two"]

@@ -21,7 +21,8 @@ MEMO = FileState((1, 2, 3, 4), hash_bytes(b"x"))
 
 @contextmanager
 def opened(path: Path, tag: str) -> Iterator[Store]:
-    """The store at `path` as the workspace tagged `tag` sees it (LMDB allows one open per process)."""
+    """The store at `path` as the workspace tagged `tag` sees it (LMDB allows one open per
+    process)."""
     store = Store(path, tag)
     try:
         yield store
@@ -30,7 +31,8 @@ def opened(path: Path, tag: str) -> Iterator[Store]:
 
 
 def _record(label: str, build: int) -> bytes:
-    return ExecutionRecord(str(build), label, "SUCCESS", None, "", "", 0.0, (), (), (), None, 0, "", b"").pack()
+    return ExecutionRecord(str(build), label, "SUCCESS", None, "", "", 0.0, (), (), (), None, 0, "",
+                           b"").pack()
 
 
 def _build(store: Store, label: str) -> int:
@@ -104,7 +106,8 @@ def test_a_dead_build_is_settled_only_by_its_own_workspace(tmp_path: Path) -> No
         assert a.chain_meta()["running"] == [number]
         assert a.settle_interrupted() == [number]
         [row] = a.builds()
-        assert row["status"] == "interrupted" and [label for label, _ in row["in_flight"]] == ["//p:slow"]
+        assert row["status"] == "interrupted" \
+                and [label for label, _ in row["in_flight"]] == ["//p:slow"]
         assert record_chain_problems(a) == []
 
 
@@ -120,7 +123,8 @@ def test_every_store_a_command_opens_names_its_workspace() -> None:
             if not isinstance(function, (ast.FunctionDef, ast.AsyncFunctionDef)):
                 continue
             for call in ast.walk(function):
-                if (isinstance(call, ast.Call) and isinstance(call.func, ast.Name) and call.func.id == "Store"
+                if (isinstance(call, ast.Call) and isinstance(call.func, ast.Name)
+                    and call.func.id == "Store"
                         and len(call.args) + len(call.keywords) < 2
                         and (source.name, function.name) not in allowed):
                     missing.append(f"{source.relative_to(root)}:{call.lineno} in {function.name}")

@@ -1,4 +1,5 @@
-"""The saved up-to-date state: what it keeps, and when its signatures alone settle a whole request."""
+"""The saved up-to-date state: what it keeps, and when its signatures alone settle a whole
+request."""
 
 from __future__ import annotations
 
@@ -23,8 +24,8 @@ def _files(root: Path) -> dict[str, tuple[int, int, int, int]]:
 
 def _state(signatures: dict[str, tuple[int, int, int, int]], complete: bool = True) -> BuildState:
     digests = {path: bytes([i]) * 32 for i, path in enumerate(signatures)}
-    return BuildState(ENV, {"//src:a": (b"\x03" * 32, b"\x04" * 32)}, signatures, digests, graph=GRAPH,
-                      complete=complete)
+    return BuildState(ENV, {"//src:a": (b"\x03" * 32, b"\x04" * 32)}, signatures, digests,
+                      graph=GRAPH, complete=complete)
 
 
 def test_a_saved_state_reads_back_the_same(tmp_path: Path) -> None:
@@ -61,7 +62,8 @@ def test_graph_facts_summarise_what_the_checks_before_a_build_need() -> None:
         return Action(label, "genrule", "true", (), (), (), (), (), 0, tags, b"", (), (), resources,
                       secrets=secrets)
 
-    plain = [action("//p:a", (1, 0, 0)), action("//p:b", (2, 512, 0)), action("//p:c", (1, 0, 0), ("manual",))]
+    plain = [action("//p:a", (1, 0, 0)), action("//p:b", (2, 512, 0)),
+             action("//p:c", (1, 0, 0), ("manual",))]
     facts = facts_of(plain)
     assert facts.count == 3 and facts.resources == ((1, 0, 0), (2, 512, 0))
     assert not facts.pinned and not facts.secrets
@@ -69,7 +71,8 @@ def test_graph_facts_summarise_what_the_checks_before_a_build_need() -> None:
     assert facts_of([*plain, action("//p:e", (1, 0, 0), secrets=("TOKEN",))]).secrets
 
 
-def test_a_state_names_the_store_epoch_and_states_saved_before_epochs_still_load(tmp_path: Path) -> None:
+def test_a_state_names_the_store_epoch_and_states_saved_before_epochs_still_load(
+    tmp_path: Path) -> None:
     import msgpack
 
     signatures = _files(tmp_path)
@@ -78,14 +81,16 @@ def test_a_state_names_the_store_epoch_and_states_saved_before_epochs_still_load
     old = msgpack.unpackb((tmp_path / "s.state").read_bytes())
     (tmp_path / "old.state").write_bytes(msgpack.packb([3, *old[1:8]], use_bin_type=True))
     loaded = load_state(tmp_path / "old.state", ENV)
-    assert (loaded.epoch, loaded.actions, loaded.signatures) == (b"", _state(signatures).actions, signatures)
+    assert (loaded.epoch, loaded.actions, loaded.signatures) == (b"", _state(signatures).actions,
+                                                                 signatures)
 
 
-def test_revalidate_forgets_exactly_the_actions_whose_result_or_blobs_are_gone(tmp_path: Path) -> None:
+def test_revalidate_forgets_exactly_the_actions_whose_result_or_blobs_are_gone(
+    tmp_path: Path) -> None:
     from posbuild.digest import hash_bytes
     from posbuild.epoch import read_epoch
     from posbuild.records import ActionResult, OutputFile
-    from posbuild.store import Commit, Store
+    from posbuild.store import Store
     from posbuild.uptodate import revalidate
 
     store_dir = tmp_path / "store"
@@ -93,7 +98,8 @@ def test_revalidate_forgets_exactly_the_actions_whose_result_or_blobs_are_gone(t
     rows = {}
     for name in ("kept", "evicted", "blobless"):
         data = name.encode()
-        result = ActionResult((OutputFile(f"posbuild-out/{name}", hash_bytes(data), len(data), False),), 0,
+        result = ActionResult((OutputFile(f"posbuild-out/{name}", hash_bytes(data), len(data),
+                                          False),), 0,
                               hash_bytes(b""), hash_bytes(b""))
         key = hash_bytes(b"key " + data)
         store.commit((key, result), ((hash_bytes(data), data), (hash_bytes(b""), b"")))
@@ -110,7 +116,8 @@ def test_revalidate_forgets_exactly_the_actions_whose_result_or_blobs_are_gone(t
     checked = revalidate(tmp_path / "s.state", state, store_dir, epoch)
     assert checked.actions == {"//p:kept": rows["//p:kept"]}
     assert (checked.epoch, checked.complete) == (epoch, False)
-    assert load_state(tmp_path / "s.state", ENV).raw == checked.raw  # saved: the next build checks nothing
+    # saved: the next build checks nothing
+    assert load_state(tmp_path / "s.state", ENV).raw == checked.raw
 
 
 def test_the_tree_marker_lists_withdrawn_outputs_only_while_dirty(tmp_path: Path) -> None:
@@ -121,7 +128,8 @@ def test_the_tree_marker_lists_withdrawn_outputs_only_while_dirty(tmp_path: Path
     config = load_config(tmp_path)
     assert withdrawn_outputs(config) == frozenset() and not tree_is_clean(config)
     mark_tree(config, clean=False, withdrawn=["posbuild-out/p/b", "posbuild-out/p/a"])
-    assert withdrawn_outputs(config) == {"posbuild-out/p/a", "posbuild-out/p/b"} and not tree_is_clean(config)
+    assert withdrawn_outputs(config) == {"posbuild-out/p/a", "posbuild-out/p/b"} \
+            and not tree_is_clean(config)
     mark_tree(config, clean=False)  # None keeps the list (fsck marks the tree dirty this way)
     assert withdrawn_outputs(config) == {"posbuild-out/p/a", "posbuild-out/p/b"}
     mark_tree(config, clean=True)

@@ -1,4 +1,5 @@
-"""The write-ahead log: frames survive their writer, torn or stale frames end the log, locks tell the living."""
+"""The write-ahead log: frames survive their writer, torn or stale frames end the log, locks tell
+the living."""
 
 from __future__ import annotations
 
@@ -26,16 +27,19 @@ def test_a_live_writer_s_log_is_not_dead(tmp_path: Path) -> None:
     assert has_dead_logs(tmp_path) and _replayed(tmp_path) == [b"one"]
 
 
-def test_frames_after_a_clear_replace_the_applied_ones_and_stale_frames_are_ignored(tmp_path: Path) -> None:
+def test_frames_after_a_clear_replace_the_applied_ones_and_stale_frames_are_ignored(
+    tmp_path: Path) -> None:
     log = WriteAheadLog(tmp_path)
     for payload in (b"first" * 10, b"second" * 10, b"third" * 10):
         log.append(payload)
     log.clear()
     log.close(delete=False)
-    assert _replayed(tmp_path) == []  # everything was applied: nothing to replay, though the bytes remain
+    # everything was applied: nothing to replay, though the bytes remain
+    assert _replayed(tmp_path) == []
 
 
-def test_a_new_round_overwrites_from_the_start_and_ends_before_the_old_round(tmp_path: Path) -> None:
+def test_a_new_round_overwrites_from_the_start_and_ends_before_the_old_round(
+    tmp_path: Path) -> None:
     log = WriteAheadLog(tmp_path)
     for payload in (b"a" * 40, b"b" * 40, b"c" * 40):
         log.append(payload)

@@ -15,19 +15,20 @@ from posbuild.build import resolve
 from posbuild.config import load_config
 from posbuild.errors import PosbuildError
 from posbuild.reporter import BuildSummary
-from posbuild.watch import Change, Cycle, WatchSet, _build, _next_burst, _Watcher, graph_files, watch, watch_set
+from posbuild.watch import (Change, Cycle, WatchSet, _build, _next_burst, _Watcher, graph_files,
+                            watch, watch_set)
 
 WAIT = 20.0  # bound of every wait for an inotify event
 
 FILES = {
     "posbuild.toml": "",
-    "defs/rules.bzl": 'def upper(name, src):\n    genrule(name = name, srcs = [src], outs = [name + ".txt"], '
-                      'cmd = "tr a-z A-Z < $< > $@")\n',
+    "defs/rules.bzl": 'def upper(name, src):\n    genrule(name = name, srcs = [src], outs = [name '
+                      '+ ".txt"], cmd = "tr a-z A-Z < $< > $@")\n',
     "defs/BUILD": "",
     "pkg/BUILD": 'load("//defs:rules.bzl", "upper")\n'
                  'upper(name = "up", src = "a.txt")\n'
-                 'genrule(name = "cat", srcs = [":up", "b.txt"], tools = ["tool.sh"], outs = ["cat.txt"], '
-                 'cmd = "sh $(location tool.sh) $(SRCS) > $@")\n',
+                 'genrule(name = "cat", srcs = [":up", "b.txt"], tools = ["tool.sh"], outs = '
+                 '["cat.txt"], cmd = "sh $(location tool.sh) $(SRCS) > $@")\n',
     "pkg/a.txt": "a\n",
     "pkg/b.txt": "b\n",
     "pkg/tool.sh": "cat \"$@\"\n",
@@ -80,7 +81,8 @@ def test_an_unchanged_graph_keeps_its_watch_set(root: Path, watched: WatchSet) -
 
 
 def test_content_changes_matter_only_for_watched_files(root: Path, watched: WatchSet) -> None:
-    changes = [content("pkg/a.txt"), content("pkg/unused.txt"), content("lib/c.txt"), content("defs/rules.bzl")]
+    changes = [content("pkg/a.txt"), content("pkg/unused.txt"), content("lib/c.txt"),
+               content("defs/rules.bzl")]
     assert [c.path for c in changes if watched.candidate(c)] == ["pkg/a.txt", "defs/rules.bzl"]
     assert relevant(watched, root, *changes) == ["defs/rules.bzl", "pkg/a.txt"]
 
@@ -94,38 +96,47 @@ def test_a_new_file_matters_only_in_a_loaded_package(root: Path, watched: WatchS
     for rel in ("pkg/new.txt", "pkg/deeper/new.txt", "lib/new.txt", "top.txt"):
         (root / rel).parent.mkdir(exist_ok=True)
         (root / rel).write_text("new\n")
-    assert relevant(watched, root, *map(entry, ("pkg/new.txt", "pkg/deeper/new.txt", "lib/new.txt", "top.txt"))) \
+    assert relevant(watched, root,
+                    *map(entry, ("pkg/new.txt", "pkg/deeper/new.txt", "lib/new.txt", "top.txt"))) \
         == ["pkg/deeper/new.txt", "pkg/new.txt"]
 
 
-def test_editor_artifacts_and_unwatched_deletions_do_not_matter(root: Path, watched: WatchSet) -> None:
+def test_editor_artifacts_and_unwatched_deletions_do_not_matter(root: Path,
+                                                                watched: WatchSet) -> None:
     for name in ("pkg/.a.txt.swp", "pkg/a.txt~", "pkg/4913", "pkg/#a.txt#"):
         (root / name).write_text("")
         assert not watched.candidate(entry(name))
         assert relevant(watched, root, entry(name)) == []
     (root / "pkg/unused.txt").unlink()
     assert relevant(watched, root, entry("pkg/unused.txt")) == []
-    for folder in ("pkg/__pycache__", "pkg/.cache"):  # the loader and glob() never look inside these
+    # the loader and glob() never look inside these
+    for folder in ("pkg/__pycache__", "pkg/.cache"):
         (root / folder).mkdir()
         (root / folder / "x.pyc").write_text("")
-        assert not watched.candidate(entry(folder, True)) and not watched.candidate(entry(f"{folder}/x.pyc"))
+        assert not watched.candidate(entry(folder, True)) \
+                and not watched.candidate(entry(f"{folder}/x.pyc"))
         assert relevant(watched, root, entry(folder, True), entry(f"{folder}/x.pyc")) == []
 
 
-def test_build_files_appearing_anywhere_and_folders_holding_watched_files_matter(root: Path,
-                                                                                watched: WatchSet) -> None:
+def test_build_files_appearing_anywhere_and_folders_holding_watched_files_matter(
+        root: Path, watched: WatchSet) -> None:
     (root / "newpkg").mkdir()
     (root / "newpkg/BUILD").write_text("")
     (root / "empty").mkdir()
-    assert relevant(watched, root, entry("newpkg", True), entry("newpkg/BUILD"), entry("empty", True)) == [
+    assert relevant(watched, root, entry("newpkg", True), entry("newpkg/BUILD"),
+                    entry("empty", True)) == [
         "newpkg", "newpkg/BUILD"]
     (root / "docs").mkdir()
-    assert relevant(watched, root, entry("gone", True), entry("docs", True)) == []  # no package in either
-    assert relevant(watched, root, entry("pkg/sub", True)) == []  # does not exist, held nothing watched
-    assert relevant(watched, root, Change("pk", True, True)) == []  # a prefix of a folder, not the folder
+    # no package in either
+    assert relevant(watched, root, entry("gone", True), entry("docs", True)) == []
+    # does not exist, held nothing watched
+    assert relevant(watched, root, entry("pkg/sub", True)) == []
+    # a prefix of a folder, not the folder
+    assert relevant(watched, root, Change("pk", True, True)) == []
 
 
-def test_a_deleted_folder_matters_when_it_held_watched_files(tmp_path: Path, watched: WatchSet) -> None:
+def test_a_deleted_folder_matters_when_it_held_watched_files(tmp_path: Path,
+                                                             watched: WatchSet) -> None:
     elsewhere = tmp_path / "elsewhere"  # where neither folder exists any more
     assert relevant(watched, elsewhere, entry("defs", True), entry("lib", True)) == ["defs"]
 
@@ -135,11 +146,13 @@ def test_after_a_failed_load_code_files_and_new_files_anywhere_matter(root: Path
     (root / "lib/new.txt").write_text("")
     assert broken.candidate(content("lib/any.bzl")) and broken.candidate(content("x/BUILD"))
     assert not broken.candidate(content("lib/c.txt"))
-    assert relevant(broken, root, content("lib/any.bzl"), content("lib/c.txt"), entry("lib/new.txt")) == [
+    assert relevant(broken, root, content("lib/any.bzl"), content("lib/c.txt"),
+                    entry("lib/new.txt")) == [
         "lib/any.bzl", "lib/new.txt"]
 
 
-def test_a_burst_ends_after_the_quiet_period_and_ignores_irrelevant_changes(watched: WatchSet) -> None:
+def test_a_burst_ends_after_the_quiet_period_and_ignores_irrelevant_changes(
+    watched: WatchSet) -> None:
     changes: queue.SimpleQueue[Change] = queue.SimpleQueue()
     seen: list[Change] = []
     last_relevant: list[float] = []
@@ -160,7 +173,8 @@ def test_a_burst_ends_after_the_quiet_period_and_ignores_irrelevant_changes(watc
     ended = time.monotonic()
     thread.join()
     assert sorted(burst) == ["pkg/a.txt", "pkg/b.txt"]
-    assert ended >= last_relevant[-1] + quiet  # the quiet period counts from the last relevant change
+    # the quiet period counts from the last relevant change
+    assert ended >= last_relevant[-1] + quiet
     assert ended < last_relevant[-1] + quiet + 0.6
     assert len(seen) == 11  # every change was offered to the top-level folder tracking
     changes.put(content("pkg/a.txt"))
@@ -168,8 +182,10 @@ def test_a_burst_ends_after_the_quiet_period_and_ignores_irrelevant_changes(watc
     assert _next_burst(changes, watched, 0.01, seen.append) == {"pkg/a.txt": entry("pkg/a.txt")}
 
 
-def _changes_until(changes: queue.SimpleQueue[Change], want: Change, watcher: _Watcher | None = None) -> list[Change]:
-    """Every change up to `want` (bounded wait), each first offered to the watcher as the loop does."""
+def _changes_until(changes: queue.SimpleQueue[Change], want: Change,
+                   watcher: _Watcher | None = None) -> list[Change]:
+    """Every change up to `want` (bounded wait), each first offered to the watcher as the loop
+    does."""
     seen: list[Change] = []
     deadline = time.monotonic() + WAIT
     while want not in seen:
@@ -197,15 +213,16 @@ def _pending(changes: queue.SimpleQueue[Change], watcher: _Watcher) -> list[Chan
         seen.append(change)
 
 
-def _settle(root: Path, changes: queue.SimpleQueue[Change], watcher: _Watcher, name: str) -> list[Change]:
+def _settle(root: Path, changes: queue.SimpleQueue[Change], watcher: _Watcher,
+            name: str) -> list[Change]:
     """Make a marker file in the workspace root and process every change up to its event."""
     (root / name).write_text("")
     return _changes_until(changes, Change(name, False, True), watcher)
 
 
 @pytest.mark.parametrize("away", ["inside", "outside"])
-def test_a_top_level_folder_swapped_before_its_events_are_handled_gets_a_new_watch(tmp_path: Path,
-                                                                                   away: str) -> None:
+def test_a_top_level_folder_swapped_before_its_events_are_handled_gets_a_new_watch(
+        tmp_path: Path, away: str) -> None:
     root = tmp_path / "ws"
     (root / "data").mkdir(parents=True)
     (root / "posbuild.toml").write_text("")
@@ -217,15 +234,18 @@ def test_a_top_level_folder_swapped_before_its_events_are_handled_gets_a_new_wat
     watcher = _Watcher(load_config(root), changes)
     watcher.start()
     try:
-        # both renames happen before the watcher handles the first of their events, as on a busy machine
+        # both renames happen before the watcher handles the first of their events, as on a busy
+        # machine
         os.rename(root / "data", old)
         os.rename(tmp_path / "new", root / "data")
         seen = _settle(root, changes, watcher, "marker1") + _pending(changes, watcher)
         assert Change("data", True, True) in seen
-        assert Change("data/raw.csv", False, True) in seen  # what the new folder held, reported as created
+        # what the new folder held, reported as created
+        assert Change("data/raw.csv", False, True) in seen
         (root / "data/raw.csv").write_text("edited\n")
         _changes_until(changes, Change("data/raw.csv", False, False), watcher)
-        (old / "late.txt").write_text("")  # no watch follows the old folder under its old name any more
+        # no watch follows the old folder under its old name any more
+        (old / "late.txt").write_text("")
         seen = _settle(root, changes, watcher, "marker2") + _pending(changes, watcher)
         if away == "inside":  # the old folder has a watch of its own, under its new name
             # whose events come on a thread of their own, in no order with the root's marker
@@ -253,7 +273,8 @@ def test_a_top_level_folder_swapped_before_its_events_are_handled_gets_a_new_wat
 
 
 def _summary() -> BuildSummary:
-    return BuildSummary(total=1, executed=1, cached=0, failed=0, skipped=0, wall=0.0, failed_labels=())
+    return BuildSummary(total=1, executed=1, cached=0, failed=0, skipped=0, wall=0.0,
+                        failed_labels=())
 
 
 def test_an_unexpected_exception_in_a_build_is_that_cycle_s_one_line_error() -> None:
@@ -271,7 +292,8 @@ def test_an_unexpected_exception_in_a_build_is_that_cycle_s_one_line_error() -> 
         raise ValueError("first\nsecond")
 
     cycle, _ = _build(multi_line, WatchSet(), ("BUILD",), ())
-    assert cycle.error is not None and cycle.error.render() == "internal error in this cycle: ValueError: first second"
+    assert cycle.error is not None \
+            and cycle.error.render() == ("internal error in this cycle: ValueError: first second")
 
     def interrupted(hook: object) -> BuildSummary:
         raise KeyboardInterrupt
@@ -299,7 +321,8 @@ def test_the_watch_loop_goes_on_after_an_unexpected_exception(tmp_path: Path) ->
     def report(cycle: Cycle) -> None:
         cycles.append(cycle)
         if len(cycles) == 1:
-            (tmp_path / "pkg/new.txt").write_text("")  # after a failed load, a new file anywhere counts
+            # after a failed load, a new file anywhere counts
+            (tmp_path / "pkg/new.txt").write_text("")
         else:
             raise _Stop
 
@@ -319,5 +342,7 @@ def test_the_watch_loop_goes_on_after_an_unexpected_exception(tmp_path: Path) ->
     assert done.wait(WAIT), f"the loop did not build again within {WAIT} s: {cycles}"
     assert not failure, failure
     assert cycles[0].error is not None
-    assert cycles[0].error.render() == "internal error in this cycle: OSError: [Errno 5] Input/output error"
-    assert cycles[1].error is None and cycles[1].summary == _summary() and cycles[1].changed == ("pkg/new.txt",)
+    assert cycles[0].error.render() == (
+        "internal error in this cycle: OSError: [Errno 5] Input/output error")
+    assert cycles[1].error is None and cycles[1].summary == _summary() \
+            and cycles[1].changed == ("pkg/new.txt",)

@@ -1,4 +1,5 @@
-"""Gap analysis: converged once the validation loss improves, but by less than `tolerance` (relative)."""
+"""Gap analysis: converged once the validation loss improves, but by less than `tolerance`
+(relative)."""
 
 import linear
 

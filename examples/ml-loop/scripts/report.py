@@ -10,12 +10,13 @@ with open(model_path) as f:
     model = json.load(f)
 with open(history_path) as f:
     history = json.load(f)
-rows = [(h["iteration"], h["gap"]["train_loss"], h["gap"]["validation_loss"]) for h in history["history"]]
+rows = [(h["iteration"], h["gap"]["train_loss"], h["gap"]["validation_loss"])
+        for h in history["history"]]
 
 lines = [
     "# ml-loop report",
     "",
-    f"Linear model y = w*x + b fitted by gradient descent in a closed feedback loop.",
+    "Linear model y = w*x + b fitted by gradient descent in a closed feedback loop.",
     "",
     f"- converged: {'yes' if history['converged'] else 'no'}",
     f"- iterations: {history['iterations']}",
@@ -41,17 +42,22 @@ def point(index, value):
 
 
 svg = [
-    f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" viewBox="0 0 {width} {height}">',
+    f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" viewBox="0 0 '
+    f'{width} {height}">',
     f'<rect width="{width}" height="{height}" fill="white"/>',
-    f'<line x1="{margin}" y1="{height - margin}" x2="{width - margin}" y2="{height - margin}" stroke="black"/>',
+    f'<line x1="{margin}" y1="{height - margin}" x2="{width - margin}" y2="{height - margin}" '
+    'stroke="black"/>',
     f'<line x1="{margin}" y1="{margin}" x2="{margin}" y2="{height - margin}" stroke="black"/>',
-    f'<text x="{width / 2:.0f}" y="{height - 8}" text-anchor="middle" font-size="12">iteration (1..{len(rows)})</text>',
+    f'<text x="{width / 2:.0f}" y="{height - 8}" text-anchor="middle" font-size="12">iteration '
+    f'(1..{len(rows)})</text>',
     f'<text x="8" y="{margin - 10}" font-size="12">loss (max {top:.4f})</text>',
 ]
 for column, colour, name in ((1, "steelblue", "train"), (2, "darkorange", "validation")):
     points = " ".join(point(i, row[column]) for i, row in enumerate(rows))
     svg.append(f'<polyline fill="none" stroke="{colour}" stroke-width="2" points="{points}"/>')
-    svg.append(f'<text x="{width - margin}" y="{margin + 14 * column}" text-anchor="end" font-size="12" fill="{colour}">{name}</text>')
+    svg.append(
+        f'<text x="{width - margin}" y="{margin + 14 * column}" text-anchor="end" font-size="12" '
+        f'fill="{colour}">{name}</text>')
 svg.append("</svg>")
 with open(svg_out, "w") as f:
     f.write("\n".join(svg) + "\n")

@@ -1,4 +1,5 @@
-"""Train: from the current model, take `steps_per_iteration` gradient steps  theta <- theta - eta * grad L."""
+"""Train: from the current model, take `steps_per_iteration` gradient steps theta <- theta - eta *
+grad L."""
 
 import linear
 
