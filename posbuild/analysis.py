@@ -21,12 +21,12 @@ import re
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, NamedTuple, Sequence
 
-from posbuild.config import OUT_DIR, STATE_DIR
 from posbuild.digest import Digest, hash_canonical
 from posbuild.errors import BuildFileError, CycleError, SourceLocation, VersionMismatch
 from posbuild.graph import toposort
 from posbuild.loader import package_hint
 from posbuild.label import Label, PatternKind, TargetPattern, did_you_mean, parse_label
+from posbuild.layout import OUT_DIR, STATE_DIR
 
 if TYPE_CHECKING:  # loading BUILD files is only needed when the graph cache misses
     from posbuild.loader import Loader

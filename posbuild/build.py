@@ -19,15 +19,16 @@ from pathlib import Path
 from typing import Callable, Iterator, Mapping, Sequence
 
 from posbuild.analysis import Action, ActionGraph, Analyzer, GraphFacts, expand_patterns
-from posbuild.config import CONFIG_NAME, Config, load_config
+from posbuild.config import Config, load_config
 from posbuild.digest import Digest
 from posbuild.epoch import read_epoch
 from posbuild.envfp import checked_environment_hash, environment_key, passed_environment
 from posbuild.errors import ActionFailed, NonDeterminism, OrchError, PosbuildError, ResourceOversubscription, UsageError
 from posbuild.graphcache import CachedGraph, GraphCache
 from posbuild.label import TargetPattern, parse_pattern
+from posbuild.layout import CONFIG_NAME, GRAPHS, LOCK_NAME, STORE_LOCK, WORKSPACE_LOCK
 from posbuild.owned import STATE, STORE, claim, empty, is_store, remove_outputs
-from posbuild.pins import LOCK_FILE, check_pins
+from posbuild.pins import check_pins
 from posbuild.reporter import BuildSummary, Reporter
 from posbuild.resources import check_budget, fits
 from posbuild.roles import ROLE_VARIABLE, authorize
@@ -67,7 +68,7 @@ class Request:
 def make_request(config: Config, patterns: Sequence[str], cwd_package: str = "") -> Request:
     parsed = tuple(parse_pattern(p, cwd_package) for p in patterns)
     canonical = sorted({str(p) for p in parsed})
-    return Request(parsed, GraphCache(config.root, config.state_dir / "graphs").stem(canonical))
+    return Request(parsed, GraphCache(config.root, config.state_dir / GRAPHS).stem(canonical))
 
 
 def resolve(root: Path, patterns: Sequence[str], cwd_package: str = "", config: Config | None = None) -> ActionGraph:
@@ -79,7 +80,7 @@ def resolve(root: Path, patterns: Sequence[str], cwd_package: str = "", config: 
 def _graph_entry(config: Config, request: Request) -> CachedGraph:
     """The request's graph cache entry; BUILD files are evaluated and analysed only on a miss."""
     canonical = sorted({str(p) for p in request.patterns})
-    cache = GraphCache(config.root, config.state_dir / "graphs")
+    cache = GraphCache(config.root, config.state_dir / GRAPHS)
     cached = cache.load(canonical)
     if cached is not None:
         return cached
@@ -90,7 +91,7 @@ def _graph_entry(config: Config, request: Request) -> CachedGraph:
     roots = expand_patterns(request.patterns, packages, loader)
     analyzer = Analyzer(loader)
     graph = analyzer.analyze(roots)
-    return cache.save(canonical, graph, dirs, [*loader.files_read, *analyzer.files_read, "posbuild.toml"],
+    return cache.save(canonical, graph, dirs, [*loader.files_read, *analyzer.files_read, CONFIG_NAME],
                       loader.digests)
 
 
@@ -103,7 +104,7 @@ def _checks_need_no_actions(config: Config, facts: GraphFacts, options: BuildOpt
     """
     return (not options.verify and not config.roles and not facts.pinned
             and not (facts.secrets and config.env_pass) and (not local or fits(facts.resources, config.resources))
-            and not (config.root / LOCK_FILE).exists())
+            and not (config.root / LOCK_NAME).exists())
 
 
 _held: set[str] = set()  # the workspace locks this process holds
@@ -132,7 +133,7 @@ def workspace_lock(config: Config, reporter: Reporter, collect: bool = False) ->
                 return
             claim(config.store_dir, STORE, is_store, f" ([cache] dir of {config.root / CONFIG_NAME})")
             who = "another workspace is using" if collect else "posbuild gc or fsck is using"
-            with open(config.store_dir / "gc.lock", "a+") as shared:  # store.LOCK_NAME (no LMDB import here)
+            with open(config.store_dir / STORE_LOCK, "a+") as shared:
                 _lock(shared, fcntl.LOCK_EX if collect else fcntl.LOCK_SH, reporter,
                       f"{who} the shared store {config.store_dir}")
                 yield
@@ -146,7 +147,7 @@ def _locked_file(config: Config, reporter: Reporter) -> Iterator[object]:
     """Open and flock `.posbuild/lock`; if the file was deleted or replaced while this process
     waited (an older posbuild's `clean --all`, or `rm -rf .posbuild`), lock the new one instead:
     a lock on a deleted file excludes nobody."""
-    path = config.state_dir / "lock"
+    path = config.state_dir / WORKSPACE_LOCK
     while True:
         claim(config.state_dir, STATE, _not_a_link)
         with open(path, "a+") as handle:
@@ -308,7 +309,7 @@ def _check_secrets(config: Config, actions: Sequence[Action], secrets: SecretSou
         clash = [name for name in action.secrets if name in passed]
         if clash:
             raise UsageError(f"{action.label}: '{clash[0]}' is both a secret and in [env] pass of "
-                             f"{config.root / 'posbuild.toml'}, which would put its value into the action key; "
+                             f"{config.root / CONFIG_NAME}, which would put its value into the action key; "
                              f"remove it from [env] pass")
     if remote_upload:
         from posbuild.remote import CACHE_KEY_VARIABLE
@@ -357,8 +358,8 @@ def clean(root: Path, everything: bool, reporter: Reporter) -> list[Path]:
         if not everything:
             mark_tree(config, clean=False, withdrawn=())  # posbuild-out/ no longer matches the latest generation
             return removed
-        if not config.store_dir.is_relative_to(config.state_dir) and empty(config.store_dir, STORE, ("gc.lock",)):
+        if not config.store_dir.is_relative_to(config.state_dir) and empty(config.store_dir, STORE, (STORE_LOCK,)):
             removed.append(config.store_dir)  # a shared store (`[cache] dir`)
-        if empty(config.state_dir, STATE, ("lock",)):
+        if empty(config.state_dir, STATE, (WORKSPACE_LOCK,)):
             removed.append(config.state_dir)
     return removed

@@ -64,10 +64,10 @@ from typing import IO, Any, Sequence
 import blake3
 import msgpack
 
-from posbuild.config import OUT_DIR
 from posbuild.digest import Digest, hash_bytes, hash_file, keyed_signature
 from posbuild.errors import ChecksumMismatch, PosbuildError, UsageError
 from posbuild.history import records_of_build
+from posbuild.layout import NO_CACHE_TAG, OUT_DIR
 from posbuild.records import ActionResult
 from posbuild.store import INLINE_LIMIT, Store
 
@@ -177,7 +177,6 @@ def _graph_facts(store: Store, build: dict[str, Any]) -> tuple[frozenset[str], f
     """Labels of the build's actions tagged no-cache, and of those whose outputs may hold a secret,
     read from the graph its row names. A graph this posbuild cannot read (another version wrote
     it) names none: then the results' own flags alone keep secrets out."""
-    from posbuild.execute import NO_CACHE_TAG
     from posbuild.graphcache import actions_of_entry
     from posbuild.secrets import secret_carriers
 

@@ -34,10 +34,10 @@ from typing import TYPE_CHECKING, Sequence
 
 from posbuild.analysis import Action, is_generated
 from posbuild.compare import first_file_difference, format_difference
-from posbuild.config import STATE_DIR
 from posbuild.digest import Digest, hash_bytes, hash_file
 from posbuild.filestate import FileStates
 from posbuild.keys import action_key
+from posbuild.layout import NO_CACHE_TAG, STATE_DIR, TMP
 from posbuild.materialize import INSTALLING, Materializer
 from posbuild.nofollow import Opened, fd_path
 from posbuild.reasons import differences, one_line
@@ -53,7 +53,6 @@ from posbuild.uptodate import EMPTY, ActionTrace, BuildState
 if TYPE_CHECKING:
     from posbuild.remote import RemoteCache  # imported only where a remote is configured (runner.py)
 
-NO_CACHE_TAG = "no-cache"
 
 
 class Status(enum.Enum):
@@ -113,7 +112,7 @@ class Rebuilder:
         self._store = store
         self._files = files
         self._sandboxes = sandboxes
-        self._materializer = Materializer(root, store, root / STATE_DIR / "tmp")
+        self._materializer = Materializer(root, store, root / STATE_DIR / TMP)
         self._dry_run = dry_run
         self._verify = verify
         self._journal = journal
@@ -258,7 +257,7 @@ class Rebuilder:
             for digest, name, size in entry.blobs():
                 if self._store.has_blob(digest):
                     continue
-                got = self._remote.fetch_blob(digest, name, size, action.label, self._root / STATE_DIR / "tmp")
+                got = self._remote.fetch_blob(digest, name, size, action.label, self._root / STATE_DIR / TMP)
                 if got is None:
                     return None
                 if isinstance(got, Path):

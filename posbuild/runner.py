@@ -23,6 +23,7 @@ from posbuild.filestate import FileStates
 from posbuild.generations import current_manifest, record_generation, workspace_tag
 from posbuild.interrupt import Interrupted, deferred
 from posbuild.journal import Journal, utc
+from posbuild.layout import STORE_DB
 from posbuild.records import Manifest, OutputFile
 from posbuild.roles import Grant
 from posbuild.reporter import Reporter
@@ -334,7 +335,7 @@ def plan_dirty(config: Config, actions: Sequence[Action], clean: Sequence[bool],
     (its outputs are unknown until then, so no key can be computed).
     """
     explain = settings.explain
-    if not (config.store_dir / "db").exists():
+    if not (config.store_dir / STORE_DB).exists():
         why = "no earlier execution is recorded" if explain else ""
         return [(i, why) for i, is_clean in enumerate(clean) if not is_clean]
     store = Store(config.store_dir, config.workspace_tag)

@@ -60,6 +60,7 @@ import msgpack
 from posbuild.digest import Digest, hash_bytes, hash_file
 from posbuild.epoch import EPOCH_FILE, advance_epoch
 from posbuild.errors import ChecksumMismatch, PartialState, PosbuildError
+from posbuild.layout import STORE_DB, STORE_LOCK
 from posbuild.liveness import lock_held
 from posbuild.owned import STORE, claim, is_store
 from posbuild.recordchain import CHAIN, GENESIS, records_digest, seal
@@ -79,7 +80,6 @@ DATABASES = (b"blobs", b"results", b"statmemo", b"meta", b"generations", b"usage
              b"latest", b"journal_blobs")  # every named database, for walks of the whole store (salvage.py)
 RECORD_DATABASES = (b"records", b"builds", b"latest", b"journal_blobs")  # plus the meta row `records`
 _CHAIN_META = b"records"  # meta row: {"head": [number, seal] | None, "running": [numbers]}
-LOCK_NAME = "gc.lock"  # what build.workspace_lock locks: made with the store, so no later command adds a file
 # The write-ahead log is applied to LMDB once this many actions, or this many bytes, are in it.
 LOG_GROUP = 256
 LOG_BYTES = 8 << 20
@@ -126,7 +126,7 @@ class Store:
         except OSError as error:
             what = "a file, not a folder" if path.exists() or isinstance(error, NotADirectoryError) else error.strerror
             raise StoreUnavailable(f"cannot create the store folder {path}: {what}") from None
-        damage = file_damage(path / "db")
+        damage = file_damage(path / STORE_DB)
         if damage is not None:
             raise ChecksumMismatch(f"the store {path} is damaged: {damage}; run `posbuild fsck --repair`")
         self._held: dict[int, int] = {}  # running builds of this process → the fd of their start log
@@ -139,7 +139,7 @@ class Store:
         self._pending_results: dict[bytes, bytes] = {}
         self._pending_blobs: dict[bytes, bytes] = {}
         self._pending_memo: dict[bytes, bytes] = {}
-        self._env = open_environment(path / "db")
+        self._env = open_environment(path / STORE_DB)
         try:
             self._open_dbs()
             self._check_format()
@@ -168,7 +168,7 @@ class Store:
         if found is None or not (self.path / EPOCH_FILE).exists():  # a new store, or one from before epochs:
             advance_epoch(self.path)  # states saved against a deleted store must not trust this one (epoch.py)
         if found is None:
-            (self.path / LOCK_NAME).touch()
+            (self.path / STORE_LOCK).touch()
             with self._env.begin(write=True) as txn:
                 txn.put(b"format", STORE_FORMAT, db=self._meta)
         elif found != STORE_FORMAT:

@@ -40,11 +40,11 @@ from typing import Callable, Iterable
 import msgpack
 
 from posbuild.analysis import ActionGraph, is_generated
-from posbuild.config import CONFIG_NAME, OUT_DIR, STATE_DIR, Config
+from posbuild.config import Config
 from posbuild.errors import PosbuildError
+from posbuild.layout import CONFIG_NAME, LOCK_NAME, OUT_DIR, STATE_DIR
 from posbuild.reporter import BuildSummary
 
-LOCK_NAME = "posbuild.lock"
 CODE_SUFFIXES = (".bzl", ".py")  # files the loader or the import scan may read
 # Names editors give their swap, backup and lock files. Such a file appearing in a package does not
 # start a build by itself (it could only matter through a glob that matches it); the next build sees it.

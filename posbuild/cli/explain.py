@@ -19,6 +19,7 @@ def explain(label: str) -> None:
     from posbuild.config import load_config
     from posbuild.history import records_of_build
     from posbuild.label import parse_label
+    from posbuild.layout import STORE_DB
     from posbuild.store import Store
 
     try:
@@ -27,7 +28,7 @@ def explain(label: str) -> None:
         if label.endswith(("...", ":all", ":*")):
             raise UsageError(f"explain takes one target label, not the pattern '{label}'")
         target = str(parse_label(label, package))
-        if not (config.store_dir / "db").exists():
+        if not (config.store_dir / STORE_DB).exists():
             raise UsageError("no build recorded yet")
         store = Store(config.store_dir, config.workspace_tag)
         try:

@@ -66,12 +66,13 @@ def log(pattern: str | None, number: int | None, failed: bool, as_json: bool, li
     build refused before anything ran, and one whose process died, are recorded too."""
     from posbuild.config import load_config
     from posbuild.history import chrome_trace, find_build, record_json, records_of_build
+    from posbuild.layout import STORE_DB
     from posbuild.store import Store
 
     try:
         root, package = workspace_and_package()
         config = load_config(root)
-        if not (config.store_dir / "db").exists():
+        if not (config.store_dir / STORE_DB).exists():
             raise UsageError("no build recorded yet")
         store = Store(config.store_dir, config.workspace_tag)
         try:
