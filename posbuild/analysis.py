@@ -517,8 +517,3 @@ class _Expander:
             raise self._fail(f"$({variable} {text}): '{text}' is not in srcs, tools or outs")
         return paths
 
-
-def analyze(loader: Loader, roots: Sequence[Label]) -> ActionGraph:
-    """The ActionGraph needed to build `roots`."""
-    return Analyzer(loader).analyze(roots)
-

@@ -495,10 +495,6 @@ class Rebuilder:
         """How many running commands a cancel killed (0 where the sandboxes do not count them)."""
         return getattr(self._sandboxes, "stopped", 0)
 
-    def clear_sandboxes(self) -> None:
-        """Remove sandboxes an interrupted build left behind, before new ones are made."""
-        self._sandboxes.clear_stale()
-
 
 def _describes(result: ActionResult, action: Action) -> bool:
     """Whether a cached result names exactly the action's declared outputs.

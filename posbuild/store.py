@@ -410,13 +410,6 @@ class Store:
                     added += 1
         return added
 
-    def get_meta(self, name: str) -> bytes | None:
-        return self._get(name.encode(), self._meta)
-
-    def put_meta(self, name: str, value: bytes) -> None:
-        with self._writing() as txn:
-            txn.put(name.encode(), value, db=self._meta)
-
     # -- generations (§8) ------------------------------------------------------------------
 
     def add_generation(self, created: str, patterns: tuple[str, ...], manifest: bytes, files: int,
