@@ -8,7 +8,14 @@ BUILD/.bzl file read, and of posbuild.toml. Checking the entry is a few hundred 
 plus a hash of each path changed too close to the load for its stamp to be trusted (stamps.py).
 
 Entries are msgpack files under `.posbuild/graphs/`, written temp + rename; a damaged or
-outdated one is simply ignored and rebuilt.
+outdated one is simply ignored and rebuilt. An entry is one array of seven elements:
+
+    [version (`_version()`), folder stamps [[path, stamp]...], file stamps [[path, stamp]...],
+     requested (the labels asked for), GraphFacts fields, racy digests {path: digest},
+     action rows (each Action's fields in order)]
+
+The action rows come last so that a check reads everything before them and decodes the actions
+only when they are needed. This module is the only one that reads or writes an entry.
 """
 
 from __future__ import annotations
@@ -143,6 +150,16 @@ def _open_entry(data: bytes) -> tuple[Any, Any, Any, CachedGraph] | None:
     if not isinstance(racy, dict):
         return None
     return dirs, files, racy, CachedGraph(data, requested, facts, unpacker.tell())
+
+
+def files_of_entry(data: bytes) -> tuple[str, ...]:
+    """The BUILD, .bzl, Python and config files an entry was derived from (what watch must
+    watch besides sources), without decoding its actions; () for bytes that are no entry."""
+    try:
+        opened = _open_entry(data) if data else None
+    except (ValueError, TypeError, msgpack.UnpackException):
+        return ()
+    return tuple(str(rel) for rel, _ in opened[1]) if opened is not None else ()
 
 
 def actions_of_entry(data: bytes) -> tuple[Action, ...]:

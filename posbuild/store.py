@@ -1,10 +1,34 @@
-"""Layer 3: the LMDB store — blobs (CAS), action results, the stat memo, metadata.
+"""Layer 3: the LMDB store — blobs (CAS), action results, the stat memo, generations, records.
 
 Design memo
 -----------
-* One LMDB environment, named databases `blobs`, `results`, `statmemo`, `meta`, `generations`
-  and `usage` (when each action key was last used, for gc). Everything an
-  action produces is written by `commit()` in ONE write transaction, or logged by `log()` in one
+* The store folder holds `db/` (one LMDB environment), `cas/` (large blobs), `wal/` (the
+  write-ahead logs, wal.py), `running/` (start logs of running builds), `epoch` (epoch.py) and
+  `gc.lock` (layout.py). The environment's ten named databases (DATABASES), keys and values
+  in bytes; TAG is the workspace's tag and a NUL byte, or nothing in a workspace's own store
+  (below); integers are big-endian:
+
+  ============= =============================== ===============================================
+  database      key                             value
+  ============= =============================== ===============================================
+  blobs         digest (32)                     byte 0 + the bytes, or byte 1: file in `cas/`
+  results       action key (32)                 ActionResult.pack() (records.py)
+  usage         action key (32)                 u64 nanoseconds it was last used, for gc
+  statmemo      TAG + workspace-relative path   FileState.pack(): [mtime, size, inode, ctime,
+                                                digest]
+  meta          `format`                        STORE_FORMAT
+  meta          `records` [+ NUL + tag]         msgpack {"head": [number, seal] | None,
+                                                "running": [numbers]}: the record chain
+  generations   u64 generation id               Generation.pack(), its tag inside (records.py)
+  builds        TAG + u64 build number          BuildRow.pack() (journal.py), plus "pid" while
+                                                running and "chain" once sealed
+  records       TAG + u64 build + u32 sequence  ExecutionRecord.pack() (records.py)
+  latest        TAG + label                     the key of the label's newest `records` row
+  journal_blobs digest (32) + u32 chunk         `PAYLOAD_CHUNK` bytes of a payload a build row
+                                                names; older stores: digest → whole payload
+  ============= =============================== ===============================================
+
+* Everything an action produces is written by `commit()` in ONE write transaction, or logged by `log()` in one
   frame (below), so after a crash at any instant the store holds all of an action's rows or none
   of them (§7). An executed action's `usage` row is bookkeeping, not its product: it comes with the build's
   last commit, and a key without one is simply the least recently used.
@@ -24,9 +48,7 @@ Design memo
   transaction per `LOG_GROUP` actions, and before any other write (a build's seal must cover the
   records logged before it). Until then reads of this process see the logged rows. A log whose
   process died is replayed by the next command that opens the store, before it reads anything.
-* Execution records (§12): `builds` holds one row per build, `records` the rows of its actions
-  (keyed build number + sequence), `latest` the newest record key per label, `journal_blobs` the
-  payloads build rows name. A running build holds a lock on `running/NUMBER` beside the database
+* Execution records (§12). A running build holds a lock on `running/NUMBER` beside the database
   and appends each action it starts there; a concluded build's row is sealed into the hash chain
   of recordchain.py, whose head lives in the `meta` row `records` with the running builds' numbers.
 * Workspaces. A store shared by several workspaces (`[cache] dir`) shares blobs, action results,

@@ -37,11 +37,10 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Iterable
 
-import msgpack
-
 from posbuild.analysis import ActionGraph, is_generated
 from posbuild.config import Config
 from posbuild.errors import PosbuildError
+from posbuild.graphcache import files_of_entry
 from posbuild.layout import CONFIG_NAME, LOCK_NAME, OUT_DIR, STATE_DIR
 from posbuild.reporter import BuildSummary
 
@@ -146,31 +145,11 @@ def watch_set(graph: ActionGraph, build_names: tuple[str, ...], previous: WatchS
         return previous
     files = {path for action in graph.actions for path in action.sources}
     files.update(path for path in graph.requested if not is_generated(path))
-    read = graph_files(graph.raw)
+    read = files_of_entry(graph.raw)
     files.update(read)
     files.update((CONFIG_NAME, LOCK_NAME))
     packages = {os.path.dirname(path) for path in read if os.path.basename(path) in build_names}
     return WatchSet(frozenset(files), frozenset(packages), build_names, broken=False, raw=graph.raw)
-
-
-def graph_files(raw: bytes) -> tuple[str, ...]:
-    """The BUILD, .bzl, Python and config files a graph cache entry was derived from.
-
-    graphcache.py writes an entry as [version, folder stamps, file stamps, actions, requested];
-    only the first three elements are read here, without decoding the actions.
-    """
-    if not raw:
-        return ()
-    try:
-        unpacker = msgpack.Unpacker(use_list=False, raw=False)
-        unpacker.feed(raw)
-        unpacker.read_array_header()
-        unpacker.skip()
-        unpacker.skip()
-        stamps = unpacker.unpack()
-        return tuple(str(rel) for rel, _ in stamps)
-    except (ValueError, TypeError, msgpack.UnpackException):
-        return ()
 
 
 def _is_code(name: str, build_names: tuple[str, ...]) -> bool:
