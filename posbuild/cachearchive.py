@@ -68,7 +68,7 @@ from posbuild.digest import Digest, hash_bytes, hash_file, keyed_signature
 from posbuild.errors import ChecksumMismatch, PosbuildError, UsageError
 from posbuild.history import records_of_build
 from posbuild.layout import NO_CACHE_TAG, OUT_DIR
-from posbuild.records import ActionResult
+from posbuild.records import ActionResult, RecordState
 from posbuild.store import INLINE_LIMIT, Store
 
 ARCHIVE_FORMAT = 1
@@ -125,7 +125,7 @@ def last_successful_build(store: Store, patterns: Sequence[str]) -> dict[str, An
 def export_cache(store: Store, patterns: Sequence[str], target: Path, secret: bytes | None) -> ExportReport:
     """Write the results and blobs of the patterns' last successful build to `target` (atomically)."""
     build = last_successful_build(store, patterns)
-    labels = {r.key: r.label for r in records_of_build(store, build) if r.key and r.state in ("SUCCESS", "CACHED")}
+    labels = {r.key: r.label for r in records_of_build(store, build) if r.key and r.state.produced()}
     uncacheable, carriers = _graph_facts(store, build)
     results: list[tuple[Digest, bytes]] = []
     blobs: dict[Digest, int] = {}

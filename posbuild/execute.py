@@ -41,7 +41,7 @@ from posbuild.layout import NO_CACHE_TAG, STATE_DIR, TMP
 from posbuild.materialize import INSTALLING, Materializer
 from posbuild.nofollow import Opened, fd_path
 from posbuild.reasons import differences, one_line
-from posbuild.records import ActionResult, FileState, OutputFile, Signature
+from posbuild.records import ActionResult, FileState, OutputFile, RecordState, Signature
 from posbuild.resources import memory_overrun
 from posbuild.sandbox import Sandboxes, SpawnResult, read_small
 from posbuild.store import INLINE_LIMIT, Commit, Store
@@ -173,7 +173,7 @@ class Rebuilder:
         if hit is not None and not self._verify:
             if self._journal is not None:
                 outputs = [(p, self._produced[p].digest) for p in action.outputs]
-                self._journal.add(action, "CACHED", hit.key, started, time.time(), inputs, outputs)
+                self._journal.add(action, RecordState.CACHED, hit.key, started, time.time(), inputs, outputs)
             return hit
         assert key is not None
         cached = self._store.get_result(key) if self._verify else None
@@ -317,7 +317,7 @@ class Rebuilder:
             running = self._sandboxes.start(action, self._passed_env + secrets)
         except SecretUnavailable as error:
             if self._journal is not None:
-                self._journal.add(action, "FAILED", prepared.key, started, time.time(), prepared.inputs, (),
+                self._journal.add(action, RecordState.FAILED, prepared.key, started, time.time(), prepared.inputs, (),
                                   None, None, "secret", current_slot())
             return Started(action, prepared, started, (), None,
                            outcome=ActionOutcome(Status.FAILED, error=str(error), reason=prepared.reason))
@@ -362,7 +362,7 @@ class Rebuilder:
                     code = "ORCH-04"
             if failure:
                 if self._journal is not None:
-                    state, code = ("INTERRUPTED", "interrupted") if self._cancelled else ("FAILED", code)
+                    state, code = (RecordState.INTERRUPTED, "interrupted") if self._cancelled else (RecordState.FAILED, code)
                     self._journal.add(action, state, prepared.key, started.started, started.ended, prepared.inputs,
                                       (), spawn.usage, spawn.exit_code, code, current_slot(), remote=spawn.remote)
                 orch = code if code.startswith("ORCH-") else ""
@@ -444,7 +444,7 @@ class Rebuilder:
         cached = None if NO_CACHE_TAG in action.tags else (key, result)
         records: list[Row] = []
         if self._journal is not None:
-            records.append(self._journal.row(action, "SUCCESS", key, started, ended, prepared.inputs,
+            records.append(self._journal.row(action, RecordState.SUCCESS, key, started, ended, prepared.inputs,
                                              [(o.path, o.digest) for o in outputs], spawn.usage,
                                              spawn.exit_code, "", current_slot(), remote=spawn.remote))
         placeholders = tuple((o.path, FileState(INSTALLING, o.digest)) for o in outputs)
@@ -474,7 +474,7 @@ class Rebuilder:
         """Turn an executed action's committed SUCCESS record into a FAILED one, under the same
         record key, when installing its outputs failed: the log must say what the build said."""
         assert self._journal is not None
-        failed = self._journal.row(action, "FAILED", prepared.key, started, ended, prepared.inputs, (), spawn.usage,
+        failed = self._journal.row(action, RecordState.FAILED, prepared.key, started, ended, prepared.inputs, (), spawn.usage,
                                    spawn.exit_code, "install failed", current_slot(), remote=spawn.remote)
         self._store.commit(records=[(committed[0], failed[1], failed[2])])
 

@@ -13,7 +13,7 @@ from typing import Any, Sequence
 
 from posbuild.analysis import Action
 from posbuild.graphcache import actions_of_entry
-from posbuild.records import ExecutionRecord
+from posbuild.records import ExecutionRecord, RecordState
 from posbuild.store import Store
 from posbuild.uptodate import BuildState, state_from_bytes
 
@@ -37,7 +37,7 @@ def _in_flight(build: dict[str, Any]) -> list[ExecutionRecord]:
     """Records of the actions an interrupted build started and never concluded: their start time
     is known, their end is not (`ended` is empty)."""
     return [ExecutionRecord(
-        build_id=str(build["number"]), label=label, state="INTERRUPTED", key=None, started=started, ended="",
+        build_id=str(build["number"]), label=label, state=RecordState.INTERRUPTED, key=None, started=started, ended="",
         duration=0.0, inputs=(), versions=(), outputs=(), usage=None, exit_code=None, error_code="interrupted",
         env_hash=bytes(build.get("env_hash") or b""),
     ) for label, started in build.get("in_flight", ())]
@@ -75,7 +75,7 @@ def expand_up_to_date(build: dict[str, Any], actions: Sequence[Action], state: B
         action = actions[index]
         trace = state.actions.get(action.label)
         records.append(ExecutionRecord(
-            build_id=str(build["number"]), label=action.label, state="CACHED", key=trace[1] if trace else None,
+            build_id=str(build["number"]), label=action.label, state=RecordState.CACHED, key=trace[1] if trace else None,
             started=when, ended=when, duration=0.0,
             inputs=tuple((p, state.digests.get(p, b"")) for p in action.inputs), versions=action.versions,
             outputs=tuple((p, state.digests.get(p, b"")) for p in action.outputs), usage=None, exit_code=None,
@@ -103,7 +103,7 @@ def chrome_trace(build: dict[str, Any], records: Sequence[ExecutionRecord]) -> d
     for slot in sorted({r.slot for r in records if r.slot}):
         events.append({"name": "thread_name", "ph": "M", "pid": 1, "tid": slot, "args": {"name": f"job {slot}"}})
     for record in records:
-        args = {"state": record.state, "key": record.key.hex() if record.key else None,
+        args = {"state": record.state.value, "key": record.key.hex() if record.key else None,
                 "error": record.error_code or None}
         if record.worker:
             args.update(worker=record.worker, host=record.host)
@@ -111,10 +111,10 @@ def chrome_trace(build: dict[str, Any], records: Sequence[ExecutionRecord]) -> d
             args.update(user_s=record.usage.user_s, system_s=record.usage.system_s, max_rss_kb=record.usage.max_rss_kb)
         start = round(micros(record.started) - origin, 1)
         if record.slot:
-            events.append({"name": record.label, "cat": record.state.lower(), "ph": "X", "pid": 1,
+            events.append({"name": record.label, "cat": record.state.value.lower(), "ph": "X", "pid": 1,
                            "tid": record.slot, "ts": start, "dur": round(record.duration * 1e6, 1), "args": args})
         else:
-            events.append({"name": record.label, "cat": record.state.lower(), "ph": "i", "s": "t", "pid": 1,
+            events.append({"name": record.label, "cat": record.state.value.lower(), "ph": "i", "s": "t", "pid": 1,
                            "tid": 0, "ts": start, "args": args})
     return {"traceEvents": events, "displayTimeUnit": "ms"}
 
@@ -122,7 +122,7 @@ def chrome_trace(build: dict[str, Any], records: Sequence[ExecutionRecord]) -> d
 def record_json(record: ExecutionRecord) -> dict[str, Any]:
     """A record as JSON-ready data, digests in hex."""
     return {
-        "build": record.build_id, "label": record.label, "state": record.state,
+        "build": record.build_id, "label": record.label, "state": record.state.value,
         "key": record.key.hex() if record.key else None, "started": record.started, "ended": record.ended,
         "duration_s": record.duration,
         "inputs": {p: d.hex() for p, d in record.inputs}, "versions": dict(record.versions),

@@ -27,7 +27,7 @@ from typing import Callable, Sequence
 
 from posbuild.analysis import Action
 from posbuild.digest import Digest, hash_bytes
-from posbuild.records import ExecutionRecord, RemoteRun, ResourceUsage, utc
+from posbuild.records import ExecutionRecord, RecordState, RemoteRun, ResourceUsage, utc
 
 Row = tuple[bytes, str, bytes]  # (record key, label, packed record), as Store.commit takes them
 
@@ -53,7 +53,7 @@ class Journal:
         if self._start_log is not None:
             self._start_log(label)
 
-    def row(self, action: Action, state: str, key: Digest | None, started: float, ended: float,
+    def row(self, action: Action, state: RecordState, key: Digest | None, started: float, ended: float,
             inputs: Sequence[tuple[str, Digest]], outputs: Sequence[tuple[str, Digest]] = (),
             usage: ResourceUsage | None = None, exit_code: int | None = None, error_code: str = "",
             slot: int = 0, remote: RemoteRun | None = None) -> Row:

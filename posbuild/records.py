@@ -7,6 +7,7 @@ FileState is one row of the stat memo: the stat signature a digest was computed 
 
 from __future__ import annotations
 
+import enum
 import os
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -147,7 +148,27 @@ class RemoteRun:
     ended: float
 
 
-STATES = ("SUCCESS", "FAILED", "CACHED", "SKIPPED", "INTERRUPTED")  # the last only implied (history.py)
+class RecordState(enum.Enum):
+    """How an action ended in one build, as its record says; the value is what the store holds."""
+
+    SUCCESS = "SUCCESS"  # its command ran and its result was committed
+    FAILED = "FAILED"
+    CACHED = "CACHED"  # its result came from a cache, or the up-to-date check settled it
+    SKIPPED = "SKIPPED"  # a dependency failed, so it never started
+    INTERRUPTED = "INTERRUPTED"  # in flight when its build was stopped, or died (history.py)
+
+    def ran(self) -> bool:
+        """Whether the record's duration is a run of the command (the one a schedule may learn from)."""
+        return self in (RecordState.SUCCESS, RecordState.FAILED)
+
+    def produced(self) -> bool:
+        """Whether the build ended with the action's result in hand."""
+        return self in (RecordState.SUCCESS, RecordState.CACHED)
+
+
+
+
+FAILURES = frozenset({RecordState.FAILED, RecordState.SKIPPED, RecordState.INTERRUPTED})  # `log --failed`
 
 
 @dataclass(frozen=True, slots=True)
@@ -156,7 +177,7 @@ class ExecutionRecord:
 
     build_id: str
     label: str
-    state: str  # one of STATES
+    state: RecordState
     key: Digest | None
     started: str  # UTC, ISO 8601 with microseconds
     ended: str
@@ -178,12 +199,14 @@ class ExecutionRecord:
 
     def pack(self) -> bytes:
         row = {f: getattr(self, f) for f in self.__dataclass_fields__}
+        row["state"] = self.state.value
         row["usage"] = [*(getattr(self.usage, f) for f in ResourceUsage.__dataclass_fields__)] if self.usage else None
         return msgpack.packb(row, use_bin_type=True)
 
     @staticmethod
     def unpack(data: bytes) -> ExecutionRecord:
         row = msgpack.unpackb(data)
+        row["state"] = RecordState(row["state"])
         row["usage"] = ResourceUsage(*row["usage"]) if row["usage"] is not None else None
         for name in ("inputs", "versions", "outputs", "env"):
             row[name] = tuple(tuple(pair) for pair in row[name])

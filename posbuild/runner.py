@@ -24,7 +24,7 @@ from posbuild.generations import current_manifest, record_generation, workspace_
 from posbuild.interrupt import Interrupted, deferred
 from posbuild.journal import Journal, utc
 from posbuild.layout import STORE_DB
-from posbuild.records import Manifest, OutputFile
+from posbuild.records import Manifest, OutputFile, RecordState
 from posbuild.roles import Grant
 from posbuild.reporter import Reporter
 from posbuild.resources import critical_path
@@ -172,7 +172,7 @@ def run_dirty(config: Config, actions: Sequence[Action], clean: Sequence[bool], 
             if journal is not None:
                 for node, state in enumerate(scheduler.states):
                     if state is State.SKIPPED:
-                        journal.add(sub_actions[node], "SKIPPED", None, now / 1e9, now / 1e9, ())
+                        journal.add(sub_actions[node], RecordState.SKIPPED, None, now / 1e9, now / 1e9, ())
             store.commit(memo=files.take_pending(), used=[(key, now) for key in rebuilder.used],
                          records=journal.take() if journal else ())
             save_state(settings.state_path, rebuilder.state_for(actions, clean, settings.env_key, settings.graph),
@@ -273,7 +273,7 @@ def _recorded_duration(store: Store, actions: Sequence[Action]) -> Callable[[int
     """How long each action took when it last ran (its latest record, if that one executed it)."""
     def duration(node: int) -> float | None:
         record = store.latest_record(actions[node].label)
-        return record.duration if record is not None and record.state in ("SUCCESS", "FAILED") else None
+        return record.duration if record is not None and record.state.ran() else None
     return duration
 
 

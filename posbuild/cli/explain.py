@@ -20,6 +20,7 @@ def explain(label: str) -> None:
     from posbuild.history import records_of_build
     from posbuild.label import parse_label
     from posbuild.layout import STORE_DB
+    from posbuild.records import RecordState
     from posbuild.store import Store
 
     try:
@@ -36,8 +37,8 @@ def explain(label: str) -> None:
             builds = {str(b["number"]): b for b in store.builds()}
             latest = builds[max(builds, key=int)] if builds else None
             settled = [r for r in records_of_build(store, latest) if r.label == target and r.slot == 0
-                       and r.duration == 0.0 and r.state == "CACHED"] if latest else []
-            blocked = _blockers(store, builds, history[-1]) if history and history[-1].state == "SKIPPED" else ""
+                       and r.duration == 0.0 and r.state is RecordState.CACHED] if latest else []
+            blocked = _blockers(store, builds, history[-1]) if history and history[-1].state is RecordState.SKIPPED else ""
         finally:
             store.close()
         if not history:
@@ -55,6 +56,7 @@ def _story(target: str, history: list[Any], builds: dict[str, dict[str, Any]], l
            settled: bool, blocked: str) -> list[str]:
     """The lines `explain` prints about the last record of `target` (`history`, oldest first)."""
     from posbuild.reasons import differences, failure, same_key, unexplained
+    from posbuild.records import RecordState
 
     last = history[-1]
     lines = []
@@ -62,14 +64,14 @@ def _story(target: str, history: list[Any], builds: dict[str, dict[str, Any]], l
         lines.append(f"{target}: up to date in build {latest['number']}: its definition, inputs and outputs are "
                      f"unchanged since build {last.build_id}, so it was settled without looking at the store")
     key = last.key.hex() if last.key else "-"
-    if last.state == "SKIPPED":
+    if last.state is RecordState.SKIPPED:
         return [*lines, f"{target}: skipped in build {last.build_id}: it never started, {blocked}; nothing of it "
                         f"was run or kept"]
-    if last.state == "CACHED":
-        producer = next((r for r in history if r.key == last.key and r.state == "SUCCESS"), None)
+    if last.state is RecordState.CACHED:
+        producer = next((r for r in history if r.key == last.key and r.state is RecordState.SUCCESS), None)
         origin = f", produced by build {producer.build_id} at {producer.started}" if producer else ""
         return [*lines, f"{target}: cache hit in build {last.build_id}: key {key} was already in the store{origin}"]
-    if last.state == "FAILED":
+    if last.state is RecordState.FAILED:
         kept = "the cached result was kept" if last.error_code == "ORCH-04" else "nothing was cached"
         lines.append(f"{target}: failed in build {last.build_id} ({failure(last)}), key {key}; {kept}")
     else:
@@ -85,7 +87,7 @@ def _story(target: str, history: list[Any], builds: dict[str, dict[str, Any]], l
     passed, passed_before = (builds.get(r.build_id, {}).get("passed_env") for r in (last, prior))
     reasons = differences(prior, last.command, last.env, last.versions, last.inputs, last.env_hash,
                           passed, passed_before)
-    state = {"SUCCESS": "executed", "CACHED": "a cache hit"}.get(prior.state, f"failed, {failure(prior)}")
+    state = {RecordState.SUCCESS: "executed", RecordState.CACHED: "a cache hit"}.get(prior.state, f"failed, {failure(prior)}")
     lines.append(f"  compared with its previous execution, in build {prior.build_id} ({state}, key "
                  f"{prior.key.hex() if prior.key else '-'}):")
     unknown = passed_before is None and bool(passed)
@@ -97,9 +99,10 @@ def _blockers(store: Any, builds: dict[str, dict[str, Any]], record: Any) -> str
     build's graph), else the failures after which the build started nothing new."""
     from posbuild.graphcache import actions_of_entry
     from posbuild.reasons import failure
+    from posbuild.records import RecordState
 
     build = builds.get(record.build_id, {})
-    failed = {r.label: r for r in store.records_of(int(record.build_id)) if r.state == "FAILED"}
+    failed = {r.label: r for r in store.records_of(int(record.build_id)) if r.state is RecordState.FAILED}
     actions = actions_of_entry(store.journal_blob(build["graph"]) or b"") if build.get("graph") else ()
     index = next((i for i, a in enumerate(actions) if a.label == record.label), None)
     upstream: set[int] = set()

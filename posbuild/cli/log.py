@@ -38,7 +38,7 @@ def _table(build: dict, records: list) -> None:  # type: ignore[type-arg]
         if not records:
             return
     remote = any(r.worker for r in records)  # a column saying where each action ran, for builds on Dask
-    width = max([8, *(len(r.state) for r in records)])  # INTERRUPTED is wider than the others
+    width = max([8, *(len(r.state.value) for r in records)])  # INTERRUPTED is wider than the others
     click.echo(f"{'state':<{width}} {'seconds':>8} {'cpu s':>7} {'max RSS':>9} {'exit':>5}  {'key':<12}  {'error':<14} "
                + (f"{'ran on':<32} " if remote else "") + "label")
     for r in records:
@@ -47,7 +47,7 @@ def _table(build: dict, records: list) -> None:  # type: ignore[type-arg]
         exit_code = "-" if r.exit_code is None else str(r.exit_code)
         key = r.key.hex()[:12] if r.key else "-"
         where = f"{r.host} {r.worker.split('://')[-1]}" if r.worker else "-"
-        click.echo(f"{r.state:<{width}} {r.duration:>8.3f} {cpu:>7} {rss:>9} {exit_code:>5}  {key:<12}  "
+        click.echo(f"{r.state.value:<{width}} {r.duration:>8.3f} {cpu:>7} {rss:>9} {exit_code:>5}  {key:<12}  "
                    f"{r.error_code or '-':<14} " + (f"{where:<32} " if remote else "") + r.label)
 
 
@@ -66,6 +66,7 @@ def log(pattern: str | None, number: int | None, failed: bool, as_json: bool, li
     build refused before anything ran, and one whose process died, are recorded too."""
     from posbuild.config import load_config
     from posbuild.history import chrome_trace, find_build, record_json, records_of_build
+    from posbuild.records import FAILURES
     from posbuild.layout import STORE_DB
     from posbuild.store import Store
 
@@ -85,7 +86,7 @@ def log(pattern: str | None, number: int | None, failed: bool, as_json: bool, li
                 raise UsageError("no build recorded yet" if number is None else f"no build {number} recorded")
             wanted = _matches(pattern, package)
             records = [r for r in records_of_build(store, build) if wanted(r.label)
-                       and (not failed or r.state in ("FAILED", "SKIPPED", "INTERRUPTED"))]
+                       and (not failed or r.state in FAILURES)]
         finally:
             store.close()
     except PosbuildError as error:

@@ -391,9 +391,9 @@ def test_closing_the_store_records_its_unconcluded_build_as_interrupted(tmp_path
 
 
 def _record(label: str) -> bytes:
-    from posbuild.records import ExecutionRecord
+    from posbuild.records import ExecutionRecord, RecordState
 
-    return ExecutionRecord("1", label, "SUCCESS", None, "", "", 0.0, (), (), (), None, 0, "", b"").pack()
+    return ExecutionRecord("1", label, RecordState.SUCCESS, None, "", "", 0.0, (), (), (), None, 0, "", b"").pack()
 
 
 KILLED_OWNER = """

@@ -12,7 +12,7 @@ from typing import Iterator
 
 from posbuild.digest import hash_bytes
 from posbuild.fsck import record_chain_problems
-from posbuild.records import ExecutionRecord, FileState
+from posbuild.records import ExecutionRecord, FileState, RecordState
 from posbuild.store import Store
 
 A, B = "/work/a", "/work/a-b"  # one tag a prefix of the other: keys must still not mix
@@ -30,7 +30,7 @@ def opened(path: Path, tag: str) -> Iterator[Store]:
 
 
 def _record(label: str, build: int) -> bytes:
-    return ExecutionRecord(str(build), label, "SUCCESS", None, "", "", 0.0, (), (), (), None, 0, "", b"").pack()
+    return ExecutionRecord(str(build), label, RecordState.SUCCESS, None, "", "", 0.0, (), (), (), None, 0, "", b"").pack()
 
 
 def _build(store: Store, label: str) -> int:
