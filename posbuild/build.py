@@ -292,7 +292,7 @@ def _settled_build(config: Config, reporter: Reporter, options: BuildOptions, en
     if not options.dry_run:
         info, blobs = build_row(time.time(), patterns, env_hash, (entry.digest, entry.raw), previous.raw,
                                 [True] * count, allow_env_drift=options.allow_env_drift, verify=options.verify)
-        record_settled_build(config.store_dir, config.workspace_tag, {**info, "counts": {"cached": count}}, blobs)
+        record_settled_build(config.store_dir, config.workspace_tag, info.with_fields(counts={"cached": count}), blobs)
     return _finish(reporter, BuildSummary(count, 0, count, 0, 0, time.monotonic() - started, (),
                                           dry_run=options.dry_run))
 

@@ -68,7 +68,7 @@ from posbuild.digest import Digest, hash_bytes, hash_file, keyed_signature
 from posbuild.errors import ChecksumMismatch, PosbuildError, UsageError
 from posbuild.history import records_of_build
 from posbuild.layout import NO_CACHE_TAG, OUT_DIR
-from posbuild.records import ActionResult, RecordState
+from posbuild.records import ActionResult, BuildRow
 from posbuild.store import INLINE_LIMIT, Store
 
 ARCHIVE_FORMAT = 1
@@ -107,15 +107,14 @@ def _sign(secret: bytes, body: bytes) -> bytes:
     return keyed_signature(secret, _SIGNING_CONTEXT, body)
 
 
-def last_successful_build(store: Store, patterns: Sequence[str]) -> dict[str, Any]:
+def last_successful_build(store: Store, patterns: Sequence[str]) -> BuildRow:
     """The newest build row of exactly these patterns that finished with nothing failed or skipped."""
     wanted = sorted(set(patterns))
     builds = store.builds()
     for build in reversed(builds):
-        if (sorted(set(build.get("patterns", ()))) == wanted and build.get("status", "finished") == "finished"
-                and "ended" in build and not build.get("failed") and not build.get("skipped")):
+        if sorted(set(build.patterns)) == wanted and build.concluded() and not build.failed and not build.skipped:
             return build
-    recorded = sorted({" ".join(sorted(set(b.get("patterns", ())))) for b in builds if "ended" in b})
+    recorded = sorted({" ".join(sorted(set(b.patterns))) for b in builds if b.ended is not None})
     hint = f" (builds recorded for: {'; '.join(recorded[-5:])})" if recorded else ""
     shown = " ".join(wanted)
     raise UsageError(f"no successful build of {shown} is recorded in this store{hint}; "
@@ -150,10 +149,10 @@ def export_cache(store: Store, patterns: Sequence[str], target: Path, secret: by
     if lost:
         shown = " ".join(sorted(set(patterns)))
         more = f" and {len(lost) - 5} more" if len(lost) > 5 else ""
-        raise UsageError(f"the store no longer holds the result of {len(lost)} action(s) that build {build['number']} "
+        raise UsageError(f"the store no longer holds the result of {len(lost)} action(s) that build {build.number} "
                          f"of {shown} used (gc removed them): {', '.join(lost[:5])}{more}; run `posbuild build "
                          f"{shown}` (it executes them again), then export again; nothing was exported")
-    body = msgpack.packb({"patterns": sorted(set(patterns)), "build": build["number"],
+    body = msgpack.packb({"patterns": sorted(set(patterns)), "build": build.number,
                           "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                           "results": [[k, p] for k, p in results], "blobs": [[d, s] for d, s in blobs.items()]},
                          use_bin_type=True)
@@ -169,18 +168,18 @@ def export_cache(store: Store, patterns: Sequence[str], target: Path, secret: by
         os.replace(temp, target)
     finally:
         temp.unlink(missing_ok=True)
-    return ExportReport(int(build["number"]), tuple(sorted(set(patterns))), len(results), len(blobs),
+    return ExportReport(build.number, tuple(sorted(set(patterns))), len(results), len(blobs),
                         sum(blobs.values()), len(gone), bool(secret), private)
 
 
-def _graph_facts(store: Store, build: dict[str, Any]) -> tuple[frozenset[str], frozenset[str]]:
+def _graph_facts(store: Store, build: BuildRow) -> tuple[frozenset[str], frozenset[str]]:
     """Labels of the build's actions tagged no-cache, and of those whose outputs may hold a secret,
     read from the graph its row names. A graph this posbuild cannot read (another version wrote
     it) names none: then the results' own flags alone keep secrets out."""
     from posbuild.graphcache import actions_of_entry
     from posbuild.secrets import secret_carriers
 
-    graph = store.journal_blob(build["graph"]) if build.get("graph") else None
+    graph = store.journal_blob(build.graph) if build.graph else None
     actions = actions_of_entry(graph or b"")
     return (frozenset(a.label for a in actions if NO_CACHE_TAG in a.tags),
             frozenset(actions[i].label for i in secret_carriers(actions)))

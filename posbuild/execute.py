@@ -191,7 +191,7 @@ class Rebuilder:
         passed_before = None
         if previous is not None:
             if self._passed_by_build is None:
-                self._passed_by_build = {str(b["number"]): b.get("passed_env") for b in self._store.builds()}
+                self._passed_by_build = {str(b.number): b.passed_env for b in self._store.builds()}
             passed_before = self._passed_by_build.get(previous.build_id)
         reasons = differences(previous, action.command, action.env, action.versions, inputs, self._env_hash,
                               self._passed_env, passed_before)

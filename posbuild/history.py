@@ -13,78 +13,77 @@ from typing import Any, Sequence
 
 from posbuild.analysis import Action
 from posbuild.graphcache import actions_of_entry
-from posbuild.records import ExecutionRecord, RecordState
+from posbuild.records import BuildRow, ExecutionRecord, RecordState
 from posbuild.store import Store
 from posbuild.uptodate import BuildState, state_from_bytes
 
 
-def find_build(store: Store, number: int | None) -> dict[str, Any] | None:
+def find_build(store: Store, number: int | None) -> BuildRow | None:
     """A build's row of the store's workspace (numbers are per workspace): the latest when
     `number` is None."""
     builds = store.builds()
     if number is None:
         return builds[-1] if builds else None
-    return next((b for b in builds if b["number"] == number), None)
+    return next((b for b in builds if b.number == number), None)
 
 
-def records_of_build(store: Store, build: dict[str, Any]) -> list[ExecutionRecord]:
+def records_of_build(store: Store, build: BuildRow) -> list[ExecutionRecord]:
     """Every record of a build: the implied up-to-date ones first, then the rest in the order made,
     then those of the actions an interrupted build had in flight."""
-    return _implied(store, build) + store.records_of(int(build["number"])) + _in_flight(build)
+    return _implied(store, build) + store.records_of(build.number) + _in_flight(build)
 
 
-def _in_flight(build: dict[str, Any]) -> list[ExecutionRecord]:
+def _in_flight(build: BuildRow) -> list[ExecutionRecord]:
     """Records of the actions an interrupted build started and never concluded: their start time
     is known, their end is not (`ended` is empty)."""
     return [ExecutionRecord(
-        build_id=str(build["number"]), label=label, state=RecordState.INTERRUPTED, key=None, started=started, ended="",
+        build_id=str(build.number), label=label, state=RecordState.INTERRUPTED, key=None, started=started, ended="",
         duration=0.0, inputs=(), versions=(), outputs=(), usage=None, exit_code=None, error_code="interrupted",
-        env_hash=bytes(build.get("env_hash") or b""),
-    ) for label, started in build.get("in_flight", ())]
+        env_hash=bytes(build.env_hash or b""),
+    ) for label, started in build.in_flight]
 
 
-def describe_build(build: dict[str, Any]) -> str:
+def describe_build(build: BuildRow) -> str:
     """How a build ended, in a few words: finished, still running, interrupted, or refused (and why)."""
-    status = build.get("status") or ("finished" if "ended" in build else "unfinished")
+    status = build.status or ("finished" if build.ended is not None else "unfinished")
     if status == "refused":
-        return f"refused: {build.get('message') or build.get('error')}"
+        return f"refused: {build.message or build.error}"
     if status == "interrupted":
-        count = len(build.get("in_flight", ()))
-        return f"interrupted (noticed {build.get('noticed')}; {count} action(s) in flight)"
-    return f"running (process {build['pid']})" if status == "running" and build.get("pid") else str(status)
+        return f"interrupted (noticed {build.noticed}; {len(build.in_flight)} action(s) in flight)"
+    return f"running (process {build.pid})" if status == "running" and build.pid else str(status)
 
 
-def _implied(store: Store, build: dict[str, Any]) -> list[ExecutionRecord]:
-    settled = build.get("up_to_date")
-    if not settled or not build.get("graph"):
+def _implied(store: Store, build: BuildRow) -> list[ExecutionRecord]:
+    settled = build.up_to_date
+    if not settled or not build.graph:
         return []
-    actions = actions_of_entry(store.journal_blob(build["graph"]) or b"")
-    state = state_from_bytes(store.journal_blob(build["state"]) or b"") if build.get("state") else None
+    actions = actions_of_entry(store.journal_blob(build.graph) or b"")
+    state = state_from_bytes(store.journal_blob(build.state) or b"") if build.state else None
     if not actions or state is None:
         return []
     indices = range(len(actions)) if settled == "all" else settled
     return expand_up_to_date(build, actions, state, indices)
 
 
-def expand_up_to_date(build: dict[str, Any], actions: Sequence[Action], state: BuildState,
+def expand_up_to_date(build: BuildRow, actions: Sequence[Action], state: BuildState,
                       indices: Sequence[int]) -> list[ExecutionRecord]:
     """Records (state CACHED) for actions a build settled by stat alone, from its graph and state."""
-    when = str(build["started"])
+    when = build.started
     records = []
     for index in indices:
         action = actions[index]
         trace = state.actions.get(action.label)
         records.append(ExecutionRecord(
-            build_id=str(build["number"]), label=action.label, state=RecordState.CACHED, key=trace[1] if trace else None,
+            build_id=str(build.number), label=action.label, state=RecordState.CACHED, key=trace[1] if trace else None,
             started=when, ended=when, duration=0.0,
             inputs=tuple((p, state.digests.get(p, b"")) for p in action.inputs), versions=action.versions,
             outputs=tuple((p, state.digests.get(p, b"")) for p in action.outputs), usage=None, exit_code=None,
-            error_code="", env_hash=bytes(build["env_hash"]), slot=0, command=action.command, env=action.env,
+            error_code="", env_hash=bytes(build.env_hash or b""), slot=0, command=action.command, env=action.env,
         ))
     return records
 
 
-def chrome_trace(build: dict[str, Any], records: Sequence[ExecutionRecord]) -> dict[str, Any]:
+def chrome_trace(build: BuildRow, records: Sequence[ExecutionRecord]) -> dict[str, Any]:
     """A build's records in the Chrome trace-event format: one lane (tid) per job slot.
 
     Open the file in Perfetto (ui.perfetto.dev) or chrome://tracing. Timestamps are microseconds
@@ -95,9 +94,9 @@ def chrome_trace(build: dict[str, Any], records: Sequence[ExecutionRecord]) -> d
     def micros(iso: str) -> float:
         return datetime.fromisoformat(iso).timestamp() * 1e6
 
-    origin = micros(str(build["started"]))
+    origin = micros(build.started)
     events: list[dict[str, Any]] = [
-        {"name": "process_name", "ph": "M", "pid": 1, "args": {"name": f"posbuild build {build['number']}"}},
+        {"name": "process_name", "ph": "M", "pid": 1, "args": {"name": f"posbuild build {build.number}"}},
         {"name": "thread_name", "ph": "M", "pid": 1, "tid": 0, "args": {"name": "cache"}},
     ]
     for slot in sorted({r.slot for r in records if r.slot}):

@@ -24,7 +24,7 @@ from posbuild.generations import current_manifest, record_generation, workspace_
 from posbuild.interrupt import Interrupted, deferred
 from posbuild.journal import Journal, utc
 from posbuild.layout import STORE_DB
-from posbuild.records import Manifest, OutputFile, RecordState
+from posbuild.records import BuildRow, Manifest, OutputFile, RecordState
 from posbuild.roles import Grant
 from posbuild.reporter import Reporter
 from posbuild.resources import critical_path
@@ -69,7 +69,7 @@ class RunSettings:
     state_path: Path
     patterns: tuple[str, ...] = ()
     verify: bool = False
-    build_info: dict[str, object] | None = None  # the build's row (journal.build_row); None: no records
+    build_info: BuildRow | None = None  # the build's row (journal.build_row); None: no records
     build_blobs: tuple[tuple[Digest, bytes], ...] = ()
     explain: bool = False
     secrets: SecretSource | None = None  # where actions that declare secrets get their values

@@ -20,8 +20,8 @@ Design memo
   meta          `records` [+ NUL + tag]         msgpack {"head": [number, seal] | None,
                                                 "running": [numbers]}: the record chain
   generations   u64 generation id               Generation.pack(), its tag inside (records.py)
-  builds        TAG + u64 build number          BuildRow.pack() (journal.py), plus "pid" while
-                                                running and "chain" once sealed
+  builds        TAG + u64 build number          BuildRow.pack() (records.py), fields as journal.py
+                                                and this module add them; "chain" once sealed
   records       TAG + u64 build + u32 sequence  ExecutionRecord.pack() (records.py)
   latest        TAG + label                     the key of the label's newest `records` row
   journal_blobs digest (32) + u32 chunk         `PAYLOAD_CHUNK` bytes of a payload a build row
@@ -86,7 +86,7 @@ from posbuild.layout import STORE_DB, STORE_LOCK
 from posbuild.liveness import lock_held
 from posbuild.owned import STORE, claim, is_store
 from posbuild.recordchain import CHAIN, GENESIS, records_digest, seal
-from posbuild.records import ActionResult, ExecutionRecord, FileState, Generation, utc
+from posbuild.records import ActionResult, BuildRow, ExecutionRecord, FileState, Generation, utc
 from posbuild.wal import DeadLog, WriteAheadLog, dead_logs, has_dead_logs
 
 STORE_FORMAT = b"1"
@@ -539,7 +539,7 @@ class Store:
 
     # -- execution records (§12) and their chain (recordchain.py) ----------------------------
 
-    def begin_build(self, info: dict[str, object], blobs: Iterable[tuple[Digest, bytes]] = ()) -> int:
+    def begin_build(self, info: BuildRow, blobs: Iterable[tuple[Digest, bytes]] = ()) -> int:
         """Number a new build and write its row (and the payloads it refers to) in one transaction.
 
         A row with status "running" is concluded later (`update_build`); meanwhile this process
@@ -562,11 +562,10 @@ class Store:
                     for index, start in enumerate(range(0, max(len(data), 1), PAYLOAD_CHUNK)):
                         txn.put(digest + index.to_bytes(4, "big"), data[start:start + PAYLOAD_CHUNK],
                                 db=self._journal_blobs)
-            row = {**info, "number": number}
-            if info.get("status") == "running":
+            row = info.with_fields(number=number)
+            if info.status == "running":
                 self._hold(number)
-                txn.put(self.build_key(number), msgpack.packb({**row, "pid": os.getpid()}, use_bin_type=True),
-                        db=self._builds)
+                txn.put(self.build_key(number), row.with_fields(pid=os.getpid()).pack(), db=self._builds)
                 chain["running"].append(number)
             else:
                 self._seal(txn, chain, row)
@@ -587,8 +586,8 @@ class Store:
         and seal it into the chain, in one transaction."""
         with self._writing() as txn:
             chain = self._chain(txn)
-            info = msgpack.unpackb(txn.get(self.build_key(number), db=self._builds))
-            self._seal(txn, chain, {**info, **changes, "status": changes.get("status", "finished")})
+            info = BuildRow.unpack(txn.get(self.build_key(number), db=self._builds))
+            self._seal(txn, chain, info.with_fields(**{**changes, "status": changes.get("status", "finished")}))
             txn.put(self._chain_key, msgpack.packb(chain, use_bin_type=True), db=self._meta)
         self._release(number)
 
@@ -614,14 +613,13 @@ class Store:
         with self._env.begin() as txn:
             return self._chain(txn)
 
-    def _seal(self, txn: lmdb.Transaction, chain: dict[str, Any], row: dict[str, Any]) -> None:
+    def _seal(self, txn: lmdb.Transaction, chain: dict[str, Any], row: BuildRow) -> None:
         """Write a concluded build's row with its seal, after the chain's head (recordchain.py)."""
-        row = msgpack.unpackb(msgpack.packb(row, use_bin_type=True))  # the form fsck reads it back in
-        number = int(row["number"])
+        fields = msgpack.unpackb(row.pack())  # the form fsck reads it back in
+        number = row.number
         previous, previous_seal = chain["head"] or (0, GENESIS)
-        digest = seal(previous_seal, row, records_digest(self._raw_records(txn, number)))
-        txn.put(self.build_key(number), msgpack.packb({**row, CHAIN: [previous, digest]}, use_bin_type=True),
-                db=self._builds)
+        digest = seal(previous_seal, fields, records_digest(self._raw_records(txn, number)))
+        txn.put(self.build_key(number), BuildRow.of({**fields, CHAIN: [previous, digest]}).pack(), db=self._builds)
         chain["head"] = [number, digest]
         if number in chain["running"]:
             chain["running"].remove(number)
@@ -655,8 +653,8 @@ class Store:
             chain["running"].remove(number)
             return
         in_flight = {label: started for label, started in self._started(number) if label not in recorded}
-        self._seal(txn, chain, {**row, "status": "interrupted", "noticed": utc(time.time()),
-                                "in_flight": [[label, started] for label, started in in_flight.items()]})
+        self._seal(txn, chain, row.with_fields(status="interrupted", noticed=utc(time.time()),
+                                               in_flight=[[label, started] for label, started in in_flight.items()]))
         self._running_file(number).unlink(missing_ok=True)
 
     def _started(self, number: int) -> list[tuple[str, str]]:
@@ -735,7 +733,7 @@ class Store:
         with self._env.begin() as txn:
             yield from self._scan(txn, self._records, 12)
 
-    def builds(self) -> list[dict[str, object]]:
+    def builds(self) -> list[BuildRow]:
         """Every build row, oldest first; an unreadable one is ORCH-03."""
         return [_unpack_row(number, value) for number, value in self.raw_builds()]
 
@@ -874,12 +872,10 @@ def store_failure(path: Path | None, error: Exception) -> PosbuildError:
     return StoreUnavailable(f"cannot use the store {path}: {text}")
 
 
-def _unpack_row(number: int, value: bytes) -> dict[str, Any]:
+def _unpack_row(number: int, value: bytes) -> BuildRow:
     try:
-        row = msgpack.unpackb(value)
-        if isinstance(row, dict):
-            return row
-    except (ValueError, msgpack.UnpackException):
+        return BuildRow.unpack(value)
+    except (ValueError, TypeError, msgpack.UnpackException):
         pass
     raise ChecksumMismatch(f"the row of build {number} cannot be read: it was changed after it was "
                            f"recorded; run `posbuild fsck`")

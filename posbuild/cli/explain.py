@@ -3,12 +3,15 @@ why it failed or never started."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from posbuild.cli import fail, workspace_and_package
 from posbuild.errors import PosbuildError, UsageError
+
+if TYPE_CHECKING:
+    from posbuild.records import BuildRow, ExecutionRecord
 
 
 @click.command()
@@ -34,7 +37,7 @@ def explain(label: str) -> None:
         store = Store(config.store_dir, config.workspace_tag)
         try:
             history = store.records_of_label(target)
-            builds = {str(b["number"]): b for b in store.builds()}
+            builds = {str(b.number): b for b in store.builds()}
             latest = builds[max(builds, key=int)] if builds else None
             settled = [r for r in records_of_build(store, latest) if r.label == target and r.slot == 0
                        and r.duration == 0.0 and r.state is RecordState.CACHED] if latest else []
@@ -52,16 +55,16 @@ def explain(label: str) -> None:
         click.echo(line)
 
 
-def _story(target: str, history: list[Any], builds: dict[str, dict[str, Any]], latest: dict[str, Any] | None,
+def _story(target: str, history: list[ExecutionRecord], builds: dict[str, BuildRow], latest: BuildRow | None,
            settled: bool, blocked: str) -> list[str]:
     """The lines `explain` prints about the last record of `target` (`history`, oldest first)."""
     from posbuild.reasons import differences, failure, same_key, unexplained
-    from posbuild.records import RecordState
+    from posbuild.records import BuildRow, RecordState
 
     last = history[-1]
     lines = []
-    if settled and latest is not None and last.build_id != str(latest["number"]):
-        lines.append(f"{target}: up to date in build {latest['number']}: its definition, inputs and outputs are "
+    if settled and latest is not None and last.build_id != str(latest.number):
+        lines.append(f"{target}: up to date in build {latest.number}: its definition, inputs and outputs are "
                      f"unchanged since build {last.build_id}, so it was settled without looking at the store")
     key = last.key.hex() if last.key else "-"
     if last.state is RecordState.SKIPPED:
@@ -80,11 +83,11 @@ def _story(target: str, history: list[Any], builds: dict[str, dict[str, Any]], l
     if prior is None:
         return [*lines, "  no earlier execution is recorded: it ran because its key was not in the store"]
     if prior.key == last.key:
-        if builds.get(last.build_id, {}).get("verify"):
+        if builds.get(last.build_id, BuildRow()).verify:
             return [*lines, f"  `build --verify` ran it again to compare with its cached result (the key is that "
                             f"of build {prior.build_id})"]
         return [*lines, f"  {same_key(prior)}"]
-    passed, passed_before = (builds.get(r.build_id, {}).get("passed_env") for r in (last, prior))
+    passed, passed_before = (builds.get(r.build_id, BuildRow()).passed_env for r in (last, prior))
     reasons = differences(prior, last.command, last.env, last.versions, last.inputs, last.env_hash,
                           passed, passed_before)
     state = {RecordState.SUCCESS: "executed", RecordState.CACHED: "a cache hit"}.get(prior.state, f"failed, {failure(prior)}")
@@ -94,16 +97,16 @@ def _story(target: str, history: list[Any], builds: dict[str, dict[str, Any]], l
     return [*lines, *(f"  - {reason}" for reason in reasons or [unexplained(prior, unknown)])]
 
 
-def _blockers(store: Any, builds: dict[str, dict[str, Any]], record: Any) -> str:
+def _blockers(store: Any, builds: dict[str, BuildRow], record: ExecutionRecord) -> str:
     """Why a skipped action never started: the failed actions it depends on in that build (from the
     build's graph), else the failures after which the build started nothing new."""
     from posbuild.graphcache import actions_of_entry
     from posbuild.reasons import failure
-    from posbuild.records import RecordState
+    from posbuild.records import BuildRow, RecordState
 
-    build = builds.get(record.build_id, {})
+    build = builds.get(record.build_id, BuildRow())
     failed = {r.label: r for r in store.records_of(int(record.build_id)) if r.state is RecordState.FAILED}
-    actions = actions_of_entry(store.journal_blob(build["graph"]) or b"") if build.get("graph") else ()
+    actions = actions_of_entry(store.journal_blob(build.graph) or b"") if build.graph else ()
     index = next((i for i, a in enumerate(actions) if a.label == record.label), None)
     upstream: set[int] = set()
     pending = list(actions[index].deps) if index is not None else []

@@ -4,11 +4,15 @@
 from __future__ import annotations
 
 import json
+from typing import TYPE_CHECKING
 
 import click
 
 from posbuild.cli import fail, workspace_and_package
 from posbuild.errors import PosbuildError, UsageError
+
+if TYPE_CHECKING:
+    from posbuild.records import BuildRow, ExecutionRecord
 
 
 def _matches(pattern_text: str | None, package: str):  # type: ignore[no-untyped-def]
@@ -23,17 +27,17 @@ def _matches(pattern_text: str | None, package: str):  # type: ignore[no-untyped
     return lambda label: pattern.covers_package(parse_label(label, "").package)
 
 
-def _heading(build: dict) -> str:  # type: ignore[type-arg]
-    env = f"  h_E {bytes(build['env_hash']).hex()[:12]}" if build.get("env_hash") else ""
-    return (f"build {build['number']}  started {build['started']}  patterns {' '.join(build['patterns'])}{env}"
-            + ("  (environment drift allowed)" if build.get("allow_env_drift") else ""))
+def _heading(build: BuildRow) -> str:
+    env = f"  h_E {bytes(build.env_hash).hex()[:12]}" if build.env_hash else ""
+    return (f"build {build.number}  started {build.started}  patterns {' '.join(build.patterns)}{env}"
+            + ("  (environment drift allowed)" if build.allow_env_drift else ""))
 
 
-def _table(build: dict, records: list) -> None:  # type: ignore[type-arg]
+def _table(build: BuildRow, records: list[ExecutionRecord]) -> None:
     from posbuild.history import describe_build
 
     click.echo(_heading(build))
-    if build.get("status", "finished") != "finished":
+    if (build.status or "finished") != "finished":
         click.echo(describe_build(build))
         if not records:
             return
@@ -94,35 +98,34 @@ def log(pattern: str | None, number: int | None, failed: bool, as_json: bool, li
     if trace_file:
         with open(trace_file, "w", encoding="utf-8") as handle:
             json.dump(chrome_trace(build, records), handle)
-        click.echo(f"wrote {len(records)} record(s) of build {build['number']} to {trace_file}")
+        click.echo(f"wrote {len(records)} record(s) of build {build.number} to {trace_file}")
     elif as_json:
-        drift = bool(build.get("allow_env_drift"))
+        drift = bool(build.allow_env_drift)
         for record in records:
             click.echo(json.dumps({**record_json(record), "env_drift_allowed": drift}, sort_keys=True))
-        if build.get("status") == "refused":  # no action ran: the attempt itself is the record
+        if build.status == "refused":  # no action ran: the attempt itself is the record
             click.echo(json.dumps(_build_json(build), sort_keys=True))
     else:
         _table(build, records)
 
 
-def _build_json(build: dict) -> dict:  # type: ignore[type-arg]
+def _build_json(build: BuildRow) -> dict[str, object]:
     """A build row as JSON-ready data: how it ended, and its place in the record chain."""
-    chain = build.get("chain")
     return {
-        "build": str(build["number"]), "label": None, "state": str(build.get("status", "finished")).upper(),
-        "started": build.get("started"), "ended": build.get("ended"), "patterns": build.get("patterns", []),
-        "error": build.get("error"), "message": build.get("message"),
-        "in_flight": [label for label, _ in build.get("in_flight", ())],
-        "seal": bytes(chain[1]).hex() if chain else None,
+        "build": str(build.number), "label": None, "state": (build.status or "finished").upper(),
+        "started": build.started or None, "ended": build.ended, "patterns": list(build.patterns),
+        "error": build.error, "message": build.message,
+        "in_flight": [label for label, _ in build.in_flight],
+        "seal": bytes(build.chain[1]).hex() if build.chain else None,
     }
 
 
-def _list_builds(builds: list, as_json: bool) -> None:  # type: ignore[type-arg]
+def _list_builds(builds: list[BuildRow], as_json: bool) -> None:
     from posbuild.history import describe_build
 
     for build in builds:
         if as_json:
             click.echo(json.dumps(_build_json(build), sort_keys=True))
         else:
-            click.echo(f"build {build['number']:<5} {build['started']}  {' '.join(build.get('patterns', []))}  "
+            click.echo(f"build {build.number:<5} {build.started}  {' '.join(build.patterns)}  "
                        f"{describe_build(build).splitlines()[0]}")

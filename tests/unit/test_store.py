@@ -10,7 +10,7 @@ import pytest
 
 from posbuild.digest import hash_bytes, hash_file
 from posbuild.errors import ChecksumMismatch, PartialState
-from posbuild.records import ActionResult, FileState, OutputFile
+from posbuild.records import ActionResult, BuildRow, FileState, OutputFile
 from posbuild.store import _INLINE, INLINE_LIMIT, PAYLOAD_CHUNK, Commit, Store
 
 KEY = hash_bytes(b"action key")
@@ -289,8 +289,8 @@ def test_store_of_another_format_is_refused(tmp_path: Path) -> None:
 def test_build_payloads_are_stored_in_page_sized_chunks_and_read_back_whole(store: Store) -> None:
     payload = os.urandom(5 * PAYLOAD_CHUNK + 17)
     digest = hash_bytes(payload)
-    first = store.begin_build({"patterns": ["//..."]}, [(digest, payload)])
-    second = store.begin_build({"patterns": ["//..."]}, [(digest, payload)])  # stored once
+    first = store.begin_build(BuildRow.of({"patterns": ["//..."]}), [(digest, payload)])
+    second = store.begin_build(BuildRow.of({"patterns": ["//..."]}), [(digest, payload)])  # stored once
     assert (first, second) == (1, 2)
     assert store.journal_blob(digest) == payload
     with store._env.begin() as txn:
@@ -304,7 +304,7 @@ def test_a_payload_stored_whole_by_an_earlier_version_still_reads(store: Store) 
     payload, other = b"graph entry" * 1000, b"another" * 10
     with store._env.begin(write=True) as txn:
         txn.put(hash_bytes(payload), payload, db=store._journal_blobs)
-    store.begin_build({}, [(hash_bytes(other), other), (hash_bytes(payload), payload)])
+    store.begin_build(BuildRow.of({}), [(hash_bytes(other), other), (hash_bytes(payload), payload)])
     assert store.journal_blob(hash_bytes(payload)) == payload
     assert store.journal_blob(hash_bytes(other)) == other
 
@@ -312,7 +312,7 @@ def test_a_payload_stored_whole_by_an_earlier_version_still_reads(store: Store) 
 def test_a_corrupt_payload_chunk_raises_checksum_mismatch(store: Store) -> None:
     payload = os.urandom(3 * PAYLOAD_CHUNK)
     digest = hash_bytes(payload)
-    store.begin_build({}, [(digest, payload)])
+    store.begin_build(BuildRow.of({}), [(digest, payload)])
     with store._env.begin(write=True) as txn:
         txn.put(digest + (1).to_bytes(4, "big"), b"x" * PAYLOAD_CHUNK, db=store._journal_blobs)
     with pytest.raises(ChecksumMismatch):
@@ -336,8 +336,9 @@ def test_a_read_does_not_keep_freed_pages_from_being_reused(store: Store) -> Non
 
 # -- build rows and their chain (recordchain.py) -------------------------------------------------
 
-def _finished(**fields: object) -> dict[str, object]:
-    return {"started": "2026-01-01T00:00:00+00:00", "status": "finished", "patterns": ["//..."], **fields}
+def _finished(**fields: object) -> BuildRow:
+    return BuildRow.of({"started": "2026-01-01T00:00:00+00:00", "status": "finished", "patterns": ["//..."],
+                        **fields})
 
 
 def _chain_problems(store: Store) -> list[str]:
@@ -350,31 +351,31 @@ def test_concluded_builds_are_sealed_one_after_the_other(store: Store) -> None:
     from posbuild.recordchain import GENESIS, records_digest, seal
 
     first = store.begin_build(_finished())
-    second = store.begin_build({**_finished(), "status": "running"})
+    second = store.begin_build(_finished(status="running"))
     store.commit(records=[(second.to_bytes(8, "big") + bytes(4), "//p:t", b"record")])
     store.update_build(second, {"ended": "2026-01-01T00:00:01+00:00"})
-    rows = {row["number"]: row for row in store.builds()}
-    assert rows[first]["chain"][0] == 0 and rows[second]["chain"][0] == first
-    body = {k: v for k, v in rows[second].items() if k != "chain"}
-    previous = seal(GENESIS, {k: v for k, v in rows[first].items() if k != "chain"}, records_digest([]))
-    assert rows[second]["chain"][1] == seal(previous, body, records_digest(
+    rows = {row.number: row for row in store.builds()}
+    assert rows[first].chain[0] == 0 and rows[second].chain[0] == first
+    body = {k: v for k, v in rows[second].fields().items() if k != "chain"}
+    previous = seal(GENESIS, {k: v for k, v in rows[first].fields().items() if k != "chain"}, records_digest([]))
+    assert rows[second].chain[1] == seal(previous, body, records_digest(
         [(second.to_bytes(8, "big") + bytes(4), b"record")]))
-    assert store.chain_meta() == {"head": [second, rows[second]["chain"][1]], "running": []}
+    assert store.chain_meta() == {"head": [second, rows[second].chain[1]], "running": []}
     assert _chain_problems(store) == []
 
 
 def test_a_running_build_is_not_sealed_and_not_a_problem(store: Store) -> None:
-    number = store.begin_build({**_finished(), "status": "running"})
-    assert "chain" not in store.builds()[0] and store.chain_meta()["running"] == [number]
+    number = store.begin_build(_finished(status="running"))
+    assert store.builds()[0].chain is None and store.chain_meta()["running"] == [number]
     assert store.build_running(number)
     assert _chain_problems(store) == []
     store.update_build(number, {})
-    assert store.builds()[0]["status"] == "finished" and not store.build_running(number)
+    assert store.builds()[0].status == "finished" and not store.build_running(number)
 
 
 def test_closing_the_store_records_its_unconcluded_build_as_interrupted(tmp_path: Path) -> None:
     opened = Store(tmp_path / "store")
-    number = opened.begin_build({**_finished(), "status": "running"})
+    number = opened.begin_build(_finished(status="running"))
     started = opened.start_log(number)
     started("//p:done")
     started("//p:slow")
@@ -383,7 +384,7 @@ def test_closing_the_store_records_its_unconcluded_build_as_interrupted(tmp_path
     again = Store(tmp_path / "store")
     try:
         [row] = again.builds()
-        assert row["status"] == "interrupted" and [label for label, _ in row["in_flight"]] == ["//p:slow"]
+        assert row.status == "interrupted" and [label for label, _ in row.in_flight] == ["//p:slow"]
         assert _chain_problems(again) == [] and again.chain_meta()["running"] == []
         assert not (tmp_path / "store" / "running" / str(number)).exists()
     finally:
@@ -399,9 +400,10 @@ def _record(label: str) -> bytes:
 KILLED_OWNER = """
 import os, signal, sys
 from pathlib import Path
+from posbuild.records import BuildRow
 from posbuild.store import Store
 store = Store(Path(sys.argv[1]))
-number = store.begin_build({"started": "x", "status": "running", "patterns": []})
+number = store.begin_build(BuildRow.of({"started": "x", "status": "running", "patterns": []}))
 store.start_log(number)("//p:slow")
 print(number, flush=True)
 if sys.argv[2] == "die":
@@ -422,17 +424,17 @@ def test_a_build_whose_process_was_killed_is_settled_by_the_next_store_user(tmp_
     store = Store(path)
     try:
         assert store.settle_interrupted() == []  # its owner still holds the lock
-        assert store.builds()[0]["status"] == "running"
+        assert store.builds()[0].status == "running"
         alive.kill()
         alive.wait()
         assert store.settle_interrupted() == [number]
         row = store.builds()[0]
-        assert row["status"] == "interrupted" and [label for label, _ in row["in_flight"]] == ["//p:slow"]
+        assert row.status == "interrupted" and [label for label, _ in row.in_flight] == ["//p:slow"]
         dead = subprocess.run([sys.executable, "-c", KILLED_OWNER, str(path), "die"], capture_output=True,
                               text=True, env=env)
         killed = int(dead.stdout)
         assert store.begin_build(_finished()) == killed + 1  # the next build settles it first
-        assert [r["status"] for r in store.builds()] == ["interrupted", "interrupted", "finished"]
+        assert [r.status for r in store.builds()] == ["interrupted", "interrupted", "finished"]
         assert _chain_problems(store) == []
     finally:
         store.close()
@@ -445,7 +447,7 @@ def test_a_store_written_before_the_chain_starts_one_at_its_next_build(store: St
         txn.put((1).to_bytes(8, "big"), msgpack.packb({"started": "x", "ended": "y", "number": 1}),
                 db=store._builds)
     number = store.begin_build(_finished())
-    assert number == 2 and store.builds()[1]["chain"][0] == 0  # the genesis of this store's chain
+    assert number == 2 and store.builds()[1].chain[0] == 0  # the genesis of this store's chain
     assert _chain_problems(store) == []
 
 
@@ -478,3 +480,49 @@ def test_a_store_without_an_epoch_gets_one_when_opened(tmp_path):
     again = read_epoch(tmp_path / "s")
     Store(tmp_path / "s").close()
     assert read_epoch(tmp_path / "s") == again  # opening a store that has one changes nothing
+
+
+def test_build_rows_keep_the_bytes_a_dict_gave_them(store: Store) -> None:
+    """BuildRow writes a row field for field in the order a dict update put them, so rows (and the
+    seals over them) are byte for byte what earlier versions wrote."""
+    import msgpack
+
+    from posbuild.recordchain import GENESIS, records_digest, seal
+
+    info = {"started": "s", "status": "running", "patterns": ["//..."], "env_hash": b"e" * 32, "graph": None,
+            "state": None, "actions": 2, "up_to_date": [1], "allow_env_drift": False, "verify": True,
+            "passed_env": [["A", "1"]]}
+    changes = {"ended": "e", "counts": {"cached": 1, "executed": 1, "failed": 0}, "failed": 0, "skipped": 0}
+    number = store.begin_build(BuildRow.of(info))
+    store.update_build(number, changes)
+    refused = {"started": "s", "status": "refused", "patterns": [], "ended": "e", "error": "ORCH-07",
+               "message": "m"}
+    second = store.begin_build(BuildRow.of(refused))
+    first_row = {**info, "number": number, "pid": os.getpid(), **changes, "status": "finished"}
+    first_seal = seal(GENESIS, first_row, records_digest([]))
+    second_row = {**refused, "number": second}
+    expected = [msgpack.packb({**first_row, "chain": [0, first_seal]}, use_bin_type=True),
+                msgpack.packb({**second_row, "chain": [number, seal(first_seal, second_row, records_digest([]))]},
+                              use_bin_type=True)]
+    assert [value for _, value in store.raw_builds()] == expected
+    assert [BuildRow.unpack(value).pack() for value in expected] == expected
+
+
+def test_rows_of_an_existing_store_still_read_and_verify(store: Store) -> None:
+    """Rows an earlier version sealed, with fields this version does not know, read as BuildRows,
+    pack back to the same bytes, and the chain over them and a new build still verifies."""
+    import msgpack
+
+    from posbuild.recordchain import GENESIS, records_digest, seal
+
+    old = {"started": "s", "status": "finished", "patterns": ["//a"], "ended": "e", "future": {"x": 1},
+           "number": 1}
+    sealed = msgpack.packb({**old, "chain": [0, seal(GENESIS, old, records_digest([]))]}, use_bin_type=True)
+    with store._env.begin(write=True) as txn:
+        txn.put((1).to_bytes(8, "big"), sealed, db=store._builds)
+        chain = {"head": [1, msgpack.unpackb(sealed)["chain"][1]], "running": []}
+        txn.put(b"records", msgpack.packb(chain, use_bin_type=True), db=store._meta)
+    [row] = store.builds()
+    assert (row.number, row.patterns, row.concluded(), row.pack()) == (1, ["//a"], True, sealed)
+    assert store.begin_build(_finished()) == 2
+    assert store.raw_builds()[0] == (1, sealed) and _chain_problems(store) == []
