@@ -278,7 +278,7 @@ def _run_build(config: Config, options: BuildOptions, reporter: Reporter, enviro
     executed, cached, failed = (run.count(s) for s in (Status.EXECUTED, Status.CACHED, Status.FAILED))
     return _finish(reporter, BuildSummary(
         total=len(actions), executed=executed, cached=up_to_date + cached, failed=failed, skipped=run.skipped,
-        wall=time.monotonic() - started, failed_labels=run.failed_labels(actions), codes=run.failure_codes(),
+        wall=time.monotonic() - started, failed_labels=run.failed_labels(actions), orch=run.failure_classes(),
     ))
 
 
@@ -325,10 +325,10 @@ def _check_secrets(config: Config, actions: Sequence[Action], secrets: SecretSou
 def summary_error(summary: BuildSummary) -> PosbuildError | None:
     """The error a build with this summary exits with (ORCH-04, ORCH-05, or a failed action), if any."""
     labels = ", ".join(summary.failed_labels)
-    if "ORCH-04" in summary.codes:
+    if NonDeterminism in summary.orch:
         return NonDeterminism(f"{summary.failed} action(s) failed, some produced bytes that differ from their "
                               f"cached result: {labels}")
-    if "ORCH-05" in summary.codes:
+    if ResourceOversubscription in summary.orch:
         return ResourceOversubscription(f"{summary.failed} action(s) failed, some used more memory than they "
                                         f"declared: {labels}")
     if summary.failed:

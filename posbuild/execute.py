@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Sequence
 from posbuild.analysis import Action, is_generated
 from posbuild.compare import first_file_difference, format_difference
 from posbuild.digest import Digest, hash_bytes, hash_file
+from posbuild.errors import NonDeterminism, OrchError
 from posbuild.filestate import FileStates
 from posbuild.keys import action_key
 from posbuild.layout import NO_CACHE_TAG, STATE_DIR, TMP
@@ -70,10 +71,24 @@ class ActionOutcome:
     status: Status
     key: Digest | None = None
     error: str = ""
-    code: str = ""  # the ORCH-0N code of a failure, when it has one
+    orch: type[OrchError] | None = None  # the ORCH class of a failure, when it has one
     reason: str = ""  # under --explain: why it ran
     stderr: bytes = field(default=b"", repr=False, compare=False)
     elapsed: float = field(default=0.0, compare=False)
+
+
+@dataclass(frozen=True, slots=True)
+class Failure:
+    """Why a finished run was not committed: what the user reads, the record's error code ("exit 3",
+    "timeout", "ORCH-05"...), and the ORCH error when the failure is one."""
+
+    message: str
+    code: str
+    orch: OrchError | None = None
+
+    @staticmethod
+    def of(error: OrchError) -> Failure:
+        return Failure(error.render(), error.code, error)
 
 
 @dataclass(frozen=True, slots=True)
@@ -354,20 +369,22 @@ class Rebuilder:
             values = [value for _, value in secrets]
             spawn = replace(spawn, stdout=redact(spawn.stdout, values), stderr=redact(spawn.stderr, values))
         try:
-            failure, code = self._failure(action, spawn, prepared, secrets)
-            if not failure and prepared.cached is not None:
+            failure = self._failure(action, spawn, prepared, secrets)
+            if failure is None and prepared.cached is not None:
                 difference = self._difference(spawn, prepared.cached)
                 if difference:
-                    failure = f"ORCH-04 non-deterministic execution: {difference}; the cached result is kept"
-                    code = "ORCH-04"
-            if failure:
+                    failure = Failure.of(NonDeterminism(f"{difference}; the cached result is kept"))
+            if failure is not None:
+                if self._cancelled:  # stopped by posbuild: not a failure of its own
+                    failure = Failure(failure.message, "interrupted")
                 if self._journal is not None:
-                    state, code = (RecordState.INTERRUPTED, "interrupted") if self._cancelled else (RecordState.FAILED, code)
+                    state = RecordState.INTERRUPTED if self._cancelled else RecordState.FAILED
                     self._journal.add(action, state, prepared.key, started.started, started.ended, prepared.inputs,
-                                      (), spawn.usage, spawn.exit_code, code, current_slot(), remote=spawn.remote)
-                orch = code if code.startswith("ORCH-") else ""
-                kept = prepared.key if orch == "ORCH-04" else None  # `check` settled it from the cached result
-                return ActionOutcome(Status.FAILED, kept, error=failure, code=orch, reason=prepared.reason,
+                                      (), spawn.usage, spawn.exit_code, failure.code, current_slot(),
+                                      remote=spawn.remote)
+                orch = type(failure.orch) if failure.orch is not None else None
+                kept = prepared.key if orch is NonDeterminism else None  # `check` settled it from the cached result
+                return ActionOutcome(Status.FAILED, kept, error=failure.message, orch=orch, reason=prepared.reason,
                                      stderr=spawn.stderr, elapsed=spawn.elapsed)
             self._commit(action, spawn, prepared, started.started, started.ended)
         finally:
@@ -385,34 +402,35 @@ class Rebuilder:
         return ""
 
     def _failure(self, action: Action, spawn: SpawnResult, prepared: _Prepared,
-                 secrets: tuple[tuple[str, str], ...] = ()) -> tuple[str, str]:
-        """Why a finished run cannot be committed, and the record's error code; ("", "") if it can."""
+                 secrets: tuple[tuple[str, str], ...] = ()) -> Failure | None:
+        """Why a finished run cannot be committed; None if it can."""
         if spawn.timed_out:
-            return f"timed out after {action.timeout} s", "timeout"
+            return Failure(f"timed out after {action.timeout} s", "timeout")
         if spawn.exit_code != 0:
             if spawn.exit_code < 0:
-                return f"command failed (killed by signal {-spawn.exit_code})", f"signal {-spawn.exit_code}"
-            return f"command failed (exit code {spawn.exit_code})", f"exit {spawn.exit_code}"
+                return Failure(f"command failed (killed by signal {-spawn.exit_code})", f"signal {-spawn.exit_code}")
+            return Failure(f"command failed (exit code {spawn.exit_code})", f"exit {spawn.exit_code}")
         overrun = memory_overrun(action, spawn.usage.max_rss_kb if spawn.usage else None)
-        if overrun:
-            return overrun, "ORCH-05"
+        if overrun is not None:
+            return Failure.of(overrun)
         if spawn.irregular:
-            return (f"declared output '{spawn.irregular[0]}' {spawn.why}; outputs must be regular files in "
-                    f"folders of their own, and nothing was kept"), "missing output"
+            return Failure(f"declared output '{spawn.irregular[0]}' {spawn.why}; outputs must be regular files in "
+                           f"folders of their own, and nothing was kept", "missing output")
         if spawn.missing:
             missing = ", ".join(f"'{p}'" for p in spawn.missing)
-            return f"declared output {missing} was not created", "missing output"
+            return Failure(f"declared output {missing} was not created", "missing output")
         changed = [path for path, sig in prepared.sources if not self._files.unchanged(path, sig)]
         if changed:
-            return f"input '{changed[0]}' changed while the action ran; result not cached, build again", "input changed"
+            return Failure(f"input '{changed[0]}' changed while the action ran; result not cached, build again",
+                           "input changed")
         if secrets and not action.allow_secret_in_output:
             for path in action.outputs:
                 with spawn.output(path).reading() as fd:
                     leak = file_containing([Path(fd_path(fd))], secrets)
                 if leak is not None:
-                    return (f"output '{path}' contains the value of secret '{leak[1]}'; nothing was kept "
-                            f"(declare allow_secret_in_output = True if that is intended)"), "secret in output"
-        return "", ""
+                    return Failure(f"output '{path}' contains the value of secret '{leak[1]}'; nothing was kept "
+                                   f"(declare allow_secret_in_output = True if that is intended)", "secret in output")
+        return None
 
     def _commit(self, action: Action, spawn: SpawnResult, prepared: _Prepared, started: float,
                 ended: float) -> ActionResult:

@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Protocol, TextIO
+from typing import TYPE_CHECKING, Protocol, TextIO
+
+if TYPE_CHECKING:
+    from posbuild.errors import OrchError
 
 
 @dataclass(frozen=True, slots=True)
@@ -25,7 +28,7 @@ class BuildSummary:
     wall: float
     failed_labels: tuple[str, ...]
     dry_run: bool = False
-    codes: tuple[str, ...] = ()  # ORCH codes among the failures (ORCH-04 under --verify)
+    orch: tuple[type[OrchError], ...] = ()  # ORCH errors among the failures (ORCH-04 under --verify)
 
 
 class Reporter(Protocol):

@@ -18,6 +18,7 @@ from posbuild.analysis import Action
 from posbuild.config import Config
 from posbuild.digest import Digest
 from posbuild.epoch import read_epoch
+from posbuild.errors import OrchError
 from posbuild.execute import ActionOutcome, Rebuilder, Started, Status
 from posbuild.filestate import FileStates
 from posbuild.generations import current_manifest, record_generation, workspace_tag
@@ -52,9 +53,10 @@ class DirtyRun:
     def failed_labels(self, actions: Sequence[Action]) -> tuple[str, ...]:
         return tuple(actions[n].label for n, o in sorted(self.outcomes.items()) if o.status is Status.FAILED)
 
-    def failure_codes(self) -> tuple[str, ...]:
-        """The ORCH codes among the failures, sorted and without repeats."""
-        return tuple(sorted({o.code for o in self.outcomes.values() if o.status is Status.FAILED and o.code}))
+    def failure_classes(self) -> tuple[type[OrchError], ...]:
+        """The ORCH error classes among the failures, by code and without repeats."""
+        found = {o.orch for o in self.outcomes.values() if o.status is Status.FAILED and o.orch is not None}
+        return tuple(sorted(found, key=lambda error: error.code))
 
 
 @dataclass(frozen=True, slots=True)
