@@ -259,7 +259,8 @@ def _run_build(config: Config, options: BuildOptions, reporter: Reporter, enviro
                                 allow_env_drift=options.allow_env_drift, verify=options.verify,
                                 passed_env=[list(pair) for pair in passed_env])  # for `explain`
         from posbuild.namespaces import writable_paths
-        from posbuild.runner import RunSettings, Status, plan_dirty, run_dirty
+        from posbuild.records import Outcome
+        from posbuild.runner import RunSettings, plan_dirty, run_dirty
 
         settings = RunSettings(options.jobs or config.jobs, options.keep_going, env_hash, env_key, passed_env,
                                request.state_path, patterns, options.verify, info, tuple(blobs), options.explain,
@@ -271,11 +272,11 @@ def _run_build(config: Config, options: BuildOptions, reporter: Reporter, enviro
             for index, reason in planned:
                 if reason:
                     reporter.message(f"explain {actions[index].label}: {reason}")
-                reporter.action_finished(actions[index].label, "planned", "", b"")
+                reporter.action_finished(actions[index].label, Outcome.PLANNED, "", b"")
             return _finish(reporter, BuildSummary(len(actions), len(planned), len(actions) - len(planned), 0, 0,
                                                   time.monotonic() - started, (), dry_run=True))
         run = run_dirty(config, actions, clean, previous, settings, reporter)
-    executed, cached, failed = (run.count(s) for s in (Status.EXECUTED, Status.CACHED, Status.FAILED))
+    executed, cached, failed = (run.count(s) for s in (Outcome.EXECUTED, Outcome.CACHED, Outcome.FAILED))
     return _finish(reporter, BuildSummary(
         total=len(actions), executed=executed, cached=up_to_date + cached, failed=failed, skipped=run.skipped,
         wall=time.monotonic() - started, failed_labels=run.failed_labels(actions), orch=run.failure_classes(),

@@ -25,7 +25,6 @@ flagged so that no export takes it either.
 
 from __future__ import annotations
 
-import enum
 import threading
 import time
 from dataclasses import dataclass, field, replace
@@ -42,7 +41,7 @@ from posbuild.layout import NO_CACHE_TAG, STATE_DIR, TMP
 from posbuild.materialize import INSTALLING, Materializer
 from posbuild.nofollow import Opened, fd_path
 from posbuild.reasons import differences, one_line
-from posbuild.records import ActionResult, FileState, OutputFile, RecordState, Signature
+from posbuild.records import ActionResult, FileState, Outcome, OutputFile, RecordState, Signature
 from posbuild.resources import memory_overrun
 from posbuild.sandbox import Sandboxes, SpawnResult, read_small
 from posbuild.store import INLINE_LIMIT, Commit, Store
@@ -56,19 +55,13 @@ if TYPE_CHECKING:
 
 
 
-class Status(enum.Enum):
-    CACHED = "cached"
-    EXECUTED = "executed"
-    FAILED = "failed"
-
-
 @dataclass(frozen=True, slots=True)
 class ActionOutcome:
     """How one action ended in this build; `key` is set whenever the action ended with a result its
     dependents can use: it ended well, or `--verify` found a re-run that differs (ORCH-04) and kept
     the cached result, which `check` already put in `posbuild-out/`."""
 
-    status: Status
+    status: Outcome
     key: Digest | None = None
     error: str = ""
     orch: type[OrchError] | None = None  # the ORCH class of a failure, when it has one
@@ -174,7 +167,7 @@ class Rebuilder:
                 try:
                     state = self._files.state(path)
                 except FileNotFoundError:
-                    return ActionOutcome(Status.FAILED, error=f"source file '{path}' is missing")
+                    return ActionOutcome(Outcome.FAILED, error=f"source file '{path}' is missing")
                 digests.append(state.digest)
                 sources.append((path, state.signature))
         started = time.time()
@@ -235,7 +228,7 @@ class Rebuilder:
         self._produced.update(outputs)
         self.traces[action.label] = trace
         self.used.append(trace.key)
-        return ActionOutcome(Status.CACHED, trace.key)
+        return ActionOutcome(Outcome.CACHED, trace.key)
 
     def _lookup(self, action: Action, key: Digest) -> ActionOutcome | None:
         """A hit by key: restore any output that `posbuild-out/` lacks, from verified blobs."""
@@ -257,7 +250,7 @@ class Rebuilder:
         self.traces[action.label] = ActionTrace(action.def_hash, key)
         self.outputs.update((o.path, o) for o in result.outputs)
         self.used.append(key)
-        return ActionOutcome(Status.CACHED, key)
+        return ActionOutcome(Outcome.CACHED, key)
 
     def _fetch(self, action: Action, key: Digest) -> ActionOutcome | None:
         """A hit from the remote cache: its verified blobs and result go into the local store, then
@@ -335,7 +328,7 @@ class Rebuilder:
                 self._journal.add(action, RecordState.FAILED, prepared.key, started, time.time(), prepared.inputs, (),
                                   None, None, "secret", current_slot())
             return Started(action, prepared, started, (), None,
-                           outcome=ActionOutcome(Status.FAILED, error=str(error), reason=prepared.reason))
+                           outcome=ActionOutcome(Outcome.FAILED, error=str(error), reason=prepared.reason))
         except OSError as error:
             return Started(action, prepared, started, (), None, outcome=_own_failure(error))
         return Started(action, prepared, started, secrets, running)
@@ -384,12 +377,12 @@ class Rebuilder:
                                       remote=spawn.remote)
                 orch = type(failure.orch) if failure.orch is not None else None
                 kept = prepared.key if orch is NonDeterminism else None  # `check` settled it from the cached result
-                return ActionOutcome(Status.FAILED, kept, error=failure.message, orch=orch, reason=prepared.reason,
+                return ActionOutcome(Outcome.FAILED, kept, error=failure.message, orch=orch, reason=prepared.reason,
                                      stderr=spawn.stderr, elapsed=spawn.elapsed)
             self._commit(action, spawn, prepared, started.started, started.ended)
         finally:
             self._sandboxes.remove(spawn)
-        return ActionOutcome(Status.EXECUTED, prepared.key, reason=prepared.reason, stderr=spawn.stderr,
+        return ActionOutcome(Outcome.EXECUTED, prepared.key, reason=prepared.reason, stderr=spawn.stderr,
                              elapsed=spawn.elapsed)
 
     def _difference(self, spawn: SpawnResult, cached: ActionResult) -> str:
@@ -528,4 +521,4 @@ def _describes(result: ActionResult, action: Action) -> bool:
 def _own_failure(error: OSError) -> ActionOutcome:
     """An action that failed on a file-system error of posbuild's own (staging, installing): the
     action fails with the path at fault, as its command failing would, and the build goes on."""
-    return ActionOutcome(Status.FAILED, error=f"{error.strerror or error}: {error.filename or ''}".rstrip(": "))
+    return ActionOutcome(Outcome.FAILED, error=f"{error.strerror or error}: {error.filename or ''}".rstrip(": "))

@@ -169,6 +169,18 @@ class RecordState(enum.Enum):
 
 
 
+class Outcome(enum.Enum):
+    """How an action ended in this build, as the reporter shows it and the build row counts it."""
+
+    CACHED = "cached"  # its result came from a cache
+    EXECUTED = "executed"
+    FAILED = "failed"
+    PLANNED = "planned"  # under --dry-run: it would run
+
+
+RUN_OUTCOMES = (Outcome.CACHED, Outcome.EXECUTED, Outcome.FAILED)  # what a real build ends with
+
+
 FAILURES = frozenset({RecordState.FAILED, RecordState.SKIPPED, RecordState.INTERRUPTED})  # `log --failed`
 
 

@@ -19,13 +19,13 @@ from posbuild.config import Config
 from posbuild.digest import Digest
 from posbuild.epoch import read_epoch
 from posbuild.errors import OrchError
-from posbuild.execute import ActionOutcome, Rebuilder, Started, Status
+from posbuild.execute import ActionOutcome, Rebuilder, Started
 from posbuild.filestate import FileStates
 from posbuild.generations import current_manifest, record_generation, workspace_tag
 from posbuild.interrupt import Interrupted, deferred
 from posbuild.journal import Journal, utc
 from posbuild.layout import STORE_DB
-from posbuild.records import BuildRow, Manifest, OutputFile, RecordState
+from posbuild.records import RUN_OUTCOMES, BuildRow, Manifest, Outcome, OutputFile, RecordState
 from posbuild.roles import Grant
 from posbuild.reporter import Reporter
 from posbuild.resources import critical_path
@@ -47,15 +47,15 @@ class DirtyRun:
     outcomes: dict[int, ActionOutcome]
     skipped: int
 
-    def count(self, status: Status) -> int:
+    def count(self, status: Outcome) -> int:
         return sum(1 for outcome in self.outcomes.values() if outcome.status is status)
 
     def failed_labels(self, actions: Sequence[Action]) -> tuple[str, ...]:
-        return tuple(actions[n].label for n, o in sorted(self.outcomes.items()) if o.status is Status.FAILED)
+        return tuple(actions[n].label for n, o in sorted(self.outcomes.items()) if o.status is Outcome.FAILED)
 
     def failure_classes(self) -> tuple[type[OrchError], ...]:
         """The ORCH error classes among the failures, by code and without repeats."""
-        found = {o.orch for o in self.outcomes.values() if o.status is Status.FAILED and o.orch is not None}
+        found = {o.orch for o in self.outcomes.values() if o.status is Outcome.FAILED and o.orch is not None}
         return tuple(sorted(found, key=lambda error: error.code))
 
 
@@ -115,7 +115,7 @@ class _Executor:
         label = self._actions[node].label
         if outcome.reason:
             self._reporter.message(f"explain {label}: {outcome.reason}")
-        self._reporter.action_finished(label, outcome.status.value, outcome.error, outcome.stderr)
+        self._reporter.action_finished(label, outcome.status, outcome.error, outcome.stderr)
 
     def cancel(self) -> None:
         self._rebuilder.cancel()
@@ -180,7 +180,7 @@ def run_dirty(config: Config, actions: Sequence[Action], clean: Sequence[bool], 
             save_state(settings.state_path, rebuilder.state_for(actions, clean, settings.env_key, settings.graph),
                        epoch)
         outcomes = {dirty[i]: o for i, o in executor.outcomes.items()}
-        failed = [n for n, o in outcomes.items() if o.status is Status.FAILED]
+        failed = [n for n, o in outcomes.items() if o.status is Outcome.FAILED]
         if failed or State.SKIPPED in states:
             stale = stale_outputs(actions, [n for n in failed if outcomes[n].key is None])  # ORCH-04 keeps its cached bytes
             mark_tree(config, clean=False, withdrawn=withdrawn_outputs(config).union(stale))  # before they go
@@ -201,7 +201,7 @@ def run_dirty(config: Config, actions: Sequence[Action], clean: Sequence[bool], 
             missing = [p for p in withdrawn if p in manifest and p not in rows and not os.path.lexists(config.root / p)]
             mark_tree(config, clean=not missing, withdrawn=missing)
         if journal is not None:
-            counts = {s.value: sum(1 for o in outcomes.values() if o.status is s) for s in Status}
+            counts = {s.value: sum(1 for o in outcomes.values() if o.status is s) for s in RUN_OUTCOMES}
             store.update_build(journal.number, {"ended": utc(time.time()), "counts": counts,
                                                 "failed": len(failed), "skipped": states.count(State.SKIPPED)})
         store.flush()
@@ -355,7 +355,7 @@ def plan_dirty(config: Config, actions: Sequence[Action], clean: Sequence[bool],
             outcome = rebuilder.check(action)
             if outcome is None:
                 would_run[index] = rebuilder.planned_reason(action)
-            elif outcome.status is Status.FAILED:
+            elif outcome.status is Outcome.FAILED:
                 would_run[index] = outcome.error if explain else ""
         return sorted(would_run.items())
     finally:

@@ -101,7 +101,7 @@ def test_a_build_stopped_by_ctrl_c_is_recorded_as_interrupted_by_itself(ws, tmp_
         [build] = store.builds()
     finally:
         store.close()
-    assert build["status"] == "interrupted"
+    assert build.status == "interrupted"
     records = {r["label"]: r for r in map(json.loads, ws.run("log", "--json").stdout.splitlines())}
     assert records["//pkg:slow"]["state"] == "INTERRUPTED"  # stopped by posbuild: not a failure of its own
     assert ws.run("fsck").returncode == 0
