@@ -48,6 +48,10 @@ Design memo
   transaction per `LOG_GROUP` actions, and before any other write (a build's seal must cover the
   records logged before it). Until then reads of this process see the logged rows. A log whose
   process died is replayed by the next command that opens the store, before it reads anything.
+  wal.py owns the file and its frames; a frame's payload is the msgpack list of one `log()` call's
+  actions, each as `_rows` gives it: [result [key, packed] | None, blob rows [digest, row],
+  memo rows [TAG + path, state], usage rows [key, u64], records [record key, TAG + label, packed]],
+  every row already in the form its database stores.
 * Execution records (§12). A running build holds a lock on `running/NUMBER` beside the database
   and appends each action it starts there; a concluded build's row is sealed into the hash chain
   of recordchain.py, whose head lives in the `meta` row `records` with the running builds' numbers.
