@@ -54,7 +54,6 @@ if TYPE_CHECKING:
     from posbuild.remote import RemoteCache  # imported only where a remote is configured (runner.py)
 
 
-
 @dataclass(frozen=True, slots=True)
 class ActionOutcome:
     """How one action ended in this build; `key` is set whenever the action ended with a result its

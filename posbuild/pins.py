@@ -29,7 +29,6 @@ from posbuild.layout import LOCK_NAME
 from posbuild.uptodate import BuildState
 
 
-
 def tag_pins(actions: Sequence[Action]) -> list[tuple[str, str, str]]:
     """(path, hex digest, label) of every `pin:` tag of `actions`, in action order."""
     found: list[tuple[str, str, str]] = []

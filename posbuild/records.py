@@ -167,8 +167,6 @@ class RecordState(enum.Enum):
         return self in (RecordState.SUCCESS, RecordState.CACHED)
 
 
-
-
 class Outcome(enum.Enum):
     """How an action ended in this build, as the reporter shows it and the build row counts it."""
 
