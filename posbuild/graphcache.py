@@ -11,11 +11,12 @@ Entries are msgpack files under `.posbuild/graphs/`, written temp + rename; a da
 outdated one is simply ignored and rebuilt. An entry is one array of seven elements:
 
     [version (`_version()`), folder stamps [[path, stamp]...], file stamps [[path, stamp]...],
-     requested (the labels asked for), GraphFacts fields, racy digests {path: digest},
+     requested (the files the requested targets name), GraphFacts fields, racy digests
+     {path: digest},
      action rows (each Action's fields in order)]
 
-The action rows come last so that a check reads everything before them and decodes the actions
-only when they are needed. This module is the only one that reads or writes an entry.
+Everything before the action rows is small, and the rows are decoded only when needed
+(CachedGraph). This module is the only one that reads or writes an entry.
 """
 
 from __future__ import annotations
@@ -45,12 +46,8 @@ def _file_stamps(root: Path, files: Sequence[str]) -> list[Stamp]:
 
 
 class CachedGraph:
-    """A current graph cache entry whose actions are decoded only when first asked for.
-
-    An entry is [version, folder stamps, file stamps, requested, facts, racy digests, actions]:
-    everything before the actions is small, so a build that finds nothing to do reads the facts and never
-    pays for decoding thousands of actions.
-    """
+    """A current graph cache entry whose actions are decoded only when first asked for: a build
+    that finds nothing to do reads the facts and never pays for decoding thousands of actions."""
 
     __slots__ = ("raw", "requested", "facts", "_rows_at", "_graph", "_digest")
 
