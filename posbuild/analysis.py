@@ -22,12 +22,12 @@ import re
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, NamedTuple, Sequence
 
-from posbuild.config import OUT_DIR, STATE_DIR
 from posbuild.digest import Digest, hash_canonical
 from posbuild.errors import BuildFileError, CycleError, SourceLocation, VersionMismatch
 from posbuild.graph import toposort
 from posbuild.loader import package_hint
 from posbuild.label import Label, PatternKind, TargetPattern, did_you_mean, parse_label
+from posbuild.layout import OUT_DIR, STATE_DIR
 
 if TYPE_CHECKING:  # loading BUILD files is only needed when the graph cache misses
     from posbuild.loader import Loader
@@ -551,9 +551,4 @@ class _Expander:
         if paths is None:
             raise self._fail(f"$({variable} {text}): '{text}' is not in srcs, tools or outs")
         return paths
-
-
-def analyze(loader: Loader, roots: Sequence[Label]) -> ActionGraph:
-    """The ActionGraph needed to build `roots`."""
-    return Analyzer(loader).analyze(roots)
 

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import IO, Callable, Iterator, Mapping, Sequence
 
 from posbuild.analysis import Action, ActionGraph, Analyzer, GraphFacts, expand_patterns
-from posbuild.config import CONFIG_NAME, Config, load_config
+from posbuild.config import Config, load_config
 from posbuild.digest import Digest
 from posbuild.epoch import read_epoch
 from posbuild.envfp import checked_environment_hash, environment_key, passed_environment
@@ -27,8 +27,9 @@ from posbuild.errors import (ActionFailed, NonDeterminism, OrchError, PosbuildEr
                              ResourceOversubscription, UsageError)
 from posbuild.graphcache import CachedGraph, GraphCache
 from posbuild.label import TargetPattern, parse_pattern
+from posbuild.layout import CONFIG_NAME, GRAPHS, LOCK_NAME, STORE_LOCK, WORKSPACE_LOCK
 from posbuild.owned import STATE, STORE, claim, empty, is_store, remove_outputs
-from posbuild.pins import LOCK_FILE, check_pins
+from posbuild.pins import check_pins
 from posbuild.reporter import BuildSummary, Reporter
 from posbuild.resources import check_budget, fits
 from posbuild.roles import ROLE_VARIABLE, authorize
@@ -71,7 +72,7 @@ class Request:
 def make_request(config: Config, patterns: Sequence[str], cwd_package: str = "") -> Request:
     parsed = tuple(parse_pattern(p, cwd_package) for p in patterns)
     canonical = sorted({str(p) for p in parsed})
-    return Request(parsed, GraphCache(config.root, config.state_dir / "graphs").stem(canonical))
+    return Request(parsed, GraphCache(config.root, config.state_dir / GRAPHS).stem(canonical))
 
 
 def resolve(root: Path, patterns: Sequence[str], cwd_package: str = "",
@@ -84,7 +85,7 @@ def resolve(root: Path, patterns: Sequence[str], cwd_package: str = "",
 def _graph_entry(config: Config, request: Request) -> CachedGraph:
     """The request's graph cache entry; BUILD files are evaluated and analysed only on a miss."""
     canonical = sorted({str(p) for p in request.patterns})
-    cache = GraphCache(config.root, config.state_dir / "graphs")
+    cache = GraphCache(config.root, config.state_dir / GRAPHS)
     cached = cache.load(canonical)
     if cached is not None:
         return cached
@@ -95,8 +96,8 @@ def _graph_entry(config: Config, request: Request) -> CachedGraph:
     roots = expand_patterns(request.patterns, packages, loader)
     analyzer = Analyzer(loader)
     graph = analyzer.analyze(roots)
-    return cache.save(canonical, graph, dirs,
-                      [*loader.files_read, *analyzer.files_read, "posbuild.toml"], loader.digests)
+    return cache.save(canonical, graph, dirs, [*loader.files_read, *analyzer.files_read, CONFIG_NAME],
+                      loader.digests)
 
 
 def _checks_need_no_actions(config: Config, facts: GraphFacts, options: BuildOptions,
@@ -108,9 +109,8 @@ def _checks_need_no_actions(config: Config, facts: GraphFacts, options: BuildOpt
     pins and secrets that could clash with `[env] pass` need the actions themselves.
     """
     return (not options.verify and not config.roles and not facts.pinned
-            and not (facts.secrets and config.env_pass)
-            and (not local or fits(facts.resources, config.resources))
-            and not (config.root / LOCK_FILE).exists())
+            and not (facts.secrets and config.env_pass) and (not local or fits(facts.resources, config.resources))
+            and not (config.root / LOCK_NAME).exists())
 
 
 _held: set[str] = set()  # the workspace locks this process holds
@@ -141,8 +141,7 @@ def workspace_lock(config: Config, reporter: Reporter, collect: bool = False) ->
             claim(config.store_dir, STORE, is_store,
                   f" ([cache] dir of {config.root / CONFIG_NAME})")
             who = "another workspace is using" if collect else "posbuild gc or fsck is using"
-            # store.LOCK_NAME (no LMDB import here)
-            with open(config.store_dir / "gc.lock", "a+") as shared:
+            with open(config.store_dir / STORE_LOCK, "a+") as shared:
                 _lock(shared, fcntl.LOCK_EX if collect else fcntl.LOCK_SH, reporter,
                       f"{who} the shared store {config.store_dir}")
                 yield
@@ -156,7 +155,7 @@ def _locked_file(config: Config, reporter: Reporter) -> Iterator[IO[str]]:
     """Open and flock `.posbuild/lock`; if the file was deleted or replaced while this process
     waited (an older posbuild's `clean --all`, or `rm -rf .posbuild`), lock the new one instead:
     a lock on a deleted file excludes nobody."""
-    path = config.state_dir / "lock"
+    path = config.state_dir / WORKSPACE_LOCK
     while True:
         claim(config.state_dir, STATE, _not_a_link)
         with open(path, "a+") as handle:
@@ -285,7 +284,8 @@ def _run_build(config: Config, options: BuildOptions, reporter: Reporter,
                                 allow_env_drift=options.allow_env_drift, verify=options.verify,
                                 passed_env=[list(pair) for pair in passed_env])  # for `explain`
         from posbuild.namespaces import writable_paths
-        from posbuild.runner import RunSettings, Status, plan_dirty, run_dirty
+        from posbuild.records import Outcome
+        from posbuild.runner import RunSettings, plan_dirty, run_dirty
 
         settings = RunSettings(options.jobs or config.jobs, options.keep_going, env_hash, env_key,
                                passed_env,
@@ -299,18 +299,14 @@ def _run_build(config: Config, options: BuildOptions, reporter: Reporter,
             for index, reason in planned:
                 if reason:
                     reporter.message(f"explain {actions[index].label}: {reason}")
-                reporter.action_finished(actions[index].label, "planned", "", b"")
-            return _finish(reporter, BuildSummary(len(actions), len(planned),
-                                                  len(actions) - len(planned), 0, 0,
+                reporter.action_finished(actions[index].label, Outcome.PLANNED, "", b"")
+            return _finish(reporter, BuildSummary(len(actions), len(planned), len(actions) - len(planned), 0, 0,
                                                   time.monotonic() - started, (), dry_run=True))
         run = run_dirty(config, actions, clean, previous, settings, reporter)
-    executed, cached, failed = (run.count(s)
-                                for s in (Status.EXECUTED, Status.CACHED, Status.FAILED))
+    executed, cached, failed = (run.count(s) for s in (Outcome.EXECUTED, Outcome.CACHED, Outcome.FAILED))
     return _finish(reporter, BuildSummary(
-        total=len(actions), executed=executed, cached=up_to_date + cached, failed=failed,
-        skipped=run.skipped,
-        wall=time.monotonic() - started, failed_labels=run.failed_labels(actions),
-        codes=run.failure_codes(),
+        total=len(actions), executed=executed, cached=up_to_date + cached, failed=failed, skipped=run.skipped,
+        wall=time.monotonic() - started, failed_labels=run.failed_labels(actions), orch=run.failure_classes(),
     ))
 
 
@@ -324,12 +320,9 @@ def _settled_build(config: Config, reporter: Reporter, options: BuildOptions, en
     count = entry.facts.count
     reporter.build_started(count, count)
     if not options.dry_run:
-        info, blobs = build_row(time.time(), patterns, env_hash, (entry.digest, entry.raw),
-                                previous.raw,
-                                [True] * count, allow_env_drift=options.allow_env_drift,
-                                verify=options.verify)
-        record_settled_build(config.store_dir, config.workspace_tag,
-                             {**info, "counts": {"cached": count}}, blobs)
+        info, blobs = build_row(time.time(), patterns, env_hash, (entry.digest, entry.raw), previous.raw,
+                                [True] * count, allow_env_drift=options.allow_env_drift, verify=options.verify)
+        record_settled_build(config.store_dir, config.workspace_tag, info.with_fields(counts={"cached": count}), blobs)
     return _finish(reporter, BuildSummary(count, 0, count, 0, 0, time.monotonic() - started, (),
                                           dry_run=options.dry_run))
 
@@ -347,8 +340,8 @@ def _check_secrets(config: Config, actions: Sequence[Action], secrets: SecretSou
         clash = [name for name in action.secrets if name in passed]
         if clash:
             raise UsageError(f"{action.label}: '{clash[0]}' is both a secret and in [env] pass of "
-                             f"{config.root / 'posbuild.toml'}, which would put its value into the "
-                             f"action key; remove it from [env] pass")
+                             f"{config.root / CONFIG_NAME}, which would put its value into the action key; "
+                             f"remove it from [env] pass")
     if remote_upload:
         from posbuild.remote import CACHE_KEY_VARIABLE
 
@@ -367,12 +360,12 @@ def summary_error(summary: BuildSummary) -> PosbuildError | None:
     """The error a build with this summary exits with (ORCH-04, ORCH-05, or a failed action), if
     any."""
     labels = ", ".join(summary.failed_labels)
-    if "ORCH-04" in summary.codes:
-        return NonDeterminism(f"{summary.failed} action(s) failed, some produced bytes that differ "
-                              f"from their cached result: {labels}")
-    if "ORCH-05" in summary.codes:
-        return ResourceOversubscription(f"{summary.failed} action(s) failed, some used more memory "
-                                        f"than they declared: {labels}")
+    if NonDeterminism in summary.orch:
+        return NonDeterminism(f"{summary.failed} action(s) failed, some produced bytes that differ from their "
+                              f"cached result: {labels}")
+    if ResourceOversubscription in summary.orch:
+        return ResourceOversubscription(f"{summary.failed} action(s) failed, some used more memory than they "
+                                        f"declared: {labels}")
     if summary.failed:
         return ActionFailed(f"{summary.failed} action(s) failed: {labels}")
     return None
@@ -402,9 +395,8 @@ def clean(root: Path, everything: bool, reporter: Reporter) -> list[Path]:
             # posbuild-out/ no longer matches the latest generation
             mark_tree(config, clean=False, withdrawn=())
             return removed
-        if not config.store_dir.is_relative_to(config.state_dir) \
-                and empty(config.store_dir, STORE, ("gc.lock",)):
+        if not config.store_dir.is_relative_to(config.state_dir) and empty(config.store_dir, STORE, (STORE_LOCK,)):
             removed.append(config.store_dir)  # a shared store (`[cache] dir`)
-        if empty(config.state_dir, STATE, ("lock",)):
+        if empty(config.state_dir, STATE, (WORKSPACE_LOCK,)):
             removed.append(config.state_dir)
     return removed

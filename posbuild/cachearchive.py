@@ -64,11 +64,11 @@ from typing import IO, Any, Iterable, Literal, Sequence, cast
 import blake3
 import msgpack
 
-from posbuild.config import OUT_DIR
 from posbuild.digest import Digest, hash_bytes, hash_file, keyed_signature
 from posbuild.errors import ChecksumMismatch, PosbuildError, UsageError
 from posbuild.history import records_of_build
-from posbuild.records import ActionResult
+from posbuild.layout import NO_CACHE_TAG, OUT_DIR
+from posbuild.records import ActionResult, BuildRow
 from posbuild.store import INLINE_LIMIT, Store
 
 ARCHIVE_FORMAT = 1
@@ -109,18 +109,14 @@ def _sign(secret: bytes, body: bytes) -> bytes:
     return keyed_signature(secret, _SIGNING_CONTEXT, body)
 
 
-def last_successful_build(store: Store, patterns: Sequence[str]) -> dict[str, Any]:
-    """The newest build row of exactly these patterns that finished with nothing failed or
-    skipped."""
+def last_successful_build(store: Store, patterns: Sequence[str]) -> BuildRow:
+    """The newest build row of exactly these patterns that finished with nothing failed or skipped."""
     wanted = sorted(set(patterns))
     builds = store.builds()
     for build in reversed(builds):
-        if (sorted(set(cast(Iterable[str], build.get("patterns", ())))) == wanted
-            and build.get("status", "finished") == "finished"
-                and "ended" in build and not build.get("failed") and not build.get("skipped")):
+        if sorted(set(build.patterns)) == wanted and build.concluded() and not build.failed and not build.skipped:
             return build
-    recorded = sorted({" ".join(sorted(set(cast(Iterable[str], b.get("patterns", ())))))
-                       for b in builds if "ended" in b})
+    recorded = sorted({" ".join(sorted(set(b.patterns))) for b in builds if b.ended is not None})
     hint = f" (builds recorded for: {'; '.join(recorded[-5:])})" if recorded else ""
     shown = " ".join(wanted)
     raise UsageError(f"no successful build of {shown} is recorded in this store{hint}; "
@@ -132,8 +128,7 @@ def export_cache(store: Store, patterns: Sequence[str], target: Path,
     """Write the results and blobs of the patterns' last successful build to `target`
     (atomically)."""
     build = last_successful_build(store, patterns)
-    labels = {r.key: r.label for r in records_of_build(store, build) if r.key
-              and r.state in ("SUCCESS", "CACHED")}
+    labels = {r.key: r.label for r in records_of_build(store, build) if r.key and r.state.produced()}
     uncacheable, carriers = _graph_facts(store, build)
     results: list[tuple[Digest, bytes]] = []
     blobs: dict[Digest, int] = {}
@@ -159,11 +154,10 @@ def export_cache(store: Store, patterns: Sequence[str], target: Path,
     if lost:
         shown = " ".join(sorted(set(patterns)))
         more = f" and {len(lost) - 5} more" if len(lost) > 5 else ""
-        raise UsageError(f"the store no longer holds the result of {len(lost)} action(s) that "
-                         f"build {build['number']} of {shown} used (gc removed them): "
-                         f"{', '.join(lost[:5])}{more}; run `posbuild build {shown}` (it executes "
-                         "them again), then export again; nothing was exported")
-    body = msgpack.packb({"patterns": sorted(set(patterns)), "build": build["number"],
+        raise UsageError(f"the store no longer holds the result of {len(lost)} action(s) that build {build.number} "
+                         f"of {shown} used (gc removed them): {', '.join(lost[:5])}{more}; run `posbuild build "
+                         f"{shown}` (it executes them again), then export again; nothing was exported")
+    body = msgpack.packb({"patterns": sorted(set(patterns)), "build": build.number,
                           "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                           "results": [[k, p] for k, p in results],
                           "blobs": [[d, s] for d, s in blobs.items()]},
@@ -181,19 +175,18 @@ def export_cache(store: Store, patterns: Sequence[str], target: Path,
         os.replace(temp, target)
     finally:
         temp.unlink(missing_ok=True)
-    return ExportReport(int(build["number"]), tuple(sorted(set(patterns))), len(results),
-                        len(blobs), sum(blobs.values()), len(gone), bool(secret), private)
+    return ExportReport(build.number, tuple(sorted(set(patterns))), len(results), len(blobs),
+                        sum(blobs.values()), len(gone), bool(secret), private)
 
 
-def _graph_facts(store: Store, build: dict[str, Any]) -> tuple[frozenset[str], frozenset[str]]:
+def _graph_facts(store: Store, build: BuildRow) -> tuple[frozenset[str], frozenset[str]]:
     """Labels of the build's actions tagged no-cache, and of those whose outputs may hold a secret,
     read from the graph its row names. A graph this posbuild cannot read (another version wrote
     it) names none: then the results' own flags alone keep secrets out."""
-    from posbuild.execute import NO_CACHE_TAG
     from posbuild.graphcache import actions_of_entry
     from posbuild.secrets import secret_carriers
 
-    graph = store.journal_blob(build["graph"]) if build.get("graph") else None
+    graph = store.journal_blob(build.graph) if build.graph else None
     actions = actions_of_entry(graph or b"")
     return (frozenset(a.label for a in actions if NO_CACHE_TAG in a.tags),
             frozenset(actions[i].label for i in secret_carriers(actions)))

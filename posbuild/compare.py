@@ -46,15 +46,6 @@ def format_difference(path: str, label_a: str, size_a: int, label_b: str, size_b
             f"first difference at byte {offset}")
 
 
-def describe_difference(path: str, label_a: str, a: bytes, label_b: str, b: bytes) -> str | None:
-    """`path: <label_a> has N bytes, <label_b> has M bytes, first difference at byte K`, or None
-    when equal."""
-    offset = first_difference(a, b)
-    if offset is None:
-        return None
-    return format_difference(path, label_a, len(a), label_b, len(b), offset)
-
-
 def first_file_difference(a: Source, b: Source) -> tuple[int, int, int | None]:
     """Sizes of `a` and `b` (each a file path or bytes) and their first difference, read in
     chunks."""

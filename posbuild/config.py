@@ -17,12 +17,9 @@ from typing import Any
 
 from posbuild.digest import hash_bytes
 from posbuild.errors import NoWorkspace, WorkspaceError
+from posbuild.layout import CONFIG_NAME, OUT_DIR, SANDBOX, STATE_DIR, STORE
 
-CONFIG_NAME = "posbuild.toml"
-OUT_DIR = "posbuild-out"
-STATE_DIR = ".posbuild"
-# the PATH actions see, and where `[env] tools` are looked up
-BASE_PATH = "/usr/local/bin:/usr/bin:/bin"
+BASE_PATH = "/usr/local/bin:/usr/bin:/bin"  # the PATH actions see, and where `[env] tools` are looked up
 
 
 @dataclass(frozen=True, slots=True)
@@ -177,7 +174,7 @@ def load_config(root: Path) -> Config:
     if jobs < 0:
         raise WorkspaceError(f"{path}: [build] jobs must be >= 0 (0 means one per CPU), got {jobs}")
     cache_dir = _get(table, "cache", "dir", str, "", path)
-    store_dir = (root / os.path.expanduser(cache_dir)) if cache_dir else root / STATE_DIR / "store"
+    store_dir = (root / os.path.expanduser(cache_dir)) if cache_dir else root / STATE_DIR / STORE
     sandbox_base = _get(table, "build", "sandbox_base", str, "", path)
     sandbox_dir = _sandbox_dir(root, sandbox_base)
     _check_placement(root, path, store_dir, cache_dir, sandbox_dir, sandbox_base)
@@ -340,11 +337,11 @@ def _sandbox_dir(root: Path, configured: str) -> Path:
     if shm.is_dir() and os.access(shm, os.W_OK | os.X_OK):
         tag = hash_bytes(str(root).encode()).hex()[:16]
         return shm / f"posbuild-{os.getuid()}" / tag
-    return root / STATE_DIR / "sandbox"
+    return root / STATE_DIR / SANDBOX
 
 
 # The one place inside .posbuild/ a configured store or sandbox base may name: its default.
-_DEFAULTS = {"[cache] dir": f"{STATE_DIR}/store", "[build] sandbox_base": f"{STATE_DIR}/sandbox"}
+_DEFAULTS = {"[cache] dir": f"{STATE_DIR}/{STORE}", "[build] sandbox_base": f"{STATE_DIR}/{SANDBOX}"}
 
 
 def _check_placement(root: Path, path: Path, store_dir: Path, cache_dir: str, sandbox_dir: Path,

@@ -40,13 +40,12 @@ import msgpack
 
 from posbuild import __version__
 from posbuild.atomic import write_atomically
-from posbuild.config import BASE_PATH, CONFIG_NAME, Config
+from posbuild.config import BASE_PATH, Config
 from posbuild.digest import Digest, hash_canonical, hash_file
 from posbuild.errors import EnvironmentDrift, WorkspaceError
+from posbuild.layout import CONFIG_NAME, LOCK_NAME
 
 CACHE_NAME = "envfp"
-# lockfile.LOCK_NAME, without importing lockfile (and json) when there is none
-LOCK_NAME = "posbuild.lock"
 CACHE_FORMAT = 1
 # hardware and identity: shown, approved, never hashed
 RECORDED_ONLY = frozenset({"cpu.model", "host.name"})

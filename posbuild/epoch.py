@@ -18,6 +18,7 @@ import os
 from pathlib import Path
 
 from posbuild.atomic import write_atomically
+from posbuild.layout import STORE_DB
 
 EPOCH_FILE = "epoch"
 MISSING = b"missing"  # the epoch of a store that does not exist: no saved state may trust it
@@ -30,8 +31,7 @@ def read_epoch(store_dir: Path) -> bytes:
     try:
         return (store_dir / EPOCH_FILE).read_bytes()
     except (FileNotFoundError, NotADirectoryError):
-        # "db": the LMDB folder (store.py)
-        return b"" if os.path.exists(store_dir / "db") else MISSING
+        return b"" if os.path.exists(store_dir / STORE_DB) else MISSING
 
 
 def advance_epoch(store_dir: Path) -> None:

@@ -25,7 +25,6 @@ flagged so that no export takes it either.
 
 from __future__ import annotations
 
-import enum
 import threading
 import time
 from dataclasses import dataclass, field, replace
@@ -34,14 +33,15 @@ from typing import TYPE_CHECKING, Any, Sequence, cast
 
 from posbuild.analysis import Action, is_generated
 from posbuild.compare import first_file_difference, format_difference
-from posbuild.config import STATE_DIR
 from posbuild.digest import Digest, hash_bytes, hash_file
+from posbuild.errors import NonDeterminism, OrchError
 from posbuild.filestate import FileStates
 from posbuild.keys import action_key
+from posbuild.layout import NO_CACHE_TAG, STATE_DIR, TMP
 from posbuild.materialize import INSTALLING, Materializer
 from posbuild.nofollow import Opened, fd_path
 from posbuild.reasons import differences, one_line
-from posbuild.records import ActionResult, FileState, OutputFile, Signature
+from posbuild.records import ActionResult, FileState, Outcome, OutputFile, RecordState, Signature
 from posbuild.resources import memory_overrun
 from posbuild.sandbox import ActionSandboxes, SpawnResult, read_small
 from posbuild.store import INLINE_LIMIT, Commit, Store
@@ -54,14 +54,6 @@ if TYPE_CHECKING:
     # imported only where a remote is configured (runner.py)
     from posbuild.remote import RemoteCache
 
-NO_CACHE_TAG = "no-cache"
-
-
-class Status(enum.Enum):
-    CACHED = "cached"
-    EXECUTED = "executed"
-    FAILED = "failed"
-
 
 @dataclass(frozen=True, slots=True)
 class ActionOutcome:
@@ -69,13 +61,27 @@ class ActionOutcome:
     dependents can use: it ended well, or `--verify` found a re-run that differs (ORCH-04) and kept
     the cached result, which `check` already put in `posbuild-out/`."""
 
-    status: Status
+    status: Outcome
     key: Digest | None = None
     error: str = ""
-    code: str = ""  # the ORCH-0N code of a failure, when it has one
+    orch: type[OrchError] | None = None  # the ORCH class of a failure, when it has one
     reason: str = ""  # under --explain: why it ran
     stderr: bytes = field(default=b"", repr=False, compare=False)
     elapsed: float = field(default=0.0, compare=False)
+
+
+@dataclass(frozen=True, slots=True)
+class Failure:
+    """Why a finished run was not committed: what the user reads, the record's error code ("exit 3",
+    "timeout", "ORCH-05"...), and the ORCH error when the failure is one."""
+
+    message: str
+    code: str
+    orch: OrchError | None = None
+
+    @staticmethod
+    def of(error: OrchError) -> Failure:
+        return Failure(error.render(), error.code, error)
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,7 +120,7 @@ class Rebuilder:
         self._store = store
         self._files = files
         self._sandboxes = sandboxes
-        self._materializer = Materializer(root, store, root / STATE_DIR / "tmp")
+        self._materializer = Materializer(root, store, root / STATE_DIR / TMP)
         self._dry_run = dry_run
         self._verify = verify
         self._journal = journal
@@ -164,7 +170,7 @@ class Rebuilder:
                 try:
                     state = self._files.state(path)
                 except FileNotFoundError:
-                    return ActionOutcome(Status.FAILED, error=f"source file '{path}' is missing")
+                    return ActionOutcome(Outcome.FAILED, error=f"source file '{path}' is missing")
                 digests.append(state.digest)
                 sources.append((path, state.signature))
         started = time.time()
@@ -181,7 +187,7 @@ class Rebuilder:
         if hit is not None and not self._verify:
             if self._journal is not None:
                 outputs = [(p, self._produced[p].digest) for p in action.outputs]
-                self._journal.add(action, "CACHED", hit.key, started, time.time(), inputs, outputs)
+                self._journal.add(action, RecordState.CACHED, hit.key, started, time.time(), inputs, outputs)
             return hit
         assert key is not None
         cached = self._store.get_result(key) if self._verify else None
@@ -202,9 +208,7 @@ class Rebuilder:
         passed_before = None
         if previous is not None:
             if self._passed_by_build is None:
-                self._passed_by_build = {str(b["number"]): cast("Sequence[tuple[str, str]] | None",
-                                                                b.get("passed_env"))
-                                         for b in self._store.builds()}  # pairs, as lists
+                self._passed_by_build = {str(b.number): b.passed_env for b in self._store.builds()}
             passed_before = self._passed_by_build.get(previous.build_id)
         reasons = differences(previous, action.command, action.env, action.versions, inputs,
                               self._env_hash, self._passed_env, passed_before)
@@ -234,7 +238,7 @@ class Rebuilder:
         self._produced.update(outputs)
         self.traces[action.label] = trace
         self.used.append(trace.key)
-        return ActionOutcome(Status.CACHED, trace.key)
+        return ActionOutcome(Outcome.CACHED, trace.key)
 
     def _lookup(self, action: Action, key: Digest) -> ActionOutcome | None:
         """A hit by key: restore any output that `posbuild-out/` lacks, from verified blobs."""
@@ -257,7 +261,7 @@ class Rebuilder:
         self.traces[action.label] = ActionTrace(action.def_hash, key)
         self.outputs.update((o.path, o) for o in result.outputs)
         self.used.append(key)
-        return ActionOutcome(Status.CACHED, key)
+        return ActionOutcome(Outcome.CACHED, key)
 
     def _fetch(self, action: Action, key: Digest) -> ActionOutcome | None:
         """A hit from the remote cache: its verified blobs and result go into the local store, then
@@ -272,8 +276,7 @@ class Rebuilder:
             for digest, name, size in entry.blobs():
                 if self._store.has_blob(digest):
                     continue
-                got = self._remote.fetch_blob(digest, name, size, action.label,
-                                              self._root / STATE_DIR / "tmp")
+                got = self._remote.fetch_blob(digest, name, size, action.label, self._root / STATE_DIR / TMP)
                 if got is None:
                     return None
                 if isinstance(got, Path):
@@ -334,11 +337,10 @@ class Rebuilder:
             running = self._sandboxes.start(action, self._passed_env + secrets)
         except SecretUnavailable as error:
             if self._journal is not None:
-                self._journal.add(action, "FAILED", prepared.key, started, time.time(),
-                                  prepared.inputs, (), None, None, "secret", current_slot())
+                self._journal.add(action, RecordState.FAILED, prepared.key, started, time.time(), prepared.inputs, (),
+                                  None, None, "secret", current_slot())
             return Started(action, prepared, started, (), None,
-                           outcome=ActionOutcome(Status.FAILED, error=str(error),
-                                                 reason=prepared.reason))
+                           outcome=ActionOutcome(Outcome.FAILED, error=str(error), reason=prepared.reason))
         except OSError as error:
             return Started(action, prepared, started, (), None, outcome=_own_failure(error))
         return Started(action, prepared, started, secrets, running)
@@ -374,33 +376,28 @@ class Rebuilder:
             spawn = replace(spawn, stdout=redact(spawn.stdout, values),
                             stderr=redact(spawn.stderr, values))
         try:
-            failure, code = self._failure(action, spawn, prepared, secrets)
-            if not failure and prepared.cached is not None:
+            failure = self._failure(action, spawn, prepared, secrets)
+            if failure is None and prepared.cached is not None:
                 difference = self._difference(spawn, prepared.cached)
                 if difference:
-                    failure = (
-                        f"ORCH-04 non-deterministic execution: {difference}; the cached result is "
-                        "kept")
-                    code = "ORCH-04"
-            if failure:
+                    failure = Failure.of(NonDeterminism(f"{difference}; the cached result is kept"))
+            if failure is not None:
+                if self._cancelled:  # stopped by posbuild: not a failure of its own
+                    failure = Failure(failure.message, "interrupted")
                 if self._journal is not None:
-                    state, code = ("INTERRUPTED", "interrupted") if self._cancelled \
-                        else ("FAILED", code)
-                    self._journal.add(action, state, prepared.key, started.started, started.ended,
-                                      prepared.inputs,
-                                      (), spawn.usage, spawn.exit_code, code, current_slot(),
+                    state = RecordState.INTERRUPTED if self._cancelled else RecordState.FAILED
+                    self._journal.add(action, state, prepared.key, started.started, started.ended, prepared.inputs,
+                                      (), spawn.usage, spawn.exit_code, failure.code, current_slot(),
                                       remote=spawn.remote)
-                orch = code if code.startswith("ORCH-") else ""
-                # `check` settled it from the cached result
-                kept = prepared.key if orch == "ORCH-04" else None
-                return ActionOutcome(Status.FAILED, kept, error=failure, code=orch,
-                                     reason=prepared.reason,
+                orch = type(failure.orch) if failure.orch is not None else None
+                kept = prepared.key if orch is NonDeterminism else None  # `check` settled it from the cached result
+                return ActionOutcome(Outcome.FAILED, kept, error=failure.message, orch=orch, reason=prepared.reason,
                                      stderr=spawn.stderr, elapsed=spawn.elapsed)
             self._commit(action, spawn, prepared, started.started, started.ended)
         finally:
             self._sandboxes.remove(spawn)
-        return ActionOutcome(Status.EXECUTED, prepared.key, reason=prepared.reason,
-                             stderr=spawn.stderr, elapsed=spawn.elapsed)
+        return ActionOutcome(Outcome.EXECUTED, prepared.key, reason=prepared.reason, stderr=spawn.stderr,
+                             elapsed=spawn.elapsed)
 
     def _difference(self, spawn: SpawnResult, cached: ActionResult) -> str:
         """How a re-run's outputs differ from the cached result of the same key ("" if they
@@ -415,38 +412,35 @@ class Rebuilder:
         return ""
 
     def _failure(self, action: Action, spawn: SpawnResult, prepared: _Prepared,
-                 secrets: tuple[tuple[str, str], ...] = ()) -> tuple[str, str]:
-        """Why a finished run cannot be committed, and the record's error code; ("", "") if it
-        can."""
+                 secrets: tuple[tuple[str, str], ...] = ()) -> Failure | None:
+        """Why a finished run cannot be committed; None if it can."""
         if spawn.timed_out:
-            return f"timed out after {action.timeout} s", "timeout"
+            return Failure(f"timed out after {action.timeout} s", "timeout")
         if spawn.exit_code != 0:
             if spawn.exit_code < 0:
-                signum = -spawn.exit_code
-                return f"command failed (killed by signal {signum})", f"signal {signum}"
-            return f"command failed (exit code {spawn.exit_code})", f"exit {spawn.exit_code}"
+                return Failure(f"command failed (killed by signal {-spawn.exit_code})", f"signal {-spawn.exit_code}")
+            return Failure(f"command failed (exit code {spawn.exit_code})", f"exit {spawn.exit_code}")
         overrun = memory_overrun(action, spawn.usage.max_rss_kb if spawn.usage else None)
-        if overrun:
-            return overrun, "ORCH-05"
+        if overrun is not None:
+            return Failure.of(overrun)
         if spawn.irregular:
-            return (f"declared output '{spawn.irregular[0]}' {spawn.why}; outputs must be regular "
-                    f"files in folders of their own, and nothing was kept"), "missing output"
+            return Failure(f"declared output '{spawn.irregular[0]}' {spawn.why}; outputs must be regular files in "
+                           f"folders of their own, and nothing was kept", "missing output")
         if spawn.missing:
             missing = ", ".join(f"'{p}'" for p in spawn.missing)
-            return f"declared output {missing} was not created", "missing output"
+            return Failure(f"declared output {missing} was not created", "missing output")
         changed = [path for path, sig in prepared.sources if not self._files.unchanged(path, sig)]
         if changed:
-            return (f"input '{changed[0]}' changed while the action ran; result not cached, "
-                    "build again"), "input changed"
+            return Failure(f"input '{changed[0]}' changed while the action ran; result not cached, build again",
+                           "input changed")
         if secrets and not action.allow_secret_in_output:
             for path in action.outputs:
                 with spawn.output(path).reading() as fd:
                     leak = file_containing([Path(fd_path(fd))], secrets)
                 if leak is not None:
-                    return (f"output '{path}' contains the value of secret '{leak[1]}'; "
-                            "nothing was kept (declare allow_secret_in_output = True if that is "
-                            "intended)", "secret in output")
-        return "", ""
+                    return Failure(f"output '{path}' contains the value of secret '{leak[1]}'; nothing was kept "
+                                   f"(declare allow_secret_in_output = True if that is intended)", "secret in output")
+        return None
 
     def _commit(self, action: Action, spawn: SpawnResult, prepared: _Prepared, started: float,
                 ended: float) -> ActionResult:
@@ -481,8 +475,7 @@ class Rebuilder:
         cached = None if NO_CACHE_TAG in action.tags else (key, result)
         records: list[Row] = []
         if self._journal is not None:
-            records.append(self._journal.row(action, "SUCCESS", key, started, ended,
-                                             prepared.inputs,
+            records.append(self._journal.row(action, RecordState.SUCCESS, key, started, ended, prepared.inputs,
                                              [(o.path, o.digest) for o in outputs], spawn.usage,
                                              spawn.exit_code, "", current_slot(),
                                              remote=spawn.remote))
@@ -518,10 +511,8 @@ class Rebuilder:
         """Turn an executed action's committed SUCCESS record into a FAILED one, under the same
         record key, when installing its outputs failed: the log must say what the build said."""
         assert self._journal is not None
-        failed = self._journal.row(action, "FAILED", prepared.key, started, ended, prepared.inputs,
-                                   (), spawn.usage,
-                                   spawn.exit_code, "install failed", current_slot(),
-                                   remote=spawn.remote)
+        failed = self._journal.row(action, RecordState.FAILED, prepared.key, started, ended, prepared.inputs, (), spawn.usage,
+                                   spawn.exit_code, "install failed", current_slot(), remote=spawn.remote)
         self._store.commit(records=[(committed[0], failed[1], failed[2])])
 
     def flush(self) -> None:
@@ -543,10 +534,6 @@ class Rebuilder:
         """How many running commands a cancel killed (0 where the sandboxes do not count them)."""
         return getattr(self._sandboxes, "stopped", 0)
 
-    def clear_sandboxes(self) -> None:
-        """Remove sandboxes an interrupted build left behind, before new ones are made."""
-        self._sandboxes.clear_stale()
-
 
 def _describes(result: ActionResult, action: Action) -> bool:
     """Whether a cached result names exactly the action's declared outputs.
@@ -562,5 +549,4 @@ def _describes(result: ActionResult, action: Action) -> bool:
 def _own_failure(error: OSError) -> ActionOutcome:
     """An action that failed on a file-system error of posbuild's own (staging, installing): the
     action fails with the path at fault, as its command failing would, and the build goes on."""
-    return ActionOutcome(Status.FAILED,
-                         error=f"{error.strerror or error}: {error.filename or ''}".rstrip(": "))
+    return ActionOutcome(Outcome.FAILED, error=f"{error.strerror or error}: {error.filename or ''}".rstrip(": "))

@@ -59,9 +59,6 @@ class FileStates:
         """The state of a file already looked at, unless it was too fresh to be trusted later."""
         return None if path in self._racy else self._seen.get(path)
 
-    def digest(self, path: str) -> Digest:
-        return self.state(path).digest
-
     def unchanged(self, path: str, expected: Signature) -> bool:
         """Whether a file still has the signature it had when it was first looked at."""
         try:

@@ -86,6 +86,7 @@ from posbuild.atomic import TEMP_PREFIX
 from posbuild.config import Config
 from posbuild.digest import DIGEST_SIZE, Digest, hash_bytes, hash_file
 from posbuild.errors import ChecksumMismatch, PartialState
+from posbuild.layout import GRAPHS, TMP
 from posbuild.materialize import INSTALLING
 from posbuild.owned import real_folder
 from posbuild.records import ActionResult, FileState, Manifest, unpack_manifest
@@ -376,9 +377,9 @@ class _Checker:
         owner mark (sandbox.sweep_dead), so a running build's sandboxes are left alone. Only what
         cannot be removed is reported."""
         state = self._config.state_dir
-        for path in _entries(state / "tmp"):
+        for path in _entries(state / TMP):
             self._sweep(path, "temp file of an interrupted build")
-        for path in [*_entries(state / "graphs"), *_entries(state)]:
+        for path in [*_entries(state / GRAPHS), *_entries(state)]:
             if path.name.startswith(TEMP_PREFIX) and not _writer_alive(path.name):
                 self._sweep(path, "temp file of an interrupted state write")
         try:
@@ -544,7 +545,7 @@ def _repair(config: Config, store: Store | None, plan: _Plan) -> Repairs:
 def _invalidate_state(config: Config) -> int:
     """Delete the saved up-to-date state of every request and mark posbuild-out/ dirty."""
     removed = 0
-    for path in _entries(config.state_dir / "graphs"):
+    for path in _entries(config.state_dir / GRAPHS):
         if path.suffix == ".state":
             path.unlink(missing_ok=True)
             removed += 1

@@ -33,8 +33,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Sequence
 
-from posbuild.config import OUT_DIR, Config
+from posbuild.config import Config
 from posbuild.errors import UsageError
+from posbuild.layout import OUT_DIR, TMP
 from posbuild.materialize import Materializer
 from posbuild.owned import real_folder
 from posbuild.records import (FileState, Generation, Manifest, OutputFile, pack_manifest,
@@ -107,7 +108,7 @@ def rollback(config: Config, store: Store, generation_id: int | None = None) -> 
     manifest = unpack_manifest(store.get_blob(chosen.manifest))
     real_folder(config.out_dir, "output tree")  # rollback deletes files in it: never through a link
     mark_tree(config, clean=False)  # a kill from here on leaves a tree no generation describes
-    materializer = Materializer(config.root, store, config.state_dir / "tmp")
+    materializer = Materializer(config.root, store, config.state_dir / TMP)
     materializer.clear_temp()
     memo: list[tuple[str, FileState]] = []
     unchanged = 0

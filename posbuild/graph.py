@@ -7,7 +7,7 @@ plain strings (labels); ties are always broken by sorting, never by dict or set 
 
 from __future__ import annotations
 
-from typing import Callable, Iterable, Mapping, Sequence
+from typing import Callable, Iterable, Sequence
 
 from posbuild.errors import CycleError
 
@@ -48,12 +48,3 @@ def toposort(roots: Iterable[str], edges: Callable[[str], Sequence[str]]) -> lis
                 done.add(node)
                 order.append(node)
     return order
-
-
-def reverse_edges(deps: Mapping[str, Sequence[str]]) -> dict[str, list[str]]:
-    """Dependents of each node, each list sorted."""
-    rdeps: dict[str, list[str]] = {node: [] for node in deps}
-    for node, children in deps.items():
-        for child in children:
-            rdeps.setdefault(child, []).append(node)
-    return {node: sorted(parents) for node, parents in rdeps.items()}

@@ -8,7 +8,15 @@ BUILD/.bzl file read, and of posbuild.toml. Checking the entry is a few hundred 
 plus a hash of each path changed too close to the load for its stamp to be trusted (stamps.py).
 
 Entries are msgpack files under `.posbuild/graphs/`, written temp + rename; a damaged or
-outdated one is simply ignored and rebuilt.
+outdated one is simply ignored and rebuilt. An entry is one array of seven elements:
+
+    [version (`_version()`), folder stamps [[path, stamp]...], file stamps [[path, stamp]...],
+     requested (the files the requested targets name), GraphFacts fields, racy digests
+     {path: digest},
+     action rows (each Action's fields in order)]
+
+Everything before the action rows is small, and the rows are decoded only when needed
+(CachedGraph). This module is the only one that reads or writes an entry.
 """
 
 from __future__ import annotations
@@ -39,12 +47,8 @@ def _file_stamps(root: Path, files: Sequence[str]) -> list[Stamp]:
 
 
 class CachedGraph:
-    """A current graph cache entry whose actions are decoded only when first asked for.
-
-    An entry is [version, folder stamps, file stamps, requested, facts, racy digests, actions]:
-    everything before the actions is small, so a build that finds nothing to do reads the facts and
-    never pays for decoding thousands of actions.
-    """
+    """A current graph cache entry whose actions are decoded only when first asked for: a build
+    that finds nothing to do reads the facts and never pays for decoding thousands of actions."""
 
     __slots__ = ("raw", "requested", "facts", "_rows_at", "_graph", "_digest")
 
@@ -146,6 +150,16 @@ def _open_entry(data: bytes) -> tuple[Any, Any, Any, CachedGraph] | None:
     if not isinstance(racy, dict):
         return None
     return dirs, files, racy, CachedGraph(data, requested, facts, unpacker.tell())
+
+
+def files_of_entry(data: bytes) -> tuple[str, ...]:
+    """The BUILD, .bzl, Python and config files an entry was derived from (what watch must
+    watch besides sources), without decoding its actions; () for bytes that are no entry."""
+    try:
+        opened = _open_entry(data) if data else None
+    except (ValueError, TypeError, msgpack.UnpackException):
+        return ()
+    return tuple(str(rel) for rel, _ in opened[1]) if opened is not None else ()
 
 
 def actions_of_entry(data: bytes) -> tuple[Action, ...]:

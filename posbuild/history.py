@@ -13,86 +13,77 @@ from typing import Any, Sequence
 
 from posbuild.analysis import Action
 from posbuild.graphcache import actions_of_entry
-from posbuild.records import ExecutionRecord
+from posbuild.records import BuildRow, ExecutionRecord, RecordState
 from posbuild.store import Store
 from posbuild.uptodate import BuildState, state_from_bytes
 
 
-def find_build(store: Store, number: int | None) -> dict[str, Any] | None:
+def find_build(store: Store, number: int | None) -> BuildRow | None:
     """A build's row of the store's workspace (numbers are per workspace): the latest when
     `number` is None."""
     builds = store.builds()
     if number is None:
         return builds[-1] if builds else None
-    return next((b for b in builds if b["number"] == number), None)
+    return next((b for b in builds if b.number == number), None)
 
 
-def records_of_build(store: Store, build: dict[str, Any]) -> list[ExecutionRecord]:
+def records_of_build(store: Store, build: BuildRow) -> list[ExecutionRecord]:
     """Every record of a build: the implied up-to-date ones first, then the rest in the order made,
     then those of the actions an interrupted build had in flight."""
-    return _implied(store, build) + store.records_of(int(build["number"])) + _in_flight(build)
+    return _implied(store, build) + store.records_of(build.number) + _in_flight(build)
 
 
-def _in_flight(build: dict[str, Any]) -> list[ExecutionRecord]:
+def _in_flight(build: BuildRow) -> list[ExecutionRecord]:
     """Records of the actions an interrupted build started and never concluded: their start time
     is known, their end is not (`ended` is empty)."""
     return [ExecutionRecord(
-        build_id=str(build["number"]), label=label, state="INTERRUPTED", key=None, started=started,
-        ended="",
-        duration=0.0, inputs=(), versions=(), outputs=(), usage=None, exit_code=None,
-        error_code="interrupted", env_hash=bytes(build.get("env_hash") or b""),
-    ) for label, started in build.get("in_flight", ())]
+        build_id=str(build.number), label=label, state=RecordState.INTERRUPTED, key=None, started=started, ended="",
+        duration=0.0, inputs=(), versions=(), outputs=(), usage=None, exit_code=None, error_code="interrupted",
+        env_hash=bytes(build.env_hash or b""),
+    ) for label, started in build.in_flight]
 
 
-def describe_build(build: dict[str, Any]) -> str:
-    """How a build ended, in a few words: finished, still running, interrupted, or refused (and
-    why)."""
-    status = build.get("status") or ("finished" if "ended" in build else "unfinished")
+def describe_build(build: BuildRow) -> str:
+    """How a build ended, in a few words: finished, still running, interrupted, or refused (and why)."""
+    status = build.status or ("finished" if build.ended is not None else "unfinished")
     if status == "refused":
-        return f"refused: {build.get('message') or build.get('error')}"
+        return f"refused: {build.message or build.error}"
     if status == "interrupted":
-        count = len(build.get("in_flight", ()))
-        return f"interrupted (noticed {build.get('noticed')}; {count} action(s) in flight)"
-    return f"running (process {build['pid']})" if status == "running" and build.get("pid") \
-        else str(status)
+        return f"interrupted (noticed {build.noticed}; {len(build.in_flight)} action(s) in flight)"
+    return f"running (process {build.pid})" if status == "running" and build.pid else str(status)
 
 
-def _implied(store: Store, build: dict[str, Any]) -> list[ExecutionRecord]:
-    settled = build.get("up_to_date")
-    if not settled or not build.get("graph"):
+def _implied(store: Store, build: BuildRow) -> list[ExecutionRecord]:
+    settled = build.up_to_date
+    if not settled or not build.graph:
         return []
-    actions = actions_of_entry(store.journal_blob(build["graph"]) or b"")
-    state = state_from_bytes(store.journal_blob(build["state"]) or b"") if build.get("state") \
-        else None
+    actions = actions_of_entry(store.journal_blob(build.graph) or b"")
+    state = state_from_bytes(store.journal_blob(build.state) or b"") if build.state else None
     if not actions or state is None:
         return []
     indices = range(len(actions)) if settled == "all" else settled
     return expand_up_to_date(build, actions, state, indices)
 
 
-def expand_up_to_date(build: dict[str, Any], actions: Sequence[Action], state: BuildState,
+def expand_up_to_date(build: BuildRow, actions: Sequence[Action], state: BuildState,
                       indices: Sequence[int]) -> list[ExecutionRecord]:
-    """Records (state CACHED) for actions a build settled by stat alone, from its graph and
-    state."""
-    when = str(build["started"])
+    """Records (state CACHED) for actions a build settled by stat alone, from its graph and state."""
+    when = build.started
     records = []
     for index in indices:
         action = actions[index]
         trace = state.actions.get(action.label)
         records.append(ExecutionRecord(
-            build_id=str(build["number"]), label=action.label, state="CACHED",
-            key=trace[1] if trace else None, started=when, ended=when, duration=0.0,
-            inputs=tuple((p, state.digests.get(p, b"")) for p in action.inputs),
-            versions=action.versions,
-            outputs=tuple((p, state.digests.get(p, b"")) for p in action.outputs), usage=None,
-            exit_code=None,
-            error_code="", env_hash=bytes(build["env_hash"]), slot=0, command=action.command,
-            env=action.env,
+            build_id=str(build.number), label=action.label, state=RecordState.CACHED, key=trace[1] if trace else None,
+            started=when, ended=when, duration=0.0,
+            inputs=tuple((p, state.digests.get(p, b"")) for p in action.inputs), versions=action.versions,
+            outputs=tuple((p, state.digests.get(p, b"")) for p in action.outputs), usage=None, exit_code=None,
+            error_code="", env_hash=bytes(build.env_hash or b""), slot=0, command=action.command, env=action.env,
         ))
     return records
 
 
-def chrome_trace(build: dict[str, Any], records: Sequence[ExecutionRecord]) -> dict[str, Any]:
+def chrome_trace(build: BuildRow, records: Sequence[ExecutionRecord]) -> dict[str, Any]:
     """A build's records in the Chrome trace-event format: one lane (tid) per job slot.
 
     Open the file in Perfetto (ui.perfetto.dev) or chrome://tracing. Timestamps are microseconds
@@ -103,18 +94,16 @@ def chrome_trace(build: dict[str, Any], records: Sequence[ExecutionRecord]) -> d
     def micros(iso: str) -> float:
         return datetime.fromisoformat(iso).timestamp() * 1e6
 
-    origin = micros(str(build["started"]))
+    origin = micros(build.started)
     events: list[dict[str, Any]] = [
-        {"name": "process_name", "ph": "M", "pid": 1,
-         "args": {"name": f"posbuild build {build['number']}"}},
+        {"name": "process_name", "ph": "M", "pid": 1, "args": {"name": f"posbuild build {build.number}"}},
         {"name": "thread_name", "ph": "M", "pid": 1, "tid": 0, "args": {"name": "cache"}},
     ]
     for slot in sorted({r.slot for r in records if r.slot}):
         events.append({"name": "thread_name", "ph": "M", "pid": 1, "tid": slot,
                        "args": {"name": f"job {slot}"}})
     for record in records:
-        args: dict[str, object] = {"state": record.state,
-                                   "key": record.key.hex() if record.key else None,
+        args = {"state": record.state.value, "key": record.key.hex() if record.key else None,
                 "error": record.error_code or None}
         if record.worker:
             args.update(worker=record.worker, host=record.host)
@@ -123,21 +112,20 @@ def chrome_trace(build: dict[str, Any], records: Sequence[ExecutionRecord]) -> d
                         max_rss_kb=record.usage.max_rss_kb)
         start = round(micros(record.started) - origin, 1)
         if record.slot:
-            events.append({"name": record.label, "cat": record.state.lower(), "ph": "X", "pid": 1,
-                           "tid": record.slot, "ts": start, "dur": round(record.duration * 1e6, 1),
-                           "args": args})
+            events.append({"name": record.label, "cat": record.state.value.lower(), "ph": "X", "pid": 1,
+                           "tid": record.slot, "ts": start, "dur": round(record.duration * 1e6, 1), "args": args})
         else:
-            events.append({"name": record.label, "cat": record.state.lower(), "ph": "i", "s": "t",
-                           "pid": 1, "tid": 0, "ts": start, "args": args})
+            events.append({"name": record.label, "cat": record.state.value.lower(), "ph": "i", "s": "t", "pid": 1,
+                           "tid": 0, "ts": start, "args": args})
     return {"traceEvents": events, "displayTimeUnit": "ms"}
 
 
 def record_json(record: ExecutionRecord) -> dict[str, Any]:
     """A record as JSON-ready data, digests in hex."""
     return {
-        "build": record.build_id, "label": record.label, "state": record.state,
-        "key": record.key.hex() if record.key else None, "started": record.started,
-        "ended": record.ended, "duration_s": record.duration,
+        "build": record.build_id, "label": record.label, "state": record.state.value,
+        "key": record.key.hex() if record.key else None, "started": record.started, "ended": record.ended,
+        "duration_s": record.duration,
         "inputs": {p: d.hex() for p, d in record.inputs}, "versions": dict(record.versions),
         "outputs": {p: d.hex() for p, d in record.outputs},
         "usage": None if record.usage is None else {

@@ -19,10 +19,11 @@ from typing import Any, Callable
 
 import starlark
 
-from posbuild.config import OUT_DIR, STATE_DIR, Config
+from posbuild.config import Config
 from posbuild.digest import Digest, hash_bytes
 from posbuild.errors import BuildFileError, SourceLocation
 from posbuild.label import Label, did_you_mean, parse_label, shown
+from posbuild.layout import OUT_DIR, STATE_DIR
 from posbuild.nesting import nesting_problem
 from posbuild.owners import Owners, with_ancestors
 from posbuild.stamps import folder_stamp

@@ -23,8 +23,8 @@ from typing import Any
 
 from posbuild.atomic import write_atomically
 from posbuild.errors import WorkspaceError
+from posbuild.layout import LOCK_NAME
 
-LOCK_NAME = "posbuild.lock"
 LOCK_FORMAT = 1
 
 

@@ -53,8 +53,8 @@ from dataclasses import dataclass
 from typing import Iterable, Mapping, Sequence
 
 from posbuild.errors import SandboxUnavailable
+from posbuild.layout import NETWORK_TAG
 
-NETWORK_TAG = "network"
 WRITABLE_VARIABLE = "POSBUILD_SANDBOX_WRITABLE"  # debugging and test probes: folders left writable
 PROBE_TIMEOUT = 20.0  # seconds; bwrap starts in milliseconds, a hang means something is wrong
 _probed: dict[tuple[str, ...], str | None] = {}  # argv → None (works) or why not; once per process

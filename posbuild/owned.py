@@ -31,12 +31,12 @@ from pathlib import Path
 from typing import Callable, Iterable
 
 from posbuild.errors import WorkspaceError
+from posbuild.layout import STORE_DB, STORE_LOCK
 
 MARKER = "CACHEDIR.TAG"
 SIGNATURE = b"Signature: 8a477f597d28d172789f06886806bc55"  # fixed by the specification
 STATE, STORE, SANDBOXES = "state folder", "store", "sandbox base"
-# store.py, epoch.py
-STORE_NAMES = frozenset({MARKER, "db", "cas", "epoch", "running", "gc.lock", "wal"})
+STORE_NAMES = frozenset({MARKER, STORE_DB, "cas", "epoch", "running", STORE_LOCK, "wal"})  # store.py, epoch.py
 # Names posbuild gives what it makes in a sandbox base (sandbox.py, dask_executor.py).
 SANDBOX_NAME = re.compile(r"\d+-\d+.*|\d+\.owner|dask-\d+-\d+|readdir-probe-.*", re.DOTALL)
 
@@ -103,14 +103,14 @@ def _write_marker(folder: Path, kind: str) -> None:
 def is_store(folder: Path) -> bool:
     """Whether `folder` is a store made before marks existed: it holds only what a store holds, and
     its LMDB files hold posbuild's format row."""
-    if not (folder / "db" / "data.mdb").is_file():
+    if not (folder / STORE_DB / "data.mdb").is_file():
         return False
     if not all(name in STORE_NAMES or name.startswith(".tmp-") for name in os.listdir(folder)):
         return False
     import lmdb  # only when a store is adopted
 
     try:
-        env = lmdb.open(str(folder / "db"), readonly=True, lock=False, max_dbs=16)
+        env = lmdb.open(str(folder / STORE_DB), readonly=True, lock=False, max_dbs=16)
     except lmdb.Error:
         return False
     try:

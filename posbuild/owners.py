@@ -17,9 +17,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from posbuild.config import OUT_DIR, STATE_DIR
 from posbuild.errors import BuildFileError
 from posbuild.label import Label
+from posbuild.layout import OUT_DIR, STATE_DIR
 
 
 def with_ancestors(packages: tuple[str, ...]) -> frozenset[str]:

@@ -25,10 +25,8 @@ from typing import Sequence
 from posbuild.analysis import PIN_TAG, Action
 from posbuild.digest import hash_file
 from posbuild.errors import BuildFileError, ChecksumMismatch
+from posbuild.layout import LOCK_NAME
 from posbuild.uptodate import BuildState
-
-# lockfile.LOCK_NAME; repeated so that a build without pins never imports json
-LOCK_FILE = "posbuild.lock"
 
 
 def tag_pins(actions: Sequence[Action]) -> list[tuple[str, str, str]]:
@@ -64,7 +62,7 @@ def check_pins(root: Path, actions: Sequence[Action], state: BuildState) -> int:
                  "update the digest in its BUILD file to accept the change")
                 for path, digest, label in tag_pins(actions)]
     try:
-        os.stat(root / LOCK_FILE)
+        os.stat(root / LOCK_NAME)
     except FileNotFoundError:
         pins: dict[str, str] = {}
     else:
@@ -73,8 +71,7 @@ def check_pins(root: Path, actions: Sequence[Action], state: BuildState) -> int:
         pins = read_lock(root).sources
     if pins:
         read = {path for action in actions for path in action.sources}
-        expected.extend((path, pins[path].lower(), f"in {LOCK_FILE}",
-                         "run `posbuild lock` to accept the change")
+        expected.extend((path, pins[path].lower(), f"in {LOCK_NAME}", "run `posbuild lock` to accept the change")
                         for path in read.intersection(pins))
     if not expected:
         return 0

@@ -51,6 +51,7 @@ from posbuild.errors import BuildFileError, UsageError
 from posbuild.label import (Label, PatternKind, TargetPattern, did_you_mean, parse_label,
                             parse_pattern)
 from posbuild.label import shown as label_shown
+from posbuild.layout import CONFIG_NAME, GRAPHS
 from posbuild.stamps import file_stamp, racy_digests, stamps_current
 from posbuild.target import SCHEMAS
 
@@ -225,7 +226,7 @@ def _build_graph(config: Config
         attr_blobs={a: msgpack.packb(c, use_bin_type=True) for a, c in sorted(columns.items())},
         outs_blob=msgpack.packb({str(o): number[r] for o, r in outputs.items()}, use_bin_type=True),
     )
-    return graph, list(dirs), sorted({*loader.files_read, "posbuild.toml"}), loader.digests
+    return graph, list(dirs), sorted({*loader.files_read, CONFIG_NAME}), loader.digests
 
 
 def _entries(target: Any) -> list[tuple[str, str]]:
@@ -264,9 +265,8 @@ class TargetCache:
 
     def __init__(self, config: Config) -> None:
         self._config = config
-        self.path = config.state_dir / "graphs" / CACHE_NAME
-        # made just before a load: what changed since is racy (stamps.py)
-        self._since = time.time_ns()
+        self.path = config.state_dir / GRAPHS / CACHE_NAME
+        self._since = time.time_ns()  # made just before a load: what changed since is racy (stamps.py)
 
     def load(self) -> TargetGraph | None:
         try:

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
 from posbuild.digest import Digest
-from posbuild.records import ExecutionRecord
+from posbuild.records import ExecutionRecord, RecordState
 
 UNSET = "(unset)"
 
@@ -85,11 +85,10 @@ def differences(previous: ExecutionRecord | None, command: str, env: Sequence[tu
 def same_key(previous: ExecutionRecord) -> str:
     """Why an action ran again with the key of its previous execution, which nothing changed."""
     where = f"its previous execution (build {previous.build_id}) had the same key"
-    if previous.state == "FAILED":
-        return (
-            f"{where} and failed ({failure(previous)}); a failure is never cached, so it ran again")
-    return (f"{where}, but that result was no longer in the store (removed by `posbuild gc`, or "
-            f"never kept), so it ran again")
+    if previous.state is RecordState.FAILED:
+        return f"{where} and failed ({failure(previous)}); a failure is never cached, so it ran again"
+    return (f"{where}, but that result was no longer in the store (removed by `posbuild gc`, or never "
+            f"kept), so it ran again")
 
 
 def failure(record: ExecutionRecord) -> str:

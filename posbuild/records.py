@@ -7,9 +7,11 @@ FileState is one row of the stat memo: the stat signature a digest was computed 
 
 from __future__ import annotations
 
+import enum
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from typing import Any, Mapping, Sequence
 
 import msgpack
 
@@ -150,8 +152,37 @@ class RemoteRun:
     ended: float
 
 
-# the last only implied (history.py)
-STATES = ("SUCCESS", "FAILED", "CACHED", "SKIPPED", "INTERRUPTED")
+class RecordState(enum.Enum):
+    """How an action ended in one build, as its record says; the value is what the store holds."""
+
+    SUCCESS = "SUCCESS"  # its command ran and its result was committed
+    FAILED = "FAILED"
+    CACHED = "CACHED"  # its result came from a cache, or the up-to-date check settled it
+    SKIPPED = "SKIPPED"  # a dependency failed, so it never started
+    INTERRUPTED = "INTERRUPTED"  # in flight when its build was stopped, or died (history.py)
+
+    def ran(self) -> bool:
+        """Whether the record's duration is a run of the command (the one a schedule may learn from)."""
+        return self in (RecordState.SUCCESS, RecordState.FAILED)
+
+    def produced(self) -> bool:
+        """Whether the build ended with the action's result in hand."""
+        return self in (RecordState.SUCCESS, RecordState.CACHED)
+
+
+class Outcome(enum.Enum):
+    """How an action ended in this build, as the reporter shows it and the build row counts it."""
+
+    CACHED = "cached"  # its result came from a cache
+    EXECUTED = "executed"
+    FAILED = "failed"
+    PLANNED = "planned"  # under --dry-run: it would run
+
+
+RUN_OUTCOMES = (Outcome.CACHED, Outcome.EXECUTED, Outcome.FAILED)  # what a real build ends with
+
+
+FAILURES = frozenset({RecordState.FAILED, RecordState.SKIPPED, RecordState.INTERRUPTED})  # `log --failed`
 
 
 @dataclass(frozen=True, slots=True)
@@ -160,7 +191,7 @@ class ExecutionRecord:
 
     build_id: str
     label: str
-    state: str  # one of STATES
+    state: RecordState
     key: Digest | None
     started: str  # UTC, ISO 8601 with microseconds
     ended: str
@@ -182,14 +213,84 @@ class ExecutionRecord:
 
     def pack(self) -> bytes:
         row = {f: getattr(self, f) for f in self.__dataclass_fields__}
-        row["usage"] = [*(getattr(self.usage, f) for f in ResourceUsage.__dataclass_fields__)] \
-            if self.usage else None
+        row["state"] = self.state.value
+        row["usage"] = [*(getattr(self.usage, f) for f in ResourceUsage.__dataclass_fields__)] if self.usage else None
         return msgpack.packb(row, use_bin_type=True)
 
     @staticmethod
     def unpack(data: bytes) -> ExecutionRecord:
         row = msgpack.unpackb(data)
+        row["state"] = RecordState(row["state"])
         row["usage"] = ResourceUsage(*row["usage"]) if row["usage"] is not None else None
         for name in ("inputs", "versions", "outputs", "env"):
             row[name] = tuple(tuple(pair) for pair in row[name])
         return ExecutionRecord(**row)
+
+
+@dataclass(frozen=True, slots=True)
+class BuildRow:
+    """A build's row in the store's `builds` database: when and how it ran, and how it ended.
+
+    Stored as a msgpack map whose fields depend on how the build went, in the order they were
+    added (journal.py starts a row, the store concludes or interrupts it); the row's seal
+    (recordchain.py) covers those bytes. So `order` keeps the stored field order and `extra`
+    any field this version does not know, and `pack` writes the row back byte for byte.
+    """
+
+    number: int = 0
+    status: str | None = None  # running, finished, interrupted, refused; absent in the oldest rows
+    started: str = ""
+    ended: str | None = None
+    patterns: Sequence[str] = ()
+    env_hash: Digest | None = None
+    graph: Digest | None = None  # the graph cache entry, a journal blob
+    state: Digest | None = None  # the up-to-date state it settled actions from, a journal blob
+    actions: int = 0
+    up_to_date: str | Sequence[int] = ()  # "all", or the indices of the actions settled by stat
+    allow_env_drift: bool = False
+    verify: bool = False
+    passed_env: Sequence[Sequence[str]] | None = None  # [[name, value]...] of [env] pass
+    counts: Mapping[str, int] | None = None
+    failed: int = 0
+    skipped: int = 0
+    pid: int | None = None  # of the process while it runs
+    noticed: str | None = None  # when a later command found it interrupted
+    in_flight: Sequence[Sequence[str]] = ()  # [[label, started]...] of an interrupted build
+    error: str | None = None  # the code and message of a refused build
+    message: str | None = None
+    chain: Sequence[Any] | None = None  # [previous number, seal] once sealed
+    order: tuple[str, ...] = field(default=(), compare=False)
+    extra: Mapping[str, Any] = field(default_factory=dict, compare=False)
+
+    def fields(self) -> dict[str, Any]:
+        """The row as the store holds it: every field in stored order."""
+        return {name: self.extra[name] if name in self.extra else getattr(self, name) for name in self.order}
+
+    def pack(self) -> bytes:
+        return msgpack.packb(self.fields(), use_bin_type=True)
+
+    @staticmethod
+    def unpack(data: bytes) -> BuildRow:
+        row = msgpack.unpackb(data)
+        if not isinstance(row, dict):
+            raise ValueError("a build row is a map")
+        return BuildRow.of(row)
+
+    @staticmethod
+    def of(row: Mapping[str, Any]) -> BuildRow:
+        """The row of a mapping of fields, in its order."""
+        known = {name: value for name, value in row.items() if name in _BUILD_FIELDS}
+        extra = {name: value for name, value in row.items() if name not in _BUILD_FIELDS}
+        return BuildRow(**known, order=tuple(row), extra=extra)
+
+    def with_fields(self, **changes: Any) -> BuildRow:
+        """The row with fields set, as a dict update would: a field it has keeps its place, a
+        new one goes last."""
+        return BuildRow.of({**self.fields(), **changes})
+
+    def concluded(self) -> bool:
+        """Whether the build finished (nothing was refused, interrupted or is still running)."""
+        return (self.status or "finished") == "finished" and self.ended is not None
+
+
+_BUILD_FIELDS = frozenset(BuildRow.__dataclass_fields__) - {"order", "extra"}

@@ -10,7 +10,12 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Protocol, TextIO
+from typing import TYPE_CHECKING, Protocol, TextIO
+
+from posbuild.records import Outcome
+
+if TYPE_CHECKING:
+    from posbuild.errors import OrchError
 
 
 @dataclass(frozen=True, slots=True)
@@ -25,13 +30,13 @@ class BuildSummary:
     wall: float
     failed_labels: tuple[str, ...]
     dry_run: bool = False
-    codes: tuple[str, ...] = ()  # ORCH codes among the failures (ORCH-04 under --verify)
+    orch: tuple[type[OrchError], ...] = ()  # ORCH errors among the failures (ORCH-04 under --verify)
 
 
 class Reporter(Protocol):
     def build_started(self, total: int, up_to_date: int) -> None: ...
 
-    def action_finished(self, label: str, status: str, error: str, stderr: bytes) -> None: ...
+    def action_finished(self, label: str, status: Outcome, error: str, stderr: bytes) -> None: ...
 
     def build_finished(self, summary: BuildSummary) -> None: ...
 
@@ -68,9 +73,9 @@ class _Base:
     def _planned(self, label: str) -> None:
         self._out.write(f"would execute {label}\n")
 
-    def _count(self, status: str) -> None:
+    def _count(self, status: Outcome) -> None:
         self._done += 1
-        self._cached += status == "cached"
+        self._cached += status is Outcome.CACHED
 
     def _failure(self, label: str, error: str, stderr: bytes) -> None:
         self._err.write(f"FAILED {label}: {error}\n")
@@ -83,13 +88,13 @@ class _Base:
 class PlainReporter(_Base):
     """One line per executed or failed action; for pipes and CI logs."""
 
-    def action_finished(self, label: str, status: str, error: str, stderr: bytes) -> None:
+    def action_finished(self, label: str, status: Outcome, error: str, stderr: bytes) -> None:
         self._count(status)
-        if status == "planned":
+        if status is Outcome.PLANNED:
             self._planned(label)
-        elif status == "failed":
+        elif status is Outcome.FAILED:
             self._failure(label, error, stderr)
-        elif status == "executed":
+        elif status is Outcome.EXECUTED:
             self._out.write(f"[{self._done}/{self._total}] {label}\n")
 
     def build_finished(self, summary: BuildSummary) -> None:
@@ -100,8 +105,8 @@ class PlainReporter(_Base):
 class QuietReporter(_Base):
     """Only failures and errors (`-q`)."""
 
-    def action_finished(self, label: str, status: str, error: str, stderr: bytes) -> None:
-        if status == "failed":
+    def action_finished(self, label: str, status: Outcome, error: str, stderr: bytes) -> None:
+        if status is Outcome.FAILED:
             self._failure(label, error, stderr)
 
     def build_finished(self, summary: BuildSummary) -> None:
@@ -134,12 +139,12 @@ class TerminalReporter(_Base):
             self._out.write("\r" + " " * self._width + "\r")
             self._width = 0
 
-    def action_finished(self, label: str, status: str, error: str, stderr: bytes) -> None:
+    def action_finished(self, label: str, status: Outcome, error: str, stderr: bytes) -> None:
         self._count(status)
-        if status == "planned":
+        if status is Outcome.PLANNED:
             self._clear()
             self._planned(label)
-        elif status == "failed":
+        elif status is Outcome.FAILED:
             self._clear()
             self._failure(label, error, stderr)
         self._status(label)

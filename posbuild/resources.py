@@ -72,14 +72,12 @@ def critical_path(deps: Sequence[Sequence[int]], labels: Sequence[str],
     return [(-round(length, 3), label) for length, label in zip(path, labels)]
 
 
-def memory_overrun(action: Action, max_rss_kb: int | None) -> str:
-    """The ORCH-05 message when the action's measured peak memory exceeds its declared mem_mb, else
-    ""."""
+def memory_overrun(action: Action, max_rss_kb: int | None) -> ResourceOversubscription | None:
+    """ORCH-05 when the action's measured peak memory exceeds its declared mem_mb."""
     declared = action.resources[1]
     if not declared or max_rss_kb is None:
-        return ""
+        return None
     used_mb = -(-max_rss_kb // 1024)
     if used_mb <= declared:
-        return ""
-    return (f"ORCH-05 resource oversubscription: {action.label} used {used_mb} MB of memory "
-            f"but declared mem_mb={declared}")
+        return None
+    return ResourceOversubscription(f"{action.label} used {used_mb} MB of memory but declared mem_mb={declared}")

@@ -17,9 +17,10 @@ from dataclasses import dataclass
 from typing import Sequence
 
 from posbuild.analysis import Action, out_path
-from posbuild.config import CONFIG_NAME, DEFAULT_ROLE, Config, Role
+from posbuild.config import DEFAULT_ROLE, Config, Role
 from posbuild.errors import BuildFileError, UsageError, WorkspaceError
 from posbuild.label import PatternKind, TargetPattern, parse_pattern
+from posbuild.layout import CONFIG_NAME
 
 ROLE_VARIABLE = "POSBUILD_ROLE"
 

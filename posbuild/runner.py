@@ -18,12 +18,14 @@ from posbuild.analysis import Action
 from posbuild.config import Config
 from posbuild.digest import Digest
 from posbuild.epoch import read_epoch
-from posbuild.execute import ActionOutcome, Rebuilder, Started, Status
+from posbuild.errors import OrchError
+from posbuild.execute import ActionOutcome, Rebuilder, Started
 from posbuild.filestate import FileStates
 from posbuild.generations import current_manifest, record_generation, workspace_tag
 from posbuild.interrupt import Interrupted, deferred
 from posbuild.journal import Journal, utc
-from posbuild.records import Manifest, OutputFile
+from posbuild.layout import STORE_DB
+from posbuild.records import RUN_OUTCOMES, BuildRow, Manifest, Outcome, OutputFile, RecordState
 from posbuild.roles import Grant
 from posbuild.reporter import Reporter
 from posbuild.resources import critical_path
@@ -45,17 +47,16 @@ class DirtyRun:
     outcomes: dict[int, ActionOutcome]
     skipped: int
 
-    def count(self, status: Status) -> int:
+    def count(self, status: Outcome) -> int:
         return sum(1 for outcome in self.outcomes.values() if outcome.status is status)
 
     def failed_labels(self, actions: Sequence[Action]) -> tuple[str, ...]:
-        return tuple(actions[n].label for n, o in sorted(self.outcomes.items())
-                     if o.status is Status.FAILED)
+        return tuple(actions[n].label for n, o in sorted(self.outcomes.items()) if o.status is Outcome.FAILED)
 
-    def failure_codes(self) -> tuple[str, ...]:
-        """The ORCH codes among the failures, sorted and without repeats."""
-        return tuple(sorted({o.code for o in self.outcomes.values()
-                             if o.status is Status.FAILED and o.code}))
+    def failure_classes(self) -> tuple[type[OrchError], ...]:
+        """The ORCH error classes among the failures, by code and without repeats."""
+        found = {o.orch for o in self.outcomes.values() if o.status is Outcome.FAILED and o.orch is not None}
+        return tuple(sorted(found, key=lambda error: error.code))
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,8 +71,7 @@ class RunSettings:
     state_path: Path
     patterns: tuple[str, ...] = ()
     verify: bool = False
-    # the build's row (journal.build_row); None: no records
-    build_info: dict[str, object] | None = None
+    build_info: BuildRow | None = None  # the build's row (journal.build_row); None: no records
     build_blobs: tuple[tuple[Digest, bytes], ...] = ()
     explain: bool = False
     secrets: SecretSource | None = None  # where actions that declare secrets get their values
@@ -117,7 +117,7 @@ class _Executor:
         label = self._actions[node].label
         if outcome.reason:
             self._reporter.message(f"explain {label}: {outcome.reason}")
-        self._reporter.action_finished(label, outcome.status.value, outcome.error, outcome.stderr)
+        self._reporter.action_finished(label, outcome.status, outcome.error, outcome.stderr)
 
     def cancel(self) -> None:
         self._rebuilder.cancel()
@@ -186,13 +186,13 @@ def run_dirty(config: Config, actions: Sequence[Action], clean: Sequence[bool],
             if journal is not None:
                 for node, state in enumerate(scheduler.states):
                     if state is State.SKIPPED:
-                        journal.add(sub_actions[node], "SKIPPED", None, now / 1e9, now / 1e9, ())
+                        journal.add(sub_actions[node], RecordState.SKIPPED, None, now / 1e9, now / 1e9, ())
             store.commit(memo=files.take_pending(), used=[(key, now) for key in rebuilder.used],
                          records=journal.take() if journal else ())
             save_state(settings.state_path,
                        rebuilder.state_for(actions, clean, settings.env_key, settings.graph), epoch)
         outcomes = {dirty[i]: o for i, o in executor.outcomes.items()}
-        failed = [n for n, o in outcomes.items() if o.status is Status.FAILED]
+        failed = [n for n, o in outcomes.items() if o.status is Outcome.FAILED]
         if failed or State.SKIPPED in states:
             # ORCH-04 keeps its cached bytes
             stale = stale_outputs(actions, [n for n in failed if outcomes[n].key is None])
@@ -220,7 +220,7 @@ def run_dirty(config: Config, actions: Sequence[Action], clean: Sequence[bool],
                        and not os.path.lexists(config.root / p)]
             mark_tree(config, clean=not missing, withdrawn=missing)
         if journal is not None:
-            counts = {s.value: sum(1 for o in outcomes.values() if o.status is s) for s in Status}
+            counts = {s.value: sum(1 for o in outcomes.values() if o.status is s) for s in RUN_OUTCOMES}
             store.update_build(journal.number, {"ended": utc(time.time()), "counts": counts,
                                                 "failed": len(failed),
                                                 "skipped": states.count(State.SKIPPED)})
@@ -299,8 +299,7 @@ def _recorded_duration(store: Store, actions: Sequence[Action]) -> Callable[[int
     """How long each action took when it last ran (its latest record, if that one executed it)."""
     def duration(node: int) -> float | None:
         record = store.latest_record(actions[node].label)
-        return record.duration if record is not None and record.state in ("SUCCESS", "FAILED") \
-            else None
+        return record.duration if record is not None and record.state.ran() else None
     return duration
 
 
@@ -367,7 +366,7 @@ def plan_dirty(config: Config, actions: Sequence[Action], clean: Sequence[bool],
     (its outputs are unknown until then, so no key can be computed).
     """
     explain = settings.explain
-    if not (config.store_dir / "db").exists():
+    if not (config.store_dir / STORE_DB).exists():
         why = "no earlier execution is recorded" if explain else ""
         return [(i, why) for i, is_clean in enumerate(clean) if not is_clean]
     store = Store(config.store_dir, config.workspace_tag)
@@ -388,7 +387,7 @@ def plan_dirty(config: Config, actions: Sequence[Action], clean: Sequence[bool],
             outcome = rebuilder.check(action)
             if outcome is None:
                 would_run[index] = rebuilder.planned_reason(action)
-            elif outcome.status is Status.FAILED:
+            elif outcome.status is Outcome.FAILED:
                 would_run[index] = outcome.error if explain else ""
         return sorted(would_run.items())
     finally:

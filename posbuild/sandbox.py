@@ -106,7 +106,8 @@ from typing import Any, Protocol, Sequence
 from posbuild.analysis import Action
 from posbuild.config import BASE_PATH, Config
 from posbuild.liveness import lock_held
-from posbuild.namespaces import NETWORK_TAG, Isolation, choose, command, input_binds
+from posbuild.layout import NETWORK_TAG
+from posbuild.namespaces import Isolation, choose, command, input_binds
 from posbuild.nofollow import Opened, Outputs, open_outputs, read_upto
 from posbuild.owned import SANDBOX_NAME, SANDBOXES, claim, holds_only_sandboxes, is_marked
 from posbuild.records import RemoteRun, ResourceUsage

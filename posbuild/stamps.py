@@ -19,8 +19,8 @@ import os
 import zlib
 from typing import Iterable, Mapping
 
-from posbuild.config import OUT_DIR, STATE_DIR
 from posbuild.digest import hash_bytes, hash_file
+from posbuild.layout import OUT_DIR, STATE_DIR
 
 MISSING = -1
 RACY_WINDOW_NS = 100_000_000  # a timestamp may trail the clock by a tick; slack for loaded machines

@@ -1,10 +1,34 @@
-"""Layer 3: the LMDB store — blobs (CAS), action results, the stat memo, metadata.
+"""Layer 3: the LMDB store — blobs (CAS), action results, the stat memo, generations, records.
 
 Design memo
 -----------
-* One LMDB environment, named databases `blobs`, `results`, `statmemo`, `meta`, `generations`
-  and `usage` (when each action key was last used, for gc). Everything an
-  action produces is written by `commit()` in ONE write transaction, or logged by `log()` in one
+* The store folder holds `db/` (one LMDB environment), `cas/` (large blobs), `wal/` (the
+  write-ahead logs, wal.py), `running/` (start logs of running builds), `epoch` (epoch.py) and
+  `gc.lock` (layout.py). The environment's ten named databases (DATABASES), keys and values
+  in bytes; TAG is the workspace's tag and a NUL byte, or nothing in a workspace's own store
+  (below); integers are big-endian:
+
+  ============= =============================== ===============================================
+  database      key                             value
+  ============= =============================== ===============================================
+  blobs         digest (32)                     byte 0 + the bytes, or byte 1: file in `cas/`
+  results       action key (32)                 ActionResult.pack() (records.py)
+  usage         action key (32)                 u64 nanoseconds it was last used, for gc
+  statmemo      TAG + workspace-relative path   FileState.pack(): [mtime, size, inode, ctime,
+                                                digest]
+  meta          `format`                        STORE_FORMAT
+  meta          `records` [+ NUL + tag]         msgpack {"head": [number, seal] | None,
+                                                "running": [numbers]}: the record chain
+  generations   u64 generation id               Generation.pack(), its tag inside (records.py)
+  builds        TAG + u64 build number          BuildRow.pack() (records.py), fields as journal.py
+                                                and this module add them; "chain" once sealed
+  records       TAG + u64 build + u32 sequence  ExecutionRecord.pack() (records.py)
+  latest        TAG + label                     the key of the label's newest `records` row
+  journal_blobs digest (32) + u32 chunk         `PAYLOAD_CHUNK` bytes of a payload a build row
+                                                names; older stores: digest → whole payload
+  ============= =============================== ===============================================
+
+* Everything an action produces is written by `commit()` in ONE write transaction, or logged by `log()` in one
   frame (below), so after a crash at any instant the store holds all of an action's rows or none
   of them (§7). An executed action's `usage` row is bookkeeping, not its product: it comes with
   the build's last commit, and a key without one is simply the least recently used.
@@ -24,9 +48,11 @@ Design memo
   transaction per `LOG_GROUP` actions, and before any other write (a build's seal must cover the
   records logged before it). Until then reads of this process see the logged rows. A log whose
   process died is replayed by the next command that opens the store, before it reads anything.
-* Execution records (§12): `builds` holds one row per build, `records` the rows of its actions
-  (keyed build number + sequence), `latest` the newest record key per label, `journal_blobs` the
-  payloads build rows name. A running build holds a lock on `running/NUMBER` beside the database
+  wal.py owns the file and its frames; a frame's payload is the msgpack list of one `log()` call's
+  actions, each as `_rows` gives it: [result [key, packed] | None, blob rows [digest, row],
+  memo rows [TAG + path, state], usage rows [key, u64], records [record key, TAG + label, packed]],
+  every row already in the form its database stores.
+* Execution records (§12). A running build holds a lock on `running/NUMBER` beside the database
   and appends each action it starts there; a concluded build's row is sealed into the hash chain
   of recordchain.py, whose head lives in the `meta` row `records` with the running builds' numbers.
 * Workspaces. A store shared by several workspaces (`[cache] dir`) shares blobs, action results,
@@ -60,10 +86,11 @@ import msgpack
 from posbuild.digest import Digest, hash_bytes, hash_file
 from posbuild.epoch import EPOCH_FILE, advance_epoch
 from posbuild.errors import ChecksumMismatch, PartialState, PosbuildError
+from posbuild.layout import STORE_DB, STORE_LOCK
 from posbuild.liveness import lock_held
 from posbuild.owned import STORE, claim, is_store
 from posbuild.recordchain import CHAIN, GENESIS, records_digest, seal
-from posbuild.records import ActionResult, ExecutionRecord, FileState, Generation, utc
+from posbuild.records import ActionResult, BuildRow, ExecutionRecord, FileState, Generation, utc
 from posbuild.wal import DeadLog, WriteAheadLog, dead_logs, has_dead_logs
 
 STORE_FORMAT = b"1"
@@ -81,8 +108,6 @@ DATABASES = (b"blobs", b"results", b"statmemo", b"meta", b"generations", b"usage
 # plus the meta row `records`
 RECORD_DATABASES = (b"records", b"builds", b"latest", b"journal_blobs")
 _CHAIN_META = b"records"  # meta row: {"head": [number, seal] | None, "running": [numbers]}
-# what build.workspace_lock locks: made with the store, so no later command adds a file
-LOCK_NAME = "gc.lock"
 # The write-ahead log is applied to LMDB once this many actions, or this many bytes, are in it.
 LOG_GROUP = 256
 LOG_BYTES = 8 << 20
@@ -132,7 +157,7 @@ class Store:
             what = "a file, not a folder" if path.exists() \
                 or isinstance(error, NotADirectoryError) else error.strerror
             raise StoreUnavailable(f"cannot create the store folder {path}: {what}") from None
-        damage = file_damage(path / "db")
+        damage = file_damage(path / STORE_DB)
         if damage is not None:
             raise ChecksumMismatch(
                 f"the store {path} is damaged: {damage}; run `posbuild fsck --repair`")
@@ -148,7 +173,7 @@ class Store:
         self._pending_results: dict[bytes, bytes] = {}
         self._pending_blobs: dict[bytes, bytes] = {}
         self._pending_memo: dict[bytes, bytes] = {}
-        self._env = open_environment(path / "db")
+        self._env = open_environment(path / STORE_DB)
         try:
             self._open_dbs()
             self._check_format()
@@ -180,7 +205,7 @@ class Store:
             # states saved against a deleted store must not trust this one (epoch.py)
             advance_epoch(self.path)
         if found is None:
-            (self.path / LOCK_NAME).touch()
+            (self.path / STORE_LOCK).touch()
             with self._env.begin(write=True) as txn:
                 txn.put(b"format", STORE_FORMAT, db=self._meta)
         elif found != STORE_FORMAT:
@@ -431,13 +456,6 @@ class Store:
                     added += 1
         return added
 
-    def get_meta(self, name: str) -> bytes | None:
-        return self._get(name.encode(), self._meta)
-
-    def put_meta(self, name: str, value: bytes) -> None:
-        with self._writing() as txn:
-            txn.put(name.encode(), value, db=self._meta)
-
     # -- generations (§8) ------------------------------------------------------------------
 
     def add_generation(self, created: str, patterns: tuple[str, ...], manifest: bytes, files: int,
@@ -547,8 +565,7 @@ class Store:
 
     # -- execution records (§12) and their chain (recordchain.py) ----------------------------
 
-    def begin_build(self, info: dict[str, object],
-                    blobs: Iterable[tuple[Digest, bytes]] = ()) -> int:
+    def begin_build(self, info: BuildRow, blobs: Iterable[tuple[Digest, bytes]] = ()) -> int:
         """Number a new build and write its row (and the payloads it refers to) in one transaction.
 
         A row with status "running" is concluded later (`update_build`); meanwhile this process
@@ -569,14 +586,12 @@ class Store:
                     if _has_payload(cursor, digest):
                         continue
                     for index, start in enumerate(range(0, max(len(data), 1), PAYLOAD_CHUNK)):
-                        txn.put(digest + index.to_bytes(4, "big"),
-                                data[start:start + PAYLOAD_CHUNK], db=self._journal_blobs)
-            row = {**info, "number": number}
-            if info.get("status") == "running":
+                        txn.put(digest + index.to_bytes(4, "big"), data[start:start + PAYLOAD_CHUNK],
+                                db=self._journal_blobs)
+            row = info.with_fields(number=number)
+            if info.status == "running":
                 self._hold(number)
-                txn.put(self.build_key(number),
-                        msgpack.packb({**row, "pid": os.getpid()}, use_bin_type=True),
-                        db=self._builds)
+                txn.put(self.build_key(number), row.with_fields(pid=os.getpid()).pack(), db=self._builds)
                 chain["running"].append(number)
             else:
                 self._seal(txn, chain, row)
@@ -597,8 +612,8 @@ class Store:
         and seal it into the chain, in one transaction."""
         with self._writing() as txn:
             chain = self._chain(txn)
-            info = msgpack.unpackb(txn.get(self.build_key(number), db=self._builds))
-            self._seal(txn, chain, {**info, **changes, "status": changes.get("status", "finished")})
+            info = BuildRow.unpack(txn.get(self.build_key(number), db=self._builds))
+            self._seal(txn, chain, info.with_fields(**{**changes, "status": changes.get("status", "finished")}))
             txn.put(self._chain_key, msgpack.packb(chain, use_bin_type=True), db=self._meta)
         self._release(number)
 
@@ -624,16 +639,13 @@ class Store:
         with self._env.begin() as txn:
             return self._chain(txn)
 
-    def _seal(self, txn: lmdb.Transaction, chain: dict[str, Any], row: dict[str, Any]) -> None:
+    def _seal(self, txn: lmdb.Transaction, chain: dict[str, Any], row: BuildRow) -> None:
         """Write a concluded build's row with its seal, after the chain's head (recordchain.py)."""
-        # the form fsck reads it back in
-        row = msgpack.unpackb(msgpack.packb(row, use_bin_type=True))
-        number = int(row["number"])
+        fields = msgpack.unpackb(row.pack())  # the form fsck reads it back in
+        number = row.number
         previous, previous_seal = chain["head"] or (0, GENESIS)
-        digest = seal(previous_seal, row, records_digest(self._raw_records(txn, number)))
-        txn.put(self.build_key(number),
-                msgpack.packb({**row, CHAIN: [previous, digest]}, use_bin_type=True),
-                db=self._builds)
+        digest = seal(previous_seal, fields, records_digest(self._raw_records(txn, number)))
+        txn.put(self.build_key(number), BuildRow.of({**fields, CHAIN: [previous, digest]}).pack(), db=self._builds)
         chain["head"] = [number, digest]
         if number in chain["running"]:
             chain["running"].remove(number)
@@ -671,11 +683,9 @@ class Store:
         if row is None:
             chain["running"].remove(number)
             return
-        in_flight = {label: started for label, started in self._started(number)
-                     if label not in recorded}
-        self._seal(txn, chain, {**row, "status": "interrupted", "noticed": utc(time.time()),
-                                "in_flight": [[label, started]
-                                              for label, started in in_flight.items()]})
+        in_flight = {label: started for label, started in self._started(number) if label not in recorded}
+        self._seal(txn, chain, row.with_fields(status="interrupted", noticed=utc(time.time()),
+                                               in_flight=[[label, started] for label, started in in_flight.items()]))
         self._running_file(number).unlink(missing_ok=True)
 
     def _started(self, number: int) -> list[tuple[str, str]]:
@@ -757,7 +767,7 @@ class Store:
         with self._env.begin() as txn:
             yield from self._scan(txn, self._records, 12)
 
-    def builds(self) -> list[dict[str, object]]:
+    def builds(self) -> list[BuildRow]:
         """Every build row, oldest first; an unreadable one is ORCH-03."""
         return [_unpack_row(number, value) for number, value in self.raw_builds()]
 
@@ -934,12 +944,10 @@ def store_failure(path: Path | None, error: Exception) -> PosbuildError:
     return StoreUnavailable(f"cannot use the store {shown}: {text}")
 
 
-def _unpack_row(number: int, value: bytes) -> dict[str, Any]:
+def _unpack_row(number: int, value: bytes) -> BuildRow:
     try:
-        row = msgpack.unpackb(value)
-        if isinstance(row, dict):
-            return row
-    except (ValueError, msgpack.UnpackException):
+        return BuildRow.unpack(value)
+    except (ValueError, TypeError, msgpack.UnpackException):
         pass
     raise ChecksumMismatch(f"the row of build {number} cannot be read: it was changed after it was "
                            f"recorded; run `posbuild fsck`")

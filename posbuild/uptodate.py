@@ -39,6 +39,7 @@ from posbuild.analysis import Action
 from posbuild.atomic import write_atomically
 from posbuild.config import Config
 from posbuild.digest import Digest
+from posbuild.layout import STORE_DB, TREE
 from posbuild.records import FileState, Signature, signature
 
 if TYPE_CHECKING:
@@ -184,7 +185,7 @@ def revalidate(path: Path | None, state: BuildState, store_dir: Path, epoch: byt
     from posbuild.store import Store  # LMDB only for the first build after a gc
 
     traces = state.actions
-    if (store_dir / "db").exists():
+    if (store_dir / STORE_DB).exists():
         store = Store(store_dir)
         try:
             traces = {label: row for label, row in traces.items() if _result_held(store, row[1])}
@@ -277,7 +278,7 @@ def tree_is_clean(config: Config) -> bool:
     so the next build records a generation even if every action is up to date.
     """
     try:
-        return (config.state_dir / "tree").read_bytes() == TREE_CLEAN
+        return (config.state_dir / TREE).read_bytes() == TREE_CLEAN
     except FileNotFoundError:
         return False
 
@@ -290,7 +291,7 @@ def withdrawn_outputs(config: Config) -> frozenset[str]:
     failure removed even after successful builds of other targets (generations.py).
     """
     try:
-        data = (config.state_dir / "tree").read_bytes()
+        data = (config.state_dir / TREE).read_bytes()
     except FileNotFoundError:
         return frozenset()
     if not data.startswith(_TREE_DIRTY) or len(data) == len(_TREE_DIRTY):
@@ -308,8 +309,7 @@ def mark_tree(config: Config, clean: bool, withdrawn: Iterable[str] | None = Non
     replaces that list, None keeps it.
     """
     if clean:
-        write_atomically(config.state_dir / "tree", TREE_CLEAN)
+        write_atomically(config.state_dir / TREE, TREE_CLEAN)
         return
     paths = sorted(withdrawn_outputs(config) if withdrawn is None else set(withdrawn))
-    write_atomically(config.state_dir / "tree",
-                     _TREE_DIRTY + (msgpack.packb(paths) if paths else b""))
+    write_atomically(config.state_dir / TREE, _TREE_DIRTY + (msgpack.packb(paths) if paths else b""))

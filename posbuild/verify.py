@@ -41,6 +41,7 @@ from posbuild.config import Config
 from posbuild.digest import hash_file
 from posbuild.envfp import environment_hash, environment_key, passed_environment
 from posbuild.errors import ChecksumMismatch
+from posbuild.layout import NO_CACHE_TAG
 from posbuild.namespaces import writable_paths
 from posbuild.nofollow import fd_path
 from posbuild.records import OutputFile
@@ -50,7 +51,6 @@ from posbuild.secrets import SecretSource, SecretUnavailable, redact, secret_sou
 from posbuild.store import Store
 from posbuild.uptodate import BuildState, load_state
 
-NO_CACHE_TAG = "no-cache"
 BATCH = 256
 CLOCK_SHIFT = "+397.3d"
 SHIFTED_TZ = "<+1345>-13:45"

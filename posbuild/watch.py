@@ -37,17 +37,13 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Iterable, cast
 
-import msgpack
-
 from posbuild.analysis import ActionGraph, is_generated
-from posbuild.config import CONFIG_NAME, OUT_DIR, STATE_DIR, Config
+from posbuild.config import Config
 from posbuild.errors import PosbuildError
+from posbuild.graphcache import files_of_entry
+from posbuild.layout import CONFIG_NAME, LOCK_NAME, OUT_DIR, STATE_DIR
 from posbuild.reporter import BuildSummary
 
-if TYPE_CHECKING:  # _Handler has the one method watchdog calls, without importing it at start-up
-    from watchdog.events import FileSystemEventHandler
-
-LOCK_NAME = "posbuild.lock"
 CODE_SUFFIXES = (".bzl", ".py")  # files the loader or the import scan may read
 # Names editors give their swap, backup and lock files. Such a file appearing in a package does not
 # start a build by itself (it could only matter through a glob that matches it); the next build sees
@@ -155,31 +151,11 @@ def watch_set(graph: ActionGraph, build_names: tuple[str, ...],
         return previous
     files = {path for action in graph.actions for path in action.sources}
     files.update(path for path in graph.requested if not is_generated(path))
-    read = graph_files(graph.raw)
+    read = files_of_entry(graph.raw)
     files.update(read)
     files.update((CONFIG_NAME, LOCK_NAME))
     packages = {os.path.dirname(path) for path in read if os.path.basename(path) in build_names}
     return WatchSet(frozenset(files), frozenset(packages), build_names, broken=False, raw=graph.raw)
-
-
-def graph_files(raw: bytes) -> tuple[str, ...]:
-    """The BUILD, .bzl, Python and config files a graph cache entry was derived from.
-
-    graphcache.py writes an entry as [version, folder stamps, file stamps, actions, requested];
-    only the first three elements are read here, without decoding the actions.
-    """
-    if not raw:
-        return ()
-    try:
-        unpacker = msgpack.Unpacker(use_list=False, raw=False)
-        unpacker.feed(raw)
-        unpacker.read_array_header()
-        unpacker.skip()
-        unpacker.skip()
-        stamps = unpacker.unpack()
-        return tuple(str(rel) for rel, _ in stamps)
-    except (ValueError, TypeError, msgpack.UnpackException):
-        return ()
 
 
 def _is_code(name: str, build_names: tuple[str, ...]) -> bool:

@@ -108,6 +108,7 @@ def import_(file: Path, allow_unsigned: bool) -> None:
     from posbuild.build import workspace_lock
     from posbuild.cachearchive import import_cache
     from posbuild.config import load_config
+    from posbuild.layout import TMP
     from posbuild.store import Store
 
     try:
@@ -117,8 +118,7 @@ def import_(file: Path, allow_unsigned: bool) -> None:
             key = _signing_key(root, config.secrets_file)
             store = Store(config.store_dir, config.workspace_tag)
             try:
-                report = import_cache(store, file.absolute(), config.state_dir / "tmp", key,
-                                      allow_unsigned)
+                report = import_cache(store, file.absolute(), config.state_dir / TMP, key, allow_unsigned)
             finally:
                 store.close()
     except PosbuildError as error:

@@ -40,6 +40,7 @@ def fsck(repair: bool) -> None:
     from posbuild.build import workspace_lock
     from posbuild.config import load_config
     from posbuild.fsck import check, repaired_line, summary, swept_line
+    from posbuild.layout import STORE_DB
     from posbuild.reporter import PlainReporter
     from posbuild.store import Store
 
@@ -50,8 +51,7 @@ def fsck(repair: bool) -> None:
         # rows
         with workspace_lock(config, PlainReporter(sys.stdout, sys.stderr), collect=True):
             rebuilt = _damaged_store(config.store_dir, config.workspace_tag, repair)
-            store = Store(config.store_dir, config.workspace_tag) \
-                if (config.store_dir / "db").exists() else None
+            store = Store(config.store_dir, config.workspace_tag) if (config.store_dir / STORE_DB).exists() else None
             try:
                 report = check(config, store, repair)
             finally:
@@ -78,10 +78,11 @@ def _damaged_store(store_dir: Path, workspace: str, repair: bool) -> str:
     with ORCH-03, and `--repair` moves it aside and rebuilds it from the rows still readable.
     Returns the line saying what the repair did ("" if nothing)."""
     from posbuild.fsck import record_chain_problems
+    from posbuild.layout import STORE_DB
     from posbuild.salvage import damage, drop_records, salvage
     from posbuild.store import Store
 
-    db = store_dir / "db"
+    db = store_dir / STORE_DB
     found = damage(db) if (db / "data.mdb").exists() else None
     if found is None:
         return ""

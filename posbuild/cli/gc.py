@@ -84,6 +84,7 @@ def gc(max_size: int | None, keep_generations: int) -> None:
     """
     from posbuild.build import workspace_lock
     from posbuild.config import load_config
+    from posbuild.layout import STORE_DB
     from posbuild.reporter import QuietReporter
     from posbuild.store import Store
 
@@ -93,7 +94,7 @@ def gc(max_size: int | None, keep_generations: int) -> None:
         if max_size is None and config.cache_max_size:
             max_size = _configured_size(config.cache_max_size, root)
         with workspace_lock(config, QuietReporter(sys.stdout, sys.stderr), collect=True):
-            if not (config.store_dir / "db").exists():
+            if not (config.store_dir / STORE_DB).exists():
                 click.echo("gc: no store yet; nothing to collect")
                 return
             private = config.store_dir.is_relative_to(config.state_dir)

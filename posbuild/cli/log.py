@@ -4,11 +4,15 @@
 from __future__ import annotations
 
 import json
+from typing import TYPE_CHECKING
 
 import click
 
 from posbuild.cli import fail, workspace_and_package
 from posbuild.errors import PosbuildError, UsageError
+
+if TYPE_CHECKING:
+    from posbuild.records import BuildRow, ExecutionRecord
 
 
 def _matches(pattern_text: str | None, package: str):
@@ -23,26 +27,23 @@ def _matches(pattern_text: str | None, package: str):
     return lambda label: pattern.covers_package(parse_label(label, "").package)
 
 
-def _heading(build: dict) -> str:
-    env = f"  h_E {bytes(build['env_hash']).hex()[:12]}" if build.get("env_hash") else ""
-    return (f"build {build['number']}  started {build['started']}  patterns "
-            f"{' '.join(build['patterns'])}{env}"
-            + ("  (environment drift allowed)" if build.get("allow_env_drift") else ""))
+def _heading(build: BuildRow) -> str:
+    env = f"  h_E {bytes(build.env_hash).hex()[:12]}" if build.env_hash else ""
+    return (f"build {build.number}  started {build.started}  patterns {' '.join(build.patterns)}{env}"
+            + ("  (environment drift allowed)" if build.allow_env_drift else ""))
 
 
-def _table(build: dict, records: list) -> None:
+def _table(build: BuildRow, records: list[ExecutionRecord]) -> None:
     from posbuild.history import describe_build
 
     click.echo(_heading(build))
-    if build.get("status", "finished") != "finished":
+    if (build.status or "finished") != "finished":
         click.echo(describe_build(build))
         if not records:
             return
-    # a column saying where each action ran, for builds on Dask
-    remote = any(r.worker for r in records)
-    width = max([8, *(len(r.state) for r in records)])  # INTERRUPTED is wider than the others
-    click.echo(f"{'state':<{width}} {'seconds':>8} {'cpu s':>7} {'max RSS':>9} {'exit':>5}  "
-               f"{'key':<12}  {'error':<14} "
+    remote = any(r.worker for r in records)  # a column saying where each action ran, for builds on Dask
+    width = max([8, *(len(r.state.value) for r in records)])  # INTERRUPTED is wider than the others
+    click.echo(f"{'state':<{width}} {'seconds':>8} {'cpu s':>7} {'max RSS':>9} {'exit':>5}  {'key':<12}  {'error':<14} "
                + (f"{'ran on':<32} " if remote else "") + "label")
     for r in records:
         cpu = f"{r.usage.user_s + r.usage.system_s:.2f}" if r.usage else "-"
@@ -50,8 +51,7 @@ def _table(build: dict, records: list) -> None:
         exit_code = "-" if r.exit_code is None else str(r.exit_code)
         key = r.key.hex()[:12] if r.key else "-"
         where = f"{r.host} {r.worker.split('://')[-1]}" if r.worker else "-"
-        click.echo(f"{r.state:<{width}} {r.duration:>8.3f} {cpu:>7} {rss:>9} {exit_code:>5}  "
-                   f"{key:<12}  "
+        click.echo(f"{r.state.value:<{width}} {r.duration:>8.3f} {cpu:>7} {rss:>9} {exit_code:>5}  {key:<12}  "
                    f"{r.error_code or '-':<14} " + (f"{where:<32} " if remote else "") + r.label)
 
 
@@ -73,12 +73,14 @@ def log(pattern: str | None, number: int | None, failed: bool, as_json: bool, li
     build refused before anything ran, and one whose process died, are recorded too."""
     from posbuild.config import load_config
     from posbuild.history import chrome_trace, find_build, record_json, records_of_build
+    from posbuild.records import FAILURES
+    from posbuild.layout import STORE_DB
     from posbuild.store import Store
 
     try:
         root, package = workspace_and_package()
         config = load_config(root)
-        if not (config.store_dir / "db").exists():
+        if not (config.store_dir / STORE_DB).exists():
             raise UsageError("no build recorded yet")
         store = Store(config.store_dir, config.workspace_tag)
         try:
@@ -92,7 +94,7 @@ def log(pattern: str | None, number: int | None, failed: bool, as_json: bool, li
                                  if number is None else f"no build {number} recorded")
             wanted = _matches(pattern, package)
             records = [r for r in records_of_build(store, build) if wanted(r.label)
-                       and (not failed or r.state in ("FAILED", "SKIPPED", "INTERRUPTED"))]
+                       and (not failed or r.state in FAILURES)]
         finally:
             store.close()
     except PosbuildError as error:
@@ -100,39 +102,34 @@ def log(pattern: str | None, number: int | None, failed: bool, as_json: bool, li
     if trace_file:
         with open(trace_file, "w", encoding="utf-8") as handle:
             json.dump(chrome_trace(build, records), handle)
-        click.echo(f"wrote {len(records)} record(s) of build {build['number']} to {trace_file}")
+        click.echo(f"wrote {len(records)} record(s) of build {build.number} to {trace_file}")
     elif as_json:
-        drift = bool(build.get("allow_env_drift"))
+        drift = bool(build.allow_env_drift)
         for record in records:
-            click.echo(json.dumps({**record_json(record), "env_drift_allowed": drift},
-                                  sort_keys=True))
-        if build.get("status") == "refused":  # no action ran: the attempt itself is the record
+            click.echo(json.dumps({**record_json(record), "env_drift_allowed": drift}, sort_keys=True))
+        if build.status == "refused":  # no action ran: the attempt itself is the record
             click.echo(json.dumps(_build_json(build), sort_keys=True))
     else:
         _table(build, records)
 
 
-def _build_json(build: dict) -> dict:
+def _build_json(build: BuildRow) -> dict[str, object]:
     """A build row as JSON-ready data: how it ended, and its place in the record chain."""
-    chain = build.get("chain")
     return {
-        "build": str(build["number"]), "label": None,
-        "state": str(build.get("status", "finished")).upper(),
-        "started": build.get("started"), "ended": build.get("ended"),
-        "patterns": build.get("patterns", []),
-        "error": build.get("error"), "message": build.get("message"),
-        "in_flight": [label for label, _ in build.get("in_flight", ())],
-        "seal": bytes(chain[1]).hex() if chain else None,
+        "build": str(build.number), "label": None, "state": (build.status or "finished").upper(),
+        "started": build.started or None, "ended": build.ended, "patterns": list(build.patterns),
+        "error": build.error, "message": build.message,
+        "in_flight": [label for label, _ in build.in_flight],
+        "seal": bytes(build.chain[1]).hex() if build.chain else None,
     }
 
 
-def _list_builds(builds: list, as_json: bool) -> None:
+def _list_builds(builds: list[BuildRow], as_json: bool) -> None:
     from posbuild.history import describe_build
 
     for build in builds:
         if as_json:
             click.echo(json.dumps(_build_json(build), sort_keys=True))
         else:
-            click.echo(f"build {build['number']:<5} {build['started']}  "
-                       f"{' '.join(build.get('patterns', []))}  "
+            click.echo(f"build {build.number:<5} {build.started}  {' '.join(build.patterns)}  "
                        f"{describe_build(build).splitlines()[0]}")

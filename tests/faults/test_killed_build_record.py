@@ -107,7 +107,7 @@ def test_a_build_stopped_by_ctrl_c_is_recorded_as_interrupted_by_itself(ws, tmp_
         [build] = store.builds()
     finally:
         store.close()
-    assert build["status"] == "interrupted"
+    assert build.status == "interrupted"
     records = {r["label"]: r for r in map(json.loads, ws.run("log", "--json").stdout.splitlines())}
     # stopped by posbuild: not a failure of its own
     assert records["//pkg:slow"]["state"] == "INTERRUPTED"

@@ -120,7 +120,7 @@ def test_environment_key_follows_the_hash() -> None:
     assert envfp.environment_key([]) == envfp.environment_key([], envfp.environment_hash())
 
 
-def test_lock_name_is_the_lock_files() -> None:
-    from posbuild import lockfile
+def test_lock_name_is_spelled_once() -> None:
+    from posbuild import layout, lockfile, pins
 
-    assert envfp.LOCK_NAME == lockfile.LOCK_NAME
+    assert envfp.LOCK_NAME is lockfile.LOCK_NAME is pins.LOCK_NAME is layout.LOCK_NAME

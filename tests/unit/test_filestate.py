@@ -67,7 +67,7 @@ def memoise(fs: FileStates, store: Store) -> None:
 def test_first_lookup_hashes_the_file(root: Path, store: Store) -> None:
     write(root, "a.txt", b"alpha")
     fs = files(root, store)
-    assert fs.digest("a.txt") == hash_bytes(b"alpha")
+    assert fs.state("a.txt").digest == hash_bytes(b"alpha")
     assert fs.hashed == 1
 
 
@@ -90,8 +90,8 @@ def test_take_pending_returns_learned_rows_sorted_then_clears(root: Path, store:
     write(root, "b.txt", b"beta")
     write(root, "a.txt", b"alpha")
     fs = files(root, store)
-    fs.digest("b.txt")
-    fs.digest("a.txt")
+    fs.state("b.txt").digest
+    fs.state("a.txt").digest
     rows = fs.take_pending()
     assert [(path, state.digest) for path, state in rows] == [
         ("a.txt", hash_bytes(b"alpha")),
@@ -104,12 +104,12 @@ def test_memoised_unchanged_file_is_not_read(root: Path, store: Store,
                                              monkeypatch: pytest.MonkeyPatch) -> None:
     write(root, "pkg/a.txt", b"alpha")
     first = files(root, store)
-    digest = first.digest("pkg/a.txt")
+    digest = first.state("pkg/a.txt").digest
     memoise(first, store)
 
     forbid_hashing(monkeypatch)
     second = files(root, store)
-    assert second.digest("pkg/a.txt") == digest
+    assert second.state("pkg/a.txt").digest == digest
     assert second.hashed == 0
     assert second.take_pending() == []
 
@@ -119,7 +119,7 @@ def test_memo_survives_reopening_the_store(tmp_path: Path, root: Path,
     write(root, "a.txt", b"alpha")
     store = Store(tmp_path / "store2")
     first = files(root, store)
-    digest = first.digest("a.txt")
+    digest = first.state("a.txt").digest
     memoise(first, store)
     store.close()
 
@@ -127,7 +127,7 @@ def test_memo_survives_reopening_the_store(tmp_path: Path, root: Path,
     reopened = Store(tmp_path / "store2")
     try:
         second = files(root, reopened)
-        assert second.digest("a.txt") == digest
+        assert second.state("a.txt").digest == digest
         assert second.hashed == 0
     finally:
         reopened.close()
@@ -136,12 +136,12 @@ def test_memo_survives_reopening_the_store(tmp_path: Path, root: Path,
 def test_touched_file_is_rehashed_with_same_digest(root: Path, store: Store) -> None:
     path = write(root, "a.txt", b"alpha")
     first = files(root, store)
-    digest = first.digest("a.txt")
+    digest = first.state("a.txt").digest
     memoise(first, store)
 
     os.utime(path, ns=(T0 + 5 * RACY_WINDOW_NS, T0 + 5 * RACY_WINDOW_NS))
     second = files(root, store)
-    assert second.digest("a.txt") == digest
+    assert second.state("a.txt").digest == digest
     assert second.hashed == 1
     (row,) = second.take_pending()
     assert row[0] == "a.txt"
@@ -151,12 +151,12 @@ def test_touched_file_is_rehashed_with_same_digest(root: Path, store: Store) -> 
 def test_changed_content_gives_new_digest(root: Path, store: Store) -> None:
     write(root, "a.txt", b"alpha")
     first = files(root, store)
-    old = first.digest("a.txt")
+    old = first.state("a.txt").digest
     memoise(first, store)
 
     write(root, "a.txt", b"omega!", mtime_ns=T0 + 5 * RACY_WINDOW_NS)
     second = files(root, store)
-    new = second.digest("a.txt")
+    new = second.state("a.txt").digest
     assert new == hash_bytes(b"omega!")
     assert new != old
     assert second.hashed == 1
@@ -166,33 +166,33 @@ def test_same_size_rewrite_with_restored_mtime_is_still_detected(root: Path, sto
     """mtime and size alone would miss this edit; the ctime in the signature catches it."""
     write(root, "a.txt", b"alpha")
     first = files(root, store)
-    first.digest("a.txt")
+    first.state("a.txt").digest
     memoise(first, store)
 
     write(root, "a.txt", b"ALPHA", mtime_ns=T0)  # same size, same mtime, new content
     second = files(root, store)
-    assert second.digest("a.txt") == hash_bytes(b"ALPHA")
+    assert second.state("a.txt").digest == hash_bytes(b"ALPHA")
 
 
 @pytest.mark.parametrize("age", [0, 1, RACY_WINDOW_NS // 2, RACY_WINDOW_NS - 1])
 def test_racy_file_is_used_but_not_memoised(root: Path, store: Store, age: int) -> None:
     path = write(root, "a.txt", b"alpha")
     first = files(root, store, now=ctime(path) + age)
-    assert first.digest("a.txt") == hash_bytes(b"alpha")
+    assert first.state("a.txt").digest == hash_bytes(b"alpha")
     assert first.hashed == 1
     assert first.take_pending() == []
     memoise(first, store)
     assert store.get_memo("a.txt") is None
 
     second = files(root, store)  # the next build must hash that file again
-    assert second.digest("a.txt") == hash_bytes(b"alpha")
+    assert second.state("a.txt").digest == hash_bytes(b"alpha")
     assert second.hashed == 1
 
 
 def test_file_older_than_racy_window_is_memoised(root: Path, store: Store) -> None:
     path = write(root, "a.txt", b"alpha")
     fs = files(root, store, now=ctime(path) + RACY_WINDOW_NS + 1)
-    fs.digest("a.txt")
+    fs.state("a.txt").digest
     memoise(fs, store)
     memo = store.get_memo("a.txt")
     assert memo is not None
@@ -250,7 +250,7 @@ def test_racy_file_is_memoised_at_the_end_of_the_build_once_it_has_aged(root: Pa
     path = write(root, "a.txt", b"fresh\n")
     clock = _Clock(ctime(path) + RACY_WINDOW_NS // 2)
     fs = FileStates(root, store, clock_ns=clock)
-    digest = fs.digest("a.txt")
+    digest = fs.state("a.txt").digest
     assert fs.take_pending() == [] and fs.stable("a.txt") is None
     clock.now = ctime(path) + 2 * RACY_WINDOW_NS
     fs.settle_racy()
@@ -262,7 +262,7 @@ def test_racy_file_rewritten_in_the_same_tick_is_not_memoised(root: Path, store:
     path = write(root, "a.txt", b"first\n")
     clock = _Clock(ctime(path) + RACY_WINDOW_NS // 2)
     fs = FileStates(root, store, clock_ns=clock)
-    fs.digest("a.txt")
+    fs.state("a.txt").digest
     path.write_bytes(b"other\n")  # same size, and the mtime is put back: same signature
     os.utime(path, ns=(T0, T0))
     os.utime(path, ns=(T0, T0))
@@ -277,5 +277,5 @@ def test_an_old_mtime_put_back_on_fresh_bytes_is_still_racy(root: Path, store: S
     counts is the ctime's, or a same-size rewrite within the same tick would keep a stale digest."""
     path = write(root, "a.txt", b"alpha", mtime_ns=1_000_000_000)
     fs = files(root, store, now=ctime(path) + RACY_WINDOW_NS // 2)
-    assert fs.digest("a.txt") == hash_bytes(b"alpha")
+    assert fs.state("a.txt").digest == hash_bytes(b"alpha")
     assert fs.take_pending() == [] and fs.stable("a.txt") is None

@@ -1,4 +1,4 @@
-"""graph.toposort (dependencies first, deterministic, full cycle paths) and reverse_edges."""
+"""graph.toposort (dependencies first, deterministic, full cycle paths)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from typing import Callable, Mapping, Sequence
 import pytest
 
 from posbuild.errors import CycleError
-from posbuild.graph import reverse_edges, toposort
+from posbuild.graph import toposort
 
 
 def edges_of(graph: Mapping[str, Sequence[str]]) -> Callable[[str], Sequence[str]]:
@@ -130,32 +130,3 @@ def test_deep_cycle_reports_the_whole_path() -> None:
     assert len(path) == n + 1
     assert path[0] == path[-1] == "n0"
     assert path[1] == "n1" and path[-2] == f"n{n - 1}"
-
-
-# -- reverse_edges
-# ------------------------------------------------------------------------------------------
-
-
-def test_reverse_edges_lists_dependents_sorted() -> None:
-    deps = {"top": ["left", "right"], "left": ["base"], "right": ["base"], "base": []}
-    assert reverse_edges(deps) == {"top": [], "left": ["top"], "right": ["top"],
-                                   "base": ["left", "right"]}
-
-
-def test_reverse_edges_sorts_parents_regardless_of_input_order() -> None:
-    deps = {"z": ["x"], "a": ["x"], "m": ["x"], "x": []}
-    assert reverse_edges(deps)["x"] == ["a", "m", "z"]
-
-
-def test_reverse_edges_includes_nodes_only_seen_as_dependencies() -> None:
-    assert reverse_edges({"a": ["leaf"]}) == {"a": [], "leaf": ["a"]}
-
-
-def test_reverse_edges_does_not_mutate_input() -> None:
-    deps = {"b": ["a"], "c": ["a"]}
-    reverse_edges(deps)
-    assert deps == {"b": ["a"], "c": ["a"]}
-
-
-def test_reverse_edges_of_empty_graph() -> None:
-    assert reverse_edges({}) == {}

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from ownership_cases import Case, generate
-from posbuild.analysis import analyze
+from posbuild.analysis import Analyzer
 from posbuild.config import load_config
 from posbuild.errors import BuildFileError
 from posbuild.label import Label
@@ -35,7 +35,7 @@ def load_all(root: Path) -> None:
     packages, _ = discover_packages(root, config.build_file_names)
     loader = Loader(config, packages)
     roots: list[Label] = [t.label for p in packages for t in loader.package(p).targets]
-    analyze(loader, roots)
+    Analyzer(loader).analyze(roots)
 
 
 @pytest.mark.parametrize("block", range(4))

@@ -11,7 +11,7 @@ import pytest
 
 from posbuild.digest import hash_bytes, hash_file
 from posbuild.errors import ChecksumMismatch, PartialState
-from posbuild.records import ActionResult, FileState, OutputFile
+from posbuild.records import ActionResult, BuildRow, FileState, OutputFile
 from posbuild.store import _INLINE, INLINE_LIMIT, PAYLOAD_CHUNK, Commit, Store
 
 KEY = hash_bytes(b"action key")
@@ -288,15 +288,10 @@ def test_corrupt_external_file_raises_checksum_mismatch(store: Store,
 # ------------------------------------------------------------------------------------
 
 
-def test_meta_round_trips(store: Store) -> None:
-    assert store.get_meta("generation") is None
-    store.put_meta("generation", b"7")
-    assert store.get_meta("generation") == b"7"
-
-
 def test_store_of_another_format_is_refused(tmp_path: Path) -> None:
     first = Store(tmp_path / "s")
-    first.put_meta("format", b"999")
+    with first._env.begin(write=True) as txn:
+        txn.put(b"format", b"999", db=first._meta)
     first.close()
     with pytest.raises(PartialState, match="has format 999"):
         Store(tmp_path / "s")
@@ -305,8 +300,8 @@ def test_store_of_another_format_is_refused(tmp_path: Path) -> None:
 def test_build_payloads_are_stored_in_page_sized_chunks_and_read_back_whole(store: Store) -> None:
     payload = os.urandom(5 * PAYLOAD_CHUNK + 17)
     digest = hash_bytes(payload)
-    first = store.begin_build({"patterns": ["//..."]}, [(digest, payload)])
-    second = store.begin_build({"patterns": ["//..."]}, [(digest, payload)])  # stored once
+    first = store.begin_build(BuildRow.of({"patterns": ["//..."]}), [(digest, payload)])
+    second = store.begin_build(BuildRow.of({"patterns": ["//..."]}), [(digest, payload)])  # stored once
     assert (first, second) == (1, 2)
     assert store.journal_blob(digest) == payload
     with store._env.begin() as txn:
@@ -320,7 +315,7 @@ def test_a_payload_stored_whole_by_an_earlier_version_still_reads(store: Store) 
     payload, other = b"graph entry" * 1000, b"another" * 10
     with store._env.begin(write=True) as txn:
         txn.put(hash_bytes(payload), payload, db=store._journal_blobs)
-    store.begin_build({}, [(hash_bytes(other), other), (hash_bytes(payload), payload)])
+    store.begin_build(BuildRow.of({}), [(hash_bytes(other), other), (hash_bytes(payload), payload)])
     assert store.journal_blob(hash_bytes(payload)) == payload
     assert store.journal_blob(hash_bytes(other)) == other
 
@@ -328,7 +323,7 @@ def test_a_payload_stored_whole_by_an_earlier_version_still_reads(store: Store) 
 def test_a_corrupt_payload_chunk_raises_checksum_mismatch(store: Store) -> None:
     payload = os.urandom(3 * PAYLOAD_CHUNK)
     digest = hash_bytes(payload)
-    store.begin_build({}, [(digest, payload)])
+    store.begin_build(BuildRow.of({}), [(digest, payload)])
     with store._env.begin(write=True) as txn:
         txn.put(digest + (1).to_bytes(4, "big"), b"x" * PAYLOAD_CHUNK, db=store._journal_blobs)
     with pytest.raises(ChecksumMismatch):
@@ -353,9 +348,9 @@ def test_a_read_does_not_keep_freed_pages_from_being_reused(store: Store) -> Non
 
 # -- build rows and their chain (recordchain.py) -------------------------------------------------
 
-def _finished(**fields: object) -> dict[str, object]:
-    return {"started": "2026-01-01T00:00:00+00:00", "status": "finished", "patterns": ["//..."],
-            **fields}
+def _finished(**fields: object) -> BuildRow:
+    return BuildRow.of({"started": "2026-01-01T00:00:00+00:00", "status": "finished", "patterns": ["//..."],
+                        **fields})
 
 
 def _chain_problems(store: Store) -> list[str]:
@@ -368,32 +363,31 @@ def test_concluded_builds_are_sealed_one_after_the_other(store: Store) -> None:
     from posbuild.recordchain import GENESIS, records_digest, seal
 
     first = store.begin_build(_finished())
-    second = store.begin_build({**_finished(), "status": "running"})
+    second = store.begin_build(_finished(status="running"))
     store.commit(records=[(second.to_bytes(8, "big") + bytes(4), "//p:t", b"record")])
     store.update_build(second, {"ended": "2026-01-01T00:00:01+00:00"})
-    rows = {row["number"]: row for row in store.builds()}
-    assert rows[first]["chain"][0] == 0 and rows[second]["chain"][0] == first
-    body = {k: v for k, v in rows[second].items() if k != "chain"}
-    previous = seal(GENESIS, {k: v for k, v in rows[first].items() if k != "chain"},
-                    records_digest([]))
-    assert rows[second]["chain"][1] == seal(previous, body, records_digest(
+    rows = {row.number: row for row in store.builds()}
+    assert rows[first].chain[0] == 0 and rows[second].chain[0] == first
+    body = {k: v for k, v in rows[second].fields().items() if k != "chain"}
+    previous = seal(GENESIS, {k: v for k, v in rows[first].fields().items() if k != "chain"}, records_digest([]))
+    assert rows[second].chain[1] == seal(previous, body, records_digest(
         [(second.to_bytes(8, "big") + bytes(4), b"record")]))
-    assert store.chain_meta() == {"head": [second, rows[second]["chain"][1]], "running": []}
+    assert store.chain_meta() == {"head": [second, rows[second].chain[1]], "running": []}
     assert _chain_problems(store) == []
 
 
 def test_a_running_build_is_not_sealed_and_not_a_problem(store: Store) -> None:
-    number = store.begin_build({**_finished(), "status": "running"})
-    assert "chain" not in store.builds()[0] and store.chain_meta()["running"] == [number]
+    number = store.begin_build(_finished(status="running"))
+    assert store.builds()[0].chain is None and store.chain_meta()["running"] == [number]
     assert store.build_running(number)
     assert _chain_problems(store) == []
     store.update_build(number, {})
-    assert store.builds()[0]["status"] == "finished" and not store.build_running(number)
+    assert store.builds()[0].status == "finished" and not store.build_running(number)
 
 
 def test_closing_the_store_records_its_unconcluded_build_as_interrupted(tmp_path: Path) -> None:
     opened = Store(tmp_path / "store")
-    number = opened.begin_build({**_finished(), "status": "running"})
+    number = opened.begin_build(_finished(status="running"))
     started = opened.start_log(number)
     started("//p:done")
     started("//p:slow")
@@ -402,8 +396,7 @@ def test_closing_the_store_records_its_unconcluded_build_as_interrupted(tmp_path
     again = Store(tmp_path / "store")
     try:
         [row] = again.builds()
-        assert row["status"] == "interrupted" \
-                and [label for label, _ in row["in_flight"]] == ["//p:slow"]
+        assert row.status == "interrupted" and [label for label, _ in row.in_flight] == ["//p:slow"]
         assert _chain_problems(again) == [] and again.chain_meta()["running"] == []
         assert not (tmp_path / "store" / "running" / str(number)).exists()
     finally:
@@ -411,18 +404,18 @@ def test_closing_the_store_records_its_unconcluded_build_as_interrupted(tmp_path
 
 
 def _record(label: str) -> bytes:
-    from posbuild.records import ExecutionRecord
+    from posbuild.records import ExecutionRecord, RecordState
 
-    return ExecutionRecord("1", label, "SUCCESS", None, "", "", 0.0, (), (), (), None, 0, "",
-                           b"").pack()
+    return ExecutionRecord("1", label, RecordState.SUCCESS, None, "", "", 0.0, (), (), (), None, 0, "", b"").pack()
 
 
 KILLED_OWNER = """
 import os, signal, sys
 from pathlib import Path
+from posbuild.records import BuildRow
 from posbuild.store import Store
 store = Store(Path(sys.argv[1]))
-number = store.begin_build({"started": "x", "status": "running", "patterns": []})
+number = store.begin_build(BuildRow.of({"started": "x", "status": "running", "patterns": []}))
 store.start_log(number)("//p:slow")
 print(number, flush=True)
 if sys.argv[2] == "die":
@@ -443,18 +436,17 @@ def test_a_build_whose_process_was_killed_is_settled_by_the_next_store_user(tmp_
     store = Store(path)
     try:
         assert store.settle_interrupted() == []  # its owner still holds the lock
-        assert store.builds()[0]["status"] == "running"
+        assert store.builds()[0].status == "running"
         alive.kill()
         alive.wait()
         assert store.settle_interrupted() == [number]
         row = store.builds()[0]
-        assert row["status"] == "interrupted" \
-                and [label for label, _ in row["in_flight"]] == ["//p:slow"]
-        dead = subprocess.run([sys.executable, "-c", KILLED_OWNER, str(path), "die"],
-                              capture_output=True, text=True, env=env)
+        assert row.status == "interrupted" and [label for label, _ in row.in_flight] == ["//p:slow"]
+        dead = subprocess.run([sys.executable, "-c", KILLED_OWNER, str(path), "die"], capture_output=True,
+                              text=True, env=env)
         killed = int(dead.stdout)
         assert store.begin_build(_finished()) == killed + 1  # the next build settles it first
-        assert [r["status"] for r in store.builds()] == ["interrupted", "interrupted", "finished"]
+        assert [r.status for r in store.builds()] == ["interrupted", "interrupted", "finished"]
         assert _chain_problems(store) == []
     finally:
         store.close()
@@ -468,7 +460,7 @@ def test_a_store_written_before_the_chain_starts_one_at_its_next_build(store: St
         txn.put((1).to_bytes(8, "big"), msgpack.packb({"started": "x", "ended": "y", "number": 1}),
                 db=store._builds)
     number = store.begin_build(_finished())
-    assert number == 2 and store.builds()[1]["chain"][0] == 0  # the genesis of this store's chain
+    assert number == 2 and store.builds()[1].chain[0] == 0  # the genesis of this store's chain
     assert _chain_problems(store) == []
 
 
@@ -504,25 +496,47 @@ def test_a_store_without_an_epoch_gets_one_when_opened(tmp_path):
     assert read_epoch(tmp_path / "s") == again  # opening a store that has one changes nothing
 
 
-def test_a_healthy_store_whose_last_pages_were_never_written_is_not_called_truncated(tmp_path: Path) -> None:
-    """LMDB counts pages a transaction allocated and freed again in the meta page's last page
-    number, and never writes them: the file then ends before that page (a gc's large transaction
-    did this), and every command refused the healthy store as truncated."""
-    import struct
+def test_build_rows_keep_the_bytes_a_dict_gave_them(store: Store) -> None:
+    """BuildRow writes a row field for field in the order a dict update put them, so rows (and the
+    seals over them) are byte for byte what earlier versions wrote."""
+    import msgpack
 
-    from posbuild.store import file_damage
+    from posbuild.recordchain import GENESIS, records_digest, seal
 
-    store = Store(tmp_path / "s")
-    with store._writing() as txn:
-        for i in range(200):
-            txn.put(b"k%d" % i, b"v" * 3000, db=store._memo)
-        for i in range(200):
-            txn.delete(b"k%d" % i, db=store._memo)
-    store.close()
-    data = tmp_path / "s/db/data.mdb"
-    head = data.read_bytes()
-    newest = max((struct.unpack_from("<Q", head, at + 144)[0], struct.unpack_from("<Q", head, at + 136)[0])
-                 for at in (0, 4096))
-    assert (newest[1] + 1) * 4096 > data.stat().st_size  # the case: the last page lies past the end
-    assert file_damage(tmp_path / "s/db") is None
-    Store(tmp_path / "s").close()
+    info = {"started": "s", "status": "running", "patterns": ["//..."], "env_hash": b"e" * 32, "graph": None,
+            "state": None, "actions": 2, "up_to_date": [1], "allow_env_drift": False, "verify": True,
+            "passed_env": [["A", "1"]]}
+    changes = {"ended": "e", "counts": {"cached": 1, "executed": 1, "failed": 0}, "failed": 0, "skipped": 0}
+    number = store.begin_build(BuildRow.of(info))
+    store.update_build(number, changes)
+    refused = {"started": "s", "status": "refused", "patterns": [], "ended": "e", "error": "ORCH-07",
+               "message": "m"}
+    second = store.begin_build(BuildRow.of(refused))
+    first_row = {**info, "number": number, "pid": os.getpid(), **changes, "status": "finished"}
+    first_seal = seal(GENESIS, first_row, records_digest([]))
+    second_row = {**refused, "number": second}
+    expected = [msgpack.packb({**first_row, "chain": [0, first_seal]}, use_bin_type=True),
+                msgpack.packb({**second_row, "chain": [number, seal(first_seal, second_row, records_digest([]))]},
+                              use_bin_type=True)]
+    assert [value for _, value in store.raw_builds()] == expected
+    assert [BuildRow.unpack(value).pack() for value in expected] == expected
+
+
+def test_rows_of_an_existing_store_still_read_and_verify(store: Store) -> None:
+    """Rows an earlier version sealed, with fields this version does not know, read as BuildRows,
+    pack back to the same bytes, and the chain over them and a new build still verifies."""
+    import msgpack
+
+    from posbuild.recordchain import GENESIS, records_digest, seal
+
+    old = {"started": "s", "status": "finished", "patterns": ["//a"], "ended": "e", "future": {"x": 1},
+           "number": 1}
+    sealed = msgpack.packb({**old, "chain": [0, seal(GENESIS, old, records_digest([]))]}, use_bin_type=True)
+    with store._env.begin(write=True) as txn:
+        txn.put((1).to_bytes(8, "big"), sealed, db=store._builds)
+        chain = {"head": [1, msgpack.unpackb(sealed)["chain"][1]], "running": []}
+        txn.put(b"records", msgpack.packb(chain, use_bin_type=True), db=store._meta)
+    [row] = store.builds()
+    assert (row.number, row.patterns, row.concluded(), row.pack()) == (1, ["//a"], True, sealed)
+    assert store.begin_build(_finished()) == 2
+    assert store.raw_builds()[0] == (1, sealed) and _chain_problems(store) == []

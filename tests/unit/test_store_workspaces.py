@@ -12,7 +12,7 @@ from typing import Iterator
 
 from posbuild.digest import hash_bytes
 from posbuild.fsck import record_chain_problems
-from posbuild.records import ExecutionRecord, FileState
+from posbuild.records import BuildRow, ExecutionRecord, FileState, RecordState
 from posbuild.store import Store
 
 A, B = "/work/a", "/work/a-b"  # one tag a prefix of the other: keys must still not mix
@@ -31,13 +31,12 @@ def opened(path: Path, tag: str) -> Iterator[Store]:
 
 
 def _record(label: str, build: int) -> bytes:
-    return ExecutionRecord(str(build), label, "SUCCESS", None, "", "", 0.0, (), (), (), None, 0, "",
-                           b"").pack()
+    return ExecutionRecord(str(build), label, RecordState.SUCCESS, None, "", "", 0.0, (), (), (), None, 0, "", b"").pack()
 
 
 def _build(store: Store, label: str) -> int:
     """A build that records one action, concluded and sealed."""
-    number = store.begin_build({"started": "x", "status": "running", "patterns": ["//..."]})
+    number = store.begin_build(BuildRow.of({"started": "x", "status": "running", "patterns": ["//..."]}))
     store.start_log(number)(label)
     store.commit(records=[(store.build_key(number) + bytes(4), label, _record(label, number))])
     store.update_build(number, {"ended": "y"})
@@ -52,18 +51,18 @@ def test_build_numbers_rows_records_and_chains_are_per_workspace(tmp_path: Path)
             numbers.append(_build(store, label))
     assert numbers == [1, 1, 2, 1]
     with opened(path, A) as a:
-        assert [row["number"] for row in a.builds()] == [1, 2]
+        assert [row.number for row in a.builds()] == [1, 2]
         assert [r.build_id for r in a.records_of_label("//p:t")] == ["1", "2"]
         assert a.latest_record("//p:t").build_id == "2"
         assert [number for number, _, _ in a.raw_records()] == [1, 2]
         assert a.chain_meta()["head"][0] == 2 and record_chain_problems(a) == []
     with opened(path, B) as b:
-        assert [row["number"] for row in b.builds()] == [1]
+        assert [row.number for row in b.builds()] == [1]
         assert [r.build_id for r in b.records_of_label("//p:t")] == ["1"]
         assert b.latest_record("//p:t").build_id == "1"
         assert b.chain_meta()["head"][0] == 1 and record_chain_problems(b) == []
     with opened(path, "") as own:
-        assert [row["number"] for row in own.builds()] == [1]
+        assert [row.number for row in own.builds()] == [1]
         assert own.records_of_label("//p:t") == [] and own.latest_record("//p:t") is None
         assert [r.label for r in own.records_of(1)] == ["//p:u"]
         assert own.chain_meta()["head"][0] == 1 and record_chain_problems(own) == []
@@ -96,18 +95,17 @@ def test_stat_memo_rows_are_per_workspace(tmp_path: Path) -> None:
 def test_a_dead_build_is_settled_only_by_its_own_workspace(tmp_path: Path) -> None:
     path = tmp_path / "store"
     with opened(path, A) as a:
-        number = a.begin_build({"started": "x", "status": "running", "patterns": []})
+        number = a.begin_build(BuildRow.of({"started": "x", "status": "running", "patterns": []}))
         a.start_log(number)("//p:slow")
         os.close(a._held.pop(number))  # as if its process died: the start log stays, unlocked
     with opened(path, B) as b:
         assert b.settle_interrupted() == [] and b.chain_meta()["running"] == []
-        assert b.begin_build({"started": "x", "status": "finished", "patterns": []}) == 1
+        assert b.begin_build(BuildRow.of({"started": "x", "status": "finished", "patterns": []})) == 1
     with opened(path, A) as a:
         assert a.chain_meta()["running"] == [number]
         assert a.settle_interrupted() == [number]
         [row] = a.builds()
-        assert row["status"] == "interrupted" \
-                and [label for label, _ in row["in_flight"]] == ["//p:slow"]
+        assert row.status == "interrupted" and [label for label, _ in row.in_flight] == ["//p:slow"]
         assert record_chain_problems(a) == []
 
 

@@ -15,8 +15,8 @@ from posbuild.build import resolve
 from posbuild.config import load_config
 from posbuild.errors import PosbuildError
 from posbuild.reporter import BuildSummary
-from posbuild.watch import (Change, Cycle, WatchSet, _build, _next_burst, _Watcher, graph_files,
-                            watch, watch_set)
+from posbuild.graphcache import files_of_entry
+from posbuild.watch import Change, Cycle, WatchSet, _build, _next_burst, _Watcher, watch, watch_set
 
 WAIT = 20.0  # bound of every wait for an inotify event
 
@@ -63,10 +63,10 @@ def relevant(ws: WatchSet, root: Path, *changes: Change) -> list[str]:
     return ws.relevant(root, {c.path: c for c in changes})
 
 
-def test_graph_files_reads_what_the_graph_cache_stamped(root: Path) -> None:
+def test_files_of_entry_reads_what_the_graph_cache_stamped(root: Path) -> None:
     graph = resolve(root, ["//pkg:cat"])
-    assert set(graph_files(graph.raw)) == {"pkg/BUILD", "defs/rules.bzl", "posbuild.toml"}
-    assert graph_files(b"") == graph_files(b"not msgpack") == ()
+    assert set(files_of_entry(graph.raw)) == {"pkg/BUILD", "defs/rules.bzl", "posbuild.toml"}
+    assert files_of_entry(b"") == files_of_entry(b"not msgpack") == ()
 
 
 def test_the_watch_set_holds_sources_tools_and_build_files_not_outputs(watched: WatchSet) -> None:

@@ -1,0 +1,36 @@
+"""Layer 0: every name posbuild gives a file or folder in a workspace, and the tags it reads.
+
+Each name is spelled here once. The module imports nothing, so a module on the no-op path may use
+a name (the lock file's, say) without paying for the module that reads that file.
+
+    <root>/posbuild.toml     CONFIG_NAME: the workspace's configuration (config.py)
+    <root>/posbuild.lock     LOCK_NAME: pinned sources and the approved environment (lockfile.py)
+    <root>/posbuild-out/     OUT_DIR: the output tree (materialize.py, generations.py)
+    <root>/.posbuild/        STATE_DIR: posbuild's own state
+        graphs/              GRAPHS: cached action graphs (graphcache.py, query.py)
+        tmp/                 TMP: files being fetched or imported before they are renamed
+        tree                 TREE: the output tree's clean/dirty marker (uptodate.py)
+        lock                 WORKSPACE_LOCK: held by every command that changes the workspace
+        store/               STORE: the default store folder ([cache] dir)
+        sandbox/             SANDBOX: the sandboxes when /dev/shm is not usable
+    <store>/db/              STORE_DB: the LMDB environment (store.py)
+    <store>/gc.lock          STORE_LOCK: shared by builds, held alone by gc
+"""
+
+CONFIG_NAME = "posbuild.toml"
+LOCK_NAME = "posbuild.lock"
+OUT_DIR = "posbuild-out"
+STATE_DIR = ".posbuild"
+
+GRAPHS = "graphs"
+TMP = "tmp"
+TREE = "tree"
+WORKSPACE_LOCK = "lock"
+STORE = "store"
+SANDBOX = "sandbox"
+
+STORE_DB = "db"
+STORE_LOCK = "gc.lock"
+
+NO_CACHE_TAG = "no-cache"  # never looked up in nor written to a cache; never verified
+NETWORK_TAG = "network"  # keeps the host's network in the namespace sandbox
