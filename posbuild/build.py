@@ -96,8 +96,8 @@ def _graph_entry(config: Config, request: Request) -> CachedGraph:
     roots = expand_patterns(request.patterns, packages, loader)
     analyzer = Analyzer(loader)
     graph = analyzer.analyze(roots)
-    return cache.save(canonical, graph, dirs, [*loader.files_read, *analyzer.files_read, CONFIG_NAME],
-                      loader.digests)
+    return cache.save(canonical, graph, dirs,
+                      [*loader.files_read, *analyzer.files_read, CONFIG_NAME], loader.digests)
 
 
 def _checks_need_no_actions(config: Config, facts: GraphFacts, options: BuildOptions,
@@ -109,7 +109,8 @@ def _checks_need_no_actions(config: Config, facts: GraphFacts, options: BuildOpt
     pins and secrets that could clash with `[env] pass` need the actions themselves.
     """
     return (not options.verify and not config.roles and not facts.pinned
-            and not (facts.secrets and config.env_pass) and (not local or fits(facts.resources, config.resources))
+            and not (facts.secrets and config.env_pass)
+            and (not local or fits(facts.resources, config.resources))
             and not (config.root / LOCK_NAME).exists())
 
 
@@ -300,13 +301,17 @@ def _run_build(config: Config, options: BuildOptions, reporter: Reporter,
                 if reason:
                     reporter.message(f"explain {actions[index].label}: {reason}")
                 reporter.action_finished(actions[index].label, Outcome.PLANNED, "", b"")
-            return _finish(reporter, BuildSummary(len(actions), len(planned), len(actions) - len(planned), 0, 0,
+            return _finish(reporter, BuildSummary(len(actions), len(planned),
+                                                  len(actions) - len(planned), 0, 0,
                                                   time.monotonic() - started, (), dry_run=True))
         run = run_dirty(config, actions, clean, previous, settings, reporter)
-    executed, cached, failed = (run.count(s) for s in (Outcome.EXECUTED, Outcome.CACHED, Outcome.FAILED))
+    executed, cached, failed = (run.count(s)
+                                for s in (Outcome.EXECUTED, Outcome.CACHED, Outcome.FAILED))
     return _finish(reporter, BuildSummary(
-        total=len(actions), executed=executed, cached=up_to_date + cached, failed=failed, skipped=run.skipped,
-        wall=time.monotonic() - started, failed_labels=run.failed_labels(actions), orch=run.failure_classes(),
+        total=len(actions), executed=executed, cached=up_to_date + cached, failed=failed,
+        skipped=run.skipped,
+        wall=time.monotonic() - started, failed_labels=run.failed_labels(actions),
+        orch=run.failure_classes(),
     ))
 
 
@@ -320,9 +325,12 @@ def _settled_build(config: Config, reporter: Reporter, options: BuildOptions, en
     count = entry.facts.count
     reporter.build_started(count, count)
     if not options.dry_run:
-        info, blobs = build_row(time.time(), patterns, env_hash, (entry.digest, entry.raw), previous.raw,
-                                [True] * count, allow_env_drift=options.allow_env_drift, verify=options.verify)
-        record_settled_build(config.store_dir, config.workspace_tag, info.with_fields(counts={"cached": count}), blobs)
+        info, blobs = build_row(time.time(), patterns, env_hash, (entry.digest, entry.raw),
+                                previous.raw,
+                                [True] * count, allow_env_drift=options.allow_env_drift,
+                                verify=options.verify)
+        record_settled_build(config.store_dir, config.workspace_tag,
+                             info.with_fields(counts={"cached": count}), blobs)
     return _finish(reporter, BuildSummary(count, 0, count, 0, 0, time.monotonic() - started, (),
                                           dry_run=options.dry_run))
 
@@ -340,8 +348,8 @@ def _check_secrets(config: Config, actions: Sequence[Action], secrets: SecretSou
         clash = [name for name in action.secrets if name in passed]
         if clash:
             raise UsageError(f"{action.label}: '{clash[0]}' is both a secret and in [env] pass of "
-                             f"{config.root / CONFIG_NAME}, which would put its value into the action key; "
-                             f"remove it from [env] pass")
+                             f"{config.root / CONFIG_NAME}, which would put its value into the "
+                             f"action key; remove it from [env] pass")
     if remote_upload:
         from posbuild.remote import CACHE_KEY_VARIABLE
 
@@ -361,11 +369,11 @@ def summary_error(summary: BuildSummary) -> PosbuildError | None:
     any."""
     labels = ", ".join(summary.failed_labels)
     if NonDeterminism in summary.orch:
-        return NonDeterminism(f"{summary.failed} action(s) failed, some produced bytes that differ from their "
-                              f"cached result: {labels}")
+        return NonDeterminism(f"{summary.failed} action(s) failed, some produced bytes that differ "
+                              f"from their cached result: {labels}")
     if ResourceOversubscription in summary.orch:
-        return ResourceOversubscription(f"{summary.failed} action(s) failed, some used more memory than they "
-                                        f"declared: {labels}")
+        return ResourceOversubscription(f"{summary.failed} action(s) failed, some used more memory "
+                                        f"than they declared: {labels}")
     if summary.failed:
         return ActionFailed(f"{summary.failed} action(s) failed: {labels}")
     return None
@@ -395,7 +403,8 @@ def clean(root: Path, everything: bool, reporter: Reporter) -> list[Path]:
             # posbuild-out/ no longer matches the latest generation
             mark_tree(config, clean=False, withdrawn=())
             return removed
-        if not config.store_dir.is_relative_to(config.state_dir) and empty(config.store_dir, STORE, (STORE_LOCK,)):
+        if not config.store_dir.is_relative_to(config.state_dir) \
+                and empty(config.store_dir, STORE, (STORE_LOCK,)):
             removed.append(config.store_dir)  # a shared store (`[cache] dir`)
         if empty(config.state_dir, STATE, (WORKSPACE_LOCK,)):
             removed.append(config.state_dir)

@@ -59,7 +59,7 @@ import time
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any, Iterable, Literal, Sequence, cast
+from typing import IO, Any, Literal, Sequence
 
 import blake3
 import msgpack
@@ -110,11 +110,13 @@ def _sign(secret: bytes, body: bytes) -> bytes:
 
 
 def last_successful_build(store: Store, patterns: Sequence[str]) -> BuildRow:
-    """The newest build row of exactly these patterns that finished with nothing failed or skipped."""
+    """The newest build row of exactly these patterns that finished with nothing failed or
+    skipped."""
     wanted = sorted(set(patterns))
     builds = store.builds()
     for build in reversed(builds):
-        if sorted(set(build.patterns)) == wanted and build.concluded() and not build.failed and not build.skipped:
+        if sorted(set(build.patterns)) == wanted and build.concluded() and not build.failed \
+                and not build.skipped:
             return build
     recorded = sorted({" ".join(sorted(set(b.patterns))) for b in builds if b.ended is not None})
     hint = f" (builds recorded for: {'; '.join(recorded[-5:])})" if recorded else ""
@@ -128,7 +130,8 @@ def export_cache(store: Store, patterns: Sequence[str], target: Path,
     """Write the results and blobs of the patterns' last successful build to `target`
     (atomically)."""
     build = last_successful_build(store, patterns)
-    labels = {r.key: r.label for r in records_of_build(store, build) if r.key and r.state.produced()}
+    labels = {r.key: r.label for r in records_of_build(store, build) if r.key
+              and r.state.produced()}
     uncacheable, carriers = _graph_facts(store, build)
     results: list[tuple[Digest, bytes]] = []
     blobs: dict[Digest, int] = {}
@@ -154,9 +157,12 @@ def export_cache(store: Store, patterns: Sequence[str], target: Path,
     if lost:
         shown = " ".join(sorted(set(patterns)))
         more = f" and {len(lost) - 5} more" if len(lost) > 5 else ""
-        raise UsageError(f"the store no longer holds the result of {len(lost)} action(s) that build {build.number} "
-                         f"of {shown} used (gc removed them): {', '.join(lost[:5])}{more}; run `posbuild build "
-                         f"{shown}` (it executes them again), then export again; nothing was exported")
+        raise UsageError(f"the store no longer holds the result of {len(lost)} action(s) that "
+                         f"build {build.number} "
+                         f"of {shown} used (gc removed them): {', '.join(lost[:5])}{more}; run "
+                         "`posbuild build "
+                         f"{shown}` (it executes them again), then export again; nothing was "
+                         "exported")
     body = msgpack.packb({"patterns": sorted(set(patterns)), "build": build.number,
                           "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                           "results": [[k, p] for k, p in results],

@@ -19,7 +19,8 @@ from posbuild.digest import hash_bytes
 from posbuild.errors import NoWorkspace, WorkspaceError
 from posbuild.layout import CONFIG_NAME, OUT_DIR, SANDBOX, STATE_DIR, STORE
 
-BASE_PATH = "/usr/local/bin:/usr/bin:/bin"  # the PATH actions see, and where `[env] tools` are looked up
+# the PATH actions see, and where `[env] tools` are looked up
+BASE_PATH = "/usr/local/bin:/usr/bin:/bin"
 
 
 @dataclass(frozen=True, slots=True)
@@ -341,7 +342,8 @@ def _sandbox_dir(root: Path, configured: str) -> Path:
 
 
 # The one place inside .posbuild/ a configured store or sandbox base may name: its default.
-_DEFAULTS = {"[cache] dir": f"{STATE_DIR}/{STORE}", "[build] sandbox_base": f"{STATE_DIR}/{SANDBOX}"}
+_DEFAULTS = {"[cache] dir": f"{STATE_DIR}/{STORE}",
+             "[build] sandbox_base": f"{STATE_DIR}/{SANDBOX}"}
 
 
 def _check_placement(root: Path, path: Path, store_dir: Path, cache_dir: str, sandbox_dir: Path,

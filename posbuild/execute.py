@@ -29,7 +29,7 @@ import threading
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence, cast
+from typing import TYPE_CHECKING, Any, Sequence
 
 from posbuild.analysis import Action, is_generated
 from posbuild.compare import first_file_difference, format_difference
@@ -137,7 +137,7 @@ class Rebuilder:
         self._produced: dict[str, FileState] = {}
         self._prepared: dict[str, _Prepared] = {}
         # --explain: `[env] pass` by build
-        self._passed_by_build: dict[str, Sequence[tuple[str, str]] | None] | None = None
+        self._passed_by_build: dict[str, Sequence[Sequence[str]] | None] | None = None
         self.traces: dict[str, ActionTrace] = {}
         self.outputs: dict[str, OutputFile] = {}
         self.used: list[Digest] = []
@@ -187,7 +187,8 @@ class Rebuilder:
         if hit is not None and not self._verify:
             if self._journal is not None:
                 outputs = [(p, self._produced[p].digest) for p in action.outputs]
-                self._journal.add(action, RecordState.CACHED, hit.key, started, time.time(), inputs, outputs)
+                self._journal.add(action, RecordState.CACHED, hit.key, started, time.time(), inputs,
+                                  outputs)
             return hit
         assert key is not None
         cached = self._store.get_result(key) if self._verify else None
@@ -276,7 +277,8 @@ class Rebuilder:
             for digest, name, size in entry.blobs():
                 if self._store.has_blob(digest):
                     continue
-                got = self._remote.fetch_blob(digest, name, size, action.label, self._root / STATE_DIR / TMP)
+                got = self._remote.fetch_blob(digest, name, size, action.label,
+                                              self._root / STATE_DIR / TMP)
                 if got is None:
                     return None
                 if isinstance(got, Path):
@@ -337,10 +339,11 @@ class Rebuilder:
             running = self._sandboxes.start(action, self._passed_env + secrets)
         except SecretUnavailable as error:
             if self._journal is not None:
-                self._journal.add(action, RecordState.FAILED, prepared.key, started, time.time(), prepared.inputs, (),
-                                  None, None, "secret", current_slot())
+                self._journal.add(action, RecordState.FAILED, prepared.key, started, time.time(),
+                                  prepared.inputs, (), None, None, "secret", current_slot())
             return Started(action, prepared, started, (), None,
-                           outcome=ActionOutcome(Outcome.FAILED, error=str(error), reason=prepared.reason))
+                           outcome=ActionOutcome(Outcome.FAILED, error=str(error),
+                                                 reason=prepared.reason))
         except OSError as error:
             return Started(action, prepared, started, (), None, outcome=_own_failure(error))
         return Started(action, prepared, started, secrets, running)
@@ -386,18 +389,21 @@ class Rebuilder:
                     failure = Failure(failure.message, "interrupted")
                 if self._journal is not None:
                     state = RecordState.INTERRUPTED if self._cancelled else RecordState.FAILED
-                    self._journal.add(action, state, prepared.key, started.started, started.ended, prepared.inputs,
-                                      (), spawn.usage, spawn.exit_code, failure.code, current_slot(),
-                                      remote=spawn.remote)
+                    self._journal.add(action, state, prepared.key, started.started, started.ended,
+                                      prepared.inputs,
+                                      (), spawn.usage, spawn.exit_code, failure.code,
+                                      current_slot(), remote=spawn.remote)
                 orch = type(failure.orch) if failure.orch is not None else None
-                kept = prepared.key if orch is NonDeterminism else None  # `check` settled it from the cached result
-                return ActionOutcome(Outcome.FAILED, kept, error=failure.message, orch=orch, reason=prepared.reason,
+                # `check` settled it from the cached result
+                kept = prepared.key if orch is NonDeterminism else None
+                return ActionOutcome(Outcome.FAILED, kept, error=failure.message, orch=orch,
+                                     reason=prepared.reason,
                                      stderr=spawn.stderr, elapsed=spawn.elapsed)
             self._commit(action, spawn, prepared, started.started, started.ended)
         finally:
             self._sandboxes.remove(spawn)
-        return ActionOutcome(Outcome.EXECUTED, prepared.key, reason=prepared.reason, stderr=spawn.stderr,
-                             elapsed=spawn.elapsed)
+        return ActionOutcome(Outcome.EXECUTED, prepared.key, reason=prepared.reason,
+                             stderr=spawn.stderr, elapsed=spawn.elapsed)
 
     def _difference(self, spawn: SpawnResult, cached: ActionResult) -> str:
         """How a re-run's outputs differ from the cached result of the same key ("" if they
@@ -418,28 +424,34 @@ class Rebuilder:
             return Failure(f"timed out after {action.timeout} s", "timeout")
         if spawn.exit_code != 0:
             if spawn.exit_code < 0:
-                return Failure(f"command failed (killed by signal {-spawn.exit_code})", f"signal {-spawn.exit_code}")
-            return Failure(f"command failed (exit code {spawn.exit_code})", f"exit {spawn.exit_code}")
+                return Failure(f"command failed (killed by signal {-spawn.exit_code})",
+                               f"signal {-spawn.exit_code}")
+            return Failure(f"command failed (exit code {spawn.exit_code})",
+                           f"exit {spawn.exit_code}")
         overrun = memory_overrun(action, spawn.usage.max_rss_kb if spawn.usage else None)
         if overrun is not None:
             return Failure.of(overrun)
         if spawn.irregular:
-            return Failure(f"declared output '{spawn.irregular[0]}' {spawn.why}; outputs must be regular files in "
+            return Failure(f"declared output '{spawn.irregular[0]}' {spawn.why}; outputs must be "
+                           "regular files in "
                            f"folders of their own, and nothing was kept", "missing output")
         if spawn.missing:
             missing = ", ".join(f"'{p}'" for p in spawn.missing)
             return Failure(f"declared output {missing} was not created", "missing output")
         changed = [path for path, sig in prepared.sources if not self._files.unchanged(path, sig)]
         if changed:
-            return Failure(f"input '{changed[0]}' changed while the action ran; result not cached, build again",
+            return Failure(f"input '{changed[0]}' changed while the action ran; result not cached, "
+                           "build again",
                            "input changed")
         if secrets and not action.allow_secret_in_output:
             for path in action.outputs:
                 with spawn.output(path).reading() as fd:
                     leak = file_containing([Path(fd_path(fd))], secrets)
                 if leak is not None:
-                    return Failure(f"output '{path}' contains the value of secret '{leak[1]}'; nothing was kept "
-                                   f"(declare allow_secret_in_output = True if that is intended)", "secret in output")
+                    return Failure(f"output '{path}' contains the value of secret '{leak[1]}'; "
+                                   "nothing was kept "
+                                   f"(declare allow_secret_in_output = True if that is intended)",
+                                   "secret in output")
         return None
 
     def _commit(self, action: Action, spawn: SpawnResult, prepared: _Prepared, started: float,
@@ -475,7 +487,8 @@ class Rebuilder:
         cached = None if NO_CACHE_TAG in action.tags else (key, result)
         records: list[Row] = []
         if self._journal is not None:
-            records.append(self._journal.row(action, RecordState.SUCCESS, key, started, ended, prepared.inputs,
+            records.append(self._journal.row(action, RecordState.SUCCESS, key, started, ended,
+                                             prepared.inputs,
                                              [(o.path, o.digest) for o in outputs], spawn.usage,
                                              spawn.exit_code, "", current_slot(),
                                              remote=spawn.remote))
@@ -511,8 +524,10 @@ class Rebuilder:
         """Turn an executed action's committed SUCCESS record into a FAILED one, under the same
         record key, when installing its outputs failed: the log must say what the build said."""
         assert self._journal is not None
-        failed = self._journal.row(action, RecordState.FAILED, prepared.key, started, ended, prepared.inputs, (), spawn.usage,
-                                   spawn.exit_code, "install failed", current_slot(), remote=spawn.remote)
+        failed = self._journal.row(action, RecordState.FAILED, prepared.key, started, ended,
+                                   prepared.inputs, (), spawn.usage,
+                                   spawn.exit_code, "install failed", current_slot(),
+                                   remote=spawn.remote)
         self._store.commit(records=[(committed[0], failed[1], failed[2])])
 
     def flush(self) -> None:
@@ -549,4 +564,5 @@ def _describes(result: ActionResult, action: Action) -> bool:
 def _own_failure(error: OSError) -> ActionOutcome:
     """An action that failed on a file-system error of posbuild's own (staging, installing): the
     action fails with the path at fault, as its command failing would, and the build goes on."""
-    return ActionOutcome(Outcome.FAILED, error=f"{error.strerror or error}: {error.filename or ''}".rstrip(": "))
+    return ActionOutcome(Outcome.FAILED,
+                         error=f"{error.strerror or error}: {error.filename or ''}".rstrip(": "))

@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from posbuild.digest import Digest, hash_file
+from posbuild.digest import hash_file
 from posbuild.records import FileState, Signature, signature
 from posbuild.store import Store
 

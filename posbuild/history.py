@@ -37,14 +37,16 @@ def _in_flight(build: BuildRow) -> list[ExecutionRecord]:
     """Records of the actions an interrupted build started and never concluded: their start time
     is known, their end is not (`ended` is empty)."""
     return [ExecutionRecord(
-        build_id=str(build.number), label=label, state=RecordState.INTERRUPTED, key=None, started=started, ended="",
-        duration=0.0, inputs=(), versions=(), outputs=(), usage=None, exit_code=None, error_code="interrupted",
-        env_hash=bytes(build.env_hash or b""),
+        build_id=str(build.number), label=label, state=RecordState.INTERRUPTED, key=None,
+        started=started, ended="",
+        duration=0.0, inputs=(), versions=(), outputs=(), usage=None, exit_code=None,
+        error_code="interrupted", env_hash=bytes(build.env_hash or b""),
     ) for label, started in build.in_flight]
 
 
 def describe_build(build: BuildRow) -> str:
-    """How a build ended, in a few words: finished, still running, interrupted, or refused (and why)."""
+    """How a build ended, in a few words: finished, still running, interrupted, or refused (and
+    why)."""
     status = build.status or ("finished" if build.ended is not None else "unfinished")
     if status == "refused":
         return f"refused: {build.message or build.error}"
@@ -61,24 +63,28 @@ def _implied(store: Store, build: BuildRow) -> list[ExecutionRecord]:
     state = state_from_bytes(store.journal_blob(build.state) or b"") if build.state else None
     if not actions or state is None:
         return []
-    indices = range(len(actions)) if settled == "all" else settled
+    indices = range(len(actions)) if isinstance(settled, str) else settled  # "all"
     return expand_up_to_date(build, actions, state, indices)
 
 
 def expand_up_to_date(build: BuildRow, actions: Sequence[Action], state: BuildState,
                       indices: Sequence[int]) -> list[ExecutionRecord]:
-    """Records (state CACHED) for actions a build settled by stat alone, from its graph and state."""
+    """Records (state CACHED) for actions a build settled by stat alone, from its graph and
+    state."""
     when = build.started
     records = []
     for index in indices:
         action = actions[index]
         trace = state.actions.get(action.label)
         records.append(ExecutionRecord(
-            build_id=str(build.number), label=action.label, state=RecordState.CACHED, key=trace[1] if trace else None,
-            started=when, ended=when, duration=0.0,
-            inputs=tuple((p, state.digests.get(p, b"")) for p in action.inputs), versions=action.versions,
-            outputs=tuple((p, state.digests.get(p, b"")) for p in action.outputs), usage=None, exit_code=None,
-            error_code="", env_hash=bytes(build.env_hash or b""), slot=0, command=action.command, env=action.env,
+            build_id=str(build.number), label=action.label, state=RecordState.CACHED,
+            key=trace[1] if trace else None, started=when, ended=when, duration=0.0,
+            inputs=tuple((p, state.digests.get(p, b"")) for p in action.inputs),
+            versions=action.versions,
+            outputs=tuple((p, state.digests.get(p, b"")) for p in action.outputs), usage=None,
+            exit_code=None,
+            error_code="", env_hash=bytes(build.env_hash or b""), slot=0, command=action.command,
+            env=action.env,
         ))
     return records
 
@@ -96,15 +102,17 @@ def chrome_trace(build: BuildRow, records: Sequence[ExecutionRecord]) -> dict[st
 
     origin = micros(build.started)
     events: list[dict[str, Any]] = [
-        {"name": "process_name", "ph": "M", "pid": 1, "args": {"name": f"posbuild build {build.number}"}},
+        {"name": "process_name", "ph": "M", "pid": 1,
+         "args": {"name": f"posbuild build {build.number}"}},
         {"name": "thread_name", "ph": "M", "pid": 1, "tid": 0, "args": {"name": "cache"}},
     ]
     for slot in sorted({r.slot for r in records if r.slot}):
         events.append({"name": "thread_name", "ph": "M", "pid": 1, "tid": slot,
                        "args": {"name": f"job {slot}"}})
     for record in records:
-        args = {"state": record.state.value, "key": record.key.hex() if record.key else None,
-                "error": record.error_code or None}
+        args: dict[str, object] = {"state": record.state.value,
+                                   "key": record.key.hex() if record.key else None,
+                                   "error": record.error_code or None}
         if record.worker:
             args.update(worker=record.worker, host=record.host)
         if record.usage:
@@ -112,11 +120,13 @@ def chrome_trace(build: BuildRow, records: Sequence[ExecutionRecord]) -> dict[st
                         max_rss_kb=record.usage.max_rss_kb)
         start = round(micros(record.started) - origin, 1)
         if record.slot:
-            events.append({"name": record.label, "cat": record.state.value.lower(), "ph": "X", "pid": 1,
-                           "tid": record.slot, "ts": start, "dur": round(record.duration * 1e6, 1), "args": args})
+            events.append({"name": record.label, "cat": record.state.value.lower(), "ph": "X",
+                           "pid": 1,
+                           "tid": record.slot, "ts": start, "dur": round(record.duration * 1e6, 1),
+                           "args": args})
         else:
-            events.append({"name": record.label, "cat": record.state.value.lower(), "ph": "i", "s": "t", "pid": 1,
-                           "tid": 0, "ts": start, "args": args})
+            events.append({"name": record.label, "cat": record.state.value.lower(), "ph": "i",
+                           "s": "t", "pid": 1, "tid": 0, "ts": start, "args": args})
     return {"traceEvents": events, "displayTimeUnit": "ms"}
 
 
@@ -124,8 +134,8 @@ def record_json(record: ExecutionRecord) -> dict[str, Any]:
     """A record as JSON-ready data, digests in hex."""
     return {
         "build": record.build_id, "label": record.label, "state": record.state.value,
-        "key": record.key.hex() if record.key else None, "started": record.started, "ended": record.ended,
-        "duration_s": record.duration,
+        "key": record.key.hex() if record.key else None, "started": record.started,
+        "ended": record.ended, "duration_s": record.duration,
         "inputs": {p: d.hex() for p, d in record.inputs}, "versions": dict(record.versions),
         "outputs": {p: d.hex() for p, d in record.outputs},
         "usage": None if record.usage is None else {

@@ -53,7 +53,8 @@ class Journal:
         if self._start_log is not None:
             self._start_log(label)
 
-    def row(self, action: Action, state: RecordState, key: Digest | None, started: float, ended: float,
+    def row(self, action: Action, state: RecordState, key: Digest | None, started: float,
+            ended: float,
             inputs: Sequence[tuple[str, Digest]], outputs: Sequence[tuple[str, Digest]] = (),
             usage: ResourceUsage | None = None, exit_code: int | None = None, error_code: str = "",
             slot: int = 0, remote: RemoteRun | None = None) -> Row:
@@ -86,8 +87,10 @@ class Journal:
         return rows
 
 
-def build_row(started: float, patterns: Sequence[str], env_hash: Digest, graph: tuple[Digest, bytes], state: bytes,
-              up_to_date: Sequence[bool], **flags: object) -> tuple[BuildRow, list[tuple[Digest, bytes]]]:
+def build_row(started: float, patterns: Sequence[str], env_hash: Digest,
+              graph: tuple[Digest, bytes], state: bytes,
+              up_to_date: Sequence[bool],
+              **flags: object) -> tuple[BuildRow, list[tuple[Digest, bytes]]]:
     """A build's row for the store, and the (digest, bytes) payloads it refers to (graph and state).
 
     `graph` is the graph cache entry, with its digest; `up_to_date` marks the actions settled by
@@ -95,12 +98,16 @@ def build_row(started: float, patterns: Sequence[str], env_hash: Digest, graph: 
     """
     settled = [i for i, clean in enumerate(up_to_date) if clean]
     payloads = {"graph": graph[1], "state": state if settled else b""}
-    digests = {"graph": graph[0] if graph[1] else None, "state": hash_bytes(state) if settled and state else None}
+    digests = {"graph": graph[0] if graph[1] else None,
+               "state": hash_bytes(state) if settled and state else None}
     info = BuildRow.of({
-        "started": utc(started), "status": "running", "patterns": list(patterns), "env_hash": env_hash, **digests,
-        "actions": len(up_to_date), "up_to_date": "all" if len(settled) == len(up_to_date) else settled, **flags,
+        "started": utc(started), "status": "running", "patterns": list(patterns),
+        "env_hash": env_hash, **digests,
+        "actions": len(up_to_date),
+        "up_to_date": "all" if len(settled) == len(up_to_date) else settled, **flags,
     })
-    return info, [(digests[name], data) for name, data in payloads.items() if data]
+    return info, [(digest, data) for name, data in payloads.items()
+                  if data and (digest := digests[name]) is not None]
 
 
 def record_settled_build(store_dir: Path, workspace: str, info: BuildRow,
@@ -123,7 +130,9 @@ def record_refused(store_dir: Path, workspace: str, started: float, patterns: Se
 
     store = Store(store_dir, workspace)
     try:
-        return store.begin_build(BuildRow.of({"started": utc(started), "status": "refused", "patterns": list(patterns),
-                                              "ended": utc(time.time()), "error": code, "message": message}))
+        return store.begin_build(BuildRow.of({"started": utc(started), "status": "refused",
+                                              "patterns": list(patterns),
+                                              "ended": utc(time.time()), "error": code,
+                                              "message": message}))
     finally:
         store.close()

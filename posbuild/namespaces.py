@@ -53,7 +53,6 @@ from dataclasses import dataclass
 from typing import Iterable, Mapping, Sequence
 
 from posbuild.errors import SandboxUnavailable
-from posbuild.layout import NETWORK_TAG
 
 WRITABLE_VARIABLE = "POSBUILD_SANDBOX_WRITABLE"  # debugging and test probes: folders left writable
 PROBE_TIMEOUT = 20.0  # seconds; bwrap starts in milliseconds, a hang means something is wrong

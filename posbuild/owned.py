@@ -36,7 +36,8 @@ from posbuild.layout import STORE_DB, STORE_LOCK
 MARKER = "CACHEDIR.TAG"
 SIGNATURE = b"Signature: 8a477f597d28d172789f06886806bc55"  # fixed by the specification
 STATE, STORE, SANDBOXES = "state folder", "store", "sandbox base"
-STORE_NAMES = frozenset({MARKER, STORE_DB, "cas", "epoch", "running", STORE_LOCK, "wal"})  # store.py, epoch.py
+# store.py, epoch.py
+STORE_NAMES = frozenset({MARKER, STORE_DB, "cas", "epoch", "running", STORE_LOCK, "wal"})
 # Names posbuild gives what it makes in a sandbox base (sandbox.py, dask_executor.py).
 SANDBOX_NAME = re.compile(r"\d+-\d+.*|\d+\.owner|dask-\d+-\d+|readdir-probe-.*", re.DOTALL)
 

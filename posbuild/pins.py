@@ -71,7 +71,8 @@ def check_pins(root: Path, actions: Sequence[Action], state: BuildState) -> int:
         pins = read_lock(root).sources
     if pins:
         read = {path for action in actions for path in action.sources}
-        expected.extend((path, pins[path].lower(), f"in {LOCK_NAME}", "run `posbuild lock` to accept the change")
+        expected.extend((path, pins[path].lower(), f"in {LOCK_NAME}",
+                         "run `posbuild lock` to accept the change")
                         for path in read.intersection(pins))
     if not expected:
         return 0

@@ -266,7 +266,8 @@ class TargetCache:
     def __init__(self, config: Config) -> None:
         self._config = config
         self.path = config.state_dir / GRAPHS / CACHE_NAME
-        self._since = time.time_ns()  # made just before a load: what changed since is racy (stamps.py)
+        # made just before a load: what changed since is racy (stamps.py)
+        self._since = time.time_ns()
 
     def load(self) -> TargetGraph | None:
         try:

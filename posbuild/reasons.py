@@ -16,7 +16,7 @@ both commands word them alike.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Sequence, cast
 
 from posbuild.digest import Digest
 from posbuild.records import ExecutionRecord, RecordState
@@ -62,8 +62,8 @@ def _pairs(old: Sequence[tuple[str, object]], new: Sequence[tuple[str, object]],
 
 def differences(previous: ExecutionRecord | None, command: str, env: Sequence[tuple[str, str]],
                 versions: Sequence[tuple[str, str]], inputs: Sequence[tuple[str, Digest]],
-                env_hash: Digest, passed: Sequence[tuple[str, str]] | None = None,
-                passed_before: Sequence[tuple[str, str]] | None = None) -> list[Reason]:
+                env_hash: Digest, passed: Sequence[Sequence[str]] | None = None,
+                passed_before: Sequence[Sequence[str]] | None = None) -> list[Reason]:
     """What differs between a previous execution and the action about to run (empty: nothing known).
 
     `passed` and `passed_before`: the `[env] pass` variables of the two builds (None: not
@@ -75,7 +75,10 @@ def differences(previous: ExecutionRecord | None, command: str, env: Sequence[tu
         reasons.append(Reason("command", "", previous.command, command))
     reasons += _pairs(previous.env, env, "env")
     if passed is not None and passed_before is not None:
-        reasons += _pairs(passed_before, passed, "passed", repr, UNSET)
+        # [name, value] lists, as msgpack gives them back
+        before = cast(Sequence[tuple[str, object]], passed_before)
+        now = cast(Sequence[tuple[str, object]], passed)
+        reasons += _pairs(before, now, "passed", repr, UNSET)
     reasons += _pairs(previous.versions, versions, "version")
     if previous.env_hash != env_hash:
         reasons.append(Reason("environment", "", _short(previous.env_hash), _short(env_hash)))
@@ -86,9 +89,10 @@ def same_key(previous: ExecutionRecord) -> str:
     """Why an action ran again with the key of its previous execution, which nothing changed."""
     where = f"its previous execution (build {previous.build_id}) had the same key"
     if previous.state is RecordState.FAILED:
-        return f"{where} and failed ({failure(previous)}); a failure is never cached, so it ran again"
-    return (f"{where}, but that result was no longer in the store (removed by `posbuild gc`, or never "
-            f"kept), so it ran again")
+        return (
+            f"{where} and failed ({failure(previous)}); a failure is never cached, so it ran again")
+    return (f"{where}, but that result was no longer in the store (removed by `posbuild gc`, or "
+            f"never kept), so it ran again")
 
 
 def failure(record: ExecutionRecord) -> str:

@@ -162,7 +162,8 @@ class RecordState(enum.Enum):
     INTERRUPTED = "INTERRUPTED"  # in flight when its build was stopped, or died (history.py)
 
     def ran(self) -> bool:
-        """Whether the record's duration is a run of the command (the one a schedule may learn from)."""
+        """Whether the record's duration is a run of the command (the one a schedule may learn
+        from)."""
         return self in (RecordState.SUCCESS, RecordState.FAILED)
 
     def produced(self) -> bool:
@@ -182,7 +183,8 @@ class Outcome(enum.Enum):
 RUN_OUTCOMES = (Outcome.CACHED, Outcome.EXECUTED, Outcome.FAILED)  # what a real build ends with
 
 
-FAILURES = frozenset({RecordState.FAILED, RecordState.SKIPPED, RecordState.INTERRUPTED})  # `log --failed`
+# `log --failed`
+FAILURES = frozenset({RecordState.FAILED, RecordState.SKIPPED, RecordState.INTERRUPTED})
 
 
 @dataclass(frozen=True, slots=True)
@@ -214,7 +216,8 @@ class ExecutionRecord:
     def pack(self) -> bytes:
         row = {f: getattr(self, f) for f in self.__dataclass_fields__}
         row["state"] = self.state.value
-        row["usage"] = [*(getattr(self.usage, f) for f in ResourceUsage.__dataclass_fields__)] if self.usage else None
+        row["usage"] = [*(getattr(self.usage, f) for f in ResourceUsage.__dataclass_fields__)] \
+            if self.usage else None
         return msgpack.packb(row, use_bin_type=True)
 
     @staticmethod
@@ -264,7 +267,8 @@ class BuildRow:
 
     def fields(self) -> dict[str, Any]:
         """The row as the store holds it: every field in stored order."""
-        return {name: self.extra[name] if name in self.extra else getattr(self, name) for name in self.order}
+        return {name: self.extra[name] if name in self.extra else getattr(self, name)
+                for name in self.order}
 
     def pack(self) -> bytes:
         return msgpack.packb(self.fields(), use_bin_type=True)

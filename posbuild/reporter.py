@@ -30,7 +30,8 @@ class BuildSummary:
     wall: float
     failed_labels: tuple[str, ...]
     dry_run: bool = False
-    orch: tuple[type[OrchError], ...] = ()  # ORCH errors among the failures (ORCH-04 under --verify)
+    # ORCH errors among the failures (ORCH-04 under --verify)
+    orch: tuple[type[OrchError], ...] = ()
 
 
 class Reporter(Protocol):

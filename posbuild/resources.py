@@ -80,4 +80,5 @@ def memory_overrun(action: Action, max_rss_kb: int | None) -> ResourceOversubscr
     used_mb = -(-max_rss_kb // 1024)
     if used_mb <= declared:
         return None
-    return ResourceOversubscription(f"{action.label} used {used_mb} MB of memory but declared mem_mb={declared}")
+    return ResourceOversubscription(
+        f"{action.label} used {used_mb} MB of memory but declared mem_mb={declared}")

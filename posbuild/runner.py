@@ -51,11 +51,13 @@ class DirtyRun:
         return sum(1 for outcome in self.outcomes.values() if outcome.status is status)
 
     def failed_labels(self, actions: Sequence[Action]) -> tuple[str, ...]:
-        return tuple(actions[n].label for n, o in sorted(self.outcomes.items()) if o.status is Outcome.FAILED)
+        return tuple(actions[n].label for n, o in sorted(self.outcomes.items())
+                     if o.status is Outcome.FAILED)
 
     def failure_classes(self) -> tuple[type[OrchError], ...]:
         """The ORCH error classes among the failures, by code and without repeats."""
-        found = {o.orch for o in self.outcomes.values() if o.status is Outcome.FAILED and o.orch is not None}
+        found = {o.orch for o in self.outcomes.values() if o.status is Outcome.FAILED
+                 and o.orch is not None}
         return tuple(sorted(found, key=lambda error: error.code))
 
 
@@ -186,7 +188,8 @@ def run_dirty(config: Config, actions: Sequence[Action], clean: Sequence[bool],
             if journal is not None:
                 for node, state in enumerate(scheduler.states):
                     if state is State.SKIPPED:
-                        journal.add(sub_actions[node], RecordState.SKIPPED, None, now / 1e9, now / 1e9, ())
+                        journal.add(sub_actions[node], RecordState.SKIPPED, None, now / 1e9,
+                                    now / 1e9, ())
             store.commit(memo=files.take_pending(), used=[(key, now) for key in rebuilder.used],
                          records=journal.take() if journal else ())
             save_state(settings.state_path,
@@ -220,7 +223,8 @@ def run_dirty(config: Config, actions: Sequence[Action], clean: Sequence[bool],
                        and not os.path.lexists(config.root / p)]
             mark_tree(config, clean=not missing, withdrawn=missing)
         if journal is not None:
-            counts = {s.value: sum(1 for o in outcomes.values() if o.status is s) for s in RUN_OUTCOMES}
+            counts = {s.value: sum(1 for o in outcomes.values() if o.status is s)
+                      for s in RUN_OUTCOMES}
             store.update_build(journal.number, {"ended": utc(time.time()), "counts": counts,
                                                 "failed": len(failed),
                                                 "skipped": states.count(State.SKIPPED)})

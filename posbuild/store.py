@@ -28,10 +28,10 @@ Design memo
                                                 names; older stores: digest → whole payload
   ============= =============================== ===============================================
 
-* Everything an action produces is written by `commit()` in ONE write transaction, or logged by `log()` in one
-  frame (below), so after a crash at any instant the store holds all of an action's rows or none
-  of them (§7). An executed action's `usage` row is bookkeeping, not its product: it comes with
-  the build's last commit, and a key without one is simply the least recently used.
+* Everything an action produces is written by `commit()` in ONE write transaction, or logged by
+  `log()` in one frame (below), so after a crash at any instant the store holds all of an action's
+  rows or none of them (§7). An executed action's `usage` row is bookkeeping, not its product: it
+  comes with the build's last commit, and a key without one is simply the least recently used.
 * Blobs up to `INLINE_LIMIT` bytes live inside LMDB. Larger ones live as files `cas/ab/abcd…`
   beside it, written temp + fsync + rename *before* the transaction that references them, so a
   committed row never points at a missing or half-written file; a crash in between leaves at most
@@ -586,12 +586,13 @@ class Store:
                     if _has_payload(cursor, digest):
                         continue
                     for index, start in enumerate(range(0, max(len(data), 1), PAYLOAD_CHUNK)):
-                        txn.put(digest + index.to_bytes(4, "big"), data[start:start + PAYLOAD_CHUNK],
-                                db=self._journal_blobs)
+                        txn.put(digest + index.to_bytes(4, "big"),
+                                data[start:start + PAYLOAD_CHUNK], db=self._journal_blobs)
             row = info.with_fields(number=number)
             if info.status == "running":
                 self._hold(number)
-                txn.put(self.build_key(number), row.with_fields(pid=os.getpid()).pack(), db=self._builds)
+                txn.put(self.build_key(number), row.with_fields(pid=os.getpid()).pack(),
+                        db=self._builds)
                 chain["running"].append(number)
             else:
                 self._seal(txn, chain, row)
@@ -612,8 +613,9 @@ class Store:
         and seal it into the chain, in one transaction."""
         with self._writing() as txn:
             chain = self._chain(txn)
-            info = BuildRow.unpack(txn.get(self.build_key(number), db=self._builds))
-            self._seal(txn, chain, info.with_fields(**{**changes, "status": changes.get("status", "finished")}))
+            info = BuildRow.unpack(cast(bytes, txn.get(self.build_key(number), db=self._builds)))
+            self._seal(txn, chain,
+                       info.with_fields(**{**changes, "status": changes.get("status", "finished")}))
             txn.put(self._chain_key, msgpack.packb(chain, use_bin_type=True), db=self._meta)
         self._release(number)
 
@@ -645,7 +647,8 @@ class Store:
         number = row.number
         previous, previous_seal = chain["head"] or (0, GENESIS)
         digest = seal(previous_seal, fields, records_digest(self._raw_records(txn, number)))
-        txn.put(self.build_key(number), BuildRow.of({**fields, CHAIN: [previous, digest]}).pack(), db=self._builds)
+        txn.put(self.build_key(number), BuildRow.of({**fields, CHAIN: [previous, digest]}).pack(),
+                db=self._builds)
         chain["head"] = [number, digest]
         if number in chain["running"]:
             chain["running"].remove(number)
@@ -683,9 +686,11 @@ class Store:
         if row is None:
             chain["running"].remove(number)
             return
-        in_flight = {label: started for label, started in self._started(number) if label not in recorded}
+        in_flight = {label: started for label, started in self._started(number)
+                     if label not in recorded}
         self._seal(txn, chain, row.with_fields(status="interrupted", noticed=utc(time.time()),
-                                               in_flight=[[label, started] for label, started in in_flight.items()]))
+                                               in_flight=[[label, started]
+                                                          for label, started in in_flight.items()]))
         self._running_file(number).unlink(missing_ok=True)
 
     def _started(self, number: int) -> list[tuple[str, str]]:
@@ -836,7 +841,8 @@ def file_damage(db: Path) -> str | None:
             if size == 0:
                 return None  # created, never committed: LMDB writes its meta pages on first open
             metas = []
-            for offset in sorted({0, 4096, _meta_page_size(head)}):  # the second meta page is one page in
+            # the second meta page is one page in
+            for offset in sorted({0, 4096, _meta_page_size(head)}):
                 if offset < _META_PAGE_MAX and len(head) >= offset + _META_END:
                     magic, version = struct.unpack_from("<II", head, offset + 16)
                     page_size, = struct.unpack_from("<I", head, offset + 40)

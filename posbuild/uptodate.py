@@ -312,4 +312,5 @@ def mark_tree(config: Config, clean: bool, withdrawn: Iterable[str] | None = Non
         write_atomically(config.state_dir / TREE, TREE_CLEAN)
         return
     paths = sorted(withdrawn_outputs(config) if withdrawn is None else set(withdrawn))
-    write_atomically(config.state_dir / TREE, _TREE_DIRTY + (msgpack.packb(paths) if paths else b""))
+    write_atomically(config.state_dir / TREE,
+                     _TREE_DIRTY + (msgpack.packb(paths) if paths else b""))

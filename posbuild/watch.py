@@ -44,6 +44,9 @@ from posbuild.graphcache import files_of_entry
 from posbuild.layout import CONFIG_NAME, LOCK_NAME, OUT_DIR, STATE_DIR
 from posbuild.reporter import BuildSummary
 
+if TYPE_CHECKING:  # _Handler has the one method watchdog calls, without importing it at start-up
+    from watchdog.events import FileSystemEventHandler
+
 CODE_SUFFIXES = (".bzl", ".py")  # files the loader or the import scan may read
 # Names editors give their swap, backup and lock files. Such a file appearing in a package does not
 # start a build by itself (it could only matter through a glob that matches it); the next build sees

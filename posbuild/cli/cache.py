@@ -118,7 +118,8 @@ def import_(file: Path, allow_unsigned: bool) -> None:
             key = _signing_key(root, config.secrets_file)
             store = Store(config.store_dir, config.workspace_tag)
             try:
-                report = import_cache(store, file.absolute(), config.state_dir / TMP, key, allow_unsigned)
+                report = import_cache(store, file.absolute(), config.state_dir / TMP, key,
+                                      allow_unsigned)
             finally:
                 store.close()
     except PosbuildError as error:

@@ -39,9 +39,11 @@ def explain(label: str) -> None:
             history = store.records_of_label(target)
             builds = {str(b.number): b for b in store.builds()}
             latest = builds[max(builds, key=int)] if builds else None
-            settled = [r for r in records_of_build(store, latest) if r.label == target and r.slot == 0
+            settled = [r for r in records_of_build(store, latest) if r.label == target
+                       and r.slot == 0
                        and r.duration == 0.0 and r.state is RecordState.CACHED] if latest else []
-            blocked = _blockers(store, builds, history[-1]) if history and history[-1].state is RecordState.SKIPPED else ""
+            blocked = _blockers(store, builds, history[-1]) if history \
+                and history[-1].state is RecordState.SKIPPED else ""
         finally:
             store.close()
         if not history:
@@ -55,8 +57,8 @@ def explain(label: str) -> None:
         click.echo(line)
 
 
-def _story(target: str, history: list[ExecutionRecord], builds: dict[str, BuildRow], latest: BuildRow | None,
-           settled: bool, blocked: str) -> list[str]:
+def _story(target: str, history: list[ExecutionRecord], builds: dict[str, BuildRow],
+           latest: BuildRow | None, settled: bool, blocked: str) -> list[str]:
     """The lines `explain` prints about the last record of `target` (`history`, oldest first)."""
     from posbuild.reasons import differences, failure, same_key, unexplained
     from posbuild.records import BuildRow, RecordState
@@ -64,19 +66,29 @@ def _story(target: str, history: list[ExecutionRecord], builds: dict[str, BuildR
     last = history[-1]
     lines = []
     if settled and latest is not None and last.build_id != str(latest.number):
-        lines.append(f"{target}: up to date in build {latest.number}: its definition, inputs and outputs are "
-                     f"unchanged since build {last.build_id}, so it was settled without looking at the store")
+        lines.append(f"{target}: up to date in build {latest.number}: its definition, inputs and "
+                     "outputs are "
+                     f"unchanged since build {last.build_id}, so it was settled without looking at "
+                     "the store")
     key = last.key.hex() if last.key else "-"
     if last.state is RecordState.SKIPPED:
-        return [*lines, f"{target}: skipped in build {last.build_id}: it never started, {blocked}; nothing of it "
+        return [*lines,
+                f"{target}: skipped in build {last.build_id}: it never started, {blocked}; nothing "
+                "of it "
                         f"was run or kept"]
     if last.state is RecordState.CACHED:
-        producer = next((r for r in history if r.key == last.key and r.state is RecordState.SUCCESS), None)
-        origin = f", produced by build {producer.build_id} at {producer.started}" if producer else ""
-        return [*lines, f"{target}: cache hit in build {last.build_id}: key {key} was already in the store{origin}"]
+        producer = next((r for r in history if r.key == last.key
+                         and r.state is RecordState.SUCCESS), None)
+        origin = f", produced by build {producer.build_id} at {producer.started}" if producer \
+            else ""
+        return [*lines,
+                f"{target}: cache hit in build {last.build_id}: key {key} was already in the "
+                f"store{origin}"]
     if last.state is RecordState.FAILED:
-        kept = "the cached result was kept" if last.error_code == "ORCH-04" else "nothing was cached"
-        lines.append(f"{target}: failed in build {last.build_id} ({failure(last)}), key {key}; {kept}")
+        kept = "the cached result was kept" if last.error_code == "ORCH-04" \
+            else "nothing was cached"
+        lines.append(
+            f"{target}: failed in build {last.build_id} ({failure(last)}), key {key}; {kept}")
     else:
         lines.append(f"{target}: executed in build {last.build_id}, key {key}")
     prior = next((r for r in reversed(history[:-1]) if r.key), None)
@@ -85,13 +97,16 @@ def _story(target: str, history: list[ExecutionRecord], builds: dict[str, BuildR
                 "  no earlier execution is recorded: it ran because its key was not in the store"]
     if prior.key == last.key:
         if builds.get(last.build_id, BuildRow()).verify:
-            return [*lines, f"  `build --verify` ran it again to compare with its cached result (the key is that "
+            return [*lines,
+                    "  `build --verify` ran it again to compare with its cached result (the key "
+                    "is that "
                             f"of build {prior.build_id})"]
         return [*lines, f"  {same_key(prior)}"]
     passed, passed_before = (builds.get(r.build_id, BuildRow()).passed_env for r in (last, prior))
     reasons = differences(prior, last.command, last.env, last.versions, last.inputs, last.env_hash,
                           passed, passed_before)
-    state = {RecordState.SUCCESS: "executed", RecordState.CACHED: "a cache hit"}.get(prior.state, f"failed, {failure(prior)}")
+    state = {RecordState.SUCCESS: "executed",
+             RecordState.CACHED: "a cache hit"}.get(prior.state, f"failed, {failure(prior)}")
     lines.append(f"  compared with its previous execution, in build {prior.build_id} ({state}, key "
                  f"{prior.key.hex() if prior.key else '-'}):")
     unknown = passed_before is None and bool(passed)
@@ -107,7 +122,8 @@ def _blockers(store: Any, builds: dict[str, BuildRow], record: ExecutionRecord) 
     from posbuild.records import BuildRow, RecordState
 
     build = builds.get(record.build_id, BuildRow())
-    failed = {r.label: r for r in store.records_of(int(record.build_id)) if r.state is RecordState.FAILED}
+    failed = {r.label: r for r in store.records_of(int(record.build_id))
+              if r.state is RecordState.FAILED}
     actions = actions_of_entry(store.journal_blob(build.graph) or b"") if build.graph else ()
     index = next((i for i, a in enumerate(actions) if a.label == record.label), None)
     upstream: set[int] = set()

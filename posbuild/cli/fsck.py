@@ -51,7 +51,8 @@ def fsck(repair: bool) -> None:
         # rows
         with workspace_lock(config, PlainReporter(sys.stdout, sys.stderr), collect=True):
             rebuilt = _damaged_store(config.store_dir, config.workspace_tag, repair)
-            store = Store(config.store_dir, config.workspace_tag) if (config.store_dir / STORE_DB).exists() else None
+            store = Store(config.store_dir, config.workspace_tag) \
+                if (config.store_dir / STORE_DB).exists() else None
             try:
                 report = check(config, store, repair)
             finally:

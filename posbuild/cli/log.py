@@ -29,7 +29,8 @@ def _matches(pattern_text: str | None, package: str):
 
 def _heading(build: BuildRow) -> str:
     env = f"  h_E {bytes(build.env_hash).hex()[:12]}" if build.env_hash else ""
-    return (f"build {build.number}  started {build.started}  patterns {' '.join(build.patterns)}{env}"
+    return (f"build {build.number}  started {build.started}  patterns "
+            f"{' '.join(build.patterns)}{env}"
             + ("  (environment drift allowed)" if build.allow_env_drift else ""))
 
 
@@ -41,9 +42,11 @@ def _table(build: BuildRow, records: list[ExecutionRecord]) -> None:
         click.echo(describe_build(build))
         if not records:
             return
-    remote = any(r.worker for r in records)  # a column saying where each action ran, for builds on Dask
+    # a column saying where each action ran, for builds on Dask
+    remote = any(r.worker for r in records)
     width = max([8, *(len(r.state.value) for r in records)])  # INTERRUPTED is wider than the others
-    click.echo(f"{'state':<{width}} {'seconds':>8} {'cpu s':>7} {'max RSS':>9} {'exit':>5}  {'key':<12}  {'error':<14} "
+    click.echo(f"{'state':<{width}} {'seconds':>8} {'cpu s':>7} {'max RSS':>9} {'exit':>5}  "
+               f"{'key':<12}  {'error':<14} "
                + (f"{'ran on':<32} " if remote else "") + "label")
     for r in records:
         cpu = f"{r.usage.user_s + r.usage.system_s:.2f}" if r.usage else "-"
@@ -51,7 +54,8 @@ def _table(build: BuildRow, records: list[ExecutionRecord]) -> None:
         exit_code = "-" if r.exit_code is None else str(r.exit_code)
         key = r.key.hex()[:12] if r.key else "-"
         where = f"{r.host} {r.worker.split('://')[-1]}" if r.worker else "-"
-        click.echo(f"{r.state.value:<{width}} {r.duration:>8.3f} {cpu:>7} {rss:>9} {exit_code:>5}  {key:<12}  "
+        click.echo(f"{r.state.value:<{width}} {r.duration:>8.3f} {cpu:>7} {rss:>9} {exit_code:>5}  "
+                   f"{key:<12}  "
                    f"{r.error_code or '-':<14} " + (f"{where:<32} " if remote else "") + r.label)
 
 
@@ -106,7 +110,8 @@ def log(pattern: str | None, number: int | None, failed: bool, as_json: bool, li
     elif as_json:
         drift = bool(build.allow_env_drift)
         for record in records:
-            click.echo(json.dumps({**record_json(record), "env_drift_allowed": drift}, sort_keys=True))
+            click.echo(json.dumps({**record_json(record), "env_drift_allowed": drift},
+                                  sort_keys=True))
         if build.status == "refused":  # no action ran: the attempt itself is the record
             click.echo(json.dumps(_build_json(build), sort_keys=True))
     else:

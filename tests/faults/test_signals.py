@@ -165,7 +165,8 @@ def test_a_signal_repeated_at_once_is_one_request(tmp_path, gap, sleeps):
     os.kill(proc.pid, signal.SIGTERM)
     _, err = proc.communicate(timeout=30)
     assert proc.returncode == 143, err
-    assert err.splitlines()[-1] == "posbuild: interrupted by SIGTERM; 1 running action(s) stopped, nothing partial kept"
+    assert err.splitlines()[-1] == (
+        "posbuild: interrupted by SIGTERM; 1 running action(s) stopped, nothing partial kept")
     check = ws.run("fsck")
     assert check.returncode == 0 and "swept" not in check.stdout, check.stdout + check.stderr
 

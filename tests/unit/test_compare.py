@@ -13,7 +13,8 @@ from posbuild.compare import first_difference, first_file_difference, format_dif
 def describe_difference(path: str, label_a: str, a: bytes, label_b: str, b: bytes) -> str | None:
     """The line for two byte strings, or None when they are equal."""
     offset = first_difference(a, b)
-    return None if offset is None else format_difference(path, label_a, len(a), label_b, len(b), offset)
+    return None if offset is None \
+        else format_difference(path, label_a, len(a), label_b, len(b), offset)
 
 
 def _naive(a: bytes, b: bytes) -> int | None:

@@ -11,8 +11,8 @@ from posbuild.resources import memory_overrun
 
 
 def action(mem_mb: int) -> Action:
-    return Action(label="//p:big", kind="genrule", command="true", inputs=(), tools=(), outputs=(), env=(),
-                  versions=(), timeout=0, tags=(), def_hash=b"d" * 32, deps=(), sources=(),
+    return Action(label="//p:big", kind="genrule", command="true", inputs=(), tools=(), outputs=(),
+                  env=(), versions=(), timeout=0, tags=(), def_hash=b"d" * 32, deps=(), sources=(),
                   resources=(1, mem_mb, 0))
 
 
@@ -20,13 +20,16 @@ def test_a_memory_overrun_is_orch_05_with_the_old_text() -> None:
     error = memory_overrun(action(10), 10 * 1024 + 1)
     assert isinstance(error, ResourceOversubscription)
     assert Failure.of(error) == Failure(
-        "ORCH-05 resource oversubscription: //p:big used 11 MB of memory but declared mem_mb=10", "ORCH-05", error)
-    assert memory_overrun(action(10), 10 * 1024) is None and memory_overrun(action(0), 1 << 30) is None
+        "ORCH-05 resource oversubscription: //p:big used 11 MB of memory but declared mem_mb=10",
+        "ORCH-05", error)
+    assert memory_overrun(action(10), 10 * 1024) is None \
+            and memory_overrun(action(0), 1 << 30) is None
 
 
 def test_a_difference_under_verify_is_orch_04_with_the_old_text() -> None:
     failure = Failure.of(NonDeterminism("out: differs; the cached result is kept"))
-    assert failure.message == "ORCH-04 non-deterministic execution: out: differs; the cached result is kept"
+    assert failure.message \
+            == ("ORCH-04 non-deterministic execution: out: differs; the cached result is kept")
     assert failure.code == "ORCH-04"
 
 
@@ -35,7 +38,9 @@ def summary(*orch: type) -> BuildSummary:
 
 
 def test_the_build_exits_with_the_class_its_failures_carry() -> None:
-    assert isinstance(summary_error(summary(NonDeterminism, ResourceOversubscription)), NonDeterminism)
+    assert isinstance(summary_error(summary(NonDeterminism, ResourceOversubscription)),
+                      NonDeterminism)
     assert isinstance(summary_error(summary(ResourceOversubscription)), ResourceOversubscription)
     error = summary_error(summary())
-    assert isinstance(error, ActionFailed) and error.render().endswith("2 action(s) failed: //p:a, //p:b")
+    assert isinstance(error, ActionFailed) \
+            and error.render().endswith("2 action(s) failed: //p:a, //p:b")

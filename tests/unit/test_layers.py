@@ -136,8 +136,8 @@ def test_import_resolution() -> None:
     targets = {i.target for i in posbuild_imports("posbuild.runner")}
     assert {"posbuild.scheduler", "posbuild.store", "posbuild.analysis"} <= targets
     assert {i.target for i in posbuild_imports("posbuild.envfp")} == {
-        "posbuild", "posbuild.atomic", "posbuild.config", "posbuild.digest", "posbuild.errors", "posbuild.layout",
-        "posbuild.lockfile",
+        "posbuild", "posbuild.atomic", "posbuild.config", "posbuild.digest", "posbuild.errors",
+        "posbuild.layout", "posbuild.lockfile",
     }
 
 

@@ -7,15 +7,19 @@ import pytest
 
 from posbuild.records import ExecutionRecord, RecordState
 
-FIELDS = dict(build_id="3", label="//pkg:a", key=b"k" * 32, started="2026-01-01T00:00:00.000000+00:00",
-              ended="2026-01-01T00:00:01.000000+00:00", duration=1.0, inputs=(("pkg/a.c", b"d" * 32),),
+FIELDS = dict(build_id="3", label="//pkg:a", key=b"k" * 32,
+              started="2026-01-01T00:00:00.000000+00:00",
+              ended="2026-01-01T00:00:01.000000+00:00", duration=1.0,
+              inputs=(("pkg/a.c", b"d" * 32),),
               versions=(), outputs=(), usage=None, exit_code=0, error_code="", env_hash=b"e" * 32)
 
 
 def stored(state: str) -> bytes:
-    """A record as the store has always held it: a msgpack map in field order, the state a string."""
+    """A record as the store has always held it: a msgpack map in field order, the state a
+    string."""
     row = {"build_id": "3", "label": "//pkg:a", "state": state, **{k: v for k, v in FIELDS.items()
-                                                                    if k not in ("build_id", "label")}}
+                                                                    if k not in (
+                                                                        "build_id", "label")}}
     row.update(slot=0, command="", env=(), worker="", host="", remote_started="", remote_ended="")
     return msgpack.packb(row, use_bin_type=True)
 

@@ -301,7 +301,8 @@ def test_build_payloads_are_stored_in_page_sized_chunks_and_read_back_whole(stor
     payload = os.urandom(5 * PAYLOAD_CHUNK + 17)
     digest = hash_bytes(payload)
     first = store.begin_build(BuildRow.of({"patterns": ["//..."]}), [(digest, payload)])
-    second = store.begin_build(BuildRow.of({"patterns": ["//..."]}), [(digest, payload)])  # stored once
+    # stored once
+    second = store.begin_build(BuildRow.of({"patterns": ["//..."]}), [(digest, payload)])
     assert (first, second) == (1, 2)
     assert store.journal_blob(digest) == payload
     with store._env.begin() as txn:
@@ -349,8 +350,8 @@ def test_a_read_does_not_keep_freed_pages_from_being_reused(store: Store) -> Non
 # -- build rows and their chain (recordchain.py) -------------------------------------------------
 
 def _finished(**fields: object) -> BuildRow:
-    return BuildRow.of({"started": "2026-01-01T00:00:00+00:00", "status": "finished", "patterns": ["//..."],
-                        **fields})
+    return BuildRow.of({"started": "2026-01-01T00:00:00+00:00", "status": "finished",
+                        "patterns": ["//..."], **fields})
 
 
 def _chain_problems(store: Store) -> list[str]:
@@ -369,7 +370,8 @@ def test_concluded_builds_are_sealed_one_after_the_other(store: Store) -> None:
     rows = {row.number: row for row in store.builds()}
     assert rows[first].chain[0] == 0 and rows[second].chain[0] == first
     body = {k: v for k, v in rows[second].fields().items() if k != "chain"}
-    previous = seal(GENESIS, {k: v for k, v in rows[first].fields().items() if k != "chain"}, records_digest([]))
+    previous = seal(GENESIS, {k: v for k, v in rows[first].fields().items() if k != "chain"},
+                    records_digest([]))
     assert rows[second].chain[1] == seal(previous, body, records_digest(
         [(second.to_bytes(8, "big") + bytes(4), b"record")]))
     assert store.chain_meta() == {"head": [second, rows[second].chain[1]], "running": []}
@@ -406,7 +408,8 @@ def test_closing_the_store_records_its_unconcluded_build_as_interrupted(tmp_path
 def _record(label: str) -> bytes:
     from posbuild.records import ExecutionRecord, RecordState
 
-    return ExecutionRecord("1", label, RecordState.SUCCESS, None, "", "", 0.0, (), (), (), None, 0, "", b"").pack()
+    return ExecutionRecord("1", label, RecordState.SUCCESS, None, "", "", 0.0, (), (), (), None, 0,
+                           "", b"").pack()
 
 
 KILLED_OWNER = """
@@ -442,8 +445,8 @@ def test_a_build_whose_process_was_killed_is_settled_by_the_next_store_user(tmp_
         assert store.settle_interrupted() == [number]
         row = store.builds()[0]
         assert row.status == "interrupted" and [label for label, _ in row.in_flight] == ["//p:slow"]
-        dead = subprocess.run([sys.executable, "-c", KILLED_OWNER, str(path), "die"], capture_output=True,
-                              text=True, env=env)
+        dead = subprocess.run([sys.executable, "-c", KILLED_OWNER, str(path), "die"],
+                              capture_output=True, text=True, env=env)
         killed = int(dead.stdout)
         assert store.begin_build(_finished()) == killed + 1  # the next build settles it first
         assert [r.status for r in store.builds()] == ["interrupted", "interrupted", "finished"]
@@ -503,20 +506,23 @@ def test_build_rows_keep_the_bytes_a_dict_gave_them(store: Store) -> None:
 
     from posbuild.recordchain import GENESIS, records_digest, seal
 
-    info = {"started": "s", "status": "running", "patterns": ["//..."], "env_hash": b"e" * 32, "graph": None,
-            "state": None, "actions": 2, "up_to_date": [1], "allow_env_drift": False, "verify": True,
-            "passed_env": [["A", "1"]]}
-    changes = {"ended": "e", "counts": {"cached": 1, "executed": 1, "failed": 0}, "failed": 0, "skipped": 0}
+    info = {"started": "s", "status": "running", "patterns": ["//..."], "env_hash": b"e" * 32,
+            "graph": None,
+            "state": None, "actions": 2, "up_to_date": [1], "allow_env_drift": False,
+            "verify": True, "passed_env": [["A", "1"]]}
+    changes = {"ended": "e", "counts": {"cached": 1, "executed": 1, "failed": 0}, "failed": 0,
+               "skipped": 0}
     number = store.begin_build(BuildRow.of(info))
     store.update_build(number, changes)
-    refused = {"started": "s", "status": "refused", "patterns": [], "ended": "e", "error": "ORCH-07",
-               "message": "m"}
+    refused = {"started": "s", "status": "refused", "patterns": [], "ended": "e",
+               "error": "ORCH-07", "message": "m"}
     second = store.begin_build(BuildRow.of(refused))
     first_row = {**info, "number": number, "pid": os.getpid(), **changes, "status": "finished"}
     first_seal = seal(GENESIS, first_row, records_digest([]))
     second_row = {**refused, "number": second}
     expected = [msgpack.packb({**first_row, "chain": [0, first_seal]}, use_bin_type=True),
-                msgpack.packb({**second_row, "chain": [number, seal(first_seal, second_row, records_digest([]))]},
+                msgpack.packb({**second_row,
+                               "chain": [number, seal(first_seal, second_row, records_digest([]))]},
                               use_bin_type=True)]
     assert [value for _, value in store.raw_builds()] == expected
     assert [BuildRow.unpack(value).pack() for value in expected] == expected
@@ -529,9 +535,10 @@ def test_rows_of_an_existing_store_still_read_and_verify(store: Store) -> None:
 
     from posbuild.recordchain import GENESIS, records_digest, seal
 
-    old = {"started": "s", "status": "finished", "patterns": ["//a"], "ended": "e", "future": {"x": 1},
-           "number": 1}
-    sealed = msgpack.packb({**old, "chain": [0, seal(GENESIS, old, records_digest([]))]}, use_bin_type=True)
+    old = {"started": "s", "status": "finished", "patterns": ["//a"], "ended": "e",
+           "future": {"x": 1}, "number": 1}
+    sealed = msgpack.packb({**old, "chain": [0, seal(GENESIS, old, records_digest([]))]},
+                           use_bin_type=True)
     with store._env.begin(write=True) as txn:
         txn.put((1).to_bytes(8, "big"), sealed, db=store._builds)
         chain = {"head": [1, msgpack.unpackb(sealed)["chain"][1]], "running": []}

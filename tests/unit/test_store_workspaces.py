@@ -31,12 +31,14 @@ def opened(path: Path, tag: str) -> Iterator[Store]:
 
 
 def _record(label: str, build: int) -> bytes:
-    return ExecutionRecord(str(build), label, RecordState.SUCCESS, None, "", "", 0.0, (), (), (), None, 0, "", b"").pack()
+    return ExecutionRecord(str(build), label, RecordState.SUCCESS, None, "", "", 0.0, (), (), (),
+                           None, 0, "", b"").pack()
 
 
 def _build(store: Store, label: str) -> int:
     """A build that records one action, concluded and sealed."""
-    number = store.begin_build(BuildRow.of({"started": "x", "status": "running", "patterns": ["//..."]}))
+    number = store.begin_build(BuildRow.of({"started": "x", "status": "running",
+                                            "patterns": ["//..."]}))
     store.start_log(number)(label)
     store.commit(records=[(store.build_key(number) + bytes(4), label, _record(label, number))])
     store.update_build(number, {"ended": "y"})
@@ -100,7 +102,8 @@ def test_a_dead_build_is_settled_only_by_its_own_workspace(tmp_path: Path) -> No
         os.close(a._held.pop(number))  # as if its process died: the start log stays, unlocked
     with opened(path, B) as b:
         assert b.settle_interrupted() == [] and b.chain_meta()["running"] == []
-        assert b.begin_build(BuildRow.of({"started": "x", "status": "finished", "patterns": []})) == 1
+        assert b.begin_build(BuildRow.of({"started": "x", "status": "finished", "patterns": []})) \
+                == 1
     with opened(path, A) as a:
         assert a.chain_meta()["running"] == [number]
         assert a.settle_interrupted() == [number]
