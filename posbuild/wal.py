@@ -40,8 +40,12 @@ class WriteAheadLog:
     def __init__(self, folder: Path) -> None:
         folder.mkdir(exist_ok=True)
         self.path = folder / f"{os.getpid()}-{id(self):x}{SUFFIX}"
-        self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+        # locked under another name first: a log that appeared unlocked would look dead to another
+        # command, which would replay and delete it under us
+        making = self.path.with_name(self.path.name + ".new")
+        self._fd = os.open(making, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
         fcntl.flock(self._fd, fcntl.LOCK_EX)
+        os.rename(making, self.path)
         self._round = 0
         self._offset = 0
 
@@ -105,9 +109,11 @@ def dead_logs(folder: Path) -> tuple[list[DeadLog], set[int]]:
     dead: list[DeadLog] = []
     live: set[int] = set()
     for name in sorted(names):
+        path = folder / name
+        if name.endswith(SUFFIX + ".new") and not lock_held(path):  # its maker died before naming it
+            path.unlink(missing_ok=True)
         if not name.endswith(SUFFIX):
             continue
-        path = folder / name
         try:
             fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
         except FileNotFoundError:  # another command replayed it just now
