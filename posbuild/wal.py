@@ -110,8 +110,8 @@ def dead_logs(folder: Path) -> tuple[list[DeadLog], set[int]]:
     live: set[int] = set()
     for name in sorted(names):
         path = folder / name
-        if name.endswith(SUFFIX + ".new") and not lock_held(path):  # its maker died before naming it
-            path.unlink(missing_ok=True)
+        if name.endswith(SUFFIX + ".new") and not lock_held(path):
+            path.unlink(missing_ok=True)  # its maker died before naming it
         if not name.endswith(SUFFIX):
             continue
         try:

@@ -70,7 +70,7 @@ def test_a_damaged_frame_ends_the_log(tmp_path: Path) -> None:
     assert _replayed(tmp_path) == [b"whole"]
 
 
-def test_a_log_its_maker_never_named_is_swept_and_a_named_one_is_never_seen_unlocked(tmp_path: Path) -> None:
+def test_a_log_its_maker_never_named_is_swept(tmp_path: Path) -> None:
     (tmp_path / "123-abc.wal.new").write_bytes(b"")  # a process died between making and naming it
     log = WriteAheadLog(tmp_path)
     assert dead_logs(tmp_path) == ([], {os.getpid()})
