@@ -179,8 +179,7 @@ class Store:
             self._check_format()
             if has_dead_logs(path / "wal"):
                 # a dead process's logged commits, before anything reads the store
-                with self._writing():
-                    pass
+                self._apply_log()
         except lmdb.Error as error:
             self._env.close()
             raise store_failure(path, error) from None
@@ -241,9 +240,13 @@ class Store:
         """Force everything committed or logged so far to disk (once per build; see the memo
         above)."""
         if self._logged:
-            with self._writing():
-                pass
+            self._apply_log()
         self._env.sync(True)
+
+    def _apply_log(self) -> None:
+        """Put the rows logged so far, and those of dead processes' logs, into LMDB now."""
+        with self._writing():
+            pass
 
     @contextlib.contextmanager
     def _writing(self) -> Iterator[lmdb.Transaction]:
@@ -405,8 +408,7 @@ class Store:
                 self._pending_memo.update(memo)
             full = len(self._logged) >= LOG_GROUP or self._logged_bytes >= LOG_BYTES
         if full:
-            with self._writing():
-                pass
+            self._apply_log()
 
     def _rows(self, commit: Commit) -> _Rows:
         """A commit in the form it is logged and written in."""
@@ -668,10 +670,10 @@ class Store:
         return settled
 
     def _row_pid(self, txn: lmdb.Transaction, number: int) -> int | None:
-        data = txn.get(self.build_key(number), db=self._builds)
+        data = cast("bytes | None", txn.get(self.build_key(number), db=self._builds))
         try:
-            return int(msgpack.unpackb(data)["pid"]) if data is not None else None
-        except (ValueError, KeyError, TypeError):
+            return BuildRow.unpack(data).pid if data is not None else None
+        except (ValueError, TypeError):  # a tampered row: fsck reports it
             return None
 
     def _interrupt(self, txn: lmdb.Transaction, chain: dict[str, Any], number: int) -> None:
