@@ -71,7 +71,7 @@ def outputs(root: Path) -> dict[str, bytes]:
 
 def spawn_only(root: Path, loops: int) -> dict[str, float]:
     """Median seconds of one Sandboxes.run + remove of a trivial action, per mode."""
-    from posbuild.analysis import Action
+    from posbuild.action import Action
     from posbuild.config import load_config
     from posbuild.sandbox import Sandboxes, choose_isolation
 

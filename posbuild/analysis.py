@@ -19,10 +19,11 @@ Paths inside an action are workspace-relative, exactly as in the sandbox: a sour
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, NamedTuple, Sequence
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Sequence
 
-from posbuild.digest import Digest, hash_canonical
+from posbuild.action import ACTION_SCHEMA, Action, ActionGraph, is_generated, out_path, src_path
+from posbuild.digest import hash_canonical
 from posbuild.errors import BuildFileError, CycleError, SourceLocation, VersionMismatch
 from posbuild.graph import toposort
 from posbuild.loader import package_hint
@@ -34,91 +35,12 @@ if TYPE_CHECKING:  # loading BUILD files is only needed when the graph cache mis
     from posbuild.pyimports import ImportScanner, Scan
     from posbuild.target import Pairs, Target
 
-# bump when the meaning of an Action's fields changes (2: commands run under strict bash)
-ACTION_SCHEMA = 2
 # bump when loading or analysis changes what graphs it makes or accepts: cached graphs are made
 # again
 CHECKS = 4
 # (3: a relative load() in a .bzl file is relative to that file; ownership stamps hidden folders;
 # 4: allow_secret_in_output is part of def_hash)
 KIND_VERSIONS = {"genrule": 1, "py_task": 1}
-
-
-class Action(NamedTuple):
-    """One unit of execution: a command, its exact input and output files, and its declarations.
-
-    A NamedTuple rather than a frozen dataclass: a build of 10,000 actions rebuilds 10,000 of
-    these from the graph cache, and a tuple is built three times faster. It is just as immutable.
-    `sources` is the subset of `inputs` that are source files, precomputed for the up-to-date check.
-    """
-
-    label: str
-    kind: str
-    command: str
-    inputs: tuple[str, ...]
-    tools: tuple[str, ...]
-    outputs: tuple[str, ...]
-    env: Pairs
-    versions: Pairs
-    timeout: int
-    tags: tuple[str, ...]
-    def_hash: Digest
-    deps: tuple[int, ...]
-    sources: tuple[str, ...]
-    resources: tuple[int, int, int] = (1, 0, 0)  # declared (cpu, mem_mb, io), DESIGN §10
-    message: str = ""
-    secrets: tuple[str, ...] = ()  # names of secrets (§16) given to the command; never their values
-    allow_secret_in_output: bool = False
-
-
-@dataclass(frozen=True, slots=True)
-class ActionGraph:
-    """The actions a request needs, dependencies first, and the files each requested target
-    names."""
-
-    actions: tuple[Action, ...]
-    requested: tuple[str, ...]
-    # the graph cache entry it was read from
-    raw: bytes = field(default=b"", repr=False, compare=False)
-
-
-PIN_TAG = "pin:"  # a tag `pin:<path>=<digest>` pins one of the action's source inputs (pins.py)
-
-
-class GraphFacts(NamedTuple):
-    """What the checks before a build need to know of a graph's actions, without the actions.
-
-    Kept beside the actions in the graph cache, so that a build which turns out to be a no-op can
-    run those checks without decoding ten thousand actions (build.py).
-    """
-
-    # shadows tuple.count; the field names are part of the graph cache's format (graphcache.py)
-    count: int  # type: ignore[assignment]
-    resources: tuple[tuple[int, int, int], ...]  # every distinct (cpu, mem_mb, io) request, sorted
-    pinned: bool  # some action carries a `pin:` tag
-    secrets: bool  # some action is given secrets
-
-
-def facts_of(actions: Sequence[Action]) -> GraphFacts:
-    return GraphFacts(
-        count=len(actions),
-        resources=tuple(sorted({a.resources for a in actions})),
-        pinned=any(tag.startswith(PIN_TAG) for a in actions for tag in a.tags),
-        secrets=any(a.secrets for a in actions),
-    )
-
-
-def is_generated(path: str) -> bool:
-    """Whether a workspace-relative input path is another action's output."""
-    return path.startswith(OUT_DIR + "/")
-
-
-def out_path(package: str, name: str) -> str:
-    return f"{OUT_DIR}/{package}/{name}" if package else f"{OUT_DIR}/{name}"
-
-
-def src_path(package: str, name: str) -> str:
-    return f"{package}/{name}" if package else name
 
 
 def expand_patterns(patterns: Sequence[TargetPattern], packages: Sequence[str],

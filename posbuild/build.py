@@ -18,7 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Callable, Iterator, Mapping, Sequence
 
-from posbuild.analysis import Action, ActionGraph, Analyzer, GraphFacts, expand_patterns
+from posbuild.action import Action, ActionGraph, GraphFacts
+from posbuild.analysis import Analyzer, expand_patterns
 from posbuild.config import Config, load_config
 from posbuild.digest import Digest
 from posbuild.epoch import read_epoch
@@ -34,8 +35,8 @@ from posbuild.reporter import BuildSummary, Reporter
 from posbuild.resources import check_budget, fits
 from posbuild.roles import ROLE_VARIABLE, authorize
 from posbuild.secrets import SecretSource, SecretUnavailable, secret_source
-from posbuild.uptodate import (BuildState, clean_actions, load_state, mark_tree, revalidate,
-                               settled, tree_is_clean)
+from posbuild.upstate import BuildState, load_state, mark_tree, revalidate, tree_is_clean
+from posbuild.uptodate import clean_actions, settled
 
 
 @dataclass(frozen=True, slots=True)

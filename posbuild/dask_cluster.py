@@ -30,7 +30,7 @@ import threading
 from dataclasses import dataclass
 from typing import Any, Sequence
 
-from posbuild.analysis import Action
+from posbuild.action import Action
 from posbuild.config import Config
 from posbuild.errors import ActionFailed, ResourceOversubscription, UsageError
 

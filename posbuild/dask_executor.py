@@ -78,7 +78,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
-from posbuild.analysis import Action
+from posbuild.action import Action
 from posbuild.config import Config
 from posbuild.dask_cluster import (SecretDesk, WorkerInfo, check_fits, connect, dask_resources,
                                    declares_resources, describe, fetch_secrets, fits, workers_of)

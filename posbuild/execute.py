@@ -31,7 +31,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
-from posbuild.analysis import Action, is_generated
+from posbuild.action import Action, is_generated
 from posbuild.compare import first_file_difference, format_difference
 from posbuild.digest import Digest, hash_bytes, hash_file
 from posbuild.errors import NonDeterminism, OrchError
@@ -48,7 +48,7 @@ from posbuild.store import INLINE_LIMIT, Commit, Store
 from posbuild.journal import Journal, Row
 from posbuild.scheduler import current_slot
 from posbuild.secrets import SecretSource, SecretUnavailable, file_containing, redact, values_of
-from posbuild.uptodate import EMPTY, ActionTrace, BuildState
+from posbuild.upstate import EMPTY, ActionTrace, BuildState
 
 if TYPE_CHECKING:
     # imported only where a remote is configured (runner.py)

@@ -93,7 +93,7 @@ from posbuild.records import ActionResult, FileState, Manifest, unpack_manifest
 from posbuild.recordchain import CHAIN, GENESIS, records_digest, seal
 from posbuild.sandbox import sweep_dead
 from posbuild.store import Store
-from posbuild.uptodate import mark_tree
+from posbuild.upstate import mark_tree
 
 CHECKSUM, PARTIAL = ChecksumMismatch.code, PartialState.code
 BLOB, RESULT, GENERATION, OUTPUT, LEFTOVER = "blob", "result", "generation", "output", "leftover"

@@ -41,7 +41,7 @@ from posbuild.owned import real_folder
 from posbuild.records import (FileState, Generation, Manifest, OutputFile, pack_manifest,
                               unpack_manifest)
 from posbuild.store import Store
-from posbuild.uptodate import mark_tree
+from posbuild.upstate import mark_tree
 
 def workspace_tag(config: Config) -> str:
     """What the workspace's generations are tagged with: "" in its own store, else its path."""

@@ -31,7 +31,8 @@ from typing import Any, Sequence
 import msgpack
 
 from posbuild import __version__
-from posbuild.analysis import ACTION_SCHEMA, CHECKS, Action, ActionGraph, GraphFacts, facts_of
+from posbuild.action import ACTION_SCHEMA, Action, ActionGraph, GraphFacts, facts_of
+from posbuild.analysis import CHECKS
 from posbuild.atomic import write_atomically
 from posbuild.digest import Digest, hash_bytes, hash_canonical
 from posbuild.stamps import file_stamp, racy_digests, stamps_current

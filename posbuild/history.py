@@ -11,11 +11,11 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
-from posbuild.analysis import Action
+from posbuild.action import Action
 from posbuild.graphcache import actions_of_entry
 from posbuild.records import BuildRow, ExecutionRecord, RecordState
 from posbuild.store import Store
-from posbuild.uptodate import BuildState, state_from_bytes
+from posbuild.upstate import BuildState, state_from_bytes
 
 
 def find_build(store: Store, number: int | None) -> BuildRow | None:

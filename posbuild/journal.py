@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 from typing import Callable, Sequence
 
-from posbuild.analysis import Action
+from posbuild.action import Action
 from posbuild.digest import Digest, hash_bytes
 from posbuild.records import BuildRow, ExecutionRecord, RecordState, RemoteRun, ResourceUsage, utc
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Sequence
 
-from posbuild.analysis import Action
+from posbuild.action import Action
 from posbuild.digest import Digest, hash_canonical
 
 KEY_SCHEMA = 1

@@ -22,11 +22,11 @@ import os
 from pathlib import Path
 from typing import Sequence
 
-from posbuild.analysis import PIN_TAG, Action
+from posbuild.action import PIN_TAG, Action
 from posbuild.digest import hash_file
 from posbuild.errors import BuildFileError, ChecksumMismatch
 from posbuild.layout import LOCK_NAME
-from posbuild.uptodate import BuildState
+from posbuild.upstate import BuildState
 
 
 def tag_pins(actions: Sequence[Action]) -> list[tuple[str, str, str]]:

@@ -19,7 +19,7 @@ from __future__ import annotations
 from operator import attrgetter
 from typing import Callable, Iterable, Sequence
 
-from posbuild.analysis import Action
+from posbuild.action import Action
 from posbuild.config import RESOURCE_NAMES, Budget
 from posbuild.errors import ResourceOversubscription
 

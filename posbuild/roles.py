@@ -16,7 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Sequence
 
-from posbuild.analysis import Action, out_path
+from posbuild.action import Action, out_path
 from posbuild.config import DEFAULT_ROLE, Config, Role
 from posbuild.errors import BuildFileError, UsageError, WorkspaceError
 from posbuild.label import PatternKind, TargetPattern, parse_pattern

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Sequence
 
-from posbuild.analysis import Action
+from posbuild.action import Action
 from posbuild.config import Config
 from posbuild.digest import Digest
 from posbuild.epoch import read_epoch
@@ -33,7 +33,7 @@ from posbuild.sandbox import ActionSandboxes, Sandboxes, choose_isolation
 from posbuild.scheduler import Scheduler, State
 from posbuild.secrets import SecretSource, SecretUnavailable, secret_carriers
 from posbuild.store import INLINE_LIMIT, Store
-from posbuild.uptodate import BuildState, mark_tree, save_state, withdrawn_outputs
+from posbuild.upstate import BuildState, mark_tree, save_state, withdrawn_outputs
 
 if TYPE_CHECKING:
     from posbuild.dask_executor import DaskSandboxes

@@ -103,7 +103,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol, Sequence
 
-from posbuild.analysis import Action
+from posbuild.action import Action
 from posbuild.config import BASE_PATH, Config
 from posbuild.liveness import lock_held
 from posbuild.layout import NETWORK_TAG

@@ -95,7 +95,7 @@ class SecretSource:
 
 
 class Declares(Protocol):
-    """What `secret_carriers` reads of an action (analysis.Action)."""
+    """What `secret_carriers` reads of an action (action.Action)."""
 
     @property
     def secrets(self) -> tuple[str, ...]: ...

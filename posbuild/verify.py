@@ -35,7 +35,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Mapping, Sequence
 
-from posbuild.analysis import Action, ActionGraph
+from posbuild.action import Action, ActionGraph
 from posbuild.compare import Source, first_file_difference, format_difference
 from posbuild.config import Config
 from posbuild.digest import hash_file
@@ -49,7 +49,7 @@ from posbuild.sandbox import (Perturbation, Sandboxes, SpawnResult, choose_isola
                               listing_follows_creation)
 from posbuild.secrets import SecretSource, SecretUnavailable, redact, secret_source, values_of
 from posbuild.store import Store
-from posbuild.uptodate import BuildState, load_state
+from posbuild.upstate import BuildState, load_state
 
 BATCH = 256
 CLOCK_SHIFT = "+397.3d"

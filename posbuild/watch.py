@@ -37,7 +37,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Iterable, cast
 
-from posbuild.analysis import ActionGraph, is_generated
+from posbuild.action import ActionGraph, is_generated
 from posbuild.config import Config
 from posbuild.errors import PosbuildError
 from posbuild.graphcache import files_of_entry

@@ -508,7 +508,7 @@ def test_bad_scheduler_addresses(text: str) -> None:
 
 
 def test_placement_by_declared_resources_or_by_threads() -> None:
-    from posbuild.analysis import Action
+    from posbuild.action import Action
     from posbuild.dask_cluster import WorkerInfo, check_fits, dask_resources, declares_resources
     from posbuild.errors import ResourceOversubscription
 

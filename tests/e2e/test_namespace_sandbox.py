@@ -20,7 +20,7 @@ import pytest
 
 from conftest import POSBUILD, Result, Workspace, bwrap_problem, counts
 from posbuild import namespaces
-from posbuild.analysis import Action
+from posbuild.action import Action
 from posbuild.config import load_config
 from posbuild.errors import SandboxUnavailable
 from posbuild.sandbox import Sandboxes, choose_isolation

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from conftest import Workspace, counts
-from posbuild.analysis import Action
+from posbuild.action import Action
 from posbuild.config import Role
 from posbuild.label import parse_pattern
 from posbuild.roles import may_build, requested_targets

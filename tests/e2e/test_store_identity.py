@@ -40,7 +40,7 @@ def test_the_state_a_first_build_saves_names_the_epoch_of_the_store_it_created(w
     10,000 actions ~0.2 s, paid by the no-op after every cold build)."""
     from posbuild.config import load_config
     from posbuild.epoch import read_epoch
-    from posbuild.uptodate import state_from_bytes
+    from posbuild.upstate import state_from_bytes
 
     ws.write(BUILD)
     ws.ok("//p:a")

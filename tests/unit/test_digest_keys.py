@@ -10,7 +10,7 @@ import blake3
 import pytest
 
 from posbuild import digest, keys
-from posbuild.analysis import Action
+from posbuild.action import Action
 from posbuild.build import resolve
 from posbuild.digest import DIGEST_SIZE, canonical, hash_bytes, hash_canonical, hash_file
 

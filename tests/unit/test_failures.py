@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from posbuild.analysis import Action
+from posbuild.action import Action
 from posbuild.build import summary_error
 from posbuild.errors import ActionFailed, NonDeterminism, ResourceOversubscription
 from posbuild.execute import Failure

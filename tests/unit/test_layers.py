@@ -134,7 +134,7 @@ def test_layer_table_matches_the_docstrings() -> None:
 
 def test_import_resolution() -> None:
     targets = {i.target for i in posbuild_imports("posbuild.runner")}
-    assert {"posbuild.scheduler", "posbuild.store", "posbuild.analysis"} <= targets
+    assert {"posbuild.scheduler", "posbuild.store", "posbuild.action"} <= targets
     assert {i.target for i in posbuild_imports("posbuild.envfp")} == {
         "posbuild", "posbuild.atomic", "posbuild.config", "posbuild.digest", "posbuild.errors",
         "posbuild.layout", "posbuild.lockfile",

@@ -10,11 +10,11 @@ import pytest
 
 import posbuild.digest
 import posbuild.pins
-from posbuild.analysis import Action
+from posbuild.action import Action
 from posbuild.digest import hash_file
 from posbuild.errors import ChecksumMismatch
 from posbuild.pins import check_pins, lock_sources
-from posbuild.uptodate import EMPTY, BuildState
+from posbuild.upstate import EMPTY, BuildState
 
 
 def action(label: str, *sources: str) -> Action:

@@ -14,12 +14,12 @@ from pathlib import Path
 import pytest
 
 from posbuild import sandbox as sandbox_module
-from posbuild.analysis import Action, ActionGraph
+from posbuild.action import Action, ActionGraph
 from posbuild.config import load_config
 from posbuild.sandbox import (Perturbation, Sandboxes, base_environment, find_libfaketime,
                               listing_follows_creation)
 from posbuild.store import Store
-from posbuild.uptodate import EMPTY
+from posbuild.upstate import EMPTY
 from posbuild.verify import FIRST, SECOND, verify
 
 SHM = Path("/dev/shm")

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from posbuild.analysis import Action
+from posbuild.action import Action
 from posbuild.sandbox import Sandboxes
 
 

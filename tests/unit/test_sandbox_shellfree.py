@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from posbuild.analysis import Action
+from posbuild.action import Action
 from posbuild.sandbox import Perturbation, Sandboxes, SpawnResult
 
 OUT = "posbuild-out/pkg/out.txt"

@@ -6,9 +6,10 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from posbuild.analysis import Action, facts_of
+from posbuild.action import Action, facts_of
 from posbuild.records import signature
-from posbuild.uptodate import EMPTY, BuildState, load_state, save_state, settled
+from posbuild.upstate import EMPTY, BuildState, load_state, save_state
+from posbuild.uptodate import settled
 
 GRAPH = b"\x01" * 32
 ENV = b"\x02" * 32
@@ -91,7 +92,7 @@ def test_revalidate_forgets_exactly_the_actions_whose_result_or_blobs_are_gone(
     from posbuild.epoch import read_epoch
     from posbuild.records import ActionResult, OutputFile
     from posbuild.store import Store
-    from posbuild.uptodate import revalidate
+    from posbuild.upstate import revalidate
 
     store_dir = tmp_path / "store"
     store = Store(store_dir)
@@ -122,7 +123,7 @@ def test_revalidate_forgets_exactly_the_actions_whose_result_or_blobs_are_gone(
 
 def test_the_tree_marker_lists_withdrawn_outputs_only_while_dirty(tmp_path: Path) -> None:
     from posbuild.config import load_config
-    from posbuild.uptodate import mark_tree, tree_is_clean, withdrawn_outputs
+    from posbuild.upstate import mark_tree, tree_is_clean, withdrawn_outputs
 
     (tmp_path / "posbuild.toml").write_text("")
     config = load_config(tmp_path)
