@@ -1,4 +1,4 @@
-"""Layer 1: the action — one command with its exact inputs, outputs and declarations — as a value.
+"""Layer 3: the action — one command with its exact inputs, outputs and declarations — as a value.
 
 Analysis (analysis.py) makes actions; the graph cache stores them; the key, the sandbox, the
 up-to-date check, the build log and the executors read them. It is a value of its own, below all

@@ -1,4 +1,4 @@
-"""Layer 6: the up-to-date check — which actions a build need not even look up in the store.
+"""Layer 7: the up-to-date check — which actions a build need not even look up in the store.
 
 This is posbuild's equivalent of Ninja's build log check. Before a build, one pass in dependency
 order marks an action *clean* when its definition and the environment are the same as in the

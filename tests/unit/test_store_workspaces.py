@@ -115,7 +115,7 @@ def test_a_dead_build_is_settled_only_by_its_own_workspace(tmp_path: Path) -> No
 def test_every_store_a_command_opens_names_its_workspace() -> None:
     """The class, not one instance: a Store opened without the workspace's tag reads and writes the
     rows of another workspace ("" in a shared store). Only a look at shared rows may omit it."""
-    allowed = {("uptodate.py", "revalidate")}  # results and blobs only: shared by every workspace
+    allowed = {("upstate.py", "revalidate")}  # results and blobs only: shared by every workspace
     root = Path(__file__).resolve().parents[2] / "posbuild"
     missing = []
     for source in sorted(root.rglob("*.py")):
