@@ -481,7 +481,7 @@ def run_repetition(
 
 
 RESOLVE_SNIPPET = (  # as `posbuild build` runs it: without the cyclic GC (cli/build.py)
-    "import gc, sys, time, pathlib\nfrom posbuild.build import resolve\ngc.disable()\nt = "
+    "import gc, sys, time, pathlib\nfrom posbuild.engine.build import resolve\ngc.disable()\nt = "
     "time.perf_counter()\ng = resolve(pathlib.Path(sys.argv[1]), "
     "['//...'])\nprint(time.perf_counter() - t, len(g.actions))\n"
 )
@@ -537,8 +537,8 @@ def measure_resolve(posbuild: str, ws: Path, repeat: int) -> str:
 
 QUERY_EXPR = "deps(//...)"
 QUERY_SNIPPET = (
-    "import sys, time, pathlib\nfrom posbuild.query import run_query\nt = time.perf_counter()\nr "
-    "= run_query(pathlib.Path(sys.argv[1]), sys.argv[2])\ntext = "
+    "import sys, time, pathlib\nfrom posbuild.load.query import run_query\n"
+    "t = time.perf_counter()\nr = run_query(pathlib.Path(sys.argv[1]), sys.argv[2])\ntext = "
     "r.render('label')\nprint(time.perf_counter() - t, len(r.nodes))\n"
 )
 

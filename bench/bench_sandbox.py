@@ -71,9 +71,9 @@ def outputs(root: Path) -> dict[str, bytes]:
 
 def spawn_only(root: Path, loops: int) -> dict[str, float]:
     """Median seconds of one Sandboxes.run + remove of a trivial action, per mode."""
-    from posbuild.action import Action
-    from posbuild.config import load_config
-    from posbuild.sandbox import Sandboxes, choose_isolation
+    from posbuild.core.action import Action
+    from posbuild.workspace.config import load_config
+    from posbuild.exec.sandbox import Sandboxes, choose_isolation
 
     (root / "pkg").mkdir(parents=True, exist_ok=True)
     for name in ("a.txt", "b.txt"):
@@ -116,7 +116,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
 
-    from posbuild import namespaces
+    from posbuild.exec import namespaces
 
     bwrap = namespaces.find_bwrap()
     problem = "bwrap not found on PATH" if bwrap is None else namespaces.probe(

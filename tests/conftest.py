@@ -77,7 +77,7 @@ def executed_labels(result: Result) -> list[str]:
 
 def bwrap_problem() -> str | None:
     """Why the namespace sandbox cannot run here, or None when bubblewrap works."""
-    from posbuild import namespaces
+    from posbuild.exec import namespaces
 
     bwrap = namespaces.find_bwrap()
     if bwrap is None:

@@ -1,9 +1,11 @@
-"""Layer 10: the command line — the one place that prints, reads the environment and exits.
+"""Layer 0: the command line — the one place that prints, reads the environment and exits.
 
 Subcommands live in their own modules and are imported only when invoked (start-up time is
 part of every no-op build). `posbuild //pkg:target` is shorthand for `posbuild build //pkg:target`.
 Every PosbuildError becomes one line `posbuild: <message>` on stderr and its documented exit
 code; no user error ever shows a traceback.
+
+May import: posbuild.errors, core, host, workspace, load, store, exec, engine.
 """
 
 from __future__ import annotations
@@ -93,7 +95,7 @@ def fail(error: PosbuildError) -> NoReturn:
 
 def interrupted(error: KeyboardInterrupt) -> NoReturn:
     """Stop on SIGINT, SIGTERM or SIGHUP (interrupt.py): one line, exit 128+N."""
-    from posbuild.interrupt import Interrupted, exiting
+    from posbuild.host.interrupt import Interrupted, exiting
 
     if not isinstance(error, Interrupted):  # a KeyboardInterrupt raised without a signal handler
         error = Interrupted()
@@ -104,7 +106,7 @@ def interrupted(error: KeyboardInterrupt) -> NoReturn:
 
 def workspace_and_package() -> tuple[Path, str]:
     """The workspace root above the current folder, and the package path of the current folder."""
-    from posbuild.config import find_workspace
+    from posbuild.workspace.config import find_workspace
 
     cwd = Path.cwd()
     root = find_workspace(cwd)
@@ -125,7 +127,7 @@ def _with_default_command(args: list[str]) -> list[str]:
 def main(args: list[str] | None = None) -> Any:
     """Entry point of the `posbuild` script."""
     argv = _with_default_command(list(sys.argv[1:] if args is None else args))
-    from posbuild.interrupt import handle_signals
+    from posbuild.host.interrupt import handle_signals
 
     handle_signals()
     try:
@@ -144,7 +146,7 @@ def main(args: list[str] | None = None) -> Any:
     except Exception as error:
         if type(error).__module__ != "lmdb":
             raise
-        from posbuild.store import store_failure
+        from posbuild.store.lmdbstore import store_failure
 
         fail(store_failure(None, error))
     sys.exit(code or 0)

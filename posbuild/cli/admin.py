@@ -20,8 +20,8 @@ def clean(everything: bool) -> None:
     CACHEDIR.TAG posbuild wrote when it made them; a folder without one, or a link, is refused
     and nothing is deleted. Waits for a running command of the workspace.
     """
-    from posbuild.build import clean as clean_workspace
-    from posbuild.reporter import PlainReporter
+    from posbuild.engine.build import clean as clean_workspace
+    from posbuild.engine.reporter import PlainReporter
 
     try:
         root, _ = workspace_and_package()
@@ -45,11 +45,11 @@ def rollback(list_only: bool, generation_id: int | None) -> None:
     Nothing is executed: every file of the generation is rewritten from its verified blob if it
     is not already current, and files the generation does not list are removed.
     """
-    from posbuild.build import workspace_lock
-    from posbuild.config import load_config
-    from posbuild.generations import generations_of, rollback as roll_back
-    from posbuild.reporter import PlainReporter
-    from posbuild.store import Store
+    from posbuild.engine.build import workspace_lock
+    from posbuild.workspace.config import load_config
+    from posbuild.store.generations import generations_of, rollback as roll_back
+    from posbuild.engine.reporter import PlainReporter
+    from posbuild.store.lmdbstore import Store
 
     try:
         root, _ = workspace_and_package()

@@ -16,7 +16,7 @@ from posbuild.errors import PosbuildError
 
 def choose_reporter(quiet: bool):
     """Live status on a terminal, plain lines on a pipe, failures only with -q."""
-    from posbuild.reporter import PlainReporter, QuietReporter, TerminalReporter
+    from posbuild.engine.reporter import PlainReporter, QuietReporter, TerminalReporter
 
     if quiet:
         return QuietReporter(sys.stdout, sys.stderr)
@@ -30,7 +30,7 @@ def _executor(ctx: click.Context, param: click.Parameter, value: str | None) -> 
     work)."""
     if value is None or value == "local":
         return value or ""
-    from posbuild.dask_cluster import scheduler_address
+    from posbuild.exec.dask_cluster import scheduler_address
     from posbuild.errors import UsageError
 
     if not value.startswith(("dask://", "tcp://", "tls://")):
@@ -74,7 +74,7 @@ def build(patterns: tuple[str, ...], jobs: int | None, keep_going: bool, dry_run
     Exit codes: 0 ok, 1 an action failed, 2 usage, 3 bad BUILD file or label, 11-17 ORCH-01..07
     (17: the environment hash is not the one approved by `posbuild env approve`).
     """
-    from posbuild.build import BuildOptions, run_build, summary_error
+    from posbuild.engine.build import BuildOptions, run_build, summary_error
 
     # A build of 10,000 actions allocates hundreds of thousands of objects that live until the
     # process exits, and the cyclic collector would walk them again and again (~15% of a

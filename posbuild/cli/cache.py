@@ -25,8 +25,8 @@ def _signing_key(root: Path, secrets_file: str) -> bytes | None:
     a usage error, not "no key": silently exporting unsigned, or refusing an import for want of a
     key that is in fact configured, would hide the real problem.
     """
-    from posbuild.remote import CACHE_KEY_VARIABLE
-    from posbuild.secrets import SecretUnavailable, secret_source
+    from posbuild.store.remote import CACHE_KEY_VARIABLE
+    from posbuild.workspace.secrets import SecretUnavailable, secret_source
 
     try:
         value = secret_source(root, secrets_file, dict(os.environ)).get(CACHE_KEY_VARIABLE)
@@ -63,11 +63,11 @@ def cache() -> None:
 def export(file: Path, patterns: tuple[str, ...]) -> None:
     """Write the results and blobs the last successful build of PATTERNS used (default //...) to
     FILE."""
-    from posbuild.build import workspace_lock
-    from posbuild.cachearchive import export_cache
-    from posbuild.config import load_config
-    from posbuild.label import parse_pattern
-    from posbuild.store import Store
+    from posbuild.engine.build import workspace_lock
+    from posbuild.store.cachearchive import export_cache
+    from posbuild.workspace.config import load_config
+    from posbuild.core.label import parse_pattern
+    from posbuild.store.lmdbstore import Store
 
     try:
         root, package = workspace_and_package()
@@ -105,11 +105,11 @@ def export(file: Path, patterns: tuple[str, ...]) -> None:
 def import_(file: Path, allow_unsigned: bool) -> None:
     """Verify every blob of FILE against its digest, and its signature against POSBUILD_CACHE_KEY,
     then merge it into the store (all or nothing)."""
-    from posbuild.build import workspace_lock
-    from posbuild.cachearchive import import_cache
-    from posbuild.config import load_config
-    from posbuild.layout import TMP
-    from posbuild.store import Store
+    from posbuild.engine.build import workspace_lock
+    from posbuild.store.cachearchive import import_cache
+    from posbuild.workspace.config import load_config
+    from posbuild.core.layout import TMP
+    from posbuild.store.lmdbstore import Store
 
     try:
         root, _ = workspace_and_package()

@@ -16,8 +16,8 @@ from posbuild.errors import PosbuildError
 def _current():
     """The workspace root and this machine's fingerprint, computed afresh (and the cache
     refreshed)."""
-    from posbuild.config import load_config
-    from posbuild.envfp import TEST_VARIABLE, current, parse_overrides
+    from posbuild.workspace.config import load_config
+    from posbuild.workspace.envfp import TEST_VARIABLE, current, parse_overrides
 
     root, _ = workspace_and_package()
     config = load_config(root)
@@ -41,7 +41,7 @@ def env() -> None:
               help="Print one JSON object: hash, fingerprint, not_hashed.")
 def show(as_json: bool) -> None:
     """Print each fingerprint entry and h_E."""
-    from posbuild.envfp import is_hashed
+    from posbuild.workspace.envfp import is_hashed
 
     try:
         _, now = _current()
@@ -66,11 +66,11 @@ def approve() -> None:
     """Write h_E and the fingerprint into posbuild.lock; later builds must match them (ORCH-07)."""
     from dataclasses import replace
 
-    from posbuild.build import workspace_lock
-    from posbuild.config import load_config
-    from posbuild.envfp import approval_record
-    from posbuild.lockfile import read_lock, write_lock
-    from posbuild.reporter import PlainReporter
+    from posbuild.engine.build import workspace_lock
+    from posbuild.workspace.config import load_config
+    from posbuild.workspace.envfp import approval_record
+    from posbuild.workspace.lockfile import read_lock, write_lock
+    from posbuild.engine.reporter import PlainReporter
 
     try:
         root, _ = workspace_and_package()
@@ -96,7 +96,7 @@ def check() -> None:
       removed dist.bar 0.3
     Differences in recorded-only entries (cpu.model, host.name) are notes, never drift.
     """
-    from posbuild.envfp import compare_with_approved
+    from posbuild.workspace.envfp import compare_with_approved
 
     try:
         root, now = _current()

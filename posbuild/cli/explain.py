@@ -11,7 +11,7 @@ from posbuild.cli import fail, workspace_and_package
 from posbuild.errors import PosbuildError, UsageError
 
 if TYPE_CHECKING:
-    from posbuild.records import BuildRow, ExecutionRecord
+    from posbuild.core.records import BuildRow, ExecutionRecord
 
 
 @click.command()
@@ -19,12 +19,12 @@ if TYPE_CHECKING:
 def explain(label: str) -> None:
     """Say why LABEL's action last executed (which parts of its key changed since its previous
     execution, with old and new values), why it was a cache hit, or why it failed or was skipped."""
-    from posbuild.config import load_config
-    from posbuild.history import records_of_build
-    from posbuild.label import parse_label
-    from posbuild.layout import STORE_DB
-    from posbuild.records import RecordState
-    from posbuild.store import Store
+    from posbuild.workspace.config import load_config
+    from posbuild.store.history import records_of_build
+    from posbuild.core.label import parse_label
+    from posbuild.core.layout import STORE_DB
+    from posbuild.core.records import RecordState
+    from posbuild.store.lmdbstore import Store
 
     try:
         root, package = workspace_and_package()
@@ -47,7 +47,7 @@ def explain(label: str) -> None:
         finally:
             store.close()
         if not history:
-            from posbuild.loader import describe_label
+            from posbuild.load.loader import describe_label
 
             unbuilt = describe_label(config, parse_label(target, ""))
             raise UsageError(unbuilt or f"no execution record of {target}; build it first")
@@ -60,8 +60,8 @@ def explain(label: str) -> None:
 def _story(target: str, history: list[ExecutionRecord], builds: dict[str, BuildRow],
            latest: BuildRow | None, settled: bool, blocked: str) -> list[str]:
     """The lines `explain` prints about the last record of `target` (`history`, oldest first)."""
-    from posbuild.reasons import differences, failure, same_key, unexplained
-    from posbuild.records import BuildRow, RecordState
+    from posbuild.core.reasons import differences, failure, same_key, unexplained
+    from posbuild.core.records import BuildRow, RecordState
 
     last = history[-1]
     lines = []
@@ -117,9 +117,9 @@ def _story(target: str, history: list[ExecutionRecord], builds: dict[str, BuildR
 def _blockers(store: Any, builds: dict[str, BuildRow], record: ExecutionRecord) -> str:
     """Why a skipped action never started: the failed actions it depends on in that build (from the
     build's graph), else the failures after which the build started nothing new."""
-    from posbuild.graphcache import actions_of_entry
-    from posbuild.reasons import failure
-    from posbuild.records import BuildRow, RecordState
+    from posbuild.load.graphcache import actions_of_entry
+    from posbuild.core.reasons import failure
+    from posbuild.core.records import BuildRow, RecordState
 
     build = builds.get(record.build_id, BuildRow())
     failed = {r.label: r for r in store.records_of(int(record.build_id))

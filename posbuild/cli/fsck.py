@@ -17,7 +17,7 @@ from posbuild.cli import fail, workspace_and_package
 from posbuild.errors import ChecksumMismatch, PartialState, PosbuildError
 
 if TYPE_CHECKING:
-    from posbuild.fsck import Problem
+    from posbuild.engine.fsck import Problem
 
 
 @click.command()
@@ -37,12 +37,12 @@ def fsck(repair: bool) -> None:
              swept, not reported.
     Exit codes: 0 nothing (left) to fix, 13 ORCH-03 found, 16 only ORCH-06 found.
     """
-    from posbuild.build import workspace_lock
-    from posbuild.config import load_config
-    from posbuild.fsck import check, repaired_line, summary, swept_line
-    from posbuild.layout import STORE_DB
-    from posbuild.reporter import PlainReporter
-    from posbuild.store import Store
+    from posbuild.engine.build import workspace_lock
+    from posbuild.workspace.config import load_config
+    from posbuild.engine.fsck import check, repaired_line, summary, swept_line
+    from posbuild.core.layout import STORE_DB
+    from posbuild.engine.reporter import PlainReporter
+    from posbuild.store.lmdbstore import Store
 
     try:
         root, _ = workspace_and_package()
@@ -78,10 +78,10 @@ def _damaged_store(store_dir: Path, workspace: str, repair: bool) -> str:
     """Read every row of the store in a child process (salvage.py); a damaged store fails fsck
     with ORCH-03, and `--repair` moves it aside and rebuilds it from the rows still readable.
     Returns the line saying what the repair did ("" if nothing)."""
-    from posbuild.fsck import record_chain_problems
-    from posbuild.layout import STORE_DB
-    from posbuild.salvage import damage, drop_records, salvage
-    from posbuild.store import Store
+    from posbuild.engine.fsck import record_chain_problems
+    from posbuild.core.layout import STORE_DB
+    from posbuild.store.salvage import damage, drop_records, salvage
+    from posbuild.store.lmdbstore import Store
 
     db = store_dir / STORE_DB
     found = damage(db) if (db / "data.mdb").exists() else None

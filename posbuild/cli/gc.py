@@ -11,7 +11,7 @@ import click
 
 from posbuild.cli import fail, workspace_and_package
 from posbuild.errors import PosbuildError
-from posbuild.gc import DEFAULT_KEEP_GENERATIONS, SHARED_ORPHAN_GRACE_NS, collect
+from posbuild.store.gc import DEFAULT_KEEP_GENERATIONS, SHARED_ORPHAN_GRACE_NS, collect
 
 _UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
 _SIZE_RE = re.compile(r"\A(\d+(?:\.\d*)?|\.\d+)\s*(?:([kmgt])(?:i?b)?|b)?\Z", re.IGNORECASE)
@@ -82,11 +82,11 @@ def gc(max_size: int | None, keep_generations: int) -> None:
     Each step is its own transaction: gc can be interrupted at any instant. The next build
     executes again what gc evicted and it still needs.
     """
-    from posbuild.build import workspace_lock
-    from posbuild.config import load_config
-    from posbuild.layout import STORE_DB
-    from posbuild.reporter import QuietReporter
-    from posbuild.store import Store
+    from posbuild.engine.build import workspace_lock
+    from posbuild.workspace.config import load_config
+    from posbuild.core.layout import STORE_DB
+    from posbuild.engine.reporter import QuietReporter
+    from posbuild.store.lmdbstore import Store
 
     try:
         root, _ = workspace_and_package()

@@ -22,10 +22,10 @@ def lock(patterns: tuple[str, ...]) -> None:
     outside PATTERNS are kept (those of deleted files are dropped); the "environment" section
     of posbuild.lock is left as it is.
     """
-    from posbuild.build import resolve, workspace_lock
-    from posbuild.config import load_config
-    from posbuild.pins import lock_sources
-    from posbuild.reporter import PlainReporter
+    from posbuild.engine.build import resolve, workspace_lock
+    from posbuild.workspace.config import load_config
+    from posbuild.engine.pins import lock_sources
+    from posbuild.engine.reporter import PlainReporter
 
     try:
         root, package = workspace_and_package()

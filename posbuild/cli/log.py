@@ -12,14 +12,14 @@ from posbuild.cli import fail, workspace_and_package
 from posbuild.errors import PosbuildError, UsageError
 
 if TYPE_CHECKING:
-    from posbuild.records import BuildRow, ExecutionRecord
+    from posbuild.core.records import BuildRow, ExecutionRecord
 
 
 def _matches(pattern_text: str | None, package: str):
     """A predicate on labels for the optional PATTERN."""
     if not pattern_text:
         return lambda label: True
-    from posbuild.label import PatternKind, parse_label, parse_pattern
+    from posbuild.core.label import PatternKind, parse_label, parse_pattern
 
     pattern = parse_pattern(pattern_text, package)
     if pattern.kind is PatternKind.SINGLE:
@@ -35,7 +35,7 @@ def _heading(build: BuildRow) -> str:
 
 
 def _table(build: BuildRow, records: list[ExecutionRecord]) -> None:
-    from posbuild.history import describe_build
+    from posbuild.store.history import describe_build
 
     click.echo(_heading(build))
     if (build.status or "finished") != "finished":
@@ -75,11 +75,11 @@ def log(pattern: str | None, number: int | None, failed: bool, as_json: bool, li
     """Show the execution records of a build: what ran, when, with which inputs and versions, what
     it produced and used, and how it ended. Every action a build requested has exactly one record; a
     build refused before anything ran, and one whose process died, are recorded too."""
-    from posbuild.config import load_config
-    from posbuild.history import chrome_trace, find_build, record_json, records_of_build
-    from posbuild.records import FAILURES
-    from posbuild.layout import STORE_DB
-    from posbuild.store import Store
+    from posbuild.workspace.config import load_config
+    from posbuild.store.history import chrome_trace, find_build, record_json, records_of_build
+    from posbuild.core.records import FAILURES
+    from posbuild.core.layout import STORE_DB
+    from posbuild.store.lmdbstore import Store
 
     try:
         root, package = workspace_and_package()
@@ -130,7 +130,7 @@ def _build_json(build: BuildRow) -> dict[str, object]:
 
 
 def _list_builds(builds: list[BuildRow], as_json: bool) -> None:
-    from posbuild.history import describe_build
+    from posbuild.store.history import describe_build
 
     for build in builds:
         if as_json:

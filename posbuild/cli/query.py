@@ -35,7 +35,7 @@ def query(expr: str, output: str) -> None:
 
     Exit codes: 0 ok, 2 a syntax error in EXPR, 3 an unknown target, pattern or a bad BUILD file.
     """
-    from posbuild.query import run_query
+    from posbuild.load.query import run_query
 
     try:
         root, package = workspace_and_package()

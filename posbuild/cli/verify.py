@@ -35,10 +35,10 @@ def verify(patterns: tuple[str, ...], jobs: int | None, quiet: bool) -> None:
     Exit codes: 0 all deterministic, 14 (ORCH-04) a difference, 1 the build failed, 2 usage, 3 bad
     BUILD file.
     """
-    from posbuild.build import BuildOptions, make_request, resolve, run_build, workspace_lock
-    from posbuild.config import load_config
-    from posbuild.reporter import QuietReporter
-    from posbuild.verify import verify_request
+    from posbuild.engine.build import BuildOptions, make_request, resolve, run_build, workspace_lock
+    from posbuild.workspace.config import load_config
+    from posbuild.engine.reporter import QuietReporter
+    from posbuild.engine.verify import verify_request
 
     verifying = False  # an interrupt before this is the build's (its finished actions are cached)
     try:
@@ -60,7 +60,7 @@ def verify(patterns: tuple[str, ...], jobs: int | None, quiet: bool) -> None:
     except PosbuildError as error:
         fail(error)
     except KeyboardInterrupt as interrupt:  # SIGINT, SIGTERM or SIGHUP (interrupt.py): exit 128+N
-        from posbuild.interrupt import Interrupted
+        from posbuild.host.interrupt import Interrupted
 
         if not verifying:
             interrupted(interrupt)

@@ -9,12 +9,12 @@ from typing import TextIO
 
 import click
 
-from posbuild.build import summary_error
+from posbuild.engine.build import summary_error
 from posbuild.cli import (allow_env_drift_option, fail, interrupted, jobs_option, keep_going_option,
                           workspace_and_package)
 from posbuild.errors import PosbuildError
-from posbuild.reporter import BuildSummary, QuietReporter, TerminalReporter
-from posbuild.watch import Cycle
+from posbuild.engine.reporter import BuildSummary, QuietReporter, TerminalReporter
+from posbuild.engine.watch import Cycle
 
 SHOWN_PATHS = 3  # changed paths named in a cycle line; the rest are counted
 
@@ -87,10 +87,10 @@ def watch(patterns: tuple[str, ...], jobs: int | None, keep_going: bool, quiet: 
     Each build prints one line; a failed build or a broken BUILD file is reported and watching
     goes on. Ctrl-C stops at once (exit 130), keeping nothing partial.
     """
-    from posbuild.build import BuildOptions, run_build
-    from posbuild.config import load_config
-    from posbuild.label import parse_pattern
-    from posbuild.watch import watch as watch_loop
+    from posbuild.engine.build import BuildOptions, run_build
+    from posbuild.workspace.config import load_config
+    from posbuild.core.label import parse_pattern
+    from posbuild.engine.watch import watch as watch_loop
 
     try:
         root, package = workspace_and_package()

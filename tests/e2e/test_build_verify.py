@@ -56,8 +56,8 @@ def test_actions_without_a_cached_result_simply_execute(ws):
 
 def _kept(root, path):
     """(the bytes in posbuild-out/, the bytes of that output in the store's only result for it)."""
-    from posbuild.records import ActionResult
-    from posbuild.store import Store
+    from posbuild.core.records import ActionResult
+    from posbuild.store.lmdbstore import Store
 
     held = [ActionResult.unpack(value) for value in results(root).values()]
     digests = [o.digest for r in held for o in r.outputs if o.path == path]

@@ -61,7 +61,7 @@ def store_files(ws: Workspace) -> dict[str, bytes]:
 
 def store_rows(ws: Workspace) -> tuple[int, int]:
     """(action results, blobs) in the store."""
-    from posbuild.store import Store
+    from posbuild.store.lmdbstore import Store
 
     store = Store(ws.root / ".posbuild" / "store")
     try:
@@ -225,8 +225,8 @@ def _rewrite(archive: Path, target: Path, change: Callable[[dict[str, Any]], Non
     manifest digest recomputed, as a forger would. The signature stays the original one (a forger
     without the key) unless `key` is given, which signs the new body as export does (a key
     holder)."""
-    from posbuild import cachearchive
-    from posbuild.digest import hash_bytes
+    from posbuild.store import cachearchive
+    from posbuild.core.digest import hash_bytes
 
     with tarfile.open(archive) as tar:
         members = [(m, tar.extractfile(m).read()) for m in tar.getmembers()]  # type: ignore[union-attr]
@@ -268,7 +268,7 @@ def test_a_result_rewritten_in_the_manifest_with_a_fixed_digest_is_refused_with_
 def _escape_sorted_output(keys: list[str]) -> Callable[[dict[str, Any]], None]:
     """A manifest change: the result that writes posbuild-out/pkg/sorted.txt writes
     posbuild-out/../../pwned.txt instead (its key goes to `keys`)."""
-    from posbuild.records import ActionResult
+    from posbuild.core.records import ActionResult
 
     def change(body: dict[str, Any]) -> None:
         for entry in body["results"]:
@@ -303,15 +303,15 @@ ACTION_KEY = bytes(range(32))
 
 def _output_rows(paths: list[str]) -> list[list[Any]]:
     """A safe big output first (its blob would go to cas/), then one small output per path."""
-    from posbuild.digest import hash_bytes
+    from posbuild.core.digest import hash_bytes
 
     return [["posbuild-out/pkg/big.bin", hash_bytes(BIG), len(BIG), False],
             *([p, hash_bytes(SMALL), len(SMALL), False] for p in paths)]
 
 
 def _packed_result(rows: list[list[Any]], exit_code: Any = 0) -> bytes:
-    from posbuild.digest import hash_bytes
-    from posbuild.records import RESULT_FORMAT
+    from posbuild.core.digest import hash_bytes
+    from posbuild.core.records import RESULT_FORMAT
 
     return msgpack.packb([RESULT_FORMAT, exit_code, hash_bytes(OUT), hash_bytes(b""), rows],
                          use_bin_type=True)
@@ -320,8 +320,8 @@ def _packed_result(rows: list[list[Any]], exit_code: Any = 0) -> bytes:
 def _craft(target: Path, results: Any, blob_rows: Any = None) -> Path:
     """An archive of `results` (the manifest's list) and the blobs SMALL, BIG, OUT and b"",
     laid out and signed with KEY as export does."""
-    from posbuild import cachearchive
-    from posbuild.digest import hash_bytes
+    from posbuild.store import cachearchive
+    from posbuild.core.digest import hash_bytes
 
     blobs = [SMALL, BIG, OUT, b""]
     body = msgpack.packb({"patterns": ["//pkg/..."], "build": 1, "results": results,
@@ -343,9 +343,9 @@ def _craft(target: Path, results: Any, blob_rows: Any = None) -> Path:
 def _import(tmp_path: Path, archive: Path):  # type: ignore[no-untyped-def]
     """import_cache into a new store at tmp_path/store; returns (report or error, (results, blobs,
     cas files))."""
-    from posbuild.cachearchive import import_cache
+    from posbuild.store.cachearchive import import_cache
     from posbuild.errors import PosbuildError
-    from posbuild.store import Store
+    from posbuild.store.lmdbstore import Store
 
     store = Store(tmp_path / "store")
     try:
@@ -414,7 +414,7 @@ def test_a_path_listed_twice_in_one_result_is_refused(tmp_path):
 
 
 def test_safe_output_paths_pass_the_check(tmp_path):
-    from posbuild.store import Store
+    from posbuild.store.lmdbstore import Store
 
     paths = ["posbuild-out/.hidden", "posbuild-out/a..b", "posbuild-out/...",
              "posbuild-out/pkg/.x/..y/z.txt",
@@ -436,7 +436,7 @@ def test_safe_output_paths_pass_the_check(tmp_path):
 def _bad_types() -> dict[str, tuple[Any, Any, str]]:
     """Manifests crafted with fields of the wrong type: (results, blob rows or None, the
     refusal)."""
-    from posbuild.digest import hash_bytes
+    from posbuild.core.digest import hash_bytes
 
     ok = _output_rows(["posbuild-out/x.txt"])
     small = ["posbuild-out/x.txt", hash_bytes(SMALL), len(SMALL), False]

@@ -43,7 +43,7 @@ def build_versions(ws: Workspace, versions: range) -> None:
 
 def store_rows(root: Path) -> tuple[list[int], int]:
     """Generation ids and the number of action results, read from the store itself."""
-    from posbuild.store import Store
+    from posbuild.store.lmdbstore import Store
 
     store = Store(root / ".posbuild" / "store")
     try:

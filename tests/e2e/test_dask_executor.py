@@ -492,7 +492,7 @@ def test_without_distributed_the_dask_executor_says_how_to_install_it(tmp_path: 
     ("dask://[::1]:8786", "tcp://[::1]:8786"),
 ])
 def test_scheduler_addresses(text: str, address: str) -> None:
-    from posbuild.dask_cluster import scheduler_address
+    from posbuild.exec.dask_cluster import scheduler_address
 
     assert scheduler_address(text) == address
 
@@ -500,7 +500,7 @@ def test_scheduler_addresses(text: str, address: str) -> None:
 @pytest.mark.parametrize("text",
                          ["dask://:8786", "dask://host:0", "dask://host:x", "http://host:8786"])
 def test_bad_scheduler_addresses(text: str) -> None:
-    from posbuild.dask_cluster import scheduler_address
+    from posbuild.exec.dask_cluster import scheduler_address
     from posbuild.errors import UsageError
 
     with pytest.raises(UsageError):
@@ -508,8 +508,9 @@ def test_bad_scheduler_addresses(text: str) -> None:
 
 
 def test_placement_by_declared_resources_or_by_threads() -> None:
-    from posbuild.action import Action
-    from posbuild.dask_cluster import WorkerInfo, check_fits, dask_resources, declares_resources
+    from posbuild.core.action import Action
+    from posbuild.exec.dask_cluster import (WorkerInfo, check_fits, dask_resources,
+                                            declares_resources)
     from posbuild.errors import ResourceOversubscription
 
     def action(label: str, cpu: int, mem_mb: int) -> Action:
@@ -536,9 +537,9 @@ def test_placement_by_declared_resources_or_by_threads() -> None:
 def test_a_blob_scattered_again_after_its_release_gets_a_key_of_its_own(tmp_path: Path) -> None:
     # the scheduler hears of a released key asynchronously: were the key reused, a release arriving
     # after the second scatter would drop the new copy and fail its action with "lost dependencies"
-    from posbuild.config import load_config
-    from posbuild.dask_executor import DaskSandboxes
-    from posbuild.digest import hash_bytes
+    from posbuild.workspace.config import load_config
+    from posbuild.exec.dask_executor import DaskSandboxes
+    from posbuild.core.digest import hash_bytes
 
     class Client:
         def __init__(self) -> None:

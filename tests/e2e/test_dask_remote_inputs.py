@@ -191,8 +191,8 @@ def test_a_remote_that_is_down_costs_one_warning_and_inputs_travel_through_dask(
 
 
 def test_the_keyless_cas_client_verifies_both_digests(tmp_path: Path, nginx: Nginx) -> None:  # noqa: F811
-    from posbuild.digest import hash_bytes
-    from posbuild.remote import RemoteCache, sha256_of
+    from posbuild.core.digest import hash_bytes
+    from posbuild.store.remote import RemoteCache, sha256_of
 
     data = b"some input\n" * 100
     name, digest = sha256_of(data), hash_bytes(data)

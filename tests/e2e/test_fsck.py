@@ -8,8 +8,8 @@ import re
 import lmdb
 
 from conftest import counts, executed_labels
-from posbuild.digest import hash_bytes
-from posbuild.store import MAP_SIZE
+from posbuild.core.digest import hash_bytes
+from posbuild.store.lmdbstore import MAP_SIZE
 
 PIPELINE = {
     "posbuild.toml": '[build]\nsandbox_base = ".sandboxes"\n',

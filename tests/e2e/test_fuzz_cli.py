@@ -60,10 +60,10 @@ def fuzz(examples: int):  # type: ignore[no-untyped-def]
 
 def _warm_up() -> None:
     """Import what the commands import, once, so that each forked child starts warm."""
-    import posbuild.build  # noqa: F401
+    import posbuild.engine.build  # noqa: F401
     import posbuild.cli
-    import posbuild.loader  # noqa: F401
-    import posbuild.query  # noqa: F401
+    import posbuild.load.loader  # noqa: F401
+    import posbuild.load.query  # noqa: F401
     from posbuild.cli import COMMANDS
 
     for module, _ in COMMANDS.values():

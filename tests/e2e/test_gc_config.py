@@ -1,6 +1,6 @@
 """`[cache] max_size` in posbuild.toml is the default bound of `posbuild gc`."""
 
-from posbuild.store import Store
+from posbuild.store.lmdbstore import Store
 
 BUILD = {
     "pkg/BUILD": 'genrule(name = "v", srcs = ["in.txt"], outs = ["v.txt"], cmd = "cat $< $< > '

@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 
 from conftest import bwrap_problem, counts
-from posbuild.records import ActionResult, OutputFile
-from posbuild.store import Store
+from posbuild.core.records import ActionResult, OutputFile
+from posbuild.store.lmdbstore import Store
 
 SECRET = "hardening-secret-7c1d"
 
@@ -52,7 +52,7 @@ def test_a_forged_result_naming_a_path_outside_is_never_written(ws, tmp_path):
     planted = b"planted\n"
     store = Store(ws.root / ".posbuild/store")
     try:
-        from posbuild.digest import hash_bytes
+        from posbuild.core.digest import hash_bytes
 
         digest, empty = hash_bytes(planted), hash_bytes(b"")
         forged = ActionResult((OutputFile("posbuild-out/../../escaped.txt", digest, len(planted),

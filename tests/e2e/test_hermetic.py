@@ -390,7 +390,8 @@ def test_results_computed_under_the_former_shell_are_not_served(ws):
     (and a graph) made under the former schema is not reused."""
     _strict_workspace(ws, "folder", "cat $< > $@")
     former = (
-        "import posbuild.analysis as a; a.ACTION_SCHEMA = 1; from posbuild.cli import main; main()")
+        "import posbuild.load.analysis as a; a.ACTION_SCHEMA = 1\n"
+        "from posbuild.cli import main; main()")
     old = subprocess.run([sys.executable, "-c", former, "build", "//pkg:t"], cwd=ws.root,
                          capture_output=True, text=True)
     assert old.returncode == 0, old.stdout + old.stderr

@@ -197,8 +197,8 @@ def test_a_gzip_bomb_in_a_tar_extension_header_is_refused(tmp_path, kind):
 def test_a_gzip_bomb_blob_in_an_unsigned_archive_is_refused(tmp_path):
     import msgpack
 
-    from posbuild import cachearchive
-    from posbuild.digest import hash_bytes
+    from posbuild.store import cachearchive
+    from posbuild.core.digest import hash_bytes
 
     digest = bytes(32)  # whatever it says: a blob this size must not be written out to find out
     body = msgpack.packb({"patterns": ["//pkg/..."], "build": 1, "results": [],
@@ -227,8 +227,8 @@ def test_a_gzip_bomb_blob_in_an_unsigned_archive_is_refused(tmp_path):
 def test_small_blobs_beyond_the_memory_budget_wait_in_temp_files(tmp_path, monkeypatch):
     """An import holds at most `_MEMORY_BUDGET` bytes of small blobs in memory; with a budget of
     nothing, every blob goes through a temp file and the store ends up the same."""
-    from posbuild import cachearchive
-    from posbuild.store import Store
+    from posbuild.store import cachearchive
+    from posbuild.store.lmdbstore import Store
 
     a = Workspace(tmp_path / "a")
     a.root.mkdir()

@@ -334,12 +334,12 @@ def test_outputs_are_read_only(ws):
 
 REFUSE_DECODING = """
 import sys
-import posbuild.graphcache
+import posbuild.load.graphcache
 
 def refuse(self):
     sys.exit("the actions were decoded")
 
-posbuild.graphcache.CachedGraph.graph = refuse
+posbuild.load.graphcache.CachedGraph.graph = refuse
 from posbuild.cli import main
 sys.argv = ["posbuild", "build", "//..."]
 main()

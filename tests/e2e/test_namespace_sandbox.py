@@ -19,11 +19,11 @@ from pathlib import Path
 import pytest
 
 from conftest import POSBUILD, Result, Workspace, bwrap_problem, counts
-from posbuild import namespaces
-from posbuild.action import Action
-from posbuild.config import load_config
+from posbuild.exec import namespaces
+from posbuild.core.action import Action
+from posbuild.workspace.config import load_config
 from posbuild.errors import SandboxUnavailable
-from posbuild.sandbox import Sandboxes, choose_isolation
+from posbuild.exec.sandbox import Sandboxes, choose_isolation
 
 
 PROBLEM = bwrap_problem()

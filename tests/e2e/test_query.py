@@ -246,14 +246,14 @@ def test_help_lists_the_query_command(ws: Workspace) -> None:
 
 def test_a_query_on_an_unchanged_workspace_evaluates_no_build_file(
         graph_ws: Workspace, monkeypatch: pytest.MonkeyPatch) -> None:
-    import posbuild.loader
-    from posbuild.query import run_query
+    import posbuild.load.loader
+    from posbuild.load.query import run_query
 
     first = run_query(graph_ws.root, "deps(//app:report)").labels
 
     def no_loading(*args: object, **kwargs: object) -> None:
         raise AssertionError("BUILD files were evaluated although nothing changed")
 
-    monkeypatch.setattr(posbuild.loader.Loader, "__init__", no_loading)
+    monkeypatch.setattr(posbuild.load.loader.Loader, "__init__", no_loading)
     assert run_query(graph_ws.root, "deps(//app:report)").labels == first == ALL
     assert run_query(graph_ws.root, "attr(tags, no-cache, //...)").labels == ["//lib:base"]

@@ -416,8 +416,8 @@ def test_roles_decide_who_uploads(tmp_path, nginx):
 # -- the signed entry format on its own ----------------------------------------------------------
 
 def _result():
-    from posbuild.digest import hash_bytes
-    from posbuild.records import ActionResult, OutputFile
+    from posbuild.core.digest import hash_bytes
+    from posbuild.core.records import ActionResult, OutputFile
 
     out = hash_bytes(b"out")
     return ActionResult((OutputFile("posbuild-out/p/o", out, 3, False),), 0, hash_bytes(b""),
@@ -425,8 +425,8 @@ def _result():
 
 
 def test_an_entry_round_trips_and_binds_key_result_and_names():
-    from posbuild.digest import hash_bytes
-    from posbuild.remote import EntryRejected, pack_entry, unpack_entry
+    from posbuild.core.digest import hash_bytes
+    from posbuild.store.remote import EntryRejected, pack_entry, unpack_entry
 
     result, out = _result()
     names = {out: (bytes(32), 3), hash_bytes(b""): (bytes(range(32)), 0)}
@@ -450,8 +450,8 @@ def test_an_entry_round_trips_and_binds_key_result_and_names():
 
 
 def test_an_entry_without_the_names_of_its_blobs_is_rejected():
-    from posbuild.digest import hash_bytes
-    from posbuild.remote import EntryRejected, pack_entry, unpack_entry
+    from posbuild.core.digest import hash_bytes
+    from posbuild.store.remote import EntryRejected, pack_entry, unpack_entry
 
     result, out = _result()
     # stdout/stderr unnamed
@@ -461,8 +461,8 @@ def test_an_entry_without_the_names_of_its_blobs_is_rejected():
 
 
 def test_an_entry_written_before_blob_sizes_were_signed_is_still_read():
-    from posbuild.digest import hash_bytes
-    from posbuild.remote import ENTRY_FORMAT, SIGNATURE_ALGORITHM, sign, unpack_entry
+    from posbuild.core.digest import hash_bytes
+    from posbuild.store.remote import ENTRY_FORMAT, SIGNATURE_ALGORITHM, sign, unpack_entry
 
     result, out = _result()
     key = hash_bytes(b"key")
@@ -476,8 +476,8 @@ def test_an_entry_written_before_blob_sizes_were_signed_is_still_read():
 
 
 def test_an_entry_whose_output_size_differs_from_its_blob_size_is_rejected():
-    from posbuild.digest import hash_bytes
-    from posbuild.remote import EntryRejected, pack_entry, unpack_entry
+    from posbuild.core.digest import hash_bytes
+    from posbuild.store.remote import EntryRejected, pack_entry, unpack_entry
 
     result, out = _result()
     names = {out: (bytes(32), 4), hash_bytes(b""): (bytes(range(32)), 0)}
@@ -489,8 +489,8 @@ def test_an_entry_whose_output_size_differs_from_its_blob_size_is_rejected():
 def test_an_entry_holding_a_secret_is_rejected():
     import dataclasses
 
-    from posbuild.digest import hash_bytes
-    from posbuild.remote import EntryRejected, pack_entry, unpack_entry
+    from posbuild.core.digest import hash_bytes
+    from posbuild.store.remote import EntryRejected, pack_entry, unpack_entry
 
     result, out = _result()
     names = {out: (bytes(32), 3), hash_bytes(b""): (bytes(range(32)), 0)}

@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 
 from conftest import Workspace, counts
-from posbuild.action import Action
-from posbuild.config import Role
-from posbuild.label import parse_pattern
-from posbuild.roles import may_build, requested_targets
+from posbuild.core.action import Action
+from posbuild.workspace.config import Role
+from posbuild.core.label import parse_pattern
+from posbuild.workspace.roles import may_build, requested_targets
 
 ROLES = """
 [roles.dev]
@@ -169,8 +169,8 @@ def test_requested_targets_are_the_selected_targets_not_their_dependencies():
 
 
 def test_the_check_costs_nothing_without_roles(tmp_path: Path):
-    from posbuild.config import load_config
-    from posbuild.roles import authorize
+    from posbuild.workspace.config import load_config
+    from posbuild.workspace.roles import authorize
 
     (tmp_path / "posbuild.toml").write_text("")
     grant = authorize(load_config(tmp_path), [parse_pattern("//...")], [_action("//a:b")] * 10000,

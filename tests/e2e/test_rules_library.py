@@ -16,7 +16,7 @@ from pathlib import Path
 from blake3 import blake3
 
 from conftest import Workspace, counts, executed_labels
-from posbuild.loader import rules_dir
+from posbuild.load.loader import rules_dir
 
 MACROS = ("checked_file", "concat", "copy_file", "expand_template", "tar_archive", "write_file")
 LOADS = "".join(f'load("@posbuild//rules:{m}.bzl", "{m}")\n' for m in MACROS)

@@ -19,7 +19,7 @@ from typing import Iterator
 import pytest
 
 from conftest import Result, Workspace, bwrap_problem, counts
-from posbuild import namespaces
+from posbuild.exec import namespaces
 
 PROBLEM = bwrap_problem()
 NEEDS_BWRAP = pytest.mark.skipif(PROBLEM is not None,

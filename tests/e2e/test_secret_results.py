@@ -102,8 +102,8 @@ def test_export_leaves_out_a_flagged_result_even_where_the_graph_says_nothing(tm
                                                                               monkeypatch):
     """The flag travels with the result: an export that cannot read its build's graph (another
     version of posbuild recorded it) still leaves out what the store flagged."""
-    from posbuild import cachearchive
-    from posbuild.store import Store
+    from posbuild.store import cachearchive
+    from posbuild.store.lmdbstore import Store
 
     a = workspace(tmp_path, "a")
     assert a.build("//...", env={**KEY, "API_TOKEN": ALICE}).returncode == 0
@@ -141,8 +141,8 @@ def test_the_remote_is_never_asked_for_a_result_that_may_hold_a_secret(tmp_path,
     Alice's secret under a key that does not depend on the secret's value: Bob must not get it."""
     import hashlib
 
-    from posbuild.remote import ENTRY_FORMAT, SIGNATURE_ALGORITHM, sign
-    from posbuild.store import Store
+    from posbuild.store.remote import ENTRY_FORMAT, SIGNATURE_ALGORITHM, sign
+    from posbuild.store.lmdbstore import Store
 
     a = workspace(tmp_path, "a")
     assert a.build("//...", env={**KEY, "API_TOKEN": ALICE}).returncode == 0
@@ -206,7 +206,7 @@ def test_without_pass_an_action_never_sees_the_signing_key_nor_an_undeclared_sec
 def test_secret_carriers_follow_the_graph_downstream():
     from typing import NamedTuple
 
-    from posbuild.secrets import secret_carriers
+    from posbuild.workspace.secrets import secret_carriers
 
     class A(NamedTuple):
         secrets: tuple[str, ...] = ()
@@ -222,8 +222,8 @@ def test_secret_carriers_follow_the_graph_downstream():
 def test_an_old_result_row_reads_as_not_secret_and_a_flagged_one_round_trips():
     import dataclasses
 
-    from posbuild.digest import hash_bytes
-    from posbuild.records import ActionResult, OutputFile
+    from posbuild.core.digest import hash_bytes
+    from posbuild.core.records import ActionResult, OutputFile
 
     result = ActionResult((OutputFile("posbuild-out/p/o", hash_bytes(b"o"), 1, False),), 0,
                           hash_bytes(b""), hash_bytes(b""))

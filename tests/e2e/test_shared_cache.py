@@ -215,8 +215,8 @@ def _gc_loop_beside_builds(collector: Workspace, builder: Workspace, store: Path
 
 
 def _every_generation_and_result_holds_its_blobs(path: Path) -> None:
-    from posbuild.records import unpack_manifest
-    from posbuild.store import Store
+    from posbuild.core.records import unpack_manifest
+    from posbuild.store.lmdbstore import Store
 
     store = Store(path)
     try:

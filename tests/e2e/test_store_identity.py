@@ -38,9 +38,9 @@ def test_the_state_a_first_build_saves_names_the_epoch_of_the_store_it_created(w
     """A new store gets its epoch as it is opened; the state saved by the build that created it
     must name that epoch, or the next build would check every recorded result again (a cost, at
     10,000 actions ~0.2 s, paid by the no-op after every cold build)."""
-    from posbuild.config import load_config
-    from posbuild.epoch import read_epoch
-    from posbuild.upstate import state_from_bytes
+    from posbuild.workspace.config import load_config
+    from posbuild.store.epoch import read_epoch
+    from posbuild.store.upstate import state_from_bytes
 
     ws.write(BUILD)
     ws.ok("//p:a")

@@ -14,12 +14,12 @@ from pathlib import Path
 
 import pytest
 
-from posbuild.build import resolve
-from posbuild.config import load_config
-from posbuild.digest import hash_bytes
-from posbuild.records import ActionResult, OutputFile
-from posbuild.sandbox import listing_follows_creation
-from posbuild.store import Store
+from posbuild.engine.build import resolve
+from posbuild.workspace.config import load_config
+from posbuild.core.digest import hash_bytes
+from posbuild.core.records import ActionResult, OutputFile
+from posbuild.exec.sandbox import listing_follows_creation
+from posbuild.store.lmdbstore import Store
 
 CLEAN = re.compile(
     r"^verify: (\d+) actions, (\d+) outputs, (\d+) bytes compared: all deterministic", re.M)

@@ -13,8 +13,8 @@ from pathlib import Path
 import lmdb
 
 from conftest import Workspace, counts, executed_labels
-from posbuild.digest import hash_bytes
-from posbuild.store import MAP_SIZE
+from posbuild.core.digest import hash_bytes
+from posbuild.store.lmdbstore import MAP_SIZE
 
 BIG_SIZE = 300_000  # above the store's inline limit, so the blob is a file under cas/
 PIPELINE = {

@@ -31,7 +31,8 @@ GC_ARGS = ["gc", "--max-size", "1", "--keep-generations", "1"]
 # Runs `posbuild gc` with a SIGKILL of its own process at an exact point of Store.remove().
 INJECT = r"""
 import os, pathlib, signal, sys
-from posbuild import cli, store as store_module
+from posbuild import cli
+from posbuild.store import lmdbstore as store_module
 
 point = sys.argv[1]
 original = store_module.Store.remove
@@ -99,8 +100,8 @@ def _check_store(root: Path) -> tuple[int, int, int]:
 
     Returns the numbers of generations, of action results and of files under cas/ without a row.
     """
-    from posbuild.records import unpack_manifest
-    from posbuild.store import Store
+    from posbuild.core.records import unpack_manifest
+    from posbuild.store.lmdbstore import Store
 
     store = Store(root / ".posbuild" / "store")
     try:
@@ -192,7 +193,7 @@ def test_a_build_after_a_killed_gc_executes_exactly_the_results_it_evicted(tmp_p
               "p/BUILD": "\n".join(
                   [*rules, 'genrule(name = "bad", outs = ["bad.txt"], cmd = "exit 1")']) + "\n"})
     assert counts(ws.build("-k", "//..."))["executed"] == 40
-    small_batches = "from posbuild import gc; gc.collect.__kwdefaults__['batch_rows'] = 7\n"
+    small_batches = "from posbuild.store import gc; gc.collect.__kwdefaults__['batch_rows'] = 7\n"
     proc = subprocess.run([sys.executable, "-c", small_batches + INJECT, "between-transactions",
                            *GC_ARGS],
                           cwd=ws.root, capture_output=True, text=True, timeout=120)

@@ -99,8 +99,8 @@ def test_a_build_stopped_by_ctrl_c_is_recorded_as_interrupted_by_itself(ws, tmp_
         time.sleep(0.02)
     process.send_signal(signal.SIGINT)
     assert process.wait(timeout=60) == 130
-    from posbuild.config import load_config
-    from posbuild.store import Store
+    from posbuild.workspace.config import load_config
+    from posbuild.store.lmdbstore import Store
 
     store = Store(load_config(ws.root).store_dir)  # read as is: nothing after the build settled it
     try:

@@ -6,8 +6,8 @@ import random
 
 import pytest
 
-from posbuild import compare
-from posbuild.compare import first_difference, first_file_difference, format_difference
+from posbuild.core import compare
+from posbuild.core.compare import first_difference, first_file_difference, format_difference
 
 
 def describe_difference(path: str, label_a: str, a: bytes, label_b: str, b: bytes) -> str | None:

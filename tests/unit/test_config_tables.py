@@ -10,8 +10,8 @@ import ast
 import re
 from pathlib import Path
 
-import posbuild.config as config
-from posbuild.config import TABLES, load_config
+import posbuild.workspace.config as config
+from posbuild.workspace.config import TABLES, load_config
 
 READERS = {"_get", "_string_list", "_choice"}
 
@@ -35,7 +35,7 @@ def test_every_key_read_is_known_and_every_known_key_is_read():
 
 
 def test_the_documented_example_configuration_is_accepted(tmp_path):
-    page = (Path(config.__file__).parent.parent / "docs" / "configuration.md").read_text()
+    page = (Path(config.__file__).parents[2] / "docs" / "configuration.md").read_text()
     section = page.split("# Configuration: `posbuild.toml`", 1)[1]
     example = re.search(r"```toml\n(.*?)```", section, re.S)
     assert example

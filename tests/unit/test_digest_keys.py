@@ -9,10 +9,11 @@ from pathlib import Path
 import blake3
 import pytest
 
-from posbuild import digest, keys
-from posbuild.action import Action
-from posbuild.build import resolve
-from posbuild.digest import DIGEST_SIZE, canonical, hash_bytes, hash_canonical, hash_file
+from posbuild.core import digest
+from posbuild.engine import keys
+from posbuild.core.action import Action
+from posbuild.engine.build import resolve
+from posbuild.core.digest import DIGEST_SIZE, canonical, hash_bytes, hash_canonical, hash_file
 
 # -- canonical encoding
 # -----------------------------------------------------------------------------

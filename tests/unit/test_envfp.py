@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from posbuild import envfp
-from posbuild.config import load_config
+from posbuild.workspace import envfp
+from posbuild.workspace.config import load_config
 from posbuild.errors import EnvironmentDrift, WorkspaceError
 
 
@@ -97,7 +97,7 @@ def test_overrides_add_replace_and_remove(tmp_path: Path) -> None:
 
 
 def test_build_check_raises_orch_07_or_warns(tmp_path: Path) -> None:
-    from posbuild.lockfile import Lock, write_lock
+    from posbuild.workspace.lockfile import Lock, write_lock
 
     root = workspace(tmp_path)
     config = load_config(root)
@@ -121,6 +121,8 @@ def test_environment_key_follows_the_hash() -> None:
 
 
 def test_lock_name_is_spelled_once() -> None:
-    from posbuild import layout, lockfile, pins
+    from posbuild.core import layout
+    from posbuild.engine import pins
+    from posbuild.workspace import lockfile
 
     assert envfp.LOCK_NAME is lockfile.LOCK_NAME is pins.LOCK_NAME is layout.LOCK_NAME

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from posbuild.action import Action
-from posbuild.build import summary_error
+from posbuild.core.action import Action
+from posbuild.engine.build import summary_error
 from posbuild.errors import ActionFailed, NonDeterminism, ResourceOversubscription
-from posbuild.execute import Failure
-from posbuild.reporter import BuildSummary
-from posbuild.resources import memory_overrun
+from posbuild.engine.execute import Failure
+from posbuild.engine.reporter import BuildSummary
+from posbuild.engine.resources import memory_overrun
 
 
 def action(mem_mb: int) -> Action:

@@ -9,11 +9,11 @@ from typing import Iterator
 
 import pytest
 
-import posbuild.filestate as filestate
-from posbuild.digest import hash_bytes
-from posbuild.filestate import RACY_WINDOW_NS, FileStates
-from posbuild.records import signature
-from posbuild.store import Store
+import posbuild.engine.filestate as filestate
+from posbuild.core.digest import hash_bytes
+from posbuild.engine.filestate import RACY_WINDOW_NS, FileStates
+from posbuild.core.records import signature
+from posbuild.store.lmdbstore import Store
 
 # A fixed, old modification time for files; `files` gives a clock far enough after their ctime
 # (the real time they were written: the kernel sets it) that they are not racy.

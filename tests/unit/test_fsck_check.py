@@ -9,12 +9,12 @@ from typing import Iterator
 
 import pytest
 
-from posbuild.config import Config
-from posbuild.digest import hash_bytes
-from posbuild.fsck import FsckReport, Problem, check, repaired_line, summary
-from posbuild.records import ActionResult, FileState, OutputFile, pack_manifest, signature
-from posbuild.sandbox import Sandboxes
-from posbuild.store import _INLINE, INLINE_LIMIT, Store
+from posbuild.workspace.config import Config
+from posbuild.core.digest import hash_bytes
+from posbuild.engine.fsck import FsckReport, Problem, check, repaired_line, summary
+from posbuild.core.records import ActionResult, FileState, OutputFile, pack_manifest, signature
+from posbuild.exec.sandbox import Sandboxes
+from posbuild.store.lmdbstore import _INLINE, INLINE_LIMIT, Store
 
 OUT_PATH = "posbuild-out/pkg/out.txt"
 OUT = b"the output\n"

@@ -13,11 +13,11 @@ import click
 import pytest
 
 from posbuild.cli.gc import ByteSize, human
-from posbuild.digest import Digest, hash_bytes
+from posbuild.core.digest import Digest, hash_bytes
 from posbuild.errors import ChecksumMismatch, UsageError
-from posbuild.gc import collect, plan_gc, take_inventory
-from posbuild.records import ActionResult, OutputFile, pack_manifest, unpack_manifest
-from posbuild.store import INLINE_LIMIT, Store
+from posbuild.store.gc import collect, plan_gc, take_inventory
+from posbuild.core.records import ActionResult, OutputFile, pack_manifest, unpack_manifest
+from posbuild.store.lmdbstore import INLINE_LIMIT, Store
 
 NOW = 1_700_000_000_000_000_000
 HOUR = 3600 * 10**9

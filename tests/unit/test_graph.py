@@ -7,7 +7,7 @@ from typing import Callable, Mapping, Sequence
 import pytest
 
 from posbuild.errors import CycleError
-from posbuild.graph import toposort
+from posbuild.load.graph import toposort
 
 
 def edges_of(graph: Mapping[str, Sequence[str]]) -> Callable[[str], Sequence[str]]:

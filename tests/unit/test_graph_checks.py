@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-import posbuild.graphcache as graphcache
-from posbuild.build import resolve
+import posbuild.load.graphcache as graphcache
+from posbuild.engine.build import resolve
 from posbuild.errors import BuildFileError
 
 
@@ -19,7 +19,7 @@ def test_a_graph_cached_under_older_checks_is_not_reused(tmp_path: Path, monkeyp
     (root / "p/BUILD").write_text('genrule(name = "a", outs = ["data.txt"], cmd = "echo > $@")\n')
     # An older posbuild, without the ownership check, analysed and cached this graph.
     monkeypatch.setattr(graphcache, "CHECKS", graphcache.CHECKS - 1)
-    monkeypatch.setattr("posbuild.owners.Owners.claim", lambda *args: None)
+    monkeypatch.setattr("posbuild.load.owners.Owners.claim", lambda *args: None)
     assert [a.label for a in resolve(root, ["//..."]).actions] == ["//p:a"]
     graphcache._decoded.clear()
     monkeypatch.undo()

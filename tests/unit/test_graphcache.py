@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from posbuild.build import resolve
-from posbuild.graphcache import GraphCache
+from posbuild.engine.build import resolve
+from posbuild.load.graphcache import GraphCache
 
 
 def _workspace(root: Path) -> Path:

@@ -8,7 +8,7 @@ from typing import Iterator
 
 import pytest
 
-from posbuild.interrupt import SIGNALS, Interrupted, deferred, handle_signals
+from posbuild.host.interrupt import SIGNALS, Interrupted, deferred, handle_signals
 
 
 @pytest.fixture

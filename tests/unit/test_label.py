@@ -7,7 +7,7 @@ import re
 import pytest
 
 from posbuild.errors import BuildFileError
-from posbuild.label import (Label, PatternKind, TargetPattern, did_you_mean, parse_label,
+from posbuild.core.label import (Label, PatternKind, TargetPattern, did_you_mean, parse_label,
                             parse_pattern)
 
 # -- parse_label: accepted forms -----------------------------------------------------------------

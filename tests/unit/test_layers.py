@@ -1,10 +1,13 @@
 """Import layering (ARCHITECTURE.md §2), checked by parsing every module of posbuild/ with `ast`.
 
-The layer of each module is read from its own docstring, which starts with "Layer N: ...". Modules
-of a package without their own statement take the package's layer (the cli command modules are
-the cli layer). Only `posbuild/__init__.py` (the version string) and `posbuild/__main__.py` (the
-`python -m posbuild` shim) are exempt, and they are named explicitly, so a module that loses its
-"Layer N" line fails here instead of silently escaping the check.
+Two levels. The sub-packages are ordered by phase, errors < core < host < workspace < load <
+store < exec < engine < cli: a module may import any module of an earlier package, and each
+package's `__init__` docstring says which ("May import: ..."). Inside one package, each module's
+docstring starts with "Layer N:", and a module imports only modules of its package with a
+strictly lower N. The cli command modules have no layer of their own: they take the cli
+package's, and may import the package itself. Only `posbuild/__init__.py` (the version string)
+and `posbuild/__main__.py` (the `python -m posbuild` shim) are exempt, and they are named
+explicitly, so a module that loses its "Layer N" line fails here instead of silently escaping.
 """
 
 from __future__ import annotations
@@ -73,6 +76,20 @@ def layer_table() -> dict[str, int]:
 
 LAYERS = layer_table()
 
+# the phases, bottom first; errors.py is the one module at the top level, below them all
+PACKAGES = ("errors", "core", "host", "workspace", "load", "store", "exec", "engine", "cli")
+MAY_IMPORT_RE = re.compile(r"^May import: (.*)\.$", re.M)
+
+
+def package_of(name: str) -> str:
+    """The phase a module belongs to ("errors" for posbuild.errors)."""
+    return name.split(".")[1]
+
+
+def rank(name: str) -> tuple[int, int]:
+    """Where a module sits: its package's place in PACKAGES, then its layer inside the package."""
+    return PACKAGES.index(package_of(name)), LAYERS[name]
+
 
 def _resolve_from(source: str, node: ast.ImportFrom) -> str:
     if not node.level:
@@ -118,31 +135,59 @@ def in_cli(name: str) -> bool:
 
 
 def test_modules_are_found_and_parsed() -> None:
-    for name in ("posbuild.errors", "posbuild.scheduler", "posbuild.store", "posbuild.cli",
-                 "posbuild.cli.build"):
+    for name in ("posbuild.errors", "posbuild.engine.scheduler", "posbuild.store.lmdbstore",
+                 "posbuild.cli", "posbuild.cli.build"):
         assert name in MODULES
 
 
 def test_layer_table_matches_the_docstrings() -> None:
     assert LAYERS["posbuild.errors"] == 0
-    assert LAYERS["posbuild.digest"] == 1
-    assert LAYERS["posbuild.label"] == 1
-    assert LAYERS["posbuild.cli"] == 10
-    assert LAYERS["posbuild.cli.build"] == 10  # inherited from the cli package
-    assert LAYERS["posbuild.build"] > LAYERS["posbuild.scheduler"] > LAYERS["posbuild.errors"]
+    assert LAYERS["posbuild.core.digest"] == 0
+    assert LAYERS["posbuild.core.action"] > LAYERS["posbuild.core.records"]
+    assert LAYERS["posbuild.cli"] == 0
+    assert LAYERS["posbuild.cli.build"] == 0  # inherited from the cli package
+    assert LAYERS["posbuild.engine.build"] > LAYERS["posbuild.engine.execute"] \
+        > LAYERS["posbuild.engine.scheduler"]
 
 
 def test_import_resolution() -> None:
-    targets = {i.target for i in posbuild_imports("posbuild.runner")}
-    assert {"posbuild.scheduler", "posbuild.store", "posbuild.action"} <= targets
-    assert {i.target for i in posbuild_imports("posbuild.envfp")} == {
-        "posbuild", "posbuild.atomic", "posbuild.config", "posbuild.digest", "posbuild.errors",
-        "posbuild.layout", "posbuild.lockfile",
+    targets = {i.target for i in posbuild_imports("posbuild.engine.runner")}
+    assert {"posbuild.engine.scheduler", "posbuild.store.lmdbstore",
+            "posbuild.core.action"} <= targets
+    assert {i.target for i in posbuild_imports("posbuild.workspace.envfp")} == {
+        "posbuild", "posbuild.host.atomic", "posbuild.workspace.config", "posbuild.core.digest",
+        "posbuild.errors", "posbuild.core.layout", "posbuild.workspace.lockfile",
     }
 
 
+def test_every_module_belongs_to_a_phase() -> None:
+    """No module sits loose at the top level beside errors.py: each phase is a sub-package."""
+    loose = sorted(name for name in MODULES if name not in EXEMPT
+                   and package_of(name) not in PACKAGES)
+    assert loose == []
+    assert {package_of(name) for name in MODULES if name not in EXEMPT} == set(PACKAGES)
+
+
+@pytest.mark.parametrize("package", PACKAGES[1:])
+def test_each_package_says_what_it_may_import(package: str) -> None:
+    doc = ast.get_docstring(MODULES[f"posbuild.{package}"]) or ""
+    match = MAY_IMPORT_RE.search(doc)
+    assert match, f"posbuild/{package}/__init__.py does not say what it may import"
+    below = ["posbuild.errors", *PACKAGES[1:PACKAGES.index(package)]]
+    assert [part.strip() for part in match.group(1).split(",")] == below
+
+
+@pytest.mark.parametrize("package", PACKAGES[1:-1])
+def test_package_inits_import_nothing(package: str) -> None:
+    """Importing one module of a phase must not import the rest of it: the no-op path loads only
+    what it uses."""
+    assert posbuild_imports(f"posbuild.{package}") == []
+
+
 def test_every_module_has_a_layer_unless_explicitly_exempt() -> None:
-    missing = sorted(name for name in MODULES if name not in LAYERS and name not in EXEMPT)
+    phases = {f"posbuild.{package}" for package in PACKAGES}  # package inits: no layer inside
+    missing = sorted(name for name in MODULES
+                     if name not in LAYERS and name not in EXEMPT and name not in phases)
     assert missing == [], f"modules whose docstring does not start with 'Layer N:': {missing}"
 
 
@@ -155,12 +200,12 @@ def test_errors_imports_nothing_from_posbuild() -> None:
 
 
 def test_scheduler_imports_nothing_from_posbuild() -> None:
-    assert [str(i) for i in posbuild_imports("posbuild.scheduler")] == []
+    assert [str(i) for i in posbuild_imports("posbuild.engine.scheduler")] == []
 
 
 def test_sandbox_does_not_import_store() -> None:
     assert [str(i) for i in posbuild_imports(
-        "posbuild.sandbox") if i.target == "posbuild.store"] == []
+        "posbuild.exec.sandbox") if i.target == "posbuild.store.lmdbstore"] == []
 
 
 def test_package_init_imports_nothing_from_posbuild() -> None:
@@ -199,6 +244,11 @@ def test_imports_go_to_strictly_lower_layers(source: str) -> None:
         # a cli command module using its own package
         if in_cli(source) and imp.target == "posbuild.cli":
             continue
-        if LAYERS[imp.target] >= LAYERS[source]:
-            violations.append(f"{imp}: layer {LAYERS[source]} -> layer {LAYERS[imp.target]}")
+        if package_of(imp.target) == package_of(source):
+            if LAYERS[imp.target] >= LAYERS[source]:
+                violations.append(f"{imp}: layer {LAYERS[source]} -> layer {LAYERS[imp.target]}"
+                                  f" within {package_of(source)}")
+        elif rank(imp.target) > rank(source):
+            violations.append(f"{imp}: {package_of(source)} may not import from "
+                              f"{package_of(imp.target)}")
     assert violations == []

@@ -7,7 +7,7 @@ import ast
 from pathlib import Path
 
 import posbuild
-from posbuild import layout
+from posbuild.core import layout
 
 PACKAGE_DIR = Path(posbuild.__file__).parent
 NAMES = {layout.CONFIG_NAME, layout.LOCK_NAME, layout.OUT_DIR, layout.STATE_DIR, layout.STORE_LOCK,
@@ -27,5 +27,5 @@ def test_no_module_but_layout_spells_a_workspace_name() -> None:
 
 
 def test_layout_imports_nothing() -> None:
-    tree = ast.parse((PACKAGE_DIR / "layout.py").read_text())
+    tree = ast.parse((PACKAGE_DIR / "core" / "layout.py").read_text())
     assert not [node for node in ast.walk(tree) if isinstance(node, (ast.Import, ast.ImportFrom))]

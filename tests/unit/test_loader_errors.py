@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from posbuild.loader import starlark_error
+from posbuild.load.loader import starlark_error
 
 LIBRARY_FAIL = (
     "Traceback (most recent call last):\n  * p/BUILD:3, in <module>\n      copy_file(name=\"c\", "

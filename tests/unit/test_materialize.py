@@ -9,12 +9,12 @@ from typing import Iterator
 
 import pytest
 
-import posbuild.materialize as materialize
-from posbuild.digest import hash_bytes
-from posbuild.materialize import Materializer
-from posbuild.nofollow import open_outputs
-from posbuild.records import OutputFile
-from posbuild.store import Store
+import posbuild.store.materialize as materialize
+from posbuild.core.digest import hash_bytes
+from posbuild.store.materialize import Materializer
+from posbuild.host.nofollow import open_outputs
+from posbuild.core.records import OutputFile
+from posbuild.store.lmdbstore import Store
 
 
 @pytest.fixture

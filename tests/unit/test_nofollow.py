@@ -10,11 +10,11 @@ from typing import Iterator
 
 import pytest
 
-from posbuild.digest import hash_bytes
-from posbuild.materialize import Materializer
-from posbuild.nofollow import Outputs, fd_path, open_outputs
-from posbuild.records import OutputFile
-from posbuild.store import Store
+from posbuild.core.digest import hash_bytes
+from posbuild.store.materialize import Materializer
+from posbuild.host.nofollow import Outputs, fd_path, open_outputs
+from posbuild.core.records import OutputFile
+from posbuild.store.lmdbstore import Store
 
 
 @pytest.fixture
@@ -161,7 +161,7 @@ def test_reading_a_file_swapped_since_it_was_found_fails(exec_root: Path) -> Non
 
 def test_openat2_finds_folders_in_one_call_and_a_linked_sandbox_base_falls_back_to_the_walk(
         exec_root: Path, tmp_path: Path, monkeypatch) -> None:
-    import posbuild.nofollow as nofollow
+    import posbuild.host.nofollow as nofollow
 
     (exec_root / "posbuild-out/pkg/d/x.txt").write_text("x\n")
     monkeypatch.setattr(nofollow, "_fast", True)

@@ -12,11 +12,11 @@ from pathlib import Path
 import pytest
 
 from ownership_cases import Case, generate
-from posbuild.analysis import Analyzer
-from posbuild.config import load_config
+from posbuild.load.analysis import Analyzer
+from posbuild.workspace.config import load_config
 from posbuild.errors import BuildFileError
-from posbuild.label import Label
-from posbuild.loader import Loader, discover_packages
+from posbuild.core.label import Label
+from posbuild.load.loader import Loader, discover_packages
 
 PHRASES = ("crosses into package", "conflicts with", "is already an output of", "lists '")
 

@@ -8,13 +8,13 @@ from pathlib import Path
 
 import pytest
 
-import posbuild.digest
-import posbuild.pins
-from posbuild.action import Action
-from posbuild.digest import hash_file
+import posbuild.core.digest
+import posbuild.engine.pins
+from posbuild.core.action import Action
+from posbuild.core.digest import hash_file
 from posbuild.errors import ChecksumMismatch
-from posbuild.pins import check_pins, lock_sources
-from posbuild.upstate import EMPTY, BuildState
+from posbuild.engine.pins import check_pins, lock_sources
+from posbuild.store.upstate import EMPTY, BuildState
 
 
 def action(label: str, *sources: str) -> Action:
@@ -37,8 +37,8 @@ def no_hashing(monkeypatch: pytest.MonkeyPatch) -> None:
     def refuse(path: object) -> bytes:
         raise AssertionError(f"hashed {path}")
 
-    monkeypatch.setattr(posbuild.digest, "hash_file", refuse)
-    monkeypatch.setattr(posbuild.pins, "hash_file", refuse)
+    monkeypatch.setattr(posbuild.core.digest, "hash_file", refuse)
+    monkeypatch.setattr(posbuild.engine.pins, "hash_file", refuse)
 
 
 @pytest.fixture

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from posbuild.pyimports import ImportScanner, ScanError
+from posbuild.load.pyimports import ImportScanner, ScanError
 
 
 def _tree(root: Path, files: dict[str, str]) -> ImportScanner:

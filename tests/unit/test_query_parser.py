@@ -9,8 +9,8 @@ import msgpack
 import pytest
 
 from posbuild.errors import BuildFileError, UsageError
-from posbuild.label import PatternKind, parse_pattern
-from posbuild.query import (Allpaths, Attr, Deps, Evaluator, Kind, Pattern, QueryResult, Rdeps,
+from posbuild.core.label import PatternKind, parse_pattern
+from posbuild.load.query import (Allpaths, Attr, Deps, Evaluator, Kind, Pattern, QueryResult, Rdeps,
                             SetOp, TargetGraph, parse_query)
 
 

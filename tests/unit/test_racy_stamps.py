@@ -6,9 +6,9 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from posbuild.digest import hash_bytes
-from posbuild.stamps import (RACY_WINDOW_NS, content_digest, file_stamp, folder_stamp, racy_digests,
-                             stamps_current)
+from posbuild.core.digest import hash_bytes
+from posbuild.load.stamps import (RACY_WINDOW_NS, content_digest, file_stamp, folder_stamp,
+                                  racy_digests, stamps_current)
 
 
 def test_only_paths_changed_since_the_load_began_are_racy(tmp_path: Path) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import msgpack
 import pytest
 
-from posbuild.records import ExecutionRecord, RecordState
+from posbuild.core.records import ExecutionRecord, RecordState
 
 FIELDS = dict(build_id="3", label="//pkg:a", key=b"k" * 32,
               started="2026-01-01T00:00:00.000000+00:00",

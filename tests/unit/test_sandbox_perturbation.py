@@ -13,14 +13,14 @@ from pathlib import Path
 
 import pytest
 
-from posbuild import sandbox as sandbox_module
-from posbuild.action import Action, ActionGraph
-from posbuild.config import load_config
-from posbuild.sandbox import (Perturbation, Sandboxes, base_environment, find_libfaketime,
+from posbuild.exec import sandbox as sandbox_module
+from posbuild.core.action import Action, ActionGraph
+from posbuild.workspace.config import load_config
+from posbuild.exec.sandbox import (Perturbation, Sandboxes, base_environment, find_libfaketime,
                               listing_follows_creation)
-from posbuild.store import Store
-from posbuild.upstate import EMPTY
-from posbuild.verify import FIRST, SECOND, verify
+from posbuild.store.lmdbstore import Store
+from posbuild.store.upstate import EMPTY
+from posbuild.engine.verify import FIRST, SECOND, verify
 
 SHM = Path("/dev/shm")
 

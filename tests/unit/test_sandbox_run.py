@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from posbuild.action import Action
-from posbuild.sandbox import Sandboxes
+from posbuild.core.action import Action
+from posbuild.exec.sandbox import Sandboxes
 
 
 def _action(command: str, inputs: tuple[str, ...] = ("pkg/a.txt", "lib/deep/b.txt"),

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from posbuild.action import Action
-from posbuild.sandbox import Perturbation, Sandboxes, SpawnResult
+from posbuild.core.action import Action
+from posbuild.exec.sandbox import Perturbation, Sandboxes, SpawnResult
 
 OUT = "posbuild-out/pkg/out.txt"
 

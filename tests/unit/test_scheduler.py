@@ -9,7 +9,7 @@ from typing import Callable, Sequence
 
 import pytest
 
-from posbuild.scheduler import Scheduler, State
+from posbuild.engine.scheduler import Scheduler, State
 
 Outcome = tuple[str, int]  # ("ok" | "fail", node)
 FINAL = {State.SUCCESS, State.FAILED, State.SKIPPED}

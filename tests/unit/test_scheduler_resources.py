@@ -13,8 +13,8 @@ from typing import Sequence
 
 import pytest
 
-from posbuild.resources import critical_path
-from posbuild.scheduler import Scheduler, State
+from posbuild.engine.resources import critical_path
+from posbuild.engine.scheduler import Scheduler, State
 
 TIMEOUT = 20.0
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from posbuild import analysis, graphcache
-from posbuild.build import resolve
-from posbuild.shellfree import shell_argv
+from posbuild.load import analysis, graphcache
+from posbuild.engine.build import resolve
+from posbuild.exec.shellfree import shell_argv
 
 # def_hash of RULE before commands ran under strict bash (`/bin/sh -c`, action schema 1) and since.
 FORMER_DEF_HASH = "e747adac8cc8005ccbe0503174c631eb387c5649605fa959a02bcdf476eb122c"

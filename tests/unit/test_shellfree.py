@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from posbuild.shellfree import (Direct, find_program, parse, shell_argv, shell_status,
+from posbuild.exec.shellfree import (Direct, find_program, parse, shell_argv, shell_status,
                                 shell_variables)
 
 

@@ -9,10 +9,10 @@ from typing import Iterator
 
 import pytest
 
-from posbuild.digest import hash_bytes, hash_file
+from posbuild.core.digest import hash_bytes, hash_file
 from posbuild.errors import ChecksumMismatch, PartialState
-from posbuild.records import ActionResult, BuildRow, FileState, OutputFile
-from posbuild.store import _INLINE, INLINE_LIMIT, PAYLOAD_CHUNK, Commit, Store
+from posbuild.core.records import ActionResult, BuildRow, FileState, OutputFile
+from posbuild.store.lmdbstore import _INLINE, INLINE_LIMIT, PAYLOAD_CHUNK, Commit, Store
 
 KEY = hash_bytes(b"action key")
 OUT = b"model weights\n"
@@ -116,7 +116,7 @@ def test_logged_actions_are_seen_at_once_and_written_in_one_later_transaction(st
 
 
 def test_a_full_group_of_logged_actions_is_written_without_waiting(store: Store) -> None:
-    from posbuild.store import LOG_GROUP
+    from posbuild.store.lmdbstore import LOG_GROUP
 
     before = last_txnid(store)
     for i in range(LOG_GROUP):
@@ -127,8 +127,8 @@ def test_a_full_group_of_logged_actions_is_written_without_waiting(store: Store)
 _LOG_AND_DIE = """
 import os, signal, sys
 from pathlib import Path
-from posbuild.digest import hash_bytes
-from posbuild.store import Commit, Store
+from posbuild.core.digest import hash_bytes
+from posbuild.store.lmdbstore import Commit, Store
 from tests.unit.test_store import KEY, MEMO, OUT, OUT_DIGEST, RESULT
 store = Store(Path(sys.argv[1]))
 store.log([Commit((KEY, RESULT), ((OUT_DIGEST, OUT),), (("pkg/a.txt", MEMO),))])
@@ -355,13 +355,13 @@ def _finished(**fields: object) -> BuildRow:
 
 
 def _chain_problems(store: Store) -> list[str]:
-    from posbuild.fsck import record_chain_problems
+    from posbuild.engine.fsck import record_chain_problems
 
     return [str(p) for p in record_chain_problems(store)]
 
 
 def test_concluded_builds_are_sealed_one_after_the_other(store: Store) -> None:
-    from posbuild.recordchain import GENESIS, records_digest, seal
+    from posbuild.store.recordchain import GENESIS, records_digest, seal
 
     first = store.begin_build(_finished())
     second = store.begin_build(_finished(status="running"))
@@ -406,7 +406,7 @@ def test_closing_the_store_records_its_unconcluded_build_as_interrupted(tmp_path
 
 
 def _record(label: str) -> bytes:
-    from posbuild.records import ExecutionRecord, RecordState
+    from posbuild.core.records import ExecutionRecord, RecordState
 
     return ExecutionRecord("1", label, RecordState.SUCCESS, None, "", "", 0.0, (), (), (), None, 0,
                            "", b"").pack()
@@ -415,8 +415,8 @@ def _record(label: str) -> bytes:
 KILLED_OWNER = """
 import os, signal, sys
 from pathlib import Path
-from posbuild.records import BuildRow
-from posbuild.store import Store
+from posbuild.core.records import BuildRow
+from posbuild.store.lmdbstore import Store
 store = Store(Path(sys.argv[1]))
 number = store.begin_build(BuildRow.of({"started": "x", "status": "running", "patterns": []}))
 store.start_log(number)("//p:slow")
@@ -470,7 +470,7 @@ def test_a_store_written_before_the_chain_starts_one_at_its_next_build(store: St
 def test_generations_name_their_workspace_and_rows_written_before_still_read(store: Store) -> None:
     import msgpack
 
-    from posbuild.records import Generation
+    from posbuild.core.records import Generation
 
     legacy = msgpack.packb([1, "2024-01-01T00:00:00", ["//..."], b"\x01" * 32, 2, 10])
     assert Generation.unpack(legacy) == Generation(1, "2024-01-01T00:00:00", ("//...",),
@@ -485,8 +485,8 @@ def test_generations_name_their_workspace_and_rows_written_before_still_read(sto
 def test_a_store_without_an_epoch_gets_one_when_opened(tmp_path):
     """A store from before epochs: states saved against it named none, so until it has one they
     would trust it even after it was deleted and recreated (epoch.py)."""
-    from posbuild.epoch import EPOCH_FILE, read_epoch
-    from posbuild.store import Store
+    from posbuild.store.epoch import EPOCH_FILE, read_epoch
+    from posbuild.store.lmdbstore import Store
 
     Store(tmp_path / "s").close()
     created = read_epoch(tmp_path / "s")
@@ -504,7 +504,7 @@ def test_build_rows_keep_the_bytes_a_dict_gave_them(store: Store) -> None:
     seals over them) are byte for byte what earlier versions wrote."""
     import msgpack
 
-    from posbuild.recordchain import GENESIS, records_digest, seal
+    from posbuild.store.recordchain import GENESIS, records_digest, seal
 
     info = {"started": "s", "status": "running", "patterns": ["//..."], "env_hash": b"e" * 32,
             "graph": None,
@@ -533,7 +533,7 @@ def test_rows_of_an_existing_store_still_read_and_verify(store: Store) -> None:
     pack back to the same bytes, and the chain over them and a new build still verifies."""
     import msgpack
 
-    from posbuild.recordchain import GENESIS, records_digest, seal
+    from posbuild.store.recordchain import GENESIS, records_digest, seal
 
     old = {"started": "s", "status": "finished", "patterns": ["//a"], "ended": "e",
            "future": {"x": 1}, "number": 1}

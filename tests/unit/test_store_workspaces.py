@@ -10,10 +10,10 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
-from posbuild.digest import hash_bytes
-from posbuild.fsck import record_chain_problems
-from posbuild.records import BuildRow, ExecutionRecord, FileState, RecordState
-from posbuild.store import Store
+from posbuild.core.digest import hash_bytes
+from posbuild.engine.fsck import record_chain_problems
+from posbuild.core.records import BuildRow, ExecutionRecord, FileState, RecordState
+from posbuild.store.lmdbstore import Store
 
 A, B = "/work/a", "/work/a-b"  # one tag a prefix of the other: keys must still not mix
 MEMO = FileState((1, 2, 3, 4), hash_bytes(b"x"))

@@ -6,10 +6,10 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from posbuild.action import Action, facts_of
-from posbuild.records import signature
-from posbuild.upstate import EMPTY, BuildState, load_state, save_state
-from posbuild.uptodate import settled
+from posbuild.core.action import Action, facts_of
+from posbuild.core.records import signature
+from posbuild.store.upstate import EMPTY, BuildState, load_state, save_state
+from posbuild.engine.uptodate import settled
 
 GRAPH = b"\x01" * 32
 ENV = b"\x02" * 32
@@ -88,11 +88,11 @@ def test_a_state_names_the_store_epoch_and_states_saved_before_epochs_still_load
 
 def test_revalidate_forgets_exactly_the_actions_whose_result_or_blobs_are_gone(
     tmp_path: Path) -> None:
-    from posbuild.digest import hash_bytes
-    from posbuild.epoch import read_epoch
-    from posbuild.records import ActionResult, OutputFile
-    from posbuild.store import Store
-    from posbuild.upstate import revalidate
+    from posbuild.core.digest import hash_bytes
+    from posbuild.store.epoch import read_epoch
+    from posbuild.core.records import ActionResult, OutputFile
+    from posbuild.store.lmdbstore import Store
+    from posbuild.store.upstate import revalidate
 
     store_dir = tmp_path / "store"
     store = Store(store_dir)
@@ -122,8 +122,8 @@ def test_revalidate_forgets_exactly_the_actions_whose_result_or_blobs_are_gone(
 
 
 def test_the_tree_marker_lists_withdrawn_outputs_only_while_dirty(tmp_path: Path) -> None:
-    from posbuild.config import load_config
-    from posbuild.upstate import mark_tree, tree_is_clean, withdrawn_outputs
+    from posbuild.workspace.config import load_config
+    from posbuild.store.upstate import mark_tree, tree_is_clean, withdrawn_outputs
 
     (tmp_path / "posbuild.toml").write_text("")
     config = load_config(tmp_path)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from posbuild.wal import WriteAheadLog, dead_logs, has_dead_logs
+from posbuild.store.wal import WriteAheadLog, dead_logs, has_dead_logs
 
 
 def _replayed(folder: Path) -> list[bytes]:

@@ -11,12 +11,13 @@ from pathlib import Path
 
 import pytest
 
-from posbuild.build import resolve
-from posbuild.config import load_config
+from posbuild.engine.build import resolve
+from posbuild.workspace.config import load_config
 from posbuild.errors import PosbuildError
-from posbuild.reporter import BuildSummary
-from posbuild.graphcache import files_of_entry
-from posbuild.watch import Change, Cycle, WatchSet, _build, _next_burst, _Watcher, watch, watch_set
+from posbuild.engine.reporter import BuildSummary
+from posbuild.load.graphcache import files_of_entry
+from posbuild.engine.watch import (Change, Cycle, WatchSet, _build, _next_burst, _Watcher, watch,
+                                   watch_set)
 
 WAIT = 20.0  # bound of every wait for an inotify event
 

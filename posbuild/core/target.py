@@ -1,0 +1,195 @@
+"""Layer 1: a Target is one rule call of a BUILD file, checked against its rule's schema.
+
+Attribute checking lives here, not in the loader, so that each native rule's contract (names,
+types, defaults) reads as one table and every bad attribute gets the same kind of message.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from posbuild.errors import SourceLocation
+from posbuild.core.label import Label
+
+Pairs = tuple[tuple[str, str], ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """A loaded rule call. Attribute values are tuples and sorted pairs, never lists or dicts."""
+
+    label: Label
+    kind: str
+    srcs: tuple[str, ...] = ()
+    outs: tuple[str, ...] = ()
+    cmd: str = ""
+    tools: tuple[str, ...] = ()
+    env: Pairs = ()
+    version: Pairs = ()
+    requires: tuple[tuple[str, Pairs], ...] = ()
+    resources: tuple[tuple[str, int], ...] = ()
+    secrets: tuple[str, ...] = ()
+    allow_secret_in_output: bool = False
+    timeout: int = 0
+    tags: tuple[str, ...] = ()
+    script: str = ""  # py_task: the script's label
+    args: tuple[str, ...] = ()  # py_task: the script's command-line arguments
+    deps: tuple[str, ...] = ()  # py_task: labels of extra code the code hash covers
+    message: str = field(default="", compare=False)
+    location: SourceLocation | None = field(default=None, compare=False)
+
+
+class AttributeError_(ValueError):
+    """A bad attribute value; raised inside Starlark so the message carries file and line."""
+
+
+def _str(kind: str, attr: str, value: Any) -> str:
+    if not isinstance(value, str):
+        raise AttributeError_(f"{kind}: attribute '{attr}' must be a string, got {_type(value)}")
+    return value
+
+
+def _int(kind: str, attr: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise AttributeError_(
+            f"{kind}: attribute '{attr}' must be a non-negative int, got {value!r}")
+    return value
+
+
+def _str_list(kind: str, attr: str, value: Any) -> tuple[str, ...]:
+    if not isinstance(value, (list, tuple)):
+        raise AttributeError_(
+            f"{kind}: attribute '{attr}' must be a list of non-empty strings, got {_type(value)}")
+    bad = [v for v in value if not isinstance(v, str) or not v]
+    if bad:
+        raise AttributeError_(f"{kind}: attribute '{attr}' must be a list of non-empty strings, "
+                              f"but it holds {bad[0]!r}")
+    if len(set(value)) != len(value):
+        duplicate = next(v for v in value if value.count(v) > 1)
+        raise AttributeError_(f"{kind}: attribute '{attr}' lists '{duplicate}' twice")
+    return tuple(value)
+
+
+def _bool(kind: str, attr: str, value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise AttributeError_(f"{kind}: attribute '{attr}' must be True or False, got {value!r}")
+    return value
+
+
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+# signs the shared cache: an action holding it could forge entries
+RESERVED_SECRETS = ("POSBUILD_CACHE_KEY",)
+
+
+def _secret_names(kind: str, attr: str, value: Any) -> tuple[str, ...]:
+    names = _str_list(kind, attr, value)
+    for name in names:
+        if not _ENV_NAME.fullmatch(name):
+            raise AttributeError_(
+                f"{kind}: attribute '{attr}': {name!r} is not an environment variable name")
+        if name in RESERVED_SECRETS:
+            raise AttributeError_(f"{kind}: attribute '{attr}': {name} is posbuild's own secret "
+                                  f"and is never given to an action")
+    return tuple(sorted(names))
+
+
+def _scalar_text(kind: str, attr: str, value: Any) -> str:
+    if isinstance(value, bool) or not isinstance(value, (str, int)):
+        raise AttributeError_(
+            f"{kind}: attribute '{attr}' values must be strings or ints, got {value!r}")
+    return str(value)
+
+
+def _str_dict(kind: str, attr: str, value: Any) -> Pairs:
+    if not isinstance(value, dict) or not all(isinstance(k, str) and k for k in value):
+        raise AttributeError_(
+            f"{kind}: attribute '{attr}' must be a dict with string keys, got {_type(value)}")
+    return tuple(sorted((k, _scalar_text(kind, attr, v)) for k, v in value.items()))
+
+
+def _requires(kind: str, attr: str, value: Any) -> tuple[tuple[str, Pairs], ...]:
+    if not isinstance(value, dict):
+        raise AttributeError_(
+            f"{kind}: attribute '{attr}' must be a dict of label -> dict, got {_type(value)}")
+    return tuple(sorted((_str(kind, attr, k), _str_dict(kind, attr, v)) for k, v in value.items()))
+
+
+def _resources(kind: str, attr: str, value: Any) -> tuple[tuple[str, int], ...]:
+    if not isinstance(value, dict):
+        raise AttributeError_(f"{kind}: attribute '{attr}' must be a dict, got {_type(value)}")
+    unknown = sorted(set(value) - {"cpu", "mem_mb", "io"})
+    if unknown:
+        raise AttributeError_(
+            f"{kind}: attribute '{attr}' has unknown key '{unknown[0]}' (known: cpu, mem_mb, io)")
+    return tuple(sorted((k, _int(kind, attr, v)) for k, v in value.items()))
+
+
+def _args(kind: str, attr: str, value: Any) -> tuple[str, ...]:
+    if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
+        raise AttributeError_(
+            f"{kind}: attribute '{attr}' must be a list of strings, got {_type(value)}")
+    return tuple(value)
+
+
+PY_TASK_ENV = (("PYTHONDONTWRITEBYTECODE", "1"), ("PYTHONHASHSEED", "0"), ("PYTHONPATH", "."))
+
+
+def _py_env(kind: str, attr: str, value: Any) -> Pairs:
+    pairs = _str_dict(kind, attr, value)
+    fixed = dict(PY_TASK_ENV)
+    taken = [k for k, _ in pairs if k in fixed]
+    if taken:
+        raise AttributeError_(
+            f"{kind}: attribute '{attr}' may not set {taken[0]}: py_task sets it to "
+            f"{fixed[taken[0]]!r}")
+    return pairs
+
+
+def _type(value: Any) -> str:
+    return type(value).__name__
+
+
+Checker = Callable[[str, str, Any], Any]
+
+_COMMON: dict[str, Checker] = {"tags": _str_list, "visibility": _str_list}
+_ACTION: dict[str, Checker] = {  # what every rule that runs a command declares the same way
+    **_COMMON,
+    "srcs": _str_list,
+    "outs": _str_list,
+    "version": _str_dict,
+    "requires": _requires,
+    "resources": _resources,
+    "secrets": _secret_names,
+    "allow_secret_in_output": _bool,
+    "timeout": _int,
+    "message": _str,
+}
+SCHEMAS: dict[str, dict[str, Checker]] = {
+    "genrule": {**_ACTION, "cmd": _str, "tools": _str_list, "env": _str_dict},
+    "filegroup": {**_COMMON, "srcs": _str_list},
+    "py_task": {**_ACTION, "script": _str, "args": _args, "deps": _str_list, "env": _py_env},
+}
+REQUIRED = {"genrule": ("outs", "cmd"), "filegroup": (), "py_task": ("script", "outs")}
+
+
+def make_target(kind: str, label: Label, attrs: dict[str, Any],
+                location: SourceLocation | None) -> Target:
+    """Check a rule call's attributes against its schema and freeze them into a Target."""
+    schema = SCHEMAS[kind]
+    for attr in attrs:
+        if attr not in schema:
+            known = ", ".join(sorted(schema))
+            raise AttributeError_(
+                f"{kind} '{label.name}': unknown attribute '{attr}' (known: {known})")
+    for attr in REQUIRED[kind]:
+        if not attrs.get(attr):
+            raise AttributeError_(f"{kind} '{label.name}': missing required attribute '{attr}'")
+    values = {attr: schema[attr](kind, attr, value) for attr, value in attrs.items()
+              if value is not None}
+    values.pop("visibility", None)
+    clash = sorted(set(values.get("secrets", ())) & {k for k, _ in values.get("env", ())})
+    if clash:
+        raise AttributeError_(f"{kind} '{label.name}': '{clash[0]}' is both in env and in secrets")
+    return Target(label=label, kind=kind, location=location, **values)

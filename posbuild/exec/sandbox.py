@@ -1,0 +1,985 @@
+"""Layer 1: run one action's command in a folder that holds only its declared inputs.
+
+Each action gets `<sandboxes>/<n>/` with `exec/` (the working directory: declared inputs at their
+workspace-relative paths, and `posbuild-out/<pkg>/` for its outputs) and `tmp/` (its HOME and
+TMPDIR). The command runs under `/bin/bash` with `set -euo pipefail` (shellfree.shell_argv) and
+a scrubbed environment: a fixed base (PATH, LANG, TZ, HOME, TMPDIR, SOURCE_DATE_EPOCH) plus the
+action's declared variables, and nothing else.
+A plain command (a program and plain words, at most one trailing `> file`: shellfree.py) is run
+directly, as the shell would have run it, without the shell's own start-up: that halves what a
+cheap action costs. The namespace sandbox always runs the shell.
+
+Sandboxes live on a memory file system (`/dev/shm`) when the machine has one: a sandbox is a
+dozen directory and file creations and deletions, which cost ~10 µs each there and ~250 µs on a
+journalled disk — more than a cheap command itself. `[build] sandbox_base` moves them to disk
+for actions whose outputs or temporary files would not fit in memory.
+
+The command's stdout and stderr go to anonymous memory files (`memfd_create`; files in the
+sandbox where the system has none), read back whole when it ends. Removing a sandbox unlinks, by
+name, what staging made; only a sandbox holding anything else is walked.
+
+Inputs are copied, so an action that writes to an input changes only its own copy. Inputs of
+`LINK_LIMIT` bytes or more are cloned where the file system can (a reflink, `FICLONE`: btrfs,
+XFS ...; `[build] sandbox_base` on such a file system makes large data sets free to stage), and
+copied elsewhere: never linked, since a link (symbolic or hard) is a writable path to the
+original whatever its mode says.
+
+When the command has ended, its declared outputs are opened without following any link
+(nofollow.py) and everything after (hashing, storing, installing) goes through those
+descriptors: the sandbox is the action's, and a link it left there must not take posbuild,
+which sees the whole file system, anywhere else.
+
+The command runs in its own session (process group); when it ends, or on timeout or cancel,
+the whole group is killed, so no stray background process outlives its action.
+
+Namespaces (`[sandbox] mode`): where bubblewrap works ("auto", the default, or "namespace"), the
+same folder is run inside its own mount, PID, IPC, UTS and network namespaces (namespaces.py):
+the workspace and the host's /tmp and /dev/shm are invisible, the system is read-only, the
+declared inputs are bound read-only, and only the sandbox folder and a private /tmp are
+writable. Large inputs are bound read-only from the workspace instead of being copied (staged
+as a symlink first, which `_namespaced` turns into the bind). The process posbuild waits for is
+then bwrap's: killing its group ends the command too (`--die-with-parent`), and its rusage
+includes the command's. One difference: a command killed by signal N inside reports exit code
+128+N (bwrap passes the status on as a shell does), where the folder sandbox reports the signal.
+`choose_isolation` decides once per build, before anything runs.
+
+Processors: an action that declares cpu=N (N >= 1; the default is 1) runs pinned to N of the
+processors posbuild may use. They are chosen deterministically: the N least used by the actions
+running at that moment, ties by processor number, so with the scheduler keeping the declared sum
+within `[resources] cpu` (at most the processors there are, by default) running actions get
+disjoint sets. The mask is set on the spawning thread just before the fork (a forked child
+inherits its thread's mask), which has no race with the command starting threads of its own;
+`taskset` would cost an extra exec per action and `preexec_fn` is unsafe with threads. A worker
+thread keeps the mask afterwards: its next action usually gets the same processors, and then no
+system call is made (the main thread gets posbuild's whole mask back). cpu=0 leaves the action
+unpinned. On systems without `sched_setaffinity` nothing is pinned. The thread-count variables
+(OMP_NUM_THREADS ...) come with the action's env (analysis.declared_resources). This module
+knows nothing of keys or the store: it takes an Action and returns a SpawnResult.
+
+Kills: no command outlives posbuild, even one killed by SIGKILL — bwrap's `--die-with-parent` in
+the namespace sandbox, a guard process in the folder sandbox (`_OrphanGuard`). Each process that
+makes sandboxes holds `<base>/<pid>.owner` locked while it does; `clear_stale` (the next build)
+and fsck sweep only sandboxes whose mark no live process holds (`sweep_dead`).
+
+Perturbation (`posbuild verify`)
+--------------------------------
+`run(..., perturbation=Perturbation(...))` varies what a hermetic action must not depend on; with
+no perturbation a run is exactly the build's. What can be varied, and where:
+
+* sandbox folder name and path length — always (`name_suffix` lengthens the folder name);
+* order of the environment variables handed to the command — always; a plain command's program
+  gets them in that order, but a shell passes its own variables on to the commands it starts in
+  an order of its own (dash: hash order), so behind a shell only programs that read their initial
+  environment in order see the difference;
+* TZ — always, unless the action declares TZ itself (then TZ is a declared input);
+* umask — always (set in the child just before exec, so it is safe with parallel runs);
+* directory listing order (`reverse_staging`) — only where readdir follows creation order. Measured
+  on Linux 6.x: tmpfs (`/dev/shm`, where sandboxes live by default) lists the newest entry first,
+  so staging inputs in reverse reverses every listing; ext4 with `dir_index` (the default) lists in
+  name-hash order whatever the creation order, so there it cannot be varied.
+  `listing_follows_creation(folder)` measures it for a given file system;
+* wall-clock time (`clock_shift`) — only when libfaketime is installed (`find_libfaketime()`):
+  `LD_PRELOAD` it with `FAKETIME=<shift>`. It reaches dynamically linked programs only, not
+  static binaries (Go) or setuid ones. Monotonic clocks are left alone (`DONT_FAKE_MONOTONIC`), so
+  timeouts and sleeps behave.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import glob
+import itertools
+import os
+import select
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Protocol, Sequence
+
+from posbuild.core.action import Action
+from posbuild.workspace.config import BASE_PATH, Config
+from posbuild.host.liveness import lock_held
+from posbuild.core.layout import NETWORK_TAG
+from posbuild.exec.namespaces import Isolation, choose, command, input_binds
+from posbuild.host.nofollow import Opened, Outputs, open_outputs, read_upto
+from posbuild.host.owned import SANDBOX_NAME, SANDBOXES, claim, holds_only_sandboxes, is_marked
+from posbuild.core.records import RemoteRun, ResourceUsage
+from posbuild.exec.shellfree import (Direct, find_program, parse, shell_argv, shell_status,
+                                shell_variables)
+
+LINK_LIMIT = 16 * 1024 * 1024
+FAKETIME_GLOBS = (
+    "/usr/lib/*/faketime/libfaketime.so.1",
+    "/usr/lib/faketime/libfaketime.so.1",
+    "/usr/local/lib/faketime/libfaketime.so.1",
+    "/usr/lib64/faketime/libfaketime.so.1",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Perturbation:
+    """What to vary in one run, beyond what a normal run does; every field's default varies
+    nothing."""
+
+    name_suffix: str = ""  # appended to the sandbox folder's name: another, longer absolute path
+    reverse_env_order: bool = False  # hand the environment to the command in reverse order
+    tz: str | None = None  # TZ instead of UTC (unless the action declares TZ)
+    umask: int | None = None  # the command's umask instead of posbuild's
+    # create folders and stage inputs in reverse order (readdir order)
+    reverse_staging: bool = False
+    # FAKETIME offset such as "+397.3d", applied when libfaketime exists
+    clock_shift: str | None = None
+
+
+def find_libfaketime() -> str | None:
+    """The path of libfaketime.so.1 if it is installed, else None."""
+    for pattern in FAKETIME_GLOBS:
+        found = sorted(glob.glob(pattern))
+        if found:
+            return found[0]
+    return None
+
+
+def listing_follows_creation(folder: Path) -> bool:
+    """Whether `os.listdir` in `folder`'s file system depends on the order entries were created
+    in."""
+    folder.mkdir(parents=True, exist_ok=True)
+    probe = Path(tempfile.mkdtemp(prefix="readdir-probe-", dir=folder))
+    try:
+        listings = []
+        for order in ("abcdefgh", "hgfedcba"):
+            (probe / order).mkdir()
+            for name in order:
+                (probe / order / name).touch()
+            listings.append(os.listdir(probe / order))
+        return listings[0] != listings[1]
+    finally:
+        shutil.rmtree(probe, ignore_errors=True)
+
+
+@dataclass(frozen=True, slots=True)
+class Running:
+    """A command `Sandboxes.start` started: what `Sandboxes.wait` needs to finish the run."""
+
+    sandbox: str
+    outputs: tuple[str, ...]
+    # capture descriptors, closed by `wait` (stdout -1: redirected to a file, nothing to capture)
+    stdout: int
+    stderr: int
+    started: float  # time.monotonic()
+    # None: cancelled before it started (kept: a dropped Popen whose returncode is unset would be
+    # reaped by subprocess's own cleanup, before `wait` gets to it)
+    process: subprocess.Popen[bytes] | None
+    processors: tuple[int, ...]
+    deadline: float | None = None  # time.monotonic() when its `timeout` expires
+    # run without the shell (shellfree.py): its end is reported as bash would
+    direct: Direct | None = None
+
+
+def _ends_by(pid: int, deadline: float) -> bool:
+    """Whether child `pid` ends before `deadline` (it is not reaped). Waited for on a pidfd by
+    the thread that reaps it: a timer thread per action could fail to start (a thread limit, no
+    memory), and with it the timeout was gone."""
+    try:
+        fd = os.pidfd_open(pid)
+    except OSError:  # a kernel before 5.3: look every 10 ms
+        while time.monotonic() < deadline:
+            if os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None:
+                return True
+            time.sleep(0.01)
+        return os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
+    try:
+        poller = select.poll()
+        poller.register(fd, select.POLLIN)
+        return bool(poller.poll(max(0.0, deadline - time.monotonic()) * 1000))
+    finally:
+        os.close(fd)
+
+
+@dataclass(frozen=True, slots=True)
+class SpawnResult:
+    """How a command ended and its declared outputs, opened without following links (nofollow.py).
+
+    `missing` lists every declared output that is not a regular file reached through real
+    folders; `irregular` says which of them exist as something else (a link, a folder, a FIFO,
+    or below a folder that is a link), and `why` what is wrong with the first. Whatever is done
+    with an output goes through `output(path)`, never through `exec_root`: posbuild sees the
+    whole file system, and a link the action left would take it anywhere. `Sandboxes.remove`
+    closes the descriptors.
+    """
+
+    exit_code: int
+    timed_out: bool
+    exec_root: Path
+    missing: tuple[str, ...]
+    stdout: bytes = field(repr=False)
+    stderr: bytes = field(repr=False)
+    elapsed: float = field(default=0.0, compare=False)
+    usage: ResourceUsage | None = field(default=None, compare=False)
+    remote: RemoteRun | None = field(default=None, compare=False)  # set when a Dask worker ran it
+    irregular: tuple[str, ...] = ()
+    why: str = ""
+    files: Outputs | None = field(default=None, compare=False, repr=False)
+
+    def output(self, path: str) -> Opened:
+        """A declared output that exists as a regular file (not in `missing`), found."""
+        assert self.files is not None, "a run without collected outputs"
+        return self.files.opened[path]
+
+
+def base_environment(sandbox: str | Path) -> dict[str, str]:
+    """The fixed variables every action sees, whatever the caller's environment holds."""
+    return {
+        "PATH": BASE_PATH,
+        "LANG": "C.UTF-8",
+        "LC_ALL": "C.UTF-8",
+        "TZ": "UTC",
+        "HOME": f"{sandbox}/tmp",
+        "TMPDIR": f"{sandbox}/tmp",
+        "PWD": f"{sandbox}/exec",
+        "SOURCE_DATE_EPOCH": "0",
+    }
+
+
+def choose_isolation(config: Config, writable: Sequence[str] = (),
+                     masked: Sequence[str] = ()) -> tuple[Isolation | None, str]:
+    """`[sandbox] mode` for this build: (the namespaces to run actions in, or None for the folder
+    sandbox; a notice line for the user, or ""). Raises SandboxUnavailable when mode is
+    "namespace" and bubblewrap cannot run. Probes bwrap (a few ms) once per process. `writable`:
+    folders left visible and writable (namespaces.writable_paths). `masked`: files no action may
+    read (the secrets file), covered with /dev/null.
+
+    Hidden: the workspace, the store and the sandbox base (other actions' sandboxes). Shown again,
+    read-only: the Python running posbuild (py_task actions run it; it may live in a venv inside
+    the workspace or under /tmp), libfaketime (`posbuild verify`), and absolute `[env] tools`.
+    """
+    # both are made before any action runs anyway; hidden, they must exist
+    if config.sandbox_mode != "folder":
+        for folder in (config.store_dir, config.sandbox_dir):
+            folder.mkdir(parents=True, exist_ok=True)
+    visible = [sys.prefix, sys.exec_prefix, sys.base_prefix, sys.base_exec_prefix,
+               os.path.realpath(sys.executable)]
+    visible += [tool for tool in config.env_tools if tool.startswith("/")]
+    faketime = find_libfaketime()
+    if faketime is not None:
+        visible.append(faketime)
+    return choose(config.sandbox_mode,
+                  (str(config.root), str(config.store_dir), str(config.sandbox_dir)), visible,
+                  writable, masked)
+
+
+class ActionSandboxes(Protocol):
+    """What the rebuilder needs of the place its actions run: these local sandboxes, or the Dask
+    executor's (dask_executor.DaskSandboxes). `start` returns a handle that only `wait` reads."""
+
+    def clear_stale(self) -> None: ...
+
+    def start(self, action: Action, extra_env: Sequence[tuple[str, str]] = (), /) -> Any: ...
+
+    def wait(self, running: Any, /) -> SpawnResult: ...
+
+    def remove(self, result: SpawnResult, /) -> None: ...
+
+    def cancel(self) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class Sandboxes:
+    """Creates, runs and removes per-action sandbox folders under `base`.
+
+    Paths are plain strings here: this is the per-action hot path, and pathlib's objects cost
+    more than the file-system calls they wrap. With `isolation` (choose_isolation), commands run
+    under bubblewrap in their own namespaces; without, in the folder sandbox alone, where plain
+    commands skip the shell (shellfree.py) unless `shell_free` is False.
+    """
+
+    def __init__(self, root: Path, base: Path, isolation: Isolation | None = None,
+                 shell_free: bool = True) -> None:
+        self._root = str(root) + "/"
+        self._base = base
+        self._isolation = isolation
+        # False: every command runs under the shell
+        self._shell_free = shell_free and isolation is None
+        # (name, PATH) → where it was found, for absolute PATHs
+        self._programs: dict[tuple[str, str], str] = {}
+        self._counter = itertools.count()
+        self._pid = os.getpid()
+        # sandbox folder → what `_stage` made there (for `remove`)
+        self._staged: dict[str, _Layout] = {}
+        self._running: set[int] = set()
+        self._lock = threading.Lock()
+        self._cancelled = False
+        self.stopped = 0  # commands a cancel killed
+        self._faketime: str | None | bool = False  # False: not looked up yet
+        try:
+            self._processors: tuple[int, ...] = tuple(sorted(os.sched_getaffinity(0)))
+        except AttributeError:  # no affinity support: nothing is pinned
+            self._processors = ()
+        # processor → running actions pinned to it
+        self._pinned = dict.fromkeys(self._processors, 0)
+        self._masks = threading.local()  # `current`: the mask this Sandboxes last gave the thread
+        # whether `clear_stale` claimed the base for this process (`<pid>.owner`)
+        self._claimed = False
+        # bwrap --die-with-parent does it there
+        self._guard = _ORPHANS if isolation is None else _NO_GUARD
+
+    def clear_stale(self) -> None:
+        """Sweep the sandboxes of dead posbuild processes and claim this one's (`sweep_dead`); the
+        folder is this user's alone (0700: a running action's captured output may hold what its
+        secrets redact later)."""
+        # never another's folder
+        claim(self._base, SANDBOXES, holds_only_sandboxes, " ([build] sandbox_base)")
+        os.chmod(self._base, 0o700)  # PermissionError if another user made it first
+        sweep_dead(self._base)
+        if not self._claimed:
+            _claim(f"{self._base}/{self._pid}{OWNER_SUFFIX}")
+            self._claimed = True
+
+    def close(self) -> None:
+        """Give up this one's share of the process's claim on the base (its sandboxes are gone)."""
+        if self._claimed:
+            _release(f"{self._base}/{self._pid}{OWNER_SUFFIX}")
+            self._claimed = False
+
+    def run(self, action: Action, extra_env: Sequence[tuple[str, str]] = (),
+            perturbation: Perturbation | None = None) -> SpawnResult:
+        """Stage inputs, run the command, and report; the caller must `remove()` the sandbox.
+
+        If staging or starting the command fails, the sandbox is removed before the error
+        propagates.
+        """
+        return self.wait(self.start(action, extra_env, perturbation))
+
+    def start(self, action: Action, extra_env: Sequence[tuple[str, str]] = (),
+              perturbation: Perturbation | None = None) -> Running:
+        """`run` in two halves: stage the sandbox and start the command, returning at once; `wait`
+        for it. The calling thread is free meanwhile (the scheduler wraps up the previous
+        action)."""
+        sandbox = f"{self._base}/{self._pid}-{next(self._counter)}"
+        if perturbation is not None:
+            sandbox += perturbation.name_suffix
+        exec_root = sandbox + "/exec"
+        out = err = -1
+        try:
+            if perturbation is not None and perturbation.reverse_staging:
+                self._stage_reversed(action, sandbox, exec_root)
+            else:
+                self._staged[sandbox] = _stage(self._root, action, sandbox,
+                                               self._isolation is not None)
+            env = base_environment(sandbox)
+            env.update(action.env)
+            env.update(extra_env)
+            umask = -1
+            if perturbation is not None:
+                env = self._perturbed_env(env, perturbation, {*dict(action.env), *dict(extra_env)})
+                umask = -1 if perturbation.umask is None else perturbation.umask
+            err = _capture_file(sandbox, "stderr")
+            if self._shell_free:
+                running = self._launch_direct(action, sandbox, env, err, umask)
+                if running is not None:
+                    return running
+            if self._isolation is None:
+                argv = shell_argv(action.command)
+            else:
+                argv = self._namespaced(action, sandbox, exec_root)
+            out = _capture_file(sandbox, "stdout")
+            return self._launch(action, argv, sandbox, env, out, err, umask)
+        except BaseException:
+            for fd in (out, err):
+                if fd >= 0:
+                    os.close(fd)
+            self._remove_sandbox(sandbox)
+            raise
+
+    def wait(self, running: Running) -> SpawnResult:
+        """Wait for a command `start` started, and report how it ended (see `run`)."""
+        try:
+            try:
+                exit_code, timed_out, usage, note = self._reap(running)
+                stdout = _read_all(running.stdout) if running.stdout >= 0 else b""
+                stderr = _read_all(running.stderr) + note
+            finally:
+                if running.stdout >= 0:
+                    os.close(running.stdout)
+                os.close(running.stderr)
+        except BaseException:
+            self._remove_sandbox(running.sandbox)
+            raise
+        elapsed = time.monotonic() - running.started
+        exec_root = running.sandbox + "/exec"
+        found = open_outputs(exec_root, running.outputs)
+        return SpawnResult(exit_code, timed_out, Path(exec_root), tuple(found.missing), stdout,
+                           stderr, elapsed,
+                           usage, irregular=tuple(found.irregular), why=found.why, files=found)
+
+    def _namespaced(self, action: Action, sandbox: str, exec_root: str) -> list[str]:
+        """The bwrap argv for `action`, whose inputs are staged in `exec_root`.
+
+        Inputs are bound read-only (by folder where possible, namespaces.input_binds). A large
+        input, staged as a symlink into the workspace, becomes an empty file with the workspace
+        file bound read-only onto it: the link's target is hidden inside.
+        """
+        assert self._isolation is not None
+        linked: dict[str, str] = {}
+        for path in action.inputs:
+            target = f"{exec_root}/{path}"
+            if os.path.islink(target):
+                linked[target] = os.readlink(target)
+                os.unlink(target)
+                os.close(os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o444))
+        binds = [(f"{exec_root}/{rel}",) * 2 for rel in input_binds(action.inputs, action.outputs)]
+        if linked:
+            binds = [bind for bind in binds if bind[0] not in linked] + [(s, t)
+                                                                         for t, s in linked.items()]
+        return command(self._isolation, sandbox, exec_root, binds, NETWORK_TAG in action.tags,
+                       shell_argv(action.command))
+
+    def _perturbed_env(self, env: dict[str, str], perturbation: Perturbation,
+                       declared: set[str]) -> dict[str, str]:
+        if perturbation.tz is not None and "TZ" not in declared:
+            env["TZ"] = perturbation.tz
+        if perturbation.clock_shift is not None:
+            library = self.faketime
+            if library is not None:
+                preload = env.get("LD_PRELOAD")
+                env["LD_PRELOAD"] = f"{library}:{preload}" if preload else library
+                env["FAKETIME"] = perturbation.clock_shift
+                env["DONT_FAKE_MONOTONIC"] = "1"
+        if perturbation.reverse_env_order:
+            env = dict(reversed(env.items()))
+        return env
+
+    @property
+    def faketime(self) -> str | None:
+        """libfaketime's path (looked up once per Sandboxes), or None when it is not installed."""
+        if self._faketime is False:
+            self._faketime = find_libfaketime()
+        return self._faketime if isinstance(self._faketime, str) else None
+
+    def remove(self, result: SpawnResult) -> None:
+        """Remove a run's sandbox: what staging made and the command was declared to make, by name,
+        and the whole tree by walking it only when something else is there (or a name changed
+        kind)."""
+        if result.files is not None:
+            result.files.close()
+        self._remove_sandbox(os.path.dirname(result.exec_root))
+
+    def _remove_sandbox(self, sandbox: str) -> None:
+        """Remove a sandbox folder by what staging made there (see `remove_tree`), whatever stage
+        the run reached: after it, or when staging or the command failed."""
+        remove_tree(sandbox, self._staged.pop(sandbox, None))
+
+    def cancel(self) -> None:
+        """Kill every running action's process group (a signal, a critical error elsewhere);
+        `stopped` counts them, and any command that was starting meanwhile."""
+        with self._lock:
+            self._cancelled = True
+            groups = list(self._running)
+            self.stopped += len(groups)
+        for group in groups:
+            _kill_group(group)
+
+    def _stage_reversed(self, action: Action, sandbox: str, exec_root: str) -> None:
+        """Create what `_stage` creates, with the entries of every folder made in reverse order.
+
+        `_stage` creates, in each folder, first the subfolders (in order of first appearance),
+        then the input files (in input order). Here each folder's children are created last to
+        first, each folder before its contents, so a creation-ordered readdir lists them reversed.
+        """
+        os.makedirs(exec_root)
+        os.mkdir(sandbox + "/tmp")
+        children: dict[str, list[str]] = {"": []}
+        for path in (*action.inputs, *action.outputs):  # folders, as _stage makes them
+            parts = path.split("/")[:-1]
+            for depth in range(1, len(parts) + 1):
+                folder = "/".join(parts[:depth])
+                if folder not in children:
+                    children[folder] = []
+                    children["/".join(parts[:depth - 1])].append(folder)
+        for path in action.inputs:
+            children[os.path.dirname(path)].append(path)
+        pending = list(children[""])  # a stack: popping takes the last-created entry first
+        while pending:
+            path = pending.pop()
+            if path in children:
+                os.mkdir(f"{exec_root}/{path}")
+                pending.extend(children[path])
+            else:
+                _stage_file(self._root + path, f"{exec_root}/{path}", self._isolation is not None)
+
+    def _launch_direct(self, action: Action, sandbox: str, env: dict[str, str], err: int,
+                       umask: int) -> Running | None:
+        """Start the command without the shell when the shell would only exec it (shellfree.py);
+        None when it must run under the shell: other syntax, a program not found or not
+        exec'able as it is (a script without `#!`), a redirect target that cannot be opened."""
+        direct = parse(action.command)
+        if direct is None:
+            return None
+        exec_root = sandbox + "/exec"
+        # always set (base_environment); without it the shell has a default of its own
+        path = env.get("PATH")
+        program = None if path is None else self._program(direct.argv[0], path, exec_root)
+        if program is None:
+            return None
+        added = shell_variables(env, direct, program)
+        if added is None:
+            return None
+        env = {**env, **added}  # a copy: the shell, should it run after all, adds them itself
+        try:
+            out = _capture_file(sandbox, "stdout") if direct.stdout is None else \
+                _open_redirect(f"{exec_root}/{direct.stdout}", umask)
+        except OSError:
+            return None
+        try:
+            running = self._launch(action, list(direct.argv), sandbox, env, out, err, umask,
+                                   program, direct)
+        except BaseException as error:
+            os.close(out)
+            # the program could not be exec'd: the shell runs and reports it
+            if isinstance(error, OSError):
+                return None
+            raise
+        if direct.stdout is None:
+            return running
+        os.close(out)  # the command has the file; there is nothing to capture
+        return replace(running, stdout=-1)
+
+    def _program(self, name: str, path: str, exec_root: str) -> str | None:
+        """`find_program`, remembered for names looked up on a PATH of absolute folders only."""
+        key = (name, path)
+        found = self._programs.get(key)
+        if found is None:
+            found = find_program(name, path, exec_root)
+            if found is not None and "/" not in name \
+                    and all(f.startswith("/") for f in path.split(":")):
+                self._programs[key] = found
+        return found
+
+    def _launch(self, action: Action, argv: list[str], sandbox: str, env: dict[str, str], out: int,
+                err: int,
+                umask: int = -1, program: str | None = None,
+                direct: Direct | None = None) -> Running:
+        """Start `argv` in its own session, in the sandbox's `exec/`, on the processors it is given;
+        `program`: the file to exec when `argv` runs without the shell, as `direct` says."""
+        started = time.monotonic()
+        with self._lock:
+            if self._cancelled:
+                return Running(sandbox, action.outputs, out, err, started, None, ())
+            processors = self._pin(action.resources[0])
+        try:
+            self._confine(processors)
+            process = subprocess.Popen(
+                argv, executable=program, cwd=sandbox + "/exec", env=env, stdin=_devnull(),
+                stdout=out, stderr=err, start_new_session=True, umask=umask,
+            )
+        except BaseException:
+            with self._lock:
+                self._unpin(processors)
+            raise
+        finally:
+            if threading.current_thread() is threading.main_thread():
+                self._confine(())  # only worker threads keep the mask of their last action
+        # a cancel that came during the spawn did not see this process: kill it here
+        with self._lock:
+            self._running.add(process.pid)
+            cancelled = self._cancelled
+            self.stopped += cancelled
+        self._guard.watch(process.pid)
+        if cancelled:
+            _kill_group(process.pid)
+        deadline = started + action.timeout if action.timeout else None
+        return Running(sandbox, action.outputs, out, err, started, process, processors, deadline,
+                       direct)
+
+    def _reap(self, running: Running) -> tuple[int, bool, ResourceUsage | None, bytes]:
+        """Wait for a launched command: its exit code, whether it timed out, its usage, and what
+        the shell would have added to its stderr (a command run without it that a signal killed)."""
+        if running.process is None:  # cancelled before it started
+            return -signal.SIGTERM, False, None, b""
+        pid = running.process.pid
+        timed_out = False
+        try:
+            if running.deadline is not None and not _ends_by(pid, running.deadline):
+                timed_out = True
+                _kill_group(pid)
+            _, status, rusage = os.wait4(pid, 0)  # wait4, not wait: the rusage of the whole tree
+        finally:
+            with self._lock:
+                self._running.discard(pid)
+                self._unpin(running.processors)
+            _kill_group(pid)
+            self._guard.forget(pid)
+        usage = ResourceUsage(rusage.ru_utime, rusage.ru_stime, rusage.ru_maxrss,
+                              rusage.ru_inblock * 512, rusage.ru_oublock * 512)
+        running.process.returncode = os.waitstatus_to_exitcode(status)
+        # posbuild's kills hit the shell too
+        if running.direct is not None and not (timed_out or self._cancelled):
+            code, note = shell_status(status, running.direct, pid)
+            return code, timed_out, usage, note
+        return running.process.returncode, timed_out, usage, b""
+
+    def _pin(self, cpu: int) -> tuple[int, ...]:
+        """Choose `cpu` processors for an action and count them as used (called under the lock)."""
+        if cpu < 1 or not self._processors:
+            return ()
+        chosen = tuple(sorted(sorted(self._processors, key=lambda p: (self._pinned[p], p))[:cpu]))
+        for processor in chosen:
+            self._pinned[processor] += 1
+        return chosen
+
+    def _confine(self, processors: tuple[int, ...]) -> None:
+        """Give the calling thread the mask its next command inherits: `processors`, or all of
+        posbuild's when empty. A system call only when the thread's mask differs, which for a
+        worker running one action after another is rarely the case."""
+        wanted = processors or self._processors
+        if wanted and getattr(self._masks, "current", self._processors) != wanted:
+            os.sched_setaffinity(0, wanted)
+            self._masks.current = wanted
+
+    def _unpin(self, processors: tuple[int, ...]) -> None:
+        for processor in processors:
+            self._pinned[processor] -= 1
+
+
+# what staging made in a folder: name → its own layout, or None for a file
+_Layout = dict[str, "_Layout | None"]
+_FOLDER = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+def _stage(root: str, action: Action, sandbox: str, link_large: bool = False) -> _Layout:
+    """Make a sandbox: `tmp/`, and `exec/` with the action's inputs at their workspace paths and
+    the folders of its outputs. Returns what it made (the outputs as files), for `remove_tree`."""
+    try:
+        os.mkdir(sandbox)
+    except FileNotFoundError:  # the first sandbox under a base nobody has made yet
+        os.makedirs(sandbox)
+    os.mkdir(sandbox + "/tmp")
+    os.mkdir(sandbox + "/exec")
+    exec_layout: _Layout = {}
+    for path in (*action.inputs, *action.outputs):
+        folder, made = exec_layout, sandbox + "/exec"
+        *parents, name = path.split("/")
+        for part in parents:
+            made += "/" + part
+            if part not in folder:
+                folder[part] = {}
+                os.mkdir(made)
+            folder = folder[part]  # type: ignore[assignment]
+        folder[name] = None
+    for path in action.inputs:
+        _stage_file(root + path, f"{sandbox}/exec/{path}", link_large)
+    return {"tmp": {}, "exec": exec_layout}
+
+
+_null: int | None = None  # /dev/null, opened once per process for every command's stdin
+
+
+def _devnull() -> int:
+    """A descriptor of /dev/null (`subprocess.DEVNULL` would open and close one per command)."""
+    global _null
+    if _null is None:
+        _null = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
+    return _null
+
+
+def _open_redirect(path: str, umask: int) -> int:
+    """Open a `> path` target as the shell does (created 0666 less the umask, else truncated).
+    `umask` >= 0: the command's umask differs from posbuild's, so a new file gets its mode from
+    it."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC
+    if umask < 0:
+        return os.open(path, flags, 0o666)
+    try:
+        fd = os.open(path, flags | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return os.open(path, flags, 0o666)
+    os.fchmod(fd, 0o666 & ~umask)
+    return fd
+
+
+def _capture_file(sandbox: str, name: str) -> int:
+    """Where the command's stdout or stderr goes: an anonymous memory file where the system has
+    them (nothing to create or remove in the sandbox; the bytes are read into memory anyway),
+    else a file in the sandbox."""
+    if hasattr(os, "memfd_create"):
+        return os.memfd_create(name, os.MFD_CLOEXEC)
+    return os.open(f"{sandbox}/{name}", os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+
+
+def _read_all(fd: int) -> bytes:
+    """Everything written to a capture file (its offset is wherever the command left it)."""
+    return read_upto(fd, os.fstat(fd).st_size)
+
+
+def _stage_file(source: str, target: str, link_large: bool = False) -> None:
+    """Copy one input into the sandbox, keeping its executable bit. A large one is cloned where
+    the file system can (a reflink: instant, and a write lands in the copy), else copied too; with
+    `link_large` (the namespace sandbox, which binds it read-only in place) it is symlinked.
+
+    A plain open/sendfile/close: `shutil.copy` would add four `stat` calls and a `chmod`.
+    """
+    fd_in = os.open(source, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        info = os.fstat(fd_in)
+        if link_large and info.st_size >= LINK_LIMIT:
+            os.symlink(source, target)
+            return
+        fd_out = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC,
+                         info.st_mode & 0o777)
+        try:
+            if info.st_size >= LINK_LIMIT and _clone(fd_in, fd_out):
+                return
+            offset = 0
+            while offset < info.st_size:
+                sent = os.sendfile(fd_out, fd_in, offset, info.st_size - offset)
+                if sent == 0:
+                    break
+                offset += sent
+        finally:
+            os.close(fd_out)
+    finally:
+        os.close(fd_in)
+
+
+_FICLONE = 0x40049409  # ioctl: share the source's blocks copy-on-write (btrfs, XFS, bcachefs ...)
+
+
+def _clone(fd_in: int, fd_out: int) -> bool:
+    """Make `fd_out` a reflink of `fd_in`; False where the file system cannot (then copy)."""
+    try:
+        fcntl.ioctl(fd_out, _FICLONE, fd_in)
+    except OSError:
+        return False
+    return True
+
+
+def read_small(fd: int, limit: int) -> tuple[os.stat_result, bytes | None]:
+    """A produced file's stat and, when it holds at most `limit` bytes, its content: one fstat
+    and a read, no buffered file object (every action reads its small outputs back)."""
+    info = os.fstat(fd)
+    return info, (read_upto(fd, info.st_size) if info.st_size <= limit else None)
+
+
+def remove_tree(path: str, layout: _Layout | None = None) -> None:
+    """Remove a sandbox folder and everything in it.
+
+    Like `shutil.rmtree`, it walks folders by file descriptor and never follows a symbolic link
+    (a command may leave one pointing anywhere), with fewer system calls per folder, which
+    counts when every action makes and removes one. Given the `layout` staging made, it removes
+    those names without listing any folder, and lists what is left only when something else is
+    there (or a name is now something else). Anything unexpected is left to rmtree.
+    """
+    try:
+        fd = os.open(path, _FOLDER)
+    except FileNotFoundError:
+        return
+    except OSError:
+        shutil.rmtree(path, ignore_errors=True)
+        return
+    try:
+        _empty_folder(fd, layout)
+        os.rmdir(path)
+        return
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+    if layout is not None:
+        remove_tree(path)  # something else is there: list and remove what is left
+    else:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def _empty_folder(fd: int, layout: _Layout | None = None) -> None:
+    """Remove what a folder holds: the entries `layout` names (a file already gone is fine), or
+    without a layout whatever a listing finds. Subfolders are opened without following links."""
+    entries: list[tuple[str, bool, _Layout | None]]
+    if layout is None:
+        with os.scandir(fd) as listing:
+            entries = [(entry.name, entry.is_dir(follow_symlinks=False), None) for entry in listing]
+    else:
+        entries = [(name, inner is not None, inner) for name, inner in layout.items()]
+    for name, is_folder, inner in entries:
+        if not is_folder:
+            try:
+                os.unlink(name, dir_fd=fd)
+            except FileNotFoundError:  # an output not made, or already moved out
+                pass
+            continue
+        child = os.open(name, _FOLDER, dir_fd=fd)
+        try:
+            _empty_folder(child, inner)
+        finally:
+            os.close(child)
+        os.rmdir(name, dir_fd=fd)
+
+
+def _kill_group(group: int) -> None:
+    try:
+        os.killpg(group, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+OWNER_SUFFIX = ".owner"
+
+
+_claims: dict[str, list[int]] = {}  # owner mark → [its locked descriptor, Sandboxes sharing it]
+_claims_lock = threading.Lock()
+
+
+def _claim(path: str) -> None:
+    """Create and lock `path` for as long as this process builds: its sandboxes' owner mark. The
+    kernel drops the lock when the process dies, however it dies, so a free lock means a dead
+    owner even if its pid has been reused meanwhile. One mark per process, shared."""
+    with _claims_lock:
+        claim = _claims.get(path)
+        if claim is None:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            claim = _claims[path] = [fd, 0]
+        claim[1] += 1
+
+
+def _release(path: str) -> None:
+    """Drop one share of the claim on `path`; the last one removes the mark."""
+    with _claims_lock:
+        claim = _claims[path]
+        claim[1] -= 1
+        if claim[1] == 0:
+            del _claims[path]
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
+            os.close(claim[0])
+
+
+def sweep_dead(base: Path) -> tuple[list[str], list[str]]:
+    """Remove what dead posbuild processes left under the sandbox base: every `<pid>-<n>` sandbox
+    and `<pid>.owner` mark whose mark no live process holds (or that has none). Only names posbuild
+    gives, in a base with posbuild's mark (owned.py): other files there are never touched. Returns
+    (the names removed, the names left because their owner lives: a build running now)."""
+    if not is_marked(base, SANDBOXES):  # not made by posbuild: nothing in it is a sandbox of its
+        return [], []
+    names = sorted(name for name in os.listdir(base) if SANDBOX_NAME.fullmatch(name))
+    owners = {name[:-len(OWNER_SUFFIX)] for name in names if name.endswith(OWNER_SUFFIX)}
+    live = {owner for owner in owners if lock_held(f"{base}/{owner}{OWNER_SUFFIX}")}
+    removed: list[str] = []
+    kept: list[str] = []
+    for name in names:
+        owner = name[:-len(OWNER_SUFFIX)] if name.endswith(OWNER_SUFFIX) else name.split("-", 1)[0]
+        if owner in live:
+            kept.append(name)
+            continue
+        path = f"{base}/{name}"
+        if os.path.isdir(path) and not os.path.islink(path):
+            remove_tree(path)
+            if os.path.lexists(path):  # read-only folders (an action's own chmod)
+                for folder, _, _ in os.walk(path):
+                    os.chmod(folder, 0o700)
+                shutil.rmtree(path, ignore_errors=True)
+        else:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
+        removed.append(name)
+    return removed, kept
+
+
+# The guard: a small process of its own that kills the process groups posbuild names to it when
+# posbuild's end closes its pipe, however posbuild ends. Its lines: "<group>" started, "-<group>"
+# reaped (a pipe holds thousands while it sleeps). It ignores the signals a terminal or `timeout`
+# sends to posbuild's group.
+_GUARD = """\
+import os, signal, time
+for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT):
+    signal.signal(s, signal.SIG_IGN)
+groups, rest = set(), b""
+while True:
+    chunk = os.read(0, 65536)
+    if not chunk:
+        break
+    time.sleep(0.02)  # let lines gather: one wake-up per 20 ms, not two per action
+    *lines, rest = (rest + chunk).split(b"\\n")
+    for line in lines:
+        if line.startswith(b"-"):
+            groups.discard(int(line[1:]))
+        elif line:
+            groups.add(int(line))
+for group in groups:
+    try:
+        os.killpg(group, signal.SIGKILL)
+    except OSError:
+        pass
+"""
+
+
+class _OrphanGuard:
+    """Makes sure no command of the folder sandbox outlives posbuild, even one killed by SIGKILL.
+
+    Commands run in sessions of their own (so a terminal's Ctrl-C reaches posbuild, which stops
+    them itself), so nothing the kernel does on posbuild's death reaches them. PR_SET_PDEATHSIG
+    would, but it must be set in the child between fork and exec (`preexec_fn`: unsafe with
+    threads, and it costs the fast spawn path), and it fires when the *thread* that forked ends.
+    Instead one guard process per posbuild process, started with its first command, holds the
+    read end of a pipe; posbuild writes each command's group to it (one small write per start and
+    per end). When posbuild dies the pipe closes, and the guard kills every group still named.
+    """
+
+    def __init__(self) -> None:
+        self._fd = -1  # the pipe's write end; -2: no guard could be started
+        self._pid = 0  # the process that started the guard (a forked child starts its own)
+        self._lock = threading.Lock()
+
+    def watch(self, group: int) -> None:
+        with self._lock:
+            if self._pid != os.getpid():
+                self._fd, self._pid = self._start(), os.getpid()
+            self._send(b"%d\n" % group)
+
+    def forget(self, group: int) -> None:
+        with self._lock:
+            if self._pid == os.getpid():
+                self._send(b"-%d\n" % group)
+
+    def _send(self, line: bytes) -> None:
+        """Tell the guard; if it is gone (someone killed it), commands go on unguarded."""
+        if self._fd >= 0:
+            try:
+                os.write(self._fd, line)
+            except OSError:
+                os.close(self._fd)
+                self._fd = -2
+
+    @staticmethod
+    def _start() -> int:
+        """Start the guard and return the write end of its pipe (-2: none could be started)."""
+        read, write = os.pipe()
+        try:
+            subprocess.Popen([sys.executable, "-S", "-E", "-c", _GUARD], stdin=read,
+                             stdout=_devnull(),
+                             stderr=_devnull(), start_new_session=True, close_fds=True)
+        except OSError:
+            os.close(write)
+            return -2
+        finally:
+            os.close(read)
+        return write
+
+
+class _NoGuard(_OrphanGuard):
+    def watch(self, group: int) -> None:
+        pass
+
+    def forget(self, group: int) -> None:
+        pass
+
+
+_ORPHANS = _OrphanGuard()
+_NO_GUARD = _NoGuard()

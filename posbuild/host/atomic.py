@@ -1,0 +1,32 @@
+"""Layer 0: write a small file so that a reader, or a crash, sees the old content or the new, never
+half.
+
+Used for posbuild's own state files (graph cache, up-to-date state, tree marker). The temp file
+sits beside the target, named `.tmp-<pid>-<thread>-<name>` (fsck recognises the prefix as a
+leftover of an interrupted write), and is renamed over the target. Standard-library `tempfile`
+would do the same, but importing it costs more start-up time than a no-op build should pay.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from pathlib import Path
+
+TEMP_PREFIX = ".tmp-"
+
+
+def write_atomically(path: Path, data: bytes) -> None:
+    """Replace `path` with `data` (creating its folder) by temp file + rename."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temp = path.with_name(f"{TEMP_PREFIX}{os.getpid()}-{threading.get_ident()}-{path.name}")
+    try:
+        with open(temp, "wb") as handle:
+            handle.write(data)
+        os.replace(temp, path)
+    except BaseException:
+        try:
+            os.unlink(temp)
+        except FileNotFoundError:
+            pass
+        raise

@@ -1,0 +1,477 @@
+"""Layer 2: turn loaded Targets into Actions — resolved inputs, expanded commands, a definition
+hash.
+
+Analysis answers "what exactly will run": every label in `srcs`/`tools` resolved to files (a
+source file, another rule's outputs, a filegroup's files), every `$(...)` of a genrule's `cmd`
+replaced by sandbox-relative paths, and the static part of the action key hashed once (`def_hash`),
+so that a rebuild only has to mix in input digests. The result is cached by graphcache.py.
+
+Version requirements (`requires`) are checked here, before anything runs: a target may require
+versions only of targets it depends on (through `srcs`/`tools`, directly or transitively), and
+each required key must be declared with the required value in that target's `version`, else
+ORCH-02. Because a checked graph is what the graph cache keeps, and any BUILD change invalidates
+it, a cached graph has always passed this check.
+
+Paths inside an action are workspace-relative, exactly as in the sandbox: a source file is
+`pkg/file`, a generated file `posbuild-out/pkg/file`.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Sequence
+
+from posbuild.core.action import (ACTION_SCHEMA, Action, ActionGraph, is_generated, out_path,
+                                  src_path)
+from posbuild.core.digest import hash_canonical
+from posbuild.errors import BuildFileError, CycleError, SourceLocation, VersionMismatch
+from posbuild.load.graph import toposort
+from posbuild.load.loader import package_hint
+from posbuild.core.label import Label, PatternKind, TargetPattern, did_you_mean, parse_label
+from posbuild.core.layout import OUT_DIR, STATE_DIR
+
+if TYPE_CHECKING:  # loading BUILD files is only needed when the graph cache misses
+    from posbuild.load.loader import Loader
+    from posbuild.load.pyimports import ImportScanner, Scan
+    from posbuild.core.target import Pairs, Target
+
+# bump when loading or analysis changes what graphs it makes or accepts: cached graphs are made
+# again
+CHECKS = 4
+# (3: a relative load() in a .bzl file is relative to that file; ownership stamps hidden folders;
+# 4: allow_secret_in_output is part of def_hash)
+KIND_VERSIONS = {"genrule": 1, "py_task": 1}
+
+
+def expand_patterns(patterns: Sequence[TargetPattern], packages: Sequence[str],
+                    loader: Loader) -> list[Label]:
+    """The rule targets selected by the patterns, in sorted order; an empty match is an error."""
+    selected: set[Label] = set()
+    for pattern in patterns:
+        if pattern.kind is PatternKind.SINGLE:
+            assert pattern.label is not None
+            if not pattern.label.package and "" not in packages:
+                raise BuildFileError(f"no such target '{pattern.label}': the workspace root has no "
+                                     "BUILD file"
+                                     + _package_hint(pattern.label, packages))
+            selected.add(_resolve_single(pattern.label, loader, packages))
+            continue
+        if pattern.package and pattern.package not in packages and pattern.kind is PatternKind.ALL:
+            raise BuildFileError(
+                f"no such package '//{pattern.package}'" + package_hint(pattern.package, packages))
+        found = [t.label for p in packages if pattern.covers_package(p)
+                 for t in loader.package(p).targets]
+        if not found:
+            raise BuildFileError(f"pattern '{pattern}' matches no targets")
+        selected.update(found)
+    return sorted(selected)
+
+
+def _resolve_single(label: Label, loader: Loader, packages: Sequence[str]) -> Label:
+    package = loader.package(label.package)
+    names = {t.label.name for t in package.targets}
+    if label.name in names:
+        return label
+    for target in package.targets:
+        if label.name in target.outs:
+            return target.label
+    raise BuildFileError(f"no such target '{label}'" + (_package_hint(label, packages)
+                                                         or did_you_mean(label.name, names)))
+
+
+def _package_hint(label: Label, packages: Sequence[str]) -> str:
+    """`posbuild build p/q` reads as the target `p/q` of the current package; if `p/q` is a
+    package, say how to name its targets."""
+    folder = src_path(label.package, label.name)
+    return f" (did you mean '//{folder}:all'?)" if folder in packages else ""
+
+
+class Analyzer:
+    """Resolves references between targets and produces the ActionGraph for a set of roots."""
+
+    def __init__(self, loader: Loader) -> None:
+        self._loader = loader
+        self._targets: dict[str, Target] = {}
+        self._refs: dict[str, list[_Ref]] = {}
+        self._scanner: ImportScanner | None = None
+        # Python files scanned for imports: the graph cache stamps them
+        self.files_read: set[str] = set()
+
+    def analyze(self, roots: Sequence[Label]) -> ActionGraph:
+        try:
+            order = toposort([str(r) for r in roots], self._edges)
+        except CycleError as error:
+            raise self._located(error) from None
+        for name in order:
+            if self._targets[name].requires:
+                self._check_requires(self._targets[name])
+        files: dict[str, tuple[str, ...]] = {}
+        producer: dict[str, int] = {}
+        actions: list[Action] = []
+        for name in order:
+            target = self._targets[name]
+            if target.kind == "filegroup":
+                files[name] = self._files_of(name, files, "srcs")
+                continue
+            if target.kind == "py_task":
+                action = self._py_task(target, files, producer)
+            else:
+                action = self._genrule(target, files, producer)
+            files[name] = action.outputs
+            for out in action.outputs:
+                producer[out] = len(actions)
+            actions.append(action)
+        requested = tuple(sorted({f for r in roots for f in files[str(r)]}))
+        return ActionGraph(tuple(actions), requested)
+
+    def _located(self, error: CycleError) -> CycleError:
+        """The cycle with the BUILD line of each target on it."""
+        def where(name: str) -> str:
+            location = self._targets[name].location
+            return f"{name} ({location})" if location else name
+
+        cycle = error.cycle
+        return CycleError(" -> ".join([*map(where, cycle[:-1]), cycle[-1]]), cycle)
+
+    def _target(self, label: Label) -> Target:
+        key = str(label)
+        if key not in self._targets:
+            package = self._loader.package(label.package)
+            for target in package.targets:
+                self._targets.setdefault(str(target.label), target)
+        return self._targets[key]
+
+    def _edges(self, name: str) -> list[str]:
+        """Rule targets that `name` depends on; also records how each attribute entry resolved."""
+        if name not in self._refs:
+            target = self._target(_parse(name))
+            self._refs[name] = [
+                self._resolve(target, attr, text) for attr in ("srcs", "tools")
+                for text in getattr(target, attr)
+            ]
+            if target.kind == "py_task":
+                self._refs[name].extend(self._py_code_refs(target))
+        return [str(ref.target) for ref in self._refs[name] if ref.target is not None]
+
+    def _resolve(self, target: Target, attr: str, text: str) -> _Ref:
+        """What one srcs/tools entry names: a rule, one output of a rule, or a source file."""
+        where = f"{target.label}: {attr} entry '{text}'"
+        try:
+            label = parse_label(text, target.label.package)
+        except BuildFileError as error:
+            raise BuildFileError(f"{where}: {error.detail}", target.location) from None
+        try:
+            package = self._loader.package(label.package)
+        except BuildFileError as error:
+            raise BuildFileError(f"{where}: {error.detail}", target.location) from None
+        key = str(label)
+        rule = package.by_name.get(label.name)
+        if rule is not None:
+            return _Ref(attr, key, rule.label, None)
+        producer = package.by_output.get(label.name)
+        if producer is not None:
+            return _Ref(attr, key, producer.label, out_path(label.package, label.name))
+        path = src_path(label.package, label.name)
+        if not label.package and label.name.split("/", 1)[0] in (OUT_DIR, STATE_DIR):
+            raise BuildFileError(f"{where}: {_not_a_source(label.name)}", target.location)
+        if not (self._loader.root / path).is_file():
+            names = [t.label.name for t in package.targets]
+            raise BuildFileError(
+                f"{where}: no such target or source file '{label}'" + did_you_mean(
+                    label.name, names),
+                target.location,
+            )
+        if label.package != target.label.package and label.name not in package.exports:
+            raise BuildFileError(
+                f"{where}: '{label}' is a source file of another package; "
+                f"add exports_files([\"{label.name}\"]) to {package.build_file}",
+                target.location,
+            )
+        return _Ref(attr, key, None, path)
+
+    def _check_requires(self, target: Target) -> None:
+        """Each `requires` entry names a rule this target depends on, declaring the required
+        versions."""
+        depends_on: set[str] | None = None
+        for text, wanted in target.requires:
+            where = f"{target.label}: requires entry '{text}'"
+            try:
+                label = parse_label(text, target.label.package)
+                package = self._loader.package(label.package)
+            except BuildFileError as error:
+                raise BuildFileError(f"{where}: {error.detail}", target.location) from None
+            required = next((t for t in package.targets if t.label.name == label.name), None)
+            if required is None:
+                producer = next((t for t in package.targets if label.name in t.outs), None)
+                hint = (f"; name the rule that produces it, '{producer.label}'"
+                        if producer is not None
+                        else did_you_mean(label.name, [t.label.name for t in package.targets]))
+                raise BuildFileError(f"{where}: '{label}' is not a rule target" + hint,
+                                     target.location)
+            if depends_on is None:
+                depends_on = self._dependencies(str(target.label))
+            if str(required.label) not in depends_on:
+                raise BuildFileError(
+                    f"{where}: {required.label} is not a dependency of {target.label}; a target "
+                    "may require versions only of targets it depends on through srcs or tools "
+                    "(directly or transitively)",
+                    target.location,
+                )
+            declared = dict(required.version)
+            unmet = [(key, value) for key, value in wanted if declared.get(key) != value]
+            if unmet:
+                asked = " and ".join(f"{key}={value}" for key, value in unmet)
+                found = " and ".join(
+                    f"{key}={declared[key]}" if key in declared else f"no {key}" for key, _ in unmet
+                )
+                raise VersionMismatch(
+                    f"{target.label} requires {required.label} {asked}, but {required.label} "
+                    f"declares {found}",
+                    target.location,
+                )
+
+    def _dependencies(self, name: str) -> set[str]:
+        """Every rule target `name` depends on, transitively (its edges are already resolved)."""
+        seen: set[str] = set()
+        stack = self._edges(name)
+        while stack:
+            other = stack.pop()
+            if other not in seen:
+                seen.add(other)
+                stack.extend(self._edges(other))
+        return seen
+
+    def _files_of(self, name: str, files: dict[str, tuple[str, ...]], attr: str) -> tuple[str, ...]:
+        result: dict[str, None] = {}
+        for ref in self._refs[name]:
+            if ref.attr == attr:
+                result.update(dict.fromkeys(ref.files(files)))
+        return tuple(result)
+
+    def _genrule(self, target: Target, files: dict[str, tuple[str, ...]], producer: dict[str, int],
+                 command: str | None = None) -> Action:
+        name = str(target.label)
+        srcs = self._files_of(name, files, "srcs")
+        tools = self._files_of(name, files, "tools")
+        outputs = tuple(out_path(target.label.package, o) for o in target.outs)
+        if command is None:
+            command = _Expander(target, srcs, outputs, self._location_map(name, files))(target.cmd)
+        inputs = tuple(sorted(set(srcs) | set(tools)))
+        deps = tuple(sorted({producer[p] for p in inputs if p in producer}))
+        resources, env = declared_resources(target.resources, target.env)
+        definition = [ACTION_SCHEMA, target.kind, KIND_VERSIONS[target.kind], command,
+                      inputs, sorted(tools), outputs, env, target.version]
+        # the names (never the values): declaring another secret re-runs the action
+        if target.secrets:
+            definition.append(list(target.secrets))
+            # a result holding a secret never serves an action forbidding one
+            if target.allow_secret_in_output:
+                definition.append("allow_secret_in_output")
+        def_hash = hash_canonical(definition)
+        return Action(
+            label=name, kind=target.kind, command=command, inputs=inputs,
+            tools=tuple(sorted(tools)),
+            outputs=outputs, env=env, versions=target.version, timeout=target.timeout,
+            tags=target.tags, def_hash=def_hash, deps=deps,
+            sources=tuple(p for p in inputs if not is_generated(p)), resources=resources,
+            message=target.message,
+            secrets=target.secrets, allow_secret_in_output=target.allow_secret_in_output,
+        )
+
+    def _py_task(self, target: Target, files: dict[str, tuple[str, ...]],
+                 producer: dict[str, int]) -> Action:
+        """A py_task: `<interpreter> <script> <args...>`, each word shell-quoted, with a fixed
+        Python env.
+
+        The interpreter is the one running posbuild (`sys.executable`), the interpreter the
+        environment fingerprint h_E describes. Its code (script, deps, imported workspace
+        modules) was added to the tools by `_py_code_refs`.
+        """
+        import shlex
+        import sys
+
+        from posbuild.core.target import PY_TASK_ENV
+
+        name = str(target.label)
+        outputs = tuple(out_path(target.label.package, o) for o in target.outs)
+        locations = self._location_map(name, files)
+        script = locations[str(parse_label(target.script, target.label.package))]
+        if len(script) != 1:
+            raise BuildFileError(f"{name}: script '{target.script}' must name exactly one file, "
+                                 f"but it names {len(script)}", target.location)
+        expand = _Expander(target, self._files_of(name, files, "srcs"), outputs, locations, "args")
+        words = [sys.executable, script[0]]
+        for arg in target.args:
+            words.extend(expand.words(arg))
+        command = " ".join(shlex.quote(word) for word in words)
+        env = tuple(sorted({**dict(target.env), **dict(PY_TASK_ENV)}.items()))
+        return self._genrule(replace(target, env=env), files, producer, command=command)
+
+    def _py_code_refs(self, target: Target) -> list[_Ref]:
+        """A py_task's code, as tools: its script, its `deps`, and the workspace modules they
+        import.
+
+        The imports of the script and of the `.py` source files in `deps` are read (pyimports.py);
+        a generated script's imports are not (it does not exist yet): list its modules in `deps`.
+        """
+        named = [self._resolve(target, "script", target.script)]
+        named.extend(self._resolve(target, "deps", text) for text in target.deps)
+        code = [_Ref("tools", ref.key, ref.target, ref.file) for ref in named]
+        script = named[0].file if named[0].target is None else None
+        if script is not None:
+            extra = tuple(r.file for r in named[1:] if r.target is None and r.file
+                          and r.file.endswith(".py"))
+            scan = self._scan(target, script, extra)
+            code.extend(_Ref("tools", path, None, path) for path in scan.modules)
+        return code
+
+    def _scan(self, target: Target, script: str, extra: tuple[str, ...]) -> Scan:
+        from posbuild.load.pyimports import ImportScanner, ScanError
+
+        if self._scanner is None:
+            self._scanner = ImportScanner(str(self._loader.root))
+        try:
+            scan = self._scanner.scan(script, extra)
+        except ScanError as error:
+            where = "" if error.path == script else f" (in a module that {script} imports)"
+            raise BuildFileError(f"{target.label}: {error.detail}{where}",
+                                 SourceLocation(error.path, error.line)) from None
+        self.files_read.update(scan.files_read)
+        return scan
+
+    def _location_map(self, name: str,
+                      files: dict[str, tuple[str, ...]]) -> dict[str, tuple[str, ...]]:
+        """Files of every label written in srcs/tools, keyed by the label's canonical form."""
+        return {ref.key: ref.files(files) for ref in self._refs[name]}
+
+
+
+THREAD_VARIABLES = ("MKL_NUM_THREADS", "NUMEXPR_NUM_THREADS", "OMP_NUM_THREADS",
+                    "OPENBLAS_NUM_THREADS")
+
+
+def declared_resources(declared: Sequence[tuple[str, int]],
+                       env: Pairs) -> tuple[tuple[int, int, int], Pairs]:
+    """An action's (cpu, mem_mb, io) and its environment with the thread-count variables set to cpu.
+
+    The numerical libraries' thread pools then match the processors the action is pinned to. The
+    variables are part of the action's env, hence of its key: changing `cpu` re-executes the
+    action (mem_mb and io do not change what it computes, so they stay out of the key). A variable
+    the target's `env` sets itself is kept as written; with cpu=0 none is added.
+    """
+    values = {"cpu": 1, "mem_mb": 0, "io": 0, **dict(declared)}
+    cpu = values["cpu"]
+    if cpu > 0:
+        env = tuple(sorted({**{name: str(cpu) for name in THREAD_VARIABLES}, **dict(env)}.items()))
+    return (cpu, values["mem_mb"], values["io"]), env
+
+
+def _not_a_source(path: str) -> str:
+    """Why a path under posbuild-out/ or .posbuild/ is no source: reading it would bypass its
+    owner."""
+    folder, _, rest = path.partition("/")
+    if folder == STATE_DIR:
+        return f"{STATE_DIR}/ holds posbuild's own state, not sources"
+    package, _, name = rest.rpartition("/")
+    return (f"{OUT_DIR}/ holds the outputs of rules, not sources; name the rule that produces it "
+            f"(e.g. //{package}:{name})")
+
+
+def _parse(name: str) -> Label:
+    return parse_label(name, "")
+
+
+@dataclass(frozen=True, slots=True)
+class _Ref:
+    """How one srcs/tools entry resolved: a rule (`target`), one file (`file`), or a rule's one
+    output."""
+
+    attr: str
+    key: str
+    target: Label | None
+    file: str | None
+
+    def files(self, files_of_targets: dict[str, tuple[str, ...]]) -> tuple[str, ...]:
+        if self.file is not None:
+            return (self.file,)
+        return files_of_targets[str(self.target)]
+
+
+_MAKE_VAR = re.compile(r"\$(\$|<|@|\(([^)\s]+)(?:\s+([^)]*))?\))")
+
+
+class _Expander:
+    """Bazel's genrule substitutions: $(SRCS) $(OUTS) $< $@ $(location L) $(locations L) $(@D)
+    $$."""
+
+    def __init__(self, target: Target, srcs: tuple[str, ...], outs: tuple[str, ...],
+                 locations: dict[str, tuple[str, ...]], attr: str = "cmd") -> None:
+        self._target = target
+        self._srcs = srcs
+        self._outs = outs
+        self._locations = locations
+        self._attr = attr
+
+    def __call__(self, cmd: str) -> str:
+        return _MAKE_VAR.sub(self._replace, cmd)
+
+    def words(self, arg: str) -> list[str]:
+        """One py_task argument: alone, `$(SRCS)`, `$(OUTS)` or `$(locations L)` give one word per
+        file."""
+        match = _MAKE_VAR.fullmatch(arg)
+        if match is not None:
+            variable = match.group(2)
+            if variable in ("SRCS", "OUTS"):
+                return list(self._srcs if variable == "SRCS" else self._outs)
+            if variable in ("locations", "execpaths"):
+                return list(self._location_paths(variable, (match.group(3) or "").strip()))
+        return [self(arg)]
+
+    def _fail(self, detail: str) -> BuildFileError:
+        return BuildFileError(f"{self._target.label}: {self._attr}: {detail}",
+                              self._target.location)
+
+    def _one(self, paths: tuple[str, ...], what: str) -> str:
+        if len(paths) != 1:
+            raise self._fail(f"{what} needs exactly one file, but there are {len(paths)}")
+        return paths[0]
+
+    def _replace(self, match: re.Match[str]) -> str:
+        token, variable, argument = match.group(1), match.group(2), match.group(3)
+        if token == "$":
+            return "$"
+        if token == "<":
+            return self._one(self._srcs, "$<")
+        if token == "@":
+            return self._one(self._outs, "$@")
+        if variable in ("location", "locations", "execpath", "execpaths"):
+            return self._location(variable, (argument or "").strip())
+        simple = {"SRCS": self._srcs, "OUTS": self._outs}
+        if variable in simple:
+            return " ".join(simple[variable])
+        if variable in ("@D", "RULEDIR"):
+            return out_path(self._target.label.package, "").rstrip("/")
+        raise self._fail(f"unknown variable '$({variable})' (write '$$' for a literal '$')")
+
+    def _location(self, variable: str, text: str) -> str:
+        paths = self._location_paths(variable, text)
+        if variable.endswith("s"):
+            return " ".join(paths)
+        return self._one(paths, f"$({variable} {text})")
+
+    def _location_paths(self, variable: str, text: str) -> tuple[str, ...]:
+        package = self._target.label.package
+        if not text:
+            raise self._fail(f"$({variable}) needs a label, as in $({variable} //pkg:name)")
+        try:
+            label = parse_label(text, package)
+        except BuildFileError as error:
+            raise self._fail(error.detail) from None
+        paths = self._locations.get(str(label))
+        if paths is None and label.package == package and label.name in self._target.outs:
+            paths = (out_path(package, label.name),)
+        if paths is None:
+            raise self._fail(f"$({variable} {text}): '{text}' is not in srcs, tools or outs")
+        return paths
+

@@ -1,0 +1,190 @@
+"""Layer 2: put outputs into `posbuild-out/` atomically and read-only, and check them cheaply.
+
+Every file under `posbuild-out/` appears complete in one step, so no reader and no crash ever sees
+half of one. A new file is written unnamed in its folder (`O_TMPFILE`) and linked into place once
+complete: a crash leaves nothing of it, and no file-system-wide rename lock is taken (two workers
+renaming out of one temp folder spent a tenth of a cold build's processor time spinning on it).
+A file that replaces another, or one on a file system without `O_TMPFILE`, is written as a temp
+file in `.posbuild/tmp` and renamed over its target. Files are made read-only (0444, or 0555 when
+executable) so an editor refuses to change them; and since they are copies, never hard links into
+the store, even a forced edit cannot corrupt a blob. A materialized file's stat signature goes
+into the stat memo, so the next build knows it is intact by one `stat()`. An action's output is
+taken out of its sandbox through the descriptors nofollow.py opened, never by a path there.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import shutil
+import threading
+from pathlib import Path
+
+from posbuild.host.nofollow import Opened
+from posbuild.core.records import FileState, OutputFile, Signature, signature
+from posbuild.store.lmdbstore import Store
+
+# The stat signature of a memo row committed before its file is put in place (execute.py): no
+# file ever has it, so the row settles nothing, but it names the digest the path is getting.
+INSTALLING: Signature = (0, 0, 0, 0)
+
+
+def _mode(executable: bool) -> int:
+    return 0o555 if executable else 0o444
+
+
+class Materializer:
+    """Writes and checks the files of `posbuild-out/` for one workspace."""
+
+    def __init__(self, root: Path, store: Store, temp_dir: Path) -> None:
+        # paths are plain strings here: this runs once per output of every action
+        self._root = str(root)
+        self._store = store
+        self._temp_dir = temp_dir
+        self._folders: set[str] = set()
+        self._renames = True  # False once a rename from the sandboxes proved to cross file systems
+
+    def clear_temp(self) -> None:
+        """Remove temp files a killed build left half-written, and make the folder for new ones.
+
+        Temps live in one folder of their own (on the same file system as `posbuild-out/`, so the
+        final rename stays atomic), never beside the outputs, so none can linger there.
+        """
+        shutil.rmtree(self._temp_dir, ignore_errors=True)
+        self._temp_dir.mkdir(parents=True, exist_ok=True)
+
+    def current(self, output: OutputFile) -> FileState | None:
+        """The file's state if `posbuild-out/` already holds exactly this output, else None.
+
+        One stat and one memo read: the memo row was written when posbuild put the file there.
+        """
+        try:
+            sig = signature(os.stat(os.path.join(self._root, output.path)))
+        except FileNotFoundError:
+            return None
+        memo = self._store.get_memo(output.path)
+        return memo if memo is not None and memo.signature == sig \
+            and memo.digest == output.digest else None
+
+    def install(self, produced: Opened, output: OutputFile, data: bytes | None) -> FileState:
+        """Put a file an action just produced into place: renamed by its folder's descriptor on
+        the same file system, else copied from its descriptor (or `data`, when the caller already
+        read it); never by a path through the sandbox, whose folders may be links by now
+        (nofollow.py). A rename that moved another file than the one found (something outside
+        the sandbox swapped it since) is undone and fails; a file with other names (a hard link
+        the action made) is copied. Sandboxes on another file system (a memory one) are learned
+        from the first rename that fails, not retried for every file."""
+        target = self._target(output)
+        # a hard link's other names must not change with it
+        if self._renames and produced.stat.st_nlink == 1:
+            try:
+                os.rename(produced.name, target, src_dir_fd=produced.folder)
+            # something outside the sandbox removed it since it was hashed
+            except FileNotFoundError:
+                raise FileNotFoundError(errno.ENOENT,
+                                        "output removed from its sandbox before it was installed",
+                                        output.path) from None
+            except OSError as error:
+                if error.errno != errno.EXDEV:
+                    raise
+                self._renames = False
+            else:
+                info = os.stat(target, follow_symlinks=False)
+                if (info.st_ino, info.st_dev) != (produced.stat.st_ino, produced.stat.st_dev):
+                    os.unlink(target)
+                    raise OSError(errno.ESTALE,
+                                  "output replaced in its sandbox after it was hashed; nothing "
+                                  "installed",
+                                  output.path)
+                # the file checked just above, in posbuild-out/
+                os.chmod(target, _mode(output.executable))
+                return FileState(signature(os.stat(target)), output.digest)
+        if data is not None:
+            self._write(target, output, data)
+        else:
+            with produced.reading() as fd:
+                self._write(target, output, fd)
+        return FileState(signature(os.stat(target)), output.digest)
+
+    def restore(self, output: OutputFile) -> FileState:
+        """Write an output from its (verified) blob, as after `posbuild clean` or a hand edit."""
+        target = self._target(output)
+        self._write(target, output, self._store.get_blob(output.digest))
+        return FileState(signature(os.stat(target)), output.digest)
+
+    def _target(self, output: OutputFile) -> str:
+        target = f"{self._root}/{output.path}"
+        folder = os.path.dirname(target)
+        if folder not in self._folders:
+            os.makedirs(folder, exist_ok=True)
+            self._folders.add(folder)
+        return target
+
+    def _write(self, target: str, output: OutputFile, content: bytes | int) -> None:
+        """Write a complete read-only file at `target`: linked in from an unnamed file when the
+        path is free, else written beside the others in the temp folder and renamed over it."""
+        mode = _mode(output.executable)
+        if not os.path.lexists(target) and _link_unnamed(target, mode, content):
+            return
+        temp = self._temp_dir / f"{os.path.basename(target)}.{threading.get_ident()}"
+        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
+        try:
+            try:
+                _fill(fd, content)
+            finally:
+                os.close(fd)
+            os.rename(temp, target)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(temp)
+            raise
+
+
+_proc: int | None = None  # /proc, opened once per process; -1 when unnamed files cannot be linked
+
+
+def _link_unnamed(target: str, mode: int, content: bytes | int) -> bool:
+    """Write `content` as an unnamed file in the target's folder and link it in as `target`.
+
+    False, with nothing written, where the file system or the system cannot (no `O_TMPFILE`, no
+    `/proc`), or when something appeared at `target` meanwhile: the caller then renames instead.
+    """
+    global _proc
+    if _proc is None:
+        try:
+            _proc = os.open("/proc", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC) \
+                if hasattr(os, "O_TMPFILE") else -1
+        except OSError:
+            _proc = -1
+    if _proc < 0:
+        return False
+    try:
+        fd = os.open(os.path.dirname(target), os.O_WRONLY | os.O_TMPFILE | os.O_CLOEXEC, mode)
+    except OSError as error:
+        if error.errno in (errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL):
+            return False
+        raise
+    try:
+        _fill(fd, content)
+        # linkat(2) of /proc/self/fd/N with AT_SYMLINK_FOLLOW: a directory fd makes os.link use
+        # linkat
+        os.link(f"self/fd/{fd}", target, src_dir_fd=_proc, follow_symlinks=True)
+    except FileExistsError:
+        return False
+    finally:
+        os.close(fd)
+    return True
+
+
+def _fill(fd: int, content: bytes | int) -> None:
+    """Write all of `content` (bytes, or the whole file open as descriptor `content`) to `fd`."""
+    if isinstance(content, bytes):
+        view = memoryview(content)
+        while view:
+            view = view[os.write(fd, view):]
+        return
+    offset = 0
+    # by offset: the source's own is left alone
+    while sent := os.sendfile(fd, content, offset, 1 << 30):
+        offset += sent
