@@ -9,7 +9,7 @@ is paid by every build. This script measures it two ways, on the same work:
   (`.posbuild/` and `posbuild-out/` deleted) with `[sandbox] mode = "namespace"` and then
   `"folder"`, alternating, several times. Per action = median wall time / number of actions.
   Outputs of both modes are compared byte for byte;
-* **spawn only**: `Sandboxes.run` + `remove` of one trivial action (two inputs, one output)
+* **spawn only**: `LocalSpawner.run` + `remove` of one trivial action (two inputs, one output)
   in a loop, in-process, without the build around it: the sandbox's own cost.
 
 Prints ms/action for each mode and the difference. Needs bwrap to work (else it says why and
@@ -70,10 +70,10 @@ def outputs(root: Path) -> dict[str, bytes]:
 
 
 def spawn_only(root: Path, loops: int) -> dict[str, float]:
-    """Median seconds of one Sandboxes.run + remove of a trivial action, per mode."""
+    """Median seconds of one LocalSpawner.run + remove of a trivial action, per mode."""
     from posbuild.core.action import Action
     from posbuild.workspace.config import load_config
-    from posbuild.exec.sandbox import Sandboxes, choose_isolation
+    from posbuild.exec.sandbox import LocalSpawner, choose_isolation
 
     (root / "pkg").mkdir(parents=True, exist_ok=True)
     for name in ("a.txt", "b.txt"):
@@ -91,7 +91,7 @@ def spawn_only(root: Path, loops: int) -> dict[str, float]:
         isolation, notice = choose_isolation(config)
         if notice:
             sys.exit(notice)
-        sandboxes = Sandboxes(config.root, config.sandbox_dir, isolation)
+        sandboxes = LocalSpawner(config.root, config.sandbox_dir, isolation)
         sandboxes.clear_stale()
         samples = []
         for _ in range(loops):

@@ -44,7 +44,8 @@ from posbuild.core.reasons import differences, one_line
 from posbuild.core.records import (ActionResult, FileState, Outcome, OutputFile, RecordState,
                                    Signature)
 from posbuild.engine.resources import memory_overrun
-from posbuild.exec.sandbox import ActionSandboxes, SpawnResult, read_small
+from posbuild.exec.sandbox import read_small
+from posbuild.exec.spawner import Spawner, SpawnResult
 from posbuild.store.lmdbstore import INLINE_LIMIT, Commit, Store
 from posbuild.store.journal import Journal, Row
 from posbuild.engine.scheduler import current_slot
@@ -112,7 +113,7 @@ class Started:
 class Rebuilder:
     """Check-or-run for the actions of one build; upstream output digests are shared state."""
 
-    def __init__(self, root: Path, store: Store, files: FileStates, sandboxes: ActionSandboxes,
+    def __init__(self, root: Path, store: Store, files: FileStates, sandboxes: Spawner,
                  env_hash: Digest, passed_env: Sequence[tuple[str, str]] = (),
                  previous: BuildState | None = None, dry_run: bool = False, verify: bool = False,
                  journal: Journal | None = None, explain: bool = False,

@@ -29,14 +29,15 @@ from posbuild.core.records import RUN_OUTCOMES, BuildRow, Manifest, Outcome, Out
 from posbuild.workspace.roles import Grant
 from posbuild.engine.reporter import Reporter
 from posbuild.engine.resources import critical_path
-from posbuild.exec.sandbox import ActionSandboxes, Sandboxes, choose_isolation
+from posbuild.exec.sandbox import LocalSpawner, choose_isolation
+from posbuild.exec.spawner import Spawner
 from posbuild.engine.scheduler import Scheduler, State
 from posbuild.workspace.secrets import SecretSource, SecretUnavailable, secret_carriers
 from posbuild.store.lmdbstore import INLINE_LIMIT, Store
 from posbuild.store.upstate import BuildState, mark_tree, save_state, withdrawn_outputs
 
 if TYPE_CHECKING:
-    from posbuild.exec.dask_executor import DaskSandboxes
+    from posbuild.exec.dask_executor import DaskSpawner
     from posbuild.store.remote import RemoteCache
 
 
@@ -149,10 +150,10 @@ def run_dirty(config: Config, actions: Sequence[Action], clean: Sequence[bool],
     # and
     # nothing can remove rows while this build holds the workspace's (and a shared store's) lock
     epoch = read_epoch(config.store_dir)
-    sandboxes: ActionSandboxes | None = None
+    sandboxes: Spawner | None = None
     try:
         files = FileStates(config.root, store)
-        sandboxes = cluster or Sandboxes(config.root, config.sandbox_dir, isolation)
+        sandboxes = cluster or LocalSpawner(config.root, config.sandbox_dir, isolation)
         sandboxes.clear_stale()
         journal = None
         if settings.build_info is not None:
@@ -243,7 +244,7 @@ def run_dirty(config: Config, actions: Sequence[Action], clean: Sequence[bool],
 
 
 def _open_cluster(config: Config, settings: RunSettings,
-                  dirty: Sequence[Action]) -> DaskSandboxes | None:
+                  dirty: Sequence[Action]) -> DaskSpawner | None:
     """The Dask cluster that runs this build's actions (dask_executor.py), or None to run them here.
 
     It connects when the first action must run, and first checks that some worker could run each
@@ -252,11 +253,11 @@ def _open_cluster(config: Config, settings: RunSettings,
     if settings.executor == "local" or (not settings.executor and config.executor == "local"):
         return None
     from posbuild.exec.dask_cluster import executor_address
-    from posbuild.exec.dask_executor import DaskSandboxes
+    from posbuild.exec.dask_executor import DaskSpawner
 
     address = executor_address(settings.executor, config)
     return None if address is None \
-        else DaskSandboxes(address, config, dirty, not settings.allow_env_drift)
+        else DaskSpawner(address, config, dirty, not settings.allow_env_drift)
 
 
 def _open_remote(config: Config, settings: RunSettings, reporter: Reporter) -> RemoteCache | None:
@@ -376,7 +377,7 @@ def plan_dirty(config: Config, actions: Sequence[Action], clean: Sequence[bool],
     store = Store(config.store_dir, config.workspace_tag)
     try:
         rebuilder = Rebuilder(config.root, store, FileStates(config.root, store),
-                              Sandboxes(config.root, config.sandbox_dir),
+                              LocalSpawner(config.root, config.sandbox_dir),
                               settings.env_hash, settings.passed_env, previous, dry_run=True,
                               explain=explain)
         would_run: dict[int, str] = {}

@@ -45,8 +45,8 @@ from posbuild.core.layout import NO_CACHE_TAG
 from posbuild.exec.namespaces import writable_paths
 from posbuild.host.nofollow import fd_path
 from posbuild.core.records import OutputFile
-from posbuild.exec.sandbox import (Perturbation, Sandboxes, SpawnResult, choose_isolation,
-                              listing_follows_creation)
+from posbuild.exec.sandbox import LocalSpawner, choose_isolation, listing_follows_creation
+from posbuild.exec.spawner import Perturbation, SpawnResult
 from posbuild.workspace.secrets import (SecretSource, SecretUnavailable, redact, secret_source,
                                         values_of)
 from posbuild.store.lmdbstore import Store
@@ -123,7 +123,7 @@ def verify(config: Config, graph: ActionGraph, state: BuildState, store: Store,
     masked = (secrets.file,) if secrets is not None and secrets.file else ()
     # SandboxUnavailable before anything runs
     isolation, notice = choose_isolation(config, sandbox_writable, masked)
-    sandboxes = Sandboxes(config.root, config.sandbox_dir, isolation)
+    sandboxes = LocalSpawner(config.root, config.sandbox_dir, isolation)
     shifted = shift_clock and sandboxes.faketime is not None
     second = SECOND if shifted else replace(SECOND, clock_shift=None)
     actions = [a for a in graph.actions if NO_CACHE_TAG not in a.tags]
@@ -175,7 +175,7 @@ class _Runs:
     """Runs a batch of actions in parallel under one perturbation; a run that cannot start is an
     OSError."""
 
-    def __init__(self, sandboxes: Sandboxes, passed_env: tuple[tuple[str, str], ...],
+    def __init__(self, sandboxes: LocalSpawner, passed_env: tuple[tuple[str, str], ...],
                  secrets: SecretSource | None = None) -> None:
         self._sandboxes = sandboxes
         self._passed_env = passed_env

@@ -1,7 +1,7 @@
-"""Layer 2: run actions on a Dask distributed cluster, behind the sandbox's interface.
+"""Layer 2: run actions on a Dask distributed cluster, behind the spawner's interface.
 
-`DaskSandboxes` offers what the rebuilder uses of `sandbox.Sandboxes` — `run(action, extra_env)`
-→ SpawnResult, `remove`, `cancel`, `clear_stale` — so execute.py cannot tell where an action ran:
+`DaskSpawner` implements `spawner.Spawner` as `sandbox.LocalSpawner` does, so the engine cannot
+tell where an action ran:
 keys, cache lookups, output checks and the one-transaction commit stay on the client, exactly as
 in a local build. Only the command moves. The scheduler still decides when an action starts (when
 its inputs are ready, at most `-j` in flight); Dask decides on which worker (dask_cluster.py:
@@ -12,7 +12,7 @@ What travels, and why a remote run is the local one
 * Client → worker: the Action value itself, each declared input by digest — (path, BLAKE3
   digest, size, executable bit, and its SHA-256 name when the worker reads it from the remote
   cache) — and the passed env. The worker writes the inputs into a private folder at their
-  workspace paths and runs the action with `sandbox.Sandboxes` rooted there: the same staging,
+  workspace paths and runs the action with `sandbox.LocalSpawner` rooted there: the same staging,
   scrubbed env, timeout, process-group kill, `[sandbox] mode` (bubblewrap where the worker has
   it) and collection of declared outputs (opened without following links: nofollow.py).
 * Input bytes, from the remote cache. When a usable `[cache] remote` is configured (`use_remote`),
@@ -40,7 +40,7 @@ What travels, and why a remote run is the local one
   file wrong results under right keys; that is ORCH-07 naming the worker and the entries that
   differ (accepted under `--allow-env-drift`).
 
-Processors: Sandboxes pins a command to processors of the thread that creates it, so the worker
+Processors: LocalSpawner pins a command to processors of the thread that creates it, so the worker
 side first restricts its thread to the `cpu` least used processors of the worker process, counted
 across the actions that process runs at once; concurrent actions get disjoint sets, as locally.
 
@@ -91,7 +91,8 @@ from posbuild.host.nofollow import open_outputs, read_upto
 from posbuild.host.owned import SANDBOXES, claim, holds_only_sandboxes
 from posbuild.core.records import RemoteRun, ResourceUsage
 from posbuild.store.remote import RemoteCache, sha256_of
-from posbuild.exec.sandbox import Perturbation, Sandboxes, SpawnResult, find_libfaketime, sweep_dead
+from posbuild.exec.sandbox import LocalSpawner, find_libfaketime, sweep_dead
+from posbuild.exec.spawner import Perturbation, SpawnResult
 from posbuild.workspace.secrets import redact
 
 # inputs up to this size travel inside the task; larger ones are scattered
@@ -191,7 +192,7 @@ class _WorkerState:
         except AttributeError:
             self._processors = ()
         self._pinned = dict.fromkeys(self._processors, 0)
-        self._running: dict[str, Sandboxes] = {}
+        self._running: dict[str, LocalSpawner] = {}
         self._memo: dict[tuple[object, ...], Any] = {}
         self._readers: dict[tuple[str, float], RemoteCache] = {}
 
@@ -220,7 +221,7 @@ class _WorkerState:
                     self._pinned[processor] -= 1
 
     @contextmanager
-    def running(self, key: str, sandboxes: Sandboxes) -> Iterator[None]:
+    def running(self, key: str, sandboxes: LocalSpawner) -> Iterator[None]:
         with self._lock:
             self._running[key] = sandboxes
         try:
@@ -259,7 +260,7 @@ class _WorkerState:
 
 
 def execute_remote(spec: RemoteAction, blobs: Sequence[bytes]) -> RemoteReply:
-    """Run one action on this Dask worker exactly as `Sandboxes.run` runs it locally (worker
+    """Run one action on this Dask worker exactly as `LocalSpawner.run` runs it locally (worker
     side)."""
     from distributed import get_worker
 
@@ -286,7 +287,7 @@ def execute_remote(spec: RemoteAction, blobs: Sequence[bytes]) -> RemoteReply:
         secrets = fetch_secrets(worker, spec.desk, spec.token) if spec.desk else ()
         env = spec.env + secrets
         with state.processors(spec.action.resources[0]):
-            sandboxes = Sandboxes(Path(root), Path(f"{folder}/sandbox"), isolation)
+            sandboxes = LocalSpawner(Path(root), Path(f"{folder}/sandbox"), isolation)
             with state.running(worker.get_current_task() or "", sandboxes):
                 spawn = sandboxes.run(spec.action, env, spec.perturbation)
         try:
@@ -405,7 +406,7 @@ def _read_output(spawn: SpawnResult, path: str) -> tuple[str, bytes, Digest, boo
 _Deferred = tuple[Action, tuple[tuple[str, str], ...]]
 
 
-class DaskSandboxes:
+class DaskSpawner:
     """The sandbox interface over a Dask cluster; one per build, used from the scheduler's
     threads."""
 

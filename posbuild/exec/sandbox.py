@@ -9,7 +9,7 @@ A plain command (a program and plain words, at most one trailing `> file`: shell
 directly, as the shell would have run it, without the shell's own start-up: that halves what a
 cheap action costs. The namespace sandbox always runs the shell.
 
-Sandboxes live on a memory file system (`/dev/shm`) when the machine has one: a sandbox is a
+LocalSpawner live on a memory file system (`/dev/shm`) when the machine has one: a sandbox is a
 dozen directory and file creations and deletions, which cost ~10 µs each there and ~250 µs on a
 journalled disk — more than a cheap command itself. `[build] sandbox_base` moves them to disk
 for actions whose outputs or temporary files would not fit in memory.
@@ -99,18 +99,19 @@ import sys
 import tempfile
 import threading
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Protocol, Sequence
+from typing import Sequence
 
 from posbuild.core.action import Action
 from posbuild.workspace.config import BASE_PATH, Config
 from posbuild.host.liveness import lock_held
 from posbuild.core.layout import NETWORK_TAG
+from posbuild.exec.spawner import Perturbation, SpawnResult
 from posbuild.exec.namespaces import Isolation, choose, command, input_binds
-from posbuild.host.nofollow import Opened, Outputs, open_outputs, read_upto
+from posbuild.host.nofollow import open_outputs, read_upto
 from posbuild.host.owned import SANDBOX_NAME, SANDBOXES, claim, holds_only_sandboxes, is_marked
-from posbuild.core.records import RemoteRun, ResourceUsage
+from posbuild.core.records import ResourceUsage
 from posbuild.exec.shellfree import (Direct, find_program, parse, shell_argv, shell_status,
                                 shell_variables)
 
@@ -121,21 +122,6 @@ FAKETIME_GLOBS = (
     "/usr/local/lib/faketime/libfaketime.so.1",
     "/usr/lib64/faketime/libfaketime.so.1",
 )
-
-
-@dataclass(frozen=True, slots=True)
-class Perturbation:
-    """What to vary in one run, beyond what a normal run does; every field's default varies
-    nothing."""
-
-    name_suffix: str = ""  # appended to the sandbox folder's name: another, longer absolute path
-    reverse_env_order: bool = False  # hand the environment to the command in reverse order
-    tz: str | None = None  # TZ instead of UTC (unless the action declares TZ)
-    umask: int | None = None  # the command's umask instead of posbuild's
-    # create folders and stage inputs in reverse order (readdir order)
-    reverse_staging: bool = False
-    # FAKETIME offset such as "+397.3d", applied when libfaketime exists
-    clock_shift: str | None = None
 
 
 def find_libfaketime() -> str | None:
@@ -166,7 +152,7 @@ def listing_follows_creation(folder: Path) -> bool:
 
 @dataclass(frozen=True, slots=True)
 class Running:
-    """A command `Sandboxes.start` started: what `Sandboxes.wait` needs to finish the run."""
+    """A command `LocalSpawner.start` started: what `LocalSpawner.wait` needs to finish the run."""
 
     sandbox: str
     outputs: tuple[str, ...]
@@ -201,37 +187,6 @@ def _ends_by(pid: int, deadline: float) -> bool:
         return bool(poller.poll(max(0.0, deadline - time.monotonic()) * 1000))
     finally:
         os.close(fd)
-
-
-@dataclass(frozen=True, slots=True)
-class SpawnResult:
-    """How a command ended and its declared outputs, opened without following links (nofollow.py).
-
-    `missing` lists every declared output that is not a regular file reached through real
-    folders; `irregular` says which of them exist as something else (a link, a folder, a FIFO,
-    or below a folder that is a link), and `why` what is wrong with the first. Whatever is done
-    with an output goes through `output(path)`, never through `exec_root`: posbuild sees the
-    whole file system, and a link the action left would take it anywhere. `Sandboxes.remove`
-    closes the descriptors.
-    """
-
-    exit_code: int
-    timed_out: bool
-    exec_root: Path
-    missing: tuple[str, ...]
-    stdout: bytes = field(repr=False)
-    stderr: bytes = field(repr=False)
-    elapsed: float = field(default=0.0, compare=False)
-    usage: ResourceUsage | None = field(default=None, compare=False)
-    remote: RemoteRun | None = field(default=None, compare=False)  # set when a Dask worker ran it
-    irregular: tuple[str, ...] = ()
-    why: str = ""
-    files: Outputs | None = field(default=None, compare=False, repr=False)
-
-    def output(self, path: str) -> Opened:
-        """A declared output that exists as a regular file (not in `missing`), found."""
-        assert self.files is not None, "a run without collected outputs"
-        return self.files.opened[path]
 
 
 def base_environment(sandbox: str | Path) -> dict[str, str]:
@@ -275,24 +230,7 @@ def choose_isolation(config: Config, writable: Sequence[str] = (),
                   writable, masked)
 
 
-class ActionSandboxes(Protocol):
-    """What the rebuilder needs of the place its actions run: these local sandboxes, or the Dask
-    executor's (dask_executor.DaskSandboxes). `start` returns a handle that only `wait` reads."""
-
-    def clear_stale(self) -> None: ...
-
-    def start(self, action: Action, extra_env: Sequence[tuple[str, str]] = (), /) -> Any: ...
-
-    def wait(self, running: Any, /) -> SpawnResult: ...
-
-    def remove(self, result: SpawnResult, /) -> None: ...
-
-    def cancel(self) -> None: ...
-
-    def close(self) -> None: ...
-
-
-class Sandboxes:
+class LocalSpawner:
     """Creates, runs and removes per-action sandbox folders under `base`.
 
     Paths are plain strings here: this is the per-action hot path, and pathlib's objects cost
@@ -325,7 +263,7 @@ class Sandboxes:
             self._processors = ()
         # processor → running actions pinned to it
         self._pinned = dict.fromkeys(self._processors, 0)
-        self._masks = threading.local()  # `current`: the mask this Sandboxes last gave the thread
+        self._masks = threading.local()  # `current`: the mask this spawner last gave the thread
         # whether `clear_stale` claimed the base for this process (`<pid>.owner`)
         self._claimed = False
         # bwrap --die-with-parent does it there
@@ -459,7 +397,7 @@ class Sandboxes:
 
     @property
     def faketime(self) -> str | None:
-        """libfaketime's path (looked up once per Sandboxes), or None when it is not installed."""
+        """libfaketime's path (looked up once per spawner), or None when it is not installed."""
         if self._faketime is False:
             self._faketime = find_libfaketime()
         return self._faketime if isinstance(self._faketime, str) else None
@@ -832,7 +770,7 @@ def _kill_group(group: int) -> None:
 OWNER_SUFFIX = ".owner"
 
 
-_claims: dict[str, list[int]] = {}  # owner mark → [its locked descriptor, Sandboxes sharing it]
+_claims: dict[str, list[int]] = {}  # owner mark → [its locked descriptor, LocalSpawner sharing it]
 _claims_lock = threading.Lock()
 
 

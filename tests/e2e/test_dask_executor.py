@@ -538,7 +538,7 @@ def test_a_blob_scattered_again_after_its_release_gets_a_key_of_its_own(tmp_path
     # the scheduler hears of a released key asynchronously: were the key reused, a release arriving
     # after the second scatter would drop the new copy and fail its action with "lost dependencies"
     from posbuild.workspace.config import load_config
-    from posbuild.exec.dask_executor import DaskSandboxes
+    from posbuild.exec.dask_executor import DaskSpawner
     from posbuild.core.digest import hash_bytes
 
     class Client:
@@ -550,7 +550,7 @@ def test_a_blob_scattered_again_after_its_release_gets_a_key_of_its_own(tmp_path
             return {key: f"future of {key}" for key in data}
 
     (tmp_path / "posbuild.toml").write_text("")
-    sandboxes = DaskSandboxes("tcp://127.0.0.1:1", load_config(tmp_path), (), check_env=False)
+    sandboxes = DaskSpawner("tcp://127.0.0.1:1", load_config(tmp_path), (), check_env=False)
     client, data = Client(), b"x" * 300_000
     digest = hash_bytes(data)
     first = sandboxes._scatter(client, digest, data)

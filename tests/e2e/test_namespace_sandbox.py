@@ -23,7 +23,7 @@ from posbuild.exec import namespaces
 from posbuild.core.action import Action
 from posbuild.workspace.config import load_config
 from posbuild.errors import SandboxUnavailable
-from posbuild.exec.sandbox import Sandboxes, choose_isolation
+from posbuild.exec.sandbox import LocalSpawner, choose_isolation
 
 
 PROBLEM = bwrap_problem()
@@ -443,7 +443,7 @@ def test_writable_folders_are_writable_and_the_workspace_inside_stays_hidden(ws,
     assert isolation is not None and notice == ""
     (ws.root / "pkg").mkdir()
     (ws.root / "pkg/secret.txt").write_text("s\n")
-    sandboxes = Sandboxes(ws.root, tmp_path / "sandboxes", isolation)
+    sandboxes = LocalSpawner(ws.root, tmp_path / "sandboxes", isolation)
     sandboxes.clear_stale()
     result = sandboxes.run(
         _action(f"echo hi > {probe}/note; ls -A {ws.root} > $PWD/posbuild-out/pkg/out.txt"))
@@ -458,7 +458,7 @@ def test_writable_folders_are_writable_and_the_workspace_inside_stays_hidden(ws,
 def test_the_resource_usage_of_the_command_is_measured_through_bwrap(ws, tmp_path):
     isolation, _ = choose_isolation(load_config(ws.root))
     assert isolation is not None
-    sandboxes = Sandboxes(ws.root, tmp_path / "sandboxes", isolation)
+    sandboxes = LocalSpawner(ws.root, tmp_path / "sandboxes", isolation)
     sandboxes.clear_stale()
     hog = (
         "python3 -c 'b = bytearray(100 * 1024 * 1024); sum(range(2000000))'; echo > "

@@ -13,7 +13,7 @@ from posbuild.workspace.config import Config
 from posbuild.core.digest import hash_bytes
 from posbuild.engine.fsck import FsckReport, Problem, check, repaired_line, summary
 from posbuild.core.records import ActionResult, FileState, OutputFile, pack_manifest, signature
-from posbuild.exec.sandbox import Sandboxes
+from posbuild.exec.sandbox import LocalSpawner
 from posbuild.store.lmdbstore import _INLINE, INLINE_LIMIT, Store
 
 OUT_PATH = "posbuild-out/pkg/out.txt"
@@ -225,7 +225,7 @@ def test_temp_files_and_sandboxes_of_dead_processes_are_swept_and_a_live_build_s
     (config.state_dir / "graphs").mkdir()
     (config.state_dir / "graphs" / ".tmp-999999999-1-x.state").write_text("half")  # no such process
     (config.state_dir / "graphs" / f".tmp-{os.getpid()}-1-y.state").write_text("being written")
-    live = Sandboxes(config.root, config.sandbox_dir)
+    live = LocalSpawner(config.root, config.sandbox_dir)
     live.clear_stale()  # this process claims its sandboxes: `<pid>.owner`, locked while it lives
     sandbox = config.sandbox_dir / "123-0" / "exec"  # a dead process's: no owner mark held
     sandbox.mkdir(parents=True)

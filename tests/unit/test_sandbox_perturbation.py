@@ -16,8 +16,9 @@ import pytest
 from posbuild.exec import sandbox as sandbox_module
 from posbuild.core.action import Action, ActionGraph
 from posbuild.workspace.config import load_config
-from posbuild.exec.sandbox import (Perturbation, Sandboxes, base_environment, find_libfaketime,
-                              listing_follows_creation)
+from posbuild.exec.sandbox import (LocalSpawner, base_environment, find_libfaketime,
+                                   listing_follows_creation)
+from posbuild.exec.spawner import Perturbation
 from posbuild.store.lmdbstore import Store
 from posbuild.store.upstate import EMPTY
 from posbuild.engine.verify import FIRST, SECOND, verify
@@ -48,11 +49,11 @@ def workspace(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def sandboxes(workspace: Path, tmp_path: Path) -> Sandboxes:
-    return Sandboxes(workspace, tmp_path / "sandboxes")
+def sandboxes(workspace: Path, tmp_path: Path) -> LocalSpawner:
+    return LocalSpawner(workspace, tmp_path / "sandboxes")
 
 
-def _run(sandboxes: Sandboxes, action: Action, perturbation: Perturbation | None = None) -> str:
+def _run(sandboxes: LocalSpawner, action: Action, perturbation: Perturbation | None = None) -> str:
     result = sandboxes.run(action, (), perturbation)
     try:
         assert result.exit_code == 0, result.stderr
@@ -67,7 +68,7 @@ DATA = tuple(f"pkg/data/{n}.txt" for n in "abcde") + ("pkg/data/deep/z.txt", "pk
 # ---- no perturbation: the build's own run ---------------------------------------------------
 
 def test_default_run_sees_exactly_the_base_environment_in_a_short_folder(
-    sandboxes: Sandboxes) -> None:
+    sandboxes: LocalSpawner) -> None:
     result = sandboxes.run(
         _action("env > posbuild-out/pkg/out.txt; pwd >> posbuild-out/pkg/out.txt"))
     try:
@@ -80,7 +81,7 @@ def test_default_run_sees_exactly_the_base_environment_in_a_short_folder(
         sandboxes.remove(result)
 
 
-def test_an_empty_perturbation_changes_nothing(sandboxes: Sandboxes) -> None:
+def test_an_empty_perturbation_changes_nothing(sandboxes: LocalSpawner) -> None:
     action = _action("{ date +%Z; umask; ls -f pkg/data; } > ../o.tmp; mv ../o.tmp "
                      "posbuild-out/pkg/out.txt",
                      inputs=DATA)
@@ -89,14 +90,14 @@ def test_an_empty_perturbation_changes_nothing(sandboxes: Sandboxes) -> None:
 
 # ---- each perturbation ------------------------------------------------------------------------
 
-def test_name_suffix_lengthens_the_sandbox_path(sandboxes: Sandboxes) -> None:
+def test_name_suffix_lengthens_the_sandbox_path(sandboxes: LocalSpawner) -> None:
     action = _action("pwd > posbuild-out/pkg/out.txt")
     plain = _run(sandboxes, action).strip()
     longer = _run(sandboxes, action, Perturbation(name_suffix="-longer-name")).strip()
     assert longer.endswith("-longer-name/exec") and len(longer) > len(plain)
 
 
-def test_tz_is_replaced_unless_declared(sandboxes: Sandboxes) -> None:
+def test_tz_is_replaced_unless_declared(sandboxes: LocalSpawner) -> None:
     action = _action("date +%Z > posbuild-out/pkg/out.txt")
     assert _run(sandboxes, action) == "UTC\n"
     assert _run(sandboxes, action, Perturbation(tz="<+1345>-13:45")) == "+1345\n"
@@ -104,7 +105,7 @@ def test_tz_is_replaced_unless_declared(sandboxes: Sandboxes) -> None:
     assert _run(sandboxes, declared, Perturbation(tz="<+1345>-13:45")) == "XYZ\n"
 
 
-def test_environment_order_is_reversed(sandboxes: Sandboxes) -> None:
+def test_environment_order_is_reversed(sandboxes: LocalSpawner) -> None:
     action = _action("tr '\\0' '\\n' < /proc/$$/environ | grep -E '^(AAA|BBB)=' > "
                      "posbuild-out/pkg/out.txt",
                      env=(("AAA", "1"), ("BBB", "2")))
@@ -112,7 +113,7 @@ def test_environment_order_is_reversed(sandboxes: Sandboxes) -> None:
     assert _run(sandboxes, action, Perturbation(reverse_env_order=True)) == "BBB=2\nAAA=1\n"
 
 
-def test_umask_applies_to_the_command_only(sandboxes: Sandboxes) -> None:
+def test_umask_applies_to_the_command_only(sandboxes: LocalSpawner) -> None:
     action = _action("touch f; stat -c %a f > posbuild-out/pkg/out.txt")
     before = os.umask(0o022)
     os.umask(before)
@@ -123,7 +124,7 @@ def test_umask_applies_to_the_command_only(sandboxes: Sandboxes) -> None:
     assert after == before
 
 
-def test_reverse_staging_builds_the_same_tree(sandboxes: Sandboxes) -> None:
+def test_reverse_staging_builds_the_same_tree(sandboxes: LocalSpawner) -> None:
     action = _action("find . -type f -exec md5sum {} + | sort -k2 > ../out.txt; mv ../out.txt "
                      "posbuild-out/pkg/out.txt",
                      inputs=DATA)
@@ -145,7 +146,7 @@ def test_reverse_staging_reverses_every_listing_where_the_file_system_allows(
     try:
         if not listing_follows_creation(base):
             pytest.skip(f"{base} lists folders in an order of its own (e.g. ext4 hash order)")
-        sandboxes = Sandboxes(workspace, base)
+        sandboxes = LocalSpawner(workspace, base)
         action = _action(
             "{ ls -f pkg/data; ls -f pkg; ls -f .; } > ../l; mv ../l posbuild-out/pkg/out.txt",
             inputs=DATA)
@@ -171,7 +172,7 @@ def test_reverse_staging_reverses_every_listing_where_the_file_system_allows(
 
 
 @pytest.mark.skipif(find_libfaketime() is None, reason="libfaketime is not installed")
-def test_clock_shift_moves_the_clock_by_libfaketime(sandboxes: Sandboxes) -> None:
+def test_clock_shift_moves_the_clock_by_libfaketime(sandboxes: LocalSpawner) -> None:
     action = _action(
         "date +%Y > posbuild-out/pkg/out.txt; { env | grep -c FAKETIME || true; } >> "
         "posbuild-out/pkg/out.txt")
@@ -181,7 +182,7 @@ def test_clock_shift_moves_the_clock_by_libfaketime(sandboxes: Sandboxes) -> Non
     assert int(shifted[0]) - int(real[0]) in (2, 3)
 
 
-def test_clock_shift_is_ignored_without_libfaketime(sandboxes: Sandboxes,
+def test_clock_shift_is_ignored_without_libfaketime(sandboxes: LocalSpawner,
                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(sandbox_module, "find_libfaketime", lambda: None)
     action = _action(
@@ -190,7 +191,7 @@ def test_clock_shift_is_ignored_without_libfaketime(sandboxes: Sandboxes,
     assert sandboxes.faketime is None
 
 
-def test_a_failed_staging_leaves_no_sandbox(sandboxes: Sandboxes, tmp_path: Path) -> None:
+def test_a_failed_staging_leaves_no_sandbox(sandboxes: LocalSpawner, tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError):
         sandboxes.run(_action("true", inputs=("pkg/missing.txt",)), (), SECOND)
     assert os.listdir(tmp_path / "sandboxes") == []

@@ -1,4 +1,4 @@
-"""sandbox.Sandboxes around one command: what the sandbox holds, how it is removed whatever the
+"""sandbox.LocalSpawner around one command: what the sandbox holds, how it is removed whatever the
 command left in it, how stdout and stderr are captured, and which processors a command gets."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from posbuild.core.action import Action
-from posbuild.exec.sandbox import Sandboxes
+from posbuild.exec.sandbox import LocalSpawner
 
 
 def _action(command: str, inputs: tuple[str, ...] = ("pkg/a.txt", "lib/deep/b.txt"),
@@ -36,7 +36,7 @@ def base(tmp_path: Path) -> Path:
     return tmp_path / "sandboxes"
 
 
-def _run_and_remove(sandboxes: Sandboxes, action: Action) -> tuple[int, bytes, bytes, list[str]]:
+def _run_and_remove(sandboxes: LocalSpawner, action: Action) -> tuple[int, bytes, bytes, list[str]]:
     """Run, list what the sandbox held afterwards (relative paths), remove it."""
     result = sandboxes.run(action)
     sandbox = result.exec_root.parent
@@ -48,7 +48,7 @@ def _run_and_remove(sandboxes: Sandboxes, action: Action) -> tuple[int, bytes, b
 
 def test_a_sandbox_holds_the_inputs_and_output_folders_only_and_captures_both_streams(
     workspace, base) -> None:
-    code, out, err, held = _run_and_remove(Sandboxes(workspace, base),
+    code, out, err, held = _run_and_remove(LocalSpawner(workspace, base),
                                            _action("cat pkg/a.txt lib/deep/b.txt > "
                                                    "posbuild-out/pkg/out.txt; echo to-out; echo "
                                                    "to-err >&2"))
@@ -60,7 +60,7 @@ def test_a_sandbox_holds_the_inputs_and_output_folders_only_and_captures_both_st
 
 
 def test_large_captured_output_is_read_whole(workspace, base) -> None:
-    code, out, _, _ = _run_and_remove(Sandboxes(workspace, base),
+    code, out, _, _ = _run_and_remove(LocalSpawner(workspace, base),
                                       _action(
                                           "head -c 300000 /dev/zero | tr '\\0' x; touch "
                                           "posbuild-out/pkg/out.txt"))
@@ -76,7 +76,8 @@ def test_large_captured_output_is_read_whole(workspace, base) -> None:
 ])
 def test_whatever_a_command_leaves_the_sandbox_is_removed_entirely(workspace, base,
                                                                    leftovers) -> None:
-    code, _, err, _ = _run_and_remove(Sandboxes(workspace, base), _action(f"{leftovers}; exit 0"))
+    code, _, err, _ = _run_and_remove(LocalSpawner(workspace, base),
+                                      _action(f"{leftovers}; exit 0"))
     assert code == 0, err
     assert os.listdir(base) == []
 
@@ -87,7 +88,7 @@ def test_a_folder_swapped_for_a_link_never_redirects_the_removal(workspace, base
     for name in ("a.txt", "deep/b.txt"):  # the very names the sandbox would remove
         (outside / name).write_text("keep\n")
     command = f"rm -r pkg lib/deep && ln -s {outside} pkg && ln -s {outside} lib/deep"
-    code, _, err, _ = _run_and_remove(Sandboxes(workspace, base), _action(command))
+    code, _, err, _ = _run_and_remove(LocalSpawner(workspace, base), _action(command))
     assert code == 0, err
     assert (outside / "a.txt").read_text() == "keep\n" \
             and (outside / "deep/b.txt").read_text() == ("keep\n")
@@ -95,7 +96,7 @@ def test_a_folder_swapped_for_a_link_never_redirects_the_removal(workspace, base
 
 
 def test_a_sandbox_base_nobody_made_yet_is_made(workspace, tmp_path) -> None:
-    code, _, _, _ = _run_and_remove(Sandboxes(workspace, tmp_path / "not/yet"),
+    code, _, _, _ = _run_and_remove(LocalSpawner(workspace, tmp_path / "not/yet"),
                                     _action("touch posbuild-out/pkg/out.txt"))
     assert code == 0
 
@@ -106,7 +107,7 @@ def test_each_command_gets_its_own_processors_whatever_the_thread_ran_before(wor
                                                                              base) -> None:
     everything = len(os.sched_getaffinity(0))
     probe = "python3 -c 'import os; print(len(os.sched_getaffinity(0)))'"
-    sandboxes = Sandboxes(workspace, base)
+    sandboxes = LocalSpawner(workspace, base)
     seen: list[int] = []
 
     def worker() -> None:  # one thread, as a build's worker runs one action after another
@@ -124,7 +125,7 @@ def test_each_command_gets_its_own_processors_whatever_the_thread_ran_before(wor
 
 
 def test_every_command_reads_an_empty_stdin(workspace, base) -> None:
-    sandboxes = Sandboxes(workspace, base)
+    sandboxes = LocalSpawner(workspace, base)
     for _ in range(2):  # the same /dev/null descriptor serves every command
         result = sandboxes.run(_action("cat > posbuild-out/pkg/out.txt; echo $?"))
         try:
@@ -139,7 +140,7 @@ def test_start_returns_while_the_command_runs_and_wait_reports_its_end(workspace
     # the command waits (up to 10 s) for a file the test makes only after start() has returned:
     # had start() waited for the command, it would have found no file
     marker = tmp_path / "go"
-    sandboxes = Sandboxes(workspace, base)
+    sandboxes = LocalSpawner(workspace, base)
     running = sandboxes.start(_action(
         f"for i in $(seq 100); do [ -e {marker} ] && break; sleep 0.1; done; "
         f"if [ -e {marker} ]; then echo saw > posbuild-out/pkg/out.txt; else echo none > "

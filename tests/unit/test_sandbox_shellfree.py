@@ -1,5 +1,6 @@
-"""Sandboxes run plain commands without bash (shellfree.py), and the command cannot tell: outputs,
-captures, environment, exit codes and error messages are those of the same command under bash."""
+"""The local spawner runs plain commands without bash (shellfree.py), and the command cannot tell:
+outputs, captures, environment, exit codes and error messages are those of the same command
+under bash."""
 
 from __future__ import annotations
 
@@ -16,7 +17,8 @@ from pathlib import Path
 import pytest
 
 from posbuild.core.action import Action
-from posbuild.exec.sandbox import Perturbation, Sandboxes, SpawnResult
+from posbuild.exec.sandbox import LocalSpawner
+from posbuild.exec.spawner import Perturbation, SpawnResult
 
 OUT = "posbuild-out/pkg/out.txt"
 
@@ -51,7 +53,7 @@ def _run(root: Path, action: Action, shell_free: bool = True,
     """Run in a fresh sandbox base: (result, the output's bytes or None, the output's mode or
     None)."""
     # the same paths both ways
-    sandboxes = Sandboxes(root, root.parent / "sandboxes", shell_free=shell_free)
+    sandboxes = LocalSpawner(root, root.parent / "sandboxes", shell_free=shell_free)
     result = sandboxes.run(action, perturbation=perturbation)
     out = result.exec_root / OUT
     content = out.read_bytes() if out.exists() else None
@@ -157,7 +159,7 @@ def test_a_program_killed_by_a_signal_is_reported_as_the_shell_reports_it(worksp
 def test_a_timeout_and_a_cancel_kill_the_program_as_they_killed_the_shell(workspace) -> None:
     timed = _same_both_ways(workspace, _action("sleep 30", timeout=0.3))
     assert timed.timed_out and timed.exit_code == -9 and timed.stderr == b""
-    sandboxes = Sandboxes(workspace, workspace.parent / "cancelled")
+    sandboxes = LocalSpawner(workspace, workspace.parent / "cancelled")
     running = sandboxes.start(_action("sleep 30"))
     threading.Timer(0.3, sandboxes.cancel).start()
     began = time.monotonic()

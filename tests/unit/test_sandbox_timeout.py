@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from posbuild.core.action import Action
-from posbuild.exec.sandbox import Sandboxes
+from posbuild.exec.sandbox import LocalSpawner
 
 
 def _action(command: str, timeout: float) -> Action:
@@ -20,9 +20,9 @@ def _action(command: str, timeout: float) -> Action:
 
 
 @pytest.fixture
-def sandboxes(tmp_path: Path) -> Sandboxes:
+def sandboxes(tmp_path: Path) -> LocalSpawner:
     (tmp_path / "ws/pkg").mkdir(parents=True)
-    return Sandboxes(tmp_path / "ws", tmp_path / "sandboxes")
+    return LocalSpawner(tmp_path / "ws", tmp_path / "sandboxes")
 
 
 def test_a_timeout_holds_when_no_thread_can_be_started(sandboxes, monkeypatch) -> None:
