@@ -481,7 +481,7 @@ def run_repetition(
 
 
 RESOLVE_SNIPPET = (  # as `posbuild build` runs it: without the cyclic GC (cli/build.py)
-    "import gc, sys, time, pathlib\nfrom posbuild.engine.build import resolve\ngc.disable()\nt = "
+    "import gc, sys, time, pathlib\nfrom posbuild.engine.resolve import resolve\ngc.disable()\nt = "
     "time.perf_counter()\ng = resolve(pathlib.Path(sys.argv[1]), "
     "['//...'])\nprint(time.perf_counter() - t, len(g.actions))\n"
 )

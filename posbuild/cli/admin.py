@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import os
 import sys
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from posbuild.cli import fail, workspace_and_package
 from posbuild.errors import PosbuildError
+
+if TYPE_CHECKING:
+    from posbuild.engine.reporter import Reporter
 
 
 @click.command()
@@ -20,12 +26,11 @@ def clean(everything: bool) -> None:
     CACHEDIR.TAG posbuild wrote when it made them; a folder without one, or a link, is refused
     and nothing is deleted. Waits for a running command of the workspace.
     """
-    from posbuild.engine.build import clean as clean_workspace
     from posbuild.engine.reporter import PlainReporter
 
     try:
         root, _ = workspace_and_package()
-        removed = clean_workspace(root, everything, PlainReporter(sys.stdout, sys.stderr))
+        removed = _clean(root, everything, PlainReporter(sys.stdout, sys.stderr))
     except PosbuildError as error:
         fail(error)
     for path in removed:
@@ -45,7 +50,7 @@ def rollback(list_only: bool, generation_id: int | None) -> None:
     Nothing is executed: every file of the generation is rewritten from its verified blob if it
     is not already current, and files the generation does not list are removed.
     """
-    from posbuild.engine.build import workspace_lock
+    from posbuild.engine.locking import workspace_lock
     from posbuild.workspace.config import load_config
     from posbuild.store.generations import generations_of, rollback as roll_back
     from posbuild.engine.reporter import PlainReporter
@@ -81,3 +86,36 @@ def _print_generations(generations: list) -> None:
         click.echo(
             f"{mark:2}{g.id:>4}  {g.created:<32}  {g.files:>6}  {g.size:>10}  "
             f"{' '.join(g.patterns)}")
+
+
+def _clean(root: Path, everything: bool, reporter: Reporter) -> list[Path]:
+    """Remove `posbuild-out/` (and with `everything`, the store and the rest of `.posbuild/`);
+    returns what was removed.
+
+    It holds the workspace lock (a build would go on writing into what clean removes), and with
+    `everything` the shared store's too. Only what posbuild made is touched (owned.py): the store
+    and `.posbuild/` are emptied, keeping their marks and lock files, so that a command waiting
+    for the lock finds a workspace as good as new; a folder without posbuild's mark is refused.
+    """
+    from posbuild.core.layout import STORE_LOCK, WORKSPACE_LOCK
+    from posbuild.engine.locking import workspace_lock
+    from posbuild.host.owned import STATE, STORE, empty, remove_outputs
+    from posbuild.store.upstate import mark_tree
+    from posbuild.workspace.config import load_config
+
+    config = load_config(root)
+    if not any(os.path.lexists(path)
+               for path in (config.out_dir, config.state_dir, config.store_dir)):
+        return []
+    with workspace_lock(config, reporter, collect=everything):
+        removed = [config.out_dir] if remove_outputs(config.out_dir) else []
+        if not everything:
+            # posbuild-out/ no longer matches the latest generation
+            mark_tree(config, clean=False, withdrawn=())
+            return removed
+        if not config.store_dir.is_relative_to(config.state_dir) \
+                and empty(config.store_dir, STORE, (STORE_LOCK,)):
+            removed.append(config.store_dir)  # a shared store (`[cache] dir`)
+        if empty(config.state_dir, STATE, (WORKSPACE_LOCK,)):
+            removed.append(config.state_dir)
+    return removed

@@ -74,7 +74,8 @@ def build(patterns: tuple[str, ...], jobs: int | None, keep_going: bool, dry_run
     Exit codes: 0 ok, 1 an action failed, 2 usage, 3 bad BUILD file or label, 11-17 ORCH-01..07
     (17: the environment hash is not the one approved by `posbuild env approve`).
     """
-    from posbuild.engine.build import BuildOptions, run_build, summary_error
+    from posbuild.engine.plan import BuildOptions
+    from posbuild.engine.session import BuildSession, summary_error
 
     # A build of 10,000 actions allocates hundreds of thousands of objects that live until the
     # process exits, and the cyclic collector would walk them again and again (~15% of a
@@ -87,7 +88,7 @@ def build(patterns: tuple[str, ...], jobs: int | None, keep_going: bool, dry_run
                                dry_run=dry_run, verify=verify, explain=explain, cwd_package=package,
                                allow_env_drift=allow_env_drift, remote_upload=remote_upload,
                                executor=executor)
-        summary = run_build(root, options, choose_reporter(quiet), dict(os.environ))
+        summary = BuildSession(root, choose_reporter(quiet), os.environ).build(options)
     except PosbuildError as error:
         fail(error)
     except KeyboardInterrupt as interrupt:

@@ -63,7 +63,7 @@ def cache() -> None:
 def export(file: Path, patterns: tuple[str, ...]) -> None:
     """Write the results and blobs the last successful build of PATTERNS used (default //...) to
     FILE."""
-    from posbuild.engine.build import workspace_lock
+    from posbuild.engine.locking import workspace_lock
     from posbuild.store.cachearchive import export_cache
     from posbuild.workspace.config import load_config
     from posbuild.core.label import parse_pattern
@@ -105,7 +105,7 @@ def export(file: Path, patterns: tuple[str, ...]) -> None:
 def import_(file: Path, allow_unsigned: bool) -> None:
     """Verify every blob of FILE against its digest, and its signature against POSBUILD_CACHE_KEY,
     then merge it into the store (all or nothing)."""
-    from posbuild.engine.build import workspace_lock
+    from posbuild.engine.locking import workspace_lock
     from posbuild.store.cachearchive import import_cache
     from posbuild.workspace.config import load_config
     from posbuild.core.layout import TMP

@@ -66,7 +66,7 @@ def approve() -> None:
     """Write h_E and the fingerprint into posbuild.lock; later builds must match them (ORCH-07)."""
     from dataclasses import replace
 
-    from posbuild.engine.build import workspace_lock
+    from posbuild.engine.locking import workspace_lock
     from posbuild.workspace.config import load_config
     from posbuild.workspace.envfp import approval_record
     from posbuild.workspace.lockfile import read_lock, write_lock

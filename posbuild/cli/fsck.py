@@ -37,7 +37,7 @@ def fsck(repair: bool) -> None:
              swept, not reported.
     Exit codes: 0 nothing (left) to fix, 13 ORCH-03 found, 16 only ORCH-06 found.
     """
-    from posbuild.engine.build import workspace_lock
+    from posbuild.engine.locking import workspace_lock
     from posbuild.workspace.config import load_config
     from posbuild.engine.fsck import check, repaired_line, summary, swept_line
     from posbuild.core.layout import STORE_DB

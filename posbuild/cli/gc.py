@@ -82,7 +82,7 @@ def gc(max_size: int | None, keep_generations: int) -> None:
     Each step is its own transaction: gc can be interrupted at any instant. The next build
     executes again what gc evicted and it still needs.
     """
-    from posbuild.engine.build import workspace_lock
+    from posbuild.engine.locking import workspace_lock
     from posbuild.workspace.config import load_config
     from posbuild.core.layout import STORE_DB
     from posbuild.engine.reporter import QuietReporter

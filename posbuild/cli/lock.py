@@ -22,7 +22,8 @@ def lock(patterns: tuple[str, ...]) -> None:
     outside PATTERNS are kept (those of deleted files are dropped); the "environment" section
     of posbuild.lock is left as it is.
     """
-    from posbuild.engine.build import resolve, workspace_lock
+    from posbuild.engine.locking import workspace_lock
+    from posbuild.engine.resolve import resolve
     from posbuild.workspace.config import load_config
     from posbuild.engine.pins import lock_sources
     from posbuild.engine.reporter import PlainReporter

@@ -35,7 +35,10 @@ def verify(patterns: tuple[str, ...], jobs: int | None, quiet: bool) -> None:
     Exit codes: 0 all deterministic, 14 (ORCH-04) a difference, 1 the build failed, 2 usage, 3 bad
     BUILD file.
     """
-    from posbuild.engine.build import BuildOptions, make_request, resolve, run_build, workspace_lock
+    from posbuild.engine.locking import workspace_lock
+    from posbuild.engine.plan import BuildOptions
+    from posbuild.engine.resolve import make_request, resolve
+    from posbuild.engine.session import BuildSession
     from posbuild.workspace.config import load_config
     from posbuild.engine.reporter import QuietReporter
     from posbuild.engine.verify import verify_request
@@ -48,8 +51,8 @@ def verify(patterns: tuple[str, ...], jobs: int | None, quiet: bool) -> None:
         reporter = QuietReporter(sys.stdout, sys.stderr)
         config = load_config(root)
         with workspace_lock(config, reporter):  # one lock for both: nothing changes in between
-            summary = run_build(root, BuildOptions(patterns, jobs=jobs or 0, cwd_package=package),
-                                reporter, environ)
+            summary = BuildSession(root, reporter, environ).build(
+                BuildOptions(patterns, jobs=jobs or 0, cwd_package=package))
             if summary.failed:
                 fail(ActionFailed(f"cannot verify: {summary.failed} action(s) failed to build: "
                                   f"{', '.join(summary.failed_labels)}"))

@@ -9,7 +9,7 @@ from typing import TextIO
 
 import click
 
-from posbuild.engine.build import summary_error
+from posbuild.engine.session import summary_error
 from posbuild.cli import (allow_env_drift_option, fail, interrupted, jobs_option, keep_going_option,
                           workspace_and_package)
 from posbuild.errors import PosbuildError
@@ -87,7 +87,8 @@ def watch(patterns: tuple[str, ...], jobs: int | None, keep_going: bool, quiet: 
     Each build prints one line; a failed build or a broken BUILD file is reported and watching
     goes on. Ctrl-C stops at once (exit 130), keeping nothing partial.
     """
-    from posbuild.engine.build import BuildOptions, run_build
+    from posbuild.engine.plan import BuildOptions
+    from posbuild.engine.session import BuildSession
     from posbuild.workspace.config import load_config
     from posbuild.core.label import parse_pattern
     from posbuild.engine.watch import watch as watch_loop
@@ -114,7 +115,8 @@ def watch(patterns: tuple[str, ...], jobs: int | None, keep_going: bool, quiet: 
         # free next to nothing: builds make almost no reference cycles. It runs once per cycle
         # instead.
         gc.disable()
-        watch_loop(config, lambda hook: run_build(root, options, reporter, environ, on_graph=hook),
+        session = BuildSession(root, reporter, environ)
+        watch_loop(config, lambda hook: session.build(options, on_graph=hook),
                    report, debounce / 1000)
     except PosbuildError as error:
         fail(error)

@@ -21,10 +21,10 @@ Three parts, in the order a change flows through them:
   Python file and any new file counts as relevant.
 
 The build itself is passed in (`BuildFn`), so this module needs nothing above it: the command
-line wires it to `build.run_build`, whose graph hook hands back each build's ActionGraph. Each
-build is an ordinary, complete build in this process: it takes the workspace lock, keeps the
-no-partial-state guarantees, and on Ctrl-C its own interruption handling stops the running
-actions before the KeyboardInterrupt leaves `watch()`, which then stops the observer.
+line wires it to `session.BuildSession.build`, whose graph hook hands back each build's
+ActionGraph. Each build is an ordinary, complete build in this process: it takes the workspace
+lock, keeps the no-partial-state guarantees, and on Ctrl-C its own interruption handling stops
+the running actions before the KeyboardInterrupt leaves `watch()`, which then stops the observer.
 """
 
 from __future__ import annotations

@@ -60,7 +60,7 @@ def fuzz(examples: int):  # type: ignore[no-untyped-def]
 
 def _warm_up() -> None:
     """Import what the commands import, once, so that each forked child starts warm."""
-    import posbuild.engine.build  # noqa: F401
+    import posbuild.engine.session  # noqa: F401
     import posbuild.cli
     import posbuild.load.loader  # noqa: F401
     import posbuild.load.query  # noqa: F401

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from posbuild.engine.build import resolve
+from posbuild.engine.resolve import resolve
 from posbuild.workspace.config import load_config
 from posbuild.core.digest import hash_bytes
 from posbuild.core.records import ActionResult, OutputFile

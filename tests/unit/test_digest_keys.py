@@ -12,7 +12,7 @@ import pytest
 from posbuild.core import digest
 from posbuild.engine import keys
 from posbuild.core.action import Action
-from posbuild.engine.build import resolve
+from posbuild.engine.resolve import resolve
 from posbuild.core.digest import DIGEST_SIZE, canonical, hash_bytes, hash_canonical, hash_file
 
 # -- canonical encoding

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from posbuild.core.action import Action
-from posbuild.engine.build import summary_error
+from posbuild.engine.session import summary_error
 from posbuild.errors import ActionFailed, NonDeterminism, ResourceOversubscription
-from posbuild.engine.execute import Failure
+from posbuild.engine.outcome import Failure
 from posbuild.engine.reporter import BuildSummary
 from posbuild.engine.resources import memory_overrun
 

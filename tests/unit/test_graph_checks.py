@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 import posbuild.load.graphcache as graphcache
-from posbuild.engine.build import resolve
+from posbuild.engine.resolve import resolve
 from posbuild.errors import BuildFileError
 
 

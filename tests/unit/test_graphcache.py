@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from posbuild.engine.build import resolve
+from posbuild.engine.resolve import resolve
 from posbuild.load.graphcache import GraphCache
 
 

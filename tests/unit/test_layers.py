@@ -146,12 +146,12 @@ def test_layer_table_matches_the_docstrings() -> None:
     assert LAYERS["posbuild.core.action"] > LAYERS["posbuild.core.records"]
     assert LAYERS["posbuild.cli"] == 0
     assert LAYERS["posbuild.cli.build"] == 0  # inherited from the cli package
-    assert LAYERS["posbuild.engine.build"] > LAYERS["posbuild.engine.execute"] \
+    assert LAYERS["posbuild.engine.session"] > LAYERS["posbuild.engine.runphase"] \
         > LAYERS["posbuild.engine.scheduler"]
 
 
 def test_import_resolution() -> None:
-    targets = {i.target for i in posbuild_imports("posbuild.engine.runner")}
+    targets = {i.target for i in posbuild_imports("posbuild.engine.runphase")}
     assert {"posbuild.engine.scheduler", "posbuild.store.lmdbstore",
             "posbuild.core.action"} <= targets
     assert {i.target for i in posbuild_imports("posbuild.workspace.envfp")} == {

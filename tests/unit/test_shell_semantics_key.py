@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from posbuild.load import analysis, graphcache
-from posbuild.engine.build import resolve
+from posbuild.engine.resolve import resolve
 from posbuild.exec.shellfree import shell_argv
 
 # def_hash of RULE before commands ran under strict bash (`/bin/sh -c`, action schema 1) and since.

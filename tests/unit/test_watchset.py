@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from posbuild.engine.build import resolve
+from posbuild.engine.resolve import resolve
 from posbuild.workspace.config import load_config
 from posbuild.errors import PosbuildError
 from posbuild.engine.reporter import BuildSummary

@@ -1,0 +1,119 @@
+"""Layer 4: keep an executed action's result — hash, commit, then install, then share.
+
+The order is the invariant: result, blobs and the execution record are committed at once (to the
+store's write-ahead log: one `write()`, replayed after a kill), and only then are the outputs
+moved into `posbuild-out/`, so whatever `posbuild-out/` shows of an executed action, the store has
+(a kill just after the command loses nothing the next build would not run again). The installed
+files' memo rows ride along with the next commit, or with `flush()` at the end of the build;
+meanwhile a placeholder row names each path's digest. An executed result is uploaded to the remote
+cache once it is in the local store, when this process may upload; an upload never fails the
+action, and a result whose outputs may hold a secret is flagged and never shared.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from posbuild.core.action import Action
+from posbuild.core.digest import Digest, hash_bytes, hash_file
+from posbuild.core.layout import NO_CACHE_TAG
+from posbuild.core.records import ActionResult, FileState, OutputFile, RecordState
+from posbuild.engine.products import BuildProducts
+from posbuild.engine.rebuilder import Miss
+from posbuild.engine.scheduler import current_slot
+from posbuild.exec.spawner import SpawnResult
+from posbuild.exec.sandbox import read_small
+from posbuild.host.nofollow import Opened, fd_path
+from posbuild.store.journal import Journal, Row
+from posbuild.store.lmdbstore import INLINE_LIMIT, Commit, Store
+from posbuild.store.materialize import INSTALLING, Materializer
+
+if TYPE_CHECKING:
+    from posbuild.store.remote import RemoteCache
+
+
+class Committer:
+    """Commits the runs of one build that passed every check."""
+
+    def __init__(self, store: Store, materializer: Materializer, products: BuildProducts,
+                 journal: Journal | None = None, upload_to: RemoteCache | None = None,
+                 carriers: frozenset[str] = frozenset()) -> None:
+        self._store = store
+        self._materializer = materializer
+        self._products = products
+        self._journal = journal
+        self._upload_to = upload_to if upload_to is not None and upload_to.upload else None
+        self._carriers = carriers  # labels of actions whose outputs may hold a secret
+
+    def commit(self, action: Action, spawn: SpawnResult, miss: Miss, started: float,
+               ended: float) -> ActionResult:
+        """Hash and store the outputs, commit result, blobs and record at once, then install."""
+        key = miss.key
+        blobs: list[tuple[Digest, bytes | None]] = []
+        produced: list[tuple[Opened, OutputFile, bytes | None]] = []
+        for path in action.outputs:
+            # found without following links; never reached by its path again
+            file = spawn.output(path)
+            with file.reading() as fd:
+                stat, data = read_small(fd, INLINE_LIMIT)
+                if data is not None:
+                    digest = hash_bytes(data)
+                    blobs.append((digest, data))
+                else:
+                    digest = hash_file(fd_path(fd))
+                    self._store.store_external(digest, Path(fd_path(fd)))
+                    blobs.append((digest, None))
+            produced.append((file, OutputFile(path, digest, stat.st_size,
+                                              bool(stat.st_mode & 0o111)), data))
+        outputs = [output for _, output, _ in produced]
+        stdout_digest, stderr_digest = hash_bytes(spawn.stdout), hash_bytes(spawn.stderr)
+        blobs += [(stdout_digest, spawn.stdout), (stderr_digest, spawn.stderr)]
+        result = ActionResult(tuple(outputs), spawn.exit_code, stdout_digest, stderr_digest,
+                              action.label in self._carriers)
+        cached = None if NO_CACHE_TAG in action.tags else (key, result)
+        records: list[Row] = []
+        if self._journal is not None:
+            records.append(self._journal.row(action, RecordState.SUCCESS, key, started, ended,
+                                             miss.inputs, [(o.path, o.digest) for o in outputs],
+                                             spawn.usage, spawn.exit_code, "", current_slot(),
+                                             remote=spawn.remote))
+        placeholders = tuple((o.path, FileState(INSTALLING, o.digest)) for o in outputs)
+        memo = self._products.take_installed()
+        self._store.log((Commit(cached, tuple(blobs), placeholders, (), tuple(records)),
+                         Commit(memo=tuple(memo))))
+        try:
+            installed = [(o.path, self._materializer.install(file, o, data))
+                         for file, o, data in produced]
+        except OSError:  # the result stands (its key is true), but this build failed to show it
+            self._products.used.append(key)
+            if records:
+                self._amend_record(records[0], action, miss, started, ended, spawn)
+            raise
+        self._products.installed(installed)
+        if cached is not None and not result.secret and self._upload_to is not None:
+            self._upload_to.put_entry(key, result,
+                                      {d: data if data is not None
+                                       else self._store.external_path(d) for d, data in blobs},
+                                      action.label)
+        self._products.produced.update(installed)
+        # its gc usage row comes with the build's last commit: one B-tree less per action
+        self._products.settled(action, key, outputs, traced=cached is not None)
+        return result
+
+    def _amend_record(self, committed: Row, action: Action, miss: Miss, started: float,
+                      ended: float, spawn: SpawnResult) -> None:
+        """Turn an executed action's committed SUCCESS record into a FAILED one, under the same
+        record key, when installing its outputs failed: the log must say what the build said."""
+        assert self._journal is not None
+        failed = self._journal.row(action, RecordState.FAILED, miss.key, started, ended,
+                                   miss.inputs, (), spawn.usage, spawn.exit_code,
+                                   "install failed", current_slot(), remote=spawn.remote)
+        self._store.commit(records=[(committed[0], failed[1], failed[2])])
+
+    def flush(self) -> None:
+        """Commit the memo rows of the outputs installed since the last transaction (end of the
+        build)."""
+        memo = self._products.take_installed()
+        if memo:
+            self._store.commit(memo=memo)

@@ -1,0 +1,250 @@
+"""Layer 5: run one action that missed the cache — start its command, wait, judge the run, commit.
+
+The scheduler calls these on a worker thread, without its lock, in three steps: `start()` asks the
+remote cache first when the decision said it might hold the result (network I/O belongs here, not
+under the lock), else gives the command to the spawner and returns at once; `wait()` waits for
+the command; `conclude()` judges the finished run and commits it (commit.py), or says why it
+failed, and removes the sandbox. The scheduler may start the worker's next action between
+`wait()` and `conclude()`. A result is committed only when the command exited 0, every declared
+output exists as a regular file, no source input changed while it ran, no output holds a secret,
+and every extra check of the build's mode passes (modes.py: `--verify` compares with the cached
+result); otherwise nothing of it is kept.
+
+`ActionExecutor` is the scheduler's view of all this: node numbers in, outcomes out, each finished
+action reported.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from posbuild.core.action import Action
+from posbuild.core.records import Outcome, RecordState
+from posbuild.engine.commit import Committer
+from posbuild.engine.filestate import FileStates
+from posbuild.engine.outcome import ActionOutcome, Failure, own_failure
+from posbuild.engine.rebuilder import Miss, Rebuilder
+from posbuild.engine.reporter import Reporter
+from posbuild.engine.resources import memory_overrun
+from posbuild.engine.scheduler import State, current_slot
+from posbuild.engine.sources import RemoteResults
+from posbuild.errors import NonDeterminism
+from posbuild.exec.spawner import Spawner, SpawnResult
+from posbuild.host.nofollow import fd_path
+from posbuild.store.journal import Journal
+from posbuild.workspace.secrets import (SecretSource, SecretUnavailable, file_containing, redact,
+                                        values_of)
+
+# one more judgement of a finished run that passed the usual ones (modes.py)
+RunCheck = Callable[[Action, SpawnResult, Miss], Failure | None]
+
+
+@dataclass(slots=True)
+class Started:
+    """An action `ActionRunner.start` took; `wait` and `conclude` fill in the rest."""
+
+    action: Action
+    miss: Miss
+    started: float  # time.time() when it started
+    secrets: tuple[tuple[str, str], ...]
+    running: Any  # what the spawner's `start` returned, for its `wait`
+    spawn: SpawnResult | None = None  # set by `wait`
+    ended: float = 0.0  # time.time() when the command ended
+    # set at once when the action ended before its command: a remote hit, or a failure
+    outcome: ActionOutcome | None = None
+
+
+class ActionRunner:
+    """Start, wait for and conclude the runs of one build's actions."""
+
+    def __init__(self, spawner: Spawner, files: FileStates, committer: Committer,
+                 rebuilder: Rebuilder, passed_env: Sequence[tuple[str, str]] = (),
+                 journal: Journal | None = None, secrets: SecretSource | None = None,
+                 remote: RemoteResults | None = None, checks: Sequence[RunCheck] = ()) -> None:
+        self._spawner = spawner
+        self._files = files
+        self._committer = committer
+        self._rebuilder = rebuilder
+        self._passed_env = tuple(passed_env)
+        self._journal = journal
+        self._secrets = secrets
+        self._remote = remote
+        self._checks = tuple(checks)
+        self._cancelled = False  # a signal or an error elsewhere stopped the running commands
+
+    def start(self, action: Action, miss: Miss) -> Started:
+        """Take `action` on this worker: a remote hit settles it; else stage its sandbox, start
+        its command and return at once."""
+        started = time.time()
+        if miss.ask_remote and self._remote is not None:
+            hit = self._remote.fetch(action, miss.key)
+            if hit is not None:
+                self._rebuilder.record_hit(action, hit, started, miss.inputs)
+                return Started(action, miss, started, (), None, outcome=hit)
+        if self._journal is not None:
+            self._journal.started(action.label)
+        try:
+            secrets = values_of(self._secrets, action.secrets)
+            running = self._spawner.start(action, self._passed_env + secrets)
+        except SecretUnavailable as error:
+            if self._journal is not None:
+                self._journal.add(action, RecordState.FAILED, miss.key, started, time.time(),
+                                  miss.inputs, (), None, None, "secret", current_slot())
+            return Started(action, miss, started, (), None,
+                           outcome=ActionOutcome(Outcome.FAILED, error=str(error),
+                                                 reason=miss.reason))
+        except OSError as error:
+            return Started(action, miss, started, (), None, outcome=own_failure(error))
+        return Started(action, miss, started, secrets, running)
+
+    def wait(self, started: Started) -> bool:
+        """Wait for the command `start` started; whether the action may still succeed (it may
+        still fail `conclude`'s checks, but a command that failed has certainly failed)."""
+        if started.outcome is not None:
+            return started.outcome.key is not None
+        try:
+            started.spawn = self._spawner.wait(started.running)
+        except OSError as error:
+            started.outcome = own_failure(error)
+            return False
+        started.ended = time.time()
+        return started.spawn.exit_code == 0 and not started.spawn.timed_out
+
+    def conclude(self, started: Started) -> ActionOutcome:
+        """Judge the finished run and commit its result, or say why it failed; the sandbox goes."""
+        if started.outcome is not None:
+            return started.outcome
+        try:
+            return self._conclude(started)
+        except OSError as error:
+            return own_failure(error)
+
+    def _conclude(self, started: Started) -> ActionOutcome:
+        action, miss, secrets, spawn = started.action, started.miss, started.secrets, started.spawn
+        assert spawn is not None, "conclude() before wait()"
+        if secrets:  # nothing below keeps or shows a secret value
+            values = [value for _, value in secrets]
+            spawn = replace(spawn, stdout=redact(spawn.stdout, values),
+                            stderr=redact(spawn.stderr, values))
+        try:
+            failure = self._failure(action, spawn, miss, secrets)
+            for check in self._checks:
+                failure = failure or check(action, spawn, miss)
+            if failure is not None:
+                return self._failed(started, spawn, failure)
+            self._committer.commit(action, spawn, miss, started.started, started.ended)
+        finally:
+            self._spawner.remove(spawn)
+        return ActionOutcome(Outcome.EXECUTED, miss.key, reason=miss.reason,
+                             stderr=spawn.stderr, elapsed=spawn.elapsed)
+
+    def _failed(self, started: Started, spawn: SpawnResult, failure: Failure) -> ActionOutcome:
+        """Record a run that cannot be committed, and say how it ended."""
+        action, miss = started.action, started.miss
+        if self._cancelled:  # stopped by posbuild: not a failure of its own
+            failure = Failure(failure.message, "interrupted")
+        if self._journal is not None:
+            state = RecordState.INTERRUPTED if self._cancelled else RecordState.FAILED
+            self._journal.add(action, state, miss.key, started.started, started.ended,
+                              miss.inputs, (), spawn.usage, spawn.exit_code, failure.code,
+                              current_slot(), remote=spawn.remote)
+        orch = type(failure.orch) if failure.orch is not None else None
+        # the decision settled it from the cached result
+        kept = miss.key if orch is NonDeterminism else None
+        return ActionOutcome(Outcome.FAILED, kept, error=failure.message, orch=orch,
+                             reason=miss.reason, stderr=spawn.stderr, elapsed=spawn.elapsed)
+
+    def _failure(self, action: Action, spawn: SpawnResult, miss: Miss,
+                 secrets: tuple[tuple[str, str], ...] = ()) -> Failure | None:
+        """Why a finished run cannot be committed; None if it can."""
+        if spawn.timed_out:
+            return Failure(f"timed out after {action.timeout} s", "timeout")
+        if spawn.exit_code != 0:
+            if spawn.exit_code < 0:
+                return Failure(f"command failed (killed by signal {-spawn.exit_code})",
+                               f"signal {-spawn.exit_code}")
+            return Failure(f"command failed (exit code {spawn.exit_code})",
+                           f"exit {spawn.exit_code}")
+        overrun = memory_overrun(action, spawn.usage.max_rss_kb if spawn.usage else None)
+        if overrun is not None:
+            return Failure.of(overrun)
+        if spawn.irregular:
+            return Failure(f"declared output '{spawn.irregular[0]}' {spawn.why}; outputs must be "
+                           "regular files in folders of their own, and nothing was kept",
+                           "missing output")
+        if spawn.missing:
+            missing = ", ".join(f"'{p}'" for p in spawn.missing)
+            return Failure(f"declared output {missing} was not created", "missing output")
+        changed = [path for path, sig in miss.sources if not self._files.unchanged(path, sig)]
+        if changed:
+            return Failure(f"input '{changed[0]}' changed while the action ran; result not cached, "
+                           "build again", "input changed")
+        if secrets and not action.allow_secret_in_output:
+            for path in action.outputs:
+                with spawn.output(path).reading() as fd:
+                    leak = file_containing([Path(fd_path(fd))], secrets)
+                if leak is not None:
+                    return Failure(f"output '{path}' contains the value of secret '{leak[1]}'; "
+                                   "nothing was kept (declare allow_secret_in_output = True if "
+                                   "that is intended)", "secret in output")
+        return None
+
+    def cancel(self) -> None:
+        """Stop every running command; what they were doing is recorded as interrupted, not
+        failed."""
+        self._cancelled = True
+        self._spawner.cancel()
+
+    @property
+    def stopped(self) -> int:
+        """How many running commands a cancel killed."""
+        return int(getattr(self._spawner, "stopped", 0))
+
+
+class ActionExecutor:
+    """The scheduler's Executor: node numbers to the decision and the run, each finished action
+    reported. A miss waits here, keyed by node, from `prepare` (under the lock) to `start`."""
+
+    def __init__(self, actions: Sequence[Action], rebuilder: Rebuilder, runner: ActionRunner,
+                 reporter: Reporter) -> None:
+        self._actions = actions
+        self._rebuilder = rebuilder
+        self._runner = runner
+        self._reporter = reporter
+        self._misses: dict[int, Miss] = {}
+        self.outcomes: dict[int, ActionOutcome] = {}
+
+    def prepare(self, node: int) -> ActionOutcome | None:
+        decided = self._rebuilder.check(self._actions[node])
+        if isinstance(decided, Miss):
+            self._misses[node] = decided
+            return None
+        return decided
+
+    def start(self, node: int) -> Started:
+        return self._runner.start(self._actions[node], self._misses.pop(node))
+
+    def wait(self, started: Started) -> bool:
+        return self._runner.wait(started)
+
+    def conclude(self, started: Started) -> ActionOutcome:
+        return self._runner.conclude(started)
+
+    def succeeded(self, outcome: ActionOutcome) -> bool:
+        """Whether dependents may start: the action has a result (a kept one after ORCH-04, too)."""
+        return outcome.key is not None
+
+    def finished(self, node: int, state: State, outcome: ActionOutcome | None) -> None:
+        if outcome is None:
+            return
+        self.outcomes[node] = outcome
+        label = self._actions[node].label
+        if outcome.reason:
+            self._reporter.message(f"explain {label}: {outcome.reason}")
+        self._reporter.action_finished(label, outcome.status, outcome.error, outcome.stderr)
+
+    def cancel(self) -> None:
+        self._runner.cancel()

@@ -1,0 +1,294 @@
+"""Layer 7: a build session — the builds of one workspace in one process, each in five steps.
+
+    resolve   patterns → the request's graph cache entry (resolve.py)
+    preflight roles, secrets, `[env] pass`, the environment hash (ORCH-07); later, with the
+              saved state at hand, pins (ORCH-03) and the `[resources]` budget (ORCH-05)
+    settle    the saved up-to-date state settles what it can by `stat()` alone (uptodate.py)
+    run       what is left goes to the run phase (runphase.py, imported only then)
+    finish    one summary for the reporter and the exit code
+
+A no-op stops at settle: when the checks can be made from the graph's facts and the saved state
+settles the whole request, the actions are not even decoded, and a no-op costs one `stat()` per
+file. Critical errors stop a build before anything runs, and such a refusal is recorded (§12:
+every attempt leaves a record). A session holds nothing of one build into the next but what the
+workspace is: `posbuild watch` runs one build per change through the same session.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Callable, Mapping, Sequence
+
+from posbuild.core.action import Action, ActionGraph, GraphFacts
+from posbuild.core.layout import CONFIG_NAME, LOCK_NAME
+from posbuild.core.records import Outcome
+from posbuild.engine.locking import workspace_lock
+from posbuild.engine.pins import check_pins
+from posbuild.engine.plan import BuildEnvironment, BuildOptions, DirtyWork
+from posbuild.engine.reporter import BuildSummary, Reporter
+from posbuild.engine.resolve import Request, graph_entry, make_request
+from posbuild.engine.resources import check_budget, fits
+from posbuild.engine.uptodate import clean_actions, settled
+from posbuild.errors import (ActionFailed, NonDeterminism, OrchError, PosbuildError,
+                             ResourceOversubscription, UsageError)
+from posbuild.load.graphcache import CachedGraph
+from posbuild.store.epoch import read_epoch
+from posbuild.store.upstate import BuildState, load_state, revalidate, tree_is_clean
+from posbuild.workspace.config import Config, load_config
+from posbuild.workspace.envfp import (checked_environment_hash, environment_key,
+                                      passed_environment)
+from posbuild.workspace.roles import ROLE_VARIABLE, authorize
+from posbuild.workspace.secrets import SecretSource, SecretUnavailable, secret_source
+
+
+@dataclass(frozen=True, slots=True)
+class _Resolved:
+    """A build after `resolve`: its configuration, request and graph cache entry, and the actions
+    when they had to be decoded (`graph` None: not yet, maybe never)."""
+
+    config: Config
+    options: BuildOptions
+    request: Request
+    entry: CachedGraph
+    graph: ActionGraph | None
+    started: float  # time.monotonic()
+
+    @property
+    def patterns(self) -> tuple[str, ...]:
+        return tuple(str(p) for p in self.request.patterns)
+
+    @property
+    def local(self) -> bool:
+        """Whether the actions run here (else on Dask, within what its workers declared)."""
+        return (self.options.executor or self.config.executor) == "local"
+
+
+class BuildSession:
+    """Builds of the workspace at `root`, reported to `reporter`, in the environment `environ`."""
+
+    def __init__(self, root: Path, reporter: Reporter,
+                 environ: Mapping[str, str] | None = None) -> None:
+        self.root = root
+        self.reporter = reporter
+        self.environ = dict(environ or {})
+
+    def build(self, options: BuildOptions,
+              on_graph: Callable[[ActionGraph], None] | None = None) -> BuildSummary:
+        """Build the patterns of `options`. `on_graph` is given the resolved graph before anything
+        is checked or run (`posbuild watch` derives the files to watch from it)."""
+        started = time.time()
+        config = load_config(self.root)
+        passed_checks = False
+        with workspace_lock(config, self.reporter):  # from the start: loading writes the cache
+            try:
+                resolved = self.resolve(config, options, on_graph)
+                environment = self.preflight(resolved)
+                work = self.settle(resolved, environment)
+                passed_checks = True
+                if work is None:
+                    return self.finish(_settled_summary(resolved, options))
+                return self.finish(self.run(resolved, environment, work))
+            except OrchError as error:
+                if not passed_checks and not options.dry_run:
+                    _record_refused(config, options, started, error)
+                raise
+
+    def resolve(self, config: Config, options: BuildOptions,
+                on_graph: Callable[[ActionGraph], None] | None = None) -> _Resolved:
+        """The request's graph cache entry; the actions are decoded only when a check needs
+        them or `on_graph` asks."""
+        started = time.monotonic()
+        request = make_request(config, options.patterns, options.cwd_package)
+        entry = graph_entry(config, request)
+        local = (options.executor or config.executor) == "local"
+        decode = on_graph is not None \
+            or not _checks_need_no_actions(config, entry.facts, options, local)
+        graph = entry.graph() if decode else None
+        if on_graph is not None:
+            on_graph(entry.graph())
+        return _Resolved(config, options, request, entry, graph, started)
+
+    def preflight(self, resolved: _Resolved) -> BuildEnvironment:
+        """The checks that need no saved state: roles, secrets, the environment (ORCH-07)."""
+        config, options, environ = resolved.config, resolved.options, self.environ
+        actions = resolved.graph.actions if resolved.graph is not None else ()
+        grant = authorize(config, resolved.request.patterns, actions,
+                          environ.get(ROLE_VARIABLE), options.remote_upload)
+        secrets = secret_source(config.root, config.secrets_file, environ)
+        _check_secrets(config, actions, secrets, options.remote_upload)
+        passed_env = passed_environment(config.env_pass, environ)
+        env_hash = checked_environment_hash(config, environ, options.allow_env_drift,
+                                            self.reporter.message)
+        return BuildEnvironment(env_hash, environment_key(passed_env, env_hash), passed_env,
+                                secrets, grant)
+
+    def settle(self, resolved: _Resolved, environment: BuildEnvironment) -> DirtyWork | None:
+        """What the saved state cannot settle by stat alone; None when it settles everything
+        (then the build's row is recorded here). Pins (ORCH-03) and the budget (ORCH-05) are
+        checked once the actions are known, before anything runs, dry runs included."""
+        config, options, request = resolved.config, resolved.options, resolved.request
+        previous = load_state(request.state_path, environment.env_key)
+        epoch = read_epoch(config.store_dir)  # MISSING without a store: nothing is there
+        if previous.epoch != epoch:  # rows were removed from the store since: check the state
+            previous = revalidate(None if options.dry_run else request.state_path, previous,
+                                  config.store_dir, epoch)
+        tree_clean = tree_is_clean(config)
+        graph = resolved.graph
+        if graph is None:  # the actions are not decoded: maybe a no-op
+            if tree_clean and settled(previous, resolved.entry.digest, config.root):
+                self._all_settled(resolved, previous, environment)
+                return None
+            graph = resolved.entry.graph()
+        actions = graph.actions
+        check_pins(config.root, actions, previous)
+        if resolved.local:
+            check_budget(actions, config.resources)
+        clean = [False] * len(actions) if options.verify \
+            else clean_actions(actions, previous, config.root)
+        if all(clean) and tree_clean:  # a no-op all the same
+            self._all_settled(resolved, previous, environment)
+            return None
+        self.reporter.build_started(len(actions), sum(clean))
+        if options.dry_run:
+            return DirtyWork(actions, clean, previous, request.state_path, resolved.entry.digest,
+                             resolved.patterns, tree_clean)
+        from posbuild.store.journal import build_row
+
+        row, blobs = build_row(time.time(), resolved.patterns, environment.env_hash,
+                               (resolved.entry.digest, resolved.entry.raw), previous.raw, clean,
+                               allow_env_drift=options.allow_env_drift, verify=options.verify,
+                               passed_env=[list(pair) for pair in environment.passed_env])
+        return DirtyWork(actions, clean, previous, request.state_path, resolved.entry.digest,
+                         resolved.patterns, tree_clean, row, tuple(blobs))
+
+    def _all_settled(self, resolved: _Resolved, previous: BuildState,
+                     environment: BuildEnvironment) -> None:
+        """Every action is up to date: say so, and record the build as one row in the store."""
+        count = resolved.entry.facts.count
+        self.reporter.build_started(count, count)
+        if not resolved.options.dry_run:
+            _record_settled(resolved, previous, environment)
+
+    def run(self, resolved: _Resolved, environment: BuildEnvironment,
+            work: DirtyWork) -> BuildSummary:
+        """Run (or under `--dry-run`, plan) what `settle` left, and sum it up."""
+        from posbuild.engine.runphase import plan_dirty, run_dirty
+        from posbuild.exec.namespaces import writable_paths
+
+        config, options, actions = resolved.config, resolved.options, work.actions
+        up_to_date = sum(work.clean)
+        wall = time.monotonic
+        if options.dry_run:
+            planned = plan_dirty(config, options, environment, work)
+            for index, reason in planned:
+                if reason:
+                    self.reporter.message(f"explain {actions[index].label}: {reason}")
+                self.reporter.action_finished(actions[index].label, Outcome.PLANNED, "", b"")
+            return BuildSummary(len(actions), len(planned), len(actions) - len(planned), 0, 0,
+                                wall() - resolved.started, (), dry_run=True)
+        environment = replace(environment, sandbox_writable=tuple(writable_paths(self.environ)))
+        run = run_dirty(config, options, environment, work, self.reporter)
+        executed, cached, failed = (run.count(s)
+                                    for s in (Outcome.EXECUTED, Outcome.CACHED, Outcome.FAILED))
+        return BuildSummary(total=len(actions), executed=executed, cached=up_to_date + cached,
+                            failed=failed, skipped=run.skipped, wall=wall() - resolved.started,
+                            failed_labels=run.failed_labels(actions),
+                            orch=run.failure_classes())
+
+    def finish(self, summary: BuildSummary) -> BuildSummary:
+        """Tell the reporter how the build ended."""
+        self.reporter.build_finished(summary)
+        return summary
+
+
+def _checks_need_no_actions(config: Config, facts: GraphFacts, options: BuildOptions,
+                            local: bool) -> bool:
+    """Whether the checks before a build can all be made from the graph's facts (`local`: the
+    actions run here, so the `[resources]` budget is checked).
+
+    Then a build that turns out to be a no-op never decodes the actions (uptodate.settled). Roles,
+    pins and secrets that could clash with `[env] pass` need the actions themselves.
+    """
+    return (not options.verify and not config.roles and not facts.pinned
+            and not (facts.secrets and config.env_pass)
+            and (not local or fits(facts.resources, config.resources))
+            and not (config.root / LOCK_NAME).exists())
+
+
+def _record_settled(resolved: _Resolved, previous: BuildState,
+                    environment: BuildEnvironment) -> None:
+    """A build whose every action the saved state settled: one row in the store, nothing else."""
+    count, options = resolved.entry.facts.count, resolved.options
+    from posbuild.store.journal import build_row, record_settled_build
+
+    row, blobs = build_row(time.time(), resolved.patterns, environment.env_hash,
+                           (resolved.entry.digest, resolved.entry.raw), previous.raw,
+                           [True] * count,
+                           allow_env_drift=options.allow_env_drift, verify=options.verify)
+    record_settled_build(resolved.config.store_dir, resolved.config.workspace_tag,
+                         row.with_fields(counts={"cached": count}), blobs)
+
+
+def _settled_summary(resolved: _Resolved, options: BuildOptions) -> BuildSummary:
+    count = resolved.entry.facts.count
+    return BuildSummary(count, 0, count, 0, 0, time.monotonic() - resolved.started, (),
+                        dry_run=options.dry_run)
+
+
+def _record_refused(config: Config, options: BuildOptions, started: float,
+                    error: OrchError) -> None:
+    from posbuild.store.journal import record_refused
+
+    try:
+        patterns = [str(p)
+                    for p in make_request(config, options.patterns, options.cwd_package).patterns]
+        record_refused(config.store_dir, config.workspace_tag, started, patterns, error.code,
+                       error.render())
+    except (PosbuildError, OSError):  # the refusal itself is what the user must see
+        pass
+
+
+def _check_secrets(config: Config, actions: Sequence[Action], secrets: SecretSource,
+                   remote_upload: bool) -> None:
+    """Refuse, before anything runs, what would leak a secret or upload unsigned.
+
+    A secret also passed by `[env] pass` would put its value into the action key. `--remote-upload`
+    needs the signing key even when everything is up to date, so that a CI job asking to fill
+    the cache never silently fills nothing.
+    """
+    passed = set(config.env_pass)
+    for action in actions if passed else ():
+        clash = [name for name in action.secrets if name in passed]
+        if clash:
+            raise UsageError(f"{action.label}: '{clash[0]}' is both a secret and in [env] pass of "
+                             f"{config.root / CONFIG_NAME}, which would put its value into the "
+                             f"action key; remove it from [env] pass")
+    if remote_upload:
+        from posbuild.store.remote import CACHE_KEY_VARIABLE
+
+        try:
+            key = secrets.values_for([CACHE_KEY_VARIABLE])[0][1]
+        except SecretUnavailable as error:
+            raise UsageError(
+                f"--remote-upload needs the signing key: {error}; nothing was built") from None
+        if not key:
+            raise UsageError(
+                f"--remote-upload needs the signing key: {CACHE_KEY_VARIABLE} is empty; nothing "
+                "was built")
+
+
+def summary_error(summary: BuildSummary) -> PosbuildError | None:
+    """The error a build with this summary exits with (ORCH-04, ORCH-05, or a failed action), if
+    any."""
+    labels = ", ".join(summary.failed_labels)
+    if NonDeterminism in summary.orch:
+        return NonDeterminism(f"{summary.failed} action(s) failed, some produced bytes that differ "
+                              f"from their cached result: {labels}")
+    if ResourceOversubscription in summary.orch:
+        return ResourceOversubscription(f"{summary.failed} action(s) failed, some used more memory "
+                                        f"than they declared: {labels}")
+    if summary.failed:
+        return ActionFailed(f"{summary.failed} action(s) failed: {labels}")
+    return None

@@ -1,0 +1,106 @@
+"""Layer 2: where a result can come from instead of running the command — the local store, then
+a remote cache.
+
+A source answers one question, "is there a usable result for this key?", and on a hit leaves the
+action settled: its outputs are in `posbuild-out/` (restored from verified blobs where missing)
+and in the build's products. The local store answers under the scheduler's lock (a few reads and
+stats). A remote cache answers on a worker thread, never under the lock: its HTTP round trips
+would stall every other worker (the rebuilder's decision marks the miss "ask the remote").
+
+A verified remote hit is put into the local store first and then settles exactly like a local
+hit; any rejected or missing piece is a miss. A remote is never asked for an action whose outputs
+may hold a secret (secrets.py).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from posbuild.core.action import Action
+from posbuild.core.digest import Digest
+from posbuild.core.records import ActionResult, FileState, Outcome
+from posbuild.engine.outcome import ActionOutcome
+from posbuild.engine.products import BuildProducts
+from posbuild.store.lmdbstore import Commit, Store
+from posbuild.store.materialize import Materializer
+
+if TYPE_CHECKING:
+    from posbuild.store.remote import RemoteCache
+
+
+def describes(result: ActionResult, action: Action) -> bool:
+    """Whether a cached result names exactly the action's declared outputs.
+
+    A result whose key matches always does, unless it was forged or imported from elsewhere: one
+    naming other paths (`posbuild-out/../x`) must never be written out, so it counts as a miss
+    and the action runs.
+    """
+    paths = [output.path for output in result.outputs]
+    return len(paths) == len(action.outputs) and set(paths) == set(action.outputs)
+
+
+class LocalResults:
+    """Hits from the local store. `dry_run`: nothing is restored (only the digests matter)."""
+
+    def __init__(self, store: Store, materializer: Materializer, products: BuildProducts,
+                 dry_run: bool = False) -> None:
+        self._store = store
+        self._materializer = materializer
+        self._products = products
+        self._dry_run = dry_run
+
+    def lookup(self, action: Action, key: Digest) -> ActionOutcome | None:
+        """A hit by key: restore any output that `posbuild-out/` lacks, from verified blobs."""
+        result = self._store.get_result(key)
+        if result is None or not describes(result, action):
+            return None
+        restored: list[tuple[str, FileState]] = []
+        for output in result.outputs:
+            state = self._materializer.current(output)
+            if state is None and self._dry_run:
+                state = FileState((0, 0, 0, 0), output.digest)  # would be restored
+            elif state is None:
+                state = self._materializer.restore(output)
+                restored.append((output.path, state))
+            self._products.produced[output.path] = state
+        # their memo rows ride along with the next commit, as an executed action's do
+        self._products.installed(restored)
+        self._products.settled(action, key, result.outputs)
+        return ActionOutcome(Outcome.CACHED, key)
+
+
+class RemoteResults:
+    """Hits from a remote cache, taken into the local store and then settled by `local`."""
+
+    def __init__(self, remote: RemoteCache, store: Store, local: LocalResults,
+                 temp_dir: Path) -> None:
+        self._remote = remote
+        self._store = store
+        self._local = local
+        self._temp_dir = temp_dir
+
+    def fetch(self, action: Action, key: Digest) -> ActionOutcome | None:
+        """The remote's result for `key`, verified, stored and restored; None on any miss."""
+        entry = self._remote.get_entry(key, action.label)
+        if entry is None or not describes(entry.result, action):
+            return None
+        blobs: list[tuple[Digest, bytes | None]] = []
+        temps: list[Path] = []
+        try:
+            for digest, name, size in entry.blobs():
+                if self._store.has_blob(digest):
+                    continue
+                got = self._remote.fetch_blob(digest, name, size, action.label, self._temp_dir)
+                if got is None:
+                    return None
+                if isinstance(got, Path):
+                    temps.append(got)
+                    self._store.store_external(digest, got)
+                blobs.append((digest, got if isinstance(got, bytes) else None))
+        finally:
+            for temp in temps:
+                temp.unlink(missing_ok=True)
+        self._store.log([Commit((key, entry.result), tuple(blobs))])
+        self._remote.hit()
+        return self._local.lookup(action, key)
