@@ -68,7 +68,7 @@ class GraphFacts(NamedTuple):
     """What the checks before a build need to know of a graph's actions, without the actions.
 
     Kept beside the actions in the graph cache, so that a build which turns out to be a no-op can
-    run those checks without decoding ten thousand actions (build.py).
+    run those checks without decoding ten thousand actions (session.py).
     """
 
     # shadows tuple.count; the field names are part of the graph cache's format (graphcache.py)

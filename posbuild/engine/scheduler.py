@@ -8,7 +8,9 @@ nodes and calls an Executor with these entry points:
   lock: on the calling thread at the start, later on the worker that finished the last
   dependency. It returns an outcome when the node can be settled at once (a cache hit), or None
   when real work is needed. Cache hits therefore never wait for a job slot, which is what keeps
-  a no-op build of 10,000 actions fast (it starts no thread at all).
+  a no-op build of 10,000 actions fast (it starts no thread at all). Every other worker waits
+  while it runs, so it must do no network I/O and nothing slow: a remote lookup belongs in
+  `start`.
 * `start(node)`, `wait(handle)` and `conclude(handle)` do the real work on one of `jobs` worker
   threads, without the lock: start it (a command), wait for its command, then finish it (check
   and keep its results). The worker then settles the node and takes its next one itself (`_Run`).

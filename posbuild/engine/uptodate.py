@@ -9,7 +9,7 @@ scheduler.
 
 When the state was saved for the very graph being built and every action then ended well, even
 that pass is skipped: `settled` compares the saved signatures, as one packed array, with a fresh
-`stat()` of each file, and a no-op never decodes the actions at all (build.py).
+`stat()` of each file, and a no-op never decodes the actions at all (session.py).
 
 Everything else goes through the rebuilder, which can still reuse a recorded key when the input
 digests it computes turn out to be the recorded ones (a touched file, an early cutoff).

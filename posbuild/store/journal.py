@@ -1,7 +1,7 @@
 """Layer 2: execution records of one build (§12) — numbered, filled in, and handed to the store.
 
 Every action a build touches gets exactly one record: an executed action's record is committed in
-the same transaction as its result (execute.py passes it to `Store.commit`); cache hits, failures
+the same transaction as its result (commit.py logs it with the result); cache hits, failures
 and skips are batched and committed once at the end of the build.
 
 A build's row is written when it starts, with status "running", and concluded ("finished") when

@@ -25,7 +25,7 @@ from posbuild.host.nofollow import Opened
 from posbuild.core.records import FileState, OutputFile, Signature, signature
 from posbuild.store.lmdbstore import Store
 
-# The stat signature of a memo row committed before its file is put in place (execute.py): no
+# The stat signature of a memo row committed before its file is put in place (commit.py): no
 # file ever has it, so the row settles nothing, but it names the digest the path is getting.
 INSTALLING: Signature = (0, 0, 0, 0)
 
