@@ -18,20 +18,20 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Callable
 
 from posbuild.core.action import Action, is_generated
 from posbuild.core.digest import Digest
 from posbuild.core.layout import NO_CACHE_TAG
-from posbuild.core.reasons import differences, one_line
 from posbuild.core.records import ActionResult, Outcome, RecordState, Signature
 from posbuild.engine.filestate import FileStates
 from posbuild.engine.keys import action_key
 from posbuild.engine.outcome import ActionOutcome
+from posbuild.engine.plan import BuildEnvironment
 from posbuild.engine.products import BuildProducts
 from posbuild.engine.sources import LocalResults
+from posbuild.engine.why import Explainer
 from posbuild.store.journal import Journal
-from posbuild.store.lmdbstore import Store
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,31 +50,26 @@ class Miss:
 
 
 class Rebuilder:
-    """Hit or miss for the actions of one build.
+    """Hit or miss for the actions of one build, keyed on `environment`.
 
-    `verify`: every action runs, and a miss carries the cached result the run must reproduce.
-    `remote`: whether a remote cache may be asked after a local miss. `carriers`: labels of
-    actions whose outputs may hold a secret, never asked of a remote.
+    `explainer`: under `--explain`, says why a miss must run. `verify`: every action runs, and a
+    miss carries the cached result the run must reproduce. `asks_remote`: whether a remote cache
+    may be asked for an action after a local miss (None: there is no remote to ask).
     """
 
-    def __init__(self, store: Store, files: FileStates, products: BuildProducts,
-                 local: LocalResults, env_hash: Digest,
-                 passed_env: Sequence[tuple[str, str]] = (), journal: Journal | None = None,
-                 verify: bool = False, explain: bool = False, remote: bool = False,
-                 carriers: frozenset[str] = frozenset()) -> None:
-        self._store = store
+    def __init__(self, files: FileStates, products: BuildProducts, local: LocalResults,
+                 environment: BuildEnvironment, journal: Journal | None = None,
+                 explainer: Explainer | None = None, verify: bool = False,
+                 asks_remote: Callable[[Action], bool] | None = None) -> None:
         self._files = files
         self._products = products
         self._local = local
-        self._env_hash = env_hash
-        self._passed_env = tuple(passed_env)
+        self._env_hash = environment.env_hash
+        self._passed_env = environment.passed_env
         self._journal = journal
+        self._explainer = explainer
         self._verify = verify
-        self._explain = explain
-        self._remote = remote and not verify
-        self._carriers = carriers
-        # --explain: `[env] pass` by build
-        self._passed_by_build: dict[str, Sequence[Sequence[str]] | None] | None = None
+        self._asks_remote = None if verify else asks_remote
 
     def check(self, action: Action) -> ActionOutcome | Miss:
         """Settle `action` from the local cache if possible; a `Miss` means it must run."""
@@ -101,10 +96,11 @@ class Rebuilder:
         if hit is not None and not self._verify:
             self.record_hit(action, hit, started, inputs)
             return hit
-        cached = self._store.get_result(key) if self._verify else None
-        return Miss(key, tuple(sources), inputs, cached,
-                    self._why(action, inputs, key, cached is not None),
-                    ask_remote=cacheable and self._remote and action.label not in self._carriers)
+        cached = self._local.result(action, key) if self._verify else None
+        reason = self._explainer.reason(action, inputs, key, cached is not None) \
+            if self._explainer is not None else ""
+        ask_remote = cacheable and self._asks_remote is not None and self._asks_remote(action)
+        return Miss(key, tuple(sources), inputs, cached, reason, ask_remote)
 
     def record_hit(self, action: Action, hit: ActionOutcome, started: float,
                    inputs: tuple[tuple[str, Digest], ...]) -> None:
@@ -134,23 +130,3 @@ class Rebuilder:
         self._products.produced.update(outputs)
         self._products.settled(action, trace.key)
         return ActionOutcome(Outcome.CACHED, trace.key)
-
-    def _why(self, action: Action, inputs: tuple[tuple[str, Digest], ...], key: Digest,
-             verifying: bool) -> str:
-        """Under --explain, the one-line reason this action must run."""
-        if not self._explain:
-            return ""
-        previous = self._store.latest_record(action.label)
-        # skipped last time: compare with the run before
-        if previous is not None and previous.key is None:
-            previous = next((r for r in reversed(self._store.records_of_label(action.label))
-                             if r.key), None)
-        passed_before = None
-        if previous is not None:
-            if self._passed_by_build is None:
-                self._passed_by_build = {str(b.number): b.passed_env for b in self._store.builds()}
-            passed_before = self._passed_by_build.get(previous.build_id)
-        reasons = differences(previous, action.command, action.env, action.versions, inputs,
-                              self._env_hash, self._passed_env, passed_before)
-        return one_line(previous, reasons, key, verifying,
-                        passed_before is None and bool(self._passed_env))

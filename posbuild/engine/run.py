@@ -1,10 +1,10 @@
 """Layer 5: run one action that missed the cache — start its command, wait, judge the run, commit.
 
-The scheduler calls these on a worker thread, without its lock, in three steps: `start()` asks the
-remote cache first when the decision said it might hold the result (network I/O belongs here, not
-under the lock), else gives the command to the spawner and returns at once; `wait()` waits for
-the command; `conclude()` judges the finished run and commits it (commit.py), or says why it
-failed, and removes the sandbox. The scheduler may start the worker's next action between
+The scheduler calls these on a worker thread, without its lock, in three steps: `start()` gives the
+command to the spawner and returns at once (the executor asks the remote cache before, when the
+decision said it might hold the result: network I/O belongs here, not under the lock); `wait()`
+waits for the command; `conclude()` judges the finished run and commits it (commit.py), or says why
+it failed, and removes the sandbox. The scheduler may start the worker's next action between
 `wait()` and `conclude()`. A result is committed only when the command exited 0, every declared
 output exists as a regular file, no source input changed while it ran, no output holds a secret,
 and every extra check of the build's mode passes (modes.py: `--verify` compares with the cached
@@ -26,6 +26,7 @@ from posbuild.core.records import Outcome, RecordState
 from posbuild.engine.commit import Committer
 from posbuild.engine.filestate import FileStates
 from posbuild.engine.outcome import ActionOutcome, Failure, own_failure
+from posbuild.engine.plan import BuildEnvironment
 from posbuild.engine.rebuilder import Miss, Rebuilder
 from posbuild.engine.reporter import Reporter
 from posbuild.engine.resources import memory_overrun
@@ -35,8 +36,7 @@ from posbuild.errors import NonDeterminism
 from posbuild.exec.spawner import Spawner, SpawnResult
 from posbuild.host.nofollow import fd_path
 from posbuild.store.journal import Journal
-from posbuild.workspace.secrets import (SecretSource, SecretUnavailable, file_containing, redact,
-                                        values_of)
+from posbuild.workspace.secrets import SecretUnavailable, file_containing, redact, values_of
 
 # one more judgement of a finished run that passed the usual ones (modes.py)
 RunCheck = Callable[[Action, SpawnResult, Miss], Failure | None]
@@ -61,29 +61,20 @@ class ActionRunner:
     """Start, wait for and conclude the runs of one build's actions."""
 
     def __init__(self, spawner: Spawner, files: FileStates, committer: Committer,
-                 rebuilder: Rebuilder, passed_env: Sequence[tuple[str, str]] = (),
-                 journal: Journal | None = None, secrets: SecretSource | None = None,
-                 remote: RemoteResults | None = None, checks: Sequence[RunCheck] = ()) -> None:
+                 environment: BuildEnvironment, journal: Journal | None = None,
+                 checks: Sequence[RunCheck] = ()) -> None:
         self._spawner = spawner
         self._files = files
         self._committer = committer
-        self._rebuilder = rebuilder
-        self._passed_env = tuple(passed_env)
+        self._passed_env = environment.passed_env
+        self._secrets = environment.secrets
         self._journal = journal
-        self._secrets = secrets
-        self._remote = remote
         self._checks = tuple(checks)
         self._cancelled = False  # a signal or an error elsewhere stopped the running commands
 
     def start(self, action: Action, miss: Miss) -> Started:
-        """Take `action` on this worker: a remote hit settles it; else stage its sandbox, start
-        its command and return at once."""
+        """Stage `action`'s sandbox and start its command (worker thread); return at once."""
         started = time.time()
-        if miss.ask_remote and self._remote is not None:
-            hit = self._remote.fetch(action, miss.key)
-            if hit is not None:
-                self._rebuilder.record_hit(action, hit, started, miss.inputs)
-                return Started(action, miss, started, (), None, outcome=hit)
         if self._journal is not None:
             self._journal.started(action.label)
         try:
@@ -206,14 +197,16 @@ class ActionRunner:
 
 class ActionExecutor:
     """The scheduler's Executor: node numbers to the decision and the run, each finished action
-    reported. A miss waits here, keyed by node, from `prepare` (under the lock) to `start`."""
+    reported. A miss waits here, keyed by node, from `prepare` (under the lock) to `start`, which
+    asks the remote cache first when the decision said it might hold the result."""
 
     def __init__(self, actions: Sequence[Action], rebuilder: Rebuilder, runner: ActionRunner,
-                 reporter: Reporter) -> None:
+                 reporter: Reporter, remote: RemoteResults | None = None) -> None:
         self._actions = actions
         self._rebuilder = rebuilder
         self._runner = runner
         self._reporter = reporter
+        self._remote = remote
         self._misses: dict[int, Miss] = {}
         self.outcomes: dict[int, ActionOutcome] = {}
 
@@ -225,7 +218,14 @@ class ActionExecutor:
         return decided
 
     def start(self, node: int) -> Started:
-        return self._runner.start(self._actions[node], self._misses.pop(node))
+        action, miss = self._actions[node], self._misses.pop(node)
+        if miss.ask_remote and self._remote is not None:
+            started = time.time()
+            hit = self._remote.fetch(action, miss.key)
+            if hit is not None:
+                self._rebuilder.record_hit(action, hit, started, miss.inputs)
+                return Started(action, miss, started, (), None, outcome=hit)
+        return self._runner.start(action, miss)
 
     def wait(self, started: Started) -> bool:
         return self._runner.wait(started)

@@ -31,6 +31,7 @@ from posbuild.engine.resources import critical_path
 from posbuild.engine.run import ActionExecutor, ActionRunner, RunCheck
 from posbuild.engine.scheduler import Scheduler, State
 from posbuild.engine.sources import LocalResults, RemoteResults
+from posbuild.engine.why import Explainer
 from posbuild.errors import OrchError
 from posbuild.exec.sandbox import LocalSpawner, choose_isolation
 from posbuild.exec.spawner import Spawner
@@ -136,18 +137,18 @@ class _Run:
         materializer = Materializer(config.root, store, temp)
         materializer.clear_temp()
         local = LocalResults(store, materializer, self.products)
-        asked = remote is not None and not options.verify
-        self.rebuilder = Rebuilder(store, self.files, self.products, local, environment.env_hash,
-                                   environment.passed_env, self.journal, options.verify,
-                                   options.explain, remote=asked, carriers=carriers)
-        self.committer = Committer(store, materializer, self.products, self.journal,
-                                   upload_to=None if options.verify else remote,
-                                   carriers=carriers)
+        # a remote is neither asked nor filled under --verify, nor for a secret's carrier
+        remote = None if options.verify else remote
+        self.rebuilder = Rebuilder(
+            self.files, self.products, local, environment, self.journal,
+            Explainer(store, environment) if options.explain else None, options.verify,
+            (lambda action: action.label not in carriers) if remote is not None else None)
+        self.committer = Committer(store, materializer, self.products, self.journal, remote,
+                                   carriers)
         checks: list[RunCheck] = [SameAsCached(store)] if options.verify else []
-        self.runner = ActionRunner(spawner, self.files, self.committer, self.rebuilder,
-                                   environment.passed_env, self.journal, environment.secrets,
-                                   RemoteResults(remote, store, local, temp)
-                                   if remote is not None and asked else None, checks)
+        self.runner = ActionRunner(spawner, self.files, self.committer, environment,
+                                   self.journal, checks)
+        self.remote = RemoteResults(remote, store, local, temp) if remote is not None else None
 
     def drive(self, dirty: Sequence[int],
               local: bool) -> tuple[dict[int, ActionOutcome], list[State]]:
@@ -157,7 +158,8 @@ class _Run:
         work, config = self._work, self._config
         position = {node: i for i, node in enumerate(dirty)}
         actions = [work.actions[i] for i in dirty]
-        executor = ActionExecutor(actions, self.rebuilder, self.runner, self._reporter)
+        executor = ActionExecutor(actions, self.rebuilder, self.runner, self._reporter,
+                                  self.remote)
         deps = [[position[d] for d in a.deps if d in position] for a in actions]
         demand, capacity = ([a.resources for a in actions], config.resources.as_tuple()) \
             if local else (None, ())
@@ -373,8 +375,9 @@ def plan_dirty(config: Config, options: BuildOptions, environment: BuildEnvironm
         local = LocalResults(store, Materializer(config.root, store,
                                                  config.root / STATE_DIR / TMP),
                              products, dry_run=True)
-        rebuilder = Rebuilder(store, files, products, local, environment.env_hash,
-                              environment.passed_env, explain=options.explain)
+        rebuilder = Rebuilder(files, products, local, environment,
+                              explainer=Explainer(store, environment) if options.explain
+                              else None)
         position = {node: i for i, node in enumerate(dirty)}
         actions = [work.actions[i] for i in dirty]
         deps = [[position[d] for d in a.deps if d in position] for a in actions]

@@ -50,10 +50,15 @@ class LocalResults:
         self._products = products
         self._dry_run = dry_run
 
+    def result(self, action: Action, key: Digest) -> ActionResult | None:
+        """The stored result of `key`, if it describes `action`'s outputs."""
+        result = self._store.get_result(key)
+        return result if result is not None and describes(result, action) else None
+
     def lookup(self, action: Action, key: Digest) -> ActionOutcome | None:
         """A hit by key: restore any output that `posbuild-out/` lacks, from verified blobs."""
-        result = self._store.get_result(key)
-        if result is None or not describes(result, action):
+        result = self.result(action, key)
+        if result is None:
             return None
         restored: list[tuple[str, FileState]] = []
         for output in result.outputs:

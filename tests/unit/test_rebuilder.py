@@ -18,6 +18,7 @@ from posbuild.core.records import ActionResult, FileState, Outcome, OutputFile
 from posbuild.engine import keys
 from posbuild.engine.filestate import FileStates
 from posbuild.engine.outcome import ActionOutcome
+from posbuild.engine.plan import BuildEnvironment
 from posbuild.engine.products import BuildProducts
 from posbuild.engine.rebuilder import Miss, Rebuilder
 from posbuild.engine.sources import LocalResults
@@ -26,6 +27,7 @@ from posbuild.store.materialize import Materializer
 from posbuild.store.upstate import BuildState
 
 ENV = b"E" * 32
+ENVIRONMENT = BuildEnvironment(ENV, ENV, ())
 
 
 def _action(label: str, inputs: tuple[str, ...], output: str, tags: tuple[str, ...] = (),
@@ -62,7 +64,7 @@ class Decide:
         self.files = FileStates(root, store)
         local = LocalResults(store, Materializer(root, store, root / STATE_DIR / TMP),
                              self.products)
-        self.rebuilder = Rebuilder(store, self.files, self.products, local, ENV, **flags)
+        self.rebuilder = Rebuilder(self.files, self.products, local, ENVIRONMENT, **flags)
 
     def check(self, action: Action) -> ActionOutcome | Miss:
         return self.rebuilder.check(action)
@@ -154,7 +156,7 @@ def test_verify_runs_a_hit_again_and_carries_the_result_to_reproduce(root: Path,
     miss = Decide(root, store).check(A)
     assert isinstance(miss, Miss)
     kept = _keep(store, A, miss.key, b"a\n")
-    verifying = Decide(root, store, verify=True, remote=True).check(A)
+    verifying = Decide(root, store, verify=True, asks_remote=lambda action: True).check(A)
     assert isinstance(verifying, Miss)
     assert verifying.cached == kept and not verifying.ask_remote
 
@@ -164,14 +166,14 @@ def test_no_cache_actions_never_hit(root: Path, store: Store) -> None:
     miss = Decide(root, store).check(uncached)
     assert isinstance(miss, Miss)
     _keep(store, uncached, miss.key, b"n\n")
-    again = Decide(root, store, remote=True).check(uncached)
+    again = Decide(root, store, asks_remote=lambda action: True).check(uncached)
     assert isinstance(again, Miss) and not again.ask_remote
 
 
 def test_a_local_miss_asks_the_remote_only_where_it_may(root: Path, store: Store) -> None:
-    asked = Decide(root, store, remote=True).check(A)
+    asked = Decide(root, store, asks_remote=lambda action: True).check(A)
     assert isinstance(asked, Miss) and asked.ask_remote
-    secret = Decide(root, store, remote=True, carriers=frozenset({A.label})).check(A)
+    secret = Decide(root, store, asks_remote=lambda action: action.label != A.label).check(A)
     assert isinstance(secret, Miss) and not secret.ask_remote
 
 
