@@ -88,10 +88,9 @@ from posbuild.errors import ChecksumMismatch, PartialState, PosbuildError
 from posbuild.core.layout import STORE_DB, STORE_LOCK
 from posbuild.host.liveness import lock_held
 from posbuild.host.owned import STORE, claim, is_store
-from posbuild.store.protocols import Commit
 from posbuild.store.recordchain import CHAIN, GENESIS, records_digest, seal
-from posbuild.core.records import (ActionResult, BuildRow, ExecutionRecord, FileState, Generation,
-                                   utc)
+from posbuild.core.records import (ActionResult, BuildRow, Commit, ExecutionRecord, FileState,
+                                   Generation, utc)
 from posbuild.store.wal import DeadLog, WriteAheadLog, dead_logs, has_dead_logs
 
 STORE_FORMAT = b"1"
