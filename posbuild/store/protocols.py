@@ -92,7 +92,9 @@ class StatMemo(Protocol):
 
 class Commits(Protocol):
     """The write path. The rows of one `commit` or one `log` call land together or not at all,
-    whatever kills the process, and reads see them as soon as the call returns."""
+    whatever kills the process. Every read sees a commit's rows once it returns; a log's rows are
+    seen at once by the reads a build makes (`get_result`, `has_blob`, `get_blob`,
+    `blob_source`, `get_memo`) and by all others after `flush` or the next `commit`."""
 
     def commit(self, result: tuple[Digest, ActionResult] | None = None,
                blobs: Iterable[tuple[Digest, bytes | None]] = (),
