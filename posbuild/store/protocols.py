@@ -17,7 +17,7 @@ The facets, and what each promises:
 * Blobs: content by digest, verified on every read.
 * ActionCache: action results by key.
 * StatMemo: the last known state of a workspace file.
-* Commits: the write path; one call's rows land together, readable at once.
+* Commits: the write path; one call's rows land together, and a build reads them at once.
 * BuildLog: numbered build rows, their execution records and the payloads rows name.
 * Generations: recorded output trees, numbered from 1.
 * Sweep: walks of the whole store and removal, for gc and fsck.
