@@ -2,7 +2,8 @@
 
 ActionResult is the cache value of an action key. It holds no timings and no run-specific fields,
 so a rebuild with nothing changed produces an equal value and writes nothing (DESIGN §7.5).
-FileState is one row of the stat memo: the stat signature a digest was computed for.
+FileState is one row of the stat memo: the stat signature a digest was computed for. Commit is
+what one action writes to the store.
 """
 
 from __future__ import annotations
@@ -87,6 +88,18 @@ class FileState:
     def unpack(data: bytes) -> FileState:
         mtime, size, inode, ctime, digest = msgpack.unpackb(data)
         return FileState((mtime, size, inode, ctime), digest)
+
+
+@dataclass(frozen=True, slots=True)
+class Commit:
+    """Everything one action writes to the store, as one unit (the fields are those of
+    `Commits.commit`, store/protocols.py)."""
+
+    result: tuple[Digest, ActionResult] | None = None
+    blobs: tuple[tuple[Digest, bytes | None], ...] = ()
+    memo: tuple[tuple[str, FileState], ...] = ()
+    used: tuple[tuple[Digest, int], ...] = ()
+    records: tuple[tuple[bytes, str, bytes], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

@@ -16,19 +16,22 @@ from __future__ import annotations
 import os
 import time
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 from posbuild.core.digest import hash_file
 from posbuild.core.records import FileState, Signature, signature
-from posbuild.store.lmdbstore import Store
+
+if TYPE_CHECKING:
+    from posbuild.store.protocols import StatMemo
 
 RACY_WINDOW_NS = 100_000_000
 
 
 class FileStates:
-    """Digests of files under `root`, by workspace-relative path, backed by the store's memo."""
+    """Digests of files under `root`, by workspace-relative path, backed by the store's memo
+    (read here; the build commits the rows `take_pending` hands over)."""
 
-    def __init__(self, root: Path, store: Store,
+    def __init__(self, root: Path, store: StatMemo,
                  clock_ns: Callable[[], int] = time.time_ns) -> None:
         self._root = root
         self._store = store

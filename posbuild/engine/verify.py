@@ -33,7 +33,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Callable, Mapping, Sequence
 
 from posbuild.core.action import Action, ActionGraph
 from posbuild.core.compare import Source, first_file_difference, format_difference
@@ -51,6 +51,16 @@ from posbuild.workspace.secrets import (SecretSource, SecretUnavailable, redact,
                                         values_of)
 from posbuild.store.lmdbstore import Store
 from posbuild.store.upstate import BuildState, load_state
+
+if TYPE_CHECKING:
+    from typing import Protocol
+
+    from posbuild.store.protocols import ActionCache, Blobs
+
+    class CachedOutputs(ActionCache, Blobs, Protocol):
+        """What verify reads of the store: each action's cached result, and its output
+        blobs."""
+
 
 BATCH = 256
 CLOCK_SHIFT = "+397.3d"
@@ -110,7 +120,7 @@ def verify_request(config: Config, graph: ActionGraph, state_path: Path, environ
         store.close()
 
 
-def verify(config: Config, graph: ActionGraph, state: BuildState, store: Store,
+def verify(config: Config, graph: ActionGraph, state: BuildState, store: CachedOutputs,
            passed_env: Sequence[tuple[str, str]] = (), jobs: int = 1, shift_clock: bool = True,
            sleep: Callable[[float], None] = time.sleep, secrets: SecretSource | None = None,
            sandbox_writable: Sequence[str] = ()) -> VerifyReport:
@@ -211,7 +221,7 @@ class _Runs:
 class _Checker:
     """Compares the two runs of each action, and run 1 with the cached result; collects findings."""
 
-    def __init__(self, store: Store, state: BuildState) -> None:
+    def __init__(self, store: CachedOutputs, state: BuildState) -> None:
         self._store = store
         self._state = state
         self.findings: list[Finding] = []

@@ -59,7 +59,7 @@ import time
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any, Literal, Sequence
+from typing import IO, TYPE_CHECKING, Any, Literal, Sequence
 
 import blake3
 import msgpack
@@ -69,7 +69,18 @@ from posbuild.errors import ChecksumMismatch, PosbuildError, UsageError
 from posbuild.store.history import records_of_build
 from posbuild.core.layout import NO_CACHE_TAG, OUT_DIR
 from posbuild.core.records import ActionResult, BuildRow
-from posbuild.store.lmdbstore import INLINE_LIMIT, Store
+from posbuild.store.lmdbstore import INLINE_LIMIT
+
+if TYPE_CHECKING:
+    from typing import Protocol
+
+    from posbuild.store.protocols import ActionCache, Blobs, BuildLog, Commits
+
+    class ExportStore(Blobs, ActionCache, BuildLog, Protocol):
+        """What an export reads: the build log (which build, which results), results and blobs."""
+
+    class ImportStore(Blobs, ActionCache, Commits, Protocol):
+        """What an import writes: large blobs as files, results with their blobs, then a flush."""
 
 ARCHIVE_FORMAT = 1
 MAGIC = "posbuild-cache"
@@ -109,7 +120,7 @@ def _sign(secret: bytes, body: bytes) -> bytes:
     return keyed_signature(secret, _SIGNING_CONTEXT, body)
 
 
-def last_successful_build(store: Store, patterns: Sequence[str]) -> BuildRow:
+def last_successful_build(store: BuildLog, patterns: Sequence[str]) -> BuildRow:
     """The newest build row of exactly these patterns that finished with nothing failed or
     skipped."""
     wanted = sorted(set(patterns))
@@ -125,7 +136,7 @@ def last_successful_build(store: Store, patterns: Sequence[str]) -> BuildRow:
                      f"run `posbuild build {shown}` first")
 
 
-def export_cache(store: Store, patterns: Sequence[str], target: Path,
+def export_cache(store: ExportStore, patterns: Sequence[str], target: Path,
                  secret: bytes | None) -> ExportReport:
     """Write the results and blobs of the patterns' last successful build to `target`
     (atomically)."""
@@ -185,7 +196,7 @@ def export_cache(store: Store, patterns: Sequence[str], target: Path,
                         sum(blobs.values()), len(gone), bool(secret), private)
 
 
-def _graph_facts(store: Store, build: BuildRow) -> tuple[frozenset[str], frozenset[str]]:
+def _graph_facts(store: BuildLog, build: BuildRow) -> tuple[frozenset[str], frozenset[str]]:
     """Labels of the build's actions tagged no-cache, and of those whose outputs may hold a secret,
     read from the graph its row names. A graph this posbuild cannot read (another version wrote
     it) names none: then the results' own flags alone keep secrets out."""
@@ -204,7 +215,7 @@ def _add(tar: tarfile.TarFile, name: str, handle: IO[bytes], size: int) -> None:
     tar.addfile(info, handle)
 
 
-def _add_blob(tar: tarfile.TarFile, store: Store, digest: Digest, size: int) -> None:
+def _add_blob(tar: tarfile.TarFile, store: Blobs, digest: Digest, size: int) -> None:
     """Add one blob, verified: a corrupt store blob must not travel to another machine."""
     source = store.blob_source(digest)
     if isinstance(source, Path):
@@ -218,7 +229,7 @@ def _add_blob(tar: tarfile.TarFile, store: Store, digest: Digest, size: int) -> 
     _add(tar, BLOB_PREFIX + digest.hex(), io.BytesIO(data), len(data))
 
 
-def import_cache(store: Store, source: Path, temp_dir: Path, secret: bytes | None,
+def import_cache(store: ImportStore, source: Path, temp_dir: Path, secret: bytes | None,
                  allow_unsigned: bool = False) -> ImportReport:
     """Verify the whole archive, then merge its results and blobs into the store in one transaction.
 
@@ -397,7 +408,7 @@ def _manifest(data: bytes, source: Path, secret: bytes | None, allow_unsigned: b
     return decoded, checked
 
 
-def _check_results(body: dict[str, Any], source: Path, sizes: dict[Digest, int], store: Store
+def _check_results(body: dict[str, Any], source: Path, sizes: dict[Digest, int], store: Blobs
                    ) -> list[tuple[Digest, bytes]]:
     """Every result decodes, names only safe output paths, and every blob it names is in the
     archive (`sizes`) or in the store."""

@@ -52,12 +52,20 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Iterable, Iterator, Mapping, Sequence
 
 from posbuild.core.digest import Digest
 from posbuild.errors import ChecksumMismatch, UsageError
 from posbuild.core.records import ActionResult, Generation, Manifest, unpack_manifest
-from posbuild.store.lmdbstore import Store
+
+if TYPE_CHECKING:
+    from typing import Protocol
+
+    from posbuild.store.protocols import Blobs, Commits, Generations, Sweep
+
+    class GcStore(Blobs, Generations, Sweep, Commits, Protocol):
+        """What gc reads and removes: generations and their manifests, every result, blob and usage
+        row, the files under `cas/`; it flushes once the removals are done."""
 
 DEFAULT_KEEP_GENERATIONS = 3
 BATCH_ROWS = 1000  # rows (results + blobs + generations) per write transaction
@@ -129,7 +137,7 @@ class GcReport:
     over_budget: bool
 
 
-def take_inventory(store: Store, keep_generations: int) -> Inventory:
+def take_inventory(store: GcStore, keep_generations: int) -> Inventory:
     """Read generations, kept manifests, results, usage and blob sizes (ORCH-03 on a bad
     manifest)."""
     if keep_generations < 1:
@@ -157,7 +165,7 @@ def take_inventory(store: Store, keep_generations: int) -> Inventory:
                      store.usage(), sizes, frozenset(external))
 
 
-def _manifest(store: Store, generation: Generation) -> Manifest:
+def _manifest(store: Blobs, generation: Generation) -> Manifest:
     try:
         return unpack_manifest(store.get_blob(generation.manifest))
     except ChecksumMismatch as error:
@@ -244,7 +252,7 @@ class _Batcher:
         return tuple(self._batches)
 
 
-def collect(store: Store, max_size: int | None, keep_generations: int, now_ns: int, *,
+def collect(store: GcStore, max_size: int | None, keep_generations: int, now_ns: int, *,
             orphan_grace_ns: int = 0, batch_rows: int = BATCH_ROWS) -> GcReport:
     """Run gc on `store`: plan from one inventory, remove batch by batch, then sweep orphan files.
 

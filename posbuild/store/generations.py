@@ -19,7 +19,7 @@ left and not from the newer generation it replaced.
 A store shared by several workspaces (`[cache] dir`) holds the generations of each: they are
 tagged with their workspace's path, and each workspace records, lists and rolls back to its own
 (ids are the store's, so one workspace's may skip numbers). The stat-memo rows rollback writes
-are its own too (Store keys them by the tag).
+are its own too (the store keys them by the tag).
 
 uptodate.py's tree marker says whether `posbuild-out/` is known to match the latest generation,
 so a no-op build can skip all of this with one small read.
@@ -31,7 +31,7 @@ import os
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 from posbuild.workspace.config import Config
 from posbuild.errors import UsageError
@@ -40,27 +40,41 @@ from posbuild.store.materialize import Materializer
 from posbuild.host.owned import real_folder
 from posbuild.core.records import (FileState, Generation, Manifest, OutputFile, pack_manifest,
                               unpack_manifest)
-from posbuild.store.lmdbstore import Store
 from posbuild.store.upstate import mark_tree
+
+if TYPE_CHECKING:
+    from typing import Protocol
+
+    from posbuild.store.materialize import OutputStore
+    from posbuild.store.protocols import Blobs, Commits, Generations
+
+    class GenerationStore(Generations, Blobs, Protocol):
+        """Generations and the manifest blobs they name."""
+
+    class RollbackStore(GenerationStore, OutputStore, Commits, Protocol):
+        """What rollback needs as well: the output tree's memo rows, and a commit of new ones."""
+
 
 def workspace_tag(config: Config) -> str:
     """What the workspace's generations are tagged with: "" in its own store, else its path."""
     return config.workspace_tag
 
 
-def current_manifest(store: Store, workspace: str = "") -> tuple[Generation | None, Manifest]:
+def current_manifest(store: GenerationStore,
+                     workspace: str = "") -> tuple[Generation | None, Manifest]:
     """The latest generation of the workspace tagged `workspace`, and its manifest."""
     latest = store.latest_generation(workspace)
     return latest, (unpack_manifest(store.get_blob(latest.manifest)) if latest else {})
 
 
-def generations_of(config: Config, store: Store) -> list[Generation]:
+def generations_of(config: Config, store: Generations) -> list[Generation]:
     """The workspace's generations, oldest first (a shared store holds others' too)."""
     tag = workspace_tag(config)
     return [g for g in store.generations() if g.workspace == tag]
 
 
-def record_generation(config: Config, store: Store, patterns: Sequence[str], rows: Manifest,
+def record_generation(config: Config, store: GenerationStore, patterns: Sequence[str],
+                      rows: Manifest,
                       current: tuple[Generation | None, Manifest] | None = None,
                       withdrawn: frozenset[str] = frozenset()) -> Generation | None:
     """Record the tree after a fully successful build; None when it equals the latest generation.
@@ -94,7 +108,8 @@ class RollbackReport:
     unchanged: int
 
 
-def rollback(config: Config, store: Store, generation_id: int | None = None) -> RollbackReport:
+def rollback(config: Config, store: RollbackStore,
+             generation_id: int | None = None) -> RollbackReport:
     """Make posbuild-out/ byte-identical to a generation (the latest by default)."""
     generations = generations_of(config, store)
     if not generations:

@@ -9,16 +9,18 @@ interrupted, the actions it had in flight get a record each (state INTERRUPTED) 
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 from posbuild.core.action import Action
 from posbuild.load.graphcache import actions_of_entry
 from posbuild.core.records import BuildRow, ExecutionRecord, RecordState
-from posbuild.store.lmdbstore import Store
 from posbuild.store.upstate import BuildState, state_from_bytes
 
+if TYPE_CHECKING:
+    from posbuild.store.protocols import BuildLog
 
-def find_build(store: Store, number: int | None) -> BuildRow | None:
+
+def find_build(store: BuildLog, number: int | None) -> BuildRow | None:
     """A build's row of the store's workspace (numbers are per workspace): the latest when
     `number` is None."""
     builds = store.builds()
@@ -27,7 +29,7 @@ def find_build(store: Store, number: int | None) -> BuildRow | None:
     return next((b for b in builds if b.number == number), None)
 
 
-def records_of_build(store: Store, build: BuildRow) -> list[ExecutionRecord]:
+def records_of_build(store: BuildLog, build: BuildRow) -> list[ExecutionRecord]:
     """Every record of a build: the implied up-to-date ones first, then the rest in the order made,
     then those of the actions an interrupted build had in flight."""
     return _implied(store, build) + store.records_of(build.number) + _in_flight(build)
@@ -55,7 +57,7 @@ def describe_build(build: BuildRow) -> str:
     return f"running (process {build.pid})" if status == "running" and build.pid else str(status)
 
 
-def _implied(store: Store, build: BuildRow) -> list[ExecutionRecord]:
+def _implied(store: BuildLog, build: BuildRow) -> list[ExecutionRecord]:
     settled = build.up_to_date
     if not settled or not build.graph:
         return []

@@ -76,9 +76,8 @@ import os
 import struct
 import threading
 import time
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Sequence, cast
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Sequence, cast
 
 import lmdb
 import msgpack
@@ -90,8 +89,8 @@ from posbuild.core.layout import STORE_DB, STORE_LOCK
 from posbuild.host.liveness import lock_held
 from posbuild.host.owned import STORE, claim, is_store
 from posbuild.store.recordchain import CHAIN, GENESIS, records_digest, seal
-from posbuild.core.records import (ActionResult, BuildRow, ExecutionRecord, FileState, Generation,
-                                   utc)
+from posbuild.core.records import (ActionResult, BuildRow, Commit, ExecutionRecord, FileState,
+                                   Generation, utc)
 from posbuild.store.wal import DeadLog, WriteAheadLog, dead_logs, has_dead_logs
 
 STORE_FORMAT = b"1"
@@ -114,17 +113,6 @@ LOG_GROUP = 256
 LOG_BYTES = 8 << 20
 
 
-@dataclass(frozen=True, slots=True)
-class Commit:
-    """Everything one action writes to the store (see `Store.commit` for the fields)."""
-
-    result: tuple[Digest, ActionResult] | None = None
-    blobs: tuple[tuple[Digest, bytes | None], ...] = ()
-    memo: tuple[tuple[str, FileState], ...] = ()
-    used: tuple[tuple[Digest, int], ...] = ()
-    records: tuple[tuple[bytes, str, bytes], ...] = ()
-
-
 # An action's rows as they are written: (result key, packed result) or None, (digest, blob row),
 # (memo key, packed state), (action key, 8-byte time), (record key, `latest` key, packed record).
 _Rows = tuple[tuple[bytes, bytes] | None, list[tuple[bytes, bytes]], list[tuple[bytes, bytes]],
@@ -137,7 +125,8 @@ def _has_payload(cursor: lmdb.Cursor, digest: Digest) -> bool:
 
 
 class Store:
-    """The artifact store of one workspace (or of a shared `[cache] dir`)."""
+    """The artifact store of one workspace (or of a shared `[cache] dir`): every facet of
+    protocols.py, over LMDB."""
 
     def __init__(self, path: Path, workspace: str = "") -> None:
         """Open the store at `path` as the workspace tagged `workspace` (Config.workspace_tag:
@@ -968,3 +957,13 @@ def _unpack_record(number: int, value: bytes) -> ExecutionRecord:
     except (ValueError, TypeError, KeyError, msgpack.UnpackException):
         raise ChecksumMismatch(f"a record of build {number} cannot be read: it was changed after "
                                f"it was recorded; run `posbuild fsck`") from None
+
+
+if TYPE_CHECKING:
+    from posbuild.store.protocols import (ActionCache, Blobs, BuildLog, Commits, Generations,
+                                          StatMemo, Sweep)
+
+    def _implements_every_facet(store: Store) -> tuple[Blobs, ActionCache, StatMemo, Commits,
+                                                       BuildLog, Generations, Sweep]:
+        """Never called: mypy fails here when Store stops satisfying a facet."""
+        return store, store, store, store, store, store, store

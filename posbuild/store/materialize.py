@@ -20,10 +20,18 @@ import os
 import shutil
 import threading
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from posbuild.host.nofollow import Opened
 from posbuild.core.records import FileState, OutputFile, Signature, signature
-from posbuild.store.lmdbstore import Store
+
+if TYPE_CHECKING:
+    from typing import Protocol
+
+    from posbuild.store.protocols import Blobs, StatMemo
+
+    class OutputStore(Blobs, StatMemo, Protocol):
+        """What the Materializer reads: blobs to write outputs from, memo rows to check them by."""
 
 # The stat signature of a memo row committed before its file is put in place (commit.py): no
 # file ever has it, so the row settles nothing, but it names the digest the path is getting.
@@ -37,7 +45,7 @@ def _mode(executable: bool) -> int:
 class Materializer:
     """Writes and checks the files of `posbuild-out/` for one workspace."""
 
-    def __init__(self, root: Path, store: Store, temp_dir: Path) -> None:
+    def __init__(self, root: Path, store: OutputStore, temp_dir: Path) -> None:
         # paths are plain strings here: this runs once per output of every action
         self._root = str(root)
         self._store = store

@@ -37,7 +37,12 @@ from posbuild.core.layout import STORE_DB, TREE
 from posbuild.core.records import FileState, Signature
 
 if TYPE_CHECKING:
-    from posbuild.store.lmdbstore import Store
+    from typing import Protocol
+
+    from posbuild.store.protocols import ActionCache, Blobs
+
+    class _ResultStore(ActionCache, Blobs, Protocol):
+        """Results and the blobs they name."""
 
 STATE_FORMAT = 4
 _FORMATS = (3, STATE_FORMAT)  # 3: saved before states named the store's epoch
@@ -197,7 +202,7 @@ def revalidate(path: Path | None, state: BuildState, store_dir: Path, epoch: byt
     return state_from_bytes(save_state(path, kept, epoch))
 
 
-def _result_held(store: "Store", key: Digest) -> bool:
+def _result_held(store: _ResultStore, key: Digest) -> bool:
     """Whether the store still holds the result of `key` and every blob it names."""
     result = store.get_result(key)
     return result is not None and all(store.has_blob(d) for d in result.blobs())
