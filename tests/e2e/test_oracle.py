@@ -164,3 +164,37 @@ def test_fails_when_a_blob_a_result_names_is_missing(built):
     with pytest.raises(AssertionError, match=r"//pkg:right: the store's result for key \w+: "
                                              r"blob \w+: .*missing"):
         assert_correct_build(built, environ=GREETING)
+
+
+def test_fails_on_a_module_a_py_task_imports_changed_after_the_build(ws):
+    """A py_task's inputs include the workspace modules its script imports, transitively."""
+    ws.write({
+        "app/BUILD": 'py_task(name = "report", script = "report.py", outs = ["out.txt"], '
+                     'args = ["$@"])\n',
+        "app/report.py": "import sys\nfrom lib import fmt\n"
+                         "open(sys.argv[1], 'w').write(fmt.NAME)\n",
+        "app/lib/__init__.py": "",
+        "app/lib/fmt.py": "from . import style\nNAME = 'fmt' + style.MARK\n",
+        "app/lib/style.py": "MARK = '!'\n",
+    })
+    ws.ok("//...")
+    assert_correct_build(ws)
+    ws.write({"app/lib/style.py": "MARK = '?'\n"})
+    with pytest.raises(AssertionError, match=r"//app:report: the store holds no result .*"
+                                             r"app/lib/style\.py="):
+        assert_correct_build(ws)
+    ws.ok("//...")
+    assert_correct_build(ws)
+
+
+def test_passes_on_workspaces_sharing_one_store(tmp_path):
+    """A `[cache] dir` shared by two workspaces is opened as each of them (its tag)."""
+    for name in ("a", "b"):
+        space = Workspace(tmp_path / name)
+        space.write({"posbuild.toml": f'[cache]\ndir = "{tmp_path / "shared"}"\n',
+                     "pkg/in.txt": f"{name}\n",
+                     "pkg/BUILD": 'genrule(name = "x", srcs = ["in.txt"], outs = ["x.txt"], '
+                                  'cmd = "cat $< > $@")\n'})
+        space.ok("//...")
+        assert_correct_build(space)
+    assert not (tmp_path / "a/.posbuild/store").exists()
