@@ -1,7 +1,9 @@
 """Incrementality end to end: what a rebuild executes after each kind of change, and nothing more.
 
 Every test drives the real CLI on a temp workspace and checks the exact set of executed actions
-(from the plain `[n/total] label` lines), so a rebuild that does too much or too little fails.
+(from the plain `[n/total] label` lines), so a rebuild that does too much or too little fails;
+and after every build that says OK, the correctness oracle recomputes each action's key from the
+files on disk and checks what the store and `posbuild-out/` hold for it (tests/oracle.py).
 """
 
 from __future__ import annotations
@@ -13,7 +15,8 @@ import subprocess
 import sys
 import time
 
-from conftest import counts, executed_labels
+from conftest import Result, Workspace, counts, executed_labels
+from oracle import assert_correct_build
 
 # A diamond plus an independent branch:
 #
@@ -34,6 +37,13 @@ DIAMOND = {
 DIAMOND_LABELS = ["//pkg:join", "//pkg:left", "//pkg:other", "//pkg:right"]
 
 
+def _ok(ws: Workspace, pattern: str = "//...") -> Result:
+    """A build of `pattern` that must succeed, and be correct by the oracle."""
+    result = ws.ok(pattern)
+    assert_correct_build(ws, (pattern,))
+    return result
+
+
 def _later(path: os.PathLike[str] | str, seconds: float = 10.0) -> None:
     """Move a file's mtime (and so its ctime) forward without changing its bytes."""
     st = os.stat(path)
@@ -44,9 +54,9 @@ def _later(path: os.PathLike[str] | str, seconds: float = 10.0) -> None:
 
 def test_rebuild_with_nothing_changed_executes_nothing(ws):
     ws.write(DIAMOND)
-    first = ws.ok("//...")
+    first = _ok(ws)
     assert executed_labels(first) == DIAMOND_LABELS
-    second = ws.ok("//...")
+    second = _ok(ws)
     assert executed_labels(second) == []
     assert counts(second) == {"executed": 0, "cached": 4, "failed": 0}
     assert ws.out("pkg/join.txt") == "alpha\nbeta\n"
@@ -54,19 +64,19 @@ def test_rebuild_with_nothing_changed_executes_nothing(ws):
 
 def test_touching_a_source_without_changing_its_bytes_executes_nothing(ws):
     ws.write(DIAMOND)
-    ws.ok("//...")
+    _ok(ws)
     _later(ws.root / "pkg/a.txt")
     _later(ws.root / "pkg/b.txt")
-    result = ws.ok("//...")
+    result = _ok(ws)
     assert executed_labels(result) == []
     assert counts(result)["cached"] == 4
 
 
 def test_touching_a_build_file_without_changing_it_executes_nothing(ws):
     ws.write(DIAMOND)
-    ws.ok("//...")
+    _ok(ws)
     _later(ws.root / "pkg/BUILD")
-    result = ws.ok("//...")
+    result = _ok(ws)
     assert executed_labels(result) == []
 
 
@@ -74,18 +84,18 @@ def test_touching_a_build_file_without_changing_it_executes_nothing(ws):
 
 def test_changing_one_source_reexecutes_exactly_its_downstream_actions(ws):
     ws.write(DIAMOND)
-    ws.ok("//...")
+    _ok(ws)
     ws.write({"pkg/a.txt": "ALPHA changed\n"})
-    result = ws.ok("//...")
+    result = _ok(ws)
     assert executed_labels(result) == ["//pkg:join", "//pkg:left"]
     assert ws.out("pkg/join.txt") == "ALPHA changed\nbeta\n"
 
 
 def test_changing_a_shared_source_reexecutes_every_consumer(ws):
     ws.write(DIAMOND)
-    ws.ok("//...")
+    _ok(ws)
     ws.write({"pkg/b.txt": "gamma\n"})
-    result = ws.ok("//...")
+    result = _ok(ws)
     assert executed_labels(result) == ["//pkg:join", "//pkg:other", "//pkg:right"]
     assert ws.out("pkg/other.txt") == "GAMMA\n"
     assert ws.out("pkg/join.txt") == "alpha\ngamma\n"
@@ -94,20 +104,20 @@ def test_changing_a_shared_source_reexecutes_every_consumer(ws):
 def test_changing_a_source_of_the_same_size_is_detected(ws):
     """Same length, same inode, rewritten right after the build: the content still counts."""
     ws.write(DIAMOND)
-    ws.ok("//...")
+    _ok(ws)
     (ws.root / "pkg/a.txt").write_text("omega\n")  # same size as "alpha\n"
-    result = ws.ok("//...")
+    result = _ok(ws)
     assert executed_labels(result) == ["//pkg:join", "//pkg:left"]
     assert ws.out("pkg/left.txt") == "omega\n"
 
 
 def test_reverting_a_source_is_a_cache_hit_for_the_old_content(ws):
     ws.write(DIAMOND)
-    ws.ok("//...")
+    _ok(ws)
     ws.write({"pkg/a.txt": "something else\n"})
-    ws.ok("//...")
+    _ok(ws)
     ws.write({"pkg/a.txt": "alpha\n"})
-    result = ws.ok("//...")
+    result = _ok(ws)
     assert executed_labels(result) == []
     assert ws.out("pkg/join.txt") == "alpha\nbeta\n"
 
@@ -126,9 +136,9 @@ EARLY_CUTOFF = {
 
 def test_early_cutoff_identical_output_stops_reexecution(ws):
     ws.write(EARLY_CUTOFF)
-    ws.ok("//...")
+    _ok(ws)
     ws.write({"pkg/raw.txt": "a\nb\na\nb\n"})  # sort -u still gives "a\nb\n"
-    result = ws.ok("//...")
+    result = _ok(ws)
     assert executed_labels(result) == ["//pkg:uniq"]
     assert counts(result) == {"executed": 1, "cached": 2, "failed": 0}
     assert ws.out("pkg/uniq.txt") == "a\nb\n"
@@ -136,9 +146,9 @@ def test_early_cutoff_identical_output_stops_reexecution(ws):
 
 def test_early_cutoff_in_the_middle_of_a_chain(ws):
     ws.write(EARLY_CUTOFF)
-    ws.ok("//...")
+    _ok(ws)
     ws.write({"pkg/raw.txt": "x\ny\n"})  # uniq changes, but wc -l is still 2
-    result = ws.ok("//...")
+    result = _ok(ws)
     assert executed_labels(result) == ["//pkg:count", "//pkg:uniq"]
     assert ws.out("pkg/uniq.txt") == "x\ny\n"
     assert ws.out("pkg/count.txt").strip() == "2"
@@ -166,43 +176,43 @@ MID_CMD = "sh $(location tool.sh) > $@; echo A=$$A >> $@; cat $< >> $@"
 
 def test_changing_cmd_reexecutes_the_action_and_what_it_feeds(ws):
     ws.write(_declared(cmd=MID_CMD))
-    ws.ok("//...")
+    _ok(ws)
     ws.write(_declared(cmd=MID_CMD + "; echo extra >> $@"))
-    result = ws.ok("//...")
+    result = _ok(ws)
     assert executed_labels(result) == ["//pkg:last", "//pkg:mid"]
     assert ws.out("pkg/last.txt") == "tool-v1\nA=1\ndata\nextra\n"
 
 
 def test_changing_cmd_with_identical_output_reexecutes_only_that_action(ws):
     ws.write(_declared(cmd=MID_CMD))
-    ws.ok("//...")
+    _ok(ws)
     ws.write(_declared(cmd=MID_CMD + "; true"))
-    result = ws.ok("//...")
+    result = _ok(ws)
     assert executed_labels(result) == ["//pkg:mid"]
 
 
 def test_changing_an_env_entry_reexecutes_the_action(ws):
     ws.write(_declared(cmd=MID_CMD))
-    ws.ok("//...")
+    _ok(ws)
     ws.write(_declared(cmd=MID_CMD, env='{"A": "2"}'))
-    result = ws.ok("//...")
+    result = _ok(ws)
     assert executed_labels(result) == ["//pkg:last", "//pkg:mid"]
     assert ws.out("pkg/mid.txt") == "tool-v1\nA=2\ndata\n"
 
 
 def test_adding_an_env_entry_the_command_ignores_reexecutes_only_that_action(ws):
     ws.write(_declared(cmd=MID_CMD))
-    ws.ok("//...")
+    _ok(ws)
     ws.write(_declared(cmd=MID_CMD, env='{"A": "1", "B": "unused"}'))
-    result = ws.ok("//...")
+    result = _ok(ws)
     assert executed_labels(result) == ["//pkg:mid"]
 
 
 def test_changing_a_tools_file_reexecutes_the_action(ws):
     ws.write(_declared(cmd=MID_CMD))
-    ws.ok("//...")
+    _ok(ws)
     ws.write({"pkg/tool.sh": "echo tool-v2\n"})
-    result = ws.ok("//...")
+    result = _ok(ws)
     assert executed_labels(result) == ["//pkg:last", "//pkg:mid"]
     assert ws.out("pkg/last.txt") == "tool-v2\nA=1\ndata\n"
 
@@ -210,17 +220,17 @@ def test_changing_a_tools_file_reexecutes_the_action(ws):
 def test_changing_a_tools_file_the_command_never_runs_still_reexecutes(ws):
     """h_C is the digest of the tools, whether or not the command happens to read them."""
     ws.write(_declared())
-    ws.ok("//...")
+    _ok(ws)
     ws.write({"pkg/tool.sh": "echo tool-v2 # not run by cmd\n"})
-    result = ws.ok("//...")
+    result = _ok(ws)
     assert executed_labels(result) == ["//pkg:mid"]
 
 
 def test_changing_a_version_entry_reexecutes_the_action(ws):
     ws.write(_declared(cmd=MID_CMD))
-    ws.ok("//...")
+    _ok(ws)
     ws.write(_declared(cmd=MID_CMD, version='{"schema": "2"}'))
-    result = ws.ok("//...")
+    result = _ok(ws)
     # the command does not read the version, so its output is identical: early cutoff for `last`
     assert executed_labels(result) == ["//pkg:mid"]
     assert counts(result) == {"executed": 1, "cached": 2, "failed": 0}
@@ -243,13 +253,13 @@ def test_only_what_the_requested_pattern_needs_is_built(ws):
             genrule(name = "c1", outs = ["c1.txt"], cmd = "echo c > $@")
         """,
     })
-    result = ws.ok("//b:b1")
+    result = _ok(ws, "//b:b1")
     assert executed_labels(result) == ["//a:a1", "//a:a2", "//b:b1"]
     assert ws.out("b/b1.txt") == "a\na\n"
     assert not (ws.root / "posbuild-out/a/u.txt").exists()
     assert not (ws.root / "posbuild-out/c").exists()
     # the rest is built later, and what was already built is reused
-    rest = ws.ok("//...")
+    rest = _ok(ws)
     assert executed_labels(rest) == ["//a:unrelated", "//c:c1"]
 
 
@@ -257,11 +267,11 @@ def test_only_what_the_requested_pattern_needs_is_built(ws):
 
 def test_clean_then_build_restores_outputs_without_executing(ws):
     ws.write(DIAMOND)
-    ws.ok("//...")
+    _ok(ws)
     cleaned = ws.run("clean")
     assert cleaned.returncode == 0, cleaned.stderr
     assert not (ws.root / "posbuild-out").exists()
-    result = ws.ok("//...")
+    result = _ok(ws)
     assert executed_labels(result) == []
     assert counts(result) == {"executed": 0, "cached": 4, "failed": 0}
     assert ws.out("pkg/left.txt") == "alpha\n"
@@ -272,39 +282,39 @@ def test_clean_then_build_restores_outputs_without_executing(ws):
 
 def test_deleted_output_is_restored_without_executing(ws):
     ws.write(DIAMOND)
-    ws.ok("//...")
+    _ok(ws)
     (ws.root / "posbuild-out/pkg/left.txt").unlink()
-    result = ws.ok("//...")
+    result = _ok(ws)
     assert executed_labels(result) == []
     assert ws.out("pkg/left.txt") == "alpha\n"
 
 
 def test_hand_edited_output_is_repaired_from_the_store(ws):
     ws.write(DIAMOND)
-    ws.ok("//...")
+    _ok(ws)
     edited = ws.root / "posbuild-out/pkg/join.txt"
     original = edited.read_bytes()
     os.chmod(edited, stat.S_IMODE(edited.stat().st_mode) | stat.S_IWUSR)
     with open(edited, "wb") as handle:
         handle.write(b"hand edit\n")
-    result = ws.ok("//...")
+    result = _ok(ws)
     assert executed_labels(result) == []
     assert edited.read_bytes() == original
     assert stat.S_IMODE(edited.stat().st_mode) & 0o222 == 0
     # the edit did not reach the store: restoring again gives the original bytes too
     ws.run("clean")
-    again = ws.ok("//...")
+    again = _ok(ws)
     assert executed_labels(again) == []
     assert edited.read_bytes() == original
 
 
 def test_hand_edited_output_of_the_same_size_is_repaired(ws):
     ws.write(DIAMOND)
-    ws.ok("//...")
+    _ok(ws)
     edited = ws.root / "posbuild-out/pkg/left.txt"
     os.chmod(edited, 0o644)
     edited.write_text("ALPHA\n")
-    result = ws.ok("//...")
+    result = _ok(ws)
     assert executed_labels(result) == []
     assert ws.out("pkg/left.txt") == "alpha\n"
 
@@ -316,14 +326,14 @@ def test_outputs_are_read_only(ws):
             genrule(name = "script", outs = ["run.sh"], cmd = "echo 'echo hi' > $@; chmod 755 $@")
         """,
     })
-    ws.ok("//...")
+    _ok(ws)
     for rel in ("pkg/plain.txt", "pkg/run.sh"):
         mode = stat.S_IMODE((ws.root / "posbuild-out" / rel).stat().st_mode)
         assert mode & 0o222 == 0, f"{rel} has mode {oct(mode)}"
     assert stat.S_IMODE((ws.root / "posbuild-out/pkg/run.sh").stat().st_mode) & 0o111
     # and they stay read-only after a restore from the store
     ws.run("clean")
-    ws.ok("//...")
+    _ok(ws)
     for rel in ("pkg/plain.txt", "pkg/run.sh"):
         mode = stat.S_IMODE((ws.root / "posbuild-out" / rel).stat().st_mode)
         assert mode & 0o222 == 0, f"restored {rel} has mode {oct(mode)}"
@@ -348,19 +358,20 @@ main()
 
 def test_a_noop_build_never_decodes_the_actions(ws):
     ws.write(DIAMOND)
-    ws.ok("//...")
-    ws.ok("//...")  # the first rebuild saves the state for the cached graph entry
+    _ok(ws)
+    _ok(ws)  # the first rebuild saves the state for the cached graph entry
     run = subprocess.run([sys.executable, "-c", REFUSE_DECODING], cwd=ws.root, capture_output=True,
                          text=True)
     assert run.returncode == 0, run.stderr
     assert counts(run) == {"executed": 0, "cached": 4, "failed": 0}
+    assert_correct_build(ws)
 
     # touched: the signatures no longer settle the request by themselves
     _later(ws.root / "pkg/b.txt")
     run = subprocess.run([sys.executable, "-c", REFUSE_DECODING], cwd=ws.root, capture_output=True,
                          text=True)
     assert "the actions were decoded" in run.stderr
-    assert executed_labels(ws.ok("//...")) == []  # and the full check still finds nothing to run
+    assert executed_labels(_ok(ws)) == []  # and the full check still finds nothing to run
     records = [json.loads(line) for line in ws.run("log", "--json").stdout.splitlines()]
     assert sorted((r["label"], r["state"]) for r in records) == [(label, "CACHED")
                                                                  for label in DIAMOND_LABELS]
@@ -368,8 +379,8 @@ def test_a_noop_build_never_decodes_the_actions(ws):
 
 def test_a_pin_written_after_the_last_build_is_checked_on_a_noop_build(ws):
     ws.write(DIAMOND)
-    ws.ok("//...")
-    ws.ok("//...")
+    _ok(ws)
+    _ok(ws)
     wrong = "0" * 64
     (ws.root / "posbuild.lock").write_text(json.dumps({"format": 1,
                                                        "sources": {"pkg/a.txt": wrong}}))
@@ -401,8 +412,9 @@ def test_a_source_too_fresh_when_read_is_recorded_once_it_has_settled(ws):
     ws.write({"pkg/a.txt": "alpha\n"})
     soon = time.time_ns() + 400_000_000
     os.utime(ws.root / "pkg/a.txt", ns=(soon, soon))
-    assert executed_labels(ws.ok("//...")) == ["//pkg:slow"]
+    assert executed_labels(_ok(ws)) == ["//pkg:slow"]
     run = subprocess.run([sys.executable, "-c", REFUSE_DECODING], cwd=ws.root, capture_output=True,
                          text=True)
     assert run.returncode == 0, run.stderr
     assert counts(run) == {"executed": 0, "cached": 1, "failed": 0}
+    assert_correct_build(ws)

@@ -1,6 +1,6 @@
 """Crash safety, proven by fsck: SIGKILL a build of a few hundred actions at 24 instants spread
 over it; after each kill `posbuild fsck` passes without `--repair`, and a full build then
-produces exactly the outputs of a clean build.
+produces exactly the outputs of a clean build, correct by the oracle (tests/oracle.py).
 
 Kill instants are fractions of a measured build, so they fall into loading, scheduling,
 execution, commit and materialisation whatever the speed of the machine. Half of the kills hit
@@ -17,6 +17,7 @@ from pathlib import Path
 
 from chain_workspace import chain_files, outputs
 from conftest import POSBUILD, Workspace, counts
+from oracle import assert_correct_build
 
 N_ACTIONS = 240
 KILLS = 24
@@ -76,4 +77,5 @@ def test_sigkill_at_24_points_then_fsck_and_a_full_build_match_a_clean_build(tmp
         assert counts(rebuilt)["failed"] == 0
         assert outputs(ws.root) == expected[version], (
             f"kill {kill}: outputs differ from a clean build")
+        assert_correct_build(ws)
     assert counts(ws.ok("//..."))["executed"] == 0

@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 
 from conftest import POSBUILD, Workspace, counts
+from oracle import assert_correct_build
 
 N_ACTIONS = 300
 LARGE = 3  # actions whose output exceeds the store's inline limit
@@ -127,8 +128,10 @@ def _assert_recovers(ws: Workspace, expected: dict[str, bytes]) -> None:
     rebuilt = ws.ok("//...")
     assert counts(rebuilt)["executed"] == 0  # what the kept generation needs survived the kill
     assert _outputs(ws.root) == expected
+    assert_correct_build(ws)
     finish = ws.run(*GC_ARGS)
     assert finish.returncode == 0, finish.stderr
+    assert_correct_build(ws)  # the current version's results are never collected
     # the next gc finished the job, orphan files included
     assert _check_store(ws.root) == (1, N_ACTIONS, 0)
     fsck = ws.run("fsck")

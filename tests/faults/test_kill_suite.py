@@ -1,7 +1,8 @@
 """Kills at 32 instants (SIGKILL and SIGTERM), in both sandboxes, cold and incremental.
 
 DESIGN invariant 3: after a kill at any instant `posbuild fsck` passes WITHOUT `--repair`, and
-the next build leaves `posbuild-out/` byte for byte what a clean build in a fresh workspace makes.
+the next build leaves `posbuild-out/` byte for byte what a clean build in a fresh workspace makes,
+and correct by the oracle (tests/oracle.py): the store holds the result of every action's key.
 Beyond that, a kill should cost no finished work: every command appends its name to a log
 outside the sandbox once its output is written; an action is *lost* when the log says its
 command finished in the killed build and the next build executes it again. The total is
@@ -26,6 +27,7 @@ import pytest
 
 from chain_workspace import chain_files, outputs
 from conftest import POSBUILD, Workspace, bwrap_problem
+from oracle import assert_correct_build
 
 PACKAGES = 4
 PER_PACKAGE = 45  # 180 actions
@@ -136,6 +138,11 @@ def test_kills_at_16_instants_leave_no_partial_state_and_lose_no_finished_action
             failures.append(f"{where}: the next build failed: {rebuilt.stderr[-600:]}")
         elif outputs(ws.root) != references[version]:
             failures.append(f"{where}: posbuild-out/ differs from a clean build")
+        else:
+            try:
+                assert_correct_build(ws)
+            except AssertionError as error:
+                failures.append(f"{where}: the next build is not correct: {error}")
         again = set(_take_log(log))
         lost = len(finished & again)
         lost_total += lost
@@ -173,6 +180,7 @@ def test_every_output_a_killed_build_installed_is_committed(tmp_path):
     check = ws.run("fsck")
     assert check.returncode == 0, check.stdout + check.stderr
     rebuilt = ws.ok("//...")
+    assert_correct_build(ws)
     again = {line.split("] ", 1)[1] for line in rebuilt.stdout.splitlines() if line.startswith("[")}
     assert not present & again, (
         f"{len(present & again)} of {len(present)} installed outputs were executed again")

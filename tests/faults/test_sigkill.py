@@ -1,9 +1,11 @@
 """Real fault injection: SIGKILL a running `posbuild build` at many instants, then build again.
 
 DESIGN §7.3: killing posbuild at any instant leaves a state from which the next build finishes
-correctly — every output present with the right bytes, no temp file under `posbuild-out/`, and a
-build after that executes nothing. The kill delays are fractions of a measured clean build, so
-they land before, during and near the end of the work whatever the speed of the machine.
+correctly — every output present with the right bytes, no temp file under `posbuild-out/`, a
+result in the store for each action's key as the correctness oracle recomputes it
+(tests/oracle.py), and a build after that executes nothing. The kill delays are fractions of a
+measured clean build, so they land before, during and near the end of the work whatever the
+speed of the machine.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from conftest import POSBUILD, Workspace, counts
+from oracle import assert_correct_build
 
 N_SOURCES = 5
 N_ACTIONS = 40
@@ -108,6 +111,7 @@ def _assert_recovers(ws: Workspace, expected: dict[str, bytes]) -> None:
     ws.ok("-j2", "//...")
     assert _posbuild_out(ws.root) == expected
     assert _temp_names(ws.root) == []
+    assert_correct_build(ws)
     again = ws.ok("-j2", "//...")
     assert counts(again) == {"executed": 0, "cached": N_ACTIONS, "failed": 0}
 
@@ -223,6 +227,7 @@ def test_sigkill_while_restoring_outputs_from_the_store_leaves_nothing_partial(t
     assert _temp_names(ws.root) == []
     assert os.listdir(ws.root / ".posbuild/tmp") == []
     assert _posbuild_out(ws.root) == expected
+    assert_correct_build(ws)
 
 
 def test_sigkill_while_replacing_outputs_from_the_store_leaves_no_temp_files(tmp_path):
@@ -244,6 +249,7 @@ def test_sigkill_while_replacing_outputs_from_the_store_leaves_no_temp_files(tmp
     assert os.listdir(ws.root / ".posbuild/tmp") == [], (
         "the killed restore's temp file was not cleared")
     assert _posbuild_out(ws.root) == expected
+    assert_correct_build(ws)
 
 
 def test_an_action_that_ran_long_keeps_its_result_when_the_build_is_killed_after_it(tmp_path):
@@ -268,3 +274,4 @@ def test_an_action_that_ran_long_keeps_its_result_when_the_build_is_killed_after
         proc.wait(timeout=30)
     result = ws.ok("//g:slow")
     assert counts(result) == {"executed": 0, "cached": 1, "failed": 0}, result.stderr
+    assert_correct_build(ws, ("//g:slow",))
