@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 from posbuild.core.action import Action
 from posbuild.core.digest import Digest, hash_bytes, hash_file
 from posbuild.core.layout import NO_CACHE_TAG
-from posbuild.core.records import ActionResult, FileState, OutputFile, RecordState
+from posbuild.core.records import ActionResult, Commit, FileState, OutputFile, RecordState
 from posbuild.engine.products import BuildProducts
 from posbuild.engine.rebuilder import Miss
 from posbuild.engine.scheduler import current_slot
@@ -26,17 +26,23 @@ from posbuild.exec.spawner import SpawnResult
 from posbuild.exec.sandbox import read_small
 from posbuild.host.nofollow import Opened, fd_path
 from posbuild.store.journal import Journal, Row
-from posbuild.store.lmdbstore import INLINE_LIMIT, Commit, Store
+from posbuild.store.lmdbstore import INLINE_LIMIT
 from posbuild.store.materialize import INSTALLING, Materializer
 
 if TYPE_CHECKING:
+    from typing import Protocol
+
+    from posbuild.store.protocols import Blobs, Commits
     from posbuild.store.remote import RemoteCache
+
+    class CommitStore(Blobs, Commits, Protocol):
+        """What a commit writes: large outputs as files, then one logged commit per action."""
 
 
 class Committer:
     """Commits the runs of one build that passed every check."""
 
-    def __init__(self, store: Store, materializer: Materializer, products: BuildProducts,
+    def __init__(self, store: CommitStore, materializer: Materializer, products: BuildProducts,
                  journal: Journal | None = None, upload_to: RemoteCache | None = None,
                  carriers: frozenset[str] = frozenset()) -> None:
         self._store = store

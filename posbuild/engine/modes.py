@@ -10,7 +10,7 @@ it runs, are planned after it. `SameAsCached` is one more check of a finished ru
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 from posbuild.core.action import Action
 from posbuild.core.compare import first_file_difference, format_difference
@@ -21,13 +21,15 @@ from posbuild.engine.scheduler import State
 from posbuild.errors import NonDeterminism
 from posbuild.exec.spawner import SpawnResult
 from posbuild.host.nofollow import fd_path
-from posbuild.store.lmdbstore import Store
+
+if TYPE_CHECKING:
+    from posbuild.store.protocols import Blobs
 
 
 class SameAsCached:
     """`--verify`: a re-run whose outputs differ from the cached result of its key fails."""
 
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Blobs) -> None:
         self._store = store
 
     def __call__(self, action: Action, spawn: SpawnResult, miss: Miss) -> Failure | None:

@@ -19,14 +19,19 @@ from typing import TYPE_CHECKING
 
 from posbuild.core.action import Action
 from posbuild.core.digest import Digest
-from posbuild.core.records import ActionResult, FileState, Outcome
+from posbuild.core.records import ActionResult, Commit, FileState, Outcome
 from posbuild.engine.outcome import ActionOutcome
 from posbuild.engine.products import BuildProducts
-from posbuild.store.lmdbstore import Commit, Store
 from posbuild.store.materialize import Materializer
 
 if TYPE_CHECKING:
+    from typing import Protocol
+
+    from posbuild.store.protocols import ActionCache, Blobs, Commits
     from posbuild.store.remote import RemoteCache
+
+    class FetchStore(Blobs, Commits, Protocol):
+        """What a remote hit writes: its blobs, then its result and blob rows in one commit."""
 
 
 def describes(result: ActionResult, action: Action) -> bool:
@@ -43,7 +48,7 @@ def describes(result: ActionResult, action: Action) -> bool:
 class LocalResults:
     """Hits from the local store. `dry_run`: nothing is restored (only the digests matter)."""
 
-    def __init__(self, store: Store, materializer: Materializer, products: BuildProducts,
+    def __init__(self, store: ActionCache, materializer: Materializer, products: BuildProducts,
                  dry_run: bool = False) -> None:
         self._store = store
         self._materializer = materializer
@@ -78,7 +83,7 @@ class LocalResults:
 class RemoteResults:
     """Hits from a remote cache, taken into the local store and then settled by `local`."""
 
-    def __init__(self, remote: RemoteCache, store: Store, local: LocalResults,
+    def __init__(self, remote: RemoteCache, store: FetchStore, local: LocalResults,
                  temp_dir: Path) -> None:
         self._remote = remote
         self._store = store

@@ -8,19 +8,21 @@ record read per action that runs.
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 from posbuild.core.action import Action
 from posbuild.core.digest import Digest
 from posbuild.core.reasons import differences, one_line
 from posbuild.engine.plan import BuildEnvironment
-from posbuild.store.lmdbstore import Store
+
+if TYPE_CHECKING:
+    from posbuild.store.protocols import BuildLog
 
 
 class Explainer:
     """Why actions of one build must run, compared with what the store recorded of them."""
 
-    def __init__(self, store: Store, environment: BuildEnvironment) -> None:
+    def __init__(self, store: BuildLog, environment: BuildEnvironment) -> None:
         self._store = store
         self._environment = environment
         self._passed_by_build: dict[str, Sequence[Sequence[str]] | None] | None = None

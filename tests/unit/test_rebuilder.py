@@ -22,7 +22,8 @@ from posbuild.engine.plan import BuildEnvironment
 from posbuild.engine.products import BuildProducts
 from posbuild.engine.rebuilder import Miss, Rebuilder
 from posbuild.engine.sources import LocalResults
-from posbuild.store.lmdbstore import Commit, Store
+from posbuild.core.records import Commit
+from posbuild.store.lmdbstore import Store
 from posbuild.store.materialize import Materializer
 from posbuild.store.upstate import BuildState
 

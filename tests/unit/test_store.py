@@ -12,7 +12,8 @@ import pytest
 from posbuild.core.digest import hash_bytes, hash_file
 from posbuild.errors import ChecksumMismatch, PartialState
 from posbuild.core.records import ActionResult, BuildRow, FileState, OutputFile
-from posbuild.store.lmdbstore import _INLINE, INLINE_LIMIT, PAYLOAD_CHUNK, Commit, Store
+from posbuild.core.records import Commit
+from posbuild.store.lmdbstore import _INLINE, INLINE_LIMIT, PAYLOAD_CHUNK, Store
 
 KEY = hash_bytes(b"action key")
 OUT = b"model weights\n"
@@ -128,7 +129,8 @@ _LOG_AND_DIE = """
 import os, signal, sys
 from pathlib import Path
 from posbuild.core.digest import hash_bytes
-from posbuild.store.lmdbstore import Commit, Store
+from posbuild.core.records import Commit
+from posbuild.store.lmdbstore import Store
 from tests.unit.test_store import KEY, MEMO, OUT, OUT_DIGEST, RESULT
 store = Store(Path(sys.argv[1]))
 store.log([Commit((KEY, RESULT), ((OUT_DIGEST, OUT),), (("pkg/a.txt", MEMO),))])
