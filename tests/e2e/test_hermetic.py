@@ -390,7 +390,7 @@ def test_results_computed_under_the_former_shell_are_not_served(ws):
     (and a graph) made under the former schema is not reused."""
     _strict_workspace(ws, "folder", "cat $< > $@")
     former = (
-        "import posbuild.load.analysis as a; a.ACTION_SCHEMA = 1\n"
+        "import posbuild.core.action as a; a.ACTION_SCHEMA = 1\n"  # before anything imports it
         "from posbuild.cli import main; main()")
     old = subprocess.run([sys.executable, "-c", former, "build", "//pkg:t"], cwd=ws.root,
                          capture_output=True, text=True)
