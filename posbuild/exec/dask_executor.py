@@ -92,7 +92,7 @@ from posbuild.host.owned import SANDBOXES, claim, holds_only_sandboxes
 from posbuild.core.records import RemoteRun, ResourceUsage
 from posbuild.store.remote import RemoteCache, sha256_of
 from posbuild.exec.sandbox import LocalSpawner, find_libfaketime, sweep_dead
-from posbuild.exec.spawner import Perturbation, SpawnResult
+from posbuild.exec.spawner import Perturbation, Spawner, SpawnResult
 from posbuild.workspace.secrets import redact
 
 # inputs up to this size travel inside the task; larger ones are scattered
@@ -434,6 +434,7 @@ class DaskSpawner:
         # scattered input → (future, actions using it)
         self._blobs: dict[Digest, tuple[Any, int]] = {}
         self._cancelled = False
+        self.stopped = 0  # commands a cancel killed on the workers
         self._remote: RemoteCache | None = None  # where workers read inputs (use_remote)
         self._warn: Callable[[str], None] = lambda message: None
         # input digest → its SHA-256 name on the remote (b"": absent)
@@ -503,7 +504,8 @@ class DaskSpawner:
         shutil.rmtree(os.path.dirname(result.exec_root), ignore_errors=True)
 
     def cancel(self) -> None:
-        """Cancel every action in flight and kill their commands on the workers (best effort)."""
+        """Cancel every action in flight and kill their commands on the workers (best effort);
+        `stopped` counts the commands the workers killed."""
         with self._lock:
             self._cancelled = True
             futures = dict(self._running)
@@ -512,9 +514,11 @@ class DaskSpawner:
         try:
             self._client.cancel(list(futures.values()))  # the waiting threads return at once
             # Dask cannot stop a running task
-            self._client.run(cancel_remote, list(futures), on_error="ignore")
+            killed = self._client.run(cancel_remote, list(futures), on_error="ignore")
         except Exception:
-            pass
+            return
+        with self._lock:
+            self.stopped += sum(killed.values())
 
     def close(self) -> None:
         """Release what this build holds on the cluster and disconnect."""
@@ -771,3 +775,6 @@ class DaskSpawner:
                            # absent from an older worker's reply
                            irregular=getattr(reply, "irregular", ()),
                            why=getattr(reply, "why", ""), files=files)
+
+
+_: type[Spawner[_Deferred]] = DaskSpawner  # mypy checks that it keeps the engine's contract

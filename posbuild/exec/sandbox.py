@@ -107,7 +107,7 @@ from posbuild.core.action import Action
 from posbuild.workspace.config import BASE_PATH, Config
 from posbuild.host.liveness import lock_held
 from posbuild.core.layout import NETWORK_TAG
-from posbuild.exec.spawner import Perturbation, SpawnResult
+from posbuild.exec.spawner import Perturbation, Spawner, SpawnResult
 from posbuild.exec.namespaces import Isolation, choose, command, input_binds
 from posbuild.host.nofollow import open_outputs, read_upto
 from posbuild.host.owned import SANDBOX_NAME, SANDBOXES, claim, holds_only_sandboxes, is_marked
@@ -921,3 +921,6 @@ class _NoGuard(_OrphanGuard):
 
 _ORPHANS = _OrphanGuard()
 _NO_GUARD = _NoGuard()
+
+
+_: type[Spawner[Running]] = LocalSpawner  # mypy checks that it keeps the engine's contract
