@@ -1,4 +1,4 @@
-"""Layer 2: run actions on a Dask distributed cluster, behind the spawner's interface.
+"""Layer 3: run actions on a Dask distributed cluster, behind the spawner's interface.
 
 `DaskSpawner` implements `spawner.Spawner` as `sandbox.LocalSpawner` does, so the engine cannot
 tell where an action ran:
@@ -91,7 +91,8 @@ from posbuild.host.nofollow import open_outputs, read_upto
 from posbuild.host.owned import SANDBOXES, claim, holds_only_sandboxes
 from posbuild.core.records import RemoteRun, ResourceUsage
 from posbuild.store.remote import RemoteCache, sha256_of
-from posbuild.exec.sandbox import LocalSpawner, find_libfaketime, sweep_dead
+from posbuild.exec.owners import sweep_dead
+from posbuild.exec.sandbox import LocalSpawner, find_libfaketime
 from posbuild.exec.spawner import Perturbation, Spawner, SpawnResult
 from posbuild.workspace.secrets import redact
 
