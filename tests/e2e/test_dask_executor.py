@@ -426,7 +426,9 @@ def test_a_worker_whose_environment_differs_is_orch_07(new_cluster: Cluster,
     extra = tmp_path / "extra" / "extra_pkg-1.0.dist-info"
     extra.mkdir(parents=True)
     (extra / "METADATA").write_text("Metadata-Version: 2.1\nName: extra-pkg\nVersion: 1.0\n")
-    new_cluster.env["PYTHONPATH"] = str(extra.parent)
+    # in front of the path the tests run with, so that the worker runs the posbuild under test
+    new_cluster.env["PYTHONPATH"] = os.pathsep.join(
+        filter(None, [str(extra.parent), os.environ.get("PYTHONPATH")]))
     (worker,) = new_cluster.add_workers(1)
     ws = workspace(tmp_path, "ws",
                    {"p/BUILD": 'genrule(name = "t", outs = ["t.txt"], cmd = "echo 1 > $@")\n'})
