@@ -208,6 +208,17 @@ class SpawnerContract:
         rig.spawner.clear_stale()
         rig.spawner.close()
 
+    def test_clear_stale_leaves_the_runs_of_a_live_process_alone(self, rig: Rig) -> None:
+        rig.spawner.clear_stale()
+        kept = action("kept", f"printf kept > {OUT}")
+        result = self.run(rig, kept, Script(outputs={OUT: b"kept"}))
+        try:
+            rig.spawner.clear_stale()  # as the next build of this process, or another's, would
+            assert result.exec_root.is_dir()
+            assert read(result, OUT) == b"kept"
+        finally:
+            rig.spawner.remove(result)
+
     def test_clear_stale_removes_what_a_dead_process_left(self, rig: Rig) -> None:
         assert rig.base is not None
         # a pid no process has (pid_max is at most 2**22) and no owner mark: a dead build's

@@ -80,7 +80,7 @@ from posbuild.exec.dask_cluster import (SecretDesk, WorkerInfo, check_fits, conn
 from posbuild.exec.dask_wire import (InputFile, RemoteAction, RemoteReply, WorkerTerms,
                                      visible_paths, write_files)
 from posbuild.exec.dask_worker import cancel_remote, execute_remote
-from posbuild.exec.owners import sweep_dead
+from posbuild.exec.owners import OWNER_SUFFIX, hold_mark, release_mark, sweep_dead
 from posbuild.exec.spawner import Perturbation, Spawner, SpawnResult
 from posbuild.host.nofollow import open_outputs
 from posbuild.host.owned import SANDBOXES, claim, holds_only_sandboxes
@@ -128,6 +128,7 @@ class DaskSpawner:
         # scattered input → (future, actions using it)
         self._blobs: dict[Digest, tuple[Any, int]] = {}
         self._cancelled = False
+        self._claimed = False  # whether `clear_stale` holds this process's owner mark
         self.stopped = 0  # commands a cancel killed on the workers
         self._remote: RemoteCache | None = None  # where workers read inputs (use_remote)
         self._warn: Callable[[str], None] = lambda message: None
@@ -144,9 +145,13 @@ class DaskSpawner:
         self._remote, self._warn, self._private = remote, warn, private
 
     def clear_stale(self) -> None:
-        """Remove the local folders an interrupted earlier build left behind (only posbuild's)."""
+        """Remove the local folders an interrupted earlier build left behind (only posbuild's),
+        and mark this process's (`<pid>-<n>-dask`) as live, as the local sandboxes do."""
         claim(self._base, SANDBOXES, holds_only_sandboxes, " ([build] sandbox_base)")
         sweep_dead(self._base)
+        if not self._claimed:
+            hold_mark(f"{self._base}/{os.getpid()}{OWNER_SUFFIX}")
+            self._claimed = True
 
     def run(self, action: Action, extra_env: Sequence[tuple[str, str]] = (),
             perturbation: Perturbation | None = None) -> SpawnResult:
@@ -157,7 +162,7 @@ class DaskSpawner:
         (ORCH-05) when some dirty action fits no worker, ChecksumMismatch (ORCH-03) when bytes
         arrive damaged, EnvironmentDrift (ORCH-07) when the worker's h_E differs.
         """
-        exec_root = f"{self._base}/dask-{os.getpid()}-{next(self._counter)}/exec"
+        exec_root = f"{self._base}/{os.getpid()}-{next(self._counter)}-dask/exec"
         client = self._connection()
         if self._cancelled:
             return SpawnResult(-signal.SIGTERM, False, Path(exec_root), tuple(action.outputs), b"",
@@ -215,9 +220,12 @@ class DaskSpawner:
             self.stopped += sum(killed.values())
 
     def close(self) -> None:
-        """Release what this build holds on the cluster and disconnect."""
+        """Release what this build holds on the cluster, disconnect, and drop the mark."""
         with self._lock:
             self._blobs.clear()
+        if self._claimed:
+            release_mark(f"{self._base}/{os.getpid()}{OWNER_SUFFIX}")
+            self._claimed = False
         if self._desk is not None:
             self._desk.stop()
         if self._client is not None:
