@@ -86,9 +86,9 @@ class Spawner(Protocol[Handle]):
         ...
 
     def clear_stale(self) -> None:
-        """Before the first `start`: remove what runs of dead posbuild processes left in the
-        sandbox base (only names posbuild gives, in a base posbuild made), and mark the base as
-        in use by this process where the implementation marks it."""
+        """Before the first `start`: remove what dead posbuild processes left in the sandbox
+        base (only names posbuild gives, in a base posbuild made; never what a live process
+        owns), and mark this process's sandboxes as live (owners.py)."""
         ...
 
     def start(self, action: Action, extra_env: Sequence[tuple[str, str]] = (), /) -> Handle:

@@ -32,8 +32,10 @@ _FOLDER = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
 def stage(root: str, action: Action, sandbox: str, link_large: bool = False) -> Layout:
-    """Make a sandbox: `tmp/`, and `exec/` with the action's inputs at their workspace paths and
-    the folders of its outputs. Returns what it made (the outputs as files), for `remove_tree`."""
+    """Make a sandbox: `tmp/`, and `exec/` with the action's inputs (read below `root`, the
+    workspace with a trailing "/") at their workspace paths and the folders of its outputs.
+    Returns what it made (the outputs as files), for `remove_tree`. `link_large`: see
+    `_stage_file`."""
     try:
         os.mkdir(sandbox)
     except FileNotFoundError:  # the first sandbox under a base nobody has made yet
