@@ -30,7 +30,7 @@ ORCH-06, partial state: rows or files that an uninterrupted history would not ha
 
 Leftovers of killed processes are swept, not reported (invariant 3): temp files in
 `.posbuild/tmp/` (fsck holds the workspace lock, so no build writes there now), state temp files
-whose writer's pid is gone, sandboxes whose owner mark no live process holds (sandbox.sweep_dead:
+whose writer's pid is gone, sandboxes whose owner mark no live process holds (owners.sweep_dead:
 a running build's are left alone), and in the workspace's own store temp files and files under
 `cas/` that no blob row names (written before a commit that never happened): fsck holds the
 store's lock exclusively (build.workspace_lock), so no build of any workspace using the store is
@@ -91,7 +91,7 @@ from posbuild.store.materialize import INSTALLING
 from posbuild.host.owned import real_folder
 from posbuild.core.records import ActionResult, FileState, Manifest, unpack_manifest
 from posbuild.store.recordchain import CHAIN, GENESIS, records_digest, seal
-from posbuild.exec.sandbox import sweep_dead
+from posbuild.exec.owners import sweep_dead
 from posbuild.store.lmdbstore import Store
 from posbuild.store.upstate import mark_tree
 
@@ -374,7 +374,7 @@ class _Checker:
         """What killed processes left is swept, not reported (invariant 3): fsck holds the workspace
         lock, so no build of this workspace is writing `.posbuild/tmp/`; a state temp file is
         swept once the process its name carries is gone; a sandbox once no live process holds its
-        owner mark (sandbox.sweep_dead), so a running build's sandboxes are left alone. Only what
+        owner mark (owners.sweep_dead), so a running build's sandboxes are left alone. Only what
         cannot be removed is reported."""
         state = self._config.state_dir
         for path in _entries(state / TMP):

@@ -1,4 +1,5 @@
-"""Layer 2: run actions on a Dask distributed cluster, behind the spawner's interface.
+"""Layer 4: run actions on a Dask distributed cluster, behind the spawner's interface: the client
+side.
 
 `DaskSpawner` implements `spawner.Spawner` as `sandbox.LocalSpawner` does, so the engine cannot
 tell where an action ran:
@@ -40,10 +41,6 @@ What travels, and why a remote run is the local one
   file wrong results under right keys; that is ORCH-07 naming the worker and the entries that
   differ (accepted under `--allow-env-drift`).
 
-Processors: LocalSpawner pins a command to processors of the thread that creates it, so the worker
-side first restricts its thread to the `cpu` least used processors of the worker process, counted
-across the actions that process runs at once; concurrent actions get disjoint sets, as locally.
-
 Failures
 --------
 A command that fails is an ordinary failed SpawnResult, as locally. A worker that dies while
@@ -68,32 +65,28 @@ import itertools
 import os
 import shutil
 import signal
-import socket
-import sys
 import threading
 import time
 import uuid
-from contextlib import contextmanager
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Sequence
 
 from posbuild.core.action import Action
-from posbuild.workspace.config import Config
-from posbuild.exec.dask_cluster import (SecretDesk, WorkerInfo, check_fits, connect, dask_resources,
-                                   declares_resources, describe, fetch_secrets, fits, workers_of)
 from posbuild.core.digest import Digest, hash_bytes
-from posbuild.workspace.envfp import (current as current_fingerprint, differences, fingerprint,
-                                      hash_of)
 from posbuild.errors import ActionFailed, ChecksumMismatch, EnvironmentDrift, PosbuildError
-from posbuild.exec.namespaces import Isolation, choose
-from posbuild.host.nofollow import open_outputs, read_upto
+from posbuild.exec.dask_cluster import (SecretDesk, WorkerInfo, check_fits, connect, dask_resources,
+                                        declares_resources, describe, fits, workers_of)
+from posbuild.exec.dask_wire import (InputFile, RemoteAction, RemoteReply, WorkerTerms,
+                                     visible_paths, write_files)
+from posbuild.exec.dask_worker import cancel_remote, execute_remote
+from posbuild.exec.owners import OWNER_SUFFIX, hold_mark, release_mark, sweep_dead
+from posbuild.exec.spawner import Perturbation, Spawner, SpawnResult
+from posbuild.host.nofollow import open_outputs
 from posbuild.host.owned import SANDBOXES, claim, holds_only_sandboxes
-from posbuild.core.records import RemoteRun, ResourceUsage
 from posbuild.store.remote import RemoteCache, sha256_of
-from posbuild.exec.sandbox import LocalSpawner, find_libfaketime, sweep_dead
-from posbuild.exec.spawner import Perturbation, SpawnResult
-from posbuild.workspace.secrets import redact
+from posbuild.workspace.config import Config
+from posbuild.workspace.envfp import current as current_fingerprint, differences, hash_of
 
 # inputs up to this size travel inside the task; larger ones are scattered
 INLINE_INPUT = 256 * 1024
@@ -101,305 +94,6 @@ INLINE_TOTAL = 4 * 1024 * 1024  # at most this much inline per task (Dask warns 
 TASK_RETRIES = 2  # re-runs of a task whose worker-side code raised (not of a failed command)
 POLL = 2.0  # seconds between looks at the cluster while an action waits
 NO_WORKER_GRACE = 60.0  # seconds a waiting action tolerates having no worker able to run it
-EXTENSION = "posbuild"  # the key of the worker-side state in `Worker.extensions`
-
-
-# -- the wire format -------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class WorkerTerms:
-    """What every action of a build asks of the worker that runs it, beside the action itself."""
-
-    tools: tuple[str, ...]  # `[env] tools`, for the worker's environment hash
-    # the client's h_E (without test overrides): a worker reports its fingerprint if it differs
-    env_hash: Digest
-    # `[sandbox] mode`: each worker chooses its own isolation, as a local build does
-    sandbox_mode: str
-    # the client's interpreter folders and absolute tools (py_task commands name them)
-    visible: tuple[str, ...]
-
-
-@dataclass(frozen=True, slots=True)
-class InputFile:
-    """One declared input, by digest: where it goes, what it must hash to, and where its bytes
-    are."""
-
-    path: str
-    digest: Digest  # BLAKE3, as the action key has it
-    size: int
-    executable: bool
-    # its SHA-256: the worker reads `/cas/<name>` from the remote; b"": the bytes travel with the
-    # task
-    name: bytes = b""
-
-
-@dataclass(frozen=True, slots=True)
-class RemoteAction:
-    """Everything a worker needs to run one action, but the input bytes and secret values."""
-
-    action: Action
-    env: tuple[tuple[str, str], ...]  # extra variables (the passed env), secrets excluded
-    inputs: tuple[InputFile, ...]  # in action.inputs order
-    perturbation: Perturbation | None
-    terms: WorkerTerms
-    desk: str = ""  # where to fetch the secret values ("" if the action declares none)
-    token: str = ""
-    # the remote cache's URL, where inputs with a `name` are read (no key: blobs need none)
-    cas: str = ""
-    cas_timeout: float = 0.0
-
-
-@dataclass(frozen=True, slots=True)
-class RemoteReply:
-    """How the action ended on the worker; outputs only if the command exited 0."""
-
-    exit_code: int
-    timed_out: bool
-    missing: tuple[str, ...]
-    stdout: bytes = field(repr=False)
-    stderr: bytes = field(repr=False)
-    elapsed: float
-    usage: ResourceUsage | None
-    # (path, data, digest, executable)
-    outputs: tuple[tuple[str, bytes, Digest, bool], ...] = field(repr=False)
-    run: RemoteRun
-    env_hash: Digest = b""
-    # the worker's fingerprint, only when its h_E differs
-    env_entries: tuple[tuple[str, str], ...] = ()
-    env_error: str = ""
-    # why the worker could not read the inputs from the remote cache (nothing ran)
-    unfetched: str = ""
-    irregular: tuple[str, ...] = ()  # outputs that exist as something else than a regular file
-    why: str = ""  # what is wrong with irregular[0]
-
-
-# -- the worker side -------------------------------------------------------------------------------
-
-
-class _WorkerState:
-    """Per worker process: a scratch folder, processor accounting, running sandboxes, memos."""
-
-    def __init__(self, worker: Any) -> None:
-        self.address = worker.address
-        self.host = socket.gethostname()
-        self.scratch = worker.local_directory
-        self.base = os.path.join(worker.local_directory, "posbuild")
-        self._counter = itertools.count()
-        self._lock = threading.Lock()
-        try:
-            self._processors: tuple[int, ...] = tuple(sorted(os.sched_getaffinity(0)))
-        except AttributeError:
-            self._processors = ()
-        self._pinned = dict.fromkeys(self._processors, 0)
-        self._running: dict[str, LocalSpawner] = {}
-        self._memo: dict[tuple[object, ...], Any] = {}
-        self._readers: dict[tuple[str, float], RemoteCache] = {}
-
-    def folder(self) -> str:
-        return f"{self.base}/{next(self._counter)}"
-
-    @contextmanager
-    def processors(self, cpu: int) -> Iterator[None]:
-        """Restrict the calling thread to the `cpu` least used processors while an action runs."""
-        if cpu < 1 or not self._processors:
-            yield
-            return
-        with self._lock:
-            chosen = tuple(sorted(sorted(self._processors,
-                                         key=lambda p: (self._pinned[p], p))[:cpu]))
-            for processor in chosen:
-                self._pinned[processor] += 1
-        previous = os.sched_getaffinity(0)
-        os.sched_setaffinity(0, chosen)
-        try:
-            yield
-        finally:
-            os.sched_setaffinity(0, previous)
-            with self._lock:
-                for processor in chosen:
-                    self._pinned[processor] -= 1
-
-    @contextmanager
-    def running(self, key: str, sandboxes: LocalSpawner) -> Iterator[None]:
-        with self._lock:
-            self._running[key] = sandboxes
-        try:
-            yield
-        finally:
-            with self._lock:
-                self._running.pop(key, None)
-
-    def cancel(self, keys: Sequence[str]) -> int:
-        with self._lock:
-            found = [self._running[k] for k in keys if k in self._running]
-        for sandboxes in found:
-            sandboxes.cancel()
-        return len(found)
-
-    def reader(self, url: str, timeout: float) -> RemoteCache:
-        """A keyless CAS client of the remote at `url`, kept with its connections across actions;
-        one that found the remote down is replaced, so that the next action tries again."""
-        with self._lock:
-            reader = self._readers.get((url, timeout))
-            if reader is None or reader.down:
-                if reader is not None:
-                    reader.close()
-                reader = self._readers[(url, timeout)] = RemoteCache.blobs_only(url, timeout)
-            return reader
-
-    def once(self, key: tuple[object, ...], compute: Callable[[], Any]) -> Any:
-        """`compute()` the first time `key` is asked for, the same value ever after (this
-        process)."""
-        with self._lock:
-            if key in self._memo:
-                return self._memo[key]
-        value = compute()
-        with self._lock:
-            return self._memo.setdefault(key, value)
-
-
-def execute_remote(spec: RemoteAction, blobs: Sequence[bytes]) -> RemoteReply:
-    """Run one action on this Dask worker exactly as `LocalSpawner.run` runs it locally (worker
-    side)."""
-    from distributed import get_worker
-
-    worker = get_worker()
-    state = worker.extensions.get(EXTENSION) \
-        or worker.extensions.setdefault(EXTENSION, _WorkerState(worker))
-    started = time.time()
-    terms = spec.terms
-    env_hash, entries, env_error = state.once(("environment", terms.tools),
-                                              lambda: _environment(terms.tools))
-    isolation = state.once(("isolation", terms.sandbox_mode, terms.visible),
-                           lambda: _isolation(state.scratch, terms))
-    folder = state.folder()
-    try:
-        root = f"{folder}/root"
-        shipped = [i for i in spec.inputs if not i.name]
-        _write_files(root, [(i.path, data, i.executable)
-                            for i, data in zip(shipped, _verified(shipped, blobs))])
-        unfetched = _fetch_inputs(state, spec, root)
-        if unfetched:
-            return RemoteReply(-1, False, (), b"", b"", 0.0, None, (),
-                               RemoteRun(state.address, state.host, started,
-                               time.time()), env_hash, (), env_error, unfetched)
-        secrets = fetch_secrets(worker, spec.desk, spec.token) if spec.desk else ()
-        env = spec.env + secrets
-        with state.processors(spec.action.resources[0]):
-            sandboxes = LocalSpawner(Path(root), Path(f"{folder}/sandbox"), isolation)
-            with state.running(worker.get_current_task() or "", sandboxes):
-                spawn = sandboxes.run(spec.action, env, spec.perturbation)
-        try:
-            if secrets:  # the reply stays in this worker's memory (and may be spilled): redact here
-                values = [value for _, value in secrets]
-                spawn = replace(spawn, stdout=redact(spawn.stdout, values),
-                                stderr=redact(spawn.stderr, values))
-            ok = spawn.exit_code == 0 and not spawn.timed_out
-            outputs = tuple(_read_output(spawn, path) for path in spec.action.outputs
-                            if path not in spawn.missing) if ok else ()
-        finally:
-            sandboxes.remove(spawn)  # its descriptors, and the sandbox
-    finally:
-        shutil.rmtree(folder, ignore_errors=True)
-    differ = env_hash != terms.env_hash
-    return RemoteReply(spawn.exit_code, spawn.timed_out, spawn.missing, spawn.stdout, spawn.stderr,
-                       spawn.elapsed,
-                       spawn.usage, outputs,
-                       RemoteRun(state.address, state.host, started, time.time()), env_hash,
-                       tuple(sorted(entries.items())) if differ else (), env_error,
-                       irregular=spawn.irregular, why=spawn.why)
-
-
-def cancel_remote(keys: Sequence[str], dask_worker: Any = None) -> int:
-    """Kill the commands of these tasks on this worker (run on every worker through
-    `Client.run`)."""
-    state = dask_worker.extensions.get(EXTENSION) if dask_worker is not None else None
-    return state.cancel(keys) if state is not None else 0
-
-
-def _environment(tools: tuple[str, ...]) -> tuple[Digest, dict[str, str], str]:
-    """(h_E, fingerprint, error) of this machine for `[env] tools`."""
-    try:
-        entries = fingerprint(tools)
-    except PosbuildError as error:
-        return b"", {}, error.render()
-    return hash_of(entries), entries, ""
-
-
-def _isolation(hidden: str, terms: WorkerTerms) -> Isolation | None:
-    """This worker's choice for `[sandbox] mode`, made as `sandbox.choose_isolation` makes it
-    locally: the worker's scratch folder hidden, the client's and the worker's interpreters
-    shown."""
-    visible = [*terms.visible, *_visible(())]
-    faketime = find_libfaketime()
-    if faketime is not None:
-        visible.append(faketime)
-    return choose(terms.sandbox_mode, (hidden,), visible)[0]
-
-
-def _visible(tools: Sequence[str]) -> tuple[str, ...]:
-    """The running interpreter's folders (py_task commands run it) and the absolute `[env]
-    tools`."""
-    paths = [sys.prefix, sys.exec_prefix, sys.base_prefix, sys.base_exec_prefix,
-             os.path.realpath(sys.executable)]
-    return tuple(dict.fromkeys([*paths, *(tool for tool in tools if tool.startswith("/"))]))
-
-
-def _verified(inputs: Sequence[InputFile], blobs: Sequence[bytes]) -> Sequence[bytes]:
-    """The input bytes, each checked against its digest (ORCH-03 if one arrived damaged)."""
-    for file, data in zip(inputs, blobs, strict=True):
-        if hash_bytes(data) != file.digest:
-            raise ChecksumMismatch(f"input {file.path} reached the Dask worker with bytes that "
-                                   f"hash to {hash_bytes(data).hex()}, not {file.digest.hex()}")
-    return blobs
-
-
-def _fetch_inputs(state: _WorkerState, spec: RemoteAction, root: str) -> str:
-    """Read the inputs that have a SHA-256 name from the remote cache into `root`, each verified
-    by both digests; "" when all are there, else why not (the client then ships them itself)."""
-    fetched = [i for i in spec.inputs if i.name]
-    if not fetched:
-        return ""
-    reader = state.reader(spec.cas, spec.cas_timeout)
-    for file in fetched:
-        target = Path(root, file.path)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        why = reader.read_blob(file.name, file.digest, target, file.size)
-        if why:
-            return f"input {file.path}: {why}"
-        os.chmod(target, 0o755 if file.executable else 0o644)
-    return ""
-
-
-def _write_files(root: str, files: Sequence[tuple[str, bytes, bool]]) -> None:
-    """Write (path, bytes, executable) files below `root`, creating their folders."""
-    made: set[str] = set()
-    for path, data, executable in files:
-        target = f"{root}/{path}"
-        parent = os.path.dirname(target)
-        if parent not in made:
-            os.makedirs(parent, exist_ok=True)
-            made.add(parent)
-        fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o755 if executable else 0o644)
-        try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view):]
-        finally:
-            os.close(fd)
-
-
-def _read_output(spawn: SpawnResult, path: str) -> tuple[str, bytes, Digest, bool]:
-    """A declared output's bytes, read below the folder the sandbox found without following
-    links."""
-    with spawn.output(path).reading() as fd:
-        info = os.fstat(fd)
-        data = read_upto(fd, info.st_size)
-    return path, data, hash_bytes(data), bool(info.st_mode & 0o111)
-
-
-# -- the client side -------------------------------------------------------------------------------
 
 
 # an action and its extra environment, not yet sent
@@ -434,6 +128,8 @@ class DaskSpawner:
         # scattered input → (future, actions using it)
         self._blobs: dict[Digest, tuple[Any, int]] = {}
         self._cancelled = False
+        self._claimed = False  # whether `clear_stale` holds this process's owner mark
+        self.stopped = 0  # commands a cancel killed on the workers
         self._remote: RemoteCache | None = None  # where workers read inputs (use_remote)
         self._warn: Callable[[str], None] = lambda message: None
         # input digest → its SHA-256 name on the remote (b"": absent)
@@ -449,9 +145,13 @@ class DaskSpawner:
         self._remote, self._warn, self._private = remote, warn, private
 
     def clear_stale(self) -> None:
-        """Remove the local folders an interrupted earlier build left behind (only posbuild's)."""
+        """Remove the local folders an interrupted earlier build left behind (only posbuild's),
+        and mark this process's (`<pid>-<n>-dask`) as live, as the local sandboxes do."""
         claim(self._base, SANDBOXES, holds_only_sandboxes, " ([build] sandbox_base)")
         sweep_dead(self._base)
+        if not self._claimed:
+            hold_mark(f"{self._base}/{os.getpid()}{OWNER_SUFFIX}")
+            self._claimed = True
 
     def run(self, action: Action, extra_env: Sequence[tuple[str, str]] = (),
             perturbation: Perturbation | None = None) -> SpawnResult:
@@ -462,7 +162,7 @@ class DaskSpawner:
         (ORCH-05) when some dirty action fits no worker, ChecksumMismatch (ORCH-03) when bytes
         arrive damaged, EnvironmentDrift (ORCH-07) when the worker's h_E differs.
         """
-        exec_root = f"{self._base}/dask-{os.getpid()}-{next(self._counter)}/exec"
+        exec_root = f"{self._base}/{os.getpid()}-{next(self._counter)}-dask/exec"
         client = self._connection()
         if self._cancelled:
             return SpawnResult(-signal.SIGTERM, False, Path(exec_root), tuple(action.outputs), b"",
@@ -503,7 +203,8 @@ class DaskSpawner:
         shutil.rmtree(os.path.dirname(result.exec_root), ignore_errors=True)
 
     def cancel(self) -> None:
-        """Cancel every action in flight and kill their commands on the workers (best effort)."""
+        """Cancel every action in flight and kill their commands on the workers (best effort);
+        `stopped` counts the commands the workers killed."""
         with self._lock:
             self._cancelled = True
             futures = dict(self._running)
@@ -512,14 +213,19 @@ class DaskSpawner:
         try:
             self._client.cancel(list(futures.values()))  # the waiting threads return at once
             # Dask cannot stop a running task
-            self._client.run(cancel_remote, list(futures), on_error="ignore")
+            killed = self._client.run(cancel_remote, list(futures), on_error="ignore")
         except Exception:
-            pass
+            return
+        with self._lock:
+            self.stopped += sum(killed.values())
 
     def close(self) -> None:
-        """Release what this build holds on the cluster and disconnect."""
+        """Release what this build holds on the cluster, disconnect, and drop the mark."""
         with self._lock:
             self._blobs.clear()
+        if self._claimed:
+            release_mark(f"{self._base}/{os.getpid()}{OWNER_SUFFIX}")
+            self._claimed = False
         if self._desk is not None:
             self._desk.stop()
         if self._client is not None:
@@ -589,7 +295,7 @@ class DaskSpawner:
                     raise
                 tools = self._config.env_tools
                 self._terms = WorkerTerms(tools, hash_of(entries), self._config.sandbox_mode,
-                                          _visible(tools))
+                                          visible_paths(tools))
                 self._env_entries, self._by_resources = entries, declares_resources(workers)
                 self._cluster, self._cluster_checked = tuple(workers), time.monotonic()
                 self._desk, self._client = SecretDesk(client), client
@@ -762,7 +468,7 @@ class DaskSpawner:
                 raise ChecksumMismatch(f"output {path} from Dask worker {reply.run.worker} hashes "
                                        f"to {hash_bytes(data).hex()}, not the {digest.hex()} the "
                                        "worker computed")
-        _write_files(exec_root,
+        write_files(exec_root,
                      [(path, data, executable) for path, data, _, executable in reply.outputs])
         os.makedirs(exec_root, exist_ok=True)
         files = open_outputs(exec_root, [path for path, _, _, _ in reply.outputs])
@@ -771,3 +477,6 @@ class DaskSpawner:
                            # absent from an older worker's reply
                            irregular=getattr(reply, "irregular", ()),
                            why=getattr(reply, "why", ""), files=files)
+
+
+_: type[Spawner[_Deferred]] = DaskSpawner  # mypy checks that it keeps the engine's contract

@@ -1,28 +1,21 @@
-"""Layer 1: run one action's command in a folder that holds only its declared inputs.
+"""Layer 2: run one action's command in a folder that holds only its declared inputs.
 
-Each action gets `<sandboxes>/<n>/` with `exec/` (the working directory: declared inputs at their
-workspace-relative paths, and `posbuild-out/<pkg>/` for its outputs) and `tmp/` (its HOME and
-TMPDIR). The command runs under `/bin/bash` with `set -euo pipefail` (shellfree.shell_argv) and
-a scrubbed environment: a fixed base (PATH, LANG, TZ, HOME, TMPDIR, SOURCE_DATE_EPOCH) plus the
-action's declared variables, and nothing else.
-A plain command (a program and plain words, at most one trailing `> file`: shellfree.py) is run
-directly, as the shell would have run it, without the shell's own start-up: that halves what a
-cheap action costs. The namespace sandbox always runs the shell.
+Each action gets `<sandboxes>/<pid>-<n>/` with `exec/` (the working directory: declared inputs
+at their workspace-relative paths, and `posbuild-out/<pkg>/` for its outputs) and `tmp/` (its
+HOME and TMPDIR), made and removed by stage.py. The command runs under `/bin/bash` with
+`set -euo pipefail` (shellfree.shell_argv) and a scrubbed environment: a fixed base (PATH,
+LANG, TZ, HOME, TMPDIR, SOURCE_DATE_EPOCH) plus the action's declared variables, and nothing
+else. A plain command (a program and plain words, at most one trailing `> file`: shellfree.py)
+is run directly, as the shell would have run it, without the shell's own start-up: that halves
+what a cheap action costs. The namespace sandbox always runs the shell.
 
-LocalSpawner live on a memory file system (`/dev/shm`) when the machine has one: a sandbox is a
+Sandboxes live on a memory file system (`/dev/shm`) when the machine has one: a sandbox is a
 dozen directory and file creations and deletions, which cost ~10 µs each there and ~250 µs on a
 journalled disk — more than a cheap command itself. `[build] sandbox_base` moves them to disk
 for actions whose outputs or temporary files would not fit in memory.
 
 The command's stdout and stderr go to anonymous memory files (`memfd_create`; files in the
-sandbox where the system has none), read back whole when it ends. Removing a sandbox unlinks, by
-name, what staging made; only a sandbox holding anything else is walked.
-
-Inputs are copied, so an action that writes to an input changes only its own copy. Inputs of
-`LINK_LIMIT` bytes or more are cloned where the file system can (a reflink, `FICLONE`: btrfs,
-XFS ...; `[build] sandbox_base` on such a file system makes large data sets free to stage), and
-copied elsewhere: never linked, since a link (symbolic or hard) is a writable path to the
-original whatever its mode says.
+sandbox where the system has none), read back whole when it ends.
 
 When the command has ended, its declared outputs are opened without following any link
 (nofollow.py) and everything after (hashing, storing, installing) goes through those
@@ -57,9 +50,9 @@ unpinned. On systems without `sched_setaffinity` nothing is pinned. The thread-c
 knows nothing of keys or the store: it takes an Action and returns a SpawnResult.
 
 Kills: no command outlives posbuild, even one killed by SIGKILL — bwrap's `--die-with-parent` in
-the namespace sandbox, a guard process in the folder sandbox (`_OrphanGuard`). Each process that
+the namespace sandbox, a guard process in the folder sandbox (orphans.py). Each process that
 makes sandboxes holds `<base>/<pid>.owner` locked while it does; `clear_stale` (the next build)
-and fsck sweep only sandboxes whose mark no live process holds (`sweep_dead`).
+and fsck sweep only sandboxes whose mark no live process holds (owners.py).
 
 Perturbation (`posbuild verify`)
 --------------------------------
@@ -86,8 +79,6 @@ no perturbation a run is exactly the build's. What can be varied, and where:
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import glob
 import itertools
 import os
@@ -105,17 +96,18 @@ from typing import Sequence
 
 from posbuild.core.action import Action
 from posbuild.workspace.config import BASE_PATH, Config
-from posbuild.host.liveness import lock_held
 from posbuild.core.layout import NETWORK_TAG
-from posbuild.exec.spawner import Perturbation, SpawnResult
+from posbuild.exec.orphans import NO_GUARD, ORPHANS
+from posbuild.exec.owners import OWNER_SUFFIX, hold_mark, release_mark, sweep_dead
+from posbuild.exec.spawner import Perturbation, Spawner, SpawnResult
+from posbuild.exec.stage import Layout, remove_tree, stage, stage_reversed
 from posbuild.exec.namespaces import Isolation, choose, command, input_binds
 from posbuild.host.nofollow import open_outputs, read_upto
-from posbuild.host.owned import SANDBOX_NAME, SANDBOXES, claim, holds_only_sandboxes, is_marked
+from posbuild.host.owned import SANDBOXES, claim, holds_only_sandboxes
 from posbuild.core.records import ResourceUsage
 from posbuild.exec.shellfree import (Direct, find_program, parse, shell_argv, shell_status,
                                 shell_variables)
 
-LINK_LIMIT = 16 * 1024 * 1024
 FAKETIME_GLOBS = (
     "/usr/lib/*/faketime/libfaketime.so.1",
     "/usr/lib/faketime/libfaketime.so.1",
@@ -250,8 +242,8 @@ class LocalSpawner:
         self._programs: dict[tuple[str, str], str] = {}
         self._counter = itertools.count()
         self._pid = os.getpid()
-        # sandbox folder → what `_stage` made there (for `remove`)
-        self._staged: dict[str, _Layout] = {}
+        # sandbox folder → what `stage` made there (for `remove`)
+        self._staged: dict[str, Layout] = {}
         self._running: set[int] = set()
         self._lock = threading.Lock()
         self._cancelled = False
@@ -267,7 +259,7 @@ class LocalSpawner:
         # whether `clear_stale` claimed the base for this process (`<pid>.owner`)
         self._claimed = False
         # bwrap --die-with-parent does it there
-        self._guard = _ORPHANS if isolation is None else _NO_GUARD
+        self._guard = ORPHANS if isolation is None else NO_GUARD
 
     def clear_stale(self) -> None:
         """Sweep the sandboxes of dead posbuild processes and claim this one's (`sweep_dead`); the
@@ -278,13 +270,13 @@ class LocalSpawner:
         os.chmod(self._base, 0o700)  # PermissionError if another user made it first
         sweep_dead(self._base)
         if not self._claimed:
-            _claim(f"{self._base}/{self._pid}{OWNER_SUFFIX}")
+            hold_mark(f"{self._base}/{self._pid}{OWNER_SUFFIX}")
             self._claimed = True
 
     def close(self) -> None:
         """Give up this one's share of the process's claim on the base (its sandboxes are gone)."""
         if self._claimed:
-            _release(f"{self._base}/{self._pid}{OWNER_SUFFIX}")
+            release_mark(f"{self._base}/{self._pid}{OWNER_SUFFIX}")
             self._claimed = False
 
     def run(self, action: Action, extra_env: Sequence[tuple[str, str]] = (),
@@ -308,10 +300,10 @@ class LocalSpawner:
         out = err = -1
         try:
             if perturbation is not None and perturbation.reverse_staging:
-                self._stage_reversed(action, sandbox, exec_root)
+                stage_reversed(self._root, action, sandbox, self._isolation is not None)
             else:
-                self._staged[sandbox] = _stage(self._root, action, sandbox,
-                                               self._isolation is not None)
+                self._staged[sandbox] = stage(self._root, action, sandbox,
+                                              self._isolation is not None)
             env = base_environment(sandbox)
             env.update(action.env)
             env.update(extra_env)
@@ -424,34 +416,6 @@ class LocalSpawner:
             self.stopped += len(groups)
         for group in groups:
             _kill_group(group)
-
-    def _stage_reversed(self, action: Action, sandbox: str, exec_root: str) -> None:
-        """Create what `_stage` creates, with the entries of every folder made in reverse order.
-
-        `_stage` creates, in each folder, first the subfolders (in order of first appearance),
-        then the input files (in input order). Here each folder's children are created last to
-        first, each folder before its contents, so a creation-ordered readdir lists them reversed.
-        """
-        os.makedirs(exec_root)
-        os.mkdir(sandbox + "/tmp")
-        children: dict[str, list[str]] = {"": []}
-        for path in (*action.inputs, *action.outputs):  # folders, as _stage makes them
-            parts = path.split("/")[:-1]
-            for depth in range(1, len(parts) + 1):
-                folder = "/".join(parts[:depth])
-                if folder not in children:
-                    children[folder] = []
-                    children["/".join(parts[:depth - 1])].append(folder)
-        for path in action.inputs:
-            children[os.path.dirname(path)].append(path)
-        pending = list(children[""])  # a stack: popping takes the last-created entry first
-        while pending:
-            path = pending.pop()
-            if path in children:
-                os.mkdir(f"{exec_root}/{path}")
-                pending.extend(children[path])
-            else:
-                _stage_file(self._root + path, f"{exec_root}/{path}", self._isolation is not None)
 
     def _launch_direct(self, action: Action, sandbox: str, env: dict[str, str], err: int,
                        umask: int) -> Running | None:
@@ -587,36 +551,6 @@ class LocalSpawner:
             self._pinned[processor] -= 1
 
 
-# what staging made in a folder: name → its own layout, or None for a file
-_Layout = dict[str, "_Layout | None"]
-_FOLDER = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
-
-
-def _stage(root: str, action: Action, sandbox: str, link_large: bool = False) -> _Layout:
-    """Make a sandbox: `tmp/`, and `exec/` with the action's inputs at their workspace paths and
-    the folders of its outputs. Returns what it made (the outputs as files), for `remove_tree`."""
-    try:
-        os.mkdir(sandbox)
-    except FileNotFoundError:  # the first sandbox under a base nobody has made yet
-        os.makedirs(sandbox)
-    os.mkdir(sandbox + "/tmp")
-    os.mkdir(sandbox + "/exec")
-    exec_layout: _Layout = {}
-    for path in (*action.inputs, *action.outputs):
-        folder, made = exec_layout, sandbox + "/exec"
-        *parents, name = path.split("/")
-        for part in parents:
-            made += "/" + part
-            if part not in folder:
-                folder[part] = {}
-                os.mkdir(made)
-            folder = folder[part]  # type: ignore[assignment]
-        folder[name] = None
-    for path in action.inputs:
-        _stage_file(root + path, f"{sandbox}/exec/{path}", link_large)
-    return {"tmp": {}, "exec": exec_layout}
-
-
 _null: int | None = None  # /dev/null, opened once per process for every command's stdin
 
 
@@ -657,107 +591,11 @@ def _read_all(fd: int) -> bytes:
     return read_upto(fd, os.fstat(fd).st_size)
 
 
-def _stage_file(source: str, target: str, link_large: bool = False) -> None:
-    """Copy one input into the sandbox, keeping its executable bit. A large one is cloned where
-    the file system can (a reflink: instant, and a write lands in the copy), else copied too; with
-    `link_large` (the namespace sandbox, which binds it read-only in place) it is symlinked.
-
-    A plain open/sendfile/close: `shutil.copy` would add four `stat` calls and a `chmod`.
-    """
-    fd_in = os.open(source, os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        info = os.fstat(fd_in)
-        if link_large and info.st_size >= LINK_LIMIT:
-            os.symlink(source, target)
-            return
-        fd_out = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC,
-                         info.st_mode & 0o777)
-        try:
-            if info.st_size >= LINK_LIMIT and _clone(fd_in, fd_out):
-                return
-            offset = 0
-            while offset < info.st_size:
-                sent = os.sendfile(fd_out, fd_in, offset, info.st_size - offset)
-                if sent == 0:
-                    break
-                offset += sent
-        finally:
-            os.close(fd_out)
-    finally:
-        os.close(fd_in)
-
-
-_FICLONE = 0x40049409  # ioctl: share the source's blocks copy-on-write (btrfs, XFS, bcachefs ...)
-
-
-def _clone(fd_in: int, fd_out: int) -> bool:
-    """Make `fd_out` a reflink of `fd_in`; False where the file system cannot (then copy)."""
-    try:
-        fcntl.ioctl(fd_out, _FICLONE, fd_in)
-    except OSError:
-        return False
-    return True
-
-
 def read_small(fd: int, limit: int) -> tuple[os.stat_result, bytes | None]:
     """A produced file's stat and, when it holds at most `limit` bytes, its content: one fstat
     and a read, no buffered file object (every action reads its small outputs back)."""
     info = os.fstat(fd)
     return info, (read_upto(fd, info.st_size) if info.st_size <= limit else None)
-
-
-def remove_tree(path: str, layout: _Layout | None = None) -> None:
-    """Remove a sandbox folder and everything in it.
-
-    Like `shutil.rmtree`, it walks folders by file descriptor and never follows a symbolic link
-    (a command may leave one pointing anywhere), with fewer system calls per folder, which
-    counts when every action makes and removes one. Given the `layout` staging made, it removes
-    those names without listing any folder, and lists what is left only when something else is
-    there (or a name is now something else). Anything unexpected is left to rmtree.
-    """
-    try:
-        fd = os.open(path, _FOLDER)
-    except FileNotFoundError:
-        return
-    except OSError:
-        shutil.rmtree(path, ignore_errors=True)
-        return
-    try:
-        _empty_folder(fd, layout)
-        os.rmdir(path)
-        return
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-    if layout is not None:
-        remove_tree(path)  # something else is there: list and remove what is left
-    else:
-        shutil.rmtree(path, ignore_errors=True)
-
-
-def _empty_folder(fd: int, layout: _Layout | None = None) -> None:
-    """Remove what a folder holds: the entries `layout` names (a file already gone is fine), or
-    without a layout whatever a listing finds. Subfolders are opened without following links."""
-    entries: list[tuple[str, bool, _Layout | None]]
-    if layout is None:
-        with os.scandir(fd) as listing:
-            entries = [(entry.name, entry.is_dir(follow_symlinks=False), None) for entry in listing]
-    else:
-        entries = [(name, inner is not None, inner) for name, inner in layout.items()]
-    for name, is_folder, inner in entries:
-        if not is_folder:
-            try:
-                os.unlink(name, dir_fd=fd)
-            except FileNotFoundError:  # an output not made, or already moved out
-                pass
-            continue
-        child = os.open(name, _FOLDER, dir_fd=fd)
-        try:
-            _empty_folder(child, inner)
-        finally:
-            os.close(child)
-        os.rmdir(name, dir_fd=fd)
 
 
 def _kill_group(group: int) -> None:
@@ -767,157 +605,4 @@ def _kill_group(group: int) -> None:
         pass
 
 
-OWNER_SUFFIX = ".owner"
-
-
-_claims: dict[str, list[int]] = {}  # owner mark → [its locked descriptor, LocalSpawner sharing it]
-_claims_lock = threading.Lock()
-
-
-def _claim(path: str) -> None:
-    """Create and lock `path` for as long as this process builds: its sandboxes' owner mark. The
-    kernel drops the lock when the process dies, however it dies, so a free lock means a dead
-    owner even if its pid has been reused meanwhile. One mark per process, shared."""
-    with _claims_lock:
-        claim = _claims.get(path)
-        if claim is None:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            claim = _claims[path] = [fd, 0]
-        claim[1] += 1
-
-
-def _release(path: str) -> None:
-    """Drop one share of the claim on `path`; the last one removes the mark."""
-    with _claims_lock:
-        claim = _claims[path]
-        claim[1] -= 1
-        if claim[1] == 0:
-            del _claims[path]
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(path)
-            os.close(claim[0])
-
-
-def sweep_dead(base: Path) -> tuple[list[str], list[str]]:
-    """Remove what dead posbuild processes left under the sandbox base: every `<pid>-<n>` sandbox
-    and `<pid>.owner` mark whose mark no live process holds (or that has none). Only names posbuild
-    gives, in a base with posbuild's mark (owned.py): other files there are never touched. Returns
-    (the names removed, the names left because their owner lives: a build running now)."""
-    if not is_marked(base, SANDBOXES):  # not made by posbuild: nothing in it is a sandbox of its
-        return [], []
-    names = sorted(name for name in os.listdir(base) if SANDBOX_NAME.fullmatch(name))
-    owners = {name[:-len(OWNER_SUFFIX)] for name in names if name.endswith(OWNER_SUFFIX)}
-    live = {owner for owner in owners if lock_held(f"{base}/{owner}{OWNER_SUFFIX}")}
-    removed: list[str] = []
-    kept: list[str] = []
-    for name in names:
-        owner = name[:-len(OWNER_SUFFIX)] if name.endswith(OWNER_SUFFIX) else name.split("-", 1)[0]
-        if owner in live:
-            kept.append(name)
-            continue
-        path = f"{base}/{name}"
-        if os.path.isdir(path) and not os.path.islink(path):
-            remove_tree(path)
-            if os.path.lexists(path):  # read-only folders (an action's own chmod)
-                for folder, _, _ in os.walk(path):
-                    os.chmod(folder, 0o700)
-                shutil.rmtree(path, ignore_errors=True)
-        else:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(path)
-        removed.append(name)
-    return removed, kept
-
-
-# The guard: a small process of its own that kills the process groups posbuild names to it when
-# posbuild's end closes its pipe, however posbuild ends. Its lines: "<group>" started, "-<group>"
-# reaped (a pipe holds thousands while it sleeps). It ignores the signals a terminal or `timeout`
-# sends to posbuild's group.
-_GUARD = """\
-import os, signal, time
-for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT):
-    signal.signal(s, signal.SIG_IGN)
-groups, rest = set(), b""
-while True:
-    chunk = os.read(0, 65536)
-    if not chunk:
-        break
-    time.sleep(0.02)  # let lines gather: one wake-up per 20 ms, not two per action
-    *lines, rest = (rest + chunk).split(b"\\n")
-    for line in lines:
-        if line.startswith(b"-"):
-            groups.discard(int(line[1:]))
-        elif line:
-            groups.add(int(line))
-for group in groups:
-    try:
-        os.killpg(group, signal.SIGKILL)
-    except OSError:
-        pass
-"""
-
-
-class _OrphanGuard:
-    """Makes sure no command of the folder sandbox outlives posbuild, even one killed by SIGKILL.
-
-    Commands run in sessions of their own (so a terminal's Ctrl-C reaches posbuild, which stops
-    them itself), so nothing the kernel does on posbuild's death reaches them. PR_SET_PDEATHSIG
-    would, but it must be set in the child between fork and exec (`preexec_fn`: unsafe with
-    threads, and it costs the fast spawn path), and it fires when the *thread* that forked ends.
-    Instead one guard process per posbuild process, started with its first command, holds the
-    read end of a pipe; posbuild writes each command's group to it (one small write per start and
-    per end). When posbuild dies the pipe closes, and the guard kills every group still named.
-    """
-
-    def __init__(self) -> None:
-        self._fd = -1  # the pipe's write end; -2: no guard could be started
-        self._pid = 0  # the process that started the guard (a forked child starts its own)
-        self._lock = threading.Lock()
-
-    def watch(self, group: int) -> None:
-        with self._lock:
-            if self._pid != os.getpid():
-                self._fd, self._pid = self._start(), os.getpid()
-            self._send(b"%d\n" % group)
-
-    def forget(self, group: int) -> None:
-        with self._lock:
-            if self._pid == os.getpid():
-                self._send(b"-%d\n" % group)
-
-    def _send(self, line: bytes) -> None:
-        """Tell the guard; if it is gone (someone killed it), commands go on unguarded."""
-        if self._fd >= 0:
-            try:
-                os.write(self._fd, line)
-            except OSError:
-                os.close(self._fd)
-                self._fd = -2
-
-    @staticmethod
-    def _start() -> int:
-        """Start the guard and return the write end of its pipe (-2: none could be started)."""
-        read, write = os.pipe()
-        try:
-            subprocess.Popen([sys.executable, "-S", "-E", "-c", _GUARD], stdin=read,
-                             stdout=_devnull(),
-                             stderr=_devnull(), start_new_session=True, close_fds=True)
-        except OSError:
-            os.close(write)
-            return -2
-        finally:
-            os.close(read)
-        return write
-
-
-class _NoGuard(_OrphanGuard):
-    def watch(self, group: int) -> None:
-        pass
-
-    def forget(self, group: int) -> None:
-        pass
-
-
-_ORPHANS = _OrphanGuard()
-_NO_GUARD = _NoGuard()
+_: type[Spawner[Running]] = LocalSpawner  # mypy checks that it keeps the engine's contract

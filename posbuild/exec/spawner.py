@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol, Sequence
+from typing import Protocol, Sequence, TypeVar
 
 from posbuild.core.action import Action
 from posbuild.core.records import RemoteRun, ResourceUsage
@@ -41,7 +41,7 @@ class SpawnResult:
     folders; `irregular` says which of them exist as something else (a link, a folder, a FIFO,
     or below a folder that is a link), and `why` what is wrong with the first. Whatever is done
     with an output goes through `output(path)`, never through `exec_root`: posbuild sees the
-    whole file system, and a link the action left would take it anywhere. `LocalSpawner.remove`
+    whole file system, and a link the action left would take it anywhere. `Spawner.remove`
     closes the descriptors.
     """
 
@@ -64,18 +64,57 @@ class SpawnResult:
         return self.files.opened[path]
 
 
-class Spawner(Protocol):
-    """What the rebuilder needs of the place its actions run: these local sandboxes, or the Dask
-    executor's (dask_executor.DaskSpawner). `start` returns a handle that only `wait` reads."""
+# what `start` returns and only `wait` reads: each implementation has its own
+Handle = TypeVar("Handle")
 
-    def clear_stale(self) -> None: ...
 
-    def start(self, action: Action, extra_env: Sequence[tuple[str, str]] = (), /) -> Any: ...
+class Spawner(Protocol[Handle]):
+    """What the rebuilder needs of the place its actions run: the local sandboxes
+    (sandbox.LocalSpawner) or a Dask cluster (dask_executor.DaskSpawner). One per build, used
+    from the scheduler's worker threads at once; `cancel` also from the main thread.
 
-    def wait(self, running: Any, /) -> SpawnResult: ...
+    A run is `start`, then `wait` on its handle (exactly once), then `remove` of its result.
+    A command that fails is an ordinary result, never an exception: the methods raise only when
+    the spawner itself cannot do its part (OSError: a sandbox that cannot be made; PosbuildError:
+    ORCH errors, a lost cluster).
+    """
 
-    def remove(self, result: SpawnResult, /) -> None: ...
+    @property
+    def stopped(self) -> int:
+        """How many running commands `cancel` killed, counted across its calls (the interrupt
+        message says it)."""
+        ...
 
-    def cancel(self) -> None: ...
+    def clear_stale(self) -> None:
+        """Before the first `start`: remove what dead posbuild processes left in the sandbox
+        base (only names posbuild gives, in a base posbuild made; never what a live process
+        owns), and mark this process's sandboxes as live (owners.py)."""
+        ...
 
-    def close(self) -> None: ...
+    def start(self, action: Action, extra_env: Sequence[tuple[str, str]] = (), /) -> Handle:
+        """Start `action`'s command with `extra_env` (the passed env and its secrets) on top of
+        the scrubbed environment, and return without waiting for it to end. If it raises,
+        nothing of the run is left behind."""
+        ...
+
+    def wait(self, running: Handle, /) -> SpawnResult:
+        """Wait for a started command to end (or its `action.timeout` to expire: `timed_out`,
+        the command killed) and report how it ended, with its declared outputs opened
+        (`SpawnResult.output`) or listed in `missing`. The caller must `remove` the result."""
+        ...
+
+    def remove(self, result: SpawnResult, /) -> None:
+        """Close the result's descriptors and delete its sandbox, whatever the command left in
+        it; afterwards `result.output` finds nothing."""
+        ...
+
+    def cancel(self) -> None:
+        """Kill every running command (callable from any thread, any number of times): each
+        `wait` returns soon after, with a failed result; a later `start` runs nothing and its
+        `wait` reports a stopped run."""
+        ...
+
+    def close(self) -> None:
+        """After the build, once every result is removed: release what `clear_stale` marked and
+        whatever the spawner holds (a connection). Safe without a `clear_stale` before."""
+        ...

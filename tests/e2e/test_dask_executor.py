@@ -306,6 +306,28 @@ def test_an_action_that_fits_no_worker_is_orch_05_before_anything_runs(cluster: 
     assert ws.out("p/wide.txt") == "2\n"
 
 
+def test_ctrl_c_counts_the_commands_the_workers_killed(cluster: Cluster, tmp_path: Path) -> None:
+    started = tmp_path / "started"
+    ws = workspace(tmp_path, "ws", {
+        # the folder sandbox: the command must leave its flag where this test sees it
+        "posbuild.toml": '[sandbox]\nmode = "folder"\n',
+        "p/BUILD": f'genrule(name = "slow", outs = ["slow.txt"], '
+                   f'cmd = "touch {started}; sleep 60; touch $@")\n',
+    })
+    build = subprocess.Popen([*POSBUILD, "build", "--executor", cluster.url], cwd=ws.root,
+                             text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + READY_TIMEOUT
+    while not started.exists():
+        assert build.poll() is None and time.monotonic() < deadline, build.communicate()
+        time.sleep(0.05)
+    build.send_signal(signal.SIGINT)
+    _, err = build.communicate(timeout=30)
+    assert build.returncode == 130, err
+    assert err.splitlines()[-1] == (
+        "posbuild: interrupted by SIGINT; 1 running action(s) stopped, nothing partial kept")
+    assert not (ws.root / "posbuild-out/p/slow.txt").exists()
+
+
 def test_secrets_reach_only_the_worker_that_runs_the_action(cluster: Cluster,
                                                             tmp_path: Path) -> None:
     secret = "s3cr3t-" + os.urandom(8).hex()
@@ -426,7 +448,9 @@ def test_a_worker_whose_environment_differs_is_orch_07(new_cluster: Cluster,
     extra = tmp_path / "extra" / "extra_pkg-1.0.dist-info"
     extra.mkdir(parents=True)
     (extra / "METADATA").write_text("Metadata-Version: 2.1\nName: extra-pkg\nVersion: 1.0\n")
-    new_cluster.env["PYTHONPATH"] = str(extra.parent)
+    # in front of the path the tests run with, so that the worker runs the posbuild under test
+    new_cluster.env["PYTHONPATH"] = os.pathsep.join(
+        filter(None, [str(extra.parent), os.environ.get("PYTHONPATH")]))
     (worker,) = new_cluster.add_workers(1)
     ws = workspace(tmp_path, "ws",
                    {"p/BUILD": 'genrule(name = "t", outs = ["t.txt"], cmd = "echo 1 > $@")\n'})

@@ -6,7 +6,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from posbuild.exec.sandbox import read_small, remove_tree
+from posbuild.exec.sandbox import read_small
+from posbuild.exec.stage import remove_tree
 
 
 def test_remove_tree_removes_everything_and_follows_no_link(tmp_path: Path) -> None:
