@@ -23,8 +23,7 @@ from posbuild.engine.products import BuildProducts
 from posbuild.engine.rebuilder import Miss
 from posbuild.engine.scheduler import current_slot
 from posbuild.exec.spawner import SpawnResult
-from posbuild.exec.sandbox import read_small
-from posbuild.host.nofollow import Opened, fd_path
+from posbuild.host.nofollow import Opened, fd_path, read_small
 from posbuild.store.journal import Journal, Row
 from posbuild.store.lmdbstore import INLINE_LIMIT
 from posbuild.store.materialize import INSTALLING, Materializer

@@ -192,7 +192,7 @@ class ActionRunner:
     @property
     def stopped(self) -> int:
         """How many running commands a cancel killed."""
-        return int(getattr(self._spawner, "stopped", 0))
+        return self._spawner.stopped
 
 
 class ActionExecutor:

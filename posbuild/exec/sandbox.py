@@ -591,13 +591,6 @@ def _read_all(fd: int) -> bytes:
     return read_upto(fd, os.fstat(fd).st_size)
 
 
-def read_small(fd: int, limit: int) -> tuple[os.stat_result, bytes | None]:
-    """A produced file's stat and, when it holds at most `limit` bytes, its content: one fstat
-    and a read, no buffered file object (every action reads its small outputs back)."""
-    info = os.fstat(fd)
-    return info, (read_upto(fd, info.st_size) if info.st_size <= limit else None)
-
-
 def _kill_group(group: int) -> None:
     try:
         os.killpg(group, signal.SIGKILL)

@@ -258,3 +258,10 @@ def read_upto(fd: int, size: int) -> bytes:
         chunks.append(chunk)
         offset += len(chunk)
     return b"".join(chunks)
+
+
+def read_small(fd: int, limit: int) -> tuple[os.stat_result, bytes | None]:
+    """A produced file's stat and, when it holds at most `limit` bytes, its content: one fstat
+    and a read, no buffered file object (every action reads its small outputs back)."""
+    info = os.fstat(fd)
+    return info, (read_upto(fd, info.st_size) if info.st_size <= limit else None)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from posbuild.exec.sandbox import read_small
+from posbuild.host.nofollow import read_small
 from posbuild.exec.stage import remove_tree
 
 
