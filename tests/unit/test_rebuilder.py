@@ -7,9 +7,9 @@ source, each decided by `Rebuilder.check` exactly as a build's scheduler would c
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
-import pytest
+from engine_rig import ENV, ENVIRONMENT, A, B, make_action, root, store  # noqa: F401 (fixtures)
 
 from posbuild.core.action import Action
 from posbuild.core.digest import hash_bytes
@@ -18,7 +18,6 @@ from posbuild.core.records import ActionResult, FileState, Outcome, OutputFile
 from posbuild.engine import keys
 from posbuild.engine.filestate import FileStates
 from posbuild.engine.outcome import ActionOutcome
-from posbuild.engine.plan import BuildEnvironment
 from posbuild.engine.products import BuildProducts
 from posbuild.engine.rebuilder import Miss, Rebuilder
 from posbuild.engine.sources import LocalResults
@@ -26,34 +25,6 @@ from posbuild.core.records import Commit
 from posbuild.store.lmdbstore import Store
 from posbuild.store.materialize import Materializer
 from posbuild.store.upstate import BuildState
-
-ENV = b"E" * 32
-ENVIRONMENT = BuildEnvironment(ENV, ENV, ())
-
-
-def _action(label: str, inputs: tuple[str, ...], output: str, tags: tuple[str, ...] = (),
-            deps: tuple[int, ...] = ()) -> Action:
-    return Action(label, "genrule", f"make {output}", inputs, (), (output,), (), (), 60, tags,
-                  hash_bytes(label.encode()), deps,
-                  tuple(p for p in inputs if not p.startswith("posbuild-out/")))
-
-
-A = _action("//pkg:a", ("pkg/src.txt",), "posbuild-out/pkg/a.txt")
-B = _action("//pkg:b", ("posbuild-out/pkg/a.txt",), "posbuild-out/pkg/b.txt", deps=(0,))
-
-
-@pytest.fixture
-def root(tmp_path: Path) -> Path:
-    (tmp_path / "pkg").mkdir()
-    (tmp_path / "pkg/src.txt").write_text("source\n")
-    return tmp_path
-
-
-@pytest.fixture
-def store(root: Path) -> Iterator[Store]:
-    opened = Store(root / ".posbuild/store")
-    yield opened
-    opened.close()
 
 
 class Decide:
@@ -163,7 +134,7 @@ def test_verify_runs_a_hit_again_and_carries_the_result_to_reproduce(root: Path,
 
 
 def test_no_cache_actions_never_hit(root: Path, store: Store) -> None:
-    uncached = _action("//pkg:n", ("pkg/src.txt",), "posbuild-out/pkg/n.txt", (NO_CACHE_TAG,))
+    uncached = make_action("//pkg:n", ("pkg/src.txt",), "posbuild-out/pkg/n.txt", (NO_CACHE_TAG,))
     miss = Decide(root, store).check(uncached)
     assert isinstance(miss, Miss)
     _keep(store, uncached, miss.key, b"n\n")
@@ -178,7 +149,7 @@ def test_a_local_miss_asks_the_remote_only_where_it_may(root: Path, store: Store
     assert isinstance(secret, Miss) and not secret.ask_remote
 
 
-def test_a_missing_source_fails_the_action(root: Path, store: Store) -> None:
+def test_a_missing_source_fails_themake_action(root: Path, store: Store) -> None:
     (root / "pkg/src.txt").unlink()
     decided = Decide(root, store).check(A)
     assert isinstance(decided, ActionOutcome) and decided.status is Outcome.FAILED
@@ -189,7 +160,7 @@ def test_a_result_naming_other_paths_is_a_miss(root: Path, store: Store) -> None
     """A forged or foreign result must never write outside the action's declared outputs."""
     miss = Decide(root, store).check(A)
     assert isinstance(miss, Miss)
-    forged = _action("//pkg:a", ("pkg/src.txt",), "posbuild-out/elsewhere.txt")
+    forged = make_action("//pkg:a", ("pkg/src.txt",), "posbuild-out/elsewhere.txt")
     _keep(store, forged, miss.key, b"x\n")
     assert isinstance(Decide(root, store).check(A), Miss)
     assert not (root / "posbuild-out/elsewhere.txt").exists()

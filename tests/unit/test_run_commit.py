@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 import pytest
+from engine_rig import ENVIRONMENT, A, B, make_action, root, store  # noqa: F401 (fixtures)
 from fake_spawner import FakeSpawner, Script, default_bytes
 
 from posbuild.core.action import Action
@@ -21,7 +22,6 @@ from posbuild.engine.commit import Committer
 from posbuild.engine.filestate import FileStates
 from posbuild.engine.modes import SameAsCached
 from posbuild.engine.outcome import ActionOutcome
-from posbuild.engine.plan import BuildEnvironment
 from posbuild.engine.products import BuildProducts
 from posbuild.engine.rebuilder import Miss, Rebuilder
 from posbuild.engine.reporter import QuietReporter
@@ -32,33 +32,8 @@ from posbuild.errors import NonDeterminism
 from posbuild.store.lmdbstore import Store
 from posbuild.store.materialize import INSTALLING, Materializer
 
-ENVIRONMENT = BuildEnvironment(b"E" * 32, b"E" * 32, ())
 
-
-def _action(label: str, inputs: tuple[str, ...], output: str,
-            deps: tuple[int, ...] = ()) -> Action:
-    return Action(label, "genrule", f"make {output}", inputs, (), (output,), (), (), 60, (),
-                  hash_bytes(label.encode()), deps,
-                  tuple(p for p in inputs if not p.startswith("posbuild-out/")))
-
-
-A = _action("//pkg:a", ("pkg/src.txt",), "posbuild-out/pkg/a.txt")
-B = _action("//pkg:b", ("posbuild-out/pkg/a.txt",), "posbuild-out/pkg/b.txt", deps=(0,))
-C = _action("//pkg:c", ("pkg/src.txt",), "posbuild-out/pkg/c.txt")
-
-
-@pytest.fixture
-def root(tmp_path: Path) -> Path:
-    (tmp_path / "pkg").mkdir()
-    (tmp_path / "pkg/src.txt").write_text("source\n")
-    return tmp_path
-
-
-@pytest.fixture
-def store(root: Path) -> Iterator[Store]:
-    opened = Store(root / ".posbuild/store")
-    yield opened
-    opened.close()
+C = make_action("//pkg:c", ("pkg/src.txt",), "posbuild-out/pkg/c.txt")
 
 
 @pytest.fixture
