@@ -7,6 +7,7 @@ together (runphase.py): the decision, the run, the commit, and for whole builds 
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
@@ -48,14 +49,16 @@ class Build:
     wires them."""
 
     def __init__(self, root: Path, store: Store, spawner: FakeSpawner, verify: bool = False,
-                 previous: Any = None) -> None:
+                 previous: Any = None, remote: Any = None) -> None:
         self.store = store
         self.products = BuildProducts(previous)
         self.files = FileStates(root, store)
         materializer = Materializer(root, store, root / STATE_DIR / TMP)
         materializer.clear_temp()
         local = LocalResults(store, materializer, self.products)
-        self.rebuilder = Rebuilder(self.files, self.products, local, ENVIRONMENT, verify=verify)
+        self.rebuilder = Rebuilder(self.files, self.products, local, ENVIRONMENT, verify=verify,
+                                   asks_remote=(lambda action: True) if remote else None)
+        self.remote = remote
         self.committer = Committer(store, materializer, self.products)
         checks: list[RunCheck] = [SameAsCached(store)] if verify else []
         self.runner = ActionRunner(spawner, self.files, self.committer, ENVIRONMENT,
@@ -76,7 +79,7 @@ class Build:
     def all(self, actions: Sequence[Action]) -> dict[str, Outcome]:
         """A whole build of `actions` through the scheduler, as runphase drives it."""
         executor = ActionExecutor(actions, self.rebuilder, self.runner,
-                                  QuietReporter(_Sink(), _Sink()))
+                                  QuietReporter(_Sink(), _Sink()), self.remote)
         scheduler: Scheduler[ActionOutcome] = Scheduler([a.deps for a in actions],
                                                         range(len(actions)), 2, False)
         scheduler.run(executor)
@@ -185,3 +188,28 @@ def test_verify_keeps_the_cached_result_when_a_rerun_differs(root: Path, store: 
     spawner.scripts.pop(A.label)
     _, same = Build(root, store, spawner, verify=True).run(A)
     assert same.status is Outcome.EXECUTED
+
+
+class _RecordingRemote:
+    """A remote cache that holds nothing and notes on which thread it was asked."""
+
+    def __init__(self) -> None:
+        self.asked: list[tuple[str, str]] = []
+
+    def fetch(self, action: Action, key: bytes) -> None:
+        self.asked.append((action.label, threading.current_thread().name))
+        return None
+
+
+def test_the_remote_is_asked_on_the_worker_not_under_the_schedulers_lock(
+        root: Path, store: Store, spawner: FakeSpawner) -> None:
+    """`prepare` runs under the scheduler's lock, where a network round trip would stall every
+    worker: the decision only marks the miss, and the worker that takes the action asks."""
+    remote = _RecordingRemote()
+    build = Build(root, store, spawner, remote=remote)
+    executor = ActionExecutor([A], build.rebuilder, build.runner,
+                              QuietReporter(_Sink(), _Sink()), remote)  # type: ignore[arg-type]
+    assert executor.prepare(0) is None and remote.asked == []
+    assert build.all([A, B]) == {A.label: Outcome.EXECUTED, B.label: Outcome.EXECUTED}
+    assert [label for label, _ in remote.asked] == [A.label, B.label]
+    assert all(thread != threading.main_thread().name for _, thread in remote.asked)
