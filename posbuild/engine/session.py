@@ -44,7 +44,7 @@ from posbuild.workspace.secrets import SecretSource, SecretUnavailable, secret_s
 
 
 @dataclass(frozen=True, slots=True)
-class _Resolved:
+class ResolvedBuild:
     """A build after `resolve`: its configuration, request and graph cache entry, and the actions
     when they had to be decoded (`graph` None: not yet, maybe never)."""
 
@@ -96,7 +96,7 @@ class BuildSession:
                 raise
 
     def resolve(self, config: Config, options: BuildOptions,
-                on_graph: Callable[[ActionGraph], None] | None = None) -> _Resolved:
+                on_graph: Callable[[ActionGraph], None] | None = None) -> ResolvedBuild:
         """The request's graph cache entry; the actions are decoded only when a check needs
         them or `on_graph` asks."""
         started = time.monotonic()
@@ -108,9 +108,9 @@ class BuildSession:
         graph = entry.graph() if decode else None
         if on_graph is not None:
             on_graph(entry.graph())
-        return _Resolved(config, options, request, entry, graph, started)
+        return ResolvedBuild(config, options, request, entry, graph, started)
 
-    def preflight(self, resolved: _Resolved) -> BuildEnvironment:
+    def preflight(self, resolved: ResolvedBuild) -> BuildEnvironment:
         """The checks that need no saved state: roles, secrets, the environment (ORCH-07)."""
         config, options, environ = resolved.config, resolved.options, self.environ
         actions = resolved.graph.actions if resolved.graph is not None else ()
@@ -124,7 +124,7 @@ class BuildSession:
         return BuildEnvironment(env_hash, environment_key(passed_env, env_hash), passed_env,
                                 secrets, grant)
 
-    def settle(self, resolved: _Resolved, environment: BuildEnvironment) -> DirtyWork | None:
+    def settle(self, resolved: ResolvedBuild, environment: BuildEnvironment) -> DirtyWork | None:
         """What the saved state cannot settle by stat alone; None when it settles everything
         (then the build's row is recorded here). Pins (ORCH-03) and the budget (ORCH-05) are
         checked once the actions are known, before anything runs, dry runs included."""
@@ -163,7 +163,7 @@ class BuildSession:
         return DirtyWork(actions, clean, previous, request.state_path, resolved.entry.digest,
                          resolved.patterns, tree_clean, row, tuple(blobs))
 
-    def _all_settled(self, resolved: _Resolved, previous: BuildState,
+    def _all_settled(self, resolved: ResolvedBuild, previous: BuildState,
                      environment: BuildEnvironment) -> None:
         """Every action is up to date: say so, and record the build as one row in the store."""
         count = resolved.entry.facts.count
@@ -171,7 +171,7 @@ class BuildSession:
         if not resolved.options.dry_run:
             _record_settled(resolved, previous, environment)
 
-    def run(self, resolved: _Resolved, environment: BuildEnvironment,
+    def run(self, resolved: ResolvedBuild, environment: BuildEnvironment,
             work: DirtyWork) -> BuildSummary:
         """Run (or under `--dry-run`, plan) what `settle` left, and sum it up."""
         from posbuild.engine.runphase import plan_dirty, run_dirty
@@ -217,7 +217,7 @@ def _checks_need_no_actions(config: Config, facts: GraphFacts, options: BuildOpt
             and not (config.root / LOCK_NAME).exists())
 
 
-def _record_settled(resolved: _Resolved, previous: BuildState,
+def _record_settled(resolved: ResolvedBuild, previous: BuildState,
                     environment: BuildEnvironment) -> None:
     """A build whose every action the saved state settled: one row in the store, nothing else."""
     count, options = resolved.entry.facts.count, resolved.options
@@ -231,7 +231,7 @@ def _record_settled(resolved: _Resolved, previous: BuildState,
                          row.with_fields(counts={"cached": count}), blobs)
 
 
-def _settled_summary(resolved: _Resolved, options: BuildOptions) -> BuildSummary:
+def _settled_summary(resolved: ResolvedBuild, options: BuildOptions) -> BuildSummary:
     count = resolved.entry.facts.count
     return BuildSummary(count, 0, count, 0, 0, time.monotonic() - resolved.started, (),
                         dry_run=options.dry_run)
