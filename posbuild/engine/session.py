@@ -61,8 +61,7 @@ class ResolvedBuild:
 
     @property
     def local(self) -> bool:
-        """Whether the actions run here (else on Dask, within what its workers declared)."""
-        return (self.options.executor or self.config.executor) == "local"
+        return _runs_here(self.config, self.options)
 
 
 class BuildSession:
@@ -102,9 +101,8 @@ class BuildSession:
         started = time.monotonic()
         request = make_request(config, options.patterns, options.cwd_package)
         entry = graph_entry(config, request)
-        local = (options.executor or config.executor) == "local"
         decode = on_graph is not None \
-            or not _checks_need_no_actions(config, entry.facts, options, local)
+            or not _checks_need_no_actions(config, entry.facts, options)
         graph = entry.graph() if decode else None
         if on_graph is not None:
             on_graph(entry.graph())
@@ -203,17 +201,21 @@ class BuildSession:
         return summary
 
 
-def _checks_need_no_actions(config: Config, facts: GraphFacts, options: BuildOptions,
-                            local: bool) -> bool:
-    """Whether the checks before a build can all be made from the graph's facts (`local`: the
-    actions run here, so the `[resources]` budget is checked).
+def _runs_here(config: Config, options: BuildOptions) -> bool:
+    """Whether the actions run here (else on Dask, within what its workers declared)."""
+    return (options.executor or config.executor) == "local"
+
+
+def _checks_need_no_actions(config: Config, facts: GraphFacts, options: BuildOptions) -> bool:
+    """Whether the checks before a build can all be made from the graph's facts (actions that
+    run here are also checked against the `[resources]` budget).
 
     Then a build that turns out to be a no-op never decodes the actions (uptodate.settled). Roles,
     pins and secrets that could clash with `[env] pass` need the actions themselves.
     """
     return (not options.verify and not config.roles and not facts.pinned
             and not (facts.secrets and config.env_pass)
-            and (not local or fits(facts.resources, config.resources))
+            and (not _runs_here(config, options) or fits(facts.resources, config.resources))
             and not (config.root / LOCK_NAME).exists())
 
 
