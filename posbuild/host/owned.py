@@ -80,8 +80,9 @@ def claim(folder: Path, kind: str, ours: Callable[[Path], bool], what: str = "")
             raise WorkspaceError(
                 f"{folder}: not a folder; posbuild cannot use it as its {kind}{what}") from None
         with os.scandir(folder) as listing:
-            names = [entry.name for entry in listing]
-        if names and not ours(folder):
+            # another posbuild making this folder right now leaves its mark's temp file first
+            names = [entry.name for entry in listing if not entry.name.startswith(f".{MARKER}.")]
+        if names and not is_marked(folder, kind) and not ours(folder):
             raise WorkspaceError(
                 f"{folder}: holds files posbuild did not make (and no {MARKER} of posbuild's); "
                 f"refusing to use it as the {kind}{what}: choose a new or empty folder") from None
