@@ -90,9 +90,10 @@ def run_dirty(config: Config, options: BuildOptions, environment: BuildEnvironme
         cluster.use_remote(remote, reporter.message,  # workers read inputs from its CAS
                            frozenset(p for a in carriers for p in a.outputs))
     store = Store(config.store_dir, config.workspace_tag)
-    spawner: Spawner | None = None
+    spawner: Spawner | None = cluster  # closed below, however far the run got
     try:
-        spawner = cluster or LocalSpawner(config.root, config.sandbox_dir, isolation)
+        if spawner is None:
+            spawner = LocalSpawner(config.root, config.sandbox_dir, isolation)
         spawner.clear_stale()
         run = _Run(config, options, environment, work, reporter, store, spawner, remote,
                    frozenset(a.label for a in carriers))
