@@ -52,6 +52,9 @@ def _executor(ctx: click.Context, param: click.Parameter, value: str | None) -> 
               help="Re-execute actions that have a cached result and fail with ORCH-04 if the "
               "bytes differ.")
 @click.option("-q", "--quiet", is_flag=True, help="Print only failures and errors.")
+@click.option("--rerun", "rerun", metavar="PATTERN", multiple=True,
+              help="Execute the actions PATTERN names even if their result is cached (repeatable); "
+                   "dependents re-run only if the outputs change.")
 @click.option("--explain", is_flag=True,
               help="Say in one line why each executed action ran (with -n: would run).")
 @allow_env_drift_option
@@ -64,9 +67,8 @@ def _executor(ctx: click.Context, param: click.Parameter, value: str | None) -> 
               "Dask cluster "
                    "whose scheduler listens at HOST:PORT (default: [executor] in posbuild.toml).")
 def build(patterns: tuple[str, ...], jobs: int | None, keep_going: bool, dry_run: bool,
-          verify: bool,
-          quiet: bool, explain: bool, allow_env_drift: bool, remote_upload: bool,
-          executor: str) -> None:
+          verify: bool, quiet: bool, rerun: tuple[str, ...], explain: bool,
+          allow_env_drift: bool, remote_upload: bool, executor: str) -> None:
     """Build the targets matched by PATTERNS (default: //...).
 
     \b
@@ -87,7 +89,7 @@ def build(patterns: tuple[str, ...], jobs: int | None, keep_going: bool, dry_run
                                keep_going=keep_going,
                                dry_run=dry_run, verify=verify, explain=explain, cwd_package=package,
                                allow_env_drift=allow_env_drift, remote_upload=remote_upload,
-                               executor=executor)
+                               executor=executor, rerun=rerun)
         summary = BuildSession(root, choose_reporter(quiet), os.environ).build(options)
     except PosbuildError as error:
         fail(error)

@@ -31,7 +31,8 @@ def _heading(build: BuildRow) -> str:
     env = f"  h_E {bytes(build.env_hash).hex()[:12]}" if build.env_hash else ""
     return (f"build {build.number}  started {build.started}  patterns "
             f"{' '.join(build.patterns)}{env}"
-            + ("  (environment drift allowed)" if build.allow_env_drift else ""))
+            + ("  (environment drift allowed)" if build.allow_env_drift else "")
+            + (f"  rerun {' '.join(build.rerun)}" if build.rerun else ""))
 
 
 def _table(build: BuildRow, records: list[ExecutionRecord]) -> None:

@@ -98,4 +98,6 @@ def _summary(report) -> str:
         notes.append(f"{len(report.not_verified)} no-cache action(s) not verified")
     if report.without_cache:
         notes.append(f"{report.without_cache} without a cached result to compare with")
+    if report.may_differ:
+        notes.append(f"{report.may_differ} output(s) tagged nondeterministic-output not compared")
     return line + (f" ({'; '.join(notes)})" if notes else "")

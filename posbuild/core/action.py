@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, NamedTuple, Sequence
 
 from posbuild.core.digest import Digest
-from posbuild.core.layout import OUT_DIR
+from posbuild.core.layout import NONDETERMINISTIC_OUTPUT_TAG, OUT_DIR
 
 if TYPE_CHECKING:
     from posbuild.core.target import Pairs
@@ -90,6 +90,14 @@ def facts_of(actions: Sequence[Action]) -> GraphFacts:
 def is_generated(path: str) -> bool:
     """Whether a workspace-relative input path is another action's output."""
     return path.startswith(OUT_DIR + "/")
+
+
+def may_differ(action: Action) -> frozenset[str]:
+    """The outputs that `tags = ["nondeterministic-output:NAME"]` exempts from verify's byte
+    comparison (a log file with timings, say), as workspace-relative paths."""
+    package = action.label[2:action.label.rindex(":")]  # labels are canonical: //pkg:name
+    return frozenset(out_path(package, tag[len(NONDETERMINISTIC_OUTPUT_TAG):])
+                     for tag in action.tags if tag.startswith(NONDETERMINISTIC_OUTPUT_TAG))
 
 
 def out_path(package: str, name: str) -> str:

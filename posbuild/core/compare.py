@@ -4,7 +4,8 @@ Used wherever posbuild holds two versions of an output that must be identical �
 same action under `posbuild verify`, a re-run and the cached result under `build --verify` — and
 has to tell the user precisely how they differ:
 
-    posbuild-out/pkg/x.txt: run 1 has 120 bytes, run 2 has 121 bytes, first difference at byte 57
+    posbuild-out/pkg/x.txt: run 1 has 120 bytes, run 2 has 121 bytes, first difference at byte 57:
+    run 1 "…built at 12:01:07\\n", run 2 "…built at 12:01:08\\n"
 
 Offsets count from 0. When one version is a prefix of the other, the first difference is at the
 length of the shorter one (the first byte that only one of them has). Large files are compared in
@@ -18,6 +19,7 @@ import os
 from typing import BinaryIO
 
 CHUNK = 1 << 20
+CONTEXT = 12  # bytes quoted on each side of a difference
 
 Source = bytes | str | os.PathLike[str]
 
@@ -40,10 +42,28 @@ def first_difference(a: bytes, b: bytes) -> int | None:
 
 
 def format_difference(path: str, label_a: str, size_a: int, label_b: str, size_b: int,
-                      offset: int) -> str:
-    """The one-line account of a difference already located."""
-    return (f"{path}: {label_a} has {_bytes(size_a)}, {label_b} has {_bytes(size_b)}, "
+                      offset: int, a: Source | None = None, b: Source | None = None) -> str:
+    """The one-line account of a difference already located; given the two versions, it also
+    quotes a few bytes of each around the difference, which is often all a user needs to see
+    (a timestamp, a path, a random seed)."""
+    line = (f"{path}: {label_a} has {_bytes(size_a)}, {label_b} has {_bytes(size_b)}, "
             f"first difference at byte {offset}")
+    if a is None or b is None:
+        return line
+    return f"{line}: {label_a} {excerpt(a, offset)}, {label_b} {excerpt(b, offset)}"
+
+
+def excerpt(source: Source, offset: int, width: int = CONTEXT) -> str:
+    """The bytes of `source` from `width` before `offset` to `width` after it, quoted with
+    Python's escapes, an ellipsis where they were cut."""
+    start = max(0, offset - width)
+    with _open(source) as stream:
+        stream.seek(start)
+        data = stream.read(offset - start + width + 1)
+    cut_after = len(data) > offset - start + width
+    data = data[:offset - start + width]
+    return (f'"{"…" if start else ""}{repr(data)[2:-1].replace(chr(34), chr(92) + chr(34))}'
+            f'{"…" if cut_after else ""}"')
 
 
 def first_file_difference(a: Source, b: Source) -> tuple[int, int, int | None]:

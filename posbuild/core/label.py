@@ -114,6 +114,12 @@ class TargetPattern:
             return f"//{self.package}:all"
         return f"//{self.package}/..." if self.package else "//..."
 
+    def matches(self, label: Label) -> bool:
+        """Whether this pattern names `label` (a target of a package in its scope)."""
+        if self.kind is PatternKind.SINGLE:
+            return label == self.label
+        return self.covers_package(label.package)
+
     def covers_package(self, package: str) -> bool:
         """Whether a package lies inside this pattern's scope."""
         if self.kind is PatternKind.RECURSIVE:

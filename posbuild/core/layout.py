@@ -34,3 +34,5 @@ STORE_LOCK = "gc.lock"
 
 NO_CACHE_TAG = "no-cache"  # never looked up in nor written to a cache; never verified
 NETWORK_TAG = "network"  # keeps the host's network in the namespace sandbox
+# `nondeterministic-output:NAME`: output NAME (as in `outs`) may differ between runs: not verified
+NONDETERMINISTIC_OUTPUT_TAG = "nondeterministic-output:"

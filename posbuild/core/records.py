@@ -265,6 +265,7 @@ class BuildRow:
     up_to_date: str | Sequence[int] = ()  # "all", or the indices of the actions settled by stat
     allow_env_drift: bool = False
     verify: bool = False
+    rerun: Sequence[str] = ()  # `--rerun` patterns: their actions executed even if cached
     passed_env: Sequence[Sequence[str]] | None = None  # [[name, value]...] of [env] pass
     counts: Mapping[str, int] | None = None
     failed: int = 0

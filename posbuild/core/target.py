@@ -12,6 +12,7 @@ from typing import Any, Callable
 
 from posbuild.errors import SourceLocation
 from posbuild.core.label import Label
+from posbuild.core.layout import NONDETERMINISTIC_OUTPUT_TAG
 
 Pairs = tuple[tuple[str, str], ...]
 
@@ -192,4 +193,9 @@ def make_target(kind: str, label: Label, attrs: dict[str, Any],
     clash = sorted(set(values.get("secrets", ())) & {k for k, _ in values.get("env", ())})
     if clash:
         raise AttributeError_(f"{kind} '{label.name}': '{clash[0]}' is both in env and in secrets")
+    for tag in values.get("tags", ()):
+        exempt = tag[len(NONDETERMINISTIC_OUTPUT_TAG):]
+        if tag.startswith(NONDETERMINISTIC_OUTPUT_TAG) and exempt not in values.get("outs", ()):
+            raise AttributeError_(f"{kind} '{label.name}': tag '{tag}' names no output of its "
+                                  f"outs ({', '.join(values.get('outs', ())) or 'none'})")
     return Target(label=label, kind=kind, location=location, **values)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Sequence
 
-from posbuild.core.action import Action
+from posbuild.core.action import Action, may_differ
 from posbuild.core.compare import first_file_difference, format_difference
 from posbuild.core.records import Outcome
 from posbuild.engine.outcome import ActionOutcome, Failure
@@ -35,14 +35,18 @@ class SameAsCached:
     def __call__(self, action: Action, spawn: SpawnResult, miss: Miss) -> Failure | None:
         if miss.cached is None:
             return None
+        exempt = may_differ(action)
         for output in miss.cached.outputs:
+            if output.path in exempt:
+                continue
+            cached = self._store.get_blob(output.digest)
             with spawn.output(output.path).reading() as fd:
-                size_new, size_cached, offset = first_file_difference(
-                    fd_path(fd), self._store.get_blob(output.digest))
-            if offset is not None:
-                difference = format_difference(output.path, "the cached result", size_cached,
-                                               "this run", size_new, offset)
-                return Failure.of(NonDeterminism(f"{difference}; the cached result is kept"))
+                size_cached, size_new, offset = first_file_difference(cached, fd_path(fd))
+                if offset is not None:
+                    difference = format_difference(output.path, "the cached result",
+                                                   size_cached, "this run", size_new, offset,
+                                                   cached, fd_path(fd))
+                    return Failure.of(NonDeterminism(f"{difference}; the cached result is kept"))
         return None
 
 

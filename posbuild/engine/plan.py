@@ -36,6 +36,7 @@ class BuildOptions:
     remote_upload: bool = False
     # `--executor`: "local" or "dask://HOST:PORT"; "" follows `[executor]` in posbuild.toml
     executor: str = ""
+    rerun: tuple[str, ...] = ()  # `--rerun`: patterns whose actions execute even when cached
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,6 +64,7 @@ class DirtyWork:
     tree_clean: bool  # posbuild-out/ was exactly the latest generation when the build began
     row: BuildRow | None = None  # the build's row (journal.build_row); None: no records
     row_blobs: tuple[tuple[Digest, bytes], ...] = ()
+    forced: frozenset[str] = frozenset()  # labels `--rerun` names: executed even when cached
 
     @property
     def dirty(self) -> list[int]:

@@ -54,13 +54,15 @@ class Rebuilder:
 
     `explainer`: under `--explain`, says why a miss must run. `verify`: every action runs, and a
     miss carries the cached result the run must reproduce. `asks_remote`: whether a remote cache
-    may be asked for an action after a local miss (None: there is no remote to ask).
+    may be asked for an action after a local miss (None: there is no remote to ask). `forced`:
+    labels `--rerun` names, which miss whatever the cache holds.
     """
 
     def __init__(self, files: FileStates, products: BuildProducts, local: LocalResults,
                  environment: BuildEnvironment, journal: Journal | None = None,
                  explainer: Explainer | None = None, verify: bool = False,
-                 asks_remote: Callable[[Action], bool] | None = None) -> None:
+                 asks_remote: Callable[[Action], bool] | None = None,
+                 forced: frozenset[str] = frozenset()) -> None:
         self._files = files
         self._products = products
         self._local = local
@@ -70,6 +72,7 @@ class Rebuilder:
         self._explainer = explainer
         self._verify = verify
         self._asks_remote = None if verify else asks_remote
+        self._forced = forced
 
     def check(self, action: Action) -> ActionOutcome | Miss:
         """Settle `action` from the local cache if possible; a `Miss` means it must run."""
@@ -87,7 +90,8 @@ class Rebuilder:
                 sources.append((path, state.signature))
         started = time.time()
         inputs = tuple(zip(action.inputs, digests))
-        cacheable = NO_CACHE_TAG not in action.tags
+        forced = action.label in self._forced
+        cacheable = NO_CACHE_TAG not in action.tags and not forced
         hit = self._reuse_trace(action, digests) if cacheable else None
         key = hit.key if hit is not None else None
         if key is None:
@@ -97,8 +101,8 @@ class Rebuilder:
             self.record_hit(action, hit, started, inputs)
             return hit
         cached = self._local.result(action, key) if self._verify else None
-        reason = self._explainer.reason(action, inputs, key, cached is not None) \
-            if self._explainer is not None else ""
+        reason = "" if self._explainer is None else "--rerun names it" if forced \
+            else self._explainer.reason(action, inputs, key, cached is not None)
         ask_remote = cacheable and self._asks_remote is not None and self._asks_remote(action)
         return Miss(key, tuple(sources), inputs, cached, reason, ask_remote)
 

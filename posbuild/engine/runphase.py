@@ -143,7 +143,8 @@ class _Run:
         self.rebuilder = Rebuilder(
             self.files, self.products, local, environment, self.journal,
             Explainer(store, environment) if options.explain else None, options.verify,
-            (lambda action: action.label not in carriers) if remote is not None else None)
+            (lambda action: action.label not in carriers) if remote is not None else None,
+            work.forced)
         self.committer = Committer(store, materializer, self.products, self.journal, remote,
                                    carriers)
         checks: list[RunCheck] = [SameAsCached(store)] if options.verify else []
@@ -378,7 +379,7 @@ def plan_dirty(config: Config, options: BuildOptions, environment: BuildEnvironm
                              products, dry_run=True)
         rebuilder = Rebuilder(files, products, local, environment,
                               explainer=Explainer(store, environment) if options.explain
-                              else None)
+                              else None, forced=work.forced)
         position = {node: i for i, node in enumerate(dirty)}
         actions = [work.actions[i] for i in dirty]
         deps = [[position[d] for d in a.deps if d in position] for a in actions]

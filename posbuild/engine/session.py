@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Callable, Mapping, Sequence
 
 from posbuild.core.action import Action, ActionGraph, GraphFacts
+from posbuild.core.label import parse_label, parse_pattern
 from posbuild.core.layout import CONFIG_NAME, LOCK_NAME
 from posbuild.core.records import Outcome
 from posbuild.engine.locking import workspace_lock
@@ -143,23 +144,28 @@ class BuildSession:
         check_pins(config.root, actions, previous)
         if resolved.local:
             check_budget(actions, config.resources)
+        forced = _forced(options, actions)
         clean = [False] * len(actions) if options.verify \
             else clean_actions(actions, previous, config.root)
+        for index, action in enumerate(actions):  # dependencies first: one pass suffices
+            if forced and (action.label in forced or not all(clean[d] for d in action.deps)):
+                clean[index] = False  # a forced action's dependents must be looked at again
         if all(clean) and tree_clean:  # a no-op all the same
             self._all_settled(resolved, previous, environment)
             return None
         self.reporter.build_started(len(actions), sum(clean))
         if options.dry_run:
             return DirtyWork(actions, clean, previous, request.state_path, resolved.entry.digest,
-                             resolved.patterns, tree_clean)
+                             resolved.patterns, tree_clean, forced=forced)
         from posbuild.store.journal import build_row
 
         row, blobs = build_row(time.time(), resolved.patterns, environment.env_hash,
                                (resolved.entry.digest, resolved.entry.raw), previous.raw, clean,
                                allow_env_drift=options.allow_env_drift, verify=options.verify,
-                               passed_env=[list(pair) for pair in environment.passed_env])
+                               passed_env=[list(pair) for pair in environment.passed_env],
+                               **({"rerun": list(options.rerun)} if options.rerun else {}))
         return DirtyWork(actions, clean, previous, request.state_path, resolved.entry.digest,
-                         resolved.patterns, tree_clean, row, tuple(blobs))
+                         resolved.patterns, tree_clean, row, tuple(blobs), forced)
 
     def _all_settled(self, resolved: ResolvedBuild, previous: BuildState,
                      environment: BuildEnvironment) -> None:
@@ -213,10 +219,25 @@ def _checks_need_no_actions(config: Config, facts: GraphFacts, options: BuildOpt
     Then a build that turns out to be a no-op never decodes the actions (uptodate.settled). Roles,
     pins and secrets that could clash with `[env] pass` need the actions themselves.
     """
-    return (not options.verify and not config.roles and not facts.pinned
+    return (not options.verify and not options.rerun and not config.roles and not facts.pinned
             and not (facts.secrets and config.env_pass)
             and (not _runs_here(config, options) or fits(facts.resources, config.resources))
             and not (config.root / LOCK_NAME).exists())
+
+
+def _forced(options: BuildOptions, actions: Sequence[Action]) -> frozenset[str]:
+    """The labels of the actions `--rerun` names; a pattern that names none of this build's
+    actions is a usage error (a typo would otherwise re-run nothing, silently)."""
+    forced: set[str] = set()
+    for text in options.rerun:
+        pattern = parse_pattern(text, options.cwd_package)
+        named = {action.label for action in actions
+                 if pattern.matches(parse_label(action.label, ""))}
+        if not named:
+            raise UsageError(f"--rerun {text}: matches no action of this build "
+                             f"({' '.join(options.patterns)})")
+        forced |= named
+    return frozenset(forced)
 
 
 def _record_settled(resolved: ResolvedBuild, previous: BuildState,

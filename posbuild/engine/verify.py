@@ -35,7 +35,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Mapping, Sequence
 
-from posbuild.core.action import Action, ActionGraph
+from posbuild.core.action import Action, ActionGraph, may_differ
 from posbuild.core.compare import Source, first_file_difference, format_difference
 from posbuild.workspace.config import Config
 from posbuild.core.digest import hash_file
@@ -95,6 +95,7 @@ class VerifyReport:
     findings: tuple[Finding, ...]
     not_verified: tuple[str, ...] = ()  # labels of no-cache actions
     without_cache: int = 0  # verified actions that had no cached result to compare with
+    may_differ: int = 0  # outputs a `nondeterministic-output:` tag exempts from the comparison
     perturbed: tuple[str, ...] = field(default=(), compare=False)
     # bubblewrap unavailable: the runs used the folder sandbox
     notice: str = field(default="", compare=False)
@@ -158,7 +159,7 @@ def verify(config: Config, graph: ActionGraph, state: BuildState, store: CachedO
         actions=len(actions), outputs=checker.outputs, bytes=checker.bytes,
         findings=tuple(checker.findings),
         not_verified=tuple(a.label for a in graph.actions if NO_CACHE_TAG in a.tags),
-        without_cache=checker.without_cache,
+        without_cache=checker.without_cache, may_differ=checker.may_differ,
         perturbed=_perturbed(config, sandboxes.faketime if shifted else None), notice=notice,
     )
 
@@ -228,6 +229,7 @@ class _Checker:
         self.outputs = 0
         self.bytes = 0
         self.without_cache = 0
+        self.may_differ = 0
 
     def check(self, action: Action, first: SpawnResult | OSError,
               second: SpawnResult | OSError) -> None:
@@ -241,14 +243,19 @@ class _Checker:
         cached = self._cached(action)
         if cached is None:
             self.without_cache += 1
+        exempt = may_differ(action)
+        self.may_differ += len(exempt)
         for path in action.outputs:
+            if path in exempt:
+                continue
             # no link followed
             with first.output(path).reading() as fd_one, second.output(path).reading() as fd_two:
                 one, two = Path(fd_path(fd_one)), Path(fd_path(fd_two))
                 size_one, size_two, offset = first_file_difference(one, two)
                 self.bytes += size_one
                 if offset is not None:
-                    detail = format_difference(path, "run 1", size_one, "run 2", size_two, offset)
+                    detail = format_difference(path, "run 1", size_one, "run 2", size_two, offset,
+                                               one, two)
                     self.findings.append(Finding(action.label, path, detail))
                 elif cached is not None and path in cached:
                     against = self._against_cache(path, cached[path], one)
@@ -273,7 +280,8 @@ class _Checker:
         if isinstance(blob, Path) and hash_file(blob) != cached.digest:
             raise ChecksumMismatch(
                 f"blob file {blob} does not hash to its name; run `posbuild fsck --repair`")
-        return format_difference(path, "cached result", size_cached, "run 1", size_run, offset)
+        return format_difference(path, "cached result", size_cached, "run 1", size_run, offset,
+                                 blob, produced)
 
 
 def _run_problem(action: Action, number: int, run: SpawnResult | OSError) -> tuple[str, str] | None:

@@ -39,7 +39,7 @@ def _assert_one_finding(result, label: str, path: str) -> re.Match[str]:
     assert len(findings) == 1, findings
     match = re.fullmatch(
         rf"ORCH-04 {re.escape(label)}: {re.escape(path)}: run 1 has (\d+) bytes?, run 2 has (\d+) "
-        rf"bytes?, first difference at byte (\d+)",
+        rf'bytes?, first difference at byte (\d+): run 1 "(.*)", run 2 "(.*)"',  # and what differs
         findings[0],
     )
     assert match, findings[0]
@@ -127,7 +127,7 @@ def test_verify_reports_an_output_that_depends_on_tz(ws):
     result = _verify(ws)
     assert _findings(result) == [
         "ORCH-04 //pkg:zone: posbuild-out/pkg/zone.txt: run 1 has 4 bytes, run 2 has 6 bytes, "
-        "first difference at byte 0"
+        'first difference at byte 0: run 1 "UTC\\n", run 2 "+1345\\n"'
     ]
     assert result.returncode == 14
 
@@ -149,7 +149,7 @@ def test_verify_reports_an_output_that_depends_on_the_umask(ws):
     result = _verify(ws)
     assert _findings(result) == [
         "ORCH-04 //pkg:mask: posbuild-out/pkg/mask.txt: run 1 has 4 bytes, run 2 has 4 bytes, "
-        "first difference at byte 1"
+        'first difference at byte 1: run 1 "644\\n", run 2 "600\\n"'
     ]
     assert result.returncode == 14
 
@@ -194,7 +194,7 @@ def test_verify_reports_an_output_that_depends_on_the_environment_order(ws):
     result = _verify(ws)
     assert _findings(result) == [
         "ORCH-04 //pkg:envorder: posbuild-out/pkg/envorder.txt: run 1 has 12 bytes, run 2 has 12 "
-        "bytes, first difference at byte 0"
+        'bytes, first difference at byte 0: run 1 "AAA=1\\nBBB=2\\n", run 2 "BBB=2\\nAAA=1\\n"'
     ], result.stdout + result.stderr
     assert ws.out("pkg/envorder.txt") == "AAA=1\nBBB=2\n"
 
@@ -256,7 +256,7 @@ def test_verify_compares_against_the_cached_result(ws):
     result = _verify(ws)
     assert _findings(result) == [
         "ORCH-04 //pkg:cached: posbuild-out/pkg/cached.txt: cached result has 13 bytes, run 1 has "
-        "6 bytes, first difference at byte 4"
+        '6 bytes, first difference at byte 4: cached result "hellO, world\\n", run 1 "hello\\n"'
     ]
     assert result.returncode == 14
 

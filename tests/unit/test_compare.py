@@ -7,7 +7,8 @@ import random
 import pytest
 
 from posbuild.core import compare
-from posbuild.core.compare import first_difference, first_file_difference, format_difference
+from posbuild.core.compare import (excerpt, first_difference, first_file_difference,
+                                   format_difference)
 
 
 def describe_difference(path: str, label_a: str, a: bytes, label_b: str, b: bytes) -> str | None:
@@ -92,3 +93,19 @@ def test_first_file_difference_of_two_empty_sources(tmp_path) -> None:
     empty = tmp_path / "empty"
     empty.write_bytes(b"")
     assert first_file_difference(empty, b"") == (0, 0, None)
+
+
+def test_an_excerpt_quotes_the_bytes_around_an_offset_with_escapes_and_ellipses() -> None:
+    data = b"0123456789abcdefghij\n\"quoted\"\x00tail"
+    assert excerpt(data, 0, width=4) == '"0123…"'
+    assert excerpt(data, 10, width=4) == '"…6789abcd…"'
+    assert excerpt(data, len(data) - 2, width=4) == '"…\\"\\x00tail"'
+    assert excerpt(data, 23, width=3) == '"…\\n\\"quot…"'
+
+
+def test_a_located_difference_quotes_both_versions_when_given_them() -> None:
+    one, two = b"stamp 1700000001\n", b"stamp 1700000002\n"
+    size_one, size_two, offset = first_file_difference(one, two)
+    assert format_difference("out.txt", "run 1", size_one, "run 2", size_two, offset, one, two) \
+        == ('out.txt: run 1 has 17 bytes, run 2 has 17 bytes, first difference at byte 15: '
+            'run 1 "…mp 1700000001\\n", run 2 "…mp 1700000002\\n"')
