@@ -320,6 +320,11 @@ class LocalSpawner:
                 argv = shell_argv(action.command)
             else:
                 argv = self._namespaced(action, sandbox, exec_root)
+                if "LD_PRELOAD" in env:
+                    # for the command, not for bwrap: a preloaded libfaketime would make its
+                    # semaphore in the host's /dev/shm, which the command, under a fresh /dev,
+                    # then fails to open
+                    argv[1:1] = ["--setenv", "LD_PRELOAD", env.pop("LD_PRELOAD")]
             out = _capture_file(sandbox, "stdout")
             return self._launch(action, argv, sandbox, env, out, err, umask)
         except BaseException:

@@ -309,3 +309,28 @@ def test_verify_help_names_the_perturbations(ws):
     for words in ("sandbox path", "TZ", "umask", "directory listing order", "libfaketime",
                   "ORCH-04"):
         assert words in result.stdout
+
+
+def test_the_clock_shift_reaches_commands_in_the_namespace_sandbox(ws):
+    """libfaketime is preloaded into the command, not into bwrap: preloaded into bwrap it made its
+    semaphore in the host's /dev/shm, and every command of run 2 under the sandbox's fresh /dev
+    failed with 'libfaketime: sem_name was ...' instead of running with the shifted clock."""
+    from conftest import bwrap_problem
+
+    from posbuild.exec.sandbox import find_libfaketime
+
+    problem = bwrap_problem()
+    if problem is not None or find_libfaketime() is None:
+        pytest.skip(problem or "libfaketime is not installed")
+    ws.write({
+        "posbuild.toml": '[sandbox]\nmode = "namespace"\n',
+        "pkg/in.txt": "data\n",
+        "pkg/BUILD": """
+            genrule(name = "copy", srcs = ["in.txt"], outs = ["copy.txt"], cmd = "cp $< $@")
+            genrule(name = "day", outs = ["day.txt"], cmd = "date -u +%Y-%m-%d > $@")
+        """,
+    })
+    result = _verify(ws)
+    assert "failed" not in result.stdout, result.stdout
+    assert _findings(result) == [line for line in _findings(result) if "//pkg:day:" in line]
+    assert len(_findings(result)) == 1  # a year later, the day differs; the copy does not
