@@ -36,6 +36,8 @@ class BuildOptions:
     remote_upload: bool = False
     # `--executor`: "local" or "dask://HOST:PORT"; "" follows `[executor]` in posbuild.toml
     executor: str = ""
+    # `--keep-sandbox`: leave a failed action's sandbox in place and say how to re-run it there
+    keep_sandbox: bool = False
 
 
 @dataclass(frozen=True, slots=True)

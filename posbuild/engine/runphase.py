@@ -17,13 +17,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Sequence
 
 from posbuild.core.action import Action
-from posbuild.core.layout import STATE_DIR, STORE_DB, TMP
+from posbuild.core.layout import FAILED, STATE_DIR, STORE_DB, TMP
 from posbuild.core.records import RUN_OUTCOMES, Manifest, Outcome, OutputFile, RecordState
 from posbuild.engine.commit import Committer
 from posbuild.engine.filestate import FileStates
 from posbuild.engine.modes import DryRunExecutor, SameAsCached
 from posbuild.engine.outcome import ActionOutcome
 from posbuild.engine.plan import BuildEnvironment, BuildOptions, DirtyWork
+from posbuild.engine.postmortem import FailureKeeper
 from posbuild.engine.products import BuildProducts
 from posbuild.engine.rebuilder import Rebuilder
 from posbuild.engine.reporter import Reporter
@@ -147,8 +148,10 @@ class _Run:
         self.committer = Committer(store, materializer, self.products, self.journal, remote,
                                    carriers)
         checks: list[RunCheck] = [SameAsCached(store)] if options.verify else []
+        keep = spawner.keep if options.keep_sandbox and isinstance(spawner, LocalSpawner) else None
         self.runner = ActionRunner(spawner, self.files, self.committer, environment,
-                                   self.journal, checks)
+                                   self.journal, checks,
+                                   FailureKeeper(config.root, config.state_dir / FAILED), keep)
         self.remote = RemoteResults(remote, store, local, temp) if remote is not None else None
 
     def drive(self, dirty: Sequence[int],

@@ -83,6 +83,7 @@ import glob
 import itertools
 import os
 import select
+import shlex
 import shutil
 import signal
 import subprocess
@@ -401,6 +402,26 @@ class LocalSpawner:
         if result.files is not None:
             result.files.close()
         self._remove_sandbox(os.path.dirname(result.exec_root))
+
+    def keep(self, result: SpawnResult, action: Action,
+             passed_env: Sequence[tuple[str, str]] = ()) -> tuple[str, ...]:
+        """`--keep-sandbox`: close the result's descriptors but leave its sandbox where it is
+        (until a later build sweeps it: its owner is gone by then); returns lines saying where it
+        is and how to run the command again in it, with the environment it had (secrets left
+        out)."""
+        if result.files is not None:
+            result.files.close()
+        sandbox = os.path.dirname(result.exec_root)
+        self._staged.pop(sandbox, None)
+        env = {**base_environment(sandbox), **dict(action.env), **dict(passed_env)}
+        assignments = " ".join(shlex.quote(f"{name}={value}") for name, value in env.items())
+        lines = [f"sandbox kept (until the next build): {sandbox}",
+                 f"run it again: cd {shlex.quote(str(result.exec_root))} && env -i {assignments} "
+                 f"/bin/sh -c {shlex.quote(action.command)}"]
+        if self._isolation is not None:
+            lines.append("(that runs it without the namespace sandbox, which also hid the host's "
+                         "files and network)")
+        return tuple(lines)
 
     def _remove_sandbox(self, sandbox: str) -> None:
         """Remove a sandbox folder by what staging made there (see `remove_tree`), whatever stage
