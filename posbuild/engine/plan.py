@@ -50,6 +50,7 @@ class BuildEnvironment:
     secrets: SecretSource | None = None  # where actions that declare secrets get their values
     grant: Grant | None = None  # what the role may do (roles.py); None: no remote uploads
     sandbox_writable: tuple[str, ...] = ()  # POSBUILD_SANDBOX_WRITABLE (namespaces.py)
+    host_path: str = ""  # the caller's PATH: where a program a command did not find may be
 
 
 @dataclass(frozen=True, slots=True)

@@ -27,6 +27,7 @@ from posbuild.engine.commit import Committer
 from posbuild.engine.filestate import FileStates
 from posbuild.engine.outcome import ActionOutcome, Failure, own_failure
 from posbuild.engine.plan import BuildEnvironment
+from posbuild.engine.notfound import Sandbox, hint
 from posbuild.engine.postmortem import FailureKeeper
 from posbuild.engine.rebuilder import Miss, Rebuilder
 from posbuild.engine.reporter import Reporter
@@ -67,7 +68,7 @@ class ActionRunner:
     def __init__(self, spawner: Spawner, files: FileStates, committer: Committer,
                  environment: BuildEnvironment, journal: Journal | None = None,
                  checks: Sequence[RunCheck] = (), keeper: FailureKeeper | None = None,
-                 keep_sandbox: KeepSandbox | None = None) -> None:
+                 keep_sandbox: KeepSandbox | None = None, sandbox: Sandbox | None = None) -> None:
         self._spawner = spawner
         self._files = files
         self._committer = committer
@@ -77,6 +78,7 @@ class ActionRunner:
         self._checks = tuple(checks)
         self._keeper = keeper
         self._keep_sandbox = keep_sandbox
+        self._sandbox = sandbox  # what commands cannot see, for the "not found" hint
         self._cancelled = False  # a signal or an error elsewhere stopped the running commands
 
     def start(self, action: Action, miss: Miss) -> Started:
@@ -168,7 +170,11 @@ class ActionRunner:
         """Keep what a failed run said and wrote (postmortem.py); the lines the failure shows.
         A command that held secrets may have written them: its files are not kept."""
         action = started.action
-        notes = (f"command: {action.command}",)
+        notes: tuple[str, ...] = (f"command: {action.command}",)
+        found = None if self._sandbox is None else hint(spawn.exit_code, spawn.stderr,
+                                                         self._sandbox)
+        if found is not None:
+            notes += (found,)
         if self._keeper is None:
             return notes
         files = not started.secrets or action.allow_secret_in_output

@@ -24,6 +24,7 @@ from posbuild.engine.filestate import FileStates
 from posbuild.engine.modes import DryRunExecutor, SameAsCached
 from posbuild.engine.outcome import ActionOutcome
 from posbuild.engine.plan import BuildEnvironment, BuildOptions, DirtyWork
+from posbuild.engine.notfound import Sandbox
 from posbuild.engine.postmortem import FailureKeeper
 from posbuild.engine.products import BuildProducts
 from posbuild.engine.rebuilder import Rebuilder
@@ -43,7 +44,7 @@ from posbuild.store.journal import Journal, utc
 from posbuild.store.lmdbstore import INLINE_LIMIT, Store
 from posbuild.store.materialize import Materializer
 from posbuild.store.upstate import BuildState, mark_tree, save_state, withdrawn_outputs
-from posbuild.workspace.config import Config
+from posbuild.workspace.config import BASE_PATH, Config
 from posbuild.workspace.secrets import SecretUnavailable, secret_carriers
 
 if TYPE_CHECKING:
@@ -151,7 +152,8 @@ class _Run:
         keep = spawner.keep if options.keep_sandbox and isinstance(spawner, LocalSpawner) else None
         self.runner = ActionRunner(spawner, self.files, self.committer, environment,
                                    self.journal, checks,
-                                   FailureKeeper(config.root, config.state_dir / FAILED), keep)
+                                   FailureKeeper(config.root, config.state_dir / FAILED), keep,
+                                   _blind_spots(config, environment, spawner))
         self.remote = RemoteResults(remote, store, local, temp) if remote is not None else None
 
     def drive(self, dirty: Sequence[int],
@@ -209,6 +211,17 @@ class _Run:
         self._store.update_build(self.journal.number, {
             "ended": utc(time.time()), "counts": counts, "failed": failed,
             "skipped": list(states).count(State.SKIPPED)})
+
+
+def _blind_spots(config: Config, environment: BuildEnvironment,
+                 spawner: Spawner) -> Sandbox | None:
+    """What the local sandbox keeps from a command (notfound.py); None on Dask, whose workers
+    have their own."""
+    if not isinstance(spawner, LocalSpawner):
+        return None
+    hidden = (str(config.root), str(config.store_dir), str(config.sandbox_dir), "/tmp",
+              "/dev/shm", "/run") if spawner.namespaced else ()
+    return Sandbox(hidden, BASE_PATH, environment.host_path)
 
 
 def _withdraw_stale(config: Config, actions: Sequence[Action],

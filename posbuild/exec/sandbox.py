@@ -262,6 +262,11 @@ class LocalSpawner:
         # bwrap --die-with-parent does it there
         self._guard = ORPHANS if isolation is None else NO_GUARD
 
+    @property
+    def namespaced(self) -> bool:
+        """Whether commands run in their own namespaces (bubblewrap), not in the folder alone."""
+        return self._isolation is not None
+
     def clear_stale(self) -> None:
         """Sweep the sandboxes of dead posbuild processes and claim this one's (`sweep_dead`); the
         folder is this user's alone (0700: a running action's captured output may hold what its
