@@ -63,10 +63,10 @@ def _one(name: str, sandbox: Sandbox) -> str | None:
         return None
     found = os.path.abspath(found)
     folder = next((h for h in sandbox.hidden if _under(found, h)), None)
-    if folder is not None:
-        why = f"the namespace sandbox hides {folder}"
-    elif os.path.dirname(found) not in sandbox.action_path.split(":"):
+    if os.path.dirname(found) not in sandbox.action_path.split(":"):
         why = f"actions run with PATH={sandbox.action_path}"
+    elif folder is not None:  # a link on the PATH to a hidden file
+        why = f"the namespace sandbox hides {folder}"
     else:
         return None
     return (f"hint: '{name}' is {found} on this machine, but {why}; declare it in posbuild.toml "
