@@ -29,6 +29,12 @@ class Sandbox:
     hidden: tuple[str, ...]
     action_path: str
     host_path: str
+    workspace: str = ""  # the one hidden folder the hint calls by name
+
+    def hiding(self, path: str) -> str | None:
+        """The hidden folder `path` is in, as the hint names it; None when it is visible."""
+        folder = next((h for h in self.hidden if _under(path, h)), None)
+        return f"the workspace ({folder})" if folder and folder == self.workspace else folder
 
 
 def _under(path: str, folder: str) -> bool:
@@ -52,7 +58,7 @@ def _one(name: str, sandbox: Sandbox) -> str | None:
     if "/" in name:
         if not os.path.isabs(name) or not os.path.exists(name):
             return None
-        folder = next((h for h in sandbox.hidden if _under(name, h)), None)
+        folder = sandbox.hiding(name)
         if folder is None:
             return None
         return (f"hint: {name} exists on this machine, but the namespace sandbox hides {folder}; "
@@ -62,7 +68,7 @@ def _one(name: str, sandbox: Sandbox) -> str | None:
     if found is None:
         return None
     found = os.path.abspath(found)
-    folder = next((h for h in sandbox.hidden if _under(found, h)), None)
+    folder = sandbox.hiding(found)
     if os.path.dirname(found) not in sandbox.action_path.split(":"):
         why = f"actions run with PATH={sandbox.action_path}"
     elif folder is not None:  # a link on the PATH to a hidden file

@@ -221,7 +221,7 @@ def _blind_spots(config: Config, environment: BuildEnvironment,
         return None
     hidden = (str(config.root), str(config.store_dir), str(config.sandbox_dir), "/tmp",
               "/dev/shm", "/run") if spawner.namespaced else ()
-    return Sandbox(hidden, BASE_PATH, environment.host_path)
+    return Sandbox(hidden, BASE_PATH, environment.host_path, str(config.root))
 
 
 def _withdraw_stale(config: Config, actions: Sequence[Action],

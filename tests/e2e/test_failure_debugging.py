@@ -120,4 +120,4 @@ def test_program_the_namespace_sandbox_hides_gets_a_hint(ws):
     result = ws.build("//pkg:f")
     assert result.returncode == 1
     assert (f"  hint: {ws.root}/tools/run.sh exists on this machine, but the namespace sandbox "
-            f"hides {ws.root}; declare it") in result.stderr
+            f"hides the workspace ({ws.root}); declare it") in result.stderr
