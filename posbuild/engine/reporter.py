@@ -67,17 +67,17 @@ OUTPUT_BYTES = 64 * 1024  # or this many bytes, whichever comes first
 
 
 def clipped(text: str, lines: int = OUTPUT_LINES, size: int = OUTPUT_BYTES) -> tuple[str, int]:
-    """The head of `text` a terminal shows, and how many of its lines were left out (0: all of
-    it): a build log stays readable when one action prints a megabyte."""
-    kept = text.splitlines()
-    if len(kept) > lines:
-        kept = kept[:lines]
-    head = "\n".join(kept)
+    """The head of `text` a terminal shows, and how many of its lines are not shown whole (0:
+    all of it): a build log stays readable when one action prints a megabyte."""
+    every = text.splitlines()
+    head = "\n".join(every[:lines])
+    whole = min(lines, len(every))
     if len(head) > size:
-        head = head[:size]
-        head = head[:head.rfind("\n") + 1 or size].rstrip("\n")
-    shown = head.count("\n") + 1 if head else 0
-    return head, len(text.splitlines()) - shown
+        cut = head[:size]
+        end = cut.rfind("\n")
+        head = cut[:end] if end > 0 else cut  # one line longer than `size`: its start
+        whole = head.count("\n") + 1 if end > 0 else 0
+    return head, len(every) - whole
 
 
 def output_block(label: str, stdout: bytes, stderr: bytes) -> str:

@@ -8,7 +8,10 @@ it failed, and removes the sandbox. The scheduler may start the worker's next ac
 `wait()` and `conclude()`. A result is committed only when the command exited 0, every declared
 output exists as a regular file, no source input changed while it ran, no output holds a secret,
 and every extra check of the build's mode passes (modes.py: `--verify` compares with the cached
-result); otherwise nothing of it is kept.
+result); otherwise nothing of it is kept in the store or `posbuild-out/`: what it said and wrote
+goes to `.posbuild/failed/` for the user (postmortem.py), with its command and a hint when the
+shell did not find a program the sandbox hides (notfound.py), and `--keep-sandbox` leaves its
+sandbox in place.
 
 `ActionExecutor` is the scheduler's view of all this: node numbers in, outcomes out, each finished
 action reported.
@@ -26,8 +29,8 @@ from posbuild.core.records import Outcome, RecordState
 from posbuild.engine.commit import Committer
 from posbuild.engine.filestate import FileStates
 from posbuild.engine.outcome import ActionOutcome, Failure, own_failure
-from posbuild.engine.plan import BuildEnvironment
 from posbuild.engine.notfound import Sandbox, hint
+from posbuild.engine.plan import BuildEnvironment
 from posbuild.engine.postmortem import FailureKeeper
 from posbuild.engine.rebuilder import Miss, Rebuilder
 from posbuild.engine.reporter import Reporter
@@ -129,21 +132,21 @@ class ActionRunner:
             values = [value for _, value in secrets]
             spawn = replace(spawn, stdout=redact(spawn.stdout, values),
                             stderr=redact(spawn.stderr, values))
-        kept: tuple[str, ...] = ()
+        in_place: tuple[str, ...] = ()  # --keep-sandbox: where the sandbox stays, how to re-run
         try:
             failure = self._failure(action, spawn, miss, secrets)
             for check in self._checks:
                 failure = failure or check(action, spawn, miss)
             if failure is not None:
                 if self._keep_sandbox is not None and not self._cancelled:
-                    kept = self._keep_sandbox(spawn, action, self._passed_env)
+                    in_place = self._keep_sandbox(spawn, action, self._passed_env)
                 outcome = self._failed(started, spawn, failure)
-                return replace(outcome, notes=outcome.notes + kept)
+                return replace(outcome, notes=outcome.notes + in_place)
             self._committer.commit(action, spawn, miss, started.started, started.ended)
             if self._keeper is not None:
                 self._keeper.passed(action.label)
         finally:
-            if not kept:
+            if not in_place:
                 self._spawner.remove(spawn)
         return ActionOutcome(Outcome.EXECUTED, miss.key, reason=miss.reason,
                              stderr=spawn.stderr, elapsed=spawn.elapsed, stdout=spawn.stdout)

@@ -28,6 +28,11 @@ def test_output_is_cut_after_the_byte_limit_at_a_line_end():
     assert left == 100 - len(head.splitlines())
 
 
+def test_one_line_longer_than_the_byte_limit_is_cut_and_counted():
+    head, left = clipped("y" * (OUTPUT_BYTES + 10))
+    assert len(head) == OUTPUT_BYTES and left == 1
+
+
 def test_a_block_shows_stdout_then_stderr_and_nothing_for_silence():
     assert output_block("//p:a", b"out\n", b"err\n") == "INFO: From //p:a:\nout\nerr\n"
     assert output_block("//p:a", b"", b"  \n") == ""
