@@ -150,6 +150,9 @@ class _Run:
                                    carriers)
         checks: list[RunCheck] = [SameAsCached(store)] if options.verify else []
         keep = spawner.keep if options.keep_sandbox and isinstance(spawner, LocalSpawner) else None
+        if options.keep_sandbox and keep is None:
+            reporter.message("posbuild: note: --keep-sandbox keeps local sandboxes only; the "
+                             "Dask workers remove theirs")
         self.runner = ActionRunner(spawner, self.files, self.committer, environment,
                                    self.journal, checks,
                                    FailureKeeper(config.root, config.state_dir / FAILED), keep,

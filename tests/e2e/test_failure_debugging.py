@@ -83,6 +83,16 @@ def test_keep_sandbox_keeps_the_failed_sandbox_and_says_how_to_run_it_again(ws):
     shutil.rmtree(sandbox)  # the next build would sweep it; this test leaves none behind
 
 
+def test_a_kept_sandbox_is_swept_by_the_next_build(ws):
+    ws.write({"pkg/in.txt": "data\n", "pkg/BUILD": WRITES_A_LOG})
+    result = ws.build("--keep-sandbox", "//pkg:step")
+    sandbox = re.search(r"^  sandbox kept \(until the next build\): (\S+)$", result.stderr,
+                        re.M).group(1)
+    assert os.path.isdir(sandbox)
+    ws.build("//pkg:step")
+    assert not os.path.exists(sandbox)
+
+
 def test_without_keep_sandbox_the_failed_sandbox_goes(ws):
     ws.write({"pkg/in.txt": "data\n", "pkg/BUILD": WRITES_A_LOG})
     result = ws.build("//pkg:step")
