@@ -82,3 +82,21 @@ def test_copy_written_skips_inputs_and_links(tmp_path: Path):
     (root / "pkg/link").symlink_to("/etc/passwd")
     copy_written(root, tmp_path / "kept", frozenset({"pkg/in.txt"}))
     assert sorted(p.name for p in (tmp_path / "kept/pkg").iterdir()) == ["out.log"]
+
+
+def test_terminal_clears_its_status_line_before_an_output_block():
+    import io
+
+    from posbuild.core.records import Outcome
+    from posbuild.engine.reporter import QuietReporter, TerminalReporter
+
+    out, err = io.StringIO(), io.StringIO()
+    terminal = TerminalReporter(out, err, interval=0)
+    terminal.build_started(2, 0)
+    terminal.action_finished("//p:a", Outcome.EXECUTED, "", b"")
+    terminal.action_output("//p:a", b"hello\n", b"")
+    assert out.getvalue().endswith("\r" + " " * len("[1/2] //p:a") + "\r")
+    assert err.getvalue() == "INFO: From //p:a:\nhello\n"
+    quiet_err = io.StringIO()
+    QuietReporter(io.StringIO(), quiet_err).action_output("//p:a", b"hello\n", b"")
+    assert quiet_err.getvalue() == ""
