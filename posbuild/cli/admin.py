@@ -97,7 +97,9 @@ def _clean(root: Path, everything: bool, reporter: Reporter) -> list[Path]:
     and `.posbuild/` are emptied, keeping their marks and lock files, so that a command waiting
     for the lock finds a workspace as good as new; a folder without posbuild's mark is refused.
     """
-    from posbuild.core.layout import STORE_LOCK, WORKSPACE_LOCK
+    import shutil
+
+    from posbuild.core.layout import FAILED, STORE_LOCK, WORKSPACE_LOCK
     from posbuild.engine.locking import workspace_lock
     from posbuild.host.owned import STATE, STORE, empty, remove_outputs
     from posbuild.store.upstate import mark_tree
@@ -109,6 +111,10 @@ def _clean(root: Path, everything: bool, reporter: Reporter) -> list[Path]:
         return []
     with workspace_lock(config, reporter, collect=everything):
         removed = [config.out_dir] if remove_outputs(config.out_dir) else []
+        failed = config.state_dir / FAILED  # what failed runs left (postmortem.py)
+        if failed.is_dir() and not failed.is_symlink():
+            shutil.rmtree(failed)
+            removed.append(failed)
         if not everything:
             # posbuild-out/ no longer matches the latest generation
             mark_tree(config, clean=False, withdrawn=())

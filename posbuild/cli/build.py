@@ -66,9 +66,12 @@ def _executor(ctx: click.Context, param: click.Parameter, value: str | None) -> 
               help="Where actions that miss the cache run: here (local, the default) or on the "
               "Dask cluster "
                    "whose scheduler listens at HOST:PORT (default: [executor] in posbuild.toml).")
+@click.option("--keep-sandbox", is_flag=True,
+              help="Keep the sandbox of a failed action and print how to run its command "
+              "again there.")
 def build(patterns: tuple[str, ...], jobs: int | None, keep_going: bool, dry_run: bool,
           verify: bool, quiet: bool, rerun: tuple[str, ...], explain: bool,
-          allow_env_drift: bool, remote_upload: bool, executor: str) -> None:
+          allow_env_drift: bool, remote_upload: bool, executor: str, keep_sandbox: bool) -> None:
     """Build the targets matched by PATTERNS (default: //...).
 
     \b
@@ -89,7 +92,7 @@ def build(patterns: tuple[str, ...], jobs: int | None, keep_going: bool, dry_run
                                keep_going=keep_going,
                                dry_run=dry_run, verify=verify, explain=explain, cwd_package=package,
                                allow_env_drift=allow_env_drift, remote_upload=remote_upload,
-                               executor=executor, rerun=rerun)
+                               executor=executor, rerun=rerun, keep_sandbox=keep_sandbox)
         summary = BuildSession(root, choose_reporter(quiet), os.environ).build(options)
     except PosbuildError as error:
         fail(error)

@@ -1,9 +1,12 @@
 """`posbuild log`: a build's execution records as a table, JSON lines, or a Chrome trace; with
-`--builds`, one line per recorded build (how it ended: finished, interrupted, refused)."""
+`--builds`, one line per recorded build (how it ended: finished, interrupted, refused); with
+`--output LABEL`, what the last run of an action printed."""
 
 from __future__ import annotations
 
 import json
+import sys
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import click
@@ -13,6 +16,7 @@ from posbuild.errors import PosbuildError, UsageError
 
 if TYPE_CHECKING:
     from posbuild.core.records import BuildRow, ExecutionRecord
+    from posbuild.store.lmdbstore import Store
 
 
 def _matches(pattern_text: str | None, package: str):
@@ -68,11 +72,14 @@ def _table(build: BuildRow, records: list[ExecutionRecord]) -> None:
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per record (JSON lines).")
 @click.option("--builds", "list_builds", is_flag=True,
               help="One line per recorded build: how each ended.")
+@click.option("--output", "output_of", metavar="LABEL", default=None,
+              help="Print what the last run of LABEL wrote (its stdout, then its stderr), also "
+              "when the last build took it from the cache.")
 @click.option("--trace", "trace_file", type=click.Path(dir_okay=False, writable=True), default=None,
               help="Write the build's records as a Chrome trace (open it in Perfetto or "
               "chrome://tracing).")
 def log(pattern: str | None, number: int | None, failed: bool, as_json: bool, list_builds: bool,
-        trace_file: str | None) -> None:
+        output_of: str | None, trace_file: str | None) -> None:
     """Show the execution records of a build: what ran, when, with which inputs and versions, what
     it produced and used, and how it ended. Every action a build requested has exactly one record; a
     build refused before anything ran, and one whose process died, are recorded too."""
@@ -89,6 +96,15 @@ def log(pattern: str | None, number: int | None, failed: bool, as_json: bool, li
             raise UsageError("no build recorded yet")
         store = Store(config.store_dir, config.workspace_tag)
         try:
+            if output_of is not None:
+                from posbuild.core.layout import FAILED
+
+                stdout, stderr = _last_output(store, config.state_dir / FAILED, output_of,
+                                              package)
+                sys.stdout.buffer.write(stdout)
+                sys.stdout.flush()
+                sys.stderr.buffer.write(stderr)
+                return
             store.settle_interrupted()  # a build whose process died is recorded as interrupted now
             if list_builds:
                 _list_builds(store.builds(), as_json)
@@ -139,3 +155,39 @@ def _list_builds(builds: list[BuildRow], as_json: bool) -> None:
         else:
             click.echo(f"build {build.number:<5} {build.started}  {' '.join(build.patterns)}  "
                        f"{describe_build(build).splitlines()[0]}")
+
+
+def _last_output(store: Store, failed_root: Path, text: str, package: str) -> tuple[bytes, bytes]:
+    """What the last run of the action `text` names wrote: from the result its last record names
+    (the run that produced it, for a cache hit too), or, when that run failed, from what the
+    failure left (postmortem.py)."""
+    from posbuild.core.label import parse_label
+    from posbuild.core.records import RecordState
+    from posbuild.engine.postmortem import failure_folder
+
+    label = str(parse_label(text, package))
+    records = [r for r in store.records_of_label(label)
+               if r.state in (RecordState.SUCCESS, RecordState.CACHED)
+               or (r.state is RecordState.FAILED and r.exit_code is not None)]
+    if not records:
+        raise UsageError(f"no run of {label} is recorded (not a target, or it never ran)")
+    last = records[-1]
+    if last.state is RecordState.FAILED:
+        folder = failure_folder(failed_root, label)
+        try:
+            return (folder / "stdout").read_bytes(), (folder / "stderr").read_bytes()
+        except FileNotFoundError:
+            raise UsageError(f"the output of the failed run of {label} is no longer kept "
+                             "(posbuild clean removed it)") from None
+    result = store.get_result(last.key) if last.key is not None else None
+    if result is None:
+        raise UsageError(f"the output of the last run of {label} is no longer kept (its result "
+                         "is not cached: a no-cache action, or removed by gc)")
+    return _blob(store, result.stdout_digest), _blob(store, result.stderr_digest)
+
+
+def _blob(store: Store, digest: bytes) -> bytes:
+    source = store.blob_source(digest)
+    if source is None:
+        raise UsageError("the action's output is no longer in the store (removed by gc)")
+    return source if isinstance(source, bytes) else source.read_bytes()

@@ -13,6 +13,7 @@ a name (the lock file's, say) without paying for the module that reads that file
         lock                 WORKSPACE_LOCK: held by every command that changes the workspace
         store/               STORE: the default store folder ([cache] dir)
         sandbox/             SANDBOX: the sandboxes when /dev/shm is not usable
+        failed/              FAILED: what the last failed run of each action left (postmortem.py)
     <store>/db/              STORE_DB: the LMDB environment (store.py)
     <store>/gc.lock          STORE_LOCK: shared by builds, held alone by gc
 """
@@ -28,6 +29,7 @@ TREE = "tree"
 WORKSPACE_LOCK = "lock"
 STORE = "store"
 SANDBOX = "sandbox"
+FAILED = "failed"
 
 STORE_DB = "db"
 STORE_LOCK = "gc.lock"

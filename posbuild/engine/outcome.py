@@ -25,6 +25,9 @@ class ActionOutcome:
     orch: type[OrchError] | None = None  # the ORCH class of a failure, when it has one
     reason: str = ""  # under --explain: why it ran
     stderr: bytes = field(default=b"", repr=False, compare=False)
+    stdout: bytes = field(default=b"", repr=False, compare=False)
+    # a failed run: lines that help debug it (its command, where its files were kept)
+    notes: tuple[str, ...] = field(default=(), compare=False)
     elapsed: float = field(default=0.0, compare=False)
 
 

@@ -37,6 +37,8 @@ class BuildOptions:
     # `--executor`: "local" or "dask://HOST:PORT"; "" follows `[executor]` in posbuild.toml
     executor: str = ""
     rerun: tuple[str, ...] = ()  # `--rerun`: patterns whose actions execute even when cached
+    # `--keep-sandbox`: leave a failed action's sandbox in place and say how to re-run it there
+    keep_sandbox: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,6 +51,7 @@ class BuildEnvironment:
     secrets: SecretSource | None = None  # where actions that declare secrets get their values
     grant: Grant | None = None  # what the role may do (roles.py); None: no remote uploads
     sandbox_writable: tuple[str, ...] = ()  # POSBUILD_SANDBOX_WRITABLE (namespaces.py)
+    host_path: str = ""  # the caller's PATH: where a program a command did not find may be
 
 
 @dataclass(frozen=True, slots=True)

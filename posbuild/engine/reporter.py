@@ -3,7 +3,10 @@
 The build emits events to a Reporter it is given and never prints itself. A terminal gets one
 status line rewritten in place (`[done/total] label`, cache hits counted); a pipe gets one plain
 line per executed or failed action, so logs stay readable; `-q` keeps only failures and errors.
-Failures always show the action's stderr under its label.
+Failures always show the action's stderr under its label. An executed action that printed
+something shows it as Bazel does, `INFO: From //pkg:name:` and the text (stdout, then stderr), on
+stderr, cut after `OUTPUT_LINES` lines or `OUTPUT_BYTES` bytes with a note naming the command that
+prints all of it; `-q` shows none of it, and a cache hit never prints.
 """
 
 from __future__ import annotations
@@ -39,6 +42,10 @@ class Reporter(Protocol):
 
     def action_finished(self, label: str, status: Outcome, error: str, stderr: bytes) -> None: ...
 
+    def action_output(self, label: str, stdout: bytes, stderr: bytes) -> None: ...
+
+    def failure_notes(self, label: str, notes: tuple[str, ...]) -> None: ...
+
     def build_finished(self, summary: BuildSummary) -> None: ...
 
     def message(self, text: str) -> None: ...
@@ -53,6 +60,38 @@ def summary_line(summary: BuildSummary) -> str:
     if summary.skipped:
         parts += f", {summary.skipped} skipped"
     return f"{verdict}: {summary.total} actions ({parts}) in {summary.wall:.2f} s"
+
+
+OUTPUT_LINES = 200  # an action's output shown on the terminal is cut after this many lines
+OUTPUT_BYTES = 64 * 1024  # or this many bytes, whichever comes first
+
+
+def clipped(text: str, lines: int = OUTPUT_LINES, size: int = OUTPUT_BYTES) -> tuple[str, int]:
+    """The head of `text` a terminal shows, and how many of its lines are not shown whole (0:
+    all of it): a build log stays readable when one action prints a megabyte."""
+    every = text.splitlines()
+    head = "\n".join(every[:lines])
+    whole = min(lines, len(every))
+    if len(head) > size:
+        cut = head[:size]
+        end = cut.rfind("\n")
+        head = cut[:end] if end > 0 else cut  # one line longer than `size`: its start
+        whole = head.count("\n") + 1 if end > 0 else 0
+    return head, len(every) - whole
+
+
+def output_block(label: str, stdout: bytes, stderr: bytes) -> str:
+    """What an executed action printed, as Bazel shows it; "" when it printed nothing."""
+    text = "".join(part.decode("utf-8", "replace") for part in (stdout, stderr) if part)
+    text = text.rstrip("\n")
+    if not text.strip():
+        return ""
+    head, left = clipped(text)
+    block = f"INFO: From {label}:\n{head}\n"
+    if left:
+        block += (f"(output cut: {left} more line(s); all of it: "
+                  f"posbuild log --output {label})\n")
+    return block
 
 
 class _Base:
@@ -77,6 +116,19 @@ class _Base:
     def _count(self, status: Outcome) -> None:
         self._done += 1
         self._cached += status is Outcome.CACHED
+
+    def action_output(self, label: str, stdout: bytes, stderr: bytes) -> None:
+        """Show what an executed action printed (`output_block`)."""
+        block = output_block(label, stdout, stderr)
+        if block:
+            self._out.flush()
+            self._err.write(block)
+            self._err.flush()
+
+    def failure_notes(self, label: str, notes: tuple[str, ...]) -> None:
+        """Lines that help debug a failure, under its stderr: the command, where it was kept."""
+        self._err.write("".join(f"  {line}\n" for line in notes))
+        self._err.flush()
 
     def _failure(self, label: str, error: str, stderr: bytes) -> None:
         self._err.write(f"FAILED {label}: {error}\n")
@@ -105,6 +157,9 @@ class PlainReporter(_Base):
 
 class QuietReporter(_Base):
     """Only failures and errors (`-q`)."""
+
+    def action_output(self, label: str, stdout: bytes, stderr: bytes) -> None:
+        pass
 
     def action_finished(self, label: str, status: Outcome, error: str, stderr: bytes) -> None:
         if status is Outcome.FAILED:
@@ -153,6 +208,11 @@ class TerminalReporter(_Base):
     def message(self, text: str) -> None:
         self._clear()
         super().message(text)
+
+    def action_output(self, label: str, stdout: bytes, stderr: bytes) -> None:
+        if stdout or stderr:
+            self._clear()
+            super().action_output(label, stdout, stderr)
 
     def build_finished(self, summary: BuildSummary) -> None:
         self._clear()

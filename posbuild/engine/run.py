@@ -8,7 +8,10 @@ it failed, and removes the sandbox. The scheduler may start the worker's next ac
 `wait()` and `conclude()`. A result is committed only when the command exited 0, every declared
 output exists as a regular file, no source input changed while it ran, no output holds a secret,
 and every extra check of the build's mode passes (modes.py: `--verify` compares with the cached
-result); otherwise nothing of it is kept.
+result); otherwise nothing of it is kept in the store or `posbuild-out/`: what it said and wrote
+goes to `.posbuild/failed/` for the user (postmortem.py), with its command and a hint when the
+shell did not find a program the sandbox hides (notfound.py), and `--keep-sandbox` leaves its
+sandbox in place.
 
 `ActionExecutor` is the scheduler's view of all this: node numbers in, outcomes out, each finished
 action reported.
@@ -26,7 +29,9 @@ from posbuild.core.records import Outcome, RecordState
 from posbuild.engine.commit import Committer
 from posbuild.engine.filestate import FileStates
 from posbuild.engine.outcome import ActionOutcome, Failure, own_failure
+from posbuild.engine.notfound import Sandbox, hint
 from posbuild.engine.plan import BuildEnvironment
+from posbuild.engine.postmortem import FailureKeeper
 from posbuild.engine.rebuilder import Miss, Rebuilder
 from posbuild.engine.reporter import Reporter
 from posbuild.engine.resources import memory_overrun
@@ -40,6 +45,9 @@ from posbuild.workspace.secrets import SecretUnavailable, file_containing, redac
 
 # one more judgement of a finished run that passed the usual ones (modes.py)
 RunCheck = Callable[[Action, SpawnResult, Miss], Failure | None]
+# `--keep-sandbox`: leaves a failed run's sandbox in place; returns lines saying where and how to
+# run the command again in it (sandbox.LocalSpawner.keep)
+KeepSandbox = Callable[[SpawnResult, Action, Sequence[tuple[str, str]]], tuple[str, ...]]
 
 
 @dataclass(slots=True)
@@ -62,7 +70,8 @@ class ActionRunner:
 
     def __init__(self, spawner: Spawner, files: FileStates, committer: Committer,
                  environment: BuildEnvironment, journal: Journal | None = None,
-                 checks: Sequence[RunCheck] = ()) -> None:
+                 checks: Sequence[RunCheck] = (), keeper: FailureKeeper | None = None,
+                 keep_sandbox: KeepSandbox | None = None, sandbox: Sandbox | None = None) -> None:
         self._spawner = spawner
         self._files = files
         self._committer = committer
@@ -70,6 +79,9 @@ class ActionRunner:
         self._secrets = environment.secrets
         self._journal = journal
         self._checks = tuple(checks)
+        self._keeper = keeper
+        self._keep_sandbox = keep_sandbox
+        self._sandbox = sandbox  # what commands cannot see, for the "not found" hint
         self._cancelled = False  # a signal or an error elsewhere stopped the running commands
 
     def start(self, action: Action, miss: Miss) -> Started:
@@ -120,17 +132,24 @@ class ActionRunner:
             values = [value for _, value in secrets]
             spawn = replace(spawn, stdout=redact(spawn.stdout, values),
                             stderr=redact(spawn.stderr, values))
+        in_place: tuple[str, ...] = ()  # --keep-sandbox: where the sandbox stays, how to re-run
         try:
             failure = self._failure(action, spawn, miss, secrets)
             for check in self._checks:
                 failure = failure or check(action, spawn, miss)
             if failure is not None:
-                return self._failed(started, spawn, failure)
+                if self._keep_sandbox is not None and not self._cancelled:
+                    in_place = self._keep_sandbox(spawn, action, self._passed_env)
+                outcome = self._failed(started, spawn, failure)
+                return replace(outcome, notes=outcome.notes + in_place)
             self._committer.commit(action, spawn, miss, started.started, started.ended)
+            if self._keeper is not None:
+                self._keeper.passed(action.label)
         finally:
-            self._spawner.remove(spawn)
+            if not in_place:
+                self._spawner.remove(spawn)
         return ActionOutcome(Outcome.EXECUTED, miss.key, reason=miss.reason,
-                             stderr=spawn.stderr, elapsed=spawn.elapsed)
+                             stderr=spawn.stderr, elapsed=spawn.elapsed, stdout=spawn.stdout)
 
     def _failed(self, started: Started, spawn: SpawnResult, failure: Failure) -> ActionOutcome:
         """Record a run that cannot be committed, and say how it ended."""
@@ -145,8 +164,29 @@ class ActionRunner:
         orch = type(failure.orch) if failure.orch is not None else None
         # the decision settled it from the cached result
         kept = miss.key if orch is NonDeterminism else None
+        notes = () if self._cancelled else self._post_mortem(started, spawn)
         return ActionOutcome(Outcome.FAILED, kept, error=failure.message, orch=orch,
-                             reason=miss.reason, stderr=spawn.stderr, elapsed=spawn.elapsed)
+                             reason=miss.reason, stderr=spawn.stderr, elapsed=spawn.elapsed,
+                             stdout=spawn.stdout, notes=notes)
+
+    def _post_mortem(self, started: Started, spawn: SpawnResult) -> tuple[str, ...]:
+        """Keep what a failed run said and wrote (postmortem.py); the lines the failure shows.
+        A command that held secrets may have written them: its files are not kept."""
+        action = started.action
+        notes: tuple[str, ...] = (f"command: {action.command}",)
+        found = None if self._sandbox is None else hint(spawn.exit_code, spawn.stderr,
+                                                         self._sandbox)
+        if found is not None:
+            notes += (found,)
+        if self._keeper is None:
+            return notes
+        files = not started.secrets or action.allow_secret_in_output
+        try:
+            folder = self._keeper.keep(action, spawn.exec_root, spawn.stdout, spawn.stderr, files)
+        except OSError as error:
+            return (*notes, f"(its output could not be kept: {error})")
+        what = "its output and the files it wrote" if files else "its output"
+        return (*notes, f"{what}: {self._keeper.shown(folder)}")
 
     def _failure(self, action: Action, spawn: SpawnResult, miss: Miss,
                  secrets: tuple[tuple[str, str], ...] = ()) -> Failure | None:
@@ -245,6 +285,10 @@ class ActionExecutor:
         if outcome.reason:
             self._reporter.message(f"explain {label}: {outcome.reason}")
         self._reporter.action_finished(label, outcome.status, outcome.error, outcome.stderr)
+        if outcome.notes:
+            self._reporter.failure_notes(label, outcome.notes)
+        if outcome.status is Outcome.EXECUTED:
+            self._reporter.action_output(label, outcome.stdout, outcome.stderr)
 
     def cancel(self) -> None:
         self._runner.cancel()

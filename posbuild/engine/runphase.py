@@ -17,13 +17,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Sequence
 
 from posbuild.core.action import Action
-from posbuild.core.layout import STATE_DIR, STORE_DB, TMP
+from posbuild.core.layout import FAILED, STATE_DIR, STORE_DB, TMP
 from posbuild.core.records import RUN_OUTCOMES, Manifest, Outcome, OutputFile, RecordState
 from posbuild.engine.commit import Committer
 from posbuild.engine.filestate import FileStates
 from posbuild.engine.modes import DryRunExecutor, SameAsCached
 from posbuild.engine.outcome import ActionOutcome
 from posbuild.engine.plan import BuildEnvironment, BuildOptions, DirtyWork
+from posbuild.engine.notfound import Sandbox
+from posbuild.engine.postmortem import FailureKeeper
 from posbuild.engine.products import BuildProducts
 from posbuild.engine.rebuilder import Rebuilder
 from posbuild.engine.reporter import Reporter
@@ -42,7 +44,7 @@ from posbuild.store.journal import Journal, utc
 from posbuild.store.lmdbstore import INLINE_LIMIT, Store
 from posbuild.store.materialize import Materializer
 from posbuild.store.upstate import BuildState, mark_tree, save_state, withdrawn_outputs
-from posbuild.workspace.config import Config
+from posbuild.workspace.config import BASE_PATH, Config
 from posbuild.workspace.secrets import SecretUnavailable, secret_carriers
 
 if TYPE_CHECKING:
@@ -148,8 +150,14 @@ class _Run:
         self.committer = Committer(store, materializer, self.products, self.journal, remote,
                                    carriers)
         checks: list[RunCheck] = [SameAsCached(store)] if options.verify else []
+        keep = spawner.keep if options.keep_sandbox and isinstance(spawner, LocalSpawner) else None
+        if options.keep_sandbox and keep is None:
+            reporter.message("posbuild: note: --keep-sandbox keeps local sandboxes only; the "
+                             "Dask workers remove theirs")
         self.runner = ActionRunner(spawner, self.files, self.committer, environment,
-                                   self.journal, checks)
+                                   self.journal, checks,
+                                   FailureKeeper(config.root, config.state_dir / FAILED), keep,
+                                   _blind_spots(config, environment, spawner))
         self.remote = RemoteResults(remote, store, local, temp) if remote is not None else None
 
     def drive(self, dirty: Sequence[int],
@@ -207,6 +215,17 @@ class _Run:
         self._store.update_build(self.journal.number, {
             "ended": utc(time.time()), "counts": counts, "failed": failed,
             "skipped": list(states).count(State.SKIPPED)})
+
+
+def _blind_spots(config: Config, environment: BuildEnvironment,
+                 spawner: Spawner) -> Sandbox | None:
+    """What the local sandbox keeps from a command (notfound.py); None on Dask, whose workers
+    have their own."""
+    if not isinstance(spawner, LocalSpawner):
+        return None
+    hidden = (str(config.root), str(config.store_dir), str(config.sandbox_dir), "/tmp",
+              "/dev/shm", "/run") if spawner.namespaced else ()
+    return Sandbox(hidden, BASE_PATH, environment.host_path, str(config.root))
 
 
 def _withdraw_stale(config: Config, actions: Sequence[Action],

@@ -121,7 +121,7 @@ class BuildSession:
         env_hash = checked_environment_hash(config, environ, options.allow_env_drift,
                                             self.reporter.message)
         return BuildEnvironment(env_hash, environment_key(passed_env, env_hash), passed_env,
-                                secrets, grant)
+                                secrets, grant, host_path=environ.get("PATH", ""))
 
     def settle(self, resolved: ResolvedBuild, environment: BuildEnvironment) -> DirtyWork | None:
         """What the saved state cannot settle by stat alone; None when it settles everything

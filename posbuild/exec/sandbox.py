@@ -83,6 +83,7 @@ import glob
 import itertools
 import os
 import select
+import shlex
 import shutil
 import signal
 import subprocess
@@ -261,6 +262,11 @@ class LocalSpawner:
         # bwrap --die-with-parent does it there
         self._guard = ORPHANS if isolation is None else NO_GUARD
 
+    @property
+    def namespaced(self) -> bool:
+        """Whether commands run in their own namespaces (bubblewrap), not in the folder alone."""
+        return self._isolation is not None
+
     def clear_stale(self) -> None:
         """Sweep the sandboxes of dead posbuild processes and claim this one's (`sweep_dead`); the
         folder is this user's alone (0700: a running action's captured output may hold what its
@@ -406,6 +412,26 @@ class LocalSpawner:
         if result.files is not None:
             result.files.close()
         self._remove_sandbox(os.path.dirname(result.exec_root))
+
+    def keep(self, result: SpawnResult, action: Action,
+             passed_env: Sequence[tuple[str, str]] = ()) -> tuple[str, ...]:
+        """`--keep-sandbox`: close the result's descriptors but leave its sandbox where it is
+        (until a later build sweeps it: its owner is gone by then); returns lines saying where it
+        is and how to run the command again in it, with the environment it had (secrets left
+        out)."""
+        if result.files is not None:
+            result.files.close()
+        sandbox = os.path.dirname(result.exec_root)
+        self._staged.pop(sandbox, None)
+        env = {**base_environment(sandbox), **dict(action.env), **dict(passed_env)}
+        assignments = " ".join(shlex.quote(f"{name}={value}") for name, value in env.items())
+        lines = [f"sandbox kept (until the next build): {sandbox}",
+                 f"run it again: cd {shlex.quote(str(result.exec_root))} && env -i {assignments} "
+                 f"/bin/sh -c {shlex.quote(action.command)}"]
+        if self._isolation is not None:
+            lines.append("(that runs it without the namespace sandbox, which also hid the host's "
+                         "files and network)")
+        return tuple(lines)
 
     def _remove_sandbox(self, sandbox: str) -> None:
         """Remove a sandbox folder by what staging made there (see `remove_tree`), whatever stage

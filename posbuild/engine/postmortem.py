@@ -1,0 +1,78 @@
+"""Layer 0: what a failed run leaves for inspection, in `.posbuild/failed/<package>/<name>/`.
+
+A failed run's sandbox goes like any other, and nothing of it reaches the store or
+`posbuild-out/`; but the user needs what it said and what it wrote to see why it failed. So its
+folder here gets `command` (the expanded command), `stdout`, `stderr` (redacted, as shown) and
+`files/`: every file the command wrote in its working folder, declared outputs or not, at its
+workspace path. The next failure of the action replaces the folder, its next successful run
+removes it, and `posbuild clean` removes them all. `posbuild log --output` reads `stdout` and
+`stderr` from here when the action's last run failed.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+from posbuild.core.action import Action
+from posbuild.core.label import parse_label
+
+
+def failure_folder(failed_root: Path, label: str) -> Path:
+    """Where the last failed run of `label` is kept: `<failed_root>/<package>/<name>`."""
+    parsed = parse_label(label, "")
+    return failed_root / parsed.package / parsed.name
+
+
+class FailureKeeper:
+    """Keeps the failed runs of one build under `failed_root` and drops those that now pass."""
+
+    def __init__(self, root: Path, failed_root: Path) -> None:
+        self._workspace = root
+        self._root = failed_root
+        # nothing to remove on success when no run ever failed: no syscall per action then
+        self._any = failed_root.is_dir()
+
+    def keep(self, action: Action, exec_root: Path, stdout: bytes, stderr: bytes,
+             files: bool = True) -> Path:
+        """Keep a failed run's output and (with `files`) what it wrote; returns the folder."""
+        folder = failure_folder(self._root, action.label)
+        shutil.rmtree(folder, ignore_errors=True)
+        folder.mkdir(parents=True)
+        self._any = True
+        (folder / "command").write_text(action.command + "\n")
+        (folder / "stdout").write_bytes(stdout)
+        (folder / "stderr").write_bytes(stderr)
+        if files and exec_root.is_dir():
+            copy_written(exec_root, folder / "files", frozenset(action.inputs))
+        return folder
+
+    def shown(self, folder: Path) -> str:
+        """`folder` as the failure message names it: relative to the workspace when inside it."""
+        inside = folder.is_relative_to(self._workspace)
+        return f"{folder.relative_to(self._workspace) if inside else folder}/"
+
+    def passed(self, label: str) -> None:
+        """The action ran and succeeded: what its last failure left is stale."""
+        if self._any:
+            shutil.rmtree(failure_folder(self._root, label), ignore_errors=True)
+
+
+def copy_written(exec_root: Path, into: Path, inputs: frozenset[str]) -> None:
+    """Copy the regular files under `exec_root` that are not staged inputs (what the command
+    wrote), keeping their paths; links are not followed, and are not copied."""
+    for folder, folders, names in os.walk(exec_root):
+        rel = os.path.relpath(folder, exec_root)
+        for name in names:
+            path = name if rel == "." else f"{rel}/{name}"
+            source = os.path.join(folder, name)
+            if path in inputs or os.path.islink(source) or not os.path.isfile(source):
+                continue
+            target = into / path
+            target.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                shutil.copyfile(source, target, follow_symlinks=False)
+            except PermissionError:  # a file the command made unreadable: left out
+                continue
+        folders[:] = [f for f in folders if not os.path.islink(os.path.join(folder, f))]
