@@ -81,6 +81,7 @@ STILL_RUNNING_AFTER = 5.0
 STILL_RUNNING_CAP = 300.0
 REDRAW_INTERVAL = 0.1  # the terminal's status line is redrawn at most this often
 TICK = 0.5  # and at least this often while an action runs
+LONG_BUILD = 10.0  # seconds a build is expected to take for its status to show the time left
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -146,15 +147,12 @@ class _Progress:
             self._known_total, self._known = sum(known), len(known)
             self._unknown = len(durations) - len(known)
             left = time_left(self._known_total, self._known, self._unknown, (), jobs)
-            self._long = left is not None and left >= 10
+            self._long = left is not None and left >= LONG_BUILD
 
-    def started(self, label: str, message: str) -> bool:
-        """Note a start; whether it is the first one since the last `stop`."""
+    def started(self, label: str, message: str) -> None:
         with self._lock:
-            first = not self.running
             self.running[label] = _Running(label, message, time.monotonic(),
                                            self._durations.get(label), self._first_line)
-            return first
 
     def finished(self, label: str) -> None:
         with self._lock:
@@ -196,8 +194,7 @@ class _Progress:
         now = time.monotonic()
         with self._lock:
             running = [(r.recorded, now - r.since) for r in self.running.values()]
-            return time_left(self._known_total, max(self._known, 0), max(self._unknown, 0),
-                             running, self._jobs)
+            return time_left(self._known_total, self._known, self._unknown, running, self._jobs)
 
 
 class _Ticker:
@@ -428,6 +425,13 @@ class TerminalReporter(_Live):
     def _tick(self) -> None:
         if self._progress.oldest()[0] is not None:
             self._status(self._label, force=True)
+
+    def run_ended(self) -> None:
+        """Also clear the line: after an error or a signal, no summary replaces it."""
+        super().run_ended()
+        with self._screen:
+            self._clear()
+            self._out.flush()
 
     def _clear(self) -> None:
         if self._width:
