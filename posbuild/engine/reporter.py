@@ -15,6 +15,7 @@ update): what is drawn is drawn by the thread that finishes an action or by a sm
 from __future__ import annotations
 
 import functools
+import math
 import os
 import threading
 import time
@@ -347,7 +348,7 @@ class PlainReporter(_Live):
         if not due:
             return
         left = self._progress.left()
-        tail = f"; ~{duration_text(left)} left" if left is not None else ""
+        tail = f"; ~{duration_text(math.ceil(left))} left" if left is not None else ""
         for run, elapsed in due:
             text = f"{run.label}: {run.message}" if run.message else run.label
             self._out.write(f"still running: {text} ({duration_text(elapsed)}){tail}\n")
@@ -403,7 +404,7 @@ class TerminalReporter(_Live):
             line += f" ({self._cached} cached)"
         left = self._progress.left()
         if left is not None:
-            line += f", ~{duration_text(left)} left"
+            line += f", ~{duration_text(math.ceil(left))} left"
         line = _fit(line, _columns(self._out))
         if line == self._shown:
             return
