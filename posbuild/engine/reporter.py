@@ -15,7 +15,6 @@ update): what is drawn is drawn by the thread that finishes an action or by a sm
 from __future__ import annotations
 
 import functools
-import math
 import os
 import threading
 import time
@@ -119,13 +118,18 @@ def duration_text(seconds: float) -> str:
     return f"{whole // 3600}h{whole // 60 % 60:02d}m"
 
 
-@dataclass(slots=True)
 class _Running:
-    label: str
-    message: str
-    since: float  # time.monotonic() at its start
-    recorded: float | None  # its duration in an earlier build
-    next_line: float  # elapsed seconds at which the plain output mentions it next
+    """One running action (a plain class: a dataclass costs the start-up of every build)."""
+
+    __slots__ = ("label", "message", "since", "recorded", "next_line")
+
+    def __init__(self, label: str, message: str, recorded: float | None,
+                 next_line: float) -> None:
+        self.label = label
+        self.message = message
+        self.since = time.monotonic()  # when it started
+        self.recorded = recorded  # its duration in an earlier build
+        self.next_line = next_line  # elapsed seconds at which the plain output mentions it next
 
 
 class _Progress:
@@ -152,8 +156,8 @@ class _Progress:
 
     def started(self, label: str, message: str) -> None:
         with self._lock:
-            self.running[label] = _Running(label, message, time.monotonic(),
-                                           self._durations.get(label), self._first_line)
+            self.running[label] = _Running(label, message, self._durations.get(label),
+                                           self._first_line)
 
     def finished(self, label: str) -> None:
         with self._lock:
@@ -348,7 +352,7 @@ class PlainReporter(_Live):
         if not due:
             return
         left = self._progress.left()
-        tail = f"; ~{duration_text(math.ceil(left))} left" if left is not None else ""
+        tail = f"; ~{duration_text(-(-left // 1))} left" if left is not None else ""
         for run, elapsed in due:
             text = f"{run.label}: {run.message}" if run.message else run.label
             self._out.write(f"still running: {text} ({duration_text(elapsed)}){tail}\n")
@@ -404,7 +408,7 @@ class TerminalReporter(_Live):
             line += f" ({self._cached} cached)"
         left = self._progress.left()
         if left is not None:
-            line += f", ~{duration_text(math.ceil(left))} left"
+            line += f", ~{duration_text(-(-left // 1))} left"
         line = _fit(line, _columns(self._out))
         if line == self._shown:
             return
