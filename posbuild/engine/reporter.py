@@ -213,8 +213,11 @@ class _Ticker:
         self._thread.start()
 
     def _run(self) -> None:
-        while not self._stop.wait(self._period):
-            self._tick()
+        try:
+            while not self._stop.wait(self._period):
+                self._tick()
+        except (OSError, ValueError):  # a closed pipe or terminal: the build itself says so
+            pass
 
     def stop(self) -> None:
         self._stop.set()
