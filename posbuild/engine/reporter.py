@@ -15,12 +15,13 @@ update): what is drawn is drawn by the thread that finishes an action or by a sm
 from __future__ import annotations
 
 import functools
+import heapq
 import os
 import threading
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, Protocol, TextIO, TypeVar, \
-    cast
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, Protocol, Sequence, \
+    TextIO, TypeVar, cast
 
 from posbuild.core.records import Outcome
 
@@ -47,9 +48,12 @@ class BuildSummary:
 class Reporter(Protocol):
     def build_started(self, total: int, up_to_date: int) -> None: ...
 
-    def expect(self, durations: Mapping[str, float | None], jobs: int) -> None:
+    def expect(self, durations: Mapping[str, float | None], jobs: int,
+               paths: Sequence[tuple[float, str]] = ()) -> None:
         """The actions this build may run, each with its duration recorded by an earlier build
-        (None if none is), and how many run at once: what an estimate of the time left needs."""
+        (None if none is), how many run at once, and the scheduler's priorities (−the longest
+        path of recorded durations from each action, label): what an estimate of the time left
+        needs."""
 
     def action_started(self, label: str, message: str) -> None:
         """An action's command starts (a worker thread calls this; it must not block)."""
@@ -87,14 +91,16 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 
 def time_left(known_total: float, known: int, unknown: int,
-              running: Iterable[tuple[float | None, float]], jobs: int) -> float | None:
+              running: Iterable[tuple[float | None, float]], jobs: int,
+              critical: float = 0.0) -> float | None:
     """Seconds an unfinished build still needs, from the durations earlier builds recorded;
     None unless most unfinished actions have one (a guess from a few would mislead).
 
     `known_total` sums the recorded durations of the `known` unfinished actions that have one;
     `unknown` have none and count as the mean of the others. `running` gives, for each running
     action, its recorded duration (or None) and how long it has run. The work left is spread over
-    the `jobs` slots, but the build cannot end before its longest running action does.
+    the `jobs` slots, but the build cannot end before its longest running action does, nor
+    before the longest chain of dependent actions left, `critical` seconds, has run.
     """
     if known <= unknown:
         return None
@@ -105,7 +111,7 @@ def time_left(known_total: float, known: int, unknown: int,
         done = min(elapsed, expected)
         work -= done
         longest = max(longest, expected - done)
-    return max(work / max(jobs, 1), longest, 0.0)
+    return max(work / max(jobs, 1), longest, critical, 0.0)
 
 
 def duration_text(seconds: float) -> str:
@@ -144,14 +150,20 @@ class _Progress:
         self._jobs = 1
         self._known_total, self._known, self._unknown = 0.0, 0, 0
         self._long = False  # whether the build was expected to take long enough for an estimate
+        self._paths: list[tuple[float, str]] = []  # a heap of unfinished (−longest path, label)
+        self._finished: set[str] = set()
 
-    def expect(self, durations: Mapping[str, float | None], jobs: int) -> None:
+    def expect(self, durations: Mapping[str, float | None], jobs: int,
+               paths: Sequence[tuple[float, str]]) -> None:
         with self._lock:
             self._durations, self._jobs = durations, jobs
+            self._paths = list(paths)
+            heapq.heapify(self._paths)
             known = [d for d in durations.values() if d is not None]
             self._known_total, self._known = sum(known), len(known)
             self._unknown = len(durations) - len(known)
-            left = time_left(self._known_total, self._known, self._unknown, (), jobs)
+            left = time_left(self._known_total, self._known, self._unknown, (), jobs,
+                             self._critical(time.monotonic()))
             self._long = left is not None and left >= LONG_BUILD
 
     def started(self, label: str, message: str) -> None:
@@ -162,6 +174,7 @@ class _Progress:
     def finished(self, label: str) -> None:
         with self._lock:
             self.running.pop(label, None)
+            self._finished.add(label)
             if label in self._durations:
                 recorded = self._durations[label]
                 if recorded is None:
@@ -199,7 +212,29 @@ class _Progress:
         now = time.monotonic()
         with self._lock:
             running = [(r.recorded, now - r.since) for r in self.running.values()]
-            return time_left(self._known_total, self._known, self._unknown, running, self._jobs)
+            return time_left(self._known_total, self._known, self._unknown, running, self._jobs,
+                             self._critical(now))
+
+    def _critical(self, now: float) -> float:
+        """The longest chain of recorded durations still to run (under the lock): from the
+        unfinished action whose path is longest, less what a running one has done. Running
+        actions are few (one per job), so only they are looked past."""
+        heap, passed, longest = self._paths, [], 0.0
+        while heap:
+            negative, label = heap[0]
+            if label in self._finished:
+                heapq.heappop(heap)
+                continue
+            run = self.running.get(label)
+            if run is None:
+                longest = max(longest, -negative)
+                break
+            passed.append(heapq.heappop(heap))
+            done = min(now - run.since, run.recorded or 0.0)
+            longest = max(longest, -negative - done)
+        for entry in passed:
+            heapq.heappush(heap, entry)
+        return longest
 
 
 class _Ticker:
@@ -270,7 +305,8 @@ class _Base:
     def message(self, text: str) -> None:
         self._err.write(text + "\n")
 
-    def expect(self, durations: Mapping[str, float | None], jobs: int) -> None:
+    def expect(self, durations: Mapping[str, float | None], jobs: int,
+               paths: Sequence[tuple[float, str]] = ()) -> None:
         pass
 
     def action_started(self, label: str, message: str) -> None:
@@ -311,8 +347,9 @@ class _Live(_Base):
         super().build_started(total, up_to_date)
         self._progress = _Progress(self._first_line)
 
-    def expect(self, durations: Mapping[str, float | None], jobs: int) -> None:
-        self._progress.expect(durations, jobs)
+    def expect(self, durations: Mapping[str, float | None], jobs: int,
+               paths: Sequence[tuple[float, str]] = ()) -> None:
+        self._progress.expect(durations, jobs, paths)
 
     def action_started(self, label: str, message: str) -> None:
         self._progress.started(label, message)

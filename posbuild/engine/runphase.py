@@ -167,10 +167,10 @@ class _Run:
         recorded = _recorded_duration(self._store, actions)
         durations = [recorded(node) for node in range(len(actions))]
         jobs = self._options.jobs or config.jobs
+        priorities = critical_path(deps, [a.label for a in actions], durations.__getitem__)
         scheduler: Scheduler[ActionOutcome] = Scheduler(
-            deps, critical_path(deps, [a.label for a in actions], durations.__getitem__),
-            jobs, self._options.keep_going, demand, capacity, critical=deferred)
-        self._reporter.expect(dict(zip((a.label for a in actions), durations)), jobs)
+            deps, priorities, jobs, self._options.keep_going, demand, capacity, critical=deferred)
+        self._reporter.expect(dict(zip((a.label for a in actions), durations)), jobs, priorities)
         try:
             states = scheduler.run(executor)
         except Interrupted as interrupt:  # SIGINT, SIGTERM, SIGHUP: say what it stopped (cli)

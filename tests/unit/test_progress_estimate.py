@@ -99,3 +99,27 @@ def test_no_ticker_thread_unless_an_action_runs(kind: type[TerminalReporter]) ->
     reporter.action_finished("//p:a", Outcome.EXECUTED, "", b"")
     reporter.run_ended()
     assert not _progress_threads()
+
+
+def test_a_chain_of_dependent_actions_is_not_spread_over_the_jobs() -> None:
+    assert time_left(40.0, 4, 0, (), jobs=4, critical=40.0) == 40.0
+
+
+def test_the_status_counts_the_longest_chain_left() -> None:
+    """Two samples, each a chain of two 30 s steps, on 4 jobs: the work alone (120 s / 4) says
+    30 s, but each chain needs 60 s; once a first step ended, 30 s are left."""
+    reporter, out = _terminal()
+    reporter.build_started(4, 0)
+    steps = {"//p:sort_a": 30.0, "//p:call_a": 30.0, "//p:sort_b": 30.0, "//p:call_b": 30.0}
+    # the scheduler's priorities: (−the longest path from the action, label)
+    paths = [(-60.0, "//p:sort_a"), (-30.0, "//p:call_a"), (-60.0, "//p:sort_b"),
+             (-30.0, "//p:call_b")]
+    reporter.expect(steps, 4, paths)
+    reporter.action_started("//p:sort_a", "")
+    reporter.action_finished("//p:sort_b", Outcome.CACHED, "", b"")
+    assert "~1m00s left" in out.getvalue()
+    reporter.action_finished("//p:sort_a", Outcome.EXECUTED, "", b"")
+    reporter.action_started("//p:call_a", "")
+    reporter.action_finished("//p:call_b", Outcome.CACHED, "", b"")
+    reporter.run_ended()
+    assert out.getvalue().count("~30s left") >= 1, out.getvalue()
