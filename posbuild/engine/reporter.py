@@ -1,7 +1,7 @@
 """Layer 0: how a build talks to people — a live status line, plain lines, or near silence.
 
 The build emits events to a Reporter it is given and never prints itself. A terminal gets one
-status line rewritten in place (`[done/total] 12s message (//pkg:name)`: the oldest running
+status line rewritten in place (`[done/total] 12s //pkg:name: message`: the oldest running
 action and how long it has run, cache hits counted, the time left when earlier builds recorded
 enough durations); a pipe gets one plain line per executed or failed action, so logs stay
 readable, and a `still running` line for an action that runs longer than a few seconds; `-q`
