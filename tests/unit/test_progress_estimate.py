@@ -123,3 +123,26 @@ def test_the_status_counts_the_longest_chain_left() -> None:
     reporter.action_finished("//p:call_b", Outcome.CACHED, "", b"")
     reporter.run_ended()
     assert out.getvalue().count("~30s left") >= 1, out.getvalue()
+
+
+def test_the_status_line_never_wraps_on_a_narrow_terminal() -> None:
+    """A line longer than the terminal would wrap, and `\\r` would rewrite only its last row."""
+    import fcntl
+    import os
+    import pty
+    import struct
+    import termios
+
+    controller, terminal = pty.openpty()
+    fcntl.ioctl(terminal, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 30, 0, 0))
+    with os.fdopen(terminal, "w") as screen:
+        reporter = TerminalReporter(screen, io.StringIO(), interval=0.0)
+        reporter.build_started(2, 0)
+        reporter.action_started("//a/long/package:with_a_long_name", "a message as long")
+        reporter.action_finished("//p:b", Outcome.EXECUTED, "", b"")
+        reporter.run_ended()
+    shown = os.read(controller, 4096).decode()
+    os.close(controller)
+    lines = [part for part in shown.split("\r") if part.strip()]
+    assert lines and lines[0].startswith("[1/2] 0s //a/long/package")
+    assert all(len(line) < 30 for line in lines), lines
