@@ -23,6 +23,7 @@ class _TerminalStatus(TerminalReporter):
     """The live status line during a build; the cycle line replaces the build's summary line."""
 
     def build_finished(self, summary: BuildSummary) -> None:
+        self._stop_live()
         self._clear()
         self._out.flush()
 

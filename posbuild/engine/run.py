@@ -265,6 +265,7 @@ class ActionExecutor:
             if hit is not None:
                 self._rebuilder.record_hit(action, hit, started, miss.inputs)
                 return Started(action, miss, started, (), None, outcome=hit)
+        self._reporter.action_started(action.label, action.message)
         return self._runner.start(action, miss)
 
     def wait(self, started: Started) -> bool:

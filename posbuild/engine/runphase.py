@@ -173,17 +173,20 @@ class _Run:
         deps = [[position[d] for d in a.deps if d in position] for a in actions]
         demand, capacity = ([a.resources for a in actions], config.resources.as_tuple()) \
             if local else (None, ())
+        recorded = _recorded_duration(self._store, actions)
+        durations = [recorded(node) for node in range(len(actions))]
+        jobs = self._options.jobs or config.jobs
+        priorities = critical_path(deps, [a.label for a in actions], durations.__getitem__)
         scheduler: Scheduler[ActionOutcome] = Scheduler(
-            deps, critical_path(deps, [a.label for a in actions],
-                                _recorded_duration(self._store, actions)),
-            self._options.jobs or config.jobs, self._options.keep_going, demand, capacity,
-            critical=deferred)
+            deps, priorities, jobs, self._options.keep_going, demand, capacity, critical=deferred)
+        self._reporter.expect(dict(zip((a.label for a in actions), durations)), jobs, priorities)
         try:
             states = scheduler.run(executor)
         except Interrupted as interrupt:  # SIGINT, SIGTERM, SIGHUP: say what it stopped (cli)
             interrupt.stopped = self.runner.stopped
             raise
         finally:
+            self._reporter.run_ended()
             self._save(actions, scheduler.states)
         return {dirty[i]: o for i, o in executor.outcomes.items()}, states
 
