@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import stat
 from pathlib import Path
 
 from posbuild.core.action import Action
@@ -61,18 +62,35 @@ class FailureKeeper:
 
 def copy_written(exec_root: Path, into: Path, inputs: frozenset[str]) -> None:
     """Copy the regular files under `exec_root` that are not staged inputs (what the command
-    wrote), keeping their paths; links are not followed, and are not copied."""
-    for folder, folders, names in os.walk(exec_root):
-        rel = os.path.relpath(folder, exec_root)
-        for name in names:
-            path = name if rel == "." else f"{rel}/{name}"
-            source = os.path.join(folder, name)
-            if path in inputs or os.path.islink(source) or not os.path.isfile(source):
-                continue
-            target = into / path
-            target.parent.mkdir(parents=True, exist_ok=True)
-            try:
-                shutil.copyfile(source, target, follow_symlinks=False)
-            except PermissionError:  # a file the command made unreadable: left out
-                continue
-        folders[:] = [f for f in folders if not os.path.islink(os.path.join(folder, f))]
+    wrote), keeping their paths. The folder is the action's: it may have made `exec_root` itself,
+    or any folder or file in it, a link to anything on the machine, so the walk goes by
+    descriptors (`os.fwalk`), opens nothing through a link, and copies only regular files."""
+    try:
+        top = os.open(exec_root, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:  # gone, or not a real folder any more (a link): nothing to keep
+        return
+    try:
+        for folder, _, names, folder_fd in os.fwalk(".", dir_fd=top):  # never follows a link
+            rel = os.path.normpath(folder)
+            for name in names:
+                path = name if rel == "." else f"{rel}/{name}"
+                if path not in inputs:
+                    _copy_regular(name, folder_fd, into / path)
+    finally:
+        os.close(top)
+
+
+def _copy_regular(name: str, folder_fd: int, target: Path) -> None:
+    """Copy file `name` of the open folder to `target` if it is a regular file (not a link, a
+    FIFO or a socket) that can be read."""
+    try:
+        fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC,
+                     dir_fd=folder_fd)
+    except OSError:  # a link, or a file the command made unreadable: left out
+        return
+    with os.fdopen(fd, "rb") as source:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with open(target, "wb") as copy:
+            shutil.copyfileobj(source, copy)
