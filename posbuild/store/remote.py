@@ -601,7 +601,16 @@ def _read_at_most(response: http.client.HTTPResponse, limit: int) -> bytes:
     data = response.read(limit + 1)
     if len(data) > limit:
         raise _TooLarge(f"the remote sent more than {limit} bytes")
+    _check_complete(response, data)
     return data
+
+
+def _check_complete(response: http.client.HTTPResponse, data: bytes = b"") -> None:
+    """IncompleteRead when the connection ended before the body its Content-Length announced:
+    `read(n)` returns what came without saying so, and a cut transfer is the remote going down,
+    not a blob with wrong bytes."""
+    if response.length:
+        raise http.client.IncompleteRead(data, response.length)
 
 
 def _stream_to(response: http.client.HTTPResponse, path: Path, limit: int) -> tuple[Digest, bytes]:
@@ -617,6 +626,7 @@ def _stream_to(response: http.client.HTTPResponse, path: Path, limit: int) -> tu
             b3.update(chunk)
             sha.update(chunk)
             out.write(chunk)
+    _check_complete(response)
     return b3.digest(), sha.digest()
 
 
