@@ -23,12 +23,9 @@ def _matches(pattern_text: str | None, package: str):
     """A predicate on labels for the optional PATTERN."""
     if not pattern_text:
         return lambda label: True
-    from posbuild.core.label import PatternKind, parse_label, parse_pattern
+    from posbuild.core.label import parse_pattern
 
-    pattern = parse_pattern(pattern_text, package)
-    if pattern.kind is PatternKind.SINGLE:
-        return lambda label: label == str(pattern.label)
-    return lambda label: pattern.covers_package(parse_label(label, "").package)
+    return parse_pattern(pattern_text, package).matches
 
 
 def _heading(build: BuildRow) -> str:

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, NamedTuple, Sequence
 
 from posbuild.core.digest import Digest
+from posbuild.core.label import package_of
 from posbuild.core.layout import NONDETERMINISTIC_OUTPUT_TAG, OUT_DIR
 
 if TYPE_CHECKING:
@@ -95,7 +96,7 @@ def is_generated(path: str) -> bool:
 def may_differ(action: Action) -> frozenset[str]:
     """The outputs that `tags = ["nondeterministic-output:NAME"]` exempts from verify's byte
     comparison (a log file with timings, say), as workspace-relative paths."""
-    package = action.label[2:action.label.rindex(":")]  # labels are canonical: //pkg:name
+    package = package_of(action.label)
     return frozenset(out_path(package, tag[len(NONDETERMINISTIC_OUTPUT_TAG):])
                      for tag in action.tags if tag.startswith(NONDETERMINISTIC_OUTPUT_TAG))
 

@@ -80,6 +80,11 @@ def _split(text: str, current_package: str) -> Label:
 
 
 @functools.lru_cache(maxsize=1 << 16)
+def package_of(label: str) -> str:
+    """The package of canonical label text `//pkg:name`, without parsing it again."""
+    return label[2:].partition(":")[0]
+
+
 def parse_label(text: str, current_package: str) -> Label:
     """Parse `//pkg:name`, `//pkg`, `:name` or a bare `name` relative to `current_package`.
 
@@ -114,11 +119,12 @@ class TargetPattern:
             return f"//{self.package}:all"
         return f"//{self.package}/..." if self.package else "//..."
 
-    def matches(self, label: Label) -> bool:
-        """Whether this pattern names `label` (a target of a package in its scope)."""
+    def matches(self, label: str) -> bool:
+        """Whether this pattern names the target of canonical label text `label` (`//pkg:name`,
+        as actions and records carry it): the label itself, or a target of a package in scope."""
         if self.kind is PatternKind.SINGLE:
-            return label == self.label
-        return self.covers_package(label.package)
+            return label == str(self.label)
+        return self.covers_package(package_of(label))
 
     def covers_package(self, package: str) -> bool:
         """Whether a package lies inside this pattern's scope."""

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Callable, Mapping, Sequence
 
 from posbuild.core.action import Action, ActionGraph, GraphFacts
-from posbuild.core.label import parse_label, parse_pattern
+from posbuild.core.label import parse_pattern
 from posbuild.core.layout import CONFIG_NAME, LOCK_NAME
 from posbuild.core.records import Outcome
 from posbuild.engine.locking import workspace_lock
@@ -147,9 +147,10 @@ class BuildSession:
         forced = _forced(options, actions)
         clean = [False] * len(actions) if options.verify \
             else clean_actions(actions, previous, config.root)
-        for index, action in enumerate(actions):  # dependencies first: one pass suffices
-            if forced and (action.label in forced or not all(clean[d] for d in action.deps)):
-                clean[index] = False  # a forced action's dependents must be looked at again
+        if forced:  # a forced action, and whatever depends on it, is looked at again
+            for index, action in enumerate(actions):  # dependencies first: one pass suffices
+                if action.label in forced or not all(clean[d] for d in action.deps):
+                    clean[index] = False
         if all(clean) and tree_clean:  # a no-op all the same
             self._all_settled(resolved, previous, environment)
             return None
@@ -231,8 +232,7 @@ def _forced(options: BuildOptions, actions: Sequence[Action]) -> frozenset[str]:
     forced: set[str] = set()
     for text in options.rerun:
         pattern = parse_pattern(text, options.cwd_package)
-        named = {action.label for action in actions
-                 if pattern.matches(parse_label(action.label, ""))}
+        named = {action.label for action in actions if pattern.matches(action.label)}
         if not named:
             raise UsageError(f"--rerun {text}: matches no action of this build "
                              f"({' '.join(options.patterns)})")

@@ -85,7 +85,7 @@ def requested_targets(patterns: Sequence[TargetPattern], actions: Sequence[Actio
                          label)
             selected.add(owner)
         else:
-            selected.update(a.label for a in actions if pattern.covers_package(_package(a.label)))
+            selected.update(a.label for a in actions if pattern.matches(a.label))
     return sorted(selected)
 
 
@@ -94,7 +94,7 @@ def may_build(role: Role, label: str) -> bool:
     included = excluded = False
     for text in role.build:
         exclude = text.startswith("-")
-        if _matches(_parse(role, text[1:] if exclude else text), label):
+        if _parse(role, text[1:] if exclude else text).matches(label):
             if exclude:
                 excluded = True
             else:
@@ -109,11 +109,3 @@ def _parse(role: Role, text: str) -> TargetPattern:
         raise WorkspaceError(f"{CONFIG_NAME}: [roles.{role.name}] build: {error.detail}") from None
 
 
-def _matches(pattern: TargetPattern, label: str) -> bool:
-    if pattern.kind is PatternKind.SINGLE:
-        return str(pattern.label) == label
-    return pattern.covers_package(_package(label))
-
-
-def _package(label: str) -> str:
-    return label[2:].partition(":")[0]
