@@ -32,8 +32,7 @@ from posbuild.engine.keys import action_key
 from posbuild.errors import PosbuildError
 from posbuild.store.lmdbstore import Store
 from posbuild.workspace.config import Config, load_config
-from posbuild.workspace.envfp import (TEST_VARIABLE, Fingerprint, apply_overrides,
-                                      parse_overrides, passed_environment)
+from posbuild.workspace.envfp import TEST_VARIABLE, passed_environment, sandbox_path
 
 if TYPE_CHECKING:
     from conftest import Workspace
@@ -53,7 +52,7 @@ def assert_correct_build(ws: Workspace, patterns: Sequence[str] = ("//...",),
     config = load_config(ws.root)
     environment = {**os.environ, **(environ or {})}
     graph = _resolve_fresh(config, patterns)
-    env_hash = _environment_hash(config, environment)
+    env_hashes = _environments(config, environment, graph.actions)
     passed = passed_environment(config.env_pass, environment)
     assert (config.store_dir / STORE_DB).is_dir(), (
         f"the build of {', '.join(patterns)} left no store at {config.store_dir}")
@@ -61,7 +60,7 @@ def assert_correct_build(ws: Workspace, patterns: Sequence[str] = ("//...",),
     try:
         digests: dict[str, Digest] = {}  # every file hashed so far, by workspace-relative path
         for action in graph.actions:
-            _check_action(ws.root, store, action, digests, env_hash, passed)
+            _check_action(ws.root, store, action, digests, env_hashes[action.programs], passed)
     finally:
         store.close()
 
@@ -79,28 +78,33 @@ def _resolve_fresh(config: Config, patterns: Sequence[str]) -> ActionGraph:
     return Analyzer(loader).analyze(roots)
 
 
-def _environment_hash(config: Config, environ: Mapping[str, str]) -> Digest:
-    """h_E as a build with `environ` computes it, from a fingerprint table computed afresh (not
-    `.posbuild/envfp`) with the test's overrides applied."""
-    table = _fingerprint(config.env_tools)
-    return Fingerprint.of(apply_overrides(table, parse_overrides(environ.get(TEST_VARIABLE)))).hash
+def _environments(config: Config, environ: Mapping[str, str],
+                  actions: Sequence[Action]) -> dict[tuple[str, ...], Digest]:
+    """The environment hash of each set of programs the actions run, as a build with `environ`
+    computes it, but examined afresh (not from `.posbuild/envfp`) with the test's overrides."""
+    sets = sorted({action.programs for action in actions})
+    request = json.dumps([sandbox_path(config), list(config.env_tools),
+                          environ.get(TEST_VARIABLE) or "", [list(p) for p in sets]])
+    return {programs: bytes.fromhex(digest)
+            for programs, digest in zip(sets, _digests(request), strict=True)}
 
 
-_FINGERPRINT = ("import json, sys\n"
-                "from posbuild.workspace.envfp import fingerprint\n"
-                "json.dump(fingerprint(sys.argv[1:]), sys.stdout)\n")
+_DIGESTS = ("import json, sys\n"
+            "from posbuild.workspace.envfp import Environments, parse_overrides\n"
+            "path, tools, overrides, sets = json.loads(sys.argv[1])\n"
+            "environments = Environments(path, tools, None, parse_overrides(overrides))\n"
+            "json.dump([environments.digest(tuple(p)).hex() for p in sets], sys.stdout)\n")
 
 
 @functools.cache
-def _fingerprint(tools: tuple[str, ...]) -> dict[str, str]:
-    """The fingerprint table as the CLI sees it: computed in a child Python started as the tests
-    start the CLI, since the installed distributions it lists follow `sys.path`, which pytest
-    changes. Once per test session and `[env] tools`: nothing it reads changes meanwhile."""
-    run = subprocess.run([sys.executable, "-c", _FINGERPRINT, *tools], capture_output=True,
+def _digests(request: str) -> list[str]:
+    """Computed in a child Python started as the tests start the CLI, since what an interpreter
+    imports from follows `sys.path`, which pytest changes."""
+    run = subprocess.run([sys.executable, "-c", _DIGESTS, request], capture_output=True,
                          text=True, env=dict(os.environ), check=False)
     assert run.returncode == 0, f"computing the environment fingerprint failed:\n{run.stderr}"
-    table: dict[str, str] = json.loads(run.stdout)
-    return table
+    digests: list[str] = json.loads(run.stdout)
+    return digests
 
 
 def _check_action(root: Path, store: Store, action: Action, digests: dict[str, Digest],

@@ -14,14 +14,32 @@ from posbuild.errors import PosbuildError
 
 
 def _current():
-    """The workspace root and this machine's fingerprint, computed afresh (and the cache
-    refreshed)."""
+    """The workspace root and the fingerprint of everything its actions run, computed afresh
+    (and the cache refreshed)."""
     from posbuild.workspace.config import load_config
-    from posbuild.workspace.envfp import TEST_VARIABLE, current, parse_overrides
+    from posbuild.workspace.envfp import environments_for
 
     root, _ = workspace_and_package()
     config = load_config(root)
-    return root, current(config, parse_overrides(os.environ.get(TEST_VARIABLE)), fresh=True)
+    environments = environments_for(config, os.environ)
+    environments.fresh()
+    now = environments.table(_programs(config))
+    environments.save()
+    return root, now
+
+
+def _programs(config) -> tuple[str, ...]:
+    """The host programs of every action of the workspace (`//...`); none, with a warning, when
+    its BUILD files do not load."""
+    from posbuild.engine.resolve import graph_entry, make_request
+    from posbuild.errors import BuildFileError
+
+    try:
+        return graph_entry(config, make_request(config, ("//...",))).facts.programs
+    except BuildFileError as error:
+        click.echo(f"posbuild: warning: the BUILD files do not load ({error.render()}); the "
+                   "fingerprint holds the platform and [env] tools only", err=True)
+        return ()
 
 
 @click.group()
@@ -29,10 +47,12 @@ def env() -> None:
     """Show, approve and check the environment fingerprint and its hash h_E.
 
     \b
-    h_E (part of every action key) covers the Python implementation and version, every installed
-    distribution, the OS, kernel and libc, the CPU architecture, posbuild's version and the
-    `[env] tools` of posbuild.toml. The CPU model and host name are recorded but not hashed, so
-    machines of the same software environment share cache entries.
+    An action's key holds the environment it runs in: the platform (OS, kernel, libc, CPU
+    architecture), the `[env] tools` of posbuild.toml, and the host programs it runs (the
+    command words of its command, its `host_tools`, a py_task's interpreter), each by path and
+    digest; a Python interpreter also by its version and every distribution it imports from.
+    These commands show, approve and check the table of every action of the workspace; h_E is
+    its hash. The CPU model, host name and posbuild's version are recorded but not hashed.
     """
 
 
@@ -91,10 +111,11 @@ def check() -> None:
 
     \b
     Each differing entry is one line:
-      changed python.version 3.11.7 -> 3.12.1
-      added dist.foo 1.2
-      removed dist.bar 0.3
-    Differences in recorded-only entries (cpu.model, host.name) are notes, never drift.
+      changed os.release 6.1.0-17-amd64 -> 6.1.0-18-amd64
+      added python[/usr/bin/python3].dist.foo 1.2
+      removed python[/usr/bin/python3].dist.bar 0.3
+    Differences in recorded-only entries (cpu.model, host.name, posbuild.version) are notes,
+    never drift.
     """
     from posbuild.workspace.envfp import compare_with_approved
 

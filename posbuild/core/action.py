@@ -49,6 +49,9 @@ class Action(NamedTuple):
     message: str = ""
     secrets: tuple[str, ...] = ()  # names of secrets (§16) given to the command; never their values
     allow_secret_in_output: bool = False
+    # the host programs it runs (command words, `host_tools`, a py_task's interpreter): their
+    # fingerprint is its environment (envfp.py), part of its key
+    programs: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,6 +80,7 @@ class GraphFacts(NamedTuple):
     resources: tuple[tuple[int, int, int], ...]  # every distinct (cpu, mem_mb, io) request, sorted
     pinned: bool  # some action carries a `pin:` tag
     secrets: bool  # some action is given secrets
+    programs: tuple[str, ...] = ()  # every host program some action runs, sorted
 
 
 def facts_of(actions: Sequence[Action]) -> GraphFacts:
@@ -85,6 +89,7 @@ def facts_of(actions: Sequence[Action]) -> GraphFacts:
         resources=tuple(sorted({a.resources for a in actions})),
         pinned=any(tag.startswith(PIN_TAG) for a in actions for tag in a.tags),
         secrets=any(a.secrets for a in actions),
+        programs=tuple(sorted({p for a in actions for p in a.programs})),
     )
 
 

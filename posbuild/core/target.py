@@ -38,6 +38,9 @@ class Target:
     script: str = ""  # py_task: the script's label
     args: tuple[str, ...] = ()  # py_task: the script's command-line arguments
     deps: tuple[str, ...] = ()  # py_task: labels of extra code the code hash covers
+    python: str = ""  # py_task: the interpreter it runs; "" is `[python] interpreter`
+    # host programs the action runs that its command does not name (a script calls them)
+    host_tools: tuple[str, ...] = ()
     message: str = field(default="", compare=False)
     location: SourceLocation | None = field(default=None, compare=False)
 
@@ -148,6 +151,25 @@ def _py_env(kind: str, attr: str, value: Any) -> Pairs:
     return pairs
 
 
+def _host_tools(kind: str, attr: str, value: Any) -> tuple[str, ...]:
+    names = _str_list(kind, attr, value)
+    for name in names:
+        if not name or "/" in name and not name.startswith("/") or name.endswith("/"):
+            raise AttributeError_(
+                f"{kind}: attribute '{attr}': {name!r} must be a program name looked up on the "
+                "sandbox PATH (\"samtools\") or an absolute path (\"/opt/bin/samtools\")")
+    return names
+
+
+def _python(kind: str, attr: str, value: Any) -> str:
+    path = _str(kind, attr, value)
+    if not path.startswith("/") and "/" in path:
+        raise AttributeError_(
+            f"{kind}: attribute '{attr}': {path!r} must be an interpreter name looked up on the "
+            "sandbox PATH (\"python3\") or an absolute path")
+    return path
+
+
 def _type(value: Any) -> str:
     return type(value).__name__
 
@@ -166,11 +188,13 @@ _ACTION: dict[str, Checker] = {  # what every rule that runs a command declares 
     "allow_secret_in_output": _bool,
     "timeout": _int,
     "message": _str,
+    "host_tools": _host_tools,
 }
 SCHEMAS: dict[str, dict[str, Checker]] = {
     "genrule": {**_ACTION, "cmd": _str, "tools": _str_list, "env": _str_dict},
     "filegroup": {**_COMMON, "srcs": _str_list},
-    "py_task": {**_ACTION, "script": _str, "args": _args, "deps": _str_list, "env": _py_env},
+    "py_task": {**_ACTION, "script": _str, "args": _args, "deps": _str_list, "env": _py_env,
+                "python": _python},
 }
 REQUIRED = {"genrule": ("outs", "cmd"), "filegroup": (), "py_task": ("script", "outs")}
 

@@ -17,6 +17,7 @@ from posbuild.core.digest import Digest
 from posbuild.core.records import BuildRow
 from posbuild.store.upstate import BuildState
 from posbuild.workspace.roles import Grant
+from posbuild.workspace.envfp import Environments
 from posbuild.workspace.secrets import SecretSource
 
 
@@ -45,13 +46,27 @@ class BuildOptions:
 class BuildEnvironment:
     """What the environment decides about one build, checked before anything runs."""
 
-    env_hash: Digest  # h_E, approved or allowed to drift (ORCH-07)
+    env_hash: Digest  # h_E of what the request's actions run, approved or allowed to drift
     env_key: Digest  # h_E with the passed variables: the up-to-date state is saved under it
     passed_env: tuple[tuple[str, str], ...]  # `[env] pass`, part of every action key
+    # each action's own environment (envfp.py); None: every action's is env_hash
+    environments: Environments | None = None
     secrets: SecretSource | None = None  # where actions that declare secrets get their values
     grant: Grant | None = None  # what the role may do (roles.py); None: no remote uploads
     sandbox_writable: tuple[str, ...] = ()  # POSBUILD_SANDBOX_WRITABLE (namespaces.py)
     host_path: str = ""  # the caller's PATH: where a program a command did not find may be
+
+    def programs_visible(self, actions: Sequence[Action]) -> list[str]:
+        """What the namespace sandbox must show for these actions' programs to run."""
+        if self.environments is None:
+            return []
+        return self.environments.visible(sorted({p for a in actions for p in a.programs}))
+
+    def env_of(self, action: Action) -> Digest:
+        """The environment hash in `action`'s key: of the programs it runs, not of the build's."""
+        if self.environments is None:
+            return self.env_hash
+        return self.environments.digest(action.programs)
 
 
 @dataclass(frozen=True, slots=True)

@@ -66,7 +66,7 @@ class Rebuilder:
         self._files = files
         self._products = products
         self._local = local
-        self._env_hash = environment.env_hash
+        self._environment = environment
         self._passed_env = environment.passed_env
         self._journal = journal
         self._explainer = explainer
@@ -95,7 +95,7 @@ class Rebuilder:
         hit = self._reuse_trace(action, digests) if cacheable else None
         key = hit.key if hit is not None else None
         if key is None:
-            key = action_key(action, digests, self._env_hash, self._passed_env)
+            key = action_key(action, digests, self._environment.env_of(action), self._passed_env)
             hit = self._local.lookup(action, key) if cacheable else None
         if hit is not None and not self._verify:
             self.record_hit(action, hit, started, inputs)

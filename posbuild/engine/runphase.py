@@ -44,7 +44,8 @@ from posbuild.store.journal import Journal, utc
 from posbuild.store.lmdbstore import INLINE_LIMIT, Store
 from posbuild.store.materialize import Materializer
 from posbuild.store.upstate import BuildState, mark_tree, save_state, withdrawn_outputs
-from posbuild.workspace.config import BASE_PATH, Config
+from posbuild.workspace.config import Config
+from posbuild.workspace.envfp import sandbox_path
 from posbuild.workspace.secrets import SecretUnavailable, secret_carriers
 
 if TYPE_CHECKING:
@@ -81,7 +82,9 @@ def run_dirty(config: Config, options: BuildOptions, environment: BuildEnvironme
     secrets = environment.secrets
     masked = (secrets.file,) if secrets is not None and secrets.file else ()
     # workers choose their own sandbox; here, SandboxUnavailable comes before anything runs
-    isolation, notice = choose_isolation(config, environment.sandbox_writable, masked) \
+    isolation, notice = choose_isolation(
+        config, environment.sandbox_writable, masked,
+        environment.programs_visible([work.actions[i] for i in dirty])) \
         if cluster is None else (None, "")
     if notice:
         reporter.message(notice)
@@ -95,7 +98,8 @@ def run_dirty(config: Config, options: BuildOptions, environment: BuildEnvironme
     spawner: Spawner | None = cluster  # closed below, however far the run got
     try:
         if spawner is None:
-            spawner = LocalSpawner(config.root, config.sandbox_dir, isolation)
+            spawner = LocalSpawner(config.root, config.sandbox_dir, isolation,
+                                   search_path=sandbox_path(config))
         spawner.clear_stale()
         run = _Run(config, options, environment, work, reporter, store, spawner, remote,
                    frozenset(a.label for a in carriers))
@@ -134,7 +138,7 @@ class _Run:
         self.journal: Journal | None = None
         if work.row is not None:
             number = store.begin_build(work.row, work.row_blobs)
-            self.journal = Journal(number, str(number), environment.env_hash,
+            self.journal = Journal(number, str(number), environment.env_of,
                                    store.start_log(number), key=store.build_key(number))
         temp = config.root / STATE_DIR / TMP
         materializer = Materializer(config.root, store, temp)
@@ -228,7 +232,7 @@ def _blind_spots(config: Config, environment: BuildEnvironment,
         return None
     hidden = (str(config.root), str(config.store_dir), str(config.sandbox_dir), "/tmp",
               "/dev/shm", "/run") if spawner.namespaced else ()
-    return Sandbox(hidden, BASE_PATH, environment.host_path, str(config.root))
+    return Sandbox(hidden, sandbox_path(config), environment.host_path, str(config.root))
 
 
 def _withdraw_stale(config: Config, actions: Sequence[Action],

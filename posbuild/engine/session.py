@@ -38,7 +38,7 @@ from posbuild.load.graphcache import CachedGraph
 from posbuild.store.epoch import read_epoch
 from posbuild.store.upstate import BuildState, load_state, revalidate, tree_is_clean
 from posbuild.workspace.config import Config, load_config
-from posbuild.workspace.envfp import (checked_environment_hash, environment_key,
+from posbuild.workspace.envfp import (checked_environment, environment_key,
                                       passed_environment)
 from posbuild.workspace.roles import ROLE_VARIABLE, authorize
 from posbuild.workspace.secrets import SecretSource, SecretUnavailable, secret_source
@@ -118,10 +118,11 @@ class BuildSession:
         secrets = secret_source(config.root, config.secrets_file, environ)
         _check_secrets(config, actions, secrets, options.remote_upload)
         passed_env = passed_environment(config.env_pass, environ)
-        env_hash = checked_environment_hash(config, environ, options.allow_env_drift,
-                                            self.reporter.message)
+        environments, env_hash = checked_environment(
+            config, environ, resolved.entry.facts.programs, options.allow_env_drift,
+            self.reporter.message)
         return BuildEnvironment(env_hash, environment_key(passed_env, env_hash), passed_env,
-                                secrets, grant, host_path=environ.get("PATH", ""))
+                                environments, secrets, grant, host_path=environ.get("PATH", ""))
 
     def settle(self, resolved: ResolvedBuild, environment: BuildEnvironment) -> DirtyWork | None:
         """What the saved state cannot settle by stat alone; None when it settles everything

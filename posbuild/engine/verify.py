@@ -39,7 +39,8 @@ from posbuild.core.action import Action, ActionGraph, may_differ
 from posbuild.core.compare import Source, first_file_difference, format_difference
 from posbuild.workspace.config import Config
 from posbuild.core.digest import hash_file
-from posbuild.workspace.envfp import environment_hash, environment_key, passed_environment
+from posbuild.workspace.envfp import (Environments, environment_key, environments_for,
+                                      passed_environment)
 from posbuild.errors import ChecksumMismatch
 from posbuild.core.layout import NO_CACHE_TAG
 from posbuild.exec.namespaces import writable_paths
@@ -111,7 +112,9 @@ def verify_request(config: Config, graph: ActionGraph, state_path: Path, environ
     """Verify `graph` with the up-to-date state the build of the same request saved at
     `state_path`."""
     passed_env = passed_environment(config.env_pass, environ)
-    state = load_state(state_path, environment_key(passed_env, environment_hash(config, environ)))
+    programs = sorted({p for action in graph.actions for p in action.programs})
+    env_hash = environments_for(config, environ).table(programs).hash
+    state = load_state(state_path, environment_key(passed_env, env_hash))
     store = Store(config.store_dir, config.workspace_tag)
     try:
         return verify(config, graph, state, store, passed_env, jobs,
@@ -133,8 +136,12 @@ def verify(config: Config, graph: ActionGraph, state: BuildState, store: CachedO
     """
     masked = (secrets.file,) if secrets is not None and secrets.file else ()
     # SandboxUnavailable before anything runs
-    isolation, notice = choose_isolation(config, sandbox_writable, masked)
-    sandboxes = LocalSpawner(config.root, config.sandbox_dir, isolation)
+    environments = Environments.of_workspace(config)
+    isolation, notice = choose_isolation(
+        config, sandbox_writable, masked,
+        environments.visible(sorted({p for a in graph.actions for p in a.programs})))
+    sandboxes = LocalSpawner(config.root, config.sandbox_dir, isolation,
+                             search_path=environments.search_path)
     shifted = shift_clock and sandboxes.faketime is not None
     second = SECOND if shifted else replace(SECOND, clock_shift=None)
     actions = [a for a in graph.actions if NO_CACHE_TAG not in a.tags]

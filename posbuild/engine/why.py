@@ -42,6 +42,6 @@ class Explainer:
             passed_before = self._passed_by_build.get(previous.build_id)
         env = self._environment
         reasons = differences(previous, action.command, action.env, action.versions, inputs,
-                              env.env_hash, env.passed_env, passed_before)
+                              env.env_of(action), env.passed_env, passed_before)
         return one_line(previous, reasons, key, verifying,
                         passed_before is None and bool(env.passed_env))

@@ -86,7 +86,7 @@ from posbuild.host.nofollow import open_outputs
 from posbuild.host.owned import SANDBOXES, claim, holds_only_sandboxes
 from posbuild.store.remote import RemoteCache, sha256_of
 from posbuild.workspace.config import Config
-from posbuild.workspace.envfp import current as current_fingerprint, differences, hash_of
+from posbuild.workspace.envfp import Environments, differences, sandbox_path
 
 # inputs up to this size travel inside the task; larger ones are scattered
 INLINE_INPUT = 256 * 1024
@@ -119,7 +119,7 @@ class DaskSpawner:
         self._client: Any = None
         self._failure: BaseException | None = None
         self._terms: WorkerTerms | None = None
-        self._env_entries: dict[str, str] = {}
+        self._environments: Environments | None = None
         self._by_resources = False
         self._desk: SecretDesk | None = None
         self._cluster: tuple[WorkerInfo, ...] = ()
@@ -172,8 +172,10 @@ class DaskSpawner:
         secret = tuple((k, v) for k, v in extra_env if k in secret_names)
         assert self._terms is not None and self._desk is not None
         token = self._desk.open(secret) if secret else ""
+        assert self._environments is not None
         spec = RemoteAction(action, env, (), perturbation, self._terms,
-                            self._desk.address if secret else "", token)
+                            self._desk.address if secret else "", token,
+                            env_hash=self._environments.digest(action.programs))
         try:
             reply = self._attempt(client, spec, self._remote_usable())
             if isinstance(reply, RemoteReply) and reply.unfetched:  # once more, with the bytes
@@ -184,7 +186,7 @@ class DaskSpawner:
         if isinstance(reply, tuple):  # cancelled, or no worker could finish it
             return SpawnResult(reply[0], False, Path(exec_root), tuple(action.outputs), b"",
                                reply[1])
-        self._check_environment(reply)
+        self._check_environment(action, reply)
         return self._spawn_result(reply, exec_root)
 
     def start(self, action: Action, extra_env: Sequence[tuple[str, str]] = ()) -> _Deferred:
@@ -288,15 +290,16 @@ class DaskSpawner:
                     raise
                 try:
                     check_fits(self._actions, workers, self.address)
-                    entries = current_fingerprint(self._config).entries
+                    environments = Environments.of_workspace(self._config)
                 except BaseException as error:
                     client.close(timeout=2)
                     self._failure = error
                     raise
                 tools = self._config.env_tools
-                self._terms = WorkerTerms(tools, hash_of(entries), self._config.sandbox_mode,
-                                          visible_paths(tools))
-                self._env_entries, self._by_resources = entries, declares_resources(workers)
+                self._terms = WorkerTerms(tools, sandbox_path(self._config),
+                                          self._config.sandbox_mode, visible_paths(tools))
+                self._environments = environments
+                self._by_resources = declares_resources(workers)
                 self._cluster, self._cluster_checked = tuple(workers), time.monotonic()
                 self._desk, self._client = SecretDesk(client), client
             if self._failure is not None:
@@ -444,20 +447,22 @@ class DaskSpawner:
                             "actions in flight were abandoned and nothing of them was kept; build "
                             "again, or with --executor local")
 
-    def _check_environment(self, reply: RemoteReply) -> None:
-        """ORCH-07 when the worker's environment is not the client's (its results would be keyed
-        wrongly)."""
-        assert self._terms is not None
-        if not self._check_env or reply.env_hash == self._terms.env_hash:
+    def _check_environment(self, action: Action, reply: RemoteReply) -> None:
+        """ORCH-07 when the worker's environment for `action` is not the client's (its results
+        would be keyed wrongly)."""
+        assert self._environments is not None
+        mine = self._environments.digest(action.programs)
+        if not self._check_env or reply.env_hash == mine:
             return
         where = f"Dask worker {reply.run.worker} ({reply.run.host})"
         if reply.env_error:
             raise EnvironmentDrift(f"{where}: {reply.env_error}")
-        changes = differences(self._env_entries, dict(reply.env_entries))
+        changes = differences(self._environments.table(action.programs).entries,
+                              dict(reply.env_entries))
         shown = "; ".join(str(c) for c in changes[:5]) + (f"; and {len(changes) - 5} more"
                                                           if len(changes) > 5 else "")
         raise EnvironmentDrift(f"{where} has h_E {reply.env_hash.hex()[:12]}, not this machine's "
-                               f"{self._terms.env_hash.hex()[:12]} ({shown}); give the workers "
+                               f"{mine.hex()[:12]} ({shown}); give the workers "
                                f"this environment, or pass --allow-env-drift")
 
     def _spawn_result(self, reply: RemoteReply, exec_root: str) -> SpawnResult:

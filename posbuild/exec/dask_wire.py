@@ -22,9 +22,8 @@ from posbuild.exec.spawner import Perturbation
 class WorkerTerms:
     """What every action of a build asks of the worker that runs it, beside the action itself."""
 
-    tools: tuple[str, ...]  # `[env] tools`, for the worker's environment hash
-    # the client's h_E (without test overrides): a worker reports its fingerprint if it differs
-    env_hash: Digest
+    tools: tuple[str, ...]  # `[env] tools`, part of every action's environment
+    search_path: str  # the sandbox PATH: where commands find their programs (envfp.sandbox_path)
     # `[sandbox] mode`: each worker chooses its own isolation, as a local build does
     sandbox_mode: str
     # the client's interpreter folders and absolute tools (py_task commands name them)
@@ -59,6 +58,9 @@ class RemoteAction:
     # the remote cache's URL, where inputs with a `name` are read (no key: blobs need none)
     cas: str = ""
     cas_timeout: float = 0.0
+    # the action's environment hash on the client (without test overrides): a worker whose own
+    # differs reports its entries instead of running it
+    env_hash: Digest = b""
 
 
 @dataclass(frozen=True, slots=True)

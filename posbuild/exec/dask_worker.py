@@ -37,7 +37,7 @@ from posbuild.exec.sandbox import LocalSpawner, find_libfaketime
 from posbuild.exec.spawner import SpawnResult
 from posbuild.host.nofollow import read_upto
 from posbuild.store.remote import RemoteCache
-from posbuild.workspace.envfp import fingerprint, hash_of
+from posbuild.workspace.envfp import Environments, parse_overrides, TEST_VARIABLE
 from posbuild.workspace.secrets import redact
 
 EXTENSION = "posbuild"  # the key of the worker-side state in `Worker.extensions`
@@ -135,8 +135,10 @@ def execute_remote(spec: RemoteAction, blobs: Sequence[bytes]) -> RemoteReply:
         or worker.extensions.setdefault(EXTENSION, _WorkerState(worker))
     started = time.time()
     terms = spec.terms
-    env_hash, entries, env_error = state.once(("environment", terms.tools),
-                                              lambda: _environment(terms.tools))
+    environments, env_error = state.once(("environments", terms.tools, terms.search_path),
+                                         lambda: _environments(terms))
+    entries = environments.table(spec.action.programs).entries if environments else {}
+    env_hash = environments.digest(spec.action.programs) if environments else b""
     isolation = state.once(("isolation", terms.sandbox_mode, terms.visible),
                            lambda: _isolation(state.scratch, terms))
     folder = state.folder()
@@ -153,7 +155,8 @@ def execute_remote(spec: RemoteAction, blobs: Sequence[bytes]) -> RemoteReply:
         secrets = fetch_secrets(worker, spec.desk, spec.token) if spec.desk else ()
         env = spec.env + secrets
         with state.processors(spec.action.resources[0]):
-            sandboxes = LocalSpawner(Path(root), Path(f"{folder}/sandbox"), isolation)
+            sandboxes = LocalSpawner(Path(root), Path(f"{folder}/sandbox"), isolation,
+                                     search_path=terms.search_path)
             with state.running(worker.get_current_task() or "", sandboxes):
                 spawn = sandboxes.run(spec.action, env, spec.perturbation)
         try:
@@ -168,7 +171,7 @@ def execute_remote(spec: RemoteAction, blobs: Sequence[bytes]) -> RemoteReply:
             sandboxes.remove(spawn)  # its descriptors, and the sandbox
     finally:
         shutil.rmtree(folder, ignore_errors=True)
-    differ = env_hash != terms.env_hash
+    differ = env_hash != spec.env_hash
     return RemoteReply(spawn.exit_code, spawn.timed_out, spawn.missing, spawn.stdout, spawn.stderr,
                        spawn.elapsed,
                        spawn.usage, outputs,
@@ -184,13 +187,14 @@ def cancel_remote(keys: Sequence[str], dask_worker: Any = None) -> int:
     return state.cancel(keys) if state is not None else 0
 
 
-def _environment(tools: tuple[str, ...]) -> tuple[Digest, dict[str, str], str]:
-    """(h_E, fingerprint, error) of this machine for `[env] tools`."""
+def _environments(terms: WorkerTerms) -> tuple[Environments | None, str]:
+    """The environments of actions on this worker (its own programs, the client's PATH), or why
+    there are none. Overrides come from the worker's own process environment (tests only)."""
     try:
-        entries = fingerprint(tools)
+        return Environments(terms.search_path, terms.tools,
+                            overrides=parse_overrides(os.environ.get(TEST_VARIABLE))), ""
     except PosbuildError as error:
-        return b"", {}, error.render()
-    return hash_of(entries), entries, ""
+        return None, error.render()
 
 
 def _isolation(hidden: str, terms: WorkerTerms) -> Isolation | None:

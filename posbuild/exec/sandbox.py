@@ -182,10 +182,11 @@ def _ends_by(pid: int, deadline: float) -> bool:
         os.close(fd)
 
 
-def base_environment(sandbox: str | Path) -> dict[str, str]:
-    """The fixed variables every action sees, whatever the caller's environment holds."""
+def base_environment(sandbox: str | Path, search_path: str = BASE_PATH) -> dict[str, str]:
+    """The fixed variables every action sees, whatever the caller's environment holds;
+    `search_path` is the sandbox PATH (envfp.sandbox_path)."""
     return {
-        "PATH": BASE_PATH,
+        "PATH": search_path,
         "LANG": "C.UTF-8",
         "LC_ALL": "C.UTF-8",
         "TZ": "UTC",
@@ -197,16 +198,19 @@ def base_environment(sandbox: str | Path) -> dict[str, str]:
 
 
 def choose_isolation(config: Config, writable: Sequence[str] = (),
-                     masked: Sequence[str] = ()) -> tuple[Isolation | None, str]:
+                     masked: Sequence[str] = (),
+                     programs: Sequence[str] = ()) -> tuple[Isolation | None, str]:
     """`[sandbox] mode` for this build: (the namespaces to run actions in, or None for the folder
     sandbox; a notice line for the user, or ""). Raises SandboxUnavailable when mode is
     "namespace" and bubblewrap cannot run. Probes bwrap (a few ms) once per process. `writable`:
     folders left visible and writable (namespaces.writable_paths). `masked`: files no action may
-    read (the secrets file), covered with /dev/null.
+    read (the secrets file), covered with /dev/null. `programs`: folders and files the actions'
+    programs need (envfp.Environments.visible).
 
     Hidden: the workspace, the store and the sandbox base (other actions' sandboxes). Shown again,
-    read-only: the Python running posbuild (py_task actions run it; it may live in a venv inside
-    the workspace or under /tmp), libfaketime (`posbuild verify`), and absolute `[env] tools`.
+    read-only: the Python running posbuild and the workspace's (`[python] interpreter`: py_task
+    actions run it; it may live in a venv inside the workspace or under /tmp), the actions'
+    programs, libfaketime (`posbuild verify`), and absolute `[env] tools`.
     """
     # both are made before any action runs anyway; hidden, they must exist
     if config.sandbox_mode != "folder":
@@ -215,6 +219,7 @@ def choose_isolation(config: Config, writable: Sequence[str] = (),
     visible = [sys.prefix, sys.exec_prefix, sys.base_prefix, sys.base_exec_prefix,
                os.path.realpath(sys.executable)]
     visible += [tool for tool in config.env_tools if tool.startswith("/")]
+    visible += programs
     faketime = find_libfaketime()
     if faketime is not None:
         visible.append(faketime)
@@ -233,9 +238,10 @@ class LocalSpawner:
     """
 
     def __init__(self, root: Path, base: Path, isolation: Isolation | None = None,
-                 shell_free: bool = True) -> None:
+                 shell_free: bool = True, search_path: str = BASE_PATH) -> None:
         self._root = str(root) + "/"
         self._base = base
+        self._search_path = search_path
         self._isolation = isolation
         # False: every command runs under the shell
         self._shell_free = shell_free and isolation is None
@@ -310,7 +316,7 @@ class LocalSpawner:
             else:
                 self._staged[sandbox] = stage(self._root, action, sandbox,
                                               self._isolation is not None)
-            env = base_environment(sandbox)
+            env = base_environment(sandbox, self._search_path)
             env.update(action.env)
             env.update(extra_env)
             umask = -1
@@ -423,7 +429,8 @@ class LocalSpawner:
             result.files.close()
         sandbox = os.path.dirname(result.exec_root)
         self._staged.pop(sandbox, None)
-        env = {**base_environment(sandbox), **dict(action.env), **dict(passed_env)}
+        env = {**base_environment(sandbox, self._search_path), **dict(action.env),
+               **dict(passed_env)}
         assignments = " ".join(shlex.quote(f"{name}={value}") for name, value in env.items())
         lines = [f"sandbox kept (until the next build): {sandbox}",
                  f"run it again: cd {shlex.quote(str(result.exec_root))} && env -i {assignments} "

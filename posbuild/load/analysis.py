@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Sequence
 
 from posbuild.core.action import (ACTION_SCHEMA, Action, ActionGraph, is_generated, out_path,
                                   src_path)
+from posbuild.core.commandwords import programs_of
 from posbuild.core.digest import hash_canonical
 from posbuild.errors import BuildFileError, CycleError, SourceLocation, VersionMismatch
 from posbuild.load.graph import toposort
@@ -38,9 +39,9 @@ if TYPE_CHECKING:  # loading BUILD files is only needed when the graph cache mis
 
 # bump when loading or analysis changes what graphs it makes or accepts: cached graphs are made
 # again
-CHECKS = 4
+CHECKS = 5
 # (3: a relative load() in a .bzl file is relative to that file; ownership stamps hidden folders;
-# 4: allow_secret_in_output is part of def_hash)
+# 4: allow_secret_in_output is part of def_hash; 5: the programs an action runs)
 KIND_VERSIONS = {"genrule": 1, "py_task": 1}
 
 
@@ -250,7 +251,7 @@ class Analyzer:
         return tuple(result)
 
     def _genrule(self, target: Target, files: dict[str, tuple[str, ...]], producer: dict[str, int],
-                 command: str | None = None) -> Action:
+                 command: str | None = None, programs: tuple[str, ...] | None = None) -> Action:
         name = str(target.label)
         srcs = self._files_of(name, files, "srcs")
         tools = self._files_of(name, files, "tools")
@@ -268,7 +269,11 @@ class Analyzer:
             # a result holding a secret never serves an action forbidding one
             if target.allow_secret_in_output:
                 definition.append("allow_secret_in_output")
+        if target.host_tools:
+            definition.append(["host_tools", *target.host_tools])
         def_hash = hash_canonical(definition)
+        if programs is None:
+            programs = programs_of(command)
         return Action(
             label=name, kind=target.kind, command=command, inputs=inputs,
             tools=tuple(sorted(tools)),
@@ -277,6 +282,7 @@ class Analyzer:
             sources=tuple(p for p in inputs if not is_generated(p)), resources=resources,
             message=target.message,
             secrets=target.secrets, allow_secret_in_output=target.allow_secret_in_output,
+            programs=tuple(dict.fromkeys((*programs, *target.host_tools))),
         )
 
     def _py_task(self, target: Target, files: dict[str, tuple[str, ...]],
@@ -284,12 +290,12 @@ class Analyzer:
         """A py_task: `<interpreter> <script> <args...>`, each word shell-quoted, with a fixed
         Python env.
 
-        The interpreter is the one running posbuild (`sys.executable`), the interpreter the
-        environment fingerprint h_E describes. Its code (script, deps, imported workspace
-        modules) was added to the tools by `_py_code_refs`.
+        The interpreter is the target's `python`, else the workspace's (`[python] interpreter`,
+        by default the one running posbuild); it is the one program the action runs, so its
+        packages are the action's environment (envfp.py). Its code (script, deps, imported
+        workspace modules) was added to the tools by `_py_code_refs`.
         """
         import shlex
-        import sys
 
         from posbuild.core.target import PY_TASK_ENV
 
@@ -301,12 +307,14 @@ class Analyzer:
             raise BuildFileError(f"{name}: script '{target.script}' must name exactly one file, "
                                  f"but it names {len(script)}", target.location)
         expand = _Expander(target, self._files_of(name, files, "srcs"), outputs, locations, "args")
-        words = [sys.executable, script[0]]
+        interpreter = target.python or self._loader.config.interpreter
+        words = [interpreter, script[0]]
         for arg in target.args:
             words.extend(expand.words(arg))
         command = " ".join(shlex.quote(word) for word in words)
         env = tuple(sorted({**dict(target.env), **dict(PY_TASK_ENV)}.items()))
-        return self._genrule(replace(target, env=env), files, producer, command=command)
+        return self._genrule(replace(target, env=env), files, producer, command=command,
+                             programs=(interpreter,))
 
     def _py_code_refs(self, target: Target) -> list[_Ref]:
         """A py_task's code, as tools: its script, its `deps`, and the workspace modules they

@@ -37,7 +37,7 @@ from posbuild.host.atomic import write_atomically
 from posbuild.core.digest import Digest, hash_bytes, hash_canonical
 from posbuild.load.stamps import file_stamp, racy_digests, stamps_current
 
-CACHE_FORMAT = 3
+CACHE_FORMAT = 4
 # the last entry opened
 _decoded: dict[Path, tuple[tuple[int, int, int], Any, Any, Any, "CachedGraph"]] = {}
 Stamp = tuple[str, int]  # (workspace-relative path, mtime_ns or a stat fingerprint)

@@ -211,6 +211,10 @@ class Loader:
         self.digests: dict[str, Digest] = {}
 
     @property
+    def config(self) -> Config:
+        return self._config
+
+    @property
     def root(self) -> Path:
         return self._root
 

@@ -36,14 +36,14 @@ Row = tuple[bytes, str, bytes]  # (record key, label, packed record), as Store.c
 class Journal:
     """Creates the records of build number `number`; thread-safe (workers record concurrently)."""
 
-    def __init__(self, number: int, build_id: str, env_hash: Digest,
+    def __init__(self, number: int, build_id: str, env_of: Callable[[Action], Digest],
                  start_log: Callable[[str], None] | None = None, *, key: bytes) -> None:
         """`key` is the build's row key (Store.build_key): its records are keyed by it + a sequence,
         so that in a store shared by several workspaces each one's records stay apart."""
         self.number = number
         self._key = key
         self.build_id = build_id
-        self._env_hash = env_hash
+        self._env_of = env_of  # the environment hash of an action's key (envfp.py)
         self._start_log = start_log
         self._sequence = itertools.count()
         self._lock = threading.Lock()
@@ -69,7 +69,7 @@ class Journal:
             build_id=self.build_id, label=action.label, state=state, key=key, started=utc(started),
             ended=utc(ended), duration=round(max(0.0, ended - started), 6), inputs=tuple(inputs),
             versions=action.versions, outputs=tuple(outputs), usage=usage, exit_code=exit_code,
-            error_code=error_code, env_hash=self._env_hash, slot=slot, command=action.command,
+            error_code=error_code, env_hash=self._env_of(action), slot=slot, command=action.command,
             env=action.env, **where,
         )
         with self._lock:

@@ -80,6 +80,16 @@ class Config:
     secrets_file: str = ""  # `[secrets] file`: where secret values live beside the environment
     executor: str = "local"  # `[executor] kind`: local | dask
     executor_address: str = ""  # `[executor] address`, e.g. "tcp://127.0.0.1:8786"
+    # `[python] interpreter`, absolute: what py_task runs and `python3` in commands is; "" means
+    # the Python running posbuild
+    python: str = ""
+
+    @property
+    def interpreter(self) -> str:
+        """The workspace's Python: `[python] interpreter`, else the one running posbuild."""
+        import sys
+
+        return self.python or sys.executable
 
     @property
     def resources(self) -> Budget:
@@ -108,6 +118,7 @@ TABLES: dict[str, tuple[str, ...]] = {
     "cache": ("dir", "max_size", "remote", "timeout", "upload"),
     "env": ("pass", "tools"),
     "executor": ("address", "kind"),
+    "python": ("interpreter",),
     "resources": RESOURCE_NAMES,
     "roles": (),
     "sandbox": ("mode",),
@@ -195,7 +206,29 @@ def load_config(root: Path) -> Config:
         secrets_file=os.path.expanduser(_get(table, "secrets", "file", str, "", path)),
         executor=_choice(table, "executor", "kind", EXECUTOR_KINDS, path),
         executor_address=_get(table, "executor", "address", str, "", path),
+        python=_interpreter(table, path),
     )
+
+
+def _interpreter(table: dict[str, Any], path: Path) -> str:
+    """`[python] interpreter`: an absolute path, or a bare name looked up on BASE_PATH; checked
+    to be an executable file now, so that a typo fails before anything is loaded."""
+    written = _get(table, "python", "interpreter", str, "", path)
+    if not written:
+        return ""
+    if written.startswith("/"):
+        candidates = [written]
+    elif "/" in written:
+        raise WorkspaceError(f"{path}: [python] interpreter: {written!r} must be an absolute "
+                             f"path or a bare name (looked up on {BASE_PATH})")
+    else:
+        candidates = [f"{folder}/{written}" for folder in BASE_PATH.split(":")]
+    for candidate in candidates:
+        if os.path.isfile(candidate) and os.access(candidate, os.X_OK):
+            return candidate
+    where = "is not an executable file" if written.startswith("/") \
+        else f"is not on the sandbox PATH {BASE_PATH}"
+    raise WorkspaceError(f"{path}: [python] interpreter: {written!r} {where}")
 
 
 def _build_file_names(table: dict[str, Any], path: Path) -> tuple[str, ...]:

@@ -1,40 +1,47 @@
-"""Layer 1: the environment fingerprint (§14) and its hash h_E, which every action key includes.
+"""Layer 1: the environment fingerprint (§14): what each action's key knows of the software it
+runs, and h_E, the digest of what a build's actions use.
 
-The fingerprint is a flat, sorted table of the facts about this machine that can change what an
-action produces:
+An action's key covers the environment that action runs in, not everything installed beside
+posbuild. The fingerprint is a flat, sorted table of entries:
 
-    posbuild.version         the posbuild that computes keys
-    python.implementation    cpython, pypy, ...
-    python.version           3.11.7
-    dist.<name>              the version of every installed distribution (importlib.metadata)
-    os.system, os.release    uname: Linux, 6.1.0-18-amd64
-    os.kernel                uname's version string (the kernel build)
-    libc                     glibc 2.36
-    cpu.arch                 x86_64, aarch64
-    tool.<name>              "<path> <blake3 hex>" of each executable in `[env] tools`
-    cpu.model, host.name     recorded, NOT hashed
+    os.system, os.release    uname: Linux, 6.1.0-18-amd64            } the platform: part of
+    os.kernel                uname's version string (the kernel build) } every action's
+    libc, cpu.arch           glibc 2.36, x86_64                        } environment
+    tool.<word>              "<path> <blake3 hex>" of a host program an action runs
+    python[<path>]           "cpython 3.11.7" of a Python interpreter an action runs
+    python[<path>].dist.<n>  the version of each distribution that interpreter imports from
+    posbuild.version, cpu.model, host.name    recorded, NOT hashed
 
-h_E is the digest of the canonical encoding of the table without the recorded-only entries, so two
-machines with the same software environment get the same h_E and can share a cache, whatever
-their hardware model or host name.
+An action's environment is the platform, the `tool.` entries of `[env] tools` (programs every
+action may run, a compiler its scripts call, say), and the entries of the programs it runs: the
+command words of its command (core/commandwords.py), its `host_tools`, and for a py_task the
+interpreter it runs. A program that is a Python interpreter (by name, or a script whose `#!`
+line names one) brings that interpreter's distributions along: a genrule's `python3 plot.py`
+depends on the matplotlib of that python3, and a `bwa mem | samtools sort` on neither. Programs
+are looked up on the sandbox PATH (`sandbox_path`), where the workspace's Python comes first.
 
-Listing distributions costs tens of milliseconds, far more than a no-op build may spend, so the
-table is cached in `.posbuild/envfp` together with cheap stamps of everything it was derived
-from (the interpreter's stat, the mtimes of the `sys.path` folders, uname, libc, posbuild's
-version, and each tool's resolved path and stat). A build recomputes it only when a stamp
-changed; `posbuild env` commands always recompute it.
+h_E of a build is the digest of the table of everything its actions use; `posbuild env approve`
+approves the table of every action of the workspace, and a build is refused (ORCH-07) when an
+entry its actions use differs from the approved one.
+
+Listing an interpreter's distributions means running it (tens of milliseconds), far more than a
+no-op build may spend, so each program's entries are cached in `.posbuild/envfp` together with
+cheap stamps of what they were derived from (the stat of each place on the PATH the program could
+be, the program's file, an interpreter's `sys.path` folders). A build recomputes a program's
+entries only when one of its stamps changed; `posbuild env` commands always recompute them.
 
 `overrides` add, replace or, with None, remove entries after the table is computed or read from
 the cache. Only tests use them, through the variable POSBUILD_TEST_FINGERPRINT (a JSON object) of
-the environment the CLI passes down.
+the environment the CLI passes down: a `tool.<word>` entry belongs to the actions that run that
+word, a `python[<path>]...` entry to those that run that interpreter, any other to every action.
 """
 
 from __future__ import annotations
 
 import os
-import sys
+import re
 from pathlib import Path
-from typing import Callable, Mapping, Sequence
+from typing import Callable, Iterable, Mapping, Sequence
 
 import msgpack
 
@@ -46,9 +53,13 @@ from posbuild.errors import EnvironmentDrift, WorkspaceError
 from posbuild.core.layout import CONFIG_NAME, LOCK_NAME
 
 CACHE_NAME = "envfp"
-CACHE_FORMAT = 1
-# hardware and identity: shown, approved, never hashed
-RECORDED_ONLY = frozenset({"cpu.model", "host.name"})
+CACHE_FORMAT = 2
+# shown, approved, never hashed: hardware, identity, and the posbuild that computes the keys (its
+# rules carry versions of their own in every definition hash)
+RECORDED_ONLY = frozenset({"cpu.model", "host.name", "posbuild.version"})
+TOOL = "tool."
+PYTHON = "python["
+_INTERPRETER_NAME = re.compile(r"^(python|pypy)[0-9.]*$")
 
 
 def is_hashed(name: str) -> bool:
@@ -101,20 +112,15 @@ class Fingerprint(_Value):
         return cls(table, hash_of(table))
 
 
-# -- computing the table ---------------------------------------------------------------------------
+# -- the platform ----------------------------------------------------------------------------------
 
 
-def fingerprint(tools: Sequence[str] = ()) -> dict[str, str]:
-    """Compute the full fingerprint table now (no cache); `tools` as in `[env] tools`."""
-    return _compute(resolve_tools(tools))
-
-
-def _compute(resolved: Sequence[tuple[str, str]]) -> dict[str, str]:
+def platform_entries() -> dict[str, str]:
+    """The entries of this machine that every action's environment holds (and the recorded-only
+    ones)."""
     uname = os.uname()
-    entries = {
+    return {
         "posbuild.version": __version__,
-        "python.implementation": sys.implementation.name,
-        "python.version": _python_version(),
         "os.system": uname.sysname,
         "os.release": uname.release,
         "os.kernel": uname.version,
@@ -123,16 +129,6 @@ def _compute(resolved: Sequence[tuple[str, str]]) -> dict[str, str]:
         "cpu.model": _cpu_model(),
         "host.name": uname.nodename,
     }
-    entries.update(_distributions())
-    for name, path in resolved:
-        entries[f"tool.{name}"] = f"{path} {hash_file(path).hex()}"
-    return dict(sorted(entries.items()))
-
-
-def _python_version() -> str:
-    major, minor, micro, level, serial = sys.version_info
-    suffix = {"alpha": "a", "beta": "b", "candidate": "rc"}.get(level, "")
-    return f"{major}.{minor}.{micro}" + (f"{suffix}{serial}" if suffix else "")
 
 
 def _libc() -> str:
@@ -162,108 +158,283 @@ def _cpu_model() -> str:
     return platform.processor() or "unknown"
 
 
-def _distribution_folders() -> list[str]:
-    """The `sys.path` entries distributions are installed in: all but the script's folder or cwd."""
-    return list(sys.path if sys.flags.safe_path else sys.path[1:])
+def _is_global(name: str) -> bool:
+    """Whether an entry belongs to every action (the platform), not to one program."""
+    return not name.startswith((TOOL, PYTHON))
 
 
-def _distributions() -> dict[str, str]:
-    """`dist.<normalized name>` → version of every installed distribution; the first on the path
-    wins."""
-    import importlib.metadata
-    import re
-
-    found: dict[str, str] = {}
-    for dist in importlib.metadata.distributions(path=_distribution_folders()):
-        name = dist.metadata["Name"]
-        if not name:
-            continue
-        key = "dist." + re.sub(r"[-_.]+", "-", name).lower()
-        found.setdefault(key, dist.version or "")
-    return found
+def _owner(name: str) -> str:
+    """The program entry an entry belongs to: `tool.<word>`, or `python[<path>]` for each entry of
+    that interpreter."""
+    return name[:name.index("]") + 1] if name.startswith(PYTHON) and "]" in name else name
 
 
-def resolve_tools(tools: Sequence[str]) -> list[tuple[str, str]]:
-    """(name, path) of each `[env] tools` entry: a bare name is looked up on the sandbox PATH."""
+# -- programs --------------------------------------------------------------------------------------
+
+
+def sandbox_path(config: Config) -> str:
+    """The PATH actions run with: the folder of the workspace's Python first, as an activated
+    virtual environment has it (so `python3` in a command is the Python py_task runs, with its
+    packages and console scripts), then BASE_PATH."""
+    folder = os.path.dirname(config.interpreter)
+    return BASE_PATH if folder in BASE_PATH.split(":") else f"{folder}:{BASE_PATH}"
+
+
+def resolve_tools(tools: Sequence[str], search_path: str = BASE_PATH) -> list[tuple[str, str]]:
+    """(name, path) of each `[env] tools` entry: a bare name is looked up on the sandbox PATH; an
+    entry that is not there is an error."""
     resolved = []
     for tool in tools:
-        if tool.startswith("/"):
-            candidates = [tool]
-        else:
-            candidates = [f"{folder}/{tool}" for folder in BASE_PATH.split(":") if folder]
-        for path in candidates:
-            if os.path.isfile(path) and os.access(path, os.X_OK):
-                resolved.append((tool, path))
-                break
-        else:
+        path = _find(tool, search_path)
+        if path is None:
             where = "is not an executable file" if tool.startswith("/") \
-                else f"is not on the sandbox PATH {BASE_PATH}"
+                else f"is not on the sandbox PATH {search_path}"
             raise WorkspaceError(f"{CONFIG_NAME}: [env] tools: {tool!r} {where}")
+        resolved.append((tool, path))
     return resolved
 
 
-# -- the cache -------------------------------------------------------------------------------------
+def _candidates(word: str, search_path: str) -> list[str]:
+    if word.startswith("/"):
+        return [word]
+    return [f"{folder}/{word}" for folder in search_path.split(":") if folder]
 
 
-def _stamps(resolved: Sequence[tuple[str, str]]) -> Digest:
-    """A digest of cheap facts that change whenever the computed table could."""
-
-    def sig(path: str) -> list[int] | None:
-        try:
-            st = os.stat(path)
-        except OSError:
-            return None
-        return [st.st_mtime_ns, st.st_size, st.st_ino, st.st_ctime_ns]
-
-    return hash_canonical([
-        CACHE_FORMAT, __version__, sys.version, sys.implementation.name, sig(sys.executable),
-        [[folder, sig(folder or ".")] for folder in _distribution_folders()],
-        list(os.uname()), _libc(),
-        [[name, path, sig(path)] for name, path in resolved],
-    ])
+def _find(word: str, search_path: str) -> str | None:
+    for path in _candidates(word, search_path):
+        if os.path.isfile(path) and os.access(path, os.X_OK):
+            return path
+    return None
 
 
-def _cached(cache: Path, stamps: Digest) -> dict[str, str] | None:
+def _sig(path: str) -> list[int] | None:
     try:
-        fmt, saved_stamps, entries = msgpack.unpackb(cache.read_bytes())
-    except (OSError, ValueError, TypeError, msgpack.UnpackException):
+        st = os.stat(path)
+    except OSError:
         return None
-    if fmt != CACHE_FORMAT or saved_stamps != stamps or not isinstance(entries, dict):
+    return [st.st_mtime_ns, st.st_size, st.st_ino, st.st_ctime_ns]
+
+
+class _Examined(_Value):
+    """What one program word contributes, and what to stat to know it still holds."""
+
+    __slots__ = ("entries", "watched", "stamps", "visible")
+    entries: dict[str, str]
+    watched: list[str]  # paths whose stat decides whether `entries` still hold
+    stamps: Digest  # of those stats
+    visible: list[str]  # folders the namespace sandbox must show for the program to run
+
+
+_PROBE = """\
+import importlib.metadata as m, json, re, sys
+paths = [p for p in sys.path if p]
+dists = {}
+for d in m.distributions(path=paths):
+    name = d.metadata["Name"]
+    if name:
+        dists.setdefault(re.sub(r"[-_.]+", "-", name).lower(), d.version or "")
+v = sys.version_info
+level = {"alpha": "a", "beta": "b", "candidate": "rc"}.get(v.releaselevel, "")
+json.dump({"version": f"{sys.implementation.name} {v.major}.{v.minor}.{v.micro}"
+           + (f"{level}{v.serial}" if level else ""), "paths": paths, "dists": dists,
+           "prefixes": sorted({sys.prefix, sys.exec_prefix, sys.base_prefix,
+                               sys.base_exec_prefix})}, sys.stdout)
+"""
+
+
+def _examine(word: str, search_path: str) -> _Examined:
+    """The entries of one program word: its file's digest and, for a Python, its packages."""
+    watched = _candidates(word, search_path)
+    path = _find(word, search_path)
+    entries: dict[str, str] = {}
+    visible: list[str] = []
+    if path is None:
+        entries[TOOL + word] = "not found"
+    else:
+        real = os.path.realpath(path)
+        watched.append(real)
+        entries[TOOL + word] = f"{path} {hash_file(real).hex()}"
+        visible.append(real)
+        interpreter = path if _is_interpreter(path, real) else _shebang(real, search_path)
+        if interpreter is not None:
+            _add_interpreter(interpreter, entries, watched, visible)
+    stamps = hash_canonical([_sig(p) for p in watched])
+    return _Examined(entries, watched, stamps, visible)
+
+
+def _is_interpreter(path: str, real: str) -> bool:
+    return bool(_INTERPRETER_NAME.match(os.path.basename(path))
+                or _INTERPRETER_NAME.match(os.path.basename(real)))
+
+
+def _shebang(path: str, search_path: str) -> str | None:
+    """The Python a script's `#!` line runs (`#!/usr/bin/env python3` included), if any."""
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(256)
+    except OSError:
         return None
-    return entries
+    if not head.startswith(b"#!"):
+        return None
+    words = head[2:].split(b"\n", 1)[0].decode("utf-8", "replace").split()
+    if words and os.path.basename(words[0]) == "env":
+        words = [w for w in words[1:] if not w.startswith("-")]
+        found = _find(words[0], search_path) if words else None
+    else:
+        found = words[0] if words else None
+    if found is None or not os.path.isfile(found):
+        return None
+    return found if _is_interpreter(found, os.path.realpath(found)) else None
 
 
-def current(config: Config, overrides: Mapping[str, str | None] | None = None,
-            fresh: bool = False) -> Fingerprint:
-    """This machine's fingerprint for the workspace's `[env] tools`, with `overrides` applied.
+def _add_interpreter(path: str, entries: dict[str, str], watched: list[str],
+                     visible: list[str]) -> None:
+    """Run the interpreter once to list what it imports from: `python[<path>]` entries."""
+    import json
+    import subprocess
 
-    From `.posbuild/envfp` while its stamps hold (a few stats), else computed and saved there;
-    `fresh` always computes (and refreshes the cache).
+    # one interpreter whichever of its names (python, python3, python3.11) ran it
+    head = f"{PYTHON}{os.path.dirname(path)}/{os.path.basename(os.path.realpath(path))}]"
+    watched.append(os.path.join(os.path.dirname(os.path.dirname(path)), "pyvenv.cfg"))
+    try:
+        run = subprocess.run([path, "-I", "-c", _PROBE], capture_output=True, timeout=120,
+                             env={"PATH": BASE_PATH, "LC_ALL": "C.UTF-8"}, stdin=subprocess.DEVNULL)
+        found = json.loads(run.stdout) if run.returncode == 0 else None
+    except (OSError, ValueError, subprocess.TimeoutExpired):
+        found = None
+    if not isinstance(found, dict):
+        entries[head] = "unusable: it did not report its version and packages"
+        return
+    entries[head] = str(found["version"])
+    for name, version in found["dists"].items():
+        entries[f"{head}.dist.{name}"] = str(version)
+    watched.extend(str(p) for p in found["paths"])
+    visible.extend(str(p) for p in found["prefixes"])
+
+
+# -- one build's environments ----------------------------------------------------------------------
+
+
+class Environments:
+    """The environment of each action of a workspace: the platform, `[env] tools`, and the entries
+    of the programs the action runs.
+
+    Each program is examined once per process and, across processes, only when the stamps saved in
+    `.posbuild/envfp` changed; `fresh` examines everything again. Call `save` once the build has
+    asked what it needs.
     """
-    resolved = resolve_tools(config.env_tools)
-    stamps = _stamps(resolved)
-    cache = config.state_dir / CACHE_NAME
-    entries = None if fresh else _cached(cache, stamps)
-    if entries is None:
-        entries = _compute(resolved)
+
+    def __init__(self, search_path: str, tools: Sequence[str] = (), cache: Path | None = None,
+                 overrides: Mapping[str, str | None] | None = None, fresh: bool = False) -> None:
+        """`search_path`: the sandbox PATH; `tools`: `[env] tools` (each must be found there);
+        `cache`: where examined programs are kept between processes (None: nowhere)."""
+        self.search_path = search_path
+        self._tools = tuple(tools)
+        resolve_tools(self._tools, search_path)
+        self._overrides = dict(overrides or {})
+        self._fresh = fresh
+        self._cache = cache
+        self._saved: dict[str, list] | None = None
+        self._changed = False
+        self._platform: dict[str, str] | None = None
+        self._programs: dict[str, _Examined] = {}
+        self._digests: dict[tuple[str, ...], Digest] = {}
+
+    @classmethod
+    def of_workspace(cls, config: Config, overrides: Mapping[str, str | None] | None = None,
+                     fresh: bool = False) -> "Environments":
+        """The environments of the actions of the workspace `config` describes."""
+        return cls(sandbox_path(config), config.env_tools, config.state_dir / CACHE_NAME,
+                   overrides, fresh)
+
+    def table(self, programs: Iterable[str] = ()) -> Fingerprint:
+        """The entries of actions that run `programs` (besides `[env] tools`), and their hash."""
+        entries = dict(self._platform_entries())
+        for word in dict.fromkeys((*self._tools, *programs)):
+            entries.update(self._examined(word).entries)
+        heads = {_owner(name) for name in entries}
+        for name, value in self._overrides.items():
+            if _is_global(name) or _owner(name) in heads:
+                if value is None:
+                    entries.pop(name, None)
+                else:
+                    entries[name] = value
+        return Fingerprint.of(entries)
+
+    def digest(self, programs: tuple[str, ...]) -> Digest:
+        """The environment hash of an action that runs `programs`: what its key holds."""
+        digest = self._digests.get(programs)
+        if digest is None:
+            digest = self._digests[programs] = self.table(programs).hash
+        return digest
+
+    def visible(self, programs: Iterable[str]) -> list[str]:
+        """Folders the namespace sandbox must show for these programs to run (interpreters'
+        prefixes, programs outside the system folders)."""
+        found: dict[str, None] = {}
+        for word in dict.fromkeys((*self._tools, *programs)):
+            found.update(dict.fromkeys(self._examined(word).visible))
+        return list(found)
+
+    def fresh(self) -> None:
+        """Examine every program again from here on, whatever the cache says."""
+        self._fresh, self._saved, self._platform = True, None, None
+        self._programs.clear()
+        self._digests.clear()
+
+    def save(self) -> None:
+        """Keep what was examined for the next build (a read-only workspace only recomputes)."""
+        if not self._changed or self._cache is None:
+            return
+        saved = self._load()
         try:
-            write_atomically(cache,
-                             msgpack.packb([CACHE_FORMAT, stamps, entries], use_bin_type=True))
+            write_atomically(self._cache, msgpack.packb([CACHE_FORMAT, saved], use_bin_type=True))
         except OSError:
-            pass  # a read-only workspace still builds; it only recomputes next time
-    return Fingerprint.of(apply_overrides(entries, overrides or {}))
+            pass
+        self._changed = False
 
+    def _load(self) -> dict[str, list]:
+        if self._saved is None:
+            saved: object = None
+            if not self._fresh and self._cache is not None:
+                try:
+                    fmt, saved = msgpack.unpackb(self._cache.read_bytes(), strict_map_key=False)
+                    if fmt != CACHE_FORMAT:
+                        saved = None
+                except (OSError, ValueError, TypeError, msgpack.UnpackException):
+                    saved = None
+            self._saved = saved if isinstance(saved, dict) else {}
+        return self._saved
 
-def apply_overrides(entries: Mapping[str, str],
-                    overrides: Mapping[str, str | None]) -> dict[str, str]:
-    """`entries` with each override set (or, when None, removed)."""
-    result = dict(entries)
-    for name, value in overrides.items():
-        if value is None:
-            result.pop(name, None)
-        else:
-            result[name] = value
-    return result
+    def _platform_entries(self) -> dict[str, str]:
+        if self._platform is None:
+            stamps = hash_canonical([__version__, list(os.uname()), _libc()])
+            row = self._load().get("")
+            if row is not None and row[0] == stamps:
+                self._platform = dict(row[1])
+            else:
+                self._platform = platform_entries()
+                self._load()[""] = [stamps, self._platform]
+                self._changed = True
+        return self._platform
+
+    def _examined(self, word: str) -> _Examined:
+        examined = self._programs.get(word)
+        if examined is not None:
+            return examined
+        key = f"{word}\0{self.search_path}"
+        row = self._load().get(key)
+        if row is not None:
+            watched, stamps, entries, visible = row
+            if hash_canonical([_sig(p) for p in watched]) == stamps:
+                examined = _Examined(dict(entries), list(watched), stamps, list(visible))
+        if examined is None:
+            examined = _examine(word, self.search_path)
+            self._load()[key] = [examined.watched, examined.stamps, examined.entries,
+                                 examined.visible]
+            self._changed = True
+        self._programs[word] = examined
+        return examined
 
 
 def parse_overrides(raw: str | None) -> dict[str, str | None]:
@@ -324,16 +495,21 @@ def differences(approved: Mapping[str, str], now: Mapping[str, str]) -> list[Cha
 
 
 class Approval(_Value):
-    """How this environment compares with the one approved in `posbuild.lock`."""
+    """How an environment compares with the one approved in `posbuild.lock`."""
 
-    __slots__ = ("approved_hash", "current", "changes")
+    __slots__ = ("approved_hash", "current", "changes", "partial")
     approved_hash: str | None  # None: nothing approved
     current: Fingerprint
     changes: tuple[Change, ...]  # every differing entry, hashed or recorded-only
+    partial: bool  # `current` is what some actions use, compared with that part of the approval
 
     @property
     def drifted(self) -> bool:
-        return self.approved_hash is not None and self.approved_hash != self.current.hash.hex()
+        if self.approved_hash is None:
+            return False
+        if self.partial:
+            return bool(self.drift)
+        return self.approved_hash != self.current.hash.hex()
 
     @property
     def drift(self) -> tuple[Change, ...]:
@@ -349,34 +525,42 @@ class Approval(_Value):
         assert self.approved_hash is not None  # asked only of a drift, which has an approval
         lines = [str(c) for c in self.drift] \
             or ["(the approved fingerprint does not say which entries differ)"]
-        return EnvironmentDrift(
-            f"h_E {self.current.hash.hex()[:12]} is not the approved {self.approved_hash[:12]} in "
-            f"posbuild.lock ({len(self.drift)} "
-            f"entr{'y differs' if len(self.drift) == 1 else 'ies differ'}; run `posbuild env "
-            "approve` to accept this environment, or pass --allow-env-drift)"
-            + "".join(f"\n  {line}" for line in lines)
-        )
+        count = (f"{len(self.drift)} "
+                 f"entr{'y differs' if len(self.drift) == 1 else 'ies differ'}; run `posbuild env "
+                 "approve` to accept this environment, or pass --allow-env-drift")
+        if self.partial:
+            what = ("the environment these actions run in is not the one approved in "
+                    f"posbuild.lock ({count})")
+        else:
+            what = (f"h_E {self.current.hash.hex()[:12]} is not the approved "
+                    f"{self.approved_hash[:12]} in posbuild.lock ({count})")
+        return EnvironmentDrift(what + "".join(f"\n  {line}" for line in lines))
 
 
-def compare_with_approved(root: Path, now: Fingerprint, full: bool = True) -> Approval:
+def compare_with_approved(root: Path, now: Fingerprint, partial: bool = False) -> Approval:
     """Compare with the environment approved in `root/posbuild.lock` (only read when it exists).
 
-    With `full=False` the entries are compared only when the hashes differ (the build's fast path).
+    `partial`: `now` is the table of some actions (a build's), compared only with the approved
+    entries of the platform and of the programs those actions run; entries of other programs are
+    someone else's business.
     """
     if not (root / LOCK_NAME).is_file():
-        return Approval(None, now, ())
+        return Approval(None, now, (), partial)
     from posbuild.workspace.lockfile import read_lock  # only now: it costs the json import
     lock = read_lock(root)
     approved = lock.approved_hash
     if approved is None:
-        return Approval(None, now, ())
+        return Approval(None, now, (), partial)
     if not isinstance(approved, str):
         raise WorkspaceError(f"{root / LOCK_NAME}: \"environment\".\"hash\" must be a hex string")
-    if not full and approved == now.hash.hex():
-        return Approval(approved, now, ())
     recorded = lock.environment.get("fingerprint")
-    recorded = {str(k): str(v) for k, v in recorded.items()} if isinstance(recorded, dict) else {}
-    return Approval(approved, now, tuple(differences(recorded, now.entries)))
+    # a hash alone approves no entry in particular
+    table = {str(k): str(v) for k, v in recorded.items()} if isinstance(recorded, dict) else {}
+    if partial:
+        heads = {_owner(name) for name in now.entries}
+        table = {name: value for name, value in table.items()
+                 if _is_global(name) or _owner(name) in heads}
+    return Approval(approved, now, tuple(differences(table, now.entries)), partial)
 
 
 def approval_record(now: Fingerprint) -> dict[str, object]:
@@ -387,41 +571,38 @@ def approval_record(now: Fingerprint) -> dict[str, object]:
 # -- what the build uses ---------------------------------------------------------------------------
 
 
-def environment_hash(config: Config | None = None,
-                     environ: Mapping[str, str] | None = None) -> Digest:
-    """h_E: of the workspace's fingerprint when `config` is given (cached), else of a fresh one
-    without tools."""
-    overrides = parse_overrides((environ or {}).get(TEST_VARIABLE))
-    if config is None:
-        return hash_of(apply_overrides(fingerprint(), overrides))
-    return current(config, overrides).hash
-
-
 def passed_environment(names: Sequence[str],
                        environ: Mapping[str, str]) -> tuple[tuple[str, str], ...]:
     """The caller's variables that `[env] pass` lets through to actions, in the configured order."""
     return tuple((name, environ[name]) for name in names if name in environ)
 
 
-def environment_key(passed: Sequence[tuple[str, str]], env_hash: Digest | None = None) -> Digest:
-    """What a saved up-to-date state is valid for: this environment (h_E) and these passed
-    variables."""
-    return hash_canonical([env_hash if env_hash is not None else environment_hash(), list(passed)])
+def environment_key(passed: Sequence[tuple[str, str]], env_hash: Digest) -> Digest:
+    """What a saved up-to-date state is valid for: this environment (h_E of the request's actions)
+    and these passed variables."""
+    return hash_canonical([env_hash, list(passed)])
 
 
-def checked_environment_hash(config: Config, environ: Mapping[str, str], allow_drift: bool,
-                             warn: Callable[[str], None]) -> Digest:
-    """h_E for a build, after comparing it with the approved one in posbuild.lock (if any).
+def environments_for(config: Config, environ: Mapping[str, str]) -> Environments:
+    """The environments of the workspace's actions, with the test overrides `environ` holds."""
+    return Environments.of_workspace(config, parse_overrides(environ.get(TEST_VARIABLE)))
+
+
+def checked_environment(config: Config, environ: Mapping[str, str], programs: Sequence[str],
+                        allow_drift: bool, warn: Callable[[str], None]
+                        ) -> tuple[Environments, Digest]:
+    """The environments of a build whose actions run `programs`, and its h_E, after comparing
+    what they use with the approved environment in posbuild.lock (if any).
 
     Drift is ORCH-07, raised before anything runs; with `allow_drift` it is a warning instead.
     """
-    now = current(config, parse_overrides(environ.get(TEST_VARIABLE)))
-    approval = compare_with_approved(config.root, now, full=False)
+    environments = environments_for(config, environ)
+    now = environments.table(programs)
+    environments.save()
+    approval = compare_with_approved(config.root, now, partial=True)
     if approval.drifted:
         if not allow_drift:
             raise approval.error()
         warn("posbuild: warning: --allow-env-drift: building in an environment that is not the "
-             "approved one "
-             f"(h_E {now.hash.hex()[:12]}, approved {approval.approved_hash[:12]}):"  # type: ignore[index]
-             + "".join(f"\n  {change}" for change in approval.drift))
-    return now.hash
+             "approved one:" + "".join(f"\n  {change}" for change in approval.drift))
+    return environments, now.hash

@@ -444,22 +444,18 @@ def test_losing_the_scheduler_fails_cleanly_and_a_local_build_recovers(new_clust
 
 def test_a_worker_whose_environment_differs_is_orch_07(new_cluster: Cluster,
                                                        tmp_path: Path) -> None:
-    # one more distribution on the worker's path
-    extra = tmp_path / "extra" / "extra_pkg-1.0.dist-info"
-    extra.mkdir(parents=True)
-    (extra / "METADATA").write_text("Metadata-Version: 2.1\nName: extra-pkg\nVersion: 1.0\n")
-    # in front of the path the tests run with, so that the worker runs the posbuild under test
-    new_cluster.env["PYTHONPATH"] = os.pathsep.join(
-        filter(None, [str(extra.parent), os.environ.get("PYTHONPATH")]))
+    # the worker's platform differs (faked: the worker reads the variable the tests fake with)
+    new_cluster.env["POSBUILD_TEST_FINGERPRINT"] = json.dumps({"os.release": "0.0-worker"})
     (worker,) = new_cluster.add_workers(1)
     ws = workspace(tmp_path, "ws",
                    {"p/BUILD": 'genrule(name = "t", outs = ["t.txt"], cmd = "echo 1 > $@")\n'})
     result = ws.build("--executor", new_cluster.url)
     assert result.returncode == 17, result.stdout + result.stderr
+    release = os.uname().release
     assert re.fullmatch(rf"posbuild: ORCH-07 environment drift: Dask worker {worker} \(\S+\) has "
                         r"h_E [0-9a-f]{12}, "
-                        r"not this machine's [0-9a-f]{12} \(added dist\.extra-pkg 1\.0\); give the "
-                        r"workers this "
+                        rf"not this machine's [0-9a-f]{{12}} \(changed os\.release "
+                        rf"{re.escape(release)} -> 0\.0-worker\); give the workers this "
                         r"environment, or pass --allow-env-drift",
                         result.stderr.strip()), result.stderr
     assert not (ws.root / "posbuild-out/p/t.txt").exists()
