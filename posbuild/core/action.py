@@ -54,6 +54,20 @@ class Action(NamedTuple):
     programs: tuple[str, ...] = ()
 
 
+class PyEnvSpec(NamedTuple):
+    """A py_env the request needs: a virtual environment made from a requirements file, which
+    py_tasks run (engine/pyenvs.py makes it before the actions run)."""
+
+    label: str
+    requirements: str  # workspace-relative source file
+    python: str  # the interpreter it is made from: an absolute path or a name on the sandbox PATH
+    folder: str  # absolute: where the environment is (a link to its content-addressed folder)
+
+    @property
+    def interpreter(self) -> str:
+        return f"{self.folder}/bin/python"
+
+
 @dataclass(frozen=True, slots=True)
 class ActionGraph:
     """The actions a request needs, dependencies first, and the files each requested target
@@ -61,6 +75,7 @@ class ActionGraph:
 
     actions: tuple[Action, ...]
     requested: tuple[str, ...]
+    py_envs: tuple[PyEnvSpec, ...] = ()  # the environments its py_tasks run, by label
     # the graph cache entry it was read from
     raw: bytes = field(default=b"", repr=False, compare=False)
 
@@ -81,15 +96,21 @@ class GraphFacts(NamedTuple):
     pinned: bool  # some action carries a `pin:` tag
     secrets: bool  # some action is given secrets
     programs: tuple[str, ...] = ()  # every host program some action runs, sorted
+    # the py_envs its actions run, as PyEnvSpec fields (the cache stores plain tuples)
+    py_envs: tuple[tuple[str, str, str, str], ...] = ()
+
+    def environments(self) -> tuple[PyEnvSpec, ...]:
+        return tuple(PyEnvSpec(*fields) for fields in self.py_envs)
 
 
-def facts_of(actions: Sequence[Action]) -> GraphFacts:
+def facts_of(actions: Sequence[Action], py_envs: Sequence[PyEnvSpec] = ()) -> GraphFacts:
     return GraphFacts(
         count=len(actions),
         resources=tuple(sorted({a.resources for a in actions})),
         pinned=any(tag.startswith(PIN_TAG) for a in actions for tag in a.tags),
         secrets=any(a.secrets for a in actions),
         programs=tuple(sorted({p for a in actions for p in a.programs})),
+        py_envs=tuple(tuple(spec) for spec in py_envs),  # type: ignore[misc]
     )
 
 

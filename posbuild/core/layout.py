@@ -30,6 +30,7 @@ WORKSPACE_LOCK = "lock"
 STORE = "store"
 SANDBOX = "sandbox"
 FAILED = "failed"
+PY_ENVS = "envs"  # py_env environments: <digest>/, and by-label/<pkg>/<name> links to them
 
 STORE_DB = "db"
 STORE_LOCK = "gc.lock"

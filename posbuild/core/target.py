@@ -38,7 +38,10 @@ class Target:
     script: str = ""  # py_task: the script's label
     args: tuple[str, ...] = ()  # py_task: the script's command-line arguments
     deps: tuple[str, ...] = ()  # py_task: labels of extra code the code hash covers
-    python: str = ""  # py_task: the interpreter it runs; "" is `[python] interpreter`
+    # py_task: the interpreter it runs (a name, a path or a py_env's label; "" is `[python]
+    # interpreter`); py_env: the Python its environment is made from
+    python: str = ""
+    requirements: str = ""  # py_env: the label of its requirements (or lock) file
     # host programs the action runs that its command does not name (a script calls them)
     host_tools: tuple[str, ...] = ()
     message: str = field(default="", compare=False)
@@ -163,11 +166,21 @@ def _host_tools(kind: str, attr: str, value: Any) -> tuple[str, ...]:
 
 def _python(kind: str, attr: str, value: Any) -> str:
     path = _str(kind, attr, value)
+    if is_label(path):
+        if kind != "py_task":
+            raise AttributeError_(f"{kind}: attribute '{attr}' names an interpreter, not a "
+                                  f"target: {path!r}")
+        return path
     if not path.startswith("/") and "/" in path:
         raise AttributeError_(
             f"{kind}: attribute '{attr}': {path!r} must be an interpreter name looked up on the "
-            "sandbox PATH (\"python3\") or an absolute path")
+            "sandbox PATH (\"python3\"), an absolute path, or a py_env's label (\":env\")")
     return path
+
+
+def is_label(text: str) -> bool:
+    """Whether a `python` attribute names a target (a py_env) rather than an interpreter."""
+    return text.startswith((":", "//"))
 
 
 def _type(value: Any) -> str:
@@ -195,8 +208,10 @@ SCHEMAS: dict[str, dict[str, Checker]] = {
     "filegroup": {**_COMMON, "srcs": _str_list},
     "py_task": {**_ACTION, "script": _str, "args": _args, "deps": _str_list, "env": _py_env,
                 "python": _python},
+    "py_env": {**_COMMON, "requirements": _str, "python": _python},
 }
-REQUIRED = {"genrule": ("outs", "cmd"), "filegroup": (), "py_task": ("script", "outs")}
+REQUIRED = {"genrule": ("outs", "cmd"), "filegroup": (), "py_task": ("script", "outs"),
+            "py_env": ("requirements",)}
 
 
 def make_target(kind: str, label: Label, attrs: dict[str, Any],

@@ -63,7 +63,8 @@ def _one(name: str, sandbox: Sandbox) -> str | None:
             return None
         return (f"hint: {name} exists on this machine, but the namespace sandbox hides {folder}; "
                 f"declare it: a file of the workspace in the target's tools = [...] (and call it "
-                f"by $(location ...)), or a program outside it in posbuild.toml [env] tools")
+                f"by $(location ...)), or a program outside it in the target's host_tools = "
+                f"[\"{name}\"] (a command that names it by path shows it already)")
     found = shutil.which(name, path=sandbox.host_path) if sandbox.host_path else None
     if found is None:
         return None
@@ -75,6 +76,6 @@ def _one(name: str, sandbox: Sandbox) -> str | None:
         why = f"the namespace sandbox hides {folder}"
     else:
         return None
-    return (f"hint: '{name}' is {found} on this machine, but {why}; declare it in posbuild.toml "
-            f"([env] tools = [\"{found}\"]) and call it by that path, or put it in the workspace "
+    return (f"hint: '{name}' is {found} on this machine, but {why}; call it by that path (the "
+            f"action's key then holds it, and the sandbox shows it), or put it in the workspace "
             f"and name it in the target's tools = [...]")

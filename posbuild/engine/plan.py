@@ -56,11 +56,13 @@ class BuildEnvironment:
     sandbox_writable: tuple[str, ...] = ()  # POSBUILD_SANDBOX_WRITABLE (namespaces.py)
     host_path: str = ""  # the caller's PATH: where a program a command did not find may be
 
-    def programs_visible(self, actions: Sequence[Action]) -> list[str]:
-        """What the namespace sandbox must show for these actions' programs to run."""
+    def programs_visible(self, actions: Sequence[Action], hidden: Sequence[str]) -> list[str]:
+        """What the namespace sandbox must show for these actions' programs to run; program
+        files under `hidden` stay hidden (envfp.Environments.visible)."""
         if self.environments is None:
             return []
-        return self.environments.visible(sorted({p for a in actions for p in a.programs}))
+        return self.environments.visible(sorted({p for a in actions for p in a.programs}),
+                                         hidden)
 
     def env_of(self, action: Action) -> Digest:
         """The environment hash in `action`'s key: of the programs it runs, not of the build's."""

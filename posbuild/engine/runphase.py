@@ -35,7 +35,7 @@ from posbuild.engine.scheduler import Scheduler, State
 from posbuild.engine.sources import LocalResults, RemoteResults
 from posbuild.engine.why import Explainer
 from posbuild.errors import OrchError
-from posbuild.exec.sandbox import LocalSpawner, choose_isolation
+from posbuild.exec.sandbox import LocalSpawner, choose_isolation, hidden_folders
 from posbuild.exec.spawner import Spawner
 from posbuild.host.interrupt import Interrupted, deferred
 from posbuild.store.epoch import read_epoch
@@ -84,7 +84,8 @@ def run_dirty(config: Config, options: BuildOptions, environment: BuildEnvironme
     # workers choose their own sandbox; here, SandboxUnavailable comes before anything runs
     isolation, notice = choose_isolation(
         config, environment.sandbox_writable, masked,
-        environment.programs_visible([work.actions[i] for i in dirty])) \
+        environment.programs_visible([work.actions[i] for i in dirty],
+                                     hidden_folders(config))) \
         if cluster is None else (None, "")
     if notice:
         reporter.message(notice)

@@ -118,6 +118,11 @@ class BuildSession:
         secrets = secret_source(config.root, config.secrets_file, environ)
         _check_secrets(config, actions, secrets, options.remote_upload)
         passed_env = passed_environment(config.env_pass, environ)
+        py_envs = resolved.entry.facts.environments()
+        if py_envs and not options.dry_run:
+            from posbuild.engine.pyenvs import ensure  # only workspaces that declare py_envs
+
+            ensure(config, py_envs, environ, self.reporter.message)
         environments, env_hash = checked_environment(
             config, environ, resolved.entry.facts.programs, options.allow_env_drift,
             self.reporter.message)

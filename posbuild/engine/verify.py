@@ -46,7 +46,8 @@ from posbuild.core.layout import NO_CACHE_TAG
 from posbuild.exec.namespaces import writable_paths
 from posbuild.host.nofollow import fd_path
 from posbuild.core.records import OutputFile
-from posbuild.exec.sandbox import LocalSpawner, choose_isolation, listing_follows_creation
+from posbuild.exec.sandbox import (LocalSpawner, choose_isolation, hidden_folders,
+                                     listing_follows_creation)
 from posbuild.exec.spawner import Perturbation, SpawnResult
 from posbuild.workspace.secrets import (SecretSource, SecretUnavailable, redact, secret_source,
                                         values_of)
@@ -139,7 +140,8 @@ def verify(config: Config, graph: ActionGraph, state: BuildState, store: CachedO
     environments = Environments.of_workspace(config)
     isolation, notice = choose_isolation(
         config, sandbox_writable, masked,
-        environments.visible(sorted({p for a in graph.actions for p in a.programs})))
+        environments.visible(sorted({p for a in graph.actions for p in a.programs}),
+                             hidden_folders(config)))
     sandboxes = LocalSpawner(config.root, config.sandbox_dir, isolation,
                              search_path=environments.search_path)
     shifted = shift_clock and sandboxes.faketime is not None

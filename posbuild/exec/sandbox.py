@@ -223,9 +223,13 @@ def choose_isolation(config: Config, writable: Sequence[str] = (),
     faketime = find_libfaketime()
     if faketime is not None:
         visible.append(faketime)
-    return choose(config.sandbox_mode,
-                  (str(config.root), str(config.store_dir), str(config.sandbox_dir)), visible,
-                  writable, masked)
+    return choose(config.sandbox_mode, hidden_folders(config), visible, writable, masked)
+
+
+def hidden_folders(config: Config) -> tuple[str, str, str]:
+    """What the namespace sandbox hides of the workspace: the workspace itself, the store and the
+    sandbox base (other actions' sandboxes)."""
+    return (str(config.root), str(config.store_dir), str(config.sandbox_dir))
 
 
 class LocalSpawner:

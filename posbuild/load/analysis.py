@@ -22,15 +22,15 @@ import re
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Sequence
 
-from posbuild.core.action import (ACTION_SCHEMA, Action, ActionGraph, is_generated, out_path,
-                                  src_path)
+from posbuild.core.action import (ACTION_SCHEMA, Action, ActionGraph, PyEnvSpec, is_generated,
+                                  out_path, src_path)
 from posbuild.core.commandwords import programs_of
 from posbuild.core.digest import hash_canonical
 from posbuild.errors import BuildFileError, CycleError, SourceLocation, VersionMismatch
 from posbuild.load.graph import toposort
 from posbuild.load.loader import package_hint
 from posbuild.core.label import Label, PatternKind, TargetPattern, did_you_mean, parse_label
-from posbuild.core.layout import OUT_DIR, STATE_DIR
+from posbuild.core.layout import OUT_DIR, PY_ENVS, STATE_DIR
 
 if TYPE_CHECKING:  # loading BUILD files is only needed when the graph cache misses
     from posbuild.load.loader import Loader
@@ -96,6 +96,7 @@ class Analyzer:
         self._targets: dict[str, Target] = {}
         self._refs: dict[str, list[_Ref]] = {}
         self._scanner: ImportScanner | None = None
+        self._py_envs: dict[str, PyEnvSpec] = {}  # the py_envs the actions run, by label
         # Python files scanned for imports: the graph cache stamps them
         self.files_read: set[str] = set()
 
@@ -115,6 +116,10 @@ class Analyzer:
             if target.kind == "filegroup":
                 files[name] = self._files_of(name, files, "srcs")
                 continue
+            if target.kind == "py_env":  # made before the actions run, by engine/pyenvs.py
+                files[name] = ()
+                self._py_env_spec(target)
+                continue
             if target.kind == "py_task":
                 action = self._py_task(target, files, producer)
             else:
@@ -124,7 +129,8 @@ class Analyzer:
                 producer[out] = len(actions)
             actions.append(action)
         requested = tuple(sorted({f for r in roots for f in files[str(r)]}))
-        return ActionGraph(tuple(actions), requested)
+        return ActionGraph(tuple(actions), requested,
+                           tuple(spec for _, spec in sorted(self._py_envs.items())))
 
     def _located(self, error: CycleError) -> CycleError:
         """The cycle with the BUILD line of each target on it."""
@@ -151,6 +157,9 @@ class Analyzer:
                 self._resolve(target, attr, text) for attr in ("srcs", "tools")
                 for text in getattr(target, attr)
             ]
+            if target.kind == "py_env":
+                self._refs[name].append(
+                    self._resolve(target, "requirements", target.requirements))
             if target.kind == "py_task":
                 self._refs[name].extend(self._py_code_refs(target))
         return [str(ref.target) for ref in self._refs[name] if ref.target is not None]
@@ -297,7 +306,7 @@ class Analyzer:
         """
         import shlex
 
-        from posbuild.core.target import PY_TASK_ENV
+        from posbuild.core.target import PY_TASK_ENV, is_label
 
         name = str(target.label)
         outputs = tuple(out_path(target.label.package, o) for o in target.outs)
@@ -307,7 +316,10 @@ class Analyzer:
             raise BuildFileError(f"{name}: script '{target.script}' must name exactly one file, "
                                  f"but it names {len(script)}", target.location)
         expand = _Expander(target, self._files_of(name, files, "srcs"), outputs, locations, "args")
-        interpreter = target.python or self._loader.config.interpreter
+        if is_label(target.python):
+            interpreter = self._named_py_env(target).interpreter
+        else:
+            interpreter = target.python or self._loader.config.interpreter
         words = [interpreter, script[0]]
         for arg in target.args:
             words.extend(expand.words(arg))
@@ -315,6 +327,38 @@ class Analyzer:
         env = tuple(sorted({**dict(target.env), **dict(PY_TASK_ENV)}.items()))
         return self._genrule(replace(target, env=env), files, producer, command=command,
                              programs=(interpreter,))
+
+    def _named_py_env(self, target: Target) -> PyEnvSpec:
+        """The py_env a py_task's `python` names."""
+        where = f"{target.label}: python '{target.python}'"
+        try:
+            label = parse_label(target.python, target.label.package)
+            named = self._target(label)
+        except (BuildFileError, KeyError) as error:
+            detail = error.detail if isinstance(error, BuildFileError) else "no such target"
+            raise BuildFileError(f"{where}: {detail}", target.location) from None
+        if named.kind != "py_env":
+            raise BuildFileError(f"{where}: {named.label} is a {named.kind}, not a py_env",
+                                 target.location)
+        return self._py_env_spec(named)
+
+    def _py_env_spec(self, target: Target) -> PyEnvSpec:
+        """What making the py_env `target` needs: its requirements must be a source file (the
+        environment is made before any action runs)."""
+        name = str(target.label)
+        spec = self._py_envs.get(name)
+        if spec is None:
+            self._edges(name)
+            (ref,) = [ref for ref in self._refs[name] if ref.attr == "requirements"]
+            if ref.file is None or is_generated(ref.file):
+                raise BuildFileError(
+                    f"{name}: requirements '{target.requirements}' must be a source file (the "
+                    "environment is made before any action runs)", target.location)
+            folder = self._loader.root / STATE_DIR / PY_ENVS / "by-label" / target.label.package
+            spec = self._py_envs[name] = PyEnvSpec(
+                name, ref.file, target.python or self._loader.config.interpreter,
+                str(folder / target.label.name))
+        return spec
 
     def _py_code_refs(self, target: Target) -> list[_Ref]:
         """A py_task's code, as tools: its script, its `deps`, and the workspace modules they

@@ -73,7 +73,8 @@ class CachedGraph:
     def graph(self) -> ActionGraph:
         if self._graph is None:
             rows = msgpack.unpackb(memoryview(self.raw)[self._rows_at:], use_list=False)
-            self._graph = ActionGraph(tuple(map(Action._make, rows)), self.requested, self.raw)
+            self._graph = ActionGraph(tuple(map(Action._make, rows)), self.requested,
+                                       self.facts.environments(), raw=self.raw)
         return self._graph
 
 
@@ -129,7 +130,7 @@ class GraphCache:
         """Write the entry; returns it as `load` would (the build records refer to its bytes).
         `read`: the digests of the files as loading read them (Loader.digests)."""
         rows = [_action_row(a) for a in graph.actions]
-        facts = facts_of(graph.actions)
+        facts = facts_of(graph.actions, graph.py_envs)
         racy = racy_digests(str(self._root), [*(rel for rel, _ in dirs), *files], self._since, read)
         entry = [_version(), list(dirs), _file_stamps(self._root, files), list(graph.requested),
                  list(facts), racy, rows]

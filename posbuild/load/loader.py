@@ -315,6 +315,7 @@ class Loader:
             "genrule": lambda *a, **kw: self._builder().rule("genrule", a, kw),
             "filegroup": lambda *a, **kw: self._builder().rule("filegroup", a, kw),
             "py_task": lambda *a, **kw: self._builder().rule("py_task", a, kw),
+            "py_env": lambda *a, **kw: self._builder().rule("py_env", a, kw),
             "exports_files": lambda srcs, *a, **kw: self._builder().export(srcs),
             "glob": lambda include, exclude=(), **kw: self._builder().glob(include, exclude, kw),
             "package_name": lambda: self._builder().package,

@@ -53,7 +53,7 @@ from posbuild.errors import EnvironmentDrift, WorkspaceError
 from posbuild.core.layout import CONFIG_NAME, LOCK_NAME
 
 CACHE_NAME = "envfp"
-CACHE_FORMAT = 2
+CACHE_FORMAT = 3
 # shown, approved, never hashed: hardware, identity, and the posbuild that computes the keys (its
 # rules carry versions of their own in every definition hash)
 RECORDED_ONLY = frozenset({"cpu.model", "host.name", "posbuild.version"})
@@ -218,11 +218,12 @@ def _sig(path: str) -> list[int] | None:
 class _Examined(_Value):
     """What one program word contributes, and what to stat to know it still holds."""
 
-    __slots__ = ("entries", "watched", "stamps", "visible")
+    __slots__ = ("entries", "watched", "stamps", "files", "prefixes")
     entries: dict[str, str]
     watched: list[str]  # paths whose stat decides whether `entries` still hold
     stamps: Digest  # of those stats
-    visible: list[str]  # folders the namespace sandbox must show for the program to run
+    files: list[str]  # the program's own file and a script's interpreter: shown to the sandbox
+    prefixes: list[str]  # the folders a Python it runs lives in: shown too
 
 
 _PROBE = """\
@@ -247,19 +248,24 @@ def _examine(word: str, search_path: str) -> _Examined:
     watched = _candidates(word, search_path)
     path = _find(word, search_path)
     entries: dict[str, str] = {}
-    visible: list[str] = []
+    files: list[str] = []
+    prefixes: list[str] = []
     if path is None:
         entries[TOOL + word] = "not found"
     else:
         real = os.path.realpath(path)
         watched.append(real)
         entries[TOOL + word] = f"{path} {hash_file(real).hex()}"
-        visible.append(real)
+        files.append(real)
         interpreter = path if _is_interpreter(path, real) else _shebang(real, search_path)
         if interpreter is not None:
-            _add_interpreter(interpreter, entries, watched, visible)
+            _add_interpreter(interpreter, entries, watched, prefixes)
     stamps = hash_canonical([_sig(p) for p in watched])
-    return _Examined(entries, watched, stamps, visible)
+    return _Examined(entries, watched, stamps, files, prefixes)
+
+
+def _under(path: str, folder: str) -> bool:
+    return path == folder or path.startswith(folder.rstrip("/") + "/")
 
 
 def _is_interpreter(path: str, real: str) -> bool:
@@ -288,7 +294,7 @@ def _shebang(path: str, search_path: str) -> str | None:
 
 
 def _add_interpreter(path: str, entries: dict[str, str], watched: list[str],
-                     visible: list[str]) -> None:
+                     prefixes: list[str]) -> None:
     """Run the interpreter once to list what it imports from: `python[<path>]` entries."""
     import json
     import subprocess
@@ -309,7 +315,9 @@ def _add_interpreter(path: str, entries: dict[str, str], watched: list[str],
     for name, version in found["dists"].items():
         entries[f"{head}.dist.{name}"] = str(version)
     watched.extend(str(p) for p in found["paths"])
-    visible.extend(str(p) for p in found["prefixes"])
+    # a py_env's prefix is a link to its content-addressed folder, which its scripts name
+    found_prefixes = [str(p) for p in found["prefixes"]]
+    prefixes.extend(dict.fromkeys([*found_prefixes, *map(os.path.realpath, found_prefixes)]))
 
 
 # -- one build's environments ----------------------------------------------------------------------
@@ -368,12 +376,18 @@ class Environments:
             digest = self._digests[programs] = self.table(programs).hash
         return digest
 
-    def visible(self, programs: Iterable[str]) -> list[str]:
-        """Folders the namespace sandbox must show for these programs to run (interpreters'
-        prefixes, programs outside the system folders)."""
+    def visible(self, programs: Iterable[str], hidden: Sequence[str] = ()) -> list[str]:
+        """What the namespace sandbox must show for these programs to run: each program's file
+        and the folders of the Pythons they run. A program file under one of the `hidden`
+        folders (the workspace) is left hidden: a workspace file is an input, declared in
+        `tools`; a Python's folders are shown wherever they are (a virtual environment in the
+        workspace, a py_env)."""
         found: dict[str, None] = {}
         for word in dict.fromkeys((*self._tools, *programs)):
-            found.update(dict.fromkeys(self._examined(word).visible))
+            examined = self._examined(word)
+            found.update((path, None) for path in examined.files
+                         if not any(_under(path, folder) for folder in hidden))
+            found.update(dict.fromkeys(examined.prefixes))
         return list(found)
 
     def fresh(self) -> None:
@@ -425,13 +439,14 @@ class Environments:
         key = f"{word}\0{self.search_path}"
         row = self._load().get(key)
         if row is not None:
-            watched, stamps, entries, visible = row
+            watched, stamps, entries, files, prefixes = row
             if hash_canonical([_sig(p) for p in watched]) == stamps:
-                examined = _Examined(dict(entries), list(watched), stamps, list(visible))
+                examined = _Examined(dict(entries), list(watched), stamps, list(files),
+                                     list(prefixes))
         if examined is None:
             examined = _examine(word, self.search_path)
             self._load()[key] = [examined.watched, examined.stamps, examined.entries,
-                                 examined.visible]
+                                 examined.files, examined.prefixes]
             self._changed = True
         self._programs[word] = examined
         return examined

@@ -293,7 +293,7 @@ def test_unknown_attribute(built):
                         {"p/BUILD": 'genrule(name = "a", outs = ["x"], cmd = "c", colour = 1)\n'})
     assert message == (
         "p/BUILD:1:1: genrule 'a': unknown attribute 'colour' (known: allow_secret_in_output, cmd, "
-        "env, message, outs, requires, "
+        "env, host_tools, message, outs, requires, "
         "resources, secrets, srcs, tags, timeout, tools, version, visibility)"
     )
 

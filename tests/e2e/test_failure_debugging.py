@@ -108,9 +108,16 @@ def test_program_missing_from_the_actions_path_gets_a_hint(ws, tmp_path):
     result = ws.build("//pkg:f", env={"PATH": f"{tools}:{os.environ['PATH']}"})
     assert result.returncode == 1
     assert "command failed (exit code 127)" in result.stderr
+    from posbuild.workspace.config import load_config
+    from posbuild.workspace.envfp import sandbox_path
+
     assert (f"  hint: 'frobnicate' is {tools}/frobnicate on this machine, but actions run with "
-            "PATH=/usr/local/bin:/usr/bin:/bin; declare it in posbuild.toml ([env] tools = "
-            f"[\"{tools}/frobnicate\"]) and call it by that path") in result.stderr
+            f"PATH={sandbox_path(load_config(ws.root))}; call it by that path (the action's key "
+            "then holds it, and the sandbox shows it)") in result.stderr
+    # as the hint says
+    ws.write({"pkg/BUILD":
+              f'genrule(name = "f", outs = ["f.txt"], cmd = "{tools}/frobnicate > $@")\n'})
+    assert ws.build("//pkg:f").returncode == 0 and ws.out("pkg/f.txt") == "frob\n"
 
 
 def test_program_missing_everywhere_gets_no_hint(ws):

@@ -1,0 +1,133 @@
+"""Layer 0: make the virtual environments py_env targets declare, before any action runs.
+
+A py_env is a Python environment made from a requirements (or lock) file, as Snakemake makes a
+rule's conda environment: `python -m venv` from the declared interpreter, then `pip install -r`.
+It is content-addressed: the folder `.posbuild/envs/<digest>/` is named by the digest of the
+requirements file's bytes and of the interpreter it is made from, so changing the file makes a
+new environment (and going back finds the old one), and `.posbuild/envs/by-label/<pkg>/<name>`
+is a link to the current one. A py_task that names the py_env runs `<link>/bin/python`; its key
+holds that interpreter's packages (envfp.py), so it re-runs exactly when what it imports from
+changed, and other actions never do.
+
+Making one needs the network (pip downloads), so it runs on the host, outside the sandbox, with
+the caller's environment (PIP_INDEX_URL, proxies). A virtual environment holds its own absolute
+path, so it is made in place; a file `.complete` written last says it is whole. A folder without
+it (a build killed while pip ran) is removed and made again. The check a build pays when nothing
+changed is two stat() calls per py_env, against the stamps saved beside its link.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Callable, Mapping, Sequence
+
+from posbuild.core.action import PyEnvSpec
+from posbuild.core.digest import hash_canonical, hash_file
+from posbuild.core.layout import PY_ENVS
+from posbuild.errors import ActionFailed, BuildFileError
+from posbuild.host.atomic import write_atomically
+from posbuild.workspace.config import BASE_PATH, Config
+
+COMPLETE = ".complete"
+STAMPS = ".stamps"  # beside a by-label link: what its environment was made from, by stat
+FORMAT = 1
+TAIL = 20  # lines of pip's output shown when it fails
+
+
+def ensure(config: Config, specs: Sequence[PyEnvSpec], environ: Mapping[str, str],
+           say: Callable[[str], None]) -> None:
+    """Make each environment that does not exist yet for its requirements and interpreter; `say`
+    tells the user which are made (it takes a while). Raises ActionFailed when one cannot be."""
+    for spec in specs:
+        _ensure_one(config, spec, environ, say)
+
+
+def _sig(path: str) -> list[int] | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return [st.st_mtime_ns, st.st_size, st.st_ino, st.st_ctime_ns]
+
+
+def _ensure_one(config: Config, spec: PyEnvSpec, environ: Mapping[str, str],
+                say: Callable[[str], None]) -> None:
+    requirements = str(config.root / spec.requirements)
+    base = _interpreter(spec)
+    link = spec.folder
+    stamps = hash_canonical([FORMAT, _sig(requirements), base, _sig(base)])
+    stamp_file = Path(link + STAMPS)
+    try:
+        if stamp_file.read_bytes() == stamps and os.path.isfile(f"{link}/{COMPLETE}"):
+            return  # the common case: nothing changed since the last build
+    except OSError:
+        pass
+    try:
+        content = Path(requirements).read_bytes()
+    except OSError as error:
+        raise BuildFileError(f"{spec.label}: requirements '{spec.requirements}' cannot be read: "
+                             f"{error.strerror}") from None
+    digest = hash_canonical([FORMAT, content, base, hash_file(os.path.realpath(base))]).hex()
+    folder = config.state_dir / PY_ENVS / digest[:32]
+    if not (folder / COMPLETE).is_file():
+        _make(spec, base, folder, requirements, environ, say)
+    _link(link, folder)
+    write_atomically(stamp_file, stamps)
+
+
+def _interpreter(spec: PyEnvSpec) -> str:
+    if spec.python.startswith("/"):
+        candidates = [spec.python]
+    else:
+        candidates = [f"{folder}/{spec.python}" for folder in BASE_PATH.split(":")]
+    for candidate in candidates:
+        if os.path.isfile(candidate) and os.access(candidate, os.X_OK):
+            return candidate
+    raise BuildFileError(f"{spec.label}: python '{spec.python}' is not an executable file"
+                         + ("" if spec.python.startswith("/") else f" on {BASE_PATH}"))
+
+
+def _make(spec: PyEnvSpec, base: str, folder: Path, requirements: str,
+          environ: Mapping[str, str], say: Callable[[str], None]) -> None:
+    """venv + pip install, in place; `.complete` last."""
+    if folder.exists():  # a build was killed while making it
+        shutil.rmtree(folder)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    say(f"posbuild: making the Python environment of {spec.label} from {spec.requirements} "
+        f"(pip install; this may take a while)")
+    env = {k: v for k, v in environ.items() if not k.startswith("POSBUILD_")}
+    env.pop("PYTHONPATH", None)
+    env.pop("VIRTUAL_ENV", None)
+    steps = [[base, "-m", "venv", str(folder)]]
+    if any(line.strip() and not line.lstrip().startswith("#")
+           for line in Path(requirements).read_text(errors="replace").splitlines()):
+        steps.append([str(folder / "bin" / "python"), "-m", "pip", "install", "--no-input",
+                      "--disable-pip-version-check", "-r", requirements])
+    for step in steps:
+        try:
+            run = subprocess.run(step, cwd=os.path.dirname(requirements), env=env,
+                                 stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                 stderr=subprocess.STDOUT, text=True, errors="replace")
+        except OSError as error:
+            raise ActionFailed(f"{spec.label}: cannot run {step[0]}: {error.strerror}") from None
+        if run.returncode != 0:
+            tail = run.stdout.strip().splitlines()[-TAIL:]
+            raise ActionFailed(
+                f"{spec.label}: making its Python environment failed: `{' '.join(step[:4])} ...` "
+                f"exited with {run.returncode}" + "".join(f"\n  {line}" for line in tail))
+    (folder / COMPLETE).write_bytes(b"")
+
+
+def _link(link: str, folder: Path) -> None:
+    """Point the by-label link at `folder`, atomically."""
+    os.makedirs(os.path.dirname(link), exist_ok=True)
+    temporary = f"{link}.tmp-{os.getpid()}"
+    try:
+        os.unlink(temporary)
+    except FileNotFoundError:
+        pass
+    os.symlink(os.path.relpath(folder, os.path.dirname(link)), temporary)
+    os.replace(temporary, link)
