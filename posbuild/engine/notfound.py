@@ -1,4 +1,5 @@
-"""Layer 0: why a command was "not found" in its sandbox although the program is on this machine.
+"""Layer 0: why a command was "not found" in its sandbox although the program is on this machine,
+and which Python lacked the module a script did not find.
 
 An action sees `PATH=/usr/local/bin:/usr/bin:/bin` whatever the caller's PATH, and under the
 namespace sandbox it does not see the workspace, the store, `/tmp`, `/dev/shm` or `/run` at all.
@@ -6,6 +7,9 @@ A program installed elsewhere (a conda, `~/.local/bin`) or run from a hidden fol
 with a bare "command not found" (exit 127) that a user reads as "not installed". `hint` reads
 the shell's complaint, looks the program up as the caller would, and says what hid it and how to
 declare it.
+
+A workspace can run more than one Python (`[python] interpreter`, a py_task's `python`, a py_env),
+so a `ModuleNotFoundError` gets a line naming the one the action ran and how to choose another.
 """
 
 from __future__ import annotations
@@ -52,6 +56,21 @@ def hint(exit_code: int, stderr: bytes, sandbox: Sandbox) -> str | None:
         if line is not None:
             return line
     return None
+
+
+_NO_MODULE = re.compile(r"^ModuleNotFoundError: No module named '([^']+)'", re.M)
+
+
+def module_hint(stderr: bytes, pythons: list[str]) -> str | None:
+    """A line naming the Python(s) `pythons` an action ran when its script did not find a
+    module; None when it did not fail that way."""
+    match = _NO_MODULE.search(stderr.decode("utf-8", "replace"))
+    if match is None or not pythons:
+        return None
+    return (f"hint: module '{match.group(1)}' is not installed in the Python this action ran "
+            f"({', '.join(pythons)}); install it there, or choose the Python: [python] "
+            "interpreter in posbuild.toml, or the target's python = \"...\" (an interpreter, or "
+            "a py_env made from a requirements file)")
 
 
 def _one(name: str, sandbox: Sandbox) -> str | None:

@@ -29,7 +29,7 @@ from posbuild.core.records import Outcome, RecordState
 from posbuild.engine.commit import Committer
 from posbuild.engine.filestate import FileStates
 from posbuild.engine.outcome import ActionOutcome, Failure, own_failure
-from posbuild.engine.notfound import Sandbox, hint
+from posbuild.engine.notfound import Sandbox, hint, module_hint
 from posbuild.engine.plan import BuildEnvironment
 from posbuild.engine.postmortem import FailureKeeper
 from posbuild.engine.rebuilder import Miss, Rebuilder
@@ -77,6 +77,7 @@ class ActionRunner:
         self._committer = committer
         self._passed_env = environment.passed_env
         self._secrets = environment.secrets
+        self._environments = environment.environments  # which Pythons an action runs
         self._journal = journal
         self._checks = tuple(checks)
         self._keeper = keeper
@@ -176,6 +177,9 @@ class ActionRunner:
         notes: tuple[str, ...] = (f"command: {action.command}",)
         found = None if self._sandbox is None else hint(spawn.exit_code, spawn.stderr,
                                                          self._sandbox)
+        if found is None and self._environments is not None:
+            pythons = self._environments.pythons(action.programs)
+            found = module_hint(spawn.stderr, pythons)
         if found is not None:
             notes += (found,)
         if self._keeper is None:

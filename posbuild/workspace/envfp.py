@@ -376,6 +376,11 @@ class Environments:
             digest = self._digests[programs] = self.table(programs).hash
         return digest
 
+    def pythons(self, programs: Iterable[str]) -> list[str]:
+        """The Python interpreters an action that runs `programs` runs, by path."""
+        return [name[len(PYTHON):-1] for name in self.table(programs).entries
+                if name.startswith(PYTHON) and name.endswith("]")]
+
     def visible(self, programs: Iterable[str], hidden: Sequence[str] = ()) -> list[str]:
         """What the namespace sandbox must show for these programs to run: each program's file
         and the folders of the Pythons they run. A program file under one of the `hidden`

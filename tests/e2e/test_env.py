@@ -370,3 +370,14 @@ def test_host_tools_must_be_names_or_absolute_paths(ws):
     result = ws.build("//...")
     assert result.returncode == 3, result.stderr
     assert "pkg/BUILD:1" in result.stderr and "host_tools" in result.stderr
+
+
+def test_a_missing_module_names_the_python_that_ran(ws, venv):
+    pipeline(ws, venv)
+    ws.write({"pkg/plot.py": "import no_such_module_xyz\n"})
+    result = ws.build("//pkg:report")
+    assert result.returncode == 1
+    assert re.search(r"hint: module 'no_such_module_xyz' is not installed in the Python this "
+                     rf"action ran \({re.escape(str(venv.parent))}/python3?[.0-9]*\); install it "
+                     r"there, or choose the Python: \[python\] interpreter in posbuild.toml",
+                     result.stderr), result.stderr
