@@ -63,7 +63,7 @@ _INTERPRETER_NAME = re.compile(r"^(python|pypy)[0-9.]*$")
 
 
 def is_hashed(name: str) -> bool:
-    """Whether an entry is part of h_E (everything but the hardware model and host name)."""
+    """Whether an entry is part of h_E and of keys (all but the recorded-only entries)."""
     return name not in RECORDED_ONLY
 
 

@@ -347,3 +347,14 @@ def test_the_watch_loop_goes_on_after_an_unexpected_exception(tmp_path: Path) ->
         "internal error in this cycle: OSError: [Errno 5] Input/output error")
     assert cycles[1].error is None and cycles[1].summary == _summary() \
             and cycles[1].changed == ("pkg/new.txt",)
+
+
+def test_a_py_envs_requirements_file_is_watched(root: Path) -> None:
+    (root / "env").mkdir()
+    (root / "env" / "BUILD").write_text(
+        'py_env(name = "e", requirements = "requirements.txt")\n'
+        'py_task(name = "t", script = "t.py", outs = ["t.txt"], python = ":e")\n')
+    (root / "env" / "requirements.txt").write_text("\n")
+    (root / "env" / "t.py").write_text("")
+    watched = watch_set(resolve(root, ["//env:t"]), ("BUILD",))
+    assert "env/requirements.txt" in watched.files
