@@ -49,6 +49,7 @@ class Action(NamedTuple):
     message: str = ""
     secrets: tuple[str, ...] = ()  # names of secrets (§16) given to the command; never their values
     allow_secret_in_output: bool = False
+    out_dirs: tuple[str, ...] = ()  # the outputs that are folders (`out_dirs`), not files
 
 
 @dataclass(frozen=True, slots=True)

@@ -19,9 +19,10 @@ from typing import TYPE_CHECKING
 
 from posbuild.core.action import Action
 from posbuild.core.digest import Digest
-from posbuild.core.records import ActionResult, Commit, FileState, Outcome
+from posbuild.core.records import ActionResult, Commit, FileState, Outcome, OutputFile
 from posbuild.engine.outcome import ActionOutcome
 from posbuild.engine.products import BuildProducts
+from posbuild.errors import ChecksumMismatch
 from posbuild.store.materialize import Materializer
 
 if TYPE_CHECKING:
@@ -67,6 +68,9 @@ class LocalResults:
             return None
         restored: list[tuple[str, FileState]] = []
         for output in result.outputs:
+            if output.tree:
+                restored += self._folder(output)
+                continue
             state = self._materializer.current(output)
             if state is None and self._dry_run:
                 state = FileState((0, 0, 0, 0), output.digest)  # would be restored
@@ -78,6 +82,25 @@ class LocalResults:
         self._products.installed(restored)
         self._products.settled(action, key, result.outputs)
         return ActionOutcome(Outcome.CACHED, key)
+
+    def _folder(self, output: OutputFile) -> list[tuple[str, FileState]]:
+        """Settle a folder output: as it is when intact, else written whole from the store.
+        Returns the memo rows written (none when it was intact)."""
+        try:
+            written = self._materializer.current_tree(output)
+        except ValueError as error:  # a manifest that is no sound one: corrupt, or forged
+            raise ChecksumMismatch(f"folder manifest {output.digest.hex()} of '{output.path}' "
+                                   f"is unsound ({error}); run `posbuild fsck --repair`") from None
+        rows: list[tuple[str, FileState]] = []
+        if written is None and self._dry_run:
+            self._products.produced[output.path] = FileState((0, 0, 0, 0), output.digest)
+            return rows
+        if written is None:
+            written = self._materializer.restore_tree(output)
+            rows = written.memo
+        self._products.produced[output.path] = written.state
+        self._products.members[output.path] = written.members
+        return rows
 
 
 class RemoteResults:

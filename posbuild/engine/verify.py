@@ -50,6 +50,8 @@ from posbuild.exec.spawner import Perturbation, SpawnResult
 from posbuild.workspace.secrets import (SecretSource, SecretUnavailable, redact, secret_source,
                                         values_of)
 from posbuild.store.lmdbstore import Store
+from posbuild.store.trees import members
+from posbuild.core.tree import Tree
 from posbuild.store.upstate import BuildState, load_state
 
 if TYPE_CHECKING:
@@ -248,6 +250,10 @@ class _Checker:
         for path in action.outputs:
             if path in exempt:
                 continue
+            if path in action.out_dirs:
+                self._check_folder(action.label, path, first, second,
+                                   None if cached is None else cached.get(path))
+                continue
             # no link followed
             with first.output(path).reading() as fd_one, second.output(path).reading() as fd_two:
                 one, two = Path(fd_path(fd_one)), Path(fd_path(fd_two))
@@ -261,6 +267,46 @@ class _Checker:
                     against = self._against_cache(path, cached[path], one)
                     if against is not None:
                         self.findings.append(Finding(action.label, path, against))
+
+    def _check_folder(self, label: str, path: str, first: SpawnResult, second: SpawnResult,
+                      cached: OutputFile | None) -> None:
+        """Compare a folder output file by file (run 1 with run 2, then with the cached
+        manifest's blobs); the first file that differs, or is in one only, is the finding."""
+        one, two = first.output(path), second.output(path)
+        with members(one.folder, one.name) as ones, members(two.folder, two.name) as twos:
+            only = sorted(set(ones) ^ set(twos))
+            if only:
+                which = "run 1" if only[0] in ones else "run 2"
+                self.findings.append(Finding(label, f"{path}/{only[0]}",
+                                             f"{path}/{only[0]}: only {which} created it"))
+                return
+            for rel, file in ones.items():
+                size_one, size_two, offset = first_file_difference(Path(file), Path(twos[rel]))
+                self.bytes += size_one
+                if offset is not None:
+                    name = f"{path}/{rel}"
+                    self.findings.append(Finding(label, name, format_difference(
+                        name, "run 1", size_one, "run 2", size_two, offset, Path(file),
+                        Path(twos[rel]))))
+                    return
+            if cached is None:
+                return
+            tree = Tree.unpack(self._store.get_blob(cached.digest))
+            recorded = {f.path: f for f in tree.files}
+            only = sorted(set(ones) ^ set(recorded))
+            if only:
+                which = "run 1" if only[0] in ones else "the cached result"
+                self.findings.append(Finding(label, f"{path}/{only[0]}",
+                                             f"{path}/{only[0]}: only {which} has it"))
+                return
+            for rel, file in ones.items():
+                entry = recorded[rel]
+                against = self._against_cache(
+                    f"{path}/{rel}", OutputFile(f"{path}/{rel}", entry.digest, entry.size,
+                                                entry.executable), Path(file))
+                if against is not None:
+                    self.findings.append(Finding(label, f"{path}/{rel}", against))
+                    return
 
     def _cached(self, action: Action) -> dict[str, OutputFile] | None:
         """The outputs of the cached result of the action's key as last built, if there is one."""

@@ -22,8 +22,11 @@ import threading
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from posbuild.core.digest import Digest
 from posbuild.host.nofollow import Opened
 from posbuild.core.records import FileState, OutputFile, Signature, signature
+from posbuild.core.tree import Tree
+from posbuild.store.trees import WrittenTree, intact, write_tree
 
 if TYPE_CHECKING:
     from typing import Protocol
@@ -120,6 +123,32 @@ class Materializer:
         target = self._target(output)
         self._write(target, output, self._store.get_blob(output.digest))
         return FileState(signature(os.stat(target)), output.digest)
+
+    def tree(self, output: OutputFile) -> Tree:
+        """The manifest of a folder output, from its verified blob; ValueError if unsound."""
+        return Tree.unpack(self._store.get_blob(output.digest))
+
+    def current_tree(self, output: OutputFile) -> WrittenTree | None:
+        """A folder output's rows if `posbuild-out/` holds exactly it (trees.py), else None."""
+        return intact(self._root, output, self.tree(output), self._store)
+
+    def install_tree(self, output: OutputFile, tree: Tree,
+                     held: dict[Digest, bytes]) -> WrittenTree:
+        """Write a folder an action just produced, from the bytes in hand (`held`, by digest)
+        and the store's blobs for the rest."""
+        def blob(digest: Digest) -> bytes:
+            data = held.get(digest)
+            return data if data is not None else self._store.get_blob(digest)
+        return write_tree(self._root, self._temp_dir, output, tree, blob)
+
+    def temp_file(self, name: str) -> Path:
+        """A path in the temp folder (emptied by every build) for a file about to be stored."""
+        return self._temp_dir / f"{name}.{threading.get_ident()}"
+
+    def restore_tree(self, output: OutputFile) -> WrittenTree:
+        """Write a folder output whole from its manifest and blobs, replacing what is there."""
+        return write_tree(self._root, self._temp_dir, output, self.tree(output),
+                          self._store.get_blob)
 
     def _target(self, output: OutputFile) -> str:
         target = f"{self._root}/{output.path}"
