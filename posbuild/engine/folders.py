@@ -10,13 +10,19 @@ from __future__ import annotations
 
 import contextlib
 from pathlib import Path
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator
 
 from posbuild.core.action import Action
+from posbuild.core.compare import first_file_difference, format_difference
+from posbuild.core.records import OutputFile
+from posbuild.core.tree import Tree
 from posbuild.engine.outcome import Failure
 from posbuild.exec.spawner import SpawnResult
 from posbuild.host.nofollow import fd_path
 from posbuild.store.trees import members, refusal
+
+if TYPE_CHECKING:
+    from posbuild.store.protocols import Blobs
 
 
 def refused_folder(action: Action, spawn: SpawnResult) -> Failure | None:
@@ -42,3 +48,24 @@ def output_files(action: Action, spawn: SpawnResult, path: str) -> Iterator[list
         return
     with found.reading() as fd:
         yield [Path(fd_path(fd))]
+
+
+def differs_from_cached(store: Blobs, cached: OutputFile, spawn: SpawnResult,
+                        label: str = "this run") -> str | None:
+    """The first difference between a run's folder output and the cached manifest's files, in
+    words (the file that one side lacks, or the first differing bytes), or None."""
+    tree = Tree.unpack(store.get_blob(cached.digest))
+    recorded = {f.path: f for f in tree.files}
+    found = spawn.output(cached.path)
+    with members(found.folder, found.name) as produced:
+        only = sorted(set(produced) ^ set(recorded))
+        if only:
+            which = label if only[0] in produced else "the cached result"
+            return f"{cached.path}/{only[0]}: only {which} has it"
+        for rel, path in produced.items():
+            blob = store.get_blob(recorded[rel].digest)
+            size_cached, size_new, offset = first_file_difference(blob, path)
+            if offset is not None:
+                return format_difference(f"{cached.path}/{rel}", "the cached result",
+                                         size_cached, label, size_new, offset, blob, path)
+    return None

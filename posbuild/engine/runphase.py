@@ -18,7 +18,9 @@ from typing import TYPE_CHECKING, Callable, Sequence
 
 from posbuild.core.action import Action
 from posbuild.core.layout import FAILED, STATE_DIR, STORE_DB, TMP
+from posbuild.core.digest import Digest
 from posbuild.core.records import RUN_OUTCOMES, Manifest, Outcome, OutputFile, RecordState
+from posbuild.core.tree import Tree
 from posbuild.engine.commit import Committer
 from posbuild.engine.filestate import FileStates
 from posbuild.engine.modes import DryRunExecutor, SameAsCached
@@ -348,6 +350,9 @@ def _request_rows(work: DirtyWork, products: BuildProducts, store: Store, manife
     for action, is_clean in zip(work.actions, work.clean):
         found = True
         for path in action.outputs:
+            if path in action.out_dirs:
+                rows.update(_folder_rows(store, path, products.output_digest(path)))
+                continue
             output = None if is_clean else products.outputs.get(path)
             if output is not None:
                 rows[path] = (output.digest, output.size, output.executable)
@@ -366,6 +371,13 @@ def _request_rows(work: DirtyWork, products: BuildProducts, store: Store, manife
             rows.update((o.path, (o.digest, o.size, o.executable)) for o in described
                         if o is not None)
     return rows
+
+
+def _folder_rows(store: Store, path: str, digest: Digest) -> Manifest:
+    """A folder output's rows in a generation's manifest: one per file, so that rollback and gc
+    see its files as they see any output."""
+    tree = Tree.unpack(store.get_blob(digest))
+    return {f"{path}/{f.path}": (f.digest, f.size, f.executable) for f in tree.files}
 
 
 def _executable(path: str) -> bool | None:

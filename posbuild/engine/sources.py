@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 from posbuild.core.action import Action
 from posbuild.core.digest import Digest
 from posbuild.core.records import ActionResult, Commit, FileState, Outcome, OutputFile
+from posbuild.core.tree import Tree, tree_outputs
 from posbuild.engine.outcome import ActionOutcome
 from posbuild.engine.products import BuildProducts
 from posbuild.errors import ChecksumMismatch
@@ -120,6 +121,7 @@ class RemoteResults:
             return None
         blobs: list[tuple[Digest, bytes | None]] = []
         temps: list[Path] = []
+        fetched: dict[Digest, bytes | Path] = {}
         try:
             for digest, name, size in entry.blobs():
                 if self._store.has_blob(digest):
@@ -131,9 +133,27 @@ class RemoteResults:
                     temps.append(got)
                     self._store.store_external(digest, got)
                 blobs.append((digest, got if isinstance(got, bytes) else None))
+                fetched[digest] = got
+            if not self._folders_whole(entry.result, fetched):
+                return None
         finally:
             for temp in temps:
                 temp.unlink(missing_ok=True)
         self._store.log([Commit((key, entry.result), tuple(blobs))])
         self._remote.hit()
         return self._local.lookup(action, key)
+
+    def _folders_whole(self, result: ActionResult, fetched: dict[Digest, bytes | Path]) -> bool:
+        """Whether every file of the result's folder outputs was fetched or is stored already:
+        an entry that lacks one is a miss, as one lacking any blob is."""
+        for output in tree_outputs(result):
+            got = fetched.get(output.digest)
+            try:
+                tree = Tree.unpack(self._store.get_blob(output.digest) if got is None
+                                   else got if isinstance(got, bytes) else got.read_bytes())
+            except (ValueError, OSError, ChecksumMismatch):
+                return False
+            if any(f.digest not in fetched and not self._store.has_blob(f.digest)
+                   for f in tree.files):
+                return False
+        return True
