@@ -37,14 +37,16 @@ if TYPE_CHECKING:
 
 
 def describes(result: ActionResult, action: Action) -> bool:
-    """Whether a cached result names exactly the action's declared outputs.
+    """Whether a cached result names exactly the action's declared outputs, its folders as
+    folders.
 
     A result whose key matches always does, unless it was forged or imported from elsewhere: one
     naming other paths (`posbuild-out/../x`) must never be written out, so it counts as a miss
     and the action runs.
     """
     paths = [output.path for output in result.outputs]
-    return len(paths) == len(action.outputs) and set(paths) == set(action.outputs)
+    return len(paths) == len(action.outputs) and set(paths) == set(action.outputs) \
+        and {o.path for o in result.outputs if o.tree} == set(action.out_dirs)
 
 
 class LocalResults:

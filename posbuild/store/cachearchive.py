@@ -454,7 +454,8 @@ def _check_results(body: dict[str, Any], source: Path, sizes: dict[Digest, int],
             except ValueError as error:
                 raise _damaged(source, f"the result of action key {bytes(key).hex()} has a folder "
                                f"output whose manifest is unsound ({error})") from None
-            absent = [f for f in tree.files if f.digest not in sizes and not store.has_blob(f.digest)]
+            absent = [f for f in tree.files
+                      if f.digest not in sizes and not store.has_blob(f.digest)]
             if absent:
                 raise _damaged(source, f"the result of action key {bytes(key).hex()} names blob "
                                f"{absent[0].digest.hex()} (file {absent[0].path} of "

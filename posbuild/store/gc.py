@@ -9,11 +9,12 @@ Design memo
   blob and every blob its manifest lists, and every action result it *needs*: one whose outputs
   are all listed, with the same path and digest, in a kept manifest (a folder output by all of
   its files). A pinned result keeps its stdout/stderr blobs because it still references them.
-  A result references the blobs of its folder outputs' files too (through their manifests). Nothing pinned is ever removed, whatever
-  `--max-size` says, so `posbuild rollback` to a kept generation, and a build after
-  `posbuild clean` of the sources a kept generation was built from, restore everything from the
-  store without executing. Outputs a failed build left in `posbuild-out/` are in no generation:
-  their results are not pinned (the next build executes them again if they were evicted).
+  A result references the blobs of its folder outputs' files too (through their manifests).
+  Nothing pinned is ever removed, whatever `--max-size` says, so `posbuild rollback` to a kept
+  generation, and a build after `posbuild clean` of the sources a kept generation was built
+  from, restore everything from the store without executing. Outputs a failed build left in
+  `posbuild-out/` are in no generation: their results are not pinned (the next build executes
+  them again if they were evicted).
 * **Builds after gc.** Every `Store.remove()` first gives the store a new epoch (epoch.py), so a
   saved up-to-date state that trusted an evicted result is checked before the next build settles
   anything by stat (uptodate.revalidate).
