@@ -3,7 +3,8 @@
 This is posbuild's equivalent of Ninja's build log check. Before a build, one pass in dependency
 order marks an action *clean* when its definition and the environment are the same as in the
 state saved after the last build (upstate.py), every dependency is clean, and every source input
-and every output still has the recorded stat signature. Clean actions are settled with `stat()`
+and every output still has the recorded stat signature (for a folder output, also every file
+and sub-folder recorded in it). Clean actions are settled with `stat()`
 calls only — no file is read, no key is computed, no store row is touched — and never reach the
 scheduler.
 

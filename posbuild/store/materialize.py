@@ -10,6 +10,7 @@ executable) so an editor refuses to change them; and since they are copies, neve
 the store, even a forced edit cannot corrupt a blob. A materialized file's stat signature goes
 into the stat memo, so the next build knows it is intact by one `stat()`. An action's output is
 taken out of its sandbox through the descriptors nofollow.py opened, never by a path there.
+A folder output is written and checked whole by trees.py; the Materializer only hands it over.
 """
 
 from __future__ import annotations
