@@ -277,3 +277,18 @@ def test_the_namespace_sandbox_stages_a_folder_read_only(folder_ws: Workspace) -
     assert ws.out("g/w.txt") == "refused\n"
     assert ws.out("g/list.txt").endswith("alpha\ntwo\n")
     assert_correct_build(ws)
+
+
+def test_build_verify_compares_a_folder_with_the_cached_one_file_by_file(ws: Workspace) -> None:
+    ws.write({"p/BUILD": """
+        genrule(name = "same", out_dirs = ["s"], cmd = "mkdir -p $@/a && echo 1 > $@/a/x")
+        genrule(name = "nd", out_dirs = ["d"],
+                cmd = "mkdir -p $@/a $@/b && echo same > $@/a/x && date +%N > $@/b/t")
+        """})
+    ws.ok("//...")
+    steady = ws.build("--verify", "//p:same")
+    assert steady.returncode == 0, steady.stdout + steady.stderr
+    failed = ws.build("--verify", "//p:nd")
+    assert failed.returncode == 14, failed.stdout + failed.stderr
+    assert ("FAILED //p:nd: ORCH-04 non-deterministic execution: posbuild-out/p/d/b/t: the cached "
+            "result has") in failed.stdout + failed.stderr
