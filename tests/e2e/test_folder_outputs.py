@@ -292,3 +292,27 @@ def test_build_verify_compares_a_folder_with_the_cached_one_file_by_file(ws: Wor
     assert failed.returncode == 14, failed.stdout + failed.stderr
     assert ("FAILED //p:nd: ORCH-04 non-deterministic execution: posbuild-out/p/d/b/t: the cached "
             "result has") in failed.stdout + failed.stderr
+
+
+def test_fsck_reports_an_unsound_folder_manifest(folder_ws: Workspace) -> None:
+    ws = folder_ws
+    ws.ok("//...")
+    from posbuild.core.digest import hash_bytes
+    from posbuild.core.records import ActionResult, OutputFile
+    from posbuild.store.lmdbstore import Store
+
+    junk = b"not a manifest"
+    result = ActionResult((OutputFile(INDEX, hash_bytes(junk), 1, False, tree=True),), 0,
+                          hash_bytes(b""), hash_bytes(b""))
+    store = Store(ws.root / ".posbuild/store")
+    try:
+        store.commit(result=(b"k" * 32, result), blobs=[(hash_bytes(junk), junk),
+                                                        (hash_bytes(b""), b"")])
+        store.flush()
+    finally:
+        store.close()
+    check = ws.run("fsck")
+    assert check.returncode == 13, check.stdout + check.stderr
+    assert f"the manifest of its folder output {INDEX} is unsound" in check.stdout
+    assert ws.run("fsck", "--repair").returncode == 0
+    assert ws.run("fsck").returncode == 0
