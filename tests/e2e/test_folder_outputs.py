@@ -210,6 +210,11 @@ def test_gc_keeps_the_files_of_a_live_folder(folder_ws: Workspace) -> None:
     assert counts(rebuilt) == {"executed": 0, "cached": 2, "failed": 0}
     assert ws.out("g/index/first.txt") == "other\n"
     assert_correct_build(ws)
+    # the first version's result is in no kept generation, but live: its folder's files too
+    ws.write({"g/in.txt": "alpha\nbeta\n"})
+    assert counts(ws.ok("//...")) == {"executed": 0, "cached": 2, "failed": 0}
+    assert _listing(ws.root / INDEX) == EXPECTED
+    assert_correct_build(ws)
     check = ws.run("fsck")
     assert check.returncode == 0 and "no problems" in check.stdout, check.stdout
 
