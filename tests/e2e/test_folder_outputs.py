@@ -321,3 +321,22 @@ def test_fsck_reports_an_unsound_folder_manifest(folder_ws: Workspace) -> None:
     assert f"the manifest of its folder output {INDEX} is unsound" in check.stdout
     assert ws.run("fsck", "--repair").returncode == 0
     assert ws.run("fsck").returncode == 0
+
+
+def test_a_failure_withdraws_a_stale_folder_whole_and_rollback_restores_it(
+        folder_ws: Workspace) -> None:
+    ws = folder_ws
+    ws.ok("//...")
+    ws.write({"g/in.txt": ""})  # `head` of nothing is fine; make the command fail instead
+    ws.write({"g/BUILD": BUILD.replace("mkdir -p $@/sub", "false && mkdir -p $@/sub")})
+    failed = ws.build("//...")
+    assert failed.returncode == 1, failed.stdout + failed.stderr
+    assert "Traceback" not in failed.stderr
+    assert "removed 2 stale output(s)" in failed.stderr
+    assert "`posbuild rollback` restores the last successful build" in failed.stderr
+    assert not (ws.root / INDEX).exists() and not (ws.root / "posbuild-out/g/list.txt").exists()
+    assert ws.run("fsck").returncode == 0
+    back = ws.run("rollback")
+    assert back.returncode == 0, back.stdout + back.stderr
+    assert {k: v[0] for k, v in _listing(ws.root / INDEX).items() if v[0] != "<dir>"} == {
+        k: v[0] for k, v in EXPECTED.items() if v[0] != "<dir>"}
