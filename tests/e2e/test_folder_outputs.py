@@ -340,3 +340,16 @@ def test_a_failure_withdraws_a_stale_folder_whole_and_rollback_restores_it(
     assert back.returncode == 0, back.stdout + back.stderr
     assert {k: v[0] for k, v in _listing(ws.root / INDEX).items() if v[0] != "<dir>"} == {
         k: v[0] for k, v in EXPECTED.items() if v[0] != "<dir>"}
+
+
+def test_a_failed_dependent_keeps_what_it_wrote_not_its_folder_input(folder_ws: Workspace) -> None:
+    ws = folder_ws
+    ws.write({"g/BUILD": BUILD + """
+    genrule(name = "bad", srcs = [":idx"], outs = ["bad.txt"],
+            cmd = "echo partial > $@ && exit 3")
+    """})
+    failed = ws.build("//g:bad")
+    assert failed.returncode == 1
+    kept = ws.root / ".posbuild/failed/g/bad/files"
+    assert sorted(p.relative_to(kept).as_posix() for p in kept.rglob("*") if p.is_file()) == [
+        "posbuild-out/g/bad.txt"]
