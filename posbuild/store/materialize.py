@@ -27,7 +27,7 @@ from posbuild.core.digest import Digest
 from posbuild.host.nofollow import Opened
 from posbuild.core.records import FileState, OutputFile, Signature, signature
 from posbuild.core.tree import Tree
-from posbuild.store.trees import WrittenTree, intact, write_tree
+from posbuild.store.trees import WrittenTree, intact, move_aside, write_tree
 
 if TYPE_CHECKING:
     from typing import Protocol
@@ -91,7 +91,11 @@ class Materializer:
         # a hard link's other names must not change with it
         if self._renames and produced.stat.st_nlink == 1:
             try:
-                os.rename(produced.name, target, src_dir_fd=produced.folder)
+                try:
+                    os.rename(produced.name, target, src_dir_fd=produced.folder)
+                except IsADirectoryError:  # a folder output of this name before
+                    move_aside(target, self._temp_dir)
+                    os.rename(produced.name, target, src_dir_fd=produced.folder)
             # something outside the sandbox removed it since it was hashed
             except FileNotFoundError:
                 raise FileNotFoundError(errno.ENOENT,
@@ -172,7 +176,11 @@ class Materializer:
                 _fill(fd, content)
             finally:
                 os.close(fd)
-            os.rename(temp, target)
+            try:
+                os.rename(temp, target)
+            except IsADirectoryError:  # a folder output of this name before
+                move_aside(target, self._temp_dir)
+                os.rename(temp, target)
         except BaseException:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(temp)

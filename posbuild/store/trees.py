@@ -19,6 +19,7 @@ manifest's entries.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import shutil
@@ -203,8 +204,26 @@ def write_tree(root: str, temp_dir: Path, output: OutputFile, tree: Tree,
     except BaseException:
         shutil.rmtree(fresh, ignore_errors=True)
         raise
-    shutil.rmtree(old, ignore_errors=True)
+    discard(old)
     return _states(target, output, tree)
+
+
+def discard(path: str) -> None:
+    """Remove what was renamed out of the way (a folder, or a file a folder replaced)."""
+    if os.path.isdir(path) and not os.path.islink(path):
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+
+
+def move_aside(target: str, temp_dir: Path) -> None:
+    """Take a folder (a folder output before) out of the way of a file, whole: renamed into
+    the temp folder, then removed there."""
+    aside = f"{temp_dir}/{os.path.basename(target)}.{os.getpid()}.{threading.get_ident()}.old"
+    discard(aside)
+    os.rename(target, aside)
+    discard(aside)
 
 
 def _states(target: str, output: OutputFile, tree: Tree) -> WrittenTree:

@@ -353,3 +353,18 @@ def test_a_failed_dependent_keeps_what_it_wrote_not_its_folder_input(folder_ws: 
     kept = ws.root / ".posbuild/failed/g/bad/files"
     assert sorted(p.relative_to(kept).as_posix() for p in kept.rglob("*") if p.is_file()) == [
         "posbuild-out/g/bad.txt"]
+
+
+def test_an_output_may_turn_from_a_file_into_a_folder_and_back(ws: Workspace) -> None:
+    as_file = 'genrule(name = "t", outs = ["o"], cmd = "echo file > $@")\n'
+    as_folder = 'genrule(name = "t", out_dirs = ["o"], cmd = "mkdir $@ && echo in > $@/x")\n'
+    for build, executed in ((as_file, 1), (as_folder, 1), (as_file, 0), (as_folder, 0)):
+        ws.write({"p/BUILD": build})
+        built = ws.ok("//...")
+        assert counts(built)["executed"] == executed
+        out = ws.root / "posbuild-out/p/o"
+        assert (out / "x").read_text() == "in\n" if build == as_folder \
+            else out.read_text() == "file\n"
+        assert list((ws.root / ".posbuild/tmp").iterdir()) == []
+        assert_correct_build(ws)
+        assert ws.run("fsck").returncode == 0
