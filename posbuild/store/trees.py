@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Callable, Iterator
 from posbuild.core.digest import Digest, hash_bytes, hash_file
 from posbuild.core.records import FileState, OutputFile, signature
 from posbuild.core.tree import Tree, TreeFile
+from posbuild.host.nofollow import fd_path, read_upto
 
 if TYPE_CHECKING:
     from typing import Protocol
@@ -141,12 +142,12 @@ def take(folder: int, name: str, inline_limit: int,
             now = os.fstat(fd)
             if (now.st_ino, now.st_dev) != (info.st_ino, info.st_dev):
                 raise OSError(errno.ESTALE, "output replaced in its sandbox while it was read", rel)
-            data = _read(fd, now.st_size) if now.st_size <= inline_limit else None
+            data = read_upto(fd, now.st_size) if now.st_size <= inline_limit else None
             if data is not None:
                 digest = hash_bytes(data)
             else:
-                digest = hash_file(f"/proc/self/fd/{fd}")
-                store_external(digest, Path(f"/proc/self/fd/{fd}"))
+                digest = hash_file(fd_path(fd))
+                store_external(digest, Path(fd_path(fd)))
         finally:
             os.close(fd)
         blobs.append((digest, data))
@@ -159,17 +160,6 @@ def take(folder: int, name: str, inline_limit: int,
     finally:
         os.close(fd)
     return TakenTree(Tree.of(files, folders), blobs)
-
-
-def _read(fd: int, size: int) -> bytes:
-    chunks, offset = [], 0
-    while offset < size:
-        chunk = os.pread(fd, size - offset, offset)
-        if not chunk:
-            break
-        chunks.append(chunk)
-        offset += len(chunk)
-    return b"".join(chunks)
 
 
 @dataclass(frozen=True, slots=True)
