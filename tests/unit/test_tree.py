@@ -167,3 +167,19 @@ def test_a_written_folder_replaces_the_old_one_whole_and_is_checked_by_stat(
     (top / "a.txt").chmod(0o644)
     (top / "a.txt").write_text("A")
     assert intact(str(root), output, tree, memo) is None  # type: ignore[arg-type]
+
+
+def test_a_device_inside_is_refused(tmp_path: Path) -> None:
+    import stat
+
+    top = _folder(tmp_path)
+    try:
+        os.mknod(top / "null", stat.S_IFCHR | 0o600, os.makedev(1, 3))
+    except PermissionError:
+        pytest.skip("making a device node needs CAP_MKNOD")
+    parent = os.open(top.parent, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        refused = refusal(parent, "d")
+    finally:
+        os.close(parent)
+    assert refused is not None and (refused.path, refused.kind) == ("null", "a device")
