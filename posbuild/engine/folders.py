@@ -38,16 +38,16 @@ def refused_folder(action: Action, spawn: SpawnResult) -> Failure | None:
 
 
 @contextlib.contextmanager
-def output_files(action: Action, spawn: SpawnResult, path: str) -> Iterator[list[Path]]:
-    """The files of one output of a finished run, as paths valid in the block: the file itself,
-    or every file of a folder output."""
+def output_files(action: Action, spawn: SpawnResult, path: str) -> Iterator[Iterator[Path]]:
+    """The files of one output of a finished run, for the block: the file itself, or every file
+    of a folder output, each path valid until the next is taken."""
     found = spawn.output(path)
     if path in action.out_dirs:
-        with members(found.folder, found.name) as paths:
-            yield [Path(p) for p in paths.values()]
+        with members(found.folder, found.name) as files:
+            yield (Path(p) for p in files.each())
         return
     with found.reading() as fd:
-        yield [Path(fd_path(fd))]
+        yield iter([Path(fd_path(fd))])
 
 
 def differs_from_cached(store: Blobs, cached: OutputFile, spawn: SpawnResult,
@@ -58,14 +58,15 @@ def differs_from_cached(store: Blobs, cached: OutputFile, spawn: SpawnResult,
     recorded = {f.path: f for f in tree.files}
     found = spawn.output(cached.path)
     with members(found.folder, found.name) as produced:
-        only = sorted(set(produced) ^ set(recorded))
+        only = sorted(set(produced.names) ^ set(recorded))
         if only:
-            which = label if only[0] in produced else "the cached result"
+            which = label if only[0] in produced.names else "the cached result"
             return f"{cached.path}/{only[0]}: only {which} has it"
-        for rel, path in produced.items():
+        for rel in produced.names:
             blob = store.get_blob(recorded[rel].digest)
-            size_cached, size_new, offset = first_file_difference(blob, path)
-            if offset is not None:
-                return format_difference(f"{cached.path}/{rel}", "the cached result",
-                                         size_cached, label, size_new, offset, blob, path)
+            with produced.opened(rel) as path:
+                size_cached, size_new, offset = first_file_difference(blob, path)
+                if offset is not None:
+                    return format_difference(f"{cached.path}/{rel}", "the cached result",
+                                             size_cached, label, size_new, offset, blob, path)
     return None

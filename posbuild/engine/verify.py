@@ -274,38 +274,41 @@ class _Checker:
         manifest's blobs); the first file that differs, or is in one only, is the finding."""
         one, two = first.output(path), second.output(path)
         with members(one.folder, one.name) as ones, members(two.folder, two.name) as twos:
-            only = sorted(set(ones) ^ set(twos))
+            only = sorted(set(ones.names) ^ set(twos.names))
             if only:
-                which = "run 1" if only[0] in ones else "run 2"
+                which = "run 1" if only[0] in ones.names else "run 2"
                 self.findings.append(Finding(label, f"{path}/{only[0]}",
                                              f"{path}/{only[0]}: only {which} created it"))
                 return
-            for rel, file in ones.items():
-                size_one, size_two, offset = first_file_difference(Path(file), Path(twos[rel]))
-                self.bytes += size_one
-                if offset is not None:
-                    name = f"{path}/{rel}"
-                    self.findings.append(Finding(label, name, format_difference(
-                        name, "run 1", size_one, "run 2", size_two, offset, Path(file),
-                        Path(twos[rel]))))
-                    return
+            for rel in ones.names:
+                name = f"{path}/{rel}"
+                with ones.opened(rel) as file_one, twos.opened(rel) as file_two:
+                    a, b = Path(file_one), Path(file_two)
+                    size_one, size_two, offset = first_file_difference(a, b)
+                    self.bytes += size_one
+                    if offset is not None:
+                        self.findings.append(Finding(label, name, format_difference(
+                            name, "run 1", size_one, "run 2", size_two, offset, a, b)))
+                        return
             if cached is None:
                 return
             tree = Tree.unpack(self._store.get_blob(cached.digest))
             recorded = {f.path: f for f in tree.files}
-            only = sorted(set(ones) ^ set(recorded))
+            only = sorted(set(ones.names) ^ set(recorded))
             if only:
-                which = "run 1" if only[0] in ones else "the cached result"
+                which = "run 1" if only[0] in ones.names else "the cached result"
                 self.findings.append(Finding(label, f"{path}/{only[0]}",
                                              f"{path}/{only[0]}: only {which} has it"))
                 return
-            for rel, file in ones.items():
+            for rel in ones.names:
                 entry = recorded[rel]
-                against = self._against_cache(
-                    f"{path}/{rel}", OutputFile(f"{path}/{rel}", entry.digest, entry.size,
-                                                entry.executable), Path(file))
+                name = f"{path}/{rel}"
+                with ones.opened(rel) as file_one:
+                    against = self._against_cache(
+                        name, OutputFile(name, entry.digest, entry.size, entry.executable),
+                        Path(file_one))
                 if against is not None:
-                    self.findings.append(Finding(label, f"{path}/{rel}", against))
+                    self.findings.append(Finding(label, name, against))
                     return
 
     def _cached(self, action: Action) -> dict[str, OutputFile] | None:

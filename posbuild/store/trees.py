@@ -105,16 +105,50 @@ def refusal(folder: int, name: str) -> RefusedEntry | None:
     return None
 
 
+@dataclass(frozen=True, slots=True)
+class Members:
+    """The files of a produced folder, found by a walk that follows no link: their paths inside
+    it, sorted, and each file opened on demand the same way, one component at a time."""
+
+    top: int  # the folder, open
+    names: tuple[str, ...]
+
+    @contextmanager
+    def opened(self, rel: str) -> Iterator[str]:
+        """A path to exactly the file `rel` (through /proc/self/fd), valid in the block; OSError
+        if a folder on the way is a link by now."""
+        *parents, name = rel.split("/")
+        at, opened = self.top, []
+        try:
+            for part in parents:
+                at = os.open(part, _DIR, dir_fd=at)
+                opened.append(at)
+            fd = os.open(name, _FILE, dir_fd=at)
+            opened.append(fd)
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise OSError(errno.ESTALE, "output replaced in its sandbox while it was read",
+                              rel)
+            yield fd_path(fd)
+        finally:
+            for fd in opened:
+                os.close(fd)
+
+    def each(self) -> Iterator[str]:
+        """Every file in turn, as a path valid until the next one is asked for."""
+        for rel in self.names:
+            with self.opened(rel) as path:
+                yield path
+
+
 @contextmanager
-def members(folder: int, name: str) -> Iterator[dict[str, str]]:
-    """Every file of a produced folder: its path inside the folder → a path (through
-    /proc/self/fd) to read it by, valid in the block, in sorted order. RefusedEntry for a link,
-    FIFO or device inside."""
+def members(folder: int, name: str) -> Iterator[Members]:
+    """The files of a produced folder (`Members`), for the block. RefusedEntry for a link, FIFO
+    or device inside."""
     fd = open_folder(folder, name)
     try:
         files: list[str] = []
         _walk(fd, "", lambda _f, _n, rel, _i: files.append(rel), [])
-        yield {rel: f"/proc/self/fd/{fd}/{rel}" for rel in sorted(files)}
+        yield Members(fd, tuple(sorted(files)))
     finally:
         os.close(fd)
 
