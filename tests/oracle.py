@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Mapping, Sequence
 from posbuild.core.action import Action, ActionGraph
 from posbuild.core.digest import Digest, hash_file
 from posbuild.core.layout import NO_CACHE_TAG, STORE_DB
+from posbuild.core.tree import member_blobs
 from posbuild.engine.keys import action_key
 from posbuild.errors import PosbuildError
 from posbuild.store.lmdbstore import Store
@@ -140,11 +141,39 @@ def _check_action(root: Path, store: Store, action: Action, digests: dict[str, D
             f"{action.label}: {output.path} is {'' if executable else 'not '}executable on disk, "
             f"the store's result for key {key.hex()[:12]} says "
             f"{'it is' if output.executable else 'it is not'}")
-    for digest in result.blobs():
+    files = [d for d, _ in member_blobs(result, store.get_blob)]
+    for digest in (*result.blobs(), *files):
         try:
             store.get_blob(digest)  # verified against its digest as it is read
         except PosbuildError as error:
             raise AssertionError(f"{where}: blob {digest.hex()[:12]}: {error}") from None
+
+
+def _folder_output(root: Path, action: Action, path: str) -> tuple[Digest, os.stat_result]:
+    """A folder output's digest recomputed from disk: every entry must be a real folder or a
+    regular file, and its manifest is built from what is there now."""
+    from posbuild.core.tree import Tree, TreeFile
+
+    top = root / path
+    assert top.is_dir() and not top.is_symlink(), f"{action.label}: output {path} is no folder"
+    files: list[TreeFile] = []
+    folders: list[str] = []
+    for folder, dirs, names in os.walk(top):
+        for name in dirs + names:
+            full = Path(folder, name)
+            rel = full.relative_to(top).as_posix()
+            st = os.lstat(full)
+            if stat.S_ISDIR(st.st_mode):
+                folders.append(rel)
+            else:
+                assert stat.S_ISREG(st.st_mode), (
+                    f"{action.label}: {path}/{rel} is not a regular file (mode {oct(st.st_mode)})")
+                files.append(TreeFile(rel, hash_file(full), st.st_size,
+                                      bool(st.st_mode & 0o111)))
+    tree = Tree.of(files, folders)
+    size = tree.size
+    fake = os.stat_result((stat.S_IFREG | 0o444, 0, 0, 0, 0, 0, size, 0, 0, 0))
+    return tree.digest(), fake
 
 
 def _digest(root: Path, action: Action, path: str, digests: dict[str, Digest]) -> Digest:
@@ -160,7 +189,11 @@ def _digest(root: Path, action: Action, path: str, digests: dict[str, Digest]) -
 
 
 def _output(root: Path, action: Action, path: str) -> tuple[Digest, os.stat_result]:
-    """An output's digest and stat; it must be a regular file, never a link."""
+    """An output's digest and stat; it must be a regular file, never a link. A folder output
+    (`out_dirs`) is recomputed from its files on disk: the digest of its manifest, and a stat
+    whose size is its files' total, not executable."""
+    if path in action.out_dirs:
+        return _folder_output(root, action, path)
     try:
         st = os.lstat(root / path)
     except FileNotFoundError:

@@ -52,6 +52,7 @@ class Action(NamedTuple):
     # the host programs it runs (command words, `host_tools`, a py_task's interpreter): their
     # fingerprint is its environment (envfp.py), part of its key
     programs: tuple[str, ...] = ()
+    out_dirs: tuple[str, ...] = ()  # the outputs that are folders (`out_dirs`), not files
 
 
 class PyEnvSpec(NamedTuple):

@@ -28,12 +28,15 @@ def utc(seconds: float) -> str:
 
 @dataclass(frozen=True, slots=True)
 class OutputFile:
-    """One declared output: its workspace-relative path, content digest, size and mode bits."""
+    """One declared output: its workspace-relative path, content digest, size and mode bits.
+    `tree`: a folder output (`out_dirs`), whose digest names its manifest (tree.py) and whose
+    size is that of all its files."""
 
     path: str
     digest: Digest
     size: int
     executable: bool
+    tree: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,7 +44,8 @@ class ActionResult:
     """What the cache holds for a key. `secret`: its outputs may hold a secret's value (the action,
     or one it depends on, declares `allow_secret_in_output`; secrets.py), so it never leaves this
     store: not in a cache archive, not on a remote. Packed as a sixth element only when set, so
-    rows written before the flag existed read as they were, and unflagged rows are unchanged."""
+    rows written before the flag existed read as they were, and unflagged rows are unchanged;
+    likewise an output's `tree` flag is a fifth element of its row only for a folder."""
 
     outputs: tuple[OutputFile, ...]
     exit_code: int
@@ -55,7 +59,8 @@ class ActionResult:
         return (*(o.digest for o in self.outputs), self.stdout_digest, self.stderr_digest)
 
     def pack(self) -> bytes:
-        rows = [[o.path, o.digest, o.size, o.executable] for o in self.outputs]
+        rows = [[o.path, o.digest, o.size, o.executable, *((True,) if o.tree else ())]
+                for o in self.outputs]
         row = [RESULT_FORMAT, self.exit_code, self.stdout_digest, self.stderr_digest, rows]
         return msgpack.packb([*row, True] if self.secret else row)
 

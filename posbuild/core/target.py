@@ -24,7 +24,8 @@ class Target:
     label: Label
     kind: str
     srcs: tuple[str, ...] = ()
-    outs: tuple[str, ...] = ()
+    outs: tuple[str, ...] = ()  # every output, the folders of `out_dirs` last
+    out_dirs: tuple[str, ...] = ()  # the outputs that are folders (Bazel's tree artifacts)
     cmd: str = ""
     tools: tuple[str, ...] = ()
     env: Pairs = ()
@@ -194,6 +195,7 @@ _ACTION: dict[str, Checker] = {  # what every rule that runs a command declares 
     **_COMMON,
     "srcs": _str_list,
     "outs": _str_list,
+    "out_dirs": _str_list,
     "version": _str_dict,
     "requires": _requires,
     "resources": _resources,
@@ -214,6 +216,23 @@ REQUIRED = {"genrule": ("outs", "cmd"), "filegroup": (), "py_task": ("script", "
             "py_env": ("requirements",)}
 
 
+def _with_folders(kind: str, label: Label, outs: tuple[str, ...],
+                  folders: tuple[str, ...]) -> tuple[str, ...]:
+    """`outs` followed by the `out_dirs`, refused when one names the other or lies inside it."""
+    for folder in folders:
+        if folder.endswith("/") or any(p in ("", ".", "..") for p in folder.split("/")):
+            raise AttributeError_(f"{kind} '{label.name}': out_dirs entry '{folder}' is not a "
+                                  f"folder name inside the package")
+        if folder in outs:
+            raise AttributeError_(f"{kind} '{label.name}': '{folder}' is both in outs and in "
+                                  f"out_dirs")
+        nested = next((o for o in (*outs, *folders) if o.startswith(folder + "/")), None)
+        if nested is not None:
+            raise AttributeError_(f"{kind} '{label.name}': '{nested}' lies inside out_dirs entry "
+                                  f"'{folder}': a folder output is one output, whole")
+    return (*outs, *folders)
+
+
 def make_target(kind: str, label: Label, attrs: dict[str, Any],
                 location: SourceLocation | None) -> Target:
     """Check a rule call's attributes against its schema and freeze them into a Target."""
@@ -224,11 +243,15 @@ def make_target(kind: str, label: Label, attrs: dict[str, Any],
             raise AttributeError_(
                 f"{kind} '{label.name}': unknown attribute '{attr}' (known: {known})")
     for attr in REQUIRED[kind]:
+        if attr == "outs" and attrs.get("out_dirs"):
+            continue  # folders alone are outputs enough
         if not attrs.get(attr):
             raise AttributeError_(f"{kind} '{label.name}': missing required attribute '{attr}'")
     values = {attr: schema[attr](kind, attr, value) for attr, value in attrs.items()
               if value is not None}
     values.pop("visibility", None)
+    if "out_dirs" in values:
+        values["outs"] = _with_folders(kind, label, values.get("outs", ()), values["out_dirs"])
     clash = sorted(set(values.get("secrets", ())) & {k for k, _ in values.get("env", ())})
     if clash:
         raise AttributeError_(f"{kind} '{label.name}': '{clash[0]}' is both in env and in secrets")

@@ -12,6 +12,7 @@ action, and a result whose outputs may hold a secret is flagged and never shared
 
 from __future__ import annotations
 
+import errno
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -19,6 +20,7 @@ from posbuild.core.action import Action
 from posbuild.core.digest import Digest, hash_bytes, hash_file
 from posbuild.core.layout import NO_CACHE_TAG
 from posbuild.core.records import ActionResult, Commit, FileState, OutputFile, RecordState
+from posbuild.core.tree import Tree
 from posbuild.engine.products import BuildProducts
 from posbuild.engine.rebuilder import Miss
 from posbuild.engine.scheduler import current_slot
@@ -27,6 +29,7 @@ from posbuild.host.nofollow import Opened, fd_path, read_small
 from posbuild.store.journal import Journal, Row
 from posbuild.store.lmdbstore import INLINE_LIMIT
 from posbuild.store.materialize import INSTALLING, Materializer
+from posbuild.store.trees import RefusedEntry, take
 
 if TYPE_CHECKING:
     from typing import Protocol
@@ -57,9 +60,14 @@ class Committer:
         key = miss.key
         blobs: list[tuple[Digest, bytes | None]] = []
         produced: list[tuple[Opened, OutputFile, bytes | None]] = []
+        trees: list[tuple[OutputFile, Tree]] = []
         for path in action.outputs:
             # found without following links; never reached by its path again
             file = spawn.output(path)
+            if path in action.out_dirs:
+                output, tree = self._take_tree(path, file, blobs)
+                trees.append((output, tree))
+                continue
             with file.reading() as fd:
                 stat, data = read_small(fd, INLINE_LIMIT)
                 if data is not None:
@@ -72,6 +80,9 @@ class Committer:
             produced.append((file, OutputFile(path, digest, stat.st_size,
                                               bool(stat.st_mode & 0o111)), data))
         outputs = [output for _, output, _ in produced]
+        if trees:  # in declaration order, as the result of a run without folders
+            order = {path: n for n, path in enumerate(action.outputs)}
+            outputs = sorted(outputs + [o for o, _ in trees], key=lambda o: order[o.path])
         stdout_digest, stderr_digest = hash_bytes(spawn.stdout), hash_bytes(spawn.stderr)
         blobs += [(stdout_digest, spawn.stdout), (stderr_digest, spawn.stderr)]
         result = ActionResult(tuple(outputs), spawn.exit_code, stdout_digest, stderr_digest,
@@ -90,6 +101,7 @@ class Committer:
         try:
             installed = [(o.path, self._materializer.install(file, o, data))
                          for file, o, data in produced]
+            installed += self._install_trees(trees, blobs)
         except OSError:  # the result stands (its key is true), but this build failed to show it
             self._products.used.append(key)
             if records:
@@ -105,6 +117,42 @@ class Committer:
         # its gc usage row comes with the build's last commit: one B-tree less per action
         self._products.settled(action, key, outputs, traced=cached is not None)
         return result
+
+    def _take_tree(self, path: str, found: Opened,
+                   blobs: list[tuple[Digest, bytes | None]]) -> tuple[OutputFile, Tree]:
+        """Hash a produced folder: its files' blobs and its manifest's go into `blobs`."""
+        try:
+            taken = take(found.folder, found.name, INLINE_LIMIT, self._store.store_external)
+        except RefusedEntry as error:  # changed since it was judged
+            raise OSError(errno.ESTALE, f"output folder changed after the command ended: {error}",
+                          path) from None
+        blobs += taken.blobs
+        manifest = taken.tree.pack()
+        digest = hash_bytes(manifest)
+        if len(manifest) <= INLINE_LIMIT:
+            blobs.append((digest, manifest))
+        else:  # a folder of many thousand files: its manifest is a large blob like any other
+            temp = self._materializer.temp_file(digest.hex())
+            try:
+                temp.write_bytes(manifest)
+                self._store.store_external(digest, temp)
+            finally:
+                temp.unlink(missing_ok=True)
+            blobs.append((digest, None))
+        return OutputFile(path, digest, taken.tree.size, False, tree=True), taken.tree
+
+    def _install_trees(self, trees: list[tuple[OutputFile, Tree]],
+                       blobs: list[tuple[Digest, bytes | None]]) -> list[tuple[str, FileState]]:
+        """Write the produced folders into place; their memo rows (folder and files)."""
+        if not trees:
+            return []
+        held = {digest: data for digest, data in blobs if data is not None}
+        memo: list[tuple[str, FileState]] = []
+        for output, tree in trees:
+            written = self._materializer.install_tree(output, tree, held)
+            self._products.members[output.path] = written.members
+            memo += written.memo
+        return memo
 
     def _amend_record(self, committed: Row, action: Action, miss: Miss, started: float,
                       ended: float, spawn: SpawnResult) -> None:

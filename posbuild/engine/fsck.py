@@ -90,6 +90,7 @@ from posbuild.core.layout import GRAPHS, TMP
 from posbuild.store.materialize import INSTALLING
 from posbuild.host.owned import real_folder
 from posbuild.core.records import ActionResult, FileState, Manifest, unpack_manifest
+from posbuild.core.tree import Tree, tree_outputs
 from posbuild.store.recordchain import CHAIN, GENESIS, records_digest, seal
 from posbuild.exec.owners import sweep_dead
 from posbuild.store.lmdbstore import Store
@@ -251,6 +252,11 @@ class _Checker:
         for key, result in store.iter_results():
             self._results += 1
             refs = _references(result)
+            unsound = self._folder_references(result, refs)
+            if unsound is not None:
+                self._add(CHECKSUM, RESULT, key.hex(), unsound)
+                self.plan.results.add(key)
+                continue
             self._referenced.update(digest for digest, _ in refs)
             missing = [(digest, what) for digest, what in refs if digest not in self._blobs]
             if missing:
@@ -264,7 +270,24 @@ class _Checker:
                 continue  # a result repair removes vouches for no file under posbuild-out/
             for output in result.outputs:
                 self._recorded.setdefault(output.path, set()).add(output.digest)
+            for digest, what in refs:  # the files of its folder outputs
+                if what.startswith(_MEMBER):
+                    self._recorded.setdefault(what[len(_MEMBER):], set()).add(digest)
 
+    def _folder_references(self, result: ActionResult,
+                           refs: list[tuple[Digest, str]]) -> str | None:
+        """Add the files of the result's folder outputs to `refs`; what is wrong with a folder
+        manifest that is no sound one (its bytes hash right: it was written so), else None."""
+        assert self._store is not None
+        for output in tree_outputs(result):
+            if output.digest not in self._blobs or output.digest in self.plan.blobs:
+                continue  # the missing or corrupt manifest is reported as such
+            try:
+                tree = Tree.unpack(self._store.get_blob(output.digest))
+            except (ValueError, ChecksumMismatch) as error:
+                return f"the manifest of its folder output {output.path} is unsound: {error}"
+            refs += [(f.digest, f"{_MEMBER}{output.path}/{f.path}") for f in tree.files]
+        return None
     def _check_generations(self, store: Store) -> None:
         """Every generation's manifest must exist; its entries should (a warning otherwise)."""
         generations = store.generations()
@@ -489,6 +512,9 @@ def record_chain_problems(store: Store) -> list[Problem]:
                 add(number,
                     f"its {name} payload {bytes(digest).hex()} was changed after it was recorded")
     return [Problem(CHECKSUM, BUILD, str(n), detail) for n, detail in sorted(found.items())]
+
+
+_MEMBER = "file "  # how a folder output's file is named among a result's references
 
 
 def _references(result: ActionResult) -> list[tuple[Digest, str]]:

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Sequence
 from posbuild.core.action import Action, may_differ
 from posbuild.core.compare import first_file_difference, format_difference
 from posbuild.core.records import Outcome
+from posbuild.engine.folders import differs_from_cached
 from posbuild.engine.outcome import ActionOutcome, Failure
 from posbuild.engine.rebuilder import Miss, Rebuilder
 from posbuild.engine.scheduler import State
@@ -38,6 +39,11 @@ class SameAsCached:
         exempt = may_differ(action)
         for output in miss.cached.outputs:
             if output.path in exempt:
+                continue
+            if output.tree:
+                difference = differs_from_cached(self._store, output, spawn)
+                if difference is not None:
+                    return Failure.of(NonDeterminism(f"{difference}; the cached result is kept"))
                 continue
             cached = self._store.get_blob(output.digest)
             with spawn.output(output.path).reading() as fd:

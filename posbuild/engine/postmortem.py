@@ -70,8 +70,10 @@ def copy_written(exec_root: Path, into: Path, inputs: frozenset[str]) -> None:
     except OSError:  # gone, or not a real folder any more (a link): nothing to keep
         return
     try:
-        for folder, _, names, folder_fd in os.fwalk(".", dir_fd=top):  # never follows a link
+        for folder, dirs, names, folder_fd in os.fwalk(".", dir_fd=top):  # never follows a link
             rel = os.path.normpath(folder)
+            # a staged folder input (another action's folder output) is not what this one wrote
+            dirs[:] = [d for d in dirs if (d if rel == "." else f"{rel}/{d}") not in inputs]
             for name in names:
                 path = name if rel == "." else f"{rel}/{name}"
                 if path not in inputs:

@@ -33,6 +33,8 @@ class BuildProducts:
         self.traces: dict[str, ActionTrace] = {}
         self.outputs: dict[str, OutputFile] = {}
         self.used: list[Digest] = []
+        # folder output → the signature rows of its files and sub-folders (up-to-date check)
+        self.members: dict[str, list[tuple[str, FileState]]] = {}
         self._lock = threading.Lock()
         self._installed: list[tuple[str, FileState]] = []  # memo rows not yet committed
 
@@ -81,6 +83,7 @@ class BuildProducts:
         traces: dict[str, tuple[Digest, Digest]] = {}
         signatures: dict[str, Signature] = {}
         digests: dict[str, Digest] = {}
+        trees: dict[str, tuple[str, ...]] = {}
         complete = True
         for action, clean in zip(actions, up_to_date):
             if clean:
@@ -88,6 +91,11 @@ class BuildProducts:
                 for path in (*action.sources, *action.outputs):
                     signatures[path] = previous.signatures[path]
                     digests[path] = previous.digests[path]
+                for folder in action.out_dirs:
+                    trees[folder] = previous.trees[folder]
+                    for path in trees[folder]:
+                        signatures[path] = previous.signatures[path]
+                        digests[path] = previous.digests[path]
                 continue
             trace = self.traces.get(action.label)
             if trace is None:
@@ -99,8 +107,16 @@ class BuildProducts:
             states = [(p, files.stable(p) if p in action.sources else self.output_state(p))
                       for p in action.inputs]
             states += [(p, self.produced[p]) for p in action.outputs]
+            for folder in action.out_dirs:
+                members = self.members.get(folder)
+                if members is None:  # settled without being looked at (a dry run)
+                    complete = False
+                    continue
+                trees[folder] = tuple(path for path, _ in members)
+                states += members
             for path, state in states:
                 if state is not None:
                     signatures[path], digests[path] = state.signature, state.digest
             complete = complete and all(p in signatures for p in action.sources)
-        return BuildState(env_key, traces, signatures, digests, graph=graph, complete=complete)
+        return BuildState(env_key, traces, signatures, digests, graph=graph, complete=complete,
+                          trees=trees)

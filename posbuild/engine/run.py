@@ -21,13 +21,13 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, replace
-from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from posbuild.core.action import Action
 from posbuild.core.records import Outcome, RecordState
 from posbuild.engine.commit import Committer
 from posbuild.engine.filestate import FileStates
+from posbuild.engine.folders import output_files, refused_folder
 from posbuild.engine.outcome import ActionOutcome, Failure, own_failure
 from posbuild.engine.notfound import Sandbox, hint, module_hint
 from posbuild.engine.plan import BuildEnvironment
@@ -39,7 +39,6 @@ from posbuild.engine.scheduler import State, current_slot
 from posbuild.engine.sources import RemoteResults
 from posbuild.errors import NonDeterminism
 from posbuild.exec.spawner import Spawner, SpawnResult
-from posbuild.host.nofollow import fd_path
 from posbuild.store.journal import Journal
 from posbuild.workspace.secrets import SecretUnavailable, file_containing, redact, values_of
 
@@ -206,6 +205,9 @@ class ActionRunner:
         overrun = memory_overrun(action, spawn.usage.max_rss_kb if spawn.usage else None)
         if overrun is not None:
             return Failure.of(overrun)
+        if spawn.irregular and spawn.irregular[0] in action.out_dirs:
+            return Failure(f"declared output folder '{spawn.irregular[0]}' {spawn.why}; nothing "
+                           "was kept", "missing output")
         if spawn.irregular:
             return Failure(f"declared output '{spawn.irregular[0]}' {spawn.why}; outputs must be "
                            "regular files in folders of their own, and nothing was kept",
@@ -213,14 +215,17 @@ class ActionRunner:
         if spawn.missing:
             missing = ", ".join(f"'{p}'" for p in spawn.missing)
             return Failure(f"declared output {missing} was not created", "missing output")
+        refused = refused_folder(action, spawn)
+        if refused is not None:
+            return refused
         changed = [path for path, sig in miss.sources if not self._files.unchanged(path, sig)]
         if changed:
             return Failure(f"input '{changed[0]}' changed while the action ran; result not cached, "
                            "build again", "input changed")
         if secrets and not action.allow_secret_in_output:
             for path in action.outputs:
-                with spawn.output(path).reading() as fd:
-                    leak = file_containing([Path(fd_path(fd))], secrets)
+                with output_files(action, spawn, path) as files:
+                    leak = file_containing(files, secrets)
                 if leak is not None:
                     return Failure(f"output '{path}' contains the value of secret '{leak[1]}'; "
                                    "nothing was kept (declare allow_secret_in_output = True if "

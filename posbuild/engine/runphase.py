@@ -11,6 +11,7 @@ with nothing to do should not pay.
 from __future__ import annotations
 
 import os
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +19,9 @@ from typing import TYPE_CHECKING, Callable, Sequence
 
 from posbuild.core.action import Action
 from posbuild.core.layout import FAILED, STATE_DIR, STORE_DB, TMP
+from posbuild.core.digest import Digest
 from posbuild.core.records import RUN_OUTCOMES, Manifest, Outcome, OutputFile, RecordState
+from posbuild.core.tree import Tree
 from posbuild.engine.commit import Committer
 from posbuild.engine.filestate import FileStates
 from posbuild.engine.modes import DryRunExecutor, SameAsCached
@@ -244,12 +247,14 @@ def _withdraw_stale(config: Config, actions: Sequence[Action],
     # ORCH-04 keeps its cached bytes
     failed = [n for n, o in outcomes.items() if o.status is Outcome.FAILED and o.key is None]
     stale = stale_outputs(actions, failed)
-    mark_tree(config, clean=False, withdrawn=withdrawn_outputs(config).union(stale))
-    removed = remove_outputs(config.root, stale)
+    # a generation lists a folder's files: those are what rollback puts back
+    files = folder_files(config.root, stale)
+    mark_tree(config, clean=False, withdrawn=withdrawn_outputs(config).union(stale, files))
+    removed = remove_outputs(config.root, stale, config.state_dir / TMP)
     if removed:
         recorded = current_manifest(store, workspace_tag(config))[1]
         hint = ("`posbuild rollback` restores the last successful build"
-                if any(p in recorded for p in removed)
+                if any(p in recorded for p in (*removed, *files))
                 else "no successful build recorded them, so rollback has nothing to restore")
         reporter.message(f"posbuild: removed {len(removed)} stale output(s) of failed actions and "
                          f"their dependents; {hint}")
@@ -353,6 +358,9 @@ def _request_rows(work: DirtyWork, products: BuildProducts, store: Store, manife
     for action, is_clean in zip(work.actions, work.clean):
         found = True
         for path in action.outputs:
+            if path in action.out_dirs:
+                rows.update(_folder_rows(store, path, products.output_digest(path)))
+                continue
             output = None if is_clean else products.outputs.get(path)
             if output is not None:
                 rows[path] = (output.digest, output.size, output.executable)
@@ -371,6 +379,13 @@ def _request_rows(work: DirtyWork, products: BuildProducts, store: Store, manife
             rows.update((o.path, (o.digest, o.size, o.executable)) for o in described
                         if o is not None)
     return rows
+
+
+def _folder_rows(store: Store, path: str, digest: Digest) -> Manifest:
+    """A folder output's rows in a generation's manifest: one per file, so that rollback and gc
+    see its files as they see any output."""
+    tree = Tree.unpack(store.get_blob(digest))
+    return {f"{path}/{f.path}": (f.digest, f.size, f.executable) for f in tree.files}
 
 
 def _executable(path: str) -> bool | None:
@@ -432,8 +447,9 @@ def stale_outputs(actions: Sequence[Action], failed: Sequence[int]) -> list[str]
     return [path for index in sorted(doomed) for path in actions[index].outputs]
 
 
-def remove_outputs(root: Path, paths: Sequence[str]) -> list[str]:
-    """Delete these outputs from posbuild-out/; returns those that were there."""
+def remove_outputs(root: Path, paths: Sequence[str], temp_dir: Path) -> list[str]:
+    """Delete these outputs from posbuild-out/; returns those that were there. A folder output
+    is renamed into `temp_dir` first, so no part of one is ever left under its name."""
     removed = []
     for path in paths:
         try:
@@ -441,4 +457,21 @@ def remove_outputs(root: Path, paths: Sequence[str]) -> list[str]:
             removed.append(path)
         except (FileNotFoundError, NotADirectoryError):  # gone, or a file where its folder was
             pass
+        except IsADirectoryError:
+            aside = temp_dir / f"withdrawn.{os.getpid()}.{len(removed)}"
+            temp_dir.mkdir(parents=True, exist_ok=True)
+            os.rename(root / path, aside)
+            shutil.rmtree(aside, ignore_errors=True)
+            removed.append(path)
     return removed
+
+
+def folder_files(root: Path, paths: Sequence[str]) -> list[str]:
+    """The files now in those of `paths` that are folders (not links), workspace-relative."""
+    found: list[str] = []
+    for path in paths:
+        if not os.path.isdir(root / path) or os.path.islink(root / path):
+            continue
+        for folder, _, names in os.walk(root / path):
+            found += [os.path.relpath(os.path.join(folder, n), root) for n in names]
+    return found

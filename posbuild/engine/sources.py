@@ -19,9 +19,11 @@ from typing import TYPE_CHECKING
 
 from posbuild.core.action import Action
 from posbuild.core.digest import Digest
-from posbuild.core.records import ActionResult, Commit, FileState, Outcome
+from posbuild.core.records import ActionResult, Commit, FileState, Outcome, OutputFile
+from posbuild.core.tree import Tree, tree_outputs
 from posbuild.engine.outcome import ActionOutcome
 from posbuild.engine.products import BuildProducts
+from posbuild.errors import ChecksumMismatch
 from posbuild.store.materialize import Materializer
 
 if TYPE_CHECKING:
@@ -35,14 +37,16 @@ if TYPE_CHECKING:
 
 
 def describes(result: ActionResult, action: Action) -> bool:
-    """Whether a cached result names exactly the action's declared outputs.
+    """Whether a cached result names exactly the action's declared outputs, its folders as
+    folders.
 
     A result whose key matches always does, unless it was forged or imported from elsewhere: one
     naming other paths (`posbuild-out/../x`) must never be written out, so it counts as a miss
     and the action runs.
     """
     paths = [output.path for output in result.outputs]
-    return len(paths) == len(action.outputs) and set(paths) == set(action.outputs)
+    return len(paths) == len(action.outputs) and set(paths) == set(action.outputs) \
+        and {o.path for o in result.outputs if o.tree} == set(action.out_dirs)
 
 
 class LocalResults:
@@ -67,6 +71,9 @@ class LocalResults:
             return None
         restored: list[tuple[str, FileState]] = []
         for output in result.outputs:
+            if output.tree:
+                restored += self._folder(output)
+                continue
             state = self._materializer.current(output)
             if state is None and self._dry_run:
                 state = FileState((0, 0, 0, 0), output.digest)  # would be restored
@@ -78,6 +85,25 @@ class LocalResults:
         self._products.installed(restored)
         self._products.settled(action, key, result.outputs)
         return ActionOutcome(Outcome.CACHED, key)
+
+    def _folder(self, output: OutputFile) -> list[tuple[str, FileState]]:
+        """Settle a folder output: as it is when intact, else written whole from the store.
+        Returns the memo rows written (none when it was intact)."""
+        try:
+            written = self._materializer.current_tree(output)
+        except ValueError as error:  # a manifest that is no sound one: corrupt, or forged
+            raise ChecksumMismatch(f"folder manifest {output.digest.hex()} of '{output.path}' "
+                                   f"is unsound ({error}); run `posbuild fsck --repair`") from None
+        rows: list[tuple[str, FileState]] = []
+        if written is None and self._dry_run:
+            self._products.produced[output.path] = FileState((0, 0, 0, 0), output.digest)
+            return rows
+        if written is None:
+            written = self._materializer.restore_tree(output)
+            rows = written.memo
+        self._products.produced[output.path] = written.state
+        self._products.members[output.path] = written.members
+        return rows
 
 
 class RemoteResults:
@@ -97,6 +123,7 @@ class RemoteResults:
             return None
         blobs: list[tuple[Digest, bytes | None]] = []
         temps: list[Path] = []
+        fetched: dict[Digest, bytes | Path] = {}
         try:
             for digest, name, size in entry.blobs():
                 if self._store.has_blob(digest):
@@ -108,9 +135,27 @@ class RemoteResults:
                     temps.append(got)
                     self._store.store_external(digest, got)
                 blobs.append((digest, got if isinstance(got, bytes) else None))
+                fetched[digest] = got
+            if not self._folders_whole(entry.result, fetched):
+                return None
         finally:
             for temp in temps:
                 temp.unlink(missing_ok=True)
         self._store.log([Commit((key, entry.result), tuple(blobs))])
         self._remote.hit()
         return self._local.lookup(action, key)
+
+    def _folders_whole(self, result: ActionResult, fetched: dict[Digest, bytes | Path]) -> bool:
+        """Whether every file of the result's folder outputs was fetched or is stored already:
+        an entry that lacks one is a miss, as one lacking any blob is."""
+        for output in tree_outputs(result):
+            got = fetched.get(output.digest)
+            try:
+                tree = Tree.unpack(self._store.get_blob(output.digest) if got is None
+                                   else got if isinstance(got, bytes) else got.read_bytes())
+            except (ValueError, OSError, ChecksumMismatch):
+                return False
+            if any(f.digest not in fetched and not self._store.has_blob(f.digest)
+                   for f in tree.files):
+                return False
+        return True

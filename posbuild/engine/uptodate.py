@@ -3,7 +3,8 @@
 This is posbuild's equivalent of Ninja's build log check. Before a build, one pass in dependency
 order marks an action *clean* when its definition and the environment are the same as in the
 state saved after the last build (upstate.py), every dependency is clean, and every source input
-and every output still has the recorded stat signature. Clean actions are settled with `stat()`
+and every output still has the recorded stat signature (for a folder output, also every file
+and sub-folder recorded in it). Clean actions are settled with `stat()`
 calls only — no file is read, no key is computed, no store row is touched — and never reach the
 scheduler.
 
@@ -72,7 +73,11 @@ def clean_actions(actions: Sequence[Action], state: BuildState, root: Path) -> l
                 break
         if not ok:
             continue
-        for path in (*action.sources, *action.outputs):
+        paths = (*action.sources, *action.outputs) if not action.out_dirs \
+            else _with_members(action, state)
+        if paths is None:
+            continue
+        for path in paths:
             same = seen.get(path)
             if same is None:
                 row = files.get(path)
@@ -87,3 +92,16 @@ def clean_actions(actions: Sequence[Action], state: BuildState, root: Path) -> l
                 break
         clean[index] = ok
     return clean
+
+
+def _with_members(action: Action, state: BuildState) -> tuple[str, ...] | None:
+    """The files an action with folder outputs reads and writes, with every file and sub-folder
+    recorded in those folders (an added or removed file changes its folder's signature); None
+    when a folder's members were never recorded."""
+    paths = [*action.sources, *action.outputs]
+    for folder in action.out_dirs:
+        members = state.trees.get(folder)
+        if members is None:
+            return None
+        paths += members
+    return tuple(paths)

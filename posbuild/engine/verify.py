@@ -52,6 +52,8 @@ from posbuild.exec.spawner import Perturbation, SpawnResult
 from posbuild.workspace.secrets import (SecretSource, SecretUnavailable, redact, secret_source,
                                         values_of)
 from posbuild.store.lmdbstore import Store
+from posbuild.store.trees import members
+from posbuild.core.tree import Tree
 from posbuild.store.upstate import BuildState, load_state
 
 if TYPE_CHECKING:
@@ -257,6 +259,10 @@ class _Checker:
         for path in action.outputs:
             if path in exempt:
                 continue
+            if path in action.out_dirs:
+                self._check_folder(action.label, path, first, second,
+                                   None if cached is None else cached.get(path))
+                continue
             # no link followed
             with first.output(path).reading() as fd_one, second.output(path).reading() as fd_two:
                 one, two = Path(fd_path(fd_one)), Path(fd_path(fd_two))
@@ -270,6 +276,49 @@ class _Checker:
                     against = self._against_cache(path, cached[path], one)
                     if against is not None:
                         self.findings.append(Finding(action.label, path, against))
+
+    def _check_folder(self, label: str, path: str, first: SpawnResult, second: SpawnResult,
+                      cached: OutputFile | None) -> None:
+        """Compare a folder output file by file (run 1 with run 2, then with the cached
+        manifest's blobs); the first file that differs, or is in one only, is the finding."""
+        one, two = first.output(path), second.output(path)
+        with members(one.folder, one.name) as ones, members(two.folder, two.name) as twos:
+            only = sorted(set(ones.names) ^ set(twos.names))
+            if only:
+                which = "run 1" if only[0] in ones.names else "run 2"
+                self.findings.append(Finding(label, f"{path}/{only[0]}",
+                                             f"{path}/{only[0]}: only {which} created it"))
+                return
+            for rel in ones.names:
+                name = f"{path}/{rel}"
+                with ones.opened(rel) as file_one, twos.opened(rel) as file_two:
+                    a, b = Path(file_one), Path(file_two)
+                    size_one, size_two, offset = first_file_difference(a, b)
+                    self.bytes += size_one
+                    if offset is not None:
+                        self.findings.append(Finding(label, name, format_difference(
+                            name, "run 1", size_one, "run 2", size_two, offset, a, b)))
+                        return
+            if cached is None:
+                return
+            tree = Tree.unpack(self._store.get_blob(cached.digest))
+            recorded = {f.path: f for f in tree.files}
+            only = sorted(set(ones.names) ^ set(recorded))
+            if only:
+                which = "run 1" if only[0] in ones.names else "the cached result"
+                self.findings.append(Finding(label, f"{path}/{only[0]}",
+                                             f"{path}/{only[0]}: only {which} has it"))
+                return
+            for rel in ones.names:
+                entry = recorded[rel]
+                name = f"{path}/{rel}"
+                with ones.opened(rel) as file_one:
+                    against = self._against_cache(
+                        name, OutputFile(name, entry.digest, entry.size, entry.executable),
+                        Path(file_one))
+                if against is not None:
+                    self.findings.append(Finding(label, name, against))
+                    return
 
     def _cached(self, action: Action) -> dict[str, OutputFile] | None:
         """The outputs of the cached result of the action's key as last built, if there is one."""

@@ -74,7 +74,8 @@ from typing import Any, Callable, Sequence
 
 from posbuild.core.action import Action
 from posbuild.core.digest import Digest, hash_bytes
-from posbuild.errors import ActionFailed, ChecksumMismatch, EnvironmentDrift, PosbuildError
+from posbuild.errors import (ActionFailed, ChecksumMismatch, EnvironmentDrift, PosbuildError,
+                             UsageError)
 from posbuild.exec.dask_cluster import (SecretDesk, WorkerInfo, check_fits, connect, dask_resources,
                                         declares_resources, describe, fits, workers_of)
 from posbuild.exec.dask_wire import (InputFile, RemoteAction, RemoteReply, WorkerTerms,
@@ -191,7 +192,11 @@ class DaskSpawner:
 
     def start(self, action: Action, extra_env: Sequence[tuple[str, str]] = ()) -> _Deferred:
         """`run` in the local sandboxes' two halves: a Dask run blocks its thread anyway, so this
-        only notes what to run and `wait` runs it."""
+        only notes what to run and `wait` runs it. A worker sends files back, not folders: an
+        action with folder outputs (`out_dirs`) is refused before anything runs."""
+        if action.out_dirs:
+            raise UsageError(f"{action.label} declares out_dirs, which the Dask executor cannot "
+                             "run yet; build it with the local executor")
         return action, tuple(extra_env)
 
     def wait(self, started: _Deferred) -> SpawnResult:

@@ -160,6 +160,7 @@ class Running:
     deadline: float | None = None  # time.monotonic() when its `timeout` expires
     # run without the shell (shellfree.py): its end is reported as bash would
     direct: Direct | None = None
+    out_dirs: tuple[str, ...] = ()  # the outputs that are folders
 
 
 def _ends_by(pid: int, deadline: float) -> bool:
@@ -366,7 +367,7 @@ class LocalSpawner:
             raise
         elapsed = time.monotonic() - running.started
         exec_root = running.sandbox + "/exec"
-        found = open_outputs(exec_root, running.outputs)
+        found = open_outputs(exec_root, running.outputs, running.out_dirs)
         return SpawnResult(exit_code, timed_out, Path(exec_root), tuple(found.missing), stdout,
                            stderr, elapsed,
                            usage, irregular=tuple(found.irregular), why=found.why, files=found)
@@ -516,7 +517,8 @@ class LocalSpawner:
         started = time.monotonic()
         with self._lock:
             if self._cancelled:
-                return Running(sandbox, action.outputs, out, err, started, None, ())
+                return Running(sandbox, action.outputs, out, err, started, None, (),
+                               out_dirs=action.out_dirs)
             processors = self._pin(action.resources[0])
         try:
             self._confine(processors)
@@ -541,7 +543,7 @@ class LocalSpawner:
             _kill_group(process.pid)
         deadline = started + action.timeout if action.timeout else None
         return Running(sandbox, action.outputs, out, err, started, process, processors, deadline,
-                       direct)
+                       direct, out_dirs=action.out_dirs)
 
     def _reap(self, running: Running) -> tuple[int, bool, ResourceUsage | None, bytes]:
         """Wait for a launched command: its exit code, whether it timed out, its usage, and what

@@ -21,6 +21,7 @@ from __future__ import annotations
 import fcntl
 import os
 import shutil
+import stat
 
 from posbuild.core.action import Action
 
@@ -99,6 +100,9 @@ def _stage_file(source: str, target: str, link_large: bool = False) -> None:
     fd_in = os.open(source, os.O_RDONLY | os.O_CLOEXEC)
     try:
         info = os.fstat(fd_in)
+        if stat.S_ISDIR(info.st_mode):
+            _stage_folder(fd_in, target)
+            return
         if link_large and info.st_size >= LINK_LIMIT:
             os.symlink(source, target)
             return
@@ -117,6 +121,23 @@ def _stage_file(source: str, target: str, link_large: bool = False) -> None:
             os.close(fd_out)
     finally:
         os.close(fd_in)
+
+
+def _stage_folder(fd_in: int, target: str) -> None:
+    """Copy a folder input (another action's folder output) whole, links never followed: its
+    files keep their read-only modes, its folders are the sandbox's own (removable)."""
+    os.mkdir(target)
+    with os.scandir(fd_in) as listing:
+        entries = [(e.name, e.is_dir(follow_symlinks=False)) for e in listing]
+    for name, is_folder in entries:
+        if is_folder:
+            child = os.open(name, _FOLDER, dir_fd=fd_in)
+            try:
+                _stage_folder(child, f"{target}/{name}")
+            finally:
+                os.close(child)
+        else:
+            _stage_file(f"/proc/self/fd/{fd_in}/{name}", f"{target}/{name}")
 
 
 _FICLONE = 0x40049409  # ioctl: share the source's blocks copy-on-write (btrfs, XFS, bcachefs ...)

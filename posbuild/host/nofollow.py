@@ -86,9 +86,11 @@ class Outputs:
             self.why = why
 
 
-def open_outputs(exec_root: str, paths: Sequence[str]) -> Outputs:
+def open_outputs(exec_root: str, paths: Sequence[str], out_dirs: Sequence[str] = ()) -> Outputs:
     """Find each of `paths` (relative to `exec_root`) as described above. Never raises for what
-    an action did: an output that cannot be reached is missing or irregular."""
+    an action did: an output that cannot be reached is missing or irregular. Those also in
+    `out_dirs` must be real folders instead of regular files; what they hold is
+    looked at later, through their descriptors (store/trees.py)."""
     found = Outputs()
     folders: dict[str, int] = {}  # folder (relative to exec_root, "" for itself) → its descriptor
     used: set[int] = set()
@@ -116,7 +118,12 @@ def open_outputs(exec_root: str, paths: Sequence[str]) -> Outputs:
             except OSError as error:
                 found._unusable(path, _cannot(error))
                 continue
-            if not stat.S_ISREG(info.st_mode):
+            if path in out_dirs:
+                if not stat.S_ISDIR(info.st_mode):
+                    found._unusable(path, "is a file, not a folder"
+                                    if stat.S_ISREG(info.st_mode) else _kind(info.st_mode))
+                    continue
+            elif not stat.S_ISREG(info.st_mode):
                 found._unusable(path, _kind(info.st_mode))
                 continue
             found.opened[path] = Opened(folder, name, info)

@@ -272,6 +272,9 @@ class Analyzer:
         resources, env = declared_resources(target.resources, target.env)
         definition = [ACTION_SCHEMA, target.kind, KIND_VERSIONS[target.kind], command,
                       inputs, sorted(tools), outputs, env, target.version]
+        out_dirs = tuple(out_path(target.label.package, o) for o in target.out_dirs)
+        if out_dirs:
+            definition.append(["out_dirs", list(out_dirs)])
         # the names (never the values): declaring another secret re-runs the action
         if target.secrets:
             definition.append(list(target.secrets))
@@ -292,6 +295,7 @@ class Analyzer:
             message=target.message,
             secrets=target.secrets, allow_secret_in_output=target.allow_secret_in_output,
             programs=tuple(dict.fromkeys((*programs, *target.host_tools))),
+            out_dirs=out_dirs,
         )
 
     def _py_task(self, target: Target, files: dict[str, tuple[str, ...]],

@@ -5,7 +5,8 @@ Design memo
 -----------
 * **What is exported.** The action results that the patterns' last successful build used (every
   action it executed or found cached, including those it settled by stat alone, as `posbuild log`
-  lists them), and every blob those results name: outputs, stdout, stderr. A fresh workspace that
+  lists them), and every blob those results name: outputs (and the files of folder outputs),
+  stdout, stderr. A fresh workspace that
   imports the archive builds those patterns with zero executions. So an archive is whole or not
   written: if gc has removed the result of any cacheable action that build used, export refuses
   and names the actions (a new build executes them again). Actions tagged `no-cache` have no
@@ -13,7 +14,8 @@ Design memo
 * **Format.** A tar file (gzip-compressed when the name ends in `.gz` or `.tgz`), readable with
   standard tools. Its first member, `posbuild-cache/manifest`, is msgpack
   `[FORMAT, "posbuild-cache", BLAKE3(body), body, signature]`; the body lists the patterns, the
-  build, every (action key, packed result) and every (blob digest, size). Then one member
+  build, every (action key, packed result) and every (blob digest, size); a result's folder
+  outputs bring their manifests' files along, and import checks that each is there. Then one member
   `posbuild-cache/blobs/<hex>` per blob, in manifest order, so both sides stream: a large data
   set never has to sit in memory.
 * **Trust.** Import checks everything before it writes anything: the manifest's digest, each
@@ -59,7 +61,7 @@ import time
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any, Literal, Sequence
+from typing import IO, TYPE_CHECKING, Any, Callable, Literal, Sequence
 
 import blake3
 import msgpack
@@ -69,6 +71,7 @@ from posbuild.errors import ChecksumMismatch, PosbuildError, UsageError
 from posbuild.store.history import records_of_build
 from posbuild.core.layout import NO_CACHE_TAG, OUT_DIR
 from posbuild.core.records import ActionResult, BuildRow
+from posbuild.core.tree import Tree, member_blobs, tree_outputs
 from posbuild.store.lmdbstore import INLINE_LIMIT
 
 if TYPE_CHECKING:
@@ -157,7 +160,8 @@ def export_cache(store: ExportStore, patterns: Sequence[str], target: Path,
             gone.append(labels[key])
             continue
         results.append((key, result.pack()))
-        for digest in result.blobs():
+        files = [d for d, _ in member_blobs(result, store.get_blob)]
+        for digest in (*result.blobs(), *files):
             if digest not in blobs:
                 if not store.has_blob(digest):
                     raise ChecksumMismatch(f"blob {digest.hex()} is referenced by an action result "
@@ -259,7 +263,8 @@ def import_cache(store: ImportStore, source: Path, temp_dir: Path, secret: bytes
             what = (str(error).splitlines() or [type(error).__name__])[0].rstrip(":")
             raise ChecksumMismatch(
                 f"cache archive {source} is damaged ({what}); nothing was imported") from None
-        results = _check_results(body, source, sizes, store)
+        results = _check_results(body, source, sizes, store,
+                                 lambda d: _blob_bytes(d, small, large, store))
         new_blobs = [d for d in sizes if not store.has_blob(d)]
         for digest in new_blobs:
             if digest in large:
@@ -408,7 +413,17 @@ def _manifest(data: bytes, source: Path, secret: bytes | None, allow_unsigned: b
     return decoded, checked
 
 
-def _check_results(body: dict[str, Any], source: Path, sizes: dict[Digest, int], store: Blobs
+def _blob_bytes(digest: Digest, small: dict[Digest, bytes | Path], large: dict[Digest, Path],
+                store: Blobs) -> bytes:
+    """A verified blob's bytes, from the archive (already checked) or the store."""
+    found = small.get(digest, large.get(digest))
+    if found is None:
+        return store.get_blob(digest)
+    return found if isinstance(found, bytes) else found.read_bytes()
+
+
+def _check_results(body: dict[str, Any], source: Path, sizes: dict[Digest, int], store: Blobs,
+                   blob: Callable[[Digest], bytes]
                    ) -> list[tuple[Digest, bytes]]:
     """Every result decodes, names only safe output paths, and every blob it names is in the
     archive (`sizes`) or in the store."""
@@ -433,6 +448,18 @@ def _check_results(body: dict[str, Any], source: Path, sizes: dict[Digest, int],
                                f"the result of action key {bytes(key).hex()} names blob "
                                f"{digest.hex()}, "
                                        f"which is neither in the archive nor in the store")
+        for output in tree_outputs(result):
+            try:
+                tree = Tree.unpack(blob(output.digest))
+            except ValueError as error:
+                raise _damaged(source, f"the result of action key {bytes(key).hex()} has a folder "
+                               f"output whose manifest is unsound ({error})") from None
+            absent = [f for f in tree.files
+                      if f.digest not in sizes and not store.has_blob(f.digest)]
+            if absent:
+                raise _damaged(source, f"the result of action key {bytes(key).hex()} names blob "
+                               f"{absent[0].digest.hex()} (file {absent[0].path} of "
+                               f"{output.path}), which is neither in the archive nor in the store")
         results.append((bytes(key), bytes(packed)))
     return results
 
@@ -455,7 +482,8 @@ def _check_types(result: ActionResult) -> None:
     _require(all(_is_digest(d) for d in (result.stdout_digest, result.stderr_digest,
                                          *(o.digest for o in result.outputs))))
     for output in result.outputs:
-        _require(isinstance(output.path, str) and isinstance(output.executable, bool))
+        _require(isinstance(output.path, str) and isinstance(output.executable, bool)
+                 and isinstance(output.tree, bool))
         _require(type(output.size) is int and output.size >= 0)
 
 

@@ -7,12 +7,14 @@ Design memo
   generation is what the next build and `posbuild rollback` start from; a store shared by several
   workspaces holds each one's generations, generations.py). A kept generation *pins* its manifest
   blob and every blob its manifest lists, and every action result it *needs*: one whose outputs
-  are all listed, with the same path and digest, in a kept manifest. A pinned result keeps its
-  stdout/stderr blobs because it still references them. Nothing pinned is ever removed, whatever
-  `--max-size` says, so `posbuild rollback` to a kept generation, and a build after
-  `posbuild clean` of the sources a kept generation was built from, restore everything from the
-  store without executing. Outputs a failed build left in `posbuild-out/` are in no generation:
-  their results are not pinned (the next build executes them again if they were evicted).
+  are all listed, with the same path and digest, in a kept manifest (a folder output by all of
+  its files). A pinned result keeps its stdout/stderr blobs because it still references them.
+  A result references the blobs of its folder outputs' files too (through their manifests).
+  Nothing pinned is ever removed, whatever `--max-size` says, so `posbuild rollback` to a kept
+  generation, and a build after `posbuild clean` of the sources a kept generation was built
+  from, restore everything from the store without executing. Outputs a failed build left in
+  `posbuild-out/` are in no generation: their results are not pinned (the next build executes
+  them again if they were evicted).
 * **Builds after gc.** Every `Store.remove()` first gives the store a new epoch (epoch.py), so a
   saved up-to-date state that trusted an evicted result is checked before the next build settles
   anything by stat (uptodate.revalidate).
@@ -56,7 +58,8 @@ from typing import TYPE_CHECKING, Iterable, Iterator, Mapping, Sequence
 
 from posbuild.core.digest import Digest
 from posbuild.errors import ChecksumMismatch, UsageError
-from posbuild.core.records import ActionResult, Generation, Manifest, unpack_manifest
+from posbuild.core.records import ActionResult, Generation, Manifest, OutputFile, unpack_manifest
+from posbuild.core.tree import Tree, tree_outputs
 
 if TYPE_CHECKING:
     from typing import Protocol
@@ -83,6 +86,8 @@ class Inventory:
     usage: Mapping[Digest, int] = field(repr=False)  # action key → last use, unix ns
     blob_sizes: Mapping[Digest, int] = field(repr=False)
     external: frozenset[Digest] = field(repr=False)  # blobs whose bytes are files under cas/
+    # the manifests of the results' folder outputs (core/tree.py), by digest
+    trees: Mapping[Digest, Tree] = field(default_factory=dict, repr=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -161,8 +166,24 @@ def take_inventory(store: GcStore, keep_generations: int) -> Inventory:
             sizes[digest] = store.blob_size(digest)
         else:
             sizes[digest] = len(data)
-    return Inventory(tuple(kept), tuple(dropped), manifests, dict(store.iter_results()),
-                     store.usage(), sizes, frozenset(external))
+    results = dict(store.iter_results())
+    return Inventory(tuple(kept), tuple(dropped), manifests, results,
+                     store.usage(), sizes, frozenset(external), _trees(store, results.values()))
+
+
+def _trees(store: Blobs, results: Iterable[ActionResult]) -> dict[Digest, Tree]:
+    """The manifest of every folder output the results name. One that is missing or unsound
+    names no file (fsck reports it), so its members are kept only if something else needs them."""
+    trees: dict[Digest, Tree] = {}
+    for result in results:
+        for output in tree_outputs(result):
+            if output.digest in trees or not store.has_blob(output.digest):
+                continue
+            try:
+                trees[output.digest] = Tree.unpack(store.get_blob(output.digest))
+            except (ValueError, ChecksumMismatch):
+                continue
+    return trees
 
 
 def _manifest(store: Blobs, generation: Generation) -> Manifest:
@@ -173,8 +194,25 @@ def _manifest(store: Blobs, generation: Generation) -> Manifest:
                                f"removed nothing, run `posbuild fsck`") from None
 
 
-def _references(result: ActionResult) -> frozenset[Digest]:
-    return frozenset(result.blobs())
+def _references(result: ActionResult, trees: Mapping[Digest, Tree]) -> frozenset[Digest]:
+    """Every blob a result needs: its own, and every file of its folder outputs."""
+    blobs = set(result.blobs())
+    for output in tree_outputs(result):
+        tree = trees.get(output.digest)
+        if tree is not None:
+            blobs.update(f.digest for f in tree.files)
+    return frozenset(blobs)
+
+
+def _listed(output: OutputFile, needed: set[tuple[str, Digest]],
+            trees: Mapping[Digest, Tree]) -> bool:
+    """Whether a kept manifest lists an output: a file by its row, a folder by its files' rows
+    (a generation lists a folder's files, not the folder)."""
+    if not output.tree:
+        return (output.path, output.digest) in needed
+    tree = trees.get(output.digest)
+    return tree is not None and all((f"{output.path}/{f.path}", f.digest) in needed
+                                    for f in tree.files)
 
 
 def plan_gc(inventory: Inventory, max_size: int | None, batch_rows: int = BATCH_ROWS) -> GcPlan:
@@ -185,10 +223,11 @@ def plan_gc(inventory: Inventory, max_size: int | None, batch_rows: int = BATCH_
         for path, (digest, _, _) in manifest.items():
             pinned_blobs.add(digest)
             needed.add((path, digest))
-    refs = {key: _references(result) for key, result in inventory.results.items()}
+    refs = {key: _references(result, inventory.trees)
+            for key, result in inventory.results.items()}
     pinned_results = {
         key for key, result in inventory.results.items()
-        if result.outputs and all((o.path, o.digest) in needed for o in result.outputs)
+        if result.outputs and all(_listed(o, needed, inventory.trees) for o in result.outputs)
     }
     refcount: Counter[Digest] = Counter(d for digests in refs.values() for d in digests)
     sizes = inventory.blob_sizes

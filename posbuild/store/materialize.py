@@ -10,6 +10,7 @@ executable) so an editor refuses to change them; and since they are copies, neve
 the store, even a forced edit cannot corrupt a blob. A materialized file's stat signature goes
 into the stat memo, so the next build knows it is intact by one `stat()`. An action's output is
 taken out of its sandbox through the descriptors nofollow.py opened, never by a path there.
+A folder output is written and checked whole by trees.py; the Materializer only hands it over.
 """
 
 from __future__ import annotations
@@ -22,8 +23,11 @@ import threading
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from posbuild.core.digest import Digest
 from posbuild.host.nofollow import Opened
 from posbuild.core.records import FileState, OutputFile, Signature, signature
+from posbuild.core.tree import Tree
+from posbuild.store.trees import WrittenTree, intact, move_aside, write_tree
 
 if TYPE_CHECKING:
     from typing import Protocol
@@ -87,7 +91,11 @@ class Materializer:
         # a hard link's other names must not change with it
         if self._renames and produced.stat.st_nlink == 1:
             try:
-                os.rename(produced.name, target, src_dir_fd=produced.folder)
+                try:
+                    os.rename(produced.name, target, src_dir_fd=produced.folder)
+                except IsADirectoryError:  # a folder output of this name before
+                    move_aside(target, self._temp_dir)
+                    os.rename(produced.name, target, src_dir_fd=produced.folder)
             # something outside the sandbox removed it since it was hashed
             except FileNotFoundError:
                 raise FileNotFoundError(errno.ENOENT,
@@ -121,6 +129,32 @@ class Materializer:
         self._write(target, output, self._store.get_blob(output.digest))
         return FileState(signature(os.stat(target)), output.digest)
 
+    def tree(self, output: OutputFile) -> Tree:
+        """The manifest of a folder output, from its verified blob; ValueError if unsound."""
+        return Tree.unpack(self._store.get_blob(output.digest))
+
+    def current_tree(self, output: OutputFile) -> WrittenTree | None:
+        """A folder output's rows if `posbuild-out/` holds exactly it (trees.py), else None."""
+        return intact(self._root, output, self.tree(output), self._store)
+
+    def install_tree(self, output: OutputFile, tree: Tree,
+                     held: dict[Digest, bytes]) -> WrittenTree:
+        """Write a folder an action just produced, from the bytes in hand (`held`, by digest)
+        and the store's blobs for the rest."""
+        def blob(digest: Digest) -> bytes:
+            data = held.get(digest)
+            return data if data is not None else self._store.get_blob(digest)
+        return write_tree(self._root, self._temp_dir, output, tree, blob)
+
+    def temp_file(self, name: str) -> Path:
+        """A path in the temp folder (emptied by every build) for a file about to be stored."""
+        return self._temp_dir / f"{name}.{threading.get_ident()}"
+
+    def restore_tree(self, output: OutputFile) -> WrittenTree:
+        """Write a folder output whole from its manifest and blobs, replacing what is there."""
+        return write_tree(self._root, self._temp_dir, output, self.tree(output),
+                          self._store.get_blob)
+
     def _target(self, output: OutputFile) -> str:
         target = f"{self._root}/{output.path}"
         folder = os.path.dirname(target)
@@ -142,7 +176,11 @@ class Materializer:
                 _fill(fd, content)
             finally:
                 os.close(fd)
-            os.rename(temp, target)
+            try:
+                os.rename(temp, target)
+            except IsADirectoryError:  # a folder output of this name before
+                move_aside(target, self._temp_dir)
+                os.rename(temp, target)
         except BaseException:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(temp)

@@ -101,10 +101,10 @@ class RemoteEntry:
 
     def blobs(self) -> Iterator[tuple[Digest, bytes, int]]:
         """(BLAKE3 digest, SHA-256, size or -1 if unknown) of every blob the result names, once
-        each."""
-        sizes = {o.digest: o.size for o in self.result.outputs}
+        each, then of every other blob the entry names (the files of its folder outputs)."""
+        sizes = {o.digest: o.size for o in self.result.outputs if not o.tree}
         names = {digest: (name, size) for digest, name, size in self.names}
-        for digest in dict.fromkeys(self.result.blobs()):
+        for digest in dict.fromkeys([*self.result.blobs(), *names]):
             name, size = names[digest]
             yield digest, name, size if size >= 0 else sizes.get(digest, -1)
 
@@ -169,7 +169,8 @@ def unpack_entry(secret: bytes, key: Digest, data: bytes) -> RemoteEntry:
     named = {d: (s, size) for d, s, size in names}
     if any(d not in named or len(named[d][0]) != 32 for d in result.blobs()):
         raise EntryRejected("a blob of the result has no SHA-256 name")
-    if any(named[o.digest][1] not in (-1, o.size) for o in result.outputs):
+    # a folder's size is its files', not its manifest's
+    if any(named[o.digest][1] not in (-1, o.size) for o in result.outputs if not o.tree):
         raise EntryRejected("the size of an output differs from the size of its blob")
     return RemoteEntry(result, names)
 

@@ -16,8 +16,13 @@ tick is never taken as unchanged.
 The tree marker (`.posbuild/tree`) says whether `posbuild-out/` is known to be exactly the latest
 generation's tree (generations.py), and lists the outputs failed builds withdrew since.
 
+A folder output (`out_dirs`) is recorded with the signatures of every file and sub-folder in it
+(a sub-folder's digest is empty), and `trees` lists them under the folder's path, so that an
+edited, added or removed file inside it makes its action not up to date.
+
 Format: msgpack [STATE_FORMAT, env_key, graph, complete, paths, packed signatures (SIGNATURE_ROW
-each), msgpack {label: (def_hash, key)}, msgpack {path: digest}, epoch].
+each), msgpack {label: (def_hash, key)}, msgpack {path: digest}, epoch, msgpack {folder output:
+[member paths]}].
 """
 
 from __future__ import annotations
@@ -44,8 +49,9 @@ if TYPE_CHECKING:
     class _ResultStore(ActionCache, Blobs, Protocol):
         """Results and the blobs they name."""
 
-STATE_FORMAT = 4
-_FORMATS = (3, STATE_FORMAT)  # 3: saved before states named the store's epoch
+STATE_FORMAT = 5
+# 3: saved before states named the store's epoch; 4: before folder outputs
+_FORMATS = (3, 4, STATE_FORMAT)
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,13 +79,15 @@ class BuildState:
     """
 
     __slots__ = ("env_key", "graph", "complete", "epoch", "paths", "packed_signatures",
-                 "_signatures", "_actions", "_packed_actions", "_digests", "_packed_digests", "raw")
+                 "_signatures", "_actions", "_packed_actions", "_digests", "_packed_digests", "raw",
+                 "_trees", "_packed_trees")
 
     def __init__(self, env_key: Digest, actions: dict[str, tuple[Digest, Digest]] | bytes,
                  signatures: dict[str, Signature] | tuple[Sequence[str], bytes],
                  digests: dict[str, Digest] | bytes,
                  raw: bytes = b"", graph: Digest = b"", complete: bool = False,
-                 epoch: bytes = b"") -> None:
+                 epoch: bytes = b"",
+                 trees: dict[str, tuple[str, ...]] | bytes = b"") -> None:
         # the saved file's bytes, when loaded from one (the build records refer to them)
         self.raw = raw
         self.env_key = env_key
@@ -98,6 +106,8 @@ class BuildState:
         self._packed_actions = actions if isinstance(actions, bytes) else b""
         self._digests = digests if isinstance(digests, dict) else None
         self._packed_digests = digests if isinstance(digests, bytes) else b""
+        self._trees = trees if isinstance(trees, dict) else None
+        self._packed_trees = trees if isinstance(trees, bytes) else b""
 
     @property
     def signatures(self) -> dict[str, Signature]:
@@ -118,6 +128,14 @@ class BuildState:
         if self._digests is None:
             self._digests = msgpack.unpackb(self._packed_digests) if self._packed_digests else {}
         return self._digests
+
+    @property
+    def trees(self) -> dict[str, tuple[str, ...]]:
+        """Folder output → the paths of its recorded files and sub-folders."""
+        if self._trees is None:
+            self._trees = msgpack.unpackb(self._packed_trees, use_list=False) \
+                if self._packed_trees else {}
+        return self._trees
 
     def trace_of(self, action: Action) -> ActionTrace | None:
         """The recorded trace, if the action's definition is the recorded one."""
@@ -147,14 +165,15 @@ def state_from_bytes(raw: bytes) -> BuildState:
     """A saved state from its bytes, or EMPTY when they are not one."""
     try:
         fields = msgpack.unpackb(raw, use_list=False)
-        fmt, saved_env, graph, complete, paths, signatures, actions, digests, *epoch = fields
+        fmt, saved_env, graph, complete, paths, signatures, actions, digests, *rest = fields
     except (ValueError, TypeError, msgpack.UnpackException):
         return EMPTY
-    if fmt not in _FORMATS or len(epoch) != (1 if fmt == STATE_FORMAT else 0) \
+    if fmt not in _FORMATS or len(rest) != {3: 0, 4: 1}.get(fmt, 2) \
             or len(signatures) != len(paths) * SIGNATURE_ROW.size:
         return EMPTY
     return BuildState(saved_env, actions, (paths, signatures), digests, raw, graph=graph,
-                      complete=complete, epoch=epoch[0] if epoch else b"")
+                      complete=complete, epoch=rest[0] if rest else b"",
+                      trees=rest[1] if len(rest) > 1 else b"")
 
 
 def save_state(path: Path, state: BuildState, epoch: bytes | None = None) -> bytes:
@@ -167,6 +186,7 @@ def save_state(path: Path, state: BuildState, epoch: bytes | None = None) -> byt
         state.packed_signatures,
         msgpack.packb(state.actions, use_bin_type=True),
         msgpack.packb(state.digests, use_bin_type=True), state.epoch if epoch is None else epoch,
+        msgpack.packb(state.trees, use_bin_type=True),
     ], use_bin_type=True)
     write_atomically(path, payload)
     return payload
@@ -196,7 +216,8 @@ def revalidate(path: Path | None, state: BuildState, store_dir: Path, epoch: byt
         traces = {}
     kept = BuildState(state.env_key, traces, (state.paths, state.packed_signatures), state.digests,
                       graph=state.graph,
-                      complete=state.complete and len(traces) == len(state.actions))
+                      complete=state.complete and len(traces) == len(state.actions),
+                      trees=state.trees)
     if path is None:
         return kept
     return state_from_bytes(save_state(path, kept, epoch))

@@ -293,7 +293,7 @@ def test_unknown_attribute(built):
                         {"p/BUILD": 'genrule(name = "a", outs = ["x"], cmd = "c", colour = 1)\n'})
     assert message == (
         "p/BUILD:1:1: genrule 'a': unknown attribute 'colour' (known: allow_secret_in_output, cmd, "
-        "env, host_tools, message, outs, requires, "
+        "env, host_tools, message, out_dirs, outs, requires, "
         "resources, secrets, srcs, tags, timeout, tools, version, visibility)"
     )
 
@@ -555,8 +555,8 @@ def test_wrongly_typed_posbuild_toml_value(built):
     ("[resouces]\ncpu = 1\n", "unknown table [resouces]; did you mean [resources]?"),
     ("[bulid]\njobs = 2\n", "unknown table [bulid]; did you mean [build]?"),
     ("[zzz]\n",
-     "unknown table [zzz] (known: build, cache, env, executor, resources, roles, sandbox, "
-     "secrets)"),
+     "unknown table [zzz] (known: build, cache, env, executor, python, resources, roles, "
+     "sandbox, secrets)"),
     ("[build]\njbos = 2\n",
      "[build] has unknown key 'jbos' (known: build_file_names, jobs, sandbox_base); did you mean "
      "'jobs'?"),
@@ -577,8 +577,8 @@ def test_wrongly_typed_posbuild_toml_value(built):
      "[roles.dev] has unknown key 'buidl' (known: build, upload); did you mean 'build'?"),
     ("jobs = 2\n", "'jobs' is outside any table; did you mean [build] jobs?"),
     ("colour = 2\n",
-     "'colour' is outside any table (known tables: build, cache, env, executor, resources, "
-                     "roles, sandbox, secrets)"),
+     "'colour' is outside any table (known tables: build, cache, env, executor, python, "
+     "resources, roles, sandbox, secrets)"),
 ])
 def test_unknown_table_or_key_in_posbuild_toml(built, toml, detail):
     ws, _ = built

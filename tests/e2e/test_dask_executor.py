@@ -579,3 +579,13 @@ def test_a_blob_scattered_again_after_its_release_gets_a_key_of_its_own(tmp_path
     sandboxes._scatter(client, digest, data)
     assert len(client.keys) == 2 and client.keys[0] != client.keys[1]
     assert all(key.startswith(f"posbuild-blob-{digest.hex()}-") for key in client.keys)
+
+
+def test_an_action_with_a_folder_output_is_refused_before_it_runs(cluster: Cluster,
+                                                                   tmp_path: Path) -> None:
+    ws = workspace(tmp_path, "ws", {
+        "p/BUILD": 'genrule(name = "d", out_dirs = ["d"], cmd = "mkdir $@")\n'})
+    result = ws.build("--executor", cluster.url)
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "//p:d declares out_dirs, which the Dask executor cannot run yet" in result.stderr
+    assert "Traceback" not in result.stderr

@@ -17,6 +17,7 @@ import pytest
 
 from conftest import POSBUILD, Result, Workspace, counts, executed_labels
 from nginx_server import Nginx, free_port, nginx  # noqa: F401 - the fixture
+from oracle import assert_correct_build
 
 KEY = {"POSBUILD_CACHE_KEY": "correct horse battery staple"}
 
@@ -497,3 +498,34 @@ def test_an_entry_holding_a_secret_is_rejected():
     data = pack_entry(b"secret", hash_bytes(b"k"), dataclasses.replace(result, secret=True), names)
     with pytest.raises(EntryRejected, match="holds a secret"):
         unpack_entry(b"secret", hash_bytes(b"k"), data)
+
+
+FOLDER_BUILD = {"fold/BUILD": """
+    genrule(name = "idx", out_dirs = ["index"],
+            cmd = "mkdir -p $@/sub && echo one > $@/a && echo member-two > $@/sub/b")
+    genrule(name = "use", srcs = [":idx"], outs = ["cat.txt"], cmd = "cat $(location :idx)/sub/b > $@")
+"""}  # noqa: E501
+
+
+def test_a_folder_output_comes_from_the_remote_with_every_file(tmp_path, nginx):
+    a = workspace(tmp_path, "a", nginx.url)
+    a.write(FOLDER_BUILD)
+    assert build(a, "--remote-upload", "//fold:all").returncode == 0
+    b = workspace(tmp_path, "b", nginx.url)
+    b.write(FOLDER_BUILD)
+    fetched = build(b, "//fold:all")
+    assert counts(fetched) == {"executed": 0, "cached": 2, "failed": 0}, fetched.stderr
+    assert tree(b) == tree(a)
+    assert b.out("fold/index/sub/b") == "member-two\n"
+    assert b.run("fsck").returncode == 0
+    assert_correct_build(b, ("//fold:all",))
+    # an entry whose folder lacks a file on the remote is a miss, never half a folder
+    c = workspace(tmp_path, "c", nginx.url)
+    c.write(FOLDER_BUILD)
+    for blob in nginx.files("cas"):
+        if blob.read_bytes() == b"member-two\n":
+            blob.unlink()
+    missed = build(c, "//fold:all")
+    assert missed.returncode == 0, missed.stderr
+    assert executed_labels(missed) == ["//fold:idx"]
+    assert c.out("fold/index/sub/b") == "member-two\n"

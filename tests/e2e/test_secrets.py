@@ -103,6 +103,19 @@ def test_secret_in_output_fails_and_keeps_nothing(ws, secret_env):
     assert kept_anywhere(ws.root, VALUE, result.stdout, result.stderr) == []
 
 
+def test_secret_in_a_file_of_a_folder_output_fails_and_keeps_nothing(ws, secret_env):
+    ws.write({"p/BUILD": """
+        genrule(name = "leak", out_dirs = ["d"], secrets = ["API_TOKEN"],
+                cmd = "mkdir -p $@/deep && echo header > $@/a && echo $$API_TOKEN >> $@/deep/b")
+    """})
+    result = ws.build("//p:leak", env=secret_env)
+    assert result.returncode == 1
+    assert "output 'posbuild-out/p/d' contains the value of secret 'API_TOKEN'" \
+        in result.stdout + result.stderr
+    assert not (ws.root / "posbuild-out/p/d").exists()
+    assert kept_anywhere(ws.root, VALUE, result.stdout, result.stderr) == []
+
+
 def test_allow_secret_in_output(ws, secret_env):
     ws.write({"p/BUILD": """
         genrule(name = "cfg", outs = ["cfg.ini"], secrets = ["API_TOKEN"], allow_secret_in_output = True,

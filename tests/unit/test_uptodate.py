@@ -137,3 +137,33 @@ def test_the_tree_marker_lists_withdrawn_outputs_only_while_dirty(tmp_path: Path
     assert tree_is_clean(config) and withdrawn_outputs(config) == frozenset()
     (config.state_dir / "tree").write_bytes(b"dirty\n\xc1garbage")
     assert withdrawn_outputs(config) == frozenset()  # unreadable: nothing kept, never a crash
+
+
+def test_a_folder_output_is_clean_only_while_every_recorded_member_is(tmp_path: Path) -> None:
+    from posbuild.engine.uptodate import clean_actions
+
+    folder = tmp_path / "posbuild-out/p/d"
+    (folder / "sub").mkdir(parents=True)
+    (folder / "sub/f").write_text("f")
+    paths = ("posbuild-out/p/d", "posbuild-out/p/d/sub", "posbuild-out/p/d/sub/f")
+    signatures = {p: signature(os.stat(tmp_path / p)) for p in paths}
+    action = Action("//p:t", "genrule", "", (), (), ("posbuild-out/p/d",), (), (), 0, (),
+                    b"\x03" * 32, (), (), out_dirs=("posbuild-out/p/d",))
+    state = BuildState(ENV, {"//p:t": (b"\x03" * 32, b"\x04" * 32)}, signatures,
+                       {p: b"" for p in paths}, graph=GRAPH, complete=True,
+                       trees={"posbuild-out/p/d": paths[1:]})
+    save_state(tmp_path / "s.state", state)
+    loaded = load_state(tmp_path / "s.state", ENV)
+    assert loaded.trees == {"posbuild-out/p/d": paths[1:]}
+    assert clean_actions([action], loaded, tmp_path) == [True]
+    (folder / "sub/g").write_text("added below the folder's own listing")
+    assert clean_actions([action], loaded, tmp_path) == [False]
+    assert not settled(loaded, GRAPH, tmp_path)
+    # a state saved before folders were recorded makes such an action not clean
+    (folder / "sub/g").unlink()
+    now = {p: signature(os.stat(tmp_path / p)) for p in paths}
+    older = BuildState(ENV, state.actions, now, state.digests, graph=GRAPH)
+    assert clean_actions([action], older, tmp_path) == [False]
+    fresh = BuildState(ENV, state.actions, now, state.digests, graph=GRAPH,
+                       trees={"posbuild-out/p/d": paths[1:]})
+    assert clean_actions([action], fresh, tmp_path) == [True]
