@@ -230,7 +230,9 @@ class _Checker:
             if error:
                 self._add(CHECKSUM, BLOB, digest.hex(), error)
             elif actual != digest:
-                self._add(CHECKSUM, BLOB, digest.hex(), f"stored bytes hash to {actual.hex()}")
+                self._add(CHECKSUM, BLOB, digest.hex(), f"stored bytes hash to {actual.hex()}"
+                          + (_edited_through_link(store.external_path(digest)) if data is None
+                             else ""))
             else:
                 continue
             self.plan.blobs.add(digest)
@@ -603,3 +605,14 @@ def repaired_line(repairs: Repairs) -> str:
         return "repaired: nothing to repair"
     return (f"repaired: removed {', '.join(parts)}; the next build checks every action against the "
             f"store again and recreates what was removed")
+
+
+def _edited_through_link(path: Path) -> str:
+    """What fsck adds about a blob file that hashes wrong while it has other names: the file is
+    shared with `posbuild-out/` (materialize.py), and an edit in place there changed it."""
+    try:
+        linked = path.stat().st_nlink > 1
+    except OSError:
+        return ""
+    return ("; its file is shared with posbuild-out/ (a hard link), where an edit in place "
+            "changed it") if linked else ""

@@ -139,7 +139,7 @@ class _Run:
         temp = config.root / STATE_DIR / TMP
         materializer = Materializer(config.root, store, temp)
         materializer.clear_temp()
-        local = LocalResults(store, materializer, self.products)
+        local = LocalResults(store, materializer, self.products, warn=reporter.message)
         # a remote is neither asked nor filled under --verify, nor for a secret's carrier
         remote = None if options.verify else remote
         self.rebuilder = Rebuilder(
