@@ -832,8 +832,17 @@ def _adopt(source: Path, folder: Path) -> str | None:
         if os.stat(source).st_nlink != 1:
             return None
         temp = f"{folder}/.tmp-{os.getpid()}-{threading.get_ident()}"
-        # by descriptor paths too: linkat(AT_SYMLINK_FOLLOW) links the file the fd names
-        os.link(source, temp, follow_symlinks=True)
+        text = str(source)
+        if text.startswith("/proc/"):
+            # linkat(AT_SYMLINK_FOLLOW) links the file a descriptor path names; os.link calls
+            # linkat only when given a folder descriptor
+            proc = os.open("/proc", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            try:
+                os.link(text[len("/proc/"):], temp, src_dir_fd=proc, follow_symlinks=True)
+            finally:
+                os.close(proc)
+        else:
+            os.link(text, temp)
     except OSError:  # EXDEV, EPERM (no link(2) here, or protected hard links): copy instead
         return None
     try:

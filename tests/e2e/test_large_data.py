@@ -109,3 +109,53 @@ def test_gc_and_cache_export_keep_linked_blobs_right(ws, tmp_path):
     collected = ws.run("gc", "--max-size", "0")
     assert collected.returncode == 0, collected.stdout + collected.stderr
     assert ws.run("fsck").returncode == 0
+
+
+def _inode_line(result) -> int:
+    """The inode the producer's command printed for its output (`stat -c %i` on stderr)."""
+    for line in (result.stdout + result.stderr).splitlines():
+        if line.strip().isdigit():
+            return int(line.strip())
+    raise AssertionError(f"no inode printed:\n{result.stdout}\n{result.stderr}")
+
+
+ON_DISK = {
+    "data/in.bin": "",  # written by the test, large
+    "data/BUILD": """
+        genrule(name = "copy", srcs = ["in.bin"], outs = ["copy.bin"],
+                cmd = "cat $< > $@; pwd >&2; stat -c %i $@ >&2")
+    """,
+}
+
+
+def test_an_action_with_inputs_too_large_for_memory_runs_on_disk_and_its_output_is_not_copied(ws):
+    ws.write(ON_DISK)
+    (ws.root / "data" / "in.bin").write_bytes(b"x" * BIG)
+    small_memory = {"POSBUILD_TEST_SANDBOX_MEMORY_FREE": str(BIG)}
+    built = ws.build("//data:copy", env=small_memory)
+    assert built.returncode == 0, built.stdout + built.stderr
+    text = built.stdout + built.stderr
+    assert str(ws.root / ".posbuild" / "sandbox") in text, text
+    out = ws.root / "posbuild-out" / "data" / "copy.bin"
+    # one inode: the file the command wrote is the store's blob and the output
+    assert out.stat().st_ino == _inode_line(built)
+    assert out.stat().st_nlink == 2
+    assert ws.run("fsck").returncode == 0
+
+
+def test_an_action_that_fits_in_memory_runs_in_the_memory_base(ws):
+    ws.write(ON_DISK)
+    (ws.root / "data" / "in.bin").write_bytes(b"x" * BIG)
+    built = ws.build("//data:copy", env={"POSBUILD_TEST_SANDBOX_MEMORY_FREE": str(1 << 40)})
+    assert built.returncode == 0, built.stdout + built.stderr
+    assert str(ws.root / ".posbuild" / "sandbox") not in built.stdout + built.stderr
+
+
+def test_the_last_run_s_output_sizes_send_an_action_to_disk(ws):
+    ws.write(PIPELINE)
+    ws.ok("//data:big")
+    ws.write({"data/BUILD": PIPELINE["data/BUILD"].replace(
+        "> $@", "> $@; pwd >&2", 1)})  # a new key: it runs again, knowing its last output size
+    built = ws.build("//data:big", env={"POSBUILD_TEST_SANDBOX_MEMORY_FREE": str(BIG)})
+    assert built.returncode == 0, built.stdout + built.stderr
+    assert str(ws.root / ".posbuild" / "sandbox") in built.stdout + built.stderr
