@@ -341,13 +341,14 @@ class Store:
 
     # -- writing ---------------------------------------------------------------------------
 
-    def store_external(self, digest: Digest, source: Path) -> None:
+    def store_external(self, digest: Digest, source: Path, take: bool = False) -> None:
         """Put a large file into `cas/` (temp + fsync + rename), before any row refers to it.
 
-        A file with no other name on the store's file system (an output in a sandbox on disk, a
-        download in the temp folder) is taken in by a hard link, never copied: it is the very
-        inode its caller hashed, and made read-only here. Anything else is cloned (a reflink)
-        or copied, and the copy hashed again, since its source may be changing under it.
+        The file is cloned (a reflink) or copied, and the copy hashed again, since its source
+        may be changing under it. With `take`, the caller hands the file over: an action's output
+        it has just hashed through the descriptor `source` names (`/proc/self/fd/N`), whose
+        processes are gone. With no other name and on the store's file system (a sandbox on
+        disk), it is then taken in by a hard link, made read-only, and not hashed again.
         """
         target = self.external_path(digest)
         if target.exists():
@@ -355,7 +356,7 @@ class Store:
         target.parent.mkdir(parents=True, exist_ok=True)
         import tempfile  # only large outputs are stored as files
 
-        temp = _adopt(source, target.parent)
+        temp = _adopt(source, target.parent) if take else None
         if temp is not None:
             os.rename(temp, target)
             return
