@@ -351,8 +351,13 @@ class Store:
         disk), it is then taken in by a hard link, made read-only, and not hashed again.
         """
         target = self.external_path(digest)
-        if target.exists():
-            return
+        try:
+            # a file shared with posbuild-out/ may have been edited there (materialize.py)
+            if os.stat(target).st_nlink == 1 or hash_file(target) == digest:
+                return
+            os.unlink(target)  # changed through its link: these bytes replace it
+        except FileNotFoundError:
+            pass
         target.parent.mkdir(parents=True, exist_ok=True)
         import tempfile  # only large outputs are stored as files
 

@@ -108,7 +108,7 @@ class Materializer:
         the action made) is copied. Sandboxes on another file system (a memory one) are learned
         from the first rename that fails, not retried for every file."""
         if data is None and output.size >= SHARE_LIMIT:
-            shared = self._share(output)  # the store took it in already (store_external)
+            shared = self._install_shared(produced, output)
             if shared is not None:
                 return shared
         target = self._target(output)
@@ -156,10 +156,10 @@ class Materializer:
         """Restore a large output from its blob file, hashed first and never read into memory:
         shared where it can be, else copied from the file."""
         self._check_blob(output, source)
+        target = self._target(output)
         shared = self._share(output)
         if shared is not None:
             return shared
-        target = self._target(output)
         fd = os.open(source, os.O_RDONLY | os.O_CLOEXEC)
         try:
             self._write(target, output, fd)
@@ -181,32 +181,66 @@ class Materializer:
             raise ChecksumMismatch(f"blob {output.digest.hex()} ({source}) no longer hashes to "
                                    "its name; run `posbuild fsck --repair`")
         results = drop_changed(self._store, output.digest)
-        raise BlobChanged(f"posbuild-out/{output.path} was changed in place, and with it the "
+        raise BlobChanged(f"{output.path} was changed in place, and with it the "
                           f"store's file it shares (a hard link): blob {output.digest.hex()[:12]} "
                           f"and {results} cached result(s) naming it dropped")
 
+    def _install_shared(self, produced: Opened, output: OutputFile) -> FileState | None:
+        """Install a large output the store has taken in (store_external): when the store's file
+        is the produced file itself (a hard link: a sandbox on disk), its sandbox name is moved
+        into place, so no name of it is left to vanish later (a link count change is a stat
+        change to the memo); else the store's file is shared (`_share`). None: copy it."""
+        try:
+            blob = os.stat(self._store.external_path(output.digest))
+        except FileNotFoundError:
+            return None
+        if (blob.st_ino, blob.st_dev) != (produced.stat.st_ino, produced.stat.st_dev):
+            return self._share(output)
+        if blob.st_mode & 0o777 != _mode(output.executable):
+            return None
+        target = self._target(output)
+        os.rename(produced.name, target, src_dir_fd=produced.folder)
+        info = os.stat(target)
+        if (info.st_ino, info.st_dev) != (blob.st_ino, blob.st_dev):
+            os.unlink(target)
+            raise OSError(errno.ESTALE, "output replaced in its sandbox after it was hashed; "
+                          "nothing installed", output.path)
+        return FileState(signature(info), output.digest)
+
     def _share(self, output: OutputFile) -> FileState | None:
         """Put the store's file of a large output at its place in `posbuild-out/`: a reflink,
-        else a hard link (when the store's file has the output's mode), renamed into place; None
-        where neither works (another file system), with nothing made."""
+        else a hard link, renamed into place; None where neither works (another file system), or
+        where a link would not do (below), with nothing made.
+
+        A hard link only when the store's file has the output's mode and no other name: one
+        name in one `posbuild-out/` per blob, since a second one (an equal output elsewhere,
+        another workspace sharing the store) would change the first's stat signature (ctime)
+        each time it is made or replaced, and each would then be restored again and again."""
         source = str(self._store.external_path(output.digest))
         target = self._target(output)
-        temp = f"{self._temp_dir}/{os.path.basename(target)}.{threading.get_ident()}"
         mode = _mode(output.executable)
+        with contextlib.suppress(FileNotFoundError):
+            info, blob = os.stat(target), os.stat(source)
+            # already this very file (a run that made the same bytes; a memo gone stale): kept
+            if (info.st_ino, info.st_dev) == (blob.st_ino, blob.st_dev) \
+                    and info.st_mode & 0o777 == mode:
+                return FileState(signature(info), output.digest)
+        temp = f"{self._temp_dir}/{os.path.basename(target)}.{threading.get_ident()}"
         if not (self._reflinks and _reflink(source, temp, mode)):
             self._reflinks = False  # learned once, as renames are
             try:
-                if os.stat(source).st_mode & 0o777 != mode:
+                info = os.stat(source)
+                if info.st_mode & 0o777 != mode or info.st_nlink != 1:
                     return None
                 os.link(source, temp)
             except OSError:
                 return None
         try:
             os.rename(temp, target)
-        except BaseException:
+        finally:
+            # also when `target` was this very file already: rename then leaves both names
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(temp)
-            raise
         return FileState(signature(os.stat(target)), output.digest)
 
     def _target(self, output: OutputFile) -> str:

@@ -33,6 +33,13 @@ def test_a_large_output_is_one_file_shared_by_the_store_and_posbuild_out(ws):
     assert out.stat().st_mode & 0o777 == 0o444
     assert ws.out("data/count.txt").split() == ["0", str(BIG)]
     assert ws.run("fsck").returncode == 0
+    # the next build touches nothing: no name of the file came or went after it was recorded
+    before = out.stat()
+    again = ws.ok("//data:count")
+    assert counts(again)["executed"] == 0
+    after = out.stat()
+    assert (after.st_ino, after.st_ctime_ns, after.st_nlink) == \
+        (before.st_ino, before.st_ctime_ns, before.st_nlink)
 
 
 def test_a_small_output_stays_a_copy(ws):
@@ -159,3 +166,19 @@ def test_the_last_run_s_output_sizes_send_an_action_to_disk(ws):
     built = ws.build("//data:big", env={"POSBUILD_TEST_SANDBOX_MEMORY_FREE": str(BIG)})
     assert built.returncode == 0, built.stdout + built.stderr
     assert str(ws.root / ".posbuild" / "sandbox") in built.stdout + built.stderr
+
+
+def test_an_edited_shared_output_is_replaced_when_a_new_run_makes_the_same_bytes(ws):
+    ws.write(PIPELINE)
+    ws.ok("//data:big")
+    out = ws.root / "posbuild-out" / "data" / "big.bin"
+    os.chmod(out, 0o644)
+    with open(out, "r+b") as handle:
+        handle.write(b"EDITED")
+    # a new key (the command changed) whose run makes the blob's bytes again
+    ws.write({"data/BUILD": PIPELINE["data/BUILD"].replace("> $@", "> $@; true", 1)})
+    built = ws.ok("//data:count")
+    assert counts(built)["executed"] == 2
+    assert out.read_bytes() == b"a" * BIG
+    assert ws.out("data/count.txt").split() == ["0", str(BIG)]
+    assert ws.run("fsck").returncode == 0
