@@ -14,7 +14,9 @@ a file with two names once (`du -s`) and twice (`du -sl`), and `/dev/shm` while 
 Scenarios, in order, in one workspace: `cold` (empty store), `noop`, `restore` (after
 `rm -rf posbuild-out`: every output comes back from the store). Only the Python standard
 library is used. Run `large_data.py --help`; `--pythonpath` picks the posbuild checkout to run
-(compare two checkouts by running it twice).
+(compare two checkouts by running it twice). `--snakemake PATH` runs the same pipeline with that
+Snakemake instead (a Snakefile of the same three rules, `-c1`); it keeps no store, so its
+`restore` runs the steps again.
 """
 
 from __future__ import annotations
@@ -34,6 +36,23 @@ genrule(name = "produce", outs = ["big.bin"], cmd = "head -c {size} /dev/urandom
 genrule(name = "transform", srcs = [":produce"], outs = ["upper.bin"],
         cmd = "tr 'a-z' 'A-Z' < $< > $@")
 genrule(name = "summarise", srcs = [":transform"], outs = ["summary.txt"], cmd = "cksum < $< > $@")
+"""
+
+
+SNAKEFILE = """\
+rule all:
+    input: "summary.txt"
+rule produce:
+    output: "big.bin"
+    shell: "head -c {size} /dev/urandom > {{output}}"
+rule transform:
+    input: "big.bin"
+    output: "upper.bin"
+    shell: "tr 'a-z' 'A-Z' < {{input}} > {{output}}"
+rule summarise:
+    input: "upper.bin"
+    output: "summary.txt"
+    shell: "cksum < {{input}} > {{output}}"
 """
 
 
@@ -83,11 +102,11 @@ class ShmPeak:
         self._thread.join()
 
 
-def timed_build(root: Path, python: str, env: dict[str, str]) -> dict[str, float]:
-    """Run one `posbuild build //...` under /usr/bin/time -v."""
+def timed_build(root: Path, command: list[str], env: dict[str, str]) -> dict[str, float]:
+    """Run one build under /usr/bin/time -v."""
     with ShmPeak() as shm:
-        proc = subprocess.run(["/usr/bin/time", "-v", python, "-m", "posbuild", "build", "-q",
-                               "//..."], cwd=root, env=env, capture_output=True, text=True)
+        proc = subprocess.run(["/usr/bin/time", "-v", *command], cwd=root, env=env,
+                              capture_output=True, text=True)
     if proc.returncode != 0:
         sys.exit(f"build failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
     text = proc.stderr
@@ -111,29 +130,43 @@ def main() -> None:
                         help="[sandbox] mode (default folder)")
     parser.add_argument("--env", action="append", default=[], metavar="NAME=VALUE",
                         help="an extra variable for posbuild (repeatable)")
+    parser.add_argument("--snakemake", help="run this snakemake instead of posbuild")
     args = parser.parse_args()
     work = args.workdir or Path(tempfile.mkdtemp(prefix="posbuild-large-"))
     root = work / "ws"
     if root.exists():
         shutil.rmtree(root)
     root.mkdir(parents=True)
-    (root / "posbuild.toml").write_text(f'[sandbox]\nmode = "{args.sandbox}"\n')
-    (root / "BUILD").write_text(BUILD.format(size=args.size))
+    if args.snakemake:
+        (root / "Snakefile").write_text(SNAKEFILE.format(size=args.size))
+        command = [args.snakemake, "-c1", "-q"]
+        stored, outputs = [root], root  # its outputs are all it keeps (and .snakemake/)
+        tool = args.snakemake
+    else:
+        (root / "posbuild.toml").write_text(f'[sandbox]\nmode = "{args.sandbox}"\n')
+        (root / "BUILD").write_text(BUILD.format(size=args.size))
+        command = [args.python, "-m", "posbuild", "build", "-q", "//..."]
+        stored = [root / ".posbuild" / "store", root / "posbuild-out"]
+        outputs = root / "posbuild-out"
+        tool = f"posbuild from {args.pythonpath or 'the installed package'}"
     env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
     if args.pythonpath:
         env["PYTHONPATH"] = args.pythonpath
     for item in args.env:
         name, _, value = item.partition("=")
         env[name] = value
-    stored = [root / ".posbuild" / "store", root / "posbuild-out"]
-    print(f"size {args.size} bytes; posbuild from {args.pythonpath or 'the installed package'}")
+    print(f"size {args.size} bytes; {tool}")
     print(f"{'scenario':<9} {'wall s':>7} {'peak RSS MiB':>13} {'/dev/shm peak MiB':>18} "
           f"{'disk MiB':>9} {'disk MiB, links twice':>22}")
     try:
         for scenario in ("cold", "noop", "restore"):
             if scenario == "restore":
-                shutil.rmtree(root / "posbuild-out")
-            figures = timed_build(root, args.python, env)
+                if args.snakemake:
+                    for name in ("big.bin", "upper.bin", "summary.txt"):
+                        (outputs / name).unlink()
+                else:
+                    shutil.rmtree(outputs)
+            figures = timed_build(root, command, env)
             once, twice = du_kib(stored, False) / 1024, du_kib(stored, True) / 1024
             print(f"{scenario:<9} {figures['wall_s']:>7.1f} {figures['rss_mib']:>13.0f} "
                   f"{figures['shm_peak_mib']:>18.0f} {once:>9.0f} {twice:>22.0f}", flush=True)

@@ -196,8 +196,6 @@ class Materializer:
             return None
         if (blob.st_ino, blob.st_dev) != (produced.stat.st_ino, produced.stat.st_dev):
             return self._share(output)
-        if blob.st_mode & 0o777 != _mode(output.executable):
-            return None
         target = self._target(output)
         os.rename(produced.name, target, src_dir_fd=produced.folder)
         info = os.stat(target)
@@ -205,6 +203,9 @@ class Materializer:
             os.unlink(target)
             raise OSError(errno.ESTALE, "output replaced in its sandbox after it was hashed; "
                           "nothing installed", output.path)
+        if info.st_mode & 0o777 != _mode(output.executable):
+            os.chmod(target, _mode(output.executable))  # read-only either way
+            info = os.stat(target)
         return FileState(signature(info), output.digest)
 
     def _share(self, output: OutputFile) -> FileState | None:
