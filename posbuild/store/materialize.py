@@ -222,15 +222,21 @@ class Materializer:
         mode = _mode(output.executable)
         with contextlib.suppress(FileNotFoundError):
             info, blob = os.stat(target), os.stat(source)
-            # already this very file (a run that made the same bytes; a memo gone stale): kept
-            if (info.st_ino, info.st_dev) == (blob.st_ino, blob.st_dev) \
-                    and info.st_mode & 0o777 == mode:
+            # already this very file (a run that made the same bytes; a memo gone stale): kept,
+            # read-only again if a `chmod -R u+w posbuild-out` reached it
+            if (info.st_ino, info.st_dev) == (blob.st_ino, blob.st_dev):
+                if info.st_mode & 0o777 != mode:
+                    os.chmod(target, mode)
+                    info = os.stat(target)
                 return FileState(signature(info), output.digest)
         temp = f"{self._temp_dir}/{os.path.basename(target)}.{threading.get_ident()}"
         if not (self._reflinks and _reflink(source, temp, mode)):
             self._reflinks = False  # learned once, as renames are
             try:
                 info = os.stat(source)
+                if info.st_mode & 0o777 not in (0o444, 0o555):
+                    os.chmod(source, 0o444)  # a `chmod -R u+w posbuild-out` reached it
+                    info = os.stat(source)
                 if info.st_mode & 0o777 != mode or info.st_nlink != 1:
                     return None
                 os.link(source, temp)

@@ -182,3 +182,15 @@ def test_an_edited_shared_output_is_replaced_when_a_new_run_makes_the_same_bytes
     assert out.read_bytes() == b"a" * BIG
     assert ws.out("data/count.txt").split() == ["0", str(BIG)]
     assert ws.run("fsck").returncode == 0
+
+
+def test_making_posbuild_out_writable_then_building_makes_the_shared_file_read_only_again(ws):
+    ws.write(PIPELINE)
+    ws.ok("//data:big")
+    out = ws.root / "posbuild-out" / "data" / "big.bin"
+    os.chmod(out, 0o644)  # `chmod -R u+w posbuild-out`: the store's file is the same inode
+    again = ws.ok("//data:big")
+    assert counts(again)["executed"] == 0
+    assert out.stat().st_mode & 0o777 == 0o444 and out.stat().st_nlink == 2
+    assert out.read_bytes() == b"a" * BIG
+    assert ws.run("fsck").returncode == 0
