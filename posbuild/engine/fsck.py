@@ -86,7 +86,7 @@ from posbuild.host.atomic import TEMP_PREFIX
 from posbuild.workspace.config import Config
 from posbuild.core.digest import DIGEST_SIZE, Digest, hash_bytes, hash_file
 from posbuild.errors import ChecksumMismatch, PartialState
-from posbuild.core.layout import GRAPHS, TMP
+from posbuild.core.layout import GRAPHS, SANDBOX, TMP
 from posbuild.store.materialize import INSTALLING
 from posbuild.host.owned import real_folder
 from posbuild.core.records import ActionResult, FileState, Manifest, unpack_manifest
@@ -384,14 +384,18 @@ class _Checker:
         for path in [*_entries(state / GRAPHS), *_entries(state)]:
             if path.name.startswith(TEMP_PREFIX) and not _writer_alive(path.name):
                 self._sweep(path, "temp file of an interrupted state write")
-        try:
-            removed, _ = sweep_dead(self._config.sandbox_dir)
-        except OSError:
-            removed = []
-        stuck = [path for path in _entries(self._config.sandbox_dir) if path.name in removed]
-        for path in stuck:  # it could not be removed
-            self._leftover(path, "sandbox of an interrupted build")
-        self._swept += max(0, len(removed) - len(stuck))
+        # the base, and the one on disk where actions too large for memory run (large-data.md)
+        for base in dict.fromkeys((self._config.sandbox_dir, state / SANDBOX)):
+            if not base.is_dir():
+                continue
+            try:
+                removed, _ = sweep_dead(base)
+            except OSError:
+                removed = []
+            stuck = [path for path in _entries(base) if path.name in removed]
+            for path in stuck:  # it could not be removed
+                self._leftover(path, "sandbox of an interrupted build")
+            self._swept += max(0, len(removed) - len(stuck))
 
     def _sweep(self, path: Path, why: str) -> None:
         """Remove a leftover of a dead process; one that cannot be removed is reported."""

@@ -62,6 +62,8 @@ def test_sigkill_around_shared_large_outputs_leaves_a_store_fsck_accepts(tmp_pat
         _kill_after(ws, duration * (index + 1) / 9)
         check = ws.run("fsck")
         assert check.returncode == 0, f"kill {index}:\n{check.stdout}{check.stderr}"
+        disk = ws.root / ".posbuild" / "sandbox"  # the killed build's sandboxes on disk: swept
+        assert not [p.name for p in disk.iterdir() if p.name[0].isdigit()], index
     built = ws.build("//...", env=ON_DISK)
     assert built.returncode == 0, built.stdout + built.stderr
     for step in range(STEPS):
