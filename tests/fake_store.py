@@ -93,7 +93,7 @@ class FakeStore:
     def external_path(self, digest: Digest) -> Path:
         return self.path / "cas" / digest.hex()[:2] / digest.hex()
 
-    def store_external(self, digest: Digest, source: Path) -> None:
+    def store_external(self, digest: Digest, source: Path, take: bool = False) -> None:
         data = source.read_bytes()
         if hash_bytes(data) != digest:
             raise ChecksumMismatch(f"{source} changed while it was stored")

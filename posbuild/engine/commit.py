@@ -75,7 +75,7 @@ class Committer:
                     blobs.append((digest, data))
                 else:
                     digest = hash_file(fd_path(fd))
-                    self._store.store_external(digest, Path(fd_path(fd)))
+                    self._store.store_external(digest, Path(fd_path(fd)), take=True)
                     blobs.append((digest, None))
             produced.append((file, OutputFile(path, digest, stat.st_size,
                                               bool(stat.st_mode & 0o111)), data))

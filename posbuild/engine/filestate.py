@@ -58,6 +58,10 @@ class FileStates:
         self._seen[path] = memo
         return memo
 
+    def seen(self, path: str) -> FileState | None:
+        """The state of a file already looked at in this build, or None (no system call)."""
+        return self._seen.get(path)
+
     def stable(self, path: str) -> FileState | None:
         """The state of a file already looked at, unless it was too fresh to be trusted later."""
         return None if path in self._racy else self._seen.get(path)

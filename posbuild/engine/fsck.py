@@ -86,7 +86,7 @@ from posbuild.host.atomic import TEMP_PREFIX
 from posbuild.workspace.config import Config
 from posbuild.core.digest import DIGEST_SIZE, Digest, hash_bytes, hash_file
 from posbuild.errors import ChecksumMismatch, PartialState
-from posbuild.core.layout import GRAPHS, TMP
+from posbuild.core.layout import GRAPHS, SANDBOX, TMP
 from posbuild.store.materialize import INSTALLING
 from posbuild.host.owned import real_folder
 from posbuild.core.records import ActionResult, FileState, Manifest, unpack_manifest
@@ -231,7 +231,9 @@ class _Checker:
             if error:
                 self._add(CHECKSUM, BLOB, digest.hex(), error)
             elif actual != digest:
-                self._add(CHECKSUM, BLOB, digest.hex(), f"stored bytes hash to {actual.hex()}")
+                self._add(CHECKSUM, BLOB, digest.hex(), f"stored bytes hash to {actual.hex()}"
+                          + (_edited_through_link(store.external_path(digest)) if data is None
+                             else ""))
             else:
                 continue
             self.plan.blobs.add(digest)
@@ -405,14 +407,18 @@ class _Checker:
         for path in [*_entries(state / GRAPHS), *_entries(state)]:
             if path.name.startswith(TEMP_PREFIX) and not _writer_alive(path.name):
                 self._sweep(path, "temp file of an interrupted state write")
-        try:
-            removed, _ = sweep_dead(self._config.sandbox_dir)
-        except OSError:
-            removed = []
-        stuck = [path for path in _entries(self._config.sandbox_dir) if path.name in removed]
-        for path in stuck:  # it could not be removed
-            self._leftover(path, "sandbox of an interrupted build")
-        self._swept += max(0, len(removed) - len(stuck))
+        # the base, and the one on disk where actions too large for memory run (large-data.md)
+        for base in dict.fromkeys((self._config.sandbox_dir, state / SANDBOX)):
+            if not base.is_dir():
+                continue
+            try:
+                removed, _ = sweep_dead(base)
+            except OSError:
+                removed = []
+            stuck = [path for path in _entries(base) if path.name in removed]
+            for path in stuck:  # it could not be removed
+                self._leftover(path, "sandbox of an interrupted build")
+            self._swept += max(0, len(removed) - len(stuck))
 
     def _sweep(self, path: Path, why: str) -> None:
         """Remove a leftover of a dead process; one that cannot be removed is reported."""
@@ -629,3 +635,14 @@ def repaired_line(repairs: Repairs) -> str:
         return "repaired: nothing to repair"
     return (f"repaired: removed {', '.join(parts)}; the next build checks every action against the "
             f"store again and recreates what was removed")
+
+
+def _edited_through_link(path: Path) -> str:
+    """What fsck adds about a blob file that hashes wrong while it has other names: the file is
+    shared with `posbuild-out/` (materialize.py), and an edit in place there changed it."""
+    try:
+        linked = path.stat().st_nlink > 1
+    except OSError:
+        return ""
+    return ("; its file is shared with posbuild-out/ (a hard link), where an edit in place "
+            "changed it") if linked else ""

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Sequence
 
 from posbuild.core.action import Action
-from posbuild.core.layout import FAILED, STATE_DIR, STORE_DB, TMP
+from posbuild.core.layout import FAILED, SANDBOX, STATE_DIR, STORE_DB, TMP
 from posbuild.core.digest import Digest
 from posbuild.core.records import RUN_OUTCOMES, Manifest, Outcome, OutputFile, RecordState
 from posbuild.core.tree import Tree
@@ -30,6 +30,7 @@ from posbuild.engine.plan import BuildEnvironment, BuildOptions, DirtyWork
 from posbuild.engine.notfound import Sandbox
 from posbuild.engine.postmortem import FailureKeeper
 from posbuild.engine.products import BuildProducts
+from posbuild.engine.footprint import expected_bytes
 from posbuild.engine.rebuilder import Rebuilder
 from posbuild.engine.reporter import Reporter
 from posbuild.engine.resources import critical_path
@@ -54,6 +55,13 @@ from posbuild.workspace.secrets import SecretUnavailable, secret_carriers
 if TYPE_CHECKING:
     from posbuild.exec.dask_executor import DaskSpawner
     from posbuild.store.remote import RemoteCache
+
+
+def _disk_sandboxes(config: Config) -> Path | None:
+    """Where sandboxes too large for the memory base go (exec/placement.py): the default base on
+    disk, unless the sandboxes are there already."""
+    disk = config.root / STATE_DIR / SANDBOX
+    return None if config.sandbox_dir == disk else disk
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,7 +111,8 @@ def run_dirty(config: Config, options: BuildOptions, environment: BuildEnvironme
     try:
         if spawner is None:
             spawner = LocalSpawner(config.root, config.sandbox_dir, isolation,
-                                   search_path=sandbox_path(config))
+                                   search_path=sandbox_path(config),
+                                   disk_base=_disk_sandboxes(config))
         spawner.clear_stale()
         run = _Run(config, options, environment, work, reporter, store, spawner, remote,
                    frozenset(a.label for a in carriers))
@@ -147,7 +156,7 @@ class _Run:
         temp = config.root / STATE_DIR / TMP
         materializer = Materializer(config.root, store, temp)
         materializer.clear_temp()
-        local = LocalResults(store, materializer, self.products)
+        local = LocalResults(store, materializer, self.products, warn=reporter.message)
         # a remote is neither asked nor filled under --verify, nor for a secret's carrier
         remote = None if options.verify else remote
         self.rebuilder = Rebuilder(
@@ -158,6 +167,8 @@ class _Run:
         self.committer = Committer(store, materializer, self.products, self.journal, remote,
                                    carriers)
         checks: list[RunCheck] = [SameAsCached(store)] if options.verify else []
+        if isinstance(spawner, LocalSpawner):  # large actions run on disk (exec/placement.py)
+            spawner.expect_sizes(lambda action: expected_bytes(action, self.products, self.files))
         keep = spawner.keep if options.keep_sandbox and isinstance(spawner, LocalSpawner) else None
         if options.keep_sandbox and keep is None:
             reporter.message("posbuild: note: --keep-sandbox keeps local sandboxes only; the "

@@ -15,7 +15,7 @@ may hold a secret (secrets.py).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable
 
 from posbuild.core.action import Action
 from posbuild.core.digest import Digest
@@ -24,7 +24,7 @@ from posbuild.core.tree import Tree, tree_outputs
 from posbuild.engine.outcome import ActionOutcome
 from posbuild.engine.products import BuildProducts
 from posbuild.errors import ChecksumMismatch
-from posbuild.store.materialize import Materializer
+from posbuild.store.materialize import BlobChanged, Materializer
 
 if TYPE_CHECKING:
     from typing import Protocol
@@ -53,11 +53,12 @@ class LocalResults:
     """Hits from the local store. `dry_run`: nothing is restored (only the digests matter)."""
 
     def __init__(self, store: ActionCache, materializer: Materializer, products: BuildProducts,
-                 dry_run: bool = False) -> None:
+                 dry_run: bool = False, warn: Callable[[str], None] | None = None) -> None:
         self._store = store
         self._materializer = materializer
         self._products = products
         self._dry_run = dry_run
+        self._warn = warn  # says why a hit was dropped (a shared blob an edit changed)
 
     def result(self, action: Action, key: Digest) -> ActionResult | None:
         """The stored result of `key`, if it describes `action`'s outputs."""
@@ -78,7 +79,9 @@ class LocalResults:
             if state is None and self._dry_run:
                 state = FileState((0, 0, 0, 0), output.digest)  # would be restored
             elif state is None:
-                state = self._materializer.restore(output)
+                state = self._restore(action, output)
+                if state is None:
+                    return None  # its blob is gone: the action runs again
                 restored.append((output.path, state))
             self._products.produced[output.path] = state
         # their memo rows ride along with the next commit, as an executed action's do
@@ -104,6 +107,17 @@ class LocalResults:
         self._products.produced[output.path] = written.state
         self._products.members[output.path] = written.members
         return rows
+
+
+    def _restore(self, action: Action, output: OutputFile) -> FileState | None:
+        """Restore one output from its verified blob; None when the blob, shared with
+        `posbuild-out/`, was changed there by an edit (materialize.py) and is dropped."""
+        try:
+            return self._materializer.restore(output)
+        except BlobChanged as error:
+            if self._warn is not None:
+                self._warn(f"posbuild: warning: {error}; {action.label} runs again")
+            return None
 
 
 class RemoteResults:

@@ -11,8 +11,9 @@ what a cheap action costs. The namespace sandbox always runs the shell.
 
 Sandboxes live on a memory file system (`/dev/shm`) when the machine has one: a sandbox is a
 dozen directory and file creations and deletions, which cost ~10 µs each there and ~250 µs on a
-journalled disk — more than a cheap command itself. `[build] sandbox_base` moves them to disk
-for actions whose outputs or temporary files would not fit in memory.
+journalled disk — more than a cheap command itself. An action whose inputs and last outputs
+would not fit there runs in a sandbox on disk instead (`disk_base`, placement.py);
+`[build] sandbox_base` moves every sandbox to disk.
 
 The command's stdout and stderr go to anonymous memory files (`memfd_create`; files in the
 sandbox where the system has none), read back whole when it ends.
@@ -93,13 +94,14 @@ import threading
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 from posbuild.core.action import Action
 from posbuild.workspace.config import BASE_PATH, Config
 from posbuild.core.layout import NETWORK_TAG
 from posbuild.exec.orphans import NO_GUARD, ORPHANS
 from posbuild.exec.owners import OWNER_SUFFIX, hold_mark, release_mark, sweep_dead
+from posbuild.exec.placement import in_memory, memory_free, needs_disk, weigh_from
 from posbuild.exec.spawner import Perturbation, Spawner, SpawnResult
 from posbuild.exec.stage import Layout, remove_tree, stage, stage_reversed
 from posbuild.exec.namespaces import Isolation, choose, command, input_binds
@@ -243,10 +245,16 @@ class LocalSpawner:
     """
 
     def __init__(self, root: Path, base: Path, isolation: Isolation | None = None,
-                 shell_free: bool = True, search_path: str = BASE_PATH) -> None:
+                 shell_free: bool = True, search_path: str = BASE_PATH,
+                 disk_base: Path | None = None) -> None:
         self._root = str(root) + "/"
         self._base = base
         self._search_path = search_path
+        # where an action too large for a memory `base` runs (placement.py); None: never moved
+        self._disk_base = disk_base
+        self._expect: Callable[[Action], int] | None = None  # set by `expect_sizes`
+        self._memory: bool | None = None  # whether `base` is memory, looked up when first needed
+        self._disk_claimed = False
         self._isolation = isolation
         # False: every command runs under the shell
         self._shell_free = shell_free and isolation is None
@@ -286,6 +294,8 @@ class LocalSpawner:
         claim(self._base, SANDBOXES, holds_only_sandboxes, " ([build] sandbox_base)")
         os.chmod(self._base, 0o700)  # PermissionError if another user made it first
         sweep_dead(self._base)
+        if self._disk_base is not None and os.path.isdir(self._disk_base):
+            sweep_dead(self._disk_base)  # what a killed build left there (placement.py)
         if not self._claimed:
             hold_mark(f"{self._base}/{self._pid}{OWNER_SUFFIX}")
             self._claimed = True
@@ -295,6 +305,37 @@ class LocalSpawner:
         if self._claimed:
             release_mark(f"{self._base}/{self._pid}{OWNER_SUFFIX}")
             self._claimed = False
+        if self._disk_claimed:
+            release_mark(f"{self._disk_base}/{self._pid}{OWNER_SUFFIX}")
+            self._disk_claimed = False
+
+    def expect_sizes(self, expected: Callable[[Action], int]) -> None:
+        """Give the bytes each action is expected to move (its inputs' sizes and its outputs' at
+        their last run, known before staging), so that a large one runs on disk (placement.py).
+        Without a disk base there is nowhere to move to, and nothing is weighed."""
+        if self._disk_base is not None:
+            self._expect = expected
+            self._weigh_from = weigh_from(str(self._base))
+
+    def _place(self, action: Action) -> Path:
+        """The base of `action`'s sandbox: the usual one, or the disk base when the action's
+        expected bytes would not fit in a memory base (a `statvfs`, for large actions only)."""
+        assert self._expect is not None and self._disk_base is not None
+        expected = self._expect(action)
+        if expected < self._weigh_from:
+            return self._base
+        if self._memory is None:
+            self._memory = in_memory(str(self._base))
+        if not self._memory or not needs_disk(expected, memory_free(str(self._base))):
+            return self._base
+        with self._lock:
+            if not self._disk_claimed:
+                claim(self._disk_base, SANDBOXES, holds_only_sandboxes, " (sandboxes on disk)")
+                os.chmod(self._disk_base, 0o700)
+                sweep_dead(self._disk_base)
+                hold_mark(f"{self._disk_base}/{self._pid}{OWNER_SUFFIX}")
+                self._disk_claimed = True
+        return self._disk_base
 
     def run(self, action: Action, extra_env: Sequence[tuple[str, str]] = (),
             perturbation: Perturbation | None = None) -> SpawnResult:
@@ -310,7 +351,8 @@ class LocalSpawner:
         """`run` in two halves: stage the sandbox and start the command, returning at once; `wait`
         for it. The calling thread is free meanwhile (the scheduler wraps up the previous
         action)."""
-        sandbox = f"{self._base}/{self._pid}-{next(self._counter)}"
+        base = self._base if self._expect is None else self._place(action)
+        sandbox = f"{base}/{self._pid}-{next(self._counter)}"
         if perturbation is not None:
             sandbox += perturbation.name_suffix
         exec_root = sandbox + "/exec"

@@ -35,7 +35,9 @@ Design memo
 * Blobs up to `INLINE_LIMIT` bytes live inside LMDB. Larger ones live as files `cas/ab/abcd…`
   beside it, written temp + fsync + rename *before* the transaction that references them, so a
   committed row never points at a missing or half-written file; a crash in between leaves at most
-  an orphan file, which is harmless and collectable.
+  an orphan file, which is harmless and collectable. A large output is taken in by a hard link
+  where it can be, and `posbuild-out/` may share the file (materialize.py): such a file can be
+  changed by an edit there, which the hash check on every read finds (materialize.py drops it).
 * Blobs are verified when read: a blob that does not hash to its name raises ORCH-03 rather than
   handing wrong bytes to `posbuild-out/` (DESIGN §7.8).
 * Durability: the environment is opened with `sync=False`. LMDB's copy-on-write B-tree means a
@@ -339,20 +341,38 @@ class Store:
 
     # -- writing ---------------------------------------------------------------------------
 
-    def store_external(self, digest: Digest, source: Path) -> None:
-        """Copy a large file into `cas/` (temp + fsync + rename), before any row refers to it."""
+    def store_external(self, digest: Digest, source: Path, take: bool = False) -> None:
+        """Put a large file into `cas/` (temp + fsync + rename), before any row refers to it.
+
+        The file is cloned (a reflink) or copied, and the copy hashed again, since its source
+        may be changing under it. With `take`, the caller hands the file over: an action's output
+        it has just hashed through the descriptor `source` names (`/proc/self/fd/N`), whose
+        processes are gone. With no other name and on the store's file system (a sandbox on
+        disk), it is then taken in by a hard link, made read-only, and not hashed again.
+        """
         target = self.external_path(digest)
-        if target.exists():
-            return
+        try:
+            # a file shared with posbuild-out/ may have been edited there (materialize.py)
+            if os.stat(target).st_nlink == 1 or hash_file(target) == digest:
+                return
+            os.unlink(target)  # changed through its link: these bytes replace it
+        except FileNotFoundError:
+            pass
         target.parent.mkdir(parents=True, exist_ok=True)
         import tempfile  # only large outputs are stored as files
 
+        temp = _adopt(source, target.parent) if take else None
+        if temp is not None:
+            os.rename(temp, target)
+            return
         fd, temp = tempfile.mkstemp(dir=target.parent, prefix=".tmp-")
         try:
-            with os.fdopen(fd, "wb") as out, open(source, "rb") as src:
-                while chunk := src.read(1 << 20):
-                    out.write(chunk)
-                out.flush()
+            with os.fdopen(fd, "wb") as out:
+                src = os.open(source, os.O_RDONLY | os.O_CLOEXEC)
+                try:
+                    _copy_file(src, out.fileno())
+                finally:
+                    os.close(src)
                 os.fsync(out.fileno())
             if hash_file(temp) != digest:
                 raise ChecksumMismatch(f"{source} changed while it was stored")
@@ -536,7 +556,9 @@ class Store:
         for digest in external:
             file = self.external_path(digest)
             try:
-                freed += file.stat().st_size
+                info = file.stat()
+                # a blob shared with posbuild-out/ (a hard link) frees nothing while that stays
+                freed += info.st_size if info.st_nlink == 1 else 0
                 file.unlink()
             except FileNotFoundError:
                 pass
@@ -806,6 +828,69 @@ class Store:
         if data is not None and hash_bytes(data) != digest:
             raise ChecksumMismatch(f"build record payload {digest.hex()} in {self.path} is corrupt")
         return data
+
+
+def _adopt(source: Path, folder: Path) -> str | None:
+    """Link `source` (a path, or `/proc/self/fd/N` of an open file) into `folder` as a read-only
+    temp file, synced; None, with nothing made, where it has other names (a link its action
+    made: they could change the blob) or lives on another file system (a memory sandbox)."""
+    try:
+        if os.stat(source).st_nlink != 1:
+            return None
+        temp = f"{folder}/.tmp-{os.getpid()}-{threading.get_ident()}"
+        text = str(source)
+        if text.startswith("/proc/"):
+            # linkat(AT_SYMLINK_FOLLOW) links the file a descriptor path names; os.link calls
+            # linkat only when given a folder descriptor
+            proc = os.open("/proc", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            try:
+                os.link(text[len("/proc/"):], temp, src_dir_fd=proc, follow_symlinks=True)
+            finally:
+                os.close(proc)
+        else:
+            os.link(text, temp)
+    except OSError:  # EXDEV, EPERM (no link(2) here, or protected hard links): copy instead
+        return None
+    try:
+        fd = os.open(temp, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            os.fchmod(fd, 0o444)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except BaseException:
+        os.unlink(temp)
+        raise
+    return temp
+
+
+_FICLONE = 0x40049409  # ioctl: share the source's blocks copy-on-write (btrfs, XFS ...)
+
+
+def _copy_file(src: int, dst: int) -> None:
+    """Copy a whole file between descriptors the cheapest way the file systems allow: a reflink
+    (no data written), else `copy_file_range` (which may share extents, or copy inside the
+    kernel), else `sendfile`."""
+    try:
+        fcntl.ioctl(dst, _FICLONE, src)
+        return
+    except OSError:
+        pass
+    size = os.fstat(src).st_size
+    offset = 0
+    copy_range = getattr(os, "copy_file_range", None)
+    while offset < size:
+        try:
+            if copy_range is None:
+                raise OSError
+            sent = copy_range(src, dst, size - offset, offset, offset)
+        except OSError:
+            copy_range = None  # EXDEV before Linux 5.3, EINVAL, ENOSYS: sendfile does it
+            os.lseek(dst, offset, os.SEEK_SET)
+            sent = os.sendfile(dst, src, offset, size - offset)
+        if sent == 0:
+            break
+        offset += sent
 
 
 class StoreUnavailable(PosbuildError):

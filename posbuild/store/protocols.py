@@ -60,9 +60,11 @@ class Blobs(Protocol):
         only."""
         ...
 
-    def store_external(self, digest: Digest, source: Path) -> None:
+    def store_external(self, digest: Digest, source: Path, take: bool = False) -> None:
         """Copy a large file into the store, durable before any row refers to it;
-        ChecksumMismatch, and nothing stored, when the file does not hash to `digest`."""
+        ChecksumMismatch, and nothing stored, when the file does not hash to `digest`. `take`:
+        the caller hands over a file it has just hashed by descriptor, which may be linked in
+        rather than copied (and is not hashed again)."""
         ...
 
 
