@@ -4,7 +4,9 @@ only."""
 
 from __future__ import annotations
 
+import json
 import shutil
+import sys
 from pathlib import Path
 
 import pytest
@@ -62,3 +64,24 @@ def test_changing_one_sample_re_runs_that_sample_and_the_call_only(example) -> N
     assert "explain //:sorted_B: input data/samples/B.fastq changed" in result.stderr
     assert _calls(example.root) == EXPECTED  # one base of one read changes no call
     assert_correct_build(example)
+
+
+def _ran(result) -> list[str]:  # type: ignore[no-untyped-def]
+    return sorted(line.split()[-1] for line in result.stdout.splitlines() if line.startswith("["))
+
+
+def test_a_tool_upgrade_re_runs_the_steps_that_run_that_tool_only(example) -> None:
+    example.ok("//...")
+    # samtools upgraded (faked: the fingerprint entry of the program the steps find on the PATH)
+    upgraded = {"POSBUILD_TEST_FINGERPRINT": json.dumps({"tool.samtools": "/usr/bin/samtools 0"})}
+    result = example.build("--explain", "//...", env=upgraded)
+    assert result.returncode == 0, result.stderr
+    # (genome_index runs `samtools faidx` too; the calls come out the same: early cutoff)
+    assert _ran(result) == ["//:genome_index", "//:indexed_A", "//:indexed_B", "//:indexed_C",
+                            "//:sorted_A", "//:sorted_B", "//:sorted_C"]
+    assert "the environment hash changed" in result.stderr
+    assert_correct_build(example, environ=upgraded)
+    # a package installed into the Python the plot runs re-runs the plot alone
+    python = {"POSBUILD_TEST_FINGERPRINT": json.dumps({
+        "tool.samtools": "/usr/bin/samtools 0", f"tool.{sys.executable}": "another python"})}
+    assert _ran(example.build("//...", env=python)) == ["//:plot"]
