@@ -46,19 +46,31 @@ def programs_of(command: str) -> tuple[str, ...]:
     return tuple(found)
 
 
-def _command_words(line: str) -> list[str]:
-    """The words in command position on one line of shell."""
+# a line without quotes, escapes or comments splits on operators and blanks alone (most do);
+# shlex, which reads a character at a time, is for the others
+_PLAIN_TOKEN = re.compile(r"&>>|\|\||&&|;;|\|&|>>|<<|>&|<&|&>|>\||[|&;()<>]|[^\s|&;()<>]+")
+_NEEDS_SHLEX = re.compile(r"[\"'\\#]")
+
+
+def _tokens(line: str) -> list[str]:
+    line = line.replace("$(", " ( ").replace("`", " ` ")
+    if not _NEEDS_SHLEX.search(line):
+        return _PLAIN_TOKEN.findall(line)
     import shlex
 
-    lexer = shlex.shlex(line.replace("$(", " ( ").replace("`", " ` "), posix=True,
-                        punctuation_chars=True)
+    lexer = shlex.shlex(line, posix=True, punctuation_chars=True)
     lexer.commenters = "#"
+    return list(lexer)
+
+
+def _command_words(line: str) -> list[str]:
+    """The words in command position on one line of shell."""
     words: list[str] = []
     expecting = True  # the next word is in command position
     skip = 0  # positional arguments of a wrapper still to pass over
     after_redirect = False
     try:
-        for token in lexer:
+        for token in _tokens(line):
             if token in _SEPARATORS and (expecting or not token.isalpha()):
                 expecting, skip, after_redirect = True, 0, False
             elif not expecting:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from posbuild.core.commandwords import programs_of
@@ -25,3 +27,18 @@ from posbuild.core.commandwords import programs_of
 ])
 def test_command_words(command: str, programs: tuple[str, ...]) -> None:
     assert programs_of(command) == programs
+
+
+@pytest.mark.parametrize("command", [
+    "cat x >$@ 2>&1 && wc -l < x", "a|b||c&&d;e &f", "x=1 y=2 env -i z=3 nice -n 5 sort f >> o",
+    "for s in a b; do gzip -c $s > $s.gz; done", "timeout 10 bwa mem r.fa q.fq &> log | tee o",
+    "$(which samtools) view x | head -n 5", "cmd 2>&1 | tr a b >| out",
+])
+def test_the_quick_tokenizer_reads_what_shlex_reads(command: str,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """A line without quotes takes a regular expression, not shlex: both find the same words."""
+    from posbuild.core import commandwords
+
+    quick = programs_of(command)
+    monkeypatch.setattr(commandwords, "_NEEDS_SHLEX", re.compile("."))  # every line by shlex
+    assert programs_of(command) == quick
