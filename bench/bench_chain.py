@@ -1,0 +1,141 @@
+#!/usr/bin/env python3
+"""How long a dependent action waits after the action it depends on ends: a chain, timed.
+
+Why this exists: in a pipeline whose steps run one after another (align → sort → call), every
+link pays the build tool's latency between "the command ended" and "the next command started":
+collecting and hashing the outputs, committing them, deciding the next action is ready, staging
+its sandbox, starting its process. Spec §15 allows under 5% of the run time for orchestration.
+This builds a chain of `--length` actions, each sleeping `--sleep` seconds and then copying the
+previous one's output, with posbuild, make and ninja on the same commands, and prints, per tool:
+
+* wall time against the ideal (length × sleep), and the overhead per link;
+* the **gap**: the median time from one command's last instruction to the next command's first
+  (each command appends `date +%s%N` to a file outside the workspace as it begins and ends), the
+  latency a dependent really waits, shell start-up included, which all three tools pay;
+* the **fixed** cost: wall time minus the span from the first command's start to the last one's
+  end (starting the tool, loading the graph, saving state).
+
+The gap needs the commands to write outside their sandbox, which only the folder sandbox allows:
+with `--sandbox namespace` or `auto`, only wall times are printed.
+
+    .venv/bin/python bench/bench_chain.py --length 20 --sleep 0.25 --repeat 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+
+def stamped(command: str, sleep: float, stamps: Path | None) -> str:
+    """`command` after `sleep`, between two time stamps appended to `stamps` (if any)."""
+    if stamps is None:
+        return f"sleep {sleep} && {command}"
+    return f"date +%s%N >> {stamps}; sleep {sleep} && {command}; date +%s%N >> {stamps}"
+
+
+def write_posbuild(root: Path, length: int, sleep: float, mode: str,
+                   stamps: Path | None) -> None:
+    (root / "posbuild.toml").write_text(f'[sandbox]\nmode = "{mode}"\n')
+    rules = []
+    for i in range(length):
+        srcs = f'srcs = [":s{i - 1}"], ' if i else ""
+        command = stamped("cat $< > $@" if i else "echo 0 > $@", sleep, stamps)
+        rules.append(f'genrule(name = "s{i}", {srcs}outs = ["s{i}.txt"], cmd = "{command}")\n')
+    (root / "BUILD").write_text("".join(rules))
+
+
+def write_make(root: Path, length: int, sleep: float, stamps: Path | None) -> None:
+    lines = [f"all: out/s{length - 1}.txt\n"]
+    for i in range(length):
+        prev = f"out/s{i - 1}.txt" if i else ""
+        command = stamped(f"cat {prev} > $@" if i else "echo 0 > $@", sleep, stamps)
+        lines.append(f"out/s{i}.txt: {prev}\n\t@mkdir -p out; {command}\n")
+    (root / "Makefile").write_text("".join(lines))
+
+
+def write_ninja(root: Path, length: int, sleep: float, stamps: Path | None) -> None:
+    lines = ["rule step\n  command = $cmd\n"]
+    for i in range(length):
+        prev = f"out/s{i - 1}.txt" if i else ""
+        out = f"out/s{i}.txt"
+        command = stamped(f"cat {prev} > {out}" if i else f"echo 0 > {out}", sleep, stamps)
+        lines.append(f"build {out}: step {prev}\n  cmd = {command}\n")
+    (root / "build.ninja").write_text("".join(lines))
+
+
+def read_stamps(stamps: Path) -> tuple[list[float], float]:
+    """(gaps between one command's end and the next one's start, span first start → last end),
+    in seconds."""
+    values = [int(word) / 1e9 for word in stamps.read_text().split()]
+    starts, ends = values[0::2], values[1::2]
+    return [b - a for a, b in zip(ends, starts[1:])], ends[-1] - starts[0]
+
+
+def timed(argv: list[str], cwd: Path, env: dict[str, str]) -> float:
+    started = time.perf_counter()
+    subprocess.run(argv, cwd=cwd, env=env, check=True, stdout=subprocess.DEVNULL,
+                   stderr=subprocess.DEVNULL)
+    return time.perf_counter() - started
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--length", type=int, default=20)
+    parser.add_argument("--sleep", type=float, default=0.25)
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--posbuild", default="posbuild", help="the posbuild executable")
+    parser.add_argument("--sandbox", default="folder", choices=("folder", "namespace", "auto"))
+    args = parser.parse_args()
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+    posbuild = [shutil.which(args.posbuild) or args.posbuild]
+    tools = {"posbuild": [*posbuild, "build", "-q", "-j2", "//..."],
+             "make": ["make", "-s", "-j2"], "ninja": ["ninja", "-j2"]}
+    available = {name: argv for name, argv in tools.items() if shutil.which(argv[0])}
+    walls: dict[str, list[float]] = {name: [] for name in available}
+    gaps: dict[str, list[float]] = {name: [] for name in available}
+    fixed: dict[str, list[float]] = {name: [] for name in available}
+    measure_gaps = args.sandbox == "folder"
+    with tempfile.TemporaryDirectory(prefix="posbuild-chain-") as temp:
+        for _ in range(args.repeat):
+            for name, argv in available.items():
+                root = Path(temp) / name
+                shutil.rmtree(root, ignore_errors=True)
+                root.mkdir()
+                stamps = Path(temp) / f"{name}.stamps" if measure_gaps else None
+                if stamps is not None:
+                    stamps.unlink(missing_ok=True)
+                if name == "posbuild":
+                    write_posbuild(root, args.length, args.sleep, args.sandbox, stamps)
+                elif name == "make":
+                    write_make(root, args.length, args.sleep, stamps)
+                else:
+                    write_ninja(root, args.length, args.sleep, stamps)
+                wall = timed(argv, root, env)
+                walls[name].append(wall)
+                if stamps is not None:
+                    link_gaps, span = read_stamps(stamps)
+                    gaps[name].extend(link_gaps)
+                    fixed[name].append(wall - span)
+    ideal = args.length * args.sleep
+    print(f"chain of {args.length} actions sleeping {args.sleep} s (ideal {ideal:.2f} s), -j2, "
+          f"median of {args.repeat}; posbuild [sandbox] mode = {args.sandbox}")
+    print(f"  {'tool':<9}{'wall s':>8}{'wall/ideal':>12}{'per link ms':>13}{'gap ms':>9}"
+          f"{'fixed ms':>10}")
+    for name, values in walls.items():
+        wall = statistics.median(values)
+        gap = f"{statistics.median(gaps[name]) * 1000:>9.1f}" if gaps[name] else f"{'-':>9}"
+        cost = f"{statistics.median(fixed[name]) * 1000:>10.0f}" if fixed[name] else f"{'-':>10}"
+        print(f"  {name:<9}{wall:>8.3f}{wall / ideal:>12.3f}"
+              f"{(wall - ideal) / args.length * 1000:>13.1f}{gap}{cost}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
