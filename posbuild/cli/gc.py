@@ -75,7 +75,8 @@ def gc(max_size: int | None, keep_generations: int) -> None:
 
     \b
     Always removed: generations older than the newest N of each workspace (--keep-generations,
-    default 3), and blobs that no remaining action result or kept generation references.
+    default 3), blobs that no remaining action result or kept generation references, and the
+    Python environments of py_envs whose requirements have changed since.
     With --max-size: the least recently used action results that no kept generation needs,
     with their blobs, until the store fits in SIZE. What a kept generation needs is never
     removed, so the store may stay above SIZE.
@@ -83,6 +84,7 @@ def gc(max_size: int | None, keep_generations: int) -> None:
     executes again what gc evicted and it still needs.
     """
     from posbuild.engine.locking import workspace_lock
+    from posbuild.engine.pyenvs import sweep
     from posbuild.workspace.config import load_config
     from posbuild.core.layout import STORE_DB
     from posbuild.engine.reporter import QuietReporter
@@ -94,6 +96,10 @@ def gc(max_size: int | None, keep_generations: int) -> None:
         if max_size is None and config.cache_max_size:
             max_size = _configured_size(config.cache_max_size, root)
         with workspace_lock(config, QuietReporter(sys.stdout, sys.stderr), collect=True):
+            environments, environment_bytes = sweep(config)
+            if environments:
+                click.echo(f"gc: removed {environments} Python environment(s) no py_env uses any "
+                           f"more; freed {human(environment_bytes)}")
             if not (config.store_dir / STORE_DB).exists():
                 click.echo("gc: no store yet; nothing to collect")
                 return

@@ -13,7 +13,8 @@ Making one needs the network (pip downloads), so it runs on the host, outside th
 the caller's environment (PIP_INDEX_URL, proxies). A virtual environment holds its own absolute
 path, so it is made in place; a file `.complete` written last says it is whole. A folder without
 it (a build killed while pip ran) is removed and made again. The check a build pays when nothing
-changed is two stat() calls per py_env, against the stamps saved beside its link.
+changed is two stat() calls per py_env, against the stamps saved beside its link. `posbuild gc`
+removes the environments no link names any more (`sweep`).
 """
 
 from __future__ import annotations
@@ -131,3 +132,26 @@ def _link(link: str, folder: Path) -> None:
         pass
     os.symlink(os.path.relpath(folder, os.path.dirname(link)), temporary)
     os.replace(temporary, link)
+
+
+def sweep(config: Config) -> tuple[int, int]:
+    """Remove the environments no by-label link points at (made for requirements since changed);
+    (how many, bytes freed). Run under the workspace lock, so no build is making one meanwhile."""
+    envs = config.state_dir / PY_ENVS
+    if not envs.is_dir():
+        return 0, 0
+    labels = envs / "by-label"
+    # (os.walk lists a link to a folder among the folders, and does not follow it)
+    linked = {os.path.realpath(os.path.join(folder, name))
+              for folder, folders, names in os.walk(labels) for name in [*folders, *names]
+              if os.path.islink(os.path.join(folder, name))}
+    removed = freed = 0
+    for entry in os.scandir(envs):
+        if entry.name == "by-label" or not entry.is_dir(follow_symlinks=False) \
+                or os.path.realpath(entry.path) in linked:
+            continue
+        freed += sum(os.lstat(os.path.join(folder, name)).st_size
+                     for folder, _, names in os.walk(entry.path) for name in names)
+        shutil.rmtree(entry.path)
+        removed += 1
+    return removed, freed

@@ -146,3 +146,21 @@ def test_bad_py_env_declarations_are_build_errors(ws):
     result = ws.build("//...")
     assert result.returncode == 3
     assert "must be a source file" in result.stderr
+
+
+def test_gc_removes_the_environments_no_py_env_uses_any_more(ws):
+    # as builds leave them: the current environment of //p:env, and one made for requirements
+    # since changed (whole, with its marker); the folders hold a file each
+    envs = ws.root / ".posbuild" / "envs"
+    for name in ("a" * 32, "b" * 32):
+        (envs / name / "bin").mkdir(parents=True)
+        (envs / name / "bin" / "python").write_bytes(b"x" * 1000)
+        (envs / name / ".complete").write_bytes(b"")
+    (envs / "by-label" / "p").mkdir(parents=True)
+    (envs / "by-label" / "p" / "env").symlink_to(Path("..") / ".." / ("a" * 32))
+    result = ws.run("gc")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines()[0] == ("gc: removed 1 Python environment(s) no py_env uses "
+                                             "any more; freed 1000 B")
+    assert sorted(p.name for p in envs.iterdir()) == ["a" * 32, "by-label"]
+    assert "Python environment" not in ws.run("gc").stdout  # nothing more to remove
