@@ -63,6 +63,7 @@ class PyEnvSpec(NamedTuple):
     requirements: str  # workspace-relative source file
     python: str  # the interpreter it is made from: an absolute path or a name on the sandbox PATH
     folder: str  # absolute: where the environment is (a link to its content-addressed folder)
+    srcs: tuple[str, ...] = ()  # source files the requirements name (wheels, constraints)
 
     @property
     def interpreter(self) -> str:
@@ -98,10 +99,10 @@ class GraphFacts(NamedTuple):
     secrets: bool  # some action is given secrets
     programs: tuple[str, ...] = ()  # every host program some action runs, sorted
     # the py_envs its actions run, as PyEnvSpec fields (the cache stores plain tuples)
-    py_envs: tuple[tuple[str, str, str, str], ...] = ()
+    py_envs: tuple[tuple[object, ...], ...] = ()
 
     def environments(self) -> tuple[PyEnvSpec, ...]:
-        return tuple(PyEnvSpec(*fields) for fields in self.py_envs)
+        return tuple(PyEnvSpec(*fields) for fields in self.py_envs)  # type: ignore[arg-type]
 
 
 def facts_of(actions: Sequence[Action], py_envs: Sequence[PyEnvSpec] = ()) -> GraphFacts:
@@ -111,7 +112,7 @@ def facts_of(actions: Sequence[Action], py_envs: Sequence[PyEnvSpec] = ()) -> Gr
         pinned=any(tag.startswith(PIN_TAG) for a in actions for tag in a.tags),
         secrets=any(a.secrets for a in actions),
         programs=tuple(sorted({p for a in actions for p in a.programs})),
-        py_envs=tuple(tuple(spec) for spec in py_envs),  # type: ignore[misc]
+        py_envs=tuple(tuple(spec) for spec in py_envs),
     )
 
 

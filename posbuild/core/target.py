@@ -210,7 +210,7 @@ SCHEMAS: dict[str, dict[str, Checker]] = {
     "filegroup": {**_COMMON, "srcs": _str_list},
     "py_task": {**_ACTION, "script": _str, "args": _args, "deps": _str_list, "env": _py_env,
                 "python": _python},
-    "py_env": {**_COMMON, "requirements": _str, "python": _python},
+    "py_env": {**_COMMON, "requirements": _str, "srcs": _str_list, "python": _python},
 }
 REQUIRED = {"genrule": ("outs", "cmd"), "filegroup": (), "py_task": ("script", "outs"),
             "py_env": ("requirements",)}

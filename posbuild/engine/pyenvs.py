@@ -9,25 +9,30 @@ is a link to the current one. A py_task that names the py_env runs `<link>/bin/p
 holds that interpreter's packages (envfp.py), so it re-runs exactly when what it imports from
 changed, and other actions never do.
 
-Making one needs the network (pip downloads), so it runs on the host, outside the sandbox, with
-the caller's environment (PIP_INDEX_URL, proxies). A virtual environment holds its own absolute
-path, so it is made in place; a file `.complete` written last says it is whole. A folder without
-it (a build killed while pip ran) is removed and made again. The check a build pays when nothing
-changed is two stat() calls per py_env, against the stamps saved beside its link. `posbuild gc`
-removes the environments no link names any more (`sweep`).
+Making one needs the network (pip downloads), so it runs as an action with the `network` tag
+does: in the workspace's sandbox (namespaces where bubblewrap runs: the system read-only, the
+workspace hidden but for the requirements file and the py_env's `srcs`, staged as inputs), with
+the network, and with one folder writable: the environment's own, bound at its final path. What
+pip runs (an sdist's build) is thus held to what any command is held to. The caller's proxy and
+pip variables (`PIP_*`, `HTTP(S)_PROXY`, `NO_PROXY`) are passed in. A virtual environment holds
+its own absolute path, so it is made in place; a file `.complete` written last says it is whole.
+A folder without it (a build killed while pip ran) is removed and made again. The check a build
+pays when nothing changed is two stat() calls per py_env, against the stamps saved beside its
+link. `posbuild gc` removes the environments no link names any more (`sweep`).
 """
 
 from __future__ import annotations
 
 import os
+import re
+import shlex
 import shutil
-import subprocess
 from pathlib import Path
 from typing import Callable, Mapping, Sequence
 
-from posbuild.core.action import PyEnvSpec
+from posbuild.core.action import Action, PyEnvSpec
 from posbuild.core.digest import hash_canonical, hash_file
-from posbuild.core.layout import PY_ENVS
+from posbuild.core.layout import NETWORK_TAG, PY_ENVS
 from posbuild.errors import ActionFailed, BuildFileError
 from posbuild.host.atomic import write_atomically
 from posbuild.workspace.config import BASE_PATH, Config
@@ -56,10 +61,10 @@ def _sig(path: str) -> list[int] | None:
 
 def _ensure_one(config: Config, spec: PyEnvSpec, environ: Mapping[str, str],
                 say: Callable[[str], None]) -> None:
-    requirements = str(config.root / spec.requirements)
+    sources = [str(config.root / path) for path in (spec.requirements, *spec.srcs)]
     base = _interpreter(spec)
     link = spec.folder
-    stamps = hash_canonical([FORMAT, _sig(requirements), base, _sig(base)])
+    stamps = hash_canonical([FORMAT, [_sig(path) for path in sources], base, _sig(base)])
     stamp_file = Path(link + STAMPS)
     try:
         if stamp_file.read_bytes() == stamps and os.path.isfile(f"{link}/{COMPLETE}"):
@@ -67,14 +72,15 @@ def _ensure_one(config: Config, spec: PyEnvSpec, environ: Mapping[str, str],
     except OSError:
         pass
     try:
-        content = Path(requirements).read_bytes()
+        contents = [hash_file(path) for path in sources]
     except OSError as error:
-        raise BuildFileError(f"{spec.label}: requirements '{spec.requirements}' cannot be read: "
+        raise BuildFileError(f"{spec.label}: {error.filename} cannot be read: "
                              f"{error.strerror}") from None
-    digest = hash_canonical([FORMAT, content, base, hash_file(os.path.realpath(base))]).hex()
+    digest = hash_canonical([FORMAT, list(zip((spec.requirements, *spec.srcs), contents)), base,
+                             hash_file(os.path.realpath(base))]).hex()
     folder = config.state_dir / PY_ENVS / digest[:32]
     if not (folder / COMPLETE).is_file():
-        _make(spec, base, folder, requirements, environ, say)
+        _make(config, spec, base, folder, environ, say)
     _link(link, folder)
     write_atomically(stamp_file, stamps)
 
@@ -91,34 +97,53 @@ def _interpreter(spec: PyEnvSpec) -> str:
                          + ("" if spec.python.startswith("/") else f" on {BASE_PATH}"))
 
 
-def _make(spec: PyEnvSpec, base: str, folder: Path, requirements: str,
+# what pip and the proxies it goes through read from the caller's environment
+_PASSED = re.compile(r"^(PIP_[A-Z_]+|(HTTPS?|NO|ALL)_PROXY|(https?|no|all)_proxy)$")
+
+
+def _make(config: Config, spec: PyEnvSpec, base: str, folder: Path,
           environ: Mapping[str, str], say: Callable[[str], None]) -> None:
-    """venv + pip install, in place; `.complete` last."""
+    """venv + pip install, in place, in a sandbox; `.complete` last."""
+    from posbuild.exec.namespaces import choose
+    from posbuild.exec.sandbox import LocalSpawner, hidden_folders
+    from posbuild.workspace.envfp import Environments, sandbox_path
+
     if folder.exists():  # a build was killed while making it
         shutil.rmtree(folder)
-    folder.parent.mkdir(parents=True, exist_ok=True)
+    folder.mkdir(parents=True)
     say(f"posbuild: making the Python environment of {spec.label} from {spec.requirements} "
         f"(pip install; this may take a while)")
-    env = {k: v for k, v in environ.items() if not k.startswith("POSBUILD_")}
-    env.pop("PYTHONPATH", None)
-    env.pop("VIRTUAL_ENV", None)
-    steps = [[base, "-m", "venv", str(folder)]]
-    if any(line.strip() and not line.lstrip().startswith("#")
-           for line in Path(requirements).read_text(errors="replace").splitlines()):
-        steps.append([str(folder / "bin" / "python"), "-m", "pip", "install", "--no-input",
-                      "--disable-pip-version-check", "-r", requirements])
-    for step in steps:
+    package = os.path.dirname(spec.requirements) or "."
+    requirements = os.path.basename(spec.requirements)
+    python = shlex.quote(str(folder / "bin" / "python"))
+    command = f"{shlex.quote(base)} -m venv {shlex.quote(str(folder))}"
+    if any(line.strip() and not line.lstrip().startswith("#") for line in
+           (config.root / spec.requirements).read_text(errors="replace").splitlines()):
+        command += (f" && cd {shlex.quote(package)} && {python} -m pip install --no-input "
+                    f"--disable-pip-version-check -r {shlex.quote(requirements)}")
+    action = Action(label=spec.label, kind="py_env", command=command,
+                    inputs=(spec.requirements, *spec.srcs), tools=(), outputs=(), env=(),
+                    versions=(), timeout=0, tags=(NETWORK_TAG,), def_hash=b"", deps=(),
+                    sources=(spec.requirements, *spec.srcs), resources=(1, 0, 0))
+    search_path = sandbox_path(config)
+    visible = Environments(search_path).visible([base])
+    isolation, _ = choose(config.sandbox_mode, hidden_folders(config), visible, (str(folder),))
+    spawner = LocalSpawner(config.root, config.sandbox_dir, isolation, search_path=search_path)
+    passed = tuple((name, value) for name, value in sorted(environ.items()) if _PASSED.match(name))
+    try:
+        spawner.clear_stale()
+        result = spawner.run(action, passed)
         try:
-            run = subprocess.run(step, cwd=os.path.dirname(requirements), env=env,
-                                 stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                 stderr=subprocess.STDOUT, text=True, errors="replace")
-        except OSError as error:
-            raise ActionFailed(f"{spec.label}: cannot run {step[0]}: {error.strerror}") from None
-        if run.returncode != 0:
-            tail = run.stdout.strip().splitlines()[-TAIL:]
-            raise ActionFailed(
-                f"{spec.label}: making its Python environment failed: `{' '.join(step[:4])} ...` "
-                f"exited with {run.returncode}" + "".join(f"\n  {line}" for line in tail))
+            said = (result.stdout + result.stderr).decode("utf-8", "replace")
+        finally:
+            spawner.remove(result)
+    finally:
+        spawner.close()
+    if result.exit_code != 0:
+        tail = said.strip().splitlines()[-TAIL:]
+        raise ActionFailed(
+            f"{spec.label}: making its Python environment failed: the command exited with "
+            f"{result.exit_code}" + "".join(f"\n  {line}" for line in tail))
     (folder / COMPLETE).write_bytes(b"")
 
 

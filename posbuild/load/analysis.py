@@ -157,7 +157,7 @@ class Analyzer:
                 self._resolve(target, attr, text) for attr in ("srcs", "tools")
                 for text in getattr(target, attr)
             ]
-            if target.kind == "py_env":
+            if target.kind == "py_env":  # its srcs were resolved above
                 self._refs[name].append(
                     self._resolve(target, "requirements", target.requirements))
             if target.kind == "py_task":
@@ -358,10 +358,15 @@ class Analyzer:
                 raise BuildFileError(
                     f"{name}: requirements '{target.requirements}' must be a source file (the "
                     "environment is made before any action runs)", target.location)
+            srcs = tuple(ref.file for ref in self._refs[name] if ref.attr == "srcs")
+            if any(path is None or is_generated(path) for path in srcs):
+                raise BuildFileError(
+                    f"{name}: srcs must be source files (the environment is made before any "
+                    "action runs)", target.location)
             folder = self._loader.root / STATE_DIR / PY_ENVS / "by-label" / target.label.package
             spec = self._py_envs[name] = PyEnvSpec(
                 name, ref.file, target.python or self._loader.config.interpreter,
-                str(folder / target.label.name))
+                str(folder / target.label.name), tuple(sorted(srcs)))  # type: ignore[arg-type]
         return spec
 
     def _py_code_refs(self, target: Target) -> list[_Ref]:

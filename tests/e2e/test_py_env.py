@@ -21,7 +21,7 @@ from conftest import POSBUILD, bwrap_problem, executed_labels
 from oracle import assert_correct_build
 
 BUILD = """
-    py_env(name = "plot_env", requirements = "requirements.txt")
+    py_env(name = "plot_env", requirements = "requirements.txt", srcs = glob(["wheels/*.whl"]))
     py_task(name = "plot", script = "plot.py", outs = ["plot.txt"], args = ["$@"],
             python = ":plot_env")
     genrule(name = "align", srcs = ["a.txt"], outs = ["aligned.txt"], cmd = "sort $< > $@")
@@ -89,6 +89,18 @@ def test_changing_the_requirements_re_runs_the_steps_that_run_the_environment(ws
     assert any(line.startswith("python[") and ".dist.plotlib " in line and line.endswith(" 1.0")
                for line in shown.splitlines()), shown
     assert ws.run("fsck").returncode == 0
+
+
+def test_pip_runs_in_the_sandbox_and_sees_only_the_declared_files(ws):
+    pipeline(ws, "namespace" if bwrap_problem() is None else "folder")
+    # the wheels are in the workspace, but not declared: the sandbox does not hold them
+    ws.write({"p/BUILD": BUILD.replace(', srcs = glob(["wheels/*.whl"])', "")})
+    result = ws.build("//p:plot")
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "making its Python environment failed" in result.stderr
+    assert "plotlib==1.0" in result.stderr  # pip found no distribution: no wheels folder there
+    ws.write({"p/BUILD": BUILD})
+    assert executed_labels(ws.ok("//p:plot")) == ["//p:plot"]
 
 
 def test_a_requirement_pip_cannot_install_fails_the_build_with_its_output(ws):
