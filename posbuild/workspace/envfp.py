@@ -429,7 +429,8 @@ class Environments:
         if self._platform is None:
             stamps = hash_canonical([__version__, list(os.uname()), _libc()])
             row = self._load().get("")
-            if row is not None and row[0] == stamps:
+            if isinstance(row, (list, tuple)) and len(row) == 2 and row[0] == stamps \
+                    and isinstance(row[1], dict):
                 self._platform = dict(row[1])
             else:
                 self._platform = platform_entries()
@@ -443,11 +444,13 @@ class Environments:
             return examined
         key = f"{word}\0{self.search_path}"
         row = self._load().get(key)
-        if row is not None:
-            watched, stamps, entries, files, prefixes = row
+        try:
+            watched, stamps, entries, files, prefixes = row  # type: ignore[misc]
             if hash_canonical([_sig(p) for p in watched]) == stamps:
                 examined = _Examined(dict(entries), list(watched), stamps, list(files),
                                      list(prefixes))
+        except (TypeError, ValueError):  # none, or a damaged row: examined again
+            pass
         if examined is None:
             examined = _examine(word, self.search_path)
             self._load()[key] = [examined.watched, examined.stamps, examined.entries,

@@ -211,3 +211,18 @@ def test_lock_name_is_spelled_once() -> None:
     from posbuild.workspace import lockfile
 
     assert envfp.LOCK_NAME is lockfile.LOCK_NAME is pins.LOCK_NAME is layout.LOCK_NAME
+
+
+def test_a_damaged_cache_is_examined_again(tmp_path: Path) -> None:
+    config = load_config(workspace(tmp_path))
+    first = envfp.Environments.of_workspace(config)
+    digest = first.digest(("cat",))
+    first.save()
+    cache = config.state_dir / envfp.CACHE_NAME
+    import msgpack
+
+    fmt, rows = msgpack.unpackb(cache.read_bytes(), strict_map_key=False)
+    cache.write_bytes(msgpack.packb([fmt, {key: [1, 2] for key in rows}]))
+    assert envfp.Environments.of_workspace(config).digest(("cat",)) == digest
+    cache.write_bytes(b"\xc1 not msgpack")
+    assert envfp.Environments.of_workspace(config).digest(("cat",)) == digest
