@@ -34,9 +34,16 @@ than `jobs` of them.
 Nodes settled by `prepare` take no resources. A node that demands more than the capacity could
 never start; the constructor refuses it (the caller reports that before anything runs).
 
-Dispatch is list scheduling with reservation ("backfilling"). Waiting nodes are taken in priority
-order (smaller first, ties by node number), and the first that fits starts; so the machine stays
-busy, and a node waits only while running nodes really occupy what it needs. To keep a large node
+Dispatch is list scheduling with reservation ("backfilling"). Waiting nodes are taken in order,
+and the first that fits starts; so the machine stays busy, and a node waits only while running
+nodes really occupy what it needs. The order is the priority's *rank* first (a tuple priority's
+first element: critical_path's longest remaining path), then the larger *dominant share* (the
+largest fraction of the capacity the node takes in any one resource), then the whole priority
+and the node number. Among equally urgent nodes the bulky ones go first, as in first-fit
+decreasing bin packing, and the small ones fill what they leave: with cpu=2, mem_mb=1000, an
+action of 600 MB starts beside one of 100 MB, not after two of 100 MB that would leave it to
+run alone later, its second processor idle. A node of a better rank still goes first, however
+small. To keep a large node
 from being postponed indefinitely by a stream of smaller ones (aging):
 
 1. A waiting node that does not fit is *overtaken* whenever another node starts that competes with
@@ -352,7 +359,7 @@ class _Run(Generic[Outcome]):
         whether the slot was handed on, and the started node. If none may start, `node` keeps
         its slot until it is concluded, exactly as if nothing had been tried; other workers
         never take a slot that is handed on like this."""
-        coming = [(self._scheduler._priority[c], c) for c in self._dependents[node]
+        coming = [(self._work.key[c], c) for c in self._dependents[node]
                   if self._waiting_deps[c] == 1]
         self._free(node, slot)
         job = self._take(min(coming) if coming else None)
@@ -408,17 +415,22 @@ class _Waiting:
 
     def __init__(self, priority: Sequence[object], demand: Sequence[tuple[int, ...]],
                  capacity: tuple[int, ...], patience: int) -> None:
-        self._priority = priority
         self._demand = demand
         self._free = list(capacity)
+        shares: dict[tuple[int, ...], float] = {}
+        for need in demand:
+            if need not in shares:
+                shares[need] = -max((n / c for n, c in zip(need, capacity) if c), default=0.0)
+        # (rank, −dominant share, priority): see "Dispatch" in the module's docstring
+        self.key = [(_rank(p), shares[need], p) for p, need in zip(priority, demand)]
         self._patience = patience
-        self._heaps: dict[tuple[int, ...], list[tuple[object, int]]] = {}
+        self._heaps: dict[tuple[int, ...], list[tuple[tuple[object, float, object], int]]] = {}
         self._bypassed: dict[int, int] = {}  # waiting node → competing nodes started ahead of it
         # the demand of a head that holds a reservation
         self._reserved: tuple[int, ...] | None = None
 
     def add(self, node: int) -> None:
-        heapq.heappush(self._heaps.setdefault(self._demand[node], []), (self._priority[node], node))
+        heapq.heappush(self._heaps.setdefault(self._demand[node], []), (self.key[node], node))
 
     def waiting(self) -> bool:
         """Whether any node waits for a slot."""
@@ -484,3 +496,9 @@ class _Waiting:
             self._reserved = None
         self._bypassed.pop(node, None)
         return node
+
+
+def _rank(priority: object) -> object:
+    """The part of a priority that ranks nodes: a tuple's first element (critical_path's −longest
+    path), else the whole priority."""
+    return priority[0] if isinstance(priority, tuple) and priority else priority
