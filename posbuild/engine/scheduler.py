@@ -48,8 +48,11 @@ from being postponed indefinitely by a stream of smaller ones (aging):
 
 1. A waiting node that does not fit is *overtaken* whenever another node starts that competes with
    it — one that uses some resource the waiting node would then lack room for. A node that fits
-   *alongside* it (in every component it uses, there is room for both) does not delay it, and
-   does not count.
+   *alongside* it does not delay it, and does not count: in every component it uses there is
+   room for both, counting what the running nodes the waiting one waits for will free whichever
+   of them end first (a 100 MB node beside a 600 MB one that waits for another 600 MB node's
+   memory: that one's processor comes back with it). So a reservation keeps idle only what its
+   holder will need.
 2. After `patience` overtakings (default: `jobs`) the node holds a *reservation*: until it starts,
    only nodes that fit alongside it may start, whatever their priority. Running nodes end, its
    share frees up, and it starts. Only one node (the best-placed of those whose patience is spent)
@@ -417,6 +420,7 @@ class _Waiting:
                  capacity: tuple[int, ...], patience: int) -> None:
         self._demand = demand
         self._free = list(capacity)
+        self._running: collections.Counter[tuple[int, ...]] = collections.Counter()
         shares: dict[tuple[int, ...], float] = {}
         for need in demand:
             if need not in shares:
@@ -437,12 +441,16 @@ class _Waiting:
         return any(self._heaps.values())
 
     def release(self, node: int) -> None:
-        for i, amount in enumerate(self._demand[node]):
+        need = self._demand[node]
+        self._running[need] -= 1
+        for i, amount in enumerate(need):
             self._free[i] += amount
 
     def hold(self, node: int) -> None:
         """Take a released node's demand again."""
-        for i, amount in enumerate(self._demand[node]):
+        need = self._demand[node]
+        self._running[need] += 1
+        for i, amount in enumerate(need):
             self._free[i] -= amount
 
     def take(self, before: tuple[object, int] | None = None) -> int | None:
@@ -482,14 +490,27 @@ class _Waiting:
         return all(n <= f for n, f in zip(need, self._free))
 
     def _alongside(self, need: tuple[int, ...], head: tuple[int, ...]) -> bool:
-        """Whether starting `need` now leaves, in every component it uses, room for `head` too."""
-        return all(n == 0 or n + h <= f for n, h, f in zip(need, head, self._free))
+        """Whether starting `need` now cannot delay `head`: in every component it uses, there is
+        room for both once `head` could start at all.
+
+        `head` lacks some component j now, so it waits until running nodes end, one of them at
+        least using j; whichever they are, they free at least `least[i]` of each component i.
+        """
+        least = [0] * len(head)
+        for j, (h, f) in enumerate(zip(head, self._free)):
+            if h > f:  # one node using j must end: it frees at least the least such node holds
+                users = [d for d, count in self._running.items() if count and d[j]]
+                for i in range(len(least)):
+                    least[i] = max(least[i], min((d[i] for d in users), default=0))
+        return all(n == 0 or n + h <= f + extra
+                   for n, h, f, extra in zip(need, head, self._free, least))
 
     def _start(self, node: int) -> int:
         """Start `node`, the top of its demand's heap (a reservation is held by a heap's top
         too)."""
         need = self._demand[node]
         heapq.heappop(self._heaps[need])
+        self._running[need] += 1
         for i, amount in enumerate(need):
             self._free[i] -= amount
         if need == self._reserved:

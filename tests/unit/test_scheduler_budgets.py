@@ -71,11 +71,12 @@ class ClockExecutor:
 
 
 def simulate(demand: Sequence[tuple[int, ...]], units: Sequence[int], jobs: int,
-             priority: Sequence[object]) -> tuple[ClockExecutor, int]:
+             priority: Sequence[object],
+             patience: int | None = None) -> tuple[ClockExecutor, int]:
     """Run the nodes (no dependencies) and return the executor and the makespan in units."""
     count = len(demand)
     executor = ClockExecutor(count)
-    scheduler = Scheduler([[]] * count, priority, jobs, False, demand, CAPACITY)
+    scheduler = Scheduler([[]] * count, priority, jobs, False, demand, CAPACITY, patience)
     box: dict[str, list[State]] = {}
     thread = threading.Thread(target=lambda: box.update(states=scheduler.run(executor)),
                               daemon=True)
@@ -147,3 +148,21 @@ def test_a_better_rank_still_starts_first_however_small() -> None:
                              [1.0, 5.0, 1.0].__getitem__)
     executor, _ = simulate(demand, [1, 5, 1], 1, priority)
     assert executor.order[0] == 1
+
+
+def test_a_reservation_keeps_idle_only_what_its_holder_needs() -> None:
+    """Node 1 (600 MB) holds a reservation at once (patience 0) and waits for node 0's memory.
+    The 100 MB nodes take the other processor meanwhile: when node 0 ends, its processor comes
+    back with its memory, so they never delay node 1."""
+    demand = [BIG, BIG, SMALL, SMALL, SMALL]
+    units = [3, 1, 1, 1, 1]
+    executor, makespan = simulate(demand, units, 2, list(range(5)), patience=0)
+    assert executor.started == {0: 0, 2: 0, 3: 1, 4: 2, 1: 3}
+    assert makespan == 4  # not 3 units of node 0 alone, then the rest
+
+
+def test_a_reservation_still_holds_back_what_would_delay_its_holder() -> None:
+    """Node 1 needs both processors; a node that would take one of them waits with it."""
+    demand = [SMALL, BOTH, SMALL]
+    executor, _ = simulate(demand, [2, 1, 1], 2, list(range(3)), patience=0)
+    assert executor.started == {0: 0, 1: 2, 2: 3}
