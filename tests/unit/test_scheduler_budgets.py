@@ -1,9 +1,10 @@
 """Mixed budgets are used, not only respected (DESIGN §10): the real Scheduler in simulated time.
 
 Each node's command lasts a whole number of time units. The executor's `wait` blocks until the
-test ends the node: the test lets the scheduler settle (every started node waits for its end),
-moves the clock to the next end, ends one node (the lowest of those due), and so on. So start times and the
-makespan are in simulated units, whatever the machine's speed.
+test ends the node: the test lets the scheduler settle (every started node waits for its end, and
+no node has started for a few polls), moves the clock to the next end, ends one node (the lowest
+of those due), and so on. So start times and the makespan are in simulated units, whatever the
+machine's speed.
 """
 
 from __future__ import annotations
