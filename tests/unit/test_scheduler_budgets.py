@@ -18,7 +18,9 @@ from posbuild.engine.scheduler import Scheduler, State
 
 TIMEOUT = 20.0
 CAPACITY = (2, 1000, 0)  # cpu, mem_mb, io
-BIG, SMALL, BOTH = (1, 600, 0), (1, 100, 0), (2, 0, 0)
+BIG: tuple[int, ...] = (1, 600, 0)
+SMALL: tuple[int, ...] = (1, 100, 0)
+BOTH: tuple[int, ...] = (2, 0, 0)
 
 
 class ClockExecutor:
@@ -77,7 +79,8 @@ def simulate(demand: Sequence[tuple[int, ...]], units: Sequence[int], jobs: int,
     """Run the nodes (no dependencies) and return the executor and the makespan in units."""
     count = len(demand)
     executor = ClockExecutor(count)
-    scheduler = Scheduler([[]] * count, priority, jobs, False, demand, CAPACITY, patience)
+    scheduler: Scheduler[str] = Scheduler([[]] * count, priority, jobs, False, demand, CAPACITY,
+                                          patience)
     box: dict[str, list[State]] = {}
     thread = threading.Thread(target=lambda: box.update(states=scheduler.run(executor)),
                               daemon=True)
