@@ -43,8 +43,8 @@ and the node number. Among equally urgent nodes the bulky ones go first, as in f
 decreasing bin packing, and the small ones fill what they leave: with cpu=2, mem_mb=1000, an
 action of 600 MB starts beside one of 100 MB, not after two of 100 MB that would leave it to
 run alone later, its second processor idle. A node of a better rank still goes first, however
-small. To keep a large node
-from being postponed indefinitely by a stream of smaller ones (aging):
+small. To keep a large node from being postponed indefinitely by a stream of smaller ones
+(aging):
 
 1. A waiting node that does not fit is *overtaken* whenever another node starts that competes with
    it — one that uses some resource the waiting node would then lack room for. A node that fits
@@ -120,7 +120,8 @@ class Executor(Protocol[Outcome]):
 
 
 class Scheduler(Generic[Outcome]):
-    """Runs a DAG of `len(deps)` nodes; `priority[i]` orders ready nodes (smaller first).
+    """Runs a DAG of `len(deps)` nodes; `priority[i]` orders ready nodes (smaller first; among
+    nodes of equal rank, a tuple priority's first element, the bulkier first; see the module).
 
     `demand[i]` (optional) is node i's resource vector and `capacity` the budget it is taken from;
     `patience` is how often a waiting head lets competing nodes start before it (see above).
@@ -425,7 +426,7 @@ class _Waiting:
         for need in demand:
             if need not in shares:
                 shares[need] = -max((n / c for n, c in zip(need, capacity) if c), default=0.0)
-        # (rank, −dominant share, priority): see "Dispatch" in the module's docstring
+        # (rank, −dominant share, priority): the module's docstring says why
         self.key = [(_rank(p), shares[need], p) for p, need in zip(priority, demand)]
         self._patience = patience
         self._heaps: dict[tuple[int, ...], list[tuple[tuple[object, float, object], int]]] = {}
