@@ -34,15 +34,25 @@ than `jobs` of them.
 Nodes settled by `prepare` take no resources. A node that demands more than the capacity could
 never start; the constructor refuses it (the caller reports that before anything runs).
 
-Dispatch is list scheduling with reservation ("backfilling"). Waiting nodes are taken in priority
-order (smaller first, ties by node number), and the first that fits starts; so the machine stays
-busy, and a node waits only while running nodes really occupy what it needs. To keep a large node
-from being postponed indefinitely by a stream of smaller ones (aging):
+Dispatch is list scheduling with reservation ("backfilling"). Waiting nodes are taken in order,
+and the first that fits starts; so the machine stays busy, and a node waits only while running
+nodes really occupy what it needs. The order is the priority's *rank* first (a tuple priority's
+first element: critical_path's longest remaining path), then the larger *dominant share* (the
+largest fraction of the capacity the node takes in any one resource), then the whole priority
+and the node number. Among equally urgent nodes the bulky ones go first, as in first-fit
+decreasing bin packing, and the small ones fill what they leave: with cpu=2, mem_mb=1000, an
+action of 600 MB starts beside one of 100 MB, not after two of 100 MB that would leave it to
+run alone later, its second processor idle. A node of a better rank still goes first, however
+small. To keep a large node from being postponed indefinitely by a stream of smaller ones
+(aging):
 
 1. A waiting node that does not fit is *overtaken* whenever another node starts that competes with
    it — one that uses some resource the waiting node would then lack room for. A node that fits
-   *alongside* it (in every component it uses, there is room for both) does not delay it, and
-   does not count.
+   *alongside* it does not delay it, and does not count: in every component it uses there is
+   room for both, counting what the running nodes the waiting one waits for will free whichever
+   of them end first (a 100 MB node beside a 600 MB one that waits for another 600 MB node's
+   memory: that one's processor comes back with it). So a reservation keeps idle only what its
+   holder will need.
 2. After `patience` overtakings (default: `jobs`) the node holds a *reservation*: until it starts,
    only nodes that fit alongside it may start, whatever their priority. Running nodes end, its
    share frees up, and it starts. Only one node (the best-placed of those whose patience is spent)
@@ -110,7 +120,8 @@ class Executor(Protocol[Outcome]):
 
 
 class Scheduler(Generic[Outcome]):
-    """Runs a DAG of `len(deps)` nodes; `priority[i]` orders ready nodes (smaller first).
+    """Runs a DAG of `len(deps)` nodes; `priority[i]` orders ready nodes (smaller first; among
+    nodes of equal rank, a tuple priority's first element, the bulkier first; see the module).
 
     `demand[i]` (optional) is node i's resource vector and `capacity` the budget it is taken from;
     `patience` is how often a waiting head lets competing nodes start before it (see above).
@@ -352,7 +363,7 @@ class _Run(Generic[Outcome]):
         whether the slot was handed on, and the started node. If none may start, `node` keeps
         its slot until it is concluded, exactly as if nothing had been tried; other workers
         never take a slot that is handed on like this."""
-        coming = [(self._scheduler._priority[c], c) for c in self._dependents[node]
+        coming = [(self._work.key[c], c) for c in self._dependents[node]
                   if self._waiting_deps[c] == 1]
         self._free(node, slot)
         job = self._take(min(coming) if coming else None)
@@ -408,29 +419,39 @@ class _Waiting:
 
     def __init__(self, priority: Sequence[object], demand: Sequence[tuple[int, ...]],
                  capacity: tuple[int, ...], patience: int) -> None:
-        self._priority = priority
         self._demand = demand
         self._free = list(capacity)
+        self._running: collections.Counter[tuple[int, ...]] = collections.Counter()
+        shares: dict[tuple[int, ...], float] = {}
+        for need in demand:
+            if need not in shares:
+                shares[need] = -max((n / c for n, c in zip(need, capacity) if c), default=0.0)
+        # (rank, −dominant share, priority): the module's docstring says why
+        self.key = [(_rank(p), shares[need], p) for p, need in zip(priority, demand)]
         self._patience = patience
-        self._heaps: dict[tuple[int, ...], list[tuple[object, int]]] = {}
+        self._heaps: dict[tuple[int, ...], list[tuple[tuple[object, float, object], int]]] = {}
         self._bypassed: dict[int, int] = {}  # waiting node → competing nodes started ahead of it
         # the demand of a head that holds a reservation
         self._reserved: tuple[int, ...] | None = None
 
     def add(self, node: int) -> None:
-        heapq.heappush(self._heaps.setdefault(self._demand[node], []), (self._priority[node], node))
+        heapq.heappush(self._heaps.setdefault(self._demand[node], []), (self.key[node], node))
 
     def waiting(self) -> bool:
         """Whether any node waits for a slot."""
         return any(self._heaps.values())
 
     def release(self, node: int) -> None:
-        for i, amount in enumerate(self._demand[node]):
+        need = self._demand[node]
+        self._running[need] -= 1
+        for i, amount in enumerate(need):
             self._free[i] += amount
 
     def hold(self, node: int) -> None:
         """Take a released node's demand again."""
-        for i, amount in enumerate(self._demand[node]):
+        need = self._demand[node]
+        self._running[need] += 1
+        for i, amount in enumerate(need):
             self._free[i] -= amount
 
     def take(self, before: tuple[object, int] | None = None) -> int | None:
@@ -470,17 +491,36 @@ class _Waiting:
         return all(n <= f for n, f in zip(need, self._free))
 
     def _alongside(self, need: tuple[int, ...], head: tuple[int, ...]) -> bool:
-        """Whether starting `need` now leaves, in every component it uses, room for `head` too."""
-        return all(n == 0 or n + h <= f for n, h, f in zip(need, head, self._free))
+        """Whether starting `need` now cannot delay `head`: in every component it uses, there is
+        room for both once `head` could start at all.
+
+        `head` lacks some component j now, so it waits until running nodes end, one of them at
+        least using j; whichever they are, they free at least `least[i]` of each component i.
+        """
+        least = [0] * len(head)
+        for j, (h, f) in enumerate(zip(head, self._free)):
+            if h > f:  # one node using j must end: it frees at least the least such node holds
+                users = [d for d, count in self._running.items() if count and d[j]]
+                for i in range(len(least)):
+                    least[i] = max(least[i], min((d[i] for d in users), default=0))
+        return all(n == 0 or n + h <= f + extra
+                   for n, h, f, extra in zip(need, head, self._free, least))
 
     def _start(self, node: int) -> int:
         """Start `node`, the top of its demand's heap (a reservation is held by a heap's top
         too)."""
         need = self._demand[node]
         heapq.heappop(self._heaps[need])
+        self._running[need] += 1
         for i, amount in enumerate(need):
             self._free[i] -= amount
         if need == self._reserved:
             self._reserved = None
         self._bypassed.pop(node, None)
         return node
+
+
+def _rank(priority: object) -> object:
+    """The part of a priority that ranks nodes: a tuple's first element (critical_path's −longest
+    path), else the whole priority."""
+    return priority[0] if isinstance(priority, tuple) and priority else priority

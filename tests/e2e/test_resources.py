@@ -6,8 +6,10 @@ replays those intervals against the declared requests.
 
 from __future__ import annotations
 
+import json
 import os
 import re
+from datetime import datetime
 
 import pytest
 
@@ -156,3 +158,28 @@ def test_bad_resources_table_is_a_workspace_error(ws: Workspace) -> None:
     result = ws.build()
     assert result.returncode == 3
     assert "[resources] has unknown key 'cpus' (known: cpu, mem_mb, io)" in result.stderr
+
+
+def test_a_large_memory_action_runs_beside_a_small_one_not_alone(ws: Workspace) -> None:
+    """Four 600 MB actions, four 100 MB ones and one taking both processors, equally urgent:
+    the labels put the small ones first, yet each 600 MB action runs beside a 100 MB one (their
+    sum fits in 1000 MB) instead of alone after them, a processor idle."""
+    demand = {f"a{n}": (1, 100) for n in range(4)} | {f"b{n}": (1, 600) for n in range(4)}
+    demand["c"] = (2, 0)
+    build = "".join(
+        f'genrule(name = "{name}", outs = ["{name}.txt"], resources = {{"cpu": {cpu}, '
+        f'"mem_mb": {mem}}}, cmd = "sleep 0.3; echo {name} > $@")\n'
+        for name, (cpu, mem) in demand.items())
+    ws.write({"posbuild.toml": BUDGET, "p/BUILD": build})
+    ws.ok("-j", "2")
+    records = [json.loads(line) for line in ws.run("log", "--json").stdout.splitlines()]
+    spans = {r["label"].split(":")[1]: (datetime.fromisoformat(r["started"]).timestamp(),
+                                        datetime.fromisoformat(r["ended"]).timestamp())
+             for r in records}
+    assert sorted(spans) == sorted(demand)
+    cpu, mem = peak(spans, demand)
+    assert cpu <= 2 and mem <= 1000, spans
+    for big in (n for n in demand if n[0] == "b"):
+        beside = [n for n in demand if n[0] == "a" and spans[n][0] < spans[big][1]
+                  and spans[big][0] < spans[n][1]]
+        assert beside, (big, spans)
