@@ -17,6 +17,9 @@ from posbuild.engine.resources import critical_path
 from posbuild.engine.scheduler import Scheduler, State
 
 TIMEOUT = 20.0
+# how long no node may start for the scheduler to count as settled (three times in a row): long
+# enough for a worker on a loaded machine to take the node a finished one hands it
+POLL = 0.05
 CAPACITY = (2, 1000, 0)  # cpu, mem_mb, io
 BIG: tuple[int, ...] = (1, 600, 0)
 SMALL: tuple[int, ...] = (1, 100, 0)
@@ -92,7 +95,7 @@ def simulate(demand: Sequence[tuple[int, ...]], units: Sequence[int], jobs: int,
             while stable < 3:  # a node handed to another worker starts within a few polls
                 before = len(executor.order)
                 executor.lock.wait_for(executor.settled, deadline - time.monotonic())
-                executor.lock.wait(0.02)
+                executor.lock.wait(POLL)
                 stable = stable + 1 if executor.settled() and len(executor.order) == before \
                     else 0
             running = [n for n in executor.started if n not in executor.ended]
