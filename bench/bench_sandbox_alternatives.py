@@ -396,7 +396,7 @@ def main() -> int:
 
     base_true, base_cat = rows[0][1]
     print(f"landlock ABI {landlock_abi()}, {args.runs} runs each, median ms per action\n")
-    print(f"| alternative | /bin/true | Δ | cat in > out | Δ | wrote outside | keeps |")
+    print("| alternative | /bin/true | Δ | cat in > out | Δ | wrote outside | keeps |")
     print("|---|---|---|---|---|---|---|")
     for name, (t, c), keeps, leaked in rows:
         print(f"| {name} | {t:.2f} | {t - base_true:+.2f} | {c:.2f} | {c - base_cat:+.2f} "
