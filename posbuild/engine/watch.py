@@ -10,7 +10,7 @@ Three parts, in the order a change flows through them:
   the original) is a change of the original. A top-level folder replaced by another under the
   same name (`mv data old; mv new data`) gets a watch of its own (watches follow inodes).
 * `WatchSet` is what the last build depended on, taken from its ActionGraph: every source file
-  (inputs and tools that no action produces), the requirements files of its py_envs, the BUILD,
+  (inputs and tools that no action produces), the requirements and srcs of its py_envs, the BUILD,
   `.bzl` and Python files the graph was analysed from (the graph cache stamps them),
   `posbuild.toml` and `posbuild.lock`, and the loaded packages, in whose folders a file that
   appears may match a `glob`. It decides which changes matter.
@@ -154,7 +154,8 @@ def watch_set(graph: ActionGraph, build_names: tuple[str, ...],
         return previous
     files = {path for action in graph.actions for path in action.sources}
     files.update(path for path in graph.requested if not is_generated(path))
-    files.update(spec.requirements for spec in graph.py_envs)  # a new one makes a new environment
+    # a change makes a new environment
+    files.update(path for spec in graph.py_envs for path in (spec.requirements, *spec.srcs))
     read = files_of_entry(graph.raw)
     files.update(read)
     files.update((CONFIG_NAME, LOCK_NAME))

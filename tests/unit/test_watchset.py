@@ -352,9 +352,10 @@ def test_the_watch_loop_goes_on_after_an_unexpected_exception(tmp_path: Path) ->
 def test_a_py_envs_requirements_file_is_watched(root: Path) -> None:
     (root / "env").mkdir()
     (root / "env" / "BUILD").write_text(
-        'py_env(name = "e", requirements = "requirements.txt")\n'
+        'py_env(name = "e", requirements = "requirements.txt", srcs = ["w.whl"])\n'
         'py_task(name = "t", script = "t.py", outs = ["t.txt"], python = ":e")\n')
     (root / "env" / "requirements.txt").write_text("\n")
+    (root / "env" / "w.whl").write_text("")
     (root / "env" / "t.py").write_text("")
     watched = watch_set(resolve(root, ["//env:t"]), ("BUILD",))
-    assert "env/requirements.txt" in watched.files
+    assert {"env/requirements.txt", "env/w.whl"} <= watched.files
