@@ -19,6 +19,8 @@ import re
 import shutil
 from dataclasses import dataclass
 
+from posbuild.host.paths import within
+
 # bash: "bash: line 1: NAME: command not found", dash: "sh: 1: NAME: not found", a path:
 # "bash: line 1: /tmp/x/tool: No such file or directory"
 _NOT_FOUND = re.compile(r"^(?:\S*(?:sh|bash)): (?:line )?(?:\d+: )?(\S+): "
@@ -37,12 +39,8 @@ class Sandbox:
 
     def hiding(self, path: str) -> str | None:
         """The hidden folder `path` is in, as the hint names it; None when it is visible."""
-        folder = next((h for h in self.hidden if _under(path, h)), None)
+        folder = next((h for h in self.hidden if within(path, h)), None)
         return f"the workspace ({folder})" if folder and folder == self.workspace else folder
-
-
-def _under(path: str, folder: str) -> bool:
-    return path == folder or path.startswith(folder.rstrip("/") + "/")
 
 
 def hint(exit_code: int, stderr: bytes, sandbox: Sandbox) -> str | None:

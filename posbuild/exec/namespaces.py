@@ -52,6 +52,7 @@ import subprocess
 from dataclasses import dataclass
 from typing import Iterable, Mapping, Sequence
 
+from posbuild.host.paths import within
 from posbuild.errors import SandboxUnavailable
 
 WRITABLE_VARIABLE = "POSBUILD_SANDBOX_WRITABLE"  # debugging and test probes: folders left writable
@@ -74,10 +75,6 @@ class Isolation:
     head: tuple[str, ...]
     head_network: tuple[str, ...]
     tail: tuple[str, ...] = ()
-
-
-def _under(path: str, folder: str) -> bool:
-    return path == folder or path.startswith(folder.rstrip("/") + "/")
 
 
 def isolation(bwrap: str, hidden: Iterable[str], visible: Iterable[str],
@@ -112,21 +109,21 @@ def isolation(bwrap: str, hidden: Iterable[str], visible: Iterable[str],
 
     folders = sorted(h for h in {os.path.abspath(h) for h in hidden} - {"/"} if os.path.isdir(h))
     for folder in folders:
-        if not any(_under(folder, c) for c in covered) and (
-                not _under(folder, "/tmp") or any(_under(folder, w) for w in opened)):
+        if not any(within(folder, c) for c in covered) and (
+                not within(folder, "/tmp") or any(within(folder, w) for w in opened)):
             hide(folder)
     shown: list[str] = []
     for path in sorted({os.path.abspath(v) for v in visible}):
-        if os.path.exists(path) and any(_under(path, c) for c in (*covered, "/tmp")) and not any(
-                _under(path, s) for s in shown):
+        if os.path.exists(path) and any(within(path, c) for c in (*covered, "/tmp")) and not any(
+                within(path, s) for s in shown):
             options += ["--ro-bind", path, path]
             shown.append(path)
     for folder in folders:  # a hidden folder inside a visible one (a workspace inside the venv)
-        if any(_under(folder, s) and folder != s for s in shown):
+        if any(within(folder, s) and folder != s for s in shown):
             hide(folder)
     # also inside a folder opened writable
     for path in sorted({os.path.realpath(m) for m in masked}):
-        if os.path.isfile(path) and not any(_under(path, c) for c in covered):
+        if os.path.isfile(path) and not any(within(path, c) for c in covered):
             options += ["--ro-bind", "/dev/null", path]
     head = (bwrap, *options)
     return Isolation(bwrap, (*head, "--unshare-net", "--tmpfs", "/run"), head, tuple(tail))
@@ -175,9 +172,9 @@ def input_binds(inputs: Sequence[str], outputs: Sequence[str]) -> list[str]:
     chosen = sorted(folders)
     kept: list[str] = []
     for folder in chosen:  # `pkg` already covers `pkg/sub`
-        if not kept or not _under(folder, kept[-1]):
+        if not kept or not within(folder, kept[-1]):
             kept.append(folder)
-    return kept + [f for f in files if not any(_under(f, k) for k in kept)]
+    return kept + [f for f in files if not any(within(f, k) for k in kept)]
 
 
 def writable_paths(environ: Mapping[str, str]) -> tuple[str, ...]:

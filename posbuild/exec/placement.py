@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import os
 
+from posbuild.host.paths import within
+
 # Below this an action is never weighed: a memory base has far more room than that.
 LARGE = 64 << 20
 # Room kept free in the memory base beyond an action's expected bytes: as much again as half of
@@ -63,8 +65,7 @@ def in_memory(path: str) -> bool:
                 if len(fields) < 3:
                     continue
                 point = fields[1].replace("\\040", " ")
-                inside = path == point or path.startswith(point.rstrip("/") + "/")
-                if inside and len(point) >= len(best):
+                if within(path, point) and len(point) >= len(best):
                     best, kind = point, fields[2]
     except OSError:
         return path.startswith("/dev/shm/")

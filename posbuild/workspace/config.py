@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from posbuild.host.paths import within
 from posbuild.core.digest import hash_bytes
 from posbuild.errors import NoWorkspace, WorkspaceError
 from posbuild.core.layout import CONFIG_NAME, OUT_DIR, SANDBOX, STATE_DIR, STORE
@@ -402,7 +403,7 @@ def _check_placement(root: Path, path: Path, store_dir: Path, cache_dir: str, sa
                                  "so it must be one of its own (outside the workspace, or in a "
                                  "hidden folder of it)")
     store, sandboxes = real["[cache] dir"], real["[build] sandbox_base"]
-    if _within(store, sandboxes) or _within(sandboxes, store):
+    if within(store, sandboxes) or within(sandboxes, store):
         raise WorkspaceError(f"{path}: [cache] dir = {cache_dir!r} and [build] sandbox_base = "
                              f"{sandbox_base!r} are inside one another ({store}, {sandboxes}); "
                              "each must be a folder of its own")
@@ -412,11 +413,11 @@ def _misplaced(real: str, root: str, home: str, default: str) -> str:
     """Why a configured folder (resolved) may not be posbuild's to empty, or ""."""
     if real == "/":
         return "is the root folder /"
-    if _within(root, real):
+    if within(root, real):
         return "is the workspace root" if real == root else f"holds the workspace ({real})"
-    if _within(home, real):
+    if within(home, real):
         return f"is the home folder {home}" if real == home else f"holds the home folder {home}"
-    if not _within(real, root):
+    if not within(real, root):
         return ""
     rel = os.path.relpath(real, root)
     top = rel.split("/", 1)[0]
@@ -429,11 +430,6 @@ def _misplaced(real: str, root: str, home: str, default: str) -> str:
     if not any(part.startswith(".") for part in rel.split("/")):
         return f"is inside the workspace among its sources ({rel})"
     return ""
-
-
-def _within(inner: str, outer: str) -> bool:
-    """Whether path `inner` is `outer` or lies under it (both resolved)."""
-    return inner == outer or inner.startswith(outer.rstrip("/") + "/")
 
 
 def default_jobs() -> int:

@@ -47,6 +47,7 @@ import msgpack
 
 from posbuild import __version__
 from posbuild.host.atomic import write_atomically
+from posbuild.host.paths import within
 from posbuild.workspace.config import BASE_PATH, Config
 from posbuild.core.digest import Digest, hash_canonical, hash_file
 from posbuild.errors import EnvironmentDrift, WorkspaceError
@@ -264,10 +265,6 @@ def _examine(word: str, search_path: str) -> _Examined:
     return _Examined(entries, watched, stamps, files, prefixes)
 
 
-def _under(path: str, folder: str) -> bool:
-    return path == folder or path.startswith(folder.rstrip("/") + "/")
-
-
 def _is_interpreter(path: str, real: str) -> bool:
     return bool(_INTERPRETER_NAME.match(os.path.basename(path))
                 or _INTERPRETER_NAME.match(os.path.basename(real)))
@@ -391,7 +388,7 @@ class Environments:
         for word in dict.fromkeys((*self._tools, *programs)):
             examined = self._examined(word)
             found.update((path, None) for path in examined.files
-                         if not any(_under(path, folder) for folder in hidden))
+                         if not any(within(path, folder) for folder in hidden))
             found.update(dict.fromkeys(examined.prefixes))
         return list(found)
 

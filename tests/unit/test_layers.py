@@ -155,7 +155,8 @@ def test_import_resolution() -> None:
     assert {"posbuild.engine.scheduler", "posbuild.store.lmdbstore",
             "posbuild.core.action"} <= targets
     assert {i.target for i in posbuild_imports("posbuild.workspace.envfp")} == {
-        "posbuild", "posbuild.host.atomic", "posbuild.workspace.config", "posbuild.core.digest",
+        "posbuild", "posbuild.host.atomic", "posbuild.host.paths", "posbuild.workspace.config",
+        "posbuild.core.digest",
         "posbuild.errors", "posbuild.core.layout", "posbuild.workspace.lockfile",
     }
 
