@@ -36,6 +36,7 @@ from posbuild.core.layout import NETWORK_TAG, PY_ENVS
 from posbuild.errors import ActionFailed, BuildFileError
 from posbuild.host.atomic import write_atomically
 from posbuild.workspace.config import BASE_PATH, Config
+from posbuild.workspace.envfp import Environments, sandbox_path, stat_stamp
 
 COMPLETE = ".complete"
 STAMPS = ".stamps"  # beside a by-label link: what its environment was made from, by stat
@@ -51,20 +52,13 @@ def ensure(config: Config, specs: Sequence[PyEnvSpec], environ: Mapping[str, str
         _ensure_one(config, spec, environ, say)
 
 
-def _sig(path: str) -> list[int] | None:
-    try:
-        st = os.stat(path)
-    except OSError:
-        return None
-    return [st.st_mtime_ns, st.st_size, st.st_ino, st.st_ctime_ns]
-
-
 def _ensure_one(config: Config, spec: PyEnvSpec, environ: Mapping[str, str],
                 say: Callable[[str], None]) -> None:
     sources = [str(config.root / path) for path in (spec.requirements, *spec.srcs)]
     base = _interpreter(spec)
     link = spec.folder
-    stamps = hash_canonical([FORMAT, [_sig(path) for path in sources], base, _sig(base)])
+    stamps = hash_canonical([FORMAT, [stat_stamp(path) for path in sources], base,
+                             stat_stamp(base)])
     stamp_file = Path(link + STAMPS)
     try:
         if stamp_file.read_bytes() == stamps and os.path.isfile(f"{link}/{COMPLETE}"):
@@ -106,7 +100,6 @@ def _make(config: Config, spec: PyEnvSpec, base: str, folder: Path,
     """venv + pip install, in place, in a sandbox; `.complete` last."""
     from posbuild.exec.namespaces import choose
     from posbuild.exec.sandbox import LocalSpawner, hidden_folders
-    from posbuild.workspace.envfp import Environments, sandbox_path
 
     if folder.exists():  # a build was killed while making it
         shutil.rmtree(folder)

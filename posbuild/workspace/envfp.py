@@ -208,7 +208,9 @@ def _find(word: str, search_path: str) -> str | None:
     return None
 
 
-def _sig(path: str) -> list[int] | None:
+def stat_stamp(path: str) -> list[int] | None:
+    """What changes when a file is replaced or written (mtime, size, inode, ctime); None when it
+    is not there. Cheap stamps of what a cached finding was derived from."""
     try:
         st = os.stat(path)
     except OSError:
@@ -261,7 +263,7 @@ def _examine(word: str, search_path: str) -> _Examined:
         interpreter = path if _is_interpreter(path, real) else _shebang(real, search_path)
         if interpreter is not None:
             _add_interpreter(interpreter, entries, watched, prefixes)
-    stamps = hash_canonical([_sig(p) for p in watched])
+    stamps = hash_canonical([stat_stamp(p) for p in watched])
     return _Examined(entries, watched, stamps, files, prefixes)
 
 
@@ -443,7 +445,7 @@ class Environments:
         row = self._load().get(key)
         try:
             watched, stamps, entries, files, prefixes = row  # type: ignore[misc]
-            if hash_canonical([_sig(p) for p in watched]) == stamps:
+            if hash_canonical([stat_stamp(p) for p in watched]) == stamps:
                 examined = _Examined(dict(entries), list(watched), stamps, list(files),
                                      list(prefixes))
         except (TypeError, ValueError):  # none, or a damaged row: examined again
