@@ -59,6 +59,24 @@ class Workspace:
         return (self.root / "posbuild-out" / rel).read_text()
 
 
+def kill_build_after(ws: Workspace, delay: float, *args: str,
+                     env: dict[str, str] | None = None) -> None:
+    """Start `posbuild build ARGS` in a session of its own, SIGKILL the whole session after
+    `delay` seconds (if it still runs) and reap it: a real kill at a chosen instant."""
+    import signal
+    import time
+
+    proc = subprocess.Popen([*POSBUILD, "build", *args], cwd=ws.root, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    time.sleep(delay)
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    proc.wait(timeout=30)
+
+
 def counts(result: Result) -> dict[str, int]:
     """The executed/cached/failed numbers of the summary line."""
     import re

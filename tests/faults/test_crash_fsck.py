@@ -9,14 +9,11 @@ a build from nothing, half an incremental build after a source changed.
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
 import time
 from pathlib import Path
 
 from chain_workspace import chain_files, outputs
-from conftest import POSBUILD, Workspace, counts
+from conftest import Workspace, counts, kill_build_after
 from oracle import assert_correct_build
 
 N_ACTIONS = 240
@@ -35,18 +32,6 @@ def _reference(tmp_path: Path, version: int) -> tuple[dict[str, bytes], float]:
     started = time.monotonic()
     ws.ok("-j2", "//...")
     return outputs(ws.root), time.monotonic() - started
-
-
-def _kill_after(ws: Workspace, delay: float) -> None:
-    proc = subprocess.Popen([*POSBUILD, "build", "-j2", "-q", "//..."], cwd=ws.root,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
-    time.sleep(delay)
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-    proc.wait(timeout=30)
 
 
 def _fsck_passes(ws: Workspace) -> None:
@@ -71,7 +56,7 @@ def test_sigkill_at_24_points_then_fsck_and_a_full_build_match_a_clean_build(tmp
             if (ws.root / ".posbuild").exists():
                 assert ws.run("clean", "--all").returncode == 0
         ws.write(_files(version))
-        _kill_after(ws, duration * (0.02 + 0.96 * kill / (KILLS - 1)))
+        kill_build_after(ws, duration * (0.02 + 0.96 * kill / (KILLS - 1)), "-j2", "-q", "//...")
         _fsck_passes(ws)
         rebuilt = ws.ok("-j2", "//...")
         assert counts(rebuilt)["failed"] == 0

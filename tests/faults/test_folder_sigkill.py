@@ -5,14 +5,11 @@ next build ends with exactly the folder a clean build makes, correct by the orac
 
 from __future__ import annotations
 
-import os
 import shutil
-import signal
-import subprocess
 import time
 from pathlib import Path
 
-from conftest import POSBUILD, Workspace
+from conftest import Workspace, kill_build_after
 from oracle import assert_correct_build
 
 FILES = 1500
@@ -47,18 +44,6 @@ def _folder(root: Path) -> dict[str, str] | None:
     return {p.relative_to(top).as_posix(): p.read_text() for p in top.rglob("*") if p.is_file()}
 
 
-def _kill_after(ws: Workspace, delay: float) -> None:
-    proc = subprocess.Popen([*POSBUILD, "build", "-q", "//..."], cwd=ws.root,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
-    time.sleep(delay)
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-    proc.wait(timeout=30)
-
-
 def _timed_build(ws: Workspace) -> float:
     started = time.monotonic()
     ws.ok("-q", "//...")
@@ -80,7 +65,7 @@ def test_sigkill_while_a_folder_is_installed_or_restored_leaves_a_sound_state(
         else:  # execute and install over the folder of the build before
             delay = cold * fraction
         ws.write({"p/seed": f"{seed}\n"})
-        _kill_after(ws, delay)
+        kill_build_after(ws, delay, "-q", "//...")
         seen = _folder(ws.root)
         # whatever the instant: the old folder, the new one, or none, never a part of one
         assert seen in (None, _expected(seed), _expected(f"s{(kill - 1) % 3}")), (

@@ -6,11 +6,10 @@ from __future__ import annotations
 
 import hashlib
 import os
-import signal
 import subprocess
 import time
 
-from conftest import POSBUILD, Workspace
+from conftest import Workspace, kill_build_after
 
 SIZE = 12 * 1024 * 1024
 STEPS = 6
@@ -34,18 +33,6 @@ def _expected(step: int) -> bytes:
     return hashlib.sha256(data).digest()
 
 
-def _kill_after(ws: Workspace, delay: float) -> None:
-    proc = subprocess.Popen([*POSBUILD, "build", "-q", "//..."], cwd=ws.root, env=ON_DISK,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
-    time.sleep(delay)
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-    proc.wait(timeout=30)
-
-
 def test_sigkill_around_shared_large_outputs_leaves_a_store_fsck_accepts(tmp_path) -> None:
     ws = Workspace(tmp_path / "ws")
     ws.root.mkdir()
@@ -59,7 +46,7 @@ def test_sigkill_around_shared_large_outputs_leaves_a_store_fsck_accepts(tmp_pat
             subprocess.run(["rm", "-rf", str(ws.root / "posbuild-out")], check=True)
         else:
             ws.write({"p/BUILD": _files()["p/BUILD"].replace("> $@", f"> $@; : {index}", 1)})
-        _kill_after(ws, duration * (index + 1) / 9)
+        kill_build_after(ws, duration * (index + 1) / 9, "-q", "//...", env=ON_DISK)
         check = ws.run("fsck")
         assert check.returncode == 0, f"kill {index}:\n{check.stdout}{check.stderr}"
         disk = ws.root / ".posbuild" / "sandbox"  # the killed build's sandboxes on disk: swept
