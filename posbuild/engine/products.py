@@ -73,11 +73,12 @@ class BuildProducts:
         self.used.append(key)
 
     def state_for(self, actions: Sequence[Action], up_to_date: Sequence[bool], env_key: Digest,
-                  graph: Digest, files: FileStates) -> BuildState:
+                  graph: Digest, files: FileStates | None) -> BuildState:
         """The up-to-date state to save: every action that ended well, and the files it saw.
 
         Actions found up to date before the build keep their recorded rows unchanged. The state
         is complete when every action ended well and no file it saw was too fresh to record.
+        `files` is needed only when some action was not up to date.
         """
         previous = self.previous
         traces: dict[str, tuple[Digest, Digest]] = {}
@@ -102,6 +103,7 @@ class BuildProducts:
                 complete = False
                 continue
             traces[action.label] = (trace.def_hash, trace.key)
+            assert files is not None, "an action that ran needs the build's file states"
             # a source hashed too soon after it was written is recorded only once it has settled
             # (filestate.py)
             states = [(p, files.stable(p) if p in action.sources else self.output_state(p))

@@ -22,12 +22,14 @@ from pathlib import Path
 from typing import Callable, Mapping, Sequence
 
 from posbuild.core.action import Action, ActionGraph, GraphFacts
+from posbuild.core.digest import Digest
 from posbuild.core.label import parse_pattern
 from posbuild.core.layout import CONFIG_NAME, LOCK_NAME
 from posbuild.core.records import Outcome
 from posbuild.engine.locking import workspace_lock
 from posbuild.engine.pins import check_pins
 from posbuild.engine.plan import BuildEnvironment, BuildOptions, DirtyWork
+from posbuild.engine.products import BuildProducts
 from posbuild.engine.reporter import BuildSummary, Reporter
 from posbuild.engine.resolve import Request, graph_entry, make_request
 from posbuild.engine.resources import check_budget, fits
@@ -36,7 +38,8 @@ from posbuild.errors import (ActionFailed, NonDeterminism, OrchError, PosbuildEr
                              ResourceOversubscription, UsageError)
 from posbuild.load.graphcache import CachedGraph
 from posbuild.store.epoch import read_epoch
-from posbuild.store.upstate import BuildState, load_state, revalidate, tree_is_clean
+from posbuild.store.upstate import (BuildState, load_state, revalidate, save_state,
+                                    state_from_bytes, tree_is_clean)
 from posbuild.workspace.config import Config, load_config
 from posbuild.workspace.envfp import (checked_environment, environment_key,
                                       passed_environment)
@@ -158,6 +161,10 @@ class BuildSession:
                 if action.label in forced or not all(clean[d] for d in action.deps):
                     clean[index] = False
         if all(clean) and tree_clean:  # a no-op all the same
+            if not options.dry_run and (previous.graph != resolved.entry.digest
+                                        or not previous.complete):
+                previous = _resaved(request.state_path, previous, actions, resolved.entry.digest,
+                                    epoch)
             self._all_settled(resolved, previous, environment)
             return None
         self.reporter.build_started(len(actions), sum(clean))
@@ -258,6 +265,21 @@ def _record_settled(resolved: ResolvedBuild, previous: BuildState,
                            allow_env_drift=options.allow_env_drift, verify=options.verify)
     record_settled_build(resolved.config.store_dir, resolved.config.workspace_tag,
                          row.with_fields(counts={"cached": count}), blobs)
+
+
+def _resaved(path: Path, previous: BuildState, actions: Sequence[Action], graph: Digest,
+             epoch: bytes) -> BuildState:
+    """The state of a build that found every action up to date by stat, saved again for the
+    graph cache entry it was checked against.
+
+    The entry is re-made whenever a folder the workspace loads from changes (a new file, an
+    editor's backup), and its digest with it, though the actions are the same: without this the
+    saved state would keep naming the old entry, and every later no-op would decode the actions
+    and check them one by one instead of comparing the signatures in one pass (uptodate.settled).
+    """
+    state = BuildProducts(previous).state_for(actions, [True] * len(actions), previous.env_key,
+                                              graph, None)
+    return state_from_bytes(save_state(path, state, epoch))
 
 
 def _settled_summary(resolved: ResolvedBuild, options: BuildOptions) -> BuildSummary:

@@ -418,3 +418,21 @@ def test_a_source_too_fresh_when_read_is_recorded_once_it_has_settled(ws):
     assert run.returncode == 0, run.stderr
     assert counts(run) == {"executed": 0, "cached": 1, "failed": 0}
     assert_correct_build(ws)
+
+
+def test_a_noop_after_the_graph_entry_was_remade_settles_by_signatures_again(ws):
+    """A new file beside the packages re-makes the graph cache entry (another digest, the same
+    actions): the no-op that checks every action saves the state for the new entry, so the next
+    no-op settles by the signatures alone instead of decoding the actions every time."""
+    ws.write(DIAMOND)
+    _ok(ws)
+    _ok(ws)
+    (ws.root / "notes.txt").write_text("not a source\n")
+    assert executed_labels(_ok(ws)) == []  # checks every action against the new entry
+    run = subprocess.run([sys.executable, "-c", REFUSE_DECODING], cwd=ws.root, capture_output=True,
+                         text=True)
+    assert run.returncode == 0, run.stderr
+    assert counts(run) == {"executed": 0, "cached": 4, "failed": 0}
+    assert_correct_build(ws)
+    (ws.root / "pkg/a.txt").write_text("alpha, edited\n")  # and an edit is still seen
+    assert executed_labels(_ok(ws)) == ["//pkg:join", "//pkg:left"]
