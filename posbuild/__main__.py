@@ -1,5 +1,6 @@
-"""`python -m posbuild` runs the same CLI as the `posbuild` script."""
+"""`python -m posbuild` runs the same command as the `posbuild` script (the client, which builds
+through the workspace's build server or in this process)."""
 
-from posbuild.cli import main
+from posbuild.client import main
 
 main()

@@ -8,6 +8,7 @@ import sys
 import textwrap
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 
@@ -109,6 +110,33 @@ def sandbox_may_write_test_probes(tmp_path_factory: pytest.TempPathFactory) -> N
     """Let actions write the probe files tests leave under the test's temp folder (start flags,
     run counters), also under the namespace sandbox; a workspace inside it stays hidden."""
     os.environ["POSBUILD_SANDBOX_WRITABLE"] = str(tmp_path_factory.getbasetemp())
+
+
+@pytest.fixture(scope="session", autouse=True)
+def builds_run_one_shot() -> None:
+    """Every test builds in the posbuild process it starts, unless it asks for the build server
+    (the tests/e2e/test_through_server_*.py modules run end-to-end tests again through it)."""
+    os.environ["POSBUILD_NO_SERVER"] = "1"
+
+
+def through_server(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Workspace]:
+    """`ws`, but every build goes through the workspace's build server: the one switch with which
+    a module of tests runs again through the server (`ws = pytest.fixture(through_server)`). The
+    server is stopped afterwards, and must have served (its log says so)."""
+    root = tmp_path / "ws"
+    root.mkdir()
+    (root / "posbuild.toml").write_text("")
+    monkeypatch.delenv("POSBUILD_NO_SERVER")
+    workspace = Workspace(root)
+    try:
+        yield workspace
+    finally:
+        stopped = subprocess.run([*POSBUILD, "shutdown"], cwd=root, capture_output=True,
+                                 text=True, timeout=60)
+        log = root / ".posbuild" / "server.log"
+        served = log.exists() and "serving" in log.read_text()
+    assert stopped.returncode == 0, stopped.stderr
+    assert served, "no build server served this workspace"
 
 
 @pytest.fixture

@@ -13,12 +13,18 @@ from __future__ import annotations
 import importlib
 import sys
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
 
 from posbuild import __version__
 from posbuild.errors import PosbuildError
+
+if TYPE_CHECKING:
+    from posbuild.engine.session import Vouch
+
+# Set by the build server (server.py) around a build it runs: what it knows of the workspace.
+server_vouch: Vouch | None = None
 
 COMMANDS = {
     "build": ("posbuild.cli.build", "Build targets (the default command)."),
@@ -31,6 +37,8 @@ COMMANDS = {
             "Show a build's execution records (table, JSON lines, Chrome trace)."),
     "explain": ("posbuild.cli.explain", "Say why an action last executed or was a cache hit."),
     "rollback": ("posbuild.cli.admin", "Restore posbuild-out/ to the last fully successful build."),
+    "shutdown": ("posbuild.cli.admin",
+                 "Stop the workspace's build server (the next build starts a new one)."),
     "fsck": ("posbuild.cli.fsck",
              "Check the store and posbuild-out/ for corruption and partial state."),
     "gc": ("posbuild.cli.gc", "Evict least recently used cache entries no kept generation needs."),

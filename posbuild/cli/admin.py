@@ -1,4 +1,4 @@
-"""Housekeeping commands: `posbuild clean` and `posbuild rollback`."""
+"""Housekeeping commands: `posbuild clean`, `posbuild rollback` and `posbuild shutdown`."""
 
 from __future__ import annotations
 
@@ -26,10 +26,13 @@ def clean(everything: bool) -> None:
     CACHEDIR.TAG posbuild wrote when it made them; a folder without one, or a link, is refused
     and nothing is deleted. Waits for a running command of the workspace.
     """
+    from posbuild.client import shutdown as stop_server
     from posbuild.engine.reporter import PlainReporter
 
     try:
         root, _ = workspace_and_package()
+        if everything:  # its socket, log and lock are in .posbuild/
+            stop_server(str(root))
         removed = _clean(root, everything, PlainReporter(sys.stdout, sys.stderr))
     except PosbuildError as error:
         fail(error)
@@ -37,6 +40,19 @@ def clean(everything: bool) -> None:
         click.echo(f"removed {path}")
     if not removed:
         click.echo("nothing to remove")
+
+
+@click.command()
+def shutdown() -> None:
+    """Stop the workspace's build server, after the build it is running; the next build starts
+    a new one. Exit 0 either way."""
+    from posbuild.client import shutdown as stop_server
+
+    try:
+        root, _ = workspace_and_package()
+    except PosbuildError as error:
+        fail(error)
+    click.echo("build server stopped" if stop_server(str(root)) else "no build server was running")
 
 
 @click.command()

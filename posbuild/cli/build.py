@@ -69,9 +69,13 @@ def _executor(ctx: click.Context, param: click.Parameter, value: str | None) -> 
 @click.option("--keep-sandbox", is_flag=True,
               help="Keep the sandbox of a failed action and print how to run its command "
               "again there.")
+@click.option("--no-server", is_flag=True,
+              help="Build in this process, not through the workspace's build server (also: "
+              "POSBUILD_NO_SERVER=1, or [build] server = false).")
 def build(patterns: tuple[str, ...], jobs: int | None, keep_going: bool, dry_run: bool,
           verify: bool, quiet: bool, rerun: tuple[str, ...], explain: bool,
-          allow_env_drift: bool, remote_upload: bool, executor: str, keep_sandbox: bool) -> None:
+          allow_env_drift: bool, remote_upload: bool, executor: str, keep_sandbox: bool,
+          no_server: bool) -> None:
     """Build the targets matched by PATTERNS (default: //...).
 
     \b
@@ -79,6 +83,7 @@ def build(patterns: tuple[str, ...], jobs: int | None, keep_going: bool, dry_run
     Exit codes: 0 ok, 1 an action failed, 2 usage, 3 bad BUILD file or label, 11-17 ORCH-01..07
     (17: the environment hash is not the one approved by `posbuild env approve`).
     """
+    from posbuild import cli
     from posbuild.engine.plan import BuildOptions
     from posbuild.engine.session import BuildSession, summary_error
 
@@ -93,7 +98,8 @@ def build(patterns: tuple[str, ...], jobs: int | None, keep_going: bool, dry_run
                                dry_run=dry_run, verify=verify, explain=explain, cwd_package=package,
                                allow_env_drift=allow_env_drift, remote_upload=remote_upload,
                                executor=executor, rerun=rerun, keep_sandbox=keep_sandbox)
-        summary = BuildSession(root, choose_reporter(quiet), os.environ).build(options)
+        summary = BuildSession(root, choose_reporter(quiet), os.environ,
+                               vouch=cli.server_vouch).build(options)
     except PosbuildError as error:
         fail(error)
     except KeyboardInterrupt as interrupt:

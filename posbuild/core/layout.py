@@ -14,6 +14,11 @@ a name (the lock file's, say) without paying for the module that reads that file
         store/               STORE: the default store folder ([cache] dir)
         sandbox/             SANDBOX: the sandboxes when /dev/shm is not usable
         failed/              FAILED: what the last failed run of each action left (postmortem.py)
+        server.sock          SERVER_SOCKET: where the build server listens (client.py, server.py)
+        server.lock          SERVER_LOCK: held by the build server while it runs
+        server.log           SERVER_LOG: what the build server says (started, stopped, why)
+        server.off           SERVER_OFF: left by a server that could not watch the workspace
+        sync-cookie-*        SYNC_COOKIE: files the build server makes to sync its watch
     <store>/db/              STORE_DB: the LMDB environment (store.py)
     <store>/gc.lock          STORE_LOCK: shared by builds, held alone by gc
 """
@@ -30,6 +35,11 @@ WORKSPACE_LOCK = "lock"
 STORE = "store"
 SANDBOX = "sandbox"
 FAILED = "failed"
+SERVER_SOCKET = "server.sock"
+SERVER_LOCK = "server.lock"
+SERVER_LOG = "server.log"
+SERVER_OFF = "server.off"
+SYNC_COOKIE = "sync-cookie-"
 PY_ENVS = "envs"  # py_env environments: <digest>/, and by-label/<pkg>/<name> links to them
 
 STORE_DB = "db"

@@ -76,6 +76,11 @@ def _locked_file(config: Config, reporter: Reporter) -> Iterator[IO[str]]:
                 return
 
 
+def claim_state_dir(config: Config) -> None:
+    """Make (or check) `.posbuild/` as a build would, for the build server's socket and log."""
+    claim(config.state_dir, STATE, _not_a_link)
+
+
 def _not_a_link(folder: Path) -> bool:
     """`.posbuild/` made before marks existed is adopted (its name is posbuild's), unless it is a
     link: the folder it points to need not be posbuild's (`ln -s ~ .posbuild`)."""

@@ -9,9 +9,10 @@
 
 A no-op stops at settle: when the checks can be made from the graph's facts and the saved state
 settles the whole request, the actions are not even decoded, and a no-op costs one `stat()` per
-file. Critical errors stop a build before anything runs, and such a refusal is recorded (§12:
-every attempt leaves a record). A session holds nothing of one build into the next but what the
-workspace is: `posbuild watch` runs one build per change through the same session.
+file, or none at all when the build server vouches that nothing changed since it last checked
+(changefeed.py). Critical errors stop a build before anything runs, and such a refusal is
+recorded (§12: every attempt leaves a record). A session holds nothing of one build into the next
+but what the workspace is: `posbuild watch` runs one build per change through the same session.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Callable, Mapping, Sequence
+from typing import Callable, Mapping, Protocol, Sequence
 
 from posbuild.core.action import Action, ActionGraph, GraphFacts
 from posbuild.core.digest import Digest
@@ -68,14 +69,27 @@ class ResolvedBuild:
         return _runs_here(self.config, self.options)
 
 
+class Vouch(Protocol):
+    """What a build server knows without a `stat()` (changefeed.ChangeFeed)."""
+
+    def unchanged(self, state_path: Path) -> bool:
+        """Whether every file the state saved at `state_path` names still has the signature it
+        records (and the state file is the one checked)."""
+
+    def built(self, state_path: Path) -> None:
+        """A build ended that may have saved the state at `state_path`."""
+
+
 class BuildSession:
-    """Builds of the workspace at `root`, reported to `reporter`, in the environment `environ`."""
+    """Builds of the workspace at `root`, reported to `reporter`, in the environment `environ`;
+    `vouch` is the build server's knowledge of which files did not change, if any."""
 
     def __init__(self, root: Path, reporter: Reporter,
-                 environ: Mapping[str, str] | None = None) -> None:
+                 environ: Mapping[str, str] | None = None, vouch: Vouch | None = None) -> None:
         self.root = root
         self.reporter = reporter
         self.environ = dict(environ or {})
+        self.vouch = vouch
 
     def build(self, options: BuildOptions,
               on_graph: Callable[[ActionGraph], None] | None = None) -> BuildSummary:
@@ -84,6 +98,7 @@ class BuildSession:
         started = time.time()
         config = load_config(self.root)
         passed_checks = False
+        resolved: ResolvedBuild | None = None
         with workspace_lock(config, self.reporter):  # from the start: loading writes the cache
             try:
                 resolved = self.resolve(config, options, on_graph)
@@ -97,6 +112,9 @@ class BuildSession:
                 if not passed_checks and not options.dry_run:
                     _record_refused(config, options, started, error)
                 raise
+            finally:
+                if self.vouch is not None and resolved is not None:
+                    self.vouch.built(resolved.request.state_path)
 
     def resolve(self, config: Config, options: BuildOptions,
                 on_graph: Callable[[ActionGraph], None] | None = None) -> ResolvedBuild:
@@ -143,9 +161,12 @@ class BuildSession:
             previous = revalidate(None if options.dry_run else request.state_path, previous,
                                   config.store_dir, epoch)
         tree_clean = tree_is_clean(config)
+        # the build server saw no change since it checked this very state: a no-op with no stat
+        vouched = previous.complete and previous.graph == resolved.entry.digest \
+            and self.vouch is not None and self.vouch.unchanged(request.state_path)
         graph = resolved.graph
         if graph is None:  # the actions are not decoded: maybe a no-op
-            if tree_clean and settled(previous, resolved.entry.digest, config.root):
+            if tree_clean and (vouched or settled(previous, resolved.entry.digest, config.root)):
                 self._all_settled(resolved, previous, environment)
                 return None
             graph = resolved.entry.graph()
@@ -154,7 +175,7 @@ class BuildSession:
         if resolved.local:
             check_budget(actions, config.resources)
         forced = _forced(options, actions)
-        clean = [False] * len(actions) if options.verify \
+        clean = [False] * len(actions) if options.verify else [True] * len(actions) if vouched \
             else clean_actions(actions, previous, config.root)
         if forced:  # a forced action, and whatever depends on it, is looked at again
             for index, action in enumerate(actions):  # dependencies first: one pass suffices

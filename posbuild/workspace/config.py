@@ -24,6 +24,9 @@ from posbuild.core.layout import CONFIG_NAME, OUT_DIR, SANDBOX, STATE_DIR, STORE
 BASE_PATH = "/usr/local/bin:/usr/bin:/bin"
 
 
+SERVER_IDLE = 3 * 3600  # Bazel's default too
+
+
 @dataclass(frozen=True, slots=True)
 class Budget:
     """`[resources]`: what the actions running at one time may declare in total (DESIGN §10)."""
@@ -84,6 +87,8 @@ class Config:
     # `[python] interpreter`, absolute: what py_task runs and `python3` in commands is; "" means
     # the Python running posbuild
     python: str = ""
+    server: bool = True  # `[build] server`: builds go through the workspace's build server
+    server_idle: int = SERVER_IDLE  # `[build] server_idle`: seconds an idle server waits
 
     @property
     def interpreter(self) -> str:
@@ -115,7 +120,7 @@ class Config:
 # Every table of posbuild.toml and its keys; anything else is refused, so that a typo cannot
 # silently drop a setting. `[roles.NAME]` tables are checked by `_roles`.
 TABLES: dict[str, tuple[str, ...]] = {
-    "build": ("build_file_names", "jobs", "sandbox_base"),
+    "build": ("build_file_names", "jobs", "sandbox_base", "server", "server_idle"),
     "cache": ("dir", "max_size", "remote", "timeout", "upload"),
     "env": ("pass", "tools"),
     "executor": ("address", "kind"),
@@ -208,7 +213,18 @@ def load_config(root: Path) -> Config:
         executor=_choice(table, "executor", "kind", EXECUTOR_KINDS, path),
         executor_address=_get(table, "executor", "address", str, "", path),
         python=_interpreter(table, path),
+        server=_get(table, "build", "server", bool, True, path),
+        server_idle=_server_idle(table, path),
     )
+
+
+def _server_idle(table: dict[str, Any], path: Path) -> int:
+    """`[build] server_idle`: seconds, at least 1 (to keep no server, say `server = false`)."""
+    idle = _get(table, "build", "server_idle", int, SERVER_IDLE, path)
+    if idle < 1:
+        raise WorkspaceError(f"{path}: [build] server_idle must be >= 1 (seconds an idle build "
+                             f"server waits before it stops), got {idle}")
+    return idle
 
 
 def _interpreter(table: dict[str, Any], path: Path) -> str:

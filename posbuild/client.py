@@ -1,0 +1,269 @@
+"""The `posbuild` command: hand a build to the workspace's build server, or run it here.
+
+A build in a fresh process pays for Python's start-up, the imports, reading the graph cache and
+the up-to-date state, and a `stat()` of every file, before it can say that nothing changed. The
+build server (cli/server.py) keeps all of that in memory and watches the workspace, so this
+module is all a build has to load: it imports only the standard library's C modules, finds the
+workspace, and passes the arguments, the working folder, the environment, the umask and the
+terminal itself (file descriptors 0, 1 and 2) to the server over a Unix socket in `.posbuild/`.
+The server runs the ordinary command-line build with them, so the output, the exit codes and
+the results are the one-shot build's.
+
+Everything that is not a build, and every build that must not or cannot use a server, runs in
+this process (`posbuild.cli.main`): `--no-server`, `POSBUILD_NO_SERVER=1`, `[build] server =
+false`, no workspace, or a server that does not answer. A server that is gone or hangs costs at
+most a second: the client then builds here (the workspace lock queues it behind whatever the
+server still does). Ctrl-C, SIGTERM and SIGHUP are passed on to the server's build, which stops
+as a one-shot build does; the second of them, as there, ends it at once.
+
+Messages from the server are 5 bytes: a kind and a number (MESSAGE). The request is one frame:
+its length, then NUL-separated fields (`_request`).
+"""
+
+from __future__ import annotations
+
+import _socket
+import os
+import struct
+import sys
+import time
+
+from posbuild.core.layout import CONFIG_NAME, SERVER_OFF, SERVER_SOCKET, STATE_DIR
+
+OFF_S = 3600.0  # SERVER_OFF keeps clients from starting a server for this long
+OFF_VARIABLE = "POSBUILD_NO_SERVER"
+MESSAGE = struct.Struct("!cI")
+ACCEPTED, HEARTBEAT, EXITED, DECLINED = b"A", b"H", b"E", b"D"  # from the server
+REQUEST, GO, SIGNAL, QUIT = b"R", b"G", b"S", b"Q"  # from the client
+DISABLED, OUTDATED = 1, 2  # why a server declined: [build] server = false; another posbuild
+ANSWER_S = 1.0  # a server silent for this long is taken for hung (it sends HEARTBEAT 4x as often)
+START_S = 10.0  # how long a starting server may take to listen
+PACKAGE = os.path.dirname(os.path.abspath(__file__))
+COMMANDS_THAT_BUILD = ("build",)
+
+
+def identity() -> str:
+    """Which posbuild this is: a server serves only clients of the same installation."""
+    return f"{os.path.realpath(sys.executable)}\n{sys.prefix}\n{PACKAGE}"
+
+
+def main() -> None:
+    """Entry point of the `posbuild` script and of `python -m posbuild`."""
+    args = sys.argv[1:]
+    if _for_server(args):
+        root = _workspace(os.getcwd())
+        if root is not None:
+            code = _through_server(root, args)
+            if code is not None:
+                sys.stdout.flush()
+                sys.stderr.flush()
+                os._exit(code)  # nothing to clean up: Python's own shutdown costs 3 ms
+    from posbuild.cli import main as one_shot
+
+    one_shot(args)
+
+
+def _for_server(args: list[str]) -> bool:
+    """Whether these arguments ask for a build that may go to the server."""
+    if os.environ.get(OFF_VARIABLE, "") not in ("", "0") or "--no-server" in args:
+        return False
+    if "-h" in args or "--help" in args or not args:
+        return False
+    first = args[0]  # as cli._with_default_command: options or a pattern first mean `build`
+    return first in COMMANDS_THAT_BUILD or first.startswith(("//", ":", "-")) and \
+        first != "--version" or "/" in first
+
+
+def _workspace(start: str) -> str | None:
+    """The nearest folder at or above `start` holding posbuild.toml (as config.find_workspace)."""
+    folder = start
+    while True:
+        if os.path.isfile(os.path.join(folder, CONFIG_NAME)):
+            return folder
+        parent = os.path.dirname(folder)
+        if parent == folder:
+            return None
+        folder = parent
+
+
+def socket_path(root: str) -> str:
+    """The server's socket: `.posbuild/server.sock` of the workspace."""
+    return os.path.join(root, STATE_DIR, SERVER_SOCKET)
+
+
+def connect(root: str) -> _socket.socket | None:
+    """A connection to the workspace's server, or None when none listens."""
+    sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
+    try:
+        _connect(sock, socket_path(root))
+    except OSError:
+        sock.close()
+        return None
+    return sock
+
+
+def _connect(sock: _socket.socket, path: str) -> None:
+    """connect(2) to `path`; a path too long for a socket address goes through its folder's
+    descriptor (/proc/self/fd/N/NAME)."""
+    if len(path.encode()) < 100:
+        sock.connect(path)
+        return
+    folder = os.open(os.path.dirname(path), os.O_PATH)
+    try:
+        sock.connect(f"/proc/self/fd/{folder}/{os.path.basename(path)}")
+    finally:
+        os.close(folder)
+
+
+def _through_server(root: str, args: list[str]) -> int | None:
+    """Run the build on the server: its exit code, or None to build in this process."""
+    started = False
+    while True:
+        sock = connect(root)
+        if sock is None:
+            if started or not _server_wanted(root) or not _start_server(root):
+                return None
+            started = True
+            continue
+        try:
+            answer = _request(sock, root, args)
+        except OSError:
+            answer = None
+        if answer is not None and answer[0] != DECLINED:
+            return _follow(sock)
+        sock.close()
+        if answer is None:
+            return None
+        if answer[1] != OUTDATED or started:
+            return None
+        _wait_gone(root)  # an older installation's server steps down; start this one's
+
+
+def _request(sock: _socket.socket, root: str, args: list[str]) -> tuple[bytes, int] | None:
+    """Send the request with descriptors 0-2 and read the server's first answer (None: none
+    within ANSWER_S)."""
+    umask = os.umask(0o022)
+    os.umask(umask)
+    fields = [identity(), os.getcwd(), str(umask), sys.stdout.encoding or "utf-8",
+              str(len(args)), *args, *(f"{k}={v}" for k, v in os.environ.items())]
+    payload = b"\0".join(os.fsencode(field) for field in fields)
+    frame = REQUEST + struct.pack("!I", len(payload)) + payload
+    fds = struct.pack("3i", 0, 1, 2)
+    sock.settimeout(ANSWER_S)
+    sent = sock.sendmsg([frame], [(_socket.SOL_SOCKET, _socket.SCM_RIGHTS, fds)])
+    if sent < len(frame):
+        sock.sendall(frame[sent:])
+    return _receive(sock)
+
+
+def _receive(sock: _socket.socket) -> tuple[bytes, int] | None:
+    """One message, or None when the connection ends or stays silent for ANSWER_S."""
+    data = b""
+    try:
+        while len(data) < MESSAGE.size:
+            chunk = sock.recv(MESSAGE.size - len(data))
+            if not chunk:
+                return None
+            data += chunk
+    except OSError:  # the timeout too
+        return None
+    kind, number = MESSAGE.unpack(data)
+    return kind, number
+
+
+def _follow(sock: _socket.socket) -> int | None:
+    """Tell the server to go, pass signals on, and wait for the exit code. A server that stops
+    or hangs before it is done is left: the build runs here (None), unless a signal asked the
+    build to stop, which a stopped server has done."""
+    import _signal  # type: ignore[import-not-found]  # not `signal`: its enums cost 5 ms
+
+    signalled: list[int] = []
+
+    def forward(signum: int, frame: object) -> None:
+        signalled.append(signum)
+        try:
+            sock.send(SIGNAL + struct.pack("!B", signum))
+        except OSError:
+            pass
+
+    for signum in (_signal.SIGINT, _signal.SIGTERM, _signal.SIGHUP):
+        if _signal.getsignal(signum) != _signal.SIG_IGN:
+            _signal.signal(signum, forward)
+    try:
+        sock.sendall(GO)
+        while True:
+            message = _receive(sock)
+            if message is None:
+                break
+            if message[0] == EXITED:
+                return message[1]
+    except OSError:
+        pass
+    finally:
+        sock.close()
+    if signalled:
+        return 128 + signalled[0]
+    sys.stderr.write("posbuild: the build server stopped answering; building in this process\n")
+    sys.stderr.flush()
+    return None
+
+
+def _server_wanted(root: str) -> bool:
+    """`[build] server` of posbuild.toml (default true); a file that does not parse is left to the
+    one-shot build to report. No, for an hour after a server found it could not watch."""
+    try:
+        if time.time() - os.stat(os.path.join(root, STATE_DIR, SERVER_OFF)).st_mtime < OFF_S:
+            return False
+    except OSError:
+        pass
+    import tomllib
+
+    try:
+        with open(os.path.join(root, CONFIG_NAME), "rb") as handle:
+            table = tomllib.load(handle)
+    except (OSError, ValueError):
+        return False
+    build = table.get("build", {})
+    return not isinstance(build, dict) or build.get("server", True) is not False
+
+
+def _start_server(root: str) -> bool:
+    """Start the workspace's server in a session of its own and wait until it listens."""
+    try:  # it writes its own log into `.posbuild/`, once it has made and claimed the folder
+        os.posix_spawn(sys.executable, [sys.executable, "-m", "posbuild.cli.server", root],
+                       os.environ, setsid=True, file_actions=[
+                           (os.POSIX_SPAWN_OPEN, fd, os.devnull, os.O_RDWR, 0) for fd in (0, 1, 2)])
+    except OSError:
+        return False
+    deadline = time.monotonic() + START_S
+    while time.monotonic() < deadline:
+        sock = connect(root)
+        if sock is not None:
+            sock.close()
+            return True
+        time.sleep(0.005)
+    return False
+
+
+def _wait_gone(root: str) -> None:
+    """Wait (at most START_S) for a server that declined as outdated to remove its socket."""
+    deadline = time.monotonic() + START_S
+    while os.path.exists(socket_path(root)) and time.monotonic() < deadline:
+        time.sleep(0.005)
+
+
+def shutdown(root: str) -> bool:
+    """Ask the workspace's server to stop; whether one was running."""
+    sock = connect(root)
+    if sock is None:
+        return False
+    try:
+        sock.settimeout(START_S)  # a build it is running ends first
+        sock.sendall(QUIT)
+        while sock.recv(1):  # it closes the connection once it has stopped
+            pass
+    except OSError:
+        pass
+    finally:
+        sock.close()
+    return True

@@ -1,0 +1,237 @@
+"""Layer 1: what the build server knows of the workspace between two builds, from inotify.
+
+A no-op build in a fresh process proves that nothing changed with one `stat()` per source and
+output (uptodate.settled): 17,000 calls for 10,000 actions. The build server (cli/server.py)
+instead watches every folder of the workspace with inotify, through watchdog's inotify
+descriptor: one descriptor, so the events of all folders arrive in the order they happened.
+After a build it checks, once, that the files its saved up-to-date state names still have the
+recorded signatures, and *vouches* for that state at the current event count. The next build of
+the same request needs no `stat()` of those files when no event arrived since, and the state file
+is the one vouched for.
+
+"Since" must include every change made before the build was asked for. The kernel queues an
+event before the system call that caused it returns, but watchdog reads and dispatches them on
+threads of its own; so each check first *syncs*: it creates a cookie file in `.posbuild/`
+(watched for that alone) and waits until its event comes through. Everything queued before it
+has then been counted (the approach of Watchman's cookies).
+
+Any event counts, wherever it happens in the watched folders (a change in a file no build reads
+costs one `stat()` pass, never a wrong result). Not watched: `.posbuild/` (posbuild's own state;
+the state file is checked by its signature instead), hidden folders and `__pycache__`. A state
+naming a file in a folder that is not watched is never vouched for. What inotify cannot see makes
+the watch untrustworthy (`trouble`): a queue overflow, the watch limit, a watch that does not
+answer; the server then checks by `stat()` and stops. Writes through a hard link from outside
+the workspace and files on network file systems changed by another machine are not seen at all
+(documented in docs/server.md).
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from pathlib import Path
+from typing import Any
+
+from posbuild.core.layout import STATE_DIR, SYNC_COOKIE
+from posbuild.engine.uptodate import settled
+from posbuild.store.upstate import state_from_bytes
+
+SYNC_S = 1.0  # a cookie that takes longer than this means the watch cannot be trusted
+LIMIT_VARIABLE = "POSBUILD_TEST_MAX_WATCHES"  # tests lower the watch limit through it
+
+Signature = tuple[int, int, int, int]
+
+
+def _skipped(name: str) -> bool:
+    """Folders no source or output can come from that are worth watching."""
+    return name.startswith(".") or name == "__pycache__"
+
+
+class ChangeFeed:
+    """Counts the changes in a workspace and vouches for up-to-date states that no change
+    touched. Its event methods run on watchdog's dispatch thread; the rest on the server's main
+    thread."""
+
+    def __init__(self, root: Path, ignored: tuple[str, ...] = (),
+                 environ: dict[str, str] | None = None) -> None:
+        from watchdog.observers.inotify_c import InotifyConstants as C
+
+        self.root = root
+        self._ignored = frozenset(ignored)  # folders posbuild writes to (a store, sandboxes)
+        self.generation = 0
+        self.trouble = ""  # why the watch cannot be trusted any more ("" while it can)
+        self.limit_reached = False
+        limit = (environ or {}).get(LIMIT_VARIABLE, "")
+        self._limit = int(limit) if limit.isdigit() else None
+        self._mask = (C.IN_MODIFY | C.IN_ATTRIB | C.IN_CLOSE_WRITE | C.IN_MOVED_FROM
+                      | C.IN_MOVED_TO | C.IN_CREATE | C.IN_DELETE | C.IN_DELETE_SELF
+                      | C.IN_MOVE_SELF | C.IN_ONLYDIR | C.IN_DONT_FOLLOW)
+        self._fd: Any = None
+        self._folders: dict[int, str] = {}  # watch descriptor -> folder, relative ("" the root)
+        self._state_wd = -1
+        self._rescan = False
+        self._vouched: dict[str, tuple[int, Signature]] = {}
+        self._pending: set[str] = set()
+        self._cookies: set[str] = set()
+        self._seen = threading.Condition()
+        self._count = 0
+        self._lock = threading.Lock()  # the folders, walked from both threads
+
+    def start(self) -> None:
+        """Watch the workspace (raises nothing: a watch that cannot be set is `trouble`)."""
+        from watchdog.observers.inotify_c import InotifyFD
+
+        try:
+            self._fd = InotifyFD()
+        except OSError as error:
+            self.trouble = f"inotify is not available ({error.strerror or error})"
+            return
+        self._fd.start()
+        state = self.root / STATE_DIR
+        try:
+            self._state_wd = self._fd.add_callback(os.fsencode(state), self._mask, self, "state")
+        except OSError as error:
+            self._refuse(error)
+            return
+        with self._lock:
+            self._watch_tree()
+
+    def stop(self) -> None:
+        """Stop watching (the descriptor's thread is a daemon: it never delays exit)."""
+        if self._fd is not None:
+            self._fd.stop()
+
+    # ---- the server's side ------------------------------------------------------------------
+
+    def unchanged(self, state_path: Path) -> bool:
+        """Whether the state file at `state_path` is the one vouched for and nothing changed in
+        the workspace since: then every file it names has the signature it records."""
+        vouched = self._vouched.get(str(state_path))
+        if vouched is None or self.trouble or not self.sync():
+            return False
+        return vouched == (self.generation, _signature(state_path))
+
+    def built(self, state_path: Path) -> None:
+        """A build saved (or found) the state at `state_path`: check it once the client has its
+        answer (`confirm`), unless it stays vouched for (a no-op changes nothing)."""
+        self._pending.add(str(state_path))
+
+    def confirm(self) -> None:
+        """Vouch for the states of the last builds whose files all still match, by one `stat()`
+        pass each, made after a sync (so an event after the sync withdraws the vouch)."""
+        pending, self._pending = self._pending, set()
+        if self._rescan and not self.trouble:
+            with self._lock:
+                self._watch_tree()
+        if self.trouble or not pending or not self.sync():
+            return
+        generation = self.generation
+        for path in pending:
+            if self._vouched.get(path) == (generation, _signature(Path(path))):
+                continue  # nothing changed since it was vouched for: the build was a no-op
+            self._vouched.pop(path, None)
+            try:
+                with open(path, "rb") as handle:
+                    signature = _signature_of(os.fstat(handle.fileno()))
+                    state = state_from_bytes(handle.read())
+            except OSError:
+                continue
+            with self._lock:
+                folders = set(self._folders.values())
+            if state.complete and all(os.path.dirname(p) in folders for p in state.paths) \
+                    and settled(state, state.graph, self.root):
+                self._vouched[path] = (generation, signature)
+
+    def sync(self) -> bool:
+        """Wait until every event queued before this call has been counted."""
+        if self._fd is None:
+            return False
+        self._count += 1
+        name = f"{SYNC_COOKIE}{os.getpid()}-{self._count}"
+        cookie = self.root / STATE_DIR / name
+        try:
+            os.close(os.open(cookie, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
+            os.unlink(cookie)
+        except OSError as error:
+            self.trouble = f"cannot write {cookie.parent} ({error.strerror})"
+            return False
+        with self._seen:
+            if not self._seen.wait_for(lambda: name in self._cookies, SYNC_S):
+                self.trouble = f"the inotify watch did not answer within {SYNC_S:g} s"
+                return False
+            self._cookies.discard(name)
+        return True
+
+    # ---- watchdog's side (its WatchCallback protocol) ---------------------------------------
+
+    def on_event(self, event: Any) -> None:
+        if event.wd == self._state_wd:
+            name = os.fsdecode(event.name)
+            if event.is_create and name.startswith(SYNC_COOKIE):
+                with self._seen:
+                    self._cookies.add(name)
+                    self._seen.notify_all()
+            return
+        self.generation += 1
+        if event.is_directory and (event.is_create or event.is_moved_to):
+            folder = self._folders.get(event.wd)
+            if folder is not None and not _skipped(os.fsdecode(event.name)):
+                with self._lock:
+                    self._watch_tree(os.path.join(folder, os.fsdecode(event.name)))
+        if event.is_directory and (event.is_moved_from or event.is_delete):
+            self._rescan = True  # the folder names of moved watches are stale: walk again
+
+    def on_watch_deleted(self, wd: int) -> None:
+        self._folders.pop(wd, None)
+        self.generation += 1
+
+    def on_queue_overflow(self) -> None:
+        self.trouble = "the inotify event queue overflowed"
+        self.generation += 1
+
+    def on_events_lost(self) -> None:
+        self.on_queue_overflow()
+
+    # ---- watches ------------------------------------------------------------------------------
+
+    def _watch_tree(self, top: str = "") -> None:
+        """Watch `top` (relative; "" the root) and every folder below it but skipped ones
+        (called holding the lock)."""
+        if top == "":
+            self._folders = {}
+            self._rescan = False
+        start = os.path.join(self.root, top) if top else str(self.root)
+        for folder, dirs, _ in os.walk(start):
+            rel = os.path.relpath(folder, self.root)
+            rel = "" if rel == "." else rel
+            if rel in self._ignored:
+                dirs[:] = []
+                continue
+            dirs[:] = [d for d in dirs if not _skipped(d)]
+            if self._limit is not None and len(self._folders) >= self._limit:
+                self._refuse(OSError(28, "inotify watch limit reached"))
+                return
+            try:
+                wd = self._fd.add_callback(os.fsencode(folder), self._mask, self, "workspace")
+            except OSError as error:
+                if os.path.isdir(folder):
+                    self._refuse(error)
+                    return
+                continue  # gone already: its parent's event said so
+            self._folders[wd] = rel
+
+    def _refuse(self, error: OSError) -> None:
+        self.limit_reached = error.errno == 28  # ENOSPC: fs.inotify.max_user_watches
+        self.trouble = ("the inotify watch limit was reached (raise fs.inotify.max_user_watches)"
+                        if self.limit_reached else f"cannot watch the workspace ({error})")
+
+
+def _signature(path: Path) -> Signature | None:
+    try:
+        return _signature_of(os.stat(path))
+    except OSError:
+        return None
+
+
+def _signature_of(info: os.stat_result) -> Signature:
+    return (info.st_mtime_ns, info.st_size, info.st_ino, info.st_ctime_ns)
