@@ -35,7 +35,8 @@ OFF_VARIABLE = "POSBUILD_NO_SERVER"
 MESSAGE = struct.Struct("!cI")
 ACCEPTED, HEARTBEAT, EXITED, DECLINED = b"A", b"H", b"E", b"D"  # from the server
 REQUEST, GO, SIGNAL, QUIT = b"R", b"G", b"S", b"Q"  # from the client
-DISABLED, OUTDATED = 1, 2  # why a server declined: [build] server = false; another posbuild
+# why a server declined: [build] server = false; another posbuild; another world (`context`)
+DISABLED, OUTDATED, ELSEWHERE = 1, 2, 3
 ANSWER_S = 1.0  # a server silent for this long is taken for hung (it sends HEARTBEAT 4x as often)
 START_S = 10.0  # how long a starting server may take to listen
 PACKAGE = os.path.dirname(os.path.abspath(__file__))
@@ -45,6 +46,18 @@ COMMANDS_THAT_BUILD = ("build",)
 def identity() -> str:
     """Which posbuild this is: a server serves only clients of the same installation."""
     return f"{os.path.realpath(sys.executable)}\n{sys.prefix}\n{PACKAGE}"
+
+
+def context() -> str:
+    """What a build sees of its process besides its arguments and environment: the mount
+    namespace (a client inside a container or `bwrap` sees other files), the groups and the
+    resource limits. A server runs only the builds of clients in its own context."""
+    import resource
+
+    limits = [resource.getrlimit(getattr(resource, name)) for name in (
+        "RLIMIT_AS", "RLIMIT_DATA", "RLIMIT_FSIZE", "RLIMIT_NOFILE", "RLIMIT_STACK",
+        "RLIMIT_CPU", "RLIMIT_NPROC", "RLIMIT_CORE")]
+    return f"{os.readlink('/proc/self/ns/mnt')} {os.getegid()} {os.getgroups()} {limits}"
 
 
 def main() -> None:
@@ -135,7 +148,7 @@ def _through_server(root: str, args: list[str]) -> int | None:
         if answer is None:
             return None
         if answer[1] != OUTDATED or started:
-            return None
+            return None  # turned down: build here
         _wait_gone(root)  # an older installation's server steps down; start this one's
 
 
@@ -144,7 +157,7 @@ def _request(sock: _socket.socket, root: str, args: list[str]) -> tuple[bytes, i
     within ANSWER_S)."""
     umask = os.umask(0o022)
     os.umask(umask)
-    fields = [identity(), os.getcwd(), str(umask), sys.stdout.encoding or "utf-8",
+    fields = [identity(), context(), os.getcwd(), str(umask), sys.stdout.encoding or "utf-8",
               str(len(args)), *args, *(f"{k}={v}" for k, v in os.environ.items())]
     payload = b"\0".join(os.fsencode(field) for field in fields)
     frame = REQUEST + struct.pack("!I", len(payload)) + payload

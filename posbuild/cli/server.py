@@ -41,8 +41,8 @@ import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from posbuild.client import (ACCEPTED, DECLINED, DISABLED, EXITED, GO, HEARTBEAT, MESSAGE,
-                             OUTDATED, QUIT, REQUEST, SIGNAL, identity)
+from posbuild.client import (ACCEPTED, DECLINED, DISABLED, ELSEWHERE, EXITED, GO, HEARTBEAT,
+                             MESSAGE, OUTDATED, QUIT, REQUEST, SIGNAL, context, identity)
 from posbuild.core.layout import SERVER_LOCK, SERVER_LOG, SERVER_OFF, SERVER_SOCKET, STATE_DIR
 from posbuild.engine.changefeed import ChangeFeed
 from posbuild.workspace.config import Config, load_config
@@ -60,6 +60,7 @@ class Request:
     conn: socket.socket
     fds: list[int]
     identity: str  # the client's installation (client.identity)
+    context: str  # the client's namespace, groups and limits (client.context)
     cwd: str
     umask: int
     encoding: str
@@ -99,6 +100,7 @@ class Server:
         self.socket_inode = _inode(_socket_path(config.root))
         self.code = _code_stamp()
         self.folders = _folders_stamp()
+        self.context = context()
         self.last_build = time.monotonic()
         self.collected = True
 
@@ -234,7 +236,8 @@ class Server:
             self.requests.put(None)  # wake the main thread now
             return
         declined = OUTDATED if request.identity != identity() else \
-            DISABLED if not self.config.server else 0
+            DISABLED if not self.config.server else \
+            ELSEWHERE if request.context != self.context else 0
         if declined:
             request.send(DECLINED, declined)
             request.close()
@@ -339,10 +342,10 @@ def _read_request(conn: socket.socket) -> Request | None:
             raise ValueError("a request cut short")
         data += more
     fields = [os.fsdecode(part) for part in data[5:].split(b"\0")]
-    who, cwd, umask, encoding, count = fields[:5]
-    args = fields[5:5 + int(count)]
-    env = dict(item.split("=", 1) for item in fields[5 + int(count):] if "=" in item)
-    return Request(conn, fds, who, cwd, int(umask), encoding, args, env)
+    who, where, cwd, umask, encoding, count = fields[:6]
+    args = fields[6:6 + int(count)]
+    env = dict(item.split("=", 1) for item in fields[6 + int(count):] if "=" in item)
+    return Request(conn, fds, who, where, cwd, int(umask), encoding, args, env)
 
 
 def _stream(fd: int, encoding: str, errors: str) -> io.TextIOWrapper:
