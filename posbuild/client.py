@@ -16,8 +16,11 @@ most a second: the client then builds here (the workspace lock queues it behind 
 server still does). Ctrl-C, SIGTERM and SIGHUP are passed on to the server's build, which stops
 as a one-shot build does; the second of them, as there, ends it at once.
 
-Messages from the server are 5 bytes: a kind and a number (MESSAGE). The request is one frame:
-its length, then NUL-separated fields (`_request`).
+The conversation: the client sends REQUEST (one frame: its length, then NUL-separated fields,
+`_request`); the server answers ACCEPTED (its number 1 when a build runs already) or DECLINED
+(the number says why); when the build's turn comes the server sends TURN, and the client GO with
+its descriptors; then HEARTBEATs, four a second, until EXITED with the exit code. Messages from
+the server are 5 bytes: a kind and a number (MESSAGE).
 """
 
 from __future__ import annotations
@@ -31,9 +34,10 @@ import time
 from posbuild.core.layout import CONFIG_NAME, SERVER_OFF, SERVER_SOCKET, STATE_DIR
 
 OFF_S = 3600.0  # SERVER_OFF keeps clients from starting a server for this long
+BUSY = "another posbuild command is running in this workspace"
 OFF_VARIABLE = "POSBUILD_NO_SERVER"
 MESSAGE = struct.Struct("!cI")
-ACCEPTED, HEARTBEAT, EXITED, DECLINED = b"A", b"H", b"E", b"D"  # from the server
+ACCEPTED, TURN, HEARTBEAT, EXITED, DECLINED = b"A", b"T", b"H", b"E", b"D"  # from the server
 REQUEST, GO, SIGNAL, QUIT = b"R", b"G", b"S", b"Q"  # from the client
 # why a server declined: [build] server = false; another posbuild; another world (`context`)
 DISABLED, OUTDATED, ELSEWHERE = 1, 2, 3
@@ -143,6 +147,9 @@ def _through_server(root: str, args: list[str]) -> int | None:
         except OSError:
             answer = None
         if answer is not None and answer[0] != DECLINED:
+            if answer[1]:  # queued behind a build: say so, as the workspace lock does
+                sys.stderr.write(f"posbuild: {BUSY}; waiting for it\n")
+                sys.stderr.flush()
             return _follow(sock)
         sock.close()
         if answer is None:
@@ -153,19 +160,16 @@ def _through_server(root: str, args: list[str]) -> int | None:
 
 
 def _request(sock: _socket.socket, root: str, args: list[str]) -> tuple[bytes, int] | None:
-    """Send the request with descriptors 0-2 and read the server's first answer (None: none
-    within ANSWER_S)."""
+    """Send the request and read the server's first answer (None: none within ANSWER_S). The
+    descriptors go only with GO, once the server is at the build: a server that hangs before
+    then holds no pipe of the client's open (which would keep a reader waiting)."""
     umask = os.umask(0o022)
     os.umask(umask)
     fields = [identity(), context(), os.getcwd(), str(umask), sys.stdout.encoding or "utf-8",
               str(len(args)), *args, *(f"{k}={v}" for k, v in os.environ.items())]
     payload = b"\0".join(os.fsencode(field) for field in fields)
-    frame = REQUEST + struct.pack("!I", len(payload)) + payload
-    fds = struct.pack("3i", 0, 1, 2)
     sock.settimeout(ANSWER_S)
-    sent = sock.sendmsg([frame], [(_socket.SOL_SOCKET, _socket.SCM_RIGHTS, fds)])
-    if sent < len(frame):
-        sock.sendall(frame[sent:])
+    sock.sendall(REQUEST + struct.pack("!I", len(payload)) + payload)
     return _receive(sock)
 
 
@@ -203,12 +207,14 @@ def _follow(sock: _socket.socket) -> int | None:
         if _signal.getsignal(signum) != _signal.SIG_IGN:
             _signal.signal(signum, forward)
     try:
-        sock.sendall(GO)
         while True:
             message = _receive(sock)
             if message is None:
                 break
-            if message[0] == EXITED:
+            if message[0] == TURN:
+                sock.sendmsg([GO], [(_socket.SOL_SOCKET, _socket.SCM_RIGHTS,
+                                     struct.pack("3i", 0, 1, 2))])
+            elif message[0] == EXITED:
                 return message[1]
     except OSError:
         pass
@@ -243,7 +249,7 @@ def _server_wanted(root: str) -> bool:
 def _start_server(root: str) -> bool:
     """Start the workspace's server in a session of its own and wait until it listens."""
     try:  # it writes its own log into `.posbuild/`, once it has made and claimed the folder
-        os.posix_spawn(sys.executable, [sys.executable, "-m", "posbuild.cli.server", root],
+        pid = os.posix_spawn(sys.executable, [sys.executable, "-m", "posbuild.cli.server", root],
                        os.environ, setsid=True, file_actions=[
                            (os.POSIX_SPAWN_OPEN, fd, os.devnull, os.O_RDWR, 0) for fd in (0, 1, 2)])
     except OSError:
@@ -254,6 +260,8 @@ def _start_server(root: str) -> bool:
         if sock is not None:
             sock.close()
             return True
+        if os.waitpid(pid, os.WNOHANG)[0]:
+            return False  # it will not serve (a configuration error the build will report)
         time.sleep(0.005)
     return False
 

@@ -10,8 +10,10 @@ thread, its output going straight to the client's terminal or pipes. A ChangeFee
 no `stat()` of them.
 
 Threads: the main thread runs one build at a time (a second client waits, told so as by the
-workspace lock); one thread accepts connections and greets each client (ACCEPTED at once, or
-DECLINED when it runs another posbuild installation or `[build] server = false`); one sends
+workspace lock), sending each client TURN when its build comes and taking its descriptors with
+its GO; one thread accepts connections and greets each client (ACCEPTED at once, or DECLINED
+for another posbuild installation, another mount namespace or limits, or `[build] server =
+false`); one sends
 every waiting or building client a HEARTBEAT four times a second, so that a client can tell a
 long build from a hung server; one per build reads the client's signals and notices when it
 goes away (then the build stops as a one-shot build does on SIGHUP).
@@ -42,7 +44,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from posbuild.client import (ACCEPTED, DECLINED, DISABLED, ELSEWHERE, EXITED, GO, HEARTBEAT,
-                             MESSAGE, OUTDATED, QUIT, REQUEST, SIGNAL, context, identity)
+                             MESSAGE, OUTDATED, QUIT, REQUEST, SIGNAL, TURN, context, identity)
 from posbuild.core.layout import SERVER_LOCK, SERVER_LOG, SERVER_OFF, SERVER_SOCKET, STATE_DIR
 from posbuild.engine.changefeed import ChangeFeed
 from posbuild.workspace.config import Config, load_config
@@ -50,7 +52,6 @@ from posbuild.workspace.config import Config, load_config
 HEARTBEAT_S = 0.25
 TICK_S = 1.0  # how often an idle server looks at its socket, its code and the clock
 FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
-WAITING = "posbuild: another posbuild command is running in this workspace; waiting for it\n"
 
 
 @dataclass
@@ -58,7 +59,7 @@ class Request:
     """One client's build: its connection, descriptors and what it asked for."""
 
     conn: socket.socket
-    fds: list[int]
+    fds: list[int]  # the client's 0, 1 and 2, from its GO
     identity: str  # the client's installation (client.identity)
     context: str  # the client's namespace, groups and limits (client.context)
     cwd: str
@@ -251,14 +252,8 @@ class Server:
                 return
             busy = self.current is not None or bool(self.waiting)
             self.waiting.append(request)
-        if not request.send(ACCEPTED):
-            return
-        if busy:
-            try:
-                os.write(request.fds[2], WAITING.encode())
-            except OSError:
-                pass
-        self.requests.put(request)
+        if request.send(ACCEPTED, int(busy)):
+            self.requests.put(request)
 
     def _heartbeat(self) -> None:
         while True:
@@ -292,14 +287,19 @@ class Server:
 
 
 def _go(request: Request) -> bool:
-    """Wait for the client's GO (it may have given up waiting: then nothing runs)."""
+    """Tell the client its build's turn has come, and take its GO and descriptors 0-2 (it may
+    have given up waiting: then nothing runs)."""
+    if not request.send(TURN):
+        return False
     request.conn.settimeout(1.0)
     try:
-        ok = request.conn.recv(1) == GO
+        data, ancillary, _, _ = request.conn.recvmsg(1, socket.CMSG_SPACE(3 * 4))
     except OSError:
-        ok = False
-    request.conn.settimeout(None)
-    return ok
+        return False
+    finally:
+        request.conn.settimeout(None)
+    request.fds = _descriptors(ancillary)
+    return data == GO and len(request.fds) == 3
 
 
 def _main(args: list[str], feed: ChangeFeed | None) -> int:
@@ -321,19 +321,11 @@ def _main(args: list[str], feed: ChangeFeed | None) -> int:
 
 
 def _read_request(conn: socket.socket) -> Request | None:
-    """The client's request (None for QUIT), its descriptors taken from the first message."""
-    fds: list[int] = []
-    data, ancillary, _, _ = conn.recvmsg(65536, socket.CMSG_SPACE(3 * 4))
-    for level, kind, payload in ancillary:
-        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
-            fds += struct.unpack(f"{len(payload) // 4}i", payload[:len(payload) // 4 * 4])
+    """The client's request (None for QUIT)."""
+    data = conn.recv(65536)
     if data[:1] == QUIT:
-        for fd in fds:
-            os.close(fd)
         return None
-    if data[:1] != REQUEST or len(fds) != 3 or len(data) < 5:
-        for fd in fds:
-            os.close(fd)
+    if data[:1] != REQUEST or len(data) < 5:
         raise ValueError("not a request")
     (length,) = struct.unpack("!I", data[1:5])
     while len(data) < length + 5:
@@ -345,7 +337,16 @@ def _read_request(conn: socket.socket) -> Request | None:
     who, where, cwd, umask, encoding, count = fields[:6]
     args = fields[6:6 + int(count)]
     env = dict(item.split("=", 1) for item in fields[6 + int(count):] if "=" in item)
-    return Request(conn, fds, who, where, cwd, int(umask), encoding, args, env)
+    return Request(conn, [], who, where, cwd, int(umask), encoding, args, env)
+
+
+def _descriptors(ancillary: list[tuple[int, int, bytes]]) -> list[int]:
+    """The file descriptors an SCM_RIGHTS message brought (all of them: closed if unused)."""
+    fds: list[int] = []
+    for level, kind, payload in ancillary:
+        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+            fds += struct.unpack(f"{len(payload) // 4}i", payload[:len(payload) // 4 * 4])
+    return fds
 
 
 def _stream(fd: int, encoding: str, errors: str) -> io.TextIOWrapper:
@@ -356,14 +357,15 @@ def _stream(fd: int, encoding: str, errors: str) -> io.TextIOWrapper:
 
 
 def _idle_signals(server: Server) -> None:
-    """Between builds: SIGTERM and SIGINT stop the server; SIGHUP does nothing."""
+    """Between builds: SIGTERM and SIGINT stop the server; SIGHUP does nothing (handled, not
+    ignored: the build's own handlers leave an ignored signal ignored, as under `nohup`)."""
     def stop(signum: int, frame: object) -> None:
         server.stop(signal.Signals(signum).name)
         server.requests.put(None)
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
-    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    signal.signal(signal.SIGHUP, lambda signum, frame: None)
 
 
 def _code_stamp() -> tuple[tuple[str, int, int], ...]:
@@ -439,11 +441,15 @@ def serve(root: Path) -> int:
     """Be the server of the workspace at `root` until a reason to stop; 0 when another server
     already is."""
     from posbuild.engine.locking import claim_state_dir
+    from posbuild.errors import PosbuildError
 
-    config = load_config(root)
-    if not config.server:
-        return 0
-    claim_state_dir(config)
+    try:
+        config = load_config(root)
+        if not config.server:
+            return 0
+        claim_state_dir(config)
+    except PosbuildError:
+        return 1  # the build, run one-shot, says what is wrong
     state = root / STATE_DIR
     log = os.open(state / SERVER_LOG, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
     os.dup2(log, 1)
