@@ -455,6 +455,9 @@ def serve(root: Path) -> int:
     os.dup2(log, 1)
     os.dup2(log, 2)
     os.close(log)
+    import faulthandler
+
+    faulthandler.register(signal.SIGUSR2, all_threads=True)  # `kill -USR2`: stacks to the log
     lock = open(state / SERVER_LOCK, "a+")
     try:
         fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
