@@ -31,7 +31,11 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-TOOLS = ("posbuild", "make", "ninja")
+# posbuild: through its build server (the default); posbuild-1shot: --no-server, a process per
+# build; posbuild-ns: through the server, in the default sandbox (`auto`: namespaces when they
+# work here). The first two use --sandbox (default: folder, like make and ninja).
+TOOLS = ("posbuild", "posbuild-1shot", "posbuild-ns", "make", "ninja")
+POSBUILDS = ("posbuild", "posbuild-1shot", "posbuild-ns")
 # Tools run as from a user's shell: without PYTHONDONTWRITEBYTECODE (some CI images set it), which
 # would make every posbuild invocation recompile its modules instead of loading cached bytecode.
 TOOL_ENV = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
@@ -333,6 +337,7 @@ class Tool:
     out_dir: Path
     command: list[str]
     clean_paths: list[str]
+    env: dict[str, str] = field(default_factory=lambda: TOOL_ENV)
 
     def clean(self, trash: Path) -> None:
         """Move the outputs and tool state aside, into `trash` (deleted after the measurements).
@@ -353,7 +358,7 @@ class Tool:
         start = time.perf_counter()
         proc = subprocess.run(
             self.command, cwd=self.root, stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=TOOL_ENV,
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=self.env,
         )
         elapsed = time.perf_counter() - start
         if proc.returncode != 0:
@@ -364,11 +369,13 @@ class Tool:
 
 
 def make_tool(name: str, root: Path, jobs: int, posbuild: str | None) -> Tool:
-    if name == "posbuild":
+    if name in POSBUILDS:
         assert posbuild is not None
+        env = {**TOOL_ENV, "POSBUILD_NO_SERVER": "1"} if name == "posbuild-1shot" \
+            else {k: v for k, v in TOOL_ENV.items() if k != "POSBUILD_NO_SERVER"}
         return Tool(name, root, root / "posbuild-out",
                     [posbuild, "build", f"-j{jobs}", "-q", "//..."],
-                    [".posbuild", "posbuild-out"])
+                    [".posbuild", "posbuild-out"], env)
     if name == "make":
         return Tool(name, root, root / "out",
                     ["make", f"-j{jobs}", "-s"], ["out"])
@@ -388,8 +395,8 @@ def setup_tools(
     for name in names:
         root = base / name
         root.mkdir(parents=True)
-        if name == "posbuild":
-            write_posbuild(root, graph, sandbox)
+        if name in POSBUILDS:
+            write_posbuild(root, graph, "auto" if name == "posbuild-ns" else sandbox)
         else:
             WRITERS[name](root, graph)
         tools.append(make_tool(name, root, jobs, posbuild))
@@ -580,18 +587,17 @@ def median_of(timings: Timings, scenario: str, tool: str) -> float | None:
 
 
 def format_table(timings: Timings, names: list[str]) -> list[str]:
-    headers = ["scenario", *names, "pb/ninja", "pb/make", "pb/min"]
+    """Medians per tool, and each posbuild against the faster of make and ninja (`/best`)."""
+    ours = [name for name in names if name in POSBUILDS]
+    headers = ["scenario", *names, *(f"{name}/best" for name in ours)]
     rows = [headers]
     for scenario in SCENARIOS:
         med = {name: median_of(timings, scenario, name) for name in names}
-        others = [v for k, v in med.items() if k != "posbuild" and v is not None]
-        pb = med.get("posbuild")
+        others = [v for k, v in med.items() if k not in POSBUILDS and v is not None]
         rows.append([
             scenario,
             *(f"{med[name]:.3f}" for name in names),
-            ratio(pb, med.get("ninja")),
-            ratio(pb, med.get("make")),
-            ratio(pb, min(others) if others else None),
+            *(ratio(med[name], min(others) if others else None) for name in ours),
         ])
     widths = [max(len(row[c]) for row in rows) for c in range(len(headers))]
     return ["  ".join(cell.rjust(w) if c else cell.ljust(w)
@@ -639,6 +645,10 @@ def bench_size(n: int, args: argparse.Namespace, workdir: Path) -> None:
     if "posbuild" in args.tools:
         print("  " + measure_resolve(args.posbuild, base / "posbuild", args.repeat))
         print("  " + measure_query(args.posbuild, base / "posbuild", args.repeat))
+    for tool in tools:
+        if tool.name in POSBUILDS:  # their build servers
+            subprocess.run([args.posbuild, "shutdown"], cwd=tool.root, env=TOOL_ENV,
+                           capture_output=True)
     shutil.rmtree(trash, ignore_errors=True)
 
 
@@ -649,7 +659,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--repeat", type=int, default=3,
                    help="repetitions per scenario (default: 3)")
     p.add_argument("--tools", default=",".join(TOOLS),
-                   help="comma-separated subset of posbuild,make,ninja")
+                   help="comma-separated subset of " + ",".join(TOOLS))
     p.add_argument("--posbuild", default=shutil.which("posbuild"),
                    help="path of the posbuild executable (default: from PATH)")
     p.add_argument("--workdir", type=Path,
@@ -676,7 +686,7 @@ def check_args(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     args.tools = [t for t in TOOLS if t in args.tools]
     if args.repeat < 1 or not args.sizes or min(args.sizes) < 1:
         p.error("--repeat and --sizes must be positive")
-    if "posbuild" in args.tools:
+    if set(POSBUILDS) & set(args.tools):
         if not args.posbuild or not Path(args.posbuild).is_file():
             p.error(f"posbuild executable not found ({args.posbuild or 'not on PATH'});"
                     " pass --posbuild PATH or leave it out with --tools make,ninja")
