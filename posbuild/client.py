@@ -216,6 +216,8 @@ def _follow(sock: _socket.socket) -> int | None:
                                      struct.pack("3i", 0, 1, 2))])
             elif message[0] == EXITED:
                 return message[1]
+            elif message[0] == DECLINED:  # it could not run the build after all
+                return None
     except OSError:
         pass
     finally:

@@ -118,6 +118,8 @@ class Server:
             except queue.Empty:
                 self._tick()
                 continue
+            except KeyboardInterrupt:  # a client's signal that came just after its build
+                continue
             if request is not None:
                 self._serve(request)
         _log(f"stopping: {self.stopping}")
@@ -146,11 +148,22 @@ class Server:
                 self.current = request
             threading.Thread(target=self._listen, args=(request,), daemon=True,
                              name="client").start()
-            code = self._build(request)
+            try:
+                code = self._build(request)
+            except KeyboardInterrupt as late:  # the client's signal, after the build's end
+                code = getattr(late, "exit_code", 130)
+            except Exception:  # noqa: BLE001 - e.g. its folder is gone: the client builds
+                _log("a build could not start here:\n" + traceback.format_exc())
+                code = -1
             with self.guard:
                 self.current = None
             _idle_signals(self)
-            request.send(EXITED, code)
+            if code >= 0:
+                request.send(EXITED, code)
+            else:
+                request.send(DECLINED, ELSEWHERE)
+        except KeyboardInterrupt:
+            pass
         finally:
             with self.guard:
                 if request in self.waiting:
@@ -357,14 +370,15 @@ def _stream(fd: int, encoding: str, errors: str) -> io.TextIOWrapper:
 
 
 def _idle_signals(server: Server) -> None:
-    """Between builds: SIGTERM and SIGINT stop the server; SIGHUP does nothing (handled, not
-    ignored: the build's own handlers leave an ignored signal ignored, as under `nohup`)."""
+    """Between builds: SIGTERM stops the server; SIGINT and SIGHUP, which only a client's
+    Ctrl-C or hang-up just before or after its build can bring (the server has no terminal),
+    do nothing (handled, not ignored: a build leaves an ignored signal ignored, as `nohup`)."""
     def stop(signum: int, frame: object) -> None:
         server.stop(signal.Signals(signum).name)
         server.requests.put(None)
 
     signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGINT, lambda signum, frame: None)
     signal.signal(signal.SIGHUP, lambda signum, frame: None)
 
 
