@@ -1,0 +1,114 @@
+"""The build server's watch (engine/changefeed.py) on a real folder with real inotify: it vouches
+for a saved state only while no event arrived since it checked every file the state names."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from posbuild.core.records import signature
+from posbuild.engine.changefeed import ChangeFeed
+from posbuild.store.upstate import BuildState, save_state
+
+
+def _workspace(root: Path, files: dict[str, str]) -> Path:
+    """A workspace holding `files`, and a complete saved state naming them all."""
+    (root / ".posbuild").mkdir(parents=True)
+    for rel, text in files.items():
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_text(text)
+    return _save(root, files)
+
+
+def _save(root: Path, files: dict[str, str]) -> Path:
+    signatures = {rel: signature(os.stat(root / rel)) for rel in files}
+    state = BuildState(b"env", {}, signatures, {rel: b"d" for rel in files}, graph=b"graph",
+                       complete=True)
+    path = root / ".posbuild" / "state"
+    save_state(path, state)
+    return path
+
+
+@pytest.fixture
+def feed(tmp_path: Path):  # type: ignore[no-untyped-def]
+    watch = ChangeFeed(tmp_path)
+    yield watch
+    watch.stop()
+
+
+def _vouched(feed: ChangeFeed, state: Path) -> bool:
+    feed.built(state)
+    feed.confirm()
+    return feed.unchanged(state)
+
+
+def test_a_state_is_vouched_for_until_a_file_changes(tmp_path, feed):
+    state = _workspace(tmp_path, {"pkg/a.txt": "a", "b.txt": "b", "posbuild-out/pkg/o": "o"})
+    feed.start()
+    assert not feed.unchanged(state)  # nothing checked yet
+    assert _vouched(feed, state)
+    assert feed.unchanged(state)  # and again: nothing happened
+    (tmp_path / "pkg/a.txt").write_text("A")
+    assert not feed.unchanged(state)
+    state = _save(tmp_path, {"pkg/a.txt": "A", "b.txt": "b", "posbuild-out/pkg/o": "o"})
+    assert _vouched(feed, state)
+    (tmp_path / "posbuild-out/pkg/o").unlink()  # outputs are watched too
+    assert not feed.unchanged(state)
+    assert feed.trouble == ""
+
+
+def test_a_file_whose_signature_differs_is_not_vouched_for(tmp_path, feed):
+    state = _workspace(tmp_path, {"a.txt": "a"})
+    (tmp_path / "a.txt").write_text("changed before the server started")
+    feed.start()
+    assert not _vouched(feed, state)
+
+
+def test_a_change_in_a_folder_made_after_the_start_is_seen(tmp_path, feed):
+    state = _workspace(tmp_path, {"a.txt": "a"})
+    feed.start()
+    (tmp_path / "new/deeper").mkdir(parents=True)
+    (tmp_path / "new/deeper/x.txt").write_text("x")
+    state = _save(tmp_path, {"a.txt": "a", "new/deeper/x.txt": "x"})
+    assert _vouched(feed, state)
+    (tmp_path / "new/deeper/x.txt").write_text("y")
+    assert not feed.unchanged(state)
+
+
+def test_a_replaced_state_file_is_not_the_one_vouched_for(tmp_path, feed):
+    state = _workspace(tmp_path, {"a.txt": "a"})
+    feed.start()
+    assert _vouched(feed, state)
+    _save(tmp_path, {"a.txt": "a"})  # another state, written by another posbuild process
+    assert not feed.unchanged(state)
+
+
+def test_a_state_naming_a_file_in_a_hidden_folder_is_never_vouched_for(tmp_path, feed):
+    state = _workspace(tmp_path, {"a.txt": "a", ".hidden/b.txt": "b"})
+    feed.start()
+    assert not _vouched(feed, state)
+
+
+def test_posbuilds_own_folder_and_cookies_are_no_change(tmp_path, feed):
+    state = _workspace(tmp_path, {"a.txt": "a"})
+    feed.start()
+    assert _vouched(feed, state)
+    generation = feed.generation
+    (tmp_path / ".posbuild/store").mkdir()
+    (tmp_path / ".posbuild/store/x").write_text("x")
+    for _ in range(3):
+        assert feed.sync()
+    assert feed.unchanged(state) and feed.generation == generation
+
+
+def test_the_watch_limit_makes_the_watch_untrustworthy(tmp_path):
+    state = _workspace(tmp_path, {"a/x": "1", "b/y": "2", "c/z": "3"})
+    feed = ChangeFeed(tmp_path, environ={"POSBUILD_TEST_MAX_WATCHES": "2"})
+    try:
+        feed.start()
+        assert feed.limit_reached and "watch limit" in feed.trouble
+        assert not _vouched(feed, state)
+    finally:
+        feed.stop()
