@@ -16,7 +16,9 @@ threads of its own; so each check first *syncs*: it creates a cookie file in `.p
 has then been counted (the approach of Watchman's cookies).
 
 Any event counts, wherever it happens in the watched folders (a change in a file no build reads
-costs one `stat()` pass, never a wrong result). Not watched: `.posbuild/` (posbuild's own state;
+costs one `stat()` pass, never a wrong result). A state is never vouched for when one of its
+files may change with no event in the workspace: a symbolic link (its target may be anywhere),
+or a source with a second hard link. Not watched: `.posbuild/` (posbuild's own state;
 the state file is checked by its signature instead), hidden folders and `__pycache__`. A state
 naming a file in a folder that is not watched is never vouched for. What inotify cannot see makes
 the watch untrustworthy (`trouble`): a queue overflow, the watch limit, a watch that does not
@@ -28,11 +30,12 @@ the workspace and files on network file systems changed by another machine are n
 from __future__ import annotations
 
 import os
+import stat
 import threading
 from pathlib import Path
 from typing import Any
 
-from posbuild.core.layout import STATE_DIR, SYNC_COOKIE
+from posbuild.core.layout import OUT_DIR, STATE_DIR, SYNC_COOKIE
 from posbuild.engine.uptodate import settled
 from posbuild.store.upstate import state_from_bytes
 
@@ -139,8 +142,20 @@ class ChangeFeed:
             with self._lock:
                 folders = set(self._folders.values())
             if state.complete and all(os.path.dirname(p) in folders for p in state.paths) \
-                    and settled(state, state.graph, self.root):
+                    and settled(state, state.graph, self.root) \
+                    and not any(map(self._reached_from_outside, state.paths)):
                 self._vouched[path] = (generation, signature)
+
+    def _reached_from_outside(self, path: str) -> bool:
+        """Whether a file may change with no event in the workspace: a symbolic link (to a file
+        anywhere), or a source with another hard link (which may be written through). An output
+        of 1 MiB or more is a hard link into the store, which nothing writes through."""
+        try:
+            info = os.lstat(os.path.join(self.root, path))
+        except OSError:
+            return True
+        return stat.S_ISLNK(info.st_mode) \
+            or info.st_nlink > 1 and not path.startswith(OUT_DIR + "/")
 
     def sync(self) -> bool:
         """Wait until every event queued before this call has been counted."""

@@ -112,3 +112,22 @@ def test_the_watch_limit_makes_the_watch_untrustworthy(tmp_path):
         assert not _vouched(feed, state)
     finally:
         feed.stop()
+
+
+def test_a_source_that_can_change_from_outside_is_never_vouched_for(tmp_path, feed):
+    outside = tmp_path.parent / f"{tmp_path.name}-outside"
+    outside.mkdir()
+    (outside / "data.csv").write_text("1\n")
+    state = _workspace(tmp_path / "ws", {"a.txt": "a"})
+    root = tmp_path / "ws"
+    (root / "linked.csv").symlink_to(outside / "data.csv")
+    os.link(outside / "data.csv", root / "hard.csv")
+    watch = ChangeFeed(root)
+    try:
+        watch.start()
+        assert _vouched(watch, state)
+        for name in ("linked.csv", "hard.csv"):
+            state = _save(root, {"a.txt": "a", name: "1\n"})
+            assert not _vouched(watch, state), name
+    finally:
+        watch.stop()
