@@ -105,6 +105,8 @@ from posbuild.exec.placement import in_memory, memory_free, needs_disk, weigh_fr
 from posbuild.exec.spawner import Perturbation, Spawner, SpawnResult
 from posbuild.exec.stage import Layout, remove_tree, stage, stage_reversed
 from posbuild.exec.namespaces import Isolation, choose, command, input_binds
+from posbuild.exec import landlock
+from posbuild.exec.landlock import Landlocked
 from posbuild.host.nofollow import open_outputs, read_upto
 from posbuild.host.owned import SANDBOXES, claim, holds_only_sandboxes
 from posbuild.core.records import ResourceUsage
@@ -202,10 +204,10 @@ def base_environment(sandbox: str | Path, search_path: str = BASE_PATH) -> dict[
 
 def choose_isolation(config: Config, writable: Sequence[str] = (),
                      masked: Sequence[str] = (),
-                     programs: Sequence[str] = ()) -> tuple[Isolation | None, str]:
-    """`[sandbox] mode` for this build: (the namespaces to run actions in, or None for the folder
-    sandbox; a notice line for the user, or ""). Raises SandboxUnavailable when mode is
-    "namespace" and bubblewrap cannot run. Probes bwrap (a few ms) once per process. `writable`:
+                     programs: Sequence[str] = ()) -> tuple[Isolation | Landlocked | None, str]:
+    """`[sandbox] mode` for this build: (how actions are isolated — Landlock, bubblewrap, or None
+    for the folder sandbox; a notice for the user, or ""). Raises SandboxUnavailable when the mode
+    named cannot run. Probes (a few ms) once per process. `writable`:
     folders left visible and writable (namespaces.writable_paths). `masked`: files no action may
     read (the secrets file), covered with /dev/null. `programs`: folders and files the actions'
     programs need (envfp.Environments.visible).
@@ -244,7 +246,7 @@ class LocalSpawner:
     commands skip the shell (shellfree.py) unless `shell_free` is False.
     """
 
-    def __init__(self, root: Path, base: Path, isolation: Isolation | None = None,
+    def __init__(self, root: Path, base: Path, isolation: Isolation | Landlocked | None = None,
                  shell_free: bool = True, search_path: str = BASE_PATH,
                  disk_base: Path | None = None) -> None:
         self._root = str(root) + "/"
@@ -256,8 +258,10 @@ class LocalSpawner:
         self._memory: bool | None = None  # whether `base` is memory, looked up when first needed
         self._disk_claimed = False
         self._isolation = isolation
+        # bwrap: its argv holds the bind of each large input, staged as a link (`_namespaced`)
+        self._bwrap = isinstance(isolation, Isolation)
         # False: every command runs under the shell
-        self._shell_free = shell_free and isolation is None
+        self._shell_free = shell_free and not self._bwrap
         # (name, PATH) → where it was found, for absolute PATHs
         self._programs: dict[tuple[str, str], str] = {}
         self._counter = itertools.count()
@@ -278,12 +282,13 @@ class LocalSpawner:
         self._masks = threading.local()  # `current`: the mask this spawner last gave the thread
         # whether `clear_stale` claimed the base for this process (`<pid>.owner`)
         self._claimed = False
-        # bwrap --die-with-parent does it there
+        # bwrap --die-with-parent does it there, and the Landlock sandbox's PID namespaces
         self._guard = ORPHANS if isolation is None else NO_GUARD
 
     @property
     def namespaced(self) -> bool:
-        """Whether commands run in their own namespaces (bubblewrap), not in the folder alone."""
+        """Whether commands run in their own namespaces (Landlock or bubblewrap), not in the
+        folder alone."""
         return self._isolation is not None
 
     def clear_stale(self) -> None:
@@ -359,10 +364,9 @@ class LocalSpawner:
         out = err = -1
         try:
             if perturbation is not None and perturbation.reverse_staging:
-                stage_reversed(self._root, action, sandbox, self._isolation is not None)
+                stage_reversed(self._root, action, sandbox, self._bwrap)
             else:
-                self._staged[sandbox] = stage(self._root, action, sandbox,
-                                              self._isolation is not None)
+                self._staged[sandbox] = stage(self._root, action, sandbox, self._bwrap)
             env = base_environment(sandbox, self._search_path)
             env.update(action.env)
             env.update(extra_env)
@@ -375,7 +379,7 @@ class LocalSpawner:
                 running = self._launch_direct(action, sandbox, env, err, umask)
                 if running is not None:
                     return running
-            if self._isolation is None:
+            if not self._bwrap:
                 argv = shell_argv(action.command)
             else:
                 argv = self._namespaced(action, sandbox, exec_root)
@@ -421,7 +425,7 @@ class LocalSpawner:
         input, staged as a symlink into the workspace, becomes an empty file with the workspace
         file bound read-only onto it: the link's target is hidden inside.
         """
-        assert self._isolation is not None
+        assert isinstance(self._isolation, Isolation)
         linked: dict[str, str] = {}
         for path in action.inputs:
             target = f"{exec_root}/{path}"
@@ -557,6 +561,12 @@ class LocalSpawner:
         """Start `argv` in its own session, in the sandbox's `exec/`, on the processors it is given;
         `program`: the file to exec when `argv` runs without the shell, as `direct` says."""
         started = time.monotonic()
+        if isinstance(self._isolation, Landlocked):
+            preload = env.pop("LD_PRELOAD", None)
+            argv = landlock.command(self._isolation, sandbox, NETWORK_TAG in action.tags,
+                                    program or argv[0], argv,
+                                    action.command if direct is not None else None, preload)
+            program = None
         with self._lock:
             if self._cancelled:
                 return Running(sandbox, action.outputs, out, err, started, None, (),
