@@ -45,14 +45,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Sequence
 
+from posbuild.host.paths import within
+
 MIN_ABI = 6  # signal and abstract Unix socket scopes
 SOURCE = Path(__file__).with_name("launcher.c")
 COMPILE_TIMEOUT = 120.0  # seconds
 PROBE_TIMEOUT = 20.0
-# the devices a command may write (bwrap's fresh /dev has the same)
+# the devices a command may write, and what else of /dev it may read (bwrap's fresh /dev has
+# the same): a rule per device of the host would cost a system call each per action
 DEVICES = ("/dev/null", "/dev/zero", "/dev/full", "/dev/random", "/dev/urandom", "/dev/tty")
-# hidden from every action: the host's temporary and runtime files
-HIDDEN = ("/tmp", "/dev/shm", "/var/tmp")
+DEVICE_LINKS = ("/dev/fd", "/dev/pts", "/dev/ptmx")
+# hidden from every action: the host's temporary and runtime files, its devices (but those above)
+HIDDEN = ("/tmp", "/var/tmp", "/dev")
 RUN = "/run"  # hidden too, unless the action is tagged `network`
 
 _CREATE, _VERSION_FLAG = 444, 1
@@ -184,8 +188,8 @@ def readable(hidden: Iterable[str]) -> list[str]:
     folder above a hidden path gets no rule: it can be walked through, not listed). Entries are
     resolved (a rule on a link is a rule on its target), and one resolving into or above a
     hidden path is left out."""
-    real = sorted({os.path.realpath(h) for h in hidden})
-    shut = [h for h in real if not any(_within(h, o) and h != o for o in real)]
+    resolved = sorted({os.path.realpath(h) for h in hidden})
+    shut = [h for h in resolved if not any(within(h, o) and h != o for o in resolved)]
     above = {os.path.dirname(h) for h in shut}
     for folder in list(above):
         while folder != "/":
@@ -198,15 +202,12 @@ def readable(hidden: Iterable[str]) -> list[str]:
         except OSError:
             continue
         for name in names:
-            path = os.path.realpath(os.path.join(folder, name))
-            if path in above or any(_within(path, h) or _within(h, path) for h in shut):
+            path = os.path.join(folder, name)
+            real = os.path.realpath(path)
+            if real in above or any(within(real, h) or within(h, real) for h in shut):
                 continue
-            granted.append(path)
+            granted.append(path)  # resolved by the launcher (`/dev/fd` is its own)
     return granted
-
-
-def _within(path: str, folder: str) -> bool:
-    return path == folder or path.startswith(folder.rstrip("/") + "/")
 
 
 def landlocked(launcher: str, hidden: Iterable[str], visible: Iterable[str],
@@ -227,7 +228,7 @@ def landlocked(launcher: str, hidden: Iterable[str], visible: Iterable[str],
     rules = ("-w", *DEVICES, *opened)
 
     def read(paths: list[str]) -> tuple[str, ...]:
-        return ("-r", *paths, *shown)
+        return ("-r", *paths, *DEVICE_LINKS, *shown)
     return Landlocked(launcher, (*start, *read(readable([*hidden, RUN])), *rules),
                       (*start, "-t", *read(readable(hidden)), *rules))
 

@@ -10,8 +10,7 @@
  *   launcher [-P PID] [-N PID] [-t] [-c TEXT] [-L PRELOAD] [-r PATH...] [-w PATH...] -- FILE ARGV...
  *       -P  posbuild's pid: give up if the parent is already another (it died meanwhile)
  *       -N  the PID 1 of `hold`: join its user, IPC, UTS and PID namespaces, and its network
- *           namespace unless -t; the command then runs as PID 1 of a PID namespace of its own,
- *           nested in the build's, and this process waits for it
+ *           namespace unless -t; the command then runs in a child, which this process waits for
  *       -t  TCP allowed and the host's network kept (an action tagged `network`)
  *       -c  the script bash runs when FILE cannot be exec'd as it is (a script without `#!`)
  *       -L  LD_PRELOAD for the command only (libfaketime)
@@ -119,7 +118,9 @@ static int ruleset(char **read, int nread, char **write, int nwrite, int tcp) {
         if (target < 0) continue;  /* a path this machine lacks, or one gone meanwhile */
         struct path_beneath rule = { i < nread ? FS_READ : FS_ALL, target };
         if (fstat(target, &info) == 0 && !S_ISDIR(info.st_mode)) rule.allowed &= FS_FILE;
-        if (syscall(LL_ADD_RULE, fd, 1, &rule, 0)) die(path);
+        /* a rule that cannot be had (on a pipe ...) grants nothing: leave it out */
+        if (syscall(LL_ADD_RULE, fd, 1, &rule, 0) && errno != EBADFD && errno != EINVAL)
+            die(path);
         close(target);
     }
     return fd;
@@ -180,17 +181,7 @@ int main(int argc, char **argv) {
         join(holder, "ipc", CLONE_NEWIPC);
         join(holder, "uts", CLONE_NEWUTS);
         if (!tcp) join(holder, "net", CLONE_NEWNET);
-        join(holder, "pid", CLONE_NEWPID);
-        pid_t middle = fork();  /* in the build's PID namespace: it may make one of its own */
-        if (middle < 0) die("fork");
-        if (middle > 0) {
-            int status;
-            while (waitpid(middle, &status, 0) < 0)
-                if (errno != EINTR) die("waitpid");
-            return pass_on(status);
-        }
-        prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0);
-        if (unshare(CLONE_NEWPID)) die("unshare pid namespace");
+        join(holder, "pid", CLONE_NEWPID);  /* for the child: a fork is needed */
     }
     int rules = ruleset(read, nread, write, nwrite, tcp);
     pid_t child = holder ? fork() : 0;

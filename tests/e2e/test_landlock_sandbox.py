@@ -203,22 +203,26 @@ def test_a_command_that_left_its_session_and_double_forked_dies_when_posbuild_is
             os.kill(pid, signal.SIGKILL)
 
 
-def test_what_a_command_left_running_in_a_session_of_its_own_ends_with_it(lws):
-    """Each command is PID 1 of a PID namespace of its own: when it ends, so does the rest."""
+def test_what_a_command_left_running_in_a_session_of_its_own_ends_with_the_build(lws):
+    """The build's PID namespace ends with posbuild: a daemon an action started ends then, at the
+    latest (bubblewrap, a PID namespace per action, ends it with its action)."""
     marker = f"{91 + (os.getpid() % 1000) / 1000:.3f}"
     lws.write({"pkg/BUILD": f"""
-        genrule(name = "daemon", outs = ["d.txt"], cmd = "setsid sleep {marker} & echo > $@")
-    """})
+        genrule(name = "daemon", outs = ["d.txt"], cmd = "setsid sleep {marker} & sleep 1; echo > $@")
+    """})  # noqa: E501
     ok(lws, "//pkg:daemon")
-    assert _gone(f"sleep\0{marker}".encode(), 5), "the daemon outlived its action"
+    assert _gone(f"sleep\0{marker}".encode(), 5), "the daemon outlived the build"
 
 
 def test_exit_codes_and_signals_are_passed_on_as_in_the_folder_sandbox(lws):
     lws.write({"pkg/BUILD": """
         genrule(name = "code", outs = ["c.txt"], cmd = "exit 7")
         genrule(name = "direct", outs = ["d.txt"], cmd = "false")
+        genrule(name = "signal", outs = ["s.txt"], cmd = "kill -TERM $$$$")
     """})
     assert "exit code 7" in build(lws, "//pkg:code").stderr
+    result = build(lws, "//pkg:signal")
+    assert "killed by signal 15" in result.stderr or "SIGTERM" in result.stderr, result.stderr
     result = build(lws, "//pkg:direct")  # run without the shell, through the launcher
     assert result.returncode == 1 and "exit code 1" in result.stderr, result.stderr
 

@@ -127,6 +127,18 @@ def test_tcp_is_denied_without_the_network_tag(tmp_path: Path, network: bool) ->
 
 
 @NEEDS_LANDLOCK
-def test_exit_codes_pass_on_and_the_command_is_pid_1_of_its_own(tmp_path: Path) -> None:
-    done = _run(tmp_path, "echo $$; exit 9")
-    assert done.returncode == 9 and done.stdout == "1\n"
+def test_exit_codes_and_signals_pass_on(tmp_path: Path) -> None:
+    assert _run(tmp_path, "exit 9").returncode == 9
+    assert _run(tmp_path, "kill -TERM $$").returncode == -15
+
+
+@NEEDS_LANDLOCK
+def test_a_program_without_a_shebang_runs_under_bash(tmp_path: Path) -> None:
+    sandbox = tmp_path / "sandbox"
+    sandbox.mkdir()
+    (sandbox / "tool").write_text("echo from-the-script\n")
+    (sandbox / "tool").chmod(0o755)
+    shared = landlock.landlocked(landlock.compiled(tmp_path / "cache"), (str(tmp_path),), ())
+    argv = landlock.command(shared, str(sandbox), False, "./tool", ["./tool"], script="./tool")
+    done = subprocess.run(argv, cwd=sandbox, capture_output=True, text=True)
+    assert done.returncode == 0 and done.stdout == "from-the-script\n", done.stderr
