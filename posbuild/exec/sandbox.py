@@ -7,7 +7,7 @@ HOME and TMPDIR), made and removed by stage.py. The command runs under `/bin/bas
 LANG, TZ, HOME, TMPDIR, SOURCE_DATE_EPOCH) plus the action's declared variables, and nothing
 else. A plain command (a program and plain words, at most one trailing `> file`: shellfree.py)
 is run directly, as the shell would have run it, without the shell's own start-up: that halves
-what a cheap action costs. The namespace sandbox always runs the shell.
+what a cheap action costs. The bubblewrap sandbox always runs the shell.
 
 Sandboxes live on a memory file system (`/dev/shm`) when the machine has one: a sandbox is a
 dozen directory and file creations and deletions, which cost ~10 µs each there and ~250 µs on a
@@ -26,15 +26,22 @@ which sees the whole file system, anywhere else.
 The command runs in its own session (process group); when it ends, or on timeout or cancel,
 the whole group is killed, so no stray background process outlives its action.
 
-Namespaces (`[sandbox] mode`): where bubblewrap works ("auto", the default, or "namespace"), the
-same folder is run inside its own mount, PID, IPC, UTS and network namespaces (namespaces.py):
-the workspace and the host's /tmp and /dev/shm are invisible, the system is read-only, the
-declared inputs are bound read-only, and only the sandbox folder and a private /tmp are
-writable. Large inputs are bound read-only from the workspace instead of being copied (staged
-as a symlink first, which `_namespaced` turns into the bind). The process posbuild waits for is
-then bwrap's: killing its group ends the command too (`--die-with-parent`), and its rusage
-includes the command's. One difference: a command killed by signal N inside reports exit code
-128+N (bwrap passes the status on as a shell does), where the folder sandbox reports the signal.
+Namespaces (`[sandbox] mode`). "auto" (the default) and "landlock": where Landlock ABI 6 and a
+C compiler are there, the command is exec'd through a small launcher (landlock.py) that joins
+the user, PID, network, IPC and UTS namespaces made once per process, drops every capability
+and restricts the command with Landlock: everything but the workspace, the store, the sandbox
+base, /tmp, /dev and /run (and the secrets file) is readable, only the sandbox folder is
+writable, TCP is denied without the network tag. The folder and its staging are the folder
+sandbox's (inputs are copies); so is the shell-free start of plain commands, through the
+launcher. "namespace", and "auto" where Landlock cannot run: the same folder inside bubblewrap's
+own mount, PID, IPC, UTS and network namespaces (namespaces.py): the workspace and the host's
+/tmp and /dev/shm are invisible, the system is read-only, the declared inputs are bound
+read-only, and only the sandbox folder and a private /tmp are writable. Large inputs are bound
+read-only from the workspace instead of being copied (staged as a symlink first, which
+`_namespaced` turns into the bind). The process posbuild waits for is then the launcher's or
+bwrap's: killing its group ends the command too, and its rusage includes the command's. Under
+bwrap a command killed by signal N inside reports exit code 128+N (bwrap passes the status on as
+a shell does); the launcher passes the signal on, as the folder sandbox reports it.
 `choose_isolation` decides once per build, before anything runs.
 
 Processors: an action that declares cpu=N (N >= 1; the default is 1) runs pinned to N of the
@@ -50,8 +57,9 @@ unpinned. On systems without `sched_setaffinity` nothing is pinned. The thread-c
 (OMP_NUM_THREADS ...) come with the action's env (analysis.declared_resources). This module
 knows nothing of keys or the store: it takes an Action and returns a SpawnResult.
 
-Kills: no command outlives posbuild, even one killed by SIGKILL — bwrap's `--die-with-parent` in
-the namespace sandbox, a guard process in the folder sandbox (orphans.py). Each process that
+Kills: no command outlives posbuild, even one killed by SIGKILL — the PID namespace whose PID 1
+ends with posbuild under Landlock, bwrap's `--die-with-parent` under bwrap, a guard process in
+the folder sandbox (orphans.py). Each process that
 makes sandboxes holds `<base>/<pid>.owner` locked while it does; `clear_stale` (the next build)
 and fsck sweep only sandboxes whose mark no live process holds (owners.py).
 

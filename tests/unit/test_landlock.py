@@ -142,3 +142,10 @@ def test_a_program_without_a_shebang_runs_under_bash(tmp_path: Path) -> None:
     argv = landlock.command(shared, str(sandbox), False, "./tool", ["./tool"], script="./tool")
     done = subprocess.run(argv, cwd=sandbox, capture_output=True, text=True)
     assert done.returncode == 0 and done.stdout == "from-the-script\n", done.stderr
+
+
+@NEEDS_LANDLOCK
+def test_posbuilds_own_environment_cannot_be_read_through_proc(tmp_path: Path) -> None:
+    """/proc is readable, but not what ptrace guards (the secrets in posbuild's environment)."""
+    done = _run(tmp_path, f"cat /proc/{os.getpid()}/environ")
+    assert done.returncode != 0 and "Permission denied" in done.stderr and done.stdout == ""
