@@ -2,14 +2,15 @@
  * once per build. Compiled on first use by posbuild/exec/landlock.py, which documents why.
  *
  *   launcher hold
- *       Make a user, PID, network, IPC and UTS namespace (the network one with only a loopback,
- *       up), fork their PID 1, print its pid and exit. The PID 1 reads its stdin, a pipe from
+ *       Make a user, PID, network, IPC, UTS and mount namespace (the network one with only a
+ *       loopback, up; the mount one the host's, with a /proc of the PID namespace), fork their
+ *       PID 1, print its pid and exit. The PID 1 reads its stdin, a pipe from
  *       posbuild, and exits when posbuild closes it, however posbuild ends: the kernel then
  *       kills every process in those namespaces and in the namespaces nested in them.
  *
  *   launcher [-P PID] [-N PID] [-t] [-c TEXT] [-L PRELOAD] [-r PATH...] [-w PATH...] -- FILE ARGV...
  *       -P  posbuild's pid: give up if the parent is already another (it died meanwhile)
- *       -N  the PID 1 of `hold`: join its user, IPC, UTS and PID namespaces, and its network
+ *       -N  the PID 1 of `hold`: join its user, mount, IPC, UTS and PID namespaces, and its network
  *           namespace unless -t; the command then runs in a child, which this process waits for
  *       -t  TCP allowed and the host's network kept (an action tagged `network`)
  *       -c  the script bash runs when FILE cannot be exec'd as it is (a script without `#!`)
@@ -31,6 +32,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/ioctl.h>
+#include <sys/mount.h>
 #include <sys/prctl.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
@@ -74,7 +76,10 @@ static int hold(void) {
     write_file("/proc/self/uid_map", map);
     snprintf(map, sizeof map, "%u %u 1", gid, gid);
     write_file("/proc/self/gid_map", map);
-    if (unshare(CLONE_NEWPID | CLONE_NEWNET | CLONE_NEWIPC | CLONE_NEWUTS)) die("unshare");
+    if (unshare(CLONE_NEWPID | CLONE_NEWNET | CLONE_NEWIPC | CLONE_NEWUTS | CLONE_NEWNS))
+        die("unshare");
+    /* host mounts still reach it; its own /proc does not reach the host */
+    if (mount(NULL, "/", NULL, MS_REC | MS_SLAVE, NULL)) die("mount namespace");
     int sock = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
     struct ifreq loopback = {0};
     strcpy(loopback.ifr_name, "lo");
@@ -82,10 +87,16 @@ static int hold(void) {
     loopback.ifr_flags |= IFF_UP;
     if (ioctl(sock, SIOCSIFFLAGS, &loopback)) die("loopback up");
     close(sock);
+    int ready[2];
+    if (pipe2(ready, O_CLOEXEC)) die("pipe");
     pid_t init = fork();
     if (init < 0) die("fork");
     if (init == 0) {  /* PID 1 of the build's namespaces */
         char buffer[64];
+        /* a /proc of this PID namespace: $$ and /proc/<pid> agree, other processes are gone */
+        char done = mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL) ? 0 : 1;
+        if (!done) perror("posbuild sandbox: mount /proc");
+        if (write(ready[1], &done, 1) != 1 || !done) _exit(FAIL);
         int null = open("/dev/null", O_WRONLY | O_CLOEXEC);
         signal(SIGCHLD, SIG_IGN);  /* reaps whatever is left to it */
         dup2(null, 1);  /* posbuild reads the outputs of `hold` to their end */
@@ -95,16 +106,33 @@ static int hold(void) {
             if (n == 0 || (n < 0 && errno != EINTR)) _exit(0);
         }
     }
+    char done = 0;
+    close(ready[1]);
+    if (read(ready[0], &done, 1) != 1 || !done) { errno = EPERM; die("mount /proc"); }
     printf("%d\n", (int)init);
     return fflush(stdout) ? FAIL : 0;
 }
 
-static void join(const char *holder, const char *name, int type) {
-    char path[64];
-    snprintf(path, sizeof path, "/proc/%s/ns/%s", holder, name);
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0 || setns(fd, type)) die(path);
-    close(fd);
+/* Join the namespaces `holder` holds: all opened first, as the mount namespace brings its own
+ * /proc, where `holder` has another pid. */
+static void join(const char *holder, int network) {
+    static const char *names[] = {"user", "mnt", "ipc", "uts", "net", "pid"};
+    static const int types[] = {CLONE_NEWUSER, CLONE_NEWNS, CLONE_NEWIPC, CLONE_NEWUTS,
+                                CLONE_NEWNET, CLONE_NEWPID};
+    int fds[6];
+    char path[64], cwd[4096];
+    if (!getcwd(cwd, sizeof cwd)) die("getcwd");
+    for (int i = 0; i < 6; i++) {
+        snprintf(path, sizeof path, "/proc/%s/ns/%s", holder, names[i]);
+        fds[i] = types[i] == CLONE_NEWNET && network ? -1 : open(path, O_RDONLY | O_CLOEXEC);
+        if (fds[i] < 0 && !(types[i] == CLONE_NEWNET && network)) die(path);
+    }
+    for (int i = 0; i < 6; i++) {
+        if (fds[i] < 0) continue;
+        if (setns(fds[i], types[i])) die(names[i]);
+        close(fds[i]);
+    }
+    if (chdir(cwd)) die(cwd);  /* joining a mount namespace moved it to its root */
 }
 
 static int ruleset(char **read, int nread, char **write, int nwrite, int tcp) {
@@ -176,13 +204,7 @@ int main(int argc, char **argv) {
     char *file = argv[i + 1], **command = argv + i + 2;
     prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0);
     if (parent && getppid() != atoi(parent)) _exit(FAIL);  /* posbuild is gone */
-    if (holder) {
-        join(holder, "user", CLONE_NEWUSER);
-        join(holder, "ipc", CLONE_NEWIPC);
-        join(holder, "uts", CLONE_NEWUTS);
-        if (!tcp) join(holder, "net", CLONE_NEWNET);
-        join(holder, "pid", CLONE_NEWPID);  /* for the child: a fork is needed */
-    }
+    if (holder) join(holder, tcp);  /* the child will be in the PID namespace: a fork */
     int rules = ruleset(read, nread, write, nwrite, tcp);
     pid_t child = holder ? fork() : 0;
     if (child < 0) die("fork");

@@ -145,7 +145,10 @@ def test_a_program_without_a_shebang_runs_under_bash(tmp_path: Path) -> None:
 
 
 @NEEDS_LANDLOCK
-def test_posbuilds_own_environment_cannot_be_read_through_proc(tmp_path: Path) -> None:
-    """/proc is readable, but not what ptrace guards (the secrets in posbuild's environment)."""
-    done = _run(tmp_path, f"cat /proc/{os.getpid()}/environ")
-    assert done.returncode != 0 and "Permission denied" in done.stderr and done.stdout == ""
+def test_proc_shows_the_builds_processes_alone(tmp_path: Path) -> None:
+    """/proc is the build's PID namespace's: $$ agrees with it, and posbuild (whose environment
+    holds the secrets) and the host's other processes are not in it."""
+    done = _run(tmp_path, f"cat /proc/$$/status | grep -c Pid; cat /proc/{os.getpid()}/environ")
+    assert done.stdout.split()[0] != "0" and "No such file" in done.stderr
+    listed = _run(tmp_path, "ls /proc").stdout.split()
+    assert str(os.getpid()) not in listed and len([p for p in listed if p.isdigit()]) < 10
