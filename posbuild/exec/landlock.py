@@ -22,7 +22,7 @@ command into the PID namespace and waits for it, passing its status on. The comm
 drops every capability, sets no_new_privs and restricts itself with Landlock:
 
 * read and run: everything but the hidden paths (the workspace, the store, the sandbox base,
-  `/tmp`, `/var/tmp`, `/dev` but its common devices, `/run` without the network tag, the secrets
+  `/tmp`, `/dev` but its common devices, `/run` without the network tag, the secrets
   file), as rules on the entries of their parent folders (`readable`); and the `visible` paths
   (the interpreter ...);
 * read and write: the action's sandbox folder, the `writable` folders, /dev/null and the like;
@@ -59,8 +59,8 @@ PROBE_TIMEOUT = 20.0
 # the same): a rule per device of the host would cost a system call each per action
 DEVICES = ("/dev/null", "/dev/zero", "/dev/full", "/dev/random", "/dev/urandom", "/dev/tty")
 DEVICE_LINKS = ("/dev/fd", "/dev/pts", "/dev/ptmx")
-# hidden from every action: the host's temporary and runtime files, its devices (but those above)
-HIDDEN = ("/tmp", "/var/tmp", "/dev")
+# hidden from every action: the host's temporary files, its devices (but those above)
+HIDDEN = ("/tmp", "/dev")
 RUN = "/run"  # hidden too, unless the action is tagged `network`
 
 _CREATE, _VERSION_FLAG = 444, 1

@@ -141,14 +141,17 @@ static int ruleset(char **read, int nread, char **write, int nwrite, int tcp) {
     if (fd < 0) die("landlock_create_ruleset");
     for (int i = 0; i < nread + nwrite; i++) {
         const char *path = i < nread ? read[i] : write[i - nread];
-        struct stat info;
         int target = open(path, O_PATH | O_CLOEXEC);
         if (target < 0) continue;  /* a path this machine lacks, or one gone meanwhile */
         struct path_beneath rule = { i < nread ? FS_READ : FS_ALL, target };
-        if (fstat(target, &info) == 0 && !S_ISDIR(info.st_mode)) rule.allowed &= FS_FILE;
+        /* a file takes only a file's rights (trying saves a stat per rule) */
+        int failed = syscall(LL_ADD_RULE, fd, 1, &rule, 0);
+        if (failed && errno == EINVAL) {
+            rule.allowed &= FS_FILE;
+            failed = syscall(LL_ADD_RULE, fd, 1, &rule, 0);
+        }
         /* a rule that cannot be had (on a pipe ...) grants nothing: leave it out */
-        if (syscall(LL_ADD_RULE, fd, 1, &rule, 0) && errno != EBADFD && errno != EINVAL)
-            die(path);
+        if (failed && errno != EBADFD && errno != EINVAL) die(path);
         close(target);
     }
     return fd;

@@ -48,7 +48,7 @@ def lws(ws: Workspace) -> Workspace:
 
 @pytest.fixture
 def outside_tmp() -> Iterator[Path]:
-    """A folder under the home folder: not below any folder hidden wholesale (/tmp, /var/tmp)."""
+    """A folder under the home folder: not below a folder hidden wholesale (/tmp)."""
     folder = Path(tempfile.mkdtemp(prefix="posbuild-landlock-", dir=os.path.expanduser("~")))
     yield folder
     subprocess.run(["chmod", "-R", "u+w", str(folder)], check=False)
