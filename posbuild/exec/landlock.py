@@ -39,12 +39,9 @@ per action, nested, costs 0.3-0.5 ms more (docs/sandboxes.md).
 
 from __future__ import annotations
 
-import ctypes
-import hashlib
 import os
 import shutil
 import subprocess
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -81,6 +78,8 @@ class Landlocked:
 
 def abi() -> int:
     """The kernel's Landlock ABI version, 0 when it has none (or it is disabled)."""
+    import ctypes  # imported here: only a build that runs actions asks
+
     libc = ctypes.CDLL(None, use_errno=True)
     libc.syscall.restype = ctypes.c_long
     return max(int(libc.syscall(_CREATE, None, 0, _VERSION_FLAG)), 0)
@@ -94,6 +93,8 @@ def cache_folder(environ: dict[str, str] | os._Environ[str] = os.environ) -> Pat
 
 def launcher_path(folder: Path | None = None) -> Path:
     """The compiled launcher of this source: its name carries the source's digest."""
+    import hashlib
+
     digest = hashlib.sha256(SOURCE.read_bytes()).hexdigest()[:16]
     return (folder or cache_folder()) / f"launcher-{os.uname().machine}-{digest}"
 
@@ -101,6 +102,9 @@ def launcher_path(folder: Path | None = None) -> Path:
 def compiled(folder: Path | None = None) -> str:
     """The launcher's path, compiling it first when it is missing or does not match its digest
     file. Raises OSError with the reason when it cannot be had (no compiler, it failed ...)."""
+    import hashlib
+    import tempfile
+
     target = launcher_path(folder)
     stamp = target.with_name(target.name + ".sha256")
     try:
@@ -111,8 +115,11 @@ def compiled(folder: Path | None = None) -> str:
     compiler = shutil.which("cc")
     if compiler is None:
         raise OSError("no C compiler (cc) on PATH")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, temporary = tempfile.mkstemp(prefix=target.name + ".", dir=target.parent)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, temporary = tempfile.mkstemp(prefix=target.name + ".", dir=target.parent)
+    except OSError as error:  # a read-only home ...: say where ($XDG_CACHE_HOME moves it)
+        raise OSError(f"cannot write in {target.parent}: {error.strerror}") from None
     os.close(fd)
     try:
         for static in (["-static"], []):  # static starts faster; not every system can link it

@@ -152,3 +152,9 @@ def test_proc_shows_the_builds_processes_alone(tmp_path: Path) -> None:
     assert done.stdout.split()[0] != "0" and "No such file" in done.stderr
     listed = _run(tmp_path, "ls /proc").stdout.split()
     assert str(os.getpid()) not in listed and len([p for p in listed if p.isdigit()]) < 10
+
+
+def test_a_cache_that_cannot_be_written_is_an_error_naming_it(tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("")
+    with pytest.raises(OSError, match=f"cannot write in {tmp_path}/file/sub"):
+        landlock.compiled(tmp_path / "file" / "sub")
