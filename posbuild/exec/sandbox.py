@@ -28,7 +28,7 @@ the whole group is killed, so no stray background process outlives its action.
 
 Namespaces (`[sandbox] mode`). "auto" (the default) and "landlock": where Landlock ABI 6 and a
 C compiler are there, the command is exec'd through a small launcher (landlock.py) that joins
-the user, PID, network, IPC and UTS namespaces made once per process, drops every capability
+the user, mount, PID, network, IPC and UTS namespaces made once per process, drops every capability
 and restricts the command with Landlock: everything but the workspace, the store, the sandbox
 base, /tmp, /dev and /run (and the secrets file) is readable, only the sandbox folder is
 writable, TCP is denied without the network tag. The folder and its staging are the folder
@@ -567,7 +567,9 @@ class LocalSpawner:
                 umask: int = -1, program: str | None = None,
                 direct: Direct | None = None) -> Running:
         """Start `argv` in its own session, in the sandbox's `exec/`, on the processors it is given;
-        `program`: the file to exec when `argv` runs without the shell, as `direct` says."""
+        `program`: the file to exec when `argv` runs without the shell, as `direct` says. Under
+        Landlock the launcher execs it (and the shell, should a plain command's program not be
+        exec'able as it is)."""
         started = time.monotonic()
         if isinstance(self._isolation, Landlocked):
             preload = env.pop("LD_PRELOAD", None)
