@@ -235,7 +235,7 @@ def landlocked(launcher: str, hidden: Iterable[str], visible: Iterable[str],
     hidden = [*hidden, *HIDDEN, *masked]
     opened = sorted({os.path.abspath(w) for w in writable if w.startswith("/")})
     shown = sorted({os.path.realpath(v) for v in visible if os.path.exists(v)})
-    start = (launcher, "-P", str(os.getpid()), "-N", holder)
+    start = (launcher, "-N", holder)
     rules = ("-w", *DEVICES, *opened)
 
     def read(paths: list[str]) -> tuple[str, ...]:

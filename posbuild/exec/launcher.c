@@ -8,8 +8,7 @@
  *       posbuild, and exits when posbuild closes it, however posbuild ends: the kernel then
  *       kills every process in those namespaces and in the namespaces nested in them.
  *
- *   launcher [-P PID] [-N PID] [-t] [-c TEXT] [-L PRELOAD] [-r PATH...] [-w PATH...] -- FILE ARGV...
- *       -P  posbuild's pid: give up if the parent is already another (it died meanwhile)
+ *   launcher [-N PID] [-t] [-c TEXT] [-L PRELOAD] [-r PATH...] [-w PATH...] -- FILE ARGV...
  *       -N  the PID 1 of `hold`: join its user, mount, IPC, UTS and PID namespaces, and its network
  *           namespace unless -t; the command then runs in a child, which this process waits for
  *       -t  TCP allowed and the host's network kept (an action tagged `network`)
@@ -188,15 +187,14 @@ static int pass_on(int status) {
 int main(int argc, char **argv) {
     if (argc == 2 && !strcmp(argv[1], "hold")) return hold();
     char **read = calloc(argc, sizeof *read), **write = calloc(argc, sizeof *write);
-    char *parent = NULL, *holder = NULL, *script = NULL, *preload = NULL;
+    char *holder = NULL, *script = NULL, *preload = NULL;
     int nread = 0, nwrite = 0, tcp = 0, list = 0, i;
     if (!read || !write) die("calloc");
     for (i = 1; i < argc && strcmp(argv[i], "--"); i++) {
         char *arg = argv[i];
-        if (arg[0] == '-' && arg[1] && !arg[2] && strchr("PNcL", arg[1]) && i + 1 < argc) {
+        if (arg[0] == '-' && arg[1] && !arg[2] && strchr("NcL", arg[1]) && i + 1 < argc) {
             char *value = argv[++i];
-            *(arg[1] == 'P' ? &parent : arg[1] == 'N' ? &holder : arg[1] == 'c' ? &script
-                                                                  : &preload) = value;
+            *(arg[1] == 'N' ? &holder : arg[1] == 'c' ? &script : &preload) = value;
         } else if (!strcmp(arg, "-t")) tcp = 1;
         else if (!strcmp(arg, "-r") || !strcmp(arg, "-w")) list = arg[1];
         else if (list == 'r' && arg[0] == '/') read[nread++] = arg;
@@ -205,8 +203,8 @@ int main(int argc, char **argv) {
     }
     if (i + 2 >= argc) { fprintf(stderr, "posbuild sandbox: no command\n"); return FAIL; }
     char *file = argv[i + 1], **command = argv + i + 2;
-    prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0);
-    if (parent && getppid() != atoi(parent)) _exit(FAIL);  /* posbuild is gone */
+    /* No death signal here: it would fire when the posbuild *thread* that started this ends.
+     * When posbuild ends, the PID namespace does: the child is killed, and this returns. */
     if (holder) join(holder, tcp);  /* the child will be in the PID namespace: a fork */
     int rules = ruleset(read, nread, write, nwrite, tcp);
     pid_t child = holder ? fork() : 0;
