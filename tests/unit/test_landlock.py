@@ -4,9 +4,11 @@ compiled launcher and its cache, and each guarantee on real processes run throug
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -158,3 +160,44 @@ def test_a_cache_that_cannot_be_written_is_an_error_naming_it(tmp_path: Path) ->
     (tmp_path / "file").write_text("")
     with pytest.raises(OSError, match=f"cannot write in {tmp_path}/file/sub"):
         landlock.compiled(tmp_path / "file" / "sub")
+
+
+@NEEDS_LANDLOCK
+def test_closing_the_holder_ends_every_process_in_its_namespaces(tmp_path: Path) -> None:
+    """What posbuild's end does (its pipe closes), even to a process that left its session."""
+    holder = landlock.Holder()
+    pid = holder.pid(landlock.compiled(tmp_path / "cache"))
+    marker = f"{97 + (os.getpid() % 1000) / 1000:.3f}"
+    argv = [landlock.compiled(tmp_path / "cache"), "-N", pid, "-r", "/", "-w", str(tmp_path),
+            "--", "/bin/sh", "sh", "-c",
+            f"setsid sleep {marker} & sleep {marker}"]
+    started = subprocess.Popen(argv, cwd=tmp_path, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 10
+        while len(_sleeping(marker)) < 2:
+            assert time.monotonic() < deadline, "the command never started"
+            time.sleep(0.02)
+        holder.close()
+        assert started.wait(timeout=10) == -signal.SIGKILL
+        deadline = time.monotonic() + 10
+        while _sleeping(marker):
+            assert time.monotonic() < deadline, "a process outlived the namespaces"
+            time.sleep(0.05)
+    finally:
+        holder.close()
+        if started.poll() is None:
+            started.kill()
+            started.wait()
+
+
+def _sleeping(marker: str) -> list[str]:
+    needle = f"sleep\0{marker}".encode()
+    found = []
+    for entry in os.listdir("/proc"):
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as handle:
+                if needle in handle.read():
+                    found.append(entry)
+        except OSError:
+            pass
+    return found
