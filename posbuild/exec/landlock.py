@@ -2,7 +2,7 @@
 
 One bwrap per action costs ~6 ms, most of it the kernel making and tearing down namespaces
 (docs/sandboxes.md, "Cost of the namespace sandbox"). Here the namespaces are made once per
-process and each command only joins them, and the file system is closed by Landlock rules
+build and each command only joins them, and the file system is closed by Landlock rules
 instead of mounts: together under 1 ms per action more than the folder sandbox.
 
 The launcher (launcher.c, shipped beside this module) is compiled on first use with the
@@ -14,12 +14,14 @@ matches (truncated, overwritten) is compiled again. Python cannot run between fo
 without costing milliseconds, and the wheel is built by hatchling (no compiled extension): so a
 program compiled here.
 
-Per process, `launcher hold` makes a user, PID, network (loopback only), IPC and UTS namespace,
-whose PID 1 lives until posbuild closes the pipe it reads: however posbuild ends, the kernel then
-kills every process in them, one that left its process group (`setsid`) included. Per action
-the launcher joins them (the network one unless the action is tagged `network`), forks the
-command into the PID namespace and waits for it, passing its status on. The command's process
-drops every capability, sets no_new_privs and restricts itself with Landlock:
+Per build, `launcher hold` makes a user, mount (the host's, with a /proc of its own), PID,
+network (loopback only), IPC and UTS namespace, whose PID 1 lives until posbuild closes the pipe
+it reads: when the build's spawners close (`Holder`), or when posbuild ends, however it ends.
+The kernel then kills every process in them, one that left its process group (`setsid`)
+included. Per action the launcher joins them (the network one unless the action is tagged
+`network`), forks the command into the PID namespace and waits for it, passing its status on.
+The command's process drops every capability, sets no_new_privs and restricts itself with
+Landlock:
 
 * read and run: everything but the hidden paths (the workspace, the store, the sandbox base,
   `/tmp`, `/dev` but its common devices, `/run` without the network tag, the secrets
@@ -33,7 +35,7 @@ What it does not hide, against bwrap: `stat` of a hidden path still says it exis
 and times); a folder above a hidden one can still be walked through but not listed;
 /proc shows the other processes (their command lines; not their environment or files). The
 inputs are copies in a writable folder, not read-only binds. A command's process that left its
-process group ends with the build (posbuild's process), not with its action: a PID namespace
+process group ends with the build, not with its action: a PID namespace
 per action, nested, costs 0.3-0.5 ms more (docs/sandboxes.md).
 """
 
@@ -42,6 +44,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -65,7 +68,8 @@ _CREATE, _VERSION_FLAG = 444, 1
 
 @dataclass(frozen=True, slots=True)
 class Landlocked:
-    """What every action under Landlock shares: the launcher argv up to the action's own part.
+    """What every action under Landlock shares: the launcher and its rules, before the action's
+    own part (`command` adds the build's namespaces, which may be made anew between builds).
 
     `head` joins the build's network namespace and denies TCP; `head_network` keeps the host's
     network and `/run` (an action tagged `network`).
@@ -148,19 +152,29 @@ def compiled(folder: Path | None = None) -> str:
 
 
 class Holder:
-    """The process holding this posbuild process's namespaces (`launcher hold`'s PID 1): made
-    once per process, it ends when posbuild closes (or loses) the pipe it reads."""
+    """The process holding the build's namespaces (`launcher hold`'s PID 1): started by the first
+    action that needs it, it ends when posbuild closes (or loses) the pipe it reads — when the
+    last spawner using it closes (`lease`, `release`: the end of a build, also in a long-lived
+    process), or when posbuild ends, however it ends."""
 
     def __init__(self) -> None:
         self._pid = 0  # the process that made it; a forked child makes its own
         self._holder = ""
         self._pipe = -1
+        self._leases = 0
+        self._lock = threading.Lock()
 
     def pid(self, launcher: str) -> str:
         """The holder's pid (as text, for the launcher's argv), started when needed. Raises
         OSError when the namespaces cannot be made here."""
-        if self._pid == os.getpid() and self._holder:
+        if self._pid == os.getpid() and self._holder:  # the per-action path: no lock
             return self._holder
+        with self._lock:
+            if self._pid != os.getpid() or not self._holder:
+                self._start(launcher)
+            return self._holder
+
+    def _start(self, launcher: str) -> None:
         read, write = os.pipe()
         try:
             done = subprocess.run([launcher, "hold"], stdin=read, capture_output=True,
@@ -178,13 +192,28 @@ class Holder:
             os.close(write)
             lines = done.stderr.decode("utf-8", "replace").strip().splitlines()
             raise OSError(lines[-1] if lines else f"launcher hold exited with {done.returncode}")
-        if self._pid == os.getpid() and self._pipe >= 0:
-            os.close(self._pipe)
+        if self._pid != os.getpid():
+            self._leases = 0  # a forked child's own
         self._pid, self._holder, self._pipe = os.getpid(), holder, write
-        return holder
+
+    def lease(self) -> None:
+        """A spawner will run actions in the namespaces (until its `release`)."""
+        with self._lock:
+            self._leases += 1
+
+    def release(self) -> None:
+        """A spawner is done: the last one ends the namespaces, and what still runs in them."""
+        with self._lock:
+            self._leases = max(0, self._leases - 1)
+            if self._leases == 0:
+                self._close()
 
     def close(self) -> None:
-        """End the namespaces (and whatever still runs in them)."""
+        """End the namespaces (and whatever still runs in them) now."""
+        with self._lock:
+            self._close()
+
+    def _close(self) -> None:
         if self._pid == os.getpid() and self._pipe >= 0:
             os.close(self._pipe)
         self._pipe, self._holder = -1, ""
@@ -231,17 +260,15 @@ def landlocked(launcher: str, hidden: Iterable[str], visible: Iterable[str],
     one included (WRITABLE_VARIABLE: Landlock cannot take back a right inside a folder it
     granted). `masked`: files no action may read (the secrets file).
     """
-    holder = HOLDER.pid(launcher)
     hidden = [*hidden, *HIDDEN, *masked]
     opened = sorted({os.path.abspath(w) for w in writable if w.startswith("/")})
     shown = sorted({os.path.realpath(v) for v in visible if os.path.exists(v)})
-    start = (launcher, "-N", holder)
     rules = ("-w", *DEVICES, *opened)
 
     def read(paths: list[str]) -> tuple[str, ...]:
         return ("-r", *paths, *DEVICE_LINKS, *shown)
-    return Landlocked(launcher, (*start, *read(readable([*hidden, RUN])), *rules),
-                      (*start, "-t", *read(readable(hidden)), *rules))
+    return Landlocked(launcher, (*read(readable([*hidden, RUN])), *rules),
+                      ("-t", *read(readable(hidden)), *rules))
 
 
 def command(landlocked: Landlocked, sandbox: str, network: bool, file: str,
@@ -249,8 +276,10 @@ def command(landlocked: Landlocked, sandbox: str, network: bool, file: str,
             preload: str | None = None) -> list[str]:
     """The launcher argv that execs `file` (with `argv`, argv[0] as the shell would give it) with
     `sandbox` writable. `script`: what bash runs when `file` cannot be exec'd (a plain command's
-    program without `#!`). `preload`: LD_PRELOAD for the command alone (libfaketime)."""
-    head = list(landlocked.head_network if network else landlocked.head)
+    program without `#!`). `preload`: LD_PRELOAD for the command alone (libfaketime). The
+    build's namespaces are started here when none are held (`HOLDER`)."""
+    head = [landlocked.launcher, "-N", HOLDER.pid(landlocked.launcher)]
+    head += landlocked.head_network if network else landlocked.head
     head += ["-w", sandbox]
     if script is not None:
         head += ["-c", script]

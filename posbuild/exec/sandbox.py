@@ -290,8 +290,12 @@ class LocalSpawner:
         self._masks = threading.local()  # `current`: the mask this spawner last gave the thread
         # whether `clear_stale` claimed the base for this process (`<pid>.owner`)
         self._claimed = False
-        # bwrap --die-with-parent does it there, and the Landlock sandbox's PID namespaces
+        # bwrap --die-with-parent does it there, and the Landlock sandbox's PID namespace
         self._guard = ORPHANS if isolation is None else NO_GUARD
+        # a share of the Landlock sandbox's namespaces: `close` ends them with the build
+        self._leased = isinstance(isolation, Landlocked)
+        if self._leased:
+            landlock.HOLDER.lease()
 
     @property
     def namespaced(self) -> bool:
@@ -314,7 +318,12 @@ class LocalSpawner:
             self._claimed = True
 
     def close(self) -> None:
-        """Give up this one's share of the process's claim on the base (its sandboxes are gone)."""
+        """Give up this one's share of the process's claim on the base (its sandboxes are gone)
+        and of the Landlock sandbox's namespaces (the last spawner's close ends them, and with
+        them whatever its commands left running)."""
+        if self._leased:
+            landlock.HOLDER.release()
+            self._leased = False
         if self._claimed:
             release_mark(f"{self._base}/{self._pid}{OWNER_SUFFIX}")
             self._claimed = False

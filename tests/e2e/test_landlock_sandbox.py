@@ -15,13 +15,17 @@ import signal
 import subprocess
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Iterator
 
 import pytest
 
 from conftest import POSBUILD, Result, Workspace, bwrap_problem, landlock_problem
+from posbuild.core.action import Action
 from posbuild.exec import landlock, namespaces
+from posbuild.exec.sandbox import LocalSpawner, choose_isolation
+from posbuild.workspace.config import load_config
 
 PROBLEM = landlock_problem()
 pytestmark = pytest.mark.skipif(PROBLEM is not None, reason=f"Landlock cannot run here: {PROBLEM}")
@@ -212,6 +216,29 @@ def test_what_a_command_left_running_in_a_session_of_its_own_ends_with_the_build
     """})  # noqa: E501
     ok(lws, "//pkg:daemon")
     assert _gone(f"sleep\0{marker}".encode(), 5), "the daemon outlived the build"
+
+
+def test_a_long_lived_process_ends_what_a_build_left_running_when_the_build_ends(ws, tmp_path):
+    """A build server runs many builds: the namespaces end with each build's spawner, and the
+    next build gets new ones."""
+    config = replace(load_config(ws.root), sandbox_mode="landlock")
+    marker = f"{93 + (os.getpid() % 1000) / 1000:.3f}"
+    action = Action(label="//pkg:d", kind="genrule",
+                    command=f"setsid sleep {marker} & sleep 1; echo > posbuild-out/pkg/d.txt",
+                    inputs=(), tools=(), outputs=("posbuild-out/pkg/d.txt",), env=(), versions=(),
+                    timeout=0, tags=(), def_hash=b"\0" * 32, deps=(), sources=())
+    for build_number in range(2):
+        isolation, _ = choose_isolation(config)
+        sandboxes = LocalSpawner(ws.root, tmp_path / "sandboxes", isolation)
+        sandboxes.clear_stale()
+        result = sandboxes.run(action)
+        try:
+            assert result.exit_code == 0, result.stderr
+            assert _processes_with(f"sleep\0{marker}".encode()), "the daemon never started"
+        finally:
+            sandboxes.remove(result)
+            sandboxes.close()
+        assert _gone(f"sleep\0{marker}".encode(), 5), f"build {build_number} left it running"
 
 
 def test_exit_codes_and_signals_are_passed_on_as_in_the_folder_sandbox(lws):
