@@ -218,9 +218,11 @@ def test_what_a_command_left_running_in_a_session_of_its_own_ends_with_the_build
     assert _gone(f"sleep\0{marker}".encode(), 5), "the daemon outlived the build"
 
 
-def test_a_long_lived_process_ends_what_a_build_left_running_when_the_build_ends(ws, tmp_path):
+def test_a_long_lived_process_ends_what_a_build_left_running_when_the_build_ends(ws, tmp_path,
+                                                                               monkeypatch):
     """A build server runs many builds: the namespaces end with each build's spawner, and the
     next build gets new ones."""
+    monkeypatch.setattr(landlock, "HOLDER", landlock.Holder())  # none of this process's others
     config = replace(load_config(ws.root), sandbox_mode="landlock")
     marker = f"{93 + (os.getpid() % 1000) / 1000:.3f}"
     action = Action(label="//pkg:d", kind="genrule",
