@@ -1,19 +1,19 @@
 #!/usr/bin/env python3
-"""What the namespace sandbox costs per action, compared with the folder sandbox.
+"""What the namespace sandboxes cost per action, compared with the folder sandbox.
 
-Why this exists: `[sandbox] mode = "auto"` runs every action under bubblewrap wherever it works,
-so the price of the extra isolation (a mount, PID, IPC, UTS and network namespace per action)
-is paid by every build. This script measures it two ways, on the same work:
+Why this exists: `[sandbox] mode = "auto"` runs every action under Landlock (or bubblewrap)
+wherever it works, so the price of the extra isolation is paid by every build. This script
+measures it two ways, on the same work, for each sandbox that can run here:
 
 * **cold builds**: bench.py's generated workspace of cheap `cat` tasks, built from scratch
-  (`.posbuild/` and `posbuild-out/` deleted) with `[sandbox] mode = "namespace"` and then
-  `"folder"`, alternating, several times. Per action = median wall time / number of actions.
-  Outputs of both modes are compared byte for byte;
+  (`.posbuild/` and `posbuild-out/` deleted) with `[sandbox] mode = "landlock"`, `"namespace"`
+  (bubblewrap) and `"folder"`, alternating, several times. Per action = median wall time /
+  number of actions. Outputs of every mode are compared byte for byte;
 * **spawn only**: `LocalSpawner.run` + `remove` of one trivial action (two inputs, one output)
   in a loop, in-process, without the build around it: the sandbox's own cost.
 
-Prints ms/action for each mode and the difference. Needs bwrap to work (else it says why and
-exits 1). Run from the repository root:
+Prints ms/action for each mode and its difference with the folder sandbox (`--modes` picks
+them). Run from the repository root:
 
     .venv/bin/python bench/bench_sandbox.py --size 300 --repeat 3 --jobs 1
 """
@@ -36,7 +36,7 @@ sys.path.insert(0, str(HERE.parent))
 
 import bench  # noqa: E402  (the generator of the workspace)
 
-MODES = ("namespace", "folder")
+MODES = ("landlock", "namespace", "folder")
 ENV = {k: v for k, v in os.environ.items()
        if k not in ("PYTHONDONTWRITEBYTECODE", "POSBUILD_SANDBOX_WRITABLE")}
 
@@ -59,7 +59,7 @@ def cold_build(root: Path, mode: str, jobs: int) -> float:
     elapsed = time.perf_counter() - started
     if done.returncode != 0:
         sys.exit(f"error: {mode} build failed ({done.returncode}):\n{done.stdout}{done.stderr}")
-    if "bubblewrap" in done.stderr:
+    if "bubblewrap" in done.stderr or "Landlock" in done.stderr:
         sys.exit(f"error: {mode} build did not use the sandbox asked for:\n{done.stderr}")
     return elapsed
 
@@ -69,7 +69,7 @@ def outputs(root: Path) -> dict[str, bytes]:
     return {str(p.relative_to(out)): p.read_bytes() for p in out.rglob("*") if p.is_file()}
 
 
-def spawn_only(root: Path, loops: int) -> dict[str, float]:
+def spawn_only(root: Path, loops: int, modes: tuple[str, ...]) -> dict[str, float]:
     """Median seconds of one LocalSpawner.run + remove of a trivial action, per mode."""
     from posbuild.core.action import Action
     from posbuild.workspace.config import load_config
@@ -85,7 +85,7 @@ def spawn_only(root: Path, loops: int) -> dict[str, float]:
                     versions=(), timeout=0, tags=(), def_hash=b"\0" * 32, deps=(),
                     sources=("pkg/a.txt", "pkg/b.txt"))
     medians = {}
-    for mode in MODES:
+    for mode in modes:
         set_mode(root, mode)
         config = load_config(root)
         isolation, notice = choose_isolation(config)
@@ -114,46 +114,54 @@ def main() -> None:
     parser.add_argument("--loops", type=int, default=200,
                         help="spawn-only runs per mode (default 200)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--modes", default=",".join(MODES),
+                        help="the sandboxes to compare (default: all three)")
     args = parser.parse_args()
 
+    from posbuild.errors import SandboxUnavailable
     from posbuild.exec import namespaces
 
-    bwrap = namespaces.find_bwrap()
-    problem = "bwrap not found on PATH" if bwrap is None else namespaces.probe(
-        (*namespaces.isolation(bwrap, (), ()).head, *namespaces.isolation(bwrap, (), ()).tail))
-    if problem:
-        sys.exit(f"bubblewrap cannot run here ({problem}); nothing to compare")
+    modes = []
+    for mode in args.modes.split(","):
+        try:
+            namespaces.choose(mode, (), ())
+        except SandboxUnavailable as error:
+            print(f"skipped: {error}")
+            continue
+        modes.append(mode)
+    if "folder" not in modes:
+        modes.append("folder")
 
     with tempfile.TemporaryDirectory(prefix="posbuild-bench-sandbox-") as work:
         root = Path(work) / "ws"
         root.mkdir()
         graph = bench.generate_graph(args.size, args.seed)
         bench.write_posbuild(root, graph)
-        times: dict[str, list[float]] = {mode: [] for mode in MODES}
+        times: dict[str, list[float]] = {mode: [] for mode in modes}
         seen: dict[str, dict[str, bytes]] = {}
         for _ in range(args.repeat):
-            for mode in MODES:
+            for mode in modes:
                 times[mode].append(cold_build(root, mode, args.jobs))
                 seen[mode] = outputs(root)
-        if seen["namespace"] != seen["folder"]:
-            sys.exit("error: the two modes produced different outputs")
-        spawn = spawn_only(Path(work) / "spawn", args.loops) if args.loops else {}
+        if any(seen[mode] != seen["folder"] for mode in modes):
+            sys.exit("error: the modes produced different outputs")
+        spawn = spawn_only(Path(work) / "spawn", args.loops, tuple(modes)) if args.loops else {}
 
     print(f"{args.size} actions (bench.py's workspace), cold builds -j{args.jobs}, median of "
-          f"{args.repeat}; outputs identical in both modes")
+          f"{args.repeat}; outputs identical in every mode")
     per_action = {}
-    for mode in MODES:
+    for mode in modes:
         median = statistics.median(times[mode])
         per_action[mode] = median / args.size * 1000
         line = f"  {mode:9}  build {median:7.2f} s  {per_action[mode]:6.2f} ms/action"
         if spawn:
             line += f"   spawn only {spawn[mode] * 1000:6.2f} ms/action"
         print(line)
-    line = (
-        f"  difference            {per_action['namespace'] - per_action['folder']:+6.2f} ms/action")
-    if spawn:
-        line += f"              {(spawn['namespace'] - spawn['folder']) * 1000:+6.2f} ms/action"
-    print(line)
+    for mode in modes[:-1]:
+        line = (f"  {mode} - folder {per_action[mode] - per_action['folder']:+6.2f} ms/action")
+        if spawn:
+            line += f"{'':14}{(spawn[mode] - spawn['folder']) * 1000:+6.2f} ms/action"
+        print(line)
 
 
 if __name__ == "__main__":

@@ -15,7 +15,10 @@ staged folder with two read-only inputs):
 * landlock: Popen with a preexec_fn that restricts the child with a Landlock ruleset (system
   folders read-only, inputs read, sandbox read-write; TCP bind/connect denied; signals and
   abstract Unix sockets scoped) made by the parent per action;
-* landlock+netns: the same, the child also joining a network namespace made once (setns).
+* landlock+netns: the same, the child also joining a network namespace made once (setns);
+* posbuild's launcher (posbuild/exec/launcher.c, what `[sandbox] mode = "landlock"` runs): the
+  compiled program joins the user, PID, network, IPC and UTS namespaces its `hold` made once,
+  forks, and applies posbuild's own rules (`landlock.landlocked`) in the child before exec.
 
 Prints one table: median ms per action, the delta against fork+exec, and what each keeps. Also
 checks, on real processes, that the hidden workspace file cannot be read and that a write
@@ -42,7 +45,7 @@ from typing import Callable
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from posbuild.exec import namespaces  # noqa: E402
+from posbuild.exec import landlock, namespaces  # noqa: E402
 
 libc = ctypes.CDLL(None, use_errno=True)
 libc.syscall.restype = ctypes.c_long
@@ -337,6 +340,7 @@ def main() -> int:
     zygote = Zygote(root)
     launcher = _compile(top)
     holder = _holder() if launcher else None
+    posbuild_shared = _posbuild_launcher(workspace, base)
 
     def with_launcher(options: list[str]) -> Callable[[list[str]], Callable[[], int]]:
         return lambda argv: lambda: popen([launcher, *options, "--", *argv])
@@ -375,6 +379,13 @@ def main() -> int:
             alternatives.append(("C shared user/net ns + pid + mount ns", with_launcher(
                 ["-j", str(holder), "-p", "-m", root, *mount_binds]),
                 "all five; the hidden path does not exist"))
+
+    if posbuild_shared is not None:
+        def with_posbuild(argv: list[str]) -> Callable[[], int]:
+            full = landlock.command(posbuild_shared, sandbox, False, argv[0], argv)
+            return lambda: popen(full)
+        alternatives.append(("posbuild's launcher (mode = landlock)", with_posbuild,
+                             "files, network, capabilities, dies with posbuild (build PID ns)"))
 
     # the guarantees, on real processes: the hidden file cannot be read, nothing written outside
     probe = ["/bin/sh", "-c", f"cat {workspace}/secret.txt; echo x > {workspace}/leak"]
@@ -416,6 +427,17 @@ def _compile(top: str) -> str | None:
     source = Path(__file__).resolve().parent / "c" / "sandbox_exec.c"
     done = subprocess.run([compiler, "-O2", "-o", target, str(source)], capture_output=True)
     return target if done.returncode == 0 else None
+
+
+def _posbuild_launcher(workspace: str, base: str) -> landlock.Landlocked | None:
+    """posbuild's own launcher and rules, or None where Landlock cannot run."""
+    if landlock.abi() < landlock.MIN_ABI:
+        return None
+    try:
+        return landlock.landlocked(landlock.compiled(), (workspace, base),
+                                   (sys.prefix, os.path.realpath(sys.executable)))
+    except OSError:
+        return None
 
 
 def _holder() -> int | None:

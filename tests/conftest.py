@@ -105,6 +105,18 @@ def bwrap_problem() -> str | None:
     return namespaces.probe((*chosen.head, *chosen.tail))
 
 
+def landlock_problem() -> str | None:
+    """Why the Landlock sandbox cannot run here, or None when it can."""
+    from posbuild.exec import namespaces
+    from posbuild.errors import SandboxUnavailable
+
+    try:
+        namespaces.choose("landlock", (), ())
+    except SandboxUnavailable as error:
+        return str(error)
+    return None
+
+
 @pytest.fixture(scope="session", autouse=True)
 def sandbox_may_write_test_probes(tmp_path_factory: pytest.TempPathFactory) -> None:
     """Let actions write the probe files tests leave under the test's temp folder (start flags,

@@ -33,6 +33,7 @@ from posbuild.exec.dask_cluster import fetch_secrets
 from posbuild.exec.dask_wire import (InputFile, RemoteAction, RemoteReply, WorkerTerms,
                                      visible_paths, write_files)
 from posbuild.exec.namespaces import Isolation, choose
+from posbuild.exec.landlock import Landlocked
 from posbuild.exec.sandbox import LocalSpawner, find_libfaketime
 from posbuild.exec.spawner import SpawnResult
 from posbuild.host.nofollow import read_upto
@@ -197,7 +198,7 @@ def _environments(terms: WorkerTerms) -> tuple[Environments | None, str]:
         return None, error.render()
 
 
-def _isolation(hidden: str, terms: WorkerTerms) -> Isolation | None:
+def _isolation(hidden: str, terms: WorkerTerms) -> Isolation | Landlocked | None:
     """This worker's choice for `[sandbox] mode`, made as `sandbox.choose_isolation` makes it
     locally: the worker's scratch folder hidden, the client's and the worker's interpreters
     shown."""

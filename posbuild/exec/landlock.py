@@ -1,117 +1,305 @@
-"""Layer 0: Landlock rules for one action — a prototype of a cheaper namespace sandbox.
+"""Layer 0: the Landlock sandbox — each action's command exec'd through a small C launcher.
 
-One bwrap per action costs ~6 ms; Landlock rules applied between fork and exec cost a fraction
-of a millisecond from a small launcher (docs/sandboxes.md, "Cost of the namespace sandbox").
-Here are the pieces, usable from Python: the ABI probe, a ruleset made in the parent (folders
-and files readable, folders writable, TCP denied, signals and abstract Unix sockets scoped to
-the action) and the function a child runs before exec to drop every capability and restrict
-itself.
+One bwrap per action costs ~6 ms, most of it the kernel making and tearing down namespaces
+(docs/sandboxes.md, "Cost of the namespace sandbox"). Here the namespaces are made once per
+build and each command only joins them, and the file system is closed by Landlock rules
+instead of mounts: together under 1 ms per action more than the folder sandbox.
 
-Not wired in: `[sandbox] mode` never chooses it. From a `preexec_fn` it costs 2-3 ms (Python
-in the forked child); the launcher that meets the target would plug into
-sandbox.LocalSpawner._launch in place of the bwrap argv `_namespaced` builds. Against bwrap it
-denies opening, listing, writing and running outside its rules, but `stat` still sees that a
-hidden path exists, and it has no rule for UDP (a shared network namespace covers that).
-System call numbers are x86_64's.
+The launcher (launcher.c, shipped beside this module) is compiled on first use with the
+system's C compiler (`cc` on PATH) into the user's cache (`$XDG_CACHE_HOME/posbuild/`, else
+`~/.cache/posbuild/`), under a name carrying the digest of its source, so an upgrade compiles
+anew; written to a temporary name and renamed, so two builds compiling at once both end with a
+whole program. A digest of the compiled program sits beside it: a program that no longer
+matches (truncated, overwritten) is compiled again. Python cannot run between fork and exec
+without costing milliseconds, and the wheel is built by hatchling (no compiled extension): so a
+program compiled here.
+
+Per build, `launcher hold` makes a user, mount (the host's, with a /proc of its own), PID,
+network (loopback only), IPC and UTS namespace, whose PID 1 lives until posbuild closes the pipe
+it reads: when the build's spawners close (`Holder`), or when posbuild ends, however it ends.
+The kernel then kills every process in them, one that left its process group (`setsid`)
+included. Per action the launcher joins them (the network one unless the action is tagged
+`network`), forks the command into the PID namespace and waits for it, passing its status on.
+The command's process drops every capability, sets no_new_privs and restricts itself with
+Landlock:
+
+* read and run: everything but the hidden paths (the workspace, the store, the sandbox base,
+  `/tmp`, `/dev` but its common devices, `/run` without the network tag, the secrets
+  file), as rules on the entries of their parent folders (`readable`); and the `visible` paths
+  (the interpreter ...);
+* read and write: the action's sandbox folder, the `writable` folders, /dev/null and the like;
+* TCP bind and connect denied unless tagged `network`; no signal to and no abstract Unix socket
+  of a process outside the action (Landlock ABI 6).
+
+What it does not hide, against bwrap: `stat` of a hidden path still says it exists (and its size
+and times); a folder above a hidden one can still be walked through but not listed;
+/proc shows the other processes (their command lines; not their environment or files). The
+inputs are copies in a writable folder, not read-only binds. A command's process that left its
+process group ends with the build, not with its action: a PID namespace
+per action, nested, costs 0.3-0.5 ms more (docs/sandboxes.md).
 """
 
 from __future__ import annotations
 
-import ctypes
 import os
+import shutil
+import subprocess
+import threading
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from pathlib import Path
+from typing import Iterable, Sequence
 
-_CREATE, _ADD_RULE, _RESTRICT, _CAPSET = 444, 445, 446, 126
-_VERSION_FLAG = 1
-_PATH_BENEATH = 1
-_PR_SET_SECUREBITS, _PR_SET_NO_NEW_PRIVS = 28, 38
-_SECURE_NOROOT_LOCKED = 0b101111  # root's exec gives no capability back, and that is locked
-READ = 1 | 4 | 8  # EXECUTE, READ_FILE, READ_DIR
-_FILE_RIGHTS = 1 | 2 | 4 | (1 << 14) | (1 << 15)  # the rights a rule on a file may hold
-ALL = (1 << 16) - 1  # every file-system right up to ABI 5
-_NET_TCP = 1 | 2  # BIND_TCP, CONNECT_TCP (ABI 4)
-_SCOPES = 1 | 2  # ABSTRACT_UNIX_SOCKET, SIGNAL (ABI 6)
-MIN_ABI = 6
-SYSTEM = ("/usr", "/etc", "/lib", "/lib64", "/bin", "/sbin", "/opt", "/dev", "/proc")
+from posbuild.host.paths import within
 
+MIN_ABI = 6  # signal and abstract Unix socket scopes
+SOURCE = Path(__file__).with_name("launcher.c")
+COMPILE_TIMEOUT = 120.0  # seconds
+PROBE_TIMEOUT = 20.0
+# the devices a command may write, and what else of /dev it may read (bwrap's fresh /dev has
+# the same): a rule per device of the host would cost a system call each per action
+DEVICES = ("/dev/null", "/dev/zero", "/dev/full", "/dev/random", "/dev/urandom", "/dev/tty")
+DEVICE_LINKS = ("/dev/fd", "/dev/pts", "/dev/ptmx")
+# hidden from every action: the host's temporary files, its devices (but those above)
+HIDDEN = ("/tmp", "/dev")
+RUN = "/run"  # hidden too, unless the action is tagged `network`
 
-class _RulesetAttr(ctypes.Structure):
-    _fields_ = [("fs", ctypes.c_uint64), ("net", ctypes.c_uint64), ("scoped", ctypes.c_uint64)]
-
-
-class _PathBeneath(ctypes.Structure):
-    _pack_ = 1
-    _fields_ = [("allowed", ctypes.c_uint64), ("fd", ctypes.c_int32)]
+_CREATE, _VERSION_FLAG = 444, 1
 
 
 @dataclass(frozen=True, slots=True)
-class Rules:
-    """What one action may touch: `read` (read, list, run) and `write` (everything)."""
+class Landlocked:
+    """What every action under Landlock shares: the launcher and its rules, before the action's
+    own part (`command` adds the build's namespaces, which may be made anew between builds).
 
-    read: tuple[str, ...]
-    write: tuple[str, ...]
+    `head` joins the build's network namespace and denies TCP; `head_network` keeps the host's
+    network and `/run` (an action tagged `network`).
+    """
 
-
-def _libc() -> ctypes.CDLL:
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.syscall.restype = ctypes.c_long
-    return libc
-
-
-def _checked(result: int, what: str) -> int:
-    if result < 0:
-        error = ctypes.get_errno()
-        raise OSError(error, f"{what}: {os.strerror(error)}")
-    return result
+    launcher: str
+    head: tuple[str, ...]
+    head_network: tuple[str, ...]
 
 
 def abi() -> int:
     """The kernel's Landlock ABI version, 0 when it has none (or it is disabled)."""
-    return max(int(_libc().syscall(_CREATE, None, 0, _VERSION_FLAG)), 0)
+    import ctypes  # imported here: only a build that runs actions asks
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.syscall.restype = ctypes.c_long
+    return max(int(libc.syscall(_CREATE, None, 0, _VERSION_FLAG)), 0)
 
 
-def ruleset(rules: Rules) -> int:
-    """A ruleset file descriptor for `rules`; the caller closes it once the child started.
-    Paths that do not exist are skipped (a system folder this machine lacks)."""
-    libc = _libc()
-    attr = _RulesetAttr(ALL, _NET_TCP, _SCOPES)
-    fd = _checked(libc.syscall(_CREATE, ctypes.byref(attr), ctypes.sizeof(attr), 0),
-                  "landlock_create_ruleset")
+def cache_folder(environ: dict[str, str] | os._Environ[str] = os.environ) -> Path:
+    """Where compiled launchers live: `$XDG_CACHE_HOME/posbuild`, else `~/.cache/posbuild`."""
+    base = environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "posbuild"
+
+
+def launcher_path(folder: Path | None = None) -> Path:
+    """The compiled launcher of this source: its name carries the source's digest."""
+    import hashlib
+
+    digest = hashlib.sha256(SOURCE.read_bytes()).hexdigest()[:16]
+    return (folder or cache_folder()) / f"launcher-{os.uname().machine}-{digest}"
+
+
+def compiled(folder: Path | None = None) -> str:
+    """The launcher's path, compiling it first when it is missing or does not match its digest
+    file. Raises OSError with the reason when it cannot be had (no compiler, it failed ...)."""
+    import hashlib
+    import tempfile
+
+    target = launcher_path(folder)
+    stamp = target.with_name(target.name + ".sha256")
     try:
-        for paths, rights in ((rules.read, READ), (rules.write, ALL)):
-            for path in paths:
-                try:
-                    parent = os.open(path, os.O_PATH | os.O_CLOEXEC)
-                except FileNotFoundError:
-                    continue
-                try:
-                    allowed = rights if os.path.isdir(path) else rights & _FILE_RIGHTS
-                    rule = _PathBeneath(allowed, parent)
-                    _checked(libc.syscall(_ADD_RULE, fd, _PATH_BENEATH, ctypes.byref(rule), 0),
-                             f"landlock_add_rule {path}")
-                finally:
-                    os.close(parent)
-    except BaseException:
-        os.close(fd)
-        raise
-    return fd
+        if hashlib.sha256(target.read_bytes()).hexdigest() == stamp.read_text().strip():
+            return str(target)
+    except OSError:
+        pass
+    compiler = shutil.which("cc")
+    if compiler is None:
+        raise OSError("no C compiler (cc) on PATH")
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, temporary = tempfile.mkstemp(prefix=target.name + ".", dir=target.parent)
+    except OSError as error:  # a read-only home ...: say where ($XDG_CACHE_HOME moves it)
+        raise OSError(f"cannot write in {target.parent}: {error.strerror}") from None
+    os.close(fd)
+    try:
+        for static in (["-static"], []):  # static starts faster; not every system can link it
+            try:
+                done = subprocess.run([compiler, "-O2", *static, "-o", temporary, str(SOURCE)],
+                                      stdin=subprocess.DEVNULL, capture_output=True,
+                                      timeout=COMPILE_TIMEOUT)
+            except subprocess.TimeoutExpired:
+                raise OSError(f"{compiler} took over {COMPILE_TIMEOUT:.0f} s") from None
+            if done.returncode == 0:
+                break
+        else:
+            said = done.stderr.decode("utf-8", "replace").strip().splitlines()
+            raise OSError(f"{compiler} failed" + (f": {said[-1]}" if said else ""))
+        os.chmod(temporary, 0o755)
+        digest = hashlib.sha256(Path(temporary).read_bytes()).hexdigest()
+        stamp_temporary = temporary + ".sha256"
+        Path(stamp_temporary).write_text(digest + "\n")
+        os.replace(temporary, target)
+        os.replace(stamp_temporary, stamp)
+    finally:
+        for leftover in (temporary, temporary + ".sha256"):
+            if os.path.exists(leftover):
+                os.unlink(leftover)
+    return str(target)
 
 
-def restricter(ruleset_fd: int) -> Callable[[], None]:
-    """The function a child runs before exec: no capabilities (even as root), no new
-    privileges, then the ruleset. Irreversible for the child and all it runs."""
-    libc = _libc()
+class Holder:
+    """The process holding the build's namespaces (`launcher hold`'s PID 1): started by the first
+    action that needs it, it ends when posbuild closes (or loses) the pipe it reads — when the
+    last spawner using it closes (`lease`, `release`: the end of a build, also in a long-lived
+    process), or when posbuild ends, however it ends."""
 
-    def restrict() -> None:
-        header = (ctypes.c_uint32 * 2)(0x20080522, 0)
-        libc.prctl(_PR_SET_SECUREBITS, _SECURE_NOROOT_LOCKED, 0, 0, 0)
-        _checked(libc.syscall(_CAPSET, header, (ctypes.c_uint32 * 6)()), "capset")
-        _checked(libc.prctl(_PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "no_new_privs")
-        _checked(libc.syscall(_RESTRICT, ruleset_fd, 0), "landlock_restrict_self")
-    return restrict
+    def __init__(self) -> None:
+        self._pid = 0  # the process that made it; a forked child makes its own
+        self._holder = ""
+        self._pipe = -1
+        self._leases = 0
+        self._lock = threading.Lock()
+
+    def pid(self, launcher: str) -> str:
+        """The holder's pid (as text, for the launcher's argv), started when needed. Raises
+        OSError when the namespaces cannot be made here."""
+        if self._pid == os.getpid() and self._holder:  # the per-action path: no lock
+            return self._holder
+        with self._lock:
+            if self._pid != os.getpid() or not self._holder:
+                self._start(launcher)
+            return self._holder
+
+    def _start(self, launcher: str) -> None:
+        read, write = os.pipe()
+        try:
+            done = subprocess.run([launcher, "hold"], stdin=read, capture_output=True,
+                                  start_new_session=True, timeout=PROBE_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            os.close(write)
+            raise OSError("the launcher did not make its namespaces in time") from None
+        except OSError:
+            os.close(write)
+            raise
+        finally:
+            os.close(read)
+        holder = done.stdout.decode().strip()
+        if done.returncode != 0 or not holder.isdigit():
+            os.close(write)
+            lines = done.stderr.decode("utf-8", "replace").strip().splitlines()
+            raise OSError(lines[-1] if lines else f"launcher hold exited with {done.returncode}")
+        if self._pid != os.getpid():
+            self._leases = 0  # a forked child's own
+        self._pid, self._holder, self._pipe = os.getpid(), holder, write
+
+    def lease(self) -> None:
+        """A spawner will run actions in the namespaces (until its `release`)."""
+        with self._lock:
+            self._leases += 1
+
+    def release(self) -> None:
+        """A spawner is done: the last one ends the namespaces, and what still runs in them."""
+        with self._lock:
+            self._leases = max(0, self._leases - 1)
+            if self._leases == 0:
+                self._close()
+
+    def close(self) -> None:
+        """End the namespaces (and whatever still runs in them) now."""
+        with self._lock:
+            self._close()
+
+    def _close(self) -> None:
+        if self._pid == os.getpid() and self._pipe >= 0:
+            os.close(self._pipe)
+        self._pipe, self._holder = -1, ""
 
 
-def system_folders(candidates: Sequence[str] = SYSTEM) -> tuple[str, ...]:
-    """The system folders every action may read: those of `candidates` that exist here."""
-    return tuple(p for p in candidates if os.path.lexists(p))
+HOLDER = Holder()  # one per process, shared by its spawners
+
+
+def readable(hidden: Iterable[str]) -> list[str]:
+    """What may be read so that everything but `hidden` may: each entry of every folder above a
+    hidden path, except the hidden ones and those above them (Landlock rules only grant, so a
+    folder above a hidden path gets no rule: it can be walked through, not listed). Entries are
+    resolved (a rule on a link is a rule on its target), and one resolving into or above a
+    hidden path is left out."""
+    resolved = sorted({os.path.realpath(h) for h in hidden})
+    shut = [h for h in resolved if not any(within(h, o) and h != o for o in resolved)]
+    above = {os.path.dirname(h) for h in shut}
+    for folder in list(above):
+        while folder != "/":
+            folder = os.path.dirname(folder)
+            above.add(folder)
+    granted: list[str] = []
+    for folder in sorted(above):
+        try:
+            names = sorted(os.listdir(folder))
+        except OSError:
+            continue
+        for name in names:
+            path = os.path.join(folder, name)
+            real = os.path.realpath(path)
+            if real in above or any(within(real, h) or within(h, real) for h in shut):
+                continue
+            granted.append(path)  # resolved by the launcher (`/dev/fd` is its own)
+    return granted
+
+
+def landlocked(launcher: str, hidden: Iterable[str], visible: Iterable[str],
+               writable: Iterable[str] = (), masked: Iterable[str] = ()) -> Landlocked:
+    """The shared part of every action's launcher argv: the build's namespaces and the rules.
+
+    `hidden`: folders no action may read (the workspace, the store, the sandbox base); `HIDDEN`
+    and `RUN` come on top. `visible`: files and folders readable even inside a hidden one (the
+    interpreter, tools). `writable`: folders readable and writable whole, a hidden folder inside
+    one included (WRITABLE_VARIABLE: Landlock cannot take back a right inside a folder it
+    granted). `masked`: files no action may read (the secrets file).
+    """
+    hidden = [*hidden, *HIDDEN, *masked]
+    opened = sorted({os.path.abspath(w) for w in writable if w.startswith("/")})
+    shown = sorted({os.path.realpath(v) for v in visible if os.path.exists(v)})
+    rules = ("-w", *DEVICES, *opened)
+
+    def read(paths: list[str]) -> tuple[str, ...]:
+        return ("-r", *paths, *DEVICE_LINKS, *shown)
+    return Landlocked(launcher, (*read(readable([*hidden, RUN])), *rules),
+                      ("-t", *read(readable(hidden)), *rules))
+
+
+def command(landlocked: Landlocked, sandbox: str, network: bool, file: str,
+            argv: Sequence[str], script: str | None = None,
+            preload: str | None = None) -> list[str]:
+    """The launcher argv that execs `file` (with `argv`, argv[0] as the shell would give it) with
+    `sandbox` writable. `script`: what bash runs when `file` cannot be exec'd (a plain command's
+    program without `#!`). `preload`: LD_PRELOAD for the command alone (libfaketime). The
+    build's namespaces are started here when none are held (`HOLDER`)."""
+    head = [landlocked.launcher, "-N", HOLDER.pid(landlocked.launcher)]
+    head += landlocked.head_network if network else landlocked.head
+    head += ["-w", sandbox]
+    if script is not None:
+        head += ["-c", script]
+    if preload is not None:
+        head += ["-L", preload]
+    return [*head, "--", file, *argv]
+
+
+def probe(landlocked: Landlocked) -> str | None:
+    """Run `true` through the launcher once: None when it works, else the reason in a few
+    words."""
+    true = shutil.which("true", path="/usr/bin:/bin") or "/bin/true"
+    try:
+        done = subprocess.run(command(landlocked, "/dev/null", False, true, ["true"]),
+                              stdin=subprocess.DEVNULL, capture_output=True,
+                              timeout=PROBE_TIMEOUT, start_new_session=True)
+    except (OSError, subprocess.SubprocessError) as error:
+        return f"the launcher: {getattr(error, 'strerror', None) or error}"
+    if done.returncode == 0:
+        return None
+    lines = done.stderr.decode("utf-8", "replace").strip().splitlines()
+    return f"the launcher exited with {done.returncode}" + (f": {lines[-1]}" if lines else "")
+

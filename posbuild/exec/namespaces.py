@@ -1,4 +1,4 @@
-"""Layer 0: the bubblewrap (`bwrap`) command line that runs one action in its own namespaces.
+"""Layer 1: the bubblewrap (`bwrap`) command line that runs one action in its own namespaces.
 
 The folder sandbox (sandbox.py) gives an action a folder holding only its declared inputs, but
 nothing stops the command from reading `/home/me/project/data.csv` by its absolute path, writing
@@ -40,8 +40,8 @@ namespace does not cover Unix sockets in the file system (the Docker or D-Bus so
 read-only mount does not stop connecting to one. Sockets elsewhere stay reachable.
 
 Nothing here runs an action or prints: `probe` tells whether bwrap works at all (once per
-process), `choose` turns `[sandbox] mode` into an Isolation or an error or a notice, and
-`command` builds one action's argv.
+process), `choose` turns `[sandbox] mode` into an Isolation, the Landlock sandbox's shared argv
+(landlock.py: "auto" prefers it), an error or a notice, and `command` builds one action's argv.
 """
 
 from __future__ import annotations
@@ -54,10 +54,13 @@ from typing import Iterable, Mapping, Sequence
 
 from posbuild.host.paths import within
 from posbuild.errors import SandboxUnavailable
+from posbuild.exec import landlock
+from posbuild.exec.landlock import Landlocked
 
 WRITABLE_VARIABLE = "POSBUILD_SANDBOX_WRITABLE"  # debugging and test probes: folders left writable
 PROBE_TIMEOUT = 20.0  # seconds; bwrap starts in milliseconds, a hang means something is wrong
 _probed: dict[tuple[str, ...], str | None] = {}  # argv → None (works) or why not; once per process
+_launcher: list[str] = []  # the compiled launcher, or why there is none; once per process
 _noticed: set[str] = set()
 
 
@@ -207,31 +210,74 @@ def probe(argv: Sequence[str]) -> str | None:
 
 def choose(mode: str, hidden: Iterable[str], visible: Iterable[str],
            writable: Iterable[str] = (),
-           masked: Iterable[str] = ()) -> tuple[Isolation | None, str]:
-    """Turn `[sandbox] mode` into (the isolation to use or None for the folder sandbox, a notice).
+           masked: Iterable[str] = ()) -> tuple[Isolation | Landlocked | None, str]:
+    """Turn `[sandbox] mode` into (how actions are isolated, a notice for the user or "").
 
-    "folder" never probes. "namespace" raises SandboxUnavailable when bwrap is missing or does
-    not work (user namespaces disabled, seccomp in a container ...). "auto" uses bwrap when it
-    works, else the folder sandbox and a one-line notice — given once per process, "" after.
+    "folder" never probes. "landlock" and "namespace" raise SandboxUnavailable when their
+    sandbox cannot run here. "auto" takes the first that works of Landlock (`landlock.py`),
+    bubblewrap and the folder sandbox; falling back, it says why in one line per sandbox it could
+    not use (a kernel without Landlock ABI 6 needs no word), once per process.
     """
     if mode == "folder":
         return None, ""
+    lines: list[str] = []
+    if mode in ("auto", "landlock"):
+        fast, problem = _landlocked(hidden, visible, writable, masked)
+        if fast is not None:
+            return fast, ""
+        if mode == "landlock":
+            raise SandboxUnavailable(
+                f'[sandbox] mode = "landlock" cannot run here ({problem}); set [sandbox] mode = '
+                '"auto", "namespace" or "folder"')
+        if not problem.startswith("the kernel"):
+            lines.append(f"posbuild: the Landlock sandbox is not available ({problem}); "
+                         "actions run under bubblewrap")
     bwrap = find_bwrap()
     if bwrap is None:
-        problem: str | None = "bwrap not found on PATH"
+        problem_b: str | None = "bwrap not found on PATH"
         chosen = None
     else:
         chosen = isolation(bwrap, hidden, visible, writable, masked=masked)
-        problem = probe((*chosen.head, *chosen.tail))
-    if problem is None:
-        return chosen, ""
+        problem_b = probe((*chosen.head, *chosen.tail))
+    if problem_b is None:
+        return chosen, _once(lines)
     if mode == "namespace":
         raise SandboxUnavailable(
-            f'[sandbox] mode = "namespace" needs bubblewrap, which cannot run here ({problem}); '
+            f'[sandbox] mode = "namespace" needs bubblewrap, which cannot run here ({problem_b}); '
             'install it (Debian/Ubuntu: apt-get install bubblewrap) or set [sandbox] mode = '
             '"auto" or "folder"')
-    notice = f"posbuild: bubblewrap not available ({problem}); actions run in the folder sandbox"
-    if notice in _noticed:
-        return None, ""
-    _noticed.add(notice)
-    return None, notice
+    lines = [line.replace("under bubblewrap", "in the folder sandbox") for line in lines]
+    lines.append(f"posbuild: bubblewrap not available ({problem_b}); actions run in the folder "
+                 "sandbox")
+    return None, _once(lines)
+
+
+def _landlocked(hidden: Iterable[str], visible: Iterable[str], writable: Iterable[str],
+                masked: Iterable[str]) -> tuple[Landlocked | None, str]:
+    """The Landlock sandbox's shared argv, or None and why it cannot run here."""
+    version = landlock.abi()
+    if version < landlock.MIN_ABI:
+        return None, f"the kernel has Landlock ABI {version}, {landlock.MIN_ABI} is needed"
+    if not _launcher:
+        try:
+            _launcher.append(landlock.compiled())
+        except OSError as error:
+            _launcher.append("!" + (error.strerror or str(error)))
+    if _launcher[0].startswith("!"):
+        return None, _launcher[0][1:]
+    try:
+        fast = landlock.landlocked(_launcher[0], hidden, visible, writable, masked)
+    except OSError as error:
+        return None, error.strerror or str(error)
+    key = fast.head
+    if key not in _probed:
+        _probed[key] = landlock.probe(fast)
+    problem = _probed[key]
+    return (fast, "") if problem is None else (None, problem)
+
+
+def _once(lines: list[str]) -> str:
+    """The notice lines not given yet in this process, as one text."""
+    fresh = [line for line in lines if line not in _noticed]
+    _noticed.update(fresh)
+    return "\n".join(fresh)

@@ -7,7 +7,7 @@ HOME and TMPDIR), made and removed by stage.py. The command runs under `/bin/bas
 LANG, TZ, HOME, TMPDIR, SOURCE_DATE_EPOCH) plus the action's declared variables, and nothing
 else. A plain command (a program and plain words, at most one trailing `> file`: shellfree.py)
 is run directly, as the shell would have run it, without the shell's own start-up: that halves
-what a cheap action costs. The namespace sandbox always runs the shell.
+what a cheap action costs. The bubblewrap sandbox always runs the shell.
 
 Sandboxes live on a memory file system (`/dev/shm`) when the machine has one: a sandbox is a
 dozen directory and file creations and deletions, which cost ~10 µs each there and ~250 µs on a
@@ -26,15 +26,22 @@ which sees the whole file system, anywhere else.
 The command runs in its own session (process group); when it ends, or on timeout or cancel,
 the whole group is killed, so no stray background process outlives its action.
 
-Namespaces (`[sandbox] mode`): where bubblewrap works ("auto", the default, or "namespace"), the
-same folder is run inside its own mount, PID, IPC, UTS and network namespaces (namespaces.py):
-the workspace and the host's /tmp and /dev/shm are invisible, the system is read-only, the
-declared inputs are bound read-only, and only the sandbox folder and a private /tmp are
-writable. Large inputs are bound read-only from the workspace instead of being copied (staged
-as a symlink first, which `_namespaced` turns into the bind). The process posbuild waits for is
-then bwrap's: killing its group ends the command too (`--die-with-parent`), and its rusage
-includes the command's. One difference: a command killed by signal N inside reports exit code
-128+N (bwrap passes the status on as a shell does), where the folder sandbox reports the signal.
+Namespaces (`[sandbox] mode`). "auto" (the default) and "landlock": where Landlock ABI 6 and a
+C compiler are there, the command is exec'd through a small launcher (landlock.py) that joins
+the user, mount, PID, network, IPC and UTS namespaces made once per process, drops every capability
+and restricts the command with Landlock: everything but the workspace, the store, the sandbox
+base, /tmp, /dev and /run (and the secrets file) is readable, only the sandbox folder is
+writable, TCP is denied without the network tag. The folder and its staging are the folder
+sandbox's (inputs are copies); so is the shell-free start of plain commands, through the
+launcher. "namespace", and "auto" where Landlock cannot run: the same folder inside bubblewrap's
+own mount, PID, IPC, UTS and network namespaces (namespaces.py): the workspace and the host's
+/tmp and /dev/shm are invisible, the system is read-only, the declared inputs are bound
+read-only, and only the sandbox folder and a private /tmp are writable. Large inputs are bound
+read-only from the workspace instead of being copied (staged as a symlink first, which
+`_namespaced` turns into the bind). The process posbuild waits for is then the launcher's or
+bwrap's: killing its group ends the command too, and its rusage includes the command's. Under
+bwrap a command killed by signal N inside reports exit code 128+N (bwrap passes the status on as
+a shell does); the launcher passes the signal on, as the folder sandbox reports it.
 `choose_isolation` decides once per build, before anything runs.
 
 Processors: an action that declares cpu=N (N >= 1; the default is 1) runs pinned to N of the
@@ -50,8 +57,9 @@ unpinned. On systems without `sched_setaffinity` nothing is pinned. The thread-c
 (OMP_NUM_THREADS ...) come with the action's env (analysis.declared_resources). This module
 knows nothing of keys or the store: it takes an Action and returns a SpawnResult.
 
-Kills: no command outlives posbuild, even one killed by SIGKILL — bwrap's `--die-with-parent` in
-the namespace sandbox, a guard process in the folder sandbox (orphans.py). Each process that
+Kills: no command outlives posbuild, even one killed by SIGKILL — the PID namespace whose PID 1
+ends with posbuild under Landlock, bwrap's `--die-with-parent` under bwrap, a guard process in
+the folder sandbox (orphans.py). Each process that
 makes sandboxes holds `<base>/<pid>.owner` locked while it does; `clear_stale` (the next build)
 and fsck sweep only sandboxes whose mark no live process holds (owners.py).
 
@@ -105,6 +113,8 @@ from posbuild.exec.placement import in_memory, memory_free, needs_disk, weigh_fr
 from posbuild.exec.spawner import Perturbation, Spawner, SpawnResult
 from posbuild.exec.stage import Layout, remove_tree, stage, stage_reversed
 from posbuild.exec.namespaces import Isolation, choose, command, input_binds
+from posbuild.exec import landlock
+from posbuild.exec.landlock import Landlocked
 from posbuild.host.nofollow import open_outputs, read_upto
 from posbuild.host.owned import SANDBOXES, claim, holds_only_sandboxes
 from posbuild.core.records import ResourceUsage
@@ -202,10 +212,10 @@ def base_environment(sandbox: str | Path, search_path: str = BASE_PATH) -> dict[
 
 def choose_isolation(config: Config, writable: Sequence[str] = (),
                      masked: Sequence[str] = (),
-                     programs: Sequence[str] = ()) -> tuple[Isolation | None, str]:
-    """`[sandbox] mode` for this build: (the namespaces to run actions in, or None for the folder
-    sandbox; a notice line for the user, or ""). Raises SandboxUnavailable when mode is
-    "namespace" and bubblewrap cannot run. Probes bwrap (a few ms) once per process. `writable`:
+                     programs: Sequence[str] = ()) -> tuple[Isolation | Landlocked | None, str]:
+    """`[sandbox] mode` for this build: (how actions are isolated — Landlock, bubblewrap, or None
+    for the folder sandbox; a notice for the user, or ""). Raises SandboxUnavailable when the mode
+    named cannot run. Probes (a few ms) once per process. `writable`:
     folders left visible and writable (namespaces.writable_paths). `masked`: files no action may
     read (the secrets file), covered with /dev/null. `programs`: folders and files the actions'
     programs need (envfp.Environments.visible).
@@ -244,7 +254,7 @@ class LocalSpawner:
     commands skip the shell (shellfree.py) unless `shell_free` is False.
     """
 
-    def __init__(self, root: Path, base: Path, isolation: Isolation | None = None,
+    def __init__(self, root: Path, base: Path, isolation: Isolation | Landlocked | None = None,
                  shell_free: bool = True, search_path: str = BASE_PATH,
                  disk_base: Path | None = None) -> None:
         self._root = str(root) + "/"
@@ -256,8 +266,10 @@ class LocalSpawner:
         self._memory: bool | None = None  # whether `base` is memory, looked up when first needed
         self._disk_claimed = False
         self._isolation = isolation
+        # bwrap: its argv holds the bind of each large input, staged as a link (`_namespaced`)
+        self._bwrap = isinstance(isolation, Isolation)
         # False: every command runs under the shell
-        self._shell_free = shell_free and isolation is None
+        self._shell_free = shell_free and not self._bwrap
         # (name, PATH) → where it was found, for absolute PATHs
         self._programs: dict[tuple[str, str], str] = {}
         self._counter = itertools.count()
@@ -278,12 +290,17 @@ class LocalSpawner:
         self._masks = threading.local()  # `current`: the mask this spawner last gave the thread
         # whether `clear_stale` claimed the base for this process (`<pid>.owner`)
         self._claimed = False
-        # bwrap --die-with-parent does it there
+        # bwrap --die-with-parent does it there, and the Landlock sandbox's PID namespace
         self._guard = ORPHANS if isolation is None else NO_GUARD
+        # a share of the Landlock sandbox's namespaces: `close` ends them with the build
+        self._leased = isinstance(isolation, Landlocked)
+        if self._leased:
+            landlock.HOLDER.lease()
 
     @property
     def namespaced(self) -> bool:
-        """Whether commands run in their own namespaces (bubblewrap), not in the folder alone."""
+        """Whether commands run in their own namespaces (Landlock or bubblewrap), not in the
+        folder alone."""
         return self._isolation is not None
 
     def clear_stale(self) -> None:
@@ -301,7 +318,12 @@ class LocalSpawner:
             self._claimed = True
 
     def close(self) -> None:
-        """Give up this one's share of the process's claim on the base (its sandboxes are gone)."""
+        """Give up this one's share of the process's claim on the base (its sandboxes are gone)
+        and of the Landlock sandbox's namespaces (the last spawner's close ends them, and with
+        them whatever its commands left running)."""
+        if self._leased:
+            landlock.HOLDER.release()
+            self._leased = False
         if self._claimed:
             release_mark(f"{self._base}/{self._pid}{OWNER_SUFFIX}")
             self._claimed = False
@@ -359,10 +381,9 @@ class LocalSpawner:
         out = err = -1
         try:
             if perturbation is not None and perturbation.reverse_staging:
-                stage_reversed(self._root, action, sandbox, self._isolation is not None)
+                stage_reversed(self._root, action, sandbox, self._bwrap)
             else:
-                self._staged[sandbox] = stage(self._root, action, sandbox,
-                                              self._isolation is not None)
+                self._staged[sandbox] = stage(self._root, action, sandbox, self._bwrap)
             env = base_environment(sandbox, self._search_path)
             env.update(action.env)
             env.update(extra_env)
@@ -375,7 +396,7 @@ class LocalSpawner:
                 running = self._launch_direct(action, sandbox, env, err, umask)
                 if running is not None:
                     return running
-            if self._isolation is None:
+            if not self._bwrap:
                 argv = shell_argv(action.command)
             else:
                 argv = self._namespaced(action, sandbox, exec_root)
@@ -421,7 +442,7 @@ class LocalSpawner:
         input, staged as a symlink into the workspace, becomes an empty file with the workspace
         file bound read-only onto it: the link's target is hidden inside.
         """
-        assert self._isolation is not None
+        assert isinstance(self._isolation, Isolation)
         linked: dict[str, str] = {}
         for path in action.inputs:
             target = f"{exec_root}/{path}"
@@ -555,8 +576,16 @@ class LocalSpawner:
                 umask: int = -1, program: str | None = None,
                 direct: Direct | None = None) -> Running:
         """Start `argv` in its own session, in the sandbox's `exec/`, on the processors it is given;
-        `program`: the file to exec when `argv` runs without the shell, as `direct` says."""
+        `program`: the file to exec when `argv` runs without the shell, as `direct` says. Under
+        Landlock the launcher execs it (and the shell, should a plain command's program not be
+        exec'able as it is)."""
         started = time.monotonic()
+        if isinstance(self._isolation, Landlocked):
+            preload = env.pop("LD_PRELOAD", None)
+            argv = landlock.command(self._isolation, sandbox, NETWORK_TAG in action.tags,
+                                    program or argv[0], argv,
+                                    action.command if direct is not None else None, preload)
+            program = None
         with self._lock:
             if self._cancelled:
                 return Running(sandbox, action.outputs, out, err, started, None, (),

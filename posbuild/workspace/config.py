@@ -40,7 +40,7 @@ class Budget:
 
 
 RESOURCE_NAMES = ("cpu", "mem_mb", "io")  # the order of Budget.as_tuple() and of Action.resources
-SANDBOX_MODES = ("auto", "namespace", "folder")
+SANDBOX_MODES = ("auto", "landlock", "namespace", "folder")
 EXECUTOR_KINDS = ("local", "dask")
 DEFAULT_ROLE = "dev"
 
@@ -80,7 +80,7 @@ class Config:
     budget: Budget | None = None
     remote: RemoteSettings = RemoteSettings()
     roles: tuple[Role, ...] = ()  # `[roles]`; empty: every role may build everything
-    sandbox_mode: str = "auto"  # `[sandbox] mode`: auto | namespace | folder
+    sandbox_mode: str = "auto"  # `[sandbox] mode`: auto | landlock | namespace | folder
     secrets_file: str = ""  # `[secrets] file`: where secret values live beside the environment
     executor: str = "local"  # `[executor] kind`: local | dask
     executor_address: str = ""  # `[executor] address`, e.g. "tcp://127.0.0.1:8786"

@@ -131,8 +131,9 @@ def test_home_and_tmpdir_are_private_writable_folders_inside_the_sandbox(ws, tmp
         assert not folder.is_relative_to(tmp_path / "userhome")
         assert folder.resolve().is_relative_to(sandbox), (
             f"{folder} is outside the sandbox {sandbox}")
-    # the probes the action wrote there did not end up anywhere the user can see
-    assert not (tmp_path / "userhome").exists()
+    # the probes the action wrote there did not end up anywhere the user can see (posbuild
+    # itself may keep its compiled sandbox launcher in the user's ~/.cache)
+    assert not list((tmp_path / "userhome").rglob("probe"))
     assert not (tmp_path / "probe").exists()
 
 

@@ -1,4 +1,4 @@
-"""Attacks on output collection and on large inputs, through the real CLI, in both sandboxes.
+"""Attacks on output collection and on large inputs, through the real CLI, in every sandbox.
 
 An action owns its sandbox: when its command ends, the folder of a declared output may be a
 symbolic link to a source folder, the secrets file's folder or the store; the output itself may
@@ -18,14 +18,17 @@ from typing import Iterator
 
 import pytest
 
-from conftest import Result, Workspace, bwrap_problem, counts
+from conftest import Result, Workspace, bwrap_problem, counts, landlock_problem
 from posbuild.exec import namespaces
 
 PROBLEM = bwrap_problem()
 NEEDS_BWRAP = pytest.mark.skipif(PROBLEM is not None,
                                  reason=f"bubblewrap cannot run here: {PROBLEM}")
+NEEDS_LANDLOCK = pytest.mark.skipif(landlock_problem() is not None,
+                                    reason=f"Landlock cannot run here: {landlock_problem()}")
 MODES = [pytest.param("folder", id="folder"),
-         pytest.param("namespace", id="namespace", marks=NEEDS_BWRAP)]
+         pytest.param("namespace", id="namespace", marks=NEEDS_BWRAP),
+         pytest.param("landlock", id="landlock", marks=NEEDS_LANDLOCK)]
 # no test probe folder left writable in the namespaces
 NO_ESCAPE = {namespaces.WRITABLE_VARIABLE: ""}
 MARK = "do-not-take-me-3f9a1c"
@@ -197,16 +200,16 @@ def outside_tmp() -> Iterator[Path]:
     shutil.rmtree(folder, ignore_errors=True)
 
 
-@NEEDS_BWRAP
+@pytest.mark.parametrize("mode", MODES[1:])
 def test_a_tool_installed_beside_the_workspace_stays_visible_while_the_workspace_is_hidden(
-    outside_tmp):
+    outside_tmp, mode):
     """A conda under the home folder, next to the checkout: hiding the checkout must not hide it."""
     tool = outside_tmp / "miniconda3/bin/samtools"
     tool.parent.mkdir(parents=True)
     tool.write_text("#!/bin/sh\necho samtools 1.0\n")
     tool.chmod(0o755)
     ws = Workspace(outside_tmp / "project")
-    ws.write({"posbuild.toml": '[sandbox]\nmode = "namespace"\n', "pkg/in.txt": "x\n",
+    ws.write({"posbuild.toml": f'[sandbox]\nmode = "{mode}"\n', "pkg/in.txt": "x\n",
               "pkg/hidden.txt": "h\n", "pkg/BUILD": f"""
         genrule(name = "run", srcs = ["in.txt"], outs = ["version.txt"],
                 cmd = "{tool} > $@; if cat {ws.root}/pkg/hidden.txt; then echo LEAK >> $@; fi")
