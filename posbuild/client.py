@@ -150,13 +150,13 @@ def _through_server(root: str, args: list[str]) -> int | None:
             if answer[1]:  # queued behind a build: say so, as the workspace lock does
                 sys.stderr.write(f"posbuild: {BUSY}; waiting for it\n")
                 sys.stderr.flush()
-            return _follow(sock)
+            answer = _follow(sock)
+            if answer is not None and answer[0] == EXITED:
+                return answer[1]
         sock.close()
-        if answer is None:
-            return None
-        if answer[1] != OUTDATED or started:
-            return None  # turned down: build here
-        _wait_gone(root)  # an older installation's server steps down; start this one's
+        if answer is None or answer[0] != DECLINED or answer[1] != OUTDATED or started:
+            return None  # turned down, gone or silent: build here
+        _wait_gone(root)  # a server that stepped down (an older posbuild's): start one
 
 
 def _request(sock: _socket.socket, root: str, args: list[str]) -> tuple[bytes, int] | None:
@@ -188,10 +188,11 @@ def _receive(sock: _socket.socket) -> tuple[bytes, int] | None:
     return kind, number
 
 
-def _follow(sock: _socket.socket) -> int | None:
-    """Tell the server to go, pass signals on, and wait for the exit code. A server that stops
-    or hangs before it is done is left: the build runs here (None), unless a signal asked the
-    build to stop, which a stopped server has done."""
+def _follow(sock: _socket.socket) -> tuple[bytes, int] | None:
+    """Give the server the descriptors when the build's turn comes, pass signals on, and wait
+    for the end: (EXITED, the exit code), or (DECLINED, why) when the server stopped before the
+    build's turn. A server that stops or hangs mid-build is left: the build runs here (None),
+    unless a signal asked the build to stop, which a stopped server has done."""
     import _signal  # type: ignore[import-not-found]  # not `signal`: its enums cost 5 ms
 
     signalled: list[int] = []
@@ -214,16 +215,14 @@ def _follow(sock: _socket.socket) -> int | None:
             if message[0] == TURN:
                 sock.sendmsg([GO], [(_socket.SOL_SOCKET, _socket.SCM_RIGHTS,
                                      struct.pack("3i", 0, 1, 2))])
-            elif message[0] == EXITED:
-                return message[1]
-            elif message[0] == DECLINED:  # it could not run the build after all
-                return None
+            elif message[0] in (EXITED, DECLINED):
+                return message
     except OSError:
         pass
     finally:
         sock.close()
     if signalled:
-        return 128 + signalled[0]
+        return EXITED, 128 + signalled[0]
     sys.stderr.write("posbuild: the build server stopped answering; building in this process\n")
     sys.stderr.flush()
     return None

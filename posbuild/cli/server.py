@@ -123,6 +123,14 @@ class Server:
             if request is not None:
                 self._serve(request)
         _log(f"stopping: {self.stopping}")
+        while True:  # the clients still waiting start a server of their own
+            try:
+                request = self.requests.get_nowait()
+            except queue.Empty:
+                break
+            if request is not None:
+                request.send(DECLINED, OUTDATED)
+                request.close()
 
     def _tick(self) -> None:
         if not self.collected:  # a full collection takes milliseconds: not between two builds
@@ -325,6 +333,8 @@ def _main(args: list[str], feed: ChangeFeed | None) -> int:
     except SystemExit as done:
         code = done.code
         return code if isinstance(code, int) else 0 if code is None else 1
+    except KeyboardInterrupt:  # a client's signal after the build had handled its own
+        raise
     except BaseException:  # noqa: BLE001 - a defect: shown as a one-shot build would show it
         traceback.print_exc()
         return 1

@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import POSBUILD, Workspace, counts, executed_labels, through_server
+from conftest import POSBUILD, Result, Workspace, counts, executed_labels, through_server
 
 ws = pytest.fixture(through_server)
 
@@ -172,6 +172,25 @@ def test_two_clients_at_once_queue_as_two_builds_do(ws, tmp_path):
     assert (first.returncode, second.returncode) == (0, 0), err1 + err2
     assert "another posbuild command is running in this workspace; waiting for it" in err2
     assert ws.out("pkg/slow.txt") == "done\n" and ws.out("pkg/b.txt") == "b\n"
+
+
+def test_a_build_queued_when_the_server_stops_goes_to_the_next_server(ws, tmp_path):
+    flag = tmp_path / "started"
+    ws.write({"pkg/BUILD": _slow(flag, 1.5) + 'genrule(name = "b", outs = ["b.txt"], '
+              'cmd = "echo b > $@")\n'})
+    ws.ok("//pkg:b")
+    server = _server_pid(ws)
+    first = _start(ws, "//pkg:slow")
+    _wait_for(flag.exists)
+    second = _start(ws, "//pkg:b", "--rerun", "//pkg:b")
+    time.sleep(0.5)  # queued behind the first
+    assert ws.run("shutdown").stdout == "build server stopped\n"
+    out1, err1 = first.communicate(timeout=60)
+    out2, err2 = second.communicate(timeout=60)
+    assert (first.returncode, second.returncode) == (0, 0), err1 + err2
+    assert "stopped answering" not in err2  # declined, not dropped
+    assert executed_labels(Result(0, out2, err2)) == ["//pkg:b"]
+    assert _server_pid(ws) not in (None, server)  # the second build started a new server
 
 
 def test_ctrl_c_stops_the_build_and_the_server_serves_on(ws, tmp_path):
