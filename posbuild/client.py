@@ -67,17 +67,29 @@ def context() -> str:
 def main() -> None:
     """Entry point of the `posbuild` script and of `python -m posbuild`."""
     args = sys.argv[1:]
-    if _for_server(args):
-        root = _workspace(os.getcwd())
-        if root is not None:
-            code = _through_server(root, args)
-            if code is not None:
-                sys.stdout.flush()
-                sys.stderr.flush()
-                os._exit(code)  # nothing to clean up: Python's own shutdown costs 3 ms
+    try:
+        code = _on_server(args) if _for_server(args) else None
+    except KeyboardInterrupt:  # Ctrl-C before the build began: nothing to stop
+        sys.stderr.write("posbuild: interrupted by SIGINT; 0 running action(s) stopped, nothing "
+                         "partial kept\n")
+        code = 130
+    if code is not None:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)  # nothing to clean up: Python's own shutdown costs 3 ms
     from posbuild.cli import main as one_shot
 
     one_shot(args)
+
+
+def _on_server(args: list[str]) -> int | None:
+    """The exit code of the build on the workspace's server, or None to build here (no
+    workspace, or a working folder that is gone: the one-shot build says so)."""
+    try:
+        root = _workspace(os.getcwd())
+    except OSError:
+        return None
+    return _through_server(root, args) if root is not None else None
 
 
 def _for_server(args: list[str]) -> bool:
