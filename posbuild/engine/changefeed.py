@@ -73,6 +73,7 @@ class ChangeFeed:
         self._folders: dict[int, str] = {}  # watch descriptor -> folder, relative ("" the root)
         self._state_wd = -1
         self._rescan = False
+        self._paused = False  # posbuild-out/ is not watched while a build writes it
         self._vouched: dict[str, tuple[int, Signature]] = {}
         self._pending: set[str] = set()
         self._cookies: set[str] = set()
@@ -119,13 +120,35 @@ class ChangeFeed:
         answer (`confirm`), unless it stays vouched for (a no-op changes nothing)."""
         self._pending.add(str(state_path))
 
+    def writing(self) -> None:
+        """A build is about to write `posbuild-out/`: stop watching it until `confirm`.
+
+        Thousands of events for the build's own outputs would each cost the build a slice of
+        the interpreter lock (a cold build of 10,000 actions took 30% longer). Nothing is lost:
+        every vouch is withdrawn now, and `confirm` watches the folder again before it checks
+        every file of the state after the build, a user's edit during the build included.
+        """
+        self.generation += 1
+        with self._lock:
+            paused = [(wd, "workspace") for wd, rel in self._folders.items()
+                      if rel == OUT_DIR or rel.startswith(OUT_DIR + "/")]
+            for wd, _ in paused:
+                del self._folders[wd]
+            self._paused = True
+        if paused and self._fd is not None:
+            self._fd.remove_callbacks(paused)
+
     def confirm(self) -> None:
         """Vouch for the states of the last builds whose files all still match, by one `stat()`
         pass each, made after a sync (so an event after the sync withdraws the vouch)."""
         pending, self._pending = self._pending, set()
-        if self._rescan and not self.trouble:
+        if (self._rescan or self._paused) and not self.trouble:
             with self._lock:
-                self._watch_tree()
+                if self._rescan:
+                    self._watch_tree()
+                elif os.path.isdir(self.root / OUT_DIR):
+                    self._watch_tree(OUT_DIR)
+                self._paused = False
         if self.trouble or not pending or not self.sync():
             return
         generation = self.generation
@@ -190,9 +213,11 @@ class ChangeFeed:
         self.generation += 1
         if event.is_directory and (event.is_create or event.is_moved_to):
             folder = self._folders.get(event.wd)
-            if folder is not None and not _skipped(os.fsdecode(event.name)):
+            name = os.fsdecode(event.name)
+            if folder is not None and not _skipped(name) \
+                    and not (self._paused and folder == "" and name == OUT_DIR):
                 with self._lock:
-                    self._watch_tree(os.path.join(folder, os.fsdecode(event.name)))
+                    self._watch_tree(os.path.join(folder, name))
         if event.is_directory and (event.is_moved_from or event.is_delete):
             self._rescan = True  # the folder names of moved watches are stale: walk again
 

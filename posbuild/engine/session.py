@@ -79,6 +79,9 @@ class Vouch(Protocol):
     def built(self, state_path: Path) -> None:
         """A build ended that may have saved the state at `state_path`."""
 
+    def writing(self) -> None:
+        """The build is about to write `posbuild-out/`: its own writes need no watching."""
+
 
 class BuildSession:
     """Builds of the workspace at `root`, reported to `reporter`, in the environment `environ`;
@@ -107,6 +110,8 @@ class BuildSession:
                 passed_checks = True
                 if work is None:
                     return self.finish(_settled_summary(resolved, options))
+                if self.vouch is not None and not options.dry_run:
+                    self.vouch.writing()
                 return self.finish(self.run(resolved, environment, work))
             except OrchError as error:
                 if not passed_checks and not options.dry_run:

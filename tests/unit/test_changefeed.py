@@ -131,3 +131,23 @@ def test_a_source_that_can_change_from_outside_is_never_vouched_for(tmp_path, fe
             assert not _vouched(watch, state), name
     finally:
         watch.stop()
+
+
+def test_outputs_written_by_a_build_are_not_watched_yet_checked_after_it(tmp_path, feed):
+    state = _workspace(tmp_path, {"a.txt": "a", "posbuild-out/pkg/o": "o"})
+    feed.start()
+    assert _vouched(feed, state)
+    feed.writing()  # a build begins to write posbuild-out/
+    assert not feed.unchanged(state)
+    generation = feed.generation
+    for n in range(50):
+        (tmp_path / f"posbuild-out/pkg/new{n}").write_text("x")
+    assert feed.sync() and feed.generation == generation  # its own writes: no events
+    (tmp_path / "posbuild-out/pkg/o").write_text("edited during the build")
+    feed.built(state)
+    feed.confirm()  # watched again, and every file checked: the edit is found
+    assert not feed.unchanged(state)
+    state = _save(tmp_path, {"a.txt": "a", "posbuild-out/pkg/o": "edited during the build"})
+    assert _vouched(feed, state)
+    (tmp_path / "posbuild-out/pkg/o").unlink()  # watched again after the build
+    assert not feed.unchanged(state)
