@@ -17,6 +17,10 @@ Two kinds of edits are measured, and both are reported:
 * **large cone**: the leaves ``bench.py`` edits (2-25 % of the graph downstream), where the time
   is dominated by running hundreds of ``cat`` actions, not by the watcher.
 
+With ``--server``, no watch runs: after each edit, ``posbuild build //...`` is timed through the
+workspace's build server (its inotify watch plays the watcher's part), from just before the
+write to the command's exit.
+
 Only the Python 3.11 standard library is used. Run ``bench_watch.py --help``.
 """
 
@@ -139,6 +143,56 @@ def edit(watcher: Watcher, root: Path, graph: bench.Graph, leaf: int, n: int,
     return Sample(leaf, len(cone), when - started, float(match["build"]), int(match["executed"]))
 
 
+SUMMARY = re.compile(r"\((?P<executed>\d+) executed, \d+ cached, 0 failed\) "
+                     r"in (?P<build>[0-9.]+) s")
+
+
+def build_through_server(posbuild: str, root: Path, jobs: int) -> tuple[float, re.Match[str]]:
+    """One `posbuild build` (through the build server): its exit time and summary line."""
+    done = subprocess.run([posbuild, "build", f"-j{jobs}", "//..."], cwd=root, env=bench.TOOL_ENV,
+                          stdin=subprocess.DEVNULL, capture_output=True, text=True)
+    when = time.perf_counter()
+    match = SUMMARY.search(done.stdout)
+    if done.returncode != 0 or match is None:
+        sys.exit(f"error: posbuild build failed ({done.returncode}): {done.stderr[-500:]}")
+    return when, match
+
+
+def edit_through_server(args: argparse.Namespace, root: Path, graph: bench.Graph, leaf: int,
+                        n: int) -> Sample:
+    """Append a line to one leaf; time until `posbuild build` has rebuilt what it feeds."""
+    bench.settle()
+    data = graph.leaves[leaf] + f"server edit {n} at {time.time_ns()}\n".encode()
+    graph.leaves[leaf] = data
+    started = time.perf_counter()
+    (root / bench.leaf_rel(leaf)).write_bytes(data)
+    when, match = build_through_server(args.posbuild, root, args.jobs)
+    cone = bench.downstream_cone(graph, leaf)
+    check_outputs(root, graph, cone)
+    return Sample(leaf, len(cone), when - started, float(match["build"]), int(match["executed"]))
+
+
+def run_through_server(args: argparse.Namespace, root: Path, graph: bench.Graph,
+                       small: list[int], large: list[int]) -> None:
+    started = time.perf_counter()
+    build_through_server(args.posbuild, root, args.jobs)
+    print(f"  first build (through the build server): {time.perf_counter() - started:.1f} s",
+          flush=True)
+    build_through_server(args.posbuild, root, args.jobs)  # the server checks, once, after a build
+    check_outputs(root, graph)
+    try:
+        samples = [edit_through_server(args, root, graph, leaf, n) for n, leaf in enumerate(small)]
+        report(f"small cone (e.g. {bench.leaf_rel(small[0])})", samples, 0.15)
+        if large:
+            samples = [edit_through_server(args, root, graph, leaf, n)
+                       for n, leaf in enumerate(large)]
+            report(f"large cone (e.g. {bench.leaf_rel(large[0])})", samples, None)
+        check_outputs(root, graph)
+    finally:
+        subprocess.run([args.posbuild, "shutdown"], cwd=root, env=bench.TOOL_ENV,
+                       capture_output=True)
+
+
 def report(name: str, samples: list[Sample], target: float | None) -> None:
     latencies = [s.latency for s in samples]
     median = statistics.median(latencies)
@@ -166,7 +220,9 @@ def run(args: argparse.Namespace, workdir: Path) -> None:
     small = small_cone_leaves(graph, args.small_cone, args.edits)
     large = bench.edit_leaves(graph, args.large_edits) if args.large_edits else []
     print(f"N={args.size}: {graph.size} tasks, {graph.layers} layers; workspace {root}", flush=True)
-
+    if args.server:
+        run_through_server(args, root, graph, small, large)
+        return
     started = time.perf_counter()
     watcher = Watcher(args.posbuild, root, args.jobs, args.debounce)
     try:
@@ -206,6 +262,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0, help="generator seed (default: 0)")
     p.add_argument("--workdir", type=Path,
                    help="where to generate the workspace (default: a temp dir)")
+    p.add_argument("--server", action="store_true",
+                   help="time `posbuild build` through the build server after each edit, instead "
+                        "of `posbuild watch`")
     p.add_argument("--reuse", action="store_true",
                    help="reuse the workspace an earlier run left in --workdir (its edits undone), "
                         "so the first build is not a cold one")

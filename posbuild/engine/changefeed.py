@@ -7,7 +7,7 @@ descriptor: one descriptor, so the events of all folders arrive in the order the
 After a build it checks, once, that the files its saved up-to-date state names still have the
 recorded signatures, and *vouches* for that state at the current event count. The next build of
 the same request needs no `stat()` of those files when no event arrived since, and the state file
-is the one vouched for.
+is the one vouched for; when events named only some files, only those are looked at (`changes`).
 
 "Since" must include every change made before the build was asked for. The kernel queues an
 event before the system call that caused it returns, but watchdog reads and dispatches them on
@@ -76,6 +76,7 @@ class ChangeFeed:
         self._paused = False  # posbuild-out/ is not watched while a build writes it
         self._vouched: dict[str, tuple[int, Signature]] = {}
         self._pending: set[str] = set()
+        self._log: list[tuple[int, str | None]] = []  # (generation, the file an event named)
         self._cookies: set[str] = set()
         self._seen = threading.Condition()
         self._count = 0
@@ -107,13 +108,25 @@ class ChangeFeed:
 
     # ---- the server's side ------------------------------------------------------------------
 
-    def unchanged(self, state_path: Path) -> bool:
-        """Whether the state file at `state_path` is the one vouched for and nothing changed in
-        the workspace since: then every file it names has the signature it records."""
+    def changes(self, state_path: Path) -> frozenset[str] | None:
+        """The files that changed since the state saved at `state_path` was vouched for (every
+        other file it names has the signature it records); None when that is not known: no
+        vouch, another state file since, a folder created, moved or deleted, a build's writes."""
         vouched = self._vouched.get(str(state_path))
         if vouched is None or self.trouble or not self.sync():
-            return False
-        return vouched == (self.generation, _signature(state_path))
+            return None
+        generation, signature = vouched
+        if _signature(state_path) != signature:
+            return None
+        with self._lock:
+            since = [path for at, path in self._log if at > generation]
+        if None in since:
+            return None
+        return frozenset(path for path in since if path is not None)
+
+    def unchanged(self, state_path: Path) -> bool:
+        """Whether nothing at all changed since the state at `state_path` was vouched for."""
+        return self.changes(state_path) == frozenset()
 
     def built(self, state_path: Path) -> None:
         """A build saved (or found) the state at `state_path`: check it once the client has its
@@ -128,8 +141,8 @@ class ChangeFeed:
         every vouch is withdrawn now, and `confirm` watches the folder again before it checks
         every file of the state after the build, a user's edit during the build included.
         """
-        self.generation += 1
         with self._lock:
+            self._changed(None)
             paused = [(wd, "workspace") for wd, rel in self._folders.items()
                       if rel == OUT_DIR or rel.startswith(OUT_DIR + "/")]
             for wd, _ in paused:
@@ -168,6 +181,9 @@ class ChangeFeed:
                     and settled(state, state.graph, self.root) \
                     and not any(map(self._reached_from_outside, state.paths)):
                 self._vouched[path] = (generation, signature)
+        oldest = min((at for at, _ in self._vouched.values()), default=self.generation)
+        with self._lock:  # what no vouch can ask about any more
+            self._log = [entry for entry in self._log if entry[0] > oldest]
 
     def _reached_from_outside(self, path: str) -> bool:
         """Whether a file may change with no event in the workspace: a symbolic link (to a file
@@ -210,24 +226,34 @@ class ChangeFeed:
                     self._cookies.add(name)
                     self._seen.notify_all()
             return
-        self.generation += 1
-        if event.is_directory and (event.is_create or event.is_moved_to):
-            folder = self._folders.get(event.wd)
-            name = os.fsdecode(event.name)
-            if folder is not None and not _skipped(name) \
+        folder = self._folders.get(event.wd)
+        name = os.fsdecode(event.name)
+        with self._lock:
+            # a file's own event names it; anything about folders is a change of unknown reach
+            self._changed(None if event.is_directory or folder is None or not name
+                          else os.path.join(folder, name))
+            if event.is_directory and (event.is_create or event.is_moved_to) \
+                    and folder is not None and not _skipped(name) \
                     and not (self._paused and folder == "" and name == OUT_DIR):
-                with self._lock:
-                    self._watch_tree(os.path.join(folder, name))
+                self._watch_tree(os.path.join(folder, name))
         if event.is_directory and (event.is_moved_from or event.is_delete):
             self._rescan = True  # the folder names of moved watches are stale: walk again
 
     def on_watch_deleted(self, wd: int) -> None:
-        self._folders.pop(wd, None)
-        self.generation += 1
+        with self._lock:
+            self._folders.pop(wd, None)
+            self._changed(None)
 
     def on_queue_overflow(self) -> None:
         self.trouble = "the inotify event queue overflowed"
+        with self._lock:
+            self._changed(None)
+
+    def _changed(self, path: str | None) -> None:
+        """Count one event, and log which file it names (None: not one file); holding the
+        lock."""
         self.generation += 1
+        self._log.append((self.generation, path))
 
     def on_events_lost(self) -> None:
         self.on_queue_overflow()

@@ -72,9 +72,9 @@ class ResolvedBuild:
 class Vouch(Protocol):
     """What a build server knows without a `stat()` (changefeed.ChangeFeed)."""
 
-    def unchanged(self, state_path: Path) -> bool:
-        """Whether every file the state saved at `state_path` names still has the signature it
-        records (and the state file is the one checked)."""
+    def changes(self, state_path: Path) -> frozenset[str] | None:
+        """The files that may differ from what the state saved at `state_path` records (every
+        other file it names has the recorded signature); None when that is not known."""
 
     def built(self, state_path: Path) -> None:
         """A build ended that may have saved the state at `state_path`."""
@@ -166,12 +166,11 @@ class BuildSession:
             previous = revalidate(None if options.dry_run else request.state_path, previous,
                                   config.store_dir, epoch)
         tree_clean = tree_is_clean(config)
-        # the build server saw no change since it checked this very state: a no-op with no stat
-        vouched = previous.complete and previous.graph == resolved.entry.digest \
-            and self.vouch is not None and self.vouch.unchanged(request.state_path)
+        touched = self._touched(previous, resolved)  # None: every file is to be looked at
         graph = resolved.graph
         if graph is None:  # the actions are not decoded: maybe a no-op
-            if tree_clean and (vouched or settled(previous, resolved.entry.digest, config.root)):
+            if tree_clean and (touched == frozenset() if touched is not None
+                               else settled(previous, resolved.entry.digest, config.root)):
                 self._all_settled(resolved, previous, environment)
                 return None
             graph = resolved.entry.graph()
@@ -180,8 +179,8 @@ class BuildSession:
         if resolved.local:
             check_budget(actions, config.resources)
         forced = _forced(options, actions)
-        clean = [False] * len(actions) if options.verify else [True] * len(actions) if vouched \
-            else clean_actions(actions, previous, config.root)
+        clean = [False] * len(actions) if options.verify \
+            else clean_actions(actions, previous, config.root, touched)
         if forced:  # a forced action, and whatever depends on it, is looked at again
             for index, action in enumerate(actions):  # dependencies first: one pass suffices
                 if action.label in forced or not all(clean[d] for d in action.deps):
@@ -206,6 +205,18 @@ class BuildSession:
                                **({"rerun": list(options.rerun)} if options.rerun else {}))
         return DirtyWork(actions, clean, previous, request.state_path, resolved.entry.digest,
                          resolved.patterns, tree_clean, row, tuple(blobs), forced)
+
+    def _touched(self, previous: BuildState, resolved: ResolvedBuild) -> frozenset[str] | None:
+        """The files of the saved state that changed since the build server last checked them
+        all (empty: none did, a no-op with no `stat()`); None without a server that knows."""
+        if self.vouch is None or not previous.complete \
+                or previous.graph != resolved.entry.digest:
+            return None
+        changes = self.vouch.changes(resolved.request.state_path)
+        if changes is None or not changes:
+            return changes
+        named = frozenset(previous.paths)
+        return frozenset(path for path in changes if path in named)
 
     def _all_settled(self, resolved: ResolvedBuild, previous: BuildState,
                      environment: BuildEnvironment) -> None:

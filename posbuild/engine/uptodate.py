@@ -49,11 +49,14 @@ def settled(state: BuildState, graph: Digest, root: Path) -> bool:
     return now == state.packed_signatures
 
 
-def clean_actions(actions: Sequence[Action], state: BuildState, root: Path) -> list[bool]:
+def clean_actions(actions: Sequence[Action], state: BuildState, root: Path,
+                  touched: frozenset[str] | None = None) -> list[bool]:
     """For each action (in dependency order), whether it is up to date by stat alone.
 
     The hot loop of a no-op build: written flat, one dict lookup and at most one `stat()` per
-    file, each file stat-ed once however many actions read it.
+    file, each file stat-ed once however many actions read it. `touched`, from the build
+    server's watch: the only files that may have changed since the state was saved (the others
+    are not even stat-ed); None: any file may have.
     """
     clean = [False] * len(actions)
     if not state.actions:
@@ -81,11 +84,14 @@ def clean_actions(actions: Sequence[Action], state: BuildState, root: Path) -> l
             same = seen.get(path)
             if same is None:
                 row = files.get(path)
-                try:
-                    st = stat(base + path)
-                    same = row == (st.st_mtime_ns, st.st_size, st.st_ino, st.st_ctime_ns)
-                except FileNotFoundError:
-                    same = False
+                if touched is not None and path not in touched:
+                    same = row is not None
+                else:
+                    try:
+                        st = stat(base + path)
+                        same = row == (st.st_mtime_ns, st.st_size, st.st_ino, st.st_ctime_ns)
+                    except FileNotFoundError:
+                        same = False
                 seen[path] = same
             if not same:
                 ok = False

@@ -52,6 +52,11 @@ def test_a_state_is_vouched_for_until_a_file_changes(tmp_path, feed):
     assert feed.unchanged(state)  # and again: nothing happened
     (tmp_path / "pkg/a.txt").write_text("A")
     assert not feed.unchanged(state)
+    assert feed.changes(state) == {"pkg/a.txt"}  # only it needs a look
+    (tmp_path / "notes.txt").write_text("no file of the state")
+    assert feed.changes(state) == {"pkg/a.txt", "notes.txt"}
+    (tmp_path / "pkg/sub").mkdir()  # a folder: what changed is no longer known file by file
+    assert feed.changes(state) is None
     state = _save(tmp_path, {"pkg/a.txt": "A", "b.txt": "b", "posbuild-out/pkg/o": "o"})
     assert _vouched(feed, state)
     (tmp_path / "posbuild-out/pkg/o").unlink()  # outputs are watched too

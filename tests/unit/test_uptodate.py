@@ -167,3 +167,19 @@ def test_a_folder_output_is_clean_only_while_every_recorded_member_is(tmp_path: 
     fresh = BuildState(ENV, state.actions, now, state.digests, graph=GRAPH,
                        trees={"posbuild-out/p/d": paths[1:]})
     assert clean_actions([action], fresh, tmp_path) == [True]
+
+
+def test_only_the_touched_files_are_looked_at_when_the_watch_names_them(tmp_path: Path) -> None:
+    """With the build server's list of changed files, a file it does not name is taken as
+    recorded (no stat), and one it names is compared as always."""
+    from posbuild.engine.uptodate import clean_actions
+
+    signatures = _files(tmp_path)
+    action = Action("//src:a", "genrule", "", ("src/a.txt",), (), ("posbuild-out/src/a.out",),
+                    (), (), 0, (), b"\x03" * 32, (), ("src/a.txt",))
+    state = _state(signatures)
+    (tmp_path / "src/a.txt").write_text("edited\n")
+    assert clean_actions([action], state, tmp_path) == [False]
+    assert clean_actions([action], state, tmp_path, frozenset({"src/a.txt"})) == [False]
+    assert clean_actions([action], state, tmp_path, frozenset({"elsewhere.txt"})) == [True]
+    assert clean_actions([action], state, tmp_path, frozenset()) == [True]
