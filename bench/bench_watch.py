@@ -198,7 +198,7 @@ def report(name: str, samples: list[Sample], target: float | None) -> None:
     median = statistics.median(latencies)
     cones = "/".join(str(c) for c in sorted({s.cone for s in samples}))
     verdict = "" if target is None \
-        else (f"  (target < {target:.1f} s: {'met' if median < target else 'MISSED'})")
+        else (f"  (target < {target * 1000:.0f} ms: {'met' if median < target else 'MISSED'})")
     print(f"  {name}: cone {cones} task(s), {len(samples)} edits")
     print(f"    edit -> rebuilt: median {median * 1000:.0f} ms, min {min(latencies) * 1000:.0f} "
           f"ms, max {max(latencies) * 1000:.0f} ms{verdict}")
