@@ -21,7 +21,8 @@ from typing import Iterator
 
 import pytest
 
-from conftest import POSBUILD, Result, Workspace, bwrap_problem, landlock_problem
+from conftest import (POSBUILD, Result, Workspace, bwrap_problem, landlock_problem,
+                      processes_with)
 from posbuild.core.action import Action
 from posbuild.exec import landlock, namespaces
 from posbuild.exec.sandbox import LocalSpawner, choose_isolation
@@ -156,22 +157,11 @@ def test_no_capabilities_and_no_new_privileges(lws):
 
 # ---- processes -----------------------------------------------------------------------------------
 
-def _processes_with(needle: bytes) -> list[int]:
-    found = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/cmdline", "rb") as handle:
-                    if needle in handle.read():
-                        found.append(int(entry))
-            except OSError:
-                pass
-    return found
 
 
 def _gone(needle: bytes, within: float) -> bool:
     deadline = time.monotonic() + within
-    while _processes_with(needle):
+    while processes_with(needle):
         if time.monotonic() > deadline:
             return False
         time.sleep(0.05)
@@ -192,7 +182,7 @@ def test_a_command_that_left_its_session_and_double_forked_dies_when_posbuild_is
                                 stderr=subprocess.DEVNULL, start_new_session=True)
     try:
         deadline = time.monotonic() + 30
-        while len(_processes_with(needle)) < 3:
+        while len(processes_with(needle)) < 3:
             assert time.monotonic() < deadline, "the command never started"
             assert posbuild.poll() is None, "posbuild ended early"
             time.sleep(0.02)
@@ -203,7 +193,7 @@ def test_a_command_that_left_its_session_and_double_forked_dies_when_posbuild_is
         if posbuild.poll() is None:
             posbuild.kill()
             posbuild.wait()
-        for pid in _processes_with(needle):
+        for pid in processes_with(needle):
             os.kill(pid, signal.SIGKILL)
 
 
@@ -236,7 +226,7 @@ def test_a_long_lived_process_ends_what_a_build_left_running_when_the_build_ends
         result = sandboxes.run(action)
         try:
             assert result.exit_code == 0, result.stderr
-            assert _processes_with(f"sleep\0{marker}".encode()), "the daemon never started"
+            assert processes_with(f"sleep\0{marker}".encode()), "the daemon never started"
         finally:
             sandboxes.remove(result)
             sandboxes.close()

@@ -22,7 +22,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest import POSBUILD, Result, Workspace, bwrap_problem, counts, landlock_problem
+from conftest import (POSBUILD, Result, Workspace, bwrap_problem, counts, landlock_problem,
+                      processes_with)
 from posbuild.exec import namespaces
 from posbuild.core.action import Action
 from posbuild.workspace.config import load_config
@@ -335,17 +336,6 @@ def test_verify_works_in_the_namespace_sandbox(nws):
 
 # ---- processes ---------------------------------------------------------------------------------
 
-def _processes_with(needle: bytes) -> list[int]:
-    found = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/cmdline", "rb") as handle:
-                    if needle in handle.read():
-                        found.append(int(entry))
-            except OSError:
-                pass
-    return found
 
 
 def test_the_command_ends_when_posbuild_is_killed(nws):
@@ -362,21 +352,21 @@ def test_the_command_ends_when_posbuild_is_killed(nws):
     needle = f"sleep\0{marker}".encode()
     try:
         deadline = time.monotonic() + 30
-        while len(_processes_with(needle)) < 2:
+        while len(processes_with(needle)) < 2:
             assert time.monotonic() < deadline, "the command never started"
             assert posbuild.poll() is None, "posbuild ended early"
             time.sleep(0.02)
         posbuild.kill()
         posbuild.wait(timeout=10)
         deadline = time.monotonic() + 10
-        while _processes_with(needle):
+        while processes_with(needle):
             assert time.monotonic() < deadline, "the command outlived posbuild"
             time.sleep(0.05)
     finally:
         if posbuild.poll() is None:
             posbuild.kill()
             posbuild.wait()
-        for pid in _processes_with(needle):
+        for pid in processes_with(needle):
             os.kill(pid, signal.SIGKILL)
 
 
@@ -390,7 +380,7 @@ def test_a_timeout_ends_the_command_and_its_background_children(nws):
     assert result.returncode == 1, result.stdout + result.stderr
     assert "timed out" in result.stderr
     assert time.monotonic() - started < 20
-    assert _processes_with(f"sleep\0{marker}".encode()) == []
+    assert processes_with(f"sleep\0{marker}".encode()) == []
 
 
 # ---- choosing the sandbox ------------------------------------------------------------------------

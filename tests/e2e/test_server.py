@@ -16,7 +16,8 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import POSBUILD, Result, Workspace, counts, executed_labels, through_server
+from conftest import (POSBUILD, Result, Workspace, counts, executed_labels, processes_with,
+                      through_server)
 
 ws = pytest.fixture(through_server)
 
@@ -35,15 +36,21 @@ def _slow(flag: Path, seconds: float, name: str = "slow") -> str:
 
 
 def _sleeping(seconds: float) -> bool:
-    """Whether a `sleep SECONDS` runs anywhere (the action's pid is its namespace's own)."""
-    for entry in Path("/proc").iterdir():
-        try:
-            if entry.name.isdigit() and (entry / "cmdline").read_bytes() \
-                    == f"sleep\0{seconds}\0".encode():
-                return True
-        except OSError:
-            pass
-    return False
+    """Whether a `sleep SECONDS` runs anywhere."""
+    return bool(processes_with(f"sleep\0{seconds}\0".encode()))
+
+
+def _running_slowly(ws: Workspace, tmp_path: Path, seconds: float) -> tuple[int | None,
+                                                                          subprocess.Popen[str]]:
+    """The server's pid, and a client whose build runs an action sleeping `seconds`."""
+    flag = tmp_path / "started"
+    ws.write({"pkg/BUILD": _slow(flag, seconds)})
+    ws.ok("//pkg:slow", "-n")
+    server = _server_pid(ws)
+    client = _start(ws, "//pkg:slow")
+    _wait_for(flag.exists)
+    assert _sleeping(seconds)
+    return server, client
 
 
 def _server_pid(ws: Workspace) -> int | None:
@@ -53,6 +60,15 @@ def _server_pid(ws: Workspace) -> int | None:
         return None
     pids = re.findall(r"\[(\d+)\] serving", log.read_text())
     return int(pids[-1]) if pids else None
+
+
+def _serving(ws: Workspace) -> int:
+    """Build UPPER once through the server; the server's pid."""
+    ws.write(UPPER)
+    ws.ok()
+    pid = _server_pid(ws)
+    assert pid is not None
+    return pid
 
 
 def _alive(pid: int) -> bool:
@@ -147,10 +163,7 @@ def test_a_server_killed_mid_build_leaves_the_build_to_the_client(ws, tmp_path):
 
 
 def test_a_stale_socket_is_replaced_by_a_new_server(ws):
-    ws.write(UPPER)
-    ws.ok()
-    first = _server_pid(ws)
-    assert first is not None
+    first = _serving(ws)
     os.kill(first, signal.SIGKILL)
     _wait_for(lambda: not _alive(first))
     assert (ws.root / ".posbuild/server.sock").exists()  # left behind
@@ -194,14 +207,8 @@ def test_a_build_queued_when_the_server_stops_goes_to_the_next_server(ws, tmp_pa
 
 
 def test_ctrl_c_stops_the_build_and_the_server_serves_on(ws, tmp_path):
-    flag = tmp_path / "started"
     seconds = 61 + random.randrange(1000) / 1000  # its own, whatever else runs
-    ws.write({"pkg/BUILD": _slow(flag, seconds)})
-    ws.ok("//pkg:slow", "-n")
-    server = _server_pid(ws)
-    client = _start(ws, "//pkg:slow")
-    _wait_for(flag.exists)
-    assert _sleeping(seconds)
+    server, client = _running_slowly(ws, tmp_path, seconds)
     client.send_signal(signal.SIGINT)
     out, err = client.communicate(timeout=60)
     assert client.returncode == 130, out + err
@@ -214,14 +221,8 @@ def test_ctrl_c_stops_the_build_and_the_server_serves_on(ws, tmp_path):
 
 
 def test_a_client_that_goes_away_stops_its_build(ws, tmp_path):
-    flag = tmp_path / "started"
     seconds = 62 + random.randrange(1000) / 1000
-    ws.write({"pkg/BUILD": _slow(flag, seconds)})
-    ws.ok("//pkg:slow", "-n")
-    server = _server_pid(ws)
-    client = _start(ws, "//pkg:slow")
-    _wait_for(flag.exists)
-    assert _sleeping(seconds)
+    server, client = _running_slowly(ws, tmp_path, seconds)
     client.kill()
     client.communicate(timeout=30)
     _wait_for(lambda: not _sleeping(seconds))
@@ -232,10 +233,7 @@ def test_a_client_that_goes_away_stops_its_build(ws, tmp_path):
 
 
 def test_a_hung_server_is_left_within_a_second(ws):
-    ws.write(UPPER)
-    ws.ok()
-    server = _server_pid(ws)
-    assert server is not None
+    server = _serving(ws)
     os.kill(server, signal.SIGSTOP)
     try:
         (ws.root / "pkg/a.txt").write_text("beta\n")
@@ -263,9 +261,7 @@ def test_a_watch_it_cannot_trust_makes_the_build_stat_and_the_server_stop(ws, mo
 
 
 def test_a_client_of_another_installation_replaces_the_server(ws, tmp_path, monkeypatch):
-    ws.write(UPPER)
-    ws.ok()
-    first = _server_pid(ws)
+    first = _serving(ws)
     copy = tmp_path / "other-install"
     shutil.copytree(Path(__file__).parents[2] / "posbuild", copy / "posbuild",
                     ignore=shutil.ignore_patterns("__pycache__"))
@@ -297,9 +293,7 @@ def test_the_server_can_be_turned_off(ws, monkeypatch, how):
 
 
 def test_a_running_server_turned_off_in_the_config_steps_down(ws):
-    ws.write(UPPER)
-    ws.ok()
-    server = _server_pid(ws)
+    server = _serving(ws)
     (ws.root / "posbuild.toml").write_text("[build]\nserver = false\n")
     ws.ok()
     _wait_for(lambda: not _alive(server))
@@ -309,18 +303,13 @@ def test_a_running_server_turned_off_in_the_config_steps_down(ws):
 
 def test_an_idle_server_stops(ws):
     (ws.root / "posbuild.toml").write_text("[build]\nserver_idle = 1\n")
-    ws.write(UPPER)
-    ws.ok()
-    server = _server_pid(ws)
-    assert server is not None
+    server = _serving(ws)
     _wait_for(lambda: not _alive(server), 15)
     assert "stopping: idle for 1 s" in (ws.root / ".posbuild/server.log").read_text()
 
 
 def test_shutdown_and_clean_all_stop_the_server(ws):
-    ws.write(UPPER)
-    ws.ok()
-    server = _server_pid(ws)
+    server = _serving(ws)
     done = ws.run("shutdown")
     assert done.returncode == 0 and done.stdout == "build server stopped\n"
     assert not (ws.root / ".posbuild/server.sock").exists()
