@@ -22,9 +22,8 @@ or a source with a second hard link. Not watched: `.posbuild/` (posbuild's own s
 the state file is checked by its signature instead), hidden folders and `__pycache__`. A state
 naming a file in a folder that is not watched is never vouched for. What inotify cannot see makes
 the watch untrustworthy (`trouble`): a queue overflow, the watch limit, a watch that does not
-answer; the server then checks by `stat()` and stops. Writes through a hard link from outside
-the workspace and files on network file systems changed by another machine are not seen at all
-(documented in docs/server.md).
+answer; the server then checks by `stat()` and stops. Writes through a memory mapping and files
+on network file systems changed by another machine are not seen at all (docs/server.md).
 """
 
 from __future__ import annotations
