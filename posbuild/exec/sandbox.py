@@ -28,10 +28,10 @@ the whole group is killed, so no stray background process outlives its action.
 
 Namespaces (`[sandbox] mode`). "auto" (the default) and "landlock": where Landlock ABI 6 and a
 C compiler are there, the command is exec'd through a small launcher (landlock.py) that joins
-the user, mount, PID, network, IPC and UTS namespaces made once per process, drops every capability
-and restricts the command with Landlock: everything but the workspace, the store, the sandbox
-base, /tmp, /dev and /run (and the secrets file) is readable, only the sandbox folder is
-writable, TCP is denied without the network tag. The folder and its staging are the folder
+the user, mount, PID, network, IPC and UTS namespaces made once per build (held while a
+spawner is open), drops every capability and restricts the command with Landlock: everything
+but the workspace, the store, the sandbox base, /tmp, /dev and /run (and the secrets file) is
+readable, only the sandbox folder is writable, TCP is denied without the network tag. The folder and its staging are the folder
 sandbox's (inputs are copies); so is the shell-free start of plain commands, through the
 launcher. "namespace", and "auto" where Landlock cannot run: the same folder inside bubblewrap's
 own mount, PID, IPC, UTS and network namespaces (namespaces.py): the workspace and the host's
