@@ -31,9 +31,9 @@ C compiler are there, the command is exec'd through a small launcher (landlock.p
 the user, mount, PID, network, IPC and UTS namespaces made once per build (held while a
 spawner is open), drops every capability and restricts the command with Landlock: everything
 but the workspace, the store, the sandbox base, /tmp, /dev and /run (and the secrets file) is
-readable, only the sandbox folder is writable, TCP is denied without the network tag. The folder and its staging are the folder
-sandbox's (inputs are copies); so is the shell-free start of plain commands, through the
-launcher. "namespace", and "auto" where Landlock cannot run: the same folder inside bubblewrap's
+readable, only the sandbox folder is writable, TCP is denied without the network tag. The
+folder and its staging are the folder sandbox's (inputs are copies); so is the shell-free start
+of plain commands, through the launcher. "namespace", and "auto" where Landlock cannot run: the same folder inside bubblewrap's
 own mount, PID, IPC, UTS and network namespaces (namespaces.py): the workspace and the host's
 /tmp and /dev/shm are invisible, the system is read-only, the declared inputs are bound
 read-only, and only the sandbox folder and a private /tmp are writable. Large inputs are bound
