@@ -26,23 +26,23 @@ which sees the whole file system, anywhere else.
 The command runs in its own session (process group); when it ends, or on timeout or cancel,
 the whole group is killed, so no stray background process outlives its action.
 
-Namespaces (`[sandbox] mode`). "auto" (the default) and "landlock": where Landlock ABI 6 and a
-C compiler are there, the command is exec'd through a small launcher (landlock.py) that joins
-the user, mount, PID, network, IPC and UTS namespaces made once per build (held while a
-spawner is open), drops every capability and restricts the command with Landlock: everything
-but the workspace, the store, the sandbox base, /tmp, /dev and /run (and the secrets file) is
-readable, only the sandbox folder is writable, TCP is denied without the network tag. The
-folder and its staging are the folder sandbox's (inputs are copies); so is the shell-free start
-of plain commands, through the launcher. "namespace", and "auto" where Landlock cannot run: the same folder inside bubblewrap's
-own mount, PID, IPC, UTS and network namespaces (namespaces.py): the workspace and the host's
-/tmp and /dev/shm are invisible, the system is read-only, the declared inputs are bound
+Namespaces (`[sandbox] mode`). "auto" (the default) and "landlock": where Landlock ABI 6 and a C
+compiler are there, the command is exec'd through a small launcher (landlock.py) that joins the
+user, mount, PID, network, IPC and UTS namespaces made once per build (held while a spawner is
+open), drops every capability and restricts the command with Landlock: everything but the
+workspace, the store, the sandbox base, /tmp, /dev and /run (and the secrets file) is readable,
+only the sandbox folder is writable, TCP is denied without the network tag. The folder and its
+staging are the folder sandbox's (inputs are copies); so is the shell-free start of plain commands,
+through the launcher. "namespace", and "auto" where Landlock cannot run: the same folder inside
+bubblewrap's own mount, PID, IPC, UTS and network namespaces (namespaces.py): the workspace and the
+host's /tmp and /dev/shm are invisible, the system is read-only, the declared inputs are bound
 read-only, and only the sandbox folder and a private /tmp are writable. Large inputs are bound
 read-only from the workspace instead of being copied (staged as a symlink first, which
 `_namespaced` turns into the bind). The process posbuild waits for is then the launcher's or
-bwrap's: killing its group ends the command too, and its rusage includes the command's. Under
-bwrap a command killed by signal N inside reports exit code 128+N (bwrap passes the status on as
-a shell does); the launcher passes the signal on, as the folder sandbox reports it.
-`choose_isolation` decides once per build, before anything runs.
+bwrap's: killing its group ends the command too, and its rusage includes the command's. Under bwrap
+a command killed by signal N inside reports exit code 128+N (bwrap passes the status on as a shell
+does); the launcher passes the signal on, as the folder sandbox reports it. `choose_isolation`
+decides once per build, before anything runs.
 
 Processors: an action that declares cpu=N (N >= 1; the default is 1) runs pinned to N of the
 processors posbuild may use. They are chosen deterministically: the N least used by the actions
