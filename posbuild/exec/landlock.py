@@ -33,7 +33,8 @@ Landlock:
 
 What it does not hide, against bwrap: `stat` of a hidden path still says it exists (and its size
 and times); a folder above a hidden one can still be walked through but not listed;
-/proc shows the other processes (their command lines; not their environment or files). The
+/proc shows the build's other processes (their command lines; not their environment or files),
+not the host's (the build's mount namespace mounts its PID namespace's /proc). The
 inputs are copies in a writable folder, not read-only binds. A command's process that left its
 process group ends with the build, not with its action: a PID namespace
 per action, nested, costs 0.3-0.5 ms more (docs/sandboxes.md).

@@ -60,7 +60,7 @@ from posbuild.exec.landlock import Landlocked
 WRITABLE_VARIABLE = "POSBUILD_SANDBOX_WRITABLE"  # debugging and test probes: folders left writable
 PROBE_TIMEOUT = 20.0  # seconds; bwrap starts in milliseconds, a hang means something is wrong
 _probed: dict[tuple[str, ...], str | None] = {}  # argv → None (works) or why not; once per process
-_launcher: list[str] = []  # the compiled launcher, or why there is none; once per process
+_launcher: list[tuple[str, str]] = []  # (the compiled launcher, or "" and why not); once
 _noticed: set[str] = set()
 
 
@@ -220,18 +220,24 @@ def choose(mode: str, hidden: Iterable[str], visible: Iterable[str],
     """
     if mode == "folder":
         return None, ""
-    lines: list[str] = []
+    unlike = ""  # why the Landlock sandbox cannot run, when the user should hear it
     if mode in ("auto", "landlock"):
-        fast, problem = _landlocked(hidden, visible, writable, masked)
+        version = landlock.abi()
+        fast, problem = _landlocked(hidden, visible, writable, masked) \
+            if version >= landlock.MIN_ABI \
+            else (None, f"the kernel has Landlock ABI {version}, {landlock.MIN_ABI} is needed")
         if fast is not None:
             return fast, ""
         if mode == "landlock":
             raise SandboxUnavailable(
                 f'[sandbox] mode = "landlock" cannot run here ({problem}); set [sandbox] mode = '
                 '"auto", "namespace" or "folder"')
-        if not problem.startswith("the kernel"):
-            lines.append(f"posbuild: the Landlock sandbox is not available ({problem}); "
-                         "actions run under bubblewrap")
+        if version >= landlock.MIN_ABI:  # an old kernel needs no word
+            unlike = problem
+
+    def fell_back(to: str) -> list[str]:
+        return [f"posbuild: the Landlock sandbox is not available ({unlike}); actions run {to}"
+                ] if unlike else []
     bwrap = find_bwrap()
     if bwrap is None:
         problem_b: str | None = "bwrap not found on PATH"
@@ -240,33 +246,31 @@ def choose(mode: str, hidden: Iterable[str], visible: Iterable[str],
         chosen = isolation(bwrap, hidden, visible, writable, masked=masked)
         problem_b = probe((*chosen.head, *chosen.tail))
     if problem_b is None:
-        return chosen, _once(lines)
+        return chosen, _once(fell_back("under bubblewrap"))
     if mode == "namespace":
         raise SandboxUnavailable(
             f'[sandbox] mode = "namespace" needs bubblewrap, which cannot run here ({problem_b}); '
             'install it (Debian/Ubuntu: apt-get install bubblewrap) or set [sandbox] mode = '
             '"auto" or "folder"')
-    lines = [line.replace("under bubblewrap", "in the folder sandbox") for line in lines]
-    lines.append(f"posbuild: bubblewrap not available ({problem_b}); actions run in the folder "
-                 "sandbox")
-    return None, _once(lines)
+    return None, _once([*fell_back("in the folder sandbox"),
+                        f"posbuild: bubblewrap not available ({problem_b}); actions run in the "
+                        "folder sandbox"])
 
 
 def _landlocked(hidden: Iterable[str], visible: Iterable[str], writable: Iterable[str],
                 masked: Iterable[str]) -> tuple[Landlocked | None, str]:
-    """The Landlock sandbox's shared argv, or None and why it cannot run here."""
-    version = landlock.abi()
-    if version < landlock.MIN_ABI:
-        return None, f"the kernel has Landlock ABI {version}, {landlock.MIN_ABI} is needed"
+    """The Landlock sandbox's shared argv, or None and why it cannot run here (on a kernel
+    with Landlock ABI MIN_ABI)."""
     if not _launcher:
         try:
-            _launcher.append(landlock.compiled())
+            _launcher.append((landlock.compiled(), ""))
         except OSError as error:
-            _launcher.append("!" + (error.strerror or str(error)))
-    if _launcher[0].startswith("!"):
-        return None, _launcher[0][1:]
+            _launcher.append(("", error.strerror or str(error)))
+    launcher, why_not = _launcher[0]
+    if not launcher:
+        return None, why_not
     try:
-        fast = landlock.landlocked(_launcher[0], hidden, visible, writable, masked)
+        fast = landlock.landlocked(launcher, hidden, visible, writable, masked)
     except OSError as error:
         return None, error.strerror or str(error)
     key = fast.head
