@@ -167,6 +167,19 @@ def through_server(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[
 
 
 @pytest.fixture
+def outside_tmp() -> Iterator[Path]:
+    """A folder under the home folder: not below /tmp, which the namespace sandboxes hide
+    wholesale (a workspace there is hidden by its own rules or mounts)."""
+    import shutil
+    import tempfile
+
+    folder = Path(tempfile.mkdtemp(prefix="posbuild-outside-", dir=os.path.expanduser("~")))
+    yield folder
+    subprocess.run(["chmod", "-R", "u+w", str(folder)], check=False)
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.fixture
 def ws(tmp_path: Path) -> Workspace:
     """An empty workspace (a posbuild.toml and nothing else)."""
     root = tmp_path / "ws"

@@ -10,14 +10,11 @@ build runs with POSBUILD_SANDBOX_WRITABLE cleared.
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import subprocess
-import tempfile
 import time
 from dataclasses import replace
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 
@@ -49,15 +46,6 @@ def ok(ws: Workspace, *args: str, env: dict[str, str] | None = None) -> Result:
 def lws(ws: Workspace) -> Workspace:
     ws.write({"posbuild.toml": LANDLOCK})
     return ws
-
-
-@pytest.fixture
-def outside_tmp() -> Iterator[Path]:
-    """A folder under the home folder: not below a folder hidden wholesale (/tmp)."""
-    folder = Path(tempfile.mkdtemp(prefix="posbuild-landlock-", dir=os.path.expanduser("~")))
-    yield folder
-    subprocess.run(["chmod", "-R", "u+w", str(folder)], check=False)
-    shutil.rmtree(folder, ignore_errors=True)
 
 
 # ---- what it denies: a hidden path exists, but cannot be read, listed or written -----------------

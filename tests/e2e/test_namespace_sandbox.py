@@ -15,7 +15,6 @@ import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -123,34 +122,29 @@ def test_writing_into_the_hosts_tmp_fails_and_tmp_is_private(bws, tmp_path):
     assert not (tmp_path / "escaped.txt").exists()
 
 
-def test_a_workspace_and_a_store_outside_tmp_are_covered_by_read_only_empty_folders():
+def test_a_workspace_and_a_store_outside_tmp_are_covered_by_read_only_empty_folders(
+        outside_tmp):
     """The workspace root and an outside `[cache] dir` are hidden by read-only tmpfs mounts when
     they do not live under /tmp (which is replaced as a whole)."""
-    base = Path("/var/tmp") if os.access("/var/tmp", os.W_OK) else Path.home()
-    top = Path(tempfile.mkdtemp(prefix="posbuild-ns-", dir=base))
-    root, cache = top / "ws", top / "cache"
-    try:
-        ws = Workspace(root)
-        ws.write({
-            "posbuild.toml": NAMESPACE + f'[cache]\ndir = "{cache}"\n',
-            "pkg/secret.txt": "undeclared\n",
-            "pkg/BUILD": f"""
-                genrule(name = "look", outs = ["look.txt"], cmd = "ls -A {root} {cache} > $@")
-                genrule(name = "read", outs = ["read.txt"], cmd = "cat {root}/pkg/secret.txt > $@")
-                genrule(name = "write", outs = ["write.txt"], cmd = "echo x > $@; echo x > {root}/escaped.txt")
-                genrule(name = "spoil", outs = ["spoil.txt"], cmd = "echo x > $@; echo x > {cache}/escaped.txt")
-            """,  # noqa: E501
-        })
-        ok(ws, "//pkg:look")
-        assert ws.out("pkg/look.txt") == f"{cache}:\n\n{root}:\n"  # both empty
-        for name in ("read", "write", "spoil"):
-            result = build(ws, f"//pkg:{name}")
-            assert result.returncode == 1, f"{name}:\n{result.stdout}{result.stderr}"
-        assert "Read-only file system" in result.stderr
-        assert not (root / "escaped.txt").exists() and not (cache / "escaped.txt").exists()
-    finally:
-        subprocess.run(["chmod", "-R", "u+w", str(top)], check=False)
-        subprocess.run(["rm", "-rf", str(top)], check=False)
+    root, cache = outside_tmp / "ws", outside_tmp / "cache"
+    ws = Workspace(root)
+    ws.write({
+        "posbuild.toml": NAMESPACE + f'[cache]\ndir = "{cache}"\n',
+        "pkg/secret.txt": "undeclared\n",
+        "pkg/BUILD": f"""
+            genrule(name = "look", outs = ["look.txt"], cmd = "ls -A {root} {cache} > $@")
+            genrule(name = "read", outs = ["read.txt"], cmd = "cat {root}/pkg/secret.txt > $@")
+            genrule(name = "write", outs = ["write.txt"], cmd = "echo x > $@; echo x > {root}/escaped.txt")
+            genrule(name = "spoil", outs = ["spoil.txt"], cmd = "echo x > $@; echo x > {cache}/escaped.txt")
+        """,  # noqa: E501
+    })
+    ok(ws, "//pkg:look")
+    assert ws.out("pkg/look.txt") == f"{cache}:\n\n{root}:\n"  # both empty
+    for name in ("read", "write", "spoil"):
+        result = build(ws, f"//pkg:{name}")
+        assert result.returncode == 1, f"{name}:\n{result.stdout}{result.stderr}"
+    assert "Read-only file system" in result.stderr
+    assert not (root / "escaped.txt").exists() and not (cache / "escaped.txt").exists()
 
 
 def test_other_sandboxes_and_the_hosts_dev_shm_are_invisible(bws):
