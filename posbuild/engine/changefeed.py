@@ -123,10 +123,6 @@ class ChangeFeed:
             return None
         return frozenset(path for path in since if path is not None)
 
-    def unchanged(self, state_path: Path) -> bool:
-        """Whether nothing at all changed since the state at `state_path` was vouched for."""
-        return self.changes(state_path) == frozenset()
-
     def built(self, state_path: Path) -> None:
         """A build saved (or found) the state at `state_path`: check it once the client has its
         answer (`confirm`), unless it stays vouched for (a no-op changes nothing)."""

@@ -41,17 +41,17 @@ def feed(tmp_path: Path):  # type: ignore[no-untyped-def]
 def _vouched(feed: ChangeFeed, state: Path) -> bool:
     feed.built(state)
     feed.confirm()
-    return feed.unchanged(state)
+    return feed.changes(state) == set()
 
 
 def test_a_state_is_vouched_for_until_a_file_changes(tmp_path, feed):
     state = _workspace(tmp_path, {"pkg/a.txt": "a", "b.txt": "b", "posbuild-out/pkg/o": "o"})
     feed.start()
-    assert not feed.unchanged(state)  # nothing checked yet
+    assert feed.changes(state) != set()  # nothing checked yet
     assert _vouched(feed, state)
-    assert feed.unchanged(state)  # and again: nothing happened
+    assert feed.changes(state) == set()  # and again: nothing happened
     (tmp_path / "pkg/a.txt").write_text("A")
-    assert not feed.unchanged(state)
+    assert feed.changes(state) != set()
     assert feed.changes(state) == {"pkg/a.txt"}  # only it needs a look
     (tmp_path / "notes.txt").write_text("no file of the state")
     assert feed.changes(state) == {"pkg/a.txt", "notes.txt"}
@@ -60,7 +60,7 @@ def test_a_state_is_vouched_for_until_a_file_changes(tmp_path, feed):
     state = _save(tmp_path, {"pkg/a.txt": "A", "b.txt": "b", "posbuild-out/pkg/o": "o"})
     assert _vouched(feed, state)
     (tmp_path / "posbuild-out/pkg/o").unlink()  # outputs are watched too
-    assert not feed.unchanged(state)
+    assert feed.changes(state) != set()
     assert feed.trouble == ""
 
 
@@ -79,7 +79,7 @@ def test_a_change_in_a_folder_made_after_the_start_is_seen(tmp_path, feed):
     state = _save(tmp_path, {"a.txt": "a", "new/deeper/x.txt": "x"})
     assert _vouched(feed, state)
     (tmp_path / "new/deeper/x.txt").write_text("y")
-    assert not feed.unchanged(state)
+    assert feed.changes(state) != set()
 
 
 def test_a_replaced_state_file_is_not_the_one_vouched_for(tmp_path, feed):
@@ -87,7 +87,7 @@ def test_a_replaced_state_file_is_not_the_one_vouched_for(tmp_path, feed):
     feed.start()
     assert _vouched(feed, state)
     _save(tmp_path, {"a.txt": "a"})  # another state, written by another posbuild process
-    assert not feed.unchanged(state)
+    assert feed.changes(state) != set()
 
 
 def test_a_state_naming_a_file_in_a_hidden_folder_is_never_vouched_for(tmp_path, feed):
@@ -105,7 +105,7 @@ def test_posbuilds_own_folder_and_cookies_are_no_change(tmp_path, feed):
     (tmp_path / ".posbuild/store/x").write_text("x")
     for _ in range(3):
         assert feed.sync()
-    assert feed.unchanged(state) and feed.generation == generation
+    assert feed.changes(state) == set() and feed.generation == generation
 
 
 def test_the_watch_limit_makes_the_watch_untrustworthy(tmp_path):
@@ -143,7 +143,7 @@ def test_outputs_written_by_a_build_are_not_watched_yet_checked_after_it(tmp_pat
     feed.start()
     assert _vouched(feed, state)
     feed.writing()  # a build begins to write posbuild-out/
-    assert not feed.unchanged(state)
+    assert feed.changes(state) != set()
     generation = feed.generation
     for n in range(50):
         (tmp_path / f"posbuild-out/pkg/new{n}").write_text("x")
@@ -151,8 +151,8 @@ def test_outputs_written_by_a_build_are_not_watched_yet_checked_after_it(tmp_pat
     (tmp_path / "posbuild-out/pkg/o").write_text("edited during the build")
     feed.built(state)
     feed.confirm()  # watched again, and every file checked: the edit is found
-    assert not feed.unchanged(state)
+    assert feed.changes(state) != set()
     state = _save(tmp_path, {"a.txt": "a", "posbuild-out/pkg/o": "edited during the build"})
     assert _vouched(feed, state)
     (tmp_path / "posbuild-out/pkg/o").unlink()  # watched again after the build
-    assert not feed.unchanged(state)
+    assert feed.changes(state) != set()
