@@ -76,18 +76,25 @@ class BuildProducts:
                   graph: Digest, files: FileStates | None) -> BuildState:
         """The up-to-date state to save: every action that ended well, and the files it saw.
 
-        Actions found up to date before the build keep their recorded rows unchanged. The state
-        is complete when every action ended well and no file it saw was too fresh to record.
+        Actions found up to date before the build keep their recorded rows unchanged. When the
+        last state was saved for this very graph, its rows are those of these actions: they are
+        taken whole and only the rows of the actions that were looked at are revised, so that a
+        build of a few actions out of many writes a few rows (a row it leaves behind describes
+        the file as it was when last seen, which a changed signature invalidates). The state is
+        complete when every action ended well and no file it saw was too fresh to record.
         `files` is needed only when some action was not up to date.
         """
         previous = self.previous
-        traces: dict[str, tuple[Digest, Digest]] = {}
-        signatures: dict[str, Signature] = {}
-        digests: dict[str, Digest] = {}
-        trees: dict[str, tuple[str, ...]] = {}
+        revising = previous.graph == graph
+        traces: dict[str, tuple[Digest, Digest]] = dict(previous.actions) if revising else {}
+        signatures: dict[str, Signature] = dict(previous.signatures) if revising else {}
+        digests: dict[str, Digest] = dict(previous.digests) if revising else {}
+        trees: dict[str, tuple[str, ...]] = dict(previous.trees) if revising else {}
         complete = True
         for action, clean in zip(actions, up_to_date):
             if clean:
+                if revising:
+                    continue
                 traces[action.label] = previous.actions[action.label]
                 for path in (*action.sources, *action.outputs):
                     signatures[path] = previous.signatures[path]
@@ -100,6 +107,7 @@ class BuildProducts:
                 continue
             trace = self.traces.get(action.label)
             if trace is None:
+                traces.pop(action.label, None)
                 complete = False
                 continue
             traces[action.label] = (trace.def_hash, trace.key)
@@ -110,6 +118,9 @@ class BuildProducts:
                       for p in action.inputs]
             states += [(p, self.produced[p]) for p in action.outputs]
             for folder in action.out_dirs:
+                for gone in trees.pop(folder, ()):
+                    signatures.pop(gone, None)
+                    digests.pop(gone, None)
                 members = self.members.get(folder)
                 if members is None:  # settled without being looked at (a dry run)
                     complete = False
@@ -119,6 +130,9 @@ class BuildProducts:
             for path, state in states:
                 if state is not None:
                     signatures[path], digests[path] = state.signature, state.digest
+                else:
+                    signatures.pop(path, None)
+                    digests.pop(path, None)
             complete = complete and all(p in signatures for p in action.sources)
         return BuildState(env_key, traces, signatures, digests, graph=graph, complete=complete,
                           trees=trees)

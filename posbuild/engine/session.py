@@ -34,7 +34,7 @@ from posbuild.engine.products import BuildProducts
 from posbuild.engine.reporter import BuildSummary, Reporter
 from posbuild.engine.resolve import Request, graph_entry, make_request
 from posbuild.engine.resources import check_budget, fits
-from posbuild.engine.uptodate import clean_actions, settled
+from posbuild.engine.uptodate import changed_files, clean_actions
 from posbuild.errors import (ActionFailed, NonDeterminism, OrchError, PosbuildError,
                              ResourceOversubscription, UsageError)
 from posbuild.load.graphcache import CachedGraph
@@ -166,11 +166,13 @@ class BuildSession:
             previous = revalidate(None if options.dry_run else request.state_path, previous,
                                   config.store_dir, epoch)
         tree_clean = tree_is_clean(config)
-        touched = self._touched(previous, resolved)  # None: every file is to be looked at
+        touched = self._touched(previous, resolved)
+        if touched is None and not options.verify:  # one stat pass over the saved signatures
+            touched = changed_files(previous, resolved.entry.digest, config.root)
+        # None now: every file is to be looked at, action by action
         graph = resolved.graph
         if graph is None:  # the actions are not decoded: maybe a no-op
-            if tree_clean and (touched == frozenset() if touched is not None
-                               else settled(previous, resolved.entry.digest, config.root)):
+            if tree_clean and touched == frozenset():
                 self._all_settled(resolved, previous, environment)
                 return None
             graph = resolved.entry.graph()

@@ -9,8 +9,9 @@ calls only — no file is read, no key is computed, no store row is touched — 
 scheduler.
 
 When the state was saved for the very graph being built and every action then ended well, even
-that pass is skipped: `settled` compares the saved signatures, as one packed array, with a fresh
-`stat()` of each file, and a no-op never decodes the actions at all (session.py).
+that pass is skipped: `changed_files` compares the saved signatures, as one packed array, with a
+fresh `stat()` of each file, so a no-op never decodes the actions at all (session.py), and an edit
+hands the pass only the files that changed.
 
 Everything else goes through the rebuilder, which can still reuse a recorded key when the input
 digests it computes turn out to be the recorded ones (a touched file, an early cutoff).
@@ -26,27 +27,47 @@ from typing import Sequence
 
 from posbuild.core.action import Action
 from posbuild.core.digest import Digest
-from posbuild.core.records import signature
+from posbuild.core.records import Signature, signature
 from posbuild.store.upstate import SIGNATURE_ROW, BuildState
 
 
 def settled(state: BuildState, graph: Digest, root: Path) -> bool:
-    """Whether every action of the graph is up to date, judged from the signatures alone.
+    """Whether every action of the graph is up to date, judged from the signatures alone: the
+    no-op build, one `stat()` per file and nothing else per action or per file."""
+    return changed_files(state, graph, root) == frozenset()
 
-    True only for a complete state saved for this very graph (so every action's definition is
-    the recorded one and every file it reads or writes has a recorded signature) whose files
-    all still have those signatures: the no-op build, one `stat()` per file and nothing else per
-    action or per file. Anything else is for `clean_actions` to sort out.
+
+def changed_files(state: BuildState, graph: Digest, root: Path) -> frozenset[str] | None:
+    """The files of the saved state whose signature changed (or that are gone); None when the
+    signatures alone cannot judge the graph.
+
+    They can for a complete state saved for this very graph: every action's definition is the
+    recorded one and every file it reads or writes has a recorded signature. The files are
+    stat-ed in one pass and compared as one packed array; when some differ, only those are named,
+    so that `clean_actions` need not stat anything again.
     """
     if not state.complete or state.graph != graph:
-        return False
+        return None
     base = str(root) + "/"
+    paths, recorded = state.paths, state.packed_signatures
     try:
         now = b"".join(starmap(SIGNATURE_ROW.pack,
-                               map(signature, map(os.stat, [base + p for p in state.paths]))))
-    except (OSError, struct.error):
-        return False
-    return now == state.packed_signatures
+                               map(signature, map(os.stat, [base + p for p in paths]))))
+    except (OSError, struct.error):  # a file is gone: look at them one by one
+        return frozenset(path for path, row in zip(paths, SIGNATURE_ROW.iter_unpack(recorded))
+                         if _signature_of(base + path) != row)
+    if now == recorded:
+        return frozenset()
+    size = SIGNATURE_ROW.size
+    return frozenset(path for start, path in zip(range(0, len(now), size), paths)
+                     if now[start:start + size] != recorded[start:start + size])
+
+
+def _signature_of(path: str) -> Signature | None:
+    try:
+        return signature(os.stat(path))
+    except OSError:
+        return None
 
 
 def clean_actions(actions: Sequence[Action], state: BuildState, root: Path,

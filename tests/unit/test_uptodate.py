@@ -183,3 +183,71 @@ def test_only_the_touched_files_are_looked_at_when_the_watch_names_them(tmp_path
     assert clean_actions([action], state, tmp_path, frozenset({"src/a.txt"})) == [False]
     assert clean_actions([action], state, tmp_path, frozenset({"elsewhere.txt"})) == [True]
     assert clean_actions([action], state, tmp_path, frozenset()) == [True]
+
+
+def test_the_stat_pass_names_exactly_the_files_that_changed_or_went(tmp_path: Path) -> None:
+    """An edit found by the one stat pass hands the per-action check only the changed files."""
+    from posbuild.engine.uptodate import changed_files
+
+    signatures = _files(tmp_path)
+    state = _state(signatures)
+    assert changed_files(state, GRAPH, tmp_path) == frozenset()
+    assert changed_files(state, b"\x07" * 32, tmp_path) is None  # saved for another graph
+    assert changed_files(_state(signatures, complete=False), GRAPH, tmp_path) is None
+    (tmp_path / "src/a.txt").write_text("edited, one byte longer\n")
+    assert changed_files(state, GRAPH, tmp_path) == {"src/a.txt"}
+    (tmp_path / "posbuild-out/src/a.out").unlink()
+    assert changed_files(state, GRAPH, tmp_path) == {"src/a.txt", "posbuild-out/src/a.out"}
+
+
+class _Stable:
+    """The build's file states as state_for asks them: each source as hashed, or None while it
+    is too fresh to record."""
+
+    def __init__(self, rows: dict[str, object]) -> None:
+        self.rows = rows
+
+    def stable(self, path: str) -> object:
+        return self.rows[path]
+
+
+def test_a_state_revised_for_the_same_graph_equals_one_written_whole(tmp_path: Path) -> None:
+    """Revising the last state (the rows of the actions looked at) saves what writing every
+    action's rows would; a racy source and a folder's vanished member lose their rows."""
+    from posbuild.core.records import FileState, OutputFile
+    from posbuild.engine.products import BuildProducts
+
+    def action(name: str, src: str, outs: tuple[str, ...], dirs: tuple[str, ...] = ()) -> Action:
+        return Action(f"//p:{name}", "genrule", "", (src,), (), outs, (), (), 0, (),
+                      name.encode() * 32, (), (src,), out_dirs=dirs)
+
+    actions = [action("a", "p/a", ("o/a",)), action("b", "p/b", ("o/b",)),
+               action("d", "p/a", ("o/d",), ("o/d",))]
+    old = {p: (i, i, i, i) for i, p in enumerate(("p/a", "p/b", "o/a", "o/b", "o/d", "o/d/x",
+                                                   "o/d/y"))}
+    previous = BuildState(ENV, {a.label: (a.def_hash, b"k" * 32) for a in actions}, old,
+                          {p: p.encode().ljust(32, b".") for p in old}, graph=GRAPH,
+                          complete=True, trees={"o/d": ("o/d/x", "o/d/y")})
+
+    def rerun(files: _Stable) -> tuple[BuildState, BuildState]:
+        states = []
+        for graph in (GRAPH, b"\x09" * 32):  # revised; written whole (another graph's state)
+            products = BuildProducts(previous)
+            for a in actions[1:]:
+                out = FileState((7, 7, 7, 7), b"n" * 32)
+                products.produced.update({path: out for path in a.outputs})
+                products.settled(a, b"K" * 32, [OutputFile(a.outputs[0], out.digest, 7, False)])
+            products.members["o/d"] = [("o/d/x", FileState((8, 8, 8, 8), b"x" * 32))]
+            states.append(products.state_for(actions, [True, False, False], ENV, GRAPH, files))
+        return states[0], states[1]
+
+    fresh = FileState((9, 9, 9, 9), b"b" * 32)
+    revised, whole = rerun(_Stable({"p/b": fresh, "p/a": FileState(old["p/a"], b"a" * 32)}))
+    assert (revised.actions, revised.signatures, revised.digests, revised.trees,
+            revised.complete) == (whole.actions, whole.signatures, whole.digests, whole.trees,
+                                  whole.complete)
+    assert revised.signatures["p/b"] == (9, 9, 9, 9) and "o/d/y" not in revised.signatures
+    assert revised.complete
+
+    revised, _ = rerun(_Stable({"p/b": None, "p/a": FileState(old["p/a"], b"a" * 32)}))
+    assert "p/b" not in revised.signatures and not revised.complete
