@@ -75,10 +75,13 @@ def clean_actions(actions: Sequence[Action], state: BuildState, root: Path,
     """For each action (in dependency order), whether it is up to date by stat alone.
 
     The hot loop of a no-op build: written flat, one dict lookup and at most one `stat()` per
-    file, each file stat-ed once however many actions read it. `touched`, from the build
-    server's watch: the only files that may have changed since the state was saved (the others
-    are not even stat-ed); None: any file may have.
+    file, each file stat-ed once however many actions read it. `touched`: the only files that
+    may have changed since the state was saved (from `changed_files` or the build server's
+    watch), given only for a complete state saved for these very actions; None: any file may
+    have.
     """
+    if touched is not None:
+        return _clean_unless_touched(actions, state, touched)
     clean = [False] * len(actions)
     if not state.actions:
         return clean
@@ -105,19 +108,40 @@ def clean_actions(actions: Sequence[Action], state: BuildState, root: Path,
             same = seen.get(path)
             if same is None:
                 row = files.get(path)
-                if touched is not None and path not in touched:
-                    same = row is not None
-                else:
-                    try:
-                        st = stat(base + path)
-                        same = row == (st.st_mtime_ns, st.st_size, st.st_ino, st.st_ctime_ns)
-                    except FileNotFoundError:
-                        same = False
+                try:
+                    st = stat(base + path)
+                    same = row == (st.st_mtime_ns, st.st_size, st.st_ino, st.st_ctime_ns)
+                except FileNotFoundError:
+                    same = False
                 seen[path] = same
             if not same:
                 ok = False
                 break
         clean[index] = ok
+    return clean
+
+
+def _clean_unless_touched(actions: Sequence[Action], state: BuildState,
+                          touched: frozenset[str]) -> list[bool]:
+    """`clean_actions` when the changed files are known and the state is complete for these
+    actions (so every action's trace and every file's row are the recorded ones): an action is
+    clean unless it reads or writes a touched file or depends on an action that is not."""
+    clean = [True] * len(actions)
+    if not touched:
+        return clean
+    disjoint = touched.isdisjoint
+    for index, action in enumerate(actions):
+        if not (disjoint(action.sources) and disjoint(action.outputs)):
+            clean[index] = False
+            continue
+        for dep in action.deps:
+            if not clean[dep]:
+                clean[index] = False
+                break
+        else:
+            if action.out_dirs:
+                members = _with_members(action, state)
+                clean[index] = members is not None and disjoint(members)
     return clean
 
 

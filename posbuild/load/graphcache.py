@@ -2,8 +2,8 @@
 
 Evaluating BUILD files and analysing thousands of targets costs far more than the 100 ms §15
 allows for DAG resolution, and almost never changes between builds. The cache entry of a request
-(its patterns) holds the ActionGraph plus what it was derived from: the stat of every folder of
-the workspace (a new file, a deleted file or a new package changes its folder's mtime), of every
+(its patterns) holds the ActionGraph plus what it was derived from: the stamp of every folder of
+the workspace (a new file, a deleted file or a new package changes its entries), of every
 BUILD/.bzl file read, and of posbuild.toml. Checking the entry is a few hundred `stat()` calls,
 plus a hash of each path changed too close to the load for its stamp to be trusted (stamps.py).
 
@@ -125,7 +125,7 @@ class GraphCache:
             return None
         return cached
 
-    def save(self, request: Sequence[str], graph: ActionGraph, dirs: Sequence[Stamp],
+    def save(self, request: Sequence[str], graph: ActionGraph, dirs: Sequence[tuple[str, bytes]],
              files: Sequence[str], read: dict[str, Digest] | None = None) -> CachedGraph:
         """Write the entry; returns it as `load` would (the build records refer to its bytes).
         `read`: the digests of the files as loading read them (Loader.digests)."""

@@ -53,7 +53,7 @@ class Package:
     by_output: dict[str, Target] = field(default_factory=dict, compare=False, repr=False)
 
 
-Stamp = tuple[str, int]  # (workspace-relative path, stamps.folder_stamp)
+Stamp = tuple[str, bytes]  # (workspace-relative path, stamps.folder_stamp)
 
 
 def _skip_dir(name: str) -> bool:

@@ -174,7 +174,7 @@ def _attr_values(value: Any) -> list[str]:
 
 
 def _build_graph(config: Config
-                 ) -> tuple[TargetGraph, list[tuple[str, int]], list[str], dict[str, bytes]]:
+                 ) -> tuple[TargetGraph, list[tuple[str, bytes]], list[str], dict[str, bytes]]:
     """Evaluate every BUILD file of the workspace into a TargetGraph (a cache miss)."""
     from posbuild.load.loader import discover_packages, Loader  # Starlark is needed only here
 
@@ -282,7 +282,7 @@ class TargetCache:
             return None
         return TargetGraph(self._config.root, *fields)
 
-    def save(self, graph: TargetGraph, dirs: Sequence[tuple[str, int]], files: Sequence[str],
+    def save(self, graph: TargetGraph, dirs: Sequence[tuple[str, bytes]], files: Sequence[str],
              read: dict[str, bytes]) -> None:
         root = str(self._config.root)
         racy = racy_digests(root, [*(rel for rel, _ in dirs), *files], self._since, read)

@@ -1,9 +1,11 @@
 """Layer 0: cheap fingerprints of folders and files, to know when loading must be redone.
 
-A folder's mtime changes whenever an entry is added, removed or renamed in it, which is exactly
-when a glob, a source-file lookup or package discovery could see something different. The
-workspace root is the exception: posbuild itself creates `posbuild-out/` and `.posbuild/` there,
-so the root's stamp is a digest of its entry names without those two.
+A folder's mtime changes whenever an entry is added, removed or renamed in it, which is when a
+glob, a source-file lookup or package discovery could see something different. It also changes
+when a file is saved by renaming a new one over it, which changes nothing loading sees: so a
+folder's stamp also records its entries' names and kinds, looked at only when the mtime moved
+(`folder_current`). The workspace root is the exception: posbuild itself creates
+`posbuild-out/` and `.posbuild/` there, so only the root's entry names (without those two) count.
 
 A stamp holds the ctime beside the mtime, size and inode: a file written in place with the same
 size and its mtime put back (`cp -p`, a reproducible tarball, the Nix store's mtime 1) keeps all
@@ -16,6 +18,7 @@ digest is recorded as well, and checked on every later use of the stamps.
 from __future__ import annotations
 
 import os
+import struct
 import zlib
 from typing import Iterable, Mapping
 
@@ -23,19 +26,59 @@ from posbuild.core.digest import hash_bytes, hash_file
 from posbuild.core.layout import OUT_DIR, STATE_DIR
 
 MISSING = -1
+_FOLDER_STAMP = struct.Struct("<qq")  # stat fingerprint, entry names
+MISSING_FOLDER = _FOLDER_STAMP.pack(MISSING, MISSING)
 RACY_WINDOW_NS = 100_000_000  # a timestamp may trail the clock by a tick; slack for loaded machines
 
 
-def folder_stamp(root: str, rel: str) -> int:
-    """The stamp of a workspace folder (`rel` == "" for the root); MISSING if it is gone."""
+def folder_stamp(root: str, rel: str) -> bytes:
+    """The stamp of a workspace folder (`rel` == "" for the root): its stat fingerprint, then a
+    digest of its entries' names and kinds; MISSING_FOLDER if it is gone."""
     try:
-        if rel:
-            info = os.stat(os.path.join(root, rel))
-            return hash((info.st_mtime_ns, info.st_ctime_ns, info.st_ino))
-        names = sorted(name for name in os.listdir(root) if name not in (OUT_DIR, STATE_DIR))
-    except FileNotFoundError:
-        return MISSING
-    return zlib.crc32("\0".join(names).encode("utf-8", "surrogateescape")) | (len(names) << 32)
+        fast = _folder_stat(root, rel) if rel else 0
+        return struct.pack("<qq", fast, _entry_names(root, rel))
+    except (FileNotFoundError, NotADirectoryError):
+        return MISSING_FOLDER
+
+
+def folder_current(root: str, rel: str, stamp: object) -> bool:
+    """Whether a folder still has the entries its stamp recorded.
+
+    Its stat says so in one call while nothing in it changed. When something did (a file saved
+    by writing a new one and renaming it over the old, as editors, `sed -i` and git do; a
+    temporary file come and gone), its entries are listed: what loading could see differently
+    is a name or a kind (file, folder, link), never a file's content, so the same names and kinds
+    keep the graph.
+    """
+    if not isinstance(stamp, bytes) or len(stamp) != _FOLDER_STAMP.size:
+        return False  # written by an older posbuild, or damaged
+    fast, names = _FOLDER_STAMP.unpack(stamp)
+    try:
+        if rel and _folder_stat(root, rel) == fast:
+            return True
+        return _entry_names(root, rel) == names
+    except (FileNotFoundError, NotADirectoryError):
+        return stamp == MISSING_FOLDER
+
+
+def _folder_stat(root: str, rel: str) -> int:
+    info = os.stat(os.path.join(root, rel))
+    return hash((info.st_mtime_ns, info.st_ctime_ns, info.st_ino))
+
+
+def _entry_names(root: str, rel: str) -> int:
+    """A digest of a folder's entries, each name with its kind (the root's without posbuild's
+    own two folders, which builds create)."""
+    with os.scandir(os.path.join(root, rel) if rel else root) as entries:
+        names = sorted(f"{entry.name}\0{_kind(entry)}" for entry in entries
+                       if rel or entry.name not in (OUT_DIR, STATE_DIR))
+    digest = zlib.crc32("\0".join(names).encode("utf-8", "surrogateescape"))
+    return digest | (len(names) << 32)
+
+
+def _kind(entry: os.DirEntry[str]) -> str:
+    """File, folder or link, from the folder listing itself (no stat)."""
+    return "l" if entry.is_symlink() else "d" if entry.is_dir(follow_symlinks=False) else "f"
 
 
 def file_stamp(root: str, rel: str) -> int:
@@ -76,10 +119,11 @@ def content_digest(root: str, rel: str) -> bytes:
         return b""
 
 
-def stamps_current(root: str, folders: Iterable[tuple[str, int]], files: Iterable[tuple[str, int]],
+def stamps_current(root: str, folders: Iterable[tuple[str, bytes]],
+                   files: Iterable[tuple[str, int]],
                    racy: Mapping[str, bytes] | None = None) -> bool:
     """Whether every recorded folder and file stamp still holds (a cached load is still valid),
     and every racy path still has the content it had."""
-    return all(folder_stamp(root, rel) == stamp for rel, stamp in folders) and all(
+    return all(folder_current(root, rel, stamp) for rel, stamp in folders) and all(
         file_stamp(root, rel) == stamp for rel, stamp in files) and all(
         content_digest(root, rel) == digest for rel, digest in (racy or {}).items())

@@ -59,3 +59,37 @@ def test_query_sees_a_dependency_changed_in_place(ws: Workspace) -> None:
     replace_in_place(ws.root / "pkg/BUILD", text)
     second = ws.run("query", "deps(//pkg:a)")
     assert second.returncode == 0 and second.stdout.split() == ["//pkg:a", "//pkg:y"], second.stderr
+
+
+def _graph_entries(ws: Workspace) -> dict[str, tuple[int, int]]:
+    return {p.name: (p.stat().st_ino, p.stat().st_mtime_ns)
+            for p in (ws.root / ".posbuild/graphs").glob("*.graph")}
+
+
+def test_a_source_saved_by_rename_keeps_the_graph_and_a_new_name_or_kind_does_not(
+        ws: Workspace) -> None:
+    """Editors, `sed -i` and git save a file by renaming a new one over it: its folder's mtime
+    moves, but no name does, so the BUILD files are not evaluated again (at 10,000 actions that
+    is seconds). A new name, or a name that became a folder, is what a glob sees: re-evaluated."""
+    ws.write({"pkg/BUILD": 'genrule(name = "all_txt", srcs = glob(["*.txt"]), outs = ["all.out"],'
+                           ' cmd = "cat $(SRCS) > $@")\n',
+              "pkg/a.txt": "a\n", "pkg/b.txt": "b\n"})
+    ws.ok("//...")
+    entries = _graph_entries(ws)
+    assert len(entries) == 1
+
+    (ws.root / "pkg/.a.txt.swp").write_text("A\n")
+    os.replace(ws.root / "pkg/.a.txt.swp", ws.root / "pkg/a.txt")
+    ws.ok("//...")
+    assert ws.out("pkg/all.out") == "A\nb\n"
+    assert _graph_entries(ws) == entries  # the same entry file: not even rewritten
+
+    (ws.root / "pkg/c.txt").write_text("c\n")
+    ws.ok("//...")
+    assert ws.out("pkg/all.out") == "A\nb\nc\n"
+    assert _graph_entries(ws) != entries
+
+    (ws.root / "pkg/b.txt").unlink()
+    (ws.root / "pkg/b.txt").mkdir()  # the same name, now a folder: no longer a glob match
+    ws.ok("//...")
+    assert ws.out("pkg/all.out") == "A\nc\n"

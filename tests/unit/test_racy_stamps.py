@@ -3,6 +3,7 @@ load that stamped it has its content recorded, and a later use checks the conten
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 
@@ -40,3 +41,23 @@ def test_a_racy_path_whose_content_still_matches_keeps_the_entry(tmp_path: Path)
     assert stamps_current(root, folders, files, racy)
     assert not stamps_current(root, folders, files, {**racy, "pkg/BUILD": hash_bytes(b"x = 2\n")})
     assert content_digest(root, "gone") == b""
+
+
+def test_a_folder_stamp_holds_while_its_names_and_kinds_do(tmp_path: Path) -> None:
+    """A file renamed over another changes the folder's mtime, not what loading sees."""
+    from posbuild.load.stamps import MISSING_FOLDER, folder_current
+
+    root = str(tmp_path)
+    (tmp_path / "pkg").mkdir()
+    (tmp_path / "pkg/a.txt").write_text("a")
+    stamp = folder_stamp(root, "pkg")
+    (tmp_path / "pkg/.a.new").write_text("b")
+    os.replace(tmp_path / "pkg/.a.new", tmp_path / "pkg/a.txt")
+    assert folder_current(root, "pkg", stamp)
+    (tmp_path / "pkg/a.txt").unlink()
+    (tmp_path / "pkg/a.txt").mkdir()
+    assert not folder_current(root, "pkg", stamp)  # the same name, another kind
+    assert not folder_current(root, "pkg", 12345)  # a stamp of an older posbuild
+    assert folder_stamp(root, "gone") == MISSING_FOLDER
+    assert folder_current(root, "gone", MISSING_FOLDER)
+    assert not folder_current(root, "pkg", MISSING_FOLDER)
