@@ -72,6 +72,8 @@ class ActionResult:
 
 
 Signature = tuple[int, int, int, int]  # (mtime_ns, size, inode, ctime_ns)
+# recorded for a file hashed too soon after it was written to be trusted later: no stat matches it
+UNSETTLED: Signature = (-1, -1, 0, -1)
 
 
 def signature(stat: os.stat_result) -> Signature:

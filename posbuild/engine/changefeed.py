@@ -8,6 +8,8 @@ After a build it checks, once, that the files its saved up-to-date state names s
 recorded signatures, and *vouches* for that state at the current event count. The next build of
 the same request needs no `stat()` of those files when no event arrived since, and the state file
 is the one vouched for; when events named only some files, only those are looked at (`changes`).
+A source the build hashed too soon after it was written (its signature UNSETTLED, filestate.py)
+is vouched for as changed since, so the next build looks at it again and at nothing else.
 
 "Since" must include every change made before the build was asked for. The kernel queues an
 event before the system call that caused it returns, but watchdog reads and dispatches them on
@@ -35,7 +37,8 @@ from pathlib import Path
 from typing import Any
 
 from posbuild.core.layout import OUT_DIR, STATE_DIR, SYNC_COOKIE
-from posbuild.engine.uptodate import settled
+from posbuild.core.records import UNSETTLED
+from posbuild.engine.uptodate import changed_files
 from posbuild.store.upstate import state_from_bytes
 
 SYNC_S = 1.0  # a cookie that takes longer than this means the watch cannot be trusted
@@ -172,10 +175,18 @@ class ChangeFeed:
                 continue
             with self._lock:
                 folders = set(self._folders.values())
-            if state.complete and all(os.path.dirname(p) in folders for p in state.paths) \
-                    and settled(state, state.graph, self.root) \
-                    and not any(map(self._reached_from_outside, state.paths)):
-                self._vouched[path] = (generation, signature)
+            if not state.complete or not all(os.path.dirname(p) in folders for p in state.paths):
+                continue
+            changed = changed_files(state, state.graph, self.root)
+            # a file hashed too soon after it was written is to be looked at again: vouched
+            # for as changed since (filestate.py)
+            if changed is None or any(state.signatures[p] != UNSETTLED for p in changed) \
+                    or any(map(self._reached_from_outside, state.paths)):
+                continue
+            with self._lock:
+                for unsettled in sorted(changed):
+                    self._changed(unsettled)
+            self._vouched[path] = (generation, signature)
         oldest = min((at for at, _ in self._vouched.values()), default=self.generation)
         with self._lock:  # what no vouch can ask about any more
             self._log = [entry for entry in self._log if entry[0] > oldest]

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
 from posbuild.core.digest import hash_file
-from posbuild.core.records import FileState, Signature, signature
+from posbuild.core.records import UNSETTLED, FileState, Signature, signature
 
 if TYPE_CHECKING:
     from posbuild.store.protocols import StatMemo
@@ -62,9 +62,17 @@ class FileStates:
         """The state of a file already looked at in this build, or None (no system call)."""
         return self._seen.get(path)
 
-    def stable(self, path: str) -> FileState | None:
-        """The state of a file already looked at, unless it was too fresh to be trusted later."""
-        return None if path in self._racy else self._seen.get(path)
+    def recorded(self, path: str) -> FileState | None:
+        """The state to record of a file already looked at (None if it was not).
+
+        One too fresh to be trusted later keeps its digest under a signature no stat matches
+        (UNSETTLED): the next build looks at that file again, and only at that file, where
+        leaving it out would make it check every file of every action.
+        """
+        seen = self._seen.get(path)
+        if seen is None or path not in self._racy:
+            return seen
+        return FileState(UNSETTLED, seen.digest)
 
     def unchanged(self, path: str, expected: Signature) -> bool:
         """Whether a file still has the signature it had when it was first looked at."""

@@ -112,9 +112,9 @@ class BuildProducts:
                 continue
             traces[action.label] = (trace.def_hash, trace.key)
             assert files is not None, "an action that ran needs the build's file states"
-            # a source hashed too soon after it was written is recorded only once it has settled
-            # (filestate.py)
-            states = [(p, files.stable(p) if p in action.sources else self.output_state(p))
+            # a source hashed too soon after it was written is recorded as to be looked at
+            # again (filestate.py)
+            states = [(p, files.recorded(p) if p in action.sources else self.output_state(p))
                       for p in action.inputs]
             states += [(p, self.produced[p]) for p in action.outputs]
             for folder in action.out_dirs:

@@ -156,3 +156,27 @@ def test_outputs_written_by_a_build_are_not_watched_yet_checked_after_it(tmp_pat
     assert _vouched(feed, state)
     (tmp_path / "posbuild-out/pkg/o").unlink()  # watched again after the build
     assert feed.changes(state) != set()
+
+
+def test_a_file_too_fresh_to_record_is_vouched_for_as_changed(tmp_path, feed):
+    """A source the build hashed just after it was written is recorded UNSETTLED: the state is
+    vouched for all the same, with that one file to be looked at again by the next build."""
+    from posbuild.core.records import UNSETTLED
+
+    _workspace(tmp_path, {"a.txt": "a", "b.txt": "b"})
+    signatures = {"a.txt": signature(os.stat(tmp_path / "a.txt")), "b.txt": UNSETTLED}
+    state = tmp_path / ".posbuild" / "state"
+    save_state(state, BuildState(b"env", {}, signatures, {"a.txt": b"d", "b.txt": b"d"},
+                                 graph=b"graph", complete=True))
+    feed.start()
+    feed.built(state)
+    feed.confirm()
+    assert feed.changes(state) == {"b.txt"}
+    (tmp_path / "a.txt").write_text("A")
+    assert feed.changes(state) == {"a.txt", "b.txt"}
+    signatures["a.txt"] = (1, 1, 1, 1)  # and a file changed as no build recorded it: no vouch
+    save_state(state, BuildState(b"env", {}, signatures, {"a.txt": b"d", "b.txt": b"d"},
+                                 graph=b"graph", complete=True))
+    feed.built(state)
+    feed.confirm()
+    assert feed.changes(state) is None

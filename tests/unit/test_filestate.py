@@ -12,7 +12,7 @@ import pytest
 import posbuild.engine.filestate as filestate
 from posbuild.core.digest import hash_bytes
 from posbuild.engine.filestate import RACY_WINDOW_NS, FileStates
-from posbuild.core.records import signature
+from posbuild.core.records import UNSETTLED, signature
 from posbuild.store.lmdbstore import Store
 
 # A fixed, old modification time for files; `files` gives a clock far enough after their ctime
@@ -251,11 +251,11 @@ def test_racy_file_is_memoised_at_the_end_of_the_build_once_it_has_aged(root: Pa
     clock = _Clock(ctime(path) + RACY_WINDOW_NS // 2)
     fs = FileStates(root, store, clock_ns=clock)
     digest = fs.state("a.txt").digest
-    assert fs.take_pending() == [] and fs.stable("a.txt") is None
+    assert fs.take_pending() == [] and fs.recorded("a.txt").signature == UNSETTLED
     clock.now = ctime(path) + 2 * RACY_WINDOW_NS
     fs.settle_racy()
     assert [(p, s.digest) for p, s in fs.take_pending()] == [("a.txt", digest)]
-    assert fs.stable("a.txt") is not None
+    assert fs.recorded("a.txt") == fs.state("a.txt")
 
 
 def test_racy_file_rewritten_in_the_same_tick_is_not_memoised(root: Path, store: Store) -> None:
@@ -269,7 +269,7 @@ def test_racy_file_rewritten_in_the_same_tick_is_not_memoised(root: Path, store:
     clock.now = ctime(path) + 2 * RACY_WINDOW_NS
     fs.settle_racy()
     assert fs.take_pending() == []
-    assert fs.stable("a.txt") is None
+    assert fs.recorded("a.txt").signature == UNSETTLED
 
 
 def test_an_old_mtime_put_back_on_fresh_bytes_is_still_racy(root: Path, store: Store) -> None:
@@ -278,4 +278,4 @@ def test_an_old_mtime_put_back_on_fresh_bytes_is_still_racy(root: Path, store: S
     path = write(root, "a.txt", b"alpha", mtime_ns=1_000_000_000)
     fs = files(root, store, now=ctime(path) + RACY_WINDOW_NS // 2)
     assert fs.state("a.txt").digest == hash_bytes(b"alpha")
-    assert fs.take_pending() == [] and fs.stable("a.txt") is None
+    assert fs.take_pending() == [] and fs.recorded("a.txt").signature == UNSETTLED

@@ -201,19 +201,20 @@ def test_the_stat_pass_names_exactly_the_files_that_changed_or_went(tmp_path: Pa
 
 
 class _Stable:
-    """The build's file states as state_for asks them: each source as hashed, or None while it
-    is too fresh to record."""
+    """The build's file states as state_for asks them: each source as hashed (None: not looked
+    at)."""
 
     def __init__(self, rows: dict[str, object]) -> None:
         self.rows = rows
 
-    def stable(self, path: str) -> object:
+    def recorded(self, path: str) -> object:
         return self.rows[path]
 
 
 def test_a_state_revised_for_the_same_graph_equals_one_written_whole(tmp_path: Path) -> None:
     """Revising the last state (the rows of the actions looked at) saves what writing every
-    action's rows would; a racy source and a folder's vanished member lose their rows."""
+    action's rows would; a source not looked at and a folder's vanished member lose their rows,
+    and a racy one is recorded to be looked at again."""
     from posbuild.core.records import FileState, OutputFile
     from posbuild.engine.products import BuildProducts
 
@@ -251,3 +252,8 @@ def test_a_state_revised_for_the_same_graph_equals_one_written_whole(tmp_path: P
 
     revised, _ = rerun(_Stable({"p/b": None, "p/a": FileState(old["p/a"], b"a" * 32)}))
     assert "p/b" not in revised.signatures and not revised.complete
+    from posbuild.core.records import UNSETTLED
+
+    racy = FileState(UNSETTLED, b"b" * 32)
+    revised, _ = rerun(_Stable({"p/b": racy, "p/a": FileState(old["p/a"], b"a" * 32)}))
+    assert revised.signatures["p/b"] == UNSETTLED and revised.complete
