@@ -415,8 +415,7 @@ _STRUCT_GLOBALS: starlark.Globals | None = None
 def _default_visibility(config: Config) -> tuple[str, ...]:
     """The visibility of a target whose package sets none: public, unless posbuild.toml asks
     for Bazel's private default."""
-    return (PRIVATE,) if getattr(config, "default_visibility", "public") == "private" \
-        else (PUBLIC,)
+    return (PRIVATE,) if config.default_visibility == "private" else (PUBLIC,)
 
 
 def rules_dir() -> Path:
