@@ -65,12 +65,12 @@ def package_specs(entries: Any, what: str) -> tuple[str, ...]:
         spec = entry.removeprefix("-")
         if spec in ("public", "private"):
             continue
-        path = spec.removesuffix("...").removesuffix("/") if spec.endswith("...") else spec
+        package = spec[2:].removesuffix("...").removesuffix("/")
         try:
-            if not spec.startswith("//") or ":" in spec:
+            if not spec.startswith("//") or ":" in spec or spec == "//":
                 raise BuildFileError("")
-            if path != "//":
-                parse_label(path, "")
+            if package:
+                parse_label(f"//{package}:x", "")
         except BuildFileError:
             raise ValueError(f"{what}: package specification '{entry}' is not '//pkg', "
                              "'//pkg/...', 'public' or 'private'") from None
