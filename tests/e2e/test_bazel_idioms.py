@@ -171,7 +171,8 @@ def test_native_functions_in_a_macro(ws):
                         native.package_name(), native.repository_name()),
                 )
         """,
-        "data/BUILD": 'load("//defs:macros.bzl", "bundle")\nbundle(name = "csv", pattern = "*.csv")',
+        "data/BUILD": 'load("//defs:macros.bzl", "bundle")\n'
+                      'bundle(name = "csv", pattern = "*.csv")',
         "data/a.csv": "1\n",
         "data/b.csv": "2\n",
     })
@@ -255,10 +256,9 @@ def test_package_group_with_includes_and_exclusions(ws):
             genrule(name = "x", outs = ["x.txt"], cmd = "echo x > $@", visibility = [":friends"])
         """,
         "groups/BUILD": 'package_group(name = "more", packages = ["//tools"])',
-        "app/BUILD": 'genrule(name = "a", srcs = ["//lib:x"], outs = ["a"], cmd = "cat $< > $@")',
-        "app/sub/BUILD": 'genrule(name = "s", srcs = ["//lib:x"], outs = ["s"], cmd = "cat $< > $@")',
-        "tools/BUILD": 'genrule(name = "t", srcs = ["//lib:x"], outs = ["t"], cmd = "cat $< > $@")',
-        "other/BUILD": 'genrule(name = "o", srcs = ["//lib:x"], outs = ["o"], cmd = "cat $< > $@")',
+        **{f"{package}/BUILD": f'genrule(name = "{name}", srcs = ["//lib:x"], outs = ["{name}"], '
+                               'cmd = "cat $< > $@")'
+           for package, name in (("app", "a"), ("app/sub", "s"), ("tools", "t"), ("other", "o"))},
     })
     ws.ok("//app:a", "//tools:t")
     for label in ("//app/sub:s", "//other:o"):
