@@ -423,6 +423,7 @@ class Analyzer:
         if named.kind != "py_env":
             raise BuildFileError(f"{where}: {named.label} is a {named.kind}, not a py_env",
                                  target.location)
+        self._check_visible(target, where, named.label, named.visibility, named.location)
         return self._py_env_spec(named)
 
     def _py_env_spec(self, target: Target) -> PyEnvSpec:

@@ -284,6 +284,20 @@ def test_exported_files_are_public_unless_exports_files_says_otherwise(ws):
     assert "target '//data:closed.csv' is not visible from target '//app:c'" in result.stderr
 
 
+def test_a_py_env_named_in_python_is_checked_for_visibility_too(ws):
+    ws.write({
+        "envs/BUILD": 'py_env(name = "e", requirements = "req.txt", '
+                      'visibility = ["//visibility:private"])',
+        "envs/req.txt": "",
+        "app/BUILD": 'py_task(name = "t", script = "t.py", outs = ["o"], python = "//envs:e")',
+        "app/t.py": "",
+    })
+    result = ws.build("//app:t")
+    assert result.returncode == 3
+    assert "target '//envs:e' is not visible from target '//app:t'" in result.stderr
+    assert not (ws.root / ".posbuild/envs").exists()  # checked before any environment is made
+
+
 @pytest.mark.parametrize(("build", "message"), [
     ('genrule(name = "g", outs = ["g"], cmd = "touch $@", visibility = ["//visibility:friends"])',
      "visibility entry '//visibility:friends' is unknown"),
