@@ -27,7 +27,7 @@ from posbuild.core.layout import OUT_DIR, STATE_DIR
 from posbuild.load.nesting import nesting_problem
 from posbuild.load.owners import Owners, with_ancestors
 from posbuild.load.stamps import folder_stamp
-from posbuild.core.target import AttributeError_, Target, make_target
+from posbuild.core.target import SCHEMAS, AttributeError_, Target, make_target
 from posbuild.core.visibility import (PRIVATE, PUBLIC, PackageGroup, canonical_visibility,
                                       package_specs)
 
@@ -332,15 +332,22 @@ class Loader:
 
     def _add_native(self, module: starlark.Module) -> None:
         """Bazel's `native` module, for .bzl macros: `native.genrule(...)`, `native.glob(...)`,
-        `native.package_name()` and the other natives under the names they have here."""
+        `native.package_name()`, `native.existing_rule(name)` and the other natives under the
+        names they have here."""
         global _STRUCT_GLOBALS
         if _STRUCT_GLOBALS is None:
             _STRUCT_GLOBALS = starlark.Globals.extended_by([starlark.LibraryExtension.StructType])
-        module.add_callable("_repository_name", lambda: "@")
-        module.add_callable("_repo_name", lambda: "")
+        only_native = {
+            "repository_name": lambda: "@",
+            "repo_name": lambda: "",
+            "existing_rule": lambda name: self._builder().existing_rule(name),
+            "existing_rules": lambda: self._builder().existing_rules(),
+        }
+        for name, function in only_native.items():
+            module.add_callable(f"_{name}", function)
         names = [name for name in self._natives() if name != "package"]
         fields = ", ".join([f"{name} = {name}" for name in names]
-                           + ["repository_name = _repository_name", "repo_name = _repo_name"])
+                           + [f"{name} = _{name}" for name in only_native])
         starlark.eval(module, starlark.parse("<native>", f"native = struct({fields})"),
                       _STRUCT_GLOBALS)
 
@@ -498,6 +505,24 @@ class _PackageBuilder:
             visibility = canonical_visibility(options["visibility"], self.package,
                                               "exports_files()")
             self._export_visibility.update(dict.fromkeys(srcs, visibility))
+
+    def existing_rule(self, name: Any) -> dict[str, Any] | None:
+        """Bazel's `native.existing_rule(name)`: the attributes of a target declared so far in
+        this package, as plain values, or None."""
+        target = self._targets.get(name) if isinstance(name, str) else None
+        if target is None:
+            return None
+        found: dict[str, Any] = {"name": target.label.name, "kind": target.kind}
+        for attr in SCHEMAS[target.kind]:
+            value = getattr(target, attr)
+            if isinstance(value, tuple) and value and isinstance(value[0], tuple):
+                value = {k: dict(v) if isinstance(v, tuple) else v for k, v in value}
+            found[attr] = list(value) if isinstance(value, tuple) else value
+        return found
+
+    def existing_rules(self) -> dict[str, dict[str, Any]]:
+        """Bazel's `native.existing_rules()`: every target declared so far, by name."""
+        return {name: self.existing_rule(name) or {} for name in self._targets}
 
     def declare_package(self, args: tuple[Any, ...], attrs: dict[str, Any]) -> None:
         """`package(default_visibility = [...])`: first in the BUILD file, once, as in Bazel."""

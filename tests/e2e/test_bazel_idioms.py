@@ -180,6 +180,27 @@ def test_native_functions_in_a_macro(ws):
     assert ws.out("data/csv.txt") == "data @\n1\n2\n"
 
 
+def test_native_existing_rule_sees_the_targets_declared_so_far(ws):
+    ws.write({
+        "p/defs.bzl": """
+            def once(name):
+                if native.existing_rule(name) == None:
+                    native.genrule(name = name, outs = [name + ".txt"], cmd = "touch $@",
+                                   tags = ["t"])
+                rule = native.existing_rule(name)
+                native.genrule(
+                    name = name + "_info",
+                    outs = [name + "_info.txt"],
+                    cmd = "echo %s %s %s > $@" % (rule["kind"], rule["tags"],
+                                                  sorted(native.existing_rules().keys())),
+                )
+        """,
+        "p/BUILD": 'load(":defs.bzl", "once")\nonce("a")',
+    })
+    ws.ok("//p:a_info")
+    assert ws.out("p/a_info.txt") == "genrule [t] [a]\n"
+
+
 def test_native_is_not_a_name_in_a_build_file_as_in_bazel(ws):
     ws.write({"p/BUILD": 'native.genrule(name = "g", outs = ["g"], cmd = "touch $@")'})
     result = ws.build("//p:g")
