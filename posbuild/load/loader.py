@@ -337,7 +337,7 @@ class Loader:
         global _STRUCT_GLOBALS
         if _STRUCT_GLOBALS is None:
             _STRUCT_GLOBALS = starlark.Globals.extended_by([starlark.LibraryExtension.StructType])
-        only_native = {
+        only_native: dict[str, Callable[..., Any]] = {
             "repository_name": lambda: "@",
             "repo_name": lambda: "",
             "existing_rule": lambda name: self._builder().existing_rule(name),
