@@ -9,7 +9,7 @@ from __future__ import annotations
 import enum
 import functools
 from dataclasses import dataclass
-from typing import Iterable
+from typing import Container, Iterable
 
 from posbuild.errors import BuildFileError
 
@@ -106,7 +106,9 @@ class PatternKind(enum.Enum):
 
 @dataclass(frozen=True, slots=True)
 class TargetPattern:
-    """A parsed command-line pattern; `label` is set only for SINGLE patterns."""
+    """A parsed command-line pattern. `label` is the one label of a SINGLE pattern; an ALL
+    pattern written `:all` holds `//pkg:all` there too, since, as in Bazel, a target of that
+    name is what it means when the package has one (`named_target`)."""
 
     kind: PatternKind
     package: str
@@ -116,7 +118,7 @@ class TargetPattern:
         if self.kind is PatternKind.SINGLE:
             return str(self.label)
         if self.kind is PatternKind.ALL:
-            return f"//{self.package}:all"
+            return f"//{self.package}:all" if self.label else f"//{self.package}:*"
         return f"//{self.package}/..." if self.package else "//..."
 
     def matches(self, label: str) -> bool:
@@ -125,6 +127,14 @@ class TargetPattern:
         if self.kind is PatternKind.SINGLE:
             return label == str(self.label)
         return self.covers_package(package_of(label))
+
+    def named_target(self, names: Container[str]) -> Label | None:
+        """The target `//pkg:all` names when the package (its target `names`) has one called
+        `all`; None for every other pattern, which selects what it always selects."""
+        if self.kind is PatternKind.ALL and self.label is not None \
+                and self.label.name in names:
+            return self.label
+        return None
 
     def covers_package(self, package: str) -> bool:
         """Whether a package lies inside this pattern's scope."""
@@ -167,7 +177,9 @@ def _pattern(text: str, current_package: str) -> TargetPattern:
         _check_package(package)
         return TargetPattern(PatternKind.RECURSIVE, package)
     label = _split(text, current_package)
-    if label.name in ("all", "*"):
+    if label.name == "all":
+        return TargetPattern(PatternKind.ALL, label.package, label)
+    if label.name == "*":
         return TargetPattern(PatternKind.ALL, label.package)
     return TargetPattern(PatternKind.SINGLE, label.package, label)
 

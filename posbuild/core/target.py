@@ -45,6 +45,9 @@ class Target:
     requirements: str = ""  # py_env: the label of its requirements (or lock) file
     # host programs the action runs that its command does not name (a script calls them)
     host_tools: tuple[str, ...] = ()
+    # who may depend on it (core/visibility.py): canonical labels, the package's default
+    # filled in by the loader
+    visibility: tuple[str, ...] = ("//visibility:public",)
     message: str = field(default="", compare=False)
     location: SourceLocation | None = field(default=None, compare=False)
 
@@ -249,7 +252,6 @@ def make_target(kind: str, label: Label, attrs: dict[str, Any],
             raise AttributeError_(f"{kind} '{label.name}': missing required attribute '{attr}'")
     values = {attr: schema[attr](kind, attr, value) for attr, value in attrs.items()
               if value is not None}
-    values.pop("visibility", None)
     if "out_dirs" in values:
         values["outs"] = _with_folders(kind, label, values.get("outs", ()), values["out_dirs"])
     clash = sorted(set(values.get("secrets", ())) & {k for k, _ in values.get("env", ())})

@@ -18,6 +18,7 @@ Paths inside an action are workspace-relative, exactly as in the sandbox: a sour
 
 from __future__ import annotations
 
+import posixpath
 import re
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Sequence
@@ -36,18 +37,28 @@ if TYPE_CHECKING:  # loading BUILD files is only needed when the graph cache mis
     from posbuild.load.loader import Loader
     from posbuild.load.pyimports import ImportScanner, Scan
     from posbuild.core.target import Pairs, Target
+    from posbuild.core.visibility import PackageGroup
 
 # bump when loading or analysis changes what graphs it makes or accepts: cached graphs are made
 # again
-CHECKS = 5
+CHECKS = 6
 # (3: a relative load() in a .bzl file is relative to that file; ownership stamps hidden folders;
-# 4: allow_secret_in_output is part of def_hash; 5: the programs an action runs)
+# 4: allow_secret_in_output is part of def_hash; 5: the programs an action runs; 6: visibility,
+# tags = ["manual"], a target named `all`, source files as patterns, Bazel's $(@D))
 KIND_VERSIONS = {"genrule": 1, "py_task": 1}
+
+
+MANUAL = "manual"
 
 
 def expand_patterns(patterns: Sequence[TargetPattern], packages: Sequence[str],
                     loader: Loader) -> list[Label]:
-    """The rule targets selected by the patterns, in sorted order; an empty match is an error."""
+    """The rule targets selected by the patterns, in sorted order; an empty match is an error.
+
+    As in Bazel, the wildcards (`//...`, `:all`) skip targets tagged `manual`, which build only
+    when named or needed; `:all` names the target `all` when the package has one; and a label
+    naming a source file selects nothing once the file is found to exist.
+    """
     selected: set[Label] = set()
     for pattern in patterns:
         if pattern.kind is PatternKind.SINGLE:
@@ -56,29 +67,58 @@ def expand_patterns(patterns: Sequence[TargetPattern], packages: Sequence[str],
                 raise BuildFileError(f"no such target '{pattern.label}': the workspace root has no "
                                      "BUILD file"
                                      + _package_hint(pattern.label, packages))
-            selected.add(_resolve_single(pattern.label, loader, packages))
+            selected.update(_resolve_single(pattern.label, loader, packages))
             continue
         if pattern.package and pattern.package not in packages and pattern.kind is PatternKind.ALL:
             raise BuildFileError(
                 f"no such package '//{pattern.package}'" + package_hint(pattern.package, packages))
-        found = [t.label for p in packages if pattern.covers_package(p)
+        if pattern.kind is PatternKind.ALL:
+            named = pattern.named_target(loader.package(pattern.package).by_name)
+            if named is not None:
+                selected.add(named)
+                continue
+        every = [t for p in packages if pattern.covers_package(p)
                  for t in loader.package(p).targets]
+        found = [t.label for t in every if MANUAL not in t.tags]
         if not found:
-            raise BuildFileError(f"pattern '{pattern}' matches no targets")
+            manual = f": its {len(every)} target(s) are tagged manual; name one to build it " \
+                f"({every[0].label})" if every else ""
+            raise BuildFileError(f"pattern '{pattern}' matches no targets{manual}")
         selected.update(found)
     return sorted(selected)
 
 
-def _resolve_single(label: Label, loader: Loader, packages: Sequence[str]) -> Label:
+def _resolve_single(label: Label, loader: Loader, packages: Sequence[str]) -> tuple[Label, ...]:
+    """The rule a label names (itself, or the rule making that output); none for an existing
+    source file of the package, which, as in Bazel, is built by being there."""
     package = loader.package(label.package)
     names = {t.label.name for t in package.targets}
     if label.name in names:
-        return label
-    for target in package.targets:
-        if label.name in target.outs:
-            return target.label
+        return (label,)
+    producer = package.by_output.get(label.name)
+    if producer is not None:
+        return (producer.label,)
+    path = src_path(label.package, label.name)
+    if loader.root.joinpath(path).is_file() \
+            and not (not label.package and path.split("/", 1)[0] in (OUT_DIR, STATE_DIR)):
+        inner = _subpackage_of(label, packages)
+        if inner:
+            raise BuildFileError(f"no such target '{label}': {path} belongs to the package "
+                                 f"//{inner}; name it //{inner}:{path[len(inner) + 1:]}")
+        return ()
     raise BuildFileError(f"no such target '{label}'" + (_package_hint(label, packages)
                                                          or did_you_mean(label.name, names)))
+
+
+def _subpackage_of(label: Label, packages: Sequence[str]) -> str:
+    """The package below the label's own that its file lies in (`//a:b/c.txt` while `a/b` has
+    a BUILD file), else ""."""
+    folder = src_path(label.package, label.name).rpartition("/")[0]
+    while folder != label.package and folder:
+        if folder in packages:
+            return folder
+        folder = folder.rpartition("/")[0]
+    return ""
 
 
 def _package_hint(label: Label, packages: Sequence[str]) -> str:
@@ -178,9 +218,11 @@ class Analyzer:
         key = str(label)
         rule = package.by_name.get(label.name)
         if rule is not None:
+            self._check_visible(target, where, rule.label, rule.visibility, rule.location)
             return _Ref(attr, key, rule.label, None)
         producer = package.by_output.get(label.name)
-        if producer is not None:
+        if producer is not None:  # an output is as visible as the rule that makes it
+            self._check_visible(target, where, label, producer.visibility, producer.location)
             return _Ref(attr, key, producer.label, out_path(label.package, label.name))
         path = src_path(label.package, label.name)
         if not label.package and label.name.split("/", 1)[0] in (OUT_DIR, STATE_DIR):
@@ -198,7 +240,44 @@ class Analyzer:
                 f"add exports_files([\"{label.name}\"]) to {package.build_file}",
                 target.location,
             )
+        if label.name in package.export_visibility:
+            self._check_visible(target, where, label, package.export_visibility[label.name],
+                                SourceLocation(package.build_file, 0))
         return _Ref(attr, key, None, path)
+
+    def _check_visible(self, consumer: Target, where: str, used: Label,
+                       visibility: Sequence[str], declared: SourceLocation | None) -> None:
+        """Bazel's visibility check: `consumer` may use `used` only if `used` is visible to the
+        consumer's package (core/visibility.py), else a BUILD error naming both, as Bazel
+        words it."""
+        from posbuild.core.visibility import is_visible
+
+        if used.package == consumer.label.package:
+            return
+        if is_visible(visibility, used.package, consumer.label.package,
+                      lambda group: self._package_group(group, used, declared)):
+            return
+        at = "" if declared is None else f" ({declared.file})" if not declared.line \
+            else f" ({declared})"
+        raise BuildFileError(
+            f"{where}: target '{used}' is not visible from target '{consumer.label}'. Check the "
+            f"visibility declaration of the former target{at} if you think the dependency is "
+            f"legitimate (e.g. visibility = [\"//{consumer.label.package}:__pkg__\"])",
+            consumer.location)
+
+    def _package_group(self, group: Label, used: Label,
+                       declared: SourceLocation | None) -> PackageGroup:
+        """The package_group a visibility list names; a label that names none is an error of
+        the list, reported where it was written."""
+        try:
+            found = self._loader.package(group.package).groups.get(group.name)
+        except BuildFileError as error:
+            raise BuildFileError(f"visibility of '{used}': '{group}': {error.detail}",
+                                 declared) from None
+        if found is None:
+            raise BuildFileError(f"visibility of '{used}': '{group}' is not a package_group",
+                                 declared)
+        return found
 
     def _check_requires(self, target: Target) -> None:
         """Each `requires` entry names a rule this target depends on, declaring the required
@@ -344,6 +423,7 @@ class Analyzer:
         if named.kind != "py_env":
             raise BuildFileError(f"{where}: {named.label} is a {named.kind}, not a py_env",
                                  target.location)
+        self._check_visible(target, where, named.label, named.visibility, named.location)
         return self._py_env_spec(named)
 
     def _py_env_spec(self, target: Target) -> PyEnvSpec:
@@ -462,9 +542,21 @@ class _Ref:
 _MAKE_VAR = re.compile(r"\$(\$|<|@|\(([^)\s]+)(?:\s+([^)]*))?\))")
 
 
+_LOCATION_VARIABLES = ("location", "locations", "execpath", "execpaths", "rootpath",
+                       "rootpaths")
+
+
 class _Expander:
-    """Bazel's genrule substitutions: $(SRCS) $(OUTS) $< $@ $(location L) $(locations L) $(@D)
-    $$."""
+    """Bazel's genrule substitutions, meaning what they mean for a sandboxed genrule, whose
+    working folder mirrors the workspace (Bazel's execroot) with `posbuild-out/` as its output
+    tree:
+
+    $(SRCS) $(OUTS) $< $@ $$; $(location L), $(execpath L) and their plurals: a label's paths
+    from there; $(rootpath L), $(rootpaths L): the same paths relative to their tree (a
+    generated file without `posbuild-out/`), as a runfiles path is; $(@D): the folder of the
+    only output, or the package's output folder when there are several; $(RULEDIR): the
+    package's output folder; $(GENDIR), $(BINDIR): the output tree, `posbuild-out`.
+    """
 
     def __init__(self, target: Target, srcs: tuple[str, ...], outs: tuple[str, ...],
                  locations: dict[str, tuple[str, ...]], attr: str = "cmd") -> None:
@@ -485,7 +577,7 @@ class _Expander:
             variable = match.group(2)
             if variable in ("SRCS", "OUTS"):
                 return list(self._srcs if variable == "SRCS" else self._outs)
-            if variable in ("locations", "execpaths"):
+            if variable in ("locations", "execpaths", "rootpaths"):
                 return list(self._location_paths(variable, (match.group(3) or "").strip()))
         return [self(arg)]
 
@@ -506,13 +598,17 @@ class _Expander:
             return self._one(self._srcs, "$<")
         if token == "@":
             return self._one(self._outs, "$@")
-        if variable in ("location", "locations", "execpath", "execpaths"):
+        if variable in _LOCATION_VARIABLES:
             return self._location(variable, (argument or "").strip())
         simple = {"SRCS": self._srcs, "OUTS": self._outs}
         if variable in simple:
             return " ".join(simple[variable])
+        if variable == "@D" and len(self._outs) == 1:
+            return posixpath.dirname(self._outs[0])
         if variable in ("@D", "RULEDIR"):
             return out_path(self._target.label.package, "").rstrip("/")
+        if variable in ("GENDIR", "BINDIR"):
+            return OUT_DIR
         raise self._fail(f"unknown variable '$({variable})' (write '$$' for a literal '$')")
 
     def _location(self, variable: str, text: str) -> str:
@@ -534,5 +630,7 @@ class _Expander:
             paths = (out_path(package, label.name),)
         if paths is None:
             raise self._fail(f"$({variable} {text}): '{text}' is not in srcs, tools or outs")
+        if variable.startswith("rootpath"):
+            return tuple(path.removeprefix(OUT_DIR + "/") for path in paths)
         return paths
 

@@ -27,7 +27,9 @@ from posbuild.core.layout import OUT_DIR, STATE_DIR
 from posbuild.load.nesting import nesting_problem
 from posbuild.load.owners import Owners, with_ancestors
 from posbuild.load.stamps import folder_stamp
-from posbuild.core.target import AttributeError_, Target, make_target
+from posbuild.core.target import SCHEMAS, AttributeError_, Target, make_target
+from posbuild.core.visibility import (PRIVATE, PUBLIC, PackageGroup, canonical_visibility,
+                                      package_specs)
 
 RULES_REPO = "@posbuild//"
 MAX_LOAD_DEPTH = 100
@@ -51,6 +53,10 @@ class Package:
     exports: tuple[str, ...]
     by_name: dict[str, Target] = field(default_factory=dict, compare=False, repr=False)
     by_output: dict[str, Target] = field(default_factory=dict, compare=False, repr=False)
+    groups: dict[str, PackageGroup] = field(default_factory=dict, compare=False, repr=False)
+    # the visibility of each exported file that exports_files gave one (the others are public)
+    export_visibility: dict[str, tuple[str, ...]] = field(default_factory=dict, compare=False,
+                                                          repr=False)
 
 
 Stamp = tuple[str, bytes]  # (workspace-relative path, stamps.folder_stamp)
@@ -244,7 +250,8 @@ class Loader:
         builder = _PackageBuilder(package, build_file, source, self._root,
                                   self._config.build_file_names,
                                   owners,
-                                  lambda name: self._call_line(package, build_file, source, name))
+                                  lambda name: self._call_line(package, build_file, source, name),
+                                  _default_visibility(self._config))
         self._current = builder
         self._sources[build_file] = source
         try:
@@ -316,10 +323,33 @@ class Loader:
             "filegroup": lambda *a, **kw: self._builder().rule("filegroup", a, kw),
             "py_task": lambda *a, **kw: self._builder().rule("py_task", a, kw),
             "py_env": lambda *a, **kw: self._builder().rule("py_env", a, kw),
-            "exports_files": lambda srcs, *a, **kw: self._builder().export(srcs),
+            "exports_files": lambda srcs, *a, **kw: self._builder().export(srcs, kw),
+            "package": lambda *a, **kw: self._builder().declare_package(a, kw),
+            "package_group": lambda *a, **kw: self._builder().package_group(a, kw),
             "glob": lambda include, exclude=(), **kw: self._builder().glob(include, exclude, kw),
             "package_name": lambda: self._builder().package,
         }
+
+    def _add_native(self, module: starlark.Module) -> None:
+        """Bazel's `native` module, for .bzl macros: `native.genrule(...)`, `native.glob(...)`,
+        `native.package_name()`, `native.existing_rule(name)` and the other natives under the
+        names they have here."""
+        global _STRUCT_GLOBALS
+        if _STRUCT_GLOBALS is None:
+            _STRUCT_GLOBALS = starlark.Globals.extended_by([starlark.LibraryExtension.StructType])
+        only_native: dict[str, Callable[..., Any]] = {
+            "repository_name": lambda: "@",
+            "repo_name": lambda: "",
+            "existing_rule": lambda name: self._builder().existing_rule(name),
+            "existing_rules": lambda: self._builder().existing_rules(),
+        }
+        for name, function in only_native.items():
+            module.add_callable(f"_{name}", function)
+        names = [name for name in self._natives() if name != "package"]
+        fields = ", ".join([f"{name} = {name}" for name in names]
+                           + [f"{name} = _{name}" for name in only_native])
+        starlark.eval(module, starlark.parse("<native>", f"native = struct({fields})"),
+                      _STRUCT_GLOBALS)
 
     def _builder(self) -> _PackageBuilder:
         # A .bzl file's top level runs once, for whichever package loads it first: no rules there.
@@ -377,12 +407,22 @@ class Loader:
         self._bzl_loading.append(key)
         try:
             module = self._module()
+            self._add_native(module)
             starlark.eval(module, starlark.parse(key, source), self._globals,
                           starlark.FileLoader(self._load_bzl))
         finally:
             self._bzl_loading.pop()
         self._bzl_cache[key] = frozen = module.freeze()
         return frozen
+
+
+_STRUCT_GLOBALS: starlark.Globals | None = None
+
+
+def _default_visibility(config: Config) -> tuple[str, ...]:
+    """The visibility of a target whose package sets none: public, unless posbuild.toml asks
+    for Bazel's private default."""
+    return (PRIVATE,) if config.default_visibility == "private" else (PUBLIC,)
 
 
 def rules_dir() -> Path:
@@ -400,8 +440,13 @@ class _PackageBuilder:
     def __init__(self, package: str, build_file: str, source: str, root: Path,
                  build_names: tuple[str, ...],
                  owners: Owners | None = None,
-                 call_line: Callable[[str], int] | None = None) -> None:
+                 call_line: Callable[[str], int] | None = None,
+                 visibility: tuple[str, ...] = (PUBLIC,)) -> None:
         self.package = package
+        self._visibility = visibility  # package(default_visibility = ...), else the default
+        self._package_called = False
+        self._groups: dict[str, PackageGroup] = {}
+        self._export_visibility: dict[str, tuple[str, ...]] = {}
         self._owners = owners
         self._call_line = call_line
         self._build_names = build_names
@@ -424,11 +469,14 @@ class _PackageBuilder:
         except BuildFileError:
             raise ValueError(f"{kind}(): invalid target name '{name}' (it may not hold ':', start "
                              f"with '/' or have '.', '..' or empty parts)") from None
-        if name in self._targets:
+        if name in self._targets or name in self._groups:
             raise ValueError(f"duplicate target name '{name}' in package '//{self.package}'")
         if name in self._outputs:
             owner = Label(self.package, self._outputs[name])
             raise ValueError(f"target name '{name}' conflicts with output '{name}' of {owner}")
+        visibility = attrs.pop("visibility", None)
+        attrs["visibility"] = self._visibility if visibility is None \
+            else canonical_visibility(visibility, self.package, f"{kind} '{name}'")
         try:
             target = make_target(kind, label, attrs, self._locate(name))
         except BuildFileError as error:
@@ -446,10 +494,78 @@ class _PackageBuilder:
             self._outputs[out] = name
         self._targets[name] = target
 
-    def export(self, srcs: Any) -> None:
+    def export(self, srcs: Any, options: dict[str, Any]) -> None:
         if not isinstance(srcs, list) or not all(isinstance(s, str) for s in srcs):
             raise AttributeError_("exports_files() takes a list of file names")
+        unknown = set(options) - {"visibility", "licenses"}
+        if unknown:
+            raise ValueError(f"exports_files(): unknown argument '{sorted(unknown)[0]}'")
         self._exports.extend(srcs)
+        if options.get("visibility") is not None:  # as in Bazel, exported files are public
+            visibility = canonical_visibility(options["visibility"], self.package,
+                                              "exports_files()")
+            self._export_visibility.update(dict.fromkeys(srcs, visibility))
+
+    def existing_rule(self, name: Any) -> dict[str, Any] | None:
+        """Bazel's `native.existing_rule(name)`: the attributes of a target declared so far in
+        this package, as plain values, or None."""
+        target = self._targets.get(name) if isinstance(name, str) else None
+        if target is None:
+            return None
+        found: dict[str, Any] = {"name": target.label.name, "kind": target.kind}
+        for attr in SCHEMAS[target.kind]:
+            value = getattr(target, attr)
+            if isinstance(value, tuple) and value and isinstance(value[0], tuple):
+                value = {k: dict(v) if isinstance(v, tuple) else v for k, v in value}
+            found[attr] = list(value) if isinstance(value, tuple) else value
+        return found
+
+    def existing_rules(self) -> dict[str, dict[str, Any]]:
+        """Bazel's `native.existing_rules()`: every target declared so far, by name."""
+        return {name: self.existing_rule(name) or {} for name in self._targets}
+
+    def declare_package(self, args: tuple[Any, ...], attrs: dict[str, Any]) -> None:
+        """`package(default_visibility = [...])`: first in the BUILD file, once, as in Bazel."""
+        if args:
+            raise ValueError("package() takes keyword arguments only")
+        if self._package_called:
+            raise ValueError("package() may be called only once in a BUILD file")
+        if self._targets or self._groups or self._exports:
+            raise ValueError("package() must be called before any target is declared")
+        unknown = sorted(set(attrs) - {"default_visibility"})
+        if unknown:
+            raise ValueError(f"package(): '{unknown[0]}' is not supported; posbuild reads only "
+                             "default_visibility (remove the argument)")
+        self._package_called = True
+        if attrs.get("default_visibility") is not None:
+            self._visibility = canonical_visibility(attrs["default_visibility"], self.package,
+                                                    "package()")
+
+    def package_group(self, args: tuple[Any, ...], attrs: dict[str, Any]) -> None:
+        """Bazel's `package_group(name, packages, includes)`: a set of packages that visibility
+        lists name by its label."""
+        if args:
+            raise ValueError("package_group() takes keyword arguments only")
+        name = attrs.pop("name", None)
+        if not isinstance(name, str) or not name:
+            raise ValueError("package_group() needs a non-empty string 'name'")
+        unknown = sorted(set(attrs) - {"packages", "includes"})
+        if unknown:
+            raise ValueError(f"package_group '{name}': unknown argument '{unknown[0]}' "
+                             "(known: includes, name, packages)")
+        if name in self._targets or name in self._groups or name in self._outputs:
+            raise ValueError(f"duplicate target name '{name}' in package '//{self.package}'")
+        what = f"package_group '{name}'"
+        includes = attrs.get("includes") or []
+        if not isinstance(includes, list) or not all(isinstance(i, str) for i in includes):
+            raise ValueError(f"{what}: 'includes' must be a list of package_group labels")
+        try:
+            label = parse_label(f":{name}", self.package)
+            included = tuple(str(parse_label(i, self.package)) for i in includes)
+        except BuildFileError as error:
+            raise ValueError(f"{what}: {error.detail}") from None
+        self._groups[name] = PackageGroup(
+            label, package_specs(attrs.get("packages") or [], what), included)
 
     def glob(self, include: Any, exclude: Any, options: dict[str, Any]) -> list[str]:
         for value, what in ((include, "include"), (exclude, "exclude")):
@@ -508,7 +624,8 @@ class _PackageBuilder:
     def finish(self) -> Package:
         by_output = {out: target for target in self._targets.values() for out in target.outs}
         return Package(self.package, self._build_file, tuple(self._targets.values()),
-                       tuple(self._exports), dict(self._targets), by_output)
+                       tuple(self._exports), dict(self._targets), by_output, dict(self._groups),
+                       dict(self._export_visibility))
 
 
 class _Finder(_PackageBuilder):

@@ -649,6 +649,9 @@ class Evaluator:
 
                 raise BuildFileError(f"no such package '//{pattern.package}'" + package_hint(
                     pattern.package, graph.packages))
+            named = graph.index(f"//{pattern.package}:all") if pattern.label else None
+            if named is not None and named in rules[pattern.package]:
+                return {named}  # as in Bazel, `:all` is the target `all` when there is one
             found = set(rules[pattern.package])
         else:
             found = set(chain.from_iterable(nodes for p, nodes in rules.items()

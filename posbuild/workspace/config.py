@@ -89,6 +89,8 @@ class Config:
     python: str = ""
     server: bool = True  # `[build] server`: builds go through the workspace's build server
     server_idle: int = SERVER_IDLE  # `[build] server_idle`: seconds an idle server waits
+    # `[build] default_visibility`: of a target whose package sets none (Bazel's is private)
+    default_visibility: str = "public"
 
     @property
     def interpreter(self) -> str:
@@ -120,7 +122,8 @@ class Config:
 # Every table of posbuild.toml and its keys; anything else is refused, so that a typo cannot
 # silently drop a setting. `[roles.NAME]` tables are checked by `_roles`.
 TABLES: dict[str, tuple[str, ...]] = {
-    "build": ("build_file_names", "jobs", "sandbox_base", "server", "server_idle"),
+    "build": ("build_file_names", "default_visibility", "jobs", "sandbox_base", "server",
+              "server_idle"),
     "cache": ("dir", "max_size", "remote", "timeout", "upload"),
     "env": ("pass", "tools"),
     "executor": ("address", "kind"),
@@ -215,6 +218,8 @@ def load_config(root: Path) -> Config:
         python=_interpreter(table, path),
         server=_get(table, "build", "server", bool, True, path),
         server_idle=_server_idle(table, path),
+        default_visibility=_choice(table, "build", "default_visibility", ("public", "private"),
+                                   path),
     )
 
 

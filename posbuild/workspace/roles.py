@@ -84,6 +84,9 @@ def requested_targets(patterns: Sequence[TargetPattern], actions: Sequence[Actio
             owner = next((a.label for a in actions if a.label == label or output in a.outputs),
                          label)
             selected.add(owner)
+        elif pattern.kind is PatternKind.ALL and pattern.label is not None \
+                and any(a.label == str(pattern.label) for a in actions):
+            selected.add(str(pattern.label))  # `:all` names the target `all` (label.py)
         else:
             selected.update(a.label for a in actions if pattern.matches(a.label))
     return sorted(selected)

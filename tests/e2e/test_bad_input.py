@@ -558,8 +558,8 @@ def test_wrongly_typed_posbuild_toml_value(built):
      "unknown table [zzz] (known: build, cache, env, executor, python, resources, roles, "
      "sandbox, secrets)"),
     ("[build]\njbos = 2\n",
-     "[build] has unknown key 'jbos' (known: build_file_names, jobs, sandbox_base, server, "
-     "server_idle); did you mean "
+     "[build] has unknown key 'jbos' (known: build_file_names, default_visibility, jobs, "
+     "sandbox_base, server, server_idle); did you mean "
      "'jobs'?"),
     ("[cache]\nmax-size = '1G'\n",
      "[cache] has unknown key 'max-size' (known: dir, max_size, remote, timeout, upload); did you "

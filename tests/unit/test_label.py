@@ -116,12 +116,20 @@ def test_recursive_pattern_for_a_package() -> None:
 @pytest.mark.parametrize("text", ["//pkg:all", "//pkg:*"])
 def test_all_targets_of_a_package(text: str) -> None:
     pattern = parse_pattern(text)
-    assert pattern == TargetPattern(PatternKind.ALL, "pkg")
-    assert str(pattern) == "//pkg:all"
+    assert pattern.kind is PatternKind.ALL and pattern.package == "pkg"
+    assert str(pattern) == text
 
 
 def test_all_targets_of_root_package() -> None:
-    assert parse_pattern("//:all") == TargetPattern(PatternKind.ALL, "")
+    assert parse_pattern("//:all") == TargetPattern(PatternKind.ALL, "", Label("", "all"))
+
+
+def test_colon_all_names_a_target_called_all_when_the_package_has_one() -> None:
+    """As in Bazel: `:all` is the target `all` if there is one; `:*` is always every target."""
+    assert parse_pattern("//pkg:all").named_target({"all", "x"}) == Label("pkg", "all")
+    assert parse_pattern("//pkg:all").named_target({"x"}) is None
+    assert parse_pattern("//pkg:*").named_target({"all", "x"}) is None
+    assert parse_pattern("//pkg/...").named_target({"all"}) is None
 
 
 @pytest.mark.parametrize(
@@ -142,7 +150,7 @@ def test_single_label_patterns(text: str, label: Label) -> None:
         ("sub:x", TargetPattern(PatternKind.SINGLE, "pkg/sub", Label("pkg/sub", "x"))),
         ("sub/...", TargetPattern(PatternKind.RECURSIVE, "pkg/sub")),
         ("...", TargetPattern(PatternKind.RECURSIVE, "pkg")),
-        (":all", TargetPattern(PatternKind.ALL, "pkg")),
+        (":all", TargetPattern(PatternKind.ALL, "pkg", Label("pkg", "all"))),
         ("//other:y", TargetPattern(PatternKind.SINGLE, "other", Label("other", "y"))),
     ],
 )
