@@ -32,14 +32,15 @@ from __future__ import annotations
 
 import os
 import stat
+import struct
 import threading
 from pathlib import Path
 from typing import Any
 
 from posbuild.core.layout import OUT_DIR, STATE_DIR, SYNC_COOKIE
 from posbuild.core.records import UNSETTLED
-from posbuild.engine.uptodate import changed_files
-from posbuild.store.upstate import state_from_bytes
+from posbuild.engine.uptodate import signature_changes
+from posbuild.store.upstate import BuildState, state_from_bytes
 
 SYNC_S = 1.0  # a cookie that takes longer than this means the watch cannot be trusted
 LIMIT_VARIABLE = "POSBUILD_TEST_MAX_WATCHES"  # tests lower the watch limit through it
@@ -177,11 +178,10 @@ class ChangeFeed:
                 folders = set(self._folders.values())
             if not state.complete or not all(os.path.dirname(p) in folders for p in state.paths):
                 continue
-            changed = changed_files(state, state.graph, self.root)
+            changed = self._changed_files(state)
             # a file hashed too soon after it was written is to be looked at again: vouched
             # for as changed since (filestate.py)
-            if changed is None or any(state.signatures[p] != UNSETTLED for p in changed) \
-                    or any(map(self._reached_from_outside, state.paths)):
+            if changed is None or any(state.signatures[p] != UNSETTLED for p in changed):
                 continue
             with self._lock:
                 for unsettled in sorted(changed):
@@ -191,16 +191,20 @@ class ChangeFeed:
         with self._lock:  # what no vouch can ask about any more
             self._log = [entry for entry in self._log if entry[0] > oldest]
 
-    def _reached_from_outside(self, path: str) -> bool:
-        """Whether a file may change with no event in the workspace: a symbolic link (to a file
+    def _changed_files(self, state: BuildState) -> frozenset[str] | None:
+        """The files of `state` whose signature changed, from one `lstat()` pass; None when one
+        is gone or may change with no event in the workspace: a symbolic link (to a file
         anywhere), or a source with another hard link (which may be written through). An output
         of 1 MiB or more is a hard link into the store, which nothing writes through."""
+        base, outputs = f"{self.root}/", OUT_DIR + "/"
         try:
-            info = os.lstat(os.path.join(self.root, path))
-        except OSError:
-            return True
-        return stat.S_ISLNK(info.st_mode) \
-            or info.st_nlink > 1 and not path.startswith(OUT_DIR + "/")
+            infos = list(map(os.lstat, [base + path for path in state.paths]))
+            if any(stat.S_ISLNK(info.st_mode) or info.st_nlink > 1 and not path.startswith(outputs)
+                   for path, info in zip(state.paths, infos)):
+                return None
+            return signature_changes(state, infos)
+        except (OSError, struct.error):
+            return None
 
     def sync(self) -> bool:
         """Wait until every event queued before this call has been counted."""

@@ -49,17 +49,24 @@ def changed_files(state: BuildState, graph: Digest, root: Path) -> frozenset[str
     if not state.complete or state.graph != graph:
         return None
     base = str(root) + "/"
-    paths, recorded = state.paths, state.packed_signatures
     try:
-        now = b"".join(starmap(SIGNATURE_ROW.pack,
-                               map(signature, map(os.stat, [base + p for p in paths]))))
+        return signature_changes(state, list(map(os.stat, [base + p for p in state.paths])))
     except (OSError, struct.error):  # a file is gone: look at them one by one
-        return frozenset(path for path, row in zip(paths, SIGNATURE_ROW.iter_unpack(recorded))
+        return frozenset(path for path, row in zip(state.paths,
+                                                   SIGNATURE_ROW.iter_unpack(
+                                                       state.packed_signatures))
                          if _signature_of(base + path) != row)
+
+
+def signature_changes(state: BuildState, infos: Sequence[os.stat_result]) -> frozenset[str]:
+    """The files of the state whose recorded signature differs from `infos` (a stat of each of
+    `state.paths`, in order), compared as one packed array."""
+    now = b"".join(starmap(SIGNATURE_ROW.pack, map(signature, infos)))
+    recorded = state.packed_signatures
     if now == recorded:
         return frozenset()
     size = SIGNATURE_ROW.size
-    return frozenset(path for start, path in zip(range(0, len(now), size), paths)
+    return frozenset(path for start, path in zip(range(0, len(now), size), state.paths)
                      if now[start:start + size] != recorded[start:start + size])
 
 
