@@ -23,7 +23,7 @@ import os
 import struct
 from itertools import starmap
 from pathlib import Path
-from typing import Sequence
+from typing import Iterable, Sequence
 
 from posbuild.core.action import Action
 from posbuild.core.digest import Digest
@@ -50,7 +50,7 @@ def changed_files(state: BuildState, graph: Digest, root: Path) -> frozenset[str
         return None
     base = str(root) + "/"
     try:
-        return signature_changes(state, list(map(os.stat, [base + p for p in state.paths])))
+        return signature_changes(state, map(os.stat, [base + p for p in state.paths]))
     except (OSError, struct.error):  # a file is gone: look at them one by one
         return frozenset(path for path, row in zip(state.paths,
                                                    SIGNATURE_ROW.iter_unpack(
@@ -58,9 +58,9 @@ def changed_files(state: BuildState, graph: Digest, root: Path) -> frozenset[str
                          if _signature_of(base + path) != row)
 
 
-def signature_changes(state: BuildState, infos: Sequence[os.stat_result]) -> frozenset[str]:
+def signature_changes(state: BuildState, infos: Iterable[os.stat_result]) -> frozenset[str]:
     """The files of the state whose recorded signature differs from `infos` (a stat of each of
-    `state.paths`, in order), compared as one packed array."""
+    `state.paths`, in order, taken as they come), compared as one packed array."""
     now = b"".join(starmap(SIGNATURE_ROW.pack, map(signature, infos)))
     recorded = state.packed_signatures
     if now == recorded:
