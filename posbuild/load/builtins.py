@@ -19,6 +19,7 @@ import io
 import json
 import os
 import posixpath
+import re
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
@@ -42,12 +43,19 @@ UNSUPPORTED: dict[str, str] = {
     "select": f"posbuild has no configurable attributes: {_CONFIG} and choose with an if",
 }
 
-# Defines `print` in a module; `call_stack` is visible to this definition alone.
+# Defines `print` and the refusals in a module, in Starlark: print needs its caller's line
+# (`call_stack` is visible to these definitions alone), and a refusal must accept the functions
+# it is given, which cannot cross into Python.
 PRELUDE = '''
 def print(*args, sep = " "):
     _posbuild_debug(call_stack(strip_frames = 1), sep.join([str(a) for a in args]))
-'''
-PRELUDE_NAME = "@posbuild//:print"
+''' + "".join(f"""
+def {name}(*args, **kwargs):
+    _posbuild_unsupported("{name}")
+""" for name in UNSUPPORTED)
+PRELUDE_NAME = "@posbuild//:prelude"
+# a file that names none of these needs no prelude (most do not: it costs a parse and an eval)
+PRELUDE_WANTED = re.compile(r"\b(?:print|%s)\b" % "|".join(UNSUPPORTED))
 _MISSING = object()
 
 
@@ -72,9 +80,8 @@ class Builtins:
             "read_tsv": lambda path: self._read("read_tsv", path, _table("\t")),
             "read_csv": lambda path: self._read("read_csv", path, _table(",")),
             "_posbuild_debug": self._print,
+            "_posbuild_unsupported": _refuse,
         }
-        for name, why in UNSUPPORTED.items():
-            found[name] = _refusal(name, why)
         return found
 
     def config(self, key: Any, default: Any = _MISSING) -> Any:
@@ -159,10 +166,8 @@ class _DataError(Exception):
     """A data file that does not parse: the message names the file and line."""
 
 
-def _refusal(name: str, why: str) -> Callable[..., Any]:
-    def refuse(*args: Any, **kwargs: Any) -> Any:
-        raise ValueError(f"{name}() is not supported: {why}")
-    return refuse
+def _refuse(name: str) -> None:
+    raise ValueError(f"{name}() is not supported: {UNSUPPORTED[name]}")
 
 
 def _json(text: str, rel: str) -> Any:

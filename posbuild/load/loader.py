@@ -25,7 +25,7 @@ from posbuild.core.digest import Digest, hash_bytes
 from posbuild.errors import BuildFileError, SourceLocation
 from posbuild.core.label import Label, did_you_mean, parse_label, shown
 from posbuild.core.layout import OUT_DIR, STATE_DIR
-from posbuild.load.builtins import PRELUDE, PRELUDE_NAME, Builtins
+from posbuild.load.builtins import PRELUDE, PRELUDE_NAME, PRELUDE_WANTED, Builtins
 from posbuild.load.nesting import nesting_problem
 from posbuild.load.owners import Owners, with_ancestors
 from posbuild.load.stamps import folder_stamp
@@ -313,7 +313,7 @@ class Loader:
         module = starlark.Module()
         for name, function in self._natives().items():
             module.add_callable(name, function)
-        if "print" in source:  # print() needs its caller's line: a Starlark def (builtins.py)
+        if PRELUDE_WANTED.search(source):  # print() and the refusals are Starlark defs
             if self._prelude is None:
                 self._prelude = starlark.parse(PRELUDE_NAME, PRELUDE)
             starlark.eval(module, self._prelude,
