@@ -355,3 +355,20 @@ def test_a_rule_call_in_a_bzl_file_is_refused_at_the_load(ws):
               "pkg/BUILD": 'load(":defs.bzl", "my_rule")\nmy_rule(name = "x")\n'})
     one_line(ws.build(), 3, "pkg/defs.bzl:4", "rule() is not supported", "macro")
 
+
+
+def test_watch_takes_a_define_and_rebuilds_when_the_sample_sheet_changes(ws):
+    from test_watch import Watch
+
+    ws.write({**SHEET, "pkg/BUILD": SHEET["pkg/BUILD"].replace(
+        '"echo " + s["fastq"]', '"echo " + config("TAG") + s["fastq"]')})
+    watching = Watch(ws, "--define", "TAG=t-")
+    try:
+        first = watching.cycle()
+        assert first.group(0).startswith("[watch] initial build"), first.group(0)
+        assert ws.out("pkg/A.txt") == "t-a.fq\n"
+        (ws.root / "pkg/samples.tsv").write_text("sample\tfastq\nA\ta.fq\nB\tb.fq\nC\tc.fq\n")
+        assert watching.changed() == ("pkg/samples.tsv", 1, 2, 0)
+        assert ws.out("pkg/C.txt") == "t-c.fq\n"
+    finally:
+        watching.kill()
