@@ -5,8 +5,9 @@ allows for DAG resolution, and almost never changes between builds. The cache en
 (its patterns) holds the ActionGraph plus what it was derived from: the stat of every folder of
 the workspace (a new file, a deleted file or a new package changes its folder's mtime), of every
 BUILD/.bzl file and data file (`read_json`, ...) read, and of posbuild.toml; and the
-configuration values BUILD files may read (`[vars]` with `--define` over them). Checking the entry is a few hundred `stat()` calls,
-plus a hash of each path changed too close to the load for its stamp to be trusted (stamps.py).
+configuration values BUILD files may read (`[vars]` with `--define` over them). Checking the
+entry is a few hundred `stat()` calls, plus a hash of each path changed too close to the load
+for its stamp to be trusted (stamps.py).
 
 Entries are msgpack files under `.posbuild/graphs/`, written temp + rename; a damaged or
 outdated one is simply ignored and rebuilt. An entry is one array of eight elements:
@@ -138,8 +139,8 @@ class GraphCache:
         rows = [_action_row(a) for a in graph.actions]
         facts = facts_of(graph.actions, graph.py_envs)
         racy = racy_digests(str(self._root), [*(rel for rel, _ in dirs), *files], self._since, read)
-        entry = [_version(), [list(pair) for pair in self._vars], list(dirs), _file_stamps(self._root, files), list(graph.requested),
-                 list(facts), racy, rows]
+        entry = [_version(), [list(pair) for pair in self._vars], list(dirs),
+                 _file_stamps(self._root, files), list(graph.requested), list(facts), racy, rows]
         data = msgpack.packb(entry, use_bin_type=True)
         write_atomically(self._entry(request), data)
         return CachedGraph(data, graph.requested, facts, -1, replace(graph, raw=data))
