@@ -132,9 +132,12 @@ def test_every_command_that_loads_build_files_takes_define(ws):
     assert ws.run("query", "//pkg:all", "--define", "OUT=second").returncode == 0
     explained = ws.run("explain", "//pkg:uses", "--define", "OUT=first")
     assert explained.returncode == 0 and "//pkg:uses" in explained.stdout, explained.stderr
-    for command in ("watch", "verify", "lock"):
-        shown = ws.run(command, "--help")
-        assert "--define KEY=VALUE" in shown.stdout, (command, shown.stdout)
+    assert "do not load" in ws.run("env", "show").stderr
+    shown = ws.run("env", "show", "--define", "OUT=first")
+    assert shown.returncode == 0 and "warning" not in shown.stderr, shown.stderr
+    for command in (("watch",), ("verify",), ("lock",), ("env", "approve"), ("env", "check")):
+        helped = ws.run(*command, "--help")
+        assert "--define KEY=VALUE" in helped.stdout, (command, helped.stdout)
 
 
 # --- data files ----------------------------------------------------------------------------
