@@ -181,6 +181,18 @@ def test_an_edited_sample_sheet_is_noticed_through_the_build_server(served):
     assert served.run("query", "//pkg:all").stdout.split() == ["//pkg:count_A"]
 
 
+def test_the_build_server_answers_each_define_with_a_graph_of_its_own_values(served):
+    served.write({"pkg/BUILD": 'print("mode", config("MODE", "fast"))\n'
+                               + textwrap.dedent(TWO_RULES["pkg/BUILD"])})
+    assert "DEBUG: pkg/BUILD:1: mode fast" in served.ok().stderr
+    assert executed_labels(served.ok("--define", "MODE=slow")) == ["//pkg:uses"]
+    assert served.out("pkg/uses.txt") == "slow\n"
+    kept = served.ok("--define", "MODE=slow")
+    assert executed_labels(kept) == [] and not evaluated(kept)
+    assert counts(served.ok())["executed"] == 0
+    assert served.out("pkg/uses.txt") == "fast\n"
+
+
 def test_read_json_lines_and_csv_give_starlark_values(ws):
     ws.write({
         "pkg/config.json": '{"genome": "hg38", "threads": 4, "chroms": ["1", "2"], "x": null}',
