@@ -95,9 +95,9 @@ allow_env_drift_option = click.option(
     "(warns).")
 
 
-
 def _defines(ctx: click.Context, param: click.Parameter, value: tuple[str, ...]
              ) -> tuple[str, ...]:
+    """Refuse a malformed `--define` as click refuses any bad option value (exit 2)."""
     from posbuild.workspace.config import parse_define
 
     for text in value:

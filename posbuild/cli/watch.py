@@ -83,8 +83,9 @@ def watch(patterns: tuple[str, ...], jobs: int | None, keep_going: bool, quiet: 
     """Build PATTERNS (default: //...), then rebuild whenever a file they depend on changes.
 
     \b
-    Watched: every source file and tool of the requested actions, the BUILD and .bzl files they
-    were loaded from, posbuild.toml and posbuild.lock, and new files in their packages (globs).
+    Watched: every source file and tool of the requested actions, the BUILD, .bzl and data files
+    they were loaded from, posbuild.toml and posbuild.lock, and new files in their packages
+    (globs).
     Not watched: posbuild-out/, .posbuild/, .git/ and other folders whose name starts with '.'.
     Each build prints one line; a failed build or a broken BUILD file is reported and watching
     goes on. Ctrl-C stops at once (exit 130), keeping nothing partial.
