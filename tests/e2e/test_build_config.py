@@ -387,3 +387,16 @@ def test_watch_takes_a_define_and_rebuilds_when_the_sample_sheet_changes(ws):
         assert ws.out("pkg/C.txt") == "t-c.fq\n"
     finally:
         watching.kill()
+
+
+def test_names_a_build_file_binds_itself_shadow_the_refused_ones(ws):
+    ws.write({"pkg/defs.bzl": 'def select(choices):\n    return choices["default"]\n',
+              "pkg/BUILD": """
+                  load(":defs.bzl", "select")
+                  RULES = ["a"]
+                  [genrule(name = rule, outs = [rule + ".txt"],
+                           cmd = select({"default": "echo ok > $@"})) for rule in RULES]
+                  toolchain = {"x": 1}
+              """})
+    ws.ok()
+    assert ws.out("pkg/a.txt") == "ok\n"
