@@ -95,6 +95,26 @@ allow_env_drift_option = click.option(
     "(warns).")
 
 
+def _defines(ctx: click.Context, param: click.Parameter, value: tuple[str, ...]
+             ) -> tuple[str, ...]:
+    """Refuse a malformed `--define` as click refuses any bad option value (exit 2)."""
+    from posbuild.workspace.config import parse_define
+
+    for text in value:
+        try:
+            parse_define(text)
+        except PosbuildError as error:
+            raise click.BadParameter(error.detail.removeprefix("--define ")) from None
+    return value
+
+
+# Every command that loads BUILD files takes it, so all of them see the same graph.
+define_option = click.option(
+    "--define", "defines", metavar="KEY=VALUE", multiple=True, callback=_defines,
+    help="Set what config(\"KEY\") returns in BUILD files, over [vars] of posbuild.toml "
+    "(repeatable).")
+
+
 def fail(error: PosbuildError) -> NoReturn:
     """Print a user error as one line and exit with its code."""
     click.echo(f"posbuild: {error.render()}", err=True)

@@ -9,8 +9,8 @@ import sys
 
 import click
 
-from posbuild.cli import (allow_env_drift_option, fail, interrupted, jobs_option, keep_going_option,
-                          workspace_and_package)
+from posbuild.cli import (allow_env_drift_option, define_option, fail, interrupted, jobs_option,
+                          keep_going_option, workspace_and_package)
 from posbuild.errors import PosbuildError
 
 
@@ -58,6 +58,7 @@ def _executor(ctx: click.Context, param: click.Parameter, value: str | None) -> 
 @click.option("--explain", is_flag=True,
               help="Say in one line why each executed action ran (with -n: would run).")
 @allow_env_drift_option
+@define_option
 @click.option("--remote-upload", is_flag=True,
               help="Upload executed results to [cache] remote, signed with the secret "
               "POSBUILD_CACHE_KEY "
@@ -75,7 +76,7 @@ def _executor(ctx: click.Context, param: click.Parameter, value: str | None) -> 
 def build(patterns: tuple[str, ...], jobs: int | None, keep_going: bool, dry_run: bool,
           verify: bool, quiet: bool, rerun: tuple[str, ...], explain: bool,
           allow_env_drift: bool, remote_upload: bool, executor: str, keep_sandbox: bool,
-          no_server: bool) -> None:
+          no_server: bool, defines: tuple[str, ...]) -> None:
     """Build the targets matched by PATTERNS (default: //...).
 
     \b
@@ -97,7 +98,8 @@ def build(patterns: tuple[str, ...], jobs: int | None, keep_going: bool, dry_run
                                keep_going=keep_going,
                                dry_run=dry_run, verify=verify, explain=explain, cwd_package=package,
                                allow_env_drift=allow_env_drift, remote_upload=remote_upload,
-                               executor=executor, rerun=rerun, keep_sandbox=keep_sandbox)
+                               executor=executor, rerun=rerun, keep_sandbox=keep_sandbox,
+                               defines=defines)
         summary = BuildSession(root, choose_reporter(quiet), os.environ,
                                vouch=cli.server_vouch).build(options)
     except PosbuildError as error:

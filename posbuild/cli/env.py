@@ -9,18 +9,18 @@ import sys
 
 import click
 
-from posbuild.cli import fail, workspace_and_package
+from posbuild.cli import define_option, fail, workspace_and_package
 from posbuild.errors import PosbuildError
 
 
-def _current():
+def _current(defines: tuple[str, ...] = ()):
     """The workspace root and the fingerprint of everything its actions run, computed afresh
-    (and the cache refreshed)."""
-    from posbuild.workspace.config import load_config
+    (and the cache refreshed); `defines` are the `--define` values the actions are loaded with."""
+    from posbuild.workspace.config import load_config, with_defines
     from posbuild.workspace.envfp import environments_for
 
     root, _ = workspace_and_package()
-    config = load_config(root)
+    config = with_defines(load_config(root), defines)
     environments = environments_for(config, os.environ)
     environments.fresh()
     now = environments.table(_programs(config))
@@ -59,12 +59,13 @@ def env() -> None:
 @env.command(short_help="Print the fingerprint entries and h_E.")
 @click.option("--json", "as_json", is_flag=True,
               help="Print one JSON object: hash, fingerprint, not_hashed.")
-def show(as_json: bool) -> None:
+@define_option
+def show(as_json: bool, defines: tuple[str, ...]) -> None:
     """Print each fingerprint entry and h_E."""
     from posbuild.workspace.envfp import is_hashed
 
     try:
-        _, now = _current()
+        _, now = _current(defines)
     except PosbuildError as error:
         fail(error)
     if as_json:
@@ -82,7 +83,8 @@ def show(as_json: bool) -> None:
 
 
 @env.command(short_help="Approve this environment in posbuild.lock.")
-def approve() -> None:
+@define_option
+def approve(defines: tuple[str, ...]) -> None:
     """Write h_E and the fingerprint into posbuild.lock; later builds must match them (ORCH-07)."""
     from dataclasses import replace
 
@@ -96,7 +98,7 @@ def approve() -> None:
         root, _ = workspace_and_package()
         # `posbuild lock` writes it too
         with workspace_lock(load_config(root), PlainReporter(sys.stdout, sys.stderr)):
-            root, now = _current()
+            root, now = _current(defines)
             lock = read_lock(root)
             path = write_lock(root, replace(lock, environment=approval_record(now)))
     except PosbuildError as error:
@@ -105,7 +107,8 @@ def approve() -> None:
 
 
 @env.command(short_help="Compare with the approved environment (ORCH-07 on drift).")
-def check() -> None:
+@define_option
+def check(defines: tuple[str, ...]) -> None:
     """Compare this environment with the approved one: exit 0 if h_E matches, else ORCH-07 (exit
     17).
 
@@ -120,7 +123,7 @@ def check() -> None:
     from posbuild.workspace.envfp import compare_with_approved
 
     try:
-        root, now = _current()
+        root, now = _current(defines)
         approval = compare_with_approved(root, now)
         if approval.approved_hash is None:
             fail(PosbuildError("no approved environment in posbuild.lock (h_E is "

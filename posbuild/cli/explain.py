@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from posbuild.cli import fail, workspace_and_package
+from posbuild.cli import define_option, fail, workspace_and_package
 from posbuild.errors import PosbuildError, UsageError
 
 if TYPE_CHECKING:
@@ -16,10 +16,11 @@ if TYPE_CHECKING:
 
 @click.command()
 @click.argument("label")
-def explain(label: str) -> None:
+@define_option
+def explain(label: str, defines: tuple[str, ...]) -> None:
     """Say why LABEL's action last executed (which parts of its key changed since its previous
     execution, with old and new values), why it was a cache hit, or why it failed or was skipped."""
-    from posbuild.workspace.config import load_config
+    from posbuild.workspace.config import load_config, with_defines
     from posbuild.store.history import records_of_build
     from posbuild.core.label import parse_label
     from posbuild.core.layout import STORE_DB
@@ -28,7 +29,7 @@ def explain(label: str) -> None:
 
     try:
         root, package = workspace_and_package()
-        config = load_config(root)
+        config = with_defines(load_config(root), defines)
         if label.endswith(("...", ":all", ":*")):
             raise UsageError(f"explain takes one target label, not the pattern '{label}'")
         target = str(parse_label(label, package))

@@ -7,13 +7,14 @@ import sys
 
 import click
 
-from posbuild.cli import fail, workspace_and_package
+from posbuild.cli import define_option, fail, workspace_and_package
 from posbuild.errors import PosbuildError
 
 
 @click.command()
 @click.argument("patterns", nargs=-1)
-def lock(patterns: tuple[str, ...]) -> None:
+@define_option
+def lock(patterns: tuple[str, ...], defines: tuple[str, ...]) -> None:
     """Pin the digests of the source files read by PATTERNS (default: //...) in posbuild.lock.
 
     \b
@@ -24,13 +25,13 @@ def lock(patterns: tuple[str, ...]) -> None:
     """
     from posbuild.engine.locking import workspace_lock
     from posbuild.engine.resolve import resolve
-    from posbuild.workspace.config import load_config
+    from posbuild.workspace.config import load_config, with_defines
     from posbuild.engine.pins import lock_sources
     from posbuild.engine.reporter import PlainReporter
 
     try:
         root, package = workspace_and_package()
-        config = load_config(root)
+        config = with_defines(load_config(root), defines)
         with workspace_lock(config, PlainReporter(sys.stdout, sys.stderr)):
             graph = resolve(root, patterns or ("//...",), package, config)
             pinned, dropped = lock_sources(root, graph.actions)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from posbuild.cli import fail, workspace_and_package
+from posbuild.cli import define_option, fail, workspace_and_package
 from posbuild.errors import PosbuildError
 
 OUTPUTS = ("label", "json", "graph")
@@ -15,7 +15,8 @@ OUTPUTS = ("label", "json", "graph")
 @click.option("--output", "output", type=click.Choice(OUTPUTS), default="label", show_default=True,
               help="label: sorted labels, one per line; json: labels, kinds and edges; graph: "
               "Graphviz dot.")
-def query(expr: str, output: str) -> None:
+@define_option
+def query(expr: str, output: str, defines: tuple[str, ...]) -> None:
     """Print the targets selected by the query EXPR.
 
     \b
@@ -36,10 +37,11 @@ def query(expr: str, output: str) -> None:
     Exit codes: 0 ok, 2 a syntax error in EXPR, 3 an unknown target, pattern or a bad BUILD file.
     """
     from posbuild.load.query import run_query
+    from posbuild.workspace.config import load_config, with_defines
 
     try:
         root, package = workspace_and_package()
-        result = run_query(root, expr, package)
+        result = run_query(root, expr, package, with_defines(load_config(root), defines))
         click.echo(result.render(output), nl=False)
     except PosbuildError as error:
         fail(error)

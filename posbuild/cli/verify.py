@@ -9,7 +9,7 @@ import sys
 
 import click
 
-from posbuild.cli import fail, interrupted, jobs_option, workspace_and_package
+from posbuild.cli import define_option, fail, interrupted, jobs_option, workspace_and_package
 from posbuild.errors import ActionFailed, NonDeterminism, PosbuildError
 
 
@@ -18,7 +18,9 @@ from posbuild.errors import ActionFailed, NonDeterminism, PosbuildError
 @jobs_option
 @click.option("-q", "--quiet", is_flag=True,
               help="Print only non-deterministic outputs and errors.")
-def verify(patterns: tuple[str, ...], jobs: int | None, quiet: bool) -> None:
+@define_option
+def verify(patterns: tuple[str, ...], jobs: int | None, quiet: bool,
+           defines: tuple[str, ...]) -> None:
     """Check that the actions of PATTERNS (default: //...) are deterministic.
 
     Builds the targets first, then runs each action twice in fresh sandboxes that differ in
@@ -39,7 +41,7 @@ def verify(patterns: tuple[str, ...], jobs: int | None, quiet: bool) -> None:
     from posbuild.engine.plan import BuildOptions
     from posbuild.engine.resolve import make_request, resolve
     from posbuild.engine.session import BuildSession
-    from posbuild.workspace.config import load_config
+    from posbuild.workspace.config import load_config, with_defines
     from posbuild.engine.reporter import QuietReporter
     from posbuild.engine.verify import verify_request
 
@@ -49,10 +51,10 @@ def verify(patterns: tuple[str, ...], jobs: int | None, quiet: bool) -> None:
         patterns = patterns or ("//...",)
         environ = dict(os.environ)
         reporter = QuietReporter(sys.stdout, sys.stderr)
-        config = load_config(root)
+        config = with_defines(load_config(root), defines)
         with workspace_lock(config, reporter):  # one lock for both: nothing changes in between
             summary = BuildSession(root, reporter, environ).build(
-                BuildOptions(patterns, jobs=jobs or 0, cwd_package=package))
+                BuildOptions(patterns, jobs=jobs or 0, cwd_package=package, defines=defines))
             if summary.failed:
                 fail(ActionFailed(f"cannot verify: {summary.failed} action(s) failed to build: "
                                   f"{', '.join(summary.failed_labels)}"))

@@ -10,8 +10,8 @@ from typing import TextIO
 import click
 
 from posbuild.engine.session import summary_error
-from posbuild.cli import (allow_env_drift_option, fail, interrupted, jobs_option, keep_going_option,
-                          workspace_and_package)
+from posbuild.cli import (allow_env_drift_option, define_option, fail, interrupted, jobs_option,
+                          keep_going_option, workspace_and_package)
 from posbuild.errors import PosbuildError
 from posbuild.engine.reporter import BuildSummary, QuietReporter, TerminalReporter
 from posbuild.engine.watch import Cycle
@@ -77,31 +77,34 @@ class _CyclePrinter:
 @click.option("--debounce", type=click.IntRange(min=0), default=50, show_default=True, metavar="MS",
               help="Build once no relevant change has come for MS milliseconds.")
 @allow_env_drift_option
+@define_option
 def watch(patterns: tuple[str, ...], jobs: int | None, keep_going: bool, quiet: bool, debounce: int,
-          allow_env_drift: bool) -> None:
+          allow_env_drift: bool, defines: tuple[str, ...]) -> None:
     """Build PATTERNS (default: //...), then rebuild whenever a file they depend on changes.
 
     \b
-    Watched: every source file and tool of the requested actions, the BUILD and .bzl files they
-    were loaded from, posbuild.toml and posbuild.lock, and new files in their packages (globs).
+    Watched: every source file and tool of the requested actions, the BUILD, .bzl and data files
+    they were loaded from, posbuild.toml and posbuild.lock, and new files in their packages
+    (globs).
     Not watched: posbuild-out/, .posbuild/, .git/ and other folders whose name starts with '.'.
     Each build prints one line; a failed build or a broken BUILD file is reported and watching
     goes on. Ctrl-C stops at once (exit 130), keeping nothing partial.
     """
     from posbuild.engine.plan import BuildOptions
     from posbuild.engine.session import BuildSession
-    from posbuild.workspace.config import load_config
+    from posbuild.workspace.config import load_config, with_defines
     from posbuild.core.label import parse_pattern
     from posbuild.engine.watch import watch as watch_loop
 
     try:
         root, package = workspace_and_package()
-        config = load_config(root)
+        config = with_defines(load_config(root), defines)
         for text in patterns:  # no edit can mend a malformed pattern: stop rather than watch
             parse_pattern(text, package)
         options = BuildOptions(patterns=patterns or ("//...",), jobs=jobs or 0,
                                keep_going=keep_going,
-                               cwd_package=package, allow_env_drift=allow_env_drift)
+                               cwd_package=package, allow_env_drift=allow_env_drift,
+                               defines=defines)
         reporter = _TerminalStatus(sys.stdout, sys.stderr) if sys.stdout.isatty() and not quiet \
             else QuietReporter(sys.stdout, sys.stderr)  # a cycle is its one line
         environ = dict(os.environ)

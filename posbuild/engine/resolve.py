@@ -52,7 +52,7 @@ def resolve(root: Path, patterns: Sequence[str], cwd_package: str = "",
 def graph_entry(config: Config, request: Request) -> CachedGraph:
     """The request's graph cache entry; BUILD files are evaluated and analysed only on a miss."""
     canonical = sorted({str(p) for p in request.patterns})
-    cache = GraphCache(config.root, config.state_dir / GRAPHS)
+    cache = GraphCache(config.root, config.state_dir / GRAPHS, config.vars)
     cached = cache.load(canonical)
     if cached is not None:
         return cached

@@ -41,7 +41,7 @@ from posbuild.load.graphcache import CachedGraph
 from posbuild.store.epoch import read_epoch
 from posbuild.store.upstate import (BuildState, load_state, revalidate, save_state,
                                     state_from_bytes, tree_is_clean)
-from posbuild.workspace.config import Config, load_config
+from posbuild.workspace.config import Config, load_config, with_defines
 from posbuild.workspace.envfp import (checked_environment, environment_key,
                                       passed_environment)
 from posbuild.workspace.roles import ROLE_VARIABLE, authorize
@@ -99,7 +99,7 @@ class BuildSession:
         """Build the patterns of `options`. `on_graph` is given the resolved graph before anything
         is checked or run (`posbuild watch` derives the files to watch from it)."""
         started = time.time()
-        config = load_config(self.root)
+        config = with_defines(load_config(self.root), options.defines)
         passed_checks = False
         resolved: ResolvedBuild | None = None
         with workspace_lock(config, self.reporter):  # from the start: loading writes the cache

@@ -4,13 +4,16 @@ Evaluating BUILD files and analysing thousands of targets costs far more than th
 allows for DAG resolution, and almost never changes between builds. The cache entry of a request
 (its patterns) holds the ActionGraph plus what it was derived from: the stamp of every folder of
 the workspace (a new file, a deleted file or a new package changes its entries), of every
-BUILD/.bzl file read, and of posbuild.toml. Checking the entry is a few hundred `stat()` calls,
-plus a hash of each path changed too close to the load for its stamp to be trusted (stamps.py).
+BUILD/.bzl file and data file (`read_json`, ...) read, and of posbuild.toml; and the
+configuration values BUILD files may read (`[vars]` with `--define` over them). Checking the
+entry is a few hundred `stat()` calls, plus a hash of each path changed too close to the load
+for its stamp to be trusted (stamps.py).
 
 Entries are msgpack files under `.posbuild/graphs/`, written temp + rename; a damaged or
-outdated one is simply ignored and rebuilt. An entry is one array of seven elements:
+outdated one is simply ignored and rebuilt. An entry is one array of eight elements:
 
-    [version (`_version()`), folder stamps [[path, stamp]...], file stamps [[path, stamp]...],
+    [version (`_version()`), vars [[key, value]...], folder stamps [[path, stamp]...],
+     file stamps [[path, stamp]...],
      requested (the files the requested targets name), GraphFacts fields, racy digests
      {path: digest},
      action rows (each Action's fields in order)]
@@ -37,9 +40,9 @@ from posbuild.host.atomic import write_atomically
 from posbuild.core.digest import Digest, hash_bytes, hash_canonical
 from posbuild.load.stamps import file_stamp, racy_digests, stamps_current
 
-CACHE_FORMAT = 4
+CACHE_FORMAT = 5
 # the last entry opened
-_decoded: dict[Path, tuple[tuple[int, int, int], Any, Any, Any, "CachedGraph"]] = {}
+_decoded: dict[Path, tuple[tuple[int, int, int], Any, Any, Any, Any, "CachedGraph"]] = {}
 Stamp = tuple[str, int]  # (workspace-relative path, mtime_ns or a stat fingerprint)
 
 
@@ -81,9 +84,12 @@ class CachedGraph:
 class GraphCache:
     """One folder of cached ActionGraphs, keyed by request."""
 
-    def __init__(self, root: Path, folder: Path) -> None:
+    def __init__(self, root: Path, folder: Path,
+                 variables: tuple[tuple[str, str], ...] = ()) -> None:
         self._root = root
         self._folder = folder
+        # what config() answers: a graph evaluated under other values is no graph of this one
+        self._vars = tuple(map(tuple, variables))
         # made just before a load: what changed since is racy (stamps.py)
         self._since = time.time_ns()
 
@@ -95,7 +101,8 @@ class GraphCache:
         return self._folder / hash_canonical([CACHE_FORMAT, list(request)]).hex()[:32]
 
     def load(self, request: Sequence[str]) -> CachedGraph | None:
-        """The cached entry for `request` if every stamp still matches, else None.
+        """The cached entry for `request` if it was evaluated with the same `[vars]` and
+        `--define` values and every stamp still matches, else None.
 
         A process that builds again and again (`posbuild watch`) keeps the last entry it opened:
         while the entry file is the same file (entries are replaced by rename, so a rewritten one
@@ -109,7 +116,7 @@ class GraphCache:
         signature = (info.st_ino, info.st_mtime_ns, info.st_size)
         kept = _decoded.get(path)
         if kept is not None and kept[0] == signature:
-            _, dirs, files, racy, cached = kept
+            _, variables, dirs, files, racy, cached = kept
         else:
             try:
                 data = path.read_bytes()
@@ -118,10 +125,10 @@ class GraphCache:
                 return None
             if opened is None:
                 return None
-            dirs, files, racy, cached = opened
+            variables, dirs, files, racy, cached = opened
             _decoded.clear()
-            _decoded[path] = (signature, dirs, files, racy, cached)
-        if not stamps_current(str(self._root), dirs, files, racy):
+            _decoded[path] = (signature, variables, dirs, files, racy, cached)
+        if variables != self._vars or not stamps_current(str(self._root), dirs, files, racy):
             return None
         return cached
 
@@ -132,36 +139,37 @@ class GraphCache:
         rows = [_action_row(a) for a in graph.actions]
         facts = facts_of(graph.actions, graph.py_envs)
         racy = racy_digests(str(self._root), [*(rel for rel, _ in dirs), *files], self._since, read)
-        entry = [_version(), list(dirs), _file_stamps(self._root, files), list(graph.requested),
-                 list(facts), racy, rows]
+        entry = [_version(), [list(pair) for pair in self._vars], list(dirs),
+                 _file_stamps(self._root, files), list(graph.requested), list(facts), racy, rows]
         data = msgpack.packb(entry, use_bin_type=True)
         write_atomically(self._entry(request), data)
         return CachedGraph(data, graph.requested, facts, -1, replace(graph, raw=data))
 
 
-def _open_entry(data: bytes) -> tuple[Any, Any, Any, CachedGraph] | None:
-    """(folder stamps, file stamps, racy digests, entry) of an entry's bytes, reading everything
-    but the actions."""
+def _open_entry(data: bytes) -> tuple[Any, Any, Any, Any, CachedGraph] | None:
+    """(vars, folder stamps, file stamps, racy digests, entry) of an entry's bytes, reading
+    everything but the actions."""
     unpacker = msgpack.Unpacker(use_list=False, max_buffer_size=max(len(data), 1))
     unpacker.feed(data)
-    if unpacker.read_array_header() != 7 or unpacker.unpack() != _version():
+    if unpacker.read_array_header() != 8 or unpacker.unpack() != _version():
         return None
+    variables = unpacker.unpack()
     dirs, files, requested = unpacker.unpack(), unpacker.unpack(), unpacker.unpack()
     facts = GraphFacts(*unpacker.unpack())
     racy = unpacker.unpack()
     if not isinstance(racy, dict):
         return None
-    return dirs, files, racy, CachedGraph(data, requested, facts, unpacker.tell())
+    return variables, dirs, files, racy, CachedGraph(data, requested, facts, unpacker.tell())
 
 
 def files_of_entry(data: bytes) -> tuple[str, ...]:
-    """The BUILD, .bzl, Python and config files an entry was derived from (what watch must
+    """The BUILD, .bzl, data, Python and config files an entry was derived from (what watch must
     watch besides sources), without decoding its actions; () for bytes that are no entry."""
     try:
         opened = _open_entry(data) if data else None
     except (ValueError, TypeError, msgpack.UnpackException):
         return ()
-    return tuple(str(rel) for rel, _ in opened[1]) if opened is not None else ()
+    return tuple(str(rel) for rel, _ in opened[2]) if opened is not None else ()
 
 
 def actions_of_entry(data: bytes) -> tuple[Action, ...]:
@@ -170,7 +178,7 @@ def actions_of_entry(data: bytes) -> tuple[Action, ...]:
         opened = _open_entry(data)
     except (ValueError, TypeError, msgpack.UnpackException):
         return ()
-    return opened[3].graph().actions if opened is not None else ()
+    return opened[4].graph().actions if opened is not None else ()
 
 
 def _version() -> str:

@@ -1,8 +1,9 @@
 """Layer 1: evaluate BUILD and .bzl files (Starlark, via starlark-pyo3) into Packages of Targets.
 
-A BUILD file can only call the native functions defined here, which record targets; it has no I/O
-of its own, so evaluation cannot run commands or inject work outside the graph (§16). `glob` is
-the one window onto the file system, and it is sorted and confined to its package.
+A BUILD file can only call the native functions defined here, which record targets, and the
+built-ins of builtins.py; it cannot run commands or inject work outside the graph (§16). `glob`
+and the data-file readers (builtins.py) are its windows onto the file system, confined to the
+workspace; every file they read is recorded like the BUILD files.
 
 Evaluation is the slow part of loading, so `discover_packages` also returns the modification
 stamps of every folder it walked; the graph cache (graphcache.py) keeps evaluated results valid
@@ -24,6 +25,7 @@ from posbuild.core.digest import Digest, hash_bytes
 from posbuild.errors import BuildFileError, SourceLocation
 from posbuild.core.label import Label, did_you_mean, parse_label, shown
 from posbuild.core.layout import OUT_DIR, STATE_DIR
+from posbuild.load.builtins import PRELUDE, PRELUDE_NAME, PRELUDE_WANTED, Builtins
 from posbuild.load.nesting import nesting_problem
 from posbuild.load.owners import Owners, with_ancestors
 from posbuild.load.stamps import folder_stamp
@@ -215,6 +217,9 @@ class Loader:
         self.files_read: set[str] = set()
         # of each file as read: the graph cache checks racy ones
         self.digests: dict[str, Digest] = {}
+        self._builtins = Builtins(self._root, dict(config.vars), self._reading_package,
+                                  self._record_read, self._debug)
+        self._prelude: starlark.AstModule | None = None
 
     @property
     def config(self) -> Config:
@@ -255,7 +260,7 @@ class Loader:
         self._current = builder
         self._sources[build_file] = source
         try:
-            module = self._module()
+            module = self._module(source)
             starlark.eval(module, starlark.parse(build_file, source), self._globals,
                           starlark.FileLoader(self._load_bzl))
         except starlark.StarlarkError as error:
@@ -274,7 +279,7 @@ class Loader:
         saved = self._current
         self._current = finder
         try:
-            starlark.eval(self._module(), starlark.parse(build_file, source), self._globals,
+            starlark.eval(self._module(source), starlark.parse(build_file, source), self._globals,
                           starlark.FileLoader(self._load_bzl))
         except starlark.StarlarkError as error:
             text = str(error)
@@ -311,11 +316,39 @@ class Loader:
             raise BuildFileError(too_deep[1], SourceLocation(rel, too_deep[0]))
         return text
 
-    def _module(self) -> starlark.Module:
+    def _module(self, source: str) -> starlark.Module:
         module = starlark.Module()
         for name, function in self._natives().items():
             module.add_callable(name, function)
+        if PRELUDE_WANTED.search(source):  # print() and the refusals are Starlark defs
+            if self._prelude is None:
+                self._prelude = starlark.parse(PRELUDE_NAME, PRELUDE)
+            starlark.eval(module, self._prelude,
+                          starlark.Globals.extended_by([starlark.LibraryExtension.CallStack]))
         return module
+
+    def _reading_package(self) -> str:
+        """Where a data file's relative path starts: the package of the .bzl file being loaded,
+        else of the BUILD file being evaluated (a macro reads like the BUILD file calling it)."""
+        if self._bzl_loading:
+            return self._bzl_packages[self._bzl_loading[-1]]
+        if self._current is None:
+            raise ValueError("files can only be read while a BUILD or .bzl file is evaluated")
+        return self._current.package
+
+    def _record_read(self, rel: str, data: bytes) -> None:
+        """A data file read by a BUILD or .bzl file: a change to it must load the package again."""
+        self.files_read.add(rel)
+        self.digests[rel] = hash_bytes(data)
+
+    def _debug(self, line: str) -> None:
+        """print()'s DEBUG line, on stderr as in Bazel; not again when a file is evaluated a
+        second time only to place an error (`_call_line`)."""
+        if not isinstance(self._current, _Finder):
+            import sys
+
+            sys.stderr.write(line + "\n")
+            sys.stderr.flush()
 
     def _natives(self) -> dict[str, Callable[..., Any]]:
         return {
@@ -328,6 +361,7 @@ class Loader:
             "package_group": lambda *a, **kw: self._builder().package_group(a, kw),
             "glob": lambda include, exclude=(), **kw: self._builder().glob(include, exclude, kw),
             "package_name": lambda: self._builder().package,
+            **self._builtins.functions(),
         }
 
     def _add_native(self, module: starlark.Module) -> None:
@@ -406,7 +440,7 @@ class Loader:
         self._sources[key] = source
         self._bzl_loading.append(key)
         try:
-            module = self._module()
+            module = self._module(source)
             self._add_native(module)
             starlark.eval(module, starlark.parse(key, source), self._globals,
                           starlark.FileLoader(self._load_bzl))
@@ -568,6 +602,9 @@ class _PackageBuilder:
             label, package_specs(attrs.get("packages") or [], what), included)
 
     def glob(self, include: Any, exclude: Any, options: dict[str, Any]) -> list[str]:
+        """The package's files matching `include` and no `exclude` pattern. As in Bazel 8, an
+        include pattern that matches nothing, or a glob whose every match is excluded, is an
+        error unless `allow_empty = True`: a typo would otherwise drop inputs silently."""
         for value, what in ((include, "include"), (exclude, "exclude")):
             if not isinstance(value, (list, tuple)) or not all(isinstance(p, str) for p in value):
                 raise ValueError(f"glob(): '{what}' must be a list of patterns")
@@ -577,15 +614,34 @@ class _PackageBuilder:
         files = self._package_files()
         wanted = [glob_to_regex(p) for p in include]
         unwanted = [glob_to_regex(p) for p in exclude]
+        allow_empty = options.get("allow_empty", False)
+        if not isinstance(allow_empty, bool):
+            raise ValueError("glob(): 'allow_empty' must be True or False")
         found = [f for f in files if any(r.match(f) for r in wanted)
                  and not any(r.match(f) for r in unwanted)]
+        if not allow_empty:
+            self._refuse_empty(include, wanted, files, found)
         for name in found:
             if not _utf8(name):
                 raise ValueError(f"glob() matched '{shown(name)}' in '//{self.package}', whose "
                                  f"name is not UTF-8 text: rename it, or exclude it")
-        if not found and options.get("allow_empty", True) is False:
-            raise ValueError(f"glob({list(include)}) matched no files in '//{self.package}'")
         return found
+
+    def _refuse_empty(self, include: Any, wanted: list[re.Pattern[str]], files: list[str],
+                      found: list[str]) -> None:
+        """Name the first pattern that matches nothing, as Bazel does."""
+        where = f"'//{self.package}'"
+        for pattern, regex in zip(include, wanted):
+            if not any(regex.match(f) for f in files):
+                raise ValueError(f"glob(): pattern '{pattern}' matched no files in {where} "
+                                 f"(write allow_empty = True if an empty glob is expected)")
+        if found:
+            return
+        if include:
+            raise ValueError(f"glob(): every file that {list(include)} matched in {where} is "
+                             f"excluded (write allow_empty = True if an empty glob is expected)")
+        raise ValueError("glob(): no include pattern given (write allow_empty = True if an "
+                         "empty glob is expected)")
 
     def _package_files(self) -> list[str]:
         """Files under the package folder, excluding subpackages and posbuild's own folders."""

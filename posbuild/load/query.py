@@ -274,7 +274,8 @@ class TargetCache:
             entry = msgpack.unpackb(self.path.read_bytes(), use_list=False)
         except (OSError, ValueError, msgpack.UnpackException):
             return None
-        if not isinstance(entry, tuple) or len(entry) != 12 or entry[0] != _version():
+        if not isinstance(entry, tuple) or len(entry) != 12 \
+                or entry[0] != _version(self._config.vars):
             return None
         _, dirs, files, racy, *fields = entry
         if not isinstance(racy, dict) \
@@ -286,7 +287,8 @@ class TargetCache:
              read: dict[str, bytes]) -> None:
         root = str(self._config.root)
         racy = racy_digests(root, [*(rel for rel, _ in dirs), *files], self._since, read)
-        entry = [_version(), list(dirs), [(rel, file_stamp(root, rel)) for rel in files], racy,
+        entry = [_version(self._config.vars), list(dirs),
+                 [(rel, file_stamp(root, rel)) for rel in files], racy,
                  *graph.entry()]
         try:
             write_atomically(self.path, msgpack.packb(entry, use_bin_type=True))
@@ -294,10 +296,11 @@ class TargetCache:
             pass  # a cache that cannot be written only costs time
 
 
-def _version() -> str:
+def _version(variables: tuple[tuple[str, str], ...]) -> str:
+    """Changes with the schemas, and with the `[vars]` and `--define` values BUILD files read."""
     schema = ";".join(f"{kind}:{','.join(sorted(attrs))}"
                       for kind, attrs in sorted(SCHEMAS.items()))
-    return f"{CACHE_FORMAT}/{__version__}/{schema}"
+    return f"{CACHE_FORMAT}/{__version__}/{schema}/{variables!r}"
 
 
 def load_graph(config: Config) -> TargetGraph:

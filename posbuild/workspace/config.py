@@ -11,13 +11,13 @@ import math
 import os
 import re
 import tomllib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 from posbuild.host.paths import within
 from posbuild.core.digest import hash_bytes
-from posbuild.errors import NoWorkspace, WorkspaceError
+from posbuild.errors import NoWorkspace, UsageError, WorkspaceError
 from posbuild.core.layout import CONFIG_NAME, OUT_DIR, SANDBOX, STATE_DIR, STORE
 
 # the PATH actions see, and where `[env] tools` are looked up
@@ -91,6 +91,8 @@ class Config:
     server_idle: int = SERVER_IDLE  # `[build] server_idle`: seconds an idle server waits
     # `[build] default_visibility`: of a target whose package sets none (Bazel's is private)
     default_visibility: str = "public"
+    # `[vars]`, then `--define KEY=VALUE`: what `config("KEY")` reads in BUILD files, sorted
+    vars: tuple[tuple[str, str], ...] = ()
 
     @property
     def interpreter(self) -> str:
@@ -132,6 +134,7 @@ TABLES: dict[str, tuple[str, ...]] = {
     "roles": (),
     "sandbox": ("mode",),
     "secrets": ("file",),
+    "vars": (),
 }
 
 
@@ -220,7 +223,54 @@ def load_config(root: Path) -> Config:
         server_idle=_server_idle(table, path),
         default_visibility=_choice(table, "build", "default_visibility", ("public", "private"),
                                    path),
+        vars=_vars(table, path),
     )
+
+
+VAR_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]*")
+
+
+def _vars(table: dict[str, Any], path: Path) -> tuple[tuple[str, str], ...]:
+    """`[vars]`: names to strings (an integer or boolean is taken as its TOML text), so that a
+    BUILD file reads one type whether the value came from here or from `--define`."""
+    found = []
+    for key, value in table.get("vars", {}).items():
+        if not VAR_NAME.fullmatch(key):
+            raise WorkspaceError(f"{path}: [vars] '{key}' is not a name (letters, digits, '_', "
+                                 f"'.', '-', not starting with a digit)")
+        if isinstance(value, bool):
+            value = "true" if value else "false"
+        elif isinstance(value, int):
+            value = str(value)
+        if not isinstance(value, str):
+            raise WorkspaceError(f"{path}: [vars] {key} must be a string, integer or boolean, "
+                                 f"got {type(value).__name__} {value!r}")
+        _check_value(value, "vars", key, path)
+        found.append((key, value))
+    return tuple(sorted(found))
+
+
+def with_defines(config: Config, defines: Sequence[str]) -> Config:
+    """`config` with `--define KEY=VALUE` values over its `[vars]` (the last of a repeated KEY
+    wins, as in Bazel)."""
+    if not defines:
+        return config
+    merged = dict(config.vars)
+    for define in defines:
+        key, value = parse_define(define)
+        merged[key] = value
+    return replace(config, vars=tuple(sorted(merged.items())))
+
+
+def parse_define(text: str) -> tuple[str, str]:
+    """`KEY=VALUE` of `--define` as (key, value); a malformed one is a usage error."""
+    key, equals, value = text.partition("=")
+    if not equals or not VAR_NAME.fullmatch(key):
+        raise UsageError(f"--define {text!r}: expected KEY=VALUE, KEY a name (letters, digits, "
+                         f"'_', '.', '-')")
+    if "\0" in value:
+        raise UsageError(f"--define {key}: the value must not contain a NUL character")
+    return key, value
 
 
 def _server_idle(table: dict[str, Any], path: Path) -> int:
@@ -299,7 +349,8 @@ def _check_known(table: dict[str, Any], path: Path) -> None:
             raise WorkspaceError(f"{path}: unknown table [{section}]{hint}")
         if not isinstance(value, dict):
             raise WorkspaceError(f"{path}: '{section}' must be a [table]")
-        unknown = sorted(set(value) - set(TABLES[section])) if section != "roles" else []
+        unknown = sorted(set(value) - set(TABLES[section])) \
+            if section not in ("roles", "vars") else []
         if unknown:
             raise _unknown_key(path, section, unknown[0], TABLES[section])
 

@@ -556,7 +556,7 @@ def test_wrongly_typed_posbuild_toml_value(built):
     ("[bulid]\njobs = 2\n", "unknown table [bulid]; did you mean [build]?"),
     ("[zzz]\n",
      "unknown table [zzz] (known: build, cache, env, executor, python, resources, roles, "
-     "sandbox, secrets)"),
+     "sandbox, secrets, vars)"),
     ("[build]\njbos = 2\n",
      "[build] has unknown key 'jbos' (known: build_file_names, default_visibility, jobs, "
      "sandbox_base, server, server_idle); did you mean "
@@ -579,7 +579,7 @@ def test_wrongly_typed_posbuild_toml_value(built):
     ("jobs = 2\n", "'jobs' is outside any table; did you mean [build] jobs?"),
     ("colour = 2\n",
      "'colour' is outside any table (known tables: build, cache, env, executor, python, "
-     "resources, roles, sandbox, secrets)"),
+     "resources, roles, sandbox, secrets, vars)"),
 ])
 def test_unknown_table_or_key_in_posbuild_toml(built, toml, detail):
     ws, _ = built
