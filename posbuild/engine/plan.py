@@ -40,6 +40,7 @@ class BuildOptions:
     rerun: tuple[str, ...] = ()  # `--rerun`: patterns whose actions execute even when cached
     # `--keep-sandbox`: leave a failed action's sandbox in place and say how to re-run it there
     keep_sandbox: bool = False
+    test: bool = False  # `posbuild test`: the tests the patterns name run (their actions exist)
 
 
 @dataclass(frozen=True, slots=True)

@@ -27,7 +27,7 @@ from posbuild.core.layout import OUT_DIR, STATE_DIR
 from posbuild.load.nesting import nesting_problem
 from posbuild.load.owners import Owners, with_ancestors
 from posbuild.load.stamps import folder_stamp
-from posbuild.core.target import AttributeError_, Target, make_target
+from posbuild.core.target import RUNNABLE_KINDS, AttributeError_, Target, make_target
 
 RULES_REPO = "@posbuild//"
 MAX_LOAD_DEPTH = 100
@@ -316,10 +316,14 @@ class Loader:
             "filegroup": lambda *a, **kw: self._builder().rule("filegroup", a, kw),
             "py_task": lambda *a, **kw: self._builder().rule("py_task", a, kw),
             "py_env": lambda *a, **kw: self._builder().rule("py_env", a, kw),
+            **{kind: self._rule(kind) for kind in RUNNABLE_KINDS},
             "exports_files": lambda srcs, *a, **kw: self._builder().export(srcs),
             "glob": lambda include, exclude=(), **kw: self._builder().glob(include, exclude, kw),
             "package_name": lambda: self._builder().package,
         }
+
+    def _rule(self, kind: str) -> Callable[..., Any]:
+        return lambda *a, **kw: self._builder().rule(kind, a, kw)
 
     def _builder(self) -> _PackageBuilder:
         # A .bzl file's top level runs once, for whichever package loads it first: no rules there.
