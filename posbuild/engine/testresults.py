@@ -60,19 +60,26 @@ class TestResult:
 
 def summary(results: Sequence[TestResult]) -> list[str]:
     """Bazel's summary: one line per test, the log of each that did not pass, and the count."""
+    states = [_state(result) for result in results]
     width = max((len(r.label) for r in results), default=0) + 2
+    right = max((len(state) for state in states), default=0)
     lines = []
-    for result in results:
-        state = ("(cached) " if result.cached else "") + result.status
-        if result.status == FLAKY:
-            state += f", failed in {result.attempts - 1} out of {result.attempts}"
-        if result.seconds is not None and result.status != NO_STATUS:
-            state += f" in {result.seconds:.1f}s"
-        lines.append(f"{result.label:<{width}}{state:>24}")
+    for result, state in zip(results, states):
+        lines.append(f"{result.label:<{width}}{state:>{right}}")
         if result.status in FAILURES or result.status == FLAKY:
             lines.append(f"  {result.log}")
     lines.append(final_line(results))
     return lines
+
+
+def _state(result: TestResult) -> str:
+    """`(cached) PASSED in 0.3s`, `FLAKY, failed in 1 out of 2 in 0.1s`, `NO STATUS`."""
+    state = ("(cached) " if result.cached else "") + result.status
+    if result.status == FLAKY:
+        state += f", failed in {result.attempts - 1} out of {result.attempts}"
+    if result.seconds is not None and result.status != NO_STATUS:
+        state += f" in {result.seconds:.1f}s"
+    return state
 
 
 def final_line(results: Sequence[TestResult]) -> str:

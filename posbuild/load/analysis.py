@@ -357,17 +357,20 @@ class Analyzer:
         return self._genrule(replace(target, env=env), files, producer, command=command,
                              programs=(interpreter,))
 
-    def _entry_point(self, target: Target, files: dict[str, tuple[str, ...]]) -> tuple[str, list[str]]:
+    def _entry_point(self, target: Target, files: dict[str, tuple[str, ...]],
+                     under: str = "") -> tuple[str, list[str]]:
         """A runnable target's interpreter ("" for a shell script) and its words: the script
-        or main, then `args` with their `$(location)`s expanded."""
+        or main, then `args` with their `$(location)`s expanded, each path prefixed `under`."""
         name = str(target.label)
-        locations = self._location_map(name, files)
+        locations = {key: tuple(under + path for path in paths)
+                     for key, paths in self._location_map(name, files).items()}
         entry = target.srcs[0] if target.kind.startswith("sh_") else target.main
         paths = locations[str(parse_label(entry, target.label.package))]
         if len(paths) != 1:
             raise BuildFileError(f"{name}: '{entry}' must name exactly one file, but it names "
                                  f"{len(paths)}", target.location)
-        expand = _Expander(target, self._files_of(name, files, "srcs"), (), locations, "args")
+        srcs = tuple(under + path for path in self._files_of(name, files, "srcs"))
+        expand = _Expander(target, srcs, (), locations, "args")
         words = [paths[0]]
         for arg in target.args:
             words.extend(expand.words(arg))
@@ -402,18 +405,18 @@ class Analyzer:
         programs = (interpreter,) if python else (interpreter, "sh")
         return self._genrule(test, files, producer, command=command, programs=programs)
 
-    def runnable(self, label: Label) -> tuple[str, str, list[str], Pairs]:
-        """What `posbuild run` starts for a binary or test: (kind, interpreter or "", words
-        with workspace-relative paths, env). Analyses the label first."""
+    def runnable(self, label: Label) -> tuple[str, list[str], Pairs]:
+        """What `posbuild run` starts for a binary or test: (interpreter or "", words with
+        absolute paths, env), as the test action would run it."""
         from posbuild.core.target import PY_TASK_ENV
 
         self.analyze([label])
         target = self._targets[str(label)]
-        python, words = self._entry_point(target, self._files)
+        python, words = self._entry_point(target, self._files, f"{self._loader.root}/")
         env = dict(target.env)
         if python:
             env.update((k, v) for k, v in PY_TASK_ENV if k != "PYTHONPATH")
-        return target.kind, python, words, tuple(sorted(env.items()))
+        return python, words, tuple(sorted(env.items()))
 
     def _named_py_env(self, target: Target) -> PyEnvSpec:
         """The py_env a py_task's `python` names."""
