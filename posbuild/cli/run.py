@@ -32,14 +32,14 @@ def run(label: str, args: tuple[str, ...], quiet: bool) -> None:
     exit code. POSBUILD_WORKSPACE_DIRECTORY (and Bazel's BUILD_WORKSPACE_DIRECTORY) name the
     workspace root.
     """
-    from posbuild.cli.build import choose_reporter
+    from posbuild.engine.reporter import choose_reporter
     from posbuild.engine.plan import BuildOptions
     from posbuild.engine.session import BuildSession, summary_error
 
     try:
         root, package = workspace_and_package()
         interpreter, words, env = _runnable(root, label, package)
-        summary = BuildSession(root, choose_reporter(quiet), os.environ).build(
+        summary = BuildSession(root, choose_reporter(quiet, sys.stdout, sys.stderr), os.environ).build(
             BuildOptions(patterns=(label,), cwd_package=package))
         failure = summary_error(summary)
         if failure is not None:

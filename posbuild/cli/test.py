@@ -10,6 +10,7 @@ again (`--rerun` of that test) until it has passed or used its attempts (`flaky 
 from __future__ import annotations
 
 import os
+import sys
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -60,13 +61,13 @@ def test(patterns: tuple[str, ...], jobs: int | None, flaky_attempts: int | None
     Exit codes: 0 every test passed, 1 a build action failed, 2 usage, 3 bad BUILD file or
     label, 5 built but a test failed or timed out, 11-17 ORCH-01..07.
     """
-    from posbuild.cli.build import choose_reporter
+    from posbuild.engine.reporter import choose_reporter
     from posbuild.engine.plan import BuildOptions
     from posbuild.engine.session import BuildSession
 
     try:
         root, package = workspace_and_package()
-        seen = _Seen(choose_reporter(quiet))
+        seen = _Seen(choose_reporter(quiet, sys.stdout, sys.stderr))
         session = BuildSession(root, seen, os.environ)  # type: ignore[arg-type]
         options = BuildOptions(patterns=patterns or ("//...",), jobs=jobs or 0, keep_going=True,
                                cwd_package=package, allow_env_drift=allow_env_drift, test=True)
@@ -83,7 +84,7 @@ def _run_tests(root: Path, session: Any, seen: _Seen, options: Any,
     """Build and test, then run again the tests that did not pass while they have attempts
     left; the results in label order, and the non-test actions that failed."""
     from posbuild.core.target import TEST_KINDS
-    from posbuild.engine.testresults import FAILURES, Run, TestResult
+    from posbuild.engine.testresults import FAILURES, Run, Verdict
 
     graphs: list[Any] = []
     summary = session.build(options, on_graph=graphs.append)
@@ -119,7 +120,7 @@ def _run_tests(root: Path, session: Any, seen: _Seen, options: Any,
         run: Run = runs[label][0]
         status = "FLAKY" if run.status == "PASSED" and label in failed_once else run.status
         log = next(o for o in tests[label].outputs if o.endswith(".test.log"))
-        results.append(TestResult(label, status, label in cached and run.status != "NO STATUS",
+        results.append(Verdict(label, status, label in cached and run.status != "NO STATUS",
                                   attempts[label], run.seconds, log))
     return results, broken
 

@@ -43,7 +43,7 @@ def read_result(xml_path: Path) -> Run:
 
 
 @dataclass(frozen=True, slots=True)
-class TestResult:
+class Verdict:
     """A test's outcome over its attempts in one `posbuild test`."""
 
     label: str
@@ -58,7 +58,7 @@ class TestResult:
         return self.attempts > 0
 
 
-def summary(results: Sequence[TestResult]) -> list[str]:
+def summary(results: Sequence[Verdict]) -> list[str]:
     """Bazel's summary: one line per test, the log of each that did not pass, and the count."""
     states = [_state(result) for result in results]
     width = max((len(r.label) for r in results), default=0) + 2
@@ -72,7 +72,7 @@ def summary(results: Sequence[TestResult]) -> list[str]:
     return lines
 
 
-def _state(result: TestResult) -> str:
+def _state(result: Verdict) -> str:
     """`(cached) PASSED in 0.3s`, `FLAKY, failed in 1 out of 2 in 0.1s`, `NO STATUS`."""
     state = ("(cached) " if result.cached else "") + result.status
     if result.status == FLAKY:
@@ -82,7 +82,7 @@ def _state(result: TestResult) -> str:
     return state
 
 
-def final_line(results: Sequence[TestResult]) -> str:
+def final_line(results: Sequence[Verdict]) -> str:
     """"Executed X out of Y tests: 2 tests pass, 1 fails locally and 1 was skipped."""
     total, executed = len(results), sum(r.executed for r in results)
     counts = {s: sum(r.status == s for r in results) for s in (PASSED, FLAKY, FAILED, TIMEOUT,
