@@ -39,7 +39,8 @@ def run(label: str, args: tuple[str, ...], quiet: bool) -> None:
     try:
         root, package = workspace_and_package()
         interpreter, words, env = _runnable(root, label, package)
-        summary = BuildSession(root, choose_reporter(quiet, sys.stdout, sys.stderr), os.environ).build(
+        reporter = choose_reporter(quiet, sys.stdout, sys.stderr)
+        summary = BuildSession(root, reporter, os.environ).build(
             BuildOptions(patterns=(label,), cwd_package=package))
         failure = summary_error(summary)
         if failure is not None:

@@ -13,7 +13,7 @@ import os
 import sys
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -21,18 +21,26 @@ from posbuild.cli import (allow_env_drift_option, fail, interrupted, jobs_option
                           workspace_and_package)
 from posbuild.errors import ActionFailed, PosbuildError, TestsFailed
 
+if TYPE_CHECKING:
+    from posbuild.core.action import ActionGraph
+    from posbuild.core.records import Outcome
+    from posbuild.engine.plan import BuildOptions
+    from posbuild.engine.reporter import BuildSummary, Reporter
+    from posbuild.engine.session import BuildSession
+    from posbuild.engine.testresults import Run, Verdict
+
 FLAKY_ATTEMPTS = 3  # Bazel's attempts for a test marked flaky
 
 
 class _Seen:
     """The build's reporter, noting how each action ended (which tests ran, which failed how)."""
 
-    def __init__(self, reporter: Any) -> None:
+    def __init__(self, reporter: Reporter) -> None:
         self._reporter = reporter
         self.executed: set[str] = set()
         self.errors: dict[str, str] = {}
 
-    def action_finished(self, label: str, status: Any, error: str, stderr: bytes) -> None:
+    def action_finished(self, label: str, status: Outcome, error: str, stderr: bytes) -> None:
         from posbuild.core.records import Outcome
 
         if status in (Outcome.EXECUTED, Outcome.FAILED):
@@ -68,7 +76,7 @@ def test(patterns: tuple[str, ...], jobs: int | None, flaky_attempts: int | None
     try:
         root, package = workspace_and_package()
         seen = _Seen(choose_reporter(quiet, sys.stdout, sys.stderr))
-        session = BuildSession(root, seen, os.environ)  # type: ignore[arg-type]
+        session = BuildSession(root, seen, os.environ)
         options = BuildOptions(patterns=patterns or ("//...",), jobs=jobs or 0, keep_going=True,
                                cwd_package=package, allow_env_drift=allow_env_drift, test=True)
         results, broken = _run_tests(root, session, seen, options, flaky_attempts)
@@ -79,14 +87,14 @@ def test(patterns: tuple[str, ...], jobs: int | None, flaky_attempts: int | None
     _finish(results, broken)
 
 
-def _run_tests(root: Path, session: Any, seen: _Seen, options: Any,
-               flaky_attempts: int | None) -> tuple[list[Any], list[str]]:
+def _run_tests(root: Path, session: BuildSession, seen: _Seen, options: BuildOptions,
+               flaky_attempts: int | None) -> tuple[list[Verdict], list[str]]:
     """Build and test, then run again the tests that did not pass while they have attempts
     left; the results in label order, and the non-test actions that failed."""
     from posbuild.core.target import TEST_KINDS
-    from posbuild.engine.testresults import FAILURES, Run, Verdict
+    from posbuild.engine.testresults import FAILURES, FLAKY, NO_STATUS, PASSED, Verdict
 
-    graphs: list[Any] = []
+    graphs: list[ActionGraph] = []
     summary = session.build(options, on_graph=graphs.append)
     tests = {a.label: a for a in graphs[0].actions if a.kind in TEST_KINDS}
     broken = [label for label in summary.failed_labels if label not in tests]
@@ -105,27 +113,30 @@ def _run_tests(root: Path, session: Any, seen: _Seen, options: Any,
         if not again:
             break
         seen.executed.clear()
+        seen.errors.clear()
         graphs.clear()
         summary = session.build(replace(options, patterns=again, rerun=again),
                                 on_graph=graphs.append)
+        for label in again:  # an attempt, even if it could not run (then it is NO STATUS)
+            attempts[label] += 1
         for label, (run, executed) in _judge(root, graphs[0], summary, seen).items():
             runs[label] = (run, executed)
             if executed:
-                attempts[label] += 1
                 cached.discard(label)
                 if run.status in FAILURES:
                     failed_once.add(label)
     results = []
     for label in sorted(tests):
-        run: Run = runs[label][0]
-        status = "FLAKY" if run.status == "PASSED" and label in failed_once else run.status
+        run = runs[label][0]
+        status = FLAKY if run.status == PASSED and label in failed_once else run.status
         log = next(o for o in tests[label].outputs if o.endswith(".test.log"))
-        results.append(Verdict(label, status, label in cached and run.status != "NO STATUS",
-                                  attempts[label], run.seconds, log))
+        results.append(Verdict(label, status, label in cached and run.status != NO_STATUS,
+                               attempts[label], run.seconds, log))
     return results, broken
 
 
-def _judge(root: Path, graph: Any, summary: Any, seen: _Seen) -> dict[str, tuple[Any, bool]]:
+def _judge(root: Path, graph: ActionGraph, summary: BuildSummary,
+           seen: _Seen) -> dict[str, tuple[Run, bool]]:
     """Each test's outcome in one build, and whether it ran in it: from its XML, unless its
     action failed (its runner was killed) or an action it needs failed (NO STATUS)."""
     from posbuild.core.target import TEST_KINDS
@@ -133,7 +144,7 @@ def _judge(root: Path, graph: Any, summary: Any, seen: _Seen) -> dict[str, tuple
 
     failed = set(summary.failed_labels)
     blocked: list[bool] = []
-    runs: dict[str, tuple[Any, bool]] = {}
+    runs: dict[str, tuple[Run, bool]] = {}
     for action in graph.actions:
         blocked.append(action.label in failed or any(blocked[d] for d in action.deps))
         if action.kind not in TEST_KINDS:
@@ -149,7 +160,7 @@ def _judge(root: Path, graph: Any, summary: Any, seen: _Seen) -> dict[str, tuple
     return runs
 
 
-def _finish(results: list[Any], broken: list[str]) -> None:
+def _finish(results: list[Verdict], broken: list[str]) -> None:
     """Print the summary; exit 1 if the build failed, 5 if a test did not pass."""
     from posbuild.engine.testresults import FLAKY, PASSED, summary
 

@@ -19,8 +19,8 @@ from posbuild.load import testaction
 
 
 def run_runner(tmp_path: Path, argv: list[str], timeout: int = 30, shell: bool = False) -> Run:
-    command = testaction.test_command(sys.executable, "//p:t", argv, "t.test.log", "t.test.xml", timeout,
-                           shell)
+    command = testaction.test_command(sys.executable, "//p:t", argv, "t.test.log",
+                                      "t.test.xml", timeout, shell)
     done = subprocess.run(["bash", "-c", command], cwd=tmp_path, timeout=60)
     assert done.returncode == 0  # a failing test is a result, not a failed action
     return read_result(tmp_path / "t.test.xml")
@@ -91,16 +91,20 @@ def test_final_line(statuses: list[str], line: str) -> None:
     assert final_line([result(f"//p:t{i}", s) for i, s in enumerate(statuses)]) == line
 
 
-def target(kind: str, **attrs: object):
+def target(kind: str, **attrs: object) -> targets.Target:
     return make_target(kind, Label("p", "t"), dict(attrs), None)
 
 
 def test_timeout_follows_size_and_bazel_s_names() -> None:
-    assert targets.test_timeout(target("sh_test", srcs=["t.sh"])) == 300  # medium, Bazel's default
-    assert targets.test_timeout(target("sh_test", srcs=["t.sh"], size="small")) == 60
-    assert targets.test_timeout(target("sh_test", srcs=["t.sh"], size="enormous")) == 3600
-    assert targets.test_timeout(target("sh_test", srcs=["t.sh"], size="small", timeout="long")) == 900
-    assert targets.test_timeout(target("py_test", srcs=["t.py"], timeout=5)) == 5
+    def seconds(kind: str = "sh_test", **attrs: object) -> int:
+        srcs = ["t.py"] if kind == "py_test" else ["t.sh"]
+        return targets.test_timeout(target(kind, srcs=srcs, **attrs))
+
+    assert seconds() == 300  # medium, Bazel's default
+    assert seconds(size="small") == 60
+    assert seconds(size="enormous") == 3600
+    assert seconds(size="small", timeout="long") == 900
+    assert seconds("py_test", timeout=5) == 5
 
 
 def test_py_rules_run_main_by_default_name_py() -> None:
