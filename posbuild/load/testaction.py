@@ -21,10 +21,11 @@ spec = json.loads(sys.argv[1])
 argv = spec["argv"]
 if spec["shell"] and not os.access(argv[0], os.X_OK):
     argv = ["sh", *argv]
+env = {**os.environ, "TEST_TMPDIR": os.environ.get("TMPDIR", "/tmp")}
 started = time.monotonic()
 with open(spec["log"], "wb") as log:
     try:
-        child = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log,
+        child = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, env=env,
                                  stderr=subprocess.STDOUT, start_new_session=True)
     except OSError as error:
         log.write(f"cannot run {argv[0]}: {error.strerror}\n".encode())

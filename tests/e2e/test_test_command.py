@@ -23,7 +23,8 @@ TESTS = {
         sh_test(name = "broken_test", srcs = ["broken.sh"])
         py_test(name = "math_test", srcs = ["math_test.py", "mathlib.py"])
     """,
-    "lib/check.sh": 'echo "checking $1"\ngrep -q hello "$1"\n',
+    "lib/check.sh": 'echo "checking $1"\ngrep -q hello "$1"\ntouch "$TEST_TMPDIR/scratch"\n' +
+                    '[ "$TEST_TARGET" = //lib:greeting_test ]\n',
     "lib/broken.sh": "echo 'expected 2, got 3 <&>'\nexit 1\n",
     "lib/math_test.py": "import mathlib\nassert mathlib.double(2) == 4\nprint('math ok')\n",
     "lib/mathlib.py": "def double(x):\n    return 2 * x\n",
