@@ -112,6 +112,12 @@ def test_build_builds_tests_but_does_not_run_them(tws: Workspace) -> None:
     assert not list((tws.root / "posbuild-out/lib").glob("*.test.*"))
 
 
+def test_query_sees_what_a_test_needs(tws: Workspace) -> None:
+    result = tws.run("query", "deps(//lib:greeting_test)")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["//lib:check.sh", "//lib:greeting", "//lib:greeting_test"]
+
+
 def test_a_non_test_target_is_built_not_run(tws: Workspace) -> None:
     result = tws.run("test", "//lib:greeting")
     assert result.returncode == 0, result.stderr
