@@ -112,6 +112,12 @@ def test_build_builds_tests_but_does_not_run_them(tws: Workspace) -> None:
     assert not list((tws.root / "posbuild-out/lib").glob("*.test.*"))
 
 
+def test_env_approve_covers_the_programs_tests_run(tws: Workspace) -> None:
+    assert tws.run("env", "approve").returncode == 0
+    result = tws.run("test", "//lib:greeting_test")
+    assert result.returncode == 0, result.stderr  # no ORCH-07: the runner and sh were approved
+
+
 def test_query_sees_what_a_test_needs(tws: Workspace) -> None:
     result = tws.run("query", "deps(//lib:greeting_test)")
     assert result.returncode == 0, result.stderr
