@@ -60,9 +60,11 @@ class _Seen:
               help="Run a failing test up to N times, flaky or not (default: 3 for tests with "
               "flaky = True, else 1).")
 @click.option("-q", "--quiet", is_flag=True, help="Print only failures and the test summary.")
+@click.option("-k", "--keep-going", is_flag=True,
+              help="Accepted for Bazel's habit: tests always keep going after a failure.")
 @allow_env_drift_option
 def test(patterns: tuple[str, ...], jobs: int | None, flaky_attempts: int | None, quiet: bool,
-         allow_env_drift: bool) -> None:
+         keep_going: bool, allow_env_drift: bool) -> None:
     """Build PATTERNS (default: //...) and run the tests among them (sh_test, py_test).
 
     \b

@@ -388,6 +388,12 @@ class Analyzer:
 
         package, name = target.label.package, target.label.name
         log, xml = name + LOG_SUFFIX, name + XML_SUFFIX
+        for out in (log, xml):
+            other = self._loader.package(package).by_output.get(out)
+            if other is not None:
+                raise BuildFileError(f"{other.label}: output '{out}' is where the test "
+                                     f"{target.label} writes its result; rename it",
+                                     other.location)
         python, words = self._entry_point(target, files)
         interpreter = python or self._loader.config.interpreter
         argv = [python, *words] if python else words

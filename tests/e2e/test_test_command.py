@@ -214,6 +214,8 @@ def test_a_test_whose_dependency_fails_has_no_status(ws: Workspace) -> None:
     ('py_test(name = "t", srcs = ["a.py"])', "main 't.py' is not in srcs"),
     ('sh_test(name = "t", srcs = ["a.sh"], size = "huge")', "'size' must be one of small"),
     ('sh_test(name = "t", srcs = ["a.sh"], timeout = "forever")', "short, moderate"),
+    ('genrule(name = "g", outs = ["t.test.log"], cmd = "true")\n'
+     'sh_test(name = "t", srcs = ["a.sh"])', "//b:g: output 't.test.log' is where the test //b:t"),
 ])
 def test_bad_test_attributes_are_build_file_errors(ws: Workspace, rule: str,
                                                    detail: str) -> None:
