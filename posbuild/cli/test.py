@@ -63,8 +63,10 @@ class _Seen:
 @click.option("-k", "--keep-going", is_flag=True,
               help="Accepted for Bazel's habit: tests always keep going after a failure.")
 @allow_env_drift_option
+@click.option("--remote-upload", is_flag=True,
+              help="Upload executed results (test results too) to [cache] remote, as build does.")
 def test(patterns: tuple[str, ...], jobs: int | None, flaky_attempts: int | None, quiet: bool,
-         keep_going: bool, allow_env_drift: bool) -> None:
+         keep_going: bool, allow_env_drift: bool, remote_upload: bool) -> None:
     """Build PATTERNS (default: //...) and run the tests among them (sh_test, py_test).
 
     \b
@@ -80,7 +82,8 @@ def test(patterns: tuple[str, ...], jobs: int | None, flaky_attempts: int | None
         seen = _Seen(choose_reporter(quiet, sys.stdout, sys.stderr))
         session = BuildSession(root, seen, os.environ)
         options = BuildOptions(patterns=patterns or ("//...",), jobs=jobs or 0, keep_going=True,
-                               cwd_package=package, allow_env_drift=allow_env_drift, test=True)
+                               cwd_package=package, allow_env_drift=allow_env_drift,
+                               remote_upload=remote_upload, test=True)
         results, broken = _run_tests(root, session, seen, options, flaky_attempts)
     except PosbuildError as error:
         fail(error)

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from conftest import Workspace
+from nginx_server import nginx  # noqa: F401 - the fixture
 
 TESTS = {
     "posbuild.toml": "",
@@ -246,3 +247,20 @@ def test_ci_runs_no_test_after_importing_the_cache(tws: Workspace, tmp_path: Pat
     assert set(summary_lines(result.stdout).values()) == {"(cached) PASSED"}
     assert final(result.stdout) == "Executed 0 out of 3 tests: 3 tests pass."
     assert "checking" in clone.out("lib/greeting_test.test.log")
+
+
+def test_test_results_come_from_the_remote_cache(tmp_path: Path, nginx) -> None:  # noqa: F811
+    """The other CI shape: one machine uploads its test results, a fresh one runs none."""
+    key = {"POSBUILD_CACHE_KEY": "remote key"}
+    machines = []
+    for name in ("a", "b"):
+        ws = Workspace(tmp_path / name)
+        ws.write({**TESTS, "posbuild.toml": f'[cache]\nremote = "{nginx.url}"\n',
+                  "lib/broken.sh": "true\n"})
+        machines.append(ws)
+    first = machines[0].run("test", "--remote-upload", env=key)
+    assert first.returncode == 0, first.stderr
+    second = machines[1].run("test", env=key)
+    assert second.returncode == 0, second.stderr
+    assert final(second.stdout) == "Executed 0 out of 3 tests: 3 tests pass."
+    assert set(summary_lines(second.stdout).values()) == {"(cached) PASSED"}
