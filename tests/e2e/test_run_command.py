@@ -70,6 +70,15 @@ def test_run_from_a_package_folder_takes_a_relative_label(ws: Workspace) -> None
     assert result.stdout == "1 words\n"
 
 
+def test_run_a_test_directly(ws: Workspace) -> None:
+    ws.write({"posbuild.toml": "", "t/BUILD": """
+        sh_test(name = "check", srcs = ["check.sh"])
+    """, "t/check.sh": "echo run by hand: $1\nexit 3\n"})
+    result = ws.run("run", "-q", "//t:check", "--", "now")
+    assert (result.returncode, result.stdout) == (3, "run by hand: now\n")
+    assert not (ws.root / "posbuild-out/t/check.test.log").exists()  # not as a test
+
+
 def test_run_of_a_target_that_is_not_executable_is_a_clear_error(ws: Workspace) -> None:
     ws.write(TOOLS)
     result = ws.run("run", "//tools:table")
