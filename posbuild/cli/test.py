@@ -13,7 +13,7 @@ import os
 import sys
 from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Container
 
 import click
 
@@ -84,25 +84,25 @@ def test(patterns: tuple[str, ...], jobs: int | None, flaky_attempts: int | None
         options = BuildOptions(patterns=patterns or ("//...",), jobs=jobs or 0, keep_going=True,
                                cwd_package=package, allow_env_drift=allow_env_drift,
                                remote_upload=remote_upload, test=True)
-        results, broken = _run_tests(root, session, seen, options, flaky_attempts)
+        results, failure = _run_tests(root, session, seen, options, flaky_attempts)
     except PosbuildError as error:
         fail(error)
     except KeyboardInterrupt as interrupt:
         interrupted(interrupt)
-    _finish(results, broken)
+    _finish(results, failure)
 
 
 def _run_tests(root: Path, session: BuildSession, seen: _Seen, options: BuildOptions,
-               flaky_attempts: int | None) -> tuple[list[Verdict], list[str]]:
+               flaky_attempts: int | None) -> tuple[list[Verdict], PosbuildError | None]:
     """Build and test, then run again the tests that did not pass while they have attempts
-    left; the results in label order, and the non-test actions that failed."""
+    left; the results in label order, and the error of the build, if it failed."""
     from posbuild.core.target import TEST_KINDS
     from posbuild.engine.testresults import FAILURES, FLAKY, NO_STATUS, PASSED, Verdict
 
     graphs: list[ActionGraph] = []
     summary = session.build(options, on_graph=graphs.append)
     tests = {a.label: a for a in graphs[0].actions if a.kind in TEST_KINDS}
-    broken = [label for label in summary.failed_labels if label not in tests]
+    error = _build_error(summary, tests)
     runs = _judge(root, graphs[0], summary, seen)
     attempts = {label: int(executed) for label, (_, executed) in runs.items()}
     failed_once = {label for label, (run, executed) in runs.items()
@@ -122,6 +122,7 @@ def _run_tests(root: Path, session: BuildSession, seen: _Seen, options: BuildOpt
         graphs.clear()
         summary = session.build(replace(options, patterns=again, rerun=again),
                                 on_graph=graphs.append)
+        error = error or _build_error(summary, tests)
         for label in again:  # an attempt, even if it could not run (then it is NO STATUS)
             attempts[label] += 1
         for label, (run, executed) in _judge(root, graphs[0], summary, seen).items():
@@ -137,7 +138,19 @@ def _run_tests(root: Path, session: BuildSession, seen: _Seen, options: BuildOpt
         log = next(o for o in tests[label].outputs if o.endswith(".test.log"))
         results.append(Verdict(label, status, label in cached and run.status != NO_STATUS,
                                attempts[label], run.seconds, log))
-    return results, broken
+    return results, error
+
+
+def _build_error(summary: BuildSummary, tests: Container[str]) -> PosbuildError | None:
+    """Why the build itself failed: an ORCH error (a test over its declared memory is ORCH-05,
+    as any action), or an action that is not a test failed."""
+    from posbuild.engine.session import summary_error
+
+    if summary.orch:
+        return summary_error(summary)
+    broken = [label for label in summary.failed_labels if label not in tests]
+    return ActionFailed(f"{len(broken)} action(s) failed: {', '.join(broken)}") if broken \
+        else None
 
 
 def _judge(root: Path, graph: ActionGraph, summary: BuildSummary,
@@ -165,8 +178,9 @@ def _judge(root: Path, graph: ActionGraph, summary: BuildSummary,
     return runs
 
 
-def _finish(results: list[Verdict], broken: list[str]) -> None:
-    """Print the summary; exit 1 if the build failed, 5 if a test did not pass."""
+def _finish(results: list[Verdict], error: PosbuildError | None) -> None:
+    """Print the summary; exit as the build's error says if it failed, 5 if a test did not
+    pass."""
     from posbuild.engine.testresults import FLAKY, PASSED, summary
 
     if not results:
@@ -174,8 +188,8 @@ def _finish(results: list[Verdict], broken: list[str]) -> None:
     else:
         for line in summary(results):
             click.echo(line)
-    if broken:
-        fail(ActionFailed(f"{len(broken)} action(s) failed: {', '.join(broken)}"))
+    if error is not None:
+        fail(error)
     bad = [r.label for r in results if r.status not in (PASSED, FLAKY)]
     if bad:
         fail(TestsFailed(f"{len(bad)} test{'s' if len(bad) != 1 else ''} did not pass: "

@@ -264,3 +264,13 @@ def test_test_results_come_from_the_remote_cache(tmp_path: Path, nginx) -> None:
     assert second.returncode == 0, second.stderr
     assert final(second.stdout) == "Executed 0 out of 3 tests: 3 tests pass."
     assert set(summary_lines(second.stdout).values()) == {"(cached) PASSED"}
+
+
+def test_a_test_over_its_declared_memory_is_orch_05(ws: Workspace) -> None:
+    ws.write({"posbuild.toml": "", "m/BUILD": """
+        py_test(name = "big_test", srcs = ["big_test.py"], resources = {"mem_mb": 1})
+    """, "m/big_test.py": "block = bytearray(64 << 20)\n"})
+    result = ws.run("test")
+    assert result.returncode == 15, result.stderr
+    assert "ORCH-05 resource oversubscription" in result.stderr
+    assert summary_lines(result.stdout) == {"//m:big_test": "FAILED"}
