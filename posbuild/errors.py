@@ -72,6 +72,13 @@ class ActionFailed(PosbuildError):
     exit_code = 1
 
 
+class TestsFailed(PosbuildError):
+    """`posbuild test`: everything built, but a test failed or timed out (Bazel says this with 3,
+    which is BUILD errors' code here)."""
+
+    exit_code = 5
+
+
 class SandboxUnavailable(PosbuildError):
     """`[sandbox] mode = "namespace"` on a machine where bubblewrap is missing or cannot run;
     raised before any action runs."""

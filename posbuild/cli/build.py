@@ -14,17 +14,6 @@ from posbuild.cli import (allow_env_drift_option, define_option, fail, interrupt
 from posbuild.errors import PosbuildError
 
 
-def choose_reporter(quiet: bool):
-    """Live status on a terminal, plain lines on a pipe, failures only with -q."""
-    from posbuild.engine.reporter import PlainReporter, QuietReporter, TerminalReporter
-
-    if quiet:
-        return QuietReporter(sys.stdout, sys.stderr)
-    if sys.stdout.isatty():
-        return TerminalReporter(sys.stdout, sys.stderr)
-    return PlainReporter(sys.stdout, sys.stderr)
-
-
 def _executor(ctx: click.Context, param: click.Parameter, value: str | None) -> str:
     """`--executor`: `local`, or a Dask scheduler as dask://HOST:PORT (tcp:// and tls:// also
     work)."""
@@ -86,6 +75,7 @@ def build(patterns: tuple[str, ...], jobs: int | None, keep_going: bool, dry_run
     """
     from posbuild import cli
     from posbuild.engine.plan import BuildOptions
+    from posbuild.engine.reporter import choose_reporter
     from posbuild.engine.session import BuildSession, summary_error
 
     # A build of 10,000 actions allocates hundreds of thousands of objects that live until the
@@ -98,9 +88,9 @@ def build(patterns: tuple[str, ...], jobs: int | None, keep_going: bool, dry_run
                                keep_going=keep_going,
                                dry_run=dry_run, verify=verify, explain=explain, cwd_package=package,
                                allow_env_drift=allow_env_drift, remote_upload=remote_upload,
-                               executor=executor, rerun=rerun, keep_sandbox=keep_sandbox,
-                               defines=defines)
-        summary = BuildSession(root, choose_reporter(quiet), os.environ,
+                                 executor=executor, rerun=rerun, keep_sandbox=keep_sandbox,
+                                 defines=defines)
+        summary = BuildSession(root, choose_reporter(quiet, sys.stdout, sys.stderr), os.environ,
                                vouch=cli.server_vouch).build(options)
     except PosbuildError as error:
         fail(error)

@@ -29,13 +29,13 @@ def _current(defines: tuple[str, ...] = ()):
 
 
 def _programs(config) -> tuple[str, ...]:
-    """The host programs of every action of the workspace (`//...`); none, with a warning, when
-    its BUILD files do not load."""
+    """The host programs of every action of the workspace (`//...`, its tests included, which
+    `posbuild test` runs); none, with a warning, when its BUILD files do not load."""
     from posbuild.engine.resolve import graph_entry, make_request
     from posbuild.errors import BuildFileError
 
     try:
-        return graph_entry(config, make_request(config, ("//...",))).facts.programs
+        return graph_entry(config, make_request(config, ("//...",), testing=True)).facts.programs
     except BuildFileError as error:
         click.echo(f"posbuild: warning: the BUILD files do not load ({error.render()}); the "
                    "fingerprint holds the platform and [env] tools only", err=True)

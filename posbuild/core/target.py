@@ -48,6 +48,11 @@ class Target:
     # who may depend on it (core/visibility.py): canonical labels, the package's default
     # filled in by the loader
     visibility: tuple[str, ...] = ("//visibility:public",)
+    # tests and binaries: files they read when they run, and how they run
+    data: tuple[str, ...] = ()
+    main: str = ""  # py_test, py_binary: the entry point, one of `srcs`
+    size: str = ""  # tests: small, medium, large or enormous (the timeout follows)
+    flaky: bool = False  # tests: retried up to three attempts
     message: str = field(default="", compare=False)
     location: SourceLocation | None = field(default=None, compare=False)
 
@@ -153,7 +158,7 @@ def _py_env(kind: str, attr: str, value: Any) -> Pairs:
     taken = [k for k, _ in pairs if k in fixed]
     if taken:
         raise AttributeError_(
-            f"{kind}: attribute '{attr}' may not set {taken[0]}: py_task sets it to "
+            f"{kind}: attribute '{attr}' may not set {taken[0]}: {kind} sets it to "
             f"{fixed[taken[0]]!r}")
     return pairs
 
@@ -187,6 +192,36 @@ def is_label(text: str) -> bool:
     return text.startswith((":", "//"))
 
 
+# Bazel's test sizes and timeouts, in seconds; a size's timeout is its default
+SIZE_TIMEOUTS = {"small": 60, "medium": 300, "large": 900, "enormous": 3600}
+NAMED_TIMEOUTS = {"short": 60, "moderate": 300, "long": 900, "eternal": 3600}
+TEST_KINDS = ("sh_test", "py_test")
+RUNNABLE_KINDS = ("sh_binary", "py_binary", *TEST_KINDS)
+
+
+def _size(kind: str, attr: str, value: Any) -> str:
+    if value not in SIZE_TIMEOUTS:
+        raise AttributeError_(f"{kind}: attribute '{attr}' must be one of "
+                              f"{', '.join(SIZE_TIMEOUTS)}, got {value!r}")
+    return value
+
+
+def _test_timeout(kind: str, attr: str, value: Any) -> int:
+    """Seconds, or Bazel's names for them (short, moderate, long, eternal)."""
+    if isinstance(value, str) and value in NAMED_TIMEOUTS:
+        return NAMED_TIMEOUTS[value]
+    if isinstance(value, str):
+        raise AttributeError_(f"{kind}: attribute '{attr}' must be seconds or one of "
+                              f"{', '.join(NAMED_TIMEOUTS)}, got {value!r}")
+    return _int(kind, attr, value)
+
+
+def test_timeout(target: Target) -> int:
+    """The seconds a test may run: its `timeout`, else its size's (Bazel's default size is
+    medium)."""
+    return target.timeout or SIZE_TIMEOUTS[target.size or "medium"]
+
+
 def _type(value: Any) -> str:
     return type(value).__name__
 
@@ -215,8 +250,19 @@ SCHEMAS: dict[str, dict[str, Checker]] = {
                 "python": _python},
     "py_env": {**_COMMON, "requirements": _str, "srcs": _str_list, "python": _python},
 }
+_RUNNABLE: dict[str, Checker] = {**_COMMON, "srcs": _str_list, "data": _str_list,
+                                 "deps": _str_list, "args": _args}
+_TEST: dict[str, Checker] = {"size": _size, "timeout": _test_timeout, "flaky": _bool,
+                             "resources": _resources, "host_tools": _host_tools}
+SCHEMAS.update({
+    "sh_binary": {**_RUNNABLE, "env": _str_dict},
+    "sh_test": {**_RUNNABLE, **_TEST, "env": _str_dict},
+    "py_binary": {**_RUNNABLE, "main": _str, "python": _python, "env": _py_env},
+    "py_test": {**_RUNNABLE, **_TEST, "main": _str, "python": _python, "env": _py_env},
+})
 REQUIRED = {"genrule": ("outs", "cmd"), "filegroup": (), "py_task": ("script", "outs"),
-            "py_env": ("requirements",)}
+            "py_env": ("requirements",), "sh_binary": ("srcs",), "sh_test": ("srcs",),
+            "py_binary": ("srcs",), "py_test": ("srcs",)}
 
 
 def _with_folders(kind: str, label: Label, outs: tuple[str, ...],
@@ -262,4 +308,21 @@ def make_target(kind: str, label: Label, attrs: dict[str, Any],
         if tag.startswith(NONDETERMINISTIC_OUTPUT_TAG) and exempt not in values.get("outs", ()):
             raise AttributeError_(f"{kind} '{label.name}': tag '{tag}' names no output of its "
                                   f"outs ({', '.join(values.get('outs', ())) or 'none'})")
+    if kind in RUNNABLE_KINDS:
+        _check_entry_point(kind, label, values)
     return Target(label=label, kind=kind, location=location, **values)
+
+
+def _check_entry_point(kind: str, label: Label, values: dict[str, Any]) -> None:
+    """As in Bazel: a shell rule's `srcs` is its one script; a Python rule runs `main`, by
+    default `<name>.py`, which must be one of its `srcs`."""
+    srcs = values["srcs"]
+    if kind.startswith("sh_"):
+        if len(srcs) != 1:
+            raise AttributeError_(f"{kind} '{label.name}': srcs must name exactly one script, "
+                                  f"got {len(srcs)} (put other files in data)")
+        return
+    main = values.setdefault("main", f"{label.name}.py")
+    if not any(src == main or src.lstrip(":") == main.lstrip(":") for src in srcs):
+        raise AttributeError_(f"{kind} '{label.name}': main '{main}' is not in srcs; list it "
+                              "there, or set main to the entry point")

@@ -41,6 +41,7 @@ class BuildOptions:
     # `--keep-sandbox`: leave a failed action's sandbox in place and say how to re-run it there
     keep_sandbox: bool = False
     defines: tuple[str, ...] = ()  # `--define KEY=VALUE`: over `[vars]`, for config() in BUILD
+    test: bool = False  # `posbuild test`: the tests the patterns name run (their actions exist)
 
 
 @dataclass(frozen=True, slots=True)

@@ -589,3 +589,12 @@ def _columns(out: TextIO) -> int:
 def _fit(line: str, columns: int) -> str:
     """`line`, cut to leave the terminal's last column free (some terminals wrap there)."""
     return line if len(line) < columns else line[:max(columns - 2, 1)] + "…"
+
+
+def choose_reporter(quiet: bool, out: TextIO, err: TextIO) -> Reporter:
+    """Live status on a terminal, plain lines on a pipe, failures only with -q."""
+    if quiet:
+        return QuietReporter(out, err)
+    if out.isatty():
+        return TerminalReporter(out, err)
+    return PlainReporter(out, err)

@@ -29,6 +29,13 @@ class Request:
 
     patterns: tuple[TargetPattern, ...]
     state_stem: Path
+    testing: bool = False  # `posbuild test`: the tests among the patterns' targets run
+
+    @property
+    def canonical(self) -> list[str]:
+        """The request's name in the graph cache: a test run's graph is not a build's."""
+        names = sorted({str(p) for p in self.patterns})
+        return [*names, "(test)"] if self.testing else names
 
     @property
     def state_path(self) -> Path:
@@ -36,10 +43,12 @@ class Request:
         return self.state_stem.with_suffix(".state")
 
 
-def make_request(config: Config, patterns: Sequence[str], cwd_package: str = "") -> Request:
+def make_request(config: Config, patterns: Sequence[str], cwd_package: str = "",
+                 testing: bool = False) -> Request:
     parsed = tuple(parse_pattern(p, cwd_package) for p in patterns)
-    canonical = sorted({str(p) for p in parsed})
-    return Request(parsed, GraphCache(config.root, config.state_dir / GRAPHS).stem(canonical))
+    request = Request(parsed, Path(), testing)
+    stem = GraphCache(config.root, config.state_dir / GRAPHS).stem(request.canonical)
+    return Request(parsed, stem, testing)
 
 
 def resolve(root: Path, patterns: Sequence[str], cwd_package: str = "",
@@ -51,7 +60,7 @@ def resolve(root: Path, patterns: Sequence[str], cwd_package: str = "",
 
 def graph_entry(config: Config, request: Request) -> CachedGraph:
     """The request's graph cache entry; BUILD files are evaluated and analysed only on a miss."""
-    canonical = sorted({str(p) for p in request.patterns})
+    canonical = request.canonical
     cache = GraphCache(config.root, config.state_dir / GRAPHS, config.vars)
     cached = cache.load(canonical)
     if cached is not None:
@@ -61,7 +70,7 @@ def graph_entry(config: Config, request: Request) -> CachedGraph:
     packages, dirs = discover_packages(config.root, config.build_file_names)
     loader = Loader(config, packages)
     roots = expand_patterns(request.patterns, packages, loader)
-    analyzer = Analyzer(loader)
+    analyzer = Analyzer(loader, request.testing)
     graph = analyzer.analyze(roots)
     return cache.save(canonical, graph, dirs,
                       [*loader.files_read, *analyzer.files_read, CONFIG_NAME], loader.digests)

@@ -126,7 +126,7 @@ class BuildSession:
         """The request's graph cache entry; the actions are decoded only when a check needs
         them or `on_graph` asks."""
         started = time.monotonic()
-        request = make_request(config, options.patterns, options.cwd_package)
+        request = make_request(config, options.patterns, options.cwd_package, options.test)
         entry = graph_entry(config, request)
         decode = on_graph is not None \
             or not _checks_need_no_actions(config, entry.facts, options)

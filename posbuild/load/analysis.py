@@ -31,7 +31,7 @@ from posbuild.errors import BuildFileError, CycleError, SourceLocation, VersionM
 from posbuild.load.graph import toposort
 from posbuild.load.loader import package_hint
 from posbuild.core.label import Label, PatternKind, TargetPattern, did_you_mean, parse_label
-from posbuild.core.layout import OUT_DIR, PY_ENVS, STATE_DIR
+from posbuild.core.layout import NONDETERMINISTIC_OUTPUT_TAG, OUT_DIR, PY_ENVS, STATE_DIR
 
 if TYPE_CHECKING:  # loading BUILD files is only needed when the graph cache misses
     from posbuild.load.loader import Loader
@@ -41,11 +41,12 @@ if TYPE_CHECKING:  # loading BUILD files is only needed when the graph cache mis
 
 # bump when loading or analysis changes what graphs it makes or accepts: cached graphs are made
 # again
-CHECKS = 6
+CHECKS = 7
 # (3: a relative load() in a .bzl file is relative to that file; ownership stamps hidden folders;
 # 4: allow_secret_in_output is part of def_hash; 5: the programs an action runs; 6: visibility,
-# tags = ["manual"], a target named `all`, source files as patterns, Bazel's $(@D))
-KIND_VERSIONS = {"genrule": 1, "py_task": 1}
+# tags = ["manual"], a target named `all`, source files as patterns, Bazel's $(@D); 7: tests and
+# binaries)
+KIND_VERSIONS = {"genrule": 1, "py_task": 1, "sh_test": 1, "py_test": 1}
 
 
 MANUAL = "manual"
@@ -131,8 +132,12 @@ def _package_hint(label: Label, packages: Sequence[str]) -> str:
 class Analyzer:
     """Resolves references between targets and produces the ActionGraph for a set of roots."""
 
-    def __init__(self, loader: Loader) -> None:
+    def __init__(self, loader: Loader, testing: bool = False) -> None:
         self._loader = loader
+        # `posbuild test`: the tests among the roots run (are actions); else a test, like a
+        # binary, is only the files it needs, built
+        self._testing = testing
+        self._files: dict[str, tuple[str, ...]] = {}
         self._targets: dict[str, Target] = {}
         self._refs: dict[str, list[_Ref]] = {}
         self._scanner: ImportScanner | None = None
@@ -141,6 +146,8 @@ class Analyzer:
         self.files_read: set[str] = set()
 
     def analyze(self, roots: Sequence[Label]) -> ActionGraph:
+        from posbuild.core.target import RUNNABLE_KINDS, TEST_KINDS
+
         try:
             order = toposort([str(r) for r in roots], self._edges)
         except CycleError as error:
@@ -148,13 +155,18 @@ class Analyzer:
         for name in order:
             if self._targets[name].requires:
                 self._check_requires(self._targets[name])
-        files: dict[str, tuple[str, ...]] = {}
+        files: dict[str, tuple[str, ...]] = self._files
         producer: dict[str, int] = {}
         actions: list[Action] = []
+        tests = {str(r) for r in roots} if self._testing else set()
         for name in order:
             target = self._targets[name]
             if target.kind == "filegroup":
                 files[name] = self._files_of(name, files, "srcs")
+                continue
+            if target.kind in RUNNABLE_KINDS and name not in tests:
+                files[name] = tuple(dict.fromkeys(
+                    (*self._files_of(name, files, "srcs"), *self._files_of(name, files, "tools"))))
                 continue
             if target.kind == "py_env":  # made before the actions run, by engine/pyenvs.py
                 files[name] = ()
@@ -162,6 +174,8 @@ class Analyzer:
                 continue
             if target.kind == "py_task":
                 action = self._py_task(target, files, producer)
+            elif target.kind in TEST_KINDS:
+                action = self._test(target, files, producer)
             else:
                 action = self._genrule(target, files, producer)
             files[name] = action.outputs
@@ -192,6 +206,8 @@ class Analyzer:
     def _edges(self, name: str) -> list[str]:
         """Rule targets that `name` depends on; also records how each attribute entry resolved."""
         if name not in self._refs:
+            from posbuild.core.target import RUNNABLE_KINDS
+
             target = self._target(_parse(name))
             self._refs[name] = [
                 self._resolve(target, attr, text) for attr in ("srcs", "tools")
@@ -202,6 +218,15 @@ class Analyzer:
                     self._resolve(target, "requirements", target.requirements))
             if target.kind == "py_task":
                 self._refs[name].extend(self._py_code_refs(target))
+            if target.kind in RUNNABLE_KINDS:  # data are read like srcs, deps run like tools
+                self._refs[name].extend(self._resolve(target, "srcs", text)
+                                        for text in target.data)
+                if target.kind.startswith("py_"):
+                    self._refs[name].extend(self._py_code_refs(replace(target,
+                                                                       script=target.main)))
+                else:
+                    self._refs[name].extend(self._resolve(target, "tools", text)
+                                            for text in target.deps)
         return [str(ref.target) for ref in self._refs[name] if ref.target is not None]
 
     def _resolve(self, target: Target, attr: str, text: str) -> _Ref:
@@ -410,6 +435,73 @@ class Analyzer:
         env = tuple(sorted({**dict(target.env), **dict(PY_TASK_ENV)}.items()))
         return self._genrule(replace(target, env=env), files, producer, command=command,
                              programs=(interpreter,))
+
+    def _entry_point(self, target: Target, files: dict[str, tuple[str, ...]],
+                     under: str = "") -> tuple[str, list[str]]:
+        """A runnable target's interpreter ("" for a shell script) and its words: the script
+        or main, then `args` with their `$(location)`s expanded, each path prefixed `under`."""
+        name = str(target.label)
+        locations = {key: tuple(under + path for path in paths)
+                     for key, paths in self._location_map(name, files).items()}
+        entry = target.srcs[0] if target.kind.startswith("sh_") else target.main
+        paths = locations[str(parse_label(entry, target.label.package))]
+        if len(paths) != 1:
+            raise BuildFileError(f"{name}: '{entry}' must name exactly one file, but it names "
+                                 f"{len(paths)}", target.location)
+        srcs = tuple(under + path for path in self._files_of(name, files, "srcs"))
+        expand = _Expander(target, srcs, (), locations, "args")
+        words = [paths[0]]
+        for arg in target.args:
+            words.extend(expand.words(arg))
+        if target.kind.startswith("sh_"):
+            return "", words
+        return target.python or self._loader.config.interpreter, words
+
+    def _test(self, target: Target, files: dict[str, tuple[str, ...]],
+              producer: dict[str, int]) -> Action:
+        """An sh_test or py_test that `posbuild test` runs: an action whose outputs are the
+        test's log and JUnit XML (testaction.py), under its timeout, retried if flaky."""
+        from posbuild.core.target import PY_TASK_ENV, test_timeout
+        from posbuild.load.testaction import (GRACE_SECONDS, LOG_SUFFIX, XML_SUFFIX,
+                                              test_command)
+
+        package, name = target.label.package, target.label.name
+        log, xml = name + LOG_SUFFIX, name + XML_SUFFIX
+        for out in (log, xml):
+            other = self._loader.package(package).by_output.get(out)
+            if other is not None:
+                raise BuildFileError(f"{other.label}: output '{out}' is where the test "
+                                     f"{target.label} writes its result; rename it",
+                                     other.location)
+        python, words = self._entry_point(target, files)
+        interpreter = python or self._loader.config.interpreter
+        argv = [python, *words] if python else words
+        timeout = test_timeout(target)
+        command = test_command(interpreter, str(target.label), argv, out_path(package, log),
+                               out_path(package, xml), timeout, shell=not python)
+        env = {**dict(target.env), "TEST_TARGET": str(target.label)}
+        if python:
+            env.update(PY_TASK_ENV)
+        tags = [*target.tags, *(f"{NONDETERMINISTIC_OUTPUT_TAG}{o}" for o in (log, xml))]
+        if target.flaky and "flaky" not in tags:
+            tags.append("flaky")
+        test = replace(target, outs=(log, xml), env=tuple(sorted(env.items())),
+                       tags=tuple(tags), timeout=timeout + GRACE_SECONDS)
+        programs = (interpreter,) if python else (interpreter, "sh")
+        return self._genrule(test, files, producer, command=command, programs=programs)
+
+    def runnable(self, label: Label) -> tuple[str, list[str], Pairs]:
+        """What `posbuild run` starts for a binary or test: (interpreter or "", words with
+        absolute paths, env), as the test action would run it."""
+        from posbuild.core.target import PY_TASK_ENV
+
+        self.analyze([label])
+        target = self._targets[str(label)]
+        python, words = self._entry_point(target, self._files, f"{self._loader.root}/")
+        env = dict(target.env)
+        if python:
+            env.update((k, v) for k, v in PY_TASK_ENV if k != "PYTHONPATH")
+        return python, words, tuple(sorted(env.items()))
 
     def _named_py_env(self, target: Target) -> PyEnvSpec:
         """The py_env a py_task's `python` names."""

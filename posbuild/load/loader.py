@@ -29,7 +29,8 @@ from posbuild.load.builtins import PRELUDE, PRELUDE_NAME, PRELUDE_WANTED, Builti
 from posbuild.load.nesting import nesting_problem
 from posbuild.load.owners import Owners, with_ancestors
 from posbuild.load.stamps import folder_stamp
-from posbuild.core.target import SCHEMAS, AttributeError_, Target, make_target
+from posbuild.core.target import (RUNNABLE_KINDS, SCHEMAS, AttributeError_, Target,
+                                  make_target)
 from posbuild.core.visibility import (PRIVATE, PUBLIC, PackageGroup, canonical_visibility,
                                       package_specs)
 
@@ -356,6 +357,7 @@ class Loader:
             "filegroup": lambda *a, **kw: self._builder().rule("filegroup", a, kw),
             "py_task": lambda *a, **kw: self._builder().rule("py_task", a, kw),
             "py_env": lambda *a, **kw: self._builder().rule("py_env", a, kw),
+            **{kind: self._rule(kind) for kind in RUNNABLE_KINDS},
             "exports_files": lambda srcs, *a, **kw: self._builder().export(srcs, kw),
             "package": lambda *a, **kw: self._builder().declare_package(a, kw),
             "package_group": lambda *a, **kw: self._builder().package_group(a, kw),
@@ -363,6 +365,9 @@ class Loader:
             "package_name": lambda: self._builder().package,
             **self._builtins.functions(),
         }
+
+    def _rule(self, kind: str) -> Callable[..., Any]:
+        return lambda *a, **kw: self._builder().rule(kind, a, kw)
 
     def _add_native(self, module: starlark.Module) -> None:
         """Bazel's `native` module, for .bzl macros: `native.genrule(...)`, `native.glob(...)`,

@@ -230,9 +230,10 @@ def _build_graph(config: Config
 
 
 def _entries(target: Any) -> list[tuple[str, str]]:
-    """The labels a target depends on, by attribute: srcs, tools, and a py_task's script and
-    deps."""
-    entries = [(attr, text) for attr in ("srcs", "tools", "deps") for text in getattr(target, attr)]
+    """The labels a target depends on, by attribute: srcs, tools, deps (py_task, tests,
+    binaries), data (tests, binaries) and a py_task's script."""
+    entries = [(attr, text) for attr in ("srcs", "tools", "deps", "data")
+               for text in getattr(target, attr)]
     if target.script:
         entries.append(("script", target.script))
     return entries
