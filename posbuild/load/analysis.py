@@ -370,7 +370,8 @@ class Analyzer:
         tools = self._files_of(name, files, "tools")
         outputs = tuple(out_path(target.label.package, o) for o in target.outs)
         if command is None:
-            command = _Expander(target, srcs, outputs, self._location_map(name, files))(target.cmd)
+            command = _Expander(target, srcs, outputs, self._location_map(name, files),
+                                variables=self._loader.config.vars)(target.cmd)
         inputs = tuple(sorted(set(srcs) | set(tools)))
         deps = tuple(sorted({producer[p] for p in inputs if p in producer}))
         resources, env = declared_resources(target.resources, target.env)
@@ -423,7 +424,8 @@ class Analyzer:
         if len(script) != 1:
             raise BuildFileError(f"{name}: script '{target.script}' must name exactly one file, "
                                  f"but it names {len(script)}", target.location)
-        expand = _Expander(target, self._files_of(name, files, "srcs"), outputs, locations, "args")
+        expand = _Expander(target, self._files_of(name, files, "srcs"), outputs, locations, "args",
+                           self._loader.config.vars)
         if is_label(target.python):
             interpreter = self._named_py_env(target).interpreter
         else:
@@ -449,7 +451,7 @@ class Analyzer:
             raise BuildFileError(f"{name}: '{entry}' must name exactly one file, but it names "
                                  f"{len(paths)}", target.location)
         srcs = tuple(under + path for path in self._files_of(name, files, "srcs"))
-        expand = _Expander(target, srcs, (), locations, "args")
+        expand = _Expander(target, srcs, (), locations, "args", self._loader.config.vars)
         words = [paths[0]]
         for arg in target.args:
             words.extend(expand.words(arg))
@@ -647,12 +649,15 @@ class _Expander:
     from there; $(rootpath L), $(rootpaths L): the same paths relative to their tree (a
     generated file without `posbuild-out/`), as a runfiles path is; $(@D): the folder of the
     only output, or the package's output folder when there are several; $(RULEDIR): the
-    package's output folder; $(GENDIR), $(BINDIR): the output tree, `posbuild-out`.
+    package's output folder; $(GENDIR), $(BINDIR): the output tree, `posbuild-out`; and, as
+    Bazel's `--define` values are, $(KEY) for a value of `[vars]` or `--define KEY=VALUE`.
     """
 
     def __init__(self, target: Target, srcs: tuple[str, ...], outs: tuple[str, ...],
-                 locations: dict[str, tuple[str, ...]], attr: str = "cmd") -> None:
+                 locations: dict[str, tuple[str, ...]], attr: str = "cmd",
+                 variables: tuple[tuple[str, str], ...] = ()) -> None:
         self._target = target
+        self._variables = dict(variables)
         self._srcs = srcs
         self._outs = outs
         self._locations = locations
@@ -701,7 +706,10 @@ class _Expander:
             return out_path(self._target.label.package, "").rstrip("/")
         if variable in ("GENDIR", "BINDIR"):
             return OUT_DIR
-        raise self._fail(f"unknown variable '$({variable})' (write '$$' for a literal '$')")
+        if variable in self._variables and argument is None:
+            return self._variables[variable]
+        raise self._fail(f"unknown variable '$({variable})' (write '$$' for a literal '$', or "
+                         f"set {variable} in [vars] of posbuild.toml or with --define)")
 
     def _location(self, variable: str, text: str) -> str:
         paths = self._location_paths(variable, text)

@@ -362,7 +362,8 @@ def test_unknown_make_variable_in_cmd(built):
     message = bad_build(
         built, {"p/BUILD": 'genrule(name = "a", outs = ["x"], cmd = "echo $(FOO) > $@")\n'})
     assert message == (
-        "p/BUILD:1: //p:a: cmd: unknown variable '$(FOO)' (write '$$' for a literal '$')")
+        "p/BUILD:1: //p:a: cmd: unknown variable '$(FOO)' (write '$$' for a literal '$', or set "
+        "FOO in [vars] of posbuild.toml or with --define)")
 
 
 def test_location_without_a_label(built):

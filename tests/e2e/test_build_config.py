@@ -78,6 +78,23 @@ def test_vars_of_posbuild_toml_are_read_and_a_define_overrides_them(ws):
     assert ws.out("pkg/uses.txt") == "edited 3 true\n"
 
 
+def test_a_value_is_a_make_variable_in_cmd_as_a_bazel_define_is(ws):
+    """`$(KEY)` in a genrule's cmd is the value of `--define KEY=...` or `[vars]`, as in Bazel;
+    SRCS and the other built-in variables keep their meaning."""
+    ws.write({"posbuild.toml": '[vars]\nGREETING = "hello"\n',
+              "pkg/BUILD": """
+                  genrule(name = "greet", srcs = ["name.txt"], outs = ["greet.txt"],
+                          cmd = "echo $(GREETING) $$(cat $(SRCS)) > $@")
+                  genrule(name = "plain", outs = ["plain.txt"], cmd = "echo plain > $@")
+              """,
+              "pkg/name.txt": "world\n"})
+    ws.ok()
+    assert ws.out("pkg/greet.txt") == "hello world\n"
+    changed = ws.ok("--define", "GREETING=bonjour", "--define", "SRCS=ignored")
+    assert executed_labels(changed) == ["//pkg:greet"]
+    assert ws.out("pkg/greet.txt") == "bonjour world\n"
+
+
 def test_config_with_no_value_and_no_default_names_the_key_file_and_line(ws):
     ws.write({"pkg/BUILD": """
         genrule(name = "plain", outs = ["plain.txt"], cmd = "echo plain > $@")
