@@ -44,7 +44,7 @@ COMMANDS = {
     "gc": ("posbuild.cli.gc", "Evict least recently used cache entries no kept generation needs."),
     "lock": ("posbuild.cli.lock", "Pin the digests of the sources of PATTERNs in posbuild.lock."),
     "query": ("posbuild.cli.query",
-              "Query the target graph: deps, rdeps, allpaths, kind, attr, + - ^."),
+              "Query the target graph: deps, rdeps, somepath, kind, filter, tests, ..."),
     "verify": ("posbuild.cli.verify",
                "Run actions twice in perturbed sandboxes and byte-compare (ORCH-04)."),
     "watch": ("posbuild.cli.watch",
