@@ -70,7 +70,7 @@ def main() -> None:
     try:
         code = _on_server(args) if _for_server(args) else None
     except KeyboardInterrupt:  # Ctrl-C before the build began: nothing to stop
-        sys.stderr.write("posbuild: interrupted by SIGINT; 0 running action(s) stopped, nothing "
+        sys.stderr.write("posbuild: interrupted by SIGINT; 0 running actions stopped, nothing "
                          "partial kept\n")
         code = 130
     if code is not None:

@@ -7,6 +7,7 @@ import sys
 
 import click
 
+from posbuild.core.words import quantity
 from posbuild.cli import fail, workspace_and_package
 from posbuild.errors import PosbuildError
 
@@ -36,6 +37,7 @@ def lock(patterns: tuple[str, ...]) -> None:
             pinned, dropped = lock_sources(root, graph.actions)
     except PosbuildError as error:
         fail(error)
-    click.echo(f"locked {pinned} source file(s) in posbuild.lock")
+    click.echo(f"locked {quantity(pinned, 'source file')} in posbuild.lock")
     if dropped:
-        click.echo(f"dropped {dropped} pin(s) of file(s) that no longer exist")
+        files = "a file that no longer exists" if dropped == 1 else "files that no longer exist"
+        click.echo(f"dropped {quantity(dropped, 'pin')} of {files}")

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 
 import click
 
+from posbuild.core.words import quantity
 from posbuild.cli import fail, workspace_and_package
 from posbuild.errors import PosbuildError, UsageError
 
@@ -120,7 +121,8 @@ def log(pattern: str | None, number: int | None, failed: bool, as_json: bool, li
     if trace_file:
         with open(trace_file, "w", encoding="utf-8") as handle:
             json.dump(chrome_trace(build, records), handle)
-        click.echo(f"wrote {len(records)} record(s) of build {build.number} to {trace_file}")
+        click.echo(f"wrote {quantity(len(records), 'record')} of build {build.number} to "
+                   f"{trace_file}")
     elif as_json:
         drift = bool(build.allow_env_drift)
         for record in records:

@@ -9,6 +9,7 @@ from typing import TextIO
 
 import click
 
+from posbuild.core.words import quantity
 from posbuild.engine.session import summary_error
 from posbuild.cli import (allow_env_drift_option, fail, interrupted, jobs_option, keep_going_option,
                           workspace_and_package)
@@ -44,7 +45,7 @@ def cycle_line(cycle: Cycle, first: bool) -> str:
         ran += f", {s.skipped} skipped" if s.skipped else ""
     else:
         ran = f"error (exit {cycle.error.exit_code if cycle.error else 1})"
-    tail = f"; watching {cycle.watched} files, Ctrl-C to stop" if first else ""
+    tail = f"; watching {quantity(cycle.watched, 'file')}, Ctrl-C to stop" if first else ""
     return f"[watch] {head}: {ran} in {cycle.elapsed:.2f} s{tail}"
 
 

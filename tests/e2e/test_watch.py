@@ -274,7 +274,7 @@ def test_ctrl_c_stops_at_once_and_leaves_nothing_partial(ws, watch):
     began = time.monotonic()
     assert w.stop() == 130
     assert time.monotonic() - began < 10
-    assert "posbuild: interrupted by SIGINT; 1 running action(s) stopped, nothing partial kept" \
+    assert "posbuild: interrupted by SIGINT; 1 running action stopped, nothing partial kept" \
             in w.drain_err()
     deadline = time.monotonic() + 5  # killed, it may take the loaded machine a moment to go
     while _running("sleep 61.25"):
