@@ -42,6 +42,8 @@ COMMANDS = {
     "fsck": ("posbuild.cli.fsck",
              "Check the store and posbuild-out/ for corruption and partial state."),
     "gc": ("posbuild.cli.gc", "Evict least recently used cache entries no kept generation needs."),
+    "init": ("posbuild.cli.init",
+             "Make this folder a workspace: posbuild.toml, a sample BUILD, .gitignore lines."),
     "lock": ("posbuild.cli.lock", "Pin the digests of the sources of PATTERNs in posbuild.lock."),
     "query": ("posbuild.cli.query",
               "Query the target graph: deps, rdeps, somepath, kind, filter, tests, ..."),
@@ -142,6 +144,9 @@ def main(args: list[str] | None = None) -> Any:
         code = cli.main(argv, prog_name="posbuild", standalone_mode=False)
     except PosbuildError as error:
         fail(error)
+    except click.exceptions.NoArgsIsHelpError as error:  # bare `posbuild`: the help, as click
+        error.show()
+        sys.exit(2)
     except click.UsageError as error:
         command = error.ctx.command_path if error.ctx else "posbuild"
         click.echo(f"posbuild: {error.format_message()} (see `{command} --help`)", err=True)
