@@ -94,7 +94,8 @@ def _on_server(args: list[str]) -> int | None:
 
 def _for_server(args: list[str]) -> bool:
     """Whether these arguments ask for a build that may go to the server."""
-    if os.environ.get(OFF_VARIABLE, "") not in ("", "0") or "--no-server" in args:
+    if os.environ.get(OFF_VARIABLE, "") not in ("", "0") or "--no-server" in args \
+            or "_POSBUILD_COMPLETE" in os.environ:  # the shell asks for completions: click answers
         return False
     if "-h" in args or "--help" in args or not args:
         return False

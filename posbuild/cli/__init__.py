@@ -11,6 +11,7 @@ May import: posbuild.errors, core, host, workspace, load, store, exec, engine.
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
@@ -66,6 +67,21 @@ class LazyGroup(click.Group):
         module = importlib.import_module(COMMANDS[name][0])
         return getattr(module, name.replace("-", "_"))
 
+    def resolve_command(self, ctx: click.Context, args: list[str]
+                        ) -> tuple[str | None, click.Command | None, list[str]]:
+        """A pattern first means `build` (main() says so before parsing; a completion parses the
+        words as typed)."""
+        from posbuild.cli.complete import is_pattern
+
+        if args and args[0] not in COMMANDS and is_pattern(args[0]):
+            return "build", self.get_command(ctx, "build"), args
+        return super().resolve_command(ctx, args)
+
+    def shell_complete(self, ctx: click.Context, incomplete: str) -> list[Any]:
+        from posbuild.cli.complete import group_words
+
+        return group_words(self, ctx, incomplete, COMMANDS)
+
     def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
         rows = [(name, help_text) for name, (_, help_text) in sorted(COMMANDS.items())]
         with formatter.section("Commands"):
@@ -95,6 +111,13 @@ allow_env_drift_option = click.option(
     "--allow-env-drift", is_flag=True,
     help="Build even if the environment hash differs from the one approved in posbuild.lock "
     "(warns).")
+
+
+def complete_targets(ctx: click.Context, param: click.Parameter, incomplete: str) -> list[Any]:
+    """Completes target labels (complete.py, imported only when the shell asks)."""
+    from posbuild.cli.complete import complete_targets as complete
+
+    return complete(ctx, param, incomplete)
 
 
 def fail(error: PosbuildError) -> NoReturn:
@@ -137,6 +160,10 @@ def _with_default_command(args: list[str]) -> list[str]:
 def main(args: list[str] | None = None) -> Any:
     """Entry point of the `posbuild` script."""
     argv = _with_default_command(list(sys.argv[1:] if args is None else args))
+    if "_POSBUILD_COMPLETE" in os.environ:  # the shell asks for completions (complete.py)
+        from posbuild.cli.complete import register
+
+        register()
     from posbuild.host.interrupt import handle_signals
 
     handle_signals()
@@ -144,10 +171,10 @@ def main(args: list[str] | None = None) -> Any:
         code = cli.main(argv, prog_name="posbuild", standalone_mode=False)
     except PosbuildError as error:
         fail(error)
-    except click.exceptions.NoArgsIsHelpError as error:  # bare `posbuild`: the help, as click
-        error.show()
-        sys.exit(2)
     except click.UsageError as error:
+        if not argv and error.ctx is not None:  # bare `posbuild`: the help, as click shows it
+            click.echo(error.ctx.get_help(), err=True)
+            sys.exit(2)
         command = error.ctx.command_path if error.ctx else "posbuild"
         click.echo(f"posbuild: {error.format_message()} (see `{command} --help`)", err=True)
         sys.exit(2)

@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 
 from posbuild.core.words import quantity
-from posbuild.cli import fail, workspace_and_package
+from posbuild.cli import complete_targets, fail, workspace_and_package
 from posbuild.errors import PosbuildError, UsageError
 
 
@@ -60,7 +60,7 @@ def cache() -> None:
 
 @cache.command("export", short_help="Write the last successful build's results and blobs to FILE.")
 @click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
-@click.argument("patterns", nargs=-1)
+@click.argument("patterns", nargs=-1, shell_complete=complete_targets)
 def export(file: Path, patterns: tuple[str, ...]) -> None:
     """Write the results and blobs the last successful build of PATTERNS used (default //...) to
     FILE."""

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from posbuild.cli import fail, workspace_and_package
+from posbuild.cli import complete_targets, fail, workspace_and_package
 from posbuild.errors import PosbuildError, UsageError
 
 if TYPE_CHECKING:
@@ -15,7 +15,7 @@ if TYPE_CHECKING:
 
 
 @click.command()
-@click.argument("label")
+@click.argument("label", shell_complete=complete_targets)
 def explain(label: str) -> None:
     """Say why LABEL's action last executed (which parts of its key changed since its previous
     execution, with old and new values), why it was a cache hit, or why it failed or was skipped."""

@@ -8,12 +8,12 @@ import sys
 import click
 
 from posbuild.core.words import quantity
-from posbuild.cli import fail, workspace_and_package
+from posbuild.cli import complete_targets, fail, workspace_and_package
 from posbuild.errors import PosbuildError
 
 
 @click.command()
-@click.argument("patterns", nargs=-1)
+@click.argument("patterns", nargs=-1, shell_complete=complete_targets)
 def lock(patterns: tuple[str, ...]) -> None:
     """Pin the digests of the source files read by PATTERNS (default: //...) in posbuild.lock.
 

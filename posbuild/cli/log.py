@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 import click
 
 from posbuild.core.words import quantity
-from posbuild.cli import fail, workspace_and_package
+from posbuild.cli import complete_targets, fail, workspace_and_package
 from posbuild.errors import PosbuildError, UsageError
 
 if TYPE_CHECKING:
@@ -63,7 +63,7 @@ def _table(build: BuildRow, records: list[ExecutionRecord]) -> None:
 
 
 @click.command()
-@click.argument("pattern", required=False)
+@click.argument("pattern", required=False, shell_complete=complete_targets)
 @click.option("--build", "number", type=click.IntRange(min=1), default=None,
               help="Build number (default: the latest).")
 @click.option("--failed", is_flag=True, help="Only FAILED, SKIPPED and INTERRUPTED records.")

@@ -10,12 +10,12 @@ import sys
 import click
 
 from posbuild.core.words import quantity
-from posbuild.cli import fail, interrupted, jobs_option, workspace_and_package
+from posbuild.cli import complete_targets, fail, interrupted, jobs_option, workspace_and_package
 from posbuild.errors import ActionFailed, NonDeterminism, PosbuildError
 
 
 @click.command()
-@click.argument("patterns", nargs=-1)
+@click.argument("patterns", nargs=-1, shell_complete=complete_targets)
 @jobs_option
 @click.option("-q", "--quiet", is_flag=True,
               help="Print only non-deterministic outputs and errors.")

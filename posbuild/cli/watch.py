@@ -11,8 +11,8 @@ import click
 
 from posbuild.core.words import quantity
 from posbuild.engine.session import summary_error
-from posbuild.cli import (allow_env_drift_option, fail, interrupted, jobs_option, keep_going_option,
-                          workspace_and_package)
+from posbuild.cli import (allow_env_drift_option, complete_targets, fail, interrupted,
+                          jobs_option, keep_going_option, workspace_and_package)
 from posbuild.errors import PosbuildError
 from posbuild.engine.reporter import BuildSummary, QuietReporter, TerminalReporter
 from posbuild.engine.watch import Cycle
@@ -70,7 +70,7 @@ class _CyclePrinter:
 
 
 @click.command()
-@click.argument("patterns", nargs=-1)
+@click.argument("patterns", nargs=-1, shell_complete=complete_targets)
 @jobs_option
 @keep_going_option
 @click.option("-q", "--quiet", is_flag=True,
