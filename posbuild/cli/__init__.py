@@ -71,16 +71,12 @@ class LazyGroup(click.Group):
                         ) -> tuple[str | None, click.Command | None, list[str]]:
         """A pattern first means `build` (main() says so before parsing; a completion parses the
         words as typed)."""
-        from posbuild.cli.complete import is_pattern
-
-        if args and args[0] not in COMMANDS and is_pattern(args[0]):
+        if args and args[0] not in COMMANDS and _completion().is_pattern(args[0]):
             return "build", self.get_command(ctx, "build"), args
         return super().resolve_command(ctx, args)
 
     def shell_complete(self, ctx: click.Context, incomplete: str) -> list[Any]:
-        from posbuild.cli.complete import group_words
-
-        return group_words(self, ctx, incomplete, COMMANDS)
+        return _completion().group_words(self, ctx, incomplete, COMMANDS)
 
     def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
         rows = [(name, help_text) for name, (_, help_text) in sorted(COMMANDS.items())]
@@ -115,9 +111,12 @@ allow_env_drift_option = click.option(
 
 def complete_targets(ctx: click.Context, param: click.Parameter, incomplete: str) -> list[Any]:
     """Completes target labels (complete.py, imported only when the shell asks)."""
-    from posbuild.cli.complete import complete_targets as complete
+    return _completion().complete_targets(ctx, param, incomplete)
 
-    return complete(ctx, param, incomplete)
+
+def _completion() -> Any:
+    """cli/complete.py, imported like a command's module: only when the shell asks."""
+    return importlib.import_module("posbuild.cli.complete")
 
 
 def fail(error: PosbuildError) -> NoReturn:
@@ -161,9 +160,7 @@ def main(args: list[str] | None = None) -> Any:
     """Entry point of the `posbuild` script."""
     argv = _with_default_command(list(sys.argv[1:] if args is None else args))
     if "_POSBUILD_COMPLETE" in os.environ:  # the shell asks for completions (complete.py)
-        from posbuild.cli.complete import register
-
-        register()
+        _completion().register()
     from posbuild.host.interrupt import handle_signals
 
     handle_signals()

@@ -1,7 +1,8 @@
 """Shell completion of target labels, and bash's handling of the `:` inside them.
 
-Click completes commands and options itself (`_POSBUILD_COMPLETE=bash_source posbuild` prints
-the script). Labels come from here, cheaply: from the query's target graph cache when it is
+Click runs the protocol (`_POSBUILD_COMPLETE=bash_source posbuild` prints the script) and
+completes options; the commands come from the table in cli/__init__.py, so no command's module
+is imported to list them. Labels come from here, cheaply: from the query's target graph cache when it is
 current (a few `stat()` calls), else from the package folders and the `name = "..."` literals of
 their BUILD files, read as text. BUILD files are never evaluated, and any failure yields no
 candidates rather than an error: a completion must be quick and must never print a traceback.

@@ -22,7 +22,7 @@ CHAIN = {
     """,
 }
 SUMMARY = re.compile(
-    r"^(OK|FAILED): (\d+) actions \((\d+) executed, (\d+) cached, (\d+) failed\) in \d+\.\d\d s$")
+    r"^(OK|FAILED): (\d+) actions? \((\d+) executed, (\d+) cached, (\d+) failed\) in \d+\.\d\d s$")
 
 
 # --- help and version ---------------------------------------------------------------------------

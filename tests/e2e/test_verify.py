@@ -22,7 +22,7 @@ from posbuild.exec.sandbox import listing_follows_creation
 from posbuild.store.lmdbstore import Store
 
 CLEAN = re.compile(
-    r"^verify: (\d+) actions, (\d+) outputs, (\d+) bytes compared: all deterministic", re.M)
+    r"^verify: (\d+) actions?, (\d+) outputs?, (\d+) bytes? compared: all deterministic", re.M)
 
 
 def _verify(ws, *args: str):
