@@ -2,10 +2,11 @@
 
 Click runs the protocol (`_POSBUILD_COMPLETE=bash_source posbuild` prints the script) and
 completes options; the commands come from the table in cli/__init__.py, so no command's module
-is imported to list them. Labels come from here, cheaply: from the query's target graph cache when it is
-current (a few `stat()` calls), else from the package folders and the `name = "..."` literals of
-their BUILD files, read as text. BUILD files are never evaluated, and any failure yields no
-candidates rather than an error: a completion must be quick and must never print a traceback.
+is imported to list them. Labels come from here, cheaply: from the query's target graph cache
+when it is current (a few `stat()` calls), else from the package folders and the `name = "..."`
+literals of their BUILD files, read as text. BUILD files are never evaluated, and any failure
+yields no candidates rather than an error: a completion must be quick and never print a
+traceback.
 
 Completion goes level by level, as Bazel's does: `//da` gives `//data:` and `//data/`
 (a folder holding deeper packages), `//data:c` the rules of `//data` starting with `c`, and

@@ -110,6 +110,8 @@ def make_workspace(root: Path) -> tuple[list[str], list[str]]:
     budget = default_budget()
     files = {CONFIG_NAME: CONFIG.format(cpu=budget.cpu, mem_mb=budget.mem_mb), **SAMPLE}
     present = [rel for rel in files if os.path.lexists(root / rel)]
+    present += sorted({folder for rel in files for folder in _folders(rel)
+                       if os.path.lexists(root / folder) and not (root / folder).is_dir()})
     if present:
         verb = "exists" if len(present) == 1 else "exist"
         raise UsageError(f"init: {', '.join(present)} already {verb} in {root}; nothing was "
@@ -120,6 +122,12 @@ def make_workspace(root: Path) -> tuple[list[str], list[str]]:
         with open(path, "x", encoding="utf-8") as handle:
             handle.write(text)
     return list(files), _ignore(root / ".gitignore")
+
+
+def _folders(rel: str) -> list[str]:
+    """The folders above the workspace-relative path `rel`: `a/b/c` -> `a`, `a/b`."""
+    parts = rel.split("/")[:-1]
+    return ["/".join(parts[:i + 1]) for i in range(len(parts))]
 
 
 def _ignore(path: Path) -> list[str]:

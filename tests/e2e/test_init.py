@@ -87,6 +87,14 @@ def test_init_refuses_to_overwrite_and_touches_nothing(tmp_path: Path) -> None:
     assert "posbuild.toml, hello/BUILD, hello/name.txt already exist" in again.stderr
 
 
+def test_a_file_where_a_folder_goes_is_refused_too(tmp_path: Path) -> None:
+    (tmp_path / "hello").write_text("a file\n")
+    result = run(tmp_path, "init")
+    assert result.returncode == 2
+    assert result.stderr.startswith("posbuild: init: hello already exists in ")
+    assert listing(tmp_path) == {"hello": b"a file\n"}
+
+
 def test_bare_posbuild_prints_the_help(ws: Workspace) -> None:
     for folder in (ws.root, ws.root.parent):  # in a workspace or not
         result = run(folder)
