@@ -242,7 +242,7 @@ def test_a_failing_action_is_reported_and_watching_goes_on(ws, watch):
     assert (match.group(2), match.group(3), match.group(5),
             match.group(6)) == ("pkg/BUILD", "0", "1", "1"), \
         match.group(0)
-    assert w.err_line(r"^posbuild: 1 action\(s\) failed: //pkg:up$")
+    assert w.err_line(r"^posbuild: 1 action failed: //pkg:up$")
     # stale outputs of the failure are removed
     assert not (ws.root / "posbuild-out/pkg/both.txt").exists()
     build.write_text(good)
