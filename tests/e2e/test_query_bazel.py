@@ -178,3 +178,12 @@ py_task(
 def test_output_build_of_sources_only_is_empty(bazel_ws: Workspace) -> None:
     result = bazel_ws.run("query", "//ml:train.py", "--output", "build")
     assert (result.returncode, result.stdout) == (0, "")
+
+
+def test_a_module_that_does_not_parse_is_the_builds_error(bazel_ws: Workspace) -> None:
+    (bazel_ws.root / "ml/helper.py").write_text("def (\n")
+    queried, built = bazel_ws.run("query", "//ml:all"), bazel_ws.build("//ml:train")
+    assert queried.returncode == built.returncode == 3
+    assert queried.stderr == built.stderr == (
+        "posbuild: ml/helper.py:1: //ml:train: syntax error: invalid syntax (in a module that "
+        "ml/train.py imports)\n")
