@@ -70,7 +70,7 @@ def main() -> None:
     try:
         code = _on_server(args) if _for_server(args) else None
     except KeyboardInterrupt:  # Ctrl-C before the build began: nothing to stop
-        sys.stderr.write("posbuild: interrupted by SIGINT; 0 running action(s) stopped, nothing "
+        sys.stderr.write("posbuild: interrupted by SIGINT; 0 running actions stopped, nothing "
                          "partial kept\n")
         code = 130
     if code is not None:
@@ -94,7 +94,8 @@ def _on_server(args: list[str]) -> int | None:
 
 def _for_server(args: list[str]) -> bool:
     """Whether these arguments ask for a build that may go to the server."""
-    if os.environ.get(OFF_VARIABLE, "") not in ("", "0") or "--no-server" in args:
+    if os.environ.get(OFF_VARIABLE, "") not in ("", "0") or "--no-server" in args \
+            or "_POSBUILD_COMPLETE" in os.environ:  # the shell asks for completions: click answers
         return False
     if "-h" in args or "--help" in args or not args:
         return False

@@ -11,6 +11,7 @@ May import: posbuild.errors, core, host, workspace, load, store, exec, engine.
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
@@ -43,9 +44,11 @@ COMMANDS = {
     "fsck": ("posbuild.cli.fsck",
              "Check the store and posbuild-out/ for corruption and partial state."),
     "gc": ("posbuild.cli.gc", "Evict least recently used cache entries no kept generation needs."),
+    "init": ("posbuild.cli.init",
+             "Make this folder a workspace: posbuild.toml, a sample BUILD, .gitignore lines."),
     "lock": ("posbuild.cli.lock", "Pin the digests of the sources of PATTERNs in posbuild.lock."),
     "query": ("posbuild.cli.query",
-              "Query the target graph: deps, rdeps, allpaths, kind, attr, + - ^."),
+              "Query the target graph: deps, rdeps, somepath, kind, filter, tests, ..."),
     "test": ("posbuild.cli.test", "Build and run the tests (sh_test, py_test) of PATTERNs."),
     "verify": ("posbuild.cli.verify",
                "Run actions twice in perturbed sandboxes and byte-compare (ORCH-04)."),
@@ -65,6 +68,17 @@ class LazyGroup(click.Group):
             return None
         module = importlib.import_module(COMMANDS[name][0])
         return getattr(module, name.replace("-", "_"))
+
+    def resolve_command(self, ctx: click.Context, args: list[str]
+                        ) -> tuple[str | None, click.Command | None, list[str]]:
+        """A pattern first means `build` (main() says so before parsing; a completion parses the
+        words as typed)."""
+        if args and args[0] not in COMMANDS and _completion().is_pattern(args[0]):
+            return "build", self.get_command(ctx, "build"), args
+        return super().resolve_command(ctx, args)
+
+    def shell_complete(self, ctx: click.Context, incomplete: str) -> list[Any]:
+        return _completion().group_words(self, ctx, incomplete, COMMANDS)
 
     def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
         rows = [(name, help_text) for name, (_, help_text) in sorted(COMMANDS.items())]
@@ -116,6 +130,15 @@ define_option = click.option(
     help="Set what config(\"KEY\") returns in BUILD files, over [vars] of posbuild.toml "
     "(repeatable).")
 
+def complete_targets(ctx: click.Context, param: click.Parameter, incomplete: str) -> list[Any]:
+    """Completes target labels (complete.py, imported only when the shell asks)."""
+    return _completion().complete_targets(ctx, param, incomplete)
+
+
+def _completion() -> Any:
+    """cli/complete.py, imported like a command's module: only when the shell asks."""
+    return importlib.import_module("posbuild.cli.complete")
+
 
 def fail(error: PosbuildError) -> NoReturn:
     """Print a user error as one line and exit with its code."""
@@ -157,6 +180,8 @@ def _with_default_command(args: list[str]) -> list[str]:
 def main(args: list[str] | None = None) -> Any:
     """Entry point of the `posbuild` script."""
     argv = _with_default_command(list(sys.argv[1:] if args is None else args))
+    if "_POSBUILD_COMPLETE" in os.environ:  # the shell asks for completions (complete.py)
+        _completion().register()
     from posbuild.host.interrupt import handle_signals
 
     handle_signals()
@@ -165,6 +190,9 @@ def main(args: list[str] | None = None) -> Any:
     except PosbuildError as error:
         fail(error)
     except click.UsageError as error:
+        if not argv and error.ctx is not None:  # bare `posbuild`: the help, as click shows it
+            click.echo(error.ctx.get_help(), err=True)
+            sys.exit(2)
         command = error.ctx.command_path if error.ctx else "posbuild"
         click.echo(f"posbuild: {error.format_message()} (see `{command} --help`)", err=True)
         sys.exit(2)

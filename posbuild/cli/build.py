@@ -9,8 +9,8 @@ import sys
 
 import click
 
-from posbuild.cli import (allow_env_drift_option, define_option, fail, interrupted, jobs_option,
-                          keep_going_option, workspace_and_package)
+from posbuild.cli import (allow_env_drift_option, complete_targets, define_option, fail,
+                          interrupted, jobs_option, keep_going_option, workspace_and_package)
 from posbuild.errors import PosbuildError
 
 
@@ -32,7 +32,7 @@ def _executor(ctx: click.Context, param: click.Parameter, value: str | None) -> 
 
 
 @click.command()
-@click.argument("patterns", nargs=-1)
+@click.argument("patterns", nargs=-1, shell_complete=complete_targets)
 @jobs_option
 @keep_going_option
 @click.option("-n", "--dry-run", is_flag=True,

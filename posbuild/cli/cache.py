@@ -7,7 +7,8 @@ from pathlib import Path
 
 import click
 
-from posbuild.cli import fail, workspace_and_package
+from posbuild.core.words import quantity
+from posbuild.cli import complete_targets, fail, workspace_and_package
 from posbuild.errors import PosbuildError, UsageError
 
 
@@ -59,7 +60,7 @@ def cache() -> None:
 
 @cache.command("export", short_help="Write the last successful build's results and blobs to FILE.")
 @click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
-@click.argument("patterns", nargs=-1)
+@click.argument("patterns", nargs=-1, shell_complete=complete_targets)
 def export(file: Path, patterns: tuple[str, ...]) -> None:
     """Write the results and blobs the last successful build of PATTERNS used (default //...) to
     FILE."""
@@ -82,12 +83,15 @@ def export(file: Path, patterns: tuple[str, ...]) -> None:
                 store.close()
     except PosbuildError as error:
         fail(error)
-    notes = f"; {report.uncacheable} action(s) tagged no-cache have no result to export" \
+    notes = (f"; {quantity(report.uncacheable, 'action')} tagged no-cache "
+             f"{'has' if report.uncacheable == 1 else 'have'} no result to export") \
         if report.uncacheable else ""
     if report.private:
-        notes += f"; {report.private} result(s) that may hold a secret were left out"
-    click.echo(f"exported build {report.build} ({' '.join(report.patterns)}): {report.results} "
-               f"action result(s), {report.blobs} blob(s), {_size(report.size)}, "
+        notes += (f"; {quantity(report.private, 'result')} that may hold a secret "
+                  f"{'was' if report.private == 1 else 'were'} left out")
+    click.echo(f"exported build {report.build} ({' '.join(report.patterns)}): "
+               f"{quantity(report.results, 'action result')}, {quantity(report.blobs, 'blob')}, "
+               f"{_size(report.size)}, "
                f"{'signed' if report.signed else 'unsigned'} to {file}{notes}")
     if not report.signed:
         click.echo("posbuild: note: POSBUILD_CACHE_KEY is not set, so the archive is unsigned; "
@@ -128,6 +132,7 @@ def import_(file: Path, allow_unsigned: bool) -> None:
         why = "POSBUILD_CACHE_KEY is not set" if key is None else "the archive is unsigned"
         click.echo("posbuild: note: --allow-unsigned: the archive's signature was not checked "
                    f"({why}); only its digests were verified", err=True)
-    click.echo(f"imported {report.results} action result(s) ({report.new_results} new) and "
-               f"{report.blobs} blob(s) ({report.new_blobs} new, {_size(report.size)}) from {file}"
+    click.echo(f"imported {quantity(report.results, 'action result')} ({report.new_results} new) "
+               f"and {quantity(report.blobs, 'blob')} ({report.new_blobs} new, "
+               f"{_size(report.size)}) from {file}"
                f"{' (signature verified)' if report.signed else ''}")

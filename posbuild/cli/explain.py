@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from posbuild.cli import define_option, fail, workspace_and_package
+from posbuild.cli import complete_targets, define_option, fail, workspace_and_package
 from posbuild.errors import PosbuildError, UsageError
 
 if TYPE_CHECKING:
@@ -15,7 +15,7 @@ if TYPE_CHECKING:
 
 
 @click.command()
-@click.argument("label")
+@click.argument("label", shell_complete=complete_targets)
 @define_option
 def explain(label: str, defines: tuple[str, ...]) -> None:
     """Say why LABEL's action last executed (which parts of its key changed since its previous

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 
 import click
 
+from posbuild.core.words import quantity
 from posbuild.cli import fail, workspace_and_package
 from posbuild.errors import ChecksumMismatch, PartialState, PosbuildError
 
@@ -102,7 +103,7 @@ def _damaged_store(store_dir: Path, workspace: str, repair: bool) -> str:
     incomplete = f"; not read whole: {', '.join(saved.incomplete)}" if saved.incomplete else ""
     records = "; execution records that lost rows were emptied" if chain_lost else ""
     return (f"repaired: the store was damaged ({found}); moved it to {saved.moved_to} and rebuilt "
-            f"it from {saved.rows} row(s) still readable{incomplete}{records}")
+            f"it from {quantity(saved.rows, 'row')} still readable{incomplete}{records}")
 
 
 def _exit_for(remaining: tuple[Problem, ...], repaired: bool) -> None:
@@ -115,8 +116,9 @@ def _exit_for(remaining: tuple[Problem, ...], repaired: bool) -> None:
     mixed = f" ({checksum} {ChecksumMismatch.code}, {partial} {PartialState.code})" if checksum \
         and partial else ""
     if repaired:
-        fail(error(f"fsck --repair could not fix {len(remaining)} problem(s){mixed}, listed above"))
+        fail(error(f"fsck --repair could not fix {quantity(len(remaining), 'problem')}{mixed}, "
+                   "listed above"))
     fail(
         error(
-            f"fsck found {len(remaining)} problem(s){mixed}, listed above; run `posbuild fsck "
-            "--repair`"))
+            f"fsck found {quantity(len(remaining), 'problem')}{mixed}, listed above; run "
+            "`posbuild fsck --repair`"))

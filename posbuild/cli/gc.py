@@ -9,6 +9,7 @@ from decimal import Decimal, InvalidOperation
 
 import click
 
+from posbuild.core.words import quantity
 from posbuild.cli import fail, workspace_and_package
 from posbuild.errors import PosbuildError
 from posbuild.store.gc import DEFAULT_KEEP_GENERATIONS, SHARED_ORPHAN_GRACE_NS, collect
@@ -98,8 +99,8 @@ def gc(max_size: int | None, keep_generations: int) -> None:
         with workspace_lock(config, QuietReporter(sys.stdout, sys.stderr), collect=True):
             environments, environment_bytes = sweep(config)
             if environments:
-                click.echo(f"gc: removed {environments} Python environment(s) no py_env uses any "
-                           f"more; freed {human(environment_bytes)}")
+                click.echo(f"gc: removed {quantity(environments, 'Python environment')} no "
+                           f"py_env uses any more; freed {human(environment_bytes)}")
             if not (config.store_dir / STORE_DB).exists():
                 click.echo("gc: no store yet; nothing to collect")
                 return
@@ -112,16 +113,18 @@ def gc(max_size: int | None, keep_generations: int) -> None:
                 store.close()
     except PosbuildError as error:
         fail(error)
-    orphans = f", {report.orphans_removed} orphan file(s)" if report.orphans_removed else ""
+    orphans = f", {quantity(report.orphans_removed, 'orphan file')}" \
+        if report.orphans_removed else ""
     click.echo(
-        f"gc: removed {report.generations_removed} generation(s), {report.results_removed} action "
-        f"result(s), {report.blobs_removed} blob(s){orphans}; freed {human(report.bytes_freed)}; "
-        f"store now {human(report.size_after)} in {report.blobs_after} blob(s), "
-        f"{report.generations_kept} generation(s) kept"
+        f"gc: removed {quantity(report.generations_removed, 'generation')}, "
+        f"{quantity(report.results_removed, 'action result')}, "
+        f"{quantity(report.blobs_removed, 'blob')}{orphans}; freed {human(report.bytes_freed)}; "
+        f"store now {human(report.size_after)} in {quantity(report.blobs_after, 'blob')}, "
+        f"{quantity(report.generations_kept, 'generation')} kept"
     )
     if report.over_budget:
         hint = "; --keep-generations 1 keeps fewer" if keep_generations > 1 \
             and report.generations_kept > 1 else ""
         click.echo(f"gc: the store is still above --max-size {human(max_size or 0)}: "
-                   f"{human(report.pinned_size)} is needed by the {report.generations_kept} kept "
-                   f"generation(s){hint}")
+                   f"{human(report.pinned_size)} is needed by the "
+                   f"{quantity(report.generations_kept, 'kept generation')}{hint}")

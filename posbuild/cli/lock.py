@@ -7,12 +7,13 @@ import sys
 
 import click
 
-from posbuild.cli import define_option, fail, workspace_and_package
+from posbuild.core.words import quantity
+from posbuild.cli import complete_targets, define_option, fail, workspace_and_package
 from posbuild.errors import PosbuildError
 
 
 @click.command()
-@click.argument("patterns", nargs=-1)
+@click.argument("patterns", nargs=-1, shell_complete=complete_targets)
 @define_option
 def lock(patterns: tuple[str, ...], defines: tuple[str, ...]) -> None:
     """Pin the digests of the source files read by PATTERNS (default: //...) in posbuild.lock.
@@ -37,6 +38,7 @@ def lock(patterns: tuple[str, ...], defines: tuple[str, ...]) -> None:
             pinned, dropped = lock_sources(root, graph.actions)
     except PosbuildError as error:
         fail(error)
-    click.echo(f"locked {pinned} source file(s) in posbuild.lock")
+    click.echo(f"locked {quantity(pinned, 'source file')} in posbuild.lock")
     if dropped:
-        click.echo(f"dropped {dropped} pin(s) of file(s) that no longer exist")
+        files = "a file that no longer exists" if dropped == 1 else "files that no longer exist"
+        click.echo(f"dropped {quantity(dropped, 'pin')} of {files}")

@@ -11,7 +11,8 @@ from typing import TYPE_CHECKING
 
 import click
 
-from posbuild.cli import fail, workspace_and_package
+from posbuild.core.words import quantity
+from posbuild.cli import complete_targets, fail, workspace_and_package
 from posbuild.errors import PosbuildError, UsageError
 
 if TYPE_CHECKING:
@@ -62,7 +63,7 @@ def _table(build: BuildRow, records: list[ExecutionRecord]) -> None:
 
 
 @click.command()
-@click.argument("pattern", required=False)
+@click.argument("pattern", required=False, shell_complete=complete_targets)
 @click.option("--build", "number", type=click.IntRange(min=1), default=None,
               help="Build number (default: the latest).")
 @click.option("--failed", is_flag=True, help="Only FAILED, SKIPPED and INTERRUPTED records.")
@@ -120,7 +121,8 @@ def log(pattern: str | None, number: int | None, failed: bool, as_json: bool, li
     if trace_file:
         with open(trace_file, "w", encoding="utf-8") as handle:
             json.dump(chrome_trace(build, records), handle)
-        click.echo(f"wrote {len(records)} record(s) of build {build.number} to {trace_file}")
+        click.echo(f"wrote {quantity(len(records), 'record')} of build {build.number} to "
+                   f"{trace_file}")
     elif as_json:
         drift = bool(build.allow_env_drift)
         for record in records:

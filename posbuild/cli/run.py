@@ -16,15 +16,16 @@ from pathlib import Path
 
 import click
 
-from posbuild.cli import fail, interrupted, workspace_and_package
+from posbuild.cli import complete_targets, define_option, fail, interrupted, workspace_and_package
 from posbuild.errors import PosbuildError, UsageError
 
 
 @click.command(context_settings={"ignore_unknown_options": True})
-@click.argument("label")
+@click.argument("label", shell_complete=complete_targets)
 @click.argument("args", nargs=-1, type=click.UNPROCESSED)
 @click.option("-q", "--quiet", is_flag=True, help="Print only failures and errors of the build.")
-def run(label: str, args: tuple[str, ...], quiet: bool) -> None:
+@define_option
+def run(label: str, args: tuple[str, ...], quiet: bool, defines: tuple[str, ...]) -> None:
     """Build LABEL (an sh_binary, py_binary or test) and run it with ARGS after `--`.
 
     \b
@@ -38,10 +39,10 @@ def run(label: str, args: tuple[str, ...], quiet: bool) -> None:
 
     try:
         root, package = workspace_and_package()
-        interpreter, words, env = _runnable(root, label, package)
+        interpreter, words, env = _runnable(root, label, package, defines)
         reporter = choose_reporter(quiet, sys.stdout, sys.stderr)
         summary = BuildSession(root, reporter, os.environ).build(
-            BuildOptions(patterns=(label,), cwd_package=package))
+            BuildOptions(patterns=(label,), cwd_package=package, defines=defines))
         failure = summary_error(summary)
         if failure is not None:
             fail(failure)
@@ -65,19 +66,20 @@ def run(label: str, args: tuple[str, ...], quiet: bool) -> None:
         fail(UsageError(f"cannot run {argv[0]}: {error.strerror or error}"))
 
 
-def _runnable(root: Path, text: str, package: str) -> tuple[str, list[str], tuple]:
+def _runnable(root: Path, text: str, package: str,
+              defines: tuple[str, ...]) -> tuple[str, list[str], tuple]:
     """(interpreter or "", words with absolute paths, env) of the target `text` names; a target
     that is not executable is a usage error that says which rules are."""
     from posbuild.core.label import PatternKind, parse_pattern
     from posbuild.core.target import RUNNABLE_KINDS
     from posbuild.load.analysis import Analyzer, expand_patterns
     from posbuild.load.loader import Loader, discover_packages
-    from posbuild.workspace.config import load_config
+    from posbuild.workspace.config import load_config, with_defines
 
     pattern = parse_pattern(text, package)
     if pattern.kind is not PatternKind.SINGLE:
         raise UsageError(f"posbuild run takes one target, not the pattern '{text}'")
-    config = load_config(root)
+    config = with_defines(load_config(root), defines)
     packages, _ = discover_packages(root, config.build_file_names)
     loader = Loader(config, packages)
     (label,) = expand_patterns([pattern], packages, loader)

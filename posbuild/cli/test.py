@@ -17,8 +17,8 @@ from typing import TYPE_CHECKING, Any, Container
 
 import click
 
-from posbuild.cli import (allow_env_drift_option, fail, interrupted, jobs_option,
-                          workspace_and_package)
+from posbuild.cli import (allow_env_drift_option, complete_targets, define_option, fail,
+                          interrupted, jobs_option, workspace_and_package)
 from posbuild.errors import ActionFailed, PosbuildError, TestsFailed
 
 if TYPE_CHECKING:
@@ -54,7 +54,7 @@ class _Seen:
 
 
 @click.command()
-@click.argument("patterns", nargs=-1)
+@click.argument("patterns", nargs=-1, shell_complete=complete_targets)
 @jobs_option
 @click.option("--flaky-attempts", type=click.IntRange(min=1), default=None, metavar="N",
               help="Run a failing test up to N times, flaky or not (default: 3 for tests with "
@@ -65,8 +65,10 @@ class _Seen:
 @allow_env_drift_option
 @click.option("--remote-upload", is_flag=True,
               help="Upload executed results (test results too) to [cache] remote, as build does.")
+@define_option
 def test(patterns: tuple[str, ...], jobs: int | None, flaky_attempts: int | None, quiet: bool,
-         keep_going: bool, allow_env_drift: bool, remote_upload: bool) -> None:
+         keep_going: bool, allow_env_drift: bool, remote_upload: bool,
+         defines: tuple[str, ...]) -> None:
     """Build PATTERNS (default: //...) and run the tests among them (sh_test, py_test).
 
     \b
@@ -83,7 +85,7 @@ def test(patterns: tuple[str, ...], jobs: int | None, flaky_attempts: int | None
         session = BuildSession(root, seen, os.environ)
         options = BuildOptions(patterns=patterns or ("//...",), jobs=jobs or 0, keep_going=True,
                                cwd_package=package, allow_env_drift=allow_env_drift,
-                               remote_upload=remote_upload, test=True)
+                               remote_upload=remote_upload, test=True, defines=defines)
         results, failure = _run_tests(root, session, seen, options, flaky_attempts)
     except PosbuildError as error:
         fail(error)

@@ -9,12 +9,14 @@ import sys
 
 import click
 
-from posbuild.cli import define_option, fail, interrupted, jobs_option, workspace_and_package
+from posbuild.core.words import quantity
+from posbuild.cli import (complete_targets, define_option, fail, interrupted, jobs_option,
+                          workspace_and_package)
 from posbuild.errors import ActionFailed, NonDeterminism, PosbuildError
 
 
 @click.command()
-@click.argument("patterns", nargs=-1)
+@click.argument("patterns", nargs=-1, shell_complete=complete_targets)
 @jobs_option
 @click.option("-q", "--quiet", is_flag=True,
               help="Print only non-deterministic outputs and errors.")
@@ -56,8 +58,8 @@ def verify(patterns: tuple[str, ...], jobs: int | None, quiet: bool,
             summary = BuildSession(root, reporter, environ).build(
                 BuildOptions(patterns, jobs=jobs or 0, cwd_package=package, defines=defines))
             if summary.failed:
-                fail(ActionFailed(f"cannot verify: {summary.failed} action(s) failed to build: "
-                                  f"{', '.join(summary.failed_labels)}"))
+                fail(ActionFailed(f"cannot verify: {quantity(summary.failed, 'action')} failed "
+                                  f"to build: {', '.join(summary.failed_labels)}"))
             graph = resolve(root, patterns, package, config)
             state_path = make_request(config, patterns, package).state_path
             verifying = True
@@ -83,23 +85,25 @@ def verify(patterns: tuple[str, ...], jobs: int | None, quiet: bool,
     if report.findings:
         bad = report.nondeterministic
         fail(NonDeterminism(
-            f"{len(bad)} of {report.actions} action(s) are not deterministic "
-            f"({len(report.findings)} difference(s) "
-            "above); make each output depend on its declared inputs only, then run `posbuild "
-            "verify` again"
+            f"{len(bad)} of {quantity(report.actions, 'action')} "
+            f"{'is' if len(bad) == 1 else 'are'} not deterministic "
+            f"({quantity(len(report.findings), 'difference')} above); make each output depend "
+            "on its declared inputs only, then run `posbuild verify` again"
         ))
     if not quiet:
         click.echo(_summary(report))
 
 
 def _summary(report) -> str:
-    line = (f"verify: {report.actions} actions, {report.outputs} outputs, {report.bytes} bytes "
-            f"compared: all deterministic")
+    line = (f"verify: {quantity(report.actions, 'action')}, "
+            f"{quantity(report.outputs, 'output')}, {quantity(report.bytes, 'byte')} "
+            "compared: all deterministic")
     notes = []
     if report.not_verified:
-        notes.append(f"{len(report.not_verified)} no-cache action(s) not verified")
+        notes.append(f"{quantity(len(report.not_verified), 'no-cache action')} not verified")
     if report.without_cache:
         notes.append(f"{report.without_cache} without a cached result to compare with")
     if report.may_differ:
-        notes.append(f"{report.may_differ} output(s) tagged nondeterministic-output not compared")
+        notes.append(f"{quantity(report.may_differ, 'output')} tagged nondeterministic-output "
+                     "not compared")
     return line + (f" ({'; '.join(notes)})" if notes else "")

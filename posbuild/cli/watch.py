@@ -9,9 +9,10 @@ from typing import TextIO
 
 import click
 
+from posbuild.core.words import quantity
 from posbuild.engine.session import summary_error
-from posbuild.cli import (allow_env_drift_option, define_option, fail, interrupted, jobs_option,
-                          keep_going_option, workspace_and_package)
+from posbuild.cli import (allow_env_drift_option, complete_targets, define_option, fail,
+                          interrupted, jobs_option, keep_going_option, workspace_and_package)
 from posbuild.errors import PosbuildError
 from posbuild.engine.reporter import BuildSummary, QuietReporter, TerminalReporter
 from posbuild.engine.watch import Cycle
@@ -44,7 +45,7 @@ def cycle_line(cycle: Cycle, first: bool) -> str:
         ran += f", {s.skipped} skipped" if s.skipped else ""
     else:
         ran = f"error (exit {cycle.error.exit_code if cycle.error else 1})"
-    tail = f"; watching {cycle.watched} files, Ctrl-C to stop" if first else ""
+    tail = f"; watching {quantity(cycle.watched, 'file')}, Ctrl-C to stop" if first else ""
     return f"[watch] {head}: {ran} in {cycle.elapsed:.2f} s{tail}"
 
 
@@ -69,7 +70,7 @@ class _CyclePrinter:
 
 
 @click.command()
-@click.argument("patterns", nargs=-1)
+@click.argument("patterns", nargs=-1, shell_complete=complete_targets)
 @jobs_option
 @keep_going_option
 @click.option("-q", "--quiet", is_flag=True,

@@ -82,6 +82,7 @@ import stat
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from posbuild.core.words import quantity
 from posbuild.host.atomic import TEMP_PREFIX
 from posbuild.workspace.config import Config
 from posbuild.core.digest import DIGEST_SIZE, Digest, hash_bytes, hash_file
@@ -315,7 +316,7 @@ class _Checker:
                       if digest not in self._blobs or digest in self.plan.blobs)
         self._referenced.update(digest for digest, _, _ in manifest.values())
         if gone:
-            more = f" and {len(gone) - 1} more file(s)" if len(gone) > 1 else ""
+            more = f" and {quantity(len(gone) - 1, 'more file')}" if len(gone) > 1 else ""
             self._add(None, GENERATION, str(generation),
                       f"lists {gone[0]}{more} whose bytes are not in the store; rolling back to it "
                       f"cannot restore them until a build produces them again")
@@ -503,7 +504,9 @@ def record_chain_problems(store: Store) -> list[Problem]:
                 or successors.get(number):
             add(number, "it no longer matches the record chain's head")
     for number in sorted(set(records) - set(rows)):
-        add(number, f"deleted: {len(records[number])} record(s) of it remain without its row")
+        remain = "remains" if len(records[number]) == 1 else "remain"
+        add(number, f"deleted: {quantity(len(records[number]), 'record')} of it {remain} "
+                    "without its row")
     checked: set[bytes] = set()
     for number, row in sorted(sealed.items()):
         for name in ("graph", "state"):
@@ -609,28 +612,31 @@ def _make_writable(folder: Path) -> None:
 def summary(report: FsckReport) -> str:
     """The closing line: what was checked, and how many problems and warnings were found."""
     errors, warnings = len(report.errors), len(report.warnings)
-    found = f"{errors} problem(s)" if errors else "no problems"
+    found = quantity(errors, 'problem') if errors else "no problems"
     if warnings:
-        found += f", {warnings} warning(s)"
-    return (f"fsck: checked {report.blobs_checked} blobs ({report.bytes_checked} bytes), "
-            f"{report.results_checked} action results, {report.outputs_checked} outputs: {found}")
+        found += f", {quantity(warnings, 'warning')}"
+    return (f"fsck: checked {quantity(report.blobs_checked, 'blob')} "
+            f"({quantity(report.bytes_checked, 'byte')}), "
+            f"{quantity(report.results_checked, 'action result')}, "
+            f"{quantity(report.outputs_checked, 'output')}: {found}")
 
 
 def swept_line(report: FsckReport) -> str:
     """The line on leftovers of killed processes fsck removed ("" if none)."""
     if not report.swept:
         return ""
-    return (f"fsck: swept {report.swept} leftover(s) of killed posbuild processes (temp files, "
-            f"sandboxes); not corruption")
+    return (f"fsck: swept {quantity(report.swept, 'leftover')} of killed posbuild processes "
+            "(temp files, sandboxes); not corruption")
 
 
 def repaired_line(repairs: Repairs) -> str:
     """What a repair removed, as one line."""
-    parts = [f"{count} {what}" for count, what in (
-        (repairs.blobs, "corrupt blob(s)"), (repairs.results, "action result(s)"),
-        (repairs.generations, "generation(s)"), (repairs.outputs, "file(s) under posbuild-out/"),
-        (repairs.leftovers, "leftover(s)"),
-    ) if count]
+    parts = [quantity(number, what, plural) for number, what, plural in (
+        (repairs.blobs, "corrupt blob", ""), (repairs.results, "action result", ""),
+        (repairs.generations, "generation", ""),
+        (repairs.outputs, "file under posbuild-out/", "files under posbuild-out/"),
+        (repairs.leftovers, "leftover", ""),
+    ) if number]
     if not parts:
         return "repaired: nothing to repair"
     return (f"repaired: removed {', '.join(parts)}; the next build checks every action against the "

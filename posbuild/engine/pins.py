@@ -22,6 +22,7 @@ import os
 from pathlib import Path
 from typing import Sequence
 
+from posbuild.core.words import quantity
 from posbuild.core.action import PIN_TAG, Action
 from posbuild.core.digest import hash_file
 from posbuild.errors import BuildFileError, ChecksumMismatch
@@ -102,7 +103,7 @@ def check_pins(root: Path, actions: Sequence[Action], state: BuildState) -> int:
             mismatches.append((path, pinned, actual[path], where, advice))
     if mismatches:
         path, pinned, found, where, advice = mismatches[0]
-        more = f" (and {len(mismatches) - 1} more pinned file(s) changed)" \
+        more = f" (and {quantity(len(mismatches) - 1, 'more pinned file')} changed)" \
             if len(mismatches) > 1 else ""
         raise ChecksumMismatch(
             f"{path} is pinned {where} to {pinned} but hashes to {found}{more}; {advice}")

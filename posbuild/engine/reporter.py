@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, Protocol, Sequence, \
     TextIO, TypeVar, cast
 
+from posbuild.core.words import quantity
 from posbuild.core.records import Outcome
 
 if TYPE_CHECKING:
@@ -78,13 +79,13 @@ class Reporter(Protocol):
 
 def summary_line(summary: BuildSummary) -> str:
     if summary.dry_run:
-        return (f"DRY RUN: {summary.total} actions ({summary.executed} would execute, "
+        return (f"DRY RUN: {quantity(summary.total, 'action')} ({summary.executed} would execute, "
                 f"{summary.cached} cached) in {summary.wall:.2f} s")
     verdict = "FAILED" if summary.failed else "OK"
     parts = f"{summary.executed} executed, {summary.cached} cached, {summary.failed} failed"
     if summary.skipped:
         parts += f", {summary.skipped} skipped"
-    return f"{verdict}: {summary.total} actions ({parts}) in {summary.wall:.2f} s"
+    return f"{verdict}: {quantity(summary.total, 'action')} ({parts}) in {summary.wall:.2f} s"
 
 
 OUTPUT_LINES = 200  # an action's output shown on the terminal is cut after this many lines
@@ -114,7 +115,7 @@ def output_block(label: str, stdout: bytes, stderr: bytes) -> str:
     head, left = clipped(text)
     block = f"INFO: From {label}:\n{head}\n"
     if left:
-        block += (f"(output cut: {left} more line(s); all of it: "
+        block += (f"(output cut: {quantity(left, 'more line')}; all of it: "
                   f"posbuild log --output {label})\n")
     return block
 

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Iterable, Sequence
 
+from posbuild.core.words import quantity
 from posbuild.core.action import Action
 from posbuild.core.layout import FAILED, SANDBOX, STATE_DIR, STORE_DB, TMP
 from posbuild.core.digest import Digest
@@ -267,8 +268,8 @@ def _withdraw_stale(config: Config, actions: Sequence[Action],
         hint = ("`posbuild rollback` restores the last successful build"
                 if any(p in recorded for p in (*removed, *files))
                 else "no successful build recorded them, so rollback has nothing to restore")
-        reporter.message(f"posbuild: removed {len(removed)} stale output(s) of failed actions and "
-                         f"their dependents; {hint}")
+        reporter.message(f"posbuild: removed {quantity(len(removed), 'stale output')} of failed "
+                         f"actions and their dependents; {hint}")
 
 
 def _record_generation(config: Config, work: DirtyWork, products: BuildProducts,
@@ -333,13 +334,13 @@ def _report_remote(remote: RemoteCache, reporter: Reporter) -> None:
     """One closing line on what the remote cache did, when it did anything."""
     stats = remote.stats
     if stats.hits or stats.uploaded or stats.rejected or stats.worker_inputs:
-        parts = [f"{stats.hits} hit(s)", f"{stats.misses} miss(es)"]
+        parts = [quantity(stats.hits, 'hit'), quantity(stats.misses, 'miss', 'misses')]
         if stats.rejected:
             parts.append(f"{stats.rejected} rejected")
         if remote.upload:
-            parts.append(f"{stats.uploaded} result(s) uploaded")
+            parts.append(f"{quantity(stats.uploaded, 'result')} uploaded")
         if stats.worker_inputs:
-            parts.append(f"{stats.worker_inputs} input(s) read by Dask workers")
+            parts.append(f"{quantity(stats.worker_inputs, 'input')} read by Dask workers")
         reporter.message(f"posbuild: remote cache: {', '.join(parts)}")
 
 

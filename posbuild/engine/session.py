@@ -22,6 +22,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable, Mapping, Protocol, Sequence
 
+from posbuild.core.words import quantity
 from posbuild.core.action import Action, ActionGraph, GraphFacts
 from posbuild.core.digest import Digest
 from posbuild.core.label import parse_pattern
@@ -374,11 +375,11 @@ def summary_error(summary: BuildSummary) -> PosbuildError | None:
     any."""
     labels = ", ".join(summary.failed_labels)
     if NonDeterminism in summary.orch:
-        return NonDeterminism(f"{summary.failed} action(s) failed, some produced bytes that differ "
-                              f"from their cached result: {labels}")
+        return NonDeterminism(f"{quantity(summary.failed, 'action')} failed, some produced "
+                              f"bytes that differ from their cached result: {labels}")
     if ResourceOversubscription in summary.orch:
-        return ResourceOversubscription(f"{summary.failed} action(s) failed, some used more memory "
-                                        f"than they declared: {labels}")
+        return ResourceOversubscription(f"{quantity(summary.failed, 'action')} failed, some "
+                                        f"used more memory than they declared: {labels}")
     if summary.failed:
-        return ActionFailed(f"{summary.failed} action(s) failed: {labels}")
+        return ActionFailed(f"{quantity(summary.failed, 'action')} failed: {labels}")
     return None

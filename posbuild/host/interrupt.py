@@ -20,6 +20,8 @@ from contextlib import contextmanager
 from types import FrameType
 from typing import Iterator
 
+from posbuild.core.words import quantity
+
 SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 REPEAT_S = 0.5  # the same signal again within this long after the first is not a second request
 
@@ -38,8 +40,8 @@ class Interrupted(KeyboardInterrupt):
 
     def line(self) -> str:
         """What the CLI prints: which signal, and what became of the running actions."""
-        return (f"posbuild: interrupted by {signal.Signals(self.signum).name}; {self.stopped} "
-                f"running action(s) stopped, nothing partial kept")
+        return (f"posbuild: interrupted by {signal.Signals(self.signum).name}; "
+                f"{quantity(self.stopped, 'running action')} stopped, nothing partial kept")
 
 
 _held: list[int] | None = None  # signals that came during `deferred()`, or None outside it

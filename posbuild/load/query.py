@@ -2,9 +2,11 @@
 
 The graph. Its nodes are every rule target (genrule, filegroup, ...) and, as in Bazel, every source
 file that some target names in `srcs` or `tools` (or a py_task's `script` and `deps`; kind "source
-file"). Its edges point from a target to what it depends on: each such entry. An entry that names an
-output of a rule (`//pkg:out.txt`) is an edge to that rule; posbuild has no separate "generated
-file" nodes. Filegroups are nodes like any rule, although they have no action.
+file"), every workspace module a py_task's code imports (pyimports.py: the modules its code hash
+covers), and the BUILD and .bzl files of each package (what buildfiles() answers). Its edges point
+from a target to what it depends on: each such entry. An entry that names an output of a rule
+(`//pkg:out.txt`) is an edge to that rule; posbuild has no separate "generated file" nodes.
+Filegroups are nodes like any rule, although they have no action.
 
 The language (DESIGN §4):
 
@@ -13,10 +15,15 @@ The language (DESIGN §4):
           | deps(expr [, depth])       expr and everything it depends on, transitively
           | rdeps(universe, expr [, depth])   what depends on expr, inside deps(universe)
           | allpaths(from, to)         every node on a dependency path from `from` to `to`
+          | somepath(from, to)         the nodes of one such path (a shortest), or nothing
           | kind(REGEX, expr)          nodes whose kind ("genrule rule", "filegroup rule",
                                        "source file") the regex matches, anywhere in it
           | attr(NAME, REGEX, expr)    rule nodes whose attribute NAME (for a list or dict, any
                                        element; a dict element reads `key=value`) the regex matches
+          | filter(REGEX, expr)        nodes whose label the regex matches
+          | tests(expr)                the test rules of expr: every kind whose name ends in _test
+          | buildfiles(expr)           the BUILD file of each node's package and the workspace
+                                       .bzl files it loads, directly or not
 
 As in Bazel, the three set operators have equal precedence and group from the left:
 `a + b ^ c` is `(a + b) ^ c`; write parentheses for anything else. A PATTERN is a target pattern
@@ -26,7 +33,8 @@ wildcards select rule targets only. A REGEX may be quoted, or written bare up to
 
 Speed. Evaluating BUILD files is the slow part, so the whole workspace's target graph is cached in
 `.posbuild/graphs/targets.query`, valid exactly as long as graphcache.py's entries are: the stamps
-of every folder walked, of every BUILD/.bzl file read and of posbuild.toml. A query on an unchanged
+of every folder walked, of every BUILD/.bzl file read, of every Python file scanned for imports and
+of posbuild.toml. A query on an unchanged
 workspace reads that file and never evaluates Starlark. Node numbers follow the sorted label order,
 so a result is sorted by sorting integers, and attributes and output names are decoded only when
 a query needs them.
@@ -34,6 +42,7 @@ a query needs them.
 
 from __future__ import annotations
 
+import ast
 import json
 import re
 import time
@@ -55,11 +64,13 @@ from posbuild.core.layout import CONFIG_NAME, GRAPHS
 from posbuild.load.stamps import file_stamp, racy_digests, stamps_current
 from posbuild.core.target import SCHEMAS
 
-CACHE_FORMAT = 2
+CACHE_FORMAT = 3
 CACHE_NAME = "targets.query"
 SOURCE_FILE = "source file"
-OUTPUTS = ("label", "json", "graph")
-FUNCTIONS = ("deps", "rdeps", "allpaths", "kind", "attr")
+TEST_SUFFIX = "_test"  # tests() selects the rules of every kind so named, as Bazel's *_test
+OUTPUTS = ("label", "json", "graph", "build")
+FUNCTIONS = ("deps", "rdeps", "allpaths", "somepath", "kind", "attr", "filter", "tests",
+             "buildfiles")
 MAX_NESTING = 200  # parentheses and function calls; Python recurses a few frames per level
 _OPERATORS = {"+": "+", "-": "-", "^": "^", "union": "+", "except": "-", "intersect": "^"}
 _WORD = re.compile(r"[A-Za-z0-9_/@.:~*$=#%!-]+")
@@ -80,13 +91,14 @@ class TargetGraph:
     """
 
     __slots__ = ("root", "packages", "labels", "kind_names", "kind_of", "deps", "rules",
-                 "_attr_blobs", "_outs_blob", "_rdeps", "_index", "_columns", "_outs")
+                 "package_files", "_attr_blobs", "_outs_blob", "_build_blob", "_rdeps", "_index",
+                 "_columns", "_outs")
 
     def __init__(self, root: Path, packages: Sequence[str], labels: Sequence[str],
                  kind_names: Sequence[str],
                  kind_of: Sequence[int], deps: Sequence[Sequence[int]],
-                 rules: Sequence[Sequence[int]],
-                 attr_blobs: dict[str, bytes], outs_blob: bytes) -> None:
+                 rules: Sequence[Sequence[int]], package_files: Sequence[Sequence[int]],
+                 attr_blobs: dict[str, bytes], outs_blob: bytes, build_blob: bytes) -> None:
         self.root = root
         self.packages = tuple(packages)
         self.labels = labels
@@ -94,8 +106,10 @@ class TargetGraph:
         self.kind_of = kind_of
         self.deps = deps
         self.rules = rules
+        self.package_files = package_files  # per package: its BUILD file and the .bzl it loads
         self._attr_blobs = attr_blobs
         self._outs_blob = outs_blob
+        self._build_blob = build_blob
         self._rdeps: list[list[int]] | None = None
         self._index: dict[str, int] | None = None
         self._columns: dict[str, Sequence[Sequence[str] | None]] = {}
@@ -142,6 +156,12 @@ class TargetGraph:
     def rules_by_package(self) -> dict[str, Sequence[int]]:
         return dict(zip(self.packages, self.rules))
 
+    def build_entries(self) -> Sequence[Any]:
+        """Per node: None, or a rule's `[file, line, column, [[attr, value]...]]` for `--output
+        build` (line 0 when the line is found only by evaluating the BUILD file again)."""
+        return msgpack.unpackb(self._build_blob, use_list=False) if self._build_blob \
+            else (None,) * len(self.labels)
+
     def kind_text(self, node: int) -> str:
         """What kind() matches: `genrule rule`, `filegroup rule` or `source file`, as in Bazel."""
         kind = self.kind_names[self.kind_of[node]]
@@ -151,8 +171,9 @@ class TargetGraph:
         """The graph as plain msgpack-able values, in the order `TargetGraph(root, *entry)` takes
         them."""
         return [list(self.packages), list(self.labels), list(self.kind_names), list(self.kind_of),
-                [list(d) for d in self.deps], [list(r) for r in self.rules], dict(self._attr_blobs),
-                self._outs_blob]
+                [list(d) for d in self.deps], [list(r) for r in self.rules],
+                [list(f) for f in self.package_files], dict(self._attr_blobs), self._outs_blob,
+                self._build_blob]
 
 
 def _attr_values(value: Any) -> list[str]:
@@ -190,6 +211,7 @@ def _build_graph(config: Config
                 outputs[Label(name, out)] = target.label
     edges: dict[Label, set[Label]] = {}
     sources: set[Label] = set()
+    imports = _Imports(root, package_names)
     for label, target in targets.items():
         found: set[Label] = set()
         for attr, text in _entries(target):
@@ -197,18 +219,28 @@ def _build_graph(config: Config
             if dep not in targets and dep not in outputs:
                 sources.add(dep)
             found.add(outputs.get(dep, dep))
+        if target.kind == "py_task":
+            modules = imports.of(target, found - targets.keys())
+            sources.update(modules)
+            found.update(modules)
         edges[label] = found
+    files_of = {name: _package_files(root, loader.package(name).build_file)
+                for name in package_names}
+    sources.update(f for files in files_of.values() for f in files if f not in targets)
     nodes = sorted([*targets, *sources])
     number = {label: i for i, label in enumerate(nodes)}
     kind_names = sorted({SOURCE_FILE, *(t.kind for t in targets.values())})
     kind_number = {k: i for i, k in enumerate(kind_names)}
     columns: dict[str, list[list[str] | None]] = {}
     rules: dict[str, list[int]] = {p: [] for p in package_names}
+    build: list[list[Any] | None] = [None] * len(nodes)
+    calls = _CallSites(root)
     for label in nodes:
         declared = targets.get(label)
         if declared is None:
             continue
         rules[label.package].append(number[label])
+        build[number[label]] = [*calls.of(declared), _build_attrs(declared)]
         for attr in ["name", *(a for a in SCHEMAS.get(declared.kind, {}) if a != "visibility")]:
             value = [label.name] if attr == "name" else _attr_values(getattr(declared, attr))
             if attr not in columns:
@@ -223,12 +255,171 @@ def _build_graph(config: Config
                  for n in nodes],
         deps=[sorted(number[d] for d in edges.get(n, ())) for n in nodes],
         rules=[rules[p] for p in package_names],
+        package_files=[sorted(number[f] for f in files_of[p]) for p in package_names],
         attr_blobs={a: msgpack.packb(c, use_bin_type=True) for a, c in sorted(columns.items())},
         outs_blob=msgpack.packb({str(o): number[r] for o, r in outputs.items()}, use_bin_type=True),
+        build_blob=msgpack.packb(build, use_bin_type=True),
     )
-    return graph, list(dirs), sorted({*loader.files_read, CONFIG_NAME}), loader.digests
+    read = {*loader.files_read, *imports.files_read, CONFIG_NAME}
+    return graph, list(dirs), sorted(read), loader.digests
 
 
+class _Imports:
+    """The workspace modules a py_task's code imports (pyimports.py), as source file labels: the
+    edges that make `rdeps(//..., //ml:helper.py)` name every task that re-runs when it changes,
+    as the task's code hash covers them (analysis.py)."""
+
+    def __init__(self, root: Path, packages: Sequence[str]) -> None:
+        from posbuild.load.pyimports import ImportScanner
+
+        self._scanner = ImportScanner(str(root))
+        self._packages = set(packages)
+        self.files_read: set[str] = set()
+
+    def of(self, target: Any, sources: set[Label]) -> set[Label]:
+        """The modules `target` imports; `sources` are the source files it names."""
+        from posbuild.load.pyimports import ScanError
+        from posbuild.errors import SourceLocation
+
+        script = parse_label(target.script, target.label.package)
+        if script not in sources:
+            return set()  # a generated script does not exist yet: its `deps` name its modules
+        named = [parse_label(d, target.label.package) for d in target.deps]
+        extra = tuple(_path(d) for d in named if d in sources and d.name.endswith(".py"))
+        try:
+            scan = self._scanner.scan(_path(script), extra)
+        except ScanError as error:
+            where = "" if error.path == _path(script) else \
+                f" (in a module that {_path(script)} imports)"
+            raise BuildFileError(f"{target.label}: {error.detail}{where}",
+                                 SourceLocation(error.path, error.line)) from None
+        self.files_read.update(scan.files_read)
+        found = set()
+        for path in scan.modules:
+            package = path.rpartition("/")[0]
+            while package not in self._packages and package:
+                package = package.rpartition("/")[0]
+            if package in self._packages:  # a file outside every package has no label
+                found.add(Label(package, path[len(package) + 1:] if package else path))
+        return found
+
+
+def _path(label: Label) -> str:
+    return f"{label.package}/{label.name}" if label.package else label.name
+
+
+_LOAD = re.compile(r"""^\s*load\(\s*["']([^"']+)["']""", re.MULTILINE)
+
+
+def _package_files(root: Path, build_file: str) -> set[Label]:
+    """What buildfiles() answers for a package: its BUILD file and every workspace .bzl file it
+    loads, directly or through other .bzl files (the shipped library is no file of the
+    workspace)."""
+    package, _, name = build_file.rpartition("/")
+    found = {Label(package, name)}
+    pending = [Label(package, name)]
+    while pending:
+        file = pending.pop()
+        try:
+            text = (root / _path(file)).read_text(errors="replace")
+        except OSError:
+            continue
+        for module in _LOAD.findall(text):
+            if module.startswith("@"):
+                continue
+            try:
+                loaded = parse_label(module, file.package)
+            except BuildFileError:
+                continue
+            if loaded not in found:
+                found.add(loaded)
+                pending.append(loaded)
+    return found
+
+
+class _CallSites:
+    """Where each rule call of a BUILD file is, as Bazel places a rule: the file, and the line and
+    column of the call's `(` (a macro's call for the targets it declares).
+
+    The loader places a target at its literal `name = "..."`; the call around that line is
+    found with Python's parser (BUILD files are Starlark, whose syntax it reads). A target whose
+    name is no literal of its file (made in a loop) gets line 0: its line is looked up only when
+    `--output build` prints it.
+    """
+
+    def __init__(self, root: Path) -> None:
+        self._root = root
+        self._trees: dict[str, ast.Module | None] = {}
+
+    def of(self, target: Any) -> tuple[str, int, int]:
+        from posbuild.errors import SourceLocation
+
+        location = target.location
+        if location is None:
+            return "", 0, 0
+        if type(location) is not SourceLocation:  # its line costs an evaluation (loader.py)
+            return location.file, 0, 0
+        return (location.file, *self.call_at(location.file, location.line))
+
+    def call_at(self, file: str, line: int) -> tuple[int, int]:
+        """The line and column of the `(` of the outermost call around `line` of `file`."""
+        if file not in self._trees:
+            try:
+                self._trees[file] = ast.parse((self._root / file).read_bytes())
+            except (OSError, SyntaxError, ValueError):
+                self._trees[file] = None
+        tree = self._trees[file]
+        for statement in tree.body if tree is not None else ():
+            if statement.lineno <= line <= (statement.end_lineno or statement.lineno):
+                for node in ast.walk(statement):  # breadth first: the outermost call first
+                    if isinstance(node, ast.Call) \
+                            and node.lineno <= line <= (node.end_lineno or node.lineno):
+                        end = node.func
+                        return end.end_lineno or end.lineno, (end.end_col_offset or 0) + 1
+        return line, 1
+
+
+_LABEL_ATTRS = ("srcs", "outs", "tools", "deps", "script", "requirements", "data")
+
+
+def _build_attrs(target: Any) -> list[list[Any]]:
+    """A rule's attributes as its BUILD file would set them: those that differ from their
+    default, in the rule's schema order with tags and visibility last, labels in canonical form
+    (as Bazel prints them)."""
+    from posbuild.core.target import Target
+
+    fields = Target.__dataclass_fields__
+    found: list[list[Any]] = []
+    common = ("tags", "visibility")
+    schema = SCHEMAS.get(target.kind, {})
+    for attr in [*(a for a in schema if a not in common), *(a for a in common if a in schema)]:
+        value = getattr(target, attr, None)
+        if value is None or attr in fields and value == fields[attr].default:
+            continue
+        if attr == "outs":
+            value = tuple(out for out in value if out not in target.out_dirs)
+            if not value:
+                continue
+        if attr in _LABEL_ATTRS:
+            value = _canonical(value, target.label.package)
+        elif attr == "python" and str(value).startswith((":", "//")):
+            value = _canonical(value, target.label.package)
+        elif attr == "requires":
+            value = {_canonical(key, target.label.package): dict(pairs) for key, pairs in value}
+        elif isinstance(value, tuple) and all(isinstance(v, tuple) for v in value):
+            value = dict(value)
+        found.append([attr, value])
+    return found
+
+
+def _canonical(value: Any, package: str) -> Any:
+    """A label (or each label of a tuple) in its canonical `//pkg:name` form."""
+    if isinstance(value, tuple):
+        return [_canonical(v, package) for v in value]
+    try:
+        return str(parse_label(value, package))
+    except BuildFileError:
+        return value
 def _entries(target: Any) -> list[tuple[str, str]]:
     """The labels a target depends on, by attribute: srcs, tools, deps (py_task, tests,
     binaries), data (tests, binaries) and a py_task's script."""
@@ -275,7 +466,7 @@ class TargetCache:
             entry = msgpack.unpackb(self.path.read_bytes(), use_list=False)
         except (OSError, ValueError, msgpack.UnpackException):
             return None
-        if not isinstance(entry, tuple) or len(entry) != 12 \
+        if not isinstance(entry, tuple) or len(entry) != 14 \
                 or entry[0] != _version(self._config.vars):
             return None
         _, dirs, files, racy, *fields = entry
@@ -342,6 +533,28 @@ class Allpaths:
 
 
 @dataclass(frozen=True, slots=True)
+class Somepath:
+    start: Any
+    end: Any
+
+
+@dataclass(frozen=True, slots=True)
+class Filter:
+    regex: re.Pattern[str]
+    expr: Any
+
+
+@dataclass(frozen=True, slots=True)
+class Tests:
+    expr: Any
+
+
+@dataclass(frozen=True, slots=True)
+class Buildfiles:
+    expr: Any
+
+
+@dataclass(frozen=True, slots=True)
 class Kind:
     regex: re.Pattern[str]
     expr: Any
@@ -361,7 +574,8 @@ class SetOp:
     right: Any
 
 
-Expr = Pattern | Deps | Rdeps | Allpaths | Kind | Attr | SetOp
+Expr = (Pattern | Deps | Rdeps | Allpaths | Somepath | Kind | Attr | Filter | Tests | Buildfiles
+        | SetOp)
 
 
 class _Parser:
@@ -552,6 +766,22 @@ class _Parser:
         self.comma()
         return Allpaths(start, self.expression())
 
+    def f_somepath(self) -> Somepath:
+        start = self.expression()
+        self.comma()
+        return Somepath(start, self.expression())
+
+    def f_filter(self) -> Filter:
+        regex = self.regex()
+        self.comma()
+        return Filter(regex, self.expression())
+
+    def f_tests(self) -> Tests:
+        return Tests(self.expression())
+
+    def f_buildfiles(self) -> Buildfiles:
+        return Buildfiles(self.expression())
+
     def f_kind(self) -> Kind:
         regex = self.regex()
         self.comma()
@@ -602,6 +832,30 @@ def _closure(start: Iterable[int], edges: Sequence[Sequence[int]], depth: int | 
     return seen
 
 
+def _somepath(start: set[int], end: set[int], deps: Sequence[Sequence[int]]) -> set[int]:
+    """The nodes of one path from `start` to `end` along `deps` (a shortest one, found breadth
+    first in node order, so the same graph always gives the same path), or none."""
+    parent: dict[int, int | None] = {node: None for node in sorted(start)}
+    frontier = list(parent)
+    while frontier:
+        for node in frontier:
+            if node in end:
+                path = set()
+                step: int | None = node
+                while step is not None:
+                    path.add(step)
+                    step = parent[step]
+                return path
+        reached = []
+        for node in frontier:
+            for child in deps[node]:
+                if child not in parent:
+                    parent[child] = node
+                    reached.append(child)
+        frontier = reached
+    return set()
+
+
 class Evaluator:
     """Evaluates a parsed expression on a TargetGraph into a set of node numbers."""
 
@@ -632,9 +886,22 @@ class Evaluator:
         if isinstance(expr, Allpaths):
             reachable = _closure(self(expr.start), graph.deps, None)
             return _closure(self(expr.end), graph.rdeps, None, reachable)
+        if isinstance(expr, Somepath):
+            return _somepath(self(expr.start), self(expr.end), graph.deps)
         if isinstance(expr, Kind):
             search = expr.regex.search
             return {n for n in self(expr.expr) if search(graph.kind_text(n))}
+        if isinstance(expr, Filter):
+            search, labels = expr.regex.search, graph.labels
+            return {n for n in self(expr.expr) if search(labels[n])}
+        if isinstance(expr, Tests):
+            names, kind_of = graph.kind_names, graph.kind_of
+            return {n for n in self(expr.expr) if names[kind_of[n]].endswith(TEST_SUFFIX)}
+        if isinstance(expr, Buildfiles):
+            files = dict(zip(graph.packages, graph.package_files))
+            labels = graph.labels
+            packages = {labels[n][2:].partition(":")[0] for n in self(expr.expr)}
+            return set(chain.from_iterable(files.get(p, ()) for p in packages))
         if isinstance(expr, Attr):
             search = expr.regex.search
             column = graph.column(expr.name)
@@ -720,7 +987,61 @@ class QueryResult:
             lines += [f"  {_dot(label)};" for label in self.labels]
             lines += [f"  {_dot(a)} -> {_dot(b)};" for a, b in self.edges()]
             return "\n".join(lines) + "\n}\n"
+        if output == "build":
+            return self.build_text()
         raise UsageError(f"unknown output format '{output}' (known: {', '.join(OUTPUTS)})")
+
+
+    def build_text(self) -> str:
+        """The selected rules as BUILD text, as `bazel query --output build` prints them: a
+        `# /path/BUILD:line:column` comment, then the call with the attributes set, then a blank
+        line. Source files are not printed."""
+        entries = self.graph.build_entries()
+        rules = [n for n in self.nodes if entries[n] is not None]
+        lines = self._lines_found([n for n in rules if entries[n][1] == 0])
+        blocks = []
+        for node in rules:
+            file, line, column, attrs = entries[node]
+            if line == 0:
+                line, column = lines[node]
+            kind = self.graph.kind_names[self.graph.kind_of[node]]
+            name = self.graph.labels[node].partition(":")[2]
+            text = [f"# {self.graph.root / file}:{line}:{column}", f"{kind}(",
+                    f"  name = {_starlark(name)},"]
+            text += [f"  {attr} = {_starlark(value)}," for attr, value in attrs]
+            blocks.append("\n".join([*text, ")", ""]) + "\n")
+        return "".join(blocks)
+
+    def _lines_found(self, nodes: list[int]) -> dict[int, tuple[int, int]]:
+        """The line and column of rules declared in a loop: their BUILD files are evaluated again
+        (the loader finds the statement), which only `--output build` of such rules pays for."""
+        if not nodes:
+            return {}
+        from posbuild.load.loader import Loader
+
+        graph = self.graph
+        loader = Loader(load_config(graph.root), graph.packages)
+        calls = _CallSites(graph.root)
+        found = {}
+        for node in nodes:
+            package, _, name = graph.labels[node][2:].partition(":")
+            location = loader.package(package).by_name[name].location
+            assert location is not None
+            found[node] = calls.call_at(location.file, location.line)
+        return found
+
+
+def _starlark(value: Any) -> str:
+    """A value as Starlark source: strings double-quoted, lists, dicts, True/False, ints."""
+    if isinstance(value, str):
+        return json.dumps(value, ensure_ascii=False)
+    if isinstance(value, bool):
+        return "True" if value else "False"
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(map(_starlark, value)) + "]"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{_starlark(k)}: {_starlark(v)}" for k, v in value.items()) + "}"
+    return str(value)
 
 
 def _dot(label: str) -> str:

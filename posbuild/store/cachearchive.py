@@ -66,6 +66,7 @@ from typing import IO, TYPE_CHECKING, Any, Callable, Literal, Sequence
 import blake3
 import msgpack
 
+from posbuild.core.words import quantity
 from posbuild.core.digest import Digest, hash_bytes, hash_file, keyed_signature
 from posbuild.errors import ChecksumMismatch, PosbuildError, UsageError
 from posbuild.store.history import records_of_build
@@ -172,8 +173,8 @@ def export_cache(store: ExportStore, patterns: Sequence[str], target: Path,
     if lost:
         shown = " ".join(sorted(set(patterns)))
         more = f" and {len(lost) - 5} more" if len(lost) > 5 else ""
-        raise UsageError(f"the store no longer holds the result of {len(lost)} action(s) that "
-                         f"build {build.number} "
+        raise UsageError(f"the store no longer holds the result of "
+                         f"{quantity(len(lost), 'action')} that build {build.number} "
                          f"of {shown} used (gc removed them): {', '.join(lost[:5])}{more}; run "
                          "`posbuild build "
                          f"{shown}` (it executes them again), then export again; nothing was "

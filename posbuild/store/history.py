@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Sequence
 
+from posbuild.core.words import quantity
 from posbuild.core.action import Action
 from posbuild.load.graphcache import actions_of_entry
 from posbuild.core.records import BuildRow, ExecutionRecord, RecordState
@@ -53,7 +54,8 @@ def describe_build(build: BuildRow) -> str:
     if status == "refused":
         return f"refused: {build.message or build.error}"
     if status == "interrupted":
-        return f"interrupted (noticed {build.noticed}; {len(build.in_flight)} action(s) in flight)"
+        in_flight = quantity(len(build.in_flight), 'action')
+        return f"interrupted (noticed {build.noticed}; {in_flight} in flight)"
     return f"running (process {build.pid})" if status == "running" and build.pid else str(status)
 
 

@@ -34,6 +34,7 @@ import threading
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from posbuild.core.words import quantity
 from posbuild.core.digest import Digest, hash_file
 from posbuild.core.records import FileState, OutputFile, Signature, signature
 from posbuild.core.tree import Tree
@@ -216,7 +217,7 @@ class Materializer:
         results = drop_changed(self._store, output.digest)
         raise BlobChanged(f"{output.path} was changed in place, and with it the "
                           f"store's file it shares (a hard link): blob {output.digest.hex()[:12]} "
-                          f"and {results} cached result(s) naming it dropped")
+                          f"and {quantity(results, 'cached result')} naming it dropped")
 
     def _install_shared(self, produced: Opened, output: OutputFile) -> FileState | None:
         """Install a large output the store has taken in (store_external): when the store's file

@@ -47,7 +47,7 @@ def test_long_output_is_cut_with_a_note_naming_log_output(ws):
     result = ws.ok("//...")
     shown = result.stderr.split("INFO: From //pkg:long:\n", 1)[1].splitlines()
     assert shown[:200] == [str(n) for n in range(1, 201)]
-    assert shown[200] == ("(output cut: 800 more line(s); all of it: "
+    assert shown[200] == ("(output cut: 800 more lines; all of it: "
                           "posbuild log --output //pkg:long)")
     full = ws.run("log", "--output", "//pkg:long")
     assert full.returncode == 0

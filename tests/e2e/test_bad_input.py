@@ -484,7 +484,7 @@ def test_a_package_path_as_a_name_suggests_the_package(built):
 def test_recursive_pattern_with_all_suffix_builds(built):
     ws, _ = built
     result = ws.ok("//good/...:all")
-    assert "1 actions" in result.stdout
+    assert "1 action " in result.stdout
 
 
 def test_one_bad_pattern_among_good_ones_builds_nothing(built):
@@ -688,7 +688,7 @@ def test_failed_action_exits_1_and_names_it(built):
         {"p/BUILD": 'genrule(name = "bad", outs = ["bad.txt"], cmd = "echo oops >&2; exit 3")\n'})
     result = ws.build("//...")
     assert result.returncode == 1
-    assert result.stderr.splitlines()[-1] == "posbuild: 1 action(s) failed: //p:bad"
+    assert result.stderr.splitlines()[-1] == "posbuild: 1 action failed: //p:bad"
     assert "oops" in result.stderr
     assert not (ws.root / "posbuild-out/p/bad.txt").exists()
     assert snapshot(ws.root)["out"] == before["out"]

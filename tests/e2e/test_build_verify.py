@@ -42,7 +42,7 @@ def test_a_cached_result_that_a_rerun_does_not_reproduce_is_orch_04(ws):
             "the cached result has 20 bytes, this run has 20 bytes, first difference at byte"
             ) in result.stderr
     assert result.stderr.strip().splitlines()[-1] == (
-        "posbuild: ORCH-04 non-deterministic execution: 1 action(s) failed, some produced bytes "
+        "posbuild: ORCH-04 non-deterministic execution: 1 action failed, some produced bytes "
         "that differ from their cached result: //pkg:clock")
     assert results(ws.root) == before  # the old result was not replaced
 

@@ -77,7 +77,7 @@ def exported(tmp_path: Path) -> Path:
     assert a.build("//pkg/...").returncode == 0
     result = a.run("cache", "export", str(tmp_path / "cache.tar"), "//pkg/...", env=KEY)
     assert result.returncode == 0, result.stderr
-    assert result.stdout.startswith("exported build 1 (//pkg/...): 3 action result(s), ")
+    assert result.stdout.startswith("exported build 1 (//pkg/...): 3 action results, ")
     assert ", signed to " in result.stdout and not result.stderr
     return tmp_path / "cache.tar"
 
@@ -96,7 +96,7 @@ def test_export_then_import_into_a_fresh_workspace_builds_with_zero_executions(t
     b = fresh(tmp_path, "b")
     result = b.run("cache", "import", str(exported), env=KEY)
     assert result.returncode == 0, result.stderr
-    assert "imported 3 action result(s) (3 new)" in result.stdout \
+    assert "imported 3 action results (3 new)" in result.stdout \
             and "(signature verified)" in result.stdout
     assert not result.stderr  # no note: the signature was checked
     build = b.build("//pkg/...")
@@ -116,7 +116,7 @@ def test_the_archive_holds_only_what_the_patterns_last_successful_build_used(tmp
     result = a.run("cache", "export", str(archive), "//other:x", env=KEY)
     assert result.returncode == 0, result.stderr
     # x.txt and the (empty) stderr; stdout "" too
-    assert "1 action result(s), 2 blob(s)" in result.stdout
+    assert "1 action result, 2 blobs" in result.stdout
     with tarfile.open(archive) as tar:
         names = tar.getnames()
     assert names[0] == "posbuild-cache/manifest" and len(names) == 3
@@ -261,7 +261,7 @@ def test_a_result_rewritten_in_the_manifest_with_a_fixed_digest_is_refused_with_
     # without the key only the digests can be checked, and they match
     assert result.returncode == 0, result.stderr
     assert "signature was not checked" in result.stderr
-    assert "imported 1 action result(s) (1 new)" in result.stdout \
+    assert "imported 1 action result (1 new)" in result.stdout \
             and "signature verified" not in result.stdout
 
 
@@ -488,7 +488,7 @@ def test_export_without_the_key_says_unsigned_and_how_to_import_it(tmp_path):
     archive = tmp_path / "c.tar"
     result = a.run("cache", "export", str(archive), "//pkg/...")
     assert result.returncode == 0, result.stderr
-    assert result.stdout.startswith("exported build 1 (//pkg/...): 3 action result(s), ")
+    assert result.stdout.startswith("exported build 1 (//pkg/...): 3 action results, ")
     assert f", unsigned to {archive}" in result.stdout and ", signed" not in result.stdout
     assert result.stderr.splitlines() == [
         "posbuild: note: POSBUILD_CACHE_KEY is not set, so the archive is unsigned; importing it "
@@ -514,7 +514,7 @@ def test_without_the_key_import_needs_allow_unsigned(tmp_path, unsigned):
 
     result = b.run("cache", "import", "--allow-unsigned", str(unsigned))
     assert result.returncode == 0, result.stderr
-    assert result.stdout.startswith("imported 3 action result(s) (3 new)") \
+    assert result.stdout.startswith("imported 3 action results (3 new)") \
             and "signature verified" not in result.stdout
     assert result.stderr.splitlines() == [
         "posbuild: note: --allow-unsigned: the archive's signature was not checked "
@@ -527,7 +527,7 @@ def test_allow_unsigned_with_the_key_set_admits_an_unsigned_archive(tmp_path, un
     assert b.run("cache", "import", str(unsigned), env=KEY).returncode == 13  # not without the flag
     result = b.run("cache", "import", "--allow-unsigned", str(unsigned), env=KEY)
     assert result.returncode == 0, result.stderr
-    assert "imported 3 action result(s) (3 new)" in result.stdout \
+    assert "imported 3 action results (3 new)" in result.stdout \
             and "signature verified" not in result.stdout
     assert "signature was not checked (the archive is unsigned)" in result.stderr
     assert counts(b.build("//pkg/..."))["executed"] == 0

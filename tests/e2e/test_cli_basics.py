@@ -22,7 +22,7 @@ CHAIN = {
     """,
 }
 SUMMARY = re.compile(
-    r"^(OK|FAILED): (\d+) actions \((\d+) executed, (\d+) cached, (\d+) failed\) in \d+\.\d\d s$")
+    r"^(OK|FAILED): (\d+) actions? \((\d+) executed, (\d+) cached, (\d+) failed\) in \d+\.\d\d s$")
 
 
 # --- help and version ---------------------------------------------------------------------------
@@ -113,7 +113,7 @@ def test_failure_is_reported_with_the_action_stderr(ws):
     lines = result.stderr.splitlines()
     assert lines[0].startswith("FAILED //p:bad: ")
     assert "  broken-input" in lines
-    assert lines[-1] == "posbuild: 1 action(s) failed: //p:bad"
+    assert lines[-1] == "posbuild: 1 action failed: //p:bad"
 
 
 # --- -q -----------------------------------------------------------------------------------------
@@ -137,7 +137,7 @@ def test_quiet_still_prints_failures(ws):
     assert result.stdout == ""
     assert "FAILED //p:bad: " in result.stderr
     assert "  quiet-but-visible" in result.stderr.splitlines()
-    assert result.stderr.splitlines()[-1] == "posbuild: 1 action(s) failed: //p:bad"
+    assert result.stderr.splitlines()[-1] == "posbuild: 1 action failed: //p:bad"
     assert ws.out("p/good.txt") == "ok\n"
 
 

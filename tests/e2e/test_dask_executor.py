@@ -324,7 +324,7 @@ def test_ctrl_c_counts_the_commands_the_workers_killed(cluster: Cluster, tmp_pat
     _, err = build.communicate(timeout=30)
     assert build.returncode == 130, err
     assert err.splitlines()[-1] == (
-        "posbuild: interrupted by SIGINT; 1 running action(s) stopped, nothing partial kept")
+        "posbuild: interrupted by SIGINT; 1 running action stopped, nothing partial kept")
     assert not (ws.root / "posbuild-out/p/slow.txt").exists()
 
 

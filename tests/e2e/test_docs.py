@@ -7,7 +7,7 @@ shell: the folder a block ends in is where the next one starts. What runs:
 * a block whose first line starts with `$ ` (a console transcript): each `$ command` runs, and
   what the page shows under it is compared with what it printed: the exit status (non-zero
   exactly when the page shows a `FAILED`, `ORCH-NN` or `posbuild: ...` error line) and the first
-  two words of every shown line, digits and digests masked (`OK: 1 actions` is `OK: #`);
+  two words of every shown line, digits and digests masked (`OK: 1 action` is `OK: #`);
   `$ cat FILE` (FILE not under `posbuild-out/`) writes FILE with the lines shown first, which is
   how a page shows a BUILD file and then builds it.
 

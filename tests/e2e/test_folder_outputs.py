@@ -332,7 +332,7 @@ def test_a_failure_withdraws_a_stale_folder_whole_and_rollback_restores_it(
     failed = ws.build("//...")
     assert failed.returncode == 1, failed.stdout + failed.stderr
     assert "Traceback" not in failed.stderr
-    assert "removed 2 stale output(s)" in failed.stderr
+    assert "removed 2 stale outputs" in failed.stderr
     assert "`posbuild rollback` restores the last successful build" in failed.stderr
     assert not (ws.root / INDEX).exists() and not (ws.root / "posbuild-out/g/list.txt").exists()
     assert ws.run("fsck").returncode == 0

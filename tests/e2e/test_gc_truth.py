@@ -33,7 +33,7 @@ def test_a_rebuild_after_gc_executes_what_gc_evicted_instead_of_calling_it_cache
     assert failed.returncode == 1 and counts(failed)["executed"] == 1
     gc = ws.run("gc", "--max-size", "1")
     assert gc.returncode == 0, gc.stderr
-    assert "1 action result(s)" in gc.stdout  # the failed build's partial result is not protected
+    assert "1 action result" in gc.stdout  # the failed build's partial result is not protected
 
     state = sorted((ws.root / ".posbuild/graphs").glob("*.state"))
     saved = [path.read_bytes() for path in state]
@@ -59,7 +59,7 @@ def test_a_rebuild_after_gc_executes_what_gc_evicted_instead_of_calling_it_cache
     assert ws.out("a/ok.txt") == "HELLO\n"
     export = ws.run("cache", "export", str(ws.root.parent / "c.tar"), "//...")
     assert export.returncode == 0, export.stderr
-    assert "2 action result(s)" in export.stdout and "left out" not in export.stdout
+    assert "2 action results" in export.stdout and "left out" not in export.stdout
     assert_fsck_passes(ws)
 
 
@@ -69,7 +69,7 @@ def test_a_gc_that_evicts_nothing_a_build_needs_keeps_the_rebuild_a_no_op(ws):
     ws.write({"a/in.txt": "second\n"})
     ws.ok("//...")
     gc = ws.run("gc", "--max-size", "1", "--keep-generations", "1")
-    assert gc.returncode == 0 and "1 action result(s)" in gc.stdout  # the first //a:ok result
+    assert gc.returncode == 0 and "1 action result" in gc.stdout  # the first //a:ok result
     assert counts(ws.ok("//...")) == {"executed": 0, "cached": 2, "failed": 0}
     assert counts(ws.ok("//...")) == {"executed": 0, "cached": 2, "failed": 0}
 
@@ -96,7 +96,7 @@ def test_cache_export_refuses_to_leave_out_a_result_gc_evicted(ws):
     ws.ok("//a:ok")
     ws.run("clean")
     ws.ok("//b:b")  # the latest generation no longer lists a/ok.txt: nothing pins its result
-    assert "1 action result(s)" in ws.run("gc", "--max-size", "1", "--keep-generations", "1").stdout
+    assert "1 action result" in ws.run("gc", "--max-size", "1", "--keep-generations", "1").stdout
     target = ws.root.parent / "a.tar"
     export = ws.run("cache", "export", str(target), "//a:ok")
     assert export.returncode == 2, export.stdout + export.stderr
@@ -104,7 +104,7 @@ def test_cache_export_refuses_to_leave_out_a_result_gc_evicted(ws):
     assert not target.exists()
     ws.ok("//a:ok")  # executes it again, so the next export is whole
     export = ws.run("cache", "export", str(target), "//a:ok")
-    assert export.returncode == 0 and "1 action result(s)" in export.stdout, export.stderr
+    assert export.returncode == 0 and "1 action result" in export.stdout, export.stderr
 
 
 def slow_command(probe) -> str:
@@ -146,7 +146,7 @@ def test_gc_waits_for_a_running_build_of_the_workspace_and_the_next_build_tells_
     assert build[0] == 1
     # it held off until the build released the workspace
     assert gc[0] == 0 and "waiting" in gc[2], gc
-    assert "1 action result(s)" in gc[1]  # the build's //a:ok, evicted after the build ended
+    assert "1 action result" in gc[1]  # the build's //a:ok, evicted after the build ended
     (tmp_path / "started").unlink()
     again = ws.build("-k", "//...")
     assert executed_labels(again) == ["//a:ok"] and (tmp_path / "started").exists()

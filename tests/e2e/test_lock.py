@@ -40,7 +40,7 @@ def test_lock_writes_the_sources_and_keeps_the_environment(ws: Workspace) -> Non
                                                        "environment": environment}))
     result = ws.run("lock", "//model:train")
     assert result.returncode == 0, result
-    assert result.stdout == "locked 2 source file(s) in posbuild.lock\n"
+    assert result.stdout == "locked 2 source files in posbuild.lock\n"
     lock = read_lock(ws)
     assert lock["sources"] == {"data/raw.csv": digest(FILES["data/raw.csv"]),
                                "tools/clean.sh": digest(FILES["tools/clean.sh"])}
@@ -48,7 +48,7 @@ def test_lock_writes_the_sources_and_keeps_the_environment(ws: Workspace) -> Non
     assert not (ws.root / "posbuild-out").exists()  # locking builds nothing
 
     result = ws.run("lock")  # default //...: adds other.csv, keeps the rest
-    assert result.stdout == "locked 3 source file(s) in posbuild.lock\n"
+    assert result.stdout == "locked 3 source files in posbuild.lock\n"
     assert sorted(read_lock(ws)["sources"]) == ["data/other.csv", "data/raw.csv", "tools/clean.sh"]
 
 
@@ -74,7 +74,7 @@ def test_changed_pinned_file_is_orch03_and_runs_nothing_until_relocked(ws: Works
     result = ws.ok("//data:other")
     assert counts(result)["executed"] == 0
 
-    assert ws.run("lock").stdout == "locked 3 source file(s) in posbuild.lock\n"
+    assert ws.run("lock").stdout == "locked 3 source files in posbuild.lock\n"
     result = ws.ok()
     assert executed_labels(result) == ["//data:clean", "//model:train"]
     assert ws.out("model/model.txt") == changed
@@ -106,8 +106,8 @@ def test_pins_of_deleted_files_are_dropped(ws: Workspace) -> None:
     ws.write({"data/BUILD": FILES["data/BUILD"].split('        genrule(name = "other"')[0]})
     result = ws.run("lock")
     assert result.returncode == 0, result
-    assert result.stdout == ("locked 2 source file(s) in posbuild.lock\n"
-                             "dropped 1 pin(s) of file(s) that no longer exist\n")
+    assert result.stdout == ("locked 2 source files in posbuild.lock\n"
+                             "dropped 1 pin of a file that no longer exists\n")
     assert sorted(read_lock(ws)["sources"]) == ["data/raw.csv", "tools/clean.sh"]
 
 

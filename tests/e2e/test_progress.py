@@ -52,7 +52,7 @@ def test_terminal_shows_the_running_action_its_message_and_elapsed_time(ws: Work
     ws.write(SLOW)
     screen = in_terminal(ws, "build", "//p:slow")
     texts = [text for _, text in screen]
-    summary = next(i for i, text in enumerate(texts) if text.startswith("OK: 1 actions"))
+    summary = next(i for i, text in enumerate(texts) if text.startswith("OK: 1 action "))
     live = texts[:summary]
     # from the first second, before any action has finished
     assert any(text.startswith("[0/1] 0s //p:slow: sorting sample A") for text in live), texts

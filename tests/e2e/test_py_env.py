@@ -172,7 +172,7 @@ def test_gc_removes_the_environments_no_py_env_uses_any_more(ws):
     (envs / "by-label" / "p" / "env").symlink_to(Path("..") / ".." / ("a" * 32))
     result = ws.run("gc")
     assert result.returncode == 0, result.stderr
-    assert result.stdout.splitlines()[0] == ("gc: removed 1 Python environment(s) no py_env uses "
+    assert result.stdout.splitlines()[0] == ("gc: removed 1 Python environment no py_env uses "
                                              "any more; freed 1000 B")
     assert sorted(p.name for p in envs.iterdir()) == ["a" * 32, "by-label"]
     assert "Python environment" not in ws.run("gc").stdout  # nothing more to remove

@@ -33,7 +33,7 @@ def test_failed_build_removes_downstream_outputs_and_rollback_restores_the_first
     failed = ws.build("-k", "//...")
     assert failed.returncode == 1
     assert "FAILED //pkg:middle: command failed (exit code 7)" in failed.stderr
-    assert "removed 2 stale output(s)" in failed.stderr
+    assert "removed 2 stale outputs" in failed.stderr
     after = tree(ws.root)
     assert "pkg/checked.txt" not in after and "pkg/report.txt" not in after
     assert after["pkg/sorted.txt"][0] == b"1\n3\nbad\n"  # upstream was updated
@@ -124,7 +124,7 @@ def test_rollback_restores_what_a_failure_removed_even_after_a_successful_build_
     first = tree(ws.root)
     ws.write({"pkg/raw.txt": "3\nbad\n1\n"})
     failed = ws.build("//pkg/...")
-    assert failed.returncode == 1 and "removed 2 stale output(s)" in failed.stderr
+    assert failed.returncode == 1 and "removed 2 stale outputs" in failed.stderr
     ws.write({"other/in.txt": "y\n"})
     assert counts(ws.ok("//other/..."))["executed"] == 1
     assert "pkg/checked.txt" not in tree(ws.root)
@@ -196,7 +196,7 @@ def test_a_failure_promises_rollback_only_when_a_generation_holds_what_it_remove
     ws.write({"pkg/raw.txt": "bad\n"})
     failed = ws.build("//...")
     # pkg/checked.txt, in no generation
-    assert "removed 1 stale output(s)" in failed.stderr, failed.stderr
+    assert "removed 1 stale output" in failed.stderr, failed.stderr
     assert "nothing to restore" in failed.stderr \
             and "`posbuild rollback` restores" not in failed.stderr
     ws.write(PIPELINE)

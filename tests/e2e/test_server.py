@@ -212,7 +212,7 @@ def test_ctrl_c_stops_the_build_and_the_server_serves_on(ws, tmp_path):
     client.send_signal(signal.SIGINT)
     out, err = client.communicate(timeout=60)
     assert client.returncode == 130, out + err
-    assert "interrupted by SIGINT; 1 running action(s) stopped" in err
+    assert "interrupted by SIGINT; 1 running action stopped" in err
     assert not _sleeping(seconds)  # stopped before the exit code came
     assert _server_pid(ws) == server and _alive(server)
     _fsck_clean(ws)

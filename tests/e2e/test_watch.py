@@ -242,7 +242,7 @@ def test_a_failing_action_is_reported_and_watching_goes_on(ws, watch):
     assert (match.group(2), match.group(3), match.group(5),
             match.group(6)) == ("pkg/BUILD", "0", "1", "1"), \
         match.group(0)
-    assert w.err_line(r"^posbuild: 1 action\(s\) failed: //pkg:up$")
+    assert w.err_line(r"^posbuild: 1 action failed: //pkg:up$")
     # stale outputs of the failure are removed
     assert not (ws.root / "posbuild-out/pkg/both.txt").exists()
     build.write_text(good)
@@ -274,7 +274,7 @@ def test_ctrl_c_stops_at_once_and_leaves_nothing_partial(ws, watch):
     began = time.monotonic()
     assert w.stop() == 130
     assert time.monotonic() - began < 10
-    assert "posbuild: interrupted by SIGINT; 1 running action(s) stopped, nothing partial kept" \
+    assert "posbuild: interrupted by SIGINT; 1 running action stopped, nothing partial kept" \
             in w.drain_err()
     deadline = time.monotonic() + 5  # killed, it may take the loaded machine a moment to go
     while _running("sleep 61.25"):

@@ -82,7 +82,7 @@ def _refuses_then_repairs(ws: Workspace, digest: str, corrupted: bytes, action: 
 
     repaired = ws.run("fsck", "--repair")
     assert repaired.returncode == 0, repaired.stdout + repaired.stderr
-    assert "repaired: removed 1 corrupt blob(s), 1 action result(s)" in repaired.stdout
+    assert "repaired: removed 1 corrupt blob, 1 action result" in repaired.stdout
 
     rebuilt = ws.ok("//...")
     assert executed_labels(rebuilt) == [action]
@@ -99,7 +99,7 @@ def test_a_corrupt_inline_blob_is_found_never_served_and_repaired(ws):
     assert found.returncode == 13
     assert f"ORCH-03 blob {digest}: stored bytes hash to {hash_bytes(flipped(SORTED)).hex()}\n" \
             in found.stdout
-    assert found.stderr == ("posbuild: ORCH-03 checksum inconsistency: fsck found 1 problem(s), "
+    assert found.stderr == ("posbuild: ORCH-03 checksum inconsistency: fsck found 1 problem, "
                             "listed above; run `posbuild fsck --repair`\n")
     _refuses_then_repairs(ws, digest, flipped(SORTED), "//pkg:sorted")
 
@@ -138,7 +138,7 @@ def test_repair_deletes_a_corrupt_output_and_the_next_build_restores_it(ws):
     corrupt_file(ws.root / "posbuild-out/pkg/count.txt")
     repaired = ws.run("fsck", "--repair")
     assert repaired.returncode == 0, repaired.stdout + repaired.stderr
-    assert "repaired: removed 1 file(s) under posbuild-out/" in repaired.stdout
+    assert "repaired: removed 1 file under posbuild-out/" in repaired.stdout
     assert not (ws.root / "posbuild-out/pkg/count.txt").exists()
     fsck_is_clean(ws)
     rebuilt = ws.ok("//...")

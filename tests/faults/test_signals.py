@@ -100,7 +100,7 @@ def test_sigterm_and_sighup_stop_a_build_as_ctrl_c_does(tmp_path, mode, sig, sle
     name = signal.Signals(sig).name
     assert proc.returncode == 128 + sig, err
     assert err.splitlines()[-1] == (
-        f"posbuild: interrupted by {name}; 1 running action(s) stopped, nothing partial kept")
+        f"posbuild: interrupted by {name}; 1 running action stopped, nothing partial kept")
     assert "Traceback" not in err
     assert _gone(sleeps), f"the action's `sleep 1000` outlived posbuild's {name}"
     check = ws.run("fsck")
@@ -121,7 +121,7 @@ def test_sigterm_stops_posbuild_watch_as_ctrl_c_does(tmp_path, sleeps):
     _, err = proc.communicate(timeout=30)
     assert proc.returncode == 143, err
     assert err.splitlines()[-1] == (
-        "posbuild: interrupted by SIGTERM; 1 running action(s) stopped, nothing partial kept")
+        "posbuild: interrupted by SIGTERM; 1 running action stopped, nothing partial kept")
     assert _gone(sleeps)
     check = ws.run("fsck")
     assert check.returncode == 0, check.stdout + check.stderr
@@ -166,7 +166,7 @@ def test_a_signal_repeated_at_once_is_one_request(tmp_path, gap, sleeps):
     _, err = proc.communicate(timeout=30)
     assert proc.returncode == 143, err
     assert err.splitlines()[-1] == (
-        "posbuild: interrupted by SIGTERM; 1 running action(s) stopped, nothing partial kept")
+        "posbuild: interrupted by SIGTERM; 1 running action stopped, nothing partial kept")
     check = ws.run("fsck")
     assert check.returncode == 0 and "swept" not in check.stdout, check.stdout + check.stderr
 

@@ -40,7 +40,7 @@ def test_a_block_shows_stdout_then_stderr_and_nothing_for_silence():
 
 def test_a_cut_block_names_the_command_that_prints_all_of_it():
     block = output_block("//p:a", "\n".join("x" * 300).encode(), b"")
-    assert block.endswith("(output cut: 100 more line(s); all of it: "
+    assert block.endswith("(output cut: 100 more lines; all of it: "
                           "posbuild log --output //p:a)\n")
 
 

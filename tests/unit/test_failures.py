@@ -43,4 +43,4 @@ def test_the_build_exits_with_the_class_its_failures_carry() -> None:
     assert isinstance(summary_error(summary(ResourceOversubscription)), ResourceOversubscription)
     error = summary_error(summary())
     assert isinstance(error, ActionFailed) \
-            and error.render().endswith("2 action(s) failed: //p:a, //p:b")
+            and error.render().endswith("2 actions failed: //p:a, //p:b")

@@ -80,8 +80,8 @@ def test_a_healthy_store_and_tree_have_no_problems(config, store):
     assert report.bytes_checked == len(OUT) + len(LOG) + len(
         pack_manifest({OUT_PATH: (OUT_DIGEST, len(OUT), False)}))
     assert summary(
-        report) == (f"fsck: checked 4 blobs ({report.bytes_checked} bytes), 1 action results, "
-                               f"1 outputs: no problems")
+        report) == (f"fsck: checked 4 blobs ({report.bytes_checked} bytes), 1 action result, "
+                               f"1 output: no problems")
 
 
 def test_no_store_and_no_outputs_is_nothing_to_check(config):
@@ -285,7 +285,7 @@ def test_an_unreferenced_blob_is_only_a_warning(config, store):
     assert report.problems == (Problem(None, "blob", hash_bytes(b"loose").hex(),
                                        "unreferenced blob; `posbuild gc` reclaims it"),)
     assert report.remaining == ()
-    assert summary(report).endswith(": no problems, 1 warning(s)")
+    assert summary(report).endswith(": no problems, 1 warning")
     repaired = check(config, store, repair=True)
     assert repaired_line(repaired.repaired) == "repaired: nothing to repair"
     assert store.has_blob(hash_bytes(b"loose"))

@@ -29,7 +29,7 @@ def test_each_signal_raises_interrupted_with_its_exit_code(handled, sig):
     assert caught.value.exit_code == 128 + sig
     caught.value.stopped = 2
     assert caught.value.line() == (f"posbuild: interrupted by {signal.Signals(sig).name}; 2 "
-                                   f"running action(s) stopped, nothing partial kept")
+                                   f"running actions stopped, nothing partial kept")
 
 
 def test_a_signal_during_deferred_is_raised_when_the_block_ends(handled):

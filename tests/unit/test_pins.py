@@ -105,7 +105,7 @@ def test_several_mismatches_name_the_first_and_count_the_rest(root: Path) -> Non
     with pytest.raises(ChecksumMismatch) as caught:
         check_pins(root, [action("//a:a", "data/raw.csv", "data/b.csv")], EMPTY)
     assert caught.value.detail.startswith("data/b.csv is pinned")
-    assert "(and 1 more pinned file(s) changed)" in caught.value.detail
+    assert "(and 1 more pinned file changed)" in caught.value.detail
 
 
 def test_lock_sources_pins_and_keeps_environment(root: Path) -> None:

@@ -67,7 +67,9 @@ def test_regex_arguments_may_be_bare_or_quoted() -> None:
     ("//a:x //b:y", 7, "expected an operator"),
     ("deps(//a:x, -1)", 13, "expected a depth"),
     ("deps(//a:x, two)", 13, "expected a depth"),
-    ("somepath(//a:x, //b:y)", 1, "unknown function 'somepath'"),
+    ("siblings(//a:x)", 1, "unknown function 'siblings'"),
+    ("somepath(//a:x)", 15, "expected ','"),
+    ("filter(, //...)", 8, "expected a regular expression"),
     ("kind('(', //...)", 6, "bad regular expression"),
     ("kind('abc, //...)", 6, "unterminated string"),
     ("attr(, x, //...)", 6, "expected an attribute name"),
@@ -98,7 +100,8 @@ def graph() -> TargetGraph:
     deps = [[1, 3], [2], [1], [], [2]]
     tags = msgpack.packb([["x"], [], ["x", "y"], None, []])
     return TargetGraph(Path("/nonexistent"), ["p", "q"], labels, kinds, kind_of, deps,
-                       [[0, 1, 2], [4]], {"tags": tags}, msgpack.packb({"//p:a.out": 0}))
+                       [[0, 1, 2], [4]], [[], []], {"tags": tags}, msgpack.packb({"//p:a.out": 0}),
+                       b"")
 
 
 def run(text: str) -> list[str]:
@@ -120,6 +123,38 @@ def test_evaluation_on_a_graph_with_a_cycle() -> None:
     assert run("attr(nosuch, ., //...)") == []
     assert run("//p:a.out") == ["//p:a"]
     assert run("//...") == ["//p:a", "//p:b", "//p:c", "//q:d"]
+
+
+def test_somepath_filter_and_tests_on_a_graph_with_a_cycle() -> None:
+    assert run("somepath(//p:a, //p:c)") == ["//p:a", "//p:b", "//p:c"]
+    assert run("somepath(//q:d, //p:b)") == ["//p:b", "//p:c", "//q:d"]  # through the cycle
+    assert run("somepath(//p:c, //p:c)") == ["//p:c"]
+    assert run("somepath(//q:d, //p:f.txt)") == []
+    assert run("somepath(//p:b, //p:a)") == []  # edges point to dependencies only
+    assert run("filter(':[ab]$', //...)") == ["//p:a", "//p:b"]
+    assert run("filter(txt, deps(//p:a))") == ["//p:f.txt"]
+    assert run("tests(//...)") == []
+
+
+def test_somepath_is_one_shortest_path_whatever_the_order_found() -> None:
+    """a -> b -> d and a -> c -> d, a -> d directly: one path, the shortest."""
+    labels = ["//p:a", "//p:b", "//p:c", "//p:d"]
+    g = TargetGraph(Path("/nonexistent"), ["p"], labels, ["genrule", "source file"], [0] * 4,
+                    [[1, 2, 3], [3], [3], []], [[0, 1, 2, 3]], [[]], {}, b"", b"")
+    found = QueryResult(g, tuple(sorted(Evaluator(g)(parse_query("somepath(//p:a, //p:d)")))))
+    assert found.labels == ["//p:a", "//p:d"]
+    g.deps[0].remove(3)
+    found = QueryResult(g, tuple(sorted(Evaluator(g)(parse_query("somepath(//p:a, //p:d)")))))
+    assert found.labels == ["//p:a", "//p:b", "//p:d"]  # of two equal paths, the first in order
+
+
+def test_tests_selects_the_kinds_named_like_bazel_tests() -> None:
+    labels = ["//p:build", "//p:py", "//p:sh", "//p:testing"]
+    kinds = ["genrule", "py_test", "sh_test", "test_data"]
+    g = TargetGraph(Path("/nonexistent"), ["p"], labels, kinds, [0, 1, 2, 3], [[], [], [], []],
+                    [[0, 1, 2, 3]], [[]], {}, b"", b"")
+    found = QueryResult(g, tuple(sorted(Evaluator(g)(parse_query("tests(//...)")))))
+    assert found.labels == ["//p:py", "//p:sh"]
 
 
 def test_outputs_render_edges_among_the_result() -> None:
