@@ -164,7 +164,8 @@ class Analyzer:
             if target.kind == "filegroup":
                 files[name] = self._files_of(name, files, "srcs")
                 continue
-            if target.kind in RUNNABLE_KINDS and name not in tests:
+            if target.kind in RUNNABLE_KINDS and (target.kind not in TEST_KINDS
+                                                  or name not in tests):
                 files[name] = tuple(dict.fromkeys(
                     (*self._files_of(name, files, "srcs"), *self._files_of(name, files, "tools"))))
                 continue

@@ -132,6 +132,23 @@ def test_a_non_test_target_is_built_not_run(tws: Workspace) -> None:
     assert "No test targets were found" in result.stdout
 
 
+def test_binaries_among_the_patterns_are_built_not_run(ws: Workspace) -> None:
+    """`posbuild test //...` over a package with tools as well as tests: the tools are built
+    (as Bazel builds them), only the tests run."""
+    ws.write({"tool/BUILD": """
+                  sh_binary(name = "show", srcs = ["show.sh"])
+                  py_binary(name = "report", srcs = ["report.py"])
+                  sh_test(name = "show_test", srcs = ["show_test.sh"], data = [":show"])
+              """,
+              "tool/show.sh": "echo shown\n",
+              "tool/report.py": "print('report')\n",
+              "tool/show_test.sh": "test -e tool/show.sh\n"})
+    result = ws.run("test", "//...")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert summary_lines(result.stdout) == {"//tool:show_test": "PASSED"}
+    assert final(result.stdout).startswith("Executed 1 out of 1 test")
+
+
 def test_a_timeout_from_the_size_or_the_attribute(ws: Workspace) -> None:
     ws.write({"posbuild.toml": "", "t/BUILD": """
         sh_test(name = "slow_test", srcs = ["slow.sh"], timeout = 1)
