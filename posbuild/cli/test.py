@@ -19,6 +19,7 @@ import click
 
 from posbuild.cli import (allow_env_drift_option, complete_targets, define_option, fail,
                           interrupted, jobs_option, workspace_and_package)
+from posbuild.core.words import quantity
 from posbuild.errors import ActionFailed, PosbuildError, TestsFailed
 
 if TYPE_CHECKING:
@@ -151,8 +152,9 @@ def _build_error(summary: BuildSummary, tests: Container[str]) -> PosbuildError 
     if summary.orch:
         return summary_error(summary)
     broken = [label for label in summary.failed_labels if label not in tests]
-    return ActionFailed(f"{len(broken)} action(s) failed: {', '.join(broken)}") if broken \
-        else None
+    if not broken:
+        return None
+    return ActionFailed(f"{quantity(len(broken), 'action')} failed: {', '.join(broken)}")
 
 
 def _judge(root: Path, graph: ActionGraph, summary: BuildSummary,

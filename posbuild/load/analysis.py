@@ -32,6 +32,7 @@ from posbuild.load.graph import toposort
 from posbuild.load.loader import package_hint
 from posbuild.core.label import Label, PatternKind, TargetPattern, did_you_mean, parse_label
 from posbuild.core.layout import NONDETERMINISTIC_OUTPUT_TAG, OUT_DIR, PY_ENVS, STATE_DIR
+from posbuild.core.words import quantity
 
 if TYPE_CHECKING:  # loading BUILD files is only needed when the graph cache misses
     from posbuild.load.loader import Loader
@@ -82,8 +83,9 @@ def expand_patterns(patterns: Sequence[TargetPattern], packages: Sequence[str],
                  for t in loader.package(p).targets]
         found = [t.label for t in every if MANUAL not in t.tags]
         if not found:
-            manual = f": its {len(every)} target(s) are tagged manual; name one to build it " \
-                f"({every[0].label})" if every else ""
+            tagged = f"{quantity(len(every), 'target')} {'is' if len(every) == 1 else 'are'}"
+            manual = f": its {tagged} tagged manual; name one to build it ({every[0].label})" \
+                if every else ""
             raise BuildFileError(f"pattern '{pattern}' matches no targets{manual}")
         selected.update(found)
     return sorted(selected)

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping
 
 from posbuild.core.layout import OUT_DIR, STATE_DIR
+from posbuild.core.words import quantity
 
 _MACRO = ("write a macro (a def in a .bzl file) that calls the native rules genrule, py_task "
           "and filegroup")
@@ -205,8 +206,8 @@ def _table(delimiter: str) -> Callable[[str, str], list[dict[str, str]]]:
                     header = _header(row, rel, reader.line_num)
                     continue
                 if len(row) != len(header):
-                    raise _DataError(f"{rel}:{reader.line_num}: {len(row)} field(s), but the "
-                                     f"header row has {len(header)}")
+                    raise _DataError(f"{rel}:{reader.line_num}: {quantity(len(row), 'field')}, "
+                                     f"but the header row has {len(header)}")
                 rows.append(dict(zip(header, row)))
         except csv.Error as error:
             raise _DataError(f"{rel}:{reader.line_num}: {error}") from None

@@ -372,7 +372,7 @@ def test_a_pattern_whose_targets_are_all_manual_says_so(ws):
     ws.write({"p/BUILD": 'genrule(name = "m", outs = ["m"], cmd = "touch $@", tags = ["manual"])'})
     result = ws.build("//p:all")
     assert result.returncode == 3
-    assert "pattern '//p:all' matches no targets: its 1 target(s) are tagged manual" \
+    assert "pattern '//p:all' matches no targets: its 1 target is tagged manual" \
         in result.stderr
 
 

@@ -284,7 +284,7 @@ def test_a_symbolic_link_inside_the_workspace_is_read_and_its_target_watched(ws)
 
 
 @pytest.mark.parametrize("name, text, needle", [
-    ("s.tsv", "sample\tfastq\nA\ta.fq\nB\n", "pkg/s.tsv:3: 1 field(s), but the header row has 2"),
+    ("s.tsv", "sample\tfastq\nA\ta.fq\nB\n", "pkg/s.tsv:3: 1 field, but the header row has 2"),
     ("s.tsv", "sample\tsample\nA\tB\n", "pkg/s.tsv:1: column 'sample' appears twice"),
     ("s.json", '{"a": 1,\n "b": }', "pkg/s.json:2: not valid JSON"),
     ("s.tsv", "sample\n\xff\n", "not UTF-8 text"),

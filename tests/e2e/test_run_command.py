@@ -105,7 +105,7 @@ def test_run_stops_when_the_build_fails(ws: Workspace) -> None:
     result = ws.run("run", "//tools:show")
     assert result.returncode == 1
     assert "args:" not in result.stdout
-    assert "posbuild: 1 action(s) failed: //tools:table" in result.stderr
+    assert "posbuild: 1 action failed: //tools:table" in result.stderr
 
 
 def test_binaries_build_what_they_need_under_build(ws: Workspace) -> None:
