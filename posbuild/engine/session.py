@@ -167,10 +167,11 @@ class BuildSession:
             previous = revalidate(None if options.dry_run else request.state_path, previous,
                                   config.store_dir, epoch)
         tree_clean = tree_is_clean(config)
+        # the files that may have changed: from the server's watch, else from one stat pass over
+        # the saved signatures; None: every file is to be looked at, action by action
         touched = self._touched(previous, resolved)
-        if touched is None and not options.verify:  # one stat pass over the saved signatures
+        if touched is None and not options.verify:
             touched = changed_files(previous, resolved.entry.digest, config.root)
-        # None now: every file is to be looked at, action by action
         graph = resolved.graph
         if graph is None:  # the actions are not decoded: maybe a no-op
             if tree_clean and touched == frozenset():

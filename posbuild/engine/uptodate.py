@@ -31,12 +31,6 @@ from posbuild.core.records import Signature, signature
 from posbuild.store.upstate import SIGNATURE_ROW, BuildState
 
 
-def settled(state: BuildState, graph: Digest, root: Path) -> bool:
-    """Whether every action of the graph is up to date, judged from the signatures alone: the
-    no-op build, one `stat()` per file and nothing else per action or per file."""
-    return changed_files(state, graph, root) == frozenset()
-
-
 def changed_files(state: BuildState, graph: Digest, root: Path) -> frozenset[str] | None:
     """The files of the saved state whose signature changed (or that are gone); None when the
     signatures alone cannot judge the graph.

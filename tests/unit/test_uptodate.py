@@ -9,7 +9,7 @@ from pathlib import Path
 from posbuild.core.action import Action, facts_of
 from posbuild.core.records import signature
 from posbuild.store.upstate import EMPTY, BuildState, load_state, save_state
-from posbuild.engine.uptodate import settled
+from posbuild.engine.uptodate import changed_files
 
 GRAPH = b"\x01" * 32
 ENV = b"\x02" * 32
@@ -42,19 +42,20 @@ def test_a_saved_state_reads_back_the_same(tmp_path: Path) -> None:
     assert load_state(tmp_path / "bad.state", ENV) is EMPTY
 
 
-def test_settled_needs_every_signature_unchanged(tmp_path: Path) -> None:
+def test_a_no_op_needs_every_signature_unchanged(tmp_path: Path) -> None:
     signatures = _files(tmp_path)
     state = _state(signatures)
-    assert settled(state, GRAPH, tmp_path)
-    assert not settled(state, b"\x07" * 32, tmp_path)  # saved for another graph
-    assert not settled(_state(signatures, complete=False), GRAPH, tmp_path)
+    assert changed_files(state, GRAPH, tmp_path) == frozenset()
+    assert changed_files(state, b"\x07" * 32, tmp_path) != frozenset()  # saved for another graph
+    assert changed_files(_state(signatures, complete=False), GRAPH, tmp_path) != frozenset()
 
     out = tmp_path / "posbuild-out/src/a.out"
     st = os.stat(out)
     os.utime(out, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))  # touched, same bytes
-    assert not settled(state, GRAPH, tmp_path)
+    assert changed_files(state, GRAPH, tmp_path) == {"posbuild-out/src/a.out"}
     (tmp_path / "src/a.txt").unlink()
-    assert not settled(_state({"src/a.txt": signatures["src/a.txt"]}), GRAPH, tmp_path)
+    gone = _state({"src/a.txt": signatures["src/a.txt"]})
+    assert changed_files(gone, GRAPH, tmp_path) == {"src/a.txt"}
 
 
 def test_graph_facts_summarise_what_the_checks_before_a_build_need() -> None:
@@ -158,7 +159,7 @@ def test_a_folder_output_is_clean_only_while_every_recorded_member_is(tmp_path: 
     assert clean_actions([action], loaded, tmp_path) == [True]
     (folder / "sub/g").write_text("added below the folder's own listing")
     assert clean_actions([action], loaded, tmp_path) == [False]
-    assert not settled(loaded, GRAPH, tmp_path)
+    assert changed_files(loaded, GRAPH, tmp_path) != frozenset()
     # a state saved before folders were recorded makes such an action not clean
     (folder / "sub/g").unlink()
     now = {p: signature(os.stat(tmp_path / p)) for p in paths}
