@@ -3,9 +3,10 @@
 A folder's mtime changes whenever an entry is added, removed or renamed in it, which is when a
 glob, a source-file lookup or package discovery could see something different. It also changes
 when a file is saved by renaming a new one over it, which changes nothing loading sees: so a
-folder's stamp also records its entries' names and kinds, looked at only when the mtime moved
-(`folder_current`). The workspace root is the exception: posbuild itself creates
-`posbuild-out/` and `.posbuild/` there, so only the root's entry names (without those two) count.
+folder's stamp also records its entries' names and kinds (and links' targets), looked at only
+when the mtime moved (`folder_current`). The workspace root is the exception: posbuild itself
+creates `posbuild-out/` and `.posbuild/` there, so only the root's entries (without those two)
+count.
 
 A stamp holds the ctime beside the mtime, size and inode: a file written in place with the same
 size and its mtime put back (`cp -p`, a reproducible tarball, the Nix store's mtime 1) keeps all
@@ -19,7 +20,6 @@ from __future__ import annotations
 
 import os
 import struct
-import zlib
 from typing import Iterable, Mapping
 
 from posbuild.core.digest import hash_bytes, hash_file
@@ -36,7 +36,7 @@ def folder_stamp(root: str, rel: str) -> bytes:
     digest of its entries' names and kinds; MISSING_FOLDER if it is gone."""
     try:
         fast = _folder_stat(root, rel) if rel else 0
-        return struct.pack("<qq", fast, _entry_names(root, rel))
+        return _FOLDER_STAMP.pack(fast, _entry_names(root, rel))
     except (FileNotFoundError, NotADirectoryError):
         return MISSING_FOLDER
 
@@ -67,18 +67,24 @@ def _folder_stat(root: str, rel: str) -> int:
 
 
 def _entry_names(root: str, rel: str) -> int:
-    """A digest of a folder's entries, each name with its kind (the root's without posbuild's
-    own two folders, which builds create)."""
-    with os.scandir(os.path.join(root, rel) if rel else root) as entries:
+    """A digest of a folder's entries, each name with its kind, and a link with its target (the
+    root's without posbuild's own two folders, which builds create)."""
+    folder = os.path.join(root, rel) if rel else root
+    with os.scandir(folder) as entries:
         names = sorted(f"{entry.name}\0{_kind(entry)}" for entry in entries
                        if rel or entry.name not in (OUT_DIR, STATE_DIR))
-    digest = zlib.crc32("\0".join(names).encode("utf-8", "surrogateescape"))
-    return digest | (len(names) << 32)
+    text = "\0".join(names).encode("utf-8", "surrogateescape")
+    return int.from_bytes(hash_bytes(text)[:8], "little", signed=True)
 
 
 def _kind(entry: os.DirEntry[str]) -> str:
-    """File, folder or link, from the folder listing itself (no stat)."""
-    return "l" if entry.is_symlink() else "d" if entry.is_dir(follow_symlinks=False) else "f"
+    """File, folder, or link and where it points, from the listing (a `readlink` per link)."""
+    if entry.is_symlink():
+        try:
+            return "l" + os.readlink(entry.path)
+        except OSError:
+            return "l"
+    return "d" if entry.is_dir(follow_symlinks=False) else "f"
 
 
 def file_stamp(root: str, rel: str) -> int:

@@ -57,6 +57,12 @@ def test_a_folder_stamp_holds_while_its_names_and_kinds_do(tmp_path: Path) -> No
     (tmp_path / "pkg/a.txt").unlink()
     (tmp_path / "pkg/a.txt").mkdir()
     assert not folder_current(root, "pkg", stamp)  # the same name, another kind
+    (tmp_path / "pkg/a.txt").rmdir()
+    (tmp_path / "pkg/a.txt").symlink_to("x")
+    linked = folder_stamp(root, "pkg")
+    (tmp_path / "pkg/.new").symlink_to("y")
+    os.replace(tmp_path / "pkg/.new", tmp_path / "pkg/a.txt")
+    assert not folder_current(root, "pkg", linked)  # a link that points elsewhere
     assert not folder_current(root, "pkg", 12345)  # a stamp of an older posbuild
     assert folder_stamp(root, "gone") == MISSING_FOLDER
     assert folder_current(root, "gone", MISSING_FOLDER)
