@@ -160,14 +160,15 @@ class Analyzer:
         files: dict[str, tuple[str, ...]] = self._files
         producer: dict[str, int] = {}
         actions: list[Action] = []
-        tests = {str(r) for r in roots} if self._testing else set()
+        # `posbuild test`: the tests among the roots run; other runnable targets are built
+        tests = {str(r) for r in roots if self._testing
+                 and self._targets[str(r)].kind in TEST_KINDS}
         for name in order:
             target = self._targets[name]
             if target.kind == "filegroup":
                 files[name] = self._files_of(name, files, "srcs")
                 continue
-            if target.kind in RUNNABLE_KINDS and (target.kind not in TEST_KINDS
-                                                  or name not in tests):
+            if target.kind in RUNNABLE_KINDS and name not in tests:
                 files[name] = tuple(dict.fromkeys(
                     (*self._files_of(name, files, "srcs"), *self._files_of(name, files, "tools"))))
                 continue

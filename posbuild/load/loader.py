@@ -29,8 +29,7 @@ from posbuild.load.builtins import PRELUDE, PRELUDE_NAME, PRELUDE_WANTED, Builti
 from posbuild.load.nesting import nesting_problem
 from posbuild.load.owners import Owners, with_ancestors
 from posbuild.load.stamps import folder_stamp
-from posbuild.core.target import (RUNNABLE_KINDS, SCHEMAS, AttributeError_, Target,
-                                  make_target)
+from posbuild.core.target import SCHEMAS, AttributeError_, Target, make_target
 from posbuild.core.visibility import (PRIVATE, PUBLIC, PackageGroup, canonical_visibility,
                                       package_specs)
 
@@ -353,11 +352,7 @@ class Loader:
 
     def _natives(self) -> dict[str, Callable[..., Any]]:
         return {
-            "genrule": lambda *a, **kw: self._builder().rule("genrule", a, kw),
-            "filegroup": lambda *a, **kw: self._builder().rule("filegroup", a, kw),
-            "py_task": lambda *a, **kw: self._builder().rule("py_task", a, kw),
-            "py_env": lambda *a, **kw: self._builder().rule("py_env", a, kw),
-            **{kind: self._rule(kind) for kind in RUNNABLE_KINDS},
+            **{kind: self._rule(kind) for kind in SCHEMAS},  # every rule kind
             "exports_files": lambda srcs, *a, **kw: self._builder().export(srcs, kw),
             "package": lambda *a, **kw: self._builder().declare_package(a, kw),
             "package_group": lambda *a, **kw: self._builder().package_group(a, kw),
@@ -367,6 +362,7 @@ class Loader:
         }
 
     def _rule(self, kind: str) -> Callable[..., Any]:
+        """The native function that declares a target of `kind`."""
         return lambda *a, **kw: self._builder().rule(kind, a, kw)
 
     def _add_native(self, module: starlark.Module) -> None:
