@@ -566,16 +566,11 @@ class Analyzer:
         return code
 
     def _scan(self, target: Target, script: str, extra: tuple[str, ...]) -> Scan:
-        from posbuild.load.pyimports import ImportScanner, ScanError
+        from posbuild.load.pyimports import ImportScanner
 
         if self._scanner is None:
             self._scanner = ImportScanner(str(self._loader.root))
-        try:
-            scan = self._scanner.scan(script, extra)
-        except ScanError as error:
-            where = "" if error.path == script else f" (in a module that {script} imports)"
-            raise BuildFileError(f"{target.label}: {error.detail}{where}",
-                                 SourceLocation(error.path, error.line)) from None
+        scan = self._scanner.scan_task(str(target.label), script, extra)
         self.files_read.update(scan.files_read)
         return scan
 

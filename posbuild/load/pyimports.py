@@ -29,6 +29,8 @@ import ast
 import os
 from dataclasses import dataclass
 
+from posbuild.errors import BuildFileError, SourceLocation
+
 # (level, dotted module, imported names) of one statement
 _Import = tuple[int, str, tuple[str, ...]]
 
@@ -58,6 +60,17 @@ class ImportScanner:
     def __init__(self, root: str) -> None:
         self._root = root.rstrip("/")
         self._parsed: dict[str, tuple[_Import, ...]] = {}
+
+    def scan_task(self, label: str, script: str, extra: tuple[str, ...] = ()) -> Scan:
+        """`scan` for the py_task `label`: a file that cannot be read or parsed is a BUILD error
+        at that file's line, naming the task (and the script, when the file is a module it
+        imports)."""
+        try:
+            return self.scan(script, extra)
+        except ScanError as error:
+            where = "" if error.path == script else f" (in a module that {script} imports)"
+            raise BuildFileError(f"{label}: {error.detail}{where}",
+                                 SourceLocation(error.path, error.line)) from None
 
     def scan(self, script: str, extra: tuple[str, ...] = ()) -> Scan:
         """The workspace modules `script` (and the files `extra`) import, transitively.

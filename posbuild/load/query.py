@@ -54,6 +54,7 @@ from typing import Any, Iterable, Sequence
 import msgpack
 
 from posbuild import __version__
+from posbuild.core.action import src_path
 from posbuild.host.atomic import write_atomically
 from posbuild.workspace.config import Config, load_config
 from posbuild.errors import BuildFileError, UsageError
@@ -278,21 +279,12 @@ class _Imports:
 
     def of(self, target: Any, sources: set[Label]) -> set[Label]:
         """The modules `target` imports; `sources` are the source files it names."""
-        from posbuild.load.pyimports import ScanError
-        from posbuild.errors import SourceLocation
-
         script = parse_label(target.script, target.label.package)
         if script not in sources:
             return set()  # a generated script does not exist yet: its `deps` name its modules
         named = [parse_label(d, target.label.package) for d in target.deps]
         extra = tuple(_path(d) for d in named if d in sources and d.name.endswith(".py"))
-        try:
-            scan = self._scanner.scan(_path(script), extra)
-        except ScanError as error:
-            where = "" if error.path == _path(script) else \
-                f" (in a module that {_path(script)} imports)"
-            raise BuildFileError(f"{target.label}: {error.detail}{where}",
-                                 SourceLocation(error.path, error.line)) from None
+        scan = self._scanner.scan_task(str(target.label), _path(script), extra)
         self.files_read.update(scan.files_read)
         found = set()
         for path in scan.modules:
@@ -305,7 +297,8 @@ class _Imports:
 
 
 def _path(label: Label) -> str:
-    return f"{label.package}/{label.name}" if label.package else label.name
+    """A source file's workspace-relative path."""
+    return src_path(label.package, label.name)
 
 
 _LOAD = re.compile(r"""^\s*load\(\s*["']([^"']+)["']""", re.MULTILINE)
