@@ -279,10 +279,10 @@ class Analyzer:
         """Bazel's visibility check: `consumer` may use `used` only if `used` is visible to the
         consumer's package (core/visibility.py), else a BUILD error naming both, as Bazel
         words it."""
+        if used.package == consumer.label.package:  # most edges: decided before any import
+            return
         from posbuild.core.visibility import is_visible
 
-        if used.package == consumer.label.package:
-            return
         if is_visible(visibility, used.package, consumer.label.package,
                       lambda group: self._package_group(group, used, declared)):
             return
