@@ -289,6 +289,21 @@ def command(landlocked: Landlocked, sandbox: str, network: bool, file: str,
     return [*head, "--", file, *argv]
 
 
+def rules(landlocked: Landlocked, network: bool) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """The paths of the shared rules, as the fork server takes them (forkserver.Rules): what
+    every action may read and run, and what it may also write; the action's sandbox is added
+    to the second."""
+    read: list[str] = []
+    write: list[str] = []
+    into = read
+    for word in landlocked.head_network if network else landlocked.head:
+        if word in ("-r", "-w"):
+            into = read if word == "-r" else write
+        elif word != "-t":
+            into.append(word)
+    return tuple(read), tuple(write)
+
+
 def probe(landlocked: Landlocked) -> str | None:
     """Run `true` through the launcher once: None when it works, else the reason in a few
     words."""

@@ -19,7 +19,23 @@
  *   In the command's process: every capability dropped (and root's exec gives none back),
  *   no_new_privs, then the Landlock ruleset: -r/-w as said and nothing else of the file system,
  *   TCP bind and connect denied unless -t, no signal to or abstract Unix socket of a process
- *   outside it. The status is passed on: an exit code as it is, a signal as the same signal. */
+ *   outside it. The status is passed on: an exit code as it is, a signal as the same signal.
+ *
+ *   launcher serve [-N PID]
+ *       The fork server (forkserver.py): one process per build that starts every command, so
+ *       that posbuild forks no interpreter and execs no launcher per action. With -N it joins
+ *       the namespaces of `hold` once (all but the network one, which each command joins
+ *       unless it may use TCP). It reads requests from fd 0, a SOCK_SEQPACKET socket: a header
+ *       of int32 (umask or -1, flags: 1 Landlock, 2 TCP allowed; processor count, argv, env,
+ *       read-rule and write-rule counts), the processors as int32, then NUL-ended strings
+ *       (file, the fallback script or "", the working folder, argv, env, read rules, write
+ *       rules, the last of them the action's own sandbox); with three descriptors: the
+ *       command's stdout and stderr, and the write end of a pipe on which it writes the
+ *       command's pid (int32; -errno when it could not be made) and closes. The command is
+ *       made posbuild's child (CLONE_PARENT), which waits for it as for one it forked itself;
+ *       it runs in its own session, on the processors given, with the umask given, stdin from
+ *       /dev/null, the signal mask and dispositions posbuild had (SIGPIPE its default). The
+ *       server exits when fd 0 reaches its end. */
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
@@ -184,8 +200,201 @@ static int pass_on(int status) {
     return 128 + number;
 }
 
+/* Open the namespaces `holder` holds; join all but the network one, whose descriptor is kept
+ * for the commands that may not use TCP (each joins it in its own process). */
+static int join_serving(const char *holder) {
+    static const char *names[] = {"user", "mnt", "ipc", "uts", "pid", "net"};
+    static const int types[] = {CLONE_NEWUSER, CLONE_NEWNS, CLONE_NEWIPC, CLONE_NEWUTS,
+                                CLONE_NEWPID, CLONE_NEWNET};
+    int fds[6];
+    char path[64];
+    for (int i = 0; i < 6; i++) {
+        snprintf(path, sizeof path, "/proc/%s/ns/%s", holder, names[i]);
+        if ((fds[i] = open(path, O_RDONLY | O_CLOEXEC)) < 0) die(path);
+    }
+    for (int i = 0; i < 5; i++) {
+        if (setns(fds[i], types[i])) die(names[i]);
+        close(fds[i]);
+    }
+    return fds[5];
+}
+
+/* One request, parsed in place (its strings point into the buffer it came in). */
+struct request {
+    int32_t umask, flags, ncpu;
+    int argc, envc, nread, nwrite;
+    const char *cpus;  /* ncpu int32, unaligned */
+    char **strings;    /* allocated: file, script, cwd, argv, NULL, env, NULL, rules */
+    char *file, *script, *cwd, **argv, **env, **read, **write;
+    char *rules;       /* where the rules start, and how many bytes they take but the last */
+    size_t shared;
+};
+
+/* The rules every request of one kind (TCP or not) shares, opened once: all but the last write
+ * rule, the action's sandbox. A rule on a file holds only a file's rights. */
+struct rules { char *text; size_t size; int count, *fds; uint64_t *rights; };
+
+static int parse(char *buffer, size_t size, struct request *r) {
+    int32_t head[7];
+    if (size < sizeof head) return -1;
+    memcpy(head, buffer, sizeof head);
+    r->umask = head[0], r->flags = head[1], r->ncpu = head[2];
+    r->argc = head[3], r->envc = head[4], r->nread = head[5], r->nwrite = head[6];
+    size_t at = sizeof head + (size_t)(r->ncpu > 0 ? r->ncpu : 0) * 4;
+    if (r->ncpu < 0 || r->argc < 1 || r->envc < 0 || r->nread < 0 || r->nwrite < 0 || at > size
+        || ((r->flags & 1) && r->nwrite < 1))
+        return -1;
+    r->cpus = buffer + sizeof head;
+    int total = 3 + r->argc + r->envc + r->nread + r->nwrite;
+    char **strings = calloc(total + 2, sizeof *strings);
+    if (!strings) return -1;
+    for (int i = 0; i < total; i++) {
+        char *end = at < size ? memchr(buffer + at, 0, size - at) : NULL;
+        if (!end) { free(strings); return -1; }
+        strings[i] = buffer + at;
+        at = end - buffer + 1;
+    }
+    /* argv and env each end with a NULL: the slots after them are moved up one and two */
+    memmove(strings + 3 + r->argc + 1, strings + 3 + r->argc,
+            (total - 3 - r->argc) * sizeof *strings);
+    strings[3 + r->argc] = NULL;
+    int env_at = 3 + r->argc + 1, rules_at = env_at + r->envc + 1;
+    memmove(strings + rules_at, strings + env_at + r->envc,
+            (r->nread + r->nwrite) * sizeof *strings);
+    strings[env_at + r->envc] = NULL;
+    r->strings = strings;
+    r->file = strings[0], r->script = strings[1], r->cwd = strings[2];
+    r->argv = strings + 3, r->env = strings + env_at;
+    r->read = strings + rules_at, r->write = r->read + r->nread;
+    r->rules = r->nread + r->nwrite ? r->read[0] : NULL;
+    r->shared = r->nwrite ? (size_t)(r->write[r->nwrite - 1] - r->rules) : 0;
+    return 0;
+}
+
+/* The shared rules of `r`, opened anew only when they differ from the last ones of its kind. */
+static struct rules *shared_rules(struct rules *cache, struct request *r) {
+    struct rules *c = &cache[(r->flags & 2) ? 1 : 0];
+    if (c->text && c->size == r->shared && !memcmp(c->text, r->rules, r->shared)) return c;
+    for (int i = 0; i < c->count; i++)
+        if (c->fds[i] >= 0) close(c->fds[i]);
+    free(c->text), free(c->fds), free(c->rights);
+    int n = r->nread + r->nwrite - 1;
+    c->text = malloc(r->shared + 1), c->size = r->shared, c->count = n;
+    c->fds = calloc(n + 1, sizeof *c->fds), c->rights = calloc(n + 1, sizeof *c->rights);
+    if (!c->text || !c->fds || !c->rights) die("malloc");
+    memcpy(c->text, r->rules, r->shared);
+    for (int i = 0; i < n; i++) {
+        const char *path = i < r->nread ? r->read[i] : r->write[i - r->nread];
+        struct stat info;
+        c->fds[i] = open(path, O_PATH | O_CLOEXEC);
+        c->rights[i] = i < r->nread ? FS_READ : FS_ALL;
+        if (c->fds[i] >= 0 && !fstat(c->fds[i], &info) && !S_ISDIR(info.st_mode))
+            c->rights[i] &= FS_FILE;
+    }
+    return c;
+}
+
+/* The command's process: everything the request asks, then exec; never returns. */
+static void start(struct request *r, struct rules *rules, int out, int err, int null,
+                  int netfd, const sigset_t *mask) {
+    signal(SIGPIPE, SIG_DFL);
+    sigprocmask(SIG_SETMASK, mask, NULL);
+    if (setsid() < 0) die("setsid");
+    if (r->ncpu > 0) {
+        cpu_set_t set;
+        CPU_ZERO(&set);
+        for (int i = 0; i < r->ncpu; i++) {
+            int32_t cpu;
+            memcpy(&cpu, r->cpus + (size_t)i * 4, 4);
+            if (cpu >= 0 && cpu < CPU_SETSIZE) CPU_SET(cpu, &set);
+        }
+        sched_setaffinity(0, sizeof set, &set);
+    }
+    if (r->umask >= 0) umask(r->umask);
+    if (dup2(null, 0) < 0 || dup2(out, 1) < 0 || dup2(err, 2) < 0) die("dup2");
+    if (chdir(r->cwd)) die(r->cwd);
+    if (r->flags & 1) {
+        if (!(r->flags & 2) && setns(netfd, CLONE_NEWNET)) die("net");
+        struct ruleset_attr attr = { FS_ALL, (r->flags & 2) ? 0 : NET_TCP, SCOPES };
+        int fd = syscall(LL_CREATE, &attr, sizeof attr, 0);
+        if (fd < 0) die("landlock_create_ruleset");
+        for (int i = 0; i < rules->count; i++) {
+            struct path_beneath rule = { rules->rights[i], rules->fds[i] };
+            /* a rule that cannot be had (a path this machine lacks, a pipe ...) grants nothing */
+            if (rule.fd >= 0 && syscall(LL_ADD_RULE, fd, 1, &rule, 0)
+                && errno != EBADFD && errno != EINVAL)
+                die("landlock_add_rule");
+        }
+        struct path_beneath own = { FS_ALL, open(r->write[r->nwrite - 1], O_PATH | O_CLOEXEC) };
+        if (own.fd < 0 || syscall(LL_ADD_RULE, fd, 1, &own, 0)) die(r->write[r->nwrite - 1]);
+        confine(fd);
+    }
+    execve(r->file, r->argv, r->env);
+    if (*r->script && errno != ENOENT) {
+        char *shell[] = {"/bin/bash", "-euo", "pipefail", "-c", r->script, NULL};
+        execve(shell[0], shell, r->env);
+    }
+    fprintf(stderr, "posbuild sandbox: %s: %s\n", r->file, strerror(errno));
+    _exit(errno == ENOENT ? 127 : FAIL);
+}
+
+/* Write all of `size` bytes to a report pipe; a reader that is gone is no error of ours. */
+static void report(int fd, const void *data, size_t size) {
+    while (size) {
+        ssize_t n = write(fd, data, size);
+        if (n < 0 && errno == EINTR) continue;
+        if (n <= 0) return;
+        data = (const char *)data + n;
+        size -= n;
+    }
+}
+
+static int serve(const char *holder) {
+    static char buffer[1 << 20];
+    int netfd = holder ? join_serving(holder) : -1;
+    int null = open("/dev/null", O_RDONLY | O_CLOEXEC);
+    sigset_t mask;
+    if (null < 0 || sigprocmask(SIG_SETMASK, NULL, &mask)) die("serve");
+    signal(SIGPIPE, SIG_IGN);  /* a reader gone; the command gets the default back */
+    struct rules cache[2] = {{0}};
+    for (;;) {
+        char control[CMSG_SPACE(3 * sizeof(int))];
+        struct iovec iov = {buffer, sizeof buffer};
+        struct msghdr msg = {0};
+        msg.msg_iov = &iov;
+        msg.msg_iovlen = 1;
+        msg.msg_control = control;
+        msg.msg_controllen = sizeof control;
+        ssize_t size = recvmsg(0, &msg, MSG_CMSG_CLOEXEC);
+        if (size < 0 && errno == EINTR) continue;
+        if (size <= 0) return 0;  /* posbuild is done, or gone */
+        struct cmsghdr *cmsg = CMSG_FIRSTHDR(&msg);
+        int fds[3] = {-1, -1, -1}, given = 0;
+        if (cmsg && cmsg->cmsg_level == SOL_SOCKET && cmsg->cmsg_type == SCM_RIGHTS) {
+            given = (cmsg->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+            memcpy(fds, CMSG_DATA(cmsg), (given < 3 ? given : 3) * sizeof(int));
+        }
+        struct request r;
+        if (given != 3 || (msg.msg_flags & (MSG_TRUNC | MSG_CTRUNC)) || parse(buffer, size, &r)) {
+            /* not a request of posbuild's: its report pipe (if any) ends unanswered */
+            for (int i = 0; i < 3 && i < given; i++) close(fds[i]);
+            continue;
+        }
+        struct rules *rules = (r.flags & 1) ? shared_rules(cache, &r) : NULL;
+        /* posbuild's child, not ours: it waits for it (and its usage) as for any it forks */
+        pid_t pid = syscall(SYS_clone, CLONE_PARENT | SIGCHLD, NULL, NULL, NULL, NULL);
+        if (pid == 0) start(&r, rules, fds[0], fds[1], null, netfd, &mask);
+        free(r.strings);
+        int32_t said = pid < 0 ? -errno : pid;
+        report(fds[2], &said, sizeof said);
+        for (int i = 0; i < 3; i++) close(fds[i]);
+    }
+}
+
 int main(int argc, char **argv) {
     if (argc == 2 && !strcmp(argv[1], "hold")) return hold();
+    if (argc >= 2 && !strcmp(argv[1], "serve"))
+        return serve(argc == 4 && !strcmp(argv[2], "-N") ? argv[3] : NULL);
     char **read = calloc(argc, sizeof *read), **write = calloc(argc, sizeof *write);
     char *holder = NULL, *script = NULL, *preload = NULL;
     int nread = 0, nwrite = 0, tcp = 0, list = 0, i;

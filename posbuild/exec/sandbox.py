@@ -115,6 +115,7 @@ from posbuild.exec.stage import Layout, remove_tree, stage, stage_reversed
 from posbuild.exec.namespaces import Isolation, choose, command, input_binds
 from posbuild.exec import landlock
 from posbuild.exec.landlock import Landlocked
+from posbuild.exec.forkserver import Answer, ForkServer, Rules, ServerGone
 from posbuild.host.nofollow import open_outputs, read_upto
 from posbuild.host.owned import SANDBOXES, claim, holds_only_sandboxes
 from posbuild.core.records import ResourceUsage
@@ -165,9 +166,11 @@ class Running:
     stdout: int
     stderr: int
     started: float  # time.monotonic()
-    # None: cancelled before it started (kept: a dropped Popen whose returncode is unset would be
-    # reaped by subprocess's own cleanup, before `wait` gets to it)
-    process: subprocess.Popen[bytes] | None
+    # its Popen when posbuild forked it (kept: a dropped Popen whose returncode is unset would be
+    # reaped by subprocess's own cleanup, before `wait` gets to it), or the fork server's answer
+    # when that made it (a child of posbuild's all the same); `.pid` of either is its process
+    # group too. None: cancelled before it started.
+    process: subprocess.Popen[bytes] | Answer | None
     processors: tuple[int, ...]
     deadline: float | None = None  # time.monotonic() when its `timeout` expires
     # run without the shell (shellfree.py): its end is reported as bash would
@@ -276,7 +279,7 @@ class LocalSpawner:
         self._pid = os.getpid()
         # sandbox folder → what `stage` made there (for `remove`)
         self._staged: dict[str, Layout] = {}
-        self._running: set[int] = set()
+        self._running: set[subprocess.Popen[bytes] | Answer] = set()
         self._lock = threading.Lock()
         self._cancelled = False
         self.stopped = 0  # commands a cancel killed
@@ -296,6 +299,11 @@ class LocalSpawner:
         self._leased = isinstance(isolation, Landlocked)
         if self._leased:
             landlock.HOLDER.lease()
+        # Landlock: the shared rules (without, with the network), and the fork server that starts
+        # every command in the build's namespaces, started with the first (forkserver.py)
+        self._rules = {network: landlock.rules(isolation, network) for network in (False, True)} \
+            if isinstance(isolation, Landlocked) else {}
+        self._server: ForkServer | None = None
 
     @property
     def namespaced(self) -> bool:
@@ -321,6 +329,9 @@ class LocalSpawner:
         """Give up this one's share of the process's claim on the base (its sandboxes are gone)
         and of the Landlock sandbox's namespaces (the last spawner's close ends them, and with
         them whatever its commands left running)."""
+        if self._server is not None:
+            self._server.close()
+            self._server = None
         if self._leased:
             landlock.HOLDER.release()
             self._leased = False
@@ -518,10 +529,13 @@ class LocalSpawner:
         `stopped` counts them, and any command that was starting meanwhile."""
         with self._lock:
             self._cancelled = True
-            groups = list(self._running)
-            self.stopped += len(groups)
-        for group in groups:
-            _kill_group(group)
+            running = list(self._running)
+            self.stopped += len(running)
+        for process in running:
+            try:
+                _kill_group(process.pid)  # a fork server's answer may come only now
+            except OSError:  # it never started
+                pass
 
     def _launch_direct(self, action: Action, sandbox: str, env: dict[str, str], err: int,
                        umask: int) -> Running | None:
@@ -577,26 +591,26 @@ class LocalSpawner:
                 direct: Direct | None = None) -> Running:
         """Start `argv` in its own session, in the sandbox's `exec/`, on the processors it is given;
         `program`: the file to exec when `argv` runs without the shell, as `direct` says. Under
-        Landlock the launcher execs it (and the shell, should a plain command's program not be
-        exec'able as it is)."""
+        Landlock the fork server starts it (and the shell, should a plain command's program not
+        be exec'able as it is)."""
         started = time.monotonic()
-        if isinstance(self._isolation, Landlocked):
-            preload = env.pop("LD_PRELOAD", None)
-            argv = landlock.command(self._isolation, sandbox, NETWORK_TAG in action.tags,
-                                    program or argv[0], argv,
-                                    action.command if direct is not None else None, preload)
-            program = None
         with self._lock:
             if self._cancelled:
                 return Running(sandbox, action.outputs, out, err, started, None, (),
                                out_dirs=action.out_dirs)
             processors = self._pin(action.resources[0])
+        process: subprocess.Popen[bytes] | Answer
         try:
-            self._confine(processors)
-            process = subprocess.Popen(
-                argv, executable=program, cwd=sandbox + "/exec", env=env, stdin=_devnull(),
-                stdout=out, stderr=err, start_new_session=True, umask=umask,
-            )
+            if self._rules:
+                process = self._serve(action, argv, sandbox, env, out, err, umask, processors,
+                                      program, direct)
+            else:
+                self._confine(processors)
+                process = subprocess.Popen(
+                    argv, executable=program, cwd=sandbox + "/exec", env=env, stdin=_devnull(),
+                    stdout=out, stderr=err, start_new_session=True, umask=umask,
+                )
+                self._guard.watch(process.pid)
         except BaseException:
             with self._lock:
                 self._unpin(processors)
@@ -604,24 +618,63 @@ class LocalSpawner:
         finally:
             if threading.current_thread() is threading.main_thread():
                 self._confine(())  # only worker threads keep the mask of their last action
-        # a cancel that came during the spawn did not see this process: kill it here
+        # a cancel that came during the spawn did not see this process: kill it here (or in
+        # `_reap`, when the fork server's answer is read)
         with self._lock:
-            self._running.add(process.pid)
+            self._running.add(process)
             cancelled = self._cancelled
             self.stopped += cancelled
-        self._guard.watch(process.pid)
-        if cancelled:
+        if cancelled and isinstance(process, subprocess.Popen):
             _kill_group(process.pid)
         deadline = started + action.timeout if action.timeout else None
-        return Running(sandbox, action.outputs, out, err, started, process, processors, deadline,
-                       direct, out_dirs=action.out_dirs)
+        return Running(sandbox, action.outputs, out, err, started, process, processors,
+                       deadline, direct, out_dirs=action.out_dirs)
+
+    def _serve(self, action: Action, argv: list[str], sandbox: str, env: dict[str, str], out: int,
+               err: int, umask: int, processors: tuple[int, ...], program: str | None,
+               direct: Direct | None) -> Answer:
+        """Start a command under Landlock through the build's fork server (started with the
+        first, and again should it be gone, killed from outside): its rules are the shared ones
+        and its own sandbox, writable."""
+        assert isinstance(self._isolation, Landlocked)
+        network = NETWORK_TAG in action.tags
+        read, write = self._rules[network]
+        request = (program or argv[0], argv, env, sandbox + "/exec", out, err, umask, processors,
+                   action.command if direct is not None else None,
+                   Rules(read, (*write, sandbox), network))
+        server = self._server or self._serving(None)
+        try:
+            return server.spawn(*request)
+        except ServerGone:
+            return self._serving(server).spawn(*request)
+
+    def _serving(self, gone: ForkServer | None) -> ForkServer:
+        """The fork server, started when there is none or when it is still the one `gone`."""
+        assert isinstance(self._isolation, Landlocked)
+        with self._lock:
+            if self._server is gone:
+                if gone is not None:
+                    gone.close()
+                launcher = self._isolation.launcher
+                self._server = ForkServer(launcher, landlock.HOLDER.pid(launcher))
+            assert self._server is not None
+            return self._server
 
     def _reap(self, running: Running) -> tuple[int, bool, ResourceUsage | None, bytes]:
         """Wait for a launched command: its exit code, whether it timed out, its usage, and what
         the shell would have added to its stderr (a command run without it that a signal killed)."""
-        if running.process is None:  # cancelled before it started
+        process = running.process
+        if process is None:  # cancelled before it started
             return -signal.SIGTERM, False, None, b""
-        pid = running.process.pid
+        try:
+            pid = process.pid  # the fork server's answer is read here
+        except OSError:
+            with self._lock:
+                self._running.discard(process)
+                self._unpin(running.processors)
+            raise
+        if self._cancelled:  # a cancel may have come before the answer
+            _kill_group(pid)
         timed_out = False
         try:
             if running.deadline is not None and not _ends_by(pid, running.deadline):
@@ -630,18 +683,20 @@ class LocalSpawner:
             _, status, rusage = os.wait4(pid, 0)  # wait4, not wait: the rusage of the whole tree
         finally:
             with self._lock:
-                self._running.discard(pid)
+                self._running.discard(process)
                 self._unpin(running.processors)
             _kill_group(pid)
             self._guard.forget(pid)
         usage = ResourceUsage(rusage.ru_utime, rusage.ru_stime, rusage.ru_maxrss,
                               rusage.ru_inblock * 512, rusage.ru_oublock * 512)
-        running.process.returncode = os.waitstatus_to_exitcode(status)
+        code = os.waitstatus_to_exitcode(status)
+        if isinstance(process, subprocess.Popen):
+            process.returncode = code
         # posbuild's kills hit the shell too
         if running.direct is not None and not (timed_out or self._cancelled):
             code, note = shell_status(status, running.direct, pid)
             return code, timed_out, usage, note
-        return running.process.returncode, timed_out, usage, b""
+        return code, timed_out, usage, b""
 
     def _pin(self, cpu: int) -> tuple[int, ...]:
         """Choose `cpu` processors for an action and count them as used (called under the lock)."""

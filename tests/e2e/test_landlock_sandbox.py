@@ -185,6 +185,53 @@ def test_a_command_that_left_its_session_and_double_forked_dies_when_posbuild_is
             os.kill(pid, signal.SIGKILL)
 
 
+def _fork_servers(root: Path) -> list[int]:
+    """The fork servers (`launcher serve`) whose posbuild builds in `root`."""
+    found = []
+    for pid in processes_with(b"\0serve\0-N\0"):
+        try:
+            parent = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+            if os.readlink(f"/proc/{parent}/cwd") == str(root):
+                found.append(pid)
+        except (OSError, ValueError, IndexError):
+            pass
+    return found
+
+
+def test_a_fork_server_killed_mid_build_is_replaced_and_none_outlives_the_build(lws):
+    """Every command starts through one fork server per build (forkserver.py); killed from
+    outside while an action runs, the next action starts through a new one, the build ends
+    as it would have, and no server is left behind."""
+    lws.write({"pkg/BUILD": """
+        genrule(name = "first", outs = ["first.txt"], cmd = "sleep 1.5; echo first > $@")
+        genrule(name = "second", srcs = [":first"], outs = ["second.txt"],
+                cmd = "cat $< > $@; echo second >> $@")
+    """})
+    posbuild = subprocess.Popen([*POSBUILD, "build", "--no-server", "//pkg:second"],
+                                cwd=lws.root, env={**os.environ, **NO_ESCAPE},
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 30
+        while not processes_with(b"sleep\x001.5"):  # the first action runs
+            assert time.monotonic() < deadline and posbuild.poll() is None, "it never started"
+            time.sleep(0.02)
+        time.sleep(0.2)  # and posbuild has the server's answer (its pid)
+        servers = _fork_servers(lws.root)
+        assert servers, "no fork server runs"
+        for pid in servers:
+            os.kill(pid, signal.SIGKILL)
+        stdout, stderr = posbuild.communicate(timeout=60)
+    finally:
+        if posbuild.poll() is None:
+            posbuild.kill()
+            posbuild.wait()
+    assert posbuild.returncode == 0, stderr
+    assert "Traceback" not in stderr
+    assert (lws.root / "posbuild-out/pkg/second.txt").read_text() == "first\nsecond\n"
+    assert _fork_servers(lws.root) == []
+    assert lws.run("fsck").returncode == 0
+
+
 def test_what_a_command_left_running_in_a_session_of_its_own_ends_with_the_build(lws):
     """The build's PID namespace ends with posbuild: a daemon an action started ends then, at the
     latest (bubblewrap, a PID namespace per action, ends it with its action)."""
