@@ -3,10 +3,11 @@
 Starting a command from Python costs more than the command itself when the command is cheap, and
 under Landlock the launcher was exec'd on top of it: a second exec that joined six namespaces and
 forked again (~0.5 ms per action, docs/sandboxes.md). Here the launcher (launcher.c, `launcher
-serve`) runs once per spawner, joins the build's namespaces once (`-N`), and makes each command
-itself, a clone of a process of a few hundred KiB on another processor than posbuild's; the
-command then only applies its Landlock rules and execs. The rules every action shares are opened
-once, not per action.
+serve`) runs once per spawner, joins the build's namespaces once (`-N`), gives up what every
+command gives up (the capability bounding set, root's securebits, new privileges) once, opens
+the rules every action shares once, and makes each command itself, as posix_spawn does (sharing
+its memory until the exec: nothing is copied), on another processor than posbuild's; the command
+then only drops its capabilities, applies its Landlock rules and execs.
 
 Each command is made posbuild's own child (CLONE_PARENT): posbuild waits for it, with its usage,
 and kills its process group exactly as for a command it forked itself, and is woken by the kernel

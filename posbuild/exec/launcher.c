@@ -172,16 +172,23 @@ static int ruleset(char **read, int nread, char **write, int nwrite, int tcp) {
     return fd;
 }
 
-static void confine(int rules) {
+/* What every command of a build gives up, inherited by every process made after it: the
+ * capabilities it could ever gain (the bounding set), root's special treatment (NOROOT,
+ * NO_SETUID_FIXUP and KEEP_CAPS, each locked: root's exec gives nothing back), and new
+ * privileges (no_new_privs). Done once in the fork server, per command in the launcher. */
+static void give_up_privileges(void) {
+    for (int cap = 0; prctl(PR_CAPBSET_DROP, cap, 0, 0, 0) == 0 || errno == EPERM; cap++)
+        if (cap > 63) break;
+    prctl(PR_SET_SECUREBITS, 0x2f, 0, 0, 0);
+    if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0)) die("no_new_privs");
+}
+
+/* The command's own: no capability left, and the Landlock rules. */
+static void restrict_to(int rules) {
     struct __user_cap_header_struct header = { _LINUX_CAPABILITY_VERSION_3, 0 };
     struct __user_cap_data_struct data[2];
     memset(data, 0, sizeof data);
-    for (int cap = 0; prctl(PR_CAPBSET_DROP, cap, 0, 0, 0) == 0 || errno == EPERM; cap++)
-        if (cap > 63) break;
-    /* NOROOT, NO_SETUID_FIXUP and KEEP_CAPS, each locked: root's exec gives nothing back */
-    prctl(PR_SET_SECUREBITS, 0x2f, 0, 0, 0);
     if (syscall(SYS_capset, &header, data)) die("capset");
-    if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0)) die("no_new_privs");
     if (syscall(LL_RESTRICT, rules, 0)) die("landlock_restrict_self");
     close(rules);
 }
@@ -295,6 +302,13 @@ static struct rules *shared_rules(struct rules *cache, struct request *r) {
 }
 
 /* The command's process: everything the request asks, then exec; never returns. */
+struct launch {  /* what the command's process is given, in the server's memory it shares */
+    struct request *r;
+    struct rules *rules;
+    int out, err, null, netfd;
+    const sigset_t *mask;
+};
+
 static void start(struct request *r, struct rules *rules, int out, int err, int null,
                   int netfd, const sigset_t *mask) {
     signal(SIGPIPE, SIG_DFL);
@@ -327,7 +341,7 @@ static void start(struct request *r, struct rules *rules, int out, int err, int 
         }
         struct path_beneath own = { FS_ALL, open(r->write[r->nwrite - 1], O_PATH | O_CLOEXEC) };
         if (own.fd < 0 || syscall(LL_ADD_RULE, fd, 1, &own, 0)) die(r->write[r->nwrite - 1]);
-        confine(fd);
+        restrict_to(fd);  /* the server gave up the rest for every command (`serve`) */
     }
     execve(r->file, r->argv, r->env);
     if (*r->script && errno != ENOENT) {
@@ -349,9 +363,19 @@ static void report(int fd, const void *data, size_t size) {
     }
 }
 
+static int launched(void *given) {
+    struct launch *l = given;
+    start(l->r, l->rules, l->out, l->err, l->null, l->netfd, l->mask);
+    return FAIL;
+}
+
 static int serve(const char *holder) {
     static char buffer[1 << 20];
+    /* the command's stack until it execs: it shares the server's memory (CLONE_VM), and the
+     * server waits meanwhile (CLONE_VFORK), so nothing is copied and nothing runs twice */
+    static char stack[1 << 16] __attribute__((aligned(16)));
     int netfd = holder ? join_serving(holder) : -1;
+    if (holder) give_up_privileges();
     int null = open("/dev/null", O_RDONLY | O_CLOEXEC);
     sigset_t mask;
     if (null < 0 || sigprocmask(SIG_SETMASK, NULL, &mask)) die("serve");
@@ -382,8 +406,9 @@ static int serve(const char *holder) {
         }
         struct rules *rules = (r.flags & 1) ? shared_rules(cache, &r) : NULL;
         /* posbuild's child, not ours: it waits for it (and its usage) as for any it forks */
-        pid_t pid = syscall(SYS_clone, CLONE_PARENT | SIGCHLD, NULL, NULL, NULL, NULL);
-        if (pid == 0) start(&r, rules, fds[0], fds[1], null, netfd, &mask);
+        struct launch launch = {&r, rules, fds[0], fds[1], null, netfd, &mask};
+        pid_t pid = clone(launched, stack + sizeof stack,
+                          CLONE_VM | CLONE_VFORK | CLONE_PARENT | SIGCHLD, &launch);
         free(r.strings);
         int32_t said = pid < 0 ? -errno : pid;
         report(fds[2], &said, sizeof said);
@@ -420,7 +445,8 @@ int main(int argc, char **argv) {
     if (child < 0) die("fork");
     if (child == 0) {
         if (holder) prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0);
-        confine(rules);
+        give_up_privileges();
+        restrict_to(rules);
         if (preload) setenv("LD_PRELOAD", preload, 1);
         execv(file, command);
         if (errno == ENOEXEC && script) {
