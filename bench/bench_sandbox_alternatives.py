@@ -16,9 +16,13 @@ staged folder with two read-only inputs):
   folders read-only, inputs read, sandbox read-write; TCP bind/connect denied; signals and
   abstract Unix sockets scoped) made by the parent per action;
 * landlock+netns: the same, the child also joining a network namespace made once (setns);
-* posbuild's launcher (posbuild/exec/launcher.c, what `[sandbox] mode = "landlock"` runs): the
-  compiled program joins the user, PID, network, IPC and UTS namespaces its `hold` made once,
-  forks, and applies posbuild's own rules (`landlock.landlocked`) in the child before exec.
+* posbuild's launcher (posbuild/exec/launcher.c) exec'd per action, as `[sandbox] mode =
+  "landlock"` ran before its fork server: the compiled program joins the user, PID, network, IPC
+  and UTS namespaces its `hold` made once, forks, and applies posbuild's own rules
+  (`landlock.landlocked`) in the child before exec;
+* posbuild's fork server (forkserver.py, what `mode = "landlock"` runs): the same launcher,
+  started once (`serve`), makes each command as posbuild's child with the same rules; also
+  without rules, for the price of the server alone.
 
 Prints one table: median ms per action, the delta against fork+exec, and what each keeps. Also
 checks, on real processes, that the hidden workspace file cannot be read and that a write
@@ -46,6 +50,7 @@ from typing import Callable
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from posbuild.exec import landlock, namespaces  # noqa: E402
+from posbuild.exec.forkserver import ForkServer, Rules  # noqa: E402
 
 libc = ctypes.CDLL(None, use_errno=True)
 libc.syscall.restype = ctypes.c_long
@@ -384,7 +389,23 @@ def main() -> int:
         def with_posbuild(argv: list[str]) -> Callable[[], int]:
             full = landlock.command(posbuild_shared, sandbox, False, argv[0], argv)
             return lambda: popen(full)
-        alternatives.append(("posbuild's launcher (mode = landlock)", with_posbuild,
+        alternatives.append(("posbuild's launcher exec'd per action (before)", with_posbuild,
+                             "files, network, capabilities, dies with posbuild (build PID ns)"))
+        server = ForkServer(posbuild_shared.launcher,
+                            landlock.HOLDER.pid(posbuild_shared.launcher))
+        plain = ForkServer(posbuild_shared.launcher)
+        read_rules, write_rules = landlock.rules(posbuild_shared, False)
+        rules = Rules(read_rules, (*write_rules, sandbox), False)
+
+        def served(through: ForkServer,
+                   given: Rules | None) -> Callable[[list[str]], Callable[[], int]]:
+            def run(argv: list[str]) -> int:
+                pid = through.spawn(argv[0], argv, env, exec_root, 1, 2, rules=given).pid
+                return os.waitstatus_to_exitcode(os.wait4(pid, 0)[1])
+            return lambda argv: lambda: run(argv)
+        alternatives.append(("posbuild's fork server, no rules", served(plain, None),
+                             "nothing beyond the folder (the price of the server)"))
+        alternatives.append(("posbuild's fork server (mode = landlock)", served(server, rules),
                              "files, network, capabilities, dies with posbuild (build PID ns)"))
 
     # the guarantees, on real processes: the hidden file cannot be read, nothing written outside
@@ -401,6 +422,10 @@ def main() -> int:
             costs.append(_median_ms(make(argv), args.runs))
         rows.append((name, costs, keeps, leaked))
     zygote.close()
+    if posbuild_shared is not None:
+        server.close()
+        plain.close()
+        landlock.HOLDER.close()
     if holder is not None:
         os.kill(holder, signal.SIGKILL)
         os.waitpid(holder, 0)

@@ -40,7 +40,7 @@ from typing import Any
 from posbuild.core.layout import OUT_DIR, STATE_DIR, SYNC_COOKIE
 from posbuild.core.records import UNSETTLED
 from posbuild.engine.uptodate import signature_changes
-from posbuild.store.upstate import BuildState, state_from_bytes
+from posbuild.store.upstate import BuildState, read_state
 
 SYNC_S = 1.0  # a cookie that takes longer than this means the watch cannot be trusted
 LIMIT_VARIABLE = "POSBUILD_TEST_MAX_WATCHES"  # tests lower the watch limit through it
@@ -168,12 +168,14 @@ class ChangeFeed:
             if self._vouched.get(path) == (generation, _signature(Path(path))):
                 continue  # nothing changed since it was vouched for: the build was a no-op
             self._vouched.pop(path, None)
-            try:
-                with open(path, "rb") as handle:
-                    signature = _signature_of(os.fstat(handle.fileno()))
-                    state = state_from_bytes(handle.read())
-            except OSError:
+            # its stat before its bytes: a file replaced between the two is vouched for under
+            # the old signature, which `changes` then finds moved
+            signature = _signature(Path(path))
+            # read through the process's memo, where the next build finds it decoded
+            state = read_state(path)
+            if signature is None or not state.raw:
                 continue
+            _ = state.raw_digest  # and hashed, off the next build's path (its build row)
             with self._lock:
                 folders = set(self._folders.values())
             if not state.complete or not all(os.path.dirname(p) in folders for p in state.paths):

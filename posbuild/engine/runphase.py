@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Callable, Iterable, Sequence
 from posbuild.core.words import quantity
 from posbuild.core.action import Action
 from posbuild.core.layout import FAILED, SANDBOX, STATE_DIR, STORE_DB, TMP
-from posbuild.core.digest import Digest
+from posbuild.core.digest import Digest, hash_bytes
 from posbuild.core.records import RUN_OUTCOMES, Manifest, Outcome, OutputFile, RecordState
 from posbuild.core.tree import Tree
 from posbuild.engine.commit import Committer
@@ -147,6 +147,7 @@ class _Run:
         # read once the store is open: a new store (or one from before epochs) got its epoch
         # just now, and nothing can remove rows while this build holds the workspace's lock
         self._epoch = read_epoch(config.store_dir)
+        self._saved = b""  # the up-to-date state's bytes, once saved (`_save`)
         self.files = FileStates(config.root, store)
         self.products = BuildProducts(work.previous)
         self.journal: Journal | None = None
@@ -224,9 +225,10 @@ class _Run:
                            used=[(key, now) for key in self.products.used],
                            records=self.journal.take() if self.journal else ())
         work = self._work
-        save_state(work.state_path,
-                   self.products.state_for(work.actions, work.clean, self._environment.env_key,
-                                           work.graph, self.files), self._epoch)
+        self._saved = save_state(work.state_path,
+                                 self.products.state_for(work.actions, work.clean,
+                                                         self._environment.env_key, work.graph,
+                                                         self.files), self._epoch)
 
     def record_end(self, outcomes: dict[int, ActionOutcome], states: Sequence[State]) -> None:
         """Fill in the build's row: when it ended and how its actions did."""
@@ -235,9 +237,12 @@ class _Run:
         counts = {s.value: sum(1 for o in outcomes.values() if o.status is s)
                   for s in RUN_OUTCOMES}
         failed = sum(1 for o in outcomes.values() if o.status is Outcome.FAILED)
+        # the next build's row names the state this one saved, which it starts from: stored
+        # now, the next build (a no-op most often) has nothing to store but its row
+        saved = [(hash_bytes(self._saved), self._saved)] if self._saved else []
         self._store.update_build(self.journal.number, {
             "ended": utc(time.time()), "counts": counts, "failed": failed,
-            "skipped": list(states).count(State.SKIPPED)})
+            "skipped": list(states).count(State.SKIPPED)}, saved)
 
 
 def _blind_spots(config: Config, environment: BuildEnvironment,

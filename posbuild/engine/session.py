@@ -203,7 +203,7 @@ class BuildSession:
         from posbuild.store.journal import build_row
 
         row, blobs = build_row(time.time(), resolved.patterns, environment.env_hash,
-                               (resolved.entry.digest, resolved.entry.raw), previous.raw, clean,
+                               (resolved.entry.digest, resolved.entry.raw), previous, clean,
                                allow_env_drift=options.allow_env_drift, verify=options.verify,
                                passed_env=[list(pair) for pair in environment.passed_env],
                                **({"rerun": list(options.rerun)} if options.rerun else {}))
@@ -301,7 +301,7 @@ def _record_settled(resolved: ResolvedBuild, previous: BuildState,
     from posbuild.store.journal import build_row, record_settled_build
 
     row, blobs = build_row(time.time(), resolved.patterns, environment.env_hash,
-                           (resolved.entry.digest, resolved.entry.raw), previous.raw,
+                           (resolved.entry.digest, resolved.entry.raw), previous,
                            [True] * count,
                            allow_env_drift=options.allow_env_drift, verify=options.verify)
     record_settled_build(resolved.config.store_dir, resolved.config.workspace_tag,

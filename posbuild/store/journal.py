@@ -23,10 +23,10 @@ import itertools
 import threading
 import time
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Protocol, Sequence
 
 from posbuild.core.action import Action
-from posbuild.core.digest import Digest, hash_bytes
+from posbuild.core.digest import Digest
 from posbuild.core.records import (BuildRow, ExecutionRecord, RecordState, RemoteRun, ResourceUsage,
                                    utc)
 
@@ -88,24 +88,37 @@ class Journal:
         return rows
 
 
+class SavedState(Protocol):
+    """What a build row takes of the saved state a build started from (upstate.BuildState)."""
+
+    @property
+    def raw(self) -> bytes: ...
+
+    @property
+    def raw_digest(self) -> Digest: ...
+
+
 def build_row(started: float, patterns: Sequence[str], env_hash: Digest,
-              graph: tuple[Digest, bytes], state: bytes,
+              graph: tuple[Digest, bytes], state: SavedState,
               up_to_date: Sequence[bool],
               **flags: object) -> tuple[BuildRow, list[tuple[Digest, bytes]]]:
     """A build's row for the store, and the (digest, bytes) payloads it refers to (graph and state).
 
-    `graph` is the graph cache entry, with its digest; `up_to_date` marks the actions settled by
-    stat alone: stored as "all", or as their indices.
+    `graph` is the graph cache entry, with its digest; `state` the saved state the build started
+    from; `up_to_date` marks the actions settled by stat alone: stored as "all", or as their
+    indices.
     """
-    settled = [i for i, clean in enumerate(up_to_date) if clean]
-    payloads = {"graph": graph[1], "state": state if settled else b""}
+    every = all(up_to_date)
+    settled = [] if every else [i for i, clean in enumerate(up_to_date) if clean]
+    recorded = bool(state.raw) and any(up_to_date)
+    payloads = {"graph": graph[1], "state": state.raw if recorded else b""}
     digests = {"graph": graph[0] if graph[1] else None,
-               "state": hash_bytes(state) if settled and state else None}
+               "state": state.raw_digest if recorded else None}
     info = BuildRow.of({
         "started": utc(started), "status": "running", "patterns": list(patterns),
         "env_hash": env_hash, **digests,
         "actions": len(up_to_date),
-        "up_to_date": "all" if len(settled) == len(up_to_date) else settled, **flags,
+        "up_to_date": "all" if every else settled, **flags,
     })
     return info, [(digest, data) for name, data in payloads.items()
                   if data and (digest := digests[name]) is not None]

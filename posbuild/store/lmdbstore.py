@@ -595,13 +595,7 @@ class Store:
                 self._settle_dead(txn, chain)
             last = next(self._scan(txn, self._builds, 8, reverse=True), (0,))[0]
             number = max(last, chain["head"][0] if chain["head"] else 0) + 1
-            with txn.cursor(db=self._journal_blobs) as cursor:
-                for digest, data in blobs:
-                    if _has_payload(cursor, digest):
-                        continue
-                    for index, start in enumerate(range(0, max(len(data), 1), PAYLOAD_CHUNK)):
-                        txn.put(digest + index.to_bytes(4, "big"),
-                                data[start:start + PAYLOAD_CHUNK], db=self._journal_blobs)
+            self._put_payloads(txn, blobs)
             row = info.with_fields(number=number)
             if info.status == "running":
                 self._hold(number)
@@ -622,16 +616,29 @@ class Store:
             os.write(fd, f"{label}\t{time.time():.6f}\n".encode())
         return started
 
-    def update_build(self, number: int, changes: dict[str, object]) -> None:
+    def update_build(self, number: int, changes: dict[str, object],
+                     blobs: Iterable[tuple[Digest, bytes]] = ()) -> None:
         """Conclude running build `number` with its final fields (status "finished" unless given),
-        and seal it into the chain, in one transaction."""
+        and seal it into the chain, in one transaction; with payloads a later build's row will
+        refer to (the up-to-date state this one saved, which the next build starts from)."""
         with self._writing() as txn:
+            self._put_payloads(txn, blobs)
             chain = self._chain(txn)
             info = BuildRow.unpack(cast(bytes, txn.get(self.build_key(number), db=self._builds)))
             self._seal(txn, chain,
                        info.with_fields(**{**changes, "status": changes.get("status", "finished")}))
             txn.put(self._chain_key, msgpack.packb(chain, use_bin_type=True), db=self._meta)
         self._release(number)
+
+    def _put_payloads(self, txn: lmdb.Transaction, blobs: Iterable[tuple[Digest, bytes]]) -> None:
+        """Store build payloads (journal.py) that are not stored yet, in chunks."""
+        with txn.cursor(db=self._journal_blobs) as cursor:
+            for digest, data in blobs:
+                if _has_payload(cursor, digest):
+                    continue
+                for index, start in enumerate(range(0, max(len(data), 1), PAYLOAD_CHUNK)):
+                    txn.put(digest + index.to_bytes(4, "big"),
+                            data[start:start + PAYLOAD_CHUNK], db=self._journal_blobs)
 
     def settle_interrupted(self) -> list[int]:
         """Record as interrupted every running build whose process is gone; returns their numbers.
