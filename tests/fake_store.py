@@ -173,8 +173,11 @@ class FakeStore:
         started = self._data.started[(self.workspace, number)]  # KeyError: not running here
         return lambda label: started.append((label, utc(time.time())))
 
-    def update_build(self, number: int, changes: dict[str, object]) -> None:
+    def update_build(self, number: int, changes: dict[str, object],
+                     blobs: Iterable[tuple[Digest, bytes]] = ()) -> None:
         with self._data.lock:
+            for digest, payload in blobs:
+                self._data.payloads.setdefault(digest, payload)
             row = self._data.builds[(self.workspace, number)]
             self._data.builds[(self.workspace, number)] = row.with_fields(
                 **{**changes, "status": changes.get("status", "finished")})

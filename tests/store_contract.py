@@ -324,6 +324,15 @@ class BuildLogContract(Contract):
         self.applied(store)
         assert store.latest_record("//pkg:a") == record(second, "//pkg:a")
 
+    def test_a_concluded_build_stores_the_payloads_a_later_row_will_name(
+            self, store: AnyStore) -> None:
+        payload = b"the state this build saved" * 500
+        number = store.begin_build(BuildRow.of({"patterns": ["//..."], "status": "running"}))
+        assert store.journal_blob(hash_bytes(payload)) is None
+        store.update_build(number, {"ended": "2026-01-01T00:00:02Z"},
+                           [(hash_bytes(payload), payload)])
+        assert self.reopen(store).journal_blob(hash_bytes(payload)) == payload
+
     def test_payloads_round_trip_verified(self, store: AnyStore) -> None:
         payload = bytes(range(256)) * 40  # more than a page
         store.begin_build(refused_row(), [(hash_bytes(payload), payload)])

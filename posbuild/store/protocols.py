@@ -132,9 +132,10 @@ class BuildLog(Protocol):
         """A function noting that running build `number` started the action labelled so."""
         ...
 
-    def update_build(self, number: int, changes: dict[str, object]) -> None:
+    def update_build(self, number: int, changes: dict[str, object],
+                     blobs: Iterable[tuple[Digest, bytes]] = ()) -> None:
         """Conclude running build `number` with its final fields (status "finished" unless
-        given)."""
+        given), and store the payloads a later build's row will name, at once."""
         ...
 
     def settle_interrupted(self) -> list[int]:

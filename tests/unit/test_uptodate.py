@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 
 from posbuild.core.action import Action, facts_of
+from posbuild.core.digest import hash_bytes
 from posbuild.core.records import signature
 from posbuild.store.upstate import EMPTY, BuildState, load_state, save_state
 from posbuild.engine.uptodate import changed_files
@@ -40,6 +41,22 @@ def test_a_saved_state_reads_back_the_same(tmp_path: Path) -> None:
     assert load_state(tmp_path / "s.state", b"\x09" * 32) is EMPTY  # another environment
     (tmp_path / "bad.state").write_bytes(b"\x93\x01\x02")
     assert load_state(tmp_path / "bad.state", ENV) is EMPTY
+
+
+def test_a_state_file_is_decoded_once_per_version_and_read_anew_once_replaced(
+        tmp_path: Path) -> None:
+    """A build server settles no-op after no-op from one state file: it is decoded once, and
+    the file a later build saves (replaced whole, a new inode) is read anew."""
+    signatures = _files(tmp_path)
+    save_state(tmp_path / "s.state", _state(signatures))
+    first = load_state(tmp_path / "s.state", ENV)
+    assert load_state(tmp_path / "s.state", ENV) is first
+    assert first.raw_digest == hash_bytes(first.raw)
+    save_state(tmp_path / "s.state", _state(signatures, complete=False))
+    again = load_state(tmp_path / "s.state", ENV)
+    assert again is not first and again.complete is False and first.complete is True
+    os.unlink(tmp_path / "s.state")
+    assert load_state(tmp_path / "s.state", ENV) is EMPTY
 
 
 def test_a_no_op_needs_every_signature_unchanged(tmp_path: Path) -> None:
