@@ -35,6 +35,9 @@ from typing import Sequence
 LANDLOCK, TCP = 1, 2  # request flags
 _HEAD = struct.Struct("<7i")
 _PID = struct.Struct("<i")
+# Larger requests go in a memory file: a socket's send buffer holds ~200 KiB, and the server
+# reads messages into a buffer of 64 KiB.
+MESSAGE_LIMIT = 1 << 16
 
 
 class ServerGone(OSError):
@@ -115,10 +118,22 @@ class ForkServer:
                              len(write)) \
             + struct.pack(f"<{len(processors)}i", *processors) \
             + "\0".join(strings).encode("utf-8", "surrogateescape") + b"\0"
+        fds = [stdout, stderr]
+        if len(message) > MESSAGE_LIMIT:  # a command of hundreds of KiB: in a file instead
+            held = os.memfd_create("request", os.MFD_CLOEXEC)
+            try:
+                os.write(held, message)
+            except BaseException:
+                os.close(held)
+                raise
+            message = b"F"  # not empty: an empty message reads as the socket's end
+        else:
+            held = -1
         answer, answering = os.pipe2(os.O_CLOEXEC)
+        fds += [answering] + ([held] if held >= 0 else [])
         try:
             self._socket.sendmsg([message], [(socket.SOL_SOCKET, socket.SCM_RIGHTS,
-                                              struct.pack("3i", stdout, stderr, answering))])
+                                              struct.pack(f"{len(fds)}i", *fds))])
         except (BrokenPipeError, ConnectionError):
             os.close(answer)
             raise ServerGone(f"the fork server is gone; {file} was not started") from None
@@ -127,6 +142,8 @@ class ForkServer:
             raise
         finally:
             os.close(answering)
+            if held >= 0:
+                os.close(held)
         return Answer(answer, file)
 
     def close(self) -> None:

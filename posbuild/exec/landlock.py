@@ -18,10 +18,11 @@ Per build, `launcher hold` makes a user, mount (the host's, with a /proc of its 
 network (loopback only), IPC and UTS namespace, whose PID 1 lives until posbuild closes the pipe
 it reads: when the build's spawners close (`Holder`), or when posbuild ends, however it ends.
 The kernel then kills every process in them, one that left its process group (`setsid`)
-included. Per action the launcher joins them (the network one unless the action is tagged
-`network`), forks the command into the PID namespace and waits for it, passing its status on.
-The command's process drops every capability, sets no_new_privs and restricts itself with
-Landlock:
+included. The build's fork server (forkserver.py, `launcher serve`) joins them once and makes
+every command in the PID namespace, as posbuild's child; a command joins the network namespace
+unless the action is tagged `network`. (`launcher -N`, a launcher exec'd per action that joins
+them, forks the command and passes its status on, is what `probe` runs.) The command's process
+drops every capability, sets no_new_privs and restricts itself with Landlock:
 
 * read and run: everything but the hidden paths (the workspace, the store, the sandbox base,
   `/tmp`, `/dev` but its common devices, `/run` without the network tag, the secrets

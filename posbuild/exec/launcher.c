@@ -31,7 +31,8 @@
  *       (file, the fallback script or "", the working folder, argv, env, read rules, write
  *       rules, the last of them the action's own sandbox); with three descriptors: the
  *       command's stdout and stderr, and the write end of a pipe on which it writes the
- *       command's pid (int32; -errno when it could not be made) and closes. The command is
+ *       command's pid (int32; -errno when it could not be made) and closes. A request larger
+ *       than a message may be comes in a file, a fourth descriptor (the message is one byte). The command is
  *       made posbuild's child (CLONE_PARENT), which waits for it as for one it forked itself;
  *       it runs in its own session, on the processors given, with the umask given, stdin from
  *       /dev/null, the signal mask and dispositions posbuild had (SIGPIPE its default). The
@@ -369,8 +370,23 @@ static int launched(void *given) {
     return FAIL;
 }
 
+/* A request too large for one message (a command of hundreds of KiB) comes in a file instead:
+ * its bytes, read whole into `*owned` (freed by the caller); -1 when it cannot be read. */
+static ssize_t read_request(int fd, char **owned) {
+    struct stat info;
+    if (fstat(fd, &info) || !(*owned = malloc(info.st_size + 1))) return -1;
+    ssize_t done = 0;
+    while (done < info.st_size) {
+        ssize_t n = pread(fd, *owned + done, info.st_size - done, done);
+        if (n < 0 && errno == EINTR) continue;
+        if (n <= 0) return -1;
+        done += n;
+    }
+    return done;
+}
+
 static int serve(const char *holder) {
-    static char buffer[1 << 20];
+    static char buffer[1 << 16];
     /* the command's stack until it execs: it shares the server's memory (CLONE_VM), and the
      * server waits meanwhile (CLONE_VFORK), so nothing is copied and nothing runs twice */
     static char stack[1 << 16] __attribute__((aligned(16)));
@@ -382,7 +398,7 @@ static int serve(const char *holder) {
     signal(SIGPIPE, SIG_IGN);  /* a reader gone; the command gets the default back */
     struct rules cache[2] = {{0}};
     for (;;) {
-        char control[CMSG_SPACE(3 * sizeof(int))];
+        char control[CMSG_SPACE(4 * sizeof(int))];
         struct iovec iov = {buffer, sizeof buffer};
         struct msghdr msg = {0};
         msg.msg_iov = &iov;
@@ -393,15 +409,19 @@ static int serve(const char *holder) {
         if (size < 0 && errno == EINTR) continue;
         if (size <= 0) return 0;  /* posbuild is done, or gone */
         struct cmsghdr *cmsg = CMSG_FIRSTHDR(&msg);
-        int fds[3] = {-1, -1, -1}, given = 0;
+        int fds[4] = {-1, -1, -1, -1}, given = 0;
         if (cmsg && cmsg->cmsg_level == SOL_SOCKET && cmsg->cmsg_type == SCM_RIGHTS) {
             given = (cmsg->cmsg_len - CMSG_LEN(0)) / sizeof(int);
-            memcpy(fds, CMSG_DATA(cmsg), (given < 3 ? given : 3) * sizeof(int));
+            memcpy(fds, CMSG_DATA(cmsg), (given < 4 ? given : 4) * sizeof(int));
         }
+        char *request = buffer, *owned = NULL;
+        if (given == 4) size = read_request(fds[3], &owned), request = owned;
         struct request r;
-        if (given != 3 || (msg.msg_flags & (MSG_TRUNC | MSG_CTRUNC)) || parse(buffer, size, &r)) {
-            /* not a request of posbuild's: its report pipe (if any) ends unanswered */
-            for (int i = 0; i < 3 && i < given; i++) close(fds[i]);
+        if (given < 3 || given > 4 || size < 0 || (msg.msg_flags & (MSG_TRUNC | MSG_CTRUNC))
+            || parse(request, size, &r)) {
+            /* not a request of posbuild's: its answer pipe (if any) ends unanswered */
+            for (int i = 0; i < 4 && i < given; i++) close(fds[i]);
+            free(owned);
             continue;
         }
         struct rules *rules = (r.flags & 1) ? shared_rules(cache, &r) : NULL;
@@ -410,9 +430,10 @@ static int serve(const char *holder) {
         pid_t pid = clone(launched, stack + sizeof stack,
                           CLONE_VM | CLONE_VFORK | CLONE_PARENT | SIGCHLD, &launch);
         free(r.strings);
+        free(owned);
         int32_t said = pid < 0 ? -errno : pid;
         report(fds[2], &said, sizeof said);
-        for (int i = 0; i < 3; i++) close(fds[i]);
+        for (int i = 0; i < given; i++) close(fds[i]);
     }
 }
 

@@ -27,21 +27,23 @@ The command runs in its own session (process group); when it ends, or on timeout
 the whole group is killed, so no stray background process outlives its action.
 
 Namespaces (`[sandbox] mode`). "auto" (the default) and "landlock": where Landlock ABI 6 and a C
-compiler are there, the command is exec'd through a small launcher (landlock.py) that joins the
-user, mount, PID, network, IPC and UTS namespaces made once per build (held while a spawner is
-open), drops every capability and restricts the command with Landlock: everything but the
-workspace, the store, the sandbox base, /tmp, /dev and /run (and the secrets file) is readable,
-only the sandbox folder is writable, TCP is denied without the network tag. The folder and its
-staging are the folder sandbox's (inputs are copies); so is the shell-free start of plain commands,
-through the launcher. "namespace", and "auto" where Landlock cannot run: the same folder inside
+compiler are there, the command is started by the spawner's fork server (forkserver.py, a small
+compiled launcher: landlock.py) inside the user, mount, PID, network, IPC and UTS namespaces made
+once per build (held while a spawner is open), as posbuild's own child; it drops every
+capability and restricts itself with Landlock: everything but the workspace, the store, the
+sandbox base, /tmp, /dev and /run (and the secrets file) is readable, only the sandbox folder is
+writable, TCP is denied without the network tag. The folder and its staging are the folder
+sandbox's (inputs are copies); so is the shell-free start of plain commands, through the fork
+server. "namespace", and "auto" where Landlock cannot run: the same folder inside
 bubblewrap's own mount, PID, IPC, UTS and network namespaces (namespaces.py): the workspace and the
 host's /tmp and /dev/shm are invisible, the system is read-only, the declared inputs are bound
 read-only, and only the sandbox folder and a private /tmp are writable. Large inputs are bound
 read-only from the workspace instead of being copied (staged as a symlink first, which
-`_namespaced` turns into the bind). The process posbuild waits for is then the launcher's or
-bwrap's: killing its group ends the command too, and its rusage includes the command's. Under bwrap
+`_namespaced` turns into the bind). The process posbuild waits for is then bwrap's: killing its
+group ends the command too, and its rusage includes the command's. Under bwrap
 a command killed by signal N inside reports exit code 128+N (bwrap passes the status on as a shell
-does); the launcher passes the signal on, as the folder sandbox reports it. `choose_isolation`
+does); under Landlock the command is posbuild's own child, so its status is its own, as in the
+folder sandbox. `choose_isolation`
 decides once per build, before anything runs.
 
 Processors: an action that declares cpu=N (N >= 1; the default is 1) runs pinned to N of the
@@ -52,7 +54,8 @@ disjoint sets. The mask is set on the spawning thread just before the fork (a fo
 inherits its thread's mask), which has no race with the command starting threads of its own;
 `taskset` would cost an extra exec per action and `preexec_fn` is unsafe with threads. A worker
 thread keeps the mask afterwards: its next action usually gets the same processors, and then no
-system call is made (the main thread gets posbuild's whole mask back). cpu=0 leaves the action
+system call is made (the main thread gets posbuild's whole mask back). Under Landlock the fork
+server sets the mask in the command's own process, from the request. cpu=0 leaves the action
 unpinned. On systems without `sched_setaffinity` nothing is pinned. The thread-count variables
 (OMP_NUM_THREADS ...) come with the action's env (analysis.declared_resources). This module
 knows nothing of keys or the store: it takes an Action and returns a SpawnResult.

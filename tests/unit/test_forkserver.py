@@ -109,6 +109,19 @@ def test_a_program_without_a_shebang_runs_under_bash_and_a_missing_one_exits_127
     os.close(out)
 
 
+def test_a_request_larger_than_a_message_still_starts_its_command(server: ForkServer,
+                                                                    tmp_path: Path) -> None:
+    """A command of hundreds of KiB (write_file's content, a long generated command line) is
+    more than one socket message holds: it goes in a file."""
+    words = ["a" * 100_000, "b" * 100_000, "c" * 100_000]
+    out, err = _capture()
+    answer = server.spawn("/bin/sh", ["sh", "-c", 'echo $# ${#1} ${#3} ${#BIG}', "sh", *words],
+                          {"BIG": "d" * 120_000}, str(tmp_path), out, err)
+    _, status, _ = os.wait4(answer.pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0, _text(err)
+    assert _text(out) == "3 100000 100000 120000\n"
+
+
 def test_a_server_killed_from_outside_is_an_error_not_a_hang(launcher: str,
                                                              tmp_path: Path) -> None:
     server = ForkServer(launcher)
