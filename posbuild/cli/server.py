@@ -487,9 +487,7 @@ def serve(root: Path) -> int:
         fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         return 0  # another server of this workspace is starting or running
-    inside = tuple(os.path.relpath(p, root) for p in (config.store_dir, config.sandbox_dir)
-                   if p.is_relative_to(root))
-    feed = ChangeFeed(root, inside, dict(os.environ))
+    feed = ChangeFeed.of(config, dict(os.environ))
     feed.start()
     listener = _bind(root)
     os.chdir(root)

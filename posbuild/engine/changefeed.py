@@ -41,6 +41,7 @@ from posbuild.core.layout import OUT_DIR, STATE_DIR, SYNC_COOKIE
 from posbuild.core.records import UNSETTLED
 from posbuild.engine.uptodate import signature_changes
 from posbuild.store.upstate import BuildState, read_state
+from posbuild.workspace.config import Config
 
 SYNC_S = 1.0  # a cookie that takes longer than this means the watch cannot be trusted
 LIMIT_VARIABLE = "POSBUILD_TEST_MAX_WATCHES"  # tests lower the watch limit through it
@@ -84,6 +85,20 @@ class ChangeFeed:
         self._seen = threading.Condition()
         self._count = 0
         self._lock = threading.Lock()  # the folders, walked from both threads
+
+    @classmethod
+    def of(cls, config: Config, environ: dict[str, str] | None = None) -> ChangeFeed:
+        """The feed of a configured workspace: the store and sandbox folders posbuild writes
+        into, when they are inside it, are not watched."""
+        root = config.root
+        inside = tuple(os.path.relpath(folder, root) for folder in
+                       (config.store_dir, config.sandbox_dir) if folder.is_relative_to(root))
+        return cls(root, inside, environ)
+
+    @property
+    def started(self) -> bool:
+        """Whether `start` was called (and inotify was there)."""
+        return self._fd is not None
 
     def start(self) -> None:
         """Watch the workspace (raises nothing: a watch that cannot be set is `trouble`)."""

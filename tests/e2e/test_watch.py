@@ -159,6 +159,23 @@ def test_editing_a_source_rebuilds_its_dependents(ws, watch):
     assert ws.out("pkg/both.txt") == "GAMMA\ndelta\n"
 
 
+def test_what_changed_between_cycles_is_found_without_a_look_at_every_file(ws, watch):
+    """Each rebuild looks only at what the watch saw change since the state it confirmed
+    (changefeed.py, as the build server does): an output edited by hand between two cycles is
+    among it, and the next cycle puts it back; a source edited twice is rebuilt twice."""
+    w = watch()
+    time.sleep(0.5)  # the first build's state is confirmed while watch waits
+    up = ws.root / "posbuild-out/pkg/up.txt"
+    up.chmod(0o644)
+    up.write_text("edited by hand\n")
+    w.no_build_since_last_cycle()  # the sentinel's own rebuild: up.txt restored by it
+    assert ws.out("pkg/up.txt") == "ALPHA\n"
+    for text in ("one\n", "two\n"):
+        (ws.root / "pkg/a.txt").write_text(text)
+        assert w.changed() == ("pkg/a.txt", 2, 1, 0)
+        assert ws.out("pkg/both.txt") == f"{text.upper()}beta\n"
+
+
 def test_an_atomic_save_is_a_change_of_the_file_it_replaces(ws, watch):
     w = watch()
     temp = ws.root / "pkg/.a.txt.tmp1234"
