@@ -35,7 +35,7 @@ import stat
 import struct
 import threading
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 from posbuild.core.layout import OUT_DIR, STATE_DIR, SYNC_COOKIE
 from posbuild.core.records import UNSETTLED
@@ -78,6 +78,9 @@ class ChangeFeed:
         self._state_wd = -1
         self._rescan = False
         self._paused = False  # posbuild-out/ is not watched while a build writes it
+        # the folders of posbuild-out/ the last build paused, when it paused only those
+        self._paused_folders: set[str] = set()
+        self._begun: int | None = None  # the generation when the last build began
         self._vouched: dict[str, tuple[int, Signature]] = {}
         self._pending: set[str] = set()
         self._log: list[tuple[int, str | None]] = []  # (generation, the file an event named)
@@ -147,21 +150,36 @@ class ChangeFeed:
         answer (`confirm`), unless it stays vouched for (a no-op changes nothing)."""
         self._pending.add(str(state_path))
 
-    def writing(self) -> None:
-        """A build is about to write `posbuild-out/`: stop watching it until `confirm`.
+    def starting(self) -> None:
+        """A build begins: every change from now on is counted past this generation, so
+        `confirm` can take the files it did not write on the word of the events."""
+        self._begun = self.generation
+
+    def writing(self, folders: Iterable[str] | None = None) -> None:
+        """A build is about to write `posbuild-out/`: stop watching what it writes until
+        `confirm`.
 
         Thousands of events for the build's own outputs would each cost the build a slice of
         the interpreter lock (a cold build of 10,000 actions took 30% longer). Nothing is lost:
-        every vouch is withdrawn now, and `confirm` watches the folder again before it checks
-        every file of the state after the build, a user's edit during the build included.
+        every vouch is withdrawn now, and `confirm` watches again before it checks the files of
+        the state in what was not watched, a user's edit during the build included. `folders`:
+        the folders the build writes into (its actions' outputs'), when each is watched now:
+        only they are paused, and only their files checked; else all of `posbuild-out/`, and
+        every file.
         """
         with self._lock:
-            self._changed(None)
-            paused = [(wd, "workspace") for wd, rel in self._folders.items()
-                      if rel == OUT_DIR or rel.startswith(OUT_DIR + "/")]
+            watched = {rel: wd for wd, rel in self._folders.items()
+                       if rel == OUT_DIR or rel.startswith(OUT_DIR + "/")}
+            wanted = None if folders is None else set(folders)
+            if wanted is None or not wanted <= watched.keys():
+                self._changed(None)
+                wanted = set(watched)
+                self._paused = True
+            self._vouched.clear()
+            self._paused_folders |= wanted
+            paused = [(watched[rel], "workspace") for rel in wanted]
             for wd, _ in paused:
                 del self._folders[wd]
-            self._paused = True
         if paused and self._fd is not None:
             self._fd.remove_callbacks(paused)
 
@@ -169,16 +187,29 @@ class ChangeFeed:
         """Vouch for the states of the last builds whose files all still match, by one `stat()`
         pass each, made after a sync (so an event after the sync withdraws the vouch)."""
         pending, self._pending = self._pending, set()
-        if (self._rescan or self._paused) and not self.trouble:
+        paused, self._paused_folders = self._paused_folders, set()
+        begun, self._begun = self._begun, None
+        # all of posbuild-out/ was paused, or folders were moved: every file is looked at
+        whole = self._paused or self._rescan or begun is None or len(pending) > 1
+        if (self._rescan or self._paused or paused) and not self.trouble:
             with self._lock:
                 if self._rescan:
                     self._watch_tree()
-                elif os.path.isdir(self.root / OUT_DIR):
-                    self._watch_tree(OUT_DIR)
+                elif self._paused:
+                    if os.path.isdir(self.root / OUT_DIR):
+                        self._watch_tree(OUT_DIR)
+                else:
+                    for folder in sorted(paused):
+                        self._watch_tree(folder, again=True)
                 self._paused = False
         if self.trouble or not pending or not self.sync():
             return
         generation = self.generation
+        with self._lock:  # what happened since the build began, when it did not pause it all
+            since = [] if whole or begun is None \
+                else [at_path for at, at_path in self._log if at > begun]
+        if None in since:
+            whole = True  # a folder came or went: of unknown reach
         for path in pending:
             if self._vouched.get(path) == (generation, _signature(Path(path))):
                 continue  # nothing changed since it was vouched for: the build was a no-op
@@ -195,31 +226,43 @@ class ChangeFeed:
                 folders = set(self._folders.values())
             if not state.complete or not all(os.path.dirname(p) in folders for p in state.paths):
                 continue
-            changed = self._changed_files(state)
+            # Without a look at every file: one in a folder watched all through the build that
+            # changed after the build took its signature has an event since the build began,
+            # and is vouched for as changed; the files in the paused folders are looked at.
+            changed = self._changed_files(state, None if whole else paused)
             # a file hashed too soon after it was written is to be looked at again: vouched
             # for as changed since (filestate.py)
             if changed is None or any(state.signatures[p] != UNSETTLED for p in changed):
                 continue
+            named = set(state.paths)
             with self._lock:
-                for unsettled in sorted(changed):
-                    self._changed(unsettled)
+                for again in sorted(changed | {p for p in since if p in named}):
+                    self._changed(again)
             self._vouched[path] = (generation, signature)
         oldest = min((at for at, _ in self._vouched.values()), default=self.generation)
         with self._lock:  # what no vouch can ask about any more
             self._log = [entry for entry in self._log if entry[0] > oldest]
 
-    def _changed_files(self, state: BuildState) -> frozenset[str] | None:
-        """The files of `state` whose signature changed, from one `lstat()` pass; None when one
-        is gone or may change with no event in the workspace: a symbolic link (to a file
-        anywhere), or a source with another hard link (which may be written through). An output
-        of 1 MiB or more is a hard link into the store, which nothing writes through."""
+    def _changed_files(self, state: BuildState,
+                       folders: set[str] | None = None) -> frozenset[str] | None:
+        """The files of `state` whose signature changed, from one `lstat()` pass (over those in
+        `folders` alone, when given); None when one is gone or may change with no event in the
+        workspace: a symbolic link (to a file anywhere), or a source with another hard link
+        (which may be written through). An output of 1 MiB or more is a hard link into the
+        store, which nothing writes through."""
         base, outputs = f"{self.root}/", OUT_DIR + "/"
+        paths = state.paths if folders is None \
+            else [path for path in state.paths if os.path.dirname(path) in folders]
         try:
-            infos = list(map(os.lstat, [base + path for path in state.paths]))
+            infos = list(map(os.lstat, [base + path for path in paths]))
             if any(stat.S_ISLNK(info.st_mode) or info.st_nlink > 1 and not path.startswith(outputs)
-                   for path, info in zip(state.paths, infos)):
+                   for path, info in zip(paths, infos)):
                 return None
-            return signature_changes(state, infos)
+            if folders is None:
+                return signature_changes(state, infos)
+            recorded = state.signatures
+            return frozenset(path for path, info in zip(paths, infos)
+                             if _signature_of(info) != recorded[path])
         except (OSError, struct.error):
             return None
 
@@ -287,12 +330,14 @@ class ChangeFeed:
 
     # ---- watches ------------------------------------------------------------------------------
 
-    def _watch_tree(self, top: str = "") -> None:
+    def _watch_tree(self, top: str = "", again: bool = False) -> None:
         """Watch `top` (relative; "" the root) and every folder below it but skipped ones
-        (called holding the lock)."""
+        (called holding the lock); `again`: a paused folder, below which some folders may be
+        watched still."""
         if top == "":
             self._folders = {}
             self._rescan = False
+        watched = set(self._folders.values()) if again else set()
         start = os.path.join(self.root, top) if top else str(self.root)
         for folder, dirs, _ in os.walk(start):
             rel = os.path.relpath(folder, self.root)
@@ -301,6 +346,8 @@ class ChangeFeed:
                 dirs[:] = []
                 continue
             dirs[:] = [d for d in dirs if not _skipped(d)]
+            if rel in watched:
+                continue
             if self._limit is not None and len(self._folders) >= self._limit:
                 self._refuse(OSError(28, "inotify watch limit reached"))
                 return

@@ -17,10 +17,11 @@ but what the workspace is: `posbuild watch` runs one build per change through th
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Callable, Mapping, Protocol, Sequence
+from typing import Callable, Iterable, Mapping, Protocol, Sequence
 
 from posbuild.core.words import quantity
 from posbuild.core.action import Action, ActionGraph, GraphFacts
@@ -80,8 +81,12 @@ class Vouch(Protocol):
     def built(self, state_path: Path) -> None:
         """A build ended that may have saved the state at `state_path`."""
 
-    def writing(self) -> None:
-        """The build is about to write `posbuild-out/`: its own writes need no watching."""
+    def starting(self) -> None:
+        """A build begins: what changes from now on is this build's to be vouched for."""
+
+    def writing(self, folders: Iterable[str] | None = None) -> None:
+        """The build is about to write `posbuild-out/` (in `folders`, when known): its own
+        writes need no watching."""
 
 
 class BuildSession:
@@ -104,6 +109,8 @@ class BuildSession:
         passed_checks = False
         resolved: ResolvedBuild | None = None
         with workspace_lock(config, self.reporter):  # from the start: loading writes the cache
+            if self.vouch is not None:
+                self.vouch.starting()
             try:
                 resolved = self.resolve(config, options, on_graph)
                 environment = self.preflight(resolved)
@@ -112,7 +119,7 @@ class BuildSession:
                 if work is None:
                     return self.finish(_settled_summary(resolved, options))
                 if self.vouch is not None and not options.dry_run:
-                    self.vouch.writing()
+                    self.vouch.writing(_written_folders(work))
                 return self.finish(self.run(resolved, environment, work))
             except OrchError as error:
                 if not passed_checks and not options.dry_run:
@@ -260,6 +267,13 @@ class BuildSession:
         """Tell the reporter how the build ended."""
         self.reporter.build_finished(summary)
         return summary
+
+
+def _written_folders(work: DirtyWork) -> set[str]:
+    """The folders of `posbuild-out/` a run may write into: those of the outputs of the actions
+    it looks at (executed, restored, or withdrawn after a failure)."""
+    return {os.path.dirname(output) for action, clean in zip(work.actions, work.clean)
+            if not clean for output in action.outputs}
 
 
 def _runs_here(config: Config, options: BuildOptions) -> bool:

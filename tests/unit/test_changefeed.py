@@ -180,3 +180,72 @@ def test_a_file_too_fresh_to_record_is_vouched_for_as_changed(tmp_path, feed):
     feed.built(state)
     feed.confirm()
     assert feed.changes(state) is None
+
+
+def test_a_build_that_writes_some_folders_has_only_their_files_looked_at(tmp_path, feed,
+                                                                        monkeypatch):
+    """An edit build pauses the folders it writes alone (`writing(folders)`): after it, only
+    their files are looked at; a file elsewhere that changed during the build, after the build
+    took its signature, is vouched for as changed (its event came after the build began)."""
+    files = {"src/a.txt": "a", "src/b.txt": "b", "posbuild-out/one/o": "o",
+             "posbuild-out/two/p": "p"}
+    state = _workspace(tmp_path, files)
+    feed.start()
+    assert _vouched(feed, state)
+    feed.starting()
+    (tmp_path / "src/b.txt").write_text("B, while the build ran")  # after it was looked at
+    feed.writing({"posbuild-out/one"})
+    assert feed.sync()
+    generation = feed.generation
+    (tmp_path / "posbuild-out/one/o").write_text("rebuilt")  # the build's own write: no event
+    assert feed.sync() and feed.generation == generation
+    state = _save(tmp_path, {**files, "src/b.txt": "b", "posbuild-out/one/o": "rebuilt"})
+    # (the state records b.txt as the build saw it, before the edit)
+    state_signature = os.stat(state)
+    looked: list[str] = []
+    real = os.lstat
+    monkeypatch.setattr(os, "lstat", lambda path: looked.append(str(path)) or real(path))
+    feed.built(state)
+    feed.confirm()
+    monkeypatch.undo()
+    assert looked == [f"{tmp_path}/posbuild-out/one/o"]
+    assert os.stat(state) == state_signature
+    assert feed.changes(state) == {"src/b.txt"}
+    (tmp_path / "posbuild-out/one/o").write_text("by hand")  # watched again
+    assert feed.changes(state) == {"src/b.txt", "posbuild-out/one/o"}
+
+
+def test_an_edit_in_a_paused_folder_during_the_build_is_found_by_the_look_after_it(tmp_path,
+                                                                                   feed):
+    files = {"src/a.txt": "a", "posbuild-out/one/o": "o", "posbuild-out/one/q": "q"}
+    state = _workspace(tmp_path, files)
+    feed.start()
+    assert _vouched(feed, state)
+    feed.starting()
+    feed.writing({"posbuild-out/one"})
+    (tmp_path / "posbuild-out/one/o").write_text("rebuilt")
+    state = _save(tmp_path, {**files, "posbuild-out/one/o": "rebuilt"})
+    (tmp_path / "posbuild-out/one/q").write_text("edited by hand while it ran")  # no event
+    feed.built(state)
+    feed.confirm()
+    assert feed.changes(state) is None  # not vouched for: the next build looks at every file
+
+
+def test_a_folder_made_during_the_build_makes_every_file_looked_at(tmp_path, feed):
+    files = {"src/a.txt": "a", "posbuild-out/one/o": "o"}
+    state = _workspace(tmp_path, files)
+    feed.start()
+    assert _vouched(feed, state)
+    feed.starting()
+    feed.writing({"posbuild-out/one", "posbuild-out/new"})  # not watched yet: all is paused
+    (tmp_path / "posbuild-out/new").mkdir()
+    (tmp_path / "posbuild-out/new/n").write_text("n")
+    state = _save(tmp_path, {**files, "posbuild-out/new/n": "n"})
+    (tmp_path / "src/a.txt").write_text("A")  # after the build looked at it
+    feed.built(state)
+    feed.confirm()  # every file looked at: a.txt differs from what the state records
+    assert feed.changes(state) is None
+    state = _save(tmp_path, {**files, "src/a.txt": "A", "posbuild-out/new/n": "n"})
+    assert _vouched(feed, state)
+    (tmp_path / "posbuild-out/new/n").write_text("by hand")  # the new folder is watched
+    assert feed.changes(state) == {"posbuild-out/new/n"}
