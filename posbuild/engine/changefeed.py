@@ -5,7 +5,10 @@ output (uptodate.settled): 17,000 calls for 10,000 actions. The build server (cl
 instead watches every folder of the workspace with inotify, through watchdog's inotify
 descriptor: one descriptor, so the events of all folders arrive in the order they happened.
 After a build it checks, once, that the files its saved up-to-date state names still have the
-recorded signatures, and *vouches* for that state at the current event count. The next build of
+recorded signatures, and *vouches* for that state at the current event count. Only the files in
+the folders the build wrote (not watched while it did, `writing`) need a `stat()`: a file in a
+folder watched all along that changed after the build took its signature has an event since
+the build began (`starting`), and is vouched for as changed. The next build of
 the same request needs no `stat()` of those files when no event arrived since, and the state file
 is the one vouched for; when events named only some files, only those are looked at (`changes`).
 A source the build hashed too soon after it was written (its signature UNSETTLED, filestate.py)
