@@ -187,8 +187,10 @@ class ChangeFeed:
             self._fd.remove_callbacks(paused)
 
     def confirm(self) -> None:
-        """Vouch for the states of the last builds whose files all still match, by one `stat()`
-        pass each, made after a sync (so an event after the sync withdraws the vouch)."""
+        """Vouch for the states of the last builds whose files all still match, after a sync
+        (so an event after it withdraws the vouch): by a `stat()` of the files in the folders
+        the build wrote, the events since it began standing for the rest; by a `stat()` of
+        every file when the build paused all of `posbuild-out/` or a folder came or went."""
         pending, self._pending = self._pending, set()
         paused, self._paused_folders = self._paused_folders, set()
         begun, self._begun = self._begun, None
@@ -208,15 +210,19 @@ class ChangeFeed:
         if self.trouble or not pending or not self.sync():
             return
         generation = self.generation
-        with self._lock:  # what happened since the build began, when it did not pause it all
-            since = [] if whole or begun is None \
-                else [at_path for at, at_path in self._log if at > begun]
-        if None in since:
-            whole = True  # a folder came or went: of unknown reach
         for path in pending:
             if self._vouched.get(path) == (generation, _signature(Path(path))):
                 continue  # nothing changed since it was vouched for: the build was a no-op
-            self._vouched.pop(path, None)
+            # what happened since the build began (or since the vouch it started from: a
+            # no-op's state is the one vouched for before), unless it paused all of
+            # posbuild-out/; None: a folder came or went, of unknown reach
+            earlier = self._vouched.pop(path, None)
+            since: list[str | None] = []
+            if not whole and begun is not None:
+                start = begun if earlier is None else min(begun, earlier[0])
+                with self._lock:
+                    since = [at_path for at, at_path in self._log if at > start]
+            everything = whole or None in since
             # its stat before its bytes: a file replaced between the two is vouched for under
             # the old signature, which `changes` then finds moved
             signature = _signature(Path(path))
@@ -232,14 +238,14 @@ class ChangeFeed:
             # Without a look at every file: one in a folder watched all through the build that
             # changed after the build took its signature has an event since the build began,
             # and is vouched for as changed; the files in the paused folders are looked at.
-            changed = self._changed_files(state, None if whole else paused)
+            changed = self._changed_files(state, None if everything else paused)
             # a file hashed too soon after it was written is to be looked at again: vouched
             # for as changed since (filestate.py)
             if changed is None or any(state.signatures[p] != UNSETTLED for p in changed):
                 continue
             named = set(state.paths)
             with self._lock:
-                for again in sorted(changed | {p for p in since if p in named}):
+                for again in sorted(changed | {p for p in since if p is not None and p in named}):
                     self._changed(again)
             self._vouched[path] = (generation, signature)
         oldest = min((at for at, _ in self._vouched.values()), default=self.generation)

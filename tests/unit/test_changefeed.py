@@ -249,3 +249,22 @@ def test_a_folder_made_during_the_build_makes_every_file_looked_at(tmp_path, fee
     assert _vouched(feed, state)
     (tmp_path / "posbuild-out/new/n").write_text("by hand")  # the new folder is watched
     assert feed.changes(state) == {"posbuild-out/new/n"}
+
+
+def test_a_build_that_wrote_nothing_keeps_what_changed_before_it_to_be_looked_at(tmp_path, feed):
+    """A no-op's state is the one vouched for before it: what changed since that vouch, not only
+    since the no-op began, is still to be looked at after it."""
+    state = _workspace(tmp_path, {"a.txt": "a", "b.txt": "b"})
+    feed.start()
+    assert _vouched(feed, state)
+    (tmp_path / "a.txt").write_text("A")
+    assert feed.changes(state) == {"a.txt"}
+    feed.starting()  # a build that, say, found a.txt's action up to date and saved nothing
+    feed.built(state)
+    feed.confirm()
+    assert feed.changes(state) == {"a.txt"}
+    (tmp_path / "notes.txt").write_text("in no state")
+    feed.starting()
+    feed.built(state)
+    feed.confirm()
+    assert feed.changes(state) == {"a.txt"}
