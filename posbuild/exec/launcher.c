@@ -302,7 +302,6 @@ static struct rules *shared_rules(struct rules *cache, struct request *r) {
     return c;
 }
 
-/* The command's process: everything the request asks, then exec; never returns. */
 struct launch {  /* what the command's process is given, in the server's memory it shares */
     struct request *r;
     struct rules *rules;
@@ -310,6 +309,7 @@ struct launch {  /* what the command's process is given, in the server's memory 
     const sigset_t *mask;
 };
 
+/* The command's process: everything the request asks, then exec; never returns. */
 static void start(struct request *r, struct rules *rules, int out, int err, int null,
                   int netfd, const sigset_t *mask) {
     signal(SIGPIPE, SIG_DFL);
