@@ -116,6 +116,8 @@ class ChangeFeed:
             self.trouble = f"inotify is not available ({error.strerror or error})"
             return
         self._fd.start()
+        # a build that began before the watch did may have missed changes: looked at whole
+        self._begun = None
         state = self.root / STATE_DIR
         try:
             self._state_wd = self._fd.add_callback(os.fsencode(state), self._mask, self, "state")
