@@ -130,25 +130,25 @@ static int hold(void) {
 }
 
 /* Join the namespaces `holder` holds: all opened first, as the mount namespace brings its own
- * /proc, where `holder` has another pid. */
-static void join(const char *holder, int network) {
-    static const char *names[] = {"user", "mnt", "ipc", "uts", "net", "pid"};
+ * /proc, where `holder` has another pid. The network one is joined only with `network`; else
+ * its descriptor is returned (the fork server keeps it for the commands that join it), or -1. */
+static int join(const char *holder, int network) {
+    static const char *names[] = {"user", "mnt", "ipc", "uts", "pid", "net"};
     static const int types[] = {CLONE_NEWUSER, CLONE_NEWNS, CLONE_NEWIPC, CLONE_NEWUTS,
-                                CLONE_NEWNET, CLONE_NEWPID};
+                                CLONE_NEWPID, CLONE_NEWNET};
     int fds[6];
     char path[64], cwd[4096];
     if (!getcwd(cwd, sizeof cwd)) die("getcwd");
     for (int i = 0; i < 6; i++) {
         snprintf(path, sizeof path, "/proc/%s/ns/%s", holder, names[i]);
-        fds[i] = types[i] == CLONE_NEWNET && network ? -1 : open(path, O_RDONLY | O_CLOEXEC);
-        if (fds[i] < 0 && !(types[i] == CLONE_NEWNET && network)) die(path);
+        if ((fds[i] = open(path, O_RDONLY | O_CLOEXEC)) < 0) die(path);
     }
-    for (int i = 0; i < 6; i++) {
-        if (fds[i] < 0) continue;
+    for (int i = 0; i < (network ? 6 : 5); i++) {
         if (setns(fds[i], types[i])) die(names[i]);
         close(fds[i]);
     }
     if (chdir(cwd)) die(cwd);  /* joining a mount namespace moved it to its root */
+    return network ? -1 : fds[5];
 }
 
 static int ruleset(char **read, int nread, char **write, int nwrite, int tcp) {
@@ -206,25 +206,6 @@ static int pass_on(int status) {
     sigprocmask(SIG_UNBLOCK, &all, NULL);
     kill(getpid(), number);
     return 128 + number;
-}
-
-/* Open the namespaces `holder` holds; join all but the network one, whose descriptor is kept
- * for the commands that may not use TCP (each joins it in its own process). */
-static int join_serving(const char *holder) {
-    static const char *names[] = {"user", "mnt", "ipc", "uts", "pid", "net"};
-    static const int types[] = {CLONE_NEWUSER, CLONE_NEWNS, CLONE_NEWIPC, CLONE_NEWUTS,
-                                CLONE_NEWPID, CLONE_NEWNET};
-    int fds[6];
-    char path[64];
-    for (int i = 0; i < 6; i++) {
-        snprintf(path, sizeof path, "/proc/%s/ns/%s", holder, names[i]);
-        if ((fds[i] = open(path, O_RDONLY | O_CLOEXEC)) < 0) die(path);
-    }
-    for (int i = 0; i < 5; i++) {
-        if (setns(fds[i], types[i])) die(names[i]);
-        close(fds[i]);
-    }
-    return fds[5];
 }
 
 /* One request, parsed in place (its strings point into the buffer it came in). */
@@ -390,7 +371,8 @@ static int serve(const char *holder) {
     /* the command's stack until it execs: it shares the server's memory (CLONE_VM), and the
      * server waits meanwhile (CLONE_VFORK), so nothing is copied and nothing runs twice */
     static char stack[1 << 16] __attribute__((aligned(16)));
-    int netfd = holder ? join_serving(holder) : -1;
+    /* all but the network one, which each command joins unless it may use TCP */
+    int netfd = holder ? join(holder, 0) : -1;
     if (holder) give_up_privileges();
     int null = open("/dev/null", O_RDONLY | O_CLOEXEC);
     sigset_t mask;
@@ -460,7 +442,10 @@ int main(int argc, char **argv) {
     char *file = argv[i + 1], **command = argv + i + 2;
     /* No death signal here: it would fire when the posbuild *thread* that started this ends.
      * When posbuild ends, the PID namespace does: the child is killed, and this returns. */
-    if (holder) join(holder, tcp);  /* the child will be in the PID namespace: a fork */
+    if (holder) {  /* the child will be in the PID namespace: a fork */
+        int kept = join(holder, !tcp);
+        if (kept >= 0) close(kept);
+    }
     int rules = ruleset(read, nread, write, nwrite, tcp);
     pid_t child = holder ? fork() : 0;
     if (child < 0) die("fork");
