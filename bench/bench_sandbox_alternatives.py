@@ -394,8 +394,8 @@ def main() -> int:
         server = ForkServer(posbuild_shared.launcher,
                             landlock.HOLDER.pid(posbuild_shared.launcher))
         plain = ForkServer(posbuild_shared.launcher)
-        read_rules, write_rules = landlock.rules(posbuild_shared, False)
-        rules = Rules(read_rules, (*write_rules, sandbox), False)
+        shared = posbuild_shared.shared(False)
+        rules = Rules(shared.read, (*shared.write, sandbox), False)
 
         def served(through: ForkServer,
                    given: Rules | None) -> Callable[[list[str]], Callable[[], int]]:

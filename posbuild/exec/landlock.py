@@ -51,6 +51,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Sequence
 
+from posbuild.exec.forkserver import Rules
 from posbuild.host.paths import within
 
 MIN_ABI = 6  # signal and abstract Unix socket scopes
@@ -70,16 +71,21 @@ _CREATE, _VERSION_FLAG = 444, 1
 
 @dataclass(frozen=True, slots=True)
 class Landlocked:
-    """What every action under Landlock shares: the launcher and its rules, before the action's
-    own part (`command` adds the build's namespaces, which may be made anew between builds).
+    """What every action under Landlock shares: the launcher and the rules every command gets
+    before its own sandbox is added (the build's namespaces, which may be made anew between
+    builds, are joined when a command starts).
 
-    `head` joins the build's network namespace and denies TCP; `head_network` keeps the host's
+    `rules` join the build's network namespace and deny TCP; `rules_network` keep the host's
     network and `/run` (an action tagged `network`).
     """
 
     launcher: str
-    head: tuple[str, ...]
-    head_network: tuple[str, ...]
+    rules: Rules
+    rules_network: Rules
+
+    def shared(self, network: bool) -> Rules:
+        """The shared rules of an action, tagged `network` or not."""
+        return self.rules_network if network else self.rules
 
 
 def abi() -> int:
@@ -254,7 +260,7 @@ def readable(hidden: Iterable[str]) -> list[str]:
 
 def landlocked(launcher: str, hidden: Iterable[str], visible: Iterable[str],
                writable: Iterable[str] = (), masked: Iterable[str] = ()) -> Landlocked:
-    """The shared part of every action's launcher argv: the build's namespaces and the rules.
+    """The rules every action shares.
 
     `hidden`: folders no action may read (the workspace, the store, the sandbox base); `HIDDEN`
     and `RUN` come on top. `visible`: files and folders readable even inside a hidden one (the
@@ -265,44 +271,29 @@ def landlocked(launcher: str, hidden: Iterable[str], visible: Iterable[str],
     hidden = [*hidden, *HIDDEN, *masked]
     opened = sorted({os.path.abspath(w) for w in writable if w.startswith("/")})
     shown = sorted({os.path.realpath(v) for v in visible if os.path.exists(v)})
-    rules = ("-w", *DEVICES, *opened)
+    write = (*DEVICES, *opened)
 
-    def read(paths: list[str]) -> tuple[str, ...]:
-        return ("-r", *paths, *DEVICE_LINKS, *shown)
-    return Landlocked(launcher, (*read(readable([*hidden, RUN])), *rules),
-                      ("-t", *read(readable(hidden)), *rules))
+    def rules(hidden: list[str], tcp: bool) -> Rules:
+        return Rules((*readable(hidden), *DEVICE_LINKS, *shown), write, tcp)
+    return Landlocked(launcher, rules([*hidden, RUN], False), rules(hidden, True))
 
 
 def command(landlocked: Landlocked, sandbox: str, network: bool, file: str,
             argv: Sequence[str], script: str | None = None,
             preload: str | None = None) -> list[str]:
-    """The launcher argv that execs `file` (with `argv`, argv[0] as the shell would give it) with
-    `sandbox` writable. `script`: what bash runs when `file` cannot be exec'd (a plain command's
-    program without `#!`). `preload`: LD_PRELOAD for the command alone (libfaketime). The
-    build's namespaces are started here when none are held (`HOLDER`)."""
+    """The argv of the launcher exec'd for one command (what `probe` runs; the build's commands
+    are started by the fork server instead): it execs `file` (with `argv`, argv[0] as the shell
+    would give it) with `sandbox` writable. `script`: what bash runs when `file` cannot be
+    exec'd (a plain command's program without `#!`). `preload`: LD_PRELOAD for the command
+    alone (libfaketime). The build's namespaces are started here when none are held (`HOLDER`)."""
+    shared = landlocked.shared(network)
     head = [landlocked.launcher, "-N", HOLDER.pid(landlocked.launcher)]
-    head += landlocked.head_network if network else landlocked.head
-    head += ["-w", sandbox]
+    head += [*(("-t",) if shared.tcp else ()), "-r", *shared.read, "-w", *shared.write, sandbox]
     if script is not None:
         head += ["-c", script]
     if preload is not None:
         head += ["-L", preload]
     return [*head, "--", file, *argv]
-
-
-def rules(landlocked: Landlocked, network: bool) -> tuple[tuple[str, ...], tuple[str, ...]]:
-    """The paths of the shared rules, as the fork server takes them (forkserver.Rules): what
-    every action may read and run, and what it may also write; the action's sandbox is added
-    to the second."""
-    read: list[str] = []
-    write: list[str] = []
-    into = read
-    for word in landlocked.head_network if network else landlocked.head:
-        if word in ("-r", "-w"):
-            into = read if word == "-r" else write
-        elif word != "-t":
-            into.append(word)
-    return tuple(read), tuple(write)
 
 
 def probe(landlocked: Landlocked) -> str | None:

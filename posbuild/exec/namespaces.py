@@ -60,6 +60,7 @@ from posbuild.exec.landlock import Landlocked
 WRITABLE_VARIABLE = "POSBUILD_SANDBOX_WRITABLE"  # debugging and test probes: folders left writable
 PROBE_TIMEOUT = 20.0  # seconds; bwrap starts in milliseconds, a hang means something is wrong
 _probed: dict[tuple[str, ...], str | None] = {}  # argv → None (works) or why not; once per process
+_landlock_probed: dict[Landlocked, str | None] = {}  # the same, for the Landlock sandbox
 _launcher: list[tuple[str, str]] = []  # (the compiled launcher, or "" and why not); once
 _noticed: set[str] = set()
 
@@ -259,7 +260,7 @@ def choose(mode: str, hidden: Iterable[str], visible: Iterable[str],
 
 def _landlocked(hidden: Iterable[str], visible: Iterable[str], writable: Iterable[str],
                 masked: Iterable[str]) -> tuple[Landlocked | None, str]:
-    """The Landlock sandbox's shared argv, or None and why it cannot run here (on a kernel
+    """The Landlock sandbox's shared rules, or None and why it cannot run here (on a kernel
     with Landlock ABI MIN_ABI)."""
     if not _launcher:
         try:
@@ -273,10 +274,9 @@ def _landlocked(hidden: Iterable[str], visible: Iterable[str], writable: Iterabl
         fast = landlock.landlocked(launcher, hidden, visible, writable, masked)
     except OSError as error:
         return None, error.strerror or str(error)
-    key = fast.head
-    if key not in _probed:
-        _probed[key] = landlock.probe(fast)
-    problem = _probed[key]
+    if fast not in _landlock_probed:
+        _landlock_probed[fast] = landlock.probe(fast)
+    problem = _landlock_probed[fast]
     return (fast, "") if problem is None else (None, problem)
 
 

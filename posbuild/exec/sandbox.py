@@ -298,14 +298,13 @@ class LocalSpawner:
         self._claimed = False
         # bwrap --die-with-parent does it there, and the Landlock sandbox's PID namespace
         self._guard = ORPHANS if isolation is None else NO_GUARD
+        self._landlock = isinstance(isolation, Landlocked)
         # a share of the Landlock sandbox's namespaces: `close` ends them with the build
-        self._leased = isinstance(isolation, Landlocked)
+        self._leased = self._landlock
         if self._leased:
             landlock.HOLDER.lease()
-        # Landlock: the shared rules (without, with the network), and the fork server that starts
-        # every command in the build's namespaces, started with the first (forkserver.py)
-        self._rules = {network: landlock.rules(isolation, network) for network in (False, True)} \
-            if isinstance(isolation, Landlocked) else {}
+        # Landlock: the fork server that starts every command in the build's namespaces, started
+        # with the first (forkserver.py)
         self._server: ForkServer | None = None
 
     @property
@@ -604,7 +603,7 @@ class LocalSpawner:
             processors = self._pin(action.resources[0])
         process: subprocess.Popen[bytes] | Answer
         try:
-            if self._rules:
+            if self._landlock:
                 process = self._serve(action, argv, sandbox, env, out, err, umask, processors,
                                       program, direct)
             else:
@@ -640,11 +639,10 @@ class LocalSpawner:
         first, and again should it be gone, killed from outside): its rules are the shared ones
         and its own sandbox, writable."""
         assert isinstance(self._isolation, Landlocked)
-        network = NETWORK_TAG in action.tags
-        read, write = self._rules[network]
+        shared = self._isolation.shared(NETWORK_TAG in action.tags)
         request = (program or argv[0], argv, env, sandbox + "/exec", out, err, umask, processors,
                    action.command if direct is not None else None,
-                   Rules(read, (*write, sandbox), network))
+                   Rules(shared.read, (*shared.write, sandbox), shared.tcp))
         server = self._server or self._serving(None)
         try:
             return server.spawn(*request)

@@ -154,14 +154,15 @@ def test_under_landlock_a_command_writes_only_its_sandbox_and_reads_nothing_hidd
     server = ForkServer(launcher, landlock.HOLDER.pid(launcher))
     try:
         for network in (False, True):
-            read, write = landlock.rules(shared, network)
+            rules = shared.shared(network)
             out, err = _capture()
             script = (f"cat {hidden}/secret.txt || echo denied; echo made > made.txt; "
                       f"echo x > {hidden}/new.txt || echo refused; echo $$; "
                       "tail -n +3 /proc/net/dev | wc -l")
             answer = server.spawn("/bin/sh", ["sh", "-c", script], {"PATH": "/usr/bin:/bin"},
                                   str(sandbox / "exec"), out, err,
-                                  rules=Rules(read, (*write, str(sandbox)), network))
+                                  rules=Rules(rules.read, (*rules.write, str(sandbox)),
+                                              rules.tcp))
             _, status, _ = os.wait4(answer.pid, 0)
             said = _text(out).split()
             assert os.waitstatus_to_exitcode(status) == 0

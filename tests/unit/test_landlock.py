@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from posbuild.exec import landlock
+from posbuild.exec.forkserver import Rules
 
 NEEDS_LANDLOCK = pytest.mark.skipif(landlock.abi() < landlock.MIN_ABI,
                                     reason="needs Landlock ABI 6 (kernel 6.12)")
@@ -44,13 +45,22 @@ def test_a_hidden_path_inside_another_adds_nothing(tmp_path: Path) -> None:
 
 def test_the_command_line_of_one_action(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(landlock.HOLDER, "pid", lambda launcher: "1")
-    shared = landlock.Landlocked("/l", ("-r", "/usr"), ("-t",))
+    shared = landlock.Landlocked("/l", Rules(("/usr",), ("/dev/null",), False),
+                                 Rules(("/usr", "/run"), ("/dev/null",), True))
     assert landlock.command(shared, "/s/1", False, "/bin/bash", ["/bin/bash", "-c", "x"]) == [
-        "/l", "-N", "1", "-r", "/usr", "-w", "/s/1", "--", "/bin/bash", "/bin/bash", "-c", "x"]
+        "/l", "-N", "1", "-r", "/usr", "-w", "/dev/null", "/s/1", "--", "/bin/bash", "/bin/bash",
+        "-c", "x"]
     assert landlock.command(shared, "/s/1", True, "/usr/bin/cat", ["cat", "a"], script="cat a",
                             preload="/f.so") == [
-        "/l", "-N", "1", "-t", "-w", "/s/1", "-c", "cat a", "-L", "/f.so", "--", "/usr/bin/cat",
-        "cat", "a"]
+        "/l", "-N", "1", "-t", "-r", "/usr", "/run", "-w", "/dev/null", "/s/1", "-c", "cat a",
+        "-L", "/f.so", "--", "/usr/bin/cat", "cat", "a"]
+
+
+def test_the_network_tag_keeps_run_and_tcp(tmp_path: Path) -> None:
+    shared = landlock.landlocked("/l", (str(tmp_path),), ())
+    assert not shared.shared(False).tcp and shared.shared(True).tcp
+    assert "/run" not in shared.shared(False).read and "/run" in shared.shared(True).read
+    assert shared.shared(False).write == shared.shared(True).write
 
 
 # ---- the compiled launcher -----------------------------------------------------------------------
