@@ -41,15 +41,13 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from posbuild.core.layout import OUT_DIR, STATE_DIR, SYNC_COOKIE
-from posbuild.core.records import UNSETTLED
+from posbuild.core.records import UNSETTLED, Signature, signature
 from posbuild.engine.uptodate import signature_changes
 from posbuild.store.upstate import BuildState, read_state
 from posbuild.workspace.config import Config
 
 SYNC_S = 1.0  # a cookie that takes longer than this means the watch cannot be trusted
 LIMIT_VARIABLE = "POSBUILD_TEST_MAX_WATCHES"  # tests lower the watch limit through it
-
-Signature = tuple[int, int, int, int]
 
 
 def _skipped(name: str) -> bool:
@@ -273,7 +271,7 @@ class ChangeFeed:
                 return signature_changes(state, infos)
             recorded = state.signatures
             return frozenset(path for path, info in zip(paths, infos)
-                             if _signature_of(info) != recorded[path])
+                             if signature(info) != recorded[path])
         except (OSError, struct.error):
             return None
 
@@ -379,10 +377,6 @@ class ChangeFeed:
 
 def _signature(path: Path) -> Signature | None:
     try:
-        return _signature_of(os.stat(path))
+        return signature(os.stat(path))
     except OSError:
         return None
-
-
-def _signature_of(info: os.stat_result) -> Signature:
-    return (info.st_mtime_ns, info.st_size, info.st_ino, info.st_ctime_ns)
