@@ -55,12 +55,15 @@ class OrphanGuard:
     def __init__(self) -> None:
         self._fd = -1  # the pipe's write end; -2: no guard could be started
         self._pid = 0  # the process that started the guard (a forked child starts its own)
+        # held: a Popen dropped while its process runs is polled by every later Popen
+        # (subprocess's own clean-up), one wait4() per command started
+        self._process: subprocess.Popen[bytes] | None = None
         self._lock = threading.Lock()
 
     def watch(self, group: int) -> None:
         with self._lock:
             if self._pid != os.getpid():
-                self._fd, self._pid = self._start(), os.getpid()
+                (self._fd, self._process), self._pid = self._start(), os.getpid()
             self._send(b"%d\n" % group)
 
     def forget(self, group: int) -> None:
@@ -78,19 +81,20 @@ class OrphanGuard:
                 self._fd = -2
 
     @staticmethod
-    def _start() -> int:
-        """Start the guard and return the write end of its pipe (-2: none could be started)."""
+    def _start() -> tuple[int, subprocess.Popen[bytes] | None]:
+        """Start the guard: the write end of its pipe (-2: none could be started), and its
+        process."""
         read, write = os.pipe()
         try:
-            subprocess.Popen([sys.executable, "-S", "-E", "-c", _GUARD], stdin=read,
-                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                             start_new_session=True, close_fds=True)
+            process = subprocess.Popen([sys.executable, "-S", "-E", "-c", _GUARD], stdin=read,
+                                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                       start_new_session=True, close_fds=True)
         except OSError:
             os.close(write)
-            return -2
+            return -2, None
         finally:
             os.close(read)
-        return write
+        return write, process
 
 
 class NoGuard(OrphanGuard):

@@ -3,13 +3,16 @@ command left in it, how stdout and stderr are captured, and which processors a c
 
 from __future__ import annotations
 
+import gc
 import os
+import subprocess
 import threading
 from pathlib import Path
 
 import pytest
 
 from posbuild.core.action import Action
+from posbuild.exec.orphans import ORPHANS
 from posbuild.exec.sandbox import LocalSpawner
 
 
@@ -153,3 +156,15 @@ def test_start_returns_while_the_command_runs_and_wait_reports_its_end(workspace
     finally:
         sandboxes.remove(result)
     assert not result.exec_root.parent.exists()
+
+
+def test_the_orphan_guard_is_not_polled_by_every_later_command(workspace, base) -> None:
+    # subprocess polls (wait4) each process whose Popen it saw dropped while running, at every
+    # later Popen: the guard, running for the whole build, must not be one of them
+    sandboxes = LocalSpawner(workspace, base)
+    for _ in range(2):
+        sandboxes.remove(sandboxes.run(_action("echo x > posbuild-out/pkg/out.txt")))
+    gc.collect()
+    guard = ORPHANS._process
+    assert guard is not None and guard.poll() is None  # started with the first command, running
+    assert all(process.pid != guard.pid for process in subprocess._active)  # type: ignore[attr-defined]
