@@ -480,6 +480,8 @@ class Analyzer:
                                      f"{target.label} writes its result; rename it",
                                      other.location)
         python, words = self._entry_point(target, files)
+        if not python and "/" not in words[0]:  # a script at the root: a path, not a command name
+            words[0] = "./" + words[0]
         interpreter = python or self._loader.config.interpreter
         argv = [python, *words] if python else words
         timeout = test_timeout(target)

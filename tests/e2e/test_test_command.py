@@ -291,3 +291,16 @@ def test_a_test_over_its_declared_memory_is_orch_05(ws: Workspace) -> None:
     assert result.returncode == 15, result.stderr
     assert "ORCH-05 resource oversubscription" in result.stderr
     assert summary_lines(result.stdout) == {"//m:big_test": "FAILED"}
+
+
+def test_an_executable_script_in_the_root_package_runs_by_its_own_interpreter(ws: Workspace
+                                                                             ) -> None:
+    # `check.sh`, executable, at the workspace's root: a path without a slash, which running it
+    # must not look up on PATH; `[[` is bash's, so it ran by its #! line, not by sh
+    ws.write({"posbuild.toml": "", "BUILD": 'sh_test(name = "root_test", srcs = ["check.sh"])\n',
+              "check.sh": '#!/bin/bash\n[[ -n "$TEST_TARGET" ]] && echo "ran $TEST_TARGET"\n'})
+    (ws.root / "check.sh").chmod(0o755)
+    result = ws.run("test")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert summary_lines(result.stdout) == {"//:root_test": "PASSED"}
+    assert ws.out("root_test.test.log") == "ran //:root_test\n"
