@@ -50,7 +50,8 @@ from typing import Callable
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from posbuild.exec import landlock, namespaces  # noqa: E402
-from posbuild.exec.forkserver import ForkServer, Rules  # noqa: E402
+from posbuild.exec.forkserver import ForkServer  # noqa: E402
+from posbuild.exec.landlock import Rules  # noqa: E402
 
 libc = ctypes.CDLL(None, use_errno=True)
 libc.syscall.restype = ctypes.c_long

@@ -1,4 +1,4 @@
-"""Layer 0: the fork server — one small C process per build that starts every action's command.
+"""Layer 1: the fork server — one small C process per build that starts every action's command.
 
 Starting a command from Python costs more than the command itself when the command is cheap, and
 under Landlock the launcher was exec'd on top of it: a second exec that joined six namespaces and
@@ -28,8 +28,9 @@ import socket
 import struct
 import subprocess
 import threading
-from dataclasses import dataclass
 from typing import Sequence
+
+from posbuild.exec.landlock import Rules
 
 
 LANDLOCK, TCP = 1, 2  # request flags
@@ -76,16 +77,6 @@ class Answer:
             if self._error is not None:
                 raise self._error
             return self._pid
-
-
-@dataclass(frozen=True, slots=True)
-class Rules:
-    """A Landlock request's part: the paths the command may read and run, those it may also
-    write, and whether it may use TCP (then it keeps the host's network)."""
-
-    read: tuple[str, ...]
-    write: tuple[str, ...]
-    tcp: bool
 
 
 class ForkServer:

@@ -51,7 +51,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Sequence
 
-from posbuild.exec.forkserver import Rules
 from posbuild.host.paths import within
 
 MIN_ABI = 6  # signal and abstract Unix socket scopes
@@ -67,6 +66,17 @@ HIDDEN = ("/tmp", "/dev")
 RUN = "/run"  # hidden too, unless the action is tagged `network`
 
 _CREATE, _VERSION_FLAG = 444, 1
+
+
+@dataclass(frozen=True, slots=True)
+class Rules:
+    """What a command under Landlock may do (a part of a fork server's request): the paths it
+    may read and run, those it may also write, and whether it may use TCP (then it keeps the
+    host's network)."""
+
+    read: tuple[str, ...]
+    write: tuple[str, ...]
+    tcp: bool
 
 
 @dataclass(frozen=True, slots=True)

@@ -117,8 +117,8 @@ from posbuild.exec.spawner import Perturbation, Spawner, SpawnResult
 from posbuild.exec.stage import Layout, remove_tree, stage, stage_reversed
 from posbuild.exec.namespaces import Isolation, choose, command, input_binds
 from posbuild.exec import landlock
-from posbuild.exec.landlock import Landlocked
-from posbuild.exec.forkserver import Answer, ForkServer, Rules, ServerGone
+from posbuild.exec.landlock import Landlocked, Rules
+from posbuild.exec.forkserver import Answer, ForkServer, ServerGone
 from posbuild.host.nofollow import open_outputs, read_upto
 from posbuild.host.owned import SANDBOXES, claim, holds_only_sandboxes
 from posbuild.core.records import ResourceUsage

@@ -14,7 +14,8 @@ from typing import Iterator
 import pytest
 
 from posbuild.exec import landlock
-from posbuild.exec.forkserver import ForkServer, Rules
+from posbuild.exec.forkserver import ForkServer
+from posbuild.exec.landlock import Rules
 
 NEEDS_LANDLOCK = pytest.mark.skipif(landlock.abi() < landlock.MIN_ABI,
                                     reason="needs Landlock ABI 6 (kernel 6.12)")

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from posbuild.exec import landlock
-from posbuild.exec.forkserver import Rules
+from posbuild.exec.landlock import Rules
 
 NEEDS_LANDLOCK = pytest.mark.skipif(landlock.abi() < landlock.MIN_ABI,
                                     reason="needs Landlock ABI 6 (kernel 6.12)")
