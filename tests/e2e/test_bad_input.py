@@ -233,6 +233,24 @@ def test_error_inside_a_library_macro_names_the_build_line(built, call, detail):
     assert "@posbuild" not in message and ".bzl" not in message
 
 
+def test_a_source_must_be_a_file_or_a_link_to_one(built):
+    ws, _ = built
+    (ws.root / "p/data").mkdir(parents=True)
+    (ws.root / "p/data/real.txt").write_text("real\n")
+    (ws.root / "p/data/linked.txt").symlink_to("real.txt")
+    (ws.root / "p/data/dangling.txt").symlink_to("nowhere.txt")
+    (ws.root / "p/data/folder.txt").mkdir()
+    rule = 'genrule(name = "a", srcs = ["data/{}"], outs = ["a.txt"], cmd = "cat $< > $@")\n'
+    for name in ("dangling.txt", "folder.txt", "missing.txt"):
+        message = bad_build(built, {"p/BUILD": rule.format(name)}, "//p:a")
+        assert message == (f"p/BUILD:1: //p:a: srcs entry 'data/{name}': no such target or "
+                           f"source file '//p:data/{name}'"), message
+    ws.write({"p/BUILD": rule.format("linked.txt")})
+    result = ws.build("//p:a")
+    assert result.returncode == 0, result.stderr
+    assert ws.out("p/a.txt") == "real\n"
+
+
 def test_unknown_label_in_srcs_suggests_a_close_name(built):
     message = bad_build(built, {"p/BUILD": (
         'genrule(name = "b", outs = ["b.txt"], cmd = "echo > $@")\n'
