@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import enum
 import functools
+import re
 from dataclasses import dataclass
 from typing import Container, Iterable
 
@@ -58,7 +59,26 @@ def shown(text: str) -> str:
     return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
+# A label in the shape almost every one has, valid as the checks below would find it: checked by
+# one match instead of them. A part of a path is not empty, ".", "..", and holds no "/" or ":".
+_PART = r"(?!\.\.?(?:[/:]|$))[^/:]+"
+_PATH = re.compile(rf"{_PART}(?:/{_PART})*")
+_ABSOLUTE = re.compile(rf"//((?:{_PATH.pattern})?):({_PATH.pattern})")
+
+
 def _split(text: str, current_package: str) -> Label:
+    if text.isascii() and current_package.isascii():  # the quick way, else the checks say why
+        if text.startswith("//"):
+            found = _ABSOLUTE.fullmatch(text)
+            if found is not None:
+                return Label(found.group(1), found.group(2))
+        elif not text.startswith("@") and _PATH.fullmatch(text, 1 if text[:1] == ":" else 0) \
+                and (not current_package or _PATH.fullmatch(current_package)):
+            return Label(current_package, text[1:] if text[:1] == ":" else text)
+    return _split_checked(text, current_package)
+
+
+def _split_checked(text: str, current_package: str) -> Label:
     _check_text(current_package)
     _check_text(text)
     if text.startswith("//"):
