@@ -286,7 +286,7 @@ class Analyzer:
         if names is None:
             try:
                 with os.scandir(f"{self._loader.root}/{folder}") as listing:
-                    names = frozenset(entry.name for entry in listing if _is_file(entry))
+                    names = frozenset(entry.name for entry in listing if _lists_a_file(entry))
             except OSError:
                 names = frozenset()
             self._listed[folder] = names
@@ -632,8 +632,9 @@ def _not_a_source(path: str) -> str:
             f"(e.g. //{package}:{name})")
 
 
-def _is_file(entry: os.DirEntry[str]) -> bool:
-    """A listed entry is a file, or a link to one (a link that cannot be followed is not)."""
+def _lists_a_file(entry: os.DirEntry[str]) -> bool:
+    """Whether a listed entry is a file, or a link to one (a link that cannot be followed is
+    not)."""
     try:
         return entry.is_file()
     except OSError:
