@@ -116,6 +116,7 @@ class ChangeFeed:
         self._fd.start()
         # a build that began before the watch did may have missed changes: looked at whole
         self._begun = None
+        self._paused, self._paused_folders = False, set()
         state = self.root / STATE_DIR
         try:
             self._state_wd = self._fd.add_callback(os.fsencode(state), self._mask, self, "state")
@@ -170,6 +171,8 @@ class ChangeFeed:
         only they are paused, and only their files checked; else all of `posbuild-out/`, and
         every file.
         """
+        if self._fd is None:  # nothing is watched yet (`start` watches every folder once)
+            return
         with self._lock:
             watched = {rel: wd for wd, rel in self._folders.items()
                        if rel == OUT_DIR or rel.startswith(OUT_DIR + "/")}

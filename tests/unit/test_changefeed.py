@@ -4,6 +4,7 @@ for a saved state only while no event arrived since it checked every file the st
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 
 import pytest
@@ -282,5 +283,32 @@ def test_a_build_that_began_before_the_watch_has_every_file_looked_at(tmp_path):
         feed.start()
         feed.confirm()
         assert feed.changes(state) is None  # not vouched for: a.txt differs from the state
+    finally:
+        feed.stop()
+
+
+def test_a_build_that_wrote_before_the_watch_began_leaves_no_folder_watched_twice(tmp_path):
+    """`posbuild watch`'s first build writes `posbuild-out/` before its feed starts: there was
+    nothing to pause then, and the feed watches every folder once when it starts (watchdog warns
+    of a folder given a second callback, on the user's terminal)."""
+    state = _workspace(tmp_path, {"a.txt": "a", "posbuild-out/pkg/out.txt": "o"})
+    feed = ChangeFeed(tmp_path)
+    try:
+        feed.starting()
+        feed.writing({"posbuild-out/pkg"})  # before start(): nothing watched yet
+        feed.built(state)
+        feed.start()
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            feed.confirm()  # every file looked at: all as the state says
+        assert feed.changes(state) == frozenset()
+        feed.starting()  # the next build pauses the folder it writes, once
+        feed.writing({"posbuild-out/pkg"})
+        (tmp_path / "posbuild-out/pkg/out.txt").write_text("other")
+        feed.built(state)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            feed.confirm()
+        assert feed.changes(state) is None  # the paused folder's file was looked at
     finally:
         feed.stop()
