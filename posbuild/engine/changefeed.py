@@ -42,7 +42,7 @@ from typing import Any, Iterable
 
 from posbuild.core.layout import OUT_DIR, STATE_DIR, SYNC_COOKIE
 from posbuild.core.records import UNSETTLED, Signature, signature
-from posbuild.engine.uptodate import signature_changes
+from posbuild.engine.uptodate import signature_changes, stat_signature
 from posbuild.store.upstate import BuildState, read_state
 from posbuild.workspace.config import Config
 
@@ -140,8 +140,8 @@ class ChangeFeed:
         vouched = self._vouched.get(str(state_path))
         if vouched is None or self.trouble or not self.sync():
             return None
-        generation, signature = vouched
-        if _signature(state_path) != signature:
+        generation, vouched_signature = vouched
+        if stat_signature(state_path) != vouched_signature:
             return None
         with self._lock:
             since = [path for at, path in self._log if at > generation]
@@ -214,7 +214,7 @@ class ChangeFeed:
             return
         generation = self.generation
         for path in pending:
-            if self._vouched.get(path) == (generation, _signature(Path(path))):
+            if self._vouched.get(path) == (generation, stat_signature(path)):
                 continue  # nothing changed since it was vouched for: the build was a no-op
             # what happened since the build began (or since the vouch it started from: a
             # no-op's state is the one vouched for before), unless it paused all of
@@ -228,10 +228,10 @@ class ChangeFeed:
             everything = whole or None in since
             # its stat before its bytes: a file replaced between the two is vouched for under
             # the old signature, which `changes` then finds moved
-            signature = _signature(Path(path))
+            saved_signature = stat_signature(path)
             # read through the process's memo, where the next build finds it decoded
             state = read_state(path)
-            if signature is None or not state.raw:
+            if saved_signature is None or not state.raw:
                 continue
             _ = state.raw_digest  # and hashed, off the next build's path (its build row)
             with self._lock:
@@ -246,11 +246,11 @@ class ChangeFeed:
             # for as changed since (filestate.py)
             if changed is None or any(state.signatures[p] != UNSETTLED for p in changed):
                 continue
-            named = set(state.paths)
+            named = state.signatures  # the state's files (decoded above, or for the next build)
             with self._lock:
                 for again in sorted(changed | {p for p in since if p is not None and p in named}):
                     self._changed(again)
-            self._vouched[path] = (generation, signature)
+            self._vouched[path] = (generation, saved_signature)
         oldest = min((at for at, _ in self._vouched.values()), default=self.generation)
         with self._lock:  # what no vouch can ask about any more
             self._log = [entry for entry in self._log if entry[0] > oldest]
@@ -376,10 +376,3 @@ class ChangeFeed:
         self.limit_reached = error.errno == 28  # ENOSPC: fs.inotify.max_user_watches
         self.trouble = ("the inotify watch limit was reached (raise fs.inotify.max_user_watches)"
                         if self.limit_reached else f"cannot watch the workspace ({error})")
-
-
-def _signature(path: Path) -> Signature | None:
-    try:
-        return signature(os.stat(path))
-    except OSError:
-        return None

@@ -49,7 +49,7 @@ def changed_files(state: BuildState, graph: Digest, root: Path) -> frozenset[str
         return frozenset(path for path, row in zip(state.paths,
                                                    SIGNATURE_ROW.iter_unpack(
                                                        state.packed_signatures))
-                         if _signature_of(base + path) != row)
+                         if stat_signature(base + path) != row)
 
 
 def signature_changes(state: BuildState, infos: Iterable[os.stat_result]) -> frozenset[str]:
@@ -64,7 +64,8 @@ def signature_changes(state: BuildState, infos: Iterable[os.stat_result]) -> fro
                      if now[start:start + size] != recorded[start:start + size])
 
 
-def _signature_of(path: str) -> Signature | None:
+def stat_signature(path: str | os.PathLike[str]) -> Signature | None:
+    """A file's signature now, or None when it cannot be stat-ed (gone)."""
     try:
         return signature(os.stat(path))
     except OSError:
