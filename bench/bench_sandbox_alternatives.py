@@ -395,8 +395,7 @@ def main() -> int:
         server = ForkServer(posbuild_shared.launcher,
                             landlock.HOLDER.pid(posbuild_shared.launcher))
         plain = ForkServer(posbuild_shared.launcher)
-        shared = posbuild_shared.shared(False)
-        rules = Rules(shared.read, (*shared.write, sandbox), False)
+        rules = posbuild_shared.shared(False).writing(sandbox)
 
         def served(through: ForkServer,
                    given: Rules | None) -> Callable[[list[str]], Callable[[], int]]:

@@ -78,6 +78,10 @@ class Rules:
     write: tuple[str, ...]
     tcp: bool
 
+    def writing(self, folder: str) -> Rules:
+        """These rules with `folder` writable too (an action's own sandbox)."""
+        return Rules(self.read, (*self.write, folder), self.tcp)
+
 
 @dataclass(frozen=True, slots=True)
 class Landlocked:
@@ -296,9 +300,9 @@ def command(landlocked: Landlocked, sandbox: str, network: bool, file: str,
     would give it) with `sandbox` writable. `script`: what bash runs when `file` cannot be
     exec'd (a plain command's program without `#!`). `preload`: LD_PRELOAD for the command
     alone (libfaketime). The build's namespaces are started here when none are held (`HOLDER`)."""
-    shared = landlocked.shared(network)
+    rules = landlocked.shared(network).writing(sandbox)
     head = [landlocked.launcher, "-N", HOLDER.pid(landlocked.launcher)]
-    head += [*(("-t",) if shared.tcp else ()), "-r", *shared.read, "-w", *shared.write, sandbox]
+    head += [*(("-t",) if rules.tcp else ()), "-r", *rules.read, "-w", *rules.write]
     if script is not None:
         head += ["-c", script]
     if preload is not None:

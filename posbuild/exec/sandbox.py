@@ -117,7 +117,7 @@ from posbuild.exec.spawner import Perturbation, Spawner, SpawnResult
 from posbuild.exec.stage import Layout, remove_tree, stage, stage_reversed
 from posbuild.exec.namespaces import Isolation, choose, command, input_binds
 from posbuild.exec import landlock
-from posbuild.exec.landlock import Landlocked, Rules
+from posbuild.exec.landlock import Landlocked
 from posbuild.exec.forkserver import Answer, ForkServer, ServerGone
 from posbuild.host.nofollow import open_outputs, read_upto
 from posbuild.host.owned import SANDBOXES, claim, holds_only_sandboxes
@@ -639,10 +639,9 @@ class LocalSpawner:
         first, and again should it be gone, killed from outside): its rules are the shared ones
         and its own sandbox, writable."""
         assert isinstance(self._isolation, Landlocked)
-        shared = self._isolation.shared(NETWORK_TAG in action.tags)
         request = (program or argv[0], argv, env, sandbox + "/exec", out, err, umask, processors,
                    action.command if direct is not None else None,
-                   Rules(shared.read, (*shared.write, sandbox), shared.tcp))
+                   self._isolation.shared(NETWORK_TAG in action.tags).writing(sandbox))
         server = self._server or self._serving(None)
         try:
             return server.spawn(*request)
