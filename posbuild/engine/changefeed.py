@@ -116,7 +116,6 @@ class ChangeFeed:
         self._fd.start()
         # a build that began before the watch did may have missed changes: looked at whole
         self._begun = None
-        self._paused, self._paused_folders = False, set()
         state = self.root / STATE_DIR
         try:
             self._state_wd = self._fd.add_callback(os.fsencode(state), self._mask, self, "state")
