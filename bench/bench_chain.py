@@ -16,7 +16,10 @@ daily "one edit, the pipeline re-runs" case. It prints, per tool:
   (each command appends `date +%s%N` to a file outside the workspace as it begins and ends), the
   latency a dependent really waits, shell start-up included, which all three tools pay;
 * the **fixed** cost: wall time minus the span from the first command's start to the last one's
-  end (starting the tool, loading the graph, checking what changed, saving state).
+  end (starting the tool, loading the graph, checking what changed, saving state);
+* the **shell**: how long the tool's shell takes, alone, from being spawned to its first stamp
+  (median of `SHELL_RUNS` runs of `date +%s%N` under it), and **own**: the gap less that, the
+  tool's own latency from a command's end to the next command's start.
 
 posbuild runs every command under `/bin/bash -euo pipefail` (its contract, as Bazel's genrule
 and Snakemake do); make and ninja run theirs under `/bin/sh`, dash on Debian, which starts in
@@ -93,6 +96,28 @@ def read_stamps(stamps: Path) -> tuple[list[float], float]:
     return [b - a for a, b in zip(ends, starts[1:])], ends[-1] - starts[0]
 
 
+SHELL_RUNS = 50
+SHELLS = {"posbuild": ["/bin/bash", "-euo", "pipefail", "-c"], "make": ["/bin/sh", "-c"],
+          "ninja": ["/bin/sh", "-c"], "make-bash": ["/bin/bash", "-euo", "pipefail", "-c"]}
+
+
+def shell_start(shell: list[str]) -> float:
+    """Seconds from spawning `shell` to its first time stamp, the median of `SHELL_RUNS`."""
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LANG": "C.UTF-8", "TZ": "UTC"}
+    starts = []
+    for _ in range(SHELL_RUNS):
+        read, write = os.pipe()
+        begun = time.time_ns()
+        pid = os.posix_spawn(shell[0], [*shell, "date +%s%N"], env,
+                             file_actions=[(os.POSIX_SPAWN_DUP2, write, 1)])
+        os.close(write)
+        with os.fdopen(read, "rb") as out:
+            stamp = int(out.read())
+        os.waitpid(pid, 0)
+        starts.append((stamp - begun) / 1e9)
+    return statistics.median(starts)
+
+
 def timed(argv: list[str], cwd: Path, env: dict[str, str]) -> float:
     started = time.perf_counter()
     subprocess.run(argv, cwd=cwd, env=env, check=True, stdout=subprocess.DEVNULL,
@@ -147,17 +172,23 @@ def main() -> None:
         subprocess.run([*posbuild, "shutdown"], cwd=Path(temp) / "posbuild", env=env,
                        capture_output=True)
     ideal = args.length * args.sleep
+    shells = {" ".join(shell): shell_start(shell) for shell in SHELLS.values()} \
+        if measure_gaps else {}
     print(f"chain of {args.length} actions sleeping {args.sleep} s (ideal {ideal:.2f} s), -j2, "
           f"median of {args.repeat}; posbuild [sandbox] mode = {args.sandbox}")
     print(f"  {'tool':<10}{'wall s':>8}{'wall/ideal':>12}{'per link ms':>13}{'gap ms':>9}"
-          f"{'fixed ms':>10}")
+          f"{'fixed ms':>10}{'shell ms':>10}{'own ms':>8}")
     for name, values in walls.items():
         wall = statistics.median(values)
-        gap = f"{statistics.median(gaps[name]) * 1000:>9.1f}" if gaps[name] else f"{'-':>9}"
-        cost = f"{statistics.median(fixed[name]) * 1000:>10.0f}" if fixed[name] else f"{'-':>10}"
+        gap, cost, shell, own = (f"{'-':>9}", f"{'-':>10}", f"{'-':>10}", f"{'-':>8}")
+        if gaps[name]:
+            median_gap, start = statistics.median(gaps[name]), shells[" ".join(SHELLS[name])]
+            gap, shell = f"{median_gap * 1000:>9.1f}", f"{start * 1000:>10.1f}"
+            own = f"{(median_gap - start) * 1000:>8.1f}"
+            cost = f"{statistics.median(fixed[name]) * 1000:>10.0f}"
         against = f"{wall / ideal:>12.3f}" if ideal else f"{'-':>12}"
         print(f"  {name:<10}{wall:>8.3f}{against}"
-              f"{(wall - ideal) / args.length * 1000:>13.1f}{gap}{cost}")
+              f"{(wall - ideal) / args.length * 1000:>13.1f}{gap}{cost}{shell}{own}")
 
 
 if __name__ == "__main__":

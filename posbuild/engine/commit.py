@@ -55,8 +55,10 @@ class Committer:
         self._carriers = carriers  # labels of actions whose outputs may hold a secret
 
     def commit(self, action: Action, spawn: SpawnResult, miss: Miss, started: float,
-               ended: float) -> ActionResult:
-        """Hash and store the outputs, commit result, blobs and record at once, then install."""
+               ended: float, replaced: list[str] | None = None) -> ActionResult:
+        """Hash and store the outputs, commit result, blobs and record at once, then install;
+        `replaced` gets the files the outputs replaced, for the caller to discard later
+        (materialize.discard)."""
         key = miss.key
         blobs: list[tuple[Digest, bytes | None]] = []
         produced: list[tuple[Opened, OutputFile, bytes | None]] = []
@@ -99,7 +101,7 @@ class Committer:
         self._store.log((Commit(cached, tuple(blobs), placeholders, (), tuple(records)),
                          Commit(memo=tuple(memo))))
         try:
-            installed = [(o.path, self._materializer.install(file, o, data))
+            installed = [(o.path, self._materializer.install(file, o, data, replaced))
                          for file, o, data in produced]
             installed += self._install_trees(trees, blobs)
         except OSError:  # the result stands (its key is true), but this build failed to show it

@@ -89,6 +89,9 @@ class DryRunExecutor:
     def conclude(self, handle: None) -> ActionOutcome:
         raise AssertionError("a dry run starts nothing")
 
+    def tidy(self, handle: None) -> None:
+        raise AssertionError("a dry run starts nothing")
+
     def succeeded(self, outcome: ActionOutcome) -> bool:
         return outcome.key is not None
 

@@ -1,17 +1,18 @@
 """Layer 5: run one action that missed the cache — start its command, wait, judge the run, commit.
 
-The scheduler calls these on a worker thread, without its lock, in three steps: `start()` gives the
+The scheduler calls these on a worker thread, without its lock, in four steps: `start()` gives the
 command to the spawner and returns at once (the executor asks the remote cache before, when the
 decision said it might hold the result: network I/O belongs here, not under the lock); `wait()`
 waits for the command; `conclude()` judges the finished run and commits it (commit.py), or says why
-it failed, and removes the sandbox. The scheduler may start the worker's next action between
-`wait()` and `conclude()`. A result is committed only when the command exited 0, every declared
-output exists as a regular file, no source input changed while it ran, no output holds a secret,
-and every extra check of the build's mode passes (modes.py: `--verify` compares with the cached
-result); otherwise nothing of it is kept in the store or `posbuild-out/`: what it said and wrote
-goes to `.posbuild/failed/` for the user (postmortem.py), with its command and a hint when the
-shell did not find a program the sandbox hides (notfound.py), and `--keep-sandbox` leaves its
-sandbox in place.
+it failed; `tidy()` removes the sandbox and the files its outputs replaced in `posbuild-out/`. The
+scheduler may start the worker's next action between `wait()` and `conclude()`, and starts it
+before `tidy()` whenever it can: the clean-up then costs a dependent nothing. A result is
+committed only when the command exited 0, every declared output exists as a regular file, no
+source input changed while it ran, no output holds a secret, and every extra check of the build's
+mode passes (modes.py: `--verify` compares with the cached result); otherwise nothing of it is
+kept in the store or `posbuild-out/`: what it said and wrote goes to `.posbuild/failed/` for the
+user (postmortem.py), with its command and a hint when the shell did not find a program the
+sandbox hides (notfound.py), and `--keep-sandbox` leaves its sandbox in place.
 
 `ActionExecutor` is the scheduler's view of all this: node numbers in, outcomes out, each finished
 action reported.
@@ -20,7 +21,7 @@ action reported.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Sequence
 
 from posbuild.core.action import Action
@@ -40,6 +41,7 @@ from posbuild.engine.sources import RemoteResults
 from posbuild.errors import NonDeterminism
 from posbuild.exec.spawner import Spawner, SpawnResult
 from posbuild.store.journal import Journal
+from posbuild.store.materialize import discard
 from posbuild.workspace.secrets import SecretUnavailable, file_containing, redact, values_of
 
 # one more judgement of a finished run that passed the usual ones (modes.py)
@@ -62,6 +64,10 @@ class Started:
     ended: float = 0.0  # time.time() when the command ended
     # set at once when the action ended before its command: a remote hit, or a failure
     outcome: ActionOutcome | None = None
+    # set by `conclude`: the files its outputs replaced, set aside for `tidy` to delete
+    # (materialize.py), and whether its sandbox stays (`--keep-sandbox`)
+    replaced: list[str] = field(default_factory=list)
+    kept: bool = False
 
 
 class ActionRunner:
@@ -132,24 +138,29 @@ class ActionRunner:
             values = [value for _, value in secrets]
             spawn = replace(spawn, stdout=redact(spawn.stdout, values),
                             stderr=redact(spawn.stderr, values))
-        in_place: tuple[str, ...] = ()  # --keep-sandbox: where the sandbox stays, how to re-run
-        try:
-            failure = self._failure(action, spawn, miss, secrets)
-            for check in self._checks:
-                failure = failure or check(action, spawn, miss)
-            if failure is not None:
-                if self._keep_sandbox is not None and not self._cancelled:
-                    in_place = self._keep_sandbox(spawn, action, self._passed_env)
-                outcome = self._failed(started, spawn, failure)
-                return replace(outcome, notes=outcome.notes + in_place)
-            self._committer.commit(action, spawn, miss, started.started, started.ended)
-            if self._keeper is not None:
-                self._keeper.passed(action.label)
-        finally:
-            if not in_place:
-                self._spawner.remove(spawn)
+        failure = self._failure(action, spawn, miss, secrets)
+        for check in self._checks:
+            failure = failure or check(action, spawn, miss)
+        if failure is not None:
+            in_place: tuple[str, ...] = ()  # --keep-sandbox: where it stays, how to re-run
+            if self._keep_sandbox is not None and not self._cancelled:
+                in_place = self._keep_sandbox(spawn, action, self._passed_env)
+                started.kept = True
+            outcome = self._failed(started, spawn, failure)
+            return replace(outcome, notes=outcome.notes + in_place)
+        self._committer.commit(action, spawn, miss, started.started, started.ended,
+                               started.replaced)
+        if self._keeper is not None:
+            self._keeper.passed(action.label)
         return ActionOutcome(Outcome.EXECUTED, miss.key, reason=miss.reason,
                              stderr=spawn.stderr, elapsed=spawn.elapsed, stdout=spawn.stdout)
+
+    def tidy(self, started: Started) -> None:
+        """Remove what a concluded run left (scheduler thread, after its next command started):
+        its sandbox, unless `--keep-sandbox` keeps it, and the files its outputs replaced."""
+        if started.spawn is not None and not started.kept:
+            self._spawner.remove(started.spawn)
+        discard(started.replaced)
 
     def _failed(self, started: Started, spawn: SpawnResult, failure: Failure) -> ActionOutcome:
         """Record a run that cannot be committed, and say how it ended."""
@@ -282,6 +293,9 @@ class ActionExecutor:
 
     def conclude(self, started: Started) -> ActionOutcome:
         return self._runner.conclude(started)
+
+    def tidy(self, started: Started) -> None:
+        self._runner.tidy(started)
 
     def succeeded(self, outcome: ActionOutcome) -> bool:
         """Whether dependents may start: the action has a result (a kept one after ORCH-04, too)."""

@@ -96,8 +96,8 @@ def run_dirty(config: Config, options: BuildOptions, environment: BuildEnvironme
     # workers choose their own sandbox; here, SandboxUnavailable comes before anything runs
     isolation, notice = choose_isolation(
         config, environment.sandbox_writable, masked,
-        environment.programs_visible([work.actions[i] for i in dirty],
-                                     hidden_folders(config))) \
+        lambda: environment.programs_visible([work.actions[i] for i in dirty],
+                                             hidden_folders(config))) \
         if cluster is None else (None, "")
     if notice:
         reporter.message(notice)

@@ -14,6 +14,11 @@ nodes and calls an Executor with these entry points:
 * `start(node)`, `wait(handle)` and `conclude(handle)` do the real work on one of `jobs` worker
   threads, without the lock: start it (a command), wait for its command, then finish it (check
   and keep its results). The worker then settles the node and takes its next one itself (`_Run`).
+* `tidy(handle)` cleans up after a concluded node (its sandbox), also without the lock. Its
+  outcome is final by then, so nothing waits for it: the worker tidies only once it has started
+  its next node's command (or when it has none to start), which takes the clean-up off the path
+  from a command's end to its dependent's start. The build is over only when every node is
+  tidied.
   With more than one job, when `wait` returns the worker hands the node's slot and resources on
   to its own next node and starts it before it concludes the last — if that next node would be
   chosen even if the dependents the last one's end makes ready were already waiting (their
@@ -111,6 +116,8 @@ class Executor(Protocol[Outcome]):
     def wait(self, handle: Any) -> bool: ...
 
     def conclude(self, handle: Any) -> Outcome: ...
+
+    def tidy(self, handle: Any) -> None: ...
 
     def succeeded(self, outcome: Outcome) -> bool: ...
 
@@ -216,6 +223,7 @@ class _Run(Generic[Outcome]):
         self.lock = threading.Condition()
         self.running = 0  # nodes holding a job slot
         self.finishing = 0  # nodes being concluded after handing their slot on
+        self.untidy = 0  # concluded nodes whose `tidy` waits for their worker's next start
         # free slot numbers, a heap: the lowest is taken
         self._slots = list(range(1, self._jobs + 1))
         self.error: BaseException | None = None
@@ -239,8 +247,8 @@ class _Run(Generic[Outcome]):
                 self._finish(node, outcome)
 
     def busy(self) -> bool:
-        """Whether some node is between `start` and the end of its `conclude`."""
-        return self.running + self.finishing > 0
+        """Whether some node is between `start` and the end of its `tidy`."""
+        return self.running + self.finishing + self.untidy > 0
 
     def over(self) -> bool:
         """Nothing runs and nothing more will start."""
@@ -293,13 +301,18 @@ class _Run(Generic[Outcome]):
 
     def _serve(self) -> None:
         """A worker: take a node, start it and wait for it without the lock, start the next one
-        when it may (see the module's docstring), conclude and settle the last, and so on."""
+        when it may (see the module's docstring), conclude and settle the last, start the next
+        one and tidy the last, and so on."""
         with self.lock:
             current: tuple[int, int, Any] | None = None  # (node, slot, handle) whose command runs
+            untidy: list[Any] = []  # the handle of a concluded node, until `tidy` is called
             while True:
                 if current is None:
                     job = self._next_job()
                     if job is None:
+                        if untidy:
+                            self._tidy(untidy.pop(), deferred=True)
+                            continue  # what may have become possible meanwhile
                         if self.over():
                             self.lock.notify_all()
                             return
@@ -309,6 +322,8 @@ class _Run(Generic[Outcome]):
                         continue
                     self.hand_out()
                     current = self._start(job)
+                    if untidy:
+                        self._tidy(untidy.pop(), deferred=True)
                     continue
                 node, slot, handle = current
                 may_succeed, error = self._unlocked(self._executor.wait, handle)
@@ -321,6 +336,22 @@ class _Run(Generic[Outcome]):
                 if may_succeed and self._jobs > 1 and not self._stopping:
                     early, current = self._start_early(node, slot)
                 self._conclude(node, slot, handle, early, busy=current is not None)
+                if current is not None:  # the next command runs already
+                    self._tidy(handle, deferred=False)
+                else:
+                    untidy.append(handle)
+                    self.untidy += 1
+
+    def _tidy(self, handle: Any, deferred: bool) -> None:
+        """Tidy a concluded node, whatever its `conclude` did; `deferred`: it waited, counted in
+        `untidy`."""
+        _, error = self._unlocked(self._executor.tidy, handle)
+        if deferred:
+            self.untidy -= 1
+        if error is not None:
+            self.fail(error)
+        if not self.busy():
+            self.lock.notify_all()
 
     def _next_job(self) -> tuple[int, int] | None:
         """A node handed to this worker, or else the next it may take after settling what is

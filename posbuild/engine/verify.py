@@ -142,8 +142,8 @@ def verify(config: Config, graph: ActionGraph, state: BuildState, store: CachedO
     environments = Environments.of_workspace(config)
     isolation, notice = choose_isolation(
         config, sandbox_writable, masked,
-        environments.visible(sorted({p for a in graph.actions for p in a.programs}),
-                             hidden_folders(config)))
+        lambda: environments.visible(sorted({p for a in graph.actions for p in a.programs}),
+                                     hidden_folders(config)))
     sandboxes = LocalSpawner(config.root, config.sandbox_dir, isolation,
                              search_path=environments.search_path)
     shifted = shift_clock and sandboxes.faketime is not None

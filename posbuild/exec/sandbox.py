@@ -218,27 +218,30 @@ def base_environment(sandbox: str | Path, search_path: str = BASE_PATH) -> dict[
 
 def choose_isolation(config: Config, writable: Sequence[str] = (),
                      masked: Sequence[str] = (),
-                     programs: Sequence[str] = ()) -> tuple[Isolation | Landlocked | None, str]:
+                     programs: Callable[[], Sequence[str]] = tuple,
+                     ) -> tuple[Isolation | Landlocked | None, str]:
     """`[sandbox] mode` for this build: (how actions are isolated — Landlock, bubblewrap, or None
     for the folder sandbox; a notice for the user, or ""). Raises SandboxUnavailable when the mode
     named cannot run. Probes (a few ms) once per process. `writable`:
     folders left visible and writable (namespaces.writable_paths). `masked`: files no action may
     read (the secrets file), covered with /dev/null. `programs`: folders and files the actions'
-    programs need (envfp.Environments.visible).
+    programs need (envfp.Environments.visible), asked only when a namespace sandbox may run:
+    a build in the folder sandbox pays for none of this.
 
     Hidden: the workspace, the store and the sandbox base (other actions' sandboxes). Shown again,
     read-only: the Python running posbuild and the workspace's (`[python] interpreter`: py_task
     actions run it; it may live in a venv inside the workspace or under /tmp), the actions'
     programs, libfaketime (`posbuild verify`), and absolute `[env] tools`.
     """
+    if config.sandbox_mode == "folder":
+        return None, ""
     # both are made before any action runs anyway; hidden, they must exist
-    if config.sandbox_mode != "folder":
-        for folder in (config.store_dir, config.sandbox_dir):
-            folder.mkdir(parents=True, exist_ok=True)
+    for folder in (config.store_dir, config.sandbox_dir):
+        folder.mkdir(parents=True, exist_ok=True)
     visible = [sys.prefix, sys.exec_prefix, sys.base_prefix, sys.base_exec_prefix,
                os.path.realpath(sys.executable)]
     visible += [tool for tool in config.env_tools if tool.startswith("/")]
-    visible += programs
+    visible += programs()
     faketime = find_libfaketime()
     if faketime is not None:
         visible.append(faketime)

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import itertools
 import os
 import shutil
 import threading
@@ -80,6 +81,7 @@ class Materializer:
         self._folders: set[str] = set()
         self._renames = True  # False once a rename from the sandboxes proved to cross file systems
         self._reflinks = True  # False once a reflink failed: this file system has none
+        self._asides = itertools.count()  # names of replaced files kept for `discard`
 
     def clear_temp(self) -> None:
         """Remove temp files a killed build left half-written, and make the folder for new ones.
@@ -103,14 +105,16 @@ class Materializer:
         return memo if memo is not None and memo.signature == sig \
             and memo.digest == output.digest else None
 
-    def install(self, produced: Opened, output: OutputFile, data: bytes | None) -> FileState:
+    def install(self, produced: Opened, output: OutputFile, data: bytes | None,
+                replaced: list[str] | None = None) -> FileState:
         """Put a file an action just produced into place: renamed by its folder's descriptor on
         the same file system, else copied from its descriptor (or `data`, when the caller already
         read it); never by a path through the sandbox, whose folders may be links by now
         (nofollow.py). A rename that moved another file than the one found (something outside
         the sandbox swapped it since) is undone and fails; a file with other names (a hard link
         the action made) is copied. Sandboxes on another file system (a memory one) are learned
-        from the first rename that fails, not retried for every file."""
+        from the first rename that fails, not retried for every file. `replaced`: the file it
+        replaces is set aside there for `discard`, not freed now (`_set_aside`)."""
         if data is None and output.size >= SHARE_LIMIT:
             shared = self._install_shared(produced, output)
             if shared is not None:
@@ -118,6 +122,9 @@ class Materializer:
         target = self._target(output)
         # a hard link's other names must not change with it
         if self._renames and produced.stat.st_nlink == 1:
+            aside = len(replaced) if replaced is not None else 0
+            if replaced is not None:
+                self._set_aside(target, replaced)
             try:
                 try:
                     os.rename(produced.name, target, src_dir_fd=produced.folder)
@@ -133,6 +140,9 @@ class Materializer:
                 if error.errno != errno.EXDEV:
                     raise
                 self._renames = False
+                if replaced is not None:  # the copy below sets the file aside itself
+                    discard(replaced[aside:])
+                    del replaced[aside:]
             else:
                 info = os.stat(target, follow_symlinks=False)
                 if (info.st_ino, info.st_dev) != (produced.stat.st_ino, produced.stat.st_dev):
@@ -145,10 +155,10 @@ class Materializer:
                 os.chmod(target, _mode(output.executable))
                 return FileState(signature(os.stat(target)), output.digest)
         if data is not None:
-            self._write(target, output, data)
+            self._write(target, output, data, replaced)
         else:
             with produced.reading() as fd:
-                self._write(target, output, fd)
+                self._write(target, output, fd, replaced)
         return FileState(signature(os.stat(target)), output.digest)
 
     def restore(self, output: OutputFile) -> FileState:
@@ -296,19 +306,23 @@ class Materializer:
             self._folders.add(folder)
         return target
 
-    def _write(self, target: str, output: OutputFile, content: bytes | int) -> None:
+    def _write(self, target: str, output: OutputFile, content: bytes | int,
+               replaced: list[str] | None = None) -> None:
         """Write a complete read-only file at `target`: linked in from an unnamed file when the
-        path is free, else written beside the others in the temp folder and renamed over it."""
+        path is free, else written beside the others in the temp folder and renamed over it.
+        `replaced`: the file it replaces is kept for the caller to `discard` later (below)."""
         mode = _mode(output.executable)
         if not os.path.lexists(target) and _link_unnamed(target, mode, content):
             return
-        temp = self._temp_dir / f"{os.path.basename(target)}.{threading.get_ident()}"
+        temp = f"{self._temp_dir}/{os.path.basename(target)}.{threading.get_ident()}"
         fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
         try:
             try:
                 _fill(fd, content)
             finally:
                 os.close(fd)
+            if replaced is not None:
+                self._set_aside(target, replaced)
             try:
                 os.rename(temp, target)
             except IsADirectoryError:  # a folder output of this name before
@@ -318,6 +332,28 @@ class Materializer:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(temp)
             raise
+
+    def _set_aside(self, target: str, replaced: list[str]) -> None:
+        """Give the file at `target` a second name in the temp folder, added to `replaced`, so
+        that the rename over it does not free it: freeing a file's blocks is the dearest part of
+        replacing it (on a file system mounted with `discard` more than writing the new one), and
+        `discard` can do it once a dependent action no longer waits. A kill leaves the name in the
+        temp folder, which the next build and fsck empty."""
+        aside = f"{self._temp_dir}/replaced.{os.getpid()}.{next(self._asides)}"
+        try:
+            os.link(target, aside, follow_symlinks=False)
+        except OSError:  # none there, or a folder: nothing to keep
+            return
+        replaced.append(aside)
+
+
+def discard(replaced: list[str]) -> None:
+    """Delete the files `Materializer.install` set aside as it replaced them (the list is
+    emptied)."""
+    for path in replaced:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+    replaced.clear()
 
 
 def drop_changed(store: OutputStore, digest: Digest) -> int:

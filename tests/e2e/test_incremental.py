@@ -16,6 +16,7 @@ import sys
 import time
 
 from conftest import Result, Workspace, counts, executed_labels
+from posbuild.workspace.config import load_config
 from oracle import assert_correct_build
 
 # A diamond plus an independent branch:
@@ -436,3 +437,18 @@ def test_a_noop_after_the_graph_entry_was_remade_settles_by_signatures_again(ws)
     assert_correct_build(ws)
     (ws.root / "pkg/a.txt").write_text("alpha, edited\n")  # and an edit is still seen
     assert executed_labels(_ok(ws)) == ["//pkg:join", "//pkg:left"]
+
+
+def test_a_rebuild_leaves_no_sandbox_and_no_replaced_output_behind(ws: Workspace) -> None:
+    # the files a rebuild replaces in posbuild-out/ are set aside and deleted once the next
+    # command runs, as the sandboxes are: when the build says OK, none is left
+    ws.write(DIAMOND)
+    _ok(ws)
+    ws.write({"pkg/a.txt": "changed\n", "pkg/b.txt": "changed too\n"})
+    result = _ok(ws)
+    assert executed_labels(result) == DIAMOND_LABELS
+    assert os.listdir(ws.root / ".posbuild/tmp") == []
+    base = load_config(ws.root).sandbox_dir
+    assert [name for name in os.listdir(base)
+            if not name.endswith(".owner") and name != "CACHEDIR.TAG"] == []
+    assert (ws.root / "posbuild-out/pkg/join.txt").read_text() == "changed\nchanged too\n"

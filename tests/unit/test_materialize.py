@@ -93,3 +93,56 @@ def test_outputs_made_on_another_file_system_are_copied_and_the_rename_is_tried_
                     and stat.S_IMODE(target.stat().st_mode) == 0o444
             assert state.signature[1] == target.stat().st_size
     assert attempts == ["a.txt"]  # the first rename fails (EXDEV); the others copy
+
+
+@pytest.mark.parametrize("where", ["same file system", "/dev/shm"])
+def test_a_replaced_output_is_set_aside_until_discarded(setup, tmp_path_factory,
+                                                        where: str) -> None:
+    # the file an install replaces keeps a name in the temp folder, so that the rename over it
+    # frees nothing; `discard` frees it later, and leaves the temp folder empty. Both ways in:
+    # renamed from a sandbox on the same file system, copied from one on another
+    materializer, store, root = setup
+    _restore(materializer, store, "posbuild-out/pkg/a.txt", b"alpha\n")
+    target = root / "posbuild-out/pkg/a.txt"
+    old = target.stat()
+    if where == "/dev/shm":
+        if not os.path.isdir(where) or os.stat(where).st_dev == old.st_dev:
+            pytest.skip("no memory file system apart from the workspace's")
+        import tempfile
+
+        sandbox = Path(tempfile.mkdtemp(dir=where))
+    else:
+        sandbox = tmp_path_factory.mktemp("sandbox")
+    (sandbox / "a.txt").write_bytes(b"beta\n")
+    output = OutputFile("posbuild-out/pkg/a.txt", hash_bytes(b"beta\n"), 5, False)
+    opened = open_outputs(str(sandbox), ["a.txt"])
+    replaced: list[str] = []
+    try:
+        materializer.install(opened.opened["a.txt"], output, b"beta\n", replaced)
+    finally:
+        opened.close()
+    assert target.read_bytes() == b"beta\n" and stat.S_IMODE(target.stat().st_mode) == 0o444
+    assert len(replaced) == 1
+    aside = os.stat(replaced[0])
+    assert (aside.st_ino, aside.st_dev) == (old.st_ino, old.st_dev)
+    assert Path(replaced[0]).read_bytes() == b"alpha\n"
+    materialize.discard(replaced)
+    assert replaced == [] and os.listdir(root / ".posbuild/tmp") == []
+    if where == "/dev/shm":
+        import shutil
+
+        shutil.rmtree(sandbox)
+
+
+def test_a_new_output_sets_nothing_aside(setup, tmp_path_factory) -> None:
+    materializer, store, root = setup
+    sandbox = tmp_path_factory.mktemp("sandbox")
+    (sandbox / "a.txt").write_bytes(b"beta\n")
+    output = OutputFile("posbuild-out/pkg/a.txt", hash_bytes(b"beta\n"), 5, False)
+    opened = open_outputs(str(sandbox), ["a.txt"])
+    replaced: list[str] = []
+    try:
+        materializer.install(opened.opened["a.txt"], output, b"beta\n", replaced)
+    finally:
+        opened.close()
+    assert (root / output.path).read_bytes() == b"beta\n" and replaced == []

@@ -74,7 +74,9 @@ class Build:
         miss = self.miss(action)
         started = self.runner.start(action, miss)
         self.runner.wait(started)
-        return miss, self.runner.conclude(started)
+        outcome = self.runner.conclude(started)
+        self.runner.tidy(started)
+        return miss, outcome
 
     def all(self, actions: Sequence[Action]) -> dict[str, Outcome]:
         """A whole build of `actions` through the scheduler, as runphase drives it."""

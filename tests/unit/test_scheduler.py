@@ -77,6 +77,9 @@ class FakeExecutor:
     def wrap_up(self, node: int) -> None:
         """Work a node does after its command, in `conclude` (none here; see WrapUpExecutor)."""
 
+    def tidy(self, node: int) -> None:
+        self._log("tidy", node)
+
     def succeeded(self, outcome: Outcome) -> bool:
         return outcome[0] == "ok"
 
@@ -344,8 +347,8 @@ def test_exception_in_prepare_cancels_and_drains_before_propagating() -> None:
     assert cancelled.is_set()
     cancel_at = executor.events.index(("cancel", -1))
     assert executor.index("prepare", 2) < cancel_at < executor.index("run-end", 0)
-    # drained: nothing ran on after the exception escaped
-    assert executor.events[-1] == ("run-end", 0)
+    # drained: nothing ran on after the exception escaped, and what ran is tidied
+    assert executor.events[-2:] == [("run-end", 0), ("tidy", 0)]
     assert 2 not in executor.ran
 
 
@@ -501,3 +504,50 @@ def test_an_early_start_goes_only_to_a_node_that_beats_the_coming_dependents(
     else:
         assert executor.index("wrap-up-end", 0) < executor.index("run-start",
                                                                  2) < executor.index("run-start", 3)
+
+
+@pytest.mark.parametrize("jobs", [1, 2])
+def test_a_node_is_tidied_after_its_dependent_has_started(jobs: int) -> None:
+    # a chain: each node's clean-up waits until the command of the one that waited for it runs
+    executor = FakeExecutor()
+    states = schedule([[], [0], [1]], executor, jobs=jobs)
+    assert states == [State.SUCCESS] * 3
+    for node in (0, 1):
+        assert executor.index("finished", node) < executor.index("run-start", node + 1) \
+            < executor.index("tidy", node)
+    assert executor.index("run-end", 2) < executor.index("tidy", 2)
+
+
+def test_every_started_node_is_tidied_once_before_the_run_returns() -> None:
+    # a failure stops the build: what ran is tidied all the same, failed or not, and never twice
+    executor = FakeExecutor(fail=[1], delay=0.01)
+    states = schedule([[], [], [0], [2], [3]], executor, jobs=2)
+    assert states[1] is State.FAILED
+    tidied = [node for kind, node in executor.events if kind == "tidy"]
+    assert sorted(tidied) == sorted(executor.ran)
+    assert executor.events[-1][0] in ("tidy", "finished")
+
+
+class SlowTidyExecutor(FakeExecutor):
+    """`tidy` takes a while, as removing a large sandbox does."""
+
+    def tidy(self, node: int) -> None:
+        time.sleep(0.2)
+        super().tidy(node)
+
+
+def test_the_run_waits_for_the_last_tidy() -> None:
+    executor = SlowTidyExecutor()
+    schedule([[], [0]], executor, jobs=2)
+    assert [node for kind, node in executor.events if kind == "tidy"] == [0, 1]
+
+
+class FailingTidyExecutor(FakeExecutor):
+    def tidy(self, node: int) -> None:
+        super().tidy(node)
+        raise RuntimeError("cannot remove the sandbox")
+
+
+def test_an_exception_in_tidy_stops_the_build_and_is_raised() -> None:
+    with pytest.raises(RuntimeError, match="cannot remove the sandbox"):
+        schedule([[], [0], [1]], FailingTidyExecutor(), jobs=2)

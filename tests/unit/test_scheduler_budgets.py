@@ -59,6 +59,9 @@ class ClockExecutor:
     def conclude(self, node: int) -> str:
         return "ok"
 
+    def tidy(self, node: int) -> None:
+        pass
+
     def succeeded(self, outcome: str) -> bool:
         return outcome == "ok"
 

@@ -62,6 +62,9 @@ class BudgetExecutor:
         time.sleep(self.wrap_up)  # after its demand is given back
         return "ok"
 
+    def tidy(self, node: int) -> None:
+        pass
+
     def succeeded(self, outcome: str) -> bool:
         return outcome == "ok"
 
