@@ -47,17 +47,22 @@ folder sandbox. `choose_isolation`
 decides once per build, before anything runs.
 
 Processors: an action that declares cpu=N (N >= 1; the default is 1) runs pinned to N of the
-processors posbuild may use. They are chosen deterministically: the N least used by the actions
-running at that moment, ties by processor number, so with the scheduler keeping the declared sum
-within `[resources] cpu` (at most the processors there are, by default) running actions get
-disjoint sets. The mask is set on the spawning thread just before the fork (a forked child
-inherits its thread's mask), which has no race with the command starting threads of its own;
-`taskset` would cost an extra exec per action and `preexec_fn` is unsafe with threads. A worker
-thread keeps the mask afterwards: its next action usually gets the same processors, and then no
-system call is made (the main thread gets posbuild's whole mask back). Under Landlock the fork
-server sets the mask in the command's own process, from the request. cpu=0 leaves the action
-unpinned. On systems without `sched_setaffinity` nothing is pinned. The thread-count variables
-(OMP_NUM_THREADS ...) come with the action's env (analysis.declared_resources). This module
+processors posbuild may use: the N least used by this build's running actions, so with the
+scheduler keeping the declared sum within `[resources] cpu` (at most the processors there are,
+by default) running actions get disjoint sets. Among equally used ones the processor the
+spawning thread runs on comes first (host/processor.py), then the lowest number: the kernel
+placed the thread with the whole machine in view (a worker thread starts where the build's
+main thread ran its analysis), so two builds side by side spread over the processors instead
+of both running every command on processor 0, each at half speed. The mask is set on the
+spawning thread just before the fork (a forked child inherits its thread's mask), which has no
+race with the command starting threads of its own; `taskset` would cost an extra exec per
+action and `preexec_fn` is unsafe with threads. A worker thread keeps the mask afterwards: its
+next action usually gets the same processors, and then no system call is made (freed between
+actions, it was moved between processors: 3-5% slower on a cold build); the main thread gets
+posbuild's whole mask back. Under Landlock the fork server sets the mask in the command's own
+process, from the request. cpu=0 leaves the action unpinned. On systems without
+`sched_setaffinity` nothing is pinned. The thread-count variables (OMP_NUM_THREADS ...) come
+with the action's env (analysis.declared_resources). This module
 knows nothing of keys or the store: it takes an Action and returns a SpawnResult.
 
 Kills: no command outlives posbuild, even one killed by SIGKILL — the PID namespace whose PID 1
@@ -121,6 +126,7 @@ from posbuild.exec.landlock import Landlocked
 from posbuild.exec.forkserver import Answer, ForkServer, ServerGone
 from posbuild.host.nofollow import open_outputs, read_upto
 from posbuild.host.owned import SANDBOXES, claim, holds_only_sandboxes
+from posbuild.host.processor import current_processor
 from posbuild.core.records import ResourceUsage
 from posbuild.exec.shellfree import (Direct, find_program, parse, shell_argv, shell_status,
                                 shell_variables)
@@ -702,18 +708,24 @@ class LocalSpawner:
         return code, timed_out, usage, b""
 
     def _pin(self, cpu: int) -> tuple[int, ...]:
-        """Choose `cpu` processors for an action and count them as used (called under the lock)."""
+        """Choose `cpu` processors for an action and count them as used (called under the lock):
+        the least used, and among equals the one the spawning thread runs on first (asked only
+        when equals compete for the last place)."""
         if cpu < 1 or not self._processors:
             return ()
-        chosen = tuple(sorted(sorted(self._processors, key=lambda p: (self._pinned[p], p))[:cpu]))
+        pinned = self._pinned
+        ranked = sorted(self._processors, key=pinned.__getitem__)
+        if cpu < len(ranked) and pinned[ranked[cpu - 1]] == pinned[ranked[cpu]]:
+            here = current_processor()
+            ranked.sort(key=lambda p: (pinned[p], p != here))
+        chosen = tuple(sorted(ranked[:cpu]))
         for processor in chosen:
             self._pinned[processor] += 1
         return chosen
 
     def _confine(self, processors: tuple[int, ...]) -> None:
         """Give the calling thread the mask its next command inherits: `processors`, or all of
-        posbuild's when empty. A system call only when the thread's mask differs, which for a
-        worker running one action after another is rarely the case."""
+        posbuild's when empty. A system call only when the thread's mask differs."""
         wanted = processors or self._processors
         if wanted and getattr(self._masks, "current", self._processors) != wanted:
             os.sched_setaffinity(0, wanted)

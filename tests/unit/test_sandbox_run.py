@@ -127,6 +127,23 @@ def test_each_command_gets_its_own_processors_whatever_the_thread_ran_before(wor
     assert len(os.sched_getaffinity(0)) == everything  # which never stays confined
 
 
+@pytest.mark.skipif(not hasattr(os, "sched_getaffinity") or len(os.sched_getaffinity(0)) < 2,
+                    reason="needs CPU affinity and at least two processors")
+def test_a_command_is_pinned_where_the_kernel_runs_its_spawner(workspace, base,
+                                                               monkeypatch) -> None:
+    # two builds side by side must not both put every command on the lowest processor: among
+    # processors this build uses equally, the one the spawning thread runs on now is taken
+    import posbuild.exec.sandbox as sandbox
+
+    probe = "python3 -c 'import os; print(*sorted(os.sched_getaffinity(0)))'"
+    highest = max(os.sched_getaffinity(0))
+    monkeypatch.setattr(sandbox, "current_processor", lambda: highest)
+    code, out, err, _ = _run_and_remove(LocalSpawner(workspace, base),
+                                        _action(probe, inputs=(), cpu=1))
+    assert code == 0, err
+    assert out.split() == [str(highest).encode()]
+
+
 def test_every_command_reads_an_empty_stdin(workspace, base) -> None:
     sandboxes = LocalSpawner(workspace, base)
     for _ in range(2):  # the same /dev/null descriptor serves every command
