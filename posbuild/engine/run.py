@@ -156,8 +156,9 @@ class ActionRunner:
                              stderr=spawn.stderr, elapsed=spawn.elapsed, stdout=spawn.stdout)
 
     def tidy(self, started: Started) -> None:
-        """Remove what a concluded run left (scheduler thread, after its next command started):
-        its sandbox, unless `--keep-sandbox` keeps it, and the files its outputs replaced."""
+        """Remove what a concluded run left (on its worker thread, once that started its next
+        command): its sandbox, unless `--keep-sandbox` keeps it, and the files its outputs
+        replaced."""
         if started.spawn is not None and not started.kept:
             self._spawner.remove(started.spawn)
         discard(started.replaced)

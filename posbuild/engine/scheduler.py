@@ -14,11 +14,6 @@ nodes and calls an Executor with these entry points:
 * `start(node)`, `wait(handle)` and `conclude(handle)` do the real work on one of `jobs` worker
   threads, without the lock: start it (a command), wait for its command, then finish it (check
   and keep its results). The worker then settles the node and takes its next one itself (`_Run`).
-* `tidy(handle)` cleans up after a concluded node (its sandbox), also without the lock. Its
-  outcome is final by then, so nothing waits for it: the worker tidies only once it has started
-  its next node's command (or when it has none to start), which takes the clean-up off the path
-  from a command's end to its dependent's start. The build is over only when every node is
-  tidied.
   With more than one job, when `wait` returns the worker hands the node's slot and resources on
   to its own next node and starts it before it concludes the last — if that next node would be
   chosen even if the dependents the last one's end makes ready were already waiting (their
@@ -26,6 +21,11 @@ nodes and calls an Executor with these entry points:
   command then need not wait for the bookkeeping of the one before it. Otherwise the node keeps
   its slot until `conclude` returns; with one job always, so a serial build's order is exact,
   cache hits included.
+* `tidy(handle)` cleans up after a concluded node (its sandbox), also without the lock. Its
+  outcome is final by then, so nothing waits for it: the worker tidies only once it has started
+  its next node's command (or when it has none to start), which takes the clean-up off the path
+  from a command's end to its dependent's start. The build is over only when every node is
+  tidied.
 
 Task states follow §3: PENDING → RUNNING → SUCCESS | FAILED, plus SKIPPED for nodes that never
 start because a dependency failed or because the build stopped after a failure.

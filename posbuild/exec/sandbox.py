@@ -51,19 +51,18 @@ processors posbuild may use: the N least used by this build's running actions, s
 scheduler keeping the declared sum within `[resources] cpu` (at most the processors there are,
 by default) running actions get disjoint sets. Among equally used ones the processor the
 spawning thread runs on comes first (host/processor.py), then the lowest number: the kernel
-placed the thread with the whole machine in view (a worker thread starts where the build's
-main thread ran its analysis), so two builds side by side spread over the processors instead
-of both running every command on processor 0, each at half speed. The mask is set on the
-spawning thread just before the fork (a forked child inherits its thread's mask), which has no
-race with the command starting threads of its own; `taskset` would cost an extra exec per
-action and `preexec_fn` is unsafe with threads. A worker thread keeps the mask afterwards: its
-next action usually gets the same processors, and then no system call is made (freed between
-actions, it was moved between processors: 3-5% slower on a cold build); the main thread gets
-posbuild's whole mask back. Under Landlock the fork server sets the mask in the command's own
-process, from the request. cpu=0 leaves the action unpinned. On systems without
+placed the thread with the whole machine in view, so two builds side by side spread over the
+processors instead of both running every command on processor 0, each at half speed. The mask is
+set on the spawning thread just before the fork (a forked child inherits its thread's mask),
+which has no race with the command starting threads of its own; `taskset` would cost an extra
+exec per action and `preexec_fn` is unsafe with threads. A worker thread keeps the mask
+afterwards: its next action usually gets the same processors, and then no system call is made
+(freed between actions, it was moved between processors: 3-5% slower on a cold build); the main
+thread gets posbuild's whole mask back. Under Landlock the fork server sets the mask in the
+command's own process, from the request. cpu=0 leaves the action unpinned. On systems without
 `sched_setaffinity` nothing is pinned. The thread-count variables (OMP_NUM_THREADS ...) come
-with the action's env (analysis.declared_resources). This module
-knows nothing of keys or the store: it takes an Action and returns a SpawnResult.
+with the action's env (analysis.declared_resources). This module knows nothing of keys or the
+store: it takes an Action and returns a SpawnResult.
 
 Kills: no command outlives posbuild, even one killed by SIGKILL — the PID namespace whose PID 1
 ends with posbuild under Landlock, bwrap's `--die-with-parent` under bwrap, a guard process in
@@ -725,7 +724,8 @@ class LocalSpawner:
 
     def _confine(self, processors: tuple[int, ...]) -> None:
         """Give the calling thread the mask its next command inherits: `processors`, or all of
-        posbuild's when empty. A system call only when the thread's mask differs."""
+        posbuild's when empty. A system call only when the thread's mask differs, which for a
+        worker running one action after another is rarely the case."""
         wanted = processors or self._processors
         if wanted and getattr(self._masks, "current", self._processors) != wanted:
             os.sched_setaffinity(0, wanted)

@@ -95,6 +95,20 @@ def test_outputs_made_on_another_file_system_are_copied_and_the_rename_is_tried_
     assert attempts == ["a.txt"]  # the first rename fails (EXDEV); the others copy
 
 
+def _install(materializer: Materializer, sandbox: Path, data: bytes) -> list[str]:
+    """Install `data`, made as `a.txt` in `sandbox`, as posbuild-out/pkg/a.txt; what it set
+    aside."""
+    (sandbox / "a.txt").write_bytes(data)
+    output = OutputFile("posbuild-out/pkg/a.txt", hash_bytes(data), len(data), False)
+    opened = open_outputs(str(sandbox), ["a.txt"])
+    replaced: list[str] = []
+    try:
+        materializer.install(opened.opened["a.txt"], output, data, replaced)
+    finally:
+        opened.close()
+    return replaced
+
+
 @pytest.mark.parametrize("where", ["same file system", "/dev/shm"])
 def test_a_replaced_output_is_set_aside_until_discarded(setup, tmp_path_factory,
                                                         where: str) -> None:
@@ -113,14 +127,13 @@ def test_a_replaced_output_is_set_aside_until_discarded(setup, tmp_path_factory,
         sandbox = Path(tempfile.mkdtemp(dir=where))
     else:
         sandbox = tmp_path_factory.mktemp("sandbox")
-    (sandbox / "a.txt").write_bytes(b"beta\n")
-    output = OutputFile("posbuild-out/pkg/a.txt", hash_bytes(b"beta\n"), 5, False)
-    opened = open_outputs(str(sandbox), ["a.txt"])
-    replaced: list[str] = []
     try:
-        materializer.install(opened.opened["a.txt"], output, b"beta\n", replaced)
+        replaced = _install(materializer, sandbox, b"beta\n")
     finally:
-        opened.close()
+        if where == "/dev/shm":
+            import shutil
+
+            shutil.rmtree(sandbox)
     assert target.read_bytes() == b"beta\n" and stat.S_IMODE(target.stat().st_mode) == 0o444
     assert len(replaced) == 1
     aside = os.stat(replaced[0])
@@ -128,21 +141,9 @@ def test_a_replaced_output_is_set_aside_until_discarded(setup, tmp_path_factory,
     assert Path(replaced[0]).read_bytes() == b"alpha\n"
     materialize.discard(replaced)
     assert replaced == [] and os.listdir(root / ".posbuild/tmp") == []
-    if where == "/dev/shm":
-        import shutil
-
-        shutil.rmtree(sandbox)
 
 
 def test_a_new_output_sets_nothing_aside(setup, tmp_path_factory) -> None:
     materializer, store, root = setup
-    sandbox = tmp_path_factory.mktemp("sandbox")
-    (sandbox / "a.txt").write_bytes(b"beta\n")
-    output = OutputFile("posbuild-out/pkg/a.txt", hash_bytes(b"beta\n"), 5, False)
-    opened = open_outputs(str(sandbox), ["a.txt"])
-    replaced: list[str] = []
-    try:
-        materializer.install(opened.opened["a.txt"], output, b"beta\n", replaced)
-    finally:
-        opened.close()
-    assert (root / output.path).read_bytes() == b"beta\n" and replaced == []
+    replaced = _install(materializer, tmp_path_factory.mktemp("sandbox"), b"beta\n")
+    assert (root / "posbuild-out/pkg/a.txt").read_bytes() == b"beta\n" and replaced == []
