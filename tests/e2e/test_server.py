@@ -49,7 +49,7 @@ def _running_slowly(ws: Workspace, tmp_path: Path, seconds: float) -> tuple[int 
     server = _server_pid(ws)
     client = _start(ws, "//pkg:slow")
     _wait_for(flag.exists)
-    assert _sleeping(seconds)
+    _wait_for(lambda: _sleeping(seconds))  # the shell starts `sleep` just after the flag
     return server, client
 
 
