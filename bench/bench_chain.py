@@ -11,7 +11,9 @@ commands. Each tool builds its chain once untimed (posbuild's build server start
 analysed), then, per repetition, `seed.txt` is edited and the whole chain rebuilt and timed: the
 daily "one edit, the pipeline re-runs" case. It prints, per tool:
 
-* wall time against the ideal (length × sleep), and the overhead per link;
+* wall time against the ideal (length × sleep), and the overhead per link, of the stamped
+  chain below, and **plain s**: the wall time of the same chain without the stamps (the
+  commands as a user writes them, `sleep S && cat $< > $@`), built beside it;
 * the **gap**: the median time from one command's last instruction to the next command's first
   (each command appends `date +%s%N` to a file outside the workspace as it begins and ends), the
   latency a dependent really waits, shell start-up included, which all three tools pay;
@@ -140,22 +142,25 @@ def main() -> None:
              "make-bash": ["make", "-s", "-j2"]}
     available = {name: argv for name, argv in tools.items() if shutil.which(argv[0])}
     walls: dict[str, list[float]] = {name: [] for name in available}
+    plain: dict[str, list[float]] = {name: [] for name in available}
     gaps: dict[str, list[float]] = {name: [] for name in available}
     fixed: dict[str, list[float]] = {name: [] for name in available}
     measure_gaps = args.sandbox == "folder"
     with tempfile.TemporaryDirectory(prefix="posbuild-chain-") as temp:
         for name, argv in available.items():  # each chain built once, untimed
-            root = Path(temp) / name
-            root.mkdir()
-            (root / "seed.txt").write_text("seed 0\n")
-            stamps = Path(temp) / f"{name}.stamps" if measure_gaps else None
-            if name == "posbuild":
-                write_posbuild(root, args.length, args.sleep, args.sandbox, stamps)
-            elif name.startswith("make"):
-                write_make(root, args.length, args.sleep, stamps, bash=name == "make-bash")
-            else:
-                write_ninja(root, args.length, args.sleep, stamps)
-            timed(argv, root, env)
+            for stamped_chain in (True, False):
+                root = Path(temp) / (name if stamped_chain else f"{name}-plain")
+                root.mkdir()
+                (root / "seed.txt").write_text("seed 0\n")
+                stamps = Path(temp) / f"{name}.stamps" if measure_gaps and stamped_chain \
+                    else None
+                if name == "posbuild":
+                    write_posbuild(root, args.length, args.sleep, args.sandbox, stamps)
+                elif name.startswith("make"):
+                    write_make(root, args.length, args.sleep, stamps, bash=name == "make-bash")
+                else:
+                    write_ninja(root, args.length, args.sleep, stamps)
+                timed(argv, root, env)
         for rep in range(1, args.repeat + 1):
             for name, argv in available.items():
                 root = Path(temp) / name
@@ -165,19 +170,22 @@ def main() -> None:
                 (root / "seed.txt").write_text(f"seed {rep}\n")
                 wall = timed(argv, root, env)
                 walls[name].append(wall)
+                (Path(temp) / f"{name}-plain" / "seed.txt").write_text(f"seed {rep}\n")
+                plain[name].append(timed(argv, Path(temp) / f"{name}-plain", env))
                 if stamps is not None:
                     link_gaps, span = read_stamps(stamps)
                     gaps[name].extend(link_gaps)
                     fixed[name].append(wall - span)
-        subprocess.run([*posbuild, "shutdown"], cwd=Path(temp) / "posbuild", env=env,
-                       capture_output=True)
+        for root in ("posbuild", "posbuild-plain"):
+            subprocess.run([*posbuild, "shutdown"], cwd=Path(temp) / root, env=env,
+                           capture_output=True)
     ideal = args.length * args.sleep
     shells = {" ".join(shell): shell_start(shell) for shell in SHELLS.values()} \
         if measure_gaps else {}
     print(f"chain of {args.length} actions sleeping {args.sleep} s (ideal {ideal:.2f} s), -j2, "
           f"median of {args.repeat}; posbuild [sandbox] mode = {args.sandbox}")
     print(f"  {'tool':<10}{'wall s':>8}{'wall/ideal':>12}{'per link ms':>13}{'gap ms':>9}"
-          f"{'fixed ms':>10}{'shell ms':>10}{'own ms':>8}")
+          f"{'fixed ms':>10}{'shell ms':>10}{'own ms':>8}{'plain s':>9}")
     for name, values in walls.items():
         wall = statistics.median(values)
         gap, cost, shell, own = (f"{'-':>9}", f"{'-':>10}", f"{'-':>10}", f"{'-':>8}")
@@ -188,7 +196,8 @@ def main() -> None:
             cost = f"{statistics.median(fixed[name]) * 1000:>10.0f}"
         against = f"{wall / ideal:>12.3f}" if ideal else f"{'-':>12}"
         print(f"  {name:<10}{wall:>8.3f}{against}"
-              f"{(wall - ideal) / args.length * 1000:>13.1f}{gap}{cost}{shell}{own}")
+              f"{(wall - ideal) / args.length * 1000:>13.1f}{gap}{cost}{shell}{own}"
+              f"{statistics.median(plain[name]):>9.3f}")
 
 
 if __name__ == "__main__":

@@ -127,8 +127,9 @@ from posbuild.host.nofollow import open_outputs, read_upto
 from posbuild.host.owned import SANDBOXES, claim, holds_only_sandboxes
 from posbuild.host.processor import current_processor
 from posbuild.core.records import ResourceUsage
-from posbuild.exec.shellfree import (Direct, find_program, parse, shell_argv, shell_status,
-                                shell_variables)
+from posbuild.exec.shellfree import (Direct, Script, Step, execable, find_program, not_run,
+                                     parse, redirect_failure, shell_argv, shell_free,
+                                     shell_status, shell_variables)
 
 FAKETIME_GLOBS = (
     "/usr/lib/*/faketime/libfaketime.so.1",
@@ -181,9 +182,23 @@ class Running:
     process: subprocess.Popen[bytes] | Answer | None
     processors: tuple[int, ...]
     deadline: float | None = None  # time.monotonic() when its `timeout` expires
-    # run without the shell (shellfree.py): its end is reported as bash would
+    # run without the shell (shellfree.py): its end is reported as bash would, as a program bash
+    # would have forked (`forked`) or exec'd
     direct: Direct | None = None
     out_dirs: tuple[str, ...] = ()  # the outputs that are folders
+    forked: bool = False
+    rest: _Rest | None = None  # the first command of a Script: what its later ones need
+
+
+@dataclass(frozen=True, slots=True)
+class _Rest:
+    """What the later commands of a line posbuild runs without the shell need (`_go_on`)."""
+
+    action: Action
+    script: Script
+    env: dict[str, str]  # without the variables bash adds to each program's
+    programs: dict[Step, str]  # each command's program, as bash would have found it
+    umask: int
 
 
 def _ends_by(pid: int, deadline: float) -> bool:
@@ -286,6 +301,7 @@ class LocalSpawner:
         self._shell_free = shell_free and not self._bwrap
         # (name, PATH) → where it was found, for absolute PATHs
         self._programs: dict[tuple[str, str], str] = {}
+        self._execables: dict[str, bool] = {}  # program found by absolute path → exec'able
         self._counter = itertools.count()
         self._pid = os.getpid()
         # sandbox folder → what `stage` made there (for `remove`)
@@ -439,7 +455,11 @@ class LocalSpawner:
         """Wait for a command `start` started, and report how it ended (see `run`)."""
         try:
             try:
-                exit_code, timed_out, usage, note = self._reap(running)
+                exit_code, timed_out, usage, note = self._reap(running, running.rest is not None)
+                if running.rest is not None:
+                    exit_code, timed_out, usage = self._go_on(running, exit_code, timed_out,
+                                                              usage, note)
+                    note = b""
                 stdout = _read_all(running.stdout) if running.stdout >= 0 else b""
                 stderr = _read_all(running.stderr) + note
             finally:
@@ -549,40 +569,119 @@ class LocalSpawner:
 
     def _launch_direct(self, action: Action, sandbox: str, env: dict[str, str], err: int,
                        umask: int) -> Running | None:
-        """Start the command without the shell when the shell would only exec it (shellfree.py);
-        None when it must run under the shell: other syntax, a program not found or not
-        exec'able as it is (a script without `#!`), a redirect target that cannot be opened."""
-        direct = parse(action.command)
-        if direct is None:
+        """Start the command without the shell when the shell would only run its programs
+        (shellfree.py); None when it must run under the shell: other syntax, a program not found
+        or not exec'able as it is (a script without `#!`), a first redirect target that cannot
+        be opened. A line of several commands starts with its first (`_go_on` runs the others)."""
+        script = parse(action.command)
+        # PATH is always set (base_environment); without it the shell has a default of its own
+        path = env.get("PATH")
+        if script is None or path is None or not shell_free(env):
             return None
         exec_root = sandbox + "/exec"
-        # always set (base_environment); without it the shell has a default of its own
-        path = env.get("PATH")
-        program = None if path is None else self._program(direct.argv[0], path, exec_root)
-        if program is None:
-            return None
-        added = shell_variables(env, direct, program)
-        if added is None:
-            return None
-        env = {**env, **added}  # a copy: the shell, should it run after all, adds them itself
+        programs: dict[Step, str] = {}
+        for joined, commands in enumerate(script.lists):
+            for at, later in enumerate(commands):
+                program = self._program(later.argv[0], path, exec_root)
+                # once the first has run, the shell can no longer take over: the others must
+                # exec as they are (the first's own failure to exec is seen below)
+                if program is None or (programs and not self._execable(program, exec_root)):
+                    return None
+                programs[joined, at] = program
+        direct, forked = script.command((0, 0)), not script.execs((0, 0))
+        first = {**env, **shell_variables(programs[0, 0], forked)}  # a copy, for the shell
+        capture = -1
         try:
-            out = _capture_file(sandbox, "stdout") if direct.stdout is None else \
-                _open_redirect(f"{exec_root}/{direct.stdout}", umask)
+            if direct.stdout is None or not script.single:
+                capture = _capture_file(sandbox, "stdout")
+            out = capture if direct.stdout is None else \
+                _open_redirect(f"{exec_root}/{direct.stdout}", umask, direct.append)
         except OSError:
+            if capture >= 0:
+                os.close(capture)
             return None
         try:
-            running = self._launch(action, list(direct.argv), sandbox, env, out, err, umask,
-                                   program, direct)
+            running = self._launch(action, list(direct.argv), sandbox, first, out, err, umask,
+                                   programs[0, 0], direct, forked)
         except BaseException as error:
-            os.close(out)
+            for fd in {out, capture} - {-1}:
+                os.close(fd)
             # the program could not be exec'd: the shell runs and reports it
             if isinstance(error, OSError):
                 return None
             raise
-        if direct.stdout is None:
-            return running
-        os.close(out)  # the command has the file; there is nothing to capture
-        return replace(running, stdout=-1)
+        if out != capture:
+            os.close(out)  # the command has the file
+        if not script.single:
+            return replace(running, stdout=capture,
+                           rest=_Rest(action, script, env, programs, umask))
+        return running if direct.stdout is None else replace(running, stdout=-1)
+
+    def _execable(self, program: str, exec_root: str) -> bool:
+        """shellfree.execable, remembered for programs found by absolute path."""
+        if not program.startswith("/"):
+            return execable(f"{exec_root}/{program}")
+        known = self._execables.get(program)
+        if known is None:
+            known = self._execables[program] = execable(program)
+        return known
+
+    def _go_on(self, running: Running, code: int, timed_out: bool, usage: ResourceUsage | None,
+               note: bytes) -> tuple[int, bool, ResourceUsage | None]:
+        """Run the rest of a line after its first command ended with `code`, as `bash -e` would
+        (Script.after): each command after the last, in its own session, with the line's
+        deadline, its stdout captured or redirected, bash's lines about it written to stderr as
+        bash would have written them. The process groups are killed when the line ends, not
+        between its commands (under bash they all share bash's). Returns the line's exit code,
+        whether it timed out, and the usage of all its programs."""
+        rest = running.rest
+        assert rest is not None
+        if running.process is None:  # cancelled before it started
+            return code, timed_out, usage
+        groups = [running.process.pid]
+        step: Step = (0, 0)
+        try:
+            while True:
+                if note:
+                    _write_all(running.stderr, note)
+                if timed_out or self._cancelled:
+                    return code, timed_out, usage
+                following = rest.script.after(step, code)
+                if following is None:
+                    return code, False, usage
+                step = following
+                direct, forked = rest.script.command(step), not rest.script.execs(step)
+                program = rest.programs[step]
+                out = running.stdout
+                if direct.stdout is not None:
+                    try:
+                        out = _open_redirect(f"{running.sandbox}/exec/{direct.stdout}",
+                                             rest.umask, direct.append)
+                    except OSError as error:
+                        code, note = 1, redirect_failure(direct, error)
+                        continue
+                try:
+                    started = self._launch(
+                        rest.action, list(direct.argv), running.sandbox,
+                        {**rest.env, **shell_variables(program, forked)}, out, running.stderr,
+                        rest.umask, program, direct, forked, fallback=False)
+                except OSError as error:  # gone or changed since the line started
+                    code, note = not_run(direct, error)
+                    continue
+                finally:
+                    if out != running.stdout:
+                        os.close(out)
+                if started.process is None:  # cancelled meanwhile
+                    return -signal.SIGTERM, False, usage
+                groups.append(started.process.pid)
+                code, timed_out, more, note = self._reap(replace(started,
+                                                                 deadline=running.deadline),
+                                                         hold_group=True)
+                usage = _together(usage, more)
+        finally:
+            for group in groups:
+                _kill_group(group)
+                self._guard.forget(group)
 
     def _program(self, name: str, path: str, exec_root: str) -> str | None:
         """`find_program`, remembered for names looked up on a PATH of absolute folders only."""
@@ -598,22 +697,23 @@ class LocalSpawner:
     def _launch(self, action: Action, argv: list[str], sandbox: str, env: dict[str, str], out: int,
                 err: int,
                 umask: int = -1, program: str | None = None,
-                direct: Direct | None = None) -> Running:
+                direct: Direct | None = None, forked: bool = False,
+                fallback: bool = True) -> Running:
         """Start `argv` in its own session, in the sandbox's `exec/`, on the processors it is given;
-        `program`: the file to exec when `argv` runs without the shell, as `direct` says. Under
-        Landlock the fork server starts it (and the shell, should a plain command's program not
-        be exec'able as it is)."""
+        `program`: the file to exec when `argv` runs without the shell, as `direct` says (a
+        program bash would have `forked`). Under Landlock the fork server starts it (and, with
+        `fallback`, the shell, should a plain command's program not be exec'able as it is)."""
         started = time.monotonic()
         with self._lock:
             if self._cancelled:
                 return Running(sandbox, action.outputs, out, err, started, None, (),
-                               out_dirs=action.out_dirs)
+                               out_dirs=action.out_dirs, forked=forked)
             processors = self._pin(action.resources[0])
         process: subprocess.Popen[bytes] | Answer
         try:
             if self._landlock:
                 process = self._serve(action, argv, sandbox, env, out, err, umask, processors,
-                                      program, direct)
+                                      program, direct is not None and fallback)
             else:
                 self._confine(processors)
                 process = subprocess.Popen(
@@ -638,17 +738,18 @@ class LocalSpawner:
             _kill_group(process.pid)
         deadline = started + action.timeout if action.timeout else None
         return Running(sandbox, action.outputs, out, err, started, process, processors,
-                       deadline, direct, out_dirs=action.out_dirs)
+                       deadline, direct, out_dirs=action.out_dirs, forked=forked)
 
     def _serve(self, action: Action, argv: list[str], sandbox: str, env: dict[str, str], out: int,
                err: int, umask: int, processors: tuple[int, ...], program: str | None,
-               direct: Direct | None) -> Answer:
+               fallback: bool) -> Answer:
         """Start a command under Landlock through the build's fork server (started with the
         first, and again should it be gone, killed from outside): its rules are the shared ones
-        and its own sandbox, writable."""
+        and its own sandbox, writable. `fallback`: the shell runs the action's command should
+        `program` not be exec'able as it is."""
         assert isinstance(self._isolation, Landlocked)
         request = (program or argv[0], argv, env, sandbox + "/exec", out, err, umask, processors,
-                   action.command if direct is not None else None,
+                   action.command if fallback else None,
                    self._isolation.shared(NETWORK_TAG in action.tags).writing(sandbox))
         server = self._server or self._serving(None)
         try:
@@ -668,9 +769,11 @@ class LocalSpawner:
             assert self._server is not None
             return self._server
 
-    def _reap(self, running: Running) -> tuple[int, bool, ResourceUsage | None, bytes]:
+    def _reap(self, running: Running,
+              hold_group: bool = False) -> tuple[int, bool, ResourceUsage | None, bytes]:
         """Wait for a launched command: its exit code, whether it timed out, its usage, and what
-        the shell would have added to its stderr (a command run without it that a signal killed)."""
+        the shell would have added to its stderr (a command run without it that a signal killed).
+        Its process group is killed once it ended, unless `hold_group` (`_go_on` does it)."""
         process = running.process
         if process is None:  # cancelled before it started
             return -signal.SIGTERM, False, None, b""
@@ -693,8 +796,10 @@ class LocalSpawner:
             with self._lock:
                 self._running.discard(process)
                 self._unpin(running.processors)
-            _kill_group(pid)
-            self._guard.forget(pid)
+            if not hold_group or timed_out or self._cancelled:
+                _kill_group(pid)
+            if not hold_group:
+                self._guard.forget(pid)
         usage = ResourceUsage(rusage.ru_utime, rusage.ru_stime, rusage.ru_maxrss,
                               rusage.ru_inblock * 512, rusage.ru_oublock * 512)
         code = os.waitstatus_to_exitcode(status)
@@ -702,7 +807,7 @@ class LocalSpawner:
             process.returncode = code
         # posbuild's kills hit the shell too
         if running.direct is not None and not (timed_out or self._cancelled):
-            code, note = shell_status(status, running.direct, pid)
+            code, note = shell_status(status, running.direct, pid, running.forked)
             return code, timed_out, usage, note
         return code, timed_out, usage, b""
 
@@ -747,11 +852,11 @@ def _devnull() -> int:
     return _null
 
 
-def _open_redirect(path: str, umask: int) -> int:
-    """Open a `> path` target as the shell does (created 0666 less the umask, else truncated).
-    `umask` >= 0: the command's umask differs from posbuild's, so a new file gets its mode from
-    it."""
-    flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC
+def _open_redirect(path: str, umask: int, append: bool = False) -> int:
+    """Open a `> path` target as the shell does (created 0666 less the umask, else truncated;
+    appended to for `>>`). `umask` >= 0: the command's umask differs from posbuild's, so a new
+    file gets its mode from it."""
+    flags = os.O_WRONLY | os.O_CREAT | (os.O_APPEND if append else os.O_TRUNC) | os.O_CLOEXEC
     if umask < 0:
         return os.open(path, flags, 0o666)
     try:
@@ -774,6 +879,22 @@ def _capture_file(sandbox: str, name: str) -> int:
 def _read_all(fd: int) -> bytes:
     """Everything written to a capture file (its offset is wherever the command left it)."""
     return read_upto(fd, os.fstat(fd).st_size)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
+def _together(usage: ResourceUsage | None, more: ResourceUsage | None) -> ResourceUsage | None:
+    """The usage of two programs run one after the other."""
+    if usage is None or more is None:
+        return usage or more
+    return ResourceUsage(usage.user_s + more.user_s, usage.system_s + more.system_s,
+                         max(usage.max_rss_kb, more.max_rss_kb),
+                         usage.read_bytes + more.read_bytes,
+                         usage.written_bytes + more.written_bytes)
 
 
 def _kill_group(group: int) -> None:

@@ -8,31 +8,36 @@ script, and a variable that was never set is an error instead of an empty word. 
 `/bin/sh`: Debian's `/bin/sh` (dash 0.5.12) has no `pipefail`. The path is fixed, as Bazel's
 is, so an action cannot pick up another shell from its PATH.
 
-Most commands are a program, some plain words and perhaps `> $@`: `cat a b > out`. For those
-the shell is pure overhead: it is exec'd, reads its dynamic libraries and locale, parses the
-line, opens the redirect, and forks and execs the program anyway. That costs as much again as a
-cheap program itself. GNU make skips the shell for commands without shell syntax; posbuild does
-the same, and also performs a single trailing `> word` itself. `set -euo pipefail` changes
-nothing for such a command: it has no variable, no pipe and no second command.
+Most commands are a program, some plain words and perhaps `> $@`, or a few of those joined by
+`&&` and `;`: `cat a b > out`, `sleep 1 && cat $< > $@`. For those the shell is pure overhead: it
+is exec'd, reads its dynamic libraries and locale, parses the line, opens the redirects, and
+forks and execs the programs anyway. That costs as much again as a cheap program itself. GNU
+make skips the shell for commands without shell syntax; posbuild does the same, and also
+performs the redirects and the `&&` and `;` lists itself (`Script`). `set -euo pipefail`
+changes nothing for such a command but `-e`, which `Script.after` follows: it has no variable
+and no pipe.
 
-A command qualifies only when bash's behaviour is certain: blank-separated words of plain
-characters (letters, digits and `_-./,+:@%=`; no quotes, `$`, globs, `~`, `#`, `;`, `&`, `|`, `<`,
-newlines ...), a first word that is neither an assignment, a reserved word nor a builtin of bash
-or of dash (bash's `echo -e` interprets escapes, `/usr/bin/echo` may not), and at most one `>`
-redirection, at the end, after a blank, to a path inside the sandbox (relative, no `..`: the
-sandbox holds only what staging made, so opening it cannot block). Anything else runs under the
-shell. So does a command whose program is not found or cannot be exec'd, whose redirect target
-cannot be opened, or whose environment changes how bash starts (`shell_variables`): the shell
-then reports it in its own words and with its own exit code.
+A command qualifies only when bash's behaviour is certain: simple commands joined by `&&` or
+`;` (a `;` may also end the line), each blank-separated words of plain characters (letters,
+digits and `_-./,+:@%=`; no quotes, `$`, globs, `~`, `#`, `|`, `<`, a lone `&`, newlines ...),
+with a first word that is neither an assignment, a reserved word nor a builtin of bash or of
+dash (bash's `echo -e` interprets escapes, `/usr/bin/echo` may not), and at most one `>` or
+`>>` redirection, at its end, after a blank, to a path inside the sandbox (relative, no `..`:
+the sandbox holds only what staging made, so opening it cannot block). Anything else runs under
+the shell. So does a command whose programs are not all found and exec'able as they are when it
+starts, whose first redirect target cannot be opened, or whose environment changes how bash
+starts (`shell_variables`): the shell then reports it in its own words and with its own exit
+code. A redirect of a later command that cannot be opened is reported as bash reports it.
 
-What the program sees is what bash would have given it: the same argv (argv[0] as written),
-working folder, stdin, stdout (the redirect target, created with mode 0666 less the umask, or the
-capture), stderr, and environment, including the two variables bash adds (`SHLVL`, and `_`, the
-program's path as bash found it). Two things differ and are documented: the environment reaches
-the program in posbuild's order (bash passes its variables on in an order of its own), and with
-a redirect no bash process sits between posbuild and the program. How it
-ends is reported as bash reports it (`shell_status`): bash execs a lone command, so its status is
-the program's own; with a redirect bash forks, and a signal N becomes 128+N and bash's line.
+What each program sees is what bash would have given it: the same argv (argv[0] as written),
+working folder, stdin, stdout (the redirect target, created with mode 0666 less the umask,
+appended to with `>>`, or the capture), stderr, and environment, including the two variables
+bash adds (`SHLVL`, and `_`, the program's path as bash found it). Two things differ and are
+documented: the environment reaches the program in posbuild's order (bash passes its variables
+on in an order of its own), and no bash process sits between posbuild and a program bash would
+have forked. How each ends is reported as bash reports it (`shell_status`): bash 5 execs the
+last command of the line when it stands alone, without a redirect, so its status is the
+program's own; every other one bash forks, and a signal N becomes 128+N and bash's line.
 """
 
 from __future__ import annotations
@@ -47,7 +52,9 @@ from typing import Mapping
 SHELL = "/bin/bash"
 _STRICT = ("-euo", "pipefail")
 _PLAIN = r"[A-Za-z0-9_\-./,+:@%=]+"
-_SIMPLE = re.compile(rf"[ \t]*({_PLAIN}(?:[ \t]+{_PLAIN})*)(?:[ \t]+>[ \t]*({_PLAIN}))?[ \t]*")
+_SIMPLE = re.compile(
+    rf"[ \t]*({_PLAIN}(?:[ \t]+{_PLAIN})*)(?:[ \t]+(>>?)[ \t]*({_PLAIN}))?[ \t]*")
+_JOINED = re.compile(r"(&&|;)")  # what joins simple commands; `&`, `|` alone are not plain
 _SHELL_WORDS = frozenset("""
     ! { } case do done elif else esac fi for if in then until while function select time coproc
     . : alias bg bind break builtin caller cd chdir command compgen complete compopt continue
@@ -72,25 +79,98 @@ def shell_argv(command: str) -> list[str]:
 
 @dataclass(frozen=True, slots=True)
 class Direct:
-    """A command posbuild may run without the shell: its words, and the file its stdout goes to
-    (relative to the working folder), or None to leave stdout where it is."""
+    """A simple command posbuild may run without the shell: its words, and the file its stdout
+    goes to (relative to the working folder; appended to when `append`), or None to leave stdout
+    where it is."""
 
     argv: tuple[str, ...]
     stdout: str | None
+    append: bool = False
+
+    @property
+    def shown(self) -> str:
+        """The command as bash names it in the line it prints when a signal killed it."""
+        words = " ".join(self.argv)
+        if self.stdout is None:
+            return words
+        return f"{words} {'>>' if self.append else '>'} {self.stdout}"
 
 
-def parse(command: str) -> Direct | None:
-    """The command as words and redirect target when the shell would do nothing but exec it, else
-    None."""
+Step = tuple[int, int]  # (which `&&` list of a Script, which command in it)
+
+
+@dataclass(frozen=True, slots=True)
+class Script:
+    """A line of simple commands as bash runs it: `;` separates `&&` lists, run one after the
+    other; `-e` ends the line at the first failure, except of a command followed by `&&`, which
+    only skips the rest of its list (bash's rule)."""
+
+    lists: tuple[tuple[Direct, ...], ...]
+
+    @property
+    def commands(self) -> tuple[Direct, ...]:
+        return tuple(direct for joined in self.lists for direct in joined)
+
+    @property
+    def single(self) -> bool:
+        return len(self.lists) == 1 and len(self.lists[0]) == 1
+
+    def command(self, step: Step) -> Direct:
+        return self.lists[step[0]][step[1]]
+
+    def execs(self, step: Step) -> bool:
+        """Whether bash execs this command instead of forking it. bash 5 does so for the last
+        command of the line, without a redirect, when it is the right-hand side of the line's
+        last `;` or `&&` (or the whole line): `a && b`, `a; b`, `a && b; c`, not the `c` of
+        `a; b && c` (`&&` binds more tightly than `;`)."""
+        last = len(self.lists) - 1
+        final = self.lists[last]
+        if step != (last, len(final) - 1) or final[-1].stdout is not None:
+            return False
+        return last == 0 or len(final) == 1
+
+    def after(self, step: Step, status: int) -> Step | None:
+        """The command bash runs after `step` ended with `status`, or None: the line is over, and
+        its status is `status`."""
+        joined, at = step
+        if status != 0 and at == len(self.lists[joined]) - 1:
+            return None  # -e: a failure that no `&&` follows ends the line
+        if status == 0 and at + 1 < len(self.lists[joined]):
+            return joined, at + 1
+        return (joined + 1, 0) if joined + 1 < len(self.lists) else None
+
+
+def parse(command: str) -> Script | None:
+    """The command as a Script of simple commands when the shell would only run them one after
+    another, else None."""
+    parts = _JOINED.split(command)
+    if len(parts) > 1 and parts[-2] == ";" and not parts[-1].strip():
+        parts = parts[:-2]  # `a; b;`: a final `;` ends the line and changes nothing
+    lists: list[list[Direct]] = [[]]
+    for index, part in enumerate(parts):
+        if index % 2:  # a separator
+            if part == ";":
+                lists.append([])
+            continue
+        direct = _simple(part)
+        if direct is None:
+            return None
+        lists[-1].append(direct)
+    return Script(tuple(tuple(joined) for joined in lists))
+
+
+def _simple(command: str) -> Direct | None:
+    """One simple command as words and redirect target, or None when bash could do more than
+    run it."""
     match = _SIMPLE.fullmatch(command)
     if match is None:
         return None
-    words, target = tuple(match.group(1).split()), match.group(2)
+    words, redirect, target = tuple(match.group(1).split()), match.group(2), match.group(3)
     if "=" in words[0] or words[0] in _SHELL_WORDS:
         return None
     if target is not None and (target.startswith("/") or ".." in target.split("/")):
         return None  # maybe outside the sandbox, maybe a FIFO, whose open would block posbuild
-    return Direct(words, target)
+    return Direct(words, target, redirect == ">>")
 
 
 def find_program(name: str, path: str, cwd: str) -> str | None:
@@ -115,28 +195,30 @@ def find_program(name: str, path: str, cwd: str) -> str | None:
     return None
 
 
-def shell_variables(env: Mapping[str, str], direct: Direct, program: str) -> dict[str, str] | None:
-    """The variables bash adds to the environment of the program it runs, or None when `env`
-    holds one that changes how bash itself starts (then only bash can run the command).
+def shell_free(env: Mapping[str, str]) -> bool:
+    """Whether bash would start as it always does with `env`: not when it holds a variable that
+    changes how bash itself starts (then only bash can run the command)."""
+    return not any(name in _BASH_STARTUP or name.startswith("BASH_FUNC_") for name in env)
 
-    `SHLVL` is 1 in a shell started with none; bash execs a lone command, counting itself out
-    (0), and forks one with a redirect (1). `_` is the program's path as bash found it.
+
+def shell_variables(program: str, forked: bool) -> dict[str, str]:
+    """The variables bash adds to the environment of a program it runs.
+
+    `SHLVL` is 1 in a shell started with none; a program bash execs counts it out (0), one it
+    forks sees 1. `_` is the program's path as bash found it.
     """
-    for name in env:
-        if name in _BASH_STARTUP or name.startswith("BASH_FUNC_"):
-            return None
-    return {"SHLVL": "0" if direct.stdout is None else "1", "_": program}
+    return {"SHLVL": "1" if forked else "0", "_": program}
 
 
-def shell_status(status: int, direct: Direct, pid: int) -> tuple[int, bytes]:
+def shell_status(status: int, direct: Direct, pid: int, forked: bool) -> tuple[int, bytes]:
     """(exit code, what bash adds to stderr) for the wait status of the program `direct` ran as
     process `pid`, as `bash -c` reports it.
 
-    Without a redirect bash execs the program, so its status is bash's own: a signal stays a
-    signal. With one, bash forks and waits: a signal N becomes 128+N and a line naming it, except
-    SIGINT and SIGPIPE, which bash passes over in silence, and SIGTERM, which it names alone.
+    A program bash execs has bash's own status: a signal stays a signal. One it forks and waits
+    for: a signal N becomes 128+N and a line naming it, except SIGINT and SIGPIPE, which bash
+    passes over in silence, and SIGTERM, which it names alone.
     """
-    if direct.stdout is None or not os.WIFSIGNALED(status):
+    if not forked or not os.WIFSIGNALED(status):
         return os.waitstatus_to_exitcode(status), b""
     number = os.WTERMSIG(status)
     if number in (signal.SIGINT, signal.SIGPIPE):
@@ -146,5 +228,31 @@ def shell_status(status: int, direct: Direct, pid: int) -> tuple[int, bytes]:
         name += " (core dumped)"
     if number == signal.SIGTERM:
         return 128 + number, f"{name}\n".encode()
-    shown = f"{' '.join(direct.argv)} > {direct.stdout}"
-    return 128 + number, f"{SHELL}: line 1: {pid:5d} {name:<24}{shown}\n".encode()
+    return 128 + number, f"{SHELL}: line 1: {pid:5d} {name:<24}{direct.shown}\n".encode()
+
+
+def redirect_failure(direct: Direct, error: OSError) -> bytes:
+    """bash's line when it cannot open a command's redirect target (the command then fails with
+    status 1 and never starts)."""
+    return f"{SHELL}: line 1: {direct.stdout}: {error.strerror}\n".encode()
+
+
+def not_run(direct: Direct, error: OSError) -> tuple[int, bytes]:
+    """bash's exit code and line for a program it could not exec (found and exec'able when the
+    line started, gone or changed since)."""
+    name = direct.argv[0]
+    if isinstance(error, FileNotFoundError):
+        why = "command not found" if "/" not in name else "No such file or directory"
+        return 127, f"{SHELL}: line 1: {name}: {why}\n".encode()
+    return 126, f"{SHELL}: line 1: {name}: {error.strerror}\n".encode()
+
+
+def execable(path: str) -> bool:
+    """Whether the kernel can exec the file at `path` as it is (an ELF program or a `#!`
+    script); bash runs any other executable file as a script of its own."""
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(4)
+    except OSError:
+        return False
+    return head == b"\x7fELF" or head[:2] == b"#!"

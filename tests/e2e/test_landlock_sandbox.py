@@ -10,6 +10,7 @@ build runs with POSBUILD_SANDBOX_WRITABLE cleared.
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import time
@@ -279,6 +280,43 @@ def test_exit_codes_and_signals_are_passed_on_as_in_the_folder_sandbox(lws):
     assert "killed by signal 15" in result.stderr or "SIGTERM" in result.stderr, result.stderr
     result = build(lws, "//pkg:direct")  # run without the shell, through the launcher
     assert result.returncode == 1 and "exit code 1" in result.stderr, result.stderr
+
+
+@pytest.mark.parametrize("command", [
+    "cat pkg/a.txt > posbuild-out/pkg/l.txt && cat pkg/a.txt >> posbuild-out/pkg/l.txt",
+    "cat pkg/absent.txt && cat pkg/a.txt; cat pkg/a.txt > posbuild-out/pkg/l.txt",
+    "cat pkg/a.txt > posbuild-out/pkg/l.txt && cat pkg/absent.txt; cat pkg/a.txt",
+    "cat pkg/a.txt && cat pkg/a.txt > missing/l.txt; cat pkg/a.txt",
+    "pkg/die && cat pkg/a.txt; cat pkg/a.txt > posbuild-out/pkg/l.txt",
+])
+def test_a_line_of_commands_runs_through_the_launcher_as_under_the_shell(ws, tmp_path,
+                                                                         monkeypatch, command):
+    """Each program of a line the shell would only have run one after another starts through
+    the fork server, and the line ends as bash's would (shellfree.Script)."""
+    monkeypatch.setattr(landlock, "HOLDER", landlock.Holder())
+    ws.write({"pkg/a.txt": "a\n", "pkg/die": "#!/bin/sh\nkill -SEGV $$\n"})
+    (ws.root / "pkg/die").chmod(0o755)
+    config = replace(load_config(ws.root), sandbox_mode="landlock")
+    action = Action(label="//pkg:l", kind="genrule", command=command,
+                    inputs=("pkg/a.txt", "pkg/die"), tools=(), outputs=("posbuild-out/pkg/l.txt",),
+                    env=(), versions=(), timeout=0, tags=(), def_hash=b"\0" * 32, deps=(),
+                    sources=("pkg/a.txt", "pkg/die"))
+    seen = []
+    for shell_free in (True, False):
+        isolation, _ = choose_isolation(config)
+        sandboxes = LocalSpawner(ws.root, tmp_path / f"sandboxes-{shell_free}", isolation,
+                                 shell_free=shell_free)
+        sandboxes.clear_stale()
+        result = sandboxes.run(action)
+        try:
+            out = result.exec_root / "posbuild-out/pkg/l.txt"
+            seen.append((result.exit_code, result.stdout,
+                         re.sub(rb"line 1: +[0-9]+ ", b"line 1: <pid> ", result.stderr),
+                         out.read_bytes() if out.exists() else None))
+        finally:
+            sandboxes.remove(result)
+            sandboxes.close()
+    assert seen[0] == seen[1]
 
 
 # ---- the launcher: compiled on first use, again when damaged; without it, bubblewrap -----------

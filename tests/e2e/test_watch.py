@@ -268,11 +268,11 @@ def test_a_failing_action_is_reported_and_watching_goes_on(ws, watch):
 
 
 def _running(token: str) -> bool:
-    """Whether some process has `token` in its command line."""
+    """Whether some process has `token` in its command line (its words joined by blanks)."""
     for entry in os.scandir("/proc"):
         if entry.name.isdigit():
             try:
-                if token.encode() in Path(entry.path, "cmdline").read_bytes():
+                if token.encode() in Path(entry.path, "cmdline").read_bytes().replace(b"\0", b" "):
                     return True
             except OSError:
                 pass

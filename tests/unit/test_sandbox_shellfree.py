@@ -175,3 +175,103 @@ def test_a_perturbed_umask_gives_the_redirect_target_the_mode_the_shell_gives_it
     _same_both_ways(workspace, _action(f"cat pkg/a.txt > {OUT}"), perturbation)
     _, _, mode = _run(workspace, _action(f"cat pkg/a.txt > {OUT}"), perturbation=perturbation)
     assert mode == 0o666 & ~umask
+
+
+@pytest.mark.parametrize("command", [
+    f"cat pkg/a.txt > {OUT} && cat pkg/b.txt >> {OUT}",
+    f"cat pkg/a.txt; cat pkg/b.txt > {OUT}; cat {OUT}",
+    f"sleep 0 && cat pkg/a.txt pkg/b.txt > {OUT}",
+    f"cat pkg/a.txt >> {OUT}; cat pkg/b.txt >> {OUT};",
+    f"cat pkg/absent.txt && cat pkg/a.txt; cat pkg/b.txt > {OUT}",  # `&&` spares the line
+    f"cat pkg/a.txt > {OUT} && cat pkg/absent.txt; cat pkg/b.txt",  # -e ends it
+    f"cat pkg/a.txt; cat pkg/absent.txt > {OUT}; cat pkg/b.txt",
+    f"cat pkg/a.txt && cat pkg/b.txt > missing/folder/out; cat pkg/b.txt > {OUT}",
+    f"cat pkg/a.txt; no-such-program; cat pkg/b.txt > {OUT}",  # the shell runs it: not found
+    f"env > {OUT}; cat pkg/a.txt",
+])
+def test_a_line_of_commands_runs_as_under_the_shell(workspace, command) -> None:
+    """Outputs, captures (in order), stderr, exit codes, and each program's environment."""
+    direct, direct_out, direct_mode = _run(workspace, _action(command))
+    shell, shell_out, shell_mode = _run(workspace, _action(command), shell_free=False)
+    if command.startswith("env"):  # bash passes variables on in an order of its own
+        assert direct_out is not None and shell_out is not None
+        assert sorted(direct_out.splitlines()) == sorted(shell_out.splitlines())
+        assert b"SHLVL=1" in direct_out.splitlines()
+        direct_out = shell_out
+    assert (direct.exit_code, direct.stdout, direct.stderr, direct_out, direct_mode) == \
+        (shell.exit_code, shell.stdout, shell.stderr, shell_out, shell_mode)
+
+
+def test_no_shell_runs_between_posbuild_and_the_programs_of_a_line(workspace) -> None:
+    probe = _script(workspace, "parent", "#!/bin/sh\nreadlink /proc/$PPID/exe\n")
+    action = _action(f"{probe} > {OUT} && {probe} >> {OUT}", inputs=("pkg/a.txt", probe))
+    _, direct, _ = _run(workspace, action)
+    assert direct == (os.path.realpath(sys.executable).encode() + b"\n") * 2
+
+
+def test_a_later_program_that_cannot_be_execd_as_it_is_leaves_the_line_to_the_shell(
+        workspace) -> None:
+    """Once the first command has run, posbuild could no longer hand the line to bash: every
+    program must be exec'able when it starts."""
+    script = _script(workspace, "plain", "printf 'from %s\\n' script\n")  # no `#!`
+    action = _action(f"cat pkg/a.txt > {OUT} && {script} >> {OUT}", inputs=("pkg/a.txt", script))
+    result = _same_both_ways(workspace, action)
+    _, content, _ = _run(workspace, action)
+    assert result.exit_code == 0 and content == b"a\nfrom script\n"
+
+
+@pytest.mark.parametrize("where", ["first", "last", "alone at the end"])
+def test_a_program_of_a_line_killed_by_a_signal_is_reported_as_the_shell_reports_it(workspace,
+                                                                                   where) -> None:
+    script = _script(workspace, "die", "#!/bin/sh\nkill -SEGV $$\n")
+    command = {"first": f"{script} && cat pkg/a.txt",
+               "last": f"cat pkg/a.txt && {script} >> {OUT}",
+               "alone at the end": f"cat pkg/a.txt; {script}"}[where]
+    result = _same_both_ways(workspace, _action(command, inputs=("pkg/a.txt", script)))
+    if where == "alone at the end":  # bash execs it: the signal itself
+        assert (result.exit_code, result.stderr) == (-signal.SIGSEGV, b"")
+    else:
+        assert result.exit_code == 139 and b"Segmentation fault" in result.stderr
+
+
+def test_a_timeout_covers_the_whole_line_and_a_cancel_ends_it(workspace) -> None:
+    began = time.monotonic()
+    timed = _same_both_ways(workspace, _action("sleep 0.2 && sleep 0.2 && sleep 30; sleep 30",
+                                               timeout=0.8))
+    assert timed.timed_out and timed.exit_code == -9 and time.monotonic() - began < 10
+    sandboxes = LocalSpawner(workspace, workspace.parent / "cancelled")
+    running = sandboxes.start(_action(f"cat pkg/a.txt > {OUT}; sleep 30; cat pkg/b.txt > {OUT}"))
+    threading.Timer(0.3, sandboxes.cancel).start()
+    began = time.monotonic()
+    result = sandboxes.wait(running)
+    assert time.monotonic() - began < 10 and result.exit_code != 0
+    assert (result.exec_root / OUT).read_bytes() == b"a\n"  # the last command never ran
+    sandboxes.remove(result)
+
+
+def test_what_a_command_of_a_line_leaves_running_lives_until_the_line_ends(workspace) -> None:
+    """Under bash the whole line is one process group, killed when it ends: a background process
+    a program left may serve the commands after it, and is gone afterwards."""
+    starter = _script(workspace, "starter", "#!/bin/sh\nsleep 30 &\necho $! > pkg/pid\n")
+    checker = _script(workspace, "checker",
+                      "#!/bin/sh\nkill -0 $(cat pkg/pid) && echo alive $(cat pkg/pid)\n")
+    action = _action(f"{starter} && {checker} > {OUT}", inputs=(starter, checker))
+    result, content, _ = _run(workspace, action)
+    assert result.exit_code == 0 and content is not None and content.startswith(b"alive ")
+    pid = int(content.split()[1])
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and Path(f"/proc/{pid}").exists() \
+            and b"sleep" in Path(f"/proc/{pid}/cmdline").read_bytes():
+        time.sleep(0.02)
+    assert not Path(f"/proc/{pid}").exists() or \
+        b"sleep" not in Path(f"/proc/{pid}/cmdline").read_bytes()
+
+
+def test_a_line_cancelled_before_it_started_runs_none_of_its_commands(workspace) -> None:
+    sandboxes = LocalSpawner(workspace, workspace.parent / "cancelled-first")
+    sandboxes.cancel()
+    result = sandboxes.run(_action(f"cat pkg/a.txt > {OUT} && cat pkg/b.txt >> {OUT}"))
+    out = result.exec_root / OUT
+    assert result.exit_code == -signal.SIGTERM
+    assert not out.exists() or out.read_bytes() == b""  # neither command ran
+    sandboxes.remove(result)
