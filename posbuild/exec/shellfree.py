@@ -36,8 +36,9 @@ bash adds (`SHLVL`, and `_`, the program's path as bash found it). Two things di
 documented: the environment reaches the program in posbuild's order (bash passes its variables
 on in an order of its own), and no bash process sits between posbuild and a program bash would
 have forked. How each ends is reported as bash reports it (`shell_status`): bash 5 execs the
-last command of the line when it stands alone, without a redirect, so its status is the
-program's own; every other one bash forks, and a signal N becomes 128+N and bash's line.
+last command of the line, when it has no redirect and is not part of an `&&` list that follows
+a `;` (`Script.execs`), so its status is the program's own; every other one bash forks, and a
+signal N becomes 128+N and bash's line.
 """
 
 from __future__ import annotations
