@@ -596,24 +596,25 @@ class LocalSpawner:
         try:
             if direct.stdout is None or not script.single:
                 capture = _capture_file(sandbox, "stdout")
-            out = capture if direct.stdout is None else \
-                _open_redirect(f"{exec_root}/{direct.stdout}", umask, direct.append)
+            out, to = _redirected(direct, exec_root, umask, capture, err)
         except OSError:
             if capture >= 0:
                 os.close(capture)
             return None
+        opened = {out, to} - {capture, err}
         try:
-            running = self._launch(action, list(direct.argv), sandbox, first, out, err, umask,
+            running = self._launch(action, list(direct.argv), sandbox, first, out, to, umask,
                                    programs[0, 0], direct, forked)
         except BaseException as error:
-            for fd in {out, capture} - {-1}:
+            for fd in opened | {capture} - {-1}:
                 os.close(fd)
             # the program could not be exec'd: the shell runs and reports it
             if isinstance(error, OSError):
                 return None
             raise
-        if out != capture:
-            os.close(out)  # the command has the file
+        for fd in opened:
+            os.close(fd)  # the command has the files
+        running = replace(running, stderr=err)  # bash's own lines go there
         if not script.single:
             return replace(running, stdout=capture,
                            rest=_Rest(action, script, env, programs, umask))
@@ -654,25 +655,23 @@ class LocalSpawner:
                 step = following
                 direct, forked = rest.script.command(step), not rest.script.execs(step)
                 program = rest.programs[step]
-                out = running.stdout
-                if direct.stdout is not None:
-                    try:
-                        out = _open_redirect(f"{running.sandbox}/exec/{direct.stdout}",
-                                             rest.umask, direct.append)
-                    except OSError as error:
-                        code, note = 1, redirect_failure(direct, error)
-                        continue
+                try:
+                    out, to = _redirected(direct, f"{running.sandbox}/exec", rest.umask,
+                                          running.stdout, running.stderr)
+                except _Unopened as unopened:
+                    code, note = 1, redirect_failure(unopened.target, unopened.error)
+                    continue
                 try:
                     started = self._launch(
                         rest.action, list(direct.argv), running.sandbox,
-                        {**rest.env, **shell_variables(program, forked)}, out, running.stderr,
+                        {**rest.env, **shell_variables(program, forked)}, out, to,
                         rest.umask, program, direct, forked, fallback=False)
                 except OSError as error:  # gone or changed since the line started
                     code, note = not_run(direct, error)
                     continue
                 finally:
-                    if out != running.stdout:
-                        os.close(out)
+                    for fd in {out, to} - {running.stdout, running.stderr}:
+                        os.close(fd)
                 if started.process is None:  # cancelled meanwhile
                     return -signal.SIGTERM, False, usage
                 groups.append(started.process.pid)
@@ -852,6 +851,34 @@ def _devnull() -> int:
     if _null is None:
         _null = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
     return _null
+
+
+class _Unopened(OSError):
+    """A redirect target that could not be opened, and why."""
+
+    def __init__(self, target: str, error: OSError) -> None:
+        super().__init__(error.errno, error.strerror)
+        self.target, self.error = target, error
+
+
+def _redirected(direct: Direct, exec_root: str, umask: int, stdout: int,
+                stderr: int) -> tuple[int, int]:
+    """The stdout and stderr of `direct`'s program: its redirect targets, opened in the order
+    written as bash opens them, else `stdout` and `stderr`. Raises _Unopened (having closed
+    what it opened) for a target that cannot be opened."""
+    opened = {1: stdout, 2: stderr}
+    try:
+        for fd, target, append in direct.redirects:
+            path = target if target.startswith("/") else f"{exec_root}/{target}"
+            try:
+                opened[fd] = _open_redirect(path, umask, append)
+            except OSError as error:
+                raise _Unopened(target, error) from None
+    except BaseException:
+        for fd in {opened[1], opened[2]} - {stdout, stderr}:
+            os.close(fd)
+        raise
+    return opened[1], opened[2]
 
 
 def _open_redirect(path: str, umask: int, append: bool = False) -> int:

@@ -17,28 +17,29 @@ performs the redirects and the `&&` and `;` lists itself (`Script`). `set -euo p
 changes nothing for such a command but `-e`, which `Script.after` follows: it has no variable
 and no pipe.
 
-A command qualifies only when bash's behaviour is certain: simple commands joined by `&&` or
-`;` (a `;` may also end the line), each blank-separated words of plain characters (letters,
-digits and `_-./,+:@%=`; no quotes, `$`, globs, `~`, `#`, `|`, `<`, a lone `&`, newlines ...),
-with a first word that is neither an assignment, a reserved word nor a builtin of bash or of
-dash (bash's `echo -e` interprets escapes, `/usr/bin/echo` may not), and at most one `>` or
-`>>` redirection, at its end, after a blank, to a path inside the sandbox (relative, no `..`:
-the sandbox holds only what staging made, so opening it cannot block). Anything else runs under
-the shell. So does a command whose programs are not all found and exec'able as they are when it
-starts, whose first redirect target cannot be opened, or whose environment changes how bash
-starts (`shell_variables`): the shell then reports it in its own words and with its own exit
-code. A redirect of a later command that cannot be opened is reported as bash reports it.
+A command qualifies only when bash's behaviour is certain: simple commands joined by `&&` or `;`
+(a `;` may also end the line), each blank-separated words of plain characters (letters, digits
+and `_-./,+:@%=`; no quotes, `$`, globs, `~`, `#`, `|`, `<`, a lone `&`, newlines ...), with a
+first word that is neither an assignment, a reserved word nor a builtin of bash or of dash
+(bash's `echo -e` interprets escapes, `/usr/bin/echo` may not), and at most one `>` or `>>` and
+one `2>` or `2>>` redirection, at its end, after a blank, to a path inside the sandbox
+(relative, no `..`: the sandbox holds only what staging made, so opening it cannot block) or to
+`/dev/null`. Anything else runs under the shell. So does a command whose programs are not all
+found and exec'able as they are when it starts, whose first command's redirect targets cannot be
+opened, or whose environment changes how bash starts (`shell_free`): the shell then reports it
+in its own words and with its own exit code. A redirect of a later command that cannot be opened
+is reported as bash reports it.
 
 What each program sees is what bash would have given it: the same argv (argv[0] as written),
-working folder, stdin, stdout (the redirect target, created with mode 0666 less the umask,
-appended to with `>>`, or the capture), stderr, and environment, including the two variables
-bash adds (`SHLVL`, and `_`, the program's path as bash found it). Two things differ and are
-documented: the environment reaches the program in posbuild's order (bash passes its variables
-on in an order of its own), and no bash process sits between posbuild and a program bash would
-have forked. How each ends is reported as bash reports it (`shell_status`): bash 5 execs the
-last command of the line, when it has no redirect and is not part of an `&&` list that follows
-a `;` (`Script.execs`), so its status is the program's own; every other one bash forks, and a
-signal N becomes 128+N and bash's line.
+working folder, stdin, stdout and stderr (the redirect targets, opened in the order written,
+created with mode 0666 less the umask, appended to with `>>`; or the captures), and environment,
+including the two variables bash adds (`SHLVL`, and `_`, the program's path as bash found it).
+Two things differ and are documented: the environment reaches the program in posbuild's order
+(bash passes its variables on in an order of its own), and no bash process sits between posbuild
+and a program bash would have forked. How each ends is reported as bash reports it
+(`shell_status`): bash 5 execs the last command of the line, when it has no redirect and is not
+part of an `&&` list that follows a `;` (`Script.execs`), so its status is the program's own;
+every other one bash forks, and a signal N becomes 128+N and bash's line.
 """
 
 from __future__ import annotations
@@ -53,8 +54,11 @@ from typing import Mapping
 SHELL = "/bin/bash"
 _STRICT = ("-euo", "pipefail")
 _PLAIN = r"[A-Za-z0-9_\-./,+:@%=]+"
-_SIMPLE = re.compile(
-    rf"[ \t]*({_PLAIN}(?:[ \t]+{_PLAIN})*)(?:[ \t]+(>>?)[ \t]*({_PLAIN}))?[ \t]*")
+# a redirect after a blank: `>`, `>>`, `2>` or `2>>`, and its target, glued to it or not
+_REDIRECT = re.compile(rf"[ \t]+(2?)(>>?)[ \t]*({_PLAIN})")
+_SIMPLE = re.compile(rf"[ \t]*({_PLAIN}(?:[ \t]+{_PLAIN})*)((?:{_REDIRECT.pattern}){{0,2}})[ \t]*")
+# the one absolute redirect target: it is no file of the sandbox's, and opening it never blocks
+_NULL = "/dev/null"
 _JOINED = re.compile(r"(&&|;)")  # what joins simple commands; `&`, `|` alone are not plain
 _SHELL_WORDS = frozenset("""
     ! { } case do done elif else esac fi for if in then until while function select time coproc
@@ -80,21 +84,35 @@ def shell_argv(command: str) -> list[str]:
 
 @dataclass(frozen=True, slots=True)
 class Direct:
-    """A simple command posbuild may run without the shell: its words, and the file its stdout
-    goes to (relative to the working folder; appended to when `append`), or None to leave stdout
-    where it is."""
+    """A simple command posbuild may run without the shell: its words, and the files its stdout
+    and stderr go to (relative to the working folder, or /dev/null; appended to when `append`,
+    `stderr_append`), or None to leave them where they are. `stderr_first`: `2>` was written
+    before `>` (bash opens them in the order written)."""
 
     argv: tuple[str, ...]
     stdout: str | None
     append: bool = False
+    stderr: str | None = None
+    stderr_append: bool = False
+    stderr_first: bool = False
+
+    @property
+    def redirected(self) -> bool:
+        return self.stdout is not None or self.stderr is not None
+
+    @property
+    def redirects(self) -> tuple[tuple[int, str, bool], ...]:
+        """(descriptor, target, append) of each redirect, in the order bash opens them."""
+        out = ((1, self.stdout, self.append),) if self.stdout is not None else ()
+        err = ((2, self.stderr, self.stderr_append),) if self.stderr is not None else ()
+        return err + out if self.stderr_first else out + err
 
     @property
     def shown(self) -> str:
         """The command as bash names it in the line it prints when a signal killed it."""
-        words = " ".join(self.argv)
-        if self.stdout is None:
-            return words
-        return f"{words} {'>>' if self.append else '>'} {self.stdout}"
+        redirects = [f"{'2' if fd == 2 else ''}{'>>' if append else '>'} {target}"
+                     for fd, target, append in self.redirects]
+        return " ".join((*self.argv, *redirects))
 
 
 Step = tuple[int, int]  # (which `&&` list of a Script, which command in it)
@@ -126,7 +144,7 @@ class Script:
         `a; b && c` (`&&` binds more tightly than `;`)."""
         last = len(self.lists) - 1
         final = self.lists[last]
-        if step != (last, len(final) - 1) or final[-1].stdout is not None:
+        if step != (last, len(final) - 1) or final[-1].redirected:
             return False
         return last == 0 or len(final) == 1
 
@@ -166,12 +184,21 @@ def _simple(command: str) -> Direct | None:
     match = _SIMPLE.fullmatch(command)
     if match is None:
         return None
-    words, redirect, target = tuple(match.group(1).split()), match.group(2), match.group(3)
+    words = tuple(match.group(1).split())
     if "=" in words[0] or words[0] in _SHELL_WORDS:
         return None
-    if target is not None and (target.startswith("/") or ".." in target.split("/")):
-        return None  # maybe outside the sandbox, maybe a FIFO, whose open would block posbuild
-    return Direct(words, target, redirect == ">>")
+    found: dict[int, tuple[str, bool]] = {}
+    order: list[int] = []
+    for fd_digit, operator, target in _REDIRECT.findall(match.group(2)):
+        fd = 2 if fd_digit else 1
+        if fd in found:
+            return None  # bash opens both and keeps the last: left to it
+        if target != _NULL and (target.startswith("/") or ".." in target.split("/")):
+            return None  # maybe outside the sandbox, maybe a FIFO, whose open would block posbuild
+        found[fd], order = (target, operator == ">>"), order + [fd]
+    stdout, append = found.get(1, (None, False))
+    stderr, stderr_append = found.get(2, (None, False))
+    return Direct(words, stdout, append, stderr, stderr_append, order[:1] == [2])
 
 
 def find_program(name: str, path: str, cwd: str) -> str | None:
@@ -232,10 +259,10 @@ def shell_status(status: int, direct: Direct, pid: int, forked: bool) -> tuple[i
     return 128 + number, f"{SHELL}: line 1: {pid:5d} {name:<24}{direct.shown}\n".encode()
 
 
-def redirect_failure(direct: Direct, error: OSError) -> bytes:
-    """bash's line when it cannot open a command's redirect target (the command then fails with
-    status 1 and never starts)."""
-    return f"{SHELL}: line 1: {direct.stdout}: {error.strerror}\n".encode()
+def redirect_failure(target: str, error: OSError) -> bytes:
+    """bash's line when it cannot open a command's redirect `target` (the command then fails
+    with status 1 and never starts)."""
+    return f"{SHELL}: line 1: {target}: {error.strerror}\n".encode()
 
 
 def not_run(direct: Direct, error: OSError) -> tuple[int, bytes]:

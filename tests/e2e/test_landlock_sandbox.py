@@ -288,6 +288,7 @@ def test_exit_codes_and_signals_are_passed_on_as_in_the_folder_sandbox(lws):
     "cat pkg/a.txt > posbuild-out/pkg/l.txt && cat pkg/absent.txt; cat pkg/a.txt",
     "cat pkg/a.txt && cat pkg/a.txt > missing/l.txt; cat pkg/a.txt",
     "pkg/die && cat pkg/a.txt; cat pkg/a.txt > posbuild-out/pkg/l.txt",
+    "cat pkg/absent.txt 2> /dev/null && cat pkg/a.txt; cat pkg/a.txt 2> e > posbuild-out/pkg/l.txt",
 ])
 def test_a_line_of_commands_runs_through_the_launcher_as_under_the_shell(ws, tmp_path,
                                                                          monkeypatch, command):

@@ -188,6 +188,13 @@ def test_a_perturbed_umask_gives_the_redirect_target_the_mode_the_shell_gives_it
     f"cat pkg/a.txt && cat pkg/b.txt > missing/folder/out; cat pkg/b.txt > {OUT}",
     f"cat pkg/a.txt; no-such-program; cat pkg/b.txt > {OUT}",  # the shell runs it: not found
     f"env > {OUT}; cat pkg/a.txt",
+    f"cat pkg/absent.txt 2> {OUT}; cat pkg/a.txt",  # what it says goes to the file
+    f"cat pkg/a.txt pkg/absent.txt > {OUT} 2>> {OUT}.err && cat pkg/b.txt",
+    f"cat pkg/absent.txt 2> /dev/null && cat pkg/a.txt; cat pkg/b.txt > {OUT}",
+    f"cat pkg/a.txt > /dev/null && cat pkg/b.txt > {OUT}",
+    f"cat pkg/a.txt && cat pkg/b.txt 2> missing/err; cat pkg/b.txt > {OUT}",
+    f"env 2> {OUT}.err > {OUT}",
+    "cat pkg/a.txt 2> missing/err",  # the shell says it (nothing ran yet)
 ])
 def test_a_line_of_commands_runs_as_under_the_shell(workspace, command) -> None:
     """Outputs, captures (in order), stderr, exit codes, and each program's environment."""
@@ -198,15 +205,18 @@ def test_a_line_of_commands_runs_as_under_the_shell(workspace, command) -> None:
         assert sorted(direct_out.splitlines()) == sorted(shell_out.splitlines())
         assert b"SHLVL=1" in direct_out.splitlines()
         direct_out = shell_out
+    if command.endswith("missing/err"):
+        assert direct.stderr.startswith(b"/bin/bash: line 1: missing/err: ")
     assert (direct.exit_code, direct.stdout, direct.stderr, direct_out, direct_mode) == \
         (shell.exit_code, shell.stdout, shell.stderr, shell_out, shell_mode)
 
 
 def test_no_shell_runs_between_posbuild_and_the_programs_of_a_line(workspace) -> None:
     probe = _script(workspace, "parent", "#!/bin/sh\nreadlink /proc/$PPID/exe\n")
-    action = _action(f"{probe} > {OUT} && {probe} >> {OUT}", inputs=("pkg/a.txt", probe))
-    _, direct, _ = _run(workspace, action)
-    assert direct == (os.path.realpath(sys.executable).encode() + b"\n") * 2
+    for command in (f"{probe} > {OUT} && {probe} >> {OUT}",
+                    f"{probe} > {OUT} 2> /dev/null; {probe} 2>> err >> {OUT}"):
+        _, direct, _ = _run(workspace, _action(command, inputs=("pkg/a.txt", probe)))
+        assert direct == (os.path.realpath(sys.executable).encode() + b"\n") * 2, command
 
 
 def test_a_later_program_that_cannot_be_execd_as_it_is_leaves_the_line_to_the_shell(
@@ -220,13 +230,14 @@ def test_a_later_program_that_cannot_be_execd_as_it_is_leaves_the_line_to_the_sh
     assert result.exit_code == 0 and content == b"a\nfrom script\n"
 
 
-@pytest.mark.parametrize("where", ["first", "last", "alone at the end"])
+@pytest.mark.parametrize("where", ["first", "last", "alone at the end", "with stderr"])
 def test_a_program_of_a_line_killed_by_a_signal_is_reported_as_the_shell_reports_it(workspace,
                                                                                    where) -> None:
     script = _script(workspace, "die", "#!/bin/sh\nkill -SEGV $$\n")
     command = {"first": f"{script} && cat pkg/a.txt",
                "last": f"cat pkg/a.txt && {script} >> {OUT}",
-               "alone at the end": f"cat pkg/a.txt; {script}"}[where]
+               "alone at the end": f"cat pkg/a.txt; {script}",
+               "with stderr": f"cat pkg/a.txt; {script} 2> err >{OUT}"}[where]
     result = _same_both_ways(workspace, _action(command, inputs=("pkg/a.txt", script)))
     if where == "alone at the end":  # bash execs it: the signal itself
         assert (result.exit_code, result.stderr) == (-signal.SIGSEGV, b"")

@@ -40,6 +40,13 @@ def test_plain_words_and_one_trailing_redirect_run_without_the_shell(command, ar
     ("sleep 1&&cat a > o ;cat b >> log", ((Direct(("sleep", "1"), None), Direct(("cat", "a"), "o")),
                                           (Direct(("cat", "b"), "log", append=True),))),
     ("date >> stamps", ((Direct(("date",), "stamps", append=True),),)),
+    ("bwa index x 2> /dev/null && samtools faidx x",
+     ((Direct(("bwa", "index", "x"), None, stderr="/dev/null", stderr_first=True),
+       Direct(("samtools", "faidx", "x"), None)),)),
+    ("tool 2>>log >out", ((Direct(("tool",), "out", stderr="log", stderr_append=True,
+                                  stderr_first=True),),)),
+    ("tool > /dev/null 2> e", ((Direct(("tool",), "/dev/null", stderr="e"),),)),
+    ("tool 2 > out", ((Direct(("tool", "2"), "out"),),)),  # a word 2, then a redirect
 ])
 def test_lines_of_commands_joined_by_and_and_semicolons_run_without_the_shell(command,
                                                                                lists) -> None:
@@ -53,7 +60,9 @@ def test_lines_of_commands_joined_by_and_and_semicolons_run_without_the_shell(co
     "cat a\\ b",
     "cat $HOME", "cat `x`", "cat $(x)", "cat *.txt", "cat a?", "cat [ab]", "cat ~/a",
     "cat a # note",
-    "cat a\ncat b", "cat a 2> err", "cat a>out", "cat a > out > other",
+    "cat a\ncat b", "cat a 2>&1", "cat a 2> e 2> f", "cat a > o >> p", "cat a 2> /tmp/log",
+    "cat a2>e", "cat a 12> e", "cat a > /dev/zero/x", "cat a > /dev/nullx", "cat a>out",
+    "cat a > out > other",
     "cat a > out b",
     "> out cat a", "cat < in", "cat a >& 2", "cat a >| out", "FOO=1 cat a", "x=1", "cat a > ",
     "cät a",
@@ -127,6 +136,7 @@ def test_bash_execs_only_the_last_command_of_a_line_when_it_stands_alone() -> No
     assert execs("cat a && cat b; cat c") == [False, False, True]
     assert execs("cat a; cat b && cat c") == [False, False, False]
     assert execs("cat a; cat b >> o") == [False, False]
+    assert execs("cat a; cat b 2> e") == [False, False]
 
 
 def _executable(path: Path, text: str = "#!/bin/sh\n") -> Path:
