@@ -192,6 +192,13 @@ class Running:
     rest: _Rest | None = None  # the first command of a Script: what its later ones need
 
 
+class _Between:
+    """A line of commands between two of them (`LocalSpawner._go_on`): running, with no process
+    of its own for a cancel to kill, and counted once in what the cancel stopped."""
+
+    __slots__ = ()
+
+
 @dataclass(frozen=True, slots=True)
 class _Rest:
     """What the later commands of a line posbuild runs without the shell need (`_go_on`)."""
@@ -308,7 +315,8 @@ class LocalSpawner:
         self._pid = os.getpid()
         # sandbox folder → what `stage` made there (for `remove`)
         self._staged: dict[str, Layout] = {}
-        self._running: set[subprocess.Popen[bytes] | Answer] = set()
+        # what a cancel kills: each running command's process, or a line between two commands
+        self._running: set[subprocess.Popen[bytes] | Answer | _Between] = set()
         self._lock = threading.Lock()
         self._cancelled = False
         self.stopped = 0  # commands a cancel killed
@@ -457,10 +465,11 @@ class LocalSpawner:
         """Wait for a command `start` started, and report how it ended (see `run`)."""
         try:
             try:
-                exit_code, timed_out, usage, note = self._reap(running, running.rest is not None)
-                if running.rest is not None:
-                    exit_code, timed_out, usage = self._go_on(running, exit_code, timed_out,
-                                                              usage, note)
+                line = _Between() if running.rest is not None else None
+                exit_code, timed_out, usage, note = self._reap(running, line is not None, line)
+                if line is not None:
+                    exit_code, timed_out, usage = self._go_on(running, line, exit_code,
+                                                              timed_out, usage, note)
                     note = b""
                 stdout = _read_all(running.stdout) if running.stdout >= 0 else b""
                 stderr = _read_all(running.stderr) + note
@@ -564,6 +573,8 @@ class LocalSpawner:
             running = list(self._running)
             self.stopped += len(running)
         for process in running:
+            if isinstance(process, _Between):  # its next command will not start
+                continue
             try:
                 _kill_group(process.pid)  # a fork server's answer may come only now
             except OSError:  # it never started
@@ -629,17 +640,21 @@ class LocalSpawner:
             known = self._execables[program] = execable(program)
         return known
 
-    def _go_on(self, running: Running, code: int, timed_out: bool, usage: ResourceUsage | None,
-               note: bytes) -> tuple[int, bool, ResourceUsage | None]:
+    def _go_on(self, running: Running, line: _Between, code: int, timed_out: bool,
+               usage: ResourceUsage | None, note: bytes) -> tuple[int, bool, ResourceUsage | None]:
         """Run the rest of a line after its first command ended with `code`, as `bash -e` would
         (Script.after): each command after the last, in its own session, with the line's
         deadline, its stdout captured or redirected, bash's lines about it written to stderr as
         bash would have written them. The process groups are killed when the line ends, not
-        between its commands (under bash they all share bash's). Returns the line's exit code,
-        whether it timed out, and the usage of all its programs."""
+        between its commands (under bash they all share bash's). Between two commands `line`
+        stands for them in what a cancel stops, which then ends the line as if it had killed
+        it. Returns the line's exit code, whether it timed out, and the usage of all its
+        programs."""
         rest = running.rest
         assert rest is not None
         if running.process is None:  # cancelled before it started
+            with self._lock:
+                self._running.discard(line)
             return code, timed_out, usage
         groups = [running.process.pid]
         step: Step = (0, 0)
@@ -647,11 +662,11 @@ class LocalSpawner:
             while True:
                 if note:
                     _write_all(running.stderr, note)
-                if timed_out or self._cancelled:
-                    return code, timed_out, usage
                 following = rest.script.after(step, code)
-                if following is None:
-                    return code, False, usage
+                if timed_out or following is None:
+                    return code, timed_out, usage
+                if self._cancelled:  # stopped between two commands: as if killed
+                    return -signal.SIGKILL, False, usage
                 step = following
                 direct, forked = rest.script.command(step), not rest.script.execs(step)
                 program = rest.programs[step]
@@ -665,7 +680,7 @@ class LocalSpawner:
                     started = self._launch(
                         rest.action, list(direct.argv), running.sandbox,
                         {**rest.env, **shell_variables(program, forked)}, out, to,
-                        rest.umask, program, direct, forked, fallback=False)
+                        rest.umask, program, direct, forked, fallback=False, line=line)
                 except OSError as error:  # gone or changed since the line started
                     code, note = not_run(direct, error)
                     continue
@@ -677,9 +692,11 @@ class LocalSpawner:
                 groups.append(started.process.pid)
                 code, timed_out, more, note = self._reap(replace(started,
                                                                  deadline=running.deadline),
-                                                         hold_group=True)
+                                                         True, line)
                 usage = _together(usage, more)
         finally:
+            with self._lock:
+                self._running.discard(line)
             for group in groups:
                 _kill_group(group)
                 self._guard.forget(group)
@@ -699,11 +716,12 @@ class LocalSpawner:
                 err: int,
                 umask: int = -1, program: str | None = None,
                 direct: Direct | None = None, forked: bool = False,
-                fallback: bool = True) -> Running:
+                fallback: bool = True, line: _Between | None = None) -> Running:
         """Start `argv` in its own session, in the sandbox's `exec/`, on the processors it is given;
         `program`: the file to exec when `argv` runs without the shell, as `direct` says (a
-        program bash would have `forked`). Under Landlock the fork server starts it (and, with
-        `fallback`, the shell, should a plain command's program not be exec'able as it is)."""
+        program bash would have `forked`); `line`: the line it continues (`_go_on`). Under
+        Landlock the fork server starts it (and, with `fallback`, the shell, should a plain
+        command's program not be exec'able as it is)."""
         started = time.monotonic()
         with self._lock:
             if self._cancelled:
@@ -733,8 +751,10 @@ class LocalSpawner:
         # `_reap`, when the fork server's answer is read)
         with self._lock:
             self._running.add(process)
+            if line is not None:  # the line's next command runs: it is this process now
+                self._running.discard(line)
             cancelled = self._cancelled
-            self.stopped += cancelled
+            self.stopped += cancelled and line is None  # else the cancel counted the line
         if cancelled and isinstance(process, subprocess.Popen):
             _kill_group(process.pid)
         deadline = started + action.timeout if action.timeout else None
@@ -770,11 +790,12 @@ class LocalSpawner:
             assert self._server is not None
             return self._server
 
-    def _reap(self, running: Running,
-              hold_group: bool = False) -> tuple[int, bool, ResourceUsage | None, bytes]:
+    def _reap(self, running: Running, hold_group: bool = False,
+              line: _Between | None = None) -> tuple[int, bool, ResourceUsage | None, bytes]:
         """Wait for a launched command: its exit code, whether it timed out, its usage, and what
         the shell would have added to its stderr (a command run without it that a signal killed).
-        Its process group is killed once it ended, unless `hold_group` (`_go_on` does it)."""
+        Its process group is killed once it ended, unless `hold_group` (`_go_on` does it); the
+        `line` it belongs to then counts as running in its place, for a cancel."""
         process = running.process
         if process is None:  # cancelled before it started
             return -signal.SIGTERM, False, None, b""
@@ -796,6 +817,8 @@ class LocalSpawner:
         finally:
             with self._lock:
                 self._running.discard(process)
+                if line is not None:
+                    self._running.add(line)
                 self._unpin(running.processors)
             if not hold_group or timed_out or self._cancelled:
                 _kill_group(pid)

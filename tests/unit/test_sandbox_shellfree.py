@@ -286,3 +286,32 @@ def test_a_line_cancelled_before_it_started_runs_none_of_its_commands(workspace)
     assert result.exit_code == -signal.SIGTERM
     assert not out.exists() or out.read_bytes() == b""  # neither command ran
     sandboxes.remove(result)
+
+
+@pytest.mark.parametrize("when", ["after a command ended", "as the next command starts"])
+def test_a_cancel_between_two_commands_of_a_line_stops_it_and_counts_it_once(workspace,
+                                                                            monkeypatch,
+                                                                            when) -> None:
+    """Under bash a cancel kills the shell, wherever it is in the line: here no command may be
+    running at that instant, and the line must still end as stopped, counted once."""
+    sandboxes = LocalSpawner(workspace, workspace.parent / "between")
+    if when == "after a command ended":
+        reap = sandboxes._reap
+
+        def reaped(*args, **kwargs):  # type: ignore[no-untyped-def]
+            ended = reap(*args, **kwargs)
+            sandboxes.cancel()
+            return ended
+        monkeypatch.setattr(sandboxes, "_reap", reaped)
+    else:
+        launch = sandboxes._launch
+
+        def launched(*args, **kwargs):  # type: ignore[no-untyped-def]
+            if kwargs.get("line") is not None:
+                sandboxes.cancel()
+            return launch(*args, **kwargs)
+        monkeypatch.setattr(sandboxes, "_launch", launched)
+    result = sandboxes.run(_action(f"cat pkg/a.txt > {OUT} && cat pkg/b.txt >> {OUT}"))
+    assert result.exit_code < 0 and sandboxes.stopped == 1
+    assert (result.exec_root / OUT).read_bytes() == b"a\n"  # the second command never ran
+    sandboxes.remove(result)
