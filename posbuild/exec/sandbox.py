@@ -5,8 +5,8 @@ at their workspace-relative paths, and `posbuild-out/<pkg>/` for its outputs) an
 HOME and TMPDIR), made and removed by stage.py. The command runs under `/bin/bash` with
 `set -euo pipefail` (shellfree.shell_argv) and a scrubbed environment: a fixed base (PATH,
 LANG, TZ, HOME, TMPDIR, SOURCE_DATE_EPOCH) plus the action's declared variables, and nothing
-else. A plain command (a program and plain words, at most one trailing `> file` or `>> file`:
-shellfree.py), or a line of them joined by `&&` and `;`, is run directly, each program as the
+else. A plain command (a program and plain words, redirecting its stdout or stderr to a file at
+most: shellfree.py), or a line of them joined by `&&` and `;`, is run directly, each program as the
 shell would have run it, without the shell's own start-up: that halves what a cheap action
 costs. A line's first program starts with the action; `wait` runs the others in turn
 (`_go_on`). The bubblewrap sandbox always runs the shell.

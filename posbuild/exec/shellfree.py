@@ -127,10 +127,6 @@ class Script:
     lists: tuple[tuple[Direct, ...], ...]
 
     @property
-    def commands(self) -> tuple[Direct, ...]:
-        return tuple(direct for joined in self.lists for direct in joined)
-
-    @property
     def single(self) -> bool:
         return len(self.lists) == 1 and len(self.lists[0]) == 1
 
