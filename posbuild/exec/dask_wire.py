@@ -16,6 +16,7 @@ from posbuild.core.action import Action
 from posbuild.core.digest import Digest
 from posbuild.core.records import RemoteRun, ResourceUsage
 from posbuild.exec.spawner import Perturbation
+from posbuild.host.nofollow import write_all
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,8 +107,6 @@ def write_files(root: str, files: Sequence[tuple[str, bytes, bool]]) -> None:
             made.add(parent)
         fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o755 if executable else 0o644)
         try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view):]
+            write_all(fd, data)
         finally:
             os.close(fd)

@@ -125,7 +125,7 @@ from posbuild.exec.namespaces import Isolation, choose, command, input_binds
 from posbuild.exec import landlock
 from posbuild.exec.landlock import Landlocked
 from posbuild.exec.forkserver import Answer, ForkServer, ServerGone
-from posbuild.host.nofollow import open_outputs, read_upto
+from posbuild.host.nofollow import open_outputs, read_upto, write_all
 from posbuild.host.owned import SANDBOXES, claim, holds_only_sandboxes
 from posbuild.host.processor import current_processor
 from posbuild.core.records import ResourceUsage
@@ -661,7 +661,7 @@ class LocalSpawner:
         try:
             while True:
                 if note:
-                    _write_all(running.stderr, note)
+                    write_all(running.stderr, note)
                 following = rest.script.after(step, code)
                 if timed_out or following is None:
                     return code, timed_out, usage
@@ -931,12 +931,6 @@ def _capture_file(sandbox: str, name: str) -> int:
 def _read_all(fd: int) -> bytes:
     """Everything written to a capture file (its offset is wherever the command left it)."""
     return read_upto(fd, os.fstat(fd).st_size)
-
-
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view):]
 
 
 def _together(usage: ResourceUsage | None, more: ResourceUsage | None) -> ResourceUsage | None:

@@ -267,6 +267,13 @@ def read_upto(fd: int, size: int) -> bytes:
     return b"".join(chunks)
 
 
+def write_all(fd: int, data: bytes) -> None:
+    """Write all of `data` to `fd` (a write may take less than it is given)."""
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
 def read_small(fd: int, limit: int) -> tuple[os.stat_result, bytes | None]:
     """A produced file's stat and, when it holds at most `limit` bytes, its content: one fstat
     and a read, no buffered file object (every action reads its small outputs back)."""

@@ -40,7 +40,7 @@ from posbuild.core.digest import Digest, hash_file
 from posbuild.core.records import FileState, OutputFile, Signature, signature
 from posbuild.core.tree import Tree
 from posbuild.errors import ChecksumMismatch
-from posbuild.host.nofollow import Opened
+from posbuild.host.nofollow import Opened, write_all
 from posbuild.store.trees import WrittenTree, intact, move_aside, write_tree
 
 if TYPE_CHECKING:
@@ -426,9 +426,7 @@ def _link_unnamed(target: str, mode: int, content: bytes | int) -> bool:
 def _fill(fd: int, content: bytes | int) -> None:
     """Write all of `content` (bytes, or the whole file open as descriptor `content`) to `fd`."""
     if isinstance(content, bytes):
-        view = memoryview(content)
-        while view:
-            view = view[os.write(fd, view):]
+        write_all(fd, content)
         return
     offset = 0
     # by offset: the source's own is left alone

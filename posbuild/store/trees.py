@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Callable, Iterator
 from posbuild.core.digest import Digest, hash_bytes, hash_file
 from posbuild.core.records import FileState, OutputFile, signature
 from posbuild.core.tree import Tree, TreeFile
-from posbuild.host.nofollow import fd_path, read_upto
+from posbuild.host.nofollow import fd_path, read_upto, write_all
 
 if TYPE_CHECKING:
     from typing import Protocol
@@ -269,9 +269,7 @@ def _write_file(path: str, content: bytes, executable: bool) -> None:
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC,
                  0o555 if executable else 0o444)
     try:
-        view = memoryview(content)
-        while view:
-            view = view[os.write(fd, view):]
+        write_all(fd, content)
     finally:
         os.close(fd)
 
