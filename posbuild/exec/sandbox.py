@@ -466,7 +466,7 @@ class LocalSpawner:
         try:
             try:
                 line = _Between() if running.rest is not None else None
-                exit_code, timed_out, usage, note = self._reap(running, line is not None, line)
+                exit_code, timed_out, usage, note = self._reap(running, line)
                 if line is not None:
                     exit_code, timed_out, usage = self._go_on(running, line, exit_code,
                                                               timed_out, usage, note)
@@ -625,11 +625,12 @@ class LocalSpawner:
             raise
         for fd in opened:
             os.close(fd)  # the command has the files
-        running = replace(running, stderr=err)  # bash's own lines go there
-        if not script.single:
-            return replace(running, stdout=capture,
+        if not script.single:  # bash's own lines go to `err`, the programs' output to `capture`
+            return replace(running, stdout=capture, stderr=err,
                            rest=_Rest(action, script, env, programs, umask))
-        return running if direct.stdout is None else replace(running, stdout=-1)
+        if direct.redirected:  # nothing to read back from a redirect target
+            return replace(running, stdout=capture, stderr=err)
+        return running
 
     def _execable(self, program: str, exec_root: str) -> bool:
         """shellfree.execable, remembered for programs found by absolute path."""
@@ -653,8 +654,6 @@ class LocalSpawner:
         rest = running.rest
         assert rest is not None
         if running.process is None:  # cancelled before it started
-            with self._lock:
-                self._running.discard(line)
             return code, timed_out, usage
         groups = [running.process.pid]
         step: Step = (0, 0)
@@ -690,9 +689,8 @@ class LocalSpawner:
                 if started.process is None:  # cancelled meanwhile
                     return -signal.SIGTERM, False, usage
                 groups.append(started.process.pid)
-                code, timed_out, more, note = self._reap(replace(started,
-                                                                 deadline=running.deadline),
-                                                         True, line)
+                code, timed_out, more, note = self._reap(
+                    replace(started, deadline=running.deadline), line)
                 usage = _together(usage, more)
         finally:
             with self._lock:
@@ -790,12 +788,13 @@ class LocalSpawner:
             assert self._server is not None
             return self._server
 
-    def _reap(self, running: Running, hold_group: bool = False,
+    def _reap(self, running: Running,
               line: _Between | None = None) -> tuple[int, bool, ResourceUsage | None, bytes]:
         """Wait for a launched command: its exit code, whether it timed out, its usage, and what
         the shell would have added to its stderr (a command run without it that a signal killed).
-        Its process group is killed once it ended, unless `hold_group` (`_go_on` does it); the
-        `line` it belongs to then counts as running in its place, for a cancel."""
+        Its process group is killed once it ended, unless it is a command of a `line` (`_go_on`
+        kills them all when the line ends); the line then counts as running in its place, for a
+        cancel."""
         process = running.process
         if process is None:  # cancelled before it started
             return -signal.SIGTERM, False, None, b""
@@ -820,9 +819,9 @@ class LocalSpawner:
                 if line is not None:
                     self._running.add(line)
                 self._unpin(running.processors)
-            if not hold_group or timed_out or self._cancelled:
+            if line is None or timed_out or self._cancelled:
                 _kill_group(pid)
-            if not hold_group:
+            if line is None:
                 self._guard.forget(pid)
         usage = ResourceUsage(rusage.ru_utime, rusage.ru_stime, rusage.ru_maxrss,
                               rusage.ru_inblock * 512, rusage.ru_oublock * 512)

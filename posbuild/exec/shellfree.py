@@ -183,18 +183,17 @@ def _simple(command: str) -> Direct | None:
     words = tuple(match.group(1).split())
     if "=" in words[0] or words[0] in _SHELL_WORDS:
         return None
-    found: dict[int, tuple[str, bool]] = {}
-    order: list[int] = []
+    found: dict[int, tuple[str, bool]] = {}  # descriptor → (target, append), in written order
     for fd_digit, operator, target in _REDIRECT.findall(match.group(2)):
         fd = 2 if fd_digit else 1
         if fd in found:
             return None  # bash opens both and keeps the last: left to it
         if target != _NULL and (target.startswith("/") or ".." in target.split("/")):
             return None  # maybe outside the sandbox, maybe a FIFO, whose open would block posbuild
-        found[fd], order = (target, operator == ">>"), order + [fd]
+        found[fd] = (target, operator == ">>")
     stdout, append = found.get(1, (None, False))
     stderr, stderr_append = found.get(2, (None, False))
-    return Direct(words, stdout, append, stderr, stderr_append, order[:1] == [2])
+    return Direct(words, stdout, append, stderr, stderr_append, next(iter(found), 1) == 2)
 
 
 def find_program(name: str, path: str, cwd: str) -> str | None:
