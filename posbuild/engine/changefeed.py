@@ -55,6 +55,16 @@ def _skipped(name: str) -> bool:
     return name.startswith(".") or name == "__pycache__"
 
 
+def _subfolders(folder: str) -> list[str]:
+    """The folders in `folder` worth watching (not links: a link's target may be anywhere)."""
+    try:
+        with os.scandir(folder) as entries:
+            return [entry.name for entry in entries
+                    if entry.is_dir(follow_symlinks=False) and not _skipped(entry.name)]
+    except OSError:
+        return []  # gone already: its parent's event said so
+
+
 class ChangeFeed:
     """Counts the changes in a workspace and vouches for up-to-date states that no change
     touched. Its event methods run on watchdog's dispatch thread; the rest on the server's main
@@ -76,6 +86,7 @@ class ChangeFeed:
                       | C.IN_MOVE_SELF | C.IN_ONLYDIR | C.IN_DONT_FOLLOW)
         self._fd: Any = None
         self._folders: dict[int, str] = {}  # watch descriptor -> folder, relative ("" the root)
+        self._watches: dict[str, int] = {}  # and back
         self._state_wd = -1
         self._rescan = False
         self._paused = False  # posbuild-out/ is not watched while a build writes it
@@ -173,18 +184,18 @@ class ChangeFeed:
         if self._fd is None:  # nothing is watched yet (`start` watches every folder once)
             return
         with self._lock:
-            watched = {rel: wd for wd, rel in self._folders.items()
+            watched = {wd: rel for wd, rel in self._folders.items()
                        if rel == OUT_DIR or rel.startswith(OUT_DIR + "/")}
             wanted = None if folders is None else set(folders)
-            if wanted is None or not wanted <= watched.keys():
+            if wanted is None or not wanted <= set(watched.values()):
                 self._changed(None)
-                wanted = set(watched)
+                wanted = set(watched.values())
                 self._paused = True
             self._vouched.clear()
             self._paused_folders |= wanted
-            paused = [(watched[rel], "workspace") for rel in wanted]
+            paused = [(wd, "workspace") for wd, rel in watched.items() if rel in wanted]
             for wd, _ in paused:
-                del self._folders[wd]
+                self._watches.pop(self._folders.pop(wd), None)
         if paused and self._fd is not None:
             self._fd.remove_callbacks(paused)
 
@@ -207,7 +218,7 @@ class ChangeFeed:
                         self._watch_tree(OUT_DIR)
                 else:
                     for folder in sorted(paused):
-                        self._watch_tree(folder, again=True)
+                        self._watch_tree(folder)
                 self._paused = False
         if self.trouble or not pending or not self.sync():
             return
@@ -234,7 +245,7 @@ class ChangeFeed:
                 continue
             _ = state.raw_digest  # and hashed, off the next build's path (its build row)
             with self._lock:
-                folders = set(self._folders.values())
+                folders = set(self._watches)
             if not state.complete or not all(os.path.dirname(p) in folders for p in state.paths):
                 continue
             # Without a look at every file: one in a folder watched all through the build that
@@ -322,7 +333,9 @@ class ChangeFeed:
 
     def on_watch_deleted(self, wd: int) -> None:
         with self._lock:
-            self._folders.pop(wd, None)
+            rel = self._folders.pop(wd, None)
+            if rel is not None and self._watches.get(rel) == wd:
+                del self._watches[rel]
             self._changed(None)
 
     def on_queue_overflow(self) -> None:
@@ -341,35 +354,35 @@ class ChangeFeed:
 
     # ---- watches ------------------------------------------------------------------------------
 
-    def _watch_tree(self, top: str = "", again: bool = False) -> None:
-        """Watch `top` (relative; "" the root) and every folder below it but skipped ones
-        (called holding the lock); `again`: a paused folder, below which some folders may be
-        watched still."""
+    def _watch_tree(self, top: str = "") -> None:
+        """Watch `top` (relative; "" the root: all anew) and every folder below it but skipped
+        ones and those watched already (called holding the lock)."""
         if top == "":
-            self._folders = {}
+            self._folders, self._watches = {}, {}
             self._rescan = False
-        watched = set(self._folders.values()) if again else set()
-        start = os.path.join(self.root, top) if top else str(self.root)
-        for folder, dirs, _ in os.walk(start):
-            rel = os.path.relpath(folder, self.root)
-            rel = "" if rel == "." else rel
+        # each folder is watched before it is listed: a subfolder made after the watch has an
+        # event, one made before is in the listing
+        waiting = [top]
+        while waiting:
+            rel = waiting.pop()
             if rel in self._ignored:
-                dirs[:] = []
                 continue
-            dirs[:] = [d for d in dirs if not _skipped(d)]
-            if rel in watched:
-                continue
-            if self._limit is not None and len(self._folders) >= self._limit:
-                self._refuse(OSError(28, "inotify watch limit reached"))
-                return
-            try:
-                wd = self._fd.add_callback(os.fsencode(folder), self._mask, self, "workspace")
-            except OSError as error:
-                if os.path.isdir(folder):
-                    self._refuse(error)
+            folder = os.path.join(self.root, rel) if rel else str(self.root)
+            if rel not in self._watches:
+                if self._limit is not None and len(self._folders) >= self._limit:
+                    self._refuse(OSError(28, "inotify watch limit reached"))
                     return
-                continue  # gone already: its parent's event said so
-            self._folders[wd] = rel
+                try:
+                    wd = self._fd.add_callback(os.fsencode(folder), self._mask, self,
+                                               "workspace")
+                except OSError as error:
+                    if os.path.isdir(folder):
+                        self._refuse(error)
+                        return
+                    continue  # gone already: its parent's event said so
+                self._folders[wd] = rel
+                self._watches[rel] = wd
+            waiting.extend(os.path.join(rel, name) for name in _subfolders(folder))
 
     def _refuse(self, error: OSError) -> None:
         self.limit_reached = error.errno == 28  # ENOSPC: fs.inotify.max_user_watches

@@ -83,6 +83,28 @@ def test_a_change_in_a_folder_made_after_the_start_is_seen(tmp_path, feed):
     assert feed.changes(state) != set()
 
 
+def test_a_folder_made_while_its_parent_is_being_watched_is_watched_too(tmp_path, feed):
+    """The race of a folder made just after its parent: the subfolder appears after the watcher
+    saw the parent's event but before the parent's own watch is in place, so no event names it."""
+    state = _workspace(tmp_path, {"a.txt": "a"})
+    feed.start()
+    add_callback = feed._fd.add_callback
+
+    def add_late(path: bytes, *rest: object) -> int:
+        if path.endswith(b"/new"):  # the watcher thread stalls here; meanwhile:
+            (tmp_path / "new/deeper").mkdir()
+            (tmp_path / "new/deeper/x.txt").write_text("x")
+        return add_callback(path, *rest)
+
+    feed._fd.add_callback = add_late
+    (tmp_path / "new").mkdir()
+    assert feed.sync()  # the event of new/ was handled, and the stall with it
+    state = _save(tmp_path, {"a.txt": "a", "new/deeper/x.txt": "x"})
+    assert _vouched(feed, state)
+    (tmp_path / "new/deeper/x.txt").write_text("y")
+    assert feed.changes(state) == {"new/deeper/x.txt"}
+
+
 def test_a_replaced_state_file_is_not_the_one_vouched_for(tmp_path, feed):
     state = _workspace(tmp_path, {"a.txt": "a"})
     feed.start()
