@@ -73,13 +73,33 @@ def main() -> None:
         sys.stderr.write("posbuild: interrupted by SIGINT; 0 running actions stopped, nothing "
                          "partial kept\n")
         code = 130
-    if code is not None:
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(code)  # nothing to clean up: Python's own shutdown costs 3 ms
-    from posbuild.cli import main as one_shot
+    if code is None:
+        from posbuild.cli import main as one_shot
 
-    one_shot(args)
+        try:
+            one_shot(args)
+            code = 0
+        except SystemExit as done:
+            if done.code is not None and not isinstance(done.code, int):
+                raise  # a message for Python to print
+            code = done.code or 0
+    _leave(code)
+
+
+def _leave(code: int) -> None:
+    """Exit without Python's own shutdown, which frees every object one by one: after a build of
+    10,000 actions that takes 0.2 s, and everything that must outlive the process (the store,
+    the outputs, the records) was closed by the command itself. Handlers registered with
+    `atexit` still run."""
+    import atexit
+
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # a closed pipe: there is no one left to tell
+            pass
+    atexit._run_exitfuncs()
+    os._exit(code)
 
 
 def _on_server(args: list[str]) -> int | None:
