@@ -157,7 +157,7 @@ def main() -> None:
         if spawn:
             line += f"   spawn only {spawn[mode] * 1000:6.2f} ms/action"
         print(line)
-    for mode in modes[:-1]:
+    for mode in (mode for mode in modes if mode != "folder"):
         line = (f"  {mode} - folder {per_action[mode] - per_action['folder']:+6.2f} ms/action")
         if spawn:
             line += f"{'':14}{(spawn[mode] - spawn['folder']) * 1000:+6.2f} ms/action"
