@@ -16,14 +16,19 @@ from pathlib import Path
 TEMP_PREFIX = ".tmp-"
 
 
-def write_atomically(path: Path, data: bytes) -> None:
-    """Replace `path` with `data` (creating its folder) by temp file + rename."""
+def write_atomically(path: Path, data: bytes) -> os.stat_result:
+    """Replace `path` with `data` (creating its folder) by temp file + rename; returns the
+    written file's stat, taken before the rename (so that it describes this file, whatever
+    replaces it later)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     temp = path.with_name(f"{TEMP_PREFIX}{os.getpid()}-{threading.get_ident()}-{path.name}")
     try:
         with open(temp, "wb") as handle:
             handle.write(data)
+            handle.flush()
+            written = os.fstat(handle.fileno())
         os.replace(temp, path)
+        return written
     except BaseException:
         try:
             os.unlink(temp)

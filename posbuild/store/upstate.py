@@ -27,6 +27,7 @@ each), msgpack {label: (def_hash, key)}, msgpack {path: digest}, epoch, msgpack 
 
 from __future__ import annotations
 
+import copy
 import os
 import struct
 from dataclasses import dataclass
@@ -147,6 +148,13 @@ class BuildState:
                 if self._packed_trees else {}
         return self._trees
 
+    def as_saved(self, raw: bytes, epoch: bytes) -> BuildState:
+        """This state as it reads back from the file it was saved to as `raw` under `epoch`: the
+        same rows (shared, as nothing changes a BuildState), already decoded."""
+        saved = copy.copy(self)
+        saved.raw, saved.epoch, saved._raw_digest = raw, epoch, None
+        return saved
+
     def trace_of(self, action: Action) -> ActionTrace | None:
         """The recorded trace, if the action's definition is the recorded one."""
         row = self.actions.get(action.label)
@@ -180,8 +188,7 @@ def read_state(path: Path | str) -> BuildState:
     global _last_loaded
     try:
         with open(path, "rb") as handle:
-            info = os.fstat(handle.fileno())
-            key = (str(path), info.st_ino, info.st_size, info.st_mtime_ns)
+            key = _version(path, os.fstat(handle.fileno()))
             last = _last_loaded
             if last is not None and last[0] == key:
                 return last[1]
@@ -190,6 +197,11 @@ def read_state(path: Path | str) -> BuildState:
         return EMPTY
     _last_loaded = (key, state)
     return state
+
+
+def _version(path: Path | str, info: os.stat_result) -> tuple[str, int, int, int]:
+    """What tells one version of a state file from another (`_last_loaded`)."""
+    return (str(path), info.st_ino, info.st_size, info.st_mtime_ns)
 
 
 def state_from_bytes(raw: bytes) -> BuildState:
@@ -210,16 +222,21 @@ def state_from_bytes(raw: bytes) -> BuildState:
 def save_state(path: Path, state: BuildState, epoch: bytes | None = None) -> bytes:
     """Write the state atomically (temp + rename), naming `epoch` (by default the state's own).
 
-    Returns the bytes written: the build records refer to them.
+    Returns the bytes written: the build records refer to them. The state is also what this
+    process reads back from the file while it is this version (`read_state`): the next build a
+    server runs finds its rows without decoding them.
     """
+    epoch = state.epoch if epoch is None else epoch
     payload = msgpack.packb([
         STATE_FORMAT, state.env_key, state.graph, state.complete, state.paths,
         state.packed_signatures,
         msgpack.packb(state.actions, use_bin_type=True),
-        msgpack.packb(state.digests, use_bin_type=True), state.epoch if epoch is None else epoch,
+        msgpack.packb(state.digests, use_bin_type=True), epoch,
         msgpack.packb(state.trees, use_bin_type=True),
     ], use_bin_type=True)
-    write_atomically(path, payload)
+    written = write_atomically(path, payload)
+    global _last_loaded
+    _last_loaded = (_version(path, written), state.as_saved(payload, epoch))
     return payload
 
 

@@ -231,8 +231,8 @@ def test_the_client_imports_only_the_standard_library_until_it_builds_here() -> 
     library (no `signal`, `socket` or `re`: their enums take milliseconds), then the cli only
     when the build runs in this process."""
     imported = {i.target for i in imports_of("posbuild.client")}
-    assert imported <= {"__future__", "_socket", "_signal", "os", "resource", "struct", "sys",
-                        "time", "tomllib", "posbuild.cli", "posbuild.core.layout"}
+    assert imported <= {"__future__", "_socket", "_signal", "atexit", "os", "resource", "struct",
+                        "sys", "time", "tomllib", "posbuild.cli", "posbuild.core.layout"}
 
 
 def test_no_module_below_cli_imports_click() -> None:

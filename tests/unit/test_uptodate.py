@@ -9,7 +9,8 @@ from pathlib import Path
 from posbuild.core.action import Action, facts_of
 from posbuild.core.digest import hash_bytes
 from posbuild.core.records import signature
-from posbuild.store.upstate import EMPTY, BuildState, load_state, save_state
+from posbuild.store.upstate import (EMPTY, BuildState, load_state, read_state, save_state,
+                                    state_from_bytes)
 from posbuild.engine.uptodate import changed_files
 
 GRAPH = b"\x01" * 32
@@ -57,6 +58,27 @@ def test_a_state_file_is_decoded_once_per_version_and_read_anew_once_replaced(
     assert again is not first and again.complete is False and first.complete is True
     os.unlink(tmp_path / "s.state")
     assert load_state(tmp_path / "s.state", ENV) is EMPTY
+
+
+def test_the_state_a_process_saved_reads_back_as_the_file_decodes(tmp_path: Path) -> None:
+    """The state just saved is what this process reads back without decoding the file (the next
+    build a server runs): it must be exactly what the file holds, the epoch written included."""
+    signatures = _files(tmp_path)
+    state = _state(signatures)
+    raw = save_state(tmp_path / "s.state", state, b"epoch-3")
+    read = read_state(tmp_path / "s.state")
+    decoded = state_from_bytes((tmp_path / "s.state").read_bytes())
+    assert read.raw == raw == decoded.raw
+    assert read.raw_digest == decoded.raw_digest == hash_bytes(raw)
+    for field in ("env_key", "graph", "complete", "epoch", "paths", "packed_signatures",
+                  "signatures", "actions", "digests", "trees"):
+        assert getattr(read, field) == getattr(decoded, field), field
+    assert read.epoch == b"epoch-3" and state.epoch == b""  # the state given is left as it was
+    # the same path written by another process: a new version, decoded from its bytes
+    other = tmp_path / "other.state"
+    other.write_bytes(state_from_bytes(raw).raw.replace(b"epoch-3", b"epoch-4"))
+    os.replace(other, tmp_path / "s.state")
+    assert read_state(tmp_path / "s.state").epoch == b"epoch-4"
 
 
 def test_a_no_op_needs_every_signature_unchanged(tmp_path: Path) -> None:
