@@ -407,11 +407,23 @@ def _code_stamp() -> tuple[tuple[str, int, int], ...]:
 
 def _folders_stamp() -> tuple[int, ...]:
     """The mtimes of posbuild's folders: an upgrade replaces their files (checked per build;
-    the idle server checks every file, `_code_stamp`)."""
-    package = Path(__file__).resolve().parent.parent
-    return tuple(os.stat(folder).st_mtime_ns
-                 for folder in (package, *(p for p in package.iterdir() if (p / "__init__.py")
-                                           .is_file())))
+    the idle server checks every file, `_code_stamp`). A folder added or removed changes the
+    package folder's own mtime, so the list of folders is made once."""
+    global _FOLDERS
+    if _FOLDERS is None:
+        package = Path(__file__).resolve().parent.parent
+        _FOLDERS = (str(package), *(str(p) for p in package.iterdir()
+                                    if (p / "__init__.py").is_file()))
+    stamp = []
+    for folder in _FOLDERS:
+        try:
+            stamp.append(os.stat(folder).st_mtime_ns)
+        except OSError:  # removed by an upgrade
+            stamp.append(-1)
+    return tuple(stamp)
+
+
+_FOLDERS: tuple[str, ...] | None = None  # posbuild's package folder and its subpackages'
 
 
 def _socket_path(root: Path) -> str:

@@ -274,6 +274,26 @@ def test_a_client_of_another_installation_replaces_the_server(ws, tmp_path, monk
     monkeypatch.delenv("PYTHONPATH")
 
 
+def test_posbuild_upgraded_in_place_replaces_the_server_at_the_next_build(ws, tmp_path,
+                                                                          monkeypatch):
+    """An upgrade replaces posbuild's files where they are: the next build goes to a server of
+    the new files, however soon it comes (the idle server would notice only at its next tick)."""
+    copy = tmp_path / "install"
+    shutil.copytree(Path(__file__).parents[2] / "posbuild", copy / "posbuild",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    monkeypatch.setenv("PYTHONPATH", str(copy))
+    first = _serving(ws)
+    module = copy / "posbuild/engine/plan.py"  # rewritten as an installer does: a new file
+    (module.parent / "plan.py.new").write_bytes(module.read_bytes())
+    os.replace(module.parent / "plan.py.new", module)
+    (ws.root / "pkg/a.txt").write_text("beta\n")
+    assert executed_labels(ws.ok()) == ["//pkg:up"]
+    second = _server_pid(ws)
+    assert second is not None and second != first
+    assert "posbuild's own files changed" in (ws.root / ".posbuild/server.log").read_text()
+    assert (ws.root / "posbuild-out/pkg/up.txt").read_text() == "BETA\n"
+
+
 @pytest.mark.parametrize("how", ["config", "option", "variable"])
 def test_the_server_can_be_turned_off(ws, monkeypatch, how):
     ws.write(UPPER)
