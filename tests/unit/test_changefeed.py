@@ -86,7 +86,7 @@ def test_a_change_in_a_folder_made_after_the_start_is_seen(tmp_path, feed):
 def test_a_folder_made_while_its_parent_is_being_watched_is_watched_too(tmp_path, feed):
     """The race of a folder made just after its parent: the subfolder appears after the watcher
     saw the parent's event but before the parent's own watch is in place, so no event names it."""
-    state = _workspace(tmp_path, {"a.txt": "a"})
+    _workspace(tmp_path, {"a.txt": "a"})
     feed.start()
     add_callback = feed._fd.add_callback
 
