@@ -186,10 +186,11 @@ class ChangeFeed:
         with self._lock:
             watched = {wd: rel for wd, rel in self._folders.items()
                        if rel == OUT_DIR or rel.startswith(OUT_DIR + "/")}
+            outputs = set(watched.values())
             wanted = None if folders is None else set(folders)
-            if wanted is None or not wanted <= set(watched.values()):
+            if wanted is None or not wanted <= outputs:
                 self._changed(None)
-                wanted = set(watched.values())
+                wanted = outputs
                 self._paused = True
             self._vouched.clear()
             self._paused_folders |= wanted

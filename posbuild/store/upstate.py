@@ -226,6 +226,7 @@ def save_state(path: Path, state: BuildState, epoch: bytes | None = None) -> byt
     process reads back from the file while it is this version (`read_state`): the next build a
     server runs finds its rows without decoding them.
     """
+    global _last_loaded
     epoch = state.epoch if epoch is None else epoch
     payload = msgpack.packb([
         STATE_FORMAT, state.env_key, state.graph, state.complete, state.paths,
@@ -235,7 +236,6 @@ def save_state(path: Path, state: BuildState, epoch: bytes | None = None) -> byt
         msgpack.packb(state.trees, use_bin_type=True),
     ], use_bin_type=True)
     written = write_atomically(path, payload)
-    global _last_loaded
     _last_loaded = (_version(path, written), state.as_saved(payload, epoch))
     return payload
 
