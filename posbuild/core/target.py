@@ -64,7 +64,15 @@ class AttributeError_(ValueError):
 def _str(kind: str, attr: str, value: Any) -> str:
     if not isinstance(value, str):
         raise AttributeError_(f"{kind}: attribute '{attr}' must be a string, got {_type(value)}")
-    return value
+    return _no_nul(kind, attr, value)
+
+
+def _no_nul(kind: str, attr: str, text: str) -> str:
+    """`text`, which must hold no NUL: no path, argument or environment variable can pass one."""
+    if "\0" in text:
+        raise AttributeError_(f"{kind}: attribute '{attr}' holds a NUL character ({text!r}), "
+                              "which no path, command line or environment can pass")
+    return text
 
 
 def _int(kind: str, attr: str, value: Any) -> int:
@@ -82,6 +90,9 @@ def _str_list(kind: str, attr: str, value: Any) -> tuple[str, ...]:
     if bad:
         raise AttributeError_(f"{kind}: attribute '{attr}' must be a list of non-empty strings, "
                               f"but it holds {bad[0]!r}")
+    if "\0" in "".join(value):  # one search for the whole list: most lists are sources
+        for text in value:
+            _no_nul(kind, attr, text)
     if len(set(value)) != len(value):
         duplicate = next(v for v in value if value.count(v) > 1)
         raise AttributeError_(f"{kind}: attribute '{attr}' lists '{duplicate}' twice")
@@ -115,7 +126,7 @@ def _scalar_text(kind: str, attr: str, value: Any) -> str:
     if isinstance(value, bool) or not isinstance(value, (str, int)):
         raise AttributeError_(
             f"{kind}: attribute '{attr}' values must be strings or ints, got {value!r}")
-    return str(value)
+    return _no_nul(kind, attr, str(value))
 
 
 def _str_dict(kind: str, attr: str, value: Any) -> Pairs:
@@ -146,14 +157,24 @@ def _args(kind: str, attr: str, value: Any) -> tuple[str, ...]:
     if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
         raise AttributeError_(
             f"{kind}: attribute '{attr}' must be a list of strings, got {_type(value)}")
-    return tuple(value)
+    return tuple(_no_nul(kind, attr, text) for text in value)
 
 
 PY_TASK_ENV = (("PYTHONDONTWRITEBYTECODE", "1"), ("PYTHONHASHSEED", "0"), ("PYTHONPATH", "."))
 
 
-def _py_env(kind: str, attr: str, value: Any) -> Pairs:
+def _env(kind: str, attr: str, value: Any) -> Pairs:
+    """An `env` dict, whose names a process environment can hold as written (no `=`)."""
     pairs = _str_dict(kind, attr, value)
+    for name, _ in pairs:
+        if not _ENV_NAME.fullmatch(name):
+            raise AttributeError_(
+                f"{kind}: attribute '{attr}': {name!r} is not an environment variable name")
+    return pairs
+
+
+def _py_env(kind: str, attr: str, value: Any) -> Pairs:
+    pairs = _env(kind, attr, value)
     fixed = dict(PY_TASK_ENV)
     taken = [k for k, _ in pairs if k in fixed]
     if taken:
@@ -244,7 +265,7 @@ _ACTION: dict[str, Checker] = {  # what every rule that runs a command declares 
     "host_tools": _host_tools,
 }
 SCHEMAS: dict[str, dict[str, Checker]] = {
-    "genrule": {**_ACTION, "cmd": _str, "tools": _str_list, "env": _str_dict},
+    "genrule": {**_ACTION, "cmd": _str, "tools": _str_list, "env": _env},
     "filegroup": {**_COMMON, "srcs": _str_list},
     "py_task": {**_ACTION, "script": _str, "args": _args, "deps": _str_list, "env": _py_env,
                 "python": _python},
@@ -255,8 +276,8 @@ _RUNNABLE: dict[str, Checker] = {**_COMMON, "srcs": _str_list, "data": _str_list
 _TEST: dict[str, Checker] = {"size": _size, "timeout": _test_timeout, "flaky": _bool,
                              "resources": _resources, "host_tools": _host_tools}
 SCHEMAS.update({
-    "sh_binary": {**_RUNNABLE, "env": _str_dict},
-    "sh_test": {**_RUNNABLE, **_TEST, "env": _str_dict},
+    "sh_binary": {**_RUNNABLE, "env": _env},
+    "sh_test": {**_RUNNABLE, **_TEST, "env": _env},
     "py_binary": {**_RUNNABLE, "main": _str, "python": _python, "env": _py_env},
     "py_test": {**_RUNNABLE, **_TEST, "main": _str, "python": _python, "env": _py_env},
 })

@@ -268,6 +268,26 @@ def test_malformed_label_in_srcs(built):
         "p/BUILD:1: //p:a: srcs entry '//p:x:y': invalid label '//p:x:y': bad target name 'x:y'")
 
 
+def test_an_env_name_that_no_environment_can_hold(built):
+    # exec would have passed "A=B=1", which a command reads as A set to "B=1"
+    message = bad_build(built, {"p/BUILD": (
+        'genrule(name = "a", outs = ["a.txt"], env = {"A=B": "1"}, cmd = "env > $@")\n')})
+    assert message == "p/BUILD:1:1: genrule: attribute 'env': 'A=B' is not an environment " \
+                      "variable name"
+
+
+@pytest.mark.parametrize("name, attributes", [
+    ("cmd", 'cmd = "echo a\\x00b > $@"'),
+    ("env", 'cmd = "echo > $@", env = {"X": "a\\x00b"}'),
+    ("tools", 'cmd = "echo > $@", tools = ["a\\x00b"]'),
+])
+def test_a_nul_character_where_no_command_can_pass_one(built, name, attributes):
+    message = bad_build(built, {"p/BUILD": (
+        f'genrule(name = "a", outs = ["a.txt"], {attributes})\n')})
+    assert message.startswith(f"p/BUILD:1:1: genrule: attribute '{name}' holds a NUL character")
+    assert message.endswith("which no path, command line or environment can pass")
+
+
 def test_duplicate_target_name(built):
     message = bad_build(built, {"p/BUILD": (
         'genrule(name = "a", outs = ["a.txt"], cmd = "c")\n'
