@@ -54,7 +54,7 @@ static void close_from(int lowest) {
     for (int fd = lowest; fd < most; fd++) close(fd);
 }
 
-static void child(struct request *r) {
+static _Noreturn void child(struct request *r) {
     for (int sig = 1; sig < NSIG; sig++) {
         struct sigaction action;
         if (sig == SIGKILL || sig == SIGSTOP || sigaction(sig, NULL, &action)) continue;

@@ -58,6 +58,31 @@ def test_an_existing_output_is_replaced_by_rename(setup) -> None:
             and os.listdir(root / "posbuild-out/pkg") == ["a.txt"]
 
 
+@pytest.mark.parametrize("unnamed", [True, False])
+def test_a_replacing_file_is_made_in_its_output_folder_and_renamed_from_the_temp_folder(
+        setup, monkeypatch, unnamed) -> None:
+    # where the new file's inode comes from is the folder it is made in: the output's folder,
+    # not the temp folder where replaced files are later freed (materialize._unnamed)
+    materializer, store, root = setup
+    _restore(materializer, store, "posbuild-out/pkg/a.txt", b"alpha\n", executable=True)
+    if not unnamed:
+        monkeypatch.setattr(materialize, "_proc", -1)  # no O_TMPFILE: made in the temp folder
+    made: list[str] = []
+    real_open, real_rename = os.open, os.rename
+    monkeypatch.setattr(os, "open", lambda path, flags, *rest, **kw: (
+        made.append(str(path)) if flags & (os.O_CREAT | os.O_TMPFILE) else None,
+        real_open(path, flags, *rest, **kw))[1])
+    renamed: list[str] = []
+    monkeypatch.setattr(os, "rename", lambda a, b: (renamed.append(str(a)), real_rename(a, b)))
+    _restore(materializer, store, "posbuild-out/pkg/a.txt", b"beta\n", executable=True)
+    target = root / "posbuild-out/pkg/a.txt"
+    assert target.read_bytes() == b"beta\n" and stat.S_IMODE(target.stat().st_mode) == 0o555
+    temp = str(root / ".posbuild/tmp")
+    assert made == ([str(root / "posbuild-out/pkg")] if unnamed else [renamed[0]])
+    assert [os.path.dirname(path) for path in renamed] == [temp]  # one rename, atomic
+    assert os.listdir(temp) == [] and os.listdir(root / "posbuild-out/pkg") == ["a.txt"]
+
+
 def test_without_unnamed_files_a_new_output_goes_through_the_temp_folder(setup,
                                                                          monkeypatch) -> None:
     materializer, store, root = setup
