@@ -55,17 +55,16 @@ by default) running actions get disjoint sets. Among equally used ones the proce
 spawning thread runs on comes first (host/processor.py), then the lowest number: the kernel
 placed the thread with the whole machine in view, so two builds side by side spread over the
 processors instead of both running every command on processor 0, each at half speed. The mask is
-set in the command's own process between vfork and exec (spawn.py), so nothing it starts escapes
-it and the spawning thread stays free to run wherever the kernel finds room. Where that spawn
-cannot be had (no C compiler), the mask is set on the spawning thread just before the fork (a
-forked child inherits its thread's mask), which the thread then keeps: its next action usually
-gets the same processors, and then no system call is made (freed between actions, it is moved
-between processors: slower still); the main thread gets posbuild's whole mask back. `taskset`
-would cost an extra exec per action and `preexec_fn` is unsafe with threads. Under Landlock the
-fork server sets the mask in the command's own process, from the request. cpu=0 leaves the
-action unpinned. On systems without `sched_setaffinity` nothing is pinned. The thread-count
-variables (OMP_NUM_THREADS ...) come with the action's env (analysis.declared_resources). This
-module knows nothing of keys or the store: it takes an Action and returns a SpawnResult.
+set on the spawning thread just before the fork (a forked child inherits its thread's mask),
+which has no race with the command starting threads of its own; `taskset` would cost an extra
+exec per action and `preexec_fn` is unsafe with threads. A worker thread keeps the mask
+afterwards: its next action usually gets the same processors, and then no system call is made
+(freed between actions, it was moved between processors: 3-5% slower on a cold build); the main
+thread gets posbuild's whole mask back. Under Landlock the fork server sets the mask in the
+command's own process, from the request. cpu=0 leaves the action unpinned. On systems without
+`sched_setaffinity` nothing is pinned. The thread-count variables (OMP_NUM_THREADS ...) come
+with the action's env (analysis.declared_resources). This module knows nothing of keys or the
+store: it takes an Action and returns a SpawnResult.
 
 Kills: no command outlives posbuild, even one killed by SIGKILL — the PID namespace whose PID 1
 ends with posbuild under Landlock, bwrap's `--die-with-parent` under bwrap, a guard process in

@@ -3,13 +3,13 @@
 A forked child inherits its thread's CPU mask, so with `subprocess` the only exact way to pin a
 command is to confine the spawning thread first. A worker thread confined like that shares its
 command's processor with it: its Python (concluding the last action, staging the next) and its
-command take turns on one processor while the other may idle; freed after each start, it
-migrates at every start instead, which costs more. spawn.c (compiled on first use,
-host/compiler.py) sets the mask in the command's own process, between vfork and exec, and does
-what `subprocess.Popen` does for the sandbox (a session, the three descriptors, a umask, a
-working folder, every other descriptor closed, Python's ignored signals restored) in one call
-that lets go of the interpreter lock: a cold build of 10,000 cheap actions takes ~8% less
-(docs/benchmarks.md, "Pinning, and the thread that starts the command").
+command run one after the other on one processor while the other may idle, and freeing it
+after each start makes it migrate at every start instead. Either costs a cold build of cheap
+actions a fifth of its time. spawn.c (compiled on first use, host/compiler.py) sets the mask
+in the command's own process, between vfork and exec, and does what `subprocess.Popen` does
+for the sandbox (a session, the three descriptors, a umask, a working folder, every other
+descriptor closed, Python's ignored signals restored) in one call that lets go of the
+interpreter lock.
 
 `load()` is None where the library cannot be had (no compiler, no `vfork`): the sandbox
 then starts commands with `subprocess` and confines its worker threads, as exactly and more
@@ -89,8 +89,6 @@ _loading = threading.Lock()
 def load(folder: Path | None = None) -> Spawn | None:
     """This process's spawn, compiled and loaded at the first call; None when it cannot be had
     here (no compiler, a system without `vfork`: asked once per process)."""
-    if _loaded:  # asked at every command: no lock once answered
-        return _loaded[0]
     with _loading:
         if not _loaded:
             import ctypes
