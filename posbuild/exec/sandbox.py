@@ -124,9 +124,7 @@ from posbuild.exec.stage import Layout, remove_tree, stage, stage_reversed
 from posbuild.exec.namespaces import Isolation, choose, command, input_binds
 from posbuild.exec import landlock
 from posbuild.exec.landlock import Landlocked
-from posbuild.exec import spawn
 from posbuild.exec.forkserver import Answer, ForkServer, ServerGone
-from posbuild.exec.spawn import Spawned
 from posbuild.host.nofollow import open_outputs, read_upto, write_all
 from posbuild.host.owned import SANDBOXES, claim, holds_only_sandboxes
 from posbuild.host.processor import current_processor
@@ -179,11 +177,11 @@ class Running:
     stdout: int
     stderr: int
     started: float  # time.monotonic()
-    # what started it: spawn.c (`Spawned`), or a Popen where that cannot be had (kept: a dropped
-    # Popen whose returncode is unset would be reaped by subprocess's own cleanup, before `wait`
-    # gets to it), or the fork server's answer (a child of posbuild's all the same); `.pid` of
-    # each is its process group too. None: cancelled before it started.
-    process: subprocess.Popen[bytes] | Spawned | Answer | None
+    # its Popen when posbuild forked it (kept: a dropped Popen whose returncode is unset would be
+    # reaped by subprocess's own cleanup, before `wait` gets to it), or the fork server's answer
+    # when that made it (a child of posbuild's all the same); `.pid` of either is its process
+    # group too. None: cancelled before it started.
+    process: subprocess.Popen[bytes] | Answer | None
     processors: tuple[int, ...]
     deadline: float | None = None  # time.monotonic() when its `timeout` expires
     # run without the shell (shellfree.py): its end is reported as bash would, as a program bash
@@ -318,7 +316,7 @@ class LocalSpawner:
         # sandbox folder → what `stage` made there (for `remove`)
         self._staged: dict[str, Layout] = {}
         # what a cancel kills: each running command's process, or a line between two commands
-        self._running: set[subprocess.Popen[bytes] | Spawned | Answer | _Between] = set()
+        self._running: set[subprocess.Popen[bytes] | Answer | _Between] = set()
         self._lock = threading.Lock()
         self._cancelled = False
         self.stopped = 0  # commands a cancel killed
@@ -728,14 +726,17 @@ class LocalSpawner:
                 return Running(sandbox, action.outputs, out, err, started, None, (),
                                out_dirs=action.out_dirs, forked=forked)
             processors = self._pin(action.resources[0])
-        process: subprocess.Popen[bytes] | Spawned | Answer
+        process: subprocess.Popen[bytes] | Answer
         try:
             if self._landlock:
                 process = self._serve(action, argv, sandbox, env, out, err, umask, processors,
                                       program, direct is not None and fallback)
             else:
-                process = self._spawn(argv, program, sandbox + "/exec", env, out, err, umask,
-                                      processors)
+                self._confine(processors)
+                process = subprocess.Popen(
+                    argv, executable=program, cwd=sandbox + "/exec", env=env, stdin=_devnull(),
+                    stdout=out, stderr=err, start_new_session=True, umask=umask,
+                )
                 self._guard.watch(process.pid)
         except BaseException:
             with self._lock:
@@ -752,25 +753,11 @@ class LocalSpawner:
                 self._running.discard(line)
             cancelled = self._cancelled
             self.stopped += cancelled and line is None  # else the cancel counted the line
-        if cancelled and not isinstance(process, Answer):
+        if cancelled and isinstance(process, subprocess.Popen):
             _kill_group(process.pid)
         deadline = started + action.timeout if action.timeout else None
         return Running(sandbox, action.outputs, out, err, started, process, processors,
                        deadline, direct, out_dirs=action.out_dirs, forked=forked)
-
-    def _spawn(self, argv: list[str], program: str | None, cwd: str, env: dict[str, str],
-               out: int, err: int, umask: int,
-               processors: tuple[int, ...]) -> subprocess.Popen[bytes] | Spawned:
-        """Start a command in its own session: through spawn.c, which pins it in its own process,
-        or, where that cannot be had, with subprocess from a thread confined to its processors
-        (spawn.py says why the first is faster)."""
-        file = program or argv[0]
-        spawner = spawn.load() if "/" in file else None
-        if spawner is not None:
-            return spawner.start(file, argv, env, cwd, _devnull(), out, err, umask, processors)
-        self._confine(processors)
-        return subprocess.Popen(argv, executable=program, cwd=cwd, env=env, stdin=_devnull(),
-                                stdout=out, stderr=err, start_new_session=True, umask=umask)
 
     def _serve(self, action: Action, argv: list[str], sandbox: str, env: dict[str, str], out: int,
                err: int, umask: int, processors: tuple[int, ...], program: str | None,

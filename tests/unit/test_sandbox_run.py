@@ -106,35 +106,23 @@ def test_a_sandbox_base_nobody_made_yet_is_made(workspace, tmp_path) -> None:
 
 @pytest.mark.skipif(not hasattr(os, "sched_getaffinity") or len(os.sched_getaffinity(0)) < 2,
                     reason="needs CPU affinity and at least two processors")
-@pytest.mark.parametrize("started_by", ["spawn.c", "subprocess"])
-def test_each_command_gets_its_own_processors_whatever_the_thread_ran_before(
-        workspace, base, started_by, monkeypatch) -> None:
-    import posbuild.exec.sandbox as sandbox
-
-    if started_by == "subprocess":  # where spawn.c cannot be had: the thread is confined
-        monkeypatch.setattr(sandbox.spawn, "load", lambda: None)
-    elif sandbox.spawn.load() is None:
-        pytest.skip("no C compiler here")
+def test_each_command_gets_its_own_processors_whatever_the_thread_ran_before(workspace,
+                                                                             base) -> None:
     everything = len(os.sched_getaffinity(0))
     probe = "python3 -c 'import os; print(len(os.sched_getaffinity(0)))'"
     sandboxes = LocalSpawner(workspace, base)
     seen: list[int] = []
-
-    masks: list[int] = []
 
     def worker() -> None:  # one thread, as a build's worker runs one action after another
         for cpu in (1, 1, 0, 2, 1, 0):
             code, out, err, _ = _run_and_remove(sandboxes, _action(probe, inputs=(), cpu=cpu))
             assert code == 0, err
             seen.append(int(out))
-            masks.append(len(os.sched_getaffinity(0)))
 
     thread = threading.Thread(target=worker)
     thread.start()
     thread.join()
     assert seen == [1, 1, everything, 2, 1, everything]
-    if started_by == "spawn.c":  # the command pinned itself: the thread stays free
-        assert masks == [everything] * 6
     _run_and_remove(sandboxes, _action(probe, inputs=(), cpu=1))  # on the main thread
     assert len(os.sched_getaffinity(0)) == everything  # which never stays confined
 
