@@ -313,19 +313,18 @@ class Materializer:
         linked there, where the system has them) and renamed over it. `replaced`: the file it
         replaces is kept for the caller to `discard` later (below)."""
         mode = _mode(output.executable)
-        if not os.path.lexists(target) and _link_unnamed(target, mode, content):
+        folder = os.path.dirname(target)
+        if not os.path.lexists(target) and _link_unnamed(folder, target, mode, content):
             return
         temp = f"{self._temp_dir}/{os.path.basename(target)}.{threading.get_ident()}"
-        unnamed = _unnamed(os.path.dirname(target), mode)  # see `_unnamed` for why
-        fd = unnamed if unnamed is not None \
-            else os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
         try:
-            try:
-                _fill(fd, content)
-                if unnamed is not None:
-                    _link_fd(fd, temp)
-            finally:
-                os.close(fd)
+            # made in the target's folder, named in the temp folder: `_unnamed` says why
+            if not _link_unnamed(folder, temp, mode, content):
+                fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
+                try:
+                    _fill(fd, content)
+                finally:
+                    os.close(fd)
             if replaced is not None:
                 self._set_aside(target, replaced)
             try:
@@ -395,18 +394,20 @@ def _reflink(source: str, target: str, mode: int) -> bool:
 _proc: int | None = None  # /proc, opened once per process; -1 when unnamed files cannot be linked
 
 
-def _link_unnamed(target: str, mode: int, content: bytes | int) -> bool:
-    """Write `content` as an unnamed file in the target's folder and link it in as `target`.
+def _link_unnamed(folder: str, path: str, mode: int, content: bytes | int) -> bool:
+    """Write `content` as an unnamed file made in `folder` and link it in as `path`.
 
     False, with nothing written, where the file system or the system cannot (no `O_TMPFILE`, no
-    `/proc`), or when something appeared at `target` meanwhile: the caller then renames instead.
+    `/proc`), or when something appeared at `path` meanwhile: the caller then makes it by name.
     """
-    fd = _unnamed(os.path.dirname(target), mode)
+    fd = _unnamed(folder, mode)
     if fd is None:
         return False
     try:
         _fill(fd, content)
-        _link_fd(fd, target)
+        # linkat(2) of /proc/self/fd/N with AT_SYMLINK_FOLLOW: a directory fd makes os.link use
+        # linkat
+        os.link(f"self/fd/{fd}", path, src_dir_fd=_proc, follow_symlinks=True)
     except FileExistsError:
         return False
     finally:
@@ -415,8 +416,8 @@ def _link_unnamed(target: str, mode: int, content: bytes | int) -> bool:
 
 
 def _unnamed(folder: str, mode: int) -> int | None:
-    """A new file without a name in `folder`'s file system, open for writing, that `_link_fd` can
-    name; None where the file system or the system cannot make or later link one.
+    """A new file without a name in `folder`'s file system, open for writing, that
+    `_link_unnamed` names; None where the file system or the system cannot make or later link one.
 
     Its inode is placed near `folder`'s: new files of one folder come from the same part of the
     disk. That matters on ext4 without a journal, which skips each inode freed in the last
@@ -437,13 +438,6 @@ def _unnamed(folder: str, mode: int) -> int | None:
         if error.errno in (errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL):
             return None
         raise
-
-
-def _link_fd(fd: int, path: str) -> None:
-    """Give the unnamed file open as `fd` the name `path` (FileExistsError if it is taken)."""
-    assert _proc is not None and _proc >= 0
-    # linkat(2) of /proc/self/fd/N with AT_SYMLINK_FOLLOW: a directory fd makes os.link use linkat
-    os.link(f"self/fd/{fd}", path, src_dir_fd=_proc, follow_symlinks=True)
 
 
 def _fill(fd: int, content: bytes | int) -> None:
