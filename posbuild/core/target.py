@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 from posbuild.errors import SourceLocation
 from posbuild.core.label import Label
@@ -75,6 +75,13 @@ def _no_nul(kind: str, attr: str, text: str) -> str:
     return text
 
 
+def _no_nul_in(kind: str, attr: str, texts: Sequence[str]) -> None:
+    """`_no_nul` for each of `texts`, with one search for the whole list in the usual case."""
+    if "\0" in "".join(texts):
+        for text in texts:
+            _no_nul(kind, attr, text)
+
+
 def _int(kind: str, attr: str, value: Any) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
         raise AttributeError_(
@@ -90,9 +97,7 @@ def _str_list(kind: str, attr: str, value: Any) -> tuple[str, ...]:
     if bad:
         raise AttributeError_(f"{kind}: attribute '{attr}' must be a list of non-empty strings, "
                               f"but it holds {bad[0]!r}")
-    if "\0" in "".join(value):  # one search for the whole list: most lists are sources
-        for text in value:
-            _no_nul(kind, attr, text)
+    _no_nul_in(kind, attr, value)
     if len(set(value)) != len(value):
         duplicate = next(v for v in value if value.count(v) > 1)
         raise AttributeError_(f"{kind}: attribute '{attr}' lists '{duplicate}' twice")
@@ -106,6 +111,16 @@ def _bool(kind: str, attr: str, value: Any) -> bool:
 
 
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+def _env_name(kind: str, attr: str, name: str) -> None:
+    """Refuse a name no process environment holds as written (secrets and `env` both name
+    variables)."""
+    if not _ENV_NAME.fullmatch(name):
+        raise AttributeError_(
+            f"{kind}: attribute '{attr}': {name!r} is not an environment variable name")
+
+
 # signs the shared cache: an action holding it could forge entries
 RESERVED_SECRETS = ("POSBUILD_CACHE_KEY",)
 
@@ -113,9 +128,7 @@ RESERVED_SECRETS = ("POSBUILD_CACHE_KEY",)
 def _secret_names(kind: str, attr: str, value: Any) -> tuple[str, ...]:
     names = _str_list(kind, attr, value)
     for name in names:
-        if not _ENV_NAME.fullmatch(name):
-            raise AttributeError_(
-                f"{kind}: attribute '{attr}': {name!r} is not an environment variable name")
+        _env_name(kind, attr, name)
         if name in RESERVED_SECRETS:
             raise AttributeError_(f"{kind}: attribute '{attr}': {name} is posbuild's own secret "
                                   f"and is never given to an action")
@@ -157,7 +170,8 @@ def _args(kind: str, attr: str, value: Any) -> tuple[str, ...]:
     if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
         raise AttributeError_(
             f"{kind}: attribute '{attr}' must be a list of strings, got {_type(value)}")
-    return tuple(_no_nul(kind, attr, text) for text in value)
+    _no_nul_in(kind, attr, value)
+    return tuple(value)
 
 
 PY_TASK_ENV = (("PYTHONDONTWRITEBYTECODE", "1"), ("PYTHONHASHSEED", "0"), ("PYTHONPATH", "."))
@@ -167,9 +181,7 @@ def _env(kind: str, attr: str, value: Any) -> Pairs:
     """An `env` dict, whose names a process environment can hold as written (no `=`)."""
     pairs = _str_dict(kind, attr, value)
     for name, _ in pairs:
-        if not _ENV_NAME.fullmatch(name):
-            raise AttributeError_(
-                f"{kind}: attribute '{attr}': {name!r} is not an environment variable name")
+        _env_name(kind, attr, name)
     return pairs
 
 
