@@ -29,6 +29,7 @@ one-shot for an hour instead of starting a server that cannot watch.
 from __future__ import annotations
 
 import fcntl
+import functools
 import gc
 import io
 import os
@@ -407,15 +408,9 @@ def _code_stamp() -> tuple[tuple[str, int, int], ...]:
 
 def _folders_stamp() -> tuple[int, ...]:
     """The mtimes of posbuild's folders: an upgrade replaces their files (checked per build;
-    the idle server checks every file, `_code_stamp`). A folder added or removed changes the
-    package folder's own mtime, so the list of folders is made once."""
-    global _FOLDERS
-    if _FOLDERS is None:
-        package = Path(__file__).resolve().parent.parent
-        _FOLDERS = (str(package), *(str(p) for p in package.iterdir()
-                                    if (p / "__init__.py").is_file()))
+    the idle server checks every file, `_code_stamp`)."""
     stamp = []
-    for folder in _FOLDERS:
+    for folder in _posbuild_folders():
         try:
             stamp.append(os.stat(folder).st_mtime_ns)
         except OSError:  # removed by an upgrade
@@ -423,7 +418,12 @@ def _folders_stamp() -> tuple[int, ...]:
     return tuple(stamp)
 
 
-_FOLDERS: tuple[str, ...] | None = None  # posbuild's package folder and its subpackages'
+@functools.cache
+def _posbuild_folders() -> tuple[str, ...]:
+    """posbuild's package folder and its subpackages', listed once: a folder added or removed
+    changes the package folder's own mtime, which `_folders_stamp` reads."""
+    package = Path(__file__).resolve().parent.parent
+    return (str(package), *(str(p) for p in package.iterdir() if (p / "__init__.py").is_file()))
 
 
 def _socket_path(root: Path) -> str:
