@@ -20,14 +20,11 @@ The conversation: the client sends REQUEST (one frame: its length, then NUL-sepa
 `_request`); the server answers ACCEPTED (its number 1 when a build runs already) or DECLINED
 (the number says why); when the build's turn comes the server sends TURN, and the client GO with
 its descriptors; then HEARTBEATs, four a second, until EXITED with the exit code. Messages from
-the server are 5 bytes: a kind and a number (MESSAGE).
+the server are 5 bytes: a kind and a number (`message`).
 """
-
-from __future__ import annotations
 
 import _socket
 import os
-import struct
 import sys
 import time
 
@@ -36,7 +33,7 @@ from posbuild.core.layout import CONFIG_NAME, SERVER_OFF, SERVER_SOCKET, STATE_D
 OFF_S = 3600.0  # SERVER_OFF keeps clients from starting a server for this long
 BUSY = "another posbuild command is running in this workspace"
 OFF_VARIABLE = "POSBUILD_NO_SERVER"
-MESSAGE = struct.Struct("!cI")
+MESSAGE_SIZE = 5  # a kind (one byte) and a number (four, big-endian): `message`
 ACCEPTED, TURN, HEARTBEAT, EXITED, DECLINED = b"A", b"T", b"H", b"E", b"D"  # from the server
 REQUEST, GO, SIGNAL, QUIT = b"R", b"G", b"S", b"Q"  # from the client
 # why a server declined: [build] server = false; another posbuild; another world (`context`)
@@ -47,6 +44,11 @@ PACKAGE = os.path.dirname(os.path.abspath(__file__))
 COMMANDS_THAT_BUILD = ("build",)
 
 
+def message(kind: bytes, number: int = 0) -> bytes:
+    """One message from the server (int.to_bytes: `struct` is 0.4 ms of every build's start)."""
+    return kind + number.to_bytes(4, "big")
+
+
 def identity() -> str:
     """Which posbuild this is: a server serves only clients of the same installation."""
     return f"{os.path.realpath(sys.executable)}\n{sys.prefix}\n{PACKAGE}"
@@ -55,13 +57,11 @@ def identity() -> str:
 def context() -> str:
     """What a build sees of its process besides its arguments and environment: the mount
     namespace (a client inside a container or `bwrap` sees other files), the groups and the
-    resource limits. A server runs only the builds of clients in its own context."""
-    import resource
-
-    limits = [resource.getrlimit(getattr(resource, name)) for name in (
-        "RLIMIT_AS", "RLIMIT_DATA", "RLIMIT_FSIZE", "RLIMIT_NOFILE", "RLIMIT_STACK",
-        "RLIMIT_CPU", "RLIMIT_NPROC", "RLIMIT_CORE")]
-    return f"{os.readlink('/proc/self/ns/mnt')} {os.getegid()} {os.getgroups()} {limits}"
+    resource limits (all of them, as the kernel lists them: reading the list costs less than
+    importing `resource`). A server runs only the builds of clients in its own context."""
+    with open("/proc/self/limits", "rb") as handle:
+        limits = handle.read()
+    return f"{os.readlink('/proc/self/ns/mnt')} {os.getegid()} {os.getgroups()} {limits!r}"
 
 
 def main() -> None:
@@ -202,7 +202,7 @@ def _request(sock: _socket.socket, root: str, args: list[str]) -> tuple[bytes, i
               str(len(args)), *args, *(f"{k}={v}" for k, v in os.environ.items())]
     payload = b"\0".join(os.fsencode(field) for field in fields)
     sock.settimeout(ANSWER_S)
-    sock.sendall(REQUEST + struct.pack("!I", len(payload)) + payload)
+    sock.sendall(REQUEST + len(payload).to_bytes(4, "big") + payload)
     return _receive(sock)
 
 
@@ -210,15 +210,14 @@ def _receive(sock: _socket.socket) -> tuple[bytes, int] | None:
     """One message, or None when the connection ends or stays silent for ANSWER_S."""
     data = b""
     try:
-        while len(data) < MESSAGE.size:
-            chunk = sock.recv(MESSAGE.size - len(data))
+        while len(data) < MESSAGE_SIZE:
+            chunk = sock.recv(MESSAGE_SIZE - len(data))
             if not chunk:
                 return None
             data += chunk
     except OSError:  # the timeout too
         return None
-    kind, number = MESSAGE.unpack(data)
-    return kind, number
+    return data[:1], int.from_bytes(data[1:], "big")
 
 
 def _follow(sock: _socket.socket) -> tuple[bytes, int] | None:
@@ -233,7 +232,7 @@ def _follow(sock: _socket.socket) -> tuple[bytes, int] | None:
     def forward(signum: int, frame: object) -> None:
         signalled.append(signum)
         try:
-            sock.send(SIGNAL + struct.pack("!B", signum))
+            sock.send(SIGNAL + bytes((signum,)))
         except OSError:
             pass
 
@@ -246,8 +245,8 @@ def _follow(sock: _socket.socket) -> tuple[bytes, int] | None:
             if message is None:
                 break
             if message[0] == TURN:
-                sock.sendmsg([GO], [(_socket.SOL_SOCKET, _socket.SCM_RIGHTS,
-                                     struct.pack("3i", 0, 1, 2))])
+                sock.sendmsg([GO], [(_socket.SOL_SOCKET, _socket.SCM_RIGHTS, b"".join(
+                    fd.to_bytes(4, sys.byteorder) for fd in (0, 1, 2)))])
             elif message[0] in (EXITED, DECLINED):
                 return message
     except OSError:

@@ -45,7 +45,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from posbuild.client import (ACCEPTED, DECLINED, DISABLED, ELSEWHERE, EXITED, GO, HEARTBEAT,
-                             MESSAGE, OUTDATED, QUIT, REQUEST, SIGNAL, TURN, context, identity)
+                             OUTDATED, QUIT, REQUEST, SIGNAL, TURN, context, identity,
+                             message)
 from posbuild.core.layout import SERVER_LOCK, SERVER_LOG, SERVER_OFF, SERVER_SOCKET, STATE_DIR
 from posbuild.engine.changefeed import ChangeFeed
 from posbuild.workspace.config import Config, load_config
@@ -74,7 +75,7 @@ class Request:
         """Send one message; False when the client is gone."""
         with self.lock:
             try:
-                self.conn.sendall(MESSAGE.pack(kind, number))
+                self.conn.sendall(message(kind, number))
                 return True
             except OSError:
                 return False

@@ -294,6 +294,29 @@ def test_posbuild_upgraded_in_place_replaces_the_server_at_the_next_build(ws, tm
     assert (ws.root / "posbuild-out/pkg/up.txt").read_text() == "BETA\n"
 
 
+def test_a_client_with_other_resource_limits_builds_with_them(ws):
+    """An action sees the limits of the client that asked for the build: a client whose open
+    files limit differs from the server's is not served, and builds in its own process."""
+    import resource
+
+    ws.write({"pkg/BUILD": 'genrule(name = "n", outs = ["n.txt"], tags = ["no-cache"], '
+                           'cmd = "ulimit -n > $@")\n'})
+    ws.ok()
+    served = int(ws.out("pkg/n.txt"))
+    assert _server_pid(ws) is not None
+    lowered = served - 7
+
+    def lower() -> None:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (lowered, lowered))
+
+    run = subprocess.run([*POSBUILD, "build"], cwd=ws.root, capture_output=True, text=True,
+                         preexec_fn=lower, timeout=120)
+    assert run.returncode == 0, run.stderr
+    assert int(ws.out("pkg/n.txt")) == lowered
+    ws.ok()  # and the server, still there, serves the clients of its own limits
+    assert int(ws.out("pkg/n.txt")) == served
+
+
 @pytest.mark.parametrize("how", ["config", "option", "variable"])
 def test_the_server_can_be_turned_off(ws, monkeypatch, how):
     ws.write(UPPER)
@@ -369,4 +392,5 @@ def test_the_client_imports_no_more_than_it_must(ws):
     loaded = {line.split("|")[-1].strip() for line in run.stderr.splitlines()
               if line.startswith("import time:")}
     assert "posbuild.client" in loaded
-    assert not {"click", "posbuild.cli", "posbuild.engine", "lmdb", "msgpack"} & loaded
+    assert not {"click", "posbuild.cli", "posbuild.engine", "lmdb", "msgpack", "struct",
+                "resource"} & loaded
