@@ -20,6 +20,7 @@ wall time of each against the optimum. Only the Python standard library is used.
 from __future__ import annotations
 
 import argparse
+import os
 import shlex
 import shutil
 import statistics
@@ -70,7 +71,11 @@ def main() -> None:
     tools: dict[str, list[str]] = {}
     for given in args.posbuild or [shutil.which("posbuild") or "posbuild"]:
         name, _, command = given.partition("=") if "=" in given.split()[0] else ("", "", given)
-        tools[name or command] = shlex.split(command)
+        argv = shlex.split(command)
+        found = shutil.which(argv[0])
+        if found is None:
+            p.error(f"posbuild executable not found: {argv[0]}")
+        tools[name or command] = [os.path.abspath(found), *argv[1:]]  # run in the workspace
     times: dict[str, list[float]] = {name: [] for name in tools}
     with tempfile.TemporaryDirectory(prefix="bench-budgets-") as temp:
         root = Path(temp)

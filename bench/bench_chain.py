@@ -137,7 +137,10 @@ def main() -> None:
     parser.add_argument("--sandbox", default="folder", choices=("folder", "namespace", "auto"))
     args = parser.parse_args()
     env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
-    posbuild = [shutil.which(args.posbuild) or args.posbuild]
+    found = shutil.which(args.posbuild)
+    if found is None:
+        parser.error(f"posbuild executable not found: {args.posbuild}")
+    posbuild = [os.path.abspath(found)]  # the builds run in the generated workspace
     tools = {"posbuild": [*posbuild, "build", "-q", "-j2", "//..."],
              "make": ["make", "-s", "-j2"], "ninja": ["ninja", "-j2"],
              "make-bash": ["make", "-s", "-j2"]}
