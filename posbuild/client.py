@@ -279,12 +279,18 @@ def _server_wanted(root: str) -> bool:
     return not isinstance(build, dict) or build.get("server", True) is not False
 
 
+# The server imports the very posbuild this client is: from the folder this package is in, and
+# never from the folder it starts in (`-P`), which may hold a `posbuild` of the workspace's own.
+SERVER_MAIN = ("import sys; sys.path.insert(0, sys.argv[1]); "
+               "import posbuild.cli.server as server; server.main()")
+
+
 def _start_server(root: str) -> bool:
     """Start the workspace's server in a session of its own and wait until it listens."""
+    argv = [sys.executable, "-P", "-c", SERVER_MAIN, os.path.dirname(PACKAGE), root]
     try:  # it writes its own log into `.posbuild/`, once it has made and claimed the folder
-        pid = os.posix_spawn(sys.executable, [sys.executable, "-m", "posbuild.cli.server", root],
-                       os.environ, setsid=True, file_actions=[
-                           (os.POSIX_SPAWN_OPEN, fd, os.devnull, os.O_RDWR, 0) for fd in (0, 1, 2)])
+        pid = os.posix_spawn(sys.executable, argv, os.environ, setsid=True, file_actions=[
+            (os.POSIX_SPAWN_OPEN, fd, os.devnull, os.O_RDWR, 0) for fd in (0, 1, 2)])
     except OSError:
         return False
     deadline = time.monotonic() + START_S

@@ -12,7 +12,8 @@ from typing import Iterator
 
 import pytest
 
-POSBUILD = [sys.executable, "-m", "posbuild"]
+# as the installed `posbuild` script runs: the folder a build starts in is not on sys.path (`-P`)
+POSBUILD = [sys.executable, "-P", "-m", "posbuild"]
 
 
 @dataclass

@@ -1,4 +1,4 @@
-"""The build server of one workspace: `python -m posbuild.cli.server ROOT`, started by the client.
+"""The build server of one workspace, started by the client (client.SERVER_MAIN) with its root.
 
 Bazel keeps a server so that a build does not start a JVM; posbuild keeps one so that a build
 does not start Python, import the engine, read the graph cache and the up-to-date state, and
@@ -518,5 +518,10 @@ def serve(root: Path) -> int:
     return 0
 
 
+def main() -> None:
+    """Serve the workspace whose root is the last argument (client.SERVER_MAIN starts it so)."""
+    sys.exit(serve(Path(sys.argv[-1])))
+
+
 if __name__ == "__main__":
-    sys.exit(serve(Path(sys.argv[1])))
+    main()

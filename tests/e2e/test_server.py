@@ -294,6 +294,21 @@ def test_posbuild_upgraded_in_place_replaces_the_server_at_the_next_build(ws, tm
     assert (ws.root / "posbuild-out/pkg/up.txt").read_text() == "BETA\n"
 
 
+def test_a_posbuild_folder_in_the_workspace_is_not_what_the_server_runs(ws):
+    """A workspace may hold a folder named `posbuild` (a project's own package, a checkout of
+    posbuild): the server is posbuild's, not that folder's, whatever folder the build starts
+    in, and it serves build after build."""
+    marker = ws.root / "imported"
+    ws.write({**UPPER, "posbuild/__init__.py": f"open({str(marker)!r}, 'w').close()\n",
+              "posbuild/cli/__init__.py": "", "posbuild/cli/server.py": "raise SystemExit(9)\n"})
+    for _ in range(3):
+        last = ws.ok()
+    assert counts(last) == {"executed": 0, "cached": 1, "failed": 0}
+    assert not marker.exists()
+    log = (ws.root / ".posbuild/server.log").read_text()
+    assert log.count("serving") == 1, log
+
+
 def test_a_client_with_other_resource_limits_builds_with_them(ws):
     """An action sees the limits of the client that asked for the build: a client whose open
     files limit differs from the server's is not served, and builds in its own process."""
