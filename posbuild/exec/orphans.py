@@ -86,7 +86,8 @@ class OrphanGuard:
         process."""
         read, write = os.pipe()
         try:
-            process = subprocess.Popen([sys.executable, "-S", "-E", "-c", _GUARD], stdin=read,
+            # isolated (-I): started in the workspace, whose own `signal.py` must not be imported
+            process = subprocess.Popen([sys.executable, "-I", "-S", "-c", _GUARD], stdin=read,
                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                        start_new_session=True, close_fds=True)
         except OSError:

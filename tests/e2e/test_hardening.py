@@ -188,3 +188,31 @@ def test_a_file_where_an_output_folder_belongs_is_no_traceback(ws):
     assert result.returncode == 1
     assert "Traceback" not in result.stderr
     assert "FAILED //p:bad" in result.stderr
+
+
+SHADOWS = ("signal", "select", "socket", "struct", "threading", "subprocess", "selectors")
+
+
+@pytest.mark.parametrize("mode", ["folder", "auto"])
+@pytest.mark.parametrize("server", [False, True])
+def test_python_files_of_the_workspace_never_run_in_posbuilds_own_processes(ws, tmp_path, mode,
+                                                                              server):
+    """A workspace's `signal.py` (or any module named as one of the standard library's) is the
+    project's, never imported by the processes posbuild starts for itself (the orphan guard, the
+    build server): those run outside every sandbox."""
+    ran = tmp_path / "ran"
+    ran.mkdir()
+    ws.write({"posbuild.toml": f'[sandbox]\nmode = "{mode}"\n',
+              "BUILD": 'genrule(name = "a", outs = ["a.txt"], tags = ["no-cache"], '
+                       'cmd = "sleep 0.2; echo hi > $@")\n',
+              **{f"{name}.py": f"open({str(ran / name)!r}, 'w').close()\n" for name in SHADOWS}})
+    env = {} if not server else {"POSBUILD_NO_SERVER": ""}
+    try:
+        for _ in range(2):
+            result = ws.build(env=env)
+            assert result.returncode == 0, result.stderr
+    finally:
+        if server:
+            ws.run("shutdown")
+    assert sorted(p.name for p in ran.iterdir()) == []
+
