@@ -7,10 +7,15 @@ folder here gets `command` (the expanded command), `stdout`, `stderr` (redacted,
 workspace path. The next failure of the action replaces the folder, its next successful run
 removes it, and `posbuild clean` removes them all. `posbuild log --output` reads `stdout` and
 `stderr` from here when the action's last run failed.
+
+The folders below `.posbuild/failed/` are walked by descriptor, never through a link: a checkout
+may come with `.posbuild/failed/<package>` as a link to any folder, and removing `<name>` there
+(when the action passes) or writing into it (when it fails) would reach outside the workspace.
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 import stat
@@ -37,16 +42,28 @@ class FailureKeeper:
 
     def keep(self, action: Action, exec_root: Path, stdout: bytes, stderr: bytes,
              files: bool = True) -> Path:
-        """Keep a failed run's output and (with `files`) what it wrote; returns the folder."""
+        """Keep a failed run's output and (with `files`) what it wrote; returns the folder.
+        Raises OSError when it cannot, a link on the way included."""
         folder = failure_folder(self._root, action.label)
-        shutil.rmtree(folder, ignore_errors=True)
-        folder.mkdir(parents=True)
+        self._root.mkdir(parents=True, exist_ok=True)  # below the state folder, which is claimed
+        package = self._package(action.label, create=True)
+        try:
+            name = folder.name
+            shutil.rmtree(name, dir_fd=package, ignore_errors=True)
+            os.mkdir(name, dir_fd=package)
+            kept = os.open(name, _FOLDER, dir_fd=package)
+        finally:
+            os.close(package)
         self._any = True
-        (folder / "command").write_text(action.command + "\n")
-        (folder / "stdout").write_bytes(stdout)
-        (folder / "stderr").write_bytes(stderr)
-        if files and exec_root.is_dir():
-            copy_written(exec_root, folder / "files", frozenset(action.inputs))
+        try:
+            for entry, data in (("command", (action.command + "\n").encode()),
+                                ("stdout", stdout), ("stderr", stderr)):
+                _write_new(kept, entry, data)
+            if files and exec_root.is_dir():  # into the folder just made, by its descriptor
+                copy_written(exec_root, Path(f"/proc/self/fd/{kept}/files"),
+                             frozenset(action.inputs))
+        finally:
+            os.close(kept)
         return folder
 
     def shown(self, folder: Path) -> str:
@@ -56,8 +73,51 @@ class FailureKeeper:
 
     def passed(self, label: str) -> None:
         """The action ran and succeeded: what its last failure left is stale."""
-        if self._any:
-            shutil.rmtree(failure_folder(self._root, label), ignore_errors=True)
+        if not self._any:
+            return
+        try:
+            package = self._package(label, create=False)
+        except OSError:  # none kept, or a link where a folder of ours belongs: left alone
+            return
+        try:
+            shutil.rmtree(failure_folder(self._root, label).name, dir_fd=package,
+                          ignore_errors=True)
+        finally:
+            os.close(package)
+
+    def _package(self, label: str, create: bool) -> int:
+        """The descriptor of `<failed_root>/<package>` of `label`, every folder on the way opened
+        without following a link (and made, with `create`); OSError when one is missing or is a
+        link or a file."""
+        parts = [part for part in parse_label(label, "").package.split("/") if part]
+        fd = os.open(self._root, _FOLDER)
+        for part in parts:
+            try:
+                if create:
+                    try:
+                        os.mkdir(part, dir_fd=fd)
+                    except FileExistsError:
+                        pass
+                child = os.open(part, _FOLDER, dir_fd=fd)
+            except OSError as error:
+                raise OSError(error.errno or errno.ELOOP,
+                              f"{self._root / '/'.join(parts)}: not a folder of posbuild's "
+                              f"(a link or a file on the way is never followed)") from None
+            finally:
+                os.close(fd)
+            fd = child
+        return fd
+
+
+_FOLDER = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+def _write_new(folder: int, name: str, data: bytes) -> None:
+    """Write a new file `name` in the open `folder` (which was just made: nothing is there)."""
+    fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                 0o644, dir_fd=folder)
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(data)
 
 
 def copy_written(exec_root: Path, into: Path, inputs: frozenset[str]) -> None:

@@ -216,3 +216,26 @@ def test_python_files_of_the_workspace_never_run_in_posbuilds_own_processes(ws, 
             ws.run("shutdown")
     assert sorted(p.name for p in ran.iterdir()) == []
 
+
+def test_links_planted_in_the_failed_runs_folder_are_never_followed(ws, tmp_path):
+    """`.posbuild/failed/<package>/<name>/` keeps a failed run's output; a checkout that comes
+    with `.posbuild/failed/<package>` as a link to another folder must not make posbuild delete
+    that folder's `<name>` when the action passes, nor write there when it fails."""
+    elsewhere = tmp_path / "elsewhere"
+    (elsewhere / "ok").mkdir(parents=True)
+    (elsewhere / "ok" / "precious.txt").write_text("keep me\n")
+    bad = 'genrule(name = "bad", outs = ["bad.txt"], cmd = "echo oops; exit 3")\n'
+    ws.write({"pkg/BUILD": 'genrule(name = "ok", outs = ["ok.txt"], cmd = "echo ok > $@")\n'
+                           + bad})
+    ws.ok("//pkg:ok")
+    (ws.root / ".posbuild/failed").mkdir()
+    (ws.root / ".posbuild/failed/pkg").symlink_to(elsewhere)
+    ws.write({"pkg/BUILD": 'genrule(name = "ok", outs = ["ok.txt"], cmd = "echo ok2 > $@")\n'
+                           + bad})
+    assert ws.build("//pkg:ok").returncode == 0
+    assert (elsewhere / "ok" / "precious.txt").read_text() == "keep me\n"
+    failed = ws.build("//pkg:bad")
+    assert failed.returncode == 1
+    assert "Traceback" not in failed.stderr
+    assert sorted(p.name for p in elsewhere.iterdir()) == ["ok"]
+
