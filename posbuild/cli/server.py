@@ -49,6 +49,7 @@ from posbuild.client import (ACCEPTED, DECLINED, DISABLED, ELSEWHERE, EXITED, GO
                              message)
 from posbuild.core.layout import SERVER_LOCK, SERVER_LOG, SERVER_OFF, SERVER_SOCKET, STATE_DIR
 from posbuild.engine.changefeed import ChangeFeed
+from posbuild.host.owned import open_own_file
 from posbuild.workspace.config import Config, load_config
 
 HEARTBEAT_S = 0.25
@@ -440,7 +441,9 @@ def _inode(path: str) -> int:
 
 def _write_off(root: Path, why: str) -> None:
     try:
-        (root / STATE_DIR / SERVER_OFF).write_text(why + "\n")
+        with os.fdopen(open_own_file(root / STATE_DIR / SERVER_OFF, os.O_WRONLY | os.O_TRUNC),
+                       "w") as off:
+            off.write(why + "\n")
     except OSError:
         pass
 
@@ -488,14 +491,21 @@ def serve(root: Path) -> int:
     except PosbuildError:
         return 1  # the build, run one-shot, says what is wrong
     state = root / STATE_DIR
-    log = os.open(state / SERVER_LOG, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    try:
+        log = open_own_file(state / SERVER_LOG, os.O_WRONLY | os.O_APPEND)
+    except OSError:
+        return 1  # a link planted where the log belongs: the build runs one-shot
     os.dup2(log, 1)
     os.dup2(log, 2)
     os.close(log)
     import faulthandler
 
     faulthandler.register(signal.SIGUSR2, all_threads=True)  # `kill -USR2`: stacks to the log
-    lock = open(state / SERVER_LOCK, "a+")
+    try:
+        lock = os.fdopen(open_own_file(state / SERVER_LOCK), "a+")
+    except OSError as error:
+        _log(f"cannot serve: {error}")
+        return 1
     try:
         fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:

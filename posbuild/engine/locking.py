@@ -16,7 +16,7 @@ from typing import IO, Iterator
 
 from posbuild.core.layout import CONFIG_NAME, STORE_LOCK, WORKSPACE_LOCK
 from posbuild.engine.reporter import Reporter
-from posbuild.host.owned import STATE, STORE, claim, is_store
+from posbuild.host.owned import STATE, STORE, claim, is_store, open_own_file
 from posbuild.workspace.config import Config
 
 _held: set[str] = set()  # the workspace locks this process holds
@@ -47,7 +47,7 @@ def workspace_lock(config: Config, reporter: Reporter, collect: bool = False) ->
             claim(config.store_dir, STORE, is_store,
                   f" ([cache] dir of {config.root / CONFIG_NAME})")
             who = "another workspace is using" if collect else "posbuild gc or fsck is using"
-            with open(config.store_dir / STORE_LOCK, "a+") as shared:
+            with os.fdopen(open_own_file(config.store_dir / STORE_LOCK), "a+") as shared:
                 _lock(shared, fcntl.LOCK_EX if collect else fcntl.LOCK_SH, reporter,
                       f"{who} the shared store {config.store_dir}")
                 yield
@@ -64,7 +64,7 @@ def _locked_file(config: Config, reporter: Reporter) -> Iterator[IO[str]]:
     path = config.state_dir / WORKSPACE_LOCK
     while True:
         claim(config.state_dir, STATE, _not_a_link)
-        with open(path, "a+") as handle:
+        with os.fdopen(open_own_file(path), "a+") as handle:
             _lock(handle, fcntl.LOCK_EX, reporter,
                   "another posbuild command is running in this workspace")
             try:

@@ -53,6 +53,13 @@ def marker_text(kind: str) -> bytes:
             + b"# Backup tools that honour CACHEDIR.TAG skip it; see https://bford.info/cachedir/\n")
 
 
+def open_own_file(path: Path, flags: int = os.O_RDWR | os.O_APPEND) -> int:
+    """Open (creating it) a file posbuild keeps in one of its folders: a lock or a log. Never
+    through a link at its name, which a checkout may come with: opening it would create or
+    append to any file the user may write (OSError ELOOP instead)."""
+    return os.open(path, flags | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+
+
 def is_marked(folder: Path, kind: str) -> bool:
     """Whether `folder` holds posbuild's mark of `kind` (read, not just seen: this decides a
     deletion)."""

@@ -21,6 +21,9 @@ from posbuild.core.records import ActionResult, OutputFile
 from posbuild.store.lmdbstore import Store
 
 SECRET = "hardening-secret-7c1d"
+UPPER_BUILD = {"pkg/a.txt": "alpha\n",
+               "pkg/BUILD": 'genrule(name = "up", srcs = ["a.txt"], outs = ["up.txt"], '
+                            'cmd = "tr a-z A-Z < $< > $@")\n'}
 
 
 needs_bwrap = pytest.mark.skipif(bwrap_problem() is not None,
@@ -238,4 +241,29 @@ def test_links_planted_in_the_failed_runs_folder_are_never_followed(ws, tmp_path
     assert failed.returncode == 1
     assert "Traceback" not in failed.stderr
     assert sorted(p.name for p in elsewhere.iterdir()) == ["ok"]
+
+
+@pytest.mark.parametrize("name", ["lock", "server.log", "server.lock", "store/gc.lock"])
+def test_links_planted_at_posbuilds_own_files_are_never_followed(ws, tmp_path, name):
+    """A checkout may come with `.posbuild/lock` (or the server's log, its lock, the store's
+    lock) as a link: posbuild must not create or append to the file it names. A build through
+    the server still succeeds (one-shot when the server cannot start) or says what is wrong in
+    one line."""
+    ws.write(UPPER_BUILD)
+    ws.ok()
+    target = tmp_path / "victim"
+    target.write_text("original\n")
+    missing = tmp_path / "not-there"
+    planted = ws.root / ".posbuild" / name
+    planted.unlink(missing_ok=True)
+    for link_to in (target, missing):
+        planted.unlink(missing_ok=True)
+        planted.symlink_to(link_to)
+        result = ws.build(env={"POSBUILD_NO_SERVER": ""})
+        ws.run("shutdown")
+        assert "Traceback" not in result.stderr
+        if result.returncode != 0:
+            assert result.stderr.count("\n") == 1 and "posbuild: " in result.stderr
+        assert target.read_text() == "original\n"
+        assert not missing.exists()
 
