@@ -23,7 +23,10 @@ def write_atomically(path: Path, data: bytes) -> os.stat_result:
     path.parent.mkdir(parents=True, exist_ok=True)
     temp = path.with_name(f"{TEMP_PREFIX}{os.getpid()}-{threading.get_ident()}-{path.name}")
     try:
-        with open(temp, "wb") as handle:
+        # never through a link at the temp name (a checkout may come with one planted)
+        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC,
+                     0o666)
+        with os.fdopen(fd, "wb") as handle:
             handle.write(data)
             handle.flush()
             written = os.fstat(handle.fileno())
