@@ -43,6 +43,7 @@ from posbuild.errors import OrchError
 from posbuild.exec.sandbox import LocalSpawner, choose_isolation, hidden_folders
 from posbuild.exec.spawner import Spawner
 from posbuild.host.interrupt import Interrupted, deferred
+from posbuild.host.owned import no_links_on_the_way
 from posbuild.store.epoch import read_epoch
 from posbuild.store.generations import current_manifest, record_generation, workspace_tag
 from posbuild.store.journal import Journal, utc
@@ -90,6 +91,9 @@ def run_dirty(config: Config, options: BuildOptions, environment: BuildEnvironme
               work: DirtyWork, reporter: Reporter) -> DirtyRun:
     """Check, and where needed execute, every action `work` left; save the new state."""
     dirty = work.dirty
+    # outputs are written, restored or withdrawn only through real folders of posbuild-out/
+    no_links_on_the_way(config.root, {os.path.dirname(output) for i in dirty
+                                      for output in work.actions[i].outputs})
     cluster = _open_cluster(config, options, [work.actions[i] for i in dirty])
     secrets = environment.secrets
     masked = (secrets.file,) if secrets is not None and secrets.file else ()

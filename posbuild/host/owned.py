@@ -180,6 +180,31 @@ def real_folder(path: Path, kind: str) -> bool:
     return True
 
 
+def no_links_on_the_way(root: Path, folders: Iterable[str]) -> None:
+    """Raise a WorkspaceError when a folder on the way from `root` to one of `folders` (paths
+    relative to it, such as `posbuild-out/pkg`) is a symbolic link. A checkout may come with
+    `posbuild-out/` or a folder in it as a link to any folder of the user's (`~/.ssh`): writing
+    an output there, or removing a stale one, would reach outside the workspace. One `lstat()`
+    per folder, the folders shared by many outputs looked at once."""
+    seen: set[str] = set()
+    for folder in folders:
+        parts = folder.split("/")
+        for depth in range(1, len(parts) + 1):
+            rel = "/".join(parts[:depth])
+            if rel in seen:
+                continue
+            seen.add(rel)
+            path = root / rel
+            try:
+                mode = path.lstat().st_mode
+            except (FileNotFoundError, NotADirectoryError):
+                break  # made by posbuild when it writes there
+            if stat.S_ISLNK(mode):
+                raise WorkspaceError(f"{path}: is a symbolic link (to {os.readlink(path)}), not a "
+                                     "folder posbuild made; posbuild writes and removes outputs "
+                                     "only in its own folders: remove the link")
+
+
 def remove_tree(path: Path) -> None:
     """Delete a file or a folder tree without following links inside it. Read-only folders (an
     output's, or an action's own chmod) are made writable first; a name another process removes

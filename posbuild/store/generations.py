@@ -38,7 +38,7 @@ from posbuild.errors import UsageError
 from posbuild.core.digest import Digest
 from posbuild.core.layout import OUT_DIR, TMP
 from posbuild.store.materialize import Materializer
-from posbuild.host.owned import real_folder
+from posbuild.host.owned import no_links_on_the_way, real_folder
 from posbuild.core.records import (FileState, Generation, Manifest, OutputFile, pack_manifest,
                               unpack_manifest)
 from posbuild.store.upstate import mark_tree
@@ -137,6 +137,7 @@ def rollback(config: Config, store: RollbackStore,
         raise UsageError(f"no generation {generation_id} (known: {known})")
     manifest = unpack_manifest(store.get_blob(chosen.manifest))
     real_folder(config.out_dir, "output tree")  # rollback deletes files in it: never through a link
+    no_links_on_the_way(config.root, {os.path.dirname(path) for path in manifest})
     mark_tree(config, clean=False)  # a kill from here on leaves a tree no generation describes
     materializer = Materializer(config.root, store, config.state_dir / TMP)
     materializer.clear_temp()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
 import threading
 from pathlib import Path
@@ -266,4 +267,40 @@ def test_links_planted_at_posbuilds_own_files_are_never_followed(ws, tmp_path, n
             assert result.stderr.count("\n") == 1 and "posbuild: " in result.stderr
         assert target.read_text() == "original\n"
         assert not missing.exists()
+
+
+@pytest.mark.parametrize("planted", ["posbuild-out", "posbuild-out/pkg"])
+@pytest.mark.parametrize("mode", MODES)
+def test_an_output_folder_planted_as_a_link_is_never_written_through(ws, tmp_path, planted,
+                                                                       mode):
+    """A checkout may come with `posbuild-out` (or a folder in it) as a link to a folder of the
+    user's, and an action whose output is named as a file there (`authorized_keys`): the build
+    refuses in one line before anything runs, and the folder is as it was."""
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "authorized_keys").write_text("the user's key\n")
+    ws.write({"posbuild.toml": f'[sandbox]\nmode = "{mode}"\n',
+              "pkg/BUILD": 'genrule(name = "k", outs = ["authorized_keys"], '
+                           'cmd = "echo an attacker key > $@")\n'})
+    if planted != "posbuild-out":
+        (ws.root / "posbuild-out").mkdir()
+    (ws.root / planted).symlink_to(elsewhere)
+    result = ws.build()
+    assert result.returncode == 3
+    assert result.stderr.count("\n") == 1 and "is a symbolic link" in result.stderr
+    assert (elsewhere / "authorized_keys").read_text() == "the user's key\n"
+    assert sorted(p.name for p in elsewhere.iterdir()) == ["authorized_keys"]
+
+
+def test_rollback_never_writes_through_a_folder_link(ws, tmp_path):
+    ws.write(UPPER_BUILD)
+    ws.ok()
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    shutil.rmtree(ws.root / "posbuild-out/pkg")
+    (ws.root / "posbuild-out/pkg").symlink_to(elsewhere)
+    result = ws.run("rollback")
+    assert result.returncode == 3, result.stderr
+    assert "is a symbolic link" in result.stderr
+    assert list(elsewhere.iterdir()) == []
 
