@@ -14,12 +14,15 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Iterator
 
-from posbuild.core.layout import CONFIG_NAME, STORE_LOCK, WORKSPACE_LOCK
+from posbuild.core.layout import (CONFIG_NAME, FAILED, GRAPHS, PY_ENVS, SANDBOX, STORE_LOCK, TMP,
+                                  WORKSPACE_LOCK)
 from posbuild.engine.reporter import Reporter
-from posbuild.host.owned import STATE, STORE, claim, is_store, open_own_file
+from posbuild.host.owned import STATE, STORE, claim, is_store, open_own_file, unlink_planted
 from posbuild.workspace.config import Config
 
 _held: set[str] = set()  # the workspace locks this process holds
+# the folders of `.posbuild/` that are posbuild's alone: a link planted there is removed
+OWN_FOLDERS = (GRAPHS, TMP, FAILED, SANDBOX, PY_ENVS)
 
 
 @contextmanager
@@ -67,6 +70,7 @@ def _locked_file(config: Config, reporter: Reporter) -> Iterator[IO[str]]:
         with os.fdopen(open_own_file(path), "a+") as handle:
             _lock(handle, fcntl.LOCK_EX, reporter,
                   "another posbuild command is running in this workspace")
+            unlink_planted(config.state_dir, OWN_FOLDERS)
             try:
                 same = os.stat(path).st_ino == os.fstat(handle.fileno()).st_ino
             except FileNotFoundError:

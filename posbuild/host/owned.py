@@ -180,6 +180,19 @@ def real_folder(path: Path, kind: str) -> bool:
     return True
 
 
+def unlink_planted(folder: Path, names: Iterable[str]) -> None:
+    """Remove a symbolic link where one of posbuild's own subfolders of `folder` belongs (a
+    checkout may come with `.posbuild/tmp` linked to any folder): posbuild makes the real folder
+    when it needs it, and never writes, sweeps or removes through the link. One `lstat()` each."""
+    for name in names:
+        path = folder / name
+        try:
+            if stat.S_ISLNK(path.lstat().st_mode):
+                path.unlink()
+        except FileNotFoundError:
+            pass
+
+
 def no_links_on_the_way(root: Path, folders: Iterable[str]) -> None:
     """Raise a WorkspaceError when a folder on the way from `root` to one of `folders` (paths
     relative to it, such as `posbuild-out/pkg`) is a symbolic link. A checkout may come with

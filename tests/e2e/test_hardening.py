@@ -304,3 +304,27 @@ def test_rollback_never_writes_through_a_folder_link(ws, tmp_path):
     assert "is a symbolic link" in result.stderr
     assert list(elsewhere.iterdir()) == []
 
+
+@pytest.mark.parametrize("planted", ["tmp", "graphs"])
+def test_fsck_and_builds_never_sweep_through_a_link_planted_in_the_state_folder(ws, tmp_path,
+                                                                                planted):
+    """`posbuild fsck` empties `.posbuild/tmp/` and removes dead writers' temp files; a
+    checkout with `.posbuild/tmp` (or `graphs`) linked to a folder of the user's must not make
+    it delete what that folder holds."""
+    home = tmp_path / "home"
+    (home / "docs").mkdir(parents=True)
+    (home / "docs" / "thesis.txt").write_text("years of work\n")
+    (home / ".tmp-1-2-notes").write_text("a name like a temp file's\n")
+    ws.write(UPPER_BUILD)
+    ws.ok()
+    link = ws.root / ".posbuild" / planted
+    shutil.rmtree(link)
+    link.symlink_to(home)
+    before = sorted(str(p.relative_to(home)) for p in home.rglob("*"))
+    assert ws.run("fsck").returncode in (0, 1)
+    (ws.root / "pkg/a.txt").write_text("beta\n")
+    ws.ok()
+    assert ws.out("pkg/up.txt") == "BETA\n"
+    assert sorted(str(p.relative_to(home)) for p in home.rglob("*")) == before
+    assert (home / "docs" / "thesis.txt").read_text() == "years of work\n"
+
