@@ -142,11 +142,18 @@ def socket_path(root: str) -> str:
 
 
 def connect(root: str) -> _socket.socket | None:
-    """A connection to the workspace's server, or None when none listens."""
+    """A connection to the workspace's server, or None when none listens. Only to a process of
+    this user (SO_PEERCRED): the socket's name may be a link a checkout came with, to a socket
+    another user of the machine listens on, and a build sends its server its environment and
+    its terminal. Then the server started next replaces the link with its own socket."""
     sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
     try:
         _connect(sock, socket_path(root))
+        credentials = sock.getsockopt(_socket.SOL_SOCKET, _socket.SO_PEERCRED, 12)
     except OSError:
+        sock.close()
+        return None
+    if int.from_bytes(credentials[4:8], sys.byteorder) != os.geteuid():  # (pid, uid, gid)
         sock.close()
         return None
     return sock

@@ -309,6 +309,47 @@ def test_a_posbuild_folder_in_the_workspace_is_not_what_the_server_runs(ws):
     assert log.count("serving") == 1, log
 
 
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to listen as another user")
+def test_a_socket_of_another_user_is_never_sent_a_build(ws):
+    """A checkout may come with `.posbuild/server.sock` as a link to a socket another user of
+    the machine listens on: the client sends its server its whole environment (tokens
+    included) and its terminal. It talks only to a server of its own user (SO_PEERCRED)."""
+    import tempfile
+
+    listening = Path(tempfile.mkdtemp(prefix="theirs-", dir="/tmp"))  # a folder they can reach
+    listening.chmod(0o777)
+    heard = listening / "heard"
+    listener = subprocess.Popen(
+        [sys.executable, "-c", (
+            "import os, socket, sys\n"
+            "os.setgid(65534); os.setuid(65534)\n"
+            "s = socket.socket(socket.AF_UNIX); s.bind(sys.argv[1]); os.chmod(sys.argv[1], 0o777)\n"
+            "s.listen(); open(sys.argv[2] + '.ready', 'w').close()\n"
+            "while True:\n"
+            "    c, _ = s.accept(); c.settimeout(2)\n"
+            "    try:\n"
+            "        data = c.recv(65536)\n"
+            "    except OSError:\n"
+            "        data = b''\n"
+            "    open(sys.argv[2], 'ab').write(data)\n"
+            "    c.close()\n"),
+         str(listening / "evil.sock"), str(heard)])
+    try:
+        _wait_for((listening / "heard.ready").exists)
+        ws.write(UPPER)
+        (ws.root / ".posbuild").mkdir()
+        (ws.root / ".posbuild/server.sock").symlink_to(listening / "evil.sock")
+        result = ws.build(env={"MY_TOKEN": "token-4b1d"})
+        assert result.returncode == 0, result.stderr
+        assert ws.out("pkg/up.txt") == "ALPHA\n"
+        said = heard.read_bytes() if heard.exists() else b""
+    finally:
+        listener.kill()
+        listener.wait()
+        shutil.rmtree(listening)
+    assert b"token-4b1d" not in said
+
+
 def test_a_client_with_other_resource_limits_builds_with_them(ws):
     """An action sees the limits of the client that asked for the build: a client whose open
     files limit differs from the server's is not served, and builds in its own process."""
