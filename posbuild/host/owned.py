@@ -19,6 +19,12 @@ line naming the folder; it is never used, emptied or removed.
 `posbuild-out/` has no mark: every file in it is an output (tools and people list it), and its
 place is fixed, never configured. It is removed only as a real folder at the workspace root,
 never through a symbolic link.
+
+A checkout may come with links where posbuild's folders and files belong (`posbuild-out/pkg`,
+`.posbuild/tmp`, `.posbuild/lock`), pointing at any folder or file of the user's. posbuild
+writes, sweeps and removes nothing through them: outputs go only into real folders
+(`no_links_on_the_way`), a link in place of one of `.posbuild/`'s own folders is removed
+(`unlink_planted`), and its locks and logs are opened without following one (`open_own_file`).
 """
 
 from __future__ import annotations
@@ -201,7 +207,7 @@ def no_links_on_the_way(root: Path, folders: Iterable[str]) -> None:
     per folder, the folders shared by many outputs looked at once."""
     seen: set[str] = set()
     for folder in folders:
-        parts = folder.split("/")
+        parts = [part for part in folder.split("/") if part]
         for depth in range(1, len(parts) + 1):
             rel = "/".join(parts[:depth])
             if rel in seen:
