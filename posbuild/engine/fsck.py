@@ -410,8 +410,8 @@ class _Checker:
                 self._sweep(path, "temp file of an interrupted state write")
         # the base, and the one on disk where actions too large for memory run (large-data.md)
         for base in dict.fromkeys((self._config.sandbox_dir, state / SANDBOX)):
-            if not base.is_dir() or base == state / SANDBOX and base.is_symlink():
-                continue  # never swept through a link planted in `.posbuild/`
+            if not base.is_dir():
+                continue
             try:
                 removed, _ = sweep_dead(base)
             except OSError:
@@ -553,12 +553,7 @@ def _digest_of(path: Path) -> Digest | None:
 
 
 def _entries(folder: Path) -> list[Path]:
-    """The entries of one of posbuild's folders, sorted; none when it is missing or is a link (a
-    checkout may come with `.posbuild/tmp` linked to any folder: sweeping through it would delete
-    what that folder holds)."""
     try:
-        if stat.S_ISLNK(folder.lstat().st_mode):
-            return []
         return sorted(folder.iterdir())
     except (FileNotFoundError, NotADirectoryError):
         return []

@@ -24,6 +24,8 @@ from pathlib import Path
 from posbuild.core.action import Action
 from posbuild.core.label import parse_label
 
+_FOLDER = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC  # never through a link
+
 
 def failure_folder(failed_root: Path, label: str) -> Path:
     """Where the last failed run of `label` is kept: `<failed_root>/<package>/<name>`."""
@@ -109,9 +111,6 @@ class FailureKeeper:
         return fd
 
 
-_FOLDER = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
-
-
 def _write_new(folder: int, name: str, data: bytes) -> None:
     """Write a new file `name` in the open `folder` (which was just made: nothing is there)."""
     fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
@@ -126,7 +125,7 @@ def copy_written(exec_root: Path, into: Path, inputs: frozenset[str]) -> None:
     or any folder or file in it, a link to anything on the machine, so the walk goes by
     descriptors (`os.fwalk`), opens nothing through a link, and copies only regular files."""
     try:
-        top = os.open(exec_root, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        top = os.open(exec_root, _FOLDER)
     except OSError:  # gone, or not a real folder any more (a link): nothing to keep
         return
     try:

@@ -89,8 +89,6 @@ class Materializer:
         Temps live in one folder of their own (on the same file system as `posbuild-out/`, so the
         final rename stays atomic), never beside the outputs, so none can linger there.
         """
-        if self._temp_dir.is_symlink():  # planted by a checkout: never emptied, replaced
-            self._temp_dir.unlink()
         shutil.rmtree(self._temp_dir, ignore_errors=True)
         self._temp_dir.mkdir(parents=True, exist_ok=True)
 
