@@ -98,3 +98,57 @@ def test_piped_output_says_still_running_for_a_long_action(ws: Workspace) -> Non
     assert "[1/2] //p:fast" in lines and "[2/2] //p:slow" in lines
     assert lines.index("[2/2] //p:slow") > lines.index(still[-1])
     assert lines[-1].startswith("OK: 2 actions (2 executed, 0 cached, 0 failed)")
+
+
+def _messages_written(ws: Workspace, *args: str, env: dict[str, str]) -> tuple[int, list[bytes]]:
+    """Run `posbuild ARGS` with stdout and stderr one SOCK_SEQPACKET socket, on which every
+    `write()` arrives as a message of its own: (exit code, the messages in order)."""
+    import socket
+    import threading
+
+    reader, writer = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    messages: list[bytes] = []
+
+    def read() -> None:
+        while message := reader.recv(1 << 16):
+            messages.append(message)
+
+    thread = threading.Thread(target=read)
+    thread.start()
+    try:
+        proc = subprocess.Popen([*POSBUILD, *args], cwd=ws.root, stdin=subprocess.DEVNULL,
+                                stdout=writer.fileno(), stderr=writer.fileno(),
+                                env={**os.environ, **env})
+        writer.close()
+        code = proc.wait(timeout=120)
+    finally:
+        writer.close()
+        thread.join(timeout=30)
+        reader.close()
+    return code, messages
+
+
+def test_piped_lines_are_written_together_even_unbuffered(ws: Workspace) -> None:
+    """Under PYTHONUNBUFFERED (which CI images often set) each line was a write of its own, and
+    every write woke the pipe's reader: a cold build of 10,000 cheap actions piped into `cat`
+    took 13 s instead of 10. The lines of a burst of finished actions now go out together,
+    complete and in order, and stderr's text still follows the lines before it."""
+    count = 120
+    ws.write({"p/BUILD": "\n".join(
+        f'genrule(name = "t{n:03d}", outs = ["t{n:03d}.txt"], cmd = "echo {n} > $@")'
+        for n in range(count)) + '\ngenrule(name = "loud", srcs = [":t000"], outs = ["l.txt"], '
+        'cmd = "echo said-on-stderr >&2; echo x > $@")\n'})
+    code, messages = _messages_written(ws, "build", "-j2", "//...",
+                                       env={"PYTHONUNBUFFERED": "1"})
+    text = b"".join(messages).decode()
+    assert code == 0, text
+    lines = text.splitlines()
+    finished = [line for line in lines if line.startswith("[")]
+    assert [line.split("]")[0] for line in finished] == [f"[{n}" + f"/{count + 1}"
+                                                         for n in range(1, count + 2)]
+    # one write per line before: count + 1 lines, the output block and the summary
+    assert len(messages) < count // 4, [m[:40] for m in messages]
+    # the action's stderr comes after the line of the action that printed it, which ends first
+    assert lines.index("said-on-stderr") > lines.index(
+        next(line for line in finished if line.endswith("//p:loud")))
+    assert lines[-1].startswith(f"OK: {count + 1} actions")
