@@ -454,11 +454,12 @@ class PlainReporter(_Live):
     runs long; for pipes and CI logs.
 
     The lines of executed actions are written together, at most every WRITE_INTERVAL and at
-    least every TICK while actions run: written one by one (a terminal's line buffering, or
-    PYTHONUNBUFFERED as CI images often set it), each woke the reader of the pipe, which took
-    the processor from the build, and a cold build of 10,000 cheap actions took 13 s instead of
-    10. Whatever goes to stderr (a failure, an action's output, a message) first writes the
-    lines held back, so the two streams keep their order.
+    least every TICK while actions run: written one by one (under PYTHONUNBUFFERED, which CI
+    images often set), each woke the pipe's reader, which took a processor from the build, and a
+    cold build of 10,000 cheap actions took 13 s instead of 10; block-buffered (Python's default
+    for a pipe), a slow build's lines reached the log minutes late. Whatever goes to stderr (a
+    failure, an action's output, a message) first writes the lines held back, so the two
+    streams keep their order.
     """
 
     def __init__(self, out: TextIO, err: TextIO) -> None:

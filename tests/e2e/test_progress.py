@@ -152,3 +152,23 @@ def test_piped_lines_are_written_together_even_unbuffered(ws: Workspace) -> None
     assert lines.index("said-on-stderr") > lines.index(
         next(line for line in finished if line.endswith("//p:loud")))
     assert lines[-1].startswith(f"OK: {count + 1} actions")
+
+
+def test_piped_lines_reach_the_log_while_the_build_runs(ws: Workspace) -> None:
+    """Without PYTHONUNBUFFERED a pipe is block-buffered: the lines of a slow build's actions
+    reached a CI log only at the end (or 8 KiB at a time). Each now comes within half a second
+    of its action's end."""
+    ws.write({"p/BUILD": """
+        genrule(name = "a", outs = ["a.txt"], cmd = "echo a > $@")
+        genrule(name = "b", srcs = [":a"], outs = ["b.txt"], cmd = "sleep 2; cat $< > $@")
+    """})
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
+    started = time.monotonic()
+    proc = subprocess.Popen([*POSBUILD, "build", "//..."], cwd=ws.root, stdin=subprocess.DEVNULL,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
+    assert proc.stdout is not None
+    arrived = [(time.monotonic() - started, line.decode()) for line in proc.stdout]
+    assert proc.wait(timeout=60) == 0, arrived
+    first = next(at for at, line in arrived if line.startswith("[1/2] //p:a"))
+    last = next(at for at, line in arrived if line.startswith("[2/2] //p:b"))
+    assert last - first > 1.5, arrived  # read while //p:b still slept
