@@ -151,12 +151,14 @@ class ResourceUsage:
     """What the action's process tree used, as the kernel reports it on exit (wait4 rusage).
 
     Bytes read and written are block I/O (512-byte units): reads served from the page cache and
-    writes to a memory file system count as zero.
+    writes to a memory file system count as zero. `max_rss_kb` is the peak of its largest
+    process, or None when that peak is unknown: no higher than posbuild's own memory, with which
+    the kernel charges a command posbuild starts itself (sandbox.py `_own_peak_kb`).
     """
 
     user_s: float
     system_s: float
-    max_rss_kb: int
+    max_rss_kb: int | None
     read_bytes: int
     written_bytes: int
 

@@ -100,6 +100,7 @@ from __future__ import annotations
 import glob
 import itertools
 import os
+import resource
 import select
 import shlex
 import shutil
@@ -823,7 +824,10 @@ class LocalSpawner:
                 _kill_group(pid)
             if line is None:
                 self._guard.forget(pid)
-        usage = ResourceUsage(rusage.ru_utime, rusage.ru_stime, rusage.ru_maxrss,
+        peak: int | None = rusage.ru_maxrss
+        if isinstance(process, subprocess.Popen) and rusage.ru_maxrss <= _own_peak_kb():
+            peak = None  # posbuild's own memory, which the command was charged with (vfork)
+        usage = ResourceUsage(rusage.ru_utime, rusage.ru_stime, peak,
                               rusage.ru_inblock * 512, rusage.ru_oublock * 512)
         code = os.waitstatus_to_exitcode(status)
         if isinstance(process, subprocess.Popen):
@@ -932,12 +936,22 @@ def _read_all(fd: int) -> bytes:
     return read_upto(fd, os.fstat(fd).st_size)
 
 
+def _own_peak_kb() -> int:
+    """posbuild's own peak memory (KiB). A command it starts shares its memory until the exec
+    (vfork), and the kernel counts that memory in the command's peak (`ru_maxrss`): a figure no
+    higher than this one says only that the command took no more. A command the fork server
+    starts (Landlock) is charged with that small process's memory alone."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+
+
 def _together(usage: ResourceUsage | None, more: ResourceUsage | None) -> ResourceUsage | None:
-    """The usage of two programs run one after the other."""
+    """The usage of two programs run one after the other (an unknown peak is below a known one:
+    both are under posbuild's own)."""
     if usage is None or more is None:
         return usage or more
+    peaks = [peak for peak in (usage.max_rss_kb, more.max_rss_kb) if peak is not None]
     return ResourceUsage(usage.user_s + more.user_s, usage.system_s + more.system_s,
-                         max(usage.max_rss_kb, more.max_rss_kb),
+                         max(peaks) if peaks else None,
                          usage.read_bytes + more.read_bytes,
                          usage.written_bytes + more.written_bytes)
 

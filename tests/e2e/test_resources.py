@@ -109,6 +109,35 @@ def test_an_action_using_more_memory_than_declared_fails_with_orch_05(ws: Worksp
     ws.ok()
 
 
+@pytest.mark.parametrize("mode", ["folder", "landlock", "namespace"])
+def test_a_small_command_is_not_charged_with_posbuilds_memory(ws: Workspace, mode: str) -> None:
+    """A command posbuild starts shares posbuild's memory until it execs (vfork), and the
+    kernel counts that memory as the command's: `echo` was reported with posbuild's 30-80 MB
+    (hundreds through the server), so `mem_mb = 8` failed it with ORCH-05. Such a figure says
+    only that the command's peak is no higher: it is recorded as unknown, and never fails the
+    action; a peak above posbuild's own is exact, and checked."""
+    from tests.conftest import bwrap_problem, landlock_problem
+
+    problem = {"landlock": landlock_problem, "namespace": bwrap_problem}.get(mode, lambda: None)()
+    if problem is not None:
+        pytest.skip(problem)
+    ws.write({"posbuild.toml": BUDGET + f'[sandbox]\nmode = "{mode}"\n', "p/BUILD": """
+        genrule(name = "small", outs = ["s.txt"], resources = {"mem_mb": 8}, cmd = "echo x > $@")
+        genrule(name = "line", outs = ["l.txt"], resources = {"mem_mb": 8},
+                cmd = "echo x > $@ && echo y >> $@")
+    """})
+    result = ws.build()
+    assert result.returncode == 0, result.stdout + result.stderr
+    records = [json.loads(line) for line in ws.run("log", "--json").stdout.splitlines()]
+    peaks = {r["label"]: r["usage"]["max_rss_kb"] for r in records}
+    assert set(peaks) == {"//p:small", "//p:line"}, records
+    # unknown (under posbuild's own), or what echo really took under a small fork server
+    assert all(peak is None or peak < 8 * 1024 for peak in peaks.values()), peaks
+    rows = [line.split() for line in ws.run("log").stdout.splitlines()
+            if line.endswith(("//p:small", "//p:line"))]
+    assert len(rows) == 2 and all(row[3] == "-" or float(row[3].rstrip("M")) < 8 for row in rows)
+
+
 def test_thread_variables_follow_cpu(ws: Workspace) -> None:
     variables = "OMP_NUM_THREADS MKL_NUM_THREADS OPENBLAS_NUM_THREADS NUMEXPR_NUM_THREADS"
     cmd = f"for v in {variables}; do printenv $$v; done > $@"
