@@ -945,8 +945,8 @@ def _own_peak_kb() -> int:
 
 
 def _together(usage: ResourceUsage | None, more: ResourceUsage | None) -> ResourceUsage | None:
-    """The usage of two programs run one after the other (an unknown peak is below a known one:
-    both are under posbuild's own)."""
+    """The usage of two programs run one after the other (a peak left unknown is below
+    posbuild's own, so below any peak that is known)."""
     if usage is None or more is None:
         return usage or more
     peaks = [peak for peak in (usage.max_rss_kb, more.max_rss_kb) if peak is not None]
