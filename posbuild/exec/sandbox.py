@@ -339,8 +339,10 @@ class LocalSpawner:
         if self._leased:
             landlock.HOLDER.lease()
         # Landlock: the fork server that starts every command in the build's namespaces, started
-        # with the first (forkserver.py)
+        # with the first (forkserver.py); the folder sandbox: the one that starts the commands
+        # of actions whose memory is checked (`_measured`)
         self._server: ForkServer | None = None
+        self._launcher: str | None = None  # the folder sandbox's compiled launcher; "": none
 
     @property
     def namespaced(self) -> bool:
@@ -729,9 +731,11 @@ class LocalSpawner:
             processors = self._pin(action.resources[0])
         process: subprocess.Popen[bytes] | Answer
         try:
-            if self._landlock:
+            if self._landlock or self._measured(action):
                 process = self._serve(action, argv, sandbox, env, out, err, umask, processors,
                                       program, direct is not None and fallback)
+                if not self._landlock:
+                    self._guard.watch(process.pid)
             else:
                 self._confine(processors)
                 process = subprocess.Popen(
@@ -760,17 +764,32 @@ class LocalSpawner:
         return Running(sandbox, action.outputs, out, err, started, process, processors,
                        deadline, direct, out_dirs=action.out_dirs, forked=forked)
 
+    def _measured(self, action: Action) -> bool:
+        """Whether the folder sandbox starts `action`'s command through a fork server: when its
+        memory is checked (`mem_mb`). A command posbuild starts itself is charged with
+        posbuild's memory (`_own_peak_kb`), one the small server starts with next to nothing, so
+        its peak is its own. Not where the launcher cannot be compiled (no C compiler): its peak
+        may then be unknown."""
+        if not action.resources[1] or self._isolation is not None:
+            return False
+        if self._launcher is None:  # two workers may both compile it, once: the same file
+            try:
+                self._launcher = landlock.compiled()
+            except OSError:
+                self._launcher = ""
+        return bool(self._launcher)
+
     def _serve(self, action: Action, argv: list[str], sandbox: str, env: dict[str, str], out: int,
                err: int, umask: int, processors: tuple[int, ...], program: str | None,
                fallback: bool) -> Answer:
-        """Start a command under Landlock through the build's fork server (started with the
-        first, and again should it be gone, killed from outside): its rules are the shared ones
-        and its own sandbox, writable. `fallback`: the shell runs the action's command should
-        `program` not be exec'able as it is."""
-        assert isinstance(self._isolation, Landlocked)
+        """Start a command through the build's fork server (started with the first, and again
+        should it be gone, killed from outside): under Landlock, with the shared rules and its
+        own sandbox writable; in the folder sandbox, as `subprocess` would start it. `fallback`:
+        the shell runs the action's command should `program` not be exec'able as it is."""
+        rules = self._isolation.shared(NETWORK_TAG in action.tags).writing(sandbox) \
+            if isinstance(self._isolation, Landlocked) else None
         request = (program or argv[0], argv, env, sandbox + "/exec", out, err, umask, processors,
-                   action.command if fallback else None,
-                   self._isolation.shared(NETWORK_TAG in action.tags).writing(sandbox))
+                   action.command if fallback else None, rules)
         server = self._server or self._serving(None)
         try:
             return server.spawn(*request)
@@ -778,14 +797,18 @@ class LocalSpawner:
             return self._serving(server).spawn(*request)
 
     def _serving(self, gone: ForkServer | None) -> ForkServer:
-        """The fork server, started when there is none or when it is still the one `gone`."""
-        assert isinstance(self._isolation, Landlocked)
+        """The fork server, started when there is none or when it is still the one `gone`: in
+        the build's namespaces under Landlock, in none for the folder sandbox."""
         with self._lock:
             if self._server is gone:
                 if gone is not None:
                     gone.close()
-                launcher = self._isolation.launcher
-                self._server = ForkServer(launcher, landlock.HOLDER.pid(launcher))
+                if isinstance(self._isolation, Landlocked):
+                    launcher = self._isolation.launcher
+                    self._server = ForkServer(launcher, landlock.HOLDER.pid(launcher))
+                else:
+                    assert self._launcher
+                    self._server = ForkServer(self._launcher)
             assert self._server is not None
             return self._server
 
@@ -940,7 +963,7 @@ def _own_peak_kb() -> int:
     """posbuild's own peak memory (KiB). A command it starts shares its memory until the exec
     (vfork), and the kernel counts that memory in the command's peak (`ru_maxrss`): a figure no
     higher than this one says only that the command took no more. A command the fork server
-    starts (Landlock) is charged with that small process's memory alone."""
+    starts (Landlock, `_measured`) is charged with that small process's memory alone."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 
 

@@ -18,12 +18,15 @@ from conftest import POSBUILD, Workspace, bwrap_problem
 
 def _workspace(tmp_path: Path, mode: str, started: Path) -> Workspace:
     """One quick action, then one that marks that it runs and sleeps for ever (its pid in
-    `started`)."""
+    `started`). `folder-mem`: the folder sandbox, the slow action declaring `mem_mb`, which
+    starts its command through the small fork server (where a C compiler can build it)."""
     ws = Workspace(tmp_path / "ws")
     ws.root.mkdir()
+    memory = ', resources = {"mem_mb": 100}' if mode == "folder-mem" else ""
+    mode = mode.removesuffix("-mem")
     ws.write({"posbuild.toml": f'[sandbox]\nmode = "{mode}"\n', "g/BUILD": (
         'genrule(name = "quick", outs = ["quick.txt"], cmd = "echo quick > $@")\n'
-        f'genrule(name = "slow", srcs = [":quick"], outs = ["slow.txt"], '
+        f'genrule(name = "slow", srcs = [":quick"], outs = ["slow.txt"]{memory}, '
         f'cmd = "sleep 1000 & echo $! > {started}.tmp; mv {started}.tmp {started}; wait")\n')})
     return ws
 
@@ -63,7 +66,7 @@ def _gone(before: set[int]) -> bool:
     return True
 
 
-MODES = ["folder", "namespace"]
+MODES = ["folder", "namespace", "folder-mem"]
 
 
 def _skip_without_bwrap(mode: str) -> None:
