@@ -28,6 +28,12 @@ which sees the whole file system, anywhere else.
 The command runs in its own session (process group); when it ends, or on timeout or cancel,
 the whole group is killed, so no stray background process outlives its action.
 
+A command posbuild forks itself shares posbuild's memory until it execs, and the kernel counts
+that memory in its peak (`_own_peak_kb`): such a peak, when no higher than posbuild's own, is
+reported as unknown. So an action whose memory is checked (`mem_mb`) has its command started,
+in the folder sandbox too, by a small fork server (below, without namespaces or rules), where
+its peak is its own (`_measured`).
+
 Namespaces (`[sandbox] mode`). "auto" (the default) and "landlock": where Landlock ABI 6 and a C
 compiler are there, the command is started by the spawner's fork server (forkserver.py, a small
 compiled launcher: landlock.py) inside the user, mount, PID, network, IPC and UTS namespaces made
@@ -808,6 +814,7 @@ class LocalSpawner:
                     self._server = ForkServer(launcher, landlock.HOLDER.pid(launcher))
                 else:
                     assert self._launcher
+                    self._confine(())  # it keeps the mask it starts with: all of posbuild's
                     self._server = ForkServer(self._launcher)
             assert self._server is not None
             return self._server

@@ -203,6 +203,30 @@ def test_actions_run_pinned_to_cpu_processors(ws: Workspace) -> None:
     assert ws.out("p/free.txt") == f"{len(os.sched_getaffinity(0))}\n"
 
 
+@pytest.mark.skipif(not hasattr(os, "sched_getaffinity") or len(os.sched_getaffinity(0)) < 2
+                    or shutil.which("cc") is None,
+                    reason="needs CPU affinity, two processors and a C compiler")
+def test_actions_with_checked_memory_are_pinned_as_the_others(ws: Workspace) -> None:
+    """In the folder sandbox their commands start through the fork server, which sets the mask
+    from the request; started by a worker that had just run a pinned action, it must not keep
+    that one processor for an unpinned command."""
+    probe = "python3 -c 'import os; print(len(os.sched_getaffinity(0)))' > $@"
+    ws.write({"posbuild.toml": BUDGET + '[sandbox]\nmode = "folder"\n', "p/BUILD": f'''
+        genrule(name = "one", outs = ["one.txt"], cmd = "{probe}")
+        genrule(name = "free", srcs = [":one"], outs = ["free.txt"],
+                resources = {{"cpu": 0, "mem_mb": 100}}, cmd = "{probe}")
+        genrule(name = "two", srcs = [":free"], outs = ["two.txt"],
+                resources = {{"cpu": 2, "mem_mb": 100}}, cmd = "{probe}")
+        genrule(name = "single", srcs = [":two"], outs = ["single.txt"],
+                resources = {{"mem_mb": 100}}, cmd = "{probe}")
+    '''})
+    ws.ok("-j1")
+    assert ws.out("p/one.txt") == "1\n"
+    assert ws.out("p/free.txt") == f"{len(os.sched_getaffinity(0))}\n"
+    assert ws.out("p/two.txt") == "2\n"
+    assert ws.out("p/single.txt") == "1\n"
+
+
 def test_bad_resources_table_is_a_workspace_error(ws: Workspace) -> None:
     ws.write({"posbuild.toml": '[resources]\ncpus = 2\n',
               "p/BUILD": 'genrule(name = "g", outs = ["g"], cmd = "echo > $@")\n'})
