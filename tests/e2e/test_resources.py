@@ -14,7 +14,7 @@ from datetime import datetime
 
 import pytest
 
-from tests.conftest import Workspace
+from tests.conftest import Workspace, bwrap_problem, landlock_problem
 
 STAMP = "python3 -c 'import time; print(time.time())'"
 BUDGET = '[resources]\ncpu = 2\nmem_mb = 1000\n'
@@ -114,11 +114,10 @@ def test_an_action_using_more_memory_than_declared_fails_with_orch_05(ws: Worksp
 def test_a_small_command_is_not_charged_with_posbuilds_memory(ws: Workspace, mode: str) -> None:
     """A command posbuild starts shares posbuild's memory until it execs (vfork), and the
     kernel counts that memory as the command's: `echo` was reported with posbuild's 30-80 MB
-    (hundreds through the server), so `mem_mb = 8` failed it with ORCH-05. Such a figure says
-    only that the command's peak is no higher: it is recorded as unknown, and never fails the
-    action; a peak above posbuild's own is exact, and checked."""
-    from tests.conftest import bwrap_problem, landlock_problem
-
+    (hundreds through the server), so `mem_mb = 8` failed it with ORCH-05. Now the small fork
+    server starts it (Landlock; the folder sandbox, for an action with `mem_mb`) and its peak is
+    its own, or, where posbuild starts it itself, a peak no higher than posbuild's is recorded as
+    unknown and fails nothing."""
     problem = {"landlock": landlock_problem, "namespace": bwrap_problem}.get(mode, lambda: None)()
     if problem is not None:
         pytest.skip(problem)
