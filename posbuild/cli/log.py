@@ -53,7 +53,8 @@ def _table(build: BuildRow, records: list[ExecutionRecord]) -> None:
                + (f"{'ran on':<32} " if remote else "") + "label")
     for r in records:
         cpu = f"{r.usage.user_s + r.usage.system_s:.2f}" if r.usage else "-"
-        rss = f"{r.usage.max_rss_kb / 1024:.1f}M" if r.usage and r.usage.max_rss_kb else "-"
+        rss = f"{r.usage.max_rss_kb / 1024:.1f}M" if r.usage and r.usage.max_rss_kb is not None \
+            else "-"
         exit_code = "-" if r.exit_code is None else str(r.exit_code)
         key = r.key.hex()[:12] if r.key else "-"
         where = f"{r.host} {r.worker.split('://')[-1]}" if r.worker else "-"
