@@ -167,6 +167,17 @@ def through_server(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[
     assert served, "no build server served this workspace"
 
 
+def without_native(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Workspace:
+    """`ws`, but every build stages, removes and starts its commands in Python alone, as where
+    native.c cannot be compiled: the one switch with which a module of tests runs again on those
+    paths (`ws = pytest.fixture(without_native)`)."""
+    monkeypatch.setenv("POSBUILD_TEST_NO_NATIVE", "1")
+    root = tmp_path / "ws"
+    root.mkdir()
+    (root / "posbuild.toml").write_text("")
+    return Workspace(root)
+
+
 @pytest.fixture
 def outside_tmp() -> Iterator[Path]:
     """A folder under the home folder: not below /tmp, which the namespace sandboxes hide

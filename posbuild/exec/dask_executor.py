@@ -1,4 +1,4 @@
-"""Layer 4: run actions on a Dask distributed cluster, behind the spawner's interface: the client
+"""Layer 6: run actions on a Dask distributed cluster, behind the spawner's interface: the client
 side.
 
 `DaskSpawner` implements `spawner.Spawner` as `sandbox.LocalSpawner` does, so the engine cannot

@@ -1,4 +1,4 @@
-"""Layer 3: the worker side of the Dask executor — run one action on a Dask worker exactly as a
+"""Layer 5: the worker side of the Dask executor — run one action on a Dask worker exactly as a
 local build runs it.
 
 `execute_remote` is the task the client submits (dask_executor.py): it writes the action's inputs

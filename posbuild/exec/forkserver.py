@@ -1,4 +1,4 @@
-"""Layer 1: the fork server — one small C process per build that starts every action's command.
+"""Layer 2: the fork server — one small C process per build that starts every action's command.
 
 Starting a command from Python costs more than the command itself when the command is cheap, and
 under Landlock the launcher was exec'd on top of it: a second exec that joined six namespaces and

@@ -1,4 +1,4 @@
-"""Layer 0: the Landlock sandbox — each action's command exec'd through a small C launcher.
+"""Layer 1: the Landlock sandbox — each action's command exec'd through a small C launcher.
 
 One bwrap per action costs ~6 ms, most of it the kernel making and tearing down namespaces
 (docs/sandboxes.md, "Cost of the namespace sandbox"). Here the namespaces are made once per
@@ -6,13 +6,8 @@ build and each command only joins them, and the file system is closed by Landloc
 instead of mounts: together under 1 ms per action more than the folder sandbox.
 
 The launcher (launcher.c, shipped beside this module) is compiled on first use with the
-system's C compiler (`cc` on PATH) into the user's cache (`$XDG_CACHE_HOME/posbuild/`, else
-`~/.cache/posbuild/`), under a name carrying the digest of its source, so an upgrade compiles
-anew; written to a temporary name and renamed, so two builds compiling at once both end with a
-whole program. A digest of the compiled program sits beside it: a program that no longer
-matches (truncated, overwritten) is compiled again. Python cannot run between fork and exec
-without costing milliseconds, and the wheel is built by hatchling (no compiled extension): so a
-program compiled here.
+system's C compiler into the user's cache (compiled.py). Python cannot run between fork and exec
+without costing milliseconds: so a program of its own.
 
 Per build, `launcher hold` makes a user, mount (the host's, with a /proc of its own), PID,
 network (loopback only), IPC and UTS namespace, whose PID 1 lives until posbuild closes the pipe
@@ -51,11 +46,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Sequence
 
+from posbuild.exec.compiled import compile_cached, compiled_path
 from posbuild.host.paths import within
 
 MIN_ABI = 6  # signal and abstract Unix socket scopes
 SOURCE = Path(__file__).with_name("launcher.c")
-COMPILE_TIMEOUT = 120.0  # seconds
 PROBE_TIMEOUT = 20.0
 # the devices a command may write, and what else of /dev it may read (bwrap's fresh /dev has
 # the same): a rule per device of the host would cost a system call each per action
@@ -111,66 +106,17 @@ def abi() -> int:
     return max(int(libc.syscall(_CREATE, None, 0, _VERSION_FLAG)), 0)
 
 
-def cache_folder(environ: dict[str, str] | os._Environ[str] = os.environ) -> Path:
-    """Where compiled launchers live: `$XDG_CACHE_HOME/posbuild`, else `~/.cache/posbuild`."""
-    base = environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "posbuild"
-
-
 def launcher_path(folder: Path | None = None) -> Path:
     """The compiled launcher of this source: its name carries the source's digest."""
-    import hashlib
-
-    digest = hashlib.sha256(SOURCE.read_bytes()).hexdigest()[:16]
-    return (folder or cache_folder()) / f"launcher-{os.uname().machine}-{digest}"
+    return compiled_path(SOURCE, "launcher", folder)
 
 
 def compiled(folder: Path | None = None) -> str:
     """The launcher's path, compiling it first when it is missing or does not match its digest
-    file. Raises OSError with the reason when it cannot be had (no compiler, it failed ...)."""
-    import hashlib
-    import tempfile
-
-    target = launcher_path(folder)
-    stamp = target.with_name(target.name + ".sha256")
-    try:
-        if hashlib.sha256(target.read_bytes()).hexdigest() == stamp.read_text().strip():
-            return str(target)
-    except OSError:
-        pass
-    compiler = shutil.which("cc")
-    if compiler is None:
-        raise OSError("no C compiler (cc) on PATH")
-    try:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        fd, temporary = tempfile.mkstemp(prefix=target.name + ".", dir=target.parent)
-    except OSError as error:  # a read-only home ...: say where ($XDG_CACHE_HOME moves it)
-        raise OSError(f"cannot write in {target.parent}: {error.strerror}") from None
-    os.close(fd)
-    try:
-        for static in (["-static"], []):  # static starts faster; not every system can link it
-            try:
-                done = subprocess.run([compiler, "-O2", *static, "-o", temporary, str(SOURCE)],
-                                      stdin=subprocess.DEVNULL, capture_output=True,
-                                      timeout=COMPILE_TIMEOUT)
-            except subprocess.TimeoutExpired:
-                raise OSError(f"{compiler} took over {COMPILE_TIMEOUT:.0f} s") from None
-            if done.returncode == 0:
-                break
-        else:
-            said = done.stderr.decode("utf-8", "replace").strip().splitlines()
-            raise OSError(f"{compiler} failed" + (f": {said[-1]}" if said else ""))
-        os.chmod(temporary, 0o755)
-        digest = hashlib.sha256(Path(temporary).read_bytes()).hexdigest()
-        stamp_temporary = temporary + ".sha256"
-        Path(stamp_temporary).write_text(digest + "\n")
-        os.replace(temporary, target)
-        os.replace(stamp_temporary, stamp)
-    finally:
-        for leftover in (temporary, temporary + ".sha256"):
-            if os.path.exists(leftover):
-                os.unlink(leftover)
-    return str(target)
+    file (compiled.py). Raises OSError with the reason when it cannot be had (no compiler, it
+    failed ...)."""
+    # static starts faster; not every system can link it
+    return compile_cached(SOURCE, "launcher", (["-static"], []), folder)
 
 
 class Holder:

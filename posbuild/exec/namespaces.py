@@ -1,4 +1,4 @@
-"""Layer 1: the bubblewrap (`bwrap`) command line that runs one action in its own namespaces.
+"""Layer 2: the bubblewrap (`bwrap`) command line that runs one action in its own namespaces.
 
 The folder sandbox (sandbox.py) gives an action a folder holding only its declared inputs, but
 nothing stops the command from reading `/home/me/project/data.csv` by its absolute path, writing

@@ -1,4 +1,4 @@
-"""Layer 1: owner marks — which sandboxes belong to a live posbuild process, and the sweep of the
+"""Layer 3: owner marks — which sandboxes belong to a live posbuild process, and the sweep of the
 rest.
 
 Sandboxes are named `<pid>-<n>` after the process that makes them, which holds

@@ -1,4 +1,4 @@
-"""Layer 2: run one action's command in a folder that holds only its declared inputs.
+"""Layer 4: run one action's command in a folder that holds only its declared inputs.
 
 Each action gets `<sandboxes>/<pid>-<n>/` with `exec/` (the working directory: declared inputs
 at their workspace-relative paths, and `posbuild-out/<pkg>/` for its outputs) and `tmp/` (its
@@ -127,11 +127,12 @@ from posbuild.exec.orphans import NO_GUARD, ORPHANS
 from posbuild.exec.owners import OWNER_SUFFIX, hold_mark, release_mark, sweep_dead
 from posbuild.exec.placement import in_memory, memory_free, needs_disk, weigh_from
 from posbuild.exec.spawner import Perturbation, Spawner, SpawnResult
-from posbuild.exec.stage import Layout, remove_tree, stage, stage_reversed
+from posbuild.exec.stage import Made, remove_tree, stage, stage_reversed
 from posbuild.exec.namespaces import Isolation, choose, command, input_binds
-from posbuild.exec import landlock
+from posbuild.exec import landlock, native
 from posbuild.exec.landlock import Landlocked
 from posbuild.exec.forkserver import Answer, ForkServer, ServerGone
+from posbuild.exec.native import Spawned
 from posbuild.host.nofollow import open_outputs, read_upto, write_all
 from posbuild.host.owned import SANDBOXES, claim, holds_only_sandboxes
 from posbuild.host.processor import current_processor
@@ -184,11 +185,12 @@ class Running:
     stdout: int
     stderr: int
     started: float  # time.monotonic()
-    # its Popen when posbuild forked it (kept: a dropped Popen whose returncode is unset would be
-    # reaped by subprocess's own cleanup, before `wait` gets to it), or the fork server's answer
+    # its Popen or Spawned (native.py) when posbuild forked it (a Popen is kept: one dropped
+    # whose returncode is unset would be reaped by subprocess's own cleanup, before `wait` gets
+    # to it), or the fork server's answer
     # when that made it (a child of posbuild's all the same); `.pid` of either is its process
     # group too. None: cancelled before it started.
-    process: subprocess.Popen[bytes] | Answer | None
+    process: subprocess.Popen[bytes] | Spawned | Answer | None
     processors: tuple[int, ...]
     deadline: float | None = None  # time.monotonic() when its `timeout` expires
     # run without the shell (shellfree.py): its end is reported as bash would, as a program bash
@@ -321,9 +323,9 @@ class LocalSpawner:
         self._counter = itertools.count()
         self._pid = os.getpid()
         # sandbox folder → what `stage` made there (for `remove`)
-        self._staged: dict[str, Layout] = {}
+        self._staged: dict[str, Made] = {}
         # what a cancel kills: each running command's process, or a line between two commands
-        self._running: set[subprocess.Popen[bytes] | Answer | _Between] = set()
+        self._running: set[subprocess.Popen[bytes] | Spawned | Answer | _Between] = set()
         self._lock = threading.Lock()
         self._cancelled = False
         self.stopped = 0  # commands a cancel killed
@@ -736,7 +738,7 @@ class LocalSpawner:
                 return Running(sandbox, action.outputs, out, err, started, None, (),
                                out_dirs=action.out_dirs, forked=forked)
             processors = self._pin(action.resources[0])
-        process: subprocess.Popen[bytes] | Answer
+        process: subprocess.Popen[bytes] | Spawned | Answer
         try:
             if self._landlock or self._measured(action):
                 process = self._serve(action, argv, sandbox, env, out, err, umask, processors,
@@ -745,10 +747,7 @@ class LocalSpawner:
                     self._guard.watch(process.pid)
             else:
                 self._confine(processors)
-                process = subprocess.Popen(
-                    argv, executable=program, cwd=sandbox + "/exec", env=env, stdin=_devnull(),
-                    stdout=out, stderr=err, start_new_session=True, umask=umask,
-                )
+                process = self._spawn(argv, program, sandbox + "/exec", env, out, err, umask)
                 self._guard.watch(process.pid)
         except BaseException:
             with self._lock:
@@ -765,11 +764,25 @@ class LocalSpawner:
                 self._running.discard(line)
             cancelled = self._cancelled
             self.stopped += cancelled and line is None  # else the cancel counted the line
-        if cancelled and isinstance(process, subprocess.Popen):
+        if cancelled and not isinstance(process, Answer):
             _kill_group(process.pid)
         deadline = started + action.timeout if action.timeout else None
         return Running(sandbox, action.outputs, out, err, started, process, processors,
                        deadline, direct, out_dirs=action.out_dirs, forked=forked)
+
+    @staticmethod
+    def _spawn(argv: list[str], program: str | None, cwd: str, env: dict[str, str], out: int,
+               err: int, umask: int) -> subprocess.Popen[bytes] | Spawned:
+        """Start a command in a session of its own: in one call into C where it can
+        (native.py), else with `subprocess` (also for a umask of its own, or a program to look
+        up on PATH)."""
+        executable = program or argv[0]
+        if umask < 0 and (program is not None or executable.startswith("/")):
+            spawned = native.spawn(executable, argv, env, cwd, _devnull(), out, err)
+            if spawned is not None:
+                return spawned
+        return subprocess.Popen(argv, executable=program, cwd=cwd, env=env, stdin=_devnull(),
+                                stdout=out, stderr=err, start_new_session=True, umask=umask)
 
     def _measured(self, action: Action) -> bool:
         """Whether the folder sandbox starts `action`'s command through a fork server: when its
@@ -856,7 +869,7 @@ class LocalSpawner:
             if line is None:
                 self._guard.forget(pid)
         peak: int | None = rusage.ru_maxrss
-        if isinstance(process, subprocess.Popen) and self._under_own_peak(rusage.ru_maxrss):
+        if not isinstance(process, Answer) and self._under_own_peak(rusage.ru_maxrss):
             peak = None  # posbuild's own memory, which the command was charged with (vfork)
         usage = ResourceUsage(rusage.ru_utime, rusage.ru_stime, peak,
                               rusage.ru_inblock * 512, rusage.ru_oublock * 512)

@@ -1,4 +1,4 @@
-"""Layer 0: staging — make an action's sandbox folder from its declared inputs, and remove it.
+"""Layer 2: staging — make an action's sandbox folder from its declared inputs, and remove it.
 
 A sandbox is `<sandboxes>/<n>/` with `exec/` (the working directory: the declared inputs at their
 workspace-relative paths, and the folders of the declared outputs) and `tmp/` (HOME and TMPDIR).
@@ -14,6 +14,9 @@ as a symbolic link, which it turns into a read-only bind before the command runs
 
 Removing a sandbox unlinks, by name, what staging made (its `Layout`); only a sandbox holding
 anything else is walked, and never through a link the command left.
+
+Both are done by native.c where it could be compiled (native.py), in one call each, and here
+otherwise or when it hands something back (a folder input, a sandbox holding anything else).
 """
 
 from __future__ import annotations
@@ -22,8 +25,10 @@ import fcntl
 import os
 import shutil
 import stat
+from dataclasses import dataclass
 
 from posbuild.core.action import Action
+from posbuild.exec import native
 
 LINK_LIMIT = 16 * 1024 * 1024
 
@@ -32,11 +37,31 @@ Layout = dict[str, "Layout | None"]
 _FOLDER = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
-def stage(root: str, action: Action, sandbox: str, link_large: bool = False) -> Layout:
+@dataclass(frozen=True, slots=True)
+class Staged:
+    """What native.c staged: the paths below `exec/` (native.paths_blob), for its removal."""
+
+    paths: bytes
+    count: int
+
+
+Made = Layout | Staged  # what staging made, for `remove_tree`
+
+
+def stage(root: str, action: Action, sandbox: str, link_large: bool = False) -> Made:
     """Make a sandbox: `tmp/`, and `exec/` with the action's inputs (read below `root`, the
     workspace with a trailing "/") at their workspace paths and the folders of its outputs.
     Returns what it made (the outputs as files), for `remove_tree`. `link_large`: see
     `_stage_file`."""
+    if native.available():
+        paths = (*action.inputs, *action.outputs)
+        blob = native.paths_blob(paths)
+        staged = native.stage(root, sandbox, blob, len(paths), len(action.inputs), LINK_LIMIT,
+                              link_large)
+        if staged:
+            return Staged(blob, len(paths))
+        if staged is False:  # stopped part way (a folder input, an error): start again here
+            remove_tree(sandbox)
     try:
         os.mkdir(sandbox)
     except FileNotFoundError:  # the first sandbox under a base nobody has made yet
@@ -152,7 +177,7 @@ def _clone(fd_in: int, fd_out: int) -> bool:
     return True
 
 
-def remove_tree(path: str, layout: Layout | None = None) -> None:
+def remove_tree(path: str, layout: Made | None = None) -> None:
     """Remove a sandbox folder and everything in it.
 
     Like `shutil.rmtree`, it walks folders by file descriptor and never follows a symbolic link
@@ -161,6 +186,10 @@ def remove_tree(path: str, layout: Layout | None = None) -> None:
     those names without listing any folder, and lists what is left only when something else is
     there (or a name is now something else). Anything unexpected is left to rmtree.
     """
+    if isinstance(layout, Staged):
+        if native.remove(path, layout.paths, layout.count):
+            return
+        layout = None  # something else is there: list and remove what is left
     try:
         fd = os.open(path, _FOLDER)
     except FileNotFoundError:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from posbuild.exec import landlock
+from posbuild.exec import compiled, landlock
 from posbuild.exec.landlock import Rules
 
 NEEDS_LANDLOCK = pytest.mark.skipif(landlock.abi() < landlock.MIN_ABI,
@@ -84,8 +84,8 @@ def test_no_compiler_is_an_error_saying_so(tmp_path: Path, monkeypatch: pytest.M
 
 
 def test_the_cache_follows_xdg_cache_home() -> None:
-    assert landlock.cache_folder({"XDG_CACHE_HOME": "/c"}) == Path("/c/posbuild")
-    assert landlock.cache_folder({}) == Path(os.path.expanduser("~/.cache/posbuild"))
+    assert compiled.cache_folder({"XDG_CACHE_HOME": "/c"}) == Path("/c/posbuild")
+    assert compiled.cache_folder({}) == Path(os.path.expanduser("~/.cache/posbuild"))
 
 
 # ---- each guarantee, on real processes -----------------------------------------------------------

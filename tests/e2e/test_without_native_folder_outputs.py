@@ -1,0 +1,8 @@
+"""test_folder_outputs.py again, each sandbox staged, removed and started by Python code alone."""
+
+import pytest
+from conftest import without_native
+
+from test_folder_outputs import *  # noqa: F401,F403
+
+ws = pytest.fixture(without_native)

@@ -1,0 +1,8 @@
+"""test_hermetic.py again, each sandbox staged, removed and started by Python code alone."""
+
+import pytest
+from conftest import without_native
+
+from test_hermetic import *  # noqa: F401,F403
+
+ws = pytest.fixture(without_native)
