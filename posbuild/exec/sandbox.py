@@ -9,7 +9,9 @@ else. A plain command (a program and plain words, redirecting its stdout or stde
 most: shellfree.py), or a line of them joined by `&&` and `;`, is run directly, each program as the
 shell would have run it, without the shell's own start-up: that halves what a cheap action
 costs. A line's first program starts with the action; `wait` runs the others in turn
-(`_go_on`). The bubblewrap sandbox always runs the shell.
+(`_go_on`). The bubblewrap sandbox always runs the shell. A command posbuild starts itself
+(not through a fork server) is started by one call into C (native.py: `posix_spawn`, as
+`subprocess` would start it), or by `subprocess` where that cannot be compiled.
 
 Sandboxes live on a memory file system (`/dev/shm`) when the machine has one: a sandbox is a
 dozen directory and file creations and deletions, which cost ~10 µs each there and ~250 µs on a
