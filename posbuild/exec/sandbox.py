@@ -187,11 +187,10 @@ class Running:
     stdout: int
     stderr: int
     started: float  # time.monotonic()
-    # its Popen or Spawned (native.py) when posbuild forked it (a Popen is kept: one dropped
+    # its Popen or Spawned (native.py) when posbuild started it (a Popen is kept: one dropped
     # whose returncode is unset would be reaped by subprocess's own cleanup, before `wait` gets
-    # to it), or the fork server's answer
-    # when that made it (a child of posbuild's all the same); `.pid` of either is its process
-    # group too. None: cancelled before it started.
+    # to it), or the fork server's answer when that made it (a child of posbuild's all the
+    # same); `.pid` of each is its process group too. None: cancelled before it started.
     process: subprocess.Popen[bytes] | Spawned | Answer | None
     processors: tuple[int, ...]
     deadline: float | None = None  # time.monotonic() when its `timeout` expires
