@@ -88,7 +88,7 @@ int posbuild_stage(const char *root, const char *sandbox, const char *blob, int 
                    int inputs, long long limit, int link_large) {
     char path[PATH_MAX], source[PATH_MAX];
     const char **paths = split(blob, count);
-    if (paths == NULL) return -1;
+    if (paths == NULL) return 2;
     int result = 2;
     if (mkdir(sandbox, 0777) != 0) goto done;
     result = 1;
@@ -141,7 +141,6 @@ int posbuild_stage(const char *root, const char *sandbox, const char *blob, int 
         if (failed) goto done;
     }
     result = 0;
-    goto done;
 done:
     free(paths);
     return result;
