@@ -25,12 +25,12 @@
 #include <sys/sendfile.h>
 #include <sys/stat.h>
 #include <unistd.h>
+#include <linux/fs.h> /* FICLONE: share the source's blocks copy-on-write (btrfs, XFS ...) */
 
 #if !defined(__GLIBC__) || !__GLIBC_PREREQ(2, 34)
 #error "needs glibc 2.34 (posix_spawn_file_actions_addclosefrom_np)"
 #endif
 
-#define FICLONE_IOCTL 0x40049409 /* share the source's blocks copy-on-write (btrfs, XFS ...) */
 #define FOLDER_FLAGS (O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)
 
 /* The strings of a buffer of `count` NUL-terminated ones, in a new array (free it). */
@@ -55,7 +55,7 @@ static size_t folder_length(const char *path) {
 static int copy_file(int source, const struct stat *info, const char *target, long long limit) {
     int out = open(target, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, info->st_mode & 0777);
     if (out < 0) return -1;
-    if (info->st_size >= limit && ioctl(out, FICLONE_IOCTL, source) == 0) {
+    if (info->st_size >= limit && ioctl(out, FICLONE, source) == 0) {
         close(out);
         return 0;
     }
